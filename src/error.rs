@@ -1,0 +1,305 @@
+//! The crate's one error type.
+//!
+//! Every failure that depends on another process or on the operating system is an [`Error`]; programmer
+//! bugs (a zero-length name, a barrier of zero parties) panic at the call site instead. Lock acquisition
+//! has its own small result types ([`OwnerDied`], [`TryLockError`]) because, like
+//! [`std::sync::PoisonError`], they hand back the guard.
+
+use std::fmt;
+use std::io;
+
+/// Convenience alias for results whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `mproc`.
+///
+/// Variants are grouped by layer. The `Display` text is a lowercase sentence meant for a log line; match on
+/// the variant to decide what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A system call failed; `op` names it.
+    #[error("{op} failed: {source}")]
+    Os {
+        /// The operation that failed, e.g. `"shm_open"`.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    // ---- region: naming and opening ----
+    /// No shared object with this name exists.
+    #[error("no shared region named {name:?}")]
+    NotFound {
+        /// The name that was looked up.
+        name: String,
+    },
+    /// `create` was asked for a name that is already taken.
+    #[error("a shared region named {name:?} already exists")]
+    AlreadyExists {
+        /// The name that was taken.
+        name: String,
+    },
+    /// The segment belongs to another user or is readable by others: we refuse to trust it.
+    #[error("shared region {name:?} is not private to this user (owner uid {owner_uid}, mode {mode:o})")]
+    NotPrivate {
+        /// The name of the segment.
+        name: String,
+        /// The uid that owns the segment.
+        owner_uid: u32,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A name that cannot be used for a shared segment.
+    #[error("invalid region name {name:?}: {reason}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
+    // ---- region: header validation ----
+    /// The segment does not start with the `mproc` magic bytes: it is not one of ours, or it was overwritten.
+    #[error("not an mproc region: bad magic {found:02x?}")]
+    BadMagic {
+        /// The first eight bytes found.
+        found: [u8; 8],
+    },
+    /// The segment was written by an incompatible version of the crate.
+    #[error("region format version {found} is not the supported version {expected}")]
+    VersionMismatch {
+        /// Our format version.
+        expected: u32,
+        /// The version in the header.
+        found: u32,
+    },
+    /// The segment holds a different type than the one asked for.
+    #[error("region holds a different type: expected {expected} (hash {expected_hash:#018x}), found hash {found_hash:#018x}")]
+    TypeMismatch {
+        /// The type that was asked for.
+        expected: &'static str,
+        /// Its layout hash.
+        expected_hash: u64,
+        /// The layout hash in the header.
+        found_hash: u64,
+    },
+    /// The payload size in the header differs from the one expected, or from the segment's real size.
+    #[error("region size mismatch: expected {expected} bytes, found {found}")]
+    SizeMismatch {
+        /// The size expected.
+        expected: u64,
+        /// The size found.
+        found: u64,
+    },
+    /// The segment is shorter than its header says it is.
+    #[error("region is truncated: it needs {needed} bytes but the segment has {actual}")]
+    Truncated {
+        /// The bytes the header requires.
+        needed: u64,
+        /// The real size of the segment.
+        actual: u64,
+    },
+    /// The region's creator did not finish initialising it in time (it may have died).
+    #[error("region {name:?} was not initialised by its creator (pid {creator_pid}) in time")]
+    NotReady {
+        /// The name or handle of the region.
+        name: String,
+        /// The pid that created it.
+        creator_pid: u32,
+    },
+    /// A handle refers to a region that no longer exists or was replaced by another one.
+    #[error("stale handle: {0}")]
+    StaleHandle(String),
+    /// Shared state failed a consistency check: some process wrote garbage into it.
+    #[error("shared state is corrupted: {0}")]
+    Corrupted(String),
+
+    // ---- sync ----
+    /// The process holding a lock died; the caller now holds it. Returned once, after which the lock is
+    /// ordinary again. (Lock methods return [`OwnerDied`] with the guard instead; this variant is what it
+    /// converts into.)
+    #[error("the previous holder of the lock (tid {tid}) died while holding it")]
+    OwnerDied {
+        /// The thread id of the holder that died.
+        tid: u32,
+    },
+    /// A timed operation ran out of time.
+    #[error("timed out")]
+    Timeout,
+    /// A thread tried to release a lock or semaphore it does not hold, or more times than allowed.
+    #[error("released too many times: {0}")]
+    ReleasedTooManyTimes(&'static str),
+    /// A [`Barrier`](crate::Barrier) was broken (by `abort`, a timeout, or a party that died).
+    #[error("the barrier is broken")]
+    BrokenBarrier,
+
+    // ---- messaging ----
+    /// The queue or pipe was closed.
+    #[error("the channel is closed")]
+    Closed,
+    /// The message does not fit in the queue at all.
+    #[error("message of {size} bytes exceeds the maximum of {max} bytes")]
+    MessageTooLarge {
+        /// The encoded size of the message.
+        size: usize,
+        /// The largest message the channel accepts.
+        max: usize,
+    },
+    /// A value could not be encoded.
+    #[error("cannot encode value: {0}")]
+    Encode(String),
+    /// Bytes could not be decoded as the expected type.
+    #[error("cannot decode value as {ty}: {reason}")]
+    Decode {
+        /// The type asked for.
+        ty: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+
+    // ---- process ----
+    /// A child process panicked; carries the panic message and location.
+    #[error("child process panicked at {location}: {message}")]
+    ProcessPanicked {
+        /// The panic payload, if it was a string.
+        message: String,
+        /// `file:line:column` of the panic, or `"<unknown>"`.
+        location: String,
+    },
+    /// A child process was killed by a signal (Python reports this as a negative exit code).
+    #[error("child process was killed by signal {signal}")]
+    ProcessKilled {
+        /// The signal number.
+        signal: i32,
+    },
+    /// A child process exited without producing its result.
+    #[error("child process exited with code {code} without a result")]
+    ProcessExited {
+        /// The exit code.
+        code: i32,
+    },
+    /// The process was not started, or was already joined.
+    #[error("process is not running: {0}")]
+    ProcessState(&'static str),
+}
+
+impl Error {
+    /// Builds [`Error::Os`] from `errno`.
+    pub(crate) fn last_os(op: &'static str) -> Self {
+        Error::Os { op, source: io::Error::last_os_error() }
+    }
+
+    /// Builds [`Error::Os`] from an `io::Error`.
+    pub(crate) fn os(op: &'static str, source: io::Error) -> Self {
+        Error::Os { op, source }
+    }
+}
+
+/// A lock was acquired, but its previous holder died while holding it.
+///
+/// Like [`std::sync::PoisonError`] this carries the guard: the caller holds the lock and may repair whatever
+/// the dead holder left half-done. It is reported to exactly one acquirer; once that guard is released the
+/// lock behaves normally again.
+pub struct OwnerDied<G> {
+    guard: G,
+    tid: u32,
+}
+
+impl<G> OwnerDied<G> {
+    pub(crate) fn new(guard: G, tid: u32) -> Self {
+        OwnerDied { guard, tid }
+    }
+
+    /// The guard of the lock, now held by the caller.
+    pub fn into_inner(self) -> G {
+        self.guard
+    }
+
+    /// A reference to the guard.
+    pub fn get_ref(&self) -> &G {
+        &self.guard
+    }
+
+    /// A mutable reference to the guard.
+    pub fn get_mut(&mut self) -> &mut G {
+        &mut self.guard
+    }
+
+    /// The thread id that held the lock when it died.
+    pub fn dead_tid(&self) -> u32 {
+        self.tid
+    }
+
+    /// Maps the guard, keeping the death report (used by wrappers such as `Value`).
+    pub(crate) fn map<H>(self, f: impl FnOnce(G) -> H) -> OwnerDied<H> {
+        OwnerDied { guard: f(self.guard), tid: self.tid }
+    }
+}
+
+impl<G> fmt::Debug for OwnerDied<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnerDied").field("tid", &self.tid).finish_non_exhaustive()
+    }
+}
+
+impl<G> fmt::Display for OwnerDied<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the previous holder of the lock (tid {}) died while holding it", self.tid)
+    }
+}
+
+impl<G> std::error::Error for OwnerDied<G> {}
+
+impl<G> From<OwnerDied<G>> for Error {
+    fn from(e: OwnerDied<G>) -> Self {
+        Error::OwnerDied { tid: e.tid }
+    }
+}
+
+/// The result of a blocking lock: the guard, or the guard wrapped in [`OwnerDied`].
+pub type LockResult<G> = std::result::Result<G, OwnerDied<G>>;
+
+/// Why a non-blocking or timed lock attempt did not simply succeed.
+pub enum TryLockError<G> {
+    /// The lock is held by someone else (or the timeout expired).
+    WouldBlock,
+    /// The lock was acquired, but its previous holder had died.
+    OwnerDied(OwnerDied<G>),
+}
+
+impl<G> fmt::Debug for TryLockError<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TryLockError::WouldBlock => f.write_str("WouldBlock"),
+            TryLockError::OwnerDied(e) => fmt::Debug::fmt(e, f),
+        }
+    }
+}
+
+impl<G> fmt::Display for TryLockError<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TryLockError::WouldBlock => f.write_str("the lock is held by another thread or process"),
+            TryLockError::OwnerDied(e) => fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl<G> std::error::Error for TryLockError<G> {}
+
+impl<G> From<OwnerDied<G>> for TryLockError<G> {
+    fn from(e: OwnerDied<G>) -> Self {
+        TryLockError::OwnerDied(e)
+    }
+}
+
+impl<G> From<TryLockError<G>> for Error {
+    fn from(e: TryLockError<G>) -> Self {
+        match e {
+            TryLockError::WouldBlock => Error::Timeout,
+            TryLockError::OwnerDied(e) => e.into(),
+        }
+    }
+}

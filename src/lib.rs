@@ -1,0 +1,9 @@
+//! Python's `multiprocessing`, done in shared memory for Rust.
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod error;
+pub mod region;
+pub(crate) mod sys;
+
+pub use error::{Error, LockResult, OwnerDied, Result, TryLockError};
+pub use region::{cleanup_stale, Region, RegionHandle};

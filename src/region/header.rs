@@ -1,0 +1,128 @@
+//! The header at offset 0 of every region, and its validation.
+//!
+//! Layout (all little-endian native words, 64 bytes, payload starts at [`PAYLOAD_OFFSET`]):
+//!
+//! | offset | field           | meaning                                                        |
+//! |-------:|-----------------|----------------------------------------------------------------|
+//! | 0      | `magic`         | `b"MPROCRG1"` read as a `u64`                                  |
+//! | 8      | `version`       | [`FORMAT_VERSION`]                                             |
+//! | 12     | `header_size`   | `size_of::<Header>()`, so a future header can grow             |
+//! | 16     | `type_hash`     | layout hash of the payload type ([`layout_hash`])              |
+//! | 24     | `payload_size`  | bytes of payload after [`PAYLOAD_OFFSET`]                      |
+//! | 32     | `region_id`     | random nonce; a handle must name the same id to open           |
+//! | 40     | `creator_pid`   | pid that created the region                                    |
+//! | 44     | `flags`         | [`FLAG_PERSISTENT`]                                            |
+//! | 48     | `creator_start` | creator's start time (clock ticks since boot), against pid reuse |
+//! | 56     | `ready`         | 0 while the creator initialises, [`READY`] once published      |
+//! | 60     | reserved        |                                                                |
+//!
+//! Every field is an atomic: another process may scribble on the header at any time, and an atomic load
+//! of a garbage value is still a defined read. The creator writes all fields, then stores `ready` with
+//! `Release`; an opener loads `ready` with `Acquire` before reading any other field.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Magic bytes at offset 0 of every region.
+pub(crate) const MAGIC: [u8; 8] = *b"MPROCRG1";
+/// Version of the on-memory format described above.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Where the payload starts: one cache line pair after the header, so payload atomics never share a
+/// line with the header.
+pub(crate) const PAYLOAD_OFFSET: usize = 128;
+/// The region is not unlinked when its creator's handle is dropped, and the janitor leaves it alone.
+pub(crate) const FLAG_PERSISTENT: u32 = 1;
+/// Value of `ready` once the payload is initialised.
+pub(crate) const READY: u32 = 0x5245_4459; // "REDY"
+
+#[repr(C)]
+pub(crate) struct Header {
+    pub magic: AtomicU64,
+    pub version: AtomicU32,
+    pub header_size: AtomicU32,
+    pub type_hash: AtomicU64,
+    pub payload_size: AtomicU64,
+    pub region_id: AtomicU64,
+    pub creator_pid: AtomicU32,
+    pub flags: AtomicU32,
+    pub creator_start: AtomicU64,
+    pub ready: AtomicU32,
+    _reserved: AtomicU32,
+}
+
+const _: () = assert!(std::mem::size_of::<Header>() == 64);
+const _: () = assert!(std::mem::size_of::<Header>() <= PAYLOAD_OFFSET);
+
+/// A copy of the header's fields, taken once at open; nothing is re-read from shared memory afterwards.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeaderSnapshot {
+    pub magic: [u8; 8],
+    pub version: u32,
+    pub header_size: u32,
+    pub type_hash: u64,
+    pub payload_size: u64,
+    pub region_id: u64,
+    pub creator_pid: u32,
+    pub flags: u32,
+    pub creator_start: u64,
+}
+
+impl Header {
+    pub(crate) fn snapshot(&self) -> HeaderSnapshot {
+        // Relaxed is enough: the caller already synchronised with the creator through `ready` (Acquire).
+        HeaderSnapshot {
+            magic: self.magic.load(Ordering::Relaxed).to_le_bytes(),
+            version: self.version.load(Ordering::Relaxed),
+            header_size: self.header_size.load(Ordering::Relaxed),
+            type_hash: self.type_hash.load(Ordering::Relaxed),
+            payload_size: self.payload_size.load(Ordering::Relaxed),
+            region_id: self.region_id.load(Ordering::Relaxed),
+            creator_pid: self.creator_pid.load(Ordering::Relaxed),
+            flags: self.flags.load(Ordering::Relaxed),
+            creator_start: self.creator_start.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Writes every field but `ready` (the creator publishes that last, after initialising the payload).
+    pub(crate) fn write(&self, s: &HeaderSnapshot) {
+        self.magic.store(u64::from_le_bytes(s.magic), Ordering::Relaxed);
+        self.version.store(s.version, Ordering::Relaxed);
+        self.header_size.store(s.header_size, Ordering::Relaxed);
+        self.type_hash.store(s.type_hash, Ordering::Relaxed);
+        self.payload_size.store(s.payload_size, Ordering::Relaxed);
+        self.region_id.store(s.region_id, Ordering::Relaxed);
+        self.creator_pid.store(s.creator_pid, Ordering::Relaxed);
+        self.flags.store(s.flags, Ordering::Relaxed);
+        self.creator_start.store(s.creator_start, Ordering::Relaxed);
+    }
+}
+
+/// FNV-1a over the type's name, size and alignment, and the format version: what a region's payload is.
+///
+/// Two builds of the same program agree on it; a different type, a resized struct or a new format do not.
+pub(crate) fn layout_hash(type_name: &str, size: usize, align: usize) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    eat(type_name.as_bytes());
+    eat(&(size as u64).to_le_bytes());
+    eat(&(align as u64).to_le_bytes());
+    eat(&FORMAT_VERSION.to_le_bytes());
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_distinguishes_types_and_sizes() {
+        let a = layout_hash("u64", 8, 8);
+        assert_eq!(a, layout_hash("u64", 8, 8));
+        assert_ne!(a, layout_hash("i64", 8, 8));
+        assert_ne!(a, layout_hash("u64", 16, 8));
+    }
+}

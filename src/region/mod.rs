@@ -1,0 +1,501 @@
+//! Shared memory regions: a validated header followed by a payload, mapped in every process that uses it.
+//!
+//! A region is either
+//! - **anonymous**: a sealed memfd. It is inherited across `fork`, handed to other processes as a
+//!   [`RegionHandle`] (pid + descriptor number, re-opened through `/proc/<pid>/fd/<fd>` while that process
+//!   still holds it), and freed by the kernel when the last mapping and descriptor are gone. Its size is
+//!   sealed, so no process can truncate it under another's mapping.
+//! - **named**: a `/dev/shm/mproc.<name>` file created with `O_EXCL` and mode 0600, openable by any
+//!   process of the same user that knows the name. Its creator unlinks it when its handle is dropped,
+//!   unless it was made persistent; [`cleanup_stale`] unlinks the non-persistent regions whose creator
+//!   died without doing so. Named files cannot be sealed: a process of the same user that truncates one
+//!   can make other processes fault on access. That user can also ptrace us, so this is not a boundary we
+//!   claim to defend.
+//!
+//! Opening always validates the header (see [`header`]) and fails with a typed [`Error`] naming what
+//! differs. Nothing read from the header is trusted before it is checked against the real size of the
+//! segment, and nothing is re-read after the open.
+
+mod header;
+mod janitor;
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::sys::{futex, proc, shm};
+pub(crate) use header::layout_hash;
+use header::{Header, HeaderSnapshot, FLAG_PERSISTENT, FORMAT_VERSION, MAGIC, PAYLOAD_OFFSET, READY};
+pub use janitor::cleanup_stale;
+
+/// Prefix of every `/dev/shm` entry this crate creates.
+pub(crate) const SHM_PREFIX: &str = "mproc.";
+/// How long an opener waits for a named region's creator to publish it.
+pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_NAME_LEN: usize = 200;
+
+/// What a region is expected to hold: checked against the header on every open.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Layout {
+    /// Human-readable type, for error messages.
+    pub type_name: &'static str,
+    /// [`layout_hash`] of the payload type.
+    pub hash: u64,
+    /// Exact payload size, or `None` when the opener learns it from the header (variable-length objects
+    /// such as arrays check it themselves).
+    pub size: Option<usize>,
+}
+
+impl Layout {
+    /// The layout of a region of untyped bytes.
+    pub(crate) fn bytes(size: Option<usize>) -> Self {
+        Layout { type_name: "bytes", hash: layout_hash("bytes", 1, 1), size }
+    }
+}
+
+/// Types that may be viewed in place inside a region.
+///
+/// # Safety
+/// Every bit pattern must be a valid value of the type, it must contain no references or pointers, and
+/// all mutation through a shared reference must go through atomics or `UnsafeCell` — another process may
+/// write any bytes into it at any time.
+pub(crate) unsafe trait ShmSafe: Sync {}
+
+// SAFETY: atomics of integers accept any bit pattern and are mutated only atomically.
+unsafe impl ShmSafe for AtomicU32 {}
+// SAFETY: as above.
+unsafe impl ShmSafe for AtomicU64 {}
+
+#[derive(Debug)]
+enum Naming {
+    Anonymous,
+    Named {
+        name: String,
+        shm_name: String,
+        /// The pid whose drop of this handle unlinks the name (the creator, unless persistent). A forked
+        /// child inherits the handle but has another pid, so it never unlinks its parent's region.
+        unlink_by: Option<u32>,
+    },
+}
+
+/// A serializable reference to a region, enough for another process of the same user to open it.
+///
+/// Handles are how shared objects travel to a spawned process: they serialize as this, and re-attach on
+/// the other side with full validation. A handle to an anonymous region stays valid while some process
+/// that serialized it still holds the region.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionHandle {
+    id: u64,
+    source: Source,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum Source {
+    Named(String),
+    Fd { pid: u32, fd: i32 },
+}
+
+/// A mapped shared-memory segment with a validated header. See the [module docs](self).
+#[derive(Debug)]
+pub struct Region {
+    map: shm::Mapping,
+    file: File,
+    header: HeaderSnapshot,
+    naming: Naming,
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    let bad = |reason| Err(Error::InvalidName { name: name.to_owned(), reason });
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return bad("it is longer than 200 bytes");
+    }
+    if name.starts_with('.') {
+        return bad("it starts with a dot");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return bad("only ASCII letters, digits, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+fn shm_name(name: &str) -> String {
+    format!("{SHM_PREFIX}{name}")
+}
+
+impl Region {
+    // ---------------------------------------------------------------- public, untyped bytes
+
+    /// Creates an anonymous region of `size` zeroed bytes.
+    ///
+    /// # Errors
+    /// [`Error::Os`] if the kernel refuses the memfd or the mapping.
+    ///
+    /// # Examples
+    /// ```
+    /// let r = mproc::Region::anonymous(4096)?;
+    /// assert_eq!(r.len(), 4096);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn anonymous(size: usize) -> Result<Region> {
+        Region::create_with(Layout::bytes(Some(size)), None, false, |_| Ok(()))
+    }
+
+    /// Creates a named region of `size` zeroed bytes, failing if the name is taken. The region is unlinked
+    /// when this handle is dropped, unless `persistent` is set (then [`Region::unlink`] removes it).
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`], [`Error::InvalidName`], or [`Error::Os`].
+    pub fn create(name: &str, size: usize, persistent: bool) -> Result<Region> {
+        Region::create_with(Layout::bytes(Some(size)), Some(name), persistent, |_| Ok(()))
+    }
+
+    /// Opens a named region of untyped bytes created by [`Region::create`].
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], a validation error ([`Error::TypeMismatch`], [`Error::Truncated`], …), or
+    /// [`Error::NotReady`] if the creator did not publish it within [`DEFAULT_OPEN_TIMEOUT`].
+    pub fn open(name: &str) -> Result<Region> {
+        Region::open_with(name, Layout::bytes(None), DEFAULT_OPEN_TIMEOUT)
+    }
+
+    /// Removes the name of a region. Processes that have it mapped keep using it.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] or [`Error::Os`].
+    pub fn unlink(name: &str) -> Result<()> {
+        validate_name(name)?;
+        shm::unlink_named(&shm_name(name), name)
+    }
+
+    /// The payload bytes, as a raw pointer. Other processes may write them at any time: read and write
+    /// through atomics or volatile accesses, and validate what you read.
+    pub fn as_ptr(&self) -> *mut u8 {
+        // PAYLOAD_OFFSET < the mapping length, checked at creation and open.
+        self.map.as_ptr().wrapping_add(PAYLOAD_OFFSET)
+    }
+
+    /// The payload size in bytes.
+    pub fn len(&self) -> usize {
+        self.header.payload_size as usize
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The user-given name, for a named region.
+    pub fn name(&self) -> Option<&str> {
+        match &self.naming {
+            Naming::Named { name, .. } => Some(name),
+            Naming::Anonymous => None,
+        }
+    }
+
+    /// The pid of the process that created the region.
+    pub fn creator_pid(&self) -> u32 {
+        self.header.creator_pid
+    }
+
+    /// A handle another process can open this region with. See [`RegionHandle`].
+    pub fn handle(&self) -> RegionHandle {
+        let source = match &self.naming {
+            Naming::Named { name, .. } => Source::Named(name.clone()),
+            Naming::Anonymous => Source::Fd { pid: proc::pid(), fd: self.file.as_raw_fd() },
+        };
+        RegionHandle { id: self.header.region_id, source }
+    }
+
+    /// Opens an untyped region from a handle made by [`Region::handle`] in any process.
+    ///
+    /// # Errors
+    /// [`Error::StaleHandle`] if the region is gone or was replaced, or a validation error.
+    pub fn from_handle(handle: &RegionHandle) -> Result<Region> {
+        Region::open_handle(handle, Layout::bytes(None))
+    }
+
+    // ---------------------------------------------------------------- crate API for typed objects
+
+    /// Creates a region for `layout` (whose `size` must be set), runs `init` on it, then publishes it.
+    pub(crate) fn create_with(
+        layout: Layout,
+        name: Option<&str>,
+        persistent: bool,
+        init: impl FnOnce(&Region) -> Result<()>,
+    ) -> Result<Region> {
+        let payload_size = layout.size.expect("creating a region needs its payload size");
+        let total = PAYLOAD_OFFSET
+            .checked_add(payload_size)
+            .ok_or(Error::SizeMismatch { expected: usize::MAX as u64, found: payload_size as u64 })?;
+        // Until the region is published, a failure must remove a name we created, even a persistent one.
+        let (file, cleanup) = match name {
+            None => (shm::create_memfd("mproc")?, CreateGuard(None)),
+            Some(name) => {
+                validate_name(name)?;
+                let shm_name = shm_name(name);
+                (shm::create_named(&shm_name, name)?, CreateGuard(Some(shm_name)))
+            }
+        };
+        file.set_len(total as u64).map_err(|e| Error::os("ftruncate", e))?;
+        if name.is_none() {
+            shm::seal_size(&file)?;
+        }
+        let map = shm::Mapping::new(&file, total, false)?;
+        let me = proc::pid();
+        let header = HeaderSnapshot {
+            magic: MAGIC,
+            version: FORMAT_VERSION,
+            header_size: std::mem::size_of::<Header>() as u32,
+            type_hash: layout.hash,
+            payload_size: payload_size as u64,
+            region_id: proc::random_u64(),
+            creator_pid: me,
+            flags: if persistent { FLAG_PERSISTENT } else { 0 },
+            creator_start: proc::start_time(me).unwrap_or(0),
+        };
+        let naming = match name {
+            None => Naming::Anonymous,
+            Some(name) => Naming::Named {
+                name: name.to_owned(),
+                shm_name: shm_name(name),
+                unlink_by: (!persistent).then_some(me),
+            },
+        };
+        let region = Region { map, file, header, naming };
+        let h = region.raw_header();
+        h.write(&header);
+        init(&region)?;
+        // Publish: everything above happens-before any opener's Acquire load of `ready`.
+        h.ready.store(READY, Ordering::Release);
+        futex::wake_all(&h.ready);
+        cleanup.disarm();
+        Ok(region)
+    }
+
+    /// Opens the named region `name`, waiting up to `timeout` for its creator to publish it.
+    pub(crate) fn open_with(name: &str, layout: Layout, timeout: Duration) -> Result<Region> {
+        validate_name(name)?;
+        let shm_name = shm_name(name);
+        let deadline = Instant::now() + timeout;
+        let file = shm::open_named(&shm_name, name)?;
+        let info = check_private(&file, name)?;
+        // The creator makes the file with O_EXCL and sizes it afterwards: a short file may be one that
+        // is still being made. Wait for it to grow (or for the deadline) before calling it truncated.
+        let mut size = info.size;
+        while size < PAYLOAD_OFFSET as u64 {
+            if Instant::now() >= deadline {
+                return Err(Error::Truncated { needed: PAYLOAD_OFFSET as u64, actual: size });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            size = shm::file_info(&file)?.size;
+        }
+        let size = usize::try_from(size)
+            .map_err(|_| Error::SizeMismatch { expected: usize::MAX as u64, found: size })?;
+        let map = shm::Mapping::new(&file, size, false)?;
+        let naming = Naming::Named { name: name.to_owned(), shm_name, unlink_by: None };
+        Region::finish_open(map, file, naming, layout, deadline, name)
+    }
+
+    /// Opens the region a handle refers to and checks it is the very region the handle was made from.
+    pub(crate) fn open_handle(handle: &RegionHandle, layout: Layout) -> Result<Region> {
+        let region = match &handle.source {
+            Source::Named(name) => Region::open_with(name, layout, DEFAULT_OPEN_TIMEOUT)?,
+            Source::Fd { pid, fd } => {
+                let file = shm::open_proc_fd(*pid, *fd)?;
+                let what = format!("anonymous region of process {pid}");
+                let info = check_private(&file, &what)?;
+                if info.size < PAYLOAD_OFFSET as u64 {
+                    return Err(Error::Truncated { needed: PAYLOAD_OFFSET as u64, actual: info.size });
+                }
+                let size = usize::try_from(info.size).map_err(|_| Error::SizeMismatch {
+                    expected: usize::MAX as u64,
+                    found: info.size,
+                })?;
+                let map = shm::Mapping::new(&file, size, false)?;
+                // An anonymous region is published before any handle to it exists: no waiting.
+                Region::finish_open(map, file, Naming::Anonymous, layout, Instant::now(), &what)?
+            }
+        };
+        if region.header.region_id != handle.id {
+            return Err(Error::StaleHandle(format!(
+                "region id {:#x} was expected but {:#x} was found",
+                handle.id, region.header.region_id
+            )));
+        }
+        Ok(region)
+    }
+
+    fn finish_open(
+        map: shm::Mapping,
+        file: File,
+        naming: Naming,
+        layout: Layout,
+        deadline: Instant,
+        what: &str,
+    ) -> Result<Region> {
+        let mut region = Region { map, file, header: zero_snapshot(), naming };
+        let h = region.raw_header();
+        loop {
+            let ready = h.ready.load(Ordering::Acquire);
+            if ready == READY {
+                break;
+            }
+            let creator = h.creator_pid.load(Ordering::Relaxed);
+            let start = h.creator_start.load(Ordering::Relaxed);
+            let now = Instant::now();
+            // A creator that died before publishing will never publish; say so at once rather than wait.
+            let creator_dead = creator != 0 && !proc::process_alive(creator, start);
+            if ready != 0 {
+                // Neither "initialising" nor READY: somebody wrote garbage over the flag.
+                return Err(Error::Corrupted(format!("ready flag of {what} is {ready:#x}")));
+            }
+            if now >= deadline || creator_dead {
+                return Err(Error::NotReady { name: what.to_owned(), creator_pid: creator });
+            }
+            let slice = (deadline - now).min(Duration::from_millis(10));
+            futex::wait(&h.ready, ready, Some(slice));
+        }
+        let s = h.snapshot();
+        region.header = s;
+        validate(&s, &layout, region.map.len() as u64)?;
+        Ok(region)
+    }
+
+    /// A reference to a `T` at `offset` in the payload, after checking bounds and alignment.
+    pub(crate) fn payload_ref<T: ShmSafe>(&self, offset: usize) -> Result<&T> {
+        let size = std::mem::size_of::<T>();
+        let in_bounds = offset.checked_add(size).is_some_and(|e| e <= self.len());
+        let addr = (self.as_ptr() as usize).wrapping_add(offset);
+        if !in_bounds || addr % std::mem::align_of::<T>() != 0 {
+            return Err(Error::Corrupted(format!(
+                "{} bytes at offset {offset} do not fit a {}-byte payload",
+                size,
+                self.len()
+            )));
+        }
+        // SAFETY: the range [offset, offset + size) lies inside the payload, which lies inside our live
+        // mapping (validated against the segment's real size at create/open); the address is aligned
+        // for T; T: ShmSafe accepts any bytes and is only mutated through atomics or UnsafeCell, so other
+        // processes writing it concurrently cannot produce an invalid value. The reference lives no
+        // longer than `self`, which keeps the mapping.
+        Ok(unsafe { &*(addr as *const T) })
+    }
+
+    fn raw_header(&self) -> &Header {
+        // SAFETY: every mapping is at least PAYLOAD_OFFSET (> size_of::<Header>()) bytes (checked before
+        // mapping), mmap returns page-aligned addresses, and Header is all atomics, so any bytes are valid.
+        unsafe { &*(self.map.as_ptr() as *const Header) }
+    }
+
+    /// Reads the header of a segment without validating it (for the janitor); `None` if the segment is
+    /// shorter than a header.
+    fn peek_header(file: File) -> Option<HeaderSnapshot> {
+        let info = shm::file_info(&file).ok()?;
+        if info.size < PAYLOAD_OFFSET as u64 {
+            return None;
+        }
+        let map = shm::Mapping::new(&file, PAYLOAD_OFFSET, false).ok()?;
+        let region = Region { map, file, header: zero_snapshot(), naming: Naming::Anonymous };
+        let h = region.raw_header();
+        // Pair with the creator's Release store of `ready`; an unpublished header may be half-written,
+        // which only matters for fields the janitor then ignores (it needs magic, flags and creator).
+        h.ready.load(Ordering::Acquire);
+        Some(h.snapshot())
+    }
+
+    pub(crate) fn is_persistent(&self) -> bool {
+        self.header.flags & FLAG_PERSISTENT != 0
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        if let Naming::Named { shm_name, unlink_by: Some(pid), name } = &self.naming {
+            if *pid == proc::pid() {
+                // Errors are ignored: another process (or the janitor) may have unlinked it already, and
+                // the mapping stays valid either way.
+                let _ = shm::unlink_named(shm_name, name);
+            }
+        }
+        // The mapping and the descriptor are released by their own drops.
+    }
+}
+
+/// Unlinks a half-created named region if creation fails part-way.
+struct CreateGuard(Option<String>);
+
+impl CreateGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CreateGuard {
+    fn drop(&mut self) {
+        if let Some(n) = &self.0 {
+            let _ = shm::unlink_named(n, n);
+        }
+    }
+}
+
+fn zero_snapshot() -> HeaderSnapshot {
+    HeaderSnapshot {
+        magic: [0; 8],
+        version: 0,
+        header_size: 0,
+        type_hash: 0,
+        payload_size: 0,
+        region_id: 0,
+        creator_pid: 0,
+        flags: 0,
+        creator_start: 0,
+    }
+}
+
+fn check_private(file: &File, what: &str) -> Result<shm::FileInfo> {
+    let info = shm::file_info(file)?;
+    if info.uid != proc::euid() || info.mode & 0o077 != 0 {
+        return Err(Error::NotPrivate { name: what.to_owned(), owner_uid: info.uid, mode: info.mode });
+    }
+    Ok(info)
+}
+
+/// Checks a header snapshot against the expected layout and the segment's real size.
+fn validate(s: &HeaderSnapshot, layout: &Layout, segment_size: u64) -> Result<()> {
+    if s.magic != MAGIC {
+        return Err(Error::BadMagic { found: s.magic });
+    }
+    if s.version != FORMAT_VERSION {
+        return Err(Error::VersionMismatch { expected: FORMAT_VERSION, found: s.version });
+    }
+    if s.header_size as usize != std::mem::size_of::<Header>() {
+        return Err(Error::Corrupted(format!("header size {} is not 64", s.header_size)));
+    }
+    if s.type_hash != layout.hash {
+        return Err(Error::TypeMismatch {
+            expected: layout.type_name,
+            expected_hash: layout.hash,
+            found_hash: s.type_hash,
+        });
+    }
+    if let Some(size) = layout.size {
+        if s.payload_size != size as u64 {
+            return Err(Error::SizeMismatch { expected: size as u64, found: s.payload_size });
+        }
+    }
+    let needed = s.payload_size.checked_add(PAYLOAD_OFFSET as u64).unwrap_or(u64::MAX);
+    if needed > segment_size {
+        return Err(Error::Truncated { needed, actual: segment_size });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

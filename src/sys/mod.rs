@@ -1,0 +1,12 @@
+//! The platform layer: the only module that talks to the operating system.
+//!
+//! Everything above `sys` is platform-free: it never names `libc`, never calls `mmap`, `futex` or `fork`
+//! itself. Linux is the only target today; a port replaces the files of this folder and nothing else.
+//!
+//! - [`shm`]: memfd and `/dev/shm` objects, sealing, and shared mappings of them.
+//! - [`futex`]: wait and wake on a 32-bit atomic in shared memory, with timeouts.
+//! - [`proc`]: pids, thread ids, start times and liveness checks used to detect dead lock holders.
+
+pub(crate) mod futex;
+pub(crate) mod proc;
+pub(crate) mod shm;
