@@ -1,0 +1,97 @@
+//! Helpers shared by the multi-process tests: child roles, unique names, leak checks.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child program: its name and the function it runs with its argument string.
+pub type Role = (&'static str, fn(&str));
+
+const ROLE_VAR: &str = "MPROC_TEST_ROLE";
+const ARG_VAR: &str = "MPROC_TEST_ARG";
+const RUN_VAR: &str = "MPROC_TEST_RUN";
+
+/// If this process was started by [`spawn_role`], runs the role and exits.
+pub fn run_role_if_child(tables: &[&[Role]]) {
+    let Ok(role) = std::env::var(ROLE_VAR) else { return };
+    let arg = std::env::var(ARG_VAR).unwrap_or_default();
+    for (name, f) in tables.iter().flat_map(|t| t.iter()) {
+        if *name == role {
+            f(&arg);
+            std::process::exit(0);
+        }
+    }
+    eprintln!("unknown test role {role:?}");
+    std::process::exit(99);
+}
+
+/// Starts this test binary again as the child program `role`, with `arg`.
+pub fn spawn_role(role: &str, arg: &str) -> Child {
+    Command::new(std::env::current_exe().expect("current_exe"))
+        .env(ROLE_VAR, role)
+        .env(ARG_VAR, arg)
+        .env(RUN_VAR, run_tag())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn test child")
+}
+
+/// The tag every name made by this run carries, so the leak check finds exactly our leftovers.
+pub fn run_tag() -> String {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    // Children inherit the tag of the test run that started them (spawn_role passes it on).
+    TAG.get_or_init(|| {
+        std::env::var(RUN_VAR).unwrap_or_else(|_| format!("ipc{}", std::process::id()))
+    })
+    .clone()
+}
+
+/// A fresh region name for a test, carrying the run tag.
+pub fn unique_name(what: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{}-{what}-{}", run_tag(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Waits for a child with a generous bound (proves "no hang", asserts no speed); kills it if it overstays.
+pub fn wait_bounded(child: &mut Child, bound: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("child {} did not finish within {bound:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Polls `cond` until it holds or a generous bound expires; panics on expiry.
+pub fn eventually(what: &str, bound: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + bound;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not true within {bound:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// What this run left behind: `/dev/shm` entries with our tag, and zombie children.
+pub fn leftovers() -> Vec<String> {
+    let tag = run_tag();
+    let mut out: Vec<String> = std::fs::read_dir("/dev/shm")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.contains(&tag))
+        .collect();
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in children.split_whitespace() {
+            out.push(format!("child process {pid}"));
+        }
+    }
+    out
+}

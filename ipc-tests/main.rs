@@ -1,0 +1,25 @@
+//! Multi-process tests. Run by `cargo test` (this is the `ipc` test target, with its own harness so that
+//! it can check, after every test ran, that no shared segment and no child process was left behind).
+//!
+//! Each module exposes `tests() -> Vec<Trial>` and `ROLES`, the child programs its tests start: a child is
+//! this same binary re-executed with `MPROC_TEST_ROLE` set (see `common::spawn_role`).
+
+mod common;
+mod region;
+
+use libtest_mimic::{Arguments, Trial};
+
+fn main() {
+    common::run_role_if_child(&[region::ROLES]);
+    let args = Arguments::from_args();
+    let mut trials: Vec<Trial> = Vec::new();
+    trials.extend(region::tests());
+    let conclusion = libtest_mimic::run(&args, trials);
+    // The suite-level invariants (DESIGN.md, invariant 6): nothing of ours left in /dev/shm, no zombie.
+    let leaks = common::leftovers();
+    if !leaks.is_empty() {
+        eprintln!("error: the suite left these behind: {leaks:?}");
+        std::process::exit(101);
+    }
+    conclusion.exit();
+}
