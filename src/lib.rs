@@ -3,7 +3,9 @@
 
 mod error;
 pub mod region;
+pub mod sync;
 pub(crate) mod sys;
 
 pub use error::{Error, LockResult, OwnerDied, Result, TryLockError};
 pub use region::{cleanup_stale, Region, RegionHandle};
+pub use sync::{Lock, LockGuard};

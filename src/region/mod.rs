@@ -18,6 +18,7 @@
 
 mod header;
 mod janitor;
+pub(crate) mod shared;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -63,7 +64,7 @@ impl Layout {
 /// Every bit pattern must be a valid value of the type, it must contain no references or pointers, and
 /// all mutation through a shared reference must go through atomics or `UnsafeCell` — another process may
 /// write any bytes into it at any time.
-pub(crate) unsafe trait ShmSafe: Sync {}
+pub(crate) unsafe trait ShmSafe {}
 
 // SAFETY: atomics of integers accept any bit pattern and are mutated only atomically.
 unsafe impl ShmSafe for AtomicU32 {}
