@@ -231,11 +231,6 @@ impl<G> OwnerDied<G> {
     pub fn dead_tid(&self) -> u32 {
         self.tid
     }
-
-    /// Maps the guard, keeping the death report (used by wrappers such as `Value`).
-    pub(crate) fn map<H>(self, f: impl FnOnce(G) -> H) -> OwnerDied<H> {
-        OwnerDied { guard: f(self.guard), tid: self.tid }
-    }
 }
 
 impl<G> fmt::Debug for OwnerDied<G> {

@@ -8,4 +8,4 @@ pub(crate) mod sys;
 
 pub use error::{Error, LockResult, OwnerDied, Result, TryLockError};
 pub use region::{cleanup_stale, Region, RegionHandle};
-pub use sync::{Lock, LockGuard};
+pub use sync::{Array, ArrayGuard, Event, Lock, LockGuard, RLock, RLockGuard, Value, ValueGuard};

@@ -411,7 +411,8 @@ impl Region {
         Some(h.snapshot())
     }
 
-    pub(crate) fn is_persistent(&self) -> bool {
+    /// Whether the region outlives its creator's handle (see [`Region::create`]).
+    pub fn is_persistent(&self) -> bool {
         self.header.flags & FLAG_PERSISTENT != 0
     }
 }

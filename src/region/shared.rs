@@ -90,6 +90,11 @@ impl<T: ShmSafe> Shared<T> {
         Shared::wrap(Region::open_handle(handle, layout)?)
     }
 
+    /// Wraps a region already created or opened (and validated) by the caller.
+    pub(crate) fn wrap_region(region: Region) -> Result<Self> {
+        Shared::wrap(region)
+    }
+
     fn wrap(region: Region) -> Result<Self> {
         let ptr = NonNull::from(region.payload_ref::<T>(0)?);
         Ok(Shared { region: Arc::new(region), ptr, _t: PhantomData })

@@ -11,7 +11,13 @@
 //! | [`Barrier`] | parties that arrived are recorded; if one dies before the barrier trips, the barrier breaks and waiters get [`Error::BrokenBarrier`](crate::Error::BrokenBarrier) |
 //! | [`Event`] | holds nothing; nothing to recover |
 
+mod event;
 mod lock;
 pub(crate) mod raw_lock;
+mod rlock;
+mod value;
 
+pub use event::Event;
 pub use lock::{Lock, LockGuard};
+pub use rlock::{RLock, RLockGuard};
+pub use value::{Array, ArrayGuard, Value, ValueGuard};

@@ -112,12 +112,11 @@ pub(crate) struct FileInfo {
     pub size: u64,
     pub uid: u32,
     pub mode: u32,
-    pub ino: u64,
 }
 
 pub(crate) fn file_info(file: &File) -> Result<FileInfo> {
     let m = file.metadata().map_err(|e| Error::os("fstat", e))?;
-    Ok(FileInfo { size: m.len(), uid: m.uid(), mode: m.mode() & 0o7777, ino: m.ino() })
+    Ok(FileInfo { size: m.len(), uid: m.uid(), mode: m.mode() & 0o7777 })
 }
 
 /// A shared read-write mapping of a whole segment. Unmapped on drop.

@@ -1,0 +1,390 @@
+//! [`Value<T>`] and [`Array<T>`]: plain data in shared memory, each with its own robust lock, like
+//! Python's `multiprocessing.Value` and `multiprocessing.Array`.
+
+use std::cell::UnsafeCell;
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+
+use bytemuck::Pod;
+
+use super::lock::guard_result;
+use super::raw_lock::RawLock;
+use crate::error::{Error, LockResult, Result};
+use crate::region::shared::Shared;
+use crate::region::{layout_hash, Layout, Region, RegionHandle, ShmSafe, DEFAULT_OPEN_TIMEOUT};
+
+#[repr(C)]
+pub(crate) struct RawValue<T> {
+    lock: RawLock,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: RawLock is ShmSafe; T: Pod accepts any bit pattern and has no pointers; the value is mutated
+// only through the UnsafeCell, by the thread holding `lock`.
+unsafe impl<T: Pod> ShmSafe for RawValue<T> {}
+
+/// A `T` in shared memory with a robust lock, like Python's `multiprocessing.Value`.
+///
+/// [`get`](Value::get) and [`set`](Value::set) take the lock for one read or write; [`lock`](Value::lock)
+/// holds it across a read-modify-write. `T` is any [`bytemuck::Pod`] type: plain bytes, no pointers, so
+/// whatever another process wrote is still a valid `T`.
+///
+/// # Examples
+/// ```
+/// let v = mproc::Value::new(0u64)?;
+/// *v.lock().unwrap() += 5;
+/// assert_eq!(v.get(), 5);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+pub struct Value<T: Pod> {
+    shared: Shared<RawValue<T>>,
+}
+
+impl<T: Pod> Clone for Value<T> {
+    fn clone(&self) -> Self {
+        Value { shared: self.shared.clone() }
+    }
+}
+
+impl<T: Pod> Value<T> {
+    fn layout() -> Layout {
+        Shared::<RawValue<T>>::layout(std::any::type_name::<RawValue<T>>())
+    }
+
+    fn init(initial: T) -> impl Fn(&RawValue<T>) {
+        move |raw| {
+            // SAFETY: called once, before the region is published: no other thread or process can
+            // access the value yet.
+            unsafe { *raw.value.get() = initial }
+        }
+    }
+
+    /// Creates an anonymous value.
+    ///
+    /// # Errors
+    /// [`Error::Os`] if shared memory cannot be created.
+    pub fn new(initial: T) -> Result<Self> {
+        Ok(Value { shared: Shared::create(Self::layout(), None, false, Self::init(initial))? })
+    }
+
+    /// Creates a value under `name` (removed when this handle is dropped in this process).
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`], [`Error::InvalidName`].
+    pub fn create(name: &str, initial: T) -> Result<Self> {
+        Ok(Value { shared: Shared::create(Self::layout(), Some(name), false, Self::init(initial))? })
+    }
+
+    /// Opens the value `name`, or creates a persistent one holding `initial` if none exists (remove it
+    /// with [`Region::unlink`]). Concurrent callers agree on one value.
+    ///
+    /// # Errors
+    /// As [`Value::open`].
+    pub fn open_or_create(name: &str, initial: T) -> Result<Self> {
+        Ok(Value { shared: Shared::open_or_create(name, Self::layout(), true, Self::init(initial))? })
+    }
+
+    /// Opens the value `name`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::TypeMismatch`] if it holds another type, or another validation error.
+    pub fn open(name: &str) -> Result<Self> {
+        Ok(Value { shared: Shared::open(name, Self::layout())? })
+    }
+
+    /// A handle for another process; see [`RegionHandle`].
+    pub fn handle(&self) -> RegionHandle {
+        self.shared.handle()
+    }
+
+    /// Re-attaches from a handle.
+    ///
+    /// # Errors
+    /// [`Error::StaleHandle`] or a validation error.
+    pub fn from_handle(handle: &RegionHandle) -> Result<Self> {
+        Ok(Value { shared: Shared::from_handle(handle, Self::layout())? })
+    }
+
+    /// Holds the value's lock.
+    ///
+    /// # Errors
+    /// [`OwnerDied`](crate::OwnerDied) with the guard if the previous holder died; the value is whatever
+    /// it last wrote.
+    pub fn lock(&self) -> LockResult<ValueGuard<'_, T>> {
+        let raw = &*self.shared;
+        let a = raw.lock.lock_until(None).expect("an untimed lock cannot time out");
+        guard_result(ValueGuard { raw, _not_send: PhantomData }, a)
+    }
+
+    /// Reads the value under the lock. A dead previous holder is not reported here (use
+    /// [`lock`](Value::lock) for that): a `Pod` value is always a valid `T`.
+    pub fn get(&self) -> T {
+        *self.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the value under the lock.
+    pub fn set(&self, v: T) {
+        *self.lock().unwrap_or_else(|e| e.into_inner()) = v;
+    }
+}
+
+/// Holds a [`Value`]'s lock and gives access to the value.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct ValueGuard<'a, T: Pod> {
+    raw: &'a RawValue<T>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<T: Pod> Deref for ValueGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: this thread holds the value's lock, so no cooperating thread writes it; T: Pod.
+        unsafe { &*self.raw.value.get() }
+    }
+}
+
+impl<T: Pod> DerefMut for ValueGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`, and `&mut self` makes this the only reference handed out by the guard.
+        unsafe { &mut *self.raw.value.get() }
+    }
+}
+
+impl<T: Pod> Drop for ValueGuard<'_, T> {
+    fn drop(&mut self) {
+        // SAFETY: the guard exists only while its (non-Send) thread holds the lock; dropped once.
+        unsafe { self.raw.lock.unlock() }
+    }
+}
+
+/// Where an array's elements start in its payload: after the lock, on their own cache line.
+const ARRAY_DATA: usize = 64;
+
+#[repr(C)]
+pub(crate) struct RawArrayHead {
+    lock: RawLock,
+}
+
+// SAFETY: a RawLock; any bit pattern is valid.
+unsafe impl ShmSafe for RawArrayHead {}
+
+/// A fixed-length `[T]` in shared memory with a robust lock, like Python's `multiprocessing.Array`.
+///
+/// The length is fixed at creation and taken, on open, from the region's validated size — never from
+/// bytes another process could rewrite.
+///
+/// # Examples
+/// ```
+/// let a = mproc::Array::from_slice(&[1.0f64, 2.0, 3.0])?;
+/// a.lock().unwrap()[1] = 20.0;
+/// assert_eq!(a.to_vec(), vec![1.0, 20.0, 3.0]);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+pub struct Array<T: Pod> {
+    shared: Shared<RawArrayHead>,
+    len: usize,
+    _t: PhantomData<T>,
+}
+
+impl<T: Pod> Clone for Array<T> {
+    fn clone(&self) -> Self {
+        Array { shared: self.shared.clone(), len: self.len, _t: PhantomData }
+    }
+}
+
+impl<T: Pod> Array<T> {
+    const ALIGN_OK: () = assert!(std::mem::align_of::<T>() <= ARRAY_DATA, "element alignment above 64");
+
+    fn layout(len: Option<usize>) -> Result<Layout> {
+        #[allow(clippy::let_unit_value)]
+        let _ = Self::ALIGN_OK;
+        let name = std::any::type_name::<Array<T>>();
+        let size = match len {
+            None => None,
+            Some(n) => Some(
+                n.checked_mul(std::mem::size_of::<T>())
+                    .and_then(|b| b.checked_add(ARRAY_DATA))
+                    .ok_or(Error::SizeMismatch { expected: usize::MAX as u64, found: n as u64 })?,
+            ),
+        };
+        let hash = layout_hash(name, std::mem::size_of::<T>(), std::mem::align_of::<T>());
+        Ok(Layout { type_name: name, hash, size })
+    }
+
+    fn create_in(name: Option<&str>, data: &[T]) -> Result<Self> {
+        let layout = Self::layout(Some(data.len()))?;
+        let region = Region::create_with(layout, name, false, |r| {
+            // SAFETY: the payload is ARRAY_DATA + len * size_of::<T>() bytes (the layout size), its start
+            // is page-aligned + 128, so ARRAY_DATA is aligned for T (align <= 64); nobody else can see the
+            // region before it is published.
+            unsafe {
+                std::ptr::copy_nonoverlapping(data.as_ptr(), r.as_ptr().add(ARRAY_DATA).cast::<T>(), data.len())
+            };
+            Ok(())
+        })?;
+        Self::wrap(region)
+    }
+
+    fn wrap(region: Region) -> Result<Self> {
+        let bytes = region.len().checked_sub(ARRAY_DATA).ok_or(Error::Truncated {
+            needed: ARRAY_DATA as u64,
+            actual: region.len() as u64,
+        })?;
+        let size = std::mem::size_of::<T>().max(1);
+        if bytes % size != 0 {
+            return Err(Error::SizeMismatch { expected: (bytes / size * size) as u64, found: bytes as u64 });
+        }
+        let len = if std::mem::size_of::<T>() == 0 { 0 } else { bytes / size };
+        let shared = Shared::wrap_region(region)?;
+        Ok(Array { shared, len, _t: PhantomData })
+    }
+
+    /// Creates an anonymous array of `len` zeroes.
+    ///
+    /// # Errors
+    /// [`Error::Os`] if shared memory cannot be created.
+    pub fn new(len: usize) -> Result<Self> {
+        Self::create_in(None, &vec![T::zeroed(); len])
+    }
+
+    /// Creates an anonymous array holding a copy of `data`.
+    ///
+    /// # Errors
+    /// [`Error::Os`] if shared memory cannot be created.
+    pub fn from_slice(data: &[T]) -> Result<Self> {
+        Self::create_in(None, data)
+    }
+
+    /// Creates an array of `len` zeroes under `name` (removed when this handle is dropped here).
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`], [`Error::InvalidName`].
+    pub fn create(name: &str, len: usize) -> Result<Self> {
+        Self::create_in(Some(name), &vec![T::zeroed(); len])
+    }
+
+    /// Opens the array `name`; its length comes from the region's size.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::TypeMismatch`] for another element type, or a validation error.
+    pub fn open(name: &str) -> Result<Self> {
+        Self::wrap(Region::open_with(name, Self::layout(None)?, DEFAULT_OPEN_TIMEOUT)?)
+    }
+
+    /// A handle for another process.
+    pub fn handle(&self) -> RegionHandle {
+        self.shared.handle()
+    }
+
+    /// Re-attaches from a handle.
+    ///
+    /// # Errors
+    /// [`Error::StaleHandle`] or a validation error.
+    pub fn from_handle(handle: &RegionHandle) -> Result<Self> {
+        Self::wrap(Region::open_handle(handle, Self::layout(None)?)?)
+    }
+
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the array has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Holds the array's lock and gives access to the elements.
+    ///
+    /// # Errors
+    /// [`OwnerDied`](crate::OwnerDied) with the guard if the previous holder died.
+    pub fn lock(&self) -> LockResult<ArrayGuard<'_, T>> {
+        let a = self.shared.lock.lock_until(None).expect("an untimed lock cannot time out");
+        guard_result(ArrayGuard { array: self, _not_send: PhantomData }, a)
+    }
+
+    /// Element `i` read under the lock, or `None` past the end.
+    pub fn get(&self, i: usize) -> Option<T> {
+        self.lock().unwrap_or_else(|e| e.into_inner()).get(i).copied()
+    }
+
+    /// Writes element `i` under the lock.
+    ///
+    /// # Panics
+    /// If `i >= len()`, like slice indexing.
+    #[track_caller]
+    pub fn set(&self, i: usize, v: T) {
+        self.lock().unwrap_or_else(|e| e.into_inner())[i] = v;
+    }
+
+    /// A copy of all elements, taken under the lock.
+    pub fn to_vec(&self) -> Vec<T> {
+        self.lock().unwrap_or_else(|e| e.into_inner()).to_vec()
+    }
+
+    fn data(&self) -> *mut T {
+        // In bounds: the payload holds ARRAY_DATA + len * size_of::<T>() bytes (checked in `wrap`).
+        self.shared.region().as_ptr().wrapping_add(ARRAY_DATA).cast::<T>()
+    }
+}
+
+/// Holds an [`Array`]'s lock and derefs to its elements.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct ArrayGuard<'a, T: Pod> {
+    array: &'a Array<T>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<T: Pod> Deref for ArrayGuard<'_, T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: `data()..+len` lies in the mapping (checked in `wrap`) and is aligned for T; the array
+        // keeps the mapping alive for the guard's lifetime; this thread holds the lock; T: Pod.
+        unsafe { std::slice::from_raw_parts(self.array.data(), self.array.len) }
+    }
+}
+
+impl<T: Pod> DerefMut for ArrayGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as in `deref`; `&mut self` makes this the only slice the guard hands out.
+        unsafe { std::slice::from_raw_parts_mut(self.array.data(), self.array.len) }
+    }
+}
+
+impl<T: Pod> Drop for ArrayGuard<'_, T> {
+    fn drop(&mut self) {
+        // SAFETY: the guard exists only while its (non-Send) thread holds the lock; dropped once.
+        unsafe { self.array.shared.lock.unlock() }
+    }
+}
+
+macro_rules! pod_handle_impls {
+    ($ty:ident, $guard:ident) => {
+        impl<T: Pod> serde::Serialize for $ty<T> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                self.handle().serialize(s)
+            }
+        }
+
+        impl<'de, T: Pod> serde::Deserialize<'de> for $ty<T> {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                let h = RegionHandle::deserialize(d)?;
+                $ty::from_handle(&h).map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl<T: Pod> std::fmt::Debug for $ty<T> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($ty)).field("region", &self.handle()).finish()
+            }
+        }
+
+        impl<T: Pod + std::fmt::Debug> std::fmt::Debug for $guard<'_, T> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Debug::fmt(&**self, f)
+            }
+        }
+    };
+}
+pod_handle_impls!(Value, ValueGuard);
+pod_handle_impls!(Array, ArrayGuard);
