@@ -8,4 +8,7 @@ pub(crate) mod sys;
 
 pub use error::{Error, LockResult, OwnerDied, Result, TryLockError};
 pub use region::{cleanup_stale, Region, RegionHandle};
-pub use sync::{Array, ArrayGuard, Event, Lock, LockGuard, RLock, RLockGuard, Value, ValueGuard};
+pub use sync::{
+    Array, ArrayGuard, BoundedSemaphore, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore, SemaphoreGuard,
+    Value, ValueGuard,
+};

@@ -15,9 +15,11 @@ mod event;
 mod lock;
 pub(crate) mod raw_lock;
 mod rlock;
+mod semaphore;
 mod value;
 
 pub use event::Event;
 pub use lock::{Lock, LockGuard};
 pub use rlock::{RLock, RLockGuard};
+pub use semaphore::{BoundedSemaphore, Semaphore, SemaphoreGuard, HOLDER_SLOTS};
 pub use value::{Array, ArrayGuard, Value, ValueGuard};

@@ -190,6 +190,14 @@ impl RawLock {
 }
 
 #[cfg(test)]
+impl RawLock {
+    /// Makes the lock look held by `word` (tests simulate dead holders with impossible tids).
+    pub(crate) fn force_word_for_test(&self, word: u32) {
+        self.word.store(word, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;

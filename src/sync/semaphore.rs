@@ -1,0 +1,506 @@
+//! [`Semaphore`] and [`BoundedSemaphore`], with permits that come back when their holder dies.
+//!
+//! # Layout and protocol
+//! All state is guarded by a robust [`RawLock`]; `value` (free permits) doubles as the futex word that
+//! waiters sleep on. Permits taken through a guard are recorded in `holders` per holding thread, so a
+//! waiter that finds no permit free can give back those of dead holders.
+//!
+//! Every update under the lock first writes an undo record (`journal`), then changes `value` and one
+//! holder slot, then clears the record. If the lock's previous holder died, the next one rolls back an
+//! undo record it finds: the interrupted update did not happen. No permit is ever lost or doubled by a
+//! death inside the critical section.
+//!
+//! More than [`HOLDER_SLOTS`] threads holding permits at once is allowed, but the permits beyond the
+//! table are not tracked (they are not returned if their holder dies).
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::raw_lock::{RawLock, MAX_CHECK_INTERVAL};
+use crate::error::{Error, Result};
+use crate::region::shared::{impl_shared_object, Shared};
+use crate::region::ShmSafe;
+use crate::sys::futex;
+use crate::sys::proc::{self, Identity};
+
+/// Threads that can hold tracked permits at once.
+pub const HOLDER_SLOTS: usize = 64;
+const NO_SLOT: u32 = u32::MAX;
+const SPINS: u32 = 100;
+
+#[repr(C)]
+#[derive(Debug, Default)]
+struct Holder {
+    /// `Identity::pack()` of the holding thread, or 0 when the slot is free.
+    owner: AtomicU64,
+    /// Permits it holds.
+    count: AtomicU32,
+    _pad: AtomicU32,
+}
+
+/// The undo record: values of `value` and of one holder slot before the update in progress.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct Journal {
+    /// Non-zero while an update is in progress.
+    active: AtomicU32,
+    value: AtomicU32,
+    slot: AtomicU32,
+    slot_count: AtomicU32,
+    slot_owner: AtomicU64,
+}
+
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct RawSemaphore {
+    lock: RawLock,
+    /// Free permits; the futex word.
+    value: AtomicU32,
+    /// Ceiling for `release` (`u32::MAX` when unbounded).
+    max: AtomicU32,
+    /// Threads that may sleep on `value`.
+    sleepers: AtomicU32,
+    _pad: AtomicU32,
+    journal: Journal,
+    holders: [Holder; HOLDER_SLOTS],
+}
+
+// SAFETY: atomics only; every bit pattern is a valid state (slot indices are bounds-checked, counts
+// saturate), and all mutation is atomic.
+unsafe impl ShmSafe for RawSemaphore {}
+
+/// What one update under the lock does to `value` and to the caller's holder slot.
+enum Update {
+    Take,
+    Give { tracked: bool },
+}
+
+impl RawSemaphore {
+    fn init(&self, value: u32, max: u32) {
+        self.value.store(value, Ordering::Relaxed);
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// Runs `f` under the internal lock, after rolling back an update a dead holder left half-done.
+    fn locked<R>(&self, f: impl FnOnce(&Self) -> R) -> R {
+        let acquired = self.lock.lock_until(None).expect("an untimed lock cannot time out");
+        if acquired != super::raw_lock::Acquired::Clean {
+            self.roll_back();
+        }
+        let r = f(self);
+        // SAFETY: acquired just above by this thread, released once.
+        unsafe { self.lock.unlock() };
+        r
+    }
+
+    fn roll_back(&self) {
+        let j = &self.journal;
+        if j.active.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        self.value.store(j.value.load(Ordering::Relaxed), Ordering::Relaxed);
+        if let Some(h) = self.holders.get(j.slot.load(Ordering::Relaxed) as usize) {
+            h.owner.store(j.slot_owner.load(Ordering::Relaxed), Ordering::Relaxed);
+            h.count.store(j.slot_count.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        j.active.store(0, Ordering::Relaxed);
+    }
+
+    /// Applies `update` for thread `me`; the caller holds the lock. Returns false if it cannot apply
+    /// (no free permit, or the ceiling would be passed).
+    fn apply(&self, update: Update, me: Identity) -> bool {
+        let value = self.value.load(Ordering::Relaxed);
+        let new_value = match update {
+            Update::Take if value == 0 => return false,
+            Update::Take => value - 1,
+            Update::Give { .. } if value >= self.max.load(Ordering::Relaxed) => return false,
+            Update::Give { .. } => value + 1,
+        };
+        let track = matches!(update, Update::Take | Update::Give { tracked: true });
+        let slot = if track { self.slot_for(me, matches!(update, Update::Take)) } else { NO_SLOT };
+        let j = &self.journal;
+        j.value.store(value, Ordering::Relaxed);
+        j.slot.store(slot, Ordering::Relaxed);
+        if let Some(h) = self.holders.get(slot as usize) {
+            j.slot_owner.store(h.owner.load(Ordering::Relaxed), Ordering::Relaxed);
+            j.slot_count.store(h.count.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        // All stores here are under the lock; the lock's Release/Acquire orders them for the next holder,
+        // which is the only reader of the journal.
+        j.active.store(1, Ordering::Relaxed);
+        self.value.store(new_value, Ordering::Relaxed);
+        if let Some(h) = self.holders.get(slot as usize) {
+            let c = h.count.load(Ordering::Relaxed);
+            let c = if matches!(update, Update::Take) { c.saturating_add(1) } else { c.saturating_sub(1) };
+            h.count.store(c, Ordering::Relaxed);
+            h.owner.store(if c == 0 { 0 } else { me.pack() }, Ordering::Relaxed);
+        }
+        j.active.store(0, Ordering::Relaxed);
+        true
+    }
+
+    /// The slot recording `me`, or (when `claim`) a free one; `NO_SLOT` if none.
+    fn slot_for(&self, me: Identity, claim: bool) -> u32 {
+        let mine = me.pack();
+        let mut free = NO_SLOT;
+        for (i, h) in self.holders.iter().enumerate() {
+            let o = h.owner.load(Ordering::Relaxed);
+            if o == mine {
+                return i as u32;
+            }
+            if o == 0 && free == NO_SLOT {
+                free = i as u32;
+            }
+        }
+        if claim {
+            free
+        } else {
+            NO_SLOT
+        }
+    }
+
+    /// Gives back the permits of holders that died; returns how many. The caller holds the lock.
+    fn reclaim_dead(&self) -> u32 {
+        let mut back = 0u32;
+        for (i, h) in self.holders.iter().enumerate() {
+            let o = h.owner.load(Ordering::Relaxed);
+            if o == 0 || proc::is_alive(Identity::unpack(o)) {
+                continue;
+            }
+            let count = h.count.load(Ordering::Relaxed);
+            let value = self.value.load(Ordering::Relaxed);
+            let j = &self.journal;
+            j.value.store(value, Ordering::Relaxed);
+            j.slot.store(i as u32, Ordering::Relaxed);
+            j.slot_owner.store(o, Ordering::Relaxed);
+            j.slot_count.store(count, Ordering::Relaxed);
+            j.active.store(1, Ordering::Relaxed);
+            let max = self.max.load(Ordering::Relaxed);
+            self.value.store(value.saturating_add(count).min(max), Ordering::Relaxed);
+            h.count.store(0, Ordering::Relaxed);
+            h.owner.store(0, Ordering::Relaxed);
+            j.active.store(0, Ordering::Relaxed);
+            back = back.saturating_add(count);
+        }
+        back
+    }
+
+    fn wake_sleepers(&self, n: u32) {
+        if n > 0 && self.sleepers.load(Ordering::SeqCst) != 0 {
+            futex::wake(&self.value, n);
+        }
+    }
+
+    fn try_take(&self, me: Identity) -> bool {
+        self.locked(|s| s.apply(Update::Take, me))
+    }
+
+    fn acquire_until(&self, deadline: Option<Instant>) -> bool {
+        let me = proc::current();
+        if self.try_take(me) {
+            return true;
+        }
+        for _ in 0..SPINS {
+            std::hint::spin_loop();
+            if self.value.load(Ordering::Relaxed) != 0 && self.try_take(me) {
+                return true;
+            }
+        }
+        let mut interval = Duration::from_millis(1);
+        loop {
+            let mut slice = interval;
+            if let Some(d) = deadline {
+                let now = Instant::now();
+                if now >= d {
+                    return false;
+                }
+                slice = slice.min(d - now);
+            }
+            // Dekker with `release`: SeqCst increment, then SeqCst re-check of `value` before sleeping.
+            self.sleepers.fetch_add(1, Ordering::SeqCst);
+            let outcome = if self.value.load(Ordering::SeqCst) == 0 {
+                futex::wait(&self.value, 0, Some(slice))
+            } else {
+                futex::WaitOutcome::ValueChanged
+            };
+            self.sleepers.fetch_sub(1, Ordering::SeqCst);
+            if self.try_take(me) {
+                return true;
+            }
+            if outcome == futex::WaitOutcome::TimedOut {
+                let back = self.locked(|s| s.reclaim_dead());
+                // We may take one of them ourselves; wake others for the rest.
+                self.wake_sleepers(back);
+                interval = (interval * 2).min(MAX_CHECK_INTERVAL);
+            }
+        }
+    }
+
+    fn give(&self, tracked: bool) -> bool {
+        let me = proc::current();
+        let ok = self.locked(|s| s.apply(Update::Give { tracked }, me));
+        if ok {
+            self.wake_sleepers(1);
+        }
+        ok
+    }
+}
+
+/// A counting semaphore shared between processes, like Python's `multiprocessing.Semaphore`.
+///
+/// [`acquire`](Semaphore::acquire) returns a guard that gives the permit back when dropped. Permits held
+/// through guards are recorded per thread: if the holder dies, a waiter that finds no permit free gets
+/// them back within about 50 ms. For Python's "acquire here, release elsewhere" signalling, turn the
+/// guard into a loose permit with [`SemaphoreGuard::forget`] and call [`Semaphore::release`] anywhere.
+///
+/// # Examples
+/// ```
+/// let s = mproc::Semaphore::new(2)?;
+/// let a = s.acquire();
+/// let b = s.acquire();
+/// assert!(s.try_acquire().is_none());
+/// drop(a);
+/// assert!(s.try_acquire().is_some());
+/// # drop(b);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Semaphore {
+    shared: Shared<RawSemaphore>,
+}
+
+impl_shared_object!(Semaphore, RawSemaphore, "mproc::Semaphore");
+
+impl Semaphore {
+    /// Creates an anonymous semaphore with `value` permits.
+    ///
+    /// # Errors
+    /// [`Error::Os`] if shared memory cannot be created.
+    pub fn new(value: u32) -> Result<Semaphore> {
+        Ok(Semaphore { shared: Shared::create(Self::layout(), None, false, |r: &RawSemaphore| r.init(value, u32::MAX))? })
+    }
+
+    /// Creates a semaphore with `value` permits under `name` (removed when this handle is dropped here).
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`], [`Error::InvalidName`].
+    pub fn create(name: &str, value: u32) -> Result<Semaphore> {
+        let shared = Shared::create(Self::layout(), Some(name), false, |r: &RawSemaphore| r.init(value, u32::MAX))?;
+        Ok(Semaphore { shared })
+    }
+
+    /// Blocks until a permit is free and takes it.
+    pub fn acquire(&self) -> SemaphoreGuard<'_> {
+        let ok = self.shared.acquire_until(None);
+        debug_assert!(ok, "an untimed acquire cannot time out");
+        SemaphoreGuard::new(&self.shared)
+    }
+
+    /// Takes a permit if one is free now.
+    pub fn try_acquire(&self) -> Option<SemaphoreGuard<'_>> {
+        self.shared.try_take(proc::current()).then(|| SemaphoreGuard::new(&self.shared))
+    }
+
+    /// Waits at most `timeout` for a permit.
+    pub fn acquire_timeout(&self, timeout: Duration) -> Option<SemaphoreGuard<'_>> {
+        self.shared
+            .acquire_until(Some(Instant::now() + timeout))
+            .then(|| SemaphoreGuard::new(&self.shared))
+    }
+
+    /// Adds one permit (Python's `release()`), e.g. one taken elsewhere and [`forgotten`](SemaphoreGuard::forget).
+    ///
+    /// # Errors
+    /// [`Error::ReleasedTooManyTimes`] if a [`BoundedSemaphore`] would exceed its initial value, or an
+    /// unbounded one would exceed `u32::MAX - 1` permits.
+    pub fn release(&self) -> Result<()> {
+        if self.shared.give(false) {
+            Ok(())
+        } else {
+            Err(Error::ReleasedTooManyTimes("the semaphore is at its maximum value"))
+        }
+    }
+
+    /// The number of free permits right now (a snapshot; other processes may change it at once).
+    pub fn value(&self) -> u32 {
+        self.shared.value.load(Ordering::Relaxed)
+    }
+}
+
+/// A semaphore whose value may never exceed its initial value, like Python's `BoundedSemaphore`:
+/// [`release`](Semaphore::release) beyond it is an error. Derefs to [`Semaphore`] for every operation.
+///
+/// # Examples
+/// ```
+/// let s = mproc::BoundedSemaphore::new(1)?;
+/// assert!(s.release().is_err()); // already at its initial value
+/// # Ok::<(), mproc::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct BoundedSemaphore {
+    inner: Semaphore,
+}
+
+impl BoundedSemaphore {
+    fn layout() -> crate::region::Layout {
+        Shared::<RawSemaphore>::layout("mproc::BoundedSemaphore")
+    }
+
+    /// Creates an anonymous bounded semaphore with `value` permits (also its ceiling).
+    ///
+    /// # Errors
+    /// [`Error::Os`] if shared memory cannot be created.
+    pub fn new(value: u32) -> Result<Self> {
+        let shared = Shared::create(Self::layout(), None, false, |r: &RawSemaphore| r.init(value, value))?;
+        Ok(BoundedSemaphore { inner: Semaphore { shared } })
+    }
+
+    /// Creates a named bounded semaphore (removed when this handle is dropped here).
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`], [`Error::InvalidName`].
+    pub fn create(name: &str, value: u32) -> Result<Self> {
+        let shared = Shared::create(Self::layout(), Some(name), false, |r: &RawSemaphore| r.init(value, value))?;
+        Ok(BoundedSemaphore { inner: Semaphore { shared } })
+    }
+
+    /// Opens the bounded semaphore `name`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::TypeMismatch`] (for example if it is an unbounded one).
+    pub fn open(name: &str) -> Result<Self> {
+        Ok(BoundedSemaphore { inner: Semaphore { shared: Shared::open(name, Self::layout())? } })
+    }
+
+    /// Re-attaches from a handle.
+    ///
+    /// # Errors
+    /// [`Error::StaleHandle`] or a validation error.
+    pub fn from_handle(handle: &crate::RegionHandle) -> Result<Self> {
+        Ok(BoundedSemaphore { inner: Semaphore { shared: Shared::from_handle(handle, Self::layout())? } })
+    }
+}
+
+impl std::ops::Deref for BoundedSemaphore {
+    type Target = Semaphore;
+    fn deref(&self) -> &Semaphore {
+        &self.inner
+    }
+}
+
+impl serde::Serialize for BoundedSemaphore {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.inner.handle().serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for BoundedSemaphore {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let h = crate::RegionHandle::deserialize(d)?;
+        BoundedSemaphore::from_handle(&h).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A permit of a [`Semaphore`], given back when dropped. Not `Send`: the permit is recorded as held by
+/// this thread.
+#[must_use = "the permit is given back as soon as the guard is dropped"]
+pub struct SemaphoreGuard<'a> {
+    raw: &'a RawSemaphore,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<'a> SemaphoreGuard<'a> {
+    fn new(raw: &'a RawSemaphore) -> Self {
+        SemaphoreGuard { raw, _not_send: PhantomData }
+    }
+
+    /// Keeps the permit taken but stops tracking it: it is no longer given back on drop nor on this
+    /// thread's death. Give it back with [`Semaphore::release`], from any process.
+    pub fn forget(self) {
+        let me = proc::current();
+        self.raw.locked(|s| {
+            let slot = s.slot_for(me, false);
+            if let Some(h) = s.holders.get(slot as usize) {
+                let c = h.count.load(Ordering::Relaxed).saturating_sub(1);
+                h.count.store(c, Ordering::Relaxed);
+                if c == 0 {
+                    h.owner.store(0, Ordering::Relaxed);
+                }
+            }
+        });
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for SemaphoreGuard<'_> {
+    fn drop(&mut self) {
+        // Cannot fail for a permit we hold: value < max while it is out (unless garbage was written, in
+        // which case the permit is dropped rather than pushed past the ceiling).
+        self.raw.give(true);
+    }
+}
+
+impl std::fmt::Debug for SemaphoreGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SemaphoreGuard")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_thread_permits_come_back() {
+        let s = Semaphore::new(1).unwrap();
+        std::thread::scope(|sc| {
+            sc.spawn(|| std::mem::forget(s.acquire()));
+        });
+        assert_eq!(s.value(), 0);
+        // The holder thread exited without giving it back; a waiter reclaims it.
+        let g = s.acquire_timeout(Duration::from_secs(30));
+        assert!(g.is_some());
+    }
+
+    #[test]
+    fn forgotten_permit_is_not_reclaimed_and_release_returns_it() {
+        let s = Semaphore::new(1).unwrap();
+        std::thread::scope(|sc| {
+            sc.spawn(|| s.acquire().forget());
+        });
+        assert!(s.acquire_timeout(Duration::from_millis(200)).is_none());
+        s.release().unwrap();
+        assert!(s.try_acquire().is_some());
+    }
+
+    #[test]
+    fn journal_rolls_back_a_half_done_update() {
+        let s = Semaphore::new(3).unwrap();
+        let raw = &*s.shared;
+        // Simulate a holder that died after journaling and decrementing, before recording its slot.
+        raw.journal.value.store(3, Ordering::Relaxed);
+        raw.journal.slot.store(0, Ordering::Relaxed);
+        raw.journal.active.store(1, Ordering::Relaxed);
+        raw.value.store(2, Ordering::Relaxed);
+        raw.lock_for_test_as_dead();
+        assert!(s.try_acquire().is_some());
+        assert_eq!(s.value(), 3, "rolled back to 3, took one, gave it back");
+    }
+
+    #[test]
+    fn bounded_refuses_extra_release() {
+        let s = BoundedSemaphore::new(2).unwrap();
+        assert!(matches!(s.release(), Err(Error::ReleasedTooManyTimes(_))));
+        let g = s.acquire();
+        g.forget();
+        s.release().unwrap();
+        assert!(s.release().is_err());
+    }
+
+    impl RawSemaphore {
+        fn lock_for_test_as_dead(&self) {
+            self.lock.force_word_for_test(0x3fff_fffe);
+        }
+    }
+}
