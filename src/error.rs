@@ -42,7 +42,9 @@ pub enum Error {
         name: String,
     },
     /// The segment belongs to another user or is readable by others: we refuse to trust it.
-    #[error("shared region {name:?} is not private to this user (owner uid {owner_uid}, mode {mode:o})")]
+    #[error(
+        "shared region {name:?} is not private to this user (owner uid {owner_uid}, mode {mode:o})"
+    )]
     NotPrivate {
         /// The name of the segment.
         name: String,
@@ -188,7 +190,10 @@ pub enum Error {
 impl Error {
     /// Builds [`Error::Os`] from `errno`.
     pub(crate) fn last_os(op: &'static str) -> Self {
-        Error::Os { op, source: io::Error::last_os_error() }
+        Error::Os {
+            op,
+            source: io::Error::last_os_error(),
+        }
     }
 
     /// Builds [`Error::Os`] from an `io::Error`.
@@ -231,17 +236,31 @@ impl<G> OwnerDied<G> {
     pub fn dead_tid(&self) -> u32 {
         self.tid
     }
+
+    /// Maps the guard, keeping the death report.
+    pub(crate) fn map<H>(self, f: impl FnOnce(G) -> H) -> OwnerDied<H> {
+        OwnerDied {
+            guard: f(self.guard),
+            tid: self.tid,
+        }
+    }
 }
 
 impl<G> fmt::Debug for OwnerDied<G> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OwnerDied").field("tid", &self.tid).finish_non_exhaustive()
+        f.debug_struct("OwnerDied")
+            .field("tid", &self.tid)
+            .finish_non_exhaustive()
     }
 }
 
 impl<G> fmt::Display for OwnerDied<G> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the previous holder of the lock (tid {}) died while holding it", self.tid)
+        write!(
+            f,
+            "the previous holder of the lock (tid {}) died while holding it",
+            self.tid
+        )
     }
 }
 
@@ -276,7 +295,9 @@ impl<G> fmt::Debug for TryLockError<G> {
 impl<G> fmt::Display for TryLockError<G> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TryLockError::WouldBlock => f.write_str("the lock is held by another thread or process"),
+            TryLockError::WouldBlock => {
+                f.write_str("the lock is held by another thread or process")
+            }
             TryLockError::OwnerDied(e) => fmt::Display::fmt(e, f),
         }
     }

@@ -9,6 +9,6 @@ pub(crate) mod sys;
 pub use error::{Error, LockResult, OwnerDied, Result, TryLockError};
 pub use region::{cleanup_stale, Region, RegionHandle};
 pub use sync::{
-    Array, ArrayGuard, BoundedSemaphore, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore, SemaphoreGuard,
-    Value, ValueGuard,
+    Array, ArrayGuard, Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, Lock,
+    LockGuard, RLock, RLockGuard, Semaphore, SemaphoreGuard, Value, ValueGuard,
 };

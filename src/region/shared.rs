@@ -29,7 +29,11 @@ unsafe impl<T: ShmSafe> Sync for Shared<T> {}
 
 impl<T: ShmSafe> Clone for Shared<T> {
     fn clone(&self) -> Self {
-        Shared { region: self.region.clone(), ptr: self.ptr, _t: PhantomData }
+        Shared {
+            region: self.region.clone(),
+            ptr: self.ptr,
+            _t: PhantomData,
+        }
     }
 }
 
@@ -38,7 +42,11 @@ impl<T: ShmSafe> Shared<T> {
     pub(crate) fn layout(type_name: &'static str) -> Layout {
         Layout {
             type_name,
-            hash: super::layout_hash(type_name, std::mem::size_of::<T>(), std::mem::align_of::<T>()),
+            hash: super::layout_hash(
+                type_name,
+                std::mem::size_of::<T>(),
+                std::mem::align_of::<T>(),
+            ),
             size: Some(std::mem::size_of::<T>()),
         }
     }
@@ -83,7 +91,9 @@ impl<T: ShmSafe> Shared<T> {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        Err(last.unwrap_or(Error::NotFound { name: name.to_owned() }))
+        Err(last.unwrap_or(Error::NotFound {
+            name: name.to_owned(),
+        }))
     }
 
     pub(crate) fn from_handle(handle: &RegionHandle, layout: Layout) -> Result<Self> {
@@ -97,7 +107,11 @@ impl<T: ShmSafe> Shared<T> {
 
     fn wrap(region: Region) -> Result<Self> {
         let ptr = NonNull::from(region.payload_ref::<T>(0)?);
-        Ok(Shared { region: Arc::new(region), ptr, _t: PhantomData })
+        Ok(Shared {
+            region: Arc::new(region),
+            ptr,
+            _t: PhantomData,
+        })
     }
 
     pub(crate) fn region(&self) -> &Region {
@@ -120,7 +134,9 @@ impl<T: ShmSafe> std::ops::Deref for Shared<T> {
 
 impl<T: ShmSafe> std::fmt::Debug for Shared<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("region", &self.region.handle()).finish()
+        f.debug_struct("Shared")
+            .field("region", &self.region.handle())
+            .finish()
     }
 }
 
@@ -139,7 +155,9 @@ macro_rules! impl_shared_object {
             /// [`Error::NotFound`](crate::Error::NotFound), [`Error::TypeMismatch`](crate::Error::TypeMismatch)
             /// if the name holds another kind of object, or another validation error.
             pub fn open(name: &str) -> $crate::Result<Self> {
-                Ok($ty { shared: $crate::region::shared::Shared::open(name, Self::layout())? })
+                Ok($ty {
+                    shared: $crate::region::shared::Shared::open(name, Self::layout())?,
+                })
             }
 
             /// A handle that another process can open with [`from_handle`](Self::from_handle).
@@ -152,18 +170,25 @@ macro_rules! impl_shared_object {
             /// # Errors
             /// [`Error::StaleHandle`](crate::Error::StaleHandle) if the object is gone, or a validation error.
             pub fn from_handle(handle: &$crate::RegionHandle) -> $crate::Result<Self> {
-                Ok($ty { shared: $crate::region::shared::Shared::from_handle(handle, Self::layout())? })
+                Ok($ty {
+                    shared: $crate::region::shared::Shared::from_handle(handle, Self::layout())?,
+                })
             }
         }
 
         impl serde::Serialize for $ty {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
                 self.handle().serialize(s)
             }
         }
 
         impl<'de> serde::Deserialize<'de> for $ty {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> std::result::Result<Self, D::Error> {
                 let h = $crate::RegionHandle::deserialize(d)?;
                 $ty::from_handle(&h).map_err(serde::de::Error::custom)
             }
@@ -171,7 +196,9 @@ macro_rules! impl_shared_object {
 
         impl std::fmt::Debug for $ty {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.debug_struct(stringify!($ty)).field("region", &self.shared.handle()).finish()
+                f.debug_struct(stringify!($ty))
+                    .field("region", &self.shared.handle())
+                    .finish()
             }
         }
     };

@@ -48,7 +48,9 @@ impl Event {
     /// # Errors
     /// [`Error::Os`](crate::Error::Os) if shared memory cannot be created.
     pub fn new() -> Result<Event> {
-        Ok(Event { shared: Shared::create(Self::layout(), None, false, |_| {})? })
+        Ok(Event {
+            shared: Shared::create(Self::layout(), None, false, |_| {})?,
+        })
     }
 
     /// Creates a cleared event under `name` (removed when this handle is dropped in this process).
@@ -56,7 +58,9 @@ impl Event {
     /// # Errors
     /// [`Error::AlreadyExists`](crate::Error::AlreadyExists), [`Error::InvalidName`](crate::Error::InvalidName).
     pub fn create(name: &str) -> Result<Event> {
-        Ok(Event { shared: Shared::create(Self::layout(), Some(name), false, |_| {})? })
+        Ok(Event {
+            shared: Shared::create(Self::layout(), Some(name), false, |_| {})?,
+        })
     }
 
     /// Whether the flag is set.

@@ -44,7 +44,9 @@ impl Lock {
     /// # Errors
     /// [`Error::Os`](crate::Error::Os) if shared memory cannot be created.
     pub fn new() -> Result<Lock> {
-        Ok(Lock { shared: Shared::create(Self::layout(), None, false, |_| {})? })
+        Ok(Lock {
+            shared: Shared::create(Self::layout(), None, false, |_| {})?,
+        })
     }
 
     /// Creates a lock under `name`, failing if the name is taken. The name is removed when this handle
@@ -53,7 +55,9 @@ impl Lock {
     /// # Errors
     /// [`Error::AlreadyExists`](crate::Error::AlreadyExists), [`Error::InvalidName`](crate::Error::InvalidName).
     pub fn create(name: &str) -> Result<Lock> {
-        Ok(Lock { shared: Shared::create(Self::layout(), Some(name), false, |_| {})? })
+        Ok(Lock {
+            shared: Shared::create(Self::layout(), Some(name), false, |_| {})?,
+        })
     }
 
     /// Opens the lock `name`, creating a persistent one if none exists (remove it with
@@ -62,7 +66,9 @@ impl Lock {
     /// # Errors
     /// As [`Lock::open`].
     pub fn open_or_create(name: &str) -> Result<Lock> {
-        Ok(Lock { shared: Shared::open_or_create(name, Self::layout(), true, |_| {})? })
+        Ok(Lock {
+            shared: Shared::open_or_create(name, Self::layout(), true, |_| {})?,
+        })
     }
 
     pub(crate) fn raw(&self) -> &RawLock {
@@ -74,7 +80,10 @@ impl Lock {
     /// # Errors
     /// [`OwnerDied`] (still holding the guard) if the previous holder died while holding it.
     pub fn lock(&self) -> LockResult<LockGuard<'_>> {
-        let acquired = self.raw().lock_until(None).expect("an untimed lock cannot time out");
+        let acquired = self
+            .raw()
+            .lock_until(None)
+            .expect("an untimed lock cannot time out");
         guard_result(LockGuard::new(self.raw()), acquired)
     }
 
@@ -94,7 +103,10 @@ impl Lock {
     ///
     /// # Errors
     /// [`TryLockError::WouldBlock`] if the time ran out, [`TryLockError::OwnerDied`] as in [`Lock::lock`].
-    pub fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard<'_>, TryLockError<LockGuard<'_>>> {
+    pub fn lock_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<LockGuard<'_>, TryLockError<LockGuard<'_>>> {
         match self.raw().lock_until(Some(Instant::now() + timeout)) {
             None => Err(TryLockError::WouldBlock),
             Some(a) => Ok(guard_result(LockGuard::new(self.raw()), a)?),
@@ -118,7 +130,10 @@ pub struct LockGuard<'a> {
 
 impl<'a> LockGuard<'a> {
     pub(crate) fn new(raw: &'a RawLock) -> Self {
-        LockGuard { raw, _not_send: PhantomData }
+        LockGuard {
+            raw,
+            _not_send: PhantomData,
+        }
     }
 }
 

@@ -11,6 +11,8 @@
 //! | [`Barrier`] | parties that arrived are recorded; if one dies before the barrier trips, the barrier breaks and waiters get [`Error::BrokenBarrier`](crate::Error::BrokenBarrier) |
 //! | [`Event`] | holds nothing; nothing to recover |
 
+mod barrier;
+mod condition;
 mod event;
 mod lock;
 pub(crate) mod raw_lock;
@@ -18,6 +20,8 @@ mod rlock;
 mod semaphore;
 mod value;
 
+pub use barrier::{Barrier, MAX_PARTIES};
+pub use condition::{Condition, ConditionGuard};
 pub use event::Event;
 pub use lock::{Lock, LockGuard};
 pub use rlock::{RLock, RLockGuard};

@@ -78,7 +78,11 @@ impl RawLock {
     #[inline]
     pub(crate) fn try_lock(&self) -> Option<Acquired> {
         let me = proc::current();
-        if self.word.compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+        if self
+            .word
+            .compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
             self.owner.store(me.pack(), Ordering::Relaxed);
             return Some(Acquired::Clean);
         }
@@ -95,7 +99,11 @@ impl RawLock {
     #[inline]
     pub(crate) fn lock_until(&self, deadline: Option<Instant>) -> Option<Acquired> {
         let me = proc::current();
-        if self.word.compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+        if self
+            .word
+            .compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
             self.owner.store(me.pack(), Ordering::Relaxed);
             return Some(Acquired::Clean);
         }
@@ -107,7 +115,10 @@ impl RawLock {
         for _ in 0..SPINS {
             std::hint::spin_loop();
             if self.word.load(Ordering::Relaxed) == 0
-                && self.word.compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed).is_ok()
+                && self
+                    .word
+                    .compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
             {
                 self.owner.store(me.pack(), Ordering::Relaxed);
                 return Some(Acquired::Clean);
@@ -129,7 +140,10 @@ impl RawLock {
                 continue;
             }
             if v & WAITERS == 0
-                && self.word.compare_exchange(v, v | WAITERS, Ordering::Relaxed, Ordering::Relaxed).is_err()
+                && self
+                    .word
+                    .compare_exchange(v, v | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
             {
                 continue;
             }
@@ -156,7 +170,11 @@ impl RawLock {
     fn holder_alive(&self, word: u32) -> bool {
         let tid = word & TID_MASK;
         let recorded = Identity::unpack(self.owner.load(Ordering::Relaxed));
-        let id = if recorded.tid == tid { recorded } else { Identity { tid, start: 0 } };
+        let id = if recorded.tid == tid {
+            recorded
+        } else {
+            Identity { tid, start: 0 }
+        };
         proc::is_alive(id)
     }
 
@@ -232,7 +250,9 @@ mod tests {
         let l = RawLock::default();
         assert_eq!(l.try_lock(), Some(Acquired::Clean));
         let other = std::thread::scope(|s| {
-            s.spawn(|| l.lock_until(Some(Instant::now() + Duration::from_millis(20)))).join().unwrap()
+            s.spawn(|| l.lock_until(Some(Instant::now() + Duration::from_millis(20))))
+                .join()
+                .unwrap()
         });
         assert_eq!(other, None);
         // SAFETY: this thread holds it.
@@ -254,7 +274,9 @@ mod tests {
     fn thread_that_exited_holding_is_detected() {
         let l = Arc::new(RawLock::default());
         let l2 = l.clone();
-        std::thread::spawn(move || assert_eq!(l2.try_lock(), Some(Acquired::Clean))).join().unwrap();
+        std::thread::spawn(move || assert_eq!(l2.try_lock(), Some(Acquired::Clean)))
+            .join()
+            .unwrap();
         assert!(matches!(l.lock_until(None), Some(Acquired::OwnerDied(_))));
     }
 }

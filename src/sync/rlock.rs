@@ -50,7 +50,9 @@ impl RLock {
     /// # Errors
     /// [`Error::Os`](crate::Error::Os) if shared memory cannot be created.
     pub fn new() -> Result<RLock> {
-        Ok(RLock { shared: Shared::create(Self::layout(), None, false, |_| {})? })
+        Ok(RLock {
+            shared: Shared::create(Self::layout(), None, false, |_| {})?,
+        })
     }
 
     /// Creates a reentrant lock under `name` (removed when this handle is dropped in this process).
@@ -58,7 +60,9 @@ impl RLock {
     /// # Errors
     /// [`Error::AlreadyExists`](crate::Error::AlreadyExists), [`Error::InvalidName`](crate::Error::InvalidName).
     pub fn create(name: &str) -> Result<RLock> {
-        Ok(RLock { shared: Shared::create(Self::layout(), Some(name), false, |_| {})? })
+        Ok(RLock {
+            shared: Shared::create(Self::layout(), Some(name), false, |_| {})?,
+        })
     }
 
     fn acquire(&self, deadline: Option<Option<Instant>>) -> Option<Acquired> {
@@ -82,7 +86,9 @@ impl RLock {
     /// # Errors
     /// [`OwnerDied`](crate::OwnerDied) if the previous holder died holding it.
     pub fn lock(&self) -> LockResult<RLockGuard<'_>> {
-        let a = self.acquire(Some(None)).expect("an untimed lock cannot time out");
+        let a = self
+            .acquire(Some(None))
+            .expect("an untimed lock cannot time out");
         guard_result(RLockGuard::new(&self.shared), a)
     }
 
@@ -99,8 +105,13 @@ impl RLock {
     ///
     /// # Errors
     /// [`TryLockError::WouldBlock`] when the time runs out; [`TryLockError::OwnerDied`].
-    pub fn lock_timeout(&self, timeout: Duration) -> Result<RLockGuard<'_>, TryLockError<RLockGuard<'_>>> {
-        let a = self.acquire(Some(Some(Instant::now() + timeout))).ok_or(TryLockError::WouldBlock)?;
+    pub fn lock_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<RLockGuard<'_>, TryLockError<RLockGuard<'_>>> {
+        let a = self
+            .acquire(Some(Some(Instant::now() + timeout)))
+            .ok_or(TryLockError::WouldBlock)?;
         Ok(guard_result(RLockGuard::new(&self.shared), a)?)
     }
 }
@@ -114,7 +125,10 @@ pub struct RLockGuard<'a> {
 
 impl<'a> RLockGuard<'a> {
     fn new(raw: &'a RawRLock) -> Self {
-        RLockGuard { raw, _not_send: PhantomData }
+        RLockGuard {
+            raw,
+            _not_send: PhantomData,
+        }
     }
 }
 

@@ -84,7 +84,10 @@ impl RawSemaphore {
 
     /// Runs `f` under the internal lock, after rolling back an update a dead holder left half-done.
     fn locked<R>(&self, f: impl FnOnce(&Self) -> R) -> R {
-        let acquired = self.lock.lock_until(None).expect("an untimed lock cannot time out");
+        let acquired = self
+            .lock
+            .lock_until(None)
+            .expect("an untimed lock cannot time out");
         if acquired != super::raw_lock::Acquired::Clean {
             self.roll_back();
         }
@@ -99,10 +102,13 @@ impl RawSemaphore {
         if j.active.load(Ordering::Relaxed) == 0 {
             return;
         }
-        self.value.store(j.value.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.value
+            .store(j.value.load(Ordering::Relaxed), Ordering::Relaxed);
         if let Some(h) = self.holders.get(j.slot.load(Ordering::Relaxed) as usize) {
-            h.owner.store(j.slot_owner.load(Ordering::Relaxed), Ordering::Relaxed);
-            h.count.store(j.slot_count.load(Ordering::Relaxed), Ordering::Relaxed);
+            h.owner
+                .store(j.slot_owner.load(Ordering::Relaxed), Ordering::Relaxed);
+            h.count
+                .store(j.slot_count.load(Ordering::Relaxed), Ordering::Relaxed);
         }
         j.active.store(0, Ordering::Relaxed);
     }
@@ -118,13 +124,19 @@ impl RawSemaphore {
             Update::Give { .. } => value + 1,
         };
         let track = matches!(update, Update::Take | Update::Give { tracked: true });
-        let slot = if track { self.slot_for(me, matches!(update, Update::Take)) } else { NO_SLOT };
+        let slot = if track {
+            self.slot_for(me, matches!(update, Update::Take))
+        } else {
+            NO_SLOT
+        };
         let j = &self.journal;
         j.value.store(value, Ordering::Relaxed);
         j.slot.store(slot, Ordering::Relaxed);
         if let Some(h) = self.holders.get(slot as usize) {
-            j.slot_owner.store(h.owner.load(Ordering::Relaxed), Ordering::Relaxed);
-            j.slot_count.store(h.count.load(Ordering::Relaxed), Ordering::Relaxed);
+            j.slot_owner
+                .store(h.owner.load(Ordering::Relaxed), Ordering::Relaxed);
+            j.slot_count
+                .store(h.count.load(Ordering::Relaxed), Ordering::Relaxed);
         }
         // All stores here are under the lock; the lock's Release/Acquire orders them for the next holder,
         // which is the only reader of the journal.
@@ -132,9 +144,14 @@ impl RawSemaphore {
         self.value.store(new_value, Ordering::Relaxed);
         if let Some(h) = self.holders.get(slot as usize) {
             let c = h.count.load(Ordering::Relaxed);
-            let c = if matches!(update, Update::Take) { c.saturating_add(1) } else { c.saturating_sub(1) };
+            let c = if matches!(update, Update::Take) {
+                c.saturating_add(1)
+            } else {
+                c.saturating_sub(1)
+            };
             h.count.store(c, Ordering::Relaxed);
-            h.owner.store(if c == 0 { 0 } else { me.pack() }, Ordering::Relaxed);
+            h.owner
+                .store(if c == 0 { 0 } else { me.pack() }, Ordering::Relaxed);
         }
         j.active.store(0, Ordering::Relaxed);
         true
@@ -177,7 +194,8 @@ impl RawSemaphore {
             j.slot_count.store(count, Ordering::Relaxed);
             j.active.store(1, Ordering::Relaxed);
             let max = self.max.load(Ordering::Relaxed);
-            self.value.store(value.saturating_add(count).min(max), Ordering::Relaxed);
+            self.value
+                .store(value.saturating_add(count).min(max), Ordering::Relaxed);
             h.count.store(0, Ordering::Relaxed);
             h.owner.store(0, Ordering::Relaxed);
             j.active.store(0, Ordering::Relaxed);
@@ -278,7 +296,11 @@ impl Semaphore {
     /// # Errors
     /// [`Error::Os`] if shared memory cannot be created.
     pub fn new(value: u32) -> Result<Semaphore> {
-        Ok(Semaphore { shared: Shared::create(Self::layout(), None, false, |r: &RawSemaphore| r.init(value, u32::MAX))? })
+        Ok(Semaphore {
+            shared: Shared::create(Self::layout(), None, false, |r: &RawSemaphore| {
+                r.init(value, u32::MAX)
+            })?,
+        })
     }
 
     /// Creates a semaphore with `value` permits under `name` (removed when this handle is dropped here).
@@ -286,7 +308,9 @@ impl Semaphore {
     /// # Errors
     /// [`Error::AlreadyExists`], [`Error::InvalidName`].
     pub fn create(name: &str, value: u32) -> Result<Semaphore> {
-        let shared = Shared::create(Self::layout(), Some(name), false, |r: &RawSemaphore| r.init(value, u32::MAX))?;
+        let shared = Shared::create(Self::layout(), Some(name), false, |r: &RawSemaphore| {
+            r.init(value, u32::MAX)
+        })?;
         Ok(Semaphore { shared })
     }
 
@@ -299,7 +323,9 @@ impl Semaphore {
 
     /// Takes a permit if one is free now.
     pub fn try_acquire(&self) -> Option<SemaphoreGuard<'_>> {
-        self.shared.try_take(proc::current()).then(|| SemaphoreGuard::new(&self.shared))
+        self.shared
+            .try_take(proc::current())
+            .then(|| SemaphoreGuard::new(&self.shared))
     }
 
     /// Waits at most `timeout` for a permit.
@@ -318,7 +344,9 @@ impl Semaphore {
         if self.shared.give(false) {
             Ok(())
         } else {
-            Err(Error::ReleasedTooManyTimes("the semaphore is at its maximum value"))
+            Err(Error::ReleasedTooManyTimes(
+                "the semaphore is at its maximum value",
+            ))
         }
     }
 
@@ -352,8 +380,12 @@ impl BoundedSemaphore {
     /// # Errors
     /// [`Error::Os`] if shared memory cannot be created.
     pub fn new(value: u32) -> Result<Self> {
-        let shared = Shared::create(Self::layout(), None, false, |r: &RawSemaphore| r.init(value, value))?;
-        Ok(BoundedSemaphore { inner: Semaphore { shared } })
+        let shared = Shared::create(Self::layout(), None, false, |r: &RawSemaphore| {
+            r.init(value, value)
+        })?;
+        Ok(BoundedSemaphore {
+            inner: Semaphore { shared },
+        })
     }
 
     /// Creates a named bounded semaphore (removed when this handle is dropped here).
@@ -361,8 +393,12 @@ impl BoundedSemaphore {
     /// # Errors
     /// [`Error::AlreadyExists`], [`Error::InvalidName`].
     pub fn create(name: &str, value: u32) -> Result<Self> {
-        let shared = Shared::create(Self::layout(), Some(name), false, |r: &RawSemaphore| r.init(value, value))?;
-        Ok(BoundedSemaphore { inner: Semaphore { shared } })
+        let shared = Shared::create(Self::layout(), Some(name), false, |r: &RawSemaphore| {
+            r.init(value, value)
+        })?;
+        Ok(BoundedSemaphore {
+            inner: Semaphore { shared },
+        })
     }
 
     /// Opens the bounded semaphore `name`.
@@ -370,7 +406,11 @@ impl BoundedSemaphore {
     /// # Errors
     /// [`Error::NotFound`], [`Error::TypeMismatch`] (for example if it is an unbounded one).
     pub fn open(name: &str) -> Result<Self> {
-        Ok(BoundedSemaphore { inner: Semaphore { shared: Shared::open(name, Self::layout())? } })
+        Ok(BoundedSemaphore {
+            inner: Semaphore {
+                shared: Shared::open(name, Self::layout())?,
+            },
+        })
     }
 
     /// Re-attaches from a handle.
@@ -378,7 +418,11 @@ impl BoundedSemaphore {
     /// # Errors
     /// [`Error::StaleHandle`] or a validation error.
     pub fn from_handle(handle: &crate::RegionHandle) -> Result<Self> {
-        Ok(BoundedSemaphore { inner: Semaphore { shared: Shared::from_handle(handle, Self::layout())? } })
+        Ok(BoundedSemaphore {
+            inner: Semaphore {
+                shared: Shared::from_handle(handle, Self::layout())?,
+            },
+        })
     }
 }
 
@@ -412,7 +456,10 @@ pub struct SemaphoreGuard<'a> {
 
 impl<'a> SemaphoreGuard<'a> {
     fn new(raw: &'a RawSemaphore) -> Self {
-        SemaphoreGuard { raw, _not_send: PhantomData }
+        SemaphoreGuard {
+            raw,
+            _not_send: PhantomData,
+        }
     }
 
     /// Keeps the permit taken but stops tracking it: it is no longer given back on drop nor on this

@@ -42,7 +42,9 @@ pub struct Value<T: Pod> {
 
 impl<T: Pod> Clone for Value<T> {
     fn clone(&self) -> Self {
-        Value { shared: self.shared.clone() }
+        Value {
+            shared: self.shared.clone(),
+        }
     }
 }
 
@@ -64,7 +66,9 @@ impl<T: Pod> Value<T> {
     /// # Errors
     /// [`Error::Os`] if shared memory cannot be created.
     pub fn new(initial: T) -> Result<Self> {
-        Ok(Value { shared: Shared::create(Self::layout(), None, false, Self::init(initial))? })
+        Ok(Value {
+            shared: Shared::create(Self::layout(), None, false, Self::init(initial))?,
+        })
     }
 
     /// Creates a value under `name` (removed when this handle is dropped in this process).
@@ -72,7 +76,9 @@ impl<T: Pod> Value<T> {
     /// # Errors
     /// [`Error::AlreadyExists`], [`Error::InvalidName`].
     pub fn create(name: &str, initial: T) -> Result<Self> {
-        Ok(Value { shared: Shared::create(Self::layout(), Some(name), false, Self::init(initial))? })
+        Ok(Value {
+            shared: Shared::create(Self::layout(), Some(name), false, Self::init(initial))?,
+        })
     }
 
     /// Opens the value `name`, or creates a persistent one holding `initial` if none exists (remove it
@@ -81,7 +87,9 @@ impl<T: Pod> Value<T> {
     /// # Errors
     /// As [`Value::open`].
     pub fn open_or_create(name: &str, initial: T) -> Result<Self> {
-        Ok(Value { shared: Shared::open_or_create(name, Self::layout(), true, Self::init(initial))? })
+        Ok(Value {
+            shared: Shared::open_or_create(name, Self::layout(), true, Self::init(initial))?,
+        })
     }
 
     /// Opens the value `name`.
@@ -89,7 +97,9 @@ impl<T: Pod> Value<T> {
     /// # Errors
     /// [`Error::NotFound`], [`Error::TypeMismatch`] if it holds another type, or another validation error.
     pub fn open(name: &str) -> Result<Self> {
-        Ok(Value { shared: Shared::open(name, Self::layout())? })
+        Ok(Value {
+            shared: Shared::open(name, Self::layout())?,
+        })
     }
 
     /// A handle for another process; see [`RegionHandle`].
@@ -102,7 +112,9 @@ impl<T: Pod> Value<T> {
     /// # Errors
     /// [`Error::StaleHandle`] or a validation error.
     pub fn from_handle(handle: &RegionHandle) -> Result<Self> {
-        Ok(Value { shared: Shared::from_handle(handle, Self::layout())? })
+        Ok(Value {
+            shared: Shared::from_handle(handle, Self::layout())?,
+        })
     }
 
     /// Holds the value's lock.
@@ -112,8 +124,17 @@ impl<T: Pod> Value<T> {
     /// it last wrote.
     pub fn lock(&self) -> LockResult<ValueGuard<'_, T>> {
         let raw = &*self.shared;
-        let a = raw.lock.lock_until(None).expect("an untimed lock cannot time out");
-        guard_result(ValueGuard { raw, _not_send: PhantomData }, a)
+        let a = raw
+            .lock
+            .lock_until(None)
+            .expect("an untimed lock cannot time out");
+        guard_result(
+            ValueGuard {
+                raw,
+                _not_send: PhantomData,
+            },
+            a,
+        )
     }
 
     /// Reads the value under the lock. A dead previous holder is not reported here (use
@@ -188,12 +209,19 @@ pub struct Array<T: Pod> {
 
 impl<T: Pod> Clone for Array<T> {
     fn clone(&self) -> Self {
-        Array { shared: self.shared.clone(), len: self.len, _t: PhantomData }
+        Array {
+            shared: self.shared.clone(),
+            len: self.len,
+            _t: PhantomData,
+        }
     }
 }
 
 impl<T: Pod> Array<T> {
-    const ALIGN_OK: () = assert!(std::mem::align_of::<T>() <= ARRAY_DATA, "element alignment above 64");
+    const ALIGN_OK: () = assert!(
+        std::mem::align_of::<T>() <= ARRAY_DATA,
+        "element alignment above 64"
+    );
 
     fn layout(len: Option<usize>) -> Result<Layout> {
         #[allow(clippy::let_unit_value)]
@@ -204,11 +232,18 @@ impl<T: Pod> Array<T> {
             Some(n) => Some(
                 n.checked_mul(std::mem::size_of::<T>())
                     .and_then(|b| b.checked_add(ARRAY_DATA))
-                    .ok_or(Error::SizeMismatch { expected: usize::MAX as u64, found: n as u64 })?,
+                    .ok_or(Error::SizeMismatch {
+                        expected: usize::MAX as u64,
+                        found: n as u64,
+                    })?,
             ),
         };
         let hash = layout_hash(name, std::mem::size_of::<T>(), std::mem::align_of::<T>());
-        Ok(Layout { type_name: name, hash, size })
+        Ok(Layout {
+            type_name: name,
+            hash,
+            size,
+        })
     }
 
     fn create_in(name: Option<&str>, data: &[T]) -> Result<Self> {
@@ -218,7 +253,11 @@ impl<T: Pod> Array<T> {
             // is page-aligned + 128, so ARRAY_DATA is aligned for T (align <= 64); nobody else can see the
             // region before it is published.
             unsafe {
-                std::ptr::copy_nonoverlapping(data.as_ptr(), r.as_ptr().add(ARRAY_DATA).cast::<T>(), data.len())
+                std::ptr::copy_nonoverlapping(
+                    data.as_ptr(),
+                    r.as_ptr().add(ARRAY_DATA).cast::<T>(),
+                    data.len(),
+                )
             };
             Ok(())
         })?;
@@ -226,17 +265,31 @@ impl<T: Pod> Array<T> {
     }
 
     fn wrap(region: Region) -> Result<Self> {
-        let bytes = region.len().checked_sub(ARRAY_DATA).ok_or(Error::Truncated {
-            needed: ARRAY_DATA as u64,
-            actual: region.len() as u64,
-        })?;
+        let bytes = region
+            .len()
+            .checked_sub(ARRAY_DATA)
+            .ok_or(Error::Truncated {
+                needed: ARRAY_DATA as u64,
+                actual: region.len() as u64,
+            })?;
         let size = std::mem::size_of::<T>().max(1);
         if bytes % size != 0 {
-            return Err(Error::SizeMismatch { expected: (bytes / size * size) as u64, found: bytes as u64 });
+            return Err(Error::SizeMismatch {
+                expected: (bytes / size * size) as u64,
+                found: bytes as u64,
+            });
         }
-        let len = if std::mem::size_of::<T>() == 0 { 0 } else { bytes / size };
+        let len = if std::mem::size_of::<T>() == 0 {
+            0
+        } else {
+            bytes / size
+        };
         let shared = Shared::wrap_region(region)?;
-        Ok(Array { shared, len, _t: PhantomData })
+        Ok(Array {
+            shared,
+            len,
+            _t: PhantomData,
+        })
     }
 
     /// Creates an anonymous array of `len` zeroes.
@@ -268,7 +321,11 @@ impl<T: Pod> Array<T> {
     /// # Errors
     /// [`Error::NotFound`], [`Error::TypeMismatch`] for another element type, or a validation error.
     pub fn open(name: &str) -> Result<Self> {
-        Self::wrap(Region::open_with(name, Self::layout(None)?, DEFAULT_OPEN_TIMEOUT)?)
+        Self::wrap(Region::open_with(
+            name,
+            Self::layout(None)?,
+            DEFAULT_OPEN_TIMEOUT,
+        )?)
     }
 
     /// A handle for another process.
@@ -299,13 +356,26 @@ impl<T: Pod> Array<T> {
     /// # Errors
     /// [`OwnerDied`](crate::OwnerDied) with the guard if the previous holder died.
     pub fn lock(&self) -> LockResult<ArrayGuard<'_, T>> {
-        let a = self.shared.lock.lock_until(None).expect("an untimed lock cannot time out");
-        guard_result(ArrayGuard { array: self, _not_send: PhantomData }, a)
+        let a = self
+            .shared
+            .lock
+            .lock_until(None)
+            .expect("an untimed lock cannot time out");
+        guard_result(
+            ArrayGuard {
+                array: self,
+                _not_send: PhantomData,
+            },
+            a,
+        )
     }
 
     /// Element `i` read under the lock, or `None` past the end.
     pub fn get(&self, i: usize) -> Option<T> {
-        self.lock().unwrap_or_else(|e| e.into_inner()).get(i).copied()
+        self.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(i)
+            .copied()
     }
 
     /// Writes element `i` under the lock.
@@ -324,7 +394,11 @@ impl<T: Pod> Array<T> {
 
     fn data(&self) -> *mut T {
         // In bounds: the payload holds ARRAY_DATA + len * size_of::<T>() bytes (checked in `wrap`).
-        self.shared.region().as_ptr().wrapping_add(ARRAY_DATA).cast::<T>()
+        self.shared
+            .region()
+            .as_ptr()
+            .wrapping_add(ARRAY_DATA)
+            .cast::<T>()
     }
 }
 
@@ -361,13 +435,18 @@ impl<T: Pod> Drop for ArrayGuard<'_, T> {
 macro_rules! pod_handle_impls {
     ($ty:ident, $guard:ident) => {
         impl<T: Pod> serde::Serialize for $ty<T> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
                 self.handle().serialize(s)
             }
         }
 
         impl<'de, T: Pod> serde::Deserialize<'de> for $ty<T> {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> std::result::Result<Self, D::Error> {
                 let h = RegionHandle::deserialize(d)?;
                 $ty::from_handle(&h).map_err(serde::de::Error::custom)
             }
@@ -375,7 +454,9 @@ macro_rules! pod_handle_impls {
 
         impl<T: Pod> std::fmt::Debug for $ty<T> {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.debug_struct(stringify!($ty)).field("region", &self.handle()).finish()
+                f.debug_struct(stringify!($ty))
+                    .field("region", &self.handle())
+                    .finish()
             }
         }
 

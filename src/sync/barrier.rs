@@ -1,0 +1,282 @@
+//! [`Barrier`]: processes wait until `parties` of them arrived, or until the barrier breaks.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::raw_lock::{Acquired, RawLock, MAX_CHECK_INTERVAL};
+use crate::error::{Error, Result};
+use crate::region::shared::{impl_shared_object, Shared};
+use crate::region::ShmSafe;
+use crate::sys::futex;
+use crate::sys::proc::{self, Identity};
+
+/// The most parties a barrier can have: each one that arrived is recorded so its death can be noticed.
+pub const MAX_PARTIES: u32 = 256;
+
+#[repr(C)]
+pub(crate) struct RawBarrier {
+    lock: RawLock,
+    parties: AtomicU32,
+    /// Parties that arrived in the current generation.
+    count: AtomicU32,
+    /// Bumped each time the barrier trips or breaks; the futex word waiters sleep on.
+    generation: AtomicU32,
+    broken: AtomicU32,
+    /// `Identity::pack()` of each party that arrived in this generation, in arrival order.
+    arrived: [AtomicU64; MAX_PARTIES as usize],
+}
+
+// SAFETY: atomics only; every bit pattern is a valid state (counts are clamped to MAX_PARTIES before
+// indexing).
+unsafe impl ShmSafe for RawBarrier {}
+
+/// A barrier for `parties` processes or threads, like Python's `multiprocessing.Barrier`.
+///
+/// [`wait`](Barrier::wait) blocks until `parties` callers have arrived, then releases them all and
+/// returns each a distinct index in `0..parties`. The barrier is then reusable. It *breaks* —
+/// every current and future `wait` returns [`Error::BrokenBarrier`] until [`reset`](Barrier::reset) —
+/// when a waiter times out, when [`abort`](Barrier::abort) is called, or when a party that arrived dies
+/// before the barrier trips (noticed within about 50 ms). So a crashed participant never leaves the
+/// others hanging.
+///
+/// # Examples
+/// ```
+/// let b = mproc::Barrier::new(1)?;
+/// assert_eq!(b.wait()?, 0); // a one-party barrier trips at once
+/// # Ok::<(), mproc::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Barrier {
+    shared: Shared<RawBarrier>,
+}
+
+impl_shared_object!(Barrier, RawBarrier, "mproc::Barrier");
+
+impl Barrier {
+    #[track_caller]
+    fn init(parties: u32) -> impl Fn(&RawBarrier) {
+        assert!(
+            (1..=MAX_PARTIES).contains(&parties),
+            "a barrier needs 1..={MAX_PARTIES} parties, not {parties}"
+        );
+        move |r| r.parties.store(parties, Ordering::Relaxed)
+    }
+
+    /// Creates an anonymous barrier for `parties` participants.
+    ///
+    /// # Panics
+    /// If `parties` is 0 or above [`MAX_PARTIES`].
+    ///
+    /// # Errors
+    /// [`Error::Os`] if shared memory cannot be created.
+    #[track_caller]
+    pub fn new(parties: u32) -> Result<Barrier> {
+        Ok(Barrier {
+            shared: Shared::create(Self::layout(), None, false, Self::init(parties))?,
+        })
+    }
+
+    /// Creates a named barrier (removed when this handle is dropped in this process).
+    ///
+    /// # Panics
+    /// If `parties` is 0 or above [`MAX_PARTIES`].
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`], [`Error::InvalidName`].
+    #[track_caller]
+    pub fn create(name: &str, parties: u32) -> Result<Barrier> {
+        Ok(Barrier {
+            shared: Shared::create(Self::layout(), Some(name), false, Self::init(parties))?,
+        })
+    }
+
+    /// The number of parties needed to trip the barrier.
+    pub fn parties(&self) -> u32 {
+        self.shared
+            .parties
+            .load(Ordering::Relaxed)
+            .clamp(1, MAX_PARTIES)
+    }
+
+    /// The number of parties waiting now.
+    pub fn n_waiting(&self) -> u32 {
+        self.shared.count.load(Ordering::Relaxed).min(MAX_PARTIES)
+    }
+
+    /// Whether the barrier is broken.
+    pub fn broken(&self) -> bool {
+        self.shared.broken.load(Ordering::Acquire) != 0
+    }
+
+    /// Waits for the other parties; returns this caller's arrival index.
+    ///
+    /// # Errors
+    /// [`Error::BrokenBarrier`] if the barrier is or becomes broken.
+    pub fn wait(&self) -> Result<u32> {
+        self.wait_until(None)
+    }
+
+    /// Waits at most `timeout`; running out of time breaks the barrier (as in Python).
+    ///
+    /// # Errors
+    /// [`Error::BrokenBarrier`] if the barrier is or becomes broken, including by this timeout.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<u32> {
+        self.wait_until(Some(Instant::now() + timeout))
+    }
+
+    /// Breaks the barrier: every waiter (now and later) gets [`Error::BrokenBarrier`].
+    pub fn abort(&self) {
+        self.locked(|r| r.break_now());
+    }
+
+    /// Mends a broken barrier and forgets the parties waiting (they get [`Error::BrokenBarrier`]).
+    pub fn reset(&self) {
+        self.locked(|r| {
+            if r.count.load(Ordering::Relaxed) != 0 {
+                r.break_now();
+            }
+            r.count.store(0, Ordering::Relaxed);
+            r.broken.store(0, Ordering::Release);
+        });
+    }
+
+    fn locked<R>(&self, f: impl FnOnce(&RawBarrier) -> R) -> R {
+        let raw = &*self.shared;
+        let a = raw
+            .lock
+            .lock_until(None)
+            .expect("an untimed lock cannot time out");
+        if a != Acquired::Clean {
+            // A party died mid-update: the count or the arrival list may be half-written. Breaking is the
+            // consistent answer: everyone learns the round failed.
+            raw.break_now();
+        }
+        let r = f(raw);
+        // SAFETY: acquired above by this thread; released once.
+        unsafe { raw.lock.unlock() };
+        r
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> Result<u32> {
+        let me = proc::current();
+        let parties = self.parties();
+        let arrival = self.locked(|r| {
+            if r.broken.load(Ordering::Relaxed) != 0 {
+                return Err(Error::BrokenBarrier);
+            }
+            let index = r.count.load(Ordering::Relaxed).min(parties - 1);
+            let generation = r.generation.load(Ordering::Relaxed);
+            if index + 1 == parties {
+                r.count.store(0, Ordering::Relaxed);
+                r.generation
+                    .store(generation.wrapping_add(1), Ordering::Release);
+                futex::wake_all(&r.generation);
+                return Ok((index, None));
+            }
+            r.arrived[index as usize].store(me.pack(), Ordering::Relaxed);
+            r.count.store(index + 1, Ordering::Relaxed);
+            Ok((index, Some(generation)))
+        })?;
+        let (index, Some(generation)) = arrival else {
+            return Ok(arrival.0);
+        };
+        let raw = &*self.shared;
+        let mut interval = Duration::from_millis(1);
+        loop {
+            if raw.generation.load(Ordering::Acquire) != generation {
+                return if self.broken() {
+                    Err(Error::BrokenBarrier)
+                } else {
+                    Ok(index)
+                };
+            }
+            let mut slice = interval;
+            if let Some(d) = deadline {
+                let now = Instant::now();
+                if now >= d {
+                    self.abort();
+                    return Err(Error::BrokenBarrier);
+                }
+                slice = slice.min(d - now);
+            }
+            if futex::wait(&raw.generation, generation, Some(slice)) == futex::WaitOutcome::TimedOut
+            {
+                self.locked(|r| {
+                    if r.generation.load(Ordering::Relaxed) != generation {
+                        return;
+                    }
+                    let n = r.count.load(Ordering::Relaxed).min(MAX_PARTIES) as usize;
+                    let someone_died = r.arrived[..n]
+                        .iter()
+                        .any(|a| !proc::is_alive(Identity::unpack(a.load(Ordering::Relaxed))));
+                    if someone_died {
+                        r.break_now();
+                    }
+                });
+                interval = (interval * 2).min(MAX_CHECK_INTERVAL);
+            }
+        }
+    }
+}
+
+impl RawBarrier {
+    /// Marks the barrier broken and releases everyone waiting in this generation. Caller holds the lock.
+    fn break_now(&self) {
+        self.broken.store(1, Ordering::Release);
+        self.count.store(0, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::Release);
+        futex::wake_all(&self.generation);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trips_and_is_reusable() {
+        let b = Barrier::new(3).unwrap();
+        for _ in 0..3 {
+            let mut idx: Vec<u32> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..3).map(|_| s.spawn(|| b.wait().unwrap())).collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            idx.sort();
+            assert_eq!(idx, vec![0, 1, 2]);
+        }
+    }
+
+    #[test]
+    fn timeout_breaks_and_reset_mends() {
+        let b = Barrier::new(2).unwrap();
+        assert!(matches!(
+            b.wait_timeout(Duration::from_millis(5)),
+            Err(Error::BrokenBarrier)
+        ));
+        assert!(b.broken());
+        assert!(matches!(b.wait(), Err(Error::BrokenBarrier)));
+        b.reset();
+        assert!(!b.broken());
+    }
+
+    #[test]
+    fn dead_party_breaks_the_barrier() {
+        let b = Barrier::new(3).unwrap();
+        // A party that arrived and then exited (its thread is gone) before the barrier tripped.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let raw = &*b.shared;
+                let a = raw.lock.lock_until(None).unwrap();
+                assert_eq!(a, Acquired::Clean);
+                raw.arrived[0].store(proc::current().pack(), Ordering::Relaxed);
+                raw.count.store(1, Ordering::Relaxed);
+                // SAFETY: this thread took the lock just above.
+                unsafe { raw.lock.unlock() };
+            });
+        });
+        assert!(matches!(
+            b.wait_timeout(Duration::from_secs(60)),
+            Err(Error::BrokenBarrier)
+        ));
+    }
+}

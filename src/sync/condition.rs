@@ -1,0 +1,200 @@
+//! [`Condition`]: a condition variable shared between processes, with its own robust lock.
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use super::lock::guard_result;
+use super::raw_lock::{Acquired, RawLock, MAX_CHECK_INTERVAL};
+use crate::error::{LockResult, OwnerDied, Result};
+use crate::region::shared::{impl_shared_object, Shared};
+use crate::region::ShmSafe;
+use crate::sys::futex;
+
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct RawCondition {
+    lock: RawLock,
+    /// Bumped by every notify; waiters sleep on it. Wraps freely.
+    seq: AtomicU32,
+    /// Threads that may sleep on `seq`; notify skips the syscall when 0.
+    sleepers: AtomicU32,
+}
+
+// SAFETY: atomics only; any bit pattern is a valid state.
+unsafe impl ShmSafe for RawCondition {}
+
+/// A condition variable shared between processes, like Python's `multiprocessing.Condition`: a robust
+/// lock plus wait/notify.
+///
+/// [`wait`](Condition::wait) releases the lock, sleeps until notified, and takes the lock again. As with
+/// every condition variable, a wait may return without a matching notify: check your condition in a loop,
+/// or use [`wait_while`](Condition::wait_while).
+///
+/// Deaths: a process killed while waiting holds nothing. A process killed while holding the lock is
+/// reported to the next holder as [`OwnerDied`]. A notify consumed by a waiter that is killed right after
+/// waking is lost to the others; `wait_while` re-checks its predicate at least every 50 ms, so it
+/// recovers from that without a hang, while a bare `wait` would not.
+///
+/// # Examples
+/// ```
+/// let c = mproc::Condition::new()?;
+/// let g = c.lock().unwrap();
+/// let (g, timed_out) = c.wait_timeout(g, std::time::Duration::from_millis(1)).unwrap();
+/// assert!(timed_out);
+/// drop(g);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Condition {
+    shared: Shared<RawCondition>,
+}
+
+impl_shared_object!(Condition, RawCondition, "mproc::Condition");
+
+/// Holds a [`Condition`]'s lock.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct ConditionGuard<'a> {
+    raw: &'a RawCondition,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Drop for ConditionGuard<'_> {
+    fn drop(&mut self) {
+        // SAFETY: a guard exists only while its (non-Send) thread holds the lock; released once.
+        unsafe { self.raw.lock.unlock() }
+    }
+}
+
+impl std::fmt::Debug for ConditionGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConditionGuard")
+    }
+}
+
+impl Condition {
+    /// Creates an anonymous condition.
+    ///
+    /// # Errors
+    /// [`Error::Os`](crate::Error::Os) if shared memory cannot be created.
+    pub fn new() -> Result<Condition> {
+        Ok(Condition {
+            shared: Shared::create(Self::layout(), None, false, |_| {})?,
+        })
+    }
+
+    /// Creates a condition under `name` (removed when this handle is dropped in this process).
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`](crate::Error::AlreadyExists), [`Error::InvalidName`](crate::Error::InvalidName).
+    pub fn create(name: &str) -> Result<Condition> {
+        Ok(Condition {
+            shared: Shared::create(Self::layout(), Some(name), false, |_| {})?,
+        })
+    }
+
+    fn guard(&self) -> ConditionGuard<'_> {
+        ConditionGuard {
+            raw: &self.shared,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Takes the condition's lock.
+    ///
+    /// # Errors
+    /// [`OwnerDied`] with the guard if the previous holder died holding it.
+    pub fn lock(&self) -> LockResult<ConditionGuard<'_>> {
+        let a = self
+            .shared
+            .lock
+            .lock_until(None)
+            .expect("an untimed lock cannot time out");
+        guard_result(self.guard(), a)
+    }
+
+    /// Releases the lock, sleeps until notified (or spuriously woken), and re-takes the lock.
+    ///
+    /// # Errors
+    /// [`OwnerDied`] with the re-taken guard if a holder died while we slept.
+    pub fn wait<'a>(&'a self, guard: ConditionGuard<'a>) -> LockResult<ConditionGuard<'a>> {
+        self.wait_until(guard, None)
+            .map(|(g, _)| g)
+            .map_err(|e| e.map(|(g, _)| g))
+    }
+
+    /// Like [`wait`](Condition::wait) for at most `timeout`; the flag says whether the time ran out.
+    ///
+    /// # Errors
+    /// [`OwnerDied`] as in [`wait`](Condition::wait).
+    pub fn wait_timeout<'a>(
+        &'a self,
+        guard: ConditionGuard<'a>,
+        timeout: Duration,
+    ) -> LockResult<(ConditionGuard<'a>, bool)> {
+        self.wait_until(guard, Some(Instant::now() + timeout))
+    }
+
+    /// Waits while `condition` holds, re-checking it after every wake-up and at least every 50 ms.
+    ///
+    /// # Errors
+    /// [`OwnerDied`] as in [`wait`](Condition::wait); the predicate is not re-checked then.
+    pub fn wait_while<'a>(
+        &'a self,
+        mut guard: ConditionGuard<'a>,
+        mut condition: impl FnMut() -> bool,
+    ) -> LockResult<ConditionGuard<'a>> {
+        while condition() {
+            let deadline = Instant::now() + MAX_CHECK_INTERVAL;
+            guard = match self.wait_until(guard, Some(deadline)) {
+                Ok((g, _)) => g,
+                Err(e) => return Err(e.map(|(g, _)| g)),
+            };
+        }
+        Ok(guard)
+    }
+
+    fn wait_until<'a>(
+        &'a self,
+        guard: ConditionGuard<'a>,
+        deadline: Option<Instant>,
+    ) -> LockResult<(ConditionGuard<'a>, bool)> {
+        let raw = &*self.shared;
+        // Read the sequence while still holding the lock: a notify after our unlock changes it, so the
+        // futex wait below returns at once instead of missing it.
+        let seq = raw.seq.load(Ordering::SeqCst);
+        raw.sleepers.fetch_add(1, Ordering::SeqCst);
+        drop(guard);
+        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let outcome = if timeout == Some(Duration::ZERO) {
+            futex::WaitOutcome::TimedOut
+        } else {
+            futex::wait(&raw.seq, seq, timeout)
+        };
+        raw.sleepers.fetch_sub(1, Ordering::SeqCst);
+        let timed_out =
+            outcome == futex::WaitOutcome::TimedOut && raw.seq.load(Ordering::SeqCst) == seq;
+        let a = raw
+            .lock
+            .lock_until(None)
+            .expect("an untimed lock cannot time out");
+        match a {
+            Acquired::Clean => Ok((self.guard(), timed_out)),
+            Acquired::OwnerDied(tid) => Err(OwnerDied::new((self.guard(), timed_out), tid)),
+        }
+    }
+
+    /// Wakes up to `n` waiters.
+    pub fn notify(&self, n: u32) {
+        let raw = &*self.shared;
+        raw.seq.fetch_add(1, Ordering::SeqCst);
+        if raw.sleepers.load(Ordering::SeqCst) != 0 {
+            futex::wake(&raw.seq, n);
+        }
+    }
+
+    /// Wakes every waiter.
+    pub fn notify_all(&self) {
+        self.notify(u32::MAX);
+    }
+}
