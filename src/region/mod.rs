@@ -12,7 +12,7 @@
 //!   can make other processes fault on access. That user can also ptrace us, so this is not a boundary we
 //!   claim to defend.
 //!
-//! Opening always validates the header (see [`header`]) and fails with a typed [`Error`] naming what
+//! Opening always validates the header (its layout is documented in `src/region/header.rs`) and fails with a typed [`Error`] naming what
 //! differs. Nothing read from the header is trusted before it is checked against the real size of the
 //! segment, and nothing is re-read after the open.
 

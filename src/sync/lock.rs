@@ -12,7 +12,9 @@ use crate::region::shared::{impl_shared_object, Shared};
 ///
 /// If a process (or thread) dies while holding it, the next `lock` returns [`OwnerDied`] carrying the
 /// guard — reported exactly once, like a poisoned [`std::sync::Mutex`] — and the lock is usable again.
-/// Waiters notice the death within about 50 ms (see [`RawLock`](super) protocol notes in the source).
+/// Waiters notice the death within about 50 ms: they sleep on the futex with a timeout and then check
+/// the holder's thread id and start time in `/proc` (the protocol is documented in
+/// `src/sync/raw_lock.rs`).
 ///
 /// Uncontended `lock`/`unlock` is one compare-and-swap and one swap, with no system call.
 ///
@@ -30,6 +32,23 @@ use crate::region::shared::{impl_shared_object, Shared};
 /// }
 /// assert!(lock.try_lock().is_ok());
 /// # Ok::<(), mproc::Error>(())
+/// ```
+///
+/// A guard cannot outlive its lock:
+/// ```compile_fail
+/// let guard;
+/// {
+///     let lock = mproc::Lock::new().unwrap();
+///     guard = lock.lock().unwrap();
+/// }
+/// drop(guard);
+/// ```
+///
+/// and cannot move to another thread (the thread that locked must unlock):
+/// ```compile_fail
+/// let lock = mproc::Lock::new().unwrap();
+/// let guard = lock.lock().unwrap();
+/// std::thread::scope(|s| { s.spawn(move || drop(guard)); });
 /// ```
 #[derive(Clone)]
 pub struct Lock {
