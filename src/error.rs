@@ -138,6 +138,12 @@ pub enum Error {
     BrokenBarrier,
 
     // ---- messaging ----
+    /// A non-blocking put found the queue full (Python's `queue.Full`).
+    #[error("the queue is full")]
+    Full,
+    /// A non-blocking get found the queue empty (Python's `queue.Empty`).
+    #[error("the queue is empty")]
+    Empty,
     /// The queue or pipe was closed.
     #[error("the channel is closed")]
     Closed,

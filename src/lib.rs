@@ -53,12 +53,15 @@
 //! | named regions | unlinked by their creator; [`cleanup_stale`] removes those of dead creators |
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod codec;
 mod error;
+pub mod queue;
 pub mod region;
 pub mod sync;
 pub(crate) mod sys;
 
 pub use error::{Error, LockResult, OwnerDied, Result, TryLockError};
+pub use queue::{Connection, JoinableQueue, Pipe, Queue, SimpleQueue};
 pub use region::{cleanup_stale, Region, RegionHandle};
 pub use sync::{
     Array, ArrayGuard, Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, Lock, LockGuard, RLock,

@@ -1,0 +1,145 @@
+//! How a value becomes bytes in shared memory.
+//!
+//! A [`Codec`] turns a `T` into bytes and back. Two are provided:
+//! - [`Serde`] (the default): any `T: Serialize + DeserializeOwned`, in postcard's compact binary format;
+//! - [`Raw`]: any `T: bytemuck::Pod`, as its raw bytes — no serialization at all, one `memcpy` each way.
+//!   [`RawSlice`] does the same for a `Vec<T: Pod>` of any length.
+//!
+//! Decoding never trusts its input: bytes of the wrong length or that do not parse are an
+//! [`Error::Decode`] naming the expected type, never a panic.
+
+use std::marker::PhantomData;
+
+use bytemuck::Pod;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// Converts values of `T` to and from bytes.
+pub trait Codec<T>: Send + Sync + 'static {
+    /// A name for the format, part of a queue's type check (a queue of one codec will not open as another).
+    const NAME: &'static str;
+
+    /// The largest message a queue of this codec accepts unless told otherwise.
+    fn default_max_size() -> usize {
+        1024
+    }
+
+    /// Calls `f` with the encoded bytes of `value` (a codec may borrow them from `value` itself).
+    ///
+    /// # Errors
+    /// [`Error::Encode`] if the value cannot be encoded.
+    fn with_bytes<R>(value: &T, f: impl FnOnce(&[u8]) -> R) -> Result<R>;
+
+    /// Decodes a value from `bytes`.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] if the bytes are not a valid encoding of a `T`.
+    fn decode(bytes: &[u8]) -> Result<T>;
+}
+
+/// The serde codec: postcard's compact binary format.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Serde;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl<T: Serialize + DeserializeOwned> Codec<T> for Serde {
+    const NAME: &'static str = "postcard";
+
+    fn with_bytes<R>(value: &T, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        // Reuse one buffer per thread: a steady stream of messages allocates nothing.
+        SCRATCH.with(|cell| {
+            let mut buf = cell.try_borrow_mut().map_err(|_| Error::Encode("re-entrant encode".into()))?;
+            buf.clear();
+            let taken = std::mem::take(&mut *buf);
+            let out = postcard::to_extend(value, taken).map_err(|e| Error::Encode(e.to_string()))?;
+            let r = f(&out);
+            *buf = out;
+            Ok(r)
+        })
+    }
+
+    fn decode(bytes: &[u8]) -> Result<T> {
+        postcard::from_bytes(bytes)
+            .map_err(|e| Error::Decode { ty: std::any::type_name::<T>(), reason: e.to_string() })
+    }
+}
+
+/// The raw codec for `Pod` values: the value's bytes, copied.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Raw;
+
+impl<T: Pod> Codec<T> for Raw {
+    const NAME: &'static str = "raw";
+
+    fn default_max_size() -> usize {
+        std::mem::size_of::<T>()
+    }
+
+    fn with_bytes<R>(value: &T, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        Ok(f(bytemuck::bytes_of(value)))
+    }
+
+    fn decode(bytes: &[u8]) -> Result<T> {
+        if bytes.len() != std::mem::size_of::<T>() {
+            return Err(Error::Decode {
+                ty: std::any::type_name::<T>(),
+                reason: format!("{} bytes, expected {}", bytes.len(), std::mem::size_of::<T>()),
+            });
+        }
+        Ok(bytemuck::pod_read_unaligned(bytes))
+    }
+}
+
+/// The raw codec for `Vec<T: Pod>`: the elements' bytes, copied.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawSlice<T>(PhantomData<T>);
+
+impl<T: Pod + Send + Sync> Codec<Vec<T>> for RawSlice<T> {
+    const NAME: &'static str = "raw-slice";
+
+    fn with_bytes<R>(value: &Vec<T>, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        Ok(f(bytemuck::cast_slice(value)))
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Vec<T>> {
+        let size = std::mem::size_of::<T>().max(1);
+        if bytes.len() % size != 0 {
+            return Err(Error::Decode {
+                ty: std::any::type_name::<Vec<T>>(),
+                reason: format!("{} bytes is not a whole number of {size}-byte elements", bytes.len()),
+            });
+        }
+        let mut v = vec![T::zeroed(); bytes.len() / size];
+        bytemuck::cast_slice_mut::<T, u8>(&mut v).copy_from_slice(bytes);
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_roundtrip_and_garbage() {
+        let v = (1u32, String::from("hi"), vec![1.5f64]);
+        let bytes = Serde::with_bytes(&v, |b| b.to_vec()).unwrap();
+        assert_eq!(<Serde as Codec<(u32, String, Vec<f64>)>>::decode(&bytes).unwrap(), v);
+        let e = <Serde as Codec<(u32, String, Vec<f64>)>>::decode(&[0xff; 3]).unwrap_err();
+        assert!(matches!(e, Error::Decode { .. }), "{e}");
+    }
+
+    #[test]
+    fn raw_roundtrip_and_wrong_length() {
+        let b = Raw::with_bytes(&0x0102_0304u32, |b| b.to_vec()).unwrap();
+        assert_eq!(<Raw as Codec<u32>>::decode(&b).unwrap(), 0x0102_0304);
+        assert!(<Raw as Codec<u32>>::decode(&b[..3]).is_err());
+        let s = RawSlice::<u16>::with_bytes(&vec![1u16, 2, 3], |b| b.to_vec()).unwrap();
+        assert_eq!(RawSlice::<u16>::decode(&s).unwrap(), vec![1, 2, 3]);
+        assert!(RawSlice::<u16>::decode(&s[..5]).is_err());
+    }
+}

@@ -1,0 +1,623 @@
+//! `Ring`: a bounded multi-producer multi-consumer ring of variable-length messages in a region, that
+//! survives producers and consumers killed at any instruction.
+//!
+//! # Algorithm
+//! Dmitry Vyukov's bounded MPMC queue, with crossbeam's `{ lap, index }` stamps, changed in one way:
+//! a slot is **claimed with a compare-and-swap on the slot itself**, which records the claimer's thread
+//! id, *before* the shared `tail`/`head` index is moved. Anybody who then finds the index lagging behind a
+//! claimed slot moves it on ("helping"). So at every instant a slot that is in use names the thread using
+//! it, and a thread that dies mid-operation can be recognised and cleaned up after.
+//!
+//! Stamps: `one_lap` is the smallest power of two above `capacity`; a stamp is `lap + index`. After
+//! index `capacity - 1` the next stamp is `lap + one_lap`. Only the low 32 bits of a stamp are stored in
+//! a slot; comparisons use wrapping differences, valid because live stamps differ by at most `one_lap`
+//! (≤ 2^30).
+//!
+//! Slot `state` (64 bits) = `seq` (high 32) | `who` (low 32), where `who` is [`IDLE`], a claimer's tid,
+//! or [`TOMBSTONE`]. For the slot at index `i` and a stamp `s` with that index:
+//!
+//! | state                  | meaning                                                              |
+//! |------------------------|----------------------------------------------------------------------|
+//! | `{ s, IDLE }`          | empty, free for the producer of stamp `s`                            |
+//! | `{ s, tid }`           | a producer (tid) is writing the message of stamp `s`                 |
+//! | `{ s + 1, IDLE }`      | holds the message of stamp `s`, ready for the consumer of `s`        |
+//! | `{ s + 1, TOMBSTONE }` | stamp `s` was abandoned by a dead producer: consumers skip it        |
+//! | `{ s + 1, tid }`       | a consumer (tid) is reading the message of stamp `s`                 |
+//! | `{ s + one_lap, IDLE }`| consumed: free for the producer of the next lap                      |
+//!
+//! - **push** at `tail = s`: CAS `{s, IDLE}` → `{s, me}` (Acquire); CAS `tail` → next; copy the message
+//!   in; CAS `{s, me}` → `{s + 1, IDLE}` (Release: the bytes happen-before the consumer's Acquire).
+//! - **pop** at `head = s`: CAS `{s + 1, IDLE}` → `{s + 1, me}` (Acquire: sees the bytes); CAS `head` →
+//!   next; copy the message out; CAS `{s + 1, me}` → `{s + one_lap, IDLE}` (Release: our reads
+//!   happen-before the next producer overwrites).
+//!
+//! The final steps are CASes, not stores, so a claim revoked by a thread that took the claimer for dead
+//! can never be overwritten: a revoked producer pushes its message again under a new stamp; a revoked
+//! consumer discards what it read and takes the next message. A claimer is taken for dead only when its
+//! tid no longer exists (or is a zombie) — never merely because it is slow.
+//!
+//! # Deaths
+//! - A producer dead while holding `{s, tid}`: the consumer waiting at `head = s` checks the claimer's
+//!   liveness when its timed sleep expires and replaces the state with `{s + 1, TOMBSTONE}` (one CAS, so
+//!   only one waiter does it, and never while the producer lives). Consumers skip tombstones. The
+//!   half-written message is never seen.
+//! - A consumer dead while holding `{s + 1, tid}`: the producer waiting for that slot frees it with a CAS
+//!   to `{s + one_lap, IDLE}`. The message was handed out to the dead consumer and is lost: delivery is
+//!   **at most once** for a message whose consumer dies inside `get`; no message is delivered twice, and
+//!   no message that no consumer took is lost.
+//! - A claimer dead before moving `tail`/`head`: the next thread to find the claimed slot moves it.
+//!
+//! # Garbage
+//! Capacity and slot size are read from shared memory once, at open, and checked against the region's
+//! real size; indices are always `stamp & (one_lap - 1)` checked against the capacity, and a message
+//! length is checked against the slot size before any copy. Garbage can make an operation fail with
+//! [`Error::Corrupted`] or make it wait; it cannot make us touch memory outside the region.
+//!
+//! # Proof obligations
+//! This protocol is argued here and exercised by a stress test (many producer and consumer processes,
+//! every message delivered exactly once, per-producer order kept) plus kill tests; it is not model-checked.
+
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::region::{Region, ShmSafe};
+use crate::sys::futex;
+use crate::sys::proc::{self, Identity};
+
+const IDLE: u32 = 0;
+const TOMBSTONE: u32 = 0x8000_0000;
+/// Largest capacity: stamps must stay well inside 32-bit wrapping comparisons.
+pub(crate) const MAX_CAPACITY: u32 = 1 << 28;
+/// Largest slot: a message is copied in one piece, and a region holds `capacity` slots.
+pub(crate) const MAX_SLOT_SIZE: u32 = 1 << 30;
+const SPINS: u32 = 64;
+const MIN_CHECK: Duration = Duration::from_micros(500);
+const MAX_CHECK: Duration = Duration::from_millis(50);
+
+fn seq(state: u64) -> u32 {
+    (state >> 32) as u32
+}
+fn who(state: u64) -> u32 {
+    state as u32
+}
+fn state(seq: u32, who: u32) -> u64 {
+    (u64::from(seq) << 32) | u64::from(who)
+}
+/// `a - b` as a signed distance between 32-bit stamps.
+fn dist(a: u32, b: u64) -> i32 {
+    a.wrapping_sub(b as u32) as i32
+}
+
+/// A cache line of its own, so producers' and consumers' hot words do not share one.
+#[repr(C, align(64))]
+#[derive(Debug, Default)]
+struct Line<T>(T);
+
+/// A futex-based "something changed" counter with a sleeper count, so a notifier can skip the wake
+/// syscall when nobody sleeps.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct WaitWord {
+    seq: AtomicU32,
+    sleepers: AtomicU32,
+}
+
+impl WaitWord {
+    /// Wakes sleepers if any. The caller's state change must be visible before this (we fence SeqCst:
+    /// either we see the sleeper's count, or the sleeper's re-check sees the change — Dekker).
+    #[inline]
+    pub(crate) fn notify(&self) {
+        fence(Ordering::SeqCst);
+        if self.sleepers.load(Ordering::Relaxed) != 0 {
+            self.seq.fetch_add(1, Ordering::Release);
+            futex::wake_all(&self.seq);
+        }
+    }
+
+    /// Sleeps until notified, `slice` passes, or `ready()` (checked after announcing ourselves) holds.
+    /// Returns true if the slice ran out without a notification.
+    pub(crate) fn sleep(&self, slice: Duration, ready: impl Fn() -> bool) -> bool {
+        let s = self.seq.load(Ordering::Acquire);
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        let timed_out = if ready() {
+            false
+        } else {
+            futex::wait(&self.seq, s, Some(slice)) == futex::WaitOutcome::TimedOut
+        };
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        timed_out
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Default)]
+struct Config {
+    capacity: AtomicU32,
+    slot_size: AtomicU32,
+    closed: AtomicU32,
+    _pad: AtomicU32,
+    /// Messages put and not yet marked done (JoinableQueue).
+    unfinished: AtomicU64,
+}
+
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct RingHeader {
+    config: Line<Config>,
+    tail: Line<AtomicU64>,
+    head: Line<AtomicU64>,
+    /// Consumers sleep here, producers notify.
+    items: Line<WaitWord>,
+    /// Producers sleep here, consumers notify.
+    space: Line<WaitWord>,
+    /// `join` sleeps here, `task_done` notifies.
+    done: Line<WaitWord>,
+}
+
+// SAFETY: atomics only (with alignment padding); any bit pattern is a valid state.
+unsafe impl ShmSafe for RingHeader {}
+
+#[repr(C)]
+#[derive(Debug)]
+struct SlotHead {
+    state: AtomicU64,
+    len: AtomicU32,
+    _pad: AtomicU32,
+}
+
+// SAFETY: atomics only.
+unsafe impl ShmSafe for SlotHead {}
+
+const SLOT_HEAD: usize = std::mem::size_of::<SlotHead>();
+const HEADER: usize = std::mem::size_of::<RingHeader>();
+
+/// The geometry of a ring, fixed at creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    pub capacity: u32,
+    pub slot_size: u32,
+}
+
+impl Geometry {
+    fn stride(self) -> usize {
+        (SLOT_HEAD + self.slot_size as usize).next_multiple_of(64)
+    }
+
+    /// Bytes of payload a ring of this geometry needs, or `None` on overflow.
+    pub(crate) fn payload_size(self) -> Option<usize> {
+        self.stride().checked_mul(self.capacity as usize)?.checked_add(HEADER)
+    }
+}
+
+/// The ring protocol over a mapped region. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Ring {
+    base: *mut u8,
+    geo: Geometry,
+    one_lap: u64,
+}
+
+// SAFETY: `base` points into a mapping kept alive by the owner of the Ring (the queue holds the Region
+// in an Arc next to it); all shared state behind it is atomics, and message bytes are only touched by
+// the thread that claimed their slot.
+unsafe impl Send for Ring {}
+// SAFETY: as above.
+unsafe impl Sync for Ring {}
+
+pub(crate) enum Pop<R> {
+    Got(R),
+    Empty,
+    Closed,
+}
+
+impl Ring {
+    /// Initialises a fresh, zeroed region as a ring (before it is published).
+    pub(crate) fn init(region: &Region, geo: Geometry) -> Result<()> {
+        let ring = Ring::attach_unchecked(region, geo)?;
+        let h = ring.header();
+        h.config.0.capacity.store(geo.capacity, Ordering::Relaxed);
+        h.config.0.slot_size.store(geo.slot_size, Ordering::Relaxed);
+        for i in 0..geo.capacity {
+            ring.slot(u64::from(i)).state.store(state(i, IDLE), Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Attaches to an initialised ring, reading its geometry once and checking it against the region.
+    pub(crate) fn attach(region: &Region) -> Result<Ring> {
+        let h: &RingHeader = region.payload_ref(0)?;
+        let geo = Geometry {
+            capacity: h.config.0.capacity.load(Ordering::Relaxed),
+            slot_size: h.config.0.slot_size.load(Ordering::Relaxed),
+        };
+        if geo.capacity == 0 || geo.capacity > MAX_CAPACITY || geo.slot_size > MAX_SLOT_SIZE {
+            return Err(Error::Corrupted(format!("queue geometry {geo:?} is out of range")));
+        }
+        if geo.payload_size() != Some(region.len()) {
+            return Err(Error::SizeMismatch {
+                expected: geo.payload_size().unwrap_or(usize::MAX) as u64,
+                found: region.len() as u64,
+            });
+        }
+        Ring::attach_unchecked(region, geo)
+    }
+
+    fn attach_unchecked(region: &Region, geo: Geometry) -> Result<Ring> {
+        if geo.payload_size().is_none_or(|s| s > region.len()) {
+            return Err(Error::Truncated {
+                needed: geo.payload_size().unwrap_or(usize::MAX) as u64,
+                actual: region.len() as u64,
+            });
+        }
+        // The header is all atomics; payload_ref checks bounds and alignment once.
+        region.payload_ref::<RingHeader>(0)?;
+        let one_lap = u64::from(geo.capacity).next_power_of_two().max(2);
+        let one_lap = if one_lap == u64::from(geo.capacity) { one_lap * 2 } else { one_lap };
+        Ok(Ring { base: region.as_ptr(), geo, one_lap })
+    }
+
+    pub(crate) fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    fn header(&self) -> &RingHeader {
+        // SAFETY: `attach_unchecked` checked the region holds a RingHeader at offset 0 (bounds and
+        // alignment via payload_ref); the mapping outlives `self` (see the Send impl); all atomics.
+        unsafe { &*(self.base as *const RingHeader) }
+    }
+
+    /// The slot for stamp `s`. The index is masked and reduced below `capacity`, so it is always in
+    /// bounds whatever the stamp (which may be garbage from shared memory).
+    fn slot(&self, s: u64) -> &SlotHead {
+        let index = (s & (self.one_lap - 1)) % u64::from(self.geo.capacity);
+        let off = HEADER + index as usize * self.geo.stride();
+        // SAFETY: index < capacity, so [off, off + stride) lies inside the payload (payload_size was
+        // checked against the region); off is a multiple of 64 from a 64-aligned base; SlotHead is atomics.
+        unsafe { &*(self.base.add(off) as *const SlotHead) }
+    }
+
+    fn data(&self, s: u64) -> *mut u8 {
+        (self.slot(s) as *const SlotHead as *mut u8).wrapping_add(SLOT_HEAD)
+    }
+
+    fn next(&self, s: u64) -> u64 {
+        let index = s & (self.one_lap - 1);
+        if index + 1 < u64::from(self.geo.capacity) {
+            s + 1
+        } else {
+            (s & !(self.one_lap - 1)).wrapping_add(self.one_lap)
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.header().config.0.closed.load(Ordering::Acquire) != 0
+    }
+
+    pub(crate) fn close(&self) {
+        let h = self.header();
+        h.config.0.closed.store(1, Ordering::Release);
+        // Wake everyone so blocked callers see the flag.
+        for w in [&h.items.0, &h.space.0, &h.done.0] {
+            w.seq.fetch_add(1, Ordering::Release);
+            futex::wake_all(&w.seq);
+        }
+    }
+
+    /// Messages in the ring right now (approximate under concurrency).
+    pub(crate) fn len(&self) -> usize {
+        let h = self.header();
+        let (head, tail) = (h.head.0.load(Ordering::Relaxed), h.tail.0.load(Ordering::Relaxed));
+        let lap_of = |s: u64| s / self.one_lap * u64::from(self.geo.capacity) + (s & (self.one_lap - 1));
+        (lap_of(tail).saturating_sub(lap_of(head)) as usize).min(self.geo.capacity as usize)
+    }
+
+    /// One attempt to append `bytes`. `Err(Some(state))` = full, blocked by a slot in `state`.
+    fn try_push(&self, bytes: &[u8], me: Identity) -> std::result::Result<(), Option<(u64, u64)>> {
+        let h = self.header();
+        loop {
+            let pos = h.tail.0.load(Ordering::Relaxed);
+            let slot = self.slot(pos);
+            let st = slot.state.load(Ordering::Acquire);
+            let d = dist(seq(st), pos);
+            if d == 0 && who(st) == IDLE {
+                // {pos, IDLE} → {pos, me}: the slot is ours and says so.
+                if slot
+                    .state
+                    .compare_exchange_weak(st, state(pos as u32, me.tid), Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    let _ = h.tail.0.compare_exchange(pos, self.next(pos), Ordering::Relaxed, Ordering::Relaxed);
+                    slot.len.store(bytes.len() as u32, Ordering::Relaxed);
+                    // SAFETY: we own the slot (claimed above); bytes.len() <= slot_size was checked by
+                    // `push`, so the copy stays inside this slot's stride, inside the region.
+                    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.data(pos), bytes.len()) };
+                    // {pos, me} → {pos + 1, IDLE}: published. Release: the bytes above happen-before the
+                    // consumer's Acquire CAS. A CAS, not a store: if a consumer took us for dead and
+                    // tombstoned the slot, our claim is void and the message must go out again.
+                    let published = slot.state.compare_exchange(
+                        state(pos as u32, me.tid),
+                        state((pos as u32).wrapping_add(1), IDLE),
+                        Ordering::Release,
+                        Ordering::Relaxed,
+                    );
+                    h.items.0.notify();
+                    if published.is_ok() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            } else if d >= 0 {
+                // {pos, tid}: claimed by a producer that has not moved `tail` yet (maybe dead); or the
+                // slot is already past `pos`: `tail` is stale. Help it on and retry.
+                let _ = h.tail.0.compare_exchange(pos, self.next(pos), Ordering::Relaxed, Ordering::Relaxed);
+            } else {
+                // Still holding the previous lap's message (or being read): full.
+                return Err(Some((pos, st)));
+            }
+        }
+    }
+
+    /// Appends `bytes`, waiting for space until `deadline`.
+    pub(crate) fn push(&self, bytes: &[u8], deadline: Option<Instant>) -> Result<()> {
+        if bytes.len() > self.geo.slot_size as usize {
+            return Err(Error::MessageTooLarge { size: bytes.len(), max: self.geo.slot_size as usize });
+        }
+        let me = proc::current();
+        let mut spins = 0;
+        let mut interval = MIN_CHECK;
+        loop {
+            if self.is_closed() {
+                return Err(Error::Closed);
+            }
+            let Err(Some((pos, st))) = self.try_push(bytes, me) else { return Ok(()) };
+            if spins < SPINS {
+                spins += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            let slice = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left.min(interval),
+                    _ => return Err(Error::Timeout),
+                },
+                None => interval,
+            };
+            let h = self.header();
+            let still_full = || self.slot(pos).state.load(Ordering::Acquire) == st && !self.is_closed();
+            if h.space.0.sleep(slice, || !still_full()) && still_full() {
+                self.free_if_reader_died(pos, st);
+                interval = (interval * 2).min(MAX_CHECK);
+            }
+        }
+    }
+
+    /// A consumer died holding the slot the producer of stamp `pos` needs: free it for `pos`.
+    fn free_if_reader_died(&self, pos: u64, st: u64) {
+        let reader = who(st);
+        let prev_lap = pos.wrapping_sub(self.one_lap);
+        let is_reader_claim = dist(seq(st), prev_lap) == 1 && reader != IDLE && reader != TOMBSTONE;
+        if is_reader_claim && !Self::claimer_alive(reader) {
+            let slot = self.slot(pos);
+            if slot
+                .state
+                .compare_exchange(st, state(pos as u32, IDLE), Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.header().space.0.notify();
+            }
+        }
+    }
+
+    /// Whether the thread that claimed a slot still exists. Existence only (no start-time check): a
+    /// live claimer preempted between its claim and any bookkeeping must never be taken for dead,
+    /// while a recycled tid (pid_max is 4M here) merely delays the recovery until that thread exits.
+    fn claimer_alive(tid: u32) -> bool {
+        proc::is_alive(Identity { tid, start: 0 })
+    }
+
+    /// One attempt to take a message, passing its bytes to `f` while the slot is held.
+    fn try_pop<R>(&self, me: Identity, f: &mut Option<impl FnOnce(&[u8]) -> R>) -> Result<Pop<R>> {
+        let h = self.header();
+        loop {
+            let pos = h.head.0.load(Ordering::Relaxed);
+            let slot = self.slot(pos);
+            let st = slot.state.load(Ordering::Acquire);
+            let d = dist(seq(st), pos.wrapping_add(1));
+            if d == 0 && (who(st) == IDLE || who(st) == TOMBSTONE) {
+                // {pos + 1, IDLE | TOMBSTONE} → {pos + 1, me}: the message (or tombstone) is ours.
+                if slot
+                    .state
+                    .compare_exchange_weak(st, state(seq(st), me.tid), Ordering::Acquire, Ordering::Relaxed)
+                    .is_err()
+                {
+                    continue;
+                }
+                let _ = h.head.0.compare_exchange(pos, self.next(pos), Ordering::Relaxed, Ordering::Relaxed);
+                let len = slot.len.load(Ordering::Relaxed) as usize;
+                let result = if who(st) == TOMBSTONE {
+                    None
+                } else if len > self.geo.slot_size as usize {
+                    Some(Err(Error::Corrupted(format!(
+                        "message length {len} exceeds the slot size {}",
+                        self.geo.slot_size
+                    ))))
+                } else {
+                    // SAFETY: we own the slot; len <= slot_size keeps the range inside this slot's
+                    // stride, inside the region. Producers do not write a claimed slot.
+                    let bytes = unsafe { std::slice::from_raw_parts(self.data(pos), len) };
+                    Some(Ok(f.take().expect("called once")(bytes)))
+                };
+                // {pos + 1, me} → {pos + one_lap, IDLE}: free for the next lap. Release: our reads of
+                // the bytes happen-before the next producer's Acquire CAS and its writes. If a producer
+                // took us for dead and freed the slot, it may have overwritten what we read: discard it.
+                let released = slot.state.compare_exchange(
+                    state(seq(st), me.tid),
+                    state(pos.wrapping_add(self.one_lap) as u32, IDLE),
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                );
+                h.space.0.notify();
+                if released.is_err() {
+                    continue;
+                }
+                match result {
+                    None => continue, // a tombstone: skip it
+                    Some(Ok(r)) => return Ok(Pop::Got(r)),
+                    Some(Err(e)) => return Err(e),
+                }
+            } else if d >= 0 {
+                // {pos + 1, tid}: another consumer claimed it and has not moved `head`; or `head` is
+                // stale. Help it on.
+                let _ = h.head.0.compare_exchange(pos, self.next(pos), Ordering::Relaxed, Ordering::Relaxed);
+            } else if who(st) != IDLE && dist(seq(st), pos) == 0 {
+                // {pos, tid}: a producer is writing it. Not ready; the caller may check it is alive.
+                return Ok(Pop::Empty);
+            } else {
+                return Ok(if self.is_closed() { Pop::Closed } else { Pop::Empty });
+            }
+        }
+    }
+
+    /// Takes the next message, waiting until `deadline`; `f` sees its bytes in place.
+    pub(crate) fn pop<R>(&self, deadline: Option<Instant>, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        let me = proc::current();
+        let mut f = Some(f);
+        let mut spins = 0;
+        let mut interval = MIN_CHECK;
+        loop {
+            match self.try_pop(me, &mut f)? {
+                Pop::Got(r) => return Ok(r),
+                Pop::Closed => return Err(Error::Closed),
+                Pop::Empty => {}
+            }
+            if spins < SPINS * 4 {
+                spins += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            let slice = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left.min(interval),
+                    _ => return Err(Error::Timeout),
+                },
+                None => interval,
+            };
+            let h = self.header();
+            let pos = h.head.0.load(Ordering::Relaxed);
+            let st = self.slot(pos).state.load(Ordering::Acquire);
+            let unchanged = || self.slot(pos).state.load(Ordering::Acquire) == st && !self.is_closed();
+            if h.items.0.sleep(slice, || !unchanged()) && unchanged() {
+                self.abandon_if_writer_died(pos, st);
+                interval = (interval * 2).min(MAX_CHECK);
+            }
+        }
+    }
+
+    /// The producer claimed stamp `pos` and has not published it; if it died, tombstone the slot.
+    fn abandon_if_writer_died(&self, pos: u64, st: u64) {
+        let writer = who(st);
+        if dist(seq(st), pos) == 0 && writer != IDLE && writer != TOMBSTONE && !Self::claimer_alive(writer) {
+            let slot = self.slot(pos);
+            let tomb = state((pos as u32).wrapping_add(1), TOMBSTONE);
+            if slot.state.compare_exchange(st, tomb, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                self.header().items.0.notify();
+            }
+        }
+    }
+
+    // ---- JoinableQueue accounting ----
+
+    pub(crate) fn add_unfinished(&self) {
+        self.header().config.0.unfinished.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Marks one message done. Returns false if none was outstanding.
+    pub(crate) fn task_done(&self) -> bool {
+        let u = &self.header().config.0.unfinished;
+        let mut cur = u.load(Ordering::Acquire);
+        loop {
+            if cur == 0 {
+                return false;
+            }
+            match u.compare_exchange_weak(cur, cur - 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(v) => cur = v,
+            }
+        }
+        if cur == 1 {
+            self.header().done.0.notify();
+        }
+        true
+    }
+
+    pub(crate) fn unfinished(&self) -> u64 {
+        self.header().config.0.unfinished.load(Ordering::Acquire)
+    }
+
+    /// Waits until every message put has been marked done.
+    pub(crate) fn join(&self, deadline: Option<Instant>) -> Result<()> {
+        let h = self.header();
+        while self.unfinished() != 0 {
+            let slice = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left.min(MAX_CHECK),
+                    _ => return Err(Error::Timeout),
+                },
+                None => MAX_CHECK,
+            };
+            h.done.0.sleep(slice, || self.unfinished() == 0);
+        }
+        Ok(())
+    }
+}
+
+impl Ring {
+    /// Waits until a message is likely available (without taking it), the ring is closed, or
+    /// `deadline` passes. Returns whether a message is there.
+    pub(crate) fn wait_nonempty(&self, deadline: Option<Instant>) -> bool {
+        let h = self.header();
+        let mut spins = 0;
+        loop {
+            if self.len() > 0 {
+                return true;
+            }
+            if self.is_closed() {
+                return false;
+            }
+            if spins < SPINS * 4 {
+                spins += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            let slice = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left.min(MAX_CHECK),
+                    _ => return false,
+                },
+                None => MAX_CHECK,
+            };
+            h.items.0.sleep(slice, || self.len() > 0 || self.is_closed());
+        }
+    }
+}
+
+#[cfg(test)]
+impl Ring {
+    /// Makes stamp `s` look claimed by `tid`: by a producer (before publish) or a consumer (after).
+    pub(crate) fn force_claim_for_test(&self, s: u64, tid: u32, consumer: bool) {
+        let h = self.header();
+        let slot = self.slot(s);
+        if consumer {
+            slot.state.store(state((s as u32).wrapping_add(1), tid), Ordering::Release);
+            h.head.0.store(self.next(s), Ordering::Relaxed);
+        } else {
+            slot.state.store(state(s as u32, tid), Ordering::Release);
+            h.tail.0.store(self.next(s), Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn force_len_for_test(&self, s: u64, len: u32) {
+        self.slot(s).len.store(len, Ordering::Relaxed);
+    }
+}
