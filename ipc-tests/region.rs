@@ -1,20 +1,273 @@
-//! Regions across processes: named open from an unrelated process, garbage and truncated segments.
+//! Regions across processes: named open from an unrelated process, wrong types and sizes, forged
+//! headers and short segments, forged handles, the janitor, and a lock whose bytes another process
+//! scribbles on (DESIGN.md invariants 2, 3, 6 and 7).
+//!
+//! Segments are forged by writing `/dev/shm/mproc.<name>` with `std::fs`, following the header layout of
+//! `src/region/header.rs`. `janitor_removes_only_stale` sweeps `/dev/shm` while the other tests run, so
+//! every forged header that carries the real magic names this (live) process as its creator or is
+//! flagged persistent: the janitor must never be right to take one of them for a leftover. Forged
+//! segments opened by handle live outside the `mproc.` prefix, where the janitor never looks.
 
+use std::fs::{File, OpenOptions, Permissions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, ExitStatus};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use libtest_mimic::Trial;
-use mproc::{Error, Region};
+use mproc::{Error, Lock, Region, RegionHandle, TryLockError};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
+use serde::{Deserialize, Serialize};
 
 use crate::common::{self, Role};
 
-pub const ROLES: &[Role] = &[("region_open_and_check", region_open_and_check)];
+pub const ROLES: &[Role] = &[
+    ("region_open_and_check", region_open_and_check),
+    ("region_create_and_linger", create_and_linger),
+    ("region_create_and_vanish", create_and_vanish),
+    ("region_anon_handle", anon_handle),
+    ("region_scribble_lock", scribble_lock),
+    ("region_fuzz_headers", fuzz_headers),
+    ("region_fuzz_handles", fuzz_handles),
+];
 
 pub fn tests() -> Vec<Trial> {
-    vec![Trial::test("region::named_open_from_other_process", || {
-        named_open_from_other_process();
-        Ok(())
-    })]
+    fn t(name: &str, f: fn()) -> Trial {
+        Trial::test(format!("region::{name}"), move || {
+            f();
+            Ok(())
+        })
+    }
+    vec![
+        t("named_open_from_other_process", named_open_from_other_process),
+        t("wrong_type_is_type_mismatch", wrong_type_is_type_mismatch),
+        t("wrong_size_is_size_mismatch", wrong_size_is_size_mismatch),
+        t("forged_headers_are_typed_errors", forged_headers_are_typed_errors),
+        t("short_named_file_is_truncated_after_the_open_timeout", short_named_file_is_truncated),
+        t("short_segment_by_handle_is_truncated_at_once", short_segment_by_handle_is_truncated),
+        t("missing_name_is_not_found", missing_name_is_not_found),
+        t("shared_or_foreign_segment_is_not_private", shared_or_foreign_segment_is_not_private),
+        t("symlink_and_directory_are_refused", symlink_and_directory_are_refused),
+        t("invalid_names_are_refused", invalid_names_are_refused),
+        t("fuzz_forged_headers", || run_fuzz_child("region_fuzz_headers")),
+        t("fuzz_forged_handles", || run_fuzz_child("region_fuzz_handles")),
+        t("janitor_removes_only_stale", janitor_removes_only_stale),
+        t("handle_of_exited_process_is_stale", handle_of_exited_process_is_stale),
+        t("handle_with_wrong_id_is_stale", handle_with_wrong_id_is_stale),
+        t("lock_survives_garbage_from_another_process", lock_survives_garbage),
+        // Regressions for bugs found by this suite (see the functions).
+        t("creator_drop_spares_a_replacement", creator_drop_spares_a_replacement),
+        t("janitor_removes_unpublished_persistent_region", janitor_removes_unpublished_persistent),
+        t("janitor_spares_a_header_being_written", janitor_spares_a_header_being_written),
+    ]
 }
+
+// ------------------------------------------------------------------------------------------ helpers
+
+/// Where the payload starts, and the smallest segment an opener accepts.
+const PAYLOAD_OFFSET: u64 = 128;
+/// Value of the `ready` word of a published region ("REDY").
+const READY: u32 = 0x5245_4459;
+const FLAG_PERSISTENT: u32 = 1;
+/// Above Linux's PID_MAX_LIMIT (2^22 on 64-bit, proc(5)): no process or thread can ever have this id.
+const PID_MAX_LIMIT: u32 = 1 << 22;
+const NEVER_A_PID: u32 = 0x7fff_fff0;
+/// A lock word naming a holder that cannot exist (the lock keeps 30 bits of tid).
+const DEAD_TID: u32 = 0x3fff_fffe;
+/// Generous bound on anything a child or a blocked call does: proves "no hang", asserts no speed.
+const BOUND: Duration = Duration::from_secs(120);
+
+// Header field offsets (src/region/header.rs).
+const MAGIC: usize = 0;
+const VERSION: usize = 8;
+const HEADER_SIZE: usize = 12;
+const TYPE_HASH: usize = 16;
+const PAYLOAD_SIZE: usize = 24;
+const REGION_ID: usize = 32;
+const CREATOR_PID: usize = 40;
+const FLAGS: usize = 44;
+const CREATOR_START: usize = 48;
+const READY_WORD: usize = 56;
+
+/// The 64 header bytes of a region. Fields are native-endian words.
+#[derive(Clone, Copy, Debug)]
+struct Hdr([u8; 64]);
+
+impl Hdr {
+    fn u32(&self, at: usize) -> u32 {
+        u32::from_ne_bytes(self.0[at..at + 4].try_into().unwrap())
+    }
+    fn u64(&self, at: usize) -> u64 {
+        u64::from_ne_bytes(self.0[at..at + 8].try_into().unwrap())
+    }
+    fn set32(mut self, at: usize, v: u32) -> Self {
+        self.0[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn set64(mut self, at: usize, v: u64) -> Self {
+        self.0[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+}
+
+fn shm_path(name: &str) -> PathBuf {
+    PathBuf::from(format!("/dev/shm/mproc.{name}"))
+}
+
+fn read_header(name: &str) -> Hdr {
+    let mut h = [0; 64];
+    File::open(shm_path(name)).and_then(|mut f| f.read_exact(&mut h)).expect("read a region header");
+    Hdr(h)
+}
+
+/// The header of a real, published region of `payload` untyped bytes, created (and removed again) by
+/// this process: right magic, version, sizes and type hash, and this live process as its creator.
+fn bytes_header(payload: usize) -> Hdr {
+    let name = common::unique_name("tmpl");
+    let _r = Region::create(&name, payload, false).expect("create a template region");
+    read_header(&name)
+}
+
+/// The header of a real `Lock`, made like [`bytes_header`].
+fn lock_header() -> Hdr {
+    let name = common::unique_name("tmpl");
+    let _l = Lock::create(&name).expect("create a template lock");
+    read_header(&name)
+}
+
+/// A file forged in `/dev/shm`, removed when dropped (ignoring a file already gone).
+struct Forged(PathBuf);
+
+impl Drop for Forged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Creates `path` exclusively: the first bytes of `header` (as many as fit), zeros up to `len`, then `mode`.
+fn forge(path: PathBuf, header: &[u8], len: u64, mode: u32) -> Forged {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("forge {}: {e}", path.display()));
+    let forged = Forged(path);
+    let n = header.len().min(usize::try_from(len).unwrap_or(usize::MAX));
+    f.write_all(&header[..n]).expect("write forged header");
+    f.set_len(len).expect("size forged segment");
+    // Explicitly: the mode given at creation is filtered by the umask.
+    f.set_permissions(Permissions::from_mode(mode)).expect("chmod forged segment");
+    forged
+}
+
+fn forge_named(name: &str, h: &Hdr, len: u64) -> Forged {
+    forge(shm_path(name), &h.0, len, 0o600)
+}
+
+/// A forged segment outside the `mproc.` prefix, for opening by handle.
+fn forge_loose(what: &str, h: &[u8], len: u64, mode: u32) -> Forged {
+    forge(PathBuf::from(format!("/dev/shm/{}", common::unique_name(what))), h, len, mode)
+}
+
+fn err<T: std::fmt::Debug>(r: mproc::Result<T>) -> Error {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e,
+    }
+}
+
+/// The same serde shape as `RegionHandle` (whose fields are private), to forge handles. postcard is not
+/// self-describing, so equal shapes encode alike; `handle_with_wrong_id_is_stale` checks the round trip.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct HandleMirror {
+    id: u64,
+    source: SourceMirror,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum SourceMirror {
+    Named(String),
+    Fd { pid: u32, fd: i32 },
+}
+
+fn mirror(h: &RegionHandle) -> HandleMirror {
+    postcard::from_bytes(&postcard::to_stdvec(h).unwrap()).expect("RegionHandle has the mirrored shape")
+}
+
+fn handle(m: &HandleMirror) -> RegionHandle {
+    postcard::from_bytes(&postcard::to_stdvec(m).unwrap()).expect("the mirror has RegionHandle's shape")
+}
+
+/// A handle to descriptor `fd` of this process.
+fn fd_handle(id: u64, fd: i32) -> RegionHandle {
+    handle(&HandleMirror { id, source: SourceMirror::Fd { pid: std::process::id(), fd } })
+}
+
+fn to_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn from_hex(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+}
+
+/// A child process that is killed and reaped however the test ends, so a failing test leaves no process.
+struct Kid {
+    child: Child,
+    out: BufReader<ChildStdout>,
+}
+
+impl Kid {
+    fn spawn(role: &str, arg: &str) -> Kid {
+        let mut child = common::spawn_role(role, arg);
+        let out = BufReader::new(child.stdout.take().expect("piped stdout"));
+        Kid { child, out }
+    }
+
+    /// The child's next line of output (it prints one when it has reached a known point).
+    fn line(&mut self) -> String {
+        let mut s = String::new();
+        self.out.read_line(&mut s).expect("read child output");
+        assert!(s.ends_with('\n'), "child {} ended before saying anything", self.child.id());
+        s.trim_end().to_owned()
+    }
+
+    fn kill(&mut self) -> ExitStatus {
+        self.child.kill().expect("SIGKILL child");
+        self.wait()
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        common::wait_bounded(&mut self.child, BOUND)
+    }
+}
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Prints a line for the parent's [`Kid::line`].
+fn say(s: &str) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{s}").and_then(|()| out.flush()).expect("write to parent");
+}
+
+fn read_payload_byte(r: &Region, at: usize) -> u8 {
+    assert!(at < r.len());
+    // SAFETY: `at` is inside the payload, which lies inside the mapping (validated at open); a volatile
+    // byte read tolerates other processes writing it.
+    unsafe { r.as_ptr().add(at).read_volatile() }
+}
+
+// ------------------------------------------------------------------------- 1. validation on open
 
 fn region_open_and_check(name: &str) {
     let r = Region::open(name).expect("child opens region");
@@ -36,4 +289,763 @@ fn named_open_from_other_process() {
     assert_eq!(unsafe { (r.as_ptr() as *const u64).read_volatile() }, 7);
     drop(r);
     assert!(matches!(Region::open(&name), Err(Error::NotFound { .. })));
+}
+
+fn wrong_type_is_type_mismatch() {
+    let name = common::unique_name("type");
+    let lock = Lock::create(&name).unwrap();
+    let lock_hash = read_header(&name).u64(TYPE_HASH);
+    let e = err(Region::open(&name));
+    assert!(
+        matches!(e, Error::TypeMismatch { expected: "bytes", found_hash, .. } if found_hash == lock_hash),
+        "{e:?}"
+    );
+    drop(lock);
+    // Same payload size as a lock (16 bytes): only the type differs.
+    let r = Region::create(&name, 16, false).unwrap();
+    let e = err(Lock::open(&name));
+    assert!(matches!(e, Error::TypeMismatch { expected: "mproc::Lock", .. }), "{e:?}");
+    let e = err(Lock::from_handle(&r.handle()));
+    assert!(matches!(e, Error::TypeMismatch { expected: "mproc::Lock", .. }), "{e:?}");
+    drop(r);
+}
+
+fn wrong_size_is_size_mismatch() {
+    // A real Lock header, claiming a 32-byte payload (the file really has 32).
+    let h = lock_header().set64(PAYLOAD_SIZE, 32);
+    let name = common::unique_name("size");
+    let _f = forge_named(&name, &h, PAYLOAD_OFFSET + 32);
+    let e = err(Lock::open(&name));
+    assert!(matches!(e, Error::SizeMismatch { expected: 16, found: 32 }), "{e:?}");
+}
+
+fn forged_headers_are_typed_errors() {
+    let good = bytes_header(8);
+    let len = PAYLOAD_OFFSET + 8;
+    let open = |h: Hdr| {
+        let name = common::unique_name("hdr");
+        let _f = forge_named(&name, &h, len);
+        Region::open(&name)
+    };
+    // The control: a faithful copy opens.
+    assert_eq!(open(good).expect("an intact copy opens").len(), 8);
+
+    let e = err(open(good.set64(MAGIC, u64::from_ne_bytes(*b"NOTMPROC"))));
+    assert!(matches!(e, Error::BadMagic { found } if found == *b"NOTMPROC"), "{e:?}");
+    let e = err(open(good.set64(MAGIC, 0)));
+    assert!(matches!(e, Error::BadMagic { found: [0, 0, 0, 0, 0, 0, 0, 0] }), "{e:?}");
+    let e = err(open(good.set32(VERSION, 2)));
+    assert!(matches!(e, Error::VersionMismatch { expected: 1, found: 2 }), "{e:?}");
+    let e = err(open(good.set32(VERSION, u32::MAX)));
+    assert!(matches!(e, Error::VersionMismatch { expected: 1, found: u32::MAX }), "{e:?}");
+    let e = err(open(good.set32(HEADER_SIZE, 65)));
+    assert!(matches!(e, Error::Corrupted(_)), "{e:?}");
+    let e = err(open(good.set64(TYPE_HASH, good.u64(TYPE_HASH) ^ 1)));
+    assert!(matches!(e, Error::TypeMismatch { expected: "bytes", .. }), "{e:?}");
+
+    // payload_size larger than the file, by one byte, by a lot, and so large that adding the header overflows.
+    let e = err(open(good.set64(PAYLOAD_SIZE, 9)));
+    assert!(matches!(e, Error::Truncated { needed: 137, actual: 136 }), "{e:?}");
+    let e = err(open(good.set64(PAYLOAD_SIZE, 1 << 40)));
+    assert!(matches!(e, Error::Truncated { needed, actual: 136 } if needed == (1 << 40) + 128), "{e:?}");
+    let e = err(open(good.set64(PAYLOAD_SIZE, u64::MAX - 64)));
+    assert!(matches!(e, Error::Truncated { needed: u64::MAX, actual: 136 }), "{e:?}");
+
+    // A ready flag that is neither "initialising" (0) nor READY is garbage, reported without waiting.
+    for garbage in [1, 0xdead_beef, READY ^ 1, u32::MAX] {
+        let e = err(open(good.set32(READY_WORD, garbage)));
+        assert!(matches!(e, Error::Corrupted(_)), "{garbage:#x}: {e:?}");
+    }
+    // Not yet published, and the creator is dead (no such pid; or our pid with another start time, as
+    // after pid reuse): NotReady at once rather than after the open timeout. Persistent, so the janitor
+    // leaves these dead creators' segments alone.
+    let unpublished = good.set32(READY_WORD, 0).set32(FLAGS, FLAG_PERSISTENT);
+    let e = err(open(unpublished.set32(CREATOR_PID, NEVER_A_PID)));
+    assert!(matches!(e, Error::NotReady { creator_pid: NEVER_A_PID, .. }), "{e:?}");
+    let reused = unpublished.set64(CREATOR_START, good.u64(CREATOR_START) + 1);
+    let e = err(open(reused));
+    assert!(matches!(e, Error::NotReady { creator_pid, .. } if creator_pid == std::process::id()), "{e:?}");
+}
+
+/// A named file shorter than a header may be one whose creator is still sizing it: the opener waits the
+/// whole open timeout (10 s, not configurable through the public API) before calling it truncated.
+/// `short_segment_by_handle_is_truncated_at_once` is the fast version of the same check.
+fn short_named_file_is_truncated() {
+    let name = common::unique_name("short");
+    let _f = forge_named(&name, &Hdr([0; 64]), 10);
+    let e = err(Region::open(&name));
+    assert!(matches!(e, Error::Truncated { needed: 128, actual: 10 }), "{e:?}");
+}
+
+/// By handle nobody can be still creating the segment, so a short one is refused at once.
+fn short_segment_by_handle_is_truncated() {
+    let good = bytes_header(8);
+    for len in [0, 10, 63, 64, 127] {
+        let f = forge_loose("shortfd", &good.0, len, 0o600);
+        let file = File::open(&f.0).unwrap();
+        let e = err(Region::from_handle(&fd_handle(good.u64(REGION_ID), file.as_raw_fd())));
+        assert!(matches!(e, Error::Truncated { needed: 128, actual } if actual == len), "{len}: {e:?}");
+    }
+}
+
+fn missing_name_is_not_found() {
+    let name = common::unique_name("missing");
+    let e = err(Region::open(&name));
+    assert!(matches!(&e, Error::NotFound { name: n } if *n == name), "{e:?}");
+    let e = err(Lock::open(&name));
+    assert!(matches!(&e, Error::NotFound { name: n } if *n == name), "{e:?}");
+    let e = err(Region::unlink(&name));
+    assert!(matches!(&e, Error::NotFound { name: n } if *n == name), "{e:?}");
+}
+
+fn shared_or_foreign_segment_is_not_private() {
+    let good = bytes_header(8);
+    let len = PAYLOAD_OFFSET + 8;
+    // Readable or writable by group or others, by name and by handle.
+    for mode in [0o644, 0o604, 0o660, 0o606, 0o666] {
+        let name = common::unique_name("mode");
+        let f = forge(shm_path(&name), &good.0, len, mode);
+        let uid = std::fs::metadata(&f.0).unwrap().uid();
+        let e = err(Region::open(&name));
+        assert!(
+            matches!(&e, Error::NotPrivate { name: n, owner_uid, mode: m }
+                if *n == name && *owner_uid == uid && *m == mode),
+            "{mode:o}: {e:?}"
+        );
+        let file = File::open(&f.0).unwrap();
+        let e = err(Region::from_handle(&fd_handle(good.u64(REGION_ID), file.as_raw_fd())));
+        assert!(matches!(e, Error::NotPrivate { mode: m, .. } if m == mode), "{mode:o}: {e:?}");
+    }
+    // Mode 0600 but owned by another user: only possible to set up as root.
+    let name = common::unique_name("owner");
+    let f = forge_named(&name, &good, len);
+    match std::os::unix::fs::chown(&f.0, Some(12345), Some(12345)) {
+        Ok(()) => {
+            let e = err(Region::open(&name));
+            assert!(matches!(e, Error::NotPrivate { owner_uid: 12345, mode: 0o600, .. }), "{e:?}");
+        }
+        Err(e) => eprintln!("region::shared_or_foreign_segment_is_not_private: cannot chown ({e}), not checked"),
+    }
+}
+
+fn symlink_and_directory_are_refused() {
+    let good = bytes_header(8);
+    let target = forge_loose("target", &good.0, PAYLOAD_OFFSET + 8, 0o600);
+    let name = common::unique_name("symlink");
+    std::os::unix::fs::symlink(&target.0, shm_path(&name)).unwrap();
+    let _link = Forged(shm_path(&name));
+    // O_NOFOLLOW: a name planted as a symlink is never followed (ELOOP).
+    let e = err(Region::open(&name));
+    assert!(matches!(&e, Error::Os { source, .. } if source.raw_os_error() == Some(40)), "{e:?}");
+
+    let name = common::unique_name("dir");
+    std::fs::create_dir(shm_path(&name)).unwrap();
+    let e = err(Region::open(&name));
+    std::fs::remove_dir(shm_path(&name)).unwrap();
+    assert!(matches!(e, Error::Os { .. }), "{e:?}");
+}
+
+fn invalid_names_are_refused() {
+    let long = "x".repeat(201);
+    for n in ["", ".", "..", ".hidden", "a/b", "../x", "/abs", "sp ace", "tab\t", "nul\0", "é", "a\\b", &long] {
+        let is_invalid = |e: Error| matches!(&e, Error::InvalidName { name, .. } if name == n);
+        assert!(is_invalid(err(Region::open(n))), "open {n:?}");
+        assert!(is_invalid(err(Region::create(n, 8, false))), "create {n:?}");
+        assert!(is_invalid(err(Region::unlink(n))), "unlink {n:?}");
+        assert!(is_invalid(err(Lock::open(n))), "Lock::open {n:?}");
+        assert!(is_invalid(err(Lock::create(n))), "Lock::create {n:?}");
+        let named = handle(&HandleMirror { id: 1, source: SourceMirror::Named(n.to_owned()) });
+        assert!(is_invalid(err(Region::from_handle(&named))), "from_handle {n:?}");
+    }
+    // The boundary: 200 bytes is a valid (missing) name.
+    let mut at_limit = common::unique_name("long");
+    at_limit.push_str(&"y".repeat(200 - at_limit.len()));
+    assert!(matches!(err(Region::open(&at_limit)), Error::NotFound { .. }));
+}
+
+// ------------------------------------------------------------------------------------ 2. fuzzing
+
+/// Runs a fuzzing role in a child, so that a SIGBUS (or any other fatal signal) shows as a failed exit
+/// status instead of taking the whole suite down.
+fn run_fuzz_child(role: &str) {
+    let st = Kid::spawn(role, "").wait();
+    // A crashed child cannot clean up: remove what it left, so the failure is reported once, here.
+    let prefix = format!("{}-fz", common::run_tag());
+    for e in std::fs::read_dir("/dev/shm").unwrap().flatten() {
+        if e.file_name().to_string_lossy().contains(&prefix) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    assert!(st.success(), "{role}: {st} (a signal here, e.g. SIGBUS, means an open crashed)");
+}
+
+fn runner(seed: u64) -> TestRunner {
+    TestRunner::new(Config {
+        cases: 64,
+        failure_persistence: None,
+        rng_seed: RngSeed::Fixed(seed),
+        ..Config::default()
+    })
+}
+
+/// The variant of an error, for comparing with what a forged input justifies.
+fn kind(e: &Error) -> &'static str {
+    match e {
+        Error::NotFound { .. } => "NotFound",
+        Error::InvalidName { .. } => "InvalidName",
+        Error::NotPrivate { .. } => "NotPrivate",
+        Error::BadMagic { .. } => "BadMagic",
+        Error::VersionMismatch { .. } => "VersionMismatch",
+        Error::TypeMismatch { .. } => "TypeMismatch",
+        Error::SizeMismatch { .. } => "SizeMismatch",
+        Error::Truncated { .. } => "Truncated",
+        Error::NotReady { .. } => "NotReady",
+        Error::StaleHandle(_) => "StaleHandle",
+        Error::Corrupted(_) => "Corrupted",
+        Error::Os { .. } => "Os",
+        _ => "other",
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Opener {
+    Bytes,
+    Lock,
+}
+
+/// What a fuzzing child knows of real headers.
+#[derive(Clone, Copy)]
+struct Truth {
+    bytes_hash: u64,
+    lock_hash: u64,
+}
+
+/// The errors a segment with header `h` and `len` bytes justifies for `opener`; empty: it must open.
+fn justified(h: &Hdr, len: u64, opener: Opener, t: Truth, by_handle: bool) -> Vec<&'static str> {
+    if by_handle && len < PAYLOAD_OFFSET {
+        return vec!["Truncated"];
+    }
+    match h.u32(READY_WORD) {
+        READY => {}
+        // Unpublished: a foreign magic is refused as such, our magic (or none yet) waits for the creator.
+        0 if h.0[..8] != *b"MPROCRG1" && h.0[..8] != [0; 8] => return vec!["BadMagic"],
+        0 => return vec!["NotReady"],
+        _ => return vec!["Corrupted"],
+    }
+    let mut v = Vec::new();
+    if h.0[..8] != *b"MPROCRG1" {
+        v.push("BadMagic");
+    }
+    if h.u32(VERSION) != 1 {
+        v.push("VersionMismatch");
+    }
+    if h.u32(HEADER_SIZE) != 64 {
+        v.push("Corrupted");
+    }
+    let (hash, size) = match opener {
+        Opener::Bytes => (t.bytes_hash, None),
+        Opener::Lock => (t.lock_hash, Some(16)),
+    };
+    if h.u64(TYPE_HASH) != hash {
+        v.push("TypeMismatch");
+    }
+    let payload = h.u64(PAYLOAD_SIZE);
+    if size.is_some_and(|s| payload != s) {
+        v.push("SizeMismatch");
+    }
+    if payload.saturating_add(PAYLOAD_OFFSET) > len {
+        v.push("Truncated");
+    }
+    v
+}
+
+/// Checks that `got` is one of the `allowed` outcomes and that the error's fields tell the truth about
+/// the forged segment.
+fn check_open<T>(
+    what: &str,
+    got: mproc::Result<T>,
+    allowed: &[&str],
+    h: &Hdr,
+    len: u64,
+) -> Result<Option<T>, TestCaseError> {
+    let e = match got {
+        Ok(v) => {
+            prop_assert!(allowed.is_empty(), "{what}: opened, but one of {allowed:?} was due");
+            return Ok(Some(v));
+        }
+        Err(e) => e,
+    };
+    prop_assert!(allowed.contains(&kind(&e)), "{what}: {e:?} is not among {allowed:?}");
+    let truthful = match &e {
+        Error::BadMagic { found } => found[..] == h.0[..8],
+        Error::VersionMismatch { expected, found } => *expected == 1 && *found == h.u32(VERSION),
+        Error::TypeMismatch { found_hash, .. } => *found_hash == h.u64(TYPE_HASH),
+        Error::SizeMismatch { expected, found } => *expected == 16 && *found == h.u64(PAYLOAD_SIZE),
+        Error::Truncated { needed, actual } => {
+            *actual == len
+                && (*needed == PAYLOAD_OFFSET
+                    || *needed == h.u64(PAYLOAD_SIZE).saturating_add(PAYLOAD_OFFSET))
+        }
+        Error::NotReady { creator_pid, .. } => *creator_pid == h.u32(CREATOR_PID),
+        _ => true,
+    };
+    prop_assert!(truthful, "{what}: {e:?} misreports the segment ({len} bytes, {h:?})");
+    Ok(None)
+}
+
+fn check_region(r: &Region, h: &Hdr, len: u64) -> Result<(), TestCaseError> {
+    prop_assert_eq!(r.len() as u64, h.u64(PAYLOAD_SIZE));
+    prop_assert!(r.len() as u64 + PAYLOAD_OFFSET <= len);
+    if !r.is_empty() {
+        // Touching both ends of the payload proves the mapping covers it (no SIGBUS).
+        read_payload_byte(r, 0);
+        read_payload_byte(r, r.len() - 1);
+    }
+    Ok(())
+}
+
+/// Headers biased towards valid fields, so that every check (and success) is reached, plus raw bytes.
+fn header_strategy(bytes: Hdr, lock: Hdr) -> impl Strategy<Value = Hdr> {
+    let me = (bytes.u32(CREATOR_PID), bytes.u64(CREATOR_START));
+    let structured = (
+        prop_oneof![6 => Just(bytes.u64(MAGIC)), 1 => any::<u64>()],
+        prop_oneof![6 => Just(1u32), 1 => any::<u32>()],
+        prop_oneof![6 => Just(64u32), 1 => any::<u32>()],
+        prop_oneof![2 => Just(bytes.u64(TYPE_HASH)), 2 => Just(lock.u64(TYPE_HASH)), 1 => any::<u64>()],
+        prop_oneof![1 => 0u64..64, 2 => Just(16u64), 1 => 0u64..4400, 1 => any::<u64>()],
+        any::<u64>(),
+        prop_oneof![Just(me), (any::<u32>(), any::<u64>())],
+        any::<u32>(),
+        prop_oneof![6 => Just(READY), 1 => Just(0u32), 1 => any::<u32>()],
+        any::<u32>(),
+    )
+        .prop_map(|(magic, version, hsize, hash, payload, id, (pid, start), flags, ready, reserved)| {
+            Hdr([0; 64])
+                .set64(MAGIC, magic)
+                .set32(VERSION, version)
+                .set32(HEADER_SIZE, hsize)
+                .set64(TYPE_HASH, hash)
+                .set64(PAYLOAD_SIZE, payload)
+                .set64(REGION_ID, id)
+                .set32(CREATOR_PID, pid)
+                .set32(FLAGS, flags)
+                .set64(CREATOR_START, start)
+                .set32(READY_WORD, ready)
+                .set32(60, reserved)
+        });
+    let raw = any::<[u8; 64]>().prop_map(Hdr);
+    prop_oneof![5 => structured, 1 => raw]
+}
+
+/// Child role: arbitrary headers and lengths, opened by name and by handle, as bytes and as a Lock.
+fn fuzz_headers(_: &str) {
+    let (bytes, lock) = (bytes_header(16), lock_header());
+    let truth = Truth { bytes_hash: bytes.u64(TYPE_HASH), lock_hash: lock.u64(TYPE_HASH) };
+    let strategy = (header_strategy(bytes, lock), 0u64..4400, any::<bool>());
+    let result = runner(0x6d70_726f_6331).run(&strategy, |(h, len, same_id)| {
+        // By name. A header still "initialising" (ready 0) is waited for while its creator lives, and a
+        // short file while it may grow (10 s each, see short_named_file_is_truncated): name a dead creator
+        // and keep the file at least a header long. Persistent, so the janitor leaves it alone.
+        let mut named = h.set32(FLAGS, h.u32(FLAGS) | FLAG_PERSISTENT);
+        if named.u32(READY_WORD) == 0 {
+            named = named.set32(CREATOR_PID, NEVER_A_PID);
+        }
+        let named_len = PAYLOAD_OFFSET + len;
+        let name = common::unique_name("fz");
+        let f = forge_named(&name, &named, named_len);
+        for opener in [Opener::Bytes, Opener::Lock] {
+            let allowed = justified(&named, named_len, opener, truth, false);
+            let what = format!("open {opener:?} by name");
+            match opener {
+                Opener::Bytes => {
+                    if let Some(r) = check_open(&what, Region::open(&name), &allowed, &named, named_len)? {
+                        check_region(&r, &named, named_len)?;
+                    }
+                }
+                Opener::Lock => {
+                    if let Some(l) = check_open(&what, Lock::open(&name), &allowed, &named, named_len)? {
+                        drop(l.try_lock());
+                    }
+                }
+            }
+        }
+        drop(f);
+
+        // By handle, any length: nothing waits on this path.
+        let f = forge_loose("fzfd", &h.0, len, 0o600);
+        let file = File::open(&f.0).unwrap();
+        let id = if same_id { h.u64(REGION_ID) } else { h.u64(REGION_ID).wrapping_add(1) };
+        let hd = fd_handle(id, file.as_raw_fd());
+        for opener in [Opener::Bytes, Opener::Lock] {
+            let mut allowed = justified(&h, len, opener, truth, true);
+            if allowed.is_empty() && !same_id {
+                allowed.push("StaleHandle");
+            }
+            let what = format!("open {opener:?} by handle");
+            match opener {
+                Opener::Bytes => {
+                    if let Some(r) = check_open(&what, Region::from_handle(&hd), &allowed, &h, len)? {
+                        check_region(&r, &h, len)?;
+                    }
+                }
+                Opener::Lock => {
+                    if let Some(l) = check_open(&what, Lock::from_handle(&hd), &allowed, &h, len)? {
+                        drop(l.try_lock());
+                    }
+                }
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("fuzz_forged_headers: {e}");
+    }
+}
+
+/// Whether `Region::open` would accept `n` as a name (its documented rule), to predict the error.
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 200
+        && !n.starts_with('.')
+        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// Child role: handles decoded from arbitrary bytes, and structured handles with arbitrary pid, fd and
+/// id, next to real ones. Descriptors are drawn only among the ones this child knows (its regions,
+/// /dev/null on 0, its stdout pipe on 1, unused numbers) and pids only among itself and pids that cannot
+/// exist: a forged handle must not make the suite open another process's files.
+fn fuzz_handles(_: &str) {
+    let me = std::process::id();
+    let anon = Region::anonymous(16).unwrap();
+    let lock = Lock::new().unwrap();
+    let named_name = common::unique_name("fzh");
+    let named = Region::create(&named_name, 16, false).unwrap();
+    let (anon_h, lock_h, named_h) = (mirror(&anon.handle()), mirror(&lock.handle()), mirror(&named.handle()));
+    let fd_of = |m: &HandleMirror| match m.source {
+        SourceMirror::Fd { fd, .. } => fd,
+        SourceMirror::Named(_) => unreachable!("an anonymous region's handle names a descriptor"),
+    };
+    let (anon_fd, lock_fd) = (fd_of(&anon_h), fd_of(&lock_h));
+    let known_fds = [0, 1, anon_fd, lock_fd];
+    let unused = |fd: i32| !(0..900).contains(&fd) || known_fds.contains(&fd);
+    let ids = [anon_h.id, lock_h.id, named_h.id];
+
+    // (a) arbitrary bytes, and mutations of real encodings, through postcard.
+    let encodings: Vec<Vec<u8>> =
+        [&anon_h, &lock_h, &named_h].iter().map(|m| postcard::to_stdvec(m).unwrap()).collect();
+    let edits = proptest::collection::vec((any::<usize>(), any::<u8>()), 0..3);
+    let mutated = (proptest::sample::select(encodings), edits, any::<usize>())
+        .prop_map(|(mut b, edits, cut)| {
+            for (at, v) in edits {
+                let i = at % b.len();
+                b[i] = v;
+            }
+            if cut % 8 == 0 {
+                b.pop(); // now too short, or a shorter string
+            }
+            b
+        });
+    let bytes = prop_oneof![1 => proptest::collection::vec(any::<u8>(), 0..48), 3 => mutated];
+    let result = runner(0x6d70_726f_6332).run(&bytes, |b| {
+        let Ok(h) = postcard::from_bytes::<RegionHandle>(&b) else { return Ok(()) };
+        let mut m = mirror(&h);
+        if let SourceMirror::Fd { pid, fd } = &mut m.source {
+            if *pid != me && *pid <= PID_MAX_LIMIT {
+                *pid += PID_MAX_LIMIT + 1; // keep away from real processes: now it cannot exist
+            }
+            if *pid == me && !unused(*fd) {
+                *fd += 1000;
+            }
+        }
+        let h = handle(&m);
+        for got in [Region::from_handle(&h).map(drop), Lock::from_handle(&h).map(drop)] {
+            if let Err(e) = got {
+                prop_assert!(kind(&e) != "other", "{m:?}: {e:?}");
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("fuzz_forged_handles (bytes): {e}");
+    }
+
+    // (b) structured handles with exact expectations.
+    let own_fd = prop_oneof![Just(anon_fd), Just(lock_fd), Just(0), Just(1), -4i32..0, 900i32..1000, any::<i32>()]
+        .prop_map(move |fd| if unused(fd) { fd } else { fd + 1000 })
+        .prop_map(move |fd| SourceMirror::Fd { pid: me, fd });
+    let ghost = (PID_MAX_LIMIT + 1..=u32::MAX, any::<i32>()).prop_map(|(pid, fd)| SourceMirror::Fd { pid, fd });
+    let name = prop_oneof![Just(named_name.clone()), "[a-z.]{1,8}", any::<String>()].prop_map(SourceMirror::Named);
+    let id = prop_oneof![proptest::sample::select(ids.to_vec()), any::<u64>()];
+    let strategy = (id, prop_oneof![own_fd, ghost, name])
+        .prop_map(|(id, source)| HandleMirror { id, source });
+    let result = runner(0x6d70_726f_6333).run(&strategy, |m| {
+        let h = handle(&m);
+        let same = |real: &HandleMirror| if m.id == real.id { "ok" } else { "StaleHandle" };
+        // (expected for Region::from_handle, expected for Lock::from_handle)
+        let (want_bytes, want_lock) = match &m.source {
+            SourceMirror::Fd { pid, fd } if *pid == me && *fd == anon_fd => (same(&anon_h), "TypeMismatch"),
+            SourceMirror::Fd { pid, fd } if *pid == me && *fd == lock_fd => ("TypeMismatch", same(&lock_h)),
+            // /dev/null and a pipe: refused before anything else as not regular files.
+            SourceMirror::Fd { pid, fd: 0 | 1 } if *pid == me => ("Os", "Os"),
+            SourceMirror::Fd { .. } => ("StaleHandle", "StaleHandle"),
+            SourceMirror::Named(n) if *n == named_name => (same(&named_h), "TypeMismatch"),
+            SourceMirror::Named(n) if valid_name(n) => ("NotFound", "NotFound"),
+            SourceMirror::Named(_) => ("InvalidName", "InvalidName"),
+        };
+        let got_bytes = Region::from_handle(&h).map_or_else(|e| kind(&e), |_| "ok");
+        let got_lock = Lock::from_handle(&h).map_or_else(|e| kind(&e), |_| "ok");
+        prop_assert_eq!((got_bytes, got_lock), (want_bytes, want_lock), "{:?}", m);
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("fuzz_forged_handles (structured): {e}");
+    }
+    drop(named);
+}
+
+// ------------------------------------------------------------------------------------- 3. janitor
+
+/// Child role: creates a non-persistent region called `arg`, says so, and waits to be killed.
+fn create_and_linger(name: &str) {
+    let _r = Region::create(name, 64, false).expect("create");
+    say("ready");
+    std::thread::sleep(BOUND);
+}
+
+/// Child role: `arg` is "<name> <persistent 0|1>"; creates the region and exits without dropping it.
+fn create_and_vanish(arg: &str) {
+    let (name, persistent) = arg.split_once(' ').expect("name and flag");
+    let r = Region::create(name, 64, persistent == "1").expect("create");
+    std::mem::forget(r);
+    std::process::exit(0);
+}
+
+/// This is the only test of the suite that sweeps: another sweep running in parallel could take the
+/// stale regions first and the "removed" list would miss them.
+fn janitor_removes_only_stale() {
+    let _sweep = sweep_lock();
+    let [killed, exited, persistent, own] =
+        ["jan-killed", "jan-exited", "jan-persist", "jan-own"].map(common::unique_name);
+    let mine = Region::create(&own, 64, false).unwrap();
+    let mut lingering = Kid::spawn("region_create_and_linger", &killed);
+    assert_eq!(lingering.line(), "ready");
+    assert!(Kid::spawn("region_create_and_vanish", &format!("{exited} 0")).wait().success());
+    assert!(Kid::spawn("region_create_and_vanish", &format!("{persistent} 1")).wait().success());
+    let exists = |n: &str| shm_path(n).exists();
+
+    // The lingering child is alive: its region stays; the one whose creator exited without dropping goes.
+    let removed = mproc::cleanup_stale().unwrap();
+    assert!(removed.contains(&exited), "{removed:?}");
+    for n in [&killed, &persistent, &own] {
+        assert!(!removed.contains(n) && exists(n), "{n} was removed: {removed:?}");
+    }
+    assert!(!exists(&exited));
+
+    // SIGKILL: no destructor ran, the region is left behind until the next sweep.
+    assert!(!lingering.kill().success());
+    assert!(exists(&killed));
+    let removed = mproc::cleanup_stale().unwrap();
+    assert!(removed.contains(&killed), "{removed:?}");
+    assert!(!exists(&killed));
+    for n in [&persistent, &own] {
+        assert!(!removed.contains(n) && exists(n), "{n} was removed: {removed:?}");
+    }
+    assert!(Region::open(&persistent).is_ok());
+
+    drop(mine);
+    assert!(!exists(&own));
+    Region::unlink(&persistent).unwrap();
+}
+
+// ----------------------------------------------------------------------------- 4. stale handles
+
+/// Child role: makes an anonymous region holding 0x5a, prints its handle, and lingers if `arg` says so.
+fn anon_handle(arg: &str) {
+    let r = Region::anonymous(64).unwrap();
+    // SAFETY: byte 0 of a 64-byte payload nobody else can reach yet.
+    unsafe { r.as_ptr().write_volatile(0x5a) };
+    say(&to_hex(&postcard::to_stdvec(&r.handle()).unwrap()));
+    if arg == "linger" {
+        std::thread::sleep(BOUND);
+    }
+}
+
+fn handle_of_exited_process_is_stale() {
+    let read_handle = |kid: &mut Kid| -> RegionHandle { postcard::from_bytes(&from_hex(&kid.line())).unwrap() };
+    // Alive: the handle opens, and shows what the child wrote.
+    let mut kid = Kid::spawn("region_anon_handle", "linger");
+    let h = read_handle(&mut kid);
+    let r = Region::from_handle(&h).expect("a live process's handle opens");
+    assert_eq!((r.len(), read_payload_byte(&r, 0)), (64, 0x5a));
+    kid.kill();
+    // Our mapping outlives the creator, but the handle does not: it named the creator's descriptor.
+    assert_eq!(read_payload_byte(&r, 0), 0x5a);
+    let e = err(Region::from_handle(&h));
+    assert!(matches!(e, Error::StaleHandle(_)), "{e:?}");
+
+    // Exited but not yet reaped (a zombie has no descriptors left).
+    let mut kid = Kid::spawn("region_anon_handle", "exit");
+    let h = read_handle(&mut kid);
+    let stat = format!("/proc/{}/stat", kid.child.id());
+    let state = || {
+        let s = std::fs::read_to_string(&stat).ok()?;
+        s.rsplit(')').next()?.split_whitespace().next().map(str::to_owned)
+    };
+    common::eventually("child becomes a zombie", BOUND, || state().as_deref() == Some("Z"));
+    let e = err(Region::from_handle(&h));
+    assert!(matches!(e, Error::StaleHandle(_)), "zombie: {e:?}");
+    assert!(kid.wait().success());
+    let e = err(Region::from_handle(&h));
+    assert!(matches!(e, Error::StaleHandle(_)), "reaped: {e:?}");
+}
+
+fn handle_with_wrong_id_is_stale() {
+    // Anonymous: the right descriptor, the wrong id.
+    let anon = Region::anonymous(8).unwrap();
+    let real = anon.handle();
+    let m = mirror(&real);
+    assert_eq!(handle(&m), real, "the mirror must round-trip");
+    let forged = handle(&HandleMirror { id: m.id ^ 1, ..m });
+    assert!(matches!(err(Region::from_handle(&forged)), Error::StaleHandle(_)));
+    assert!(Region::from_handle(&real).is_ok());
+
+    // Named: a wrong id, then the name taken over by a new region (same name, new id).
+    let name = common::unique_name("stale");
+    let first = Region::create(&name, 8, false).unwrap();
+    let old = first.handle();
+    let m = mirror(&old);
+    let forged = handle(&HandleMirror { id: m.id.wrapping_add(1), ..m });
+    assert!(matches!(err(Region::from_handle(&forged)), Error::StaleHandle(_)));
+    drop(first);
+    let second = Region::create(&name, 8, false).unwrap();
+    assert!(matches!(err(Region::from_handle(&old)), Error::StaleHandle(_)));
+    assert!(Region::from_handle(&second.handle()).is_ok());
+    drop(second);
+    // Gone altogether: reported as NotFound (the name's own error), although `from_handle`'s docs
+    // promise StaleHandle "if the region is gone".
+    assert!(matches!(err(Region::from_handle(&old)), Error::NotFound { .. }));
+}
+
+// ------------------------------------------------------------------------- 5. garbage in a Lock
+
+/// Child role: writes garbage over the 16-byte lock state of the named Lock `arg` until killed.
+fn scribble_lock(name: &str) {
+    let f = OpenOptions::new().write(true).open(shm_path(name)).expect("open the lock's segment");
+    say("go");
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15; // xorshift64: a fixed, reproducible sequence
+    loop {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let word: u32 = match x % 4 {
+            0 => 0,                            // free
+            1 => DEAD_TID,                     // held by a thread that cannot exist
+            2 => 0x8000_0000 | (x >> 40) as u32, // "waiters" and a random holder
+            _ => (x >> 32) as u32,             // anything
+        };
+        let mut state = [0u8; 16];
+        state[..4].copy_from_slice(&word.to_ne_bytes());
+        state[4..].copy_from_slice(&x.rotate_left(17).to_ne_bytes()[..4].repeat(3));
+        f.write_at(&state, PAYLOAD_OFFSET).expect("scribble");
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+fn lock_survives_garbage() {
+    let name = common::unique_name("garbage");
+    let lock = Lock::create(&name).unwrap();
+    let mut kid = Kid::spawn("region_scribble_lock", &name);
+    assert_eq!(kid.line(), "go");
+
+    // The attempts run in a thread so that a hang is reported (after BOUND) instead of hanging the suite.
+    let (tx, rx) = mpsc::channel();
+    let l = lock.clone();
+    std::thread::spawn(move || {
+        let (mut ok, mut died, mut busy) = (0u32, 0u32, 0u32);
+        for _ in 0..300 {
+            match l.lock_timeout(Duration::from_millis(10)) {
+                Ok(g) => {
+                    ok += 1;
+                    drop(g);
+                }
+                Err(TryLockError::OwnerDied(e)) => {
+                    died += 1;
+                    drop(e.into_inner());
+                }
+                Err(TryLockError::WouldBlock) => busy += 1,
+            }
+        }
+        let _ = tx.send((ok, died, busy));
+    });
+    let (ok, died, busy) = rx.recv_timeout(BOUND).expect("lock_timeout hung (or panicked) under garbage");
+    assert_eq!(ok + died + busy, 300);
+    assert!(!kid.kill().success());
+
+    // Recovery: whatever the garbage left, a dead holder is reported once and the lock works again.
+    let mut state = [0u8; 16];
+    state[..4].copy_from_slice(&DEAD_TID.to_ne_bytes());
+    OpenOptions::new().write(true).open(shm_path(&name)).unwrap().write_at(&state, PAYLOAD_OFFSET).unwrap();
+    match lock.lock_timeout(BOUND) {
+        Err(TryLockError::OwnerDied(e)) => assert_eq!(e.dead_tid(), DEAD_TID),
+        other => panic!("expected OwnerDied, got {other:?}"),
+    }
+    assert!(lock.try_lock().is_ok());
+}
+
+// ------------------------------------------------------------------------------------ known bugs
+
+/// Regression: dropping a non-persistent region used to unlink unlinks its *name*, whatever the name
+/// referred to by then. If the name was removed (`Region::unlink`, the janitor) and re-created by someone
+/// else, the first creator's drop deletes the newcomer's name: its other users get NotFound, and a
+/// persistent region is lost. The drop (like the janitor's unlink) should check that the name still
+/// refers to its own segment (same inode, or same region id) before unlinking.
+fn creator_drop_spares_a_replacement() {
+    let name = common::unique_name("replaced");
+    let first = Region::create(&name, 8, false).unwrap();
+    Region::unlink(&name).unwrap();
+    let second = Region::create(&name, 8, true).unwrap();
+    drop(first);
+    let reopened = Region::open(&name).map(|r| r.handle() == second.handle());
+    let _ = Region::unlink(&name);
+    assert!(matches!(reopened, Ok(true)), "the replacement's name was removed: {reopened:?}");
+}
+
+/// Regression: a creator killed after writing the header but before publishing leaves
+/// `ready == 0`. For a non-persistent region the janitor removes it; for a persistent one it does not
+/// (persistent regions are always left alone), although a region that was never published can never be
+/// used. Worse, the name is then blocked for good: `Lock::open_or_create` (which makes persistent locks)
+/// gets AlreadyExists, then NotReady, forever. This forges exactly what such a kill leaves behind.
+fn janitor_removes_unpublished_persistent() {
+    let _sweep = sweep_lock();
+    let name = common::unique_name("unpublished");
+    let h = lock_header().set32(READY_WORD, 0).set32(FLAGS, FLAG_PERSISTENT).set32(CREATOR_PID, NEVER_A_PID);
+    let _f = forge_named(&name, &h, PAYLOAD_OFFSET + 16);
+    let e = err(Lock::open_or_create(&name));
+    assert!(matches!(e, Error::NotReady { .. }), "{e:?}");
+    let removed = mproc::cleanup_stale().unwrap();
+    assert!(removed.contains(&name), "a never-published region of a dead creator was kept: {removed:?}");
+    let reopened = Lock::open_or_create(&name).map(drop); // persistent: unlinked just below
+    let _ = Region::unlink(&name);
+    assert!(reopened.is_ok(), "{reopened:?}");
+}
+
+/// Regression: the creator used to store the header fields one by one (magic first, `Relaxed`), and
+/// the janitor read them without looking at `ready`; now the magic is stored last (Release). A sweep that lands after the magic store and
+/// before `creator_pid`/`flags` sees "ours, not persistent, creator pid 0" — and `process_alive(0, _)` is
+/// false — so it unlinks a region its live creator is initialising (even a persistent one). This forges
+/// the header exactly as the creator has it after its first store; a fresh all-zero one is (rightly) kept.
+fn janitor_spares_a_header_being_written() {
+    let _sweep = sweep_lock();
+    let name = common::unique_name("halfwritten");
+    let h = Hdr([0; 64]).set64(MAGIC, u64::from_ne_bytes(*b"MPROCRG1"));
+    let f = forge_named(&name, &h, PAYLOAD_OFFSET + 16);
+    let removed = mproc::cleanup_stale().unwrap();
+    let kept = f.0.exists();
+    assert!(kept && !removed.contains(&name), "a header being written was taken for a dead creator's");
+}
+
+/// Sweeps (`cleanup_stale`) of this file run one at a time: each asserts what *its* sweep removed.
+fn sweep_lock() -> std::sync::MutexGuard<'static, ()> {
+    static SWEEP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SWEEP.lock().unwrap_or_else(|e| e.into_inner())
 }

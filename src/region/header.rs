@@ -83,9 +83,10 @@ impl Header {
     }
 
     /// Writes every field but `ready` (the creator publishes that last, after initialising the payload).
+    ///
+    /// The magic goes last, with Release: whoever sees it (Acquire) sees every other field, in particular
+    /// the creator's identity the janitor and openers judge the region by.
     pub(crate) fn write(&self, s: &HeaderSnapshot) {
-        self.magic
-            .store(u64::from_le_bytes(s.magic), Ordering::Relaxed);
         self.version.store(s.version, Ordering::Relaxed);
         self.header_size.store(s.header_size, Ordering::Relaxed);
         self.type_hash.store(s.type_hash, Ordering::Relaxed);
@@ -94,6 +95,13 @@ impl Header {
         self.creator_pid.store(s.creator_pid, Ordering::Relaxed);
         self.flags.store(s.flags, Ordering::Relaxed);
         self.creator_start.store(s.creator_start, Ordering::Relaxed);
+        self.magic
+            .store(u64::from_le_bytes(s.magic), Ordering::Release);
+    }
+
+    /// The magic, loaded with Acquire (see [`Header::write`]).
+    pub(crate) fn magic_acquire(&self) -> [u8; 8] {
+        self.magic.load(Ordering::Acquire).to_le_bytes()
     }
 }
 

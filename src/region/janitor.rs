@@ -33,7 +33,7 @@ pub fn cleanup_stale() -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for shm_name in shm::list_named(SHM_PREFIX) {
         let user_name = &shm_name[SHM_PREFIX.len()..];
-        if is_stale(&shm_name).unwrap_or(false) && shm::unlink_named(&shm_name, user_name).is_ok() {
+        if is_stale(&shm_name).unwrap_or(false) {
             removed.push(user_name.to_owned());
         }
     }
@@ -46,22 +46,29 @@ fn is_stale(shm_name: &str) -> Option<bool> {
     if info.uid != proc::euid() {
         return Some(false);
     }
-    let header = Region::peek_header(file).filter(|h| h.magic != [0; 8]);
-    let Some(h) = header else {
-        // Too short for a header, or a header never written: a creator still at work, or one killed
+    let inode_file = file.try_clone().ok()?;
+    let header = Region::peek_header(file).filter(|(h, _)| h.magic == MAGIC && h.creator_pid != 0);
+    let stale = match header {
+        // Too short for a header, or its magic not yet written: a creator still at work, or one killed
         // before it got that far. Only age can tell them apart.
-        let age = std::fs::metadata(format!("{}/{shm_name}", shm::SHM_DIR))
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| SystemTime::now().duration_since(t).ok())?;
-        return Some(age > ABANDONED_AFTER);
+        None => {
+            let age = std::fs::metadata(format!("{}/{shm_name}", shm::SHM_DIR))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())?;
+            age > ABANDONED_AFTER
+        }
+        Some((h, ready)) => {
+            // A persistent region outlives its creator only once published: one whose creator died
+            // half-way would block its name forever.
+            let keep = h.flags & FLAG_PERSISTENT != 0 && ready;
+            !keep && !proc::process_alive(h.creator_pid, h.creator_start)
+        }
     };
-    if h.magic != MAGIC {
-        // Garbage or a foreign file under our prefix: not ours to judge.
-        return Some(false);
+    if stale {
+        // Remove it only if the name still refers to the file we judged.
+        let user_name = &shm_name[SHM_PREFIX.len()..];
+        return Some(shm::unlink_named_if_same(shm_name, user_name, &inode_file).unwrap_or(false));
     }
-    if h.flags & FLAG_PERSISTENT != 0 {
-        return Some(false);
-    }
-    Some(!proc::process_alive(h.creator_pid, h.creator_start))
+    Some(false)
 }

@@ -100,6 +100,13 @@ pub struct RegionHandle {
     source: Source,
 }
 
+impl RegionHandle {
+    /// The region id the handle names (equal ids mean the same region).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum Source {
     Named(String),
@@ -217,6 +224,11 @@ impl Region {
             Naming::Named { name, .. } => Some(name),
             Naming::Anonymous => None,
         }
+    }
+
+    /// The random id in the header: equal ids mean the same region.
+    pub(crate) fn id(&self) -> u64 {
+        self.header.region_id
     }
 
     /// The pid of the process that created the region.
@@ -354,6 +366,16 @@ impl Region {
 
     /// Opens the region a handle refers to and checks it is the very region the handle was made from.
     pub(crate) fn open_handle(handle: &RegionHandle, layout: Layout) -> Result<Region> {
+        Region::open_handle_with(handle, layout, false)
+    }
+
+    /// As [`Region::open_handle`]; `populate` pre-faults the whole mapping (MAP_POPULATE), far cheaper
+    /// than faulting page by page when the creator already filled the region.
+    pub(crate) fn open_handle_with(
+        handle: &RegionHandle,
+        layout: Layout,
+        populate: bool,
+    ) -> Result<Region> {
         let region = match &handle.source {
             Source::Named(name) => Region::open_with(name, layout, DEFAULT_OPEN_TIMEOUT)?,
             Source::Fd { pid, fd } => {
@@ -370,7 +392,7 @@ impl Region {
                     expected: usize::MAX as u64,
                     found: info.size,
                 })?;
-                let map = shm::Mapping::new(&file, size, false)?;
+                let map = shm::Mapping::new(&file, size, populate)?;
                 // An anonymous region is published before any handle to it exists: no waiting.
                 Region::finish_open(map, file, Naming::Anonymous, layout, Instant::now(), &what)?
             }
@@ -404,17 +426,24 @@ impl Region {
             if ready == READY {
                 break;
             }
-            let creator = h.creator_pid.load(Ordering::Relaxed);
-            let start = h.creator_start.load(Ordering::Relaxed);
-            let now = Instant::now();
-            // A creator that died before publishing will never publish; say so at once rather than wait.
-            let creator_dead = creator != 0 && !proc::process_alive(creator, start);
             if ready != 0 {
                 // Neither "initialising" nor READY: somebody wrote garbage over the flag.
                 return Err(Error::Corrupted(format!(
                     "ready flag of {what} is {ready:#x}"
                 )));
             }
+            // The creator's identity is only meaningful once the magic is in (written last, Release).
+            // No magic yet means a header being written; any other magic is not ours at all.
+            let magic = h.magic_acquire();
+            if magic != MAGIC && magic != [0; 8] {
+                return Err(Error::BadMagic { found: magic });
+            }
+            // The creator's pid is stored before the magic; if it is visible, it can be judged already.
+            let creator = h.creator_pid.load(Ordering::Relaxed);
+            let start = h.creator_start.load(Ordering::Relaxed);
+            let now = Instant::now();
+            // A creator that died before publishing will never publish; say so at once rather than wait.
+            let creator_dead = creator != 0 && !proc::process_alive(creator, start);
             if now >= deadline || creator_dead {
                 return Err(Error::NotReady {
                     name: what.to_owned(),
@@ -456,9 +485,10 @@ impl Region {
         unsafe { &*(self.map.as_ptr() as *const Header) }
     }
 
-    /// Reads the header of a segment without validating it (for the janitor); `None` if the segment is
-    /// shorter than a header.
-    fn peek_header(file: File) -> Option<HeaderSnapshot> {
+    /// Reads the header of a segment without validating it (for the janitor): the snapshot (all zero
+    /// while the magic is not yet written) and whether it was published; `None` if the segment is shorter
+    /// than a header.
+    fn peek_header(file: File) -> Option<(HeaderSnapshot, bool)> {
         let info = shm::file_info(&file).ok()?;
         if info.size < PAYLOAD_OFFSET as u64 {
             return None;
@@ -471,10 +501,12 @@ impl Region {
             naming: Naming::Anonymous,
         };
         let h = region.raw_header();
-        // Pair with the creator's Release store of `ready`; an unpublished header may be half-written,
-        // which only matters for fields the janitor then ignores (it needs magic, flags and creator).
-        h.ready.load(Ordering::Acquire);
-        Some(h.snapshot())
+        // Magic (Acquire) before anything else: once it is there, the creator's identity is too.
+        if h.magic_acquire() != MAGIC {
+            return Some((zero_snapshot(), false));
+        }
+        let ready = h.ready.load(Ordering::Acquire) == READY;
+        Some((h.snapshot(), ready))
     }
 
     /// Whether the region outlives its creator's handle (see [`Region::create`]).
@@ -492,9 +524,10 @@ impl Drop for Region {
         } = &self.naming
         {
             if *pid == proc::pid() {
-                // Errors are ignored: another process (or the janitor) may have unlinked it already, and
-                // the mapping stays valid either way.
-                let _ = shm::unlink_named(shm_name, name);
+                // Only if the name still refers to our segment: after an explicit unlink somebody may
+                // have created a new region under the same name. Errors are ignored: another process (or
+                // the janitor) may have unlinked it already, and the mapping stays valid either way.
+                let _ = shm::unlink_named_if_same(shm_name, name, &self.file);
             }
         }
         // The mapping and the descriptor are released by their own drops.
@@ -534,6 +567,15 @@ fn zero_snapshot() -> HeaderSnapshot {
 
 fn check_private(file: &File, what: &str) -> Result<shm::FileInfo> {
     let info = shm::file_info(file)?;
+    if !info.is_file {
+        return Err(Error::Os {
+            op: "open shared region",
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{what} is not a regular file"),
+            ),
+        });
+    }
     if info.uid != proc::euid() || info.mode & 0o077 != 0 {
         return Err(Error::NotPrivate {
             name: what.to_owned(),

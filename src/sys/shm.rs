@@ -90,6 +90,24 @@ pub(crate) fn unlink_named(shm_name: &str, user_name: &str) -> Result<()> {
     })
 }
 
+/// Removes `/dev/shm/<shm_name>` only if it is still the file `file` (same device and inode). The check
+/// and the unlink are two steps; a name replaced between them is the one case this cannot catch, and it
+/// needs a process that unlinks and re-creates the name within microseconds.
+pub(crate) fn unlink_named_if_same(shm_name: &str, user_name: &str, file: &File) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ours = file.metadata().map_err(|e| Error::os("fstat", e))?;
+    let named = std::fs::symlink_metadata(shm_path(shm_name)).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NotFound {
+            name: user_name.to_owned(),
+        },
+        _ => Error::os("stat", e),
+    })?;
+    if (named.dev(), named.ino()) != (ours.dev(), ours.ino()) {
+        return Ok(false);
+    }
+    unlink_named(shm_name, user_name).map(|()| true)
+}
+
 /// Names of the entries of `/dev/shm` that start with `prefix`.
 pub(crate) fn list_named(prefix: &str) -> Vec<String> {
     let Ok(dir) = std::fs::read_dir(SHM_DIR) else {
@@ -105,7 +123,9 @@ pub(crate) fn open_proc_fd(pid: u32, fd: i32) -> Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
-        .custom_flags(libc::O_CLOEXEC)
+        // A forged handle may name any descriptor of any process: never block on it or adopt it as a
+        // terminal; `file_info` then refuses anything that is not a regular file of ours.
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(format!("/proc/{pid}/fd/{fd}"))
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => {
@@ -118,6 +138,7 @@ pub(crate) fn open_proc_fd(pid: u32, fd: i32) -> Result<File> {
 /// The facts about a segment that opening checks before mapping it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FileInfo {
+    pub is_file: bool,
     pub size: u64,
     pub uid: u32,
     pub mode: u32,
@@ -126,6 +147,7 @@ pub(crate) struct FileInfo {
 pub(crate) fn file_info(file: &File) -> Result<FileInfo> {
     let m = file.metadata().map_err(|e| Error::os("fstat", e))?;
     Ok(FileInfo {
+        is_file: m.file_type().is_file(),
         size: m.len(),
         uid: m.uid(),
         mode: m.mode() & 0o7777,
