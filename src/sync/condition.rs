@@ -60,6 +60,7 @@ pub struct ConditionGuard<'a> {
 }
 
 impl Drop for ConditionGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         // SAFETY: a guard exists only while its (non-Send) thread holds the lock; released once.
         unsafe { self.raw.lock.unlock() }
@@ -104,6 +105,7 @@ impl Condition {
     ///
     /// # Errors
     /// [`OwnerDied`] with the guard if the previous holder died holding it.
+    #[inline]
     pub fn lock(&self) -> LockResult<ConditionGuard<'_>> {
         let a = self
             .shared

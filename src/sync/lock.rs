@@ -90,6 +90,7 @@ impl Lock {
         })
     }
 
+    #[inline]
     pub(crate) fn raw(&self) -> &RawLock {
         &self.shared
     }
@@ -98,6 +99,7 @@ impl Lock {
     ///
     /// # Errors
     /// [`OwnerDied`] (still holding the guard) if the previous holder died while holding it.
+    #[inline]
     pub fn lock(&self) -> LockResult<LockGuard<'_>> {
         let acquired = self
             .raw()
@@ -111,6 +113,7 @@ impl Lock {
     /// # Errors
     /// [`TryLockError::WouldBlock`] if another thread holds it, [`TryLockError::OwnerDied`] as in
     /// [`Lock::lock`].
+    #[inline]
     pub fn try_lock(&self) -> Result<LockGuard<'_>, TryLockError<LockGuard<'_>>> {
         match self.raw().try_lock() {
             None => Err(TryLockError::WouldBlock),
@@ -133,6 +136,7 @@ impl Lock {
     }
 }
 
+#[inline]
 pub(crate) fn guard_result<G>(guard: G, acquired: Acquired) -> LockResult<G> {
     match acquired {
         Acquired::Clean => Ok(guard),
@@ -148,6 +152,7 @@ pub struct LockGuard<'a> {
 }
 
 impl<'a> LockGuard<'a> {
+    #[inline]
     pub(crate) fn new(raw: &'a RawLock) -> Self {
         LockGuard {
             raw,
@@ -157,6 +162,7 @@ impl<'a> LockGuard<'a> {
 }
 
 impl Drop for LockGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         // SAFETY: a guard exists only while its thread holds the lock (it is created right after a
         // successful acquire and is not Send), and each guard unlocks exactly once.

@@ -85,6 +85,7 @@ impl RLock {
     ///
     /// # Errors
     /// [`OwnerDied`](crate::OwnerDied) if the previous holder died holding it.
+    #[inline]
     pub fn lock(&self) -> LockResult<RLockGuard<'_>> {
         let a = self
             .acquire(Some(None))
@@ -133,6 +134,7 @@ impl<'a> RLockGuard<'a> {
 }
 
 impl Drop for RLockGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         let d = self.raw.depth.load(Ordering::Relaxed);
         if d > 1 {

@@ -62,6 +62,8 @@ pub(crate) struct RawSemaphore {
     /// Threads that may sleep on `value`.
     sleepers: AtomicU32,
     _pad: AtomicU32,
+    /// `sys::proc::monotonic_ms()` of the last scan for dead holders, by any waiter in any process.
+    last_scan_ms: AtomicU64,
     journal: Journal,
     holders: [Holder; HOLDER_SLOTS],
 }
@@ -158,23 +160,46 @@ impl RawSemaphore {
     }
 
     /// The slot recording `me`, or (when `claim`) a free one; `NO_SLOT` if none.
+    ///
+    /// A thread usually acquires the same semaphore again and again, and its slot is freed each time its
+    /// guard drops; a per-thread hint of the last slot used makes that case one load instead of a scan of
+    /// all [`HOLDER_SLOTS`] (16 cache lines).
     fn slot_for(&self, me: Identity, claim: bool) -> u32 {
+        thread_local! {
+            static HINT: std::cell::Cell<(usize, u32)> = const { std::cell::Cell::new((0, NO_SLOT)) };
+        }
+        let key = self as *const Self as usize;
         let mine = me.pack();
+        let (hint_key, hint) = HINT.with(|h| h.get());
+        if hint_key == key {
+            if let Some(h) = self.holders.get(hint as usize) {
+                let o = h.owner.load(Ordering::Relaxed);
+                if o == mine || (claim && o == 0) {
+                    return hint;
+                }
+            }
+        }
         let mut free = NO_SLOT;
+        let mut found = NO_SLOT;
         for (i, h) in self.holders.iter().enumerate() {
             let o = h.owner.load(Ordering::Relaxed);
             if o == mine {
-                return i as u32;
+                found = i as u32;
+                break;
             }
             if o == 0 && free == NO_SLOT {
                 free = i as u32;
             }
         }
-        if claim {
-            free
+        let slot = if found != NO_SLOT || !claim {
+            found
         } else {
-            NO_SLOT
+            free
+        };
+        if slot != NO_SLOT {
+            HINT.with(|h| h.set((key, slot)));
         }
+        slot
     }
 
     /// Gives back the permits of holders that died; returns how many. The caller holds the lock.
@@ -225,9 +250,12 @@ impl RawSemaphore {
                 return true;
             }
         }
-        let mut interval = Duration::from_millis(1);
         loop {
-            let mut slice = interval;
+            // Reclaim on a clock shared by every waiter in every process, not on our own timeouts: under
+            // churn the live holders keep waking us early, and a dead holder's permits would come back
+            // only when, by chance, nobody released one for a whole slice.
+            self.reclaim_if_due();
+            let mut slice = MAX_CHECK_INTERVAL;
             if let Some(d) = deadline {
                 let now = Instant::now();
                 if now >= d {
@@ -237,21 +265,31 @@ impl RawSemaphore {
             }
             // Dekker with `release`: SeqCst increment, then SeqCst re-check of `value` before sleeping.
             self.sleepers.fetch_add(1, Ordering::SeqCst);
-            let outcome = if self.value.load(Ordering::SeqCst) == 0 {
-                futex::wait(&self.value, 0, Some(slice))
-            } else {
-                futex::WaitOutcome::ValueChanged
-            };
+            if self.value.load(Ordering::SeqCst) == 0 {
+                futex::wait(&self.value, 0, Some(slice));
+            }
             self.sleepers.fetch_sub(1, Ordering::SeqCst);
             if self.try_take(me) {
                 return true;
             }
-            if outcome == futex::WaitOutcome::TimedOut {
-                let back = self.locked(|s| s.reclaim_dead());
-                // We may take one of them ourselves; wake others for the rest.
-                self.wake_sleepers(back);
-                interval = (interval * 2).min(MAX_CHECK_INTERVAL);
-            }
+        }
+    }
+
+    /// Scans for dead holders if nobody did in the last [`MAX_CHECK_INTERVAL`]; at most one waiter (the
+    /// CAS winner) scans per interval.
+    fn reclaim_if_due(&self) {
+        let now = proc::monotonic_ms();
+        let last = self.last_scan_ms.load(Ordering::Relaxed);
+        let due = now.saturating_sub(last) >= MAX_CHECK_INTERVAL.as_millis() as u64 || last > now;
+        if due
+            && self
+                .last_scan_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let back = self.locked(|s| s.reclaim_dead());
+            // We may take one of them ourselves; wake others for the rest.
+            self.wake_sleepers(back);
         }
     }
 

@@ -122,6 +122,7 @@ impl<T: Pod> Value<T> {
     /// # Errors
     /// [`OwnerDied`](crate::OwnerDied) with the guard if the previous holder died; the value is whatever
     /// it last wrote.
+    #[inline]
     pub fn lock(&self) -> LockResult<ValueGuard<'_, T>> {
         let raw = &*self.shared;
         let a = raw
@@ -158,6 +159,7 @@ pub struct ValueGuard<'a, T: Pod> {
 
 impl<T: Pod> Deref for ValueGuard<'_, T> {
     type Target = T;
+    #[inline]
     fn deref(&self) -> &T {
         // SAFETY: this thread holds the value's lock, so no cooperating thread writes it; T: Pod.
         unsafe { &*self.raw.value.get() }
@@ -165,6 +167,7 @@ impl<T: Pod> Deref for ValueGuard<'_, T> {
 }
 
 impl<T: Pod> DerefMut for ValueGuard<'_, T> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: as in `deref`, and `&mut self` makes this the only reference handed out by the guard.
         unsafe { &mut *self.raw.value.get() }
@@ -172,6 +175,7 @@ impl<T: Pod> DerefMut for ValueGuard<'_, T> {
 }
 
 impl<T: Pod> Drop for ValueGuard<'_, T> {
+    #[inline]
     fn drop(&mut self) {
         // SAFETY: the guard exists only while its (non-Send) thread holds the lock; dropped once.
         unsafe { self.raw.lock.unlock() }
@@ -355,6 +359,7 @@ impl<T: Pod> Array<T> {
     ///
     /// # Errors
     /// [`OwnerDied`](crate::OwnerDied) with the guard if the previous holder died.
+    #[inline]
     pub fn lock(&self) -> LockResult<ArrayGuard<'_, T>> {
         let a = self
             .shared
@@ -411,6 +416,7 @@ pub struct ArrayGuard<'a, T: Pod> {
 
 impl<T: Pod> Deref for ArrayGuard<'_, T> {
     type Target = [T];
+    #[inline]
     fn deref(&self) -> &[T] {
         // SAFETY: `data()..+len` lies in the mapping (checked in `wrap`) and is aligned for T; the array
         // keeps the mapping alive for the guard's lifetime; this thread holds the lock; T: Pod.
@@ -419,6 +425,7 @@ impl<T: Pod> Deref for ArrayGuard<'_, T> {
 }
 
 impl<T: Pod> DerefMut for ArrayGuard<'_, T> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [T] {
         // SAFETY: as in `deref`; `&mut self` makes this the only slice the guard hands out.
         unsafe { std::slice::from_raw_parts_mut(self.array.data(), self.array.len) }
@@ -426,6 +433,7 @@ impl<T: Pod> DerefMut for ArrayGuard<'_, T> {
 }
 
 impl<T: Pod> Drop for ArrayGuard<'_, T> {
+    #[inline]
     fn drop(&mut self) {
         // SAFETY: the guard exists only while its (non-Send) thread holds the lock; dropped once.
         unsafe { self.array.shared.lock.unlock() }

@@ -132,6 +132,18 @@ pub(crate) fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// Milliseconds on CLOCK_MONOTONIC: one clock for every process on the machine, so a timestamp written
+/// into shared memory by one process means the same to another.
+pub(crate) fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `ts`, a live local; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1000) + ts.tv_nsec as u64 / 1_000_000
+}
+
 /// 64 random bits from the kernel's CSPRNG.
 pub(crate) fn random_u64() -> u64 {
     let mut v = 0u64;
