@@ -34,7 +34,9 @@ impl<T, C: Codec<T>> SimpleQueue<T, C> {
     /// # Errors
     /// [`Error::Os`] if shared memory cannot be created.
     pub fn new() -> Result<Self> {
-        Ok(SimpleQueue { queue: Queue::new(Self::DEFAULT_CAPACITY)? })
+        Ok(SimpleQueue {
+            queue: Queue::new(Self::DEFAULT_CAPACITY)?,
+        })
     }
 
     /// Wraps an existing queue.
@@ -101,7 +103,9 @@ impl<T, C: Codec<T>> JoinableQueue<T, C> {
     /// [`Error::Os`] if shared memory cannot be created.
     #[track_caller]
     pub fn new(capacity: usize) -> Result<Self> {
-        Ok(JoinableQueue { queue: Queue::new(capacity)? })
+        Ok(JoinableQueue {
+            queue: Queue::new(capacity)?,
+        })
     }
 
     /// Wraps an existing queue (for example one created with a name or a larger message size).
@@ -170,7 +174,9 @@ impl<T, C: Codec<T>> JoinableQueue<T, C> {
         if self.queue.ring().task_done() {
             Ok(())
         } else {
-            Err(Error::ReleasedTooManyTimes("task_done called more times than items were put"))
+            Err(Error::ReleasedTooManyTimes(
+                "task_done called more times than items were put",
+            ))
         }
     }
 

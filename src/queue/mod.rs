@@ -64,14 +64,22 @@ pub struct Queue<T, C: Codec<T> = Serde> {
 
 impl<T, C: Codec<T>> Clone for Queue<T, C> {
     fn clone(&self) -> Self {
-        Queue { inner: self.inner.clone(), _t: PhantomData, _c: PhantomData }
+        Queue {
+            inner: self.inner.clone(),
+            _t: PhantomData,
+            _c: PhantomData,
+        }
     }
 }
 
 impl<T, C: Codec<T>> Queue<T, C> {
     fn layout(size: Option<usize>) -> Layout {
         let name = std::any::type_name::<Queue<T, C>>();
-        Layout { type_name: name, hash: layout_hash(name, 0, 64), size }
+        Layout {
+            type_name: name,
+            hash: layout_hash(name, 0, 64),
+            size,
+        }
     }
 
     #[track_caller]
@@ -80,19 +88,34 @@ impl<T, C: Codec<T>> Queue<T, C> {
             (1..=MAX_CAPACITY as usize).contains(&capacity),
             "queue capacity must be in 1..={MAX_CAPACITY}, not {capacity}"
         );
-        assert!(max_message <= MAX_SLOT_SIZE as usize, "max message size must be at most {MAX_SLOT_SIZE} bytes");
-        Geometry { capacity: capacity as u32, slot_size: max_message as u32 }
+        assert!(
+            max_message <= MAX_SLOT_SIZE as usize,
+            "max message size must be at most {MAX_SLOT_SIZE} bytes"
+        );
+        Geometry {
+            capacity: capacity as u32,
+            slot_size: max_message as u32,
+        }
     }
 
     fn create_in(name: Option<&str>, geo: Geometry) -> Result<Self> {
-        let size = geo.payload_size().ok_or(Error::SizeMismatch { expected: u64::MAX, found: 0 })?;
-        let region = Region::create_with(Self::layout(Some(size)), name, false, |r| Ring::init(r, geo))?;
+        let size = geo.payload_size().ok_or(Error::SizeMismatch {
+            expected: u64::MAX,
+            found: 0,
+        })?;
+        let region = Region::create_with(Self::layout(Some(size)), name, false, |r| {
+            Ring::init(r, geo)
+        })?;
         Self::wrap(region)
     }
 
     fn wrap(region: Region) -> Result<Self> {
         let ring = Ring::attach(&region)?;
-        Ok(Queue { inner: Arc::new(Inner { ring, region }), _t: PhantomData, _c: PhantomData })
+        Ok(Queue {
+            inner: Arc::new(Inner { ring, region }),
+            _t: PhantomData,
+            _c: PhantomData,
+        })
     }
 
     /// An anonymous queue of `capacity` messages of at most the codec's default size (1 KiB encoded for
@@ -139,7 +162,11 @@ impl<T, C: Codec<T>> Queue<T, C> {
     /// [`Error::NotFound`], [`Error::TypeMismatch`] if it carries another message type or codec, or
     /// another validation error.
     pub fn open(name: &str) -> Result<Self> {
-        Self::wrap(Region::open_with(name, Self::layout(None), DEFAULT_OPEN_TIMEOUT)?)
+        Self::wrap(Region::open_with(
+            name,
+            Self::layout(None),
+            DEFAULT_OPEN_TIMEOUT,
+        )?)
     }
 
     /// A handle another process can re-attach with [`Queue::from_handle`].

@@ -29,8 +29,12 @@ impl Pipe {
     ///
     /// # Errors
     /// [`Error::Os`] if shared memory cannot be created.
-    pub fn duplex<T: serde::Serialize + serde::de::DeserializeOwned>() -> Result<(Connection<T>, Connection<T>)> {
-        Self::duplex_with::<T, Serde>(Self::DEFAULT_CAPACITY, <Serde as Codec<T>>::default_max_size())
+    pub fn duplex<T: serde::Serialize + serde::de::DeserializeOwned>(
+    ) -> Result<(Connection<T>, Connection<T>)> {
+        Self::duplex_with::<T, Serde>(
+            Self::DEFAULT_CAPACITY,
+            <Serde as Codec<T>>::default_max_size(),
+        )
     }
 
     /// Like [`Pipe::duplex`] with a codec, a capacity and a maximum message size.
@@ -44,8 +48,14 @@ impl Pipe {
         let ab = Queue::with_max_message(capacity, max_message)?;
         let ba = Queue::with_max_message(capacity, max_message)?;
         Ok((
-            Connection { rx: Some(ba.clone()), tx: Some(ab.clone()) },
-            Connection { rx: Some(ab), tx: Some(ba) },
+            Connection {
+                rx: Some(ba.clone()),
+                tx: Some(ab.clone()),
+            },
+            Connection {
+                rx: Some(ab),
+                tx: Some(ba),
+            },
         ))
     }
 
@@ -53,9 +63,19 @@ impl Pipe {
     ///
     /// # Errors
     /// [`Error::Os`] if shared memory cannot be created.
-    pub fn one_way<T: serde::Serialize + serde::de::DeserializeOwned>() -> Result<(Connection<T>, Connection<T>)> {
+    pub fn one_way<T: serde::Serialize + serde::de::DeserializeOwned>(
+    ) -> Result<(Connection<T>, Connection<T>)> {
         let q = Queue::new(Self::DEFAULT_CAPACITY)?;
-        Ok((Connection { rx: Some(q.clone()), tx: None }, Connection { rx: None, tx: Some(q) }))
+        Ok((
+            Connection {
+                rx: Some(q.clone()),
+                tx: None,
+            },
+            Connection {
+                rx: None,
+                tx: Some(q),
+            },
+        ))
     }
 }
 
@@ -69,11 +89,15 @@ pub struct Connection<T, C: Codec<T> = Serde> {
 
 impl<T, C: Codec<T>> Connection<T, C> {
     fn rx(&self) -> Result<&Queue<T, C>> {
-        self.rx.as_ref().ok_or(Error::ProcessState("this end of the pipe cannot receive"))
+        self.rx
+            .as_ref()
+            .ok_or(Error::ProcessState("this end of the pipe cannot receive"))
     }
 
     fn tx(&self) -> Result<&Queue<T, C>> {
-        self.tx.as_ref().ok_or(Error::ProcessState("this end of the pipe cannot send"))
+        self.tx
+            .as_ref()
+            .ok_or(Error::ProcessState("this end of the pipe cannot send"))
     }
 
     /// Sends a message to the other end, waiting while its buffer is full.
@@ -102,7 +126,9 @@ impl<T, C: Codec<T>> Connection<T, C> {
 
     /// Whether a message can be received, waiting at most `timeout` for one.
     pub fn poll(&self, timeout: Duration) -> bool {
-        self.rx.as_ref().is_some_and(|q| q.wait_nonempty(Some(Instant::now() + timeout)))
+        self.rx
+            .as_ref()
+            .is_some_and(|q| q.wait_nonempty(Some(Instant::now() + timeout)))
     }
 
     /// Closes both directions for both ends.

@@ -89,6 +89,41 @@ fn dist(a: u32, b: u64) -> i32 {
     a.wrapping_sub(b as u32) as i32
 }
 
+/// Tells when the slot a caller waits on has stayed in the same state long enough to check whether its
+/// claimer died. Measured by the clock, not by our own sleep timeouts: other traffic may keep waking us
+/// early, and a dead claimer must still be noticed.
+struct StuckWatch {
+    key: Option<(u64, u64)>,
+    since: Instant,
+    interval: Duration,
+}
+
+impl StuckWatch {
+    fn new() -> Self {
+        StuckWatch {
+            key: None,
+            since: Instant::now(),
+            interval: MIN_CHECK,
+        }
+    }
+
+    /// Whether (`pos`, `state`) has been seen unchanged for the current interval; backs off after each yes.
+    fn due(&mut self, pos: u64, state: u64) -> bool {
+        let now = Instant::now();
+        if self.key != Some((pos, state)) {
+            self.key = Some((pos, state));
+            self.since = now;
+            return false;
+        }
+        if now.duration_since(self.since) < self.interval {
+            return false;
+        }
+        self.since = now;
+        self.interval = (self.interval * 2).min(MAX_CHECK);
+        true
+    }
+}
+
 /// A cache line of its own, so producers' and consumers' hot words do not share one.
 #[repr(C, align(64))]
 #[derive(Debug, Default)]
@@ -186,7 +221,9 @@ impl Geometry {
 
     /// Bytes of payload a ring of this geometry needs, or `None` on overflow.
     pub(crate) fn payload_size(self) -> Option<usize> {
-        self.stride().checked_mul(self.capacity as usize)?.checked_add(HEADER)
+        self.stride()
+            .checked_mul(self.capacity as usize)?
+            .checked_add(HEADER)
     }
 }
 
@@ -219,7 +256,9 @@ impl Ring {
         h.config.0.capacity.store(geo.capacity, Ordering::Relaxed);
         h.config.0.slot_size.store(geo.slot_size, Ordering::Relaxed);
         for i in 0..geo.capacity {
-            ring.slot(u64::from(i)).state.store(state(i, IDLE), Ordering::Relaxed);
+            ring.slot(u64::from(i))
+                .state
+                .store(state(i, IDLE), Ordering::Relaxed);
         }
         Ok(())
     }
@@ -232,7 +271,9 @@ impl Ring {
             slot_size: h.config.0.slot_size.load(Ordering::Relaxed),
         };
         if geo.capacity == 0 || geo.capacity > MAX_CAPACITY || geo.slot_size > MAX_SLOT_SIZE {
-            return Err(Error::Corrupted(format!("queue geometry {geo:?} is out of range")));
+            return Err(Error::Corrupted(format!(
+                "queue geometry {geo:?} is out of range"
+            )));
         }
         if geo.payload_size() != Some(region.len()) {
             return Err(Error::SizeMismatch {
@@ -253,8 +294,16 @@ impl Ring {
         // The header is all atomics; payload_ref checks bounds and alignment once.
         region.payload_ref::<RingHeader>(0)?;
         let one_lap = u64::from(geo.capacity).next_power_of_two().max(2);
-        let one_lap = if one_lap == u64::from(geo.capacity) { one_lap * 2 } else { one_lap };
-        Ok(Ring { base: region.as_ptr(), geo, one_lap })
+        let one_lap = if one_lap == u64::from(geo.capacity) {
+            one_lap * 2
+        } else {
+            one_lap
+        };
+        Ok(Ring {
+            base: region.as_ptr(),
+            geo,
+            one_lap,
+        })
     }
 
     pub(crate) fn geometry(&self) -> Geometry {
@@ -307,8 +356,12 @@ impl Ring {
     /// Messages in the ring right now (approximate under concurrency).
     pub(crate) fn len(&self) -> usize {
         let h = self.header();
-        let (head, tail) = (h.head.0.load(Ordering::Relaxed), h.tail.0.load(Ordering::Relaxed));
-        let lap_of = |s: u64| s / self.one_lap * u64::from(self.geo.capacity) + (s & (self.one_lap - 1));
+        let (head, tail) = (
+            h.head.0.load(Ordering::Relaxed),
+            h.tail.0.load(Ordering::Relaxed),
+        );
+        let lap_of =
+            |s: u64| s / self.one_lap * u64::from(self.geo.capacity) + (s & (self.one_lap - 1));
         (lap_of(tail).saturating_sub(lap_of(head)) as usize).min(self.geo.capacity as usize)
     }
 
@@ -324,14 +377,26 @@ impl Ring {
                 // {pos, IDLE} → {pos, me}: the slot is ours and says so.
                 if slot
                     .state
-                    .compare_exchange_weak(st, state(pos as u32, me.tid), Ordering::Acquire, Ordering::Relaxed)
+                    .compare_exchange_weak(
+                        st,
+                        state(pos as u32, me.tid),
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    )
                     .is_ok()
                 {
-                    let _ = h.tail.0.compare_exchange(pos, self.next(pos), Ordering::Relaxed, Ordering::Relaxed);
+                    let _ = h.tail.0.compare_exchange(
+                        pos,
+                        self.next(pos),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
                     slot.len.store(bytes.len() as u32, Ordering::Relaxed);
                     // SAFETY: we own the slot (claimed above); bytes.len() <= slot_size was checked by
                     // `push`, so the copy stays inside this slot's stride, inside the region.
-                    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.data(pos), bytes.len()) };
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.data(pos), bytes.len())
+                    };
                     // {pos, me} → {pos + 1, IDLE}: published. Release: the bytes above happen-before the
                     // consumer's Acquire CAS. A CAS, not a store: if a consumer took us for dead and
                     // tombstoned the slot, our claim is void and the message must go out again.
@@ -350,7 +415,12 @@ impl Ring {
             } else if d >= 0 {
                 // {pos, tid}: claimed by a producer that has not moved `tail` yet (maybe dead); or the
                 // slot is already past `pos`: `tail` is stale. Help it on and retry.
-                let _ = h.tail.0.compare_exchange(pos, self.next(pos), Ordering::Relaxed, Ordering::Relaxed);
+                let _ = h.tail.0.compare_exchange(
+                    pos,
+                    self.next(pos),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
             } else {
                 // Still holding the previous lap's message (or being read): full.
                 return Err(Some((pos, st)));
@@ -361,16 +431,21 @@ impl Ring {
     /// Appends `bytes`, waiting for space until `deadline`.
     pub(crate) fn push(&self, bytes: &[u8], deadline: Option<Instant>) -> Result<()> {
         if bytes.len() > self.geo.slot_size as usize {
-            return Err(Error::MessageTooLarge { size: bytes.len(), max: self.geo.slot_size as usize });
+            return Err(Error::MessageTooLarge {
+                size: bytes.len(),
+                max: self.geo.slot_size as usize,
+            });
         }
         let me = proc::current();
         let mut spins = 0;
-        let mut interval = MIN_CHECK;
+        let mut watch = StuckWatch::new();
         loop {
             if self.is_closed() {
                 return Err(Error::Closed);
             }
-            let Err(Some((pos, st))) = self.try_push(bytes, me) else { return Ok(()) };
+            let Err(Some((pos, st))) = self.try_push(bytes, me) else {
+                return Ok(());
+            };
             if spins < SPINS {
                 spins += 1;
                 std::hint::spin_loop();
@@ -378,16 +453,17 @@ impl Ring {
             }
             let slice = match deadline {
                 Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => left.min(interval),
+                    Some(left) if !left.is_zero() => left.min(watch.interval),
                     _ => return Err(Error::Timeout),
                 },
-                None => interval,
+                None => watch.interval,
             };
             let h = self.header();
-            let still_full = || self.slot(pos).state.load(Ordering::Acquire) == st && !self.is_closed();
-            if h.space.0.sleep(slice, || !still_full()) && still_full() {
+            let still_full =
+                || self.slot(pos).state.load(Ordering::Acquire) == st && !self.is_closed();
+            h.space.0.sleep(slice, || !still_full());
+            if still_full() && watch.due(pos, st) {
                 self.free_if_reader_died(pos, st);
-                interval = (interval * 2).min(MAX_CHECK);
             }
         }
     }
@@ -401,7 +477,12 @@ impl Ring {
             let slot = self.slot(pos);
             if slot
                 .state
-                .compare_exchange(st, state(pos as u32, IDLE), Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(
+                    st,
+                    state(pos as u32, IDLE),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
             {
                 self.header().space.0.notify();
@@ -428,12 +509,22 @@ impl Ring {
                 // {pos + 1, IDLE | TOMBSTONE} → {pos + 1, me}: the message (or tombstone) is ours.
                 if slot
                     .state
-                    .compare_exchange_weak(st, state(seq(st), me.tid), Ordering::Acquire, Ordering::Relaxed)
+                    .compare_exchange_weak(
+                        st,
+                        state(seq(st), me.tid),
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    )
                     .is_err()
                 {
                     continue;
                 }
-                let _ = h.head.0.compare_exchange(pos, self.next(pos), Ordering::Relaxed, Ordering::Relaxed);
+                let _ = h.head.0.compare_exchange(
+                    pos,
+                    self.next(pos),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
                 let len = slot.len.load(Ordering::Relaxed) as usize;
                 let result = if who(st) == TOMBSTONE {
                     None
@@ -469,22 +560,35 @@ impl Ring {
             } else if d >= 0 {
                 // {pos + 1, tid}: another consumer claimed it and has not moved `head`; or `head` is
                 // stale. Help it on.
-                let _ = h.head.0.compare_exchange(pos, self.next(pos), Ordering::Relaxed, Ordering::Relaxed);
+                let _ = h.head.0.compare_exchange(
+                    pos,
+                    self.next(pos),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
             } else if who(st) != IDLE && dist(seq(st), pos) == 0 {
                 // {pos, tid}: a producer is writing it. Not ready; the caller may check it is alive.
                 return Ok(Pop::Empty);
             } else {
-                return Ok(if self.is_closed() { Pop::Closed } else { Pop::Empty });
+                return Ok(if self.is_closed() {
+                    Pop::Closed
+                } else {
+                    Pop::Empty
+                });
             }
         }
     }
 
     /// Takes the next message, waiting until `deadline`; `f` sees its bytes in place.
-    pub(crate) fn pop<R>(&self, deadline: Option<Instant>, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+    pub(crate) fn pop<R>(
+        &self,
+        deadline: Option<Instant>,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
         let me = proc::current();
         let mut f = Some(f);
         let mut spins = 0;
-        let mut interval = MIN_CHECK;
+        let mut watch = StuckWatch::new();
         loop {
             match self.try_pop(me, &mut f)? {
                 Pop::Got(r) => return Ok(r),
@@ -498,18 +602,19 @@ impl Ring {
             }
             let slice = match deadline {
                 Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => left.min(interval),
+                    Some(left) if !left.is_zero() => left.min(watch.interval),
                     _ => return Err(Error::Timeout),
                 },
-                None => interval,
+                None => watch.interval,
             };
             let h = self.header();
             let pos = h.head.0.load(Ordering::Relaxed);
             let st = self.slot(pos).state.load(Ordering::Acquire);
-            let unchanged = || self.slot(pos).state.load(Ordering::Acquire) == st && !self.is_closed();
-            if h.items.0.sleep(slice, || !unchanged()) && unchanged() {
+            let unchanged =
+                || self.slot(pos).state.load(Ordering::Acquire) == st && !self.is_closed();
+            h.items.0.sleep(slice, || !unchanged());
+            if unchanged() && watch.due(pos, st) {
                 self.abandon_if_writer_died(pos, st);
-                interval = (interval * 2).min(MAX_CHECK);
             }
         }
     }
@@ -517,10 +622,18 @@ impl Ring {
     /// The producer claimed stamp `pos` and has not published it; if it died, tombstone the slot.
     fn abandon_if_writer_died(&self, pos: u64, st: u64) {
         let writer = who(st);
-        if dist(seq(st), pos) == 0 && writer != IDLE && writer != TOMBSTONE && !Self::claimer_alive(writer) {
+        if dist(seq(st), pos) == 0
+            && writer != IDLE
+            && writer != TOMBSTONE
+            && !Self::claimer_alive(writer)
+        {
             let slot = self.slot(pos);
             let tomb = state((pos as u32).wrapping_add(1), TOMBSTONE);
-            if slot.state.compare_exchange(st, tomb, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            if slot
+                .state
+                .compare_exchange(st, tomb, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
                 self.header().items.0.notify();
             }
         }
@@ -529,7 +642,11 @@ impl Ring {
     // ---- JoinableQueue accounting ----
 
     pub(crate) fn add_unfinished(&self) {
-        self.header().config.0.unfinished.fetch_add(1, Ordering::AcqRel);
+        self.header()
+            .config
+            .0
+            .unfinished
+            .fetch_add(1, Ordering::AcqRel);
     }
 
     /// Marks one message done. Returns false if none was outstanding.
@@ -597,7 +714,9 @@ impl Ring {
                 },
                 None => MAX_CHECK,
             };
-            h.items.0.sleep(slice, || self.len() > 0 || self.is_closed());
+            h.items
+                .0
+                .sleep(slice, || self.len() > 0 || self.is_closed());
         }
     }
 }
@@ -609,7 +728,8 @@ impl Ring {
         let h = self.header();
         let slot = self.slot(s);
         if consumer {
-            slot.state.store(state((s as u32).wrapping_add(1), tid), Ordering::Release);
+            slot.state
+                .store(state((s as u32).wrapping_add(1), tid), Ordering::Release);
             h.head.0.store(self.next(s), Ordering::Relaxed);
         } else {
             slot.state.store(state(s as u32, tid), Ordering::Release);

@@ -20,7 +20,10 @@ fn capacity_one_and_full() {
     let q: Queue<u64, Raw> = Queue::new(1).unwrap();
     q.try_put(&1).unwrap();
     assert!(matches!(q.try_put(&2), Err(Error::Full)));
-    assert!(matches!(q.put_timeout(&2, Duration::from_millis(2)), Err(Error::Timeout)));
+    assert!(matches!(
+        q.put_timeout(&2, Duration::from_millis(2)),
+        Err(Error::Timeout)
+    ));
     assert_eq!(q.try_get().unwrap(), 1);
     assert!(matches!(q.try_get(), Err(Error::Empty)));
     for i in 0..10 {
@@ -50,7 +53,10 @@ fn capacity_exact_for_odd_sizes() {
 #[test]
 fn too_large_is_refused_at_put() {
     let q: Queue<Vec<u8>> = Queue::with_max_message(2, 16).unwrap();
-    assert!(matches!(q.put(&vec![0; 100]), Err(Error::MessageTooLarge { max: 16, .. })));
+    assert!(matches!(
+        q.put(&vec![0; 100]),
+        Err(Error::MessageTooLarge { max: 16, .. })
+    ));
     q.put(&vec![1; 10]).unwrap();
     assert_eq!(q.get().unwrap(), vec![1; 10]);
 }
@@ -112,7 +118,10 @@ fn mpmc_exactly_once_in_producer_order() {
         for &v in mine {
             assert!(set.insert(v), "duplicate {v:#x}");
             let (p, i) = ((v >> 32) as usize, v & 0xffff_ffff);
-            assert!(last[p].is_none_or(|l| l < i), "order broken for producer {p}");
+            assert!(
+                last[p].is_none_or(|l| l < i),
+                "order broken for producer {p}"
+            );
             last[p] = Some(i);
         }
     }
@@ -157,5 +166,8 @@ fn wrong_type_is_refused_at_open() {
     let q: Queue<Vec<u8>> = Queue::new(2).unwrap();
     q.put(&vec![0xff, 0xff]).unwrap();
     let h = q.handle();
-    assert!(matches!(Queue::<String>::from_handle(&h), Err(Error::TypeMismatch { .. })));
+    assert!(matches!(
+        Queue::<String>::from_handle(&h),
+        Err(Error::TypeMismatch { .. })
+    ));
 }
