@@ -55,15 +55,17 @@
 
 pub mod codec;
 mod error;
+mod heap;
 pub mod queue;
 pub mod region;
 pub mod sync;
 pub(crate) mod sys;
 
 pub use error::{Error, LockResult, OwnerDied, Result, TryLockError};
+pub use heap::SharedArray;
 pub use queue::{Connection, JoinableQueue, Pipe, Queue, SimpleQueue};
 pub use region::{cleanup_stale, Region, RegionHandle};
 pub use sync::{
-    Array, ArrayGuard, Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, Lock, LockGuard, RLock,
-    RLockGuard, Semaphore, SemaphoreGuard, Value, ValueGuard,
+    Array, ArrayGuard, Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, Lock,
+    LockGuard, RLock, RLockGuard, Semaphore, SemaphoreGuard, Value, ValueGuard,
 };

@@ -1,0 +1,174 @@
+//! [`SharedArray<T>`]: a `[T]` in the shared heap, owned by the process that made it.
+
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+
+use bytemuck::Pod;
+
+use super::{Block, BlockHandle, Heap};
+use crate::error::{Error, Result};
+
+/// A fixed-length array of `Pod` values in shared memory, for handing large data to other processes
+/// without copying it: what travels is its (region, offset, length), never the elements.
+///
+/// The process that creates a `SharedArray` owns it: it reads and writes it like a slice (it derefs to
+/// `[T]`), and dropping it returns the memory to the heap for reuse (fresh shared memory costs a page
+/// fault per 4 KiB on first touch, so reuse matters). Other processes get access only through the pool,
+/// which lends them the array for the duration of a call while the borrow checker keeps the owner out.
+///
+/// # Examples
+/// ```
+/// let mut a = mproc::SharedArray::from_slice(&[1.0f64, 2.0, 3.0])?;
+/// a[0] = 10.0;
+/// assert_eq!(a.iter().sum::<f64>(), 15.0);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+pub struct SharedArray<T: Pod> {
+    block: Block,
+    len: usize,
+    _t: PhantomData<T>,
+}
+
+impl<T: Pod> SharedArray<T> {
+    fn alloc(len: usize) -> Result<Self> {
+        const {
+            assert!(
+                std::mem::align_of::<T>() <= 64,
+                "element alignment above 64 is not supported"
+            )
+        };
+        let bytes = len
+            .checked_mul(std::mem::size_of::<T>())
+            .ok_or(Error::SizeMismatch {
+                expected: usize::MAX as u64,
+                found: len as u64,
+            })?;
+        Ok(SharedArray {
+            block: Heap::alloc(bytes)?,
+            len,
+            _t: PhantomData,
+        })
+    }
+
+    /// `len` zeroes.
+    ///
+    /// # Errors
+    /// [`Error::Os`] if shared memory cannot be created.
+    pub fn zeroed(len: usize) -> Result<Self> {
+        let mut a = Self::alloc(len)?;
+        a.fill(T::zeroed());
+        Ok(a)
+    }
+
+    /// A copy of `data` (one `memcpy`).
+    ///
+    /// # Errors
+    /// [`Error::Os`] if shared memory cannot be created.
+    pub fn from_slice(data: &[T]) -> Result<Self> {
+        let mut a = Self::alloc(data.len())?;
+        a.copy_from_slice(data);
+        Ok(a)
+    }
+
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(crate) fn block_handle(&self) -> BlockHandle {
+        self.block.handle()
+    }
+
+    /// Attaches to the elements another process lent us (crate use only: the lender's borrow guarantees
+    /// exclusivity while we hold this).
+    pub(crate) fn view(h: &BlockHandle) -> Result<Self> {
+        let block = Block::from_handle(h)?;
+        let size = std::mem::size_of::<T>();
+        if size == 0
+            || block.len % size != 0
+            || (block.ptr() as usize) % std::mem::align_of::<T>() != 0
+        {
+            return Err(Error::Corrupted(format!(
+                "a block of {} bytes is not an aligned array of {}",
+                block.len,
+                std::any::type_name::<T>()
+            )));
+        }
+        let len = block.len / size;
+        Ok(SharedArray {
+            block,
+            len,
+            _t: PhantomData,
+        })
+    }
+
+    /// Whether this process owns (and will free) the array.
+    pub(crate) fn is_owner(&self) -> bool {
+        self.block.is_owned()
+    }
+}
+
+impl<T: Pod> Deref for SharedArray<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: the block is `len * size_of::<T>()` bytes inside a live mapping (checked at allocation
+        // or in `view`), aligned for T (blocks are 64-aligned and T's alignment is at most 64, or checked
+        // in `view`); T: Pod accepts any bytes. Other processes only touch it while the pool lends it,
+        // during which the owner's borrow is held by the pool call.
+        unsafe { std::slice::from_raw_parts(self.block.ptr().cast::<T>(), self.len) }
+    }
+}
+
+impl<T: Pod> DerefMut for SharedArray<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as in `deref`; `&mut self` makes this the only reference in this process.
+        unsafe { std::slice::from_raw_parts_mut(self.block.ptr().cast::<T>(), self.len) }
+    }
+}
+
+impl<T: Pod + std::fmt::Debug> std::fmt::Debug for SharedArray<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedArray")
+            .field("len", &self.len)
+            .field("region", &self.block.region_id())
+            .field("offset", &self.block.offset)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zeroed_really_zeroes_a_reused_block() {
+        let mut a = SharedArray::<u64>::zeroed(1000).unwrap();
+        a.fill(7);
+        drop(a);
+        let b = SharedArray::<u64>::zeroed(1000).unwrap();
+        assert!(b.iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn view_sees_the_owner_data() {
+        let a = SharedArray::from_slice(&[1u32, 2, 3]).unwrap();
+        let v = SharedArray::<u32>::view(&a.block_handle()).unwrap();
+        assert_eq!(&*v, &[1, 2, 3]);
+        assert!(!v.is_owner() && a.is_owner());
+        assert!(SharedArray::<[u8; 3]>::view(
+            &SharedArray::from_slice(&[0u8; 4]).unwrap().block_handle()
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn empty_arrays_work() {
+        let a = SharedArray::<f64>::from_slice(&[]).unwrap();
+        assert!(a.is_empty());
+    }
+}
