@@ -1,0 +1,643 @@
+//! `mproc::Queue` against a pipe and a Unix stream socket, in one run: `cargo bench --bench queue`.
+//!
+//! | group | mproc | baselines |
+//! |---|---|---|
+//! | throughput, 64 B messages | `Queue<[u8; 64], Raw>`, 1024 slots (64 KiB of payload) | pipe (default 64 KiB buffer), `UnixStream::pair()` |
+//! | throughput, 64 KiB messages | `Queue<[[u8; 4096]; 16], Raw>` and `Queue<Vec<u8>, RawSlice<u8>>`, 8 slots | pipe (default 64 KiB, and resized to 512 KiB), `UnixStream::pair()` |
+//! | round trip, 64 B | ping-pong over two `Queue<[u8; 64], Raw>` | ping-pong over two pipes |
+//! | floors | put + get in one process, 64 B and 64 KiB | write + read of a pipe in one process |
+//!
+//! Every transport runs between two processes: the bench creates the channel, forks, and the child is the
+//! producer (or the echoer); the parent consumes and times. Parent and child are pinned to two different
+//! CPUs, so every message crosses cores. Throughput is timed from the first message received to the last,
+//! so fork and start-up are not counted; every message carries its sequence number (in its first and last
+//! 8 bytes) and the consumer checks it, so every transport does the same work and nothing is lost or torn.
+//!
+//! Timing, for a noisy 2-vCPU VM: each channel is created once and warmed up; then the variants of a group
+//! are timed in round-robin (A B C, A B C, ...) so that a slow period hits all of them alike; each figure is
+//! the median of the repetitions, with min..max beside it. `MPROC_BENCH_QUICK=1` runs fewer messages and
+//! repetitions. The last lines are `result: NAME VALUE UNIT` for scripts (see DESIGN.md, "The benchmark
+//! contract").
+//!
+//! Round trips are timed one by one with `Instant::now()` (the cost of one clock read, printed, is inside
+//! every sample). In the queue ping-pong both sides spin between messages (a `get` spins before it sleeps
+//! on a futex), so it measures the queue "when both sides are awake"; the pipe ping-pong sleeps in the
+//! kernel on every message, as pipes do.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Instant;
+
+use mproc::codec::{Raw, RawSlice};
+use mproc::Queue;
+
+const SMALL: usize = 64;
+const BIG: usize = 64 * 1024;
+type Small = [u8; SMALL];
+/// 64 KiB as a `Pod` array: without its `min_const_generics` feature bytemuck implements `Pod` for
+/// `[T; N]` only up to N = 4096, so the array is nested.
+type Big = [[u8; 4096]; 16];
+const _: () = assert!(std::mem::size_of::<Big>() == BIG);
+
+/// Slots of the 64 B queue: 64 KiB of payload, the same as a pipe's default buffer.
+const SMALL_SLOTS: usize = 1024;
+/// Slots of the 64 KiB queues (512 KiB of payload; the resized pipe gets the same).
+const BIG_SLOTS: usize = 8;
+
+/// Message counts and repetitions for one run.
+struct Config {
+    quick: bool,
+    reps: usize,
+    small_msgs: u64,
+    big_msgs: u64,
+    rtt_queue: usize,
+    rtt_pipe: usize,
+    /// Round trips before the timed ones, discarded.
+    rtt_warm: usize,
+}
+
+impl Config {
+    fn from_env() -> Config {
+        let quick = std::env::var("MPROC_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        if quick {
+            Config {
+                quick,
+                reps: 3,
+                small_msgs: 200_000,
+                big_msgs: 2_000,
+                rtt_queue: 20_000,
+                rtt_pipe: 2_000,
+                rtt_warm: 500,
+            }
+        } else {
+            Config {
+                quick,
+                reps: 5,
+                small_msgs: 2_000_000,
+                big_msgs: 20_000,
+                rtt_queue: 100_000,
+                rtt_pipe: 20_000,
+                rtt_warm: 2_000,
+            }
+        }
+    }
+}
+
+/// Median, min and max of the repetitions.
+#[derive(Clone, Copy, Debug)]
+struct Stats {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Stats {
+    fn of(mut v: Vec<f64>) -> Stats {
+        v.sort_by(f64::total_cmp);
+        Stats { median: v[v.len() / 2], min: v[0], max: v[v.len() - 1] }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Channels
+
+/// A one-way channel used by two processes: the forked child sends, the parent receives.
+trait Channel {
+    /// Sends message number `i` (child side).
+    fn send(&mut self, i: u64);
+    /// Receives the next message and returns its sequence number (parent side); panics if torn.
+    fn recv(&mut self) -> u64;
+}
+
+/// Writes `i` into the first and last 8 bytes of a message.
+fn stamp(msg: &mut [u8], i: u64) {
+    let n = msg.len();
+    msg[..8].copy_from_slice(&i.to_le_bytes());
+    msg[n - 8..].copy_from_slice(&i.to_le_bytes());
+}
+
+/// The sequence number of a message, checking both of its copies.
+fn seq_of(msg: &[u8]) -> u64 {
+    let n = msg.len();
+    let head = u64::from_le_bytes(msg[..8].try_into().expect("8 bytes"));
+    let tail = u64::from_le_bytes(msg[n - 8..].try_into().expect("8 bytes"));
+    assert_eq!(head, tail, "torn message");
+    head
+}
+
+struct QueueSmall {
+    q: Queue<Small, Raw>,
+    buf: Small,
+}
+
+impl Channel for QueueSmall {
+    fn send(&mut self, i: u64) {
+        stamp(&mut self.buf, i);
+        self.q.put(&self.buf).expect("put");
+    }
+    fn recv(&mut self) -> u64 {
+        seq_of(&self.q.get().expect("get"))
+    }
+}
+
+struct QueueBig {
+    q: Queue<Big, Raw>,
+    buf: Box<Big>,
+}
+
+impl Channel for QueueBig {
+    fn send(&mut self, i: u64) {
+        stamp(bytemuck::bytes_of_mut(&mut *self.buf), i);
+        self.q.put(&self.buf).expect("put");
+    }
+    fn recv(&mut self) -> u64 {
+        let m: Big = self.q.get().expect("get");
+        seq_of(bytemuck::bytes_of(&m))
+    }
+}
+
+struct QueueVec {
+    q: Queue<Vec<u8>, RawSlice<u8>>,
+    buf: Vec<u8>,
+}
+
+impl Channel for QueueVec {
+    fn send(&mut self, i: u64) {
+        stamp(&mut self.buf, i);
+        self.q.put(&self.buf).expect("put");
+    }
+    fn recv(&mut self) -> u64 {
+        let m = self.q.get().expect("get");
+        assert_eq!(m.len(), self.buf.len());
+        seq_of(&m)
+    }
+}
+
+/// A byte stream (pipe or socket): whole messages written with `write_all`, read with `read_exact`
+/// (a read-until-full loop), into one reused buffer.
+struct Stream<R, W> {
+    r: R,
+    w: W,
+    buf: Vec<u8>,
+}
+
+impl<R: Read, W: Write> Channel for Stream<R, W> {
+    fn send(&mut self, i: u64) {
+        stamp(&mut self.buf, i);
+        self.w.write_all(&self.buf).expect("write");
+    }
+    fn recv(&mut self) -> u64 {
+        self.r.read_exact(&mut self.buf).expect("read");
+        seq_of(&self.buf)
+    }
+}
+
+fn pipe_channel(size: usize, pipe_buf: Option<usize>) -> Stream<File, File> {
+    let (r, w) = os::pipe();
+    if let Some(b) = pipe_buf {
+        os::set_pipe_size(&w, b);
+    }
+    Stream { r, w, buf: vec![0; size] }
+}
+
+fn socket_channel(size: usize) -> Stream<UnixStream, UnixStream> {
+    let (a, b) = UnixStream::pair().expect("socketpair");
+    Stream { r: a, w: b, buf: vec![0; size] }
+}
+
+/// Messages per second from a child producing `n` messages to this process, first to last message.
+fn throughput_once(ch: &mut dyn Channel, n: u64) -> f64 {
+    let child = os::fork(|| {
+        os::pin_child();
+        for i in 0..n {
+            ch.send(i);
+        }
+    });
+    assert_eq!(ch.recv(), 0, "first message");
+    let t = Instant::now();
+    for i in 1..n {
+        let s = ch.recv();
+        assert_eq!(s, i, "message out of order or lost");
+    }
+    let secs = t.elapsed().as_secs_f64();
+    assert!(child.wait(), "producer failed");
+    (n - 1) as f64 / secs
+}
+
+/// Warms every channel up, then times them in round-robin; messages/s per channel.
+fn throughput(cfg: &Config, n: u64, chans: &mut [(&str, Box<dyn Channel>)]) -> Vec<Stats> {
+    for (_, ch) in chans.iter_mut() {
+        throughput_once(&mut **ch, n / 10 + 2);
+    }
+    let mut samples = vec![Vec::with_capacity(cfg.reps); chans.len()];
+    for _ in 0..cfg.reps {
+        for (i, (_, ch)) in chans.iter_mut().enumerate() {
+            samples[i].push(throughput_once(&mut **ch, n));
+        }
+    }
+    samples.into_iter().map(Stats::of).collect()
+}
+
+fn print_throughput(label: &str, size: usize, names: &[&str], stats: &[Stats], pipe: usize) {
+    println!();
+    println!("throughput, {label} messages, one producer process -> one consumer process");
+    println!(
+        "  {:<46} {:>12} {:>9} {:>19} {:>9}",
+        "transport", "msgs/s", "GB/s", "min..max msgs/s", "vs pipe"
+    );
+    for (name, s) in names.iter().zip(stats) {
+        println!(
+            "  {:<46} {:>10.3} M {:>9.3} {:>8.3}..{:<8.3}M  {:>7.2}x",
+            name,
+            s.median / 1e6,
+            s.median * size as f64 / 1e9,
+            s.min / 1e6,
+            s.max / 1e6,
+            s.median / stats[pipe].median
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Round trips
+
+/// Two one-way channels for a ping-pong: the parent sends and waits for the echo.
+trait PingPong {
+    /// Parent: sends `i` and returns the echoed sequence number.
+    fn ping(&mut self, i: u64) -> u64;
+    /// Child: receives one message and sends it back.
+    fn pong(&mut self);
+}
+
+struct QueuePingPong {
+    there: Queue<Small, Raw>,
+    back: Queue<Small, Raw>,
+    buf: Small,
+}
+
+impl PingPong for QueuePingPong {
+    fn ping(&mut self, i: u64) -> u64 {
+        stamp(&mut self.buf, i);
+        self.there.put(&self.buf).expect("put");
+        seq_of(&self.back.get().expect("get"))
+    }
+    fn pong(&mut self) {
+        let m = self.there.get().expect("get");
+        self.back.put(&m).expect("put");
+    }
+}
+
+struct PipePingPong {
+    there: (File, File),
+    back: (File, File),
+    buf: Small,
+}
+
+impl PingPong for PipePingPong {
+    fn ping(&mut self, i: u64) -> u64 {
+        stamp(&mut self.buf, i);
+        self.there.1.write_all(&self.buf).expect("write");
+        self.back.0.read_exact(&mut self.buf).expect("read");
+        seq_of(&self.buf)
+    }
+    fn pong(&mut self) {
+        self.there.0.read_exact(&mut self.buf).expect("read");
+        self.back.1.write_all(&self.buf).expect("write");
+    }
+}
+
+/// (p50, p99, max) of `n` timed round trips in ns, after `warm` untimed ones.
+fn rtt_once(pp: &mut dyn PingPong, warm: usize, n: usize) -> (f64, f64, f64) {
+    let child = os::fork(|| {
+        os::pin_child();
+        for _ in 0..warm + n {
+            pp.pong();
+        }
+    });
+    let mut ns = Vec::with_capacity(n);
+    for i in 0..(warm + n) as u64 {
+        let t = Instant::now();
+        let s = pp.ping(i);
+        let dt = t.elapsed().as_nanos() as u64;
+        assert_eq!(s, i, "echo out of order");
+        if i as usize >= warm {
+            ns.push(dt);
+        }
+    }
+    assert!(child.wait(), "echoer failed");
+    ns.sort_unstable();
+    let pct = |p: usize| ns[(ns.len() * p / 100).min(ns.len() - 1)] as f64;
+    (pct(50), pct(99), ns[ns.len() - 1] as f64)
+}
+
+/// Per ping-pong: (p50, p99, max) stats over the repetitions, interleaved.
+fn rtt(cfg: &Config, pps: &mut [(&str, usize, Box<dyn PingPong>)]) -> Vec<[Stats; 3]> {
+    let mut samples = vec![[vec![], vec![], vec![]]; pps.len()];
+    for _ in 0..cfg.reps {
+        for (i, (_, n, pp)) in pps.iter_mut().enumerate() {
+            let (p50, p99, max) = rtt_once(&mut **pp, cfg.rtt_warm, *n);
+            samples[i][0].push(p50);
+            samples[i][1].push(p99);
+            samples[i][2].push(max);
+        }
+    }
+    samples.into_iter().map(|[a, b, c]| [Stats::of(a), Stats::of(b), Stats::of(c)]).collect()
+}
+
+/// Median ns of one `Instant::now()`.
+fn clock_cost() -> f64 {
+    let mut v = Vec::with_capacity(21);
+    for _ in 0..21 {
+        let n = 100_000;
+        let t = Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(Instant::now());
+        }
+        v.push(t.elapsed().as_nanos() as f64 / n as f64);
+    }
+    Stats::of(v).median
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Floors: the same operations with no second process (no cache line crosses cores, nobody waits).
+
+/// ns per message sent and received back-to-back by this one process.
+fn floor_once(ch: &mut dyn Channel, n: u64) -> f64 {
+    let t = Instant::now();
+    for i in 0..n {
+        ch.send(i);
+        assert_eq!(ch.recv(), i);
+    }
+    t.elapsed().as_nanos() as f64 / n as f64
+}
+
+/// Warms up, then times every channel in round-robin; ns per message.
+fn floors(cfg: &Config, chans: &mut [(&str, u64, Box<dyn Channel>)]) -> Vec<Stats> {
+    for (_, n, ch) in chans.iter_mut() {
+        floor_once(&mut **ch, *n / 10 + 1);
+    }
+    let mut samples = vec![Vec::with_capacity(cfg.reps); chans.len()];
+    for _ in 0..cfg.reps {
+        for (i, (_, n, ch)) in chans.iter_mut().enumerate() {
+            samples[i].push(floor_once(&mut **ch, *n));
+        }
+    }
+    samples.into_iter().map(Stats::of).collect()
+}
+
+fn main() {
+    let cfg = Config::from_env();
+    let cpus = os::pin_parent();
+    let placement = match cpus {
+        Some((p, c)) => format!("parent pinned to CPU {p}, child to CPU {c}"),
+        None => "not pinned (MPROC_BENCH_NO_PIN)".to_string(),
+    };
+    println!(
+        "mproc queue bench{}: {} repetitions per figure (median, min..max); {placement}",
+        if cfg.quick { " (quick)" } else { "" },
+        cfg.reps,
+    );
+
+    // ---- 64 B ----
+    let mut small: Vec<(&str, Box<dyn Channel>)> = vec![
+        (
+            "mproc::Queue<[u8; 64], Raw> (1024 slots)",
+            Box::new(QueueSmall { q: Queue::new(SMALL_SLOTS).expect("queue"), buf: [0; SMALL] }),
+        ),
+        ("pipe (64 KiB buffer)", Box::new(pipe_channel(SMALL, None))),
+        ("unix stream socket pair", Box::new(socket_channel(SMALL))),
+    ];
+    let small_stats = throughput(&cfg, cfg.small_msgs, &mut small);
+    let names: Vec<&str> = small.iter().map(|c| c.0).collect();
+    print_throughput(&format!("64 B ({} per run)", cfg.small_msgs), SMALL, &names, &small_stats, 1);
+    drop(small);
+
+    // ---- 64 KiB ----
+    let mut big: Vec<(&str, Box<dyn Channel>)> = vec![
+        (
+            "mproc::Queue<[[u8; 4096]; 16], Raw> (8 slots)",
+            Box::new(QueueBig { q: Queue::new(BIG_SLOTS).expect("queue"), buf: Box::new([[0; 4096]; 16]) }),
+        ),
+        (
+            "mproc::Queue<Vec<u8>, RawSlice<u8>> (8 slots)",
+            Box::new(QueueVec { q: Queue::with_max_message(BIG_SLOTS, BIG).expect("queue"), buf: vec![0; BIG] }),
+        ),
+        ("pipe (64 KiB buffer)", Box::new(pipe_channel(BIG, None))),
+        ("pipe (512 KiB buffer, F_SETPIPE_SZ)", Box::new(pipe_channel(BIG, Some(BIG_SLOTS * BIG)))),
+        ("unix stream socket pair", Box::new(socket_channel(BIG))),
+    ];
+    let big_stats = throughput(&cfg, cfg.big_msgs, &mut big);
+    let names: Vec<&str> = big.iter().map(|c| c.0).collect();
+    print_throughput(&format!("64 KiB ({} per run)", cfg.big_msgs), BIG, &names, &big_stats, 2);
+    drop(big);
+
+    // ---- round trips ----
+    let clock = clock_cost();
+    let mut pps: Vec<(&str, usize, Box<dyn PingPong>)> = vec![
+        (
+            "mproc::Queue<[u8; 64], Raw> x2 (spinning)",
+            cfg.rtt_queue,
+            Box::new(QueuePingPong {
+                there: Queue::new(16).expect("queue"),
+                back: Queue::new(16).expect("queue"),
+                buf: [0; SMALL],
+            }),
+        ),
+        (
+            "pipe x2 (sleeping in read)",
+            cfg.rtt_pipe,
+            Box::new(PipePingPong { there: os::pipe(), back: os::pipe(), buf: [0; SMALL] }),
+        ),
+    ];
+    let rtt_stats = rtt(&cfg, &mut pps);
+    println!();
+    println!("round trip of a 64 B message (ping-pong between two processes; one clock read = {clock:.0} ns is in each sample)");
+    println!(
+        "  {:<46} {:>10} {:>10} {:>10} {:>19} {:>12}",
+        "transport", "round trips", "p50 ns", "p99 ns", "min..max p50 ns", "max ns"
+    );
+    for ((name, n, _), [p50, p99, max]) in pps.iter().zip(&rtt_stats) {
+        println!(
+            "  {:<46} {:>10} {:>10.0} {:>10.0} {:>9.0}..{:<9.0} {:>12.0}",
+            name, n, p50.median, p99.median, p50.min, p50.max, max.median
+        );
+    }
+    drop(pps);
+
+    // ---- floors ----
+    let (fs, fb) = if cfg.quick { (200_000, 2_000) } else { (2_000_000, 20_000) };
+    let mut fl: Vec<(&str, u64, Box<dyn Channel>)> = vec![
+        (
+            "64 B   mproc::Queue<[u8; 64], Raw>",
+            fs,
+            Box::new(QueueSmall { q: Queue::new(SMALL_SLOTS).expect("queue"), buf: [0; SMALL] }),
+        ),
+        ("64 B   pipe", fs / 10, Box::new(pipe_channel(SMALL, None))),
+        (
+            "64 KiB mproc::Queue<[[u8; 4096]; 16], Raw>",
+            fb,
+            Box::new(QueueBig { q: Queue::new(BIG_SLOTS).expect("queue"), buf: Box::new([[0; 4096]; 16]) }),
+        ),
+        (
+            "64 KiB mproc::Queue<Vec<u8>, RawSlice<u8>>",
+            fb,
+            Box::new(QueueVec { q: Queue::with_max_message(BIG_SLOTS, BIG).expect("queue"), buf: vec![0; BIG] }),
+        ),
+        ("64 KiB pipe", fb, Box::new(pipe_channel(BIG, None))),
+    ];
+    let floor_stats = floors(&cfg, &mut fl);
+    println!();
+    println!("floors: a message sent and received back-to-back by one process (no second core, nobody waits)");
+    for ((name, _, _), s) in fl.iter().zip(&floor_stats) {
+        println!("  {:<46} {:>10.1} ns/msg  ({:.1}..{:.1})", name, s.median, s.min, s.max);
+    }
+    drop(fl);
+
+    // ---- headline ----
+    println!();
+    let ratio = |s: &[Stats], a: usize, b: usize| s[a].median / s[b].median;
+    println!("result: queue_vs_pipe_64B {:.2} x", ratio(&small_stats, 0, 1));
+    println!("result: queue_vs_pipe_64KiB {:.2} x", ratio(&big_stats, 1, 2));
+    println!("result: queue_rtt_p50_ns {:.0} ns", rtt_stats[0][0].median);
+    println!("result: queue_rtt_p99_ns {:.0} ns", rtt_stats[0][1].median);
+    println!("result: pipe_rtt_p50_ns {:.0} ns", rtt_stats[1][0].median);
+    println!("result: queue_vs_unix_socket_64B {:.2} x", ratio(&small_stats, 0, 2));
+    println!("result: queue_vs_unix_socket_64KiB {:.2} x", ratio(&big_stats, 0, 4));
+    println!("result: queue_array_vs_pipe_64KiB {:.2} x", ratio(&big_stats, 0, 2));
+    println!("result: queue_vs_pipe512k_64KiB {:.2} x", ratio(&big_stats, 0, 3));
+    println!("result: queue_msgs_per_s_64B {:.2} M/s", small_stats[0].median / 1e6);
+    println!("result: pipe_msgs_per_s_64B {:.2} M/s", small_stats[1].median / 1e6);
+    println!("result: queue_gb_per_s_64KiB {:.2} GB/s", big_stats[0].median * BIG as f64 / 1e9);
+    println!("result: queue_put_get_same_process_ns {:.1} ns", floor_stats[0].median);
+}
+
+/// The only unsafe code of this bench: fork, waitpid, kill, pipe, fcntl, CPU affinity.
+mod os {
+    use std::fs::File;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// The CPU forked children pin themselves to (the second one this process may run on).
+    static CHILD_CPU: AtomicUsize = AtomicUsize::new(0);
+    static CHILD_PINNED: AtomicBool = AtomicBool::new(false);
+
+    fn allowed_cpus() -> Vec<usize> {
+        // SAFETY: cpu_set_t is a plain bit array; all-zero is a valid (empty) set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a live cpu_set_t and the size passed is its size; pid 0 = this thread.
+        let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+        assert_eq!(r, 0, "sched_getaffinity: {}", std::io::Error::last_os_error());
+        // SAFETY: CPU_ISSET reads a bit of `set`; every index below CPU_SETSIZE is inside it.
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
+    }
+
+    fn pin(cpu: usize) {
+        // SAFETY: as in `allowed_cpus`.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: CPU_SET writes a bit of `set`; `cpu` came from CPU_ISSET, so it is below CPU_SETSIZE.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+        // SAFETY: `set` is a live cpu_set_t of the size passed; pid 0 = the calling thread.
+        let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+        assert_eq!(r, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
+    }
+
+    /// Pins the calling (main, only) thread to the first allowed CPU and picks the child's CPU; on a
+    /// one-CPU machine both share it.
+    pub fn pin_parent() -> Option<(usize, usize)> {
+        if std::env::var("MPROC_BENCH_NO_PIN").is_ok_and(|v| !v.is_empty() && v != "0") {
+            return None;
+        }
+        let cpus = allowed_cpus();
+        let pair = (cpus[0], *cpus.get(1).unwrap_or(&cpus[0]));
+        CHILD_CPU.store(pair.1, Ordering::Relaxed);
+        CHILD_PINNED.store(true, Ordering::Relaxed);
+        pin(pair.0);
+        Some(pair)
+    }
+
+    /// Pins a forked child to the second CPU.
+    pub fn pin_child() {
+        if CHILD_PINNED.load(Ordering::Relaxed) {
+            pin(CHILD_CPU.load(Ordering::Relaxed));
+        }
+    }
+
+    /// A pipe, as (read end, write end).
+    pub fn pipe() -> (File, File) {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` is a live array of two c_ints, as pipe(2) requires.
+        let r = unsafe { libc::pipe(fds.as_mut_ptr()) };
+        assert_eq!(r, 0, "pipe: {}", std::io::Error::last_os_error());
+        // SAFETY: pipe(2) succeeded, so both fds are open and owned by nobody else: each File takes sole
+        // ownership and closes it on drop.
+        unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
+    }
+
+    /// Resizes a pipe's buffer (fcntl F_SETPIPE_SZ); the kernel may round it up.
+    pub fn set_pipe_size(end: &File, bytes: usize) {
+        // SAFETY: F_SETPIPE_SZ takes an int and touches no memory of ours; the fd is open (owned by `end`).
+        let r = unsafe { libc::fcntl(end.as_raw_fd(), libc::F_SETPIPE_SZ, bytes as libc::c_int) };
+        assert!(r >= bytes as libc::c_int, "F_SETPIPE_SZ: {}", std::io::Error::last_os_error());
+    }
+
+    /// A forked child, killed and reaped on drop unless waited for.
+    pub struct Child {
+        pid: libc::pid_t,
+        reaped: bool,
+    }
+
+    /// Runs `f` in a forked child that exits with `_exit` (0 if `f` returned, 1 if it panicked).
+    ///
+    /// The bench is single-threaded whenever it calls this, so the child inherits no lock held by a
+    /// vanished thread.
+    pub fn fork(f: impl FnOnce()) -> Child {
+        // Unflushed output would otherwise be printed twice; the child never flushes it (it `_exit`s).
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        // SAFETY: fork(2) has no memory-safety preconditions. After a fork of a multi-threaded process
+        // the child may only call async-signal-safe functions; this process is single-threaded (see
+        // above), so the child may run ordinary code.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_ok();
+            // SAFETY: _exit ends the child without running destructors or atexit handlers (which would
+            // unmap or close what the parent still uses); it has no preconditions.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        Child { pid, reaped: false }
+    }
+
+    impl Child {
+        /// Waits for the child; whether it exited with status 0.
+        pub fn wait(mut self) -> bool {
+            let mut status = 0;
+            loop {
+                // SAFETY: `pid` is our own child, not yet reaped; `status` is a live c_int.
+                let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
+                if r == self.pid {
+                    self.reaped = true;
+                    return libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+                }
+                let e = std::io::Error::last_os_error();
+                assert_eq!(e.raw_os_error(), Some(libc::EINTR), "waitpid: {e}");
+            }
+        }
+    }
+
+    impl Drop for Child {
+        /// Reached unwaited only when the parent panics mid-measurement: the child may be blocked on a
+        /// full channel, so kill it rather than leave it behind. Errors are ignored: we are unwinding.
+        fn drop(&mut self) {
+            if !self.reaped {
+                // SAFETY: `pid` is our own unreaped child, so it cannot have been recycled for another
+                // process; kill and waitpid touch no memory but the live `status`.
+                unsafe {
+                    libc::kill(self.pid, libc::SIGKILL);
+                    let mut status = 0;
+                    libc::waitpid(self.pid, &mut status, 0);
+                }
+            }
+        }
+    }
+}

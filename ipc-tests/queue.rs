@@ -1,0 +1,1131 @@
+//! Queues across processes (issue 4): many producers and consumers, producers and consumers killed in
+//! the middle of a message, bytes of the ring corrupted by another process, messages that do not decode,
+//! `JoinableQueue` and `Pipe` between processes, and messages too large for the queue.
+//!
+//! Every wait is bounded by [`BOUND`], generously: the bound proves "no hang" (DESIGN.md, invariant 4) and
+//! never measures speed. Kill storms print their random seed in every failure message.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::FileExt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::Trial;
+use mproc::codec::{Raw, RawSlice};
+use mproc::{Connection, Error, Event, JoinableQueue, Pipe, Queue};
+
+use crate::common::{self, Role};
+
+/// How long anything may take before we call it a hang.
+const BOUND: Duration = Duration::from_secs(60);
+
+/// The many-producers test: processes on each side, and messages in all.
+const MPMC_PRODUCERS: usize = 4;
+const MPMC_CONSUMERS: usize = 4;
+const MPMC_TOTAL: u64 = 1_000_000;
+
+/// Kill storms: rounds (one SIGKILL each) and the processes alive at any time.
+const STORM_ROUNDS: usize = 100;
+const STORM_PROCS: usize = 3;
+/// Largest message of the producer kill storm, and its queue's capacity in messages.
+const STORM_SLOT: usize = 64 * 1024;
+const STORM_CAPACITY: usize = 4;
+
+/// Queues the corrupting child damages, one after the other, and for how long each.
+const CORRUPTED_QUEUES: usize = 8;
+const CORRUPT_EACH: Duration = Duration::from_millis(250);
+/// Size of the region header in front of the ring (`src/region/header.rs`, `PAYLOAD_OFFSET`).
+const REGION_HEADER: u64 = 128;
+
+pub const ROLES: &[Role] = &[
+    ("queue_mpmc_producer", mpmc_producer),
+    ("queue_mpmc_consumer", mpmc_consumer),
+    ("queue_storm_producer", storm_producer),
+    ("queue_storm_consumer", storm_consumer),
+    ("queue_corruptor", corruptor),
+    ("queue_index_victim", index_victim),
+    ("queue_claim_victim", claim_victim),
+    ("queue_decode_reader", decode_reader),
+    ("queue_joinable_worker", joinable_worker),
+    ("queue_pipe_echo", pipe_echo),
+    ("queue_too_large", too_large_child),
+];
+
+pub fn tests() -> Vec<Trial> {
+    let t = |name: &str, f: fn()| {
+        Trial::test(format!("queue::{name}"), move || {
+            f();
+            Ok(())
+        })
+    };
+    vec![
+        t("mpmc_4x4_processes_a_million_messages", mpmc_million),
+        t("producer_kill_storm_no_torn_message", producer_kill_storm),
+        t("consumer_kill_storm_no_duplicate", consumer_kill_storm),
+        t("corrupted_ring_typed_errors_only", corrupted_ring),
+        t("corrupted_index_ends_within_timeout", corrupted_index),
+        t(
+            "consumer_claim_revoked_mid_get_no_panic",
+            consumer_claim_revoked_mid_get,
+        ),
+        t("undecodable_message_and_type_mismatch", undecodable_message),
+        t("joinable_queue_across_processes", joinable_across_processes),
+        t("pipe_across_processes", pipe_across_processes),
+        t("message_too_large_is_an_error", message_too_large),
+    ]
+}
+
+// ------------------------------------------------------------------------------------------------ helpers
+
+/// A child process with its stdout read line by line on a thread; killed and reaped if the test fails
+/// before it is waited for, so that a failing test does not also leave a process behind.
+struct Kid {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Kid {
+    fn spawn(role: &str, arg: &str) -> Kid {
+        let mut child = common::spawn_role(role, arg);
+        let out = child.stdout.take().expect("spawn_role pipes stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Kid { child, lines }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The next line the child prints (bounded).
+    #[track_caller]
+    fn next_line(&mut self) -> String {
+        match self.lines.recv_timeout(BOUND) {
+            Ok(line) => line,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("child {} printed nothing within {BOUND:?}", self.pid())
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let st = self.child.wait().expect("wait");
+                panic!("child {} exited ({st}) without printing", self.pid())
+            }
+        }
+    }
+
+    #[track_caller]
+    fn expect_line(&mut self, want: &str) {
+        let line = self.next_line();
+        assert_eq!(line, want, "child {} printed something else", self.pid());
+    }
+
+    /// Every line the child printed that was not read yet, up to its end (call after it ended).
+    #[track_caller]
+    fn rest(&mut self) -> Vec<String> {
+        let deadline = Instant::now() + BOUND;
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => out.push(line),
+                Err(RecvTimeoutError::Disconnected) => return out,
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("child {}: stdout not closed within {BOUND:?}", self.pid())
+                }
+            }
+        }
+    }
+
+    /// SIGKILL, then reap. Panics if the child had already ended by itself (it failed on its own).
+    #[track_caller]
+    fn kill(&mut self) {
+        self.child.kill().expect("kill child");
+        let st = self.child.wait().expect("reap child");
+        assert_eq!(
+            st.signal(),
+            Some(libc::SIGKILL),
+            "child {} ended by itself: {st}",
+            self.pid()
+        );
+    }
+
+    /// Waits (bounded) and asserts a clean exit.
+    #[track_caller]
+    fn join_ok(&mut self) {
+        let pid = self.pid();
+        let st = common::wait_bounded(&mut self.child, BOUND);
+        assert!(st.success(), "child {pid} failed: {st}");
+    }
+}
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `f` on a thread and returns its result, panicking if it takes longer than [`BOUND`] (a hang).
+#[track_caller]
+fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let h = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(BOUND) {
+        Ok(v) => v,
+        Err(RecvTimeoutError::Timeout) => panic!("{what}: no result within {BOUND:?}, it hangs"),
+        Err(RecvTimeoutError::Disconnected) => match h.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the thread sends before it ends"),
+        },
+    }
+}
+
+/// Prints a line for the parent in one `write` (stdout is a pipe: a line written is a line the parent
+/// reads, even if we are killed right after).
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    out.write_all(format!("{line}\n").as_bytes())
+        .expect("write to parent");
+    out.flush().expect("flush to parent");
+}
+
+/// `N` comma-separated role arguments.
+fn fields<const N: usize>(arg: &str) -> [&str; N] {
+    let v: Vec<&str> = arg.split(',').collect();
+    v.try_into()
+        .unwrap_or_else(|v: Vec<&str>| panic!("expected {N} fields, got {}: {arg:?}", v.len()))
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(s: &str) -> Vec<u8> {
+    assert!(s.len() % 2 == 0, "odd-length hex");
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digit"))
+        .collect()
+}
+
+fn wait_for_start(event: &str) {
+    let go = Event::open(event).expect("open start event");
+    assert!(go.wait_timeout(BOUND), "start signal did not come");
+}
+
+/// A seed from the clock and pid, printed by failing tests so a run can be replayed.
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    (nanos as u64 ^ u64::from(std::process::id()).rotate_left(32)) | 1
+}
+
+/// xorshift64*: enough randomness for kill delays and garbage, reproducible from the seed.
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+/// A random delay in `[lo, hi)` microseconds.
+fn random_micros(rng: &mut u64, lo: u64, hi: u64) -> Duration {
+    Duration::from_micros(lo + next_random(rng) % (hi - lo))
+}
+
+fn shm_path(name: &str) -> String {
+    format!("/dev/shm/mproc.{name}")
+}
+
+// --------------------------------------------------------------------- 1. many producers and consumers
+
+/// What one consumer saw of one producer's messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Tally {
+    count: u64,
+    /// Sum of the sequence numbers.
+    sum: u64,
+    /// Sum of their squares (wrapping): with `sum`, makes a duplicate hiding a loss implausible.
+    squares: u64,
+    /// Whether the sequence numbers were strictly increasing (per-producer FIFO, and no duplicate).
+    ordered: bool,
+    last: Option<u64>,
+}
+
+impl Tally {
+    const fn new() -> Tally {
+        Tally {
+            count: 0,
+            sum: 0,
+            squares: 0,
+            ordered: true,
+            last: None,
+        }
+    }
+
+    fn see(&mut self, seq: u64) {
+        self.count += 1;
+        self.sum += seq;
+        self.squares = self.squares.wrapping_add(seq.wrapping_mul(seq));
+        if self.last.is_some_and(|l| seq <= l) {
+            self.ordered = false;
+        }
+        self.last = Some(seq);
+    }
+
+    fn encode(&self) -> String {
+        format!(
+            "{}:{}:{}:{}",
+            self.count, self.sum, self.squares, self.ordered as u8
+        )
+    }
+
+    fn decode(s: &str) -> Tally {
+        let [c, s, q, o] = s.split(':').collect::<Vec<_>>()[..] else {
+            panic!("bad tally {s:?}")
+        };
+        Tally {
+            count: c.parse().expect("count"),
+            sum: s.parse().expect("sum"),
+            squares: q.parse().expect("squares"),
+            ordered: o == "1",
+            last: None,
+        }
+    }
+}
+
+/// Child: puts `producer << 32 | seq` for `seq` in `0..count`.
+fn mpmc_producer(arg: &str) {
+    let [name, go, producer, count] = fields(arg);
+    let q = Queue::<u64, Raw>::open(name).expect("open queue");
+    let producer: u64 = producer.parse().expect("producer id");
+    let count: u64 = count.parse().expect("count");
+    wait_for_start(go);
+    for seq in 0..count {
+        q.put(&(producer << 32 | seq)).expect("put");
+    }
+}
+
+/// Child: takes messages until the queue is closed and drained, then prints `summary BAD TALLY...`.
+fn mpmc_consumer(arg: &str) {
+    let [name, go] = fields(arg);
+    let q = Queue::<u64, Raw>::open(name).expect("open queue");
+    wait_for_start(go);
+    let mut tallies = [Tally::new(); MPMC_PRODUCERS];
+    let mut bad = 0u64;
+    loop {
+        match q.get() {
+            Ok(v) => match tallies.get_mut((v >> 32) as usize) {
+                Some(t) => t.see(v & 0xffff_ffff),
+                None => bad += 1,
+            },
+            Err(Error::Closed) => break,
+            Err(e) => panic!("get failed: {e}"),
+        }
+    }
+    let tallies: Vec<String> = tallies.iter().map(Tally::encode).collect();
+    say(&format!("summary {bad} {}", tallies.join(" ")));
+}
+
+/// Four producer processes and four consumer processes move a million `u64`s through one queue: every
+/// message is delivered exactly once (per producer: the counts add up, and so do the sums of sequence
+/// numbers and of their squares), and each consumer sees each producer's messages in order.
+fn mpmc_million() {
+    let per_producer = MPMC_TOTAL / MPMC_PRODUCERS as u64;
+    let name = common::unique_name("mpmc");
+    let q = Queue::<u64, Raw>::create(&name, 1024, 8).expect("create queue");
+    let go_name = common::unique_name("go");
+    let go = Event::create(&go_name).expect("create start event");
+    let mut consumers: Vec<Kid> = (0..MPMC_CONSUMERS)
+        .map(|_| Kid::spawn("queue_mpmc_consumer", &format!("{name},{go_name}")))
+        .collect();
+    let mut producers: Vec<Kid> = (0..MPMC_PRODUCERS)
+        .map(|p| {
+            let arg = format!("{name},{go_name},{p},{per_producer}");
+            Kid::spawn("queue_mpmc_producer", &arg)
+        })
+        .collect();
+    go.set();
+    for k in &mut producers {
+        k.join_ok();
+    }
+    // Every message is in the queue or taken: consumers drain what is left, then see `Closed`.
+    q.close();
+    let mut total = [(0u64, 0u64, 0u64); MPMC_PRODUCERS];
+    for (c, k) in consumers.iter_mut().enumerate() {
+        let line = k.next_line();
+        k.join_ok();
+        let mut words = line.split(' ');
+        assert_eq!(words.next(), Some("summary"), "consumer {c}: {line:?}");
+        let bad: u64 = words.next().expect("bad count").parse().expect("bad count");
+        assert_eq!(bad, 0, "consumer {c} got messages of unknown producers");
+        for (p, w) in words.enumerate() {
+            let t = Tally::decode(w);
+            assert!(
+                t.ordered,
+                "consumer {c} saw producer {p}'s messages out of order (or twice)"
+            );
+            total[p].0 += t.count;
+            total[p].1 += t.sum;
+            total[p].2 = total[p].2.wrapping_add(t.squares);
+        }
+    }
+    let n = u128::from(per_producer);
+    let want_sum = (n * (n - 1) / 2) as u64;
+    let want_squares = ((n - 1) * n * (2 * n - 1) / 6) as u64;
+    for (p, &(count, sum, squares)) in total.iter().enumerate() {
+        assert_eq!(count, per_producer, "producer {p}: messages delivered");
+        assert_eq!(
+            sum, want_sum,
+            "producer {p}: a message lost and another duplicated"
+        );
+        assert_eq!(
+            squares, want_squares,
+            "producer {p}: messages lost and duplicated"
+        );
+    }
+    assert!(q.is_empty());
+}
+
+// ------------------------------------------------------------------------ 2. producers killed mid-put
+
+/// splitmix64's finaliser: message lengths and tags that differ between neighbouring ids.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Message `id`: 16..64 KiB, its first 8 bytes the id, every other byte the id's tag. A message torn by
+/// a half-finished write, or mixed with the previous one in the same slot, breaks one of the three.
+fn storm_len(id: u64) -> usize {
+    const MIN: usize = 16 * 1024;
+    MIN + (mix(id) % (STORM_SLOT - MIN + 1) as u64) as usize
+}
+
+fn storm_tag(id: u64) -> u8 {
+    (mix(id) >> 56) as u8
+}
+
+fn storm_message(id: u64) -> Vec<u8> {
+    let mut m = vec![storm_tag(id); storm_len(id)];
+    m[..8].copy_from_slice(&id.to_le_bytes());
+    m
+}
+
+/// The id of an intact message, or what is wrong with it.
+fn storm_check(m: &[u8]) -> Result<u64, String> {
+    let Some(head) = m.get(..8) else {
+        return Err(format!("a message of {} bytes", m.len()));
+    };
+    let id = u64::from_le_bytes(head.try_into().expect("8 bytes"));
+    if m.len() != storm_len(id) {
+        return Err(format!(
+            "message {id:#x} has {} bytes, expected {}",
+            m.len(),
+            storm_len(id)
+        ));
+    }
+    let tag = storm_tag(id);
+    // memcmp against a reference first: fast even in a debug build.
+    if m[8..] != vec![tag; m.len() - 8][..] {
+        let at = 8 + m[8..].iter().position(|&b| b != tag).expect("differs");
+        return Err(format!(
+            "message {id:#x} is torn: byte {at} is {:#04x}, its tag is {tag:#04x}",
+            m[at]
+        ));
+    }
+    Ok(id)
+}
+
+type Storm = Queue<Vec<u8>, RawSlice<u8>>;
+
+/// Child: puts messages `producer << 32 | seq` for ever (until killed, or the queue is closed).
+fn storm_producer(arg: &str) {
+    let [name, producer] = fields(arg);
+    let q = Storm::open(name).expect("open queue");
+    let producer: u64 = producer.parse().expect("producer id");
+    say("ready");
+    for seq in 0.. {
+        match q.put(&storm_message(producer << 32 | seq)) {
+            Ok(()) => {}
+            Err(Error::Closed) => return,
+            Err(e) => panic!("put failed: {e}"),
+        }
+    }
+}
+
+/// Best effort, for the report only: whether a slot of the storm queue is claimed by thread `tid`, i.e.
+/// the kill landed between the claim and the publication of a message. Reads the layout documented in
+/// `src/queue/ring.rs` (384-byte ring header, slots of `{ state: u64, len: u32, pad }` then the bytes,
+/// 64-byte strides; `who` is the low half of `state`). Says false if the file does not fit that layout.
+fn slot_claimed_by(name: &str, tid: u32) -> bool {
+    const RING_HEADER: u64 = 384;
+    let stride = (16 + STORM_SLOT as u64).next_multiple_of(64);
+    let Ok(f) = std::fs::File::open(shm_path(name)) else {
+        return false;
+    };
+    let fits = f.metadata().map(|m| m.len()).unwrap_or(0)
+        >= REGION_HEADER + RING_HEADER + stride * STORM_CAPACITY as u64;
+    fits && (0..STORM_CAPACITY as u64).any(|i| {
+        let mut word = [0u8; 8];
+        let at = REGION_HEADER + RING_HEADER + i * stride;
+        f.read_exact_at(&mut word, at).is_ok() && u64::from_le_bytes(word) as u32 == tid
+    })
+}
+
+/// What the reading side of a storm saw.
+#[derive(Debug, Default)]
+struct Seen {
+    messages: u64,
+    /// Per producer, the last sequence number seen.
+    last: BTreeMap<u64, u64>,
+    problems: Vec<String>,
+}
+
+impl Seen {
+    fn take(&mut self, m: &[u8]) {
+        match storm_check(m) {
+            Ok(id) => {
+                self.messages += 1;
+                let (producer, seq) = (id >> 32, id & 0xffff_ffff);
+                if let Some(&prev) = self.last.get(&producer) {
+                    if seq <= prev {
+                        self.problems.push(format!(
+                            "producer {producer}: seq {seq} after {prev} (reordered or duplicated)"
+                        ));
+                    }
+                }
+                self.last.insert(producer, seq);
+            }
+            Err(e) => self.problems.push(e),
+        }
+    }
+}
+
+fn spawn_storm_producer(name: &str, next_id: &mut u64) -> Kid {
+    let mut k = Kid::spawn("queue_storm_producer", &format!("{name},{next_id}"));
+    *next_id += 1;
+    k.expect_line("ready");
+    k
+}
+
+/// Producer processes putting 16–64 KiB messages are SIGKILLed at random moments, 100 times, while the
+/// parent reads. Every message read is whole (length, id and every byte agree), each producer's messages
+/// come in order and once, and afterwards every slot of the queue is usable again, by the parent and by a
+/// new producer process. A kill rarely lands inside the copy of a message; the test prints how many did.
+fn producer_kill_storm() {
+    let seed = seed();
+    let mut rng = seed;
+    let name = common::unique_name("pstorm");
+    let q = Storm::create(&name, STORM_CAPACITY, STORM_SLOT).expect("create queue");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen_tx, seen_rx) = mpsc::channel();
+    let reader = {
+        let (q, stop) = (q.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seen = Seen::default();
+            loop {
+                match q.get_timeout(Duration::from_millis(50)) {
+                    Ok(m) => seen.take(&m),
+                    Err(Error::Timeout) if stop.load(Ordering::Relaxed) => break,
+                    Err(Error::Timeout) => {}
+                    Err(e) => seen.problems.push(format!("get failed: {e}")),
+                }
+            }
+            let _ = seen_tx.send(seen);
+        })
+    };
+    let mut next_id = 0;
+    let mut kids: Vec<Kid> = (0..STORM_PROCS)
+        .map(|_| spawn_storm_producer(&name, &mut next_id))
+        .collect();
+    let mut mid_put = 0;
+    for _ in 0..STORM_ROUNDS {
+        std::thread::sleep(random_micros(&mut rng, 200, 10_000));
+        let i = (next_random(&mut rng) % kids.len() as u64) as usize;
+        let pid = kids[i].pid();
+        kids[i].kill();
+        mid_put += usize::from(slot_claimed_by(&name, pid));
+        kids[i] = spawn_storm_producer(&name, &mut next_id);
+    }
+    for k in &mut kids {
+        k.kill();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = match seen_rx.recv_timeout(BOUND) {
+        Ok(seen) => seen,
+        Err(_) => panic!("seed {seed:#x}: the reader did not drain the queue within {BOUND:?}"),
+    };
+    reader.join().expect("reader thread");
+    eprintln!(
+        "queue::producer_kill_storm: {} messages read; {mid_put} of {STORM_ROUNDS} kills landed inside a put",
+        seen.messages
+    );
+    assert!(seen.messages > 0, "seed {seed:#x}: nothing was read");
+
+    // Every slot is usable again: fill the queue to capacity and drain it, from the parent.
+    let after = bounded("fill and drain after the storm", move || {
+        for k in 0..STORM_CAPACITY as u64 {
+            q.put_timeout(&storm_message(0xffff_fffe << 32 | k), BOUND)
+                .expect("put after the storm");
+        }
+        for _ in 0..STORM_CAPACITY {
+            seen.take(&q.get_timeout(BOUND).expect("get after the storm"));
+        }
+        // And a new producer process is heard.
+        let mut kid = spawn_storm_producer(&name, &mut next_id);
+        for _ in 0..16 {
+            seen.take(&q.get_timeout(BOUND).expect("get from a new producer"));
+        }
+        kid.kill();
+        seen
+    });
+    assert!(
+        after.problems.is_empty(),
+        "seed {seed:#x}: {} problems, first ones: {:#?}",
+        after.problems.len(),
+        &after.problems[..after.problems.len().min(10)]
+    );
+}
+
+// ------------------------------------------------------------------------ 3. consumers killed mid-get
+
+/// Child: takes `u64` ids for ever and prints each one as soon as it has it.
+fn storm_consumer(name: &str) {
+    let q = Queue::<u64, Raw>::open(name).expect("open queue");
+    say("ready");
+    loop {
+        match q.get() {
+            Ok(id) => say(&id.to_string()),
+            Err(Error::Closed) => return,
+            Err(e) => panic!("get failed: {e}"),
+        }
+    }
+}
+
+/// Consumer processes are SIGKILLed at random moments, 100 times, while the parent puts ids `0, 1, 2, …`.
+/// A consumer prints each id it gets, in one `write`, right after `get` returns it.
+///
+/// The guarantee tested (src/queue/ring.rs, "Deaths"): no id is received twice, and an id is missing only
+/// if a killed consumer had claimed it. A killed consumer accounts for at most one missing id: the one it
+/// had claimed inside `get` (lost with it, delivery is at most once), or the one `get` had returned to it
+/// and it had not printed yet (delivered, but the test cannot know). So: duplicates = 0 and
+/// missing ≤ kills.
+fn consumer_kill_storm() {
+    let seed = seed();
+    let mut rng = seed;
+    let name = common::unique_name("cstorm");
+    let q = Queue::<u64, Raw>::create(&name, 16, 8).expect("create queue");
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (q, stop) = (q.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut id = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                match q.put_timeout(&id, Duration::from_millis(20)) {
+                    Ok(()) => id += 1,
+                    // Not put: try the same id again.
+                    Err(Error::Timeout) => {}
+                    Err(e) => panic!("put failed: {e}"),
+                }
+            }
+            id
+        })
+    };
+    let spawn = || {
+        let mut k = Kid::spawn("queue_storm_consumer", &name);
+        k.expect_line("ready");
+        k
+    };
+    let mut kids: Vec<Kid> = (0..STORM_PROCS).map(|_| spawn()).collect();
+    let mut lines = Vec::new();
+    for _ in 0..STORM_ROUNDS {
+        std::thread::sleep(random_micros(&mut rng, 200, 10_000));
+        let i = (next_random(&mut rng) % kids.len() as u64) as usize;
+        kids[i].kill();
+        lines.extend(kids[i].rest());
+        kids[i] = spawn();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let produced = bounded("stop the producer", move || {
+        producer.join().expect("producer thread")
+    });
+    q.close();
+    for k in &mut kids {
+        k.join_ok();
+        lines.extend(k.rest());
+    }
+    let mut times = vec![0u32; produced as usize];
+    for line in &lines {
+        let id: u64 = line.parse().unwrap_or_else(|_| panic!("bad line {line:?}"));
+        assert!(id < produced, "seed {seed:#x}: id {id} was never put");
+        times[id as usize] += 1;
+    }
+    let twice: Vec<usize> = (0..times.len()).filter(|&i| times[i] > 1).collect();
+    let missing: Vec<usize> = (0..times.len()).filter(|&i| times[i] == 0).collect();
+    assert!(
+        twice.is_empty(),
+        "seed {seed:#x}: {} ids delivered twice, e.g. {:?}",
+        twice.len(),
+        &twice[..twice.len().min(10)]
+    );
+    assert!(
+        missing.len() <= STORM_ROUNDS,
+        "seed {seed:#x}: {} ids lost by {STORM_ROUNDS} kills (at most one each), e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    eprintln!(
+        "queue::consumer_kill_storm: {produced} ids put, {} missing after {STORM_ROUNDS} kills",
+        missing.len()
+    );
+}
+
+// --------------------------------------------------------------------------------- 4. corrupted ring
+
+/// Child: for each queue in turn (`;`-separated names), for [`CORRUPT_EACH`], writes 1..8 random bytes
+/// at a random offset of the ring (past the region header) every 50 µs – 1 ms: slowly enough that the
+/// queue works between hits and the damage shows up as bad lengths, sequence numbers and message bytes
+/// in live traffic. The queue's config line (capacity, slot size, closed flag) is spared during the first
+/// four fifths of each turn: a garbage `closed` closes the queue for good, a typed outcome that ends the
+/// interesting part.
+fn corruptor(arg: &str) {
+    let [names, seed] = fields(arg);
+    let mut rng: u64 = seed.parse().expect("seed");
+    let files: Vec<std::fs::File> = names
+        .split(';')
+        .map(|name| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(shm_path(name))
+                .expect("open the segment's file")
+        })
+        .collect();
+    say("started");
+    let start = Instant::now();
+    for (k, f) in files.iter().enumerate() {
+        let len = f.metadata().expect("stat").len();
+        let end = CORRUPT_EACH * (k as u32 + 1);
+        while start.elapsed() < end {
+            let spare = if start.elapsed() + CORRUPT_EACH / 5 < end {
+                64
+            } else {
+                0
+            };
+            let lo = REGION_HEADER + spare;
+            let mut at = lo + next_random(&mut rng) % (len - lo - 8);
+            if next_random(&mut rng) % 2 == 0 {
+                at &= !7; // whole words: states, lengths, indices
+            }
+            let garbage = next_random(&mut rng).to_le_bytes();
+            let n = 1 + (next_random(&mut rng) % 8) as usize;
+            f.write_all_at(&garbage[..n], at).expect("write garbage");
+            std::thread::sleep(random_micros(&mut rng, 50, 1000));
+        }
+    }
+}
+
+/// A child writes random bytes into the rings of [`CORRUPTED_QUEUES`] queues, one after the other, while
+/// the parent puts and gets with timeouts on the one being damaged. Every operation returns Ok or a typed
+/// error, each within its timeout plus a bounded margin; none crashes or hangs. A queue may be damaged for
+/// good: only the absence of UB, crash and hang is tested.
+fn corrupted_ring() {
+    let seed = seed();
+    let names: Vec<String> = (0..CORRUPTED_QUEUES)
+        .map(|_| common::unique_name("corrupt"))
+        .collect();
+    let queues: Vec<Queue<Vec<u8>>> = names
+        .iter()
+        .map(|n| Queue::create(n, 8, 64).expect("create queue"))
+        .collect();
+    let mut kid = Kid::spawn("queue_corruptor", &format!("{},{seed}", names.join(";")));
+    kid.expect_line("started");
+    let (outcomes, slowest) = bounded("queue operations on a corrupted ring", move || {
+        let op_timeout = Duration::from_millis(5);
+        let mut outcomes: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut slowest = (Duration::ZERO, "");
+        let start = Instant::now();
+        let mut i = 0u8;
+        for (k, q) in queues.iter().enumerate() {
+            while start.elapsed() < CORRUPT_EACH * (k as u32 + 1) {
+                i = i.wrapping_add(1);
+                let msg = vec![i; usize::from(i % 50)];
+                let t0 = Instant::now();
+                let r = match i % 4 {
+                    0 => q.put_timeout(&msg, op_timeout),
+                    1 => q.get_timeout(op_timeout).map(drop),
+                    2 => q.try_put(&msg),
+                    _ => q.try_get().map(drop),
+                };
+                slowest = slowest.max((
+                    t0.elapsed(),
+                    ["put_timeout", "get_timeout", "try_put", "try_get"][usize::from(i % 4)],
+                ));
+                let what = match r {
+                    Ok(()) => "ok",
+                    Err(Error::Corrupted(_)) => "corrupted",
+                    Err(Error::Decode { .. }) => "decode",
+                    Err(Error::Timeout) => "timeout",
+                    Err(Error::Full) => "full",
+                    Err(Error::Empty) => "empty",
+                    Err(Error::Closed) => "closed",
+                    Err(Error::MessageTooLarge { .. }) => "too large",
+                    Err(e) => {
+                        panic!("seed {seed:#x}: an untyped outcome on a corrupted ring: {e:?}")
+                    }
+                };
+                *outcomes.entry(what).or_default() += 1;
+            }
+        }
+        (outcomes, slowest)
+    });
+    kid.join_ok();
+    eprintln!("queue::corrupted_ring: outcomes {outcomes:?}, slowest operation {slowest:?}");
+    assert!(
+        slowest.0 < Duration::from_secs(10),
+        "seed {seed:#x}: {} with a 5 ms timeout took {:?}",
+        slowest.1,
+        slowest.0
+    );
+}
+
+/// Child: one operation with a 5 ms timeout on a queue whose index was corrupted; prints its outcome.
+fn index_victim(arg: &str) {
+    let [name, op] = fields(arg);
+    let q = Queue::<Vec<u8>>::open(name).expect("open queue");
+    let t0 = Instant::now();
+    let r = match op {
+        "put" => q.put_timeout(&vec![1, 2, 3], Duration::from_millis(5)),
+        _ => q.get_timeout(Duration::from_millis(5)).map(drop),
+    };
+    say(&format!("{op} returned {r:?} after {:?}", t0.elapsed()));
+}
+
+/// A `tail` (or `head`) index overwritten with a value 2^31 stamps behind the slots' sequence numbers —
+/// one garbage word, as another process could write it — must not keep a `put_timeout` (`get_timeout`)
+/// of 5 ms busy for seconds: it must end, within a generous bound, with Ok or a typed error.
+///
+/// Layout used (src/queue/ring.rs, `RingHeader`): after the 128-byte region header, the ring header is
+/// six 64-byte lines: config, `tail`, `head`, … So `tail` is at file offset 192 and `head` at 256. On a
+/// fresh ring of 8 slots (`one_lap` 16) slot `i` holds `{ seq: i, IDLE }`.
+fn corrupted_index() {
+    const TAIL: u64 = REGION_HEADER + 64;
+    const HEAD: u64 = REGION_HEADER + 128;
+    // Low 32 bits 0x8000_0040: index 0 of a lap, 2^31 - 64 stamps behind every slot's sequence number.
+    const BEHIND: u64 = (1 << 31) + 64;
+    let limit = Duration::from_secs(5);
+    let mut hung = Vec::new();
+    for (op, at, index) in [("put", TAIL, "tail"), ("get", HEAD, "head")] {
+        let name = common::unique_name("index");
+        let _q = Queue::<Vec<u8>>::create(&name, 8, 64).expect("create queue");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(shm_path(&name))
+            .expect("open the segment's file");
+        f.write_all_at(&BEHIND.to_le_bytes(), at)
+            .expect("overwrite the index");
+        let mut kid = Kid::spawn("queue_index_victim", &format!("{name},{op}"));
+        match kid.lines.recv_timeout(limit) {
+            Ok(line) => {
+                kid.join_ok();
+                assert!(line.starts_with(&format!("{op} returned ")), "{line}");
+            }
+            Err(_) => {
+                kid.kill();
+                hung.push(format!(
+                    "{op}_timeout(5 ms) with `{index}` 2^31 stamps behind the slots did not return \
+                     within {limit:?}"
+                ));
+            }
+        }
+    }
+    // The helping branch of try_push / try_pop walks the index on one slot per iteration, about 2^30
+    // iterations here, without looking at the deadline.
+    assert!(hung.is_empty(), "{hung:#?}");
+}
+
+/// Child: takes the big message (a slow decode) and then the small one; prints what each `get` returned.
+fn claim_victim(name: &str) {
+    let q = Queue::<Vec<u8>>::open(name).expect("open queue");
+    for _ in 0..2 {
+        let r = q.get_timeout(Duration::from_millis(200));
+        say(&format!("{:?}", r.map(|v| v.len())));
+    }
+}
+
+/// While a consumer process is inside `get` (decoding a 4 MiB message, slot claimed), its slot's state
+/// word is overwritten from outside with `{ pos + one_lap, IDLE }`: exactly what a producer writes when it
+/// takes the reader for dead, here written as one garbage word. The module docs of src/queue/ring.rs say
+/// a revoked consumer "discards what it read and takes the next message"; anything typed would do. The
+/// consumer must not panic.
+///
+/// Layout used: slot 0's state word is the first word after the 128-byte region header and the 384-byte
+/// ring header (src/queue/ring.rs); a ring of 2 slots has `one_lap` 4.
+fn consumer_claim_revoked_mid_get() {
+    const STATE0: u64 = REGION_HEADER + 384;
+    const BIG: usize = 4 << 20;
+    let name = common::unique_name("revoke");
+    let q = Queue::<Vec<u8>>::create(&name, 2, BIG + 16).expect("create queue");
+    q.put(&vec![7; BIG]).expect("put the big message");
+    q.put(&vec![1, 2, 3]).expect("put the small message");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(shm_path(&name))
+        .expect("open the segment's file");
+    let mut kid = Kid::spawn("queue_claim_victim", &name);
+    let victim = kid.pid();
+    let deadline = Instant::now() + BOUND;
+    let claimed = loop {
+        let mut word = [0u8; 8];
+        f.read_exact_at(&mut word, STATE0).expect("read slot 0");
+        let st = u64::from_le_bytes(word);
+        if st as u32 == victim {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the child never claimed slot 0");
+    };
+    assert_eq!(claimed >> 32, 1, "claimed as the consumer of stamp 0");
+    f.write_all_at(&(4u64 << 32).to_le_bytes(), STATE0)
+        .expect("revoke the claim");
+    let first = kid.next_line();
+    let second = kid.next_line();
+    kid.join_ok();
+    assert!(
+        first.starts_with("Ok(") || first.starts_with("Err("),
+        "{first}"
+    );
+    assert!(
+        second.starts_with("Ok(") || second.starts_with("Err("),
+        "{second}"
+    );
+}
+
+// ------------------------------------------------------------------------ 5. a message that is not a T
+
+/// Child: opening the queue with another type fails at open; then the damaged message is a `Decode`
+/// error and the next one is read intact.
+fn decode_reader(name: &str) {
+    let e = Queue::<Vec<u8>>::open(name).expect_err("a queue of String opened as Vec<u8>");
+    assert!(matches!(e, Error::TypeMismatch { .. }), "{e:?}");
+    let e = Queue::<u64, Raw>::open(name).expect_err("a queue of String opened as raw u64");
+    assert!(matches!(e, Error::TypeMismatch { .. }), "{e:?}");
+    let q = Queue::<String>::open(name).expect("open queue");
+    match q.get_timeout(BOUND) {
+        Err(Error::Decode { ty, .. }) => assert!(ty.contains("String"), "{ty}"),
+        other => panic!("expected a Decode error, got {other:?}"),
+    }
+    assert_eq!(q.get_timeout(BOUND).expect("the next message"), "second");
+    say("ok");
+}
+
+/// A message whose bytes were overwritten (by another process, through the segment's file) with invalid
+/// UTF-8 is an `Error::Decode` on `get` in the reading process, and the message after it is intact.
+fn undecodable_message() {
+    let name = common::unique_name("decode");
+    let q = Queue::<String>::create(&name, 4, 64).expect("create queue");
+    let marker = format!("marker-{name}");
+    q.put(&marker).expect("put");
+    q.put(&"second".to_string()).expect("put");
+    // Find the first message's bytes in the segment (no layout assumed) and make them invalid UTF-8,
+    // leaving its length prefix alone.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(shm_path(&name))
+        .expect("open the segment's file");
+    let bytes = std::fs::read(shm_path(&name)).expect("read the segment");
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker.as_bytes())
+        .expect("the message is in the segment");
+    f.write_all_at(&vec![0xff; marker.len()], at as u64)
+        .expect("overwrite the message");
+    let mut kid = Kid::spawn("queue_decode_reader", &name);
+    kid.expect_line("ok");
+    kid.join_ok();
+    assert!(q.is_empty());
+}
+
+// ------------------------------------------------------------------------ 6. JoinableQueue
+
+const TASKS: u32 = 100;
+
+/// Child: gets tasks and marks each done until the queue is closed; prints how many it did.
+fn joinable_worker(hex: &str) {
+    let q: JoinableQueue<u32> = postcard::from_bytes(&from_hex(hex)).expect("deserialize queue");
+    let mut done = 0u32;
+    loop {
+        match q.get() {
+            Ok(_) => {
+                done += 1;
+                q.task_done().expect("task_done after get");
+            }
+            Err(Error::Closed) => break,
+            Err(e) => panic!("get failed: {e}"),
+        }
+    }
+    say(&format!("done {done}"));
+}
+
+/// The parent puts 100 tasks into a `JoinableQueue` of 16 handed to three worker processes as a
+/// serialized handle; `join` returns once all are done, and one `task_done` too many is an error.
+fn joinable_across_processes() {
+    let q = JoinableQueue::<u32>::new(16).expect("create queue");
+    q.join_timeout(Duration::ZERO)
+        .expect("nothing put: join returns at once");
+    for t in 0..10 {
+        q.put(&t).expect("put");
+    }
+    assert!(
+        matches!(
+            q.join_timeout(Duration::from_millis(20)),
+            Err(Error::Timeout)
+        ),
+        "10 tasks not done: join must wait"
+    );
+    let hex = to_hex(&postcard::to_allocvec(&q).expect("serialize queue"));
+    let mut kids: Vec<Kid> = (0..3)
+        .map(|_| Kid::spawn("queue_joinable_worker", &hex))
+        .collect();
+    let q2 = q.clone();
+    bounded("put 100 tasks and join", move || {
+        for t in 10..TASKS {
+            q2.put(&t).expect("put");
+        }
+        q2.join().expect("join");
+    });
+    assert_eq!(q.unfinished(), 0);
+    assert!(
+        matches!(q.task_done(), Err(Error::ReleasedTooManyTimes(_))),
+        "task_done with nothing outstanding"
+    );
+    q.close();
+    let mut done = 0;
+    for k in &mut kids {
+        let line = k.next_line();
+        k.join_ok();
+        let n: u32 = line
+            .strip_prefix("done ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        done += n;
+    }
+    assert_eq!(done, TASKS, "tasks taken by the workers");
+}
+
+// ------------------------------------------------------------------------------------------ 7. Pipe
+
+const PINGS: u64 = 1000;
+
+/// Child: answers `x` with `x + 1`, `PINGS` times; then sends 7, 8, 9 and closes the pipe.
+fn pipe_echo(hex: &str) {
+    let conn: Connection<u64> = postcard::from_bytes(&from_hex(hex)).expect("deserialize end");
+    for _ in 0..PINGS {
+        let x = conn.recv_timeout(BOUND).expect("ping");
+        conn.send(&(x + 1)).expect("pong");
+    }
+    for x in [7, 8, 9] {
+        conn.send(&x).expect("send before close");
+    }
+    conn.close();
+    assert!(matches!(conn.send(&0), Err(Error::Closed)));
+}
+
+/// One end of a duplex pipe goes to a child as a serialized handle: `poll` is false while nothing was
+/// sent, 1000 round trips, and the child's `close` makes our `recv` return what was sent, then `Closed`.
+fn pipe_across_processes() {
+    let (ours, theirs) = Pipe::duplex::<u64>().expect("pipe");
+    let hex = to_hex(&postcard::to_allocvec(&theirs).expect("serialize end"));
+    drop(theirs);
+    let mut kid = Kid::spawn("queue_pipe_echo", &hex);
+    assert!(
+        !ours.poll(Duration::from_millis(50)),
+        "nothing was sent: poll must be false"
+    );
+    bounded("ping-pong and close", move || {
+        for i in 0..PINGS {
+            ours.send(&(2 * i)).expect("ping");
+            assert!(ours.poll(BOUND), "a pong is coming");
+            assert_eq!(ours.recv_timeout(BOUND).expect("pong"), 2 * i + 1);
+        }
+        for x in [7, 8, 9] {
+            assert_eq!(ours.recv_timeout(BOUND).expect("sent before close"), x);
+        }
+        match ours.recv_timeout(BOUND) {
+            Err(Error::Closed) => {}
+            other => panic!("expected Closed after draining, got {other:?}"),
+        }
+        assert!(matches!(ours.send(&0), Err(Error::Closed)));
+        assert!(!ours.poll(Duration::from_millis(10)), "closed and drained");
+    });
+    kid.join_ok();
+}
+
+// ------------------------------------------------------------------------------- 8. too large
+
+/// Child: the queue is full; a message too large is refused at once (not after waiting for space).
+fn too_large_child(name: &str) {
+    let q = Queue::<Vec<u8>>::open(name).expect("open queue");
+    assert_eq!(q.max_message_size(), 64);
+    for r in [
+        q.put(&vec![0; 1000]),
+        q.put_timeout(&vec![0; 1000], BOUND),
+        q.try_put(&vec![0; 1000]),
+    ] {
+        assert!(
+            matches!(r, Err(Error::MessageTooLarge { max: 64, .. })),
+            "{r:?}"
+        );
+    }
+    assert!(matches!(q.try_put(&vec![0; 1]), Err(Error::Full)));
+    say("ok");
+}
+
+/// A message larger than the queue's maximum is `MessageTooLarge` at `put`, in another process, even
+/// while the queue is full (a blocking `put` must not wait for space it could never use); the limit is
+/// on the encoded size, exactly; and a raw `Pod` larger than the slot is refused the same way.
+fn message_too_large() {
+    let name = common::unique_name("large");
+    let q = Queue::<Vec<u8>>::create(&name, 2, 64).expect("create queue");
+    q.put(&vec![1]).expect("put");
+    q.put(&vec![2]).expect("put");
+    let mut kid = Kid::spawn("queue_too_large", &name);
+    kid.expect_line("ok");
+    kid.join_ok();
+    bounded("the size limit is exact", move || {
+        q.get().expect("get");
+        q.get().expect("get");
+        // postcard: a one-byte length, then the bytes.
+        q.put(&vec![0; 63]).expect("64 encoded bytes fit");
+        assert!(matches!(
+            q.put(&vec![0; 64]),
+            Err(Error::MessageTooLarge { size: 65, max: 64 })
+        ));
+        assert_eq!(q.get().expect("get").len(), 63);
+    });
+    let raw = Queue::<[u8; 128], Raw>::with_max_message(2, 64).expect("create raw queue");
+    assert!(matches!(
+        raw.put(&[0; 128]),
+        Err(Error::MessageTooLarge { size: 128, max: 64 })
+    ));
+}
