@@ -12,7 +12,9 @@ const RUN_VAR: &str = "MPROC_TEST_RUN";
 
 /// If this process was started by [`spawn_role`], runs the role and exits.
 pub fn run_role_if_child(tables: &[&[Role]]) {
-    let Ok(role) = std::env::var(ROLE_VAR) else { return };
+    let Ok(role) = std::env::var(ROLE_VAR) else {
+        return;
+    };
     let arg = std::env::var(ARG_VAR).unwrap_or_default();
     for (name, f) in tables.iter().flat_map(|t| t.iter()) {
         if *name == role {
@@ -73,7 +75,10 @@ pub fn wait_bounded(child: &mut Child, bound: Duration) -> std::process::ExitSta
 pub fn eventually(what: &str, bound: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + bound;
     while !cond() {
-        assert!(Instant::now() < deadline, "{what}: not true within {bound:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not true within {bound:?}"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -87,7 +92,11 @@ pub fn leftovers() -> Vec<String> {
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| n.contains(&tag))
         .collect();
-    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
         for pid in children.split_whitespace() {
             out.push(format!("child process {pid}"));

@@ -42,7 +42,9 @@ pub enum Error {
         name: String,
     },
     /// The segment belongs to another user or is readable by others: we refuse to trust it.
-    #[error("shared region {name:?} is not private to this user (owner uid {owner_uid}, mode {mode:o})")]
+    #[error(
+        "shared region {name:?} is not private to this user (owner uid {owner_uid}, mode {mode:o})"
+    )]
     NotPrivate {
         /// The name of the segment.
         name: String,
@@ -180,6 +182,11 @@ pub enum Error {
         /// The exit code.
         code: i32,
     },
+    /// A spawned child found that it does not run the same executable file as its parent (the file was
+    /// replaced on disk in between), so the function reference it was given cannot be trusted. Nothing
+    /// was run.
+    #[error("the child process runs a different executable than its parent: {0}")]
+    ExecutableMismatch(String),
     /// The process was not started, or was already joined.
     #[error("process is not running: {0}")]
     ProcessState(&'static str),
@@ -188,7 +195,10 @@ pub enum Error {
 impl Error {
     /// Builds [`Error::Os`] from `errno`.
     pub(crate) fn last_os(op: &'static str) -> Self {
-        Error::Os { op, source: io::Error::last_os_error() }
+        Error::Os {
+            op,
+            source: io::Error::last_os_error(),
+        }
     }
 
     /// Builds [`Error::Os`] from an `io::Error`.
@@ -234,19 +244,28 @@ impl<G> OwnerDied<G> {
 
     /// Maps the guard, keeping the death report (used by wrappers such as `Value`).
     pub(crate) fn map<H>(self, f: impl FnOnce(G) -> H) -> OwnerDied<H> {
-        OwnerDied { guard: f(self.guard), tid: self.tid }
+        OwnerDied {
+            guard: f(self.guard),
+            tid: self.tid,
+        }
     }
 }
 
 impl<G> fmt::Debug for OwnerDied<G> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OwnerDied").field("tid", &self.tid).finish_non_exhaustive()
+        f.debug_struct("OwnerDied")
+            .field("tid", &self.tid)
+            .finish_non_exhaustive()
     }
 }
 
 impl<G> fmt::Display for OwnerDied<G> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the previous holder of the lock (tid {}) died while holding it", self.tid)
+        write!(
+            f,
+            "the previous holder of the lock (tid {}) died while holding it",
+            self.tid
+        )
     }
 }
 
@@ -281,7 +300,9 @@ impl<G> fmt::Debug for TryLockError<G> {
 impl<G> fmt::Display for TryLockError<G> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TryLockError::WouldBlock => f.write_str("the lock is held by another thread or process"),
+            TryLockError::WouldBlock => {
+                f.write_str("the lock is held by another thread or process")
+            }
             TryLockError::OwnerDied(e) => fmt::Display::fmt(e, f),
         }
     }

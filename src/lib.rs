@@ -2,8 +2,10 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod error;
+pub mod process;
 pub mod region;
 pub(crate) mod sys;
 
 pub use error::{Error, LockResult, OwnerDied, Result, TryLockError};
+pub use process::{init, Builder as ProcessBuilder, Process, StartMethod};
 pub use region::{cleanup_stale, Region, RegionHandle};

@@ -84,7 +84,8 @@ impl Header {
 
     /// Writes every field but `ready` (the creator publishes that last, after initialising the payload).
     pub(crate) fn write(&self, s: &HeaderSnapshot) {
-        self.magic.store(u64::from_le_bytes(s.magic), Ordering::Relaxed);
+        self.magic
+            .store(u64::from_le_bytes(s.magic), Ordering::Relaxed);
         self.version.store(s.version, Ordering::Relaxed);
         self.header_size.store(s.header_size, Ordering::Relaxed);
         self.type_hash.store(s.type_hash, Ordering::Relaxed);

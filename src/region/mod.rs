@@ -29,7 +29,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::sys::{futex, proc, shm};
 pub(crate) use header::layout_hash;
-use header::{Header, HeaderSnapshot, FLAG_PERSISTENT, FORMAT_VERSION, MAGIC, PAYLOAD_OFFSET, READY};
+use header::{
+    Header, HeaderSnapshot, FLAG_PERSISTENT, FORMAT_VERSION, MAGIC, PAYLOAD_OFFSET, READY,
+};
 pub use janitor::cleanup_stale;
 
 /// Prefix of every `/dev/shm` entry this crate creates.
@@ -53,7 +55,11 @@ pub(crate) struct Layout {
 impl Layout {
     /// The layout of a region of untyped bytes.
     pub(crate) fn bytes(size: Option<usize>) -> Self {
-        Layout { type_name: "bytes", hash: layout_hash("bytes", 1, 1), size }
+        Layout {
+            type_name: "bytes",
+            hash: layout_hash("bytes", 1, 1),
+            size,
+        }
     }
 }
 
@@ -109,7 +115,12 @@ pub struct Region {
 }
 
 fn validate_name(name: &str) -> Result<()> {
-    let bad = |reason| Err(Error::InvalidName { name: name.to_owned(), reason });
+    let bad = |reason| {
+        Err(Error::InvalidName {
+            name: name.to_owned(),
+            reason,
+        })
+    };
     if name.is_empty() {
         return bad("it is empty");
     }
@@ -119,7 +130,10 @@ fn validate_name(name: &str) -> Result<()> {
     if name.starts_with('.') {
         return bad("it starts with a dot");
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
         return bad("only ASCII letters, digits, '.', '_' and '-' are allowed");
     }
     Ok(())
@@ -153,7 +167,12 @@ impl Region {
     /// # Errors
     /// [`Error::AlreadyExists`], [`Error::InvalidName`], or [`Error::Os`].
     pub fn create(name: &str, size: usize, persistent: bool) -> Result<Region> {
-        Region::create_with(Layout::bytes(Some(size)), Some(name), persistent, |_| Ok(()))
+        Region::create_with(
+            Layout::bytes(Some(size)),
+            Some(name),
+            persistent,
+            |_| Ok(()),
+        )
     }
 
     /// Opens a named region of untyped bytes created by [`Region::create`].
@@ -208,9 +227,15 @@ impl Region {
     pub fn handle(&self) -> RegionHandle {
         let source = match &self.naming {
             Naming::Named { name, .. } => Source::Named(name.clone()),
-            Naming::Anonymous => Source::Fd { pid: proc::pid(), fd: self.file.as_raw_fd() },
+            Naming::Anonymous => Source::Fd {
+                pid: proc::pid(),
+                fd: self.file.as_raw_fd(),
+            },
         };
-        RegionHandle { id: self.header.region_id, source }
+        RegionHandle {
+            id: self.header.region_id,
+            source,
+        }
     }
 
     /// Opens an untyped region from a handle made by [`Region::handle`] in any process.
@@ -230,20 +255,29 @@ impl Region {
         persistent: bool,
         init: impl FnOnce(&Region) -> Result<()>,
     ) -> Result<Region> {
-        let payload_size = layout.size.expect("creating a region needs its payload size");
+        let payload_size = layout
+            .size
+            .expect("creating a region needs its payload size");
         let total = PAYLOAD_OFFSET
             .checked_add(payload_size)
-            .ok_or(Error::SizeMismatch { expected: usize::MAX as u64, found: payload_size as u64 })?;
+            .ok_or(Error::SizeMismatch {
+                expected: usize::MAX as u64,
+                found: payload_size as u64,
+            })?;
         // Until the region is published, a failure must remove a name we created, even a persistent one.
         let (file, cleanup) = match name {
             None => (shm::create_memfd("mproc")?, CreateGuard(None)),
             Some(name) => {
                 validate_name(name)?;
                 let shm_name = shm_name(name);
-                (shm::create_named(&shm_name, name)?, CreateGuard(Some(shm_name)))
+                (
+                    shm::create_named(&shm_name, name)?,
+                    CreateGuard(Some(shm_name)),
+                )
             }
         };
-        file.set_len(total as u64).map_err(|e| Error::os("ftruncate", e))?;
+        file.set_len(total as u64)
+            .map_err(|e| Error::os("ftruncate", e))?;
         if name.is_none() {
             shm::seal_size(&file)?;
         }
@@ -268,7 +302,12 @@ impl Region {
                 unlink_by: (!persistent).then_some(me),
             },
         };
-        let region = Region { map, file, header, naming };
+        let region = Region {
+            map,
+            file,
+            header,
+            naming,
+        };
         let h = region.raw_header();
         h.write(&header);
         init(&region)?;
@@ -291,15 +330,24 @@ impl Region {
         let mut size = info.size;
         while size < PAYLOAD_OFFSET as u64 {
             if Instant::now() >= deadline {
-                return Err(Error::Truncated { needed: PAYLOAD_OFFSET as u64, actual: size });
+                return Err(Error::Truncated {
+                    needed: PAYLOAD_OFFSET as u64,
+                    actual: size,
+                });
             }
             std::thread::sleep(Duration::from_millis(1));
             size = shm::file_info(&file)?.size;
         }
-        let size = usize::try_from(size)
-            .map_err(|_| Error::SizeMismatch { expected: usize::MAX as u64, found: size })?;
+        let size = usize::try_from(size).map_err(|_| Error::SizeMismatch {
+            expected: usize::MAX as u64,
+            found: size,
+        })?;
         let map = shm::Mapping::new(&file, size, false)?;
-        let naming = Naming::Named { name: name.to_owned(), shm_name, unlink_by: None };
+        let naming = Naming::Named {
+            name: name.to_owned(),
+            shm_name,
+            unlink_by: None,
+        };
         Region::finish_open(map, file, naming, layout, deadline, name)
     }
 
@@ -312,7 +360,10 @@ impl Region {
                 let what = format!("anonymous region of process {pid}");
                 let info = check_private(&file, &what)?;
                 if info.size < PAYLOAD_OFFSET as u64 {
-                    return Err(Error::Truncated { needed: PAYLOAD_OFFSET as u64, actual: info.size });
+                    return Err(Error::Truncated {
+                        needed: PAYLOAD_OFFSET as u64,
+                        actual: info.size,
+                    });
                 }
                 let size = usize::try_from(info.size).map_err(|_| Error::SizeMismatch {
                     expected: usize::MAX as u64,
@@ -340,7 +391,12 @@ impl Region {
         deadline: Instant,
         what: &str,
     ) -> Result<Region> {
-        let mut region = Region { map, file, header: zero_snapshot(), naming };
+        let mut region = Region {
+            map,
+            file,
+            header: zero_snapshot(),
+            naming,
+        };
         let h = region.raw_header();
         loop {
             let ready = h.ready.load(Ordering::Acquire);
@@ -354,10 +410,15 @@ impl Region {
             let creator_dead = creator != 0 && !proc::process_alive(creator, start);
             if ready != 0 {
                 // Neither "initialising" nor READY: somebody wrote garbage over the flag.
-                return Err(Error::Corrupted(format!("ready flag of {what} is {ready:#x}")));
+                return Err(Error::Corrupted(format!(
+                    "ready flag of {what} is {ready:#x}"
+                )));
             }
             if now >= deadline || creator_dead {
-                return Err(Error::NotReady { name: what.to_owned(), creator_pid: creator });
+                return Err(Error::NotReady {
+                    name: what.to_owned(),
+                    creator_pid: creator,
+                });
             }
             let slice = (deadline - now).min(Duration::from_millis(10));
             futex::wait(&h.ready, ready, Some(slice));
@@ -402,7 +463,12 @@ impl Region {
             return None;
         }
         let map = shm::Mapping::new(&file, PAYLOAD_OFFSET, false).ok()?;
-        let region = Region { map, file, header: zero_snapshot(), naming: Naming::Anonymous };
+        let region = Region {
+            map,
+            file,
+            header: zero_snapshot(),
+            naming: Naming::Anonymous,
+        };
         let h = region.raw_header();
         // Pair with the creator's Release store of `ready`; an unpublished header may be half-written,
         // which only matters for fields the janitor then ignores (it needs magic, flags and creator).
@@ -417,7 +483,12 @@ impl Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
-        if let Naming::Named { shm_name, unlink_by: Some(pid), name } = &self.naming {
+        if let Naming::Named {
+            shm_name,
+            unlink_by: Some(pid),
+            name,
+        } = &self.naming
+        {
             if *pid == proc::pid() {
                 // Errors are ignored: another process (or the janitor) may have unlinked it already, and
                 // the mapping stays valid either way.
@@ -462,7 +533,11 @@ fn zero_snapshot() -> HeaderSnapshot {
 fn check_private(file: &File, what: &str) -> Result<shm::FileInfo> {
     let info = shm::file_info(file)?;
     if info.uid != proc::euid() || info.mode & 0o077 != 0 {
-        return Err(Error::NotPrivate { name: what.to_owned(), owner_uid: info.uid, mode: info.mode });
+        return Err(Error::NotPrivate {
+            name: what.to_owned(),
+            owner_uid: info.uid,
+            mode: info.mode,
+        });
     }
     Ok(info)
 }
@@ -473,10 +548,16 @@ fn validate(s: &HeaderSnapshot, layout: &Layout, segment_size: u64) -> Result<()
         return Err(Error::BadMagic { found: s.magic });
     }
     if s.version != FORMAT_VERSION {
-        return Err(Error::VersionMismatch { expected: FORMAT_VERSION, found: s.version });
+        return Err(Error::VersionMismatch {
+            expected: FORMAT_VERSION,
+            found: s.version,
+        });
     }
     if s.header_size as usize != std::mem::size_of::<Header>() {
-        return Err(Error::Corrupted(format!("header size {} is not 64", s.header_size)));
+        return Err(Error::Corrupted(format!(
+            "header size {} is not 64",
+            s.header_size
+        )));
     }
     if s.type_hash != layout.hash {
         return Err(Error::TypeMismatch {
@@ -487,12 +568,21 @@ fn validate(s: &HeaderSnapshot, layout: &Layout, segment_size: u64) -> Result<()
     }
     if let Some(size) = layout.size {
         if s.payload_size != size as u64 {
-            return Err(Error::SizeMismatch { expected: size as u64, found: s.payload_size });
+            return Err(Error::SizeMismatch {
+                expected: size as u64,
+                found: s.payload_size,
+            });
         }
     }
-    let needed = s.payload_size.checked_add(PAYLOAD_OFFSET as u64).unwrap_or(u64::MAX);
+    let needed = s
+        .payload_size
+        .checked_add(PAYLOAD_OFFSET as u64)
+        .unwrap_or(u64::MAX);
     if needed > segment_size {
-        return Err(Error::Truncated { needed, actual: segment_size });
+        return Err(Error::Truncated {
+            needed,
+            actual: segment_size,
+        });
     }
     Ok(())
 }

@@ -20,7 +20,10 @@ fn anonymous_roundtrip_through_handle() {
 fn named_create_open_unlink_on_drop() {
     let name = unique("named");
     let r = Region::create(&name, 64, false).unwrap();
-    assert!(matches!(Region::create(&name, 64, false), Err(Error::AlreadyExists { .. })));
+    assert!(matches!(
+        Region::create(&name, 64, false),
+        Err(Error::AlreadyExists { .. })
+    ));
     let o = Region::open(&name).unwrap();
     assert_eq!(o.len(), 64);
     assert_eq!(o.creator_pid(), proc::pid());
@@ -42,21 +45,47 @@ fn persistent_survives_its_creator_handle() {
 #[test]
 fn bad_names_are_refused() {
     for n in ["", ".hidden", "a/b", "sp ace", &"x".repeat(201)] {
-        assert!(matches!(Region::create(n, 8, false), Err(Error::InvalidName { .. })), "{n:?}");
+        assert!(
+            matches!(Region::create(n, 8, false), Err(Error::InvalidName { .. })),
+            "{n:?}"
+        );
     }
 }
 
 #[test]
 fn wrong_type_and_size_are_named() {
     let name = unique("typed");
-    let layout = Layout { type_name: "A", hash: layout_hash("A", 8, 8), size: Some(8) };
+    let layout = Layout {
+        type_name: "A",
+        hash: layout_hash("A", 8, 8),
+        size: Some(8),
+    };
     let _r = Region::create_with(layout, Some(&name), false, |_| Ok(())).unwrap();
-    let other = Layout { type_name: "B", hash: layout_hash("B", 8, 8), size: Some(8) };
+    let other = Layout {
+        type_name: "B",
+        hash: layout_hash("B", 8, 8),
+        size: Some(8),
+    };
     let e = Region::open_with(&name, other, Duration::from_secs(1)).unwrap_err();
-    assert!(matches!(e, Error::TypeMismatch { expected: "B", .. }), "{e}");
-    let bigger = Layout { size: Some(16), ..layout };
+    assert!(
+        matches!(e, Error::TypeMismatch { expected: "B", .. }),
+        "{e}"
+    );
+    let bigger = Layout {
+        size: Some(16),
+        ..layout
+    };
     let e = Region::open_with(&name, bigger, Duration::from_secs(1)).unwrap_err();
-    assert!(matches!(e, Error::SizeMismatch { expected: 16, found: 8 }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::SizeMismatch {
+                expected: 16,
+                found: 8
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]
@@ -71,7 +100,9 @@ fn payload_ref_checks_bounds_and_alignment() {
 #[test]
 fn failed_init_leaves_no_name() {
     let name = unique("failinit");
-    let e = Region::create_with(Layout::bytes(Some(8)), Some(&name), true, |_| Err(Error::Timeout));
+    let e = Region::create_with(Layout::bytes(Some(8)), Some(&name), true, |_| {
+        Err(Error::Timeout)
+    });
     assert!(matches!(e, Err(Error::Timeout)));
     assert!(matches!(Region::open(&name), Err(Error::NotFound { .. })));
 }

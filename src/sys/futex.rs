@@ -26,7 +26,9 @@ pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -
         tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
         tv_nsec: d.subsec_nanos() as libc::c_long,
     });
-    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: FUTEX_WAIT only reads the 32-bit word at `word`, which is a valid, aligned AtomicU32 for
     // the duration of the call (we hold a reference to it); `ts_ptr` is null or points to a live timespec
     // on this stack frame. futex(2): "the timeout argument is interpreted as a relative value".
@@ -91,7 +93,10 @@ mod tests {
     #[test]
     fn wait_times_out() {
         let w = AtomicU32::new(0);
-        assert_eq!(wait(&w, 0, Some(Duration::from_millis(1))), WaitOutcome::TimedOut);
+        assert_eq!(
+            wait(&w, 0, Some(Duration::from_millis(1))),
+            WaitOutcome::TimedOut
+        );
     }
 
     #[test]

@@ -23,7 +23,10 @@ impl Identity {
     }
 
     pub(crate) fn unpack(v: u64) -> Self {
-        Identity { tid: (v >> 32) as u32, start: v as u32 }
+        Identity {
+            tid: (v >> 32) as u32,
+            start: v as u32,
+        }
     }
 }
 
@@ -165,14 +168,20 @@ mod tests {
         let me = current();
         assert!(me.tid > 0 && me.start > 0);
         assert!(is_alive(me));
-        assert!(!is_alive(Identity { tid: me.tid, start: me.start.wrapping_add(1) }));
+        assert!(!is_alive(Identity {
+            tid: me.tid,
+            start: me.start.wrapping_add(1)
+        }));
         assert!(!is_alive(Identity { tid: 0, start: 0 }));
         assert!(process_alive(pid(), start_time(pid()).unwrap()));
     }
 
     #[test]
     fn identity_packs() {
-        let id = Identity { tid: 0xdead_beef, start: 0x1234_5678 };
+        let id = Identity {
+            tid: 0xdead_beef,
+            start: 0x1234_5678,
+        };
         assert_eq!(Identity::unpack(id.pack()), id);
     }
 }

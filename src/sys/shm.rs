@@ -17,7 +17,8 @@ pub(crate) fn create_memfd(debug_name: &str) -> Result<File> {
         reason: "contains a NUL byte",
     })?;
     // SAFETY: `name` is a valid NUL-terminated string that outlives the call; the flags are valid.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
         return Err(Error::last_os("memfd_create"));
     }
@@ -57,7 +58,9 @@ pub(crate) fn create_named(shm_name: &str, user_name: &str) -> Result<File> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(shm_path(shm_name))
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => Error::AlreadyExists { name: user_name.to_owned() },
+            std::io::ErrorKind::AlreadyExists => Error::AlreadyExists {
+                name: user_name.to_owned(),
+            },
             _ => Error::os("shm_open(O_CREAT|O_EXCL)", e),
         })
 }
@@ -70,7 +73,9 @@ pub(crate) fn open_named(shm_name: &str, user_name: &str) -> Result<File> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(shm_path(shm_name))
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::NotFound { name: user_name.to_owned() },
+            std::io::ErrorKind::NotFound => Error::NotFound {
+                name: user_name.to_owned(),
+            },
             _ => Error::os("shm_open", e),
         })
 }
@@ -78,14 +83,18 @@ pub(crate) fn open_named(shm_name: &str, user_name: &str) -> Result<File> {
 /// Removes `/dev/shm/<shm_name>`. Existing mappings stay valid (shm_unlink(3)).
 pub(crate) fn unlink_named(shm_name: &str, user_name: &str) -> Result<()> {
     std::fs::remove_file(shm_path(shm_name)).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::NotFound { name: user_name.to_owned() },
+        std::io::ErrorKind::NotFound => Error::NotFound {
+            name: user_name.to_owned(),
+        },
         _ => Error::os("shm_unlink", e),
     })
 }
 
 /// Names of the entries of `/dev/shm` that start with `prefix`.
 pub(crate) fn list_named(prefix: &str) -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir(SHM_DIR) else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir(SHM_DIR) else {
+        return Vec::new();
+    };
     dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| n.starts_with(prefix))
         .collect()
@@ -117,7 +126,12 @@ pub(crate) struct FileInfo {
 
 pub(crate) fn file_info(file: &File) -> Result<FileInfo> {
     let m = file.metadata().map_err(|e| Error::os("fstat", e))?;
-    Ok(FileInfo { size: m.len(), uid: m.uid(), mode: m.mode() & 0o7777, ino: m.ino() })
+    Ok(FileInfo {
+        size: m.len(),
+        uid: m.uid(),
+        mode: m.mode() & 0o7777,
+        ino: m.ino(),
+    })
 }
 
 /// A shared read-write mapping of a whole segment. Unmapped on drop.
