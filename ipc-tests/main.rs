@@ -5,15 +5,17 @@
 //! this same binary re-executed with `MPROC_TEST_ROLE` set (see `common::spawn_role`).
 
 mod common;
+mod process;
 mod region;
 
 use libtest_mimic::{Arguments, Trial};
 
 fn main() {
-    common::run_role_if_child(&[region::ROLES]);
+    common::run_role_if_child(&[region::ROLES, process::ROLES]);
     let args = Arguments::from_args();
     let mut trials: Vec<Trial> = Vec::new();
     trials.extend(region::tests());
+    trials.extend(process::tests());
     let conclusion = libtest_mimic::run(&args, trials);
     // The suite-level invariants (DESIGN.md, invariant 6): nothing of ours left in /dev/shm, no zombie.
     let leaks = common::leftovers();
