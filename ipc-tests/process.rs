@@ -299,15 +299,18 @@ fn process_many_no_leak(arg: &str) {
     assert_eq!(children(), Vec::<String>::new(), "children left behind");
 }
 
-/// Role: starts a long sleeper, prints its pid, then waits to be killed.
+/// Role: starts a long sleeper from a thread that then exits, prints its pid, then waits to be killed.
 fn process_parent_of_sleeper(arg: &str) {
-    let mut p = start(method_of(arg), sleep_secs, 600);
-    // Spawned from a short-lived thread on purpose: death-with-parent must follow the process, not the
-    // thread that started the child (which is where PR_SET_PDEATHSIG would have fired).
-    let pid = p.pid().unwrap();
-    std::thread::spawn(move || println!("{pid}"))
+    // Started from a short-lived thread on purpose: death-with-parent must follow the process, not the
+    // thread that started the child (the thread's exit re-parents the child and sends it the signal).
+    let m = method_of(arg);
+    let mut p = std::thread::spawn(move || start(m, sleep_secs, 600))
         .join()
         .unwrap();
+    // Give a wrong implementation (one that exits on the thread's death) time to show itself; the test
+    // checks the child is still running before it kills us. A pass does not depend on this delay.
+    std::thread::sleep(Duration::from_millis(100));
+    println!("{}", p.pid().unwrap());
     let _ = p.join();
     unreachable!("the test kills this process first");
 }
@@ -323,6 +326,11 @@ fn children_die_with_parent(m: StartMethod) {
         .parse()
         .expect("the role prints its child's pid");
     let start = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap();
+    assert_ne!(
+        stat_state(&start),
+        Some('Z'),
+        "the child died with the thread that started it"
+    );
     parent.kill().unwrap();
     parent.wait().unwrap();
     // Gone = no such process, a zombie (its new parent may not have reaped it yet), or another process

@@ -201,27 +201,11 @@ pub(crate) fn run_child(result_fd: RawFd, body: impl FnOnce() -> Result<Vec<u8>,
     }
 }
 
-/// Makes this child exit as soon as the process `parent` has terminated, by watching a pidfd of the
-/// parent from a small thread. Process-level on purpose: `PR_SET_PDEATHSIG` fires when the parent
-/// *thread* that created us exits, which in a thread pool or test harness is long before the parent
-/// process does.
+/// Makes this child exit (code [`EXIT_ORPHANED`]) as soon as the process `parent` has terminated.
+/// Process-level, not thread-level: see `sys::process::exit_with_parent`.
 pub(crate) fn watch_parent(parent: u32) -> Result<(), Failure> {
-    let Some(pidfd) = psys::parent_pidfd(parent) else {
-        psys::exit_immediately(EXIT_ORPHANED)
-    };
-    std::thread::Builder::new()
-        .name("mproc-lifeline".into())
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            if let Ok(true) = psys::wait_readable(&pidfd, None) {
-                psys::exit_immediately(EXIT_ORPHANED);
-            }
-            psys::write_stderr_raw(
-                b"mproc: cannot watch the parent process; this child may outlive it\n",
-            );
-        })
-        .map(drop)
-        .map_err(|e| Failure::Setup(format!("cannot start the parent watcher thread: {e}")))
+    psys::exit_with_parent(parent, EXIT_ORPHANED)
+        .map_err(|e| Failure::Setup(format!("cannot arm death with the parent: {e}")))
 }
 
 /// Turns the task's offsets back into addresses, after checking the executable and that both land in it.

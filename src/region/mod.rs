@@ -574,10 +574,7 @@ fn validate(s: &HeaderSnapshot, layout: &Layout, segment_size: u64) -> Result<()
             });
         }
     }
-    let needed = s
-        .payload_size
-        .checked_add(PAYLOAD_OFFSET as u64)
-        .unwrap_or(u64::MAX);
+    let needed = s.payload_size.saturating_add(PAYLOAD_OFFSET as u64);
     if needed > segment_size {
         return Err(Error::Truncated {
             needed,

@@ -8,6 +8,7 @@
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -62,7 +63,7 @@ pub(crate) fn exit_immediately(code: i32) -> ! {
 }
 
 /// A pidfd for `pid`, close-on-exec. The caller must make sure `pid` is not recycled meanwhile: it is an
-/// unreaped child of ours, or it is checked afterwards (see [`parent_pidfd`]).
+/// unreaped child of ours.
 pub(crate) fn pidfd_open(pid: u32) -> Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and a flags word (0: the descriptor is close-on-exec by default,
     // pidfd_open(2)) and returns a new descriptor or -1.
@@ -74,15 +75,58 @@ pub(crate) fn pidfd_open(pid: u32) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// A pidfd for our parent process, or `None` if the parent that started us (`expected`) is already gone.
-pub(crate) fn parent_pidfd(expected: u32) -> Option<OwnedFd> {
-    let fd = pidfd_open(expected).ok()?;
-    // The pidfd is for whatever process had pid `expected` at the time of the call. If our parent had
-    // already died, we were re-parented before that, so getppid() no longer returns `expected` now;
-    // if it still does, the parent was alive at the call and the pidfd names it.
+/// The pid of the parent a child must die with (0: not armed). Read by the signal handler.
+static LIFELINE_PARENT: AtomicU32 = AtomicU32::new(0);
+static LIFELINE_EXIT_CODE: AtomicI32 = AtomicI32::new(0);
+
+/// The signal the kernel sends us when our parent goes away. A real-time signal that no library we know
+/// of uses; a task that installs its own handler for it gives up death-with-parent.
+fn lifeline_signal() -> i32 {
+    libc::SIGRTMIN() + 3
+}
+
+extern "C" fn on_parent_death(_: libc::c_int) {
+    // Async-signal-safe: an atomic load, getppid and _exit only.
     // SAFETY: getppid has no preconditions and cannot fail.
     let ppid = unsafe { libc::getppid() } as u32;
-    (ppid == expected).then_some(fd)
+    if ppid != LIFELINE_PARENT.load(Ordering::Relaxed) {
+        exit_immediately(LIFELINE_EXIT_CODE.load(Ordering::Relaxed));
+    }
+}
+
+/// Makes this process `_exit(code)` as soon as the process `parent` (which must be our parent) has
+/// terminated, or right now if it already has.
+///
+/// Built on `PR_SET_PDEATHSIG`, whose signal the kernel sends not only when the parent process dies but
+/// whenever this process is re-parented, which includes the exit of the parent *thread* that created us
+/// (we are then handed to another thread of the same process, kernel/exit.c, `forget_original_parent`:
+/// the signal goes out on every re-parenting, and the setting stays armed). So the handler does not exit
+/// on the signal alone: it exits only if `getppid()` no longer names `parent`, which is true exactly when
+/// the whole parent process is gone (we were handed to a subreaper or init). The setting survives
+/// `execve` of a normal binary (prctl(2)), and is not inherited by our own children.
+pub(crate) fn exit_with_parent(parent: u32, code: i32) -> Result<()> {
+    LIFELINE_PARENT.store(parent, Ordering::Relaxed);
+    LIFELINE_EXIT_CODE.store(code, Ordering::Relaxed);
+    let sig = lifeline_signal();
+    // SAFETY: a zeroed sigaction is valid (empty mask, no flags); we then set a handler of the type
+    // sa_sigaction expects for a handler without SA_SIGINFO, `extern "C" fn(c_int)`, which is
+    // async-signal-safe (see `on_parent_death`).
+    let r = unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_parent_death as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigaction(sig, &sa, std::ptr::null_mut())
+    };
+    if r != 0 {
+        return Err(Error::last_os("sigaction"));
+    }
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number as its only argument (prctl(2)).
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) } != 0 {
+        return Err(Error::last_os("prctl(PR_SET_PDEATHSIG)"));
+    }
+    // If the parent died before the prctl, no signal will come: check once by hand, after arming.
+    on_parent_death(sig);
+    Ok(())
 }
 
 /// Waits until `fd` (a pidfd or pipe) is readable, for at most `timeout` (`None`: forever). Returns
