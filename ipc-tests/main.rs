@@ -7,6 +7,7 @@
 mod common;
 mod examples;
 mod locks;
+mod process;
 mod queue;
 mod region;
 mod sync_faults;
@@ -20,6 +21,7 @@ fn main() {
         examples::ROLES,
         sync_faults::ROLES,
         queue::ROLES,
+        process::ROLES,
     ]);
     let args = Arguments::from_args();
     let mut trials: Vec<Trial> = Vec::new();
@@ -28,6 +30,7 @@ fn main() {
     trials.extend(examples::tests());
     trials.extend(sync_faults::tests());
     trials.extend(queue::tests());
+    trials.extend(process::tests());
     let conclusion = libtest_mimic::run(&args, trials);
     // The suite-level invariants (DESIGN.md, invariant 6): nothing of ours left in /dev/shm, no zombie.
     let leaks = common::leftovers();

@@ -188,6 +188,11 @@ pub enum Error {
         /// The exit code.
         code: i32,
     },
+    /// A spawned child found that it does not run the same executable file as its parent (the file was
+    /// replaced on disk in between), so the function reference it was given cannot be trusted. Nothing
+    /// was run.
+    #[error("the child process runs a different executable than its parent: {0}")]
+    ExecutableMismatch(String),
     /// The process was not started, or was already joined.
     #[error("process is not running: {0}")]
     ProcessState(&'static str),

@@ -19,6 +19,9 @@
 //! - Wake processes when something happens: [`Event`]; wait for a state under a lock: [`Condition`].
 //! - Let `n` processes meet: [`Barrier`].
 //! - Raw bytes in shared memory, by name or anonymous: [`Region`].
+//! - Run a function in another process: [`Process`] (spawn, the default, or fork; see [`process`]).
+//! - Send messages between processes: [`Queue`], [`SimpleQueue`], [`JoinableQueue`], [`Pipe`].
+//! - Put a large array in shared memory: [`SharedArray`].
 //! - Clean up after crashed processes: [`cleanup_stale`].
 //!
 //! # Getting an object to another process
@@ -56,6 +59,7 @@
 pub mod codec;
 mod error;
 mod heap;
+pub mod process;
 pub mod queue;
 pub mod region;
 pub mod sync;
@@ -63,6 +67,7 @@ pub(crate) mod sys;
 
 pub use error::{Error, LockResult, OwnerDied, Result, TryLockError};
 pub use heap::SharedArray;
+pub use process::{init, Builder as ProcessBuilder, Process, StartMethod};
 pub use queue::{Connection, JoinableQueue, Pipe, Queue, SimpleQueue};
 pub use region::{cleanup_stale, Region, RegionHandle};
 pub use sync::{

@@ -5,8 +5,10 @@
 //!
 //! - [`shm`]: memfd and `/dev/shm` objects, sealing, and shared mappings of them.
 //! - [`futex`]: wait and wake on a 32-bit atomic in shared memory, with timeouts.
+//! - [`process`]: fork, pidfds, waiting and signalling child processes, the running executable's identity.
 //! - [`proc`]: pids, thread ids, start times and liveness checks used to detect dead lock holders.
 
 pub(crate) mod futex;
 pub(crate) mod proc;
+pub(crate) mod process;
 pub(crate) mod shm;

@@ -1,0 +1,72 @@
+//! Start + join of a trivial process: fork vs spawn (re-exec of this executable) vs
+//! `std::process::Command::new("/bin/true")`, medians and ratios.
+//!
+//! `MPROC_BENCH_QUICK=1` runs a few iterations only. Ends with the `result:` lines of the bench contract.
+
+use std::time::{Duration, Instant};
+
+use mproc::{Process, StartMethod};
+
+fn identity(x: u32) -> u32 {
+    x
+}
+
+fn median(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64() * 1e6
+}
+
+fn measure(iters: usize, mut f: impl FnMut(u32)) -> f64 {
+    // Warm-up: page cache, lazily initialised state.
+    for i in 0..3 {
+        f(i);
+    }
+    let times = (0..iters as u32)
+        .map(|i| {
+            let t = Instant::now();
+            f(i);
+            t.elapsed()
+        })
+        .collect();
+    median(times)
+}
+
+fn start_join(method: StartMethod, i: u32) {
+    let mut p = Process::builder()
+        .start_method(method)
+        .target(identity, i)
+        .expect("target");
+    p.start().expect("start");
+    assert_eq!(p.join().expect("join"), i);
+}
+
+fn main() {
+    let quick = std::env::var_os("MPROC_BENCH_QUICK").is_some_and(|v| v == "1");
+    let iters = if quick { 20 } else { 300 };
+    println!("process start+join, median of {iters} runs");
+
+    let fork = measure(iters, |i| start_join(StartMethod::Fork, i));
+    let spawn = measure(iters, |i| start_join(StartMethod::Spawn, i));
+    let command = measure(iters, |_| {
+        let st = std::process::Command::new("/bin/true")
+            .status()
+            .expect("/bin/true");
+        assert!(st.success());
+    });
+
+    println!(
+        "  fork  (closure in a forked child)   {fork:>9.1} us   {:>5.2}x /bin/true",
+        fork / command
+    );
+    println!(
+        "  spawn (re-exec of this executable)  {spawn:>9.1} us   {:>5.2}x /bin/true",
+        spawn / command
+    );
+    println!("  Command::new(\"/bin/true\")           {command:>9.1} us   1.00x");
+    println!(
+        "  spawn / fork                                      {:>5.2}x",
+        spawn / fork
+    );
+    println!("result: fork_start_join_us {fork:.1} us");
+    println!("result: spawn_start_join_us {spawn:.1} us");
+}

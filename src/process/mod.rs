@@ -1,0 +1,553 @@
+//! Running a function in another process, like Python's `multiprocessing.Process`.
+//!
+//! ```
+//! use mproc::Process;
+//!
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! let mut p = Process::new(square, 12)?;
+//! p.start()?;
+//! assert_eq!(p.join()?, 144);
+//! assert_eq!(p.exitcode(), Some(0));
+//! # Ok::<(), mproc::Error>(())
+//! ```
+//!
+//! # Start methods
+//! - [`StartMethod::Spawn`] (the default) re-executes the running program (`/proc/self/exe`) and runs the
+//!   function in the fresh process. The child shares nothing with the parent but the arguments, so it is
+//!   safe from any parent: one with many threads (a test harness, a tokio runtime, a thread pool), locks
+//!   held, a huge heap. Starting costs an `exec` and the program's start-up (about 1 ms here).
+//! - [`StartMethod::Fork`] (Linux, opt-in) forks the parent. It is several times faster to start, and it
+//!   can run any `FnOnce() -> R + Send` closure, capturing whatever it likes, because the child is a copy
+//!   of the parent's memory. Use it for short-lived children of a parent that is single-threaded, or whose
+//!   threads you control, and whose heap is small. See [the caveats](#fork-caveats).
+//!
+//! When in doubt, spawn. Use fork when start-up latency matters and the caveats are understood, or when
+//! the work is a closure over state that cannot be serialized.
+//!
+//! # What a spawned child can run
+//! Only a **function pointer** `fn(A) -> R` with `A: Serialize + DeserializeOwned` and
+//! `R: Serialize + DeserializeOwned`: a plain `fn` item or a closure that captures nothing (it coerces).
+//! The function is sent as its offset from a fixed function of this crate, which is the same in every
+//! process running the same executable file whatever address the loader picked; the argument travels
+//! serialized (postcard) and the result comes back the same way. Before turning the offset back into a
+//! pointer, the child checks that it runs the very file its parent runs (device, inode, size, mtime of
+//! `/proc/self/exe`); if the program was rebuilt in between, [`Process::join`] returns
+//! [`Error::ExecutableMismatch`] and nothing was called. A capturing closure is rejected at compile time
+//! (see [`Process::new`]); a function that lives in a dynamic library rather than in the executable
+//! is rejected with a panic when the process is created.
+//!
+//! Shared objects travel as arguments: a [`RegionHandle`](crate::RegionHandle) (and every shared object
+//! built on regions) serializes as a handle and re-attaches in the child.
+//!
+//! # No ceremony: the pre-main constructor
+//! A spawned child must run the task instead of the program's `main`. This crate places a function
+//! pointer in the executable's `.init_array` section, which the dynamic loader runs before `main` in every
+//! Linux executable; it looks for the environment variable `MPROC_SPAWN_CHILD`, and if it is set, removes
+//! it (so that programs the child starts are not mistaken for children), runs the task and exits. It
+//! never reaches `main`. So spawning works unchanged from binaries, `cargo test` unit and integration
+//! tests (including custom harnesses), doctests, examples and benches. The static is referenced from
+//! [`Process::start`], so the linker keeps it in every program that can spawn. [`init`](crate::init) is
+//! an explicit alternative for toolchains that drop `.init_array` entries: call it first thing in `main`;
+//! where the constructor already ran it does nothing.
+//!
+//! # Children die with their parent
+//! Unless [`Builder::die_with_parent`] is set to `false`, a child exits (code 125) as soon as its parent
+//! **process** has terminated, however it died, so a crashed parent leaves no orphans spinning. The child
+//! arms `PR_SET_PDEATHSIG` with a real-time signal (`SIGRTMIN + 3`) whose handler exits only if
+//! `getppid()` no longer names the parent. The check matters: the kernel sends that signal whenever the
+//! child is re-parented, including when merely the parent *thread* that started it exits (a worker of a
+//! thread pool or test harness); the child is then handed to another thread of the same process and
+//! `getppid()` is unchanged. Only when the whole process is gone does the child move to a subreaper or
+//! init, and exit. A child that installs its own handler for that signal gives this up. (A watcher thread
+//! on a pidfd of the parent works too, but costs a thread per child, several hundred microseconds of
+//! start-up on this machine.)
+//!
+//! # Results, panics, signals
+//! [`Process::join`] returns the function's value. A panic in the child becomes
+//! [`Error::ProcessPanicked`] with the message and `file:line:column`; a child killed by a signal
+//! becomes [`Error::ProcessKilled`] and [`Process::exitcode`] reports `-signum`, as Python does; a child
+//! that exits (for instance with `std::process::exit`) without returning becomes
+//! [`Error::ProcessExited`]. The result travels through a memfd, so a result of any size comes back
+//! without the parent and child blocking on each other.
+//!
+//! # Dropping a running process
+//! Dropping a [`Process`] that was started and not joined **kills it** (`SIGKILL`) and reaps it: it
+//! never hangs and never leaves a zombie or an orphan. A result nobody can collect any more is not worth
+//! computing, and a detached child would outlive the handle that could stop it. Join first to keep the
+//! result.
+//!
+//! # Fork caveats
+//! - Only the thread that called [`Process::start`] exists in the child. A lock another thread held at
+//!   the moment of the fork (stdout, a `Mutex`, an allocator other than glibc's, a logger) stays locked in
+//!   the child forever: a closure that takes it hangs. The crate's own child code takes no such lock.
+//! - The child exits with `_exit`: no destructors, no `atexit` handlers, and stdout is not flushed (it is
+//!   line-buffered, so only an unfinished line is lost).
+//! - Fork copies the parent's page tables: forking a parent with 1 GiB of touched heap costs 28–35 ms
+//!   here, plus about 200 ms of copy-on-write faults in the parent afterwards. Spawn has no such cost.
+//! - Panics in the child are reported through a panic hook installed after the fork; if another thread
+//!   was installing a hook or panicking at the moment of the fork, the child can hang in its panic.
+
+mod bootstrap;
+mod fork;
+mod spawn;
+
+use std::cell::Cell;
+use std::fmt;
+use std::fs::File;
+use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::sys::process::{self as psys, WaitStatus};
+use bootstrap::{Failure, Outcome, Trampoline};
+
+/// How a [`Process`] is started. See the [module docs](crate::process#start-methods).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartMethod {
+    /// Re-execute the running executable and run the function there (the default; safe everywhere).
+    #[default]
+    Spawn,
+    /// `fork(2)` the parent (Linux). Faster to start; see the [fork caveats](crate::process#fork-caveats).
+    Fork,
+}
+
+/// Runs a spawned child's task if this process is one, otherwise does nothing.
+///
+/// Not needed on Linux with the standard toolchains: a pre-main constructor does this before `main`
+/// (see the [process docs](crate::process#no-ceremony-the-pre-main-constructor)). Call it first thing in
+/// `main`, before starting any thread, if your toolchain drops `.init_array` entries.
+///
+/// # Examples
+/// ```
+/// // First thing in `main`:
+/// mproc::init();
+/// ```
+pub fn init() {
+    std::hint::black_box(&bootstrap::CONSTRUCTOR);
+    bootstrap::child_main_if_spawned();
+}
+
+/// A started child: its pid, a pidfd naming it for its whole life, and the memfd of its task and result.
+#[derive(Debug)]
+struct Child {
+    pid: u32,
+    pidfd: OwnedFd,
+    result: File,
+}
+
+enum Target {
+    Function {
+        func: usize,
+        trampoline: Trampoline,
+        args: Vec<u8>,
+    },
+    Closure(fork::Body),
+}
+
+/// Configures a [`Process`]: name, start method, death with the parent.
+///
+/// # Examples
+/// ```
+/// use mproc::{Process, StartMethod};
+///
+/// let mut p = Process::builder()
+///     .name("worker-1")
+///     .start_method(StartMethod::Fork)
+///     .target(|v: Vec<u32>| v.iter().sum::<u32>(), vec![1, 2, 3])?;
+/// p.start()?;
+/// assert_eq!(p.name(), "worker-1");
+/// assert_eq!(p.join()?, 6);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Builder {
+    name: Option<String>,
+    method: StartMethod,
+    die_with_parent: bool,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            name: None,
+            method: StartMethod::Spawn,
+            die_with_parent: true,
+        }
+    }
+}
+
+impl Builder {
+    /// A builder with the defaults: a generated name, [`StartMethod::Spawn`], dying with the parent.
+    pub fn new() -> Self {
+        Builder::default()
+    }
+
+    /// Names the process (default: `Process-<n>`, like Python).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Chooses how the process is started (default [`StartMethod::Spawn`]).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = method;
+        self
+    }
+
+    /// Whether the child exits when this process dies (default `true`). See the
+    /// [module docs](crate::process#children-die-with-their-parent).
+    pub fn die_with_parent(mut self, yes: bool) -> Self {
+        self.die_with_parent = yes;
+        self
+    }
+
+    /// A process that will run `f(args)`, with the start method chosen. Not started yet.
+    ///
+    /// # Errors
+    /// [`Error::Encode`] if `args` cannot be serialized.
+    ///
+    /// # Panics
+    /// With [`StartMethod::Spawn`], if `f` is not code of the running executable (a function of a
+    /// dynamic library): its offset would mean nothing in the child.
+    #[track_caller]
+    pub fn target<A, R>(self, f: fn(A) -> R, args: A) -> Result<Process<R>>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let func = f as usize;
+        if self.method == StartMethod::Spawn {
+            let base = psys::object_base(bootstrap::anchor_addr());
+            assert!(
+                base.is_some() && psys::object_base(func) == base,
+                "mproc: a spawned process can only run a function of the main executable"
+            );
+        }
+        let args = postcard::to_allocvec(&args).map_err(|e| Error::Encode(e.to_string()))?;
+        let trampoline = bootstrap::trampoline::<A, R> as Trampoline;
+        Ok(self.build(Target::Function {
+            func,
+            trampoline,
+            args,
+        }))
+    }
+
+    /// A process that will run the closure `f` in a forked child (the start method is always
+    /// [`StartMethod::Fork`] for closures). Not started yet. See the [fork caveats](crate::process#fork-caveats).
+    ///
+    /// # Examples
+    /// ```
+    /// let data = vec![3u64, 4, 5];
+    /// let mut p = mproc::Process::builder().fork(move || data.iter().product::<u64>());
+    /// p.start()?;
+    /// assert_eq!(p.join()?, 60);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn fork<F, R>(mut self, f: F) -> Process<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Serialize + DeserializeOwned,
+    {
+        self.method = StartMethod::Fork;
+        let body: fork::Body = Box::new(move || {
+            postcard::to_allocvec(&f()).map_err(|e| Failure::ResultEncode(e.to_string()))
+        });
+        self.build(Target::Closure(body))
+    }
+
+    fn build<R>(self, target: Target) -> Process<R> {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let name = self
+            .name
+            .unwrap_or_else(|| format!("Process-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
+        Process {
+            name,
+            method: self.method,
+            die_with_parent: self.die_with_parent,
+            target: Some(target),
+            child: None,
+            status: Cell::new(None),
+            joined: false,
+            _result: PhantomData,
+        }
+    }
+}
+
+/// A function running (or to be run) in a child process, returning an `R`.
+///
+/// Created by [`Process::new`] or a [`Builder`], started by [`Process::start`], finished by
+/// [`Process::join`]. Dropping a started process that was not joined kills it; see the
+/// [module docs](crate::process#dropping-a-running-process).
+#[must_use = "a process does nothing until started, and is killed when dropped unjoined"]
+pub struct Process<R> {
+    name: String,
+    method: StartMethod,
+    die_with_parent: bool,
+    target: Option<Target>,
+    child: Option<Child>,
+    /// How the child ended, once reaped.
+    status: Cell<Option<WaitStatus>>,
+    joined: bool,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for Process<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Process")
+            .field("name", &self.name)
+            .field("method", &self.method)
+            .field("pid", &self.pid())
+            .field("status", &self.status.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Serialize + DeserializeOwned> Process<R> {
+    /// A process that will run `f(args)` with the default settings ([`StartMethod::Spawn`]).
+    ///
+    /// `f` must be a function pointer: a `fn` item or a closure that captures nothing.
+    ///
+    /// # Errors
+    /// [`Error::Encode`] if `args` cannot be serialized.
+    ///
+    /// # Panics
+    /// If `f` is not code of the running executable (see [`Builder::target`]).
+    ///
+    /// # Examples
+    /// ```
+    /// let mut p = mproc::Process::new(|s: String| s.len(), "hello".to_owned())?;
+    /// p.start()?;
+    /// assert_eq!(p.join()?, 5);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
+    /// A capturing closure cannot be sent to another executable image, and does not compile:
+    /// ```compile_fail
+    /// let k = 10u32;
+    /// let p = mproc::Process::new(move |x: u32| x + k, 1);
+    /// ```
+    #[track_caller]
+    pub fn new<A: Serialize + DeserializeOwned>(f: fn(A) -> R, args: A) -> Result<Self> {
+        Builder::new().target(f, args)
+    }
+}
+
+impl Process<()> {
+    /// A [`Builder`] with the defaults.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+}
+
+impl<R> Process<R> {
+    /// The process's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How it is (or will be) started.
+    pub fn start_method(&self) -> StartMethod {
+        self.method
+    }
+
+    /// Starts the child.
+    ///
+    /// # Errors
+    /// [`Error::ProcessState`] if it was already started; [`Error::Os`] if the system refuses to create
+    /// the process.
+    pub fn start(&mut self) -> Result<()> {
+        let target = self
+            .target
+            .take()
+            .ok_or(Error::ProcessState("the process was already started"))?;
+        let child = match (self.method, target) {
+            (
+                StartMethod::Spawn,
+                Target::Function {
+                    func,
+                    trampoline,
+                    args,
+                },
+            ) => spawn::start(func, trampoline, &args, self.die_with_parent)?,
+            (
+                StartMethod::Fork,
+                Target::Function {
+                    func,
+                    trampoline,
+                    args,
+                },
+            ) => fork::start(
+                Box::new(move || trampoline(func, &args)),
+                self.die_with_parent,
+            )?,
+            (_, Target::Closure(body)) => fork::start(body, self.die_with_parent)?,
+        };
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The child's pid, once started.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.pid)
+    }
+
+    /// Whether the child was started and has not terminated yet.
+    pub fn is_alive(&self) -> bool {
+        self.child.is_some() && self.poll().is_none()
+    }
+
+    /// The exit code once the child has terminated: its code, or `-signum` if a signal killed it (as in
+    /// Python). `None` while it runs or before it starts.
+    pub fn exitcode(&self) -> Option<i32> {
+        self.poll().map(|s| match s {
+            WaitStatus::Exited(c) => c,
+            WaitStatus::Signaled(s) => -s,
+        })
+    }
+
+    /// Sends `SIGTERM` to the child. Does nothing if it has already terminated.
+    ///
+    /// # Errors
+    /// [`Error::ProcessState`] if it was not started.
+    pub fn terminate(&self) -> Result<()> {
+        self.signal(psys::SIGTERM)
+    }
+
+    /// Sends `SIGKILL` to the child. Does nothing if it has already terminated.
+    ///
+    /// # Errors
+    /// [`Error::ProcessState`] if it was not started.
+    pub fn kill(&self) -> Result<()> {
+        self.signal(psys::SIGKILL)
+    }
+
+    fn signal(&self, sig: i32) -> Result<()> {
+        let child = self
+            .child
+            .as_ref()
+            .ok_or(Error::ProcessState("the process was not started"))?;
+        // Through the pidfd: after the child is reaped this fails with ESRCH instead of reaching a
+        // process that inherited its pid.
+        psys::send_signal(&child.pidfd, sig).map(drop)
+    }
+
+    /// Reaps the child if it has terminated, and returns how it ended.
+    fn poll(&self) -> Option<WaitStatus> {
+        if let Some(s) = self.status.get() {
+            return Some(s);
+        }
+        let child = self.child.as_ref()?;
+        let s = psys::waitpid(child.pid, false).ok()??;
+        self.status.set(Some(s));
+        Some(s)
+    }
+}
+
+impl<R: DeserializeOwned> Process<R> {
+    /// Waits for the child to finish and returns its result.
+    ///
+    /// # Errors
+    /// - [`Error::ProcessPanicked`] if the function panicked, with its message and location;
+    /// - [`Error::ProcessKilled`] if a signal killed the child;
+    /// - [`Error::ProcessExited`] if it exited without returning (e.g. `std::process::exit`);
+    /// - [`Error::Decode`] / [`Error::Encode`] if the argument or result did not (de)serialize;
+    /// - [`Error::ExecutableMismatch`] if the child found a different executable file;
+    /// - [`Error::ProcessState`] if it was not started, or already joined.
+    pub fn join(&mut self) -> Result<R> {
+        self.join_inner(None)
+    }
+
+    /// Like [`join`](Process::join), but gives up after `timeout`, leaving the child running.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if the child is still running after `timeout` (join again later), otherwise as
+    /// [`join`](Process::join).
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<R> {
+        self.join_inner(Some(timeout))
+    }
+
+    fn join_inner(&mut self, timeout: Option<Duration>) -> Result<R> {
+        if self.joined {
+            return Err(Error::ProcessState("the process was already joined"));
+        }
+        let child = self
+            .child
+            .as_ref()
+            .ok_or(Error::ProcessState("the process was not started"))?;
+        let status = match self.status.get() {
+            Some(s) => s,
+            None => {
+                if !psys::wait_readable(&child.pidfd, timeout)? {
+                    return Err(Error::Timeout);
+                }
+                // The pidfd is readable: the child has terminated, so this does not block.
+                let s =
+                    psys::waitpid(child.pid, true)?.ok_or(Error::ProcessState("lost the child"))?;
+                self.status.set(Some(s));
+                s
+            }
+        };
+        self.joined = true;
+        let bytes = read_all(&child.result)?;
+        outcome_to_result(status, bootstrap::decode_outcome(&bytes))
+    }
+}
+
+fn read_all(file: &File) -> Result<Vec<u8>> {
+    let len = file.metadata().map_err(|e| Error::os("fstat", e))?.len();
+    let mut bytes = vec![0; len as usize];
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(|e| Error::os("read result", e))?;
+    Ok(bytes)
+}
+
+fn outcome_to_result<R: DeserializeOwned>(
+    status: WaitStatus,
+    outcome: Option<Outcome>,
+) -> Result<R> {
+    match (outcome, status) {
+        (Some(Outcome::Panic { message, location }), _) => {
+            Err(Error::ProcessPanicked { message, location })
+        }
+        (Some(Outcome::Failed(f)), _) => Err(match f {
+            Failure::ArgDecode(ty, reason) => Error::Decode {
+                ty: "the process argument",
+                reason: format!("{ty}: {reason}"),
+            },
+            Failure::ResultEncode(reason) => Error::Encode(reason),
+            Failure::ExeMismatch(what) => Error::ExecutableMismatch(what),
+            Failure::Setup(what) => Error::os("child process setup", std::io::Error::other(what)),
+        }),
+        (Some(Outcome::Value(v)), WaitStatus::Exited(0)) => {
+            postcard::from_bytes(&v).map_err(|e| Error::Decode {
+                ty: std::any::type_name::<R>(),
+                reason: e.to_string(),
+            })
+        }
+        (_, WaitStatus::Signaled(signal)) => Err(Error::ProcessKilled { signal }),
+        (_, WaitStatus::Exited(code)) => Err(Error::ProcessExited { code }),
+    }
+}
+
+impl<R> Drop for Process<R> {
+    fn drop(&mut self) {
+        let Some(child) = &self.child else { return };
+        if self.status.get().is_some() {
+            return;
+        }
+        // Kill and reap (see the module docs). Errors are ignored: ESRCH means it already ended, and the
+        // blocking waitpid below reaps it either way; SIGKILL cannot be caught, so this does not hang.
+        let _ = psys::send_signal(&child.pidfd, psys::SIGKILL);
+        let _ = psys::waitpid(child.pid, true);
+    }
+}
