@@ -53,10 +53,13 @@ impl<T: Serialize + DeserializeOwned> Codec<T> for Serde {
     fn with_bytes<R>(value: &T, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
         // Reuse one buffer per thread: a steady stream of messages allocates nothing.
         SCRATCH.with(|cell| {
-            let mut buf = cell.try_borrow_mut().map_err(|_| Error::Encode("re-entrant encode".into()))?;
+            let mut buf = cell
+                .try_borrow_mut()
+                .map_err(|_| Error::Encode("re-entrant encode".into()))?;
             buf.clear();
             let taken = std::mem::take(&mut *buf);
-            let out = postcard::to_extend(value, taken).map_err(|e| Error::Encode(e.to_string()))?;
+            let out =
+                postcard::to_extend(value, taken).map_err(|e| Error::Encode(e.to_string()))?;
             let r = f(&out);
             *buf = out;
             Ok(r)
@@ -64,8 +67,10 @@ impl<T: Serialize + DeserializeOwned> Codec<T> for Serde {
     }
 
     fn decode(bytes: &[u8]) -> Result<T> {
-        postcard::from_bytes(bytes)
-            .map_err(|e| Error::Decode { ty: std::any::type_name::<T>(), reason: e.to_string() })
+        postcard::from_bytes(bytes).map_err(|e| Error::Decode {
+            ty: std::any::type_name::<T>(),
+            reason: e.to_string(),
+        })
     }
 }
 
@@ -88,7 +93,11 @@ impl<T: Pod> Codec<T> for Raw {
         if bytes.len() != std::mem::size_of::<T>() {
             return Err(Error::Decode {
                 ty: std::any::type_name::<T>(),
-                reason: format!("{} bytes, expected {}", bytes.len(), std::mem::size_of::<T>()),
+                reason: format!(
+                    "{} bytes, expected {}",
+                    bytes.len(),
+                    std::mem::size_of::<T>()
+                ),
             });
         }
         Ok(bytemuck::pod_read_unaligned(bytes))
@@ -111,7 +120,10 @@ impl<T: Pod + Send + Sync> Codec<Vec<T>> for RawSlice<T> {
         if bytes.len() % size != 0 {
             return Err(Error::Decode {
                 ty: std::any::type_name::<Vec<T>>(),
-                reason: format!("{} bytes is not a whole number of {size}-byte elements", bytes.len()),
+                reason: format!(
+                    "{} bytes is not a whole number of {size}-byte elements",
+                    bytes.len()
+                ),
             });
         }
         let mut v = vec![T::zeroed(); bytes.len() / size];
@@ -128,7 +140,10 @@ mod tests {
     fn serde_roundtrip_and_garbage() {
         let v = (1u32, String::from("hi"), vec![1.5f64]);
         let bytes = Serde::with_bytes(&v, |b| b.to_vec()).unwrap();
-        assert_eq!(<Serde as Codec<(u32, String, Vec<f64>)>>::decode(&bytes).unwrap(), v);
+        assert_eq!(
+            <Serde as Codec<(u32, String, Vec<f64>)>>::decode(&bytes).unwrap(),
+            v
+        );
         let e = <Serde as Codec<(u32, String, Vec<f64>)>>::decode(&[0xff; 3]).unwrap_err();
         assert!(matches!(e, Error::Decode { .. }), "{e}");
     }

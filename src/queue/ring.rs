@@ -57,12 +57,13 @@
 //! This protocol is argued here and exercised by a stress test (many producer and consumer processes,
 //! every message delivered exactly once, per-producer order kept) plus kill tests; it is not model-checked.
 
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use super::wait::{Backoff, StuckWatch, WaitWord, MAX_CHECK};
 
 use crate::error::{Error, Result};
 use crate::region::{Region, ShmSafe};
-use crate::sys::futex;
 use crate::sys::proc::{self, Identity};
 
 const IDLE: u32 = 0;
@@ -71,9 +72,6 @@ const TOMBSTONE: u32 = 0x8000_0000;
 pub(crate) const MAX_CAPACITY: u32 = 1 << 28;
 /// Largest slot: a message is copied in one piece, and a region holds `capacity` slots.
 pub(crate) const MAX_SLOT_SIZE: u32 = 1 << 30;
-const SPINS: u32 = 64;
-const MIN_CHECK: Duration = Duration::from_micros(500);
-const MAX_CHECK: Duration = Duration::from_millis(50);
 
 fn seq(state: u64) -> u32 {
     (state >> 32) as u32
@@ -89,81 +87,10 @@ fn dist(a: u32, b: u64) -> i32 {
     a.wrapping_sub(b as u32) as i32
 }
 
-/// Tells when the slot a caller waits on has stayed in the same state long enough to check whether its
-/// claimer died. Measured by the clock, not by our own sleep timeouts: other traffic may keep waking us
-/// early, and a dead claimer must still be noticed.
-struct StuckWatch {
-    key: Option<(u64, u64)>,
-    since: Instant,
-    interval: Duration,
-}
-
-impl StuckWatch {
-    fn new() -> Self {
-        StuckWatch {
-            key: None,
-            since: Instant::now(),
-            interval: MIN_CHECK,
-        }
-    }
-
-    /// Whether (`pos`, `state`) has been seen unchanged for the current interval; backs off after each yes.
-    fn due(&mut self, pos: u64, state: u64) -> bool {
-        let now = Instant::now();
-        if self.key != Some((pos, state)) {
-            self.key = Some((pos, state));
-            self.since = now;
-            return false;
-        }
-        if now.duration_since(self.since) < self.interval {
-            return false;
-        }
-        self.since = now;
-        self.interval = (self.interval * 2).min(MAX_CHECK);
-        true
-    }
-}
-
 /// A cache line of its own, so producers' and consumers' hot words do not share one.
 #[repr(C, align(64))]
 #[derive(Debug, Default)]
 struct Line<T>(T);
-
-/// A futex-based "something changed" counter with a sleeper count, so a notifier can skip the wake
-/// syscall when nobody sleeps.
-#[repr(C)]
-#[derive(Debug, Default)]
-pub(crate) struct WaitWord {
-    seq: AtomicU32,
-    sleepers: AtomicU32,
-}
-
-impl WaitWord {
-    /// Wakes sleepers if any. The caller's state change must be visible before this (we fence SeqCst:
-    /// either we see the sleeper's count, or the sleeper's re-check sees the change — Dekker).
-    #[inline]
-    pub(crate) fn notify(&self) {
-        fence(Ordering::SeqCst);
-        if self.sleepers.load(Ordering::Relaxed) != 0 {
-            self.seq.fetch_add(1, Ordering::Release);
-            futex::wake_all(&self.seq);
-        }
-    }
-
-    /// Sleeps until notified, `slice` passes, or `ready()` (checked after announcing ourselves) holds.
-    /// Returns true if the slice ran out without a notification.
-    pub(crate) fn sleep(&self, slice: Duration, ready: impl Fn() -> bool) -> bool {
-        let s = self.seq.load(Ordering::Acquire);
-        self.sleepers.fetch_add(1, Ordering::SeqCst);
-        let timed_out = if ready() {
-            false
-        } else {
-            futex::wait(&self.seq, s, Some(slice)) == futex::WaitOutcome::TimedOut
-        };
-        self.sleepers.fetch_sub(1, Ordering::SeqCst);
-        timed_out
-    }
-}
 
 #[repr(C)]
 #[derive(Debug, Default)]
@@ -193,12 +120,14 @@ pub(crate) struct RingHeader {
 // SAFETY: atomics only (with alignment padding); any bit pattern is a valid state.
 unsafe impl ShmSafe for RingHeader {}
 
-#[repr(C)]
+/// A slot's header: a whole cache line, so the message bytes after it start 64-byte aligned (a
+/// misaligned 64 KiB `memcpy` hit a 15x slow path in this machine's glibc) and a small message and its
+/// state do not straddle more lines than they must.
+#[repr(C, align(64))]
 #[derive(Debug)]
 struct SlotHead {
     state: AtomicU64,
     len: AtomicU32,
-    _pad: AtomicU32,
 }
 
 // SAFETY: atomics only.
@@ -241,6 +170,26 @@ pub(crate) struct Ring {
 unsafe impl Send for Ring {}
 // SAFETY: as above.
 unsafe impl Sync for Ring {}
+
+/// What one push attempt found.
+enum Attempt {
+    Done,
+    /// Full: the slot for stamp `pos` is still in `state`.
+    Blocked { pos: u64, state: u64 },
+    /// Spent its help budget without an answer (only garbage indices do that); look at the clock.
+    Busy,
+}
+
+/// The time to sleep next: `interval`, cut short by the deadline; `Err(Timeout)` once it has passed.
+fn slice_until(deadline: Option<Instant>, interval: Duration) -> Result<Duration> {
+    match deadline {
+        None => Ok(interval),
+        Some(d) => match d.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Ok(left.min(interval)),
+            _ => Err(Error::Timeout),
+        },
+    }
+}
 
 pub(crate) enum Pop<R> {
     Got(R),
@@ -316,27 +265,41 @@ impl Ring {
         unsafe { &*(self.base as *const RingHeader) }
     }
 
-    /// The slot for stamp `s`. The index is masked and reduced below `capacity`, so it is always in
-    /// bounds whatever the stamp (which may be garbage from shared memory).
+    /// The slot for stamp `s`. The index is masked, and reduced below `capacity` if it is not already
+    /// (only a garbage stamp from shared memory can need that), so it is always in bounds.
+    #[inline]
     fn slot(&self, s: u64) -> &SlotHead {
-        let index = (s & (self.one_lap - 1)) % u64::from(self.geo.capacity);
+        let cap = u64::from(self.geo.capacity);
+        let mut index = s & (self.one_lap - 1);
+        if index >= cap {
+            index %= cap;
+        }
         let off = HEADER + index as usize * self.geo.stride();
         // SAFETY: index < capacity, so [off, off + stride) lies inside the payload (payload_size was
         // checked against the region); off is a multiple of 64 from a 64-aligned base; SlotHead is atomics.
         unsafe { &*(self.base.add(off) as *const SlotHead) }
     }
 
-    fn data(&self, s: u64) -> *mut u8 {
-        (self.slot(s) as *const SlotHead as *mut u8).wrapping_add(SLOT_HEAD)
+    /// The message bytes of `slot` (a reference obtained from [`Ring::slot`]).
+    #[inline]
+    fn data(slot: &SlotHead) -> *mut u8 {
+        (slot as *const SlotHead as *mut u8).wrapping_add(SLOT_HEAD)
     }
 
     fn next(&self, s: u64) -> u64 {
         let index = s & (self.one_lap - 1);
         if index + 1 < u64::from(self.geo.capacity) {
-            s + 1
+            s.wrapping_add(1)
         } else {
             (s & !(self.one_lap - 1)).wrapping_add(self.one_lap)
         }
+    }
+
+    /// How many slots one attempt may step over while helping a lagging index: two laps of honest
+    /// helping, after which the attempt gives up so its caller can look at the clock (a garbage index
+    /// written by another process could otherwise keep it helping for 2^31 steps).
+    fn help_budget(&self) -> u32 {
+        self.geo.capacity.saturating_mul(2).saturating_add(8)
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -345,123 +308,89 @@ impl Ring {
 
     pub(crate) fn close(&self) {
         let h = self.header();
-        h.config.0.closed.store(1, Ordering::Release);
+        h.config.0.closed.store(1, Ordering::SeqCst);
         // Wake everyone so blocked callers see the flag.
         for w in [&h.items.0, &h.space.0, &h.done.0] {
-            w.seq.fetch_add(1, Ordering::Release);
-            futex::wake_all(&w.seq);
+            w.wake_everyone();
         }
     }
 
     /// Messages in the ring right now (approximate under concurrency).
     pub(crate) fn len(&self) -> usize {
         let h = self.header();
-        let (head, tail) = (
-            h.head.0.load(Ordering::Relaxed),
-            h.tail.0.load(Ordering::Relaxed),
-        );
-        let lap_of =
-            |s: u64| s / self.one_lap * u64::from(self.geo.capacity) + (s & (self.one_lap - 1));
-        (lap_of(tail).saturating_sub(lap_of(head)) as usize).min(self.geo.capacity as usize)
+        let (head, tail) = (h.head.0.load(Ordering::Relaxed), h.tail.0.load(Ordering::Relaxed));
+        let lap_of = |s: u64| {
+            (s / self.one_lap)
+                .wrapping_mul(u64::from(self.geo.capacity))
+                .wrapping_add(s & (self.one_lap - 1))
+        };
+        (lap_of(tail).wrapping_sub(lap_of(head)) as usize).min(self.geo.capacity as usize)
     }
 
-    /// One attempt to append `bytes`. `Err(Some(state))` = full, blocked by a slot in `state`.
-    fn try_push(&self, bytes: &[u8], me: Identity) -> std::result::Result<(), Option<(u64, u64)>> {
+    /// One attempt to append `bytes`.
+    fn try_push(&self, bytes: &[u8], me: Identity) -> Attempt {
         let h = self.header();
-        loop {
+        for _ in 0..self.help_budget() {
             let pos = h.tail.0.load(Ordering::Relaxed);
             let slot = self.slot(pos);
             let st = slot.state.load(Ordering::Acquire);
             let d = dist(seq(st), pos);
             if d == 0 && who(st) == IDLE {
                 // {pos, IDLE} → {pos, me}: the slot is ours and says so.
-                if slot
-                    .state
-                    .compare_exchange_weak(
-                        st,
-                        state(pos as u32, me.tid),
-                        Ordering::Acquire,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok()
-                {
-                    let _ = h.tail.0.compare_exchange(
-                        pos,
-                        self.next(pos),
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
-                    slot.len.store(bytes.len() as u32, Ordering::Relaxed);
-                    // SAFETY: we own the slot (claimed above); bytes.len() <= slot_size was checked by
-                    // `push`, so the copy stays inside this slot's stride, inside the region.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.data(pos), bytes.len())
-                    };
-                    // {pos, me} → {pos + 1, IDLE}: published. Release: the bytes above happen-before the
-                    // consumer's Acquire CAS. A CAS, not a store: if a consumer took us for dead and
-                    // tombstoned the slot, our claim is void and the message must go out again.
-                    let published = slot.state.compare_exchange(
-                        state(pos as u32, me.tid),
-                        state((pos as u32).wrapping_add(1), IDLE),
-                        Ordering::Release,
-                        Ordering::Relaxed,
-                    );
-                    h.items.0.notify();
-                    if published.is_ok() {
-                        return Ok(());
-                    }
+                let claimed = state(pos as u32, me.tid);
+                if slot.state.compare_exchange_weak(st, claimed, Ordering::Acquire, Ordering::Relaxed).is_err() {
                     continue;
+                }
+                let _ = h.tail.0.compare_exchange(pos, self.next(pos), Ordering::Relaxed, Ordering::Relaxed);
+                slot.len.store(bytes.len() as u32, Ordering::Relaxed);
+                // SAFETY: we own the slot (claimed above); bytes.len() <= slot_size was checked by
+                // `push`, so the copy stays inside this slot's stride, inside the region.
+                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), Self::data(slot), bytes.len()) };
+                // {pos, me} → {pos + 1, IDLE}: published. Release: the bytes above happen-before the
+                // consumer's Acquire CAS. A CAS, not a store: if a consumer took us for dead and
+                // tombstoned the slot, our claim is void and the message must go out again.
+                let published = state((pos as u32).wrapping_add(1), IDLE);
+                let ok = slot.state.compare_exchange(claimed, published, Ordering::Release, Ordering::Relaxed);
+                h.items.0.notify();
+                if ok.is_ok() {
+                    return Attempt::Done;
                 }
             } else if d >= 0 {
                 // {pos, tid}: claimed by a producer that has not moved `tail` yet (maybe dead); or the
                 // slot is already past `pos`: `tail` is stale. Help it on and retry.
-                let _ = h.tail.0.compare_exchange(
-                    pos,
-                    self.next(pos),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
+                let _ = h.tail.0.compare_exchange(pos, self.next(pos), Ordering::Relaxed, Ordering::Relaxed);
             } else {
                 // Still holding the previous lap's message (or being read): full.
-                return Err(Some((pos, st)));
+                return Attempt::Blocked { pos, state: st };
             }
         }
+        Attempt::Busy
     }
 
     /// Appends `bytes`, waiting for space until `deadline`.
     pub(crate) fn push(&self, bytes: &[u8], deadline: Option<Instant>) -> Result<()> {
         if bytes.len() > self.geo.slot_size as usize {
-            return Err(Error::MessageTooLarge {
-                size: bytes.len(),
-                max: self.geo.slot_size as usize,
-            });
+            return Err(Error::MessageTooLarge { size: bytes.len(), max: self.geo.slot_size as usize });
         }
         let me = proc::current();
-        let mut spins = 0;
+        let mut backoff = Backoff::new();
         let mut watch = StuckWatch::new();
         loop {
             if self.is_closed() {
                 return Err(Error::Closed);
             }
-            let Err(Some((pos, st))) = self.try_push(bytes, me) else {
-                return Ok(());
+            let blocked = match self.try_push(bytes, me) {
+                Attempt::Done => return Ok(()),
+                Attempt::Blocked { pos, state } => Some((pos, state)),
+                Attempt::Busy => None,
             };
-            if spins < SPINS {
-                spins += 1;
-                std::hint::spin_loop();
+            if backoff.snooze() {
                 continue;
             }
-            let slice = match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => left.min(watch.interval),
-                    _ => return Err(Error::Timeout),
-                },
-                None => watch.interval,
-            };
-            let h = self.header();
-            let still_full =
-                || self.slot(pos).state.load(Ordering::Acquire) == st && !self.is_closed();
-            h.space.0.sleep(slice, || !still_full());
+            let slice = slice_until(deadline, watch.interval)?;
+            let Some((pos, st)) = blocked else { continue };
+            let still_full = || self.slot(pos).state.load(Ordering::Acquire) == st && !self.is_closed();
+            self.header().space.0.sleep(slice, || !still_full());
             if still_full() && watch.due(pos, st) {
                 self.free_if_reader_died(pos, st);
             }
@@ -474,17 +403,8 @@ impl Ring {
         let prev_lap = pos.wrapping_sub(self.one_lap);
         let is_reader_claim = dist(seq(st), prev_lap) == 1 && reader != IDLE && reader != TOMBSTONE;
         if is_reader_claim && !Self::claimer_alive(reader) {
-            let slot = self.slot(pos);
-            if slot
-                .state
-                .compare_exchange(
-                    st,
-                    state(pos as u32, IDLE),
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-            {
+            let freed = state(pos as u32, IDLE);
+            if self.slot(pos).state.compare_exchange(st, freed, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                 self.header().space.0.notify();
             }
         }
@@ -497,34 +417,23 @@ impl Ring {
         proc::is_alive(Identity { tid, start: 0 })
     }
 
-    /// One attempt to take a message, passing its bytes to `f` while the slot is held.
-    fn try_pop<R>(&self, me: Identity, f: &mut Option<impl FnOnce(&[u8]) -> R>) -> Result<Pop<R>> {
+    /// One attempt to take a message, passing its bytes to `f` while the slot is held. `f` may run more
+    /// than once if a claim is revoked under it (its result is then discarded), so it must not have side
+    /// effects beyond producing `R`.
+    fn try_pop<R>(&self, me: Identity, f: &mut impl FnMut(&[u8]) -> R) -> Result<Pop<R>> {
         let h = self.header();
-        loop {
+        for _ in 0..self.help_budget() {
             let pos = h.head.0.load(Ordering::Relaxed);
             let slot = self.slot(pos);
             let st = slot.state.load(Ordering::Acquire);
             let d = dist(seq(st), pos.wrapping_add(1));
             if d == 0 && (who(st) == IDLE || who(st) == TOMBSTONE) {
                 // {pos + 1, IDLE | TOMBSTONE} → {pos + 1, me}: the message (or tombstone) is ours.
-                if slot
-                    .state
-                    .compare_exchange_weak(
-                        st,
-                        state(seq(st), me.tid),
-                        Ordering::Acquire,
-                        Ordering::Relaxed,
-                    )
-                    .is_err()
-                {
+                let claimed = state(seq(st), me.tid);
+                if slot.state.compare_exchange_weak(st, claimed, Ordering::Acquire, Ordering::Relaxed).is_err() {
                     continue;
                 }
-                let _ = h.head.0.compare_exchange(
-                    pos,
-                    self.next(pos),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
+                let _ = h.head.0.compare_exchange(pos, self.next(pos), Ordering::Relaxed, Ordering::Relaxed);
                 let len = slot.len.load(Ordering::Relaxed) as usize;
                 let result = if who(st) == TOMBSTONE {
                     None
@@ -536,58 +445,39 @@ impl Ring {
                 } else {
                     // SAFETY: we own the slot; len <= slot_size keeps the range inside this slot's
                     // stride, inside the region. Producers do not write a claimed slot.
-                    let bytes = unsafe { std::slice::from_raw_parts(self.data(pos), len) };
-                    Some(Ok(f.take().expect("called once")(bytes)))
+                    let bytes = unsafe { std::slice::from_raw_parts(Self::data(slot), len) };
+                    Some(Ok(f(bytes)))
                 };
                 // {pos + 1, me} → {pos + one_lap, IDLE}: free for the next lap. Release: our reads of
                 // the bytes happen-before the next producer's Acquire CAS and its writes. If a producer
                 // took us for dead and freed the slot, it may have overwritten what we read: discard it.
-                let released = slot.state.compare_exchange(
-                    state(seq(st), me.tid),
-                    state(pos.wrapping_add(self.one_lap) as u32, IDLE),
-                    Ordering::Release,
-                    Ordering::Relaxed,
-                );
+                let freed = state(pos.wrapping_add(self.one_lap) as u32, IDLE);
+                let released = slot.state.compare_exchange(claimed, freed, Ordering::Release, Ordering::Relaxed);
                 h.space.0.notify();
-                if released.is_err() {
-                    continue;
-                }
-                match result {
-                    None => continue, // a tombstone: skip it
-                    Some(Ok(r)) => return Ok(Pop::Got(r)),
-                    Some(Err(e)) => return Err(e),
+                match (released, result) {
+                    (Err(_), _) | (Ok(_), None) => continue, // revoked, or a tombstone: next message
+                    (Ok(_), Some(Ok(r))) => return Ok(Pop::Got(r)),
+                    (Ok(_), Some(Err(e))) => return Err(e),
                 }
             } else if d >= 0 {
                 // {pos + 1, tid}: another consumer claimed it and has not moved `head`; or `head` is
                 // stale. Help it on.
-                let _ = h.head.0.compare_exchange(
-                    pos,
-                    self.next(pos),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
+                let _ = h.head.0.compare_exchange(pos, self.next(pos), Ordering::Relaxed, Ordering::Relaxed);
             } else if who(st) != IDLE && dist(seq(st), pos) == 0 {
                 // {pos, tid}: a producer is writing it. Not ready; the caller may check it is alive.
                 return Ok(Pop::Empty);
             } else {
-                return Ok(if self.is_closed() {
-                    Pop::Closed
-                } else {
-                    Pop::Empty
-                });
+                return Ok(if self.is_closed() { Pop::Closed } else { Pop::Empty });
             }
         }
+        Ok(Pop::Empty)
     }
 
-    /// Takes the next message, waiting until `deadline`; `f` sees its bytes in place.
-    pub(crate) fn pop<R>(
-        &self,
-        deadline: Option<Instant>,
-        f: impl FnOnce(&[u8]) -> R,
-    ) -> Result<R> {
+    /// Takes the next message, waiting until `deadline`; `f` sees its bytes in place (see
+    /// [`Ring::try_pop`] for why it is `FnMut`).
+    pub(crate) fn pop<R>(&self, deadline: Option<Instant>, mut f: impl FnMut(&[u8]) -> R) -> Result<R> {
         let me = proc::current();
-        let mut f = Some(f);
-        let mut spins = 0;
+        let mut backoff = Backoff::new();
         let mut watch = StuckWatch::new();
         loop {
             match self.try_pop(me, &mut f)? {
@@ -595,23 +485,18 @@ impl Ring {
                 Pop::Closed => return Err(Error::Closed),
                 Pop::Empty => {}
             }
-            if spins < SPINS * 4 {
-                spins += 1;
-                std::hint::spin_loop();
+            if backoff.snooze() {
                 continue;
             }
-            let slice = match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => left.min(watch.interval),
-                    _ => return Err(Error::Timeout),
-                },
-                None => watch.interval,
-            };
+            let slice = slice_until(deadline, watch.interval)?;
             let h = self.header();
             let pos = h.head.0.load(Ordering::Relaxed);
             let st = self.slot(pos).state.load(Ordering::Acquire);
-            let unchanged =
-                || self.slot(pos).state.load(Ordering::Acquire) == st && !self.is_closed();
+            let unchanged = || {
+                h.head.0.load(Ordering::Relaxed) == pos
+                    && self.slot(pos).state.load(Ordering::Acquire) == st
+                    && !self.is_closed()
+            };
             h.items.0.sleep(slice, || !unchanged());
             if unchanged() && watch.due(pos, st) {
                 self.abandon_if_writer_died(pos, st);
@@ -622,18 +507,9 @@ impl Ring {
     /// The producer claimed stamp `pos` and has not published it; if it died, tombstone the slot.
     fn abandon_if_writer_died(&self, pos: u64, st: u64) {
         let writer = who(st);
-        if dist(seq(st), pos) == 0
-            && writer != IDLE
-            && writer != TOMBSTONE
-            && !Self::claimer_alive(writer)
-        {
-            let slot = self.slot(pos);
+        if dist(seq(st), pos) == 0 && writer != IDLE && writer != TOMBSTONE && !Self::claimer_alive(writer) {
             let tomb = state((pos as u32).wrapping_add(1), TOMBSTONE);
-            if slot
-                .state
-                .compare_exchange(st, tomb, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
+            if self.slot(pos).state.compare_exchange(st, tomb, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                 self.header().items.0.notify();
             }
         }
@@ -674,27 +550,17 @@ impl Ring {
 
     /// Waits until every message put has been marked done.
     pub(crate) fn join(&self, deadline: Option<Instant>) -> Result<()> {
-        let h = self.header();
         while self.unfinished() != 0 {
-            let slice = match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => left.min(MAX_CHECK),
-                    _ => return Err(Error::Timeout),
-                },
-                None => MAX_CHECK,
-            };
-            h.done.0.sleep(slice, || self.unfinished() == 0);
+            let slice = slice_until(deadline, MAX_CHECK)?;
+            self.header().done.0.sleep(slice, || self.unfinished() == 0);
         }
         Ok(())
     }
-}
 
-impl Ring {
     /// Waits until a message is likely available (without taking it), the ring is closed, or
     /// `deadline` passes. Returns whether a message is there.
     pub(crate) fn wait_nonempty(&self, deadline: Option<Instant>) -> bool {
-        let h = self.header();
-        let mut spins = 0;
+        let mut backoff = Backoff::new();
         loop {
             if self.len() > 0 {
                 return true;
@@ -702,21 +568,11 @@ impl Ring {
             if self.is_closed() {
                 return false;
             }
-            if spins < SPINS * 4 {
-                spins += 1;
-                std::hint::spin_loop();
+            if backoff.snooze() {
                 continue;
             }
-            let slice = match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => left.min(MAX_CHECK),
-                    _ => return false,
-                },
-                None => MAX_CHECK,
-            };
-            h.items
-                .0
-                .sleep(slice, || self.len() > 0 || self.is_closed());
+            let Ok(slice) = slice_until(deadline, MAX_CHECK) else { return false };
+            self.header().items.0.sleep(slice, || self.len() > 0 || self.is_closed());
         }
     }
 }
