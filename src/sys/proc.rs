@@ -84,9 +84,31 @@ struct Stat {
 }
 
 fn stat_of(tid: u32) -> Option<Stat> {
+    match probe(tid) {
+        Probe::Found(s) => Some(s),
+        Probe::Gone | Probe::Unknown => None,
+    }
+}
+
+/// What `/proc/<tid>/stat` says about a thread.
+enum Probe {
+    Found(Stat),
+    /// No such thread: the file does not exist (ENOENT, or ESRCH for a task exiting while we read).
+    Gone,
+    /// We could not tell (out of descriptors, /proc not mounted, an unparsable file). Judging a live
+    /// holder dead would break mutual exclusion, so callers treat this as alive.
+    Unknown,
+}
+
+fn probe(tid: u32) -> Probe {
     // /proc/<tid> resolves thread ids too, not only thread-group leaders (proc(5), "/proc/tid").
-    let text = std::fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
-    parse_stat(&text)
+    match std::fs::read_to_string(format!("/proc/{tid}/stat")) {
+        Ok(text) => parse_stat(&text).map_or(Probe::Unknown, Probe::Found),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => {
+            Probe::Gone
+        }
+        Err(_) => Probe::Unknown,
+    }
 }
 
 /// Parses the fields we need from `/proc/<pid>/stat`. The command name (field 2) may contain spaces and
@@ -101,16 +123,18 @@ fn parse_stat(text: &str) -> Option<Stat> {
 }
 
 /// Whether the thread `id` still runs. A zombie, a missing /proc entry or a different start time (the tid
-/// was reused) all mean "dead". `id.start == 0` means the start time was never recorded: existence alone
+/// was reused) all mean "dead"; a /proc read that fails for another reason means "alive" (we cannot tell,
+/// and taking a live holder for dead would be the worse mistake). `id.start == 0` means the start time was never recorded: existence alone
 /// decides then.
 pub(crate) fn is_alive(id: Identity) -> bool {
     if id.tid == 0 || id.tid > libc::pid_t::MAX as u32 {
         return false;
     }
-    match stat_of(id.tid) {
-        None => false,
-        Some(s) if s.state == b'Z' || s.state == b'X' => false,
-        Some(s) => id.start == 0 || s.start as u32 == id.start,
+    match probe(id.tid) {
+        Probe::Gone => false,
+        Probe::Unknown => true,
+        Probe::Found(s) if s.state == b'Z' || s.state == b'X' => false,
+        Probe::Found(s) => id.start == 0 || s.start as u32 == id.start,
     }
 }
 
@@ -119,10 +143,11 @@ pub(crate) fn process_alive(pid: u32, start: u64) -> bool {
     if pid == 0 || pid > libc::pid_t::MAX as u32 {
         return false;
     }
-    match stat_of(pid) {
-        None => false,
-        Some(s) if s.state == b'Z' || s.state == b'X' => false,
-        Some(s) => start == 0 || s.start == start,
+    match probe(pid) {
+        Probe::Gone => false,
+        Probe::Unknown => true,
+        Probe::Found(s) if s.state == b'Z' || s.state == b'X' => false,
+        Probe::Found(s) => start == 0 || s.start == start,
     }
 }
 
