@@ -250,6 +250,43 @@ fn random_micros(rng: &mut u64, lo: u64, hi: u64) -> Duration {
     Duration::from_micros(lo + next_random(rng) % (hi - lo))
 }
 
+/// A thread that runs until told to stop. Dropping it (a failing test) stops it and waits for it too,
+/// so that it does not outlive the test holding a queue whose segment would then be left behind.
+struct Worker<T> {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<T>>,
+}
+
+impl<T: Send + 'static> Worker<T> {
+    /// Runs `f`, which must return soon after the flag it is given is set.
+    fn spawn(f: impl FnOnce(&AtomicBool) -> T + Send + 'static) -> Worker<T> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = Some(std::thread::spawn(move || f(&flag)));
+        Worker { stop, handle }
+    }
+
+    /// Tells the thread to stop and returns its result (bounded).
+    #[track_caller]
+    fn finish(mut self, what: &str) -> T {
+        self.stop.store(true, Ordering::Relaxed);
+        let h = self.handle.take().expect("finished once");
+        match bounded(what, move || h.join()) {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+impl<T> Drop for Worker<T> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 fn shm_path(name: &str) -> String {
     format!("/dev/shm/mproc.{name}")
 }
@@ -474,11 +511,12 @@ fn storm_producer(arg: &str) {
 
 /// Best effort, for the report only: whether a slot of the storm queue is claimed by thread `tid`, i.e.
 /// the kill landed between the claim and the publication of a message. Reads the layout documented in
-/// `src/queue/ring.rs` (384-byte ring header, slots of `{ state: u64, len: u32, pad }` then the bytes,
-/// 64-byte strides; `who` is the low half of `state`). Says false if the file does not fit that layout.
+/// `src/queue/ring.rs` (384-byte ring header; each slot a 64-byte `SlotHead { state: u64, len: u32 }`
+/// then the bytes, in 64-byte strides; `who` is the low half of `state`). Says false if the file does
+/// not fit that layout.
 fn slot_claimed_by(name: &str, tid: u32) -> bool {
     const RING_HEADER: u64 = 384;
-    let stride = (16 + STORM_SLOT as u64).next_multiple_of(64);
+    let stride = (64 + STORM_SLOT as u64).next_multiple_of(64);
     let Ok(f) = std::fs::File::open(shm_path(name)) else {
         return false;
     };
@@ -536,11 +574,9 @@ fn producer_kill_storm() {
     let mut rng = seed;
     let name = common::unique_name("pstorm");
     let q = Storm::create(&name, STORM_CAPACITY, STORM_SLOT).expect("create queue");
-    let stop = Arc::new(AtomicBool::new(false));
-    let (seen_tx, seen_rx) = mpsc::channel();
     let reader = {
-        let (q, stop) = (q.clone(), stop.clone());
-        std::thread::spawn(move || {
+        let q = q.clone();
+        Worker::spawn(move |stop| {
             let mut seen = Seen::default();
             loop {
                 match q.get_timeout(Duration::from_millis(50)) {
@@ -550,7 +586,7 @@ fn producer_kill_storm() {
                     Err(e) => seen.problems.push(format!("get failed: {e}")),
                 }
             }
-            let _ = seen_tx.send(seen);
+            seen
         })
     };
     let mut next_id = 0;
@@ -569,12 +605,7 @@ fn producer_kill_storm() {
     for k in &mut kids {
         k.kill();
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut seen = match seen_rx.recv_timeout(BOUND) {
-        Ok(seen) => seen,
-        Err(_) => panic!("seed {seed:#x}: the reader did not drain the queue within {BOUND:?}"),
-    };
-    reader.join().expect("reader thread");
+    let mut seen = reader.finish(&format!("seed {seed:#x}: drain the queue after the storm"));
     eprintln!(
         "queue::producer_kill_storm: {} messages read; {mid_put} of {STORM_ROUNDS} kills landed inside a put",
         seen.messages
@@ -634,10 +665,9 @@ fn consumer_kill_storm() {
     let mut rng = seed;
     let name = common::unique_name("cstorm");
     let q = Queue::<u64, Raw>::create(&name, 16, 8).expect("create queue");
-    let stop = Arc::new(AtomicBool::new(false));
     let producer = {
-        let (q, stop) = (q.clone(), stop.clone());
-        std::thread::spawn(move || {
+        let q = q.clone();
+        Worker::spawn(move |stop| {
             let mut id = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 match q.put_timeout(&id, Duration::from_millis(20)) {
@@ -664,10 +694,7 @@ fn consumer_kill_storm() {
         lines.extend(kids[i].rest());
         kids[i] = spawn();
     }
-    stop.store(true, Ordering::Relaxed);
-    let produced = bounded("stop the producer", move || {
-        producer.join().expect("producer thread")
-    });
+    let produced = producer.finish("stop the producer");
     q.close();
     for k in &mut kids {
         k.join_ok();
@@ -825,8 +852,9 @@ fn index_victim(arg: &str) {
 /// of 5 ms busy for seconds: it must end, within a generous bound, with Ok or a typed error.
 ///
 /// Layout used (src/queue/ring.rs, `RingHeader`): after the 128-byte region header, the ring header is
-/// six 64-byte lines: config, `tail`, `head`, … So `tail` is at file offset 192 and `head` at 256. On a
-/// fresh ring of 8 slots (`one_lap` 16) slot `i` holds `{ seq: i, IDLE }`.
+/// six 64-byte lines: config, `tail`, `head`, … So `tail` is at file offset 192 and `head` at 256. After
+/// one message in and out, a ring of 8 slots (`one_lap` 16) has slot 0 at `{ seq: 16, IDLE }` and slot
+/// `i > 0` at `{ seq: i, IDLE }`: every one of them far ahead of the corrupted index.
 fn corrupted_index() {
     const TAIL: u64 = REGION_HEADER + 64;
     const HEAD: u64 = REGION_HEADER + 128;
@@ -836,11 +864,24 @@ fn corrupted_index() {
     let mut hung = Vec::new();
     for (op, at, index) in [("put", TAIL, "tail"), ("get", HEAD, "head")] {
         let name = common::unique_name("index");
-        let _q = Queue::<Vec<u8>>::create(&name, 8, 64).expect("create queue");
+        let q = Queue::<Vec<u8>>::create(&name, 8, 64).expect("create queue");
+        q.put(&vec![1]).expect("put");
+        q.get().expect("get");
         let f = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .open(shm_path(&name))
             .expect("open the segment's file");
+        // One message in and out: both indices are 1, which checks the offsets this test relies on.
+        for word_at in [TAIL, HEAD] {
+            let mut word = [0u8; 8];
+            f.read_exact_at(&mut word, word_at).expect("read an index");
+            assert_eq!(
+                u64::from_le_bytes(word),
+                1,
+                "ring layout changed: no index at {word_at}"
+            );
+        }
         f.write_all_at(&BEHIND.to_le_bytes(), at)
             .expect("overwrite the index");
         let mut kid = Kid::spawn("queue_index_victim", &format!("{name},{op}"));
