@@ -196,6 +196,41 @@ pub enum Error {
     /// The process was not started, or was already joined.
     #[error("process is not running: {0}")]
     ProcessState(&'static str),
+
+    // ---- pool ----
+    /// A task panicked in a pool worker. `task` is the index of the item (in the input of `map` and its
+    /// relatives, or 0 for `apply`) whose call panicked.
+    #[error("task {task} panicked at {location}: {message}")]
+    TaskPanicked {
+        /// Index of the failing item.
+        task: usize,
+        /// The panic message.
+        message: String,
+        /// `file:line:column` of the panic.
+        location: String,
+    },
+    /// The worker running a task died (killed by a signal, aborted, out of memory, or exited). `task` is
+    /// the index of the item; `signal` or `exit_code` says how the worker ended.
+    #[error("the worker running task {task} died ({})", died_how(*.signal, *.exit_code))]
+    WorkerDied {
+        /// Index of the item whose task was in flight.
+        task: usize,
+        /// The signal that killed the worker, if any.
+        signal: Option<i32>,
+        /// The worker's exit code, if it exited.
+        exit_code: Option<i32>,
+    },
+    /// The pool was closed or terminated; it takes no more work.
+    #[error("the pool is closed")]
+    PoolClosed,
+}
+
+fn died_how(signal: Option<i32>, exit_code: Option<i32>) -> String {
+    match (signal, exit_code) {
+        (Some(s), _) => format!("killed by signal {s}"),
+        (None, Some(c)) => format!("exited with code {c}"),
+        (None, None) => "vanished".to_owned(),
+    }
 }
 
 impl Error {

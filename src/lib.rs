@@ -58,7 +58,8 @@
 
 pub mod codec;
 mod error;
-mod heap;
+pub(crate) mod heap;
+pub mod pool;
 pub mod process;
 pub mod queue;
 pub mod region;
@@ -67,6 +68,7 @@ pub(crate) mod sys;
 
 pub use error::{Error, LockResult, OwnerDied, Result, TryLockError};
 pub use heap::SharedArray;
+pub use pool::{AsyncResult, Pool, PoolBuilder};
 pub use process::{init, Builder as ProcessBuilder, Process, StartMethod};
 pub use queue::{Connection, JoinableQueue, Pipe, Queue, SimpleQueue};
 pub use region::{cleanup_stale, Region, RegionHandle};

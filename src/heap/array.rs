@@ -108,6 +108,7 @@ impl<T: Pod> SharedArray<T> {
     }
 
     /// Whether this process owns (and will free) the array.
+    #[cfg(test)]
     pub(crate) fn is_owner(&self) -> bool {
         self.block.is_owned()
     }

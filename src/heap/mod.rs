@@ -158,6 +158,12 @@ fn mapped() -> &'static Mutex<HashMap<u64, Weak<Region>>> {
     MAPPED.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// Arenas of other processes this process attached to (kept mapped; see `Block::from_handle`).
+fn foreign() -> &'static Mutex<Vec<Arc<Region>>> {
+    static FOREIGN: OnceLock<Mutex<Vec<Arc<Region>>>> = OnceLock::new();
+    FOREIGN.get_or_init(|| Mutex::new(Vec::new()))
+}
+
 fn register(region: &Arc<Region>) {
     let mut m = mapped().lock().unwrap_or_else(|e| e.into_inner());
     m.retain(|_, w| w.strong_count() > 0);
@@ -200,6 +206,13 @@ impl Block {
                         true,
                     )?);
                     register(&r);
+                    // Another process's arena stays mapped for the life of this one: a worker is handed
+                    // blocks of the same few arenas task after task, and re-mapping (with MAP_POPULATE)
+                    // each time would cost more than the task.
+                    foreign()
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(r.clone());
                     r
                 }
             }
@@ -234,6 +247,7 @@ impl Block {
         self.region.as_ptr().wrapping_add(self.offset)
     }
 
+    #[cfg(test)]
     pub(crate) fn is_owned(&self) -> bool {
         self.owned
     }

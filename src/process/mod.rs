@@ -90,7 +90,7 @@
 //! - Panics in the child are reported through a panic hook installed after the fork; if another thread
 //!   was installing a hook or panicking at the moment of the fork, the child can hang in its panic.
 
-mod bootstrap;
+pub(crate) mod bootstrap;
 mod fork;
 mod spawn;
 

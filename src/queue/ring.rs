@@ -175,7 +175,10 @@ unsafe impl Sync for Ring {}
 enum Attempt {
     Done,
     /// Full: the slot for stamp `pos` is still in `state`.
-    Blocked { pos: u64, state: u64 },
+    Blocked {
+        pos: u64,
+        state: u64,
+    },
     /// Spent its help budget without an answer (only garbage indices do that); look at the clock.
     Busy,
 }
@@ -318,7 +321,10 @@ impl Ring {
     /// Messages in the ring right now (approximate under concurrency).
     pub(crate) fn len(&self) -> usize {
         let h = self.header();
-        let (head, tail) = (h.head.0.load(Ordering::Relaxed), h.tail.0.load(Ordering::Relaxed));
+        let (head, tail) = (
+            h.head.0.load(Ordering::Relaxed),
+            h.tail.0.load(Ordering::Relaxed),
+        );
         let lap_of = |s: u64| {
             (s / self.one_lap)
                 .wrapping_mul(u64::from(self.geo.capacity))
@@ -338,19 +344,35 @@ impl Ring {
             if d == 0 && who(st) == IDLE {
                 // {pos, IDLE} → {pos, me}: the slot is ours and says so.
                 let claimed = state(pos as u32, me.tid);
-                if slot.state.compare_exchange_weak(st, claimed, Ordering::Acquire, Ordering::Relaxed).is_err() {
+                if slot
+                    .state
+                    .compare_exchange_weak(st, claimed, Ordering::Acquire, Ordering::Relaxed)
+                    .is_err()
+                {
                     continue;
                 }
-                let _ = h.tail.0.compare_exchange(pos, self.next(pos), Ordering::Relaxed, Ordering::Relaxed);
+                let _ = h.tail.0.compare_exchange(
+                    pos,
+                    self.next(pos),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
                 slot.len.store(bytes.len() as u32, Ordering::Relaxed);
                 // SAFETY: we own the slot (claimed above); bytes.len() <= slot_size was checked by
                 // `push`, so the copy stays inside this slot's stride, inside the region.
-                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), Self::data(slot), bytes.len()) };
+                unsafe {
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), Self::data(slot), bytes.len())
+                };
                 // {pos, me} → {pos + 1, IDLE}: published. Release: the bytes above happen-before the
                 // consumer's Acquire CAS. A CAS, not a store: if a consumer took us for dead and
                 // tombstoned the slot, our claim is void and the message must go out again.
                 let published = state((pos as u32).wrapping_add(1), IDLE);
-                let ok = slot.state.compare_exchange(claimed, published, Ordering::Release, Ordering::Relaxed);
+                let ok = slot.state.compare_exchange(
+                    claimed,
+                    published,
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                );
                 h.items.0.notify();
                 if ok.is_ok() {
                     return Attempt::Done;
@@ -358,7 +380,12 @@ impl Ring {
             } else if d >= 0 {
                 // {pos, tid}: claimed by a producer that has not moved `tail` yet (maybe dead); or the
                 // slot is already past `pos`: `tail` is stale. Help it on and retry.
-                let _ = h.tail.0.compare_exchange(pos, self.next(pos), Ordering::Relaxed, Ordering::Relaxed);
+                let _ = h.tail.0.compare_exchange(
+                    pos,
+                    self.next(pos),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
             } else {
                 // Still holding the previous lap's message (or being read): full.
                 return Attempt::Blocked { pos, state: st };
@@ -370,7 +397,10 @@ impl Ring {
     /// Appends `bytes`, waiting for space until `deadline`.
     pub(crate) fn push(&self, bytes: &[u8], deadline: Option<Instant>) -> Result<()> {
         if bytes.len() > self.geo.slot_size as usize {
-            return Err(Error::MessageTooLarge { size: bytes.len(), max: self.geo.slot_size as usize });
+            return Err(Error::MessageTooLarge {
+                size: bytes.len(),
+                max: self.geo.slot_size as usize,
+            });
         }
         let me = proc::current();
         let mut backoff = Backoff::new();
@@ -389,7 +419,8 @@ impl Ring {
             }
             let slice = slice_until(deadline, watch.interval)?;
             let Some((pos, st)) = blocked else { continue };
-            let still_full = || self.slot(pos).state.load(Ordering::Acquire) == st && !self.is_closed();
+            let still_full =
+                || self.slot(pos).state.load(Ordering::Acquire) == st && !self.is_closed();
             self.header().space.0.sleep(slice, || !still_full());
             if still_full() && watch.due(pos, st) {
                 self.free_if_reader_died(pos, st);
@@ -404,7 +435,12 @@ impl Ring {
         let is_reader_claim = dist(seq(st), prev_lap) == 1 && reader != IDLE && reader != TOMBSTONE;
         if is_reader_claim && !Self::claimer_alive(reader) {
             let freed = state(pos as u32, IDLE);
-            if self.slot(pos).state.compare_exchange(st, freed, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            if self
+                .slot(pos)
+                .state
+                .compare_exchange(st, freed, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
                 self.header().space.0.notify();
             }
         }
@@ -430,10 +466,19 @@ impl Ring {
             if d == 0 && (who(st) == IDLE || who(st) == TOMBSTONE) {
                 // {pos + 1, IDLE | TOMBSTONE} → {pos + 1, me}: the message (or tombstone) is ours.
                 let claimed = state(seq(st), me.tid);
-                if slot.state.compare_exchange_weak(st, claimed, Ordering::Acquire, Ordering::Relaxed).is_err() {
+                if slot
+                    .state
+                    .compare_exchange_weak(st, claimed, Ordering::Acquire, Ordering::Relaxed)
+                    .is_err()
+                {
                     continue;
                 }
-                let _ = h.head.0.compare_exchange(pos, self.next(pos), Ordering::Relaxed, Ordering::Relaxed);
+                let _ = h.head.0.compare_exchange(
+                    pos,
+                    self.next(pos),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
                 let len = slot.len.load(Ordering::Relaxed) as usize;
                 let result = if who(st) == TOMBSTONE {
                     None
@@ -452,7 +497,12 @@ impl Ring {
                 // the bytes happen-before the next producer's Acquire CAS and its writes. If a producer
                 // took us for dead and freed the slot, it may have overwritten what we read: discard it.
                 let freed = state(pos.wrapping_add(self.one_lap) as u32, IDLE);
-                let released = slot.state.compare_exchange(claimed, freed, Ordering::Release, Ordering::Relaxed);
+                let released = slot.state.compare_exchange(
+                    claimed,
+                    freed,
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                );
                 h.space.0.notify();
                 match (released, result) {
                     (Err(_), _) | (Ok(_), None) => continue, // revoked, or a tombstone: next message
@@ -462,12 +512,21 @@ impl Ring {
             } else if d >= 0 {
                 // {pos + 1, tid}: another consumer claimed it and has not moved `head`; or `head` is
                 // stale. Help it on.
-                let _ = h.head.0.compare_exchange(pos, self.next(pos), Ordering::Relaxed, Ordering::Relaxed);
+                let _ = h.head.0.compare_exchange(
+                    pos,
+                    self.next(pos),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
             } else if who(st) != IDLE && dist(seq(st), pos) == 0 {
                 // {pos, tid}: a producer is writing it. Not ready; the caller may check it is alive.
                 return Ok(Pop::Empty);
             } else {
-                return Ok(if self.is_closed() { Pop::Closed } else { Pop::Empty });
+                return Ok(if self.is_closed() {
+                    Pop::Closed
+                } else {
+                    Pop::Empty
+                });
             }
         }
         Ok(Pop::Empty)
@@ -475,7 +534,11 @@ impl Ring {
 
     /// Takes the next message, waiting until `deadline`; `f` sees its bytes in place (see
     /// [`Ring::try_pop`] for why it is `FnMut`).
-    pub(crate) fn pop<R>(&self, deadline: Option<Instant>, mut f: impl FnMut(&[u8]) -> R) -> Result<R> {
+    pub(crate) fn pop<R>(
+        &self,
+        deadline: Option<Instant>,
+        mut f: impl FnMut(&[u8]) -> R,
+    ) -> Result<R> {
         let me = proc::current();
         let mut backoff = Backoff::new();
         let mut watch = StuckWatch::new();
@@ -507,9 +570,18 @@ impl Ring {
     /// The producer claimed stamp `pos` and has not published it; if it died, tombstone the slot.
     fn abandon_if_writer_died(&self, pos: u64, st: u64) {
         let writer = who(st);
-        if dist(seq(st), pos) == 0 && writer != IDLE && writer != TOMBSTONE && !Self::claimer_alive(writer) {
+        if dist(seq(st), pos) == 0
+            && writer != IDLE
+            && writer != TOMBSTONE
+            && !Self::claimer_alive(writer)
+        {
             let tomb = state((pos as u32).wrapping_add(1), TOMBSTONE);
-            if self.slot(pos).state.compare_exchange(st, tomb, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            if self
+                .slot(pos)
+                .state
+                .compare_exchange(st, tomb, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
                 self.header().items.0.notify();
             }
         }
@@ -571,8 +643,13 @@ impl Ring {
             if backoff.snooze() {
                 continue;
             }
-            let Ok(slice) = slice_until(deadline, MAX_CHECK) else { return false };
-            self.header().items.0.sleep(slice, || self.len() > 0 || self.is_closed());
+            let Ok(slice) = slice_until(deadline, MAX_CHECK) else {
+                return false;
+            };
+            self.header()
+                .items
+                .0
+                .sleep(slice, || self.len() > 0 || self.is_closed());
         }
     }
 }

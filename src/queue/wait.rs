@@ -36,7 +36,10 @@ impl WaitWord {
         let s = self.seq.load(Ordering::Relaxed);
         // s is odd: s + 1 clears the bit and moves the value the sleepers wait on.
         if s & WAITING != 0
-            && self.seq.compare_exchange(s, s.wrapping_add(1), Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            && self
+                .seq
+                .compare_exchange(s, s.wrapping_add(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
         {
             futex::wake_all(&self.seq);
         }
@@ -54,7 +57,10 @@ impl WaitWord {
     pub(crate) fn sleep(&self, slice: Duration, ready: impl Fn() -> bool) {
         let mut s = self.seq.load(Ordering::Relaxed);
         if s & WAITING == 0 {
-            match self.seq.compare_exchange(s, s | WAITING, Ordering::SeqCst, Ordering::Relaxed) {
+            match self
+                .seq
+                .compare_exchange(s, s | WAITING, Ordering::SeqCst, Ordering::Relaxed)
+            {
                 Ok(_) => s |= WAITING,
                 // Changed under us: a notify happened; let the caller look again.
                 Err(_) => return,
@@ -106,7 +112,11 @@ pub(super) struct StuckWatch {
 
 impl StuckWatch {
     pub(super) fn new() -> Self {
-        StuckWatch { key: None, since: Instant::now(), interval: MIN_CHECK }
+        StuckWatch {
+            key: None,
+            since: Instant::now(),
+            interval: MIN_CHECK,
+        }
     }
 
     /// Whether (`pos`, `state`) has been seen unchanged for the current interval; backs off after each yes.

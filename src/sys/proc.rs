@@ -104,7 +104,10 @@ fn probe(tid: u32) -> Probe {
     // /proc/<tid> resolves thread ids too, not only thread-group leaders (proc(5), "/proc/tid").
     match std::fs::read_to_string(format!("/proc/{tid}/stat")) {
         Ok(text) => parse_stat(&text).map_or(Probe::Unknown, Probe::Found),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => {
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ESRCH) =>
+        {
             Probe::Gone
         }
         Err(_) => Probe::Unknown,
