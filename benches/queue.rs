@@ -95,7 +95,11 @@ struct Stats {
 impl Stats {
     fn of(mut v: Vec<f64>) -> Stats {
         v.sort_by(f64::total_cmp);
-        Stats { median: v[v.len() / 2], min: v[0], max: v[v.len() - 1] }
+        Stats {
+            median: v[v.len() / 2],
+            min: v[0],
+            max: v[v.len() - 1],
+        }
     }
 }
 
@@ -198,12 +202,20 @@ fn pipe_channel(size: usize, pipe_buf: Option<usize>) -> Stream<File, File> {
     if let Some(b) = pipe_buf {
         os::set_pipe_size(&w, b);
     }
-    Stream { r, w, buf: vec![0; size] }
+    Stream {
+        r,
+        w,
+        buf: vec![0; size],
+    }
 }
 
 fn socket_channel(size: usize) -> Stream<UnixStream, UnixStream> {
     let (a, b) = UnixStream::pair().expect("socketpair");
-    Stream { r: a, w: b, buf: vec![0; size] }
+    Stream {
+        r: a,
+        w: b,
+        buf: vec![0; size],
+    }
 }
 
 /// Messages per second from a child producing `n` messages to this process, first to last message.
@@ -342,7 +354,10 @@ fn rtt(cfg: &Config, pps: &mut [(&str, usize, Box<dyn PingPong>)]) -> Vec<[Stats
             samples[i][2].push(max);
         }
     }
-    samples.into_iter().map(|[a, b, c]| [Stats::of(a), Stats::of(b), Stats::of(c)]).collect()
+    samples
+        .into_iter()
+        .map(|[a, b, c]| [Stats::of(a), Stats::of(b), Stats::of(c)])
+        .collect()
 }
 
 /// Median ns of one `Instant::now()`.
@@ -403,33 +418,57 @@ fn main() {
     let mut small: Vec<(&str, Box<dyn Channel>)> = vec![
         (
             "mproc::Queue<[u8; 64], Raw> (1024 slots)",
-            Box::new(QueueSmall { q: Queue::new(SMALL_SLOTS).expect("queue"), buf: [0; SMALL] }),
+            Box::new(QueueSmall {
+                q: Queue::new(SMALL_SLOTS).expect("queue"),
+                buf: [0; SMALL],
+            }),
         ),
         ("pipe (64 KiB buffer)", Box::new(pipe_channel(SMALL, None))),
         ("unix stream socket pair", Box::new(socket_channel(SMALL))),
     ];
     let small_stats = throughput(&cfg, cfg.small_msgs, &mut small);
     let names: Vec<&str> = small.iter().map(|c| c.0).collect();
-    print_throughput(&format!("64 B ({} per run)", cfg.small_msgs), SMALL, &names, &small_stats, 1);
+    print_throughput(
+        &format!("64 B ({} per run)", cfg.small_msgs),
+        SMALL,
+        &names,
+        &small_stats,
+        1,
+    );
     drop(small);
 
     // ---- 64 KiB ----
     let mut big: Vec<(&str, Box<dyn Channel>)> = vec![
         (
             "mproc::Queue<[[u8; 4096]; 16], Raw> (8 slots)",
-            Box::new(QueueBig { q: Queue::new(BIG_SLOTS).expect("queue"), buf: Box::new([[0; 4096]; 16]) }),
+            Box::new(QueueBig {
+                q: Queue::new(BIG_SLOTS).expect("queue"),
+                buf: Box::new([[0; 4096]; 16]),
+            }),
         ),
         (
             "mproc::Queue<Vec<u8>, RawSlice<u8>> (8 slots)",
-            Box::new(QueueVec { q: Queue::with_max_message(BIG_SLOTS, BIG).expect("queue"), buf: vec![0; BIG] }),
+            Box::new(QueueVec {
+                q: Queue::with_max_message(BIG_SLOTS, BIG).expect("queue"),
+                buf: vec![0; BIG],
+            }),
         ),
         ("pipe (64 KiB buffer)", Box::new(pipe_channel(BIG, None))),
-        ("pipe (512 KiB buffer, F_SETPIPE_SZ)", Box::new(pipe_channel(BIG, Some(BIG_SLOTS * BIG)))),
+        (
+            "pipe (512 KiB buffer, F_SETPIPE_SZ)",
+            Box::new(pipe_channel(BIG, Some(BIG_SLOTS * BIG))),
+        ),
         ("unix stream socket pair", Box::new(socket_channel(BIG))),
     ];
     let big_stats = throughput(&cfg, cfg.big_msgs, &mut big);
     let names: Vec<&str> = big.iter().map(|c| c.0).collect();
-    print_throughput(&format!("64 KiB ({} per run)", cfg.big_msgs), BIG, &names, &big_stats, 2);
+    print_throughput(
+        &format!("64 KiB ({} per run)", cfg.big_msgs),
+        BIG,
+        &names,
+        &big_stats,
+        2,
+    );
     drop(big);
 
     // ---- round trips ----
@@ -447,7 +486,11 @@ fn main() {
         (
             "pipe x2 (sleeping in read)",
             cfg.rtt_pipe,
-            Box::new(PipePingPong { there: os::pipe(), back: os::pipe(), buf: [0; SMALL] }),
+            Box::new(PipePingPong {
+                there: os::pipe(),
+                back: os::pipe(),
+                buf: [0; SMALL],
+            }),
         ),
     ];
     let rtt_stats = rtt(&cfg, &mut pps);
@@ -466,23 +509,36 @@ fn main() {
     drop(pps);
 
     // ---- floors ----
-    let (fs, fb) = if cfg.quick { (200_000, 2_000) } else { (2_000_000, 20_000) };
+    let (fs, fb) = if cfg.quick {
+        (200_000, 2_000)
+    } else {
+        (2_000_000, 20_000)
+    };
     let mut fl: Vec<(&str, u64, Box<dyn Channel>)> = vec![
         (
             "64 B   mproc::Queue<[u8; 64], Raw>",
             fs,
-            Box::new(QueueSmall { q: Queue::new(SMALL_SLOTS).expect("queue"), buf: [0; SMALL] }),
+            Box::new(QueueSmall {
+                q: Queue::new(SMALL_SLOTS).expect("queue"),
+                buf: [0; SMALL],
+            }),
         ),
         ("64 B   pipe", fs / 10, Box::new(pipe_channel(SMALL, None))),
         (
             "64 KiB mproc::Queue<[[u8; 4096]; 16], Raw>",
             fb,
-            Box::new(QueueBig { q: Queue::new(BIG_SLOTS).expect("queue"), buf: Box::new([[0; 4096]; 16]) }),
+            Box::new(QueueBig {
+                q: Queue::new(BIG_SLOTS).expect("queue"),
+                buf: Box::new([[0; 4096]; 16]),
+            }),
         ),
         (
             "64 KiB mproc::Queue<Vec<u8>, RawSlice<u8>>",
             fb,
-            Box::new(QueueVec { q: Queue::with_max_message(BIG_SLOTS, BIG).expect("queue"), buf: vec![0; BIG] }),
+            Box::new(QueueVec {
+                q: Queue::with_max_message(BIG_SLOTS, BIG).expect("queue"),
+                buf: vec![0; BIG],
+            }),
         ),
         ("64 KiB pipe", fb, Box::new(pipe_channel(BIG, None))),
     ];
@@ -490,26 +546,59 @@ fn main() {
     println!();
     println!("floors: a message sent and received back-to-back by one process (no second core, nobody waits)");
     for ((name, _, _), s) in fl.iter().zip(&floor_stats) {
-        println!("  {:<46} {:>10.1} ns/msg  ({:.1}..{:.1})", name, s.median, s.min, s.max);
+        println!(
+            "  {:<46} {:>10.1} ns/msg  ({:.1}..{:.1})",
+            name, s.median, s.min, s.max
+        );
     }
     drop(fl);
 
     // ---- headline ----
     println!();
     let ratio = |s: &[Stats], a: usize, b: usize| s[a].median / s[b].median;
-    println!("result: queue_vs_pipe_64B {:.2} x", ratio(&small_stats, 0, 1));
-    println!("result: queue_vs_pipe_64KiB {:.2} x", ratio(&big_stats, 1, 2));
+    println!(
+        "result: queue_vs_pipe_64B {:.2} x",
+        ratio(&small_stats, 0, 1)
+    );
+    println!(
+        "result: queue_vs_pipe_64KiB {:.2} x",
+        ratio(&big_stats, 1, 2)
+    );
     println!("result: queue_rtt_p50_ns {:.0} ns", rtt_stats[0][0].median);
     println!("result: queue_rtt_p99_ns {:.0} ns", rtt_stats[0][1].median);
     println!("result: pipe_rtt_p50_ns {:.0} ns", rtt_stats[1][0].median);
-    println!("result: queue_vs_unix_socket_64B {:.2} x", ratio(&small_stats, 0, 2));
-    println!("result: queue_vs_unix_socket_64KiB {:.2} x", ratio(&big_stats, 0, 4));
-    println!("result: queue_array_vs_pipe_64KiB {:.2} x", ratio(&big_stats, 0, 2));
-    println!("result: queue_vs_pipe512k_64KiB {:.2} x", ratio(&big_stats, 0, 3));
-    println!("result: queue_msgs_per_s_64B {:.2} M/s", small_stats[0].median / 1e6);
-    println!("result: pipe_msgs_per_s_64B {:.2} M/s", small_stats[1].median / 1e6);
-    println!("result: queue_gb_per_s_64KiB {:.2} GB/s", big_stats[0].median * BIG as f64 / 1e9);
-    println!("result: queue_put_get_same_process_ns {:.1} ns", floor_stats[0].median);
+    println!(
+        "result: queue_vs_unix_socket_64B {:.2} x",
+        ratio(&small_stats, 0, 2)
+    );
+    println!(
+        "result: queue_vs_unix_socket_64KiB {:.2} x",
+        ratio(&big_stats, 0, 4)
+    );
+    println!(
+        "result: queue_array_vs_pipe_64KiB {:.2} x",
+        ratio(&big_stats, 0, 2)
+    );
+    println!(
+        "result: queue_vs_pipe512k_64KiB {:.2} x",
+        ratio(&big_stats, 0, 3)
+    );
+    println!(
+        "result: queue_msgs_per_s_64B {:.2} M/s",
+        small_stats[0].median / 1e6
+    );
+    println!(
+        "result: pipe_msgs_per_s_64B {:.2} M/s",
+        small_stats[1].median / 1e6
+    );
+    println!(
+        "result: queue_gb_per_s_64KiB {:.2} GB/s",
+        big_stats[0].median * BIG as f64 / 1e9
+    );
+    println!(
+        "result: queue_put_get_same_process_ns {:.1} ns",
+        floor_stats[0].median
+    );
 }
 
 /// The only unsafe code of this bench: fork, waitpid, kill, pipe, fcntl, CPU affinity.
@@ -526,10 +615,18 @@ mod os {
         // SAFETY: cpu_set_t is a plain bit array; all-zero is a valid (empty) set.
         let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
         // SAFETY: `set` is a live cpu_set_t and the size passed is its size; pid 0 = this thread.
-        let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-        assert_eq!(r, 0, "sched_getaffinity: {}", std::io::Error::last_os_error());
+        let r =
+            unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+        assert_eq!(
+            r,
+            0,
+            "sched_getaffinity: {}",
+            std::io::Error::last_os_error()
+        );
         // SAFETY: CPU_ISSET reads a bit of `set`; every index below CPU_SETSIZE is inside it.
-        (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .collect()
     }
 
     fn pin(cpu: usize) {
@@ -539,7 +636,12 @@ mod os {
         unsafe { libc::CPU_SET(cpu, &mut set) };
         // SAFETY: `set` is a live cpu_set_t of the size passed; pid 0 = the calling thread.
         let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-        assert_eq!(r, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            r,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     /// Pins the calling (main, only) thread to the first allowed CPU and picks the child's CPU; on a
@@ -578,7 +680,11 @@ mod os {
     pub fn set_pipe_size(end: &File, bytes: usize) {
         // SAFETY: F_SETPIPE_SZ takes an int and touches no memory of ours; the fd is open (owned by `end`).
         let r = unsafe { libc::fcntl(end.as_raw_fd(), libc::F_SETPIPE_SZ, bytes as libc::c_int) };
-        assert!(r >= bytes as libc::c_int, "F_SETPIPE_SZ: {}", std::io::Error::last_os_error());
+        assert!(
+            r >= bytes as libc::c_int,
+            "F_SETPIPE_SZ: {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     /// A forked child, killed and reaped on drop unless waited for.

@@ -38,9 +38,17 @@ impl Config {
     fn from_env() -> (Config, bool) {
         let quick = std::env::var("MPROC_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
         let cfg = if quick {
-            Config { reps: 3, iters: 200_000, contended: 100_000 }
+            Config {
+                reps: 3,
+                iters: 200_000,
+                contended: 100_000,
+            }
         } else {
-            Config { reps: 7, iters: 3_000_000, contended: 1_000_000 }
+            Config {
+                reps: 7,
+                iters: 3_000_000,
+                contended: 1_000_000,
+            }
         };
         (cfg, quick)
     }
@@ -57,7 +65,11 @@ struct Stats {
 impl Stats {
     fn of(mut v: Vec<f64>) -> Stats {
         v.sort_by(f64::total_cmp);
-        Stats { median: v[v.len() / 2], min: v[0], max: v[v.len() - 1] }
+        Stats {
+            median: v[v.len() / 2],
+            min: v[0],
+            max: v[v.len() - 1],
+        }
     }
 }
 
@@ -83,11 +95,21 @@ fn compare(cfg: &Config, iters: u64, variants: &mut [Body<'_>]) -> Vec<Stats> {
 /// Prints a group: the first variant is the subject, the others its baselines.
 fn table(title: &str, names: &[&str], stats: &[Stats]) {
     println!("\n{title}");
-    println!("  {:<46} {:>9} {:>19} {:>14}", "variant", "ns/op", "min..max", "first / this");
+    println!(
+        "  {:<46} {:>9} {:>19} {:>14}",
+        "variant", "ns/op", "min..max", "first / this"
+    );
     for (i, (name, s)) in names.iter().zip(stats).enumerate() {
-        let ratio = if i == 0 { "-".to_string() } else { format!("{:.2} x", stats[0].median / s.median) };
+        let ratio = if i == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.2} x", stats[0].median / s.median)
+        };
         let range = format!("{:.1}..{:.1}", s.min, s.max);
-        println!("  {:<46} {:>9.1} {:>19} {:>14}", name, s.median, range, ratio);
+        println!(
+            "  {:<46} {:>9.1} {:>19} {:>14}",
+            name, s.median, range, ratio
+        );
     }
 }
 
@@ -131,7 +153,10 @@ fn model_identity() -> Identity {
 fn model_identity_slow() -> Identity {
     // The library also reads /proc/<tid>/stat here, once per thread; the start time does not matter
     // for the model.
-    let id = Identity { tid: std::process::id(), start: 1 };
+    let id = Identity {
+        tid: std::process::id(),
+        start: 1,
+    };
     MODEL_ID.with(|c| c.set(id));
     id
 }
@@ -148,7 +173,10 @@ impl ModelLock<'_> {
     /// CAS 0 → tid, then swap → 0 and test `WAITERS`: the atomics alone.
     #[inline]
     fn cas_swap(&self, tid: u32) {
-        if self.word.compare_exchange(0, tid, Ordering::Acquire, Ordering::Relaxed).is_ok()
+        if self
+            .word
+            .compare_exchange(0, tid, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
             && self.word.swap(0, Ordering::Release) & WAITERS != 0
         {
             unreachable!("no waiters in an uncontended model");
@@ -159,8 +187,15 @@ impl ModelLock<'_> {
     #[inline]
     fn full(&self) {
         let me = model_identity();
-        if self.word.compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-            self.owner.store((u64::from(me.tid) << 32) | u64::from(me.start), Ordering::Relaxed);
+        if self
+            .word
+            .compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.owner.store(
+                (u64::from(me.tid) << 32) | u64::from(me.start),
+                Ordering::Relaxed,
+            );
             if self.word.swap(0, Ordering::Release) & WAITERS != 0 {
                 unreachable!("no waiters in an uncontended model");
             }
@@ -207,7 +242,8 @@ impl Gate<'_> {
         for _ in 0..n {
             inc();
         }
-        self.worker_ns.store(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.worker_ns
+            .store(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.done.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -229,12 +265,21 @@ impl Gate<'_> {
         }
         let wall = t.elapsed().as_nanos() as f64;
         let worker = self.worker_ns.load(Ordering::Relaxed) as f64;
-        Run { ns: wall / (2 * n) as f64, overlap: own.min(worker) / wall }
+        Run {
+            ns: wall / (2 * n) as f64,
+            overlap: own.min(worker) / wall,
+        }
     }
 }
 
 /// Runs the worker in a forked child; checks that `read()` ends at exactly 2n.
-fn contended_fork(gate: &Gate<'_>, n: u64, inc: &impl Fn(), reset: &impl Fn(), read: &impl Fn() -> u64) -> Run {
+fn contended_fork(
+    gate: &Gate<'_>,
+    n: u64,
+    inc: &impl Fn(),
+    reset: &impl Fn(),
+    read: &impl Fn() -> u64,
+) -> Run {
     reset();
     gate.reset();
     let child = raw::fork(|| gate.worker(n, inc));
@@ -245,7 +290,13 @@ fn contended_fork(gate: &Gate<'_>, n: u64, inc: &impl Fn(), reset: &impl Fn(), r
 }
 
 /// Runs the worker in a second thread; checks the final count.
-fn contended_threads(gate: &Gate<'_>, n: u64, inc: &(impl Fn() + Sync), reset: &impl Fn(), read: &impl Fn() -> u64) -> Run {
+fn contended_threads(
+    gate: &Gate<'_>,
+    n: u64,
+    inc: &(impl Fn() + Sync),
+    reset: &impl Fn(),
+    read: &impl Fn() -> u64,
+) -> Run {
     reset();
     gate.reset();
     let run = std::thread::scope(|s| {
@@ -276,56 +327,80 @@ fn main() {
     let robust = raw::PthreadMutex::new(true);
     let plain = raw::PthreadMutex::new(false);
     let model_page = raw::ShmPage::new();
-    let model = ModelLock { word: model_page.atomic_u32(0), owner: model_page.atomic_u64(8) };
+    let model = ModelLock {
+        word: model_page.atomic_u32(0),
+        owner: model_page.atomic_u64(8),
+    };
     let tid = std::process::id();
     let lock_stats = group(
         &cfg,
         "1. uncontended lock + unlock",
         n,
         vec![
-            ("mproc::Lock lock + guard drop", Box::new(|k| {
-                for _ in 0..k {
-                    let g = guard(lock.lock());
-                    black_box(&g);
-                    drop(g);
-                }
-            })),
-            ("std::sync::Mutex<()>", Box::new(|k| {
-                for _ in 0..k {
-                    let g = std_mutex.lock().unwrap();
-                    black_box(&g);
-                    drop(g);
-                }
-            })),
-            ("pthread mutex, pshared + ROBUST", Box::new(|k| {
-                for _ in 0..k {
-                    robust.lock();
-                    robust.unlock();
-                }
-            })),
-            ("pthread mutex, pshared, not robust", Box::new(|k| {
-                for _ in 0..k {
-                    plain.lock();
-                    plain.unlock();
-                }
-            })),
-            ("model: CAS + swap only", Box::new(|k| {
-                for _ in 0..k {
-                    black_box(&model).cas_swap(tid);
-                }
-            })),
-            ("model: + TLS identity + Relaxed owner store", Box::new(|k| {
-                for _ in 0..k {
-                    black_box(&model).full();
-                }
-            })),
-            ("mproc::Lock try_lock + guard drop", Box::new(|k| {
-                for _ in 0..k {
-                    if let Ok(g) = lock.try_lock() {
+            (
+                "mproc::Lock lock + guard drop",
+                Box::new(|k| {
+                    for _ in 0..k {
+                        let g = guard(lock.lock());
                         black_box(&g);
+                        drop(g);
                     }
-                }
-            })),
+                }),
+            ),
+            (
+                "std::sync::Mutex<()>",
+                Box::new(|k| {
+                    for _ in 0..k {
+                        let g = std_mutex.lock().unwrap();
+                        black_box(&g);
+                        drop(g);
+                    }
+                }),
+            ),
+            (
+                "pthread mutex, pshared + ROBUST",
+                Box::new(|k| {
+                    for _ in 0..k {
+                        robust.lock();
+                        robust.unlock();
+                    }
+                }),
+            ),
+            (
+                "pthread mutex, pshared, not robust",
+                Box::new(|k| {
+                    for _ in 0..k {
+                        plain.lock();
+                        plain.unlock();
+                    }
+                }),
+            ),
+            (
+                "model: CAS + swap only",
+                Box::new(|k| {
+                    for _ in 0..k {
+                        black_box(&model).cas_swap(tid);
+                    }
+                }),
+            ),
+            (
+                "model: + TLS identity + Relaxed owner store",
+                Box::new(|k| {
+                    for _ in 0..k {
+                        black_box(&model).full();
+                    }
+                }),
+            ),
+            (
+                "mproc::Lock try_lock + guard drop",
+                Box::new(|k| {
+                    for _ in 0..k {
+                        if let Ok(g) = lock.try_lock() {
+                            black_box(&g);
+                        }
+                    }
+                }),
+            ),
         ],
     );
 
@@ -338,26 +413,34 @@ fn main() {
     };
     let cv_clear = |(m, _): &(Mutex<bool>, Condvar)| *m.lock().unwrap() = false;
     let cv_is_set = |(m, _): &(Mutex<bool>, Condvar)| *m.lock().unwrap();
-    let cv_wait = |(m, c): &(Mutex<bool>, Condvar)| drop(c.wait_while(m.lock().unwrap(), |set| !*set).unwrap());
+    let cv_wait = |(m, c): &(Mutex<bool>, Condvar)| {
+        drop(c.wait_while(m.lock().unwrap(), |set| !*set).unwrap())
+    };
     let event_cycle = group(
         &cfg,
         "2a. event set + is_set + clear (no waiter)",
         n,
         vec![
-            ("mproc::Event", Box::new(|k| {
-                for _ in 0..k {
-                    event.set();
-                    black_box(event.is_set());
-                    event.clear();
-                }
-            })),
-            ("Mutex<bool> + Condvar (notify_all)", Box::new(|k| {
-                for _ in 0..k {
-                    cv_set(&cv);
-                    black_box(cv_is_set(&cv));
-                    cv_clear(&cv);
-                }
-            })),
+            (
+                "mproc::Event",
+                Box::new(|k| {
+                    for _ in 0..k {
+                        event.set();
+                        black_box(event.is_set());
+                        event.clear();
+                    }
+                }),
+            ),
+            (
+                "Mutex<bool> + Condvar (notify_all)",
+                Box::new(|k| {
+                    for _ in 0..k {
+                        cv_set(&cv);
+                        black_box(cv_is_set(&cv));
+                        cv_clear(&cv);
+                    }
+                }),
+            ),
         ],
     );
     event.set();
@@ -367,16 +450,22 @@ fn main() {
         "2b. wait on an event that is already set",
         n,
         vec![
-            ("mproc::Event::wait", Box::new(|k| {
-                for _ in 0..k {
-                    black_box(&event).wait();
-                }
-            })),
-            ("Condvar::wait_while on Mutex<bool>", Box::new(|k| {
-                for _ in 0..k {
-                    cv_wait(black_box(&cv));
-                }
-            })),
+            (
+                "mproc::Event::wait",
+                Box::new(|k| {
+                    for _ in 0..k {
+                        black_box(&event).wait();
+                    }
+                }),
+            ),
+            (
+                "Condvar::wait_while on Mutex<bool>",
+                Box::new(|k| {
+                    for _ in 0..k {
+                        cv_wait(black_box(&cv));
+                    }
+                }),
+            ),
         ],
     );
     let event_pair = group(
@@ -384,20 +473,26 @@ fn main() {
         "2c. set + wait + clear (one thread)",
         n,
         vec![
-            ("mproc::Event", Box::new(|k| {
-                for _ in 0..k {
-                    event.set();
-                    event.wait();
-                    event.clear();
-                }
-            })),
-            ("Mutex<bool> + Condvar", Box::new(|k| {
-                for _ in 0..k {
-                    cv_set(&cv);
-                    cv_wait(&cv);
-                    cv_clear(&cv);
-                }
-            })),
+            (
+                "mproc::Event",
+                Box::new(|k| {
+                    for _ in 0..k {
+                        event.set();
+                        event.wait();
+                        event.clear();
+                    }
+                }),
+            ),
+            (
+                "Mutex<bool> + Condvar",
+                Box::new(|k| {
+                    for _ in 0..k {
+                        cv_set(&cv);
+                        cv_wait(&cv);
+                        cv_clear(&cv);
+                    }
+                }),
+            ),
         ],
     );
 
@@ -409,26 +504,35 @@ fn main() {
         "3. semaphore acquire + release, uncontended",
         n / 4,
         vec![
-            ("mproc::Semaphore acquire + guard drop", Box::new(|k| {
-                for _ in 0..k {
-                    let g = sem.acquire();
-                    black_box(&g);
-                    drop(g);
-                }
-            })),
-            ("POSIX sem_t, pshared (sem_wait + sem_post)", Box::new(|k| {
-                for _ in 0..k {
-                    posix.wait();
-                    posix.post();
-                }
-            })),
-            ("mproc::Semaphore try_acquire + guard drop", Box::new(|k| {
-                for _ in 0..k {
-                    let g = sem.try_acquire();
-                    black_box(&g);
-                    drop(g);
-                }
-            })),
+            (
+                "mproc::Semaphore acquire + guard drop",
+                Box::new(|k| {
+                    for _ in 0..k {
+                        let g = sem.acquire();
+                        black_box(&g);
+                        drop(g);
+                    }
+                }),
+            ),
+            (
+                "POSIX sem_t, pshared (sem_wait + sem_post)",
+                Box::new(|k| {
+                    for _ in 0..k {
+                        posix.wait();
+                        posix.post();
+                    }
+                }),
+            ),
+            (
+                "mproc::Semaphore try_acquire + guard drop",
+                Box::new(|k| {
+                    for _ in 0..k {
+                        let g = sem.try_acquire();
+                        black_box(&g);
+                        drop(g);
+                    }
+                }),
+            ),
         ],
     );
 
@@ -460,18 +564,38 @@ fn main() {
     contended_threads(&gate, warm, &std_inc, &std_reset, &std_read);
     let mut runs: [Vec<Run>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..cfg.reps {
-        runs[0].push(contended_fork(&gate, c, &value_inc, &value_reset, &value_read));
-        runs[1].push(contended_fork(&gate, c, &counter_inc, &counter_reset, &counter_read));
+        runs[0].push(contended_fork(
+            &gate,
+            c,
+            &value_inc,
+            &value_reset,
+            &value_read,
+        ));
+        runs[1].push(contended_fork(
+            &gate,
+            c,
+            &counter_inc,
+            &counter_reset,
+            &counter_read,
+        ));
         runs[2].push(contended_threads(&gate, c, &std_inc, &std_reset, &std_read));
     }
-    let contended = runs.each_ref().map(|r| Stats::of(r.iter().map(|x| x.ns).collect()));
-    let overlap = runs.each_ref().map(|r| Stats::of(r.iter().map(|x| x.overlap).collect()).median);
+    let contended = runs
+        .each_ref()
+        .map(|r| Stats::of(r.iter().map(|x| x.ns).collect()));
+    let overlap = runs
+        .each_ref()
+        .map(|r| Stats::of(r.iter().map(|x| x.overlap).collect()).median);
     let names = [
         "mproc::Value<u64>, 2 processes (fork)",
         "robust pshared pthread mutex, 2 processes",
         "std::sync::Mutex<u64>, 2 threads",
     ];
-    table("4. contended counter: 2 participants x N increments under a lock (ns per increment, wall)", &names, &contended);
+    table(
+        "4. contended counter: 2 participants x N increments under a lock (ns per increment, wall)",
+        &names,
+        &contended,
+    );
     println!("  first participant done at (median; 0.50 = ran one after the other, 1.00 = interleaved throughout):");
     for (name, o) in names.iter().zip(overlap) {
         println!("    {name:<44} {o:.2} of the wall time");
@@ -479,19 +603,46 @@ fn main() {
 
     println!();
     let _ = std::io::stdout().flush();
-    println!("result: lock_vs_pthread_robust {:.2} x", lock_stats[0].median / lock_stats[2].median);
+    println!(
+        "result: lock_vs_pthread_robust {:.2} x",
+        lock_stats[0].median / lock_stats[2].median
+    );
     println!("result: lock_uncontended_ns {:.1} ns", lock_stats[0].median);
-    println!("result: lock_vs_pthread_plain {:.2} x", lock_stats[0].median / lock_stats[3].median);
-    println!("result: lock_vs_std_mutex {:.2} x", lock_stats[0].median / lock_stats[1].median);
-    println!("result: event_set_is_set_clear_ns {:.1} ns", event_cycle[0].median);
+    println!(
+        "result: lock_vs_pthread_plain {:.2} x",
+        lock_stats[0].median / lock_stats[3].median
+    );
+    println!(
+        "result: lock_vs_std_mutex {:.2} x",
+        lock_stats[0].median / lock_stats[1].median
+    );
+    println!(
+        "result: event_set_is_set_clear_ns {:.1} ns",
+        event_cycle[0].median
+    );
     println!("result: event_wait_set_ns {:.1} ns", event_wait[0].median);
     println!("result: event_set_wait_ns {:.1} ns", event_pair[0].median);
-    println!("result: event_set_wait_vs_condvar {:.2} x", event_pair[0].median / event_pair[1].median);
-    println!("result: semaphore_uncontended_ns {:.1} ns", sem_stats[0].median);
-    println!("result: semaphore_vs_posix_sem {:.2} x", sem_stats[0].median / sem_stats[1].median);
+    println!(
+        "result: event_set_wait_vs_condvar {:.2} x",
+        event_pair[0].median / event_pair[1].median
+    );
+    println!(
+        "result: semaphore_uncontended_ns {:.1} ns",
+        sem_stats[0].median
+    );
+    println!(
+        "result: semaphore_vs_posix_sem {:.2} x",
+        sem_stats[0].median / sem_stats[1].median
+    );
     println!("result: contended_counter_ns {:.1} ns", contended[0].median);
-    println!("result: contended_counter_vs_pthread_robust {:.2} x", contended[0].median / contended[1].median);
-    println!("result: contended_counter_vs_std_threads {:.2} x", contended[0].median / contended[2].median);
+    println!(
+        "result: contended_counter_vs_pthread_robust {:.2} x",
+        contended[0].median / contended[1].median
+    );
+    println!(
+        "result: contended_counter_vs_std_threads {:.2} x",
+        contended[0].median / contended[2].median
+    );
 }
 
 /// The only unsafe code of this bench: a shared page, pthread mutexes and POSIX semaphores in it, fork.
@@ -520,7 +671,11 @@ mod raw {
                     0,
                 )
             };
-            assert!(p != libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+            assert!(
+                p != libc::MAP_FAILED,
+                "mmap: {}",
+                std::io::Error::last_os_error()
+            );
             ShmPage { ptr: p.cast() }
         }
 
@@ -570,9 +725,15 @@ mod raw {
                 let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
                 assert_eq!(libc::pthread_mutexattr_init(attr.as_mut_ptr()), 0);
                 let a = attr.as_mut_ptr();
-                assert_eq!(libc::pthread_mutexattr_setpshared(a, libc::PTHREAD_PROCESS_SHARED), 0);
+                assert_eq!(
+                    libc::pthread_mutexattr_setpshared(a, libc::PTHREAD_PROCESS_SHARED),
+                    0
+                );
                 if robust {
-                    assert_eq!(libc::pthread_mutexattr_setrobust(a, libc::PTHREAD_MUTEX_ROBUST), 0);
+                    assert_eq!(
+                        libc::pthread_mutexattr_setrobust(a, libc::PTHREAD_MUTEX_ROBUST),
+                        0
+                    );
                 }
                 assert_eq!(libc::pthread_mutex_init(m, a), 0);
                 libc::pthread_mutexattr_destroy(a);

@@ -43,26 +43,66 @@ pub fn tests() -> Vec<Trial> {
         })
     }
     vec![
-        t("named_open_from_other_process", named_open_from_other_process),
+        t(
+            "named_open_from_other_process",
+            named_open_from_other_process,
+        ),
         t("wrong_type_is_type_mismatch", wrong_type_is_type_mismatch),
         t("wrong_size_is_size_mismatch", wrong_size_is_size_mismatch),
-        t("forged_headers_are_typed_errors", forged_headers_are_typed_errors),
-        t("short_named_file_is_truncated_after_the_open_timeout", short_named_file_is_truncated),
-        t("short_segment_by_handle_is_truncated_at_once", short_segment_by_handle_is_truncated),
+        t(
+            "forged_headers_are_typed_errors",
+            forged_headers_are_typed_errors,
+        ),
+        t(
+            "short_named_file_is_truncated_after_the_open_timeout",
+            short_named_file_is_truncated,
+        ),
+        t(
+            "short_segment_by_handle_is_truncated_at_once",
+            short_segment_by_handle_is_truncated,
+        ),
         t("missing_name_is_not_found", missing_name_is_not_found),
-        t("shared_or_foreign_segment_is_not_private", shared_or_foreign_segment_is_not_private),
-        t("symlink_and_directory_are_refused", symlink_and_directory_are_refused),
+        t(
+            "shared_or_foreign_segment_is_not_private",
+            shared_or_foreign_segment_is_not_private,
+        ),
+        t(
+            "symlink_and_directory_are_refused",
+            symlink_and_directory_are_refused,
+        ),
         t("invalid_names_are_refused", invalid_names_are_refused),
-        t("fuzz_forged_headers", || run_fuzz_child("region_fuzz_headers")),
-        t("fuzz_forged_handles", || run_fuzz_child("region_fuzz_handles")),
+        t("fuzz_forged_headers", || {
+            run_fuzz_child("region_fuzz_headers")
+        }),
+        t("fuzz_forged_handles", || {
+            run_fuzz_child("region_fuzz_handles")
+        }),
         t("janitor_removes_only_stale", janitor_removes_only_stale),
-        t("handle_of_exited_process_is_stale", handle_of_exited_process_is_stale),
-        t("handle_with_wrong_id_is_stale", handle_with_wrong_id_is_stale),
-        t("lock_survives_garbage_from_another_process", lock_survives_garbage),
+        t(
+            "handle_of_exited_process_is_stale",
+            handle_of_exited_process_is_stale,
+        ),
+        t(
+            "handle_with_wrong_id_is_stale",
+            handle_with_wrong_id_is_stale,
+        ),
+        t(
+            "lock_survives_garbage_from_another_process",
+            lock_survives_garbage,
+        ),
         // Regressions for bugs found by this suite (see the functions).
-        t("creator_drop_spares_a_replacement", creator_drop_spares_a_replacement),
-        t("janitor_removes_unpublished_persistent_region", janitor_removes_unpublished_persistent),
-        t("janitor_spares_a_header_being_written", janitor_spares_a_header_being_written),
+        t(
+            "creator_drop_spares_a_replacement",
+            creator_drop_spares_a_replacement,
+        ),
+        t(
+            "janitor_removes_unpublished_persistent_region",
+            janitor_removes_unpublished_persistent,
+        ),
+        t(
+            "janitor_spares_a_header_being_written",
+            janitor_spares_a_header_being_written,
+        ),
     ]
 }
 
@@ -120,7 +160,9 @@ fn shm_path(name: &str) -> PathBuf {
 
 fn read_header(name: &str) -> Hdr {
     let mut h = [0; 64];
-    File::open(shm_path(name)).and_then(|mut f| f.read_exact(&mut h)).expect("read a region header");
+    File::open(shm_path(name))
+        .and_then(|mut f| f.read_exact(&mut h))
+        .expect("read a region header");
     Hdr(h)
 }
 
@@ -161,7 +203,8 @@ fn forge(path: PathBuf, header: &[u8], len: u64, mode: u32) -> Forged {
     f.write_all(&header[..n]).expect("write forged header");
     f.set_len(len).expect("size forged segment");
     // Explicitly: the mode given at creation is filtered by the umask.
-    f.set_permissions(Permissions::from_mode(mode)).expect("chmod forged segment");
+    f.set_permissions(Permissions::from_mode(mode))
+        .expect("chmod forged segment");
     forged
 }
 
@@ -171,7 +214,12 @@ fn forge_named(name: &str, h: &Hdr, len: u64) -> Forged {
 
 /// A forged segment outside the `mproc.` prefix, for opening by handle.
 fn forge_loose(what: &str, h: &[u8], len: u64, mode: u32) -> Forged {
-    forge(PathBuf::from(format!("/dev/shm/{}", common::unique_name(what))), h, len, mode)
+    forge(
+        PathBuf::from(format!("/dev/shm/{}", common::unique_name(what))),
+        h,
+        len,
+        mode,
+    )
 }
 
 fn err<T: std::fmt::Debug>(r: mproc::Result<T>) -> Error {
@@ -196,16 +244,24 @@ enum SourceMirror {
 }
 
 fn mirror(h: &RegionHandle) -> HandleMirror {
-    postcard::from_bytes(&postcard::to_stdvec(h).unwrap()).expect("RegionHandle has the mirrored shape")
+    postcard::from_bytes(&postcard::to_stdvec(h).unwrap())
+        .expect("RegionHandle has the mirrored shape")
 }
 
 fn handle(m: &HandleMirror) -> RegionHandle {
-    postcard::from_bytes(&postcard::to_stdvec(m).unwrap()).expect("the mirror has RegionHandle's shape")
+    postcard::from_bytes(&postcard::to_stdvec(m).unwrap())
+        .expect("the mirror has RegionHandle's shape")
 }
 
 /// A handle to descriptor `fd` of this process.
 fn fd_handle(id: u64, fd: i32) -> RegionHandle {
-    handle(&HandleMirror { id, source: SourceMirror::Fd { pid: std::process::id(), fd } })
+    handle(&HandleMirror {
+        id,
+        source: SourceMirror::Fd {
+            pid: std::process::id(),
+            fd,
+        },
+    })
 }
 
 fn to_hex(b: &[u8]) -> String {
@@ -213,7 +269,10 @@ fn to_hex(b: &[u8]) -> String {
 }
 
 fn from_hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
 }
 
 /// A child process that is killed and reaped however the test ends, so a failing test leaves no process.
@@ -233,7 +292,11 @@ impl Kid {
     fn line(&mut self) -> String {
         let mut s = String::new();
         self.out.read_line(&mut s).expect("read child output");
-        assert!(s.ends_with('\n'), "child {} ended before saying anything", self.child.id());
+        assert!(
+            s.ends_with('\n'),
+            "child {} ended before saying anything",
+            self.child.id()
+        );
         s.trim_end().to_owned()
     }
 
@@ -257,7 +320,9 @@ impl Drop for Kid {
 /// Prints a line for the parent's [`Kid::line`].
 fn say(s: &str) {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{s}").and_then(|()| out.flush()).expect("write to parent");
+    writeln!(out, "{s}")
+        .and_then(|()| out.flush())
+        .expect("write to parent");
 }
 
 fn read_payload_byte(r: &Region, at: usize) -> u8 {
@@ -304,9 +369,27 @@ fn wrong_type_is_type_mismatch() {
     // Same payload size as a lock (16 bytes): only the type differs.
     let r = Region::create(&name, 16, false).unwrap();
     let e = err(Lock::open(&name));
-    assert!(matches!(e, Error::TypeMismatch { expected: "mproc::Lock", .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::TypeMismatch {
+                expected: "mproc::Lock",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     let e = err(Lock::from_handle(&r.handle()));
-    assert!(matches!(e, Error::TypeMismatch { expected: "mproc::Lock", .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::TypeMismatch {
+                expected: "mproc::Lock",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     drop(r);
 }
 
@@ -316,7 +399,16 @@ fn wrong_size_is_size_mismatch() {
     let name = common::unique_name("size");
     let _f = forge_named(&name, &h, PAYLOAD_OFFSET + 32);
     let e = err(Lock::open(&name));
-    assert!(matches!(e, Error::SizeMismatch { expected: 16, found: 32 }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::SizeMismatch {
+                expected: 16,
+                found: 32
+            }
+        ),
+        "{e:?}"
+    );
 }
 
 fn forged_headers_are_typed_errors() {
@@ -331,25 +423,84 @@ fn forged_headers_are_typed_errors() {
     assert_eq!(open(good).expect("an intact copy opens").len(), 8);
 
     let e = err(open(good.set64(MAGIC, u64::from_ne_bytes(*b"NOTMPROC"))));
-    assert!(matches!(e, Error::BadMagic { found } if found == *b"NOTMPROC"), "{e:?}");
+    assert!(
+        matches!(e, Error::BadMagic { found } if found == *b"NOTMPROC"),
+        "{e:?}"
+    );
     let e = err(open(good.set64(MAGIC, 0)));
-    assert!(matches!(e, Error::BadMagic { found: [0, 0, 0, 0, 0, 0, 0, 0] }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::BadMagic {
+                found: [0, 0, 0, 0, 0, 0, 0, 0]
+            }
+        ),
+        "{e:?}"
+    );
     let e = err(open(good.set32(VERSION, 2)));
-    assert!(matches!(e, Error::VersionMismatch { expected: 1, found: 2 }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::VersionMismatch {
+                expected: 1,
+                found: 2
+            }
+        ),
+        "{e:?}"
+    );
     let e = err(open(good.set32(VERSION, u32::MAX)));
-    assert!(matches!(e, Error::VersionMismatch { expected: 1, found: u32::MAX }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::VersionMismatch {
+                expected: 1,
+                found: u32::MAX
+            }
+        ),
+        "{e:?}"
+    );
     let e = err(open(good.set32(HEADER_SIZE, 65)));
     assert!(matches!(e, Error::Corrupted(_)), "{e:?}");
     let e = err(open(good.set64(TYPE_HASH, good.u64(TYPE_HASH) ^ 1)));
-    assert!(matches!(e, Error::TypeMismatch { expected: "bytes", .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::TypeMismatch {
+                expected: "bytes",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
 
     // payload_size larger than the file, by one byte, by a lot, and so large that adding the header overflows.
     let e = err(open(good.set64(PAYLOAD_SIZE, 9)));
-    assert!(matches!(e, Error::Truncated { needed: 137, actual: 136 }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::Truncated {
+                needed: 137,
+                actual: 136
+            }
+        ),
+        "{e:?}"
+    );
     let e = err(open(good.set64(PAYLOAD_SIZE, 1 << 40)));
-    assert!(matches!(e, Error::Truncated { needed, actual: 136 } if needed == (1 << 40) + 128), "{e:?}");
+    assert!(
+        matches!(e, Error::Truncated { needed, actual: 136 } if needed == (1 << 40) + 128),
+        "{e:?}"
+    );
     let e = err(open(good.set64(PAYLOAD_SIZE, u64::MAX - 64)));
-    assert!(matches!(e, Error::Truncated { needed: u64::MAX, actual: 136 }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::Truncated {
+                needed: u64::MAX,
+                actual: 136
+            }
+        ),
+        "{e:?}"
+    );
 
     // A ready flag that is neither "initialising" (0) nor READY is garbage, reported without waiting.
     for garbage in [1, 0xdead_beef, READY ^ 1, u32::MAX] {
@@ -361,10 +512,22 @@ fn forged_headers_are_typed_errors() {
     // leaves these dead creators' segments alone.
     let unpublished = good.set32(READY_WORD, 0).set32(FLAGS, FLAG_PERSISTENT);
     let e = err(open(unpublished.set32(CREATOR_PID, NEVER_A_PID)));
-    assert!(matches!(e, Error::NotReady { creator_pid: NEVER_A_PID, .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::NotReady {
+                creator_pid: NEVER_A_PID,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     let reused = unpublished.set64(CREATOR_START, good.u64(CREATOR_START) + 1);
     let e = err(open(reused));
-    assert!(matches!(e, Error::NotReady { creator_pid, .. } if creator_pid == std::process::id()), "{e:?}");
+    assert!(
+        matches!(e, Error::NotReady { creator_pid, .. } if creator_pid == std::process::id()),
+        "{e:?}"
+    );
 }
 
 /// A named file shorter than a header may be one whose creator is still sizing it: the opener waits the
@@ -374,7 +537,16 @@ fn short_named_file_is_truncated() {
     let name = common::unique_name("short");
     let _f = forge_named(&name, &Hdr([0; 64]), 10);
     let e = err(Region::open(&name));
-    assert!(matches!(e, Error::Truncated { needed: 128, actual: 10 }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::Truncated {
+                needed: 128,
+                actual: 10
+            }
+        ),
+        "{e:?}"
+    );
 }
 
 /// By handle nobody can be still creating the segment, so a short one is refused at once.
@@ -383,19 +555,34 @@ fn short_segment_by_handle_is_truncated() {
     for len in [0, 10, 63, 64, 127] {
         let f = forge_loose("shortfd", &good.0, len, 0o600);
         let file = File::open(&f.0).unwrap();
-        let e = err(Region::from_handle(&fd_handle(good.u64(REGION_ID), file.as_raw_fd())));
-        assert!(matches!(e, Error::Truncated { needed: 128, actual } if actual == len), "{len}: {e:?}");
+        let e = err(Region::from_handle(&fd_handle(
+            good.u64(REGION_ID),
+            file.as_raw_fd(),
+        )));
+        assert!(
+            matches!(e, Error::Truncated { needed: 128, actual } if actual == len),
+            "{len}: {e:?}"
+        );
     }
 }
 
 fn missing_name_is_not_found() {
     let name = common::unique_name("missing");
     let e = err(Region::open(&name));
-    assert!(matches!(&e, Error::NotFound { name: n } if *n == name), "{e:?}");
+    assert!(
+        matches!(&e, Error::NotFound { name: n } if *n == name),
+        "{e:?}"
+    );
     let e = err(Lock::open(&name));
-    assert!(matches!(&e, Error::NotFound { name: n } if *n == name), "{e:?}");
+    assert!(
+        matches!(&e, Error::NotFound { name: n } if *n == name),
+        "{e:?}"
+    );
     let e = err(Region::unlink(&name));
-    assert!(matches!(&e, Error::NotFound { name: n } if *n == name), "{e:?}");
+    assert!(
+        matches!(&e, Error::NotFound { name: n } if *n == name),
+        "{e:?}"
+    );
 }
 
 fn shared_or_foreign_segment_is_not_private() {
@@ -413,8 +600,14 @@ fn shared_or_foreign_segment_is_not_private() {
             "{mode:o}: {e:?}"
         );
         let file = File::open(&f.0).unwrap();
-        let e = err(Region::from_handle(&fd_handle(good.u64(REGION_ID), file.as_raw_fd())));
-        assert!(matches!(e, Error::NotPrivate { mode: m, .. } if m == mode), "{mode:o}: {e:?}");
+        let e = err(Region::from_handle(&fd_handle(
+            good.u64(REGION_ID),
+            file.as_raw_fd(),
+        )));
+        assert!(
+            matches!(e, Error::NotPrivate { mode: m, .. } if m == mode),
+            "{mode:o}: {e:?}"
+        );
     }
     // Mode 0600 but owned by another user: only possible to set up as root.
     let name = common::unique_name("owner");
@@ -422,9 +615,21 @@ fn shared_or_foreign_segment_is_not_private() {
     match std::os::unix::fs::chown(&f.0, Some(12345), Some(12345)) {
         Ok(()) => {
             let e = err(Region::open(&name));
-            assert!(matches!(e, Error::NotPrivate { owner_uid: 12345, mode: 0o600, .. }), "{e:?}");
+            assert!(
+                matches!(
+                    e,
+                    Error::NotPrivate {
+                        owner_uid: 12345,
+                        mode: 0o600,
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
         }
-        Err(e) => eprintln!("region::shared_or_foreign_segment_is_not_private: cannot chown ({e}), not checked"),
+        Err(e) => eprintln!(
+            "region::shared_or_foreign_segment_is_not_private: cannot chown ({e}), not checked"
+        ),
     }
 }
 
@@ -436,7 +641,10 @@ fn symlink_and_directory_are_refused() {
     let _link = Forged(shm_path(&name));
     // O_NOFOLLOW: a name planted as a symlink is never followed (ELOOP).
     let e = err(Region::open(&name));
-    assert!(matches!(&e, Error::Os { source, .. } if source.raw_os_error() == Some(40)), "{e:?}");
+    assert!(
+        matches!(&e, Error::Os { source, .. } if source.raw_os_error() == Some(40)),
+        "{e:?}"
+    );
 
     let name = common::unique_name("dir");
     std::fs::create_dir(shm_path(&name)).unwrap();
@@ -447,20 +655,32 @@ fn symlink_and_directory_are_refused() {
 
 fn invalid_names_are_refused() {
     let long = "x".repeat(201);
-    for n in ["", ".", "..", ".hidden", "a/b", "../x", "/abs", "sp ace", "tab\t", "nul\0", "é", "a\\b", &long] {
+    for n in [
+        "", ".", "..", ".hidden", "a/b", "../x", "/abs", "sp ace", "tab\t", "nul\0", "é", "a\\b",
+        &long,
+    ] {
         let is_invalid = |e: Error| matches!(&e, Error::InvalidName { name, .. } if name == n);
         assert!(is_invalid(err(Region::open(n))), "open {n:?}");
         assert!(is_invalid(err(Region::create(n, 8, false))), "create {n:?}");
         assert!(is_invalid(err(Region::unlink(n))), "unlink {n:?}");
         assert!(is_invalid(err(Lock::open(n))), "Lock::open {n:?}");
         assert!(is_invalid(err(Lock::create(n))), "Lock::create {n:?}");
-        let named = handle(&HandleMirror { id: 1, source: SourceMirror::Named(n.to_owned()) });
-        assert!(is_invalid(err(Region::from_handle(&named))), "from_handle {n:?}");
+        let named = handle(&HandleMirror {
+            id: 1,
+            source: SourceMirror::Named(n.to_owned()),
+        });
+        assert!(
+            is_invalid(err(Region::from_handle(&named))),
+            "from_handle {n:?}"
+        );
     }
     // The boundary: 200 bytes is a valid (missing) name.
     let mut at_limit = common::unique_name("long");
     at_limit.push_str(&"y".repeat(200 - at_limit.len()));
-    assert!(matches!(err(Region::open(&at_limit)), Error::NotFound { .. }));
+    assert!(matches!(
+        err(Region::open(&at_limit)),
+        Error::NotFound { .. }
+    ));
 }
 
 // ------------------------------------------------------------------------------------ 2. fuzzing
@@ -476,7 +696,10 @@ fn run_fuzz_child(role: &str) {
             let _ = std::fs::remove_file(e.path());
         }
     }
-    assert!(st.success(), "{role}: {st} (a signal here, e.g. SIGBUS, means an open crashed)");
+    assert!(
+        st.success(),
+        "{role}: {st} (a signal here, e.g. SIGBUS, means an open crashed)"
+    );
 }
 
 fn runner(seed: u64) -> TestRunner {
@@ -570,12 +793,18 @@ fn check_open<T>(
 ) -> Result<Option<T>, TestCaseError> {
     let e = match got {
         Ok(v) => {
-            prop_assert!(allowed.is_empty(), "{what}: opened, but one of {allowed:?} was due");
+            prop_assert!(
+                allowed.is_empty(),
+                "{what}: opened, but one of {allowed:?} was due"
+            );
             return Ok(Some(v));
         }
         Err(e) => e,
     };
-    prop_assert!(allowed.contains(&kind(&e)), "{what}: {e:?} is not among {allowed:?}");
+    prop_assert!(
+        allowed.contains(&kind(&e)),
+        "{what}: {e:?} is not among {allowed:?}"
+    );
     let truthful = match &e {
         Error::BadMagic { found } => found[..] == h.0[..8],
         Error::VersionMismatch { expected, found } => *expected == 1 && *found == h.u32(VERSION),
@@ -589,7 +818,10 @@ fn check_open<T>(
         Error::NotReady { creator_pid, .. } => *creator_pid == h.u32(CREATOR_PID),
         _ => true,
     };
-    prop_assert!(truthful, "{what}: {e:?} misreports the segment ({len} bytes, {h:?})");
+    prop_assert!(
+        truthful,
+        "{what}: {e:?} misreports the segment ({len} bytes, {h:?})"
+    );
     Ok(None)
 }
 
@@ -640,7 +872,10 @@ fn header_strategy(bytes: Hdr, lock: Hdr) -> impl Strategy<Value = Hdr> {
 /// Child role: arbitrary headers and lengths, opened by name and by handle, as bytes and as a Lock.
 fn fuzz_headers(_: &str) {
     let (bytes, lock) = (bytes_header(16), lock_header());
-    let truth = Truth { bytes_hash: bytes.u64(TYPE_HASH), lock_hash: lock.u64(TYPE_HASH) };
+    let truth = Truth {
+        bytes_hash: bytes.u64(TYPE_HASH),
+        lock_hash: lock.u64(TYPE_HASH),
+    };
     let strategy = (header_strategy(bytes, lock), 0u64..4400, any::<bool>());
     let result = runner(0x6d70_726f_6331).run(&strategy, |(h, len, same_id)| {
         // By name. A header still "initialising" (ready 0) is waited for while its creator lives, and a
@@ -658,12 +893,16 @@ fn fuzz_headers(_: &str) {
             let what = format!("open {opener:?} by name");
             match opener {
                 Opener::Bytes => {
-                    if let Some(r) = check_open(&what, Region::open(&name), &allowed, &named, named_len)? {
+                    if let Some(r) =
+                        check_open(&what, Region::open(&name), &allowed, &named, named_len)?
+                    {
                         check_region(&r, &named, named_len)?;
                     }
                 }
                 Opener::Lock => {
-                    if let Some(l) = check_open(&what, Lock::open(&name), &allowed, &named, named_len)? {
+                    if let Some(l) =
+                        check_open(&what, Lock::open(&name), &allowed, &named, named_len)?
+                    {
                         drop(l.try_lock());
                     }
                 }
@@ -674,7 +913,11 @@ fn fuzz_headers(_: &str) {
         // By handle, any length: nothing waits on this path.
         let f = forge_loose("fzfd", &h.0, len, 0o600);
         let file = File::open(&f.0).unwrap();
-        let id = if same_id { h.u64(REGION_ID) } else { h.u64(REGION_ID).wrapping_add(1) };
+        let id = if same_id {
+            h.u64(REGION_ID)
+        } else {
+            h.u64(REGION_ID).wrapping_add(1)
+        };
         let hd = fd_handle(id, file.as_raw_fd());
         for opener in [Opener::Bytes, Opener::Lock] {
             let mut allowed = justified(&h, len, opener, truth, true);
@@ -684,7 +927,8 @@ fn fuzz_headers(_: &str) {
             let what = format!("open {opener:?} by handle");
             match opener {
                 Opener::Bytes => {
-                    if let Some(r) = check_open(&what, Region::from_handle(&hd), &allowed, &h, len)? {
+                    if let Some(r) = check_open(&what, Region::from_handle(&hd), &allowed, &h, len)?
+                    {
                         check_region(&r, &h, len)?;
                     }
                 }
@@ -707,7 +951,8 @@ fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 200
         && !n.starts_with('.')
-        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// Child role: handles decoded from arbitrary bytes, and structured handles with arbitrary pid, fd and
@@ -720,7 +965,11 @@ fn fuzz_handles(_: &str) {
     let lock = Lock::new().unwrap();
     let named_name = common::unique_name("fzh");
     let named = Region::create(&named_name, 16, false).unwrap();
-    let (anon_h, lock_h, named_h) = (mirror(&anon.handle()), mirror(&lock.handle()), mirror(&named.handle()));
+    let (anon_h, lock_h, named_h) = (
+        mirror(&anon.handle()),
+        mirror(&lock.handle()),
+        mirror(&named.handle()),
+    );
     let fd_of = |m: &HandleMirror| match m.source {
         SourceMirror::Fd { fd, .. } => fd,
         SourceMirror::Named(_) => unreachable!("an anonymous region's handle names a descriptor"),
@@ -731,11 +980,13 @@ fn fuzz_handles(_: &str) {
     let ids = [anon_h.id, lock_h.id, named_h.id];
 
     // (a) arbitrary bytes, and mutations of real encodings, through postcard.
-    let encodings: Vec<Vec<u8>> =
-        [&anon_h, &lock_h, &named_h].iter().map(|m| postcard::to_stdvec(m).unwrap()).collect();
+    let encodings: Vec<Vec<u8>> = [&anon_h, &lock_h, &named_h]
+        .iter()
+        .map(|m| postcard::to_stdvec(m).unwrap())
+        .collect();
     let edits = proptest::collection::vec((any::<usize>(), any::<u8>()), 0..3);
-    let mutated = (proptest::sample::select(encodings), edits, any::<usize>())
-        .prop_map(|(mut b, edits, cut)| {
+    let mutated = (proptest::sample::select(encodings), edits, any::<usize>()).prop_map(
+        |(mut b, edits, cut)| {
             for (at, v) in edits {
                 let i = at % b.len();
                 b[i] = v;
@@ -744,10 +995,13 @@ fn fuzz_handles(_: &str) {
                 b.pop(); // now too short, or a shorter string
             }
             b
-        });
+        },
+    );
     let bytes = prop_oneof![1 => proptest::collection::vec(any::<u8>(), 0..48), 3 => mutated];
     let result = runner(0x6d70_726f_6332).run(&bytes, |b| {
-        let Ok(h) = postcard::from_bytes::<RegionHandle>(&b) else { return Ok(()) };
+        let Ok(h) = postcard::from_bytes::<RegionHandle>(&b) else {
+            return Ok(());
+        };
         let mut m = mirror(&h);
         if let SourceMirror::Fd { pid, fd } = &mut m.source {
             if *pid != me && *pid <= PID_MAX_LIMIT {
@@ -758,7 +1012,10 @@ fn fuzz_handles(_: &str) {
             }
         }
         let h = handle(&m);
-        for got in [Region::from_handle(&h).map(drop), Lock::from_handle(&h).map(drop)] {
+        for got in [
+            Region::from_handle(&h).map(drop),
+            Lock::from_handle(&h).map(drop),
+        ] {
             if let Err(e) = got {
                 prop_assert!(kind(&e) != "other", "{m:?}: {e:?}");
             }
@@ -770,21 +1027,35 @@ fn fuzz_handles(_: &str) {
     }
 
     // (b) structured handles with exact expectations.
-    let own_fd = prop_oneof![Just(anon_fd), Just(lock_fd), Just(0), Just(1), -4i32..0, 900i32..1000, any::<i32>()]
-        .prop_map(move |fd| if unused(fd) { fd } else { fd + 1000 })
-        .prop_map(move |fd| SourceMirror::Fd { pid: me, fd });
-    let ghost = (PID_MAX_LIMIT + 1..=u32::MAX, any::<i32>()).prop_map(|(pid, fd)| SourceMirror::Fd { pid, fd });
-    let name = prop_oneof![Just(named_name.clone()), "[a-z.]{1,8}", any::<String>()].prop_map(SourceMirror::Named);
+    let own_fd = prop_oneof![
+        Just(anon_fd),
+        Just(lock_fd),
+        Just(0),
+        Just(1),
+        -4i32..0,
+        900i32..1000,
+        any::<i32>()
+    ]
+    .prop_map(move |fd| if unused(fd) { fd } else { fd + 1000 })
+    .prop_map(move |fd| SourceMirror::Fd { pid: me, fd });
+    let ghost = (PID_MAX_LIMIT + 1..=u32::MAX, any::<i32>())
+        .prop_map(|(pid, fd)| SourceMirror::Fd { pid, fd });
+    let name = prop_oneof![Just(named_name.clone()), "[a-z.]{1,8}", any::<String>()]
+        .prop_map(SourceMirror::Named);
     let id = prop_oneof![proptest::sample::select(ids.to_vec()), any::<u64>()];
-    let strategy = (id, prop_oneof![own_fd, ghost, name])
-        .prop_map(|(id, source)| HandleMirror { id, source });
+    let strategy =
+        (id, prop_oneof![own_fd, ghost, name]).prop_map(|(id, source)| HandleMirror { id, source });
     let result = runner(0x6d70_726f_6333).run(&strategy, |m| {
         let h = handle(&m);
         let same = |real: &HandleMirror| if m.id == real.id { "ok" } else { "StaleHandle" };
         // (expected for Region::from_handle, expected for Lock::from_handle)
         let (want_bytes, want_lock) = match &m.source {
-            SourceMirror::Fd { pid, fd } if *pid == me && *fd == anon_fd => (same(&anon_h), "TypeMismatch"),
-            SourceMirror::Fd { pid, fd } if *pid == me && *fd == lock_fd => ("TypeMismatch", same(&lock_h)),
+            SourceMirror::Fd { pid, fd } if *pid == me && *fd == anon_fd => {
+                (same(&anon_h), "TypeMismatch")
+            }
+            SourceMirror::Fd { pid, fd } if *pid == me && *fd == lock_fd => {
+                ("TypeMismatch", same(&lock_h))
+            }
             // /dev/null and a pipe: refused before anything else as not regular files.
             SourceMirror::Fd { pid, fd: 0 | 1 } if *pid == me => ("Os", "Os"),
             SourceMirror::Fd { .. } => ("StaleHandle", "StaleHandle"),
@@ -829,15 +1100,26 @@ fn janitor_removes_only_stale() {
     let mine = Region::create(&own, 64, false).unwrap();
     let mut lingering = Kid::spawn("region_create_and_linger", &killed);
     assert_eq!(lingering.line(), "ready");
-    assert!(Kid::spawn("region_create_and_vanish", &format!("{exited} 0")).wait().success());
-    assert!(Kid::spawn("region_create_and_vanish", &format!("{persistent} 1")).wait().success());
+    assert!(
+        Kid::spawn("region_create_and_vanish", &format!("{exited} 0"))
+            .wait()
+            .success()
+    );
+    assert!(
+        Kid::spawn("region_create_and_vanish", &format!("{persistent} 1"))
+            .wait()
+            .success()
+    );
     let exists = |n: &str| shm_path(n).exists();
 
     // The lingering child is alive: its region stays; the one whose creator exited without dropping goes.
     let removed = mproc::cleanup_stale().unwrap();
     assert!(removed.contains(&exited), "{removed:?}");
     for n in [&killed, &persistent, &own] {
-        assert!(!removed.contains(n) && exists(n), "{n} was removed: {removed:?}");
+        assert!(
+            !removed.contains(n) && exists(n),
+            "{n} was removed: {removed:?}"
+        );
     }
     assert!(!exists(&exited));
 
@@ -848,7 +1130,10 @@ fn janitor_removes_only_stale() {
     assert!(removed.contains(&killed), "{removed:?}");
     assert!(!exists(&killed));
     for n in [&persistent, &own] {
-        assert!(!removed.contains(n) && exists(n), "{n} was removed: {removed:?}");
+        assert!(
+            !removed.contains(n) && exists(n),
+            "{n} was removed: {removed:?}"
+        );
     }
     assert!(Region::open(&persistent).is_ok());
 
@@ -871,7 +1156,8 @@ fn anon_handle(arg: &str) {
 }
 
 fn handle_of_exited_process_is_stale() {
-    let read_handle = |kid: &mut Kid| -> RegionHandle { postcard::from_bytes(&from_hex(&kid.line())).unwrap() };
+    let read_handle =
+        |kid: &mut Kid| -> RegionHandle { postcard::from_bytes(&from_hex(&kid.line())).unwrap() };
     // Alive: the handle opens, and shows what the child wrote.
     let mut kid = Kid::spawn("region_anon_handle", "linger");
     let h = read_handle(&mut kid);
@@ -889,9 +1175,15 @@ fn handle_of_exited_process_is_stale() {
     let stat = format!("/proc/{}/stat", kid.child.id());
     let state = || {
         let s = std::fs::read_to_string(&stat).ok()?;
-        s.rsplit(')').next()?.split_whitespace().next().map(str::to_owned)
+        s.rsplit(')')
+            .next()?
+            .split_whitespace()
+            .next()
+            .map(str::to_owned)
     };
-    common::eventually("child becomes a zombie", BOUND, || state().as_deref() == Some("Z"));
+    common::eventually("child becomes a zombie", BOUND, || {
+        state().as_deref() == Some("Z")
+    });
     let e = err(Region::from_handle(&h));
     assert!(matches!(e, Error::StaleHandle(_)), "zombie: {e:?}");
     assert!(kid.wait().success());
@@ -906,7 +1198,10 @@ fn handle_with_wrong_id_is_stale() {
     let m = mirror(&real);
     assert_eq!(handle(&m), real, "the mirror must round-trip");
     let forged = handle(&HandleMirror { id: m.id ^ 1, ..m });
-    assert!(matches!(err(Region::from_handle(&forged)), Error::StaleHandle(_)));
+    assert!(matches!(
+        err(Region::from_handle(&forged)),
+        Error::StaleHandle(_)
+    ));
     assert!(Region::from_handle(&real).is_ok());
 
     // Named: a wrong id, then the name taken over by a new region (same name, new id).
@@ -914,23 +1209,38 @@ fn handle_with_wrong_id_is_stale() {
     let first = Region::create(&name, 8, false).unwrap();
     let old = first.handle();
     let m = mirror(&old);
-    let forged = handle(&HandleMirror { id: m.id.wrapping_add(1), ..m });
-    assert!(matches!(err(Region::from_handle(&forged)), Error::StaleHandle(_)));
+    let forged = handle(&HandleMirror {
+        id: m.id.wrapping_add(1),
+        ..m
+    });
+    assert!(matches!(
+        err(Region::from_handle(&forged)),
+        Error::StaleHandle(_)
+    ));
     drop(first);
     let second = Region::create(&name, 8, false).unwrap();
-    assert!(matches!(err(Region::from_handle(&old)), Error::StaleHandle(_)));
+    assert!(matches!(
+        err(Region::from_handle(&old)),
+        Error::StaleHandle(_)
+    ));
     assert!(Region::from_handle(&second.handle()).is_ok());
     drop(second);
     // Gone altogether: reported as NotFound (the name's own error), although `from_handle`'s docs
     // promise StaleHandle "if the region is gone".
-    assert!(matches!(err(Region::from_handle(&old)), Error::NotFound { .. }));
+    assert!(matches!(
+        err(Region::from_handle(&old)),
+        Error::NotFound { .. }
+    ));
 }
 
 // ------------------------------------------------------------------------- 5. garbage in a Lock
 
 /// Child role: writes garbage over the 16-byte lock state of the named Lock `arg` until killed.
 fn scribble_lock(name: &str) {
-    let f = OpenOptions::new().write(true).open(shm_path(name)).expect("open the lock's segment");
+    let f = OpenOptions::new()
+        .write(true)
+        .open(shm_path(name))
+        .expect("open the lock's segment");
     say("go");
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15; // xorshift64: a fixed, reproducible sequence
     loop {
@@ -938,10 +1248,10 @@ fn scribble_lock(name: &str) {
         x ^= x >> 7;
         x ^= x << 17;
         let word: u32 = match x % 4 {
-            0 => 0,                            // free
-            1 => DEAD_TID,                     // held by a thread that cannot exist
+            0 => 0,                              // free
+            1 => DEAD_TID,                       // held by a thread that cannot exist
             2 => 0x8000_0000 | (x >> 40) as u32, // "waiters" and a random holder
-            _ => (x >> 32) as u32,             // anything
+            _ => (x >> 32) as u32,               // anything
         };
         let mut state = [0u8; 16];
         state[..4].copy_from_slice(&word.to_ne_bytes());
@@ -977,14 +1287,21 @@ fn lock_survives_garbage() {
         }
         let _ = tx.send((ok, died, busy));
     });
-    let (ok, died, busy) = rx.recv_timeout(BOUND).expect("lock_timeout hung (or panicked) under garbage");
+    let (ok, died, busy) = rx
+        .recv_timeout(BOUND)
+        .expect("lock_timeout hung (or panicked) under garbage");
     assert_eq!(ok + died + busy, 300);
     assert!(!kid.kill().success());
 
     // Recovery: whatever the garbage left, a dead holder is reported once and the lock works again.
     let mut state = [0u8; 16];
     state[..4].copy_from_slice(&DEAD_TID.to_ne_bytes());
-    OpenOptions::new().write(true).open(shm_path(&name)).unwrap().write_at(&state, PAYLOAD_OFFSET).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(shm_path(&name))
+        .unwrap()
+        .write_at(&state, PAYLOAD_OFFSET)
+        .unwrap();
     match lock.lock_timeout(BOUND) {
         Err(TryLockError::OwnerDied(e)) => assert_eq!(e.dead_tid(), DEAD_TID),
         other => panic!("expected OwnerDied, got {other:?}"),
@@ -1007,7 +1324,10 @@ fn creator_drop_spares_a_replacement() {
     drop(first);
     let reopened = Region::open(&name).map(|r| r.handle() == second.handle());
     let _ = Region::unlink(&name);
-    assert!(matches!(reopened, Ok(true)), "the replacement's name was removed: {reopened:?}");
+    assert!(
+        matches!(reopened, Ok(true)),
+        "the replacement's name was removed: {reopened:?}"
+    );
 }
 
 /// Regression: a creator killed after writing the header but before publishing leaves
@@ -1018,12 +1338,18 @@ fn creator_drop_spares_a_replacement() {
 fn janitor_removes_unpublished_persistent() {
     let _sweep = sweep_lock();
     let name = common::unique_name("unpublished");
-    let h = lock_header().set32(READY_WORD, 0).set32(FLAGS, FLAG_PERSISTENT).set32(CREATOR_PID, NEVER_A_PID);
+    let h = lock_header()
+        .set32(READY_WORD, 0)
+        .set32(FLAGS, FLAG_PERSISTENT)
+        .set32(CREATOR_PID, NEVER_A_PID);
     let _f = forge_named(&name, &h, PAYLOAD_OFFSET + 16);
     let e = err(Lock::open_or_create(&name));
     assert!(matches!(e, Error::NotReady { .. }), "{e:?}");
     let removed = mproc::cleanup_stale().unwrap();
-    assert!(removed.contains(&name), "a never-published region of a dead creator was kept: {removed:?}");
+    assert!(
+        removed.contains(&name),
+        "a never-published region of a dead creator was kept: {removed:?}"
+    );
     let reopened = Lock::open_or_create(&name).map(drop); // persistent: unlinked just below
     let _ = Region::unlink(&name);
     assert!(reopened.is_ok(), "{reopened:?}");
@@ -1041,7 +1367,10 @@ fn janitor_spares_a_header_being_written() {
     let f = forge_named(&name, &h, PAYLOAD_OFFSET + 16);
     let removed = mproc::cleanup_stale().unwrap();
     let kept = f.0.exists();
-    assert!(kept && !removed.contains(&name), "a header being written was taken for a dead creator's");
+    assert!(
+        kept && !removed.contains(&name),
+        "a header being written was taken for a dead creator's"
+    );
 }
 
 /// Sweeps (`cleanup_stale`) of this file run one at a time: each asserts what *its* sweep removed.
