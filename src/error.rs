@@ -220,6 +220,14 @@ pub enum Error {
         /// The worker's exit code, if it exited.
         exit_code: Option<i32>,
     },
+    /// A managed heap has no block left of the size asked for.
+    #[error("the shared heap is out of memory: {requested} bytes requested, {available} bytes of fresh space left")]
+    OutOfMemory {
+        /// The size asked for.
+        requested: u64,
+        /// Never-used space left in the heap (freed blocks of other sizes are not counted).
+        available: u64,
+    },
     /// The pool was closed or terminated; it takes no more work.
     #[error("the pool is closed")]
     PoolClosed,

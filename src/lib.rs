@@ -59,6 +59,7 @@
 pub mod codec;
 mod error;
 pub(crate) mod heap;
+pub mod manager;
 pub mod pool;
 pub mod process;
 pub mod queue;
@@ -68,6 +69,7 @@ pub(crate) mod sys;
 
 pub use error::{Error, LockResult, OwnerDied, Result, TryLockError};
 pub use heap::SharedArray;
+pub use manager::{Dict, List, ManagedValue, Manager, Namespace};
 pub use pool::{AsyncResult, Pool, PoolBuilder};
 pub use process::{init, Builder as ProcessBuilder, Process, StartMethod};
 pub use queue::{Connection, JoinableQueue, Pipe, Queue, SimpleQueue};

@@ -1,0 +1,398 @@
+//! [`Dict<K, V>`]: a hash map in a managed heap.
+//!
+//! Header (4 words): `len`, `cap`, `table`, `tombstones`. The table is `cap` pairs `(tag, entry)`: tag 0 is
+//! an empty slot, 1 a removed one, anything else the key's FNV-1a hash with bit 1 set. An entry is a blob
+//! `key length (u64) | key bytes | value bytes`, encoded with the dict's [`Codec`]. Linear probing; the
+//! table is rebuilt at 3/4 load into fresh memory, so growing journals only the header words.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use super::heap::{Heap, HeapRef, Tx};
+use crate::codec::{Codec, Serde};
+use crate::error::{Error, Result};
+
+const LEN: u64 = 0;
+const CAP: u64 = 8;
+const TABLE: u64 = 16;
+const TOMBS: u64 = 24;
+pub(crate) const HEADER_WORDS: u64 = 4;
+const EMPTY: u64 = 0;
+const REMOVED: u64 = 1;
+
+fn tag_of(key: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h | 2
+}
+
+/// Marks which key and value types a dict holds, without owning any (so `Dict` is `Send`/`Sync` whatever
+/// they are: it holds only handles to shared memory).
+type KeyValue<K, V> = fn(K, V) -> (K, V);
+
+/// A dictionary shared by every process that opens its [`Manager`](super::Manager), like a Python
+/// manager's `dict()` — but in shared memory, with no server round trip.
+///
+/// Every operation runs under the heap's robust lock as one transaction: a process killed in the
+/// middle of `insert` leaves the dict as it was before (see the heap docs). Keys and values are encoded
+/// with `C`: [`Serde`] by default, or [`Raw`](crate::codec::Raw) for `Pod` types, stored inline as bytes.
+pub struct Dict<K, V, C = Serde> {
+    heap: Arc<Heap>,
+    obj: u64,
+    _t: PhantomData<KeyValue<K, V>>,
+    _c: PhantomData<C>,
+}
+
+impl<K, V, C> Clone for Dict<K, V, C> {
+    fn clone(&self) -> Self {
+        Dict {
+            heap: self.heap.clone(),
+            obj: self.obj,
+            _t: PhantomData,
+            _c: PhantomData,
+        }
+    }
+}
+
+impl<K, V, C> std::fmt::Debug for Dict<K, V, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dict")
+            .field("offset", &self.obj)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Finds `key`: `Ok(slot index)` if present, `Err(first free slot)` if not.
+fn find(
+    h: HeapRef<'_>,
+    table: u64,
+    cap: u64,
+    key: &[u8],
+    tag: u64,
+) -> Result<std::result::Result<u64, u64>> {
+    if cap == 0 {
+        return Err(Error::Corrupted("a dict table of capacity 0".into()));
+    }
+    let mut free = None;
+    let mut i = tag % cap;
+    for _ in 0..cap {
+        let slot = table + i * 16;
+        match h.get(slot)? {
+            EMPTY => return Ok(Err(free.unwrap_or(i))),
+            REMOVED => {
+                free.get_or_insert(i);
+            }
+            t if t == tag => {
+                let e = h.get(slot + 8)?;
+                if h.get(e)? >= 8 && h.get(e + 8)? == key.len() as u64 && h.bytes_eq(e + 16, key)? {
+                    return Ok(Ok(i));
+                }
+            }
+            _ => {}
+        }
+        i = (i + 1) % cap;
+    }
+    free.map(Err)
+        .ok_or_else(|| Error::Corrupted("a full dict table".into()))
+        .map(Ok)?
+}
+
+/// The value bytes of the entry blob at `e`.
+fn value_of(h: HeapRef<'_>, e: u64) -> Result<Vec<u8>> {
+    let blob = h.blob(e)?;
+    let klen = blob
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    let start = klen
+        .and_then(|k| usize::try_from(k).ok())
+        .and_then(|k| k.checked_add(8));
+    match start {
+        Some(s) if s <= blob.len() => Ok(blob[s..].to_vec()),
+        _ => Err(Error::Corrupted(format!(
+            "dict entry at {e:#x} is malformed"
+        ))),
+    }
+}
+
+fn entry_bytes(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + key.len() + value.len());
+    v.extend_from_slice(&(key.len() as u64).to_le_bytes());
+    v.extend_from_slice(key);
+    v.extend_from_slice(value);
+    v
+}
+
+impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
+    pub(crate) fn attach(heap: Arc<Heap>, obj: u64) -> Self {
+        Dict {
+            heap,
+            obj,
+            _t: PhantomData,
+            _c: PhantomData,
+        }
+    }
+
+    /// Initialises a fresh header (in the creating transaction).
+    pub(crate) fn init(tx: &mut Tx<'_>, obj: u64) -> Result<()> {
+        let cap = 8;
+        let table = Self::fresh_table(tx, cap)?;
+        tx.init(obj + LEN, 0)?;
+        tx.init(obj + CAP, cap)?;
+        tx.init(obj + TABLE, table)?;
+        tx.init(obj + TOMBS, 0)
+    }
+
+    fn fresh_table(tx: &mut Tx<'_>, cap: u64) -> Result<u64> {
+        let bytes = cap.checked_mul(16).ok_or(Error::OutOfMemory {
+            requested: u64::MAX,
+            available: 0,
+        })?;
+        let table = tx.alloc(bytes)?;
+        for i in 0..cap * 2 {
+            tx.init(table + i * 8, 0)?;
+        }
+        Ok(table)
+    }
+
+    fn key_bytes(key: &K) -> Result<Vec<u8>> {
+        <C as Codec<K>>::with_bytes(key, <[u8]>::to_vec)
+    }
+
+    /// The value for `key`, if any.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] if the stored value is not a `V`; [`Error::Corrupted`] if the heap is damaged.
+    pub fn get(&self, key: &K) -> Result<Option<V>> {
+        let k = Self::key_bytes(key)?;
+        let obj = self.obj;
+        let bytes = self.heap.transact(|tx| {
+            let h = tx.heap();
+            let (cap, table) = (h.get(obj + CAP)?, h.get(obj + TABLE)?);
+            match find(h, table, cap, &k, tag_of(&k))? {
+                Ok(i) => value_of(h, h.get(table + i * 16 + 8)?).map(Some),
+                Err(_) => Ok(None),
+            }
+        })?;
+        bytes.map(|b| <C as Codec<V>>::decode(&b)).transpose()
+    }
+
+    /// Whether `key` is present.
+    ///
+    /// # Errors
+    /// [`Error::Corrupted`] if the heap is damaged.
+    pub fn contains(&self, key: &K) -> Result<bool> {
+        let k = Self::key_bytes(key)?;
+        let obj = self.obj;
+        self.heap.transact(|tx| {
+            let h = tx.heap();
+            Ok(find(h, h.get(obj + TABLE)?, h.get(obj + CAP)?, &k, tag_of(&k))?.is_ok())
+        })
+    }
+
+    /// Sets `key` to `value`; returns whether the key was new.
+    ///
+    /// # Errors
+    /// [`Error::OutOfMemory`] (the dict is unchanged then), [`Error::Encode`], [`Error::Corrupted`].
+    pub fn insert(&self, key: &K, value: &V) -> Result<bool> {
+        let k = Self::key_bytes(key)?;
+        let v = <C as Codec<V>>::with_bytes(value, <[u8]>::to_vec)?;
+        let obj = self.obj;
+        self.heap.transact(|tx| Self::put(tx, obj, &k, &v))
+    }
+
+    fn put(tx: &mut Tx<'_>, obj: u64, k: &[u8], v: &[u8]) -> Result<bool> {
+        let tag = tag_of(k);
+        let (len, cap, tombs) = (tx.get(obj + LEN)?, tx.get(obj + CAP)?, tx.get(obj + TOMBS)?);
+        if (len + tombs + 1) * 4 > cap * 3 {
+            Self::rebuild(tx, obj, ((len + 1) * 2).next_power_of_two().max(8))?;
+        }
+        let (cap, table) = (tx.get(obj + CAP)?, tx.get(obj + TABLE)?);
+        let entry = tx.alloc_blob(&entry_bytes(k, v))?;
+        match find(tx.heap(), table, cap, k, tag)? {
+            Ok(i) => {
+                let slot = table + i * 16;
+                let old = tx.get(slot + 8)?;
+                tx.set(slot + 8, entry)?;
+                tx.free(old)?;
+                Ok(false)
+            }
+            Err(i) => {
+                let slot = table + i * 16;
+                if tx.get(slot)? == REMOVED {
+                    tx.set(obj + TOMBS, tx.get(obj + TOMBS)?.saturating_sub(1))?;
+                }
+                tx.set(slot + 8, entry)?;
+                tx.set(slot, tag)?;
+                tx.set(obj + LEN, tx.get(obj + LEN)? + 1)?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Moves every entry into a fresh table of `cap` slots, dropping tombstones. Only the header words
+    /// are journaled; the old table is freed.
+    fn rebuild(tx: &mut Tx<'_>, obj: u64, cap: u64) -> Result<()> {
+        let (old_cap, old_table) = (tx.get(obj + CAP)?, tx.get(obj + TABLE)?);
+        let table = Self::fresh_table(tx, cap)?;
+        for i in 0..old_cap {
+            let tag = tx.get(old_table + i * 16)?;
+            if tag == EMPTY || tag == REMOVED {
+                continue;
+            }
+            let e = tx.get(old_table + i * 16 + 8)?;
+            let mut j = tag % cap;
+            while tx.get(table + j * 16)? != EMPTY {
+                j = (j + 1) % cap;
+            }
+            tx.init(table + j * 16, tag)?;
+            tx.init(table + j * 16 + 8, e)?;
+        }
+        tx.set(obj + TABLE, table)?;
+        tx.set(obj + CAP, cap)?;
+        tx.set(obj + TOMBS, 0)?;
+        tx.free(old_table)
+    }
+
+    /// Removes `key`; returns its value if it was present.
+    ///
+    /// # Errors
+    /// [`Error::Decode`], [`Error::Corrupted`].
+    pub fn remove(&self, key: &K) -> Result<Option<V>> {
+        let k = Self::key_bytes(key)?;
+        let obj = self.obj;
+        let bytes = self.heap.transact(|tx| {
+            let (cap, table) = (tx.get(obj + CAP)?, tx.get(obj + TABLE)?);
+            let Ok(i) = find(tx.heap(), table, cap, &k, tag_of(&k))? else {
+                return Ok(None);
+            };
+            let slot = table + i * 16;
+            let e = tx.get(slot + 8)?;
+            let value = value_of(tx.heap(), e)?;
+            tx.set(slot, REMOVED)?;
+            tx.set(obj + TOMBS, tx.get(obj + TOMBS)? + 1)?;
+            tx.set(obj + LEN, tx.get(obj + LEN)?.saturating_sub(1))?;
+            tx.free(e)?;
+            Ok(Some(value))
+        })?;
+        bytes.map(|b| <C as Codec<V>>::decode(&b)).transpose()
+    }
+
+    /// Reads, changes and writes back the value of `key` in one transaction: no other process sees or
+    /// makes a change in between (a counter incremented this way from many processes loses nothing).
+    /// `f` gets the current value (`None` if absent) and returns the new one.
+    ///
+    /// # Errors
+    /// As [`get`](Dict::get) and [`insert`](Dict::insert).
+    pub fn update(&self, key: &K, f: impl FnOnce(Option<V>) -> V) -> Result<()> {
+        let k = Self::key_bytes(key)?;
+        let obj = self.obj;
+        self.heap.transact(|tx| {
+            let h = tx.heap();
+            let (cap, table) = (h.get(obj + CAP)?, h.get(obj + TABLE)?);
+            let old = match find(h, table, cap, &k, tag_of(&k))? {
+                Ok(i) => Some(<C as Codec<V>>::decode(&value_of(
+                    h,
+                    h.get(table + i * 16 + 8)?,
+                )?)?),
+                Err(_) => None,
+            };
+            let v = <C as Codec<V>>::with_bytes(&f(old), <[u8]>::to_vec)?;
+            Self::put(tx, obj, &k, &v).map(drop)
+        })
+    }
+
+    /// The number of entries.
+    ///
+    /// # Errors
+    /// [`Error::Corrupted`].
+    pub fn len(&self) -> Result<usize> {
+        let obj = self.obj;
+        self.heap.transact(|tx| Ok(tx.get(obj + LEN)? as usize))
+    }
+
+    /// Whether the dict is empty.
+    ///
+    /// # Errors
+    /// [`Error::Corrupted`].
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// A snapshot of every (key, value), taken in one transaction.
+    ///
+    /// # Errors
+    /// [`Error::Decode`], [`Error::Corrupted`].
+    pub fn items(&self) -> Result<Vec<(K, V)>> {
+        let obj = self.obj;
+        let raw: Vec<(Vec<u8>, Vec<u8>)> = self.heap.transact(|tx| {
+            let h = tx.heap();
+            let (cap, table) = (h.get(obj + CAP)?, h.get(obj + TABLE)?);
+            let mut out = Vec::new();
+            for i in 0..cap {
+                let tag = h.get(table + i * 16)?;
+                if tag == EMPTY || tag == REMOVED {
+                    continue;
+                }
+                let blob = h.blob(h.get(table + i * 16 + 8)?)?;
+                let klen = blob
+                    .get(..8)
+                    .map_or(u64::MAX, |b| u64::from_le_bytes(b.try_into().expect("8")));
+                let split = usize::try_from(klen)
+                    .ok()
+                    .and_then(|k| k.checked_add(8))
+                    .filter(|&s| s <= blob.len());
+                let Some(split) = split else {
+                    return Err(Error::Corrupted("a malformed dict entry".into()));
+                };
+                out.push((blob[8..split].to_vec(), blob[split..].to_vec()));
+            }
+            Ok(out)
+        })?;
+        raw.iter()
+            .map(|(k, v)| Ok((<C as Codec<K>>::decode(k)?, <C as Codec<V>>::decode(v)?)))
+            .collect()
+    }
+
+    /// A snapshot of the keys.
+    ///
+    /// # Errors
+    /// As [`items`](Dict::items).
+    pub fn keys(&self) -> Result<Vec<K>> {
+        Ok(self.items()?.into_iter().map(|(k, _)| k).collect())
+    }
+
+    /// A snapshot of the values.
+    ///
+    /// # Errors
+    /// As [`items`](Dict::items).
+    pub fn values(&self) -> Result<Vec<V>> {
+        Ok(self.items()?.into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// Removes every entry.
+    ///
+    /// # Errors
+    /// [`Error::OutOfMemory`], [`Error::Corrupted`].
+    pub fn clear(&self) -> Result<()> {
+        let obj = self.obj;
+        self.heap.transact(|tx| {
+            let (cap, table) = (tx.get(obj + CAP)?, tx.get(obj + TABLE)?);
+            let fresh = Self::fresh_table(tx, 8)?;
+            tx.set(obj + TABLE, fresh)?;
+            tx.set(obj + CAP, 8)?;
+            tx.set(obj + LEN, 0)?;
+            tx.set(obj + TOMBS, 0)?;
+            for i in 0..cap {
+                let tag = tx.get(table + i * 16)?;
+                if tag != EMPTY && tag != REMOVED {
+                    let e = tx.get(table + i * 16 + 8)?;
+                    tx.free(e)?;
+                }
+            }
+            tx.free(table)
+        })
+    }
+}

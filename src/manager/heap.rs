@@ -1,0 +1,370 @@
+//! The managed heap: an allocator and a directory in one shared region, changed only inside
+//! transactions that survive the death of the process running them.
+//!
+//! # Layout (offsets from the payload start; every word is an `AtomicU64`)
+//!
+//! | offset              | what                                                                 |
+//! |---------------------|----------------------------------------------------------------------|
+//! | 0                   | [`RawLock`] (16 bytes) guarding everything below                      |
+//! | 16                  | journal length, bump pointer, arena end, then one free-list head per size class |
+//! | [`JOURNAL`]         | the undo journal: `JOURNAL_CAP` pairs (offset, old value)            |
+//! | [`DIRECTORY`]       | `DIR_CAP` directory entries of [`DIR_WORDS`] words                    |
+//! | [`ARENA`]           | blocks: one header word (size class) then the payload                |
+//!
+//! # Transactions
+//! Every change to a word that was reachable before the transaction goes through [`Tx::set`], which
+//! first appends (offset, old value) to the journal, bumps the journal length (Release), and only then
+//! stores the new value (Release). Memory that was free before the transaction (fresh blocks) is written
+//! directly: if the transaction is undone, its allocation is undone too and the bytes are garbage in a
+//! free block. Commit empties the journal. When a process dies holding the heap's lock, the next holder
+//! gets `OwnerDied` from the robust lock and replays the journal backwards: every operation either
+//! happened completely or not at all, and the free lists are consistent.
+//!
+//! # Allocation
+//! Power-of-two size classes from 32 bytes, each with a free list (the next pointer lives in the freed
+//! block), and a bump pointer for fresh space. Freed blocks are reused by later allocations of the same
+//! class; blocks are not split or merged, so internal fragmentation is up to half a block, and memory
+//! freed in one class is not available to another. When the arena is exhausted, allocation fails with
+//! [`Error::OutOfMemory`]: the heap never grows past its size and never corrupts itself.
+//!
+//! # Garbage
+//! Every offset and length read from the heap is checked against the region before use; a bad one is
+//! [`Error::Corrupted`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Error, Result};
+use crate::region::Region;
+use crate::sync::raw_lock::{Acquired, RawLock};
+
+const W: u64 = 8;
+/// Journal length word.
+const JLEN: u64 = 16;
+const BUMP: u64 = 24;
+const END: u64 = 32;
+/// First free-list head; class `k` (blocks of 2^k bytes) is at `FREE + 8 * (k - MIN_CLASS)`.
+const FREE: u64 = 40;
+const MIN_CLASS: u32 = 5;
+const MAX_CLASS: u32 = 40;
+const JOURNAL: u64 = 512;
+pub(crate) const JOURNAL_CAP: u64 = 1024;
+pub(crate) const DIRECTORY: u64 = JOURNAL + JOURNAL_CAP * 16;
+/// Words per directory entry: kind hash, object offset, name length, then the name (40 bytes).
+pub(crate) const DIR_WORDS: u64 = 8;
+pub(crate) const DIR_NAME_MAX: usize = 40;
+pub(crate) const DIR_CAP: u64 = 256;
+pub(crate) const ARENA: u64 = DIRECTORY + DIR_CAP * DIR_WORDS * W;
+
+const _: () = assert!(FREE + (MAX_CLASS - MIN_CLASS + 1) as u64 * W <= JOURNAL);
+
+/// A view of a managed heap region: checked word access and the lock.
+#[derive(Debug)]
+pub(crate) struct Heap {
+    region: Region,
+    len: u64,
+}
+
+impl Heap {
+    pub(crate) fn min_size() -> usize {
+        ARENA as usize + 4096
+    }
+
+    /// Sets up a fresh, zeroed region (before it is published).
+    pub(crate) fn init(region: &Region) -> Result<()> {
+        let h = Heap::view(region);
+        h.word(BUMP)?.store(ARENA, Ordering::Relaxed);
+        h.word(END)?.store(region.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn view(region: &Region) -> HeapRef<'_> {
+        HeapRef {
+            base: region.as_ptr(),
+            len: region.len() as u64,
+            _region: std::marker::PhantomData,
+        }
+    }
+
+    pub(crate) fn new(region: Region) -> Heap {
+        let len = region.len() as u64;
+        Heap { region, len }
+    }
+
+    pub(crate) fn region(&self) -> &Region {
+        &self.region
+    }
+
+    fn r(&self) -> HeapRef<'_> {
+        HeapRef {
+            base: self.region.as_ptr(),
+            len: self.len,
+            _region: std::marker::PhantomData,
+        }
+    }
+
+    fn lock(&self) -> &RawLock {
+        // Offset 0 holds the lock; the region is at least ARENA bytes (checked at open).
+        self.region
+            .payload_ref::<RawLock>(0)
+            .expect("the heap region holds its lock at offset 0")
+    }
+
+    /// Runs `f` as one transaction under the heap's lock; commits if it returns `Ok`, rolls back if it
+    /// returns `Err` (so a failed operation, e.g. out of memory half-way, changes nothing).
+    pub(crate) fn transact<R>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<R>) -> Result<R> {
+        // Whether the previous holder died (OwnerDied) or not, a non-empty journal means a transaction
+        // that never finished — a death, or a panic that unwound through `f` — and is undone first.
+        let _acquired: Acquired = self
+            .lock()
+            .lock_until(None)
+            .expect("an untimed lock cannot time out");
+        let guard = Unlock(self.lock());
+        let mut tx = Tx {
+            heap: self.r(),
+            journaled: Vec::new(),
+        };
+        if tx.get(JLEN)? != 0 {
+            tx.roll_back()?;
+        }
+        let r = f(&mut tx);
+        match &r {
+            Ok(_) => tx.commit()?,
+            Err(_) => tx.roll_back()?,
+        }
+        drop(guard);
+        r
+    }
+}
+
+struct Unlock<'a>(&'a RawLock);
+
+impl Drop for Unlock<'_> {
+    fn drop(&mut self) {
+        // SAFETY: constructed right after this thread acquired the lock in `transact`; dropped once.
+        unsafe { self.0.unlock() }
+    }
+}
+
+/// Checked access to the words and bytes of a heap.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeapRef<'a> {
+    base: *mut u8,
+    len: u64,
+    /// Ties the view to the region it points into.
+    _region: std::marker::PhantomData<&'a Region>,
+}
+
+impl<'a> HeapRef<'a> {
+    pub(crate) fn word(&self, off: u64) -> Result<&'a AtomicU64> {
+        if off % W != 0 || off.checked_add(W).is_none_or(|e| e > self.len) {
+            return Err(Error::Corrupted(format!(
+                "heap offset {off:#x} is outside the heap or misaligned"
+            )));
+        }
+        // SAFETY: [off, off + 8) lies inside the payload of a live mapping (checked above against its
+        // length), off is 8-aligned and the payload starts 128 bytes into a page-aligned mapping; an
+        // AtomicU64 accepts any bits. The mapping outlives 'a (the Heap owns the Region).
+        Ok(unsafe { &*(self.base.add(off as usize) as *const AtomicU64) })
+    }
+
+    pub(crate) fn get(&self, off: u64) -> Result<u64> {
+        Ok(self.word(off)?.load(Ordering::Acquire))
+    }
+
+    fn check_range(&self, off: u64, n: usize) -> Result<()> {
+        if off.checked_add(n as u64).is_none_or(|e| e > self.len) {
+            return Err(Error::Corrupted(format!(
+                "{n} bytes at heap offset {off:#x} are outside the heap"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Copies `n` bytes out of the heap.
+    pub(crate) fn read_bytes(&self, off: u64, n: usize) -> Result<Vec<u8>> {
+        self.check_range(off, n)?;
+        let mut v = vec![0u8; n];
+        // SAFETY: the range is inside the mapping (checked); `v` is a distinct local buffer of n bytes.
+        unsafe { std::ptr::copy_nonoverlapping(self.base.add(off as usize), v.as_mut_ptr(), n) };
+        Ok(v)
+    }
+
+    /// Whether the `n` bytes at `off` equal `bytes` (without copying them out).
+    pub(crate) fn bytes_eq(&self, off: u64, bytes: &[u8]) -> Result<bool> {
+        self.check_range(off, bytes.len())?;
+        // SAFETY: the range is inside the mapping (checked); u8 accepts any value. Other processes only
+        // write heap bytes under the lock, which the caller holds.
+        let here = unsafe { std::slice::from_raw_parts(self.base.add(off as usize), bytes.len()) };
+        Ok(here == bytes)
+    }
+}
+
+/// One transaction; see the module docs.
+pub(crate) struct Tx<'a> {
+    heap: HeapRef<'a>,
+    /// Offsets journaled so far: a word needs its *first* old value only, so repeated changes (a
+    /// free-list head during `clear`) take one journal entry, not one each.
+    journaled: Vec<u64>,
+}
+
+impl<'a> Tx<'a> {
+    pub(crate) fn heap(&self) -> HeapRef<'a> {
+        self.heap
+    }
+
+    pub(crate) fn get(&self, off: u64) -> Result<u64> {
+        self.heap.get(off)
+    }
+
+    /// Changes a word that existed before this transaction, journaling its old value first.
+    pub(crate) fn set(&mut self, off: u64, value: u64) -> Result<()> {
+        let w = self.heap.word(off)?;
+        if self.journaled.contains(&off) {
+            w.store(value, Ordering::Release);
+            return Ok(());
+        }
+        let n = self.heap.get(JLEN)?;
+        if n >= JOURNAL_CAP {
+            return Err(Error::Corrupted("the heap's undo journal is full".into()));
+        }
+        let entry = JOURNAL + n * 16;
+        self.heap.word(entry)?.store(off, Ordering::Relaxed);
+        self.heap
+            .word(entry + W)?
+            .store(w.load(Ordering::Relaxed), Ordering::Relaxed);
+        // Release: the entry is in memory before the length that makes it count, and the length before
+        // the change it covers (the store below is Release too). A death between any two is undone.
+        self.heap.word(JLEN)?.store(n + 1, Ordering::Release);
+        w.store(value, Ordering::Release);
+        self.journaled.push(off);
+        Ok(())
+    }
+
+    /// Writes a word of a block allocated in this transaction (no journal needed: undoing the
+    /// transaction frees the block).
+    pub(crate) fn init(&mut self, off: u64, value: u64) -> Result<()> {
+        self.heap.word(off)?.store(value, Ordering::Release);
+        Ok(())
+    }
+
+    /// Writes bytes into a block allocated in this transaction.
+    pub(crate) fn init_bytes(&mut self, off: u64, bytes: &[u8]) -> Result<()> {
+        self.heap.check_range(off, bytes.len())?;
+        // SAFETY: the range is inside the mapping (checked); it belongs to a block this transaction
+        // allocated, which no other thread or process reads before commit (they need the lock).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.heap.base.add(off as usize),
+                bytes.len(),
+            )
+        };
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        self.journaled.clear();
+        self.heap.word(JLEN)?.store(0, Ordering::Release);
+        Ok(())
+    }
+
+    fn roll_back(&mut self) -> Result<()> {
+        let n = self.heap.get(JLEN)?.min(JOURNAL_CAP);
+        for i in (0..n).rev() {
+            let entry = JOURNAL + i * 16;
+            let off = self.heap.get(entry)?;
+            let old = self.heap.get(entry + W)?;
+            // A garbage journal entry pointing outside the heap is skipped, not followed.
+            if let Ok(w) = self.heap.word(off) {
+                w.store(old, Ordering::Release);
+            }
+        }
+        self.commit()
+    }
+
+    fn class_of(size: u64) -> Result<u32> {
+        let total = size.checked_add(W).ok_or(Error::OutOfMemory {
+            requested: size,
+            available: 0,
+        })?;
+        let k = total
+            .max(1 << MIN_CLASS)
+            .next_power_of_two()
+            .trailing_zeros();
+        if k > MAX_CLASS {
+            return Err(Error::OutOfMemory {
+                requested: size,
+                available: 0,
+            });
+        }
+        Ok(k)
+    }
+
+    /// Allocates a block with room for `size` bytes; returns the payload offset.
+    pub(crate) fn alloc(&mut self, size: u64) -> Result<u64> {
+        let k = Self::class_of(size)?;
+        let head = FREE + u64::from(k - MIN_CLASS) * W;
+        let block = self.get(head)?;
+        let block = if block != 0 {
+            // Pop: the next pointer is the block's first payload word.
+            let next = self.get(block + W)?;
+            self.set(head, next)?;
+            block
+        } else {
+            let bump = self.get(BUMP)?;
+            let end = self.get(END)?.min(self.heap.len);
+            let new_bump = bump.checked_add(1 << k).filter(|&b| b <= end);
+            let Some(new_bump) = new_bump else {
+                return Err(Error::OutOfMemory {
+                    requested: size,
+                    available: end.saturating_sub(bump),
+                });
+            };
+            self.set(BUMP, new_bump)?;
+            bump
+        };
+        if block < ARENA || block % W != 0 {
+            return Err(Error::Corrupted(format!(
+                "free list of class {k} points at {block:#x}"
+            )));
+        }
+        self.init(block, u64::from(k))?;
+        Ok(block + W)
+    }
+
+    /// Frees the block at payload offset `p`.
+    pub(crate) fn free(&mut self, p: u64) -> Result<()> {
+        let block = p.checked_sub(W).filter(|&b| b >= ARENA).ok_or_else(|| {
+            Error::Corrupted(format!("freeing {p:#x}, which is not a heap block"))
+        })?;
+        let k = self.get(block)?;
+        if !(u64::from(MIN_CLASS)..=u64::from(MAX_CLASS)).contains(&k) {
+            return Err(Error::Corrupted(format!("block at {p:#x} has class {k}")));
+        }
+        let head = FREE + (k - u64::from(MIN_CLASS)) * W;
+        let old = self.get(head)?;
+        // The next pointer goes into the freed block itself: if this transaction is undone the block is
+        // allocated again and its payload is garbage anyway, so it needs no journal entry.
+        self.init(p, old)?;
+        self.set(head, block)
+    }
+
+    /// Allocates a blob holding `bytes`, prefixed by their length; returns its offset.
+    pub(crate) fn alloc_blob(&mut self, bytes: &[u8]) -> Result<u64> {
+        let p = self.alloc(W + bytes.len() as u64)?;
+        self.init(p, bytes.len() as u64)?;
+        self.init_bytes(p + W, bytes)?;
+        Ok(p)
+    }
+}
+
+impl HeapRef<'_> {
+    /// The bytes of a blob made by [`Tx::alloc_blob`], checked against its block.
+    pub(crate) fn blob(&self, p: u64) -> Result<Vec<u8>> {
+        let n = self.get(p)?;
+        self.read_bytes(
+            p + W,
+            usize::try_from(n).map_err(|_| Error::Corrupted("blob length".into()))?,
+        )
+    }
+}

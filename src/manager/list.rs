@@ -1,0 +1,351 @@
+//! [`List<T>`], [`ManagedValue<T>`] and [`Namespace`] in a managed heap.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::dict::Dict;
+use super::heap::{Heap, Tx};
+use crate::codec::{Codec, Serde};
+
+use crate::error::{Error, Result};
+
+const LEN: u64 = 0;
+const CAP: u64 = 8;
+const ITEMS: u64 = 16;
+pub(crate) const LIST_WORDS: u64 = 3;
+
+/// A list shared by every process that opens its [`Manager`](super::Manager), like a Python manager's
+/// `list()`. Each element is a blob encoded with `C`; the list is an array of their offsets that doubles
+/// when full. Every operation is one crash-safe transaction.
+pub struct List<T, C = Serde> {
+    heap: Arc<Heap>,
+    obj: u64,
+    _t: PhantomData<fn(T) -> T>,
+    _c: PhantomData<C>,
+}
+
+impl<T, C> Clone for List<T, C> {
+    fn clone(&self) -> Self {
+        List {
+            heap: self.heap.clone(),
+            obj: self.obj,
+            _t: PhantomData,
+            _c: PhantomData,
+        }
+    }
+}
+
+impl<T, C> std::fmt::Debug for List<T, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("List")
+            .field("offset", &self.obj)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, C: Codec<T>> List<T, C> {
+    pub(crate) fn attach(heap: Arc<Heap>, obj: u64) -> Self {
+        List {
+            heap,
+            obj,
+            _t: PhantomData,
+            _c: PhantomData,
+        }
+    }
+
+    pub(crate) fn init(tx: &mut Tx<'_>, obj: u64) -> Result<()> {
+        let items = tx.alloc(8 * 8)?;
+        tx.init(obj + LEN, 0)?;
+        tx.init(obj + CAP, 8)?;
+        tx.init(obj + ITEMS, items)
+    }
+
+    fn encode(v: &T) -> Result<Vec<u8>> {
+        C::with_bytes(v, <[u8]>::to_vec)
+    }
+
+    /// Checked (len, items) of the list.
+    fn shape(tx: &Tx<'_>, obj: u64) -> Result<(u64, u64, u64)> {
+        let (len, cap, items) = (tx.get(obj + LEN)?, tx.get(obj + CAP)?, tx.get(obj + ITEMS)?);
+        if len > cap {
+            return Err(Error::Corrupted(format!(
+                "a list of length {len} and capacity {cap}"
+            )));
+        }
+        Ok((len, cap, items))
+    }
+
+    fn push_encoded(tx: &mut Tx<'_>, obj: u64, bytes: &[u8]) -> Result<()> {
+        let (len, cap, mut items) = Self::shape(tx, obj)?;
+        if len == cap {
+            let new_cap = cap.saturating_mul(2).max(8);
+            let fresh = tx.alloc(new_cap.checked_mul(8).ok_or(Error::OutOfMemory {
+                requested: u64::MAX,
+                available: 0,
+            })?)?;
+            for i in 0..len {
+                let v = tx.get(items + i * 8)?;
+                tx.init(fresh + i * 8, v)?;
+            }
+            tx.set(obj + ITEMS, fresh)?;
+            tx.set(obj + CAP, new_cap)?;
+            tx.free(items)?;
+            items = fresh;
+        }
+        let blob = tx.alloc_blob(bytes)?;
+        // Beyond `len`: not yet part of the list, so it needs no journal entry.
+        tx.init(items + len * 8, blob)?;
+        tx.set(obj + LEN, len + 1)
+    }
+
+    /// Appends `value`.
+    ///
+    /// # Errors
+    /// [`Error::OutOfMemory`] (the list is unchanged), [`Error::Encode`], [`Error::Corrupted`].
+    pub fn push(&self, value: &T) -> Result<()> {
+        let bytes = Self::encode(value)?;
+        let obj = self.obj;
+        self.heap.transact(|tx| Self::push_encoded(tx, obj, &bytes))
+    }
+
+    /// Appends every value, all in one transaction (all or nothing).
+    ///
+    /// # Errors
+    /// As [`push`](List::push).
+    pub fn extend<'a>(&self, values: impl IntoIterator<Item = &'a T>) -> Result<()>
+    where
+        T: 'a,
+    {
+        let encoded = values
+            .into_iter()
+            .map(Self::encode)
+            .collect::<Result<Vec<_>>>()?;
+        let obj = self.obj;
+        self.heap.transact(|tx| {
+            encoded
+                .iter()
+                .try_for_each(|b| Self::push_encoded(tx, obj, b))
+        })
+    }
+
+    /// Removes and returns the last element.
+    ///
+    /// # Errors
+    /// [`Error::Decode`], [`Error::Corrupted`].
+    pub fn pop(&self) -> Result<Option<T>> {
+        let obj = self.obj;
+        let bytes = self.heap.transact(|tx| {
+            let (len, _, items) = Self::shape(tx, obj)?;
+            if len == 0 {
+                return Ok(None);
+            }
+            let blob = tx.get(items + (len - 1) * 8)?;
+            let bytes = tx.heap().blob(blob)?;
+            tx.set(obj + LEN, len - 1)?;
+            tx.free(blob)?;
+            Ok(Some(bytes))
+        })?;
+        bytes.map(|b| C::decode(&b)).transpose()
+    }
+
+    /// Element `i`, if `i < len`.
+    ///
+    /// # Errors
+    /// [`Error::Decode`], [`Error::Corrupted`].
+    pub fn get(&self, i: usize) -> Result<Option<T>> {
+        let obj = self.obj;
+        let bytes = self.heap.transact(|tx| {
+            let (len, _, items) = Self::shape(tx, obj)?;
+            if i as u64 >= len {
+                return Ok(None);
+            }
+            tx.heap().blob(tx.get(items + i as u64 * 8)?).map(Some)
+        })?;
+        bytes.map(|b| C::decode(&b)).transpose()
+    }
+
+    /// Replaces element `i`.
+    ///
+    /// # Errors
+    /// [`Error::Corrupted`] also if `i` is out of range (Python's IndexError), [`Error::OutOfMemory`].
+    pub fn set(&self, i: usize, value: &T) -> Result<()> {
+        let bytes = Self::encode(value)?;
+        let obj = self.obj;
+        self.heap.transact(|tx| {
+            let (len, _, items) = Self::shape(tx, obj)?;
+            if i as u64 >= len {
+                return Err(Error::Corrupted(format!(
+                    "list index {i} out of range for length {len}"
+                )));
+            }
+            let slot = items + i as u64 * 8;
+            let old = tx.get(slot)?;
+            let blob = tx.alloc_blob(&bytes)?;
+            tx.set(slot, blob)?;
+            tx.free(old)
+        })
+    }
+
+    /// The number of elements.
+    ///
+    /// # Errors
+    /// [`Error::Corrupted`].
+    pub fn len(&self) -> Result<usize> {
+        let obj = self.obj;
+        self.heap
+            .transact(|tx| Ok(Self::shape(tx, obj)?.0 as usize))
+    }
+
+    /// Whether the list is empty.
+    ///
+    /// # Errors
+    /// [`Error::Corrupted`].
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// A snapshot of every element, taken in one transaction.
+    ///
+    /// # Errors
+    /// [`Error::Decode`], [`Error::Corrupted`].
+    pub fn to_vec(&self) -> Result<Vec<T>> {
+        let obj = self.obj;
+        let raw = self.heap.transact(|tx| {
+            let (len, _, items) = Self::shape(tx, obj)?;
+            (0..len)
+                .map(|i| tx.heap().blob(tx.get(items + i * 8)?))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        raw.iter().map(|b| C::decode(b)).collect()
+    }
+}
+
+/// A single value in a managed heap, like a Python manager's `Value` (any serde type; for `Pod` types
+/// with their own lock, see [`crate::Value`]).
+pub struct ManagedValue<T, C = Serde> {
+    heap: Arc<Heap>,
+    obj: u64,
+    _t: PhantomData<fn(T) -> T>,
+    _c: PhantomData<C>,
+}
+
+impl<T, C> std::fmt::Debug for ManagedValue<T, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagedValue")
+            .field("offset", &self.obj)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, C: Codec<T>> ManagedValue<T, C> {
+    pub(crate) fn attach(heap: Arc<Heap>, obj: u64) -> Self {
+        ManagedValue {
+            heap,
+            obj,
+            _t: PhantomData,
+            _c: PhantomData,
+        }
+    }
+
+    pub(crate) fn init(tx: &mut Tx<'_>, obj: u64, initial: &[u8]) -> Result<()> {
+        let blob = tx.alloc_blob(initial)?;
+        tx.init(obj, blob)
+    }
+
+    /// The current value.
+    ///
+    /// # Errors
+    /// [`Error::Decode`], [`Error::Corrupted`].
+    pub fn get(&self) -> Result<T> {
+        let obj = self.obj;
+        let b = self.heap.transact(|tx| tx.heap().blob(tx.get(obj)?))?;
+        C::decode(&b)
+    }
+
+    /// Replaces the value.
+    ///
+    /// # Errors
+    /// [`Error::OutOfMemory`], [`Error::Encode`], [`Error::Corrupted`].
+    pub fn set(&self, v: &T) -> Result<()> {
+        let bytes = C::with_bytes(v, <[u8]>::to_vec)?;
+        let obj = self.obj;
+        self.heap.transact(|tx| {
+            let old = tx.get(obj)?;
+            let blob = tx.alloc_blob(&bytes)?;
+            tx.set(obj, blob)?;
+            tx.free(old)
+        })
+    }
+
+    /// Reads, changes and writes back the value in one transaction.
+    ///
+    /// # Errors
+    /// As [`get`](ManagedValue::get) and [`set`](ManagedValue::set).
+    pub fn update(&self, f: impl FnOnce(T) -> T) -> Result<()> {
+        let obj = self.obj;
+        self.heap.transact(|tx| {
+            let old = tx.get(obj)?;
+            let v = f(C::decode(&tx.heap().blob(old)?)?);
+            let blob = tx.alloc_blob(&C::with_bytes(&v, <[u8]>::to_vec)?)?;
+            tx.set(obj, blob)?;
+            tx.free(old)
+        })
+    }
+}
+
+/// Named fields holding serde values, like a Python manager's `Namespace()`: `ns.set("epoch", &3)`,
+/// `ns.get::<u32>("epoch")`. Each field is stored encoded, so fields may have different types.
+#[derive(Debug, Clone)]
+pub struct Namespace {
+    fields: Dict<String, Vec<u8>>,
+}
+
+impl Namespace {
+    pub(crate) fn new(fields: Dict<String, Vec<u8>>) -> Self {
+        Namespace { fields }
+    }
+
+    /// Sets field `name`.
+    ///
+    /// # Errors
+    /// [`Error::Encode`], [`Error::OutOfMemory`], [`Error::Corrupted`].
+    pub fn set<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        let bytes = postcard::to_allocvec(value).map_err(|e| Error::Encode(e.to_string()))?;
+        self.fields.insert(&name.to_owned(), &bytes).map(drop)
+    }
+
+    /// Field `name` as a `T`, if set.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] if it holds another type, [`Error::Corrupted`].
+    pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        self.fields
+            .get(&name.to_owned())?
+            .map(|b| {
+                postcard::from_bytes(&b).map_err(|e| Error::Decode {
+                    ty: std::any::type_name::<T>(),
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    /// Removes field `name`; returns whether it was set.
+    ///
+    /// # Errors
+    /// [`Error::Corrupted`].
+    pub fn remove(&self, name: &str) -> Result<bool> {
+        Ok(self.fields.remove(&name.to_owned())?.is_some())
+    }
+
+    /// The names of the fields set.
+    ///
+    /// # Errors
+    /// [`Error::Corrupted`].
+    pub fn names(&self) -> Result<Vec<String>> {
+        self.fields.keys()
+    }
+}

@@ -1,0 +1,141 @@
+use super::*;
+use std::collections::HashMap;
+
+fn mgr() -> Manager {
+    Manager::anonymous(4 << 20).unwrap()
+}
+
+#[test]
+fn dict_matches_a_hashmap() {
+    let m = mgr();
+    let d = m.dict::<String, u64>("d").unwrap();
+    let mut model = HashMap::new();
+    for i in 0..3000u64 {
+        let k = format!("key{}", i % 1000);
+        match i % 5 {
+            0..=2 => assert_eq!(d.insert(&k, &i).unwrap(), model.insert(k, i).is_none()),
+            3 => assert_eq!(d.remove(&k).unwrap(), model.remove(&k)),
+            _ => assert_eq!(d.get(&k).unwrap(), model.get(&k).copied()),
+        }
+    }
+    assert_eq!(d.len().unwrap(), model.len());
+    let mut items = d.items().unwrap();
+    items.sort();
+    let mut expected: Vec<_> = model.into_iter().collect();
+    expected.sort();
+    assert_eq!(items, expected);
+    d.clear().unwrap();
+    assert!(d.is_empty().unwrap());
+}
+
+#[test]
+fn pod_dict_and_update() {
+    let m = mgr();
+    let d = m.pod_dict::<u32, f64>("p").unwrap();
+    for i in 0..100 {
+        d.update(&(i % 10), |v| v.unwrap_or(0.0) + 1.0).unwrap();
+    }
+    assert_eq!(d.get(&3).unwrap(), Some(10.0));
+    assert!(d.contains(&9).unwrap() && !d.contains(&10).unwrap());
+}
+
+#[test]
+fn list_value_namespace() {
+    let m = mgr();
+    let l = m.list::<String>("l").unwrap();
+    for i in 0..100 {
+        l.push(&i.to_string()).unwrap();
+    }
+    l.set(5, &"five".into()).unwrap();
+    assert_eq!(l.get(5).unwrap().as_deref(), Some("five"));
+    assert_eq!(l.pop().unwrap().as_deref(), Some("99"));
+    assert_eq!(l.len().unwrap(), 99);
+    assert!(l.set(500, &"x".into()).is_err());
+    l.extend(&["a".to_string(), "b".to_string()]).unwrap();
+    assert_eq!(l.to_vec().unwrap().len(), 101);
+
+    let v = m.value("v", &vec![1u8, 2]).unwrap();
+    v.update(|mut x| {
+        x.push(3);
+        x
+    })
+    .unwrap();
+    assert_eq!(v.get().unwrap(), vec![1, 2, 3]);
+
+    let ns = m.namespace("ns").unwrap();
+    ns.set("epoch", &7u32).unwrap();
+    ns.set("name", &"run-1").unwrap();
+    assert_eq!(ns.get::<u32>("epoch").unwrap(), Some(7));
+    assert_eq!(ns.get::<String>("name").unwrap().as_deref(), Some("run-1"));
+    let mut names = ns.names().unwrap();
+    names.sort();
+    assert_eq!(names, vec!["epoch", "name"]);
+    let mut all = m.names().unwrap();
+    all.sort();
+    assert_eq!(all, vec!["l", "ns", "v"]);
+}
+
+#[test]
+fn reopening_checks_the_kind() {
+    let m = mgr();
+    m.dict::<String, u64>("counts").unwrap();
+    assert!(matches!(
+        m.list::<f64>("counts"),
+        Err(Error::TypeMismatch { .. })
+    ));
+    assert!(matches!(
+        m.dict::<String, u32>("counts"),
+        Err(Error::TypeMismatch { .. })
+    ));
+    assert!(m.dict::<String, u64>("counts").is_ok());
+    assert!(matches!(
+        m.dict::<u8, u8>(&"x".repeat(41)),
+        Err(Error::InvalidName { .. })
+    ));
+}
+
+#[test]
+fn out_of_memory_is_an_error_and_changes_nothing() {
+    let m = Manager::anonymous(0).unwrap(); // the minimum size
+    let l = m.list::<Vec<u8>>("big").unwrap();
+    let mut pushed = 0;
+    loop {
+        match l.push(&vec![7u8; 1000]) {
+            Ok(()) => pushed += 1,
+            Err(Error::OutOfMemory { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(l.len().unwrap(), pushed);
+    // Freed space is reused.
+    l.pop().unwrap();
+    l.push(&vec![8u8; 1000]).unwrap();
+    assert_eq!(l.len().unwrap(), pushed);
+}
+
+#[test]
+fn a_panic_inside_a_transaction_is_rolled_back() {
+    let m = mgr();
+    let d = m.dict::<u32, u32>("d").unwrap();
+    d.insert(&1, &1).unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        d.update(&1, |_| panic!("half-way")).unwrap();
+    }));
+    assert!(r.is_err());
+    // A transaction that did change words and then failed is undone too.
+    let obj = m
+        .object(
+            "d",
+            std::any::type_name::<Dict<u32, u32, Serde>>(),
+            4,
+            |_, _| Ok(()),
+        )
+        .unwrap();
+    let r = m.heap.transact(|tx| {
+        tx.set(obj, 999)?; // the dict's len
+        Err::<(), _>(Error::Timeout)
+    });
+    assert!(r.is_err());
+    assert_eq!(d.len().unwrap(), 1);
+    assert_eq!(d.get(&1).unwrap(), Some(1));
+}
