@@ -1,0 +1,704 @@
+//! The crate's headline benchmark: handing an `f64` array to a warm worker process, by offset in shared
+//! memory against the ordinary way (a pipe), in one run: `cargo bench --bench ipc_vs_pipe`.
+//!
+//! Arrays of 4 KiB, 1 MiB, 64 MiB and 256 MiB go to a worker that is already running and has already
+//! served a task, in two tasks: *deliver* (the worker answers the first and last elements: the cost is
+//! getting the data there) and *sum* (the worker answers the sum: the cost includes reading it all).
+//!
+//! | column | how the array gets to the worker |
+//! |---|---|
+//! | (a) pipe + serde | a forked child reads a length-prefixed postcard `Vec<f64>` from a pipe, deserializes it, answers on a second pipe |
+//! | (b) pipe, raw bytes | the same child reads the bytes straight into its `[f64]` buffer (`bytemuck`, no serde) |
+//! | (c) pool, by offset | `Pool::map_chunks` over a `SharedArray` filled beforehand, one chunk = the whole array |
+//! | (d) pool, from a `Vec` | `SharedArray::from_slice(&vec)` (one copy in) + the same `map_chunks`; the array is dropped each time, so its block is reused |
+//! | (e) in process | the same function called on the `Vec` in this process: no IPC at all, the floor |
+//!
+//! The pipes are given 1 MiB buffers (`F_SETPIPE_SZ`, the unprivileged maximum) and both pipe columns
+//! reuse their buffers on both sides, so the baseline pays no page faults for fresh buffers; only the
+//! `Vec<f64>` that deserialization must produce is new each time, as it is for any serde user. The
+//! worker of (c)/(d) is a pool of one worker, the same process for every call.
+//!
+//! Timing, for a noisy 2-vCPU VM: each column is warmed up (which also calibrates how many calls one
+//! sample batches: ~20 ms worth, at least one), then the columns are sampled in round-robin so that a
+//! slow period hits all of them alike; a figure is the median time per call over the samples, with
+//! min..max. Every answer is checked against the in-process one. `MPROC_BENCH_QUICK=1` runs three
+//! sizes with fewer samples. A second part times the pool's round trip in pieces (see "round trip").
+//! The last lines are `result: NAME VALUE UNIT` (see DESIGN.md, "The benchmark contract").
+
+use std::fs::File;
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use mproc::{Pool, SharedArray};
+
+// ---------------------------------------------------------------------------------------------------
+// The two tasks, the same code in every column.
+
+/// The first and last elements.
+fn deliver(a: &[f64]) -> (f64, f64) {
+    (
+        a.first().copied().unwrap_or(f64::NAN),
+        a.last().copied().unwrap_or(f64::NAN),
+    )
+}
+
+/// The sum, with eight accumulators so that it runs at memory speed rather than at one dependent add
+/// per element.
+fn sum(a: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let chunks = a.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] += c[k];
+        }
+    }
+    acc.iter().sum::<f64>() + rest.iter().sum::<f64>()
+}
+
+fn noop(x: u32) -> u32 {
+    x
+}
+
+/// When the worker ran the task: CLOCK_MONOTONIC, which every process on the host shares.
+fn stamp(_: u32) -> u64 {
+    os::monotonic_ns()
+}
+
+/// The sum and how long it took inside the worker, in ns.
+fn timed_sum(a: &[f64]) -> (f64, u64) {
+    let t = Instant::now();
+    let s = sum(a);
+    (s, t.elapsed().as_nanos() as u64)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Task {
+    Deliver,
+    Sum,
+}
+
+impl Task {
+    fn name(self) -> &'static str {
+        match self {
+            Task::Deliver => "deliver",
+            Task::Sum => "sum",
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Task::Deliver => 1,
+            Task::Sum => 2,
+        }
+    }
+
+    /// The answer as two numbers, whatever the task.
+    fn run(self, a: &[f64]) -> [f64; 2] {
+        match self {
+            Task::Deliver => {
+                let (x, y) = deliver(a);
+                [x, y]
+            }
+            Task::Sum => [sum(a), 0.0],
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The pipe baseline: one forked child serving both pipe columns.
+
+const MODE_QUIT: u8 = 0;
+const MODE_SERDE: u8 = 1;
+const MODE_RAW: u8 = 2;
+/// Request header: mode, task, 6 bytes of padding, the payload length (u64 LE).
+const HEAD: usize = 16;
+const PIPE_BUF: usize = 1 << 20;
+
+/// The child's loop: read a request, decode it, run the task, answer 16 bytes.
+fn serve(mut req: File, mut rep: File) {
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut raw: Vec<f64> = Vec::new();
+    loop {
+        let mut h = [0u8; HEAD];
+        if req.read_exact(&mut h).is_err() {
+            return;
+        }
+        let len = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes")) as usize;
+        let task = if h[1] == Task::Deliver.code() {
+            Task::Deliver
+        } else {
+            Task::Sum
+        };
+        let answer = match h[0] {
+            MODE_SERDE => {
+                if bytes.len() < len {
+                    bytes.resize(len, 0);
+                }
+                req.read_exact(&mut bytes[..len]).expect("read a request");
+                let v: Vec<f64> = postcard::from_bytes(&bytes[..len]).expect("deserialize");
+                task.run(&v)
+            }
+            MODE_RAW => {
+                let n = len / 8;
+                if raw.len() < n {
+                    raw.resize(n, 0.0);
+                }
+                req.read_exact(bytemuck::cast_slice_mut(&mut raw[..n]))
+                    .expect("read a request");
+                task.run(&raw[..n])
+            }
+            _ => return,
+        };
+        rep.write_all(bytemuck::cast_slice(&answer))
+            .expect("write an answer");
+    }
+}
+
+struct PipeServer {
+    req: File,
+    rep: File,
+    child: Option<os::Child>,
+    /// The serialized request, reused.
+    buf: Vec<u8>,
+}
+
+impl PipeServer {
+    /// Forks the server. Call while this process is single-threaded (before the pool exists).
+    fn start() -> PipeServer {
+        let (req_r, req_w) = os::pipe();
+        let (rep_r, rep_w) = os::pipe();
+        for end in [&req_w, &rep_w] {
+            os::set_pipe_size(end, PIPE_BUF);
+        }
+        let child = os::fork(move || serve(req_r, rep_w));
+        PipeServer {
+            req: req_w,
+            rep: rep_r,
+            child: Some(child),
+            buf: Vec::new(),
+        }
+    }
+
+    fn header(mode: u8, task: Task, len: usize) -> [u8; HEAD] {
+        let mut h = [0u8; HEAD];
+        h[0] = mode;
+        h[1] = task.code();
+        h[8..16].copy_from_slice(&(len as u64).to_le_bytes());
+        h
+    }
+
+    fn answer(&mut self) -> [f64; 2] {
+        let mut a = [0.0f64; 2];
+        self.rep
+            .read_exact(bytemuck::cast_slice_mut(&mut a))
+            .expect("read the answer");
+        a
+    }
+
+    /// (a): serialize, write, (the child reads, deserializes, runs), read the answer.
+    fn serde(&mut self, task: Task, v: &[f64]) -> [f64; 2] {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let buf = postcard::to_extend(&v, buf).expect("serialize");
+        self.req
+            .write_all(&Self::header(MODE_SERDE, task, buf.len()))
+            .expect("write");
+        self.req.write_all(&buf).expect("write");
+        self.buf = buf;
+        self.answer()
+    }
+
+    /// (b): the bytes of the slice as they are.
+    fn raw(&mut self, task: Task, v: &[f64]) -> [f64; 2] {
+        let bytes: &[u8] = bytemuck::cast_slice(v);
+        self.req
+            .write_all(&Self::header(MODE_RAW, task, bytes.len()))
+            .expect("write");
+        self.req.write_all(bytes).expect("write");
+        self.answer()
+    }
+}
+
+impl Drop for PipeServer {
+    fn drop(&mut self) {
+        let _ = self.req.write_all(&Self::header(MODE_QUIT, Task::Sum, 0));
+        if let Some(c) = self.child.take() {
+            if !std::thread::panicking() {
+                assert!(c.wait(), "the pipe server failed");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The pool columns.
+
+fn pool_offset(pool: &Pool, task: Task, a: &SharedArray<f64>) -> [f64; 2] {
+    let len = a.len().max(1);
+    match task {
+        Task::Deliver => {
+            let r = pool.map_chunks(a, len, deliver).expect("map_chunks");
+            [r[0].0, r[0].1]
+        }
+        Task::Sum => [pool.map_chunks(a, len, sum).expect("map_chunks")[0], 0.0],
+    }
+}
+
+fn pool_from_vec(pool: &Pool, task: Task, v: &[f64]) -> [f64; 2] {
+    let a = SharedArray::from_slice(v).expect("SharedArray::from_slice");
+    let r = pool_offset(pool, task, &a);
+    drop(a); // back to the heap: the next call reuses the block
+    r
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Measurement.
+
+/// Seconds per call over the samples.
+#[derive(Clone, Copy, Debug)]
+struct Stats {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Stats {
+    fn of(mut v: Vec<f64>) -> Stats {
+        v.sort_by(f64::total_cmp);
+        Stats {
+            median: v[v.len() / 2],
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+fn fmt_time(s: f64) -> String {
+    if s < 1e-6 {
+        format!("{:.0} ns", s * 1e9)
+    } else if s < 1e-3 {
+        format!("{:.1} µs", s * 1e6)
+    } else if s < 1.0 {
+        format!("{:.2} ms", s * 1e3)
+    } else {
+        format!("{:.3} s", s)
+    }
+}
+
+fn fmt_size(bytes: usize) -> String {
+    if bytes >= 1 << 20 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes >> 10)
+    }
+}
+
+/// One column of one row: a call returning the answer.
+type Column<'a> = (&'static str, Box<dyn FnMut() -> [f64; 2] + 'a>);
+
+/// Aim of one sample's duration; short calls are batched up to it.
+const SAMPLE: Duration = Duration::from_millis(20);
+
+/// Warms every column up (twice; the second call calibrates the batch), checks its answer, then samples
+/// the columns in round-robin. Returns seconds per call, per column.
+fn compare(samples: usize, expect: [f64; 2], cols: &mut [Column<'_>]) -> Vec<Stats> {
+    let mut batch = Vec::with_capacity(cols.len());
+    for (name, call) in cols.iter_mut() {
+        assert_eq!(call(), expect, "column {name} answered wrongly");
+        let t = Instant::now();
+        black_box(call());
+        let once = t.elapsed().as_secs_f64().max(1e-7);
+        batch.push(((SAMPLE.as_secs_f64() / once) as usize).clamp(1, 5000));
+    }
+    let mut times = vec![Vec::with_capacity(samples); cols.len()];
+    for _ in 0..samples {
+        for (i, (_, call)) in cols.iter_mut().enumerate() {
+            let t = Instant::now();
+            for _ in 0..batch[i] {
+                black_box(call());
+            }
+            times[i].push(t.elapsed().as_secs_f64() / batch[i] as f64);
+        }
+    }
+    times.into_iter().map(Stats::of).collect()
+}
+
+/// Times `f` call by call; returns (p10, p50, p90) in seconds.
+fn percentiles(n: usize, gap: Option<Duration>, mut f: impl FnMut()) -> (f64, f64, f64) {
+    for _ in 0..3 {
+        f();
+    }
+    let mut v: Vec<f64> = (0..n)
+        .map(|_| {
+            if let Some(g) = gap {
+                std::thread::sleep(g);
+            }
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    (v[n / 10], v[n / 2], v[n * 9 / 10])
+}
+
+/// Round trip of a ping-pong between this thread and another through `Mutex` + `Condvar`: the cost of
+/// waking a sleeping thread and being woken back, which the pool pays on its way to the caller.
+fn condvar_rtt(n: usize) -> (f64, f64, f64) {
+    let state = Arc::new((Mutex::new((0u64, 0u64)), Condvar::new(), Condvar::new()));
+    let s2 = state.clone();
+    let peer = std::thread::spawn(move || {
+        let (m, ping, pong) = &*s2;
+        let mut g = m.lock().unwrap();
+        loop {
+            while g.0 == g.1 {
+                g = ping.wait(g).unwrap();
+            }
+            if g.0 == u64::MAX {
+                return;
+            }
+            g.1 = g.0;
+            pong.notify_one();
+        }
+    });
+    let (m, ping, pong) = &*state;
+    let r = percentiles(n, None, || {
+        let mut g = m.lock().unwrap();
+        g.0 += 1;
+        ping.notify_one();
+        while g.1 != g.0 {
+            g = pong.wait(g).unwrap();
+        }
+    });
+    m.lock().unwrap().0 = u64::MAX;
+    ping.notify_one();
+    peer.join().unwrap();
+    r
+}
+
+/// The two legs of a pool call, timed with CLOCK_MONOTONIC on both sides: caller → task running in the
+/// worker (submit, manager thread, task ring, worker wake-up, decode), and worker → caller (encode, result
+/// ring, manager thread, Condvar wake-up of the caller); then a 64 MiB sum, whose time inside the worker
+/// is subtracted from the call's.
+fn legs(pool: &Pool, n: usize) -> Vec<(&'static str, (f64, f64, f64))> {
+    let (mut out, mut back) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n + 3 {
+        let t0 = os::monotonic_ns();
+        let tw = pool.apply(stamp, 0).expect("apply");
+        let t1 = os::monotonic_ns();
+        if i >= 3 {
+            out.push(tw.saturating_sub(t0) as f64 * 1e-9);
+            back.push(t1.saturating_sub(tw) as f64 * 1e-9);
+        }
+    }
+    let big = SharedArray::<f64>::zeroed(8 << 20).expect("SharedArray");
+    let mut extra = Vec::new();
+    let calls = (n / 100).max(5);
+    for i in 0..calls + 1 {
+        let t = Instant::now();
+        let r = pool
+            .map_chunks(&big, big.len(), timed_sum)
+            .expect("map_chunks");
+        let call = t.elapsed().as_secs_f64();
+        if i > 0 {
+            extra.push(call - r[0].1 as f64 * 1e-9);
+        }
+    }
+    let p = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let k = v.len();
+        (v[k / 10], v[k / 2], v[k * 9 / 10])
+    };
+    vec![
+        ("  leg 1: caller -> task starts in the worker", p(out)),
+        ("  leg 2: task returns -> caller has the result", p(back)),
+        (
+            "map_chunks(64 MiB, sum): call minus time in worker",
+            p(extra),
+        ),
+    ]
+}
+
+struct Config {
+    sizes: Vec<usize>,
+    samples: fn(usize) -> usize,
+    rtt_calls: usize,
+}
+
+fn config(quick: bool) -> Config {
+    if quick {
+        Config {
+            sizes: vec![4 << 10, 64 << 20, 256 << 20],
+            samples: |_| 3,
+            rtt_calls: 200,
+        }
+    } else {
+        Config {
+            sizes: vec![4 << 10, 1 << 20, 64 << 20, 256 << 20],
+            samples: |bytes| if bytes >= 256 << 20 { 5 } else { 9 },
+            rtt_calls: 2000,
+        }
+    }
+}
+
+fn main() {
+    let quick = std::env::var("MPROC_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    let cfg = config(quick);
+    // Fork the pipe server first, while this process has one thread and no large allocation.
+    let mut pipe = PipeServer::start();
+    let pool = Pool::builder().workers(1).build().expect("start the pool");
+    pool.apply(noop, 1).expect("warm the worker");
+
+    println!(
+        "mproc ipc_vs_pipe{}: f64 arrays to a warm worker (pool of 1 / forked pipe server), median time per call, min..max",
+        if quick { " (quick)" } else { "" }
+    );
+    println!("speed-up = time of (a) / time of the column; (a) pipe + postcard serde is the ordinary way");
+
+    // (size in bytes, task) → stats of (a), (b), (c), (d), (e).
+    let mut table: Vec<(usize, Task, Vec<Stats>)> = Vec::new();
+    for &bytes in &cfg.sizes {
+        let n = bytes / 8;
+        let v: Vec<f64> = (0..n).map(|i| (i % 1024) as f64 * 0.25).collect();
+        let shared = SharedArray::from_slice(&v).expect("SharedArray");
+        let samples = (cfg.samples)(bytes);
+        println!("\n{} ({} f64), {} samples", fmt_size(bytes), n, samples);
+        println!(
+            "  {:<8} {:<36} {:>11} {:>23} {:>11}",
+            "task", "column", "time/call", "min..max", "speed-up"
+        );
+        for task in [Task::Deliver, Task::Sum] {
+            let expect = task.run(&v);
+            let pipe_cell = std::cell::RefCell::new(&mut pipe);
+            let mut cols: Vec<Column<'_>> = vec![
+                (
+                    "(a) pipe + postcard serde",
+                    Box::new(|| pipe_cell.borrow_mut().serde(task, &v)),
+                ),
+                (
+                    "(b) pipe, raw bytes",
+                    Box::new(|| pipe_cell.borrow_mut().raw(task, &v)),
+                ),
+                (
+                    "(c) pool, by offset",
+                    Box::new(|| pool_offset(&pool, task, &shared)),
+                ),
+                (
+                    "(d) pool, from a Vec (one copy in)",
+                    Box::new(|| pool_from_vec(&pool, task, &v)),
+                ),
+                (
+                    "(e) in process, no IPC (floor)",
+                    Box::new(|| task.run(black_box(&v))),
+                ),
+            ];
+            let stats = compare(samples, expect, &mut cols);
+            for ((name, _), s) in cols.iter().zip(&stats) {
+                println!(
+                    "  {:<8} {:<36} {:>11} {:>23} {:>9.1} x",
+                    task.name(),
+                    name,
+                    fmt_time(s.median),
+                    format!("{}..{}", fmt_time(s.min), fmt_time(s.max)),
+                    stats[0].median / s.median
+                );
+            }
+            table.push((bytes, task, stats));
+        }
+    }
+
+    // Round trip, in pieces: where the time of a small pool call goes.
+    println!(
+        "\nround trip of one pool call (calls timed one by one, {} calls; p10 / p50 / p90)",
+        cfg.rtt_calls
+    );
+    let small = SharedArray::from_slice(&[1.0f64; 512]).expect("SharedArray");
+    let n = cfg.rtt_calls;
+    let rows: Vec<(&'static str, (f64, f64, f64))> = vec![
+        (
+            "pool.apply(noop), back to back",
+            percentiles(n, None, || {
+                black_box(pool.apply(noop, 7).expect("apply"));
+            }),
+        ),
+        (
+            "pool.map_chunks(4 KiB, deliver), back to back",
+            percentiles(n, None, || {
+                black_box(pool_offset(&pool, Task::Deliver, &small));
+            }),
+        ),
+        (
+            "pool.apply(noop) after 2 ms idle",
+            percentiles(n / 10, Some(Duration::from_millis(2)), || {
+                black_box(pool.apply(noop, 7).expect("apply"));
+            }),
+        ),
+        (
+            "pipe, raw 8 bytes (two pipes, child asleep in read)",
+            percentiles(n, None, || {
+                black_box(pipe.raw(Task::Deliver, &[1.0]));
+            }),
+        ),
+        ("thread ping-pong, Mutex + Condvar", condvar_rtt(n)),
+    ];
+    let legs = legs(&pool, n);
+    for (name, (p10, p50, p90)) in rows.iter().chain(&legs) {
+        println!(
+            "  {:<56} {:>10} {:>10} {:>10}",
+            name,
+            fmt_time(*p10),
+            fmt_time(*p50),
+            fmt_time(*p90)
+        );
+    }
+
+    let find = |bytes: usize, task: Task| {
+        table
+            .iter()
+            .find(|(b, t, _)| *b == bytes && *t == task)
+            .map(|(_, _, s)| s.clone())
+            .expect("measured")
+    };
+    println!();
+    for (mib, tag) in [(64usize, "64MiB"), (256, "256MiB")] {
+        let d = find(mib << 20, Task::Deliver);
+        let s = find(mib << 20, Task::Sum);
+        println!(
+            "result: deliver_vs_pipe_serde_{tag} {:.0} x",
+            d[0].median / d[2].median
+        );
+        println!(
+            "result: sum_vs_pipe_serde_{tag} {:.1} x",
+            s[0].median / s[2].median
+        );
+    }
+    let s64 = find(64 << 20, Task::Sum);
+    let d64 = find(64 << 20, Task::Deliver);
+    println!(
+        "result: vec_sum_vs_pipe_serde_64MiB {:.1} x",
+        s64[0].median / s64[3].median
+    );
+    println!(
+        "result: deliver_vs_pipe_raw_64MiB {:.0} x",
+        d64[1].median / d64[2].median
+    );
+    println!(
+        "result: pool_deliver_64MiB_us {:.1} us",
+        d64[2].median * 1e6
+    );
+    println!(
+        "result: pipe_serde_deliver_64MiB_ms {:.1} ms",
+        d64[0].median * 1e3
+    );
+    println!(
+        "result: pool_sum_vs_local_64MiB {:.2} x",
+        s64[4].median / s64[2].median
+    );
+    println!("result: pool_apply_rtt_p50_us {:.1} us", rows[0].1 .1 * 1e6);
+    drop(pool);
+    drop(pipe);
+}
+
+/// The only unsafe code of this bench: fork, waitpid, kill, pipe2, fcntl.
+mod os {
+    use std::fs::File;
+    use std::os::fd::{AsRawFd, FromRawFd};
+
+    /// A pipe, as (read end, write end), close-on-exec so that the pool's spawned workers do not inherit
+    /// it (the forked server does: fork keeps every fd).
+    pub fn pipe() -> (File, File) {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` is a live array of two c_ints, as pipe2(2) requires.
+        let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+        assert_eq!(r, 0, "pipe: {}", std::io::Error::last_os_error());
+        // SAFETY: pipe(2) succeeded, so both fds are open and owned by nobody else: each File takes sole
+        // ownership and closes it on drop.
+        unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
+    }
+
+    /// Resizes a pipe's buffer (fcntl F_SETPIPE_SZ); the kernel may round it up.
+    pub fn set_pipe_size(end: &File, bytes: usize) {
+        // SAFETY: F_SETPIPE_SZ takes an int and touches no memory of ours; the fd is open (owned by `end`).
+        let r = unsafe { libc::fcntl(end.as_raw_fd(), libc::F_SETPIPE_SZ, bytes as libc::c_int) };
+        assert!(
+            r >= bytes as libc::c_int,
+            "F_SETPIPE_SZ: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// CLOCK_MONOTONIC in ns: one clock for every process of the machine.
+    pub fn monotonic_ns() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a live timespec for clock_gettime(2) to fill; CLOCK_MONOTONIC always exists.
+        let r = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        debug_assert_eq!(r, 0);
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+
+    /// A forked child, killed and reaped on drop unless waited for.
+    pub struct Child {
+        pid: libc::pid_t,
+        reaped: bool,
+    }
+
+    /// Runs `f` in a forked child that exits with `_exit` (0 if `f` returned, 1 if it panicked).
+    ///
+    /// The bench calls this once, first thing in `main`, while it is single-threaded, so the child
+    /// inherits no lock held by a vanished thread.
+    pub fn fork(f: impl FnOnce()) -> Child {
+        // Unflushed output would otherwise be printed twice; the child never flushes it (it `_exit`s).
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        // SAFETY: fork(2) has no memory-safety preconditions. After a fork of a multi-threaded process
+        // the child may only call async-signal-safe functions; this process is single-threaded (see
+        // above), so the child may run ordinary code.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_ok();
+            // SAFETY: _exit ends the child without running destructors or atexit handlers (which would
+            // unlink or close what the parent still uses); it has no preconditions.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        Child { pid, reaped: false }
+    }
+
+    impl Child {
+        /// Waits for the child; whether it exited with status 0.
+        pub fn wait(mut self) -> bool {
+            let mut status = 0;
+            loop {
+                // SAFETY: `pid` is our own child, not yet reaped; `status` is a live c_int.
+                let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
+                if r == self.pid {
+                    self.reaped = true;
+                    return libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+                }
+                let e = std::io::Error::last_os_error();
+                assert_eq!(e.raw_os_error(), Some(libc::EINTR), "waitpid: {e}");
+            }
+        }
+    }
+
+    impl Drop for Child {
+        /// Reached unwaited only when the parent panics mid-measurement: the child may be blocked on a
+        /// pipe, so kill it rather than leave it behind. Errors are ignored: we are unwinding.
+        fn drop(&mut self) {
+            if !self.reaped {
+                // SAFETY: `pid` is our own unreaped child, so it cannot have been recycled for another
+                // process; kill and waitpid touch no memory but the live `status`.
+                unsafe {
+                    libc::kill(self.pid, libc::SIGKILL);
+                    let mut status = 0;
+                    libc::waitpid(self.pid, &mut status, 0);
+                }
+            }
+        }
+    }
+}
