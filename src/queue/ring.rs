@@ -306,7 +306,8 @@ impl Ring {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.header().config.0.closed.load(Ordering::Acquire) != 0
+        // SeqCst: sleepers re-check this after announcing themselves (see `WaitWord::notify`).
+        self.header().config.0.closed.load(Ordering::SeqCst) != 0
     }
 
     pub(crate) fn close(&self) {
@@ -370,7 +371,7 @@ impl Ring {
                 let ok = slot.state.compare_exchange(
                     claimed,
                     published,
-                    Ordering::Release,
+                    Ordering::SeqCst,
                     Ordering::Relaxed,
                 );
                 h.items.0.notify();
@@ -420,7 +421,7 @@ impl Ring {
             let slice = slice_until(deadline, watch.interval)?;
             let Some((pos, st)) = blocked else { continue };
             let still_full =
-                || self.slot(pos).state.load(Ordering::Acquire) == st && !self.is_closed();
+                || self.slot(pos).state.load(Ordering::SeqCst) == st && !self.is_closed();
             self.header().space.0.sleep(slice, || !still_full());
             if still_full() && watch.due(pos, st) {
                 self.free_if_reader_died(pos, st);
@@ -438,7 +439,7 @@ impl Ring {
             if self
                 .slot(pos)
                 .state
-                .compare_exchange(st, freed, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(st, freed, Ordering::SeqCst, Ordering::Relaxed)
                 .is_ok()
             {
                 self.header().space.0.notify();
@@ -500,7 +501,7 @@ impl Ring {
                 let released = slot.state.compare_exchange(
                     claimed,
                     freed,
-                    Ordering::Release,
+                    Ordering::SeqCst,
                     Ordering::Relaxed,
                 );
                 h.space.0.notify();
@@ -557,7 +558,7 @@ impl Ring {
             let st = self.slot(pos).state.load(Ordering::Acquire);
             let unchanged = || {
                 h.head.0.load(Ordering::Relaxed) == pos
-                    && self.slot(pos).state.load(Ordering::Acquire) == st
+                    && self.slot(pos).state.load(Ordering::SeqCst) == st
                     && !self.is_closed()
             };
             h.items.0.sleep(slice, || !unchanged());
@@ -579,7 +580,7 @@ impl Ring {
             if self
                 .slot(pos)
                 .state
-                .compare_exchange(st, tomb, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(st, tomb, Ordering::SeqCst, Ordering::Relaxed)
                 .is_ok()
             {
                 self.header().items.0.notify();
@@ -594,7 +595,7 @@ impl Ring {
             .config
             .0
             .unfinished
-            .fetch_add(1, Ordering::AcqRel);
+            .fetch_add(1, Ordering::SeqCst);
     }
 
     /// Marks one message done. Returns false if none was outstanding.
@@ -605,7 +606,7 @@ impl Ring {
             if cur == 0 {
                 return false;
             }
-            match u.compare_exchange_weak(cur, cur - 1, Ordering::AcqRel, Ordering::Acquire) {
+            match u.compare_exchange_weak(cur, cur - 1, Ordering::SeqCst, Ordering::Acquire) {
                 Ok(_) => break,
                 Err(v) => cur = v,
             }
@@ -617,7 +618,8 @@ impl Ring {
     }
 
     pub(crate) fn unfinished(&self) -> u64 {
-        self.header().config.0.unfinished.load(Ordering::Acquire)
+        // SeqCst: `join` re-checks this after announcing itself (see `WaitWord::notify`).
+        self.header().config.0.unfinished.load(Ordering::SeqCst)
     }
 
     /// Waits until every message put has been marked done.
@@ -627,6 +629,14 @@ impl Ring {
             self.header().done.0.sleep(slice, || self.unfinished() == 0);
         }
         Ok(())
+    }
+
+    /// Whether the slot at `head` holds a published message (or a tombstone): a SeqCst load of the word
+    /// producers publish with a SeqCst CAS, so it can serve as a sleeper's re-check.
+    fn head_published(&self) -> bool {
+        let pos = self.header().head.0.load(Ordering::Relaxed);
+        let st = self.slot(pos).state.load(Ordering::SeqCst);
+        dist(seq(st), pos.wrapping_add(1)) == 0 && (who(st) == IDLE || who(st) == TOMBSTONE)
     }
 
     /// Waits until a message is likely available (without taking it), the ring is closed, or
@@ -649,7 +659,7 @@ impl Ring {
             self.header()
                 .items
                 .0
-                .sleep(slice, || self.len() > 0 || self.is_closed());
+                .sleep(slice, || self.head_published() || self.is_closed());
         }
     }
 }

@@ -27,13 +27,17 @@ pub(crate) struct WaitWord {
 }
 
 impl WaitWord {
-    /// Wakes the sleepers, if any. The caller's state change must already be stored: the SeqCst fence
-    /// here and the sleeper's SeqCst read-modify-write then re-check form a Dekker pair — either we see
-    /// [`WAITING`], or the sleeper's re-check sees the change.
+    /// Wakes the sleepers, if any.
+    ///
+    /// The caller must have made its state change with a **SeqCst read-modify-write** (every caller
+    /// publishes with a SeqCst compare-and-swap). That RMW and the SeqCst load here, against the sleeper's
+    /// SeqCst RMW of this word and its SeqCst re-check of the state, form a Dekker pair in the single
+    /// total order of SeqCst operations: either we see [`WAITING`], or the sleeper's re-check sees the
+    /// change. On x86 the RMW is the `lock cmpxchg` the publish needs anyway and the load is a plain
+    /// `mov`: the notify costs no fence (a separate `mfence` here cost a good part of a 64-byte message).
     #[inline]
     pub(crate) fn notify(&self) {
-        fence(Ordering::SeqCst);
-        let s = self.seq.load(Ordering::Relaxed);
+        let s = self.seq.load(Ordering::SeqCst);
         // s is odd: s + 1 clears the bit and moves the value the sleepers wait on.
         if s & WAITING != 0
             && self
@@ -68,6 +72,7 @@ impl WaitWord {
         } else {
             fence(Ordering::SeqCst);
         }
+        // `ready` must read the state with SeqCst loads (see `notify`).
         if !ready() {
             futex::wait(&self.seq, s, Some(slice));
         }
