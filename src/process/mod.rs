@@ -49,7 +49,7 @@
 //! it (so that programs the child starts are not mistaken for children), runs the task and exits. It
 //! never reaches `main`. So spawning works unchanged from binaries, `cargo test` unit and integration
 //! tests (including custom harnesses), doctests, examples and benches. The static is referenced from
-//! [`Process::start`], so the linker keeps it in every program that can spawn. [`init`](crate::init) is
+//! [`Process::start`], so the linker keeps it in every program that can spawn. [`init`] is
 //! an explicit alternative for toolchains that drop `.init_array` entries: call it first thing in `main`;
 //! where the constructor already ran it does nothing.
 //!
