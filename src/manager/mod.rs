@@ -22,6 +22,7 @@
 mod dict;
 mod heap;
 mod list;
+mod objects;
 
 use std::sync::Arc;
 
@@ -48,6 +49,9 @@ fn heap_layout(size: Option<usize>) -> Layout {
 #[derive(Clone)]
 pub struct Manager {
     heap: Arc<Heap>,
+    /// Objects this process registered in the directory (see `objects.rs`): their regions stay
+    /// reachable by handle while this manager lives.
+    keep: Arc<std::sync::Mutex<Vec<Box<dyn std::any::Any + Send>>>>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -64,6 +68,7 @@ impl Manager {
         let region = Region::create_with(heap_layout(Some(size)), name, persistent, Heap::init)?;
         Ok(Manager {
             heap: Arc::new(Heap::new(region)),
+            keep: Arc::default(),
         })
     }
 
@@ -76,6 +81,7 @@ impl Manager {
         }
         Ok(Manager {
             heap: Arc::new(Heap::new(region)),
+            keep: Arc::default(),
         })
     }
 
@@ -198,6 +204,38 @@ impl Manager {
             tx.set(e, want)?;
             Ok(obj)
         })
+    }
+
+    /// The blob stored under `name` if it exists with this kind.
+    fn lookup_blob(&self, name: &str, kind: &'static str) -> Result<Option<Vec<u8>>> {
+        let want = layout_hash(kind, 0, 0) | 1;
+        self.heap.transact(|tx| {
+            for i in 0..DIR_CAP {
+                let e = DIRECTORY + i * DIR_WORDS * 8;
+                let hash = tx.get(e)?;
+                if hash != 0 && read_name(tx, e)?.as_deref() == Some(name.as_bytes()) {
+                    if hash != want {
+                        return Err(Error::TypeMismatch {
+                            expected: kind,
+                            expected_hash: want,
+                            found_hash: hash,
+                        });
+                    }
+                    let obj = tx.get(e + 8)?;
+                    return tx.heap().blob(tx.get(obj)?).map(Some);
+                }
+            }
+            Ok(None)
+        })
+    }
+
+    /// Registers `bytes` under `name` unless the name exists; returns what is stored under it.
+    fn register_blob(&self, name: &str, kind: &'static str, bytes: &[u8]) -> Result<Vec<u8>> {
+        let obj = self.object(name, kind, 1, |tx, obj| {
+            let blob = tx.alloc_blob(bytes)?;
+            tx.init(obj, blob)
+        })?;
+        self.heap.transact(|tx| tx.heap().blob(tx.get(obj)?))
     }
 
     /// The dict `name` (created empty if new). Keys and values through serde.

@@ -139,3 +139,39 @@ fn a_panic_inside_a_transaction_is_rolled_back() {
     assert_eq!(d.len().unwrap(), 1);
     assert_eq!(d.get(&1).unwrap(), Some(1));
 }
+
+#[test]
+fn named_objects_through_the_directory() {
+    let m = mgr();
+    let other = Manager::from_handle(&m.handle()).unwrap();
+    let lock = m.lock("l").unwrap();
+    let held = lock.lock().unwrap();
+    let same = other.lock("l").unwrap();
+    assert!(same.try_lock().is_err(), "both names must reach one lock");
+    drop(held);
+    assert!(same.try_lock().is_ok());
+
+    let q = m.queue::<String, Serde>("q", 4, 64).unwrap();
+    q.put(&"hi".to_string()).unwrap();
+    assert_eq!(
+        other
+            .queue::<String, Serde>("q", 4, 64)
+            .unwrap()
+            .get()
+            .unwrap(),
+        "hi"
+    );
+
+    let a = m.array::<u32>("a", 3).unwrap();
+    a.set(1, 7);
+    assert_eq!(other.array::<u32>("a", 99).unwrap().to_vec(), vec![0, 7, 0]);
+
+    other.event("e").unwrap().set();
+    assert!(m.event("e").unwrap().is_set());
+    assert_eq!(m.semaphore("s", 2).unwrap().value(), 2);
+    assert!(matches!(m.event("l"), Err(Error::TypeMismatch { .. })));
+    assert!(matches!(
+        m.dict::<u8, u8>("q"),
+        Err(Error::TypeMismatch { .. })
+    ));
+}
