@@ -27,3 +27,6 @@ pub use lock::{Lock, LockGuard};
 pub use rlock::{RLock, RLockGuard};
 pub use semaphore::{BoundedSemaphore, Semaphore, SemaphoreGuard, HOLDER_SLOTS};
 pub use value::{Array, ArrayGuard, Value, ValueGuard};
+
+#[cfg(test)]
+mod tests;

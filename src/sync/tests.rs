@@ -1,0 +1,63 @@
+//! The three ways a sync object reaches another process, end to end.
+
+use crate::{Event, Lock, Process, Value};
+
+const ROUNDS: u64 = 2000;
+
+fn add_under_lock(lock: &Lock, value: &Value<u64>) {
+    for _ in 0..ROUNDS {
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        // A read, then a write: only correct under mutual exclusion.
+        let v = value.get();
+        value.set(v + 1);
+    }
+}
+
+fn spawned((lock, value, go): (Lock, Value<u64>, Event)) -> u64 {
+    go.wait();
+    add_under_lock(&lock, &value);
+    ROUNDS
+}
+
+#[test]
+fn inherited_across_fork() {
+    let (lock, value) = (Lock::new().unwrap(), Value::new(0u64).unwrap());
+    let (l2, v2) = (lock.clone(), value.clone());
+    let mut child = Process::builder().fork(move || add_under_lock(&l2, &v2));
+    child.start().unwrap();
+    add_under_lock(&lock, &value);
+    child.join().unwrap();
+    assert_eq!(value.get(), 2 * ROUNDS);
+}
+
+#[test]
+fn passed_to_a_spawned_process_as_an_argument() {
+    let (lock, value, go) = (
+        Lock::new().unwrap(),
+        Value::new(0u64).unwrap(),
+        Event::new().unwrap(),
+    );
+    let mut child = Process::new(spawned, (lock.clone(), value.clone(), go.clone())).unwrap();
+    child.start().unwrap();
+    go.set();
+    add_under_lock(&lock, &value);
+    assert_eq!(child.join().unwrap(), ROUNDS);
+    assert_eq!(value.get(), 2 * ROUNDS);
+}
+
+#[test]
+fn opened_by_name() {
+    let name = format!(
+        "unit-sync-{}-{:x}",
+        std::process::id(),
+        crate::sys::proc::random_u64()
+    );
+    let created = Value::create(&name, 5u32).unwrap();
+    let opened = Value::<u32>::open(&name).unwrap();
+    opened.set(6);
+    assert_eq!(created.get(), 6);
+    assert!(matches!(
+        Value::<u64>::open(&name),
+        Err(crate::Error::TypeMismatch { .. })
+    ));
+}
