@@ -78,12 +78,7 @@ impl RawLock {
     #[inline]
     pub(crate) fn try_lock(&self) -> Option<Acquired> {
         let me = proc::current();
-        if self
-            .word
-            .compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-        {
-            self.owner.store(me.pack(), Ordering::Relaxed);
+        if self.acquire_free(me) {
             return Some(Acquired::Clean);
         }
         // A free-looking word may still belong to a dead holder only if it is non-zero; try a takeover
@@ -99,15 +94,24 @@ impl RawLock {
     #[inline]
     pub(crate) fn lock_until(&self, deadline: Option<Instant>) -> Option<Acquired> {
         let me = proc::current();
-        if self
-            .word
-            .compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-        {
-            self.owner.store(me.pack(), Ordering::Relaxed);
+        if self.acquire_free(me) {
             return Some(Acquired::Clean);
         }
         self.lock_slow(me, deadline)
+    }
+
+    /// The fast path: `CAS 0 → tid` (Acquire: the previous holder's critical section happens-before
+    /// ours), then record who we are for waiters' liveness checks.
+    #[inline]
+    fn acquire_free(&self, me: Identity) -> bool {
+        let won = self
+            .word
+            .compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok();
+        if won {
+            self.owner.store(me.pack(), Ordering::Relaxed);
+        }
+        won
     }
 
     #[cold]
