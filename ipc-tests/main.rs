@@ -7,6 +7,8 @@
 mod common;
 mod examples;
 mod locks;
+mod pool;
+mod pool_faults;
 mod process;
 mod queue;
 mod region;
@@ -22,6 +24,8 @@ fn main() {
         sync_faults::ROLES,
         queue::ROLES,
         process::ROLES,
+        pool::ROLES,
+        pool_faults::ROLES,
     ]);
     let args = Arguments::from_args();
     let mut trials: Vec<Trial> = Vec::new();
@@ -31,6 +35,8 @@ fn main() {
     trials.extend(sync_faults::tests());
     trials.extend(queue::tests());
     trials.extend(process::tests());
+    trials.extend(pool::tests());
+    trials.extend(pool_faults::tests());
     let conclusion = libtest_mimic::run(&args, trials);
     // The suite-level invariants (DESIGN.md, invariant 6): nothing of ours left in /dev/shm, no zombie.
     let leaks = common::leftovers();

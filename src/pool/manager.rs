@@ -235,8 +235,9 @@ impl Manager {
                     if !w.usable || w.in_flight.len() >= IN_FLIGHT || at_limit {
                         break;
                     }
+                    // Nothing left to hand out; later workers may still have a task half-sent.
                     let Some(id) = self.pending.pop_front() else {
-                        return;
+                        break;
                     };
                     let w = &mut self.workers[wi];
                     w.in_flight.push_back(id);
@@ -328,20 +329,26 @@ impl Manager {
                 Some(c) if c < 0 => (Some(-c), None),
                 other => (None, other),
             };
+            // A worker takes its tasks in order and answers each before taking the next, so of its
+            // unanswered tasks only the oldest can have started: that one died with it. The others never
+            // started; they go back to the front of the queue without using up a retry.
             let lost: Vec<u64> = self.workers[wi].in_flight.drain(..).collect();
-            for id in lost.into_iter().rev() {
+            for &id in lost.iter().skip(1).rev() {
                 self.partial.remove(&id);
-                let Some(task) = self.tasks.get_mut(&id) else {
-                    continue;
-                };
-                if task.retries_left > 0 {
-                    task.retries_left -= 1;
+                if self.tasks.contains_key(&id) {
                     self.pending.push_front(id);
-                } else if let Some(task) = self.tasks.remove(&id) {
-                    task.spec.job.finish(
-                        task.spec.chunk,
-                        ChunkOutcome::WorkerDied { signal, exit_code },
-                    );
+                }
+            }
+            if let Some(&id) = lost.first() {
+                self.partial.remove(&id);
+                if let Some(task) = self.tasks.get_mut(&id) {
+                    if task.retries_left > 0 {
+                        task.retries_left -= 1;
+                        self.pending.push_front(id);
+                    } else if let Some(task) = self.tasks.remove(&id) {
+                        let outcome = ChunkOutcome::WorkerDied { signal, exit_code };
+                        task.spec.job.finish(task.spec.chunk, outcome);
+                    }
                 }
             }
             match self.start_worker() {

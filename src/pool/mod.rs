@@ -40,13 +40,15 @@
 //! # Lifecycle
 //! [`close`](Pool::close) stops new work; [`join`](Pool::join) waits for the work submitted and for the
 //! workers to exit; [`terminate`](Pool::terminate) kills the workers now, failing what is outstanding
-//! with [`Error::PoolClosed`]. Dropping a pool terminates it: it neither hangs nor leaves a worker behind.
+//! with [`Error::PoolClosed`]. Dropping a pool terminates it (as in Python), also after `close` if `join`
+//! was not called: it neither hangs nor leaves a worker behind.
 
 mod manager;
 mod results;
 pub(crate) mod wire;
 pub(crate) mod worker;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -142,7 +144,8 @@ impl PoolBuilder {
             .spawn(move || manager.run())
             .map_err(|e| Error::os("spawn the pool's manager thread", e))?;
         Ok(Pool {
-            commands: Mutex::new(Some(tx)),
+            commands: Mutex::new(tx),
+            open: AtomicBool::new(true),
             results,
             key,
             workers,
@@ -153,7 +156,9 @@ impl PoolBuilder {
 
 /// A pool of worker processes. See the [module docs](self).
 pub struct Pool {
-    commands: Mutex<Option<Sender<Command>>>,
+    commands: Mutex<Sender<Command>>,
+    /// False once closed or terminated: no more work is accepted.
+    open: AtomicBool,
     /// The shared result ring; the API side only puts wake-ups in it.
     results: FrameQueue,
     key: (u64, u64),
@@ -195,10 +200,26 @@ impl Pool {
 
     fn send(&self, cmd: Command) -> Result<()> {
         let guard = self.commands.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = guard.as_ref().ok_or(Error::PoolClosed)?;
-        tx.send(cmd).map_err(|_| Error::PoolClosed)?;
+        // Checked under the lock, so no submission can slip in after `close` sent its command.
+        if !self.open.load(Ordering::Relaxed) {
+            return Err(Error::PoolClosed);
+        }
+        guard.send(cmd).map_err(|_| Error::PoolClosed)?;
+        drop(guard);
         self.wake_manager();
         Ok(())
+    }
+
+    /// Stops accepting work and tells the manager `cmd` (once: later calls do nothing).
+    fn shut(&self, cmd: Command) {
+        let guard = self.commands.lock().unwrap_or_else(|e| e.into_inner());
+        let was_open = self.open.swap(false, Ordering::Relaxed);
+        // Terminate always goes through (it also ends a closed pool's remaining work).
+        if was_open || matches!(cmd, Command::Terminate) {
+            let _ = guard.send(cmd);
+        }
+        drop(guard);
+        self.wake_manager();
     }
 
     /// Wakes the manager if it sleeps on the result ring (if the ring is full it is awake anyway).
@@ -517,12 +538,7 @@ impl Pool {
 
     /// Stops taking work; what was submitted still runs. Workers exit once it is done.
     pub fn close(&self) {
-        let mut guard = self.commands.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = guard.take() {
-            let _ = tx.send(Command::Close);
-            drop(guard);
-            self.wake_manager();
-        }
+        self.shut(Command::Close);
     }
 
     /// Waits for the submitted work to finish and the workers to exit. Call [`close`](Pool::close) (or
@@ -531,15 +547,8 @@ impl Pool {
     /// # Errors
     /// [`Error::ProcessState`] if the pool is still open.
     pub fn join(&mut self) -> Result<()> {
-        if self
-            .commands
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
-        {
-            return Err(Error::ProcessState(
-                "join() needs close() or terminate() first",
-            ));
+        if self.open.load(Ordering::Relaxed) {
+            return Err(Error::ProcessState("join() needs close() or terminate() first"));
         }
         if let Some(t) = self.manager.take() {
             let _ = t.join();
@@ -549,15 +558,10 @@ impl Pool {
 
     /// Kills the workers now; outstanding work fails with [`Error::PoolClosed`].
     pub fn terminate(&mut self) {
-        if let Some(tx) = self
-            .commands
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            let _ = tx.send(Command::Terminate);
+        if self.manager.is_none() {
+            return;
         }
-        self.wake_manager();
+        self.shut(Command::Terminate);
         if let Some(t) = self.manager.take() {
             let _ = t.join();
         }
