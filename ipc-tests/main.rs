@@ -7,6 +7,7 @@
 mod common;
 mod examples;
 mod locks;
+mod manager;
 mod pool;
 mod pool_faults;
 mod process;
@@ -20,6 +21,7 @@ fn main() {
     common::run_role_if_child(&[
         region::ROLES,
         locks::ROLES,
+        manager::ROLES,
         examples::ROLES,
         sync_faults::ROLES,
         queue::ROLES,
@@ -31,6 +33,7 @@ fn main() {
     let mut trials: Vec<Trial> = Vec::new();
     trials.extend(region::tests());
     trials.extend(locks::tests());
+    trials.extend(manager::tests());
     trials.extend(examples::tests());
     trials.extend(sync_faults::tests());
     trials.extend(queue::tests());

@@ -8,7 +8,7 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use super::heap::{Heap, HeapRef, Tx};
+use super::heap::{at, Heap, HeapRef, Tx};
 use crate::codec::{Codec, Serde};
 use crate::error::{Error, Result};
 
@@ -79,7 +79,7 @@ fn find(
     let mut free = None;
     let mut i = tag % cap;
     for _ in 0..cap {
-        let slot = table + i * 16;
+        let slot = at(table, i, 16)?;
         match h.get(slot)? {
             EMPTY => return Ok(Err(free.unwrap_or(i))),
             REMOVED => {
@@ -151,8 +151,8 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
             available: 0,
         })?;
         let table = tx.alloc(bytes)?;
-        for i in 0..cap * 2 {
-            tx.init(table + i * 8, 0)?;
+        for i in 0..cap.saturating_mul(2) {
+            tx.init(at(table, i, 8)?, 0)?;
         }
         Ok(table)
     }
@@ -172,7 +172,7 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
             let h = tx.heap();
             let (cap, table) = (h.get(obj + CAP)?, h.get(obj + TABLE)?);
             match find(h, table, cap, &k, tag_of(&k))? {
-                Ok(i) => value_of(h, h.get(table + i * 16 + 8)?).map(Some),
+                Ok(i) => value_of(h, h.get(at(table, i, 16)? + 8)?).map(Some),
                 Err(_) => Ok(None),
             }
         })?;
@@ -206,50 +206,74 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
     fn put(tx: &mut Tx<'_>, obj: u64, k: &[u8], v: &[u8]) -> Result<bool> {
         let tag = tag_of(k);
         let (len, cap, tombs) = (tx.get(obj + LEN)?, tx.get(obj + CAP)?, tx.get(obj + TOMBS)?);
-        if (len + tombs + 1) * 4 > cap * 3 {
-            Self::rebuild(tx, obj, ((len + 1) * 2).next_power_of_two().max(8))?;
+        // Saturating: the three words may be garbage; a nonsense answer only triggers a rebuild, which
+        // counts the live entries itself.
+        if len
+            .saturating_add(tombs)
+            .saturating_add(1)
+            .saturating_mul(4)
+            > cap.saturating_mul(3)
+        {
+            Self::rebuild(tx, obj)?;
         }
         let (cap, table) = (tx.get(obj + CAP)?, tx.get(obj + TABLE)?);
         let entry = tx.alloc_blob(&entry_bytes(k, v))?;
         match find(tx.heap(), table, cap, k, tag)? {
             Ok(i) => {
-                let slot = table + i * 16;
+                let slot = at(table, i, 16)?;
                 let old = tx.get(slot + 8)?;
                 tx.set(slot + 8, entry)?;
                 tx.free(old)?;
                 Ok(false)
             }
             Err(i) => {
-                let slot = table + i * 16;
+                let slot = at(table, i, 16)?;
                 if tx.get(slot)? == REMOVED {
                     tx.set(obj + TOMBS, tx.get(obj + TOMBS)?.saturating_sub(1))?;
                 }
                 tx.set(slot + 8, entry)?;
                 tx.set(slot, tag)?;
-                tx.set(obj + LEN, tx.get(obj + LEN)? + 1)?;
+                tx.set(obj + LEN, tx.get(obj + LEN)?.saturating_add(1))?;
                 Ok(true)
             }
         }
     }
 
-    /// Moves every entry into a fresh table of `cap` slots, dropping tombstones. Only the header words
+    /// Moves every entry into a fresh table, twice as large as the live entries need, dropping
+    /// tombstones. The live entries are counted here rather than trusted from `len`, so a damaged `len`
+    /// cannot make the new table too small (a probe that never finds an empty slot). Only the header words
     /// are journaled; the old table is freed.
-    fn rebuild(tx: &mut Tx<'_>, obj: u64, cap: u64) -> Result<()> {
+    fn rebuild(tx: &mut Tx<'_>, obj: u64) -> Result<()> {
         let (old_cap, old_table) = (tx.get(obj + CAP)?, tx.get(obj + TABLE)?);
+        let mut live = 0u64;
+        for i in 0..old_cap {
+            let tag = tx.get(at(old_table, i, 16)?)?;
+            if tag != EMPTY && tag != REMOVED {
+                live += 1;
+            }
+        }
+        let cap = live
+            .saturating_add(1)
+            .saturating_mul(2)
+            .checked_next_power_of_two()
+            .unwrap_or(u64::MAX)
+            .max(8);
         let table = Self::fresh_table(tx, cap)?;
         for i in 0..old_cap {
-            let tag = tx.get(old_table + i * 16)?;
+            let tag = tx.get(at(old_table, i, 16)?)?;
             if tag == EMPTY || tag == REMOVED {
                 continue;
             }
-            let e = tx.get(old_table + i * 16 + 8)?;
+            let e = tx.get(at(old_table, i, 16)? + 8)?;
+            // At most `live` < cap / 2 slots are taken, so an empty one is always within `cap` steps.
             let mut j = tag % cap;
-            while tx.get(table + j * 16)? != EMPTY {
+            while tx.get(at(table, j, 16)?)? != EMPTY {
                 j = (j + 1) % cap;
             }
-            tx.init(table + j * 16, tag)?;
-            tx.init(table + j * 16 + 8, e)?;
+            tx.init(at(table, j, 16)?, tag)?;
+            tx.init(at(table, j, 16)? + 8, e)?;
         }
+        tx.set(obj + LEN, live)?;
         tx.set(obj + TABLE, table)?;
         tx.set(obj + CAP, cap)?;
         tx.set(obj + TOMBS, 0)?;
@@ -268,11 +292,11 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
             let Ok(i) = find(tx.heap(), table, cap, &k, tag_of(&k))? else {
                 return Ok(None);
             };
-            let slot = table + i * 16;
+            let slot = at(table, i, 16)?;
             let e = tx.get(slot + 8)?;
             let value = value_of(tx.heap(), e)?;
             tx.set(slot, REMOVED)?;
-            tx.set(obj + TOMBS, tx.get(obj + TOMBS)? + 1)?;
+            tx.set(obj + TOMBS, tx.get(obj + TOMBS)?.saturating_add(1))?;
             tx.set(obj + LEN, tx.get(obj + LEN)?.saturating_sub(1))?;
             tx.free(e)?;
             Ok(Some(value))
@@ -295,7 +319,7 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
             let old = match find(h, table, cap, &k, tag_of(&k))? {
                 Ok(i) => Some(<C as Codec<V>>::decode(&value_of(
                     h,
-                    h.get(table + i * 16 + 8)?,
+                    h.get(at(table, i, 16)? + 8)?,
                 )?)?),
                 Err(_) => None,
             };
@@ -332,11 +356,11 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
             let (cap, table) = (h.get(obj + CAP)?, h.get(obj + TABLE)?);
             let mut out = Vec::new();
             for i in 0..cap {
-                let tag = h.get(table + i * 16)?;
+                let tag = h.get(at(table, i, 16)?)?;
                 if tag == EMPTY || tag == REMOVED {
                     continue;
                 }
-                let blob = h.blob(h.get(table + i * 16 + 8)?)?;
+                let blob = h.blob(h.get(at(table, i, 16)? + 8)?)?;
                 let klen = blob
                     .get(..8)
                     .map_or(u64::MAX, |b| u64::from_le_bytes(b.try_into().expect("8")));
@@ -374,6 +398,11 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
 
     /// Removes every entry.
     ///
+    /// Two transactions: the first swaps in an empty table and detaches the old one (a few journaled
+    /// words, however large the dict); the second frees the old entries (see the heap's
+    /// `free_detached_table`). A process killed between the two leaves a cleared dict, and the next
+    /// operation on the heap finishes the freeing.
+    ///
     /// # Errors
     /// [`Error::OutOfMemory`], [`Error::Corrupted`].
     pub fn clear(&self) -> Result<()> {
@@ -385,14 +414,9 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
             tx.set(obj + CAP, 8)?;
             tx.set(obj + LEN, 0)?;
             tx.set(obj + TOMBS, 0)?;
-            for i in 0..cap {
-                let tag = tx.get(table + i * 16)?;
-                if tag != EMPTY && tag != REMOVED {
-                    let e = tx.get(table + i * 16 + 8)?;
-                    tx.free(e)?;
-                }
-            }
-            tx.free(table)
-        })
+            tx.detach_table(table, cap)
+        })?;
+        // Starting a transaction finishes a detached table's freeing; this one has nothing else to do.
+        self.heap.transact(|_| Ok(()))
     }
 }

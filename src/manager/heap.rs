@@ -44,6 +44,9 @@ const BUMP: u64 = 24;
 const END: u64 = 32;
 /// First free-list head; class `k` (blocks of 2^k bytes) is at `FREE + 8 * (k - MIN_CLASS)`.
 const FREE: u64 = 40;
+/// A dict table detached by `Dict::clear` whose entries are still to be freed (0: none), and its capacity.
+const PENDING_TABLE: u64 = 448;
+const PENDING_CAP: u64 = 456;
 const MIN_CLASS: u32 = 5;
 const MAX_CLASS: u32 = 40;
 const JOURNAL: u64 = 512;
@@ -55,7 +58,22 @@ pub(crate) const DIR_NAME_MAX: usize = 40;
 pub(crate) const DIR_CAP: u64 = 256;
 pub(crate) const ARENA: u64 = DIRECTORY + DIR_CAP * DIR_WORDS * W;
 
-const _: () = assert!(FREE + (MAX_CLASS - MIN_CLASS + 1) as u64 * W <= JOURNAL);
+const _: () = assert!(FREE + (MAX_CLASS - MIN_CLASS + 1) as u64 * W <= PENDING_TABLE);
+const _: () = assert!(PENDING_CAP + W <= JOURNAL);
+
+/// `base + i * size` for an element of an array in the heap, or `Corrupted` if that overflows or lands
+/// beyond any heap (2^62): `base` and `i` may come from garbage in shared memory, and arithmetic on them
+/// must fail as an error, never panic or wrap into a valid-looking offset.
+pub(crate) fn at(base: u64, i: u64, size: u64) -> Result<u64> {
+    i.checked_mul(size)
+        .and_then(|o| base.checked_add(o))
+        .filter(|&o| o < 1 << 62)
+        .ok_or_else(|| {
+            Error::Corrupted(format!(
+                "element {i} of the array at {base:#x} is beyond the heap"
+            ))
+        })
+}
 
 /// A view of a managed heap region: checked word access and the lock.
 #[derive(Debug)]
@@ -125,6 +143,11 @@ impl Heap {
         };
         if tx.get(JLEN)? != 0 {
             tx.roll_back()?;
+        }
+        if tx.get(PENDING_TABLE)? != 0 {
+            // A `clear` whose second half never ran (its process died): finish it first.
+            tx.free_detached_table()?;
+            tx.commit()?;
         }
         let r = f(&mut tx);
         match &r {
@@ -262,7 +285,7 @@ impl<'a> Tx<'a> {
         Ok(())
     }
 
-    fn commit(&mut self) -> Result<()> {
+    pub(crate) fn commit(&mut self) -> Result<()> {
         self.journaled.clear();
         self.heap.word(JLEN)?.store(0, Ordering::Release);
         Ok(())
@@ -306,8 +329,15 @@ impl<'a> Tx<'a> {
         let head = FREE + u64::from(k - MIN_CLASS) * W;
         let block = self.get(head)?;
         let block = if block != 0 {
-            // Pop: the next pointer is the block's first payload word.
-            let next = self.get(block + W)?;
+            // Pop: the next pointer is the block's first payload word. Journal it (unchanged) before the
+            // caller overwrites the payload: if this transaction is undone, the block goes back on the
+            // list and its link must be what it was.
+            let next = self.get(
+                block
+                    .checked_add(W)
+                    .ok_or_else(|| Error::Corrupted("free list".into()))?,
+            )?;
+            self.set(block + W, next)?;
             self.set(head, next)?;
             block
         } else {
@@ -334,6 +364,13 @@ impl<'a> Tx<'a> {
 
     /// Frees the block at payload offset `p`.
     pub(crate) fn free(&mut self, p: u64) -> Result<()> {
+        self.push_free(p, true)
+    }
+
+    /// Pushes the block at payload offset `p` on its free list. The link goes into the block's first
+    /// payload word, which is live data until commit when the block is reachable: then (`journal_link`)
+    /// it is journaled, so undoing the transaction gives the block back its contents.
+    fn push_free(&mut self, p: u64, journal_link: bool) -> Result<()> {
         let block = p.checked_sub(W).filter(|&b| b >= ARENA).ok_or_else(|| {
             Error::Corrupted(format!("freeing {p:#x}, which is not a heap block"))
         })?;
@@ -343,10 +380,49 @@ impl<'a> Tx<'a> {
         }
         let head = FREE + (k - u64::from(MIN_CLASS)) * W;
         let old = self.get(head)?;
-        // The next pointer goes into the freed block itself: if this transaction is undone the block is
-        // allocated again and its payload is garbage anyway, so it needs no journal entry.
-        self.init(p, old)?;
+        if journal_link {
+            self.set(p, old)?;
+        } else {
+            self.init(p, old)?;
+        }
         self.set(head, block)
+    }
+
+    /// Hands a dict table, already unreachable from its dict, to the second half of a clear (see
+    /// [`Tx::free_detached_table`]).
+    pub(crate) fn detach_table(&mut self, table: u64, cap: u64) -> Result<()> {
+        self.set(PENDING_CAP, cap)?;
+        self.set(PENDING_TABLE, table)
+    }
+
+    /// Frees a detached dict table and every entry it points to.
+    ///
+    /// Freeing an entry writes the free-list link into it; a journaled write per entry would overflow the
+    /// journal for a large dict. It needs none: the entries became unreachable when the table was detached
+    /// (in an earlier, committed transaction), so if this one is undone they are unreachable garbage
+    /// again, the free-list heads are restored, and the next transaction frees them anew. The table is
+    /// read, never written, until its own (journaled) free at the end, so redoing this is idempotent.
+    /// Damaged bookkeeping is given up on (its blocks leak) rather than allowed to block every later
+    /// transaction.
+    pub(crate) fn free_detached_table(&mut self) -> Result<()> {
+        let (table, cap) = (self.get(PENDING_TABLE)?, self.get(PENDING_CAP)?);
+        let freed = (|| -> Result<()> {
+            for i in 0..cap {
+                let tag = self.get(at(table, i, 16)?)?;
+                if tag > 1 {
+                    let e = self.get(at(table, i, 16)? + W)?;
+                    self.push_free(e, false)?;
+                }
+            }
+            self.free(table)
+        })();
+        self.set(PENDING_TABLE, 0)?;
+        self.set(PENDING_CAP, 0)?;
+        match freed {
+            Ok(()) => Ok(()),
+            // Not an error for the caller's own operation: leak the rest and go on.
+            Err(_) => Ok(()),
+        }
     }
 
     /// Allocates a blob holding `bytes`, prefixed by their length; returns its offset.

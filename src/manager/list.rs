@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::dict::Dict;
-use super::heap::{Heap, Tx};
+use super::heap::{at, Heap, Tx};
 use crate::codec::{Codec, Serde};
 
 use crate::error::{Error, Result};
@@ -87,8 +87,8 @@ impl<T, C: Codec<T>> List<T, C> {
                 available: 0,
             })?)?;
             for i in 0..len {
-                let v = tx.get(items + i * 8)?;
-                tx.init(fresh + i * 8, v)?;
+                let v = tx.get(at(items, i, 8)?)?;
+                tx.init(at(fresh, i, 8)?, v)?;
             }
             tx.set(obj + ITEMS, fresh)?;
             tx.set(obj + CAP, new_cap)?;
@@ -97,8 +97,8 @@ impl<T, C: Codec<T>> List<T, C> {
         }
         let blob = tx.alloc_blob(bytes)?;
         // Beyond `len`: not yet part of the list, so it needs no journal entry.
-        tx.init(items + len * 8, blob)?;
-        tx.set(obj + LEN, len + 1)
+        tx.init(at(items, len, 8)?, blob)?;
+        tx.set(obj + LEN, len.saturating_add(1))
     }
 
     /// Appends `value`.
@@ -142,7 +142,7 @@ impl<T, C: Codec<T>> List<T, C> {
             if len == 0 {
                 return Ok(None);
             }
-            let blob = tx.get(items + (len - 1) * 8)?;
+            let blob = tx.get(at(items, len - 1, 8)?)?;
             let bytes = tx.heap().blob(blob)?;
             tx.set(obj + LEN, len - 1)?;
             tx.free(blob)?;
@@ -162,7 +162,7 @@ impl<T, C: Codec<T>> List<T, C> {
             if i as u64 >= len {
                 return Ok(None);
             }
-            tx.heap().blob(tx.get(items + i as u64 * 8)?).map(Some)
+            tx.heap().blob(tx.get(at(items, i as u64, 8)?)?).map(Some)
         })?;
         bytes.map(|b| C::decode(&b)).transpose()
     }
@@ -181,7 +181,7 @@ impl<T, C: Codec<T>> List<T, C> {
                     "list index {i} out of range for length {len}"
                 )));
             }
-            let slot = items + i as u64 * 8;
+            let slot = at(items, i as u64, 8)?;
             let old = tx.get(slot)?;
             let blob = tx.alloc_blob(&bytes)?;
             tx.set(slot, blob)?;
@@ -216,7 +216,7 @@ impl<T, C: Codec<T>> List<T, C> {
         let raw = self.heap.transact(|tx| {
             let (len, _, items) = Self::shape(tx, obj)?;
             (0..len)
-                .map(|i| tx.heap().blob(tx.get(items + i * 8)?))
+                .map(|i| tx.heap().blob(tx.get(at(items, i, 8)?)?))
                 .collect::<Result<Vec<_>>>()
         })?;
         raw.iter().map(|b| C::decode(b)).collect()

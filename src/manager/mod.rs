@@ -182,7 +182,14 @@ impl Manager {
                             found_hash: hash,
                         });
                     }
-                    return tx.get(e + 8);
+                    // Containers add small constants to this offset; keep it far from overflowing.
+                    let obj = tx.get(e + 8)?;
+                    if obj >= 1 << 62 {
+                        return Err(Error::Corrupted(format!(
+                            "directory entry {name:?} points at {obj:#x}"
+                        )));
+                    }
+                    return Ok(obj);
                 }
             }
             let e = free.ok_or(Error::OutOfMemory {

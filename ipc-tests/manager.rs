@@ -1,0 +1,1050 @@
+//! The managed heap across processes (issue 7): SIGKILL in the middle of `Dict::insert` / `List::push`,
+//! concurrent `update`s from several processes, garbage written into the heap's metadata while another
+//! process works on it, forged heap contents at open, the janitor, and objects shared by name and by
+//! serialized handle.
+//!
+//! Heap offsets below follow the layout documented in `src/manager/heap.rs` (payload offsets; the payload
+//! starts 128 bytes into `/dev/shm/mproc.<name>`). Every wait is bounded by [`BOUND`], generously: the
+//! bound proves "no hang" (DESIGN.md, invariant 4) and never measures speed.
+
+use std::collections::HashSet;
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::Trial;
+use mproc::{Error, Event, Manager};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
+
+use crate::common::{self, Role};
+
+/// How long anything may take before we call it a hang.
+const BOUND: Duration = Duration::from_secs(60);
+/// Rounds of the kill storm.
+const KILL_ROUNDS: u64 = 100;
+/// The churning children cycle through keys `k_0 .. k_{KEYS-1}` (so later rounds overwrite, which frees
+/// blocks and feeds the free lists).
+const KEYS: u64 = 300;
+/// Size of the kill storm's manager.
+const STORM_SIZE: usize = 4 << 20;
+/// Processes in the concurrent-update test, and updates each makes.
+const UPDATERS: usize = 4;
+const UPDATES: u64 = 3_000;
+const SHARED_KEYS: [&str; 3] = ["apples", "pears", "plums"];
+
+/// Heap layout (src/manager/heap.rs), as payload offsets.
+const PAYLOAD: u64 = 128;
+const LOCK_BYTES: u64 = 16;
+const JOURNAL: u64 = 512;
+const DIRECTORY: u64 = JOURNAL + 1024 * 16;
+const ARENA: u64 = DIRECTORY + 256 * 64;
+
+pub const ROLES: &[Role] = &[
+    ("manager_churn", churn),
+    ("manager_check", check_child),
+    ("manager_update", update_child),
+    ("manager_scribble", scribble),
+    ("manager_garbage_ops", garbage_ops),
+    ("manager_fuzz_open", fuzz_open),
+    ("manager_linger", linger),
+    ("manager_visible", visible),
+    ("manager_by_handle", by_handle),
+];
+
+pub fn tests() -> Vec<Trial> {
+    let t = |name: &str, f: fn()| {
+        Trial::test(format!("manager::{name}"), move || {
+            f();
+            Ok(())
+        })
+    };
+    vec![
+        t(
+            "kill_during_insert_and_push_keeps_containers_consistent",
+            kill_storm,
+        ),
+        t(
+            "oom_rollback_keeps_the_heap_consistent",
+            oom_rollback_keeps_heap_consistent,
+        ),
+        t(
+            "list_extend_that_runs_out_of_memory_changes_nothing",
+            extend_oom_changes_nothing,
+        ),
+        t("concurrent_updates_lose_nothing", concurrent_updates),
+        t(
+            "garbage_written_while_operating_gives_typed_errors",
+            garbage_while_operating,
+        ),
+        t(
+            "forged_heap_contents_at_open_give_typed_errors",
+            fuzz_open_in_child,
+        ),
+        t("janitor_reclaims_killed_creators_manager", janitor_reclaims),
+        t("dropped_creator_handle_unlinks_the_name", drop_unlinks),
+        t("dict_and_list_shared_by_name", shared_by_name),
+        t("anonymous_manager_passed_as_handle", anonymous_by_handle),
+    ]
+}
+
+// ------------------------------------------------------------------------------------------------ helpers
+
+/// A child process that is killed and reaped if the test fails before it is waited for.
+struct Kid {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Kid {
+    fn spawn(role: &str, arg: &str) -> Kid {
+        let mut child = common::spawn_role(role, arg);
+        let out = child.stdout.take().expect("spawn_role pipes stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Kid { child, lines }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits (bounded) for the child to print `want` as its next line.
+    #[track_caller]
+    fn expect_line(&mut self, want: &str) {
+        match self.lines.recv_timeout(BOUND) {
+            Ok(line) => assert_eq!(line, want, "child {} printed something else", self.pid()),
+            Err(RecvTimeoutError::Timeout) => panic!(
+                "child {} did not print {want:?} within {BOUND:?}",
+                self.pid()
+            ),
+            Err(RecvTimeoutError::Disconnected) => {
+                let st = self.child.wait().expect("wait");
+                panic!(
+                    "child {} exited ({st}) before printing {want:?}",
+                    self.pid()
+                )
+            }
+        }
+    }
+
+    /// SIGKILL, then reap. Panics if the child had already ended by itself (it failed on its own).
+    #[track_caller]
+    fn kill(&mut self) {
+        self.child.kill().expect("kill child");
+        let st = self.child.wait().expect("reap child");
+        assert_eq!(
+            st.signal(),
+            Some(libc::SIGKILL),
+            "child {} ended by itself: {st}",
+            self.pid()
+        );
+    }
+
+    /// Waits (bounded) and asserts a clean exit; returns what it printed.
+    #[track_caller]
+    fn join_ok(&mut self) -> Vec<String> {
+        let pid = self.pid();
+        let st = common::wait_bounded(&mut self.child, BOUND);
+        assert!(st.success(), "child {pid} failed: {st}");
+        // The reader thread may not have passed everything on yet: read until it is done.
+        let mut out = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(BOUND) {
+            out.push(line);
+        }
+        out
+    }
+}
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `f` on a thread and returns its result, panicking if it takes longer than [`BOUND`] (a hang).
+#[track_caller]
+fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let h = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(BOUND) {
+        Ok(v) => v,
+        Err(RecvTimeoutError::Timeout) => panic!("{what}: no result within {BOUND:?}, it hangs"),
+        Err(RecvTimeoutError::Disconnected) => match h.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the thread sends before it ends"),
+        },
+    }
+}
+
+/// Prints a line for the parent (stdout is a pipe: flush at once).
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").expect("write to parent");
+    out.flush().expect("flush to parent");
+}
+
+/// A child's failure: the message goes to stderr (shown by the harness), the exit code to the parent.
+fn die(what: &str) -> ! {
+    eprintln!("manager test child {}: {what}", std::process::id());
+    std::process::exit(3)
+}
+
+fn shm_path(name: &str) -> PathBuf {
+    PathBuf::from(format!("/dev/shm/mproc.{name}"))
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digit"))
+        .collect()
+}
+
+/// xorshift64*: enough randomness for kill delays and scribbles, reproducible from the printed seed.
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+fn fresh_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    (nanos as u64 ^ u64::from(std::process::id()).rotate_left(32)) | 1
+}
+
+fn key(i: u64) -> String {
+    format!("k_{i}")
+}
+
+/// The variant name of an error, for the "typed errors only" checks.
+fn kind(e: &Error) -> &'static str {
+    match e {
+        Error::Corrupted(_) => "Corrupted",
+        Error::Decode { .. } => "Decode",
+        Error::OutOfMemory { .. } => "OutOfMemory",
+        Error::TypeMismatch { .. } => "TypeMismatch",
+        Error::InvalidName { .. } => "InvalidName",
+        _ => "other",
+    }
+}
+
+/// The errors garbage in a heap may justify.
+fn typed(e: &Error) -> bool {
+    kind(e) != "other"
+}
+
+// ------------------------------------------------------------------------------------ 1. kill storm
+
+/// Child: inserts `k_i -> i` (cycling through [`KEYS`], so later rounds overwrite), removes now and
+/// then, and pushes `(round << 32) | j` for j = 0, 1, 2, … as fast as it can, until it is killed.
+fn churn(arg: &str) {
+    let (name, round) = arg.split_once(' ').expect("name round");
+    let round: u64 = round.parse().expect("round");
+    let m = Manager::open(name).unwrap_or_else(|e| die(&format!("open: {e:?}")));
+    let d = m
+        .dict::<String, u64>("d")
+        .unwrap_or_else(|e| die(&format!("dict: {e:?}")));
+    let l = m
+        .list::<u64>("l")
+        .unwrap_or_else(|e| die(&format!("list: {e:?}")));
+    say("ready");
+    for j in 0u64.. {
+        let i = (j * 7 + round * 13) % KEYS;
+        if let Err(e) = d.insert(&key(i), &i) {
+            die(&format!("round {round}: insert {i}: {e:?}"));
+        }
+        if let Err(e) = l.push(&((round << 32) | j)) {
+            die(&format!("round {round}: push {j}: {e:?}"));
+        }
+        if j % 5 == 4 {
+            if let Err(e) = d.remove(&key((i * 31 + 5) % KEYS)) {
+                die(&format!("round {round}: remove: {e:?}"));
+            }
+        }
+        if j % 64 == 0 {
+            say(&format!("at {j}"));
+        }
+    }
+}
+
+/// Checks what the churners leave: the dict's `len` equals its item count, every item is `k_i -> i`,
+/// keys are unique and `get` agrees; the list's length matches its snapshot and it is the concatenation
+/// of each round's pushes `0, 1, …, n` in order (nothing lost in the middle, nothing doubled).
+/// Returns (dict len, list len).
+fn check_state(m: &Manager) -> Result<(usize, usize), String> {
+    let d = m
+        .dict::<String, u64>("d")
+        .map_err(|e| format!("dict: {e:?}"))?;
+    let l = m.list::<u64>("l").map_err(|e| format!("list: {e:?}"))?;
+    let len = d.len().map_err(|e| format!("dict len: {e:?}"))?;
+    let items = d.items().map_err(|e| format!("dict items: {e:?}"))?;
+    if len != items.len() {
+        return Err(format!(
+            "dict len() is {len} but items() has {}",
+            items.len()
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (k, v) in &items {
+        if *v >= KEYS || *k != key(*v) {
+            return Err(format!("dict item {k:?} -> {v} is not k_i -> i"));
+        }
+        if !seen.insert(k.clone()) {
+            return Err(format!("dict key {k:?} appears twice"));
+        }
+    }
+    let keys = d.keys().map_err(|e| format!("dict keys: {e:?}"))?;
+    if keys.len() != len || keys.iter().collect::<HashSet<_>>().len() != len {
+        return Err(format!("dict keys() {keys:?} disagree with len {len}"));
+    }
+    for (k, v) in items.iter().take(16) {
+        match d.get(k) {
+            Ok(Some(x)) if x == *v => {}
+            other => return Err(format!("get({k:?}) = {other:?}, items() says {v}")),
+        }
+    }
+    for i in 0..KEYS {
+        let present = d
+            .contains(&key(i))
+            .map_err(|e| format!("contains: {e:?}"))?;
+        if present != seen.contains(&key(i)) {
+            return Err(format!("contains(k_{i}) = {present}, items() disagrees"));
+        }
+    }
+    let n = l.len().map_err(|e| format!("list len: {e:?}"))?;
+    let v = l.to_vec().map_err(|e| format!("list to_vec: {e:?}"))?;
+    if n != v.len() {
+        return Err(format!("list len() is {n} but to_vec() has {}", v.len()));
+    }
+    let mut prev: Option<(u64, u64)> = None;
+    for (at, x) in v.iter().enumerate() {
+        let (round, j) = (x >> 32, x & 0xffff_ffff);
+        let ok = match prev {
+            None => j == 0,
+            Some((r, pj)) => (round == r && j == pj + 1) || (round > r && j == 0),
+        };
+        if !ok {
+            return Err(format!(
+                "list element {at} is (round {round}, {j}) after {prev:?}: not a sequence of \
+                 complete prefixes"
+            ));
+        }
+        prev = Some((round, j));
+    }
+    if n > 0 {
+        let last = l.get(n - 1).map_err(|e| format!("list get: {e:?}"))?;
+        if last != v.last().copied() {
+            return Err(format!(
+                "list get(last) = {last:?}, to_vec() ends in {:?}",
+                v.last()
+            ));
+        }
+    }
+    Ok((len, n))
+}
+
+/// Child: a process that never saw the churners checks the same invariants.
+fn check_child(name: &str) {
+    let m = Manager::open(name).unwrap_or_else(|e| die(&format!("open: {e:?}")));
+    match check_state(&m) {
+        Ok((len, n)) => say(&format!("ok {len} {n}")),
+        Err(e) => die(&e),
+    }
+}
+
+/// Inserts `f_0, f_1, …` until `OutOfMemory`; returns how many went in.
+fn fill(d: &mproc::Dict<String, u64>) -> Result<u64, String> {
+    for i in 0u64.. {
+        match d.insert(&format!("f_{i}"), &i) {
+            Ok(true) => {}
+            Ok(false) => return Err(format!("f_{i} was already there")),
+            Err(Error::OutOfMemory { .. }) => return Ok(i),
+            Err(e) => return Err(format!("insert f_{i}: {e:?}")),
+        }
+    }
+    unreachable!()
+}
+
+/// Fills the heap until `OutOfMemory`, clears, fills again: the second fill must reach the first's count
+/// (a leaked or cross-linked block would make it fall short or fail), and the dict must stay exact.
+fn fill_clear_fill(m: &Manager, ctx: &str) -> Result<(u64, u64), String> {
+    let f = m
+        .dict::<String, u64>("fill")
+        .map_err(|e| format!("{ctx}: fill dict: {e:?}"))?;
+    let mut counts = Vec::new();
+    for pass in 0..2 {
+        let c = fill(&f).map_err(|e| format!("{ctx}: fill pass {pass}: {e}"))?;
+        let len = f.len().map_err(|e| format!("{ctx}: len: {e:?}"))?;
+        let items = f.items().map_err(|e| format!("{ctx}: items: {e:?}"))?;
+        if len as u64 != c || items.len() as u64 != c {
+            return Err(format!(
+                "{ctx}: pass {pass}: {c} inserts succeeded but len() = {len}, items() has {}",
+                items.len()
+            ));
+        }
+        if let Some((k, v)) = items
+            .iter()
+            .find(|(k, v)| *k != format!("f_{v}") || *v >= c)
+        {
+            return Err(format!("{ctx}: pass {pass}: item {k:?} -> {v}"));
+        }
+        f.clear().map_err(|e| format!("{ctx}: clear: {e:?}"))?;
+        if f.len().map_err(|e| format!("{ctx}: len: {e:?}"))? != 0 {
+            return Err(format!("{ctx}: not empty after clear"));
+        }
+        counts.push(c);
+    }
+    if counts[1] < counts[0] {
+        return Err(format!(
+            "{ctx}: the second fill reached {} entries, the first {}: blocks leaked",
+            counts[1], counts[0]
+        ));
+    }
+    Ok((counts[0], counts[1]))
+}
+
+fn kill_storm() {
+    let seed = fresh_seed();
+    let mut rng = seed;
+    let name = common::unique_name("mgr-storm");
+    let m = Manager::create(&name, STORM_SIZE).expect("create manager");
+    m.dict::<String, u64>("d").expect("dict");
+    m.list::<u64>("l").expect("list");
+    let (mut last_len, mut last_n) = (0, 0);
+    for round in 0..KILL_ROUNDS {
+        let mut kid = Kid::spawn("manager_churn", &format!("{name} {round}"));
+        kid.expect_line("ready");
+        std::thread::sleep(Duration::from_micros(next_random(&mut rng) % 3_000));
+        let ctx = format!("round {round}, child {}, seed {seed:#x}", kid.pid());
+        kid.kill();
+        let m2 = m.clone();
+        let (len, n) = bounded(&ctx, move || check_state(&m2))
+            .unwrap_or_else(|e| panic!("{ctx}: after the kill: {e}"));
+        assert!(n >= last_n, "{ctx}: the list shrank from {last_n} to {n}");
+        (last_len, last_n) = (len, n);
+        let mut checker = Kid::spawn("manager_check", &name);
+        let out = checker.join_ok();
+        assert_eq!(
+            out,
+            [format!("ok {len} {n}")],
+            "{ctx}: a fresh process sees something else"
+        );
+    }
+    eprintln!("manager kill storm: {KILL_ROUNDS} kills, dict {last_len} entries, list {last_n}");
+    let m2 = m.clone();
+    let counts = bounded("fill, clear, fill after the storm", move || {
+        fill_clear_fill(&m2, "after the storm")
+    })
+    .unwrap_or_else(|e| panic!("seed {seed:#x}: {e}"));
+    eprintln!("manager kill storm: fill counts {counts:?}");
+    let m2 = m.clone();
+    bounded("state after the fills", move || check_state(&m2))
+        .unwrap_or_else(|e| panic!("after the fills: {e}"));
+}
+
+/// The same fill/clear/fill on a fresh heap, no kills: an insert that fails with `OutOfMemory` half-way
+/// (after it took blocks from a free list, or freed the dict's old table) must change nothing.
+fn oom_rollback_keeps_heap_consistent() {
+    let m = Manager::anonymous(256 << 10).expect("anonymous manager");
+    let r = bounded("fill, clear, fill", move || {
+        // A list that grows and shrinks first, so that the free lists are not empty when the fills run.
+        let l = m.list::<u64>("l").map_err(|e| format!("{e:?}"))?;
+        for i in 0..200u64 {
+            l.push(&i).map_err(|e| format!("push: {e:?}"))?;
+        }
+        for _ in 0..200 {
+            l.pop().map_err(|e| format!("pop: {e:?}"))?;
+        }
+        fill_clear_fill(&m, "fresh heap")
+    });
+    let counts = r.unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("manager oom rollback: fill counts {counts:?}");
+}
+
+/// Deterministic: `List::extend` is all or nothing, so one that runs out of memory half-way must leave
+/// the list and the free lists exactly as they were. On the way it takes blocks from a free list (whose
+/// next pointers the new blobs overwrite) and, when the list grows, frees the old item array (whose
+/// first word the free-list link overwrites): the rollback must undo both.
+fn extend_oom_changes_nothing() {
+    // The smallest heap: its arena is a few KiB.
+    let m = Manager::anonymous(0).expect("anonymous manager");
+    let l = m.pod_list::<u64>("l").unwrap();
+    for i in 0..6u64 {
+        l.push(&i).unwrap();
+    }
+    // Two 32-byte blocks on the free list.
+    assert_eq!(l.pop().unwrap(), Some(5));
+    assert_eq!(l.pop().unwrap(), Some(4));
+    let many: Vec<u64> = (100..10_100).collect();
+    let r = l.extend(&many);
+    assert!(
+        matches!(r, Err(Error::OutOfMemory { .. })),
+        "extend of 10000 into a few KiB: {r:?}"
+    );
+    match l.to_vec() {
+        Ok(v) => assert_eq!(v, [0, 1, 2, 3], "a failed extend changed the list"),
+        Err(e) => panic!("to_vec after a failed extend: {e:?}"),
+    }
+    for i in 10..20u64 {
+        if let Err(e) = l.push(&i) {
+            panic!("push {i} after a failed extend: {e:?}");
+        }
+    }
+    let mut want: Vec<u64> = (0..4).collect();
+    want.extend(10..20);
+    match l.to_vec() {
+        Ok(v) => assert_eq!(v, want),
+        Err(e) => panic!("to_vec: {e:?}"),
+    }
+}
+
+// ------------------------------------------------------------------------------------ 2. lost updates
+
+/// Child: `UPDATES` increments spread over [`SHARED_KEYS`], in a serde dict and a Pod dict.
+fn update_child(arg: &str) {
+    let (name, go) = arg.split_once(' ').expect("name event");
+    let m = Manager::open(name).unwrap_or_else(|e| die(&format!("open: {e:?}")));
+    let d = m
+        .dict::<String, u64>("counts")
+        .unwrap_or_else(|e| die(&format!("dict: {e:?}")));
+    let p = m
+        .pod_dict::<u64, u64>("pod")
+        .unwrap_or_else(|e| die(&format!("pod dict: {e:?}")));
+    let go = Event::open(go).unwrap_or_else(|e| die(&format!("event: {e:?}")));
+    if !go.wait_timeout(BOUND) {
+        die("start signal did not come");
+    }
+    for i in 0..UPDATES {
+        let k = (i % SHARED_KEYS.len() as u64) as usize;
+        if let Err(e) = d.update(&SHARED_KEYS[k].to_owned(), |v| v.unwrap_or(0) + 1) {
+            die(&format!("update: {e:?}"));
+        }
+        if let Err(e) = p.update(&(k as u64), |v| v.unwrap_or(0) + 1) {
+            die(&format!("pod update: {e:?}"));
+        }
+    }
+}
+
+fn concurrent_updates() {
+    let name = common::unique_name("mgr-upd");
+    let go_name = common::unique_name("mgr-go");
+    let m = Manager::create(&name, 1 << 20).expect("create manager");
+    let go = Event::create(&go_name).expect("event");
+    let mut kids: Vec<Kid> = (0..UPDATERS)
+        .map(|_| Kid::spawn("manager_update", &format!("{name} {go_name}")))
+        .collect();
+    go.set();
+    for k in &mut kids {
+        k.join_ok();
+    }
+    let per_key = UPDATERS as u64 * UPDATES / SHARED_KEYS.len() as u64;
+    let d = m.dict::<String, u64>("counts").expect("dict");
+    let p = m.pod_dict::<u64, u64>("pod").expect("pod dict");
+    for (i, k) in SHARED_KEYS.iter().enumerate() {
+        assert_eq!(
+            d.get(&k.to_string()).unwrap(),
+            Some(per_key),
+            "{k}: an update was lost or doubled"
+        );
+        assert_eq!(
+            p.get(&(i as u64)).unwrap(),
+            Some(per_key),
+            "pod key {i}: an update was lost or doubled"
+        );
+    }
+    assert_eq!(d.len().unwrap(), SHARED_KEYS.len());
+    assert_eq!(p.len().unwrap(), SHARED_KEYS.len());
+}
+
+// ------------------------------------------------------------------------------------ 3. garbage
+
+/// Child: writes random bytes at random offsets of the manager's file until killed: three in four in the
+/// first 64 KiB (heap metadata, journal, directory, first blocks), the rest anywhere deeper. The lock's
+/// own 16 bytes are spared: a lock word naming a live thread is a lock held by a live process, which
+/// anyone who can write the region can arrange, and waiting for it is not a bug.
+fn scribble(arg: &str) {
+    let (name, seed) = arg.split_once(' ').expect("name seed");
+    let mut rng: u64 = seed.parse().expect("seed");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(shm_path(name))
+        .unwrap_or_else(|e| die(&format!("open file: {e}")));
+    let payload = f.metadata().expect("stat").len() - PAYLOAD;
+    say("ready");
+    loop {
+        let r = next_random(&mut rng);
+        let off = if r % 4 != 0 {
+            LOCK_BYTES + next_random(&mut rng) % (65536 - LOCK_BYTES)
+        } else {
+            65536 + next_random(&mut rng) % (payload - 65536)
+        };
+        let n = 1 + (next_random(&mut rng) % 16) as usize;
+        let n = n.min((payload - off) as usize);
+        let mut bytes = [0u8; 16];
+        for b in &mut bytes[..n] {
+            *b = next_random(&mut rng) as u8;
+        }
+        // Small values and offsets into the heap are nastier than random ones: they pass range checks.
+        if r % 3 == 0 && n >= 8 {
+            let v = match r % 5 {
+                0 => next_random(&mut rng) % 64,
+                1 => ARENA + next_random(&mut rng) % (payload - ARENA),
+                2 => u64::MAX - next_random(&mut rng) % 64,
+                _ => next_random(&mut rng) % payload,
+            };
+            bytes[..8].copy_from_slice(&v.to_le_bytes());
+        }
+        f.write_all_at(&bytes[..n], PAYLOAD + off)
+            .expect("scribble");
+        if r % 8 == 0 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+/// Child: operates on the manager while `scribble` damages it. Only `Ok` or typed errors; prints the
+/// tally. Runs in a child so that a crash (SIGSEGV, SIGBUS) fails this test instead of the suite.
+fn garbage_ops(arg: &str) {
+    let (name, seed) = arg.split_once(' ').expect("name seed");
+    let mut rng: u64 = seed.parse().expect("seed");
+    let m = Manager::open(name).unwrap_or_else(|e| die(&format!("open: {e:?}")));
+    let mut tally = std::collections::BTreeMap::<&'static str, u64>::new();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut ops = 0u64;
+    let mut note = |what: &str, r: Result<(), Error>| {
+        let k = match &r {
+            Ok(()) => "ok",
+            Err(e) if typed(e) => kind(e),
+            Err(e) => die(&format!("{what}: untyped error {e:?}")),
+        };
+        *tally.entry(k).or_default() += 1;
+    };
+    while Instant::now() < deadline && ops < 20_000 {
+        ops += 1;
+        let i = next_random(&mut rng) % 64;
+        match next_random(&mut rng) % 14 {
+            0 => note("names", m.names().map(drop)),
+            1 => note("dict", m.dict::<String, u64>("d").map(drop)),
+            2 => note(
+                "insert",
+                m.dict::<String, u64>("d")
+                    .and_then(|d| d.insert(&key(i), &i).map(drop)),
+            ),
+            3 => note(
+                "get",
+                m.dict::<String, u64>("d")
+                    .and_then(|d| d.get(&key(i)).map(drop)),
+            ),
+            4 => note(
+                "remove",
+                m.dict::<String, u64>("d")
+                    .and_then(|d| d.remove(&key(i)).map(drop)),
+            ),
+            5 => note(
+                "update",
+                m.dict::<String, u64>("d")
+                    .and_then(|d| d.update(&key(i), |v| v.unwrap_or(0) + 1)),
+            ),
+            6 => note(
+                "items",
+                m.dict::<String, u64>("d").and_then(|d| d.items().map(drop)),
+            ),
+            7 => note(
+                "len",
+                m.dict::<String, u64>("d").and_then(|d| d.len().map(drop)),
+            ),
+            8 => note("push", m.list::<u64>("l").and_then(|l| l.push(&i))),
+            9 => note("pop", m.list::<u64>("l").and_then(|l| l.pop().map(drop))),
+            10 => note(
+                "to_vec",
+                m.list::<u64>("l").and_then(|l| l.to_vec().map(drop)),
+            ),
+            11 => note("wrong kind", m.list::<f64>("d").map(drop)),
+            12 => note(
+                "new dict",
+                m.pod_dict::<u64, u64>(&format!("x{i}"))
+                    .and_then(|d| d.insert(&i, &i).map(drop)),
+            ),
+            _ => note("clear", m.dict::<String, u64>("d").and_then(|d| d.clear())),
+        }
+    }
+    say(&format!("{ops} ops: {tally:?}"));
+}
+
+fn garbage_while_operating() {
+    let seed = fresh_seed();
+    let name = common::unique_name("mgr-garbage");
+    let m = Manager::create(&name, 256 << 10).expect("create manager");
+    let d = m.dict::<String, u64>("d").expect("dict");
+    let l = m.list::<u64>("l").expect("list");
+    for i in 0..64 {
+        d.insert(&key(i), &i).unwrap();
+        l.push(&i).unwrap();
+    }
+    let mut scribbler = Kid::spawn("manager_scribble", &format!("{name} {seed}"));
+    scribbler.expect_line("ready");
+    let mut ops = Kid::spawn(
+        "manager_garbage_ops",
+        &format!("{name} {}", seed.rotate_left(17) | 1),
+    );
+    let out = ops.join_ok();
+    scribbler.kill();
+    eprintln!("manager garbage (seed {seed:#x}): {out:?}");
+}
+
+/// Runs the open/lookup fuzzer in a child (a SIGBUS or SIGSEGV there is a failed exit, not a dead
+/// suite), and removes what a crashed child may have left.
+fn fuzz_open_in_child() {
+    let mut kid = Kid::spawn("manager_fuzz_open", "");
+    let st = common::wait_bounded(&mut kid.child, BOUND);
+    let prefix = format!("{}-mgrfz", common::run_tag());
+    for e in std::fs::read_dir("/dev/shm").unwrap().flatten() {
+        if e.file_name().to_string_lossy().contains(&prefix) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    assert!(
+        st.success(),
+        "manager_fuzz_open: {st} (a signal here, e.g. SIGBUS or SIGSEGV, means a crash)"
+    );
+}
+
+/// Where a forged word goes.
+#[derive(Debug, Clone)]
+enum Target {
+    /// Journal length, bump, end, free-list heads (payload words 2..64).
+    Meta(u64),
+    /// A word of the journal.
+    Journal(u64),
+    /// A word of the first directory entries.
+    Directory(u64),
+    /// A word of the real objects' headers (dict, list) and their first blocks.
+    Objects(u64),
+    /// Any word of the payload.
+    Anywhere(u64),
+}
+
+/// What a forged word holds.
+#[derive(Debug, Clone)]
+enum Forged {
+    Small(u64),
+    /// An offset near a real block (so that it passes range checks).
+    NearArena(u64),
+    /// Near the end of the heap or of `u64`.
+    High(u64),
+    Random(u64),
+}
+
+fn forged_value(v: &Forged, len: u64) -> u64 {
+    match *v {
+        Forged::Small(x) => x % 70,
+        Forged::NearArena(x) => ARENA + (x % (len - ARENA)) / 8 * 8,
+        Forged::High(x) if x % 2 == 0 => len - x % 64,
+        Forged::High(x) => u64::MAX - x % 64,
+        Forged::Random(x) => x,
+    }
+}
+
+/// Child role: forged heap contents behind a valid header — a real manager's file with metadata words
+/// set to small numbers, plausible offsets, huge values or random bits, and random bytes anywhere —
+/// opened with `Manager::open`, then looked up (`names`, `dict`, `list`) and used.
+fn fuzz_open(_: &str) {
+    let real = common::unique_name("mgrfz-real");
+    let base: Vec<u8> = {
+        let m = Manager::create(&real, 64 << 10).expect("create manager");
+        let d = m.dict::<String, u64>("d").expect("dict");
+        for i in 0..20 {
+            d.insert(&key(i), &i).unwrap();
+        }
+        d.remove(&key(3)).unwrap();
+        let l = m.list::<u64>("l").expect("list");
+        l.extend(&(0..12).collect::<Vec<u64>>()).unwrap();
+        l.pop().unwrap();
+        m.value("v", &"hello".to_string()).unwrap();
+        std::fs::read(shm_path(&real)).expect("read the real manager's file")
+    };
+    assert!(!shm_path(&real).exists(), "dropping the creator unlinks");
+    let len = base.len() as u64 - PAYLOAD;
+    let word = |off: u64| {
+        let at = (PAYLOAD + off) as usize;
+        u64::from_le_bytes(base[at..at + 8].try_into().unwrap())
+    };
+    // The objects' headers, as the directory names them.
+    let objects: Vec<u64> = (0..3).map(|i| word(DIRECTORY + i * 64 + 8)).collect();
+    let forged = common::unique_name("mgrfz");
+    let path = shm_path(&forged);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .expect("create forged file");
+    let target = prop_oneof![
+        3 => (2u64..64).prop_map(Target::Meta),
+        1 => any::<u64>().prop_map(Target::Journal),
+        2 => any::<u64>().prop_map(Target::Directory),
+        4 => any::<u64>().prop_map(Target::Objects),
+        2 => any::<u64>().prop_map(Target::Anywhere),
+    ];
+    let value = prop_oneof![
+        3 => any::<u64>().prop_map(Forged::Small),
+        3 => any::<u64>().prop_map(Forged::NearArena),
+        2 => any::<u64>().prop_map(Forged::High),
+        1 => any::<u64>().prop_map(Forged::Random),
+    ];
+    let words = proptest::collection::vec((target, value), 1..6);
+    let bytes = proptest::collection::vec((any::<u64>(), any::<u8>()), 0..8);
+    let mut runner = TestRunner::new(Config {
+        cases: 400,
+        failure_persistence: None,
+        rng_seed: RngSeed::Fixed(0x6d67_725f_667a),
+        ..Config::default()
+    });
+    let result = runner.run(&(words, bytes), |(words, bytes)| {
+        let mut img = base.clone();
+        let mut put = |off: u64, v: u64| {
+            let off = off / 8 * 8;
+            if off >= LOCK_BYTES && off + 8 <= len {
+                let at = (PAYLOAD + off) as usize;
+                img[at..at + 8].copy_from_slice(&v.to_le_bytes());
+            }
+        };
+        for (t, v) in &words {
+            let v = forged_value(v, len);
+            match *t {
+                Target::Meta(w) => put(w * 8, v),
+                Target::Journal(x) => put(JOURNAL + (x % 64) * 8, v),
+                Target::Directory(x) => put(DIRECTORY + (x % (3 * 64)), v),
+                Target::Objects(x) => {
+                    let obj = objects[(x % 3) as usize];
+                    put(obj.wrapping_add((x >> 8) % 256), v)
+                }
+                Target::Anywhere(x) => put(x % len, v),
+            }
+        }
+        for (at, b) in &bytes {
+            let at = LOCK_BYTES + at % (len - LOCK_BYTES);
+            img[(PAYLOAD + at) as usize] = *b;
+        }
+        file.write_all_at(&img, 0).expect("write forged file");
+        let m = match Manager::open(&forged) {
+            Ok(m) => m,
+            Err(e) => {
+                return Err(TestCaseError::fail(format!(
+                    "open of a valid header failed: {e:?}"
+                )))
+            }
+        };
+        let check = |what: &str, r: Result<(), Error>| match r {
+            Err(e) if !typed(&e) => Err(TestCaseError::fail(format!("{what}: {e:?}"))),
+            _ => Ok(()),
+        };
+        check("names", m.names().map(drop))?;
+        check(
+            "value",
+            m.value("v", &String::new()).and_then(|v| v.get().map(drop)),
+        )?;
+        match m.dict::<String, u64>("d") {
+            Ok(d) => {
+                check("get", d.get(&key(5)).map(drop))?;
+                check("contains", d.contains(&key(7)).map(drop))?;
+                check("len", d.len().map(drop))?;
+                check("items", d.items().map(drop))?;
+                check("insert", d.insert(&key(40), &40).map(drop))?;
+                check("update", d.update(&key(6), |v| v.unwrap_or(0) + 1))?;
+                check("remove", d.remove(&key(8)).map(drop))?;
+            }
+            Err(e) => check("dict", Err(e))?,
+        }
+        match m.list::<u64>("l") {
+            Ok(l) => {
+                check("to_vec", l.to_vec().map(drop))?;
+                check("push", l.push(&99))?;
+                check("get", l.get(3).map(drop))?;
+                check("pop", l.pop().map(drop))?;
+            }
+            Err(e) => check("list", Err(e))?,
+        }
+        check(
+            "new dict",
+            m.pod_dict::<u64, u64>("fresh")
+                .and_then(|d| d.insert(&1, &2).map(drop)),
+        )?;
+        Ok(())
+    });
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    if let Err(e) = result {
+        die(&format!("forged heap contents: {e}"));
+    }
+}
+
+// ------------------------------------------------------------------------------------ 4. reclamation
+
+/// Child: creates a named manager (not persistent), puts a value in it, and waits to be killed.
+fn linger(name: &str) {
+    let m = Manager::create(name, 64 << 10).unwrap_or_else(|e| die(&format!("create: {e:?}")));
+    m.dict::<String, u64>("d")
+        .and_then(|d| d.insert(&"pid".to_owned(), &u64::from(std::process::id())))
+        .unwrap_or_else(|e| die(&format!("insert: {e:?}")));
+    say("ready");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn janitor_reclaims() {
+    let name = common::unique_name("mgr-jan");
+    let mut kid = Kid::spawn("manager_linger", &name);
+    kid.expect_line("ready");
+    {
+        let m = Manager::open(&name).expect("open the child's manager");
+        let d = m.dict::<String, u64>("d").expect("dict");
+        assert_eq!(
+            d.get(&"pid".to_owned()).unwrap(),
+            Some(u64::from(kid.pid()))
+        );
+    }
+    let removed = mproc::cleanup_stale().unwrap();
+    assert!(!removed.contains(&name), "swept while its creator lives");
+    assert!(shm_path(&name).exists());
+    kid.kill();
+    assert!(
+        shm_path(&name).exists(),
+        "SIGKILL runs no destructor: the name stays until a sweep"
+    );
+    let removed = mproc::cleanup_stale().unwrap();
+    // Another test's sweep (region.rs) may run at the same moment and take it first: then it is gone
+    // all the same, and that sweep's list names it.
+    assert!(
+        !shm_path(&name).exists(),
+        "the killed creator's manager survived a sweep: {removed:?}"
+    );
+    assert!(matches!(Manager::open(&name), Err(Error::NotFound { .. })));
+}
+
+fn drop_unlinks() {
+    let name = common::unique_name("mgr-drop");
+    let m = Manager::create(&name, 64 << 10).expect("create");
+    m.dict::<String, u64>("d")
+        .unwrap()
+        .insert(&"x".into(), &1)
+        .unwrap();
+    let opened = Manager::open(&name).expect("open");
+    assert!(shm_path(&name).exists());
+    drop(m);
+    assert!(!shm_path(&name).exists(), "dropping the creator unlinks");
+    // A process that had it open keeps using it.
+    let d = opened.dict::<String, u64>("d").unwrap();
+    assert_eq!(d.get(&"x".into()).unwrap(), Some(1));
+    assert!(matches!(Manager::open(&name), Err(Error::NotFound { .. })));
+}
+
+// ------------------------------------------------------------------------------------ 5. visibility
+
+/// Child `idx`: sees the parent's entries, adds its own, and bumps a shared total.
+fn visible(arg: &str) {
+    let (name, idx) = arg.split_once(' ').expect("name idx");
+    let idx: u64 = idx.parse().expect("idx");
+    let m = Manager::open(name).unwrap_or_else(|e| die(&format!("open: {e:?}")));
+    let d = m.dict::<String, u64>("shared").expect("dict");
+    let l = m.list::<String>("lines").expect("list");
+    if d.get(&"from_parent".into()).unwrap() != Some(7) {
+        die("the parent's entry is not visible");
+    }
+    if l.get(0).unwrap().as_deref() != Some("parent") {
+        die("the parent's line is not visible");
+    }
+    d.insert(&format!("child_{idx}"), &(idx * 10)).unwrap();
+    d.update(&"total".into(), |v| v.unwrap_or(0) + idx + 1)
+        .unwrap();
+    l.push(&format!("child {idx}")).unwrap();
+    // A wrong type under a taken name is refused, in any process.
+    match m.list::<f64>("shared") {
+        Err(Error::TypeMismatch { .. }) => {}
+        other => die(&format!("list::<f64>(\"shared\") gave {other:?}")),
+    }
+}
+
+fn shared_by_name() {
+    let name = common::unique_name("mgr-vis");
+    let m = Manager::create(&name, 256 << 10).expect("create");
+    let d = m.dict::<String, u64>("shared").unwrap();
+    let l = m.list::<String>("lines").unwrap();
+    d.insert(&"from_parent".into(), &7).unwrap();
+    l.push(&"parent".into()).unwrap();
+    let mut kids: Vec<Kid> = (0..3)
+        .map(|i| Kid::spawn("manager_visible", &format!("{name} {i}")))
+        .collect();
+    for k in &mut kids {
+        k.join_ok();
+    }
+    for i in 0..3u64 {
+        assert_eq!(d.get(&format!("child_{i}")).unwrap(), Some(i * 10));
+    }
+    assert_eq!(d.get(&"total".into()).unwrap(), Some(1 + 2 + 3));
+    assert_eq!(d.len().unwrap(), 5);
+    let mut lines = l.to_vec().unwrap();
+    assert_eq!(lines.remove(0), "parent");
+    lines.sort();
+    assert_eq!(lines, ["child 0", "child 1", "child 2"]);
+    let mut names = m.names().unwrap();
+    names.sort();
+    assert_eq!(names, ["lines", "shared"]);
+}
+
+/// Child: the anonymous manager arrives as a serialized handle.
+fn by_handle(hex: &str) {
+    let m: Manager =
+        postcard::from_bytes(&from_hex(hex)).unwrap_or_else(|e| die(&format!("handle: {e}")));
+    let p = m.pod_dict::<u64, u64>("squares").expect("pod dict");
+    if p.get(&7).unwrap() != Some(49) {
+        die("the parent's entry is not visible");
+    }
+    p.insert(&8, &64).unwrap();
+    m.pod_list::<u32>("seen")
+        .unwrap()
+        .push(&std::process::id())
+        .unwrap();
+}
+
+fn anonymous_by_handle() {
+    let m = Manager::anonymous(128 << 10).expect("anonymous");
+    let p = m.pod_dict::<u64, u64>("squares").unwrap();
+    p.insert(&7, &49).unwrap();
+    let hex = to_hex(&postcard::to_allocvec(&m).expect("serialize"));
+    let mut kid = Kid::spawn("manager_by_handle", &hex);
+    let pid = kid.pid();
+    kid.join_ok();
+    assert_eq!(p.get(&8).unwrap(), Some(64));
+    assert_eq!(m.pod_list::<u32>("seen").unwrap().to_vec().unwrap(), [pid]);
+}
