@@ -6,6 +6,7 @@
 
 mod common;
 mod examples;
+mod examples_run;
 mod locks;
 mod manager;
 mod pool;
@@ -23,6 +24,7 @@ fn main() {
         locks::ROLES,
         manager::ROLES,
         examples::ROLES,
+        examples_run::ROLES,
         sync_faults::ROLES,
         queue::ROLES,
         process::ROLES,
@@ -35,6 +37,7 @@ fn main() {
     trials.extend(locks::tests());
     trials.extend(manager::tests());
     trials.extend(examples::tests());
+    trials.extend(examples_run::tests());
     trials.extend(sync_faults::tests());
     trials.extend(queue::tests());
     trials.extend(process::tests());

@@ -1,0 +1,869 @@
+//! [`Parallel`]: joblib's `Parallel(n_jobs)(delayed(f)(x) for x in xs)` for Rust, over a process
+//! [`Pool`], with large array arguments passed by handle.
+//!
+//! ```
+//! use mproc::parallel::{delayed, Arr, Parallel};
+//!
+//! fn norm(v: Arr<'_, f64>) -> f64 {
+//!     v.iter().map(|x| x * x).sum::<f64>().sqrt()
+//! }
+//!
+//! fn dot((a, b): (Arr<'_, f64>, Arr<'_, f64>)) -> f64 {
+//!     a.iter().zip(b.iter()).map(|(x, y)| x * y).sum()
+//! }
+//!
+//! let rows: Vec<Vec<f64>> = (0..8).map(|i| vec![i as f64; 100]).collect();
+//! let par = Parallel::new(2);
+//!
+//! // joblib: Parallel(n_jobs=2)(delayed(norm)(r) for r in rows)
+//! let norms = par.run(rows.iter().map(|r| delayed(norm, Arr::from(r))))?;
+//! assert_eq!(norms[3], 30.0);
+//!
+//! // A 4 MiB array is above the 1 MiB threshold: it is copied into shared memory once, and every
+//! // task gets its handle, not its elements.
+//! let big: Vec<f64> = (0..1 << 19).map(|i| (i % 7) as f64).collect();
+//! let ones = vec![1.0; big.len()];
+//! let sums = par.map(dot, (0..4).map(|_| (Arr::from(&big), Arr::from(&ones))))?;
+//! assert!(sums.iter().all(|&s| s == big.iter().sum::<f64>()));
+//! # Ok::<(), mproc::Error>(())
+//! ```
+//!
+//! # Functions and arguments
+//! A task is a [`Delayed`]: a function pointer `fn(A) -> R` and its argument, made by [`delayed`]. As
+//! for every [`Pool`] task, the function is a plain `fn` item (or a closure that captures nothing) of the
+//! main executable, and `A` and `R` travel through serde; several arguments travel as a tuple. Tasks of
+//! one call may use different functions of the same type: each function's tasks are sent to the pool
+//! as one batch, and the results come back in the order of the tasks.
+//!
+//! # Large arrays travel by handle
+//! joblib memory-maps NumPy arrays larger than `max_nbytes` (1 MiB by default) so that workers read the
+//! parent's copy instead of receiving a pickle of it. [`Arr<T>`] does the same for a slice of `Pod`
+//! values: serialized while a [`Parallel`] call sends its tasks, an array of at most
+//! [`max_nbytes`](Parallel::max_nbytes) bytes travels inline, and a larger one is copied once into a
+//! [`SharedArray`] whose handle is all that travels; the worker maps it and reads it in place. The same
+//! slice passed to many tasks is copied once per call. Serialized anywhere else (in a plain
+//! [`Pool::map`], a [`Queue`](crate::Queue), a [`Process`](crate::Process)), an `Arr` always travels
+//! inline, which is always sound.
+//!
+//! ## Why it is sound
+//! - The shared copies belong to the `Parallel` call that made them and are freed only after every one
+//!   of its tasks has finished (also when the call returns early with an error, or the progress
+//!   callback panics: the call first waits for what it started).
+//! - Nobody writes them: the parent made them from the caller's data and hands out no `&mut`; a worker
+//!   only gets `&[T]` through [`Arr`]'s `Deref`.
+//! - A task receives `Arr<'a, T>` for some lifetime `'a` of the call, so a task `fn(Arr<'_, T>)` cannot
+//!   keep its argument after it returns (it cannot be stored in a `static`). A task declared as
+//!   `fn(Arr<'static, T>)` could, and would then see the memory reused by later calls: don't.
+//!
+//!   ```compile_fail
+//!   use std::sync::Mutex;
+//!   use mproc::parallel::Arr;
+//!
+//!   static KEPT: Mutex<Vec<Arr<'static, f64>>> = Mutex::new(Vec::new());
+//!
+//!   fn task(a: Arr<'_, f64>) -> usize {
+//!       KEPT.lock().unwrap().push(a); // error: borrowed data escapes the function
+//!       0
+//!   }
+//!   ```
+//! - What a worker reads is checked like every handle (inside its arena, aligned, a whole number of
+//!   `T`), and any bytes are a valid `T: Pod`.
+//!
+//! # Progress
+//! [`progress(true)`](Parallel::progress) prints joblib-style lines to stderr;
+//! [`on_progress`](Parallel::on_progress) calls a function with `(done, total)` instead: once with
+//! `(0, total)` when the tasks are sent, then as results arrive.
+
+use std::any::{Any, TypeId};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytemuck::Pod;
+use serde::de::{DeserializeOwned, Deserializer, SeqAccess, Visitor};
+use serde::ser::Serializer;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::heap::{BlockHandle, SharedArray};
+use crate::pool::{ImapUnordered, Pool};
+
+/// The default of [`Parallel::max_nbytes`]: 1 MiB, as in joblib.
+pub const DEFAULT_MAX_NBYTES: usize = 1 << 20;
+
+/// A function and its argument, waiting to be run by [`Parallel::run`] (joblib's `delayed(f)(x)`).
+pub struct Delayed<A, R> {
+    f: fn(A) -> R,
+    args: A,
+}
+
+impl<A, R> fmt::Debug for Delayed<A, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delayed")
+            .field("f", &(self.f as usize as *const ()))
+            .field("args", &std::any::type_name::<A>())
+            .finish()
+    }
+}
+
+/// `f(args)`, to be run later by [`Parallel::run`].
+///
+/// # Examples
+/// ```
+/// use mproc::parallel::{delayed, Parallel};
+///
+/// fn add((a, b): (u32, u32)) -> u32 {
+///     a + b
+/// }
+///
+/// let tasks = (0..4).map(|i| delayed(add, (i, 10)));
+/// assert_eq!(Parallel::new(2).run(tasks)?, vec![10, 11, 12, 13]);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+pub fn delayed<A, R>(f: fn(A) -> R, args: A) -> Delayed<A, R> {
+    Delayed { f, args }
+}
+
+enum Progress {
+    Off,
+    Stderr,
+    Callback(Arc<dyn Fn(usize, usize) + Send + Sync>),
+}
+
+/// Runs tasks on a pool of worker processes, results in order, like joblib's `Parallel`. See the
+/// [module docs](self).
+///
+/// The pool is started by the first call and reused by the next ones; it stops when the `Parallel` is
+/// dropped.
+pub struct Parallel {
+    n_jobs: Option<usize>,
+    max_nbytes: usize,
+    batch_size: Option<usize>,
+    progress: Progress,
+    pool: OnceLock<Pool>,
+}
+
+impl fmt::Debug for Parallel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Parallel")
+            .field("n_jobs", &self.n_jobs())
+            .field("max_nbytes", &self.max_nbytes)
+            .field("batch_size", &self.batch_size)
+            .field("started", &self.pool.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Parallel {
+    /// One worker per available CPU (joblib's `n_jobs=-1`).
+    fn default() -> Self {
+        Parallel {
+            n_jobs: None,
+            max_nbytes: DEFAULT_MAX_NBYTES,
+            batch_size: None,
+            progress: Progress::Off,
+            pool: OnceLock::new(),
+        }
+    }
+}
+
+impl Parallel {
+    /// Runs tasks on `n_jobs` worker processes. [`Parallel::default`] uses one per CPU.
+    ///
+    /// # Examples
+    /// ```
+    /// let par = mproc::Parallel::new(2);
+    /// assert_eq!(par.n_jobs(), 2);
+    /// ```
+    ///
+    /// # Panics
+    /// If `n_jobs` is 0.
+    #[track_caller]
+    pub fn new(n_jobs: usize) -> Self {
+        assert!(n_jobs > 0, "Parallel needs at least one job");
+        Parallel {
+            n_jobs: Some(n_jobs),
+            ..Parallel::default()
+        }
+    }
+
+    /// Runs tasks on an existing pool (which this `Parallel` then owns).
+    ///
+    /// # Examples
+    /// ```
+    /// let pool = mproc::Pool::builder().workers(1).build()?;
+    /// let par = mproc::Parallel::with_pool(pool);
+    /// assert_eq!(par.n_jobs(), 1);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn with_pool(pool: Pool) -> Self {
+        let n = pool.workers();
+        let par = Parallel::new(n);
+        let _ = par.pool.set(pool);
+        par
+    }
+
+    /// Arrays ([`Arr`]) larger than `n` bytes are passed to workers by handle, the others inline
+    /// (default [`DEFAULT_MAX_NBYTES`], 1 MiB; `usize::MAX` never shares).
+    ///
+    /// # Examples
+    /// ```
+    /// let par = mproc::Parallel::new(2).max_nbytes(64 << 10);
+    /// ```
+    pub fn max_nbytes(mut self, n: usize) -> Self {
+        self.max_nbytes = n;
+        self
+    }
+
+    /// Tasks per message to a worker (default: about four batches per worker, as in
+    /// [`Pool::map`]). Small batches balance uneven tasks and report progress more often.
+    ///
+    /// # Examples
+    /// ```
+    /// let par = mproc::Parallel::new(2).batch_size(1);
+    /// ```
+    ///
+    /// # Panics
+    /// If `n` is 0.
+    #[track_caller]
+    pub fn batch_size(mut self, n: usize) -> Self {
+        assert!(n > 0, "batch_size must be at least 1");
+        self.batch_size = Some(n);
+        self
+    }
+
+    /// Prints progress to stderr (joblib's `verbose`): `[Parallel(n_jobs=2)]: Done 10 of 40 tasks |
+    /// elapsed: 0.2s`, at most about ten lines a second, and always the last.
+    ///
+    /// # Examples
+    /// ```
+    /// let par = mproc::Parallel::new(2).progress(true);
+    /// ```
+    pub fn progress(mut self, yes: bool) -> Self {
+        self.progress = if yes { Progress::Stderr } else { Progress::Off };
+        self
+    }
+
+    /// Calls `f(done, total)` once with `done == 0` when a call has sent its tasks, then each time a
+    /// result arrives (in the calling thread, between results).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// fn double(x: u32) -> u32 {
+    ///     x * 2
+    /// }
+    ///
+    /// let seen = Arc::new(AtomicUsize::new(0));
+    /// let s = seen.clone();
+    /// let par = mproc::Parallel::new(2).on_progress(move |done, _total| {
+    ///     s.store(done, Ordering::Relaxed);
+    /// });
+    /// par.map(double, 0..10)?;
+    /// assert_eq!(seen.load(Ordering::Relaxed), 10);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn on_progress(mut self, f: impl Fn(usize, usize) + Send + Sync + 'static) -> Self {
+        self.progress = Progress::Callback(Arc::new(f));
+        self
+    }
+
+    /// The number of worker processes.
+    pub fn n_jobs(&self) -> usize {
+        match (self.pool.get(), self.n_jobs) {
+            (Some(p), _) => p.workers(),
+            (None, Some(n)) => n,
+            (None, None) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+
+    fn pool(&self) -> Result<&Pool> {
+        if let Some(p) = self.pool.get() {
+            return Ok(p);
+        }
+        let mut b = Pool::builder();
+        if let Some(n) = self.n_jobs {
+            b = b.workers(n);
+        }
+        // If another thread started one meanwhile, ours is dropped (terminated) and theirs is used.
+        let _ = self.pool.set(b.build()?);
+        Ok(self.pool.get().expect("set just above"))
+    }
+
+    /// Runs every task, results in task order (joblib's `Parallel(n)(tasks)`).
+    ///
+    /// # Errors
+    /// The error of the lowest-index task that failed ([`Error::TaskPanicked`], [`Error::WorkerDied`],
+    /// …), after every task has finished; [`Error::Encode`], [`Error::Os`] (a pool or shared array
+    /// could not be made), [`Error::PoolClosed`]. [`run_each`](Parallel::run_each) keeps every task's
+    /// own result.
+    ///
+    /// # Panics
+    /// If a task's function is not a function of the main executable.
+    #[track_caller]
+    pub fn run<A, R>(&self, tasks: impl IntoIterator<Item = Delayed<A, R>>) -> Result<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        self.run_each(tasks)?.into_iter().collect()
+    }
+
+    /// `f` on every item, results in order: `run` of `delayed(f, item)` for each item.
+    ///
+    /// # Errors
+    /// As [`run`](Parallel::run).
+    ///
+    /// # Panics
+    /// If `f` is not a function of the main executable.
+    #[track_caller]
+    pub fn map<A, R>(&self, f: fn(A) -> R, items: impl IntoIterator<Item = A>) -> Result<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        self.run(items.into_iter().map(|a| delayed(f, a)))
+    }
+
+    /// Runs every task, each task's own result in task order: a failing task does not hide the others'
+    /// work.
+    ///
+    /// # Errors
+    /// Only for the call as a whole: [`Error::Encode`], [`Error::Os`], [`Error::PoolClosed`] (after
+    /// the tasks already sent have finished).
+    ///
+    /// # Panics
+    /// If a task's function is not a function of the main executable.
+    #[track_caller]
+    pub fn run_each<A, R>(
+        &self,
+        tasks: impl IntoIterator<Item = Delayed<A, R>>,
+    ) -> Result<Vec<Result<R>>>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        // Group the tasks by function, remembering each one's place.
+        let mut groups: Vec<Group<A, R>> = Vec::new();
+        let mut total = 0;
+        for (i, d) in tasks.into_iter().enumerate() {
+            total += 1;
+            match groups.iter_mut().find(|g| g.0 as usize == d.f as usize) {
+                Some(g) => {
+                    g.1.push(i);
+                    g.2.push(d.args);
+                }
+                None => groups.push((d.f, vec![i], vec![d.args])),
+            }
+        }
+        if total == 0 {
+            return Ok(Vec::new());
+        }
+        let pool = self.pool()?;
+        let mut flight = InFlight {
+            batches: Vec::new(),
+            shared: Shared::default(),
+        };
+        let mut failed = None;
+        for (f, places, args) in groups {
+            // `imap_unordered` serializes the arguments in this thread before it returns: that is when
+            // `Arr` sees the context and moves big arrays into `flight.shared`.
+            match with_context(self.max_nbytes, &mut flight.shared, || {
+                pool.imap_unordered(f, args, self.batch_size)
+            }) {
+                Ok(it) => flight.batches.push((places, it)),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let mut out: Vec<Option<Result<R>>> = (0..total).map(|_| None).collect();
+        let mut report = Reporter::new(&self.progress, self.n_jobs(), total);
+        report.update(0);
+        let mut done = 0;
+        while let Some((places, it)) = flight.batches.first_mut() {
+            for (k, r) in it.by_ref() {
+                if let Some(slot) = places.get(k).and_then(|&i| out.get_mut(i)) {
+                    *slot = Some(r);
+                }
+                done += 1;
+                report.update(done);
+            }
+            flight.batches.remove(0);
+        }
+        drop(flight);
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        Ok(out
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.unwrap_or_else(|| Err(Error::Corrupted(format!("the pool lost task {i}"))))
+            })
+            .collect())
+    }
+}
+
+/// The tasks of one call that use one function: the function, each task's place, its arguments.
+type Group<A, R> = (fn(A) -> R, Vec<usize>, Vec<A>);
+
+/// The tasks of one call still running and the shared copies they read. Dropping it waits for the
+/// tasks before freeing the copies, whatever the reason for the drop (an error, a panic).
+struct InFlight<R: DeserializeOwned> {
+    batches: Vec<(Vec<usize>, ImapUnordered<R>)>,
+    shared: Shared,
+}
+
+impl<R: DeserializeOwned> Drop for InFlight<R> {
+    fn drop(&mut self) {
+        // Draining an `ImapUnordered` returns once each of its tasks has finished, failed, or been
+        // cancelled by the pool closing: it never hangs on a dead worker. Only then may `shared` go.
+        for (_, it) in &mut self.batches {
+            it.for_each(drop);
+        }
+    }
+}
+
+struct Reporter<'a> {
+    progress: &'a Progress,
+    n_jobs: usize,
+    total: usize,
+    start: Instant,
+    last: Option<Instant>,
+}
+
+impl<'a> Reporter<'a> {
+    fn new(progress: &'a Progress, n_jobs: usize, total: usize) -> Self {
+        Reporter {
+            progress,
+            n_jobs,
+            total,
+            start: Instant::now(),
+            last: None,
+        }
+    }
+
+    fn update(&mut self, done: usize) {
+        match self.progress {
+            Progress::Off => {}
+            Progress::Callback(f) => f(done, self.total),
+            Progress::Stderr => {
+                let now = Instant::now();
+                let due = self
+                    .last
+                    .is_none_or(|t| now - t >= Duration::from_millis(100));
+                if done == self.total || (done > 0 && due) {
+                    self.last = Some(now);
+                    eprintln!(
+                        "[Parallel(n_jobs={})]: Done {done:>width$} of {} tasks | elapsed: {:.1}s",
+                        self.n_jobs,
+                        self.total,
+                        (now - self.start).as_secs_f64(),
+                        width = self.total.to_string().len(),
+                    );
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Arr: an array argument, inline or by handle.
+
+/// The shared copies made while one call sends its tasks, and what keeps their sources alive.
+#[derive(Default)]
+struct Shared {
+    /// Each a `SharedArray<T>`, freed when the call is done.
+    arrays: Vec<Box<dyn Any>>,
+    /// Keeps alive the owned data the `seen` keys point into, so no address is reused during the call.
+    sources: Vec<Box<dyn Any>>,
+    /// (address, length, element type) of a source → its shared copy.
+    seen: HashMap<(usize, usize, TypeId), BlockHandle>,
+}
+
+struct Context {
+    max_nbytes: usize,
+    shared: Shared,
+}
+
+thread_local! {
+    /// Set while a `Parallel` call serializes its tasks on this thread.
+    static CONTEXT: RefCell<Option<Context>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with `Arr` serialization in "share above `max_nbytes`" mode; the copies it makes are added
+/// to `shared`, also if `f` panics.
+fn with_context<T>(max_nbytes: usize, shared: &mut Shared, f: impl FnOnce() -> T) -> T {
+    struct Restore<'a> {
+        shared: &'a mut Shared,
+        previous: Option<Context>,
+    }
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            let ours = CONTEXT.with(|c| c.replace(self.previous.take()));
+            if let Some(ctx) = ours {
+                *self.shared = ctx.shared;
+            }
+        }
+    }
+    let ctx = Context {
+        max_nbytes,
+        shared: std::mem::take(shared),
+    };
+    let previous = CONTEXT.with(|c| c.replace(Some(ctx)));
+    let _restore = Restore { shared, previous };
+    f()
+}
+
+enum Repr<'a, T: Pod> {
+    Borrowed(&'a [T]),
+    Owned(Arc<[T]>),
+    /// Received by handle: a view of another process's shared copy.
+    Shared(Arc<SharedArray<T>>),
+}
+
+/// An array argument for a [`Parallel`] task: small ones travel inline, large ones by handle. See
+/// [the module docs](self#large-arrays-travel-by-handle).
+///
+/// Made from a borrowed slice (`Arr::from(&v)`, no copy until it must travel) or an owned `Vec`; a
+/// task reads it as a `&[T]` through `Deref`. Cloning is cheap (no element is copied).
+///
+/// # Examples
+/// ```
+/// use mproc::parallel::Arr;
+///
+/// let v = vec![1u32, 2, 3];
+/// let a = Arr::from(&v);
+/// assert_eq!(a.iter().sum::<u32>(), 6);
+/// assert!(!a.is_shared());
+/// ```
+pub struct Arr<'a, T: Pod> {
+    repr: Repr<'a, T>,
+}
+
+impl<T: Pod> Arr<'_, T> {
+    const NOT_ZST: () = assert!(
+        std::mem::size_of::<T>() > 0,
+        "Arr of a zero-sized type is not supported"
+    );
+
+    /// Whether this array was received by handle, reading another process's shared copy in place.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.repr, Repr::Shared(_))
+    }
+}
+
+impl<'a, T: Pod> From<&'a [T]> for Arr<'a, T> {
+    fn from(s: &'a [T]) -> Self {
+        let () = Self::NOT_ZST;
+        Arr {
+            repr: Repr::Borrowed(s),
+        }
+    }
+}
+
+impl<'a, T: Pod> From<&'a Vec<T>> for Arr<'a, T> {
+    fn from(v: &'a Vec<T>) -> Self {
+        Arr::from(v.as_slice())
+    }
+}
+
+impl<T: Pod> From<Vec<T>> for Arr<'_, T> {
+    fn from(v: Vec<T>) -> Self {
+        let () = Self::NOT_ZST;
+        Arr {
+            repr: Repr::Owned(v.into()),
+        }
+    }
+}
+
+impl<T: Pod> Deref for Arr<'_, T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match &self.repr {
+            Repr::Borrowed(s) => s,
+            Repr::Owned(v) => v,
+            Repr::Shared(a) => a,
+        }
+    }
+}
+
+impl<T: Pod> Clone for Arr<'_, T> {
+    fn clone(&self) -> Self {
+        let repr = match &self.repr {
+            Repr::Borrowed(s) => Repr::Borrowed(s),
+            Repr::Owned(v) => Repr::Owned(v.clone()),
+            Repr::Shared(a) => Repr::Shared(a.clone()),
+        };
+        Arr { repr }
+    }
+}
+
+impl<T: Pod> fmt::Debug for Arr<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Arr")
+            .field("type", &std::any::type_name::<T>())
+            .field("len", &self.len())
+            .field("shared", &self.is_shared())
+            .finish()
+    }
+}
+
+/// How an `Arr` travels.
+#[derive(Serialize)]
+enum WireOut<'x> {
+    Inline(Bytes<'x>),
+    Shared(BlockHandle),
+}
+
+#[derive(Deserialize)]
+#[serde(bound = "T: Pod")]
+enum WireIn<T: Pod> {
+    Inline(PodVec<T>),
+    Shared(BlockHandle),
+}
+
+struct Bytes<'x>(&'x [u8]);
+
+impl Serialize for Bytes<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+/// Elements that arrived inline as bytes, copied once into an aligned `Vec<T>`.
+struct PodVec<T>(Vec<T>);
+
+impl<'de, T: Pod> Deserialize<'de> for PodVec<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<T: Pod> V<T> {
+            fn cast<E: serde::de::Error>(bytes: &[u8]) -> std::result::Result<PodVec<T>, E> {
+                if bytes.len() % std::mem::size_of::<T>() != 0 {
+                    return Err(E::custom(format!(
+                        "{} bytes are not a whole number of {}",
+                        bytes.len(),
+                        std::any::type_name::<T>()
+                    )));
+                }
+                let mut v = vec![T::zeroed(); bytes.len() / std::mem::size_of::<T>()];
+                bytemuck::cast_slice_mut::<T, u8>(&mut v).copy_from_slice(bytes);
+                Ok(PodVec(v))
+            }
+        }
+        impl<'de, T: Pod> Visitor<'de> for V<T> {
+            type Value = PodVec<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "the bytes of a [{}]", std::any::type_name::<T>())
+            }
+            fn visit_bytes<E: serde::de::Error>(
+                self,
+                v: &[u8],
+            ) -> std::result::Result<Self::Value, E> {
+                Self::cast(v)
+            }
+            fn visit_seq<S: SeqAccess<'de>>(
+                self,
+                mut seq: S,
+            ) -> std::result::Result<Self::Value, S::Error> {
+                let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    bytes.push(b);
+                }
+                Self::cast(&bytes)
+            }
+        }
+        d.deserialize_bytes(V(PhantomData))
+    }
+}
+
+impl<T: Pod> Serialize for Arr<'_, T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let data: &[T] = self;
+        let shared = CONTEXT.with(|c| {
+            let mut c = c.borrow_mut();
+            let ctx = c.as_mut()?;
+            if std::mem::size_of_val(data) <= ctx.max_nbytes {
+                return None;
+            }
+            let key = (data.as_ptr() as usize, data.len(), TypeId::of::<T>());
+            if let Some(h) = ctx.shared.seen.get(&key) {
+                return Some(Ok(h.clone()));
+            }
+            Some(SharedArray::from_slice(data).map(|copy| {
+                let h = copy.block_handle();
+                ctx.shared.arrays.push(Box::new(copy));
+                match &self.repr {
+                    Repr::Borrowed(_) => {} // the borrow outlives the call
+                    Repr::Owned(v) => ctx.shared.sources.push(Box::new(v.clone())),
+                    Repr::Shared(a) => ctx.shared.sources.push(Box::new(a.clone())),
+                }
+                ctx.shared.seen.insert(key, h.clone());
+                h
+            }))
+        });
+        match shared {
+            None => WireOut::Inline(Bytes(bytemuck::cast_slice(data))).serialize(s),
+            Some(Ok(h)) => WireOut::Shared(h).serialize(s),
+            Some(Err(e)) => Err(serde::ser::Error::custom(format!(
+                "cannot copy an array of {} bytes into shared memory: {e}",
+                std::mem::size_of_val(data)
+            ))),
+        }
+    }
+}
+
+impl<'de, T: Pod> Deserialize<'de> for Arr<'_, T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let () = Self::NOT_ZST;
+        let repr = match WireIn::<T>::deserialize(d)? {
+            WireIn::Inline(PodVec(v)) => Repr::Owned(v.into()),
+            // Checked on the way in: inside a mapped arena, aligned, a whole number of `T`.
+            WireIn::Shared(h) => Repr::Shared(Arc::new(
+                SharedArray::view(&h).map_err(serde::de::Error::custom)?,
+            )),
+        };
+        Ok(Arr { repr })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    fn square(x: u64) -> u64 {
+        x * x
+    }
+
+    fn cube(x: u64) -> u64 {
+        x * x * x
+    }
+
+    fn fail_on_3(x: u64) -> u64 {
+        assert!(x != 3, "three is right out");
+        x
+    }
+
+    /// (sum, whether it arrived by handle)
+    fn sum_arr(a: Arr<'_, u64>) -> (u64, bool) {
+        (a.iter().sum(), a.is_shared())
+    }
+
+    #[test]
+    fn results_in_order_across_functions() {
+        let par = Parallel::new(2).batch_size(2);
+        let tasks = (0..20u64).map(|i| delayed(if i % 3 == 0 { cube } else { square }, i));
+        let got = par.run(tasks).unwrap();
+        let want: Vec<u64> = (0..20u64)
+            .map(|i| if i % 3 == 0 { i * i * i } else { i * i })
+            .collect();
+        assert_eq!(got, want);
+        assert!(par
+            .run(std::iter::empty::<Delayed<u64, u64>>())
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn a_failing_task_fails_run_and_spares_the_others_in_run_each() {
+        let par = Parallel::new(2).batch_size(1);
+        let err = par.map(fail_on_3, 0..6).unwrap_err();
+        assert!(
+            matches!(&err, Error::TaskPanicked { task: 3, message, .. } if message.contains("right out")),
+            "{err:?}"
+        );
+        let each = par.run_each((0..6).map(|i| delayed(fail_on_3, i))).unwrap();
+        for (i, r) in each.iter().enumerate() {
+            assert_eq!(r.is_ok(), i != 3, "task {i}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn small_arrays_travel_inline_and_big_ones_by_handle() {
+        let small: Vec<u64> = (0..100).collect();
+        let big: Vec<u64> = (0..300_000).collect(); // 2.4 MB
+        let par = Parallel::new(2);
+        let got = par
+            .map(
+                sum_arr,
+                [Arr::from(&small), Arr::from(&big), Arr::from(big.clone())],
+            )
+            .unwrap();
+        assert_eq!(got[0], (small.iter().sum(), false));
+        assert_eq!(got[1], (big.iter().sum(), true));
+        assert_eq!(got[2], (big.iter().sum(), true));
+        let never = Parallel::new(1).max_nbytes(usize::MAX);
+        assert!(!never.map(sum_arr, [Arr::from(&big)]).unwrap()[0].1);
+    }
+
+    #[test]
+    fn one_copy_per_slice_per_call_and_none_outside_a_call() {
+        let big: Vec<u64> = vec![7; 1000];
+        let owned = Arr::from(big.clone());
+        let mut shared = Shared::default();
+        let bytes = with_context(100, &mut shared, || {
+            postcard::to_allocvec(&(
+                Arr::from(&big),
+                Arr::from(&big),
+                owned.clone(),
+                Arr::from(&big[1..]),
+                Arr::from(&big[..10]),
+            ))
+            .unwrap()
+        });
+        assert_eq!(
+            shared.arrays.len(),
+            3,
+            "big twice, owned, big[1..]; not the 80-byte one"
+        );
+        assert_eq!(shared.sources.len(), 1, "the owned array is kept alive");
+        type Five<'a> = (
+            Arr<'a, u64>,
+            Arr<'a, u64>,
+            Arr<'a, u64>,
+            Arr<'a, u64>,
+            Arr<'a, u64>,
+        );
+        let back: Five<'_> = postcard::from_bytes(&bytes).unwrap();
+        assert!(back.0.is_shared() && back.2.is_shared() && !back.4.is_shared());
+        assert_eq!(&*back.3, &big[1..]);
+        // No context: always inline.
+        let bytes = postcard::to_allocvec(&Arr::from(&big)).unwrap();
+        let back: Arr<'_, u64> = postcard::from_bytes(&bytes).unwrap();
+        assert!(!back.is_shared());
+        assert_eq!(&*back, &big[..]);
+    }
+
+    #[test]
+    fn bytes_that_are_not_whole_elements_are_a_decode_error() {
+        let bytes = postcard::to_allocvec(&Arr::from(vec![1u8, 2, 3])).unwrap();
+        assert!(postcard::from_bytes::<Arr<'_, u64>>(&bytes).is_err());
+        assert!(postcard::from_bytes::<Arr<'_, u8>>(&bytes).is_ok());
+    }
+
+    #[test]
+    fn progress_counts_up_to_total() {
+        static SEEN: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        let par = Parallel::new(2).batch_size(1).on_progress(|done, total| {
+            CALLS.fetch_add(1, Ordering::Relaxed);
+            SEEN.lock().unwrap().push((done, total));
+        });
+        par.map(square, 0..7).unwrap();
+        let seen = SEEN.lock().unwrap();
+        assert_eq!(CALLS.load(Ordering::Relaxed), 8);
+        assert_eq!(seen.first(), Some(&(0, 7)));
+        assert_eq!(seen.last(), Some(&(7, 7)));
+        assert!(seen.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+}
