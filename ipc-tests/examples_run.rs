@@ -25,6 +25,7 @@ pub fn tests() -> Vec<Trial> {
         ("pool_map", &[]),
         ("process_basics", &[]),
         ("lock_counter", &[]),
+        ("manager_dict", &[]),
     ];
     let mut trials: Vec<Trial> = simple
         .iter()
