@@ -21,6 +21,7 @@
 //! |---|---|
 //! | run a function in another process | [`Process`] (see [`process`] for the start methods) |
 //! | map a function over many inputs on all CPUs | [`Pool`]: `map`, `imap`, `imap_unordered`, `starmap`, `apply`, `*_async` |
+//! | joblib-style `Parallel(n)(delayed(f)(x) ...)`, big arrays passed by handle | [`Parallel`], [`delayed`], [`parallel::Arr`] |
 //! | work on a large array in parallel, zero-copy | [`SharedArray`] + [`Pool::map_chunks`] / [`Pool::transform`] |
 //! | send messages between processes | [`Queue`], [`SimpleQueue`], [`JoinableQueue`], [`Pipe`] |
 //! | share a dict, list, value or namespace by name | [`Manager`]: [`Dict`], [`List`], [`ManagedValue`], [`Namespace`] |
