@@ -473,6 +473,68 @@ impl Pool {
         T: Pod,
         R: Serialize + DeserializeOwned,
     {
+        self.chunk_tasks(
+            array,
+            chunk_len,
+            &(),
+            f as usize,
+            worker::chunk_tramp::<T, R>,
+        )
+    }
+
+    /// Like [`map_chunks`](Pool::map_chunks), with parameters every task receives (an image's width, a
+    /// histogram's range): `f(&params, chunk)`. The parameters travel serialized, once per task.
+    ///
+    /// # Examples
+    /// ```
+    /// fn count_in_range(&(lo, hi): &(f64, f64), chunk: &[f64]) -> usize {
+    ///     chunk.iter().filter(|&&x| lo <= x && x < hi).count()
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().workers(2).build()?;
+    /// let data = mproc::SharedArray::from_slice(&(0..1000).map(f64::from).collect::<Vec<_>>())?;
+    /// let counts = pool.map_chunks_with(&data, 300, &(100.0, 200.0), count_in_range)?;
+    /// assert_eq!(counts.iter().sum::<usize>(), 100);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`map_chunks`](Pool::map_chunks); [`Error::Encode`] if `params` cannot be serialized.
+    ///
+    /// # Panics
+    /// As [`map_chunks`](Pool::map_chunks).
+    #[track_caller]
+    pub fn map_chunks_with<T, P, R>(
+        &self,
+        array: &SharedArray<T>,
+        chunk_len: usize,
+        params: &P,
+        f: fn(&P, &[T]) -> R,
+    ) -> Result<Vec<R>>
+    where
+        T: Pod,
+        P: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        self.chunk_tasks(
+            array,
+            chunk_len,
+            params,
+            f as usize,
+            worker::chunk_with_tramp::<T, P, R>,
+        )
+    }
+
+    /// One task per chunk of `array`, each carrying its part and `extra`; waits for all of them.
+    #[track_caller]
+    fn chunk_tasks<T: Pod, X: Serialize, R: DeserializeOwned>(
+        &self,
+        array: &SharedArray<T>,
+        chunk_len: usize,
+        extra: &X,
+        func: usize,
+        tramp: Trampoline,
+    ) -> Result<Vec<R>> {
         assert!(chunk_len > 0, "chunk_len must be at least 1");
         let block = array.block_handle();
         let payloads = ranges(array.len(), chunk_len)
@@ -482,11 +544,11 @@ impl Pool {
                     start: start as u64,
                     end: end as u64,
                 };
-                postcard::to_allocvec(&part).map_err(|e| Error::Encode(e.to_string()))
+                postcard::to_allocvec(&(&part, extra)).map_err(|e| Error::Encode(e.to_string()))
             })
             .collect::<Result<Vec<_>>>()?;
         let lens = vec![1; payloads.len()];
-        let job = self.submit(f as usize, worker::chunk_tramp::<T, R>, payloads)?;
+        let job = self.submit(func, tramp, payloads)?;
         // `array` stays borrowed until every task has finished: `get` waits for all of them.
         AsyncResult::all_items(job, lens).get()
     }
@@ -502,17 +564,80 @@ impl Pool {
     /// # Panics
     /// If `chunk_len` is 0, or `f` is not a function of the main executable.
     #[track_caller]
-    pub fn transform<T, U>(
+    pub fn transform<T: Pod, U: Pod>(
         &self,
         input: &SharedArray<T>,
         output: &mut SharedArray<U>,
         chunk_len: usize,
         f: fn(&[T], &mut [U], usize),
-    ) -> Result<()>
-    where
-        T: Pod,
-        U: Pod,
-    {
+    ) -> Result<()> {
+        self.transform_tasks(
+            input,
+            output,
+            chunk_len,
+            &(),
+            f as usize,
+            worker::transform_tramp::<T, U>,
+        )
+    }
+
+    /// Like [`transform`](Pool::transform), with parameters every task receives:
+    /// `f(&params, input, out_chunk, start)` (say, the image's width and height for a blur over rows).
+    ///
+    /// # Examples
+    /// ```
+    /// // Each output element is the sum of its row in a `width`-wide matrix.
+    /// fn row_sums(&width: &usize, input: &[u32], out: &mut [u32], start: usize) {
+    ///     for (k, o) in out.iter_mut().enumerate() {
+    ///         let row = start + k;
+    ///         *o = input[row * width..(row + 1) * width].iter().sum();
+    ///     }
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().workers(2).build()?;
+    /// let (width, rows) = (4, 10);
+    /// let matrix = mproc::SharedArray::from_slice(&vec![1u32; width * rows])?;
+    /// let mut sums = mproc::SharedArray::<u32>::zeroed(rows)?;
+    /// pool.transform_with(&matrix, &mut sums, 3, &width, row_sums)?;
+    /// assert!(sums.iter().all(|&s| s == 4));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`transform`](Pool::transform); [`Error::Encode`] if `params` cannot be serialized.
+    ///
+    /// # Panics
+    /// As [`transform`](Pool::transform).
+    #[track_caller]
+    pub fn transform_with<T: Pod, U: Pod, P: Serialize + DeserializeOwned>(
+        &self,
+        input: &SharedArray<T>,
+        output: &mut SharedArray<U>,
+        chunk_len: usize,
+        params: &P,
+        f: fn(&P, &[T], &mut [U], usize),
+    ) -> Result<()> {
+        self.transform_tasks(
+            input,
+            output,
+            chunk_len,
+            params,
+            f as usize,
+            worker::transform_with_tramp::<T, U, P>,
+        )
+    }
+
+    /// One task per output chunk, each carrying the whole input, its output part and `extra`.
+    #[track_caller]
+    fn transform_tasks<T: Pod, U: Pod, X: Serialize>(
+        &self,
+        input: &SharedArray<T>,
+        output: &mut SharedArray<U>,
+        chunk_len: usize,
+        extra: &X,
+        func: usize,
+        tramp: Trampoline,
+    ) -> Result<()> {
         assert!(chunk_len > 0, "chunk_len must be at least 1");
         let whole = worker::ArrayPart {
             block: input.block_handle(),
@@ -527,11 +652,12 @@ impl Pool {
                     start: start as u64,
                     end: end as u64,
                 };
-                postcard::to_allocvec(&(&whole, &part)).map_err(|e| Error::Encode(e.to_string()))
+                postcard::to_allocvec(&(&whole, &part, extra))
+                    .map_err(|e| Error::Encode(e.to_string()))
             })
             .collect::<Result<Vec<_>>>()?;
         let lens = vec![1; payloads.len()];
-        let job = self.submit(f as usize, worker::transform_tramp::<T, U>, payloads)?;
+        let job = self.submit(func, tramp, payloads)?;
         // Both borrows stay held until every task has finished: `get` waits for all of them.
         AsyncResult::<Vec<()>>::all_items(job, lens).get().map(drop)
     }
@@ -548,7 +674,9 @@ impl Pool {
     /// [`Error::ProcessState`] if the pool is still open.
     pub fn join(&mut self) -> Result<()> {
         if self.open.load(Ordering::Relaxed) {
-            return Err(Error::ProcessState("join() needs close() or terminate() first"));
+            return Err(Error::ProcessState(
+                "join() needs close() or terminate() first",
+            ));
         }
         if let Some(t) = self.manager.take() {
             let _ = t.join();

@@ -239,34 +239,65 @@ fn view<T: Pod>(part: &ArrayPart) -> Result<(SharedArray<T>, std::ops::Range<usi
     Ok((a, start..end))
 }
 
-/// `map_chunks`: the payload is one [`ArrayPart`]; the function reads those elements in place.
+/// `map_chunks`: the payload is one [`ArrayPart`] (and `()`); the function reads those elements in place.
 pub(crate) fn chunk_tramp<T: Pod, R: Serialize>(
     func: usize,
     payload: &[u8],
 ) -> Result<ItemResults, String> {
     // SAFETY: as in `map_tramp`, for a `fn(&[T]) -> R` (paired in `Pool::map_chunks`).
     let f = unsafe { std::mem::transmute::<usize, fn(&[T]) -> R>(func) };
-    let part: ArrayPart = decode_payload(payload)?;
+    let (part, ()): (ArrayPart, ()) = decode_payload(payload)?;
     let (a, range) = view::<T>(&part)?;
     Ok(vec![catch(|| f(&a[range])).and_then(|r| encode(&r))])
 }
 
-/// `transform`: the payload is the whole input and this task's part of the output; the function reads
-/// any of the input and writes only its own output elements.
+/// `map_chunks_with`: the payload is one [`ArrayPart`] and the parameters.
+pub(crate) fn chunk_with_tramp<T: Pod, P: DeserializeOwned, R: Serialize>(
+    func: usize,
+    payload: &[u8],
+) -> Result<ItemResults, String> {
+    // SAFETY: as in `map_tramp`, for a `fn(&P, &[T]) -> R` (paired in `Pool::map_chunks_with`).
+    let f = unsafe { std::mem::transmute::<usize, fn(&P, &[T]) -> R>(func) };
+    let (part, params): (ArrayPart, P) = decode_payload(payload)?;
+    let (a, range) = view::<T>(&part)?;
+    Ok(vec![
+        catch(|| f(&params, &a[range])).and_then(|r| encode(&r))
+    ])
+}
+
+/// `transform`: the payload is the whole input and this task's part of the output (and `()`); the
+/// function reads any of the input and writes only its own output elements.
 pub(crate) fn transform_tramp<T: Pod, U: Pod>(
     func: usize,
     payload: &[u8],
 ) -> Result<ItemResults, String> {
     // SAFETY: as in `map_tramp`, for a `fn(&[T], &mut [U], usize)` (paired in `Pool::transform`).
     let f = unsafe { std::mem::transmute::<usize, fn(&[T], &mut [U], usize)>(func) };
-    let (input, output): (ArrayPart, ArrayPart) = decode_payload(payload)?;
-    let (inp, in_range) = view::<T>(&input)?;
-    let (mut out, out_range) = view::<U>(&output)?;
-    let start = out_range.start;
+    let (input, output, ()): (ArrayPart, ArrayPart, ()) = decode_payload(payload)?;
     // The parent holds `&input` and `&mut output` for the whole call and gives each task a disjoint
-    // output range, so this `&mut` is the only one to these elements anywhere.
+    // output range, so this task's `&mut` is the only one to these elements anywhere.
+    let ((inp, in_range), (mut out, out_range)) = (view::<T>(&input)?, view::<U>(&output)?);
+    let start = out_range.start;
     Ok(vec![catch(|| {
         f(&inp[in_range], &mut out[out_range], start)
+    })
+    .and_then(|()| encode(&()))])
+}
+
+/// `transform_with`: as `transform`, with the parameters.
+pub(crate) fn transform_with_tramp<T: Pod, U: Pod, P: DeserializeOwned>(
+    func: usize,
+    payload: &[u8],
+) -> Result<ItemResults, String> {
+    // SAFETY: as in `map_tramp`, for a `fn(&P, &[T], &mut [U], usize)` (paired in
+    // `Pool::transform_with`).
+    let f = unsafe { std::mem::transmute::<usize, fn(&P, &[T], &mut [U], usize)>(func) };
+    let (input, output, params): (ArrayPart, ArrayPart, P) = decode_payload(payload)?;
+    // Disjoint output ranges under the parent's `&mut`: see `transform_tramp`.
+    let ((inp, in_range), (mut out, out_range)) = (view::<T>(&input)?, view::<U>(&output)?);
+    let start = out_range.start;
+    Ok(vec![catch(|| {
+        f(&params, &inp[in_range], &mut out[out_range], start)
     })
     .and_then(|()| encode(&()))])
 }
