@@ -100,7 +100,7 @@ pub mod sync;
 pub(crate) mod sys;
 
 pub use error::{Error, LockResult, OwnerDied, Result, TryLockError};
-pub use heap::SharedArray;
+pub use heap::{Grid, GridMut, SharedArray};
 pub use manager::{Dict, List, ManagedValue, Manager, Namespace};
 pub use parallel::{delayed, Parallel};
 pub use pool::{AsyncResult, Pool, PoolBuilder};

@@ -70,6 +70,16 @@ impl<T: Pod> SharedArray<T> {
         Ok(a)
     }
 
+    /// A 2-D view with `cols` columns (row-major), or `None` unless the length is a whole number of rows.
+    pub fn grid(&self, cols: usize) -> Option<super::Grid<'_, T>> {
+        super::Grid::new(self, cols)
+    }
+
+    /// A mutable 2-D view with `cols` columns, or `None` unless the length is a whole number of rows.
+    pub fn grid_mut(&mut self, cols: usize) -> Option<super::GridMut<'_, T>> {
+        super::GridMut::new(self, cols)
+    }
+
     /// The number of elements.
     pub fn len(&self) -> usize {
         self.len

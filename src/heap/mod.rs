@@ -11,6 +11,7 @@
 //! the process rather than unmapped; a process attaching to an arena maps it with `MAP_POPULATE`.
 
 mod array;
+mod grid;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -18,6 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use crate::error::{Error, Result};
 use crate::region::{layout_hash, Layout, Region, RegionHandle};
 pub use array::SharedArray;
+pub use grid::{Grid, GridMut};
 
 /// The smallest arena: smaller arrays share one.
 pub(crate) const ARENA_MIN: usize = 64 << 20;
