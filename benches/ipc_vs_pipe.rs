@@ -33,6 +33,11 @@ use std::time::{Duration, Instant};
 
 use mproc::{Pool, SharedArray};
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::Stats;
+
 // ---------------------------------------------------------------------------------------------------
 // The two tasks, the same code in every column.
 
@@ -257,25 +262,6 @@ fn pool_from_vec(pool: &Pool, task: Task, v: &[f64]) -> [f64; 2] {
 // ---------------------------------------------------------------------------------------------------
 // Measurement.
 
-/// Seconds per call over the samples.
-#[derive(Clone, Copy, Debug)]
-struct Stats {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-impl Stats {
-    fn of(mut v: Vec<f64>) -> Stats {
-        v.sort_by(f64::total_cmp);
-        Stats {
-            median: v[v.len() / 2],
-            min: v[0],
-            max: v[v.len() - 1],
-        }
-    }
-}
-
 fn fmt_time(s: f64) -> String {
     if s < 1e-6 {
         format!("{:.0} ns", s * 1e9)
@@ -313,17 +299,13 @@ fn compare(samples: usize, expect: [f64; 2], cols: &mut [Column<'_>]) -> Vec<Sta
         let once = t.elapsed().as_secs_f64().max(1e-7);
         batch.push(((SAMPLE.as_secs_f64() / once) as usize).clamp(1, 5000));
     }
-    let mut times = vec![Vec::with_capacity(samples); cols.len()];
-    for _ in 0..samples {
-        for (i, (_, call)) in cols.iter_mut().enumerate() {
-            let t = Instant::now();
-            for _ in 0..batch[i] {
-                black_box(call());
-            }
-            times[i].push(t.elapsed().as_secs_f64() / batch[i] as f64);
+    common::round_robin(samples, cols, |i, (_, call)| {
+        let t = Instant::now();
+        for _ in 0..batch[i] {
+            black_box(call());
         }
-    }
-    times.into_iter().map(Stats::of).collect()
+        t.elapsed().as_secs_f64() / batch[i] as f64
+    })
 }
 
 /// Times `f` call by call; returns (p10, p50, p90) in seconds.
@@ -445,7 +427,7 @@ fn config(quick: bool) -> Config {
 }
 
 fn main() {
-    let quick = std::env::var("MPROC_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    let quick = common::quick();
     let cfg = config(quick);
     // Fork the pipe server first, while this process has one thread and no large allocation.
     let mut pipe = PipeServer::start();
@@ -566,69 +548,49 @@ fn main() {
     for (mib, tag) in [(64usize, "64MiB"), (256, "256MiB")] {
         let d = find(mib << 20, Task::Deliver);
         let s = find(mib << 20, Task::Sum);
-        println!(
-            "result: deliver_vs_pipe_serde_{tag} {:.0} x",
-            d[0].median / d[2].median
+        common::result(
+            &format!("deliver_vs_pipe_serde_{tag}"),
+            d[0].median / d[2].median,
+            0,
+            "x",
         );
-        println!(
-            "result: sum_vs_pipe_serde_{tag} {:.1} x",
-            s[0].median / s[2].median
+        common::result(
+            &format!("sum_vs_pipe_serde_{tag}"),
+            s[0].median / s[2].median,
+            1,
+            "x",
         );
     }
     let s64 = find(64 << 20, Task::Sum);
     let d64 = find(64 << 20, Task::Deliver);
-    println!(
-        "result: vec_sum_vs_pipe_serde_64MiB {:.1} x",
-        s64[0].median / s64[3].median
+    common::result(
+        "vec_sum_vs_pipe_serde_64MiB",
+        s64[0].median / s64[3].median,
+        1,
+        "x",
     );
-    println!(
-        "result: deliver_vs_pipe_raw_64MiB {:.0} x",
-        d64[1].median / d64[2].median
+    common::result(
+        "deliver_vs_pipe_raw_64MiB",
+        d64[1].median / d64[2].median,
+        0,
+        "x",
     );
-    println!(
-        "result: pool_deliver_64MiB_us {:.1} us",
-        d64[2].median * 1e6
+    common::result("pool_deliver_64MiB_us", d64[2].median * 1e6, 1, "us");
+    common::result("pipe_serde_deliver_64MiB_ms", d64[0].median * 1e3, 1, "ms");
+    common::result(
+        "pool_sum_vs_local_64MiB",
+        s64[4].median / s64[2].median,
+        2,
+        "x",
     );
-    println!(
-        "result: pipe_serde_deliver_64MiB_ms {:.1} ms",
-        d64[0].median * 1e3
-    );
-    println!(
-        "result: pool_sum_vs_local_64MiB {:.2} x",
-        s64[4].median / s64[2].median
-    );
-    println!("result: pool_apply_rtt_p50_us {:.1} us", rows[0].1 .1 * 1e6);
+    common::result("pool_apply_rtt_p50_us", rows[0].1 .1 * 1e6, 1, "us");
     drop(pool);
     drop(pipe);
 }
 
-/// The only unsafe code of this bench: fork, waitpid, kill, pipe2, fcntl.
+/// The unsafe code of this bench beyond `common::os` (fork, pipes), which it re-exports: the clock.
 mod os {
-    use std::fs::File;
-    use std::os::fd::{AsRawFd, FromRawFd};
-
-    /// A pipe, as (read end, write end), close-on-exec so that the pool's spawned workers do not inherit
-    /// it (the forked server does: fork keeps every fd).
-    pub fn pipe() -> (File, File) {
-        let mut fds = [0 as libc::c_int; 2];
-        // SAFETY: `fds` is a live array of two c_ints, as pipe2(2) requires.
-        let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-        assert_eq!(r, 0, "pipe: {}", std::io::Error::last_os_error());
-        // SAFETY: pipe(2) succeeded, so both fds are open and owned by nobody else: each File takes sole
-        // ownership and closes it on drop.
-        unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
-    }
-
-    /// Resizes a pipe's buffer (fcntl F_SETPIPE_SZ); the kernel may round it up.
-    pub fn set_pipe_size(end: &File, bytes: usize) {
-        // SAFETY: F_SETPIPE_SZ takes an int and touches no memory of ours; the fd is open (owned by `end`).
-        let r = unsafe { libc::fcntl(end.as_raw_fd(), libc::F_SETPIPE_SZ, bytes as libc::c_int) };
-        assert!(
-            r >= bytes as libc::c_int,
-            "F_SETPIPE_SZ: {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    pub use crate::common::os::{fork, pipe, set_pipe_size, Child};
 
     /// CLOCK_MONOTONIC in ns: one clock for every process of the machine.
     pub fn monotonic_ns() -> u64 {
@@ -640,65 +602,5 @@ mod os {
         let r = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
         debug_assert_eq!(r, 0);
         ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-    }
-
-    /// A forked child, killed and reaped on drop unless waited for.
-    pub struct Child {
-        pid: libc::pid_t,
-        reaped: bool,
-    }
-
-    /// Runs `f` in a forked child that exits with `_exit` (0 if `f` returned, 1 if it panicked).
-    ///
-    /// The bench calls this once, first thing in `main`, while it is single-threaded, so the child
-    /// inherits no lock held by a vanished thread.
-    pub fn fork(f: impl FnOnce()) -> Child {
-        // Unflushed output would otherwise be printed twice; the child never flushes it (it `_exit`s).
-        let _ = std::io::Write::flush(&mut std::io::stdout());
-        // SAFETY: fork(2) has no memory-safety preconditions. After a fork of a multi-threaded process
-        // the child may only call async-signal-safe functions; this process is single-threaded (see
-        // above), so the child may run ordinary code.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-        if pid == 0 {
-            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_ok();
-            // SAFETY: _exit ends the child without running destructors or atexit handlers (which would
-            // unlink or close what the parent still uses); it has no preconditions.
-            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-        }
-        Child { pid, reaped: false }
-    }
-
-    impl Child {
-        /// Waits for the child; whether it exited with status 0.
-        pub fn wait(mut self) -> bool {
-            let mut status = 0;
-            loop {
-                // SAFETY: `pid` is our own child, not yet reaped; `status` is a live c_int.
-                let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
-                if r == self.pid {
-                    self.reaped = true;
-                    return libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-                }
-                let e = std::io::Error::last_os_error();
-                assert_eq!(e.raw_os_error(), Some(libc::EINTR), "waitpid: {e}");
-            }
-        }
-    }
-
-    impl Drop for Child {
-        /// Reached unwaited only when the parent panics mid-measurement: the child may be blocked on a
-        /// pipe, so kill it rather than leave it behind. Errors are ignored: we are unwinding.
-        fn drop(&mut self) {
-            if !self.reaped {
-                // SAFETY: `pid` is our own unreaped child, so it cannot have been recycled for another
-                // process; kill and waitpid touch no memory but the live `status`.
-                unsafe {
-                    libc::kill(self.pid, libc::SIGKILL);
-                    let mut status = 0;
-                    libc::waitpid(self.pid, &mut status, 0);
-                }
-            }
-        }
     }
 }

@@ -24,6 +24,11 @@ use std::time::Instant;
 use mproc::codec::Raw;
 use mproc::{Dict, Manager};
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{os, Stats};
+
 /// The key space every variant works on.
 const KEYS: u64 = 1024;
 
@@ -35,7 +40,7 @@ struct Config {
 
 impl Config {
     fn from_env() -> (Config, bool) {
-        let quick = std::env::var("MPROC_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let quick = common::quick();
         let cfg = if quick {
             Config {
                 reps: 3,
@@ -48,24 +53,6 @@ impl Config {
             }
         };
         (cfg, quick)
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Stats {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-impl Stats {
-    fn of(mut v: Vec<f64>) -> Stats {
-        v.sort_by(f64::total_cmp);
-        Stats {
-            median: v[v.len() / 2],
-            min: v[0],
-            max: v[v.len() - 1],
-        }
     }
 }
 
@@ -196,7 +183,7 @@ impl Gate<'_> {
 /// Two processes: the worker in a forked child. ns per operation (wall / total ops).
 fn two_processes(gate: &Gate<'_>, map: &dyn Map, seqs: &[Vec<(u64, bool)>; 2]) -> f64 {
     gate.reset();
-    let child = raw::fork(|| gate.worker(map, &seqs[1]));
+    let child = os::fork(|| gate.worker(map, &seqs[1]));
     let wall = gate.lead(map, &seqs[0]);
     assert!(child.wait(), "the forked participant failed");
     wall / (seqs[0].len() + seqs[1].len()) as f64
@@ -263,7 +250,7 @@ fn main() {
         serde_map.op(k, false, 0);
     }
     let seqs = [ops(0, cfg.ops), ops(1, cfg.ops)];
-    let page = raw::ShmPage::new();
+    let page = os::ShmPage::new();
     let gate = Gate {
         ready: page.atomic_u32(0),
         go: page.atomic_u32(64),
@@ -353,114 +340,33 @@ fn main() {
         gets.median, gets.min, gets.max, inserts.median, inserts.min, inserts.max
     );
     println!();
-    println!(
-        "result: dict_vs_threaded_hashmap {:.2} x",
-        two[0].median / two[1].median
+    common::result(
+        "dict_vs_threaded_hashmap",
+        two[0].median / two[1].median,
+        2,
+        "x",
     );
-    println!(
-        "result: dict_pod_2proc_ops_per_s {:.0} ops/s",
-        1e9 / two[0].median
+    common::result("dict_pod_2proc_ops_per_s", 1e9 / two[0].median, 0, "ops/s");
+    common::result(
+        "hashmap_pod_2threads_ops_per_s",
+        1e9 / two[1].median,
+        0,
+        "ops/s",
     );
-    println!(
-        "result: hashmap_pod_2threads_ops_per_s {:.0} ops/s",
-        1e9 / two[1].median
+    common::result(
+        "dict_serde_vs_threaded_hashmap",
+        two[2].median / two[3].median,
+        2,
+        "x",
     );
-    println!(
-        "result: dict_serde_vs_threaded_hashmap {:.2} x",
-        two[2].median / two[3].median
+    common::result("dict_pod_uncontended_ns", one[0].median, 1, "ns");
+    common::result(
+        "dict_pod_uncontended_vs_hashmap",
+        one[0].median / one[1].median,
+        2,
+        "x",
     );
-    println!("result: dict_pod_uncontended_ns {:.1} ns", one[0].median);
-    println!(
-        "result: dict_pod_uncontended_vs_hashmap {:.2} x",
-        one[0].median / one[1].median
-    );
-    println!("result: dict_empty_tx_ns {:.1} ns", empty_tx.median);
-    println!("result: dict_pod_get_ns {:.1} ns", gets.median);
-    println!("result: dict_pod_insert_ns {:.1} ns", inserts.median);
-}
-
-/// The only unsafe code of this bench: a shared page and fork.
-mod raw {
-    use std::sync::atomic::AtomicU32;
-
-    const PAGE: usize = 4096;
-
-    /// One zeroed `MAP_SHARED | MAP_ANONYMOUS` page: shared with children forked after it is made.
-    pub struct ShmPage {
-        ptr: *mut u8,
-    }
-
-    impl ShmPage {
-        pub fn new() -> ShmPage {
-            // SAFETY: a fresh anonymous mapping with a null hint modifies no existing mapping
-            // (mmap(2)); the result is checked against MAP_FAILED before use.
-            let ptr = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    PAGE,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            assert_ne!(ptr, libc::MAP_FAILED, "mmap");
-            ShmPage { ptr: ptr.cast() }
-        }
-
-        pub fn atomic_u32(&self, at: usize) -> &AtomicU32 {
-            assert!(at % 4 == 0 && at + 4 <= PAGE);
-            // SAFETY: in bounds and aligned (checked; the page is page-aligned), zero-initialised by
-            // mmap, accessed only atomically, and borrowed from `self`, which owns the mapping.
-            unsafe { &*self.ptr.add(at).cast::<AtomicU32>() }
-        }
-    }
-
-    impl Drop for ShmPage {
-        fn drop(&mut self) {
-            // SAFETY: the PAGE-long mapping made in `new`, unmapped once; no reference outlives `self`.
-            // An error cannot be acted on in drop: ignored.
-            unsafe { libc::munmap(self.ptr.cast(), PAGE) };
-        }
-    }
-
-    /// A forked child, to be waited for.
-    pub struct Child {
-        pid: libc::pid_t,
-    }
-
-    /// Runs `f` in a forked child that exits with `_exit` (0 if `f` returned, 1 if it panicked).
-    ///
-    /// Called only while the bench is single-threaded (the thread variants join their threads), so the
-    /// child inherits no lock held by a vanished thread.
-    pub fn fork(f: impl FnOnce()) -> Child {
-        let _ = std::io::Write::flush(&mut std::io::stdout());
-        // SAFETY: fork(2) has no memory-safety preconditions; this process is single-threaded here
-        // (see above), so the child may run ordinary code.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-        if pid == 0 {
-            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_ok();
-            // SAFETY: _exit ends the child without running destructors or atexit handlers (which
-            // would unmap or unlink what the parent still uses); it has no preconditions.
-            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-        }
-        Child { pid }
-    }
-
-    impl Child {
-        /// Waits for the child; whether it exited with status 0.
-        pub fn wait(self) -> bool {
-            let mut status = 0;
-            loop {
-                // SAFETY: `pid` is our own child, not yet reaped; `status` is a live c_int.
-                let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
-                if r == self.pid {
-                    return libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-                }
-                let e = std::io::Error::last_os_error();
-                assert_eq!(e.raw_os_error(), Some(libc::EINTR), "waitpid: {e}");
-            }
-        }
-    }
+    common::result("dict_empty_tx_ns", empty_tx.median, 1, "ns");
+    common::result("dict_pod_get_ns", gets.median, 1, "ns");
+    common::result("dict_pod_insert_ns", inserts.median, 1, "ns");
 }

@@ -29,6 +29,11 @@ use std::time::Instant;
 use mproc::{Pool, SharedArray};
 use rayon::prelude::*;
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::Stats;
+
 /// Elements of the array: 256 MiB of f64.
 const LEN: usize = 32 << 20;
 /// Elements per chunk (8 MiB): 32 chunks, 16 per worker.
@@ -81,25 +86,6 @@ fn tiny(x: u32) -> u32 {
 // ---------------------------------------------------------------------------------------------------
 // Measurement.
 
-/// Seconds over the repetitions.
-#[derive(Clone, Copy, Debug)]
-struct Stats {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-impl Stats {
-    fn of(mut v: Vec<f64>) -> Stats {
-        v.sort_by(f64::total_cmp);
-        Stats {
-            median: v[v.len() / 2],
-            min: v[0],
-            max: v[v.len() - 1],
-        }
-    }
-}
-
 type Variant<'a> = (&'static str, Box<dyn FnMut() + 'a>);
 
 /// Warms each variant up once, then times them in round-robin `reps` times.
@@ -107,15 +93,11 @@ fn compare(reps: usize, variants: &mut [Variant<'_>]) -> Vec<Stats> {
     for (_, run) in variants.iter_mut() {
         run();
     }
-    let mut times = vec![Vec::with_capacity(reps); variants.len()];
-    for _ in 0..reps {
-        for (i, (_, run)) in variants.iter_mut().enumerate() {
-            let t = Instant::now();
-            run();
-            times[i].push(t.elapsed().as_secs_f64());
-        }
-    }
-    times.into_iter().map(Stats::of).collect()
+    common::round_robin(reps, variants, |_, (_, run)| {
+        let t = Instant::now();
+        run();
+        t.elapsed().as_secs_f64()
+    })
 }
 
 /// Prints a kernel's table: time, throughput in GB/s of input, and the ratios to rayon (the second
@@ -143,7 +125,7 @@ fn group(title: &str, reps: usize, mut variants: Vec<Variant<'_>>) -> Vec<Stats>
 }
 
 fn main() {
-    let quick = std::env::var("MPROC_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    let quick = common::quick();
     let reps = if quick { 3 } else { 9 };
     println!(
         "mproc pool bench{}: 256 MiB of f64 in {} chunks of {} elements; pool of {WORKERS} processes vs a rayon pool of {WORKERS} threads vs one thread; {reps} reps (median)",
@@ -325,36 +307,52 @@ fn main() {
     }
 
     println!();
-    println!(
-        "result: pool_vs_rayon_membound {:.3} x",
-        membound[1].median / membound[0].median
+    common::result(
+        "pool_vs_rayon_membound",
+        membound[1].median / membound[0].median,
+        3,
+        "x",
     );
-    println!(
-        "result: pool_vs_rayon_compute {:.3} x",
-        compute_stats[1].median / compute_stats[0].median
+    common::result(
+        "pool_vs_rayon_compute",
+        compute_stats[1].median / compute_stats[0].median,
+        3,
+        "x",
     );
-    println!(
-        "result: pool_vs_serial_compute {:.2} x",
-        compute_stats[2].median / compute_stats[0].median
+    common::result(
+        "pool_vs_serial_compute",
+        compute_stats[2].median / compute_stats[0].median,
+        2,
+        "x",
     );
-    println!(
-        "result: tiny_tasks_per_s {:.0} tasks/s",
-        per_s(&tiny_stats[0], TINY_TASKS)
+    common::result(
+        "tiny_tasks_per_s",
+        per_s(&tiny_stats[0], TINY_TASKS),
+        0,
+        "tasks/s",
     );
-    println!(
-        "result: pool_vs_rayon_stream {:.3} x",
-        streamed[1].median / streamed[0].median
+    common::result(
+        "pool_vs_rayon_stream",
+        streamed[1].median / streamed[0].median,
+        3,
+        "x",
     );
-    println!(
-        "result: rayon_vs_serial_compute {:.2} x",
-        compute_stats[2].median / compute_stats[1].median
+    common::result(
+        "rayon_vs_serial_compute",
+        compute_stats[2].median / compute_stats[1].median,
+        2,
+        "x",
     );
-    println!(
-        "result: pool_vs_serial_membound {:.2} x",
-        membound[2].median / membound[0].median
+    common::result(
+        "pool_vs_serial_membound",
+        membound[2].median / membound[0].median,
+        2,
+        "x",
     );
-    println!(
-        "result: chunksize1_tasks_per_s {:.0} tasks/s",
-        per_s(&tiny_stats[1], 2000)
+    common::result(
+        "chunksize1_tasks_per_s",
+        per_s(&tiny_stats[1], 2000),
+        0,
+        "tasks/s",
     );
 }

@@ -3,19 +3,20 @@
 //!
 //! `MPROC_BENCH_QUICK=1` runs a few iterations only. Ends with the `result:` lines of the bench contract.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mproc::{Process, StartMethod};
+
+#[path = "common/mod.rs"]
+mod common;
+
+use common::Stats;
 
 fn identity(x: u32) -> u32 {
     x
 }
 
-fn median(mut v: Vec<Duration>) -> f64 {
-    v.sort();
-    v[v.len() / 2].as_secs_f64() * 1e6
-}
-
+/// Median microseconds of `f` over `iters` calls, after a warm-up.
 fn measure(iters: usize, mut f: impl FnMut(u32)) -> f64 {
     // Warm-up: page cache, lazily initialised state.
     for i in 0..3 {
@@ -25,10 +26,10 @@ fn measure(iters: usize, mut f: impl FnMut(u32)) -> f64 {
         .map(|i| {
             let t = Instant::now();
             f(i);
-            t.elapsed()
+            t.elapsed().as_secs_f64() * 1e6
         })
         .collect();
-    median(times)
+    Stats::of(times).median
 }
 
 fn start_join(method: StartMethod, i: u32) {
@@ -41,7 +42,7 @@ fn start_join(method: StartMethod, i: u32) {
 }
 
 fn main() {
-    let quick = std::env::var_os("MPROC_BENCH_QUICK").is_some_and(|v| v == "1");
+    let quick = common::quick();
     let iters = if quick { 20 } else { 300 };
     println!("process start+join, median of {iters} runs");
 
@@ -67,6 +68,6 @@ fn main() {
         "  spawn / fork                                      {:>5.2}x",
         spawn / fork
     );
-    println!("result: fork_start_join_us {fork:.1} us");
-    println!("result: spawn_start_join_us {spawn:.1} us");
+    common::result("fork_start_join_us", fork, 1, "us");
+    common::result("spawn_start_join_us", spawn, 1, "us");
 }

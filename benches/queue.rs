@@ -32,6 +32,11 @@ use std::time::Instant;
 use mproc::codec::{Raw, RawSlice};
 use mproc::Queue;
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::Stats;
+
 const SMALL: usize = 64;
 const BIG: usize = 64 * 1024;
 type Small = [u8; SMALL];
@@ -59,7 +64,7 @@ struct Config {
 
 impl Config {
     fn from_env() -> Config {
-        let quick = std::env::var("MPROC_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let quick = common::quick();
         if quick {
             Config {
                 quick,
@@ -80,25 +85,6 @@ impl Config {
                 rtt_pipe: 20_000,
                 rtt_warm: 2_000,
             }
-        }
-    }
-}
-
-/// Median, min and max of the repetitions.
-#[derive(Clone, Copy, Debug)]
-struct Stats {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-impl Stats {
-    fn of(mut v: Vec<f64>) -> Stats {
-        v.sort_by(f64::total_cmp);
-        Stats {
-            median: v[v.len() / 2],
-            min: v[0],
-            max: v[v.len() - 1],
         }
     }
 }
@@ -242,13 +228,7 @@ fn throughput(cfg: &Config, n: u64, chans: &mut [(&str, Box<dyn Channel>)]) -> V
     for (_, ch) in chans.iter_mut() {
         throughput_once(&mut **ch, n / 10 + 2);
     }
-    let mut samples = vec![Vec::with_capacity(cfg.reps); chans.len()];
-    for _ in 0..cfg.reps {
-        for (i, (_, ch)) in chans.iter_mut().enumerate() {
-            samples[i].push(throughput_once(&mut **ch, n));
-        }
-    }
-    samples.into_iter().map(Stats::of).collect()
+    common::round_robin(cfg.reps, chans, |_, (_, ch)| throughput_once(&mut **ch, n))
 }
 
 fn print_throughput(label: &str, size: usize, names: &[&str], stats: &[Stats], pipe: usize) {
@@ -392,13 +372,7 @@ fn floors(cfg: &Config, chans: &mut [(&str, u64, Box<dyn Channel>)]) -> Vec<Stat
     for (_, n, ch) in chans.iter_mut() {
         floor_once(&mut **ch, *n / 10 + 1);
     }
-    let mut samples = vec![Vec::with_capacity(cfg.reps); chans.len()];
-    for _ in 0..cfg.reps {
-        for (i, (_, n, ch)) in chans.iter_mut().enumerate() {
-            samples[i].push(floor_once(&mut **ch, *n));
-        }
-    }
-    samples.into_iter().map(Stats::of).collect()
+    common::round_robin(cfg.reps, chans, |_, (_, n, ch)| floor_once(&mut **ch, *n))
 }
 
 fn main() {
@@ -556,56 +530,51 @@ fn main() {
     // ---- headline ----
     println!();
     let ratio = |s: &[Stats], a: usize, b: usize| s[a].median / s[b].median;
-    println!(
-        "result: queue_vs_pipe_64B {:.2} x",
-        ratio(&small_stats, 0, 1)
+    common::result("queue_vs_pipe_64B", ratio(&small_stats, 0, 1), 2, "x");
+    common::result("queue_vs_pipe_64KiB", ratio(&big_stats, 1, 2), 2, "x");
+    common::result("queue_rtt_p50_ns", rtt_stats[0][0].median, 0, "ns");
+    common::result("queue_rtt_p99_ns", rtt_stats[0][1].median, 0, "ns");
+    common::result("pipe_rtt_p50_ns", rtt_stats[1][0].median, 0, "ns");
+    common::result(
+        "queue_vs_unix_socket_64B",
+        ratio(&small_stats, 0, 2),
+        2,
+        "x",
     );
-    println!(
-        "result: queue_vs_pipe_64KiB {:.2} x",
-        ratio(&big_stats, 1, 2)
+    common::result(
+        "queue_vs_unix_socket_64KiB",
+        ratio(&big_stats, 0, 4),
+        2,
+        "x",
     );
-    println!("result: queue_rtt_p50_ns {:.0} ns", rtt_stats[0][0].median);
-    println!("result: queue_rtt_p99_ns {:.0} ns", rtt_stats[0][1].median);
-    println!("result: pipe_rtt_p50_ns {:.0} ns", rtt_stats[1][0].median);
-    println!(
-        "result: queue_vs_unix_socket_64B {:.2} x",
-        ratio(&small_stats, 0, 2)
+    common::result("queue_array_vs_pipe_64KiB", ratio(&big_stats, 0, 2), 2, "x");
+    common::result("queue_vs_pipe512k_64KiB", ratio(&big_stats, 0, 3), 2, "x");
+    common::result(
+        "queue_msgs_per_s_64B",
+        small_stats[0].median / 1e6,
+        2,
+        "M/s",
     );
-    println!(
-        "result: queue_vs_unix_socket_64KiB {:.2} x",
-        ratio(&big_stats, 0, 4)
+    common::result("pipe_msgs_per_s_64B", small_stats[1].median / 1e6, 2, "M/s");
+    common::result(
+        "queue_gb_per_s_64KiB",
+        big_stats[0].median * BIG as f64 / 1e9,
+        2,
+        "GB/s",
     );
-    println!(
-        "result: queue_array_vs_pipe_64KiB {:.2} x",
-        ratio(&big_stats, 0, 2)
-    );
-    println!(
-        "result: queue_vs_pipe512k_64KiB {:.2} x",
-        ratio(&big_stats, 0, 3)
-    );
-    println!(
-        "result: queue_msgs_per_s_64B {:.2} M/s",
-        small_stats[0].median / 1e6
-    );
-    println!(
-        "result: pipe_msgs_per_s_64B {:.2} M/s",
-        small_stats[1].median / 1e6
-    );
-    println!(
-        "result: queue_gb_per_s_64KiB {:.2} GB/s",
-        big_stats[0].median * BIG as f64 / 1e9
-    );
-    println!(
-        "result: queue_put_get_same_process_ns {:.1} ns",
-        floor_stats[0].median
+    common::result(
+        "queue_put_get_same_process_ns",
+        floor_stats[0].median,
+        1,
+        "ns",
     );
 }
 
-/// The only unsafe code of this bench: fork, waitpid, kill, pipe, fcntl, CPU affinity.
+/// The unsafe code of this bench beyond `common::os` (fork, pipes), which it re-exports: CPU affinity.
 mod os {
-    use std::fs::File;
-    use std::os::fd::{AsRawFd, FromRawFd};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    pub use crate::common::os::{fork, pipe, set_pipe_size};
 
     /// The CPU forked children pin themselves to (the second one this process may run on).
     static CHILD_CPU: AtomicUsize = AtomicUsize::new(0);
@@ -662,88 +631,6 @@ mod os {
     pub fn pin_child() {
         if CHILD_PINNED.load(Ordering::Relaxed) {
             pin(CHILD_CPU.load(Ordering::Relaxed));
-        }
-    }
-
-    /// A pipe, as (read end, write end).
-    pub fn pipe() -> (File, File) {
-        let mut fds = [0 as libc::c_int; 2];
-        // SAFETY: `fds` is a live array of two c_ints, as pipe(2) requires.
-        let r = unsafe { libc::pipe(fds.as_mut_ptr()) };
-        assert_eq!(r, 0, "pipe: {}", std::io::Error::last_os_error());
-        // SAFETY: pipe(2) succeeded, so both fds are open and owned by nobody else: each File takes sole
-        // ownership and closes it on drop.
-        unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
-    }
-
-    /// Resizes a pipe's buffer (fcntl F_SETPIPE_SZ); the kernel may round it up.
-    pub fn set_pipe_size(end: &File, bytes: usize) {
-        // SAFETY: F_SETPIPE_SZ takes an int and touches no memory of ours; the fd is open (owned by `end`).
-        let r = unsafe { libc::fcntl(end.as_raw_fd(), libc::F_SETPIPE_SZ, bytes as libc::c_int) };
-        assert!(
-            r >= bytes as libc::c_int,
-            "F_SETPIPE_SZ: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-
-    /// A forked child, killed and reaped on drop unless waited for.
-    pub struct Child {
-        pid: libc::pid_t,
-        reaped: bool,
-    }
-
-    /// Runs `f` in a forked child that exits with `_exit` (0 if `f` returned, 1 if it panicked).
-    ///
-    /// The bench is single-threaded whenever it calls this, so the child inherits no lock held by a
-    /// vanished thread.
-    pub fn fork(f: impl FnOnce()) -> Child {
-        // Unflushed output would otherwise be printed twice; the child never flushes it (it `_exit`s).
-        let _ = std::io::Write::flush(&mut std::io::stdout());
-        // SAFETY: fork(2) has no memory-safety preconditions. After a fork of a multi-threaded process
-        // the child may only call async-signal-safe functions; this process is single-threaded (see
-        // above), so the child may run ordinary code.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-        if pid == 0 {
-            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_ok();
-            // SAFETY: _exit ends the child without running destructors or atexit handlers (which would
-            // unmap or close what the parent still uses); it has no preconditions.
-            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-        }
-        Child { pid, reaped: false }
-    }
-
-    impl Child {
-        /// Waits for the child; whether it exited with status 0.
-        pub fn wait(mut self) -> bool {
-            let mut status = 0;
-            loop {
-                // SAFETY: `pid` is our own child, not yet reaped; `status` is a live c_int.
-                let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
-                if r == self.pid {
-                    self.reaped = true;
-                    return libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-                }
-                let e = std::io::Error::last_os_error();
-                assert_eq!(e.raw_os_error(), Some(libc::EINTR), "waitpid: {e}");
-            }
-        }
-    }
-
-    impl Drop for Child {
-        /// Reached unwaited only when the parent panics mid-measurement: the child may be blocked on a
-        /// full channel, so kill it rather than leave it behind. Errors are ignored: we are unwinding.
-        fn drop(&mut self) {
-            if !self.reaped {
-                // SAFETY: `pid` is our own unreaped child, so it cannot have been recycled for another
-                // process; kill and waitpid touch no memory but the live `status`.
-                unsafe {
-                    libc::kill(self.pid, libc::SIGKILL);
-                    let mut status = 0;
-                    libc::waitpid(self.pid, &mut status, 0);
-                }
-            }
         }
     }
 }

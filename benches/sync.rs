@@ -25,6 +25,11 @@ use std::time::Instant;
 
 use mproc::{Event, Lock, Semaphore, Value};
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{os, Stats};
+
 /// Iteration counts and repetitions for one run.
 struct Config {
     reps: usize,
@@ -36,7 +41,7 @@ struct Config {
 
 impl Config {
     fn from_env() -> (Config, bool) {
-        let quick = std::env::var("MPROC_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let quick = common::quick();
         let cfg = if quick {
             Config {
                 reps: 3,
@@ -54,25 +59,6 @@ impl Config {
     }
 }
 
-/// Nanoseconds per operation over the repetitions.
-#[derive(Clone, Copy, Debug)]
-struct Stats {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-impl Stats {
-    fn of(mut v: Vec<f64>) -> Stats {
-        v.sort_by(f64::total_cmp);
-        Stats {
-            median: v[v.len() / 2],
-            min: v[0],
-            max: v[v.len() - 1],
-        }
-    }
-}
-
 /// One benchmark variant: `run(n)` performs `n` operations.
 type Body<'a> = (&'a str, Box<dyn FnMut(u64) + 'a>);
 
@@ -81,15 +67,11 @@ fn compare(cfg: &Config, iters: u64, variants: &mut [Body<'_>]) -> Vec<Stats> {
     for (_, run) in variants.iter_mut() {
         run(iters / 2 + 1);
     }
-    let mut samples = vec![Vec::with_capacity(cfg.reps); variants.len()];
-    for _ in 0..cfg.reps {
-        for (i, (_, run)) in variants.iter_mut().enumerate() {
-            let t = Instant::now();
-            run(iters);
-            samples[i].push(t.elapsed().as_nanos() as f64 / iters as f64);
-        }
-    }
-    samples.into_iter().map(Stats::of).collect()
+    common::round_robin(cfg.reps, variants, |_, (_, run)| {
+        let t = Instant::now();
+        run(iters);
+        t.elapsed().as_nanos() as f64 / iters as f64
+    })
 }
 
 /// Prints a group: the first variant is the subject, the others its baselines.
@@ -282,7 +264,7 @@ fn contended_fork(
 ) -> Run {
     reset();
     gate.reset();
-    let child = raw::fork(|| gate.worker(n, inc));
+    let child = os::fork(|| gate.worker(n, inc));
     let run = gate.lead(n, inc);
     assert!(child.wait(), "the counting child failed");
     assert_eq!(read(), 2 * n, "lost or doubled increments");
@@ -326,7 +308,7 @@ fn main() {
     let std_mutex = Mutex::new(());
     let robust = raw::PthreadMutex::new(true);
     let plain = raw::PthreadMutex::new(false);
-    let model_page = raw::ShmPage::new();
+    let model_page = os::ShmPage::new();
     let model = ModelLock {
         word: model_page.atomic_u32(0),
         owner: model_page.atomic_u64(8),
@@ -537,7 +519,7 @@ fn main() {
     );
 
     // 4. Contended counter: two participants, N increments each, under a lock.
-    let gate_page = raw::ShmPage::new();
+    let gate_page = os::ShmPage::new();
     let gate = Gate {
         ready: gate_page.atomic_u32(0),
         go: gate_page.atomic_u32(64),
@@ -603,108 +585,60 @@ fn main() {
 
     println!();
     let _ = std::io::stdout().flush();
-    println!(
-        "result: lock_vs_pthread_robust {:.2} x",
-        lock_stats[0].median / lock_stats[2].median
+    common::result(
+        "lock_vs_pthread_robust",
+        lock_stats[0].median / lock_stats[2].median,
+        2,
+        "x",
     );
-    println!("result: lock_uncontended_ns {:.1} ns", lock_stats[0].median);
-    println!(
-        "result: lock_vs_pthread_plain {:.2} x",
-        lock_stats[0].median / lock_stats[3].median
+    common::result("lock_uncontended_ns", lock_stats[0].median, 1, "ns");
+    common::result(
+        "lock_vs_pthread_plain",
+        lock_stats[0].median / lock_stats[3].median,
+        2,
+        "x",
     );
-    println!(
-        "result: lock_vs_std_mutex {:.2} x",
-        lock_stats[0].median / lock_stats[1].median
+    common::result(
+        "lock_vs_std_mutex",
+        lock_stats[0].median / lock_stats[1].median,
+        2,
+        "x",
     );
-    println!(
-        "result: event_set_is_set_clear_ns {:.1} ns",
-        event_cycle[0].median
+    common::result("event_set_is_set_clear_ns", event_cycle[0].median, 1, "ns");
+    common::result("event_wait_set_ns", event_wait[0].median, 1, "ns");
+    common::result("event_set_wait_ns", event_pair[0].median, 1, "ns");
+    common::result(
+        "event_set_wait_vs_condvar",
+        event_pair[0].median / event_pair[1].median,
+        2,
+        "x",
     );
-    println!("result: event_wait_set_ns {:.1} ns", event_wait[0].median);
-    println!("result: event_set_wait_ns {:.1} ns", event_pair[0].median);
-    println!(
-        "result: event_set_wait_vs_condvar {:.2} x",
-        event_pair[0].median / event_pair[1].median
+    common::result("semaphore_uncontended_ns", sem_stats[0].median, 1, "ns");
+    common::result(
+        "semaphore_vs_posix_sem",
+        sem_stats[0].median / sem_stats[1].median,
+        2,
+        "x",
     );
-    println!(
-        "result: semaphore_uncontended_ns {:.1} ns",
-        sem_stats[0].median
+    common::result("contended_counter_ns", contended[0].median, 1, "ns");
+    common::result(
+        "contended_counter_vs_pthread_robust",
+        contended[0].median / contended[1].median,
+        2,
+        "x",
     );
-    println!(
-        "result: semaphore_vs_posix_sem {:.2} x",
-        sem_stats[0].median / sem_stats[1].median
-    );
-    println!("result: contended_counter_ns {:.1} ns", contended[0].median);
-    println!(
-        "result: contended_counter_vs_pthread_robust {:.2} x",
-        contended[0].median / contended[1].median
-    );
-    println!(
-        "result: contended_counter_vs_std_threads {:.2} x",
-        contended[0].median / contended[2].median
+    common::result(
+        "contended_counter_vs_std_threads",
+        contended[0].median / contended[2].median,
+        2,
+        "x",
     );
 }
 
-/// The only unsafe code of this bench: a shared page, pthread mutexes and POSIX semaphores in it, fork.
+/// The unsafe code of this bench beyond `common::os`: pthread mutexes and POSIX semaphores in a shared
+/// page.
 mod raw {
-    use std::mem::{align_of, size_of};
-    use std::sync::atomic::{AtomicU32, AtomicU64};
-
-    const PAGE: usize = 4096;
-
-    /// One zeroed `MAP_SHARED | MAP_ANONYMOUS` page: shared with children forked after it is made.
-    pub struct ShmPage {
-        ptr: *mut u8,
-    }
-
-    impl ShmPage {
-        pub fn new() -> ShmPage {
-            // SAFETY: a fresh anonymous mapping with a null address hint does not touch any existing
-            // mapping; the result is checked against MAP_FAILED before use.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    PAGE,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            assert!(
-                p != libc::MAP_FAILED,
-                "mmap: {}",
-                std::io::Error::last_os_error()
-            );
-            ShmPage { ptr: p.cast() }
-        }
-
-        /// A typed pointer at `offset`, checked to fit in the page and be aligned for `T`.
-        fn at<T>(&self, offset: usize) -> *mut T {
-            assert!(offset + size_of::<T>() <= PAGE && offset % align_of::<T>() == 0);
-            self.ptr.wrapping_add(offset).cast()
-        }
-
-        pub fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
-            // SAFETY: `at` checked bounds and alignment; the page is zero-initialised (mmap(2): anonymous
-            // mappings are zero-filled), a valid AtomicU32 (same layout as u32), lives as long as `self`,
-            // and is only accessed atomically.
-            unsafe { AtomicU32::from_ptr(self.at(offset)) }
-        }
-
-        pub fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
-            // SAFETY: as in `atomic_u32`; page offsets that are multiples of 8 are 8-aligned.
-            unsafe { AtomicU64::from_ptr(self.at(offset)) }
-        }
-    }
-
-    impl Drop for ShmPage {
-        fn drop(&mut self) {
-            // SAFETY: `ptr` is the PAGE-long mapping made in `new`, unmapped once; every reference into it
-            // borrows `self`, so none outlives this. An error cannot be acted on in drop: ignored.
-            unsafe { libc::munmap(self.ptr.cast(), PAGE) };
-        }
-    }
+    use crate::common::os::ShmPage;
 
     /// A process-shared pthread mutex (optionally robust) and a `u64` it guards, in a shared page.
     pub struct PthreadMutex {
@@ -847,48 +781,6 @@ mod raw {
         fn drop(&mut self) {
             // SAFETY: initialised, and nobody waits on it any more. Errors are ignored in drop.
             unsafe { libc::sem_destroy(self.sem()) };
-        }
-    }
-
-    /// A forked child, to be waited for.
-    pub struct Child {
-        pid: libc::pid_t,
-    }
-
-    /// Runs `f` in a forked child that exits with `_exit` (0 if `f` returned, 1 if it panicked).
-    ///
-    /// The bench calls this only while it is single-threaded (the thread benchmarks join their threads),
-    /// so the child inherits no lock held by a vanished thread.
-    pub fn fork(f: impl FnOnce()) -> Child {
-        // Unflushed output would otherwise be buffered twice; the child never flushes it (it `_exit`s).
-        let _ = std::io::Write::flush(&mut std::io::stdout());
-        // SAFETY: fork(2) has no memory-safety preconditions. After a fork of a multi-threaded process
-        // the child may only call async-signal-safe functions; this process is single-threaded here
-        // (see above), so the child may run ordinary code.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-        if pid == 0 {
-            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_ok();
-            // SAFETY: _exit ends the child without running the parent's atexit handlers or destructors
-            // (which would unlink or unmap what the parent still uses); it has no preconditions.
-            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-        }
-        Child { pid }
-    }
-
-    impl Child {
-        /// Waits for the child; whether it exited with status 0.
-        pub fn wait(self) -> bool {
-            let mut status = 0;
-            loop {
-                // SAFETY: `pid` is our own child, not yet reaped; `status` is a live c_int.
-                let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
-                if r == self.pid {
-                    return libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-                }
-                let e = std::io::Error::last_os_error();
-                assert_eq!(e.raw_os_error(), Some(libc::EINTR), "waitpid: {e}");
-            }
         }
     }
 }

@@ -28,24 +28,6 @@ pub fn tests() -> Vec<Trial> {
     )]
 }
 
-/// `target/<profile>/examples/<name>`, next to `target/<profile>/deps/` where this test binary lives.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("the test binary lives in target/<profile>/deps")
-        .join("examples")
-        .join(name);
-    assert!(
-        path.is_file(),
-        "example binary {} not found: build it with `cargo build --examples` (or run plain `cargo test`, \
-         which builds examples before the tests)",
-        path.display()
-    );
-    path
-}
-
 fn run_to_end(bin: &PathBuf, args: &[&str]) -> Output {
     let child = Command::new(bin)
         .args(args)
@@ -94,7 +76,7 @@ fn stdout_ok(what: &str, out: &Output) -> String {
 }
 
 fn named_counter_from_concurrent_copies() {
-    let bin = example("named_counter");
+    let bin = common::example("named_counter");
     let name = common::unique_name("counter");
     let times = TIMES.to_string();
     let copies: Vec<_> = (0..COPIES)

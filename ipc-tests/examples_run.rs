@@ -50,24 +50,6 @@ pub fn tests() -> Vec<Trial> {
     trials
 }
 
-/// `target/<profile>/examples/<name>`, next to `target/<profile>/deps/` where this test binary lives.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("the test binary lives in target/<profile>/deps")
-        .join("examples")
-        .join(name);
-    assert!(
-        path.is_file(),
-        "example binary {} not found: build it with `cargo build --examples` (or run plain `cargo test`, \
-         which builds examples before the tests)",
-        path.display()
-    );
-    path
-}
-
 /// A scratch directory for one test, removed when dropped.
 struct Scratch(PathBuf);
 
@@ -90,7 +72,7 @@ impl Drop for Scratch {
 fn run_example(name: &str, args: &[&str]) -> String {
     let scratch = Scratch::new(&format!("out-{name}"));
     let (out, err) = (scratch.0.join("stdout"), scratch.0.join("stderr"));
-    let mut child = Command::new(example(name))
+    let mut child = Command::new(common::example(name))
         .args(args)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out).expect("stdout file"))

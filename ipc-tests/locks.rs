@@ -5,16 +5,16 @@
 //! Every wait is bounded by [`BOUND`], generously: the bound proves "no hang" (DESIGN.md, invariant 4) and
 //! never measures speed.
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::ExitStatusExt;
-use std::process::Child;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
 use libtest_mimic::Trial;
 use mproc::{Array, Event, Lock, RLock, TryLockError, Value};
 
-use crate::common::{self, Role};
+use crate::common::{
+    self, bounded, handle_from_hex, handle_to_hex, next_random, say, sleep_forever, wait_for_start,
+    Kid, Role,
+};
 
 /// How long anything may take before we call it a hang.
 const BOUND: Duration = Duration::from_secs(30);
@@ -40,12 +40,7 @@ pub const ROLES: &[Role] = &[
 ];
 
 pub fn tests() -> Vec<Trial> {
-    let t = |name: &str, f: fn()| {
-        Trial::test(format!("locks::{name}"), move || {
-            f();
-            Ok(())
-        })
-    };
+    let t = |name: &str, f: fn()| common::trial("locks", name, f);
     vec![
         t("lock_owner_killed", owner_killed::<Lock>),
         t(
@@ -91,106 +86,6 @@ pub fn tests() -> Vec<Trial> {
 
 // ------------------------------------------------------------------------------------------------ helpers
 
-/// A child process that is killed and reaped if the test fails before it is waited for, so that a
-/// failing test does not also leave a process behind.
-struct Kid {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Kid {
-    fn spawn(role: &str, arg: &str) -> Kid {
-        let mut child = common::spawn_role(role, arg);
-        let out = child.stdout.take().expect("spawn_role pipes stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Kid { child, lines }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits (bounded) for the child to print `want` as its next line.
-    #[track_caller]
-    fn expect_line(&mut self, want: &str) {
-        match self.lines.recv_timeout(BOUND) {
-            Ok(line) => assert_eq!(line, want, "child {} printed something else", self.pid()),
-            Err(RecvTimeoutError::Timeout) => panic!(
-                "child {} did not print {want:?} within {BOUND:?}",
-                self.pid()
-            ),
-            Err(RecvTimeoutError::Disconnected) => {
-                let st = self.child.wait().expect("wait");
-                panic!(
-                    "child {} exited ({st}) before printing {want:?}",
-                    self.pid()
-                )
-            }
-        }
-    }
-
-    #[track_caller]
-    fn assert_running(&mut self) {
-        let st = self.child.try_wait().expect("try_wait");
-        assert!(st.is_none(), "child {} exited early: {st:?}", self.pid());
-    }
-
-    /// SIGKILL, then reap. Panics if the child had already ended by itself (it failed on its own).
-    #[track_caller]
-    fn kill(&mut self) {
-        self.child.kill().expect("kill child");
-        let st = self.child.wait().expect("reap child");
-        assert_eq!(
-            st.signal(),
-            Some(libc::SIGKILL),
-            "child {} ended by itself: {st}",
-            self.pid()
-        );
-    }
-
-    /// Waits (bounded) and asserts a clean exit.
-    #[track_caller]
-    fn join_ok(&mut self) {
-        let pid = self.pid();
-        let st = common::wait_bounded(&mut self.child, BOUND);
-        assert!(st.success(), "child {pid} failed: {st}");
-    }
-}
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Runs `f` on a thread and returns its result, panicking if it takes longer than [`BOUND`] (a hang).
-#[track_caller]
-fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let h = std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(BOUND) {
-        Ok(v) => v,
-        Err(RecvTimeoutError::Timeout) => panic!("{what}: no result within {BOUND:?}, it hangs"),
-        Err(RecvTimeoutError::Disconnected) => match h.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("the thread sends before it ends"),
-        },
-    }
-}
-
 /// The kernel thread id of the calling thread (`/proc/thread-self` links to `<pid>/task/<tid>`).
 fn this_tid() -> u32 {
     let link = std::fs::read_link("/proc/thread-self").expect("read /proc/thread-self");
@@ -209,32 +104,6 @@ fn in_futex_wait(tid: u32) -> bool {
         .next()
         .and_then(|n| n.parse::<i64>().ok())
         == Some(libc::SYS_futex)
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn from_hex(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0, "odd-length hex");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digit"))
-        .collect()
-}
-
-/// Prints a line for the parent (stdout is a pipe: flush at once).
-fn say(line: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}").expect("write to parent");
-    out.flush().expect("flush to parent");
-}
-
-fn sleep_forever() -> ! {
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
 }
 
 // ------------------------------------------------------------------------------------ killed holders
@@ -386,11 +255,11 @@ fn hold_forever<T: Robust>(name: &str) {
 fn owner_killed<T: Robust>() {
     let name = common::unique_name(T::KIND);
     let obj = T::create(&name);
-    let mut kid = Kid::spawn(T::ROLE, &name);
+    let mut kid = Kid::spawn(T::ROLE, &name, BOUND);
     kid.expect_line("held");
     let dead = kid.pid();
     kid.kill();
-    bounded("recover after the holder was killed", move || {
+    bounded("recover after the holder was killed", BOUND, move || {
         obj.recover(dead)
     });
 }
@@ -399,7 +268,7 @@ fn owner_killed<T: Robust>() {
 fn owner_killed_while_waiting<T: Robust>() {
     let name = common::unique_name(T::KIND);
     let obj = T::create(&name);
-    let mut kid = Kid::spawn(T::ROLE, &name);
+    let mut kid = Kid::spawn(T::ROLE, &name, BOUND);
     kid.expect_line("held");
     let dead = kid.pid();
     let (tid_tx, tid_rx) = mpsc::channel();
@@ -431,16 +300,11 @@ fn owner_killed_while_waiting<T: Robust>() {
 
 // ------------------------------------------------------------------------------------ mutual exclusion
 
-fn wait_for_start(event: &str) {
-    let go = Event::open(event).expect("open start event");
-    assert!(go.wait_timeout(BOUND), "start signal did not come");
-}
-
 /// Child: `INCREMENTS` non-atomic increments of a `Value<u64>` under its lock.
 fn count_value(arg: &str) {
     let (value, go) = arg.split_once(',').expect("value,event");
     let v = Value::<u64>::open(value).expect("open value");
-    wait_for_start(go);
+    wait_for_start(go, BOUND);
     for _ in 0..INCREMENTS {
         let mut g = v.lock().expect("no holder dies in this test");
         // A read, then a separate write: only correct under mutual exclusion.
@@ -454,7 +318,7 @@ fn count_array(arg: &str) {
     let (array, go) = arg.split_once(',').expect("array,event");
     let a = Array::<u64>::open(array).expect("open array");
     assert_eq!(a.len(), 8, "length taken from the region");
-    wait_for_start(go);
+    wait_for_start(go, BOUND);
     for _ in 0..INCREMENTS {
         let mut g = a.lock().expect("no holder dies in this test");
         let x = std::hint::black_box(g[3]);
@@ -466,7 +330,7 @@ fn run_counters(role: &str, object: &str) {
     let go_name = common::unique_name("go");
     let go = Event::create(&go_name).expect("create start event");
     let mut kids: Vec<Kid> = (0..COUNTERS)
-        .map(|_| Kid::spawn(role, &format!("{object},{go_name}")))
+        .map(|_| Kid::spawn(role, &format!("{object},{go_name}"), BOUND))
         .collect();
     go.set();
     for k in &mut kids {
@@ -527,7 +391,7 @@ fn event_wakes_waiting_processes() {
     let name = common::unique_name("event");
     let e = Event::create(&name).expect("create event");
     let mut kids: Vec<Kid> = (0..3)
-        .map(|_| Kid::spawn("locks_event_wait", &name))
+        .map(|_| Kid::spawn("locks_event_wait", &name, BOUND))
         .collect();
     for k in &mut kids {
         k.expect_line("waiting");
@@ -550,7 +414,7 @@ fn event_wait_timeout_when_never_set() {
     // Set then cleared before the child looks: it must see "clear".
     e.set();
     e.clear();
-    let mut kid = Kid::spawn("locks_event_timeout", &name);
+    let mut kid = Kid::spawn("locks_event_timeout", &name, BOUND);
     kid.expect_line("timed out");
     e.set();
     kid.join_ok();
@@ -561,8 +425,7 @@ fn event_wait_timeout_when_never_set() {
 type Passed = (Lock, Event, Value<u64>);
 
 fn by_handle(hex: &str) {
-    let (lock, release, v): Passed =
-        postcard::from_bytes(&from_hex(hex)).expect("deserialize handles");
+    let (lock, release, v): Passed = handle_from_hex(hex).expect("deserialize handles");
     let g = lock.lock().expect("clean lock in child");
     v.set(41);
     say("locked");
@@ -579,16 +442,15 @@ fn objects_passed_as_serialized_handles() {
     let lock = Lock::new().expect("lock");
     let release = Event::new().expect("event");
     let v = Value::new(0u64).expect("value");
-    let bytes =
-        postcard::to_allocvec(&(lock.clone(), release.clone(), v.clone())).expect("serialize");
-    let mut kid = Kid::spawn("locks_by_handle", &to_hex(&bytes));
+    let hex = handle_to_hex(&(lock.clone(), release.clone(), v.clone()));
+    let mut kid = Kid::spawn("locks_by_handle", &hex, BOUND);
     kid.expect_line("locked");
     assert!(
         matches!(lock.try_lock(), Err(TryLockError::WouldBlock)),
         "the child holds the same lock"
     );
     assert_eq!(
-        bounded("read value", {
+        bounded("read value", BOUND, {
             let v = v.clone();
             move || v.get()
         }),
@@ -597,7 +459,7 @@ fn objects_passed_as_serialized_handles() {
     release.set();
     let dead = kid.pid();
     kid.join_ok();
-    bounded("recover after the holder exited", move || {
+    bounded("recover after the holder exited", BOUND, move || {
         let e = lock.lock().expect_err("the child exited holding the lock");
         assert_eq!(e.dead_tid(), dead);
         drop(e.into_inner());
@@ -630,26 +492,14 @@ fn churn(name: &str) {
     }
 }
 
-/// xorshift64*: enough randomness for kill delays, reproducible from the printed seed.
-fn next_random(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-}
-
 fn kill_at_random_points() {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
-    let seed = (nanos as u64 ^ u64::from(std::process::id())) | 1;
+    let seed = common::seed();
     let mut rng = seed;
     let name = common::unique_name("churn");
     let v = Value::create(&name, 0u64).expect("create value");
     let mut last = 0u64;
     for round in 0..KILL_ROUNDS {
-        let mut kid = Kid::spawn("locks_churn", &name);
+        let mut kid = Kid::spawn("locks_churn", &name, BOUND);
         kid.expect_line("ready");
         std::thread::sleep(Duration::from_micros(next_random(&mut rng) % 5_000));
         let pid = kid.pid();
@@ -658,7 +508,7 @@ fn kill_at_random_points() {
         kid.kill();
         let v2 = v.clone();
         let ctx2 = ctx.clone();
-        let (seen, owner_died) = bounded(&ctx, move || {
+        let (seen, owner_died) = bounded(&ctx, BOUND, move || {
             let (seen, owner_died) = match v2.lock() {
                 Ok(g) => (*g, false),
                 Err(e) => {

@@ -9,12 +9,7 @@
 
 use std::collections::HashSet;
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
-use std::process::Child;
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::Trial;
@@ -22,7 +17,10 @@ use mproc::{Error, Event, Manager};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 
-use crate::common::{self, Role};
+use crate::common::{
+    self, bounded, handle_from_hex, handle_to_hex, next_random, say, shm_path, sleep_forever, Kid,
+    Role,
+};
 
 /// How long anything may take before we call it a hang.
 const BOUND: Duration = Duration::from_secs(60);
@@ -58,12 +56,7 @@ pub const ROLES: &[Role] = &[
 ];
 
 pub fn tests() -> Vec<Trial> {
-    let t = |name: &str, f: fn()| {
-        Trial::test(format!("manager::{name}"), move || {
-            f();
-            Ok(())
-        })
-    };
+    let t = |name: &str, f: fn()| common::trial("manager", name, f);
     vec![
         t(
             "kill_during_insert_and_push_keeps_containers_consistent",
@@ -95,148 +88,10 @@ pub fn tests() -> Vec<Trial> {
 
 // ------------------------------------------------------------------------------------------------ helpers
 
-/// A child process that is killed and reaped if the test fails before it is waited for.
-struct Kid {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Kid {
-    fn spawn(role: &str, arg: &str) -> Kid {
-        let mut child = common::spawn_role(role, arg);
-        let out = child.stdout.take().expect("spawn_role pipes stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Kid { child, lines }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits (bounded) for the child to print `want` as its next line.
-    #[track_caller]
-    fn expect_line(&mut self, want: &str) {
-        match self.lines.recv_timeout(BOUND) {
-            Ok(line) => assert_eq!(line, want, "child {} printed something else", self.pid()),
-            Err(RecvTimeoutError::Timeout) => panic!(
-                "child {} did not print {want:?} within {BOUND:?}",
-                self.pid()
-            ),
-            Err(RecvTimeoutError::Disconnected) => {
-                let st = self.child.wait().expect("wait");
-                panic!(
-                    "child {} exited ({st}) before printing {want:?}",
-                    self.pid()
-                )
-            }
-        }
-    }
-
-    /// SIGKILL, then reap. Panics if the child had already ended by itself (it failed on its own).
-    #[track_caller]
-    fn kill(&mut self) {
-        self.child.kill().expect("kill child");
-        let st = self.child.wait().expect("reap child");
-        assert_eq!(
-            st.signal(),
-            Some(libc::SIGKILL),
-            "child {} ended by itself: {st}",
-            self.pid()
-        );
-    }
-
-    /// Waits (bounded) and asserts a clean exit; returns what it printed.
-    #[track_caller]
-    fn join_ok(&mut self) -> Vec<String> {
-        let pid = self.pid();
-        let st = common::wait_bounded(&mut self.child, BOUND);
-        assert!(st.success(), "child {pid} failed: {st}");
-        // The reader thread may not have passed everything on yet: read until it is done.
-        let mut out = Vec::new();
-        while let Ok(line) = self.lines.recv_timeout(BOUND) {
-            out.push(line);
-        }
-        out
-    }
-}
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Runs `f` on a thread and returns its result, panicking if it takes longer than [`BOUND`] (a hang).
-#[track_caller]
-fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let h = std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(BOUND) {
-        Ok(v) => v,
-        Err(RecvTimeoutError::Timeout) => panic!("{what}: no result within {BOUND:?}, it hangs"),
-        Err(RecvTimeoutError::Disconnected) => match h.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("the thread sends before it ends"),
-        },
-    }
-}
-
-/// Prints a line for the parent (stdout is a pipe: flush at once).
-fn say(line: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}").expect("write to parent");
-    out.flush().expect("flush to parent");
-}
-
 /// A child's failure: the message goes to stderr (shown by the harness), the exit code to the parent.
 fn die(what: &str) -> ! {
     eprintln!("manager test child {}: {what}", std::process::id());
     std::process::exit(3)
-}
-
-fn shm_path(name: &str) -> PathBuf {
-    PathBuf::from(format!("/dev/shm/mproc.{name}"))
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn from_hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digit"))
-        .collect()
-}
-
-/// xorshift64*: enough randomness for kill delays and scribbles, reproducible from the printed seed.
-fn next_random(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-}
-
-fn fresh_seed() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
-    (nanos as u64 ^ u64::from(std::process::id()).rotate_left(32)) | 1
 }
 
 fn key(i: u64) -> String {
@@ -431,7 +286,7 @@ fn fill_clear_fill(m: &Manager, ctx: &str) -> Result<(u64, u64), String> {
 }
 
 fn kill_storm() {
-    let seed = fresh_seed();
+    let seed = common::seed();
     let mut rng = seed;
     let name = common::unique_name("mgr-storm");
     let m = Manager::create(&name, STORM_SIZE).expect("create manager");
@@ -439,18 +294,19 @@ fn kill_storm() {
     m.list::<u64>("l").expect("list");
     let (mut last_len, mut last_n) = (0, 0);
     for round in 0..KILL_ROUNDS {
-        let mut kid = Kid::spawn("manager_churn", &format!("{name} {round}"));
+        let mut kid = Kid::spawn("manager_churn", &format!("{name} {round}"), BOUND);
         kid.expect_line("ready");
         std::thread::sleep(Duration::from_micros(next_random(&mut rng) % 3_000));
         let ctx = format!("round {round}, child {}, seed {seed:#x}", kid.pid());
         kid.kill();
         let m2 = m.clone();
-        let (len, n) = bounded(&ctx, move || check_state(&m2))
+        let (len, n) = bounded(&ctx, BOUND, move || check_state(&m2))
             .unwrap_or_else(|e| panic!("{ctx}: after the kill: {e}"));
         assert!(n >= last_n, "{ctx}: the list shrank from {last_n} to {n}");
         (last_len, last_n) = (len, n);
-        let mut checker = Kid::spawn("manager_check", &name);
-        let out = checker.join_ok();
+        let mut checker = Kid::spawn("manager_check", &name, BOUND);
+        checker.join_ok();
+        let out = checker.rest();
         assert_eq!(
             out,
             [format!("ok {len} {n}")],
@@ -459,13 +315,13 @@ fn kill_storm() {
     }
     eprintln!("manager kill storm: {KILL_ROUNDS} kills, dict {last_len} entries, list {last_n}");
     let m2 = m.clone();
-    let counts = bounded("fill, clear, fill after the storm", move || {
+    let counts = bounded("fill, clear, fill after the storm", BOUND, move || {
         fill_clear_fill(&m2, "after the storm")
     })
     .unwrap_or_else(|e| panic!("seed {seed:#x}: {e}"));
     eprintln!("manager kill storm: fill counts {counts:?}");
     let m2 = m.clone();
-    bounded("state after the fills", move || check_state(&m2))
+    bounded("state after the fills", BOUND, move || check_state(&m2))
         .unwrap_or_else(|e| panic!("after the fills: {e}"));
 }
 
@@ -473,7 +329,7 @@ fn kill_storm() {
 /// (after it took blocks from a free list, or freed the dict's old table) must change nothing.
 fn oom_rollback_keeps_heap_consistent() {
     let m = Manager::anonymous(256 << 10).expect("anonymous manager");
-    let r = bounded("fill, clear, fill", move || {
+    let r = bounded("fill, clear, fill", BOUND, move || {
         // A list that grows and shrinks first, so that the free lists are not empty when the fills run.
         let l = m.list::<u64>("l").map_err(|e| format!("{e:?}"))?;
         for i in 0..200u64 {
@@ -558,7 +414,7 @@ fn concurrent_updates() {
     let m = Manager::create(&name, 1 << 20).expect("create manager");
     let go = Event::create(&go_name).expect("event");
     let mut kids: Vec<Kid> = (0..UPDATERS)
-        .map(|_| Kid::spawn("manager_update", &format!("{name} {go_name}")))
+        .map(|_| Kid::spawn("manager_update", &format!("{name} {go_name}"), BOUND))
         .collect();
     go.set();
     for k in &mut kids {
@@ -700,7 +556,7 @@ fn garbage_ops(arg: &str) {
 }
 
 fn garbage_while_operating() {
-    let seed = fresh_seed();
+    let seed = common::seed();
     let name = common::unique_name("mgr-garbage");
     let m = Manager::create(&name, 256 << 10).expect("create manager");
     let d = m.dict::<String, u64>("d").expect("dict");
@@ -709,13 +565,15 @@ fn garbage_while_operating() {
         d.insert(&key(i), &i).unwrap();
         l.push(&i).unwrap();
     }
-    let mut scribbler = Kid::spawn("manager_scribble", &format!("{name} {seed}"));
+    let mut scribbler = Kid::spawn("manager_scribble", &format!("{name} {seed}"), BOUND);
     scribbler.expect_line("ready");
     let mut ops = Kid::spawn(
         "manager_garbage_ops",
         &format!("{name} {}", seed.rotate_left(17) | 1),
+        BOUND,
     );
-    let out = ops.join_ok();
+    ops.join_ok();
+    let out = ops.rest();
     scribbler.kill();
     eprintln!("manager garbage (seed {seed:#x}): {out:?}");
 }
@@ -723,8 +581,8 @@ fn garbage_while_operating() {
 /// Runs the open/lookup fuzzer in a child (a SIGBUS or SIGSEGV there is a failed exit, not a dead
 /// suite), and removes what a crashed child may have left.
 fn fuzz_open_in_child() {
-    let mut kid = Kid::spawn("manager_fuzz_open", "");
-    let st = common::wait_bounded(&mut kid.child, BOUND);
+    let mut kid = Kid::spawn("manager_fuzz_open", "", BOUND);
+    let st = kid.wait();
     let prefix = format!("{}-mgrfz", common::run_tag());
     for e in std::fs::read_dir("/dev/shm").unwrap().flatten() {
         if e.file_name().to_string_lossy().contains(&prefix) {
@@ -917,14 +775,12 @@ fn linger(name: &str) {
         .and_then(|d| d.insert(&"pid".to_owned(), &u64::from(std::process::id())))
         .unwrap_or_else(|e| die(&format!("insert: {e:?}")));
     say("ready");
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
+    sleep_forever()
 }
 
 fn janitor_reclaims() {
     let name = common::unique_name("mgr-jan");
-    let mut kid = Kid::spawn("manager_linger", &name);
+    let mut kid = Kid::spawn("manager_linger", &name, BOUND);
     kid.expect_line("ready");
     {
         let m = Manager::open(&name).expect("open the child's manager");
@@ -1003,7 +859,7 @@ fn shared_by_name() {
     d.insert(&"from_parent".into(), &7).unwrap();
     l.push(&"parent".into()).unwrap();
     let mut kids: Vec<Kid> = (0..3)
-        .map(|i| Kid::spawn("manager_visible", &format!("{name} {i}")))
+        .map(|i| Kid::spawn("manager_visible", &format!("{name} {i}"), BOUND))
         .collect();
     for k in &mut kids {
         k.join_ok();
@@ -1024,8 +880,7 @@ fn shared_by_name() {
 
 /// Child: the anonymous manager arrives as a serialized handle.
 fn by_handle(hex: &str) {
-    let m: Manager =
-        postcard::from_bytes(&from_hex(hex)).unwrap_or_else(|e| die(&format!("handle: {e}")));
+    let m: Manager = handle_from_hex(hex).unwrap_or_else(|e| die(&format!("handle: {e}")));
     let p = m.pod_dict::<u64, u64>("squares").expect("pod dict");
     if p.get(&7).unwrap() != Some(49) {
         die("the parent's entry is not visible");
@@ -1041,8 +896,8 @@ fn anonymous_by_handle() {
     let m = Manager::anonymous(128 << 10).expect("anonymous");
     let p = m.pod_dict::<u64, u64>("squares").unwrap();
     p.insert(&7, &49).unwrap();
-    let hex = to_hex(&postcard::to_allocvec(&m).expect("serialize"));
-    let mut kid = Kid::spawn("manager_by_handle", &hex);
+    let hex = handle_to_hex(&m);
+    let mut kid = Kid::spawn("manager_by_handle", &hex, BOUND);
     let pid = kid.pid();
     kid.join_ok();
     assert_eq!(p.get(&8).unwrap(), Some(64));

@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 use libtest_mimic::Trial;
 use mproc::{Error, Event, Pool, SharedArray, Value};
 
-use crate::common::{self, Role};
-use crate::pool_faults::{children, live_children};
+use crate::common::{self, children, live_children, Role};
 
 /// How long anything may take before we call it a hang.
 pub const BOUND: Duration = Duration::from_secs(60);
@@ -34,12 +33,7 @@ pub const ROLES: &[Role] = &[
 ];
 
 pub fn tests() -> Vec<Trial> {
-    let t = |name: &str, f: fn()| {
-        Trial::test(format!("pool::{name}"), move || {
-            f();
-            Ok(())
-        })
-    };
+    let t = |name: &str, f: fn()| common::trial("pool", name, f);
     let mut v: Vec<Trial> = SIZES
         .iter()
         .map(|&n| {
@@ -87,9 +81,7 @@ pub fn tests() -> Vec<Trial> {
 
 /// Runs `role` in a child process with a fresh name as its argument; it must exit 0.
 fn run_role(role: &str) {
-    let mut child = common::spawn_role(role, &common::unique_name(role));
-    let status = common::wait_bounded(&mut child, BOUND * 2);
-    assert!(status.success(), "role {role} failed: {status}");
+    common::run_role_ok(role, &common::unique_name(role), BOUND * 2);
 }
 
 fn pool() -> Pool {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use libtest_mimic::Trial;
 use mproc::{Array, Error, Pool, SharedArray, Value};
 
-use crate::common::{self, Role};
+use crate::common::{self, children, live_children, stat, Rng, Role};
 use crate::pool::BOUND;
 
 /// The item whose call kills its worker.
@@ -31,12 +31,7 @@ const RLIMIT_AS: u64 = 512 << 20;
 pub const ROLES: &[Role] = &[("pool_faults_kill_storm", kill_storm_role)];
 
 pub fn tests() -> Vec<Trial> {
-    let t = |name: &str, f: fn()| {
-        Trial::test(format!("pool_faults::{name}"), move || {
-            f();
-            Ok(())
-        })
-    };
+    let t = |name: &str, f: fn()| common::trial("pool_faults", name, f);
     vec![
         t("sigkill_fails_exactly_that_chunk", || {
             crash_fails_that_chunk(Crash::Kill)
@@ -58,49 +53,12 @@ pub fn tests() -> Vec<Trial> {
         ),
         t("random_sigkill_storm_50_rounds", || {
             let name = common::unique_name("pool-storm");
-            let mut child = common::spawn_role("pool_faults_kill_storm", &name);
-            let status = common::wait_bounded(&mut child, BOUND * 2);
-            assert!(status.success(), "the storm role failed: {status}");
+            common::run_role_ok("pool_faults_kill_storm", &name, BOUND * 2);
         }),
     ]
 }
 
 // ------------------------------------------------------------------------------------------- helpers
-
-/// This process's children (of every thread), with their state letter from `/proc/<pid>/stat`
-/// (`'Z'` for a zombie); a child that vanished while we read is left out.
-pub fn children() -> Vec<(i32, char)> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for pid in list.split_whitespace().filter_map(|p| p.parse().ok()) {
-            if let Some((state, _)) = stat(pid) {
-                out.push((pid, state));
-            }
-        }
-    }
-    out.sort_unstable();
-    out
-}
-
-/// The children that are not zombies.
-pub fn live_children() -> Vec<i32> {
-    children()
-        .into_iter()
-        .filter(|&(_, s)| s != 'Z')
-        .map(|(p, _)| p)
-        .collect()
-}
-
-/// State letter and parent pid of `pid`.
-fn stat(pid: i32) -> Option<(char, i32)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "pid (comm) S ppid ...": comm may hold spaces and parentheses, so split after the last ')'.
-    let mut rest = s[s.rfind(')')? + 1..].split_whitespace();
-    let state = rest.next()?.chars().next()?;
-    let ppid = rest.next()?.parse().ok()?;
-    Some((state, ppid))
-}
 
 /// SIGKILLs our child `pid` and waits until it has terminated. False if it was gone already or is no
 /// longer our child (the pid was reaped and reused after we listed it).
@@ -138,18 +96,6 @@ fn kill_child(pid: i32) -> bool {
         assert_eq!(r, 1, "worker {pid} did not die of SIGKILL within {BOUND:?}");
     }
     sent
-}
-
-/// A small xorshift generator: the storm's randomness, reproducible from the seed it prints on failure.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 // ----------------------------------------------------------------------------------- crash by a task
@@ -462,11 +408,7 @@ fn square(x: u32) -> u32 {
 fn kill_storm_role(name: &str) {
     let started = Array::<u32>::create(name, STORM_ITEMS as usize).unwrap();
     let pool = Pool::builder().workers(2).build().unwrap();
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
+    let seed = common::seed();
     let mut rng = Rng(seed);
     let (mut kills, mut failed_chunks, mut unstarted_chunks) = (0, 0, 0);
     for round in 0..STORM_ROUNDS {

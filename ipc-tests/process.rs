@@ -1,7 +1,6 @@
 //! Processes: results, panics, signals and exit codes reported precisely; no deadlock, zombie, fd leak or
 //! orphan; large results; shared regions as arguments.
 
-use std::io::BufRead;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::Duration;
@@ -9,7 +8,7 @@ use std::time::Duration;
 use libtest_mimic::Trial;
 use mproc::{Error, Process, RegionHandle, StartMethod};
 
-use crate::common::{self, Role};
+use crate::common::{self, stat_fields, Kid, Role};
 
 pub const ROLES: &[Role] = &[
     ("process_many_no_leak", process_many_no_leak),
@@ -17,6 +16,8 @@ pub const ROLES: &[Role] = &[
 ];
 
 const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::Fork];
+/// How long a role may take before we call it a hang (proves "no hang", asserts no speed).
+const BOUND: Duration = Duration::from_secs(300);
 
 pub fn tests() -> Vec<Trial> {
     let mut t = Vec::new();
@@ -254,9 +255,7 @@ fn join_timeout_then_terminate(m: StartMethod) {
 }
 
 fn run_role_ok(role: &str, m: StartMethod) {
-    let mut c = common::spawn_role(role, &format!("{m:?}"));
-    let st = common::wait_bounded(&mut c, Duration::from_secs(300));
-    assert!(st.success(), "role {role} failed: {st:?}");
+    common::run_role_ok(role, &format!("{m:?}"), BOUND);
 }
 
 fn method_of(arg: &str) -> StartMethod {
@@ -269,15 +268,6 @@ fn method_of(arg: &str) -> StartMethod {
 
 fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-fn children() -> Vec<String> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let c = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        out.extend(c.split_whitespace().map(str::to_owned));
-    }
-    out
 }
 
 /// Role: 200 processes started and joined one after the other, in a process of its own so that the fd
@@ -296,7 +286,11 @@ fn process_many_no_leak(arg: &str) {
         drop(start(m, sleep_secs, 600));
     }
     assert_eq!(fd_count(), before, "descriptors leaked");
-    assert_eq!(children(), Vec::<String>::new(), "children left behind");
+    assert_eq!(
+        common::children(),
+        Vec::<(i32, char)>::new(),
+        "children left behind"
+    );
 }
 
 /// Role: starts a long sleeper from a thread that then exits, prints its pid, then waits to be killed.
@@ -316,11 +310,8 @@ fn process_parent_of_sleeper(arg: &str) {
 }
 
 fn children_die_with_parent(m: StartMethod) {
-    let mut parent = common::spawn_role("process_parent_of_sleeper", &format!("{m:?}"));
-    let mut line = String::new();
-    std::io::BufReader::new(parent.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut parent = Kid::spawn("process_parent_of_sleeper", &format!("{m:?}"), BOUND);
+    let line = parent.next_line();
     let child: u32 = line
         .trim()
         .parse()
@@ -331,8 +322,7 @@ fn children_die_with_parent(m: StartMethod) {
         Some('Z'),
         "the child died with the thread that started it"
     );
-    parent.kill().unwrap();
-    parent.wait().unwrap();
+    parent.kill_and_wait();
     // Gone = no such process, a zombie (its new parent may not have reaped it yet), or another process
     // that took the pid (different stat line start time). Bounded generously: proves it, asserts no speed.
     let gone = || match std::fs::read_to_string(format!("/proc/{child}/stat")) {
@@ -340,12 +330,6 @@ fn children_die_with_parent(m: StartMethod) {
         Ok(s) => stat_state(&s) == Some('Z') || stat_start(&s) != stat_start(&start),
     };
     common::eventually("orphaned child exits", Duration::from_secs(10), gone);
-}
-
-fn stat_fields(s: &str) -> Vec<&str> {
-    s.rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default()
 }
 
 fn stat_state(s: &str) -> Option<char> {

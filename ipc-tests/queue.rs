@@ -6,12 +6,8 @@
 //! never measures speed. Kill storms print their random seed in every failure message.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
-use std::os::unix::process::ExitStatusExt;
-use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +15,10 @@ use libtest_mimic::Trial;
 use mproc::codec::{Raw, RawSlice};
 use mproc::{Connection, Error, Event, JoinableQueue, Pipe, Queue};
 
-use crate::common::{self, Role};
+use crate::common::{
+    self, bounded, fields, handle_from_hex, handle_to_hex, next_random, say, shm_path,
+    wait_for_start, Kid, Role,
+};
 
 /// How long anything may take before we call it a hang.
 const BOUND: Duration = Duration::from_secs(60);
@@ -57,12 +56,7 @@ pub const ROLES: &[Role] = &[
 ];
 
 pub fn tests() -> Vec<Trial> {
-    let t = |name: &str, f: fn()| {
-        Trial::test(format!("queue::{name}"), move || {
-            f();
-            Ok(())
-        })
-    };
+    let t = |name: &str, f: fn()| common::trial("queue", name, f);
     vec![
         t("mpmc_4x4_processes_a_million_messages", mpmc_million),
         t("producer_kill_storm_no_torn_message", producer_kill_storm),
@@ -81,169 +75,6 @@ pub fn tests() -> Vec<Trial> {
 }
 
 // ------------------------------------------------------------------------------------------------ helpers
-
-/// A child process with its stdout read line by line on a thread; killed and reaped if the test fails
-/// before it is waited for, so that a failing test does not also leave a process behind.
-struct Kid {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Kid {
-    fn spawn(role: &str, arg: &str) -> Kid {
-        let mut child = common::spawn_role(role, arg);
-        let out = child.stdout.take().expect("spawn_role pipes stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Kid { child, lines }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The next line the child prints (bounded).
-    #[track_caller]
-    fn next_line(&mut self) -> String {
-        match self.lines.recv_timeout(BOUND) {
-            Ok(line) => line,
-            Err(RecvTimeoutError::Timeout) => {
-                panic!("child {} printed nothing within {BOUND:?}", self.pid())
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                let st = self.child.wait().expect("wait");
-                panic!("child {} exited ({st}) without printing", self.pid())
-            }
-        }
-    }
-
-    #[track_caller]
-    fn expect_line(&mut self, want: &str) {
-        let line = self.next_line();
-        assert_eq!(line, want, "child {} printed something else", self.pid());
-    }
-
-    /// Every line the child printed that was not read yet, up to its end (call after it ended).
-    #[track_caller]
-    fn rest(&mut self) -> Vec<String> {
-        let deadline = Instant::now() + BOUND;
-        let mut out = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => out.push(line),
-                Err(RecvTimeoutError::Disconnected) => return out,
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("child {}: stdout not closed within {BOUND:?}", self.pid())
-                }
-            }
-        }
-    }
-
-    /// SIGKILL, then reap. Panics if the child had already ended by itself (it failed on its own).
-    #[track_caller]
-    fn kill(&mut self) {
-        self.child.kill().expect("kill child");
-        let st = self.child.wait().expect("reap child");
-        assert_eq!(
-            st.signal(),
-            Some(libc::SIGKILL),
-            "child {} ended by itself: {st}",
-            self.pid()
-        );
-    }
-
-    /// Waits (bounded) and asserts a clean exit.
-    #[track_caller]
-    fn join_ok(&mut self) {
-        let pid = self.pid();
-        let st = common::wait_bounded(&mut self.child, BOUND);
-        assert!(st.success(), "child {pid} failed: {st}");
-    }
-}
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Runs `f` on a thread and returns its result, panicking if it takes longer than [`BOUND`] (a hang).
-#[track_caller]
-fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let h = std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(BOUND) {
-        Ok(v) => v,
-        Err(RecvTimeoutError::Timeout) => panic!("{what}: no result within {BOUND:?}, it hangs"),
-        Err(RecvTimeoutError::Disconnected) => match h.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("the thread sends before it ends"),
-        },
-    }
-}
-
-/// Prints a line for the parent in one `write` (stdout is a pipe: a line written is a line the parent
-/// reads, even if we are killed right after).
-fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    out.write_all(format!("{line}\n").as_bytes())
-        .expect("write to parent");
-    out.flush().expect("flush to parent");
-}
-
-/// `N` comma-separated role arguments.
-fn fields<const N: usize>(arg: &str) -> [&str; N] {
-    let v: Vec<&str> = arg.split(',').collect();
-    v.try_into()
-        .unwrap_or_else(|v: Vec<&str>| panic!("expected {N} fields, got {}: {arg:?}", v.len()))
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn from_hex(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0, "odd-length hex");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digit"))
-        .collect()
-}
-
-fn wait_for_start(event: &str) {
-    let go = Event::open(event).expect("open start event");
-    assert!(go.wait_timeout(BOUND), "start signal did not come");
-}
-
-/// A seed from the clock and pid, printed by failing tests so a run can be replayed.
-fn seed() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
-    (nanos as u64 ^ u64::from(std::process::id()).rotate_left(32)) | 1
-}
-
-/// xorshift64*: enough randomness for kill delays and garbage, reproducible from the seed.
-fn next_random(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-}
 
 /// A random delay in `[lo, hi)` microseconds.
 fn random_micros(rng: &mut u64, lo: u64, hi: u64) -> Duration {
@@ -271,7 +102,7 @@ impl<T: Send + 'static> Worker<T> {
     fn finish(mut self, what: &str) -> T {
         self.stop.store(true, Ordering::Relaxed);
         let h = self.handle.take().expect("finished once");
-        match bounded(what, move || h.join()) {
+        match bounded(what, BOUND, move || h.join()) {
             Ok(v) => v,
             Err(panic) => std::panic::resume_unwind(panic),
         }
@@ -285,10 +116,6 @@ impl<T> Drop for Worker<T> {
             let _ = h.join();
         }
     }
-}
-
-fn shm_path(name: &str) -> String {
-    format!("/dev/shm/mproc.{name}")
 }
 
 // --------------------------------------------------------------------- 1. many producers and consumers
@@ -350,11 +177,11 @@ impl Tally {
 
 /// Child: puts `producer << 32 | seq` for `seq` in `0..count`.
 fn mpmc_producer(arg: &str) {
-    let [name, go, producer, count] = fields(arg);
+    let [name, go, producer, count] = fields(arg, ',');
     let q = Queue::<u64, Raw>::open(name).expect("open queue");
     let producer: u64 = producer.parse().expect("producer id");
     let count: u64 = count.parse().expect("count");
-    wait_for_start(go);
+    wait_for_start(go, BOUND);
     for seq in 0..count {
         q.put(&(producer << 32 | seq)).expect("put");
     }
@@ -362,9 +189,9 @@ fn mpmc_producer(arg: &str) {
 
 /// Child: takes messages until the queue is closed and drained, then prints `summary BAD TALLY...`.
 fn mpmc_consumer(arg: &str) {
-    let [name, go] = fields(arg);
+    let [name, go] = fields(arg, ',');
     let q = Queue::<u64, Raw>::open(name).expect("open queue");
-    wait_for_start(go);
+    wait_for_start(go, BOUND);
     let mut tallies = [Tally::new(); MPMC_PRODUCERS];
     let mut bad = 0u64;
     loop {
@@ -391,12 +218,12 @@ fn mpmc_million() {
     let go_name = common::unique_name("go");
     let go = Event::create(&go_name).expect("create start event");
     let mut consumers: Vec<Kid> = (0..MPMC_CONSUMERS)
-        .map(|_| Kid::spawn("queue_mpmc_consumer", &format!("{name},{go_name}")))
+        .map(|_| Kid::spawn("queue_mpmc_consumer", &format!("{name},{go_name}"), BOUND))
         .collect();
     let mut producers: Vec<Kid> = (0..MPMC_PRODUCERS)
         .map(|p| {
             let arg = format!("{name},{go_name},{p},{per_producer}");
-            Kid::spawn("queue_mpmc_producer", &arg)
+            Kid::spawn("queue_mpmc_producer", &arg, BOUND)
         })
         .collect();
     go.set();
@@ -496,7 +323,7 @@ type Storm = Queue<Vec<u8>, RawSlice<u8>>;
 
 /// Child: puts messages `producer << 32 | seq` for ever (until killed, or the queue is closed).
 fn storm_producer(arg: &str) {
-    let [name, producer] = fields(arg);
+    let [name, producer] = fields(arg, ',');
     let q = Storm::open(name).expect("open queue");
     let producer: u64 = producer.parse().expect("producer id");
     say("ready");
@@ -559,7 +386,7 @@ impl Seen {
 }
 
 fn spawn_storm_producer(name: &str, next_id: &mut u64) -> Kid {
-    let mut k = Kid::spawn("queue_storm_producer", &format!("{name},{next_id}"));
+    let mut k = Kid::spawn("queue_storm_producer", &format!("{name},{next_id}"), BOUND);
     *next_id += 1;
     k.expect_line("ready");
     k
@@ -570,7 +397,7 @@ fn spawn_storm_producer(name: &str, next_id: &mut u64) -> Kid {
 /// come in order and once, and afterwards every slot of the queue is usable again, by the parent and by a
 /// new producer process. A kill rarely lands inside the copy of a message; the test prints how many did.
 fn producer_kill_storm() {
-    let seed = seed();
+    let seed = common::seed();
     let mut rng = seed;
     let name = common::unique_name("pstorm");
     let q = Storm::create(&name, STORM_CAPACITY, STORM_SLOT).expect("create queue");
@@ -613,7 +440,7 @@ fn producer_kill_storm() {
     assert!(seen.messages > 0, "seed {seed:#x}: nothing was read");
 
     // Every slot is usable again: fill the queue to capacity and drain it, from the parent.
-    let after = bounded("fill and drain after the storm", move || {
+    let after = bounded("fill and drain after the storm", BOUND, move || {
         for k in 0..STORM_CAPACITY as u64 {
             q.put_timeout(&storm_message(0xffff_fffe << 32 | k), BOUND)
                 .expect("put after the storm");
@@ -661,7 +488,7 @@ fn storm_consumer(name: &str) {
 /// and it had not printed yet (delivered, but the test cannot know). So: duplicates = 0 and
 /// missing ≤ kills.
 fn consumer_kill_storm() {
-    let seed = seed();
+    let seed = common::seed();
     let mut rng = seed;
     let name = common::unique_name("cstorm");
     let q = Queue::<u64, Raw>::create(&name, 16, 8).expect("create queue");
@@ -681,7 +508,7 @@ fn consumer_kill_storm() {
         })
     };
     let spawn = || {
-        let mut k = Kid::spawn("queue_storm_consumer", &name);
+        let mut k = Kid::spawn("queue_storm_consumer", &name, BOUND);
         k.expect_line("ready");
         k
     };
@@ -735,7 +562,7 @@ fn consumer_kill_storm() {
 /// four fifths of each turn: a garbage `closed` closes the queue for good, a typed outcome that ends the
 /// interesting part.
 fn corruptor(arg: &str) {
-    let [names, seed] = fields(arg);
+    let [names, seed] = fields(arg, ',');
     let mut rng: u64 = seed.parse().expect("seed");
     let files: Vec<std::fs::File> = names
         .split(';')
@@ -776,7 +603,7 @@ fn corruptor(arg: &str) {
 /// error, each within its timeout plus a bounded margin; none crashes or hangs. A queue may be damaged for
 /// good: only the absence of UB, crash and hang is tested.
 fn corrupted_ring() {
-    let seed = seed();
+    let seed = common::seed();
     let names: Vec<String> = (0..CORRUPTED_QUEUES)
         .map(|_| common::unique_name("corrupt"))
         .collect();
@@ -784,9 +611,13 @@ fn corrupted_ring() {
         .iter()
         .map(|n| Queue::create(n, 8, 64).expect("create queue"))
         .collect();
-    let mut kid = Kid::spawn("queue_corruptor", &format!("{},{seed}", names.join(";")));
+    let mut kid = Kid::spawn(
+        "queue_corruptor",
+        &format!("{},{seed}", names.join(";")),
+        BOUND,
+    );
     kid.expect_line("started");
-    let (outcomes, slowest) = bounded("queue operations on a corrupted ring", move || {
+    let (outcomes, slowest) = bounded("queue operations on a corrupted ring", BOUND, move || {
         let op_timeout = Duration::from_millis(5);
         let mut outcomes: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut slowest = (Duration::ZERO, "");
@@ -837,7 +668,7 @@ fn corrupted_ring() {
 
 /// Child: one operation with a 5 ms timeout on a queue whose index was corrupted; prints its outcome.
 fn index_victim(arg: &str) {
-    let [name, op] = fields(arg);
+    let [name, op] = fields(arg, ',');
     let q = Queue::<Vec<u8>>::open(name).expect("open queue");
     let t0 = Instant::now();
     let r = match op {
@@ -884,8 +715,8 @@ fn corrupted_index() {
         }
         f.write_all_at(&BEHIND.to_le_bytes(), at)
             .expect("overwrite the index");
-        let mut kid = Kid::spawn("queue_index_victim", &format!("{name},{op}"));
-        match kid.lines.recv_timeout(limit) {
+        let mut kid = Kid::spawn("queue_index_victim", &format!("{name},{op}"), BOUND);
+        match kid.line_within(limit) {
             Ok(line) => {
                 kid.join_ok();
                 assert!(line.starts_with(&format!("{op} returned ")), "{line}");
@@ -933,7 +764,7 @@ fn consumer_claim_revoked_mid_get() {
         .write(true)
         .open(shm_path(&name))
         .expect("open the segment's file");
-    let mut kid = Kid::spawn("queue_claim_victim", &name);
+    let mut kid = Kid::spawn("queue_claim_victim", &name, BOUND);
     let victim = kid.pid();
     let deadline = Instant::now() + BOUND;
     let claimed = loop {
@@ -1001,7 +832,7 @@ fn undecodable_message() {
         .expect("the message is in the segment");
     f.write_all_at(&vec![0xff; marker.len()], at as u64)
         .expect("overwrite the message");
-    let mut kid = Kid::spawn("queue_decode_reader", &name);
+    let mut kid = Kid::spawn("queue_decode_reader", &name, BOUND);
     kid.expect_line("ok");
     kid.join_ok();
     assert!(q.is_empty());
@@ -1013,7 +844,7 @@ const TASKS: u32 = 100;
 
 /// Child: gets tasks and marks each done until the queue is closed; prints how many it did.
 fn joinable_worker(hex: &str) {
-    let q: JoinableQueue<u32> = postcard::from_bytes(&from_hex(hex)).expect("deserialize queue");
+    let q: JoinableQueue<u32> = handle_from_hex(hex).expect("deserialize queue");
     let mut done = 0u32;
     loop {
         match q.get() {
@@ -1044,12 +875,12 @@ fn joinable_across_processes() {
         ),
         "10 tasks not done: join must wait"
     );
-    let hex = to_hex(&postcard::to_allocvec(&q).expect("serialize queue"));
+    let hex = handle_to_hex(&q);
     let mut kids: Vec<Kid> = (0..3)
-        .map(|_| Kid::spawn("queue_joinable_worker", &hex))
+        .map(|_| Kid::spawn("queue_joinable_worker", &hex, BOUND))
         .collect();
     let q2 = q.clone();
-    bounded("put 100 tasks and join", move || {
+    bounded("put 100 tasks and join", BOUND, move || {
         for t in 10..TASKS {
             q2.put(&t).expect("put");
         }
@@ -1080,7 +911,7 @@ const PINGS: u64 = 1000;
 
 /// Child: answers `x` with `x + 1`, `PINGS` times; then sends 7, 8, 9 and closes the pipe.
 fn pipe_echo(hex: &str) {
-    let conn: Connection<u64> = postcard::from_bytes(&from_hex(hex)).expect("deserialize end");
+    let conn: Connection<u64> = handle_from_hex(hex).expect("deserialize end");
     for _ in 0..PINGS {
         let x = conn.recv_timeout(BOUND).expect("ping");
         conn.send(&(x + 1)).expect("pong");
@@ -1096,14 +927,14 @@ fn pipe_echo(hex: &str) {
 /// sent, 1000 round trips, and the child's `close` makes our `recv` return what was sent, then `Closed`.
 fn pipe_across_processes() {
     let (ours, theirs) = Pipe::duplex::<u64>().expect("pipe");
-    let hex = to_hex(&postcard::to_allocvec(&theirs).expect("serialize end"));
+    let hex = handle_to_hex(&theirs);
     drop(theirs);
-    let mut kid = Kid::spawn("queue_pipe_echo", &hex);
+    let mut kid = Kid::spawn("queue_pipe_echo", &hex, BOUND);
     assert!(
         !ours.poll(Duration::from_millis(50)),
         "nothing was sent: poll must be false"
     );
-    bounded("ping-pong and close", move || {
+    bounded("ping-pong and close", BOUND, move || {
         for i in 0..PINGS {
             ours.send(&(2 * i)).expect("ping");
             assert!(ours.poll(BOUND), "a pong is coming");
@@ -1150,10 +981,10 @@ fn message_too_large() {
     let q = Queue::<Vec<u8>>::create(&name, 2, 64).expect("create queue");
     q.put(&vec![1]).expect("put");
     q.put(&vec![2]).expect("put");
-    let mut kid = Kid::spawn("queue_too_large", &name);
+    let mut kid = Kid::spawn("queue_too_large", &name, BOUND);
     kid.expect_line("ok");
     kid.join_ok();
-    bounded("the size limit is exact", move || {
+    bounded("the size limit is exact", BOUND, move || {
         q.get().expect("get");
         q.get().expect("get");
         // postcard: a one-byte length, then the bytes.

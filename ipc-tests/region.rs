@@ -9,11 +9,10 @@
 //! segments opened by handle live outside the `mproc.` prefix, where the janitor never looks.
 
 use std::fs::{File, OpenOptions, Permissions};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdout, ExitStatus};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -23,7 +22,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{self, Role};
+use crate::common::{self, handle_from_hex, handle_to_hex, say, shm_path, Kid, Role};
 
 pub const ROLES: &[Role] = &[
     ("region_open_and_check", region_open_and_check),
@@ -36,12 +35,7 @@ pub const ROLES: &[Role] = &[
 ];
 
 pub fn tests() -> Vec<Trial> {
-    fn t(name: &str, f: fn()) -> Trial {
-        Trial::test(format!("region::{name}"), move || {
-            f();
-            Ok(())
-        })
-    }
+    let t = |name: &str, f: fn()| common::trial("region", name, f);
     vec![
         t(
             "named_open_from_other_process",
@@ -154,10 +148,6 @@ impl Hdr {
     }
 }
 
-fn shm_path(name: &str) -> PathBuf {
-    PathBuf::from(format!("/dev/shm/mproc.{name}"))
-}
-
 fn read_header(name: &str) -> Hdr {
     let mut h = [0; 64];
     File::open(shm_path(name))
@@ -262,67 +252,6 @@ fn fd_handle(id: u64, fd: i32) -> RegionHandle {
             fd,
         },
     })
-}
-
-fn to_hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn from_hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-        .collect()
-}
-
-/// A child process that is killed and reaped however the test ends, so a failing test leaves no process.
-struct Kid {
-    child: Child,
-    out: BufReader<ChildStdout>,
-}
-
-impl Kid {
-    fn spawn(role: &str, arg: &str) -> Kid {
-        let mut child = common::spawn_role(role, arg);
-        let out = BufReader::new(child.stdout.take().expect("piped stdout"));
-        Kid { child, out }
-    }
-
-    /// The child's next line of output (it prints one when it has reached a known point).
-    fn line(&mut self) -> String {
-        let mut s = String::new();
-        self.out.read_line(&mut s).expect("read child output");
-        assert!(
-            s.ends_with('\n'),
-            "child {} ended before saying anything",
-            self.child.id()
-        );
-        s.trim_end().to_owned()
-    }
-
-    fn kill(&mut self) -> ExitStatus {
-        self.child.kill().expect("SIGKILL child");
-        self.wait()
-    }
-
-    fn wait(&mut self) -> ExitStatus {
-        common::wait_bounded(&mut self.child, BOUND)
-    }
-}
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Prints a line for the parent's [`Kid::line`].
-fn say(s: &str) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{s}")
-        .and_then(|()| out.flush())
-        .expect("write to parent");
 }
 
 fn read_payload_byte(r: &Region, at: usize) -> u8 {
@@ -688,7 +617,7 @@ fn invalid_names_are_refused() {
 /// Runs a fuzzing role in a child, so that a SIGBUS (or any other fatal signal) shows as a failed exit
 /// status instead of taking the whole suite down.
 fn run_fuzz_child(role: &str) {
-    let st = Kid::spawn(role, "").wait();
+    let st = Kid::spawn(role, "", BOUND).wait();
     // A crashed child cannot clean up: remove what it left, so the failure is reported once, here.
     let prefix = format!("{}-fz", common::run_tag());
     for e in std::fs::read_dir("/dev/shm").unwrap().flatten() {
@@ -1098,18 +1027,20 @@ fn janitor_removes_only_stale() {
     let [killed, exited, persistent, own] =
         ["jan-killed", "jan-exited", "jan-persist", "jan-own"].map(common::unique_name);
     let mine = Region::create(&own, 64, false).unwrap();
-    let mut lingering = Kid::spawn("region_create_and_linger", &killed);
-    assert_eq!(lingering.line(), "ready");
+    let mut lingering = Kid::spawn("region_create_and_linger", &killed, BOUND);
+    assert_eq!(lingering.next_line(), "ready");
     assert!(
-        Kid::spawn("region_create_and_vanish", &format!("{exited} 0"))
+        Kid::spawn("region_create_and_vanish", &format!("{exited} 0"), BOUND)
             .wait()
             .success()
     );
-    assert!(
-        Kid::spawn("region_create_and_vanish", &format!("{persistent} 1"))
-            .wait()
-            .success()
-    );
+    assert!(Kid::spawn(
+        "region_create_and_vanish",
+        &format!("{persistent} 1"),
+        BOUND
+    )
+    .wait()
+    .success());
     let exists = |n: &str| shm_path(n).exists();
 
     // The lingering child is alive: its region stays; the one whose creator exited without dropping goes.
@@ -1124,7 +1055,7 @@ fn janitor_removes_only_stale() {
     assert!(!exists(&exited));
 
     // SIGKILL: no destructor ran, the region is left behind until the next sweep.
-    assert!(!lingering.kill().success());
+    assert!(!lingering.kill_and_wait().success());
     assert!(exists(&killed));
     let removed = mproc::cleanup_stale().unwrap();
     assert!(removed.contains(&killed), "{removed:?}");
@@ -1149,7 +1080,7 @@ fn anon_handle(arg: &str) {
     let r = Region::anonymous(64).unwrap();
     // SAFETY: byte 0 of a 64-byte payload nobody else can reach yet.
     unsafe { r.as_ptr().write_volatile(0x5a) };
-    say(&to_hex(&postcard::to_stdvec(&r.handle()).unwrap()));
+    say(&handle_to_hex(&r.handle()));
     if arg == "linger" {
         std::thread::sleep(BOUND);
     }
@@ -1157,32 +1088,24 @@ fn anon_handle(arg: &str) {
 
 fn handle_of_exited_process_is_stale() {
     let read_handle =
-        |kid: &mut Kid| -> RegionHandle { postcard::from_bytes(&from_hex(&kid.line())).unwrap() };
+        |kid: &mut Kid| -> RegionHandle { handle_from_hex(&kid.next_line()).unwrap() };
     // Alive: the handle opens, and shows what the child wrote.
-    let mut kid = Kid::spawn("region_anon_handle", "linger");
+    let mut kid = Kid::spawn("region_anon_handle", "linger", BOUND);
     let h = read_handle(&mut kid);
     let r = Region::from_handle(&h).expect("a live process's handle opens");
     assert_eq!((r.len(), read_payload_byte(&r, 0)), (64, 0x5a));
-    kid.kill();
+    kid.kill_and_wait();
     // Our mapping outlives the creator, but the handle does not: it named the creator's descriptor.
     assert_eq!(read_payload_byte(&r, 0), 0x5a);
     let e = err(Region::from_handle(&h));
     assert!(matches!(e, Error::StaleHandle(_)), "{e:?}");
 
     // Exited but not yet reaped (a zombie has no descriptors left).
-    let mut kid = Kid::spawn("region_anon_handle", "exit");
+    let mut kid = Kid::spawn("region_anon_handle", "exit", BOUND);
     let h = read_handle(&mut kid);
-    let stat = format!("/proc/{}/stat", kid.child.id());
-    let state = || {
-        let s = std::fs::read_to_string(&stat).ok()?;
-        s.rsplit(')')
-            .next()?
-            .split_whitespace()
-            .next()
-            .map(str::to_owned)
-    };
+    let pid = kid.pid() as i32;
     common::eventually("child becomes a zombie", BOUND, || {
-        state().as_deref() == Some("Z")
+        common::stat(pid).map(|(state, _)| state) == Some('Z')
     });
     let e = err(Region::from_handle(&h));
     assert!(matches!(e, Error::StaleHandle(_)), "zombie: {e:?}");
@@ -1264,8 +1187,8 @@ fn scribble_lock(name: &str) {
 fn lock_survives_garbage() {
     let name = common::unique_name("garbage");
     let lock = Lock::create(&name).unwrap();
-    let mut kid = Kid::spawn("region_scribble_lock", &name);
-    assert_eq!(kid.line(), "go");
+    let mut kid = Kid::spawn("region_scribble_lock", &name, BOUND);
+    assert_eq!(kid.next_line(), "go");
 
     // The attempts run in a thread so that a hang is reported (after BOUND) instead of hanging the suite.
     let (tx, rx) = mpsc::channel();
@@ -1291,7 +1214,7 @@ fn lock_survives_garbage() {
         .recv_timeout(BOUND)
         .expect("lock_timeout hung (or panicked) under garbage");
     assert_eq!(ok + died + busy, 300);
-    assert!(!kid.kill().success());
+    assert!(!kid.kill_and_wait().success());
 
     // Recovery: whatever the garbage left, a dead holder is reported once and the lock works again.
     let mut state = [0u8; 16];

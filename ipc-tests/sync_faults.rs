@@ -9,17 +9,14 @@
 //! Every wait is bounded by [`BOUND`], generously: the bound proves "no hang" and never measures speed.
 //! Sleeps only give a child time to fall asleep (for coverage); no assertion depends on them.
 
-use std::io::{BufRead, BufReader};
 use std::ops::Deref;
-use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, ExitStatus};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use libtest_mimic::Trial;
 use mproc::{Array, Barrier, BoundedSemaphore, Condition, Error, Event, Region, Semaphore, Value};
 
-use crate::common::{self, Role};
+use crate::common::{self, fields, sleep_forever, Kid, Rng, Role};
 
 /// How long anything may take before we call it a hang.
 const BOUND: Duration = Duration::from_secs(60);
@@ -46,12 +43,7 @@ pub const ROLES: &[Role] = &[
 ];
 
 pub fn tests() -> Vec<Trial> {
-    let t = |name: &str, f: fn()| {
-        Trial::test(format!("sync_faults::{name}"), move || {
-            f();
-            Ok(())
-        })
-    };
+    let t = |name: &str, f: fn()| common::trial("sync_faults", name, f);
     vec![
         t("semaphore_killed_holder_permits_come_back", || {
             killed_holder_permits_come_back(Kind::Plain, false)
@@ -106,112 +98,6 @@ pub fn tests() -> Vec<Trial> {
 
 // ------------------------------------------------------------------------------------------ helpers
 
-/// A child started by [`common::spawn_role`], its stdout read line by line on a helper thread so that
-/// every read can be bounded. Dropping it kills and reaps the child if the test did not (a failing test
-/// leaves no process behind).
-struct Kid {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    status: Option<ExitStatus>,
-}
-
-impl Kid {
-    fn spawn(role: &str, arg: &str) -> Kid {
-        let mut child = common::spawn_role(role, arg);
-        let out = child.stdout.take().expect("spawn_role pipes stdout");
-        let (tx, lines) = mpsc::channel();
-        // Ends at EOF, i.e. when the child exits or is killed.
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Kid {
-            child,
-            lines,
-            status: None,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits (bounded) for the child's next line of stdout, which must be `want`.
-    #[track_caller]
-    fn expect_line(&mut self, want: &str) {
-        match self.lines.recv_timeout(BOUND) {
-            Ok(line) => assert_eq!(line, want, "child {} said something else", self.pid()),
-            Err(e) => panic!(
-                "child {} did not say {want:?} within {BOUND:?} ({e:?})",
-                self.pid()
-            ),
-        }
-    }
-
-    /// Sends SIGKILL without reaping: the child becomes a zombie until [`Kid::wait`].
-    fn signal_kill(&mut self) {
-        self.child.kill().expect("SIGKILL a child");
-    }
-
-    /// SIGKILLs the child and reaps it.
-    #[track_caller]
-    fn kill(&mut self) {
-        self.signal_kill();
-        let st = self.wait();
-        assert_eq!(
-            st.signal(),
-            Some(libc::SIGKILL),
-            "child ended otherwise: {st}"
-        );
-    }
-
-    /// Reaps the child (bounded).
-    fn wait(&mut self) -> ExitStatus {
-        let st = common::wait_bounded(&mut self.child, BOUND);
-        self.status = Some(st);
-        st
-    }
-
-    /// Reaps the child, which must have exited with `code`.
-    #[track_caller]
-    fn expect_exit(&mut self, code: i32) {
-        let st = self.wait();
-        assert_eq!(
-            st.code(),
-            Some(code),
-            "child {} ended with {st}",
-            self.pid()
-        );
-    }
-}
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            // Only reached when the test already failed; errors here would hide its message.
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Splits a role argument into `N` space-separated fields (our names contain no spaces).
-fn fields<const N: usize>(arg: &str) -> [&str; N] {
-    let v: Vec<&str> = arg.split(' ').collect();
-    v.try_into()
-        .unwrap_or_else(|v: Vec<&str>| panic!("expected {N} fields, got {v:?}"))
-}
-
-fn sleep_forever() -> ! {
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
-}
-
 /// Asserts that the named object was unlinked when its creator's handle was dropped.
 #[track_caller]
 fn assert_gone(name: &str) {
@@ -219,18 +105,6 @@ fn assert_gone(name: &str) {
         matches!(Region::open(name), Err(Error::NotFound { .. })),
         "{name} is still in /dev/shm"
     );
-}
-
-/// A fixed-seed xorshift64: the storm's schedule is the same on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -286,7 +160,7 @@ impl Deref for AnySem {
 /// `KIND NAME N FORGET`: takes `N` permits through guards, forgets `FORGET` of them, says "held", and
 /// sleeps until killed.
 fn sem_hold(arg: &str) {
-    let [kind, name, n, forget] = fields(arg);
+    let [kind, name, n, forget] = fields(arg, ' ');
     let sem = AnySem::open(kind, name);
     let mut held: Vec<_> = (0..n.parse::<u32>().unwrap())
         .map(|_| sem.acquire())
@@ -301,7 +175,7 @@ fn sem_hold(arg: &str) {
 /// `SEM STOP STATS`: says "ready", then takes and gives back a permit in a loop until `STOP` is set.
 /// Unless `STATS` is `-`, it is an `Array<u32>` of [holding now, most ever holding at once].
 fn sem_churn(arg: &str) {
-    let [sem, stop, stats] = fields(arg);
+    let [sem, stop, stats] = fields(arg, ' ');
     let sem = Semaphore::open(sem).unwrap();
     let stop = Event::open(stop).unwrap();
     let stats = (stats != "-").then(|| Array::<u32>::open(stats).unwrap());
@@ -334,7 +208,7 @@ enum FlagKind {
 /// `Array<u32>`) is 0. Says "waiting" from inside its first predicate check, i.e. holding the lock just
 /// before it sleeps, and "done" once the wait returned.
 fn cond_wait(arg: &str) {
-    let [kind, cond, flag] = fields(arg);
+    let [kind, cond, flag] = fields(arg, ' ');
     let cond = Condition::open(cond).unwrap();
     let is_set: Box<dyn Fn() -> bool> = match kind {
         "value" => {
@@ -404,6 +278,7 @@ fn killed_holder_permits_come_back(kind: Kind, parent_waiting: bool) {
     let mut kid = Kid::spawn(
         "sync_faults_sem_hold",
         &format!("{} {name} 2 0", kind.arg()),
+        BOUND,
     );
     kid.expect_line("held");
     assert_eq!(sem.value(), 0);
@@ -460,6 +335,7 @@ fn forgotten_permit_is_not_reclaimed(kind: Kind) {
     let mut kid = Kid::spawn(
         "sync_faults_sem_hold",
         &format!("{} {name} 2 1", kind.arg()),
+        BOUND,
     );
     kid.expect_line("held");
     kid.kill();
@@ -495,7 +371,7 @@ fn kill_storm() {
     let stop = Event::create(&stop_name).unwrap();
     let arg = format!("{sem_name} {stop_name} -");
     let spawn = || {
-        let mut k = Kid::spawn("sync_faults_sem_churn", &arg);
+        let mut k = Kid::spawn("sync_faults_sem_churn", &arg, BOUND);
         k.expect_line("ready");
         k
     };
@@ -543,12 +419,16 @@ fn reclaim_under_churn() {
     let sem = Semaphore::create(&sem_name, 2).unwrap();
     let stop = Event::create(&stop_name).unwrap();
     let stats = Array::<u32>::create(&stats_name, 2).unwrap();
-    let mut holder = Kid::spawn("sync_faults_sem_hold", &format!("plain {sem_name} 1 0"));
+    let mut holder = Kid::spawn(
+        "sync_faults_sem_hold",
+        &format!("plain {sem_name} 1 0"),
+        BOUND,
+    );
     holder.expect_line("held");
     holder.kill();
     let arg = format!("{sem_name} {stop_name} {stats_name}");
     let mut kids: Vec<Kid> = (0..2)
-        .map(|_| Kid::spawn("sync_faults_sem_churn", &arg))
+        .map(|_| Kid::spawn("sync_faults_sem_churn", &arg, BOUND))
         .collect();
     for k in &mut kids {
         k.expect_line("ready");
@@ -609,7 +489,7 @@ fn condition_killed_waiter(flag: FlagKind, notify_all: bool) {
     };
     let arg = format!("{kind} {cond_name} {flag_name}");
     let mut kids: Vec<Kid> = (0..3)
-        .map(|_| Kid::spawn("sync_faults_cond_wait", &arg))
+        .map(|_| Kid::spawn("sync_faults_cond_wait", &arg, BOUND))
         .collect();
     for k in &mut kids {
         k.expect_line("waiting");
@@ -645,7 +525,7 @@ fn condition_killed_waiter(flag: FlagKind, notify_all: bool) {
 fn condition_killed_holder(blocked_first: bool) {
     let name = common::unique_name("cond-holder");
     let cond = Condition::create(&name).unwrap();
-    let mut kid = Kid::spawn("sync_faults_cond_hold", &name);
+    let mut kid = Kid::spawn("sync_faults_cond_hold", &name, BOUND);
     kid.expect_line("locked");
     let pid = kid.pid();
 
@@ -696,8 +576,8 @@ fn condition_killed_holder(blocked_first: bool) {
 fn barrier_killed_party() {
     let name = common::unique_name("barrier");
     let barrier = Barrier::create(&name, 3).unwrap();
-    let mut victim = Kid::spawn("sync_faults_barrier_party", &name);
-    let mut survivor = Kid::spawn("sync_faults_barrier_party", &name);
+    let mut victim = Kid::spawn("sync_faults_barrier_party", &name, BOUND);
+    let mut survivor = Kid::spawn("sync_faults_barrier_party", &name, BOUND);
     victim.expect_line("arriving");
     survivor.expect_line("arriving");
     common::eventually("both children wait at the barrier", BOUND, || {
@@ -712,8 +592,8 @@ fn barrier_killed_party() {
     assert!(!barrier.broken());
     assert_eq!(barrier.n_waiting(), 0);
     let mut kids = [
-        Kid::spawn("sync_faults_barrier_party", &name),
-        Kid::spawn("sync_faults_barrier_party", &name),
+        Kid::spawn("sync_faults_barrier_party", &name, BOUND),
+        Kid::spawn("sync_faults_barrier_party", &name, BOUND),
     ];
     // Bounded: on a hang this times out, which breaks the barrier and releases the children too.
     let mine = barrier.wait_timeout(BOUND).expect("a fresh round trips");
@@ -745,7 +625,7 @@ fn event_killed_waiter() {
     for (waiters, victim) in [(4, 1), (2, 0)] {
         ev.clear();
         let mut kids: Vec<Kid> = (0..waiters)
-            .map(|_| Kid::spawn("sync_faults_event_wait", &name))
+            .map(|_| Kid::spawn("sync_faults_event_wait", &name, BOUND))
             .collect();
         for k in &mut kids {
             k.expect_line("waiting");

@@ -1,7 +1,24 @@
-//! Helpers shared by the multi-process tests: child roles, unique names, leak checks.
+//! Helpers shared by the multi-process tests: child roles, unique names, bounded waits, leak checks.
+//!
+//! The parent side of a child process is [`Kid`]; what a child role uses to talk back is in [`role`];
+//! `/proc` readers are in [`procfs`]; reproducible randomness is in [`random`].
 
+mod kid;
+mod procfs;
+mod random;
+mod role;
+
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
+
+use libtest_mimic::Trial;
+
+pub use kid::Kid;
+pub use procfs::{children, live_children, stat, stat_fields};
+pub use random::{next_random, seed, Rng};
+pub use role::{fields, handle_from_hex, handle_to_hex, say, sleep_forever, wait_for_start};
 
 /// A child program: its name and the function it runs with its argument string.
 pub type Role = (&'static str, fn(&str));
@@ -38,6 +55,22 @@ pub fn spawn_role(role: &str, arg: &str) -> Child {
         .expect("spawn test child")
 }
 
+/// Runs `role` with `arg` in a child process, which must exit 0 within `bound`.
+#[track_caller]
+pub fn run_role_ok(role: &str, arg: &str, bound: Duration) {
+    let mut child = spawn_role(role, arg);
+    let status = wait_bounded(&mut child, bound);
+    assert!(status.success(), "role {role} failed: {status}");
+}
+
+/// A test named `module::name` that runs `f`.
+pub fn trial(module: &str, name: &str, f: fn()) -> Trial {
+    Trial::test(format!("{module}::{name}"), move || {
+        f();
+        Ok(())
+    })
+}
+
 /// The tag every name made by this run carries, so the leak check finds exactly our leftovers.
 pub fn run_tag() -> String {
     static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -55,6 +88,29 @@ pub fn unique_name(what: &str) -> String {
     format!("{}-{what}-{}", run_tag(), N.fetch_add(1, Ordering::Relaxed))
 }
 
+/// The file behind the named segment `name` (the library prefixes names with `mproc.`).
+pub fn shm_path(name: &str) -> PathBuf {
+    PathBuf::from(format!("/dev/shm/mproc.{name}"))
+}
+
+/// `target/<profile>/examples/<name>`, next to `target/<profile>/deps/` where this test binary lives.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary lives in target/<profile>/deps")
+        .join("examples")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "example binary {} not found: build it with `cargo build --examples` (or run plain `cargo test`, \
+         which builds examples before the tests)",
+        path.display()
+    );
+    path
+}
+
 /// Waits for a child with a generous bound (proves "no hang", asserts no speed); kills it if it overstays.
 pub fn wait_bounded(child: &mut Child, bound: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + bound;
@@ -68,6 +124,27 @@ pub fn wait_bounded(child: &mut Child, bound: Duration) -> std::process::ExitSta
             panic!("child {} did not finish within {bound:?}", child.id());
         }
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs `f` on a thread and returns its result, panicking if it takes longer than `bound` (a hang).
+#[track_caller]
+pub fn bounded<T: Send + 'static>(
+    what: &str,
+    bound: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    let h = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(bound) {
+        Ok(v) => v,
+        Err(RecvTimeoutError::Timeout) => panic!("{what}: no result within {bound:?}, it hangs"),
+        Err(RecvTimeoutError::Disconnected) => match h.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the thread sends before it ends"),
+        },
     }
 }
 
@@ -92,15 +169,10 @@ pub fn leftovers() -> Vec<String> {
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| n.contains(&tag))
         .collect();
-    for task in std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for pid in children.split_whitespace() {
-            out.push(format!("child process {pid}"));
-        }
-    }
+    out.extend(
+        procfs::child_pids()
+            .into_iter()
+            .map(|pid| format!("child process {pid}")),
+    );
     out
 }
