@@ -110,33 +110,32 @@ impl Backoff {
 /// claimer died. Measured by the clock, not by our own sleep timeouts: other traffic may keep waking us
 /// early, and a dead claimer must still be noticed.
 pub(super) struct StuckWatch {
-    key: Option<(u64, u64)>,
-    since: Instant,
+    key: Option<(u64, u64, Instant)>,
     pub(super) interval: Duration,
 }
 
 impl StuckWatch {
+    /// Reads no clock: a put or get that never has to wait should not pay for one.
     pub(super) fn new() -> Self {
-        StuckWatch {
-            key: None,
-            since: Instant::now(),
-            interval: MIN_CHECK,
-        }
+        StuckWatch { key: None, interval: MIN_CHECK }
     }
 
     /// Whether (`pos`, `state`) has been seen unchanged for the current interval; backs off after each yes.
     pub(super) fn due(&mut self, pos: u64, state: u64) -> bool {
         let now = Instant::now();
-        if self.key != Some((pos, state)) {
-            self.key = Some((pos, state));
-            self.since = now;
-            return false;
+        match self.key {
+            Some((p, s, since)) if (p, s) == (pos, state) => {
+                if now.duration_since(since) < self.interval {
+                    return false;
+                }
+                self.key = Some((pos, state, now));
+                self.interval = (self.interval * 2).min(MAX_CHECK);
+                true
+            }
+            _ => {
+                self.key = Some((pos, state, now));
+                false
+            }
         }
-        if now.duration_since(self.since) < self.interval {
-            return false;
-        }
-        self.since = now;
-        self.interval = (self.interval * 2).min(MAX_CHECK);
-        true
     }
 }
