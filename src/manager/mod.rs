@@ -109,19 +109,11 @@ impl Manager {
     /// # Errors
     /// As [`Manager::open`] and [`Manager::create`].
     pub fn open_or_create(name: &str, size: usize) -> Result<Manager> {
-        for _ in 0..8 {
-            match Manager::create_in(Some(name), size, true) {
-                Err(Error::AlreadyExists { .. }) => {}
-                other => return other,
-            }
-            match Manager::open(name) {
-                Err(Error::NotFound { .. }) => continue,
-                other => return other,
-            }
-        }
-        Err(Error::NotFound {
-            name: name.to_owned(),
-        })
+        crate::region::create_or_open(
+            name,
+            || Manager::create_in(Some(name), size, true),
+            || Manager::open(name),
+        )
     }
 
     /// Opens the manager `name`.

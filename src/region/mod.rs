@@ -41,6 +41,29 @@ pub(crate) const SHM_PREFIX: &str = "mproc.";
 pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_NAME_LEN: usize = 200;
 
+/// Opens the named object, or creates it if the name is free: exactly one of several concurrent callers
+/// creates, the others open (and wait for it to be published). A creator may unlink the name between our
+/// failed create and our open, so this retries a few times before reporting `NotFound`.
+pub(crate) fn create_or_open<T>(
+    name: &str,
+    mut create: impl FnMut() -> Result<T>,
+    mut open: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    for _ in 0..8 {
+        match create() {
+            Err(Error::AlreadyExists { .. }) => {}
+            other => return other,
+        }
+        match open() {
+            Err(Error::NotFound { .. }) => std::thread::sleep(Duration::from_millis(1)),
+            other => return other,
+        }
+    }
+    Err(Error::NotFound {
+        name: name.to_owned(),
+    })
+}
+
 /// What a region is expected to hold: checked against the header on every open.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Layout {

@@ -8,10 +8,9 @@
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::{Layout, Region, RegionHandle, ShmSafe, DEFAULT_OPEN_TIMEOUT};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 pub(crate) struct Shared<T: ShmSafe> {
     region: Arc<Region>,
@@ -78,22 +77,11 @@ impl<T: ShmSafe> Shared<T> {
         persistent: bool,
         init: impl Fn(&T),
     ) -> Result<Self> {
-        // A creator may unlink between our failed create and our open: retry a few times, then report.
-        let mut last = None;
-        for _ in 0..8 {
-            match Shared::create(layout, Some(name), persistent, &init) {
-                Err(Error::AlreadyExists { .. }) => {}
-                other => return other,
-            }
-            match Shared::open(name, layout) {
-                Err(e @ Error::NotFound { .. }) => last = Some(e),
-                other => return other,
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        Err(last.unwrap_or(Error::NotFound {
-            name: name.to_owned(),
-        }))
+        super::create_or_open(
+            name,
+            || Shared::create(layout, Some(name), persistent, &init),
+            || Shared::open(name, layout),
+        )
     }
 
     pub(crate) fn from_handle(handle: &RegionHandle, layout: Layout) -> Result<Self> {
