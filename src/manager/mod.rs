@@ -156,34 +156,12 @@ impl Manager {
                 reason: "names are 1 to 40 bytes",
             });
         }
-        let want = layout_hash(kind, 0, 0) | 1;
+        let want = kind_hash(kind);
         self.heap.transact(|tx| {
-            let mut free = None;
-            for i in 0..DIR_CAP {
-                let e = DIRECTORY + i * DIR_WORDS * 8;
-                let hash = tx.get(e)?;
-                if hash == 0 {
-                    free.get_or_insert(e);
-                    continue;
-                }
-                if read_name(tx, e)?.as_deref() == Some(name.as_bytes()) {
-                    if hash != want {
-                        return Err(Error::TypeMismatch {
-                            expected: kind,
-                            expected_hash: want,
-                            found_hash: hash,
-                        });
-                    }
-                    // Containers add small constants to this offset; keep it far from overflowing.
-                    let obj = tx.get(e + 8)?;
-                    if obj >= 1 << 62 {
-                        return Err(Error::Corrupted(format!(
-                            "directory entry {name:?} points at {obj:#x}"
-                        )));
-                    }
-                    return Ok(obj);
-                }
-            }
+            let free = match find_entry(tx, name, kind)? {
+                Found::Object(obj) => return Ok(obj),
+                Found::Free(free) => free,
+            };
             let e = free.ok_or(Error::OutOfMemory {
                 requested: 1,
                 available: 0,
@@ -207,24 +185,9 @@ impl Manager {
 
     /// The blob stored under `name` if it exists with this kind.
     fn lookup_blob(&self, name: &str, kind: &'static str) -> Result<Option<Vec<u8>>> {
-        let want = layout_hash(kind, 0, 0) | 1;
-        self.heap.transact(|tx| {
-            for i in 0..DIR_CAP {
-                let e = DIRECTORY + i * DIR_WORDS * 8;
-                let hash = tx.get(e)?;
-                if hash != 0 && read_name(tx, e)?.as_deref() == Some(name.as_bytes()) {
-                    if hash != want {
-                        return Err(Error::TypeMismatch {
-                            expected: kind,
-                            expected_hash: want,
-                            found_hash: hash,
-                        });
-                    }
-                    let obj = tx.get(e + 8)?;
-                    return tx.heap().blob(tx.get(obj)?).map(Some);
-                }
-            }
-            Ok(None)
+        self.heap.transact(|tx| match find_entry(tx, name, kind)? {
+            Found::Object(obj) => tx.heap().blob(tx.get(obj)?).map(Some),
+            Found::Free(_) => Ok(None),
         })
     }
 
@@ -335,6 +298,50 @@ impl Manager {
             Ok(out)
         })
     }
+}
+
+/// The directory's tag for a kind of object (never 0, which marks a free entry).
+fn kind_hash(kind: &str) -> u64 {
+    layout_hash(kind, 0, 0) | 1
+}
+
+/// What the directory holds under a name.
+enum Found {
+    /// The object's offset (checked to be far from overflowing: containers add small constants to it).
+    Object(u64),
+    /// Not there; the first free entry, if any.
+    Free(Option<u64>),
+}
+
+/// Looks `name` up in the directory, checking that it holds a `kind`.
+fn find_entry(tx: &Tx<'_>, name: &str, kind: &'static str) -> Result<Found> {
+    let want = kind_hash(kind);
+    let mut free = None;
+    for i in 0..DIR_CAP {
+        let e = DIRECTORY + i * DIR_WORDS * 8;
+        let hash = tx.get(e)?;
+        if hash == 0 {
+            free.get_or_insert(e);
+            continue;
+        }
+        if read_name(tx, e)?.as_deref() == Some(name.as_bytes()) {
+            if hash != want {
+                return Err(Error::TypeMismatch {
+                    expected: kind,
+                    expected_hash: want,
+                    found_hash: hash,
+                });
+            }
+            let obj = tx.get(e + 8)?;
+            if obj >= 1 << 62 {
+                return Err(Error::Corrupted(format!(
+                    "directory entry {name:?} points at {obj:#x}"
+                )));
+            }
+            return Ok(Found::Object(obj));
+        }
+    }
+    Ok(Found::Free(free))
 }
 
 /// The name bytes of directory entry `e`, or `None` if its length is garbage.

@@ -117,7 +117,10 @@ pub(super) struct StuckWatch {
 impl StuckWatch {
     /// Reads no clock: a put or get that never has to wait should not pay for one.
     pub(super) fn new() -> Self {
-        StuckWatch { key: None, interval: MIN_CHECK }
+        StuckWatch {
+            key: None,
+            interval: MIN_CHECK,
+        }
     }
 
     /// Whether (`pos`, `state`) has been seen unchanged for the current interval; backs off after each yes.
