@@ -9,11 +9,14 @@ mod examples;
 mod examples_run;
 mod locks;
 mod manager;
+mod manager_faults;
 mod pool;
 mod pool_faults;
 mod process;
 mod queue;
+mod queue_faults;
 mod region;
+mod region_fuzz;
 mod sync_faults;
 
 use libtest_mimic::{Arguments, Trial};
@@ -21,12 +24,15 @@ use libtest_mimic::{Arguments, Trial};
 fn main() {
     common::run_role_if_child(&[
         region::ROLES,
+        region_fuzz::ROLES,
         locks::ROLES,
         manager::ROLES,
+        manager_faults::ROLES,
         examples::ROLES,
         examples_run::ROLES,
         sync_faults::ROLES,
         queue::ROLES,
+        queue_faults::ROLES,
         process::ROLES,
         pool::ROLES,
         pool_faults::ROLES,
@@ -34,12 +40,15 @@ fn main() {
     let args = Arguments::from_args();
     let mut trials: Vec<Trial> = Vec::new();
     trials.extend(region::tests());
+    trials.extend(region_fuzz::tests());
     trials.extend(locks::tests());
     trials.extend(manager::tests());
+    trials.extend(manager_faults::tests());
     trials.extend(examples::tests());
     trials.extend(examples_run::tests());
     trials.extend(sync_faults::tests());
     trials.extend(queue::tests());
+    trials.extend(queue_faults::tests());
     trials.extend(process::tests());
     trials.extend(pool::tests());
     trials.extend(pool_faults::tests());
