@@ -5,8 +5,12 @@
 //! Dmitry Vyukov's bounded MPMC queue, with crossbeam's `{ lap, index }` stamps, changed in one way:
 //! a slot is **claimed with a compare-and-swap on the slot itself**, which records the claimer's thread
 //! id, *before* the shared `tail`/`head` index is moved. Anybody who then finds the index lagging behind a
-//! claimed slot moves it on ("helping"). So at every instant a slot that is in use names the thread using
-//! it, and a thread that dies mid-operation can be recognised and cleaned up after.
+//! claimed slot moves it on ("helping"). The indices are only hints of where to look — the slot CAS is
+//! the claim — so the claimer moves its index with a plain store, which may briefly move it back behind a
+//! helper; a thread reading a stale index finds slots past it and helps it forward (every stamp below the
+//! largest index ever written was claimed, so no stale stamp can be claimed twice). So at every instant a
+//! slot that is in use names the thread using it, and a thread that dies mid-operation can be recognised
+//! and cleaned up after.
 //!
 //! Stamps: `one_lap` is the smallest power of two above `capacity`; a stamp is `lap + index`. After
 //! index `capacity - 1` the next stamp is `lap + one_lap`. Only the low 32 bits of a stamp are stored in
@@ -25,9 +29,9 @@
 //! | `{ s + 1, tid }`       | a consumer (tid) is reading the message of stamp `s`                 |
 //! | `{ s + one_lap, IDLE }`| consumed: free for the producer of the next lap                      |
 //!
-//! - **push** at `tail = s`: CAS `{s, IDLE}` → `{s, me}` (Acquire); CAS `tail` → next; copy the message
+//! - **push** at `tail = s`: CAS `{s, IDLE}` → `{s, me}` (Acquire); store `tail` = next; copy the message
 //!   in; CAS `{s, me}` → `{s + 1, IDLE}` (Release: the bytes happen-before the consumer's Acquire).
-//! - **pop** at `head = s`: CAS `{s + 1, IDLE}` → `{s + 1, me}` (Acquire: sees the bytes); CAS `head` →
+//! - **pop** at `head = s`: CAS `{s + 1, IDLE}` → `{s + 1, me}` (Acquire: sees the bytes); store `head` =
 //!   next; copy the message out; CAS `{s + 1, me}` → `{s + one_lap, IDLE}` (Release: our reads
 //!   happen-before the next producer overwrites).
 //!
@@ -331,7 +335,8 @@ impl Ring {
                 .wrapping_mul(u64::from(self.geo.capacity))
                 .wrapping_add(s & (self.one_lap - 1))
         };
-        (lap_of(tail).wrapping_sub(lap_of(head)) as usize).min(self.geo.capacity as usize)
+        // Either index may lag or briefly run back (they are hints): clamp to 0..=capacity.
+        (lap_of(tail).saturating_sub(lap_of(head)) as usize).min(self.geo.capacity as usize)
     }
 
     /// One attempt to append `bytes`.
@@ -352,12 +357,11 @@ impl Ring {
                 {
                     continue;
                 }
-                let _ = h.tail.0.compare_exchange(
-                    pos,
-                    self.next(pos),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
+                // `tail` is only a hint of where to look: the slot CAS above is the claim. A plain store
+                // (not a CAS, one locked instruction less per message) may move it back behind a helper
+                // that already moved it further; whoever then reads the stale value finds slots that are
+                // past it and helps it forward (`d > 0` below). It can never make a claim wrong.
+                h.tail.0.store(self.next(pos), Ordering::Relaxed);
                 slot.len.store(bytes.len() as u32, Ordering::Relaxed);
                 // SAFETY: we own the slot (claimed above); bytes.len() <= slot_size was checked by
                 // `push`, so the copy stays inside this slot's stride, inside the region.
@@ -474,12 +478,8 @@ impl Ring {
                 {
                     continue;
                 }
-                let _ = h.head.0.compare_exchange(
-                    pos,
-                    self.next(pos),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
+                // A hint, like `tail` in `try_push`.
+                h.head.0.store(self.next(pos), Ordering::Relaxed);
                 let len = slot.len.load(Ordering::Relaxed) as usize;
                 let result = if who(st) == TOMBSTONE {
                     None
