@@ -117,6 +117,20 @@ fn value_of(h: HeapRef<'_>, e: u64) -> Result<Vec<u8>> {
     }
 }
 
+/// Calls `f` with the value bytes of the entry blob at `e`, in place. Layout: blob length, key length,
+/// key, value; both lengths are checked against each other and the heap.
+fn with_value<R>(h: HeapRef<'_>, e: u64, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+    let (blob_len, klen) = (h.get(e)?, h.get(e + 8)?);
+    let vlen = blob_len.checked_sub(8).and_then(|r| r.checked_sub(klen));
+    let start = klen.checked_add(e + 16);
+    match (vlen.and_then(|v| usize::try_from(v).ok()), start) {
+        (Some(n), Some(off)) => h.with_bytes(off, n, f),
+        _ => Err(Error::Corrupted(format!(
+            "dict entry at {e:#x} is malformed"
+        ))),
+    }
+}
+
 fn entry_bytes(key: &[u8], value: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(8 + key.len() + value.len());
     v.extend_from_slice(&(key.len() as u64).to_le_bytes());
@@ -166,17 +180,20 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
     /// # Errors
     /// [`Error::Decode`] if the stored value is not a `V`; [`Error::Corrupted`] if the heap is damaged.
     pub fn get(&self, key: &K) -> Result<Option<V>> {
-        let k = Self::key_bytes(key)?;
         let obj = self.obj;
-        let bytes = self.heap.transact(|tx| {
-            let h = tx.heap();
-            let (cap, table) = (h.get(obj + CAP)?, h.get(obj + TABLE)?);
-            match find(h, table, cap, &k, tag_of(&k))? {
-                Ok(i) => value_of(h, h.get(at(table, i, 16)? + 8)?).map(Some),
-                Err(_) => Ok(None),
-            }
-        })?;
-        bytes.map(|b| <C as Codec<V>>::decode(&b)).transpose()
+        // The key is hashed and compared where the codec put it, and the value decoded where the heap
+        // holds it: a lookup copies nothing but the decoded value out.
+        <C as Codec<K>>::with_bytes(key, |k| {
+            self.heap.transact(|tx| {
+                let h = tx.heap();
+                let (cap, table) = (h.get(obj + CAP)?, h.get(obj + TABLE)?);
+                match find(h, table, cap, k, tag_of(k))? {
+                    Ok(i) => with_value(h, h.get(at(table, i, 16)? + 8)?, <C as Codec<V>>::decode)?
+                        .map(Some),
+                    Err(_) => Ok(None),
+                }
+            })
+        })?
     }
 
     /// Whether `key` is present.
@@ -217,16 +234,20 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
             Self::rebuild(tx, obj)?;
         }
         let (cap, table) = (tx.get(obj + CAP)?, tx.get(obj + TABLE)?);
-        let entry = tx.alloc_blob(&entry_bytes(k, v))?;
         match find(tx.heap(), table, cap, k, tag)? {
             Ok(i) => {
                 let slot = at(table, i, 16)?;
                 let old = tx.get(slot + 8)?;
+                if Self::overwrite_in_place(tx, old, k.len(), v)? {
+                    return Ok(false);
+                }
+                let entry = tx.alloc_blob(&entry_bytes(k, v))?;
                 tx.set(slot + 8, entry)?;
                 tx.free(old)?;
                 Ok(false)
             }
             Err(i) => {
+                let entry = tx.alloc_blob(&entry_bytes(k, v))?;
                 let slot = at(table, i, 16)?;
                 if tx.get(slot)? == REMOVED {
                     tx.set(obj + TOMBS, tx.get(obj + TOMBS)?.saturating_sub(1))?;
@@ -237,6 +258,24 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
                 Ok(true)
             }
         }
+    }
+
+    /// Replaces the value of the entry blob at `e` by `v` word by word, journaled, when it has the same
+    /// length, is word-aligned and small (a `Pod` value, or a short string): no allocation, no free. Returns
+    /// whether it did.
+    fn overwrite_in_place(tx: &mut Tx<'_>, e: u64, klen: usize, v: &[u8]) -> Result<bool> {
+        const MAX_WORDS: usize = 8;
+        let blob_len = tx.get(e)?;
+        let start = e + 16 + klen as u64;
+        let same_len = blob_len == 8 + klen as u64 + v.len() as u64;
+        if !same_len || start % 8 != 0 || v.len() % 8 != 0 || v.len() > MAX_WORDS * 8 {
+            return Ok(false);
+        }
+        for (i, word) in v.chunks_exact(8).enumerate() {
+            let w = u64::from_ne_bytes(word.try_into().expect("8 bytes"));
+            tx.set(start + i as u64 * 8, w)?;
+        }
+        Ok(true)
     }
 
     /// Moves every entry into a fresh table, twice as large as the live entries need, dropping

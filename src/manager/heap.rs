@@ -214,11 +214,23 @@ impl<'a> HeapRef<'a> {
 
     /// Whether the `n` bytes at `off` equal `bytes` (without copying them out).
     pub(crate) fn bytes_eq(&self, off: u64, bytes: &[u8]) -> Result<bool> {
-        self.check_range(off, bytes.len())?;
-        // SAFETY: the range is inside the mapping (checked); u8 accepts any value. Other processes only
-        // write heap bytes under the lock, which the caller holds.
-        let here = unsafe { std::slice::from_raw_parts(self.base.add(off as usize), bytes.len()) };
-        Ok(here == bytes)
+        self.with_bytes(off, bytes.len(), |here| here == bytes)
+    }
+
+    /// Calls `f` with the `n` bytes at `off`, in place (no copy). Only while the caller holds the heap's
+    /// lock, as every `HeapRef` user does inside a transaction.
+    pub(crate) fn with_bytes<R>(
+        &self,
+        off: u64,
+        n: usize,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
+        self.check_range(off, n)?;
+        // SAFETY: the range is inside the mapping (checked) and the mapping outlives 'a; u8 accepts any
+        // value. Other processes only write heap bytes under the lock, which the caller holds, and the
+        // slice does not outlive this call.
+        let here = unsafe { std::slice::from_raw_parts(self.base.add(off as usize), n) };
+        Ok(f(here))
     }
 }
 
