@@ -261,16 +261,10 @@ impl Manager {
             return true;
         };
         let body = task.spec.body.clone();
-        let room = self.cfg.frame_size - wire::FRAME_HEAD;
         let w = &mut self.workers[wi];
         loop {
-            let end = (sent + room).min(body.len());
-            let mut frame = Vec::with_capacity(wire::FRAME_HEAD + end - sent);
-            frame.extend_from_slice(&id.to_le_bytes());
-            frame.push(KIND_TASK);
-            frame.push(u8::from(end == body.len()));
-            frame.extend_from_slice(&[0; 6]);
-            frame.extend_from_slice(&body[sent..end]);
+            let end = wire::part_end(sent, body.len(), self.cfg.frame_size);
+            let frame = wire::frame(id, KIND_TASK, end == body.len(), &body[sent..end]);
             match w.tasks.try_put(&frame) {
                 Ok(()) => {}
                 Err(_) => {

@@ -224,9 +224,9 @@ impl Pool {
 
     /// Wakes the manager if it sleeps on the result ring (if the ring is full it is awake anyway).
     fn wake_manager(&self) {
-        let mut wake = 0u64.to_le_bytes().to_vec();
-        wake.extend_from_slice(&[wire::KIND_WAKE, 1, 0, 0, 0, 0, 0, 0]);
-        let _ = self.results.try_put(&wake);
+        let _ = self
+            .results
+            .try_put(&wire::frame(0, wire::KIND_WAKE, true, &[]));
     }
 
     /// Submits one task per payload.

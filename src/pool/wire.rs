@@ -48,6 +48,25 @@ pub(crate) fn parse(frame: &[u8]) -> Result<(Head, &[u8])> {
     ))
 }
 
+/// One frame: the header for (`task`, `kind`, `last`) followed by `part`. The only place the header's
+/// byte layout is written.
+pub(crate) fn frame(task: u64, kind: u8, last: bool, part: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(FRAME_HEAD + part.len());
+    v.extend_from_slice(&task.to_le_bytes());
+    v.push(kind);
+    v.push(u8::from(last));
+    v.extend_from_slice(&[0; 6]);
+    v.extend_from_slice(part);
+    v
+}
+
+/// Where the part of a `body_len`-byte body that starts at `from` ends, when a frame holds at most
+/// `max_frame` bytes (header included).
+pub(crate) fn part_end(from: usize, body_len: usize, max_frame: usize) -> usize {
+    let room = max_frame.saturating_sub(FRAME_HEAD).max(1);
+    from.saturating_add(room).min(body_len)
+}
+
 /// Cuts `body` into frames of at most `max_frame` bytes and hands each to `send`.
 pub(crate) fn fragments(
     task: u64,
@@ -56,27 +75,15 @@ pub(crate) fn fragments(
     max_frame: usize,
     mut send: impl FnMut(&Vec<u8>) -> Result<()>,
 ) -> Result<()> {
-    let room = max_frame.saturating_sub(FRAME_HEAD).max(1);
-    let mut chunks = body.chunks(room).peekable();
-    let mut buf = Vec::with_capacity(max_frame.min(FRAME_HEAD + body.len()));
-    if chunks.peek().is_none() {
-        return send(&head(&mut buf, task, kind, true));
+    let mut from = 0;
+    loop {
+        let end = part_end(from, body.len(), max_frame);
+        send(&frame(task, kind, end == body.len(), &body[from..end]))?;
+        if end == body.len() {
+            return Ok(());
+        }
+        from = end;
     }
-    while let Some(c) = chunks.next() {
-        head(&mut buf, task, kind, chunks.peek().is_none());
-        buf.extend_from_slice(c);
-        send(&buf)?;
-    }
-    Ok(())
-}
-
-fn head(buf: &mut Vec<u8>, task: u64, kind: u8, last: bool) -> Vec<u8> {
-    buf.clear();
-    buf.extend_from_slice(&task.to_le_bytes());
-    buf.push(kind);
-    buf.push(u8::from(last));
-    buf.extend_from_slice(&[0; 6]);
-    buf.clone()
 }
 
 /// A function reference: offsets from the anchor, and their MAC.
