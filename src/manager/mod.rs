@@ -358,18 +358,7 @@ fn read_name(tx: &Tx<'_>, e: u64) -> Result<Option<Vec<u8>>> {
     Ok(Some(bytes))
 }
 
-impl serde::Serialize for Manager {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        self.handle().serialize(s)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Manager {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let h = RegionHandle::deserialize(d)?;
-        Manager::from_handle(&h).map_err(serde::de::Error::custom)
-    }
-}
+crate::region::shared::serde_as_handle!([] Manager);
 
 #[cfg(test)]
 mod tests;

@@ -296,18 +296,7 @@ impl<T, C: Codec<T>> std::fmt::Debug for Queue<T, C> {
     }
 }
 
-impl<T, C: Codec<T>> serde::Serialize for Queue<T, C> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        self.handle().serialize(s)
-    }
-}
-
-impl<'de, T, C: Codec<T>> serde::Deserialize<'de> for Queue<T, C> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let h = RegionHandle::deserialize(d)?;
-        Queue::from_handle(&h).map_err(serde::de::Error::custom)
-    }
-}
+crate::region::shared::serde_as_handle!([T, C: Codec<T>] Queue<T, C>);
 
 #[cfg(test)]
 mod tests;

@@ -164,23 +164,7 @@ macro_rules! impl_shared_object {
             }
         }
 
-        impl serde::Serialize for $ty {
-            fn serialize<S: serde::Serializer>(
-                &self,
-                s: S,
-            ) -> std::result::Result<S::Ok, S::Error> {
-                self.handle().serialize(s)
-            }
-        }
-
-        impl<'de> serde::Deserialize<'de> for $ty {
-            fn deserialize<D: serde::Deserializer<'de>>(
-                d: D,
-            ) -> std::result::Result<Self, D::Error> {
-                let h = $crate::RegionHandle::deserialize(d)?;
-                $ty::from_handle(&h).map_err(serde::de::Error::custom)
-            }
-        }
+        $crate::region::shared::serde_as_handle!([] $ty);
 
         impl std::fmt::Debug for $ty {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -192,3 +176,24 @@ macro_rules! impl_shared_object {
     };
 }
 pub(crate) use impl_shared_object;
+
+/// Implements serde for a shared object as its [`RegionHandle`]: serializing writes the handle,
+/// deserializing re-attaches (and re-validates) the region. The type needs `handle()` and
+/// `from_handle(&RegionHandle)`. Generic parameters go in the brackets: `serde_as_handle!([T: Pod] Value<T>)`.
+macro_rules! serde_as_handle {
+    ([$($gen:tt)*] $ty:ty) => {
+        impl<$($gen)*> serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                self.handle().serialize(s)
+            }
+        }
+
+        impl<'de, $($gen)*> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                let h = <$crate::RegionHandle as serde::Deserialize>::deserialize(d)?;
+                <$ty>::from_handle(&h).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(crate) use serde_as_handle;

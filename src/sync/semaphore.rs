@@ -471,18 +471,7 @@ impl std::ops::Deref for BoundedSemaphore {
     }
 }
 
-impl serde::Serialize for BoundedSemaphore {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        self.inner.handle().serialize(s)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for BoundedSemaphore {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let h = crate::RegionHandle::deserialize(d)?;
-        BoundedSemaphore::from_handle(&h).map_err(serde::de::Error::custom)
-    }
-}
+crate::region::shared::serde_as_handle!([] BoundedSemaphore);
 
 /// A permit of a [`Semaphore`], given back when dropped. Not `Send`: the permit is recorded as held by
 /// this thread.

@@ -442,23 +442,7 @@ impl<T: Pod> Drop for ArrayGuard<'_, T> {
 
 macro_rules! pod_handle_impls {
     ($ty:ident, $guard:ident) => {
-        impl<T: Pod> serde::Serialize for $ty<T> {
-            fn serialize<S: serde::Serializer>(
-                &self,
-                s: S,
-            ) -> std::result::Result<S::Ok, S::Error> {
-                self.handle().serialize(s)
-            }
-        }
-
-        impl<'de, T: Pod> serde::Deserialize<'de> for $ty<T> {
-            fn deserialize<D: serde::Deserializer<'de>>(
-                d: D,
-            ) -> std::result::Result<Self, D::Error> {
-                let h = RegionHandle::deserialize(d)?;
-                $ty::from_handle(&h).map_err(serde::de::Error::custom)
-            }
-        }
+        crate::region::shared::serde_as_handle!([T: Pod] $ty<T>);
 
         impl<T: Pod> std::fmt::Debug for $ty<T> {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
