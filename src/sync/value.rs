@@ -250,19 +250,24 @@ impl<T: Pod> Array<T> {
         })
     }
 
-    fn create_in(name: Option<&str>, data: &[T]) -> Result<Self> {
-        let layout = Self::layout(Some(data.len()))?;
+    /// Creates the array with `len` elements, copying `data` in if given; a fresh region is zeroed by
+    /// the kernel, so an array of zeroes needs no copy at all.
+    fn create_in(name: Option<&str>, len: usize, data: Option<&[T]>) -> Result<Self> {
+        let layout = Self::layout(Some(len))?;
         let region = Region::create_with(layout, name, false, |r| {
-            // SAFETY: the payload is ARRAY_DATA + len * size_of::<T>() bytes (the layout size), its start
-            // is page-aligned + 128, so ARRAY_DATA is aligned for T (align <= 64); nobody else can see the
-            // region before it is published.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    data.as_ptr(),
-                    r.as_ptr().add(ARRAY_DATA).cast::<T>(),
-                    data.len(),
-                )
-            };
+            if let Some(data) = data {
+                debug_assert_eq!(data.len(), len);
+                // SAFETY: the payload is ARRAY_DATA + len * size_of::<T>() bytes (the layout size), its
+                // start is page-aligned + 128, so ARRAY_DATA is aligned for T (align <= 64); nobody else
+                // can see the region before it is published.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        data.as_ptr(),
+                        r.as_ptr().add(ARRAY_DATA).cast::<T>(),
+                        len,
+                    )
+                };
+            }
             Ok(())
         })?;
         Self::wrap(region)
@@ -301,7 +306,7 @@ impl<T: Pod> Array<T> {
     /// # Errors
     /// [`Error::Os`] if shared memory cannot be created.
     pub fn new(len: usize) -> Result<Self> {
-        Self::create_in(None, &vec![T::zeroed(); len])
+        Self::create_in(None, len, None)
     }
 
     /// Creates an anonymous array holding a copy of `data`.
@@ -309,7 +314,7 @@ impl<T: Pod> Array<T> {
     /// # Errors
     /// [`Error::Os`] if shared memory cannot be created.
     pub fn from_slice(data: &[T]) -> Result<Self> {
-        Self::create_in(None, data)
+        Self::create_in(None, data.len(), Some(data))
     }
 
     /// Creates an array of `len` zeroes under `name` (removed when this handle is dropped here).
@@ -317,7 +322,7 @@ impl<T: Pod> Array<T> {
     /// # Errors
     /// [`Error::AlreadyExists`], [`Error::InvalidName`].
     pub fn create(name: &str, len: usize) -> Result<Self> {
-        Self::create_in(Some(name), &vec![T::zeroed(); len])
+        Self::create_in(Some(name), len, None)
     }
 
     /// Opens the array `name`; its length comes from the region's size.
