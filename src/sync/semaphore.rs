@@ -131,8 +131,31 @@ impl RawSemaphore {
         } else {
             NO_SLOT
         };
+        self.journaled(slot, || {
+            self.value.store(new_value, Ordering::Relaxed);
+            if let Some(h) = self.holders.get(slot as usize) {
+                let c = h.count.load(Ordering::Relaxed);
+                let c = if matches!(update, Update::Take) {
+                    c.saturating_add(1)
+                } else {
+                    c.saturating_sub(1)
+                };
+                h.count.store(c, Ordering::Relaxed);
+                h.owner
+                    .store(if c == 0 { 0 } else { me.pack() }, Ordering::Relaxed);
+            }
+        });
+        true
+    }
+
+    /// Runs `change` (which may modify `value` and holder slot `slot`) with an undo record of both
+    /// written first, so that a holder of the lock dying inside `change` is rolled back by the next one.
+    /// The caller holds the lock; its Release/Acquire orders these Relaxed stores for the next holder,
+    /// the journal's only reader.
+    fn journaled(&self, slot: u32, change: impl FnOnce()) {
         let j = &self.journal;
-        j.value.store(value, Ordering::Relaxed);
+        j.value
+            .store(self.value.load(Ordering::Relaxed), Ordering::Relaxed);
         j.slot.store(slot, Ordering::Relaxed);
         if let Some(h) = self.holders.get(slot as usize) {
             j.slot_owner
@@ -140,23 +163,9 @@ impl RawSemaphore {
             j.slot_count
                 .store(h.count.load(Ordering::Relaxed), Ordering::Relaxed);
         }
-        // All stores here are under the lock; the lock's Release/Acquire orders them for the next holder,
-        // which is the only reader of the journal.
         j.active.store(1, Ordering::Relaxed);
-        self.value.store(new_value, Ordering::Relaxed);
-        if let Some(h) = self.holders.get(slot as usize) {
-            let c = h.count.load(Ordering::Relaxed);
-            let c = if matches!(update, Update::Take) {
-                c.saturating_add(1)
-            } else {
-                c.saturating_sub(1)
-            };
-            h.count.store(c, Ordering::Relaxed);
-            h.owner
-                .store(if c == 0 { 0 } else { me.pack() }, Ordering::Relaxed);
-        }
+        change();
         j.active.store(0, Ordering::Relaxed);
-        true
     }
 
     /// The slot recording `me`, or (when `claim`) a free one; `NO_SLOT` if none.
@@ -211,19 +220,16 @@ impl RawSemaphore {
                 continue;
             }
             let count = h.count.load(Ordering::Relaxed);
-            let value = self.value.load(Ordering::Relaxed);
-            let j = &self.journal;
-            j.value.store(value, Ordering::Relaxed);
-            j.slot.store(i as u32, Ordering::Relaxed);
-            j.slot_owner.store(o, Ordering::Relaxed);
-            j.slot_count.store(count, Ordering::Relaxed);
-            j.active.store(1, Ordering::Relaxed);
-            let max = self.max.load(Ordering::Relaxed);
-            self.value
-                .store(value.saturating_add(count).min(max), Ordering::Relaxed);
-            h.count.store(0, Ordering::Relaxed);
-            h.owner.store(0, Ordering::Relaxed);
-            j.active.store(0, Ordering::Relaxed);
+            self.journaled(i as u32, || {
+                let (value, max) = (
+                    self.value.load(Ordering::Relaxed),
+                    self.max.load(Ordering::Relaxed),
+                );
+                self.value
+                    .store(value.saturating_add(count).min(max), Ordering::Relaxed);
+                h.count.store(0, Ordering::Relaxed);
+                h.owner.store(0, Ordering::Relaxed);
+            });
             back = back.saturating_add(count);
         }
         back
