@@ -374,11 +374,7 @@ impl Region {
             std::thread::sleep(Duration::from_millis(1));
             size = shm::file_info(&file)?.size;
         }
-        let size = usize::try_from(size).map_err(|_| Error::SizeMismatch {
-            expected: usize::MAX as u64,
-            found: size,
-        })?;
-        let map = shm::Mapping::new(&file, size, false)?;
+        let map = map_segment(&file, size, false)?;
         let naming = Naming::Named {
             name: name.to_owned(),
             shm_name,
@@ -405,17 +401,7 @@ impl Region {
                 let file = shm::open_proc_fd(*pid, *fd)?;
                 let what = format!("anonymous region of process {pid}");
                 let info = check_private(&file, &what)?;
-                if info.size < PAYLOAD_OFFSET as u64 {
-                    return Err(Error::Truncated {
-                        needed: PAYLOAD_OFFSET as u64,
-                        actual: info.size,
-                    });
-                }
-                let size = usize::try_from(info.size).map_err(|_| Error::SizeMismatch {
-                    expected: usize::MAX as u64,
-                    found: info.size,
-                })?;
-                let map = shm::Mapping::new(&file, size, populate)?;
+                let map = map_segment(&file, info.size, populate)?;
                 // An anonymous region is published before any handle to it exists: no waiting.
                 Region::finish_open(map, file, Naming::Anonymous, layout, Instant::now(), &what)?
             }
@@ -586,6 +572,22 @@ fn zero_snapshot() -> HeaderSnapshot {
         flags: 0,
         creator_start: 0,
     }
+}
+
+/// Maps a whole segment of `size` bytes after checking it can hold a header (a shorter one would fault
+/// when the header is read).
+fn map_segment(file: &File, size: u64, populate: bool) -> Result<shm::Mapping> {
+    if size < PAYLOAD_OFFSET as u64 {
+        return Err(Error::Truncated {
+            needed: PAYLOAD_OFFSET as u64,
+            actual: size,
+        });
+    }
+    let len = usize::try_from(size).map_err(|_| Error::SizeMismatch {
+        expected: usize::MAX as u64,
+        found: size,
+    })?;
+    shm::Mapping::new(file, len, populate)
 }
 
 fn check_private(file: &File, what: &str) -> Result<shm::FileInfo> {
