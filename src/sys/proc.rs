@@ -154,6 +154,25 @@ pub(crate) fn process_alive(pid: u32, start: u64) -> bool {
     }
 }
 
+/// The pid namespace this process lives in: the inode number of `/proc/self/ns/pid` (namespaces(7)),
+/// read once. Pids and tids recorded in shared memory mean something only inside the namespace of the
+/// process that wrote them, so every recorded holder or creator carries this value beside its pid, and a
+/// checker in another namespace never judges it by its own `/proc` (S6 of the 2026-11-30 review).
+/// 0 if it cannot be read (no /proc): callers then cannot tell namespaces apart and must treat a
+/// recorded 0 as "unknown", never as a match that licenses a liveness judgement.
+pub(crate) fn pid_namespace() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    static NS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *NS.get_or_init(|| std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino()))
+}
+
+/// Whether a holder recorded with pid namespace `ns` can be judged from this process's `/proc`: only if
+/// both namespaces are known and equal.
+pub(crate) fn same_pid_namespace(ns: u64) -> bool {
+    let here = pid_namespace();
+    here != 0 && ns == here
+}
+
 /// The effective uid of this process.
 pub(crate) fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -214,6 +233,16 @@ mod tests {
         }));
         assert!(!is_alive(Identity { tid: 0, start: 0 }));
         assert!(process_alive(pid(), start_time(pid()).unwrap()));
+    }
+
+    #[test]
+    fn pid_namespace_is_known_and_stable() {
+        let ns = pid_namespace();
+        assert_ne!(ns, 0);
+        assert_eq!(ns, pid_namespace());
+        assert!(same_pid_namespace(ns));
+        assert!(!same_pid_namespace(ns ^ 1));
+        assert!(!same_pid_namespace(0));
     }
 
     #[test]
