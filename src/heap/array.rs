@@ -94,6 +94,12 @@ impl<T: Pod> SharedArray<T> {
         self.block.handle()
     }
 
+    /// The first element's address, made without creating a reference to the whole array: a pool task
+    /// that may touch only its own part builds a slice of just that part from it (review S5).
+    pub(crate) fn as_raw_ptr(&self) -> *mut T {
+        self.block.ptr().cast::<T>()
+    }
+
     /// Attaches to the elements another process lent us (crate use only: the lender's borrow guarantees
     /// exclusivity while we hold this).
     pub(crate) fn view(h: &BlockHandle) -> Result<Self> {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use super::wire::{self, ItemResults, KIND_RESULT, KIND_TASK};
 use super::worker::{worker_main, FrameQueue, WorkerArgs};
 use crate::error::{Error, Result};
+use crate::process::fnref::{FnKey, FnRef};
 use crate::process::Process;
 
 /// Tasks dispatched to one worker and not yet answered: one running, one waiting in its ring.
@@ -87,11 +88,13 @@ pub(crate) enum Command {
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) workers: usize,
-    pub(crate) key: (u64, u64),
-    pub(crate) initializer: Option<i64>,
+    pub(crate) key: FnKey,
+    pub(crate) initializer: Option<FnRef>,
     pub(crate) max_tasks: Option<u64>,
     pub(crate) retries: u8,
     pub(crate) frame_size: usize,
+    /// The largest task or result body reassembled from fragments (see `wire`).
+    pub(crate) max_body: u64,
 }
 
 struct Task {
@@ -118,6 +121,8 @@ pub(crate) struct Manager {
     tasks: HashMap<u64, Task>,
     pending: VecDeque<u64>,
     partial: HashMap<u64, Vec<u8>>,
+    /// Tasks whose answer went past `max_body`: they fail when their last fragment arrives.
+    oversized: std::collections::HashSet<u64>,
     next_id: u64,
     closing: bool,
 }
@@ -137,27 +142,32 @@ impl Manager {
             tasks: HashMap::new(),
             pending: VecDeque::new(),
             partial: HashMap::new(),
+            oversized: std::collections::HashSet::new(),
             next_id: 1,
             closing: false,
         };
-        for _ in 0..m.cfg.workers {
-            let w = m.start_worker()?;
+        for wi in 0..m.cfg.workers {
+            let w = m.start_worker(wi)?;
             m.workers.push(w);
         }
         Ok(m)
     }
 
-    fn start_worker(&self) -> Result<Worker> {
+    fn start_worker(&self, index: usize) -> Result<Worker> {
         let tasks = FrameQueue::with_max_message(TASK_RING, self.cfg.frame_size)?;
         let args = WorkerArgs {
             tasks: tasks.clone(),
             results: self.results.clone(),
-            key: self.cfg.key,
+            index: index as u32,
             initializer: self.cfg.initializer,
             max_tasks: self.cfg.max_tasks,
+            max_body: self.cfg.max_body,
         };
+        // The pool's key is the worker's spawn key: it reaches the worker over the spawn channel's
+        // socket, never through a file or shared memory another process could open.
         let mut process = Process::builder()
             .name("mproc-pool-worker")
+            .spawn_key(self.cfg.key)
             .target(worker_main, args)?;
         process.start()?;
         Ok(Worker {
@@ -264,7 +274,7 @@ impl Manager {
         let w = &mut self.workers[wi];
         loop {
             let end = wire::part_end(sent, body.len(), self.cfg.frame_size);
-            let frame = wire::frame(id, KIND_TASK, end == body.len(), &body[sent..end]);
+            let frame = wire::frame(id, KIND_TASK, end == body.len(), 0, &body[sent..end]);
             match w.tasks.try_put(&frame) {
                 Ok(()) => {}
                 Err(_) => {
@@ -288,17 +298,43 @@ impl Manager {
         if head.kind != KIND_RESULT {
             return; // a wake-up, or garbage
         }
-        if !self.tasks.contains_key(&head.task) {
-            return; // not ours (garbage), or already failed when its worker was judged dead
+        // Only the worker that was given the task may answer it: a frame naming another worker, or a
+        // task that worker does not hold (garbage, or a task already failed when its worker was judged
+        // dead), is dropped.
+        let given = self
+            .workers
+            .get(head.worker as usize)
+            .is_some_and(|w| w.in_flight.contains(&head.task));
+        if !given || !self.tasks.contains_key(&head.task) {
+            return;
         }
         let buf = self.partial.entry(head.task).or_default();
-        buf.extend_from_slice(body);
+        // Reassembly is capped: a writer of the result ring cannot grow our memory past `max_body` per
+        // task it holds. Past the cap the task fails (once its last fragment arrives).
+        let fits = (buf.len() as u64).saturating_add(body.len() as u64) <= self.cfg.max_body;
+        if fits {
+            buf.extend_from_slice(body);
+        } else {
+            *buf = Vec::new();
+        }
         if !head.last {
+            if !fits {
+                // Mark the task as over the cap: keep an empty buffer, remember in `oversized`.
+                self.oversized.insert(head.task);
+            }
             return;
         }
         let bytes = self.partial.remove(&head.task).unwrap_or_default();
-        let outcome: std::result::Result<ItemResults, String> = postcard::from_bytes(&bytes)
-            .unwrap_or_else(|e| Err(format!("the worker's answer did not decode: {e}")));
+        let outcome: std::result::Result<ItemResults, String> =
+            if !fits || self.oversized.remove(&head.task) {
+                Err(format!(
+                    "the worker's answer is larger than {} bytes",
+                    self.cfg.max_body
+                ))
+            } else {
+                postcard::from_bytes(&bytes)
+                    .unwrap_or_else(|e| Err(format!("the worker's answer did not decode: {e}")))
+            };
         for w in &mut self.workers {
             w.in_flight.retain(|&t| t != head.task);
         }
@@ -329,12 +365,14 @@ impl Manager {
             let lost: Vec<u64> = self.workers[wi].in_flight.drain(..).collect();
             for &id in lost.iter().skip(1).rev() {
                 self.partial.remove(&id);
+                self.oversized.remove(&id);
                 if self.tasks.contains_key(&id) {
                     self.pending.push_front(id);
                 }
             }
             if let Some(&id) = lost.first() {
                 self.partial.remove(&id);
+                self.oversized.remove(&id);
                 if let Some(task) = self.tasks.get_mut(&id) {
                     if task.retries_left > 0 {
                         task.retries_left -= 1;
@@ -345,7 +383,7 @@ impl Manager {
                     }
                 }
             }
-            match self.start_worker() {
+            match self.start_worker(wi) {
                 Ok(w) => self.workers[wi] = w,
                 Err(_) => {
                     // Cannot start a replacement (out of processes or memory): keep the dead one in place
@@ -384,6 +422,6 @@ impl Manager {
 }
 
 /// Encodes a task body: the function reference and the payload.
-pub(crate) fn task_body(f: wire::FnRef, payload: &[u8]) -> Arc<Vec<u8>> {
+pub(crate) fn task_body(f: FnRef, payload: &[u8]) -> Arc<Vec<u8>> {
     Arc::new(wire::encode_task(f, payload))
 }

@@ -59,15 +59,20 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::heap::SharedArray;
-use crate::sys::proc;
+use crate::process::fnref::{FnKey, FnRef, LocalFn};
 use manager::{task_body, Command, Config, Job, Manager, TaskSpec};
 pub use results::{AsyncResult, Imap, ImapUnordered};
-use worker::{fn_ref, FrameQueue, Trampoline};
+use worker::{FrameQueue, TaskKind};
 
 /// Largest frame on a pool ring; bigger messages travel in several.
 const FRAME_SIZE: usize = 64 << 10;
 /// Frames the shared result ring holds.
 const RESULT_RING: usize = 64;
+/// The largest task (encoded items of one chunk) or result (encoded results of one chunk) a pool moves.
+/// Both ends reassemble fragments up to this and no further, so a garbage writer of a ring cannot grow
+/// their memory without bound; a larger message fails its task with a message saying so. Large arrays
+/// do not count against it: they travel by offset.
+pub(crate) const MAX_MESSAGE_BYTES: u64 = 256 << 20;
 
 /// Configures a [`Pool`].
 #[derive(Debug, Clone, Default)]
@@ -126,8 +131,8 @@ impl PoolBuilder {
         let workers = self
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let key = (proc::random_u64(), proc::random_u64());
-        let initializer = self.initializer.map(|f| worker::exe_offset(f as usize));
+        let key = FnKey::random();
+        let initializer = self.initializer.map(|f| worker::init_fn(f).sign(&key));
         let cfg = Config {
             workers,
             key,
@@ -135,6 +140,7 @@ impl PoolBuilder {
             max_tasks: self.max_tasks_per_child,
             retries: u8::from(self.retry),
             frame_size: FRAME_SIZE,
+            max_body: MAX_MESSAGE_BYTES,
         };
         let results = FrameQueue::with_max_message(RESULT_RING, FRAME_SIZE)?;
         let (tx, rx) = mpsc::channel();
@@ -161,7 +167,7 @@ pub struct Pool {
     open: AtomicBool,
     /// The shared result ring; the API side only puts wake-ups in it.
     results: FrameQueue,
-    key: (u64, u64),
+    key: FnKey,
     workers: usize,
     manager: Option<JoinHandle<()>>,
 }
@@ -226,13 +232,20 @@ impl Pool {
     fn wake_manager(&self) {
         let _ = self
             .results
-            .try_put(&wire::frame(0, wire::KIND_WAKE, true, &[]));
+            .try_put(&wire::frame(0, wire::KIND_WAKE, true, 0, &[]));
     }
 
     /// Submits one task per payload.
     #[track_caller]
-    fn submit(&self, func: usize, tramp: Trampoline, payloads: Vec<Vec<u8>>) -> Result<Arc<Job>> {
-        let f = fn_ref(self.key, func, tramp);
+    fn submit(&self, func: LocalFn<TaskKind>, payloads: Vec<Vec<u8>>) -> Result<Arc<Job>> {
+        let f = func.sign(&self.key);
+        let limit = MAX_MESSAGE_BYTES as usize - FnRef::LEN;
+        if let Some(p) = payloads.iter().find(|p| p.len() > limit) {
+            return Err(Error::MessageTooLarge {
+                size: p.len(),
+                max: limit,
+            });
+        }
         let job = Job::new(payloads.len());
         let specs = payloads
             .iter()
@@ -285,7 +298,7 @@ impl Pool {
         R: Serialize + DeserializeOwned,
     {
         let (payloads, lens) = self.chunk_items(items, chunksize)?;
-        let job = self.submit(f as usize, worker::map_tramp::<A, R>, payloads)?;
+        let job = self.submit(worker::map_fn(f), payloads)?;
         Ok(AsyncResult::all_items(job, lens))
     }
 
@@ -368,7 +381,7 @@ impl Pool {
         R: Serialize + DeserializeOwned,
     {
         let (payloads, lens) = self.chunk_items(items, chunksize)?;
-        let job = self.submit(f as usize, worker::map_tramp::<A, R>, payloads)?;
+        let job = self.submit(worker::map_fn(f), payloads)?;
         Ok(Imap::new(job, lens))
     }
 
@@ -392,7 +405,7 @@ impl Pool {
         R: Serialize + DeserializeOwned,
     {
         let (payloads, lens) = self.chunk_items(items, chunksize)?;
-        let job = self.submit(f as usize, worker::map_tramp::<A, R>, payloads)?;
+        let job = self.submit(worker::map_fn(f), payloads)?;
         Ok(ImapUnordered::new(job, lens))
     }
 
@@ -415,7 +428,7 @@ impl Pool {
         R: Serialize + DeserializeOwned,
     {
         let (payloads, lens) = self.chunk_items(items, None)?;
-        let job = self.submit(f as usize, worker::star_tramp::<A, B, R>, payloads)?;
+        let job = self.submit(worker::star_fn(f), payloads)?;
         AsyncResult::all_items(job, lens).get()
     }
 
@@ -433,7 +446,7 @@ impl Pool {
         R: Serialize + DeserializeOwned,
     {
         let (payloads, lens) = self.chunk_items([args], Some(1))?;
-        let job = self.submit(f as usize, worker::map_tramp::<A, R>, payloads)?;
+        let job = self.submit(worker::map_fn(f), payloads)?;
         Ok(AsyncResult::one_item(job, lens))
     }
 
@@ -473,13 +486,7 @@ impl Pool {
         T: Pod,
         R: Serialize + DeserializeOwned,
     {
-        self.chunk_tasks(
-            array,
-            chunk_len,
-            &(),
-            f as usize,
-            worker::chunk_tramp::<T, R>,
-        )
+        self.chunk_tasks(array, chunk_len, &(), worker::chunk_fn(f))
     }
 
     /// Like [`map_chunks`](Pool::map_chunks), with parameters every task receives (an image's width, a
@@ -516,13 +523,7 @@ impl Pool {
         P: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        self.chunk_tasks(
-            array,
-            chunk_len,
-            params,
-            f as usize,
-            worker::chunk_with_tramp::<T, P, R>,
-        )
+        self.chunk_tasks(array, chunk_len, params, worker::chunk_with_fn(f))
     }
 
     /// One task per chunk of `array`, each carrying its part and `extra`; waits for all of them.
@@ -532,8 +533,7 @@ impl Pool {
         array: &SharedArray<T>,
         chunk_len: usize,
         extra: &X,
-        func: usize,
-        tramp: Trampoline,
+        func: LocalFn<TaskKind>,
     ) -> Result<Vec<R>> {
         assert!(chunk_len > 0, "chunk_len must be at least 1");
         let block = array.block_handle();
@@ -548,7 +548,7 @@ impl Pool {
             })
             .collect::<Result<Vec<_>>>()?;
         let lens = vec![1; payloads.len()];
-        let job = self.submit(func, tramp, payloads)?;
+        let job = self.submit(func, payloads)?;
         // `array` stays borrowed until every task has finished: `get` waits for all of them.
         AsyncResult::all_items(job, lens).get()
     }
@@ -571,14 +571,7 @@ impl Pool {
         chunk_len: usize,
         f: fn(&[T], &mut [U], usize),
     ) -> Result<()> {
-        self.transform_tasks(
-            input,
-            output,
-            chunk_len,
-            &(),
-            f as usize,
-            worker::transform_tramp::<T, U>,
-        )
+        self.transform_tasks(input, output, chunk_len, &(), worker::transform_fn(f))
     }
 
     /// Like [`transform`](Pool::transform), with parameters every task receives:
@@ -622,8 +615,7 @@ impl Pool {
             output,
             chunk_len,
             params,
-            f as usize,
-            worker::transform_with_tramp::<T, U, P>,
+            worker::transform_with_fn(f),
         )
     }
 
@@ -635,8 +627,7 @@ impl Pool {
         output: &mut SharedArray<U>,
         chunk_len: usize,
         extra: &X,
-        func: usize,
-        tramp: Trampoline,
+        func: LocalFn<TaskKind>,
     ) -> Result<()> {
         assert!(chunk_len > 0, "chunk_len must be at least 1");
         let whole = worker::ArrayPart {
@@ -657,7 +648,7 @@ impl Pool {
             })
             .collect::<Result<Vec<_>>>()?;
         let lens = vec![1; payloads.len()];
-        let job = self.submit(func, tramp, payloads)?;
+        let job = self.submit(func, payloads)?;
         // Both borrows stay held until every task has finished: `get` waits for all of them.
         AsyncResult::<Vec<()>>::all_items(job, lens).get().map(drop)
     }

@@ -1,4 +1,4 @@
-//! The worker process: its main loop, and the adapters ("trampolines") that run one task.
+//! The worker process: its main loop, and the adapters that run one task.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -8,32 +8,42 @@ use bytemuck::Pod;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::wire::{self, FnRef, ItemFailure, ItemResults, KIND_RESULT, KIND_TASK};
+use super::wire::{self, ItemFailure, ItemResults, KIND_RESULT, KIND_TASK};
 use crate::codec::RawSlice;
 use crate::error::Error;
 use crate::heap::{BlockHandle, SharedArray};
 use crate::process::bootstrap;
+use crate::process::fnref::{AdapterKind, FnAddr, FnKey, FnRef, LocalFn};
 use crate::queue::Queue;
-use crate::sys::process as psys;
 
 /// A byte-frame ring, the transport of every pool message.
 pub(crate) type FrameQueue = Queue<Vec<u8>, RawSlice<u8>>;
 
-/// The adapter of one kind of task: runs the user's function at `func` on a payload and encodes the
-/// per-item results. `Err` means the whole task could not run (its items all fail with the message).
-pub(crate) type Trampoline = fn(func: usize, payload: &[u8]) -> Result<ItemResults, String>;
+/// The adapter kind of pool tasks: runs the user's function on a payload and encodes the per-item
+/// results. `Err` means the whole task could not run (its items all fail with the message).
+pub(crate) struct TaskKind;
 
-/// What a worker is started with (through the spawn task, i.e. private to parent and worker).
+impl AdapterKind for TaskKind {
+    type Adapter = fn(FnAddr, &[u8]) -> Result<ItemResults, String>;
+    const DOMAIN: u64 = 0x6d70_706f_6f6c_7401; // "mppoolt" 1
+    const NAME: &'static str = "pool task";
+}
+
+/// What a worker is started with (through the spawn task). The pool's key is not here: it arrives as the
+/// spawn key, over the socket no other process can open (see `process::fnref`).
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct WorkerArgs {
     pub tasks: FrameQueue,
     pub results: FrameQueue,
-    /// The MAC key for function references.
-    pub key: (u64, u64),
-    /// Offset of the initializer `fn()` from the anchor, if any.
-    pub initializer: Option<i64>,
+    /// This worker's index in the pool, written into every result frame; the parent accepts a result
+    /// only from the worker it gave the task to.
+    pub index: u32,
+    /// The initializer, a `fn()` paired with [`init_adapter`], signed with the pool's key.
+    pub initializer: Option<FnRef>,
     /// Exit after this many tasks (the parent starts a fresh worker).
     pub max_tasks: Option<u64>,
+    /// The largest task body the worker reassembles; a larger one fails that task.
+    pub max_body: u64,
 }
 
 thread_local! {
@@ -74,15 +84,15 @@ fn catch<R>(f: impl FnOnce() -> R) -> Result<R, ItemFailure> {
 /// after `max_tasks` tasks; the parent sees the exit and decides whether to start another.
 pub(crate) fn worker_main(args: WorkerArgs) {
     install_panic_hook();
+    // A worker is always spawned with the pool's key (`Builder::spawn_key`); without one it was not
+    // started by a pool and can authenticate nothing.
+    let Some(key) = bootstrap::spawn_key() else {
+        std::process::exit(3);
+    };
     if let Some(init) = args.initializer {
-        let f = bootstrap::anchor_addr().wrapping_add_signed(init as isize);
-        if psys::object_base(f) != psys::object_base(bootstrap::anchor_addr()) {
+        if run_fn(init, &[], &key).is_err() {
             std::process::exit(3);
         }
-        // SAFETY: the parent took `init` from a `fn()` of this same executable (the spawn bootstrap
-        // checked we run the same file), and it came through the spawn task, private to the two of us.
-        let init = unsafe { std::mem::transmute::<usize, fn()>(f) };
-        init();
     }
     let max_frame = args.results.max_message_size();
     let mut partial: HashMap<u64, Vec<u8>> = HashMap::new();
@@ -101,20 +111,43 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             continue;
         }
         let buf = partial.entry(head.task).or_default();
-        buf.extend_from_slice(body);
-        if !head.last {
+        // Only the parent writes this ring, one task at a time; anything that would grow a body past
+        // the limit is garbage, and that task fails rather than growing our memory.
+        let too_big = (buf.len() + body.len()) as u64 > args.max_body;
+        if !too_big {
+            buf.extend_from_slice(body);
+        }
+        if !head.last && !too_big {
+            continue;
+        }
+        if too_big && !head.last {
+            // Drop what we have; the remaining fragments of this task are dropped the same way.
+            buf.clear();
+            buf.shrink_to_fit();
             continue;
         }
         let body = partial.remove(&head.task).unwrap_or_default();
-        let outcome = run_task(&body, args.key);
+        let outcome = if too_big {
+            Err(format!(
+                "the task body is larger than {} bytes",
+                args.max_body
+            ))
+        } else {
+            run_task(&body, &key)
+        };
         let encoded = match postcard::to_allocvec(&outcome) {
             Ok(v) => v,
             Err(e) => postcard::to_allocvec(&Err::<ItemResults, String>(e.to_string()))
                 .unwrap_or_default(),
         };
-        if wire::fragments(head.task, KIND_RESULT, &encoded, max_frame, |f| {
-            args.results.put(f)
-        })
+        if wire::fragments(
+            head.task,
+            KIND_RESULT,
+            args.index,
+            &encoded,
+            max_frame,
+            |f| args.results.put(f),
+        )
         .is_err()
         {
             return;
@@ -127,53 +160,30 @@ pub(crate) fn worker_main(args: WorkerArgs) {
 }
 
 /// Checks a task's function reference and runs it.
-fn run_task(body: &[u8], key: (u64, u64)) -> Result<ItemResults, String> {
-    let (f, payload) = wire::decode_task(body).ok_or("a task frame shorter than its header")?;
-    if wire::mac(key, f.func, f.tramp) != f.mac {
-        return Err("the task's function reference failed its authentication check".into());
-    }
-    let anchor = bootstrap::anchor_addr();
-    let func = anchor.wrapping_add_signed(f.func as isize);
-    let tramp = anchor.wrapping_add_signed(f.tramp as isize);
-    let base = psys::object_base(anchor);
-    if psys::object_base(func) != base || psys::object_base(tramp) != base {
-        return Err("function offsets point outside the executable".into());
-    }
-    // SAFETY: the MAC proves the parent made this pair with the pool's key, from a `Trampoline` and the
-    // function it adapts, both in this executable file (which the spawn bootstrap checked we run), so
-    // the same offsets from the anchor are the same functions here.
-    let tramp = unsafe { std::mem::transmute::<usize, Trampoline>(tramp) };
-    tramp(func, payload)
+fn run_task(body: &[u8], key: &FnKey) -> Result<ItemResults, String> {
+    let (f, payload) = FnRef::split_from(body).ok_or("a task frame shorter than its header")?;
+    run_fn(f, payload, key)
 }
 
-/// The offset of the function at `func` from the anchor.
-///
-/// # Panics
-/// If `func` is not code of the main executable (a function of a dynamic library has no stable offset).
-#[track_caller]
-pub(crate) fn exe_offset(func: usize) -> i64 {
-    let anchor = bootstrap::anchor_addr();
-    let base = psys::object_base(anchor);
-    assert!(
-        base.is_some() && psys::object_base(func) == base,
-        "mproc: a pool can only run functions of the main executable"
-    );
-    func as i64 - anchor as i64
+fn run_fn(f: FnRef, payload: &[u8], key: &FnKey) -> Result<ItemResults, String> {
+    let (func, adapter) = f
+        .resolve::<TaskKind>(key)
+        .map_err(|e| e.to_string())?
+        .parts();
+    adapter(func, payload)
 }
 
-/// A function reference for `func` run through `tramp`, authenticated with `key`.
-///
-/// # Panics
-/// As [`exe_offset`].
-#[track_caller]
-pub(crate) fn fn_ref(key: (u64, u64), func: usize, tramp: Trampoline) -> FnRef {
-    let func = exe_offset(func);
-    let tramp = exe_offset(tramp as usize);
-    FnRef {
-        func,
-        tramp,
-        mac: wire::mac(key, func, tramp),
-    }
+/// The initializer `f` as a pool function (run once per worker with an empty payload).
+pub(crate) fn init_fn(f: fn()) -> LocalFn<TaskKind> {
+    // SAFETY: `init_adapter` calls its address as a `fn()`, which `f` is.
+    unsafe { LocalFn::<TaskKind>::pair(f as usize, init_adapter) }
+}
+
+fn init_adapter(func: FnAddr, _payload: &[u8]) -> Result<ItemResults, String> {
+    // SAFETY: paired only with a `fn()` (`init_fn`).
+    let f = unsafe { func.get::<fn()>() };
+    f();
+    Ok(Vec::new())
 }
 
 fn encode<R: Serialize>(r: &R) -> Result<Vec<u8>, ItemFailure> {
@@ -190,14 +200,19 @@ fn decode_payload<P: DeserializeOwned>(payload: &[u8]) -> Result<P, String> {
     })
 }
 
+/// `map`: `f` over a payload that is a `Vec<A>`.
+pub(crate) fn map_fn<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> LocalFn<TaskKind> {
+    // SAFETY: `map_adapter::<A, R>` calls its address as a `fn(A) -> R`, which `f` is.
+    unsafe { LocalFn::<TaskKind>::pair(f as usize, map_adapter::<A, R>) }
+}
+
 /// `map`: the payload is a `Vec<A>`; each item is run (and may panic) on its own.
-pub(crate) fn map_tramp<A: DeserializeOwned, R: Serialize>(
-    func: usize,
+fn map_adapter<A: DeserializeOwned, R: Serialize>(
+    func: FnAddr,
     payload: &[u8],
 ) -> Result<ItemResults, String> {
-    // SAFETY: `func` is a `fn(A) -> R` for exactly these types: the parent pairs this trampoline with the
-    // function in `Pool::submit_map`, and the pair is authenticated (see `run_task`).
-    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func) };
+    // SAFETY: paired only with a `fn(A) -> R` for these types (`map_fn`).
+    let f = unsafe { func.get::<fn(A) -> R>() };
     let items: Vec<A> = decode_payload(payload)?;
     Ok(items
         .into_iter()
@@ -205,13 +220,20 @@ pub(crate) fn map_tramp<A: DeserializeOwned, R: Serialize>(
         .collect())
 }
 
-/// `starmap`: the payload is a `Vec<(A, B)>`.
-pub(crate) fn star_tramp<A: DeserializeOwned, B: DeserializeOwned, R: Serialize>(
-    func: usize,
+/// `starmap`: `f` over a payload that is a `Vec<(A, B)>`.
+pub(crate) fn star_fn<A: DeserializeOwned, B: DeserializeOwned, R: Serialize>(
+    f: fn(A, B) -> R,
+) -> LocalFn<TaskKind> {
+    // SAFETY: `star_adapter::<A, B, R>` calls its address as a `fn(A, B) -> R`, which `f` is.
+    unsafe { LocalFn::<TaskKind>::pair(f as usize, star_adapter::<A, B, R>) }
+}
+
+fn star_adapter<A: DeserializeOwned, B: DeserializeOwned, R: Serialize>(
+    func: FnAddr,
     payload: &[u8],
 ) -> Result<ItemResults, String> {
-    // SAFETY: as in `map_tramp`, for a `fn(A, B) -> R`.
-    let f = unsafe { std::mem::transmute::<usize, fn(A, B) -> R>(func) };
+    // SAFETY: paired only with a `fn(A, B) -> R` for these types (`star_fn`).
+    let f = unsafe { func.get::<fn(A, B) -> R>() };
     let items: Vec<(A, B)> = decode_payload(payload)?;
     Ok(items
         .into_iter()
@@ -227,77 +249,126 @@ pub(crate) struct ArrayPart {
     pub end: u64,
 }
 
+/// The lent array and the checked range of this task's elements.
 fn view<T: Pod>(part: &ArrayPart) -> Result<(SharedArray<T>, std::ops::Range<usize>), String> {
     let a = SharedArray::<T>::view(&part.block).map_err(|e: Error| e.to_string())?;
-    let (start, end) = (part.start as usize, part.end as usize);
-    if start > end || end > a.len() {
+    let (start, end) = (part.start, part.end);
+    if start > end || end > a.len() as u64 {
         return Err(format!(
             "elements {start}..{end} are outside an array of {}",
             a.len()
         ));
     }
-    Ok((a, start..end))
+    Ok((a, start as usize..end as usize))
+}
+
+/// This task's elements of a lent input, as a slice of just those elements.
+fn part_ref<T: Pod>(a: &SharedArray<T>, range: std::ops::Range<usize>) -> &[T] {
+    debug_assert!(range.start <= range.end && range.end <= a.len());
+    // SAFETY: `range` lies within the array (checked in `view`), which is `len` aligned elements of a
+    // live mapping that `a` keeps mapped; T: Pod accepts any bytes. The slice covers only this task's
+    // elements, built from the raw base pointer, never from a reference to the whole array (review S5):
+    // the parent lends the input for reading to every task and writes none of it until they finish.
+    unsafe { std::slice::from_raw_parts(a.as_raw_ptr().add(range.start), range.len()) }
+}
+
+/// This task's elements of a lent output, as the only `&mut` to them.
+#[allow(clippy::mut_from_ref)]
+fn part_mut<T: Pod>(a: &SharedArray<T>, range: std::ops::Range<usize>) -> &mut [T] {
+    debug_assert!(range.start <= range.end && range.end <= a.len());
+    // SAFETY: as in `part_ref`; and the parent holds `&mut` to the output for the whole call and gives
+    // each task a disjoint range, so this slice, made of this task's elements only, is the one reference
+    // to them in any process. Other tasks write their own ranges through their own slices.
+    unsafe { std::slice::from_raw_parts_mut(a.as_raw_ptr().add(range.start), range.len()) }
+}
+
+/// `map_chunks`: `f` over one lent part of an array.
+pub(crate) fn chunk_fn<T: Pod, R: Serialize>(f: fn(&[T]) -> R) -> LocalFn<TaskKind> {
+    // SAFETY: `chunk_adapter::<T, R>` calls its address as a `fn(&[T]) -> R`, which `f` is.
+    unsafe { LocalFn::<TaskKind>::pair(f as usize, chunk_adapter::<T, R>) }
 }
 
 /// `map_chunks`: the payload is one [`ArrayPart`] (and `()`); the function reads those elements in place.
-pub(crate) fn chunk_tramp<T: Pod, R: Serialize>(
-    func: usize,
+fn chunk_adapter<T: Pod, R: Serialize>(
+    func: FnAddr,
     payload: &[u8],
 ) -> Result<ItemResults, String> {
-    // SAFETY: as in `map_tramp`, for a `fn(&[T]) -> R` (paired in `Pool::map_chunks`).
-    let f = unsafe { std::mem::transmute::<usize, fn(&[T]) -> R>(func) };
+    // SAFETY: paired only with a `fn(&[T]) -> R` for these types (`chunk_fn`).
+    let f = unsafe { func.get::<fn(&[T]) -> R>() };
     let (part, ()): (ArrayPart, ()) = decode_payload(payload)?;
     let (a, range) = view::<T>(&part)?;
-    Ok(vec![catch(|| f(&a[range])).and_then(|r| encode(&r))])
-}
-
-/// `map_chunks_with`: the payload is one [`ArrayPart`] and the parameters.
-pub(crate) fn chunk_with_tramp<T: Pod, P: DeserializeOwned, R: Serialize>(
-    func: usize,
-    payload: &[u8],
-) -> Result<ItemResults, String> {
-    // SAFETY: as in `map_tramp`, for a `fn(&P, &[T]) -> R` (paired in `Pool::map_chunks_with`).
-    let f = unsafe { std::mem::transmute::<usize, fn(&P, &[T]) -> R>(func) };
-    let (part, params): (ArrayPart, P) = decode_payload(payload)?;
-    let (a, range) = view::<T>(&part)?;
     Ok(vec![
-        catch(|| f(&params, &a[range])).and_then(|r| encode(&r))
+        catch(|| f(part_ref(&a, range))).and_then(|r| encode(&r))
     ])
 }
 
-/// `transform`: the payload is the whole input and this task's part of the output (and `()`); the
-/// function reads any of the input and writes only its own output elements.
-pub(crate) fn transform_tramp<T: Pod, U: Pod>(
-    func: usize,
+/// `map_chunks_with`: `f` over one lent part of an array, with parameters.
+pub(crate) fn chunk_with_fn<T: Pod, P: DeserializeOwned, R: Serialize>(
+    f: fn(&P, &[T]) -> R,
+) -> LocalFn<TaskKind> {
+    // SAFETY: `chunk_with_adapter::<T, P, R>` calls its address as a `fn(&P, &[T]) -> R`, which `f` is.
+    unsafe { LocalFn::<TaskKind>::pair(f as usize, chunk_with_adapter::<T, P, R>) }
+}
+
+fn chunk_with_adapter<T: Pod, P: DeserializeOwned, R: Serialize>(
+    func: FnAddr,
     payload: &[u8],
 ) -> Result<ItemResults, String> {
-    // SAFETY: as in `map_tramp`, for a `fn(&[T], &mut [U], usize)` (paired in `Pool::transform`).
-    let f = unsafe { std::mem::transmute::<usize, fn(&[T], &mut [U], usize)>(func) };
+    // SAFETY: paired only with a `fn(&P, &[T]) -> R` for these types (`chunk_with_fn`).
+    let f = unsafe { func.get::<fn(&P, &[T]) -> R>() };
+    let (part, params): (ArrayPart, P) = decode_payload(payload)?;
+    let (a, range) = view::<T>(&part)?;
+    Ok(vec![
+        catch(|| f(&params, part_ref(&a, range))).and_then(|r| encode(&r))
+    ])
+}
+
+/// `transform`: `f` from a lent input into this task's part of a lent output.
+pub(crate) fn transform_fn<T: Pod, U: Pod>(f: fn(&[T], &mut [U], usize)) -> LocalFn<TaskKind> {
+    // SAFETY: `transform_adapter::<T, U>` calls its address as a `fn(&[T], &mut [U], usize)`, which `f`
+    // is.
+    unsafe { LocalFn::<TaskKind>::pair(f as usize, transform_adapter::<T, U>) }
+}
+
+/// `transform`: the payload is the input part and this task's part of the output (and `()`).
+fn transform_adapter<T: Pod, U: Pod>(func: FnAddr, payload: &[u8]) -> Result<ItemResults, String> {
+    // SAFETY: paired only with a `fn(&[T], &mut [U], usize)` for these types (`transform_fn`).
+    let f = unsafe { func.get::<fn(&[T], &mut [U], usize)>() };
     let (input, output, ()): (ArrayPart, ArrayPart, ()) = decode_payload(payload)?;
-    // The parent holds `&input` and `&mut output` for the whole call and gives each task a disjoint
-    // output range, so this task's `&mut` is the only one to these elements anywhere.
-    let ((inp, in_range), (mut out, out_range)) = (view::<T>(&input)?, view::<U>(&output)?);
+    let ((inp, in_range), (out, out_range)) = (view::<T>(&input)?, view::<U>(&output)?);
     let start = out_range.start;
     Ok(vec![catch(|| {
-        f(&inp[in_range], &mut out[out_range], start)
+        f(part_ref(&inp, in_range), part_mut(&out, out_range), start)
     })
     .and_then(|()| encode(&()))])
 }
 
-/// `transform_with`: as `transform`, with the parameters.
-pub(crate) fn transform_with_tramp<T: Pod, U: Pod, P: DeserializeOwned>(
-    func: usize,
+/// `transform_with`: as `transform`, with parameters.
+pub(crate) fn transform_with_fn<T: Pod, U: Pod, P: DeserializeOwned>(
+    f: fn(&P, &[T], &mut [U], usize),
+) -> LocalFn<TaskKind> {
+    // SAFETY: `transform_with_adapter::<T, U, P>` calls its address as a
+    // `fn(&P, &[T], &mut [U], usize)`, which `f` is.
+    unsafe { LocalFn::<TaskKind>::pair(f as usize, transform_with_adapter::<T, U, P>) }
+}
+
+fn transform_with_adapter<T: Pod, U: Pod, P: DeserializeOwned>(
+    func: FnAddr,
     payload: &[u8],
 ) -> Result<ItemResults, String> {
-    // SAFETY: as in `map_tramp`, for a `fn(&P, &[T], &mut [U], usize)` (paired in
-    // `Pool::transform_with`).
-    let f = unsafe { std::mem::transmute::<usize, fn(&P, &[T], &mut [U], usize)>(func) };
+    // SAFETY: paired only with a `fn(&P, &[T], &mut [U], usize)` for these types
+    // (`transform_with_fn`).
+    let f = unsafe { func.get::<fn(&P, &[T], &mut [U], usize)>() };
     let (input, output, params): (ArrayPart, ArrayPart, P) = decode_payload(payload)?;
-    // Disjoint output ranges under the parent's `&mut`: see `transform_tramp`.
-    let ((inp, in_range), (mut out, out_range)) = (view::<T>(&input)?, view::<U>(&output)?);
+    let ((inp, in_range), (out, out_range)) = (view::<T>(&input)?, view::<U>(&output)?);
     let start = out_range.start;
     Ok(vec![catch(|| {
-        f(&params, &inp[in_range], &mut out[out_range], start)
+        f(
+            &params,
+            part_ref(&inp, in_range),
+            part_mut(&out, out_range),
+            start,
+        )
     })
     .and_then(|()| encode(&()))])
 }

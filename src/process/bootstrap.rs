@@ -1,52 +1,65 @@
-//! The child's side: the pre-main constructor, the task and outcome wire format, function references,
-//! the panic hook, and the death-with-parent watcher.
+//! The child's side: the pre-main constructor, the task and outcome wire format, the spawn adapter, the
+//! panic hook, and the death-with-parent watcher.
+//!
+//! ## The environment contract
+//! A program that links mproc behaves exactly as without it unless its own parent spawned it. The
+//! constructor looks at one variable, `MPROC_SPAWN_CHILD=<parent pid>:<task fd>:<key fd>:<result fd>`:
+//! - absent: return; `main` runs.
+//! - present in a process with `AT_SECURE` (setuid, setgid, file capabilities): ignored entirely, as if
+//!   absent; such a program must not let its caller's environment choose what it runs.
+//! - present otherwise: it is removed, and the child accepts a task only if *all* of these hold, else it
+//!   prints one line to stderr and exits with code 126, having written to no file:
+//!   the pid is `getppid()`; the key descriptor is a socket whose peer (`SO_PEERCRED`) is that parent
+//!   with our uid and holds a 16-byte key; the task descriptor is a memfd of our uid sealed against
+//!   writes, shrinking and growing, of at most [`MAX_TASK_BYTES`]; the task decodes; its function
+//!   reference verifies under the key (see [`fnref`](super::fnref)); the result descriptor is an empty
+//!   unsealed memfd of our uid. Only then is anything written, and only to the result memfd.
 //!
 //! ## Wire format
-//! The parent writes one frame into a fresh memfd: `b"MPRCTSK1"`, the body length as a little-endian
-//! `u64`, then the [`Task`] in postcard. The child replaces the file's contents with one frame
-//! `b"MPRCOUT1"`, length, [`Outcome`]. A child that dies half-way through writing leaves a short frame,
-//! which the parent rejects on its length, then reports how the child ended instead. A memfd never blocks
-//! a writer, so a result of any size cannot deadlock parent and child the way a full pipe can.
-//!
-//! ## Function references
-//! A `fn(A) -> R` is sent as its offset from [`anchor`], a function of this crate, together with the
-//! offset of [`trampoline::<A, R>`], the monomorphized adapter that decodes `A`, calls the function and
-//! encodes `R`. Offsets between two functions of one executable are the same in every process running
-//! that executable file, whatever address ASLR loaded it at. The child checks that it runs the same file
-//! as its parent (device, inode, size and modification time of `/proc/self/exe`) before it turns an
-//! offset back into a pointer; a mismatch is [`Error::ExecutableMismatch`](crate::Error), never a jump.
+//! The task memfd holds one frame: `b"MPRCTSK2"`, the body length as a little-endian `u64`, then the
+//! [`Task`] in postcard. The child writes one frame `b"MPRCOUT1"`, length, [`Outcome`] into the result
+//! memfd. A child that dies half-way through writing leaves a short frame, which the parent rejects on its
+//! length, then reports how the child ended instead. A memfd never blocks a writer, so a result of any
+//! size cannot deadlock parent and child the way a full pipe can; the parent reads at most
+//! [`MAX_RESULT_BYTES`] of it.
 
+use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::OnceLock;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::fnref::{AdapterKind, FnAddr, FnKey, FnRef, LocalFn};
+use crate::sys::channel;
 use crate::sys::process::{self as psys, ExeId};
-use crate::sys::shm;
 
-/// The environment variable that marks a spawned child: `<parent pid>:<memfd number in the parent>`.
+/// The environment variable that marks a spawned child (see the module docs for its contract).
 pub(crate) const ENV_VAR: &str = "MPROC_SPAWN_CHILD";
-const TASK_MAGIC: [u8; 8] = *b"MPRCTSK1";
+const TASK_MAGIC: [u8; 8] = *b"MPRCTSK2";
 const OUT_MAGIC: [u8; 8] = *b"MPRCOUT1";
+
+/// The largest task file a child reads (the encoded argument of a spawned function).
+pub(crate) const MAX_TASK_BYTES: u64 = 1 << 30;
+/// The largest outcome a parent reads back (the encoded result of a spawned function).
+pub(crate) const MAX_RESULT_BYTES: u64 = 1 << 30;
 
 /// Exit code of a child whose parent died while it ran (death-with-parent).
 pub(crate) const EXIT_ORPHANED: i32 = 125;
-/// Exit code of a child that could not even read its task: there is nobody to tell.
+/// Exit code of a child that could not read (or refused) its task: there is nobody to tell.
 const EXIT_NO_TASK: i32 = 126;
 /// Exit code after a panic, as Rust's own runtime uses.
 const EXIT_PANIC: i32 = 101;
 
 /// What a spawned child is asked to do.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct Task {
+pub(crate) struct SpawnTask {
     /// The parent's executable: the child must be running the same file.
     pub exe: ExeId,
-    /// Offset of the user's `fn(A) -> R` from [`anchor`].
-    pub func: i64,
-    /// Offset of `trampoline::<A, R>` from [`anchor`].
-    pub trampoline: i64,
+    /// The user's `fn(A) -> R` and its adapter, authenticated with the key of the key socket.
+    pub func: FnRef,
     /// The postcard-encoded argument.
     pub args: Vec<u8>,
     /// The parent's pid, for the death-with-parent watcher.
@@ -64,7 +77,7 @@ pub(crate) enum Failure {
     ResultEncode(String),
     /// The child runs a different executable file than its parent.
     ExeMismatch(String),
-    /// The child could not set itself up (bad task, a thread that did not start, ...).
+    /// The child could not set itself up (a thread that did not start, ...).
     Setup(String),
 }
 
@@ -79,30 +92,28 @@ pub(crate) enum Outcome {
     Failed(Failure),
 }
 
-/// The monomorphized adapter of a spawn target: `func` is the address of a `fn(A) -> R`.
-pub(crate) type Trampoline = fn(usize, &[u8]) -> Result<Vec<u8>, Failure>;
+/// The adapter kind of spawn targets: decodes `A`, calls the `fn(A) -> R`, encodes `R`.
+pub(crate) struct SpawnKind;
 
-/// The fixed point function offsets are measured from. Never called; `inline(never)` and a body that
-/// differs from every other function keep it one distinct symbol of the executable.
-#[inline(never)]
-pub(crate) fn anchor() -> u64 {
-    0x6d70_726f_635f_616e // "mproc_an"
+impl AdapterKind for SpawnKind {
+    type Adapter = fn(FnAddr, &[u8]) -> Result<Vec<u8>, Failure>;
+    const DOMAIN: u64 = 0x6d70_7370_6177_6e01; // "mpspawn" 1
+    const NAME: &'static str = "spawn";
 }
 
-pub(crate) fn anchor_addr() -> usize {
-    anchor as fn() -> u64 as usize
+/// A spawn target: `f` paired with the adapter for its types.
+pub(crate) fn spawn_fn<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> LocalFn<SpawnKind> {
+    // SAFETY: `spawn_adapter::<A, R>` calls its address as a `fn(A) -> R`, which `f` is.
+    unsafe { LocalFn::<SpawnKind>::pair(f as usize, spawn_adapter::<A, R>) }
 }
 
 /// Decodes `A`, calls the `fn(A) -> R` at `func`, encodes `R`.
-pub(crate) fn trampoline<A: DeserializeOwned, R: Serialize>(
-    func: usize,
+fn spawn_adapter<A: DeserializeOwned, R: Serialize>(
+    func: FnAddr,
     args: &[u8],
 ) -> Result<Vec<u8>, Failure> {
-    // SAFETY: `func` is the address of a `fn(A) -> R` for exactly these `A` and `R`: `Target::function`
-    // takes the address of the user's `fn(A) -> R` and of `trampoline::<A, R>` together, and the child
-    // relocates both by the same anchor only after checking it runs the very executable file they came
-    // from. A fn pointer and a usize have the same size on every platform Rust supports.
-    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func) };
+    // SAFETY: this adapter is paired only with a `fn(A) -> R` for these `A` and `R` (`spawn_fn`).
+    let f = unsafe { func.get::<fn(A) -> R>() };
     let a: A = postcard::from_bytes(args)
         .map_err(|e| Failure::ArgDecode(std::any::type_name::<A>().to_owned(), e.to_string()))?;
     let r = f(a);
@@ -124,13 +135,21 @@ pub(crate) fn unframe(magic: [u8; 8], bytes: &[u8]) -> Option<&[u8]> {
     (head[..8] == magic && body.len() as u64 == len).then_some(body)
 }
 
-pub(crate) fn encode_task(task: &Task) -> Vec<u8> {
+/// The length a frame header announces, if the magic is right (to cap a read before making it).
+pub(crate) fn announced_len(magic: [u8; 8], head: &[u8; 16]) -> Option<u64> {
+    (head[..8] == magic).then(|| u64::from_le_bytes(head[8..16].try_into().expect("8 bytes")))
+}
+
+pub(crate) fn encode_task(task: &SpawnTask) -> Vec<u8> {
     // Encoding a struct of integers and byte vectors into a Vec cannot fail.
     frame(
         TASK_MAGIC,
         &postcard::to_allocvec(task).expect("a task always encodes"),
     )
 }
+
+/// The magic of an outcome frame.
+pub(crate) const OUTCOME_MAGIC: [u8; 8] = OUT_MAGIC;
 
 /// Reads a child's outcome from the bytes of its result file; `None` if it left no complete report.
 pub(crate) fn decode_outcome(bytes: &[u8]) -> Option<Outcome> {
@@ -139,8 +158,10 @@ pub(crate) fn decode_outcome(bytes: &[u8]) -> Option<Outcome> {
 
 // ------------------------------------------------------------------------------------------- the child
 
-/// The descriptor the child publishes its outcome into (-1 before the child is set up).
+/// The descriptor the child publishes its outcome into (-1: this process is not an mproc child).
 static RESULT_FD: AtomicI32 = AtomicI32::new(-1);
+/// Whether the panic hook already published a panic (so the unwinding path does not overwrite it).
+static PANIC_PUBLISHED: AtomicBool = AtomicBool::new(false);
 
 fn publish(outcome: &Outcome) -> bool {
     let fd = RESULT_FD.load(Ordering::Acquire);
@@ -153,39 +174,67 @@ fn publish(outcome: &Outcome) -> bool {
     psys::replace_contents(fd, &frame(OUT_MAGIC, &body)).is_ok()
 }
 
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (
+        payload.downcast_ref::<&str>(),
+        payload.downcast_ref::<String>(),
+    ) {
+        (Some(s), _) => (*s).to_owned(),
+        (None, Some(s)) => s.clone(),
+        (None, None) => "Box<dyn Any>".to_owned(),
+    }
+}
+
+/// Installs, once per process, the hook that reports a child's panic. In an mproc child it publishes the
+/// panic (message and location) before anything else, so that it is reported even when the program is
+/// built with `panic = "abort"` (the parent then sees the report and a SIGABRT; the report wins). In any
+/// other process it hands the panic to the hook that was installed before it.
+///
+/// Called by a spawned child at start (a fresh, single-threaded process) and by a parent *before* it
+/// forks, never in a forked child: `set_hook` takes a lock that another thread of the parent may hold
+/// at the moment of a fork (review H4).
+pub(crate) fn install_child_panic_hook() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if RESULT_FD.load(Ordering::Acquire) < 0 {
+                return previous(info);
+            }
+            let message = panic_message(info.payload());
+            let location = info.location().map_or_else(
+                || "<unknown>".to_owned(),
+                |l| format!("{}:{}:{}", l.file(), l.line(), l.column()),
+            );
+            let text = format!(
+                "mproc: child process {} panicked at {location}:\n{message}\n",
+                std::process::id()
+            );
+            psys::write_stderr_raw(text.as_bytes());
+            if publish(&Outcome::Panic { message, location }) {
+                PANIC_PUBLISHED.store(true, Ordering::Release);
+            }
+        }));
+    });
+}
+
 /// Runs a child's function and returns the exit code; the outcome is published into `result_fd`.
 /// Shared by spawned and forked children. Takes no lock that the parent's other threads could have held
-/// at a fork: the hook writes with raw `write(2)` calls.
+/// at a fork: the hook was installed before the fork, and publishes with raw `write(2)` calls.
 pub(crate) fn run_child(result_fd: RawFd, body: impl FnOnce() -> Result<Vec<u8>, Failure>) -> i32 {
     RESULT_FD.store(result_fd, Ordering::Release);
-    // The hook publishes the panic itself, so that a panic is reported even if the program is built with
-    // `panic = "abort"` (the parent then sees the report and a SIGABRT; the report wins). If the function
-    // catches a panic and returns normally, the later `Value` replaces the report.
-    panic::set_hook(Box::new(|info| {
-        let payload = info.payload();
-        let message = match (
-            payload.downcast_ref::<&str>(),
-            payload.downcast_ref::<String>(),
-        ) {
-            (Some(s), _) => (*s).to_owned(),
-            (None, Some(s)) => s.clone(),
-            (None, None) => "Box<dyn Any>".to_owned(),
-        };
-        let location = info.location().map_or_else(
-            || "<unknown>".to_owned(),
-            |l| format!("{}:{}:{}", l.file(), l.line(), l.column()),
-        );
-        let text = format!(
-            "mproc: child process {} panicked at {location}:\n{message}\n",
-            std::process::id()
-        );
-        psys::write_stderr_raw(text.as_bytes());
-        publish(&Outcome::Panic { message, location });
-    }));
     let outcome = match panic::catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(value)) => Outcome::Value(value),
         Ok(Err(failure)) => Outcome::Failed(failure),
         Err(payload) => {
+            // The hook published message and location, unless someone replaced it: then report what
+            // the payload says.
+            if !PANIC_PUBLISHED.load(Ordering::Acquire) {
+                publish(&Outcome::Panic {
+                    message: panic_message(&*payload),
+                    location: "<unknown: the panic hook was replaced>".to_owned(),
+                });
+            }
             // Dropping a panic payload can itself panic; we are about to exit anyway.
             std::mem::forget(payload);
             return EXIT_PANIC;
@@ -208,70 +257,101 @@ pub(crate) fn watch_parent(parent: u32) -> Result<(), Failure> {
         .map_err(|e| Failure::Setup(format!("cannot arm death with the parent: {e}")))
 }
 
-/// Turns the task's offsets back into addresses, after checking the executable and that both land in it.
-pub(crate) fn resolve(task: &Task) -> Result<(usize, Trampoline), Failure> {
-    let here = psys::current_exe_id().map_err(|e| Failure::Setup(e.to_string()))?;
-    if here != task.exe {
-        return Err(Failure::ExeMismatch(format!(
-            "parent ran {:?}, child runs {here:?}",
-            task.exe
-        )));
-    }
-    let anchor = anchor_addr();
-    let func = anchor.wrapping_add_signed(task.func as isize);
-    let tramp = anchor.wrapping_add_signed(task.trampoline as isize);
-    // Same file, so the offsets are right; this only guards against a corrupted task.
-    let base = psys::object_base(anchor);
-    if psys::object_base(func) != base || psys::object_base(tramp) != base {
-        return Err(Failure::Setup(
-            "function offsets point outside the executable".into(),
-        ));
-    }
-    // SAFETY: `tramp` is the address of a `Trampoline` of this executable: the parent computed the
-    // offset from `trampoline::<A, R> as Trampoline` in the same file (checked above), whose code is
-    // mapped at the same offset from `anchor` here.
-    let tramp = unsafe { std::mem::transmute::<usize, Trampoline>(tramp) };
-    Ok((func, tramp))
+/// The key this spawned child received from its parent over the key socket. A pool worker uses it to
+/// authenticate its tasks: the pool spawns its workers with the pool's key.
+static SPAWN_KEY: OnceLock<FnKey> = OnceLock::new();
+
+/// The key this process was spawned with, if it is a spawned child.
+pub(crate) fn spawn_key() -> Option<FnKey> {
+    SPAWN_KEY.get().copied()
 }
 
-/// If this process is a spawned child (the environment variable is set), runs the task and exits;
-/// otherwise returns at once.
+/// A task accepted from the real parent, with everything checked.
+#[derive(Debug)]
+struct Accepted {
+    task: SpawnTask,
+    func: LocalFn<SpawnKind>,
+    result: File,
+}
+
+/// If this process is a spawned child, runs its task and exits; otherwise returns at once. See the
+/// module docs for the environment contract.
 pub(crate) fn child_main_if_spawned() {
     let Some(value) = std::env::var_os(ENV_VAR) else {
         return;
     };
+    if channel::at_secure() {
+        // Privileged by exec (setuid & co.): the environment is the caller's, not our parent's.
+        return;
+    }
     // Remove it so that programs this child starts are not mistaken for spawned children. Before `main`
     // (from the constructor) the process has a single thread, so nothing reads the environment
     // concurrently; `init()` documents the same requirement.
     std::env::remove_var(ENV_VAR);
-    let code = run_spawned(value.to_str().unwrap_or(""));
+    let accepted = match accept(value.to_str().unwrap_or("")) {
+        Ok(a) => a,
+        Err(why) => {
+            psys::write_stderr_raw(
+                format!("mproc: refusing the {ENV_VAR} task: {why}\n").as_bytes(),
+            );
+            std::process::exit(EXIT_NO_TASK);
+        }
+    };
+    install_child_panic_hook();
+    let Accepted { task, func, result } = accepted;
+    let code = run_child(result.as_raw_fd(), move || {
+        if task.die_with_parent {
+            watch_parent(task.parent_pid)?;
+        }
+        let (f, adapter) = func.parts();
+        adapter(f, &task.args)
+    });
     // `exit` (not `_exit`): this is a fresh process, and its stdout buffer deserves a flush.
     std::process::exit(code);
 }
 
-fn run_spawned(value: &str) -> i32 {
-    let Some((pid, fd)) = value.split_once(':') else {
-        return EXIT_NO_TASK;
+/// Checks everything the environment names (see the module docs) and reads the task. Writes nothing.
+fn accept(value: &str) -> Result<Accepted, String> {
+    let nums: Vec<&str> = value.split(':').collect();
+    let [pid, task_fd, key_fd, result_fd] = nums[..] else {
+        return Err("malformed value".into());
     };
-    let (Ok(pid), Ok(fd)) = (pid.parse::<u32>(), fd.parse::<i32>()) else {
-        return EXIT_NO_TASK;
+    let num = |s: &str| {
+        s.parse::<i32>()
+            .map_err(|_| format!("malformed number {s:?}"))
     };
-    let Ok(file) = shm::open_proc_fd(pid, fd) else {
-        return EXIT_NO_TASK;
-    };
-    let mut bytes = Vec::new();
-    if std::io::Read::read_to_end(&mut &file, &mut bytes).is_err() {
-        return EXIT_NO_TASK;
+    let (pid, task_fd, key_fd, result_fd) =
+        (num(pid)?, num(task_fd)?, num(key_fd)?, num(result_fd)?);
+    let parent = channel::parent_pid();
+    if pid <= 0 || pid as u32 != parent {
+        return Err(format!(
+            "it names process {pid}, but this process's parent is {parent}"
+        ));
     }
-    let task: Option<Task> = unframe(TASK_MAGIC, &bytes).and_then(|b| postcard::from_bytes(b).ok());
-    run_child(file.as_raw_fd(), move || {
-        let task = task.ok_or_else(|| Failure::Setup("the task could not be decoded".into()))?;
-        let (func, tramp) = resolve(&task)?;
-        if task.die_with_parent {
-            watch_parent(task.parent_pid)?;
-        }
-        tramp(func, &task.args)
-    })
+    let key = FnKey::from_bytes(channel::read_key(key_fd, parent)?);
+    let bytes = channel::read_task(task_fd, MAX_TASK_BYTES)?;
+    let task: SpawnTask = unframe(TASK_MAGIC, &bytes)
+        .and_then(|b| postcard::from_bytes(b).ok())
+        .ok_or("the task does not decode")?;
+    let func = task
+        .func
+        .resolve::<SpawnKind>(&key)
+        .map_err(|e| e.to_string())?;
+    let result = channel::adopt_result(result_fd)?;
+    // Set once, before any user code of this process runs.
+    let _ = SPAWN_KEY.set(key);
+    let here = psys::current_exe_id().map_err(|e| e.to_string())?;
+    if here != task.exe {
+        // Authentic, but another file (cannot happen when we exec'd our parent's /proc/self/exe): say so
+        // through the result channel, which is now known to be our parent's.
+        RESULT_FD.store(result.as_raw_fd(), Ordering::Release);
+        publish(&Outcome::Failed(Failure::ExeMismatch(format!(
+            "parent ran {:?}, child runs {here:?}",
+            task.exe
+        ))));
+        std::process::exit(1);
+    }
+    Ok(Accepted { task, func, result })
 }
 
 /// The pre-main constructor: the dynamic loader calls every function pointer in `.init_array` before
@@ -294,41 +374,13 @@ mod tests {
         u64::from(x) * 2
     }
 
-    fn task_for(exe: ExeId) -> Task {
-        let anchor = anchor_addr() as i64;
-        Task {
-            exe,
-            func: double as fn(u32) -> u64 as usize as i64 - anchor,
-            trampoline: trampoline::<u32, u64> as Trampoline as usize as i64 - anchor,
-            args: postcard::to_allocvec(&21u32).unwrap(),
-            parent_pid: 1,
-            die_with_parent: false,
-        }
-    }
-
     #[test]
-    fn resolves_and_calls_in_the_same_executable() {
-        let task = task_for(psys::current_exe_id().unwrap());
-        let (f, t) = resolve(&task).unwrap();
-        let out = t(f, &task.args).unwrap();
+    fn a_spawn_target_runs_through_its_adapter() {
+        let key = FnKey::random();
+        let r = spawn_fn(double).sign(&key);
+        let (f, adapter) = r.resolve::<SpawnKind>(&key).unwrap().parts();
+        let out = adapter(f, &postcard::to_allocvec(&21u32).unwrap()).unwrap();
         assert_eq!(postcard::from_bytes::<u64>(&out).unwrap(), 42);
-    }
-
-    #[test]
-    fn another_executable_is_refused_before_any_jump() {
-        let mut exe = psys::current_exe_id().unwrap();
-        exe.mtime += 1;
-        assert!(matches!(
-            resolve(&task_for(exe)),
-            Err(Failure::ExeMismatch(_))
-        ));
-    }
-
-    #[test]
-    fn offsets_outside_the_executable_are_refused() {
-        let mut task = task_for(psys::current_exe_id().unwrap());
-        task.func = i64::MIN / 2;
-        assert!(matches!(resolve(&task), Err(Failure::Setup(_))));
     }
 
     #[test]
@@ -338,14 +390,29 @@ mod tests {
         assert_eq!(unframe(TASK_MAGIC, &f), None);
         assert_eq!(unframe(OUT_MAGIC, &f[..f.len() - 1]), None);
         assert_eq!(unframe(OUT_MAGIC, b"short"), None);
+        let head: [u8; 16] = f[..16].try_into().unwrap();
+        assert_eq!(announced_len(OUT_MAGIC, &head), Some(3));
+        assert_eq!(announced_len(TASK_MAGIC, &head), None);
     }
 
     #[test]
     fn bad_argument_bytes_are_a_decode_failure() {
-        let f = double as fn(u32) -> u64 as usize;
+        let (f, adapter) = spawn_fn(double).parts();
         assert!(matches!(
-            trampoline::<u32, u64>(f, &[0xff; 9]),
+            adapter(f, &[0xff; 9]),
             Err(Failure::ArgDecode(..))
         ));
+    }
+
+    #[test]
+    fn malformed_or_foreign_environments_are_refused_without_writing() {
+        for v in ["", "1", "1:2:3", "x:3:4:5", "1:3:4:5:6"] {
+            assert!(accept(v).is_err(), "{v:?}");
+        }
+        // Right shape, but this process's parent did not set it.
+        let me = std::process::id();
+        assert!(accept(&format!("{me}:3:4:5"))
+            .unwrap_err()
+            .contains("parent"));
     }
 }

@@ -13,12 +13,15 @@ pub(super) type Body = Box<dyn FnOnce() -> Result<Vec<u8>, Failure> + Send>;
 
 /// Forks; the child runs `body`, publishes its outcome into the memfd it shares with us and `_exit`s.
 pub(super) fn start(body: Body, die_with_parent: bool) -> Result<Child> {
-    let result = shm::create_memfd("mproc-process")?;
+    let result = shm::create_memfd("mproc-result")?;
     let parent = std::process::id();
-    // SAFETY: the child branch below runs only `watch_parent` (a pidfd, a poll and a thread start, none
-    // of which takes a lock the parent's other threads can hold; glibc resets its own thread-stack and
-    // malloc locks at fork), `run_child` (which publishes with raw writes) and the user's closure, whose
-    // obligations are the documented fork caveats; then it `_exit`s and never returns into the caller.
+    // Here, before the fork, never in the child (review H4): `set_hook` takes a process-wide lock.
+    bootstrap::install_child_panic_hook();
+    // SAFETY: the child branch below runs only `watch_parent` (`sigaction`, `prctl(PR_SET_PDEATHSIG)`
+    // and `getppid`, none of which takes a lock), `run_child` (an atomic store, the user's closure, and
+    // a publish made of one allocation — glibc's malloc is fork-safe — and raw `ftruncate`/`pwrite`
+    // calls) and the panic hook installed above; the user's closure carries the documented fork
+    // caveats. Then it `_exit`s and never returns into the caller.
     match unsafe { psys::fork()? } {
         Fork::Child => {
             let fd = result.as_raw_fd();

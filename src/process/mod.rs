@@ -87,10 +87,15 @@
 //!   line-buffered, so only an unfinished line is lost).
 //! - Fork copies the parent's page tables: forking a parent with 1 GiB of touched heap costs 28–35 ms
 //!   here, plus about 200 ms of copy-on-write faults in the parent afterwards. Spawn has no such cost.
-//! - Panics in the child are reported through a panic hook installed after the fork; if another thread
-//!   was installing a hook or panicking at the moment of the fork, the child can hang in its panic.
+//! - Panics in the child are reported through a panic hook that the parent installs (once, chaining to
+//!   the hook it replaces) *before* its first fork, because installing one in the child could wait
+//!   forever on a lock another thread held at the fork. If the program replaces the panic hook after
+//!   that, a forked child's panic is still reported, with its message but without its location.
+//! - The child inherits every descriptor and mapping of the parent: its regions, its pools' rings and
+//!   the keys in their memory. A forked child is trusted like the parent itself.
 
 pub(crate) mod bootstrap;
+pub(crate) mod fnref;
 mod fork;
 mod spawn;
 
@@ -108,7 +113,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::sys::process::{self as psys, WaitStatus};
-use bootstrap::{Failure, Outcome, Trampoline};
+use bootstrap::{Failure, Outcome, SpawnKind};
+use fnref::{FnKey, LocalFn};
 
 /// How a [`Process`] is started. See the [module docs](crate::process#start-methods).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -146,8 +152,7 @@ struct Child {
 
 enum Target {
     Function {
-        func: usize,
-        trampoline: Trampoline,
+        func: LocalFn<SpawnKind>,
         args: Vec<u8>,
     },
     Closure(fork::Body),
@@ -174,6 +179,8 @@ pub struct Builder {
     name: Option<String>,
     method: StartMethod,
     die_with_parent: bool,
+    /// The key the spawn task is authenticated with (default: a fresh random one per process).
+    key: Option<FnKey>,
 }
 
 impl Default for Builder {
@@ -182,6 +189,7 @@ impl Default for Builder {
             name: None,
             method: StartMethod::Spawn,
             die_with_parent: true,
+            key: None,
         }
     }
 }
@@ -211,6 +219,13 @@ impl Builder {
         self
     }
 
+    /// Spawns with `key` as the key of the spawn channel; the child can read it back with
+    /// `bootstrap::spawn_key()`. A pool hands its workers the pool's key this way.
+    pub(crate) fn spawn_key(mut self, key: FnKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
     /// A process that will run `f(args)`, with the start method chosen. Not started yet.
     ///
     /// # Errors
@@ -225,21 +240,15 @@ impl Builder {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        let func = f as usize;
+        let func = bootstrap::spawn_fn(f);
         if self.method == StartMethod::Spawn {
-            let base = psys::object_base(bootstrap::anchor_addr());
             assert!(
-                base.is_some() && psys::object_base(func) == base,
+                func.is_in_main_executable(),
                 "mproc: a spawned process can only run a function of the main executable"
             );
         }
         let args = postcard::to_allocvec(&args).map_err(|e| Error::Encode(e.to_string()))?;
-        let trampoline = bootstrap::trampoline::<A, R> as Trampoline;
-        Ok(self.build(Target::Function {
-            func,
-            trampoline,
-            args,
-        }))
+        Ok(self.build(Target::Function { func, args }))
     }
 
     /// A process that will run the closure `f` in a forked child (the start method is always
@@ -274,6 +283,7 @@ impl Builder {
             name,
             method: self.method,
             die_with_parent: self.die_with_parent,
+            key: self.key,
             target: Some(target),
             child: None,
             status: Cell::new(None),
@@ -293,6 +303,7 @@ pub struct Process<R> {
     name: String,
     method: StartMethod,
     die_with_parent: bool,
+    key: Option<FnKey>,
     target: Option<Target>,
     child: Option<Child>,
     /// How the child ended, once reaped.
@@ -371,25 +382,14 @@ impl<R> Process<R> {
             .take()
             .ok_or(Error::ProcessState("the process was already started"))?;
         let child = match (self.method, target) {
-            (
-                StartMethod::Spawn,
-                Target::Function {
-                    func,
-                    trampoline,
-                    args,
-                },
-            ) => spawn::start(func, trampoline, &args, self.die_with_parent)?,
-            (
-                StartMethod::Fork,
-                Target::Function {
-                    func,
-                    trampoline,
-                    args,
-                },
-            ) => fork::start(
-                Box::new(move || trampoline(func, &args)),
-                self.die_with_parent,
-            )?,
+            (StartMethod::Spawn, Target::Function { func, args }) => {
+                let key = self.key.unwrap_or_else(FnKey::random);
+                spawn::start(func, key, &args, self.die_with_parent)?
+            }
+            (StartMethod::Fork, Target::Function { func, args }) => {
+                let (f, adapter) = func.parts();
+                fork::start(Box::new(move || adapter(f, &args)), self.die_with_parent)?
+            }
             (_, Target::Closure(body)) => fork::start(body, self.die_with_parent)?,
         };
         self.child = Some(child);
@@ -498,17 +498,44 @@ impl<R: DeserializeOwned> Process<R> {
             }
         };
         self.joined = true;
-        let bytes = read_all(&child.result)?;
-        outcome_to_result(status, bootstrap::decode_outcome(&bytes))
+        let outcome = read_outcome(&child.result)?;
+        outcome_to_result(status, outcome)
     }
 }
 
-fn read_all(file: &File) -> Result<Vec<u8>> {
-    let len = file.metadata().map_err(|e| Error::os("fstat", e))?.len();
-    let mut bytes = vec![0; len as usize];
-    file.read_exact_at(&mut bytes, 0)
-        .map_err(|e| Error::os("read result", e))?;
-    Ok(bytes)
+/// Reads the outcome frame a child left in its result memfd. The memfd is writable by the child (and by
+/// any process of our uid that re-opens it), so nothing about it is trusted: the frame header is read
+/// first, and a body larger than [`bootstrap::MAX_RESULT_BYTES`] is an error, never an allocation.
+/// `Ok(None)`: no complete report (the child died before writing one, or wrote garbage).
+fn read_outcome(file: &File) -> Result<Option<Outcome>> {
+    let mut head = [0u8; 16];
+    match file.read_exact_at(&mut head, 0) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(Error::os("read result", e)),
+    }
+    let Some(len) = bootstrap::announced_len(bootstrap::OUTCOME_MAGIC, &head) else {
+        return Ok(None);
+    };
+    if len > bootstrap::MAX_RESULT_BYTES {
+        return Err(Error::MessageTooLarge {
+            size: usize::try_from(len).unwrap_or(usize::MAX),
+            max: bootstrap::MAX_RESULT_BYTES as usize,
+        });
+    }
+    // `len` is capped above. A file shorter than the frame it announces is a child that died
+    // mid-write: no report, and nothing allocated for it.
+    let size = file.metadata().map_err(|e| Error::os("fstat", e))?.len();
+    if size < 16 + len {
+        return Ok(None);
+    }
+    let mut bytes = vec![0u8; 16 + len as usize];
+    bytes[..16].copy_from_slice(&head);
+    match file.read_exact_at(&mut bytes[16..], 16) {
+        Ok(()) => Ok(bootstrap::decode_outcome(&bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(Error::os("read result", e)),
+    }
 }
 
 fn outcome_to_result<R: DeserializeOwned>(

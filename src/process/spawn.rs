@@ -7,9 +7,11 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use super::bootstrap::{self, Task, Trampoline};
+use super::bootstrap::{self, SpawnKind, SpawnTask};
+use super::fnref::{FnKey, LocalFn};
 use super::Child;
 use crate::error::{Error, Result};
+use crate::sys::channel;
 use crate::sys::process::{self as psys, ExeId};
 use crate::sys::shm;
 
@@ -24,48 +26,80 @@ fn exe_id() -> Result<ExeId> {
     Ok(*ID.get_or_init(|| id))
 }
 
-/// Starts `/proc/self/exe` with the task in an inherited-by-name memfd and returns the running child.
+/// Starts `/proc/self/exe` to run `func(args)` and returns the running child.
 ///
-/// `std::process::Command` is what makes this safe from a multi-threaded parent: between its fork (or
-/// `posix_spawn`) and `exec` it runs only async-signal-safe code, so no lock held by another thread is
-/// ever needed in the child. The child re-opens the memfd through `/proc/<parent>/fd/<n>` rather than
-/// inheriting it, so the descriptor can stay close-on-exec and never leaks into unrelated programs that
-/// other threads start meanwhile.
+/// The child inherits three descriptors (see `sys::channel`): the task in a memfd sealed before the child
+/// exists, the key that authenticates the task's function reference in a socket no other process can
+/// re-open, and an empty memfd for the result. This process closes its copies of the first two as soon
+/// as the child is started, so nothing secret stays reachable through `/proc/<our pid>/fd`; the result
+/// memfd is all it keeps.
+///
+/// `std::process::Command` is what makes this safe from a multi-threaded parent: between its fork and
+/// `exec` it runs only async-signal-safe code (here: clearing close-on-exec on the three descriptors),
+/// so no lock held by another thread is ever needed in the child, and the descriptors stay
+/// close-on-exec in this process, so programs other threads start meanwhile never inherit them.
 pub(super) fn start(
-    func: usize,
-    trampoline: Trampoline,
+    func: LocalFn<SpawnKind>,
+    key: FnKey,
     args: &[u8],
     die_with_parent: bool,
 ) -> Result<Child> {
     // Keep the pre-main constructor in every program that can spawn: referring to the static makes the
     // linker include the object file that holds it (and its `.init_array` entry).
     std::hint::black_box(&bootstrap::CONSTRUCTOR);
-    let anchor = bootstrap::anchor_addr() as i64;
-    let task = Task {
+    if channel::sigchld_ignored() {
+        return Err(Error::os(
+            "spawn",
+            std::io::Error::other(
+                "SIGCHLD is ignored in this process, so the kernel would reap children behind our \
+                 back and their pids could be recycled; restore its default disposition to spawn",
+            ),
+        ));
+    }
+    let task = SpawnTask {
         exe: exe_id()?,
-        func: func as i64 - anchor,
-        trampoline: trampoline as usize as i64 - anchor,
+        func: func.sign(&key),
         args: args.to_vec(),
         parent_pid: std::process::id(),
         die_with_parent,
     };
-    let result: File = shm::create_memfd("mproc-process")?;
-    result
-        .write_all_at(&bootstrap::encode_task(&task), 0)
+    let frame = bootstrap::encode_task(&task);
+    if frame.len() as u64 > bootstrap::MAX_TASK_BYTES {
+        return Err(Error::MessageTooLarge {
+            size: frame.len(),
+            max: bootstrap::MAX_TASK_BYTES as usize,
+        });
+    }
+    let task_file: File = shm::create_memfd("mproc-task")?;
+    task_file
+        .write_all_at(&frame, 0)
         .map_err(|e| Error::os("write task", e))?;
+    channel::seal_contents(&task_file)?;
+    let (key_ours, key_theirs) = channel::key_socketpair()?;
+    channel::send_packet(&key_ours, &key.to_bytes())?;
+    let result: File = shm::create_memfd("mproc-result")?;
 
+    let fds = [
+        task_file.as_raw_fd(),
+        key_theirs.as_raw_fd(),
+        result.as_raw_fd(),
+    ];
     let mut cmd = Command::new("/proc/self/exe");
     if let Some(arg0) = std::env::args_os().next() {
         cmd.arg0(arg0);
     }
     cmd.env(
         bootstrap::ENV_VAR,
-        format!("{}:{}", std::process::id(), result.as_raw_fd()),
+        format!("{}:{}:{}:{}", std::process::id(), fds[0], fds[1], fds[2]),
     )
     .stdin(Stdio::null());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::os("spawn /proc/self/exe", e))?;
+    channel::inherit_on_exec(&mut cmd, fds);
+    let spawned = cmd.spawn();
+    // The child has its copies now (or never will): ours go, key first.
+    drop(key_ours);
+    drop(key_theirs);
+    drop(task_file);
+    let mut child = spawned.map_err(|e| Error::os("spawn /proc/self/exe", e))?;
     let pid = child.id();
     match psys::pidfd_open(pid) {
         Ok(pidfd) => Ok(Child { pid, pidfd, result }),

@@ -4,10 +4,12 @@
 //! itself. Linux is the only target today; a port replaces the files of this folder and nothing else.
 //!
 //! - [`shm`]: memfd and `/dev/shm` objects, sealing, and shared mappings of them.
+//! - [`channel`]: the descriptors a spawned child inherits, and the checks it makes before trusting them.
 //! - [`futex`]: wait and wake on a 32-bit atomic in shared memory, with timeouts.
 //! - [`process`]: fork, pidfds, waiting and signalling child processes, the running executable's identity.
 //! - [`proc`]: pids, thread ids, start times and liveness checks used to detect dead lock holders.
 
+pub(crate) mod channel;
 pub(crate) mod futex;
 pub(crate) mod proc;
 pub(crate) mod process;

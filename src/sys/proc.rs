@@ -160,6 +160,7 @@ pub(crate) fn process_alive(pid: u32, start: u64) -> bool {
 /// checker in another namespace never judges it by its own `/proc` (S6 of the 2026-11-30 review).
 /// 0 if it cannot be read (no /proc): callers then cannot tell namespaces apart and must treat a
 /// recorded 0 as "unknown", never as a match that licenses a liveness judgement.
+#[allow(dead_code)] // used by the liveness checks of the sync, queue and region layers
 pub(crate) fn pid_namespace() -> u64 {
     use std::os::unix::fs::MetadataExt;
     static NS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
@@ -168,6 +169,7 @@ pub(crate) fn pid_namespace() -> u64 {
 
 /// Whether a holder recorded with pid namespace `ns` can be judged from this process's `/proc`: only if
 /// both namespaces are known and equal.
+#[allow(dead_code)] // as `pid_namespace`
 pub(crate) fn same_pid_namespace(ns: u64) -> bool {
     let here = pid_namespace();
     here != 0 && ns == here

@@ -278,6 +278,22 @@ pub(crate) fn object_base(addr: usize) -> Option<usize> {
     (!info.dli_fbase.is_null()).then_some(info.dli_fbase as usize)
 }
 
+/// The load address of the main executable (the program the kernel exec'd), found from the program
+/// headers the kernel hands the loader (`AT_PHDR`, getauxval(3)), which lie inside its first segment.
+/// `None` if that cannot be told (dladdr fails, e.g. in a static binary): callers then refuse to turn
+/// offsets into code.
+pub(crate) fn main_executable_base() -> Option<usize> {
+    static BASE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| {
+        // SAFETY: getauxval has no preconditions; it returns 0 for an entry the kernel did not supply.
+        let phdr = unsafe { libc::getauxval(libc::AT_PHDR) } as usize;
+        if phdr == 0 {
+            return None;
+        }
+        object_base(phdr)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,6 +309,8 @@ mod tests {
         let base = object_base(here).unwrap();
         assert!(base <= here);
         assert_eq!(object_base(0), None);
+        // Unit tests run in the main executable: our code is in it.
+        assert_eq!(main_executable_base(), Some(base));
     }
 
     #[test]

@@ -1,0 +1,290 @@
+//! The spawn channel's platform calls: the descriptors a parent hands to a re-executed child, and the
+//! checks a child makes before it believes any of them.
+//!
+//! A spawned child inherits three descriptors, named in its environment (`process::bootstrap`):
+//! - the **task**: a memfd sealed against writes, shrinking and growing before the child exists, so what
+//!   the child reads is exactly what the parent wrote, whoever else can open it;
+//! - the **key socket**: one end of an `AF_UNIX` socketpair holding the 16-byte key that authenticates
+//!   the task's function reference. A socket cannot be re-opened through `/proc/<pid>/fd` (open(2) on
+//!   it fails with `ENXIO`), so no other process can read the key; taking the descriptor itself
+//!   (`pidfd_getfd`) needs ptrace rights over the child, which are enough to take the child over anyway;
+//! - the **result**: an empty memfd the child writes its outcome into.
+//!
+//! They are close-on-exec in the parent, and made inheritable only in the forked child between `fork`
+//! and `exec` (`pre_exec`), so programs that other threads of the parent start meanwhile never get them.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use crate::error::{Error, Result};
+
+/// Whether this process runs with elevated privileges it did not have before `exec` (setuid, setgid,
+/// file capabilities, an LSM transition): the loader's `AT_SECURE` (getauxval(3)). Such a process must
+/// not trust its environment.
+pub(crate) fn at_secure() -> bool {
+    // SAFETY: getauxval has no preconditions; it returns 0 for an entry the kernel did not supply.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
+}
+
+/// The pid of this process's parent.
+pub(crate) fn parent_pid() -> u32 {
+    // SAFETY: getppid has no preconditions and cannot fail.
+    unsafe { libc::getppid() as u32 }
+}
+
+/// Whether `SIGCHLD` is ignored in this process. The kernel then reaps children on its own
+/// (sigaction(2), "SA_NOCLDWAIT"), so a child's pid can be recycled before we wait for it or open a
+/// pidfd on it: spawning is refused rather than risking signals to a stranger.
+pub(crate) fn sigchld_ignored() -> bool {
+    let mut old = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: with a null new action sigaction only writes the current one into `old`, a live local.
+    let r = unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), old.as_mut_ptr()) };
+    if r != 0 {
+        return false;
+    }
+    // SAFETY: sigaction succeeded and filled `old` (zeroed is a valid bit pattern anyway).
+    let old = unsafe { old.assume_init() };
+    old.sa_sigaction == libc::SIG_IGN || old.sa_flags & libc::SA_NOCLDWAIT != 0
+}
+
+/// Seals a memfd's contents for good: no more writes, no size change, no seal change.
+pub(crate) fn seal_contents(file: &File) -> Result<()> {
+    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: F_ADD_SEALS takes an int argument and only changes the file's seal set.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(Error::last_os("fcntl(F_ADD_SEALS)"));
+    }
+    Ok(())
+}
+
+/// A connected pair of `AF_UNIX` sequenced-packet sockets, close-on-exec: (parent's end, child's end).
+pub(crate) fn key_socketpair() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1 as RawFd; 2];
+    // SAFETY: socketpair writes two descriptors into `fds`, a live array of two ints.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(Error::last_os("socketpair"));
+    }
+    // SAFETY: socketpair succeeded: both descriptors are fresh and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Sends one packet. Used before the child exists: a fresh socket's buffer always has room for 16 bytes,
+/// so this never blocks.
+pub(crate) fn send_packet(sock: &OwnedFd, bytes: &[u8]) -> Result<()> {
+    // SAFETY: the pointer and length describe a live byte slice; `sock` is an open socket.
+    let n = unsafe {
+        libc::send(
+            sock.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n != bytes.len() as isize {
+        return Err(Error::last_os("send(key socket)"));
+    }
+    Ok(())
+}
+
+/// Makes `fds` survive the `exec` of `cmd`'s child (only there: they stay close-on-exec here).
+pub(crate) fn inherit_on_exec(cmd: &mut Command, fds: [RawFd; 3]) {
+    let hook = move || {
+        for fd in fds {
+            // Async-signal-safe: fcntl only (signal-safety(7)).
+            // SAFETY: F_SETFD with 0 clears FD_CLOEXEC on a descriptor this forked child inherited
+            // from the parent's table; it touches no memory.
+            if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the forked child before exec and only calls fcntl, which is
+    // async-signal-safe; it allocates nothing and takes no lock.
+    unsafe { cmd.pre_exec(hook) };
+}
+
+/// Why a child refuses what its environment names as its spawn channel. The message goes to stderr.
+pub(crate) type ChannelError = String;
+
+/// Takes ownership of an inherited descriptor named by the environment, if it is open. The number comes
+/// from a variable anyone could have set; a closed or standard descriptor is refused.
+fn adopt(fd: RawFd, what: &str) -> std::result::Result<OwnedFd, ChannelError> {
+    // SAFETY: F_GETFD only queries the descriptor's flags; it fails with EBADF for a closed number.
+    if fd <= 2 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(format!("the {what} descriptor {fd} is not open"));
+    }
+    // SAFETY: the descriptor is open and was handed down to this process for this purpose; nothing else
+    // in a process that is still before `main` owns it (checked by the caller's protocol: the parent
+    // names it only in our environment, which we read once).
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Close-on-exec again, so it never reaches programs this child starts.
+    // SAFETY: F_SETFD on an owned, open descriptor touches no memory.
+    unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(owned)
+}
+
+fn seals(fd: RawFd) -> Option<i32> {
+    // SAFETY: F_GET_SEALS only queries; it fails with EINVAL for a file that is not a memfd.
+    let s = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
+    (s >= 0).then_some(s)
+}
+
+/// The task the parent wrote: checked to be a memfd of our uid sealed against any change, at most `cap`
+/// bytes, and read whole. The descriptor is closed afterwards.
+pub(crate) fn read_task(fd: RawFd, cap: u64) -> std::result::Result<Vec<u8>, ChannelError> {
+    let owned = adopt(fd, "task")?;
+    let file = File::from(owned);
+    let m = file.metadata().map_err(|e| format!("fstat(task): {e}"))?;
+    if !m.file_type().is_file() || m.uid() != crate::sys::proc::euid() {
+        return Err("the task descriptor is not a file of this user".into());
+    }
+    let need = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+    match seals(file.as_raw_fd()) {
+        Some(s) if s & need == need => {}
+        _ => return Err("the task file is not a sealed memfd".into()),
+    }
+    if m.len() > cap {
+        return Err(format!(
+            "the task file has {} bytes, more than {cap}",
+            m.len()
+        ));
+    }
+    // The size is sealed (and capped above), so `m.len()` is exactly what there is to read. Positional
+    // read: the descriptor's file offset is whatever the parent left it at.
+    let mut bytes = vec![0u8; m.len() as usize];
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(|e| format!("read(task): {e}"))?;
+    Ok(bytes)
+}
+
+/// The 16-byte key from the inherited key socket, whose other end must belong to `parent` and our uid
+/// (`SO_PEERCRED`: the credentials of whoever created the pair). The descriptor is closed afterwards.
+pub(crate) fn read_key(fd: RawFd, parent: u32) -> std::result::Result<[u8; 16], ChannelError> {
+    let sock = adopt(fd, "key")?;
+    let file = File::from(sock);
+    let m = file.metadata().map_err(|e| format!("fstat(key): {e}"))?;
+    if !m.file_type().is_socket() {
+        return Err("the key descriptor is not a socket".into());
+    }
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED writes one `ucred` into `cred` (a live local) and its size into `len`.
+    let r = unsafe {
+        libc::getsockopt(
+            file.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 || cred.pid as u32 != parent || cred.uid != crate::sys::proc::euid() {
+        return Err("the key socket was not made by this process's parent".into());
+    }
+    let mut key = [0u8; 16];
+    // One packet of exactly 16 bytes, already queued before we were started: never wait for it. A
+    // longer packet is cut at 17 bytes and refused.
+    let mut buf = [0u8; 17];
+    // SAFETY: recv writes at most `buf.len()` bytes into `buf`, a live local array.
+    let n = unsafe {
+        libc::recv(
+            file.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n != 16 {
+        return Err("the key socket did not hold a key".into());
+    }
+    key.copy_from_slice(&buf[..16]);
+    Ok(key)
+}
+
+/// The result channel: an empty, unsealed memfd of our uid.
+pub(crate) fn adopt_result(fd: RawFd) -> std::result::Result<File, ChannelError> {
+    let file = File::from(adopt(fd, "result")?);
+    let m = file.metadata().map_err(|e| format!("fstat(result): {e}"))?;
+    let ok = m.file_type().is_file()
+        && m.uid() == crate::sys::proc::euid()
+        && m.len() == 0
+        && seals(file.as_raw_fd()).is_some_and(|s| s & libc::F_SEAL_WRITE == 0);
+    if !ok {
+        return Err("the result descriptor is not an empty memfd of this user".into());
+    }
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn memfd() -> File {
+        crate::sys::shm::create_memfd("mproc-test").unwrap()
+    }
+
+    fn leak(f: impl Into<OwnedFd>) -> RawFd {
+        std::os::fd::IntoRawFd::into_raw_fd(f.into())
+    }
+
+    #[test]
+    fn a_sealed_task_is_read_and_an_unsealed_one_refused() {
+        let mut f = memfd();
+        f.write_all(b"hello").unwrap();
+        let unsealed = leak(f.try_clone().unwrap());
+        assert!(read_task(unsealed, 100).unwrap_err().contains("sealed"));
+        seal_contents(&f).unwrap();
+        assert_eq!(
+            read_task(leak(f.try_clone().unwrap()), 100).unwrap(),
+            b"hello"
+        );
+        assert!(read_task(leak(f), 4).unwrap_err().contains("more than"));
+    }
+
+    #[test]
+    fn closed_and_standard_descriptors_are_refused() {
+        assert!(read_task(1, 100).is_err());
+        assert!(read_task(100_000, 100).is_err());
+        assert!(adopt_result(-1).is_err());
+    }
+
+    #[test]
+    fn the_key_comes_only_from_the_named_parent() {
+        let (a, b) = key_socketpair().unwrap();
+        send_packet(&a, &[7; 16]).unwrap();
+        // The pair was made by this very process, so "parent" is our own pid here.
+        let me = std::process::id();
+        let b2 = b.try_clone().unwrap();
+        assert!(read_key(leak(b2), me + 1).is_err());
+        assert_eq!(read_key(leak(b), me).unwrap(), [7; 16]);
+        let (_c, d) = key_socketpair().unwrap();
+        assert!(read_key(leak(d), me).unwrap_err().contains("did not hold"));
+    }
+
+    #[test]
+    fn a_result_channel_must_be_an_empty_memfd() {
+        assert!(adopt_result(leak(memfd())).is_ok());
+        let mut f = memfd();
+        f.write_all(b"x").unwrap();
+        assert!(adopt_result(leak(f)).is_err());
+        let (a, _b) = key_socketpair().unwrap();
+        assert!(adopt_result(leak(a)).is_err());
+    }
+}
