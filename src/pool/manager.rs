@@ -120,9 +120,7 @@ pub(crate) struct Manager {
     workers: Vec<Worker>,
     tasks: HashMap<u64, Task>,
     pending: VecDeque<u64>,
-    partial: HashMap<u64, Vec<u8>>,
-    /// Tasks whose answer went past `max_body`: they fail when their last fragment arrives.
-    oversized: std::collections::HashSet<u64>,
+    partial: wire::Reassembly,
     next_id: u64,
     closing: bool,
 }
@@ -134,6 +132,7 @@ impl Manager {
         results: FrameQueue,
         commands: Receiver<Command>,
     ) -> Result<Manager> {
+        let max_body = cfg.max_body;
         let mut m = Manager {
             cfg,
             results,
@@ -141,8 +140,7 @@ impl Manager {
             workers: Vec::new(),
             tasks: HashMap::new(),
             pending: VecDeque::new(),
-            partial: HashMap::new(),
-            oversized: std::collections::HashSet::new(),
+            partial: wire::Reassembly::new(max_body),
             next_id: 1,
             closing: false,
         };
@@ -308,33 +306,15 @@ impl Manager {
         if !given || !self.tasks.contains_key(&head.task) {
             return;
         }
-        let buf = self.partial.entry(head.task).or_default();
-        // Reassembly is capped: a writer of the result ring cannot grow our memory past `max_body` per
-        // task it holds. Past the cap the task fails (once its last fragment arrives).
-        let fits = (buf.len() as u64).saturating_add(body.len() as u64) <= self.cfg.max_body;
-        if fits {
-            buf.extend_from_slice(body);
-        } else {
-            *buf = Vec::new();
-        }
-        if !head.last {
-            if !fits {
-                // Mark the task as over the cap: keep an empty buffer, remember in `oversized`.
-                self.oversized.insert(head.task);
-            }
+        let Some(body) = self.partial.push(head.task, head.last, body) else {
             return;
-        }
-        let bytes = self.partial.remove(&head.task).unwrap_or_default();
-        let outcome: std::result::Result<ItemResults, String> =
-            if !fits || self.oversized.remove(&head.task) {
-                Err(format!(
-                    "the worker's answer is larger than {} bytes",
-                    self.cfg.max_body
-                ))
-            } else {
+        };
+        let outcome: std::result::Result<ItemResults, String> = body
+            .map_err(|e| format!("the worker's answer is {e}"))
+            .and_then(|bytes| {
                 postcard::from_bytes(&bytes)
                     .unwrap_or_else(|e| Err(format!("the worker's answer did not decode: {e}")))
-            };
+            });
         for w in &mut self.workers {
             w.in_flight.retain(|&t| t != head.task);
         }
@@ -364,15 +344,13 @@ impl Manager {
             // started; they go back to the front of the queue without using up a retry.
             let lost: Vec<u64> = self.workers[wi].in_flight.drain(..).collect();
             for &id in lost.iter().skip(1).rev() {
-                self.partial.remove(&id);
-                self.oversized.remove(&id);
+                self.partial.forget(id);
                 if self.tasks.contains_key(&id) {
                     self.pending.push_front(id);
                 }
             }
             if let Some(&id) = lost.first() {
-                self.partial.remove(&id);
-                self.oversized.remove(&id);
+                self.partial.forget(id);
                 if let Some(task) = self.tasks.get_mut(&id) {
                     if task.retries_left > 0 {
                         task.retries_left -= 1;

@@ -45,6 +45,8 @@
 
 mod manager;
 mod results;
+#[cfg(test)]
+mod tests;
 pub(crate) mod wire;
 pub(crate) mod worker;
 

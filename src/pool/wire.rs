@@ -16,6 +16,8 @@
 //! pool's key, which no other process can read (see `process::fnref`): a process that scribbles on the
 //! rings cannot make a worker call an arbitrary address, only a function this pool was asked to run.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -101,6 +103,65 @@ pub(crate) fn fragments(
     }
 }
 
+/// Reassembles fragmented bodies, per task id, never past a cap: whoever writes a ring cannot grow the
+/// reader's memory beyond `max` bytes per task it has a fragment of. Used by the parent for results and
+/// by each worker for its tasks.
+#[derive(Debug)]
+pub(crate) struct Reassembly {
+    parts: HashMap<u64, Part>,
+    max: u64,
+}
+
+#[derive(Debug)]
+enum Part {
+    Growing(Vec<u8>),
+    /// Went past the cap: the fragments still to come are dropped, and the body fails.
+    Oversized,
+}
+
+impl Reassembly {
+    pub(crate) fn new(max: u64) -> Reassembly {
+        Reassembly {
+            parts: HashMap::new(),
+            max,
+        }
+    }
+
+    /// Adds one fragment of `task`. On its last fragment, returns the whole body, or an error if the
+    /// body went past the cap (nothing past the cap was ever kept).
+    pub(crate) fn push(
+        &mut self,
+        task: u64,
+        last: bool,
+        fragment: &[u8],
+    ) -> Option<std::result::Result<Vec<u8>, String>> {
+        let part = self
+            .parts
+            .entry(task)
+            .or_insert_with(|| Part::Growing(Vec::new()));
+        if let Part::Growing(buf) = part {
+            let fits = (buf.len() as u64).saturating_add(fragment.len() as u64) <= self.max;
+            if fits {
+                buf.extend_from_slice(fragment);
+            } else {
+                *part = Part::Oversized;
+            }
+        }
+        if !last {
+            return None;
+        }
+        Some(match self.parts.remove(&task) {
+            Some(Part::Growing(body)) => Ok(body),
+            _ => Err(format!("a message larger than {} bytes", self.max)),
+        })
+    }
+
+    /// Drops whatever was gathered for `task` (its sender died).
+    pub(crate) fn forget(&mut self, task: u64) {
+        self.parts.remove(&task);
+    }
+}
+
 /// A task body: the function reference, then the payload.
 pub(crate) fn encode_task(f: FnRef, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(FnRef::LEN + payload.len());
@@ -149,6 +210,27 @@ mod tests {
             }
             assert_eq!(joined, body);
         }
+    }
+
+    #[test]
+    fn reassembly_is_capped_per_task() {
+        let mut r = Reassembly::new(10);
+        assert_eq!(r.push(1, false, b"12345"), None);
+        assert_eq!(r.push(2, false, b"abc"), None);
+        assert_eq!(r.push(1, true, b"67890"), Some(Ok(b"1234567890".to_vec())));
+        // Past the cap: nothing more is kept, and the body fails on its last fragment.
+        assert_eq!(r.push(2, false, b"defghijk"), None);
+        assert_eq!(r.push(2, false, &[0; 1 << 16]), None);
+        assert!(matches!(r.parts.get(&2), Some(Part::Oversized)));
+        assert!(r
+            .push(2, true, b"z")
+            .unwrap()
+            .unwrap_err()
+            .contains("larger than 10"));
+        assert!(r.parts.is_empty());
+        r.push(3, false, b"x");
+        r.forget(3);
+        assert!(r.parts.is_empty());
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! The worker process: its main loop, and the adapters that run one task.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::panic::{self, AssertUnwindSafe};
 
 use bytemuck::Pod;
@@ -95,7 +94,9 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         }
     }
     let max_frame = args.results.max_message_size();
-    let mut partial: HashMap<u64, Vec<u8>> = HashMap::new();
+    // Only the parent writes this ring, one task at a time; a body past the cap is garbage, and that
+    // task fails rather than growing our memory.
+    let mut partial = wire::Reassembly::new(args.max_body);
     let mut done = 0u64;
     loop {
         let frame = match args.tasks.get() {
@@ -104,37 +105,16 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             // parent account for our tasks.
             Err(_) => return,
         };
-        let Ok((head, body)) = wire::parse(&frame) else {
+        let Ok((head, fragment)) = wire::parse(&frame) else {
             continue;
         };
         if head.kind != KIND_TASK {
             continue;
         }
-        let buf = partial.entry(head.task).or_default();
-        // Only the parent writes this ring, one task at a time; anything that would grow a body past
-        // the limit is garbage, and that task fails rather than growing our memory.
-        let too_big = (buf.len() + body.len()) as u64 > args.max_body;
-        if !too_big {
-            buf.extend_from_slice(body);
-        }
-        if !head.last && !too_big {
+        let Some(body) = partial.push(head.task, head.last, fragment) else {
             continue;
-        }
-        if too_big && !head.last {
-            // Drop what we have; the remaining fragments of this task are dropped the same way.
-            buf.clear();
-            buf.shrink_to_fit();
-            continue;
-        }
-        let body = partial.remove(&head.task).unwrap_or_default();
-        let outcome = if too_big {
-            Err(format!(
-                "the task body is larger than {} bytes",
-                args.max_body
-            ))
-        } else {
-            run_task(&body, &key)
         };
+        let outcome = body.and_then(|body| run_task(&body, &key));
         let encoded = match postcard::to_allocvec(&outcome) {
             Ok(v) => v,
             Err(e) => postcard::to_allocvec(&Err::<ItemResults, String>(e.to_string()))

@@ -1,0 +1,111 @@
+//! Pool tests that need the crate's internals (the multi-process suites live in `ipc-tests/`).
+
+use std::os::unix::fs::OpenOptionsExt;
+
+use super::Pool;
+
+fn double(x: u32) -> u32 {
+    x * 2
+}
+
+/// The pids of this process's children (every thread's `children` file).
+fn children() -> Vec<u32> {
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            pids.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    pids
+}
+
+/// Every regular file that another process of our uid could re-open through `/proc/<pid>/fd` of the
+/// processes `pids`, read up to 256 MiB each.
+fn reopenable_contents(pids: &[u32]) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for pid in pids {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in dir.flatten() {
+            let path = fd.path();
+            // `metadata` follows the magic link: only regular files (memfds, shm, plain files) count;
+            // sockets cannot be opened this way at all, and pipes would block or steal data.
+            if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+                continue;
+            }
+            let Ok(file) = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path)
+            else {
+                continue;
+            };
+            let mut bytes = Vec::new();
+            let _ =
+                std::io::Read::read_to_end(&mut std::io::Read::take(&file, 256 << 20), &mut bytes);
+            out.push((path.display().to_string(), bytes));
+        }
+    }
+    out
+}
+
+/// Review S2: the pool's key used to sit in the spawn memfd the parent kept open for each worker's
+/// whole life, so any process of our uid could read it through `/proc/<parent>/fd` and forge tasks.
+/// Now no file of the parent or of a worker that can be re-opened holds it.
+#[test]
+fn the_pool_key_is_in_no_file_another_process_can_open() {
+    let pool = Pool::builder().workers(1).build().unwrap();
+    // One round trip: the worker has read its spawn task and key and is serving tasks.
+    assert_eq!(pool.map(double, [1u32, 2]).unwrap(), vec![2, 4]);
+    // Both the raw bytes and the serialized form (postcard varints, how the key once travelled).
+    let forms = [
+        pool.key.to_bytes().to_vec(),
+        postcard::to_allocvec(&pool.key).unwrap(),
+    ];
+    let mut pids = vec![std::process::id()];
+    pids.extend(children());
+    assert!(pids.len() >= 2, "the worker is a child of this process");
+    let files = reopenable_contents(&pids);
+    assert!(
+        files.iter().any(|(_, b)| !b.is_empty()),
+        "the scan saw the pool's rings"
+    );
+    for (path, bytes) in &files {
+        for key in &forms {
+            assert!(
+                !bytes.windows(key.len()).any(|w| w == key.as_slice()),
+                "the pool key is readable through {path}"
+            );
+        }
+    }
+}
+
+/// Review S2 as the attacker ran it: a frame written into a worker's task ring with a function
+/// reference MAC'd under any other key runs nothing; the task fails with an authentication error.
+#[test]
+fn a_task_signed_with_another_key_is_refused() {
+    use crate::process::fnref::FnKey;
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let forged = super::worker::map_fn(double).sign(&FnKey::random());
+    let payload = postcard::to_allocvec(&vec![1u32]).unwrap();
+    let job = {
+        let spec = super::manager::TaskSpec {
+            job: super::manager::Job::new(1),
+            chunk: 0,
+            body: super::manager::task_body(forged, &payload),
+        };
+        let job = spec.job.clone();
+        pool.send(super::manager::Command::Submit(vec![spec]))
+            .unwrap();
+        job
+    };
+    let r = super::results::AsyncResult::<Vec<u32>>::all_items(job, vec![1]).get();
+    let err = r.unwrap_err().to_string();
+    assert!(err.contains("authentication"), "{err}");
+    // The pool still works.
+    assert_eq!(pool.map(double, [5u32]).unwrap(), vec![10]);
+}
