@@ -39,6 +39,15 @@ pub trait Codec<T>: Send + Sync + 'static {
     fn decode(bytes: &[u8]) -> Result<T>;
 }
 
+// Decoding untrusted bytes (review H5). postcard allocates no more than its input can justify: serde
+// caps pre-allocation at 1 MiB (`size_hint::cautious`) and every element of a sequence consumes at
+// least one input byte, except zero-sized ones. Two limits remain, and they are the caller's choice of
+// type, not the peer's: a recursive user type can nest as deep as the input is long (stack overflow on
+// a forged message), and a `Vec` of a zero-sized type with a forged length loops that many times. Every
+// channel that carries peer bytes caps their length (a queue's slot size, a pool's `MAX_MESSAGE_BYTES`,
+// a spawn task's 1 GiB), which bounds the first; types sent between processes should not be recursive
+// or zero-sized, and the crate's own wire types are neither.
+
 /// The serde codec: postcard's compact binary format.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Serde;

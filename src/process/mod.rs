@@ -31,13 +31,15 @@
 //! Only a **function pointer** `fn(A) -> R` with `A: Serialize + DeserializeOwned` and
 //! `R: Serialize + DeserializeOwned`: a plain `fn` item or a closure that captures nothing (it coerces).
 //! The function is sent as its offset from a fixed function of this crate, which is the same in every
-//! process running the same executable file whatever address the loader picked; the argument travels
-//! serialized (postcard) and the result comes back the same way. Before turning the offset back into a
-//! pointer, the child checks that it runs the very file its parent runs (device, inode, size, mtime of
-//! `/proc/self/exe`); if the program was rebuilt in between, [`Process::join`] returns
-//! [`Error::ExecutableMismatch`] and nothing was called. A capturing closure is rejected at compile time
-//! (see [`Process::new`]); a function that lives in a dynamic library rather than in the executable
-//! is rejected with a panic when the process is created.
+//! process running the same executable file whatever address the loader picked, paired with the adapter
+//! that knows its types and authenticated with a key that only parent and child hold (see
+//! `process::fnref`): the child never jumps anywhere but the start of a function its parent handed to
+//! [`Process::new`]. The argument travels serialized (postcard) and the result comes back the same way.
+//! The child execs the parent's own `/proc/self/exe`, so it runs the very same file even if the program
+//! was rebuilt meanwhile; it checks that anyway (device, inode, size, mtime) and reports
+//! [`Error::ExecutableMismatch`] rather than calling anything. A capturing closure is rejected at compile
+//! time (see [`Process::new`]); a function that lives in a dynamic library rather than in the executable
+//! (or mproc itself linked into a `cdylib`) is rejected with a panic when the process is created.
 //!
 //! Shared objects travel as arguments: a [`RegionHandle`](crate::RegionHandle) (and every shared object
 //! built on regions) serializes as a handle and re-attaches in the child.
@@ -52,6 +54,13 @@
 //! [`Process::start`], so the linker keeps it in every program that can spawn. [`init`] is
 //! an explicit alternative for toolchains that drop `.init_array` entries: call it first thing in `main`;
 //! where the constructor already ran it does nothing.
+//!
+//! The constructor trusts nothing in that variable. A program linking mproc behaves exactly as without
+//! it unless its own parent spawned it: under `AT_SECURE` (setuid, setgid, file capabilities) the
+//! variable is ignored; otherwise the task is accepted only from `getppid()`, over descriptors the parent
+//! handed down by inheritance (a sealed memfd of our uid for the task, capped at 1 GiB; an `AF_UNIX`
+//! socket made by that parent for the key; an empty memfd of ours for the result), and a variable that
+//! fails any check makes the process print why and exit with code 126 having written to no file.
 //!
 //! # Children die with their parent
 //! Unless [`Builder::die_with_parent`] is set to `false`, a child exits (code 125) as soon as its parent
