@@ -26,6 +26,7 @@ pub fn tests() -> Vec<Trial> {
         ("process_basics", &[]),
         ("lock_counter", &[]),
         ("manager_dict", &[]),
+        ("task_panic", &[]),
     ];
     let mut trials: Vec<Trial> = simple
         .iter()

@@ -93,15 +93,19 @@ pub fn shm_path(name: &str) -> PathBuf {
     PathBuf::from(format!("/dev/shm/mproc.{name}"))
 }
 
-/// `target/<profile>/examples/<name>`, next to `target/<profile>/deps/` where this test binary lives.
+/// `target/<profile>/examples/<name>`, next to `target/<profile>/deps/` where this test binary lives,
+/// or in `$MPROC_EXAMPLES_DIR` if set (CI runs the examples built with the `shipped` profile this way).
 pub fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("the test binary lives in target/<profile>/deps")
-        .join("examples")
-        .join(name);
+    let dir = match std::env::var_os("MPROC_EXAMPLES_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::current_exe()
+            .expect("current_exe")
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("the test binary lives in target/<profile>/deps")
+            .join("examples"),
+    };
+    let path = dir.join(name);
     assert!(
         path.is_file(),
         "example binary {} not found: build it with `cargo build --examples` (or run plain `cargo test`, \

@@ -48,7 +48,28 @@ pub(crate) struct WorkerArgs {
 thread_local! {
     /// The message and location of the last panic on this thread, recorded by the worker's hook.
     static LAST_PANIC: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
+    /// The task running on this thread, and the results of its items so far.
+    static RUNNING: RefCell<Option<Running>> = const { RefCell::new(None) };
 }
+
+/// A task in progress in this worker.
+struct Running {
+    task: u64,
+    /// How many items the task has (set once its payload decoded).
+    total: usize,
+    /// The results of the items that finished, in order.
+    done: ItemResults,
+}
+
+/// Where a worker's panic hook sends its task's answer itself when the program is built with
+/// `panic = "abort"`: no unwinding will reach [`catch`], and the process aborts right after the hook.
+struct AbortReport {
+    results: FrameQueue,
+    index: u32,
+    max_frame: usize,
+}
+
+static ABORT_REPORT: std::sync::OnceLock<AbortReport> = std::sync::OnceLock::new();
 
 fn install_panic_hook() {
     // Replaces the spawn bootstrap's hook: a task's panic is reported with its task, not as the process's
@@ -65,8 +86,42 @@ fn install_panic_hook() {
         let location = info
             .location()
             .map_or_else(|| "<unknown>".into(), |l| l.to_string());
-        let _ = LAST_PANIC.try_with(|p| *p.borrow_mut() = Some((message, location)));
+        if cfg!(panic = "abort") {
+            report_before_abort(message, location);
+        } else {
+            let _ = LAST_PANIC.try_with(|p| *p.borrow_mut() = Some((message, location)));
+        }
     }));
+}
+
+/// Under `panic = "abort"`: answers the running task as the unwinding path would have (the items done,
+/// the panicking one as `Panicked`, the rest as not run), so the caller gets `TaskPanicked` with the
+/// message and location; the parent then sees this worker die and replaces it as after any death.
+fn report_before_abort(message: String, location: String) {
+    let Some(run) = RUNNING.try_with(|r| r.borrow_mut().take()).ok().flatten() else {
+        return; // not inside a task (the initializer): the death says enough
+    };
+    let Some(report) = ABORT_REPORT.get() else {
+        return;
+    };
+    let mut results = run.done;
+    results.push(Err(ItemFailure::Panicked { message, location }));
+    while results.len() < run.total {
+        results.push(Err(ItemFailure::Failed(
+            "not run: the worker aborted on the panic of an earlier item of its task".into(),
+        )));
+    }
+    let Ok(encoded) = postcard::to_allocvec(&Ok::<ItemResults, String>(results)) else {
+        return;
+    };
+    let _ = wire::fragments(
+        run.task,
+        KIND_RESULT,
+        report.index,
+        &encoded,
+        report.max_frame,
+        |f| report.results.put(f),
+    );
 }
 
 /// Runs `f`, turning a panic into the failure the hook recorded.
@@ -77,6 +132,35 @@ fn catch<R>(f: impl FnOnce() -> R) -> Result<R, ItemFailure> {
             .unwrap_or_else(|| ("<panic>".into(), "<unknown>".into()));
         ItemFailure::Panicked { message, location }
     })
+}
+
+/// Runs `one` on every item, recording each result where the abort-mode hook can find it.
+fn run_items<X>(
+    items: Vec<X>,
+    mut one: impl FnMut(X) -> Result<Vec<u8>, ItemFailure>,
+) -> ItemResults {
+    let with_running = |f: &mut dyn FnMut(&mut Running)| {
+        RUNNING.with(|r| {
+            if let Some(run) = r.borrow_mut().as_mut() {
+                f(run);
+            }
+        })
+    };
+    let mut mine = Vec::new();
+    with_running(&mut |run| {
+        run.total = items.len();
+        run.done.clear();
+    });
+    for x in items {
+        let r = one(x);
+        if cfg!(panic = "abort") {
+            // Only the abort-mode hook reads these; with unwinding, `catch` reports the panic and this
+            // copy is not made.
+            with_running(&mut |run| run.done.push(r.clone()));
+        }
+        mine.push(r);
+    }
+    mine
 }
 
 /// The worker's main function, run in a spawned child. Returns when the parent closes its task ring or
@@ -94,6 +178,11 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         }
     }
     let max_frame = args.results.max_message_size();
+    let _ = ABORT_REPORT.set(AbortReport {
+        results: args.results.clone(),
+        index: args.index,
+        max_frame,
+    });
     // Only the parent writes this ring, one task at a time; a body past the cap is garbage, and that
     // task fails rather than growing our memory.
     let mut partial = wire::Reassembly::new(args.max_body);
@@ -114,7 +203,15 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         let Some(body) = partial.push(head.task, head.last, fragment) else {
             continue;
         };
+        RUNNING.with(|r| {
+            *r.borrow_mut() = Some(Running {
+                task: head.task,
+                total: 0,
+                done: Vec::new(),
+            })
+        });
         let outcome = body.and_then(|body| run_task(&body, &key));
+        RUNNING.with(|r| *r.borrow_mut() = None);
         let encoded = match postcard::to_allocvec(&outcome) {
             Ok(v) => v,
             Err(e) => postcard::to_allocvec(&Err::<ItemResults, String>(e.to_string()))
@@ -194,10 +291,9 @@ fn map_adapter<A: DeserializeOwned, R: Serialize>(
     // SAFETY: paired only with a `fn(A) -> R` for these types (`map_fn`).
     let f = unsafe { func.get::<fn(A) -> R>() };
     let items: Vec<A> = decode_payload(payload)?;
-    Ok(items
-        .into_iter()
-        .map(|a| catch(move || f(a)).and_then(|r| encode(&r)))
-        .collect())
+    Ok(run_items(items, |a| {
+        catch(move || f(a)).and_then(|r| encode(&r))
+    }))
 }
 
 /// `starmap`: `f` over a payload that is a `Vec<(A, B)>`.
@@ -215,10 +311,9 @@ fn star_adapter<A: DeserializeOwned, B: DeserializeOwned, R: Serialize>(
     // SAFETY: paired only with a `fn(A, B) -> R` for these types (`star_fn`).
     let f = unsafe { func.get::<fn(A, B) -> R>() };
     let items: Vec<(A, B)> = decode_payload(payload)?;
-    Ok(items
-        .into_iter()
-        .map(|(a, b)| catch(move || f(a, b)).and_then(|r| encode(&r)))
-        .collect())
+    Ok(run_items(items, |(a, b)| {
+        catch(move || f(a, b)).and_then(|r| encode(&r))
+    }))
 }
 
 /// A part of a shared array lent to a task: where it is, and which elements.
@@ -298,9 +393,9 @@ fn chunk_with_adapter<T: Pod, P: DeserializeOwned, R: Serialize>(
     let f = unsafe { func.get::<fn(&P, &[T]) -> R>() };
     let (part, params): (ArrayPart, P) = decode_payload(payload)?;
     let (a, range) = view::<T>(&part)?;
-    Ok(vec![
+    Ok(run_items(vec![range], |range| {
         catch(|| f(&params, part_ref(&a, range))).and_then(|r| encode(&r))
-    ])
+    }))
 }
 
 /// `transform`: `f` from a lent input into this task's part of a lent output.
@@ -317,10 +412,9 @@ fn transform_adapter<T: Pod, U: Pod>(func: FnAddr, payload: &[u8]) -> Result<Ite
     let (input, output, ()): (ArrayPart, ArrayPart, ()) = decode_payload(payload)?;
     let ((inp, in_range), (out, out_range)) = (view::<T>(&input)?, view::<U>(&output)?);
     let start = out_range.start;
-    Ok(vec![catch(|| {
-        f(part_ref(&inp, in_range), part_mut(&out, out_range), start)
-    })
-    .and_then(|()| encode(&()))])
+    Ok(run_items(vec![(in_range, out_range)], |(i, o)| {
+        catch(|| f(part_ref(&inp, i), part_mut(&out, o), start)).and_then(|()| encode(&()))
+    }))
 }
 
 /// `transform_with`: as `transform`, with parameters.
@@ -342,13 +436,7 @@ fn transform_with_adapter<T: Pod, U: Pod, P: DeserializeOwned>(
     let (input, output, params): (ArrayPart, ArrayPart, P) = decode_payload(payload)?;
     let ((inp, in_range), (out, out_range)) = (view::<T>(&input)?, view::<U>(&output)?);
     let start = out_range.start;
-    Ok(vec![catch(|| {
-        f(
-            &params,
-            part_ref(&inp, in_range),
-            part_mut(&out, out_range),
-            start,
-        )
-    })
-    .and_then(|()| encode(&()))])
+    Ok(run_items(vec![(in_range, out_range)], |(i, o)| {
+        catch(|| f(&params, part_ref(&inp, i), part_mut(&out, o), start)).and_then(|()| encode(&()))
+    }))
 }
