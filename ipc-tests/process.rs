@@ -126,7 +126,8 @@ fn abort_reports_sigabrt(m: StartMethod) {
     assert!(matches!(
         p.join(),
         Err(Error::ProcessKilled {
-            signal: libc::SIGABRT
+            signal: libc::SIGABRT,
+            ..
         })
     ));
     assert_eq!(p.exitcode(), Some(-libc::SIGABRT));
@@ -147,7 +148,8 @@ fn segfault_reports_sigsegv(m: StartMethod) {
     assert!(matches!(
         p.join(),
         Err(Error::ProcessKilled {
-            signal: libc::SIGSEGV
+            signal: libc::SIGSEGV,
+            ..
         })
     ));
     assert_eq!(p.exitcode(), Some(-libc::SIGSEGV));
@@ -165,7 +167,8 @@ fn sigkill_reported(m: StartMethod) {
     assert!(matches!(
         p.join(),
         Err(Error::ProcessKilled {
-            signal: libc::SIGKILL
+            signal: libc::SIGKILL,
+            ..
         })
     ));
     assert_eq!(p.exitcode(), Some(-libc::SIGKILL));
@@ -174,7 +177,10 @@ fn sigkill_reported(m: StartMethod) {
 
 fn exit_code_reported(m: StartMethod) {
     let mut p = start(m, |code: i32| -> u32 { std::process::exit(code) }, 3);
-    assert!(matches!(p.join(), Err(Error::ProcessExited { code: 3 })));
+    assert!(matches!(
+        p.join(),
+        Err(Error::ProcessExited { code: 3, .. })
+    ));
     assert_eq!(p.exitcode(), Some(3));
 }
 
@@ -249,7 +255,8 @@ fn join_timeout_then_terminate(m: StartMethod) {
     assert!(matches!(
         p.join(),
         Err(Error::ProcessKilled {
-            signal: libc::SIGTERM
+            signal: libc::SIGTERM,
+            ..
         })
     ));
 }

@@ -177,16 +177,24 @@ pub enum Error {
         location: String,
     },
     /// A child process was killed by a signal (Python reports this as a negative exit code).
-    #[error("child process was killed by signal {signal}")]
+    #[error("child process {name} (pid {pid}) was killed by signal {signal}")]
     ProcessKilled {
         /// The signal number.
         signal: i32,
+        /// The child's pid (already reaped: it names nobody now).
+        pid: u32,
+        /// The child's name (`Process::name`).
+        name: String,
     },
     /// A child process exited without producing its result.
-    #[error("child process exited with code {code} without a result")]
+    #[error("child process {name} (pid {pid}) exited with code {code} without a result")]
     ProcessExited {
         /// The exit code.
         code: i32,
+        /// The child's pid (already reaped: it names nobody now).
+        pid: u32,
+        /// The child's name (`Process::name`).
+        name: String,
     },
     /// A spawned child found that it does not run the same executable file as its parent (the file was
     /// replaced on disk in between), so the function reference it was given cannot be trusted. Nothing

@@ -508,7 +508,7 @@ impl<R: DeserializeOwned> Process<R> {
         };
         self.joined = true;
         let outcome = read_outcome(&child.result)?;
-        outcome_to_result(status, outcome)
+        outcome_to_result(status, outcome, (child.pid, &self.name))
     }
 }
 
@@ -547,9 +547,11 @@ fn read_outcome(file: &File) -> Result<Option<Outcome>> {
     }
 }
 
+/// The child's result, or the error that says how it failed; `who` is its (pid, name).
 fn outcome_to_result<R: DeserializeOwned>(
     status: WaitStatus,
     outcome: Option<Outcome>,
+    who: (u32, &str),
 ) -> Result<R> {
     match (outcome, status) {
         (Some(Outcome::Panic { message, location }), _) => {
@@ -570,8 +572,16 @@ fn outcome_to_result<R: DeserializeOwned>(
                 reason: e.to_string(),
             })
         }
-        (_, WaitStatus::Signaled(signal)) => Err(Error::ProcessKilled { signal }),
-        (_, WaitStatus::Exited(code)) => Err(Error::ProcessExited { code }),
+        (_, WaitStatus::Signaled(signal)) => Err(Error::ProcessKilled {
+            signal,
+            pid: who.0,
+            name: who.1.to_owned(),
+        }),
+        (_, WaitStatus::Exited(code)) => Err(Error::ProcessExited {
+            code,
+            pid: who.0,
+            name: who.1.to_owned(),
+        }),
     }
 }
 
