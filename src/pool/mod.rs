@@ -43,16 +43,15 @@
 //! with [`Error::PoolClosed`]. Dropping a pool terminates it (as in Python), also after `close` if `join`
 //! was not called: it neither hangs nor leaves a worker behind.
 
-mod manager;
+mod dispatcher;
+mod engine;
 mod results;
 #[cfg(test)]
 mod tests;
 pub(crate) mod wire;
 pub(crate) mod worker;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use bytemuck::Pod;
@@ -62,7 +61,9 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::heap::SharedArray;
 use crate::process::fnref::{FnKey, FnRef, LocalFn};
-use manager::{task_body, Command, Config, Job, Manager, TaskSpec};
+use dispatcher::{task_body, Config, TaskSpec};
+use engine::Engine;
+use results::Job;
 pub use results::{AsyncResult, Imap, ImapUnordered};
 use worker::{FrameQueue, TaskKind};
 
@@ -145,33 +146,23 @@ impl PoolBuilder {
             max_body: MAX_MESSAGE_BYTES,
         };
         let results = FrameQueue::with_max_message(RESULT_RING, FRAME_SIZE)?;
-        let (tx, rx) = mpsc::channel();
-        let manager = Manager::new(cfg, results.clone(), rx)?;
-        let thread = std::thread::Builder::new()
-            .name("mproc-pool".into())
-            .spawn(move || manager.run())
-            .map_err(|e| Error::os("spawn the pool's manager thread", e))?;
+        let (engine, background) = Engine::start(cfg, results)?;
         Ok(Pool {
-            commands: Mutex::new(tx),
-            open: AtomicBool::new(true),
-            results,
+            engine,
             key,
             workers,
-            manager: Some(thread),
+            background: Some(background),
         })
     }
 }
 
 /// A pool of worker processes. See the [module docs](self).
 pub struct Pool {
-    commands: Mutex<Sender<Command>>,
-    /// False once closed or terminated: no more work is accepted.
-    open: AtomicBool,
-    /// The shared result ring; the API side only puts wake-ups in it.
-    results: FrameQueue,
+    engine: Arc<Engine>,
     key: FnKey,
     workers: usize,
-    manager: Option<JoinHandle<()>>,
+    /// The background thread (see `engine`); `None` once joined.
+    background: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -206,37 +197,6 @@ impl Pool {
         self.workers
     }
 
-    fn send(&self, cmd: Command) -> Result<()> {
-        let guard = self.commands.lock().unwrap_or_else(|e| e.into_inner());
-        // Checked under the lock, so no submission can slip in after `close` sent its command.
-        if !self.open.load(Ordering::Relaxed) {
-            return Err(Error::PoolClosed);
-        }
-        guard.send(cmd).map_err(|_| Error::PoolClosed)?;
-        drop(guard);
-        self.wake_manager();
-        Ok(())
-    }
-
-    /// Stops accepting work and tells the manager `cmd` (once: later calls do nothing).
-    fn shut(&self, cmd: Command) {
-        let guard = self.commands.lock().unwrap_or_else(|e| e.into_inner());
-        let was_open = self.open.swap(false, Ordering::Relaxed);
-        // Terminate always goes through (it also ends a closed pool's remaining work).
-        if was_open || matches!(cmd, Command::Terminate) {
-            let _ = guard.send(cmd);
-        }
-        drop(guard);
-        self.wake_manager();
-    }
-
-    /// Wakes the manager if it sleeps on the result ring (if the ring is full it is awake anyway).
-    fn wake_manager(&self) {
-        let _ = self
-            .results
-            .try_put(&wire::frame(0, wire::KIND_WAKE, true, 0, &[]));
-    }
-
     /// Submits one task per payload.
     #[track_caller]
     fn submit(&self, func: LocalFn<TaskKind>, payloads: Vec<Vec<u8>>) -> Result<Arc<Job>> {
@@ -248,7 +208,7 @@ impl Pool {
                 max: limit,
             });
         }
-        let job = Job::new(payloads.len());
+        let job = Job::new(payloads.len(), &self.engine);
         let specs = payloads
             .iter()
             .enumerate()
@@ -258,7 +218,7 @@ impl Pool {
                 body: task_body(f, p),
             })
             .collect();
-        self.send(Command::Submit(specs))?;
+        self.engine.submit(specs)?;
         Ok(job)
     }
 
@@ -657,7 +617,7 @@ impl Pool {
 
     /// Stops taking work; what was submitted still runs. Workers exit once it is done.
     pub fn close(&self) {
-        self.shut(Command::Close);
+        self.engine.close();
     }
 
     /// Waits for the submitted work to finish and the workers to exit. Call [`close`](Pool::close) (or
@@ -666,12 +626,13 @@ impl Pool {
     /// # Errors
     /// [`Error::ProcessState`] if the pool is still open.
     pub fn join(&mut self) -> Result<()> {
-        if self.open.load(Ordering::Relaxed) {
+        if !self.engine.is_closing() {
             return Err(Error::ProcessState(
                 "join() needs close() or terminate() first",
             ));
         }
-        if let Some(t) = self.manager.take() {
+        if let Some(t) = self.background.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
         Ok(())
@@ -679,13 +640,12 @@ impl Pool {
 
     /// Kills the workers now; outstanding work fails with [`Error::PoolClosed`].
     pub fn terminate(&mut self) {
-        if self.manager.is_none() {
+        let Some(t) = self.background.take() else {
             return;
-        }
-        self.shut(Command::Terminate);
-        if let Some(t) = self.manager.take() {
-            let _ = t.join();
-        }
+        };
+        self.engine.terminate();
+        t.thread().unpark();
+        let _ = t.join();
     }
 }
 

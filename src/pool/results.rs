@@ -2,14 +2,112 @@
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
-use std::sync::{Arc, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use super::manager::{ChunkOutcome, Job, JobState};
-use super::wire::ItemFailure;
+use super::engine::Engine;
+use super::wire::{ItemFailure, ItemResults};
 use crate::error::{Error, Result};
+
+/// How one task (a chunk of items) ended.
+#[derive(Debug, Clone)]
+pub(crate) enum ChunkOutcome {
+    Ran(std::result::Result<ItemResults, String>),
+    WorkerDied {
+        signal: Option<i32>,
+        exit_code: Option<i32>,
+    },
+    Closed,
+}
+
+/// Rung whenever a job of the pool changes or the reader role is released: what a caller waits on
+/// while another thread reads the results. Ringing costs a lock and, only if someone waits, a wake-up.
+#[derive(Debug, Default)]
+pub(crate) struct Bell {
+    /// (times rung, threads waiting)
+    state: Mutex<(u64, usize)>,
+    rung: Condvar,
+}
+
+impl Bell {
+    fn lock(&self) -> MutexGuard<'_, (u64, usize)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn ring(&self) {
+        let mut s = self.lock();
+        s.0 = s.0.wrapping_add(1);
+        if s.1 > 0 {
+            self.rung.notify_all();
+        }
+    }
+
+    /// Rings only if someone waits (the reader releasing its role: nobody to tell is the common case).
+    pub(crate) fn ring_if_waited(&self) {
+        let mut s = self.lock();
+        if s.1 > 0 {
+            s.0 = s.0.wrapping_add(1);
+            self.rung.notify_all();
+        }
+    }
+
+    /// How many times it has rung (to wait for the next ring without missing one).
+    pub(crate) fn count(&self) -> u64 {
+        self.lock().0
+    }
+
+    /// Waits at most `timeout` for a ring after the `seen`-th.
+    pub(crate) fn wait_after(&self, seen: u64, timeout: Duration) {
+        let mut s = self.lock();
+        s.1 += 1;
+        let mut s = self
+            .rung
+            .wait_timeout_while(s, timeout, |s| s.0 == seen)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+        s.1 -= 1;
+    }
+}
+
+/// The shared record of one call (`map`, `apply`, …): its chunks' outcomes as they arrive.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) state: Mutex<JobState>,
+    bell: Arc<Bell>,
+    /// The engine that produces the outcomes: a waiter helps drive it (reads results) while it waits.
+    engine: Weak<Engine>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct JobState {
+    pub(crate) chunks: Vec<Option<ChunkOutcome>>,
+    pub(crate) remaining: usize,
+}
+
+impl Job {
+    pub(crate) fn new(chunks: usize, engine: &Arc<Engine>) -> Arc<Job> {
+        Arc::new(Job {
+            state: Mutex::new(JobState {
+                chunks: vec![None; chunks],
+                remaining: chunks,
+            }),
+            bell: engine.bell(),
+            engine: Arc::downgrade(engine),
+        })
+    }
+
+    pub(crate) fn finish(&self, chunk: usize, outcome: ChunkOutcome) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot @ None) = s.chunks.get_mut(chunk) {
+            *slot = Some(outcome);
+            s.remaining -= 1;
+            drop(s);
+            self.bell.ring();
+        }
+    }
+}
 
 /// Item `k` of a finished chunk, whose first item has index `first` in the call's input.
 fn item<R: DeserializeOwned>(outcome: &ChunkOutcome, k: usize, first: usize) -> Result<R> {
@@ -49,29 +147,33 @@ fn lock(job: &Job) -> MutexGuard<'_, JobState> {
     job.state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Waits until `done(state)` or the deadline; returns the guard and whether `done` holds.
+/// Waits until `done(state)` or the deadline; returns the guard and whether `done` holds. While it
+/// waits it helps: it takes the reader role of the pool's result ring when nobody holds it, so the
+/// worker's answer wakes this very thread (see `engine`).
 fn wait_for<'a>(
     job: &'a Job,
     deadline: Option<Instant>,
     done: impl Fn(&JobState) -> bool,
 ) -> (MutexGuard<'a, JobState>, bool) {
-    let mut s = lock(job);
     loop {
+        let seen = job.bell.count();
+        let s = lock(job);
         if done(&s) {
             return (s, true);
         }
-        match deadline {
-            None => s = job.changed.wait(s).unwrap_or_else(|e| e.into_inner()),
-            Some(d) => {
-                let Some(left) = d.checked_duration_since(Instant::now()) else {
-                    return (s, false);
-                };
-                s = job
-                    .changed
-                    .wait_timeout(s, left)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-            }
+        drop(s);
+        let slice = match deadline {
+            None => super::dispatcher::LIVENESS_EVERY,
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(left) => left.min(super::dispatcher::LIVENESS_EVERY),
+                None => return (lock(job), false),
+            },
+        };
+        match job.engine.upgrade() {
+            Some(engine) => engine.serve(seen, slice),
+            // The pool is gone; it failed everything it had before it went, so this only waits for a
+            // ring that already came (or gives the deadline its due).
+            None => job.bell.wait_after(seen, slice),
         }
     }
 }

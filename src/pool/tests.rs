@@ -92,17 +92,13 @@ fn a_task_signed_with_another_key_is_refused() {
     let pool = Pool::builder().workers(1).build().unwrap();
     let forged = super::worker::map_fn(double).sign(&FnKey::random());
     let payload = postcard::to_allocvec(&vec![1u32]).unwrap();
-    let job = {
-        let spec = super::manager::TaskSpec {
-            job: super::manager::Job::new(1),
-            chunk: 0,
-            body: super::manager::task_body(forged, &payload),
-        };
-        let job = spec.job.clone();
-        pool.send(super::manager::Command::Submit(vec![spec]))
-            .unwrap();
-        job
+    let job = super::results::Job::new(1, &pool.engine);
+    let spec = super::dispatcher::TaskSpec {
+        job: job.clone(),
+        chunk: 0,
+        body: super::dispatcher::task_body(forged, &payload),
     };
+    pool.engine.submit(vec![spec]).unwrap();
     let r = super::results::AsyncResult::<Vec<u32>>::all_items(job, vec![1]).get();
     let err = r.unwrap_err().to_string();
     assert!(err.contains("authentication"), "{err}");

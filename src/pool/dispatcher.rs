@@ -1,16 +1,18 @@
-//! The pool's manager thread: owns the workers, dispatches tasks, collects results, notices deaths.
+//! The pool's bookkeeping: the workers, the tasks in flight per worker, what is pending, and what to do
+//! with each result frame and each death. It runs under the engine's lock, driven by whoever holds it
+//! (see `engine`): a caller submitting, a caller reading results, or the background thread.
 //!
 //! Every task in flight is recorded against the worker it was given to, so when a worker dies the
-//! manager knows exactly which tasks died with it: it fails them with `WorkerDied` (or gives each one
+//! dispatcher knows exactly which tasks died with it: it fails them with `WorkerDied` (or gives each one
 //! more try, if the pool was built to), starts a replacement worker, and carries on. Before judging a
 //! dead worker's tasks it drains the result ring: whatever the worker finished before dying was
 //! published there and still counts.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::mpsc::{Receiver, TryRecvError};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::results::{ChunkOutcome, Job};
 use super::wire::{self, ItemResults, KIND_RESULT, KIND_TASK};
 use super::worker::{worker_main, FrameQueue, WorkerArgs};
 use crate::error::{Error, Result};
@@ -19,69 +21,16 @@ use crate::process::Process;
 
 /// Tasks dispatched to one worker and not yet answered: one running, one waiting in its ring.
 const IN_FLIGHT: usize = 2;
-/// How often the manager looks at its workers' liveness when no result arrives.
-const LIVENESS_EVERY: Duration = Duration::from_millis(10);
+/// How often the workers' liveness is checked while results are read.
+pub(crate) const LIVENESS_EVERY: Duration = Duration::from_millis(10);
 /// Frames a worker's task ring holds.
 const TASK_RING: usize = 8;
-
-/// How one task (a chunk of items) ended.
-#[derive(Debug, Clone)]
-pub(crate) enum ChunkOutcome {
-    Ran(std::result::Result<ItemResults, String>),
-    WorkerDied {
-        signal: Option<i32>,
-        exit_code: Option<i32>,
-    },
-    Closed,
-}
-
-/// The shared record of one call (`map`, `apply`, …): its chunks' outcomes as they arrive.
-#[derive(Debug, Default)]
-pub(crate) struct Job {
-    pub(crate) state: Mutex<JobState>,
-    pub(crate) changed: Condvar,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct JobState {
-    pub(crate) chunks: Vec<Option<ChunkOutcome>>,
-    pub(crate) remaining: usize,
-}
-
-impl Job {
-    pub(crate) fn new(chunks: usize) -> Arc<Job> {
-        Arc::new(Job {
-            state: Mutex::new(JobState {
-                chunks: vec![None; chunks],
-                remaining: chunks,
-            }),
-            changed: Condvar::new(),
-        })
-    }
-
-    fn finish(&self, chunk: usize, outcome: ChunkOutcome) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot @ None) = s.chunks.get_mut(chunk) {
-            *slot = Some(outcome);
-            s.remaining -= 1;
-            self.changed.notify_all();
-        }
-    }
-}
 
 /// One task to run: chunk `chunk` of `job`, whose encoded body (function reference and payload) is `body`.
 pub(crate) struct TaskSpec {
     pub(crate) job: Arc<Job>,
     pub(crate) chunk: usize,
     pub(crate) body: Arc<Vec<u8>>,
-}
-
-pub(crate) enum Command {
-    Submit(Vec<TaskSpec>),
-    /// Finish the work submitted, then stop the workers and exit.
-    Close,
-    /// Kill the workers now; fail what is outstanding with `PoolClosed`.
-    Terminate,
 }
 
 /// How the pool was configured: what a worker needs to be (re)started.
@@ -113,36 +62,37 @@ struct Worker {
     usable: bool,
 }
 
-pub(crate) struct Manager {
+pub(crate) struct Dispatcher {
     cfg: Config,
     results: FrameQueue,
-    commands: Receiver<Command>,
     workers: Vec<Worker>,
     tasks: HashMap<u64, Task>,
     pending: VecDeque<u64>,
     partial: wire::Reassembly,
     next_id: u64,
-    closing: bool,
+    /// No more submissions; once the work in flight is done the workers are stopped.
+    pub(crate) closing: bool,
+    /// The workers were stopped: nothing runs any more.
+    pub(crate) finished: bool,
+    /// When the workers' liveness was last checked.
+    last_check: Instant,
 }
 
-impl Manager {
-    /// Starts the workers; the manager is then run on its own thread with [`Manager::run`].
-    pub(crate) fn new(
-        cfg: Config,
-        results: FrameQueue,
-        commands: Receiver<Command>,
-    ) -> Result<Manager> {
+impl Dispatcher {
+    /// Starts the workers.
+    pub(crate) fn new(cfg: Config, results: FrameQueue) -> Result<Dispatcher> {
         let max_body = cfg.max_body;
-        let mut m = Manager {
+        let mut m = Dispatcher {
             cfg,
             results,
-            commands,
             workers: Vec::new(),
             tasks: HashMap::new(),
             pending: VecDeque::new(),
             partial: wire::Reassembly::new(max_body),
             next_id: 1,
             closing: false,
+            finished: false,
+            last_check: Instant::now(),
         };
         for wi in 0..m.cfg.workers {
             let w = m.start_worker(wi)?;
@@ -178,45 +128,37 @@ impl Manager {
         })
     }
 
-    pub(crate) fn run(mut self) {
-        let mut last_check = Instant::now();
+    /// Takes whatever the result ring holds right now, without waiting.
+    pub(crate) fn drain_results(&mut self) -> Result<()> {
         loop {
-            loop {
-                match self.commands.try_recv() {
-                    Ok(Command::Submit(specs)) => self.submit(specs),
-                    Ok(Command::Close) => self.closing = true,
-                    Ok(Command::Terminate) | Err(TryRecvError::Disconnected) => {
-                        return self.terminate()
-                    }
-                    Err(TryRecvError::Empty) => break,
-                }
-            }
-            self.dispatch();
-            if self.closing && self.tasks.is_empty() {
-                return self.shut_down();
-            }
-            match self.results.get_timeout(LIVENESS_EVERY) {
-                Ok(frame) => {
-                    self.on_frame(&frame);
-                    // Take whatever else is there before doing anything slower.
-                    while let Ok(frame) = self.results.try_get() {
-                        self.on_frame(&frame);
-                    }
-                }
-                Err(Error::Timeout) => {}
-                Err(_) => {
-                    // The result ring is broken (garbage written into it): nothing can come back.
-                    return self.terminate();
-                }
-            }
-            if last_check.elapsed() >= LIVENESS_EVERY {
-                self.check_workers();
-                last_check = Instant::now();
+            match self.results.try_get() {
+                Ok(frame) => self.on_frame(&frame),
+                Err(Error::Empty) => return Ok(()),
+                Err(e) => return Err(e),
             }
         }
     }
 
-    fn submit(&mut self, specs: Vec<TaskSpec>) {
+    /// One step of background duty: results, deaths, dispatch, and the end of a closing pool.
+    /// `read` says whether this caller may take frames off the result ring (it holds the reader role).
+    pub(crate) fn tick(&mut self, read: bool) {
+        if read && self.drain_results().is_err() {
+            // The result ring is broken (garbage written into it): nothing can come back.
+            return self.terminate();
+        }
+        // A liveness check is a `waitpid` per worker: at most every `LIVENESS_EVERY`, not per result.
+        if read && self.last_check.elapsed() >= LIVENESS_EVERY {
+            self.check_workers();
+            self.last_check = Instant::now();
+        }
+        self.dispatch();
+        if self.closing && self.tasks.is_empty() && !self.finished {
+            self.shut_down();
+        }
+    }
+
+    /// Takes new tasks and hands out what fits.
+    pub(crate) fn submit(&mut self, specs: Vec<TaskSpec>) {
         for spec in specs {
             let id = self.next_id;
             self.next_id += 1;
@@ -229,12 +171,13 @@ impl Manager {
             );
             self.pending.push_back(id);
         }
+        self.dispatch();
     }
 
     /// Hands pending tasks to workers with room, never blocking: a full task ring is resumed later, so
     /// the manager always gets back to draining results (a worker blocked on a full result ring while we
     /// blocked on its full task ring would be a deadlock).
-    fn dispatch(&mut self) {
+    pub(crate) fn dispatch(&mut self) {
         for wi in 0..self.workers.len() {
             loop {
                 if self.workers[wi].sending.is_none() {
@@ -289,7 +232,8 @@ impl Manager {
         }
     }
 
-    fn on_frame(&mut self, frame: &[u8]) {
+    /// Handles one frame taken off the result ring.
+    pub(crate) fn on_frame(&mut self, frame: &[u8]) {
         let Ok((head, body)) = wire::parse(frame) else {
             return;
         };
@@ -325,7 +269,10 @@ impl Manager {
         }
     }
 
+    /// Notices dead workers; fails (or requeues) their tasks and replaces them. Only with the reader
+    /// role: it first takes what a dead worker published before dying.
     fn check_workers(&mut self) {
+        let mut failed_any = false;
         for wi in 0..self.workers.len() {
             if self.workers[wi].process.is_alive() {
                 continue;
@@ -334,6 +281,7 @@ impl Manager {
             while let Ok(frame) = self.results.try_get() {
                 self.on_frame(&frame);
             }
+            failed_any = true;
             let code = self.workers[wi].process.exitcode();
             let (signal, exit_code) = match code {
                 Some(c) if c < 0 => (Some(-c), None),
@@ -371,9 +319,15 @@ impl Manager {
                 }
             }
         }
+        if failed_any {
+            // Wake whoever sleeps on the result ring, so a waiter whose task just failed sees it now.
+            let _ = self
+                .results
+                .try_put(&wire::frame(0, wire::KIND_WAKE, true, 0, &[]));
+        }
     }
 
-    fn shut_down(mut self) {
+    fn shut_down(&mut self) {
         for w in &self.workers {
             w.tasks.close();
         }
@@ -385,9 +339,11 @@ impl Manager {
             }
         }
         self.workers.clear(); // dropping a Process reaps (and if needed kills) it
+        self.finished = true;
     }
 
-    fn terminate(mut self) {
+    /// Kills the workers now; fails what is outstanding with `Closed`.
+    pub(crate) fn terminate(&mut self) {
         for w in &self.workers {
             w.tasks.close();
             let _ = w.process.kill();
@@ -396,6 +352,9 @@ impl Manager {
         for (_, task) in self.tasks.drain() {
             task.spec.job.finish(task.spec.chunk, ChunkOutcome::Closed);
         }
+        self.pending.clear();
+        self.closing = true;
+        self.finished = true;
     }
 }
 

@@ -1,0 +1,145 @@
+//! The pool's engine: the [`Dispatcher`] under a lock, a *reader role* on the shared result ring, and a
+//! background thread for the duties nobody else is around for.
+//!
+//! ## Two hops per round trip
+//! A caller submits by putting its task straight on a worker's ring (under the dispatcher's lock). While
+//! it waits for the answer it takes the reader role and sleeps on the result ring itself, so the worker's
+//! answer wakes the caller directly: two wake-ups per round trip (caller → worker → caller), none when
+//! both sides are awake and spinning. Before, a dispatcher thread sat in the middle and a round trip took
+//! four.
+//!
+//! Fragments of one message must be taken off the ring in order by one thread, hence one reader at a
+//! time. Other waiters sleep on the [`Bell`], which rings when a job changes and when the role is
+//! released, and take the role in turn.
+//!
+//! The background thread ticks every [`LIVENESS_EVERY`]: if nobody holds the reader role it takes it
+//! (work submitted asynchronously still progresses with no caller waiting), and with it notices dead
+//! workers, fails or requeues exactly their tasks, and replaces them; it stops the workers of a closed
+//! pool once the work is done, and kills them when the pool is terminated. A reader does the same
+//! liveness check at the same pace, so a death is noticed within about 10 ms whoever reads.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::dispatcher::{Config, Dispatcher, TaskSpec, LIVENESS_EVERY};
+use super::results::Bell;
+use super::worker::FrameQueue;
+use crate::error::{Error, Result};
+
+/// See the [module docs](self).
+pub(crate) struct Engine {
+    dispatcher: Mutex<Dispatcher>,
+    results: FrameQueue,
+    /// Held by whoever takes frames off the result ring.
+    reader: Mutex<()>,
+    bell: Arc<Bell>,
+    /// Set by `terminate`: the background thread kills the workers and exits.
+    stop: AtomicBool,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Starts the workers and the background thread.
+    pub(crate) fn start(cfg: Config, results: FrameQueue) -> Result<(Arc<Engine>, JoinHandle<()>)> {
+        let dispatcher = Dispatcher::new(cfg, results.clone())?;
+        let engine = Arc::new(Engine {
+            dispatcher: Mutex::new(dispatcher),
+            results,
+            reader: Mutex::new(()),
+            bell: Arc::new(Bell::default()),
+            stop: AtomicBool::new(false),
+        });
+        let background = engine.clone();
+        let thread = std::thread::Builder::new()
+            .name("mproc-pool".into())
+            .spawn(move || background.background())
+            .map_err(|e| Error::os("spawn the pool's background thread", e))?;
+        Ok((engine, thread))
+    }
+
+    pub(crate) fn bell(&self) -> Arc<Bell> {
+        self.bell.clone()
+    }
+
+    fn dispatcher(&self) -> MutexGuard<'_, Dispatcher> {
+        // A panic while holding it (a bug) leaves consistent-enough bookkeeping: tasks are only ever
+        // moved between maps; keep serving rather than poisoning every later call.
+        self.dispatcher.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes tasks and puts what fits on the workers' rings at once.
+    ///
+    /// # Errors
+    /// [`Error::PoolClosed`] once the pool was closed or terminated.
+    pub(crate) fn submit(&self, specs: Vec<TaskSpec>) -> Result<()> {
+        let mut d = self.dispatcher();
+        if d.closing || d.finished {
+            return Err(Error::PoolClosed);
+        }
+        d.submit(specs);
+        Ok(())
+    }
+
+    /// Spends at most `slice` helping the pool along for a waiter that last saw the bell at `seen`: as
+    /// the reader, sleeping on the result ring; otherwise, sleeping on the bell.
+    pub(crate) fn serve(&self, seen: u64, slice: Duration) {
+        let Ok(role) = self.reader.try_lock() else {
+            self.bell.wait_after(seen, slice);
+            return;
+        };
+        match self.results.get_timeout(slice) {
+            Ok(frame) => {
+                let mut d = self.dispatcher();
+                d.on_frame(&frame);
+                d.tick(true);
+            }
+            Err(Error::Timeout) => self.dispatcher().tick(true),
+            // The result ring is broken (garbage written into it): nothing can come back.
+            Err(_) => self.dispatcher().terminate(),
+        }
+        drop(role);
+        // Let a waiter that could not read take the role now rather than at the end of its slice.
+        self.bell.ring_if_waited();
+    }
+
+    /// Stops taking work; the work submitted still runs, then the workers stop.
+    pub(crate) fn close(&self) {
+        self.dispatcher().closing = true;
+    }
+
+    /// Whether `close` or `terminate` was called.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.dispatcher().closing
+    }
+
+    /// Asks the background thread to kill the workers and fail what is outstanding.
+    pub(crate) fn terminate(&self) {
+        self.dispatcher().closing = true;
+        self.stop.store(true, Ordering::Release);
+    }
+
+    fn background(&self) {
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                self.dispatcher().terminate();
+                return;
+            }
+            {
+                let role = self.reader.try_lock();
+                let mut d = self.dispatcher();
+                d.tick(role.is_ok());
+                if d.finished {
+                    return;
+                }
+            }
+            std::thread::park_timeout(LIVENESS_EVERY);
+        }
+    }
+}
