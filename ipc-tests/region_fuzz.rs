@@ -5,7 +5,7 @@
 //! The forging helpers and the header layout are those of `region.rs`, which also explains why every
 //! forged header here is safe from the janitor test sweeping `/dev/shm` meanwhile.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::mpsc;
@@ -18,7 +18,7 @@ use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 
 use crate::common::{self, say, shm_path, Kid, Role};
 use crate::region::{
-    bytes_header, fd_handle, forge_loose, forge_named, handle, lock_header, mirror,
+    bytes_header, fd_handle, forge_named, forge_sealed, handle, lock_header, mirror,
     read_payload_byte, HandleMirror, Hdr, SourceMirror, BOUND, CREATOR_PID, CREATOR_START, FLAGS,
     FLAG_PERSISTENT, HEADER_SIZE, MAGIC, NEVER_A_PID, PAYLOAD_OFFSET, PAYLOAD_SIZE, READY,
     READY_WORD, REGION_ID, TYPE_HASH, VERSION,
@@ -279,9 +279,8 @@ fn fuzz_headers(_: &str) {
         }
         drop(f);
 
-        // By handle, any length: nothing waits on this path.
-        let f = forge_loose("fzfd", &h.0, len, 0o600);
-        let file = File::open(&f.0).unwrap();
+        // By handle, any length: nothing waits on this path. Sealed, as a handle's file must be.
+        let file = forge_sealed(&h.0, len, 0o600);
         let id = if same_id {
             h.u64(REGION_ID)
         } else {

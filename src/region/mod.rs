@@ -37,8 +37,19 @@ pub use janitor::cleanup_stale;
 
 /// Prefix of every `/dev/shm` entry this crate creates.
 pub(crate) const SHM_PREFIX: &str = "mproc.";
-/// How long an opener waits for a named region's creator to publish it.
+/// How long an opener by name waits for a named region's creator to publish it.
+///
+/// Opening from a [`RegionHandle`] never waits (see `HANDLE_OPEN_WAIT`).
 pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long opening a region from a [`RegionHandle`] waits for it to be published: not at all.
+///
+/// A handle is made only from a `Region`, and a `Region` exists only once published (creation returns
+/// after storing the ready flag, an open after seeing it), so the region a genuine handle names is
+/// already published. An unpublished segment behind a handle is a forgery, or a replacement under the
+/// same name whose id differs anyway. Waiting for it would only let whoever wrote the handle's bytes
+/// stall the decoder: a forged `Vec<Lock>` of n named handles used to cost n × 10 s (review R5). So
+/// decoding a handle costs a bounded number of system calls (open, fstat, fcntl, mmap) and no wait.
+const HANDLE_OPEN_WAIT: Duration = Duration::ZERO;
 const MAX_NAME_LEN: usize = 200;
 
 /// Opens the named object, or creates it if the name is free: exactly one of several concurrent callers
@@ -276,8 +287,13 @@ impl Region {
 
     /// Opens an untyped region from a handle made by [`Region::handle`] in any process.
     ///
+    /// The handle may come from an untrusted peer: opening it never waits and never opens anything but a
+    /// regular file (see "Decoding handles from untrusted bytes" in the [module docs](self)).
+    ///
     /// # Errors
-    /// [`Error::StaleHandle`] if the region is gone or was replaced, or a validation error.
+    /// [`Error::StaleHandle`] if the region is gone or was replaced; [`Error::NotSealed`] if an
+    /// anonymous-region handle names a file that is not a size-sealed memfd; [`Error::NotReady`] at once
+    /// if the region is not published; or another validation error.
     pub fn from_handle(handle: &RegionHandle) -> Result<Region> {
         Region::open_handle(handle, Layout::bytes(None))
     }
@@ -396,14 +412,19 @@ impl Region {
         populate: bool,
     ) -> Result<Region> {
         let region = match &handle.source {
-            Source::Named(name) => Region::open_with(name, layout, DEFAULT_OPEN_TIMEOUT)?,
+            Source::Named(name) => Region::open_with(name, layout, HANDLE_OPEN_WAIT)?,
             Source::Fd { pid, fd } => {
-                let file = shm::open_proc_fd(*pid, *fd)?;
                 let what = format!("anonymous region of process {pid}");
-                let info = check_private(&file, &what)?;
-                let map = map_segment(&file, info.size, populate)?;
-                // An anonymous region is published before any handle to it exists: no waiting.
-                Region::finish_open(map, file, Naming::Anonymous, layout, Instant::now(), &what)?
+                // Regular files only: a device or FIFO is never opened for real (see open_proc_fd).
+                let file = shm::open_proc_fd(*pid, *fd)?;
+                check_private(&file, &what)?;
+                check_size_sealed(&file, &what)?;
+                // Sealed against shrinking and growing: this size is final, and no process can truncate
+                // the file under our mapping (which would turn our reads into SIGBUS).
+                let size = shm::file_info(&file)?.size;
+                let map = map_segment(&file, size, populate)?;
+                let deadline = Instant::now() + HANDLE_OPEN_WAIT;
+                Region::finish_open(map, file, Naming::Anonymous, layout, deadline, &what)?
             }
         };
         if region.header.region_id != handle.id {
@@ -609,6 +630,20 @@ fn check_private(file: &File, what: &str) -> Result<shm::FileInfo> {
         });
     }
     Ok(info)
+}
+
+/// Refuses a file whose size is not sealed: only a memfd this crate made (sealed at creation) may be
+/// reached through an anonymous-region handle. A forged handle to an unsealed file could truncate it
+/// under our mapping and kill us with SIGBUS (review S4). A named region never travels this way: its
+/// handle names it.
+fn check_size_sealed(file: &File, what: &str) -> Result<()> {
+    match shm::seals(file)? {
+        Some(seals) if shm::size_is_sealed(seals) => Ok(()),
+        seals => Err(Error::NotSealed {
+            name: what.to_owned(),
+            seals,
+        }),
+    }
 }
 
 /// Checks a header snapshot against the expected layout and the segment's real size.

@@ -1,4 +1,5 @@
 use super::*;
+use std::fs::File;
 
 fn unique(tag: &str) -> String {
     format!("unit-{tag}-{}-{:x}", proc::pid(), proc::random_u64())
@@ -105,4 +106,56 @@ fn failed_init_leaves_no_name() {
     });
     assert!(matches!(e, Err(Error::Timeout)));
     assert!(matches!(Region::open(&name), Err(Error::NotFound { .. })));
+}
+
+/// A copy of `r`'s whole segment (header and payload) in a fresh memfd of mode 0600, size-sealed or not:
+/// what a peer forging an anonymous-region handle can make. (Seals of one kind only are tried by the
+/// `security_region` ipc tests, which may call fcntl themselves.)
+fn copy_into_memfd(r: &Region, sealed: bool) -> File {
+    use std::os::unix::fs::FileExt;
+    let f = shm::create_memfd("unit-forged").unwrap();
+    let len = PAYLOAD_OFFSET + r.len();
+    // SAFETY: the mapping is `len` bytes long (header plus payload) and lives as long as `r`; nobody else
+    // writes this fresh region.
+    let bytes = unsafe { std::slice::from_raw_parts(r.map.as_ptr(), len) };
+    f.write_all_at(bytes, 0).unwrap();
+    if sealed {
+        shm::seal_size(&f).unwrap();
+    }
+    f
+}
+
+/// S4: an anonymous-region handle opens only a memfd sealed against shrinking and growing.
+#[test]
+fn anonymous_handle_needs_a_size_sealed_memfd() {
+    let r = Region::anonymous(64).unwrap();
+    let h = |f: &File| RegionHandle {
+        id: r.id(),
+        source: Source::Fd {
+            pid: proc::pid(),
+            fd: f.as_raw_fd(),
+        },
+    };
+    let f = copy_into_memfd(&r, false);
+    let e = Region::from_handle(&h(&f)).unwrap_err();
+    assert!(
+        matches!(e, Error::NotSealed { seals: Some(0), .. }),
+        "{e:?}"
+    );
+    let f = copy_into_memfd(&r, true);
+    assert_eq!(Region::from_handle(&h(&f)).unwrap().len(), 64);
+}
+
+/// R5: opening a handle never waits for publication (a genuine handle's region is already published).
+#[test]
+fn handle_open_does_not_wait() {
+    let name = unique("nowait");
+    let r = Region::create(&name, 8, false).unwrap();
+    let handle = r.handle();
+    r.raw_header().ready.store(0, Ordering::Release);
+    // The creator (this process) lives: an open by name would wait for it, up to 10 s.
+    let started = Instant::now();
+    let e = Region::from_handle(&handle).unwrap_err();
+    assert!(matches!(e, Error::NotReady { .. }), "{e:?}");
+    assert!(started.elapsed() < DEFAULT_OPEN_TIMEOUT, "it waited");
 }

@@ -1,0 +1,266 @@
+//! Regressions for the region findings of the 2026-11-30 security review: forged anonymous-region
+//! handles (S4) and handles whose decoding used to stall or open devices (R5).
+//!
+//! Each test fails on the code the review read (4351a93) and passes since; its doc comment names the
+//! finding. The forging helpers and header offsets are those of `region.rs`. Sweeps take `region.rs`'s
+//! sweep lock, and every forged segment under the `mproc.` prefix either must survive a sweep (that is
+//! what the tests here assert) or names this live process as its creator.
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::Duration;
+
+use libtest_mimic::Trial;
+use mproc::{Error, Lock, Region};
+
+use crate::common::{self, say, Kid, Role};
+use crate::region::{
+    forge_named, forge_sealed, handle, lock_header, Forged, HandleMirror, Hdr, SourceMirror, BOUND,
+    PAYLOAD_OFFSET, READY_WORD, REGION_ID,
+};
+
+pub const ROLES: &[Role] = &[("secregion_unsealed_lock", unsealed_lock)];
+
+pub fn tests() -> Vec<Trial> {
+    let t = |name: &str, f: fn()| common::trial("security_region", name, f);
+    vec![
+        t(
+            "s4_unsealed_anonymous_handle_is_refused",
+            s4_unsealed_anonymous_handle_is_refused,
+        ),
+        t(
+            "r5_forged_named_handles_do_not_stall_decoding",
+            r5_forged_named_handles_do_not_stall_decoding,
+        ),
+        t(
+            "r5_fifo_behind_a_handle_is_never_opened",
+            r5_fifo_behind_a_handle_is_never_opened,
+        ),
+    ]
+}
+
+fn err<T: std::fmt::Debug>(r: mproc::Result<T>) -> Error {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e,
+    }
+}
+
+/// A handle to descriptor `fd` of this process, as postcard bytes (what a peer would send).
+fn fd_handle_bytes(id: u64, fd: i32) -> Vec<u8> {
+    postcard::to_stdvec(&HandleMirror {
+        id,
+        source: SourceMirror::Fd {
+            pid: std::process::id(),
+            fd,
+        },
+    })
+    .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------- S4
+
+/// A memfd of mode 0600 that can be sealed, holding `h` and sized `len`, sealed with `seals` only.
+fn memfd(h: &Hdr, len: u64, seals: i32) -> File {
+    // SAFETY: the name is a valid NUL-terminated string; memfd_create only reads it.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"half-sealed".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let f = unsafe { File::from_raw_fd(fd) };
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .unwrap();
+    f.write_all_at(&h.0, 0).unwrap();
+    f.set_len(len).unwrap();
+    // SAFETY: F_ADD_SEALS takes an int and only changes this memfd's seal set.
+    assert_eq!(unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) }, 0);
+    f
+}
+
+/// Child role, the review's reproduction A4: an unsealed memfd holding a hand-written `Lock` header,
+/// decoded as a `Lock` from postcard bytes. The code the review read accepted it; truncating the memfd
+/// then killed us with SIGBUS on the next `lock()`. Prints "refused <error>" if the decode is refused.
+fn unsealed_lock(_: &str) {
+    // Without MFD_ALLOW_SEALING: the memfd can never be sealed (its seal set is F_SEAL_SEAL).
+    // SAFETY: the name is a valid NUL-terminated string; memfd_create only reads it.
+    let fd = unsafe { libc::memfd_create(c"forged-lock".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let f = unsafe { File::from_raw_fd(fd) };
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .unwrap();
+    f.set_len(4096).unwrap();
+    let h = lock_header();
+    f.write_all_at(&h.0, 0).unwrap();
+    let bytes = fd_handle_bytes(h.u64(REGION_ID), f.as_raw_fd());
+    match postcard::from_bytes::<Lock>(&bytes) {
+        Ok(lock) => {
+            say("opened");
+            drop(lock.lock());
+            f.set_len(0).unwrap();
+            drop(lock.lock()); // SIGBUS on the old code
+            say("survived");
+        }
+        // postcard keeps only "Serde Deserialization Error": ask the typed API why.
+        Err(_) => {
+            let m = postcard::from_bytes(&bytes).unwrap();
+            say(&format!(
+                "refused {:?}",
+                err(Lock::from_handle(&handle(&m)))
+            ));
+        }
+    }
+}
+
+/// S4: an anonymous-region handle opens only a memfd sealed against shrinking and growing. An unsealed
+/// memfd (A4), a memfd sealed one way only and a plain tmpfs file are all refused with `NotSealed`
+/// before they are mapped, so no SIGBUS is reachable; a real anonymous `Lock` still travels.
+fn s4_unsealed_anonymous_handle_is_refused() {
+    let mut kid = Kid::spawn("secregion_unsealed_lock", "", BOUND);
+    let line = kid.next_line();
+    assert!(
+        line.starts_with("refused NotSealed {")
+            && line.contains(&format!("seals: Some({})", libc::F_SEAL_SEAL)),
+        "the forged unsealed handle was not refused: {line:?}"
+    );
+    assert!(kid.wait().success());
+
+    let h = lock_header();
+    let id = h.u64(REGION_ID);
+    let len = PAYLOAD_OFFSET + 16;
+    let open = |fd: i32| {
+        let m = postcard::from_bytes(&fd_handle_bytes(id, fd)).unwrap();
+        Lock::from_handle(&handle(&m))
+    };
+
+    // Sealed against shrinking only (it could still grow), or against growing only (it could be
+    // truncated): both refused, the error names the seals found.
+    for seals in [libc::F_SEAL_SHRINK, libc::F_SEAL_GROW] {
+        let f = memfd(&h, len, seals);
+        let e = err(open(f.as_raw_fd()));
+        assert!(
+            matches!(e, Error::NotSealed { seals: Some(s), .. } if s == seals as u32),
+            "{seals:#x}: {e:?}"
+        );
+    }
+
+    // A regular tmpfs file of ours, mode 0600, with a perfect header: tmpfs files other than memfds
+    // carry F_SEAL_SEAL from birth (memfd_create(2)), so they can never be size-sealed.
+    let path = PathBuf::from(format!("/dev/shm/{}", common::unique_name("unsealed")));
+    let _guard = Forged(path.clone());
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .unwrap();
+    f.write_all_at(&h.0, 0).unwrap();
+    f.set_len(len).unwrap();
+    let e = err(open(f.as_raw_fd()));
+    assert!(
+        matches!(e, Error::NotSealed { seals: Some(s), .. } if s == libc::F_SEAL_SEAL as u32),
+        "{e:?}"
+    );
+
+    // The control: the same header in a sealed memfd opens, and a real anonymous Lock travels.
+    let sealed = forge_sealed(&h.0, len, 0o600);
+    let lock = open(sealed.as_raw_fd()).expect("a sealed memfd with a valid header opens");
+    drop(lock.try_lock());
+    let real = Lock::new().unwrap();
+    let bytes = postcard::to_stdvec(&real).unwrap();
+    let back: Lock = postcard::from_bytes(&bytes).expect("a real anonymous Lock travels");
+    drop(back.lock());
+}
+
+// ---------------------------------------------------------------------------------------------- R5
+
+/// R5: decoding handles from untrusted bytes never waits. A peer hands us handles naming regions that
+/// are never published (the creator, this very process, is alive, so an open *by name* would rightly
+/// wait for it): each decode used to wait the full 10 s open timeout, so n messages cost n × 10 s. Now
+/// each is refused at once with `NotReady`; the bound only proves "no stall" (12 decodes × 10 s would
+/// exceed it).
+fn r5_forged_named_handles_do_not_stall_decoding() {
+    let h = lock_header().set32(READY_WORD, 0);
+    let forged: Vec<(String, Forged)> = (0..12)
+        .map(|_| {
+            let name = common::unique_name("r5stall");
+            let f = forge_named(&name, &h, PAYLOAD_OFFSET + 16);
+            (name, f)
+        })
+        .collect();
+    let names: Vec<String> = forged.iter().map(|(n, _)| n.clone()).collect();
+    let id = h.u64(REGION_ID);
+    let me = std::process::id();
+    let errors = common::bounded("decoding 12 forged named handles", BOUND / 2, move || {
+        names
+            .iter()
+            .map(|n| {
+                let bytes = postcard::to_stdvec(&HandleMirror {
+                    id,
+                    source: SourceMirror::Named(n.clone()),
+                })
+                .unwrap();
+                let m: HandleMirror = postcard::from_bytes(&bytes).unwrap();
+                Lock::from_handle(&handle(&m)).map(drop)
+            })
+            .collect::<Vec<_>>()
+    });
+    for e in errors {
+        assert!(
+            matches!(e, Err(Error::NotReady { creator_pid, .. }) if creator_pid == me),
+            "{e:?}"
+        );
+    }
+    drop(forged);
+}
+
+/// R5: a handle naming a FIFO (or a device) is refused without the FIFO ever being opened. The old code
+/// opened `/proc/<pid>/fd/<fd>` read-write before looking at the file type, which on a FIFO acts as a
+/// reader: a writer blocked in `open(2)` on it was released. Now the file is looked at through an
+/// `O_PATH` descriptor first, and the writer stays blocked until we open the reading end ourselves.
+fn r5_fifo_behind_a_handle_is_never_opened() {
+    let path = PathBuf::from(format!("/dev/shm/{}", common::unique_name("fifo")));
+    let c = CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only reads it.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let _guard = Forged(path.clone());
+    // Our own descriptor to it, without opening it (O_PATH does not count as a reader or a writer).
+    let opath = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(&path)
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let writer = std::thread::spawn({
+        let path = path.clone();
+        // Blocks until somebody opens the FIFO for reading (fifo(7)).
+        move || tx.send(OpenOptions::new().write(true).open(&path).map(drop))
+    });
+    let m = postcard::from_bytes(&fd_handle_bytes(1, opath.as_raw_fd())).unwrap();
+    let e = err(Region::from_handle(&handle(&m)));
+    assert!(
+        matches!(&e, Error::Os { source, .. } if source.kind() == std::io::ErrorKind::InvalidInput),
+        "{e:?}"
+    );
+    let released = rx.recv_timeout(Duration::from_secs(2));
+    // Release the writer ourselves, whatever happened, so the thread ends.
+    let _reader = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .unwrap();
+    writer.join().unwrap().ok();
+    assert!(
+        matches!(released, Err(RecvTimeoutError::Timeout)),
+        "decoding the handle opened the FIFO: {released:?}"
+    );
+}
