@@ -110,6 +110,8 @@ pub(crate) const CREATOR_PID: usize = 40;
 pub(crate) const FLAGS: usize = 44;
 pub(crate) const CREATOR_START: usize = 48;
 pub(crate) const READY_WORD: usize = 56;
+/// The creator's pid namespace (the inode of `/proc/<pid>/ns/pid`, 32 bits); 0 = unknown.
+pub(crate) const CREATOR_PIDNS: usize = 60;
 
 /// The 64 header bytes of a region. Fields are native-endian words.
 #[derive(Clone, Copy, Debug)]
@@ -844,8 +846,9 @@ fn janitor_spares_a_header_being_written() {
     );
 }
 
-/// Sweeps (`cleanup_stale`) of this file run one at a time: each asserts what *its* sweep removed.
-fn sweep_lock() -> std::sync::MutexGuard<'static, ()> {
+/// Sweeps (`cleanup_stale`) of this file (and of `security_region.rs`) run one at a time: each asserts
+/// what *its* sweep removed.
+pub(crate) fn sweep_lock() -> std::sync::MutexGuard<'static, ()> {
     static SWEEP: std::sync::Mutex<()> = std::sync::Mutex::new(());
     SWEEP.lock().unwrap_or_else(|e| e.into_inner())
 }

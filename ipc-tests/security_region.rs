@@ -1,5 +1,6 @@
 //! Regressions for the region findings of the 2026-11-30 security review: forged anonymous-region
-//! handles (S4) and handles whose decoding used to stall or open devices (R5).
+//! handles (S4), handles whose decoding used to stall or open devices (R5), and creators of another pid
+//! namespace taken for dead (S6).
 //!
 //! Each test fails on the code the review read (4351a93) and passes since; its doc comment names the
 //! finding. The forging helpers and header offsets are those of `region.rs`. Sweeps take `region.rs`'s
@@ -19,8 +20,8 @@ use mproc::{Error, Lock, Region};
 
 use crate::common::{self, say, Kid, Role};
 use crate::region::{
-    forge_named, forge_sealed, handle, lock_header, Forged, HandleMirror, Hdr, SourceMirror, BOUND,
-    PAYLOAD_OFFSET, READY_WORD, REGION_ID,
+    forge_named, forge_sealed, handle, lock_header, sweep_lock, Forged, HandleMirror, Hdr,
+    SourceMirror, BOUND, CREATOR_PID, CREATOR_PIDNS, PAYLOAD_OFFSET, READY, READY_WORD, REGION_ID,
 };
 
 pub const ROLES: &[Role] = &[("secregion_unsealed_lock", unsealed_lock)];
@@ -40,8 +41,15 @@ pub fn tests() -> Vec<Trial> {
             "r5_fifo_behind_a_handle_is_never_opened",
             r5_fifo_behind_a_handle_is_never_opened,
         ),
+        t(
+            "s6_creator_of_another_pid_namespace_is_never_judged_dead",
+            s6_creator_of_another_pid_namespace_is_never_judged_dead,
+        ),
     ]
 }
+
+/// A pid no process can have (above PID_MAX_LIMIT, proc(5)).
+const GHOST_PID: u32 = 0x7fff_fff0;
 
 fn err<T: std::fmt::Debug>(r: mproc::Result<T>) -> Error {
     match r {
@@ -262,5 +270,70 @@ fn r5_fifo_behind_a_handle_is_never_opened() {
     assert!(
         matches!(released, Err(RecvTimeoutError::Timeout)),
         "decoding the handle opened the FIFO: {released:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------- S6
+
+/// S6: a creator recorded in another pid namespace (a container sharing `/dev/shm`), or in an unknown
+/// one, is never judged by our `/proc`, where its pid means nothing. The janitor keeps its unpublished
+/// segment, and an opener waits for it: published while it waits, the region opens; never published,
+/// the opener reports `NotReady` once its bound (10 s) expires. The old code took the creator for dead
+/// at once: the janitor unlinked its segment, and the opener failed without waiting.
+fn s6_creator_of_another_pid_namespace_is_never_judged_dead() {
+    let good = lock_header();
+    // Our namespace as the template recorded it: whatever it is, `own ^ 1` and 0 are not it.
+    let own = good.u32(CREATOR_PIDNS);
+    let ghost = good.set32(READY_WORD, 0).set32(CREATOR_PID, GHOST_PID);
+    let forged: Vec<(String, Forged)> = [own ^ 1, 0]
+        .iter()
+        .map(|ns| {
+            let name = common::unique_name("s6ns");
+            let f = forge_named(&name, &ghost.set32(CREATOR_PIDNS, *ns), PAYLOAD_OFFSET + 16);
+            (name, f)
+        })
+        .collect();
+    {
+        let _sweep = sweep_lock();
+        let removed = mproc::cleanup_stale().unwrap();
+        for (name, f) in &forged {
+            assert!(
+                f.0.exists() && !removed.contains(name),
+                "{name} was removed: {removed:?}"
+            );
+        }
+    }
+
+    for (name, f) in &forged {
+        // Published while the opener waits: it opens.
+        let opener = std::thread::spawn({
+            let name = name.clone();
+            move || Lock::open(&name).map(drop)
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let file = File::options().write(true).open(&f.0).unwrap();
+        file.write_all_at(&READY.to_ne_bytes(), READY_WORD as u64)
+            .unwrap();
+        let opened = common::bounded("open while the creator publishes", BOUND, move || {
+            opener.join().unwrap()
+        });
+        assert!(opened.is_ok(), "{name}: {opened:?}");
+        file.write_all_at(&0u32.to_ne_bytes(), READY_WORD as u64)
+            .unwrap();
+    }
+    // Never published: a typed error once the open timeout expires, not a hang and not a verdict.
+    let name = forged[0].0.clone();
+    let e = common::bounded("open of a never-published region", BOUND, move || {
+        Lock::open(&name).map(drop)
+    });
+    assert!(
+        matches!(
+            e,
+            Err(Error::NotReady {
+                creator_pid: GHOST_PID,
+                ..
+            })
+        ),
+        "{e:?}"
     );
 }

@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::header::{FLAG_PERSISTENT, MAGIC};
-use super::{Region, SHM_PREFIX};
+use super::{creator_known_dead, Region, SHM_PREFIX};
 use crate::error::Result;
 use crate::sys::{proc, shm};
 
@@ -12,7 +12,8 @@ use crate::sys::{proc, shm};
 const ABANDONED_AFTER: Duration = Duration::from_secs(30);
 
 /// Unlinks every non-persistent named region of this user whose creating process is gone, and returns
-/// their names.
+/// their names. A creator recorded in another (or an unknown) pid namespace is never judged gone: its
+/// pid means nothing in our `/proc`.
 ///
 /// A creator normally unlinks its region when its handle drops; a creator killed with SIGKILL cannot, and
 /// its region would stay in `/dev/shm` until reboot. Call this at start-up, or from a test suite, to reclaim
@@ -40,7 +41,7 @@ pub fn cleanup_stale() -> Result<Vec<String>> {
     Ok(removed)
 }
 
-fn is_stale(shm_name: &str) -> Option<bool> {
+pub(super) fn is_stale(shm_name: &str) -> Option<bool> {
     let file = shm::open_named(shm_name, shm_name).ok()?;
     let info = shm::file_info(&file).ok()?;
     if info.uid != proc::euid() {
@@ -62,7 +63,7 @@ fn is_stale(shm_name: &str) -> Option<bool> {
             // A persistent region outlives its creator only once published: one whose creator died
             // half-way would block its name forever.
             let keep = h.flags & FLAG_PERSISTENT != 0 && ready;
-            !keep && !proc::process_alive(h.creator_pid, h.creator_start)
+            !keep && creator_known_dead(h.creator_pid, h.creator_start, h.creator_pidns)
         }
     };
     if stale {

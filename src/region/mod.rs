@@ -221,7 +221,8 @@ impl Region {
     ///
     /// # Errors
     /// [`Error::NotFound`], a validation error ([`Error::TypeMismatch`], [`Error::Truncated`], …), or
-    /// [`Error::NotReady`] if the creator did not publish it within [`DEFAULT_OPEN_TIMEOUT`].
+    /// [`Error::NotReady`] if the creator did not publish it within [`DEFAULT_OPEN_TIMEOUT`] (at once if
+    /// the creator is proved dead; a creator of another pid namespace is waited for).
     pub fn open(name: &str) -> Result<Region> {
         Region::open_with(name, Layout::bytes(None), DEFAULT_OPEN_TIMEOUT)
     }
@@ -345,6 +346,7 @@ impl Region {
             creator_pid: me,
             flags: if persistent { FLAG_PERSISTENT } else { 0 },
             creator_start: proc::start_time(me).unwrap_or(0),
+            creator_pidns: own_pid_namespace(),
         };
         let naming = match name {
             None => Naming::Anonymous,
@@ -468,12 +470,14 @@ impl Region {
             if magic != MAGIC && magic != [0; 8] {
                 return Err(Error::BadMagic { found: magic });
             }
-            // The creator's pid is stored before the magic; if it is visible, it can be judged already.
+            // The creator's identity is stored before the magic; if it is visible, it can be judged already.
             let creator = h.creator_pid.load(Ordering::Relaxed);
             let start = h.creator_start.load(Ordering::Relaxed);
+            let pidns = h.creator_pidns.load(Ordering::Relaxed);
             let now = Instant::now();
             // A creator that died before publishing will never publish; say so at once rather than wait.
-            let creator_dead = creator != 0 && !proc::process_alive(creator, start);
+            // One of another pid namespace cannot be judged from here: it is waited for, up to the bound.
+            let creator_dead = creator_known_dead(creator, start, pidns);
             if now >= deadline || creator_dead {
                 return Err(Error::NotReady {
                     name: what.to_owned(),
@@ -592,6 +596,7 @@ fn zero_snapshot() -> HeaderSnapshot {
         creator_pid: 0,
         flags: 0,
         creator_start: 0,
+        creator_pidns: 0,
     }
 }
 
@@ -644,6 +649,19 @@ fn check_size_sealed(file: &File, what: &str) -> Result<()> {
             seals,
         }),
     }
+}
+
+/// This process's pid namespace as recorded in a header (0, "unknown", if it does not fit 32 bits).
+fn own_pid_namespace() -> u32 {
+    u32::try_from(proc::pid_namespace()).unwrap_or(0)
+}
+
+/// Whether the creator recorded in a header is *proved* dead: recorded at all, of our own pid namespace
+/// (a pid means something only in the namespace that wrote it; an unknown or foreign namespace is
+/// never judged, review S6), and gone from our `/proc` or replaced by a process with another start time.
+/// The janitor removes a segment, and an opener stops waiting for one, only on this proof.
+fn creator_known_dead(pid: u32, start: u64, pidns: u32) -> bool {
+    pid != 0 && proc::same_pid_namespace(u64::from(pidns)) && !proc::process_alive(pid, start)
 }
 
 /// Checks a header snapshot against the expected layout and the segment's real size.

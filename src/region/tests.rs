@@ -159,3 +159,53 @@ fn handle_open_does_not_wait() {
     assert!(matches!(e, Error::NotReady { .. }), "{e:?}");
     assert!(started.elapsed() < DEFAULT_OPEN_TIMEOUT, "it waited");
 }
+
+/// A named region whose header says "not yet published, created by a process that cannot exist, in pid
+/// namespace `pidns`".
+fn unpublished_by_ghost(tag: &str, pidns: u32) -> (String, Region) {
+    let name = unique(tag);
+    let r = Region::create(&name, 8, false).unwrap();
+    let h = r.raw_header();
+    h.ready.store(0, Ordering::Release);
+    h.creator_pid.store(0x7fff_fff0, Ordering::Relaxed);
+    h.creator_pidns.store(pidns, Ordering::Relaxed);
+    (name, r)
+}
+
+/// S6: a creator of another (or an unknown) pid namespace is never judged by our /proc: an opener waits
+/// for it up to its bound, and the janitor keeps its segment. The same ghost in our namespace is dead.
+#[test]
+fn creator_of_another_pid_namespace_is_never_judged() {
+    let own = own_pid_namespace();
+    assert_ne!(own, 0);
+    assert!(creator_known_dead(0x7fff_fff0, 0, own));
+    for pidns in [own ^ 1, 0] {
+        assert!(!creator_known_dead(0x7fff_fff0, 0, pidns));
+        let (name, r) = unpublished_by_ghost("ns", pidns);
+        let shm = shm_name(&name);
+        assert_eq!(janitor::is_stale(&shm), Some(false), "{pidns:#x}");
+        // Waited for: published while we wait, it opens.
+        let opener = std::thread::spawn({
+            let name = name.clone();
+            move || Region::open_with(&name, Layout::bytes(None), Duration::from_secs(60))
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        r.raw_header().ready.store(READY, Ordering::Release);
+        assert!(opener.join().unwrap().is_ok(), "{pidns:#x}");
+        // Never published: the bound expires and NotReady names the creator.
+        r.raw_header().ready.store(0, Ordering::Release);
+        let e = Region::open_with(&name, Layout::bytes(None), Duration::from_millis(100));
+        assert!(
+            matches!(
+                e,
+                Err(Error::NotReady {
+                    creator_pid: 0x7fff_fff0,
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+    }
+    let (name, _r) = unpublished_by_ghost("ownns", own);
+    assert_eq!(janitor::is_stale(&shm_name(&name)), Some(true));
+}
