@@ -1,6 +1,6 @@
-//! Regressions for the region findings of the 2026-11-30 security review: forged anonymous-region
-//! handles (S4), handles whose decoding used to stall or open devices (R5), and creators of another pid
-//! namespace taken for dead (S6).
+//! Regressions for the region findings of the 2026-11-30 security review (S4, R5, R6, S6): forged
+//! anonymous-region handles, handles whose decoding used to stall or open devices, and janitor sweeps
+//! that used to remove what they could not judge.
 //!
 //! Each test fails on the code the review read (4351a93) and passes since; its doc comment names the
 //! finding. The forging helpers and header offsets are those of `region.rs`. Sweeps take `region.rs`'s
@@ -13,15 +13,16 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use libtest_mimic::Trial;
 use mproc::{Error, Lock, Region};
 
-use crate::common::{self, say, Kid, Role};
+use crate::common::{self, say, shm_path, Kid, Role};
 use crate::region::{
     forge_named, forge_sealed, handle, lock_header, sweep_lock, Forged, HandleMirror, Hdr,
     SourceMirror, BOUND, CREATOR_PID, CREATOR_PIDNS, PAYLOAD_OFFSET, READY, READY_WORD, REGION_ID,
+    VERSION,
 };
 
 pub const ROLES: &[Role] = &[("secregion_unsealed_lock", unsealed_lock)];
@@ -40,6 +41,10 @@ pub fn tests() -> Vec<Trial> {
         t(
             "r5_fifo_behind_a_handle_is_never_opened",
             r5_fifo_behind_a_handle_is_never_opened,
+        ),
+        t(
+            "r6_janitor_keeps_what_it_cannot_judge",
+            r6_janitor_keeps_what_it_cannot_judge,
         ),
         t(
             "s6_creator_of_another_pid_namespace_is_never_judged_dead",
@@ -271,6 +276,59 @@ fn r5_fifo_behind_a_handle_is_never_opened() {
         matches!(released, Err(RecvTimeoutError::Timeout)),
         "decoding the handle opened the FIFO: {released:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------- R6
+
+/// Makes the file at `path` look `age` old.
+fn age(path: &PathBuf, age: Duration) {
+    File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(SystemTime::now() - age)
+        .unwrap();
+}
+
+/// R6: the janitor removes only segments whose creator it proved dead. Files it cannot judge stay,
+/// however old: one without our magic (another tool, another format), one shorter than a header, one
+/// with our magic but another format version. The old janitor unlinked the first two once 30 s old,
+/// and judged the third by fields whose meaning it did not know. The control, our format with a dead
+/// creator of our pid namespace, goes.
+fn r6_janitor_keeps_what_it_cannot_judge() {
+    let _sweep = sweep_lock();
+    let good = lock_header();
+    let mut garbage = [0u8; 64];
+    for (i, b) in garbage.iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(37) ^ 0x5a;
+    }
+    let dead = good.set32(READY_WORD, 0).set32(CREATOR_PID, GHOST_PID);
+    let cases = [
+        ("r6foreign", Hdr(garbage), PAYLOAD_OFFSET + 64),
+        ("r6short", Hdr([0; 64]), 10),
+        ("r6version", dead.set32(VERSION, 2), PAYLOAD_OFFSET + 16),
+    ];
+    let kept: Vec<(String, Forged)> = cases
+        .iter()
+        .map(|(tag, h, len)| {
+            let name = common::unique_name(tag);
+            let f = forge_named(&name, h, *len);
+            age(&f.0, Duration::from_secs(3600));
+            (name, f)
+        })
+        .collect();
+    let control = common::unique_name("r6dead");
+    let _control = forge_named(&control, &dead, PAYLOAD_OFFSET + 16);
+
+    let removed = mproc::cleanup_stale().unwrap();
+    for (name, f) in &kept {
+        assert!(
+            f.0.exists() && !removed.contains(name),
+            "{name} was removed: {removed:?}"
+        );
+    }
+    assert!(removed.contains(&control), "{removed:?}");
+    assert!(!shm_path(&control).exists());
 }
 
 // ---------------------------------------------------------------------------------------------- S6

@@ -317,16 +317,14 @@ impl Region {
                 expected: usize::MAX as u64,
                 found: payload_size as u64,
             })?;
-        // Until the region is published, a failure must remove a name we created, even a persistent one.
-        let (file, cleanup) = match name {
-            None => (shm::create_memfd("mproc")?, CreateGuard(None)),
+        // A named region is made unnamed and given its name only once published (below), so no
+        // process, the janitor included, ever sees a named region half-made, and a failure part-way
+        // leaves no name behind.
+        let file = match name {
+            None => shm::create_memfd("mproc")?,
             Some(name) => {
                 validate_name(name)?;
-                let shm_name = shm_name(name);
-                (
-                    shm::create_named(&shm_name, name)?,
-                    CreateGuard(Some(shm_name)),
-                )
+                shm::create_unnamed_shm()?
             }
         };
         file.set_len(total as u64)
@@ -356,7 +354,7 @@ impl Region {
                 unlink_by: (!persistent).then_some(me),
             },
         };
-        let region = Region {
+        let mut region = Region {
             map,
             file,
             header,
@@ -368,7 +366,13 @@ impl Region {
         // Publish: everything above happens-before any opener's Acquire load of `ready`.
         h.ready.store(READY, Ordering::Release);
         futex::wake_all(&h.ready);
-        cleanup.disarm();
+        if let Naming::Named { name, shm_name, .. } = &region.naming {
+            if let Err(e) = shm::link_named(&region.file, shm_name, name) {
+                // The name belongs to somebody else (AlreadyExists): our drop must not touch it.
+                region.naming = Naming::Anonymous;
+                return Err(e);
+            }
+        }
         Ok(region)
     }
 
@@ -565,23 +569,6 @@ impl Drop for Region {
             }
         }
         // The mapping and the descriptor are released by their own drops.
-    }
-}
-
-/// Unlinks a half-created named region if creation fails part-way.
-struct CreateGuard(Option<String>);
-
-impl CreateGuard {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for CreateGuard {
-    fn drop(&mut self) {
-        if let Some(n) = &self.0 {
-            let _ = shm::unlink_named(n, n);
-        }
     }
 }
 

@@ -146,20 +146,6 @@ fn anonymous_handle_needs_a_size_sealed_memfd() {
     assert_eq!(Region::from_handle(&h(&f)).unwrap().len(), 64);
 }
 
-/// R5: opening a handle never waits for publication (a genuine handle's region is already published).
-#[test]
-fn handle_open_does_not_wait() {
-    let name = unique("nowait");
-    let r = Region::create(&name, 8, false).unwrap();
-    let handle = r.handle();
-    r.raw_header().ready.store(0, Ordering::Release);
-    // The creator (this process) lives: an open by name would wait for it, up to 10 s.
-    let started = Instant::now();
-    let e = Region::from_handle(&handle).unwrap_err();
-    assert!(matches!(e, Error::NotReady { .. }), "{e:?}");
-    assert!(started.elapsed() < DEFAULT_OPEN_TIMEOUT, "it waited");
-}
-
 /// A named region whose header says "not yet published, created by a process that cannot exist, in pid
 /// namespace `pidns`".
 fn unpublished_by_ghost(tag: &str, pidns: u32) -> (String, Region) {
@@ -208,4 +194,36 @@ fn creator_of_another_pid_namespace_is_never_judged() {
     }
     let (name, _r) = unpublished_by_ghost("ownns", own);
     assert_eq!(janitor::is_stale(&shm_name(&name)), Some(true));
+}
+
+/// R5: opening a handle never waits for publication (a genuine handle's region is already published).
+#[test]
+fn handle_open_does_not_wait() {
+    let name = unique("nowait");
+    let r = Region::create(&name, 8, false).unwrap();
+    let handle = r.handle();
+    r.raw_header().ready.store(0, Ordering::Release);
+    // The creator (this process) lives: an open by name would wait for it, up to 10 s.
+    let started = Instant::now();
+    let e = Region::from_handle(&handle).unwrap_err();
+    assert!(matches!(e, Error::NotReady { .. }), "{e:?}");
+    assert!(started.elapsed() < DEFAULT_OPEN_TIMEOUT, "it waited");
+}
+
+/// R6: a named region is linked under its name only once published: a failed create leaves nothing,
+/// and the loser of a race gets AlreadyExists without disturbing the winner.
+#[test]
+fn named_region_appears_published() {
+    let name = unique("published");
+    let r = Region::create(&name, 8, false).unwrap();
+    let f = shm::open_named(&shm_name(&name), &name).unwrap();
+    assert!(matches!(
+        Region::peek_header(f),
+        Some((s, true)) if s.magic == MAGIC && s.region_id == r.id()
+    ));
+    assert!(matches!(
+        Region::create(&name, 8, false),
+        Err(Error::AlreadyExists { .. })
+    ));
+    assert_eq!(Region::open(&name).unwrap().id(), r.id());
 }

@@ -48,21 +48,65 @@ fn shm_path(shm_name: &str) -> PathBuf {
     PathBuf::from(SHM_DIR).join(shm_name)
 }
 
-/// Creates `/dev/shm/<shm_name>` exclusively (O_EXCL) with mode 0600.
-pub(crate) fn create_named(shm_name: &str, user_name: &str) -> Result<File> {
+/// Creates an unnamed shared-memory file in `/dev/shm` (`O_TMPFILE`, mode 0600), to be given its name by
+/// [`link_named`] once its header is complete.
+///
+/// Nothing can find or open the file before it is linked, so a named region never appears half-made:
+/// there is no window in which a creator killed between "name taken" and "header written" leaves a
+/// file the janitor could not judge. tmpfs supports `O_TMPFILE` since Linux 3.11 (open(2)); the crate
+/// already needs later kernels (pidfd_open, 5.3).
+pub(crate) fn create_unnamed_shm() -> Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
-        .create_new(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(shm_path(shm_name))
-        .map_err(|e| match e.kind() {
+        // Without O_EXCL: open(2) says an O_TMPFILE file opened with O_EXCL can never be linked.
+        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+        .open(SHM_DIR)
+        .map_err(|e| Error::os("open(/dev/shm, O_TMPFILE)", e))
+}
+
+/// Gives the unnamed file made by [`create_unnamed_shm`] the name `/dev/shm/<shm_name>`, failing with
+/// [`Error::AlreadyExists`] if the name is taken: link(2) never replaces an existing entry, which gives
+/// the same exclusivity as `O_CREAT|O_EXCL`.
+pub(crate) fn link_named(file: &File, shm_name: &str, user_name: &str) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let from = proc_self_fd(file)?;
+    let to = std::ffi::CString::new(shm_path(shm_name).as_os_str().as_bytes()).map_err(|_| {
+        Error::InvalidName {
+            name: user_name.to_owned(),
+            reason: "contains a NUL byte",
+        }
+    })?;
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the call; linkat only reads them.
+    // Linking through /proc/self/fd/N with AT_SYMLINK_FOLLOW is the unprivileged way open(2) documents
+    // for naming an O_TMPFILE file (AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH).
+    let r = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(match e.kind() {
             std::io::ErrorKind::AlreadyExists => Error::AlreadyExists {
                 name: user_name.to_owned(),
             },
-            _ => Error::os("shm_open(O_CREAT|O_EXCL)", e),
-        })
+            _ => Error::os("linkat(/dev/shm)", e),
+        });
+    }
+    Ok(())
+}
+
+/// `/proc/self/fd/<fd of file>`, as a C string.
+fn proc_self_fd(file: &File) -> Result<std::ffi::CString> {
+    // Digits only: never contains a NUL.
+    std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|e| Error::os("CString", std::io::Error::other(e)))
 }
 
 /// Opens an existing `/dev/shm/<shm_name>` read-write, without following symlinks, and only if it is a
