@@ -1,31 +1,7 @@
 //! The janitor: removes named regions whose creator it proved dead.
 //!
-//! # What is removed, and what is not
-//!
-//! A segment is removed only if all of these hold:
-//! - it is a regular file of this user under the `mproc.` prefix;
-//! - it carries this format's magic, version and header size, so its creator fields can be read;
-//! - its creator is recorded (pid, start time) in *our* pid namespace, and is proved gone: no such
-//!   pid in our `/proc`, a zombie, or a pid now used by a process with another start time;
-//! - it is not a published persistent region.
-//!
-//! Everything else is kept, whatever its age: a file without our magic (another tool using the prefix,
-//! another format), a creator in another pid namespace or in an unknown one (a container sharing
-//! `/dev/shm` sees other pids than ours, review S6), a creator whose liveness `/proc` cannot tell.
-//! Nothing of ours needs age to be judged: named regions are created unnamed and linked under their name
-//! only once published, so no half-made region of ours ever carries a name.
-//!
-//! # Names of regions still in use
-//!
-//! The janitor removes a *name*, never memory. When the creator of a non-persistent region dies while
-//! other processes still use the region, those processes keep their mappings and keep working with each
-//! other; the memory is freed when the last of them unmaps it. But once the janitor has removed the
-//! name, a later `open` of it fails with [`Error::NotFound`](crate::Error::NotFound), and a later
-//! `create` (or `open_or_create`) of that name makes a *new, separate* region: the old users and the new
-//! ones no longer share anything. This is the same rule as for a creator that drops its handle while
-//! others use the region: the name of a non-persistent region lives as long as its creator. A region
-//! whose name must outlive its creator is made persistent (`open_or_create` objects are); the janitor
-//! never removes a published persistent region.
+//! The rule it applies, and what it means for processes still using a removed region, are in the docs of
+//! [`cleanup_stale`] (public, since a user decides when to call it).
 
 use super::header::{Header, FLAG_PERSISTENT, FORMAT_VERSION, MAGIC};
 use super::{creator_known_dead, Region, SHM_PREFIX};
@@ -38,10 +14,35 @@ use crate::sys::{proc, shm};
 /// A creator normally unlinks its region when its handle drops; a creator killed with SIGKILL cannot, and
 /// its region would stay in `/dev/shm` until reboot. Call this at start-up, or from a test suite, to reclaim
 /// them. Persistent regions, regions of other users, files that are not regions of this format, and
-/// regions whose creator still runs or cannot be judged (another pid namespace) are left alone; see the
-/// [module docs](self) for the exact rule and for what happens to processes still using a removed
-/// region. The creator is identified by pid *and* start time, so a recycled pid does not keep a region
-/// alive.
+/// regions whose creator still runs or cannot be judged (another pid namespace) are left alone. The
+/// creator is identified by pid *and* start time, so a recycled pid does not keep a region alive.
+///
+/// # What is removed, and what is not
+///
+/// A segment is removed only if all of these hold:
+/// - it is a regular file of this user under the `mproc.` prefix;
+/// - it carries this format's magic, version and header size, so its creator fields can be read;
+/// - its creator is recorded (pid, start time) in *our* pid namespace, and is proved gone: no such
+///   pid in our `/proc`, a zombie, or a pid now used by a process with another start time;
+/// - it is not a published persistent region.
+///
+/// Everything else is kept, whatever its age: a file without our magic (another tool using the prefix,
+/// another format), a creator in another pid namespace or in an unknown one (a container sharing
+/// `/dev/shm` sees other pids than ours), a creator whose liveness `/proc` cannot tell.
+/// Nothing of ours needs age to be judged: named regions are created unnamed and linked under their name
+/// only once published, so no half-made region of ours ever carries a name.
+///
+/// # Names of regions still in use
+///
+/// The janitor removes a *name*, never memory. When the creator of a non-persistent region dies while
+/// other processes still use the region, those processes keep their mappings and keep working with each
+/// other; the memory is freed when the last of them unmaps it. But once the janitor has removed the
+/// name, a later `open` of it fails with [`Error::NotFound`](crate::Error::NotFound), and a later
+/// `create` (or `open_or_create`) of that name makes a *new, separate* region: the old users and the new
+/// ones no longer share anything. This is the same rule as for a creator that drops its handle while
+/// others use the region: the name of a non-persistent region lives as long as its creator. A region
+/// whose name must outlive its creator is made persistent (`open_or_create` objects are); the janitor
+/// never removes a published persistent region.
 ///
 /// # Errors
 /// None today: entries that cannot be read are skipped. The `Result` leaves room for platforms where

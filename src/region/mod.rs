@@ -4,17 +4,51 @@
 //! - **anonymous**: a sealed memfd. It is inherited across `fork`, handed to other processes as a
 //!   [`RegionHandle`] (pid + descriptor number, re-opened through `/proc/<pid>/fd/<fd>` while that process
 //!   still holds it), and freed by the kernel when the last mapping and descriptor are gone. Its size is
-//!   sealed, so no process can truncate it under another's mapping.
-//! - **named**: a `/dev/shm/mproc.<name>` file created with `O_EXCL` and mode 0600, openable by any
-//!   process of the same user that knows the name. Its creator unlinks it when its handle is dropped,
-//!   unless it was made persistent; [`cleanup_stale`] unlinks the non-persistent regions whose creator
-//!   died without doing so. Named files cannot be sealed: a process of the same user that truncates one
-//!   can make other processes fault on access. That user can also ptrace us, so this is not a boundary we
-//!   claim to defend.
+//!   sealed (`F_SEAL_SHRINK | F_SEAL_GROW`), so no process can truncate it under another's mapping, and
+//!   opening checks it: a handle naming anything but a size-sealed memfd of this user with mode 0600
+//!   (an unsealed memfd, a tmpfs file, a device, a pipe) is refused with [`Error::NotSealed`] or another
+//!   typed error before it is mapped, so a forged handle cannot lead to SIGBUS.
+//! - **named**: a `/dev/shm/mproc.<name>` file of mode 0600, openable by any process of the same user
+//!   that knows the name. It is made unnamed (`O_TMPFILE`), initialised and published, and only then
+//!   linked under its name, which fails with [`Error::AlreadyExists`] if the name is taken (the same
+//!   exclusivity as `O_EXCL`): no process ever finds a named region half-made. Its creator unlinks it
+//!   when its handle is dropped, unless it was made persistent; [`cleanup_stale`] unlinks the
+//!   non-persistent regions whose creator it proved dead (see its docs for the exact rule, and for what
+//!   happens to processes still using such a region). Named files cannot be sealed: a process of
+//!   the same user that truncates one can make other processes fault on access. We do not claim to
+//!   defend named regions against that; use anonymous regions where it matters.
 //!
 //! Opening always validates the header (its layout is documented in `src/region/header.rs`) and fails with a typed [`Error`] naming what
 //! differs. Nothing read from the header is trusted before it is checked against the real size of the
 //! segment, and nothing is re-read after the open.
+//!
+//! # Names carry no nonce
+//!
+//! A name is the caller's own, used verbatim: processes meet by knowing it, which a nonce added by this
+//! crate would defeat. Anyone who can guess a name can *squat* it, but that costs availability only:
+//! - another user's file under the name is never used: creating gets [`Error::AlreadyExists`], opening
+//!   gets [`Error::NotPrivate`] (owner and mode are checked), symlinks are never followed, and the
+//!   sticky `/dev/shm` keeps others from removing or replacing our files;
+//! - a process of the same user can squat as well, but it can also write the region directly: such
+//!   peers are not a boundary named regions defend (see the crate's trust model).
+//!
+//! Callers who need unguessable names add their own random part and hand the name to the processes that
+//! must meet; anonymous regions have no name at all. Every region carries a random 64-bit id in its
+//! header, and a handle opens only the region with that id.
+//!
+//! # Decoding handles from untrusted bytes
+//!
+//! A handle can come from any peer (a queue message, a manager entry), so opening one costs bounded
+//! time and resources: it never waits for a region to be published (see `HANDLE_OPEN_WAIT`), opens only
+//! regular files (an `O_PATH` open and `fstat` come first, so a device or FIFO is never opened for real),
+//! and maps the file without touching it (unless the caller asked for `MAP_POPULATE`).
+//!
+//! # Pid namespaces
+//!
+//! The header records the creator's pid, start time *and pid namespace*. A pid means something only in
+//! the namespace that wrote it, so a creator of another namespace (a container sharing `/dev/shm`) is
+//! never judged dead from here: an opener waits for it up to its bound, then reports
+//! [`Error::NotReady`], and the janitor never removes its segments.
 
 mod header;
 mod janitor;
@@ -205,6 +239,8 @@ impl Region {
 
     /// Creates a named region of `size` zeroed bytes, failing if the name is taken. The region is unlinked
     /// when this handle is dropped, unless `persistent` is set (then [`Region::unlink`] removes it).
+    /// The name is used as given, with no nonce added: see "Names carry no nonce" in the
+    /// [module docs](self).
     ///
     /// # Errors
     /// [`Error::AlreadyExists`], [`Error::InvalidName`], or [`Error::Os`].
