@@ -327,8 +327,11 @@ fn r6_janitor_keeps_what_it_cannot_judge() {
             "{name} was removed: {removed:?}"
         );
     }
-    assert!(removed.contains(&control), "{removed:?}");
-    assert!(!shm_path(&control).exists());
+    // The manager tests sweep without the region sweep lock: the control may be theirs to remove.
+    assert!(
+        !shm_path(&control).exists(),
+        "a dead creator's region survived a sweep: {removed:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------- S6
