@@ -12,8 +12,8 @@
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -110,6 +110,8 @@ pub(crate) const CREATOR_PID: usize = 40;
 pub(crate) const FLAGS: usize = 44;
 pub(crate) const CREATOR_START: usize = 48;
 pub(crate) const READY_WORD: usize = 56;
+/// The creator's pid namespace (the inode of `/proc/<pid>/ns/pid`, 32 bits); 0 = unknown.
+pub(crate) const CREATOR_PIDNS: usize = 60;
 
 /// The 64 header bytes of a region. Fields are native-endian words.
 #[derive(Clone, Copy, Debug)]
@@ -180,6 +182,38 @@ fn forge(path: PathBuf, header: &[u8], len: u64, mode: u32) -> Forged {
     f.set_permissions(Permissions::from_mode(mode))
         .expect("chmod forged segment");
     forged
+}
+
+/// A forged segment in a memfd sealed against shrinking and growing, like every anonymous region: what a
+/// peer has to make for an anonymous-region handle to be accepted at all (review S4; an unsealed file is
+/// refused with `NotSealed` before its header is read). The first bytes of `header`, zeros up to `len`.
+pub(crate) fn forge_sealed(header: &[u8], len: u64, mode: u32) -> File {
+    // SAFETY: the name is a valid NUL-terminated string; memfd_create only reads it.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"mproc-test-forged".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let f = unsafe { File::from_raw_fd(fd) };
+    let n = header.len().min(usize::try_from(len).unwrap_or(usize::MAX));
+    f.write_all_at(&header[..n], 0)
+        .expect("write forged header");
+    f.set_len(len).expect("size forged segment");
+    f.set_permissions(Permissions::from_mode(mode))
+        .expect("chmod forged segment");
+    // SAFETY: F_ADD_SEALS takes an int and only changes this memfd's seal set.
+    let r = unsafe {
+        libc::fcntl(
+            f.as_raw_fd(),
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+        )
+    };
+    assert_eq!(r, 0, "seal: {}", std::io::Error::last_os_error());
+    f
 }
 
 pub(crate) fn forge_named(name: &str, h: &Hdr, len: u64) -> Forged {
@@ -466,8 +500,7 @@ fn short_named_file_is_truncated() {
 fn short_segment_by_handle_is_truncated() {
     let good = bytes_header(8);
     for len in [0, 10, 63, 64, 127] {
-        let f = forge_loose("shortfd", &good.0, len, 0o600);
-        let file = File::open(&f.0).unwrap();
+        let file = forge_sealed(&good.0, len, 0o600);
         let e = err(Region::from_handle(&fd_handle(
             good.u64(REGION_ID),
             file.as_raw_fd(),
@@ -813,8 +846,9 @@ fn janitor_spares_a_header_being_written() {
     );
 }
 
-/// Sweeps (`cleanup_stale`) of this file run one at a time: each asserts what *its* sweep removed.
-fn sweep_lock() -> std::sync::MutexGuard<'static, ()> {
+/// Sweeps (`cleanup_stale`) of this file (and of `security_region.rs`) run one at a time: each asserts
+/// what *its* sweep removed.
+pub(crate) fn sweep_lock() -> std::sync::MutexGuard<'static, ()> {
     static SWEEP: std::sync::Mutex<()> = std::sync::Mutex::new(());
     SWEEP.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -5,7 +5,7 @@
 //! The forging helpers and the header layout are those of `region.rs`, which also explains why every
 //! forged header here is safe from the janitor test sweeping `/dev/shm` meanwhile.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::mpsc;
@@ -18,10 +18,10 @@ use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 
 use crate::common::{self, say, shm_path, Kid, Role};
 use crate::region::{
-    bytes_header, fd_handle, forge_loose, forge_named, handle, lock_header, mirror,
-    read_payload_byte, HandleMirror, Hdr, SourceMirror, BOUND, CREATOR_PID, CREATOR_START, FLAGS,
-    FLAG_PERSISTENT, HEADER_SIZE, MAGIC, NEVER_A_PID, PAYLOAD_OFFSET, PAYLOAD_SIZE, READY,
-    READY_WORD, REGION_ID, TYPE_HASH, VERSION,
+    bytes_header, fd_handle, forge_named, forge_sealed, handle, lock_header, mirror,
+    read_payload_byte, HandleMirror, Hdr, SourceMirror, BOUND, CREATOR_PID, CREATOR_PIDNS,
+    CREATOR_START, FLAGS, FLAG_PERSISTENT, HEADER_SIZE, MAGIC, NEVER_A_PID, PAYLOAD_OFFSET,
+    PAYLOAD_SIZE, READY, READY_WORD, REGION_ID, TYPE_HASH, VERSION,
 };
 
 /// Above Linux's PID_MAX_LIMIT (2^22 on 64-bit, proc(5)): no process or thread can ever have this id.
@@ -218,9 +218,9 @@ fn header_strategy(bytes: Hdr, lock: Hdr) -> impl Strategy<Value = Hdr> {
         prop_oneof![Just(me), (any::<u32>(), any::<u64>())],
         any::<u32>(),
         prop_oneof![6 => Just(READY), 1 => Just(0u32), 1 => any::<u32>()],
-        any::<u32>(),
+        prop_oneof![Just(bytes.u32(CREATOR_PIDNS)), any::<u32>()],
     )
-        .prop_map(|(magic, version, hsize, hash, payload, id, (pid, start), flags, ready, reserved)| {
+        .prop_map(|(magic, version, hsize, hash, payload, id, (pid, start), flags, ready, pidns)| {
             Hdr([0; 64])
                 .set64(MAGIC, magic)
                 .set32(VERSION, version)
@@ -232,7 +232,7 @@ fn header_strategy(bytes: Hdr, lock: Hdr) -> impl Strategy<Value = Hdr> {
                 .set32(FLAGS, flags)
                 .set64(CREATOR_START, start)
                 .set32(READY_WORD, ready)
-                .set32(60, reserved)
+                .set32(CREATOR_PIDNS, pidns)
         });
     let raw = any::<[u8; 64]>().prop_map(Hdr);
     prop_oneof![5 => structured, 1 => raw]
@@ -249,10 +249,13 @@ fn fuzz_headers(_: &str) {
     let result = runner(0x6d70_726f_6331).run(&strategy, |(h, len, same_id)| {
         // By name. A header still "initialising" (ready 0) is waited for while its creator lives, and a
         // short file while it may grow (10 s each, see short_named_file_is_truncated): name a dead creator
-        // and keep the file at least a header long. Persistent, so the janitor leaves it alone.
+        // (in our pid namespace, or it is waited for as well) and keep the file at least a header long.
+        // Persistent, so the janitor leaves it alone.
         let mut named = h.set32(FLAGS, h.u32(FLAGS) | FLAG_PERSISTENT);
         if named.u32(READY_WORD) == 0 {
-            named = named.set32(CREATOR_PID, NEVER_A_PID);
+            named = named
+                .set32(CREATOR_PID, NEVER_A_PID)
+                .set32(CREATOR_PIDNS, bytes.u32(CREATOR_PIDNS));
         }
         let named_len = PAYLOAD_OFFSET + len;
         let name = common::unique_name("fz");
@@ -279,9 +282,8 @@ fn fuzz_headers(_: &str) {
         }
         drop(f);
 
-        // By handle, any length: nothing waits on this path.
-        let f = forge_loose("fzfd", &h.0, len, 0o600);
-        let file = File::open(&f.0).unwrap();
+        // By handle, any length: nothing waits on this path. Sealed, as a handle's file must be.
+        let file = forge_sealed(&h.0, len, 0o600);
         let id = if same_id {
             h.u64(REGION_ID)
         } else {

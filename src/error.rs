@@ -53,6 +53,15 @@ pub enum Error {
         /// Its permission bits.
         mode: u32,
     },
+    /// A handle to an anonymous region named a file whose size is not sealed: it could be truncated under
+    /// our mapping, so it is refused. Every anonymous region this crate makes is a size-sealed memfd.
+    #[error("{name} is not a size-sealed memfd (seals: {seals:?}); refused")]
+    NotSealed {
+        /// What the handle named, e.g. `"anonymous region of process 42"`.
+        name: String,
+        /// The file's seals (`F_GET_SEALS`), or `None` if its filesystem has no seals at all.
+        seals: Option<u32>,
+    },
     /// A name that cannot be used for a shared segment.
     #[error("invalid region name {name:?}: {reason}")]
     InvalidName {

@@ -14,7 +14,13 @@
 //! | 44     | `flags`         | [`FLAG_PERSISTENT`]                                            |
 //! | 48     | `creator_start` | creator's start time (clock ticks since boot), against pid reuse |
 //! | 56     | `ready`         | 0 while the creator initialises, [`READY`] once published      |
-//! | 60     | reserved        |                                                                |
+//! | 60     | `creator_pidns` | creator's pid namespace (inode of `/proc/self/ns/pid`), 0 = unknown |
+//!
+//! `creator_pidns` was a reserved word, always 0, in the first builds of this format. The layout did not
+//! change, so [`FORMAT_VERSION`] did not either: 0 reads as "namespace unknown", the cautious meaning
+//! (the creator is then never judged dead, see `creator_known_dead` in `mod.rs`), which is exactly right
+//! for a region made by such an older build. Namespace inode numbers are 32-bit in the kernel
+//! (`ns_common.inum` is an `unsigned int`); one that does not fit is recorded as 0, unknown.
 //!
 //! Every field is an atomic: another process may scribble on the header at any time, and an atomic load
 //! of a garbage value is still a defined read. The creator writes all fields, then stores `ready` with
@@ -46,7 +52,7 @@ pub(crate) struct Header {
     pub flags: AtomicU32,
     pub creator_start: AtomicU64,
     pub ready: AtomicU32,
-    _reserved: AtomicU32,
+    pub creator_pidns: AtomicU32,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() == 64);
@@ -64,6 +70,7 @@ pub(crate) struct HeaderSnapshot {
     pub creator_pid: u32,
     pub flags: u32,
     pub creator_start: u64,
+    pub creator_pidns: u32,
 }
 
 impl Header {
@@ -79,6 +86,7 @@ impl Header {
             creator_pid: self.creator_pid.load(Ordering::Relaxed),
             flags: self.flags.load(Ordering::Relaxed),
             creator_start: self.creator_start.load(Ordering::Relaxed),
+            creator_pidns: self.creator_pidns.load(Ordering::Relaxed),
         }
     }
 
@@ -95,6 +103,7 @@ impl Header {
         self.creator_pid.store(s.creator_pid, Ordering::Relaxed);
         self.flags.store(s.flags, Ordering::Relaxed);
         self.creator_start.store(s.creator_start, Ordering::Relaxed);
+        self.creator_pidns.store(s.creator_pidns, Ordering::Relaxed);
         self.magic
             .store(u64::from_le_bytes(s.magic), Ordering::Release);
     }

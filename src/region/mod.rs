@@ -4,17 +4,51 @@
 //! - **anonymous**: a sealed memfd. It is inherited across `fork`, handed to other processes as a
 //!   [`RegionHandle`] (pid + descriptor number, re-opened through `/proc/<pid>/fd/<fd>` while that process
 //!   still holds it), and freed by the kernel when the last mapping and descriptor are gone. Its size is
-//!   sealed, so no process can truncate it under another's mapping.
-//! - **named**: a `/dev/shm/mproc.<name>` file created with `O_EXCL` and mode 0600, openable by any
-//!   process of the same user that knows the name. Its creator unlinks it when its handle is dropped,
-//!   unless it was made persistent; [`cleanup_stale`] unlinks the non-persistent regions whose creator
-//!   died without doing so. Named files cannot be sealed: a process of the same user that truncates one
-//!   can make other processes fault on access. That user can also ptrace us, so this is not a boundary we
-//!   claim to defend.
+//!   sealed (`F_SEAL_SHRINK | F_SEAL_GROW`), so no process can truncate it under another's mapping, and
+//!   opening checks it: a handle naming anything but a size-sealed memfd of this user with mode 0600
+//!   (an unsealed memfd, a tmpfs file, a device, a pipe) is refused with [`Error::NotSealed`] or another
+//!   typed error before it is mapped, so a forged handle cannot lead to SIGBUS.
+//! - **named**: a `/dev/shm/mproc.<name>` file of mode 0600, openable by any process of the same user
+//!   that knows the name. It is made unnamed (`O_TMPFILE`), initialised and published, and only then
+//!   linked under its name, which fails with [`Error::AlreadyExists`] if the name is taken (the same
+//!   exclusivity as `O_EXCL`): no process ever finds a named region half-made. Its creator unlinks it
+//!   when its handle is dropped, unless it was made persistent; [`cleanup_stale`] unlinks the
+//!   non-persistent regions whose creator it proved dead (see its docs for the exact rule, and for what
+//!   happens to processes still using such a region). Named files cannot be sealed: a process of
+//!   the same user that truncates one can make other processes fault on access. We do not claim to
+//!   defend named regions against that; use anonymous regions where it matters.
 //!
 //! Opening always validates the header (its layout is documented in `src/region/header.rs`) and fails with a typed [`Error`] naming what
 //! differs. Nothing read from the header is trusted before it is checked against the real size of the
 //! segment, and nothing is re-read after the open.
+//!
+//! # Names carry no nonce
+//!
+//! A name is the caller's own, used verbatim: processes meet by knowing it, which a nonce added by this
+//! crate would defeat. Anyone who can guess a name can *squat* it, but that costs availability only:
+//! - another user's file under the name is never used: creating gets [`Error::AlreadyExists`], opening
+//!   gets [`Error::NotPrivate`] (owner and mode are checked), symlinks are never followed, and the
+//!   sticky `/dev/shm` keeps others from removing or replacing our files;
+//! - a process of the same user can squat as well, but it can also write the region directly: such
+//!   peers are not a boundary named regions defend (see the crate's trust model).
+//!
+//! Callers who need unguessable names add their own random part and hand the name to the processes that
+//! must meet; anonymous regions have no name at all. Every region carries a random 64-bit id in its
+//! header, and a handle opens only the region with that id.
+//!
+//! # Decoding handles from untrusted bytes
+//!
+//! A handle can come from any peer (a queue message, a manager entry), so opening one costs bounded
+//! time and resources: it never waits for a region to be published (see `HANDLE_OPEN_WAIT`), opens only
+//! regular files (an `O_PATH` open and `fstat` come first, so a device or FIFO is never opened for real),
+//! and maps the file without touching it (unless the caller asked for `MAP_POPULATE`).
+//!
+//! # Pid namespaces
+//!
+//! The header records the creator's pid, start time *and pid namespace*. A pid means something only in
+//! the namespace that wrote it, so a creator of another namespace (a container sharing `/dev/shm`) is
+//! never judged dead from here: an opener waits for it up to its bound, then reports
+//! [`Error::NotReady`], and the janitor never removes its segments.
 
 mod header;
 mod janitor;
@@ -37,8 +71,19 @@ pub use janitor::cleanup_stale;
 
 /// Prefix of every `/dev/shm` entry this crate creates.
 pub(crate) const SHM_PREFIX: &str = "mproc.";
-/// How long an opener waits for a named region's creator to publish it.
+/// How long an opener by name waits for a named region's creator to publish it.
+///
+/// Opening from a [`RegionHandle`] never waits (see `HANDLE_OPEN_WAIT`).
 pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long opening a region from a [`RegionHandle`] waits for it to be published: not at all.
+///
+/// A handle is made only from a `Region`, and a `Region` exists only once published (creation returns
+/// after storing the ready flag, an open after seeing it), so the region a genuine handle names is
+/// already published. An unpublished segment behind a handle is a forgery, or a replacement under the
+/// same name whose id differs anyway. Waiting for it would only let whoever wrote the handle's bytes
+/// stall the decoder: a forged `Vec<Lock>` of n named handles used to cost n × 10 s (review R5). So
+/// decoding a handle costs a bounded number of system calls (open, fstat, fcntl, mmap) and no wait.
+const HANDLE_OPEN_WAIT: Duration = Duration::ZERO;
 const MAX_NAME_LEN: usize = 200;
 
 /// Opens the named object, or creates it if the name is free: exactly one of several concurrent callers
@@ -194,6 +239,8 @@ impl Region {
 
     /// Creates a named region of `size` zeroed bytes, failing if the name is taken. The region is unlinked
     /// when this handle is dropped, unless `persistent` is set (then [`Region::unlink`] removes it).
+    /// The name is used as given, with no nonce added: see "Names carry no nonce" in the
+    /// [module docs](self).
     ///
     /// # Errors
     /// [`Error::AlreadyExists`], [`Error::InvalidName`], or [`Error::Os`].
@@ -210,7 +257,8 @@ impl Region {
     ///
     /// # Errors
     /// [`Error::NotFound`], a validation error ([`Error::TypeMismatch`], [`Error::Truncated`], …), or
-    /// [`Error::NotReady`] if the creator did not publish it within [`DEFAULT_OPEN_TIMEOUT`].
+    /// [`Error::NotReady`] if the creator did not publish it within [`DEFAULT_OPEN_TIMEOUT`] (at once if
+    /// the creator is proved dead; a creator of another pid namespace is waited for).
     pub fn open(name: &str) -> Result<Region> {
         Region::open_with(name, Layout::bytes(None), DEFAULT_OPEN_TIMEOUT)
     }
@@ -276,8 +324,13 @@ impl Region {
 
     /// Opens an untyped region from a handle made by [`Region::handle`] in any process.
     ///
+    /// The handle may come from an untrusted peer: opening it never waits and never opens anything but a
+    /// regular file (see "Decoding handles from untrusted bytes" in the [module docs](self)).
+    ///
     /// # Errors
-    /// [`Error::StaleHandle`] if the region is gone or was replaced, or a validation error.
+    /// [`Error::StaleHandle`] if the region is gone or was replaced; [`Error::NotSealed`] if an
+    /// anonymous-region handle names a file that is not a size-sealed memfd; [`Error::NotReady`] at once
+    /// if the region is not published; or another validation error.
     pub fn from_handle(handle: &RegionHandle) -> Result<Region> {
         Region::open_handle(handle, Layout::bytes(None))
     }
@@ -300,16 +353,14 @@ impl Region {
                 expected: usize::MAX as u64,
                 found: payload_size as u64,
             })?;
-        // Until the region is published, a failure must remove a name we created, even a persistent one.
-        let (file, cleanup) = match name {
-            None => (shm::create_memfd("mproc")?, CreateGuard(None)),
+        // A named region is made unnamed and given its name only once published (below), so no
+        // process, the janitor included, ever sees a named region half-made, and a failure part-way
+        // leaves no name behind.
+        let file = match name {
+            None => shm::create_memfd("mproc")?,
             Some(name) => {
                 validate_name(name)?;
-                let shm_name = shm_name(name);
-                (
-                    shm::create_named(&shm_name, name)?,
-                    CreateGuard(Some(shm_name)),
-                )
+                shm::create_unnamed_shm()?
             }
         };
         file.set_len(total as u64)
@@ -329,6 +380,7 @@ impl Region {
             creator_pid: me,
             flags: if persistent { FLAG_PERSISTENT } else { 0 },
             creator_start: proc::start_time(me).unwrap_or(0),
+            creator_pidns: own_pid_namespace(),
         };
         let naming = match name {
             None => Naming::Anonymous,
@@ -338,7 +390,7 @@ impl Region {
                 unlink_by: (!persistent).then_some(me),
             },
         };
-        let region = Region {
+        let mut region = Region {
             map,
             file,
             header,
@@ -350,7 +402,13 @@ impl Region {
         // Publish: everything above happens-before any opener's Acquire load of `ready`.
         h.ready.store(READY, Ordering::Release);
         futex::wake_all(&h.ready);
-        cleanup.disarm();
+        if let Naming::Named { name, shm_name, .. } = &region.naming {
+            if let Err(e) = shm::link_named(&region.file, shm_name, name) {
+                // The name belongs to somebody else (AlreadyExists): our drop must not touch it.
+                region.naming = Naming::Anonymous;
+                return Err(e);
+            }
+        }
         Ok(region)
     }
 
@@ -396,14 +454,19 @@ impl Region {
         populate: bool,
     ) -> Result<Region> {
         let region = match &handle.source {
-            Source::Named(name) => Region::open_with(name, layout, DEFAULT_OPEN_TIMEOUT)?,
+            Source::Named(name) => Region::open_with(name, layout, HANDLE_OPEN_WAIT)?,
             Source::Fd { pid, fd } => {
-                let file = shm::open_proc_fd(*pid, *fd)?;
                 let what = format!("anonymous region of process {pid}");
-                let info = check_private(&file, &what)?;
-                let map = map_segment(&file, info.size, populate)?;
-                // An anonymous region is published before any handle to it exists: no waiting.
-                Region::finish_open(map, file, Naming::Anonymous, layout, Instant::now(), &what)?
+                // Regular files only: a device or FIFO is never opened for real (see open_proc_fd).
+                let file = shm::open_proc_fd(*pid, *fd)?;
+                check_private(&file, &what)?;
+                check_size_sealed(&file, &what)?;
+                // Sealed against shrinking and growing: this size is final, and no process can truncate
+                // the file under our mapping (which would turn our reads into SIGBUS).
+                let size = shm::file_info(&file)?.size;
+                let map = map_segment(&file, size, populate)?;
+                let deadline = Instant::now() + HANDLE_OPEN_WAIT;
+                Region::finish_open(map, file, Naming::Anonymous, layout, deadline, &what)?
             }
         };
         if region.header.region_id != handle.id {
@@ -447,12 +510,14 @@ impl Region {
             if magic != MAGIC && magic != [0; 8] {
                 return Err(Error::BadMagic { found: magic });
             }
-            // The creator's pid is stored before the magic; if it is visible, it can be judged already.
+            // The creator's identity is stored before the magic; if it is visible, it can be judged already.
             let creator = h.creator_pid.load(Ordering::Relaxed);
             let start = h.creator_start.load(Ordering::Relaxed);
+            let pidns = h.creator_pidns.load(Ordering::Relaxed);
             let now = Instant::now();
             // A creator that died before publishing will never publish; say so at once rather than wait.
-            let creator_dead = creator != 0 && !proc::process_alive(creator, start);
+            // One of another pid namespace cannot be judged from here: it is waited for, up to the bound.
+            let creator_dead = creator_known_dead(creator, start, pidns);
             if now >= deadline || creator_dead {
                 return Err(Error::NotReady {
                     name: what.to_owned(),
@@ -543,23 +608,6 @@ impl Drop for Region {
     }
 }
 
-/// Unlinks a half-created named region if creation fails part-way.
-struct CreateGuard(Option<String>);
-
-impl CreateGuard {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for CreateGuard {
-    fn drop(&mut self) {
-        if let Some(n) = &self.0 {
-            let _ = shm::unlink_named(n, n);
-        }
-    }
-}
-
 fn zero_snapshot() -> HeaderSnapshot {
     HeaderSnapshot {
         magic: [0; 8],
@@ -571,6 +619,7 @@ fn zero_snapshot() -> HeaderSnapshot {
         creator_pid: 0,
         flags: 0,
         creator_start: 0,
+        creator_pidns: 0,
     }
 }
 
@@ -609,6 +658,33 @@ fn check_private(file: &File, what: &str) -> Result<shm::FileInfo> {
         });
     }
     Ok(info)
+}
+
+/// Refuses a file whose size is not sealed: only a memfd this crate made (sealed at creation) may be
+/// reached through an anonymous-region handle. A forged handle to an unsealed file could truncate it
+/// under our mapping and kill us with SIGBUS (review S4). A named region never travels this way: its
+/// handle names it.
+fn check_size_sealed(file: &File, what: &str) -> Result<()> {
+    match shm::seals(file)? {
+        Some(seals) if shm::size_is_sealed(seals) => Ok(()),
+        seals => Err(Error::NotSealed {
+            name: what.to_owned(),
+            seals,
+        }),
+    }
+}
+
+/// This process's pid namespace as recorded in a header (0, "unknown", if it does not fit 32 bits).
+fn own_pid_namespace() -> u32 {
+    u32::try_from(proc::pid_namespace()).unwrap_or(0)
+}
+
+/// Whether the creator recorded in a header is *proved* dead: recorded at all, of our own pid namespace
+/// (a pid means something only in the namespace that wrote it; an unknown or foreign namespace is
+/// never judged, review S6), and gone from our `/proc` or replaced by a process with another start time.
+/// The janitor removes a segment, and an opener stops waiting for one, only on this proof.
+fn creator_known_dead(pid: u32, start: u64, pidns: u32) -> bool {
+    pid != 0 && proc::same_pid_namespace(u64::from(pidns)) && !proc::process_alive(pid, start)
 }
 
 /// Checks a header snapshot against the expected layout and the segment's real size.

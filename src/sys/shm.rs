@@ -48,36 +48,90 @@ fn shm_path(shm_name: &str) -> PathBuf {
     PathBuf::from(SHM_DIR).join(shm_name)
 }
 
-/// Creates `/dev/shm/<shm_name>` exclusively (O_EXCL) with mode 0600.
-pub(crate) fn create_named(shm_name: &str, user_name: &str) -> Result<File> {
+/// Creates an unnamed shared-memory file in `/dev/shm` (`O_TMPFILE`, mode 0600), to be given its name by
+/// [`link_named`] once its header is complete.
+///
+/// Nothing can find or open the file before it is linked, so a named region never appears half-made:
+/// there is no window in which a creator killed between "name taken" and "header written" leaves a
+/// file the janitor could not judge. tmpfs supports `O_TMPFILE` since Linux 3.11 (open(2)); the crate
+/// already needs later kernels (pidfd_open, 5.3).
+pub(crate) fn create_unnamed_shm() -> Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
-        .create_new(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(shm_path(shm_name))
-        .map_err(|e| match e.kind() {
+        // Without O_EXCL: open(2) says an O_TMPFILE file opened with O_EXCL can never be linked.
+        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+        .open(SHM_DIR)
+        .map_err(|e| Error::os("open(/dev/shm, O_TMPFILE)", e))
+}
+
+/// Gives the unnamed file made by [`create_unnamed_shm`] the name `/dev/shm/<shm_name>`, failing with
+/// [`Error::AlreadyExists`] if the name is taken: link(2) never replaces an existing entry, which gives
+/// the same exclusivity as `O_CREAT|O_EXCL`.
+pub(crate) fn link_named(file: &File, shm_name: &str, user_name: &str) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let from = proc_self_fd(file)?;
+    let to = std::ffi::CString::new(shm_path(shm_name).as_os_str().as_bytes()).map_err(|_| {
+        Error::InvalidName {
+            name: user_name.to_owned(),
+            reason: "contains a NUL byte",
+        }
+    })?;
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the call; linkat only reads them.
+    // Linking through /proc/self/fd/N with AT_SYMLINK_FOLLOW is the unprivileged way open(2) documents
+    // for naming an O_TMPFILE file (AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH).
+    let r = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(match e.kind() {
             std::io::ErrorKind::AlreadyExists => Error::AlreadyExists {
                 name: user_name.to_owned(),
             },
-            _ => Error::os("shm_open(O_CREAT|O_EXCL)", e),
-        })
+            _ => Error::os("linkat(/dev/shm)", e),
+        });
+    }
+    Ok(())
 }
 
-/// Opens an existing `/dev/shm/<shm_name>` read-write, without following symlinks.
+/// `/proc/self/fd/<fd of file>`, as a C string.
+fn proc_self_fd(file: &File) -> Result<std::ffi::CString> {
+    // Digits only: never contains a NUL.
+    std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|e| Error::os("CString", std::io::Error::other(e)))
+}
+
+/// Opens an existing `/dev/shm/<shm_name>` read-write, without following symlinks, and only if it is a
+/// regular file (see [`open_regular`]: a FIFO or device planted under the name is never really opened).
 pub(crate) fn open_named(shm_name: &str, user_name: &str) -> Result<File> {
-    OpenOptions::new()
+    let path = OpenOptions::new()
         .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        // O_PATH|O_NOFOLLOW opens a symlink itself rather than failing (open(2)); it is refused below
+        // with the ELOOP a plain O_NOFOLLOW open would have given.
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(shm_path(shm_name))
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::NotFound {
                 name: user_name.to_owned(),
             },
             _ => Error::os("shm_open", e),
-        })
+        })?;
+    let kind = path.metadata().map_err(|e| Error::os("fstat", e))?;
+    if kind.file_type().is_symlink() {
+        return Err(Error::os(
+            "shm_open",
+            std::io::Error::from_raw_os_error(libc::ELOOP),
+        ));
+    }
+    open_regular(path, &format!("shared region {user_name:?}"))
 }
 
 /// Removes `/dev/shm/<shm_name>`. Existing mappings stay valid (shm_unlink(3)).
@@ -118,21 +172,81 @@ pub(crate) fn list_named(prefix: &str) -> Vec<String> {
         .collect()
 }
 
-/// Re-opens a memfd held by another process of the same user through `/proc/<pid>/fd/<fd>`.
+/// Re-opens a file held by another process of the same user through `/proc/<pid>/fd/<fd>`, only if it
+/// is a regular file (see [`open_regular`]).
+///
+/// A forged handle may name any descriptor of any process: a device, a FIFO, a socket. Those are
+/// refused before they are opened for real, so no driver's `open` runs and nothing blocks.
 pub(crate) fn open_proc_fd(pid: u32, fd: i32) -> Result<File> {
-    OpenOptions::new()
+    let path = OpenOptions::new()
         .read(true)
-        .write(true)
-        // A forged handle may name any descriptor of any process: never block on it or adopt it as a
-        // terminal; `file_info` then refuses anything that is not a regular file of ours.
-        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
         .open(format!("/proc/{pid}/fd/{fd}"))
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => {
                 Error::StaleHandle(format!("process {pid} no longer holds descriptor {fd}"))
             }
             _ => Error::os("open(/proc/<pid>/fd/<fd>)", e),
-        })
+        })?;
+    open_regular(path, &format!("descriptor {fd} of process {pid}"))
+}
+
+/// Upgrades an `O_PATH` descriptor to a read-write one if, and only if, it names a regular file.
+///
+/// An `O_PATH` open does not open the file itself: no permission check on the file, no driver `open`,
+/// no FIFO rendezvous (open(2), "O_PATH"); `fstat` works on it. Once `fstat` says "regular file", the
+/// file is opened for real through `/proc/self/fd/N`, which names exactly the inode the `O_PATH`
+/// descriptor holds (it cannot be swapped in between); the device and inode are compared anyway.
+fn open_regular(path: File, what: &str) -> Result<File> {
+    let before = path.metadata().map_err(|e| Error::os("fstat", e))?;
+    if !before.file_type().is_file() {
+        return Err(Error::os(
+            "open shared region",
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{what} is not a regular file"),
+            ),
+        ));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(format!("/proc/self/fd/{}", path.as_raw_fd()))
+        .map_err(|e| Error::os("open(/proc/self/fd/<fd>)", e))?;
+    let after = file.metadata().map_err(|e| Error::os("fstat", e))?;
+    if (after.dev(), after.ino()) != (before.dev(), before.ino()) {
+        return Err(Error::os(
+            "open shared region",
+            std::io::Error::other(format!("{what} changed while it was opened")),
+        ));
+    }
+    Ok(file)
+}
+
+/// The seals of a file (`F_GET_SEALS`, fcntl(2)), or `None` if its filesystem has no seals at all (EINVAL).
+/// A tmpfs file that is not a sealable memfd (a `/dev/shm` file, or a memfd made without
+/// `MFD_ALLOW_SEALING`) reports `F_SEAL_SEAL` only: it can never be sealed.
+pub(crate) fn seals(file: &File) -> Result<Option<u32>> {
+    // SAFETY: F_GET_SEALS takes no argument and only reads the file's seal set; `file` is an open
+    // descriptor we own for the duration of the call.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        // fcntl(2): EINVAL if the file does not support sealing.
+        if e.raw_os_error() == Some(libc::EINVAL) {
+            return Ok(None);
+        }
+        return Err(Error::os("fcntl(F_GET_SEALS)", e));
+    }
+    Ok(Some(r as u32))
+}
+
+/// Whether a seal set forbids every change of the file's size (what [`seal_size`] sets). Seals can be
+/// added but never removed (fcntl(2)), so a file that has these now keeps its size for good.
+pub(crate) fn size_is_sealed(seals: u32) -> bool {
+    let needed = (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) as u32;
+    seals & needed == needed
 }
 
 /// The facts about a segment that opening checks before mapping it.
