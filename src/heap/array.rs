@@ -37,11 +37,13 @@ impl<T: Pod> SharedArray<T> {
                 "element alignment above 64 is not supported"
             )
         };
+        // Checked: `len` is the caller's, and a wrapped product would allocate too little (review S3).
+        // `Heap::alloc` refuses anything above `isize::MAX` bytes.
         let bytes = len
             .checked_mul(std::mem::size_of::<T>())
-            .ok_or(Error::SizeMismatch {
-                expected: usize::MAX as u64,
-                found: len as u64,
+            .ok_or(Error::OutOfMemory {
+                requested: u64::MAX,
+                available: isize::MAX as u64,
             })?;
         Ok(SharedArray {
             block: Heap::alloc(bytes)?,
@@ -53,7 +55,8 @@ impl<T: Pod> SharedArray<T> {
     /// `len` zeroes.
     ///
     /// # Errors
-    /// [`Error::Os`] if shared memory cannot be created.
+    /// [`Error::OutOfMemory`] if `len` elements would exceed `isize::MAX` bytes; [`Error::Os`] if
+    /// shared memory cannot be created.
     pub fn zeroed(len: usize) -> Result<Self> {
         let mut a = Self::alloc(len)?;
         a.fill(T::zeroed());
@@ -165,16 +168,48 @@ mod tests {
         assert!(b.iter().all(|&x| x == 0));
     }
 
+    /// Review S5 (gap 2): the process that owns an array cannot get a view of it from a handle (a
+    /// forged one in a message, say), which would alias its `&mut`; a whole number of aligned elements
+    /// is still required of views.
     #[test]
-    fn view_sees_the_owner_data() {
+    fn views_only_of_other_processes_arrays() {
         let a = SharedArray::from_slice(&[1u32, 2, 3]).unwrap();
-        let v = SharedArray::<u32>::view(&a.block_handle()).unwrap();
+        assert!(matches!(
+            SharedArray::<u32>::view(&a.block_handle()),
+            Err(Error::Corrupted(_))
+        ));
+        assert!(a.is_owner());
+    }
+
+    #[test]
+    fn view_sees_another_arenas_data() {
+        use crate::heap::tests::{foreign_arena, handle_in};
+        let r = foreign_arena(1 << 16);
+        // SAFETY: the region is 64 KiB, page-aligned, and nothing else uses it yet.
+        unsafe { r.as_ptr().cast::<u32>().copy_from_nonoverlapping([1u32, 2, 3].as_ptr(), 3) };
+        let v = SharedArray::<u32>::view(&handle_in(&r, 0, 12)).unwrap();
         assert_eq!(&*v, &[1, 2, 3]);
-        assert!(!v.is_owner() && a.is_owner());
-        assert!(SharedArray::<[u8; 3]>::view(
-            &SharedArray::from_slice(&[0u8; 4]).unwrap().block_handle()
-        )
-        .is_err());
+        assert!(!v.is_owner());
+        assert!(SharedArray::<[u8; 3]>::view(&handle_in(&r, 0, 4)).is_err());
+        assert!(SharedArray::<u32>::view(&handle_in(&r, 2, 4)).is_err(), "misaligned");
+    }
+
+    /// Review S3: the reproduction of the review, in debug and release builds alike.
+    #[test]
+    fn huge_arrays_are_errors() {
+        let _small = SharedArray::<u8>::zeroed(10).unwrap();
+        assert!(matches!(
+            SharedArray::<u8>::zeroed(usize::MAX - 4095),
+            Err(Error::OutOfMemory { .. })
+        ));
+        assert!(matches!(
+            SharedArray::<u64>::zeroed(usize::MAX / 8),
+            Err(Error::OutOfMemory { .. })
+        ));
+        assert!(matches!(
+            SharedArray::<u64>::zeroed(usize::MAX / 4),
+            Err(Error::OutOfMemory { .. })
+        ));
     }
 
     #[test]
