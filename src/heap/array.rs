@@ -1,4 +1,29 @@
 //! [`SharedArray<T>`]: a `[T]` in the shared heap, owned by the process that made it.
+//!
+//! # Why handing out `&[T]` and `&mut [T]` over shared memory is sound
+//! A `SharedArray` derefs to a slice whose bytes live in an arena other processes can map. A Rust
+//! reference promises that nothing else writes (for `&[T]`) or even reads (for `&mut [T]`) those bytes
+//! while it lives. Here is who else can reach them, and why the promise holds.
+//!
+//! - **This process.** Only through the `SharedArray` that owns the block: `&self` gives `&[T]`,
+//!   `&mut self` the only `&mut [T]`. No second object can name the same bytes: a handle decoded here
+//!   (a `BlockHandle` inside any message, forged or not) is refused if it names an arena this process
+//!   owns, so it never becomes a view aliasing an array this process mutates.
+//! - **Other processes, cooperating.** They get a handle only when this process lends the array: the
+//!   pool's chunk and transform calls hold the caller's `&SharedArray` (readers) or `&mut SharedArray`
+//!   (the output, one disjoint range per task) until every task has finished, so the owner cannot touch
+//!   the elements while they are lent, and the borrows the workers build cover only what they were
+//!   given. Copies a `Parallel` call lends are never written and not reused while a view of them lives
+//!   (see [`crate::parallel`]).
+//! - **Other processes, not cooperating.** A process of the same user can open any arena through
+//!   `/proc` and write it at any time. The trust model (DESIGN.md) is precise about what that buys
+//!   it: *processes of the same user that can write a region are trusted not to break the aliasing
+//!   rules of the data they deliberately share; they can never make this process read or write outside
+//!   a region or jump to code.* Such a writer can make this process see elements change under a
+//!   `&[T]` (a data race on the shared elements, which is the cooperation asked of peers), and nothing
+//!   more: lengths and offsets this process uses are its own (from its allocator, in private memory) or
+//!   checked against the arena's validated size with checked arithmetic before any reference is made,
+//!   no pointer is ever read from shared memory, and `T: Pod` makes every bit pattern a valid `T`.
 
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
@@ -120,6 +145,38 @@ impl<T: Pod> SharedArray<T> {
         })
     }
 
+    /// Elements `range`, as a slice made from raw parts: unlike `&self[range]` it never materialises a
+    /// reference to the whole array, so a process lent only `range` references only `range`. `None` if
+    /// the range is not inside the array.
+    #[allow(dead_code)] // for the pool's lent ranges (review S5, gap 1)
+    pub(crate) fn range(&self, range: std::ops::Range<usize>) -> Option<&[T]> {
+        let n = range
+            .end
+            .checked_sub(range.start)
+            .filter(|_| range.end <= self.len)?;
+        // SAFETY: `start..end` is inside the `len` elements of the block (checked), which lie in a live
+        // mapping aligned for T (see `deref`); the slice borrows `self`. Only these elements are
+        // referenced, which is what a process lent this range may reference.
+        Some(unsafe {
+            std::slice::from_raw_parts(self.block.ptr().cast::<T>().add(range.start), n)
+        })
+    }
+
+    /// Elements `range`, mutably, from raw parts (see [`range`](Self::range)): a task lent one output
+    /// range holds a `&mut` to that range only, not to the whole array that other tasks write.
+    #[allow(dead_code)] // for the pool's lent ranges (review S5, gap 1)
+    pub(crate) fn range_mut(&mut self, range: std::ops::Range<usize>) -> Option<&mut [T]> {
+        let n = range
+            .end
+            .checked_sub(range.start)
+            .filter(|_| range.end <= self.len)?;
+        // SAFETY: as in `range`; `&mut self` makes this the only reference made by this object, and
+        // the lender guarantees no other process references these elements while they are lent.
+        Some(unsafe {
+            std::slice::from_raw_parts_mut(self.block.ptr().cast::<T>().add(range.start), n)
+        })
+    }
+
     /// Whether this process owns (and will free) the array.
     #[cfg(test)]
     pub(crate) fn is_owner(&self) -> bool {
@@ -186,12 +243,33 @@ mod tests {
         use crate::heap::tests::{foreign_arena, handle_in};
         let r = foreign_arena(1 << 16);
         // SAFETY: the region is 64 KiB, page-aligned, and nothing else uses it yet.
-        unsafe { r.as_ptr().cast::<u32>().copy_from_nonoverlapping([1u32, 2, 3].as_ptr(), 3) };
+        unsafe {
+            r.as_ptr()
+                .cast::<u32>()
+                .copy_from_nonoverlapping([1u32, 2, 3].as_ptr(), 3)
+        };
         let v = SharedArray::<u32>::view(&handle_in(&r, 0, 12)).unwrap();
         assert_eq!(&*v, &[1, 2, 3]);
         assert!(!v.is_owner());
         assert!(SharedArray::<[u8; 3]>::view(&handle_in(&r, 0, 4)).is_err());
-        assert!(SharedArray::<u32>::view(&handle_in(&r, 2, 4)).is_err(), "misaligned");
+        assert!(
+            SharedArray::<u32>::view(&handle_in(&r, 2, 4)).is_err(),
+            "misaligned"
+        );
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        let mut a = SharedArray::from_slice(&[1u8, 2, 3, 4]).unwrap();
+        assert_eq!(a.range(1..3), Some(&[2u8, 3][..]));
+        assert_eq!(a.range(4..4), Some(&[][..]));
+        assert_eq!(a.range(3..5), None);
+        #[allow(clippy::reversed_empty_ranges)]
+        let backwards = 3..1;
+        assert_eq!(a.range(backwards), None);
+        a.range_mut(0..2).unwrap().fill(9);
+        assert_eq!(&*a, &[9, 9, 3, 4]);
+        assert!(a.range_mut(usize::MAX..usize::MAX).is_none());
     }
 
     /// Review S3: the reproduction of the review, in debug and release builds alike.

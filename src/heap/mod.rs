@@ -449,11 +449,20 @@ pub(crate) mod tests {
             free: BTreeMap::from([(10, (1 << 16) - 10)]),
             creator: crate::sys::proc::pid(),
         };
-        for len in [usize::MAX - 4095, usize::MAX, isize::MAX as usize, (1 << 16) - 9] {
+        for len in [
+            usize::MAX - 4095,
+            usize::MAX,
+            isize::MAX as usize,
+            (1 << 16) - 9,
+        ] {
             assert_eq!(a.alloc(len, PAGE), None, "len {len:#x}");
             assert_eq!(a.alloc(len, SMALL_ALIGN), None, "len {len:#x}");
         }
-        assert_eq!(a.alloc((1 << 16) - 10, 1), Some(10), "an exact fit still fits");
+        assert_eq!(
+            a.alloc((1 << 16) - 10, 1),
+            Some(10),
+            "an exact fit still fits"
+        );
     }
 
     /// Review S3: `Heap::alloc` refuses sizes above `isize::MAX` and those whose arena size would
@@ -461,7 +470,12 @@ pub(crate) mod tests {
     #[test]
     fn huge_allocations_are_errors() {
         let _small = Heap::alloc(10).unwrap();
-        for len in [usize::MAX - 4095, usize::MAX, isize::MAX as usize + 1, isize::MAX as usize] {
+        for len in [
+            usize::MAX - 4095,
+            usize::MAX,
+            isize::MAX as usize + 1,
+            isize::MAX as usize,
+        ] {
             assert!(
                 matches!(Heap::alloc(len), Err(Error::OutOfMemory { .. })),
                 "len {len:#x}"
@@ -490,7 +504,9 @@ pub(crate) mod tests {
         let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         // Distinct arenas, not registered here: each `from_handle` opens (maps) it anew.
         let arenas: Vec<Region> = (0..FOREIGN_LIVE_ARENAS + 4)
-            .map(|_| Region::create_with(arena_layout(Some(4096)), None, false, |_| Ok(())).unwrap())
+            .map(|_| {
+                Region::create_with(arena_layout(Some(4096)), None, false, |_| Ok(())).unwrap()
+            })
             .collect();
         let mut views = Vec::new();
         let mut refused = 0;
@@ -505,6 +521,10 @@ pub(crate) mod tests {
         assert!(views.len() <= FOREIGN_LIVE_ARENAS);
         drop(views);
         let cache = foreign().lock().unwrap();
-        assert!(cache.len() <= FOREIGN_CACHE_ARENAS, "{} cached", cache.len());
+        assert!(
+            cache.len() <= FOREIGN_CACHE_ARENAS,
+            "{} cached",
+            cache.len()
+        );
     }
 }
