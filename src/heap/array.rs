@@ -124,6 +124,11 @@ impl<T: Pod> SharedArray<T> {
 
     /// Attaches to the elements another process lent us (crate use only: the lender's borrow guarantees
     /// exclusivity while we hold this).
+    ///
+    /// # Errors
+    /// [`Error::Corrupted`] if the handle names an arena this process owns (a view would alias the
+    /// owner's `&mut`), lies outside its arena, or is not an aligned whole number of `T`; the errors of
+    /// mapping another process's arena.
     pub(crate) fn view(h: &BlockHandle) -> Result<Self> {
         let block = Block::from_handle(h)?;
         let size = std::mem::size_of::<T>();
