@@ -80,7 +80,8 @@ fn huge_shared_array() {
 
 fn word(f: &std::fs::File, off: u64) -> u64 {
     let mut b = [0u8; 8];
-    f.read_exact_at(&mut b, PAYLOAD + off).expect("read a heap word");
+    f.read_exact_at(&mut b, PAYLOAD + off)
+        .expect("read a heap word");
     u64::from_le_bytes(b)
 }
 
@@ -96,7 +97,8 @@ fn object(f: &std::fs::File, name: &str) -> u64 {
         .find(|&e| {
             let len = word(f, e + 16) as usize;
             let mut n = [0u8; 40];
-            f.read_exact_at(&mut n, PAYLOAD + e + 24).expect("read a name");
+            f.read_exact_at(&mut n, PAYLOAD + e + 24)
+                .expect("read a name");
             word(f, e) != 0 && len == name.len() && &n[..len] == name.as_bytes()
         })
         .map(|e| word(f, e + 8))
