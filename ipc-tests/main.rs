@@ -17,6 +17,7 @@ mod queue;
 mod queue_faults;
 mod region;
 mod region_fuzz;
+mod security_heap;
 mod security_region;
 mod sync_faults;
 
@@ -38,6 +39,7 @@ fn main() {
         process::ROLES,
         pool::ROLES,
         pool_faults::ROLES,
+        security_heap::ROLES,
     ]);
     let args = Arguments::from_args();
     let mut trials: Vec<Trial> = Vec::new();
@@ -55,6 +57,7 @@ fn main() {
     trials.extend(process::tests());
     trials.extend(pool::tests());
     trials.extend(pool_faults::tests());
+    trials.extend(security_heap::tests());
     let conclusion = libtest_mimic::run(&args, trials);
     // The suite-level invariants (DESIGN.md, invariant 6): nothing of ours left in /dev/shm, no zombie.
     let leaks = common::leftovers();

@@ -1,4 +1,29 @@
 //! [`SharedArray<T>`]: a `[T]` in the shared heap, owned by the process that made it.
+//!
+//! # Why handing out `&[T]` and `&mut [T]` over shared memory is sound
+//! A `SharedArray` derefs to a slice whose bytes live in an arena other processes can map. A Rust
+//! reference promises that nothing else writes (for `&[T]`) or even reads (for `&mut [T]`) those bytes
+//! while it lives. Here is who else can reach them, and why the promise holds.
+//!
+//! - **This process.** Only through the `SharedArray` that owns the block: `&self` gives `&[T]`,
+//!   `&mut self` the only `&mut [T]`. No second object can name the same bytes: a handle decoded here
+//!   (a `BlockHandle` inside any message, forged or not) is refused if it names an arena this process
+//!   owns, so it never becomes a view aliasing an array this process mutates.
+//! - **Other processes, cooperating.** They get a handle only when this process lends the array: the
+//!   pool's chunk and transform calls hold the caller's `&SharedArray` (readers) or `&mut SharedArray`
+//!   (the output, one disjoint range per task) until every task has finished, so the owner cannot touch
+//!   the elements while they are lent, and the borrows the workers build cover only what they were
+//!   given. Copies a `Parallel` call lends are never written and not reused while a view of them lives
+//!   (see [`crate::parallel`]).
+//! - **Other processes, not cooperating.** A process of the same user can open any arena through
+//!   `/proc` and write it at any time. The trust model (DESIGN.md) is precise about what that buys
+//!   it: *processes of the same user that can write a region are trusted not to break the aliasing
+//!   rules of the data they deliberately share; they can never make this process read or write outside
+//!   a region or jump to code.* Such a writer can make this process see elements change under a
+//!   `&[T]` (a data race on the shared elements, which is the cooperation asked of peers), and nothing
+//!   more: lengths and offsets this process uses are its own (from its allocator, in private memory) or
+//!   checked against the arena's validated size with checked arithmetic before any reference is made,
+//!   no pointer is ever read from shared memory, and `T: Pod` makes every bit pattern a valid `T`.
 
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
@@ -37,11 +62,13 @@ impl<T: Pod> SharedArray<T> {
                 "element alignment above 64 is not supported"
             )
         };
+        // Checked: `len` is the caller's, and a wrapped product would allocate too little (review S3).
+        // `Heap::alloc` refuses anything above `isize::MAX` bytes.
         let bytes = len
             .checked_mul(std::mem::size_of::<T>())
-            .ok_or(Error::SizeMismatch {
-                expected: usize::MAX as u64,
-                found: len as u64,
+            .ok_or(Error::OutOfMemory {
+                requested: u64::MAX,
+                available: isize::MAX as u64,
             })?;
         Ok(SharedArray {
             block: Heap::alloc(bytes)?,
@@ -53,7 +80,8 @@ impl<T: Pod> SharedArray<T> {
     /// `len` zeroes.
     ///
     /// # Errors
-    /// [`Error::Os`] if shared memory cannot be created.
+    /// [`Error::OutOfMemory`] if `len` elements would exceed `isize::MAX` bytes; [`Error::Os`] if
+    /// shared memory cannot be created.
     pub fn zeroed(len: usize) -> Result<Self> {
         let mut a = Self::alloc(len)?;
         a.fill(T::zeroed());
@@ -94,14 +122,13 @@ impl<T: Pod> SharedArray<T> {
         self.block.handle()
     }
 
-    /// The first element's address, made without creating a reference to the whole array: a pool task
-    /// that may touch only its own part builds a slice of just that part from it (review S5).
-    pub(crate) fn as_raw_ptr(&self) -> *mut T {
-        self.block.ptr().cast::<T>()
-    }
-
     /// Attaches to the elements another process lent us (crate use only: the lender's borrow guarantees
     /// exclusivity while we hold this).
+    ///
+    /// # Errors
+    /// [`Error::Corrupted`] if the handle names an arena this process owns (a view would alias the
+    /// owner's `&mut`), lies outside its arena, or is not an aligned whole number of `T`; the errors of
+    /// mapping another process's arena.
     pub(crate) fn view(h: &BlockHandle) -> Result<Self> {
         let block = Block::from_handle(h)?;
         let size = std::mem::size_of::<T>();
@@ -120,6 +147,36 @@ impl<T: Pod> SharedArray<T> {
             block,
             len,
             _t: PhantomData,
+        })
+    }
+
+    /// Elements `range`, as a slice made from raw parts: unlike `&self[range]` it never materialises a
+    /// reference to the whole array, so a process lent only `range` references only `range`. `None` if
+    /// the range is not inside the array.
+    pub(crate) fn range(&self, range: std::ops::Range<usize>) -> Option<&[T]> {
+        let n = range
+            .end
+            .checked_sub(range.start)
+            .filter(|_| range.end <= self.len)?;
+        // SAFETY: `start..end` is inside the `len` elements of the block (checked), which lie in a live
+        // mapping aligned for T (see `deref`); the slice borrows `self`. Only these elements are
+        // referenced, which is what a process lent this range may reference.
+        Some(unsafe {
+            std::slice::from_raw_parts(self.block.ptr().cast::<T>().add(range.start), n)
+        })
+    }
+
+    /// Elements `range`, mutably, from raw parts (see [`range`](Self::range)): a task lent one output
+    /// range holds a `&mut` to that range only, not to the whole array that other tasks write.
+    pub(crate) fn range_mut(&mut self, range: std::ops::Range<usize>) -> Option<&mut [T]> {
+        let n = range
+            .end
+            .checked_sub(range.start)
+            .filter(|_| range.end <= self.len)?;
+        // SAFETY: as in `range`; `&mut self` makes this the only reference made by this object, and
+        // the lender guarantees no other process references these elements while they are lent.
+        Some(unsafe {
+            std::slice::from_raw_parts_mut(self.block.ptr().cast::<T>().add(range.start), n)
         })
     }
 
@@ -171,16 +228,69 @@ mod tests {
         assert!(b.iter().all(|&x| x == 0));
     }
 
+    /// Review S5 (gap 2): the process that owns an array cannot get a view of it from a handle (a
+    /// forged one in a message, say), which would alias its `&mut`; a whole number of aligned elements
+    /// is still required of views.
     #[test]
-    fn view_sees_the_owner_data() {
+    fn views_only_of_other_processes_arrays() {
         let a = SharedArray::from_slice(&[1u32, 2, 3]).unwrap();
-        let v = SharedArray::<u32>::view(&a.block_handle()).unwrap();
+        assert!(matches!(
+            SharedArray::<u32>::view(&a.block_handle()),
+            Err(Error::Corrupted(_))
+        ));
+        assert!(a.is_owner());
+    }
+
+    #[test]
+    fn view_sees_another_arenas_data() {
+        use crate::heap::tests::{foreign_arena, handle_in};
+        let r = foreign_arena(1 << 16);
+        // SAFETY: the region is 64 KiB, page-aligned, and nothing else uses it yet.
+        unsafe {
+            r.as_ptr()
+                .cast::<u32>()
+                .copy_from_nonoverlapping([1u32, 2, 3].as_ptr(), 3)
+        };
+        let v = SharedArray::<u32>::view(&handle_in(&r, 0, 12)).unwrap();
         assert_eq!(&*v, &[1, 2, 3]);
-        assert!(!v.is_owner() && a.is_owner());
-        assert!(SharedArray::<[u8; 3]>::view(
-            &SharedArray::from_slice(&[0u8; 4]).unwrap().block_handle()
-        )
-        .is_err());
+        assert!(!v.is_owner());
+        assert!(SharedArray::<[u8; 3]>::view(&handle_in(&r, 0, 4)).is_err());
+        assert!(
+            SharedArray::<u32>::view(&handle_in(&r, 2, 4)).is_err(),
+            "misaligned"
+        );
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        let mut a = SharedArray::from_slice(&[1u8, 2, 3, 4]).unwrap();
+        assert_eq!(a.range(1..3), Some(&[2u8, 3][..]));
+        assert_eq!(a.range(4..4), Some(&[][..]));
+        assert_eq!(a.range(3..5), None);
+        #[allow(clippy::reversed_empty_ranges)]
+        let backwards = 3..1;
+        assert_eq!(a.range(backwards), None);
+        a.range_mut(0..2).unwrap().fill(9);
+        assert_eq!(&*a, &[9, 9, 3, 4]);
+        assert!(a.range_mut(usize::MAX..usize::MAX).is_none());
+    }
+
+    /// Review S3: the reproduction of the review, in debug and release builds alike.
+    #[test]
+    fn huge_arrays_are_errors() {
+        let _small = SharedArray::<u8>::zeroed(10).unwrap();
+        assert!(matches!(
+            SharedArray::<u8>::zeroed(usize::MAX - 4095),
+            Err(Error::OutOfMemory { .. })
+        ));
+        assert!(matches!(
+            SharedArray::<u64>::zeroed(usize::MAX / 8),
+            Err(Error::OutOfMemory { .. })
+        ));
+        assert!(matches!(
+            SharedArray::<u64>::zeroed(usize::MAX / 4),
+            Err(Error::OutOfMemory { .. })
+        ));
     }
 
     #[test]

@@ -1,7 +1,20 @@
 //! [`Grid`] and [`GridMut`]: a row-major 2-D view of a slice, for images and matrices in a
 //! [`SharedArray`](super::SharedArray) or in the chunk a pool task receives.
 
-use std::ops::{Index, IndexMut};
+use std::ops::{Index, IndexMut, Range};
+
+/// The flat index of (`r`, `c`) in rows of `cols`, if `c < cols` and it does not overflow. Checked, so a
+/// huge `r` is out of range in release builds too instead of wrapping onto another element.
+fn flat(r: usize, c: usize, cols: usize) -> Option<usize> {
+    (c < cols).then_some(())?;
+    r.checked_mul(cols)?.checked_add(c)
+}
+
+/// The flat range of row `r` in rows of `cols`, if it does not overflow.
+fn row_range(r: usize, cols: usize) -> Option<Range<usize>> {
+    let start = r.checked_mul(cols)?;
+    Some(start..start.checked_add(cols)?)
+}
 
 /// A read-only `rows × cols` view of a row-major slice.
 ///
@@ -43,15 +56,14 @@ impl<'a, T> Grid<'a, T> {
     /// If `r >= rows()`.
     #[track_caller]
     pub fn row(&self, r: usize) -> &'a [T] {
-        &self.data[r * self.cols..(r + 1) * self.cols]
+        row_range(r, self.cols)
+            .and_then(|range| self.data.get(range))
+            .expect("grid row out of range")
     }
 
     /// The element at (`r`, `c`), or `None` outside the grid.
     pub fn get(&self, r: usize, c: usize) -> Option<&'a T> {
-        if c >= self.cols {
-            return None;
-        }
-        self.data.get(r.checked_mul(self.cols)?.checked_add(c)?)
+        self.data.get(flat(r, c, self.cols)?)
     }
 
     /// The rows, top to bottom.
@@ -98,7 +110,10 @@ impl<'a, T> GridMut<'a, T> {
     /// If `r >= rows()`.
     #[track_caller]
     pub fn row_mut(&mut self, r: usize) -> &mut [T] {
-        &mut self.data[r * self.cols..(r + 1) * self.cols]
+        let cols = self.cols;
+        row_range(r, cols)
+            .and_then(|range| self.data.get_mut(range))
+            .expect("grid row out of range")
     }
 
     /// A read-only view of the same grid.
@@ -114,16 +129,19 @@ impl<T> Index<(usize, usize)> for GridMut<'_, T> {
     type Output = T;
     #[track_caller]
     fn index(&self, (r, c): (usize, usize)) -> &T {
-        assert!(c < self.cols, "grid index out of range");
-        &self.data[r * self.cols + c]
+        flat(r, c, self.cols)
+            .and_then(|i| self.data.get(i))
+            .expect("grid index out of range")
     }
 }
 
 impl<T> IndexMut<(usize, usize)> for GridMut<'_, T> {
     #[track_caller]
     fn index_mut(&mut self, (r, c): (usize, usize)) -> &mut T {
-        assert!(c < self.cols, "grid index out of range");
-        &mut self.data[r * self.cols + c]
+        let cols = self.cols;
+        flat(r, c, cols)
+            .and_then(|i| self.data.get_mut(i))
+            .expect("grid index out of range")
     }
 }
 
@@ -144,5 +162,22 @@ mod tests {
         m.row_mut(0).fill(7);
         assert_eq!(m.as_grid().row(3), &[9, 10, 100]);
         assert_eq!(&v[..3], &[7, 7, 7]);
+    }
+
+    /// Indices whose products overflow are out of range in release builds too (they used to wrap onto
+    /// a real element there).
+    #[test]
+    fn huge_indices_do_not_wrap() {
+        let mut v = vec![0u8; 8];
+        let half = usize::MAX / 2 + 1; // half * 2 wraps to 0
+        let g = Grid::new(&v, 2).unwrap();
+        assert_eq!(g.get(half, 0), None);
+        assert!(std::panic::catch_unwind(|| g.row(half).len()).is_err());
+        let mut m = GridMut::new(&mut v, 2).unwrap();
+        assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m[(half, 1)])).is_err());
+        assert!(
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.row_mut(half).len()))
+                .is_err()
+        );
     }
 }

@@ -8,12 +8,21 @@
 //!
 //! Memory facts that shape it (measured on this machine): first touch of shared memory costs ~2.3 µs
 //! per 4 KiB page warm and 8–10 µs cold, so freed blocks are reused and arenas are kept for the life of
-//! the process rather than unmapped; a process attaching to an arena maps it with `MAP_POPULATE`.
+//! the process rather than unmapped. A process attaching to another's arena keeps a bounded number of
+//! them mapped, and maps them without `MAP_POPULATE`: the arena's size is written by the process that
+//! sent the handle, and must not decide how much memory this one populates.
+//!
+//! # What a handle can and cannot do
+//! A [`BlockHandle`] read from a message is untrusted. Attaching to it checks the range against the
+//! arena's validated size with checked arithmetic, refuses arenas this process owns (so a forged handle
+//! can never make a view alias an array this process mutates), and bounds how many foreign arenas are
+//! mapped. Sizes asked of the allocator are checked too: every sum on the allocation path is checked
+//! and a request above `isize::MAX` bytes is an error, never a block larger than its arena.
 
 mod array;
 mod grid;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use crate::error::{Error, Result};
@@ -39,24 +48,39 @@ struct Arena {
     region: Arc<Region>,
     /// offset → length of each free range, non-adjacent (coalesced).
     free: BTreeMap<usize, usize>,
+    /// The pid of the process that created the arena: the only one that allocates from it.
+    creator: u32,
+}
+
+fn too_large(len: usize) -> Error {
+    Error::OutOfMemory {
+        requested: len as u64,
+        available: isize::MAX as u64,
+    }
 }
 
 impl Arena {
+    /// First fit: the offset of `len` bytes aligned to `align` (a power of two), or `None` if no free
+    /// range holds them. Every sum is checked: `len` comes from the caller and may be anything up to
+    /// `isize::MAX` (review S3: an unchecked `at + len` wrapped to a small value and "fit").
     fn alloc(&mut self, len: usize, align: usize) -> Option<usize> {
-        let (&start, &size, at) = self.free.iter().find_map(|(start, size)| {
-            let at = start.next_multiple_of(align);
-            (at + len <= start + size).then_some((start, size, at))
+        let (start, at, end, free_end) = self.free.iter().find_map(|(&start, &size)| {
+            let at = start.checked_next_multiple_of(align)?;
+            let end = at.checked_add(len)?;
+            let free_end = start.checked_add(size)?;
+            (end <= free_end).then_some((start, at, end, free_end))
         })?;
         self.free.remove(&start);
         if at > start {
             self.free.insert(start, at - start);
         }
-        if at + len < start + size {
-            self.free.insert(at + len, start + size - at - len);
+        if end < free_end {
+            self.free.insert(end, free_end - end);
         }
         Some(at)
     }
 
+    /// Gives back a range `alloc` returned (so `offset + len` is inside the arena and cannot overflow).
     fn release(&mut self, mut offset: usize, mut len: usize) {
         if let Some((&prev, &plen)) = self.free.range(..offset).next_back() {
             if prev + plen == offset {
@@ -95,12 +119,22 @@ impl Heap {
     }
 
     /// Allocates `len` bytes (uninitialised contents: zero for fresh memory, old data for reused blocks).
+    ///
+    /// # Errors
+    /// [`Error::OutOfMemory`] if `len` exceeds `isize::MAX` (no Rust object can be larger, and every
+    /// offset computed below then fits), [`Error::Os`] if a new arena cannot be created.
     pub(crate) fn alloc(len: usize) -> Result<Block> {
+        if len > isize::MAX as usize {
+            return Err(too_large(len));
+        }
         let align = if len >= PAGE { PAGE } else { SMALL_ALIGN };
         let len = len.max(1);
+        let me = crate::sys::proc::pid();
         let heap = Heap::global();
         let mut arenas = heap.arenas.lock().unwrap_or_else(|e| e.into_inner());
-        for arena in arenas.iter_mut() {
+        // Only arenas this process created: a child made by `fork` inherits its parent's list, and
+        // allocating from those copies would hand out ranges the parent hands out too.
+        for arena in arenas.iter_mut().filter(|a| a.creator == me) {
             if let Some(offset) = arena.alloc(len, align) {
                 return Ok(Block {
                     region: arena.region.clone(),
@@ -110,7 +144,11 @@ impl Heap {
                 });
             }
         }
-        let size = len.next_multiple_of(2 << 20).max(ARENA_MIN);
+        let size = len
+            .checked_next_multiple_of(2 << 20)
+            .filter(|&s| s <= isize::MAX as usize)
+            .ok_or_else(|| too_large(len))?
+            .max(ARENA_MIN);
         let region = Arc::new(Region::create_with(
             arena_layout(Some(size)),
             None,
@@ -121,10 +159,10 @@ impl Heap {
         let mut arena = Arena {
             region: region.clone(),
             free: BTreeMap::from([(0, size)]),
+            creator: me,
         };
-        let offset = arena
-            .alloc(len, align)
-            .expect("a fresh arena fits its first block");
+        // A fresh arena of `size >= len` bytes, free from offset 0 (aligned to anything), always fits.
+        let offset = arena.alloc(len, align).ok_or_else(|| too_large(len))?;
         arenas.push(arena);
         Ok(Block {
             region,
@@ -132,6 +170,24 @@ impl Heap {
             len,
             owned: true,
         })
+    }
+
+    /// How many arenas this process created.
+    fn own_count() -> usize {
+        let me = crate::sys::proc::pid();
+        let heap = Heap::global();
+        let arenas = heap.arenas.lock().unwrap_or_else(|e| e.into_inner());
+        arenas.iter().filter(|a| a.creator == me).count()
+    }
+
+    /// Whether `region_id` names an arena this process created (and allocates from).
+    fn is_own(region_id: u64) -> bool {
+        let me = crate::sys::proc::pid();
+        let heap = Heap::global();
+        let arenas = heap.arenas.lock().unwrap_or_else(|e| e.into_inner());
+        arenas
+            .iter()
+            .any(|a| a.creator == me && a.region.id() == region_id)
     }
 
     fn release(block: &Block) {
@@ -160,10 +216,34 @@ fn mapped() -> &'static Mutex<HashMap<u64, Weak<Region>>> {
     MAPPED.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-/// Arenas of other processes this process attached to (kept mapped; see `Block::from_handle`).
-fn foreign() -> &'static Mutex<Vec<Arc<Region>>> {
-    static FOREIGN: OnceLock<Mutex<Vec<Arc<Region>>>> = OnceLock::new();
-    FOREIGN.get_or_init(|| Mutex::new(Vec::new()))
+/// How many arenas of other processes stay mapped after their last block view is dropped.
+const FOREIGN_CACHE_ARENAS: usize = 16;
+/// How many bytes of such arenas stay mapped (address space only: nothing is populated).
+const FOREIGN_CACHE_BYTES: usize = 64 << 30;
+/// How many arenas of other processes may be mapped at once (in use or cached). Each costs a file
+/// descriptor and a mapping; a forged message naming thousands of distinct arenas fails instead.
+const FOREIGN_LIVE_ARENAS: usize = 256;
+
+/// Arenas of other processes this process attached to, most recently used last, kept mapped within
+/// [`FOREIGN_CACHE_ARENAS`] and [`FOREIGN_CACHE_BYTES`] (see `Block::from_handle`).
+fn foreign() -> &'static Mutex<VecDeque<Arc<Region>>> {
+    static FOREIGN: OnceLock<Mutex<VecDeque<Arc<Region>>>> = OnceLock::new();
+    FOREIGN.get_or_init(|| Mutex::new(VecDeque::new()))
+}
+
+/// Keeps `region` in the cache of foreign arenas (moving it to the most recent end), then drops the
+/// oldest entries beyond the caps. Dropping an entry unmaps nothing a block still uses: every `Block`
+/// holds its own `Arc` of its region.
+fn cache_foreign(region: &Arc<Region>) {
+    let mut cache = foreign().lock().unwrap_or_else(|e| e.into_inner());
+    cache.retain(|r| !Arc::ptr_eq(r, region));
+    cache.push_back(region.clone());
+    let mut bytes: usize = cache.iter().map(|r| r.len()).fold(0, usize::saturating_add);
+    while cache.len() > FOREIGN_CACHE_ARENAS || (bytes > FOREIGN_CACHE_BYTES && cache.len() > 1) {
+        if let Some(old) = cache.pop_front() {
+            bytes = bytes.saturating_sub(old.len());
+        }
+    }
 }
 
 fn register(region: &Arc<Region>) {
@@ -189,36 +269,63 @@ impl Block {
         }
     }
 
-    /// Attaches to a block made elsewhere: maps its arena (once per process, with MAP_POPULATE) and checks
-    /// the range lies inside it. The block is a view: dropping it frees nothing.
+    /// Attaches to a block made by *another* process: maps its arena (once, kept in a bounded cache)
+    /// and checks the range lies inside it. The block is a view: dropping it frees nothing.
+    ///
+    /// The handle is untrusted (it may come from any message a peer wrote), so:
+    /// - a handle into one of this process's own arenas is refused (review S5): this process hands out
+    ///   `&mut` to its blocks, and a view aliasing one would let a forged message create a `&[T]` to
+    ///   memory a live `&mut [T]` of this process changes. Blocks of this process never need a view:
+    ///   they are reached through the object that owns them.
+    /// - the arena is mapped without `MAP_POPULATE` (review R5): the handle names the file, so the
+    ///   file's size is the sender's choice, and populating a huge sparse file would allocate its
+    ///   memory here. Pages are faulted in as the block is read.
+    /// - at most [`FOREIGN_LIVE_ARENAS`] foreign arenas are mapped at once, and only a bounded few stay
+    ///   mapped once no block uses them (review R5): a stream of distinct forged ids leaks nothing.
+    ///
+    /// # Errors
+    /// [`Error::Corrupted`] for a range outside the arena, a handle into an own arena, or too many
+    /// foreign arenas at once; the errors of opening a region by handle.
     pub(crate) fn from_handle(h: &BlockHandle) -> Result<Block> {
         let region_id = h.region.id();
-        let region = {
-            let existing = mapped()
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&region_id)
-                .and_then(Weak::upgrade);
-            match existing {
-                Some(r) => r,
-                None => {
-                    let r = Arc::new(Region::open_handle_with(
-                        &h.region,
-                        arena_layout(None),
-                        true,
-                    )?);
-                    register(&r);
-                    // Another process's arena stays mapped for the life of this one: a worker is handed
-                    // blocks of the same few arenas task after task, and re-mapping (with MAP_POPULATE)
-                    // each time would cost more than the task.
-                    foreign()
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(r.clone());
-                    r
+        if Heap::is_own(region_id) {
+            return Err(Error::Corrupted(format!(
+                "a block handle names arena {region_id:#x}, which this process owns: \
+                 only other processes' blocks can be attached"
+            )));
+        }
+        let existing = mapped()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&region_id)
+            .and_then(Weak::upgrade);
+        let region = match existing {
+            Some(r) => r,
+            None => {
+                let live = mapped()
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .filter(|w| w.strong_count() > 0)
+                    .count();
+                if live >= FOREIGN_LIVE_ARENAS + Heap::own_count() {
+                    return Err(Error::Corrupted(format!(
+                        "more than {FOREIGN_LIVE_ARENAS} arenas of other processes are mapped \
+                         at once"
+                    )));
                 }
+                let r = Arc::new(Region::open_handle_with(
+                    &h.region,
+                    arena_layout(None),
+                    false,
+                )?);
+                register(&r);
+                r
             }
         };
+        // A worker is handed blocks of the same few arenas task after task: keeping them mapped saves
+        // re-mapping (and re-faulting) each time. Bounded, most recently used kept.
+        cache_foreign(&region);
         let (offset, len) = (usize::try_from(h.offset), usize::try_from(h.len));
         let (Ok(offset), Ok(len)) = (offset, len) else {
             return Err(Error::Corrupted(format!(
@@ -256,7 +363,7 @@ impl Block {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -267,6 +374,7 @@ mod tests {
         let mut a = Arena {
             region,
             free: BTreeMap::from([(0, 1 << 16)]),
+            creator: crate::sys::proc::pid(),
         };
         let x = a.alloc(100, 64).unwrap();
         let y = a.alloc(100, 64).unwrap();
@@ -298,13 +406,125 @@ mod tests {
         assert_eq!((c.region_id(), c.offset), (id, off));
     }
 
+    /// An arena made here but not by the heap, registered as mapped: to `Block::from_handle` it is
+    /// another process's arena.
+    pub(crate) fn foreign_arena(size: usize) -> Arc<Region> {
+        let r = Arc::new(
+            Region::create_with(arena_layout(Some(size)), None, false, |_| Ok(())).unwrap(),
+        );
+        register(&r);
+        r
+    }
+
+    pub(crate) fn handle_in(r: &Region, offset: u64, len: u64) -> BlockHandle {
+        BlockHandle {
+            region: r.handle(),
+            offset,
+            len,
+        }
+    }
+
     #[test]
     fn handle_outside_the_arena_is_refused() {
+        let r = foreign_arena(1 << 16);
+        assert!(Block::from_handle(&handle_in(&r, 0, 100)).is_ok());
+        for (offset, len) in [(u64::MAX - 10, 100), (r.len() as u64, 1), (1, u64::MAX)] {
+            assert!(matches!(
+                Block::from_handle(&handle_in(&r, offset, len)),
+                Err(Error::Corrupted(_))
+            ));
+        }
+    }
+
+    /// Review S3: a size near `usize::MAX` wrapped `at + len` in `Arena::alloc` (release builds) and
+    /// "fitted", giving a block far larger than its arena; debug builds panicked on the overflow. Both
+    /// must now be a plain `None` / error.
+    #[test]
+    fn huge_sizes_do_not_wrap_in_the_arena() {
+        let region = Arc::new(
+            Region::create_with(arena_layout(Some(1 << 16)), None, false, |_| Ok(())).unwrap(),
+        );
+        let mut a = Arena {
+            region,
+            free: BTreeMap::from([(10, (1 << 16) - 10)]),
+            creator: crate::sys::proc::pid(),
+        };
+        for len in [
+            usize::MAX - 4095,
+            usize::MAX,
+            isize::MAX as usize,
+            (1 << 16) - 9,
+        ] {
+            assert_eq!(a.alloc(len, PAGE), None, "len {len:#x}");
+            assert_eq!(a.alloc(len, SMALL_ALIGN), None, "len {len:#x}");
+        }
+        assert_eq!(
+            a.alloc((1 << 16) - 10, 1),
+            Some(10),
+            "an exact fit still fits"
+        );
+    }
+
+    /// Review S3: `Heap::alloc` refuses sizes above `isize::MAX` and those whose arena size would
+    /// overflow, with an error (in debug and release builds alike).
+    #[test]
+    fn huge_allocations_are_errors() {
+        let _small = Heap::alloc(10).unwrap();
+        for len in [
+            usize::MAX - 4095,
+            usize::MAX,
+            isize::MAX as usize + 1,
+            isize::MAX as usize,
+        ] {
+            assert!(
+                matches!(Heap::alloc(len), Err(Error::OutOfMemory { .. })),
+                "len {len:#x}"
+            );
+        }
+    }
+
+    /// Review S5: a handle naming one of this process's own arenas is refused, whether it names a live
+    /// block or free space, so a forged message cannot alias what this process mutates.
+    #[test]
+    fn handles_into_own_arenas_are_refused() {
         let b = Heap::alloc(100).unwrap();
+        assert!(matches!(
+            Block::from_handle(&b.handle()),
+            Err(Error::Corrupted(m)) if m.contains("owns")
+        ));
         let mut h = b.handle();
-        h.offset = u64::MAX - 10;
+        h.offset += 4096;
         assert!(matches!(Block::from_handle(&h), Err(Error::Corrupted(_))));
-        h.offset = b.region.len() as u64;
-        assert!(matches!(Block::from_handle(&h), Err(Error::Corrupted(_))));
+    }
+
+    /// Review R5: foreign arenas stay mapped only within the cache's caps once unused, and a message
+    /// naming more distinct arenas than the live cap fails instead of mapping them all.
+    #[test]
+    fn foreign_arenas_are_bounded() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        // Distinct arenas, not registered here: each `from_handle` opens (maps) it anew.
+        let arenas: Vec<Region> = (0..FOREIGN_LIVE_ARENAS + 4)
+            .map(|_| {
+                Region::create_with(arena_layout(Some(4096)), None, false, |_| Ok(())).unwrap()
+            })
+            .collect();
+        let mut views = Vec::new();
+        let mut refused = 0;
+        for r in &arenas {
+            match Block::from_handle(&handle_in(r, 0, 8)) {
+                Ok(v) => views.push(v),
+                Err(Error::Corrupted(_)) => refused += 1,
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
+        assert!(refused >= 4, "{refused} refused");
+        assert!(views.len() <= FOREIGN_LIVE_ARENAS);
+        drop(views);
+        let cache = foreign().lock().unwrap();
+        assert!(
+            cache.len() <= FOREIGN_CACHE_ARENAS,
+            "{} cached",
+            cache.len()
+        );
     }
 }

@@ -8,7 +8,7 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use super::heap::{at, Heap, HeapRef, Tx};
+use super::heap::{at, CopyBudget, Heap, HeapRef, Tx};
 use crate::codec::{Codec, Serde};
 use crate::error::{Error, Result};
 
@@ -100,6 +100,26 @@ fn find(
         .map(Ok)?
 }
 
+/// The first empty slot of `table` probing from `tag % cap`, within `cap` steps. Only this transaction
+/// fills a fresh table, and it puts at most `live` < cap / 2 entries in it, so an empty slot is always
+/// there; if another process wrote garbage into it meanwhile, the probe ends as `Corrupted` instead of
+/// spinning forever (review R4).
+fn free_slot(h: HeapRef<'_>, table: u64, cap: u64, tag: u64) -> Result<u64> {
+    if cap == 0 {
+        return Err(Error::Corrupted("a dict table of capacity 0".into()));
+    }
+    let mut j = tag % cap;
+    for _ in 0..cap {
+        if h.get(at(table, j, 16)?)? == EMPTY {
+            return Ok(j);
+        }
+        j = (j + 1) % cap;
+    }
+    Err(Error::Corrupted(
+        "a fresh dict table has no empty slot (written by another process)".into(),
+    ))
+}
+
 /// The value bytes of the entry blob at `e`.
 fn value_of(h: HeapRef<'_>, e: u64) -> Result<Vec<u8>> {
     let blob = h.blob(e)?;
@@ -157,6 +177,12 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
         tx.init(obj + CAP, cap)?;
         tx.init(obj + TABLE, table)?;
         tx.init(obj + TOMBS, 0)
+    }
+
+    /// The offset of the dict's header (tests corrupt it).
+    #[cfg(test)]
+    pub(crate) fn offset(&self) -> u64 {
+        self.obj
     }
 
     fn fresh_table(tx: &mut Tx<'_>, cap: u64) -> Result<u64> {
@@ -304,11 +330,7 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
                 continue;
             }
             let e = tx.get(at(old_table, i, 16)? + 8)?;
-            // At most `live` < cap / 2 slots are taken, so an empty one is always within `cap` steps.
-            let mut j = tag % cap;
-            while tx.get(at(table, j, 16)?)? != EMPTY {
-                j = (j + 1) % cap;
-            }
+            let j = free_slot(tx.heap(), table, cap, tag)?;
             tx.init(at(table, j, 16)?, tag)?;
             tx.init(at(table, j, 16)? + 8, e)?;
         }
@@ -386,6 +408,19 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
 
     /// A snapshot of every (key, value), taken in one transaction.
     ///
+    /// Bounded by the heap, whatever its words say: the table must lie inside the heap, each entry
+    /// inside its block, and all the entries together copy at most the heap's size; a damaged dict is
+    /// [`Error::Corrupted`], never a huge allocation.
+    ///
+    /// # Examples
+    /// ```
+    /// let m = mproc::Manager::anonymous(1 << 20)?;
+    /// let d = m.dict::<String, u32>("ages")?;
+    /// d.insert(&"ada".to_string(), &36)?;
+    /// assert_eq!(d.items()?, vec![("ada".to_string(), 36)]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Decode`], [`Error::Corrupted`].
     pub fn items(&self) -> Result<Vec<(K, V)>> {
@@ -393,13 +428,15 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
         let raw: Vec<(Vec<u8>, Vec<u8>)> = self.heap.transact(|tx| {
             let h = tx.heap();
             let (cap, table) = (h.get(obj + CAP)?, h.get(obj + TABLE)?);
+            h.check_array(table, cap, 16)?;
+            let mut budget = CopyBudget::of(h);
             let mut out = Vec::new();
             for i in 0..cap {
                 let tag = h.get(at(table, i, 16)?)?;
                 if tag == EMPTY || tag == REMOVED {
                     continue;
                 }
-                let blob = h.blob(h.get(at(table, i, 16)? + 8)?)?;
+                let blob = h.blob_within(h.get(at(table, i, 16)? + 8)?, &mut budget)?;
                 let klen = blob
                     .get(..8)
                     .map_or(u64::MAX, |b| u64::from_le_bytes(b.try_into().expect("8")));
@@ -457,5 +494,31 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
         })?;
         // Starting a transaction finishes a detached table's freeing; this one has nothing else to do.
         self.heap.transact(|_| Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review R4: `rebuild`'s probe for an empty slot spun forever when another process filled the
+    /// fresh table; it now gives up after `cap` slots.
+    #[test]
+    fn probing_a_full_table_ends() {
+        let m = crate::Manager::anonymous(1 << 20).unwrap();
+        let d = m.dict::<u8, u8>("d").unwrap();
+        let (table, cap) = d
+            .heap
+            .transact(|tx| Ok((tx.get(d.obj + TABLE)?, tx.get(d.obj + CAP)?)))
+            .unwrap();
+        let r = d.heap.transact(|tx| {
+            for i in 0..cap {
+                tx.set(at(table, i, 16)?, 6)?;
+            }
+            let found = free_slot(tx.heap(), table, cap, 6);
+            Err::<(), _>(found.err().unwrap_or(Error::Timeout))
+        });
+        assert!(matches!(r, Err(Error::Corrupted(_))), "{r:?}");
+        assert_eq!(d.len().unwrap(), 0, "the scribble was rolled back");
     }
 }

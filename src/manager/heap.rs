@@ -446,13 +446,88 @@ impl<'a> Tx<'a> {
     }
 }
 
+/// How many bytes one operation may still copy out of a heap: reads that copy several blobs (`items`,
+/// `to_vec`) charge each blob's whole block. An honest heap holds each block once, so an operation on it
+/// never copies more than the heap's size; garbage that points many entries at one big blob runs out of
+/// budget and is [`Error::Corrupted`] instead of a copy of heap² bytes (review R4).
+#[derive(Debug)]
+pub(crate) struct CopyBudget {
+    left: u64,
+}
+
+impl CopyBudget {
+    /// A budget of one heap's size.
+    pub(crate) fn of(h: HeapRef<'_>) -> CopyBudget {
+        CopyBudget { left: h.len }
+    }
+
+    fn take(&mut self, bytes: u64) -> Result<()> {
+        self.left = self.left.checked_sub(bytes).ok_or_else(|| {
+            Error::Corrupted(
+                "the entries point at more bytes than the heap holds (a damaged container)".into(),
+            )
+        })?;
+        Ok(())
+    }
+}
+
 impl HeapRef<'_> {
+    /// The start and size of the block whose payload starts at `p`, checked: a header word holding a
+    /// size class, and the whole block inside the heap.
+    fn block_of(&self, p: u64) -> Result<(u64, u64)> {
+        let block = p
+            .checked_sub(W)
+            .filter(|&b| b >= ARENA && b % W == 0)
+            .ok_or_else(|| Error::Corrupted(format!("{p:#x} is not a heap block")))?;
+        let k = self.get(block)?;
+        if !(u64::from(MIN_CLASS)..=u64::from(MAX_CLASS)).contains(&k) {
+            return Err(Error::Corrupted(format!("block at {p:#x} has class {k}")));
+        }
+        let size = 1u64 << k;
+        if block.checked_add(size).is_none_or(|end| end > self.len) {
+            return Err(Error::Corrupted(format!(
+                "block at {p:#x} of {size} bytes ends beyond the heap"
+            )));
+        }
+        Ok((block, size))
+    }
+
+    /// The length of the blob made by [`Tx::alloc_blob`] at `p`, checked against its block (length word
+    /// and bytes fit in the block's `2^k − 8` payload bytes), and the block's size.
+    fn blob_len(&self, p: u64) -> Result<(usize, u64)> {
+        let (_, size) = self.block_of(p)?;
+        let n = self.get(p)?;
+        if n > size - 2 * W {
+            return Err(Error::Corrupted(format!(
+                "a blob of {n} bytes at {p:#x} in a block of {size}"
+            )));
+        }
+        let n = usize::try_from(n).map_err(|_| Error::Corrupted("blob length".into()))?;
+        Ok((n, size))
+    }
+
     /// The bytes of a blob made by [`Tx::alloc_blob`], checked against its block.
     pub(crate) fn blob(&self, p: u64) -> Result<Vec<u8>> {
-        let n = self.get(p)?;
-        self.read_bytes(
-            p + W,
-            usize::try_from(n).map_err(|_| Error::Corrupted("blob length".into()))?,
+        let (n, _) = self.blob_len(p)?;
+        self.read_bytes(p + W, n)
+    }
+
+    /// As [`blob`](Self::blob), charging the blob's block to `budget` first.
+    pub(crate) fn blob_within(&self, p: u64, budget: &mut CopyBudget) -> Result<Vec<u8>> {
+        let (n, size) = self.blob_len(p)?;
+        budget.take(size)?;
+        self.read_bytes(p + W, n)
+    }
+
+    /// Checks that an array of `n` elements of `size` bytes at `base` lies inside the heap, so a loop
+    /// over it is bounded by the heap's real size, not by a length word.
+    pub(crate) fn check_array(&self, base: u64, n: u64, size: u64) -> Result<()> {
+        let bytes = n.checked_mul(size).ok_or_else(|| {
+            Error::Corrupted(format!("an array of {n} elements is larger than any heap"))
+        })?;
+        self.check_range(
+            base,
+            usize::try_from(bytes).map_err(|_| Error::Corrupted("array size".into()))?,
         )
     }
 }

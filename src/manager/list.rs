@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::dict::Dict;
-use super::heap::{at, Heap, Tx};
+use super::heap::{at, CopyBudget, Heap, Tx};
 use crate::codec::{Codec, Serde};
 
 use crate::error::{Error, Result};
@@ -61,6 +61,12 @@ impl<T, C: Codec<T>> List<T, C> {
         tx.init(obj + LEN, 0)?;
         tx.init(obj + CAP, 8)?;
         tx.init(obj + ITEMS, items)
+    }
+
+    /// The offset of the list's header (tests corrupt it).
+    #[cfg(test)]
+    pub(crate) fn offset(&self) -> u64 {
+        self.obj
     }
 
     fn encode(v: &T) -> Result<Vec<u8>> {
@@ -209,14 +215,30 @@ impl<T, C: Codec<T>> List<T, C> {
 
     /// A snapshot of every element, taken in one transaction.
     ///
+    /// Bounded by the heap, whatever its words say: the item array must lie inside the heap, each
+    /// element inside its block, and all of them together copy at most the heap's size; a damaged list
+    /// is [`Error::Corrupted`], never a huge allocation.
+    ///
+    /// # Examples
+    /// ```
+    /// let m = mproc::Manager::anonymous(1 << 20)?;
+    /// let l = m.list::<u32>("l")?;
+    /// l.extend(&[1, 2, 3])?;
+    /// assert_eq!(l.to_vec()?, vec![1, 2, 3]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Decode`], [`Error::Corrupted`].
     pub fn to_vec(&self) -> Result<Vec<T>> {
         let obj = self.obj;
         let raw = self.heap.transact(|tx| {
             let (len, _, items) = Self::shape(tx, obj)?;
+            let h = tx.heap();
+            h.check_array(items, len, 8)?;
+            let mut budget = CopyBudget::of(h);
             (0..len)
-                .map(|i| tx.heap().blob(tx.get(at(items, i, 8)?)?))
+                .map(|i| h.blob_within(tx.get(at(items, i, 8)?)?, &mut budget))
                 .collect::<Result<Vec<_>>>()
         })?;
         raw.iter().map(|b| C::decode(b)).collect()

@@ -4,7 +4,7 @@
 //! anonymous region, created by the first process that asks for the name. That process's [`Manager`]
 //! keeps it alive, so other processes can attach to it through the directory as long as the creating
 //! process holds its manager (afterwards, processes that already attached keep using it; new ones get
-//! [`Error::StaleHandle`](crate::Error::StaleHandle)).
+//! [`Error::StaleHandle`]).
 
 use std::any::Any;
 

@@ -175,3 +175,90 @@ fn named_objects_through_the_directory() {
         Err(Error::TypeMismatch { .. })
     ));
 }
+
+/// Review R4: a dict whose every slot points at one big entry made `items` copy that entry once per
+/// slot (heap² bytes for a full table); the copies are now bounded by the heap's size and such a dict
+/// is `Corrupted`.
+#[test]
+fn items_of_a_damaged_dict_are_bounded() {
+    let m = Manager::anonymous(1 << 20).unwrap();
+    let d = m.dict::<String, Vec<u8>>("d").unwrap();
+    d.insert(&"big".to_string(), &vec![7; 200_000]).unwrap();
+    for i in 0..20 {
+        d.insert(&format!("k{i}"), &vec![]).unwrap();
+    }
+    let obj = d.offset();
+    // Header words: len, cap, table, tombstones. Point every slot at the big entry.
+    m.heap
+        .transact(|tx| {
+            let (cap, table) = (tx.get(obj + 8)?, tx.get(obj + 16)?);
+            let mut big = None;
+            for i in 0..cap {
+                let e = tx.get(heap::at(table, i, 16)? + 8)?;
+                if tx.get(heap::at(table, i, 16)?)? > 1 && tx.get(e)? > 100_000 {
+                    big = Some(e);
+                }
+            }
+            let big = big.expect("the big entry");
+            for i in 0..cap {
+                tx.set(heap::at(table, i, 16)?, 6)?;
+                tx.set(heap::at(table, i, 16)? + 8, big)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert!(matches!(d.items(), Err(Error::Corrupted(_))));
+    assert!(matches!(d.keys(), Err(Error::Corrupted(_))));
+    assert!(matches!(d.values(), Err(Error::Corrupted(_))));
+}
+
+/// Review R4: a blob length is checked against its own block, not only against the end of the heap.
+#[test]
+fn a_blob_longer_than_its_block_is_corrupted() {
+    let m = Manager::anonymous(1 << 20).unwrap();
+    let l = m.list::<String>("l").unwrap();
+    l.push(&"short".to_string()).unwrap();
+    let obj = l.offset();
+    m.heap
+        .transact(|tx| {
+            let blob = tx.get(heap::at(tx.get(obj + 16)?, 0, 8)?)?;
+            tx.set(blob, 1000) // the block holds 32 bytes
+        })
+        .unwrap();
+    assert!(matches!(l.get(0), Err(Error::Corrupted(_))));
+    assert!(matches!(l.to_vec(), Err(Error::Corrupted(_))));
+}
+
+/// Review R4: a list whose items all point at one big element, with a length as large as its
+/// capacity word claims, is `Corrupted` after copying at most the heap's size.
+#[test]
+fn to_vec_of_a_damaged_list_is_bounded() {
+    let m = Manager::anonymous(1 << 20).unwrap();
+    let l = m.list::<Vec<u8>>("l").unwrap();
+    l.push(&vec![1; 200_000]).unwrap();
+    for _ in 0..15 {
+        l.push(&vec![]).unwrap();
+    }
+    let obj = l.offset();
+    // Header words: len, cap, items.
+    m.heap
+        .transact(|tx| {
+            let (cap, items) = (tx.get(obj + 8)?, tx.get(obj + 16)?);
+            let big = tx.get(heap::at(items, 0, 8)?)?;
+            for i in 0..cap {
+                tx.set(heap::at(items, i, 8)?, big)?;
+            }
+            tx.set(obj, cap)?;
+            // A length beyond the heap is refused before any copy.
+            Ok(())
+        })
+        .unwrap();
+    assert!(matches!(l.to_vec(), Err(Error::Corrupted(_))));
+    m.heap
+        .transact(|tx| {
+            tx.set(obj + 8, u64::MAX / 8)?;
+            tx.set(obj, u64::MAX / 8)
+        })
+        .unwrap();
+    assert!(matches!(l.to_vec(), Err(Error::Corrupted(_))));
+}

@@ -39,21 +39,32 @@
 //! joblib memory-maps NumPy arrays larger than `max_nbytes` (1 MiB by default) so that workers read the
 //! parent's copy instead of receiving a pickle of it. [`Arr<T>`] does the same for a slice of `Pod`
 //! values: serialized while a [`Parallel`] call sends its tasks, an array of at most
-//! [`max_nbytes`](Parallel::max_nbytes) bytes travels inline, and a larger one is copied once into a
-//! [`SharedArray`] whose handle is all that travels; the worker maps it and reads it in place. The same
+//! [`max_nbytes`](Parallel::max_nbytes) bytes travels inline, and a larger one is copied once into
+//! shared memory, and only its handle travels; the worker maps it and reads it in place. The same
 //! slice passed to many tasks is copied once per call. Serialized anywhere else (in a plain
 //! [`Pool::map`], a [`Queue`](crate::Queue), a [`Process`](crate::Process)), an `Arr` always travels
 //! inline, which is always sound.
 //!
 //! ## Why it is sound
-//! - The shared copies belong to the `Parallel` call that made them and are freed only after every one
-//!   of its tasks has finished (also when the call returns early with an error, or the progress
-//!   callback panics: the call first waits for what it started).
-//! - Nobody writes them: the parent made them from the caller's data and hands out no `&mut`; a worker
-//!   only gets `&[T]` through [`Arr`]'s `Deref`.
-//! - A task receives `Arr<'a, T>` for some lifetime `'a` of the call, so a task `fn(Arr<'_, T>)` cannot
-//!   keep its argument after it returns (it cannot be stored in a `static`). A task declared as
-//!   `fn(Arr<'static, T>)` could, and would then see the memory reused by later calls: don't.
+//! A worker's `Arr` derefs to a `&[T]` over memory another process (the parent) allocated. That is
+//! sound if nothing writes those elements while any such reference exists, which holds because:
+//! - **Nobody writes them while they are lent.** The parent made the copy from the caller's data before
+//!   sending its handle, keeps no reference to it, and hands out no `&mut`; a worker only gets `&[T]`
+//!   through [`Arr`]'s `Deref`.
+//! - **The parent reuses a copy only when no view of it is left.** Each copy starts with a lease count
+//!   (an atomic in the copy's block). A process that decodes a view increments it, and decrements it
+//!   when the view and all its clones are dropped. When the call ends (also when it returns early with
+//!   an error, or the progress callback panics: it first waits for what it started), a copy whose count
+//!   is zero is freed for reuse; one whose count is not stays *quarantined* — never written, never
+//!   reused — until its count is zero or the [`Parallel`] is dropped, which first kills and reaps its
+//!   workers. So a task that keeps its view past its call keeps reading that call's data, unchanged:
+//!   not memory reused by later calls.
+//! - **Tasks normally cannot keep a view.** A task receives `Arr<'a, T>` for some lifetime `'a` of the
+//!   call, so a task `fn(Arr<'_, T>)` cannot store its argument (it cannot be put in a `static`). A
+//!   task declared as `fn(Arr<'static, T>)` *can*; Rust has no way to refuse that signature (lifetimes
+//!   are erased before the worker decodes the argument, and no bound says "not `'static`"), and that is
+//!   what the lease is for: it turns the kept view into a leak of the call's copy until the `Parallel`
+//!   is dropped, never into a read of reused memory. Do not do it anyway: the memory stays taken.
 //!
 //!   ```compile_fail
 //!   use std::sync::Mutex;
@@ -66,8 +77,17 @@
 //!       0
 //!   }
 //!   ```
-//! - What a worker reads is checked like every handle (inside its arena, aligned, a whole number of
-//!   `T`), and any bytes are a valid `T: Pod`.
+//! - **A view is only ever of another process's memory.** What a process decodes is checked like every
+//!   handle: inside a mapped arena, aligned, a whole number of `T` (and any bytes are a valid
+//!   `T: Pod`), and an arena that the decoding process owns is refused. So a forged result in the
+//!   parent (an `R` containing an `Arr` that names one of the parent's own arrays) is a decode error,
+//!   never a `&[T]` aliasing a [`SharedArray`](crate::SharedArray) the parent mutates.
+//! - **What is trusted.** Processes of the same user that can write a region are trusted not to break
+//!   the aliasing rules of the data they deliberately share: a peer that writes into a copy while it is
+//!   lent, or lies about its lease count, can make the views of that data see changing values (a data
+//!   race in those readers). Nothing a peer writes can make this process read or write outside a region,
+//!   or jump to code. A process forked (not spawned) from a worker while it holds a view shares that
+//!   view without a lease of its own: do not keep views in forked children.
 //!
 //! # Progress
 //! [`progress(true)`](Parallel::progress) prints joblib-style lines to stderr;
@@ -89,8 +109,11 @@ use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::heap::{BlockHandle, SharedArray};
+use crate::heap::BlockHandle;
 use crate::pool::{ImapUnordered, Pool};
+
+mod lease;
+use lease::{Leased, Lent};
 
 /// The default of [`Parallel::max_nbytes`]: 1 MiB, as in joblib.
 pub const DEFAULT_MAX_NBYTES: usize = 1 << 20;
@@ -140,6 +163,8 @@ enum Progress {
 /// The pool is started by the first call and reused by the next ones; it stops when the `Parallel` is
 /// dropped.
 pub struct Parallel {
+    /// Names this `Parallel` in the lease quarantine (see `lease`).
+    id: u64,
     n_jobs: Option<usize>,
     max_nbytes: usize,
     batch_size: Option<usize>,
@@ -161,17 +186,32 @@ impl fmt::Debug for Parallel {
 impl Default for Parallel {
     /// One worker per available CPU (joblib's `n_jobs=-1`).
     fn default() -> Self {
+        Parallel::with_jobs(None)
+    }
+}
+
+impl Drop for Parallel {
+    /// Stops the pool (its workers are killed and reaped), then frees the shared copies that a task
+    /// kept a view of: no process that held such a view is left.
+    fn drop(&mut self) {
+        drop(self.pool.take());
+        lease::release_all(self.id);
+    }
+}
+
+impl Parallel {
+    fn with_jobs(n_jobs: Option<usize>) -> Self {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Parallel {
-            n_jobs: None,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            n_jobs,
             max_nbytes: DEFAULT_MAX_NBYTES,
             batch_size: None,
             progress: Progress::Off,
             pool: OnceLock::new(),
         }
     }
-}
 
-impl Parallel {
     /// Runs tasks on `n_jobs` worker processes. [`Parallel::default`] uses one per CPU.
     ///
     /// # Examples
@@ -185,10 +225,7 @@ impl Parallel {
     #[track_caller]
     pub fn new(n_jobs: usize) -> Self {
         assert!(n_jobs > 0, "Parallel needs at least one job");
-        Parallel {
-            n_jobs: Some(n_jobs),
-            ..Parallel::default()
-        }
+        Parallel::with_jobs(Some(n_jobs))
     }
 
     /// Runs tasks on an existing pool (which this `Parallel` then owns).
@@ -368,7 +405,7 @@ impl Parallel {
         let pool = self.pool()?;
         let mut flight = InFlight {
             batches: Vec::new(),
-            shared: Shared::default(),
+            shared: Shared::for_owner(self.id),
         };
         let mut failed = None;
         for (f, places, args) in groups {
@@ -481,12 +518,28 @@ impl<'a> Reporter<'a> {
 /// The shared copies made while one call sends its tasks, and what keeps their sources alive.
 #[derive(Default)]
 struct Shared {
-    /// Each a `SharedArray<T>`, freed when the call is done.
-    arrays: Vec<Box<dyn Any>>,
+    /// The id of the `Parallel` making the call (0 outside one).
+    owner: u64,
+    /// The copies, given back (freed, or quarantined while a view remains) when the call is done.
+    arrays: Vec<Lent>,
     /// Keeps alive the owned data the `seen` keys point into, so no address is reused during the call.
     sources: Vec<Box<dyn Any>>,
     /// (address, length, element type) of a source → its shared copy.
     seen: HashMap<(usize, usize, TypeId), BlockHandle>,
+}
+
+impl Shared {
+    fn for_owner(owner: u64) -> Shared {
+        let mut s = Shared::default();
+        s.owner = owner;
+        s
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        lease::give_back(self.owner, std::mem::take(&mut self.arrays));
+    }
 }
 
 struct Context {
@@ -526,8 +579,8 @@ fn with_context<T>(max_nbytes: usize, shared: &mut Shared, f: impl FnOnce() -> T
 enum Repr<'a, T: Pod> {
     Borrowed(&'a [T]),
     Owned(Arc<[T]>),
-    /// Received by handle: a view of another process's shared copy.
-    Shared(Arc<SharedArray<T>>),
+    /// Received by handle: a view of another process's shared copy, with a lease on it.
+    Shared(Arc<Leased<T>>),
 }
 
 /// An array argument for a [`Parallel`] task: small ones travel inline, large ones by handle. See
@@ -591,7 +644,7 @@ impl<T: Pod> Deref for Arr<'_, T> {
         match &self.repr {
             Repr::Borrowed(s) => s,
             Repr::Owned(v) => v,
-            Repr::Shared(a) => a,
+            Repr::Shared(a) => a.elements(),
         }
     }
 }
@@ -698,9 +751,9 @@ impl<T: Pod> Serialize for Arr<'_, T> {
             if let Some(h) = ctx.shared.seen.get(&key) {
                 return Some(Ok(h.clone()));
             }
-            Some(SharedArray::from_slice(data).map(|copy| {
-                let h = copy.block_handle();
-                ctx.shared.arrays.push(Box::new(copy));
+            Some(Lent::copy_of(bytemuck::cast_slice(data)).map(|copy| {
+                let h = copy.handle();
+                ctx.shared.arrays.push(copy);
                 match &self.repr {
                     Repr::Borrowed(_) => {} // the borrow outlives the call
                     Repr::Owned(v) => ctx.shared.sources.push(Box::new(v.clone())),
@@ -726,9 +779,10 @@ impl<'de, T: Pod> Deserialize<'de> for Arr<'_, T> {
         let () = Self::NOT_ZST;
         let repr = match WireIn::<T>::deserialize(d)? {
             WireIn::Inline(PodVec(v)) => Repr::Owned(v.into()),
-            // Checked on the way in: inside a mapped arena, aligned, a whole number of `T`.
+            // Checked on the way in: another process's arena, inside it, aligned, a whole number of
+            // `T`; and leased, so the sender does not reuse it while this view lives.
             WireIn::Shared(h) => Repr::Shared(Arc::new(
-                SharedArray::view(&h).map_err(serde::de::Error::custom)?,
+                Leased::attach(&h).map_err(serde::de::Error::custom)?,
             )),
         };
         Ok(Arr { repr })

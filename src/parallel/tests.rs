@@ -88,6 +88,29 @@ fn one_copy_per_slice_per_call_and_none_outside_a_call() {
         "big twice, owned, big[1..]; not the 80-byte one"
     );
     assert_eq!(shared.sources.len(), 1, "the owned array is kept alive");
+    type FiveWire = (
+        WireIn<u64>,
+        WireIn<u64>,
+        WireIn<u64>,
+        WireIn<u64>,
+        WireIn<u64>,
+    );
+    let wire: FiveWire = postcard::from_bytes(&bytes).unwrap();
+    match (&wire.0, &wire.1, &wire.2, &wire.3, &wire.4) {
+        (
+            WireIn::Shared(a),
+            WireIn::Shared(b),
+            WireIn::Shared(c),
+            WireIn::Shared(d),
+            WireIn::Inline(e),
+        ) => {
+            assert_eq!(a, b, "the same slice twice: one copy");
+            assert!(a != c && a != d && c != d);
+            assert_eq!(e.0, &big[..10]);
+        }
+        _ => panic!("wrong wire forms"),
+    }
+    // Review S5 (gap 2): this process made those copies, so it cannot decode views of them.
     type Five<'a> = (
         Arr<'a, u64>,
         Arr<'a, u64>,
@@ -95,9 +118,7 @@ fn one_copy_per_slice_per_call_and_none_outside_a_call() {
         Arr<'a, u64>,
         Arr<'a, u64>,
     );
-    let back: Five<'_> = postcard::from_bytes(&bytes).unwrap();
-    assert!(back.0.is_shared() && back.2.is_shared() && !back.4.is_shared());
-    assert_eq!(&*back.3, &big[1..]);
+    assert!(postcard::from_bytes::<Five<'_>>(&bytes).is_err());
     // No context: always inline.
     let bytes = postcard::to_allocvec(&Arr::from(&big)).unwrap();
     let back: Arr<'_, u64> = postcard::from_bytes(&bytes).unwrap();
@@ -126,4 +147,85 @@ fn progress_counts_up_to_total() {
     assert_eq!(seen.first(), Some(&(0, 7)));
     assert_eq!(seen.last(), Some(&(7, 7)));
     assert!(seen.windows(2).all(|w| w[0].0 < w[1].0));
+}
+
+/// Review S5 (gap 2): a result forged by a worker, naming an array of the parent (here: one the
+/// parent owns and mutates), is a decode error in the parent, never a view aliasing that array.
+#[test]
+fn a_forged_view_of_an_own_array_is_refused() {
+    let mut mine = crate::SharedArray::from_slice(&[1u64; 512]).unwrap();
+    let forged = postcard::to_allocvec(&WireOut::Shared(mine.block_handle())).unwrap();
+    assert!(postcard::from_bytes::<Arr<'_, u64>>(&forged).is_err());
+    mine[0] = 2; // still the only reference
+    assert_eq!(mine[0], 2);
+}
+
+/// The lease protocol on a copy that looks like another process's: attaching counts, dropping the last
+/// clone uncounts, and a handle with no room for a lease before it is refused.
+#[test]
+fn views_hold_a_lease_while_they_live() {
+    use crate::heap::tests::{foreign_arena, handle_in};
+    let r = foreign_arena(1 << 16);
+    let h = handle_in(&r, lease::HEADER as u64, 64);
+    let count = || {
+        // SAFETY: the first 8 bytes of a live, page-aligned 64 KiB region, touched only atomically.
+        unsafe { std::sync::atomic::AtomicU64::from_ptr(r.as_ptr().cast::<u64>()) }
+            .load(Ordering::Acquire)
+    };
+    let bytes = postcard::to_allocvec(&WireOut::Shared(h.clone())).unwrap();
+    let a: Arr<'_, u64> = postcard::from_bytes(&bytes).unwrap();
+    assert!(a.is_shared() && a.len() == 8);
+    let b = a.clone();
+    let c: Arr<'_, u64> = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(count(), 2);
+    drop((a, c));
+    assert_eq!(count(), 1, "b still holds the first view");
+    drop(b);
+    assert_eq!(count(), 0);
+    let no_room = postcard::to_allocvec(&WireOut::Shared(handle_in(&r, 8, 64))).unwrap();
+    assert!(postcard::from_bytes::<Arr<'_, u64>>(&no_room).is_err());
+}
+
+static KEPT: Mutex<Option<Arr<'static, u64>>> = Mutex::new(None);
+
+/// A task that keeps its view past its call: what review S5 (gap 3) calls a footgun.
+fn keep(a: Arr<'static, u64>) -> u64 {
+    let sum = a.iter().sum();
+    *KEPT.lock().unwrap() = Some(a);
+    sum
+}
+
+/// What the kept view reads now (in whichever worker kept it).
+fn kept_sum(_: u64) -> Option<u64> {
+    KEPT.lock().unwrap().as_ref().map(|a| a.iter().sum())
+}
+
+/// Review S5 (gap 3): a task that keeps an `Arr<'static, T>` keeps reading its own call's data; the
+/// parent does not reuse (and so does not overwrite) that copy for later calls while the view lives,
+/// and frees it once the `Parallel` is dropped.
+#[test]
+fn a_kept_view_never_sees_reused_memory() {
+    let _serial = crate::heap::tests::SERIAL
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let first: Vec<u64> = vec![1; 300_000]; // 2.4 MB: by handle
+    let second: Vec<u64> = vec![2; 300_000];
+    let par = Parallel::new(1);
+    assert_eq!(par.map(keep, [Arr::from(first)]).unwrap(), [300_000]);
+    assert_eq!(
+        lease::quarantined(par.id),
+        1,
+        "the kept copy is quarantined"
+    );
+    let got = par.map(sum_arr, [Arr::from(&second)]).unwrap();
+    assert_eq!(got, [(600_000, true)]);
+    assert_eq!(lease::quarantined(par.id), 1, "the second copy was freed");
+    assert_eq!(
+        par.map(kept_sum, [0]).unwrap(),
+        [Some(300_000)],
+        "the kept view still reads the first call's data"
+    );
+    let id = par.id;
+    drop(par);
+    assert_eq!(lease::quarantined(id), 0, "freed once the workers are gone");
 }

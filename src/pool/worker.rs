@@ -337,24 +337,18 @@ fn view<T: Pod>(part: &ArrayPart) -> Result<(SharedArray<T>, std::ops::Range<usi
     Ok((a, start as usize..end as usize))
 }
 
-/// This task's elements of a lent input, as a slice of just those elements.
-fn part_ref<T: Pod>(a: &SharedArray<T>, range: std::ops::Range<usize>) -> &[T] {
-    debug_assert!(range.start <= range.end && range.end <= a.len());
-    // SAFETY: `range` lies within the array (checked in `view`), which is `len` aligned elements of a
-    // live mapping that `a` keeps mapped; T: Pod accepts any bytes. The slice covers only this task's
-    // elements, built from the raw base pointer, never from a reference to the whole array (review S5):
-    // the parent lends the input for reading to every task and writes none of it until they finish.
-    unsafe { std::slice::from_raw_parts(a.as_raw_ptr().add(range.start), range.len()) }
-}
-
-/// This task's elements of a lent output, as the only `&mut` to them.
-#[allow(clippy::mut_from_ref)]
-fn part_mut<T: Pod>(a: &SharedArray<T>, range: std::ops::Range<usize>) -> &mut [T] {
-    debug_assert!(range.start <= range.end && range.end <= a.len());
-    // SAFETY: as in `part_ref`; and the parent holds `&mut` to the output for the whole call and gives
-    // each task a disjoint range, so this slice, made of this task's elements only, is the one reference
-    // to them in any process. Other tasks write their own ranges through their own slices.
-    unsafe { std::slice::from_raw_parts_mut(a.as_raw_ptr().add(range.start), range.len()) }
+/// The lent input range and this task's output range, each a slice of just those elements.
+fn lent_parts<'a, T: Pod, U: Pod>(
+    inp: &'a SharedArray<T>,
+    in_range: std::ops::Range<usize>,
+    out: &'a mut SharedArray<U>,
+    out_range: std::ops::Range<usize>,
+) -> Result<(&'a [T], &'a mut [U]), String> {
+    let i = inp.range(in_range).ok_or("the lent input range left the array")?;
+    let o = out
+        .range_mut(out_range)
+        .ok_or("the lent output range left the array")?;
+    Ok((i, o))
 }
 
 /// `map_chunks`: `f` over one lent part of an array.
@@ -372,9 +366,11 @@ fn chunk_adapter<T: Pod, R: Serialize>(
     let f = unsafe { func.get::<fn(&[T]) -> R>() };
     let (part, ()): (ArrayPart, ()) = decode_payload(payload)?;
     let (a, range) = view::<T>(&part)?;
-    Ok(vec![
-        catch(|| f(part_ref(&a, range))).and_then(|r| encode(&r))
-    ])
+    // Only this task's elements are referenced, never the whole array (review S5).
+    let items = a.range(range).ok_or("the lent range left the array")?;
+    Ok(run_items(vec![items], |items| {
+        catch(|| f(items)).and_then(|r| encode(&r))
+    }))
 }
 
 /// `map_chunks_with`: `f` over one lent part of an array, with parameters.
@@ -393,8 +389,9 @@ fn chunk_with_adapter<T: Pod, P: DeserializeOwned, R: Serialize>(
     let f = unsafe { func.get::<fn(&P, &[T]) -> R>() };
     let (part, params): (ArrayPart, P) = decode_payload(payload)?;
     let (a, range) = view::<T>(&part)?;
-    Ok(run_items(vec![range], |range| {
-        catch(|| f(&params, part_ref(&a, range))).and_then(|r| encode(&r))
+    let items = a.range(range).ok_or("the lent range left the array")?;
+    Ok(run_items(vec![items], |items| {
+        catch(|| f(&params, items)).and_then(|r| encode(&r))
     }))
 }
 
@@ -410,10 +407,13 @@ fn transform_adapter<T: Pod, U: Pod>(func: FnAddr, payload: &[u8]) -> Result<Ite
     // SAFETY: paired only with a `fn(&[T], &mut [U], usize)` for these types (`transform_fn`).
     let f = unsafe { func.get::<fn(&[T], &mut [U], usize)>() };
     let (input, output, ()): (ArrayPart, ArrayPart, ()) = decode_payload(payload)?;
-    let ((inp, in_range), (out, out_range)) = (view::<T>(&input)?, view::<U>(&output)?);
+    let ((inp, in_range), (mut out, out_range)) = (view::<T>(&input)?, view::<U>(&output)?);
     let start = out_range.start;
-    Ok(run_items(vec![(in_range, out_range)], |(i, o)| {
-        catch(|| f(part_ref(&inp, i), part_mut(&out, o), start)).and_then(|()| encode(&()))
+    // Slices of this task's elements only: the parent lent the output with disjoint ranges, and other
+    // tasks write theirs meanwhile, so a `&mut` to the whole output would alias them (review S5).
+    let (i, o) = lent_parts(&inp, in_range, &mut out, out_range)?;
+    Ok(run_items(vec![(i, o)], |(i, o)| {
+        catch(|| f(i, o, start)).and_then(|()| encode(&()))
     }))
 }
 
@@ -434,9 +434,10 @@ fn transform_with_adapter<T: Pod, U: Pod, P: DeserializeOwned>(
     // (`transform_with_fn`).
     let f = unsafe { func.get::<fn(&P, &[T], &mut [U], usize)>() };
     let (input, output, params): (ArrayPart, ArrayPart, P) = decode_payload(payload)?;
-    let ((inp, in_range), (out, out_range)) = (view::<T>(&input)?, view::<U>(&output)?);
+    let ((inp, in_range), (mut out, out_range)) = (view::<T>(&input)?, view::<U>(&output)?);
     let start = out_range.start;
-    Ok(run_items(vec![(in_range, out_range)], |(i, o)| {
-        catch(|| f(&params, part_ref(&inp, i), part_mut(&out, o), start)).and_then(|()| encode(&()))
+    let (i, o) = lent_parts(&inp, in_range, &mut out, out_range)?;
+    Ok(run_items(vec![(i, o)], |(i, o)| {
+        catch(|| f(&params, i, o, start)).and_then(|()| encode(&()))
     }))
 }

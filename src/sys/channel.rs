@@ -224,7 +224,9 @@ pub(crate) fn adopt_result(fd: RawFd) -> std::result::Result<File, ChannelError>
     let ok = m.file_type().is_file()
         && m.uid() == crate::sys::proc::euid()
         && m.len() == 0
-        && seals(file.as_raw_fd()).is_some_and(|s| s & libc::F_SEAL_WRITE == 0);
+        // A memfd made with MFD_ALLOW_SEALING starts with no seals at all; any other tmpfs file
+        // reports F_SEAL_SEAL, and a non-shmem file has no seals to report.
+        && seals(file.as_raw_fd()) == Some(0);
     if !ok {
         return Err("the result descriptor is not an empty memfd of this user".into());
     }
@@ -286,5 +288,15 @@ mod tests {
         assert!(adopt_result(leak(f)).is_err());
         let (a, _b) = key_socketpair().unwrap();
         assert!(adopt_result(leak(a)).is_err());
+        // An empty tmpfs file that is not a memfd (F_GET_SEALS says F_SEAL_SEAL there).
+        let path = format!("/dev/shm/mproc-test-result-{}", std::process::id());
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(adopt_result(leak(f)).is_err());
     }
 }
