@@ -17,6 +17,7 @@ mod queue;
 mod queue_faults;
 mod region;
 mod region_fuzz;
+mod security_spawn;
 mod sync_faults;
 
 use libtest_mimic::{Arguments, Trial};
@@ -36,6 +37,7 @@ fn main() {
         process::ROLES,
         pool::ROLES,
         pool_faults::ROLES,
+        security_spawn::ROLES,
     ]);
     let args = Arguments::from_args();
     let mut trials: Vec<Trial> = Vec::new();
@@ -52,6 +54,7 @@ fn main() {
     trials.extend(process::tests());
     trials.extend(pool::tests());
     trials.extend(pool_faults::tests());
+    trials.extend(security_spawn::tests());
     let conclusion = libtest_mimic::run(&args, trials);
     // The suite-level invariants (DESIGN.md, invariant 6): nothing of ours left in /dev/shm, no zombie.
     let leaks = common::leftovers();
