@@ -111,6 +111,19 @@ fn contents(file: &File) -> Vec<u8> {
     v
 }
 
+/// Asserts a file's bytes are still `want`; shows both as text if not.
+#[track_caller]
+fn assert_same(got: &[u8], want: &[u8], case: &str) {
+    assert!(
+        got == want,
+        "{case}: the file changed: it holds {} bytes {:?}, it held {} bytes {:?}",
+        got.len(),
+        text(got),
+        want.len(),
+        text(want)
+    );
+}
+
 /// A file under the temporary directory, removed when dropped.
 struct TempFile {
     path: PathBuf,
@@ -138,12 +151,8 @@ impl TempFile {
     /// Asserts the file still holds exactly `want`, through the descriptor and through its path.
     #[track_caller]
     fn assert_holds(&self, want: &[u8], case: &str) {
-        assert_eq!(contents(&self.file), want, "{case}: the file changed");
-        assert_eq!(
-            std::fs::read(&self.path).expect("read back"),
-            want,
-            "{case}: the file changed"
-        );
+        assert_same(&contents(&self.file), want, case);
+        assert_same(&std::fs::read(&self.path).expect("read back"), want, case);
     }
 }
 
@@ -368,8 +377,9 @@ fn forged_environment_leaves_the_file_untouched() {
     for (v, reason) in &cases {
         let out = run_child(this_binary(), v, &[fd]);
         let case = format!("{SPAWN_VAR}={v:?}");
-        assert_refused(&out, reason, &case);
+        // What matters most first: the file (before 541522f the old format overwrote it).
         f.assert_holds(PRECIOUS, &case);
+        assert_refused(&out, reason, &case);
     }
 }
 
@@ -471,9 +481,9 @@ fn real_parent_wrong_descriptors() {
             "{case}: a descriptor we pass has a number of CLOSED: pick others"
         );
         let out = run_child(this_binary(), &value(fds), &inherit);
-        assert_refused(&out, reason, case);
         ch.assert_untouched(case);
         file.assert_holds(&before, case);
+        assert_refused(&out, reason, case);
     }
 }
 
@@ -489,8 +499,8 @@ fn mac_of_another_key_is_refused() {
         let fds = ch.fds();
         let out = run_child(this_binary(), &value(fds), &fds);
         let case = format!("forged MAC, round {round} (seed {rng:#x})");
-        assert_refused(&out, "failed its authentication check", &case);
         ch.assert_untouched(&case);
+        assert_refused(&out, "failed its authentication check", &case);
     }
 }
 
@@ -636,6 +646,12 @@ fn at_secure_runs_main() {
         let out = run_child(cmd, v, &inherit);
         let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
         let case = format!("setuid copy as uid 65534 with {SPAWN_VAR}={v:?}");
+        assert_same(
+            &std::fs::read(&rootfile).expect("read rootfile"),
+            PRECIOUS,
+            &format!("{case}: rootfile"),
+        );
+        ch.assert_untouched(&case);
         assert!(
             out.status.success(),
             "{case}: ended with {}; stderr {stderr:?}, stdout {stdout:?}",
@@ -650,12 +666,6 @@ fn at_secure_runs_main() {
             !stderr.contains(REFUSING),
             "{case}: the variable was not ignored: {stderr:?}"
         );
-        assert_eq!(
-            std::fs::read(&rootfile).expect("read rootfile"),
-            PRECIOUS,
-            "{case}: rootfile changed"
-        );
-        ch.assert_untouched(&case);
     }
     // The copy must be gone before the suite ends: a setuid-root copy of a test binary is a hazard.
     drop(dir);
