@@ -16,7 +16,7 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -68,6 +68,10 @@ pub fn tests() -> Vec<Trial> {
         t(
             "at_secure_ignores_the_variable_and_runs_main",
             at_secure_runs_main,
+        ),
+        t(
+            "a_parent_of_another_uid_is_refused",
+            parent_of_another_uid_is_refused,
         ),
         t("process_and_pool_still_work", process_and_pool_still_work),
     ]
@@ -596,6 +600,60 @@ fn setuid_feasible() -> Result<(), String> {
 /// A directory under the temporary directory, removed (with its content) when dropped.
 struct TempDir(PathBuf);
 
+impl TempDir {
+    /// A fresh directory that uid 65534 can search (mode 0755).
+    fn new(what: &str) -> TempDir {
+        let dir = TempDir(
+            std::env::temp_dir().join(common::unique_name(&format!("security-spawn-{what}"))),
+        );
+        std::fs::create_dir(&dir.0).expect("mkdir");
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod dir");
+        dir
+    }
+
+    /// A copy of this test binary in the directory, with `mode` (0o4755: setuid to us, root).
+    fn copy_of_this_binary(&self, name: &str, mode: u32) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::copy(std::env::current_exe().expect("current_exe"), &path)
+            .expect("copy the binary");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        path
+    }
+}
+
+/// `program` run as uid and gid 65534 with no supplementary groups; `setpriv` execs it directly, so
+/// its parent is still this process.
+fn as_nobody(program: &Path) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(program);
+    cmd
+}
+
+/// S1 across users: the parent (this process, root) hands a complete, genuine-looking channel to a
+/// child running as uid 65534 (a plain copy of this binary, so no `AT_SECURE`): the key socket was made
+/// by the parent but with another uid, so the child refuses (exit 126, nothing written, `main` never
+/// ran). This is the check that stops a parent of one user from feeding tasks to a program running as
+/// another (a wrapper that drops or changes privileges and execs an mproc program). Before 541522f
+/// nothing compared users.
+///
+/// Needs root and `setpriv`; without them it says so on stderr and checks nothing.
+fn parent_of_another_uid_is_refused() {
+    if let Err(why) = setuid_feasible() {
+        eprintln!("security_spawn::a_parent_of_another_uid_is_refused: skipped: {why}");
+        return;
+    }
+    let dir = TempDir::new("other-uid");
+    let child = dir.copy_of_this_binary("child", 0o755);
+    let mut rng = common::seed();
+    let ch = Channel::forged(&mut rng);
+    let out = run_child(as_nobody(&child), &value(ch.fds()), &ch.fds());
+    let case = "a root parent's channel in a uid 65534 child";
+    ch.assert_untouched(case);
+    assert_refused(&out, "not made by this process's parent", case);
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -615,13 +673,8 @@ fn at_secure_runs_main() {
         eprintln!("security_spawn::at_secure_ignores_the_variable_and_runs_main: skipped: {why}");
         return;
     }
-    let dir = TempDir(std::env::temp_dir().join(common::unique_name("security-spawn-setuid")));
-    std::fs::create_dir(&dir.0).expect("mkdir");
-    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
-    let victim = dir.0.join("victim");
-    std::fs::copy(std::env::current_exe().expect("current_exe"), &victim).expect("copy the binary");
-    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o4755))
-        .expect("make it setuid root");
+    let dir = TempDir::new("setuid");
+    let victim = dir.copy_of_this_binary("victim", 0o4755);
 
     let rootfile = dir.0.join("rootfile");
     std::fs::write(&rootfile, PRECIOUS).expect("write rootfile");
@@ -640,10 +693,7 @@ fn at_secure_runs_main() {
     let mut inherit = ch.fds().to_vec();
     inherit.push(fd);
     for v in &cases {
-        let mut cmd = Command::new("setpriv");
-        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(&victim);
-        let out = run_child(cmd, v, &inherit);
+        let out = run_child(as_nobody(&victim), v, &inherit);
         let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
         let case = format!("setuid copy as uid 65534 with {SPAWN_VAR}={v:?}");
         assert_same(
