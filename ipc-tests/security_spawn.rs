@@ -4,6 +4,10 @@
 //! the child did: its exit code, the reason it printed, that it never reached `main` (our role), and
 //! that no file it was handed changed. No test asserts timing; every wait is bounded by [`BOUND`].
 //!
+//! The setuid (`AT_SECURE`) and other-uid tests need root and `setpriv(1)`: they copy this binary into a
+//! fresh 0755 directory under the temporary directory (setuid root for the first) and run the copy as
+//! uid 65534. Without root or `setpriv` they print why on stderr and check nothing.
+//!
 //! Never forged here, on purpose: the old `<pid>:<fd>` format naming a process other than this one
 //! (pid 1 included). Code from before commit 541522f re-opened `/proc/<pid>/fd/<fd>` read-write and
 //! truncated it, so running this suite against such a build would damage that process's file. Pid 1
@@ -497,12 +501,13 @@ fn real_parent_wrong_descriptors() {
 /// unauthenticated (so it did decode), exit 126, result memfd still empty. Before 541522f the spawn
 /// task had no MAC at all, and any offsets inside the executable were called.
 fn mac_of_another_key_is_refused() {
-    let mut rng = common::seed();
+    let seed = common::seed();
+    let mut rng = seed;
     for round in 0..4 {
         let ch = Channel::forged(&mut rng);
         let fds = ch.fds();
         let out = run_child(this_binary(), &value(fds), &fds);
-        let case = format!("forged MAC, round {round} (seed {rng:#x})");
+        let case = format!("forged MAC, round {round} (seed {seed:#x})");
         ch.assert_untouched(&case);
         assert_refused(&out, "failed its authentication check", &case);
     }
