@@ -19,6 +19,7 @@ mod region;
 mod region_fuzz;
 mod security_heap;
 mod security_region;
+mod security_spawn;
 mod sync_faults;
 
 use libtest_mimic::{Arguments, Trial};
@@ -40,6 +41,7 @@ fn main() {
         pool::ROLES,
         pool_faults::ROLES,
         security_heap::ROLES,
+        security_spawn::ROLES,
     ]);
     let args = Arguments::from_args();
     let mut trials: Vec<Trial> = Vec::new();
@@ -58,6 +60,7 @@ fn main() {
     trials.extend(pool::tests());
     trials.extend(pool_faults::tests());
     trials.extend(security_heap::tests());
+    trials.extend(security_spawn::tests());
     let conclusion = libtest_mimic::run(&args, trials);
     // The suite-level invariants (DESIGN.md, invariant 6): nothing of ours left in /dev/shm, no zombie.
     let leaks = common::leftovers();

@@ -1,0 +1,750 @@
+//! The spawn channel against forgery (security review 2026-11-30: S1, S2, R1; the environment contract in
+//! `src/process/bootstrap.rs`). Every test starts this test binary (which links mproc, so its pre-main
+//! constructor runs) with a forged `MPROC_SPAWN_CHILD` and descriptors of our choosing, and checks what
+//! the child did: its exit code, the reason it printed, that it never reached `main` (our role), and
+//! that no file it was handed changed. No test asserts timing; every wait is bounded by [`BOUND`].
+//!
+//! The setuid (`AT_SECURE`) and other-uid tests need root and `setpriv(1)`: they copy this binary into a
+//! fresh 0755 directory under the temporary directory (setuid root for the first) and run the copy as
+//! uid 65534. Without root or `setpriv` they print why on stderr and check nothing.
+//!
+//! Never forged here, on purpose: the old `<pid>:<fd>` format naming a process other than this one
+//! (pid 1 included). Code from before commit 541522f re-opened `/proc/<pid>/fd/<fd>` read-write and
+//! truncated it, so running this suite against such a build would damage that process's file. Pid 1
+//! appears only in the four-field format, which that code could not parse.
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use libtest_mimic::Trial;
+use mproc::{Error, Pool, Process, StartMethod};
+use serde::Serialize;
+
+use crate::common::{self, next_random, say, Role};
+
+/// How long a child may take before we call it a hang (proves "no hang", never measures speed).
+const BOUND: Duration = Duration::from_secs(60);
+/// The variable the constructor reads (bootstrap.rs, "The environment contract").
+const SPAWN_VAR: &str = "MPROC_SPAWN_CHILD";
+/// Exit code of a child that refused its task (bootstrap.rs `EXIT_NO_TASK`).
+const REFUSED: i32 = 126;
+/// Descriptor numbers that are closed in a forged child (it holds only what it inherits, and 0-2).
+const CLOSED: [RawFd; 3] = [999, 998, 997];
+/// What every refusal on stderr starts with.
+const REFUSING: &str = "refusing";
+/// The role the forged children are started as: if it runs, the constructor let `main` run.
+const MAIN_ROLE: &str = "security_spawn_main";
+/// What that role prints first.
+const MAIN_RAN: &str = "security_spawn: main ran";
+/// A file's content that no forged environment may change.
+const PRECIOUS: &[u8] =
+    b"precious data: a forged MPROC_SPAWN_CHILD must not truncate or overwrite this\n";
+
+pub const ROLES: &[Role] = &[(MAIN_ROLE, main_role)];
+
+pub fn tests() -> Vec<Trial> {
+    let t = |name: &str, f: fn()| common::trial("security_spawn", name, f);
+    vec![
+        t(
+            "forged_environment_leaves_the_named_file_untouched",
+            forged_environment_leaves_the_file_untouched,
+        ),
+        t(
+            "real_parent_with_wrong_descriptors_is_refused",
+            real_parent_wrong_descriptors,
+        ),
+        t(
+            "well_formed_task_with_a_mac_of_another_key_is_refused",
+            mac_of_another_key_is_refused,
+        ),
+        t(
+            "grown_result_memfd_is_an_error_not_an_abort",
+            grown_result_memfd,
+        ),
+        t(
+            "at_secure_ignores_the_variable_and_runs_main",
+            at_secure_runs_main,
+        ),
+        t(
+            "a_parent_of_another_uid_is_refused",
+            parent_of_another_uid_is_refused,
+        ),
+        t("process_and_pool_still_work", process_and_pool_still_work),
+    ]
+}
+
+/// The program a forged child runs if the constructor lets it reach `main`: says so, and whether the
+/// kernel marked it `AT_SECURE`.
+fn main_role(_: &str) {
+    say(&format!("{MAIN_RAN} at_secure={}", at_secure()));
+}
+
+fn at_secure() -> libc::c_ulong {
+    // SAFETY: getauxval has no preconditions; it returns 0 for an entry the kernel did not supply.
+    unsafe { libc::getauxval(libc::AT_SECURE) }
+}
+
+// ------------------------------------------------------------------------------------ descriptors
+
+/// A memfd of ours, close-on-exec (it reaches a child only through [`run_child`]'s `inherit`).
+fn memfd(name: &str) -> File {
+    let c = CString::new(name).expect("no NUL in the name");
+    // SAFETY: `c` is a NUL-terminated string that outlives the call, and the flags are valid;
+    // memfd_create only reads the name and returns a new descriptor or -1.
+    let fd = unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: memfd_create returned a fresh descriptor that nothing else owns.
+    unsafe { File::from_raw_fd(fd) }
+}
+
+fn add_seals(file: &File, seals: i32) {
+    // SAFETY: F_ADD_SEALS takes an int argument and changes only the seal set of the open file `file`.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) };
+    assert_eq!(r, 0, "F_ADD_SEALS: {}", std::io::Error::last_os_error());
+}
+
+/// Everything a file holds, and its length: what must not change.
+fn contents(file: &File) -> Vec<u8> {
+    let len = file.metadata().expect("fstat").len();
+    let mut v = vec![0u8; usize::try_from(len).expect("a small test file")];
+    file.read_exact_at(&mut v, 0).expect("read a test file");
+    v
+}
+
+/// Asserts a file's bytes are still `want`; shows both as text if not.
+#[track_caller]
+fn assert_same(got: &[u8], want: &[u8], case: &str) {
+    assert!(
+        got == want,
+        "{case}: the file changed: it holds {} bytes {:?}, it held {} bytes {:?}",
+        got.len(),
+        text(got),
+        want.len(),
+        text(want)
+    );
+}
+
+/// A file under the temporary directory, removed when dropped.
+struct TempFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl TempFile {
+    fn new(what: &str, content: &[u8]) -> TempFile {
+        let path =
+            std::env::temp_dir().join(common::unique_name(&format!("security-spawn-{what}")));
+        std::fs::write(&path, content).expect("write a temp file");
+        // Read-write, to give a child every chance to write to it; std opens with O_CLOEXEC.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("open a temp file");
+        TempFile { path, file }
+    }
+
+    fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Asserts the file still holds exactly `want`, through the descriptor and through its path.
+    #[track_caller]
+    fn assert_holds(&self, want: &[u8], case: &str) {
+        assert_same(&contents(&self.file), want, case);
+        assert_same(&std::fs::read(&self.path).expect("read back"), want, case);
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+// ---------------------------------------------------------------------------- a forged task frame
+
+/// Mirrors `sys::process::ExeId`.
+#[derive(Serialize)]
+struct ExeId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+/// Mirrors `process::fnref::FnRef`.
+#[derive(Serialize)]
+struct FnRef {
+    func: i64,
+    adapter: i64,
+    mac: u64,
+}
+
+/// Mirrors `process::bootstrap::SpawnTask`.
+#[derive(Serialize)]
+struct SpawnTask {
+    exe: ExeId,
+    func: FnRef,
+    args: Vec<u8>,
+    parent_pid: u32,
+    die_with_parent: bool,
+}
+
+/// A task frame exactly as a parent writes one, naming this very executable, with arbitrary offsets
+/// and a MAC that no key of a real parent made.
+fn forged_task_frame(rng: &mut u64) -> Vec<u8> {
+    let m = std::fs::metadata("/proc/self/exe").expect("stat our executable");
+    let task = SpawnTask {
+        exe: ExeId {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+        },
+        func: FnRef {
+            func: 0x40,
+            adapter: -0x1000,
+            mac: next_random(rng),
+        },
+        args: postcard::to_allocvec(&7u32).expect("encode"),
+        parent_pid: std::process::id(),
+        die_with_parent: false,
+    };
+    let body = postcard::to_allocvec(&task).expect("encode a task");
+    let mut frame = b"MPRCTSK2".to_vec();
+    frame.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    frame.extend_from_slice(&body);
+    frame
+}
+
+fn random_key(rng: &mut u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&next_random(rng).to_le_bytes());
+    k[8..].copy_from_slice(&next_random(rng).to_le_bytes());
+    k
+}
+
+/// A spawn channel as a real parent builds one (sealed task memfd, key socketpair made by this process
+/// with one 16-byte packet queued, empty result memfd), holding a forged task: every check but the
+/// MAC passes. Tests swap one part for a wrong one.
+struct Channel {
+    task: File,
+    task_frame: Vec<u8>,
+    /// Our end of the key socketpair: whatever the child sends would arrive here.
+    key_ours: UnixDatagram,
+    key_theirs: UnixDatagram,
+    result: File,
+}
+
+impl Channel {
+    fn forged(rng: &mut u64) -> Channel {
+        let task_frame = forged_task_frame(rng);
+        let task = memfd("security-spawn-task");
+        task.write_all_at(&task_frame, 0).expect("write the task");
+        add_seals(
+            &task,
+            libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
+        );
+        let (key_ours, key_theirs) = UnixDatagram::pair().expect("socketpair");
+        key_ours.send(&random_key(rng)).expect("queue the key");
+        Channel {
+            task,
+            task_frame,
+            key_ours,
+            key_theirs,
+            result: memfd("security-spawn-result"),
+        }
+    }
+
+    fn fds(&self) -> [RawFd; 3] {
+        [
+            self.task.as_raw_fd(),
+            self.key_theirs.as_raw_fd(),
+            self.result.as_raw_fd(),
+        ]
+    }
+
+    /// Asserts that the child wrote to none of the channel's descriptors.
+    #[track_caller]
+    fn assert_untouched(&self, case: &str) {
+        assert_eq!(
+            self.result.metadata().expect("fstat").len(),
+            0,
+            "{case}: the result memfd was written"
+        );
+        assert_eq!(
+            contents(&self.task),
+            self.task_frame,
+            "{case}: the task changed"
+        );
+        self.key_ours.set_nonblocking(true).expect("nonblocking");
+        let mut buf = [0u8; 64];
+        match self.key_ours.recv(&mut buf) {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            other => panic!("{case}: the child sent on the key socket: {other:?}"),
+        }
+    }
+}
+
+/// `MPROC_SPAWN_CHILD` naming this process and the three descriptors.
+fn value(fds: [RawFd; 3]) -> String {
+    format!("{}:{}:{}:{}", std::process::id(), fds[0], fds[1], fds[2])
+}
+
+// --------------------------------------------------------------------------------- the forged child
+
+/// Runs `cmd` (this test binary, or a wrapper that execs it) as the role [`MAIN_ROLE`] with
+/// `MPROC_SPAWN_CHILD=spawn_value`; `inherit` are made inheritable in the child only. Bounded.
+fn run_child(mut cmd: Command, spawn_value: &str, inherit: &[RawFd]) -> Output {
+    cmd.env("MPROC_TEST_ROLE", MAIN_ROLE)
+        .env("MPROC_TEST_RUN", common::run_tag())
+        .env(SPAWN_VAR, spawn_value)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let fds = inherit.to_vec();
+    let hook = move || {
+        for &fd in &fds {
+            // SAFETY: F_SETFD with 0 clears FD_CLOEXEC on a descriptor of this forked child's table;
+            // it touches no memory.
+            if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the forked child before exec. It only reads a Vec that was allocated
+    // before the fork and calls fcntl, which is async-signal-safe (signal-safety(7)); it allocates
+    // nothing and takes no lock, so no lock held by another thread of ours at the fork can block it.
+    unsafe { cmd.pre_exec(hook) };
+    common::bounded("a forged child", BOUND, move || {
+        cmd.output().expect("run the test binary")
+    })
+}
+
+fn this_binary() -> Command {
+    Command::new(std::env::current_exe().expect("current_exe"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts the child refused with exit code 126, said why (`reason` is part of the message), and never
+/// reached `main`.
+#[track_caller]
+fn assert_refused(out: &Output, reason: &str, case: &str) {
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(REFUSED),
+        "{case}: child ended with {}; stderr {stderr:?}, stdout {stdout:?}",
+        out.status
+    );
+    assert!(
+        stderr.contains(REFUSING) && stderr.contains(reason),
+        "{case}: stderr should say it refused because {reason:?}: {stderr:?}"
+    );
+    assert!(
+        stdout.is_empty(),
+        "{case}: the child ran main: stdout {stdout:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------- the tests
+
+/// S1, the "no gadget" variant: `MPROC_SPAWN_CHILD` naming an ordinary file (old format, new format, a
+/// process that is not our parent, garbage) makes the child exit 126 with a reason, before `main`, and
+/// the file keeps its content and length. Before 541522f the old format truncated the file and wrote
+/// an outcome frame into it, and every refusal was silent.
+fn forged_environment_leaves_the_file_untouched() {
+    let f = TempFile::new("precious", PRECIOUS);
+    let (me, fd) = (std::process::id(), f.fd());
+    let cases: [(String, &str); 9] = [
+        (format!("{me}:{fd}"), "malformed value"),
+        (format!("{me}:{fd}:{fd}:{fd}"), "not a socket"),
+        (format!("1:{fd}:{fd}:{fd}"), "parent is"),
+        (format!("0:{fd}:{fd}:{fd}"), "parent is"),
+        (format!("-{me}:{fd}:{fd}:{fd}"), "parent is"),
+        (format!("{me}:{fd}:x:{fd}"), "malformed number"),
+        (format!("{me}:{fd}:{fd}:{fd}:{fd}"), "malformed value"),
+        ("garbage".to_owned(), "malformed value"),
+        (String::new(), "malformed value"),
+    ];
+    for (v, reason) in &cases {
+        let out = run_child(this_binary(), v, &[fd]);
+        let case = format!("{SPAWN_VAR}={v:?}");
+        // What matters most first: the file (before 541522f the old format overwrote it).
+        f.assert_holds(PRECIOUS, &case);
+        assert_refused(&out, reason, &case);
+    }
+}
+
+/// S1: the real parent (this process, the child's `getppid()`) names descriptors of the wrong kind in
+/// an otherwise genuine channel: an unsealed or partly sealed memfd as the task, a regular file as the
+/// task, the key or the result, a key socket with no key or a packet of the wrong size, and numbers of
+/// closed or standard descriptors. Each is refused with exit 126 and nothing is written to any of them.
+/// Before 541522f none of these descriptors was checked (and the four-field format did not exist).
+fn real_parent_wrong_descriptors() {
+    let mut rng = common::seed();
+    // (case, what to swap in, expected reason)
+    type Swap = fn(&mut Channel, &TempFile) -> [RawFd; 3];
+    let cases: Vec<(&str, Swap, &str)> = vec![
+        (
+            "unsealed memfd as the task",
+            |ch, _| {
+                let t = memfd("security-spawn-unsealed");
+                t.write_all_at(&ch.task_frame, 0).expect("write");
+                ch.task = t;
+                ch.fds()
+            },
+            "not a sealed memfd",
+        ),
+        (
+            "memfd sealed against writes and shrinking but not growing",
+            |ch, _| {
+                let t = memfd("security-spawn-growable");
+                t.write_all_at(&ch.task_frame, 0).expect("write");
+                add_seals(&t, libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK);
+                ch.task = t;
+                ch.fds()
+            },
+            "not a sealed memfd",
+        ),
+        (
+            "regular file holding the task",
+            |ch, file| {
+                file.file.write_all_at(&ch.task_frame, 0).expect("write");
+                ch.task = file.file.try_clone().expect("dup");
+                ch.fds()
+            },
+            "not a sealed memfd",
+        ),
+        (
+            "regular file as the key",
+            |ch, file| [ch.task.as_raw_fd(), file.fd(), ch.result.as_raw_fd()],
+            "not a socket",
+        ),
+        (
+            "regular file as the result (refused at the task's MAC, before the result is used)",
+            |ch, file| [ch.task.as_raw_fd(), ch.key_theirs.as_raw_fd(), file.fd()],
+            "authentication",
+        ),
+        (
+            "key socket with no key queued",
+            |ch, _| {
+                let (ours, theirs) = UnixDatagram::pair().expect("socketpair");
+                ch.key_ours = ours;
+                ch.key_theirs = theirs;
+                ch.fds()
+            },
+            "did not hold a key",
+        ),
+        (
+            "key socket holding a 32-byte packet",
+            |ch, _| {
+                let (ours, theirs) = UnixDatagram::pair().expect("socketpair");
+                ours.send(&[0x5a; 32]).expect("queue");
+                ch.key_ours = ours;
+                ch.key_theirs = theirs;
+                ch.fds()
+            },
+            "did not hold a key",
+        ),
+        (
+            "closed descriptor as the task",
+            |ch, _| [CLOSED[0], ch.key_theirs.as_raw_fd(), ch.result.as_raw_fd()],
+            "not open",
+        ),
+        (
+            "closed descriptor as the key",
+            |ch, _| [ch.task.as_raw_fd(), CLOSED[0], ch.result.as_raw_fd()],
+            "not open",
+        ),
+        ("closed descriptors everywhere", |_, _| CLOSED, "not open"),
+        ("standard descriptors", |_, _| [0, 1, 2], "not open"),
+        ("negative descriptors", |_, _| [-1, -1, -1], "not open"),
+    ];
+    for (case, swap, reason) in cases {
+        let file = TempFile::new("wrong-descriptor", b"");
+        let mut ch = Channel::forged(&mut rng);
+        let fds = swap(&mut ch, &file);
+        let before = contents(&file.file);
+        let mut inherit = ch.fds().to_vec();
+        inherit.push(file.fd());
+        // The child holds only what it inherits (and 0-2), so these numbers are closed there.
+        assert!(
+            !inherit.iter().any(|fd| CLOSED.contains(fd)),
+            "{case}: a descriptor we pass has a number of CLOSED: pick others"
+        );
+        let out = run_child(this_binary(), &value(fds), &inherit);
+        ch.assert_untouched(case);
+        file.assert_holds(&before, case);
+        assert_refused(&out, reason, case);
+    }
+}
+
+/// S2: a task frame that is well-formed in every respect (sealed memfd, right magic and length, a
+/// `SpawnTask` that decodes, this very executable's identity, the real parent, a key socket made by it)
+/// but whose function reference carries a MAC made without the key in the key socket: refused as
+/// unauthenticated (so it did decode), exit 126, result memfd still empty. Before 541522f the spawn
+/// task had no MAC at all, and any offsets inside the executable were called.
+fn mac_of_another_key_is_refused() {
+    let seed = common::seed();
+    let mut rng = seed;
+    for round in 0..4 {
+        let ch = Channel::forged(&mut rng);
+        let fds = ch.fds();
+        let out = run_child(this_binary(), &value(fds), &fds);
+        let case = format!("forged MAC, round {round} (seed {seed:#x})");
+        ch.assert_untouched(&case);
+        assert_refused(&out, "failed its authentication check", &case);
+    }
+}
+
+/// The path of this child's own result memfd, through `/proc/self/fd` (a spawned child holds exactly
+/// one). `mproc-process` is its name before 541522f, so that this test reproduces R1 there.
+fn own_result_memfd() -> PathBuf {
+    let hits: Vec<PathBuf> = std::fs::read_dir("/proc/self/fd")
+        .expect("list /proc/self/fd")
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            let target = std::fs::read_link(&p).ok()?;
+            let t = target.to_string_lossy();
+            (t.contains("memfd:mproc-result") || t.contains("memfd:mproc-process")).then_some(p)
+        })
+        .collect();
+    match &hits[..] {
+        [one] => one.clone(),
+        _ => panic!("expected one result memfd in /proc/self/fd, found {hits:?}"),
+    }
+}
+
+/// Grows the result memfd to 16 TiB (sparse) and exits without a report.
+fn grow_result_then_exit(_: ()) -> u32 {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(own_result_memfd())
+        .expect("re-open the result memfd");
+    f.set_len(1 << 44).expect("ftruncate the result memfd");
+    std::process::exit(0)
+}
+
+/// Writes an outcome header that announces a 1 TiB body, and exits without a report.
+fn announce_huge_result_then_exit(_: ()) -> u32 {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(own_result_memfd())
+        .expect("re-open the result memfd");
+    let mut head = b"MPRCOUT1".to_vec();
+    head.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    f.write_all_at(&head, 0).expect("write a header");
+    std::process::exit(0)
+}
+
+/// R1: a child that grows its result memfd to 2^44 bytes, or announces a 2^40-byte outcome, makes
+/// `join` return a typed error; the parent does not abort. Before 541522f `join` allocated the file's
+/// size and aborted with "memory allocation of 17592186044416 bytes failed" (taking this whole test
+/// binary down).
+fn grown_result_memfd() {
+    let mut p = Process::builder()
+        .start_method(StartMethod::Spawn)
+        .target(grow_result_then_exit, ())
+        .expect("target");
+    p.start().expect("start");
+    let r = p.join();
+    eprintln!("security_spawn: a result memfd grown to 2^44 bytes: join -> {r:?}");
+    // A sparse file reads as zeros: no outcome magic, so no report, and the child exited 0.
+    assert!(
+        matches!(r, Err(Error::ProcessExited { code: 0 })),
+        "grown result: {r:?}"
+    );
+
+    let mut p = Process::builder()
+        .start_method(StartMethod::Spawn)
+        .target(announce_huge_result_then_exit, ())
+        .expect("target");
+    p.start().expect("start");
+    let r = p.join();
+    eprintln!("security_spawn: an outcome header announcing 2^40 bytes: join -> {r:?}");
+    assert!(
+        matches!(r, Err(Error::MessageTooLarge { size, .. }) if size as u64 == 1 << 40),
+        "announced huge result: {r:?}"
+    );
+}
+
+/// Whether we can make an `AT_SECURE` process: root (to make a setuid-root copy) and `setpriv` (to run
+/// it as another user). `Err(why not)` otherwise.
+fn setuid_feasible() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("not root: cannot make a setuid-root copy".into());
+    }
+    match Command::new("setpriv")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(s) if s.success() => Ok(()),
+        other => Err(format!("no usable setpriv: {other:?}")),
+    }
+}
+
+/// A directory under the temporary directory, removed (with its content) when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A fresh directory that uid 65534 can search (mode 0755).
+    fn new(what: &str) -> TempDir {
+        let dir = TempDir(
+            std::env::temp_dir().join(common::unique_name(&format!("security-spawn-{what}"))),
+        );
+        std::fs::create_dir(&dir.0).expect("mkdir");
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod dir");
+        dir
+    }
+
+    /// A copy of this test binary in the directory, with `mode` (0o4755: setuid to us, root).
+    fn copy_of_this_binary(&self, name: &str, mode: u32) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::copy(std::env::current_exe().expect("current_exe"), &path)
+            .expect("copy the binary");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        path
+    }
+}
+
+/// `program` run as uid and gid 65534 with no supplementary groups; `setpriv` execs it directly, so
+/// its parent is still this process.
+fn as_nobody(program: &Path) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(program);
+    cmd
+}
+
+/// S1 across users: the parent (this process, root) hands a complete, genuine-looking channel to a
+/// child running as uid 65534 (a plain copy of this binary, so no `AT_SECURE`): the key socket was made
+/// by the parent but with another uid, so the child refuses (exit 126, nothing written, `main` never
+/// ran). This is the check that stops a parent of one user from feeding tasks to a program running as
+/// another (a wrapper that drops or changes privileges and execs an mproc program). Before 541522f
+/// nothing compared users.
+///
+/// Needs root and `setpriv`; without them it says so on stderr and checks nothing.
+fn parent_of_another_uid_is_refused() {
+    if let Err(why) = setuid_feasible() {
+        eprintln!("security_spawn::a_parent_of_another_uid_is_refused: skipped: {why}");
+        return;
+    }
+    let dir = TempDir::new("other-uid");
+    let child = dir.copy_of_this_binary("child", 0o755);
+    let mut rng = common::seed();
+    let ch = Channel::forged(&mut rng);
+    let out = run_child(as_nobody(&child), &value(ch.fds()), &ch.fds());
+    let case = "a root parent's channel in a uid 65534 child";
+    ch.assert_untouched(case);
+    assert_refused(&out, "not made by this process's parent", case);
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// S1, setuid: a setuid-root copy of this binary, run as uid 65534 (so the kernel sets `AT_SECURE`),
+/// ignores `MPROC_SPAWN_CHILD` entirely, as if absent: it runs `main` (our role, which reports
+/// `AT_SECURE` = 1, so the premise is checked, not assumed), prints no refusal, and writes nothing,
+/// neither to a root-owned 0644 file it inherited read-only (the review's `exec 3<rootfile`) nor to a
+/// complete forged channel. Before 541522f the old format made such a copy, as euid 0, re-open that
+/// file read-write and overwrite it, and no format ever reached `main`.
+///
+/// Needs root and `setpriv`; without them it says so on stderr and checks nothing.
+fn at_secure_runs_main() {
+    if let Err(why) = setuid_feasible() {
+        eprintln!("security_spawn::at_secure_ignores_the_variable_and_runs_main: skipped: {why}");
+        return;
+    }
+    let dir = TempDir::new("setuid");
+    let victim = dir.copy_of_this_binary("victim", 0o4755);
+
+    let rootfile = dir.0.join("rootfile");
+    std::fs::write(&rootfile, PRECIOUS).expect("write rootfile");
+    std::fs::set_permissions(&rootfile, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let ro = File::open(&rootfile).expect("open rootfile read-only");
+
+    let mut rng = common::seed();
+    let ch = Channel::forged(&mut rng);
+    let me = std::process::id();
+    let fd = ro.as_raw_fd();
+    let cases = [
+        format!("{me}:{fd}"),
+        format!("{me}:{fd}:{fd}:{fd}"),
+        value(ch.fds()),
+    ];
+    let mut inherit = ch.fds().to_vec();
+    inherit.push(fd);
+    for v in &cases {
+        let out = run_child(as_nobody(&victim), v, &inherit);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        let case = format!("setuid copy as uid 65534 with {SPAWN_VAR}={v:?}");
+        assert_same(
+            &std::fs::read(&rootfile).expect("read rootfile"),
+            PRECIOUS,
+            &format!("{case}: rootfile"),
+        );
+        ch.assert_untouched(&case);
+        assert!(
+            out.status.success(),
+            "{case}: ended with {}; stderr {stderr:?}, stdout {stdout:?}",
+            out.status
+        );
+        assert_eq!(
+            stdout.lines().next(),
+            Some(format!("{MAIN_RAN} at_secure=1").as_str()),
+            "{case}: main did not run with AT_SECURE set; stderr {stderr:?}"
+        );
+        assert!(
+            !stderr.contains(REFUSING),
+            "{case}: the variable was not ignored: {stderr:?}"
+        );
+    }
+    // The copy must be gone before the suite ends: a setuid-root copy of a test binary is a hazard.
+    drop(dir);
+    assert!(!victim.exists(), "the setuid copy was not removed");
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// After all of the above, spawning for real still works: a `Process` returns its value and a `Pool`
+/// maps (the harness then checks that nothing is left in /dev/shm and no child is unreaped).
+fn process_and_pool_still_work() {
+    for m in [StartMethod::Spawn, StartMethod::Fork] {
+        let mut p = Process::builder()
+            .start_method(m)
+            .target(square, 12)
+            .expect("target");
+        p.start().expect("start");
+        assert_eq!(p.join().expect("join"), 144, "{m:?}");
+    }
+    let mut pool = Pool::builder().workers(2).build().expect("pool");
+    let got = pool.map(square, 0..100u64).expect("map");
+    assert_eq!(got, (0..100u64).map(square).collect::<Vec<_>>());
+    pool.close();
+    pool.join().expect("pool join");
+}
