@@ -567,7 +567,7 @@ fn grown_result_memfd() {
     eprintln!("security_spawn: a result memfd grown to 2^44 bytes: join -> {r:?}");
     // A sparse file reads as zeros: no outcome magic, so no report, and the child exited 0.
     assert!(
-        matches!(r, Err(Error::ProcessExited { code: 0 })),
+        matches!(r, Err(Error::ProcessExited { code: 0, .. })),
         "grown result: {r:?}"
     );
 
