@@ -456,7 +456,7 @@ fn synthetic(n: usize) -> Vec<u8> {
         let dy = y as i64 - c;
         for (x, px) in row.chunks_exact_mut(3).enumerate() {
             let dx = x as i64 - c;
-            let checker = ((x / (n / 16).max(1)) + (y / (n / 16).max(1))) % 2 == 0;
+            let checker = ((x / (n / 16).max(1)) + (y / (n / 16).max(1))).is_multiple_of(2);
             let r2 = dx * dx + dy * dy;
             let in_ring = ((r2 as f64).sqrt() as i64 / ring) % 2 == 0;
             px[0] = if checker { 210 } else { 40 };

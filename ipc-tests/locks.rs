@@ -479,7 +479,7 @@ fn churn(name: &str) {
             .lock()
             .expect("the parent repairs the lock before starting us");
         let x = *g;
-        if x % 2 != 0 {
+        if !x.is_multiple_of(2) {
             // Cannot happen: we got the lock cleanly, so the last holder finished its section.
             eprintln!("churn child saw odd value {x} after a clean lock");
             std::process::exit(3);

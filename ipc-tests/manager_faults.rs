@@ -376,7 +376,7 @@ fn scribble(arg: &str) {
     say("ready");
     loop {
         let r = next_random(&mut rng);
-        let off = if r % 4 != 0 {
+        let off = if !r.is_multiple_of(4) {
             LOCK_BYTES + next_random(&mut rng) % (65536 - LOCK_BYTES)
         } else {
             65536 + next_random(&mut rng) % (payload - 65536)
@@ -388,7 +388,7 @@ fn scribble(arg: &str) {
             *b = next_random(&mut rng) as u8;
         }
         // Small values and offsets into the heap are nastier than random ones: they pass range checks.
-        if r % 3 == 0 && n >= 8 {
+        if r.is_multiple_of(3) && n >= 8 {
             let v = match r % 5 {
                 0 => next_random(&mut rng) % 64,
                 1 => ARENA + next_random(&mut rng) % (payload - ARENA),
@@ -399,7 +399,7 @@ fn scribble(arg: &str) {
         }
         f.write_all_at(&bytes[..n], PAYLOAD + off)
             .expect("scribble");
-        if r % 8 == 0 {
+        if r.is_multiple_of(8) {
             std::thread::sleep(Duration::from_micros(200));
         }
     }

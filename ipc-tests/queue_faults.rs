@@ -417,7 +417,7 @@ fn corruptor(arg: &str) {
             };
             let lo = REGION_HEADER + spare;
             let mut at = lo + next_random(&mut rng) % (len - lo - 8);
-            if next_random(&mut rng) % 2 == 0 {
+            if next_random(&mut rng).is_multiple_of(2) {
                 at &= !7; // whole words: states, lengths, indices
             }
             let garbage = next_random(&mut rng).to_le_bytes();

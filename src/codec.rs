@@ -126,7 +126,7 @@ impl<T: Pod + Send + Sync> Codec<Vec<T>> for RawSlice<T> {
 
     fn decode(bytes: &[u8]) -> Result<Vec<T>> {
         let size = std::mem::size_of::<T>().max(1);
-        if bytes.len() % size != 0 {
+        if !bytes.len().is_multiple_of(size) {
             return Err(Error::Decode {
                 ty: std::any::type_name::<Vec<T>>(),
                 reason: format!(

@@ -120,7 +120,8 @@ impl ShmPage {
     /// A typed pointer at `offset`, checked to fit in the page and be aligned for `T`.
     pub fn at<T>(&self, offset: usize) -> *mut T {
         assert!(
-            offset + std::mem::size_of::<T>() <= PAGE && offset % std::mem::align_of::<T>() == 0
+            offset + std::mem::size_of::<T>() <= PAGE
+                && offset.is_multiple_of(std::mem::align_of::<T>())
         );
         self.ptr.wrapping_add(offset).cast()
     }

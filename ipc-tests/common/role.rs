@@ -34,7 +34,7 @@ pub fn handle_to_hex<T: Serialize>(v: &T) -> String {
 /// The object whose handle [`handle_to_hex`] wrote.
 #[track_caller]
 pub fn handle_from_hex<T: DeserializeOwned>(hex: &str) -> postcard::Result<T> {
-    assert!(hex.len() % 2 == 0, "odd-length hex");
+    assert!(hex.len().is_multiple_of(2), "odd-length hex");
     let bytes: Vec<u8> = (0..hex.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digit"))

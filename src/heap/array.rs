@@ -134,7 +134,7 @@ impl<T: Pod> SharedArray<T> {
         let size = std::mem::size_of::<T>();
         if size == 0
             || block.len % size != 0
-            || (block.ptr() as usize) % std::mem::align_of::<T>() != 0
+            || !(block.ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
         {
             return Err(Error::Corrupted(format!(
                 "a block of {} bytes is not an aligned array of {}",

@@ -37,7 +37,7 @@ impl<'a, T> Grid<'a, T> {
     /// A view of `data` as rows of `cols` elements, or `None` unless `data.len()` is a whole number of
     /// rows (`cols` > 0).
     pub fn new(data: &'a [T], cols: usize) -> Option<Self> {
-        (cols > 0 && data.len() % cols == 0).then_some(Grid { data, cols })
+        (cols > 0 && data.len().is_multiple_of(cols)).then_some(Grid { data, cols })
     }
 
     /// The number of rows.
@@ -91,7 +91,7 @@ impl<'a, T> GridMut<'a, T> {
     /// A mutable view of `data` as rows of `cols` elements, or `None` unless `data.len()` is a whole
     /// number of rows (`cols` > 0).
     pub fn new(data: &'a mut [T], cols: usize) -> Option<Self> {
-        (cols > 0 && data.len() % cols == 0).then_some(GridMut { data, cols })
+        (cols > 0 && data.len().is_multiple_of(cols)).then_some(GridMut { data, cols })
     }
 
     /// The number of rows.

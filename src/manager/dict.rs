@@ -294,7 +294,11 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
         let blob_len = tx.get(e)?;
         let start = e + 16 + klen as u64;
         let same_len = blob_len == 8 + klen as u64 + v.len() as u64;
-        if !same_len || start % 8 != 0 || v.len() % 8 != 0 || v.len() > MAX_WORDS * 8 {
+        if !same_len
+            || !start.is_multiple_of(8)
+            || !v.len().is_multiple_of(8)
+            || v.len() > MAX_WORDS * 8
+        {
             return Ok(false);
         }
         for (i, word) in v.chunks_exact(8).enumerate() {

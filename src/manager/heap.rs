@@ -179,7 +179,7 @@ pub(crate) struct HeapRef<'a> {
 
 impl<'a> HeapRef<'a> {
     pub(crate) fn word(&self, off: u64) -> Result<&'a AtomicU64> {
-        if off % W != 0 || off.checked_add(W).is_none_or(|e| e > self.len) {
+        if !off.is_multiple_of(W) || off.checked_add(W).is_none_or(|e| e > self.len) {
             return Err(Error::Corrupted(format!(
                 "heap offset {off:#x} is outside the heap or misaligned"
             )));

@@ -34,7 +34,7 @@ pub(super) const HEADER: usize = 64;
 /// The lease count at the start of `block`.
 fn count(block: &Block) -> Result<&AtomicU64> {
     let p = block.ptr();
-    if block.len < 8 || (p as usize) % std::mem::align_of::<AtomicU64>() != 0 {
+    if block.len < 8 || !(p as usize).is_multiple_of(std::mem::align_of::<AtomicU64>()) {
         return Err(Error::Corrupted(format!(
             "a lease word at offset {} is misaligned or outside its block",
             block.offset

@@ -700,7 +700,7 @@ impl<'de, T: Pod> Deserialize<'de> for PodVec<T> {
         struct V<T>(PhantomData<T>);
         impl<T: Pod> V<T> {
             fn cast<E: serde::de::Error>(bytes: &[u8]) -> std::result::Result<PodVec<T>, E> {
-                if bytes.len() % std::mem::size_of::<T>() != 0 {
+                if !bytes.len().is_multiple_of(std::mem::size_of::<T>()) {
                     return Err(E::custom(format!(
                         "{} bytes are not a whole number of {}",
                         bytes.len(),

@@ -344,7 +344,9 @@ fn lent_parts<'a, T: Pod, U: Pod>(
     out: &'a mut SharedArray<U>,
     out_range: std::ops::Range<usize>,
 ) -> Result<(&'a [T], &'a mut [U]), String> {
-    let i = inp.range(in_range).ok_or("the lent input range left the array")?;
+    let i = inp
+        .range(in_range)
+        .ok_or("the lent input range left the array")?;
     let o = out
         .range_mut(out_range)
         .ok_or("the lent output range left the array")?;

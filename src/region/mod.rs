@@ -538,7 +538,7 @@ impl Region {
         let size = std::mem::size_of::<T>();
         let in_bounds = offset.checked_add(size).is_some_and(|e| e <= self.len());
         let addr = (self.as_ptr() as usize).wrapping_add(offset);
-        if !in_bounds || addr % std::mem::align_of::<T>() != 0 {
+        if !in_bounds || !addr.is_multiple_of(std::mem::align_of::<T>()) {
             return Err(Error::Corrupted(format!(
                 "{} bytes at offset {offset} do not fit a {}-byte payload",
                 size,
