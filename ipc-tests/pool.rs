@@ -48,6 +48,11 @@ pub fn tests() -> Vec<Trial> {
         .collect();
     v.extend([
         t("async_result_get_timeout_ready_wait", async_result_api),
+        t("worker_pids_name_the_workers", worker_pids_name_the_workers),
+        t(
+            "map_with_and_borrowed_items_equal_sequential",
+            map_with_and_borrowed_items,
+        ),
         t("large_items_and_results_cross_in_fragments", large_messages),
         t(
             "large_task_behind_a_busy_worker_is_delivered",
@@ -770,4 +775,67 @@ fn array_after_start_role(_: &str) {
     assert_eq!(pool.map_chunks(&later, 2, sum_u64).unwrap(), vec![11, 7]);
     drop(pool);
     common::eventually("workers gone after drop", BOUND, || children().is_empty());
+}
+
+fn own_pid(_: u32) -> u32 {
+    std::process::id()
+}
+
+/// Issue 13: `worker_pids` names exactly the processes that run the tasks; killing one of them is a
+/// death the pool survives, and the list then names its replacement.
+fn worker_pids_name_the_workers() {
+    let pool = Pool::builder().workers(2).build().expect("pool");
+    let pids = pool.worker_pids();
+    assert_eq!(pids.len(), 2);
+    let ran_in: HashSet<u32> = pool
+        .map_chunksize(own_pid, 0..64u32, 1)
+        .expect("map")
+        .into_iter()
+        .collect();
+    assert!(
+        ran_in.iter().all(|p| pids.contains(p)),
+        "tasks ran in {ran_in:?}, workers are {pids:?}"
+    );
+    // SAFETY: kill(2) with a pid that is our pool's live worker (an unreaped child of this process).
+    assert_eq!(unsafe { libc::kill(pids[0] as i32, libc::SIGKILL) }, 0);
+    common::eventually(
+        "the killed worker is replaced",
+        Duration::from_secs(30),
+        || {
+            let _ = pool.map(own_pid, [0u32]);
+            let now = pool.worker_pids();
+            now.len() == 2 && !now.contains(&pids[0])
+        },
+    );
+    assert_eq!(
+        pool.map(square_plus, [3u64]).expect("map after"),
+        vec![square_plus(3)]
+    );
+}
+
+fn weighted(weights: &Vec<u64>, xs: Vec<u64>) -> u64 {
+    xs.iter().zip(weights).map(|(x, w)| x * w).sum()
+}
+
+/// Issue 13: `map_with` passes one parameter to every call; borrowed items arrive owned.
+fn map_with_and_borrowed_items() {
+    let pool = pool();
+    let weights = vec![1u64, 10, 100];
+    let rows: Vec<Vec<u64>> = (0..50).map(|i| vec![i, i + 1, i + 2]).collect();
+    let want: Vec<u64> = rows.iter().map(|r| weighted(&weights, r.clone())).collect();
+    assert_eq!(
+        pool.map_with(weighted, &weights, &rows).expect("map_with"),
+        want
+    );
+    let unordered: HashSet<(usize, u64)> = pool
+        .imap_unordered_with(weighted, &weights, rows.iter(), Some(7))
+        .expect("imap_unordered_with")
+        .map(|(i, r)| (i, r.expect("item")))
+        .collect();
+    assert_eq!(unordered, want.iter().copied().enumerate().collect());
+    let squares: Vec<u64> = pool.map(square_plus, &input(40)).expect("borrowed map");
+    assert_eq!(
+        squares,
+        input(40).into_iter().map(square_plus).collect::<Vec<_>>()
+    );
 }

@@ -128,6 +128,15 @@ impl Dispatcher {
         })
     }
 
+    /// The pids of the live workers, in worker order.
+    pub(crate) fn worker_pids(&self) -> Vec<u32> {
+        self.workers
+            .iter()
+            .filter(|w| w.usable)
+            .filter_map(|w| w.process.pid())
+            .collect()
+    }
+
     /// Takes whatever the result ring holds right now, without waiting.
     pub(crate) fn drain_results(&mut self) -> Result<()> {
         loop {

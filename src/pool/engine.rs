@@ -114,6 +114,11 @@ impl Engine {
         self.dispatcher().closing = true;
     }
 
+    /// See `Dispatcher::worker_pids`.
+    pub(crate) fn worker_pids(&self) -> Vec<u32> {
+        self.dispatcher().worker_pids()
+    }
+
     /// Whether `close` or `terminate` was called.
     pub(crate) fn is_closing(&self) -> bool {
         self.dispatcher().closing

@@ -43,8 +43,11 @@
 //! with [`Error::PoolClosed`]. Dropping a pool terminates it (as in Python), also after `close` if `join`
 //! was not called: it neither hangs nor leaves a worker behind.
 
+mod arrays;
+mod builder;
 mod dispatcher;
 mod engine;
+mod map;
 mod results;
 #[cfg(test)]
 mod tests;
@@ -54,18 +57,14 @@ pub(crate) mod worker;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use bytemuck::Pod;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
 use crate::error::{Error, Result};
-use crate::heap::SharedArray;
 use crate::process::fnref::{FnKey, FnRef, LocalFn};
-use dispatcher::{task_body, Config, TaskSpec};
+pub use builder::PoolBuilder;
+use dispatcher::{task_body, TaskSpec};
 use engine::Engine;
 use results::Job;
 pub use results::{AsyncResult, Imap, ImapUnordered};
-use worker::{FrameQueue, TaskKind};
+use worker::TaskKind;
 
 /// Largest frame on a pool ring; bigger messages travel in several.
 const FRAME_SIZE: usize = 64 << 10;
@@ -76,85 +75,6 @@ const RESULT_RING: usize = 64;
 /// their memory without bound; a larger message fails its task with a message saying so. Large arrays
 /// do not count against it: they travel by offset.
 pub(crate) const MAX_MESSAGE_BYTES: u64 = 256 << 20;
-
-/// Configures a [`Pool`].
-#[derive(Debug, Clone, Default)]
-pub struct PoolBuilder {
-    workers: Option<usize>,
-    initializer: Option<fn()>,
-    max_tasks_per_child: Option<u64>,
-    retry: bool,
-}
-
-impl PoolBuilder {
-    /// The number of worker processes (default: the available CPUs).
-    ///
-    /// # Panics
-    /// If `n` is 0.
-    #[track_caller]
-    pub fn workers(mut self, n: usize) -> Self {
-        assert!(n > 0, "a pool needs at least one worker");
-        self.workers = Some(n);
-        self
-    }
-
-    /// A function every worker runs once when it starts (Python's `initializer`).
-    pub fn initializer(mut self, f: fn()) -> Self {
-        self.initializer = Some(f);
-        self
-    }
-
-    /// Replace each worker after it has run `n` tasks (Python's `maxtasksperchild`). A task is one chunk.
-    ///
-    /// # Panics
-    /// If `n` is 0.
-    #[track_caller]
-    pub fn max_tasks_per_child(mut self, n: u64) -> Self {
-        assert!(n > 0, "max_tasks_per_child must be at least 1");
-        self.max_tasks_per_child = Some(n);
-        self
-    }
-
-    /// Run a task whose worker died once more on another worker before failing it with
-    /// [`Error::WorkerDied`]. Only for tasks that are safe to run twice.
-    pub fn retry_on_worker_death(mut self, yes: bool) -> Self {
-        self.retry = yes;
-        self
-    }
-
-    /// Starts the workers.
-    ///
-    /// # Errors
-    /// [`Error::Os`] if shared memory or a worker process cannot be created.
-    ///
-    /// # Panics
-    /// If the initializer is not a function of the main executable.
-    #[track_caller]
-    pub fn build(self) -> Result<Pool> {
-        let workers = self
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let key = FnKey::random();
-        let initializer = self.initializer.map(|f| worker::init_fn(f).sign(&key));
-        let cfg = Config {
-            workers,
-            key,
-            initializer,
-            max_tasks: self.max_tasks_per_child,
-            retries: u8::from(self.retry),
-            frame_size: FRAME_SIZE,
-            max_body: MAX_MESSAGE_BYTES,
-        };
-        let results = FrameQueue::with_max_message(RESULT_RING, FRAME_SIZE)?;
-        let (engine, background) = Engine::start(cfg, results)?;
-        Ok(Pool {
-            engine,
-            key,
-            workers,
-            background: Some(background),
-        })
-    }
-}
 
 /// A pool of worker processes. See the [module docs](self).
 pub struct Pool {
@@ -193,8 +113,30 @@ impl Pool {
     }
 
     /// The number of workers.
+    ///
+    /// # Examples
+    /// ```
+    /// let pool = mproc::Pool::builder().workers(3).build()?;
+    /// assert_eq!(pool.workers(), 3);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn workers(&self) -> usize {
         self.workers
+    }
+
+    /// The pids of the worker processes right now. A worker that died is replaced by a new process, so
+    /// the list can change between calls; once the pool is closed and joined it is empty.
+    ///
+    /// # Examples
+    /// ```
+    /// let pool = mproc::Pool::builder().workers(2).build()?;
+    /// let pids = pool.worker_pids();
+    /// assert_eq!(pids.len(), 2);
+    /// assert!(!pids.contains(&std::process::id()));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.engine.worker_pids()
     }
 
     /// Submits one task per payload.
@@ -220,399 +162,6 @@ impl Pool {
             .collect();
         self.engine.submit(specs)?;
         Ok(job)
-    }
-
-    fn chunk_items<A: Serialize>(
-        &self,
-        items: impl IntoIterator<Item = A>,
-        chunksize: Option<usize>,
-    ) -> Result<(Vec<Vec<u8>>, Vec<usize>)> {
-        let items: Vec<A> = items.into_iter().collect();
-        let size = chunksize
-            .unwrap_or_else(|| default_chunksize(items.len(), self.workers))
-            .max(1);
-        let mut payloads = Vec::with_capacity(items.len().div_ceil(size));
-        let mut lens = Vec::with_capacity(payloads.capacity());
-        for chunk in items.chunks(size) {
-            payloads.push(postcard::to_allocvec(chunk).map_err(|e| Error::Encode(e.to_string()))?);
-            lens.push(chunk.len());
-        }
-        Ok((payloads, lens))
-    }
-
-    /// Starts `f` on every item; results come back through the returned handle. Items are sent in chunks
-    /// of `chunksize` (default: about four chunks per worker).
-    ///
-    /// # Errors
-    /// [`Error::Encode`] if an item cannot be serialized, [`Error::PoolClosed`].
-    ///
-    /// # Panics
-    /// If `f` is not a function of the main executable.
-    #[track_caller]
-    pub fn map_async<A, R>(
-        &self,
-        f: fn(A) -> R,
-        items: impl IntoIterator<Item = A>,
-        chunksize: Option<usize>,
-    ) -> Result<AsyncResult<Vec<R>>>
-    where
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
-    {
-        let (payloads, lens) = self.chunk_items(items, chunksize)?;
-        let job = self.submit(worker::map_fn(f), payloads)?;
-        Ok(AsyncResult::all_items(job, lens))
-    }
-
-    /// `f` applied to every item, in order, like Python's `Pool.map`.
-    ///
-    /// # Errors
-    /// The error of the lowest-index item that failed ([`Error::TaskPanicked`], [`Error::WorkerDied`], a
-    /// decode error), after every item has finished; [`Error::PoolClosed`]. Use
-    /// [`map_each`](Pool::map_each) to keep the results of the items that succeeded.
-    ///
-    /// # Panics
-    /// If `f` is not a function of the main executable.
-    #[track_caller]
-    pub fn map<A, R>(&self, f: fn(A) -> R, items: impl IntoIterator<Item = A>) -> Result<Vec<R>>
-    where
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
-    {
-        self.map_async(f, items, None)?.get()
-    }
-
-    /// Like [`map`](Pool::map) with an explicit chunk size.
-    ///
-    /// # Errors
-    /// As [`map`](Pool::map).
-    ///
-    /// # Panics
-    /// If `f` is not a function of the main executable.
-    #[track_caller]
-    pub fn map_chunksize<A, R>(
-        &self,
-        f: fn(A) -> R,
-        items: impl IntoIterator<Item = A>,
-        chunksize: usize,
-    ) -> Result<Vec<R>>
-    where
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
-    {
-        self.map_async(f, items, Some(chunksize))?.get()
-    }
-
-    /// `f` applied to every item, each item's own result in order: a failing item does not hide the
-    /// others' work.
-    ///
-    /// # Errors
-    /// Only for the call as a whole: [`Error::Encode`], [`Error::PoolClosed`].
-    ///
-    /// # Panics
-    /// If `f` is not a function of the main executable.
-    #[track_caller]
-    pub fn map_each<A, R>(
-        &self,
-        f: fn(A) -> R,
-        items: impl IntoIterator<Item = A>,
-    ) -> Result<Vec<Result<R>>>
-    where
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
-    {
-        Ok(self.imap(f, items, None)?.collect())
-    }
-
-    /// Results in order as they become available (Python's `imap`).
-    ///
-    /// # Errors
-    /// [`Error::Encode`], [`Error::PoolClosed`]; each item's own error comes from the iterator.
-    ///
-    /// # Panics
-    /// If `f` is not a function of the main executable.
-    #[track_caller]
-    pub fn imap<A, R>(
-        &self,
-        f: fn(A) -> R,
-        items: impl IntoIterator<Item = A>,
-        chunksize: Option<usize>,
-    ) -> Result<Imap<R>>
-    where
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
-    {
-        let (payloads, lens) = self.chunk_items(items, chunksize)?;
-        let job = self.submit(worker::map_fn(f), payloads)?;
-        Ok(Imap::new(job, lens))
-    }
-
-    /// Results as each chunk finishes, in any order, each with its item index (Python's
-    /// `imap_unordered`).
-    ///
-    /// # Errors
-    /// As [`imap`](Pool::imap).
-    ///
-    /// # Panics
-    /// If `f` is not a function of the main executable.
-    #[track_caller]
-    pub fn imap_unordered<A, R>(
-        &self,
-        f: fn(A) -> R,
-        items: impl IntoIterator<Item = A>,
-        chunksize: Option<usize>,
-    ) -> Result<ImapUnordered<R>>
-    where
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
-    {
-        let (payloads, lens) = self.chunk_items(items, chunksize)?;
-        let job = self.submit(worker::map_fn(f), payloads)?;
-        Ok(ImapUnordered::new(job, lens))
-    }
-
-    /// `f(a, b)` for every pair, in order (Python's `starmap`).
-    ///
-    /// # Errors
-    /// As [`map`](Pool::map).
-    ///
-    /// # Panics
-    /// If `f` is not a function of the main executable.
-    #[track_caller]
-    pub fn starmap<A, B, R>(
-        &self,
-        f: fn(A, B) -> R,
-        items: impl IntoIterator<Item = (A, B)>,
-    ) -> Result<Vec<R>>
-    where
-        A: Serialize + DeserializeOwned,
-        B: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
-    {
-        let (payloads, lens) = self.chunk_items(items, None)?;
-        let job = self.submit(worker::star_fn(f), payloads)?;
-        AsyncResult::all_items(job, lens).get()
-    }
-
-    /// Starts `f(args)` on a worker (Python's `apply_async`).
-    ///
-    /// # Errors
-    /// [`Error::Encode`], [`Error::PoolClosed`].
-    ///
-    /// # Panics
-    /// If `f` is not a function of the main executable.
-    #[track_caller]
-    pub fn apply_async<A, R>(&self, f: fn(A) -> R, args: A) -> Result<AsyncResult<R>>
-    where
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
-    {
-        let (payloads, lens) = self.chunk_items([args], Some(1))?;
-        let job = self.submit(worker::map_fn(f), payloads)?;
-        Ok(AsyncResult::one_item(job, lens))
-    }
-
-    /// `f(args)` on a worker, waiting for the result (Python's `apply`).
-    ///
-    /// # Errors
-    /// [`Error::TaskPanicked`], [`Error::WorkerDied`], [`Error::Encode`], [`Error::PoolClosed`].
-    ///
-    /// # Panics
-    /// If `f` is not a function of the main executable.
-    #[track_caller]
-    pub fn apply<A, R>(&self, f: fn(A) -> R, args: A) -> Result<R>
-    where
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
-    {
-        self.apply_async(f, args)?.get()
-    }
-
-    /// `f` on consecutive chunks of `chunk_len` elements of `array` (the last may be shorter), one result
-    /// per chunk, in order. The elements are read in place by the workers: only (region, offset, range)
-    /// travels.
-    ///
-    /// # Errors
-    /// As [`map`](Pool::map), with chunk indices as task indices.
-    ///
-    /// # Panics
-    /// If `chunk_len` is 0, or `f` is not a function of the main executable.
-    #[track_caller]
-    pub fn map_chunks<T, R>(
-        &self,
-        array: &SharedArray<T>,
-        chunk_len: usize,
-        f: fn(&[T]) -> R,
-    ) -> Result<Vec<R>>
-    where
-        T: Pod,
-        R: Serialize + DeserializeOwned,
-    {
-        self.chunk_tasks(array, chunk_len, &(), worker::chunk_fn(f))
-    }
-
-    /// Like [`map_chunks`](Pool::map_chunks), with parameters every task receives (an image's width, a
-    /// histogram's range): `f(&params, chunk)`. The parameters travel serialized, once per task.
-    ///
-    /// # Examples
-    /// ```
-    /// fn count_in_range(&(lo, hi): &(f64, f64), chunk: &[f64]) -> usize {
-    ///     chunk.iter().filter(|&&x| lo <= x && x < hi).count()
-    /// }
-    ///
-    /// let pool = mproc::Pool::builder().workers(2).build()?;
-    /// let data = mproc::SharedArray::from_slice(&(0..1000).map(f64::from).collect::<Vec<_>>())?;
-    /// let counts = pool.map_chunks_with(&data, 300, &(100.0, 200.0), count_in_range)?;
-    /// assert_eq!(counts.iter().sum::<usize>(), 100);
-    /// # Ok::<(), mproc::Error>(())
-    /// ```
-    ///
-    /// # Errors
-    /// As [`map_chunks`](Pool::map_chunks); [`Error::Encode`] if `params` cannot be serialized.
-    ///
-    /// # Panics
-    /// As [`map_chunks`](Pool::map_chunks).
-    #[track_caller]
-    pub fn map_chunks_with<T, P, R>(
-        &self,
-        array: &SharedArray<T>,
-        chunk_len: usize,
-        params: &P,
-        f: fn(&P, &[T]) -> R,
-    ) -> Result<Vec<R>>
-    where
-        T: Pod,
-        P: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
-    {
-        self.chunk_tasks(array, chunk_len, params, worker::chunk_with_fn(f))
-    }
-
-    /// One task per chunk of `array`, each carrying its part and `extra`; waits for all of them.
-    #[track_caller]
-    fn chunk_tasks<T: Pod, X: Serialize, R: DeserializeOwned>(
-        &self,
-        array: &SharedArray<T>,
-        chunk_len: usize,
-        extra: &X,
-        func: LocalFn<TaskKind>,
-    ) -> Result<Vec<R>> {
-        assert!(chunk_len > 0, "chunk_len must be at least 1");
-        let block = array.block_handle();
-        let payloads = ranges(array.len(), chunk_len)
-            .map(|(start, end)| {
-                let part = worker::ArrayPart {
-                    block: block.clone(),
-                    start: start as u64,
-                    end: end as u64,
-                };
-                postcard::to_allocvec(&(&part, extra)).map_err(|e| Error::Encode(e.to_string()))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let lens = vec![1; payloads.len()];
-        let job = self.submit(func, payloads)?;
-        // `array` stays borrowed until every task has finished: `get` waits for all of them.
-        AsyncResult::all_items(job, lens).get()
-    }
-
-    /// Fills `output` in parallel: each task calls `f(input, out_chunk, start)` where `out_chunk` is
-    /// `output[start..start + chunk_len]` (the last may be shorter) and `input` is the whole input, so a
-    /// task may read around its own range (a blur reading neighbouring rows). Nothing but handles travels.
-    ///
-    /// # Errors
-    /// As [`map`](Pool::map), with chunk indices as task indices. Chunks whose task failed may be partly
-    /// written.
-    ///
-    /// # Panics
-    /// If `chunk_len` is 0, or `f` is not a function of the main executable.
-    #[track_caller]
-    pub fn transform<T: Pod, U: Pod>(
-        &self,
-        input: &SharedArray<T>,
-        output: &mut SharedArray<U>,
-        chunk_len: usize,
-        f: fn(&[T], &mut [U], usize),
-    ) -> Result<()> {
-        self.transform_tasks(input, output, chunk_len, &(), worker::transform_fn(f))
-    }
-
-    /// Like [`transform`](Pool::transform), with parameters every task receives:
-    /// `f(&params, input, out_chunk, start)` (say, the image's width and height for a blur over rows).
-    ///
-    /// # Examples
-    /// ```
-    /// // Each output element is the sum of its row in a `width`-wide matrix.
-    /// fn row_sums(&width: &usize, input: &[u32], out: &mut [u32], start: usize) {
-    ///     for (k, o) in out.iter_mut().enumerate() {
-    ///         let row = start + k;
-    ///         *o = input[row * width..(row + 1) * width].iter().sum();
-    ///     }
-    /// }
-    ///
-    /// let pool = mproc::Pool::builder().workers(2).build()?;
-    /// let (width, rows) = (4, 10);
-    /// let matrix = mproc::SharedArray::from_slice(&vec![1u32; width * rows])?;
-    /// let mut sums = mproc::SharedArray::<u32>::zeroed(rows)?;
-    /// pool.transform_with(&matrix, &mut sums, 3, &width, row_sums)?;
-    /// assert!(sums.iter().all(|&s| s == 4));
-    /// # Ok::<(), mproc::Error>(())
-    /// ```
-    ///
-    /// # Errors
-    /// As [`transform`](Pool::transform); [`Error::Encode`] if `params` cannot be serialized.
-    ///
-    /// # Panics
-    /// As [`transform`](Pool::transform).
-    #[track_caller]
-    pub fn transform_with<T: Pod, U: Pod, P: Serialize + DeserializeOwned>(
-        &self,
-        input: &SharedArray<T>,
-        output: &mut SharedArray<U>,
-        chunk_len: usize,
-        params: &P,
-        f: fn(&P, &[T], &mut [U], usize),
-    ) -> Result<()> {
-        self.transform_tasks(
-            input,
-            output,
-            chunk_len,
-            params,
-            worker::transform_with_fn(f),
-        )
-    }
-
-    /// One task per output chunk, each carrying the whole input, its output part and `extra`.
-    #[track_caller]
-    fn transform_tasks<T: Pod, U: Pod, X: Serialize>(
-        &self,
-        input: &SharedArray<T>,
-        output: &mut SharedArray<U>,
-        chunk_len: usize,
-        extra: &X,
-        func: LocalFn<TaskKind>,
-    ) -> Result<()> {
-        assert!(chunk_len > 0, "chunk_len must be at least 1");
-        let whole = worker::ArrayPart {
-            block: input.block_handle(),
-            start: 0,
-            end: input.len() as u64,
-        };
-        let out = output.block_handle();
-        let payloads = ranges(output.len(), chunk_len)
-            .map(|(start, end)| {
-                let part = worker::ArrayPart {
-                    block: out.clone(),
-                    start: start as u64,
-                    end: end as u64,
-                };
-                postcard::to_allocvec(&(&whole, &part, extra))
-                    .map_err(|e| Error::Encode(e.to_string()))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let lens = vec![1; payloads.len()];
-        let job = self.submit(func, payloads)?;
-        // Both borrows stay held until every task has finished: `get` waits for all of them.
-        AsyncResult::<Vec<()>>::all_items(job, lens).get().map(drop)
     }
 
     /// Stops taking work; what was submitted still runs. Workers exit once it is done.
@@ -653,8 +202,4 @@ impl Drop for Pool {
     fn drop(&mut self) {
         self.terminate();
     }
-}
-
-fn ranges(len: usize, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
-    (0..len.div_ceil(chunk)).map(move |i| (i * chunk, ((i + 1) * chunk).min(len)))
 }

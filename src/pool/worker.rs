@@ -296,6 +296,26 @@ fn map_adapter<A: DeserializeOwned, R: Serialize>(
     }))
 }
 
+/// `map_with`: `f` over a payload that is `(P, Vec<A>)`.
+pub(crate) fn map_with_fn<P: DeserializeOwned, A: DeserializeOwned, R: Serialize>(
+    f: fn(&P, A) -> R,
+) -> LocalFn<TaskKind> {
+    // SAFETY: `map_with_adapter::<P, A, R>` calls its address as a `fn(&P, A) -> R`, which `f` is.
+    unsafe { LocalFn::<TaskKind>::pair(f as usize, map_with_adapter::<P, A, R>) }
+}
+
+fn map_with_adapter<P: DeserializeOwned, A: DeserializeOwned, R: Serialize>(
+    func: FnAddr,
+    payload: &[u8],
+) -> Result<ItemResults, String> {
+    // SAFETY: paired only with a `fn(&P, A) -> R` for these types (`map_with_fn`).
+    let f = unsafe { func.get::<fn(&P, A) -> R>() };
+    let (params, items): (P, Vec<A>) = decode_payload(payload)?;
+    Ok(run_items(items, |a| {
+        catch(|| f(&params, a)).and_then(|r| encode(&r))
+    }))
+}
+
 /// `starmap`: `f` over a payload that is a `Vec<(A, B)>`.
 pub(crate) fn star_fn<A: DeserializeOwned, B: DeserializeOwned, R: Serialize>(
     f: fn(A, B) -> R,
