@@ -833,9 +833,11 @@ fn map_with_and_borrowed_items() {
         .map(|(i, r)| (i, r.expect("item")))
         .collect();
     assert_eq!(unordered, want.iter().copied().enumerate().collect());
-    let squares: Vec<u64> = pool.map(square_plus, &input(40)).expect("borrowed map");
+    let xs = input(40);
+    let squares: Vec<u64> = pool.map(square_plus, &xs).expect("borrowed map");
+    // `xs` is still ours after the borrowed map.
     assert_eq!(
         squares,
-        input(40).into_iter().map(square_plus).collect::<Vec<_>>()
+        xs.iter().copied().map(square_plus).collect::<Vec<_>>()
     );
 }
