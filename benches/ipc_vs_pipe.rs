@@ -12,6 +12,7 @@
 //! | (c) pool, by offset | `Pool::map_chunks` over a `SharedArray` filled beforehand, one chunk = the whole array |
 //! | (d) pool, from a `Vec` | `SharedArray::from_slice(&vec)` (one copy in) + the same `map_chunks`; the array is dropped each time, so its block is reused |
 //! | (e) in process | the same function called on the `Vec` in this process: no IPC at all, the floor |
+//! | (f) pool.map of a `Vec` | `Pool::map(f, [&vec])` with `f: fn(Vec<f64>) -> …`: the user's first try, serde and all; a large argument is encoded straight into a shared block the worker decodes in place |
 //!
 //! The pipes are given 1 MiB buffers (`F_SETPIPE_SZ`, the unprivileged maximum) and both pipe columns
 //! reuse their buffers on both sides, so the baseline pays no page faults for fresh buffers; only the
@@ -252,6 +253,23 @@ fn pool_offset(pool: &Pool, task: Task, a: &SharedArray<f64>) -> [f64; 2] {
     }
 }
 
+fn deliver_vec(v: Vec<f64>) -> [f64; 2] {
+    Task::Deliver.run(&v)
+}
+
+fn sum_vec(v: Vec<f64>) -> [f64; 2] {
+    Task::Sum.run(&v)
+}
+
+/// (f): the whole `Vec` as one `map` item, serialized.
+fn pool_map_vec(pool: &Pool, task: Task, v: &Vec<f64>) -> [f64; 2] {
+    let f = match task {
+        Task::Deliver => deliver_vec,
+        Task::Sum => sum_vec,
+    };
+    pool.map(f, [v]).expect("map")[0]
+}
+
 fn pool_from_vec(pool: &Pool, task: Task, v: &[f64]) -> [f64; 2] {
     let a = SharedArray::from_slice(v).expect("SharedArray::from_slice");
     let r = pool_offset(pool, task, &a);
@@ -476,6 +494,10 @@ fn main() {
                     "(e) in process, no IPC (floor)",
                     Box::new(|| task.run(black_box(&v))),
                 ),
+                (
+                    "(f) pool.map of the Vec (serde)",
+                    Box::new(|| pool_map_vec(&pool, task, &v)),
+                ),
             ];
             let stats = compare(samples, expect, &mut cols);
             for ((name, _), s) in cols.iter().zip(&stats) {
@@ -584,6 +606,12 @@ fn main() {
         "x",
     );
     common::result("pool_apply_rtt_p50_us", rows[0].1 .1 * 1e6, 1, "us");
+    common::result(
+        "pool_map_vec_64MiB_vs_pipe_serde",
+        s64[0].median / s64[5].median,
+        2,
+        "x",
+    );
     drop(pool);
     drop(pipe);
 }

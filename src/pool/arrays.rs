@@ -5,9 +5,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::results::AsyncResult;
+use super::wire::Payload;
 use super::worker::{self, TaskKind};
 use super::Pool;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::heap::SharedArray;
 use crate::process::fnref::LocalFn;
 
@@ -90,7 +91,7 @@ impl Pool {
                     start: start as u64,
                     end: end as u64,
                 };
-                postcard::to_allocvec(&(&part, extra)).map_err(|e| Error::Encode(e.to_string()))
+                Payload::encode(&(&part, extra))
             })
             .collect::<Result<Vec<_>>>()?;
         let lens = vec![1; payloads.len()];
@@ -189,8 +190,7 @@ impl Pool {
                     start: start as u64,
                     end: end as u64,
                 };
-                postcard::to_allocvec(&(&whole, &part, extra))
-                    .map_err(|e| Error::Encode(e.to_string()))
+                Payload::encode(&(&whole, &part, extra))
             })
             .collect::<Result<Vec<_>>>()?;
         let lens = vec![1; payloads.len()];

@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::results::{ChunkOutcome, Job};
-use super::wire::{self, ItemResults, KIND_RESULT, KIND_TASK};
+use super::wire::{self, ItemResults, Payload, KIND_RESULT, KIND_TASK};
 use super::worker::{worker_main, FrameQueue, WorkerArgs};
 use crate::error::{Error, Result};
+use crate::heap::SharedArray;
 use crate::process::fnref::{FnKey, FnRef};
 use crate::process::Process;
 
@@ -31,6 +32,9 @@ pub(crate) struct TaskSpec {
     pub(crate) job: Arc<Job>,
     pub(crate) chunk: usize,
     pub(crate) body: Arc<Vec<u8>>,
+    /// The shared block holding the payload, if it did not travel in the body: kept (and so not
+    /// reused) until the task is over, retries included.
+    pub(crate) _lent: Option<SharedArray<u8>>,
 }
 
 /// How the pool was configured: what a worker needs to be (re)started.
@@ -367,7 +371,22 @@ impl Dispatcher {
     }
 }
 
-/// Encodes a task body: the function reference and the payload.
-pub(crate) fn task_body(f: FnRef, payload: &[u8]) -> Arc<Vec<u8>> {
-    Arc::new(wire::encode_task(f, payload))
+/// A task: the function reference and the payload, which stays lent while the task lives.
+pub(crate) fn task_spec(
+    job: Arc<Job>,
+    chunk: usize,
+    f: FnRef,
+    payload: Payload,
+) -> Result<TaskSpec> {
+    let body = Arc::new(wire::encode_task(f, &payload)?);
+    let lent = match payload {
+        Payload::Inline(_) => None,
+        Payload::Shared(block) => Some(block),
+    };
+    Ok(TaskSpec {
+        job,
+        chunk,
+        body,
+        _lent: lent,
+    })
 }

@@ -13,9 +13,10 @@ use serde::de::DeserializeOwned;
 use serde::{Serialize, Serializer};
 
 use super::results::{AsyncResult, Imap, ImapUnordered};
+use super::wire::Payload;
 use super::worker::{self, TaskKind};
 use super::{default_chunksize, Pool};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::process::fnref::LocalFn;
 
 /// A slice of items serialized as a sequence of `A` (postcard's `Vec<A>`), whatever borrows them.
@@ -27,10 +28,6 @@ impl<A: Serialize, B: Borrow<A>> Serialize for SeqOf<'_, A, B> {
     }
 }
 
-fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
-    postcard::to_allocvec(value).map_err(|e| Error::Encode(e.to_string()))
-}
-
 impl Pool {
     /// Cuts `items` into chunks of `chunksize` (default: about four per worker) and encodes each as a
     /// task payload: `Vec<A>`, or `(P, Vec<A>)` when there are parameters.
@@ -39,7 +36,7 @@ impl Pool {
         items: impl IntoIterator<Item = B>,
         chunksize: Option<usize>,
         params: Option<&P>,
-    ) -> Result<(Vec<Vec<u8>>, Vec<usize>)>
+    ) -> Result<(Vec<Payload>, Vec<usize>)>
     where
         A: Serialize,
         B: Borrow<A>,
@@ -54,8 +51,8 @@ impl Pool {
         for chunk in items.chunks(size) {
             let seq = SeqOf::<A, B>(chunk, PhantomData);
             payloads.push(match params {
-                None => encode(&seq)?,
-                Some(p) => encode(&(p, seq))?,
+                None => Payload::encode(&seq)?,
+                Some(p) => Payload::encode(&(p, seq))?,
             });
             lens.push(chunk.len());
         }

@@ -60,10 +60,11 @@ use std::thread::JoinHandle;
 use crate::error::{Error, Result};
 use crate::process::fnref::{FnKey, FnRef, LocalFn};
 pub use builder::PoolBuilder;
-use dispatcher::{task_body, TaskSpec};
+use dispatcher::task_spec;
 use engine::Engine;
 use results::Job;
 pub use results::{AsyncResult, Imap, ImapUnordered};
+use wire::Payload;
 use worker::TaskKind;
 
 /// Largest frame on a pool ring; bigger messages travel in several.
@@ -141,25 +142,25 @@ impl Pool {
 
     /// Submits one task per payload.
     #[track_caller]
-    fn submit(&self, func: LocalFn<TaskKind>, payloads: Vec<Vec<u8>>) -> Result<Arc<Job>> {
+    fn submit(&self, func: LocalFn<TaskKind>, payloads: Vec<Payload>) -> Result<Arc<Job>> {
         let f = func.sign(&self.key);
-        let limit = MAX_MESSAGE_BYTES as usize - FnRef::LEN;
-        if let Some(p) = payloads.iter().find(|p| p.len() > limit) {
-            return Err(Error::MessageTooLarge {
-                size: p.len(),
-                max: limit,
-            });
+        let limit = MAX_MESSAGE_BYTES as usize - FnRef::LEN - 1;
+        for p in &payloads {
+            if let Payload::Inline(p) = p {
+                if p.len() > limit {
+                    return Err(Error::MessageTooLarge {
+                        size: p.len(),
+                        max: limit,
+                    });
+                }
+            }
         }
         let job = Job::new(payloads.len(), &self.engine);
         let specs = payloads
-            .iter()
+            .into_iter()
             .enumerate()
-            .map(|(chunk, p)| TaskSpec {
-                job: job.clone(),
-                chunk,
-                body: task_body(f, p),
-            })
-            .collect();
+            .map(|(chunk, p)| task_spec(job.clone(), chunk, f, p))
+            .collect::<Result<Vec<_>>>()?;
         self.engine.submit(specs)?;
         Ok(job)
     }

@@ -93,15 +93,37 @@ fn a_task_signed_with_another_key_is_refused() {
     let forged = super::worker::map_fn(double).sign(&FnKey::random());
     let payload = postcard::to_allocvec(&vec![1u32]).unwrap();
     let job = super::results::Job::new(1, &pool.engine);
-    let spec = super::dispatcher::TaskSpec {
-        job: job.clone(),
-        chunk: 0,
-        body: super::dispatcher::task_body(forged, &payload),
-    };
+    let spec = super::dispatcher::task_spec(
+        job.clone(),
+        0,
+        forged,
+        super::wire::Payload::Inline(payload),
+    )
+    .unwrap();
     pool.engine.submit(vec![spec]).unwrap();
     let r = super::results::AsyncResult::<Vec<u32>>::all_items(job, vec![1]).get();
     let err = r.unwrap_err().to_string();
     assert!(err.contains("authentication"), "{err}");
     // The pool still works.
     assert_eq!(pool.map(double, [5u32]).unwrap(), vec![10]);
+}
+
+fn total_len(v: Vec<f64>) -> (usize, f64) {
+    (v.len(), v.iter().sum())
+}
+
+/// Issue 12: an argument past the inline limit is encoded straight into a shared block the worker
+/// decodes in place; the block stays lent (not freed, not reused) until the task is over.
+#[test]
+fn large_arguments_travel_in_a_shared_block() {
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let big: Vec<f64> = (0..(super::wire::SHARED_PAYLOAD_BYTES / 8 + 1000))
+        .map(|i| i as f64)
+        .collect();
+    let want = (big.len(), big.iter().sum::<f64>());
+    let payload = super::wire::Payload::encode(&vec![&big]).unwrap();
+    assert!(matches!(payload, super::wire::Payload::Shared(_)));
+    let small = super::wire::Payload::encode(&vec![vec![1.0f64]]).unwrap();
+    assert!(matches!(small, super::wire::Payload::Inline(_)));
+    assert_eq!(pool.map(total_len, [&big, &big]).unwrap(), vec![want, want]);
 }

@@ -7,7 +7,7 @@ use bytemuck::Pod;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::wire::{self, ItemFailure, ItemResults, KIND_RESULT, KIND_TASK};
+use super::wire::{self, ItemFailure, ItemResults, PayloadRef, KIND_RESULT, KIND_TASK};
 use crate::codec::RawSlice;
 use crate::error::Error;
 use crate::heap::{BlockHandle, SharedArray};
@@ -236,10 +236,22 @@ pub(crate) fn worker_main(args: WorkerArgs) {
     }
 }
 
-/// Checks a task's function reference and runs it.
+/// Checks a task's function reference and runs it on its payload, read in place from a shared block
+/// when the parent lent one.
 fn run_task(body: &[u8], key: &FnKey) -> Result<ItemResults, String> {
-    let (f, payload) = FnRef::split_from(body).ok_or("a task frame shorter than its header")?;
-    run_fn(f, payload, key)
+    let (f, payload) = wire::decode_task(body).ok_or("a task frame shorter than its header")?;
+    match payload {
+        PayloadRef::Inline(bytes) => run_fn(f, bytes, key),
+        PayloadRef::Shared(handle) => {
+            // The parent keeps the block, unchanged, until this task is over: decoding from the
+            // mapping is decoding from bytes nobody writes meanwhile.
+            let block = SharedArray::<u8>::view(&handle).map_err(|e| e.to_string())?;
+            let bytes = block
+                .range(0..block.len())
+                .ok_or("the lent payload left its block")?;
+            run_fn(f, bytes, key)
+        }
+    }
 }
 
 fn run_fn(f: FnRef, payload: &[u8], key: &FnKey) -> Result<ItemResults, String> {
