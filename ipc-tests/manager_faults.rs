@@ -24,6 +24,8 @@ const KILL_ROUNDS: u64 = 100;
 /// The churning children cycle through keys `k_0 .. k_{KEYS-1}` (so later rounds overwrite, which frees
 /// blocks and feeds the free lists).
 const KEYS: u64 = 300;
+/// Pushes a churner makes per round at most (then it keeps inserting and removing).
+const PUSHES_PER_ROUND: u64 = 400;
 /// Size of the kill storm's manager.
 const STORM_SIZE: usize = 4 << 20;
 
@@ -112,8 +114,13 @@ fn churn(arg: &str) {
         if let Err(e) = d.insert(&key(i), &i) {
             die(&format!("round {round}: insert {i}: {e:?}"));
         }
-        if let Err(e) = l.push(&((round << 32) | j)) {
-            die(&format!("round {round}: push {j}: {e:?}"));
+        // At most PUSHES_PER_ROUND per round, so the list's growth is bounded by the rounds, not by how
+        // long a loaded machine lets a churner run before the kill lands (its item array is one heap
+        // block: unbounded pushes filled the heap on a busy machine).
+        if j < PUSHES_PER_ROUND {
+            if let Err(e) = l.push(&((round << 32) | j)) {
+                die(&format!("round {round}: push {j}: {e:?}"));
+            }
         }
         if j % 5 == 4 {
             if let Err(e) = d.remove(&key((i * 31 + 5) % KEYS)) {

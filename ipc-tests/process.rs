@@ -55,6 +55,10 @@ pub fn tests() -> Vec<Trial> {
             run_role_ok("process_many_no_leak", m)
         }));
         t.push(trial("children_die_with_parent", children_die_with_parent));
+        t.push(trial(
+            "dropped_non_daemon_is_waited_for",
+            dropped_non_daemon_is_waited_for,
+        ));
     }
     t.push(Trial::test("process::spawn::grandchild_spawns", || {
         grandchild_spawns();
@@ -288,9 +292,15 @@ fn process_many_no_leak(arg: &str) {
         let mut p = start(m, |x: u32| x * 3, i);
         assert_eq!(p.join().unwrap(), i * 3);
     }
-    // And dropped unjoined, running: killed and reaped.
+    // And daemons dropped unjoined, running: killed and reaped.
     for _ in 0..10 {
-        drop(start(m, sleep_secs, 600));
+        let mut p = Process::builder()
+            .start_method(m)
+            .daemon(true)
+            .target(sleep_secs, 600)
+            .expect("target");
+        p.start().expect("start");
+        drop(p);
     }
     assert_eq!(fd_count(), before, "descriptors leaked");
     assert_eq!(
@@ -379,4 +389,24 @@ fn state_errors() {
     p.start().unwrap();
     assert!(matches!(p.start(), Err(Error::ProcessState(_))));
     assert_eq!(p.join().unwrap(), 1);
+}
+
+/// Writes `path` after a pause: a side effect the parent must not lose by dropping the handle.
+fn write_later(path: String) {
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(path, b"done").expect("write the side effect");
+}
+
+/// Issue 13: like Python's non-daemon processes, a child whose `Process` is dropped unjoined is waited
+/// for, so its work happens; only a daemon is killed.
+fn dropped_non_daemon_is_waited_for(m: StartMethod) {
+    let path = std::env::temp_dir().join(common::unique_name("side-effect"));
+    let p = start(m, write_later, path.display().to_string());
+    drop(p);
+    let found = std::fs::read(&path);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(
+        found.expect("the child's file exists once drop returned"),
+        b"done"
+    );
 }

@@ -117,8 +117,10 @@ impl Dispatcher {
         };
         // The pool's key is the worker's spawn key: it reaches the worker over the spawn channel's
         // socket, never through a file or shared memory another process could open.
+        // A daemon: dropping the handle (terminate, a pool dropped unjoined) kills the worker.
         let mut process = Process::builder()
             .name("mproc-pool-worker")
+            .daemon(true)
             .spawn_key(self.cfg.key)
             .target(worker_main, args)?;
         process.start()?;

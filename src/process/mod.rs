@@ -83,10 +83,12 @@
 //! without the parent and child blocking on each other.
 //!
 //! # Dropping a running process
-//! Dropping a [`Process`] that was started and not joined **kills it** (`SIGKILL`) and reaps it: it
-//! never hangs and never leaves a zombie or an orphan. A result nobody can collect any more is not worth
-//! computing, and a detached child would outlive the handle that could stop it. Join first to keep the
-//! result.
+//! As in Python, a child is *non-daemon* by default: dropping its [`Process`] unjoined **waits for it
+//! to finish** (and reaps it), so its work and side effects are never lost because the handle went out
+//! of scope, at the end of `main` included. Its result is discarded; join to keep it. A child started
+//! with [`Builder::daemon`]`(true)` is **killed** (`SIGKILL`) and reaped when dropped instead: for work
+//! that is worthless once nobody waits for it, and for children that may never finish on their own.
+//! Either way no zombie and no orphan is left (with the default [`Builder::die_with_parent`]).
 //!
 //! # Fork caveats
 //! - Only the thread that called [`Process::start`] exists in the child. A lock another thread held at
@@ -190,6 +192,7 @@ pub struct Builder {
     die_with_parent: bool,
     /// The key the spawn task is authenticated with (default: a fresh random one per process).
     key: Option<FnKey>,
+    daemon: bool,
 }
 
 impl Default for Builder {
@@ -199,6 +202,7 @@ impl Default for Builder {
             method: StartMethod::Spawn,
             die_with_parent: true,
             key: None,
+            daemon: false,
         }
     }
 }
@@ -225,6 +229,28 @@ impl Builder {
     /// [module docs](crate::process#children-die-with-their-parent).
     pub fn die_with_parent(mut self, yes: bool) -> Self {
         self.die_with_parent = yes;
+        self
+    }
+
+    /// Whether the child is a daemon (default `false`): a daemon is killed when its [`Process`] is
+    /// dropped unjoined, a non-daemon is waited for. See the
+    /// [module docs](crate::process#dropping-a-running-process).
+    ///
+    /// # Examples
+    /// ```
+    /// fn forever(_: ()) {
+    ///     loop {
+    ///         std::thread::park();
+    ///     }
+    /// }
+    ///
+    /// let mut p = mproc::Process::builder().daemon(true).target(forever, ())?;
+    /// p.start()?;
+    /// drop(p); // killed and reaped: a non-daemon would be waited for forever
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn daemon(mut self, yes: bool) -> Self {
+        self.daemon = yes;
         self
     }
 
@@ -293,6 +319,7 @@ impl Builder {
             method: self.method,
             die_with_parent: self.die_with_parent,
             key: self.key,
+            daemon: self.daemon,
             target: Some(target),
             child: None,
             status: Cell::new(None),
@@ -305,14 +332,16 @@ impl Builder {
 /// A function running (or to be run) in a child process, returning an `R`.
 ///
 /// Created by [`Process::new`] or a [`Builder`], started by [`Process::start`], finished by
-/// [`Process::join`]. Dropping a started process that was not joined kills it; see the
+/// [`Process::join`]. Dropping a started process that was not joined waits for it (or kills it, for a
+/// [daemon](Builder::daemon)); see the
 /// [module docs](crate::process#dropping-a-running-process).
-#[must_use = "a process does nothing until started, and is killed when dropped unjoined"]
+#[must_use = "a process does nothing until started"]
 pub struct Process<R> {
     name: String,
     method: StartMethod,
     die_with_parent: bool,
     key: Option<FnKey>,
+    daemon: bool,
     target: Option<Target>,
     child: Option<Child>,
     /// How the child ended, once reaped.
@@ -591,9 +620,11 @@ impl<R> Drop for Process<R> {
         if self.status.get().is_some() {
             return;
         }
-        // Kill and reap (see the module docs). Errors are ignored: ESRCH means it already ended, and the
-        // blocking waitpid below reaps it either way; SIGKILL cannot be caught, so this does not hang.
-        let _ = psys::send_signal(&child.pidfd, psys::SIGKILL);
+        // A daemon is killed, a non-daemon waited for (see the module docs); both are reaped. Errors
+        // are ignored: ESRCH means it already ended, and the blocking waitpid reaps it either way.
+        if self.daemon {
+            let _ = psys::send_signal(&child.pidfd, psys::SIGKILL);
+        }
         let _ = psys::waitpid(child.pid, true);
     }
 }
