@@ -85,7 +85,6 @@
 //! to a server process over a socket; here the containers are in shared memory and each operation is a
 //! short transaction run by the caller. Python's `Lock` stays locked forever when its holder dies; here
 //! the next acquirer is told and carries on.
-#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod codec;
 mod error;

@@ -8,7 +8,7 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use super::heap::{at, CopyBudget, Heap, HeapRef, Tx};
+use super::heap::{at, CopyBudget, HeapRef, JournaledHeap, Tx};
 use crate::codec::{Codec, Serde};
 use crate::error::{Error, Result};
 
@@ -40,7 +40,7 @@ type KeyValue<K, V> = fn(K, V) -> (K, V);
 /// middle of `insert` leaves the dict as it was before (see the heap docs). Keys and values are encoded
 /// with `C`: [`Serde`] by default, or [`Raw`](crate::codec::Raw) for `Pod` types, stored inline as bytes.
 pub struct Dict<K, V, C = Serde> {
-    heap: Arc<Heap>,
+    heap: Arc<JournaledHeap>,
     obj: u64,
     _t: PhantomData<KeyValue<K, V>>,
     _c: PhantomData<C>,
@@ -160,7 +160,7 @@ fn entry_bytes(key: &[u8], value: &[u8]) -> Vec<u8> {
 }
 
 impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
-    pub(crate) fn attach(heap: Arc<Heap>, obj: u64) -> Self {
+    pub(crate) fn attach(heap: Arc<JournaledHeap>, obj: u64) -> Self {
         Dict {
             heap,
             obj,

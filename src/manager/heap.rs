@@ -77,19 +77,19 @@ pub(crate) fn at(base: u64, i: u64, size: u64) -> Result<u64> {
 
 /// A view of a managed heap region: checked word access and the lock.
 #[derive(Debug)]
-pub(crate) struct Heap {
+pub(crate) struct JournaledHeap {
     region: Region,
     len: u64,
 }
 
-impl Heap {
+impl JournaledHeap {
     pub(crate) fn min_size() -> usize {
         ARENA as usize + 4096
     }
 
     /// Sets up a fresh, zeroed region (before it is published).
     pub(crate) fn init(region: &Region) -> Result<()> {
-        let h = Heap::view(region);
+        let h = JournaledHeap::view(region);
         h.word(BUMP)?.store(ARENA, Ordering::Relaxed);
         h.word(END)?.store(region.len() as u64, Ordering::Relaxed);
         Ok(())
@@ -103,9 +103,9 @@ impl Heap {
         }
     }
 
-    pub(crate) fn new(region: Region) -> Heap {
+    pub(crate) fn new(region: Region) -> JournaledHeap {
         let len = region.len() as u64;
-        Heap { region, len }
+        JournaledHeap { region, len }
     }
 
     pub(crate) fn region(&self) -> &Region {
@@ -186,7 +186,7 @@ impl<'a> HeapRef<'a> {
         }
         // SAFETY: [off, off + 8) lies inside the payload of a live mapping (checked above against its
         // length), off is 8-aligned and the payload starts 128 bytes into a page-aligned mapping; an
-        // AtomicU64 accepts any bits. The mapping outlives 'a (the Heap owns the Region).
+        // AtomicU64 accepts any bits. The mapping outlives 'a (the JournaledHeap owns the Region).
         Ok(unsafe { &*(self.base.add(off as usize) as *const AtomicU64) })
     }
 

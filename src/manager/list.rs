@@ -3,11 +3,7 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
-use super::dict::Dict;
-use super::heap::{at, CopyBudget, Heap, Tx};
+use super::heap::{at, CopyBudget, JournaledHeap, Tx};
 use crate::codec::{Codec, Serde};
 
 use crate::error::{Error, Result};
@@ -21,7 +17,7 @@ pub(crate) const LIST_WORDS: u64 = 3;
 /// `list()`. Each element is a blob encoded with `C`; the list is an array of their offsets that doubles
 /// when full. Every operation is one crash-safe transaction.
 pub struct List<T, C = Serde> {
-    heap: Arc<Heap>,
+    heap: Arc<JournaledHeap>,
     obj: u64,
     _t: PhantomData<fn(T) -> T>,
     _c: PhantomData<C>,
@@ -47,7 +43,7 @@ impl<T, C> std::fmt::Debug for List<T, C> {
 }
 
 impl<T, C: Codec<T>> List<T, C> {
-    pub(crate) fn attach(heap: Arc<Heap>, obj: u64) -> Self {
+    pub(crate) fn attach(heap: Arc<JournaledHeap>, obj: u64) -> Self {
         List {
             heap,
             obj,
@@ -242,132 +238,5 @@ impl<T, C: Codec<T>> List<T, C> {
                 .collect::<Result<Vec<_>>>()
         })?;
         raw.iter().map(|b| C::decode(b)).collect()
-    }
-}
-
-/// A single value in a managed heap, like a Python manager's `Value` (any serde type; for `Pod` types
-/// with their own lock, see [`crate::Value`]).
-pub struct ManagedValue<T, C = Serde> {
-    heap: Arc<Heap>,
-    obj: u64,
-    _t: PhantomData<fn(T) -> T>,
-    _c: PhantomData<C>,
-}
-
-impl<T, C> std::fmt::Debug for ManagedValue<T, C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ManagedValue")
-            .field("offset", &self.obj)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<T, C: Codec<T>> ManagedValue<T, C> {
-    pub(crate) fn attach(heap: Arc<Heap>, obj: u64) -> Self {
-        ManagedValue {
-            heap,
-            obj,
-            _t: PhantomData,
-            _c: PhantomData,
-        }
-    }
-
-    pub(crate) fn init(tx: &mut Tx<'_>, obj: u64, initial: &[u8]) -> Result<()> {
-        let blob = tx.alloc_blob(initial)?;
-        tx.init(obj, blob)
-    }
-
-    /// The current value.
-    ///
-    /// # Errors
-    /// [`Error::Decode`], [`Error::Corrupted`].
-    pub fn get(&self) -> Result<T> {
-        let obj = self.obj;
-        let b = self.heap.transact(|tx| tx.heap().blob(tx.get(obj)?))?;
-        C::decode(&b)
-    }
-
-    /// Replaces the value.
-    ///
-    /// # Errors
-    /// [`Error::OutOfMemory`], [`Error::Encode`], [`Error::Corrupted`].
-    pub fn set(&self, v: &T) -> Result<()> {
-        let bytes = C::with_bytes(v, <[u8]>::to_vec)?;
-        let obj = self.obj;
-        self.heap.transact(|tx| {
-            let old = tx.get(obj)?;
-            let blob = tx.alloc_blob(&bytes)?;
-            tx.set(obj, blob)?;
-            tx.free(old)
-        })
-    }
-
-    /// Reads, changes and writes back the value in one transaction.
-    ///
-    /// # Errors
-    /// As [`get`](ManagedValue::get) and [`set`](ManagedValue::set).
-    pub fn update(&self, f: impl FnOnce(T) -> T) -> Result<()> {
-        let obj = self.obj;
-        self.heap.transact(|tx| {
-            let old = tx.get(obj)?;
-            let v = f(C::decode(&tx.heap().blob(old)?)?);
-            let blob = tx.alloc_blob(&C::with_bytes(&v, <[u8]>::to_vec)?)?;
-            tx.set(obj, blob)?;
-            tx.free(old)
-        })
-    }
-}
-
-/// Named fields holding serde values, like a Python manager's `Namespace()`: `ns.set("epoch", &3)`,
-/// `ns.get::<u32>("epoch")`. Each field is stored encoded, so fields may have different types.
-#[derive(Debug, Clone)]
-pub struct Namespace {
-    fields: Dict<String, Vec<u8>>,
-}
-
-impl Namespace {
-    pub(crate) fn new(fields: Dict<String, Vec<u8>>) -> Self {
-        Namespace { fields }
-    }
-
-    /// Sets field `name`.
-    ///
-    /// # Errors
-    /// [`Error::Encode`], [`Error::OutOfMemory`], [`Error::Corrupted`].
-    pub fn set<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
-        let bytes = postcard::to_allocvec(value).map_err(|e| Error::Encode(e.to_string()))?;
-        self.fields.insert(&name.to_owned(), &bytes).map(drop)
-    }
-
-    /// Field `name` as a `T`, if set.
-    ///
-    /// # Errors
-    /// [`Error::Decode`] if it holds another type, [`Error::Corrupted`].
-    pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
-        self.fields
-            .get(&name.to_owned())?
-            .map(|b| {
-                postcard::from_bytes(&b).map_err(|e| Error::Decode {
-                    ty: std::any::type_name::<T>(),
-                    reason: e.to_string(),
-                })
-            })
-            .transpose()
-    }
-
-    /// Removes field `name`; returns whether it was set.
-    ///
-    /// # Errors
-    /// [`Error::Corrupted`].
-    pub fn remove(&self, name: &str) -> Result<bool> {
-        Ok(self.fields.remove(&name.to_owned())?.is_some())
-    }
-
-    /// The names of the fields set.
-    ///
-    /// # Errors
-    /// [`Error::Corrupted`].
-    pub fn names(&self) -> Result<Vec<String>> {
-        self.fields.keys()
     }
 }

@@ -22,7 +22,9 @@
 mod dict;
 mod heap;
 mod list;
+mod namespace;
 mod objects;
+mod value;
 
 use std::sync::Arc;
 
@@ -34,8 +36,10 @@ use crate::codec::{Codec, Raw, Serde};
 use crate::error::{Error, Result};
 use crate::region::{layout_hash, Layout, Region, RegionHandle, DEFAULT_OPEN_TIMEOUT};
 pub use dict::Dict;
-use heap::{Heap, Tx, DIRECTORY, DIR_CAP, DIR_NAME_MAX, DIR_WORDS};
-pub use list::{List, ManagedValue, Namespace};
+use heap::{JournaledHeap, Tx, DIRECTORY, DIR_CAP, DIR_NAME_MAX, DIR_WORDS};
+pub use list::List;
+pub use namespace::Namespace;
+pub use value::ManagedValue;
 
 fn heap_layout(size: Option<usize>) -> Layout {
     Layout {
@@ -48,7 +52,7 @@ fn heap_layout(size: Option<usize>) -> Layout {
 /// A managed shared heap of named containers. See the [module docs](self).
 #[derive(Clone)]
 pub struct Manager {
-    heap: Arc<Heap>,
+    heap: Arc<JournaledHeap>,
     /// Objects this process registered in the directory (see `objects.rs`): their regions stay
     /// reachable by handle while this manager lives.
     keep: Arc<std::sync::Mutex<Vec<Box<dyn std::any::Any + Send>>>>,
@@ -64,23 +68,28 @@ impl std::fmt::Debug for Manager {
 
 impl Manager {
     fn create_in(name: Option<&str>, size: usize, persistent: bool) -> Result<Manager> {
-        let size = size.max(Heap::min_size());
-        let region = Region::create_with(heap_layout(Some(size)), name, persistent, Heap::init)?;
+        let size = size.max(JournaledHeap::min_size());
+        let region = Region::create_with(
+            heap_layout(Some(size)),
+            name,
+            persistent,
+            JournaledHeap::init,
+        )?;
         Ok(Manager {
-            heap: Arc::new(Heap::new(region)),
+            heap: Arc::new(JournaledHeap::new(region)),
             keep: Arc::default(),
         })
     }
 
     fn wrap(region: Region) -> Result<Manager> {
-        if region.len() < Heap::min_size() {
+        if region.len() < JournaledHeap::min_size() {
             return Err(Error::Truncated {
-                needed: Heap::min_size() as u64,
+                needed: JournaledHeap::min_size() as u64,
                 actual: region.len() as u64,
             });
         }
         Ok(Manager {
-            heap: Arc::new(Heap::new(region)),
+            heap: Arc::new(JournaledHeap::new(region)),
             keep: Arc::default(),
         })
     }

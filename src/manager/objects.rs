@@ -15,7 +15,8 @@ use serde::Serialize;
 use super::Manager;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
-use crate::{Array, Event, Lock, Queue, RLock, Semaphore};
+use crate::queue::Queue;
+use crate::sync::{Array, Event, Lock, RLock, Semaphore};
 
 impl Manager {
     /// The object `name` of kind `T`: attached from the directory, or made by `make` and registered.

@@ -1,3 +1,4 @@
+use super::arr::{WireIn, WireOut};
 use super::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -71,7 +72,7 @@ fn small_arrays_travel_inline_and_big_ones_by_handle() {
 fn one_copy_per_slice_per_call_and_none_outside_a_call() {
     let big: Vec<u64> = vec![7; 1000];
     let owned = Arr::from(big.clone());
-    let mut shared = Shared::default();
+    let mut shared = CallCopies::default();
     let bytes = with_context(100, &mut shared, || {
         postcard::to_allocvec(&(
             Arr::from(&big),

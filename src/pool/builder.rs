@@ -1,6 +1,6 @@
 //! [`PoolBuilder`]: a pool's settings.
 
-use super::dispatcher::Config;
+use super::dispatcher::PoolConfig;
 use super::engine::Engine;
 use super::worker::{self, FrameQueue};
 use super::{Pool, FRAME_SIZE, MAX_MESSAGE_BYTES, RESULT_RING};
@@ -66,7 +66,7 @@ impl PoolBuilder {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let key = FnKey::random();
         let initializer = self.initializer.map(|f| worker::init_fn(f).sign(&key));
-        let cfg = Config {
+        let cfg = PoolConfig {
             workers,
             key,
             initializer,

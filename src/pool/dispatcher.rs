@@ -39,7 +39,7 @@ pub(crate) struct TaskSpec {
 
 /// How the pool was configured: what a worker needs to be (re)started.
 #[derive(Clone)]
-pub(crate) struct Config {
+pub(crate) struct PoolConfig {
     pub(crate) workers: usize,
     pub(crate) key: FnKey,
     pub(crate) initializer: Option<FnRef>,
@@ -50,7 +50,7 @@ pub(crate) struct Config {
     pub(crate) max_body: u64,
 }
 
-struct Task {
+struct TaskEntry {
     spec: TaskSpec,
     retries_left: u8,
 }
@@ -67,10 +67,10 @@ struct Worker {
 }
 
 pub(crate) struct Dispatcher {
-    cfg: Config,
+    cfg: PoolConfig,
     results: FrameQueue,
     workers: Vec<Worker>,
-    tasks: HashMap<u64, Task>,
+    tasks: HashMap<u64, TaskEntry>,
     pending: VecDeque<u64>,
     partial: wire::Reassembly,
     next_id: u64,
@@ -84,7 +84,7 @@ pub(crate) struct Dispatcher {
 
 impl Dispatcher {
     /// Starts the workers.
-    pub(crate) fn new(cfg: Config, results: FrameQueue) -> Result<Dispatcher> {
+    pub(crate) fn new(cfg: PoolConfig, results: FrameQueue) -> Result<Dispatcher> {
         let max_body = cfg.max_body;
         let mut m = Dispatcher {
             cfg,
@@ -179,7 +179,7 @@ impl Dispatcher {
             self.next_id += 1;
             self.tasks.insert(
                 id,
-                Task {
+                TaskEntry {
                     spec,
                     retries_left: self.cfg.retries,
                 },

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::dispatcher::{Config, Dispatcher, TaskSpec, LIVENESS_EVERY};
+use super::dispatcher::{Dispatcher, PoolConfig, TaskSpec, LIVENESS_EVERY};
 use super::results::Bell;
 use super::worker::FrameQueue;
 use crate::error::{Error, Result};
@@ -47,7 +47,10 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     /// Starts the workers and the background thread.
-    pub(crate) fn start(cfg: Config, results: FrameQueue) -> Result<(Arc<Engine>, JoinHandle<()>)> {
+    pub(crate) fn start(
+        cfg: PoolConfig,
+        results: FrameQueue,
+    ) -> Result<(Arc<Engine>, JoinHandle<()>)> {
         let dispatcher = Dispatcher::new(cfg, results.clone())?;
         let engine = Arc::new(Engine {
             dispatcher: Mutex::new(dispatcher),

@@ -120,7 +120,7 @@ fn spawn_adapter<A: DeserializeOwned, R: Serialize>(
     postcard::to_allocvec(&r).map_err(|e| Failure::ResultEncode(e.to_string()))
 }
 
-pub(crate) fn frame(magic: [u8; 8], body: &[u8]) -> Vec<u8> {
+pub(crate) fn spawn_frame(magic: [u8; 8], body: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(16 + body.len());
     v.extend_from_slice(&magic);
     v.extend_from_slice(&(body.len() as u64).to_le_bytes());
@@ -129,7 +129,7 @@ pub(crate) fn frame(magic: [u8; 8], body: &[u8]) -> Vec<u8> {
 }
 
 /// The body of a complete frame with this magic, or `None`.
-pub(crate) fn unframe(magic: [u8; 8], bytes: &[u8]) -> Option<&[u8]> {
+pub(crate) fn spawn_unframe(magic: [u8; 8], bytes: &[u8]) -> Option<&[u8]> {
     let (head, body) = bytes.split_at_checked(16)?;
     let len = u64::from_le_bytes(head[8..16].try_into().ok()?);
     (head[..8] == magic && body.len() as u64 == len).then_some(body)
@@ -142,7 +142,7 @@ pub(crate) fn announced_len(magic: [u8; 8], head: &[u8; 16]) -> Option<u64> {
 
 pub(crate) fn encode_task(task: &SpawnTask) -> Vec<u8> {
     // Encoding a struct of integers and byte vectors into a Vec cannot fail.
-    frame(
+    spawn_frame(
         TASK_MAGIC,
         &postcard::to_allocvec(task).expect("a task always encodes"),
     )
@@ -153,7 +153,7 @@ pub(crate) const OUTCOME_MAGIC: [u8; 8] = OUT_MAGIC;
 
 /// Reads a child's outcome from the bytes of its result file; `None` if it left no complete report.
 pub(crate) fn decode_outcome(bytes: &[u8]) -> Option<Outcome> {
-    postcard::from_bytes(unframe(OUT_MAGIC, bytes)?).ok()
+    postcard::from_bytes(spawn_unframe(OUT_MAGIC, bytes)?).ok()
 }
 
 // ------------------------------------------------------------------------------------------- the child
@@ -171,7 +171,7 @@ fn publish(outcome: &Outcome) -> bool {
     let Ok(body) = postcard::to_allocvec(outcome) else {
         return false;
     };
-    psys::replace_contents(fd, &frame(OUT_MAGIC, &body)).is_ok()
+    psys::replace_contents(fd, &spawn_frame(OUT_MAGIC, &body)).is_ok()
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -330,7 +330,7 @@ fn accept(value: &str) -> Result<Accepted, String> {
     }
     let key = FnKey::from_bytes(channel::read_key(key_fd, parent)?);
     let bytes = channel::read_task(task_fd, MAX_TASK_BYTES)?;
-    let task: SpawnTask = unframe(TASK_MAGIC, &bytes)
+    let task: SpawnTask = spawn_unframe(TASK_MAGIC, &bytes)
         .and_then(|b| postcard::from_bytes(b).ok())
         .ok_or("the task does not decode")?;
     let func = task
@@ -385,11 +385,11 @@ mod tests {
 
     #[test]
     fn frames_check_magic_and_length() {
-        let f = frame(OUT_MAGIC, b"abc");
-        assert_eq!(unframe(OUT_MAGIC, &f), Some(&b"abc"[..]));
-        assert_eq!(unframe(TASK_MAGIC, &f), None);
-        assert_eq!(unframe(OUT_MAGIC, &f[..f.len() - 1]), None);
-        assert_eq!(unframe(OUT_MAGIC, b"short"), None);
+        let f = spawn_frame(OUT_MAGIC, b"abc");
+        assert_eq!(spawn_unframe(OUT_MAGIC, &f), Some(&b"abc"[..]));
+        assert_eq!(spawn_unframe(TASK_MAGIC, &f), None);
+        assert_eq!(spawn_unframe(OUT_MAGIC, &f[..f.len() - 1]), None);
+        assert_eq!(spawn_unframe(OUT_MAGIC, b"short"), None);
         let head: [u8; 16] = f[..16].try_into().unwrap();
         assert_eq!(announced_len(OUT_MAGIC, &head), Some(3));
         assert_eq!(announced_len(TASK_MAGIC, &head), None);
