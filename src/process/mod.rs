@@ -24,8 +24,14 @@
 //!   of the parent's memory. Use it for short-lived children of a parent that is single-threaded, or whose
 //!   threads you control, and whose heap is small. See [the caveats](#fork-caveats).
 //!
+//! - [`StartMethod::ForkServer`] (Linux, opt-in; Python 3.14's default there) asks a single-threaded
+//!   server process, spawned once per process, to fork the child. It starts at fork speed from any
+//!   parent, however many threads it runs, and runs what spawn runs (a function pointer and serialized
+//!   arguments). See [the fork server](#the-fork-server).
+//!
 //! When in doubt, spawn. Use fork when start-up latency matters and the caveats are understood, or when
-//! the work is a closure over state that cannot be serialized.
+//! the work is a closure over state that cannot be serialized; use the fork server when start-up latency
+//! matters in a multi-threaded parent.
 //!
 //! # What a spawned child can run
 //! Only a **function pointer** `fn(A) -> R` with `A: Serialize + DeserializeOwned` and
@@ -88,6 +94,17 @@
 //! computing, and a detached child would outlive the handle that could stop it. Join first to keep the
 //! result.
 //!
+//! # The fork server
+//! The first [`StartMethod::ForkServer`] process of a program spawns its server (one re-exec, about a
+//! millisecond); every later one costs a request, a `fork` of the small single-threaded server and an
+//! answer. Children are reported exactly like spawned ones (value, panic with location, signal, exit
+//! code), die with the requesting process (through the server, which dies with it and is their real
+//! parent), and are waited for, signalled and killed through a pidfd the server sends over a socket only
+//! parent and server hold, which no pid reuse can redirect. A server that died is restarted by the next
+//! start; a child whose server died before reporting its end is reported as [`Error::ForkServer`]. The
+//! server's children share the server's memory at the time of the fork, i.e. a fresh program's start-up
+//! state, not the parent's: like spawned children, they get only their arguments.
+//!
 //! # Fork caveats
 //! - Only the thread that called [`Process::start`] exists in the child. A lock another thread held at
 //!   the moment of the fork (stdout, a `Mutex`, an allocator other than glibc's, a logger) stays locked in
@@ -106,6 +123,7 @@
 pub(crate) mod bootstrap;
 pub(crate) mod fnref;
 mod fork;
+mod forkserver;
 mod spawn;
 
 use std::cell::Cell;
@@ -133,6 +151,10 @@ pub enum StartMethod {
     Spawn,
     /// `fork(2)` the parent (Linux). Faster to start; see the [fork caveats](crate::process#fork-caveats).
     Fork,
+    /// Ask this process's fork server, a single-threaded process spawned once, to fork the child (Linux;
+    /// Python 3.14's default there). Starts at fork speed from any parent, runs what spawn runs; see
+    /// [the fork server](crate::process#the-fork-server).
+    ForkServer,
 }
 
 /// Runs a spawned child's task if this process is one, otherwise does nothing.
@@ -157,6 +179,18 @@ struct Child {
     pid: u32,
     pidfd: OwnedFd,
     result: File,
+    /// For a child of the fork server (not ours to `waitpid`): where the server reports its end.
+    via_server: Option<forkserver::Status>,
+}
+
+impl Child {
+    /// Reaps the child if it has ended (`block`: waits until it has) and says how it ended.
+    fn reap(&self, block: bool) -> Result<Option<WaitStatus>> {
+        match &self.via_server {
+            None => psys::waitpid(self.pid, block),
+            Some(status) => status.wait(self.pid, block),
+        }
+    }
 }
 
 enum Target {
@@ -250,7 +284,7 @@ impl Builder {
         R: Serialize + DeserializeOwned,
     {
         let func = bootstrap::spawn_fn(f);
-        if self.method == StartMethod::Spawn {
+        if self.method != StartMethod::Fork {
             assert!(
                 func.is_in_main_executable(),
                 "mproc: a spawned process can only run a function of the main executable"
@@ -395,6 +429,9 @@ impl<R> Process<R> {
                 let key = self.key.unwrap_or_else(FnKey::random);
                 spawn::start(func, key, &args, self.die_with_parent)?
             }
+            (StartMethod::ForkServer, Target::Function { func, args }) => {
+                forkserver::start(func, &args, self.die_with_parent)?
+            }
             (StartMethod::Fork, Target::Function { func, args }) => {
                 let (f, adapter) = func.parts();
                 fork::start(Box::new(move || adapter(f, &args)), self.die_with_parent)?
@@ -456,7 +493,7 @@ impl<R> Process<R> {
             return Some(s);
         }
         let child = self.child.as_ref()?;
-        let s = psys::waitpid(child.pid, false).ok()??;
+        let s = child.reap(false).ok()??;
         self.status.set(Some(s));
         Some(s)
     }
@@ -500,8 +537,9 @@ impl<R: DeserializeOwned> Process<R> {
                     return Err(Error::Timeout);
                 }
                 // The pidfd is readable: the child has terminated, so this does not block.
-                let s =
-                    psys::waitpid(child.pid, true)?.ok_or(Error::ProcessState("lost the child"))?;
+                let s = child
+                    .reap(true)?
+                    .ok_or(Error::ProcessState("lost the child"))?;
                 self.status.set(Some(s));
                 s
             }
@@ -594,6 +632,6 @@ impl<R> Drop for Process<R> {
         // Kill and reap (see the module docs). Errors are ignored: ESRCH means it already ended, and the
         // blocking waitpid below reaps it either way; SIGKILL cannot be caught, so this does not hang.
         let _ = psys::send_signal(&child.pidfd, psys::SIGKILL);
-        let _ = psys::waitpid(child.pid, true);
+        let _ = child.reap(true);
     }
 }

@@ -7,6 +7,8 @@
 //! - [`channel`]: the descriptors a spawned child inherits, and the checks it makes before trusting them.
 //! - [`futex`]: wait and wake on a 32-bit atomic in shared memory, with timeouts.
 //! - [`process`]: fork, pidfds, waiting and signalling child processes, the running executable's identity.
+//! - [`unix_socket`]: `AF_UNIX` packets carrying descriptors (`SCM_RIGHTS`) and `poll` over several
+//!   descriptors, for the fork server.
 //! - [`proc`]: pids, thread ids, start times and liveness checks used to detect dead lock holders.
 
 pub(crate) mod channel;
@@ -14,3 +16,4 @@ pub(crate) mod futex;
 pub(crate) mod proc;
 pub(crate) mod process;
 pub(crate) mod shm;
+pub(crate) mod unix_socket;
