@@ -43,8 +43,10 @@
 //!
 //! # A dead server
 //! A request to a server that has died (killed, out of memory) restarts it transparently once. A child
-//! whose server died before reporting its end is reported as [`Error::ForkServer`]; a request the server
-//! died while handling fails the same way (it is not retried: the child may have started).
+//! whose server died before reporting its end is reparented and reaped elsewhere: its status is then
+//! read from its pidfd (`PIDFD_GET_INFO`, Linux 6.15+), and where the kernel cannot tell, the loss is
+//! reported as [`Error::ForkServer`]. A request the server died while handling fails with
+//! [`Error::ForkServer`] too (it is not retried: the child may have started).
 
 use std::fs::File;
 use std::io::Write;
@@ -60,12 +62,14 @@ use super::{spawn, Child};
 use crate::error::{Error, Result};
 use crate::sys::process::{self as psys, Fork, WaitStatus};
 use crate::sys::unix_socket::{self as usock, Received};
-use crate::sys::{channel, shm};
+use crate::sys::{channel, pidfd, shm};
 
 /// Arguments up to this size travel in the request packet; larger ones in a sealed memfd.
 const INLINE_ARGS: usize = 32 << 10;
 /// The largest request packet the server accepts.
 const MAX_REQUEST: usize = INLINE_ARGS + 4096;
+/// How long a blocking wait gives a new parent to reap an ended child whose server died.
+const ORPHAN_REAP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The largest answer the parent accepts on a status socket (an error message is cut to fit).
 const MAX_ANSWER: usize = 1024;
 
@@ -233,7 +237,9 @@ fn started(status: OwnedFd, result: File) -> Result<Child> {
         // Blocking receive: `Nothing` cannot happen; either way no answer will come.
         Received::Closed | Received::Nothing => {
             return Err(Error::ForkServer(
-                "the fork server died before it started the process".into(),
+                "the fork server closed the request without starting the process (it died, or \
+                 could not receive the request)"
+                    .into(),
             ))
         }
     };
@@ -274,16 +280,17 @@ impl Status {
     ///
     /// # Errors
     /// [`Error::ForkServer`] if the server died before reporting.
-    pub(super) fn wait(&self, pid: u32, block: bool) -> Result<Option<WaitStatus>> {
+    pub(super) fn wait(
+        &self,
+        pid: u32,
+        pidfd: &OwnedFd,
+        block: bool,
+    ) -> Result<Option<WaitStatus>> {
         let mut buf = [0u8; 32];
         let n = match usock::recv_with_fds(self.0.as_fd(), &mut buf, 0, block)? {
             Received::Packet(n, _) => n,
             Received::Nothing => return Ok(None),
-            Received::Closed => {
-                return Err(Error::ForkServer(format!(
-                    "the fork server died before it reported how process {pid} ended"
-                )))
-            }
+            Received::Closed => return orphan_status(pid, pidfd, block),
         };
         let body = bootstrap::unframe(ENDED_MAGIC, &buf[..n])
             .and_then(|b| <[u8; 5]>::try_from(b).ok())
@@ -297,6 +304,29 @@ impl Status {
             )),
         }
     }
+}
+
+/// How a child ended whose server died before reporting it. Still running (with `block` false): `None`.
+/// Ended: its new parent (init or a subreaper) reaps it, and since Linux 6.15 the kernel keeps the
+/// status for pidfd holders. A blocking wait gives the reaping [`ORPHAN_REAP_WAIT`] (some inits reap on a
+/// timer: this VM's took 1.4 s), a non-blocking one asks once; then the loss is reported.
+fn orphan_status(pid: u32, pidfd: &OwnedFd, block: bool) -> Result<Option<WaitStatus>> {
+    let timeout = (!block).then_some(std::time::Duration::ZERO);
+    if !psys::wait_readable(pidfd, timeout)? {
+        return Ok(None);
+    }
+    let patience = if block {
+        ORPHAN_REAP_WAIT
+    } else {
+        std::time::Duration::ZERO
+    };
+    pidfd::exit_status(pidfd, patience)
+        .map(Some)
+        .ok_or_else(|| {
+            Error::ForkServer(format!(
+                "the fork server died before it reported how process {pid} ended"
+            ))
+        })
 }
 
 // ----------------------------------------------------------------------------------------- the server

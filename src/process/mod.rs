@@ -101,7 +101,8 @@
 //! code), die with the requesting process (through the server, which dies with it and is their real
 //! parent), and are waited for, signalled and killed through a pidfd the server sends over a socket only
 //! parent and server hold, which no pid reuse can redirect. A server that died is restarted by the next
-//! start; a child whose server died before reporting its end is reported as [`Error::ForkServer`]. The
+//! start; a child whose server died before reporting its end is reported from its pidfd where the
+//! kernel keeps the status (Linux 6.15+), else as [`Error::ForkServer`]. The
 //! server's children share the server's memory at the time of the fork, i.e. a fresh program's start-up
 //! state, not the parent's: like spawned children, they get only their arguments.
 //!
@@ -188,7 +189,7 @@ impl Child {
     fn reap(&self, block: bool) -> Result<Option<WaitStatus>> {
         match &self.via_server {
             None => psys::waitpid(self.pid, block),
-            Some(status) => status.wait(self.pid, block),
+            Some(status) => status.wait(self.pid, &self.pidfd, block),
         }
     }
 }
