@@ -1,5 +1,6 @@
 //! Start + join of a trivial process: fork vs spawn (re-exec of this executable) vs
-//! `std::process::Command::new("/bin/true")`, medians and ratios.
+//! `std::process::Command::new("/bin/true")`, medians and ratios; then the fork server, from a parent that
+//! runs four extra threads (the case it is for), against fork from that same parent.
 //!
 //! `MPROC_BENCH_QUICK=1` runs a few iterations only. Ends with the `result:` lines of the bench contract.
 
@@ -68,6 +69,37 @@ fn main() {
         "  spawn / fork                                      {:>5.2}x",
         spawn / fork
     );
+
+    // The fork server, from a parent running four extra threads (two sleeping, two spinning with
+    // yields, like a busy application). The server is started once, in the warm-up.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let extra: Vec<_> = (0..4)
+        .map(|i| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if i < 2 {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+            })
+        })
+        .collect();
+    let server = measure(iters, |i| start_join(StartMethod::ForkServer, i));
+    let fork_threads = measure(iters, |i| start_join(StartMethod::Fork, i));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in extra {
+        t.join().expect("extra thread");
+    }
+    println!("  with 4 extra threads in the parent:");
+    println!(
+        "  forkserver (fork of the server)     {server:>9.1} us   {:>5.2}x fork from this parent",
+        server / fork_threads
+    );
+    println!("  fork  (closure in a forked child)   {fork_threads:>9.1} us   1.00x");
     common::result("fork_start_join_us", fork, 1, "us");
     common::result("spawn_start_join_us", spawn, 1, "us");
+    common::result("forkserver_start_join_us", server, 1, "us");
 }

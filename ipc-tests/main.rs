@@ -7,6 +7,7 @@
 mod common;
 mod examples;
 mod examples_run;
+mod forkserver;
 mod locks;
 mod manager;
 mod manager_faults;
@@ -34,6 +35,7 @@ fn main() {
         manager_faults::ROLES,
         examples::ROLES,
         examples_run::ROLES,
+        forkserver::ROLES,
         sync_faults::ROLES,
         queue::ROLES,
         queue_faults::ROLES,
@@ -53,6 +55,7 @@ fn main() {
     trials.extend(manager_faults::tests());
     trials.extend(examples::tests());
     trials.extend(examples_run::tests());
+    trials.extend(forkserver::tests());
     trials.extend(sync_faults::tests());
     trials.extend(queue::tests());
     trials.extend(queue_faults::tests());

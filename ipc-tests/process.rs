@@ -209,7 +209,7 @@ fn no_deadlock_on_locks_held_by_other_threads(m: StartMethod) {
     held_rx.recv().unwrap();
     // A forked child must not touch the locks (the documented caveat); a spawned one may, it has its own.
     let f: fn(u32) -> u32 = match m {
-        StartMethod::Spawn => prints_and_returns,
+        StartMethod::Spawn | StartMethod::ForkServer => prints_and_returns,
         StartMethod::Fork => |x| x + 1,
     };
     let mut p = start(m, f, 1);

@@ -210,6 +210,10 @@ pub enum Error {
     /// was run.
     #[error("the child process runs a different executable than its parent: {0}")]
     ExecutableMismatch(String),
+    /// The fork server (`StartMethod::ForkServer`) died or failed while starting a process or before
+    /// reporting how one ended; the message says which. The next process started restarts it.
+    #[error("fork server: {0}")]
+    ForkServer(String),
     /// The process was not started, or was already joined.
     #[error("process is not running: {0}")]
     ProcessState(&'static str),

@@ -40,7 +40,9 @@
 //! task is a plain `fn(A) -> R` (capturing closures do not compile) with serde arguments; it travels as
 //! an offset checked against the executable file. **Fork** is opt-in ([`ProcessBuilder::fork`]): faster to
 //! start and it runs any closure, with the usual caveats (only the forking thread survives; a big heap is
-//! costly to fork). See [`process`].
+//! costly to fork). The **fork server** ([`StartMethod::ForkServer`], Python 3.14's Linux default) runs
+//! what spawn runs at fork speed from any parent: a single-threaded server, spawned once, forks each
+//! child. See [`process`].
 //!
 //! # Getting an object to another process
 //! Every shared object lives in a region and reaches another process in one of three ways:

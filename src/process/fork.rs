@@ -34,7 +34,12 @@ pub(super) fn start(body: Body, die_with_parent: bool) -> Result<Child> {
             psys::exit_immediately(code)
         }
         Fork::Parent(pid) => match psys::pidfd_open(pid) {
-            Ok(pidfd) => Ok(Child { pid, pidfd, result }),
+            Ok(pidfd) => Ok(Child {
+                pid,
+                pidfd,
+                result,
+                via_server: None,
+            }),
             Err(e) => {
                 // Cannot happen for an unreaped child short of running out of descriptors; do not leave
                 // it behind in that case either.

@@ -24,8 +24,14 @@
 //!   of the parent's memory. Use it for short-lived children of a parent that is single-threaded, or whose
 //!   threads you control, and whose heap is small. See [the caveats](#fork-caveats).
 //!
+//! - [`StartMethod::ForkServer`] (Linux, opt-in; Python 3.14's default there) asks a single-threaded
+//!   server process, spawned once per process, to fork the child. It starts at fork speed from any
+//!   parent, however many threads it runs, and runs what spawn runs (a function pointer and serialized
+//!   arguments). See [the fork server](#the-fork-server).
+//!
 //! When in doubt, spawn. Use fork when start-up latency matters and the caveats are understood, or when
-//! the work is a closure over state that cannot be serialized.
+//! the work is a closure over state that cannot be serialized; use the fork server when start-up latency
+//! matters in a multi-threaded parent.
 //!
 //! # What a spawned child can run
 //! Only a **function pointer** `fn(A) -> R` with `A: Serialize + DeserializeOwned` and
@@ -90,6 +96,18 @@
 //! that is worthless once nobody waits for it, and for children that may never finish on their own.
 //! Either way no zombie and no orphan is left (with the default [`Builder::die_with_parent`]).
 //!
+//! # The fork server
+//! The first [`StartMethod::ForkServer`] process of a program spawns its server (one re-exec, about a
+//! millisecond); every later one costs a request, a `fork` of the small single-threaded server and an
+//! answer. Children are reported exactly like spawned ones (value, panic with location, signal, exit
+//! code), die with the requesting process (through the server, which dies with it and is their real
+//! parent), and are waited for, signalled and killed through a pidfd the server sends over a socket only
+//! parent and server hold, which no pid reuse can redirect. A server that died is restarted by the next
+//! start; a child whose server died before reporting its end is reported from its pidfd where the
+//! kernel keeps the status (Linux 6.15+), else as [`Error::ForkServer`]. The
+//! server's children share the server's memory at the time of the fork, i.e. a fresh program's start-up
+//! state, not the parent's: like spawned children, they get only their arguments.
+//!
 //! # Fork caveats
 //! - Only the thread that called [`Process::start`] exists in the child. A lock another thread held at
 //!   the moment of the fork (stdout, a `Mutex`, an allocator other than glibc's, a logger) stays locked in
@@ -97,7 +115,11 @@
 //! - The child exits with `_exit`: no destructors, no `atexit` handlers, and stdout is not flushed (it is
 //!   line-buffered, so only an unfinished line is lost).
 //! - Fork copies the parent's page tables: forking a parent with 1 GiB of touched heap costs 28–35 ms
-//!   here, plus about 200 ms of copy-on-write faults in the parent afterwards. Spawn has no such cost.
+//!   here, plus about 200 ms of copy-on-write faults in the parent afterwards. Spawn pays part of this
+//!   too today: handing the child its descriptors takes a `pre_exec` hook, with which the standard
+//!   library forks (copying the page tables) rather than using `posix_spawn`; the child then execs at
+//!   once, so only the page-table copy and the parent's later write faults remain. The fork server avoids
+//!   both.
 //! - Panics in the child are reported through a panic hook that the parent installs (once, chaining to
 //!   the hook it replaces) *before* its first fork, because installing one in the child could wait
 //!   forever on a lock another thread held at the fork. If the program replaces the panic hook after
@@ -108,6 +130,7 @@
 pub(crate) mod bootstrap;
 pub(crate) mod fnref;
 mod fork;
+mod forkserver;
 mod spawn;
 
 use std::cell::Cell;
@@ -135,6 +158,10 @@ pub enum StartMethod {
     Spawn,
     /// `fork(2)` the parent (Linux). Faster to start; see the [fork caveats](crate::process#fork-caveats).
     Fork,
+    /// Ask this process's fork server, a single-threaded process spawned once, to fork the child (Linux;
+    /// Python 3.14's default there). Starts at fork speed from any parent, runs what spawn runs; see
+    /// [the fork server](crate::process#the-fork-server).
+    ForkServer,
 }
 
 /// Runs a spawned child's task if this process is one, otherwise does nothing.
@@ -159,6 +186,18 @@ struct Child {
     pid: u32,
     pidfd: OwnedFd,
     result: File,
+    /// For a child of the fork server (not ours to `waitpid`): where the server reports its end.
+    via_server: Option<forkserver::Status>,
+}
+
+impl Child {
+    /// Reaps the child if it has ended (`block`: waits until it has) and says how it ended.
+    fn reap(&self, block: bool) -> Result<Option<WaitStatus>> {
+        match &self.via_server {
+            None => psys::waitpid(self.pid, block),
+            Some(status) => status.wait(self.pid, &self.pidfd, block),
+        }
+    }
 }
 
 enum Target {
@@ -276,7 +315,7 @@ impl Builder {
         R: Serialize + DeserializeOwned,
     {
         let func = bootstrap::spawn_fn(f);
-        if self.method == StartMethod::Spawn {
+        if self.method != StartMethod::Fork {
             assert!(
                 func.is_in_main_executable(),
                 "mproc: a spawned process can only run a function of the main executable"
@@ -424,6 +463,9 @@ impl<R> Process<R> {
                 let key = self.key.unwrap_or_else(FnKey::random);
                 spawn::start(func, key, &args, self.die_with_parent)?
             }
+            (StartMethod::ForkServer, Target::Function { func, args }) => {
+                forkserver::start(func, &args, self.die_with_parent)?
+            }
             (StartMethod::Fork, Target::Function { func, args }) => {
                 let (f, adapter) = func.parts();
                 fork::start(Box::new(move || adapter(f, &args)), self.die_with_parent)?
@@ -485,7 +527,7 @@ impl<R> Process<R> {
             return Some(s);
         }
         let child = self.child.as_ref()?;
-        let s = psys::waitpid(child.pid, false).ok()??;
+        let s = child.reap(false).ok()??;
         self.status.set(Some(s));
         Some(s)
     }
@@ -529,8 +571,9 @@ impl<R: DeserializeOwned> Process<R> {
                     return Err(Error::Timeout);
                 }
                 // The pidfd is readable: the child has terminated, so this does not block.
-                let s =
-                    psys::waitpid(child.pid, true)?.ok_or(Error::ProcessState("lost the child"))?;
+                let s = child
+                    .reap(true)?
+                    .ok_or(Error::ProcessState("lost the child"))?;
                 self.status.set(Some(s));
                 s
             }
@@ -621,10 +664,10 @@ impl<R> Drop for Process<R> {
             return;
         }
         // A daemon is killed, a non-daemon waited for (see the module docs); both are reaped. Errors
-        // are ignored: ESRCH means it already ended, and the blocking waitpid reaps it either way.
+        // are ignored: ESRCH means it already ended, and the blocking reap collects it either way.
         if self.daemon {
             let _ = psys::send_signal(&child.pidfd, psys::SIGKILL);
         }
-        let _ = psys::waitpid(child.pid, true);
+        let _ = child.reap(true);
     }
 }

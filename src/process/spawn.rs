@@ -1,7 +1,7 @@
 //! Starting a child by re-executing the running executable (the default start method).
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -44,6 +44,18 @@ pub(super) fn start(
     args: &[u8],
     die_with_parent: bool,
 ) -> Result<Child> {
+    start_inheriting(func, key, args, die_with_parent, None)
+}
+
+/// As [`start`], and the child also inherits `extra` (the fork server's request socket), under the same
+/// number; the task's argument names it. Like the other three, it stays close-on-exec in this process.
+pub(super) fn start_inheriting(
+    func: LocalFn<SpawnKind>,
+    key: FnKey,
+    args: &[u8],
+    die_with_parent: bool,
+    extra: Option<RawFd>,
+) -> Result<Child> {
     // Keep the pre-main constructor in every program that can spawn: referring to the static makes the
     // linker include the object file that holds it (and its `.init_array` entry).
     std::hint::black_box(&bootstrap::CONSTRUCTOR);
@@ -83,6 +95,9 @@ pub(super) fn start(
         task_file.as_raw_fd(),
         key_theirs.as_raw_fd(),
         result.as_raw_fd(),
+        // A duplicate of one of the three when there is no extra: clearing close-on-exec twice on the
+        // same descriptor is harmless.
+        extra.unwrap_or(result.as_raw_fd()),
     ];
     let mut cmd = Command::new("/proc/self/exe");
     if let Some(arg0) = std::env::args_os().next() {
@@ -102,7 +117,12 @@ pub(super) fn start(
     let mut child = spawned.map_err(|e| Error::os("spawn /proc/self/exe", e))?;
     let pid = child.id();
     match psys::pidfd_open(pid) {
-        Ok(pidfd) => Ok(Child { pid, pidfd, result }),
+        Ok(pidfd) => Ok(Child {
+            pid,
+            pidfd,
+            result,
+            via_server: None,
+        }),
         Err(e) => {
             // Without a pidfd we cannot manage it safely: do not leave it running or unreaped.
             let _ = child.kill();

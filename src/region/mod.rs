@@ -553,6 +553,28 @@ impl Region {
         Ok(unsafe { &*(addr as *const T) })
     }
 
+    /// Writes `bytes` at `offset` of the payload through the file (`pwrite(2)`), not the mapping: the
+    /// kernel puts them straight into the pages of the segment, allocating the pages that do not exist
+    /// yet without zeroing them first and without a page fault per page (the heap's copy into fresh
+    /// memory, see `heap::Block::copy_in`). Coherent with every mapping of the segment.
+    ///
+    /// # Errors
+    /// [`Error::Corrupted`] if the range is not inside the payload; [`Error::Os`] if the write fails.
+    pub(crate) fn write_payload_at(&self, offset: usize, bytes: &[u8]) -> Result<()> {
+        let end = offset.checked_add(bytes.len());
+        if end.is_none_or(|e| e > self.len()) {
+            return Err(Error::Corrupted(format!(
+                "{} bytes at offset {offset} do not fit a {}-byte payload",
+                bytes.len(),
+                self.len()
+            )));
+        }
+        // In bounds of the payload, so of the file (PAYLOAD_OFFSET + len is its size): cannot overflow.
+        let at = (PAYLOAD_OFFSET + offset) as u64;
+        std::os::unix::fs::FileExt::write_all_at(&self.file, bytes, at)
+            .map_err(|e| Error::os("pwrite(region)", e))
+    }
+
     fn raw_header(&self) -> &Header {
         // SAFETY: every mapping is at least PAYLOAD_OFFSET (> size_of::<Header>()) bytes (checked before
         // mapping), mmap returns page-aligned addresses, and Header is all atomics, so any bytes are valid.

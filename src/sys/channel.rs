@@ -98,7 +98,7 @@ pub(crate) fn send_packet(sock: &OwnedFd, bytes: &[u8]) -> Result<()> {
 }
 
 /// Makes `fds` survive the `exec` of `cmd`'s child (only there: they stay close-on-exec here).
-pub(crate) fn inherit_on_exec(cmd: &mut Command, fds: [RawFd; 3]) {
+pub(crate) fn inherit_on_exec<const N: usize>(cmd: &mut Command, fds: [RawFd; N]) {
     let hook = move || {
         for fd in fds {
             // Async-signal-safe: fcntl only (signal-safety(7)).
@@ -113,6 +113,26 @@ pub(crate) fn inherit_on_exec(cmd: &mut Command, fds: [RawFd; 3]) {
     // SAFETY: the hook runs in the forked child before exec and only calls fcntl, which is
     // async-signal-safe; it allocates nothing and takes no lock.
     unsafe { cmd.pre_exec(hook) };
+}
+
+/// Ignores `SIGINT` (`yes`) or restores its default action: the fork server ignores an interactive
+/// Ctrl-C aimed at its process group, and its children get the default back.
+pub(crate) fn set_sigint_ignored(yes: bool) {
+    let action = if yes { libc::SIG_IGN } else { libc::SIG_DFL };
+    // SAFETY: setting SIG_IGN or SIG_DFL installs no handler code; signal(2) only changes the
+    // disposition. The previous disposition is not needed.
+    unsafe { libc::signal(libc::SIGINT, action) };
+}
+
+/// Closes descriptor `fd` in a forked child that will never return into the code owning it.
+///
+/// # Safety
+/// `fd` may be owned by an [`OwnedFd`] of the calling process; that owner must never be used or dropped
+/// afterwards (the caller ends with `_exit`), or it would close a number that may have been reused.
+pub(crate) unsafe fn close_in_forked_child(fd: RawFd) {
+    // SAFETY: close(2) on a number has no memory-safety preconditions; the caller guarantees that no
+    // owner of `fd` acts on it afterwards.
+    unsafe { libc::close(fd) };
 }
 
 /// Why a child refuses what its environment names as its spawn channel. The message goes to stderr.
@@ -144,7 +164,11 @@ fn seals(fd: RawFd) -> Option<i32> {
 /// The task the parent wrote: checked to be a memfd of our uid sealed against any change, at most `cap`
 /// bytes, and read whole. The descriptor is closed afterwards.
 pub(crate) fn read_task(fd: RawFd, cap: u64) -> std::result::Result<Vec<u8>, ChannelError> {
-    let owned = adopt(fd, "task")?;
+    read_sealed(adopt(fd, "task")?, cap)
+}
+
+/// As [`read_task`], for a descriptor already owned (the fork server's, received with `SCM_RIGHTS`).
+pub(crate) fn read_sealed(owned: OwnedFd, cap: u64) -> std::result::Result<Vec<u8>, ChannelError> {
     let file = File::from(owned);
     let m = file.metadata().map_err(|e| format!("fstat(task): {e}"))?;
     if !m.file_type().is_file() || m.uid() != crate::sys::proc::euid() {
@@ -219,7 +243,12 @@ pub(crate) fn read_key(fd: RawFd, parent: u32) -> std::result::Result<[u8; 16], 
 
 /// The result channel: an empty, unsealed memfd of our uid.
 pub(crate) fn adopt_result(fd: RawFd) -> std::result::Result<File, ChannelError> {
-    let file = File::from(adopt(fd, "result")?);
+    adopt_result_fd(adopt(fd, "result")?)
+}
+
+/// As [`adopt_result`], for a descriptor already owned (the fork server's, received with `SCM_RIGHTS`).
+pub(crate) fn adopt_result_fd(owned: OwnedFd) -> std::result::Result<File, ChannelError> {
+    let file = File::from(owned);
     let m = file.metadata().map_err(|e| format!("fstat(result): {e}"))?;
     let ok = m.file_type().is_file()
         && m.uid() == crate::sys::proc::euid()

@@ -7,10 +7,15 @@
 //! - [`channel`]: the descriptors a spawned child inherits, and the checks it makes before trusting them.
 //! - [`futex`]: wait and wake on a 32-bit atomic in shared memory, with timeouts.
 //! - [`process`]: fork, pidfds, waiting and signalling child processes, the running executable's identity.
+//! - [`unix_socket`]: `AF_UNIX` packets carrying descriptors (`SCM_RIGHTS`) and `poll` over several
+//!   descriptors, for the fork server.
+//! - [`pidfd`]: the exit status of a process another process reaped (`PIDFD_GET_INFO`).
 //! - [`proc`]: pids, thread ids, start times and liveness checks used to detect dead lock holders.
 
 pub(crate) mod channel;
 pub(crate) mod futex;
+pub(crate) mod pidfd;
 pub(crate) mod proc;
 pub(crate) mod process;
 pub(crate) mod shm;
+pub(crate) mod unix_socket;

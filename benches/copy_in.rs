@@ -1,0 +1,157 @@
+//! Copy-in: `SharedArray::from_slice` against a plain `memcpy` of the same bytes, measured in the same
+//! run, for 1 MiB and 1 GiB of `f64`.
+//!
+//! The denominator of every `*_vs_memcpy_*` ratio is **memcpy**: `copy_from_slice` into a private
+//! buffer written once before, i.e. this machine's copy bandwidth with no page to fault in. Against it:
+//! - **from_slice, fresh**: the first `from_slice` of a process, into shared memory never used before
+//!   (a new arena), measured in a spawned child per sample so that every sample is a first one. This is
+//!   the headline `from_slice_vs_memcpy_*`: a program's first big array is the case that costs.
+//! - **from_slice, reused**: a `from_slice` after the previous array was dropped; the heap hands the same
+//!   block back, its pages already there. Like memcpy's, its timed call follows an untimed one (a loop's
+//!   steady state: for 1 MiB the destination is then in the cache for both).
+//! - **mmap copy, fresh**: what `from_slice` did before `Block::copy_in`, i.e. a `memcpy` through the
+//!   mapping of a new memfd, page fault by page fault (a new `Region` per sample), and
+//! - **to_vec, fresh**: a copy into fresh *private* memory (`src.to_vec()`), for scale: what any copy to
+//!   new memory costs on this machine.
+//!
+//! Samples run round-robin so that a noisy period of the machine hits all variants alike.
+//! `MPROC_BENCH_QUICK=1` takes fewer samples. Ends with the `result:` lines of the bench contract.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use mproc::{Process, Region, SharedArray};
+
+#[path = "common/mod.rs"]
+mod common;
+
+use common::Stats;
+
+fn secs(f: impl FnOnce()) -> f64 {
+    let t = Instant::now();
+    f();
+    t.elapsed().as_secs_f64()
+}
+
+fn gbps(bytes: usize, s: f64) -> f64 {
+    bytes as f64 / s / 1e9
+}
+
+/// Copies `src` into a fresh shared array, checks both ends, drops it (the block goes back to the heap).
+fn from_slice_once(src: &[f64]) -> f64 {
+    let mut keep = None;
+    let s = secs(|| keep = Some(SharedArray::from_slice(black_box(src)).expect("from_slice")));
+    let a = keep.expect("set above");
+    assert_eq!((a.first(), a.last()), (src.first(), src.last()));
+    s
+}
+
+/// The first `from_slice` of a process: in a spawned child, whose heap has no arena yet. The child makes
+/// its own source (untimed): a forked child would share this process's buffers copy-on-write, and every
+/// later write to them here would fault.
+fn fresh_in_child(n: usize) -> f64 {
+    let src: Vec<f64> = (0..n).map(|i| i as f64).collect();
+    from_slice_once(&src)
+}
+
+fn from_slice_fresh(n: usize) -> f64 {
+    let mut p = Process::new(fresh_in_child, n).expect("process");
+    p.start().expect("start");
+    p.join().expect("the child's from_slice")
+}
+
+/// The old way: a `memcpy` through the mapping of a brand-new shared segment.
+fn mmap_copy_fresh(src: &[f64]) -> f64 {
+    let bytes = std::mem::size_of_val(src);
+    let r = Region::anonymous(bytes).expect("region");
+    // SAFETY: the payload is `bytes` long, freshly created, referenced by nothing else; `src` is a
+    // private buffer, so the ranges cannot overlap.
+    secs(|| unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().cast::<u8>(), r.as_ptr(), bytes) })
+}
+
+struct Ratios {
+    fresh: f64,
+    reused: f64,
+    fix: f64,
+}
+
+fn run(bytes: usize, reps: usize) -> Ratios {
+    let n = bytes / 8;
+    let src: Vec<f64> = (0..n).map(|i| i as f64).collect();
+    let mut warm = vec![0.0f64; n];
+    warm.copy_from_slice(&src);
+    // Warm up the reused case: the heap's block exists from here on.
+    from_slice_once(&src);
+    let mut variants = [0u8, 1, 2, 3, 4];
+    let stats = common::round_robin(reps, &mut variants, |i, _| match i {
+        0 => {
+            // Untimed pass first: the spawn of the previous sample forked this process (std's
+            // `Command` forks when a `pre_exec` hook is set), which write-protects every private page
+            // here for copy-on-write; the first write to each would then fault.
+            warm.copy_from_slice(&src);
+            secs(|| warm.copy_from_slice(black_box(&src)))
+        }
+        1 => from_slice_fresh(n),
+        2 => {
+            // As for memcpy: the timed call follows an untimed one, both in the steady state of a
+            // loop (destination pages mapped, and cached for the small size).
+            from_slice_once(&src);
+            from_slice_once(&src)
+        }
+        3 => mmap_copy_fresh(&src),
+        _ => {
+            let mut v = Vec::new();
+            let s = secs(|| v = black_box(&src).to_vec());
+            assert_eq!(v.last(), src.last());
+            s
+        }
+    });
+    let [memcpy, fresh, reused, mmap, to_vec]: [Stats; 5] =
+        stats.try_into().expect("five variants");
+    let size = if bytes >= 1 << 30 {
+        format!("{} GiB", bytes >> 30)
+    } else {
+        format!("{} MiB", bytes >> 20)
+    };
+    println!("  {size}, median of {reps}, GB/s (min..max):");
+    let line = |name: &str, s: Stats| {
+        println!(
+            "    {name:<26} {:>6.2}  ({:>5.2}..{:>5.2})   {:>5.2}x memcpy",
+            gbps(bytes, s.median),
+            gbps(bytes, s.max),
+            gbps(bytes, s.min),
+            memcpy.median / s.median
+        );
+    };
+    line("memcpy (warm buffer)", memcpy);
+    line("from_slice, fresh", fresh);
+    line("from_slice, reused", reused);
+    line("mmap copy, fresh (before)", mmap);
+    line("to_vec, fresh private", to_vec);
+    println!(
+        "    from_slice fresh vs mmap copy fresh: {:.2}x faster",
+        mmap.median / fresh.median
+    );
+    Ratios {
+        fresh: memcpy.median / fresh.median,
+        reused: memcpy.median / reused.median,
+        fix: mmap.median / fresh.median,
+    }
+}
+
+fn main() {
+    let quick = common::quick();
+    let reps = if quick { 3 } else { 9 };
+    println!(
+        "mproc copy_in{}: SharedArray::from_slice vs memcpy of the same f64 data",
+        if quick { " (quick)" } else { "" }
+    );
+    let small = run(1 << 20, reps * 10);
+    let big = run(1 << 30, reps);
+    common::result("from_slice_vs_memcpy_1MiB", small.fresh, 2, "x");
+    common::result("from_slice_reused_vs_memcpy_1MiB", small.reused, 2, "x");
+    common::result("from_slice_fresh_vs_mmap_copy_1MiB", small.fix, 2, "x");
+    common::result("from_slice_vs_memcpy_1GiB", big.fresh, 2, "x");
+    common::result("from_slice_reused_vs_memcpy_1GiB", big.reused, 2, "x");
+    common::result("from_slice_fresh_vs_mmap_copy_1GiB", big.fix, 2, "x");
+}

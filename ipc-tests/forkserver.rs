@@ -1,0 +1,410 @@
+//! The fork server start method: results, panics with their line, signals, exit codes, big arguments;
+//! a parent running four extra threads (two of them holding locks); a server killed mid-way (a typed
+//! error, then a restart, never a hang); children dying with the requesting process; no leaked
+//! process, descriptor or `/dev/shm` segment.
+//!
+//! Every test runs in a role, a process of its own: the fork server lives as long as the process that
+//! started it, and the suite's own leak check (no child of the test binary left) must not see it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libtest_mimic::Trial;
+use mproc::{Error, Process, RegionHandle, StartMethod};
+
+use crate::common::{self, Kid, Role};
+
+pub const ROLES: &[Role] = &[
+    ("forkserver_reports", forkserver_reports),
+    ("forkserver_threads", forkserver_threads),
+    ("forkserver_killed", forkserver_killed),
+    ("forkserver_no_leak", forkserver_no_leak),
+    ("forkserver_requester", forkserver_requester),
+];
+
+/// How long a role may take before we call it a hang (proves "no hang", asserts no speed).
+const BOUND: Duration = Duration::from_secs(300);
+
+pub fn tests() -> Vec<Trial> {
+    let role = |name: &'static str, role: &'static str| {
+        Trial::test(format!("forkserver::{name}"), move || {
+            common::run_role_ok(role, "", BOUND);
+            Ok(())
+        })
+    };
+    vec![
+        role("reports_values_panics_signals_exits", "forkserver_reports"),
+        role("parent_with_four_threads", "forkserver_threads"),
+        role("server_killed_midway_then_restarted", "forkserver_killed"),
+        role("many_processes_no_leak", "forkserver_no_leak"),
+        Trial::test("forkserver::children_die_with_the_requester", || {
+            children_die_with_the_requester();
+            Ok(())
+        }),
+    ]
+}
+
+fn start<A, R>(f: fn(A) -> R, a: A) -> Process<R>
+where
+    A: serde::Serialize + serde::de::DeserializeOwned,
+    R: serde::Serialize + serde::de::DeserializeOwned,
+{
+    start_with(false, f, a)
+}
+
+/// A daemon: killed when dropped unjoined (a non-daemon would be waited for).
+fn start_daemon<A, R>(f: fn(A) -> R, a: A) -> Process<R>
+where
+    A: serde::Serialize + serde::de::DeserializeOwned,
+    R: serde::Serialize + serde::de::DeserializeOwned,
+{
+    start_with(true, f, a)
+}
+
+fn start_with<A, R>(daemon: bool, f: fn(A) -> R, a: A) -> Process<R>
+where
+    A: serde::Serialize + serde::de::DeserializeOwned,
+    R: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let mut p = Process::builder()
+        .start_method(StartMethod::ForkServer)
+        .daemon(daemon)
+        .target(f, a)
+        .expect("target");
+    p.start().expect("start");
+    p
+}
+
+/// The fork server of this role process: its only child.
+fn server_pid() -> i32 {
+    let kids = common::live_children();
+    assert_eq!(kids.len(), 1, "expected the fork server only: {kids:?}");
+    kids[0]
+}
+
+/// The children of `pid` (its grandchildren, from this process's view).
+fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn gone(pid: u32) -> bool {
+    !matches!(common::stat(pid as i32), Some((s, _)) if s != 'Z')
+}
+
+const PANIC_LINE: u32 = line!() + 3;
+fn panics(x: u32) -> u32 {
+    if x > 0 {
+        panic!("boom {x}");
+    }
+    x
+}
+
+fn segfault(_: ()) -> u32 {
+    // SAFETY: restoring the default action of SIGSEGV and raising it only ends this (child) process.
+    unsafe {
+        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+        libc::raise(libc::SIGSEGV);
+    }
+    unreachable!("SIGSEGV with the default action kills the process")
+}
+
+fn sleep_secs(s: u64) -> u64 {
+    std::thread::sleep(Duration::from_secs(s));
+    s
+}
+
+fn add_in_region(h: RegionHandle) -> u64 {
+    let r = mproc::Region::from_handle(&h).expect("child re-attaches the region");
+    // SAFETY: the region is 8 bytes, 8-aligned (payloads are page-aligned past the header), and only
+    // accessed through this atomic.
+    let a = unsafe { &*(r.as_ptr() as *const AtomicU64) };
+    a.fetch_add(5, Ordering::SeqCst) + 5
+}
+
+fn checksum(v: Vec<u8>) -> (usize, u64) {
+    (v.len(), v.iter().map(|&b| u64::from(b)).sum())
+}
+
+/// Role: everything `Process` reports, as spawn and fork report it.
+fn forkserver_reports(_: &str) {
+    // A value, and the process's state afterwards.
+    let mut p = start(
+        |(a, b): (u64, String)| format!("{b}{}", a * 2),
+        (21, "x".into()),
+    );
+    assert_eq!(p.start_method(), StartMethod::ForkServer);
+    assert!(p.pid().is_some());
+    assert_eq!(p.join().unwrap(), "x42");
+    assert_eq!(p.exitcode(), Some(0));
+    assert!(!p.is_alive());
+    assert!(matches!(p.join(), Err(Error::ProcessState(_))));
+
+    // A panic, with its message and line.
+    let mut p = start(panics, 7);
+    match p.join() {
+        Err(Error::ProcessPanicked { message, location }) => {
+            assert_eq!(message, "boom 7");
+            let want = format!("{}:{PANIC_LINE}:", file!());
+            assert!(location.starts_with(&want), "{location:?} vs {want}");
+        }
+        other => panic!("expected a panic report, got {other:?}"),
+    }
+    assert_eq!(p.exitcode(), Some(101));
+
+    // Signals: raised by the child, and sent by the parent through the pidfd the server handed over.
+    let mut p = start(segfault, ());
+    assert!(matches!(
+        p.join(),
+        Err(Error::ProcessKilled {
+            signal: libc::SIGSEGV,
+            ..
+        })
+    ));
+    assert_eq!(p.exitcode(), Some(-libc::SIGSEGV));
+    let mut p = start(|()| -> u32 { std::process::abort() }, ());
+    assert!(matches!(
+        p.join(),
+        Err(Error::ProcessKilled {
+            signal: libc::SIGABRT,
+            ..
+        })
+    ));
+    let mut p = start(sleep_secs, 600);
+    assert!(p.is_alive());
+    assert!(matches!(
+        p.join_timeout(Duration::from_millis(1)),
+        Err(Error::Timeout)
+    ));
+    p.terminate().unwrap();
+    assert!(matches!(
+        p.join(),
+        Err(Error::ProcessKilled {
+            signal: libc::SIGTERM,
+            ..
+        })
+    ));
+    p.kill().unwrap(); // reaped by the server already: a no-op through the pidfd, never a stray signal
+    let mut p = start(sleep_secs, 600);
+    p.kill().unwrap();
+    assert!(matches!(
+        p.join(),
+        Err(Error::ProcessKilled {
+            signal: libc::SIGKILL,
+            ..
+        })
+    ));
+    assert_eq!(p.exitcode(), Some(-libc::SIGKILL));
+
+    // An exit code.
+    let mut p = start(|code: i32| -> u32 { std::process::exit(code) }, 3);
+    assert!(matches!(
+        p.join(),
+        Err(Error::ProcessExited { code: 3, .. })
+    ));
+    assert_eq!(p.exitcode(), Some(3));
+
+    // Arguments above the inline limit (a sealed memfd) and a large result.
+    let big: Vec<u8> = (0..(5 << 20)).map(|i| (i % 251) as u8).collect();
+    let want = checksum(big.clone());
+    assert_eq!(start(checksum, big).join().unwrap(), want);
+    let mut p = start(
+        |n: usize| (0..n).map(|i| (i % 7) as u8).collect::<Vec<u8>>(),
+        3 << 20,
+    );
+    let v = p.join().unwrap();
+    assert_eq!(v.len(), 3 << 20);
+    assert!(v.iter().enumerate().all(|(i, &b)| b == (i % 7) as u8));
+
+    // A shared region as an argument.
+    let r = mproc::Region::anonymous(8).unwrap();
+    // SAFETY: as in `add_in_region`.
+    let a = unsafe { &*(r.as_ptr() as *const AtomicU64) };
+    a.store(10, Ordering::SeqCst);
+    assert_eq!(start(add_in_region, r.handle()).join().unwrap(), 15);
+    assert_eq!(a.load(Ordering::SeqCst), 15);
+
+    // A daemon dropped unjoined while running: killed, and reaped by the server.
+    let p = start_daemon(sleep_secs, 600);
+    let pid = p.pid().unwrap();
+    drop(p);
+    common::eventually("a dropped child is gone", BOUND, || gone(pid));
+    let server = server_pid();
+    common::eventually("the server has no child left", BOUND, || {
+        children_of(server).is_empty()
+    });
+}
+
+/// Role: a parent running four extra threads, two of which hold a mutex and the stdout lock for the
+/// whole test, starts processes from two threads at once; the children print, which a child forked
+/// from this parent could not do (stdout's lock would be held forever in it).
+fn forkserver_threads(_: &str) {
+    static SHARED: Mutex<u32> = Mutex::new(0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let mut extra = Vec::new();
+    for i in 0..4 {
+        let stop = stop.clone();
+        let held = held_tx.clone();
+        extra.push(std::thread::spawn(move || match i {
+            0 => {
+                let _out = std::io::stdout().lock();
+                held.send(()).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            1 => {
+                let _g = SHARED.lock().unwrap();
+                held.send(()).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            _ => {
+                held.send(()).unwrap();
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                    std::thread::yield_now();
+                }
+            }
+        }));
+    }
+    for _ in 0..4 {
+        held_rx.recv().unwrap();
+    }
+    let starters: Vec<_> = (0..2u32)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..25u32 {
+                    let mut p = start(
+                        |x: u32| {
+                            println!("child {} prints", std::process::id());
+                            x * 2
+                        },
+                        t * 100 + i,
+                    );
+                    let r = p.join_timeout(Duration::from_secs(120));
+                    assert_eq!(r.unwrap(), (t * 100 + i) * 2);
+                }
+            })
+        })
+        .collect();
+    for s in starters {
+        s.join().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in extra {
+        t.join().unwrap();
+    }
+}
+
+/// Role: the server is killed while a child runs: the child dies with it, its join is a typed error
+/// (never a hang), and the next start restarts the server.
+fn forkserver_killed(_: &str) {
+    assert_eq!(start(|x: u32| x + 1, 1).join().unwrap(), 2);
+    let server = server_pid();
+    let mut p = start(sleep_secs, 600);
+    let child = p.pid().unwrap();
+    // SAFETY: kill(2) on our own unreaped child (the server): its pid cannot have been reused.
+    assert_eq!(unsafe { libc::kill(server, libc::SIGKILL) }, 0);
+    // The child exits with code 125 (death with its parent, the server). Nobody reports it now: where
+    // the kernel keeps statuses for pidfds (6.15+) it is read from there, else the loss is an error.
+    match p.join() {
+        Err(Error::ForkServer(m)) => assert!(m.contains("died"), "{m}"),
+        Err(Error::ProcessExited { code: 125, .. }) => assert_eq!(p.exitcode(), Some(125)),
+        other => panic!("expected a fork server error or exit code 125, got {other:?}"),
+    }
+    common::eventually("the child died with its server", BOUND, || gone(child));
+    // Restarted on demand, with a new pid; the dead one is reaped.
+    assert_eq!(start(|x: u32| x + 1, 41).join().unwrap(), 42);
+    let again = server_pid();
+    assert_ne!(again, server);
+    // A running child survives nothing of this: kill the new server while a request is pending or
+    // right after; whatever the timing, a typed error or a result, never a hang.
+    let mut q = start(sleep_secs, 600);
+    // SAFETY: as above; `again` is our unreaped child.
+    assert_eq!(unsafe { libc::kill(again, libc::SIGKILL) }, 0);
+    let mut results = Vec::new();
+    for i in 0..20u32 {
+        let r = Process::builder()
+            .start_method(StartMethod::ForkServer)
+            .target(|x: u32| x, i)
+            .and_then(|mut p| p.start().and_then(|()| p.join()));
+        results.push(r);
+    }
+    assert!(matches!(
+        q.join(),
+        Err(Error::ForkServer(_) | Error::ProcessExited { code: 125, .. })
+    ));
+    for r in &results {
+        assert!(
+            matches!(r, Ok(_) | Err(Error::ForkServer(_))),
+            "unexpected {r:?}"
+        );
+    }
+    assert!(results.iter().any(|r| r.is_ok()), "never restarted");
+}
+
+fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Role: 200 processes started and joined, 10 dropped running: no descriptor, process or segment left.
+fn forkserver_no_leak(_: &str) {
+    assert_eq!(start(|x: u32| x, 0).join().unwrap(), 0);
+    let server = server_pid();
+    let before = fd_count();
+    for i in 0..200u32 {
+        let mut p = start(|x: u32| x * 3, i);
+        assert_eq!(p.join().unwrap(), i * 3);
+    }
+    for _ in 0..10 {
+        drop(start_daemon(sleep_secs, 600));
+    }
+    assert_eq!(fd_count(), before, "descriptors leaked");
+    common::eventually("the server has no child left", BOUND, || {
+        children_of(server).is_empty()
+    });
+    assert_eq!(common::live_children(), vec![server], "only the server");
+    let server_fds = std::fs::read_dir(format!("/proc/{server}/fd"))
+        .unwrap()
+        .count();
+    assert!(server_fds < 16, "the server holds {server_fds} descriptors");
+}
+
+/// Role: starts a sleeper through the fork server from a thread that then exits, prints its pid and the
+/// server's, then waits to be killed.
+fn forkserver_requester(_: &str) {
+    let mut p = std::thread::spawn(|| start(sleep_secs, 600))
+        .join()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    common::say(&format!("{} {}", p.pid().unwrap(), server_pid()));
+    let _ = p.join();
+    unreachable!("the test kills this process first");
+}
+
+fn children_die_with_the_requester() {
+    let mut parent = Kid::spawn("forkserver_requester", "", BOUND);
+    let line = parent.next_line();
+    let pids: Vec<u32> = line
+        .split_whitespace()
+        .map(|x| x.parse().expect("two pids"))
+        .collect();
+    let [child, server] = pids[..] else {
+        panic!("expected two pids, got {line:?}")
+    };
+    assert!(
+        !gone(child),
+        "the child died with the thread that started it"
+    );
+    parent.kill_and_wait();
+    common::eventually("the server exits with its parent", BOUND, || gone(server));
+    common::eventually("the child exits with its requester", BOUND, || gone(child));
+}

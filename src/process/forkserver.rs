@@ -1,0 +1,556 @@
+//! The fork server start method ([`StartMethod::ForkServer`](super::StartMethod::ForkServer)), as in
+//! Python 3.14 (its Linux default): a single-threaded server process, started once per process by
+//! re-executing the program (the spawn start method, with [`server_main`] as the task), forks a child for
+//! each new [`Process`](super::Process). A child starts at fork speed, and nothing is forked from a parent
+//! that may run many threads, hold locks or a huge heap: the server has one thread, no lock anyone else
+//! could hold, and a small heap.
+//!
+//! # Channels
+//! - **Requests.** The parent makes a `socketpair(AF_UNIX, SOCK_SEQPACKET)` and hands one end to the
+//!   server by inheritance when it spawns it (its number travels in the spawn task, its credentials are
+//!   checked by the server with `SO_PEERCRED`). A socket cannot be re-opened through `/proc/<pid>/fd`, so
+//!   no other process can write requests or read them. A request is one packet: the function reference
+//!   signed with the server's key (the 16-byte key of the spawn channel, which reached the server over the
+//!   inherited key socket and is never written to a file or to shared memory), the argument (inline up to
+//!   [`INLINE_ARGS`] bytes, else in a sealed memfd, as the spawn task), and by `SCM_RIGHTS` the child's
+//!   empty result memfd and one end of a fresh *status* socketpair.
+//! - **Status.** Each child has its own status socket: the server answers on it with the child's pid and
+//!   a pidfd (`SCM_RIGHTS`), and later with how the child ended, once it has reaped it. No
+//!   demultiplexing: threads starting and joining processes concurrently never read each other's
+//!   answers. If the server dies, every status socket it held reports end-of-file: nobody waits for an
+//!   answer that cannot come.
+//!
+//! # Waiting for, signalling and killing a child the parent did not fork
+//! The server is the child's real parent: it alone can `waitpid` it. The parent gets a pidfd made by the
+//! server with `pidfd_open` while the child was its unreaped child, so it names exactly that process for
+//! its whole life: no pid reuse can redirect it (a pidfd the parent opened itself from the pid could name
+//! a stranger, if the child had ended and been reaped by the server in between). Through it the parent
+//! polls for the child's end and sends signals (`pidfd_send_signal`, which fails with `ESRCH` once the
+//! child is gone). The exit status comes from the server over the status socket.
+//!
+//! # Who dies with whom
+//! - The server is spawned with death-with-parent: it exits as soon as the process that started it has
+//!   terminated (see the [process docs](super#children-die-with-their-parent)).
+//! - A child that dies with its parent arms the same mechanism against the *server*, its real parent
+//!   (`PR_SET_PDEATHSIG`, checked against `getppid()`). So when the requesting process dies, its server
+//!   dies, and then its children: two signals, no polling. Moreover the server kills (`SIGKILL`) such a
+//!   child as soon as the requester's end of its status socket is closed without a status having been
+//!   asked for, e.g. when the requesting process crashed.
+//! - A child started with `die_with_parent(false)` survives both; when the server is gone it is reparented
+//!   like any orphan, and its status can no longer be reported.
+//! - One server per process: a child made with [`StartMethod::Fork`](super::StartMethod::Fork) that uses
+//!   the fork server starts its own (the inherited server belongs to its parent).
+//!
+//! # A dead server
+//! A request to a server that has died (killed, out of memory) restarts it transparently once. A child
+//! whose server died before reporting its end is reparented and reaped elsewhere: its status is then
+//! read from its pidfd (`PIDFD_GET_INFO`, Linux 6.15+), and where the kernel cannot tell, the loss is
+//! reported as [`Error::ForkServer`]. A request the server died while handling fails with
+//! [`Error::ForkServer`] too (it is not retried: the child may have started).
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::bootstrap::{self, SpawnKind};
+use super::fnref::{FnKey, FnRef, LocalFn};
+use super::{spawn, Child};
+use crate::error::{Error, Result};
+use crate::sys::process::{self as psys, Fork, WaitStatus};
+use crate::sys::unix_socket::{self as usock, Received};
+use crate::sys::{channel, pidfd, shm};
+
+/// Arguments up to this size travel in the request packet; larger ones in a sealed memfd.
+const INLINE_ARGS: usize = 32 << 10;
+/// The largest request packet the server accepts.
+const MAX_REQUEST: usize = INLINE_ARGS + 4096;
+/// How long a blocking wait gives a new parent to reap an ended child whose server died.
+const ORPHAN_REAP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The largest answer the parent accepts on a status socket (an error message is cut to fit).
+const MAX_ANSWER: usize = 1024;
+
+const REQUEST_MAGIC: [u8; 8] = *b"MPRCFRQ1";
+const STARTED_MAGIC: [u8; 8] = *b"MPRCFST1";
+const REFUSED_MAGIC: [u8; 8] = *b"MPRCFNO1";
+const ENDED_MAGIC: [u8; 8] = *b"MPRCFEN1";
+
+/// What the spawned server is told: the number of its inherited request socket.
+#[derive(Debug, Serialize, Deserialize)]
+struct ServerArgs {
+    sock: i32,
+}
+
+/// One request: start `func(args)`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    func: FnRef,
+    die_with_parent: bool,
+    /// The postcard-encoded argument, or `None` if it is in the task memfd sent alongside.
+    args: Option<Vec<u8>>,
+}
+
+// ----------------------------------------------------------------------------------------- the parent
+
+/// The server of this process.
+struct Server {
+    /// The spawned server: our own child.
+    proc: Child,
+    /// Our end of the request socket.
+    sock: OwnedFd,
+    /// The key its requests are signed with (its spawn key).
+    key: FnKey,
+}
+
+impl Server {
+    fn start() -> Result<Server> {
+        let (ours, theirs) = channel::key_socketpair()?;
+        let key = FnKey::random();
+        let args = postcard::to_allocvec(&ServerArgs {
+            sock: theirs.as_raw_fd(),
+        })
+        .map_err(|e| Error::Encode(e.to_string()))?;
+        let proc = spawn::start_inheriting(
+            bootstrap::spawn_fn(server_main),
+            key,
+            &args,
+            true,
+            Some(theirs.as_raw_fd()),
+        )?;
+        // `theirs` is dropped here: the server has its copy, and a server that dies must leave no end of
+        // its request socket open anywhere, so that every request in its queue is dropped with it.
+        Ok(Server {
+            proc,
+            sock: ours,
+            key,
+        })
+    }
+
+    fn is_alive(&self) -> bool {
+        !psys::wait_readable(&self.proc.pidfd, Some(std::time::Duration::ZERO)).unwrap_or(true)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Our own child: kill and reap it (it may be alive if it was found unusable). Errors are ignored:
+        // ESRCH means it already ended, and the blocking waitpid reaps it either way.
+        let _ = psys::send_signal(&self.proc.pidfd, psys::SIGKILL);
+        let _ = psys::waitpid(self.proc.pid, true);
+    }
+}
+
+/// The server and the pid of the process it belongs to.
+static SERVER: Mutex<Option<(u32, Arc<Server>)>> = Mutex::new(None);
+
+/// This process's server, started (or restarted, if `replace` names the one found dead) on demand.
+fn server(replace: Option<&Arc<Server>>) -> Result<Arc<Server>> {
+    let me = crate::sys::proc::pid();
+    let mut slot = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((owner, s)) = slot.as_ref() {
+        if *owner != me {
+            // Inherited through a fork: the server is our parent's, not our child. Forget it without
+            // running its drop, which would kill our parent's server.
+            if let Some(inherited) = slot.take() {
+                std::mem::forget(inherited);
+            }
+        } else if replace.is_some_and(|r| Arc::ptr_eq(r, s)) || !s.is_alive() {
+            // Dead (or refusing requests): reaped by its drop once no request uses it any more.
+            *slot = None;
+        } else {
+            return Ok(s.clone());
+        }
+    }
+    let s = Arc::new(Server::start()?);
+    *slot = Some((me, s.clone()));
+    Ok(s)
+}
+
+/// Asks this process's fork server to start `func(args)` and returns the running child.
+pub(super) fn start(func: LocalFn<SpawnKind>, args: &[u8], die_with_parent: bool) -> Result<Child> {
+    let (result, task) = prepare(args)?;
+    let mut srv = server(None)?;
+    let mut restarted = false;
+    loop {
+        let (ours, theirs) = channel::key_socketpair()?;
+        let request = Request {
+            func: func.sign(&srv.key),
+            die_with_parent,
+            args: task.is_none().then(|| args.to_vec()),
+        };
+        let body = postcard::to_allocvec(&request).map_err(|e| Error::Encode(e.to_string()))?;
+        let packet = bootstrap::spawn_frame(REQUEST_MAGIC, &body);
+        let mut fds = vec![theirs.as_fd(), result.as_fd()];
+        if let Some(t) = &task {
+            fds.push(t.as_fd());
+        }
+        match usock::send_with_fds(srv.sock.as_fd(), &packet, &fds) {
+            Ok(()) => {}
+            Err(Error::Closed) if !restarted => {
+                // The server is gone: start another one, once.
+                restarted = true;
+                srv = server(Some(&srv))?;
+                continue;
+            }
+            Err(Error::Closed) => {
+                return Err(Error::ForkServer(
+                    "the fork server died again right after it was restarted".into(),
+                ))
+            }
+            Err(e) => return Err(e),
+        }
+        drop(fds);
+        // The server has its copy (or the request is queued for it); ours must go, so that the server's
+        // death is an end-of-file on `ours`.
+        drop(theirs);
+        return started(ours, result);
+    }
+}
+
+/// The result memfd, and the task memfd if the argument is too large to travel inline.
+fn prepare(args: &[u8]) -> Result<(File, Option<File>)> {
+    if args.len() as u64 > bootstrap::MAX_TASK_BYTES {
+        return Err(Error::MessageTooLarge {
+            size: args.len(),
+            max: bootstrap::MAX_TASK_BYTES as usize,
+        });
+    }
+    let result = shm::create_memfd("mproc-result")?;
+    if args.len() <= INLINE_ARGS {
+        return Ok((result, None));
+    }
+    let task = shm::create_memfd("mproc-task")?;
+    task.write_all_at(args, 0)
+        .map_err(|e| Error::os("write task", e))?;
+    channel::seal_contents(&task)?;
+    Ok((result, Some(task)))
+}
+
+/// Waits for the server's answer to a request on the child's status socket `status`.
+fn started(status: OwnedFd, result: File) -> Result<Child> {
+    let mut buf = [0u8; MAX_ANSWER];
+    let (n, fds) = match usock::recv_with_fds(status.as_fd(), &mut buf, 1, true)? {
+        Received::Packet(n, fds) => (n, fds),
+        // Blocking receive: `Nothing` cannot happen; either way no answer will come.
+        Received::Closed | Received::Nothing => {
+            return Err(Error::ForkServer(
+                "the fork server closed the request without starting the process (it died, or \
+                 could not receive the request)"
+                    .into(),
+            ))
+        }
+    };
+    let bytes = &buf[..n];
+    if let Some(why) = bootstrap::spawn_unframe(REFUSED_MAGIC, bytes) {
+        return Err(Error::ForkServer(format!(
+            "the fork server could not start the process: {}",
+            String::from_utf8_lossy(why)
+        )));
+    }
+    let pid = bootstrap::spawn_unframe(STARTED_MAGIC, bytes)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_le_bytes);
+    let (Some(pid), Ok([pidfd])) = (pid, <[OwnedFd; 1]>::try_from(fds)) else {
+        return Err(Error::ForkServer(
+            "the fork server answered with a malformed message".into(),
+        ));
+    };
+    // Signal 0 checks that the descriptor is a pidfd (EBADF/EINVAL otherwise); an already ended child is
+    // fine (ESRCH: Ok(false)).
+    psys::send_signal(&pidfd, 0).map_err(|_| {
+        Error::ForkServer("the fork server sent something else than a pidfd".into())
+    })?;
+    Ok(Child {
+        pid,
+        pidfd,
+        result,
+        via_server: Some(Status(status)),
+    })
+}
+
+/// The parent's end of a child's status socket: how a child of the server ended.
+#[derive(Debug)]
+pub(super) struct Status(OwnedFd);
+
+impl Status {
+    /// How the child ended, once the server reported it (`block`: wait for the report).
+    ///
+    /// # Errors
+    /// [`Error::ForkServer`] if the server died before reporting.
+    pub(super) fn wait(
+        &self,
+        pid: u32,
+        pidfd: &OwnedFd,
+        block: bool,
+    ) -> Result<Option<WaitStatus>> {
+        let mut buf = [0u8; 32];
+        let n = match usock::recv_with_fds(self.0.as_fd(), &mut buf, 0, block)? {
+            Received::Packet(n, _) => n,
+            Received::Nothing => return Ok(None),
+            Received::Closed => return orphan_status(pid, pidfd, block),
+        };
+        let body = bootstrap::spawn_unframe(ENDED_MAGIC, &buf[..n])
+            .and_then(|b| <[u8; 5]>::try_from(b).ok())
+            .ok_or_else(|| Error::ForkServer("the fork server sent a malformed status".into()))?;
+        let value = i32::from_le_bytes([body[1], body[2], body[3], body[4]]);
+        match body[0] {
+            0 => Ok(Some(WaitStatus::Exited(value))),
+            1 => Ok(Some(WaitStatus::Signaled(value))),
+            _ => Err(Error::ForkServer(
+                "the fork server sent a malformed status".into(),
+            )),
+        }
+    }
+}
+
+/// How a child ended whose server died before reporting it. Still running (with `block` false): `None`.
+/// Ended: its new parent (init or a subreaper) reaps it, and since Linux 6.15 the kernel keeps the
+/// status for pidfd holders. A blocking wait gives the reaping [`ORPHAN_REAP_WAIT`] (some inits reap on a
+/// timer: this VM's took 1.4 s), a non-blocking one asks once; then the loss is reported.
+fn orphan_status(pid: u32, pidfd: &OwnedFd, block: bool) -> Result<Option<WaitStatus>> {
+    let timeout = (!block).then_some(std::time::Duration::ZERO);
+    if !psys::wait_readable(pidfd, timeout)? {
+        return Ok(None);
+    }
+    let patience = if block {
+        ORPHAN_REAP_WAIT
+    } else {
+        std::time::Duration::ZERO
+    };
+    pidfd::exit_status(pidfd, patience)
+        .map(Some)
+        .ok_or_else(|| {
+            Error::ForkServer(format!(
+                "the fork server died before it reported how process {pid} ended"
+            ))
+        })
+}
+
+// ----------------------------------------------------------------------------------------- the server
+
+/// A child of the server, until it is reaped and its status sent.
+struct Live {
+    pid: u32,
+    pidfd: OwnedFd,
+    /// The server's end of the child's status socket; `None` once the requester has closed its end.
+    status: Option<OwnedFd>,
+    die_with_parent: bool,
+}
+
+/// The server's task, run in a spawned child: serve requests until the parent closes the request socket
+/// and every child has ended. Returns normally (exit code 0) then; dies with its parent before that.
+fn server_main(args: ServerArgs) {
+    // An interactive Ctrl-C goes to the whole process group: the server must outlive it as long as its
+    // parent does (Python's fork server does the same). Its children get the default back.
+    channel::set_sigint_ignored(true);
+    if let Err(why) = serve(args) {
+        psys::write_stderr_raw(format!("mproc: the fork server stops: {why}\n").as_bytes());
+    }
+}
+
+fn serve(args: ServerArgs) -> Result<()> {
+    let sock = usock::adopt_socket(args.sock)?;
+    let (peer, uid) = usock::peer_cred(sock.as_fd())?;
+    if peer != channel::parent_pid() || uid != crate::sys::proc::euid() {
+        return Err(Error::ForkServer(
+            "the request socket was not made by this process's parent".into(),
+        ));
+    }
+    let key = bootstrap::spawn_key()
+        .ok_or_else(|| Error::ForkServer("the fork server was not spawned".into()))?;
+    let mut accepting = true;
+    let mut live: Vec<Live> = Vec::new();
+    let mut buf = vec![0u8; MAX_REQUEST];
+    while accepting || !live.is_empty() {
+        // What to watch: requests (while accepting), each child's end (pidfd), each requester's end.
+        let mut watch: Vec<BorrowedFd<'_>> = Vec::with_capacity(1 + 2 * live.len());
+        if accepting {
+            watch.push(sock.as_fd());
+        }
+        for l in &live {
+            watch.push(l.pidfd.as_fd());
+            if let Some(s) = &l.status {
+                watch.push(s.as_fd());
+            }
+        }
+        let ready = usock::poll_readable(&watch, None)?;
+        drop(watch);
+        let mut at = 0;
+        let mut request_ready = false;
+        if accepting {
+            request_ready = ready[0];
+            at = 1;
+        }
+        let mut ended = Vec::new();
+        for (i, l) in live.iter_mut().enumerate() {
+            if ready[at] {
+                ended.push(i);
+            }
+            at += 1;
+            if l.status.is_some() {
+                if ready[at] {
+                    requester_gone(l);
+                }
+                at += 1;
+            }
+        }
+        // Reap and report, from the back so the indices stay valid.
+        for i in ended.into_iter().rev() {
+            let l = live.swap_remove(i);
+            report_end(l);
+        }
+        if request_ready {
+            let mut keep = Keep {
+                sock: &sock,
+                live: &mut live,
+            };
+            match usock::recv_with_fds(sock.as_fd(), &mut buf, 3, false) {
+                Ok(Received::Packet(n, fds)) => handle(&buf[..n], fds, &key, &mut keep),
+                Ok(Received::Nothing) => {}
+                Ok(Received::Closed) => accepting = false,
+                // A malformed message (too long, too many descriptors): the kernel or `recv_with_fds`
+                // closed what it carried; the requester sees end-of-file on its status socket.
+                Err(Error::Corrupted(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The requester closed its end of a child's status socket: nobody will ask how the child ended. A
+/// child that dies with its parent is killed (its requester crashed or dropped it); either way the socket
+/// is no longer watched.
+fn requester_gone(l: &mut Live) {
+    let Some(s) = &l.status else { return };
+    let mut b = [0u8; 1];
+    // Readable means hung up (end-of-file); a packet is a protocol violation: treated alike. Nothing
+    // queued after all (a spurious wake-up): keep watching.
+    if let Ok(Received::Nothing) = usock::recv_with_fds(s.as_fd(), &mut b, 0, false) {
+        return;
+    }
+    if l.die_with_parent {
+        let _ = psys::send_signal(&l.pidfd, psys::SIGKILL);
+    }
+    l.status = None;
+}
+
+/// Reaps a child whose pidfd became readable and sends its status to the requester.
+fn report_end(l: Live) {
+    let status = match psys::waitpid(l.pid, true) {
+        Ok(Some(s)) => s,
+        // Cannot happen for our own terminated child; nothing to report.
+        _ => return,
+    };
+    let (kind, value) = match status {
+        WaitStatus::Exited(c) => (0u8, c),
+        WaitStatus::Signaled(s) => (1u8, s),
+    };
+    let mut body = [0u8; 5];
+    body[0] = kind;
+    body[1..].copy_from_slice(&value.to_le_bytes());
+    if let Some(s) = &l.status {
+        // The requester may be gone: then there is nobody to tell.
+        let _ = usock::send_with_fds(s.as_fd(), &bootstrap::spawn_frame(ENDED_MAGIC, &body), &[]);
+    }
+}
+
+/// What a forked child must close: the server's request socket and everything it holds for other
+/// children (a status socket held open by a sibling would hide the server's death from a requester).
+struct Keep<'a> {
+    sock: &'a OwnedFd,
+    live: &'a mut Vec<Live>,
+}
+
+/// Handles one request: checks it, forks the child and answers on its status socket.
+fn handle(bytes: &[u8], fds: Vec<OwnedFd>, key: &FnKey, keep: &mut Keep<'_>) {
+    let mut fds = fds.into_iter();
+    let (Some(status), Some(result)) = (fds.next(), fds.next()) else {
+        // No status socket to answer on: drop whatever came.
+        return;
+    };
+    let task = fds.next();
+    let refuse = |why: &str| {
+        let why = &why.as_bytes()[..why.len().min(MAX_ANSWER - 16)];
+        let _ = usock::send_with_fds(
+            status.as_fd(),
+            &bootstrap::spawn_frame(REFUSED_MAGIC, why),
+            &[],
+        );
+    };
+    let Some(request) = bootstrap::spawn_unframe(REQUEST_MAGIC, bytes)
+        .and_then(|b| postcard::from_bytes::<Request>(b).ok())
+    else {
+        return refuse("the request does not decode");
+    };
+    let func = match request.func.resolve::<SpawnKind>(key) {
+        Ok(f) => f,
+        Err(e) => return refuse(&e.to_string()),
+    };
+    let result = match channel::adopt_result_fd(result) {
+        Ok(f) => f,
+        Err(why) => return refuse(&why),
+    };
+    let args = match (request.args, task) {
+        (Some(a), None) => a,
+        (None, Some(t)) => match channel::read_sealed(t, bootstrap::MAX_TASK_BYTES) {
+            Ok(a) => a,
+            Err(why) => return refuse(&why),
+        },
+        _ => return refuse("the argument is missing or sent twice"),
+    };
+    let server = std::process::id();
+    // SAFETY: this server process is single-threaded (it runs nothing but this loop, started in a
+    // fresh spawned process), so the child may run any code: no lock can be held by a vanished thread.
+    // The child never returns from this branch: it ends with `exit_immediately`.
+    match unsafe { psys::fork() } {
+        Ok(Fork::Child) => {
+            // Close what belongs to the server and to the other children (see `Keep`).
+            keep.live.clear();
+            // SAFETY: this child never returns into `serve`, which owns the request socket: it ends
+            // with `exit_immediately` below, so the `OwnedFd` is never used or dropped here again.
+            // Closing our copy is essential: an end of the request socket held open by a child would
+            // keep a dead server's request queue alive, and a requester would wait on it forever.
+            unsafe { channel::close_in_forked_child(keep.sock.as_raw_fd()) };
+            drop(status);
+            channel::set_sigint_ignored(false);
+            let fd = result.as_raw_fd();
+            let code = bootstrap::run_child(fd, move || {
+                if request.die_with_parent {
+                    bootstrap::watch_parent(server)?;
+                }
+                let (f, adapter) = func.parts();
+                adapter(f, &args)
+            });
+            // A forked child of a single-threaded process may flush stdout (nobody else holds its lock);
+            // `_exit` then, as every forked child (no atexit handler runs twice).
+            let _ = std::io::stdout().flush();
+            psys::exit_immediately(code)
+        }
+        Ok(Fork::Parent(pid)) => {
+            drop(result);
+            let pidfd = match psys::pidfd_open(pid) {
+                Ok(p) => p,
+                Err(e) => {
+                    psys::kill_and_reap(pid);
+                    return refuse(&e.to_string());
+                }
+            };
+            let answer = bootstrap::spawn_frame(STARTED_MAGIC, &pid.to_le_bytes());
+            if usock::send_with_fds(status.as_fd(), &answer, &[pidfd.as_fd()]).is_err() {
+                // The requester is gone already: the child is nobody's business any more.
+                let _ = psys::send_signal(&pidfd, psys::SIGKILL);
+            }
+            keep.live.push(Live {
+                pid,
+                pidfd,
+                status: Some(status),
+                die_with_parent: request.die_with_parent,
+            });
+        }
+        Err(e) => refuse(&e.to_string()),
+    }
+}
