@@ -24,7 +24,13 @@ pub(crate) struct RawBarrier {
     broken: AtomicU32,
     /// `Identity::pack()` of each party that arrived in this generation, in arrival order.
     arrived: [AtomicU64; MAX_PARTIES as usize],
+    /// `proc::pid_ns_tag()` of each party in `arrived`: its death is judged only from that namespace.
+    arrived_ns: [AtomicU32; MAX_PARTIES as usize],
 }
+
+// The layout hash covers the size: adding the parties' namespaces (S6) changed it, so builds before and
+// after that change refuse each other's barriers.
+const _: () = assert!(std::mem::size_of::<RawBarrier>() == 3104);
 
 // SAFETY: atomics only; every bit pattern is a valid state (counts are clamped to MAX_PARTIES before
 // indexing).
@@ -174,6 +180,7 @@ impl Barrier {
                 return Ok((index, None));
             }
             r.arrived[index as usize].store(me.pack(), Ordering::Relaxed);
+            r.arrived_ns[index as usize].store(proc::pid_ns_tag(), Ordering::Relaxed);
             r.count.store(index + 1, Ordering::Relaxed);
             Ok((index, Some(generation)))
         })?;
@@ -206,9 +213,17 @@ impl Barrier {
                         return;
                     }
                     let n = r.count.load(Ordering::Relaxed).min(MAX_PARTIES) as usize;
-                    let someone_died = r.arrived[..n]
-                        .iter()
-                        .any(|a| !proc::is_alive(Identity::unpack(a.load(Ordering::Relaxed))));
+                    // A party recorded in another pid namespace cannot be judged here: alive (S6).
+                    let someone_died =
+                        r.arrived[..n]
+                            .iter()
+                            .zip(&r.arrived_ns[..n])
+                            .any(|(a, ns)| {
+                                !proc::holder_alive(
+                                    Identity::unpack(a.load(Ordering::Relaxed)),
+                                    ns.load(Ordering::Relaxed),
+                                )
+                            });
                     if someone_died {
                         r.break_now();
                     }
@@ -269,6 +284,7 @@ mod tests {
                 let a = raw.lock.lock_until(None).unwrap();
                 assert_eq!(a, Acquired::Clean);
                 raw.arrived[0].store(proc::current().pack(), Ordering::Relaxed);
+                raw.arrived_ns[0].store(proc::pid_ns_tag(), Ordering::Relaxed);
                 raw.count.store(1, Ordering::Relaxed);
                 // SAFETY: this thread took the lock just above.
                 unsafe { raw.lock.unlock() };

@@ -10,6 +10,11 @@
 //! | [`Condition`] | its lock is a robust [`Lock`]; a waiter killed while waiting holds nothing |
 //! | [`Barrier`] | parties that arrived are recorded; if one dies before the barrier trips, the barrier breaks and waiters get [`Error::BrokenBarrier`](crate::Error::BrokenBarrier) |
 //! | [`Event`] | holds nothing; nothing to recover |
+//!
+//! Every recorded holder carries its pid namespace beside its tid and start time: a holder recorded in
+//! another pid namespace (containers sharing `/dev/shm`) is never judged dead from ours, so recovery from
+//! dead holders needs the cooperating processes to share one pid namespace; across namespaces, waiters
+//! wait, and timed calls return at their deadline.
 
 mod barrier;
 mod condition;

@@ -10,6 +10,10 @@
 //! undo record it finds: the interrupted update did not happen. No permit is ever lost or doubled by a
 //! death inside the critical section.
 //!
+//! Each holder slot records the thread's identity (tid, start time) and its pid namespace; a waiter
+//! gives back only the permits of holders it can judge dead from its own namespace
+//! ([`proc::holder_alive`]): those of a holder in another pid namespace stay taken.
+//!
 //! More than [`HOLDER_SLOTS`] threads holding permits at once is allowed, but the permits beyond the
 //! table are not tracked (they are not returned if their holder dies).
 
@@ -36,8 +40,11 @@ struct Holder {
     owner: AtomicU64,
     /// Permits it holds.
     count: AtomicU32,
-    _pad: AtomicU32,
+    /// `proc::pid_ns_tag()` of the holding thread: its death is judged only from that namespace.
+    ns: AtomicU32,
 }
+
+const _: () = assert!(std::mem::size_of::<Holder>() == 16);
 
 /// The undo record: values of `value` and of one holder slot before the update in progress.
 #[repr(C)]
@@ -49,7 +56,11 @@ struct Journal {
     slot: AtomicU32,
     slot_count: AtomicU32,
     slot_owner: AtomicU64,
+    slot_ns: AtomicU32,
+    _pad: AtomicU32,
 }
+
+const _: () = assert!(std::mem::size_of::<Journal>() == 32);
 
 #[repr(C)]
 #[derive(Debug)]
@@ -67,6 +78,10 @@ pub(crate) struct RawSemaphore {
     journal: Journal,
     holders: [Holder; HOLDER_SLOTS],
 }
+
+// The layout hash covers the size: growing the journal by the holder's namespace (S6) changed it, so a
+// build before that change refuses to open a semaphore of a build after it, and the reverse.
+const _: () = assert!(std::mem::size_of::<RawSemaphore>() == 1096);
 
 // SAFETY: atomics only; every bit pattern is a valid state (slot indices are bounds-checked, counts
 // saturate), and all mutation is atomic.
@@ -111,6 +126,7 @@ impl RawSemaphore {
                 .store(j.slot_owner.load(Ordering::Relaxed), Ordering::Relaxed);
             h.count
                 .store(j.slot_count.load(Ordering::Relaxed), Ordering::Relaxed);
+            h.ns.store(j.slot_ns.load(Ordering::Relaxed), Ordering::Relaxed);
         }
         j.active.store(0, Ordering::Relaxed);
     }
@@ -143,6 +159,7 @@ impl RawSemaphore {
                 h.count.store(c, Ordering::Relaxed);
                 h.owner
                     .store(if c == 0 { 0 } else { me.pack() }, Ordering::Relaxed);
+                h.ns.store(proc::pid_ns_tag(), Ordering::Relaxed);
             }
         });
         true
@@ -162,6 +179,8 @@ impl RawSemaphore {
                 .store(h.owner.load(Ordering::Relaxed), Ordering::Relaxed);
             j.slot_count
                 .store(h.count.load(Ordering::Relaxed), Ordering::Relaxed);
+            j.slot_ns
+                .store(h.ns.load(Ordering::Relaxed), Ordering::Relaxed);
         }
         j.active.store(1, Ordering::Relaxed);
         change();
@@ -179,11 +198,15 @@ impl RawSemaphore {
         }
         let key = self as *const Self as usize;
         let mine = me.pack();
+        let ns = proc::pid_ns_tag();
+        // The same (tid, start) in another pid namespace is another thread.
+        let is_mine = |h: &Holder| {
+            h.owner.load(Ordering::Relaxed) == mine && h.ns.load(Ordering::Relaxed) == ns
+        };
         let (hint_key, hint) = HINT.with(|h| h.get());
         if hint_key == key {
             if let Some(h) = self.holders.get(hint as usize) {
-                let o = h.owner.load(Ordering::Relaxed);
-                if o == mine || (claim && o == 0) {
+                if is_mine(h) || (claim && h.owner.load(Ordering::Relaxed) == 0) {
                     return hint;
                 }
             }
@@ -191,12 +214,11 @@ impl RawSemaphore {
         let mut free = NO_SLOT;
         let mut found = NO_SLOT;
         for (i, h) in self.holders.iter().enumerate() {
-            let o = h.owner.load(Ordering::Relaxed);
-            if o == mine {
+            if is_mine(h) {
                 found = i as u32;
                 break;
             }
-            if o == 0 && free == NO_SLOT {
+            if h.owner.load(Ordering::Relaxed) == 0 && free == NO_SLOT {
                 free = i as u32;
             }
         }
@@ -216,7 +238,8 @@ impl RawSemaphore {
         let mut back = 0u32;
         for (i, h) in self.holders.iter().enumerate() {
             let o = h.owner.load(Ordering::Relaxed);
-            if o == 0 || proc::is_alive(Identity::unpack(o)) {
+            // A holder recorded in another pid namespace cannot be judged here: alive (S6).
+            if o == 0 || proc::holder_alive(Identity::unpack(o), h.ns.load(Ordering::Relaxed)) {
                 continue;
             }
             let count = h.count.load(Ordering::Relaxed);
