@@ -41,6 +41,11 @@
 //! tid no longer exists (or is a zombie) — never merely because it is slow.
 //!
 //! # Deaths
+//! Claimers are judged dead only while every process attached to the ring lives in our pid namespace
+//! (`Config::ns`, written at creation and marked mixed by any opener from elsewhere): a tid means
+//! nothing in another namespace. In a ring shared across namespaces a dead claimer's slot stays claimed;
+//! blocking calls wait and timed calls return [`Error::Timeout`].
+//!
 //! - A producer dead while holding `{s, tid}`: the consumer waiting at `head = s` checks the claimer's
 //!   liveness when its timed sleep expires and replaces the state with `{s + 1, TOMBSTONE}` (one CAS, so
 //!   only one waiter does it, and never while the producer lives). Consumers skip tombstones. The
@@ -69,6 +74,14 @@ use super::wait::{Backoff, StuckWatch, WaitWord, MAX_CHECK};
 use crate::error::{Error, Result};
 use crate::region::{Region, ShmSafe};
 use crate::sys::proc::{self, Identity};
+
+/// Folded into a queue's layout hash (in place of a size, which varies per queue): bump it whenever the
+/// meaning of a field of [`RingHeader`] or [`SlotHead`] changes, so that builds that disagree refuse to
+/// share a ring. 2: `Config::ns` (was padding).
+pub(crate) const LAYOUT_REVISION: usize = 2;
+
+/// `Config::ns` once processes of different pid namespaces attached.
+const MIXED_NS: u32 = u32::MAX;
 
 const IDLE: u32 = 0;
 const TOMBSTONE: u32 = 0x8000_0000;
@@ -102,7 +115,10 @@ struct Config {
     capacity: AtomicU32,
     slot_size: AtomicU32,
     closed: AtomicU32,
-    _pad: AtomicU32,
+    /// The pid namespace of every process that attached: the creator's [`proc::pid_ns_tag`], or
+    /// [`MIXED_NS`] once a process of another (or an unknown) namespace attached. Claimers' tids are
+    /// judged only while it names our namespace (see "Deaths").
+    ns: AtomicU32,
     /// Messages put and not yet marked done (JoinableQueue).
     unfinished: AtomicU64,
 }
@@ -211,6 +227,7 @@ impl Ring {
         let h = ring.header();
         h.config.0.capacity.store(geo.capacity, Ordering::Relaxed);
         h.config.0.slot_size.store(geo.slot_size, Ordering::Relaxed);
+        h.config.0.ns.store(proc::pid_ns_tag(), Ordering::Relaxed);
         for i in 0..geo.capacity {
             ring.slot(u64::from(i))
                 .state
@@ -237,7 +254,25 @@ impl Ring {
                 found: region.len() as u64,
             });
         }
-        Ring::attach_unchecked(region, geo)
+        let ring = Ring::attach_unchecked(region, geo)?;
+        ring.announce_namespace();
+        Ok(ring)
+    }
+
+    /// Marks the ring [`MIXED_NS`] if we live in another pid namespace than the processes that attached
+    /// before us, before we claim any slot.
+    ///
+    /// Ordering: the Release fence makes this store visible to whoever reads, with Acquire, the value
+    /// of any atomic we write after it (every claim CAS): a waiter that sees one of our claims also sees
+    /// the mark, and so never judges our tid by its own `/proc`.
+    fn announce_namespace(&self) {
+        let ns = &self.header().config.0.ns;
+        let here = proc::pid_ns_tag();
+        let recorded = ns.load(Ordering::Relaxed);
+        if here == 0 || recorded != here {
+            ns.store(MIXED_NS, Ordering::Relaxed);
+        }
+        std::sync::atomic::fence(Ordering::Release);
     }
 
     fn attach_unchecked(region: &Region, geo: Geometry) -> Result<Ring> {
@@ -438,7 +473,7 @@ impl Ring {
         let reader = who(st);
         let prev_lap = pos.wrapping_sub(self.one_lap);
         let is_reader_claim = dist(seq(st), prev_lap) == 1 && reader != IDLE && reader != TOMBSTONE;
-        if is_reader_claim && !Self::claimer_alive(reader) {
+        if is_reader_claim && !self.claimer_alive(reader) {
             let freed = state(pos as u32, IDLE);
             if self
                 .slot(pos)
@@ -454,7 +489,16 @@ impl Ring {
     /// Whether the thread that claimed a slot still exists. Existence only (no start-time check): a
     /// live claimer preempted between its claim and any bookkeeping must never be taken for dead,
     /// while a recycled tid (pid_max is 4M here) merely delays the recovery until that thread exits.
-    fn claimer_alive(tid: u32) -> bool {
+    /// Only while every process attached to the ring shares our pid namespace (`Config::ns`); otherwise
+    /// a tid cannot be judged from our `/proc`, and the claimer counts as alive (S6).
+    fn claimer_alive(&self, tid: u32) -> bool {
+        if tid > proc::PID_MAX_LIMIT {
+            return false; // no namespace has such a tid: garbage
+        }
+        let ns = self.header().config.0.ns.load(Ordering::Relaxed);
+        if !proc::same_pid_ns_tag(ns) {
+            return true;
+        }
         proc::is_alive(Identity { tid, start: 0 })
     }
 
@@ -574,7 +618,7 @@ impl Ring {
         if dist(seq(st), pos) == 0
             && writer != IDLE
             && writer != TOMBSTONE
-            && !Self::claimer_alive(writer)
+            && !self.claimer_alive(writer)
         {
             let tomb = state((pos as u32).wrapping_add(1), TOMBSTONE);
             if self
