@@ -17,6 +17,7 @@ mod queue;
 mod queue_faults;
 mod region;
 mod region_fuzz;
+mod security_locks;
 mod sync_faults;
 
 use libtest_mimic::{Arguments, Trial};
@@ -25,6 +26,7 @@ fn main() {
     common::run_role_if_child(&[
         region::ROLES,
         region_fuzz::ROLES,
+        security_locks::ROLES,
         locks::ROLES,
         manager::ROLES,
         manager_faults::ROLES,
@@ -41,6 +43,7 @@ fn main() {
     let mut trials: Vec<Trial> = Vec::new();
     trials.extend(region::tests());
     trials.extend(region_fuzz::tests());
+    trials.extend(security_locks::tests());
     trials.extend(locks::tests());
     trials.extend(manager::tests());
     trials.extend(manager_faults::tests());
