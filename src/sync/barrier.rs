@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::raw_lock::{Acquired, RawLock, MAX_CHECK_INTERVAL};
+use super::raw_lock::{Acquired, Nesting, RawLock, INTERNAL_BOUND, MAX_CHECK_INTERVAL, TRY_BOUND};
 use crate::error::{Error, Result};
 use crate::region::shared::{impl_shared_object, Shared};
 use crate::region::ShmSafe;
@@ -37,6 +37,10 @@ const _: () = assert!(std::mem::size_of::<RawBarrier>() == 3104);
 unsafe impl ShmSafe for RawBarrier {}
 
 /// A barrier for `parties` processes or threads, like Python's `multiprocessing.Barrier`.
+///
+/// `wait_timeout` returns by its deadline (plus a couple of milliseconds) whatever the shared memory
+/// says, and `abort` never blocks for long; garbage that changes the count or the generation changes
+/// the outcome of a round (an early trip, a spurious break), as it would for any shared counter.
 ///
 /// [`wait`](Barrier::wait) blocks until `parties` callers have arrived, then releases them all and
 /// returns each a distinct index in `0..parties`. The barrier is then reusable. It *breaks* —
@@ -130,14 +134,18 @@ impl Barrier {
         self.wait_until(Some(Instant::now() + timeout))
     }
 
-    /// Breaks the barrier: every waiter (now and later) gets [`Error::BrokenBarrier`].
+    /// Breaks the barrier: every waiter (now and later) gets [`Error::BrokenBarrier`]. Never blocks
+    /// for long: if another thread keeps the internal lock past a couple of milliseconds (hung, hostile,
+    /// or garbage naming a live thread), the barrier is broken without it — every field is an atomic,
+    /// and breaking is what a waiter of a stuck round needs anyway.
     pub fn abort(&self) {
-        self.locked(|r| r.break_now());
+        self.locked_or_forced(TRY_BOUND, |r| r.break_now());
     }
 
     /// Mends a broken barrier and forgets the parties waiting (they get [`Error::BrokenBarrier`]).
+    /// Waits at most 2 s for the internal lock, then mends without it (see [`Barrier::abort`]).
     pub fn reset(&self) {
-        self.locked(|r| {
+        self.locked_or_forced(INTERNAL_BOUND, |r| {
             if r.count.load(Ordering::Relaxed) != 0 {
                 r.break_now();
             }
@@ -146,12 +154,11 @@ impl Barrier {
         });
     }
 
-    fn locked<R>(&self, f: impl FnOnce(&RawBarrier) -> R) -> R {
+    /// Runs `f` under the internal lock; `None` if it could not be taken by `deadline`. The internal
+    /// lock is never held across calls, so a word naming this thread is garbage ([`Nesting::NeverHeld`]).
+    fn locked<R>(&self, deadline: Option<Instant>, f: impl FnOnce(&RawBarrier) -> R) -> Option<R> {
         let raw = &*self.shared;
-        let a = raw
-            .lock
-            .lock_until(None)
-            .expect("an untimed lock cannot time out");
+        let a = raw.lock.lock_as(deadline, Nesting::NeverHeld).ok()?;
         if a != Acquired::Clean {
             // A party died mid-update: the count or the arrival list may be half-written. Breaking is the
             // consistent answer: everyone learns the round failed.
@@ -160,13 +167,21 @@ impl Barrier {
         let r = f(raw);
         // SAFETY: acquired above by this thread; released once.
         unsafe { raw.lock.unlock() };
-        r
+        Some(r)
+    }
+
+    /// Runs `f` under the internal lock if it can be taken within `bound`, else without it.
+    fn locked_or_forced<R>(&self, bound: Duration, f: impl Fn(&RawBarrier) -> R) -> R {
+        match self.locked(Some(Instant::now() + bound), &f) {
+            Some(r) => r,
+            None => f(&self.shared),
+        }
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> Result<u32> {
         let me = proc::current();
         let parties = self.parties();
-        let arrival = self.locked(|r| {
+        let arrival = self.locked(deadline, |r| {
             if r.broken.load(Ordering::Relaxed) != 0 {
                 return Err(Error::BrokenBarrier);
             }
@@ -183,7 +198,14 @@ impl Barrier {
             r.arrived_ns[index as usize].store(proc::pid_ns_tag(), Ordering::Relaxed);
             r.count.store(index + 1, Ordering::Relaxed);
             Ok((index, Some(generation)))
-        })?;
+        });
+        let Some(arrival) = arrival else {
+            // The internal lock stayed held until our deadline: time out as a waiter would (Python's
+            // rule: a timeout breaks the barrier).
+            self.abort();
+            return Err(Error::BrokenBarrier);
+        };
+        let arrival = arrival?;
         let (index, Some(generation)) = arrival else {
             return Ok(arrival.0);
         };
@@ -208,7 +230,7 @@ impl Barrier {
             }
             if futex::wait(&raw.generation, generation, Some(slice)) == futex::WaitOutcome::TimedOut
             {
-                self.locked(|r| {
+                let _ = self.locked(deadline, |r| {
                     if r.generation.load(Ordering::Relaxed) != generation {
                         return;
                     }

@@ -75,6 +75,12 @@ pub(crate) const MAX_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// How long a holder with no record must stay unchanged before a waiter judges it by its tid alone.
 /// A live holder records itself one store after its CAS; this is many scheduler time slices.
 pub(crate) const UNRECORDED_GRACE: Duration = Duration::from_millis(200);
+/// How long a `try_*` call of an object with an internal lock (semaphore, barrier) waits for it: a live
+/// peer holds it for a few stores; longer means a hung or hostile peer, or garbage.
+pub(crate) const TRY_BOUND: Duration = Duration::from_millis(2);
+/// How long a call with no deadline of its own that must not block (a semaphore's release, a barrier's
+/// abort) waits for an internal lock before giving up (or acting without it).
+pub(crate) const INTERNAL_BOUND: Duration = Duration::from_secs(2);
 /// Attempts at the final word CAS of a take-over while only `WAITERS` changes under it.
 const TAKE_OVER_TRIES: u32 = 64;
 
@@ -104,8 +110,6 @@ pub(crate) enum Nesting {
     MayHold,
     /// An object's internal lock, taken and released inside one call: the caller never holds it when
     /// acquiring, so a word naming it is garbage, taken over like a dead holder's.
-    #[allow(dead_code)]
-    // the internal locks of Semaphore and Barrier move to it with their deadlines
     NeverHeld,
 }
 
