@@ -7,6 +7,7 @@
 mod common;
 mod examples;
 mod examples_run;
+mod hostile;
 mod locks;
 mod manager;
 mod manager_faults;
@@ -32,6 +33,7 @@ fn main() {
         manager_faults::ROLES,
         examples::ROLES,
         examples_run::ROLES,
+        hostile::ROLES,
         sync_faults::ROLES,
         queue::ROLES,
         queue_faults::ROLES,
@@ -49,6 +51,7 @@ fn main() {
     trials.extend(manager_faults::tests());
     trials.extend(examples::tests());
     trials.extend(examples_run::tests());
+    trials.extend(hostile::tests());
     trials.extend(sync_faults::tests());
     trials.extend(queue::tests());
     trials.extend(queue_faults::tests());
