@@ -60,7 +60,11 @@
 //! Capacity and slot size are read from shared memory once, at open, and checked against the region's
 //! real size; indices are always `stamp & (one_lap - 1)` checked against the capacity, and a message
 //! length is checked against the slot size before any copy. Garbage can make an operation fail with
-//! [`Error::Corrupted`] or make it wait; it cannot make us touch memory outside the region.
+//! [`Error::Corrupted`] or make it wait; it cannot make us touch memory outside the region. Timed and
+//! `try_` calls keep their deadlines whatever the words say. A slot forged to name a live claimer makes
+//! blocking calls wait behind it (a live peer could do the same). Garbage `head`/`tail` hints heal
+//! ([`Ring::heal`]): they are re-derived from the slot stamps. Garbage in `unfinished` changes what
+//! `join` waits for, as it would for any shared counter.
 //!
 //! # Proof obligations
 //! This protocol is argued here and exercised by a stress test (many producer and consumer processes,

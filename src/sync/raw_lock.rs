@@ -188,7 +188,12 @@ impl RawLock {
         // Acquire: see the record of whoever set this word (module docs, "unlock").
         let v = self.word.load(Ordering::Acquire);
         if v == 0 {
-            return Err(LockFail::TimedOut);
+            // Released since our CAS: one more try, still without waiting.
+            return if self.acquire_free(me) {
+                Ok(Acquired::Clean)
+            } else {
+                Err(LockFail::TimedOut)
+            };
         }
         let owner = match self.judge(v, me, nesting) {
             Verdict::Me => return Err(LockFail::WouldDeadlock),
