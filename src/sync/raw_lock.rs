@@ -229,6 +229,22 @@ impl RawLock {
         self.lock_slow(me, deadline, Some(nesting))
     }
 
+    /// Like [`RawLock::lock_as`] with a deadline `bound` from now, read from the clock only if the lock
+    /// is not free: the uncontended path stays free of the clock (a vDSO call costs several times
+    /// the lock itself).
+    #[inline]
+    pub(crate) fn lock_within(
+        &self,
+        bound: Duration,
+        nesting: Nesting,
+    ) -> Result<Acquired, LockFail> {
+        let me = proc::current();
+        if self.acquire_free(me) {
+            return Ok(Acquired::Clean);
+        }
+        self.lock_slow(me, Some(Instant::now() + bound), Some(nesting))
+    }
+
     /// The fast path: `CAS 0 → tid` (Acquire: the previous holder's critical section happens-before
     /// ours), then record who we are for waiters' liveness checks.
     #[inline]
@@ -247,7 +263,12 @@ impl RawLock {
     /// `owner` with Acquire reads this `ns` too.
     #[inline]
     fn record(&self, me: Identity) {
-        self.ns.store(proc::pid_ns_tag(), Ordering::Relaxed);
+        // Almost always the namespace is already ours: a load, not a store, keeps the fast path at the
+        // stores it had before namespaces were recorded (an extra store measurably slowed it).
+        let ns = proc::pid_ns_tag();
+        if self.ns.load(Ordering::Relaxed) != ns {
+            self.ns.store(ns, Ordering::Relaxed);
+        }
         self.owner.store(me.pack(), Ordering::Release);
     }
 

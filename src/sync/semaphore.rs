@@ -93,6 +93,15 @@ const _: () = assert!(std::mem::size_of::<RawSemaphore>() == 1096);
 // saturate), and all mutation is atomic.
 unsafe impl ShmSafe for RawSemaphore {}
 
+/// How long a call may wait for the internal lock.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// Until this deadline (`None`: forever).
+    Until(Option<Instant>),
+    /// For this long from the moment the lock is found taken (no clock read when it is free).
+    Within(Duration),
+}
+
 /// What one update under the lock does to `value` and to the caller's holder slot.
 enum Update {
     Take,
@@ -109,8 +118,12 @@ impl RawSemaphore {
     /// `None` if the lock could not be taken by `deadline` (a peer holds it: hung, hostile, or the
     /// words are garbage naming a live thread). The internal lock is never held across calls, so a
     /// word naming this thread is garbage and taken over ([`Nesting::NeverHeld`]).
-    fn locked<R>(&self, deadline: Option<Instant>, f: impl FnOnce(&Self) -> R) -> Option<R> {
-        let acquired = self.lock.lock_as(deadline, Nesting::NeverHeld).ok()?;
+    fn locked<R>(&self, wait: Wait, f: impl FnOnce(&Self) -> R) -> Option<R> {
+        let acquired = match wait {
+            Wait::Until(deadline) => self.lock.lock_as(deadline, Nesting::NeverHeld),
+            Wait::Within(bound) => self.lock.lock_within(bound, Nesting::NeverHeld),
+        }
+        .ok()?;
         if acquired != Acquired::Clean {
             self.roll_back();
         }
@@ -271,19 +284,20 @@ impl RawSemaphore {
     }
 
     /// One attempt to take a permit; the internal lock is waited for until `deadline` at most.
-    fn try_take(&self, me: Identity, deadline: Option<Instant>) -> bool {
-        self.locked(deadline, |s| s.apply(Update::Take, me))
+    fn try_take(&self, me: Identity, wait: Wait) -> bool {
+        self.locked(wait, |s| s.apply(Update::Take, me))
             .unwrap_or(false)
     }
 
     fn acquire_until(&self, deadline: Option<Instant>) -> bool {
         let me = proc::current();
-        if self.try_take(me, deadline) {
+        let wait = Wait::Until(deadline);
+        if self.try_take(me, wait) {
             return true;
         }
         for _ in 0..SPINS {
             std::hint::spin_loop();
-            if self.value.load(Ordering::Relaxed) != 0 && self.try_take(me, deadline) {
+            if self.value.load(Ordering::Relaxed) != 0 && self.try_take(me, wait) {
                 return true;
             }
         }
@@ -306,7 +320,7 @@ impl RawSemaphore {
                 futex::wait(&self.value, 0, Some(slice));
             }
             self.sleepers.fetch_sub(1, Ordering::SeqCst);
-            if self.try_take(me, deadline) {
+            if self.try_take(me, wait) {
                 return true;
             }
         }
@@ -324,7 +338,9 @@ impl RawSemaphore {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            let back = self.locked(deadline, |s| s.reclaim_dead()).unwrap_or(0);
+            let back = self
+                .locked(Wait::Until(deadline), |s| s.reclaim_dead())
+                .unwrap_or(0);
             // We may take one of them ourselves; wake others for the rest.
             self.wake_sleepers(back);
         }
@@ -334,8 +350,8 @@ impl RawSemaphore {
     /// peer for [`INTERNAL_BOUND`] (the permit is then not given back).
     fn give(&self, tracked: bool) -> Option<bool> {
         let me = proc::current();
-        let deadline = Instant::now() + INTERNAL_BOUND;
-        let ok = self.locked(Some(deadline), |s| s.apply(Update::Give { tracked }, me))?;
+        let wait = Wait::Within(INTERNAL_BOUND);
+        let ok = self.locked(wait, |s| s.apply(Update::Give { tracked }, me))?;
         if ok {
             self.wake_sleepers(1);
         }
@@ -403,7 +419,7 @@ impl Semaphore {
     /// semaphore's internal lock, which a peer holds for a few stores at a time).
     pub fn try_acquire(&self) -> Option<SemaphoreGuard<'_>> {
         self.shared
-            .try_take(proc::current(), Some(Instant::now() + TRY_BOUND))
+            .try_take(proc::current(), Wait::Within(TRY_BOUND))
             .then(|| SemaphoreGuard::new(&self.shared))
     }
 
@@ -538,8 +554,7 @@ impl<'a> SemaphoreGuard<'a> {
     pub fn forget(self) {
         let me = proc::current();
         // Bounded like a release (see `Semaphore::release`): on timeout the permit stays tracked.
-        let deadline = Instant::now() + INTERNAL_BOUND;
-        self.raw.locked(Some(deadline), |s| {
+        self.raw.locked(Wait::Within(INTERNAL_BOUND), |s| {
             let slot = s.slot_for(me, false);
             if let Some(h) = s.holders.get(slot as usize) {
                 let c = h.count.load(Ordering::Relaxed).saturating_sub(1);
