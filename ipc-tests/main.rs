@@ -8,6 +8,7 @@ mod common;
 mod examples;
 mod examples_run;
 mod forkserver;
+mod hostile;
 mod locks;
 mod manager;
 mod manager_faults;
@@ -19,6 +20,7 @@ mod queue_faults;
 mod region;
 mod region_fuzz;
 mod security_heap;
+mod security_locks;
 mod security_region;
 mod security_spawn;
 mod sync_faults;
@@ -30,12 +32,14 @@ fn main() {
         region::ROLES,
         region_fuzz::ROLES,
         security_region::ROLES,
+        security_locks::ROLES,
         locks::ROLES,
         manager::ROLES,
         manager_faults::ROLES,
         examples::ROLES,
         examples_run::ROLES,
         forkserver::ROLES,
+        hostile::ROLES,
         sync_faults::ROLES,
         queue::ROLES,
         queue_faults::ROLES,
@@ -50,12 +54,14 @@ fn main() {
     trials.extend(region::tests());
     trials.extend(region_fuzz::tests());
     trials.extend(security_region::tests());
+    trials.extend(security_locks::tests());
     trials.extend(locks::tests());
     trials.extend(manager::tests());
     trials.extend(manager_faults::tests());
     trials.extend(examples::tests());
     trials.extend(examples_run::tests());
     trials.extend(forkserver::tests());
+    trials.extend(hostile::tests());
     trials.extend(sync_faults::tests());
     trials.extend(queue::tests());
     trials.extend(queue_faults::tests());

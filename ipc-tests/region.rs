@@ -384,13 +384,14 @@ fn forged_headers_are_typed_errors() {
         ),
         "{e:?}"
     );
-    let e = err(open(good.set32(VERSION, 2)));
+    // The previous format (1) is refused like any other.
+    let e = err(open(good.set32(VERSION, 1)));
     assert!(
         matches!(
             e,
             Error::VersionMismatch {
-                expected: 1,
-                found: 2
+                expected: 2,
+                found: 1
             }
         ),
         "{e:?}"
@@ -400,7 +401,7 @@ fn forged_headers_are_typed_errors() {
         matches!(
             e,
             Error::VersionMismatch {
-                expected: 1,
+                expected: 2,
                 found: u32::MAX
             }
         ),

@@ -128,7 +128,7 @@ fn justified(h: &Hdr, len: u64, opener: Opener, t: Truth, by_handle: bool) -> Ve
     if h.0[..8] != *b"MPROCRG1" {
         v.push("BadMagic");
     }
-    if h.u32(VERSION) != 1 {
+    if h.u32(VERSION) != 2 {
         v.push("VersionMismatch");
     }
     if h.u32(HEADER_SIZE) != 64 {
@@ -176,7 +176,7 @@ fn check_open<T>(
     );
     let truthful = match &e {
         Error::BadMagic { found } => found[..] == h.0[..8],
-        Error::VersionMismatch { expected, found } => *expected == 1 && *found == h.u32(VERSION),
+        Error::VersionMismatch { expected, found } => *expected == 2 && *found == h.u32(VERSION),
         Error::TypeMismatch { found_hash, .. } => *found_hash == h.u64(TYPE_HASH),
         Error::SizeMismatch { expected, found } => *expected == 16 && *found == h.u64(PAYLOAD_SIZE),
         Error::Truncated { needed, actual } => {
@@ -210,7 +210,7 @@ fn header_strategy(bytes: Hdr, lock: Hdr) -> impl Strategy<Value = Hdr> {
     let me = (bytes.u32(CREATOR_PID), bytes.u64(CREATOR_START));
     let structured = (
         prop_oneof![6 => Just(bytes.u64(MAGIC)), 1 => any::<u64>()],
-        prop_oneof![6 => Just(1u32), 1 => any::<u32>()],
+        prop_oneof![6 => Just(2u32), 1 => any::<u32>()],
         prop_oneof![6 => Just(64u32), 1 => any::<u32>()],
         prop_oneof![2 => Just(bytes.u64(TYPE_HASH)), 2 => Just(lock.u64(TYPE_HASH)), 1 => any::<u64>()],
         prop_oneof![1 => 0u64..64, 2 => Just(16u64), 1 => 0u64..4400, 1 => any::<u64>()],

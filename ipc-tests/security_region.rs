@@ -306,7 +306,7 @@ fn r6_janitor_keeps_what_it_cannot_judge() {
     let cases = [
         ("r6foreign", Hdr(garbage), PAYLOAD_OFFSET + 64),
         ("r6short", Hdr([0; 64]), 10),
-        ("r6version", dead.set32(VERSION, 2), PAYLOAD_OFFSET + 16),
+        ("r6version", dead.set32(VERSION, 1), PAYLOAD_OFFSET + 16),
     ];
     let kept: Vec<(String, Forged)> = cases
         .iter()

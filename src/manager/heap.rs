@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 use crate::region::Region;
-use crate::sync::raw_lock::{Acquired, RawLock};
+use crate::sync::raw_lock::{Acquired, Nesting, RawLock};
 
 const W: u64 = 8;
 /// Journal length word.
@@ -132,10 +132,13 @@ impl JournaledHeap {
     pub(crate) fn transact<R>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<R>) -> Result<R> {
         // Whether the previous holder died (OwnerDied) or not, a non-empty journal means a transaction
         // that never finished — a death, or a panic that unwound through `f` — and is undone first.
+        // The heap's lock is internal: taken and released inside this call, never held by the caller
+        // when it gets here, so a word naming this thread is garbage and taken over, not waited on
+        // forever (issue 17).
         let _acquired: Acquired = self
             .lock()
-            .lock_until(None)
-            .expect("an untimed lock cannot time out");
+            .lock_as(None, Nesting::NeverHeld)
+            .expect("an untimed internal lock neither times out nor is held by its caller");
         let guard = Unlock(self.lock());
         let mut tx = Tx {
             heap: self.r(),

@@ -78,7 +78,7 @@ impl<T, C: Codec<T>> Queue<T, C> {
         let name = std::any::type_name::<Queue<T, C>>();
         Layout {
             type_name: name,
-            hash: layout_hash(name, 0, 64),
+            hash: layout_hash(name, ring::LAYOUT_REVISION, 64),
             size,
         }
     }

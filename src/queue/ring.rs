@@ -41,6 +41,11 @@
 //! tid no longer exists (or is a zombie) — never merely because it is slow.
 //!
 //! # Deaths
+//! Claimers are judged dead only while every process attached to the ring lives in our pid namespace
+//! (`Config::ns`, written at creation and marked mixed by any opener from elsewhere): a tid means
+//! nothing in another namespace. In a ring shared across namespaces a dead claimer's slot stays claimed;
+//! blocking calls wait and timed calls return [`Error::Timeout`].
+//!
 //! - A producer dead while holding `{s, tid}`: the consumer waiting at `head = s` checks the claimer's
 //!   liveness when its timed sleep expires and replaces the state with `{s + 1, TOMBSTONE}` (one CAS, so
 //!   only one waiter does it, and never while the producer lives). Consumers skip tombstones. The
@@ -55,7 +60,11 @@
 //! Capacity and slot size are read from shared memory once, at open, and checked against the region's
 //! real size; indices are always `stamp & (one_lap - 1)` checked against the capacity, and a message
 //! length is checked against the slot size before any copy. Garbage can make an operation fail with
-//! [`Error::Corrupted`] or make it wait; it cannot make us touch memory outside the region.
+//! [`Error::Corrupted`] or make it wait; it cannot make us touch memory outside the region. Timed and
+//! `try_` calls keep their deadlines whatever the words say. A slot forged to name a live claimer makes
+//! blocking calls wait behind it (a live peer could do the same). Garbage `head`/`tail` hints heal
+//! ([`Ring::heal`]): they are re-derived from the slot stamps. Garbage in `unfinished` changes what
+//! `join` waits for, as it would for any shared counter.
 //!
 //! # Proof obligations
 //! This protocol is argued here and exercised by a stress test (many producer and consumer processes,
@@ -69,6 +78,14 @@ use super::wait::{Backoff, StuckWatch, WaitWord, MAX_CHECK};
 use crate::error::{Error, Result};
 use crate::region::{Region, ShmSafe};
 use crate::sys::proc::{self, Identity};
+
+/// Folded into a queue's layout hash (in place of a size, which varies per queue): bump it whenever the
+/// meaning of a field of [`RingHeader`] or [`SlotHead`] changes, so that builds that disagree refuse to
+/// share a ring. 2: `Config::ns` (was padding).
+pub(crate) const LAYOUT_REVISION: usize = 2;
+
+/// `Config::ns` once processes of different pid namespaces attached.
+const MIXED_NS: u32 = u32::MAX;
 
 const IDLE: u32 = 0;
 const TOMBSTONE: u32 = 0x8000_0000;
@@ -102,7 +119,10 @@ struct Config {
     capacity: AtomicU32,
     slot_size: AtomicU32,
     closed: AtomicU32,
-    _pad: AtomicU32,
+    /// The pid namespace of every process that attached: the creator's [`proc::pid_ns_tag`], or
+    /// [`MIXED_NS`] once a process of another (or an unknown) namespace attached. Claimers' tids are
+    /// judged only while it names our namespace (see "Deaths").
+    ns: AtomicU32,
     /// Messages put and not yet marked done (JoinableQueue).
     unfinished: AtomicU64,
 }
@@ -166,6 +186,41 @@ pub(crate) struct Ring {
     base: *mut u8,
     geo: Geometry,
     one_lap: u64,
+    /// `proc::monotonic_ms()` of this process's last survey of the ring ([`Ring::heal`]); process-local,
+    /// so that a peer cannot make us skip or repeat surveys.
+    last_survey_ms: AtomicU64,
+}
+
+/// How often one process may survey a ring whose hints look right but that a full/empty answer makes
+/// suspect (a survey reads every slot's state once): every 10 ms, plus 1 ms per 1000 slots so that
+/// surveys of a big ring stay a small fraction of a blocked caller's time.
+const SURVEY_INTERVAL_MS: u64 = 10;
+
+/// What a slot's state says about the stamp it belongs to (see the state table in the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// `{ s, IDLE }`: free for the producer of `s`.
+    Free,
+    /// `{ s, tid }`: a producer is writing `s`.
+    Writing,
+    /// `{ s + 1, IDLE | TOMBSTONE }`: `s` is published (or abandoned) and not yet taken.
+    Ready,
+    /// `{ s + 1, tid }`: a consumer is reading `s`.
+    Reading,
+}
+
+/// One survey of every slot, with stamps as signed distances from a reference stamp.
+#[derive(Debug, Default)]
+struct Survey {
+    reference: u32,
+    /// Slots whose stamp lies within two laps of the reference (the others are garbage, left alone).
+    counted: u32,
+    min_free: Option<i64>,
+    /// Smallest stamp a consumer must take next: Ready or Writing.
+    min_pending: Option<i64>,
+    min_ready: Option<i64>,
+    /// Largest stamp in use (Writing, Ready or Reading).
+    max_used: Option<i64>,
 }
 
 // SAFETY: `base` points into a mapping kept alive by the owner of the Ring (the queue holds the Region
@@ -211,6 +266,7 @@ impl Ring {
         let h = ring.header();
         h.config.0.capacity.store(geo.capacity, Ordering::Relaxed);
         h.config.0.slot_size.store(geo.slot_size, Ordering::Relaxed);
+        h.config.0.ns.store(proc::pid_ns_tag(), Ordering::Relaxed);
         for i in 0..geo.capacity {
             ring.slot(u64::from(i))
                 .state
@@ -237,7 +293,25 @@ impl Ring {
                 found: region.len() as u64,
             });
         }
-        Ring::attach_unchecked(region, geo)
+        let ring = Ring::attach_unchecked(region, geo)?;
+        ring.announce_namespace();
+        Ok(ring)
+    }
+
+    /// Marks the ring [`MIXED_NS`] if we live in another pid namespace than the processes that attached
+    /// before us, before we claim any slot.
+    ///
+    /// Ordering: the Release fence makes this store visible to whoever reads, with Acquire, the value
+    /// of any atomic we write after it (every claim CAS): a waiter that sees one of our claims also sees
+    /// the mark, and so never judges our tid by its own `/proc`.
+    fn announce_namespace(&self) {
+        let ns = &self.header().config.0.ns;
+        let here = proc::pid_ns_tag();
+        let recorded = ns.load(Ordering::Relaxed);
+        if here == 0 || recorded != here {
+            ns.store(MIXED_NS, Ordering::Relaxed);
+        }
+        std::sync::atomic::fence(Ordering::Release);
     }
 
     fn attach_unchecked(region: &Region, geo: Geometry) -> Result<Ring> {
@@ -259,6 +333,7 @@ impl Ring {
             base: region.as_ptr(),
             geo,
             one_lap,
+            last_survey_ms: AtomicU64::new(0),
         })
     }
 
@@ -342,11 +417,22 @@ impl Ring {
     /// One attempt to append `bytes`.
     fn try_push(&self, bytes: &[u8], me: Identity) -> Attempt {
         let h = self.header();
+        let mut healed = false;
         for _ in 0..self.help_budget() {
             let pos = h.tail.0.load(Ordering::Relaxed);
             let slot = self.slot(pos);
             let st = slot.state.load(Ordering::Acquire);
             let d = dist(seq(st), pos);
+            // An honest `tail` is at most a lap stale, and a slot in its way holds the previous lap
+            // (d = 1 - one_lap, or -one_lap while its producer still writes). Anything else is a
+            // garbage hint: re-derive it from the stamps, once per attempt.
+            let lap = self.one_lap as i32;
+            let honest = (0..=lap).contains(&d) || d == 1 - lap || d == -lap;
+            if !honest && !healed {
+                healed = true;
+                self.heal();
+                continue;
+            }
             if d == 0 && who(st) == IDLE {
                 // {pos, IDLE} → {pos, me}: the slot is ours and says so.
                 let claimed = state(pos as u32, me.tid);
@@ -384,7 +470,8 @@ impl Ring {
                 }
             } else if d >= 0 {
                 // {pos, tid}: claimed by a producer that has not moved `tail` yet (maybe dead); or the
-                // slot is already past `pos`: `tail` is stale. Help it on and retry.
+                // slot is already past `pos`: `tail` is stale. Help it on and retry (a garbage `tail`
+                // far behind is healed above instead of walked).
                 let _ = h.tail.0.compare_exchange(
                     pos,
                     self.next(pos),
@@ -419,11 +506,19 @@ impl Ring {
                 Attempt::Blocked { pos, state } => Some((pos, state)),
                 Attempt::Busy => None,
             };
+            // Full by the hint's slot; the hint may be wrong in a way that slot cannot show.
+            if self.survey_due() && self.heal() {
+                continue;
+            }
             if backoff.snooze() {
                 continue;
             }
             let slice = slice_until(deadline, watch.interval)?;
-            let Some((pos, st)) = blocked else { continue };
+            let Some((pos, st)) = blocked else {
+                // Out of help budget (garbage only): nap rather than spin until the deadline.
+                self.header().space.0.sleep(slice, || false);
+                continue;
+            };
             let still_full =
                 || self.slot(pos).state.load(Ordering::SeqCst) == st && !self.is_closed();
             self.header().space.0.sleep(slice, || !still_full());
@@ -438,7 +533,7 @@ impl Ring {
         let reader = who(st);
         let prev_lap = pos.wrapping_sub(self.one_lap);
         let is_reader_claim = dist(seq(st), prev_lap) == 1 && reader != IDLE && reader != TOMBSTONE;
-        if is_reader_claim && !Self::claimer_alive(reader) {
+        if is_reader_claim && !self.claimer_alive(reader) {
             let freed = state(pos as u32, IDLE);
             if self
                 .slot(pos)
@@ -454,7 +549,16 @@ impl Ring {
     /// Whether the thread that claimed a slot still exists. Existence only (no start-time check): a
     /// live claimer preempted between its claim and any bookkeeping must never be taken for dead,
     /// while a recycled tid (pid_max is 4M here) merely delays the recovery until that thread exits.
-    fn claimer_alive(tid: u32) -> bool {
+    /// Only while every process attached to the ring shares our pid namespace (`Config::ns`); otherwise
+    /// a tid cannot be judged from our `/proc`, and the claimer counts as alive (S6).
+    fn claimer_alive(&self, tid: u32) -> bool {
+        if tid > proc::PID_MAX_LIMIT {
+            return false; // no namespace has such a tid: garbage
+        }
+        let ns = self.header().config.0.ns.load(Ordering::Relaxed);
+        if !proc::same_pid_ns_tag(ns) {
+            return true;
+        }
         proc::is_alive(Identity { tid, start: 0 })
     }
 
@@ -463,11 +567,20 @@ impl Ring {
     /// effects beyond producing `R`.
     fn try_pop<R>(&self, me: Identity, f: &mut impl FnMut(&[u8]) -> R) -> Result<Pop<R>> {
         let h = self.header();
+        let mut healed = false;
         for _ in 0..self.help_budget() {
             let pos = h.head.0.load(Ordering::Relaxed);
             let slot = self.slot(pos);
             let st = slot.state.load(Ordering::Acquire);
             let d = dist(seq(st), pos.wrapping_add(1));
+            // An honest `head` is at most a lap stale (0 <= d <= one_lap), or sits on the next stamp to
+            // be produced (d = -1). Anything else is a garbage hint: re-derive it, once per attempt.
+            let honest = (0..=self.one_lap as i32).contains(&d) || d == -1;
+            if !honest && !healed {
+                healed = true;
+                self.heal();
+                continue;
+            }
             if d == 0 && (who(st) == IDLE || who(st) == TOMBSTONE) {
                 // {pos + 1, IDLE | TOMBSTONE} → {pos + 1, me}: the message (or tombstone) is ours.
                 let claimed = state(seq(st), me.tid);
@@ -549,6 +662,10 @@ impl Ring {
                 Pop::Closed => return Err(Error::Closed),
                 Pop::Empty => {}
             }
+            // Empty by the hint's slot; the hint may be wrong in a way that slot cannot show.
+            if self.survey_due() && self.heal() {
+                continue;
+            }
             if backoff.snooze() {
                 continue;
             }
@@ -574,7 +691,7 @@ impl Ring {
         if dist(seq(st), pos) == 0
             && writer != IDLE
             && writer != TOMBSTONE
-            && !Self::claimer_alive(writer)
+            && !self.claimer_alive(writer)
         {
             let tomb = state((pos as u32).wrapping_add(1), TOMBSTONE);
             if self
@@ -586,6 +703,195 @@ impl Ring {
                 self.header().items.0.notify();
             }
         }
+    }
+
+    // ---- healing the hints ----
+
+    /// Whether this process may survey the ring now (see [`SURVEY_INTERVAL_MS`]).
+    fn survey_due(&self) -> bool {
+        let now = proc::monotonic_ms();
+        let last = self.last_survey_ms.load(Ordering::Relaxed);
+        let interval = SURVEY_INTERVAL_MS + u64::from(self.geo.capacity) / 1000;
+        now.saturating_sub(last) >= interval
+            && self
+                .last_survey_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// The stamp and phase slot `i`'s state `st` belongs to, or `None` if its sequence number does not
+    /// fit the slot's index (garbage).
+    fn phase(&self, i: u32, st: u64) -> Option<(u32, Phase)> {
+        let q = seq(st);
+        let index = q & (self.one_lap as u32 - 1);
+        let w = who(st);
+        if index == i {
+            match w {
+                IDLE => Some((q, Phase::Free)),
+                TOMBSTONE => None,
+                _ => Some((q, Phase::Writing)),
+            }
+        } else if index == i + 1 {
+            let s = q.wrapping_sub(1);
+            Some((
+                s,
+                if w == IDLE || w == TOMBSTONE {
+                    Phase::Ready
+                } else {
+                    Phase::Reading
+                },
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Reads every slot once and places its stamp relative to `reference`.
+    fn survey(&self, reference: u32) -> Survey {
+        let window = 2 * self.one_lap as i64;
+        let mut v = Survey {
+            reference,
+            ..Survey::default()
+        };
+        let lower = |m: &mut Option<i64>, x: i64| *m = Some(m.map_or(x, |m| m.min(x)));
+        for i in 0..self.geo.capacity {
+            let st = self.slot(u64::from(i)).state.load(Ordering::Acquire);
+            let Some((s, phase)) = self.phase(i, st) else {
+                continue;
+            };
+            let rel = i64::from(s.wrapping_sub(reference) as i32);
+            if rel.abs() > window {
+                continue;
+            }
+            v.counted += 1;
+            match phase {
+                Phase::Free => lower(&mut v.min_free, rel),
+                Phase::Writing => lower(&mut v.min_pending, rel),
+                Phase::Ready => {
+                    lower(&mut v.min_pending, rel);
+                    lower(&mut v.min_ready, rel);
+                }
+                Phase::Reading => {}
+            }
+            if phase != Phase::Free {
+                v.max_used = Some(v.max_used.map_or(rel, |m| m.max(rel)));
+            }
+        }
+        v
+    }
+
+    /// Re-derives `head` and `tail` from the slots' stamps where they provably disagree; returns whether
+    /// it changed anything. O(capacity); run only when a hint looks wrong, or when an operation found
+    /// the ring full/empty (at most every [`SURVEY_INTERVAL_MS`] per process).
+    ///
+    /// Both hints are read *before* the survey. A stamp's state only moves forward and never returns, so:
+    /// a slot still free for a stamp below the `tail` read earlier, or still holding an untaken message
+    /// below the `head` read earlier, cannot happen honestly (an honest index only passes claimed stamps)
+    /// and proves the hint garbage; so does a hint more than two laps from every stamp. A free stamp
+    /// below a stamp in use is a hole no producer will fill in order: it is tombstoned with a CAS from
+    /// exactly that free state, which fails if a producer claims it meanwhile. Exactly-once delivery
+    /// never depends on any of this: only the slot CASes claim.
+    fn heal(&self) -> bool {
+        let h = self.header();
+        let (tail, head) = (
+            h.tail.0.load(Ordering::Acquire),
+            h.head.0.load(Ordering::Acquire),
+        );
+        // The reference: a stamp of the ring itself. A garbage slot could make a bad one, so the one of
+        // three candidates that places the most slots within the window wins.
+        let cap = self.geo.capacity;
+        let mut best: Option<Survey> = None;
+        for i in [0, cap / 3, 2 * cap / 3] {
+            let st = self.slot(u64::from(i)).state.load(Ordering::Acquire);
+            let Some((reference, _)) = self.phase(i, st) else {
+                continue;
+            };
+            let v = self.survey(reference);
+            if best.as_ref().is_none_or(|b| v.counted > b.counted) {
+                best = Some(v);
+            }
+        }
+        let Some(v) = best else {
+            return false;
+        };
+        let window = 2 * self.one_lap as i64;
+        let rel = |hint: u64| i64::from((hint as u32).wrapping_sub(v.reference) as i32);
+        let at = |hint: u64, target: i64| {
+            // The 64-bit value nearest `hint` whose low 32 bits are the target stamp.
+            let stamp = v.reference.wrapping_add(target as i32 as u32);
+            hint.wrapping_add(i64::from(stamp.wrapping_sub(hint as u32) as i32) as u64)
+        };
+        let mut changed = false;
+        // Holes: free stamps below the largest stamp in use.
+        let mut min_pending = v.min_pending;
+        if let (Some(max_used), Some(min_free)) = (v.max_used, v.min_free) {
+            if min_free < max_used {
+                for i in 0..cap {
+                    let slot = self.slot(u64::from(i));
+                    let st = slot.state.load(Ordering::Acquire);
+                    let Some((s, Phase::Free)) = self.phase(i, st) else {
+                        continue;
+                    };
+                    let r = i64::from(s.wrapping_sub(v.reference) as i32);
+                    if r.abs() > window || r >= max_used {
+                        continue;
+                    }
+                    // {s, IDLE} → {s + 1, TOMBSTONE}: abandoned, consumers skip it.
+                    let tomb = state(s.wrapping_add(1), TOMBSTONE);
+                    if slot
+                        .state
+                        .compare_exchange(st, tomb, Ordering::SeqCst, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        changed = true;
+                        min_pending = Some(min_pending.map_or(r, |m| m.min(r)));
+                    }
+                }
+            }
+        }
+        let free_after_holes = if changed {
+            // Recount what is still free above the holes.
+            self.survey(v.reference).min_free
+        } else {
+            v.min_free
+        };
+        // tail: onto the first free stamp if it is past one, or nowhere near any stamp.
+        let t = rel(tail);
+        // Full: the stamp after the last one in use.
+        let tail_target = match (free_after_holes, v.max_used) {
+            (Some(f), _) => Some(at(tail, f)),
+            (None, Some(m)) => Some(self.next(at(tail, m))),
+            (None, None) => None,
+        };
+        if let Some(target) = tail_target {
+            let ahead = free_after_holes.is_some_and(|f| f < t);
+            if (ahead || t.abs() > window)
+                && h.tail
+                    .0
+                    .compare_exchange(tail, target, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                changed = true;
+            }
+        }
+        // head: onto the first untaken stamp if it is past one, or nowhere near any stamp.
+        let hd = rel(head);
+        if let Some(target) = min_pending.or(free_after_holes) {
+            let ahead = v.min_ready.is_some_and(|r| r < hd) || min_pending.is_some_and(|p| p < hd);
+            if (ahead || hd.abs() > window)
+                && h.head
+                    .0
+                    .compare_exchange(head, at(head, target), Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                changed = true;
+            }
+        }
+        if changed {
+            h.items.0.notify();
+            h.space.0.notify();
+        }
+        changed
     }
 
     // ---- JoinableQueue accounting ----
@@ -677,6 +983,16 @@ impl Ring {
         } else {
             slot.state.store(state(s as u32, tid), Ordering::Release);
             h.tail.0.store(self.next(s), Ordering::Relaxed);
+        }
+    }
+
+    /// Overwrites the `tail` (or `head`) hint, as garbage from another process would.
+    pub(crate) fn force_hint_for_test(&self, tail: bool, v: u64) {
+        let h = self.header();
+        if tail {
+            h.tail.0.store(v, Ordering::Relaxed);
+        } else {
+            h.head.0.store(v, Ordering::Relaxed);
         }
     }
 

@@ -171,3 +171,62 @@ fn wrong_type_is_refused_at_open() {
         Err(Error::TypeMismatch { .. })
     ));
 }
+
+/// Forged `tail`/`head` hints (issue 17): whatever value, the next try_put/try_get heals the hint from the
+/// slot stamps, and every message still comes out exactly once. (Not necessarily in order: a forged
+/// `head` that points at a later message which is really there looks exactly like an honest one.)
+#[test]
+fn forged_hints_heal() {
+    let nasty = [
+        0u64,
+        1,
+        2,
+        3,
+        4,
+        7,
+        8,
+        9,
+        0xff,
+        u64::from(crate::sys::proc::current().tid),
+        1 << 31,
+        (1 << 31) + 64,
+        1 << 32,
+        u64::MAX,
+        u64::MAX - 8,
+        1024 - 8,
+        1024 + 8,
+    ];
+    for cap in [1usize, 4, 5] {
+        for tail in [true, false] {
+            for &v in &nasty {
+                let q: Queue<u64, Raw> = Queue::new(cap).unwrap();
+                let held = cap.min(3) as u64;
+                for i in 0..held {
+                    q.try_put(&i).unwrap();
+                }
+                q.ring().force_hint_for_test(tail, v);
+                let what = format!("cap {cap}, {} = {v:#x}", if tail { "tail" } else { "head" });
+                let mut expect = 0..held;
+                if held < cap as u64 {
+                    q.try_put(&held)
+                        .unwrap_or_else(|e| panic!("{what}: try_put: {e}"));
+                    expect = 0..held + 1;
+                }
+                let mut got = Vec::new();
+                while let Ok(x) = q.try_get() {
+                    got.push(x);
+                    assert!(got.len() <= cap, "{what}: more out than in: {got:?}");
+                }
+                let want: Vec<u64> = expect.collect();
+                got.sort_unstable();
+                assert_eq!(got, want, "{what}");
+                // And the ring keeps working.
+                for i in 0..2 * cap as u64 {
+                    q.try_put(&i)
+                        .unwrap_or_else(|e| panic!("{what}: after: {e}"));
+                    assert_eq!(q.try_get().unwrap(), i, "{what}");
+                }
+            }
+        }
+    }
+}

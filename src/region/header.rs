@@ -30,8 +30,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Magic bytes at offset 0 of every region.
 pub(crate) const MAGIC: [u8; 8] = *b"MPROCRG1";
-/// Version of the on-memory format described above.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Version of the on-memory format described above, and of every layout that lives in a region (it
+/// feeds every type hash). 2: lock words record the holder's pid namespace and unlock clears the holder
+/// record, and the header records the creator's namespace; a version-1 process sharing a lock with a
+/// version-2 one could take a live holder for dead, so the two refuse each other's regions.
+pub(crate) const FORMAT_VERSION: u32 = 2;
 /// Where the payload starts: one cache line pair after the header, so payload atomics never share a
 /// line with the header.
 pub(crate) const PAYLOAD_OFFSET: usize = 128;

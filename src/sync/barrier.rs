@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::raw_lock::{Acquired, RawLock, MAX_CHECK_INTERVAL};
+use super::raw_lock::{Acquired, Nesting, RawLock, INTERNAL_BOUND, MAX_CHECK_INTERVAL, TRY_BOUND};
 use crate::error::{Error, Result};
 use crate::region::shared::{impl_shared_object, Shared};
 use crate::region::ShmSafe;
@@ -24,13 +24,23 @@ pub(crate) struct RawBarrier {
     broken: AtomicU32,
     /// `Identity::pack()` of each party that arrived in this generation, in arrival order.
     arrived: [AtomicU64; MAX_PARTIES as usize],
+    /// `proc::pid_ns_tag()` of each party in `arrived`: its death is judged only from that namespace.
+    arrived_ns: [AtomicU32; MAX_PARTIES as usize],
 }
+
+// The layout hash covers the size: adding the parties' namespaces (S6) changed it, so builds before and
+// after that change refuse each other's barriers.
+const _: () = assert!(std::mem::size_of::<RawBarrier>() == 3104);
 
 // SAFETY: atomics only; every bit pattern is a valid state (counts are clamped to MAX_PARTIES before
 // indexing).
 unsafe impl ShmSafe for RawBarrier {}
 
 /// A barrier for `parties` processes or threads, like Python's `multiprocessing.Barrier`.
+///
+/// `wait_timeout` returns by its deadline (plus a couple of milliseconds) whatever the shared memory
+/// says, and `abort` never blocks for long; garbage that changes the count or the generation changes
+/// the outcome of a round (an early trip, a spurious break), as it would for any shared counter.
 ///
 /// [`wait`](Barrier::wait) blocks until `parties` callers have arrived, then releases them all and
 /// returns each a distinct index in `0..parties`. The barrier is then reusable. It *breaks* —
@@ -124,14 +134,18 @@ impl Barrier {
         self.wait_until(Some(Instant::now() + timeout))
     }
 
-    /// Breaks the barrier: every waiter (now and later) gets [`Error::BrokenBarrier`].
+    /// Breaks the barrier: every waiter (now and later) gets [`Error::BrokenBarrier`]. Never blocks
+    /// for long: if another thread keeps the internal lock past a couple of milliseconds (hung, hostile,
+    /// or garbage naming a live thread), the barrier is broken without it — every field is an atomic,
+    /// and breaking is what a waiter of a stuck round needs anyway.
     pub fn abort(&self) {
-        self.locked(|r| r.break_now());
+        self.locked_or_forced(TRY_BOUND, |r| r.break_now());
     }
 
     /// Mends a broken barrier and forgets the parties waiting (they get [`Error::BrokenBarrier`]).
+    /// Waits at most 2 s for the internal lock, then mends without it (see [`Barrier::abort`]).
     pub fn reset(&self) {
-        self.locked(|r| {
+        self.locked_or_forced(INTERNAL_BOUND, |r| {
             if r.count.load(Ordering::Relaxed) != 0 {
                 r.break_now();
             }
@@ -140,12 +154,11 @@ impl Barrier {
         });
     }
 
-    fn locked<R>(&self, f: impl FnOnce(&RawBarrier) -> R) -> R {
+    /// Runs `f` under the internal lock; `None` if it could not be taken by `deadline`. The internal
+    /// lock is never held across calls, so a word naming this thread is garbage ([`Nesting::NeverHeld`]).
+    fn locked<R>(&self, deadline: Option<Instant>, f: impl FnOnce(&RawBarrier) -> R) -> Option<R> {
         let raw = &*self.shared;
-        let a = raw
-            .lock
-            .lock_until(None)
-            .expect("an untimed lock cannot time out");
+        let a = raw.lock.lock_as(deadline, Nesting::NeverHeld).ok()?;
         if a != Acquired::Clean {
             // A party died mid-update: the count or the arrival list may be half-written. Breaking is the
             // consistent answer: everyone learns the round failed.
@@ -154,13 +167,21 @@ impl Barrier {
         let r = f(raw);
         // SAFETY: acquired above by this thread; released once.
         unsafe { raw.lock.unlock() };
-        r
+        Some(r)
+    }
+
+    /// Runs `f` under the internal lock if it can be taken within `bound`, else without it.
+    fn locked_or_forced<R>(&self, bound: Duration, f: impl Fn(&RawBarrier) -> R) -> R {
+        match self.locked(Some(Instant::now() + bound), &f) {
+            Some(r) => r,
+            None => f(&self.shared),
+        }
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> Result<u32> {
         let me = proc::current();
         let parties = self.parties();
-        let arrival = self.locked(|r| {
+        let arrival = self.locked(deadline, |r| {
             if r.broken.load(Ordering::Relaxed) != 0 {
                 return Err(Error::BrokenBarrier);
             }
@@ -174,9 +195,17 @@ impl Barrier {
                 return Ok((index, None));
             }
             r.arrived[index as usize].store(me.pack(), Ordering::Relaxed);
+            r.arrived_ns[index as usize].store(proc::pid_ns_tag(), Ordering::Relaxed);
             r.count.store(index + 1, Ordering::Relaxed);
             Ok((index, Some(generation)))
-        })?;
+        });
+        let Some(arrival) = arrival else {
+            // The internal lock stayed held until our deadline: time out as a waiter would (Python's
+            // rule: a timeout breaks the barrier).
+            self.abort();
+            return Err(Error::BrokenBarrier);
+        };
+        let arrival = arrival?;
         let (index, Some(generation)) = arrival else {
             return Ok(arrival.0);
         };
@@ -201,14 +230,22 @@ impl Barrier {
             }
             if futex::wait(&raw.generation, generation, Some(slice)) == futex::WaitOutcome::TimedOut
             {
-                self.locked(|r| {
+                let _ = self.locked(deadline, |r| {
                     if r.generation.load(Ordering::Relaxed) != generation {
                         return;
                     }
                     let n = r.count.load(Ordering::Relaxed).min(MAX_PARTIES) as usize;
-                    let someone_died = r.arrived[..n]
-                        .iter()
-                        .any(|a| !proc::is_alive(Identity::unpack(a.load(Ordering::Relaxed))));
+                    // A party recorded in another pid namespace cannot be judged here: alive (S6).
+                    let someone_died =
+                        r.arrived[..n]
+                            .iter()
+                            .zip(&r.arrived_ns[..n])
+                            .any(|(a, ns)| {
+                                !proc::holder_alive(
+                                    Identity::unpack(a.load(Ordering::Relaxed)),
+                                    ns.load(Ordering::Relaxed),
+                                )
+                            });
                     if someone_died {
                         r.break_now();
                     }
@@ -269,6 +306,7 @@ mod tests {
                 let a = raw.lock.lock_until(None).unwrap();
                 assert_eq!(a, Acquired::Clean);
                 raw.arrived[0].store(proc::current().pack(), Ordering::Relaxed);
+                raw.arrived_ns[0].store(proc::pid_ns_tag(), Ordering::Relaxed);
                 raw.count.store(1, Ordering::Relaxed);
                 // SAFETY: this thread took the lock just above.
                 unsafe { raw.lock.unlock() };

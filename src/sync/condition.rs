@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::lock::guard_result;
-use super::raw_lock::{Acquired, RawLock, MAX_CHECK_INTERVAL};
-use crate::error::{LockResult, OwnerDied, Result};
+use super::raw_lock::{Acquired, Nesting, RawLock, MAX_CHECK_INTERVAL};
+use crate::error::{LockResult, OwnerDied, Result, TryLockError};
 use crate::region::shared::{impl_shared_object, Shared};
 use crate::region::ShmSafe;
 use crate::sys::futex;
@@ -101,7 +101,8 @@ impl Condition {
         }
     }
 
-    /// Takes the condition's lock.
+    /// Takes the condition's lock. Like [`Lock::lock`](crate::Lock::lock), calling it while this thread
+    /// holds the lock deadlocks.
     ///
     /// # Errors
     /// [`OwnerDied`] with the guard if the previous holder died holding it.
@@ -113,6 +114,34 @@ impl Condition {
             .lock_until(None)
             .expect("an untimed lock cannot time out");
         guard_result(self.guard(), a)
+    }
+
+    /// Takes the condition's lock only if it is free now.
+    ///
+    /// # Errors
+    /// [`TryLockError::WouldBlock`] if another thread (or this one) holds it; [`TryLockError::OwnerDied`]
+    /// as in [`lock`](Condition::lock).
+    pub fn try_lock(&self) -> Result<ConditionGuard<'_>, TryLockError<ConditionGuard<'_>>> {
+        match self.shared.lock.try_lock() {
+            None => Err(TryLockError::WouldBlock),
+            Some(a) => Ok(guard_result(self.guard(), a)?),
+        }
+    }
+
+    /// Takes the condition's lock, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`TryLockError::WouldBlock`] if the time ran out, or at once if this thread holds the lock;
+    /// [`TryLockError::OwnerDied`] as in [`lock`](Condition::lock).
+    pub fn lock_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<ConditionGuard<'_>, TryLockError<ConditionGuard<'_>>> {
+        let deadline = Some(Instant::now() + timeout);
+        match self.shared.lock.lock_as(deadline, Nesting::MayHold) {
+            Err(_) => Err(TryLockError::WouldBlock),
+            Ok(a) => Ok(guard_result(self.guard(), a)?),
+        }
     }
 
     /// Releases the lock, sleeps until notified (or spuriously woken), and re-takes the lock.
@@ -127,15 +156,37 @@ impl Condition {
 
     /// Like [`wait`](Condition::wait) for at most `timeout`; the flag says whether the time ran out.
     ///
+    /// Returns by the deadline plus [`RELOCK_GRACE`](Condition::RELOCK_GRACE) whatever the shared
+    /// memory says: re-taking the lock is part of the wait, and if another thread still holds it then
+    /// (a long critical section, a hung or hostile peer, or garbage naming a live thread), the call
+    /// gives up without the lock.
+    ///
     /// # Errors
-    /// [`OwnerDied`] as in [`wait`](Condition::wait).
+    /// [`TryLockError::OwnerDied`] as in [`wait`](Condition::wait); [`TryLockError::WouldBlock`] if
+    /// the lock could not be re-taken in time: the guard is gone and this thread does **not** hold the
+    /// lock.
     pub fn wait_timeout<'a>(
         &'a self,
         guard: ConditionGuard<'a>,
         timeout: Duration,
-    ) -> LockResult<(ConditionGuard<'a>, bool)> {
-        self.wait_until(guard, Some(Instant::now() + timeout))
+    ) -> Result<(ConditionGuard<'a>, bool), TryLockError<(ConditionGuard<'a>, bool)>> {
+        let deadline = Instant::now() + timeout;
+        let timed_out = self.release_and_sleep(guard, Some(deadline));
+        let relock = Some(deadline + Self::RELOCK_GRACE);
+        match self.shared.lock.lock_as(relock, Nesting::NeverHeld) {
+            Err(_) => Err(TryLockError::WouldBlock),
+            Ok(Acquired::Clean) => Ok((self.guard(), timed_out)),
+            Ok(Acquired::OwnerDied(tid)) => Err(TryLockError::OwnerDied(OwnerDied::new(
+                (self.guard(), timed_out),
+                tid,
+            ))),
+        }
     }
+
+    /// How long past its deadline [`wait_timeout`](Condition::wait_timeout) may spend re-taking the
+    /// lock: a live holder's critical section usually ends within it, and a dead holder is judged
+    /// within it.
+    pub const RELOCK_GRACE: Duration = MAX_CHECK_INTERVAL;
 
     /// Waits while `condition` holds, re-checking it after every wake-up and at least every 50 ms.
     ///
@@ -156,11 +207,30 @@ impl Condition {
         Ok(guard)
     }
 
+    /// Waits until `deadline` and re-takes the lock with no deadline.
     fn wait_until<'a>(
         &'a self,
         guard: ConditionGuard<'a>,
         deadline: Option<Instant>,
     ) -> LockResult<(ConditionGuard<'a>, bool)> {
+        let t = self.release_and_sleep(guard, deadline);
+        // The caller gave its guard up, so it does not hold the lock: a word naming this thread is
+        // garbage and taken over (Nesting::NeverHeld), which also means that an untimed `lock_as` can
+        // fail neither way; the loop only spells that out without a panic.
+        let a = loop {
+            if let Ok(a) = self.shared.lock.lock_as(None, Nesting::NeverHeld) {
+                break a;
+            }
+        };
+        match a {
+            Acquired::Clean => Ok((self.guard(), t)),
+            Acquired::OwnerDied(tid) => Err(OwnerDied::new((self.guard(), t), tid)),
+        }
+    }
+
+    /// Releases `guard` and sleeps until notified or `deadline`; returns whether the wait timed out.
+    /// The caller re-takes the lock.
+    fn release_and_sleep(&self, guard: ConditionGuard<'_>, deadline: Option<Instant>) -> bool {
         let raw = &*self.shared;
         // Read the sequence while still holding the lock: a notify after our unlock changes it, so the
         // futex wait below returns at once instead of missing it.
@@ -174,16 +244,7 @@ impl Condition {
             futex::wait(&raw.seq, seq, timeout)
         };
         raw.sleepers.fetch_sub(1, Ordering::SeqCst);
-        let timed_out =
-            outcome == futex::WaitOutcome::TimedOut && raw.seq.load(Ordering::SeqCst) == seq;
-        let a = raw
-            .lock
-            .lock_until(None)
-            .expect("an untimed lock cannot time out");
-        match a {
-            Acquired::Clean => Ok((self.guard(), timed_out)),
-            Acquired::OwnerDied(tid) => Err(OwnerDied::new((self.guard(), timed_out), tid)),
-        }
+        outcome == futex::WaitOutcome::TimedOut && raw.seq.load(Ordering::SeqCst) == seq
     }
 
     /// Wakes up to `n` waiters.

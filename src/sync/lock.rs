@@ -3,7 +3,7 @@
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
-use super::raw_lock::{Acquired, RawLock};
+use super::raw_lock::{Acquired, Nesting, RawLock};
 use crate::error::{LockResult, OwnerDied, Result, TryLockError};
 use crate::region::shared::{impl_shared_object, Shared};
 
@@ -95,7 +95,9 @@ impl Lock {
         &self.shared
     }
 
-    /// Blocks until the lock is held by the calling thread.
+    /// Blocks until the lock is held by the calling thread. Like [`std::sync::Mutex::lock`], calling it
+    /// while this thread holds the lock deadlocks; [`Lock::lock_timeout`] and [`Lock::try_lock`] refuse
+    /// at once instead.
     ///
     /// # Errors
     /// [`OwnerDied`] (still holding the guard) if the previous holder died while holding it.
@@ -124,14 +126,18 @@ impl Lock {
     /// Blocks for at most `timeout`.
     ///
     /// # Errors
-    /// [`TryLockError::WouldBlock`] if the time ran out, [`TryLockError::OwnerDied`] as in [`Lock::lock`].
+    /// [`TryLockError::WouldBlock`] if the time ran out, or at once if the calling thread holds this
+    /// lock already (waiting would be a self-deadlock); [`TryLockError::OwnerDied`] as in [`Lock::lock`].
     pub fn lock_timeout(
         &self,
         timeout: Duration,
     ) -> Result<LockGuard<'_>, TryLockError<LockGuard<'_>>> {
-        match self.raw().lock_until(Some(Instant::now() + timeout)) {
-            None => Err(TryLockError::WouldBlock),
-            Some(a) => Ok(guard_result(LockGuard::new(self.raw()), a)?),
+        match self
+            .raw()
+            .lock_as(Some(Instant::now() + timeout), Nesting::MayHold)
+        {
+            Err(_) => Err(TryLockError::WouldBlock),
+            Ok(a) => Ok(guard_result(LockGuard::new(self.raw()), a)?),
         }
     }
 }

@@ -10,6 +10,16 @@
 //! | [`Condition`] | its lock is a robust [`Lock`]; a waiter killed while waiting holds nothing |
 //! | [`Barrier`] | parties that arrived are recorded; if one dies before the barrier trips, the barrier breaks and waiters get [`Error::BrokenBarrier`](crate::Error::BrokenBarrier) |
 //! | [`Event`] | holds nothing; nothing to recover |
+//!
+//! Every recorded holder carries its pid namespace beside its tid and start time: a holder recorded in
+//! another pid namespace (containers sharing `/dev/shm`) is never judged dead from ours, so recovery from
+//! dead holders needs the cooperating processes to share one pid namespace; across namespaces, waiters
+//! wait, and timed calls return at their deadline.
+//!
+//! Garbage written into an object by another process never makes a `try_*` call wait, a `*_timeout`
+//! call overstep its deadline (internal locks included), or a call touch memory outside the region; but
+//! garbage that changes a counter (a semaphore's value, an event's flag, a barrier's count) changes the
+//! outcome of the calls that read it, as it would for any shared counter.
 
 mod barrier;
 mod condition;

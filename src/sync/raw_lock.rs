@@ -1,26 +1,48 @@
-//! `RawLock`: a robust, process-shared mutex made of two atomics.
+//! `RawLock`: a robust, process-shared mutex made of three atomics.
+//!
+//! # Layout
+//!
+//! | offset | field   | meaning                                                                     |
+//! |-------:|---------|-----------------------------------------------------------------------------|
+//! | 0      | `word`  | the futex word: holder tid (bits 0–29) \| `WAITERS` (bit 31); 0 = free      |
+//! | 4      | `ns`    | [`proc::pid_ns_tag`] of the holder recorded in `owner` (0 = unknown)        |
+//! | 8      | `owner` | `Identity::pack()` (tid, start time) of the holder; 0 = none recorded       |
+//!
+//! Bit 30 of the word is the kernel's `FUTEX_OWNER_DIED`; we never set it.
 //!
 //! # Protocol
-//! The 32-bit futex `word` uses the kernel's robust-futex layout:
-//!
-//! | bits  | meaning                                                            |
-//! |-------|--------------------------------------------------------------------|
-//! | 0–29  | tid of the holder (0 = free)                                       |
-//! | 30    | unused (the kernel's `FUTEX_OWNER_DIED`; we never set it)          |
-//! | 31    | `WAITERS`: someone may sleep on the word; the unlocker must wake  |
-//!
-//! - **lock, uncontended:** `CAS 0 → tid` (Acquire), then store the holder's identity (tid + start time)
-//!   into `owner` with Relaxed. No syscall.
+//! - **lock, uncontended:** `CAS word 0 → tid` (Acquire), then store `ns` and `owner` (Release, so a
+//!   waiter that reads our `owner` with Acquire also reads our `ns`). No syscall.
+//! - **unlock:** store `owner = 0`, then `swap word → 0` (Release); `FUTEX_WAKE` one only if `WAITERS` was
+//!   set. Clearing `owner` first means that a record read after acquiring-loading a held word never
+//!   belongs to an *earlier* holding: the clear is in the release sequence every later acquirer reads
+//!   from. So `owner` names the current holder, or is 0 while the holder is between its CAS and its
+//!   record (or died there, or died between the clear and the swap).
 //! - **lock, contended:** spin a little, then set `WAITERS` and `FUTEX_WAIT` on the word. The sleep has a
-//!   timeout; when it expires the waiter checks whether the holder still lives (`sys::proc::is_alive`,
-//!   pid-reuse safe). If it died, the waiter takes the lock with `CAS dead_word → tid|WAITERS` — exactly
-//!   one waiter wins that CAS — and reports [`Acquired::OwnerDied`]. The slice grows from 1 ms to
-//!   [`MAX_CHECK_INTERVAL`], which bounds how long a dead holder can block the others.
-//! - **unlock:** `swap → 0` (Release); `FUTEX_WAKE` one only if `WAITERS` was set.
+//!   timeout; when it expires the waiter judges the holder ([`RawLock::judge`]):
+//!   - *recorded* (`owner` names the word's tid): the full identity decides — tid **and** start time,
+//!     so a recycled tid is never the old holder — and only in the holder's own pid namespace
+//!     ([`proc::holder_alive`]); a holder recorded in another namespace is taken for alive.
+//!   - *unrecorded* (`owner` is 0 or names another tid): the holder may be a live thread preempted
+//!     between its CAS and its record. A tid that no namespace can contain is garbage and dead at once;
+//!     otherwise the waiter judges only after the pair (`word`, `owner`) stayed unchanged for
+//!     [`UNRECORDED_GRACE`], and then by existence of the tid in its own namespace (its own tid counts as
+//!     dead: it is waiting here, so it is not the holder). This recovers garbage and a holder that died
+//!     inside that two-instruction window. Its one blind spot: a live holder in *another* pid namespace
+//!     stopped in that window for the whole grace period can be taken for dead.
+//! - **take-over** ([`RawLock::take_over`]): re-read `word` and `owner`, require both unchanged since
+//!   the judgement (R3 of the 2026-11-30 review), then `CAS owner: observed → ours` — this serialises
+//!   rival takers, and fails if the holder unlocked (it clears `owner`) or a new holder recorded itself —
+//!   then `CAS word: dead tid (± WAITERS) → ours | WAITERS`. Exactly one contender wins, and reports
+//!   [`Acquired::OwnerDied`].
 //!
 //! A waiter that acquires through the slow path always sets `WAITERS` (it cannot know whether others
 //! still sleep), so one extra wake may follow contention: the classic trade of Drepper's "Futexes are
 //! tricky", mutex 2.
+//!
+//! # Who am I
+//! "This thread holds the lock" is `word`'s tid, `owner` and `ns` all equal to ours: the tid alone is not
+//! enough, since a dead holder's tid can be recycled to us (R3).
 //!
 //! # Why not the kernel's robust list
 //! The kernel can mark a robust futex `OWNER_DIED` at thread exit, but each thread has one robust list,
@@ -29,9 +51,13 @@
 //! ~[`MAX_CHECK_INTERVAL`]; they are what this crate does for every primitive.
 //!
 //! # Garbage
-//! Any bit pattern is a valid state: a garbage tid that is not a live thread is a dead holder and the
-//! next waiter recovers the lock. A garbage tid that *is* a live thread makes waiters wait as if that
-//! thread held the lock — the same as a hostile process simply holding the lock.
+//! Any bit pattern is a valid state. A garbage tid that is not a live thread is a dead holder and the
+//! next waiter recovers the lock. A garbage tid that *is* a live thread (or a record from another
+//! namespace) makes waiters wait as if that thread held the lock — the same as a hostile process simply
+//! holding it; `try_lock` never waits and `lock_until` keeps its deadline whatever the words say. A word
+//! forged to name the calling thread itself is, for a user-facing lock, "held by me": `try_lock` and timed
+//! calls refuse at once ([`LockFail::WouldDeadlock`]); for an object's internal lock, which is never held
+//! across calls, it is garbage and taken over ([`Nesting::NeverHeld`]).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -46,6 +72,17 @@ const SPINS: u32 = 100;
 const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(1);
 /// The longest a waiter sleeps before checking whether the holder is alive.
 pub(crate) const MAX_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+/// How long a holder with no record must stay unchanged before a waiter judges it by its tid alone.
+/// A live holder records itself one store after its CAS; this is many scheduler time slices.
+pub(crate) const UNRECORDED_GRACE: Duration = Duration::from_millis(200);
+/// How long a `try_*` call of an object with an internal lock (semaphore, barrier) waits for it: a live
+/// peer holds it for a few stores; longer means a hung or hostile peer, or garbage.
+pub(crate) const TRY_BOUND: Duration = Duration::from_millis(2);
+/// How long a call with no deadline of its own that must not block (a semaphore's release, a barrier's
+/// abort) waits for an internal lock before giving up (or acting without it).
+pub(crate) const INTERNAL_BOUND: Duration = Duration::from_secs(2);
+/// Attempts at the final word CAS of a take-over while only `WAITERS` changes under it.
+const TAKE_OVER_TRIES: u32 = 64;
 
 /// How a lock was acquired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,15 +93,51 @@ pub(crate) enum Acquired {
     OwnerDied(u32),
 }
 
-/// The raw state of a robust lock. See the module docs for the protocol.
+/// Why a bounded acquisition did not acquire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LockFail {
+    /// Held by someone else until the deadline (or now, for `try_lock`).
+    TimedOut,
+    /// The word, owner and namespace name the calling thread: it holds the lock already (or a forger
+    /// copied its identity), and waiting would be a self-deadlock.
+    WouldDeadlock,
+}
+
+/// Whether the caller may already hold the lock it is acquiring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Nesting {
+    /// A user-facing lock: the caller may hold a guard already, so "held by me" is a self-deadlock.
+    MayHold,
+    /// An object's internal lock, taken and released inside one call: the caller never holds it when
+    /// acquiring, so a word naming it is garbage, taken over like a dead holder's.
+    NeverHeld,
+}
+
+/// What a waiter concluded about the holder a word names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Alive,
+    /// Dead (or garbage): take over from the observed `owner`.
+    Dead {
+        owner: u64,
+    },
+    /// No record names the word's tid: judge only after [`UNRECORDED_GRACE`] of no change.
+    Unrecorded {
+        owner: u64,
+    },
+    /// The calling thread, by its full identity.
+    Me,
+}
+
+/// The raw state of a robust lock. See the module docs for the layout and protocol.
 #[repr(C)]
 #[derive(Debug, Default)]
 pub(crate) struct RawLock {
     /// Holder tid | `WAITERS`, or 0 when free.
     word: AtomicU32,
-    _pad: AtomicU32,
-    /// `Identity::pack()` of the last holder. Stale after unlock; trusted only when its tid equals the
-    /// word's tid (otherwise the holder is between its CAS and this store, and only existence is checked).
+    /// `proc::pid_ns_tag()` of the holder recorded in `owner`.
+    ns: AtomicU32,
+    /// `Identity::pack()` of the holder, cleared on unlock; 0 while none is recorded.
     owner: AtomicU64,
 }
 
@@ -73,31 +146,103 @@ const _: () = assert!(std::mem::size_of::<RawLock>() == 16);
 // SAFETY: all fields are atomics of integers: any bit pattern is valid and all mutation is atomic.
 unsafe impl ShmSafe for RawLock {}
 
+/// Tracks how long an unrecorded holder has stayed exactly as first seen.
+struct Grace(Option<(u32, u64, Instant)>);
+
+impl Grace {
+    /// Whether (`word`, `owner`) has been seen unchanged for [`UNRECORDED_GRACE`].
+    fn expired(&mut self, word: u32, owner: u64) -> bool {
+        let now = Instant::now();
+        match self.0 {
+            Some((w, o, since)) if (w, o) == (word, owner) => {
+                now.duration_since(since) >= UNRECORDED_GRACE
+            }
+            _ => {
+                self.0 = Some((word, owner, now));
+                false
+            }
+        }
+    }
+}
+
 impl RawLock {
-    /// Tries once, without blocking.
+    /// Tries once, without blocking (a `/proc` read at most, to judge a holder that looks dead).
+    /// `None` if held; a user-facing lock held by the calling thread itself is also `None`.
     #[inline]
     pub(crate) fn try_lock(&self) -> Option<Acquired> {
-        let me = proc::current();
-        if self.acquire_free(me) {
-            return Some(Acquired::Clean);
-        }
-        // A free-looking word may still belong to a dead holder only if it is non-zero; try a takeover
-        // only when the holder is demonstrably gone (costs a /proc read, so only on this cold path).
-        let v = self.word.load(Ordering::Relaxed);
-        if v != 0 && v & TID_MASK != me.tid && !self.holder_alive(v) {
-            return self.take_over(v, me);
-        }
-        None
+        self.try_lock_as(Nesting::MayHold).ok()
     }
 
-    /// Blocks until acquired, or until `deadline` passes (`None` = forever).
+    /// Tries once, without blocking; says why not.
+    #[inline]
+    pub(crate) fn try_lock_as(&self, nesting: Nesting) -> Result<Acquired, LockFail> {
+        let me = proc::current();
+        if self.acquire_free(me) {
+            return Ok(Acquired::Clean);
+        }
+        self.try_slow(me, nesting)
+    }
+
+    #[cold]
+    fn try_slow(&self, me: Identity, nesting: Nesting) -> Result<Acquired, LockFail> {
+        // Acquire: see the record of whoever set this word (module docs, "unlock").
+        let v = self.word.load(Ordering::Acquire);
+        if v == 0 {
+            // Released since our CAS: one more try, still without waiting.
+            return if self.acquire_free(me) {
+                Ok(Acquired::Clean)
+            } else {
+                Err(LockFail::TimedOut)
+            };
+        }
+        let owner = match self.judge(v, me, nesting) {
+            Verdict::Me => return Err(LockFail::WouldDeadlock),
+            Verdict::Alive | Verdict::Unrecorded { .. } => return Err(LockFail::TimedOut),
+            Verdict::Dead { owner } => owner,
+        };
+        self.take_over(v, owner, me).ok_or(LockFail::TimedOut)
+    }
+
+    /// Blocks until acquired, or until `deadline` passes (`None` = forever). `None` only on a deadline.
+    /// A user-facing lock held by the calling thread waits (a self-deadlock, like `std`'s); use
+    /// [`RawLock::lock_as`] to be told instead.
     #[inline]
     pub(crate) fn lock_until(&self, deadline: Option<Instant>) -> Option<Acquired> {
         let me = proc::current();
         if self.acquire_free(me) {
             return Some(Acquired::Clean);
         }
-        self.lock_slow(me, deadline)
+        self.lock_slow(me, deadline, None).ok()
+    }
+
+    /// Blocks until acquired or `deadline` passes; reports a self-deadlock instead of waiting on it.
+    #[inline]
+    pub(crate) fn lock_as(
+        &self,
+        deadline: Option<Instant>,
+        nesting: Nesting,
+    ) -> Result<Acquired, LockFail> {
+        let me = proc::current();
+        if self.acquire_free(me) {
+            return Ok(Acquired::Clean);
+        }
+        self.lock_slow(me, deadline, Some(nesting))
+    }
+
+    /// Like [`RawLock::lock_as`] with a deadline `bound` from now, read from the clock only if the lock
+    /// is not free: the uncontended path stays free of the clock (a vDSO call costs several times
+    /// the lock itself).
+    #[inline]
+    pub(crate) fn lock_within(
+        &self,
+        bound: Duration,
+        nesting: Nesting,
+    ) -> Result<Acquired, LockFail> {
+        let me = proc::current();
+        if self.acquire_free(me) {
+            return Ok(Acquired::Clean);
+        }
+        self.lock_slow(me, Some(Instant::now() + bound), Some(nesting))
     }
 
     /// The fast path: `CAS 0 → tid` (Acquire: the previous holder's critical section happens-before
@@ -109,13 +254,32 @@ impl RawLock {
             .compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed)
             .is_ok();
         if won {
-            self.owner.store(me.pack(), Ordering::Relaxed);
+            self.record(me);
         }
         won
     }
 
+    /// Records `me` as the holder: `ns` first, then `owner` with Release, so that whoever reads this
+    /// `owner` with Acquire reads this `ns` too.
+    #[inline]
+    fn record(&self, me: Identity) {
+        // Almost always the namespace is already ours: a load, not a store, keeps the fast path at the
+        // stores it had before namespaces were recorded (an extra store measurably slowed it).
+        let ns = proc::pid_ns_tag();
+        if self.ns.load(Ordering::Relaxed) != ns {
+            self.ns.store(ns, Ordering::Relaxed);
+        }
+        self.owner.store(me.pack(), Ordering::Release);
+    }
+
+    /// `nesting` is `None` for [`RawLock::lock_until`]'s legacy contract: a self-held lock waits.
     #[cold]
-    fn lock_slow(&self, me: Identity, deadline: Option<Instant>) -> Option<Acquired> {
+    fn lock_slow(
+        &self,
+        me: Identity,
+        deadline: Option<Instant>,
+        nesting: Option<Nesting>,
+    ) -> Result<Acquired, LockFail> {
         for _ in 0..SPINS {
             std::hint::spin_loop();
             if self.word.load(Ordering::Relaxed) == 0
@@ -124,13 +288,18 @@ impl RawLock {
                     .compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
             {
-                self.owner.store(me.pack(), Ordering::Relaxed);
-                return Some(Acquired::Clean);
+                self.record(me);
+                return Ok(Acquired::Clean);
             }
         }
         let mut interval = MIN_CHECK_INTERVAL;
+        let mut grace = Grace(None);
+        // Judging costs a /proc read, so a live holder is judged only after a sleep timed out. A word
+        // that names no possible thread, or this very thread, is judged at once (no /proc read needed
+        // for the first, and a self-held lock must not be slept on).
+        let mut due = false;
         loop {
-            let v = self.word.load(Ordering::Relaxed);
+            let v = self.word.load(Ordering::Acquire);
             if v == 0 {
                 // Others may be asleep behind us: keep WAITERS so our unlock wakes one of them.
                 if self
@@ -138,10 +307,37 @@ impl RawLock {
                     .compare_exchange(0, me.tid | WAITERS, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
                 {
-                    self.owner.store(me.pack(), Ordering::Relaxed);
-                    return Some(Acquired::Clean);
+                    self.record(me);
+                    return Ok(Acquired::Clean);
                 }
                 continue;
+            }
+            let tid = v & TID_MASK;
+            if due || tid == me.tid || tid == 0 || tid > proc::PID_MAX_LIMIT {
+                due = false;
+                let verdict = self.judge(v, me, nesting.unwrap_or(Nesting::MayHold));
+                let dead_owner = match verdict {
+                    Verdict::Dead { owner } => Some(owner),
+                    Verdict::Unrecorded { owner } if grace.expired(v, owner) => (tid == me.tid
+                        || !proc::is_alive(Identity { tid, start: 0 }))
+                    .then_some(owner),
+                    Verdict::Me if nesting.is_some() => return Err(LockFail::WouldDeadlock),
+                    _ => None,
+                };
+                if let Some(owner) = dead_owner {
+                    if let Some(a) = self.take_over(v, owner, me) {
+                        return Ok(a);
+                    }
+                    continue;
+                }
+            }
+            let mut slice = interval;
+            if let Some(d) = deadline {
+                let now = Instant::now();
+                if now >= d {
+                    return Err(LockFail::TimedOut);
+                }
+                slice = slice.min(d - now);
             }
             if v & WAITERS == 0
                 && self
@@ -151,44 +347,84 @@ impl RawLock {
             {
                 continue;
             }
-            let mut slice = interval;
-            if let Some(d) = deadline {
-                let now = Instant::now();
-                if now >= d {
-                    return None;
-                }
-                slice = slice.min(d - now);
-            }
             if futex::wait(&self.word, v | WAITERS, Some(slice)) == futex::WaitOutcome::TimedOut {
-                let cur = self.word.load(Ordering::Relaxed);
-                if cur != 0 && !self.holder_alive(cur) {
-                    if let Some(a) = self.take_over(cur, me) {
-                        return Some(a);
-                    }
-                }
+                due = true;
                 interval = (interval * 2).min(MAX_CHECK_INTERVAL);
             }
         }
     }
 
-    fn holder_alive(&self, word: u32) -> bool {
+    /// Judges the holder named by `word` (loaded with Acquire by the caller). Reads `owner` (Acquire)
+    /// and then `ns`, which pairs them (see [`RawLock::record`]).
+    fn judge(&self, word: u32, me: Identity, nesting: Nesting) -> Verdict {
         let tid = word & TID_MASK;
-        let recorded = Identity::unpack(self.owner.load(Ordering::Relaxed));
-        let id = if recorded.tid == tid {
-            recorded
+        let owner = self.owner.load(Ordering::Acquire);
+        let ns = self.ns.load(Ordering::Relaxed);
+        let recorded = Identity::unpack(owner);
+        if tid == 0 || tid > proc::PID_MAX_LIMIT {
+            // Only garbage sets a word with no possible holder (a bare WAITERS or bit 30, a huge tid).
+            return Verdict::Dead { owner };
+        }
+        if owner == 0 || recorded.tid != tid {
+            return Verdict::Unrecorded { owner };
+        }
+        if owner == me.pack() && ns == proc::pid_ns_tag() {
+            return match nesting {
+                Nesting::MayHold => Verdict::Me,
+                Nesting::NeverHeld => Verdict::Dead { owner },
+            };
+        }
+        if proc::holder_alive(recorded, ns) {
+            Verdict::Alive
         } else {
-            Identity { tid, start: 0 }
-        };
-        proc::is_alive(id)
+            Verdict::Dead { owner }
+        }
     }
 
-    /// Replaces a dead holder's word with ours. Exactly one contender can succeed for a given `dead`.
-    fn take_over(&self, dead: u32, me: Identity) -> Option<Acquired> {
-        self.word
-            .compare_exchange(dead, me.tid | WAITERS, Ordering::Acquire, Ordering::Relaxed)
-            .ok()?;
-        self.owner.store(me.pack(), Ordering::Relaxed);
-        Some(Acquired::OwnerDied(dead & TID_MASK))
+    /// Replaces the holder of `dead` (judged dead with record `owner`) by us. Exactly one contender can
+    /// succeed for a given holding; see the module docs ("take-over").
+    fn take_over(&self, dead: u32, owner: u64, me: Identity) -> Option<Acquired> {
+        // R3: the word and the record must still be those we judged. Acquire on the word: a change of
+        // holder since then comes with its record.
+        if self.word.load(Ordering::Acquire) & TID_MASK != dead & TID_MASK
+            || self.owner.load(Ordering::Acquire) != owner
+        {
+            return None;
+        }
+        let mine = me.pack();
+        // Claim the record. Fails if the holder unlocked since (it cleared `owner`), if a new holder
+        // recorded itself, or if a rival taker got here first.
+        if mine != owner {
+            self.owner
+                .compare_exchange(owner, mine, Ordering::AcqRel, Ordering::Relaxed)
+                .ok()?;
+        }
+        self.ns.store(proc::pid_ns_tag(), Ordering::Relaxed);
+        let mut cur = self.word.load(Ordering::Relaxed);
+        for _ in 0..TAKE_OVER_TRIES {
+            if cur & TID_MASK != dead & TID_MASK {
+                break;
+            }
+            // AcqRel: our `ns` store above is seen by whoever reads this word with Acquire.
+            match self.word.compare_exchange_weak(
+                cur,
+                me.tid | WAITERS,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    self.owner.store(mine, Ordering::Release);
+                    return Some(Acquired::OwnerDied(dead & TID_MASK));
+                }
+                Err(v) => cur = v,
+            }
+        }
+        // The word moved to someone else (only garbage can do that while the record is ours): give the
+        // record back so that the holder's waiters judge it as before.
+        let _ = self
+            .owner
+            .compare_exchange(mine, owner, Ordering::Relaxed, Ordering::Relaxed);
+        None
     }
 
     /// Releases the lock.
@@ -198,16 +434,23 @@ impl RawLock {
     /// yet unlocked); otherwise it releases someone else's critical section.
     #[inline]
     pub(crate) unsafe fn unlock(&self) {
-        // Release: our critical section happens-before the next acquirer's Acquire CAS.
+        // The record goes first: whoever acquires after the swap below sees 0 or a later record.
+        self.owner.store(0, Ordering::Relaxed);
+        // Release: our critical section (and the clear above) happens-before the next acquirer's
+        // Acquire CAS, and before any waiter's Acquire load of a later value of the word.
         if self.word.swap(0, Ordering::Release) & WAITERS != 0 {
             futex::wake(&self.word, 1);
         }
     }
 
-    /// Whether the calling thread holds the lock (for reentrant locks and condition variables).
+    /// Whether the calling thread holds the lock (for reentrant locks and condition variables): the
+    /// word's tid, the record and the namespace are all ours. The tid alone is not enough (R3).
     #[inline]
     pub(crate) fn held_by_current_thread(&self) -> bool {
-        self.word.load(Ordering::Relaxed) & TID_MASK == proc::current().tid
+        let me = proc::current();
+        self.word.load(Ordering::Relaxed) & TID_MASK == me.tid
+            && self.owner.load(Ordering::Relaxed) == me.pack()
+            && self.ns.load(Ordering::Relaxed) == proc::pid_ns_tag()
     }
 }
 
@@ -215,6 +458,13 @@ impl RawLock {
 impl RawLock {
     /// Makes the lock look held by `word` (tests simulate dead holders with impossible tids).
     pub(crate) fn force_word_for_test(&self, word: u32) {
+        self.word.store(word, Ordering::Relaxed);
+    }
+
+    /// Makes the lock look held by `word` with the record `owner` in namespace `ns`.
+    pub(crate) fn force_for_test(&self, word: u32, owner: Identity, ns: u32) {
+        self.ns.store(ns, Ordering::Relaxed);
+        self.owner.store(owner.pack(), Ordering::Relaxed);
         self.word.store(word, Ordering::Relaxed);
     }
 }
@@ -272,6 +522,75 @@ mod tests {
         // SAFETY: we hold it now.
         unsafe { l.unlock() };
         assert_eq!(l.try_lock(), Some(Acquired::Clean));
+    }
+
+    #[test]
+    fn recycled_tid_is_not_me_and_is_taken_over() {
+        let l = RawLock::default();
+        let me = proc::current();
+        let old = Identity {
+            tid: me.tid,
+            start: me.start.wrapping_add(1),
+        };
+        l.force_for_test(me.tid, old, proc::pid_ns_tag());
+        assert!(!l.held_by_current_thread());
+        assert_eq!(l.try_lock(), Some(Acquired::OwnerDied(me.tid)));
+        assert!(l.held_by_current_thread());
+        // SAFETY: we hold it now.
+        unsafe { l.unlock() };
+        assert_eq!(l.try_lock(), Some(Acquired::Clean));
+    }
+
+    #[test]
+    fn holder_in_another_namespace_is_not_judged() {
+        let l = RawLock::default();
+        let me = proc::current();
+        let dead = Identity {
+            tid: me.tid,
+            start: me.start.wrapping_add(1),
+        };
+        l.force_for_test(me.tid, dead, proc::pid_ns_tag() ^ 1);
+        assert_eq!(l.try_lock(), None);
+        let soon = Instant::now() + Duration::from_millis(30);
+        assert_eq!(
+            l.lock_as(Some(soon), Nesting::MayHold),
+            Err(LockFail::TimedOut)
+        );
+        l.force_for_test(me.tid, dead, proc::pid_ns_tag());
+        assert_eq!(l.lock_until(None), Some(Acquired::OwnerDied(me.tid)));
+    }
+
+    #[test]
+    fn self_held_is_would_deadlock_or_garbage() {
+        let l = RawLock::default();
+        assert_eq!(l.try_lock(), Some(Acquired::Clean));
+        assert_eq!(
+            l.try_lock_as(Nesting::MayHold),
+            Err(LockFail::WouldDeadlock)
+        );
+        assert_eq!(
+            l.lock_as(None, Nesting::MayHold),
+            Err(LockFail::WouldDeadlock)
+        );
+        // An internal lock is never held across calls: a word naming us is garbage.
+        let me = proc::current().tid;
+        assert_eq!(
+            l.lock_as(None, Nesting::NeverHeld),
+            Ok(Acquired::OwnerDied(me))
+        );
+        // SAFETY: we hold it.
+        unsafe { l.unlock() };
+    }
+
+    #[test]
+    fn unrecorded_dead_holder_is_recovered_after_the_grace() {
+        let l = RawLock::default();
+        // A tid that fits a namespace but is not running here (a holder that died between its CAS and
+        // its record): no record, so only existence after the grace decides.
+        let tid = std::thread::spawn(|| proc::current().tid).join().unwrap();
+        l.word.store(tid, Ordering::Relaxed);
+        assert_eq!(l.try_lock(), None, "try_lock cannot wait out the grace");
+        assert_eq!(l.lock_until(None), Some(Acquired::OwnerDied(tid)));
     }
 
     #[test]

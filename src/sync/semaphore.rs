@@ -10,6 +10,16 @@
 //! undo record it finds: the interrupted update did not happen. No permit is ever lost or doubled by a
 //! death inside the critical section.
 //!
+//! Each holder slot records the thread's identity (tid, start time) and its pid namespace; a waiter
+//! gives back only the permits of holders it can judge dead from its own namespace
+//! ([`proc::holder_alive`]): those of a holder in another pid namespace stay taken.
+//!
+//! # Garbage and deadlines
+//! Any bytes are a valid state. `try_acquire` waits at most [`TRY_BOUND`] and `acquire_timeout` at most
+//! its timeout, internal lock included; `release`, a guard's drop and `forget` wait at most
+//! [`INTERNAL_BOUND`] for it. Garbage that changes a counter (`value`, a holder's count) changes the
+//! outcome — permits appear or vanish — as it would for any shared counter.
+//!
 //! More than [`HOLDER_SLOTS`] threads holding permits at once is allowed, but the permits beyond the
 //! table are not tracked (they are not returned if their holder dies).
 
@@ -17,7 +27,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::raw_lock::{RawLock, MAX_CHECK_INTERVAL};
+use super::raw_lock::{Acquired, Nesting, RawLock, INTERNAL_BOUND, MAX_CHECK_INTERVAL, TRY_BOUND};
 use crate::error::{Error, Result};
 use crate::region::shared::{impl_shared_object, Shared};
 use crate::region::ShmSafe;
@@ -36,8 +46,11 @@ struct Holder {
     owner: AtomicU64,
     /// Permits it holds.
     count: AtomicU32,
-    _pad: AtomicU32,
+    /// `proc::pid_ns_tag()` of the holding thread: its death is judged only from that namespace.
+    ns: AtomicU32,
 }
+
+const _: () = assert!(std::mem::size_of::<Holder>() == 16);
 
 /// The undo record: values of `value` and of one holder slot before the update in progress.
 #[repr(C)]
@@ -49,7 +62,11 @@ struct Journal {
     slot: AtomicU32,
     slot_count: AtomicU32,
     slot_owner: AtomicU64,
+    slot_ns: AtomicU32,
+    _pad: AtomicU32,
 }
+
+const _: () = assert!(std::mem::size_of::<Journal>() == 32);
 
 #[repr(C)]
 #[derive(Debug)]
@@ -68,9 +85,22 @@ pub(crate) struct RawSemaphore {
     holders: [Holder; HOLDER_SLOTS],
 }
 
+// The layout hash covers the size: growing the journal by the holder's namespace (S6) changed it, so a
+// build before that change refuses to open a semaphore of a build after it, and the reverse.
+const _: () = assert!(std::mem::size_of::<RawSemaphore>() == 1096);
+
 // SAFETY: atomics only; every bit pattern is a valid state (slot indices are bounds-checked, counts
 // saturate), and all mutation is atomic.
 unsafe impl ShmSafe for RawSemaphore {}
+
+/// How long a call may wait for the internal lock.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// Until this deadline (`None`: forever).
+    Until(Option<Instant>),
+    /// For this long from the moment the lock is found taken (no clock read when it is free).
+    Within(Duration),
+}
 
 /// What one update under the lock does to `value` and to the caller's holder slot.
 enum Update {
@@ -84,19 +114,23 @@ impl RawSemaphore {
         self.max.store(max, Ordering::Relaxed);
     }
 
-    /// Runs `f` under the internal lock, after rolling back an update a dead holder left half-done.
-    fn locked<R>(&self, f: impl FnOnce(&Self) -> R) -> R {
-        let acquired = self
-            .lock
-            .lock_until(None)
-            .expect("an untimed lock cannot time out");
-        if acquired != super::raw_lock::Acquired::Clean {
+    /// Runs `f` under the internal lock, after rolling back an update a dead holder left half-done;
+    /// `None` if the lock could not be taken by `deadline` (a peer holds it: hung, hostile, or the
+    /// words are garbage naming a live thread). The internal lock is never held across calls, so a
+    /// word naming this thread is garbage and taken over ([`Nesting::NeverHeld`]).
+    fn locked<R>(&self, wait: Wait, f: impl FnOnce(&Self) -> R) -> Option<R> {
+        let acquired = match wait {
+            Wait::Until(deadline) => self.lock.lock_as(deadline, Nesting::NeverHeld),
+            Wait::Within(bound) => self.lock.lock_within(bound, Nesting::NeverHeld),
+        }
+        .ok()?;
+        if acquired != Acquired::Clean {
             self.roll_back();
         }
         let r = f(self);
         // SAFETY: acquired just above by this thread, released once.
         unsafe { self.lock.unlock() };
-        r
+        Some(r)
     }
 
     fn roll_back(&self) {
@@ -111,6 +145,7 @@ impl RawSemaphore {
                 .store(j.slot_owner.load(Ordering::Relaxed), Ordering::Relaxed);
             h.count
                 .store(j.slot_count.load(Ordering::Relaxed), Ordering::Relaxed);
+            h.ns.store(j.slot_ns.load(Ordering::Relaxed), Ordering::Relaxed);
         }
         j.active.store(0, Ordering::Relaxed);
     }
@@ -143,6 +178,7 @@ impl RawSemaphore {
                 h.count.store(c, Ordering::Relaxed);
                 h.owner
                     .store(if c == 0 { 0 } else { me.pack() }, Ordering::Relaxed);
+                h.ns.store(proc::pid_ns_tag(), Ordering::Relaxed);
             }
         });
         true
@@ -162,6 +198,8 @@ impl RawSemaphore {
                 .store(h.owner.load(Ordering::Relaxed), Ordering::Relaxed);
             j.slot_count
                 .store(h.count.load(Ordering::Relaxed), Ordering::Relaxed);
+            j.slot_ns
+                .store(h.ns.load(Ordering::Relaxed), Ordering::Relaxed);
         }
         j.active.store(1, Ordering::Relaxed);
         change();
@@ -179,11 +217,15 @@ impl RawSemaphore {
         }
         let key = self as *const Self as usize;
         let mine = me.pack();
+        let ns = proc::pid_ns_tag();
+        // The same (tid, start) in another pid namespace is another thread.
+        let is_mine = |h: &Holder| {
+            h.owner.load(Ordering::Relaxed) == mine && h.ns.load(Ordering::Relaxed) == ns
+        };
         let (hint_key, hint) = HINT.with(|h| h.get());
         if hint_key == key {
             if let Some(h) = self.holders.get(hint as usize) {
-                let o = h.owner.load(Ordering::Relaxed);
-                if o == mine || (claim && o == 0) {
+                if is_mine(h) || (claim && h.owner.load(Ordering::Relaxed) == 0) {
                     return hint;
                 }
             }
@@ -191,12 +233,11 @@ impl RawSemaphore {
         let mut free = NO_SLOT;
         let mut found = NO_SLOT;
         for (i, h) in self.holders.iter().enumerate() {
-            let o = h.owner.load(Ordering::Relaxed);
-            if o == mine {
+            if is_mine(h) {
                 found = i as u32;
                 break;
             }
-            if o == 0 && free == NO_SLOT {
+            if h.owner.load(Ordering::Relaxed) == 0 && free == NO_SLOT {
                 free = i as u32;
             }
         }
@@ -216,7 +257,8 @@ impl RawSemaphore {
         let mut back = 0u32;
         for (i, h) in self.holders.iter().enumerate() {
             let o = h.owner.load(Ordering::Relaxed);
-            if o == 0 || proc::is_alive(Identity::unpack(o)) {
+            // A holder recorded in another pid namespace cannot be judged here: alive (S6).
+            if o == 0 || proc::holder_alive(Identity::unpack(o), h.ns.load(Ordering::Relaxed)) {
                 continue;
             }
             let count = h.count.load(Ordering::Relaxed);
@@ -241,18 +283,21 @@ impl RawSemaphore {
         }
     }
 
-    fn try_take(&self, me: Identity) -> bool {
-        self.locked(|s| s.apply(Update::Take, me))
+    /// One attempt to take a permit; the internal lock is waited for until `deadline` at most.
+    fn try_take(&self, me: Identity, wait: Wait) -> bool {
+        self.locked(wait, |s| s.apply(Update::Take, me))
+            .unwrap_or(false)
     }
 
     fn acquire_until(&self, deadline: Option<Instant>) -> bool {
         let me = proc::current();
-        if self.try_take(me) {
+        let wait = Wait::Until(deadline);
+        if self.try_take(me, wait) {
             return true;
         }
         for _ in 0..SPINS {
             std::hint::spin_loop();
-            if self.value.load(Ordering::Relaxed) != 0 && self.try_take(me) {
+            if self.value.load(Ordering::Relaxed) != 0 && self.try_take(me, wait) {
                 return true;
             }
         }
@@ -260,7 +305,7 @@ impl RawSemaphore {
             // Reclaim on a clock shared by every waiter in every process, not on our own timeouts: under
             // churn the live holders keep waking us early, and a dead holder's permits would come back
             // only when, by chance, nobody released one for a whole slice.
-            self.reclaim_if_due();
+            self.reclaim_if_due(deadline);
             let mut slice = MAX_CHECK_INTERVAL;
             if let Some(d) = deadline {
                 let now = Instant::now();
@@ -275,7 +320,7 @@ impl RawSemaphore {
                 futex::wait(&self.value, 0, Some(slice));
             }
             self.sleepers.fetch_sub(1, Ordering::SeqCst);
-            if self.try_take(me) {
+            if self.try_take(me, wait) {
                 return true;
             }
         }
@@ -283,7 +328,7 @@ impl RawSemaphore {
 
     /// Scans for dead holders if nobody did in the last [`MAX_CHECK_INTERVAL`]; at most one waiter (the
     /// CAS winner) scans per interval.
-    fn reclaim_if_due(&self) {
+    fn reclaim_if_due(&self, deadline: Option<Instant>) {
         let now = proc::monotonic_ms();
         let last = self.last_scan_ms.load(Ordering::Relaxed);
         let due = now.saturating_sub(last) >= MAX_CHECK_INTERVAL.as_millis() as u64 || last > now;
@@ -293,19 +338,24 @@ impl RawSemaphore {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            let back = self.locked(|s| s.reclaim_dead());
+            let back = self
+                .locked(Wait::Until(deadline), |s| s.reclaim_dead())
+                .unwrap_or(0);
             // We may take one of them ourselves; wake others for the rest.
             self.wake_sleepers(back);
         }
     }
 
-    fn give(&self, tracked: bool) -> bool {
+    /// Gives a permit back. `Some(false)` at the ceiling; `None` if the internal lock stayed held by a
+    /// peer for [`INTERNAL_BOUND`] (the permit is then not given back).
+    fn give(&self, tracked: bool) -> Option<bool> {
         let me = proc::current();
-        let ok = self.locked(|s| s.apply(Update::Give { tracked }, me));
+        let wait = Wait::Within(INTERNAL_BOUND);
+        let ok = self.locked(wait, |s| s.apply(Update::Give { tracked }, me))?;
         if ok {
             self.wake_sleepers(1);
         }
-        ok
+        Some(ok)
     }
 }
 
@@ -365,14 +415,16 @@ impl Semaphore {
         SemaphoreGuard::new(&self.shared)
     }
 
-    /// Takes a permit if one is free now.
+    /// Takes a permit if one is free now. Never waits (beyond a couple of milliseconds for the
+    /// semaphore's internal lock, which a peer holds for a few stores at a time).
     pub fn try_acquire(&self) -> Option<SemaphoreGuard<'_>> {
         self.shared
-            .try_take(proc::current())
+            .try_take(proc::current(), Wait::Within(TRY_BOUND))
             .then(|| SemaphoreGuard::new(&self.shared))
     }
 
-    /// Waits at most `timeout` for a permit.
+    /// Waits at most `timeout` for a permit, whatever the shared memory says (the internal lock too is
+    /// waited for only until then).
     pub fn acquire_timeout(&self, timeout: Duration) -> Option<SemaphoreGuard<'_>> {
         self.shared
             .acquire_until(Some(Instant::now() + timeout))
@@ -383,14 +435,16 @@ impl Semaphore {
     ///
     /// # Errors
     /// [`Error::ReleasedTooManyTimes`] if a [`BoundedSemaphore`] would exceed its initial value, or an
-    /// unbounded one would exceed `u32::MAX - 1` permits.
+    /// unbounded one would exceed `u32::MAX - 1` permits. [`Error::Timeout`] (the permit was not added)
+    /// if another thread kept the semaphore's internal lock for 2 s: it is hung, or hostile, or garbage
+    /// in the shared memory names a live thread as its holder.
     pub fn release(&self) -> Result<()> {
-        if self.shared.give(false) {
-            Ok(())
-        } else {
-            Err(Error::ReleasedTooManyTimes(
+        match self.shared.give(false) {
+            Some(true) => Ok(()),
+            Some(false) => Err(Error::ReleasedTooManyTimes(
                 "the semaphore is at its maximum value",
-            ))
+            )),
+            None => Err(Error::Timeout),
         }
     }
 
@@ -499,7 +553,8 @@ impl<'a> SemaphoreGuard<'a> {
     /// thread's death. Give it back with [`Semaphore::release`], from any process.
     pub fn forget(self) {
         let me = proc::current();
-        self.raw.locked(|s| {
+        // Bounded like a release (see `Semaphore::release`): on timeout the permit stays tracked.
+        self.raw.locked(Wait::Within(INTERNAL_BOUND), |s| {
             let slot = s.slot_for(me, false);
             if let Some(h) = s.holders.get(slot as usize) {
                 let c = h.count.load(Ordering::Relaxed).saturating_sub(1);
@@ -516,7 +571,8 @@ impl<'a> SemaphoreGuard<'a> {
 impl Drop for SemaphoreGuard<'_> {
     fn drop(&mut self) {
         // Cannot fail for a permit we hold: value < max while it is out (unless garbage was written, in
-        // which case the permit is dropped rather than pushed past the ceiling).
+        // which case the permit is dropped rather than pushed past the ceiling), nor take longer than
+        // `INTERNAL_BOUND` (a peer keeping the internal lock that long loses us this permit).
         self.raw.give(true);
     }
 }

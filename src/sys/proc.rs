@@ -5,6 +5,12 @@
 //! `/proc/<tid>/stat`). A waiter that suspects the holder is gone reads `/proc/<tid>/stat`: the thread is
 //! alive only if that file exists, is not a zombie, and reports the recorded start time. A recycled tid
 //! therefore never passes for the dead holder.
+//!
+//! Tids mean something only inside the pid namespace of the thread that wrote them: every recorded
+//! holder also carries its namespace ([`pid_ns_tag`]), and [`holder_alive`] refuses to judge a holder
+//! recorded in another namespace (it is taken for alive). Robust recovery from dead holders therefore
+//! needs the cooperating processes to share one pid namespace; across namespaces, waits are bounded only
+//! by the caller's timeout.
 
 use std::cell::Cell;
 use std::sync::Once;
@@ -44,6 +50,13 @@ extern "C" fn reset_after_fork() {
 }
 
 /// This thread's identity, cached per thread (two syscalls and a /proc read on first use only).
+///
+/// The cache is reset in the child of `fork(2)` by a `pthread_atfork` handler, which glibc's `fork()`
+/// runs in the child (review H8). A child created **without** glibc's `fork` wrapper — a raw
+/// `clone(2)` without `CLONE_THREAD`, `syscall(SYS_fork)`, `syscall(SYS_clone3)` — runs no atfork
+/// handler and keeps the parent thread's cached tid: it would lock, and judge "is it me", as the
+/// parent thread (two holders, or a lock it believes it holds). Such a child must not use mproc objects
+/// before it execs; this crate's own fork path goes through glibc's `fork()`.
 #[inline]
 pub(crate) fn current() -> Identity {
     let id = THREAD_ID.with(Cell::get);
@@ -141,6 +154,24 @@ pub(crate) fn is_alive(id: Identity) -> bool {
     }
 }
 
+/// Largest pid/tid the kernel can hand out in any pid namespace (`PID_MAX_LIMIT` on 64-bit kernels,
+/// include/linux/threads.h: 4 Mi). A recorded tid above it is garbage whatever namespace wrote it.
+pub(crate) const PID_MAX_LIMIT: u32 = 4 * 1024 * 1024;
+
+/// Whether a holder recorded as `id` in pid namespace `ns` (a [`pid_ns_tag`]) may still hold what it
+/// recorded. A tid that no namespace can contain is dead; a holder from another (or an unknown)
+/// namespace cannot be judged from our `/proc` and counts as alive (S6 of the 2026-11-30 review); in our
+/// namespace, [`is_alive`] decides.
+pub(crate) fn holder_alive(id: Identity, ns: u32) -> bool {
+    if id.tid == 0 || id.tid > PID_MAX_LIMIT {
+        return false;
+    }
+    if !same_pid_ns_tag(ns) {
+        return true;
+    }
+    is_alive(id)
+}
+
 /// Whether process `pid` with start time `start` (full width, 0 = unknown) still runs.
 pub(crate) fn process_alive(pid: u32, start: u64) -> bool {
     if pid == 0 || pid > libc::pid_t::MAX as u32 {
@@ -160,7 +191,6 @@ pub(crate) fn process_alive(pid: u32, start: u64) -> bool {
 /// checker in another namespace never judges it by its own `/proc` (S6 of the 2026-11-30 review).
 /// 0 if it cannot be read (no /proc): callers then cannot tell namespaces apart and must treat a
 /// recorded 0 as "unknown", never as a match that licenses a liveness judgement.
-#[allow(dead_code)] // used by the liveness checks of the sync, queue and region layers
 pub(crate) fn pid_namespace() -> u64 {
     use std::os::unix::fs::MetadataExt;
     static NS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
@@ -169,10 +199,33 @@ pub(crate) fn pid_namespace() -> u64 {
 
 /// Whether a holder recorded with pid namespace `ns` can be judged from this process's `/proc`: only if
 /// both namespaces are known and equal.
-#[allow(dead_code)] // as `pid_namespace`
 pub(crate) fn same_pid_namespace(ns: u64) -> bool {
     let here = pid_namespace();
     here != 0 && ns == here
+}
+
+/// [`pid_namespace`] as the 32-bit tag stored beside recorded holders in shared layouts (0 = unknown).
+///
+/// Exact, not a hash: nsfs inode numbers come from `proc_alloc_inum`, which allocates them at or above
+/// `PROC_DYNAMIC_FIRST` (0xF000_0000) and at most `UINT_MAX` (fs/proc/generic.c), so they fit in 32 bits.
+/// A larger value (a future kernel) maps to 0, "unknown", which only disables liveness judgements.
+#[inline]
+pub(crate) fn pid_ns_tag() -> u32 {
+    // On every lock's fast path: one Relaxed load once known. A process's own pid namespace never
+    // changes (unshare/setns with CLONE_NEWPID affect only children created afterwards).
+    static TAG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+    let t = TAG.load(std::sync::atomic::Ordering::Relaxed);
+    if t != u64::MAX {
+        return t as u32;
+    }
+    let t = u32::try_from(pid_namespace()).unwrap_or(0);
+    TAG.store(u64::from(t), std::sync::atomic::Ordering::Relaxed);
+    t
+}
+
+/// Whether a holder recorded with tag `tag` lives in our pid namespace (both known and equal).
+pub(crate) fn same_pid_ns_tag(tag: u32) -> bool {
+    same_pid_namespace(u64::from(tag))
 }
 
 /// The effective uid of this process.
@@ -193,17 +246,107 @@ pub(crate) fn monotonic_ms() -> u64 {
     (ts.tv_sec as u64).saturating_mul(1000) + ts.tv_nsec as u64 / 1_000_000
 }
 
-/// 64 random bits from the kernel's CSPRNG.
+/// 64 random bits from the kernel's CSPRNG; never blocks for long and never spins.
+///
+/// `getrandom(2)` is retried only on `EINTR` (a signal; with no flags it cannot return `EAGAIN` or a short
+/// read of 8 bytes once the pool is initialised, but both are retried too, boundedly). Any other failure —
+/// `ENOSYS` on an old kernel, `EPERM`/`ENOSYS` from a seccomp filter — falls back to reading
+/// `/dev/urandom`. If that fails as well (no `/dev` in a sandbox, descriptors exhausted), the bits come
+/// from SipHash-2-4 keyed with the 16 bytes the kernel placed at `AT_RANDOM` for this exec (drawn from the
+/// same CSPRNG), over a per-process counter, the pid, the tid and the monotonic clock.
+///
+/// Why total rather than `Result`: every caller (region ids, the pool's MAC key) needs bits that other
+/// processes cannot predict, not bits that are fresh from the kernel on each call. `AT_RANDOM` is exactly
+/// as secret as this process's memory, which already holds every key derived from it; a peer that can
+/// read it can read the keys. Spinning (the old behaviour) hung region creation forever under such a
+/// seccomp profile, and aborting would turn a sandbox into a crash: a keyed PRF over kernel entropy is
+/// the right last resort. `AT_RANDOM` exists on every kernel Rust supports (since 2.6.29).
 pub(crate) fn random_u64() -> u64 {
+    if let Some(v) = getrandom_u64() {
+        return v;
+    }
+    if let Some(v) = urandom_u64() {
+        return v;
+    }
+    at_random_u64()
+}
+
+/// `getrandom(2)`, retried on EINTR/EAGAIN/short reads at most a few hundred times; `None` on any
+/// other error.
+fn getrandom_u64() -> Option<u64> {
     let mut v = 0u64;
-    loop {
+    for _ in 0..256 {
         // SAFETY: getrandom writes at most 8 bytes into `v`, a live, writable u64 on this stack frame.
         let r = unsafe { libc::getrandom((&mut v as *mut u64).cast(), 8, 0) };
         if r == 8 {
-            return v;
+            return Some(v);
         }
-        // EINTR, or a short read before the pool is initialised: try again (getrandom(2)).
+        if r < 0 {
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) | Some(libc::EAGAIN) => {}
+                _ => return None,
+            }
+        }
+        // A short read (only before the pool is initialised, or interrupted): ask again.
     }
+    None
+}
+
+/// Eight bytes of `/dev/urandom`, if it opens as a character device (a sandbox's `/dev` may hold
+/// anything) and reads in full.
+fn urandom_u64() -> Option<u64> {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+    let mut f = std::fs::File::open("/dev/urandom").ok()?;
+    if !f.metadata().ok()?.file_type().is_char_device() {
+        return None;
+    }
+    let mut b = [0u8; 8];
+    f.read_exact(&mut b).ok()?;
+    Some(u64::from_ne_bytes(b))
+}
+
+/// The last resort of [`random_u64`]: a PRF keyed with the exec's `AT_RANDOM` bytes.
+#[allow(deprecated)] // std::hash::SipHasher is SipHash-2-4 with an explicit 128-bit key: what we need.
+fn at_random_u64() -> u64 {
+    use std::hash::{Hash, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    // SAFETY: getauxval has no preconditions; it returns 0 if the entry is absent.
+    let at = unsafe { libc::getauxval(libc::AT_RANDOM) } as usize;
+    let (k0, k1) = if at == 0 {
+        // No AT_RANDOM (not on any supported kernel): the layout of this address space is all we have.
+        (
+            at_random_u64 as fn() -> u64 as usize as u64,
+            &COUNTER as *const _ as u64,
+        )
+    } else {
+        let mut key = [0u8; 16];
+        // SAFETY: auxv(3)/getauxval(3): AT_RANDOM is "the address of sixteen bytes containing a random
+        // value", placed by the kernel on the initial stack above argv/envp, which stays mapped and is
+        // never written for the life of the process. An unaligned byte copy needs no alignment.
+        unsafe { std::ptr::copy_nonoverlapping(at as *const u8, key.as_mut_ptr(), 16) };
+        let (a, b) = key.split_at(8);
+        (
+            u64::from_ne_bytes(a.try_into().unwrap_or_default()),
+            u64::from_ne_bytes(b.try_into().unwrap_or_default()),
+        )
+    };
+    let mut h = std::hash::SipHasher::new_with_keys(k0, k1);
+    // The counter separates calls; pid, tid and the clock separate a forked child (same AT_RANDOM, same
+    // counter) from its parent and from its siblings.
+    COUNTER.fetch_add(1, Ordering::Relaxed).hash(&mut h);
+    pid().hash(&mut h);
+    // SAFETY: gettid has no preconditions and cannot fail.
+    unsafe { libc::gettid() }.hash(&mut h);
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `ts`, a live local; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec, ts.tv_nsec).hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]
@@ -245,6 +388,39 @@ mod tests {
         assert!(same_pid_namespace(ns));
         assert!(!same_pid_namespace(ns ^ 1));
         assert!(!same_pid_namespace(0));
+    }
+
+    #[test]
+    fn ns_tag_is_exact_and_judges_only_our_namespace() {
+        let tag = pid_ns_tag();
+        assert_ne!(tag, 0);
+        assert_eq!(u64::from(tag), pid_namespace());
+        let me = current();
+        assert!(holder_alive(me, tag));
+        let gone = Identity {
+            tid: me.tid,
+            start: me.start.wrapping_add(1),
+        };
+        assert!(!holder_alive(gone, tag));
+        // Another (or an unknown) namespace: cannot judge, so alive.
+        assert!(holder_alive(gone, tag ^ 1));
+        assert!(holder_alive(gone, 0));
+        // A tid no namespace can hold is dead anywhere.
+        let impossible = Identity {
+            tid: PID_MAX_LIMIT + 1,
+            start: 0,
+        };
+        assert!(!holder_alive(impossible, tag ^ 1));
+    }
+
+    #[test]
+    fn random_sources_all_work_and_differ() {
+        let a = random_u64();
+        assert_ne!(a, random_u64());
+        assert!(getrandom_u64().is_some());
+        assert!(urandom_u64().is_some());
+        let (x, y) = (at_random_u64(), at_random_u64());
+        assert_ne!(x, y, "the counter separates calls");
     }
 
     #[test]
