@@ -90,6 +90,7 @@
 pub mod codec;
 mod error;
 pub(crate) mod heap;
+pub mod integrations;
 pub mod manager;
 pub mod parallel;
 pub mod pool;
