@@ -100,7 +100,7 @@ pub mod region;
 pub mod sync;
 pub(crate) mod sys;
 
-pub use error::{Error, LockResult, OwnerDied, Result, TryLockError};
+pub use error::{Error, FileProblem, LockResult, OwnerDied, Result, TryLockError};
 pub use heap::{Grid, GridMut, SharedArray};
 pub use manager::{Dict, List, ManagedValue, Manager, Namespace};
 pub use parallel::{delayed, Parallel};

@@ -10,3 +10,5 @@
 
 #[cfg(feature = "async")]
 pub mod future;
+#[cfg(feature = "ndarray")]
+pub mod ndarray;
