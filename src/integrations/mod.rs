@@ -12,3 +12,5 @@
 pub mod future;
 #[cfg(feature = "ndarray")]
 pub mod ndarray;
+#[cfg(feature = "npy")]
+pub mod npy;

@@ -10,6 +10,8 @@
 //! - [`proc`]: pids, thread ids, start times and liveness checks used to detect dead lock holders.
 
 pub(crate) mod channel;
+#[cfg(feature = "npy")]
+pub(crate) mod filemap;
 pub(crate) mod futex;
 pub(crate) mod proc;
 pub(crate) mod process;
