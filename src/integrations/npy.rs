@@ -966,7 +966,9 @@ impl<'de, T: Element> Deserialize<'de> for NpyChunk<T> {
     }
 }
 
-/// Writes `a` as a `.npy` file (C order, this machine's little-endian descriptor), replacing `path`.
+/// Writes `a` as a `.npy` file (this machine's little-endian descriptor), replacing `path`. A C- or
+/// Fortran-contiguous array is written in its memory order with one `write` of its bytes; any other
+/// layout is first copied into C order.
 ///
 /// # Errors
 /// [`Error::Os`] if the file cannot be written.
@@ -979,20 +981,38 @@ where
     S: Data<Elem = T>,
     D: Dimension,
 {
-    let shape: Vec<u64> = a.shape().iter().map(|&n| n as u64).collect();
-    let file = File::create(path.as_ref()).map_err(|e| Error::os("create", e))?;
+    use std::io::Write;
     let io = |e| Error::os("write .npy", e);
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(&shape)
-        .writer(std::io::BufWriter::with_capacity(1 << 20, file))
-        .begin_nd()
-        .map_err(io)?;
-    match a.as_slice() {
-        Some(s) => w.extend(s.iter().copied()).map_err(io)?,
-        None => w.extend(a.iter().copied()).map_err(io)?,
-    }
-    w.finish().map_err(io)
+    let (order, standard);
+    let data: &[T] = if let Some(s) = a.as_slice() {
+        order = npyz::Order::C;
+        s
+    } else if a.view().reversed_axes().as_slice().is_some() {
+        order = npyz::Order::Fortran;
+        a.as_slice_memory_order().unwrap_or_default()
+    } else {
+        order = npyz::Order::C;
+        standard = a.as_standard_layout();
+        standard.as_slice().unwrap_or_default()
+    };
+    let shape: Vec<u64> = a.shape().iter().map(|&n| n as u64).collect();
+    // The header, by npyz: it pads the dict and picks the format version. Its writer is dropped
+    // before any element is written; its `Drop` then ignores the count mismatch (documented), and
+    // the elements follow as raw bytes, which is what the header's native-endian dtype describes.
+    let mut header = Vec::new();
+    drop(
+        npyz::WriteOptions::<T>::new()
+            .default_dtype()
+            .shape(&shape)
+            .order(order)
+            .writer(&mut header)
+            .begin_nd()
+            .map_err(io)?,
+    );
+    let mut file = File::create(path.as_ref()).map_err(|e| Error::os("create", e))?;
+    file.write_all(&header).map_err(io)?;
+    file.write_all(bytemuck::cast_slice(data)).map_err(io)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1195,7 +1215,13 @@ mod tests {
         let a = Array2::from_shape_fn((5, 3).f(), |(r, c)| (r * 10 + c) as i16);
         write_npy(&t.0, &a).unwrap();
         let m = MappedArray::<i16>::open_npy(&t.0).unwrap();
-        assert_eq!((m.order(), m.view()), (Order::C, a.view().into_dyn()));
+        assert_eq!((m.order(), m.view()), (Order::Fortran, a.view().into_dyn()));
+        // Neither C nor Fortran contiguous: written in C order.
+        let every_other = a.slice(::ndarray::s![..;2, ..]);
+        let t2 = Temp::new("npy");
+        write_npy(&t2.0, &every_other).unwrap();
+        let m = MappedArray::<i16>::open_npy(&t2.0).unwrap();
+        assert_eq!((m.order(), m.view()), (Order::C, every_other.into_dyn()));
         drop(m);
         let mut w = MappedArray::<i16>::options()
             .writable(true)
