@@ -849,6 +849,22 @@ impl<T: Element> NpyChunk<T> {
         Ok(m.slice(self.handle.start..self.handle.end))
     }
 
+    /// The memory order of the whole array, which says which axis the chunk cuts: axis 0 (rows) in
+    /// C order, the last axis (columns) in Fortran order.
+    ///
+    /// # Examples
+    /// ```
+    /// # use mproc::integrations::{ndarray::Order, npy::{write_npy, MappedArray}};
+    /// # let path = std::env::temp_dir().join(format!("mproc-doc-co-{}.npy", std::process::id()));
+    /// write_npy(&path, &ndarray::Array2::<u8>::zeros((3, 2)))?;
+    /// assert_eq!(MappedArray::<u8>::open_npy(&path)?.chunks(1)[0].order(), Order::C);
+    /// # std::fs::remove_file(&path).unwrap();
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn order(&self) -> Order {
+        self.handle.facts.layout.order
+    }
+
     /// The chunk's first index along the chunked axis (its first row, for a C-order array).
     ///
     /// # Examples
