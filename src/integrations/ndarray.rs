@@ -24,6 +24,7 @@ use bytemuck::Pod;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::conjure;
 use crate::error::{Error, Result};
 use crate::{Pool, SharedArray};
 
@@ -138,27 +139,6 @@ impl NdLayout {
 }
 
 struct ShapeWithOrder<D>(D, Order);
-
-/// The value of a zero-sized `Copy` type: how a worker gets the function it was sent, from the
-/// function's type alone (the type is the function: a `fn` item or a non-capturing closure).
-///
-/// Capturing closures are refused at compile time (they are not zero-sized), so nothing the caller
-/// captured is ever conjured here.
-fn conjure<F: Copy>() -> F {
-    const {
-        assert!(
-            std::mem::size_of::<F>() == 0,
-            "a function handed to workers must be a `fn` item or a closure that captures nothing \
-             (it captures data)"
-        )
-    };
-    // SAFETY: `F` is zero-sized (checked at compile time), so a value of it has no bytes to be
-    // invalid: the value is its type. `F` is inhabited, since the caller handed us one (every API
-    // that reaches this takes an `F` by value), and `Copy`, so it has no destructor and making one
-    // more is exactly what copying the caller's would do. The types this is used for are `Fn` items
-    // and closures, which carry no safety invariant beyond their (empty) captures.
-    unsafe { std::mem::zeroed::<F>() }
-}
 
 /// Worker side of [`SharedNdArray::map_axis_chunks`].
 fn map_task<T, D, R, F>(layout: &NdLayout, chunk: &[T]) -> R
