@@ -410,19 +410,20 @@ impl<R: DeserializeOwned> Iterator for ImapUnordered<R> {
 ///
 /// # Who reads the results while only a future waits
 /// A blocking waiter takes the pool's *reader role* and sleeps on the result ring. A future cannot
-/// sleep in `poll`, so the results are brought in two ways, neither blocking:
-/// - every `poll` first makes one non-blocking read (`Engine::serve` with a zero slice: a `try_lock`
-///   of the reader role, then the frames already on the ring, no futex sleep), so whatever arrived is
-///   harvested whenever the executor polls, for whatever reason;
-/// - otherwise the pool's background thread reads every `LIVENESS_EVERY` (10 ms) while nobody holds
-///   the role, and `Job::finish` wakes the registered wakers. An awaited result thus arrives at most
-///   about 10 ms after the worker wrote it (plus the executor's own wake-up), and a dead worker is
-///   noticed on the same tick, failing the awaited tasks with [`Error::WorkerDied`].
+/// sleep in `poll`, and it does not read either: the pool's background thread reads every
+/// `LIVENESS_EVERY` (10 ms) while nobody holds the role (and any blocking waiter reads while it
+/// waits), and `Job::finish` wakes the registered wakers. An awaited result thus arrives at most
+/// about 10 ms after the worker wrote it (plus the executor's own wake-up), and a dead worker is
+/// noticed on the same tick, failing the awaited tasks with [`Error::WorkerDied`].
 ///
+/// Why `poll` makes no read of its own: reading means taking the dispatcher's lock and, on a
+/// liveness tick, replacing dead workers (a process spawn); measured in `examples/async_offload`
+/// on a loaded 2-core VM, a poll that did one non-blocking `Engine::serve` took up to 54 ms — an
+/// executor thread must never wait like that. A poll now only locks its job's state (microseconds).
 /// The alternative, a thread per pending future that takes the reader role and blocks, would give
 /// microsecond latency but a thread per `await`; work worth offloading to another process takes
-/// milliseconds at least, and a caller that wants the fastest round trip can still call the blocking
-/// [`AsyncResult::get`] (in `spawn_blocking`, say).
+/// milliseconds at least, and a caller that wants the fastest round trip can still call the
+/// blocking [`AsyncResult::get`] (in `spawn_blocking`, say).
 ///
 /// No runtime is involved: wakers are plain `std::task::Waker`s, so any executor works (tokio,
 /// async-std, smol, `futures::executor`, a hand-written one).
@@ -431,7 +432,6 @@ mod awaitable {
     use std::future::Future;
     use std::pin::Pin;
     use std::task::{Context, Poll};
-    use std::time::Duration;
 
     use futures_core::Stream;
     use serde::de::DeserializeOwned;
@@ -446,14 +446,6 @@ mod awaitable {
         cx: &mut Context<'_>,
         done: impl Fn(&JobState) -> bool,
     ) -> Poll<std::sync::MutexGuard<'a, JobState>> {
-        let seen = job.bell.count();
-        if done(&lock(job)) {
-            return Poll::Ready(lock(job));
-        }
-        if let Some(engine) = job.engine.upgrade() {
-            // One non-blocking read: takes the reader role only if it is free, never sleeps.
-            engine.serve(seen, Duration::ZERO);
-        }
         let mut s = lock(job);
         if done(&s) {
             return Poll::Ready(s);
