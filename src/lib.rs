@@ -32,6 +32,7 @@
 //! | let `n` processes meet | [`Barrier`] |
 //! | raw bytes in shared memory | [`Region`] |
 //! | remove what crashed processes left in `/dev/shm` | [`cleanup_stale`] |
+//! | `ndarray` views, images, `.npy` files mapped from disk, `.await` on results (cargo features) | [`integrations`] |
 //!
 //! # Start methods
 //! [`Process`] and the pool's workers **spawn** by default: they re-execute the running program, and a
