@@ -267,6 +267,12 @@ pub enum Error {
 }
 
 /// What is wrong with a file opened by an integration (see [`Error::BadFile`]).
+///
+/// # Examples
+/// ```
+/// let problem = mproc::FileProblem::Length { expected: 224, found: 216 };
+/// assert_eq!(problem.to_string(), "it should be 224 bytes long by its header, but it is 216");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum FileProblem {

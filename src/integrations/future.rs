@@ -4,7 +4,7 @@
 //!   returns); [`Imap`](crate::pool::Imap) and [`ImapUnordered`](crate::pool::ImapUnordered) are
 //!   `futures_core::Stream`s. They are woken by the pool itself (see the notes on `pool::results`):
 //!   at most about 10 ms after a worker answers, and a worker that dies fails the awaited tasks with
-//!   [`Error::WorkerDied`](crate::Error::WorkerDied) on the same tick — an `await` never hangs on a
+//!   [`Error::WorkerDied`] on the same tick — an `await` never hangs on a
 //!   dead worker.
 //! - [`join`] turns a started [`Process`] into a [`JoinFuture`].
 //!
@@ -30,6 +30,20 @@ struct Slot<R> {
 }
 
 /// The outcome of a [`Process`], to `.await`: what [`Process::join`] returns. Made by [`join`].
+///
+/// # Examples
+/// ```
+/// fn answer(_: ()) -> u32 {
+///     42
+/// }
+///
+/// let mut p = mproc::Process::new(answer, ())?;
+/// p.start()?;
+/// let fut: mproc::integrations::future::JoinFuture<u32> = mproc::integrations::future::join(p)?;
+/// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// assert_eq!(rt.block_on(fut)?, 42);
+/// # Ok::<(), mproc::Error>(())
+/// ```
 pub struct JoinFuture<R> {
     slot: Arc<Mutex<Slot<R>>>,
     pid: Option<u32>,

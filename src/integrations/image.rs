@@ -45,10 +45,36 @@ use crate::error::{Error, FileProblem, Result};
 use crate::{Pool, SharedArray};
 
 /// An image whose pixels live in shared memory.
+///
+/// # Examples
+/// ```
+/// use mproc::integrations::image::{new_image, SharedImage};
+/// let mut img: SharedImage<image::Rgb<u8>> = new_image(2, 2)?;
+/// img.put_pixel(1, 1, image::Rgb([1, 2, 3]));
+/// assert_eq!(&img.as_raw()[9..], &[1, 2, 3]);
+/// # Ok::<(), mproc::Error>(())
+/// ```
 pub type SharedImage<P> = ImageBuffer<P, SharedArray<<P as Pixel>::Subpixel>>;
 /// What a band task reads: the whole input image, in place.
+///
+/// # Examples
+/// ```
+/// let pixels = [1u8, 2, 3, 4];
+/// let view: mproc::integrations::image::ImageView<image::Luma<u8>> =
+///     image::ImageBuffer::from_raw(2, 2, &pixels[..]).unwrap();
+/// assert_eq!(view.get_pixel(1, 1).0, [4]);
+/// ```
 pub type ImageView<'a, P> = ImageBuffer<P, &'a [<P as Pixel>::Subpixel]>;
 /// What a band task writes: its band of output rows, in place.
+///
+/// # Examples
+/// ```
+/// let mut pixels = [0u8; 4];
+/// let mut band: mproc::integrations::image::BandMut<image::Luma<u8>> =
+///     image::ImageBuffer::from_raw(2, 2, &mut pixels[..]).unwrap();
+/// band.put_pixel(0, 1, image::Luma([7]));
+/// assert_eq!(pixels, [0, 0, 7, 0]);
+/// ```
 pub type BandMut<'a, P> = ImageBuffer<P, &'a mut [<P as Pixel>::Subpixel]>;
 
 fn image_error(path: &Path, e: ImageError) -> Error {
@@ -100,7 +126,12 @@ where
 /// [`SharedArray::from_slice`].
 ///
 /// # Examples
-/// See the [module docs](self).
+/// ```
+/// let img = image::GrayImage::from_pixel(3, 2, image::Luma([9]));
+/// let shared = mproc::integrations::image::from_image(&img)?;
+/// assert_eq!(shared.as_raw().iter().map(|&v| u32::from(v)).sum::<u32>(), 54);
+/// # Ok::<(), mproc::Error>(())
+/// ```
 pub fn from_image<P, C>(img: &ImageBuffer<P, C>) -> Result<SharedImage<P>>
 where
     P: Pixel,
@@ -281,7 +312,23 @@ fn band_task<P, Q, F>(
 /// If `band_rows` is 0.
 ///
 /// # Examples
-/// See the [module docs](self).
+/// ```
+/// use image::Luma;
+/// use mproc::integrations::image::{from_image, map_bands, BandMut, ImageView};
+///
+/// // Each output pixel: the input's, inverted.
+/// fn invert(input: ImageView<Luma<u8>>, mut band: BandMut<Luma<u8>>, first_row: u32) {
+///     for (x, y, px) in band.enumerate_pixels_mut() {
+///         *px = Luma([255 - input.get_pixel(x, first_row + y).0[0]]);
+///     }
+/// }
+///
+/// let pool = mproc::Pool::builder().workers(2).build()?;
+/// let img = from_image(&image::GrayImage::from_fn(8, 9, |x, y| Luma([(x * y) as u8])))?;
+/// let inverted = map_bands(&pool, &img, 4, invert)?; // bands of rows 0..4, 4..8, 8..9
+/// assert_eq!(inverted.get_pixel(7, 8), &Luma([255 - 56]));
+/// # Ok::<(), mproc::Error>(())
+/// ```
 #[track_caller]
 pub fn map_bands<P, Q, F>(
     pool: &Pool,

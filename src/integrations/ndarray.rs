@@ -29,6 +29,14 @@ use crate::error::{Error, Result};
 use crate::{Pool, SharedArray};
 
 /// The memory order of an n-d array's elements.
+///
+/// # Examples
+/// ```
+/// use mproc::integrations::ndarray::{Order, SharedNdArray};
+/// let f = SharedNdArray::<u8, _>::zeros((2, 3), Order::Fortran)?;
+/// assert_eq!(f.view().strides(), &[1, 2]);
+/// # Ok::<(), mproc::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Order {
     /// Row-major: the last index varies fastest (numpy's and ndarray's default).

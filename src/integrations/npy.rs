@@ -27,7 +27,7 @@
 //! # A file truncated under a mapping
 //! Files cannot be sealed: if another process truncates a mapped file, touching a page past its new
 //! end kills the toucher with `SIGBUS` (as with `np.memmap` or any mapped reader). In a worker that
-//! is a worker death, reported as [`Error::WorkerDied`](crate::Error::WorkerDied) for its task; in
+//! is a worker death, reported as [`Error::WorkerDied`] for its task; in
 //! the parent it is fatal. Do not truncate files that are mapped.
 //!
 //! # Writable mappings
@@ -55,6 +55,20 @@ use crate::sys::filemap::{self, FileId, FileMap};
 
 /// The longest header read (bytes after the 8-byte magic and version). numpy writes a few hundred
 /// bytes; its own reader refuses more than 10 000 unless told otherwise.
+///
+/// # Examples
+/// ```
+/// use mproc::integrations::npy::{MappedArray, MAX_HEADER};
+/// # let path = std::env::temp_dir().join(format!("mproc-doc-mh-{}.npy", std::process::id()));
+/// // A version 2.0 header claiming 1 GiB is refused before anything is read past its first bytes.
+/// std::fs::write(&path, b"\x93NUMPY\x02\x00\x00\x00\x00\x40{}").unwrap();
+/// assert!(MAX_HEADER < 1 << 30);
+/// assert!(matches!(
+///     MappedArray::<f64>::open_npy(&path),
+///     Err(mproc::Error::BadFile { problem: mproc::FileProblem::NotNpy(_), .. })
+/// ));
+/// # std::fs::remove_file(&path).unwrap();
+/// ```
 pub const MAX_HEADER: usize = 64 << 10;
 
 mod sealed {
@@ -433,6 +447,17 @@ impl<T: Element> std::fmt::Debug for MappedArray<T> {
 }
 
 /// How to open a [`MappedArray`]: read-only or read-write, any order or one required.
+///
+/// # Examples
+/// ```
+/// use mproc::integrations::{ndarray::Order, npy::{write_npy, MappedArray}};
+/// # let path = std::env::temp_dir().join(format!("mproc-doc-opt-{}.npy", std::process::id()));
+/// write_npy(&path, &ndarray::array![[1i32, 2], [3, 4]])?;
+/// let a = MappedArray::<i32>::options().order(Order::C).writable(true).open_npy(&path)?;
+/// assert!(a.is_writable());
+/// # std::fs::remove_file(&path).unwrap();
+/// # Ok::<(), mproc::Error>(())
+/// ```
 pub struct MappedArrayOptions<T> {
     writable: bool,
     order: Option<Order>,
@@ -495,7 +520,15 @@ impl<T: Element> MappedArrayOptions<T> {
     /// length (see the [module docs](self)); [`Error::Os`] if it cannot be opened or mapped.
     ///
     /// # Examples
-    /// See [`writable`](Self::writable).
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("mproc-doc-{}.npy", std::process::id()));
+    /// use mproc::integrations::npy::{write_npy, MappedArray};
+    /// write_npy(&path, &ndarray::array![[1.0f32, 2.0], [3.0, 4.0], [5.0, 6.0]])?;
+    /// let a = MappedArray::<f32>::options().open_npy(&path)?;
+    /// assert_eq!(a.shape(), &[3, 2]);
+    /// # std::fs::remove_file(&path).unwrap();
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn open_npy(self, path: impl AsRef<Path>) -> Result<MappedArray<T>> {
         let mapped = Mapped::open::<T>(path.as_ref(), self.writable, self.order, None)?;
         Ok(MappedArray {
@@ -548,7 +581,15 @@ impl<T: Element> MappedArray<T> {
     /// As [`MappedArrayOptions::open_npy`].
     ///
     /// # Examples
-    /// See [`MappedArray`].
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("mproc-doc-{}.npy", std::process::id()));
+    /// use mproc::integrations::npy::{write_npy, MappedArray};
+    /// write_npy(&path, &ndarray::array![[1.0f32, 2.0], [3.0, 4.0], [5.0, 6.0]])?;
+    /// let a = MappedArray::<f32>::open_npy(&path)?;
+    /// assert_eq!(a.shape(), &[3, 2]);
+    /// # std::fs::remove_file(&path).unwrap();
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn open_npy(path: impl AsRef<Path>) -> Result<Self> {
         Self::options().open_npy(path)
     }
@@ -556,7 +597,15 @@ impl<T: Element> MappedArray<T> {
     /// Options to open with (read-write, a required order, a raw file).
     ///
     /// # Examples
-    /// See [`MappedArrayOptions::writable`].
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("mproc-doc-{}.npy", std::process::id()));
+    /// use mproc::integrations::npy::{write_npy, MappedArray};
+    /// write_npy(&path, &ndarray::array![[1.0f32, 2.0], [3.0, 4.0], [5.0, 6.0]])?;
+    /// let a = MappedArray::<f32>::options().writable(true).open_npy(&path)?;
+    /// assert!(a.is_writable());
+    /// # std::fs::remove_file(&path).unwrap();
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn options() -> MappedArrayOptions<T> {
         MappedArrayOptions {
             writable: false,
@@ -568,7 +617,14 @@ impl<T: Element> MappedArray<T> {
     /// The lengths of the axes.
     ///
     /// # Examples
-    /// See [`MappedArray`].
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("mproc-doc-{}.npy", std::process::id()));
+    /// use mproc::integrations::npy::{write_npy, MappedArray};
+    /// write_npy(&path, &ndarray::array![[1.0f32, 2.0], [3.0, 4.0], [5.0, 6.0]])?;
+    /// assert_eq!(MappedArray::<f32>::open_npy(&path)?.shape(), &[3, 2]);
+    /// # std::fs::remove_file(&path).unwrap();
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn shape(&self) -> &[usize] {
         &self.mapped.facts.layout.shape
     }
@@ -576,7 +632,15 @@ impl<T: Element> MappedArray<T> {
     /// The memory order of the data.
     ///
     /// # Examples
-    /// See [`MappedArrayOptions::order`].
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("mproc-doc-{}.npy", std::process::id()));
+    /// use mproc::integrations::npy::{write_npy, MappedArray};
+    /// write_npy(&path, &ndarray::array![[1.0f32, 2.0], [3.0, 4.0], [5.0, 6.0]])?;
+    /// use mproc::integrations::ndarray::Order;
+    /// assert_eq!(MappedArray::<f32>::open_npy(&path)?.order(), Order::C);
+    /// # std::fs::remove_file(&path).unwrap();
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn order(&self) -> Order {
         self.mapped.facts.layout.order
     }
@@ -584,7 +648,14 @@ impl<T: Element> MappedArray<T> {
     /// Whether the mapping is writable.
     ///
     /// # Examples
-    /// See [`MappedArrayOptions::writable`].
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("mproc-doc-{}.npy", std::process::id()));
+    /// use mproc::integrations::npy::{write_npy, MappedArray};
+    /// write_npy(&path, &ndarray::array![[1.0f32, 2.0], [3.0, 4.0], [5.0, 6.0]])?;
+    /// assert!(!MappedArray::<f32>::open_npy(&path)?.is_writable());
+    /// # std::fs::remove_file(&path).unwrap();
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn is_writable(&self) -> bool {
         self.mapped.map.as_ref().is_some_and(FileMap::is_writable)
     }
@@ -592,7 +663,14 @@ impl<T: Element> MappedArray<T> {
     /// The elements in memory order.
     ///
     /// # Examples
-    /// See [`MappedArray`].
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("mproc-doc-{}.npy", std::process::id()));
+    /// use mproc::integrations::npy::{write_npy, MappedArray};
+    /// write_npy(&path, &ndarray::array![[1.0f32, 2.0], [3.0, 4.0], [5.0, 6.0]])?;
+    /// assert_eq!(MappedArray::<f32>::open_npy(&path)?.as_slice(), &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    /// # std::fs::remove_file(&path).unwrap();
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn as_slice(&self) -> &[T] {
         self.mapped.slice(0..self.mapped.facts.len)
     }
@@ -603,7 +681,16 @@ impl<T: Element> MappedArray<T> {
     /// If the file was mapped read-only (an array without elements gives an empty slice either way).
     ///
     /// # Examples
-    /// See [`MappedArrayOptions::writable`].
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("mproc-doc-{}.npy", std::process::id()));
+    /// use mproc::integrations::npy::{write_npy, MappedArray};
+    /// write_npy(&path, &ndarray::array![[1.0f32, 2.0], [3.0, 4.0], [5.0, 6.0]])?;
+    /// let mut a = MappedArray::<f32>::options().writable(true).open_npy(&path)?;
+    /// a.as_mut_slice()[5] = 60.0;
+    /// assert_eq!(a.view()[[2, 1]], 60.0);
+    /// # std::fs::remove_file(&path).unwrap();
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     #[track_caller]
     pub fn as_mut_slice(&mut self) -> &mut [T] {
         let len = self.mapped.facts.len;
@@ -621,7 +708,14 @@ impl<T: Element> MappedArray<T> {
     /// An n-d view (with the file's strides: C or Fortran).
     ///
     /// # Examples
-    /// See [`MappedArray`].
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("mproc-doc-{}.npy", std::process::id()));
+    /// use mproc::integrations::npy::{write_npy, MappedArray};
+    /// write_npy(&path, &ndarray::array![[1.0f32, 2.0], [3.0, 4.0], [5.0, 6.0]])?;
+    /// assert_eq!(MappedArray::<f32>::open_npy(&path)?.view()[[2, 0]], 5.0);
+    /// # std::fs::remove_file(&path).unwrap();
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn view(&self) -> ArrayViewD<'_, T> {
         self.mapped
             .facts
@@ -661,7 +755,18 @@ impl<T: Element> MappedArray<T> {
     /// [`Error::Os`] if `msync` fails.
     ///
     /// # Examples
-    /// See [`MappedArrayOptions::writable`].
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("mproc-doc-{}.npy", std::process::id()));
+    /// use mproc::integrations::npy::{write_npy, MappedArray};
+    /// write_npy(&path, &ndarray::array![[1.0f32, 2.0], [3.0, 4.0], [5.0, 6.0]])?;
+    /// let mut a = MappedArray::<f32>::options().writable(true).open_npy(&path)?;
+    /// a.view_mut()[[0, 0]] = -1.0;
+    /// a.flush()?; // on disk now
+    /// drop(a);
+    /// assert_eq!(MappedArray::<f32>::open_npy(&path)?.as_slice()[0], -1.0);
+    /// # std::fs::remove_file(&path).unwrap();
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn flush(&self) -> Result<()> {
         match &self.mapped.map {
             Some(m) if m.is_writable() => m.flush(),
@@ -746,6 +851,23 @@ struct ChunkHandle {
 /// and the chunk's elements are read in place. Made by [`MappedArray::chunks`]; it serializes as the
 /// file's identity and its range, never as elements.
 ///
+/// # Examples
+/// ```
+/// use mproc::integrations::npy::{write_npy, MappedArray, NpyChunk};
+///
+/// fn rows_in(c: NpyChunk<u16>) -> usize {
+///     c.view().shape()[0]
+/// }
+///
+/// # let path = std::env::temp_dir().join(format!("mproc-doc-nc-{}.npy", std::process::id()));
+/// write_npy(&path, &ndarray::Array2::<u16>::zeros((7, 3)))?;
+/// let pool = mproc::Pool::builder().workers(2).build()?;
+/// let a = MappedArray::<u16>::open_npy(&path)?;
+/// assert_eq!(pool.map(rows_in, a.chunks(3))?, [3, 3, 1]);
+/// # std::fs::remove_file(&path).unwrap();
+/// # Ok::<(), mproc::Error>(())
+/// ```
+///
 /// # When the worker cannot attach
 /// Deserializing a chunk in the worker re-opens and re-validates the file. If that fails (the file
 /// was replaced, resized or removed; a forged handle), the chunk carries the error:
@@ -773,7 +895,15 @@ impl<T: Element> NpyChunk<T> {
     /// chunk's indices (rows of a C-order array, columns of a Fortran-order one).
     ///
     /// # Examples
-    /// See [`MappedArray::chunks`].
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("mproc-doc-{}.npy", std::process::id()));
+    /// use mproc::integrations::npy::{write_npy, MappedArray};
+    /// write_npy(&path, &ndarray::array![[1.0f32, 2.0], [3.0, 4.0], [5.0, 6.0]])?;
+    /// let chunks = MappedArray::<f32>::open_npy(&path)?.chunks(2); // rows 0..2 and 2..3
+    /// assert_eq!(chunks[1].view().shape(), &[1, 2]);
+    /// # std::fs::remove_file(&path).unwrap();
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     ///
     /// # Panics
     /// If the worker could not attach to the file (see [`NpyChunk`]); the message is the error's.
@@ -990,7 +1120,15 @@ impl<'de, T: Element> Deserialize<'de> for NpyChunk<T> {
 /// [`Error::Os`] if the file cannot be written.
 ///
 /// # Examples
-/// See [`MappedArray`].
+/// ```
+/// # let path = std::env::temp_dir().join(format!("mproc-doc-{}.npy", std::process::id()));
+/// use mproc::integrations::npy::{write_npy, MappedArray};
+/// write_npy(&path, &ndarray::array![[1.0f32, 2.0], [3.0, 4.0], [5.0, 6.0]])?;
+/// let back = MappedArray::<f32>::open_npy(&path)?;
+/// assert_eq!(back.view().sum(), 21.0);
+/// # std::fs::remove_file(&path).unwrap();
+/// # Ok::<(), mproc::Error>(())
+/// ```
 pub fn write_npy<T, S, D>(path: impl AsRef<Path>, a: &ArrayBase<S, D>) -> Result<()>
 where
     T: Element,
