@@ -107,8 +107,16 @@ impl NdLayout {
         if let Some(axis) = self.axis() {
             let inner = self
                 .inner()
-                .filter(|&i| i > 0)
-                .ok_or_else(|| shape_err("a chunk of an array without elements"))?;
+                .ok_or_else(|| shape_err("the shape's size overflows"))?;
+            if inner == 0 {
+                // Another axis is empty, so the whole array has no elements: the only chunk there
+                // can be is the whole (empty) array.
+                return if len == 0 {
+                    Ok(shape)
+                } else {
+                    Err(shape_err(format!("{len} elements in an array without any")))
+                };
+            }
             if !len.is_multiple_of(inner) {
                 return Err(shape_err(format!(
                     "a chunk of {len} elements is not whole slices of {inner}"
@@ -651,6 +659,12 @@ mod tests {
         assert!(l.view::<u8, Ix2>(&[0; 6]).is_ok());
         assert!(l.view::<u8, Ix2>(&[0; 7]).is_err(), "not whole rows");
         assert!(l.view::<u8, Ix3>(&[0; 6]).is_err(), "wrong number of axes");
+        let empty_cols = NdLayout {
+            shape: vec![3, 0],
+            order: Order::C,
+        };
+        assert_eq!(empty_cols.view::<u8, Ix2>(&[]).unwrap().shape(), &[3, 0]);
+        assert!(empty_cols.view::<u8, Ix2>(&[1]).is_err());
         let huge = NdLayout {
             shape: vec![2, usize::MAX, 3],
             order: Order::Fortran,

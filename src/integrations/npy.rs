@@ -1255,6 +1255,13 @@ mod tests {
         let empty = MappedArray::<i64>::open_npy(fixture("i8_empty_0x3.npy")).unwrap();
         assert_eq!((empty.shape(), empty.as_slice().len()), (&[0, 3][..], 0));
         assert!(empty.chunks(4).is_empty());
+        let t = Temp::new("npy");
+        write_npy(&t.0, &Array2::<u32>::zeros((3, 0))).unwrap();
+        let no_cols = MappedArray::<u32>::open_npy(&t.0).unwrap();
+        assert_eq!(
+            (no_cols.view().shape(), no_cols.chunks(1).len()),
+            (&[3, 0][..], 0)
+        );
     }
 
     #[test]
