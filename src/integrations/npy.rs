@@ -49,7 +49,7 @@ use bytemuck::Pod;
 use npyz::{DType, Endianness, TypeStr, WriterBuilder};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::ndarray::{NdLayout, Order};
+use super::ndarray::{NdLayout, Order, SharedNdArray};
 use crate::error::{Error, FileProblem, Result};
 use crate::sys::filemap::{self, FileId, FileMap};
 
@@ -772,6 +772,29 @@ impl<T: Element> MappedArray<T> {
             Some(m) if m.is_writable() => m.flush(),
             _ => Ok(()),
         }
+    }
+
+    /// A copy in shared memory (one pass over the page cache), for the pool calls that take a
+    /// [`SharedArray`](crate::SharedArray) — `transform` writing an output next to it, say. Keeps
+    /// the shape and order.
+    ///
+    /// # Errors
+    /// As [`SharedArray::from_slice`](crate::SharedArray::from_slice).
+    ///
+    /// # Examples
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("mproc-doc-ts-{}.npy", std::process::id()));
+    /// use mproc::integrations::npy::{write_npy, MappedArray};
+    /// write_npy(&path, &ndarray::array![[1u8, 2], [3, 4]])?;
+    /// let shared = MappedArray::<u8>::open_npy(&path)?.to_shared()?;
+    /// assert_eq!(shared.view()[[1, 0]], 3);
+    /// assert_eq!(shared.as_shared().len(), 4);
+    /// # std::fs::remove_file(&path).unwrap();
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn to_shared(&self) -> Result<SharedNdArray<T, IxDyn>> {
+        let data = crate::SharedArray::from_slice(self.as_slice())?;
+        SharedNdArray::from_shared(data, IxDyn(self.shape()), self.order())
     }
 
     /// The array cut into chunks of `chunk` indices along its outer axis in memory (rows of a C-order
