@@ -4,10 +4,11 @@
 //!
 //! ```text
 //! cargo run --release --example image_pipeline                    # a synthetic 8192x8192 image
-//! cargo run --release --example image_pipeline -- photo.jpg       # one image
+//! cargo run --release --example image_pipeline -- photo.jpg       # a real image: photo-edges.png
 //! cargo run --release --example image_pipeline -- photos/         # every PNG/JPEG in a folder
-//! options: --size N (synthetic side, default 8192), --small (256, one run), --out PATH (default
-//!          $TMPDIR/mproc-edges.png, or $TMPDIR/mproc-edges/ for a folder), --workers N,
+//! options: --size N (synthetic side, default 8192), --small (256, one run), --out PATH (default:
+//!          next to the input, `<stem>-edges.png` for an image and `<folder>/edges/` for a folder;
+//!          $TMPDIR/mproc-edges.png for the synthetic card), --workers N,
 //!          --reps N (timed runs of each way, default 3; the best is shown)
 //! ```
 //!
@@ -683,15 +684,16 @@ fn run() -> Res<()> {
     println!("pool of {} worker processes", pool.workers());
     match &args.path {
         Some(dir) if dir.is_dir() => {
-            let out = args
-                .out
-                .unwrap_or_else(|| std::env::temp_dir().join("mproc-edges"));
+            // Next to the images, in a folder the scan skips (it has no image extension).
+            let out = args.out.unwrap_or_else(|| dir.join("edges"));
             folder(&pool, dir, &out)
         }
         Some(file) => {
-            let out = args
-                .out
-                .unwrap_or_else(|| std::env::temp_dir().join("mproc-edges.png"));
+            // Next to the image: photo.jpg -> photo-edges.png.
+            let out = args.out.unwrap_or_else(|| {
+                let stem = file.file_stem().unwrap_or_default().to_string_lossy();
+                file.with_file_name(format!("{stem}-edges.png"))
+            });
             let name = file.display().to_string();
             one_image(&pool, load(file)?, &name, &out, args.reps)
         }

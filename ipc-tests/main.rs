@@ -5,6 +5,7 @@
 //! this same binary re-executed with `MPROC_TEST_ROLE` set (see `common::spawn_role`).
 
 mod common;
+mod ecosystem;
 mod examples;
 mod examples_run;
 mod forkserver;
@@ -48,6 +49,7 @@ fn main() {
         pool_faults::ROLES,
         security_heap::ROLES,
         security_spawn::ROLES,
+        ecosystem::ROLES,
     ]);
     let args = Arguments::from_args();
     let mut trials: Vec<Trial> = Vec::new();
@@ -70,6 +72,7 @@ fn main() {
     trials.extend(pool_faults::tests());
     trials.extend(security_heap::tests());
     trials.extend(security_spawn::tests());
+    trials.extend(ecosystem::tests());
     let conclusion = libtest_mimic::run(&args, trials);
     // The suite-level invariants (DESIGN.md, invariant 6): nothing of ours left in /dev/shm, no zombie.
     let leaks = common::leftovers();

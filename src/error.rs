@@ -252,6 +252,84 @@ pub enum Error {
     /// The pool was closed or terminated; it takes no more work.
     #[error("the pool is closed")]
     PoolClosed,
+
+    // ---- integrations (features `ndarray`, `image`, `npy`) ----
+    /// A shape does not fit the data it is to describe: an n-d view of a `SharedArray` whose length
+    /// is not the product of the shape, an image whose buffer is not `width × height × channels`.
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+    /// A file is not what it was opened as; `problem` says precisely how. Every field of a `.npy`
+    /// header is checked against the element type asked for and against the file's length before
+    /// anything is mapped.
+    #[error("{path}: {problem}")]
+    BadFile {
+        /// The file, as given.
+        path: String,
+        /// What is wrong with it.
+        problem: FileProblem,
+    },
+}
+
+/// What is wrong with a file opened by an integration (see [`Error::BadFile`]).
+///
+/// # Examples
+/// ```
+/// let problem = mproc::FileProblem::Length { expected: 224, found: 216 };
+/// assert_eq!(problem.to_string(), "it should be 224 bytes long by its header, but it is 216");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FileProblem {
+    /// Not a regular file (a directory, a FIFO, a device): refused before reading anything from it.
+    #[error("not a regular file")]
+    NotRegular,
+    /// Not a `.npy` file, or its header is malformed (bad magic, unknown version, a header longer
+    /// than the limit, a dict that does not parse or lacks a key).
+    #[error("not a valid .npy file: {0}")]
+    NotNpy(String),
+    /// The file holds elements of another type than the one asked for.
+    #[error("its elements are {found}, not {expected}")]
+    Dtype {
+        /// The type asked for, as a numpy descriptor (e.g. `<f8`).
+        expected: String,
+        /// The descriptor in the file.
+        found: String,
+    },
+    /// The data is big-endian; only little-endian (this machine's order) can be mapped as is.
+    #[error("its elements are big-endian ({found}); only little-endian data can be mapped")]
+    ByteOrder {
+        /// The descriptor in the file.
+        found: String,
+    },
+    /// The data is in the other memory order than the one asked for.
+    #[error("its data is in {found} order, not {expected} order")]
+    Order {
+        /// The order asked for (`"C"` or `"Fortran"`).
+        expected: &'static str,
+        /// The order of the file.
+        found: &'static str,
+    },
+    /// The header's shape, times the element size, does not fit in memory (`usize`).
+    #[error("its shape {shape:?} overflows the address space")]
+    ShapeOverflow {
+        /// The shape in the header.
+        shape: Vec<u64>,
+    },
+    /// The file's length is not header + data as the header describes: truncated, or with bytes
+    /// after the data (a lying header).
+    #[error("it should be {expected} bytes long by its header, but it is {found}")]
+    Length {
+        /// Header plus data, by the header.
+        expected: u64,
+        /// The file's length.
+        found: u64,
+    },
+    /// The file is not the one a handle named any more (replaced, or resized).
+    #[error("it changed since it was opened: {0}")]
+    Changed(String),
+    /// An image that cannot be decoded or encoded (the `image` crate's message).
+    #[error("image: {0}")]
+    Image(String),
 }
 
 fn died_how(signal: Option<i32>, exit_code: Option<i32>) -> String {

@@ -32,6 +32,7 @@
 //! | let `n` processes meet | [`Barrier`] |
 //! | raw bytes in shared memory | [`Region`] |
 //! | remove what crashed processes left in `/dev/shm` | [`cleanup_stale`] |
+//! | `ndarray` views, images, `.npy` files mapped from disk, `.await` on results (cargo features) | [`integrations`] |
 //!
 //! # Start methods
 //! [`Process`] and the pool's workers **spawn** by default: they re-execute the running program, and a
@@ -91,6 +92,7 @@
 pub mod codec;
 mod error;
 pub(crate) mod heap;
+pub mod integrations;
 pub mod manager;
 pub mod parallel;
 pub mod pool;
@@ -100,7 +102,7 @@ pub mod region;
 pub mod sync;
 pub(crate) mod sys;
 
-pub use error::{Error, LockResult, OwnerDied, Result, TryLockError};
+pub use error::{Error, FileProblem, LockResult, OwnerDied, Result, TryLockError};
 pub use heap::{Grid, GridMut, SharedArray};
 pub use manager::{Dict, List, ManagedValue, Manager, Namespace};
 pub use parallel::{delayed, Parallel};

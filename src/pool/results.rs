@@ -84,6 +84,11 @@ pub(crate) struct Job {
 pub(crate) struct JobState {
     pub(crate) chunks: Vec<Option<ChunkOutcome>>,
     pub(crate) remaining: usize,
+    /// Tasks awaiting this job (`Future`/`Stream` polls), woken by [`Job::finish`]. Registered under
+    /// the same lock `finish` records an outcome under, so a wake-up is never lost between a poll's
+    /// check and its registration.
+    #[cfg(feature = "async")]
+    pub(crate) wakers: Vec<std::task::Waker>,
 }
 
 impl Job {
@@ -92,6 +97,8 @@ impl Job {
             state: Mutex::new(JobState {
                 chunks: vec![None; chunks],
                 remaining: chunks,
+                #[cfg(feature = "async")]
+                wakers: Vec::new(),
             }),
             bell: engine.bell(),
             engine: Arc::downgrade(engine),
@@ -103,8 +110,13 @@ impl Job {
         if let Some(slot @ None) = s.chunks.get_mut(chunk) {
             *slot = Some(outcome);
             s.remaining -= 1;
+            // Wake awaiting tasks outside the lock: a waker may run its task inline and poll again.
+            #[cfg(feature = "async")]
+            let wakers = std::mem::take(&mut s.wakers);
             drop(s);
             self.bell.ring();
+            #[cfg(feature = "async")]
+            wakers.into_iter().for_each(std::task::Waker::wake);
         }
     }
 }
@@ -391,5 +403,236 @@ impl<R: DeserializeOwned> Iterator for ImapUnordered<R> {
             }
         }
         self.buffer.pop_front()
+    }
+}
+
+/// `Future` for [`AsyncResult`], `Stream` for [`Imap`] and [`ImapUnordered`] (feature `async`).
+///
+/// # Who reads the results while only a future waits
+/// A blocking waiter takes the pool's *reader role* and sleeps on the result ring. A future cannot
+/// sleep in `poll`, and it does not read either: the pool's background thread reads every
+/// `LIVENESS_EVERY` (10 ms) while nobody holds the role (and any blocking waiter reads while it
+/// waits), and `Job::finish` wakes the registered wakers. An awaited result thus arrives at most
+/// about 10 ms after the worker wrote it (plus the executor's own wake-up), and a dead worker is
+/// noticed on the same tick, failing the awaited tasks with [`Error::WorkerDied`].
+///
+/// Why `poll` makes no read of its own: reading means taking the dispatcher's lock and, on a
+/// liveness tick, replacing dead workers (a process spawn); measured in `examples/async_offload`
+/// on a loaded 2-core VM, a poll that did one non-blocking `Engine::serve` took up to 54 ms — an
+/// executor thread must never wait like that. A poll now only locks its job's state (microseconds).
+/// The alternative, a thread per pending future that takes the reader role and blocks, would give
+/// microsecond latency but a thread per `await`; work worth offloading to another process takes
+/// milliseconds at least, and a caller that wants the fastest round trip can still call the
+/// blocking [`AsyncResult::get`] (in `spawn_blocking`, say).
+///
+/// No runtime is involved: wakers are plain `std::task::Waker`s, so any executor works (tokio,
+/// async-std, smol, `futures::executor`, a hand-written one).
+#[cfg(feature = "async")]
+mod awaitable {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use futures_core::Stream;
+    use serde::de::DeserializeOwned;
+
+    use super::{item, lock, AsyncResult, Imap, ImapUnordered, Job, JobState};
+    use crate::error::Result;
+
+    /// `Ready` with the state once `done` holds; otherwise registers `cx`'s waker (under the state's
+    /// lock, which `Job::finish` takes to record an outcome, so no wake-up is lost) and is `Pending`.
+    fn poll_job<'a>(
+        job: &'a Job,
+        cx: &mut Context<'_>,
+        done: impl Fn(&JobState) -> bool,
+    ) -> Poll<std::sync::MutexGuard<'a, JobState>> {
+        let mut s = lock(job);
+        if done(&s) {
+            return Poll::Ready(s);
+        }
+        if !s.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            s.wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Awaiting an `AsyncResult` gives what [`get`](AsyncResult::get) would, without blocking the
+    /// executor's thread.
+    ///
+    /// **Dropping the future (or the `AsyncResult`) cancels nothing**: the tasks already submitted run
+    /// to completion on the workers and their results are discarded when they arrive. To stop work
+    /// that is running, terminate the pool ([`Pool::terminate`](crate::Pool::terminate), or drop it).
+    ///
+    /// # Examples
+    /// ```
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().workers(1).build()?;
+    /// let pending = pool.apply_async(square, 7)?;
+    /// // Any executor will do; this one is the test's own tiny `block_on`.
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     struct Unpark(std::thread::Thread);
+    /// #     impl std::task::Wake for Unpark {
+    /// #         fn wake(self: std::sync::Arc<Self>) { self.0.unpark() }
+    /// #     }
+    /// #     let waker = std::sync::Arc::new(Unpark(std::thread::current())).into();
+    /// #     let mut cx = std::task::Context::from_waker(&waker);
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     loop {
+    /// #         if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; }
+    /// #         std::thread::park();
+    /// #     }
+    /// # }
+    /// assert_eq!(block_on(pending)?, 49);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    impl<T> Future for AsyncResult<T> {
+        type Output = Result<T>;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+            let this = self.get_mut();
+            poll_job(&this.job, cx, |s| s.remaining == 0).map(|s| (this.decode)(&s, &this.lens))
+        }
+    }
+
+    // The streams never pin what they hold: results sit in a `VecDeque` and are moved out by value, so
+    // they are `Unpin` whatever `R` is (`Unpin` is a safe trait; this only lifts the auto-trait's
+    // conservative `R: Unpin` bound).
+    impl<R> Unpin for Imap<R> {}
+    impl<R> Unpin for ImapUnordered<R> {}
+
+    /// The results of [`Pool::imap`](crate::Pool::imap) as a `Stream`, in input order; the same items
+    /// the iterator yields. Dropping the stream cancels nothing (see [`AsyncResult`]'s `Future`).
+    ///
+    /// # Examples
+    /// ```
+    /// use futures_core::Stream;
+    ///
+    /// fn double(x: u32) -> u32 {
+    ///     2 * x
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().workers(2).build()?;
+    /// let mut results = std::pin::pin!(pool.imap(double, 1..=3, Some(1))?);
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     struct Unpark(std::thread::Thread);
+    /// #     impl std::task::Wake for Unpark {
+    /// #         fn wake(self: std::sync::Arc<Self>) { self.0.unpark() }
+    /// #     }
+    /// #     let waker = std::sync::Arc::new(Unpark(std::thread::current())).into();
+    /// #     let mut cx = std::task::Context::from_waker(&waker);
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     loop {
+    /// #         if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; }
+    /// #         std::thread::park();
+    /// #     }
+    /// # }
+    /// let mut got = Vec::new();
+    /// while let Some(r) = block_on(std::future::poll_fn(|cx| results.as_mut().poll_next(cx))) {
+    ///     got.push(r?);
+    /// }
+    /// assert_eq!(got, [2, 4, 6]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    impl<R: DeserializeOwned> Stream for Imap<R> {
+        type Item = Result<R>;
+
+        fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<R>>> {
+            let this = self.get_mut();
+            while this.buffer.is_empty() {
+                let c = this.next_chunk;
+                let Some(&len) = this.lens.get(c) else {
+                    return Poll::Ready(None);
+                };
+                let s = match poll_job(&this.job, cx, |s| s.chunks[c].is_some()) {
+                    Poll::Ready(s) => s,
+                    Poll::Pending => return Poll::Pending,
+                };
+                let outcome = s.chunks[c].as_ref().expect("polled until it is there");
+                let first = this.first;
+                this.buffer
+                    .extend((0..len).map(|k| item(outcome, k, first)));
+                drop(s);
+                this.first += len;
+                this.next_chunk += 1;
+            }
+            Poll::Ready(this.buffer.pop_front())
+        }
+
+        fn size_hint(&self) -> (usize, Option<usize>) {
+            let left = self.buffer.len() + self.lens.iter().skip(self.next_chunk).sum::<usize>();
+            (left, Some(left))
+        }
+    }
+
+    /// The results of [`Pool::imap_unordered`](crate::Pool::imap_unordered) as a `Stream`, each with
+    /// its item index, as chunks finish. Dropping the stream cancels nothing.
+    ///
+    /// # Examples
+    /// ```
+    /// use futures_core::Stream;
+    ///
+    /// fn double(x: u32) -> u32 {
+    ///     2 * x
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().workers(2).build()?;
+    /// let mut results = std::pin::pin!(pool.imap_unordered(double, 1..=3, Some(1))?);
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     struct Unpark(std::thread::Thread);
+    /// #     impl std::task::Wake for Unpark {
+    /// #         fn wake(self: std::sync::Arc<Self>) { self.0.unpark() }
+    /// #     }
+    /// #     let waker = std::sync::Arc::new(Unpark(std::thread::current())).into();
+    /// #     let mut cx = std::task::Context::from_waker(&waker);
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     loop {
+    /// #         if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; }
+    /// #         std::thread::park();
+    /// #     }
+    /// # }
+    /// let mut got = Vec::new();
+    /// while let Some((i, r)) = block_on(std::future::poll_fn(|cx| results.as_mut().poll_next(cx))) {
+    ///     got.push((i, r?));
+    /// }
+    /// got.sort();
+    /// assert_eq!(got, [(0, 2), (1, 4), (2, 6)]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    impl<R: DeserializeOwned> Stream for ImapUnordered<R> {
+        type Item = (usize, Result<R>);
+
+        fn poll_next(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<(usize, Result<R>)>> {
+            let this = self.get_mut();
+            while this.buffer.is_empty() {
+                if this.firsts.iter().all(Option::is_none) {
+                    return Poll::Ready(None);
+                }
+                let firsts = &this.firsts;
+                let s = match poll_job(&this.job, cx, |s| {
+                    s.chunks
+                        .iter()
+                        .zip(firsts)
+                        .any(|(c, f)| c.is_some() && f.is_some())
+                }) {
+                    Poll::Ready(s) => s,
+                    Poll::Pending => return Poll::Pending,
+                };
+                for (c, outcome) in s.chunks.iter().enumerate() {
+                    let (Some(outcome), Some(first)) = (outcome, this.firsts[c]) else {
+                        continue;
+                    };
+                    this.buffer
+                        .extend((0..this.lens[c]).map(|k| (first + k, item(outcome, k, first))));
+                    this.firsts[c] = None;
+                }
+            }
+            Poll::Ready(this.buffer.pop_front())
+        }
     }
 }

@@ -13,6 +13,8 @@
 //! - [`proc`]: pids, thread ids, start times and liveness checks used to detect dead lock holders.
 
 pub(crate) mod channel;
+#[cfg(feature = "npy")]
+pub(crate) mod filemap;
 pub(crate) mod futex;
 pub(crate) mod pidfd;
 pub(crate) mod proc;

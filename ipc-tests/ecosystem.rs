@@ -1,0 +1,299 @@
+//! The ecosystem integrations across processes (issue 14), each part behind its cargo feature so that
+//! the default `cargo test` is unaffected: awaited results whose worker is killed (`async`), `.npy`
+//! files generated here and read in place by workers in C and Fortran order (`npy`), and a worker
+//! dying inside an n-d chunked map (`ndarray`).
+//!
+//! Every wait is bounded by [`BOUND`], generously: the bound proves "no hang" and never measures speed.
+
+use libtest_mimic::Trial;
+
+use crate::common::{self, Role};
+#[allow(unused_imports)]
+use crate::pool::BOUND;
+
+pub const ROLES: &[Role] = &[];
+
+pub fn tests() -> Vec<Trial> {
+    #[allow(unused_variables)]
+    let t = |name: &str, f: fn()| common::trial("ecosystem", name, f);
+    #[allow(unused_mut)]
+    let mut trials = Vec::new();
+    #[cfg(feature = "async")]
+    trials.extend([
+        t(
+            "awaited_result_of_a_killed_worker_is_worker_died_under_tokio",
+            awaited::under_tokio,
+        ),
+        t(
+            "awaited_result_of_a_killed_worker_is_worker_died_minimal_executor",
+            awaited::minimal,
+        ),
+        t(
+            "stream_reports_the_killed_workers_items_and_the_rest",
+            awaited::stream,
+        ),
+    ]);
+    #[cfg(feature = "npy")]
+    trials.extend([
+        t(
+            "npy_generated_64mib_read_in_place_by_workers",
+            npy::generated_file,
+        ),
+        t(
+            "npy_worker_killed_mid_map_fails_that_chunk",
+            npy::killed_worker,
+        ),
+    ]);
+    #[cfg(feature = "ndarray")]
+    trials.push(t(
+        "ndarray_worker_killed_in_a_chunk_fails_that_chunk",
+        nd::killed_worker,
+    ));
+    trials
+}
+
+/// Ends this worker process with SIGKILL.
+#[allow(dead_code)]
+fn die() -> ! {
+    // SAFETY: raising SIGKILL ends this process at once; no memory is involved.
+    unsafe {
+        libc::raise(libc::SIGKILL);
+    }
+    unreachable!("SIGKILL did not end the worker")
+}
+
+#[allow(dead_code)]
+fn assert_killed<T: std::fmt::Debug>(r: &mproc::Result<T>) {
+    assert!(
+        matches!(
+            r,
+            Err(mproc::Error::WorkerDied {
+                signal: Some(libc::SIGKILL),
+                ..
+            })
+        ),
+        "expected WorkerDied by SIGKILL, got {r:?}"
+    );
+}
+
+#[cfg(feature = "async")]
+mod awaited {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake};
+
+    use futures_core::Stream;
+    use mproc::Pool;
+
+    use super::{assert_killed, die, BOUND};
+    use crate::common;
+
+    fn kill_self_at_3(x: u32) -> u32 {
+        if x == 3 {
+            die();
+        }
+        x + 100
+    }
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        struct Unpark(std::thread::Thread);
+        impl Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Arc::new(Unpark(std::thread::current())).into();
+        let mut cx = Context::from_waker(&waker);
+        let mut f = std::pin::pin!(f);
+        loop {
+            if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+            std::thread::park();
+        }
+    }
+
+    pub fn under_tokio() {
+        common::bounded("await under tokio", BOUND, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("a tokio runtime");
+            rt.block_on(async {
+                let pool = Pool::builder().workers(2).build().expect("pool");
+                let victim = pool.apply_async(kill_self_at_3, 3).expect("submit");
+                let fine = pool.apply_async(kill_self_at_3, 4).expect("submit");
+                // The runtime stays responsive while the pool works: a timer fires meanwhile.
+                let ticker = tokio::spawn(async {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    7
+                });
+                let (victim, fine, tick) = tokio::join!(victim, fine, ticker);
+                assert_killed(&victim);
+                assert_eq!(fine.expect("the other task"), 104);
+                assert_eq!(tick.expect("the ticker"), 7);
+                // The pool replaced its worker and goes on serving awaited work.
+                let after = pool.apply_async(kill_self_at_3, 5).expect("submit").await;
+                assert_eq!(after.expect("after the death"), 105);
+            });
+        });
+    }
+
+    pub fn minimal() {
+        common::bounded("await under a minimal executor", BOUND, || {
+            let pool = Pool::builder().workers(1).build().expect("pool");
+            let all = pool
+                .map_async(kill_self_at_3, 0..6u32, Some(2))
+                .expect("submit");
+            assert_killed(&block_on(all));
+        });
+    }
+
+    pub fn stream() {
+        common::bounded("a stream with a dead worker", BOUND, || {
+            let pool = Pool::builder().workers(2).build().expect("pool");
+            let mut s = pool
+                .imap_unordered(kill_self_at_3, 0..8u32, Some(1))
+                .expect("submit");
+            let mut got = Vec::new();
+            while let Some(item) =
+                block_on(std::future::poll_fn(|cx| Pin::new(&mut s).poll_next(cx)))
+            {
+                got.push(item);
+            }
+            got.sort_by_key(|(i, _)| *i);
+            assert_eq!(got.len(), 8);
+            for (i, r) in &got {
+                if *i == 3 {
+                    assert_killed(r);
+                } else {
+                    assert_eq!(
+                        r.as_ref().expect("a live worker's item"),
+                        &(*i as u32 + 100)
+                    );
+                }
+            }
+        });
+    }
+}
+
+#[cfg(feature = "npy")]
+mod npy {
+    use mproc::integrations::npy::{write_npy, MappedArray, NpyChunk};
+    use mproc::Pool;
+    use ndarray::{Array2, Axis, Ix2, ShapeBuilder};
+
+    use super::{assert_killed, die};
+    use crate::common;
+
+    /// A file in the temporary directory, removed when dropped.
+    struct Temp(std::path::PathBuf);
+
+    impl Drop for Temp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn temp(what: &str) -> Temp {
+        Temp(std::env::temp_dir().join(format!("{}.npy", common::unique_name(what))))
+    }
+
+    /// (first index along the chunked axis, the column sums of the chunk: partial sums of every
+    /// column for a chunk of rows, whole sums of its columns for a chunk of columns).
+    fn sums(c: NpyChunk<f64>) -> (usize, Vec<f64>) {
+        let v = c.view().into_dimensionality::<Ix2>().expect("2-D");
+        (c.first(), v.sum_axis(Axis(0)).to_vec())
+    }
+
+    pub fn generated_file() {
+        let pool = Pool::builder().workers(2).build().expect("pool");
+        // 64 MiB of f64, values exact in f64 so sums compare exactly.
+        let (rows, cols) = (1 << 19, 16);
+        let c = Array2::from_shape_fn((rows, cols), |(r, c)| ((r * 31 + c * 7) % 1001) as f64);
+        for fortran in [false, true] {
+            let file = temp("npy-gen");
+            let a = if fortran {
+                let mut f = Array2::zeros((rows, cols).f());
+                f.assign(&c);
+                f
+            } else {
+                c.clone()
+            };
+            write_npy(&file.0, &a).expect("write");
+            let m = MappedArray::<f64>::open_npy(&file.0).expect("map");
+            let chunk = if fortran { 3 } else { 10_007 };
+            let parts = pool.map(sums, m.chunks(chunk)).expect("pool map");
+            if fortran {
+                // Column chunks: each part is whole columns' sums, in order.
+                let firsts: Vec<usize> = parts.iter().map(|p| p.0).collect();
+                assert_eq!(firsts, (0..cols).step_by(chunk).collect::<Vec<_>>());
+                let got: Vec<f64> = parts.into_iter().flat_map(|(_, p)| p).collect();
+                assert!(
+                    got == c.sum_axis(Axis(0)).to_vec(),
+                    "Fortran order: wrong sums"
+                );
+            } else {
+                let mut got = vec![0.0; cols];
+                for (_, p) in parts {
+                    got.iter_mut().zip(p).for_each(|(g, x)| *g += x);
+                }
+                assert!(got == c.sum_axis(Axis(0)).to_vec(), "C order: wrong sums");
+            }
+        }
+    }
+
+    fn die_on_chunk_at_20(c: NpyChunk<f64>) -> f64 {
+        if c.first() == 20 {
+            die();
+        }
+        c.view().sum()
+    }
+
+    pub fn killed_worker() {
+        let pool = Pool::builder().workers(2).build().expect("pool");
+        let file = temp("npy-kill");
+        write_npy(&file.0, &Array2::<f64>::ones((40, 4))).expect("write");
+        let m = MappedArray::<f64>::open_npy(&file.0).expect("map");
+        let results = pool
+            .map_each(die_on_chunk_at_20, m.chunks(10))
+            .expect("submit");
+        for (i, r) in results.iter().enumerate() {
+            if i == 2 {
+                assert_killed(r);
+            } else {
+                assert_eq!(r.as_ref().expect("a live worker's chunk"), &40.0);
+            }
+        }
+    }
+}
+
+#[cfg(feature = "ndarray")]
+mod nd {
+    use mproc::integrations::ndarray::SharedNdArray;
+    use mproc::Pool;
+    use ndarray::ArrayView2;
+
+    use super::{assert_killed, die};
+
+    fn die_on_row_6(rows: ArrayView2<u32>) -> u32 {
+        if rows[[0, 0]] == 6 {
+            die();
+        }
+        rows.sum()
+    }
+
+    pub fn killed_worker() {
+        let pool = Pool::builder().workers(2).build().expect("pool");
+        let a = ndarray::Array2::from_shape_fn((12, 3), |(r, _)| r as u32);
+        let shared = SharedNdArray::from_ndarray(&a).expect("shared");
+        let r = shared.map_axis_chunks(&pool, 2, die_on_row_6);
+        assert_killed(&r);
+        // The pool replaced the worker: the same map without the victim row succeeds.
+        let sums = shared
+            .map_axis_chunks(&pool, 5, |rows: ArrayView2<u32>| rows.sum())
+            .expect("after the death");
+        assert_eq!(sums.iter().sum::<u32>(), a.sum());
+    }
+}

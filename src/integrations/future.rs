@@ -1,0 +1,276 @@
+//! Awaiting pool results and processes (feature `async`), with no runtime of our own.
+//!
+//! - [`AsyncResult`](crate::AsyncResult) is a `Future` (of what [`get`](crate::AsyncResult::get)
+//!   returns); [`Imap`](crate::pool::Imap) and [`ImapUnordered`](crate::pool::ImapUnordered) are
+//!   `futures_core::Stream`s. They are woken by the pool itself (see the notes on `pool::results`):
+//!   at most about 10 ms after a worker answers, and a worker that dies fails the awaited tasks with
+//!   [`Error::WorkerDied`] on the same tick — an `await` never hangs on a
+//!   dead worker.
+//! - [`join`] turns a started [`Process`] into a [`JoinFuture`].
+//!
+//! Works under any executor (tokio, async-std, smol, `futures::executor`): wakers are plain
+//! `std::task::Waker`s. **Dropping a future cancels nothing**: submitted pool tasks run to the end
+//! and their results are discarded; a process whose join future is dropped still runs, and is still
+//! reaped. To stop work, terminate the pool or kill the process.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::process::Process;
+
+#[derive(Debug)]
+struct Slot<R> {
+    result: Option<Result<R>>,
+    waker: Option<Waker>,
+}
+
+/// The outcome of a [`Process`], to `.await`: what [`Process::join`] returns. Made by [`join`].
+///
+/// # Examples
+/// ```
+/// fn answer(_: ()) -> u32 {
+///     42
+/// }
+///
+/// let mut p = mproc::Process::new(answer, ())?;
+/// p.start()?;
+/// let fut: mproc::integrations::future::JoinFuture<u32> = mproc::integrations::future::join(p)?;
+/// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// assert_eq!(rt.block_on(fut)?, 42);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+pub struct JoinFuture<R> {
+    slot: Arc<Mutex<Slot<R>>>,
+    pid: Option<u32>,
+}
+
+impl<R> std::fmt::Debug for JoinFuture<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinFuture")
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Awaits a started process: a helper thread blocks in [`Process::join`] (which sleeps on the child's
+/// pidfd, so it learns of the exit at once) and wakes the awaiting task. One thread per joined
+/// process, never per poll.
+///
+/// Dropping the future does not kill the child: the helper thread still joins (reaps) it.
+///
+/// # Errors
+/// [`Error::ProcessState`] if the process was not started; [`Error::Os`] if the helper thread cannot be
+/// created. The future itself gives what [`Process::join`] gives.
+///
+/// # Examples
+/// ```
+/// fn add((a, b): (u64, u64)) -> u64 {
+///     a + b
+/// }
+///
+/// let mut p = mproc::Process::new(add, (2, 3))?;
+/// p.start()?;
+/// let done = mproc::integrations::future::join(p)?;
+/// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     struct Unpark(std::thread::Thread);
+/// #     impl std::task::Wake for Unpark {
+/// #         fn wake(self: std::sync::Arc<Self>) { self.0.unpark() }
+/// #     }
+/// #     let waker = std::sync::Arc::new(Unpark(std::thread::current())).into();
+/// #     let mut cx = std::task::Context::from_waker(&waker);
+/// #     let mut f = std::pin::pin!(f);
+/// #     loop {
+/// #         if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; }
+/// #         std::thread::park();
+/// #     }
+/// # }
+/// assert_eq!(block_on(done)?, 5);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+pub fn join<R>(mut process: Process<R>) -> Result<JoinFuture<R>>
+where
+    R: DeserializeOwned + Send + 'static,
+{
+    let pid = process.pid();
+    if pid.is_none() {
+        return Err(Error::ProcessState("the process was not started"));
+    }
+    let slot = Arc::new(Mutex::new(Slot {
+        result: None,
+        waker: None,
+    }));
+    let theirs = slot.clone();
+    std::thread::Builder::new()
+        .name("mproc-join".into())
+        .spawn(move || {
+            let result = process.join();
+            let waker = {
+                let mut s = theirs.lock().unwrap_or_else(|e| e.into_inner());
+                s.result = Some(result);
+                s.waker.take()
+            };
+            // Outside the lock: a waker may poll the future inline.
+            if let Some(w) = waker {
+                w.wake();
+            }
+        })
+        .map_err(|e| Error::os("spawn a process-join thread", e))?;
+    Ok(JoinFuture { slot, pid })
+}
+
+impl<R> JoinFuture<R> {
+    /// The child's pid.
+    ///
+    /// # Examples
+    /// ```
+    /// fn id(x: u8) -> u8 {
+    ///     x
+    /// }
+    ///
+    /// let mut p = mproc::Process::new(id, 1)?;
+    /// p.start()?;
+    /// let pid = p.pid();
+    /// let done = mproc::integrations::future::join(p)?;
+    /// assert_eq!(Some(done.pid()), pid);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn pid(&self) -> u32 {
+        // `join` refuses processes without a pid.
+        self.pid.unwrap_or(0)
+    }
+}
+
+impl<R> Future for JoinFuture<R> {
+    type Output = Result<R>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
+        let mut s = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        match s.result.take() {
+            Some(r) => Poll::Ready(r),
+            None => {
+                // Registered under the lock the helper stores the result under: no lost wake-up.
+                s.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Wake;
+    use std::time::Duration;
+
+    use futures_core::Stream;
+
+    use super::*;
+    use crate::Pool;
+
+    /// The smallest executor: polls on the calling thread, parks between wake-ups. What the tests use
+    /// to show that no runtime is needed.
+    pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
+        struct Unpark(std::thread::Thread);
+        impl Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Arc::new(Unpark(std::thread::current())).into();
+        let mut cx = Context::from_waker(&waker);
+        let mut f = std::pin::pin!(f);
+        loop {
+            if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+            std::thread::park();
+        }
+    }
+
+    fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+        block_on(std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)))
+    }
+
+    fn slow_square(x: u64) -> u64 {
+        std::thread::sleep(Duration::from_millis(20));
+        x * x
+    }
+
+    fn add((a, b): (u64, u64)) -> u64 {
+        a + b
+    }
+
+    fn boom(_: u32) -> u32 {
+        panic!("boom in a task")
+    }
+
+    #[test]
+    fn async_result_under_a_minimal_executor() {
+        let pool = Pool::builder().workers(2).build().unwrap();
+        let r = pool.map_async(slow_square, 0..8u64, Some(1)).unwrap();
+        assert_eq!(
+            block_on(r).unwrap(),
+            (0..8u64).map(|x| x * x).collect::<Vec<_>>()
+        );
+        let failing = pool.apply_async(boom, 1).unwrap();
+        assert!(matches!(
+            block_on(failing),
+            Err(Error::TaskPanicked { message, .. }) if message.contains("boom")
+        ));
+    }
+
+    #[tokio::test]
+    async fn async_result_under_tokio() {
+        let pool = Pool::builder().workers(2).build().unwrap();
+        let a = pool.apply_async(slow_square, 3).unwrap();
+        let b = pool.apply_async(slow_square, 4).unwrap();
+        let (a, b) = tokio::join!(a, b);
+        assert_eq!((a.unwrap(), b.unwrap()), (9, 16));
+    }
+
+    #[test]
+    fn streams_yield_what_the_iterators_yield() {
+        let pool = Pool::builder().workers(2).build().unwrap();
+        let mut ordered = pool.imap(slow_square, 0..6u64, Some(2)).unwrap();
+        assert_eq!(Stream::size_hint(&ordered), (6, Some(6)));
+        let mut got = Vec::new();
+        while let Some(r) = next(&mut ordered) {
+            got.push(r.unwrap());
+        }
+        assert_eq!(got, [0, 1, 4, 9, 16, 25]);
+        let mut unordered = pool.imap_unordered(slow_square, 0..6u64, Some(1)).unwrap();
+        let mut got = Vec::new();
+        while let Some((i, r)) = next(&mut unordered) {
+            got.push((i, r.unwrap()));
+        }
+        got.sort();
+        assert_eq!(
+            got,
+            (0..6u64).map(|x| (x as usize, x * x)).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_process_is_awaited() {
+        let mut p = Process::new(add, (40, 2)).unwrap();
+        p.start().unwrap();
+        assert_eq!(block_on(join(p).unwrap()).unwrap(), 42);
+        let unstarted = Process::new(add, (1, 1)).unwrap();
+        assert!(matches!(join(unstarted), Err(Error::ProcessState(_))));
+    }
+
+    /// A future dropped before its result arrives cancels nothing and breaks nothing: the pool goes
+    /// on serving the next awaited call.
+    #[test]
+    fn dropping_a_future_cancels_nothing() {
+        let pool = Pool::builder().workers(1).build().unwrap();
+        let dropped = pool.apply_async(slow_square, 5).unwrap();
+        drop(dropped);
+        let r = pool.apply_async(slow_square, 6).unwrap();
+        assert_eq!(block_on(r).unwrap(), 36);
+    }
+}

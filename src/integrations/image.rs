@@ -1,0 +1,487 @@
+//! Images in shared memory (feature `image`): an [`image::ImageBuffer`] whose storage is a
+//! [`SharedArray`], decoded straight into it from a PNG/JPEG file, processed by a pool in row bands,
+//! and saved with the `image` crate.
+//!
+//! ```
+//! use image::{Luma, Rgb};
+//! use mproc::integrations::image::{map_bands, BandMut, ImageView, SharedImage};
+//!
+//! // BT.601 luma of each pixel of the band.
+//! fn gray(input: ImageView<Rgb<u8>>, mut band: BandMut<Luma<u8>>, first_row: u32) {
+//!     for (x, y, px) in band.enumerate_pixels_mut() {
+//!         let [r, g, b] = input.get_pixel(x, first_row + y).0.map(u32::from);
+//!         *px = Luma([((77 * r + 150 * g + 29 * b) >> 8) as u8]);
+//!     }
+//! }
+//!
+//! let pool = mproc::Pool::builder().workers(2).build()?;
+//! let card = image::RgbImage::from_fn(64, 48, |x, y| Rgb([x as u8 * 4, y as u8 * 5, 128]));
+//! let shared: SharedImage<Rgb<u8>> = mproc::integrations::image::from_image(&card)?;
+//! let g = map_bands(&pool, &shared, 16, gray)?; // 3 tasks of 16 rows; pixels never travel
+//! assert_eq!(g.dimensions(), (64, 48));
+//! # Ok::<(), mproc::Error>(())
+//! ```
+//!
+//! # Decoding without a copy
+//! [`open`] asks the file's decoder for its pixel type; if it is the `P` asked for, the decoder writes
+//! straight into the shared buffer (no intermediate `Vec`). Otherwise the image is decoded by the
+//! `image` crate and converted (one conversion, as `image::open(..).into_rgb8()` would do), then
+//! copied in. The `image` crate's default limits apply (512 MiB per allocation, among others).
+//!
+//! # Functions
+//! The function given to [`map_bands`] runs in the workers, re-created there from its type: a `fn`
+//! item or a closure that captures nothing (see [`crate::integrations::ndarray`]).
+
+use std::path::Path;
+
+use bytemuck::Pod;
+use image::{
+    DynamicImage, ExtendedColorType, ImageBuffer, ImageDecoder, ImageError, ImageReader, Pixel,
+    PixelWithColorType,
+};
+
+use super::conjure;
+use crate::error::{Error, FileProblem, Result};
+use crate::{Pool, SharedArray};
+
+/// An image whose pixels live in shared memory.
+///
+/// # Examples
+/// ```
+/// use mproc::integrations::image::{new_image, SharedImage};
+/// let mut img: SharedImage<image::Rgb<u8>> = new_image(2, 2)?;
+/// img.put_pixel(1, 1, image::Rgb([1, 2, 3]));
+/// assert_eq!(&img.as_raw()[9..], &[1, 2, 3]);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+pub type SharedImage<P> = ImageBuffer<P, SharedArray<<P as Pixel>::Subpixel>>;
+/// What a band task reads: the whole input image, in place.
+///
+/// # Examples
+/// ```
+/// let pixels = [1u8, 2, 3, 4];
+/// let view: mproc::integrations::image::ImageView<image::Luma<u8>> =
+///     image::ImageBuffer::from_raw(2, 2, &pixels[..]).unwrap();
+/// assert_eq!(view.get_pixel(1, 1).0, [4]);
+/// ```
+pub type ImageView<'a, P> = ImageBuffer<P, &'a [<P as Pixel>::Subpixel]>;
+/// What a band task writes: its band of output rows, in place.
+///
+/// # Examples
+/// ```
+/// let mut pixels = [0u8; 4];
+/// let mut band: mproc::integrations::image::BandMut<image::Luma<u8>> =
+///     image::ImageBuffer::from_raw(2, 2, &mut pixels[..]).unwrap();
+/// band.put_pixel(0, 1, image::Luma([7]));
+/// assert_eq!(pixels, [0, 0, 7, 0]);
+/// ```
+pub type BandMut<'a, P> = ImageBuffer<P, &'a mut [<P as Pixel>::Subpixel]>;
+
+fn image_error(path: &Path, e: ImageError) -> Error {
+    match e {
+        ImageError::IoError(source) => Error::Os {
+            op: "read image",
+            source,
+        },
+        other => Error::BadFile {
+            path: path.display().to_string(),
+            problem: FileProblem::Image(other.to_string()),
+        },
+    }
+}
+
+/// The number of subpixels of a `width × height` image of `P`, checked.
+fn subpixels<P: Pixel>(width: u32, height: u32) -> Result<usize> {
+    usize::try_from(width)
+        .ok()
+        .and_then(|w| w.checked_mul(usize::try_from(height).ok()?))
+        .and_then(|n| n.checked_mul(usize::from(P::CHANNEL_COUNT)))
+        .ok_or_else(|| Error::Shape(format!("a {width}x{height} image overflows")))
+}
+
+/// A black `width × height` image in shared memory.
+///
+/// # Errors
+/// [`Error::Shape`] if its size overflows; as [`SharedArray::zeroed`].
+///
+/// # Examples
+/// ```
+/// let img = mproc::integrations::image::new_image::<image::Rgba<u8>>(4, 3)?;
+/// assert_eq!(img.as_raw().len(), 48);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+pub fn new_image<P>(width: u32, height: u32) -> Result<SharedImage<P>>
+where
+    P: Pixel,
+    P::Subpixel: Pod,
+{
+    let data = SharedArray::zeroed(subpixels::<P>(width, height)?)?;
+    Ok(ImageBuffer::from_raw(width, height, data).expect("sized for these dimensions"))
+}
+
+/// A copy of `img` in shared memory (one `memcpy`).
+///
+/// # Errors
+/// [`Error::Shape`] if `img`'s buffer is shorter than its dimensions say; as
+/// [`SharedArray::from_slice`].
+///
+/// # Examples
+/// ```
+/// let img = image::GrayImage::from_pixel(3, 2, image::Luma([9]));
+/// let shared = mproc::integrations::image::from_image(&img)?;
+/// assert_eq!(shared.as_raw().iter().map(|&v| u32::from(v)).sum::<u32>(), 54);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+pub fn from_image<P, C>(img: &ImageBuffer<P, C>) -> Result<SharedImage<P>>
+where
+    P: Pixel,
+    P::Subpixel: Pod,
+    C: std::ops::Deref<Target = [P::Subpixel]>,
+{
+    let (w, h) = img.dimensions();
+    let n = subpixels::<P>(w, h)?;
+    let raw = img
+        .as_raw()
+        .get(..n)
+        .ok_or_else(|| Error::Shape(format!("a {w}x{h} image with a short buffer")))?;
+    let data = SharedArray::from_slice(raw)?;
+    Ok(ImageBuffer::from_raw(w, h, data).expect("sized for these dimensions"))
+}
+
+/// Decodes a PNG or JPEG file (any format the `image` crate was built with; the format is guessed
+/// from the contents) into shared memory, as pixels of `P`: straight into the shared buffer when the
+/// file holds `P`s, otherwise converted (see the [module docs](self#decoding-without-a-copy)).
+///
+/// # Errors
+/// [`Error::BadFile`] with [`FileProblem::Image`] if the file cannot be decoded (unknown format,
+/// corrupt data, over the limits); [`Error::Os`] if it cannot be read; [`Error::Shape`] if its size
+/// overflows; as [`SharedArray::zeroed`].
+///
+/// # Examples
+/// ```
+/// use image::Rgb;
+///
+/// let path = std::env::temp_dir().join(format!("mproc-doc-open-{}.png", std::process::id()));
+/// image::RgbImage::from_pixel(8, 4, Rgb([1, 2, 3])).save(&path).unwrap();
+/// let img = mproc::integrations::image::open::<Rgb<u8>>(&path)?; // decoded into shared memory
+/// assert_eq!(img.get_pixel(7, 3), &Rgb([1, 2, 3]));
+/// let gray = mproc::integrations::image::open::<image::Luma<u8>>(&path)?; // converted
+/// assert_eq!(gray.dimensions(), (8, 4));
+/// # std::fs::remove_file(&path).unwrap();
+/// # Ok::<(), mproc::Error>(())
+/// ```
+pub fn open<P>(path: impl AsRef<Path>) -> Result<SharedImage<P>>
+where
+    P: PixelWithColorType,
+    P::Subpixel: Pod,
+{
+    let path = path.as_ref();
+    let reader = ImageReader::open(path)
+        .map_err(|e| Error::os("open image", e))?
+        .with_guessed_format()
+        .map_err(|e| Error::os("read image", e))?;
+    let decoder = reader.into_decoder().map_err(|e| image_error(path, e))?;
+    let (w, h) = decoder.dimensions();
+    let n = subpixels::<P>(w, h)?;
+    let mut data = SharedArray::<P::Subpixel>::zeroed(n)?;
+    if ExtendedColorType::from(decoder.color_type()) == P::COLOR_TYPE {
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut data);
+        if decoder.total_bytes() != bytes.len() as u64 {
+            return Err(image_error(
+                path,
+                ImageError::Unsupported(image::error::UnsupportedError::from_format_and_kind(
+                    image::error::ImageFormatHint::Unknown,
+                    image::error::UnsupportedErrorKind::GenericFeature(
+                        "a decoder whose size disagrees with its dimensions".into(),
+                    ),
+                )),
+            ));
+        }
+        decoder
+            .read_image(bytes)
+            .map_err(|e| image_error(path, e))?;
+    } else {
+        let decoded = DynamicImage::from_decoder(decoder).map_err(|e| image_error(path, e))?;
+        let converted = convert::<P>(decoded).ok_or_else(|| {
+            image_error(
+                path,
+                ImageError::Unsupported(image::error::UnsupportedError::from_format_and_kind(
+                    image::error::ImageFormatHint::Unknown,
+                    image::error::UnsupportedErrorKind::Color(P::COLOR_TYPE),
+                )),
+            )
+        })?;
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut data);
+        let src = converted.as_bytes();
+        if src.len() != bytes.len() {
+            return Err(Error::Shape(format!(
+                "{}: converted to {} bytes, not {}",
+                path.display(),
+                src.len(),
+                bytes.len()
+            )));
+        }
+        bytes.copy_from_slice(src);
+    }
+    Ok(ImageBuffer::from_raw(w, h, data).expect("sized for these dimensions"))
+}
+
+/// `img` converted to the color type of `P` (the `image` crate's conversions), if it has one.
+fn convert<P: PixelWithColorType>(img: DynamicImage) -> Option<DynamicImage> {
+    use ExtendedColorType as E;
+    Some(match P::COLOR_TYPE {
+        E::L8 => DynamicImage::ImageLuma8(img.into_luma8()),
+        E::La8 => DynamicImage::ImageLumaA8(img.into_luma_alpha8()),
+        E::Rgb8 => DynamicImage::ImageRgb8(img.into_rgb8()),
+        E::Rgba8 => DynamicImage::ImageRgba8(img.into_rgba8()),
+        E::L16 => DynamicImage::ImageLuma16(img.into_luma16()),
+        E::La16 => DynamicImage::ImageLumaA16(img.into_luma_alpha16()),
+        E::Rgb16 => DynamicImage::ImageRgb16(img.into_rgb16()),
+        E::Rgba16 => DynamicImage::ImageRgba16(img.into_rgba16()),
+        E::Rgb32F => DynamicImage::ImageRgb32F(img.into_rgb32f()),
+        E::Rgba32F => DynamicImage::ImageRgba32F(img.into_rgba32f()),
+        _ => return None,
+    })
+}
+
+/// Encodes `img` into `path`, the format chosen by its extension (`image`'s `save`).
+///
+/// # Errors
+/// [`Error::BadFile`] with [`FileProblem::Image`] if it cannot be encoded in that format;
+/// [`Error::Os`] if it cannot be written.
+///
+/// # Examples
+/// ```
+/// let img = mproc::integrations::image::new_image::<image::Luma<u8>>(4, 4)?;
+/// let path = std::env::temp_dir().join(format!("mproc-doc-save-{}.png", std::process::id()));
+/// mproc::integrations::image::save(&img, &path)?;
+/// assert_eq!(image::open(&path).unwrap().width(), 4);
+/// # std::fs::remove_file(&path).unwrap();
+/// # Ok::<(), mproc::Error>(())
+/// ```
+pub fn save<P>(img: &SharedImage<P>, path: impl AsRef<Path>) -> Result<()>
+where
+    P: PixelWithColorType,
+    P::Subpixel: Pod,
+    [P::Subpixel]: image::EncodableLayout,
+{
+    let path = path.as_ref();
+    img.save(path).map_err(|e| image_error(path, e))
+}
+
+/// The task `map_bands` hands the pool: the dimensions travel as its parameters.
+type BandTask<P, Q> =
+    fn(&(u32, u32), &[<P as Pixel>::Subpixel], &mut [<Q as Pixel>::Subpixel], usize);
+
+/// Worker side of [`map_bands`]: (width, height) travel as the parameters.
+fn band_task<P, Q, F>(
+    &(w, h): &(u32, u32),
+    input: &[P::Subpixel],
+    out: &mut [Q::Subpixel],
+    start: usize,
+) where
+    P: Pixel,
+    Q: Pixel,
+    P::Subpixel: Pod,
+    Q::Subpixel: Pod,
+    F: Fn(ImageView<'_, P>, BandMut<'_, Q>, u32) + Copy,
+{
+    // The parameters come from a shared ring: anything that does not fit fails the task (as a
+    // panic, reported as `TaskPanicked`), never a view outside the buffers.
+    let row = (w as usize)
+        .saturating_mul(usize::from(Q::CHANNEL_COUNT))
+        .max(1);
+    let rows = u32::try_from(out.len() / row).expect("a band's height fits in u32");
+    let first = u32::try_from(start / row).expect("a row index fits in u32");
+    let input = ImageBuffer::from_raw(w, h, input).expect("the input fits its dimensions");
+    let band = ImageBuffer::from_raw(w, rows, out).expect("the band is whole rows");
+    conjure::<F>()(input, band, first)
+}
+
+/// `f` over bands of `band_rows` output rows, on the pool: each task calls
+/// `f(input, band, first_row)` with a view of the whole input (a filter may read the rows around
+/// its band) and a mutable view of its band of a new image of the same dimensions, both in shared
+/// memory in place. Only handles and the dimensions travel. `f` must be a `fn` item or a closure
+/// that captures nothing.
+///
+/// # Errors
+/// As [`Pool::transform`]; as [`new_image`] for the output; [`Error::Shape`] if a band's size
+/// overflows.
+///
+/// # Panics
+/// If `band_rows` is 0.
+///
+/// # Examples
+/// ```
+/// use image::Luma;
+/// use mproc::integrations::image::{from_image, map_bands, BandMut, ImageView};
+///
+/// // Each output pixel: the input's, inverted.
+/// fn invert(input: ImageView<Luma<u8>>, mut band: BandMut<Luma<u8>>, first_row: u32) {
+///     for (x, y, px) in band.enumerate_pixels_mut() {
+///         *px = Luma([255 - input.get_pixel(x, first_row + y).0[0]]);
+///     }
+/// }
+///
+/// let pool = mproc::Pool::builder().workers(2).build()?;
+/// let img = from_image(&image::GrayImage::from_fn(8, 9, |x, y| Luma([(x * y) as u8])))?;
+/// let inverted = map_bands(&pool, &img, 4, invert)?; // bands of rows 0..4, 4..8, 8..9
+/// assert_eq!(inverted.get_pixel(7, 8), &Luma([255 - 56]));
+/// # Ok::<(), mproc::Error>(())
+/// ```
+#[track_caller]
+pub fn map_bands<P, Q, F>(
+    pool: &Pool,
+    input: &SharedImage<P>,
+    band_rows: u32,
+    f: F,
+) -> Result<SharedImage<Q>>
+where
+    P: Pixel,
+    Q: Pixel,
+    P::Subpixel: Pod,
+    Q::Subpixel: Pod,
+    F: Fn(ImageView<'_, P>, BandMut<'_, Q>, u32) + Copy + Send + 'static,
+{
+    assert!(band_rows > 0, "band_rows must be at least 1");
+    let _ = f; // the type is the function: the workers re-create it
+    let task: BandTask<P, Q> = band_task::<P, Q, F>;
+    let (w, h) = input.dimensions();
+    let mut out = SharedArray::<Q::Subpixel>::zeroed(subpixels::<Q>(w, h)?)?;
+    if !out.is_empty() {
+        let chunk = subpixels::<Q>(w, band_rows)?;
+        pool.transform_with(input.as_raw(), &mut out, chunk, &(w, h), task)?;
+    }
+    Ok(ImageBuffer::from_raw(w, h, out).expect("sized for these dimensions"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use image::{Luma, Rgb, RgbImage};
+
+    use super::*;
+
+    struct Temp(std::path::PathBuf);
+
+    impl Temp {
+        fn new(ext: &str) -> Temp {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            Temp(
+                std::env::temp_dir()
+                    .join(format!("mproc-image-test-{}-{n}.{ext}", std::process::id())),
+            )
+        }
+    }
+
+    impl Drop for Temp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn card(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            let on = (x / 5 + y / 7) % 2 == 0;
+            Rgb([
+                if on { 230 } else { 15 },
+                (x * 7 % 256) as u8,
+                (y * 3 % 256) as u8,
+            ])
+        })
+    }
+
+    /// Luma, then a 3x3 box blur that reads the rows around its band (clamped at the borders).
+    fn gray_blur(input: ImageView<'_, Rgb<u8>>, mut band: BandMut<'_, Luma<u8>>, first: u32) {
+        let (w, h) = input.dimensions();
+        let luma = |x: u32, y: u32| {
+            let [r, g, b] = input.get_pixel(x, y).0.map(u32::from);
+            (77 * r + 150 * g + 29 * b) >> 8
+        };
+        for (x, y, px) in band.enumerate_pixels_mut() {
+            let y = first + y;
+            let mut sum = 0;
+            for dy in [-1i64, 0, 1] {
+                for dx in [-1i64, 0, 1] {
+                    let xx = (i64::from(x) + dx).clamp(0, i64::from(w) - 1) as u32;
+                    let yy = (i64::from(y) + dy).clamp(0, i64::from(h) - 1) as u32;
+                    sum += luma(xx, yy);
+                }
+            }
+            *px = Luma([(sum / 9) as u8]);
+        }
+    }
+
+    #[test]
+    fn png_decodes_straight_into_shared_memory() {
+        let t = Temp::new("png");
+        let c = card(37, 23);
+        c.save(&t.0).unwrap();
+        let shared = open::<Rgb<u8>>(&t.0).unwrap();
+        assert_eq!(shared.dimensions(), (37, 23));
+        assert_eq!(shared.as_raw().as_ref(), c.as_raw().as_slice());
+        let gray = open::<Luma<u8>>(&t.0).unwrap();
+        let want = image::open(&t.0).unwrap().into_luma8();
+        assert_eq!(gray.as_raw().as_ref(), want.as_raw().as_slice());
+        let wide = open::<image::Rgba<u16>>(&t.0).unwrap();
+        assert_eq!(
+            wide.as_raw().as_ref(),
+            image::open(&t.0).unwrap().into_rgba16().as_raw().as_slice()
+        );
+    }
+
+    /// decode → process on the pool → encode gives, pixel for pixel, what one process gives.
+    #[test]
+    fn pool_bands_equal_one_process() {
+        let pool = Pool::builder().workers(2).build().unwrap();
+        for (w, h, band) in [(64, 48, 16), (37, 23, 5), (1, 1, 1), (13, 29, 64)] {
+            let src = Temp::new("png");
+            card(w, h).save(&src.0).unwrap();
+            let input = open::<Rgb<u8>>(&src.0).unwrap();
+            let edges = map_bands(&pool, &input, band, gray_blur).unwrap();
+            let out = Temp::new("png");
+            save(&edges, &out.0).unwrap();
+
+            let decoded = image::open(&src.0).unwrap().into_rgb8();
+            let mut single = image::GrayImage::new(w, h);
+            let view: ImageView<'_, Rgb<u8>> =
+                ImageBuffer::from_raw(w, h, decoded.as_raw().as_slice()).unwrap();
+            let whole: BandMut<'_, Luma<u8>> = ImageBuffer::from_raw(w, h, &mut *single).unwrap();
+            gray_blur(view, whole, 0);
+            let reread = image::open(&out.0).unwrap().into_luma8();
+            assert_eq!(reread, single, "{w}x{h}, bands of {band}");
+        }
+    }
+
+    #[test]
+    fn jpeg_and_bad_files() {
+        let t = Temp::new("jpg");
+        card(40, 30).save(&t.0).unwrap();
+        let jpeg = open::<Rgb<u8>>(&t.0).unwrap();
+        let want = image::open(&t.0).unwrap().into_rgb8();
+        assert_eq!(jpeg.as_raw().as_ref(), want.as_raw().as_slice());
+
+        let bad = Temp::new("png");
+        std::fs::write(&bad.0, b"\x89PNG\r\n\x1a\n garbage").unwrap();
+        assert!(matches!(
+            open::<Rgb<u8>>(&bad.0),
+            Err(Error::BadFile {
+                problem: FileProblem::Image(_),
+                ..
+            })
+        ));
+        assert!(matches!(
+            open::<Rgb<u8>>("/nonexistent/mproc.png"),
+            Err(Error::Os { .. })
+        ));
+        let empty = new_image::<Luma<u8>>(0, 5).unwrap();
+        let pool = Pool::builder().workers(1).build().unwrap();
+        fn copy(_: ImageView<'_, Luma<u8>>, _: BandMut<'_, Luma<u8>>, _: u32) {}
+        assert_eq!(
+            map_bands(&pool, &empty, 4, copy).unwrap().dimensions(),
+            (0, 5)
+        );
+    }
+}

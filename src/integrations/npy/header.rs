@@ -1,0 +1,240 @@
+//! Reading and validating a `.npy` header as hostile input (see the [parent module](super)): a
+//! bounded prefix, parsed by `npyz`, checked against the element type, the order asked for and the
+//! file's length.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use bytemuck::Pod;
+use npyz::{DType, Endianness, TypeStr};
+use serde::{Deserialize, Serialize};
+
+use super::{bad, Element, MAX_HEADER};
+use crate::error::{Error, FileProblem, Result};
+use crate::integrations::ndarray::{NdLayout, Order};
+
+/// What opening a file established: where the data starts and what it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Facts {
+    pub(super) data_offset: usize,
+    pub(super) layout: NdLayout,
+    /// Elements (the product of the shape).
+    pub(super) len: usize,
+}
+
+/// Checks that `dtype` is `T` in little-endian (or byte-order-free) form.
+fn check_dtype<T: Element>(path: &Path, dtype: &DType) -> Result<()> {
+    let DType::Plain(want) = T::default_dtype() else {
+        unreachable!("every Element is a plain number")
+    };
+    let found = match dtype {
+        DType::Plain(t) => t,
+        other => {
+            return Err(bad(
+                path,
+                FileProblem::Dtype {
+                    expected: want.to_string(),
+                    found: other.descr(),
+                },
+            ))
+        }
+    };
+    let same_kind =
+        |t: &TypeStr| t.type_char() == want.type_char() && t.size_field() == want.size_field();
+    if !same_kind(found) {
+        return Err(bad(
+            path,
+            FileProblem::Dtype {
+                expected: want.to_string(),
+                found: found.to_string(),
+            },
+        ));
+    }
+    if found.endianness() == Endianness::Big && want.size_field() > 1 {
+        return Err(bad(
+            path,
+            FileProblem::ByteOrder {
+                found: found.to_string(),
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// Reads and validates the header of the `.npy` file `file` (`file_len` bytes long) as an array of
+/// `T`; see the [module docs](self) for every check.
+pub(super) fn read_npy_header<T: Element>(
+    path: &Path,
+    mut file: &File,
+    file_len: u64,
+    order: Option<Order>,
+) -> Result<Facts> {
+    let not_npy = |why: String| bad(path, FileProblem::NotNpy(why));
+    let mut pre = [0u8; 12];
+    let got = read_up_to(&mut file, &mut pre).map_err(|e| Error::os("read", e))?;
+    if got < 10 || &pre[..6] != b"\x93NUMPY" {
+        return Err(not_npy("no .npy magic".into()));
+    }
+    let (prefix, header_len) = match pre[6] {
+        1 => (10usize, usize::from(u16::from_le_bytes([pre[8], pre[9]]))),
+        2 | 3 if got == 12 => (
+            12,
+            usize::try_from(u32::from_le_bytes([pre[8], pre[9], pre[10], pre[11]]))
+                .unwrap_or(usize::MAX),
+        ),
+        v => return Err(not_npy(format!("unknown format version {v}.{}", pre[7]))),
+    };
+    if header_len > MAX_HEADER {
+        return Err(not_npy(format!(
+            "a header of {header_len} bytes (at most {MAX_HEADER} are read)"
+        )));
+    }
+    let data_offset = prefix + header_len; // both small: no overflow
+    if data_offset as u64 > file_len {
+        return Err(bad(
+            path,
+            FileProblem::Length {
+                expected: data_offset as u64,
+                found: file_len,
+            },
+        ));
+    }
+    let mut header = vec![0u8; data_offset];
+    header[..got].copy_from_slice(&pre[..got]);
+    read_exact_at_most(&mut file, &mut header[got..]).map_err(|e| Error::os("read", e))?;
+    // npyz multiplies the shape's lengths unchecked (a panic in debug builds, a wrapped product in
+    // release): a shape whose element count overflows is refused before it sees it.
+    if let Some(shape) = shape_in(&header[prefix..]) {
+        if shape
+            .iter()
+            .try_fold(1u64, |a, &n| a.checked_mul(n))
+            .is_none()
+        {
+            return Err(bad(path, FileProblem::ShapeOverflow { shape }));
+        }
+    }
+    // npyz parses exactly these bytes: it can neither read further nor allocate more. A panic in it
+    // (an arithmetic overflow the scan above missed, in a debug build) is a malformed header too.
+    let parsed = std::panic::catch_unwind(|| npyz::NpyHeader::from_reader(&header[..]))
+        .map_err(|_| not_npy("its header could not be parsed".into()))?
+        .map_err(|e| not_npy(e.to_string()))?;
+    check_dtype::<T>(path, &parsed.dtype())?;
+    let file_order = match parsed.order() {
+        npyz::Order::C => Order::C,
+        npyz::Order::Fortran => Order::Fortran,
+    };
+    if let Some(want) = order.filter(|&o| o != file_order) {
+        return Err(bad(
+            path,
+            FileProblem::Order {
+                expected: want.name(),
+                found: file_order.name(),
+            },
+        ));
+    }
+    let shape = parsed
+        .shape()
+        .iter()
+        .map(|&n| usize::try_from(n).ok())
+        .collect::<Option<Vec<usize>>>();
+    let overflow = || {
+        bad(
+            path,
+            FileProblem::ShapeOverflow {
+                shape: parsed.shape().to_vec(),
+            },
+        )
+    };
+    let shape = shape.ok_or_else(overflow)?;
+    facts::<T>(path, shape, file_order, data_offset, file_len).map_err(|e| match e {
+        Error::Shape(_) => overflow(),
+        e => e,
+    })
+}
+
+/// The facts of `shape` elements of `T` at `data_offset` in a file of `file_len` bytes, checked: the
+/// size does not overflow, the file is exactly that long, and the data is aligned for `T`.
+pub(super) fn facts<T: Pod>(
+    path: &Path,
+    shape: Vec<usize>,
+    order: Order,
+    data_offset: usize,
+    file_len: u64,
+) -> Result<Facts> {
+    let len = shape
+        .iter()
+        .try_fold(1usize, |acc, &n| acc.checked_mul(n))
+        .ok_or_else(|| Error::Shape("the shape's size overflows".into()))?;
+    let bytes = len
+        .checked_mul(std::mem::size_of::<T>())
+        .filter(|&b| b <= isize::MAX as usize)
+        .ok_or_else(|| Error::Shape("the data's size overflows".into()))?;
+    let expected = (data_offset as u64)
+        .checked_add(bytes as u64)
+        .ok_or_else(|| Error::Shape("the file's size overflows".into()))?;
+    if expected != file_len {
+        return Err(bad(
+            path,
+            FileProblem::Length {
+                expected,
+                found: file_len,
+            },
+        ));
+    }
+    if !data_offset.is_multiple_of(std::mem::align_of::<T>()) {
+        return Err(bad(
+            path,
+            FileProblem::NotNpy(format!(
+                "its data starts at byte {data_offset}, not aligned for {}",
+                std::any::type_name::<T>()
+            )),
+        ));
+    }
+    Ok(Facts {
+        data_offset,
+        layout: NdLayout { shape, order },
+        len,
+    })
+}
+
+/// The lengths of the `'shape': (…)` entry of a header's dict text, if it can be found and every
+/// length is a number; `None` leaves the judgement to the parser.
+fn shape_in(text: &[u8]) -> Option<Vec<u64>> {
+    let text = std::str::from_utf8(text).ok()?;
+    let key = text.find("'shape'").or_else(|| text.find("\"shape\""))?;
+    let rest = &text[key + 7..];
+    let open = rest.find('(')?;
+    let close = rest[open..].find(')')? + open;
+    rest[open + 1..close]
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u64>().ok())
+        .collect()
+}
+
+/// Reads until `buf` is full or the file ends; returns how much was read.
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Fills `buf`; the caller checked the file is long enough, so a short read means it shrank.
+fn read_exact_at_most(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<()> {
+    if read_up_to(r, buf)? < buf.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the file shrank while its header was read",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,326 @@
+//! Tests of the `.npy` integration: numpy-written fixtures (`../testdata`), hostile headers,
+//! workers reading chunks in place, changed files and forged handles.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ::ndarray::{Array2, Axis, ShapeBuilder};
+
+use super::*;
+use crate::Pool;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/integrations/testdata");
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(FIXTURES).join(name)
+}
+
+/// A file in the temporary directory, removed when dropped.
+struct Temp(PathBuf);
+
+impl Temp {
+    fn new(ext: &str) -> Temp {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        Temp(std::env::temp_dir().join(format!("mproc-npy-test-{}-{n}.{ext}", std::process::id())))
+    }
+
+    fn with(bytes: &[u8]) -> Temp {
+        let t = Temp::new("npy");
+        std::fs::write(&t.0, bytes).unwrap();
+        t
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn replaced(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
+    assert_eq!(from.len(), to.len(), "the header keeps its length");
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from.as_bytes())
+        .expect("found in the header");
+    let mut out = bytes.to_vec();
+    out[at..at + to.len()].copy_from_slice(to.as_bytes());
+    out
+}
+
+fn problem<T: std::fmt::Debug>(r: Result<T>) -> FileProblem {
+    match r {
+        Err(Error::BadFile { problem, .. }) => problem,
+        other => panic!("expected BadFile, got {other:?}"),
+    }
+}
+
+#[test]
+fn files_written_by_numpy_map_as_written() {
+    let want = Array2::from_shape_fn((3, 4), |(r, c)| (r * 4 + c) as f64 * 1.5);
+    let c = MappedArray::<f64>::open_npy(fixture("f8_c_3x4.npy")).unwrap();
+    assert_eq!((c.order(), c.view()), (Order::C, want.view().into_dyn()));
+    let f = MappedArray::<f64>::open_npy(fixture("f8_fortran_3x4.npy")).unwrap();
+    assert_eq!(
+        (f.order(), f.view()),
+        (Order::Fortran, want.view().into_dyn())
+    );
+    assert_eq!(
+        f.as_slice()[..3],
+        [0.0, 6.0, 12.0],
+        "column-major in memory"
+    );
+    let u = MappedArray::<u8>::open_npy(fixture("u1_2x3.npy")).unwrap();
+    assert_eq!(u.as_slice(), &[0, 1, 2, 3, 4, 5]);
+    let v2 = MappedArray::<i32>::open_npy(fixture("i4_v2_2x2x2.npy")).unwrap();
+    assert_eq!((v2.shape(), v2.view()[[1, 1, 0]]), (&[2, 2, 2][..], 6));
+    let scalar = MappedArray::<f32>::open_npy(fixture("f4_scalar.npy")).unwrap();
+    assert_eq!(
+        (scalar.shape(), scalar.as_slice()),
+        (&[][..], &[7.5f32][..])
+    );
+    let empty = MappedArray::<i64>::open_npy(fixture("i8_empty_0x3.npy")).unwrap();
+    assert_eq!((empty.shape(), empty.as_slice().len()), (&[0, 3][..], 0));
+    assert!(empty.chunks(4).is_empty());
+    let t = Temp::new("npy");
+    write_npy(&t.0, &Array2::<u32>::zeros((3, 0))).unwrap();
+    let no_cols = MappedArray::<u32>::open_npy(&t.0).unwrap();
+    assert_eq!(
+        (no_cols.view().shape(), no_cols.chunks(1).len()),
+        (&[3, 0][..], 0)
+    );
+}
+
+#[test]
+fn wrong_types_orders_and_byte_orders_are_typed_errors() {
+    assert!(matches!(
+        problem(MappedArray::<f32>::open_npy(fixture("f8_c_3x4.npy"))),
+        FileProblem::Dtype { expected, found } if expected == "<f4" && found == "<f8"
+    ));
+    assert!(matches!(
+        problem(MappedArray::<i64>::open_npy(fixture("f8_c_3x4.npy"))),
+        FileProblem::Dtype { .. }
+    ));
+    assert!(matches!(
+        problem(MappedArray::<f64>::open_npy(fixture("f8_bigendian_6.npy"))),
+        FileProblem::ByteOrder { found } if found == ">f8"
+    ));
+    assert!(matches!(
+        problem(MappedArray::<f64>::open_npy(fixture("record.npy"))),
+        FileProblem::Dtype { .. }
+    ));
+    assert_eq!(
+        problem(
+            MappedArray::<f64>::options()
+                .order(Order::C)
+                .open_npy(fixture("f8_fortran_3x4.npy"))
+        ),
+        FileProblem::Order {
+            expected: "C",
+            found: "Fortran"
+        }
+    );
+}
+
+#[test]
+fn truncated_and_lying_files_are_typed_errors() {
+    let good = std::fs::read(fixture("f8_c_3x4.npy")).unwrap();
+    let truncated = Temp::with(&good[..good.len() - 8]);
+    assert_eq!(
+        problem(MappedArray::<f64>::open_npy(&truncated.0)),
+        FileProblem::Length {
+            expected: good.len() as u64,
+            found: good.len() as u64 - 8
+        }
+    );
+    let mut longer = good.clone();
+    longer.extend_from_slice(&[0; 8]);
+    assert!(matches!(
+        problem(MappedArray::<f64>::open_npy(&Temp::with(&longer).0)),
+        FileProblem::Length { .. }
+    ));
+    // A header that claims more rows than the file holds (same header length).
+    let lying = replaced(&good, "(3, 4)", "(9, 4)");
+    assert_eq!(
+        problem(MappedArray::<f64>::open_npy(&Temp::with(&lying).0)),
+        FileProblem::Length {
+            expected: 128 + 9 * 4 * 8,
+            found: good.len() as u64
+        }
+    );
+    // A shape whose size overflows.
+    let from = format!("(3, 4), }}{}", " ".repeat(18));
+    let overflow = replaced(&good, &from, "(4294967296, 4294967296), }");
+    assert!(matches!(
+        problem(MappedArray::<f64>::open_npy(&Temp::with(&overflow).0)),
+        FileProblem::ShapeOverflow { .. }
+    ));
+    // Header only, cut in the middle; no magic; unknown version; a v2 header "of 1 GiB".
+    for bytes in [
+        &good[..40],
+        &b"PK\x03\x04 not numpy at all"[..],
+        &b"\x93NUMPY\x09\x00\x10\x00{}"[..],
+        &b"\x93NUMPY\x02\x00\x00\x00\x00\x40{}"[..],
+    ] {
+        let p = problem(MappedArray::<f64>::open_npy(&Temp::with(bytes).0));
+        assert!(
+            matches!(p, FileProblem::NotNpy(_) | FileProblem::Length { .. }),
+            "{p:?}"
+        );
+    }
+    // A dict that lacks a key.
+    let no_order = replaced(&good, "'fortran_order': False, ", &" ".repeat(24));
+    assert!(matches!(
+        problem(MappedArray::<f64>::open_npy(&Temp::with(&no_order).0)),
+        FileProblem::NotNpy(_)
+    ));
+}
+
+#[test]
+fn only_regular_files_are_opened() {
+    assert_eq!(
+        problem(MappedArray::<f64>::open_npy(FIXTURES)),
+        FileProblem::NotRegular
+    );
+    let fifo = Temp::new("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo.0).status();
+    if made.is_ok_and(|s| s.success()) {
+        // Opening a FIFO for reading would block until a writer came: it must not even try.
+        assert_eq!(
+            problem(MappedArray::<f64>::open_npy(&fifo.0)),
+            FileProblem::NotRegular
+        );
+    }
+    assert!(matches!(
+        MappedArray::<f64>::open_npy("/nonexistent/mproc.npy"),
+        Err(Error::Os { .. })
+    ));
+}
+
+#[test]
+fn written_files_read_back_and_writable_mappings_persist() {
+    let t = Temp::new("npy");
+    let a = Array2::from_shape_fn((5, 3).f(), |(r, c)| (r * 10 + c) as i16);
+    write_npy(&t.0, &a).unwrap();
+    let m = MappedArray::<i16>::open_npy(&t.0).unwrap();
+    assert_eq!((m.order(), m.view()), (Order::Fortran, a.view().into_dyn()));
+    // Neither C nor Fortran contiguous: written in C order.
+    let every_other = a.slice(::ndarray::s![..;2, ..]);
+    let t2 = Temp::new("npy");
+    write_npy(&t2.0, &every_other).unwrap();
+    let m = MappedArray::<i16>::open_npy(&t2.0).unwrap();
+    assert_eq!((m.order(), m.view()), (Order::C, every_other.into_dyn()));
+    drop(m);
+    let mut w = MappedArray::<i16>::options()
+        .writable(true)
+        .open_npy(&t.0)
+        .unwrap();
+    w.view_mut()[[4, 2]] = -1;
+    w.flush().unwrap();
+    drop(w);
+    assert_eq!(
+        MappedArray::<i16>::open_npy(&t.0).unwrap().view()[[4, 2]],
+        -1
+    );
+    let raw = Temp::new("bin");
+    std::fs::write(&raw.0, [0u8; 4 + 12 * 4]).unwrap();
+    let r = MappedArray::<u32>::options()
+        .order(Order::Fortran)
+        .open_raw(&raw.0, &[3, 4], 4)
+        .unwrap();
+    assert_eq!((r.order(), r.view().shape()), (Order::Fortran, &[3, 4][..]));
+    assert!(matches!(
+        problem(MappedArray::<u32>::options().open_raw(&raw.0, &[3, 4], 2)),
+        FileProblem::Length { .. }
+    ));
+}
+
+fn chunk_col_sums(c: NpyChunk<f64>) -> (usize, Vec<f64>) {
+    let v = c.view().into_dimensionality::<::ndarray::Ix2>().unwrap();
+    (c.first(), v.sum_axis(Axis(0)).to_vec())
+}
+
+fn chunk_row_sums(c: NpyChunk<f64>) -> (usize, Vec<f64>) {
+    let v = c.view().into_dimensionality::<::ndarray::Ix2>().unwrap();
+    (c.first(), v.sum_axis(Axis(1)).to_vec())
+}
+
+#[test]
+fn workers_read_chunks_in_place() {
+    let pool = Pool::builder().workers(2).build().unwrap();
+    let want = Array2::from_shape_fn((3, 4), |(r, c)| (r * 4 + c) as f64 * 1.5);
+    let c = MappedArray::<f64>::open_npy(fixture("f8_c_3x4.npy")).unwrap();
+    let parts = pool.map(chunk_col_sums, c.chunks(2)).unwrap();
+    assert_eq!(parts.iter().map(|p| p.0).collect::<Vec<_>>(), [0, 2]);
+    let cols = parts.iter().fold(vec![0.0; 4], |acc, (_, p)| {
+        acc.iter().zip(p).map(|(a, b)| a + b).collect()
+    });
+    assert_eq!(cols, want.sum_axis(Axis(0)).to_vec());
+    // Fortran order: chunks are columns.
+    let f = MappedArray::<f64>::open_npy(fixture("f8_fortran_3x4.npy")).unwrap();
+    let parts = pool.map(chunk_row_sums, f.chunks(3)).unwrap();
+    assert_eq!(parts.iter().map(|p| p.0).collect::<Vec<_>>(), [0, 3]);
+    let rows = parts.iter().fold(vec![0.0; 3], |acc, (_, p)| {
+        acc.iter().zip(p).map(|(a, b)| a + b).collect()
+    });
+    assert_eq!(rows, want.sum_axis(Axis(1)).to_vec());
+}
+
+/// A file replaced after the parent opened it is refused by the worker, which never maps the new
+/// one as if it were the old.
+#[test]
+fn a_changed_file_fails_the_task() {
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let t = Temp::new("npy");
+    write_npy(&t.0, &Array2::<f64>::ones((4, 2))).unwrap();
+    let a = MappedArray::<f64>::open_npy(&t.0).unwrap();
+    let chunks = a.chunks(2);
+    write_npy(&t.0, &Array2::<f64>::ones((6, 2))).unwrap();
+    let r = pool.map(chunk_col_sums, chunks);
+    assert!(
+        matches!(&r, Err(Error::TaskPanicked { message, .. }) if message.contains("changed")),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn forged_ranges_are_refused() {
+    let a = MappedArray::<f64>::open_npy(fixture("f8_c_3x4.npy")).unwrap();
+    let good = a.chunks(1).remove(0).handle;
+    for (start, end) in [
+        (0, 13),
+        (1, 4),
+        (4, 2),
+        (0, 3),
+        (usize::MAX - 3, usize::MAX),
+    ] {
+        let h = ChunkHandle {
+            start,
+            end,
+            ..good.clone()
+        };
+        assert!(
+            matches!(NpyChunk::<f64>::attach(h), Err(Error::Corrupted(_))),
+            "{start}..{end}"
+        );
+    }
+    // A mapping validated for f64 is never reused for another element type.
+    assert!(matches!(
+        NpyChunk::<f32>::attach(good.clone()),
+        Err(Error::BadFile {
+            problem: FileProblem::Dtype { .. },
+            ..
+        })
+    ));
+    assert!(NpyChunk::<f64>::attach(good.clone()).is_ok());
+    let bytes = postcard::to_allocvec(&good).unwrap();
+    let chunk: NpyChunk<f64> = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(chunk.as_slice(), &[0.0, 1.5, 3.0, 4.5]);
+    let gone = ChunkHandle {
+        path: "/nonexistent/x.npy".into(),
+        ..good
+    };
+    let bytes = postcard::to_allocvec(&gone).unwrap();
+    let chunk: NpyChunk<f64> = postcard::from_bytes(&bytes).unwrap();
+    assert!(chunk.try_view().is_err());
+}
