@@ -77,7 +77,7 @@ impl<T: Serialize + DeserializeOwned> Codec<T> for Serde {
 
     fn decode(bytes: &[u8]) -> Result<T> {
         postcard::from_bytes(bytes).map_err(|e| Error::Decode {
-            ty: std::any::type_name::<T>(),
+            ty: std::any::type_name::<T>().into(),
             reason: e.to_string(),
         })
     }
@@ -101,7 +101,7 @@ impl<T: Pod> Codec<T> for Raw {
     fn decode(bytes: &[u8]) -> Result<T> {
         if bytes.len() != std::mem::size_of::<T>() {
             return Err(Error::Decode {
-                ty: std::any::type_name::<T>(),
+                ty: std::any::type_name::<T>().into(),
                 reason: format!(
                     "{} bytes, expected {}",
                     bytes.len(),
@@ -128,7 +128,7 @@ impl<T: Pod + Send + Sync> Codec<Vec<T>> for RawSlice<T> {
         let size = std::mem::size_of::<T>().max(1);
         if !bytes.len().is_multiple_of(size) {
             return Err(Error::Decode {
-                ty: std::any::type_name::<Vec<T>>(),
+                ty: std::any::type_name::<Vec<T>>().into(),
                 reason: format!(
                     "{} bytes is not a whole number of {size}-byte elements",
                     bytes.len()

@@ -5,26 +5,52 @@
 //! has its own small result types ([`OwnerDied`], [`TryLockError`]) because, like
 //! [`std::sync::PoisonError`], they hand back the guard.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io;
+
+use serde::{Deserialize, Serialize};
 
 /// Convenience alias for results whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in `mproc`.
 ///
+/// An `Error` crosses process boundaries: it is `Serialize` and `Deserialize`, keeping its variant and
+/// message (an OS error keeps its errno), so a spawned function or a pool task may return
+/// `mproc::Result<T>` and the caller gets the error back as it was.
+///
+/// # Examples
+/// ```
+/// use mproc::{Error, Process};
+///
+/// fn open_missing(name: String) -> mproc::Result<u64> {
+///     let r = mproc::Region::open(&name)?; // fails in the child
+///     Ok(r.len() as u64)
+/// }
+///
+/// let mut p = Process::new(open_missing, "no-such-region-here".to_owned())?;
+/// p.start()?;
+/// match p.join()? {
+///     Err(Error::NotFound { name }) => assert_eq!(name, "no-such-region-here"),
+///     other => panic!("unexpected: {other:?}"),
+/// }
+/// # Ok::<(), mproc::Error>(())
+/// ```
+///
 /// Variants are grouped by layer. The `Display` text is a lowercase sentence meant for a log line; match on
 /// the variant to decide what to do.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Error {
     /// A system call failed; `op` names it.
     #[error("{op} failed: {source}")]
     Os {
         /// The operation that failed, e.g. `"shm_open"`.
-        op: &'static str,
+        op: Cow<'static, str>,
         /// The OS error.
         #[source]
+        #[serde(with = "io_error_serde")]
         source: io::Error,
     },
 
@@ -68,7 +94,7 @@ pub enum Error {
         /// The name given.
         name: String,
         /// Why it was refused.
-        reason: &'static str,
+        reason: Cow<'static, str>,
     },
 
     // ---- region: header validation ----
@@ -90,7 +116,7 @@ pub enum Error {
     #[error("region holds a different type: expected {expected} (hash {expected_hash:#018x}), found hash {found_hash:#018x}")]
     TypeMismatch {
         /// The type that was asked for.
-        expected: &'static str,
+        expected: Cow<'static, str>,
         /// Its layout hash.
         expected_hash: u64,
         /// The layout hash in the header.
@@ -141,7 +167,7 @@ pub enum Error {
     Timeout,
     /// A thread tried to release a lock or semaphore it does not hold, or more times than allowed.
     #[error("released too many times: {0}")]
-    ReleasedTooManyTimes(&'static str),
+    ReleasedTooManyTimes(Cow<'static, str>),
     /// A [`Barrier`](crate::Barrier) was broken (by `abort`, a timeout, or a party that died).
     #[error("the barrier is broken")]
     BrokenBarrier,
@@ -171,7 +197,7 @@ pub enum Error {
     #[error("cannot decode value as {ty}: {reason}")]
     Decode {
         /// The type asked for.
-        ty: &'static str,
+        ty: Cow<'static, str>,
         /// What went wrong.
         reason: String,
     },
@@ -216,7 +242,7 @@ pub enum Error {
     ForkServer(String),
     /// The process was not started, or was already joined.
     #[error("process is not running: {0}")]
-    ProcessState(&'static str),
+    ProcessState(Cow<'static, str>),
 
     // ---- pool ----
     /// A task panicked in a pool worker. `task` is the index of the item (in the input of `map` and its
@@ -277,7 +303,7 @@ pub enum Error {
 /// let problem = mproc::FileProblem::Length { expected: 224, found: 216 };
 /// assert_eq!(problem.to_string(), "it should be 224 bytes long by its header, but it is 216");
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum FileProblem {
     /// Not a regular file (a directory, a FIFO, a device): refused before reading anything from it.
@@ -305,9 +331,9 @@ pub enum FileProblem {
     #[error("its data is in {found} order, not {expected} order")]
     Order {
         /// The order asked for (`"C"` or `"Fortran"`).
-        expected: &'static str,
+        expected: Cow<'static, str>,
         /// The order of the file.
-        found: &'static str,
+        found: Cow<'static, str>,
     },
     /// The header's shape, times the element size, does not fit in memory (`usize`).
     #[error("its shape {shape:?} overflows the address space")]
@@ -343,15 +369,68 @@ fn died_how(signal: Option<i32>, exit_code: Option<i32>) -> String {
 impl Error {
     /// Builds [`Error::Os`] from `errno`.
     pub(crate) fn last_os(op: &'static str) -> Self {
-        Error::Os {
-            op,
-            source: io::Error::last_os_error(),
-        }
+        Error::os(op, io::Error::last_os_error())
     }
 
     /// Builds [`Error::Os`] from an `io::Error`.
     pub(crate) fn os(op: &'static str, source: io::Error) -> Self {
-        Error::Os { op, source }
+        Error::Os {
+            op: op.into(),
+            source,
+        }
+    }
+}
+
+/// How an `io::Error` crosses a process boundary: its OS error number if it has one (rebuilt exactly),
+/// else its kind and message.
+mod io_error_serde {
+    use std::io;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    enum IoError {
+        Os(i32),
+        Other { kind: String, message: String },
+    }
+
+    pub(super) fn serialize<S: Serializer>(e: &io::Error, s: S) -> Result<S::Ok, S::Error> {
+        match e.raw_os_error() {
+            Some(code) => IoError::Os(code),
+            None => IoError::Other {
+                kind: format!("{:?}", e.kind()),
+                message: e.to_string(),
+            },
+        }
+        .serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<io::Error, D::Error> {
+        Ok(match IoError::deserialize(d)? {
+            IoError::Os(code) => io::Error::from_raw_os_error(code),
+            IoError::Other { kind, message } => io::Error::new(kind_named(&kind), message),
+        })
+    }
+
+    /// `ErrorKind` has no parser: the kinds this crate produces by name, anything else as `Other`.
+    fn kind_named(name: &str) -> io::ErrorKind {
+        use io::ErrorKind as K;
+        [
+            K::NotFound,
+            K::PermissionDenied,
+            K::AlreadyExists,
+            K::InvalidInput,
+            K::InvalidData,
+            K::TimedOut,
+            K::UnexpectedEof,
+            K::OutOfMemory,
+            K::Unsupported,
+            K::BrokenPipe,
+            K::Interrupted,
+        ]
+        .into_iter()
+        .find(|k| format!("{k:?}") == name)
+        .unwrap_or(K::Other)
     }
 }
 
@@ -469,6 +548,48 @@ impl<G> From<TryLockError<G>> for Error {
         match e {
             TryLockError::WouldBlock => Error::Timeout,
             TryLockError::OwnerDied(e) => e.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(e: &Error) -> Error {
+        postcard::from_bytes(&postcard::to_allocvec(e).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn errors_cross_processes_with_variant_and_message() {
+        let cases = [
+            Error::os("shm_open", io::Error::from_raw_os_error(libc::ENOENT)),
+            Error::os("decode", io::Error::other("a message")),
+            Error::TypeMismatch {
+                expected: "mproc::Lock".into(),
+                expected_hash: 1,
+                found_hash: 2,
+            },
+            Error::ProcessState("already joined".into()),
+            Error::Timeout,
+            Error::WorkerDied {
+                task: 3,
+                signal: Some(9),
+                exit_code: None,
+            },
+        ];
+        for e in &cases {
+            let back = round_trip(e);
+            assert_eq!(back.to_string(), e.to_string());
+            assert_eq!(
+                std::mem::discriminant(&back),
+                std::mem::discriminant(e),
+                "{e:?}"
+            );
+        }
+        match round_trip(&cases[0]) {
+            Error::Os { source, .. } => assert_eq!(source.raw_os_error(), Some(libc::ENOENT)),
+            other => panic!("{other:?}"),
         }
     }
 }

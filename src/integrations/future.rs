@@ -98,7 +98,7 @@ where
 {
     let pid = process.pid();
     if pid.is_none() {
-        return Err(Error::ProcessState("the process was not started"));
+        return Err(Error::ProcessState("the process was not started".into()));
     }
     let slot = Arc::new(Mutex::new(Slot {
         result: None,

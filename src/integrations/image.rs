@@ -80,7 +80,7 @@ pub type BandMut<'a, P> = ImageBuffer<P, &'a mut [<P as Pixel>::Subpixel]>;
 fn image_error(path: &Path, e: ImageError) -> Error {
     match e {
         ImageError::IoError(source) => Error::Os {
-            op: "read image",
+            op: "read image".into(),
             source,
         },
         other => Error::BadFile {

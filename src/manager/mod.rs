@@ -162,7 +162,7 @@ impl Manager {
         if name.is_empty() || name.len() > DIR_NAME_MAX {
             return Err(Error::InvalidName {
                 name: name.to_owned(),
-                reason: "names are 1 to 40 bytes",
+                reason: "names are 1 to 40 bytes".into(),
             });
         }
         let want = kind_hash(kind);
@@ -336,7 +336,7 @@ fn find_entry(tx: &Tx<'_>, name: &str, kind: &'static str) -> Result<Found> {
         if read_name(tx, e)?.as_deref() == Some(name.as_bytes()) {
             if hash != want {
                 return Err(Error::TypeMismatch {
-                    expected: kind,
+                    expected: kind.into(),
                     expected_hash: want,
                     found_hash: hash,
                 });

@@ -36,7 +36,7 @@ impl Namespace {
             .get(&name.to_owned())?
             .map(|b| {
                 postcard::from_bytes(&b).map_err(|e| Error::Decode {
-                    ty: std::any::type_name::<T>(),
+                    ty: std::any::type_name::<T>().into(),
                     reason: e.to_string(),
                 })
             })

@@ -115,7 +115,7 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
             Error::StaleHandle("the object's region could not be opened".into())
         }
         e => Error::Decode {
-            ty: std::any::type_name::<T>(),
+            ty: std::any::type_name::<T>().into(),
             reason: e.to_string(),
         },
     })

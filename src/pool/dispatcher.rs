@@ -64,7 +64,14 @@ struct Worker {
     dispatched: u64,
     /// False for a dead worker that could not be replaced yet: it takes no work.
     usable: bool,
+    /// When the worker announced it is about to exit (a panic under `panic = "abort"`, after answering
+    /// its task): it takes no work meanwhile, and its unanswered tasks never started.
+    exiting_since: Option<Instant>,
 }
+
+/// How long an announced exit is believed. The announcement is a frame on the shared result ring, which
+/// any writer of the ring could forge: a worker still alive this long after it was sent takes work again.
+const EXITING_BELIEVED: Duration = Duration::from_secs(1);
 
 pub(crate) struct Dispatcher {
     cfg: PoolConfig,
@@ -131,6 +138,7 @@ impl Dispatcher {
             sending: None,
             dispatched: 0,
             usable: true,
+            exiting_since: None,
         })
     }
 
@@ -198,7 +206,10 @@ impl Dispatcher {
                 if self.workers[wi].sending.is_none() {
                     let w = &self.workers[wi];
                     let at_limit = self.cfg.max_tasks.is_some_and(|m| w.dispatched >= m);
-                    if !w.usable || w.in_flight.len() >= IN_FLIGHT || at_limit {
+                    let exiting = w
+                        .exiting_since
+                        .is_some_and(|t| t.elapsed() < EXITING_BELIEVED);
+                    if !w.usable || exiting || w.in_flight.len() >= IN_FLIGHT || at_limit {
                         break;
                     }
                     // Nothing left to hand out; later workers may still have a task half-sent.
@@ -252,6 +263,12 @@ impl Dispatcher {
         let Ok((head, body)) = wire::parse(frame) else {
             return;
         };
+        if head.kind == wire::KIND_EXITING {
+            if let Some(w) = self.workers.get_mut(head.worker as usize) {
+                w.exiting_since = Some(Instant::now());
+            }
+            return;
+        }
         if head.kind != KIND_RESULT {
             return; // a wake-up, or garbage
         }
@@ -290,6 +307,12 @@ impl Dispatcher {
         let mut failed_any = false;
         for wi in 0..self.workers.len() {
             if self.workers[wi].process.is_alive() {
+                let w = &mut self.workers[wi];
+                if w.exiting_since
+                    .is_some_and(|t| t.elapsed() >= EXITING_BELIEVED)
+                {
+                    w.exiting_since = None; // it did not exit: the announcement was not its own
+                }
                 continue;
             }
             // Everything the dead worker finished is in the result ring: count it first.
@@ -304,15 +327,18 @@ impl Dispatcher {
             };
             // A worker takes its tasks in order and answers each before taking the next, so of its
             // unanswered tasks only the oldest can have started: that one died with it. The others never
-            // started; they go back to the front of the queue without using up a retry.
+            // started; they go back to the front of the queue without using up a retry. A worker that
+            // announced its exit had answered its last task: none of the rest started.
             let lost: Vec<u64> = self.workers[wi].in_flight.drain(..).collect();
-            for &id in lost.iter().skip(1).rev() {
+            let announced = self.workers[wi].exiting_since.is_some();
+            let started = if announced { 0 } else { 1 };
+            for &id in lost.iter().skip(started).rev() {
                 self.partial.forget(id);
                 if self.tasks.contains_key(&id) {
                     self.pending.push_front(id);
                 }
             }
-            if let Some(&id) = lost.first() {
+            if let Some(&id) = lost.first().filter(|_| !announced) {
                 self.partial.forget(id);
                 if let Some(task) = self.tasks.get_mut(&id) {
                     if task.retries_left > 0 {

@@ -178,7 +178,7 @@ impl Pool {
     pub fn join(&mut self) -> Result<()> {
         if !self.engine.is_closing() {
             return Err(Error::ProcessState(
-                "join() needs close() or terminate() first",
+                "join() needs close() or terminate() first".into(),
             ));
         }
         if let Some(t) = self.background.take() {

@@ -127,7 +127,7 @@ fn item<R: DeserializeOwned>(outcome: &ChunkOutcome, k: usize, first: usize) -> 
     match outcome {
         ChunkOutcome::Ran(Ok(items)) => match items.get(k) {
             Some(Ok(bytes)) => postcard::from_bytes(bytes).map_err(|e| Error::Decode {
-                ty: std::any::type_name::<R>(),
+                ty: std::any::type_name::<R>().into(),
                 reason: e.to_string(),
             }),
             Some(Err(ItemFailure::Panicked { message, location })) => Err(Error::TaskPanicked {
@@ -136,7 +136,7 @@ fn item<R: DeserializeOwned>(outcome: &ChunkOutcome, k: usize, first: usize) -> 
                 location: location.clone(),
             }),
             Some(Err(ItemFailure::Failed(reason))) => Err(Error::Decode {
-                ty: "a pool task",
+                ty: "a pool task".into(),
                 reason: reason.clone(),
             }),
             None => Err(Error::Corrupted(format!(

@@ -28,6 +28,8 @@ pub(crate) const FRAME_HEAD: usize = 16;
 pub(crate) const KIND_TASK: u8 = 0;
 pub(crate) const KIND_RESULT: u8 = 1;
 pub(crate) const KIND_WAKE: u8 = 2;
+/// From a worker about to exit after answering its task (a panic under `panic = "abort"`).
+pub(crate) const KIND_EXITING: u8 = 3;
 
 /// A parsed frame header.
 #[derive(Debug, Clone, Copy)]

@@ -122,6 +122,11 @@ fn report_before_abort(message: String, location: String) {
         report.max_frame,
         |f| report.results.put(f),
     );
+    // Then say this worker is going: the parent gives it no more work, and knows that the tasks still
+    // in its ring never started (they are requeued, not failed as if they had crashed it).
+    let _ = report
+        .results
+        .put(&wire::frame(0, wire::KIND_EXITING, true, report.index, &[]));
 }
 
 /// Runs `f`, turning a panic into the failure the hook recorded.

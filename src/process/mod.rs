@@ -454,10 +454,9 @@ impl<R> Process<R> {
     /// [`Error::ProcessState`] if it was already started; [`Error::Os`] if the system refuses to create
     /// the process.
     pub fn start(&mut self) -> Result<()> {
-        let target = self
-            .target
-            .take()
-            .ok_or(Error::ProcessState("the process was already started"))?;
+        let target = self.target.take().ok_or(Error::ProcessState(
+            "the process was already started".into(),
+        ))?;
         let child = match (self.method, target) {
             (StartMethod::Spawn, Target::Function { func, args }) => {
                 let key = self.key.unwrap_or_else(FnKey::random);
@@ -515,7 +514,7 @@ impl<R> Process<R> {
         let child = self
             .child
             .as_ref()
-            .ok_or(Error::ProcessState("the process was not started"))?;
+            .ok_or(Error::ProcessState("the process was not started".into()))?;
         // Through the pidfd: after the child is reaped this fails with ESRCH instead of reaching a
         // process that inherited its pid.
         psys::send_signal(&child.pidfd, sig).map(drop)
@@ -558,12 +557,12 @@ impl<R: DeserializeOwned> Process<R> {
 
     fn join_inner(&mut self, timeout: Option<Duration>) -> Result<R> {
         if self.joined {
-            return Err(Error::ProcessState("the process was already joined"));
+            return Err(Error::ProcessState("the process was already joined".into()));
         }
         let child = self
             .child
             .as_ref()
-            .ok_or(Error::ProcessState("the process was not started"))?;
+            .ok_or(Error::ProcessState("the process was not started".into()))?;
         let status = match self.status.get() {
             Some(s) => s,
             None => {
@@ -573,7 +572,7 @@ impl<R: DeserializeOwned> Process<R> {
                 // The pidfd is readable: the child has terminated, so this does not block.
                 let s = child
                     .reap(true)?
-                    .ok_or(Error::ProcessState("lost the child"))?;
+                    .ok_or(Error::ProcessState("lost the child".into()))?;
                 self.status.set(Some(s));
                 s
             }
@@ -631,7 +630,7 @@ fn outcome_to_result<R: DeserializeOwned>(
         }
         (Some(Outcome::Failed(f)), _) => Err(match f {
             Failure::ArgDecode(ty, reason) => Error::Decode {
-                ty: "the process argument",
+                ty: "the process argument".into(),
                 reason: format!("{ty}: {reason}"),
             },
             Failure::ResultEncode(reason) => Error::Encode(reason),
@@ -640,7 +639,7 @@ fn outcome_to_result<R: DeserializeOwned>(
         }),
         (Some(Outcome::Value(v)), WaitStatus::Exited(0)) => {
             postcard::from_bytes(&v).map_err(|e| Error::Decode {
-                ty: std::any::type_name::<R>(),
+                ty: std::any::type_name::<R>().into(),
                 reason: e.to_string(),
             })
         }

@@ -175,7 +175,7 @@ impl<T, C: Codec<T>> JoinableQueue<T, C> {
             Ok(())
         } else {
             Err(Error::ReleasedTooManyTimes(
-                "task_done called more times than items were put",
+                "task_done called more times than items were put".into(),
             ))
         }
     }

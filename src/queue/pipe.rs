@@ -89,15 +89,15 @@ pub struct Connection<T, C: Codec<T> = Serde> {
 
 impl<T, C: Codec<T>> Connection<T, C> {
     fn rx(&self) -> Result<&Queue<T, C>> {
-        self.rx
-            .as_ref()
-            .ok_or(Error::ProcessState("this end of the pipe cannot receive"))
+        self.rx.as_ref().ok_or(Error::ProcessState(
+            "this end of the pipe cannot receive".into(),
+        ))
     }
 
     fn tx(&self) -> Result<&Queue<T, C>> {
-        self.tx
-            .as_ref()
-            .ok_or(Error::ProcessState("this end of the pipe cannot send"))
+        self.tx.as_ref().ok_or(Error::ProcessState(
+            "this end of the pipe cannot send".into(),
+        ))
     }
 
     /// Sends a message to the other end, waiting while its buffer is full.

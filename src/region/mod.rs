@@ -191,10 +191,10 @@ pub struct Region {
 }
 
 fn validate_name(name: &str) -> Result<()> {
-    let bad = |reason| {
+    let bad = |reason: &'static str| {
         Err(Error::InvalidName {
             name: name.to_owned(),
-            reason,
+            reason: reason.into(),
         })
     };
     if name.is_empty() {
@@ -665,7 +665,7 @@ fn check_private(file: &File, what: &str) -> Result<shm::FileInfo> {
     let info = shm::file_info(file)?;
     if !info.is_file {
         return Err(Error::Os {
-            op: "open shared region",
+            op: "open shared region".into(),
             source: std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 format!("{what} is not a regular file"),
@@ -728,7 +728,7 @@ fn validate(s: &HeaderSnapshot, layout: &Layout, segment_size: u64) -> Result<()
     }
     if s.type_hash != layout.hash {
         return Err(Error::TypeMismatch {
-            expected: layout.type_name,
+            expected: layout.type_name.into(),
             expected_hash: layout.hash,
             found_hash: s.type_hash,
         });

@@ -69,7 +69,7 @@ fn wrong_type_and_size_are_named() {
     };
     let e = Region::open_with(&name, other, Duration::from_secs(1)).unwrap_err();
     assert!(
-        matches!(e, Error::TypeMismatch { expected: "B", .. }),
+        matches!(&e, Error::TypeMismatch { expected, .. } if expected == "B"),
         "{e}"
     );
     let bigger = Layout {

@@ -442,7 +442,7 @@ impl Semaphore {
         match self.shared.give(false) {
             Some(true) => Ok(()),
             Some(false) => Err(Error::ReleasedTooManyTimes(
-                "the semaphore is at its maximum value",
+                "the semaphore is at its maximum value".into(),
             )),
             None => Err(Error::Timeout),
         }

@@ -14,7 +14,7 @@ pub(crate) const SHM_DIR: &str = "/dev/shm";
 pub(crate) fn create_memfd(debug_name: &str) -> Result<File> {
     let name = std::ffi::CString::new(debug_name).map_err(|_| Error::InvalidName {
         name: debug_name.to_owned(),
-        reason: "contains a NUL byte",
+        reason: "contains a NUL byte".into(),
     })?;
     // SAFETY: `name` is a valid NUL-terminated string that outlives the call; the flags are valid.
     let fd =
@@ -75,7 +75,7 @@ pub(crate) fn link_named(file: &File, shm_name: &str, user_name: &str) -> Result
     let to = std::ffi::CString::new(shm_path(shm_name).as_os_str().as_bytes()).map_err(|_| {
         Error::InvalidName {
             name: user_name.to_owned(),
-            reason: "contains a NUL byte",
+            reason: "contains a NUL byte".into(),
         }
     })?;
     // SAFETY: both paths are valid NUL-terminated strings that outlive the call; linkat only reads them.

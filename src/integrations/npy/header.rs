@@ -128,8 +128,8 @@ pub(super) fn read_npy_header<T: Element>(
         return Err(bad(
             path,
             FileProblem::Order {
-                expected: want.name(),
-                found: file_order.name(),
+                expected: want.name().into(),
+                found: file_order.name().into(),
             },
         ));
     }

@@ -116,8 +116,8 @@ fn wrong_types_orders_and_byte_orders_are_typed_errors() {
                 .open_npy(fixture("f8_fortran_3x4.npy"))
         ),
         FileProblem::Order {
-            expected: "C",
-            found: "Fortran"
+            expected: "C".into(),
+            found: "Fortran".into()
         }
     );
 }
