@@ -87,6 +87,9 @@
 //! the next acquirer is told and carries on.
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+#[cfg(feature = "mpi")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
+pub mod cluster;
 pub mod codec;
 mod error;
 pub(crate) mod heap;

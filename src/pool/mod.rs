@@ -197,9 +197,13 @@ impl Pool {
         self.workers
     }
 
-    /// Submits one task per payload.
+    /// Submits one task per payload (crate use: `cluster` builds the tasks of a rank's share itself).
     #[track_caller]
-    fn submit(&self, func: LocalFn<TaskKind>, payloads: Vec<Vec<u8>>) -> Result<Arc<Job>> {
+    pub(crate) fn submit(
+        &self,
+        func: LocalFn<TaskKind>,
+        payloads: Vec<Vec<u8>>,
+    ) -> Result<Arc<Job>> {
         let f = func.sign(&self.key);
         let limit = MAX_MESSAGE_BYTES as usize - FnRef::LEN;
         if let Some(p) = payloads.iter().find(|p| p.len() > limit) {

@@ -1,0 +1,228 @@
+//! How bytes move between ranks: the only place this module calls MPI's point-to-point and broadcast
+//! operations.
+//!
+//! Three shapes of message, each with its own size rule:
+//! - a **command** (rank 0 to all, `MPI_Bcast`): its length first, checked against [`MAX_MESSAGE`]
+//!   before anything is allocated, then its bytes;
+//! - a **message** (one `MPI_Send`, matched with `MPI_Mprobe`/`MPI_Mrecv`): the receiver learns the size
+//!   from the probe and allocates only if it is at most the bound the caller names;
+//! - **array bytes**: both sides know the exact size from the operation (a share's element count times
+//!   the element size), the sender sends them in pieces of at most [`PIECE`] bytes (MPI counts are
+//!   `int`), and the receiver receives them straight into shared memory, checking each piece's size.
+//!
+//! Bytes from another rank are trusted as far as MPI is (see the [module docs](super)), and no further:
+//! a size that breaks these rules means the ranks no longer agree on where they are in the protocol,
+//! which no error value can repair (the next message would be read as the wrong thing). That ends the job
+//! through `MPI_Abort` with a message naming the rank and what was wrong ([`violation`]).
+
+use mpi::point_to_point::{Destination, Source};
+use mpi::topology::{Communicator, SimpleCommunicator};
+use mpi::traits::{Equivalence, Root};
+
+/// Rank 0 to rank r: the description of r's share of a call.
+pub(super) const TAG_SHARE: i32 = 0x6d70_0001;
+/// Array bytes, either way.
+pub(super) const TAG_DATA: i32 = 0x6d70_0002;
+/// Rank r to rank 0: the outcome of r's share.
+pub(super) const TAG_REPLY: i32 = 0x6d70_0003;
+/// Rank r to rank 0: one item of `imap_unordered`, or the end of r's items.
+pub(super) const TAG_ITEM: i32 = 0x6d70_0004;
+
+/// The largest command or message (one MPI message: its count is a C `int`).
+pub(super) const MAX_MESSAGE: usize = i32::MAX as usize;
+/// The largest piece of array bytes in one MPI message.
+pub(super) const PIECE: usize = 1 << 30;
+
+/// Ends the whole job: the ranks disagree about the protocol. Prints the reason on this rank's stderr
+/// first (Open MPI's own message says only that a rank called `MPI_Abort`).
+pub(super) fn violation(world: &SimpleCommunicator, what: &str) -> ! {
+    eprintln!(
+        "mproc cluster: rank {}: {what}; the ranks no longer agree on the protocol, aborting the MPI job",
+        world.rank()
+    );
+    world.abort(70)
+}
+
+/// Rank 0: broadcasts `bytes` to every rank.
+pub(super) fn broadcast_command(world: &SimpleCommunicator, bytes: &[u8]) {
+    assert!(
+        bytes.len() <= MAX_MESSAGE,
+        "a cluster command is larger than an MPI message"
+    );
+    let root = world.process_at_rank(0);
+    let mut len = bytes.len() as u64;
+    root.broadcast_into(&mut len);
+    if !bytes.is_empty() {
+        // `broadcast_into` needs `&mut` even on the root, which only reads it.
+        let mut copy = bytes.to_vec();
+        root.broadcast_into(&mut copy[..]);
+    }
+}
+
+/// Any rank but 0: receives the next broadcast command.
+pub(super) fn receive_command(world: &SimpleCommunicator) -> Vec<u8> {
+    let root = world.process_at_rank(0);
+    let mut len = 0u64;
+    root.broadcast_into(&mut len);
+    if len > MAX_MESSAGE as u64 {
+        violation(
+            world,
+            &format!("a command of {len} bytes was announced (at most {MAX_MESSAGE})"),
+        );
+    }
+    let mut bytes = vec![0u8; len as usize];
+    if !bytes.is_empty() {
+        root.broadcast_into(&mut bytes[..]);
+    }
+    bytes
+}
+
+/// Sends one message of at most [`MAX_MESSAGE`] bytes (checked by the caller, who can still turn a
+/// larger one into an error value).
+pub(super) fn send_message(world: &SimpleCommunicator, to: usize, tag: i32, bytes: &[u8]) {
+    assert!(
+        bytes.len() <= MAX_MESSAGE,
+        "a cluster message is larger than an MPI message"
+    );
+    world.process_at_rank(to as i32).send_with_tag(bytes, tag);
+}
+
+/// Receives the next message with `tag` from `from`, if it is at most `max` bytes; a larger one ends
+/// the job.
+pub(super) fn receive_message(
+    world: &SimpleCommunicator,
+    from: usize,
+    tag: i32,
+    max: usize,
+) -> Vec<u8> {
+    let (msg, status) = world
+        .process_at_rank(from as i32)
+        .matched_probe_with_tag(tag);
+    receive_probed(world, msg, status, max)
+}
+
+/// Receives a message already matched by a probe, if it is at most `max` bytes.
+pub(super) fn receive_probed(
+    world: &SimpleCommunicator,
+    msg: mpi::point_to_point::Message,
+    status: mpi::point_to_point::Status,
+    max: usize,
+) -> Vec<u8> {
+    let count = status.count(u8::equivalent_datatype());
+    let Ok(len) = usize::try_from(count) else {
+        violation(world, &format!("a message of {count} bytes was probed"));
+    };
+    if len > max {
+        violation(
+            world,
+            &format!(
+                "rank {} sent a message of {len} bytes where at most {max} fit (tag {:#x})",
+                status.source_rank(),
+                status.tag()
+            ),
+        );
+    }
+    let mut bytes = vec![0u8; len];
+    msg.matched_receive_into(&mut bytes[..]);
+    bytes
+}
+
+/// Sends array bytes in pieces; the receiver knows their total from the operation.
+pub(super) fn send_array(world: &SimpleCommunicator, to: usize, bytes: &[u8]) {
+    let p = world.process_at_rank(to as i32);
+    for piece in bytes.chunks(PIECE) {
+        p.send_with_tag(piece, TAG_DATA);
+    }
+}
+
+/// Receives exactly `buf.len()` array bytes from `from`, in the pieces [`send_array`] sends them in.
+pub(super) fn receive_array(world: &SimpleCommunicator, from: usize, buf: &mut [u8]) {
+    let p = world.process_at_rank(from as i32);
+    for piece in buf.chunks_mut(PIECE) {
+        let want = piece.len();
+        // A longer message than the piece is MPI_ERR_TRUNCATE, fatal under MPI's default error handler;
+        // a shorter one is caught here.
+        let status = p.receive_into_with_tag(piece, TAG_DATA);
+        let got = status.count(u8::equivalent_datatype());
+        if usize::try_from(got) != Ok(want) {
+            violation(
+                world,
+                &format!("rank {from} sent {got} array bytes where {want} were due"),
+            );
+        }
+    }
+}
+
+/// Receives and drops `total` array bytes from `from`: the sender sends them whatever became of the
+/// buffer they were meant for, and leaving them unreceived would put the ranks out of step.
+pub(super) fn discard_array(world: &SimpleCommunicator, from: usize, total: u64) {
+    let mut scratch = Vec::new();
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(PIECE as u64) as usize;
+        scratch.resize(n, 0);
+        receive_array(world, from, &mut scratch[..n]);
+        left -= n as u64;
+    }
+}
+
+/// The bytes this rank exchanged with each other rank (point-to-point messages and array bytes; the
+/// broadcast commands are not counted), and the transport calls that count them.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Traffic {
+    pub sent: Vec<u64>,
+    pub received: Vec<u64>,
+}
+
+impl Traffic {
+    pub(super) fn new(ranks: usize) -> Traffic {
+        Traffic {
+            sent: vec![0; ranks],
+            received: vec![0; ranks],
+        }
+    }
+
+    pub(super) fn send_message(
+        &mut self,
+        world: &SimpleCommunicator,
+        to: usize,
+        tag: i32,
+        b: &[u8],
+    ) {
+        send_message(world, to, tag, b);
+        self.sent[to] += b.len() as u64;
+    }
+
+    pub(super) fn receive_message(
+        &mut self,
+        world: &SimpleCommunicator,
+        from: usize,
+        tag: i32,
+        max: usize,
+    ) -> Vec<u8> {
+        let b = receive_message(world, from, tag, max);
+        self.received[from] += b.len() as u64;
+        b
+    }
+
+    pub(super) fn received_probed(&mut self, from: usize, len: usize) {
+        if let Some(r) = self.received.get_mut(from) {
+            *r += len as u64;
+        }
+    }
+
+    pub(super) fn send_array(&mut self, world: &SimpleCommunicator, to: usize, b: &[u8]) {
+        send_array(world, to, b);
+        self.sent[to] += b.len() as u64;
+    }
+
+    pub(super) fn receive_array(&mut self, world: &SimpleCommunicator, from: usize, b: &mut [u8]) {
+        receive_array(world, from, b);
+        self.received[from] += b.len() as u64;
+    }
+
+    pub(super) fn discard_array(&mut self, world: &SimpleCommunicator, from: usize, total: u64) {
+        discard_array(world, from, total);
+        self.received[from] += total;
+    }
+}
