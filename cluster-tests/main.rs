@@ -86,6 +86,9 @@ fn die_once((x, victim, marker): (u64, u64, String)) -> u64 {
     x + 1
 }
 
+/// An item's index and its result, as `imap_unordered` yields them.
+type Indexed = (usize, Result<u64, Error>);
+
 struct Report {
     failed: Vec<String>,
     passed: usize,
@@ -264,7 +267,7 @@ fn failures(pool: &mut ClusterPool<'_>, size: usize, r: &mut Report) {
 
     // A worker killed inside the last rank's pool: exactly its item fails, the others succeed.
     let victim = 190u64;
-    let got: Result<Vec<(usize, Result<u64, Error>)>, Error> = pool
+    let got: Result<Vec<Indexed>, Error> = pool
         .imap_unordered(die_on, (0..200u64).map(|x| (x, victim)), Some(1))
         .map(Iterator::collect);
     r.check(
