@@ -1163,7 +1163,7 @@ impl<R> Drop for ClusterImapUnordered<'_, '_, R> {
         // no decodable `R` bound here, the remaining messages are received as bytes.
         let world = self.pool.cluster.world();
         while !self.ended.iter().all(|&e| e) {
-            let (msg, status) = world.any_process().matched_probe_with_tag(TAG_ITEM);
+            let (msg, status) = transport::wait_for(world, None, TAG_ITEM);
             let from = status.source_rank() as usize;
             let bytes = transport::receive_probed(world, msg, status, MAX_MESSAGE);
             self.pool.traffic.received_probed(from, bytes.len());

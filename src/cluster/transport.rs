@@ -2,10 +2,9 @@
 //! operations.
 //!
 //! Three shapes of message, each with its own size rule:
-//! - a **command** (rank 0 to all, `MPI_Bcast`): its length first, checked against [`MAX_MESSAGE`]
-//!   before anything is allocated, then its bytes;
-//! - a **message** (one `MPI_Send`, matched with `MPI_Mprobe`/`MPI_Mrecv`): the receiver learns the size
-//!   from the probe and allocates only if it is at most the bound the caller names;
+//! - a **message** (one `MPI_Send`, matched with `MPI_Improbe`/`MPI_Mrecv`): the receiver learns the size
+//!   from the probe and allocates only if it is at most the bound the caller names. Commands (rank 0 to
+//!   every other rank) are messages too;
 //! - **array bytes**: both sides know the exact size from the operation (a share's element count times
 //!   the element size), the sender sends them in pieces of at most [`PIECE`] bytes (MPI counts are
 //!   `int`), and the receiver receives them straight into shared memory, checking each piece's size.
@@ -17,7 +16,9 @@
 
 use mpi::point_to_point::{Destination, Source};
 use mpi::topology::{Communicator, SimpleCommunicator};
-use mpi::traits::{Equivalence, Root};
+use std::time::Duration;
+
+use mpi::traits::Equivalence;
 
 /// Rank 0 to rank r: the description of r's share of a call.
 pub(super) const TAG_SHARE: i32 = 0x6d70_0001;
@@ -27,6 +28,8 @@ pub(super) const TAG_DATA: i32 = 0x6d70_0002;
 pub(super) const TAG_REPLY: i32 = 0x6d70_0003;
 /// Rank r to rank 0: one item of `imap_unordered`, or the end of r's items.
 pub(super) const TAG_ITEM: i32 = 0x6d70_0004;
+/// Rank 0 to rank r: the next command.
+pub(super) const TAG_COMMAND: i32 = 0x6d70_0005;
 
 /// The largest command or message (one MPI message: its count is a C `int`).
 pub(super) const MAX_MESSAGE: usize = i32::MAX as usize;
@@ -43,38 +46,45 @@ pub(super) fn violation(world: &SimpleCommunicator, what: &str) -> ! {
     world.abort(70)
 }
 
-/// Rank 0: broadcasts `bytes` to every rank.
+/// Rank 0: sends the command `bytes` to every other rank.
+///
+/// Point-to-point rather than `MPI_Bcast`: a serving rank waits for its next command by polling with a
+/// growing sleep ([`wait_for`]), where a blocking broadcast would spin on a core its local pool's workers
+/// need (Open MPI polls while it waits).
 pub(super) fn broadcast_command(world: &SimpleCommunicator, bytes: &[u8]) {
-    assert!(
-        bytes.len() <= MAX_MESSAGE,
-        "a cluster command is larger than an MPI message"
-    );
-    let root = world.process_at_rank(0);
-    let mut len = bytes.len() as u64;
-    root.broadcast_into(&mut len);
-    if !bytes.is_empty() {
-        // `broadcast_into` needs `&mut` even on the root, which only reads it.
-        let mut copy = bytes.to_vec();
-        root.broadcast_into(&mut copy[..]);
+    for r in 1..world.size() {
+        send_message(world, r as usize, TAG_COMMAND, bytes);
     }
 }
 
-/// Any rank but 0: receives the next broadcast command.
+/// Any rank but 0: receives the next command.
 pub(super) fn receive_command(world: &SimpleCommunicator) -> Vec<u8> {
-    let root = world.process_at_rank(0);
-    let mut len = 0u64;
-    root.broadcast_into(&mut len);
-    if len > MAX_MESSAGE as u64 {
-        violation(
-            world,
-            &format!("a command of {len} bytes was announced (at most {MAX_MESSAGE})"),
-        );
+    let (msg, status) = wait_for(world, Some(0), TAG_COMMAND);
+    receive_probed(world, msg, status, MAX_MESSAGE)
+}
+
+/// Waits for the next message with `tag` from `from` (any rank if `None`), without keeping a core busy:
+/// it polls (`MPI_Improbe`), sleeping between polls for a time that doubles from 20 µs up to 1 ms. A
+/// message that is already there costs one poll; a rank idle between calls uses no CPU to speak of.
+pub(super) fn wait_for(
+    world: &SimpleCommunicator,
+    from: Option<usize>,
+    tag: i32,
+) -> (mpi::point_to_point::Message, mpi::point_to_point::Status) {
+    let mut nap = Duration::from_micros(20);
+    loop {
+        let found = match from {
+            Some(r) => world
+                .process_at_rank(r as i32)
+                .immediate_matched_probe_with_tag(tag),
+            None => world.any_process().immediate_matched_probe_with_tag(tag),
+        };
+        if let Some(x) = found {
+            return x;
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(1));
     }
-    let mut bytes = vec![0u8; len as usize];
-    if !bytes.is_empty() {
-        root.broadcast_into(&mut bytes[..]);
-    }
-    bytes
 }
 
 /// Sends one message of at most [`MAX_MESSAGE`] bytes (checked by the caller, who can still turn a
@@ -95,9 +105,7 @@ pub(super) fn receive_message(
     tag: i32,
     max: usize,
 ) -> Vec<u8> {
-    let (msg, status) = world
-        .process_at_rank(from as i32)
-        .matched_probe_with_tag(tag);
+    let (msg, status) = wait_for(world, Some(from), tag);
     receive_probed(world, msg, status, max)
 }
 
