@@ -18,7 +18,7 @@
 //!     let cluster = mproc::cluster::Cluster::init()?;
 //!     let mut pool = mproc::cluster::ClusterPool::new(&cluster)?;
 //!     // Some(..) on rank 0, None on the ranks that served.
-//!     if let Some(squares) = pool.run(|pool| pool.map(square, 0..1000))? {
+//!     if let Some(squares) = pool.run(|pool| pool.map(square, 0..1000)) {
 //!         assert_eq!(squares?[999], 999 * 999);
 //!     }
 //!     Ok(())
