@@ -180,6 +180,29 @@ fn map_family(pool: &mut ClusterPool<'_>, size: usize, tag: &str, r: &mut Report
             got.and_then(|v| eq(v, want)),
         );
     }
+    // Several pieces of array bytes per rank (8 MiB each when sent): their chunks start while the
+    // next pieces travel, and a panic in a later piece keeps its chunk index.
+    let big: Vec<u64> = (0..(3u64 << 20)).map(|i| (i ^ 0x5555) + 10_000_000).collect();
+    let big_array = SharedArray::from_slice(&big).expect("shared memory");
+    let chunk = 1 << 15;
+    let got = pool
+        .map_chunks(&big_array, chunk, chunk_sum)
+        .map_err(|e| e.to_string());
+    r.check(
+        &format!("{tag}: map_chunks of 24 MiB in chunks of 256 KiB"),
+        got.and_then(|v| eq(v, big.chunks(chunk).map(chunk_sum).collect())),
+    );
+    let bad_chunk = big.len() / chunk - 3; // near the end: the last rank's last piece
+    let mut marked = big.clone();
+    marked[bad_chunk * chunk + 5] = 7777;
+    let marked = SharedArray::from_slice(&marked).expect("shared memory");
+    r.check(
+        &format!("{tag}: a panic in a later piece names its chunk"),
+        match pool.map_chunks(&marked, chunk, panic_in_chunk) {
+            Err(Error::TaskPanicked { task, .. }) => eq(task, bad_chunk),
+            other => Err(format!("{:?}", other.map(|v| v.len()))),
+        },
+    );
     let p = (5u64, 2u32);
     let want: Vec<u64> = data.chunks(4099).map(|c| chunk_weighted(&p, c)).collect();
     let got = pool

@@ -162,7 +162,7 @@ fn run() -> Result<bool, String> {
 
     println!(
         "{rows} rows x {COLS} columns ({} MiB) on {} ranks, {} nodes: {:.1} ms",
-        rows * COLS * 8 >> 20,
+        (rows * COLS * 8) >> 20,
         cluster.size(),
         cluster.nodes(),
         elapsed.as_secs_f64() * 1e3

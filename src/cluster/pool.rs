@@ -13,9 +13,9 @@ use mpi::traits::CommunicatorCollectives;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::serve::{self, ArrayArgs, ArrayShare, ClusterKind, Command, RemoteFailure};
+use super::serve::{self, ArrayArgs, ArrayShare, Buffers, ClusterKind, Command, RemoteFailure};
 use super::serve::{StreamItem, TransformReply, TransformShare};
-use super::transport::{self, Traffic, MAX_MESSAGE, TAG_ITEM, TAG_REPLY, TAG_SHARE};
+use super::transport::{self, Traffic, MAX_MESSAGE, PIECE, TAG_ITEM, TAG_REPLY, TAG_SHARE};
 use super::Cluster;
 use crate::error::{Error, Result};
 use crate::heap::SharedArray;
@@ -132,6 +132,7 @@ impl ClusterPoolBuilder {
             workers: all.iter().map(|&w| w as usize).collect(),
             shared,
             traffic: Traffic::new(cluster.size()),
+            buffers: Buffers::default(),
             driving: false,
             in_call: false,
         })
@@ -185,6 +186,8 @@ pub struct ClusterPool<'c> {
     /// Which ranks read and write rank 0's arrays in place.
     shared: Vec<bool>,
     traffic: Traffic,
+    /// A serving rank's buffers for the elements it is sent.
+    buffers: Buffers,
     /// Inside `run`, on rank 0.
     driving: bool,
     /// In the middle of a call's messages: a panic now cannot stop the serving ranks cleanly.
@@ -379,7 +382,14 @@ impl<'c> ClusterPool<'c> {
                         Err(e) => transport::violation(world, &format!("a refused call: {e}")),
                     };
                     let (func, adapter) = call.parts();
-                    adapter(func, world, &self.local, &args, &mut self.traffic);
+                    adapter(
+                        func,
+                        world,
+                        &self.local,
+                        &args,
+                        &mut self.traffic,
+                        &mut self.buffers,
+                    );
                 }
             }
         }
@@ -771,6 +781,7 @@ impl<'c> ClusterPool<'c> {
             task,
             &serve::lend(array, elems[0].clone()),
             elems[0].len(),
+            0..chunks[0].len(),
             &args,
         );
         for r in 1..self.size() {
@@ -779,8 +790,9 @@ impl<'c> ClusterPool<'c> {
                 let part = array
                     .range(elems[r].clone())
                     .expect("a share is inside the array");
+                let unit = chunk_len * std::mem::size_of::<T>();
                 self.traffic
-                    .send_array(world, r, bytemuck::cast_slice(part));
+                    .send_array(world, r, bytemuck::cast_slice(part), unit);
             }
         }
         let mut failure = FirstFailure::default();
@@ -978,7 +990,7 @@ impl<'c> ClusterPool<'c> {
                     .range(ins[r].clone())
                     .expect("a share is inside the input");
                 self.traffic
-                    .send_array(world, r, bytemuck::cast_slice(part));
+                    .send_array(world, r, bytemuck::cast_slice(part), PIECE);
             }
         }
         let mut failure = FirstFailure::default();
@@ -1009,7 +1021,7 @@ impl<'c> ClusterPool<'c> {
                     .range_mut(outs[r].clone())
                     .expect("a share is inside the output");
                 self.traffic
-                    .receive_array(world, r, bytemuck::cast_slice_mut(part));
+                    .receive_array(world, r, bytemuck::cast_slice_mut(part), PIECE);
             }
             if let Err(f) = reply.outcome {
                 failure.note(f.into_error(r, chunks[r].start));

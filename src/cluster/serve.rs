@@ -13,7 +13,7 @@ use mpi::topology::SimpleCommunicator;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::transport::{self, Traffic, MAX_MESSAGE, TAG_ITEM, TAG_REPLY, TAG_SHARE};
+use super::transport::{self, Traffic, MAX_MESSAGE, PIECE, TAG_ITEM, TAG_REPLY, TAG_SHARE};
 use crate::error::{Error, Result};
 use crate::heap::{BlockHandle, SharedArray};
 use crate::pool::worker::{self, ArrayPart, TaskKind};
@@ -24,7 +24,7 @@ use crate::process::fnref::{AdapterKind, FnAddr, FnRef, LocalFn};
 pub(super) struct ClusterKind;
 
 impl AdapterKind for ClusterKind {
-    type Adapter = fn(FnAddr, &SimpleCommunicator, &Pool, &[u8], &mut Traffic);
+    type Adapter = fn(FnAddr, &SimpleCommunicator, &Pool, &[u8], &mut Traffic, &mut Buffers);
     const DOMAIN: u64 = 0x6d70_636c_7573_7401; // "mpclust" 1
     const NAME: &'static str = "cluster call";
 }
@@ -44,6 +44,52 @@ pub(super) struct Serving<'a> {
     pub pool: &'a Pool,
     pub args: &'a [u8],
     pub traffic: &'a mut Traffic,
+    pub buffers: &'a mut Buffers,
+}
+
+/// Shared memory a serving rank keeps across calls for the elements it is sent (`inbox`) and the output
+/// it sends back (`outbox`): fresh shared memory costs a page fault per 4 KiB page on first touch (150 ms
+/// per 256 MiB here), so each is made once, replaced only by a larger one when a share needs more, and
+/// reused. Every call's tasks have finished before the call replies, so no task ever sees the next
+/// call's bytes.
+#[derive(Default)]
+pub(super) struct Buffers {
+    inbox: Option<SharedArray<u8>>,
+    outbox: Option<SharedArray<u8>>,
+}
+
+/// `slot`'s buffer, made at least `bytes` long.
+fn buffer(slot: &mut Option<SharedArray<u8>>, bytes: usize) -> Result<&mut SharedArray<u8>> {
+    if slot.as_ref().is_none_or(|b| b.len() < bytes) {
+        *slot = None; // the old one goes first: never both at once
+        *slot = Some(SharedArray::zeroed(bytes)?);
+    }
+    Ok(slot.as_mut().expect("made above"))
+}
+
+/// A task error of a job whose task 0 is chunk `first`, with the chunk's index in the rank's share.
+fn shifted(e: Error, first: usize) -> Error {
+    match e {
+        Error::TaskPanicked {
+            task,
+            message,
+            location,
+        } => Error::TaskPanicked {
+            task: task + first,
+            message,
+            location,
+        },
+        Error::WorkerDied {
+            task,
+            signal,
+            exit_code,
+        } => Error::WorkerDied {
+            task: task + first,
+            signal,
+            exit_code,
+        },
+        other => other,
+    }
 }
 
 /// Why a rank's share (or one of its items) failed, as it travels to rank 0. Task indices are the
@@ -233,15 +279,19 @@ pub(super) fn submit_items<A: Serialize, R: DeserializeOwned>(
     Ok(AsyncResult::all_items(job, lens))
 }
 
-/// Submits one `map_chunks` task per chunk of the `elems` elements `block` names.
+/// Submits one `map_chunks` task for each of `chunks` (chunk indices) of the `elems` elements `block`
+/// names; the job's task `i` is chunk `chunks.start + i`.
 pub(super) fn submit_chunks<R: DeserializeOwned>(
     pool: &Pool,
     task: LocalFn<TaskKind>,
     block: &BlockHandle,
     elems: usize,
+    chunks: Range<usize>,
     args: &ArrayArgs,
 ) -> Result<AsyncResult<Vec<R>>> {
     let payloads = chunk_ranges(elems, args.chunk_len as usize)
+        .skip(chunks.start)
+        .take(chunks.len())
         .map(|r| {
             let part = ArrayPart {
                 block: block.clone(),
@@ -353,6 +403,7 @@ fn serve_map<A, R>(
     pool: &Pool,
     args: &[u8],
     traffic: &mut Traffic,
+    buffers: &mut Buffers,
 ) where
     A: Serialize + DeserializeOwned,
     R: Serialize + DeserializeOwned,
@@ -364,6 +415,7 @@ fn serve_map<A, R>(
         pool,
         args,
         traffic,
+        buffers,
     };
     serve_items::<A, R>(s, worker::map_fn(f));
 }
@@ -385,6 +437,7 @@ fn serve_star<A, B, R>(
     pool: &Pool,
     args: &[u8],
     traffic: &mut Traffic,
+    buffers: &mut Buffers,
 ) where
     A: Serialize + DeserializeOwned,
     B: Serialize + DeserializeOwned,
@@ -397,6 +450,7 @@ fn serve_star<A, B, R>(
         pool,
         args,
         traffic,
+        buffers,
     };
     serve_items::<(A, B), R>(s, worker::star_fn(f));
 }
@@ -418,6 +472,7 @@ fn serve_imap_unordered<A, R>(
     pool: &Pool,
     args: &[u8],
     traffic: &mut Traffic,
+    buffers: &mut Buffers,
 ) where
     A: Serialize + DeserializeOwned,
     R: Serialize + DeserializeOwned,
@@ -429,6 +484,7 @@ fn serve_imap_unordered<A, R>(
         pool,
         args,
         traffic,
+        buffers,
     };
     let results = items_share::<A>(s)
         .and_then(|(items, chunksize)| s.pool.imap_unordered(f, items, chunksize));
@@ -461,35 +517,39 @@ fn serve_imap_unordered<A, R>(
     s.traffic.send_message(s.world, 0, TAG_ITEM, &end);
 }
 
-/// Receives this rank's share of an array: a handle into rank 0's memory, or the elements themselves
-/// into an array of this rank (returned, to keep it alive while the tasks run). On failure the array
-/// bytes rank 0 sends anyway are received and dropped, so the protocol stays in step.
+/// Receives this rank's whole share of an array (sent in pieces of `unit` bytes) into `slot`'s buffer,
+/// or takes the handle into rank 0's memory it came with. Returns the handle to lend to the workers.
+/// On failure the array bytes rank 0 sends anyway are received and dropped, so the ranks stay in step.
 fn receive_share<T: Pod>(
-    s: &mut Serving<'_>,
+    world: &SimpleCommunicator,
+    traffic: &mut Traffic,
+    slot: &mut Option<SharedArray<u8>>,
     share: &ArrayShare,
-) -> Result<(BlockHandle, usize, Option<SharedArray<T>>)> {
-    let size = std::mem::size_of::<T>() as u64;
-    let Some(bytes) = share.elems.checked_mul(size) else {
-        transport::violation(s.world, "an array share larger than memory was announced");
+    unit: usize,
+) -> Result<BlockHandle> {
+    let Some(total) = usize::try_from(share.elems)
+        .ok()
+        .and_then(|e| e.checked_mul(std::mem::size_of::<T>()))
+    else {
+        transport::violation(world, "an array share larger than memory was announced");
     };
-    let elems = usize::try_from(share.elems).unwrap_or(usize::MAX);
     if let Some(h) = &share.shared {
-        if h.len != bytes {
+        if h.len != total as u64 {
             return Err(Error::Corrupted(format!(
-                "a share of {elems} elements came with a handle of {} bytes",
-                h.len
+                "a share of {} elements came with a handle of {} bytes",
+                share.elems, h.len
             )));
         }
-        return Ok((h.clone(), elems, None));
+        return Ok(h.clone());
     }
-    match SharedArray::<T>::zeroed(elems) {
-        Ok(mut local) => {
-            s.traffic
-                .receive_array(s.world, 0, bytemuck::cast_slice_mut(&mut local[..]));
-            Ok((local.block_handle(), elems, Some(local)))
+    match buffer(slot, total) {
+        Ok(buf) => {
+            let part = buf.range_mut(0..total).expect("the buffer holds the share");
+            traffic.receive_array(world, 0, part, unit);
+            Ok(sub_handle::<u8>(&buf.block_handle(), 0..total))
         }
         Err(e) => {
-            s.traffic.discard_array(s.world, 0, bytes);
+            traffic.discard_array(world, 0, total as u64, unit);
             Err(e)
         }
     }
@@ -510,6 +570,7 @@ fn serve_chunks<T: Pod, R: Serialize + DeserializeOwned>(
     pool: &Pool,
     args: &[u8],
     traffic: &mut Traffic,
+    buffers: &mut Buffers,
 ) {
     // SAFETY: paired only with a `fn(&[T]) -> R` for these types (`chunks_op`).
     let f = unsafe { func.get::<fn(&[T]) -> R>() };
@@ -518,6 +579,7 @@ fn serve_chunks<T: Pod, R: Serialize + DeserializeOwned>(
         pool,
         args,
         traffic,
+        buffers,
     };
     serve_chunks_with_task::<T, R>(s, worker::chunk_fn(f));
 }
@@ -538,6 +600,7 @@ fn serve_chunks_with<T: Pod, P, R>(
     pool: &Pool,
     args: &[u8],
     traffic: &mut Traffic,
+    buffers: &mut Buffers,
 ) where
     P: Serialize + DeserializeOwned,
     R: Serialize + DeserializeOwned,
@@ -549,6 +612,7 @@ fn serve_chunks_with<T: Pod, P, R>(
         pool,
         args,
         traffic,
+        buffers,
     };
     serve_chunks_with_task::<T, R>(s, worker::chunk_with_fn(f));
 }
@@ -558,24 +622,82 @@ fn serve_chunks_with_task<T: Pod, R: Serialize + DeserializeOwned>(
     task: LocalFn<TaskKind>,
 ) {
     let bytes = s.share();
-    let outcome = (|| {
-        let share: ArrayShare = match decode(&bytes) {
-            Ok(share) => share,
-            Err(_) => transport::violation(s.world, "an undecodable array share"),
-        };
-        if share.elems == 0 {
-            return Ok(Vec::new()); // no chunks here, and no bytes travel for them
-        }
-        // Received before anything else can fail, so that the ranks stay in step.
-        let (handle, elems, _local) = receive_share::<T>(s, &share)?;
-        let args: ArrayArgs = decode(s.args)?;
-        if args.chunk_len == 0 {
-            return Err(Error::Corrupted("a chunk length of 0".into()));
-        }
-        submit_chunks::<R>(s.pool, task, &handle, elems, &args)?.get()
-    })()
-    .map_err(RemoteFailure::from);
+    // Rank 0 never sends these undecodable or a chunk length of 0; and without them the array bytes on
+    // the way cannot even be counted.
+    let (Ok(share), Ok(args)) = (decode::<ArrayShare>(&bytes), decode::<ArrayArgs>(s.args)) else {
+        transport::violation(s.world, "an undecodable array share");
+    };
+    if args.chunk_len == 0 {
+        transport::violation(s.world, "a chunk length of 0");
+    }
+    let outcome = run_chunks::<T, R>(s, task, &share, &args).map_err(RemoteFailure::from);
     s.reply(&outcome);
+}
+
+/// This rank's `map_chunks` share. Sent elements are worked on as they arrive: the tasks of a piece's
+/// chunks start as soon as the piece is in, while the next pieces are on the way.
+fn run_chunks<T: Pod, R: Serialize + DeserializeOwned>(
+    s: &mut Serving<'_>,
+    task: LocalFn<TaskKind>,
+    share: &ArrayShare,
+    args: &ArrayArgs,
+) -> Result<Vec<R>> {
+    let Some(elems) = usize::try_from(share.elems).ok() else {
+        transport::violation(s.world, "an array share larger than memory was announced");
+    };
+    if elems == 0 {
+        return Ok(Vec::new()); // no chunks here, and no bytes travel for them
+    }
+    let chunk_len = usize::try_from(args.chunk_len).unwrap_or(usize::MAX);
+    let chunks = elems.div_ceil(chunk_len);
+    let size = std::mem::size_of::<T>();
+    let unit = chunk_len.saturating_mul(size);
+    if share.shared.is_some() {
+        let h = receive_share::<T>(s.world, s.traffic, &mut s.buffers.inbox, share, unit)?;
+        return submit_chunks::<R>(s.pool, task, &h, elems, 0..chunks, args)?.get();
+    }
+    let Some(total) = elems.checked_mul(size) else {
+        transport::violation(s.world, "an array share larger than memory was announced");
+    };
+    let buf = match buffer(&mut s.buffers.inbox, total) {
+        Ok(buf) => buf,
+        Err(e) => {
+            s.traffic.discard_array(s.world, 0, total as u64, unit);
+            return Err(e);
+        }
+    };
+    let handle = sub_handle::<u8>(&buf.block_handle(), 0..total);
+    let mut jobs = Vec::new();
+    let mut failure = None;
+    let mut submitted = 0;
+    for piece in transport::pieces(total, unit) {
+        let end = piece.end;
+        // Only this piece is referenced while the workers read the pieces before it.
+        let part = buf.range_mut(piece).expect("the buffer holds the share");
+        s.traffic.receive_piece(s.world, 0, part);
+        let ready = if end == total { chunks } else { end / unit };
+        if ready > submitted && failure.is_none() {
+            match submit_chunks::<R>(s.pool, task, &handle, elems, submitted..ready, args) {
+                Ok(job) => jobs.push((submitted, job)),
+                Err(e) => failure = Some(e),
+            }
+            submitted = ready;
+        }
+    }
+    // Every job is waited for, also after a failure: their workers read the buffer the next call reuses.
+    let mut out = Vec::with_capacity(chunks);
+    for (first, job) in jobs {
+        match job.get() {
+            Ok(v) => out.extend(v),
+            Err(e) => {
+                failure.get_or_insert(shifted(e, first));
+            }
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
 }
 
 /// The `transform` call of `f`.
@@ -590,6 +712,7 @@ fn serve_transform<T: Pod, U: Pod>(
     pool: &Pool,
     args: &[u8],
     traffic: &mut Traffic,
+    buffers: &mut Buffers,
 ) {
     // SAFETY: paired only with a `fn(&[T], &mut [U], usize)` for these types (`transform_op`).
     let f = unsafe { func.get::<fn(&[T], &mut [U], usize)>() };
@@ -598,6 +721,7 @@ fn serve_transform<T: Pod, U: Pod>(
         pool,
         args,
         traffic,
+        buffers,
     };
     serve_transform_with_task::<T, U>(s, worker::transform_fn(f));
 }
@@ -620,6 +744,7 @@ fn serve_transform_with<T: Pod, U: Pod, P>(
     pool: &Pool,
     args: &[u8],
     traffic: &mut Traffic,
+    buffers: &mut Buffers,
 ) where
     P: Serialize + DeserializeOwned,
 {
@@ -631,16 +756,22 @@ fn serve_transform_with<T: Pod, U: Pod, P>(
         pool,
         args,
         traffic,
+        buffers,
     };
     serve_transform_with_task::<T, U>(s, worker::transform_with_fn(f));
 }
 
 fn serve_transform_with_task<T: Pod, U: Pod>(s: &mut Serving<'_>, task: LocalFn<TaskKind>) {
     let bytes = s.share();
-    let share: TransformShare = match decode(&bytes) {
-        Ok(share) => share,
-        Err(_) => transport::violation(s.world, "an undecodable transform share"),
+    let (Ok(share), Ok(args)) = (
+        decode::<TransformShare>(&bytes),
+        decode::<ArrayArgs>(s.args),
+    ) else {
+        transport::violation(s.world, "an undecodable transform share");
     };
+    if args.chunk_len == 0 {
+        transport::violation(s.world, "a chunk length of 0");
+    }
     if share.output.elems == 0 {
         // Rank 0 gives every rank a run of whole output chunks; an empty run has no input either,
         // and no bytes travel for it.
@@ -650,56 +781,50 @@ fn serve_transform_with_task<T: Pod, U: Pod>(s: &mut Serving<'_>, task: LocalFn<
         });
         return;
     }
+    // The input arrives whole (a task may read any input row of its rank's block), in pieces of at
+    // most `PIECE` bytes; received before anything else can fail, so that the ranks stay in step.
+    let input = receive_share::<T>(
+        s.world,
+        s.traffic,
+        &mut s.buffers.inbox,
+        &share.input,
+        PIECE,
+    );
     let sent_output = share.output.shared.is_none();
-    let input = receive_share::<T>(s, &share.input);
-    // A sent output is computed here and sent back; a shared one is written in place.
-    let mut output: Result<(BlockHandle, usize, Option<SharedArray<U>>)> =
-        match &share.output.shared {
-            Some(h) => Ok((
-                h.clone(),
-                usize::try_from(share.output.elems).unwrap_or(usize::MAX),
-                None,
-            )),
-            None => usize::try_from(share.output.elems)
-                .map_err(|_| Error::Corrupted("an output share larger than memory".into()))
-                .and_then(SharedArray::<U>::zeroed)
-                .map(|a| (a.block_handle(), a.len(), Some(a))),
-        };
-    let outcome = (|| -> std::result::Result<Vec<()>, RemoteFailure> {
-        let args: ArrayArgs = decode(s.args)?;
-        if args.chunk_len == 0 {
-            return Err(Error::Corrupted("a chunk length of 0".into()).into());
-        }
-        let (ih, ie, _keep) = input?;
-        let (oh, oe) = match &output {
-            Ok((h, e, _)) => (h, *e),
-            Err(e) => {
-                return Err(RemoteFailure::Other(format!(
-                    "cannot make its share of the output: {e}"
-                )))
-            }
-        };
-        if let Some(h) = &share.output.shared {
-            if Some(h.len)
-                != share
-                    .output
-                    .elems
-                    .checked_mul(std::mem::size_of::<U>() as u64)
-            {
-                return Err(Error::Corrupted("an output handle of the wrong size".into()).into());
-            }
-        }
-        Ok(submit_transform(s.pool, task, (&ih, ie), (oh, oe), &args)?.get()?)
-    })()
-    .map(drop);
-    let local_out = output.as_mut().ok().and_then(|o| o.2.as_ref());
-    let data_follows = sent_output && local_out.is_some();
+    let out_elems = usize::try_from(share.output.elems).unwrap_or(usize::MAX);
+    let out_bytes = out_elems.saturating_mul(std::mem::size_of::<U>());
+    // A sent output is computed into this rank's outbox and sent back; a shared one is written in place.
+    let output: Result<BlockHandle> = match &share.output.shared {
+        Some(h) if h.len == out_bytes as u64 => Ok(h.clone()),
+        Some(_) => Err(Error::Corrupted(
+            "an output handle of the wrong size".into(),
+        )),
+        None => buffer(&mut s.buffers.outbox, out_bytes)
+            .map(|b| sub_handle::<u8>(&b.block_handle(), 0..out_bytes)),
+    };
+    let in_elems = usize::try_from(share.input.elems).unwrap_or(usize::MAX);
+    let outcome = input
+        .and_then(|ih| {
+            let oh = output.as_ref().map_err(|e| Error::RankFailed {
+                rank: 0,
+                message: format!("cannot make its share of the output: {e}"),
+            })?;
+            submit_transform(s.pool, task, (&ih, in_elems), (oh, out_elems), &args)?.get()
+        })
+        .map(drop)
+        .map_err(|e| match e {
+            // Not a rank number: the message is what travels (see `RemoteFailure::Other`).
+            Error::RankFailed { message, .. } => RemoteFailure::Other(message),
+            other => RemoteFailure::from(other),
+        });
+    let data_follows = sent_output && output.is_ok();
     s.reply(&TransformReply {
         outcome,
         data_follows,
     });
-    if let (true, Some(out)) = (data_follows, local_out) {
-        s.traffic
-            .send_array(s.world, 0, bytemuck::cast_slice(&out[..]));
+    if data_follows {
+        let out = s.buffers.outbox.as_ref().expect("made above");
+        let out = out.range(0..out_bytes).expect("the outbox holds the share");
+        s.traffic.send_array(s.world, 0, out, PIECE);
     }
 }

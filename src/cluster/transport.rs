@@ -6,8 +6,9 @@
 //!   from the probe and allocates only if it is at most the bound the caller names. Commands (rank 0 to
 //!   every other rank) are messages too;
 //! - **array bytes**: both sides know the exact size from the operation (a share's element count times
-//!   the element size), the sender sends them in pieces of at most [`PIECE`] bytes (MPI counts are
-//!   `int`), and the receiver receives them straight into shared memory, checking each piece's size.
+//!   the element size), the sender sends them in [`pieces`] of whole chunks (at most [`PIECE`] bytes:
+//!   MPI counts are `int`), and the receiver receives them straight into shared memory, checking each
+//!   piece's size — and may start on the chunks of a piece while the next is on the way.
 //!
 //! Bytes from another rank are trusted as far as MPI is (see the [module docs](super)), and no further:
 //! a size that breaks these rules means the ranks no longer agree on where they are in the protocol,
@@ -16,6 +17,7 @@
 
 use mpi::point_to_point::{Destination, Source};
 use mpi::topology::{Communicator, SimpleCommunicator};
+use std::ops::Range;
 use std::time::Duration;
 
 use mpi::traits::Equivalence;
@@ -135,42 +137,67 @@ pub(super) fn receive_probed(
     bytes
 }
 
-/// Sends array bytes in pieces; the receiver knows their total from the operation.
-pub(super) fn send_array(world: &SimpleCommunicator, to: usize, bytes: &[u8]) {
+/// About how many bytes of an array travel in one MPI message: small enough that a receiver can start
+/// working on the first chunks while the rest are on the way, large enough that per-message costs vanish.
+pub(super) const PIPELINE_BYTES: usize = 8 << 20;
+
+/// How `total` array bytes made of chunks of `unit` bytes are cut into MPI messages: whole chunks of
+/// about [`PIPELINE_BYTES`] together, a chunk above [`PIECE`] bytes in pieces of `PIECE`. Sender and
+/// receiver both compute it from the operation, so they agree without a word.
+pub(super) fn pieces(total: usize, unit: usize) -> impl Iterator<Item = Range<usize>> {
+    let unit = unit.max(1);
+    let step = if unit >= PIECE {
+        PIECE
+    } else {
+        unit * (PIPELINE_BYTES / unit).max(1)
+    };
+    (0..total.div_ceil(step)).map(move |i| i * step..((i + 1) * step).min(total))
+}
+
+/// Sends array bytes made of chunks of `unit` bytes, in [`pieces`].
+pub(super) fn send_array(world: &SimpleCommunicator, to: usize, bytes: &[u8], unit: usize) {
     let p = world.process_at_rank(to as i32);
-    for piece in bytes.chunks(PIECE) {
-        p.send_with_tag(piece, TAG_DATA);
+    for piece in pieces(bytes.len(), unit) {
+        p.send_with_tag(&bytes[piece], TAG_DATA);
     }
 }
 
-/// Receives exactly `buf.len()` array bytes from `from`, in the pieces [`send_array`] sends them in.
-pub(super) fn receive_array(world: &SimpleCommunicator, from: usize, buf: &mut [u8]) {
-    let p = world.process_at_rank(from as i32);
-    for piece in buf.chunks_mut(PIECE) {
-        let want = piece.len();
-        // A longer message than the piece is MPI_ERR_TRUNCATE, fatal under MPI's default error handler;
-        // a shorter one is caught here.
-        let status = p.receive_into_with_tag(piece, TAG_DATA);
-        let got = status.count(u8::equivalent_datatype());
-        if usize::try_from(got) != Ok(want) {
-            violation(
-                world,
-                &format!("rank {from} sent {got} array bytes where {want} were due"),
-            );
-        }
+/// Receives one piece of array bytes from `from` into `piece` (sent by [`send_array`]), checking its
+/// size.
+pub(super) fn receive_piece(world: &SimpleCommunicator, from: usize, piece: &mut [u8]) {
+    let want = piece.len();
+    // A longer message than the piece is MPI_ERR_TRUNCATE, fatal under MPI's default error handler; a
+    // shorter one is caught here.
+    let status = world
+        .process_at_rank(from as i32)
+        .receive_into_with_tag(piece, TAG_DATA);
+    let got = status.count(u8::equivalent_datatype());
+    if usize::try_from(got) != Ok(want) {
+        violation(
+            world,
+            &format!("rank {from} sent {got} array bytes where {want} were due"),
+        );
     }
 }
 
-/// Receives and drops `total` array bytes from `from`: the sender sends them whatever became of the
-/// buffer they were meant for, and leaving them unreceived would put the ranks out of step.
-pub(super) fn discard_array(world: &SimpleCommunicator, from: usize, total: u64) {
+/// Receives exactly `buf.len()` array bytes of chunks of `unit` bytes from `from`.
+pub(super) fn receive_array(world: &SimpleCommunicator, from: usize, buf: &mut [u8], unit: usize) {
+    for piece in pieces(buf.len(), unit) {
+        receive_piece(world, from, &mut buf[piece]);
+    }
+}
+
+/// Receives and drops `total` array bytes of chunks of `unit` bytes from `from`: the sender sends them
+/// whatever became of the buffer they were meant for, and leaving them unreceived would put the ranks
+/// out of step.
+pub(super) fn discard_array(world: &SimpleCommunicator, from: usize, total: u64, unit: usize) {
+    let Ok(total) = usize::try_from(total) else {
+        violation(world, "an array larger than memory was announced");
+    };
     let mut scratch = Vec::new();
-    let mut left = total;
-    while left > 0 {
-        let n = left.min(PIECE as u64) as usize;
-        scratch.resize(n, 0);
-        receive_array(world, from, &mut scratch[..n]);
-        left -= n as u64;
+    for piece in pieces(total, unit) {
+        scratch.resize(piece.len(), 0);
+        receive_piece(world, from, &mut scratch[..]);
     }
 }
 
@@ -219,18 +246,41 @@ impl Traffic {
         }
     }
 
-    pub(super) fn send_array(&mut self, world: &SimpleCommunicator, to: usize, b: &[u8]) {
-        send_array(world, to, b);
+    pub(super) fn send_array(
+        &mut self,
+        world: &SimpleCommunicator,
+        to: usize,
+        b: &[u8],
+        unit: usize,
+    ) {
+        send_array(world, to, b, unit);
         self.sent[to] += b.len() as u64;
     }
 
-    pub(super) fn receive_array(&mut self, world: &SimpleCommunicator, from: usize, b: &mut [u8]) {
-        receive_array(world, from, b);
+    pub(super) fn receive_array(
+        &mut self,
+        world: &SimpleCommunicator,
+        from: usize,
+        b: &mut [u8],
+        unit: usize,
+    ) {
+        receive_array(world, from, b, unit);
         self.received[from] += b.len() as u64;
     }
 
-    pub(super) fn discard_array(&mut self, world: &SimpleCommunicator, from: usize, total: u64) {
-        discard_array(world, from, total);
+    pub(super) fn receive_piece(&mut self, world: &SimpleCommunicator, from: usize, b: &mut [u8]) {
+        receive_piece(world, from, b);
+        self.received[from] += b.len() as u64;
+    }
+
+    pub(super) fn discard_array(
+        &mut self,
+        world: &SimpleCommunicator,
+        from: usize,
+        total: u64,
+        unit: usize,
+    ) {
+        discard_array(world, from, total, unit);
         self.received[from] += total;
     }
 }
