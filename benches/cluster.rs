@@ -13,6 +13,8 @@
 //!   travels over TCP; the achieved GB/s (bytes sent to rank 1 / call time) divided by what one raw TCP
 //!   stream between the same two hosts carries (`iperf`-style: rank 0 writes, rank 1 reads, timed by the
 //!   reader). Printed only when the ranks are on two nodes and `--tcp-peer ADDR` names rank 0's address.
+//!   Beside it, plain MPI messages of 8 MiB over the same link (`mpi_tcp_gbps`): the ceiling Open MPI's
+//!   TCP transport sets, and `cluster_vs_plain_mpi_tcp`, how much of it the cluster pool keeps.
 //!
 //! Figures depend on the machine: on a 2-vCPU VM the ranks, their workers and MPI's progress share two
 //! cores, and a veth pair's TCP speed is the kernel's loopback-like path, not a NIC's. `MPROC_BENCH_QUICK=1`
@@ -124,6 +126,45 @@ fn raw_tcp(world: &SimpleCommunicator, addr: &str, bytes: usize) -> f64 {
             got += n;
         }
         let gbps = got as f64 / start.elapsed().as_secs_f64() / 1e9;
+        world.process_at_rank(0).send_with_tag(&gbps, TAG_BENCH);
+        gbps
+    }
+}
+
+/// Plain MPI messages of `bytes` in all (8 MiB each, as the cluster pool sends array bytes) from rank 0
+/// to rank 1: MPI's own rate over this link, in GB/s as the receiver timed it, sent back to rank 0.
+fn raw_mpi(world: &SimpleCommunicator, bytes: usize) -> f64 {
+    let piece = 8 << 20;
+    let mut buf = vec![0x5au8; piece];
+    let mut total = vec![bytes as u64];
+    if world.rank() == 0 {
+        world
+            .process_at_rank(1)
+            .send_with_tag(&total[..], TAG_BENCH);
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(piece);
+            world.process_at_rank(1).send_with_tag(&buf[..n], TAG_BENCH);
+            left -= n;
+        }
+        world
+            .process_at_rank(1)
+            .receive_with_tag::<f64>(TAG_BENCH)
+            .0
+    } else {
+        world
+            .process_at_rank(0)
+            .receive_into_with_tag(&mut total[..], TAG_BENCH);
+        let start = Instant::now();
+        let mut left = total[0] as usize;
+        while left > 0 {
+            let n = left.min(piece);
+            world
+                .process_at_rank(0)
+                .receive_into_with_tag(&mut buf[..n], TAG_BENCH);
+            left -= n;
+        }
+        let gbps = total[0] as f64 / start.elapsed().as_secs_f64() / 1e9;
         world.process_at_rank(0).send_with_tag(&gbps, TAG_BENCH);
         gbps
     }
@@ -277,10 +318,13 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         };
         let mut raw = Vec::new();
+        let mut mpi = Vec::new();
         for rep in 0..=reps {
             let r = raw_tcp(&world, &addr, moved as usize);
+            let m = raw_mpi(&world, moved as usize);
             if rep > 0 {
                 raw.push(r);
+                mpi.push(m);
             }
         }
         if rank == 0 {
@@ -298,9 +342,21 @@ fn main() -> ExitCode {
                 "  raw TCP stream, same hosts, {moved} bytes: {:.2} GB/s ({:.2}..{:.2})",
                 raw.median, raw.min, raw.max
             );
+            let mpi = common::Stats::of(mpi);
+            println!(
+                "  plain MPI messages of 8 MiB, same hosts: {:.2} GB/s ({:.2}..{:.2})",
+                mpi.median, mpi.min, mpi.max
+            );
             common::result("cluster_tcp_gbps", achieved, 2, "GB/s");
+            common::result("mpi_tcp_gbps", mpi.median, 2, "GB/s");
             common::result("raw_tcp_gbps", raw.median, 2, "GB/s");
             common::result("cluster_tcp_efficiency", achieved / raw.median, 2, "ratio");
+            common::result(
+                "cluster_vs_plain_mpi_tcp",
+                achieved / mpi.median,
+                2,
+                "ratio",
+            );
         }
     }
     ExitCode::SUCCESS

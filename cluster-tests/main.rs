@@ -182,7 +182,9 @@ fn map_family(pool: &mut ClusterPool<'_>, size: usize, tag: &str, r: &mut Report
     }
     // Several pieces of array bytes per rank (8 MiB each when sent): their chunks start while the
     // next pieces travel, and a panic in a later piece keeps its chunk index.
-    let big: Vec<u64> = (0..(3u64 << 20)).map(|i| (i ^ 0x5555) + 10_000_000).collect();
+    let big: Vec<u64> = (0..(3u64 << 20))
+        .map(|i| (i ^ 0x5555) + 10_000_000)
+        .collect();
     let big_array = SharedArray::from_slice(&big).expect("shared memory");
     let chunk = 1 << 15;
     let got = pool
