@@ -136,7 +136,7 @@ fn raw_tcp(world: &SimpleCommunicator, addr: &str, bytes: usize) -> f64 {
 fn raw_mpi(world: &SimpleCommunicator, bytes: usize) -> f64 {
     let piece = 8 << 20;
     let mut buf = vec![0x5au8; piece];
-    let mut total = vec![bytes as u64];
+    let mut total = [bytes as u64];
     if world.rank() == 0 {
         world
             .process_at_rank(1)

@@ -405,6 +405,61 @@ fn suite(cluster: &Cluster) -> Result<bool, Error> {
     }
     drop(pool);
 
+    // An array already distributed: each rank made its own part (of a different length), nothing
+    // travels, and the chunks come back in rank order.
+    let mut pool = ClusterPool::builder().workers(2).build(cluster)?;
+    let part_of = |r: usize| -> Vec<u64> {
+        (0..(1000 + 777 * r) as u64)
+            .map(|i| i * 10 + r as u64)
+            .collect()
+    };
+    let data = pool.distribute(SharedArray::from_slice(&part_of(cluster.rank()))?)?;
+    let other = pool.distribute(SharedArray::from_slice(&part_of(cluster.rank()))?)?;
+    // The serving ranks' programs let go of their parts of `other`: a call on it must fail with the
+    // rank's name, not read freed memory.
+    let other = (cluster.rank() == 0).then_some(other);
+    if let Some((got, with, moved, gone)) = pool.run(|pool| {
+        let before: u64 = (1..size).map(|r| pool.bytes_sent_to(r)).sum();
+        let got = pool.map_chunks_distributed(&data, 100, chunk_sum);
+        let with = pool.map_chunks_distributed_with(&data, 333, &(3u64, 1u32), chunk_weighted);
+        let moved = (1..size).map(|r| pool.bytes_sent_to(r)).sum::<u64>() - before;
+        let other = other.as_ref().expect("rank 0 kept its part");
+        let gone = pool.map_chunks_distributed(other, 100, chunk_sum);
+        (got, with, moved, gone)
+    }) {
+        let per_part = |chunk: usize, f: &dyn Fn(&[u64]) -> u64| -> Vec<u64> {
+            (0..size)
+                .flat_map(|r| part_of(r).chunks(chunk).map(f).collect::<Vec<_>>())
+                .collect()
+        };
+        let want = per_part(100, &chunk_sum);
+        report.check(
+            "distributed array: map_chunks_distributed over each rank's own part",
+            got.map_err(|e| e.to_string())
+                .and_then(|v| eq(v, want.clone())),
+        );
+        report.check(
+            "distributed array: map_chunks_distributed_with",
+            with.map_err(|e| e.to_string())
+                .and_then(|v| eq(v, per_part(333, &|c: &[u64]| chunk_weighted(&(3, 1), c)))),
+        );
+        report.check(
+            "distributed array: no elements travel (only small messages)",
+            eq(moved < 2048 * size as u64, true),
+        );
+        report.check(
+            "distributed array: a part its rank dropped fails the call, naming the rank",
+            match (size, gone) {
+                (1, Ok(v)) => eq(v, want),
+                (_, Err(Error::RankFailed { rank: 1, message })) => {
+                    eq(message.contains("was dropped"), true)
+                }
+                (_, other) => Err(format!("{:?}", other.map(|v| v.len()))),
+            },
+        );
+    }
+    drop(pool);
+
     let mut pool = ClusterPool::builder().workers(2).build(cluster)?;
     pool.run(|pool| failures(pool, size, &mut report));
     drop(pool);

@@ -40,7 +40,11 @@
 //!   array; a rank on **rank 0's node** (`MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)` says which) receives
 //!   only a handle to its part of rank 0's shared memory, and its workers read and write there in place —
 //!   unless that memory cannot be opened from it (a rank in its own container), which
-//!   [`ClusterPool::new`] finds out once by trying.
+//!   [`ClusterPool::new`] finds out once by trying;
+//! - an array that is **already distributed** — each rank loaded or generated its own part, e.g. its
+//!   rows of a `.npy` file — becomes a [`DistributedArray`] with [`ClusterPool::distribute`], and
+//!   [`map_chunks_distributed`](ClusterPool::map_chunks_distributed) runs every rank on its own part:
+//!   no element moves at all, only the results.
 //!
 //! # Tasks: the same checked function references
 //! A call travels as the local pool's kind of function reference — an offset from a fixed function of
@@ -84,7 +88,7 @@ mod pool;
 mod serve;
 mod transport;
 
-pub use pool::{ClusterImapUnordered, ClusterPool, ClusterPoolBuilder};
+pub use pool::{ClusterImapUnordered, ClusterPool, ClusterPoolBuilder, DistributedArray};
 
 use mpi::environment::Universe;
 use mpi::topology::{Communicator, SimpleCommunicator};

@@ -13,14 +13,14 @@ use mpi::traits::CommunicatorCollectives;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::serve::{self, ArrayArgs, ArrayShare, Buffers, ClusterKind, Command, RemoteFailure};
+use super::serve::{self, ArrayArgs, ArrayShare, ClusterKind, Command, RankStore, RemoteFailure};
 use super::serve::{StreamItem, TransformReply, TransformShare};
 use super::transport::{self, Traffic, MAX_MESSAGE, PIECE, TAG_ITEM, TAG_REPLY, TAG_SHARE};
 use super::Cluster;
 use crate::error::{Error, Result};
 use crate::heap::SharedArray;
 use crate::pool::worker::{self, TaskKind};
-use crate::pool::{Pool, PoolBuilder};
+use crate::pool::{AsyncResult, Pool, PoolBuilder};
 use crate::process::fnref::LocalFn;
 
 /// Configures a [`ClusterPool`].
@@ -132,7 +132,8 @@ impl ClusterPoolBuilder {
             workers: all.iter().map(|&w| w as usize).collect(),
             shared,
             traffic: Traffic::new(cluster.size()),
-            buffers: Buffers::default(),
+            store: RankStore::default(),
+            next_array: 0,
             driving: false,
             in_call: false,
         })
@@ -186,8 +187,11 @@ pub struct ClusterPool<'c> {
     /// Which ranks read and write rank 0's arrays in place.
     shared: Vec<bool>,
     traffic: Traffic,
-    /// A serving rank's buffers for the elements it is sent.
-    buffers: Buffers,
+    /// What this rank keeps across calls: buffers for the elements it is sent, its parts of distributed
+    /// arrays.
+    store: RankStore,
+    /// The id the next distributed array gets (the same on every rank: they are made collectively).
+    next_array: u64,
     /// Inside `run`, on rank 0.
     driving: bool,
     /// In the middle of a call's messages: a panic now cannot stop the serving ranks cleanly.
@@ -388,7 +392,7 @@ impl<'c> ClusterPool<'c> {
                         &self.local,
                         &args,
                         &mut self.traffic,
-                        &mut self.buffers,
+                        &mut self.store,
                     );
                 }
             }
@@ -511,31 +515,7 @@ impl<'c> ClusterPool<'c> {
         for (r, bytes) in encoded.iter().enumerate().skip(1) {
             self.traffic.send_message(world, r, TAG_SHARE, bytes);
         }
-        let mut failure = FirstFailure::default();
-        let mut out = Vec::with_capacity(items.len());
-        match local.and_then(|p| p.get()) {
-            Ok(v) => out.extend(v),
-            Err(e) => failure.note(FirstFailure::local((0, e))),
-        }
-        for (r, share) in shares.iter().enumerate().skip(1) {
-            let bytes = self
-                .traffic
-                .receive_message(world, r, TAG_REPLY, MAX_MESSAGE);
-            match serve::decode::<std::result::Result<Vec<R>, RemoteFailure>>(&bytes) {
-                Ok(Ok(v)) if v.len() == share.len() => out.extend(v),
-                Ok(Ok(v)) => failure.note((
-                    share.start,
-                    rank_failed(r, format!("{} results for {} items", v.len(), share.len())),
-                )),
-                Ok(Err(f)) => failure.note(f.into_error(r, share.start)),
-                Err(e) => failure.note((share.start, rank_failed(r, e.to_string()))),
-            }
-        }
-        self.in_call = false;
-        match failure.0 {
-            Some((_, e)) => Err(e),
-            None => Ok(out),
-        }
+        self.gather(local, &shares, "items")
     }
 
     /// Each rank's share of `items`, serialized (rank 0's is left empty: it stays here).
@@ -771,6 +751,7 @@ impl<'c> ClusterPool<'c> {
                 serve::encode(&ArrayShare {
                     elems: elems[r].len() as u64,
                     shared: self.shared[r].then(|| serve::lend(array, elems[r].clone())),
+                    part: None,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -795,13 +776,32 @@ impl<'c> ClusterPool<'c> {
                     .send_array(world, r, bytemuck::cast_slice(part), unit);
             }
         }
+        self.gather(local, &chunks, "chunks")
+    }
+
+    /// Rank 0's own results and every other rank's reply, in rank order; the error of the lowest failing
+    /// index if any failed. `shares[r]` is rank r's range of the call's indices (items or chunks).
+    fn gather<R: DeserializeOwned>(
+        &mut self,
+        local: Result<AsyncResult<Vec<R>>>,
+        shares: &[Range<usize>],
+        what: &str,
+    ) -> Result<Vec<R>> {
+        let world = self.cluster.world();
         let mut failure = FirstFailure::default();
-        let mut out = Vec::with_capacity(chunks.iter().map(Range::len).sum());
+        let mut out = Vec::with_capacity(shares.iter().map(Range::len).sum());
         match local.and_then(|p| p.get()) {
-            Ok(v) => out.extend(v),
-            Err(e) => failure.note(FirstFailure::local((0, e))),
+            Ok(v) if v.len() == shares[0].len() => out.extend(v),
+            Ok(v) => failure.note((
+                shares[0].start,
+                rank_failed(
+                    0,
+                    format!("{} results for {} {what}", v.len(), shares[0].len()),
+                ),
+            )),
+            Err(e) => failure.note(FirstFailure::local((shares[0].start, e))),
         }
-        for (r, share) in chunks.iter().enumerate().skip(1) {
+        for (r, share) in shares.iter().enumerate().skip(1) {
             let bytes = self
                 .traffic
                 .receive_message(world, r, TAG_REPLY, MAX_MESSAGE);
@@ -809,7 +809,7 @@ impl<'c> ClusterPool<'c> {
                 Ok(Ok(v)) if v.len() == share.len() => out.extend(v),
                 Ok(Ok(v)) => failure.note((
                     share.start,
-                    rank_failed(r, format!("{} results for {} chunks", v.len(), share.len())),
+                    rank_failed(r, format!("{} results for {} {what}", v.len(), share.len())),
                 )),
                 Ok(Err(f)) => failure.note(f.into_error(r, share.start)),
                 Err(e) => failure.note((share.start, rank_failed(r, e.to_string()))),
@@ -820,6 +820,202 @@ impl<'c> ClusterPool<'c> {
             Some((_, e)) => Err(e),
             None => Ok(out),
         }
+    }
+
+    /// Makes an array whose parts already live on the ranks — each rank loaded or generated its own
+    /// `part` (say, its rows of a file) — into one [`DistributedArray`] that rank 0's calls can use, with
+    /// no element moving between ranks. Collective: every rank calls it with its part (empty parts are
+    /// fine), outside [`run`](Self::run), in the same order as the other ranks.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// fn sum(chunk: &[u64]) -> u64 {
+    ///     chunk.iter().sum()
+    /// }
+    ///
+    /// let cluster = mproc::cluster::Cluster::init()?;
+    /// let mut pool = mproc::cluster::ClusterPool::new(&cluster)?;
+    /// // Each rank's own part: here 1000 elements, all equal to its rank.
+    /// let part = mproc::SharedArray::from_slice(&vec![cluster.rank() as u64; 1000])?;
+    /// let data = pool.distribute(part)?;
+    /// if let Some(sums) = pool.run(|pool| pool.map_chunks_distributed(&data, 100, sum)) {
+    ///     let total: u64 = sums?.iter().sum();
+    ///     assert_eq!(total, (0..cluster.size() as u64).map(|r| 1000 * r).sum::<u64>());
+    /// }
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::RankFailed`] on every rank if the ranks' parts have different element sizes (different
+    /// types).
+    ///
+    /// # Panics
+    /// Inside [`run`](Self::run).
+    #[track_caller]
+    pub fn distribute<T: Pod>(&mut self, part: SharedArray<T>) -> Result<DistributedArray<T>> {
+        assert!(
+            !self.driving,
+            "mproc: ClusterPool::distribute is collective: call it on every rank, outside run"
+        );
+        let world = self.cluster.world();
+        let mine = [part.len() as u64, std::mem::size_of::<T>() as u64];
+        let mut flat = vec![0u64; 2 * self.size()];
+        world.all_gather_into(&mine[..], &mut flat[..]);
+        let id = self.next_array;
+        self.next_array += 1;
+        if let Some(r) = flat.chunks_exact(2).position(|w| w[1] != mine[1]) {
+            return Err(Error::RankFailed {
+                rank: r,
+                message: format!(
+                    "its part of distributed array {id} has elements of {} bytes, not {}",
+                    flat[2 * r + 1],
+                    mine[1]
+                ),
+            });
+        }
+        let part = std::rc::Rc::new(part);
+        let alive: std::rc::Rc<dyn std::any::Any> = part.clone();
+        self.store.parts.insert(
+            id,
+            serve::KeptPart {
+                handle: part.block_handle(),
+                bytes: mine[0] * mine[1],
+                alive: std::rc::Rc::downgrade(&alive),
+            },
+        );
+        Ok(DistributedArray {
+            id,
+            lens: flat.chunks_exact(2).map(|w| w[0] as usize).collect(),
+            part,
+        })
+    }
+
+    /// [`map_chunks`](Self::map_chunks) over a [`DistributedArray`]: each rank runs `f` on consecutive
+    /// chunks of `chunk_len` elements of its own part (a chunk never spans two parts; each part's last
+    /// may be shorter), and no element travels. One result per chunk, in rank order, then chunk order.
+    ///
+    /// # Examples
+    /// See [`distribute`](Self::distribute).
+    ///
+    /// # Errors
+    /// As [`map_chunks`](Self::map_chunks), with chunk indices (counted across the parts in rank order)
+    /// as task indices; [`Error::RankFailed`] if a rank's program dropped its part.
+    ///
+    /// # Panics
+    /// If `chunk_len` is 0; as [`map`](Self::map).
+    #[track_caller]
+    pub fn map_chunks_distributed<T: Pod, R>(
+        &mut self,
+        array: &DistributedArray<T>,
+        chunk_len: usize,
+        f: fn(&[T]) -> R,
+    ) -> Result<Vec<R>>
+    where
+        R: Serialize + DeserializeOwned,
+    {
+        self.distributed_call(
+            array,
+            chunk_len,
+            Vec::new(),
+            serve::chunks_op(f),
+            worker::chunk_fn(f),
+        )
+    }
+
+    /// [`map_chunks_distributed`](Self::map_chunks_distributed) with parameters every task receives:
+    /// `f(&params, chunk)`.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// fn count_below(&limit: &f32, chunk: &[f32]) -> usize {
+    ///     chunk.iter().filter(|&&x| x < limit).count()
+    /// }
+    ///
+    /// let cluster = mproc::cluster::Cluster::init()?;
+    /// let mut pool = mproc::cluster::ClusterPool::new(&cluster)?;
+    /// let part = mproc::SharedArray::from_slice(&vec![0.5f32; 100])?;
+    /// let data = pool.distribute(part)?;
+    /// if let Some(counts) = pool.run(|pool| pool.map_chunks_distributed_with(&data, 10, &1.0, count_below)) {
+    ///     assert_eq!(counts?.iter().sum::<usize>(), 100 * cluster.size());
+    /// }
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`map_chunks_distributed`](Self::map_chunks_distributed); [`Error::Encode`] if `params` cannot
+    /// be serialized.
+    ///
+    /// # Panics
+    /// As [`map_chunks_distributed`](Self::map_chunks_distributed).
+    #[track_caller]
+    pub fn map_chunks_distributed_with<T: Pod, P, R>(
+        &mut self,
+        array: &DistributedArray<T>,
+        chunk_len: usize,
+        params: &P,
+        f: fn(&P, &[T]) -> R,
+    ) -> Result<Vec<R>>
+    where
+        P: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let params = serve::encode(params)?;
+        self.distributed_call(
+            array,
+            chunk_len,
+            params,
+            serve::chunks_with_op(f),
+            worker::chunk_with_fn(f),
+        )
+    }
+
+    #[track_caller]
+    fn distributed_call<T: Pod, R: DeserializeOwned>(
+        &mut self,
+        array: &DistributedArray<T>,
+        chunk_len: usize,
+        params: Vec<u8>,
+        op: LocalFn<ClusterKind>,
+        task: LocalFn<TaskKind>,
+    ) -> Result<Vec<R>> {
+        assert!(chunk_len > 0, "chunk_len must be at least 1");
+        let mut first = 0;
+        let chunks: Vec<Range<usize>> = array
+            .lens
+            .iter()
+            .map(|l| {
+                let c = first..first + l.div_ceil(chunk_len);
+                first = c.end;
+                c
+            })
+            .collect();
+        let args = ArrayArgs {
+            chunk_len: chunk_len as u64,
+            params,
+        };
+        let shares = (0..self.size())
+            .map(|r| {
+                serve::encode(&ArrayShare {
+                    elems: array.lens[r] as u64,
+                    shared: None,
+                    part: Some(array.id),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.begin(op, serve::encode(&args)?)?;
+        let world = self.cluster.world();
+        let local = serve::submit_chunks::<R>(
+            &self.local,
+            task,
+            &array.part.block_handle(),
+            array.part.len(),
+            0..chunks[0].len(),
+            &args,
+        );
+        for (r, share) in shares.iter().enumerate().skip(1) {
+            self.traffic.send_message(world, r, TAG_SHARE, share);
+        }
+        self.gather(local, &chunks, "chunks")
     }
 
     /// Fills `output` in parallel from `input`, where every output element has the same number `k` of
@@ -966,10 +1162,12 @@ impl<'c> ClusterPool<'c> {
                     input: ArrayShare {
                         elems: ins[r].len() as u64,
                         shared: shared.then(|| serve::lend(input, ins[r].clone())),
+                        part: None,
                     },
                     output: ArrayShare {
                         elems: outs[r].len() as u64,
                         shared: shared.then(|| serve::lend(output, outs[r].clone())),
+                        part: None,
                     },
                 })
             })
@@ -1191,5 +1389,89 @@ impl<R> Drop for ClusterImapUnordered<'_, '_, R> {
         // Rank 0's own results: the waiting thread stops at its next send once the receiver is gone.
         self.local = None;
         self.pool.in_call = false;
+    }
+}
+
+/// An array split across the ranks of a job, each rank holding its own part in its own shared memory:
+/// made collectively by [`ClusterPool::distribute`], used by rank 0 in
+/// [`map_chunks_distributed`](ClusterPool::map_chunks_distributed). Every rank keeps its value while
+/// rank 0 uses the array: a rank that drops its part makes the calls that need it fail with
+/// [`Error::RankFailed`], never read freed memory.
+pub struct DistributedArray<T: Pod> {
+    id: u64,
+    /// The length of every rank's part.
+    lens: Vec<usize>,
+    /// This rank's part; the pool's record of it is a weak reference.
+    part: std::rc::Rc<SharedArray<T>>,
+}
+
+impl<T: Pod> std::fmt::Debug for DistributedArray<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DistributedArray")
+            .field("id", &self.id)
+            .field("lens", &self.lens)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Pod> DistributedArray<T> {
+    /// The number of elements of all parts together.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// let cluster = mproc::cluster::Cluster::init()?;
+    /// let mut pool = mproc::cluster::ClusterPool::new(&cluster)?;
+    /// let data = pool.distribute(mproc::SharedArray::<u8>::zeroed(10)?)?;
+    /// assert_eq!(data.len(), 10 * cluster.size());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn len(&self) -> usize {
+        self.lens.iter().sum()
+    }
+
+    /// Whether every part is empty.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// let cluster = mproc::cluster::Cluster::init()?;
+    /// let mut pool = mproc::cluster::ClusterPool::new(&cluster)?;
+    /// let data = pool.distribute(mproc::SharedArray::<u8>::zeroed(1)?)?;
+    /// assert!(!data.is_empty());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The length of `rank`'s part.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// let cluster = mproc::cluster::Cluster::init()?;
+    /// let mut pool = mproc::cluster::ClusterPool::new(&cluster)?;
+    /// let data = pool.distribute(mproc::SharedArray::<u8>::zeroed(cluster.rank() + 1)?)?;
+    /// assert_eq!(data.part_len(0), 1);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
+    /// # Panics
+    /// If `rank` is not a rank of the job.
+    #[track_caller]
+    pub fn part_len(&self, rank: usize) -> usize {
+        self.lens[rank]
+    }
+
+    /// This rank's part.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// let cluster = mproc::cluster::Cluster::init()?;
+    /// let mut pool = mproc::cluster::ClusterPool::new(&cluster)?;
+    /// let data = pool.distribute(mproc::SharedArray::from_slice(&[1u32, 2, 3])?)?;
+    /// assert_eq!(&data.part()[..], &[1, 2, 3]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn part(&self) -> &SharedArray<T> {
+        &self.part
     }
 }

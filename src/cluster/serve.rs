@@ -24,7 +24,7 @@ use crate::process::fnref::{AdapterKind, FnAddr, FnRef, LocalFn};
 pub(super) struct ClusterKind;
 
 impl AdapterKind for ClusterKind {
-    type Adapter = fn(FnAddr, &SimpleCommunicator, &Pool, &[u8], &mut Traffic, &mut Buffers);
+    type Adapter = fn(FnAddr, &SimpleCommunicator, &Pool, &[u8], &mut Traffic, &mut RankStore);
     const DOMAIN: u64 = 0x6d70_636c_7573_7401; // "mpclust" 1
     const NAME: &'static str = "cluster call";
 }
@@ -44,18 +44,29 @@ pub(super) struct Serving<'a> {
     pub pool: &'a Pool,
     pub args: &'a [u8],
     pub traffic: &'a mut Traffic,
-    pub buffers: &'a mut Buffers,
+    pub store: &'a mut RankStore,
 }
 
-/// Shared memory a serving rank keeps across calls for the elements it is sent (`inbox`) and the output
-/// it sends back (`outbox`): fresh shared memory costs a page fault per 4 KiB page on first touch (150 ms
-/// per 256 MiB here), so each is made once, replaced only by a larger one when a share needs more, and
-/// reused. Every call's tasks have finished before the call replies, so no task ever sees the next
-/// call's bytes.
+/// What a rank keeps across calls.
+///
+/// - Shared memory for the elements it is sent (`inbox`) and the output it sends back (`outbox`): fresh
+///   shared memory costs a page fault per 4 KiB page on first touch (150 ms per 256 MiB here), so each
+///   is made once, replaced only by a larger one when a share needs more, and reused. Every call's tasks
+///   have finished before the call replies, so no task ever sees the next call's bytes.
+/// - Its parts of distributed arrays, by id: the handle its workers are lent, and a weak reference to
+///   the part, so that a call on a part this rank's program dropped fails rather than reads freed memory.
 #[derive(Default)]
-pub(super) struct Buffers {
+pub(super) struct RankStore {
     inbox: Option<SharedArray<u8>>,
     outbox: Option<SharedArray<u8>>,
+    pub parts: std::collections::HashMap<u64, KeptPart>,
+}
+
+/// This rank's part of a distributed array.
+pub(super) struct KeptPart {
+    pub handle: BlockHandle,
+    pub bytes: u64,
+    pub alive: std::rc::Weak<dyn std::any::Any>,
 }
 
 /// `slot`'s buffer, made at least `bytes` long.
@@ -188,8 +199,10 @@ pub(super) struct ArrayShare {
     /// How many elements.
     pub elems: u64,
     /// A handle to exactly those elements of rank 0's array (a rank on rank 0's node), or `None`: they
-    /// travel as array bytes.
+    /// travel as array bytes (unless `part` says where they are).
     pub shared: Option<BlockHandle>,
+    /// The id of a distributed array: the elements are this rank's own part of it, and nothing travels.
+    pub part: Option<u64>,
 }
 
 /// A `transform` share.
@@ -403,7 +416,7 @@ fn serve_map<A, R>(
     pool: &Pool,
     args: &[u8],
     traffic: &mut Traffic,
-    buffers: &mut Buffers,
+    store: &mut RankStore,
 ) where
     A: Serialize + DeserializeOwned,
     R: Serialize + DeserializeOwned,
@@ -415,7 +428,7 @@ fn serve_map<A, R>(
         pool,
         args,
         traffic,
-        buffers,
+        store,
     };
     serve_items::<A, R>(s, worker::map_fn(f));
 }
@@ -437,7 +450,7 @@ fn serve_star<A, B, R>(
     pool: &Pool,
     args: &[u8],
     traffic: &mut Traffic,
-    buffers: &mut Buffers,
+    store: &mut RankStore,
 ) where
     A: Serialize + DeserializeOwned,
     B: Serialize + DeserializeOwned,
@@ -450,7 +463,7 @@ fn serve_star<A, B, R>(
         pool,
         args,
         traffic,
-        buffers,
+        store,
     };
     serve_items::<(A, B), R>(s, worker::star_fn(f));
 }
@@ -472,7 +485,7 @@ fn serve_imap_unordered<A, R>(
     pool: &Pool,
     args: &[u8],
     traffic: &mut Traffic,
-    buffers: &mut Buffers,
+    store: &mut RankStore,
 ) where
     A: Serialize + DeserializeOwned,
     R: Serialize + DeserializeOwned,
@@ -484,7 +497,7 @@ fn serve_imap_unordered<A, R>(
         pool,
         args,
         traffic,
-        buffers,
+        store,
     };
     let results = items_share::<A>(s)
         .and_then(|(items, chunksize)| s.pool.imap_unordered(f, items, chunksize));
@@ -570,7 +583,7 @@ fn serve_chunks<T: Pod, R: Serialize + DeserializeOwned>(
     pool: &Pool,
     args: &[u8],
     traffic: &mut Traffic,
-    buffers: &mut Buffers,
+    store: &mut RankStore,
 ) {
     // SAFETY: paired only with a `fn(&[T]) -> R` for these types (`chunks_op`).
     let f = unsafe { func.get::<fn(&[T]) -> R>() };
@@ -579,7 +592,7 @@ fn serve_chunks<T: Pod, R: Serialize + DeserializeOwned>(
         pool,
         args,
         traffic,
-        buffers,
+        store,
     };
     serve_chunks_with_task::<T, R>(s, worker::chunk_fn(f));
 }
@@ -600,7 +613,7 @@ fn serve_chunks_with<T: Pod, P, R>(
     pool: &Pool,
     args: &[u8],
     traffic: &mut Traffic,
-    buffers: &mut Buffers,
+    store: &mut RankStore,
 ) where
     P: Serialize + DeserializeOwned,
     R: Serialize + DeserializeOwned,
@@ -612,7 +625,7 @@ fn serve_chunks_with<T: Pod, P, R>(
         pool,
         args,
         traffic,
-        buffers,
+        store,
     };
     serve_chunks_with_task::<T, R>(s, worker::chunk_with_fn(f));
 }
@@ -652,14 +665,32 @@ fn run_chunks<T: Pod, R: Serialize + DeserializeOwned>(
     let chunks = elems.div_ceil(chunk_len);
     let size = std::mem::size_of::<T>();
     let unit = chunk_len.saturating_mul(size);
+    if let Some(id) = share.part {
+        let kept = s.store.parts.get(&id);
+        // Held until the tasks are done: the part cannot be freed under the workers.
+        let alive = kept.and_then(|k| k.alive.upgrade());
+        let (Some(kept), Some(_alive)) = (kept, alive) else {
+            return Err(Error::Corrupted(format!(
+                "this rank's part of distributed array {id} was dropped"
+            )));
+        };
+        if Some(kept.bytes) != share.elems.checked_mul(size as u64) {
+            return Err(Error::Corrupted(format!(
+                "distributed array {id}: a share of {} elements for a part of {} bytes",
+                share.elems, kept.bytes
+            )));
+        }
+        let handle = kept.handle.clone();
+        return submit_chunks::<R>(s.pool, task, &handle, elems, 0..chunks, args)?.get();
+    }
     if share.shared.is_some() {
-        let h = receive_share::<T>(s.world, s.traffic, &mut s.buffers.inbox, share, unit)?;
+        let h = receive_share::<T>(s.world, s.traffic, &mut s.store.inbox, share, unit)?;
         return submit_chunks::<R>(s.pool, task, &h, elems, 0..chunks, args)?.get();
     }
     let Some(total) = elems.checked_mul(size) else {
         transport::violation(s.world, "an array share larger than memory was announced");
     };
-    let buf = match buffer(&mut s.buffers.inbox, total) {
+    let buf = match buffer(&mut s.store.inbox, total) {
         Ok(buf) => buf,
         Err(e) => {
             s.traffic.discard_array(s.world, 0, total as u64, unit);
@@ -712,7 +743,7 @@ fn serve_transform<T: Pod, U: Pod>(
     pool: &Pool,
     args: &[u8],
     traffic: &mut Traffic,
-    buffers: &mut Buffers,
+    store: &mut RankStore,
 ) {
     // SAFETY: paired only with a `fn(&[T], &mut [U], usize)` for these types (`transform_op`).
     let f = unsafe { func.get::<fn(&[T], &mut [U], usize)>() };
@@ -721,7 +752,7 @@ fn serve_transform<T: Pod, U: Pod>(
         pool,
         args,
         traffic,
-        buffers,
+        store,
     };
     serve_transform_with_task::<T, U>(s, worker::transform_fn(f));
 }
@@ -744,7 +775,7 @@ fn serve_transform_with<T: Pod, U: Pod, P>(
     pool: &Pool,
     args: &[u8],
     traffic: &mut Traffic,
-    buffers: &mut Buffers,
+    store: &mut RankStore,
 ) where
     P: Serialize + DeserializeOwned,
 {
@@ -756,7 +787,7 @@ fn serve_transform_with<T: Pod, U: Pod, P>(
         pool,
         args,
         traffic,
-        buffers,
+        store,
     };
     serve_transform_with_task::<T, U>(s, worker::transform_with_fn(f));
 }
@@ -783,13 +814,7 @@ fn serve_transform_with_task<T: Pod, U: Pod>(s: &mut Serving<'_>, task: LocalFn<
     }
     // The input arrives whole (a task may read any input row of its rank's block), in pieces of at
     // most `PIECE` bytes; received before anything else can fail, so that the ranks stay in step.
-    let input = receive_share::<T>(
-        s.world,
-        s.traffic,
-        &mut s.buffers.inbox,
-        &share.input,
-        PIECE,
-    );
+    let input = receive_share::<T>(s.world, s.traffic, &mut s.store.inbox, &share.input, PIECE);
     let sent_output = share.output.shared.is_none();
     let out_elems = usize::try_from(share.output.elems).unwrap_or(usize::MAX);
     let out_bytes = out_elems.saturating_mul(std::mem::size_of::<U>());
@@ -799,7 +824,7 @@ fn serve_transform_with_task<T: Pod, U: Pod>(s: &mut Serving<'_>, task: LocalFn<
         Some(_) => Err(Error::Corrupted(
             "an output handle of the wrong size".into(),
         )),
-        None => buffer(&mut s.buffers.outbox, out_bytes)
+        None => buffer(&mut s.store.outbox, out_bytes)
             .map(|b| sub_handle::<u8>(&b.block_handle(), 0..out_bytes)),
     };
     let in_elems = usize::try_from(share.input.elems).unwrap_or(usize::MAX);
@@ -823,7 +848,7 @@ fn serve_transform_with_task<T: Pod, U: Pod>(s: &mut Serving<'_>, task: LocalFn<
         data_follows,
     });
     if data_follows {
-        let out = s.buffers.outbox.as_ref().expect("made above");
+        let out = s.store.outbox.as_ref().expect("made above");
         let out = out.range(0..out_bytes).expect("the outbox holds the share");
         s.traffic.send_array(s.world, 0, out, PIECE);
     }
