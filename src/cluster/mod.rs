@@ -35,7 +35,7 @@
 //! moves only what a rank needs:
 //! - `map`, `starmap`, `imap_unordered`: each rank receives its share of the items (serialized) and
 //!   sends back its share of the results;
-//! - `map_chunks`, `transform`: rank 0 holds the [`SharedArray`]; a rank on **another node** receives the
+//! - `map_chunks`, `transform`: rank 0 holds the [`SharedArray`](crate::SharedArray); a rank on **another node** receives the
 //!   elements of its share (and, for `transform`, sends back its share of the output), never the whole
 //!   array; a rank on **rank 0's node** (`MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)` says which) receives
 //!   only a handle to its part of rank 0's shared memory, and its workers read and write there in place —
@@ -81,7 +81,11 @@
 //!
 //! # Threads
 //! MPI is started with `MPI_THREAD_FUNNELED`: only the thread that called [`Cluster::init`] calls MPI, and
-//! [`Cluster`] is neither `Send` nor `Sync`, so the compiler keeps it there.
+//! [`Cluster`] is neither `Send` nor `Sync`, so the compiler keeps it there:
+//! ```compile_fail
+//! let cluster = mproc::cluster::Cluster::init().unwrap();
+//! std::thread::spawn(move || cluster.barrier()); // `Cluster` cannot be sent to another thread
+//! ```
 
 mod identity;
 mod pool;
@@ -89,6 +93,8 @@ mod serve;
 mod transport;
 
 pub use pool::{ClusterImapUnordered, ClusterPool, ClusterPoolBuilder, DistributedArray};
+
+use std::marker::PhantomData;
 
 use mpi::environment::Universe;
 use mpi::topology::{Communicator, SimpleCommunicator};
@@ -108,6 +114,9 @@ pub struct Cluster {
     /// The node index of every rank: nodes are numbered 0.. in order of their lowest rank.
     nodes: Vec<usize>,
     key: FnKey,
+    /// MPI runs funneled: only the thread that started it may call it, so a `Cluster` stays on that
+    /// thread (a raw pointer is neither `Send` nor `Sync`).
+    _funneled: PhantomData<*const ()>,
     /// Last, so that MPI is finalized after the communicators above are freed.
     _universe: Universe,
 }
@@ -206,6 +215,7 @@ impl Cluster {
             size,
             nodes,
             key: FnKey::from_bytes(key),
+            _funneled: PhantomData,
             _universe: universe,
         })
     }

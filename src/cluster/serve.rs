@@ -828,20 +828,16 @@ fn serve_transform_with_task<T: Pod, U: Pod>(s: &mut Serving<'_>, task: LocalFn<
             .map(|b| sub_handle::<u8>(&b.block_handle(), 0..out_bytes)),
     };
     let in_elems = usize::try_from(share.input.elems).unwrap_or(usize::MAX);
-    let outcome = input
-        .and_then(|ih| {
-            let oh = output.as_ref().map_err(|e| Error::RankFailed {
-                rank: 0,
-                message: format!("cannot make its share of the output: {e}"),
-            })?;
-            submit_transform(s.pool, task, (&ih, in_elems), (oh, out_elems), &args)?.get()
-        })
-        .map(drop)
-        .map_err(|e| match e {
-            // Not a rank number: the message is what travels (see `RemoteFailure::Other`).
-            Error::RankFailed { message, .. } => RemoteFailure::Other(message),
-            other => RemoteFailure::from(other),
-        });
+    let outcome = match (input, &output) {
+        (Err(e), _) => Err(RemoteFailure::from(e)),
+        (Ok(_), Err(e)) => Err(RemoteFailure::Other(format!(
+            "cannot make its share of the output: {e}"
+        ))),
+        (Ok(ih), Ok(oh)) => submit_transform(s.pool, task, (&ih, in_elems), (oh, out_elems), &args)
+            .and_then(|pending| pending.get())
+            .map(drop)
+            .map_err(RemoteFailure::from),
+    };
     let data_follows = sent_output && output.is_ok();
     s.reply(&TransformReply {
         outcome,
