@@ -87,12 +87,17 @@
 //! std::thread::spawn(move || cluster.barrier()); // `Cluster` cannot be sent to another thread
 //! ```
 
+mod arrays;
+mod distributed;
 mod identity;
+mod imap;
 mod pool;
 mod serve;
 mod transport;
 
-pub use pool::{ClusterImapUnordered, ClusterPool, ClusterPoolBuilder, DistributedArray};
+pub use distributed::DistributedArray;
+pub use imap::ClusterImapUnordered;
+pub use pool::{ClusterPool, ClusterPoolBuilder};
 
 use std::marker::PhantomData;
 
