@@ -1,6 +1,7 @@
 //! The cluster pool against one local pool, and MPI over TCP against raw TCP (feature `mpi`):
-//! `cargo bench --features mpi --bench cluster` (it starts itself under `mpirun -n 2` when no MPI
-//! launcher started it), or over two network namespaces joined by a veth pair:
+//! `cargo bench --features mpi --bench cluster` (it starts itself under `mpirun -n 2 --bind-to none` when
+//! no MPI launcher started it: a rank's workers inherit its CPU binding), or over two network namespaces
+//! joined by a veth pair:
 //! `.ci/mpi-netns target/release/deps/cluster-… --tcp-peer 10.77.0.1`.
 //!
 //! - **`cluster_vs_local_pool_256MiB`** (one host): a memory-bound `map_chunks` (sum of squares) over a
@@ -63,7 +64,9 @@ fn relaunch_under_mpirun() -> Option<ExitCode> {
         "(not started by an MPI launcher: running `mpirun -n 2 --oversubscribe` on this bench)"
     );
     let status = Command::new("mpirun")
-        .args(["-n", "2", "--oversubscribe"])
+        // Unbound: Open MPI binds each of 2 ranks to one core by default, and a rank's workers inherit
+        // that binding (the local pool of 2 would share one core).
+        .args(["-n", "2", "--oversubscribe", "--bind-to", "none"])
         .arg(exe)
         .args(std::env::args().skip(1))
         // Open MPI refuses root without these; harmless otherwise.
@@ -201,6 +204,11 @@ fn main() -> ExitCode {
             .collect();
         SharedArray::from_slice(&v).expect("SharedArray")
     });
+    // Every variant's per-chunk results must equal these (each chunk is summed by the same code).
+    let serial: Vec<f64> = data
+        .as_ref()
+        .map(|d| d.chunks(CHUNK).map(sum_squares).collect())
+        .unwrap_or_default();
     let mut shared = ClusterPool::builder()
         .workers(1)
         .build(&cluster)
@@ -229,7 +237,7 @@ fn main() -> ExitCode {
                             .map_chunks(data, CHUNK, sum_squares)
                             .expect("local pool");
                         let t = t.elapsed().as_secs_f64();
-                        std::hint::black_box(r);
+                        assert!(r == serial, "a variant computed other sums");
                         Some(t)
                     }
                     _ => {
@@ -242,7 +250,7 @@ fn main() -> ExitCode {
                                 .map_chunks(data, CHUNK, sum_squares)
                                 .expect("cluster pool");
                             let t = t.elapsed().as_secs_f64();
-                            std::hint::black_box(r);
+                            assert!(r == serial, "a variant computed other sums");
                             moved[v - 1] = p.bytes_sent_to(1) + p.bytes_received_from(1) - before;
                             t
                         })
@@ -302,7 +310,7 @@ fn main() -> ExitCode {
                 let r = p
                     .map_chunks(data, CHUNK, sum_squares)
                     .expect("cluster pool");
-                std::hint::black_box(r);
+                assert!(r[..] == serial[..r.len()], "the two-host sums differ");
                 (t.elapsed().as_secs_f64(), p.bytes_sent_to(1) - before)
             }) {
                 if rep > 0 {

@@ -24,8 +24,13 @@
 //!     Ok(())
 //! }
 //! ```
-//! Run it with `mpirun -n 4 target/release/my_program`, or `srun -N 4 --ntasks-per-node=1
-//! target/release/my_program` under Slurm.
+//! Run it with one rank per node, each free to use its node's cores:
+//! `mpirun --map-by ppr:1:node --bind-to none target/release/my_program` (with a hostfile), or
+//! `srun -N 4 --ntasks-per-node=1 --cpus-per-task=$CORES target/release/my_program` under Slurm. A
+//! rank's workers inherit its CPU binding, and Open MPI binds each rank to a single core by default
+//! (for up to 2 ranks): without `--bind-to none` a rank's whole pool shares that one core. The default
+//! worker count ([`ClusterPoolBuilder::workers`]) is the CPUs this rank may use, divided among the ranks
+//! of its node.
 //!
 //! # Hierarchical by design
 //! A call splits its input into one contiguous *share* per rank, in proportion to each rank's workers.

@@ -54,8 +54,9 @@ impl ClusterPoolBuilder {
         self
     }
 
-    /// Workers of this rank's local pool (default: the node's CPUs divided among the ranks on it, at
-    /// least 1). Ranks may differ: shares are in proportion to the workers.
+    /// Workers of this rank's local pool (default: the CPUs this rank may run on — its binding, see the
+    /// [module docs](super) — divided among the ranks on its node, at least 1). Ranks may differ: shares
+    /// are in proportion to the workers.
     ///
     /// # Examples
     /// ```no_run
