@@ -849,3 +849,72 @@ fn serve_transform_with_task<T: Pod, U: Pod>(s: &mut Serving<'_>, task: LocalFn<
         s.traffic.send_array(s.world, 0, out, PIECE);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_cover_everything_in_order_in_proportion() {
+        for total in [0usize, 1, 7, 100, 1001] {
+            for weights in [vec![1], vec![1, 1], vec![2, 1, 1], vec![1, 3, 0, 2]] {
+                let shares = split(total, &weights);
+                assert_eq!(shares.len(), weights.len());
+                assert_eq!(shares[0].start, 0);
+                assert_eq!(shares.last().unwrap().end, total);
+                for w in shares.windows(2) {
+                    assert_eq!(w[0].end, w[1].start);
+                }
+                let sum: usize = weights.iter().sum();
+                for (s, &w) in shares.iter().zip(&weights) {
+                    // Within one item of the exact proportion.
+                    assert!(
+                        s.len().abs_diff(total * w / sum) <= 1,
+                        "{total} {weights:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunk_ranges_are_whole_chunks_and_a_shorter_last() {
+        let r: Vec<_> = chunk_ranges(10, 4).collect();
+        assert_eq!(r, [0..4, 4..8, 8..10]);
+        assert_eq!(chunk_ranges(0, 4).count(), 0);
+    }
+
+    #[test]
+    fn remote_failures_land_on_their_index_in_the_whole_input() {
+        let (at, e) = RemoteFailure::Panicked {
+            task: 3,
+            message: "m".into(),
+            location: "l".into(),
+        }
+        .into_error(2, 100);
+        assert_eq!(at, 103);
+        assert!(matches!(e, Error::TaskPanicked { task: 103, .. }));
+        let (at, e) = RemoteFailure::Other("why".into()).into_error(1, 40);
+        assert_eq!(at, 40);
+        assert!(matches!(e, Error::RankFailed { rank: 1, ref message } if message == "why"));
+        // An index no share has is clamped, never wrapped.
+        let (at, _) = RemoteFailure::WorkerDied {
+            task: u64::MAX,
+            signal: Some(9),
+            exit_code: None,
+        }
+        .into_error(1, 5);
+        assert_eq!(at, usize::MAX);
+        assert!(matches!(
+            shifted(
+                Error::WorkerDied {
+                    task: 1,
+                    signal: None,
+                    exit_code: Some(3)
+                },
+                10
+            ),
+            Error::WorkerDied { task: 11, .. }
+        ));
+    }
+}

@@ -284,3 +284,33 @@ impl Traffic {
         self.received[from] += total;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_are_whole_chunks_of_about_the_pipeline_size_and_never_above_an_mpi_count() {
+        let check = |total: usize, unit: usize| {
+            let p: Vec<_> = pieces(total, unit).collect();
+            assert_eq!(p.first().map_or(0, |r| r.start), 0);
+            assert_eq!(p.last().map_or(0, |r| r.end), total);
+            for w in p.windows(2) {
+                assert_eq!(w[0].end, w[1].start);
+            }
+            for r in &p {
+                assert!(r.len() <= PIECE && r.len() <= i32::MAX as usize);
+                if unit < PIECE && r.end != total {
+                    assert_eq!(r.len() % unit, 0, "a piece ends inside a chunk");
+                }
+            }
+            p.len()
+        };
+        assert_eq!(check(0, 8), 0);
+        assert_eq!(check(100, 8), 1);
+        assert_eq!(check(24 << 20, 256 << 10), 3); // 8 MiB pieces of 32 chunks
+        assert_eq!(check(30 << 20, 12 << 20), 3); // chunks above the pipeline size go one by one
+        assert_eq!(check(5 << 30, 3 << 30), 5); // a chunk above PIECE is cut into PIECEs
+        assert_eq!(check(1000, 0), 1); // a zero unit is taken as 1 byte
+    }
+}
