@@ -99,6 +99,7 @@ mod imap;
 mod pool;
 mod serve;
 mod transport;
+mod wire;
 
 pub use distributed::DistributedArray;
 pub use imap::ClusterImapUnordered;
