@@ -332,6 +332,9 @@ impl<'c> ClusterPool<'c> {
     /// calls, the serving ranks are released and the panic goes on; a panic in the middle of a call's
     /// messages ends the job instead (the serving ranks cannot be brought back in step).
     ///
+    /// # Panics
+    /// If called inside `body` (runs do not nest).
+    ///
     /// # Examples
     /// ```no_run
     /// fn double(x: i32) -> i32 {
@@ -346,6 +349,10 @@ impl<'c> ClusterPool<'c> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn run<T>(&mut self, body: impl FnOnce(&mut ClusterPool<'c>) -> T) -> Option<T> {
+        assert!(
+            !self.driving,
+            "mproc: ClusterPool::run inside run: its stop would release the serving ranks too early"
+        );
         if self.cluster.rank() != 0 {
             self.serve();
             return None;
