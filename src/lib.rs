@@ -88,7 +88,6 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 #[cfg(feature = "mpi")]
-#[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
 pub mod cluster;
 pub mod codec;
 mod error;
