@@ -294,6 +294,31 @@ pub enum Error {
         /// What is wrong with it.
         problem: FileProblem,
     },
+
+    // ---- cluster (feature `mpi`) ----
+    /// MPI could not be started, or was started by someone else first.
+    #[error("MPI: {0}")]
+    Mpi(String),
+    /// Not every rank of the MPI job runs the same executable file as rank 0: function references are
+    /// offsets in that file, so the job refuses to start rather than call the wrong code. Every rank
+    /// gets this error, naming the first rank that differs.
+    #[error("rank {rank} runs a different executable than rank 0 ({detail})")]
+    RankExecutableMismatch {
+        /// The first rank whose executable differs from rank 0's.
+        rank: usize,
+        /// What differs (size and content hash of both files).
+        detail: String,
+    },
+    /// A rank of a cluster pool could not run its share of a call for a reason other than a task's
+    /// panic or a worker's death (those keep their own variants, with the item's index in the whole
+    /// input).
+    #[error("rank {rank}: {message}")]
+    RankFailed {
+        /// The rank that failed.
+        rank: usize,
+        /// What went wrong there.
+        message: String,
+    },
 }
 
 /// What is wrong with a file opened by an integration (see [`Error::BadFile`]).

@@ -89,6 +89,8 @@
 //! short transaction run by the caller. Python's `Lock` stays locked forever when its holder dies; here
 //! the next acquirer is told and carries on.
 
+#[cfg(feature = "mpi")]
+pub mod cluster;
 pub mod codec;
 mod error;
 pub(crate) mod heap;

@@ -140,9 +140,13 @@ impl Pool {
         self.engine.worker_pids()
     }
 
-    /// Submits one task per payload.
+    /// Submits one task per payload (crate use: `cluster` builds the tasks of a rank's share itself).
     #[track_caller]
-    fn submit(&self, func: LocalFn<TaskKind>, payloads: Vec<Payload>) -> Result<Arc<Job>> {
+    pub(crate) fn submit(
+        &self,
+        func: LocalFn<TaskKind>,
+        payloads: Vec<Payload>,
+    ) -> Result<Arc<Job>> {
         let f = func.sign(&self.key);
         let limit = MAX_MESSAGE_BYTES as usize - FnRef::LEN - 1;
         for p in &payloads {
