@@ -130,6 +130,13 @@ pub enum Error {
         /// The size found.
         found: u64,
     },
+    /// A size computed from the caller's arguments (a queue's capacity times its slot size, say) does not
+    /// fit in the address space: nothing was allocated.
+    #[error("{what} is too large to fit in memory")]
+    SizeOverflow {
+        /// What was being sized.
+        what: Cow<'static, str>,
+    },
     /// The segment is shorter than its header says it is.
     #[error("region is truncated: it needs {needed} bytes but the segment has {actual}")]
     Truncated {

@@ -14,14 +14,14 @@ use crate::error::{Error, Result};
 
 /// Size and content hash of an executable file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Identity {
+pub(super) struct ExecutableFingerprint {
     size: u64,
     hash: u64,
 }
 
-impl Identity {
+impl ExecutableFingerprint {
     /// The identity of `bytes`.
-    pub(super) fn of(bytes: &[u8]) -> Identity {
+    pub(super) fn of(bytes: &[u8]) -> ExecutableFingerprint {
         // Two lanes of multiply-rotate-xor over little-endian words, folded together with the length:
         // every byte, its position and the total length change the result.
         const K0: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -43,7 +43,7 @@ impl Identity {
         h ^= h >> 33;
         h = h.wrapping_mul(K1);
         h ^= h >> 29;
-        Identity {
+        ExecutableFingerprint {
             size: bytes.len() as u64,
             hash: h,
         }
@@ -65,9 +65,9 @@ impl Identity {
 
 /// The identity of this process's executable (`/proc/self/exe`: the file that was executed, even if
 /// its path was replaced since).
-pub(super) fn executable() -> Result<Identity> {
+pub(super) fn executable() -> Result<ExecutableFingerprint> {
     let bytes = std::fs::read("/proc/self/exe").map_err(|e| Error::os("read /proc/self/exe", e))?;
-    Ok(Identity::of(&bytes))
+    Ok(ExecutableFingerprint::of(&bytes))
 }
 
 #[cfg(test)]
@@ -77,17 +77,20 @@ mod tests {
     #[test]
     fn every_byte_and_the_length_count() {
         let base: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
-        let id = Identity::of(&base);
-        assert_eq!(id, Identity::of(&base.clone()));
+        let id = ExecutableFingerprint::of(&base);
+        assert_eq!(id, ExecutableFingerprint::of(&base.clone()));
         for at in [0, 8, 15, 16, 500, 999] {
             let mut other = base.clone();
             other[at] ^= 1;
-            assert_ne!(Identity::of(&other).hash, id.hash, "byte {at}");
+            assert_ne!(ExecutableFingerprint::of(&other).hash, id.hash, "byte {at}");
         }
         let mut longer = base.clone();
         longer.push(0);
-        assert_ne!(Identity::of(&longer), id);
-        assert_ne!(Identity::of(&[]), Identity::of(&[0]));
+        assert_ne!(ExecutableFingerprint::of(&longer), id);
+        assert_ne!(
+            ExecutableFingerprint::of(&[]),
+            ExecutableFingerprint::of(&[0])
+        );
     }
 
     #[test]

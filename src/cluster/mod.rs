@@ -216,8 +216,8 @@ impl Cluster {
                 rank: r,
                 detail: format!(
                     "rank 0: {}; rank {r}: {}",
-                    identity::Identity::describe(all[0]),
-                    identity::Identity::describe(all[r])
+                    identity::ExecutableFingerprint::describe(all[0]),
+                    identity::ExecutableFingerprint::describe(all[r])
                 ),
             });
         }

@@ -140,7 +140,7 @@ pub(crate) fn announced_len(magic: [u8; 8], head: &[u8; 16]) -> Option<u64> {
     (head[..8] == magic).then(|| u64::from_le_bytes(head[8..16].try_into().expect("8 bytes")))
 }
 
-pub(crate) fn encode_task(task: &SpawnTask) -> Vec<u8> {
+pub(crate) fn encode_spawn_task(task: &SpawnTask) -> Vec<u8> {
     // Encoding a struct of integers and byte vectors into a Vec cannot fail.
     spawn_frame(
         TASK_MAGIC,

@@ -75,7 +75,7 @@ pub(super) fn start_inheriting(
         parent_pid: std::process::id(),
         die_with_parent,
     };
-    let frame = bootstrap::encode_task(&task);
+    let frame = bootstrap::encode_spawn_task(&task);
     if frame.len() as u64 > bootstrap::MAX_TASK_BYTES {
         return Err(Error::MessageTooLarge {
             size: frame.len(),

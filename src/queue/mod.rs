@@ -100,9 +100,8 @@ impl<T, C: Codec<T>> Queue<T, C> {
     }
 
     fn create_in(name: Option<&str>, geo: Geometry) -> Result<Self> {
-        let size = geo.payload_size().ok_or(Error::SizeMismatch {
-            expected: u64::MAX,
-            found: 0,
+        let size = geo.payload_size().ok_or(Error::SizeOverflow {
+            what: "the queue (capacity × slot size)".into(),
         })?;
         let region = Region::create_with(Self::layout(Some(size)), name, false, |r| {
             Ring::init(r, geo)

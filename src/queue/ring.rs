@@ -127,6 +127,8 @@ struct Config {
     unfinished: AtomicU64,
 }
 
+const _: () = assert!(std::mem::size_of::<Config>() == 24);
+
 #[repr(C)]
 #[derive(Debug, Default)]
 pub(crate) struct RingHeader {
@@ -141,6 +143,10 @@ pub(crate) struct RingHeader {
     done: Line<WaitWord>,
 }
 
+// Six cache lines, each its own; a layout change is a compile error (the type hash covers the rest).
+const _: () = assert!(std::mem::size_of::<RingHeader>() == 6 * 64);
+const _: () = assert!(std::mem::align_of::<RingHeader>() == 64);
+
 // SAFETY: atomics only (with alignment padding); any bit pattern is a valid state.
 unsafe impl ShmSafe for RingHeader {}
 
@@ -150,9 +156,18 @@ unsafe impl ShmSafe for RingHeader {}
 #[repr(C, align(64))]
 #[derive(Debug)]
 struct SlotHead {
+    /// `{ seq, who }`: `seq` (high 32 bits) is the stamp this slot is at, `who` (low 32) is `IDLE`, the
+    /// tid of the thread that claimed it, or `TOMBSTONE`. For the slot's stamp `s` it moves only
+    /// `{s, IDLE}` → `{s, producer}` → `{s + 1, IDLE}` (or `{s + 1, TOMBSTONE}` if the producer died)
+    /// → `{s + 1, consumer}` → `{s + one_lap, IDLE}`, every step one CAS (see the module docs' table).
+    /// Claims are Acquire, releases Release; anything else read here is garbage and handled as such.
     state: AtomicU64,
+    /// The message's length in bytes, written by the producer before its releasing CAS; checked against
+    /// the slot size before any copy.
     len: AtomicU32,
 }
+
+const _: () = assert!(std::mem::size_of::<SlotHead>() == 64);
 
 // SAFETY: atomics only.
 unsafe impl ShmSafe for SlotHead {}

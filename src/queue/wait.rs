@@ -26,6 +26,10 @@ pub(crate) struct WaitWord {
     _pad: AtomicU32,
 }
 
+// Lives in shared memory: a layout change must be a compile error, not a type-hash mismatch at run time.
+const _: () = assert!(std::mem::size_of::<WaitWord>() == 8);
+const _: () = assert!(std::mem::align_of::<WaitWord>() == 4);
+
 impl WaitWord {
     /// Wakes the sleepers, if any.
     ///

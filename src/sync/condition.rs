@@ -21,6 +21,8 @@ pub(crate) struct RawCondition {
     sleepers: AtomicU32,
 }
 
+const _: () = assert!(std::mem::size_of::<RawCondition>() == 24);
+
 // SAFETY: atomics only; any bit pattern is a valid state.
 unsafe impl ShmSafe for RawCondition {}
 

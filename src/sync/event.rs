@@ -20,6 +20,8 @@ pub(crate) struct RawEvent {
     sleepers: AtomicU32,
 }
 
+const _: () = assert!(std::mem::size_of::<RawEvent>() == 8);
+
 // SAFETY: atomics only; any bit pattern is a valid state.
 unsafe impl ShmSafe for RawEvent {}
 

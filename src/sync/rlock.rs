@@ -19,6 +19,8 @@ pub(crate) struct RawRLock {
     _pad: AtomicU32,
 }
 
+const _: () = assert!(std::mem::size_of::<RawRLock>() == 24);
+
 // SAFETY: atomics only; any bit pattern is a valid state (a garbage depth is reset on acquisition).
 unsafe impl ShmSafe for RawRLock {}
 

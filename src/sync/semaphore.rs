@@ -515,7 +515,7 @@ impl BoundedSemaphore {
     ///
     /// # Errors
     /// [`Error::StaleHandle`] or a validation error.
-    pub fn from_handle(handle: &crate::RegionHandle) -> Result<Self> {
+    pub fn from_handle(handle: &crate::region::RegionHandle) -> Result<Self> {
         Ok(BoundedSemaphore {
             inner: Semaphore {
                 shared: Shared::from_handle(handle, Self::layout())?,

@@ -19,6 +19,11 @@ pub(crate) struct RawValue<T> {
     value: UnsafeCell<T>,
 }
 
+// Generic, so pinned for two shapes: the lock (16 bytes, 8-aligned) first, then the value, the whole
+// padded to the lock's alignment.
+const _: () = assert!(std::mem::size_of::<RawValue<u64>>() == 24);
+const _: () = assert!(std::mem::size_of::<RawValue<[u8; 3]>>() == 24);
+
 // SAFETY: RawLock is ShmSafe; T: Pod accepts any bit pattern and has no pointers; the value is mutated
 // only through the UnsafeCell, by the thread holding `lock`.
 unsafe impl<T: Pod> ShmSafe for RawValue<T> {}
@@ -189,6 +194,9 @@ const ARRAY_DATA: usize = 64;
 pub(crate) struct RawArrayHead {
     lock: RawLock,
 }
+
+const _: () = assert!(std::mem::size_of::<RawArrayHead>() == 16);
+const _: () = assert!(std::mem::size_of::<RawArrayHead>() <= ARRAY_DATA);
 
 // SAFETY: a RawLock; any bit pattern is valid.
 unsafe impl ShmSafe for RawArrayHead {}
