@@ -141,10 +141,18 @@ impl Engine {
             }
             {
                 let role = self.reader.try_lock();
+                let read = role.is_ok();
                 let mut d = self.dispatcher();
-                d.tick(role.is_ok());
+                d.tick(read);
                 if d.finished {
                     return;
+                }
+                drop(d);
+                drop(role);
+                if read {
+                    // A caller that found the role taken sleeps on the bell: hand it over now, not at the
+                    // end of its slice.
+                    self.bell.ring_if_waited();
                 }
             }
             std::thread::park_timeout(LIVENESS_EVERY);
