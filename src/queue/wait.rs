@@ -1,6 +1,7 @@
-//! How a blocked side of a ring waits: a short adaptive spin, then a futex sleep that the other side
-//! wakes at most once per sleep.
+//! How a blocked side of a ring waits: a spin budgeted in time and adapted per thread, then a futex
+//! sleep that the other side wakes at most once per sleep.
 
+use std::cell::Cell;
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -83,30 +84,79 @@ impl WaitWord {
     }
 }
 
-/// Spinning before sleeping: a few rounds of exponentially more `pause`s, then a few `yield`s (on two
-/// cores the other side may need ours to make progress). Roughly the cost of a futex wake-up in all.
+/// The longest a waiter spins (then as long again yielding) before it sleeps.
+const SPIN_MAX: Duration = Duration::from_micros(60);
+/// The shortest spin budget a thread adapts down to.
+const SPIN_MIN: Duration = Duration::from_micros(2);
+
+thread_local! {
+    /// This thread's spin budget, adapted from what its recent waits needed (see [`Backoff`]).
+    static SPIN_BUDGET: Cell<Duration> = const { Cell::new(Duration::from_micros(30)) };
+}
+
+/// Spinning before sleeping, budgeted in **time**, not in iterations: a `pause` costs very different
+/// times on different CPUs (127 of them were ~1 µs on one VM of this kind and far less than a futex
+/// wake-up on another), while a futex wake-up costs 20–80 µs on either. A waiter spins for its thread's
+/// budget, then yields for as long again (on two cores the other side may need ours to make progress),
+/// then sleeps.
+///
+/// The budget adapts per thread: a wait that ended within reach of spinning (the peer answered within
+/// a few budgets) sets the budget to 1.5 times what it needed, up to [`SPIN_MAX`], so a ping-pong with a
+/// peer that answers in microseconds stays in the spinning regime; a wait that needed a long sleep
+/// halves it, down to [`SPIN_MIN`], so an idle waiter burns next to no CPU. The clock is read only once a
+/// caller is blocked: the fast paths never get here.
 pub(super) struct Backoff {
-    step: u32,
+    /// When the first snooze happened (`None`: the caller never blocked).
+    start: Option<Instant>,
+    /// Whether this wait went to sleep.
+    slept: bool,
 }
 
 impl Backoff {
     pub(super) fn new() -> Self {
-        Backoff { step: 0 }
+        Backoff {
+            start: None,
+            slept: false,
+        }
     }
 
     /// Waits a little; returns false once it is time to sleep instead.
     pub(super) fn snooze(&mut self) -> bool {
-        match self.step {
-            0..=6 => {
-                for _ in 0..(1u32 << self.step) {
-                    std::hint::spin_loop();
-                }
+        let now = Instant::now();
+        let start = *self.start.get_or_insert(now);
+        let spent = now - start;
+        let budget = SPIN_BUDGET.with(Cell::get);
+        if spent < budget {
+            // A batch of pauses between clock reads (a clock read is ~20 ns through the vDSO).
+            for _ in 0..32 {
+                std::hint::spin_loop();
             }
-            7..=10 => std::thread::yield_now(),
-            _ => return false,
+            return true;
         }
-        self.step += 1;
-        true
+        if spent < budget * 2 {
+            std::thread::yield_now();
+            return true;
+        }
+        self.slept = true;
+        false
+    }
+}
+
+impl Drop for Backoff {
+    fn drop(&mut self) {
+        let Some(start) = self.start else {
+            return; // never blocked: nothing learned
+        };
+        let needed = start.elapsed();
+        SPIN_BUDGET.with(|b| {
+            let next = if !self.slept || needed < SPIN_MAX * 2 {
+                // Within reach of spinning: spin long enough next time.
+                (needed + needed / 2).clamp(SPIN_MIN, SPIN_MAX)
+            } else {
+                (b.get() / 2).max(SPIN_MIN)
+            };
+            b.set(next);
+        });
     }
 }
 
