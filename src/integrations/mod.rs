@@ -7,6 +7,7 @@
 //! | `image` | [`image`] | `image` | images decoded straight into shared memory as `ImageBuffer`s, processed in row bands |
 //! | `npy` | [`npy`] | `npyz` (+ `ndarray`) | `.npy` files mapped from disk, handed to workers with no copy; `.npy` output |
 //! | `async` | [`future`] | `futures-core` | `Future` for `AsyncResult` and process joins, `Stream` for `imap` |
+//! | `progress` | [`progress`] | `indicatif` | a progress bar for every call of a `Pool` (`PoolBuilder::progress_bar`) |
 
 #[cfg(feature = "async")]
 pub mod future;
@@ -16,6 +17,8 @@ pub mod image;
 pub mod ndarray;
 #[cfg(feature = "npy")]
 pub mod npy;
+#[cfg(feature = "progress")]
+pub mod progress;
 
 /// The value of a zero-sized `Copy` type: how a worker gets the function it was sent, from the
 /// function's type alone (the type is the function: a `fn` item or a non-capturing closure).

@@ -2,18 +2,34 @@
 
 use super::dispatcher::PoolConfig;
 use super::engine::Engine;
+use super::results::ProgressCallback;
 use super::worker::{self, FrameQueue};
 use super::{Pool, FRAME_SIZE, MAX_MESSAGE_BYTES, RESULT_RING};
 use crate::error::Result;
 use crate::process::fnref::FnKey;
 
 /// Configures a [`Pool`].
+///
+/// # Examples
+/// ```
+/// fn setup() {}
+///
+/// let pool = mproc::Pool::builder()
+///     .workers(2)
+///     .initializer(setup)
+///     .max_tasks_per_child(1000)
+///     .retry_on_worker_death(true)
+///     .build()?;
+/// assert_eq!(pool.workers(), 2);
+/// # Ok::<(), mproc::Error>(())
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct PoolBuilder {
     workers: Option<usize>,
     initializer: Option<fn()>,
     max_tasks_per_child: Option<u64>,
     retry: bool,
+    progress: Option<ProgressCallback>,
 }
 
 impl PoolBuilder {
@@ -52,6 +68,39 @@ impl PoolBuilder {
         self
     }
 
+    /// Calls `f(done, total)` as the tasks of a call finish (a task is one chunk of items, or one part
+    /// of an array): once with what is done when the caller starts waiting, then each time a task
+    /// finishes. It runs in the thread that waits for the results (`map`, `get`, an `imap` iterator, …),
+    /// between results, so it should be quick; a call nobody waits for reports nothing. Like `Parallel`'s
+    /// [`on_progress`](crate::Parallel::on_progress).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let last = Arc::new(AtomicUsize::new(0));
+    /// let seen = last.clone();
+    /// let pool = mproc::Pool::builder()
+    ///     .workers(2)
+    ///     .on_progress(move |done, total| {
+    ///         assert!(done <= total);
+    ///         seen.store(done, Ordering::Relaxed);
+    ///     })
+    ///     .build()?;
+    /// pool.map_chunksize(square, 0..100u64, 10)?;
+    /// assert_eq!(last.load(Ordering::Relaxed), 10); // the last report: 10 of 10 tasks
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn on_progress(mut self, f: impl Fn(usize, usize) + Send + Sync + 'static) -> Self {
+        self.progress = Some(ProgressCallback(std::sync::Arc::new(f)));
+        self
+    }
+
     /// Starts the workers.
     ///
     /// # Errors
@@ -76,7 +125,7 @@ impl PoolBuilder {
             max_body: MAX_MESSAGE_BYTES,
         };
         let results = FrameQueue::with_max_message(RESULT_RING, FRAME_SIZE)?;
-        let (engine, background) = Engine::start(cfg, results)?;
+        let (engine, background) = Engine::start(cfg, results, self.progress)?;
         Ok(Pool {
             engine,
             key,

@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::dispatcher::{Dispatcher, PoolConfig, TaskSpec, LIVENESS_EVERY};
-use super::results::Bell;
+use super::results::{Bell, ProgressCallback};
 use super::worker::FrameQueue;
 use crate::error::{Error, Result};
 
@@ -37,6 +37,8 @@ pub(crate) struct Engine {
     bell: Arc<Bell>,
     /// Set by `terminate`: the background thread kills the workers and exits.
     stop: AtomicBool,
+    /// Handed to every job (see `Job::report_progress`).
+    progress: Option<ProgressCallback>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -50,6 +52,7 @@ impl Engine {
     pub(crate) fn start(
         cfg: PoolConfig,
         results: FrameQueue,
+        progress: Option<ProgressCallback>,
     ) -> Result<(Arc<Engine>, JoinHandle<()>)> {
         let dispatcher = Dispatcher::new(cfg, results.clone())?;
         let engine = Arc::new(Engine {
@@ -58,6 +61,7 @@ impl Engine {
             reader: Mutex::new(()),
             bell: Arc::new(Bell::default()),
             stop: AtomicBool::new(false),
+            progress,
         });
         let background = engine.clone();
         let thread = std::thread::Builder::new()
@@ -69,6 +73,10 @@ impl Engine {
 
     pub(crate) fn bell(&self) -> Arc<Bell> {
         self.bell.clone()
+    }
+
+    pub(crate) fn progress(&self) -> Option<ProgressCallback> {
+        self.progress.clone()
     }
 
     fn dispatcher(&self) -> MutexGuard<'_, Dispatcher> {

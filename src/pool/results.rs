@@ -71,6 +71,17 @@ impl Bell {
     }
 }
 
+/// A pool's progress callback: `f(done, total)` with the tasks (chunks) of one call, called in the
+/// thread that waits for the call's results (see [`PoolBuilder::on_progress`](super::PoolBuilder::on_progress)).
+#[derive(Clone)]
+pub(crate) struct ProgressCallback(pub(crate) Arc<dyn Fn(usize, usize) + Send + Sync>);
+
+impl std::fmt::Debug for ProgressCallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressCallback(..)")
+    }
+}
+
 /// The shared record of one call (`map`, `apply`, …): its chunks' outcomes as they arrive.
 #[derive(Debug)]
 pub(crate) struct Job {
@@ -78,6 +89,10 @@ pub(crate) struct Job {
     bell: Arc<Bell>,
     /// The engine that produces the outcomes: a waiter helps drive it (reads results) while it waits.
     engine: Weak<Engine>,
+    /// The pool's progress callback, and the `done` count it was last called with (`usize::MAX`:
+    /// never).
+    progress: Option<ProgressCallback>,
+    reported: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -102,7 +117,28 @@ impl Job {
             }),
             bell: engine.bell(),
             engine: Arc::downgrade(engine),
+            progress: engine.progress(),
+            reported: std::sync::atomic::AtomicUsize::new(usize::MAX),
         })
+    }
+
+    /// Calls the progress callback, outside any lock, if the number of finished tasks changed since
+    /// it was last called (and once at the start, with what is done so far).
+    fn report_progress(&self) {
+        let Some(cb) = &self.progress else {
+            return;
+        };
+        let (done, total) = {
+            let s = lock(self);
+            (s.chunks.len() - s.remaining, s.chunks.len())
+        };
+        if self
+            .reported
+            .swap(done, std::sync::atomic::Ordering::Relaxed)
+            != done
+        {
+            (cb.0)(done, total);
+        }
     }
 
     pub(crate) fn finish(&self, chunk: usize, outcome: ChunkOutcome) {
@@ -169,6 +205,7 @@ fn wait_for<'a>(
 ) -> (MutexGuard<'a, JobState>, bool) {
     loop {
         let seen = job.bell.count();
+        job.report_progress();
         let s = lock(job);
         if done(&s) {
             return (s, true);
