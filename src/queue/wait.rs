@@ -101,20 +101,28 @@ thread_local! {
 /// then sleeps.
 ///
 /// The budget adapts per thread: a wait that ended within reach of spinning (the peer answered within
-/// a few budgets) sets the budget to 1.5 times what it needed, up to [`SPIN_MAX`], so a ping-pong with a
-/// peer that answers in microseconds stays in the spinning regime; a wait that needed a long sleep
-/// halves it, down to [`SPIN_MIN`], so an idle waiter burns next to no CPU. The clock is read only once a
+/// a few budgets) sets the budget to 1.5 times what it needed, between [`SPIN_MIN`] and [`SPIN_MAX`], so
+/// a ping-pong with a peer that answers in microseconds stays in the spinning regime; a wait that needed
+/// a long sleep (an idle peer) halves it, so an idle waiter burns next to no CPU. The first
+/// [`QUICK_SNOOZES`] snoozes are single pauses with no clock read at all. The clock is read only once a
 /// caller is blocked: the fast paths never get here.
 pub(super) struct Backoff {
-    /// When the first snooze happened (`None`: the caller never blocked).
+    /// Snoozes so far that were a single `pause` each, before the clock is consulted at all.
+    quick: u32,
+    /// When the first timed snooze happened (`None`: the wait ended before).
     start: Option<Instant>,
     /// Whether this wait went to sleep.
     slept: bool,
 }
 
+/// Snoozes of one `pause` each that come first: a peer that answers within a few hundred ns (both
+/// sides awake) is caught without a clock read or a batch of pauses in between.
+const QUICK_SNOOZES: u32 = 4;
+
 impl Backoff {
     pub(super) fn new() -> Self {
         Backoff {
+            quick: 0,
             start: None,
             slept: false,
         }
@@ -122,13 +130,19 @@ impl Backoff {
 
     /// Waits a little; returns false once it is time to sleep instead.
     pub(super) fn snooze(&mut self) -> bool {
+        if self.quick < QUICK_SNOOZES {
+            self.quick += 1;
+            std::hint::spin_loop();
+            return true;
+        }
         let now = Instant::now();
         let start = *self.start.get_or_insert(now);
         let spent = now - start;
         let budget = SPIN_BUDGET.with(Cell::get);
         if spent < budget {
-            // A batch of pauses between clock reads (a clock read is ~20 ns through the vDSO).
-            for _ in 0..32 {
+            // A few pauses between clock reads (a clock read is ~20 ns through the vDSO): the caller
+            // re-checks its condition after each call, so a longer batch only adds latency.
+            for _ in 0..4 {
                 std::hint::spin_loop();
             }
             return true;
@@ -150,9 +164,12 @@ impl Drop for Backoff {
         let needed = start.elapsed();
         SPIN_BUDGET.with(|b| {
             let next = if !self.slept || needed < SPIN_MAX * 2 {
-                // Within reach of spinning: spin long enough next time.
+                // Within reach of spinning: spin about that long next time. Tracking down as well as
+                // up matters on two cores: a waiter that spins far longer than its peer needs can sit
+                // on the very CPU the peer needs to answer.
                 (needed + needed / 2).clamp(SPIN_MIN, SPIN_MAX)
             } else {
+                // A long sleep: the peer is idle, and spinning for it burns CPU for nothing.
                 (b.get() / 2).max(SPIN_MIN)
             };
             b.set(next);
