@@ -83,7 +83,7 @@
 //!
 //! # Compared with Python's `multiprocessing`
 //! Python pickles every argument through a pipe, so a 64 MiB array costs ~180 ms per task on this
-//! project's machine; a `SharedArray` costs ~50 µs whatever its size. Python's `Pool` hangs forever when a
+//! project's machine; a `SharedArray` costs 40–110 µs whatever its size. Python's `Pool` hangs forever when a
 //! worker is killed; here the call returns [`Error::WorkerDied`]. Python's `Manager` proxies every call
 //! to a server process over a socket; here the containers are in shared memory and each operation is a
 //! short transaction run by the caller. Python's `Lock` stays locked forever when its holder dies; here
