@@ -163,7 +163,7 @@ fn drop_unlinks() {
     assert!(!shm_path(&name).exists(), "dropping the creator unlinks");
     // A process that had it open keeps using it.
     let d = opened.dict::<String, u64>("d").unwrap();
-    assert_eq!(d.get(&"x".into()).unwrap(), Some(1));
+    assert_eq!(d.get("x").unwrap(), Some(1));
     assert!(matches!(Manager::open(&name), Err(Error::NotFound { .. })));
 }
 
@@ -176,7 +176,7 @@ fn visible(arg: &str) {
     let m = Manager::open(name).unwrap_or_else(|e| die(&format!("open: {e:?}")));
     let d = m.dict::<String, u64>("shared").expect("dict");
     let l = m.list::<String>("lines").expect("list");
-    if d.get(&"from_parent".into()).unwrap() != Some(7) {
+    if d.get("from_parent").unwrap() != Some(7) {
         die("the parent's entry is not visible");
     }
     if l.get(0).unwrap().as_deref() != Some("parent") {
@@ -209,7 +209,7 @@ fn shared_by_name() {
     for i in 0..3u64 {
         assert_eq!(d.get(&format!("child_{i}")).unwrap(), Some(i * 10));
     }
-    assert_eq!(d.get(&"total".into()).unwrap(), Some(1 + 2 + 3));
+    assert_eq!(d.get("total").unwrap(), Some(1 + 2 + 3));
     assert_eq!(d.len().unwrap(), 5);
     let mut lines = l.to_vec().unwrap();
     assert_eq!(lines.remove(0), "parent");

@@ -56,23 +56,30 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Calls `f` with the postcard encoding of `value`, in a buffer reused per thread: a steady stream of
+/// messages allocates nothing.
+fn postcard_with_bytes<T: Serialize + ?Sized, R>(
+    value: &T,
+    f: impl FnOnce(&[u8]) -> R,
+) -> Result<R> {
+    SCRATCH.with(|cell| {
+        let mut buf = cell
+            .try_borrow_mut()
+            .map_err(|_| Error::Encode("re-entrant encode".into()))?;
+        buf.clear();
+        let taken = std::mem::take(&mut *buf);
+        let out = postcard::to_extend(value, taken).map_err(|e| Error::Encode(e.to_string()))?;
+        let r = f(&out);
+        *buf = out;
+        Ok(r)
+    })
+}
+
 impl<T: Serialize + DeserializeOwned> Codec<T> for Serde {
     const NAME: &'static str = "postcard";
 
     fn with_bytes<R>(value: &T, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
-        // Reuse one buffer per thread: a steady stream of messages allocates nothing.
-        SCRATCH.with(|cell| {
-            let mut buf = cell
-                .try_borrow_mut()
-                .map_err(|_| Error::Encode("re-entrant encode".into()))?;
-            buf.clear();
-            let taken = std::mem::take(&mut *buf);
-            let out =
-                postcard::to_extend(value, taken).map_err(|e| Error::Encode(e.to_string()))?;
-            let r = f(&out);
-            *buf = out;
-            Ok(r)
-        })
+        postcard_with_bytes(value, f)
     }
 
     fn decode(bytes: &[u8]) -> Result<T> {
@@ -80,6 +87,39 @@ impl<T: Serialize + DeserializeOwned> Codec<T> for Serde {
             ty: std::any::type_name::<T>().into(),
             reason: e.to_string(),
         })
+    }
+}
+
+/// How a codec encodes a *borrowed form* `Q` of a key, for lookups: `dict.get("ada")` in a
+/// `Dict<String, _>`. The encoding of `Q` must equal the encoding of the key that borrows as it, as
+/// `str` and `String`, `[T]` and `Vec<T>`, `T` and `Box<T>` do under serde (the same contract as
+/// `Borrow` with `Hash` and `Eq`).
+///
+/// # Examples
+/// ```
+/// let m = mproc::Manager::anonymous(1 << 20)?;
+/// let d = m.dict::<String, u32>("ages")?;
+/// d.insert(&"ada".to_owned(), &36)?;
+/// assert_eq!(d.get("ada")?, Some(36)); // a `&str`, no `String` needed
+/// # Ok::<(), mproc::Error>(())
+/// ```
+pub trait KeyCodec<Q: ?Sized> {
+    /// Calls `f` with the encoded bytes of `key`.
+    ///
+    /// # Errors
+    /// [`Error::Encode`] if the key cannot be encoded.
+    fn with_key_bytes<R>(key: &Q, f: impl FnOnce(&[u8]) -> R) -> Result<R>;
+}
+
+impl<Q: Serialize + ?Sized> KeyCodec<Q> for Serde {
+    fn with_key_bytes<R>(key: &Q, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        postcard_with_bytes(key, f)
+    }
+}
+
+impl<Q: Pod> KeyCodec<Q> for Raw {
+    fn with_key_bytes<R>(key: &Q, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        Ok(f(bytemuck::bytes_of(key)))
     }
 }
 

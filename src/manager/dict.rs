@@ -5,11 +5,12 @@
 //! `key length (u64) | key bytes | value bytes`, encoded with the dict's [`Codec`]. Linear probing; the
 //! table is rebuilt at 3/4 load into fresh memory, so growing journals only the header words.
 
+use std::borrow::Borrow;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
 use super::heap::{at, CopyBudget, HeapRef, JournaledHeap, Tx};
-use crate::codec::{Codec, Serde};
+use crate::codec::{Codec, KeyCodec, Serde};
 use crate::error::{Error, Result};
 
 const LEN: u64 = 0;
@@ -201,15 +202,31 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
         <C as Codec<K>>::with_bytes(key, <[u8]>::to_vec)
     }
 
-    /// The value for `key`, if any.
+    /// The value for `key`, if any. Like `HashMap::get`, `key` may be any borrowed form of `K`
+    /// (`&str` for a `String` key): see [`KeyCodec`].
+    ///
+    /// # Examples
+    /// ```
+    /// let m = mproc::Manager::anonymous(1 << 20)?;
+    /// let d = m.dict::<String, f64>("prices")?;
+    /// d.insert(&"tea".to_owned(), &2.5)?;
+    /// assert_eq!(d.get("tea")?, Some(2.5));
+    /// assert_eq!(d.get("coffee")?, None);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::Decode`] if the stored value is not a `V`; [`Error::Corrupted`] if the heap is damaged.
-    pub fn get(&self, key: &K) -> Result<Option<V>> {
+    pub fn get<Q>(&self, key: &Q) -> Result<Option<V>>
+    where
+        K: Borrow<Q>,
+        Q: ?Sized,
+        C: KeyCodec<Q>,
+    {
         let obj = self.obj;
         // The key is hashed and compared where the codec put it, and the value decoded where the heap
         // holds it: a lookup copies nothing but the decoded value out.
-        <C as Codec<K>>::with_bytes(key, |k| {
+        <C as KeyCodec<Q>>::with_key_bytes(key, |k| {
             self.heap.transact(|tx| {
                 let h = tx.heap();
                 let (cap, table) = (h.get(obj + CAP)?, h.get(obj + TABLE)?);
@@ -222,12 +239,17 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
         })?
     }
 
-    /// Whether `key` is present.
+    /// Whether `key` (or a borrowed form of it, see [`get`](Dict::get)) is present.
     ///
     /// # Errors
     /// [`Error::Corrupted`] if the heap is damaged.
-    pub fn contains(&self, key: &K) -> Result<bool> {
-        let k = Self::key_bytes(key)?;
+    pub fn contains<Q>(&self, key: &Q) -> Result<bool>
+    where
+        K: Borrow<Q>,
+        Q: ?Sized,
+        C: KeyCodec<Q>,
+    {
+        let k = <C as KeyCodec<Q>>::with_key_bytes(key, <[u8]>::to_vec)?;
         let obj = self.obj;
         self.heap.transact(|tx| {
             let h = tx.heap();
@@ -345,12 +367,18 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
         tx.free(old_table)
     }
 
-    /// Removes `key`; returns its value if it was present.
+    /// Removes `key` (or a borrowed form of it, see [`get`](Dict::get)); returns its value if it was
+    /// present.
     ///
     /// # Errors
     /// [`Error::Decode`], [`Error::Corrupted`].
-    pub fn remove(&self, key: &K) -> Result<Option<V>> {
-        let k = Self::key_bytes(key)?;
+    pub fn remove<Q>(&self, key: &Q) -> Result<Option<V>>
+    where
+        K: Borrow<Q>,
+        Q: ?Sized,
+        C: KeyCodec<Q>,
+    {
+        let k = <C as KeyCodec<Q>>::with_key_bytes(key, <[u8]>::to_vec)?;
         let obj = self.obj;
         let bytes = self.heap.transact(|tx| {
             let (cap, table) = (tx.get(obj + CAP)?, tx.get(obj + TABLE)?);
