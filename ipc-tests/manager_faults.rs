@@ -222,8 +222,8 @@ fn check_child(name: &str) {
 fn fill(d: &mproc::Dict<String, u64>) -> Result<u64, String> {
     for i in 0u64.. {
         match d.insert(&format!("f_{i}"), &i) {
-            Ok(true) => {}
-            Ok(false) => return Err(format!("f_{i} was already there")),
+            Ok(None) => {}
+            Ok(Some(old)) => return Err(format!("f_{i} was already there (= {old})")),
             Err(Error::OutOfMemory { .. }) => return Ok(i),
             Err(e) => return Err(format!("insert f_{i}: {e:?}")),
         }

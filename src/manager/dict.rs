@@ -257,18 +257,38 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
         })
     }
 
-    /// Sets `key` to `value`; returns whether the key was new.
+    /// Sets `key` to `value`; returns the value it replaced, if the key was present (as
+    /// `HashMap::insert` does).
+    ///
+    /// # Examples
+    /// ```
+    /// let m = mproc::Manager::anonymous(1 << 20)?;
+    /// let d = m.dict::<String, u32>("stock")?;
+    /// assert_eq!(d.insert(&"pens".to_owned(), &10)?, None);
+    /// assert_eq!(d.insert(&"pens".to_owned(), &12)?, Some(10));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     ///
     /// # Errors
-    /// [`Error::OutOfMemory`] (the dict is unchanged then), [`Error::Encode`], [`Error::Corrupted`].
-    pub fn insert(&self, key: &K, value: &V) -> Result<bool> {
+    /// [`Error::OutOfMemory`] (the dict is unchanged then), [`Error::Encode`], [`Error::Corrupted`];
+    /// [`Error::Decode`] if the replaced value is not a `V` (it is replaced all the same).
+    pub fn insert(&self, key: &K, value: &V) -> Result<Option<V>> {
         let k = Self::key_bytes(key)?;
         let v = <C as Codec<V>>::with_bytes(value, <[u8]>::to_vec)?;
         let obj = self.obj;
-        self.heap.transact(|tx| Self::put(tx, obj, &k, &v))
+        let (_, old) = self.heap.transact(|tx| Self::put(tx, obj, &k, &v, true))?;
+        old.map(|b| <C as Codec<V>>::decode(&b)).transpose()
     }
 
-    fn put(tx: &mut Tx<'_>, obj: u64, k: &[u8], v: &[u8]) -> Result<bool> {
+    /// Sets the entry of `k` to `v`. Returns whether the key was present, and (with `keep_old`) the
+    /// bytes of the value it replaced, read before they are overwritten or freed.
+    fn put(
+        tx: &mut Tx<'_>,
+        obj: u64,
+        k: &[u8],
+        v: &[u8],
+        keep_old: bool,
+    ) -> Result<(bool, Option<Vec<u8>>)> {
         let tag = tag_of(k);
         let (len, cap, tombs) = (tx.get(obj + LEN)?, tx.get(obj + CAP)?, tx.get(obj + TOMBS)?);
         // Saturating: the three words may be garbage; a nonsense answer only triggers a rebuild, which
@@ -286,13 +306,14 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
             Ok(i) => {
                 let slot = at(table, i, 16)?;
                 let old = tx.get(slot + 8)?;
+                let old_value = keep_old.then(|| value_of(tx.heap(), old)).transpose()?;
                 if Self::overwrite_in_place(tx, old, k.len(), v)? {
-                    return Ok(false);
+                    return Ok((true, old_value));
                 }
                 let entry = tx.alloc_blob(&entry_bytes(k, v))?;
                 tx.set(slot + 8, entry)?;
                 tx.free(old)?;
-                Ok(false)
+                Ok((true, old_value))
             }
             Err(i) => {
                 let entry = tx.alloc_blob(&entry_bytes(k, v))?;
@@ -303,7 +324,7 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
                 tx.set(slot + 8, entry)?;
                 tx.set(slot, tag)?;
                 tx.set(obj + LEN, tx.get(obj + LEN)?.saturating_add(1))?;
-                Ok(true)
+                Ok((false, None))
             }
         }
     }
@@ -417,7 +438,7 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
                 Err(_) => None,
             };
             let v = <C as Codec<V>>::with_bytes(&f(old), <[u8]>::to_vec)?;
-            Self::put(tx, obj, &k, &v).map(drop)
+            Self::put(tx, obj, &k, &v, false).map(drop)
         })
     }
 

@@ -13,7 +13,7 @@ fn dict_matches_a_hashmap() {
     for i in 0..3000u64 {
         let k = format!("key{}", i % 1000);
         match i % 5 {
-            0..=2 => assert_eq!(d.insert(&k, &i).unwrap(), model.insert(k, i).is_none()),
+            0..=2 => assert_eq!(d.insert(&k, &i).unwrap(), model.insert(k, i)),
             3 => assert_eq!(d.remove(&k).unwrap(), model.remove(&k)),
             _ => assert_eq!(d.get(&k).unwrap(), model.get(&k).copied()),
         }
