@@ -42,7 +42,8 @@ use image::{
 
 use super::conjure;
 use crate::error::{Error, FileProblem, Result};
-use crate::{Pool, SharedArray};
+use crate::heap::SharedArray;
+use crate::pool::Pool;
 
 /// An image whose pixels live in shared memory.
 ///

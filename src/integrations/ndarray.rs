@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use super::conjure;
 use crate::error::{Error, Result};
-use crate::{Pool, SharedArray};
+use crate::heap::SharedArray;
+use crate::pool::Pool;
 
 /// The memory order of an n-d array's elements.
 ///
