@@ -14,7 +14,7 @@
 //! and `exec` (`pre_exec`), so programs that other threads of the parent start meanwhile never get them.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -155,10 +155,9 @@ fn adopt(fd: RawFd, what: &str) -> std::result::Result<OwnedFd, ChannelError> {
     Ok(owned)
 }
 
-fn seals(fd: RawFd) -> Option<i32> {
-    // SAFETY: F_GET_SEALS only queries; it fails with EINVAL for a file that is not a memfd.
-    let s = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
-    (s >= 0).then_some(s)
+/// The memfd's seals; `None` for a file that has none to report (not shmem) or an error.
+fn seals(file: &File) -> Option<u32> {
+    super::shm::seals(file).ok().flatten()
 }
 
 /// The task the parent wrote: checked to be a memfd of our uid sealed against any change, at most `cap`
@@ -174,8 +173,8 @@ pub(crate) fn read_sealed(owned: OwnedFd, cap: u64) -> std::result::Result<Vec<u
     if !m.file_type().is_file() || m.uid() != crate::sys::proc::euid() {
         return Err("the task descriptor is not a file of this user".into());
     }
-    let need = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
-    match seals(file.as_raw_fd()) {
+    let need = (libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) as u32;
+    match seals(&file) {
         Some(s) if s & need == need => {}
         _ => return Err("the task file is not a sealed memfd".into()),
     }
@@ -202,23 +201,9 @@ pub(crate) fn read_key(fd: RawFd, parent: u32) -> std::result::Result<[u8; 16], 
     if !m.file_type().is_socket() {
         return Err("the key descriptor is not a socket".into());
     }
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: SO_PEERCRED writes one `ucred` into `cred` (a live local) and its size into `len`.
-    let r = unsafe {
-        libc::getsockopt(
-            file.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if r != 0 || cred.pid as u32 != parent || cred.uid != crate::sys::proc::euid() {
+    let made_by_parent = super::unix_socket::peer_cred(file.as_fd())
+        .is_ok_and(|(pid, uid)| pid == parent && uid == crate::sys::proc::euid());
+    if !made_by_parent {
         return Err("the key socket was not made by this process's parent".into());
     }
     let mut key = [0u8; 16];
@@ -255,7 +240,7 @@ pub(crate) fn adopt_result_fd(owned: OwnedFd) -> std::result::Result<File, Chann
         && m.len() == 0
         // A memfd made with MFD_ALLOW_SEALING starts with no seals at all; any other tmpfs file
         // reports F_SEAL_SEAL, and a non-shmem file has no seals to report.
-        && seals(file.as_raw_fd()) == Some(0);
+        && seals(&file) == Some(0);
     if !ok {
         return Err("the result descriptor is not an empty memfd of this user".into());
     }
