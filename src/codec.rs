@@ -7,6 +7,22 @@
 //!
 //! Decoding never trusts its input: bytes of the wrong length or that do not parse are an
 //! [`Error::Decode`] naming the expected type, never a panic.
+//!
+//! # Examples
+//! A queue picks its codec by its second type parameter:
+//! ```
+//! use mproc::codec::{Raw, RawSlice, Serde};
+//! use mproc::Queue;
+//!
+//! let text: Queue<String, Serde> = Queue::new(4)?; // same as Queue<String>
+//! let points: Queue<[f32; 2], Raw> = Queue::new(4)?;
+//! let samples: Queue<Vec<u16>, RawSlice<u16>> = Queue::with_max_message(4, 64)?;
+//! text.put(&"hi".to_owned())?;
+//! points.put(&[1.0, 2.0])?;
+//! samples.put(&vec![7, 8, 9])?;
+//! assert_eq!(samples.get()?, vec![7, 8, 9]);
+//! # Ok::<(), mproc::Error>(())
+//! ```
 
 use std::marker::PhantomData;
 
@@ -17,11 +33,29 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 
 /// Converts values of `T` to and from bytes.
+///
+/// # Examples
+/// A codec is used through its associated functions; the queue and the manager call them for you.
+/// ```
+/// use mproc::codec::{Codec, Serde};
+///
+/// let bytes = Serde::with_bytes(&(1u8, "two".to_owned()), |b| b.to_vec())?;
+/// let back: (u8, String) = Serde::decode(&bytes)?;
+/// assert_eq!(back, (1, "two".to_owned()));
+/// # Ok::<(), mproc::Error>(())
+/// ```
 pub trait Codec<T>: Send + Sync + 'static {
     /// A name for the format, part of a queue's type check (a queue of one codec will not open as another).
     const NAME: &'static str;
 
     /// The largest message a queue of this codec accepts unless told otherwise.
+    ///
+    /// # Examples
+    /// ```
+    /// use mproc::codec::{Codec, Raw, Serde};
+    /// assert_eq!(<Raw as Codec<u64>>::default_max_size(), 8); // exactly one value
+    /// assert_eq!(<Serde as Codec<String>>::default_max_size(), 1024);
+    /// ```
     fn default_max_size() -> usize {
         1024
     }
@@ -30,12 +64,30 @@ pub trait Codec<T>: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`Error::Encode`] if the value cannot be encoded.
+    ///
+    /// # Examples
+    /// ```
+    /// use mproc::codec::{Codec, Raw};
+    /// let len = Raw::with_bytes(&[1u32, 2, 3], |bytes| bytes.len())?;
+    /// assert_eq!(len, 12); // the value's own bytes, borrowed
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     fn with_bytes<R>(value: &T, f: impl FnOnce(&[u8]) -> R) -> Result<R>;
 
     /// Decodes a value from `bytes`.
     ///
     /// # Errors
     /// [`Error::Decode`] if the bytes are not a valid encoding of a `T`.
+    ///
+    /// # Examples
+    /// Bytes that do not parse are an error naming the type, never a panic:
+    /// ```
+    /// use mproc::codec::{Codec, Raw};
+    /// assert_eq!(<Raw as Codec<u16>>::decode(&[1, 0])?, 1);
+    /// let err = <Raw as Codec<u16>>::decode(&[1, 0, 0]).unwrap_err();
+    /// assert!(matches!(err, mproc::Error::Decode { .. }));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     fn decode(bytes: &[u8]) -> Result<T>;
 }
 
@@ -49,6 +101,20 @@ pub trait Codec<T>: Send + Sync + 'static {
 // or zero-sized, and the crate's own wire types are neither.
 
 /// The serde codec: postcard's compact binary format.
+///
+/// # Examples
+/// Any serde type, your own included:
+/// ```
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize, Debug, PartialEq)]
+/// struct Job { id: u32, path: String }
+///
+/// let q: mproc::Queue<Job> = mproc::Queue::new(8)?; // the codec defaults to `Serde`
+/// q.put(&Job { id: 1, path: "a.png".into() })?;
+/// assert_eq!(q.get()?, Job { id: 1, path: "a.png".into() });
+/// # Ok::<(), mproc::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Serde;
 
@@ -108,6 +174,16 @@ pub trait KeyCodec<Q: ?Sized> {
     ///
     /// # Errors
     /// [`Error::Encode`] if the key cannot be encoded.
+    ///
+    /// # Examples
+    /// A `&str` encodes to the same bytes as the `String` it borrows from:
+    /// ```
+    /// use mproc::codec::{KeyCodec, Serde};
+    /// let a = <Serde as KeyCodec<str>>::with_key_bytes("ada", |b| b.to_vec())?;
+    /// let b = <Serde as KeyCodec<String>>::with_key_bytes(&"ada".to_owned(), |b| b.to_vec())?;
+    /// assert_eq!(a, b);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     fn with_key_bytes<R>(key: &Q, f: impl FnOnce(&[u8]) -> R) -> Result<R>;
 }
 
@@ -124,6 +200,22 @@ impl<Q: Pod> KeyCodec<Q> for Raw {
 }
 
 /// The raw codec for `Pod` values: the value's bytes, copied.
+///
+/// # Examples
+/// Your own `Pod` type, with bytemuck's derives:
+/// ```
+/// use bytemuck::{Pod, Zeroable};
+/// use mproc::{codec::Raw, Queue};
+///
+/// #[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq)]
+/// #[repr(C)]
+/// struct Pixel { r: u8, g: u8, b: u8, a: u8 }
+///
+/// let q: Queue<Pixel, Raw> = Queue::new(16)?;
+/// q.put(&Pixel { r: 1, g: 2, b: 3, a: 255 })?;
+/// assert_eq!(q.get()?.a, 255);
+/// # Ok::<(), mproc::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Raw;
 
@@ -154,6 +246,16 @@ impl<T: Pod> Codec<T> for Raw {
 }
 
 /// The raw codec for `Vec<T: Pod>`: the elements' bytes, copied.
+///
+/// # Examples
+/// ```
+/// use mproc::codec::{Codec, RawSlice};
+/// let v = vec![1.5f64, -2.0];
+/// let bytes = RawSlice::<f64>::with_bytes(&v, |b| b.to_vec())?;
+/// assert_eq!(bytes.len(), 16);
+/// assert_eq!(RawSlice::<f64>::decode(&bytes)?, v);
+/// # Ok::<(), mproc::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RawSlice<T>(PhantomData<T>);
 

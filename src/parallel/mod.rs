@@ -110,9 +110,29 @@ pub use arr::Arr;
 use arr::{with_context, CallCopies};
 
 /// The default of [`Parallel::max_nbytes`]: 1 MiB, as in joblib.
+///
+/// # Examples
+/// ```
+/// assert_eq!(mproc::parallel::DEFAULT_MAX_NBYTES, 1 << 20);
+/// ```
 pub const DEFAULT_MAX_NBYTES: usize = 1 << 20;
 
 /// A function and its argument, waiting to be run by [`Parallel::run`] (joblib's `delayed(f)(x)`).
+///
+/// Made by [`delayed`]; tasks of different functions mix in one call as long as they share argument
+/// and result types.
+///
+/// # Examples
+/// ```
+/// use mproc::parallel::{delayed, Delayed, Parallel};
+///
+/// fn square(x: i64) -> i64 { x * x }
+/// fn negate(x: i64) -> i64 { -x }
+///
+/// let tasks: Vec<Delayed<i64, i64>> = vec![delayed(square, 3), delayed(negate, 3)];
+/// assert_eq!(Parallel::new(2).run(tasks)?, vec![9, -3]);
+/// # Ok::<(), mproc::Error>(())
+/// ```
 pub struct Delayed<A, R> {
     f: fn(A) -> R,
     args: A,
@@ -156,6 +176,18 @@ enum Progress {
 ///
 /// The pool is started by the first call and reused by the next ones; it stops when the `Parallel` is
 /// dropped.
+///
+/// # Examples
+/// ```
+/// fn mean(v: Vec<f64>) -> f64 {
+///     v.iter().sum::<f64>() / v.len() as f64
+/// }
+///
+/// let par = mproc::Parallel::new(2);
+/// let rows = vec![vec![1.0, 3.0], vec![2.0, 4.0, 6.0]];
+/// assert_eq!(par.map(mean, rows)?, vec![2.0, 4.0]);
+/// # Ok::<(), mproc::Error>(())
+/// ```
 pub struct Parallel {
     /// Names this `Parallel` in the lease quarantine (see `lease`).
     id: u64,
@@ -306,6 +338,12 @@ impl Parallel {
     }
 
     /// The number of worker processes.
+    ///
+    /// # Examples
+    /// ```
+    /// let n = mproc::Parallel::default().n_jobs();
+    /// assert_eq!(n, std::thread::available_parallelism().map_or(1, |n| n.get()));
+    /// ```
     pub fn n_jobs(&self) -> usize {
         match (self.pool.get(), self.n_jobs) {
             (Some(p), _) => p.workers(),
@@ -337,6 +375,20 @@ impl Parallel {
     ///
     /// # Panics
     /// If a task's function is not a function of the main executable.
+    ///
+    /// # Examples
+    /// ```
+    /// use mproc::parallel::{delayed, Parallel};
+    ///
+    /// fn count_words(text: String) -> usize {
+    ///     text.split_whitespace().count()
+    /// }
+    ///
+    /// let docs = ["a b c", "d e", ""];
+    /// let tasks = docs.iter().map(|d| delayed(count_words, d.to_string()));
+    /// assert_eq!(Parallel::new(2).run(tasks)?, vec![3, 2, 0]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     #[track_caller]
     pub fn run<A, R>(&self, tasks: impl IntoIterator<Item = Delayed<A, R>>) -> Result<Vec<R>>
     where
@@ -353,6 +405,16 @@ impl Parallel {
     ///
     /// # Panics
     /// If `f` is not a function of the main executable.
+    ///
+    /// # Examples
+    /// ```
+    /// fn cube(x: u64) -> u64 {
+    ///     x * x * x
+    /// }
+    ///
+    /// assert_eq!(mproc::Parallel::new(2).map(cube, 1..=4)?, vec![1, 8, 27, 64]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     #[track_caller]
     pub fn map<A, R>(&self, f: fn(A) -> R, items: impl IntoIterator<Item = A>) -> Result<Vec<R>>
     where
@@ -371,6 +433,23 @@ impl Parallel {
     ///
     /// # Panics
     /// If a task's function is not a function of the main executable.
+    ///
+    /// # Examples
+    /// ```
+    /// use mproc::parallel::{delayed, Parallel};
+    ///
+    /// fn checked_div((a, b): (u32, u32)) -> u32 {
+    ///     assert!(b != 0, "division by zero");
+    ///     a / b
+    /// }
+    ///
+    /// let tasks = [(8, 2), (1, 0), (9, 3)].map(|t| delayed(checked_div, t));
+    /// let results = Parallel::new(2).run_each(tasks)?;
+    /// assert_eq!(results[0].as_ref().ok(), Some(&4));
+    /// assert!(matches!(results[1], Err(mproc::Error::TaskPanicked { .. })));
+    /// assert_eq!(results[2].as_ref().ok(), Some(&3));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     #[track_caller]
     pub fn run_each<A, R>(
         &self,

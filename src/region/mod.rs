@@ -18,8 +18,8 @@
 //!   the same user that truncates one can make other processes fault on access. We do not claim to
 //!   defend named regions against that; use anonymous regions where it matters.
 //!
-//! Opening always validates the header (its layout is documented in `src/region/header.rs`) and fails with a typed [`Error`] naming what
-//! differs. Nothing read from the header is trusted before it is checked against the real size of the
+//! Opening always validates the header (magic, format version, the payload's type and size, the creator's
+//! identity) and fails with a typed [`Error`] naming what differs. Nothing read from the header is trusted before it is checked against the real size of the
 //! segment, and nothing is re-read after the open.
 //!
 //! # Names carry no nonce
@@ -49,6 +49,21 @@
 //! the namespace that wrote it, so a creator of another namespace (a container sharing `/dev/shm`) is
 //! never judged dead from here: an opener waits for it up to its bound, then reports
 //! [`Error::NotReady`], and the janitor never removes its segments.
+//!
+//! # Examples
+//! Two handles on one named region see each other's writes:
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//!
+//! let name = format!("doc-region-{}", std::process::id());
+//! let a = mproc::Region::create(&name, 8, false)?;
+//! let b = mproc::Region::open(&name)?;
+//! // SAFETY: the payload is 8 bytes, 8-aligned, and touched only through this atomic.
+//! let word = |r: &mproc::Region| unsafe { &*(r.as_ptr() as *const AtomicU64) };
+//! word(&a).store(42, Ordering::Release);
+//! assert_eq!(word(&b).load(Ordering::Acquire), 42);
+//! # Ok::<(), mproc::Error>(())
+//! ```
 
 mod header;
 mod janitor;
@@ -73,7 +88,12 @@ pub use janitor::cleanup_stale;
 pub(crate) const SHM_PREFIX: &str = "mproc.";
 /// How long an opener by name waits for a named region's creator to publish it.
 ///
-/// Opening from a [`RegionHandle`] never waits (see `HANDLE_OPEN_WAIT`).
+/// Opening from a [`RegionHandle`] never waits: a handle names a region that is already published.
+///
+/// # Examples
+/// ```
+/// assert_eq!(mproc::region::DEFAULT_OPEN_TIMEOUT, std::time::Duration::from_secs(10));
+/// ```
 pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long opening a region from a [`RegionHandle`] waits for it to be published: not at all.
 ///
@@ -162,6 +182,18 @@ enum Naming {
 /// Handles are how shared objects travel to a spawned process: they serialize as this, and re-attach on
 /// the other side with full validation. A handle to an anonymous region stays valid while some process
 /// that serialized it still holds the region.
+///
+/// # Examples
+/// A handle is plain data: send it any way you like, then open it on the other side.
+/// ```
+/// let region = mproc::Region::anonymous(64)?;
+/// let handle = region.handle();
+/// let bytes = postcard::to_allocvec(&handle).expect("a handle serializes");
+/// let back: mproc::RegionHandle = postcard::from_bytes(&bytes).expect("and deserializes");
+/// let again = mproc::Region::from_handle(&back)?;
+/// assert_eq!(again.len(), 64);
+/// # Ok::<(), mproc::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegionHandle {
     id: u64,
@@ -182,6 +214,16 @@ enum Source {
 }
 
 /// A mapped shared-memory segment with a validated header. See the [module docs](self).
+///
+/// Most programs never touch a `Region`: the typed objects (`Value`, `SharedArray`, `Queue`, …) are
+/// built on it. Use it for a layout of your own, through atomics.
+///
+/// # Examples
+/// ```
+/// let r = mproc::Region::anonymous(4096)?;
+/// assert_eq!((r.len(), r.name()), (4096, None));
+/// # Ok::<(), mproc::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Region {
     map: shm::Mapping,
@@ -244,6 +286,18 @@ impl Region {
     ///
     /// # Errors
     /// [`Error::AlreadyExists`], [`Error::InvalidName`], or [`Error::Os`].
+    ///
+    /// # Examples
+    /// ```
+    /// let name = format!("doc-create-{}", std::process::id());
+    /// let r = mproc::Region::create(&name, 1024, false)?;
+    /// assert_eq!(r.name(), Some(name.as_str()));
+    /// assert!(matches!(
+    ///     mproc::Region::create(&name, 1024, false),
+    ///     Err(mproc::Error::AlreadyExists { .. })
+    /// ));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn create(name: &str, size: usize, persistent: bool) -> Result<Region> {
         Region::create_with(
             Layout::bytes(Some(size)),
@@ -259,6 +313,18 @@ impl Region {
     /// [`Error::NotFound`], a validation error ([`Error::TypeMismatch`], [`Error::Truncated`], …), or
     /// [`Error::NotReady`] if the creator did not publish it within [`DEFAULT_OPEN_TIMEOUT`] (at once if
     /// the creator is proved dead; a creator of another pid namespace is waited for).
+    ///
+    /// # Examples
+    /// ```
+    /// let name = format!("doc-open-{}", std::process::id());
+    /// let created = mproc::Region::create(&name, 256, false)?;
+    /// let opened = mproc::Region::open(&name)?;
+    /// assert_eq!(opened.len(), 256);
+    /// assert_eq!(opened.creator_pid(), std::process::id());
+    /// drop((opened, created)); // the creator's drop unlinks the name
+    /// assert!(matches!(mproc::Region::open(&name), Err(mproc::Error::NotFound { .. })));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn open(name: &str) -> Result<Region> {
         Region::open_with(name, Layout::bytes(None), DEFAULT_OPEN_TIMEOUT)
     }
@@ -267,6 +333,17 @@ impl Region {
     ///
     /// # Errors
     /// [`Error::NotFound`] or [`Error::Os`].
+    ///
+    /// # Examples
+    /// A persistent region outlives its handle until it is unlinked:
+    /// ```
+    /// let name = format!("doc-unlink-{}", std::process::id());
+    /// drop(mproc::Region::create(&name, 64, true)?);
+    /// assert!(mproc::Region::open(&name)?.is_persistent());
+    /// mproc::Region::unlink(&name)?;
+    /// assert!(matches!(mproc::Region::open(&name), Err(mproc::Error::NotFound { .. })));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn unlink(name: &str) -> Result<()> {
         validate_name(name)?;
         shm::unlink_named(&shm_name(name), name)
@@ -274,22 +351,55 @@ impl Region {
 
     /// The payload bytes, as a raw pointer. Other processes may write them at any time: read and write
     /// through atomics or volatile accesses, and validate what you read.
+    ///
+    /// The payload starts 64-byte aligned, and the pointer is valid for [`len`](Region::len) bytes while
+    /// the `Region` lives.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// let r = mproc::Region::anonymous(4)?;
+    /// assert_eq!(r.as_ptr() as usize % 64, 0);
+    /// // SAFETY: 4 aligned bytes of the live region, accessed only atomically.
+    /// let n = unsafe { &*(r.as_ptr() as *const AtomicU32) };
+    /// n.fetch_add(1, Ordering::Relaxed);
+    /// assert_eq!(n.load(Ordering::Relaxed), 1);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn as_ptr(&self) -> *mut u8 {
         // PAYLOAD_OFFSET < the mapping length, checked at creation and open.
         self.map.as_ptr().wrapping_add(PAYLOAD_OFFSET)
     }
 
     /// The payload size in bytes.
+    ///
+    /// # Examples
+    /// ```
+    /// assert_eq!(mproc::Region::anonymous(100)?.len(), 100);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn len(&self) -> usize {
         self.header.payload_size as usize
     }
 
     /// Whether the payload is empty.
+    ///
+    /// # Examples
+    /// ```
+    /// assert!(!mproc::Region::anonymous(1)?.is_empty());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The user-given name, for a named region.
+    ///
+    /// # Examples
+    /// ```
+    /// assert_eq!(mproc::Region::anonymous(8)?.name(), None);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn name(&self) -> Option<&str> {
         match &self.naming {
             Naming::Named { name, .. } => Some(name),
@@ -303,11 +413,24 @@ impl Region {
     }
 
     /// The pid of the process that created the region.
+    ///
+    /// # Examples
+    /// ```
+    /// assert_eq!(mproc::Region::anonymous(8)?.creator_pid(), std::process::id());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn creator_pid(&self) -> u32 {
         self.header.creator_pid
     }
 
     /// A handle another process can open this region with. See [`RegionHandle`].
+    ///
+    /// # Examples
+    /// ```
+    /// let r = mproc::Region::anonymous(8)?;
+    /// assert_eq!(r.handle(), r.handle()); // the same region, the same handle
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn handle(&self) -> RegionHandle {
         let source = match &self.naming {
             Naming::Named { name, .. } => Source::Named(name.clone()),
@@ -331,6 +454,15 @@ impl Region {
     /// [`Error::StaleHandle`] if the region is gone or was replaced; [`Error::NotSealed`] if an
     /// anonymous-region handle names a file that is not a size-sealed memfd; [`Error::NotReady`] at once
     /// if the region is not published; or another validation error.
+    ///
+    /// # Examples
+    /// ```
+    /// let name = format!("doc-from-handle-{}", std::process::id());
+    /// let r = mproc::Region::create(&name, 32, false)?;
+    /// let same = mproc::Region::from_handle(&r.handle())?;
+    /// assert_eq!(same.name(), Some(name.as_str()));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn from_handle(handle: &RegionHandle) -> Result<Region> {
         Region::open_handle(handle, Layout::bytes(None))
     }
@@ -606,6 +738,12 @@ impl Region {
     }
 
     /// Whether the region outlives its creator's handle (see [`Region::create`]).
+    ///
+    /// # Examples
+    /// ```
+    /// assert!(!mproc::Region::anonymous(8)?.is_persistent());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn is_persistent(&self) -> bool {
         self.header.flags & FLAG_PERSISTENT != 0
     }
