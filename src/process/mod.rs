@@ -151,6 +151,18 @@ use bootstrap::{Failure, Outcome, SpawnKind};
 use fnref::{FnKey, LocalFn};
 
 /// How a [`Process`] is started. See the [module docs](crate::process#start-methods).
+///
+/// # Examples
+/// ```
+/// use mproc::{Process, StartMethod};
+///
+/// for method in [StartMethod::Spawn, StartMethod::Fork, StartMethod::ForkServer] {
+///     let mut p = Process::builder().start_method(method).target(|x: u32| x * 2, 21)?;
+///     p.start()?;
+///     assert_eq!(p.join()?, 42);
+/// }
+/// # Ok::<(), mproc::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StartMethod {
     /// Re-execute the running executable and run the function there (the default; safe everywhere).
@@ -248,17 +260,42 @@ impl Default for Builder {
 
 impl Builder {
     /// A builder with the defaults: a generated name, [`StartMethod::Spawn`], dying with the parent.
+    ///
+    /// # Examples
+    /// ```
+    /// let mut p = mproc::process::Builder::new().target(|(): ()| 7u8, ())?;
+    /// p.start()?;
+    /// assert_eq!(p.join()?, 7);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn new() -> Self {
         Builder::default()
     }
 
     /// Names the process (default: `Process-<n>`, like Python).
+    ///
+    /// # Examples
+    /// ```
+    /// let p = mproc::Process::builder().name("loader").target(|(): ()| (), ())?;
+    /// assert_eq!(p.name(), "loader");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
     }
 
     /// Chooses how the process is started (default [`StartMethod::Spawn`]).
+    ///
+    /// # Examples
+    /// ```
+    /// use mproc::StartMethod;
+    /// let p = mproc::Process::builder()
+    ///     .start_method(StartMethod::ForkServer)
+    ///     .target(|(): ()| (), ())?;
+    /// assert_eq!(p.start_method(), StartMethod::ForkServer);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn start_method(mut self, method: StartMethod) -> Self {
         self.method = method;
         self
@@ -266,6 +303,17 @@ impl Builder {
 
     /// Whether the child exits when this process dies (default `true`). See the
     /// [module docs](crate::process#children-die-with-their-parent).
+    ///
+    /// # Examples
+    /// ```
+    /// // A child that may outlive us (it still ends when its work is done):
+    /// let mut p = mproc::Process::builder()
+    ///     .die_with_parent(false)
+    ///     .target(|n: u64| (1..=n).product::<u64>(), 5)?;
+    /// p.start()?;
+    /// assert_eq!(p.join()?, 120);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn die_with_parent(mut self, yes: bool) -> Self {
         self.die_with_parent = yes;
         self
@@ -374,6 +422,19 @@ impl Builder {
 /// [`Process::join`]. Dropping a started process that was not joined waits for it (or kills it, for a
 /// [daemon](Builder::daemon)); see the
 /// [module docs](crate::process#dropping-a-running-process).
+///
+/// # Examples
+/// ```
+/// fn greet(name: String) -> String {
+///     format!("hello, {name}")
+/// }
+///
+/// let mut p = mproc::Process::new(greet, "Bob".to_owned())?;
+/// p.start()?;
+/// assert_eq!(p.join()?, "hello, Bob");
+/// assert_eq!(p.exitcode(), Some(0));
+/// # Ok::<(), mproc::Error>(())
+/// ```
 #[must_use = "a process does nothing until started"]
 pub struct Process<R> {
     name: String,
@@ -432,6 +493,14 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
 
 impl Process<()> {
     /// A [`Builder`] with the defaults.
+    ///
+    /// # Examples
+    /// ```
+    /// let mut p = mproc::Process::builder().name("sq").target(|x: i32| x * x, -4)?;
+    /// p.start()?;
+    /// assert_eq!(p.join()?, 16);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn builder() -> Builder {
         Builder::new()
     }
@@ -439,11 +508,25 @@ impl Process<()> {
 
 impl<R> Process<R> {
     /// The process's name.
+    ///
+    /// # Examples
+    /// ```
+    /// let p = mproc::Process::new(|(): ()| (), ())?;
+    /// assert!(p.name().starts_with("Process-")); // Python's default naming
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// How it is (or will be) started.
+    ///
+    /// # Examples
+    /// ```
+    /// let p = mproc::Process::new(|(): ()| (), ())?;
+    /// assert_eq!(p.start_method(), mproc::StartMethod::Spawn);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn start_method(&self) -> StartMethod {
         self.method
     }
@@ -453,6 +536,15 @@ impl<R> Process<R> {
     /// # Errors
     /// [`Error::ProcessState`] if it was already started; [`Error::Os`] if the system refuses to create
     /// the process.
+    ///
+    /// # Examples
+    /// ```
+    /// let mut p = mproc::Process::new(|x: u8| x, 1)?;
+    /// p.start()?;
+    /// assert!(matches!(p.start(), Err(mproc::Error::ProcessState(_)))); // once only
+    /// assert_eq!(p.join()?, 1);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn start(&mut self) -> Result<()> {
         let target = self.target.take().ok_or(Error::ProcessState(
             "the process was already started".into(),
@@ -476,17 +568,58 @@ impl<R> Process<R> {
     }
 
     /// The child's pid, once started.
+    ///
+    /// # Examples
+    /// ```
+    /// let mut p = mproc::Process::new(|(): ()| std::process::id(), ())?;
+    /// assert_eq!(p.pid(), None);
+    /// p.start()?;
+    /// let pid = p.pid().expect("started");
+    /// assert_eq!(p.join()?, pid); // the child saw the same pid
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.pid)
     }
 
     /// Whether the child was started and has not terminated yet.
+    ///
+    /// # Examples
+    /// ```
+    /// fn forever(_: ()) {
+    ///     loop {
+    ///         std::thread::park();
+    ///     }
+    /// }
+    ///
+    /// let mut p = mproc::Process::builder().daemon(true).target(forever, ())?;
+    /// assert!(!p.is_alive());
+    /// p.start()?;
+    /// assert!(p.is_alive());
+    /// p.kill()?;
+    /// assert!(p.join().is_err());
+    /// assert!(!p.is_alive());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn is_alive(&self) -> bool {
         self.child.is_some() && self.poll().is_none()
     }
 
     /// The exit code once the child has terminated: its code, or `-signum` if a signal killed it (as in
     /// Python). `None` while it runs or before it starts.
+    ///
+    /// # Examples
+    /// ```
+    /// fn quit(code: i32) {
+    ///     std::process::exit(code)
+    /// }
+    ///
+    /// let mut p = mproc::Process::new(quit, 3)?;
+    /// p.start()?;
+    /// assert!(matches!(p.join(), Err(mproc::Error::ProcessExited { .. })));
+    /// assert_eq!(p.exitcode(), Some(3));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn exitcode(&self) -> Option<i32> {
         self.poll().map(|s| match s {
             WaitStatus::Exited(c) => c,
@@ -498,6 +631,22 @@ impl<R> Process<R> {
     ///
     /// # Errors
     /// [`Error::ProcessState`] if it was not started.
+    ///
+    /// # Examples
+    /// ```
+    /// fn forever(_: ()) {
+    ///     loop {
+    ///         std::thread::park();
+    ///     }
+    /// }
+    ///
+    /// let mut p = mproc::Process::new(forever, ())?;
+    /// p.start()?;
+    /// p.terminate()?;
+    /// assert!(matches!(p.join(), Err(mproc::Error::ProcessKilled { .. })));
+    /// assert_eq!(p.exitcode(), Some(-15)); // -SIGTERM, as in Python
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn terminate(&self) -> Result<()> {
         self.signal(psys::SIGTERM)
     }
@@ -506,6 +655,23 @@ impl<R> Process<R> {
     ///
     /// # Errors
     /// [`Error::ProcessState`] if it was not started.
+    ///
+    /// # Examples
+    /// ```
+    /// fn forever(_: ()) {
+    ///     loop {
+    ///         std::thread::park();
+    ///     }
+    /// }
+    ///
+    /// let mut p = mproc::Process::new(forever, ())?;
+    /// assert!(matches!(p.kill(), Err(mproc::Error::ProcessState(_)))); // not started
+    /// p.start()?;
+    /// p.kill()?;
+    /// assert!(matches!(p.join(), Err(mproc::Error::ProcessKilled { .. })));
+    /// assert_eq!(p.exitcode(), Some(-9));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn kill(&self) -> Result<()> {
         self.signal(psys::SIGKILL)
     }
@@ -542,6 +708,25 @@ impl<R: DeserializeOwned> Process<R> {
     /// - [`Error::Decode`] / [`Error::Encode`] if the argument or result did not (de)serialize;
     /// - [`Error::ExecutableMismatch`] if the child found a different executable file;
     /// - [`Error::ProcessState`] if it was not started, or already joined.
+    ///
+    /// # Examples
+    /// ```
+    /// fn risky(x: i32) -> i32 {
+    ///     assert!(x >= 0, "negative input");
+    ///     x
+    /// }
+    ///
+    /// let mut ok = mproc::Process::new(risky, 5)?;
+    /// let mut bad = mproc::Process::new(risky, -1)?;
+    /// ok.start()?;
+    /// bad.start()?;
+    /// assert_eq!(ok.join()?, 5);
+    /// match bad.join() {
+    ///     Err(mproc::Error::ProcessPanicked { message, .. }) => assert!(message.contains("negative")),
+    ///     other => panic!("expected a panic report, got {other:?}"),
+    /// }
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn join(&mut self) -> Result<R> {
         self.join_inner(None)
     }
@@ -551,6 +736,24 @@ impl<R: DeserializeOwned> Process<R> {
     /// # Errors
     /// [`Error::Timeout`] if the child is still running after `timeout` (join again later), otherwise as
     /// [`join`](Process::join).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn forever(_: ()) {
+    ///     loop {
+    ///         std::thread::park();
+    ///     }
+    /// }
+    ///
+    /// let mut p = mproc::Process::builder().daemon(true).target(forever, ())?;
+    /// p.start()?;
+    /// assert!(matches!(p.join_timeout(Duration::from_millis(10)), Err(mproc::Error::Timeout)));
+    /// p.kill()?;
+    /// assert!(p.join_timeout(Duration::from_secs(10)).is_err()); // killed, reported as such
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<R> {
         self.join_inner(Some(timeout))
     }
