@@ -67,7 +67,7 @@
 //! MAC still guarantees that a serving rank calls only pairs rank 0 made from real `fn` values with this
 //! module's typed constructors, for the cluster's adapter kind, never a local pool's or a spawn's. Bytes
 //! from another rank are trusted as far as MPI is and no further: every size is checked before anything
-//! is allocated or received (see `transport`), and everything decoded from them is checked as the local
+//! is allocated or received, and everything decoded from them is checked as the local
 //! pool checks its rings (array handles are validated by the region layer when opened).
 //!
 //! # Failures

@@ -2,7 +2,7 @@
 //!
 //! - [`AsyncResult`](crate::AsyncResult) is a `Future` (of what [`get`](crate::AsyncResult::get)
 //!   returns); [`Imap`](crate::pool::Imap) and [`ImapUnordered`](crate::pool::ImapUnordered) are
-//!   `futures_core::Stream`s. They are woken by the pool itself (see the notes on `pool::results`):
+//!   `futures_core::Stream`s. They are woken by the pool itself, not by polling:
 //!   at most about 10 ms after a worker answers, and a worker that dies fails the awaited tasks with
 //!   [`Error::WorkerDied`] on the same tick — an `await` never hangs on a
 //!   dead worker.
