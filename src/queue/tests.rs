@@ -271,7 +271,7 @@ fn garbage_spill_references_are_typed_errors() {
     }
     // A real block, but the reference lies about its length: refused, and the block removed.
     q.put(&vec![5; 1000]).unwrap();
-    let honest = q.ring().pop(None, |b| SpillRef::parse(b)).unwrap().unwrap();
+    let honest = q.ring().pop(None, SpillRef::parse).unwrap().unwrap();
     let mut r = [0u8; REF_LEN];
     SpillRef {
         nonce: honest.nonce,

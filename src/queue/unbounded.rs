@@ -196,20 +196,22 @@ impl Log {
     /// Runs `f` on segment `n`, opening (and validating) it first if this process has not yet.
     fn with_seg<R>(&self, n: u64, f: impl FnOnce(&Region, &SegHead) -> Result<R>) -> Result<R> {
         let mut segs = self.segs.lock().unwrap_or_else(|p| p.into_inner());
-        if !segs.contains_key(&n) {
-            let name = self.blocks.segment_name(n);
-            let region = self
-                .blocks
-                .open(&name, Blocks::layout("mproc queue segment", None))?;
-            if region.len() < SEG_DATA {
-                return Err(corrupted(format!(
-                    "segment {name} is {} bytes",
-                    region.len()
-                )));
+        let region = match segs.entry(n) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let name = self.blocks.segment_name(n);
+                let region = self
+                    .blocks
+                    .open(&name, Blocks::layout("mproc queue segment", None))?;
+                if region.len() < SEG_DATA {
+                    return Err(corrupted(format!(
+                        "segment {name} is {} bytes",
+                        region.len()
+                    )));
+                }
+                e.insert(region)
             }
-            segs.insert(n, region);
-        }
-        let region = &segs[&n];
+        };
         f(region, region.payload_ref::<SegHead>(0)?)
     }
 
