@@ -18,6 +18,7 @@ mod pool_faults;
 mod process;
 mod queue;
 mod queue_faults;
+mod queue_unbounded;
 mod region;
 mod region_fuzz;
 mod security_heap;
@@ -44,6 +45,7 @@ fn main() {
         sync_faults::ROLES,
         queue::ROLES,
         queue_faults::ROLES,
+        queue_unbounded::ROLES,
         process::ROLES,
         pool::ROLES,
         pool_faults::ROLES,
@@ -67,6 +69,7 @@ fn main() {
     trials.extend(sync_faults::tests());
     trials.extend(queue::tests());
     trials.extend(queue_faults::tests());
+    trials.extend(queue_unbounded::tests());
     trials.extend(process::tests());
     trials.extend(pool::tests());
     trials.extend(pool_faults::tests());

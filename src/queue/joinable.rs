@@ -140,12 +140,11 @@ impl<T, C: Codec<T>> JoinableQueue<T, C> {
     }
 
     fn put_until(&self, value: &T, deadline: Option<Instant>) -> Result<()> {
-        let ring = self.queue.ring();
         // Count before publishing, so `join` can never see zero while the message is in the queue.
-        ring.add_unfinished();
+        self.queue.add_unfinished();
         let r = self.queue.put_until(value, deadline);
         if r.is_err() {
-            ring.task_done();
+            self.queue.task_done();
         }
         r
     }
@@ -171,7 +170,7 @@ impl<T, C: Codec<T>> JoinableQueue<T, C> {
     /// # Errors
     /// [`Error::ReleasedTooManyTimes`] if called more times than messages were put (Python's ValueError).
     pub fn task_done(&self) -> Result<()> {
-        if self.queue.ring().task_done() {
+        if self.queue.task_done() {
             Ok(())
         } else {
             Err(Error::ReleasedTooManyTimes(
@@ -182,7 +181,7 @@ impl<T, C: Codec<T>> JoinableQueue<T, C> {
 
     /// Tasks put and not yet marked done.
     pub fn unfinished(&self) -> u64 {
-        self.queue.ring().unfinished()
+        self.queue.unfinished()
     }
 
     /// Waits until every task put has been marked done.
@@ -190,7 +189,7 @@ impl<T, C: Codec<T>> JoinableQueue<T, C> {
     /// # Errors
     /// None today; the `Result` matches [`join_timeout`](Self::join_timeout).
     pub fn join(&self) -> Result<()> {
-        self.queue.ring().join(None)
+        self.queue.join_until(None)
     }
 
     /// Waits at most `timeout` for every task to be marked done.
@@ -198,7 +197,7 @@ impl<T, C: Codec<T>> JoinableQueue<T, C> {
     /// # Errors
     /// [`Error::Timeout`].
     pub fn join_timeout(&self, timeout: Duration) -> Result<()> {
-        self.queue.ring().join(Some(Instant::now() + timeout))
+        self.queue.join_until(Some(Instant::now() + timeout))
     }
 
     /// Closes the queue (see [`Queue::close`]).

@@ -1,4 +1,5 @@
 use super::ring::Ring;
+use super::spill::{SpillRef, REF_LEN};
 use super::*;
 use crate::codec::Raw;
 use std::collections::HashSet;
@@ -51,14 +52,24 @@ fn capacity_exact_for_odd_sizes() {
 }
 
 #[test]
-fn too_large_is_refused_at_put() {
+fn large_message_spills_and_small_stays_inline() {
     let q: Queue<Vec<u8>> = Queue::with_max_message(2, 16).unwrap();
-    assert!(matches!(
-        q.put(&vec![0; 100]),
-        Err(Error::MessageTooLarge { max: 16, .. })
-    ));
+    assert!(q.max_message_size() >= 16);
+    q.put(&vec![0; 100]).unwrap();
+    assert_eq!(q.block_files().len(), 1, "the large one is in a block");
     q.put(&vec![1; 10]).unwrap();
+    assert_eq!(q.get().unwrap(), vec![0; 100]);
     assert_eq!(q.get().unwrap(), vec![1; 10]);
+    assert!(q.block_files().is_empty(), "taken blocks are unlinked");
+    // Every length around the boundary, in order.
+    for len in 0..40 {
+        q.put(&vec![len as u8; len]).unwrap();
+        assert_eq!(q.get().unwrap(), vec![len as u8; len], "length {len}");
+    }
+    // Raw codec, a Pod larger than its own slot would be if someone asked for less.
+    let raw: Queue<[u8; 128], Raw> = Queue::with_max_message(2, 8).unwrap();
+    raw.put(&[9; 128]).unwrap();
+    assert_eq!(raw.get().unwrap(), [9; 128]);
 }
 
 #[test]
@@ -229,4 +240,184 @@ fn forged_hints_heal() {
             }
         }
     }
+}
+
+// ---- spilled messages and the unbounded queue (issue 13) ----
+
+/// Slot bytes of exactly the slot size, as a peer could push them: `head` then zeroes.
+fn forged_slot(q: &Queue<Vec<u8>>, head: &[u8]) -> Vec<u8> {
+    let mut slot = vec![0u8; q.max_message_size() + 1];
+    slot[..head.len()].copy_from_slice(head);
+    slot
+}
+
+#[test]
+fn garbage_spill_references_are_typed_errors() {
+    let q: Queue<Vec<u8>> = Queue::with_max_message(4, 32).unwrap();
+    let mut forged = Vec::new();
+    // Not a reference at all (bad magic).
+    forged.push(forged_slot(&q, &[0xAB; REF_LEN]));
+    // A reference to a block that does not exist.
+    let mut r = [0u8; REF_LEN];
+    SpillRef {
+        nonce: 0xdead_beef,
+        len: 1 << 40,
+    }
+    .encode(&mut r);
+    forged.push(forged_slot(&q, &r));
+    for slot in &forged {
+        q.ring().push(slot, None).unwrap();
+        assert!(matches!(q.try_get(), Err(Error::Corrupted(_))), "{slot:?}");
+    }
+    // A real block, but the reference lies about its length: refused, and the block removed.
+    q.put(&vec![5; 1000]).unwrap();
+    let honest = q.ring().pop(None, SpillRef::parse).unwrap().unwrap();
+    let mut r = [0u8; REF_LEN];
+    SpillRef {
+        nonce: honest.nonce,
+        len: honest.len + 1,
+    }
+    .encode(&mut r);
+    q.ring().push(&forged_slot(&q, &r), None).unwrap();
+    assert!(matches!(q.try_get(), Err(Error::Corrupted(_))));
+    assert!(q.block_files().is_empty());
+    // The queue goes on.
+    q.put(&vec![6; 1000]).unwrap();
+    assert_eq!(q.get().unwrap(), vec![6; 1000]);
+}
+
+#[test]
+fn unspilled_blocks_are_reclaimed_by_the_last_handle() {
+    let q: Queue<Vec<u8>> = Queue::with_max_message(8, 16).unwrap();
+    for i in 0..5u8 {
+        q.put(&vec![i; 4096]).unwrap();
+    }
+    let names = q.block_files();
+    assert_eq!(names.len(), 5);
+    // A second attachment in this process (as a child's would be) keeps them alive.
+    let other: Queue<Vec<u8>> = Queue::from_handle(&q.handle()).unwrap();
+    let clone = q.clone();
+    drop(q);
+    drop(clone);
+    assert_eq!(other.block_files().len(), 5, "another attachment remains");
+    assert_eq!(other.get().unwrap(), vec![0; 4096]);
+    drop(other);
+    for n in names {
+        assert!(
+            !std::path::Path::new("/dev/shm").join(&n).exists(),
+            "{n} left behind"
+        );
+    }
+}
+
+#[test]
+fn unbounded_never_waits_and_keeps_order() {
+    let q: Queue<Vec<u8>> = Queue::unbounded().unwrap();
+    assert!(q.is_unbounded());
+    // 5 MiB in 20 KiB messages: several segments (1 MiB, then 2, then 4).
+    let n = 256u32;
+    for i in 0..n {
+        let mut m = vec![i as u8; 20 * 1024];
+        m[..4].copy_from_slice(&i.to_le_bytes());
+        q.try_put(&m).unwrap();
+    }
+    assert_eq!(q.len(), n as usize);
+    assert!(q.block_files().len() >= 3, "{:?}", q.block_files());
+    for i in 0..n {
+        let m = q.get().unwrap();
+        assert_eq!(m[..4], i.to_le_bytes());
+        assert!(m[4..].iter().all(|&b| b == i as u8));
+    }
+    assert!(matches!(q.try_get(), Err(Error::Empty)));
+    assert_eq!(q.block_files().len(), 1, "finished segments are unlinked");
+    // A message larger than any segment gets its own.
+    q.put(&vec![3; 70 << 20]).unwrap();
+    q.put(&vec![4; 10]).unwrap();
+    assert_eq!(q.get().unwrap().len(), 70 << 20);
+    assert_eq!(q.get().unwrap(), vec![4; 10]);
+    q.close();
+    assert!(matches!(q.get(), Err(Error::Closed)));
+    assert!(matches!(q.put(&vec![]), Err(Error::Closed)));
+}
+
+#[test]
+fn unbounded_between_threads_and_reclaimed_on_drop() {
+    let q: Queue<u64, Raw> = Queue::unbounded().unwrap();
+    let producers: Vec<_> = (0..3u64)
+        .map(|p| {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                for i in 0..20_000u64 {
+                    q.put(&(p << 32 | i)).unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut last = [None::<u64>; 3];
+    for _ in 0..60_000 {
+        let v = q.get_timeout(Duration::from_secs(30)).unwrap();
+        let (p, i) = ((v >> 32) as usize, v & 0xffff_ffff);
+        assert!(
+            last[p].is_none_or(|l| l < i),
+            "producer {p}: {i} after {last:?}"
+        );
+        last[p] = Some(i);
+    }
+    for p in producers {
+        p.join().unwrap();
+    }
+    // Leave some in, then drop: everything goes.
+    for i in 0..1000 {
+        q.put(&i).unwrap();
+    }
+    let names = q.block_files();
+    assert!(!names.is_empty());
+    drop(q);
+    for n in names {
+        assert!(!std::path::Path::new("/dev/shm").join(&n).exists(), "{n}");
+    }
+}
+
+#[test]
+fn unbounded_garbage_is_a_typed_error() {
+    let q: Queue<Vec<u8>> = Queue::unbounded().unwrap();
+    q.put(&vec![1; 100]).unwrap();
+    q.put(&vec![2; 100]).unwrap();
+    // A read offset that is not a record boundary, then one past the end.
+    for off in [3, 1 << 40] {
+        q.log().force_head_off_for_test(off);
+        assert!(matches!(q.try_get(), Err(Error::Corrupted(_))), "{off}");
+    }
+    // A head segment that was never made.
+    q.log().force_head_off_for_test(0);
+    q.log().force_head_seg_for_test(77);
+    assert!(matches!(q.try_get(), Err(Error::Corrupted(_))));
+    q.log().force_head_seg_for_test(1);
+    assert_eq!(q.get().unwrap(), vec![1; 100]);
+    assert_eq!(q.get().unwrap(), vec![2; 100]);
+}
+
+#[test]
+fn unbounded_dead_holder_is_taken_over_and_repaired() {
+    let q: Queue<Vec<u8>> = Queue::unbounded().unwrap();
+    q.put(&vec![1; 600_000]).unwrap();
+    q.put(&vec![2; 600_000]).unwrap(); // a second segment
+                                       // A producer killed after linking segment 2 but before moving `tail_seg`, holding the lock.
+    q.log().force_tail_seg_for_test(1);
+    q.log().force_dead_holder_for_test();
+    q.put(&vec![3; 10]).unwrap();
+    for want in [vec![1; 600_000], vec![2; 600_000], vec![3; 10]] {
+        assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), want);
+    }
+}
+
+#[test]
+fn joinable_unbounded() {
+    let q = JoinableQueue::from_queue(Queue::<u8>::unbounded().unwrap());
+    q.put(&1).unwrap();
+    assert_eq!(q.unfinished(), 1);
+    q.get().unwrap();
+    q.task_done().unwrap();
+    q.join_timeout(Duration::from_secs(5)).unwrap();
+    assert!(q.task_done().is_err());
 }

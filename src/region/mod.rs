@@ -412,6 +412,12 @@ impl Region {
         self.header.region_id
     }
 
+    /// The segment's descriptor. A queue re-opens it (`/proc/self/fd/<fd>`, a new open file
+    /// description) to hold a shared `flock` that tells the last user of the queue it is the last.
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
     /// The pid of the process that created the region.
     ///
     /// # Examples

@@ -1,0 +1,340 @@
+//! Queues of any size across processes (issue 13): an unbounded queue holding 100 MiB with no consumer
+//! yet, drained in order by a consumer process; an 8 MiB message through a bounded queue from a producer
+//! that exits before it is taken; producers SIGKILLed while they spill or grow the queue; garbage
+//! written into a spill reference, the unbounded queue's control and a segment's record; and, after
+//! every test, no block of the queue left in `/dev/shm`.
+//!
+//! Every wait is bounded by [`BOUND`], generously: the bound proves "no hang" and never measures speed.
+
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+use libtest_mimic::Trial;
+use mproc::codec::RawSlice;
+use mproc::{Error, Queue};
+
+use crate::common::{
+    self, bounded, fields, handle_from_hex, handle_to_hex, next_random, say, shm_path, Kid, Role,
+};
+use crate::queue::BOUND;
+
+/// Size of the region header in front of every payload (`src/region/header.rs`, `PAYLOAD_OFFSET`).
+const REGION_HEADER: u64 = 128;
+
+/// Raw bytes: no serialization, so that even a debug build moves megabytes quickly.
+type Bytes = Queue<Vec<u8>, RawSlice<u8>>;
+
+pub const ROLES: &[Role] = &[
+    ("queue_unbounded_drain", drain),
+    ("queue_unbounded_put_big", put_big),
+    ("queue_unbounded_producer", producer),
+];
+
+pub fn tests() -> Vec<Trial> {
+    let t = |name: &str, f: fn()| common::trial("queue_unbounded", name, f);
+    vec![
+        t(
+            "hundred_mib_in_flight_then_a_child_drains_in_order",
+            hundred_mib,
+        ),
+        t(
+            "eight_mib_message_through_a_bounded_queue",
+            eight_mib_bounded,
+        ),
+        t("producer_killed_mid_spill_bounded", || kill_storm(false)),
+        t("producer_killed_mid_grow_unbounded", || kill_storm(true)),
+        t(
+            "garbage_spill_reference_is_a_typed_error",
+            garbage_spill_ref,
+        ),
+        t(
+            "garbage_unbounded_control_is_a_typed_error",
+            garbage_control,
+        ),
+    ]
+}
+
+// ------------------------------------------------------------------------------------------ helpers
+
+/// Message `id` of `len` bytes: the id in its first 8 bytes, every other byte a tag of the id.
+fn message(id: u64, len: usize) -> Vec<u8> {
+    let mut m = vec![(id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8; len.max(8)];
+    m[..8].copy_from_slice(&id.to_le_bytes());
+    m
+}
+
+/// The id of an intact message, or what is wrong with it.
+fn check(m: &[u8]) -> Result<u64, String> {
+    let id = u64::from_le_bytes(m.get(..8).ok_or("short")?.try_into().expect("8"));
+    let tag = (id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8;
+    if m[8..].iter().any(|&b| b != tag) {
+        return Err(format!("message {id} is torn"));
+    }
+    Ok(id)
+}
+
+/// `/dev/shm` entries of the blocks of the queue with handle `h` (spilled messages, segments). The
+/// queue's id is read from the handle's `Debug` form, the one public place it shows.
+fn block_files(h: &mproc::RegionHandle) -> Vec<String> {
+    let dbg = format!("{h:?}");
+    let id: u64 = dbg
+        .split("id: ")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no id in {dbg}"));
+    let prefix = format!("mproc.q{id:016x}-");
+    std::fs::read_dir("/dev/shm")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+// ------------------------------------------------------------------------- 1. 100 MiB, then a consumer
+
+/// Child: opens the queue `name` and takes `count` messages, checking each one's id is the next.
+fn drain(arg: &str) {
+    let [name, count] = fields(arg, ',');
+    let q = Bytes::open(name).expect("open queue");
+    let count: u64 = count.parse().expect("count");
+    for want in 0..count {
+        let m = q.get_timeout(BOUND).expect("get");
+        assert_eq!(check(&m), Ok(want), "out of order or torn");
+    }
+    say(&format!("drained {count}"));
+}
+
+/// 100 messages of 1 MiB go into an unbounded queue that nobody reads (no put waits), then a consumer
+/// process opens it by name and takes all of them in order; dropping the queue leaves no block.
+fn hundred_mib() {
+    const N: u64 = 100;
+    let name = common::unique_name("unb100");
+    let q = Bytes::create_unbounded(&name).expect("create");
+    let h = q.handle();
+    let q = bounded("100 puts into an unbounded queue", BOUND, move || {
+        for id in 0..N {
+            q.try_put(&message(id, 1 << 20)).expect("put never waits");
+        }
+        q
+    });
+    assert_eq!(q.len(), N as usize);
+    assert!(!block_files(&h).is_empty());
+    let mut kid = Kid::spawn("queue_unbounded_drain", &format!("{name},{N}"), BOUND);
+    kid.expect_line(&format!("drained {N}"));
+    kid.join_ok();
+    assert!(q.is_empty());
+    drop(q);
+    assert_eq!(block_files(&h), Vec::<String>::new());
+}
+
+// --------------------------------------------------------------------- 2. 8 MiB through a bounded queue
+
+/// Child: attaches to the queue from its handle, puts one `size`-byte message and exits.
+fn put_big(arg: &str) {
+    let [hex, size] = fields(arg, ',');
+    let q: Bytes = handle_from_hex(hex).expect("queue from handle");
+    q.put(&message(7, size.parse().expect("size")))
+        .expect("put");
+    say("put");
+}
+
+/// A producer process puts an 8 MiB message into a bounded queue of 1 KiB slots and exits; the parent
+/// takes it afterwards, whole: a spilled message outlives its producer.
+fn eight_mib_bounded() {
+    let q: Bytes = Queue::new(4).expect("create");
+    let mut kid = Kid::spawn(
+        "queue_unbounded_put_big",
+        &format!("{},{}", handle_to_hex(&q), 8 << 20),
+        BOUND,
+    );
+    kid.expect_line("put");
+    kid.join_ok();
+    let m = q.get_timeout(BOUND).expect("get");
+    assert_eq!(m.len(), 8 << 20);
+    assert_eq!(check(&m), Ok(7));
+    let h = q.handle();
+    drop(q);
+    assert_eq!(block_files(&h), Vec::<String>::new());
+}
+
+// ------------------------------------------------------------------- 3. producers killed mid-spill/grow
+
+/// Child: puts messages `base + i` of 100 KiB..3 MiB into the queue `name` for ever.
+fn producer(arg: &str) {
+    let [name, base] = fields(arg, ',');
+    let q = Bytes::open(name).expect("open");
+    let base: u64 = base.parse().expect("base");
+    let mut rng = base | 1;
+    say("ready");
+    for i in 0.. {
+        let len = 100 * 1024 + (next_random(&mut rng) % (3 << 20)) as usize;
+        match q.put(&message(base + i, len)) {
+            Ok(()) => {}
+            Err(Error::Closed) => return,
+            Err(e) => panic!("put: {e}"),
+        }
+    }
+}
+
+/// Producer processes putting large messages (spilled through a bounded queue of 64-byte slots, or
+/// growing an unbounded queue segment by segment) are SIGKILLed at random moments, 20 times, while the
+/// parent reads. Every message read is whole and each producer's come in order; afterwards the queue
+/// works for the survivors, and once it is dropped none of its blocks remains in `/dev/shm`, orphans
+/// of the killed producers included.
+fn kill_storm(unbounded: bool) {
+    const ROUNDS: u64 = 20;
+    let seed = common::seed();
+    let mut rng = seed;
+    let name = common::unique_name(if unbounded { "kgrow" } else { "kspill" });
+    let q = if unbounded {
+        Bytes::create_unbounded(&name).expect("create")
+    } else {
+        Bytes::create(&name, 2, 64).expect("create")
+    };
+    let h = q.handle();
+    let reader = {
+        let q = q.clone();
+        std::thread::spawn(move || {
+            let mut last = std::collections::BTreeMap::new();
+            let mut problems = Vec::new();
+            let mut got = 0u64;
+            loop {
+                match q.get_timeout(BOUND) {
+                    Ok(m) => match check(&m) {
+                        Ok(id) => {
+                            got += 1;
+                            let (p, i) = (id >> 32, id & 0xffff_ffff);
+                            if last.insert(p, i).is_some_and(|prev| prev >= i) {
+                                problems.push(format!("producer {p}: {i} out of order"));
+                            }
+                        }
+                        Err(e) => problems.push(e),
+                    },
+                    Err(Error::Closed) => return (got, problems),
+                    Err(e) => problems.push(format!("get: {e}")),
+                }
+            }
+        })
+    };
+    let spawn = |p: u64| {
+        let mut k = Kid::spawn(
+            "queue_unbounded_producer",
+            &format!("{name},{}", p << 32),
+            BOUND,
+        );
+        k.expect_line("ready");
+        k
+    };
+    let mut kid = spawn(1);
+    for round in 0..ROUNDS {
+        std::thread::sleep(Duration::from_micros(
+            5_000 + next_random(&mut rng) % 75_000,
+        ));
+        kid.kill();
+        kid = spawn(round + 2);
+    }
+    kid.kill();
+    // The survivors go on: a message after the storm arrives whole.
+    q.put(&message(u64::MAX >> 1, 5 << 20)).expect("put after");
+    q.close();
+    let (got, problems) = bounded("the reader ends", BOUND, move || {
+        reader.join().expect("reader")
+    });
+    assert!(
+        problems.is_empty(),
+        "seed {seed:#x}: {} problems: {:?}",
+        problems.len(),
+        &problems[..problems.len().min(5)]
+    );
+    assert!(got > 0, "seed {seed:#x}: nothing read");
+    eprintln!("queue_unbounded::kill_storm(unbounded: {unbounded}): {got} messages read");
+    drop(q);
+    assert_eq!(
+        block_files(&h),
+        Vec::<String>::new(),
+        "seed {seed:#x}: blocks left after the last handle"
+    );
+    assert!(!shm_path(&name).exists());
+}
+
+// --------------------------------------------------------------------------------------- 4. garbage
+
+fn rw(name: &str) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(shm_path(name))
+        .expect("open the segment's file")
+}
+
+/// Bytes written over a spill reference in a slot (as another process could) make `get` fail with a
+/// typed error, at once; the queue goes on.
+///
+/// Layout used: a queue of 64-byte messages (raw bytes: the encoding is the message) has 65-byte slots (one byte more, so that a slot of exactly
+/// 65 bytes is a reference), a 192-byte stride; slot 0's head is at 128 (region header) + 384 (ring
+/// header) and its bytes 64 further: the reference is magic, nonce, length.
+fn garbage_spill_ref() {
+    const SLOT0_DATA: u64 = REGION_HEADER + 384 + 64;
+    for (what, at, bytes) in [
+        ("nonce", SLOT0_DATA + 8, 0x1234_5678_u64.to_le_bytes()),
+        ("length", SLOT0_DATA + 16, (1u64 << 62).to_le_bytes()),
+        ("magic", SLOT0_DATA, *b"garbage!"),
+    ] {
+        let name = common::unique_name("spillref");
+        let q = Bytes::create(&name, 2, 64).expect("create");
+        let h = q.handle();
+        q.put(&message(1, 4096)).expect("put a spilled message");
+        rw(&name).write_all_at(&bytes, at).expect("write garbage");
+        let q = bounded("get with a garbage spill reference", BOUND, move || {
+            let r = q.get_timeout(Duration::from_secs(5));
+            assert!(matches!(r, Err(Error::Corrupted(_))), "{what}: {r:?}");
+            q.put(&message(2, 4096)).expect("put after");
+            assert_eq!(check(&q.get().expect("get after")), Ok(2));
+            q
+        });
+        drop(q);
+        assert_eq!(block_files(&h), Vec::<String>::new(), "{what}");
+    }
+}
+
+/// Bytes written over the unbounded queue's control (its read offset, its head segment) and over a
+/// record's length inside a segment make `get` fail with a typed error, within its timeout.
+///
+/// Layout used (`src/queue/unbounded.rs`, `LogControl`): after the 128-byte region header, a 16-byte
+/// lock, `closed` and padding, then `head_seg` at 152 and `head_off` at 160. Segment 1 is
+/// `q<id>-g0000000000000001`; its records start 64 bytes into its payload, a `u64` length first.
+fn garbage_control() {
+    const HEAD_SEG: u64 = REGION_HEADER + 24;
+    const HEAD_OFF: u64 = REGION_HEADER + 32;
+    for (what, at, word) in [
+        ("head_off", Some(HEAD_OFF), 12_345u64),
+        ("head_seg", Some(HEAD_SEG), 0xffff_ffff_0000),
+        ("record length", None, u64::MAX - 3),
+    ] {
+        let name = common::unique_name("unbctl");
+        let q = Bytes::create_unbounded(&name).expect("create");
+        let h = q.handle();
+        q.put(&message(1, 100)).expect("put");
+        match at {
+            Some(at) => rw(&name).write_all_at(&word.to_le_bytes(), at),
+            None => {
+                let seg = block_files(&h)
+                    .into_iter()
+                    .find(|n| n.ends_with("-g0000000000000001"))
+                    .expect("segment 1");
+                rw(seg.strip_prefix("mproc.").expect("prefix"))
+                    .write_all_at(&word.to_le_bytes(), REGION_HEADER + 64)
+            }
+        }
+        .expect("write garbage");
+        let q = bounded("get with a garbage control", BOUND, move || {
+            let r = q.get_timeout(Duration::from_secs(5));
+            assert!(matches!(r, Err(Error::Corrupted(_))), "{what}: {r:?}");
+            q
+        });
+        drop(q);
+        assert_eq!(block_files(&h), Vec::<String>::new(), "{what}");
+    }
+}

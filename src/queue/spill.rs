@@ -1,0 +1,252 @@
+//! Blocks a queue keeps outside its own region: messages too large for a ring slot ("spilled" to a
+//! block of their own) and the segments of an unbounded queue; and how the last process to let go of a
+//! queue finds out it is the last, and removes what is left of them.
+//!
+//! # Names
+//! A queue's blocks are named regions (`/dev/shm/mproc.q<queue id>-…`), so that any process attached to
+//! the queue can open them, whoever made them and whether or not their maker still lives: a spilled
+//! message must outlive the producer that put it. Names are derived here from the queue's own region id
+//! (known to this process, never read from the queue's shared words) and a number read from the queue:
+//! whatever a peer writes in a slot, the name we open stays under this queue's prefix, and the block is
+//! then validated like any region (magic, version, type hash, size against the file) before any byte of
+//! it is used. Blocks are created persistent: the region's drop in their maker does not unlink them, and
+//! the janitor (`cleanup_stale`) leaves them alone while their maker is dead and the queue still needs
+//! them. They are unlinked by the consumer that takes them, and whatever a killed process left behind
+//! (a block made but never referenced, a block referenced but not yet unlinked) by the last user of the
+//! queue ([`Attachment::release`]).
+//!
+//! # The last user
+//! Every attachment to a queue holds a shared `flock` on its own open file description of the queue's
+//! segment (opened anew through `/proc/self/fd`). Dropping the last handle in a process closes it and
+//! then tries an exclusive lock on a fresh description: only when no other attachment anywhere holds the
+//! shared lock does it succeed, and then the blocks under the queue's prefix are removed. The kernel
+//! drops the locks of a killed process with its descriptors, so a SIGKILLed user never keeps the blocks
+//! alive, and never needs to. A forked child shares its parent's description (and lock): whichever of
+//! the two lets go first closes only its own descriptor, the lock stays held by the other, and the fresh
+//! description of the first sees it.
+//!
+//! What is not covered: if *every* process attached to a queue is killed, nobody is left to remove its
+//! blocks, and they stay in `/dev/shm` as `mproc.q<id>-*` files (the janitor does not judge them, since a
+//! block's maker being dead says nothing about its queue). A process that attaches through a handle
+//! while the last other user is dropping the queue may find the queue's spilled messages gone: each
+//! such message then fails its `get` with [`Error::Corrupted`].
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::region::{layout_hash, Layout, Region, SHM_PREFIX};
+use crate::sys::{proc, shm};
+
+/// Bytes of a spill reference at the start of a slot: magic, nonce, length (little-endian `u64`s).
+pub(crate) const REF_LEN: usize = 24;
+/// First word of a spill reference.
+const REF_MAGIC: u64 = u64::from_le_bytes(*b"MPQSPIL1");
+/// Folded into the type hash of spill blocks: bump it when their layout changes.
+const SPILL_REVISION: usize = 1;
+/// How long attaching waits for a concurrent last user's clean-up to finish (an exclusive lock held
+/// for a directory scan) before it reports an error: not a wait a peer can stretch without bound.
+const ATTACH_WAIT: Duration = Duration::from_secs(2);
+
+/// Where a spilled message is: read from a ring slot, so untrusted until its block is opened and checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SpillRef {
+    /// Names the block (with the queue's id); any value only ever names a block of this queue.
+    pub nonce: u64,
+    /// The message's length: must equal the validated payload size of the block.
+    pub len: u64,
+}
+
+impl SpillRef {
+    /// Writes the reference into the first [`REF_LEN`] bytes of `out`.
+    pub(crate) fn encode(self, out: &mut [u8]) {
+        out[..8].copy_from_slice(&REF_MAGIC.to_le_bytes());
+        out[8..16].copy_from_slice(&self.nonce.to_le_bytes());
+        out[16..24].copy_from_slice(&self.len.to_le_bytes());
+    }
+
+    /// Reads a reference from slot bytes (any bytes: a peer may have written them).
+    pub(crate) fn parse(bytes: &[u8]) -> Result<SpillRef> {
+        let word = |i: usize| {
+            bytes
+                .get(i * 8..i * 8 + 8)
+                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        };
+        match (word(0), word(1), word(2)) {
+            (Some(REF_MAGIC), Some(nonce), Some(len)) => Ok(SpillRef { nonce, len }),
+            _ => Err(Error::Corrupted(
+                "a queue slot that should hold a spilled-message reference holds garbage".into(),
+            )),
+        }
+    }
+}
+
+/// The names of one queue's blocks, and their creation, opening and removal.
+#[derive(Debug, Clone)]
+pub(crate) struct Blocks {
+    queue_id: u64,
+}
+
+impl Blocks {
+    pub(crate) fn new(queue_id: u64) -> Blocks {
+        Blocks { queue_id }
+    }
+
+    fn prefix(&self) -> String {
+        format!("q{:016x}-", self.queue_id)
+    }
+
+    /// The name of spilled message `nonce`.
+    pub(crate) fn spill_name(&self, nonce: u64) -> String {
+        format!("{}s{nonce:016x}", self.prefix())
+    }
+
+    /// The name of unbounded-queue segment `n`.
+    pub(crate) fn segment_name(&self, n: u64) -> String {
+        format!("{}g{n:016x}", self.prefix())
+    }
+
+    /// The layout of a block of `what` (`"spill"` or `"segment"`).
+    pub(crate) fn layout(what: &'static str, size: Option<usize>) -> Layout {
+        Layout {
+            type_name: what,
+            hash: layout_hash(what, SPILL_REVISION, 64),
+            size,
+        }
+    }
+
+    /// Creates the block `name` of `size` payload bytes, filled by `init` before it is published and
+    /// named (a block is never seen half-made). Persistent: see the module docs.
+    pub(crate) fn create(
+        &self,
+        name: &str,
+        layout: Layout,
+        init: impl FnOnce(&Region) -> Result<()>,
+    ) -> Result<Region> {
+        Region::create_with(layout, Some(name), true, init)
+    }
+
+    /// Opens the block `name`, validated against `layout`; never waits (a block is named only once
+    /// published). A missing block is [`Error::Corrupted`] naming it: the reference to it was garbage,
+    /// or the queue was reclaimed under a late attacher (module docs).
+    pub(crate) fn open(&self, name: &str, layout: Layout) -> Result<Region> {
+        Region::open_with(name, layout, Duration::ZERO).map_err(|e| match e {
+            Error::NotFound { .. } => Error::Corrupted(format!(
+                "block {name} referenced by the queue does not exist"
+            )),
+            e => e,
+        })
+    }
+
+    /// Removes the name of a block (its mappings stay valid); a block already gone is fine.
+    pub(crate) fn unlink(&self, name: &str) {
+        // Errors ignored: NotFound means somebody (the last user's sweep) removed it already; any
+        // other failure leaves a name that the last user's sweep removes.
+        let _ = Region::unlink(name);
+    }
+
+    /// Creates a spill block holding `bytes` under a fresh random name; returns its reference.
+    pub(crate) fn spill(&self, bytes: &[u8]) -> Result<SpillRef> {
+        for _ in 0..8 {
+            let nonce = proc::random_u64();
+            let name = self.spill_name(nonce);
+            let layout = Self::layout("mproc queue spill block", Some(bytes.len()));
+            match self.create(&name, layout, |r| r.write_payload_at(0, bytes)) {
+                Ok(_region) => {
+                    return Ok(SpillRef {
+                        nonce,
+                        len: bytes.len() as u64,
+                    })
+                }
+                // 64 random bits collided with a live block: draw again.
+                Err(Error::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Corrupted(
+            "eight random spill names in a row were taken".into(),
+        ))
+    }
+
+    /// Opens the block a reference names, checks it, removes its name (the message is ours now, at most
+    /// once), and passes its bytes to `f`.
+    pub(crate) fn take<R>(&self, r: SpillRef, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        let name = self.spill_name(r.nonce);
+        let block = self.open(&name, Self::layout("mproc queue spill block", None))?;
+        // The block's size was checked against the file on open; the reference must agree with it, so
+        // nothing is ever sized by the reference's word alone.
+        if block.len() as u64 != r.len {
+            self.unlink(&name);
+            return Err(Error::Corrupted(format!(
+                "spilled message {name} holds {} bytes, its reference says {}",
+                block.len(),
+                r.len
+            )));
+        }
+        self.unlink(&name);
+        // SAFETY: the payload of `block` is `block.len()` mapped bytes (validated against the file's
+        // size when it was opened), alive while `block` is. Its name is gone, so no honest process
+        // writes it any more; a hostile writer of the same user can change bytes under the decoder,
+        // which sees them as any other untrusted input (the same trust as a ring slot's bytes).
+        let bytes = unsafe { std::slice::from_raw_parts(block.as_ptr(), block.len()) };
+        Ok(f(bytes))
+    }
+
+    /// Removes every block of this queue (the last user's clean-up); returns how many.
+    pub(crate) fn reclaim_all(&self) -> usize {
+        let prefix = format!("{SHM_PREFIX}{}", self.prefix());
+        let mut n = 0;
+        for shm_name in shm::list_named(&prefix) {
+            if shm::unlink_named(&shm_name, &shm_name).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// This attachment's shared lock on the queue's segment (see "The last user" in the module docs).
+#[derive(Debug)]
+pub(crate) struct Attachment {
+    lock: Option<File>,
+}
+
+/// A new open file description of the region's segment.
+fn reopen(region: &Region) -> Result<File> {
+    let path = format!("/proc/self/fd/{}", region.file().as_raw_fd());
+    File::open(&path).map_err(|e| Error::os("reopen queue segment", e))
+}
+
+impl Attachment {
+    /// Takes the shared lock, waiting (bounded) while a last user's clean-up holds the exclusive one.
+    pub(crate) fn attach(region: &Region) -> Result<Attachment> {
+        let file = reopen(region)?;
+        let deadline = Instant::now() + ATTACH_WAIT;
+        loop {
+            match file.try_lock_shared() {
+                Ok(()) => return Ok(Attachment { lock: Some(file) }),
+                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Timeout),
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(Error::os("flock(queue segment)", e))
+                }
+            }
+        }
+    }
+
+    /// Lets go of the queue; if no other attachment anywhere remains, removes the queue's blocks.
+    pub(crate) fn release(&mut self, region: &Region, blocks: &Blocks) {
+        // Ours goes first: in a forked pair, the other's descriptor of the same description keeps the
+        // lock, and the exclusive attempt below then sees it.
+        drop(self.lock.take());
+        // Errors (no descriptor left, say) only mean we do not clean up: another user, or nobody.
+        let Ok(probe) = reopen(region) else { return };
+        if probe.try_lock().is_ok() {
+            blocks.reclaim_all();
+        }
+        // Dropping `probe` releases the exclusive lock.
+    }
+}

@@ -1,0 +1,619 @@
+//! `Log`: the unbounded queue, a chain of append-only segments in shared memory under a robust lock.
+//!
+//! # Layout
+//! The queue's own region holds a [`LogControl`]: the lock, the chain's ends and counters. The messages
+//! live in *segments*, named blocks of the queue (`q<id>-g<n>`, see `spill.rs`) numbered 1, 2, 3, …
+//! in the order they were made. A segment starts with a [`SegHead`] (`next`: the number of the segment
+//! after it, 0 while it is the last; `used`: bytes of committed records), then records, each a
+//! little-endian `u64` length followed by the message, padded to 8 bytes.
+//!
+//! # Protocol
+//! Every operation runs under the lock (a robust `RawLock`: a holder that dies is taken over by the
+//! next caller, who is told and repairs, see below). Producers append to the tail segment; when the
+//! record does not fit, they make a new segment (twice the last one's size, at least the record) and
+//! link it: `last_seg` (the numbers handed out) first, then the block is made and named, then
+//! `tail.next`, then `tail_seg`. A record is written past `used` and committed by storing `used`
+//! (Release) after its bytes. Consumers read the record at `head_off` of segment `head_seg`, then move
+//! `head_off` past it; at the end of a segment that has a `next`, they move `head_seg` on and only then
+//! unlink the finished segment's name. So puts never wait for space, and a message of any size fits
+//! (in a segment sized for it).
+//!
+//! # Deaths
+//! A producer killed before its `used` store leaves a record nobody sees (the next producer writes over
+//! it); after it, a committed message. One killed between naming a new segment and linking it leaves
+//! an orphan block; one killed between `tail.next` and `tail_seg` leaves `tail_seg` behind, which the
+//! next holder repairs by following `next`. A consumer killed before its `head_off` store took nothing:
+//! the message goes to the next consumer (it never reached the dead one's caller). A consumer killed
+//! after moving `head_seg` and before unlinking leaves an orphan block. Orphans are removed by the
+//! queue's last user (`spill.rs`). The message count (`len`, for `len()` only) is recounted on repair.
+//!
+//! # Garbage
+//! Every word of the control and of a segment head is checked before use: segment numbers must move
+//! forward and stay within `last_seg`, offsets and lengths inside the segment's validated size, and a
+//! segment is opened only under this queue's prefix and validated as a region. Garbage makes an
+//! operation fail with [`Error::Corrupted`]; walks along the chain are bounded by a step budget.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::spill::Blocks;
+use super::wait::{Backoff, WaitWord, MAX_CHECK};
+use crate::error::{Error, Result};
+use crate::region::{Region, ShmSafe};
+use crate::sync::raw_lock::{Acquired, LockFail, Nesting, RawLock, TRY_BOUND};
+
+/// The smallest segment (payload after the head), and the largest a segment grows to by doubling
+/// (a single larger message gets a segment of its own size).
+const SEG_MIN: usize = 1 << 20;
+const SEG_MAX: usize = 64 << 20;
+/// Where records start in a segment: a cache line after the head.
+const SEG_DATA: usize = 64;
+/// How many segments one operation may step over (exhausted ones, or while repairing): a garbage
+/// chain cannot keep a caller walking.
+const STEP_BUDGET: usize = 1 << 16;
+
+/// The shared state of an unbounded queue, at offset 0 of its region.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct LogControl {
+    /// Guards every field below except the wait words and `puts`/`closed`, which are also read without it.
+    lock: RawLock,
+    closed: AtomicU32,
+    _pad: AtomicU32,
+    /// The segment consumers read (0: none made yet).
+    head_seg: AtomicU64,
+    /// Offset, in `head_seg`'s records, of the next message.
+    head_off: AtomicU64,
+    /// The segment producers append to (0: none made yet).
+    tail_seg: AtomicU64,
+    /// The largest segment number handed out.
+    last_seg: AtomicU64,
+    /// Messages in the queue (for `len()`; recounted on repair).
+    len: AtomicU64,
+    /// Messages ever put: sleepers wait for it to change (SeqCst RMW, see `WaitWord::notify`).
+    puts: AtomicU64,
+    /// Messages put and not yet marked done (JoinableQueue).
+    unfinished: AtomicU64,
+    /// Consumers sleep here, producers notify.
+    items: WaitWord,
+    /// `join` sleeps here, `task_done` notifies.
+    done: WaitWord,
+}
+
+const _: () = assert!(std::mem::size_of::<LogControl>() == 96);
+const _: () = assert!(std::mem::align_of::<LogControl>() == 8);
+
+// SAFETY: atomics only (RawLock and WaitWord are atomics too); any bit pattern is a valid state.
+unsafe impl ShmSafe for LogControl {}
+
+/// The head of a segment.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct SegHead {
+    /// The number of the next segment, 0 while this one is the tail.
+    next: AtomicU64,
+    /// Bytes of committed records after [`SEG_DATA`]; a multiple of 8.
+    used: AtomicU64,
+}
+
+const _: () = assert!(std::mem::size_of::<SegHead>() == 16);
+
+// SAFETY: atomics only.
+unsafe impl ShmSafe for SegHead {}
+
+/// The bytes a record of a `len`-byte message takes, or `None` on overflow.
+fn record_size(len: usize) -> Option<usize> {
+    len.checked_next_multiple_of(8)?.checked_add(8)
+}
+
+/// The unbounded queue protocol over a mapped control region. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Log {
+    ctl: *const LogControl,
+    blocks: Blocks,
+    /// Segments this process has mapped, by number; pruned below `head_seg`.
+    segs: Mutex<BTreeMap<u64, Region>>,
+}
+
+// SAFETY: `ctl` points into the queue's region, kept mapped by the owner of the Log (the queue's Inner
+// holds the Region next to it and drops it last); the control is atomics only. Segments are Regions.
+unsafe impl Send for Log {}
+// SAFETY: as above; the map of segments is behind a Mutex.
+unsafe impl Sync for Log {}
+
+/// Releases the lock when dropped (an error or a panicking decoder cannot leave it held by a live
+/// thread, which nobody would take over).
+struct Held<'a>(&'a RawLock);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        // SAFETY: a `Held` is made only right after this thread acquired the lock, and dropped once.
+        unsafe { self.0.unlock() }
+    }
+}
+
+/// What one attempt to take found.
+pub(crate) enum Took<R> {
+    Got(R),
+    Empty,
+    Closed,
+}
+
+/// The time to sleep next: `interval`, cut short by the deadline; `Err(Timeout)` once it has passed.
+fn slice_until(deadline: Option<Instant>, interval: Duration) -> Result<Duration> {
+    match deadline {
+        None => Ok(interval),
+        Some(d) => match d.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Ok(left.min(interval)),
+            _ => Err(Error::Timeout),
+        },
+    }
+}
+
+fn corrupted(what: String) -> Error {
+    Error::Corrupted(format!("unbounded queue: {what}"))
+}
+
+impl Log {
+    /// The control's size: the payload of an unbounded queue's region.
+    pub(crate) const CONTROL_SIZE: usize = std::mem::size_of::<LogControl>();
+
+    /// Attaches to the control at offset 0 of `region` (zeroed is a valid, empty queue).
+    pub(crate) fn attach(region: &Region, blocks: Blocks) -> Result<Log> {
+        let ctl: &LogControl = region.payload_ref(0)?;
+        Ok(Log {
+            ctl,
+            blocks,
+            segs: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn ctl(&self) -> &LogControl {
+        // SAFETY: checked by payload_ref in `attach` (bounds, alignment); the mapping outlives `self`
+        // (see the Send impl); LogControl is atomics only.
+        unsafe { &*self.ctl }
+    }
+
+    /// Takes the lock until `deadline`; repairs what a dead holder left.
+    fn lock(&self, deadline: Option<Instant>) -> Result<Held<'_>> {
+        let lock = &self.ctl().lock;
+        match lock.lock_as(deadline, Nesting::NeverHeld) {
+            Ok(Acquired::Clean) => Ok(Held(lock)),
+            Ok(Acquired::OwnerDied(_)) => {
+                let held = Held(lock);
+                self.repair();
+                Ok(held)
+            }
+            Err(LockFail::TimedOut) => Err(Error::Timeout),
+            Err(LockFail::WouldDeadlock) => Err(corrupted(
+                "its lock names this thread, which does not hold it".into(),
+            )),
+        }
+    }
+
+    /// Runs `f` on segment `n`, opening (and validating) it first if this process has not yet.
+    fn with_seg<R>(&self, n: u64, f: impl FnOnce(&Region, &SegHead) -> Result<R>) -> Result<R> {
+        let mut segs = self.segs.lock().unwrap_or_else(|p| p.into_inner());
+        let region = match segs.entry(n) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let name = self.blocks.segment_name(n);
+                let region = self
+                    .blocks
+                    .open(&name, Blocks::layout("mproc queue segment", None))?;
+                if region.len() < SEG_DATA {
+                    return Err(corrupted(format!(
+                        "segment {name} is {} bytes",
+                        region.len()
+                    )));
+                }
+                e.insert(region)
+            }
+        };
+        f(region, region.payload_ref::<SegHead>(0)?)
+    }
+
+    /// `used` of a segment, checked against its real size.
+    fn used(region: &Region, head: &SegHead) -> Result<usize> {
+        let used = head.used.load(Ordering::Acquire);
+        let cap = region.len() - SEG_DATA;
+        match usize::try_from(used) {
+            Ok(u) if u <= cap && u % 8 == 0 => Ok(u),
+            _ => Err(corrupted(format!(
+                "a segment says {used} bytes are used of {cap}"
+            ))),
+        }
+    }
+
+    /// A segment number read from shared memory, checked: after `after` and not past `last_seg`.
+    fn check_next(&self, next: u64, after: u64) -> Result<u64> {
+        let last = self.ctl().last_seg.load(Ordering::Relaxed);
+        if next > after && next <= last {
+            Ok(next)
+        } else {
+            Err(corrupted(format!(
+                "segment {after} links to {next} (segments go up to {last})"
+            )))
+        }
+    }
+
+    // ---- put ----
+
+    /// Appends `bytes`; waits only for the lock (at most until `deadline`, stretched to a short
+    /// bound so that `try_put` does not fail on a lock held for a moment).
+    pub(crate) fn push(&self, bytes: &[u8], deadline: Option<Instant>) -> Result<()> {
+        let c = self.ctl();
+        if c.closed.load(Ordering::SeqCst) != 0 {
+            return Err(Error::Closed);
+        }
+        let rec = record_size(bytes.len()).ok_or(Error::SizeOverflow {
+            what: "an unbounded queue's record".into(),
+        })?;
+        {
+            let _held = self.lock(deadline.map(|d| d.max(Instant::now() + TRY_BOUND)))?;
+            if c.closed.load(Ordering::Relaxed) != 0 {
+                return Err(Error::Closed);
+            }
+            self.append(bytes, rec)?;
+            c.len.fetch_add(1, Ordering::Relaxed);
+            // SeqCst RMW, then notify (WaitWord's contract).
+            c.puts.fetch_add(1, Ordering::SeqCst);
+        }
+        c.items.notify();
+        Ok(())
+    }
+
+    /// Writes one record at the tail (lock held).
+    fn append(&self, bytes: &[u8], rec: usize) -> Result<()> {
+        let c = self.ctl();
+        let tail = c.tail_seg.load(Ordering::Relaxed);
+        let mut grow_from = 0;
+        if tail != 0 {
+            let done = self.with_seg(tail, |region, head| {
+                let used = Self::used(region, head)?;
+                let cap = region.len() - SEG_DATA;
+                grow_from = cap;
+                if rec > cap - used {
+                    return Ok(false);
+                }
+                let at = SEG_DATA + used;
+                let len = (bytes.len() as u64).to_le_bytes();
+                // SAFETY: [at, at + rec) lies inside the payload (used + rec <= cap, checked above);
+                // the lock is held and the bytes are past `used`, so no consumer reads them and no
+                // producer writes them; `bytes` is our own memory, not overlapping the mapping.
+                unsafe {
+                    let dst = region.as_ptr().add(at);
+                    std::ptr::copy_nonoverlapping(len.as_ptr(), dst, 8);
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst.add(8), bytes.len());
+                }
+                // Release: the record happens-before any consumer's Acquire load of `used`.
+                head.used.store((used + rec) as u64, Ordering::Release);
+                Ok(true)
+            })?;
+            if done {
+                return Ok(());
+            }
+        }
+        // A new segment: twice the last one (up to SEG_MAX), and at least this record.
+        let size = grow_from
+            .saturating_mul(2)
+            .clamp(SEG_MIN, SEG_MAX)
+            .max(rec)
+            .checked_add(SEG_DATA)
+            .ok_or(Error::SizeOverflow {
+                what: "an unbounded queue's segment".into(),
+            })?;
+        let n = c
+            .last_seg
+            .load(Ordering::Relaxed)
+            .checked_add(1)
+            .ok_or_else(|| corrupted("segment numbers are exhausted".into()))?;
+        // Handed out before the block exists: a death past this point leaves at most an orphan.
+        c.last_seg.store(n, Ordering::Relaxed);
+        let name = self.blocks.segment_name(n);
+        let region = self.blocks.create(
+            &name,
+            Blocks::layout("mproc queue segment", Some(size)),
+            |r| {
+                let mut rec_head = [0u8; 8];
+                rec_head.copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+                // pwrite: the kernel fills fresh pages without a fault per page.
+                r.write_payload_at(SEG_DATA, &rec_head)?;
+                r.write_payload_at(SEG_DATA + 8, bytes)?;
+                r.payload_ref::<SegHead>(0)?
+                    .used
+                    .store(rec as u64, Ordering::Relaxed);
+                Ok(())
+            },
+        )?;
+        // Link it: the old tail's `next` first, then `tail_seg` (a death between is repaired).
+        if tail != 0 {
+            self.with_seg(tail, |_, head| {
+                head.next.store(n, Ordering::Release);
+                Ok(())
+            })?;
+        } else {
+            c.head_off.store(0, Ordering::Relaxed);
+            c.head_seg.store(n, Ordering::Relaxed);
+        }
+        c.tail_seg.store(n, Ordering::Relaxed);
+        let mut segs = self.segs.lock().unwrap_or_else(|p| p.into_inner());
+        segs.insert(n, region);
+        // Segments before the head are finished: let go of our mappings of them.
+        let head = c.head_seg.load(Ordering::Relaxed);
+        segs.retain(|&k, _| k >= head);
+        Ok(())
+    }
+
+    // ---- get ----
+
+    /// One attempt to take the next message, passing its bytes to `f` (once).
+    pub(crate) fn try_take<R>(
+        &self,
+        deadline: Option<Instant>,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Took<R>> {
+        let c = self.ctl();
+        let held = self.lock(deadline.map(|d| d.max(Instant::now() + TRY_BOUND)))?;
+        let mut f = Some(f);
+        for _ in 0..STEP_BUDGET {
+            let head = c.head_seg.load(Ordering::Relaxed);
+            if head == 0 {
+                break;
+            }
+            let off = c.head_off.load(Ordering::Relaxed);
+            let step = self.with_seg(head, |region, sh| {
+                let used = Self::used(region, sh)?;
+                let off = match usize::try_from(off) {
+                    Ok(o) if o <= used && o % 8 == 0 => o,
+                    _ => {
+                        return Err(corrupted(format!(
+                            "the read offset {off} is outside the {used} bytes used"
+                        )))
+                    }
+                };
+                if off == used {
+                    return Ok(Err(sh.next.load(Ordering::Acquire)));
+                }
+                let at = SEG_DATA + off;
+                let mut word = [0u8; 8];
+                // SAFETY: off < used <= cap and both are multiples of 8, so [at, at + 8) is inside
+                // the payload; committed bytes are not written while the lock is held by us.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(region.as_ptr().add(at), word.as_mut_ptr(), 8)
+                };
+                let len = u64::from_le_bytes(word);
+                let room = (used - off - 8) as u64;
+                if len > room {
+                    // Skip the rest of the segment: the next `get` goes on past the garbage.
+                    c.head_off.store(used as u64, Ordering::Relaxed);
+                    return Err(corrupted(format!(
+                        "a record of {len} bytes where {room} remain"
+                    )));
+                }
+                let len = len as usize;
+                // SAFETY: [at + 8, at + 8 + len) lies inside the committed records (len <= room).
+                let bytes = unsafe { std::slice::from_raw_parts(region.as_ptr().add(at + 8), len) };
+                let r = (f.take().expect("called once"))(bytes);
+                let next_off = off + record_size(len).expect("len <= room: no overflow");
+                c.head_off.store(next_off as u64, Ordering::Relaxed);
+                Ok(Ok(r))
+            })?;
+            match step {
+                Ok(r) => {
+                    let _ = c
+                        .len
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(1));
+                    drop(held);
+                    return Ok(Took::Got(r));
+                }
+                Err(0) => break,
+                Err(next) => {
+                    // The head segment is finished and has a successor: move on, then unlink it.
+                    let next = self.check_next(next, head)?;
+                    c.head_off.store(0, Ordering::Relaxed);
+                    c.head_seg.store(next, Ordering::Relaxed);
+                    self.segs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&head);
+                    self.blocks.unlink(&self.blocks.segment_name(head));
+                }
+            }
+        }
+        Ok(if c.closed.load(Ordering::SeqCst) != 0 {
+            Took::Closed
+        } else {
+            Took::Empty
+        })
+    }
+
+    /// Takes the next message, waiting until `deadline`.
+    pub(crate) fn pop<R>(
+        &self,
+        deadline: Option<Instant>,
+        mut f: impl FnMut(&[u8]) -> R,
+    ) -> Result<R> {
+        let c = self.ctl();
+        let mut backoff = Backoff::new();
+        loop {
+            let seen = c.puts.load(Ordering::SeqCst);
+            match self.try_take(deadline, &mut f)? {
+                Took::Got(r) => return Ok(r),
+                Took::Closed => return Err(Error::Closed),
+                Took::Empty => {}
+            }
+            if backoff.snooze() {
+                continue;
+            }
+            let slice = slice_until(deadline, MAX_CHECK)?;
+            c.items.sleep(slice, || {
+                c.puts.load(Ordering::SeqCst) != seen || c.closed.load(Ordering::SeqCst) != 0
+            });
+        }
+    }
+
+    // ---- repair after a dead holder ----
+
+    /// Puts `tail_seg` on the last linked segment and recounts `len` (lock held, a holder died).
+    fn repair(&self) {
+        let c = self.ctl();
+        let mut tail = c.tail_seg.load(Ordering::Relaxed);
+        if tail == 0 {
+            tail = c.head_seg.load(Ordering::Relaxed);
+        }
+        if tail == 0 {
+            return;
+        }
+        for _ in 0..STEP_BUDGET {
+            let next = self.with_seg(tail, |_, h| Ok(h.next.load(Ordering::Acquire)));
+            match next.map(|n| (n, self.check_next(n, tail))) {
+                Ok((n, Ok(_))) if n != 0 => tail = n,
+                _ => break,
+            }
+        }
+        c.tail_seg.store(tail, Ordering::Relaxed);
+        if let Some(n) = self.count() {
+            c.len.store(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts the messages from the head to the end of the chain (`None` on garbage or a budget spent).
+    fn count(&self) -> Option<u64> {
+        let c = self.ctl();
+        let mut seg = c.head_seg.load(Ordering::Relaxed);
+        let mut off = usize::try_from(c.head_off.load(Ordering::Relaxed)).ok()?;
+        let mut n = 0u64;
+        let mut budget = STEP_BUDGET * 64;
+        while seg != 0 {
+            let next = self
+                .with_seg(seg, |region, h| {
+                    let used = Self::used(region, h)?;
+                    while off < used {
+                        budget = budget.checked_sub(1).ok_or(Error::Timeout)?;
+                        let mut word = [0u8; 8];
+                        // SAFETY: off < used <= cap, off a multiple of 8 (records are padded to 8 and
+                        // `used` is checked to be a multiple of 8), so 8 bytes at off are in the payload.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                region.as_ptr().add(SEG_DATA + off),
+                                word.as_mut_ptr(),
+                                8,
+                            )
+                        };
+                        let len = usize::try_from(u64::from_le_bytes(word))
+                            .map_err(|_| Error::Timeout)?;
+                        off = record_size(len)
+                            .and_then(|r| off.checked_add(r))
+                            .filter(|&e| e <= used)
+                            .ok_or(Error::Timeout)?;
+                        n += 1;
+                    }
+                    Ok(h.next.load(Ordering::Acquire))
+                })
+                .ok()?;
+            if next == 0 {
+                break;
+            }
+            seg = self.check_next(next, seg).ok()?;
+            off = 0;
+        }
+        Some(n)
+    }
+
+    // ---- state ----
+
+    pub(crate) fn len(&self) -> usize {
+        usize::try_from(self.ctl().len.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.ctl().closed.load(Ordering::SeqCst) != 0
+    }
+
+    pub(crate) fn close(&self) {
+        let c = self.ctl();
+        c.closed.store(1, Ordering::SeqCst);
+        c.items.wake_everyone();
+        c.done.wake_everyone();
+    }
+
+    /// Waits until a message is likely there, the queue is closed, or `deadline` passes.
+    pub(crate) fn wait_nonempty(&self, deadline: Option<Instant>) -> bool {
+        let c = self.ctl();
+        let mut backoff = Backoff::new();
+        loop {
+            let seen = c.puts.load(Ordering::SeqCst);
+            if self.len() > 0 {
+                return true;
+            }
+            if self.is_closed() {
+                return false;
+            }
+            if backoff.snooze() {
+                continue;
+            }
+            let Ok(slice) = slice_until(deadline, MAX_CHECK) else {
+                return false;
+            };
+            c.items.sleep(slice, || {
+                c.puts.load(Ordering::SeqCst) != seen || self.is_closed()
+            });
+        }
+    }
+
+    // ---- JoinableQueue accounting ----
+
+    pub(crate) fn add_unfinished(&self) {
+        self.ctl().unfinished.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn task_done(&self) -> bool {
+        let u = &self.ctl().unfinished;
+        match u.fetch_update(Ordering::SeqCst, Ordering::Acquire, |v| v.checked_sub(1)) {
+            Ok(1) => {
+                self.ctl().done.notify();
+                true
+            }
+            Ok(_) => true,
+            Err(_) => false,
+        }
+    }
+
+    pub(crate) fn unfinished(&self) -> u64 {
+        self.ctl().unfinished.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn join(&self, deadline: Option<Instant>) -> Result<()> {
+        while self.unfinished() != 0 {
+            let slice = slice_until(deadline, MAX_CHECK)?;
+            self.ctl().done.sleep(slice, || self.unfinished() == 0);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+impl Log {
+    /// Overwrites the control's `head_off` (as garbage from another process would).
+    pub(crate) fn force_head_off_for_test(&self, v: u64) {
+        self.ctl().head_off.store(v, Ordering::Relaxed);
+    }
+
+    /// Overwrites `head_seg`.
+    pub(crate) fn force_head_seg_for_test(&self, v: u64) {
+        self.ctl().head_seg.store(v, Ordering::Relaxed);
+    }
+
+    /// Makes the lock look held by a dead thread (an impossible tid), as a killed holder leaves it.
+    pub(crate) fn force_dead_holder_for_test(&self) {
+        self.ctl().lock.force_word_for_test(0x3fff_fff0);
+    }
+
+    /// Overwrites `tail_seg` (a producer killed between linking and moving it).
+    pub(crate) fn force_tail_seg_for_test(&self, v: u64) {
+        self.ctl().tail_seg.store(v, Ordering::Relaxed);
+    }
+}
