@@ -169,11 +169,12 @@ fn storm_producer(arg: &str) {
 /// Best effort, for the report only: whether a slot of the storm queue is claimed by thread `tid`, i.e.
 /// the kill landed between the claim and the publication of a message. Reads the layout documented in
 /// `src/queue/ring.rs` (384-byte ring header; each slot a 64-byte `SlotHead { state: u64, len: u32 }`
-/// then the bytes, in 64-byte strides; `who` is the low half of `state`). Says false if the file does
-/// not fit that layout.
+/// then the bytes, in 64-byte strides; `who` is the low half of `state`). A slot holds one byte more
+/// than the largest inline message: a record of exactly the slot's size is a spill reference. Says
+/// false if the file does not fit that layout.
 fn slot_claimed_by(name: &str, tid: u32) -> bool {
     const RING_HEADER: u64 = 384;
-    let stride = (64 + STORM_SLOT as u64).next_multiple_of(64);
+    let stride = (64 + STORM_SLOT as u64 + 1).next_multiple_of(64);
     let Ok(f) = std::fs::File::open(shm_path(name)) else {
         return false;
     };
