@@ -17,6 +17,7 @@ mod pool;
 mod pool_faults;
 mod process;
 mod queue;
+mod queue_batch;
 mod queue_faults;
 mod region;
 mod region_fuzz;
@@ -44,6 +45,7 @@ fn main() {
         sync_faults::ROLES,
         queue::ROLES,
         queue_faults::ROLES,
+        queue_batch::ROLES,
         process::ROLES,
         pool::ROLES,
         pool_faults::ROLES,
@@ -67,6 +69,7 @@ fn main() {
     trials.extend(sync_faults::tests());
     trials.extend(queue::tests());
     trials.extend(queue_faults::tests());
+    trials.extend(queue_batch::tests());
     trials.extend(process::tests());
     trials.extend(pool::tests());
     trials.extend(pool_faults::tests());
