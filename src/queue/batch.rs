@@ -240,6 +240,9 @@ impl<T, C: Codec<T>> Queue<T, C> {
                 Err(Error::Timeout | Error::Closed) if taken > 0 => break,
                 Err(e) => return Err(e),
             };
+            // A run shorter than asked for stopped at a slot that was not ready: nothing more is there
+            // now, and another attempt would only cost a failed claim and a clock read.
+            let short = batch.remaining() < want;
             while let Some(m) = batch.next(C::decode) {
                 match m {
                     Ok(Some(Ok(v))) => {
@@ -253,6 +256,9 @@ impl<T, C: Codec<T>> Queue<T, C> {
                         first_err.get_or_insert(e);
                     }
                 }
+            }
+            if short && taken > 0 {
+                break;
             }
         }
         match first_err {

@@ -506,7 +506,10 @@ impl Ring {
                 };
                 // {pos, me} → {pos + 1, IDLE}: published. Release: the bytes above happen-before the
                 // consumer's Acquire CAS. A CAS, not a store: if a consumer took us for dead and
-                // tombstoned the slot, our claim is void and the message must go out again.
+                // tombstoned the slot, our claim is void and the message must go out again. It is also
+                // the SeqCst RMW that `notify` below pairs with a sleeper's re-check; a Release store
+                // would need an `mfence` for that, no cheaper than this `lock cmpxchg` (the batch path
+                // pays that fence once per batch instead: `Ring::end_batch`).
                 let published = state((pos as u32).wrapping_add(1), IDLE);
                 let ok = slot.state.compare_exchange(
                     claimed,
@@ -677,6 +680,7 @@ impl Ring {
                 // {pos + 1, me} → {pos + one_lap, IDLE}: free for the next lap. Release: our reads of
                 // the bytes happen-before the next producer's Acquire CAS and its writes. If a producer
                 // took us for dead and freed the slot, it may have overwritten what we read: discard it.
+                // SeqCst RMW for `notify`, as the publish in `try_push`.
                 let freed = state(pos.wrapping_add(self.one_lap) as u32, IDLE);
                 let released = slot.state.compare_exchange(
                     claimed,
@@ -1162,6 +1166,11 @@ pub(crate) struct PopBatch<'r> {
 }
 
 impl PopBatch<'_> {
+    /// Claimed slots not yet read.
+    pub(crate) fn remaining(&self) -> usize {
+        self.left as usize
+    }
+
     /// Reads the next claimed slot, passing its bytes to `f` while the slot is held, and frees it.
     /// `None` once the batch is used up; `Some(Ok(None))` for a tombstone or a revoked claim (nothing to
     /// deliver); `Some(Err(Corrupted))` for a damaged length (the slot is consumed either way).
