@@ -3,6 +3,7 @@
 //! | group | mproc | baselines |
 //! |---|---|---|
 //! | throughput, 64 B messages | `Queue<[u8; 64], Raw>`, 1024 slots (64 KiB of payload) | pipe (default 64 KiB buffer), `UnixStream::pair()` |
+//! | throughput, 64 B messages in batches | the same queue through `put_many`/`get_many`, 64 messages a batch | pipe, one 64 B `write` per message (the same bytes) |
 //! | throughput, 64 KiB messages | `Queue<[[u8; 4096]; 16], Raw>` and `Queue<Vec<u8>, RawSlice<u8>>`, 8 slots | pipe (default 64 KiB, and resized to 512 KiB), `UnixStream::pair()` |
 //! | round trip, 64 B | ping-pong over two `Queue<[u8; 64], Raw>` | ping-pong over two pipes |
 //! | floors | put + get in one process, 64 B and 64 KiB | write + read of a pipe in one process |
@@ -98,6 +99,22 @@ trait Channel {
     fn send(&mut self, i: u64);
     /// Receives the next message and returns its sequence number (parent side); panics if torn.
     fn recv(&mut self) -> u64;
+    /// Messages one `send_range` sends at a time in the one-process floor (1: one by one).
+    fn batch(&self) -> u64 {
+        1
+    }
+    /// Sends messages `from..to` (child side). Batching transports send several per call.
+    fn send_range(&mut self, from: u64, to: u64) {
+        for i in from..to {
+            self.send(i);
+        }
+    }
+    /// Receives messages `from..to` (parent side), checking each one's sequence number.
+    fn recv_range(&mut self, from: u64, to: u64) {
+        for i in from..to {
+            assert_eq!(self.recv(), i, "message out of order or lost");
+        }
+    }
 }
 
 /// Writes `i` into the first and last 8 bytes of a message.
@@ -128,6 +145,55 @@ impl Channel for QueueSmall {
     }
     fn recv(&mut self) -> u64 {
         seq_of(&self.q.get().expect("get"))
+    }
+}
+
+/// Messages per `put_many` / most per `get_many` in the batched group.
+const BATCH: usize = 64;
+
+/// The 64 B queue driven in batches: `put_many` of [`BATCH`] messages, `get_many` of up to as many.
+struct QueueBatch {
+    q: Queue<Small, Raw>,
+    bufs: Vec<Small>,
+    out: Vec<Small>,
+}
+
+impl Channel for QueueBatch {
+    fn batch(&self) -> u64 {
+        BATCH as u64
+    }
+    fn send(&mut self, i: u64) {
+        self.send_range(i, i + 1);
+    }
+    fn recv(&mut self) -> u64 {
+        self.out.clear();
+        self.q.get_many(&mut self.out, 1).expect("get_many");
+        seq_of(&self.out[0])
+    }
+    fn send_range(&mut self, from: u64, to: u64) {
+        let mut i = from;
+        while i < to {
+            let k = (to - i).min(BATCH as u64) as usize;
+            for (j, buf) in self.bufs[..k].iter_mut().enumerate() {
+                stamp(buf, i + j as u64);
+            }
+            let put = self.q.put_many(&self.bufs[..k]).expect("put_many");
+            assert_eq!(put, k);
+            i += k as u64;
+        }
+    }
+    fn recv_range(&mut self, from: u64, to: u64) {
+        let mut next = from;
+        while next < to {
+            self.out.clear();
+            let max = (to - next).min(BATCH as u64) as usize;
+            let n = self.q.get_many(&mut self.out, max).expect("get_many");
+            assert_eq!(n, self.out.len());
+            for m in &self.out {
+                assert_eq!(seq_of(m), next, "message out of order or lost");
+                next += 1;
+            }
+        }
     }
 }
 
@@ -208,16 +274,11 @@ fn socket_channel(size: usize) -> Stream<UnixStream, UnixStream> {
 fn throughput_once(ch: &mut dyn Channel, n: u64) -> f64 {
     let child = os::fork(|| {
         os::pin_child();
-        for i in 0..n {
-            ch.send(i);
-        }
+        ch.send_range(0, n);
     });
-    assert_eq!(ch.recv(), 0, "first message");
+    ch.recv_range(0, 1);
     let t = Instant::now();
-    for i in 1..n {
-        let s = ch.recv();
-        assert_eq!(s, i, "message out of order or lost");
-    }
+    ch.recv_range(1, n);
     let secs = t.elapsed().as_secs_f64();
     assert!(child.wait(), "producer failed");
     (n - 1) as f64 / secs
@@ -359,10 +420,12 @@ fn clock_cost() -> f64 {
 
 /// ns per message sent and received back-to-back by this one process.
 fn floor_once(ch: &mut dyn Channel, n: u64) -> f64 {
+    let k = ch.batch();
     let t = Instant::now();
-    for i in 0..n {
-        ch.send(i);
-        assert_eq!(ch.recv(), i);
+    for i in (0..n).step_by(k as usize) {
+        let end = (i + k).min(n);
+        ch.send_range(i, end);
+        ch.recv_range(i, end);
     }
     t.elapsed().as_nanos() as f64 / n as f64
 }
@@ -410,6 +473,32 @@ fn main() {
         1,
     );
     drop(small);
+
+    // ---- 64 B in batches ----
+    let mut batched: Vec<(&str, Box<dyn Channel>)> = vec![
+        (
+            "mproc::Queue put_many/get_many, 64 a batch",
+            Box::new(QueueBatch {
+                q: Queue::new(SMALL_SLOTS).expect("queue"),
+                bufs: vec![[0; SMALL]; BATCH],
+                out: Vec::with_capacity(BATCH),
+            }),
+        ),
+        (
+            "pipe (64 KiB buffer), one write per message",
+            Box::new(pipe_channel(SMALL, None)),
+        ),
+    ];
+    let batch_stats = throughput(&cfg, cfg.small_msgs, &mut batched);
+    let names: Vec<&str> = batched.iter().map(|c| c.0).collect();
+    print_throughput(
+        &format!("64 B in batches ({} per run)", cfg.small_msgs),
+        SMALL,
+        &names,
+        &batch_stats,
+        1,
+    );
+    drop(batched);
 
     // ---- 64 KiB ----
     let mut big: Vec<(&str, Box<dyn Channel>)> = vec![
@@ -497,6 +586,15 @@ fn main() {
                 buf: [0; SMALL],
             }),
         ),
+        (
+            "64 B   mproc::Queue put_many/get_many of 64",
+            fs,
+            Box::new(QueueBatch {
+                q: Queue::new(SMALL_SLOTS).expect("queue"),
+                bufs: vec![[0; SMALL]; BATCH],
+                out: Vec::with_capacity(BATCH),
+            }),
+        ),
         ("64 B   pipe", fs / 10, Box::new(pipe_channel(SMALL, None))),
         (
             "64 KiB mproc::Queue<[[u8; 4096]; 16], Raw>",
@@ -568,6 +666,19 @@ fn main() {
         1,
         "ns",
     );
+    common::result(
+        "queue_batch_put_get_same_process_ns",
+        floor_stats[1].median,
+        1,
+        "ns",
+    );
+    common::result(
+        "queue_batch_msgs_per_s_64B",
+        batch_stats[0].median / 1e6,
+        2,
+        "M/s",
+    );
+    common::result("queue_batch_vs_pipe_64B", ratio(&batch_stats, 0, 1), 2, "x");
 }
 
 /// The unsafe code of this bench beyond `common::os` (fork, pipes), which it re-exports: CPU affinity.

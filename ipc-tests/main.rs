@@ -17,6 +17,7 @@ mod pool;
 mod pool_faults;
 mod process;
 mod queue;
+mod queue_batch;
 mod queue_faults;
 mod queue_unbounded;
 mod region;
@@ -46,6 +47,7 @@ fn main() {
         queue::ROLES,
         queue_faults::ROLES,
         queue_unbounded::ROLES,
+        queue_batch::ROLES,
         process::ROLES,
         pool::ROLES,
         pool_faults::ROLES,
@@ -70,6 +72,7 @@ fn main() {
     trials.extend(queue::tests());
     trials.extend(queue_faults::tests());
     trials.extend(queue_unbounded::tests());
+    trials.extend(queue_batch::tests());
     trials.extend(process::tests());
     trials.extend(pool::tests());
     trials.extend(pool_faults::tests());

@@ -7,6 +7,7 @@
 //! are documented in `src/queue/ring.rs`. In short: a consumer never sees a half-written message; a
 //! message whose consumer is killed inside `get` is lost (at most once); nothing is delivered twice.
 
+mod batch;
 mod joinable;
 mod pipe;
 pub(crate) mod ring;

@@ -40,6 +40,36 @@
 //! consumer discards what it read and takes the next message. A claimer is taken for dead only when its
 //! tid no longer exists (or is a zombie) — never merely because it is slow.
 //!
+//! Each of these costs two locked instructions per side, four per message through the ring, and none
+//! can go: the claim CAS is what makes a claim exclusive and names the claimer; the final CAS is at once
+//! the guard against a revoked claim and the SeqCst read-modify-write that [`WaitWord::notify`] needs
+//! to pair with a sleeper's re-check (a Release store would need a SeqCst fence for that, an `mfence`
+//! that costs at least as much as the `lock cmpxchg` it replaces). The index moves (`tail`/`head`) are
+//! plain stores, and the notify a plain load while nobody sleeps.
+//!
+//! # Batches
+//! `put_many`/`get_many` claim a run of up to [`MAX_BATCH`] consecutive stamps in one pass:
+//!
+//! - **push batch** at `tail = s`: the first claim as in push; then for `s' = s + 1, s + 2, …` while the
+//!   slot reads `{s', IDLE}`, CAS it to `{s', me}` (Acquire), stopping at the first slot that is not
+//!   free. Store `tail` = the stamp after the run, once. For each slot: copy the message in; **store**
+//!   `{s', me}` → `{s' + 1, IDLE}` (Release). Unused claims (an encode error) are given back as
+//!   `{s' + 1, TOMBSTONE}`. Then one `fence(SeqCst)` and one notify for the whole batch.
+//! - **pop batch** at `head = s`: likewise, claiming `{s' + 1, IDLE | TOMBSTONE}` → `{s' + 1, me}`
+//!   (Acquire) while ready; `head` stored once; each slot read, then **stored** to `{s' + one_lap, IDLE}`
+//!   (Release); one fence, one notify.
+//!
+//! Each slot still moves through exactly the states of the table, one claimer at a time, and names its
+//! claimer while claimed; a run is only several single-slot claims by one thread. So the guarantees
+//! below hold slot by slot: a consumer never sees a half-written message (it claims only `{s' + 1, …}`,
+//! which the producer stores after the copy, with Release); nothing is delivered twice (each message's
+//! slot is claimed by one consumer CAS); a dead batch claimer's slots are recovered as a single
+//! claimer's are, the whole run at once (see "Deaths"). The batch saves, per message, the second locked
+//! instruction of each side (a Release store instead, argued at `Ring::publish_batch_slot`: only a dead
+//! thread's claim is ever revoked by an honest peer, and we are alive), the index store, and the wake-up
+//! (one per batch, made safe by one SeqCst fence, argued at `Ring::end_batch`). A claim of k stamps by
+//! one CAS on `tail` is not possible here: the index is a hint and the slot CAS is the claim.
+//!
 //! # Deaths
 //! Claimers are judged dead only while every process attached to the ring lives in our pid namespace
 //! (`Config::ns`, written at creation and marked mixed by any opener from elsewhere): a tid means
@@ -55,6 +85,11 @@
 //!   **at most once** for a message whose consumer dies inside `get`; no message is delivered twice, and
 //!   no message that no consumer took is lost.
 //! - A claimer dead before moving `tail`/`head`: the next thread to find the claimed slot moves it.
+//! - A batch claimer (`put_many`/`get_many`) dead with a run of stamps claimed: the waiter that recovers
+//!   the first slot of the run recovers the following slots claimed by the same dead tid too, each with
+//!   its own liveness check and CAS (tombstones for a producer's, freed slots for a consumer's). Slots
+//!   of the run it had already published are delivered normally; messages of a consumer's run are lost,
+//!   each at most once, as for a single `get`.
 //!
 //! # Garbage
 //! Capacity and slot size are read from shared memory once, at open, and checked against the region's
@@ -471,7 +506,10 @@ impl Ring {
                 };
                 // {pos, me} → {pos + 1, IDLE}: published. Release: the bytes above happen-before the
                 // consumer's Acquire CAS. A CAS, not a store: if a consumer took us for dead and
-                // tombstoned the slot, our claim is void and the message must go out again.
+                // tombstoned the slot, our claim is void and the message must go out again. It is also
+                // the SeqCst RMW that `notify` below pairs with a sleeper's re-check; a Release store
+                // would need an `mfence` for that, no cheaper than this `lock cmpxchg` (the batch path
+                // pays that fence once per batch instead: `Ring::end_batch`).
                 let published = state((pos as u32).wrapping_add(1), IDLE);
                 let ok = slot.state.compare_exchange(
                     claimed,
@@ -543,21 +581,38 @@ impl Ring {
         }
     }
 
-    /// A consumer died holding the slot the producer of stamp `pos` needs: free it for `pos`.
+    /// A consumer died holding the slot the producer of stamp `pos` needs: free it for `pos`, and the
+    /// slots after it that the same dead consumer claimed in the same batch (`get_many`), each with the
+    /// same checks as in [`Ring::abandon_if_writer_died`]. The messages in them were handed to the dead
+    /// consumer and are lost: at most once, never twice.
     fn free_if_reader_died(&self, pos: u64, st: u64) {
         let reader = who(st);
-        let prev_lap = pos.wrapping_sub(self.one_lap);
-        let is_reader_claim = dist(seq(st), prev_lap) == 1 && reader != IDLE && reader != TOMBSTONE;
-        if is_reader_claim && !self.claimer_alive(reader) {
+        let (mut pos, mut st) = (pos, st);
+        let mut freed_any = false;
+        for _ in 0..MAX_BATCH {
+            let prev_lap = pos.wrapping_sub(self.one_lap);
+            let is_reader_claim = dist(seq(st), prev_lap) == 1
+                && who(st) == reader
+                && reader != IDLE
+                && reader != TOMBSTONE;
+            if !is_reader_claim || self.claimer_alive(reader) {
+                break;
+            }
             let freed = state(pos as u32, IDLE);
             if self
                 .slot(pos)
                 .state
                 .compare_exchange(st, freed, Ordering::SeqCst, Ordering::Relaxed)
-                .is_ok()
+                .is_err()
             {
-                self.header().space.0.notify();
+                break;
             }
+            freed_any = true;
+            pos = self.next(pos);
+            st = self.slot(pos).state.load(Ordering::Acquire);
+        }
+        if freed_any {
+            self.header().space.0.notify();
         }
     }
 
@@ -625,6 +680,7 @@ impl Ring {
                 // {pos + 1, me} → {pos + one_lap, IDLE}: free for the next lap. Release: our reads of
                 // the bytes happen-before the next producer's Acquire CAS and its writes. If a producer
                 // took us for dead and freed the slot, it may have overwritten what we read: discard it.
+                // SeqCst RMW for `notify`, as the publish in `try_push`.
                 let freed = state(pos.wrapping_add(self.one_lap) as u32, IDLE);
                 let released = slot.state.compare_exchange(
                     claimed,
@@ -700,23 +756,43 @@ impl Ring {
         }
     }
 
-    /// The producer claimed stamp `pos` and has not published it; if it died, tombstone the slot.
+    /// The producer claimed stamp `pos` and has not published it; if it died, tombstone the slot, and the
+    /// slots after it that the same dead producer claimed in the same batch (`put_many` claims a run of
+    /// consecutive stamps; without this, each of them would cost the waiting consumer one more
+    /// [`StuckWatch`] interval, up to [`MAX_CHECK`] each).
+    ///
+    /// Liveness is asked again for every slot of the run: a dead claimer's tid may be recycled by a
+    /// live thread that claims a later stamp; that thread is judged alive and the walk stops there.
+    /// Each step is one CAS from the exact state read, so no claim made since is ever tombstoned (a
+    /// stamp's state never returns to an earlier value).
     fn abandon_if_writer_died(&self, pos: u64, st: u64) {
         let writer = who(st);
-        if dist(seq(st), pos) == 0
-            && writer != IDLE
-            && writer != TOMBSTONE
-            && !self.claimer_alive(writer)
-        {
+        let (mut pos, mut st) = (pos, st);
+        let mut abandoned = false;
+        for _ in 0..MAX_BATCH {
+            if dist(seq(st), pos) != 0
+                || who(st) != writer
+                || writer == IDLE
+                || writer == TOMBSTONE
+                || self.claimer_alive(writer)
+            {
+                break;
+            }
             let tomb = state((pos as u32).wrapping_add(1), TOMBSTONE);
             if self
                 .slot(pos)
                 .state
                 .compare_exchange(st, tomb, Ordering::SeqCst, Ordering::Relaxed)
-                .is_ok()
+                .is_err()
             {
-                self.header().items.0.notify();
+                break;
             }
+            abandoned = true;
+            pos = self.next(pos);
+            st = self.slot(pos).state.load(Ordering::Acquire);
+        }
+        if abandoned {
+            self.header().items.0.notify();
         }
     }
 
@@ -981,6 +1057,480 @@ impl Ring {
                 .items
                 .0
                 .sleep(slice, || self.head_published() || self.is_closed());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Batches (`Queue::put_many` / `get_many`)
+
+/// The most slots one batch claims: the tombstone bitmask of a [`PopBatch`] is one `u64`, and the walk
+/// that recovers a dead batch claimer's run ([`Ring::abandon_if_writer_died`]) is bounded by it.
+pub(crate) const MAX_BATCH: usize = 64;
+
+/// What one batch claim attempt found.
+enum BatchAttempt {
+    /// Claimed `n >= 1` consecutive stamps from `first`.
+    Claimed { first: u64, n: u32, tombs: u64 },
+    /// Full (push) or empty (pop) at the slot of stamp `pos`, still in `state`.
+    Blocked { pos: u64, state: u64 },
+    /// Empty and closed (pop only).
+    Closed,
+    /// Out of help budget (garbage indices only); look at the clock.
+    Busy,
+}
+
+/// Slots one producer claimed for a batch: `left` consecutive stamps from `pos`, each `{s, me}`. Every
+/// [`PushBatch::write`] fills and publishes the next one; dropping the batch tombstones those left
+/// unfilled (an encode error, a message too large, a panic in the codec), then makes the batch's
+/// stores visible to sleepers and wakes them, once.
+pub(crate) struct PushBatch<'r> {
+    ring: &'r Ring,
+    me: u32,
+    pos: u64,
+    left: u32,
+}
+
+impl PushBatch<'_> {
+    /// Slots claimed and not yet filled.
+    pub(crate) fn remaining(&self) -> usize {
+        self.left as usize
+    }
+
+    /// Copies `bytes` into the next claimed slot and publishes it. `Ok(false)`: the slot's claim had been
+    /// revoked (only garbage written by another process does that, see below): nothing was published and
+    /// the caller writes the same message into the next slot.
+    ///
+    /// # Errors
+    /// [`Error::MessageTooLarge`]; the slot stays claimed, and is tombstoned when the batch is dropped.
+    ///
+    /// # Panics
+    /// If no claimed slot is left (a bug of the caller).
+    pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<bool> {
+        assert!(self.left > 0, "PushBatch::write past the claimed slots");
+        let ring = self.ring;
+        if bytes.len() > ring.geo.slot_size as usize {
+            return Err(Error::MessageTooLarge {
+                size: bytes.len(),
+                max: ring.geo.slot_size as usize,
+            });
+        }
+        let pos = self.pos;
+        let slot = ring.slot(pos);
+        let claimed = state(pos as u32, self.me);
+        self.pos = ring.next(pos);
+        self.left -= 1;
+        // A plain load, no lock: only garbage changes a live claimer's state (see `Ring::publish_batch_slot`).
+        if slot.state.load(Ordering::Relaxed) != claimed {
+            return Ok(false);
+        }
+        slot.len.store(bytes.len() as u32, Ordering::Relaxed);
+        // SAFETY: we own the slot (claimed by `try_claim_push`, checked just above); bytes.len() <=
+        // slot_size was checked above, so the copy stays inside this slot's stride, inside the region.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), Ring::data(slot), bytes.len()) };
+        ring.publish_batch_slot(slot, state((pos as u32).wrapping_add(1), IDLE));
+        Ok(true)
+    }
+}
+
+impl Drop for PushBatch<'_> {
+    fn drop(&mut self) {
+        let ring = self.ring;
+        while self.left > 0 {
+            // {s, me} → {s + 1, TOMBSTONE}: given back; consumers skip it. Not `{s, IDLE}`: every stamp
+            // below the largest `tail` ever written must stay claimed (see the module docs), and `tail`
+            // is already past this one.
+            let pos = self.pos;
+            let slot = ring.slot(pos);
+            if slot.state.load(Ordering::Relaxed) == state(pos as u32, self.me) {
+                ring.publish_batch_slot(slot, state((pos as u32).wrapping_add(1), TOMBSTONE));
+            }
+            self.pos = ring.next(pos);
+            self.left -= 1;
+        }
+        ring.end_batch(&ring.header().items.0);
+    }
+}
+
+/// Messages one consumer claimed for a batch: `left` consecutive stamps from `pos`, each `{s + 1, me}`.
+/// [`PopBatch::next`] reads and frees them one by one; dropping the batch frees those left unread (their
+/// messages are lost with it, as with a consumer that dies: only a panic in the codec does that), then
+/// makes the frees visible to sleepers and wakes them, once.
+pub(crate) struct PopBatch<'r> {
+    ring: &'r Ring,
+    me: u32,
+    pos: u64,
+    left: u32,
+    /// Bit i: the i-th claimed slot was a tombstone (a message abandoned by a dead producer).
+    tombs: u64,
+}
+
+impl PopBatch<'_> {
+    /// Claimed slots not yet read.
+    pub(crate) fn remaining(&self) -> usize {
+        self.left as usize
+    }
+
+    /// Reads the next claimed slot, passing its bytes to `f` while the slot is held, and frees it.
+    /// `None` once the batch is used up; `Some(Ok(None))` for a tombstone or a revoked claim (nothing to
+    /// deliver); `Some(Err(Corrupted))` for a damaged length (the slot is consumed either way).
+    pub(crate) fn next<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Option<Result<Option<R>>> {
+        if self.left == 0 {
+            return None;
+        }
+        let ring = self.ring;
+        let pos = self.pos;
+        let slot = ring.slot(pos);
+        let claimed = state((pos as u32).wrapping_add(1), self.me);
+        let tomb = self.tombs & 1 != 0;
+        self.tombs >>= 1;
+        self.pos = ring.next(pos);
+        self.left -= 1;
+        let len = slot.len.load(Ordering::Relaxed) as usize;
+        let result = if tomb {
+            Ok(None)
+        } else if len > ring.geo.slot_size as usize {
+            Err(Error::Corrupted(format!(
+                "message length {len} exceeds the slot size {}",
+                ring.geo.slot_size
+            )))
+        } else {
+            // SAFETY: we own the slot (claimed by `try_claim_pop`); len <= slot_size keeps the range
+            // inside this slot's stride, inside the region. Producers do not write a claimed slot.
+            let bytes = unsafe { std::slice::from_raw_parts(Ring::data(slot), len) };
+            Ok(Some(f(bytes)))
+        };
+        // A revoked claim (garbage only) may have let a producer overwrite what we read: discard it, and
+        // leave the slot to whoever holds it now.
+        if slot.state.load(Ordering::Relaxed) != claimed {
+            return Some(Ok(None));
+        }
+        ring.publish_batch_slot(slot, state(pos.wrapping_add(ring.one_lap) as u32, IDLE));
+        Some(result)
+    }
+}
+
+impl Drop for PopBatch<'_> {
+    fn drop(&mut self) {
+        let ring = self.ring;
+        while self.left > 0 {
+            let pos = self.pos;
+            let slot = ring.slot(pos);
+            if slot.state.load(Ordering::Relaxed) == state((pos as u32).wrapping_add(1), self.me) {
+                ring.publish_batch_slot(slot, state(pos.wrapping_add(ring.one_lap) as u32, IDLE));
+            }
+            self.pos = ring.next(pos);
+            self.left -= 1;
+        }
+        ring.end_batch(&ring.header().space.0);
+    }
+}
+
+impl Ring {
+    /// The last step of a batched slot, `{s, me}` → `{s + 1, IDLE | TOMBSTONE}` (publish or give back)
+    /// or `{s + 1, me}` → `{s + one_lap, IDLE}` (free): a **Release store**, not the CAS the single-slot
+    /// path uses, so a batch of k messages costs k locked instructions per side (the claims) instead of
+    /// 2k.
+    ///
+    /// Why a store is enough here:
+    /// - Ordering: Release makes the message bytes and `len` (producer), or our reads of them
+    ///   (consumer), happen-before whoever claims the slot next with its Acquire CAS, exactly as the
+    ///   single path's Release half of its SeqCst CAS does.
+    /// - Exclusivity: the single path's CAS guards against a claim revoked by a thread that took the
+    ///   claimer for dead. An honest peer revokes a claim only when [`Ring::claimer_alive`] says its tid
+    ///   no longer exists or is a zombie; we are running this code, so our tid exists and is not a
+    ///   zombie, and every "cannot tell" answer counts as alive. So only garbage written by another
+    ///   process can change our claimed slot; the callers' plain load just before catches that in the
+    ///   common case, and what slips through that window is garbage against garbage, which the "Garbage"
+    ///   section allows (no memory is touched outside the region, deadlines hold).
+    /// - Wake-ups: [`WaitWord::notify`] needs the state change to be ordered before its load of the
+    ///   waiters' bit by a SeqCst operation. A store is not; [`Ring::end_batch`] issues one SeqCst fence
+    ///   for the whole batch instead (one `mfence`, against k locked CASes).
+    #[inline]
+    fn publish_batch_slot(&self, slot: &SlotHead, new: u64) {
+        slot.state.store(new, Ordering::Release);
+    }
+
+    /// Ends a batch: one SeqCst fence, then one notify of `word`.
+    ///
+    /// The fence pairs with a sleeper's SeqCst RMW on `word` and its SeqCst re-check of a slot state
+    /// (`WaitWord::sleep`): in the single total order of SeqCst operations either our fence comes first,
+    /// and then the sleeper's re-check, which follows it, must see our stores (they are sequenced before
+    /// the fence: C++20 [atomics.order] ¶4), or the sleeper's RMW comes first, and then our SeqCst load
+    /// of `word` in `notify`, sequenced after the fence, sees its waiting bit. Either the sleeper does
+    /// not sleep or we wake it: no lost wake-up, one wake per batch.
+    fn end_batch(&self, word: &WaitWord) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        word.notify();
+    }
+
+    /// One attempt to claim up to `want` (1..=[`MAX_BATCH`]) consecutive free stamps from `tail`.
+    ///
+    /// The first claim is exactly [`Ring::try_push`]'s: help a lagging `tail`, heal a garbage one. Each
+    /// further stamp is claimed only if its slot is `{s, IDLE}` right now, with the same Acquire CAS
+    /// `{s, IDLE}` → `{s, me}`; the run stops at the first slot that is not (full, or another producer
+    /// got there first), so a batch is whatever prefix was free. The claim of each slot is its own CAS
+    /// (not one CAS on `tail` for k stamps, as in a ring whose index is the claim): here `tail` is only
+    /// a hint and the slot CAS is what makes a claim exclusive and names the claimer, which is how a
+    /// dead claimer is found and recovered. A CAS on a line the producer is about to write anyway costs
+    /// little more than the write. `tail` is moved once per batch, by a plain store past the last stamp
+    /// claimed: every stamp below it is claimed, which is all the module docs' argument needs; producers
+    /// that read it stale meanwhile find claimed slots and help it on.
+    fn try_claim_push(&self, me: Identity, want: u32) -> BatchAttempt {
+        let h = self.header();
+        let mut healed = false;
+        for _ in 0..self.help_budget() {
+            let pos = h.tail.0.load(Ordering::Relaxed);
+            let slot = self.slot(pos);
+            let st = slot.state.load(Ordering::Acquire);
+            let d = dist(seq(st), pos);
+            let lap = self.one_lap as i32;
+            let honest = (0..=lap).contains(&d) || d == 1 - lap || d == -lap;
+            if !honest && !healed {
+                healed = true;
+                self.heal();
+                continue;
+            }
+            if d == 0 && who(st) == IDLE {
+                if slot
+                    .state
+                    .compare_exchange_weak(
+                        st,
+                        state(pos as u32, me.tid),
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    )
+                    .is_err()
+                {
+                    continue;
+                }
+                let (mut n, mut last) = (1u32, pos);
+                while n < want {
+                    let s = self.next(last);
+                    let free = state(s as u32, IDLE);
+                    let next_slot = self.slot(s);
+                    // A plain load first: a slot that is not free is not worth a locked instruction.
+                    if next_slot.state.load(Ordering::Relaxed) != free
+                        || next_slot
+                            .state
+                            .compare_exchange(
+                                free,
+                                state(s as u32, me.tid),
+                                Ordering::Acquire,
+                                Ordering::Relaxed,
+                            )
+                            .is_err()
+                    {
+                        break;
+                    }
+                    n += 1;
+                    last = s;
+                }
+                h.tail.0.store(self.next(last), Ordering::Relaxed);
+                return BatchAttempt::Claimed {
+                    first: pos,
+                    n,
+                    tombs: 0,
+                };
+            } else if d >= 0 {
+                let _ = h.tail.0.compare_exchange(
+                    pos,
+                    self.next(pos),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            } else {
+                return BatchAttempt::Blocked { pos, state: st };
+            }
+        }
+        BatchAttempt::Busy
+    }
+
+    /// One attempt to claim up to `want` (1..=[`MAX_BATCH`]) consecutive published messages (or
+    /// tombstones) from `head`: [`Ring::try_pop`]'s first claim, then `{s + 1, IDLE | TOMBSTONE}` →
+    /// `{s + 1, me}` (Acquire: sees each message's bytes) for each following slot that is ready right
+    /// now, stopping at the first that is not. `head` moves once, as `tail` in [`Ring::try_claim_push`].
+    fn try_claim_pop(&self, me: Identity, want: u32) -> BatchAttempt {
+        let h = self.header();
+        let mut healed = false;
+        let ready = |st: u64, s: u64| {
+            dist(seq(st), s.wrapping_add(1)) == 0 && (who(st) == IDLE || who(st) == TOMBSTONE)
+        };
+        for _ in 0..self.help_budget() {
+            let pos = h.head.0.load(Ordering::Relaxed);
+            let slot = self.slot(pos);
+            let st = slot.state.load(Ordering::Acquire);
+            let d = dist(seq(st), pos.wrapping_add(1));
+            let honest = (0..=self.one_lap as i32).contains(&d) || d == -1;
+            if !honest && !healed {
+                healed = true;
+                self.heal();
+                continue;
+            }
+            if ready(st, pos) {
+                if slot
+                    .state
+                    .compare_exchange_weak(
+                        st,
+                        state(seq(st), me.tid),
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    )
+                    .is_err()
+                {
+                    continue;
+                }
+                let mut tombs = u64::from(who(st) == TOMBSTONE);
+                let (mut n, mut last) = (1u32, pos);
+                while n < want {
+                    let s = self.next(last);
+                    let next_slot = self.slot(s);
+                    let st = next_slot.state.load(Ordering::Relaxed);
+                    if !ready(st, s)
+                        || next_slot
+                            .state
+                            .compare_exchange(
+                                st,
+                                state(seq(st), me.tid),
+                                Ordering::Acquire,
+                                Ordering::Relaxed,
+                            )
+                            .is_err()
+                    {
+                        break;
+                    }
+                    tombs |= u64::from(who(st) == TOMBSTONE) << n;
+                    n += 1;
+                    last = s;
+                }
+                h.head.0.store(self.next(last), Ordering::Relaxed);
+                return BatchAttempt::Claimed {
+                    first: pos,
+                    n,
+                    tombs,
+                };
+            } else if d >= 0 {
+                let _ = h.head.0.compare_exchange(
+                    pos,
+                    self.next(pos),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            } else if who(st) != IDLE && dist(seq(st), pos) == 0 {
+                // {pos, tid}: a producer is writing it.
+                return BatchAttempt::Blocked { pos, state: st };
+            } else if self.is_closed() {
+                return BatchAttempt::Closed;
+            } else {
+                return BatchAttempt::Blocked { pos, state: st };
+            }
+        }
+        BatchAttempt::Busy
+    }
+
+    /// Claims 1..=`want` consecutive free slots (at most [`MAX_BATCH`]), waiting for the first until
+    /// `deadline`: whatever is free at that moment, up to `want`, is claimed; the batch never waits for
+    /// more. Waiting, helping, healing and dead-consumer recovery are [`Ring::push`]'s.
+    ///
+    /// # Errors
+    /// [`Error::Closed`]; [`Error::Timeout`] once `deadline` passes (at once, without spinning, for a
+    /// deadline already past: the `try_` calls).
+    pub(crate) fn claim_push(
+        &self,
+        want: usize,
+        deadline: Option<Instant>,
+    ) -> Result<PushBatch<'_>> {
+        let want = want.clamp(1, MAX_BATCH) as u32;
+        let me = proc::current();
+        let mut backoff = Backoff::new();
+        let mut watch = StuckWatch::new();
+        loop {
+            if self.is_closed() {
+                return Err(Error::Closed);
+            }
+            let blocked = match self.try_claim_push(me, want) {
+                BatchAttempt::Claimed { first, n, .. } => {
+                    return Ok(PushBatch {
+                        ring: self,
+                        me: me.tid,
+                        pos: first,
+                        left: n,
+                    })
+                }
+                BatchAttempt::Blocked { pos, state } => Some((pos, state)),
+                BatchAttempt::Busy | BatchAttempt::Closed => None,
+            };
+            if self.survey_due() && self.heal() {
+                continue;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::Timeout);
+            }
+            if backoff.snooze() {
+                continue;
+            }
+            let slice = slice_until(deadline, watch.interval)?;
+            let Some((pos, st)) = blocked else {
+                self.header().space.0.sleep(slice, || false);
+                continue;
+            };
+            let still_full =
+                || self.slot(pos).state.load(Ordering::SeqCst) == st && !self.is_closed();
+            self.header().space.0.sleep(slice, || !still_full());
+            if still_full() && watch.due(pos, st) {
+                self.free_if_reader_died(pos, st);
+            }
+        }
+    }
+
+    /// Claims 1..=`want` consecutive messages (at most [`MAX_BATCH`]; tombstones count, and are skipped
+    /// by [`PopBatch::next`]), waiting for the first until `deadline`. Waiting, helping, healing and
+    /// dead-producer recovery are [`Ring::pop`]'s.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] once the ring is closed and empty; [`Error::Timeout`] as in
+    /// [`Ring::claim_push`].
+    pub(crate) fn claim_pop(&self, want: usize, deadline: Option<Instant>) -> Result<PopBatch<'_>> {
+        let want = want.clamp(1, MAX_BATCH) as u32;
+        let me = proc::current();
+        let mut backoff = Backoff::new();
+        let mut watch = StuckWatch::new();
+        loop {
+            match self.try_claim_pop(me, want) {
+                BatchAttempt::Claimed { first, n, tombs } => {
+                    return Ok(PopBatch {
+                        ring: self,
+                        me: me.tid,
+                        pos: first,
+                        left: n,
+                        tombs,
+                    })
+                }
+                BatchAttempt::Closed => return Err(Error::Closed),
+                BatchAttempt::Blocked { .. } | BatchAttempt::Busy => {}
+            }
+            if self.survey_due() && self.heal() {
+                continue;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::Timeout);
+            }
+            if backoff.snooze() {
+                continue;
+            }
+            let slice = slice_until(deadline, watch.interval)?;
+            let h = self.header();
+            let pos = h.head.0.load(Ordering::Relaxed);
+            let st = self.slot(pos).state.load(Ordering::Acquire);
+            let unchanged = || {
+                h.head.0.load(Ordering::Relaxed) == pos
+                    && self.slot(pos).state.load(Ordering::SeqCst) == st
+                    && !self.is_closed()
+            };
+            h.items.0.sleep(slice, || !unchanged());
+            if unchanged() && watch.due(pos, st) {
+                self.abandon_if_writer_died(pos, st);
+            }
         }
     }
 }
