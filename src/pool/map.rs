@@ -41,7 +41,7 @@ use crate::process::fnref::LocalFn;
 /// ```text
 /// error[E0277]: `&u64` cannot be the argument of a pool task
 ///   |     pool.map(square, &[1, 2, 3])
-///   |          ^^^ the function takes `&u64`
+///   |              ^^^^^^ the function takes `&u64`
 ///   = note: a pool task takes its argument by value: write `fn f(x: T)`, not `fn f(x: &T)`
 ///           (`String` for `&str`, `Vec<T>` for `&[T]`); the items can still be borrowed: `pool.map(f, &items)`
 ///   = note: for a value shared by every call, use `map_with(f, &param, items)` with `fn f(param: &P, x: T)`
