@@ -53,6 +53,10 @@ pub fn tests() -> Vec<Trial> {
             "map_with_and_borrowed_items_equal_sequential",
             map_with_and_borrowed_items,
         ),
+        t(
+            "owned_parameters_take_borrowed_items_everywhere",
+            owned_parameters_take_borrowed_items,
+        ),
         t("large_items_and_results_cross_in_fragments", large_messages),
         t(
             "large_task_behind_a_busy_worker_is_delivered",
@@ -840,4 +844,39 @@ fn map_with_and_borrowed_items() {
         squares,
         xs.iter().copied().map(square_plus).collect::<Vec<_>>()
     );
+}
+
+fn shout(name: String) -> String {
+    name.to_uppercase()
+}
+
+fn greet_with(greeting: &String, name: String) -> String {
+    format!("{greeting}, {name}")
+}
+
+fn area(w: u32, h: u32) -> u32 {
+    w * h
+}
+
+/// Issue 13: the fix rustc suggests for a borrowed parameter (`fn f(x: T)`, items still borrowed, a
+/// shared value through `map_with`) works for every call shape: map, apply, apply_async, starmap.
+fn owned_parameters_take_borrowed_items() {
+    let pool = pool();
+    let names: Vec<String> = ["bob", "alice", "eve"].map(String::from).to_vec();
+    assert_eq!(
+        pool.map(shout, &names).expect("map"),
+        vec!["BOB", "ALICE", "EVE"]
+    );
+    assert_eq!(pool.apply(shout, &names[1]).expect("apply"), "ALICE");
+    let pending = pool.apply_async(shout, &names[2]).expect("apply_async");
+    assert_eq!(pending.get().expect("get"), "EVE");
+    let hello = String::from("hello");
+    assert_eq!(
+        pool.map_with(greet_with, &hello, &names).expect("map_with"),
+        vec!["hello, bob", "hello, alice", "hello, eve"]
+    );
+    let sizes = vec![(2, 3), (4, 5)];
+    assert_eq!(pool.starmap(area, &sizes).expect("starmap"), vec![6, 20]);
+    // Every borrowed input is still ours.
+    assert_eq!((names.len(), sizes.len()), (3, 2));
 }

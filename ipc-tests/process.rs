@@ -13,6 +13,9 @@ use crate::common::{self, stat_fields, Kid, Role};
 pub const ROLES: &[Role] = &[
     ("process_many_no_leak", process_many_no_leak),
     ("process_parent_of_sleeper", process_parent_of_sleeper),
+    ("process_borrowed_forkserver", |_| {
+        borrowed_arguments(StartMethod::ForkServer)
+    }),
 ];
 
 const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::Fork];
@@ -72,6 +75,31 @@ pub fn tests() -> Vec<Trial> {
         state_errors();
         Ok(())
     }));
+    for m in METHODS {
+        let tag = format!("{m:?}").to_lowercase();
+        t.push(Trial::test(
+            format!("process::{tag}::borrowed_arguments"),
+            move || {
+                borrowed_arguments(m);
+                Ok(())
+            },
+        ));
+    }
+    // In a role: the fork server lives as long as the process that started it.
+    t.push(Trial::test(
+        "process::forkserver::borrowed_arguments",
+        || {
+            common::run_role_ok("process_borrowed_forkserver", "", BOUND);
+            Ok(())
+        },
+    ));
+    t.push(Trial::test(
+        "process::borrowed_argument_diagnostics_name_the_type_and_the_fix",
+        || {
+            borrowed_argument_diagnostics();
+            Ok(())
+        },
+    ));
     t
 }
 
@@ -408,5 +436,173 @@ fn dropped_non_daemon_is_waited_for(m: StartMethod) {
     assert_eq!(
         found.expect("the child's file exists once drop returned"),
         b"done"
+    );
+}
+
+fn greet(name: &str) -> String {
+    format!("hello, {name}")
+}
+
+fn checksum(bytes: &[u8]) -> (usize, u64) {
+    (bytes.len(), bytes.iter().map(|&b| u64::from(b)).sum())
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Settings {
+    name: String,
+    factors: Vec<u32>,
+}
+
+fn describe(s: &Settings) -> String {
+    format!("{}:{}", s.name, s.factors.iter().product::<u32>())
+}
+
+/// Borrows from the argument bytes in place (`#[serde(borrow)]`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record<'a> {
+    id: u32,
+    #[serde(borrow)]
+    tag: std::borrow::Cow<'a, str>,
+}
+
+fn label(r: Record<'_>) -> String {
+    format!("{}#{}", r.tag, r.id)
+}
+
+/// Not higher-ranked: demands a `'static` borrow and hands it to a thread that reads it after this
+/// function has returned, while the child reports its result and exits. Sound only because the child
+/// never frees what its argument borrows.
+fn keep_and_read_later(word: &'static str) -> usize {
+    std::thread::spawn(move || loop {
+        assert!(word.starts_with("kept"));
+        std::thread::yield_now();
+    });
+    word.len()
+}
+
+fn run_to_end<A, M, R>(m: StartMethod, f: fn(A) -> R, a: A) -> R
+where
+    A: mproc::process::ProcessArg<M>,
+    R: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let mut p = Process::builder()
+        .start_method(m)
+        .target(f, a)
+        .expect("target");
+    p.start().expect("start");
+    p.join_timeout(BOUND).expect("join")
+}
+
+/// Issue 13: `fn(&str)`, `fn(&[u8])`, `fn(&T)` and borrowing structs run in a child, with every start
+/// method, and get exactly what the parent passed.
+fn borrowed_arguments(m: StartMethod) {
+    assert_eq!(run_to_end(m, greet, "Bob"), "hello, Bob");
+    let owned_name = String::from("Alice");
+    assert_eq!(run_to_end(m, greet, &owned_name), "hello, Alice");
+    // 3 MiB: decoded in place from the child's copy, not limited by any small buffer.
+    let bytes: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let want = (bytes.len(), bytes.iter().map(|&b| u64::from(b)).sum());
+    assert_eq!(run_to_end(m, checksum, &bytes), want);
+    let settings = Settings {
+        name: "s".into(),
+        factors: vec![2, 3, 7],
+    };
+    assert_eq!(run_to_end(m, describe, &settings), "s:42");
+    let record = Record {
+        id: 9,
+        tag: "rec".into(),
+    };
+    assert_eq!(run_to_end(m, label, record), "rec#9");
+    assert_eq!(run_to_end(m, keep_and_read_later, "kept word"), 9);
+}
+
+/// Issue 13: the rejected forms fail with mproc's own message, which names the argument type and the
+/// fix. Compiles a small program against the mproc library this test binary was built with (rustc
+/// only type-checks it: about a second).
+fn borrowed_argument_diagnostics() {
+    let deps = std::env::current_exe()
+        .expect("current exe")
+        .parent()
+        .expect("deps dir")
+        .to_path_buf();
+    let me = std::fs::metadata(std::env::current_exe().unwrap())
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    // The library this binary linked: the newest `libmproc-*.rlib` not newer than the binary (another
+    // feature set may have left others beside it).
+    let rlib = std::fs::read_dir(&deps)
+        .expect("read deps")
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            let name = p.file_name()?.to_str()?;
+            let t = std::fs::metadata(&p).ok()?.modified().ok()?;
+            (name.starts_with("libmproc-") && name.ends_with(".rlib") && t <= me).then_some((t, p))
+        })
+        .max()
+        .map(|(_, p)| p)
+        .expect("the mproc rlib beside the test binary");
+    let dir = std::env::temp_dir().join(common::unique_name("diagnostics"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let src = dir.join("rejected.rs");
+    std::fs::write(
+        &src,
+        r#"
+fn square(x: &u64) -> u64 { x * x }
+fn total(v: &[f64]) -> f64 { v.iter().sum() }
+fn bump(x: &mut u64) { *x += 1 }
+fn main() {
+    let pool = mproc::Pool::new().unwrap();
+    let _ = pool.map(square, &[1, 2, 3]);
+    let _ = pool.apply_async(square, &7);
+    let v = vec![1.0, 2.0];
+    let _ = mproc::Process::new(total, &v);
+    let _ = mproc::Process::new(bump, &mut 1);
+}
+"#,
+    )
+    .expect("write the program");
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = std::process::Command::new(rustc)
+        .args([
+            "--edition",
+            "2021",
+            "--crate-type",
+            "bin",
+            "--emit=metadata",
+        ])
+        .arg("--out-dir")
+        .arg(&dir)
+        .arg("--extern")
+        .arg(format!("mproc={}", rlib.display()))
+        .arg("-L")
+        .arg(format!("dependency={}", deps.display()))
+        .arg(&src)
+        .output()
+        .expect("run rustc");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the rejected forms compiled");
+    for expected in [
+        "error[E0277]: `&u64` cannot be the argument of a pool task",
+        "the function takes `&u64`",
+        "write `fn f(x: T)`, not `fn f(x: &T)`",
+        "use `map_with(f, &param, items)`",
+        "error[E0277]: `&[f64]` cannot be the argument of a spawned function",
+        "for `&[T]` take `Vec<T>`",
+        "error[E0277]: `&mut u64` cannot be the argument of a spawned function",
+        "for `&mut T` take `T` and return the new value",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "rustc did not say {expected:?}:\n{stderr}"
+        );
+    }
+    // Both pool calls are reported (the message is on the bound every method of the family shares).
+    assert_eq!(
+        stderr
+            .matches("cannot be the argument of a pool task")
+            .count(),
+        2,
+        "{stderr}"
     );
 }

@@ -4,7 +4,8 @@
 //!
 //! Items may be borrowed: anything that [`Borrow`]s the function's argument type is accepted
 //! (`pool.map(f, &values)` with `values: Vec<T>` and `f: fn(T) -> R`); each item is serialized from the
-//! caller's reference and arrives owned in the worker.
+//! caller's reference and arrives owned in the worker. The function itself takes its argument by value
+//! ([`PoolArg`]).
 
 use std::borrow::Borrow;
 use std::marker::PhantomData;
@@ -18,6 +19,76 @@ use super::worker::{self, TaskKind};
 use super::{default_chunksize, Pool};
 use crate::error::Result;
 use crate::process::fnref::LocalFn;
+
+/// A type a pool task can take as its argument: an owned serde type (`Serialize + DeserializeOwned`),
+/// such as `u64`, `String`, `Vec<T>`, tuples, your `#[derive(Serialize, Deserialize)]` structs. Every
+/// such type is one; nothing else can be.
+///
+/// The items you pass may still be borrowed: `pool.map(f, &values)` serializes each item from your
+/// reference, and the worker receives its own copy. What must be owned is the *function's* parameter:
+/// write `fn square(x: u64)`, not `fn square(x: &u64)`. For a value shared by every call, use the
+/// `_with` forms ([`map_with`](Pool::map_with) and family), whose function takes it by reference:
+/// `fn f(param: &P, item: T)`.
+///
+/// Why not `&T` as for [`Process::new`](crate::Process::new) ([`ProcessArg`](crate::process::ProcessArg))?
+/// A worker runs many calls. It could decode each item and lend it to the function only if the
+/// function accepts *every* lifetime; but `fn keep(x: &'static u64)` also has the type `fn(A) -> R`
+/// (with `A = &'static u64`), could store the reference in a `static`, and would then read a freed item
+/// at its next call. Nothing in `fn(A) -> R` tells the two apart, and keeping every item alive for the
+/// worker's whole life would grow without bound, so the pool refuses borrowed parameter types at
+/// compile time. For `&u64`, `&[f64]`, `&MyStruct` rustc says:
+///
+/// ```text
+/// error[E0277]: `&u64` cannot be the argument of a pool task
+///   |     pool.map(square, &[1, 2, 3])
+///   |              ^^^^^^ the function takes `&u64`
+///   = note: a pool task takes its argument by value: write `fn f(x: T)`, not `fn f(x: &T)`
+///           (`String` for `&str`, `Vec<T>` for `&[T]`); the items can still be borrowed: `pool.map(f, &items)`
+///   = note: for a value shared by every call, use `map_with(f, &param, items)` with `fn f(param: &P, x: T)`
+/// ```
+///
+/// `&str` and `&[u8]` implement serde's `Deserialize` for *some* lifetimes, so for them rustc stops
+/// later, with "implementation of `Deserialize` is not general enough"; the fix is the same (`String`,
+/// `Vec<u8>`).
+///
+/// # Examples
+/// ```
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// let pool = mproc::Pool::builder().workers(2).build()?;
+/// let values = vec![1, 2, 3];
+/// assert_eq!(pool.map(square, &values)?, vec![1, 4, 9]); // borrowed items, owned parameter
+/// # Ok::<(), mproc::Error>(())
+/// ```
+///
+/// A borrowed parameter does not compile:
+/// ```compile_fail,E0277
+/// fn square(x: &u64) -> u64 {
+///     x * x
+/// }
+///
+/// let pool = mproc::Pool::new().unwrap();
+/// let squares = pool.map(square, &[1, 2, 3]);
+/// ```
+/// ```compile_fail
+/// fn greet(name: &str) -> String {
+///     format!("hello, {name}")
+/// }
+///
+/// let pool = mproc::Pool::new().unwrap();
+/// let greetings = pool.map(greet, ["Bob", "Alice"]);
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the argument of a pool task",
+    label = "the function takes `{Self}`",
+    note = "a pool task takes its argument by value: write `fn f(x: T)`, not `fn f(x: &T)` (`String` for `&str`, `Vec<T>` for `&[T]`); the items can still be borrowed: `pool.map(f, &items)`",
+    note = "for a value shared by every call, use `map_with(f, &param, items)` with `fn f(param: &P, x: T)`"
+)]
+pub trait PoolArg: Serialize + DeserializeOwned {}
+
+impl<T: Serialize + DeserializeOwned> PoolArg for T {}
 
 /// A slice of items serialized as a sequence of `A` (postcard's `Vec<A>`), whatever borrows them.
 struct SeqOf<'a, A, B>(&'a [B], PhantomData<fn(&A)>);
@@ -106,7 +177,7 @@ impl Pool {
         chunksize: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>>
     where
-        A: Serialize + DeserializeOwned,
+        A: PoolArg,
         R: Serialize + DeserializeOwned,
     {
         let (job, lens) =
@@ -143,7 +214,7 @@ impl Pool {
         items: impl IntoIterator<Item = impl Borrow<A>>,
     ) -> Result<Vec<R>>
     where
-        A: Serialize + DeserializeOwned,
+        A: PoolArg,
         R: Serialize + DeserializeOwned,
     {
         self.map_async(f, items, None)?.get()
@@ -175,7 +246,7 @@ impl Pool {
         chunksize: usize,
     ) -> Result<Vec<R>>
     where
-        A: Serialize + DeserializeOwned,
+        A: PoolArg,
         R: Serialize + DeserializeOwned,
     {
         self.map_async(f, items, Some(chunksize))?.get()
@@ -211,7 +282,7 @@ impl Pool {
         items: impl IntoIterator<Item = impl Borrow<A>>,
     ) -> Result<Vec<Result<R>>>
     where
-        A: Serialize + DeserializeOwned,
+        A: PoolArg,
         R: Serialize + DeserializeOwned,
     {
         Ok(self.imap(f, items, None)?.collect())
@@ -247,7 +318,7 @@ impl Pool {
         chunksize: Option<usize>,
     ) -> Result<Imap<R>>
     where
-        A: Serialize + DeserializeOwned,
+        A: PoolArg,
         R: Serialize + DeserializeOwned,
     {
         let (job, lens) =
@@ -287,7 +358,7 @@ impl Pool {
         chunksize: Option<usize>,
     ) -> Result<ImapUnordered<R>>
     where
-        A: Serialize + DeserializeOwned,
+        A: PoolArg,
         R: Serialize + DeserializeOwned,
     {
         let (job, lens) =
@@ -320,8 +391,8 @@ impl Pool {
         items: impl IntoIterator<Item = impl Borrow<(A, B)>>,
     ) -> Result<Vec<R>>
     where
-        A: Serialize + DeserializeOwned,
-        B: Serialize + DeserializeOwned,
+        A: PoolArg,
+        B: PoolArg,
         R: Serialize + DeserializeOwned,
     {
         let (job, lens) =
@@ -351,7 +422,7 @@ impl Pool {
     #[track_caller]
     pub fn apply_async<A, R>(&self, f: fn(A) -> R, args: impl Borrow<A>) -> Result<AsyncResult<R>>
     where
-        A: Serialize + DeserializeOwned,
+        A: PoolArg,
         R: Serialize + DeserializeOwned,
     {
         let (job, lens) =
@@ -380,7 +451,7 @@ impl Pool {
     #[track_caller]
     pub fn apply<A, R>(&self, f: fn(A) -> R, args: impl Borrow<A>) -> Result<R>
     where
-        A: Serialize + DeserializeOwned,
+        A: PoolArg,
         R: Serialize + DeserializeOwned,
     {
         self.apply_async(f, args)?.get()
@@ -416,7 +487,7 @@ impl Pool {
     ) -> Result<AsyncResult<Vec<R>>>
     where
         P: Serialize + DeserializeOwned,
-        A: Serialize + DeserializeOwned,
+        A: PoolArg,
         R: Serialize + DeserializeOwned,
     {
         let (job, lens) =
@@ -453,7 +524,7 @@ impl Pool {
     ) -> Result<Vec<R>>
     where
         P: Serialize + DeserializeOwned,
-        A: Serialize + DeserializeOwned,
+        A: PoolArg,
         R: Serialize + DeserializeOwned,
     {
         self.map_async_with(f, params, items, None)?.get()
@@ -488,7 +559,7 @@ impl Pool {
     ) -> Result<Imap<R>>
     where
         P: Serialize + DeserializeOwned,
-        A: Serialize + DeserializeOwned,
+        A: PoolArg,
         R: Serialize + DeserializeOwned,
     {
         let (job, lens) =
@@ -529,7 +600,7 @@ impl Pool {
     ) -> Result<ImapUnordered<R>>
     where
         P: Serialize + DeserializeOwned,
-        A: Serialize + DeserializeOwned,
+        A: PoolArg,
         R: Serialize + DeserializeOwned,
     {
         let (job, lens) =

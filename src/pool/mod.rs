@@ -13,9 +13,11 @@
 //!
 //! # Functions
 //! Workers are spawned processes (see [`process`](crate::process)), so a task is a **function pointer**
-//! `fn(A) -> R` of the main executable with serde arguments and result, exactly as for
+//! `fn(A) -> R` of the main executable with serde arguments and result, as for
 //! [`Process::new`](crate::Process::new): capturing closures do not compile, and a function is sent as an
-//! offset checked against the executable. Task messages cross shared memory, so the offsets carry a MAC
+//! offset checked against the executable. Unlike a spawned function, a task takes its argument by
+//! value (`fn square(x: u64)`, not `x: &u64`; the items you pass may be borrowed): see [`PoolArg`] for
+//! why, and for the message rustc gives otherwise. Task messages cross shared memory, so the offsets carry a MAC
 //! keyed with a secret of this pool: a process that scribbles on the rings cannot make a worker jump
 //! anywhere else.
 //!
@@ -62,6 +64,7 @@ use crate::process::fnref::{FnKey, FnRef, LocalFn};
 pub use builder::PoolBuilder;
 use dispatcher::task_spec;
 use engine::Engine;
+pub use map::PoolArg;
 use results::Job;
 pub use results::{AsyncResult, Imap, ImapUnordered};
 use wire::Payload;

@@ -29,9 +29,9 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::OnceLock;
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::arg::ProcessArg;
 use super::fnref::{AdapterKind, FnAddr, FnKey, FnRef, LocalFn};
 use crate::sys::channel;
 use crate::sys::process::{self as psys, ExeId};
@@ -93,28 +93,36 @@ pub(crate) enum Outcome {
 }
 
 /// The adapter kind of spawn targets: decodes `A`, calls the `fn(A) -> R`, encodes `R`.
+///
+/// The argument bytes are `&'static`: a child runs one call and exits, so its caller hands over bytes
+/// it never frees (`Vec::leak`), and a borrowed argument (`&str` decoded in place, `&T` leaked by
+/// `arg::Decode`) lives until the process ends, whatever the function keeps of it.
 pub(crate) struct SpawnKind;
 
 impl AdapterKind for SpawnKind {
-    type Adapter = fn(FnAddr, &[u8]) -> Result<Vec<u8>, Failure>;
+    type Adapter = fn(FnAddr, &'static [u8]) -> Result<Vec<u8>, Failure>;
     const DOMAIN: u64 = 0x6d70_7370_6177_6e01; // "mpspawn" 1
     const NAME: &'static str = "spawn";
 }
 
 /// A spawn target: `f` paired with the adapter for its types.
-pub(crate) fn spawn_fn<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> LocalFn<SpawnKind> {
-    // SAFETY: `spawn_adapter::<A, R>` calls its address as a `fn(A) -> R`, which `f` is.
-    unsafe { LocalFn::<SpawnKind>::pair(f as usize, spawn_adapter::<A, R>) }
+pub(crate) fn spawn_fn<A: ProcessArg<M>, M, R: Serialize>(f: fn(A) -> R) -> LocalFn<SpawnKind> {
+    // SAFETY: `spawn_adapter::<A, M, R>` calls its address as a `fn(A) -> R`, which `f` is.
+    unsafe { LocalFn::<SpawnKind>::pair(f as usize, spawn_adapter::<A, M, R>) }
 }
 
 /// Decodes `A`, calls the `fn(A) -> R` at `func`, encodes `R`.
-fn spawn_adapter<A: DeserializeOwned, R: Serialize>(
+///
+/// `A` may borrow (`&'a str`, `&'a T`) with any `'a`, and `f` need not accept every lifetime (a
+/// `fn(&'static str)` is a valid `fn(A) -> R`): what `A` borrows is never freed in this process (see
+/// [`SpawnKind`]), so it outlives `'a` whatever `'a` is.
+fn spawn_adapter<A: ProcessArg<M>, M, R: Serialize>(
     func: FnAddr,
-    args: &[u8],
+    args: &'static [u8],
 ) -> Result<Vec<u8>, Failure> {
     // SAFETY: this adapter is paired only with a `fn(A) -> R` for these `A` and `R` (`spawn_fn`).
     let f = unsafe { func.get::<fn(A) -> R>() };
-    let a: A = postcard::from_bytes(args)
+    let a: A = A::decode_kept(args)
         .map_err(|e| Failure::ArgDecode(std::any::type_name::<A>().to_owned(), e.to_string()))?;
     let r = f(a);
     postcard::to_allocvec(&r).map_err(|e| Failure::ResultEncode(e.to_string()))
@@ -298,13 +306,19 @@ pub(crate) fn child_main_if_spawned() {
         }
     };
     install_child_panic_hook();
-    let Accepted { task, func, result } = accepted;
+    let Accepted {
+        mut task,
+        func,
+        result,
+    } = accepted;
+    // Kept until `exit`: the argument may borrow from these bytes (see `SpawnKind`).
+    let args: &'static [u8] = Vec::leak(std::mem::take(&mut task.args));
     let code = run_child(result.as_raw_fd(), move || {
         if task.die_with_parent {
             watch_parent(task.parent_pid)?;
         }
         let (f, adapter) = func.parts();
-        adapter(f, &task.args)
+        adapter(f, args)
     });
     // `exit` (not `_exit`): this is a fresh process, and its stdout buffer deserves a flush.
     std::process::exit(code);
@@ -379,8 +393,42 @@ mod tests {
         let key = FnKey::random();
         let r = spawn_fn(double).sign(&key);
         let (f, adapter) = r.resolve::<SpawnKind>(&key).unwrap().parts();
-        let out = adapter(f, &postcard::to_allocvec(&21u32).unwrap()).unwrap();
+        let out = adapter(f, Vec::leak(postcard::to_allocvec(&21u32).unwrap())).unwrap();
         assert_eq!(postcard::from_bytes::<u64>(&out).unwrap(), 42);
+    }
+
+    fn shout(name: &str) -> String {
+        name.to_uppercase()
+    }
+
+    /// Not higher-ranked: it demands a `'static` borrow, and keeps it.
+    fn keep(word: &'static str) -> usize {
+        static KEPT: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+        let mut kept = KEPT.lock().unwrap();
+        kept.push(word);
+        kept.iter().map(|w| w.len()).sum()
+    }
+
+    fn first(v: &(u32, String)) -> u32 {
+        v.0
+    }
+
+    #[test]
+    fn borrowed_arguments_run_through_the_adapter() {
+        let run = |func: LocalFn<SpawnKind>, args: Vec<u8>| {
+            let (f, adapter) = func.parts();
+            adapter(f, Vec::leak(args)).unwrap()
+        };
+        let out = run(spawn_fn(shout), postcard::to_allocvec("bob").unwrap());
+        assert_eq!(postcard::from_bytes::<String>(&out).unwrap(), "BOB");
+        // The reference `keep` stores stays valid: the bytes it borrows from are never freed.
+        let out = run(spawn_fn(keep), postcard::to_allocvec("kept").unwrap());
+        assert_eq!(postcard::from_bytes::<usize>(&out).unwrap(), 4);
+        let out = run(
+            spawn_fn(first),
+            postcard::to_allocvec(&(7u32, "x")).unwrap(),
+        );
+        assert_eq!(postcard::from_bytes::<u32>(&out).unwrap(), 7);
     }
 
     #[test]
@@ -399,7 +447,7 @@ mod tests {
     fn bad_argument_bytes_are_a_decode_failure() {
         let (f, adapter) = spawn_fn(double).parts();
         assert!(matches!(
-            adapter(f, &[0xff; 9]),
+            adapter(f, &[0xff; 9]), // a `'static` array: nothing to keep alive
             Err(Failure::ArgDecode(..))
         ));
     }

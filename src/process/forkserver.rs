@@ -523,7 +523,7 @@ fn handle(bytes: &[u8], fds: Vec<OwnedFd>, key: &FnKey, keep: &mut Keep<'_>) {
                     bootstrap::watch_parent(server)?;
                 }
                 let (f, adapter) = func.parts();
-                adapter(f, &args)
+                adapter(f, Vec::leak(args))
             });
             // A forked child of a single-threaded process may flush stdout (nobody else holds its lock);
             // `_exit` then, as every forked child (no atexit handler runs twice).

@@ -34,8 +34,12 @@
 //! matters in a multi-threaded parent.
 //!
 //! # What a spawned child can run
-//! Only a **function pointer** `fn(A) -> R` with `A: Serialize + DeserializeOwned` and
-//! `R: Serialize + DeserializeOwned`: a plain `fn` item or a closure that captures nothing (it coerces).
+//! Only a **function pointer** `fn(A) -> R` with `R: Serialize + DeserializeOwned` and an argument `A`
+//! that is an owned serde type, `&str`, `&[u8]` or `&T` of an owned serde type ([`ProcessArg`]): a plain
+//! `fn` item or a closure that captures nothing (it coerces). So `fn greet(name: &str)` runs as
+//! `Process::new(greet, "Bob")`. A borrowed argument is decoded in the child and kept until it exits;
+//! other borrowed types (`&[f64]`, `&mut T`) are refused at compile time with a message naming the type
+//! and what to take instead.
 //! The function is sent as its offset from a fixed function of this crate, which is the same in every
 //! process running the same executable file whatever address the loader picked, paired with the adapter
 //! that knows its types and authenticated with a key that only parent and child hold (see
@@ -127,6 +131,7 @@
 //! - The child inherits every descriptor and mapping of the parent: its regions, its pools' rings and
 //!   the keys in their memory. A forked child is trusted like the parent itself.
 
+mod arg;
 pub(crate) mod bootstrap;
 pub(crate) mod fnref;
 mod fork;
@@ -147,6 +152,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::sys::process::{self as psys, WaitStatus};
+pub use arg::ProcessArg;
 use bootstrap::{Failure, Outcome, SpawnKind};
 use fnref::{FnKey, LocalFn};
 
@@ -348,7 +354,8 @@ impl Builder {
         self
     }
 
-    /// A process that will run `f(args)`, with the start method chosen. Not started yet.
+    /// A process that will run `f(args)`, with the start method chosen. Not started yet. The argument may
+    /// be borrowed as for [`Process::new`] (see [`ProcessArg`]), with every start method.
     ///
     /// # Errors
     /// [`Error::Encode`] if `args` cannot be serialized.
@@ -357,9 +364,9 @@ impl Builder {
     /// With [`StartMethod::Spawn`], if `f` is not code of the running executable (a function of a
     /// dynamic library): its offset would mean nothing in the child.
     #[track_caller]
-    pub fn target<A, R>(self, f: fn(A) -> R, args: A) -> Result<Process<R>>
+    pub fn target<A, M, R>(self, f: fn(A) -> R, args: A) -> Result<Process<R>>
     where
-        A: Serialize + DeserializeOwned,
+        A: ProcessArg<M>,
         R: Serialize + DeserializeOwned,
     {
         let func = bootstrap::spawn_fn(f);
@@ -480,13 +487,39 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     ///
+    /// The argument may be borrowed: `&str`, `&[u8]`, or `&T` of a serde type (see [`ProcessArg`]).
+    /// ```
+    /// fn greet(name: &str) -> String {
+    ///     format!("hello, {name}")
+    /// }
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Job {
+    ///     words: Vec<String>,
+    /// }
+    ///
+    /// fn count(job: &Job) -> usize {
+    ///     job.words.len()
+    /// }
+    ///
+    /// let mut p = mproc::Process::new(greet, "Bob")?;
+    /// p.start()?;
+    /// assert_eq!(p.join()?, "hello, Bob");
+    ///
+    /// let job = Job { words: vec!["a".into(), "b".into()] };
+    /// let mut p = mproc::Process::new(count, &job)?;
+    /// p.start()?;
+    /// assert_eq!(p.join()?, 2);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
     /// A capturing closure cannot be sent to another executable image, and does not compile:
     /// ```compile_fail
     /// let k = 10u32;
     /// let p = mproc::Process::new(move |x: u32| x + k, 1);
     /// ```
     #[track_caller]
-    pub fn new<A: Serialize + DeserializeOwned>(f: fn(A) -> R, args: A) -> Result<Self> {
+    pub fn new<A: ProcessArg<M>, M>(f: fn(A) -> R, args: A) -> Result<Self> {
         Builder::new().target(f, args)
     }
 }
@@ -559,7 +592,11 @@ impl<R> Process<R> {
             }
             (StartMethod::Fork, Target::Function { func, args }) => {
                 let (f, adapter) = func.parts();
-                fork::start(Box::new(move || adapter(f, &args)), self.die_with_parent)?
+                // Leaked in the child only (it runs once and exits): the argument may borrow from it.
+                fork::start(
+                    Box::new(move || adapter(f, Vec::leak(args))),
+                    self.die_with_parent,
+                )?
             }
             (_, Target::Closure(body)) => fork::start(body, self.die_with_parent)?,
         };
