@@ -200,30 +200,41 @@ impl Dispatcher {
     /// Hands pending tasks to workers with room, never blocking: a full task ring is resumed later, so
     /// the manager always gets back to draining results (a worker blocked on a full result ring while we
     /// blocked on its full task ring would be a deadlock).
+    ///
+    /// In rounds: every worker is given its first task before any is given a second (the one that waits
+    /// in its ring). Filling worker 0 to [`IN_FLIGHT`] first would queue a call of exactly as many tasks
+    /// as workers (`map_chunks` in halves on two workers) behind one worker while the other idles.
     pub(crate) fn dispatch(&mut self) {
-        for wi in 0..self.workers.len() {
-            loop {
-                if self.workers[wi].sending.is_none() {
-                    let w = &self.workers[wi];
-                    let at_limit = self.cfg.max_tasks.is_some_and(|m| w.dispatched >= m);
-                    let exiting = w
-                        .exiting_since
-                        .is_some_and(|t| t.elapsed() < EXITING_BELIEVED);
-                    if !w.usable || exiting || w.in_flight.len() >= IN_FLIGHT || at_limit {
-                        break;
-                    }
-                    // Nothing left to hand out; later workers may still have a task half-sent.
-                    let Some(id) = self.pending.pop_front() else {
-                        break;
-                    };
-                    let w = &mut self.workers[wi];
-                    w.in_flight.push_back(id);
-                    w.dispatched += 1;
-                    w.sending = Some((id, 0));
+        for depth in 1..=IN_FLIGHT {
+            for wi in 0..self.workers.len() {
+                self.feed(wi, depth);
+            }
+        }
+    }
+
+    /// Gives worker `wi` pending tasks until it holds `depth` of them (or its ring is full).
+    fn feed(&mut self, wi: usize, depth: usize) {
+        loop {
+            if self.workers[wi].sending.is_none() {
+                let w = &self.workers[wi];
+                let at_limit = self.cfg.max_tasks.is_some_and(|m| w.dispatched >= m);
+                let exiting = w
+                    .exiting_since
+                    .is_some_and(|t| t.elapsed() < EXITING_BELIEVED);
+                if !w.usable || exiting || w.in_flight.len() >= depth || at_limit {
+                    return;
                 }
-                if !self.send_frames(wi) {
-                    break;
-                }
+                // Nothing left to hand out; later workers may still have a task half-sent.
+                let Some(id) = self.pending.pop_front() else {
+                    return;
+                };
+                let w = &mut self.workers[wi];
+                w.in_flight.push_back(id);
+                w.dispatched += 1;
+                w.sending = Some((id, 0));
+            }
+            if !self.send_frames(wi) {
+                return;
             }
         }
     }
