@@ -18,7 +18,7 @@ use super::worker::{worker_main, FrameQueue, WorkerArgs};
 use crate::error::{Error, Result};
 use crate::heap::SharedArray;
 use crate::process::fnref::{FnKey, FnRef};
-use crate::process::Process;
+use crate::process::{Process, StartMethod};
 
 /// Tasks dispatched to one worker and not yet answered: one running, one waiting in its ring.
 const IN_FLIGHT: usize = 2;
@@ -48,6 +48,8 @@ pub(crate) struct PoolConfig {
     pub(crate) frame_size: usize,
     /// The largest task or result body reassembled from fragments (see `wire`).
     pub(crate) max_body: u64,
+    /// How workers are started, the first ones and their replacements: spawn or the fork server.
+    pub(crate) start_method: StartMethod,
 }
 
 struct TaskEntry {
@@ -123,11 +125,13 @@ impl Dispatcher {
             max_body: self.cfg.max_body,
         };
         // The pool's key is the worker's spawn key: it reaches the worker over the spawn channel's
-        // socket, never through a file or shared memory another process could open.
+        // socket (or the fork server's request socket), never through a file or shared memory another
+        // process could open.
         // A daemon: dropping the handle (terminate, a pool dropped unjoined) kills the worker.
         let mut process = Process::builder()
             .name("mproc-pool-worker")
             .daemon(true)
+            .start_method(self.cfg.start_method)
             .spawn_key(self.cfg.key)
             .target(worker_main, args)?;
         process.start()?;
