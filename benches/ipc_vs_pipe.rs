@@ -76,6 +76,13 @@ fn stamp(_: u32) -> u64 {
     os::monotonic_ns()
 }
 
+/// The sum, and when the worker started and ended it (CLOCK_MONOTONIC, ns).
+fn stamped_sum(a: &[f64]) -> (f64, u64, u64) {
+    let t = os::monotonic_ns();
+    let s = sum(a);
+    (s, t, os::monotonic_ns())
+}
+
 /// The sum and how long it took inside the worker, in ns.
 fn timed_sum(a: &[f64]) -> (f64, u64) {
     let t = Instant::now();
@@ -671,26 +678,42 @@ fn two_workers(samples: usize) -> Vec<Stats> {
         );
     }
     drop(cols);
-    // Where the time of (g) goes: the slower half inside its worker, and the rest (hand-off both ways,
-    // the two tasks not starting at the same moment). A slower half than half of (e) means the two cores
-    // did not both run at (e)'s speed at once (memory bandwidth, or a machine busy elsewhere).
-    let (mut slowest, mut rest) = (Vec::new(), Vec::new());
+    // Where the time of (g) goes, from CLOCK_MONOTONIC stamps taken here and in the workers: until the
+    // first half starts, how far apart the halves start, how long the slower half runs, from its end to
+    // the caller having both; and how much the two halves overlapped in time. Halves that overlap
+    // little ran one after the other: the machine did not give the two workers two cores at once.
+    let mut pieces: [Vec<f64>; 5] = Default::default();
     for _ in 0..samples {
-        let t = Instant::now();
-        let halves = pool2
-            .map_chunks(&shared, shared.len().div_ceil(2), timed_sum)
+        let t0 = os::monotonic_ns();
+        let h = pool2
+            .map_chunks(&shared, shared.len().div_ceil(2), stamped_sum)
             .expect("map_chunks");
-        let call = t.elapsed().as_secs_f64();
-        let inside = halves.iter().map(|h| h.1).max().unwrap_or(0) as f64 * 1e-9;
-        slowest.push(inside);
-        rest.push(call - inside);
+        let t1 = os::monotonic_ns();
+        let (s0, s1) = (h[0].1.min(h[1].1), h[0].1.max(h[1].1));
+        let (e0, e1) = (h[0].2.min(h[1].2), h[0].2.max(h[1].2));
+        let run = (h[0].2.saturating_sub(h[0].1)).max(h[1].2.saturating_sub(h[1].1));
+        let overlap = e0.saturating_sub(s1) as f64 / run.max(1) as f64;
+        let ms = |ns: u64| ns as f64 * 1e-9;
+        for (v, x) in pieces.iter_mut().zip([
+            ms(s0.saturating_sub(t0)),
+            ms(s1 - s0),
+            ms(run),
+            ms(t1.saturating_sub(e1)),
+            overlap,
+        ]) {
+            v.push(x);
+        }
     }
-    let (slowest, rest) = (Stats::of(slowest), Stats::of(rest));
+    let [to_start, skew, run, back, overlap] = pieces.map(|v| Stats::of(v).median);
     println!(
-        "  (g) in pieces: slower half in its worker {}, half of (e) {}; the rest of the call {}",
-        fmt_time(slowest.median),
+        "  (g) in pieces (medians): to the first start {}, start skew {}, slower half {} (half of (e): {}), \
+         end to caller {}; the halves overlapped {:.0}% of a half",
+        fmt_time(to_start),
+        fmt_time(skew),
+        fmt_time(run),
         fmt_time(stats[0].median / 2.0),
-        fmt_time(rest.median)
+        fmt_time(back),
+        overlap * 100.0
     );
     stats
 }
