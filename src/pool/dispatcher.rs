@@ -89,6 +89,10 @@ pub(crate) struct Dispatcher {
     pub(crate) finished: bool,
     /// When the workers' liveness was last checked.
     last_check: Instant,
+    /// Dead workers already replaced, for the background thread to reap outside the engine's lock:
+    /// reaping a fork-server worker whose server died can wait until init has reaped it (see
+    /// `process::forkserver`), and no caller should wait on that.
+    pub(crate) dead: Vec<Process<()>>,
 }
 
 impl Dispatcher {
@@ -106,6 +110,7 @@ impl Dispatcher {
             closing: false,
             finished: false,
             last_check: Instant::now(),
+            dead: Vec::new(),
         };
         for wi in 0..m.cfg.workers {
             let w = m.start_worker(wi)?;
@@ -366,7 +371,10 @@ impl Dispatcher {
                 }
             }
             match self.start_worker(wi) {
-                Ok(w) => self.workers[wi] = w,
+                Ok(w) => {
+                    let old = std::mem::replace(&mut self.workers[wi], w);
+                    self.dead.push(old.process);
+                }
                 Err(_) => {
                     // Cannot start a replacement (out of processes or memory): keep the dead one in place
                     // and try again at the next check; its ring takes no new work meanwhile.
