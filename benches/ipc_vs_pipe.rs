@@ -24,6 +24,9 @@
 //! slow period hits all of them alike; a figure is the median time per call over the samples, with
 //! min..max. Every answer is checked against the in-process one. `MPROC_BENCH_QUICK=1` runs three
 //! sizes with fewer samples. A second part times the pool's round trip in pieces (see "round trip").
+//! A third part sums the 64 MiB array with a pool of *two* workers (`map_chunks`, one half each) against
+//! the same sum in this process, sampled in round-robin in the same run: the ceiling is what two cores'
+//! memory bandwidth gives over one (`pool2_sum_vs_local_64MiB`).
 //! The last lines are `result: NAME VALUE UNIT` (see DESIGN.md, "The benchmark contract").
 
 use std::fs::File;
@@ -71,6 +74,13 @@ fn noop(x: u32) -> u32 {
 /// When the worker ran the task: CLOCK_MONOTONIC, which every process on the host shares.
 fn stamp(_: u32) -> u64 {
     os::monotonic_ns()
+}
+
+/// The sum, and when the worker started and ended it (CLOCK_MONOTONIC, ns).
+fn stamped_sum(a: &[f64]) -> (f64, u64, u64) {
+    let t = os::monotonic_ns();
+    let s = sum(a);
+    (s, t, os::monotonic_ns())
 }
 
 /// The sum and how long it took inside the worker, in ns.
@@ -268,6 +278,14 @@ fn pool_map_vec(pool: &Pool, task: Task, v: &Vec<f64>) -> [f64; 2] {
         Task::Sum => sum_vec,
     };
     pool.map(f, [v]).expect("map")[0]
+}
+
+/// The sum over a pool of two workers: one half each, the two partial sums added here.
+fn pool2_sum(pool: &Pool, a: &SharedArray<f64>) -> [f64; 2] {
+    let halves = pool
+        .map_chunks(a, a.len().div_ceil(2).max(1), sum)
+        .expect("map_chunks");
+    [halves.iter().sum(), 0.0]
 }
 
 fn pool_from_vec(pool: &Pool, task: Task, v: &[f64]) -> [f64; 2] {
@@ -559,6 +577,9 @@ fn main() {
         );
     }
 
+    // Two workers against one core in this process, on the same 64 MiB.
+    let two = two_workers(if quick { 5 } else { 11 });
+
     let find = |bytes: usize, task: Task| {
         table
             .iter()
@@ -612,8 +633,89 @@ fn main() {
         2,
         "x",
     );
+    common::result(
+        "pool2_sum_vs_local_64MiB",
+        two[0].median / two[1].median,
+        2,
+        "x",
+    );
     drop(pool);
     drop(pipe);
+}
+
+/// The 64 MiB sum in this process vs a pool of two workers, one half each (`map_chunks`), sampled in
+/// round-robin; prints both and returns their stats (in process first).
+fn two_workers(samples: usize) -> Vec<Stats> {
+    let pool2 = Pool::builder()
+        .workers(2)
+        .build()
+        .expect("start the pool of two");
+    let n = (64 << 20) / 8;
+    let v: Vec<f64> = (0..n).map(|i| (i % 1024) as f64 * 0.25).collect();
+    let shared = SharedArray::from_slice(&v).expect("SharedArray");
+    // Every element is a multiple of 1/4 and every partial sum stays far below 2^51: the halves add up
+    // to exactly the whole sum, whatever the order.
+    let expect = Task::Sum.run(&v);
+    let mut cols: Vec<Column<'_>> = vec![
+        (
+            "(e) in process, one core",
+            Box::new(|| Task::Sum.run(black_box(&v))),
+        ),
+        (
+            "(g) pool of 2, map_chunks, one half each",
+            Box::new(|| pool2_sum(&pool2, &shared)),
+        ),
+    ];
+    let stats = compare(samples, expect, &mut cols);
+    println!("\nsum of 64 MiB: two workers vs one core in process, {samples} samples");
+    for ((name, _), s) in cols.iter().zip(&stats) {
+        println!(
+            "  {:<44} {:>11} {:>23} {:>9.2} x",
+            name,
+            fmt_time(s.median),
+            format!("{}..{}", fmt_time(s.min), fmt_time(s.max)),
+            stats[0].median / s.median
+        );
+    }
+    drop(cols);
+    // Where the time of (g) goes, from CLOCK_MONOTONIC stamps taken here and in the workers: until the
+    // first half starts, how far apart the halves start, how long the slower half runs, from its end to
+    // the caller having both; and how much the two halves overlapped in time. Halves that overlap
+    // little ran one after the other: the machine did not give the two workers two cores at once.
+    let mut pieces: [Vec<f64>; 5] = Default::default();
+    for _ in 0..samples {
+        let t0 = os::monotonic_ns();
+        let h = pool2
+            .map_chunks(&shared, shared.len().div_ceil(2), stamped_sum)
+            .expect("map_chunks");
+        let t1 = os::monotonic_ns();
+        let (s0, s1) = (h[0].1.min(h[1].1), h[0].1.max(h[1].1));
+        let (e0, e1) = (h[0].2.min(h[1].2), h[0].2.max(h[1].2));
+        let run = (h[0].2.saturating_sub(h[0].1)).max(h[1].2.saturating_sub(h[1].1));
+        let overlap = e0.saturating_sub(s1) as f64 / run.max(1) as f64;
+        let ms = |ns: u64| ns as f64 * 1e-9;
+        for (v, x) in pieces.iter_mut().zip([
+            ms(s0.saturating_sub(t0)),
+            ms(s1 - s0),
+            ms(run),
+            ms(t1.saturating_sub(e1)),
+            overlap,
+        ]) {
+            v.push(x);
+        }
+    }
+    let [to_start, skew, run, back, overlap] = pieces.map(|v| Stats::of(v).median);
+    println!(
+        "  (g) in pieces (medians): to the first start {}, start skew {}, slower half {} (half of (e): {}), \
+         end to caller {}; the halves overlapped {:.0}% of a half",
+        fmt_time(to_start),
+        fmt_time(skew),
+        fmt_time(run),
+        fmt_time(stats[0].median / 2.0),
+        fmt_time(back),
+        overlap * 100.0
+    );
+    stats
 }
 
 /// The unsafe code of this bench beyond `common::os` (fork, pipes), which it re-exports: the clock.

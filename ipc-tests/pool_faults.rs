@@ -10,7 +10,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use libtest_mimic::Trial;
-use mproc::{Array, Error, Pool, SharedArray, Value};
+use mproc::{Array, Error, Pool, SharedArray, StartMethod, Value};
 
 use crate::common::{self, children, live_children, stat, Rng, Role};
 use crate::pool::BOUND;
@@ -28,7 +28,17 @@ const STORM_CHUNK: usize = 2;
 /// The address-space limit of the task that allocates until it fails.
 const RLIMIT_AS: u64 = 512 << 20;
 
-pub const ROLES: &[Role] = &[("pool_faults_kill_storm", kill_storm_role)];
+pub const ROLES: &[Role] = &[
+    ("pool_faults_kill_storm", kill_storm_role),
+    (
+        "pool_faults_forkserver_worker_killed",
+        forkserver_worker_killed,
+    ),
+    (
+        "pool_faults_forkserver_server_killed",
+        forkserver_server_killed,
+    ),
+];
 
 pub fn tests() -> Vec<Trial> {
     let t = |name: &str, f: fn()| common::trial("pool_faults", name, f);
@@ -55,6 +65,18 @@ pub fn tests() -> Vec<Trial> {
             let name = common::unique_name("pool-storm");
             common::run_role_ok("pool_faults_kill_storm", &name, BOUND * 2);
         }),
+        // Roles: the fork server lives as long as the process that started it.
+        t(
+            "forkserver_worker_sigkilled_mid_task_is_replaced_through_the_server",
+            || {
+                let name = common::unique_name("pool-fs-kill");
+                common::run_role_ok("pool_faults_forkserver_worker_killed", &name, BOUND * 2);
+            },
+        ),
+        t("forkserver_killed_fails_or_restarts_never_hangs", || {
+            let name = common::unique_name("pool-fs-server");
+            common::run_role_ok("pool_faults_forkserver_server_killed", &name, BOUND * 2);
+        }),
     ]
 }
 
@@ -63,6 +85,12 @@ pub fn tests() -> Vec<Trial> {
 /// SIGKILLs our child `pid` and waits until it has terminated. False if it was gone already or is no
 /// longer our child (the pid was reaped and reused after we listed it).
 fn kill_child(pid: i32) -> bool {
+    kill_child_of(pid, std::process::id() as i32)
+}
+
+/// SIGKILLs `pid`, a child of `parent`, and waits until it has terminated. False if it was gone
+/// already or is no longer `parent`'s child.
+fn kill_child_of(pid: i32, parent: i32) -> bool {
     // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1; no memory is passed.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
@@ -71,8 +99,8 @@ fn kill_child(pid: i32) -> bool {
     // SAFETY: pidfd_open returned a fresh descriptor that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     use std::os::fd::AsRawFd;
-    // From here the descriptor names one process, whatever happens to the pid; check it is ours.
-    if stat(pid).map(|(_, ppid)| ppid) != Some(std::process::id() as i32) {
+    // From here the descriptor names one process, whatever happens to the pid; check whose it is.
+    if stat(pid).map(|(_, ppid)| ppid) != Some(parent) {
         return false;
     }
     // SAFETY: pidfd_send_signal(2) with a valid pidfd, a null siginfo (as kill(2) would send) and no flags.
@@ -478,5 +506,173 @@ fn kill_storm_role(name: &str) {
     drop(pool);
     common::eventually("no child after the pool's drop", BOUND, || {
         children().is_empty()
+    });
+}
+
+// ------------------------------------------------------------------------------- through the fork server
+
+/// A pool whose workers (and their replacements) the fork server starts.
+fn forkserver_pool(workers: usize) -> Pool {
+    Pool::builder()
+        .workers(workers)
+        .start_method(StartMethod::ForkServer)
+        .build()
+        .unwrap()
+}
+
+/// The fork server of this role process: its only live child (the workers are the server's children).
+fn the_server() -> i32 {
+    let kids = live_children();
+    assert_eq!(kids.len(), 1, "expected the fork server only: {kids:?}");
+    kids[0]
+}
+
+/// The children of `pid`, zombies included, with their states.
+fn children_of(pid: i32) -> Vec<(i32, char)> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .filter_map(|p| Some((p, stat(p)?.0)))
+        .collect()
+}
+
+/// Whether the pool's workers are `n` live children of `server`, none of them in `not`.
+fn workers_of(pool: &Pool, server: i32, n: usize, not: &[u32]) -> bool {
+    let pids = pool.worker_pids();
+    pids.len() == n
+        && pids.iter().all(|&p| {
+            !not.contains(&p) && matches!(stat(p as i32), Some((s, pp)) if pp == server && s != 'Z')
+        })
+}
+
+/// Records this worker's pid in the named value, then sleeps until it is killed.
+fn sleep_until_killed(name: String) -> u32 {
+    Value::<u32>::open(&name)
+        .expect("open the pid record")
+        .set(std::process::id());
+    std::thread::sleep(BOUND * 4);
+    0
+}
+
+/// Role: through the fork server, a task that SIGKILLs its worker and a worker SIGKILLed from outside
+/// in the middle of a task fail exactly as with spawned workers (`WorkerDied` with the signal, for
+/// exactly those items); the replacements are forked by the same server, the pool serves on, and after
+/// the drop the server has no child left.
+fn forkserver_worker_killed(name: &str) {
+    let pool = forkserver_pool(2);
+    let server = the_server();
+    assert!(
+        workers_of(&pool, server, 2, &[]),
+        "the workers are the server's children"
+    );
+    let how = Crash::Kill;
+    let items: Vec<(Crash, u32)> = (0..ITEMS).map(|x| (how, x)).collect();
+    let results: Vec<_> = pool
+        .imap(crash_at_victim, items.clone(), Some(CHUNK))
+        .unwrap()
+        .collect();
+    check_victim_chunk(&results, libc::SIGKILL);
+    assert_died(
+        &pool.map_chunksize(crash_at_victim, items, CHUNK),
+        8,
+        libc::SIGKILL,
+    );
+    assert_died(
+        &pool.apply(crash_at_victim, (how, VICTIM)),
+        0,
+        libc::SIGKILL,
+    );
+    let a = SharedArray::from_slice(&(0..ITEMS).collect::<Vec<_>>()).unwrap();
+    assert_died(
+        &pool.map_chunks(&a, CHUNK, crash_on_chunk_2),
+        2,
+        libc::SIGKILL,
+    );
+
+    // From outside, while the task runs.
+    let record = Value::<u32>::create(name, 0).unwrap();
+    let r = pool
+        .apply_async(sleep_until_killed, name.to_owned())
+        .unwrap();
+    common::eventually("the sleeper started", BOUND, || record.get() != 0);
+    let victim = record.get();
+    assert!(
+        kill_child_of(victim as i32, server),
+        "worker {victim} is not the server's child"
+    );
+    assert_died(&r.get(), 0, libc::SIGKILL);
+    common::eventually("the victim replaced through the server", BOUND, || {
+        workers_of(&pool, server, 2, &[victim])
+    });
+    assert_eq!(the_server(), server, "the server itself was not restarted");
+    let fine: Vec<(Crash, u32)> = (100..140).map(|x| (how, x)).collect();
+    assert_eq!(
+        pool.map_chunksize(crash_at_victim, fine, 3).unwrap(),
+        (100..140).map(|x| x * 3).collect::<Vec<_>>()
+    );
+    drop(pool);
+    common::eventually("the server has no child left", BOUND, || {
+        children_of(server).is_empty()
+    });
+}
+
+/// Role: the fork server is SIGKILLed, once with a task running and once between calls. Its workers
+/// die with it; every call returns, each item with its value or `WorkerDied` (never a hang); the
+/// workers are replaced through a new server and the pool serves on; after the drop no process is
+/// left.
+fn forkserver_server_killed(name: &str) {
+    let pool = forkserver_pool(2);
+    assert_eq!(
+        pool.map(square, 0..10u32).unwrap(),
+        (0..10).map(square).collect::<Vec<_>>()
+    );
+    let server = the_server();
+    let record = Value::<u32>::create(name, 0).unwrap();
+    let r = pool
+        .apply_async(sleep_until_killed, name.to_owned())
+        .unwrap();
+    common::eventually("the sleeper started", BOUND, || record.get() != 0);
+    let old = pool.worker_pids();
+    // SAFETY: kill(2) on our own unreaped child (the server): its pid cannot have been reused.
+    assert_eq!(unsafe { libc::kill(server, libc::SIGKILL) }, 0);
+    match r.get() {
+        Err(Error::WorkerDied { task: 0, .. }) => {}
+        other => panic!("expected WorkerDied for the running task, got {other:?}"),
+    }
+    common::eventually("the workers replaced through a new server", BOUND, || {
+        let kids = live_children();
+        kids.len() == 1 && kids[0] != server && workers_of(&pool, kids[0], 2, &old)
+    });
+    let again = the_server();
+    assert_eq!(
+        pool.map(square, 0..10u32).unwrap(),
+        (0..10).map(square).collect::<Vec<_>>()
+    );
+
+    // Between calls, then a call at once: whatever the timing, values or `WorkerDied`.
+    let old = pool.worker_pids();
+    // SAFETY: as above; `again` is our unreaped child.
+    assert_eq!(unsafe { libc::kill(again, libc::SIGKILL) }, 0);
+    let each = pool.map_each(square, 0..40u32).unwrap();
+    for (i, r) in each.iter().enumerate() {
+        assert!(
+            matches!(r, Ok(v) if *v == square(i as u32))
+                || matches!(r, Err(Error::WorkerDied { .. })),
+            "item {i}: {r:?}"
+        );
+    }
+    common::eventually("the workers replaced once more", BOUND, || {
+        let kids = live_children();
+        kids.len() == 1 && kids[0] != again && workers_of(&pool, kids[0], 2, &old)
+    });
+    assert_eq!(
+        pool.map(square, 0..10u32).unwrap(),
+        (0..10).map(square).collect::<Vec<_>>()
+    );
+    let last = the_server();
+    drop(pool);
+    common::eventually("the server has no child left", BOUND, || {
+        children_of(last).is_empty()
     });
 }

@@ -7,6 +7,7 @@ use super::worker::{self, FrameQueue};
 use super::{Pool, FRAME_SIZE, MAX_MESSAGE_BYTES, RESULT_RING};
 use crate::error::Result;
 use crate::process::fnref::FnKey;
+use crate::process::StartMethod;
 
 /// Configures a [`Pool`].
 ///
@@ -30,6 +31,7 @@ pub struct PoolBuilder {
     max_tasks_per_child: Option<u64>,
     retry: bool,
     progress: Option<ProgressCallback>,
+    start_method: StartMethod,
 }
 
 impl PoolBuilder {
@@ -101,6 +103,44 @@ impl PoolBuilder {
         self
     }
 
+    /// How the workers are started, the first ones and those replacing a worker that died or reached
+    /// [`max_tasks_per_child`](PoolBuilder::max_tasks_per_child): [`StartMethod::Spawn`] (the default,
+    /// a re-exec each) or [`StartMethod::ForkServer`] (a fork of this process's single-threaded fork
+    /// server each: several times faster, from any parent; see
+    /// [the fork server](crate::process#the-fork-server)). Failures are handled alike: a worker that
+    /// dies fails (or retries) exactly its tasks and is replaced through the same method; if the fork
+    /// server itself dies, the workers die with it, their tasks fail with
+    /// [`Error::WorkerDied`](crate::Error::WorkerDied), and the replacements start through a new server.
+    ///
+    /// # Panics
+    /// With [`StartMethod::Fork`]: workers run functions by reference, as spawned processes do, and
+    /// forking this process (which runs the pool's thread) is what the fork server is for.
+    ///
+    /// # Examples
+    /// ```
+    /// use mproc::{Pool, StartMethod};
+    ///
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder()
+    ///     .workers(2)
+    ///     .start_method(StartMethod::ForkServer)
+    ///     .build()?;
+    /// assert_eq!(pool.map(square, 1..=4)?, vec![1, 4, 9, 16]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    #[track_caller]
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        assert!(
+            method != StartMethod::Fork,
+            "a pool starts its workers with StartMethod::Spawn or StartMethod::ForkServer"
+        );
+        self.start_method = method;
+        self
+    }
+
     /// Starts the workers.
     ///
     /// # Errors
@@ -123,6 +163,7 @@ impl PoolBuilder {
             retries: u8::from(self.retry),
             frame_size: FRAME_SIZE,
             max_body: MAX_MESSAGE_BYTES,
+            start_method: self.start_method,
         };
         let results = FrameQueue::with_max_message(RESULT_RING, FRAME_SIZE)?;
         let (engine, background) = Engine::start(cfg, results, self.progress)?;

@@ -18,7 +18,7 @@ use super::worker::{worker_main, FrameQueue, WorkerArgs};
 use crate::error::{Error, Result};
 use crate::heap::SharedArray;
 use crate::process::fnref::{FnKey, FnRef};
-use crate::process::Process;
+use crate::process::{Process, StartMethod};
 
 /// Tasks dispatched to one worker and not yet answered: one running, one waiting in its ring.
 const IN_FLIGHT: usize = 2;
@@ -48,6 +48,8 @@ pub(crate) struct PoolConfig {
     pub(crate) frame_size: usize,
     /// The largest task or result body reassembled from fragments (see `wire`).
     pub(crate) max_body: u64,
+    /// How workers are started, the first ones and their replacements: spawn or the fork server.
+    pub(crate) start_method: StartMethod,
 }
 
 struct TaskEntry {
@@ -87,6 +89,10 @@ pub(crate) struct Dispatcher {
     pub(crate) finished: bool,
     /// When the workers' liveness was last checked.
     last_check: Instant,
+    /// Dead workers already replaced, for the background thread to reap outside the engine's lock:
+    /// reaping a fork-server worker whose server died can wait until init has reaped it (see
+    /// `process::forkserver`), and no caller should wait on that.
+    pub(crate) dead: Vec<Process<()>>,
 }
 
 impl Dispatcher {
@@ -104,6 +110,7 @@ impl Dispatcher {
             closing: false,
             finished: false,
             last_check: Instant::now(),
+            dead: Vec::new(),
         };
         for wi in 0..m.cfg.workers {
             let w = m.start_worker(wi)?;
@@ -123,11 +130,13 @@ impl Dispatcher {
             max_body: self.cfg.max_body,
         };
         // The pool's key is the worker's spawn key: it reaches the worker over the spawn channel's
-        // socket, never through a file or shared memory another process could open.
+        // socket (or the fork server's request socket), never through a file or shared memory another
+        // process could open.
         // A daemon: dropping the handle (terminate, a pool dropped unjoined) kills the worker.
         let mut process = Process::builder()
             .name("mproc-pool-worker")
             .daemon(true)
+            .start_method(self.cfg.start_method)
             .spawn_key(self.cfg.key)
             .target(worker_main, args)?;
         process.start()?;
@@ -200,30 +209,41 @@ impl Dispatcher {
     /// Hands pending tasks to workers with room, never blocking: a full task ring is resumed later, so
     /// the manager always gets back to draining results (a worker blocked on a full result ring while we
     /// blocked on its full task ring would be a deadlock).
+    ///
+    /// In rounds: every worker is given its first task before any is given a second (the one that waits
+    /// in its ring). Filling worker 0 to [`IN_FLIGHT`] first would queue a call of exactly as many tasks
+    /// as workers (`map_chunks` in halves on two workers) behind one worker while the other idles.
     pub(crate) fn dispatch(&mut self) {
-        for wi in 0..self.workers.len() {
-            loop {
-                if self.workers[wi].sending.is_none() {
-                    let w = &self.workers[wi];
-                    let at_limit = self.cfg.max_tasks.is_some_and(|m| w.dispatched >= m);
-                    let exiting = w
-                        .exiting_since
-                        .is_some_and(|t| t.elapsed() < EXITING_BELIEVED);
-                    if !w.usable || exiting || w.in_flight.len() >= IN_FLIGHT || at_limit {
-                        break;
-                    }
-                    // Nothing left to hand out; later workers may still have a task half-sent.
-                    let Some(id) = self.pending.pop_front() else {
-                        break;
-                    };
-                    let w = &mut self.workers[wi];
-                    w.in_flight.push_back(id);
-                    w.dispatched += 1;
-                    w.sending = Some((id, 0));
+        for depth in 1..=IN_FLIGHT {
+            for wi in 0..self.workers.len() {
+                self.feed(wi, depth);
+            }
+        }
+    }
+
+    /// Gives worker `wi` pending tasks until it holds `depth` of them (or its ring is full).
+    fn feed(&mut self, wi: usize, depth: usize) {
+        loop {
+            if self.workers[wi].sending.is_none() {
+                let w = &self.workers[wi];
+                let at_limit = self.cfg.max_tasks.is_some_and(|m| w.dispatched >= m);
+                let exiting = w
+                    .exiting_since
+                    .is_some_and(|t| t.elapsed() < EXITING_BELIEVED);
+                if !w.usable || exiting || w.in_flight.len() >= depth || at_limit {
+                    return;
                 }
-                if !self.send_frames(wi) {
-                    break;
-                }
+                // Nothing left to hand out; later workers may still have a task half-sent.
+                let Some(id) = self.pending.pop_front() else {
+                    return;
+                };
+                let w = &mut self.workers[wi];
+                w.in_flight.push_back(id);
+                w.dispatched += 1;
+                w.sending = Some((id, 0));
+            }
+            if !self.send_frames(wi) {
+                return;
             }
         }
     }
@@ -351,7 +371,10 @@ impl Dispatcher {
                 }
             }
             match self.start_worker(wi) {
-                Ok(w) => self.workers[wi] = w,
+                Ok(w) => {
+                    let old = std::mem::replace(&mut self.workers[wi], w);
+                    self.dead.push(old.process);
+                }
                 Err(_) => {
                     // Cannot start a replacement (out of processes or memory): keep the dead one in place
                     // and try again at the next check; its ring takes no new work meanwhile.

@@ -16,7 +16,8 @@
 //! (work submitted asynchronously still progresses with no caller waiting), and with it notices dead
 //! workers, fails or requeues exactly their tasks, and replaces them; it stops the workers of a closed
 //! pool once the work is done, and kills them when the pool is terminated. A reader does the same
-//! liveness check at the same pace, so a death is noticed within about 10 ms whoever reads.
+//! liveness check at the same pace, so a death is noticed within about 10 ms whoever reads. The dead
+//! workers themselves are reaped by the background thread with no lock held.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -155,8 +156,11 @@ impl Engine {
                 if d.finished {
                     return;
                 }
+                let dead = std::mem::take(&mut d.dead);
                 drop(d);
                 drop(role);
+                // Reaped here, with no lock held (see `Dispatcher::dead`).
+                drop(dead);
                 if read {
                     // A caller that found the role taken sleeps on the bell: hand it over now, not at the
                     // end of its slice.

@@ -11,8 +11,8 @@ use super::wire::{self, ItemFailure, ItemResults, PayloadRef, KIND_RESULT, KIND_
 use crate::codec::RawSlice;
 use crate::error::Error;
 use crate::heap::{BlockHandle, SharedArray};
-use crate::process::bootstrap;
 use crate::process::fnref::{AdapterKind, FnAddr, FnKey, FnRef, LocalFn};
+use crate::process::{bootstrap, forkserver};
 use crate::queue::Queue;
 
 /// A byte-frame ring, the transport of every pool message.
@@ -172,9 +172,10 @@ fn run_items<X>(
 /// after `max_tasks` tasks; the parent sees the exit and decides whether to start another.
 pub(crate) fn worker_main(args: WorkerArgs) {
     install_panic_hook();
-    // A worker is always spawned with the pool's key (`Builder::spawn_key`); without one it was not
-    // started by a pool and can authenticate nothing.
-    let Some(key) = bootstrap::spawn_key() else {
+    // A worker is always started with the pool's key (`Builder::spawn_key`); without one it was not
+    // started by a pool and can authenticate nothing. Through the fork server the key comes with the
+    // request, and `spawn_key()` would be the server's own: the requester's key comes first.
+    let Some(key) = forkserver::requester_key().or_else(bootstrap::spawn_key) else {
         std::process::exit(3);
     };
     if let Some(init) = args.initializer {

@@ -12,8 +12,9 @@
 //!   no other process can write requests or read them. A request is one packet: the function reference
 //!   signed with the server's key (the 16-byte key of the spawn channel, which reached the server over the
 //!   inherited key socket and is never written to a file or to shared memory), the argument (inline up to
-//!   [`INLINE_ARGS`] bytes, else in a sealed memfd, as the spawn task), and by `SCM_RIGHTS` the child's
-//!   empty result memfd and one end of a fresh *status* socketpair.
+//!   [`INLINE_ARGS`] bytes, else in a sealed memfd, as the spawn task), optionally the child's own key
+//!   (a pool's key, which its workers authenticate their tasks with: see [`requester_key`]), and by
+//!   `SCM_RIGHTS` the child's empty result memfd and one end of a fresh *status* socketpair.
 //! - **Status.** Each child has its own status socket: the server answers on it with the child's pid and
 //!   a pidfd (`SCM_RIGHTS`), and later with how the child ended, once it has reaped it. No
 //!   demultiplexing: threads starting and joining processes concurrently never read each other's
@@ -73,7 +74,7 @@ const ORPHAN_REAP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The largest answer the parent accepts on a status socket (an error message is cut to fit).
 const MAX_ANSWER: usize = 1024;
 
-const REQUEST_MAGIC: [u8; 8] = *b"MPRCFRQ1";
+const REQUEST_MAGIC: [u8; 8] = *b"MPRCFRQ2";
 const STARTED_MAGIC: [u8; 8] = *b"MPRCFST1";
 const REFUSED_MAGIC: [u8; 8] = *b"MPRCFNO1";
 const ENDED_MAGIC: [u8; 8] = *b"MPRCFEN1";
@@ -91,6 +92,20 @@ struct Request {
     die_with_parent: bool,
     /// The postcard-encoded argument, or `None` if it is in the task memfd sent alongside.
     args: Option<Vec<u8>>,
+    /// The key the child reads back with [`requester_key`] (a pool worker's: the pool's key). It
+    /// travels only in this packet, on the socket only the parent and the server hold.
+    child_key: Option<FnKey>,
+}
+
+/// The key the requester handed this child of the fork server, if any (see [`requester_key`]).
+static REQUESTER_KEY: std::sync::OnceLock<FnKey> = std::sync::OnceLock::new();
+
+/// In a child of the fork server, the key its requester gave it (`Builder::spawn_key`): what the
+/// spawn key is to a spawned child. A pool started through the fork server gives its workers the
+/// pool's key this way. `None` in any other process: a forked child's `bootstrap::spawn_key()` is the
+/// *server's* key, which authenticates nothing but requests to the server.
+pub(crate) fn requester_key() -> Option<FnKey> {
+    REQUESTER_KEY.get().copied()
 }
 
 // ----------------------------------------------------------------------------------------- the parent
@@ -169,8 +184,14 @@ fn server(replace: Option<&Arc<Server>>) -> Result<Arc<Server>> {
     Ok(s)
 }
 
-/// Asks this process's fork server to start `func(args)` and returns the running child.
-pub(super) fn start(func: LocalFn<SpawnKind>, args: &[u8], die_with_parent: bool) -> Result<Child> {
+/// Asks this process's fork server to start `func(args)` and returns the running child, which can
+/// read `child_key` back with [`requester_key`].
+pub(super) fn start(
+    func: LocalFn<SpawnKind>,
+    args: &[u8],
+    die_with_parent: bool,
+    child_key: Option<FnKey>,
+) -> Result<Child> {
     let (result, task) = prepare(args)?;
     let mut srv = server(None)?;
     let mut restarted = false;
@@ -180,6 +201,7 @@ pub(super) fn start(func: LocalFn<SpawnKind>, args: &[u8], die_with_parent: bool
             func: func.sign(&srv.key),
             die_with_parent,
             args: task.is_none().then(|| args.to_vec()),
+            child_key,
         };
         let body = postcard::to_allocvec(&request).map_err(|e| Error::Encode(e.to_string()))?;
         let packet = bootstrap::spawn_frame(REQUEST_MAGIC, &body);
@@ -517,6 +539,10 @@ fn handle(bytes: &[u8], fds: Vec<OwnedFd>, key: &FnKey, keep: &mut Keep<'_>) {
             unsafe { channel::close_in_forked_child(keep.sock.as_raw_fd()) };
             drop(status);
             channel::set_sigint_ignored(false);
+            if let Some(k) = request.child_key {
+                // A fresh copy of the server, where nobody set it: this always sets it.
+                let _ = REQUESTER_KEY.set(k);
+            }
             let fd = result.as_raw_fd();
             let code = bootstrap::run_child(fd, move || {
                 if request.die_with_parent {

@@ -135,7 +135,7 @@ mod arg;
 pub(crate) mod bootstrap;
 pub(crate) mod fnref;
 mod fork;
-mod forkserver;
+pub(crate) mod forkserver;
 mod spawn;
 
 use std::cell::Cell;
@@ -348,7 +348,8 @@ impl Builder {
     }
 
     /// Spawns with `key` as the key of the spawn channel; the child can read it back with
-    /// `bootstrap::spawn_key()`. A pool hands its workers the pool's key this way.
+    /// `bootstrap::spawn_key()` (a child of the fork server: `forkserver::requester_key()`). A pool
+    /// hands its workers the pool's key this way.
     pub(crate) fn spawn_key(mut self, key: FnKey) -> Self {
         self.key = Some(key);
         self
@@ -588,7 +589,7 @@ impl<R> Process<R> {
                 spawn::start(func, key, &args, self.die_with_parent)?
             }
             (StartMethod::ForkServer, Target::Function { func, args }) => {
-                forkserver::start(func, &args, self.die_with_parent)?
+                forkserver::start(func, &args, self.die_with_parent, self.key)?
             }
             (StartMethod::Fork, Target::Function { func, args }) => {
                 let (f, adapter) = func.parts();
@@ -639,7 +640,16 @@ impl<R> Process<R> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn is_alive(&self) -> bool {
-        self.child.is_some() && self.poll().is_none()
+        let Some(child) = &self.child else {
+            return false;
+        };
+        if self.poll().is_some() {
+            return false;
+        }
+        // A fork-server child whose server died may have ended with nobody able to say how (see
+        // `forkserver::orphan_status`): `poll` then knows nothing, but its pidfd still says it ended.
+        child.via_server.is_none()
+            || !psys::wait_readable(&child.pidfd, Some(Duration::ZERO)).unwrap_or(false)
     }
 
     /// The exit code once the child has terminated: its code, or `-signum` if a signal killed it (as in
