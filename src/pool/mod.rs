@@ -81,6 +81,18 @@ const RESULT_RING: usize = 64;
 pub(crate) const MAX_MESSAGE_BYTES: u64 = 256 << 20;
 
 /// A pool of worker processes. See the [module docs](self).
+///
+/// # Examples
+/// ```
+/// fn word_len(w: String) -> usize {
+///     w.len()
+/// }
+///
+/// let pool = mproc::Pool::builder().workers(2).build()?;
+/// let words = ["spam", "eggs", "ham"].map(String::from);
+/// assert_eq!(pool.map(word_len, &words)?, vec![4, 4, 3]); // items may be borrowed
+/// # Ok::<(), mproc::Error>(())
+/// ```
 pub struct Pool {
     engine: Arc<Engine>,
     key: FnKey,
@@ -107,11 +119,29 @@ impl Pool {
     ///
     /// # Errors
     /// As [`PoolBuilder::build`].
+    ///
+    /// # Examples
+    /// ```
+    /// let pool = mproc::Pool::new()?;
+    /// assert_eq!(pool.workers(), std::thread::available_parallelism().map_or(1, |n| n.get()));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn new() -> Result<Pool> {
         PoolBuilder::default().build()
     }
 
     /// A builder for a pool with other settings.
+    ///
+    /// # Examples
+    /// ```
+    /// fn triple(x: i32) -> i32 {
+    ///     3 * x
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().workers(2).build()?;
+    /// assert_eq!(pool.apply(triple, 14)?, 42);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn builder() -> PoolBuilder {
         PoolBuilder::default()
     }
@@ -173,6 +203,21 @@ impl Pool {
     }
 
     /// Stops taking work; what was submitted still runs. Workers exit once it is done.
+    ///
+    /// # Examples
+    /// ```
+    /// fn id(x: u8) -> u8 {
+    ///     x
+    /// }
+    ///
+    /// let mut pool = mproc::Pool::builder().workers(1).build()?;
+    /// let pending = pool.map_async(id, [1, 2, 3], None)?;
+    /// pool.close();
+    /// assert!(matches!(pool.apply(id, 4), Err(mproc::Error::PoolClosed)));
+    /// pool.join()?;
+    /// assert_eq!(pending.get()?, vec![1, 2, 3]); // submitted before close: still done
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn close(&self) {
         self.engine.close();
     }
@@ -182,6 +227,16 @@ impl Pool {
     ///
     /// # Errors
     /// [`Error::ProcessState`] if the pool is still open.
+    ///
+    /// # Examples
+    /// ```
+    /// let mut pool = mproc::Pool::builder().workers(1).build()?;
+    /// assert!(matches!(pool.join(), Err(mproc::Error::ProcessState(_)))); // close() first
+    /// pool.close();
+    /// pool.join()?;
+    /// assert!(pool.worker_pids().is_empty());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn join(&mut self) -> Result<()> {
         if !self.engine.is_closing() {
             return Err(Error::ProcessState(
@@ -196,6 +251,20 @@ impl Pool {
     }
 
     /// Kills the workers now; outstanding work fails with [`Error::PoolClosed`].
+    ///
+    /// # Examples
+    /// ```
+    /// fn sleepy(ms: u64) -> u64 {
+    ///     std::thread::sleep(std::time::Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let mut pool = mproc::Pool::builder().workers(1).build()?;
+    /// let slow = pool.apply_async(sleepy, 60_000)?;
+    /// pool.terminate();
+    /// assert!(matches!(slow.get(), Err(mproc::Error::PoolClosed)));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn terminate(&mut self) {
         let Some(t) = self.background.take() else {
             return;

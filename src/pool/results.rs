@@ -228,6 +228,25 @@ fn wait_for<'a>(
 }
 
 /// The result of work started with `map_async` or `apply_async`, like Python's `AsyncResult`.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+///
+/// fn slow_square(x: u64) -> u64 {
+///     std::thread::sleep(Duration::from_millis(20));
+///     x * x
+/// }
+///
+/// let pool = mproc::Pool::builder().workers(2).build()?;
+/// let squares = pool.map_async(slow_square, 1..=4, None)?;
+/// let one = pool.apply_async(slow_square, 9)?;
+/// // ... the caller does other work meanwhile ...
+/// assert_eq!(squares.get()?, vec![1, 4, 9, 16]);
+/// assert_eq!(one.get_timeout(Duration::from_secs(30))?, 81);
+/// assert!(one.ready());
+/// # Ok::<(), mproc::Error>(())
+/// ```
 pub struct AsyncResult<T> {
     job: Arc<Job>,
     /// Items per chunk.
@@ -287,6 +306,19 @@ impl<R: DeserializeOwned> AsyncResult<R> {
 
 impl<T> AsyncResult<T> {
     /// Whether every task has finished.
+    ///
+    /// # Examples
+    /// ```
+    /// fn id(x: u8) -> u8 {
+    ///     x
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().workers(1).build()?;
+    /// let r = pool.apply_async(id, 5)?;
+    /// r.wait();
+    /// assert!(r.ready());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn ready(&self) -> bool {
         lock(&self.job).remaining == 0
     }
@@ -297,6 +329,21 @@ impl<T> AsyncResult<T> {
     }
 
     /// Waits at most `timeout`; returns whether every task has finished.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().workers(1).build()?;
+    /// let r = pool.apply_async(nap, 2_000)?;
+    /// assert!(!r.wait_timeout(Duration::from_millis(1))); // still running
+    /// assert!(r.wait_timeout(Duration::from_secs(60)));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         wait_for(&self.job, Some(Instant::now() + timeout), |s| {
             s.remaining == 0
@@ -308,6 +355,20 @@ impl<T> AsyncResult<T> {
     ///
     /// # Errors
     /// The error of the lowest-index item that failed (see [`Pool::map`](super::Pool::map)).
+    ///
+    /// # Examples
+    /// ```
+    /// fn inverse(x: i32) -> i32 {
+    ///     assert!(x != 0, "no inverse of zero");
+    ///     100 / x
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().workers(2).build()?;
+    /// assert_eq!(pool.map_async(inverse, [1, 2, 4], None)?.get()?, vec![100, 50, 25]);
+    /// let failed = pool.map_async(inverse, [5, 0, 10], None)?;
+    /// assert!(matches!(failed.get(), Err(mproc::Error::TaskPanicked { .. })));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn get(&self) -> Result<T> {
         let (s, _) = wait_for(&self.job, None, |s| s.remaining == 0);
         (self.decode)(&s, &self.lens)
@@ -331,6 +392,22 @@ impl<T> AsyncResult<T> {
 
 /// Results of [`Pool::imap`](super::Pool::imap), in input order, each as soon as it and every earlier
 /// one is ready.
+///
+/// # Examples
+/// ```
+/// fn shout(s: String) -> String {
+///     s.to_uppercase()
+/// }
+///
+/// let pool = mproc::Pool::builder().workers(2).build()?;
+/// let lines = ["a", "b", "c"].map(String::from);
+/// let mut out = Vec::new();
+/// for r in pool.imap(shout, &lines, Some(1))? {
+///     out.push(r?); // in input order, while later ones are still running
+/// }
+/// assert_eq!(out, ["A", "B", "C"]);
+/// # Ok::<(), mproc::Error>(())
+/// ```
 pub struct Imap<R> {
     job: Arc<Job>,
     lens: Vec<usize>,
@@ -379,6 +456,21 @@ impl<R: DeserializeOwned> Iterator for Imap<R> {
 
 /// Results of [`Pool::imap_unordered`](super::Pool::imap_unordered) as chunks finish, each with its item
 /// index in the input.
+///
+/// # Examples
+/// ```
+/// fn cube(x: u32) -> u32 {
+///     x * x * x
+/// }
+///
+/// let pool = mproc::Pool::builder().workers(2).build()?;
+/// let mut out = vec![0; 5];
+/// for (i, r) in pool.imap_unordered(cube, 0..5, Some(1))? {
+///     out[i] = r?; // whichever finished first comes first; the index says where it goes
+/// }
+/// assert_eq!(out, [0, 1, 8, 27, 64]);
+/// # Ok::<(), mproc::Error>(())
+/// ```
 pub struct ImapUnordered<R> {
     job: Arc<Job>,
     /// Per chunk: its first item's index, or `None` once yielded.
