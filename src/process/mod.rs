@@ -42,8 +42,7 @@
 //! and what to take instead.
 //! The function is sent as its offset from a fixed function of this crate, which is the same in every
 //! process running the same executable file whatever address the loader picked, paired with the adapter
-//! that knows its types and authenticated with a key that only parent and child hold (see
-//! `process::fnref`): the child never jumps anywhere but the start of a function its parent handed to
+//! that knows its types and authenticated with a key that only parent and child hold: the child never jumps anywhere but the start of a function its parent handed to
 //! [`Process::new`]. The argument travels serialized (postcard) and the result comes back the same way.
 //! The child execs the parent's own `/proc/self/exe`, so it runs the very same file even if the program
 //! was rebuilt meanwhile; it checks that anyway (device, inode, size, mtime) and reports

@@ -3,9 +3,9 @@
 //! copied into a slot of a shared ring and out of it, and a blocked side sleeps on a futex that is only
 //! woken when somebody sleeps.
 //!
-//! The ring's algorithm, its orderings and its guarantees when a producer or consumer dies mid-message
-//! are documented in `src/queue/ring.rs`. In short: a consumer never sees a half-written message; a
-//! message whose consumer is killed inside `get` is lost (at most once); nothing is delivered twice.
+//! When a producer or consumer dies mid-message (the ring's algorithm and orderings are documented
+//! beside its code, for contributors): a consumer never sees a half-written message; a message whose
+//! consumer is killed inside `get` is lost (at most once); nothing is delivered twice.
 
 mod batch;
 mod joinable;
