@@ -10,7 +10,6 @@
 mod joinable;
 mod pipe;
 pub(crate) mod ring;
-mod wait;
 
 use std::marker::PhantomData;
 use std::sync::Arc;
