@@ -244,6 +244,8 @@ impl Condition {
         let notified = || raw.seq.load(Ordering::SeqCst) != seq;
         match Waiter::new(deadline).wait_until(notified, &raw.seq, seq, Some(&raw.sleepers)) {
             Wake::Ready => false,
+            // The deadline (no liveness checks here, so never a slice end): timed out unless a notify
+            // came on the way out.
             Wake::SliceEnded | Wake::Deadline => raw.seq.load(Ordering::SeqCst) == seq,
         }
     }

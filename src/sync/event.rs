@@ -104,8 +104,8 @@ impl Event {
         let is_set = || raw.flag.load(Ordering::SeqCst) != 0;
         match Waiter::new(deadline).wait_until(is_set, &raw.flag, 0, Some(&raw.sleepers)) {
             Wake::Ready => true,
-            // No liveness to check: a slice ends only at the deadline. The flag may have been set on
-            // the way out.
+            // The deadline (a waiter with no liveness checks never sees a slice end): the flag may
+            // have been set on the way out.
             Wake::SliceEnded | Wake::Deadline => raw.flag.load(Ordering::Acquire) != 0,
         }
     }

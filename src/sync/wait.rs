@@ -40,10 +40,11 @@ pub(crate) const MIN_CHECK: Duration = Duration::from_micros(500);
 // ---------------------------------------------------------------------------------------------------
 // Spin phase
 
-/// The longest a waiter spins (then as long again yielding) before it sleeps.
+/// The longest a waiter spins before it sleeps.
 ///
 /// Past this, a futex wake-up (20–80 µs on the VMs this crate is measured on) costs less than the CPU
-/// the spin burns, and on two cores a longer spin starts to sit on the very CPU the peer needs.
+/// the spin burns: by the ski-rental argument, spinning about as long as a sleep costs is never more than
+/// twice as expensive as the best choice made in hindsight.
 const SPIN_MAX: Duration = Duration::from_micros(60);
 /// The shortest spin budget a thread adapts down to: enough to catch a peer that is awake and answers
 /// at once (a cross-core round trip through shared atomics is 60–360 ns here).
@@ -70,10 +71,47 @@ pub(crate) enum SpinClass {
     Lock = 1,
 }
 
+/// What a thread has learned about one [`SpinClass`] of waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Learned {
+    /// How long the next wait spins before it sleeps.
+    budget: Duration,
+    /// Waits in a row that the spin did not catch (they slept).
+    misses: u32,
+}
+
+impl Learned {
+    const START: Learned = Learned {
+        budget: SPIN_START,
+        misses: 0,
+    };
+
+    /// What is learned from a wait that took `needed` (from its first timed snooze to its end) and
+    /// went to sleep or not. See [`Backoff`], "Why adaptive".
+    fn after(self, needed: Duration, slept: bool) -> Learned {
+        let within_reach = (needed + needed / 2).clamp(SPIN_MIN, SPIN_MAX);
+        if !slept {
+            // Caught by the spin: spin about that long next time, tracking down as well as up.
+            return Learned {
+                budget: within_reach,
+                misses: 0,
+            };
+        }
+        let misses = self.misses.saturating_add(1);
+        // A probe on the 1st, 4th, 16th, 64th... miss in a row, if the peer answered within reach.
+        let probe = misses.is_power_of_two() && misses.trailing_zeros() % 2 == 0;
+        let budget = if probe && needed < SPIN_MAX * 2 {
+            within_reach
+        } else {
+            (self.budget / 2).max(SPIN_MIN)
+        };
+        Learned { budget, misses }
+    }
+}
+
 thread_local! {
-    /// This thread's spin budgets, one per [`SpinClass`], adapted from what its recent waits needed.
-    static SPIN_BUDGET: [Cell<Duration>; 2] =
-        const { [Cell::new(SPIN_START), Cell::new(SPIN_START)] };
+    /// What this thread has learned, one entry per [`SpinClass`] (see [`Backoff`]).
+    static LEARNED: [Cell<Learned>; 2] = const { [Cell::new(Learned::START), Cell::new(Learned::START)] };
 }
 
 /// The spin phase of a wait, budgeted in **time**, not in iterations.
@@ -84,21 +122,33 @@ thread_local! {
 /// costs 20–80 µs on either. A spin counted in iterations therefore either falls asleep while the peer
 /// is about to answer — and then both sides keep waking each other through the kernel, a regime a
 /// ping-pong never leaves — or burns CPU long after it should have slept. A waiter here spins for its
-/// thread's budget, re-checking its condition after every call to [`Backoff::snooze`], then yields for
-/// as long again (on two cores the peer may need our CPU to make progress), then sleeps.
+/// thread's budget, re-checking its condition after every call to [`Backoff::snooze`], then sleeps.
+///
+/// There is no `sched_yield` phase between the spin and the sleep. On a machine with other runnable
+/// work a yield (under Linux's EEVDF scheduler) queues us behind all of it, often for a whole time
+/// slice, while a futex sleeper that is woken gets back on a CPU first; on an idle machine a yield
+/// returns at once and is only a slower spin. Measured here under the load of other builds, a
+/// yield phase made semaphore and event round trips between two processes 10–40 times slower.
 ///
 /// # Why adaptive, and per thread
 /// The right budget is "a little longer than the peer takes to answer", and only the waits themselves
 /// can tell how long that is on this machine, for this workload. When a wait ends (the `Backoff` is
 /// dropped), the budget of its [`SpinClass`] moves:
-/// - a wait that ended within reach of spinning (the peer answered within a few budgets) sets the budget
-///   to 1.5 times what it needed, between [`SPIN_MIN`] and [`SPIN_MAX`]: a ping-pong with a peer that
-///   answers in microseconds stays in the spinning regime, and a waiter does not spin much longer than
-///   its peer needs (on two cores, spinning far past that can hold the CPU the peer needs to answer);
-/// - a wait that needed a long sleep **halves** the budget: the peer is idle (a consumer with nothing to
-///   do, a pool waiting for work), and spinning for it burns a CPU for nothing. Halving rather than
-///   dropping to the minimum keeps one odd long wait from undoing what many short ones learned, and
-///   repeated long waits still bring an idle waiter down to [`SPIN_MIN`] in a handful of waits.
+/// - a wait **caught by the spin** sets the budget to 1.5 times what it needed, between [`SPIN_MIN`] and
+///   [`SPIN_MAX`]: a ping-pong with a peer that answers in microseconds stays in the spinning regime,
+///   and a waiter does not spin much longer than its peer needs (on two cores, spinning far past that
+///   can hold the very CPU the peer needs to answer);
+/// - a wait that **slept** mostly **halves** the budget: the spin did not pay. The peer may be idle (a
+///   consumer with nothing to do, a pool waiting for work), or the machine may be oversubscribed, in
+///   which case our spinning is what keeps the peer off a CPU, and a spin that tracked the answer time
+///   would sustain itself: both sides spinning their whole budget and then sleeping anyway (measured
+///   here: 300–400 µs per round trip, against 10–30 µs for sleeping at once). Halving rather than
+///   dropping to the minimum keeps one odd long wait from undoing what many short ones learned;
+/// - but on the 1st, 4th, 16th, … miss in a row, a wait whose peer answered within reach of a spin
+///   (under 2 × [`SPIN_MAX`]) sets the budget to 1.5 times what it needed, as if caught: a **probe**.
+///   This is how a ping-pong whose two sides both fell asleep — each answer then takes a wake-up, so no
+///   short spin ever catches one — gets back to the spinning regime, while an oversubscribed or idle
+///   waiter pays for one long spin at exponentially spaced misses only.
 ///
 /// The state lives in a thread-local, not in shared memory: it is a property of this thread's
 /// workload, costs no cache-line traffic, and no other process can tamper with it (a budget read from
@@ -145,9 +195,8 @@ impl Backoff {
         }
         let now = Instant::now();
         let start = *self.start.get_or_insert(now);
-        let spent = now - start;
-        let budget = SPIN_BUDGET.with(|b| b[self.class as usize].get());
-        if spent < budget {
+        let budget = LEARNED.with(|l| l[self.class as usize].get().budget);
+        if now - start < budget {
             // A few pauses between clock reads (a clock read is ~20 ns through the vDSO): the caller
             // re-checks its condition after each call, so a longer batch only adds latency.
             for _ in 0..4 {
@@ -155,24 +204,8 @@ impl Backoff {
             }
             return true;
         }
-        if spent < budget * 2 {
-            std::thread::yield_now();
-            return true;
-        }
         self.slept = true;
         false
-    }
-}
-
-/// The next spin budget after a wait that took `needed` (from its first timed snooze to its end) and
-/// went to sleep or not. See [`Backoff`], "Why adaptive".
-fn next_budget(current: Duration, needed: Duration, slept: bool) -> Duration {
-    if !slept || needed < SPIN_MAX * 2 {
-        // Within reach of spinning: spin about that long next time, tracking down as well as up.
-        (needed + needed / 2).clamp(SPIN_MIN, SPIN_MAX)
-    } else {
-        // A long sleep: the peer is idle.
-        (current / 2).max(SPIN_MIN)
     }
 }
 
@@ -182,9 +215,9 @@ impl Drop for Backoff {
             return; // never got past the quick snoozes: nothing learned
         };
         let needed = start.elapsed();
-        SPIN_BUDGET.with(|b| {
-            let b = &b[self.class as usize];
-            b.set(next_budget(b.get(), needed, self.slept));
+        LEARNED.with(|l| {
+            let l = &l[self.class as usize];
+            l.set(l.get().after(needed, self.slept));
         });
     }
 }
@@ -485,42 +518,53 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    #[test]
-    fn budget_tracks_short_waits_within_bounds() {
-        let us = Duration::from_micros;
-        // 1.5 times what the wait needed, clamped.
-        assert_eq!(next_budget(us(30), us(10), false), us(15));
-        assert_eq!(next_budget(us(30), Duration::ZERO, false), SPIN_MIN);
-        assert_eq!(next_budget(us(30), us(100), false), SPIN_MAX);
-        // A sleep that ended within reach of spinning still counts as a short wait.
-        assert_eq!(next_budget(us(30), us(20), true), us(30));
+    fn learned(budget: Duration, misses: u32) -> Learned {
+        Learned { budget, misses }
     }
 
     #[test]
-    fn budget_halves_after_long_sleeps_down_to_the_minimum() {
-        let mut b = SPIN_MAX;
-        let mut steps = 0;
-        while b > SPIN_MIN {
-            let next = next_budget(b, Duration::from_millis(5), true);
-            assert!(next < b && next >= SPIN_MIN);
-            b = next;
-            steps += 1;
-        }
-        assert!(
-            steps <= 6,
-            "an idle waiter reaches the minimum within a few waits"
+    fn budget_tracks_caught_waits_within_bounds() {
+        let us = Duration::from_micros;
+        // 1.5 times what the wait needed, clamped; a catch ends a streak of misses.
+        assert_eq!(learned(us(30), 3).after(us(10), false), learned(us(15), 0));
+        assert_eq!(
+            learned(us(30), 0).after(Duration::ZERO, false).budget,
+            SPIN_MIN
         );
+        assert_eq!(learned(us(30), 0).after(us(100), false).budget, SPIN_MAX);
+    }
+
+    #[test]
+    fn misses_halve_the_budget_but_probe_at_spaced_misses() {
+        let us = Duration::from_micros;
+        // The first miss after a catch probes: the peer answered within reach.
+        assert_eq!(learned(us(4), 0).after(us(50), true), learned(us(60), 1));
+        // The next misses halve, down to the minimum...
+        let mut l = learned(us(60), 1);
+        let mut budgets = Vec::new();
+        for _ in 0..14 {
+            l = l.after(us(50), true);
+            budgets.push(l.budget);
+        }
+        assert_eq!(&budgets[..2], &[us(30), us(15)]);
+        // ... except on the 4th miss in a row (and the 16th, 64th...).
+        assert_eq!(budgets[2], SPIN_MAX);
+        assert_eq!(budgets[13], SPIN_MIN);
+        assert!(budgets[3..].iter().all(|b| *b < SPIN_MAX));
+        // A miss that needed a long sleep (an idle peer) never probes.
+        assert_eq!(learned(us(8), 0).after(us(5_000), true), learned(us(4), 1));
     }
 
     #[test]
     fn backoff_gives_up_and_stays_given_up() {
         let mut b = Backoff::for_class(SpinClass::Lock);
-        // Ends: the budget is at most SPIN_MAX, then as long again yielding.
+        // Ends: the budget is at most SPIN_MAX.
         while b.snooze() {}
         assert!(!b.snooze());
         drop(b);
-        let budget = SPIN_BUDGET.with(|b| b[SpinClass::Lock as usize].get());
-        assert!((SPIN_MIN..=SPIN_MAX).contains(&budget));
+        let l = LEARNED.with(|l| l[SpinClass::Lock as usize].get());
+        assert!((SPIN_MIN..=SPIN_MAX).contains(&l.budget));
+        assert_eq!(l.misses, 1);
     }
 
     #[test]
