@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::raw_lock::{Acquired, Nesting, RawLock, INTERNAL_BOUND, TRY_BOUND};
-use super::wait::{Backoff, Sleeper, Slept, MAX_CHECK};
+use super::wait::{Backoff, Sleeper, Slept, SpinClass, MAX_CHECK};
 use crate::error::{Error, Result};
 use crate::region::shared::{impl_shared_object, Shared};
 use crate::region::ShmSafe;
@@ -297,7 +297,7 @@ impl RawSemaphore {
         }
         // Spin phase (see `wait::Backoff`): a permit released within the budget is taken with no system
         // call on either side (the releaser sees no sleeper and skips its wake).
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::for_class(SpinClass::Handoff);
         while backoff.snooze() {
             if self.value.load(Ordering::Relaxed) != 0 && self.try_take(me, wait) {
                 return true;
