@@ -155,7 +155,8 @@ thread_local! {
 ///   consumer with nothing to do, a pool waiting for work), or the machine may be oversubscribed, in
 ///   which case our spinning is what keeps the peer off a CPU, and a spin that tracked the answer time
 ///   would sustain itself: both sides spinning their whole budget and then sleeping anyway (measured
-///   here: 300–400 µs per round trip, against 10–30 µs for sleeping at once). Halving rather than
+///   here under load, with no yield phase: semaphore and event round trips of 200–320 µs with a budget
+///   that tracked the answer time of waits that slept, about 10 µs with this rule). Halving rather than
 ///   dropping to the minimum keeps one odd long wait from undoing what many short ones learned;
 /// - but on the 1st, 4th, 16th, … miss in a row, a wait whose peer answered within reach of a spin
 ///   (under 2 × [`SPIN_MAX`]) sets the budget to 1.5 times what it needed, as if caught: a **probe**.
