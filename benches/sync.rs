@@ -6,6 +6,7 @@
 //! | event | `Event` set + is_set + clear; `wait` on a set event | `Mutex<bool>` + `Condvar` doing the same |
 //! | semaphore | `Semaphore::acquire` + guard drop | process-shared POSIX `sem_t` (`sem_wait` + `sem_post`) |
 //! | contended counter | two forked processes incrementing one `Value<u64>` | the same with a robust pthread mutex across `fork`; two threads on a `std::sync::Mutex<u64>` |
+//! | hand-off round trip | two forked processes passing the turn back and forth through two `Semaphore`s, two `Event`s, or meeting at a 2-party `Barrier` | the same ping-pong over two process-shared POSIX `sem_t` |
 //!
 //! Timing, for a noisy 2-vCPU VM: every variant of a group is warmed up, then the variants are timed in
 //! round-robin (A B C, A B C, ...) so that a slow period hits all of them alike; each figure is the median
@@ -23,7 +24,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
-use mproc::{Event, Lock, Semaphore, Value};
+use mproc::{Barrier, Event, Lock, Semaphore, Value};
 
 #[path = "common/mod.rs"]
 mod common;
@@ -37,6 +38,8 @@ struct Config {
     iters: u64,
     /// Increments per process (or thread) in the contended counter.
     contended: u64,
+    /// Timed round trips per repetition of a hand-off ping-pong.
+    handoffs: u64,
 }
 
 impl Config {
@@ -47,12 +50,14 @@ impl Config {
                 reps: 3,
                 iters: 200_000,
                 contended: 100_000,
+                handoffs: 2_000,
             }
         } else {
             Config {
                 reps: 7,
                 iters: 3_000_000,
                 contended: 1_000_000,
+                handoffs: 20_000,
             }
         };
         (cfg, quick)
@@ -287,6 +292,38 @@ fn contended_threads(
     });
     assert_eq!(read(), 2 * n, "lost or doubled increments");
     run
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Hand-off round trips: a forked child answers every `ping` of the parent with a `pong`.
+
+/// One ping-pong: `ping` passes the turn to the other process and waits for it back; `pong` waits for
+/// the turn and passes it back.
+type HandOff<'a> = (&'a str, Box<dyn Fn() + 'a>, Box<dyn Fn() + 'a>);
+
+/// Mean ns per round trip of `n` timed round trips, after `n / 10` untimed ones.
+///
+/// This measures waking a peer *while both sides wait actively*: what the spin phase of a waiter is
+/// for. Whether a side catches the turn spinning or asleep on its futex (40–90 µs cross-core here) is
+/// decided by the spin budget against the peer's answer time, so the figure shows which regime the
+/// primitive stays in.
+fn handoff_once(n: u64, ping: &dyn Fn(), pong: &dyn Fn()) -> f64 {
+    let warm = n / 10;
+    let child = os::fork(|| {
+        for _ in 0..warm + n {
+            pong();
+        }
+    });
+    for _ in 0..warm {
+        ping();
+    }
+    let t = Instant::now();
+    for _ in 0..n {
+        ping();
+    }
+    let ns = t.elapsed().as_nanos() as f64 / n as f64;
+    assert!(child.wait(), "the answering child failed");
+    ns
 }
 
 fn main() {
@@ -583,6 +620,83 @@ fn main() {
         println!("    {name:<44} {o:.2} of the wall time");
     }
 
+    // 5. Hand-off round trips between two processes. Every object starts with the turn on the parent's
+    // side and ends each round trip there again, so repetitions can reuse them.
+    let sem_there = Semaphore::new(0).expect("create Semaphore");
+    let sem_back = Semaphore::new(0).expect("create Semaphore");
+    let ev_there = Event::new().expect("create Event");
+    let ev_back = Event::new().expect("create Event");
+    let barrier = Barrier::new(2).expect("create Barrier");
+    let posix_there = raw::PosixSem::new(0);
+    let posix_back = raw::PosixSem::new(0);
+    let mut handoffs: Vec<HandOff<'_>> = vec![
+        (
+            "mproc::Semaphore x2 (release / acquire + forget)",
+            Box::new(|| {
+                sem_there.release().expect("release");
+                sem_back.acquire().forget();
+            }),
+            Box::new(|| {
+                sem_there.acquire().forget();
+                sem_back.release().expect("release");
+            }),
+        ),
+        (
+            "mproc::Event x2 (set / wait + clear)",
+            Box::new(|| {
+                ev_there.set();
+                ev_back.wait();
+                ev_back.clear();
+            }),
+            Box::new(|| {
+                ev_there.wait();
+                ev_there.clear();
+                ev_back.set();
+            }),
+        ),
+        (
+            "mproc::Barrier, 2 parties (one trip)",
+            Box::new(|| {
+                barrier.wait().expect("barrier");
+            }),
+            Box::new(|| {
+                barrier.wait().expect("barrier");
+            }),
+        ),
+        (
+            "POSIX sem_t x2, pshared (sem_post / sem_wait)",
+            Box::new(|| {
+                posix_there.post();
+                posix_back.wait();
+            }),
+            Box::new(|| {
+                posix_there.wait();
+                posix_back.post();
+            }),
+        ),
+    ];
+    let handoff = common::round_robin(cfg.reps, &mut handoffs, |_, (_, ping, pong)| {
+        handoff_once(cfg.handoffs, &**ping, &**pong)
+    });
+    let names: Vec<&str> = handoffs.iter().map(|(n, _, _)| *n).collect();
+    // The baseline is the last row here: show every row against it.
+    println!("\n5. hand-off round trip between two processes (fork; mean ns per round trip)");
+    println!(
+        "  {:<46} {:>9} {:>19} {:>14}",
+        "variant", "ns/rtt", "min..max", "this / sem_t"
+    );
+    let base = handoff[handoff.len() - 1].median;
+    for (name, s) in names.iter().zip(&handoff) {
+        let range = format!("{:.0}..{:.0}", s.min, s.max);
+        println!(
+            "  {:<46} {:>9.0} {:>19} {:>12.2} x",
+            name,
+            s.median,
+            range,
+            s.median / base
+        );
+    }
+
     println!();
     let _ = std::io::stdout().flush();
     common::result(
@@ -630,6 +744,16 @@ fn main() {
     common::result(
         "contended_counter_vs_std_threads",
         contended[0].median / contended[2].median,
+        2,
+        "x",
+    );
+    common::result("semaphore_rtt_ns", handoff[0].median, 0, "ns");
+    common::result("event_rtt_ns", handoff[1].median, 0, "ns");
+    common::result("barrier_rtt_ns", handoff[2].median, 0, "ns");
+    common::result("posix_sem_rtt_ns", handoff[3].median, 0, "ns");
+    common::result(
+        "semaphore_rtt_vs_posix_sem",
+        handoff[0].median / base,
         2,
         "x",
     );

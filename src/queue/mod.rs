@@ -13,7 +13,6 @@ mod pipe;
 pub(crate) mod ring;
 mod spill;
 mod unbounded;
-mod wait;
 
 use std::marker::PhantomData;
 use std::sync::Arc;

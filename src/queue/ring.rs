@@ -108,7 +108,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::wait::{Backoff, StuckWatch, WaitWord, MAX_CHECK};
+use crate::sync::wait::{Backoff, StuckWatch, WaitWord, MAX_CHECK};
 
 use crate::error::{Error, Result};
 use crate::region::{Region, ShmSafe};

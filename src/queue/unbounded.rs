@@ -39,10 +39,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::spill::Blocks;
-use super::wait::{Backoff, WaitWord, MAX_CHECK};
 use crate::error::{Error, Result};
 use crate::region::{Region, ShmSafe};
 use crate::sync::raw_lock::{Acquired, LockFail, Nesting, RawLock, TRY_BOUND};
+use crate::sync::wait::{Backoff, WaitWord, MAX_CHECK};
 
 /// The smallest segment (payload after the head), and the largest a segment grows to by doubling
 /// (a single larger message gets a segment of its own size).

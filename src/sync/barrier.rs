@@ -3,7 +3,8 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::raw_lock::{Acquired, Nesting, RawLock, INTERNAL_BOUND, MAX_CHECK_INTERVAL, TRY_BOUND};
+use super::raw_lock::{Acquired, Nesting, RawLock, INTERNAL_BOUND, TRY_BOUND};
+use super::wait::{Waiter, Wake, MAX_CHECK};
 use crate::error::{Error, Result};
 use crate::region::shared::{impl_shared_object, Shared};
 use crate::region::ShmSafe;
@@ -210,47 +211,45 @@ impl Barrier {
             return Ok(arrival.0);
         };
         let raw = &*self.shared;
-        let mut interval = Duration::from_millis(1);
+        // Spin, then sleep on the generation in slices growing from 1 ms to `MAX_CHECK`; each slice that
+        // runs out checks whether a party that arrived has died (see `wait::Waiter`).
+        let mut waiter = Waiter::new(deadline).checking(Duration::from_millis(1), MAX_CHECK);
         loop {
-            if raw.generation.load(Ordering::Acquire) != generation {
-                return if self.broken() {
-                    Err(Error::BrokenBarrier)
-                } else {
-                    Ok(index)
-                };
-            }
-            let mut slice = interval;
-            if let Some(d) = deadline {
-                let now = Instant::now();
-                if now >= d {
+            let tripped = || raw.generation.load(Ordering::SeqCst) != generation;
+            match waiter.wait_until(tripped, &raw.generation, generation, None) {
+                Wake::Ready => {
+                    return if self.broken() {
+                        Err(Error::BrokenBarrier)
+                    } else {
+                        Ok(index)
+                    };
+                }
+                Wake::Deadline => {
                     self.abort();
                     return Err(Error::BrokenBarrier);
                 }
-                slice = slice.min(d - now);
-            }
-            if futex::wait(&raw.generation, generation, Some(slice)) == futex::WaitOutcome::TimedOut
-            {
-                let _ = self.locked(deadline, |r| {
-                    if r.generation.load(Ordering::Relaxed) != generation {
-                        return;
-                    }
-                    let n = r.count.load(Ordering::Relaxed).min(MAX_PARTIES) as usize;
-                    // A party recorded in another pid namespace cannot be judged here: alive (S6).
-                    let someone_died =
-                        r.arrived[..n]
-                            .iter()
-                            .zip(&r.arrived_ns[..n])
-                            .any(|(a, ns)| {
-                                !proc::holder_alive(
-                                    Identity::unpack(a.load(Ordering::Relaxed)),
-                                    ns.load(Ordering::Relaxed),
-                                )
-                            });
-                    if someone_died {
-                        r.break_now();
-                    }
-                });
-                interval = (interval * 2).min(MAX_CHECK_INTERVAL);
+                Wake::SliceEnded => {
+                    let _ = self.locked(deadline, |r| {
+                        if r.generation.load(Ordering::Relaxed) != generation {
+                            return;
+                        }
+                        let n = r.count.load(Ordering::Relaxed).min(MAX_PARTIES) as usize;
+                        // A party recorded in another pid namespace cannot be judged here: alive (S6).
+                        let someone_died =
+                            r.arrived[..n]
+                                .iter()
+                                .zip(&r.arrived_ns[..n])
+                                .any(|(a, ns)| {
+                                    !proc::holder_alive(
+                                        Identity::unpack(a.load(Ordering::Relaxed)),
+                                        ns.load(Ordering::Relaxed),
+                                    )
+                                });
+                        if someone_died {
+                            r.break_now();
+                        }
+                    });
+                }
             }
         }
     }

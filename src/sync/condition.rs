@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::lock::guard_result;
-use super::raw_lock::{Acquired, Nesting, RawLock, MAX_CHECK_INTERVAL};
+use super::raw_lock::{Acquired, Nesting, RawLock};
+use super::wait::{Waiter, Wake, MAX_CHECK};
 use crate::error::{LockResult, OwnerDied, Result, TryLockError};
 use crate::region::shared::{impl_shared_object, Shared};
 use crate::region::ShmSafe;
@@ -188,7 +189,7 @@ impl Condition {
     /// How long past its deadline [`wait_timeout`](Condition::wait_timeout) may spend re-taking the
     /// lock: a live holder's critical section usually ends within it, and a dead holder is judged
     /// within it.
-    pub const RELOCK_GRACE: Duration = MAX_CHECK_INTERVAL;
+    pub const RELOCK_GRACE: Duration = MAX_CHECK;
 
     /// Waits while `condition` holds, re-checking it after every wake-up and at least every 50 ms.
     ///
@@ -200,7 +201,7 @@ impl Condition {
         mut condition: impl FnMut() -> bool,
     ) -> LockResult<ConditionGuard<'a>> {
         while condition() {
-            let deadline = Instant::now() + MAX_CHECK_INTERVAL;
+            let deadline = Instant::now() + MAX_CHECK;
             guard = match self.wait_until(guard, Some(deadline)) {
                 Ok((g, _)) => g,
                 Err(e) => return Err(e.map(|(g, _)| g)),
@@ -230,23 +231,23 @@ impl Condition {
         }
     }
 
-    /// Releases `guard` and sleeps until notified or `deadline`; returns whether the wait timed out.
+    /// Releases `guard` and waits until notified or `deadline`; returns whether the wait timed out.
     /// The caller re-takes the lock.
     fn release_and_sleep(&self, guard: ConditionGuard<'_>, deadline: Option<Instant>) -> bool {
         let raw = &*self.shared;
         // Read the sequence while still holding the lock: a notify after our unlock changes it, so the
         // futex wait below returns at once instead of missing it.
         let seq = raw.seq.load(Ordering::SeqCst);
-        raw.sleepers.fetch_add(1, Ordering::SeqCst);
         drop(guard);
-        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let outcome = if timeout == Some(Duration::ZERO) {
-            futex::WaitOutcome::TimedOut
-        } else {
-            futex::wait(&raw.seq, seq, timeout)
-        };
-        raw.sleepers.fetch_sub(1, Ordering::SeqCst);
-        outcome == futex::WaitOutcome::TimedOut && raw.seq.load(Ordering::SeqCst) == seq
+        // Spin, then sleep on the sequence counted in `sleepers` (see `notify`): a notify that comes
+        // within the spin budget costs the notifier no system call. Nothing to check for liveness.
+        let notified = || raw.seq.load(Ordering::SeqCst) != seq;
+        match Waiter::new(deadline).wait_until(notified, &raw.seq, seq, Some(&raw.sleepers)) {
+            Wake::Ready => false,
+            // The deadline (no liveness checks here, so never a slice end): timed out unless a notify
+            // came on the way out.
+            Wake::SliceEnded | Wake::Deadline => raw.seq.load(Ordering::SeqCst) == seq,
+        }
     }
 
     /// Wakes up to `n` waiters.

@@ -3,12 +3,11 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use super::wait::{Waiter, Wake};
 use crate::error::Result;
 use crate::region::shared::{impl_shared_object, Shared};
 use crate::region::ShmSafe;
 use crate::sys::futex;
-
-const SPINS: u32 = 200;
 
 #[repr(C)]
 #[derive(Debug, Default)]
@@ -98,26 +97,16 @@ impl Event {
 
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
         let raw = &*self.shared;
-        for _ in 0..SPINS {
-            if raw.flag.load(Ordering::Acquire) != 0 {
-                return true;
-            }
-            std::hint::spin_loop();
+        if raw.flag.load(Ordering::Acquire) != 0 {
+            return true;
         }
-        loop {
-            raw.sleepers.fetch_add(1, Ordering::SeqCst);
-            let set = raw.flag.load(Ordering::SeqCst) != 0;
-            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if !set && timeout != Some(Duration::ZERO) {
-                futex::wait(&raw.flag, 0, timeout);
-            }
-            raw.sleepers.fetch_sub(1, Ordering::SeqCst);
-            if raw.flag.load(Ordering::Acquire) != 0 {
-                return true;
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return false;
-            }
+        // Spin, then sleep on the flag until the deadline, counted in `sleepers` (see `set`).
+        let is_set = || raw.flag.load(Ordering::SeqCst) != 0;
+        match Waiter::new(deadline).wait_until(is_set, &raw.flag, 0, Some(&raw.sleepers)) {
+            Wake::Ready => true,
+            // The deadline (a waiter with no liveness checks never sees a slice end): the flag may
+            // have been set on the way out.
+            Wake::SliceEnded | Wake::Deadline => raw.flag.load(Ordering::Acquire) != 0,
         }
     }
 }

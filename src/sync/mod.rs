@@ -29,6 +29,7 @@ pub(crate) mod raw_lock;
 mod rlock;
 mod semaphore;
 mod value;
+pub(crate) mod wait;
 
 pub use barrier::{Barrier, MAX_PARTIES};
 pub use condition::{Condition, ConditionGuard};

@@ -18,7 +18,8 @@
 //!   belongs to an *earlier* holding: the clear is in the release sequence every later acquirer reads
 //!   from. So `owner` names the current holder, or is 0 while the holder is between its CAS and its
 //!   record (or died there, or died between the clear and the swap).
-//! - **lock, contended:** spin a little, then set `WAITERS` and `FUTEX_WAIT` on the word. The sleep has a
+//! - **lock, contended:** spin for the thread's lock budget of time ([`Backoff`], class
+//!   [`SpinClass::Lock`]), then set `WAITERS` and `FUTEX_WAIT` on the word ([`Sleeper`]). The sleep has a
 //!   timeout; when it expires the waiter judges the holder ([`RawLock::judge`]):
 //!   - *recorded* (`owner` names the word's tid): the full identity decides — tid **and** start time,
 //!     so a recycled tid is never the old holder — and only in the holder's own pid namespace
@@ -48,7 +49,7 @@
 //! The kernel can mark a robust futex `OWNER_DIED` at thread exit, but each thread has one robust list,
 //! and glibc owns it for `pthread_mutex_t`. Joining glibc's list means depending on its private mutex
 //! layout. Liveness checks on a timed wait cost nothing on the fast path and bound recovery at
-//! ~[`MAX_CHECK_INTERVAL`]; they are what this crate does for every primitive.
+//! ~[`MAX_CHECK`]; they are what this crate does for every primitive.
 //!
 //! # Garbage
 //! Any bit pattern is a valid state. A garbage tid that is not a live thread is a dead holder and the
@@ -62,16 +63,16 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::wait::{Backoff, Sleeper, Slept, SpinClass, MAX_CHECK};
 use crate::region::ShmSafe;
 use crate::sys::futex;
 use crate::sys::proc::{self, Identity};
 
 const TID_MASK: u32 = 0x3fff_ffff;
 const WAITERS: u32 = 0x8000_0000;
-const SPINS: u32 = 100;
+/// The first sleep slice of a waiter, after which it judges the holder (a `/proc` read); the slices
+/// then double up to [`MAX_CHECK`].
 const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(1);
-/// The longest a waiter sleeps before checking whether the holder is alive.
-pub(crate) const MAX_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// How long a holder with no record must stay unchanged before a waiter judges it by its tid alone.
 /// A live holder records itself one store after its CAS; this is many scheduler time slices.
 pub(crate) const UNRECORDED_GRACE: Duration = Duration::from_millis(200);
@@ -280,19 +281,30 @@ impl RawLock {
         deadline: Option<Instant>,
         nesting: Option<Nesting>,
     ) -> Result<Acquired, LockFail> {
-        for _ in 0..SPINS {
-            std::hint::spin_loop();
-            if self.word.load(Ordering::Relaxed) == 0
-                && self
+        // Spin while the word names another thread that may hold it: a critical section usually ends
+        // within the spin budget (see `wait::Backoff`). A word naming no possible thread or this very
+        // thread is judged at once below: spinning cannot free it.
+        let mut backoff = Backoff::for_class(SpinClass::Lock);
+        loop {
+            let v = self.word.load(Ordering::Relaxed);
+            let tid = v & TID_MASK;
+            if v == 0 {
+                if self
                     .word
                     .compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
-            {
-                self.record(me);
-                return Ok(Acquired::Clean);
+                {
+                    self.record(me);
+                    return Ok(Acquired::Clean);
+                }
+            } else if tid == me.tid || tid == 0 || tid > proc::PID_MAX_LIMIT {
+                break;
+            }
+            if !backoff.snooze() {
+                break;
             }
         }
-        let mut interval = MIN_CHECK_INTERVAL;
+        let mut sleeper = Sleeper::new(deadline).checking(MIN_CHECK_INTERVAL, MAX_CHECK);
         let mut grace = Grace(None);
         // Judging costs a /proc read, so a live holder is judged only after a sleep timed out. A word
         // that names no possible thread, or this very thread, is judged at once (no /proc read needed
@@ -331,13 +343,10 @@ impl RawLock {
                     continue;
                 }
             }
-            let mut slice = interval;
-            if let Some(d) = deadline {
-                let now = Instant::now();
-                if now >= d {
-                    return Err(LockFail::TimedOut);
-                }
-                slice = slice.min(d - now);
+            // Checked on every pass, not only by the sleep: a word that keeps changing under our CAS
+            // (garbage written continuously) must not keep us past the deadline.
+            if sleeper.passed() {
+                return Err(LockFail::TimedOut);
             }
             if v & WAITERS == 0
                 && self
@@ -347,9 +356,10 @@ impl RawLock {
             {
                 continue;
             }
-            if futex::wait(&self.word, v | WAITERS, Some(slice)) == futex::WaitOutcome::TimedOut {
-                due = true;
-                interval = (interval * 2).min(MAX_CHECK_INTERVAL);
+            match sleeper.sleep(&self.word, v | WAITERS, None, || false) {
+                Slept::Woken => {}
+                Slept::SliceEnded => due = true,
+                Slept::Deadline => return Err(LockFail::TimedOut),
             }
         }
     }

@@ -27,7 +27,8 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::raw_lock::{Acquired, Nesting, RawLock, INTERNAL_BOUND, MAX_CHECK_INTERVAL, TRY_BOUND};
+use super::raw_lock::{Acquired, Nesting, RawLock, INTERNAL_BOUND, TRY_BOUND};
+use super::wait::{Backoff, Sleeper, Slept, SpinClass, MAX_CHECK};
 use crate::error::{Error, Result};
 use crate::region::shared::{impl_shared_object, Shared};
 use crate::region::ShmSafe;
@@ -37,7 +38,6 @@ use crate::sys::proc::{self, Identity};
 /// Threads that can hold tracked permits at once.
 pub const HOLDER_SLOTS: usize = 64;
 const NO_SLOT: u32 = u32::MAX;
-const SPINS: u32 = 100;
 
 #[repr(C)]
 #[derive(Debug, Default)]
@@ -295,43 +295,39 @@ impl RawSemaphore {
         if self.try_take(me, wait) {
             return true;
         }
-        for _ in 0..SPINS {
-            std::hint::spin_loop();
+        // Spin phase (see `wait::Backoff`): a permit released within the budget is taken with no system
+        // call on either side (the releaser sees no sleeper and skips its wake).
+        let mut backoff = Backoff::for_class(SpinClass::Handoff);
+        while backoff.snooze() {
             if self.value.load(Ordering::Relaxed) != 0 && self.try_take(me, wait) {
                 return true;
             }
         }
+        // Sleep phase, in slices of `MAX_CHECK`: the check for dead holders is on a clock of its own.
+        let mut sleeper = Sleeper::new(deadline).checking(MAX_CHECK, MAX_CHECK);
         loop {
             // Reclaim on a clock shared by every waiter in every process, not on our own timeouts: under
             // churn the live holders keep waking us early, and a dead holder's permits would come back
             // only when, by chance, nobody released one for a whole slice.
             self.reclaim_if_due(deadline);
-            let mut slice = MAX_CHECK_INTERVAL;
-            if let Some(d) = deadline {
-                let now = Instant::now();
-                if now >= d {
-                    return false;
-                }
-                slice = slice.min(d - now);
+            // Counted in `sleepers`, re-checking `value` with SeqCst: the Dekker pair with `release`
+            // (SeqCst change under the lock, then SeqCst load of `sleepers` in `wake_sleepers`).
+            let ready = || self.value.load(Ordering::SeqCst) != 0;
+            if sleeper.sleep(&self.value, 0, Some(&self.sleepers), ready) == Slept::Deadline {
+                return false;
             }
-            // Dekker with `release`: SeqCst increment, then SeqCst re-check of `value` before sleeping.
-            self.sleepers.fetch_add(1, Ordering::SeqCst);
-            if self.value.load(Ordering::SeqCst) == 0 {
-                futex::wait(&self.value, 0, Some(slice));
-            }
-            self.sleepers.fetch_sub(1, Ordering::SeqCst);
             if self.try_take(me, wait) {
                 return true;
             }
         }
     }
 
-    /// Scans for dead holders if nobody did in the last [`MAX_CHECK_INTERVAL`]; at most one waiter (the
+    /// Scans for dead holders if nobody did in the last [`MAX_CHECK`]; at most one waiter (the
     /// CAS winner) scans per interval.
     fn reclaim_if_due(&self, deadline: Option<Instant>) {
         let now = proc::monotonic_ms();
         let last = self.last_scan_ms.load(Ordering::Relaxed);
-        let due = now.saturating_sub(last) >= MAX_CHECK_INTERVAL.as_millis() as u64 || last > now;
+        let due = now.saturating_sub(last) >= MAX_CHECK.as_millis() as u64 || last > now;
         if due
             && self
                 .last_scan_ms

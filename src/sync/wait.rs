@@ -1,0 +1,659 @@
+//! The waiting toolkit: how every blocked caller of the crate waits — locks, semaphores, events,
+//! conditions, barriers, the queue rings and, through them, the pool.
+//!
+//! A wait has two phases, and each has one implementation here:
+//!
+//! 1. **Spin** ([`Backoff`]): re-check the condition for a short budget of *time*, adapted per thread
+//!    from what its recent waits needed. A peer that answers within a few microseconds is caught here,
+//!    with no system call on either side.
+//! 2. **Sleep** ([`Sleeper`]): a futex sleep in slices that never pass the caller's deadline. A slice
+//!    that runs out is where a waiter checks whether the process it waits for is still alive; the slices
+//!    grow from a first check interval up to [`MAX_CHECK`], so a dead peer is noticed quickly and a
+//!    live but slow one costs few `/proc` reads.
+//!
+//! [`Waiter`] chains the two for the common case "wait until this condition holds, sleeping on that
+//! futex word". [`WaitWord`] is the queues' "something changed" word, which a notifier wakes at most once
+//! per sleep; [`StuckWatch`] tells a queue when a slot has stayed unchanged long enough to check its
+//! claimer.
+//!
+//! Why one toolkit: the two phases are where waiting goes wrong — a spin counted in iterations is far
+//! too short on one CPU and far too long on another, and a sleep whose slice ignores the deadline makes
+//! a timed call overstep it. Written once, both are right everywhere.
+//!
+//! The clock is the vDSO's `CLOCK_MONOTONIC` through [`Instant`]: ~20 ns a read on the machines this
+//! crate is measured on, cheap enough to read every few `pause`s, so the spin needs no calibration
+//! against the TSC. It is read only once a caller is blocked: no fast path ever gets here.
+
+use std::cell::Cell;
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::sys::futex;
+
+/// The longest a waiter goes between checks for a dead holder or claimer (a waiter's sleep slices grow
+/// up to this). It bounds how long a death goes unnoticed; shorter would cost more `/proc` reads for
+/// every waiter behind a live but slow holder.
+pub(crate) const MAX_CHECK: Duration = Duration::from_millis(50);
+/// The first check for a dead claimer of a queue slot happens after this much unchanged waiting.
+pub(crate) const MIN_CHECK: Duration = Duration::from_micros(500);
+
+// ---------------------------------------------------------------------------------------------------
+// Spin phase
+
+/// The longest a waiter spins before it sleeps.
+///
+/// Past this, a futex wake-up (20–80 µs on the VMs this crate is measured on) costs less than the CPU
+/// the spin burns: by the ski-rental argument, spinning about as long as a sleep costs is never more than
+/// twice as expensive as the best choice made in hindsight.
+const SPIN_MAX: Duration = Duration::from_micros(60);
+/// The shortest spin budget a thread adapts down to: enough to catch a peer that is awake and answers
+/// at once (a cross-core round trip through shared atomics is 60–360 ns here).
+const SPIN_MIN: Duration = Duration::from_micros(2);
+/// The budget a thread starts with, before it has learned anything.
+const SPIN_START: Duration = Duration::from_micros(30);
+
+/// Snoozes of one `pause` each that come first: a peer that answers within a few hundred ns (both
+/// sides awake) is caught without a clock read or a batch of pauses in between.
+const QUICK_SNOOZES: u32 = 4;
+
+/// Which of a thread's spin budgets a wait learns from and spends.
+///
+/// Waits of different kinds need very different spins, and a thread often does both: a pool worker
+/// idles on its task ring (long sleeps, which shrink the budget to [`SPIN_MIN`]) and then contends for a
+/// user's lock held for a few microseconds (which a 2 µs spin would miss, costing a futex wake-up each
+/// time). Keeping one budget per kind lets neither spoil the other.
+///
+/// The classes also differ in one step of the spin: only a [`SpinClass::Stream`] waiter yields the CPU
+/// before it sleeps (see [`Backoff`], "Why no yield, except for streams").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SpinClass {
+    /// Waiting on a stream of messages: a queue ring's consumer for messages, its producer for space.
+    Stream = 0,
+    /// Waiting for another process to hand over one event: a permit, a flag, a barrier trip, a notify.
+    /// How long it takes depends on what the peer is doing.
+    Handoff = 1,
+    /// Waiting for a lock's critical section to end: usually short, whatever the lock guards.
+    Lock = 2,
+}
+
+/// What a thread has learned about one [`SpinClass`] of waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Learned {
+    /// How long the next wait spins before it sleeps.
+    budget: Duration,
+    /// Waits in a row that the spin did not catch (they slept).
+    misses: u32,
+}
+
+impl Learned {
+    const START: Learned = Learned {
+        budget: SPIN_START,
+        misses: 0,
+    };
+
+    /// What is learned from a wait that took `needed` (from its first timed snooze to its end) and
+    /// went to sleep or not. See [`Backoff`], "Why adaptive".
+    fn after(self, needed: Duration, slept: bool) -> Learned {
+        let within_reach = (needed + needed / 2).clamp(SPIN_MIN, SPIN_MAX);
+        if !slept {
+            // Caught by the spin: spin about that long next time, tracking down as well as up.
+            return Learned {
+                budget: within_reach,
+                misses: 0,
+            };
+        }
+        let misses = self.misses.saturating_add(1);
+        // A probe on the 1st, 4th, 16th, 64th... miss in a row, if the peer answered within reach.
+        let probe = misses.is_power_of_two() && misses.trailing_zeros().is_multiple_of(2);
+        let budget = if probe && needed < SPIN_MAX * 2 {
+            within_reach
+        } else {
+            (self.budget / 2).max(SPIN_MIN)
+        };
+        Learned { budget, misses }
+    }
+}
+
+thread_local! {
+    /// What this thread has learned, one entry per [`SpinClass`] (see [`Backoff`]).
+    static LEARNED: [Cell<Learned>; 3] = const {
+        [Cell::new(Learned::START), Cell::new(Learned::START), Cell::new(Learned::START)]
+    };
+}
+
+/// The spin phase of a wait, budgeted in **time**, not in iterations.
+///
+/// # Why time
+/// A `pause` costs very different times on different CPUs (from ~10 cycles to ~140), so a spin of N
+/// pauses is ~1 µs on one VM of a kind and far shorter than a futex wake-up on another; a futex wake-up
+/// costs 20–80 µs on either. A spin counted in iterations therefore either falls asleep while the peer
+/// is about to answer — and then both sides keep waking each other through the kernel, a regime a
+/// ping-pong never leaves — or burns CPU long after it should have slept. A waiter here spins for its
+/// thread's budget, re-checking its condition after every call to [`Backoff::snooze`], then sleeps.
+///
+/// # Why no yield, except for streams
+/// A hand-off or lock waiter goes from spinning straight to its futex sleep. On a machine with other
+/// runnable work a `sched_yield` (under Linux's EEVDF scheduler) queues the waiter behind all of it,
+/// often for a whole time slice, while a futex sleeper that is woken gets back on a CPU first; on an
+/// idle machine a yield returns at once and is only a slower spin. Measured here under the load of
+/// other builds, a yield phase made semaphore and event round trips between two processes 10–40 times
+/// slower. A [`SpinClass::Stream`] waiter (a queue ring) does yield, for as long again as it spun:
+/// there, being away for a time slice is what lets messages (or free slots) pile up into a batch, and a
+/// yielding waiter has not announced itself as a sleeper, so the peer keeps putting without a
+/// `FUTEX_WAKE` per message. Without that phase the 64-byte queue throughput measured here fell by a
+/// third, from about 3.3 to 2.2 times a pipe's.
+///
+/// # Why adaptive, and per thread
+/// The right budget is "a little longer than the peer takes to answer", and only the waits themselves
+/// can tell how long that is on this machine, for this workload. When a wait ends (the `Backoff` is
+/// dropped), the budget of its [`SpinClass`] moves:
+/// - a wait **caught by the spin** sets the budget to 1.5 times what it needed, between [`SPIN_MIN`] and
+///   [`SPIN_MAX`]: a ping-pong with a peer that answers in microseconds stays in the spinning regime,
+///   and a waiter does not spin much longer than its peer needs (on two cores, spinning far past that
+///   can hold the very CPU the peer needs to answer);
+/// - a wait that **slept** mostly **halves** the budget: the spin did not pay. The peer may be idle (a
+///   consumer with nothing to do, a pool waiting for work), or the machine may be oversubscribed, in
+///   which case our spinning is what keeps the peer off a CPU, and a spin that tracked the answer time
+///   would sustain itself: both sides spinning their whole budget and then sleeping anyway (measured
+///   here under load, with no yield phase: semaphore and event round trips of 200–320 µs with a budget
+///   that tracked the answer time of waits that slept, about 10 µs with this rule). Halving rather than
+///   dropping to the minimum keeps one odd long wait from undoing what many short ones learned;
+/// - but on the 1st, 4th, 16th, … miss in a row, a wait whose peer answered within reach of a spin
+///   (under 2 × [`SPIN_MAX`]) sets the budget to 1.5 times what it needed, as if caught: a **probe**.
+///   This is how a ping-pong whose two sides both fell asleep — each answer then takes a wake-up, so no
+///   short spin ever catches one — gets back to the spinning regime, while an oversubscribed or idle
+///   waiter pays for one long spin at exponentially spaced misses only.
+///
+/// The state lives in a thread-local, not in shared memory: it is a property of this thread's
+/// workload, costs no cache-line traffic, and no other process can tamper with it (a budget read from
+/// shared memory would let a hostile peer make us spin). The first [`QUICK_SNOOZES`] snoozes are single
+/// pauses with no clock read at all, so a wait that ends at once costs nothing more than its re-checks.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    /// Snoozes so far that were a single `pause` each, before the clock is consulted at all.
+    quick: u32,
+    /// When the first timed snooze happened (`None`: the wait ended before).
+    start: Option<Instant>,
+    /// Whether this wait went to sleep.
+    slept: bool,
+    /// Which budget this wait spends and teaches.
+    class: SpinClass,
+}
+
+impl Backoff {
+    /// A spin phase for a stream ([`SpinClass::Stream`]): what the queue rings use.
+    pub(crate) fn new() -> Self {
+        Backoff::for_class(SpinClass::Stream)
+    }
+
+    /// A spin phase that spends and teaches the budget of `class`.
+    pub(crate) fn for_class(class: SpinClass) -> Self {
+        Backoff {
+            quick: 0,
+            start: None,
+            slept: false,
+            class,
+        }
+    }
+
+    /// Waits a little; returns false once it is time to sleep instead (and from then on).
+    pub(crate) fn snooze(&mut self) -> bool {
+        if self.quick < QUICK_SNOOZES {
+            self.quick += 1;
+            std::hint::spin_loop();
+            return true;
+        }
+        if self.slept {
+            // Past the budget already: no clock read for a caller that loops back here after a sleep.
+            return false;
+        }
+        let now = Instant::now();
+        let start = *self.start.get_or_insert(now);
+        let spent = now - start;
+        let budget = LEARNED.with(|l| l[self.class as usize].get().budget);
+        if spent < budget {
+            // A few pauses between clock reads (a clock read is ~20 ns through the vDSO): the caller
+            // re-checks its condition after each call, so a longer batch only adds latency.
+            for _ in 0..4 {
+                std::hint::spin_loop();
+            }
+            return true;
+        }
+        if self.class == SpinClass::Stream && spent < budget * 2 {
+            std::thread::yield_now();
+            return true;
+        }
+        self.slept = true;
+        false
+    }
+}
+
+impl Drop for Backoff {
+    fn drop(&mut self) {
+        let Some(start) = self.start else {
+            return; // never got past the quick snoozes: nothing learned
+        };
+        let needed = start.elapsed();
+        LEARNED.with(|l| {
+            let l = &l[self.class as usize];
+            l.set(l.get().after(needed, self.slept));
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Sleep phase
+
+/// How one [`Sleeper::sleep`] ended. Every outcome but `Deadline` may be spurious: look again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slept {
+    /// Woken, or the word no longer held the expected value, or the condition held once we were
+    /// registered, or a signal: look again.
+    Woken,
+    /// The slice ran out with no wake: the time to check whether the peer waited for is alive. The next
+    /// slice is twice as long (up to the maximum).
+    SliceEnded,
+    /// The deadline had passed before sleeping: give up.
+    Deadline,
+}
+
+/// The sleep phase of a wait: futex sleeps in slices, each no longer than the current check interval
+/// and never past the deadline.
+///
+/// A timed call keeps its deadline whatever the shared words say: the deadline is checked before every
+/// sleep and bounds every slice, and nothing read from shared memory sizes a slice. A slice that runs out
+/// ([`Slept::SliceEnded`]) is a waiter's cue to check the liveness of what it waits for (a lock holder,
+/// the parties of a barrier, a semaphore's holders); the interval then doubles, from its first value up
+/// to its maximum: a death is noticed within about the maximum, while a waiter behind a live holder
+/// makes a `/proc` read only every so often. A waiter with nothing to check (an event, a condition)
+/// sleeps until its deadline in one slice.
+#[derive(Debug)]
+pub(crate) struct Sleeper {
+    deadline: Option<Instant>,
+    /// The current slice, `None` for "until the deadline".
+    interval: Option<Duration>,
+    /// The longest slice the interval grows to.
+    max: Duration,
+}
+
+impl Sleeper {
+    /// Sleeps until woken or `deadline` (`None`: forever), with no liveness checks in between: it never
+    /// reports [`Slept::SliceEnded`].
+    pub(crate) fn new(deadline: Option<Instant>) -> Self {
+        Sleeper {
+            deadline,
+            interval: None,
+            max: Duration::ZERO,
+        }
+    }
+
+    /// Sleeps in slices of `first`, doubling after each slice that runs out, up to `max`.
+    pub(crate) fn checking(mut self, first: Duration, max: Duration) -> Self {
+        self.interval = Some(first.min(max));
+        self.max = max;
+        self
+    }
+
+    /// Whether the deadline has passed (a clock read; false with no deadline).
+    pub(crate) fn passed(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Sleeps on `word` while it holds `expected`, for one slice, unless the deadline has passed or
+    /// `ready()` holds once we are registered.
+    ///
+    /// `sleepers`, if given, is the count a waker reads to decide whether to make the `FUTEX_WAKE`
+    /// system call at all: it is raised (SeqCst) before `ready()` is checked and lowered after the
+    /// sleep. With the waker's SeqCst change of the state and SeqCst load of the count, that is a
+    /// Dekker pair: either the waker sees us counted and wakes us, or our `ready()` — which must read
+    /// the state with SeqCst loads — sees its change. A waiter killed while counted leaves the count
+    /// too high, which only costs wakers a needless system call.
+    pub(crate) fn sleep(
+        &mut self,
+        word: &AtomicU32,
+        expected: u32,
+        sleepers: Option<&AtomicU32>,
+        ready: impl FnOnce() -> bool,
+    ) -> Slept {
+        let slice = match self.deadline {
+            None => self.interval,
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    return Slept::Deadline;
+                }
+                let left = d - now;
+                Some(self.interval.map_or(left, |i| i.min(left)))
+            }
+        };
+        if let Some(s) = sleepers {
+            s.fetch_add(1, Ordering::SeqCst);
+        }
+        let outcome = if ready() {
+            futex::WaitOutcome::ValueChanged
+        } else {
+            futex::wait(word, expected, slice)
+        };
+        if let Some(s) = sleepers {
+            s.fetch_sub(1, Ordering::SeqCst);
+        }
+        match (outcome, self.interval) {
+            (futex::WaitOutcome::TimedOut, Some(i)) => {
+                self.interval = Some((i * 2).min(self.max));
+                Slept::SliceEnded
+            }
+            // With no checks, a sleep times out only at the deadline, which the next call reports.
+            _ => Slept::Woken,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Both phases
+
+/// How [`Waiter::wait_until`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// The condition held.
+    Ready,
+    /// A sleep slice ran out: check the liveness of what is waited for, then call again.
+    SliceEnded,
+    /// The deadline passed with the condition still false.
+    Deadline,
+}
+
+/// A whole wait: the spin phase ([`Backoff`]), then the sleep phase ([`Sleeper`]).
+///
+/// One `Waiter` serves one blocking call: its spin budget is spent once (a call that loops back after a
+/// [`Wake::SliceEnded`] goes straight back to sleep), and its sleep interval keeps growing across calls.
+#[derive(Debug)]
+pub(crate) struct Waiter {
+    backoff: Backoff,
+    sleeper: Sleeper,
+}
+
+impl Waiter {
+    /// A hand-off wait that ends by `deadline` (`None`: never), sleeping with no liveness checks: it
+    /// never reports [`Wake::SliceEnded`].
+    pub(crate) fn new(deadline: Option<Instant>) -> Self {
+        Waiter {
+            backoff: Backoff::for_class(SpinClass::Handoff),
+            sleeper: Sleeper::new(deadline),
+        }
+    }
+
+    /// Sleeps in slices growing from `first` to `max` (see [`Sleeper::checking`]).
+    pub(crate) fn checking(mut self, first: Duration, max: Duration) -> Self {
+        self.sleeper = self.sleeper.checking(first, max);
+        self
+    }
+
+    /// Waits until `ready()` holds, a sleep slice runs out, or the deadline passes; sleeps on `word`
+    /// while it holds `expected`, counted in `sleepers` if given (see [`Sleeper::sleep`]).
+    ///
+    /// `ready()` must read the state with SeqCst loads (it doubles as the sleeper's re-check), and must
+    /// hold whenever `word` differs from `expected`: otherwise a changed word would make every sleep
+    /// return at once, and this would spin until the deadline.
+    pub(crate) fn wait_until(
+        &mut self,
+        mut ready: impl FnMut() -> bool,
+        word: &AtomicU32,
+        expected: u32,
+        sleepers: Option<&AtomicU32>,
+    ) -> Wake {
+        loop {
+            if ready() {
+                return Wake::Ready;
+            }
+            if self.backoff.snooze() {
+                continue;
+            }
+            match self.sleeper.sleep(word, expected, sleepers, &mut ready) {
+                Slept::Woken => {}
+                Slept::SliceEnded => return Wake::SliceEnded,
+                Slept::Deadline => return Wake::Deadline,
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Queue helpers
+
+/// Bit 0 of [`WaitWord::seq`]: somebody sleeps, or is about to, on the current value.
+const WAITING: u32 = 1;
+
+/// A futex "something changed" word. Sleepers set [`WAITING`] and sleep on the word's value; a notifier
+/// that sees the bit clears it (by bumping the counter) and makes the one `FUTEX_WAKE` that wakes them
+/// all. Every other notify, including all of those while the woken side is still getting up, is a
+/// fence and a load: no system call. (A needless wake costs ~330 ns here; a woken futex waiter takes
+/// 40–50 µs to run, and notifying on every message during that window used to collapse throughput.)
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct WaitWord {
+    seq: AtomicU32,
+    _pad: AtomicU32,
+}
+
+// Lives in shared memory: a layout change must be a compile error, not a type-hash mismatch at run time.
+const _: () = assert!(std::mem::size_of::<WaitWord>() == 8);
+const _: () = assert!(std::mem::align_of::<WaitWord>() == 4);
+
+impl WaitWord {
+    /// Wakes the sleepers, if any.
+    ///
+    /// The caller must have made its state change with a **SeqCst read-modify-write** (every caller
+    /// publishes with a SeqCst compare-and-swap). That RMW and the SeqCst load here, against the sleeper's
+    /// SeqCst RMW of this word and its SeqCst re-check of the state, form a Dekker pair in the single
+    /// total order of SeqCst operations: either we see [`WAITING`], or the sleeper's re-check sees the
+    /// change. On x86 the RMW is the `lock cmpxchg` the publish needs anyway and the load is a plain
+    /// `mov`: the notify costs no fence (a separate `mfence` here cost a good part of a 64-byte message).
+    #[inline]
+    pub(crate) fn notify(&self) {
+        let s = self.seq.load(Ordering::SeqCst);
+        // s is odd: s + 1 clears the bit and moves the value the sleepers wait on.
+        if s & WAITING != 0
+            && self
+                .seq
+                .compare_exchange(s, s.wrapping_add(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            futex::wake_all(&self.seq);
+        }
+    }
+
+    /// Wakes every sleeper unconditionally (closing a queue).
+    pub(crate) fn wake_everyone(&self) {
+        // +2 keeps the bit as it is and changes the value, so a sleeper about to sleep returns at once.
+        self.seq.fetch_add(2, Ordering::SeqCst);
+        futex::wake_all(&self.seq);
+    }
+
+    /// Sleeps until notified, until `slice` passes, or not at all if `ready()` holds once we are
+    /// registered. Every return may be spurious; the caller re-checks.
+    pub(crate) fn sleep(&self, slice: Duration, ready: impl Fn() -> bool) {
+        let mut s = self.seq.load(Ordering::Relaxed);
+        if s & WAITING == 0 {
+            match self
+                .seq
+                .compare_exchange(s, s | WAITING, Ordering::SeqCst, Ordering::Relaxed)
+            {
+                Ok(_) => s |= WAITING,
+                // Changed under us: a notify happened; let the caller look again.
+                Err(_) => return,
+            }
+        } else {
+            fence(Ordering::SeqCst);
+        }
+        // `ready` must read the state with SeqCst loads (see `notify`).
+        if !ready() {
+            futex::wait(&self.seq, s, Some(slice));
+        }
+    }
+}
+
+/// Tells when the slot a caller waits on has stayed in the same state long enough to check whether its
+/// claimer died. Measured by the clock, not by our own sleep timeouts: other traffic may keep waking us
+/// early, and a dead claimer must still be noticed.
+#[derive(Debug)]
+pub(crate) struct StuckWatch {
+    key: Option<(u64, u64, Instant)>,
+    /// How long the state must stay unchanged before the next check: from [`MIN_CHECK`], doubling after
+    /// each check up to [`MAX_CHECK`].
+    pub(crate) interval: Duration,
+}
+
+impl StuckWatch {
+    /// Reads no clock: a put or get that never has to wait should not pay for one.
+    pub(crate) fn new() -> Self {
+        StuckWatch {
+            key: None,
+            interval: MIN_CHECK,
+        }
+    }
+
+    /// Whether (`pos`, `state`) has been seen unchanged for the current interval; backs off after each yes.
+    pub(crate) fn due(&mut self, pos: u64, state: u64) -> bool {
+        let now = Instant::now();
+        match self.key {
+            Some((p, s, since)) if (p, s) == (pos, state) => {
+                if now.duration_since(since) < self.interval {
+                    return false;
+                }
+                self.key = Some((pos, state, now));
+                self.interval = (self.interval * 2).min(MAX_CHECK);
+                true
+            }
+            _ => {
+                self.key = Some((pos, state, now));
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn learned(budget: Duration, misses: u32) -> Learned {
+        Learned { budget, misses }
+    }
+
+    #[test]
+    fn budget_tracks_caught_waits_within_bounds() {
+        let us = Duration::from_micros;
+        // 1.5 times what the wait needed, clamped; a catch ends a streak of misses.
+        assert_eq!(learned(us(30), 3).after(us(10), false), learned(us(15), 0));
+        assert_eq!(
+            learned(us(30), 0).after(Duration::ZERO, false).budget,
+            SPIN_MIN
+        );
+        assert_eq!(learned(us(30), 0).after(us(100), false).budget, SPIN_MAX);
+    }
+
+    #[test]
+    fn misses_halve_the_budget_but_probe_at_spaced_misses() {
+        let us = Duration::from_micros;
+        // The first miss after a catch probes: the peer answered within reach.
+        assert_eq!(learned(us(4), 0).after(us(50), true), learned(us(60), 1));
+        // The next misses halve, down to the minimum...
+        let mut l = learned(us(60), 1);
+        let mut budgets = Vec::new();
+        for _ in 0..14 {
+            l = l.after(us(50), true);
+            budgets.push(l.budget);
+        }
+        assert_eq!(&budgets[..2], &[us(30), us(15)]);
+        // ... except on the 4th miss in a row (and the 16th, 64th...).
+        assert_eq!(budgets[2], SPIN_MAX);
+        assert_eq!(budgets[13], SPIN_MIN);
+        assert!(budgets[3..].iter().all(|b| *b < SPIN_MAX));
+        // A miss that needed a long sleep (an idle peer) never probes.
+        assert_eq!(learned(us(8), 0).after(us(5_000), true), learned(us(4), 1));
+    }
+
+    #[test]
+    fn backoff_gives_up_and_stays_given_up() {
+        for class in [SpinClass::Stream, SpinClass::Handoff, SpinClass::Lock] {
+            let mut b = Backoff::for_class(class);
+            // Ends: the budget is at most SPIN_MAX (then as long again yielding, for a stream).
+            while b.snooze() {}
+            assert!(!b.snooze());
+            drop(b);
+            let l = LEARNED.with(|l| l[class as usize].get());
+            assert!((SPIN_MIN..=SPIN_MAX).contains(&l.budget));
+            assert_eq!(l.misses, 1, "{class:?}");
+        }
+    }
+
+    #[test]
+    fn sleeper_keeps_a_passed_deadline_without_sleeping() {
+        let w = AtomicU32::new(0);
+        let mut s = Sleeper::new(Some(Instant::now())).checking(MAX_CHECK, MAX_CHECK);
+        assert!(s.passed());
+        assert_eq!(s.sleep(&w, 0, None, || false), Slept::Deadline);
+    }
+
+    #[test]
+    fn sleeper_slices_end_and_grow_to_the_maximum() {
+        let w = AtomicU32::new(0);
+        let ms = Duration::from_millis;
+        let mut s = Sleeper::new(None).checking(ms(1), ms(4));
+        for want in [ms(2), ms(4), ms(4)] {
+            // A spurious wake-up may end a slice early: sleep until one runs out.
+            while s.sleep(&w, 0, None, || false) != Slept::SliceEnded {}
+            assert_eq!(s.interval, Some(want));
+        }
+    }
+
+    #[test]
+    fn sleeper_does_not_sleep_when_ready_or_changed() {
+        let w = AtomicU32::new(1);
+        let sleepers = AtomicU32::new(0);
+        let mut s = Sleeper::new(None);
+        // The word no longer holds 0: the kernel refuses to sleep.
+        assert_eq!(s.sleep(&w, 0, Some(&sleepers), || false), Slept::Woken);
+        // Ready once counted: no sleep at all, and the count is back.
+        assert_eq!(s.sleep(&w, 1, Some(&sleepers), || true), Slept::Woken);
+        assert_eq!(sleepers.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn waiter_sees_a_change_made_by_another_thread() {
+        let word = Arc::new(AtomicU32::new(0));
+        let sleepers = Arc::new(AtomicU32::new(0));
+        let (w2, s2) = (word.clone(), sleepers.clone());
+        let waker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5));
+            // The waker's side of the Dekker pair (see `Sleeper::sleep`).
+            w2.store(1, Ordering::SeqCst);
+            if s2.load(Ordering::SeqCst) != 0 {
+                futex::wake_all(&w2);
+            }
+        });
+        let mut w = Waiter::new(Some(Instant::now() + Duration::from_secs(60)));
+        let ready = || word.load(Ordering::SeqCst) != 0;
+        assert_eq!(w.wait_until(ready, &word, 0, Some(&sleepers)), Wake::Ready);
+        waker.join().unwrap();
+    }
+
+    #[test]
+    fn waiter_returns_at_its_deadline() {
+        let word = AtomicU32::new(0);
+        let deadline = Instant::now() + Duration::from_millis(20);
+        let mut w = Waiter::new(Some(deadline));
+        assert_eq!(w.wait_until(|| false, &word, 0, None), Wake::Deadline);
+        assert!(Instant::now() >= deadline);
+    }
+
+    #[test]
+    fn waiter_reports_slices_for_liveness_checks() {
+        let word = AtomicU32::new(0);
+        let ms = Duration::from_millis;
+        let mut w =
+            Waiter::new(Some(Instant::now() + Duration::from_secs(60))).checking(ms(1), ms(2));
+        assert_eq!(w.wait_until(|| false, &word, 0, None), Wake::SliceEnded);
+    }
+}
