@@ -437,3 +437,34 @@ fn containers_travel_as_handles() {
     ));
     assert_eq!(m.names().unwrap().len(), 5, "decoding created nothing");
 }
+
+/// The state a grower killed part-way leaves, made deterministically: the file extended and the new end
+/// journaled, but never committed (a panic leaves the journal as a death does). The next transaction
+/// rolls the end back; the longer file is harmless, and the next grow reuses its pages.
+#[test]
+fn a_grow_cut_short_is_rolled_back() {
+    let m = Manager::anonymous(0).unwrap();
+    let l = m.list::<u64>("l").unwrap();
+    l.push(&1).unwrap();
+    let (end, _) = m.heap.size().unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        m.heap.transact(|tx| {
+            tx.alloc(end)?; // more than the heap holds: it grows
+            panic!("killed in the middle of a grow");
+            #[allow(unreachable_code)]
+            Ok(())
+        })
+    }));
+    assert!(r.is_err());
+    let file = m.heap.region().file().metadata().unwrap().len();
+    let other = Manager::from_handle(&m.handle()).unwrap();
+    assert_eq!(other.heap.size().unwrap().0, end, "the end is rolled back");
+    assert!(file > end + 128, "the file was extended ({file} bytes)");
+    assert_eq!(l.to_vec().unwrap(), [1]);
+    // Growing again uses the pages already there, and everything is still whole.
+    let big = other.list::<Vec<u8>>("big").unwrap();
+    big.push(&vec![3u8; end as usize]).unwrap();
+    assert!(m.size().unwrap() as u64 > end);
+    assert_eq!(l.to_vec().unwrap(), [1]);
+    assert_eq!(big.get(0).unwrap().map(|b| b.len()), Some(end as usize));
+}
