@@ -616,31 +616,8 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Review R4: `rebuild`'s probe for an empty slot spun forever when another process filled the
-    /// fresh table; it now gives up after `cap` slots.
-    #[test]
-    fn probing_a_full_table_ends() {
-        let m = crate::Manager::anonymous(1 << 20).unwrap();
-        let d = m.dict::<u8, u8>("d").unwrap();
-        let (table, cap) = d
-            .heap
-            .transact(|tx| Ok((tx.get(d.obj + TABLE)?, tx.get(d.obj + CAP)?)))
-            .unwrap();
-        let r = d.heap.transact(|tx| {
-            for i in 0..cap {
-                tx.set(at(table, i, 16)?, 6)?;
-            }
-            let found = free_slot(tx.heap(), table, cap, 6);
-            Err::<(), _>(found.err().unwrap_or(Error::Timeout))
-        });
-        assert!(matches!(r, Err(Error::Corrupted(_))), "{r:?}");
-        assert_eq!(d.len().unwrap(), 0, "the scribble was rolled back");
-    }
-}
+/// A change `DictEntry::and_modify` queues for a present value.
+type Modify<'d, V> = Box<dyn FnOnce(&mut V) + 'd>;
 
 /// The entry of one key of a [`Dict`], made by [`Dict::entry`]. It does nothing until a terminal call
 /// ([`or_insert`](DictEntry::or_insert), [`or_insert_with`](DictEntry::or_insert_with),
@@ -650,7 +627,7 @@ pub struct DictEntry<'d, K, V, C = Serde> {
     dict: &'d Dict<K, V, C>,
     /// The encoded key (an encoding error is reported by the terminal call).
     key: Result<Vec<u8>>,
-    modify: Option<Box<dyn FnOnce(&mut V) + 'd>>,
+    modify: Option<Modify<'d, V>>,
 }
 
 impl<K, V, C> std::fmt::Debug for DictEntry<'_, K, V, C> {
@@ -765,5 +742,31 @@ impl<'d, K, V, C: Codec<K> + Codec<V>> DictEntry<'d, K, V, C> {
             }
             Ok(value)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review R4: `rebuild`'s probe for an empty slot spun forever when another process filled the
+    /// fresh table; it now gives up after `cap` slots.
+    #[test]
+    fn probing_a_full_table_ends() {
+        let m = crate::Manager::anonymous(1 << 20).unwrap();
+        let d = m.dict::<u8, u8>("d").unwrap();
+        let (table, cap) = d
+            .heap
+            .transact(|tx| Ok((tx.get(d.obj + TABLE)?, tx.get(d.obj + CAP)?)))
+            .unwrap();
+        let r = d.heap.transact(|tx| {
+            for i in 0..cap {
+                tx.set(at(table, i, 16)?, 6)?;
+            }
+            let found = free_slot(tx.heap(), table, cap, 6);
+            Err::<(), _>(found.err().unwrap_or(Error::Timeout))
+        });
+        assert!(matches!(r, Err(Error::Corrupted(_))), "{r:?}");
+        assert_eq!(d.len().unwrap(), 0, "the scribble was rolled back");
     }
 }
