@@ -288,7 +288,8 @@ impl<'a> HeapRef<'a> {
         }
         // SAFETY: [off, off + 8) lies inside the payload of a live mapping (checked above against its
         // length), off is 8-aligned and the payload starts 128 bytes into a page-aligned mapping; an
-        // AtomicU64 accepts any bits. The mapping outlives 'a (the JournaledHeap owns the Region).
+        // AtomicU64 accepts any bits. The mapping outlives 'a: the JournaledHeap owns the Region and
+        // every later mapping, and unmaps none before it is dropped.
         Ok(unsafe { &*(self.base.add(off as usize) as *const AtomicU64) })
     }
 
