@@ -13,6 +13,7 @@ mod hostile;
 mod locks;
 mod manager;
 mod manager_faults;
+mod manager_grow;
 mod pool;
 mod pool_faults;
 mod process;
@@ -39,6 +40,7 @@ fn main() {
         locks::ROLES,
         manager::ROLES,
         manager_faults::ROLES,
+        manager_grow::ROLES,
         examples::ROLES,
         examples_run::ROLES,
         forkserver::ROLES,
@@ -64,6 +66,7 @@ fn main() {
     trials.extend(locks::tests());
     trials.extend(manager::tests());
     trials.extend(manager_faults::tests());
+    trials.extend(manager_grow::tests());
     trials.extend(examples::tests());
     trials.extend(examples_run::tests());
     trials.extend(forkserver::tests());

@@ -26,7 +26,7 @@ const KILL_ROUNDS: u64 = 100;
 const KEYS: u64 = 300;
 /// Pushes a churner makes per round at most (then it keeps inserting and removing).
 const PUSHES_PER_ROUND: u64 = 400;
-/// Size of the kill storm's manager.
+/// Size (and hard cap) of the kill storm's manager.
 const STORM_SIZE: usize = 4 << 20;
 
 /// Heap layout (src/manager/heap.rs), as payload offsets.
@@ -273,7 +273,13 @@ fn kill_storm() {
     let seed = common::seed();
     let mut rng = seed;
     let name = common::unique_name("mgr-storm");
-    let m = Manager::create(&name, STORM_SIZE).expect("create manager");
+    // A hard cap: the fills below run until `OutOfMemory` (kills in the middle of growth are in
+    // manager_grow.rs).
+    let m = Manager::builder()
+        .initial_size(STORM_SIZE)
+        .max_size(STORM_SIZE)
+        .create(&name)
+        .expect("create manager");
     m.dict::<String, u64>("d").expect("dict");
     m.list::<u64>("l").expect("list");
     let (mut last_len, mut last_n) = (0, 0);
@@ -312,7 +318,11 @@ fn kill_storm() {
 /// The same fill/clear/fill on a fresh heap, no kills: an insert that fails with `OutOfMemory` half-way
 /// (after it took blocks from a free list, or freed the dict's old table) must change nothing.
 fn oom_rollback_keeps_heap_consistent() {
-    let m = Manager::anonymous(256 << 10).expect("anonymous manager");
+    let m = Manager::builder()
+        .initial_size(256 << 10)
+        .max_size(256 << 10)
+        .anonymous()
+        .expect("anonymous manager");
     let r = bounded("fill, clear, fill", BOUND, move || {
         // A list that grows and shrinks first, so that the free lists are not empty when the fills run.
         let l = m.list::<u64>("l").map_err(|e| format!("{e:?}"))?;
@@ -333,8 +343,11 @@ fn oom_rollback_keeps_heap_consistent() {
 /// next pointers the new blobs overwrite) and, when the list grows, frees the old item array (whose
 /// first word the free-list link overwrites): the rollback must undo both.
 fn extend_oom_changes_nothing() {
-    // The smallest heap: its arena is a few KiB.
-    let m = Manager::anonymous(0).expect("anonymous manager");
+    // The smallest heap, which may not grow: its arena is a few KiB.
+    let m = Manager::builder()
+        .max_size(0)
+        .anonymous()
+        .expect("anonymous manager");
     let l = m.pod_list::<u64>("l").unwrap();
     for i in 0..6u64 {
         l.push(&i).unwrap();

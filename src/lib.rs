@@ -106,7 +106,7 @@ pub(crate) mod sys;
 
 pub use error::{Error, FileProblem, LockResult, OwnerDied, Result, TryLockError};
 pub use heap::{Grid, GridMut, SharedArray};
-pub use manager::{Dict, List, ManagedValue, Manager, Namespace};
+pub use manager::{Dict, DictEntry, List, ManagedValue, Manager, ManagerBuilder, Namespace};
 pub use parallel::{delayed, Parallel};
 pub use pool::{AsyncResult, Pool, PoolBuilder};
 pub use process::{init, Builder as ProcessBuilder, Process, StartMethod};

@@ -40,9 +40,32 @@ type KeyValue<K, V> = fn(K, V) -> (K, V);
 /// Every operation runs under the heap's robust lock as one transaction: a process killed in the
 /// middle of `insert` leaves the dict as it was before (see the heap docs). Keys and values are encoded
 /// with `C`: [`Serde`] by default, or [`Raw`](crate::codec::Raw) for `Pod` types, stored inline as bytes.
+///
+/// A dict passes to a child process as an argument (it serializes as its manager's handle and its
+/// name; the child re-opens both):
+///
+/// ```
+/// use mproc::{Dict, Process};
+///
+/// fn count(words: Dict<String, u64>) {
+///     for w in ["tea", "tea", "cake"] {
+///         words.update(&w.to_string(), |n| n.unwrap_or(0) + 1).unwrap();
+///     }
+/// }
+///
+/// let m = mproc::Manager::new()?;
+/// let words = m.dict::<String, u64>("words")?;
+/// let mut child = Process::new(count, words.clone())?;
+/// child.start()?;
+/// child.join()?;
+/// assert_eq!(words.get("tea")?, Some(2));
+/// # Ok::<(), mproc::Error>(())
+/// ```
 pub struct Dict<K, V, C = Serde> {
     heap: Arc<JournaledHeap>,
     obj: u64,
+    /// The name in the manager's directory (what the dict serializes as, with the manager's handle).
+    name: Arc<str>,
     _t: PhantomData<KeyValue<K, V>>,
     _c: PhantomData<C>,
 }
@@ -52,6 +75,7 @@ impl<K, V, C> Clone for Dict<K, V, C> {
         Dict {
             heap: self.heap.clone(),
             obj: self.obj,
+            name: self.name.clone(),
             _t: PhantomData,
             _c: PhantomData,
         }
@@ -61,8 +85,21 @@ impl<K, V, C> Clone for Dict<K, V, C> {
 impl<K, V, C> std::fmt::Debug for Dict<K, V, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dict")
+            .field("name", &self.name)
             .field("offset", &self.obj)
             .finish_non_exhaustive()
+    }
+}
+
+impl<K, V, C> Dict<K, V, C> {
+    /// The name of the dict in its manager.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A handle to the dict's manager.
+    pub(crate) fn manager_handle(&self) -> crate::RegionHandle {
+        self.heap.region().handle()
     }
 }
 
@@ -161,10 +198,11 @@ fn entry_bytes(key: &[u8], value: &[u8]) -> Vec<u8> {
 }
 
 impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
-    pub(crate) fn attach(heap: Arc<JournaledHeap>, obj: u64) -> Self {
+    pub(crate) fn attach(heap: Arc<JournaledHeap>, obj: u64, name: &str) -> Self {
         Dict {
             heap,
             obj,
+            name: name.into(),
             _t: PhantomData,
             _c: PhantomData,
         }
@@ -442,6 +480,34 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
         })
     }
 
+    /// The entry of `key` (or a borrowed form of it, see [`get`](Dict::get)), for a read-modify-write
+    /// in one transaction, as `HashMap::entry`: `and_modify` changes a present value, `or_insert` and
+    /// its kin supply an absent one, and the terminal call runs it all under the dict's lock, so no
+    /// other process changes the value in between. Returns the value as it is afterwards.
+    ///
+    /// # Examples
+    /// ```
+    /// let m = mproc::Manager::new()?;
+    /// let stock = m.dict::<String, u32>("stock")?;
+    /// assert_eq!(stock.entry("pens").and_modify(|n| *n += 5).or_insert(10)?, 10);
+    /// assert_eq!(stock.entry("pens").and_modify(|n| *n += 5).or_insert(10)?, 15);
+    /// assert_eq!(stock.entry("ink").or_default()?, 0);
+    /// assert_eq!(stock.entry("pens").or_insert_with(|| unreachable!())?, 15);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn entry<'d, Q>(&'d self, key: &Q) -> DictEntry<'d, K, V, C>
+    where
+        K: Borrow<Q>,
+        Q: ?Sized,
+        C: KeyCodec<Q>,
+    {
+        DictEntry {
+            dict: self,
+            key: <C as KeyCodec<Q>>::with_key_bytes(key, <[u8]>::to_vec),
+            modify: None,
+        }
+    }
+
     /// The number of entries.
     ///
     /// # Errors
@@ -547,6 +613,135 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
         })?;
         // Starting a transaction finishes a detached table's freeing; this one has nothing else to do.
         self.heap.transact(|_| Ok(()))
+    }
+}
+
+/// A change `DictEntry::and_modify` queues for a present value.
+type Modify<'d, V> = Box<dyn FnOnce(&mut V) + 'd>;
+
+/// The entry of one key of a [`Dict`], made by [`Dict::entry`]. It does nothing until a terminal call
+/// ([`or_insert`](DictEntry::or_insert), [`or_insert_with`](DictEntry::or_insert_with),
+/// [`or_default`](DictEntry::or_default)) runs it as one transaction.
+#[must_use = "an entry does nothing until or_insert, or_insert_with or or_default runs it"]
+pub struct DictEntry<'d, K, V, C = Serde> {
+    dict: &'d Dict<K, V, C>,
+    /// The encoded key (an encoding error is reported by the terminal call).
+    key: Result<Vec<u8>>,
+    modify: Option<Modify<'d, V>>,
+}
+
+impl<K, V, C> std::fmt::Debug for DictEntry<'_, K, V, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DictEntry")
+            .field("dict", &self.dict)
+            .field("modify", &self.modify.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'d, K, V, C: Codec<K> + Codec<V>> DictEntry<'d, K, V, C> {
+    /// Changes the value if the key is present (after any earlier `and_modify`), when the entry runs.
+    ///
+    /// # Examples
+    /// ```
+    /// let m = mproc::Manager::new()?;
+    /// let d = m.pod_dict::<u32, u64>("hits")?;
+    /// d.insert(&7, &1)?;
+    /// assert_eq!(d.entry(&7).and_modify(|n| *n *= 10).or_insert(0)?, 10);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn and_modify(mut self, f: impl FnOnce(&mut V) + 'd) -> Self {
+        self.modify = Some(match self.modify.take() {
+            None => Box::new(f),
+            Some(first) => Box::new(move |v: &mut V| {
+                first(v);
+                f(v);
+            }),
+        });
+        self
+    }
+
+    /// Runs the entry: modifies a present value, or inserts `default`; returns the value now stored.
+    ///
+    /// # Examples
+    /// ```
+    /// let m = mproc::Manager::new()?;
+    /// let d = m.dict::<String, Vec<String>>("groups")?;
+    /// d.entry("a").and_modify(|v| v.push("x".into())).or_insert(vec!["first".into()])?;
+    /// let now = d.entry("a").and_modify(|v| v.push("y".into())).or_insert(vec![])?;
+    /// assert_eq!(now, ["first", "y"]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Dict::get`] and [`Dict::insert`]; the dict is unchanged then.
+    pub fn or_insert(self, default: V) -> Result<V> {
+        self.run(move || default)
+    }
+
+    /// As [`or_insert`](DictEntry::or_insert), computing the value to insert only if the key is absent.
+    ///
+    /// # Examples
+    /// ```
+    /// let m = mproc::Manager::new()?;
+    /// let d = m.dict::<String, String>("names")?;
+    /// assert_eq!(d.entry("ada").or_insert_with(|| "Lovelace".into())?, "Lovelace");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`or_insert`](DictEntry::or_insert).
+    pub fn or_insert_with(self, default: impl FnOnce() -> V) -> Result<V> {
+        self.run(default)
+    }
+
+    /// As [`or_insert`](DictEntry::or_insert) with `V::default()`.
+    ///
+    /// # Examples
+    /// ```
+    /// let m = mproc::Manager::new()?;
+    /// let d = m.dict::<String, u64>("counts")?;
+    /// d.entry("x").and_modify(|n| *n += 1).or_default()?;
+    /// assert_eq!(d.entry("x").and_modify(|n| *n += 1).or_default()?, 1);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`or_insert`](DictEntry::or_insert).
+    pub fn or_default(self) -> Result<V>
+    where
+        V: Default,
+    {
+        self.run(V::default)
+    }
+
+    /// The whole read-modify-write, in one transaction: nothing is written if a present value has no
+    /// `and_modify` to apply.
+    fn run(self, default: impl FnOnce() -> V) -> Result<V> {
+        let k = self.key?;
+        let obj = self.dict.obj;
+        let modify = self.modify;
+        self.dict.heap.transact(|tx| {
+            let h = tx.heap();
+            let (cap, table) = (h.get(obj + CAP)?, h.get(obj + TABLE)?);
+            let (value, write) = match find(h, table, cap, &k, tag_of(&k))? {
+                Ok(i) => {
+                    let e = h.get(at(table, i, 16)? + 8)?;
+                    let mut v = with_value(h, e, <C as Codec<V>>::decode)??;
+                    let write = modify.is_some();
+                    if let Some(f) = modify {
+                        f(&mut v);
+                    }
+                    (v, write)
+                }
+                Err(_) => (default(), true),
+            };
+            if write {
+                let bytes = <C as Codec<V>>::with_bytes(&value, <[u8]>::to_vec)?;
+                Dict::<K, V, C>::put(tx, obj, &k, &bytes, false)?;
+            }
+            Ok(value)
+        })
     }
 }
 

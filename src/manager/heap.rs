@@ -1,4 +1,4 @@
-//! The managed heap: an allocator and a directory in one shared region, changed only inside
+//! The managed heap: an allocator and a directory in one shared region that grows, changed only inside
 //! transactions that survive the death of the process running them.
 //!
 //! # Layout (offsets from the payload start; every word is an `AtomicU64`)
@@ -7,6 +7,8 @@
 //! |---------------------|----------------------------------------------------------------------|
 //! | 0                   | [`RawLock`] (16 bytes) guarding everything below                      |
 //! | 16                  | journal length, bump pointer, arena end, then one free-list head per size class |
+//! | 448                 | a dict table being freed by `Dict::clear` and its capacity            |
+//! | [`MAX_END`]         | the limit the arena end may grow to                                   |
 //! | [`JOURNAL`]         | the undo journal: `JOURNAL_CAP` pairs (offset, old value)            |
 //! | [`DIRECTORY`]       | `DIR_CAP` directory entries of [`DIR_WORDS`] words                    |
 //! | [`ARENA`]           | blocks: one header word (size class) then the payload                |
@@ -24,18 +26,40 @@
 //! Power-of-two size classes from 32 bytes, each with a free list (the next pointer lives in the freed
 //! block), and a bump pointer for fresh space. Freed blocks are reused by later allocations of the same
 //! class; blocks are not split or merged, so internal fragmentation is up to half a block, and memory
-//! freed in one class is not available to another. When the arena is exhausted, allocation fails with
-//! [`Error::OutOfMemory`]: the heap never grows past its size and never corrupts itself.
+//! freed in one class is not available to another.
+//!
+//! # Growth
+//! The heap is one file (a memfd sealed against shrinking only, or a `/dev/shm` file) whose payload
+//! offsets are heap offsets, and the arena end word says how much of it the heap uses. When the bump
+//! pointer would pass the end, the allocating transaction grows the heap: it extends the file with
+//! `fallocate` (pages allocated now, so a full `/dev/shm` is an [`Error::OutOfMemory`] here rather than
+//! a SIGBUS later), maps the whole file anew, and only then changes the end word, journaled like any
+//! other. The new end is about twice the old one (in whole pages), capped by the limit word; if the
+//! system refuses that much, exactly what the allocation needs is tried. A process killed part-way
+//! leaves either the old end (the file is longer than it says, which is harmless: the next grow reuses
+//! the pages) or, once committed, the new one. Growing creates no new file, so nothing can leak in
+//! `/dev/shm` whatever dies when; the one file goes as it did before (unlinked by its creator, or freed
+//! with its last descriptor).
+//!
+//! Every other process learns of growth at the start of its next transaction, under the lock: if the end
+//! word passes what it has mapped, it checks the word against the file's real size (a larger word is
+//! [`Error::Corrupted`]: an honest grower extends the file first) and [`HEAP_LIMIT`], and maps the whole
+//! file again. Old mappings are kept until the heap is dropped, since references into them live as long as
+//! the transaction that made them: with doubling, all of a process's mappings add up to at most about
+//! twice the heap's size in address space (not memory: they share the same pages).
+//! When the limit is reached, allocation fails with [`Error::OutOfMemory`] and the heap is unchanged.
 //!
 //! # Garbage
 //! Every offset and length read from the heap is checked against the region before use; a bad one is
 //! [`Error::Corrupted`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
-use crate::region::Region;
+use crate::region::{Region, PAYLOAD_OFFSET};
 use crate::sync::raw_lock::{Acquired, Nesting, RawLock};
+use crate::sys::shm;
 
 const W: u64 = 8;
 /// Journal length word.
@@ -47,6 +71,12 @@ const FREE: u64 = 40;
 /// A dict table detached by `Dict::clear` whose entries are still to be freed (0: none), and its capacity.
 const PENDING_TABLE: u64 = 448;
 const PENDING_CAP: u64 = 456;
+/// The limit of the arena end word (bytes of payload), set at creation: growth stops there.
+pub(crate) const MAX_END: u64 = 464;
+/// No heap grows past 1 TiB of payload (the largest size class), whatever its limit word says.
+pub(crate) const HEAP_LIMIT: u64 = 1 << MAX_CLASS;
+/// Growth rounds the file up to whole pages.
+const PAGE: u64 = 4096;
 const MIN_CLASS: u32 = 5;
 const MAX_CLASS: u32 = 40;
 const JOURNAL: u64 = 512;
@@ -59,7 +89,7 @@ pub(crate) const DIR_CAP: u64 = 256;
 pub(crate) const ARENA: u64 = DIRECTORY + DIR_CAP * DIR_WORDS * W;
 
 const _: () = assert!(FREE + (MAX_CLASS - MIN_CLASS + 1) as u64 * W <= PENDING_TABLE);
-const _: () = assert!(PENDING_CAP + W <= JOURNAL);
+const _: () = assert!(PENDING_CAP + W <= MAX_END && MAX_END + W <= JOURNAL);
 
 /// `base + i * size` for an element of an array in the heap, or `Corrupted` if that overflows or lands
 /// beyond any heap (2^62): `base` and `i` may come from garbage in shared memory, and arithmetic on them
@@ -75,11 +105,18 @@ pub(crate) fn at(base: u64, i: u64, size: u64) -> Result<u64> {
         })
 }
 
-/// A view of a managed heap region: checked word access and the lock.
+/// A view of a managed heap region: checked word access, the lock, and the mappings of its growth.
 #[derive(Debug)]
 pub(crate) struct JournaledHeap {
     region: Region,
-    len: u64,
+    /// Mappings of the whole file made each time this process found the heap larger than it had
+    /// mapped (see "Growth" in the module docs). Never unmapped before the heap is dropped: references
+    /// into them may live until the end of the transaction that made them.
+    grown: Mutex<Vec<shm::Mapping>>,
+    /// Payload start and length of the largest mapping (the region's own at first). Changed only by a
+    /// thread holding the heap's lock, and read only by one: the lock orders them between threads.
+    base: AtomicPtr<u8>,
+    len: AtomicU64,
 }
 
 impl JournaledHeap {
@@ -87,11 +124,14 @@ impl JournaledHeap {
         ARENA as usize + 4096
     }
 
-    /// Sets up a fresh, zeroed region (before it is published).
-    pub(crate) fn init(region: &Region) -> Result<()> {
+    /// Sets up a fresh, zeroed region (before it is published); the arena may grow to `limit` bytes of
+    /// payload (at least the region's size, at most [`HEAP_LIMIT`]).
+    pub(crate) fn init(region: &Region, limit: u64) -> Result<()> {
         let h = JournaledHeap::view(region);
         h.word(BUMP)?.store(ARENA, Ordering::Relaxed);
         h.word(END)?.store(region.len() as u64, Ordering::Relaxed);
+        let limit = limit.clamp(region.len() as u64, HEAP_LIMIT.max(region.len() as u64));
+        h.word(MAX_END)?.store(limit, Ordering::Relaxed);
         Ok(())
     }
 
@@ -104,8 +144,13 @@ impl JournaledHeap {
     }
 
     pub(crate) fn new(region: Region) -> JournaledHeap {
-        let len = region.len() as u64;
-        JournaledHeap { region, len }
+        let (base, len) = (region.as_ptr(), region.len() as u64);
+        JournaledHeap {
+            region,
+            grown: Mutex::default(),
+            base: AtomicPtr::new(base),
+            len: AtomicU64::new(len),
+        }
     }
 
     pub(crate) fn region(&self) -> &Region {
@@ -114,10 +159,55 @@ impl JournaledHeap {
 
     fn r(&self) -> HeapRef<'_> {
         HeapRef {
-            base: self.region.as_ptr(),
-            len: self.len,
+            base: self.base.load(Ordering::Acquire),
+            len: self.len.load(Ordering::Acquire),
             _region: std::marker::PhantomData,
         }
+    }
+
+    /// Makes sure this process maps the first `end` bytes of payload. `end` comes from shared memory:
+    /// it must lie within [`HEAP_LIMIT`] and the file's real size (an honest grower extends the file
+    /// before it publishes a larger end), else the heap is [`Error::Corrupted`]. Only with the lock held.
+    fn map_to(&self, end: u64) -> Result<()> {
+        if end <= self.len.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let file = self.region.file();
+        let size = shm::file_info(file)?.size;
+        let total = end
+            .checked_add(PAYLOAD_OFFSET as u64)
+            .filter(|&t| end <= HEAP_LIMIT && t <= size)
+            .ok_or_else(|| {
+                Error::Corrupted(format!(
+                    "the heap's end word says {end} bytes, but its file holds {} (limit {HEAP_LIMIT})",
+                    size.saturating_sub(PAYLOAD_OFFSET as u64)
+                ))
+            })?;
+        let total = usize::try_from(total)
+            .map_err(|_| Error::Corrupted(format!("a heap of {end} bytes")))?;
+        // The file is at least `total` bytes (checked just above) and never shrinks (a memfd is sealed
+        // against it; see the region docs for named files), so every page of this mapping is backed.
+        let map = shm::Mapping::new(file, total, false)?;
+        let base = map.as_ptr().wrapping_add(PAYLOAD_OFFSET);
+        self.grown
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(map);
+        self.base.store(base, Ordering::Release);
+        self.len.store(end, Ordering::Release);
+        Ok(())
+    }
+
+    /// Extends the file to hold `end` bytes of payload, allocating the new pages.
+    fn extend_file(&self, end: u64) -> Result<()> {
+        let file = self.region.file();
+        let total = end.saturating_add(PAYLOAD_OFFSET as u64);
+        let size = shm::file_info(file)?.size;
+        if size >= total {
+            // A grower died after extending the file and before its end word committed: reuse.
+            return Ok(());
+        }
+        shm::allocate(file, size, total - size)
     }
 
     fn lock(&self) -> &RawLock {
@@ -125,6 +215,11 @@ impl JournaledHeap {
         self.region
             .payload_ref::<RawLock>(0)
             .expect("the heap region holds its lock at offset 0")
+    }
+
+    /// The arena end (the heap's size now) and the limit it may grow to.
+    pub(crate) fn size(&self) -> Result<(u64, u64)> {
+        self.transact(|tx| Ok((tx.get(END)?, tx.get(MAX_END)?.min(HEAP_LIMIT))))
     }
 
     /// Runs `f` as one transaction under the heap's lock; commits if it returns `Ok`, rolls back if it
@@ -140,8 +235,12 @@ impl JournaledHeap {
             .lock_as(None, Nesting::NeverHeld)
             .expect("an untimed internal lock neither times out nor is held by its caller");
         let guard = Unlock(self.lock());
+        // Another process may have grown the heap since our last transaction: map what it added
+        // before anything (the journal included) may point there.
+        self.map_to(self.r().get(END)?)?;
         let mut tx = Tx {
             heap: self.r(),
+            owner: self,
             journaled: Vec::new(),
         };
         if tx.get(JLEN)? != 0 {
@@ -189,7 +288,8 @@ impl<'a> HeapRef<'a> {
         }
         // SAFETY: [off, off + 8) lies inside the payload of a live mapping (checked above against its
         // length), off is 8-aligned and the payload starts 128 bytes into a page-aligned mapping; an
-        // AtomicU64 accepts any bits. The mapping outlives 'a (the JournaledHeap owns the Region).
+        // AtomicU64 accepts any bits. The mapping outlives 'a: the JournaledHeap owns the Region and
+        // every later mapping, and unmaps none before it is dropped.
         Ok(unsafe { &*(self.base.add(off as usize) as *const AtomicU64) })
     }
 
@@ -240,6 +340,8 @@ impl<'a> HeapRef<'a> {
 /// One transaction; see the module docs.
 pub(crate) struct Tx<'a> {
     heap: HeapRef<'a>,
+    /// The heap this transaction runs on, to grow it.
+    owner: &'a JournaledHeap,
     /// Offsets journaled so far: a word needs its *first* old value only, so repeated changes (a
     /// free-list head during `clear`) take one journal entry, not one each.
     journaled: Vec<u64>,
@@ -358,13 +460,19 @@ impl<'a> Tx<'a> {
         } else {
             let bump = self.get(BUMP)?;
             let end = self.get(END)?.min(self.heap.len);
-            let new_bump = bump.checked_add(1 << k).filter(|&b| b <= end);
-            let Some(new_bump) = new_bump else {
-                return Err(Error::OutOfMemory {
-                    requested: size,
-                    available: end.saturating_sub(bump),
-                });
-            };
+            // The bump pointer never passes the end in an honest heap. Checked, because growth is sized
+            // from it: garbage here must not make this process allocate memory for nothing.
+            let new_bump = bump
+                .checked_add(1 << k)
+                .filter(|_| bump <= end)
+                .ok_or_else(|| {
+                    Error::Corrupted(format!(
+                        "the heap's bump pointer {bump:#x} is past its end {end:#x}"
+                    ))
+                })?;
+            if new_bump > end {
+                self.grow(new_bump, size, bump)?;
+            }
             self.set(BUMP, new_bump)?;
             bump
         };
@@ -375,6 +483,44 @@ impl<'a> Tx<'a> {
         }
         self.init(block, u64::from(k))?;
         Ok(block + W)
+    }
+
+    /// Grows the heap so that its arena ends at `needed` or beyond (see "Growth" in the module docs).
+    /// `requested` and `bump` are for the error.
+    fn grow(&mut self, needed: u64, requested: u64, bump: u64) -> Result<()> {
+        let end = self.get(END)?.min(self.heap.len);
+        let limit = self.get(MAX_END)?.min(HEAP_LIMIT);
+        let oom = || Error::OutOfMemory {
+            requested,
+            available: limit.saturating_sub(bump),
+        };
+        // Whole pages of the file (its payload starts PAYLOAD_OFFSET bytes in), within the limit.
+        let pages = |payload: u64| -> u64 {
+            let file = payload.saturating_add(PAYLOAD_OFFSET as u64);
+            file.div_ceil(PAGE)
+                .saturating_mul(PAGE)
+                .saturating_sub(PAYLOAD_OFFSET as u64)
+                .min(limit)
+        };
+        if needed > limit {
+            return Err(oom());
+        }
+        // Doubling keeps the number of grows (and of mappings) logarithmic in the heap's size.
+        let preferred = pages(end.saturating_mul(2).max(needed));
+        let least = pages(needed);
+        for target in [preferred, least] {
+            match self.owner.extend_file(target) {
+                Ok(()) => {
+                    self.owner.map_to(target)?;
+                    self.heap = self.owner.r();
+                    return self.set(END, target);
+                }
+                // The system refused that much memory: try exactly what is needed, then give up.
+                Err(Error::OutOfMemory { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(oom())
     }
 
     /// Frees the block at payload offset `p`.

@@ -16,9 +16,27 @@ pub(crate) const LIST_WORDS: u64 = 3;
 /// A list shared by every process that opens its [`Manager`](super::Manager), like a Python manager's
 /// `list()`. Each element is a blob encoded with `C`; the list is an array of their offsets that doubles
 /// when full. Every operation is one crash-safe transaction.
+///
+/// A list passes to a child process as an argument, like a [`Dict`](super::Dict):
+///
+/// ```
+/// fn report(lines: mproc::List<String>) {
+///     lines.push(&format!("child {} was here", std::process::id())).unwrap();
+/// }
+///
+/// let m = mproc::Manager::new()?;
+/// let lines = m.list::<String>("lines")?;
+/// let mut child = mproc::Process::new(report, lines.clone())?;
+/// child.start()?;
+/// child.join()?;
+/// assert_eq!(lines.len()?, 1);
+/// # Ok::<(), mproc::Error>(())
+/// ```
 pub struct List<T, C = Serde> {
     heap: Arc<JournaledHeap>,
     obj: u64,
+    /// The name in the manager's directory (what the list serializes as).
+    name: Arc<str>,
     _t: PhantomData<fn(T) -> T>,
     _c: PhantomData<C>,
 }
@@ -28,6 +46,7 @@ impl<T, C> Clone for List<T, C> {
         List {
             heap: self.heap.clone(),
             obj: self.obj,
+            name: self.name.clone(),
             _t: PhantomData,
             _c: PhantomData,
         }
@@ -37,16 +56,30 @@ impl<T, C> Clone for List<T, C> {
 impl<T, C> std::fmt::Debug for List<T, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("List")
+            .field("name", &self.name)
             .field("offset", &self.obj)
             .finish_non_exhaustive()
     }
 }
 
+impl<T, C> List<T, C> {
+    /// The name of the list in its manager.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A handle to the list's manager.
+    pub(crate) fn manager_handle(&self) -> crate::RegionHandle {
+        self.heap.region().handle()
+    }
+}
+
 impl<T, C: Codec<T>> List<T, C> {
-    pub(crate) fn attach(heap: Arc<JournaledHeap>, obj: u64) -> Self {
+    pub(crate) fn attach(heap: Arc<JournaledHeap>, obj: u64, name: &str) -> Self {
         List {
             heap,
             obj,
+            name: name.into(),
             _t: PhantomData,
             _c: PhantomData,
         }

@@ -9,17 +9,28 @@
 //! `List::push` leaves every container as it was before that call, and the next caller rolls the half-done
 //! change back before going on.
 //!
+//! Like Python's, a manager needs no size: [`Manager::new`] starts small (1 MiB) and the heap grows as
+//! the containers fill, up to a limit (half the machine's memory unless
+//! [`ManagerBuilder::max_size`] says otherwise). Growing is a transaction too: a process killed in the
+//! middle of it leaves the manager as it was, and no file behind.
+//!
+//! Containers ([`Dict`], [`List`], [`ManagedValue`], [`Namespace`]) pass to a child process as
+//! arguments, like every shared object: they travel as the manager's handle plus their name, and the
+//! child re-opens both, validated.
+//!
 //! ```
-//! let m = mproc::Manager::anonymous(1 << 20)?;
+//! let m = mproc::Manager::new()?;
 //! let counts = m.dict::<String, u64>("counts")?;
 //! counts.update(&"apples".to_string(), |n| n.unwrap_or(0) + 3)?;
-//! assert_eq!(counts.get(&"apples".to_string())?, Some(3));
+//! assert_eq!(counts.get("apples")?, Some(3));
 //! // Opening a name as another type is an error, not a reinterpretation:
 //! assert!(m.list::<f64>("counts").is_err());
 //! # Ok::<(), mproc::Error>(())
 //! ```
 
+mod builder;
 mod dict;
+mod handle;
 mod heap;
 mod list;
 mod namespace;
@@ -35,7 +46,8 @@ use serde::Serialize;
 use crate::codec::{Codec, Raw, Serde};
 use crate::error::{Error, Result};
 use crate::region::{layout_hash, Layout, Region, RegionHandle, DEFAULT_OPEN_TIMEOUT};
-pub use dict::Dict;
+pub use builder::ManagerBuilder;
+pub use dict::{Dict, DictEntry};
 use heap::{JournaledHeap, Tx, DIRECTORY, DIR_CAP, DIR_NAME_MAX, DIR_WORDS};
 pub use list::List;
 pub use namespace::Namespace;
@@ -44,7 +56,8 @@ pub use value::ManagedValue;
 fn heap_layout(size: Option<usize>) -> Layout {
     Layout {
         type_name: "mproc::Manager",
-        hash: layout_hash("mproc::Manager", 1, 8),
+        // Version 2: the heap grows (limit word, growable memfd); a version-1 manager is refused.
+        hash: layout_hash("mproc::Manager", 2, 8),
         size,
     }
 }
@@ -67,14 +80,17 @@ impl std::fmt::Debug for Manager {
 }
 
 impl Manager {
-    fn create_in(name: Option<&str>, size: usize, persistent: bool) -> Result<Manager> {
-        let size = size.max(JournaledHeap::min_size());
-        let region = Region::create_with(
-            heap_layout(Some(size)),
-            name,
-            persistent,
-            JournaledHeap::init,
-        )?;
+    /// Creates a manager whose heap starts at `initial` bytes and may grow to `limit` (both already
+    /// checked by the builder: `min_size <= initial <= limit`).
+    fn create_in(
+        name: Option<&str>,
+        initial: usize,
+        limit: u64,
+        persistent: bool,
+    ) -> Result<Manager> {
+        let region = Region::create_growable(heap_layout(Some(initial)), name, persistent, |r| {
+            JournaledHeap::init(r, limit)
+        })?;
         Ok(Manager {
             heap: Arc::new(JournaledHeap::new(region)),
             keep: Arc::default(),
@@ -94,35 +110,114 @@ impl Manager {
         })
     }
 
-    /// An anonymous manager of `size` bytes, for a process and its children (pass it as an argument, or
-    /// inherit it across fork).
+    /// An anonymous manager for a process and its children (pass it, or any of its containers, as an
+    /// argument; or inherit it across fork). It starts at 1 MiB and grows as its containers fill, up to
+    /// half the machine's memory; [`Manager::builder`] sets other sizes.
+    ///
+    /// # Examples
+    /// ```
+    /// let m = mproc::Manager::new()?;
+    /// let d = m.pod_dict::<u64, u64>("squares")?;
+    /// for i in 0..100_000 {
+    ///     d.insert(&i, &(i * i))?; // far more than 1 MiB: the heap grows
+    /// }
+    /// assert_eq!(d.get(&300)?, Some(90_000));
+    /// assert!(m.size()? > 1 << 20);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Os`] if shared memory cannot be created.
+    pub fn new() -> Result<Manager> {
+        Manager::builder().anonymous()
+    }
+
+    /// A builder for the initial size and the hard limit of a manager's heap, anonymous or named.
+    ///
+    /// # Examples
+    /// ```
+    /// // A manager that never takes more than 4 MiB of memory:
+    /// let m = mproc::Manager::builder().max_size(4 << 20).anonymous()?;
+    /// assert!(m.max_size()? <= 4 << 20);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn builder() -> ManagerBuilder {
+        ManagerBuilder::default()
+    }
+
+    /// An anonymous manager whose heap starts at `size` bytes and grows as [`Manager::new`]'s does
+    /// (a `size` below the minimum, about 37 KiB, means the minimum). For a hard limit, see
+    /// [`ManagerBuilder::max_size`].
+    ///
+    /// # Examples
+    /// ```
+    /// let m = mproc::Manager::anonymous(64 << 10)?;
+    /// m.list::<String>("lines")?.push(&"hello".to_string())?;
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::Os`] if shared memory cannot be created.
     pub fn anonymous(size: usize) -> Result<Manager> {
-        Manager::create_in(None, size, false)
+        Manager::builder().initial_size(size).anonymous()
     }
 
-    /// A manager of `size` bytes under `name`, openable by any process of this user. It is removed when
-    /// this handle is dropped (other processes that have it open keep using it).
+    /// A manager under `name`, openable by any process of this user, starting at `size` bytes and
+    /// growing as [`Manager::new`]'s does. It is removed when this handle is dropped (other processes
+    /// that have it open keep using it).
+    ///
+    /// # Examples
+    /// ```
+    /// # let name = format!("doc-mgr-create-{}", std::process::id());
+    /// let m = mproc::Manager::create(&name, 1 << 20)?;
+    /// let other = mproc::Manager::open(&name)?; // what another process would do
+    /// m.dict::<String, u32>("d")?.insert(&"x".to_string(), &1)?;
+    /// assert_eq!(other.dict::<String, u32>("d")?.get("x")?, Some(1));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::AlreadyExists`], [`Error::InvalidName`], [`Error::Os`].
     pub fn create(name: &str, size: usize) -> Result<Manager> {
-        Manager::create_in(Some(name), size, false)
+        Manager::builder().initial_size(size).create(name)
     }
 
-    /// Opens the manager `name`, or creates a persistent one of `size` bytes (remove it with
+    /// Opens the manager `name`, or creates a persistent one starting at `size` bytes (remove it with
     /// [`Region::unlink`]). Concurrent callers agree on one manager.
+    ///
+    /// # Examples
+    /// ```
+    /// # let name = format!("doc-mgr-ooc-{}", std::process::id());
+    /// let m = mproc::Manager::open_or_create(&name, 1 << 20)?;
+    /// let again = mproc::Manager::open_or_create(&name, 1 << 20)?; // opens the same one
+    /// m.value("epoch", &1u32)?;
+    /// assert_eq!(again.value("epoch", &0u32)?.get()?, 1);
+    /// mproc::Region::unlink(&name)?; // persistent: removed explicitly
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     ///
     /// # Errors
     /// As [`Manager::open`] and [`Manager::create`].
     pub fn open_or_create(name: &str, size: usize) -> Result<Manager> {
-        crate::region::create_or_open(
-            name,
-            || Manager::create_in(Some(name), size, true),
-            || Manager::open(name),
-        )
+        Manager::builder().initial_size(size).open_or_create(name)
+    }
+
+    /// The bytes the heap holds now (its initial size plus what it grew by).
+    ///
+    /// # Errors
+    /// [`Error::Corrupted`] if the heap's size word is damaged.
+    pub fn size(&self) -> Result<usize> {
+        self.heap.size().map(|(now, _)| now as usize)
+    }
+
+    /// The limit the heap may grow to; allocations beyond it fail with [`Error::OutOfMemory`].
+    ///
+    /// # Errors
+    /// [`Error::Corrupted`] if the heap's size words are damaged.
+    pub fn max_size(&self) -> Result<usize> {
+        self.heap
+            .size()
+            .map(|(_, limit)| usize::try_from(limit).unwrap_or(usize::MAX))
     }
 
     /// Opens the manager `name`.
@@ -148,7 +243,24 @@ impl Manager {
     /// # Errors
     /// [`Error::StaleHandle`] or a validation error.
     pub fn from_handle(handle: &RegionHandle) -> Result<Manager> {
-        Manager::wrap(Region::open_handle(handle, heap_layout(None))?)
+        Manager::wrap(Region::open_handle_growable(handle, heap_layout(None))?)
+    }
+
+    /// The object `name` of `kind`, which must exist: [`Error::NotFound`] if it does not,
+    /// [`Error::TypeMismatch`] if it is of another kind. What a container's handle re-opens.
+    fn existing(&self, name: &str, kind: &'static str) -> Result<u64> {
+        if name.is_empty() || name.len() > DIR_NAME_MAX {
+            return Err(Error::InvalidName {
+                name: name.chars().take(DIR_NAME_MAX).collect(),
+                reason: "names are 1 to 40 bytes".into(),
+            });
+        }
+        self.heap.transact(|tx| match find_entry(tx, name, kind)? {
+            Found::Object(obj) => Ok(obj),
+            Found::Free(_) => Err(Error::NotFound {
+                name: name.to_owned(),
+            }),
+        })
     }
 
     /// Finds `name` in the directory, or creates it with `init` (`words` header words); checks the kind.
@@ -232,7 +344,7 @@ impl Manager {
     fn dict_with<K, V, C: Codec<K> + Codec<V>>(&self, name: &str) -> Result<Dict<K, V, C>> {
         let kind = std::any::type_name::<Dict<K, V, C>>();
         let obj = self.object(name, kind, dict::HEADER_WORDS, Dict::<K, V, C>::init)?;
-        Ok(Dict::attach(self.heap.clone(), obj))
+        Ok(Dict::attach(self.heap.clone(), obj, name))
     }
 
     /// The list `name` (created empty if new). Elements through serde.
@@ -254,7 +366,7 @@ impl Manager {
     fn list_with<T, C: Codec<T>>(&self, name: &str) -> Result<List<T, C>> {
         let kind = std::any::type_name::<List<T, C>>();
         let obj = self.object(name, kind, list::LIST_WORDS, List::<T, C>::init)?;
-        Ok(List::attach(self.heap.clone(), obj))
+        Ok(List::attach(self.heap.clone(), obj, name))
     }
 
     /// The value `name`, created holding `initial` if new.
@@ -271,7 +383,7 @@ impl Manager {
         let obj = self.object(name, kind, 1, |tx, obj| {
             ManagedValue::<T>::init(tx, obj, &bytes)
         })?;
-        Ok(ManagedValue::attach(self.heap.clone(), obj))
+        Ok(ManagedValue::attach(self.heap.clone(), obj, name))
     }
 
     /// The namespace `name` (created empty if new).
@@ -279,14 +391,13 @@ impl Manager {
     /// # Errors
     /// As [`Manager::dict`].
     pub fn namespace(&self, name: &str) -> Result<Namespace> {
-        let kind = "mproc::manager::Namespace";
         let obj = self.object(
             name,
-            kind,
+            namespace::KIND,
             dict::HEADER_WORDS,
             Dict::<String, Vec<u8>>::init,
         )?;
-        Ok(Namespace::new(Dict::attach(self.heap.clone(), obj)))
+        Ok(Namespace::new(Dict::attach(self.heap.clone(), obj, name)))
     }
 
     /// The names in the directory.

@@ -6,8 +6,32 @@ use serde::Serialize;
 use super::dict::Dict;
 use crate::error::{Error, Result};
 
+/// The directory's kind of a namespace (its fields are a `Dict<String, Vec<u8>>`, but a namespace is not
+/// openable as that dict, nor the other way round).
+pub(crate) const KIND: &str = "mproc::manager::Namespace";
+
 /// Named fields holding serde values, like a Python manager's `Namespace()`: `ns.set("epoch", &3)`,
 /// `ns.get::<u32>("epoch")`. Each field is stored encoded, so fields may have different types.
+///
+/// A namespace passes to a child process as an argument, like a [`Dict`](super::Dict):
+///
+/// ```
+/// fn train(ns: mproc::Namespace) {
+///     let epoch: u32 = ns.get("epoch").unwrap().unwrap_or(0);
+///     ns.set("epoch", &(epoch + 1)).unwrap();
+///     ns.set("status", &"done").unwrap();
+/// }
+///
+/// let m = mproc::Manager::new()?;
+/// let ns = m.namespace("run")?;
+/// ns.set("epoch", &4u32)?;
+/// let mut child = mproc::Process::new(train, ns.clone())?;
+/// child.start()?;
+/// child.join()?;
+/// assert_eq!(ns.get::<u32>("epoch")?, Some(5));
+/// assert_eq!(ns.get::<String>("status")?.as_deref(), Some("done"));
+/// # Ok::<(), mproc::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Namespace {
     fields: Dict<String, Vec<u8>>,
@@ -16,6 +40,11 @@ pub struct Namespace {
 impl Namespace {
     pub(crate) fn new(fields: Dict<String, Vec<u8>>) -> Self {
         Namespace { fields }
+    }
+
+    /// The dict holding the fields.
+    pub(crate) fn fields(&self) -> &Dict<String, Vec<u8>> {
+        &self.fields
     }
 
     /// Sets field `name`.

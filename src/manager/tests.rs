@@ -96,7 +96,9 @@ fn reopening_checks_the_kind() {
 
 #[test]
 fn out_of_memory_is_an_error_and_changes_nothing() {
-    let m = Manager::anonymous(0).unwrap(); // the minimum size
+    // The minimum size, and no growth.
+    let m = Manager::builder().max_size(0).anonymous().unwrap();
+    assert_eq!(m.size().unwrap(), m.max_size().unwrap());
     let l = m.list::<Vec<u8>>("big").unwrap();
     let mut pushed = 0;
     loop {
@@ -261,4 +263,208 @@ fn to_vec_of_a_damaged_list_is_bounded() {
         })
         .unwrap();
     assert!(matches!(l.to_vec(), Err(Error::Corrupted(_))));
+}
+
+/// The heap grows past its initial size, and a second attachment (its own mappings, as another process
+/// would have) maps the growth lazily at its next transaction.
+#[test]
+fn the_heap_grows_and_other_handles_follow() {
+    let m = Manager::anonymous(0).unwrap();
+    let first = m.size().unwrap();
+    let other = Manager::from_handle(&m.handle()).unwrap();
+    let d = m.pod_dict::<u64, u64>("d").unwrap();
+    let seen = other.pod_dict::<u64, u64>("d").unwrap();
+    for i in 0..20_000u64 {
+        d.insert(&i, &(i * 3)).unwrap();
+        if i % 5000 == 0 {
+            assert_eq!(seen.get(&i).unwrap(), Some(i * 3));
+        }
+    }
+    assert!(
+        m.size().unwrap() > 4 * first,
+        "{} after {first}",
+        m.size().unwrap()
+    );
+    assert_eq!(other.size().unwrap(), m.size().unwrap());
+    assert_eq!(seen.len().unwrap(), 20_000);
+    assert_eq!(seen.get(&19_999).unwrap(), Some(59_997));
+    // A large value in one go: one grow to at least its size.
+    let l = other.list::<Vec<u8>>("big").unwrap();
+    l.push(&vec![5u8; 3 << 20]).unwrap();
+    assert_eq!(
+        m.list::<Vec<u8>>("big")
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .unwrap()
+            .len(),
+        3 << 20
+    );
+}
+
+#[test]
+fn the_limit_is_a_hard_cap() {
+    let m = Manager::builder()
+        .initial_size(64 << 10)
+        .max_size(1 << 20)
+        .anonymous()
+        .unwrap();
+    assert_eq!(m.max_size().unwrap(), 1 << 20);
+    let l = m.list::<Vec<u8>>("l").unwrap();
+    let mut n = 0;
+    let err = loop {
+        match l.push(&vec![1u8; 10_000]) {
+            Ok(()) => n += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, Error::OutOfMemory { .. }), "{err:?}");
+    assert!(n > 40, "only {n} pushes of 10 KB fit in 1 MiB");
+    assert!(m.size().unwrap() <= 1 << 20);
+    assert_eq!(l.len().unwrap(), n);
+}
+
+/// Garbage in the size words: an end beyond the file is `Corrupted` (every transaction says so, none
+/// maps it); a limit below the end stops growth with `OutOfMemory`.
+#[test]
+fn garbage_in_the_size_words_is_a_typed_error() {
+    let m = Manager::anonymous(0).unwrap();
+    let d = m.pod_dict::<u64, u64>("d").unwrap();
+    d.insert(&1, &1).unwrap();
+    let (end, _) = m.heap.size().unwrap();
+    m.heap.transact(|tx| tx.set(heap::MAX_END, 0)).unwrap();
+    let r = (0..100_000u64).try_for_each(|i| d.insert(&i, &i).map(drop));
+    assert!(matches!(r, Err(Error::OutOfMemory { .. })), "{r:?}");
+    assert_eq!(m.size().unwrap() as u64, end, "no growth past a zero limit");
+    // Every transaction checks the end word against the file before mapping anything.
+    let other = Manager::from_handle(&m.handle()).unwrap();
+    for bad in [end + (1 << 30), u64::MAX, heap::HEAP_LIMIT + 4096] {
+        // Written outside any transaction, as a hostile peer would.
+        m.heap
+            .region()
+            .payload_ref::<std::sync::atomic::AtomicU64>(32)
+            .unwrap()
+            .store(bad, std::sync::atomic::Ordering::Release);
+        assert!(
+            matches!(d.get(&1), Err(Error::Corrupted(_))),
+            "end {bad:#x}"
+        );
+        assert!(
+            matches!(other.names(), Err(Error::Corrupted(_))),
+            "end {bad:#x}"
+        );
+    }
+    m.heap
+        .region()
+        .payload_ref::<std::sync::atomic::AtomicU64>(32)
+        .unwrap()
+        .store(end, std::sync::atomic::Ordering::Release);
+    assert_eq!(d.get(&1).unwrap(), Some(1));
+}
+
+#[test]
+fn entry_is_a_read_modify_write() {
+    let m = mgr();
+    let d = m.dict::<String, u64>("d").unwrap();
+    assert_eq!(
+        d.entry("a").and_modify(|n| *n += 1).or_insert(1).unwrap(),
+        1
+    );
+    assert_eq!(
+        d.entry("a")
+            .and_modify(|n| *n += 1)
+            .and_modify(|n| *n *= 10)
+            .or_insert(1)
+            .unwrap(),
+        20
+    );
+    assert_eq!(d.entry("b").or_default().unwrap(), 0);
+    assert_eq!(
+        d.entry("a").or_insert_with(|| panic!("present")).unwrap(),
+        20
+    );
+    assert_eq!(d.len().unwrap(), 2);
+    // A panic in the closure changes nothing.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = d.entry("a").and_modify(|_| panic!("half-way")).or_insert(0);
+    }));
+    assert!(r.is_err());
+    assert_eq!(d.get("a").unwrap(), Some(20));
+}
+
+/// Containers serialize as (manager handle, name) and re-open by name, checking the kind; nothing is
+/// created on the receiving side.
+#[test]
+fn containers_travel_as_handles() {
+    let m = mgr();
+    let d = m.dict::<String, u64>("d").unwrap();
+    d.insert(&"x".to_string(), &1).unwrap();
+    let l = m.pod_list::<u32>("l").unwrap();
+    let v = m.value("v", &1.5f64).unwrap();
+    let ns = m.namespace("ns").unwrap();
+    ns.set("k", &"v").unwrap();
+
+    let d2: Dict<String, u64> = postcard::from_bytes(&postcard::to_allocvec(&d).unwrap()).unwrap();
+    d2.insert(&"y".to_string(), &2).unwrap();
+    assert_eq!(d.len().unwrap(), 2);
+    let l2: List<u32, Raw> = postcard::from_bytes(&postcard::to_allocvec(&l).unwrap()).unwrap();
+    l2.push(&9).unwrap();
+    assert_eq!(l.to_vec().unwrap(), [9]);
+    let v2: ManagedValue<f64> = postcard::from_bytes(&postcard::to_allocvec(&v).unwrap()).unwrap();
+    v2.set(&2.5).unwrap();
+    assert_eq!(v.get().unwrap(), 2.5);
+    let ns2: Namespace = postcard::from_bytes(&postcard::to_allocvec(&ns).unwrap()).unwrap();
+    assert_eq!(ns2.get::<String>("k").unwrap().as_deref(), Some("v"));
+
+    // The kind must match, and the name must exist.
+    let bytes = postcard::to_allocvec(&d).unwrap();
+    assert!(postcard::from_bytes::<Dict<String, u32>>(&bytes).is_err());
+    assert!(postcard::from_bytes::<Namespace>(&bytes).is_err());
+    assert!(postcard::from_bytes::<List<String>>(&postcard::to_allocvec(&ns).unwrap()).is_err());
+    let gone = m.dict::<String, u64>("gone").unwrap();
+    let forged = postcard::to_allocvec(&gone).unwrap();
+    let other = Manager::anonymous(0).unwrap();
+    let elsewhere = postcard::to_allocvec(&other.dict::<String, u64>("gone").unwrap()).unwrap();
+    drop(other);
+    assert!(
+        postcard::from_bytes::<Dict<String, u64>>(&elsewhere).is_err(),
+        "manager gone"
+    );
+    assert!(postcard::from_bytes::<Dict<String, u64>>(&forged).is_ok());
+    assert!(matches!(
+        m.existing("nope", "x"),
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(m.names().unwrap().len(), 5, "decoding created nothing");
+}
+
+/// The state a grower killed part-way leaves, made deterministically: the file extended and the new end
+/// journaled, but never committed (a panic leaves the journal as a death does). The next transaction
+/// rolls the end back; the longer file is harmless, and the next grow reuses its pages.
+#[test]
+fn a_grow_cut_short_is_rolled_back() {
+    let m = Manager::anonymous(0).unwrap();
+    let l = m.list::<u64>("l").unwrap();
+    l.push(&1).unwrap();
+    let (end, _) = m.heap.size().unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        m.heap.transact(|tx| {
+            tx.alloc(end)?; // more than the heap holds: it grows
+            panic!("killed in the middle of a grow");
+            #[allow(unreachable_code)]
+            Ok(())
+        })
+    }));
+    assert!(r.is_err());
+    let file = m.heap.region().file().metadata().unwrap().len();
+    let other = Manager::from_handle(&m.handle()).unwrap();
+    assert_eq!(other.heap.size().unwrap().0, end, "the end is rolled back");
+    assert!(file > end + 128, "the file was extended ({file} bytes)");
+    assert_eq!(l.to_vec().unwrap(), [1]);
+    // Growing again uses the pages already there, and everything is still whole.
+    let big = other.list::<Vec<u8>>("big").unwrap();
+    big.push(&vec![3u8; end as usize]).unwrap();
+    assert!(m.size().unwrap() as u64 > end);
+    assert_eq!(l.to_vec().unwrap(), [1]);
+    assert_eq!(big.get(0).unwrap().map(|b| b.len()), Some(end as usize));
 }

@@ -9,26 +9,70 @@ use crate::error::Result;
 
 /// A single value in a managed heap, like a Python manager's `Value` (any serde type; for `Pod` types
 /// with their own lock, see [`crate::Value`]).
+///
+/// A managed value passes to a child process as an argument, like a [`Dict`](super::Dict):
+///
+/// ```
+/// fn bump(best: mproc::ManagedValue<(String, f64)>) {
+///     best.update(|(_, score)| ("child".to_string(), score + 1.0)).unwrap();
+/// }
+///
+/// let m = mproc::Manager::new()?;
+/// let best = m.value("best", &("parent".to_string(), 1.5))?;
+/// let mut child = mproc::Process::new(bump, best.clone())?;
+/// child.start()?;
+/// child.join()?;
+/// assert_eq!(best.get()?, ("child".to_string(), 2.5));
+/// # Ok::<(), mproc::Error>(())
+/// ```
 pub struct ManagedValue<T, C = Serde> {
     heap: Arc<JournaledHeap>,
     obj: u64,
+    /// The name in the manager's directory (what the value serializes as).
+    name: Arc<str>,
     _t: PhantomData<fn(T) -> T>,
     _c: PhantomData<C>,
+}
+
+impl<T, C> Clone for ManagedValue<T, C> {
+    fn clone(&self) -> Self {
+        ManagedValue {
+            heap: self.heap.clone(),
+            obj: self.obj,
+            name: self.name.clone(),
+            _t: PhantomData,
+            _c: PhantomData,
+        }
+    }
 }
 
 impl<T, C> std::fmt::Debug for ManagedValue<T, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ManagedValue")
+            .field("name", &self.name)
             .field("offset", &self.obj)
             .finish_non_exhaustive()
     }
 }
 
+impl<T, C> ManagedValue<T, C> {
+    /// The name of the value in its manager.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A handle to the value's manager.
+    pub(crate) fn manager_handle(&self) -> crate::RegionHandle {
+        self.heap.region().handle()
+    }
+}
+
 impl<T, C: Codec<T>> ManagedValue<T, C> {
-    pub(crate) fn attach(heap: Arc<JournaledHeap>, obj: u64) -> Self {
+    pub(crate) fn attach(heap: Arc<JournaledHeap>, obj: u64, name: &str) -> Self {
         ManagedValue {
             heap,
             obj,
+            name: name.into(),
             _t: PhantomData,
             _c: PhantomData,
         }

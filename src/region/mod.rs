@@ -79,9 +79,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::sys::{futex, proc, shm};
 pub(crate) use header::layout_hash;
-use header::{
-    Header, HeaderSnapshot, FLAG_PERSISTENT, FORMAT_VERSION, MAGIC, PAYLOAD_OFFSET, READY,
-};
+pub(crate) use header::PAYLOAD_OFFSET;
+use header::{Header, HeaderSnapshot, FLAG_PERSISTENT, FORMAT_VERSION, MAGIC, READY};
 pub use janitor::cleanup_stale;
 
 /// Prefix of every `/dev/shm` entry this crate creates.
@@ -482,6 +481,28 @@ impl Region {
         persistent: bool,
         init: impl FnOnce(&Region) -> Result<()>,
     ) -> Result<Region> {
+        Region::create_sealed(layout, name, persistent, false, init)
+    }
+
+    /// As [`Region::create_with`], but an anonymous region's memfd is sealed against shrinking only, so
+    /// its owner may extend the file past the payload (the manager's growing heap). Open it from a handle
+    /// with [`Region::open_handle_growable`].
+    pub(crate) fn create_growable(
+        layout: Layout,
+        name: Option<&str>,
+        persistent: bool,
+        init: impl FnOnce(&Region) -> Result<()>,
+    ) -> Result<Region> {
+        Region::create_sealed(layout, name, persistent, true, init)
+    }
+
+    fn create_sealed(
+        layout: Layout,
+        name: Option<&str>,
+        persistent: bool,
+        growable: bool,
+        init: impl FnOnce(&Region) -> Result<()>,
+    ) -> Result<Region> {
         let payload_size = layout
             .size
             .expect("creating a region needs its payload size");
@@ -504,7 +525,11 @@ impl Region {
         file.set_len(total as u64)
             .map_err(|e| Error::os("ftruncate", e))?;
         if name.is_none() {
-            shm::seal_size(&file)?;
+            if growable {
+                shm::seal_shrink(&file)?;
+            } else {
+                shm::seal_size(&file)?;
+            }
         }
         let map = shm::Mapping::new(&file, total, false)?;
         let me = proc::pid();
@@ -584,12 +609,33 @@ impl Region {
         Region::open_handle_with(handle, layout, false)
     }
 
+    /// As [`Region::open_handle`], for a region made by [`Region::create_growable`]: an anonymous
+    /// region's memfd must be sealed against shrinking (and against seal changes), not against growing.
+    /// The mapping covers the file as it is now; the owner maps what it grows by itself.
+    pub(crate) fn open_handle_growable(handle: &RegionHandle, layout: Layout) -> Result<Region> {
+        Region::open_handle_sealed(handle, layout, false, true)
+    }
+
+    /// The file behind the region (the manager's heap grows it and maps the new part itself).
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
     /// As [`Region::open_handle`]; `populate` pre-faults the whole mapping (MAP_POPULATE), far cheaper
     /// than faulting page by page when the creator already filled the region.
     pub(crate) fn open_handle_with(
         handle: &RegionHandle,
         layout: Layout,
         populate: bool,
+    ) -> Result<Region> {
+        Region::open_handle_sealed(handle, layout, populate, false)
+    }
+
+    fn open_handle_sealed(
+        handle: &RegionHandle,
+        layout: Layout,
+        populate: bool,
+        growable: bool,
     ) -> Result<Region> {
         let region = match &handle.source {
             Source::Named(name) => Region::open_with(name, layout, HANDLE_OPEN_WAIT)?,
@@ -598,7 +644,7 @@ impl Region {
                 // Regular files only: a device or FIFO is never opened for real (see open_proc_fd).
                 let file = shm::open_proc_fd(*pid, *fd)?;
                 check_private(&file, &what)?;
-                check_size_sealed(&file, &what)?;
+                check_size_sealed(&file, &what, growable)?;
                 // Sealed against shrinking and growing: this size is final, and no process can truncate
                 // the file under our mapping (which would turn our reads into SIGBUS).
                 let size = shm::file_info(&file)?.size;
@@ -830,9 +876,13 @@ fn check_private(file: &File, what: &str) -> Result<shm::FileInfo> {
 /// reached through an anonymous-region handle. A forged handle to an unsealed file could truncate it
 /// under our mapping and kill us with SIGBUS (review S4). A named region never travels this way: its
 /// handle names it.
-fn check_size_sealed(file: &File, what: &str) -> Result<()> {
+///
+/// A `growable` region's memfd may grow (never shrink): growth cannot invalidate a mapped page, and the
+/// mapping made here covers only the size read after this check.
+fn check_size_sealed(file: &File, what: &str, growable: bool) -> Result<()> {
     match shm::seals(file)? {
         Some(seals) if shm::size_is_sealed(seals) => Ok(()),
+        Some(seals) if growable && shm::shrink_is_sealed(seals) => Ok(()),
         seals => Err(Error::NotSealed {
             name: what.to_owned(),
             seals,

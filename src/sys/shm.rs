@@ -44,6 +44,77 @@ pub(crate) fn seal_size(file: &File) -> Result<()> {
     Ok(())
 }
 
+/// Forbids shrinking a memfd and adding or removing any seal, but lets it grow: a heap that grows in
+/// place (the manager's) extends its file while other processes keep their mappings. Growing never
+/// invalidates a mapped page, so no process can be made to fault on a page it mapped (only shrinking
+/// could, and that is sealed).
+pub(crate) fn seal_shrink(file: &File) -> Result<()> {
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+    // SAFETY: F_ADD_SEALS takes an int argument and only changes the file's seal set.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) };
+    if r < 0 {
+        return Err(Error::last_os("fcntl(F_ADD_SEALS)"));
+    }
+    Ok(())
+}
+
+/// Whether a seal set forbids shrinking the file (what [`seal_shrink`] and [`seal_size`] set) and any
+/// further change of the seals: its pages, once mapped, stay valid for good.
+pub(crate) fn shrink_is_sealed(seals: u32) -> bool {
+    let needed = (libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL) as u32;
+    seals & needed == needed
+}
+
+/// Allocates the pages of `[offset, offset + len)` of `file` (fallocate(2), mode 0), growing the file
+/// if the range ends beyond it. On tmpfs this is where a full file system or memory cgroup says so,
+/// as `ENOSPC`/`ENOMEM`, instead of a SIGBUS on the first write to a page that could not be allocated.
+///
+/// # Errors
+/// [`Error::OutOfMemory`] if the system refuses the space (`ENOSPC`, `ENOMEM`, `EFBIG`), [`Error::Os`]
+/// otherwise.
+pub(crate) fn allocate(file: &File, offset: u64, len: u64) -> Result<()> {
+    let refused = Error::OutOfMemory {
+        requested: len,
+        available: 0,
+    };
+    let (Ok(off), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(refused);
+    };
+    loop {
+        // SAFETY: fallocate only changes the file behind a descriptor we own for the whole call; the
+        // range is non-negative (converted above).
+        let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, off, n) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            // fallocate(2): EINTR if a signal arrived; the allocation may be partial and is redone.
+            Some(libc::EINTR) => {}
+            Some(libc::ENOSPC | libc::ENOMEM | libc::EFBIG) => return Err(refused),
+            _ => return Err(Error::os("fallocate", e)),
+        }
+    }
+}
+
+/// Half the machine's physical memory: the size tmpfs gives `/dev/shm` by default (tmpfs(5)), used as
+/// the default limit of a growing shared heap, so that a runaway writer gets an error instead of
+/// waking the OOM killer (a memfd, unlike `/dev/shm`, has no size limit of its own). 1 GiB if
+/// sysconf(3) cannot tell.
+pub(crate) fn default_size_limit() -> u64 {
+    // SAFETY: sysconf only reads system configuration; it has no memory-safety preconditions.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    match (u64::try_from(pages), u64::try_from(page)) {
+        (Ok(n), Ok(p)) if n > 0 && p > 0 => n.saturating_mul(p) / 2,
+        _ => 1 << 30,
+    }
+}
+
 fn shm_path(shm_name: &str) -> PathBuf {
     PathBuf::from(SHM_DIR).join(shm_name)
 }
