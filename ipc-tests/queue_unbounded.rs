@@ -2,7 +2,9 @@
 //! yet, drained in order by a consumer process; an 8 MiB message through a bounded queue from a producer
 //! that exits before it is taken; producers SIGKILLed while they spill or grow the queue; garbage
 //! written into a spill reference, the unbounded queue's control and a segment's record; and, after
-//! every test, no block of the queue left in `/dev/shm`.
+//! every test, no block of the queue left in `/dev/shm`. The janitor (`cleanup_stale`) removes every
+//! block of queues whose every user was SIGKILLed, none of a queue still attached in another process,
+//! and leaves alone a group whose anchor is garbage.
 //!
 //! Every wait is bounded by [`BOUND`], generously: the bound proves "no hang" and never measures speed.
 
@@ -28,6 +30,8 @@ pub const ROLES: &[Role] = &[
     ("queue_unbounded_drain", drain),
     ("queue_unbounded_put_big", put_big),
     ("queue_unbounded_producer", producer),
+    ("queue_unbounded_fill_and_hold", fill_and_hold),
+    ("queue_unbounded_fill_wait_drain", fill_wait_drain),
 ];
 
 pub fn tests() -> Vec<Trial> {
@@ -50,6 +54,18 @@ pub fn tests() -> Vec<Trial> {
         t(
             "garbage_unbounded_control_is_a_typed_error",
             garbage_control,
+        ),
+        t(
+            "every_user_killed_then_cleanup_stale_removes_all_blocks",
+            all_users_killed,
+        ),
+        t(
+            "cleanup_stale_keeps_the_blocks_of_a_queue_alive_elsewhere",
+            alive_elsewhere,
+        ),
+        t(
+            "cleanup_stale_leaves_a_group_with_a_garbage_anchor",
+            garbage_anchor,
         ),
     ]
 }
@@ -76,13 +92,21 @@ fn check(m: &[u8]) -> Result<u64, String> {
 /// `/dev/shm` entries of the blocks of the queue with handle `h` (spilled messages, segments). The
 /// queue's id is read from the handle's `Debug` form, the one public place it shows.
 fn block_files(h: &mproc::RegionHandle) -> Vec<String> {
+    group_files(queue_id(h))
+}
+
+/// The id of the queue with handle `h`, read from the handle's `Debug` form.
+fn queue_id(h: &mproc::RegionHandle) -> u64 {
     let dbg = format!("{h:?}");
-    let id: u64 = dbg
-        .split("id: ")
+    dbg.split("id: ")
         .nth(1)
         .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no id in {dbg}"));
+        .unwrap_or_else(|| panic!("no id in {dbg}"))
+}
+
+/// Every `/dev/shm` entry of queue `id`'s group: its blocks and its anchor (`mproc.q<id>-*`).
+fn group_files(id: u64) -> Vec<String> {
     let prefix = format!("mproc.q{id:016x}-");
     std::fs::read_dir("/dev/shm")
         .into_iter()
@@ -337,4 +361,228 @@ fn garbage_control() {
         drop(q);
         assert_eq!(block_files(&h), Vec::<String>::new(), "{what}");
     }
+}
+
+// ------------------------------------------------------------------- 5. the janitor and queue blocks
+
+/// Spilled messages put into the bounded queue of the janitor tests (4 KiB each, slots of 64 bytes),
+/// and 900 KiB messages put into the unbounded one (three segments: 1, 2 and 4 MiB).
+const SPILLED: u64 = 4;
+const GROWN: u64 = 4;
+
+/// Creates (`create`) or opens the queues `bname` (bounded, 64-byte slots) and `uname` (unbounded)
+/// and puts [`SPILLED`] spilled and [`GROWN`] large messages, ids starting at `base`.
+fn fill(bname: &str, uname: &str, create: bool, base: u64) -> (Bytes, Bytes) {
+    let (b, u) = if create {
+        (
+            Bytes::create(bname, 2 * SPILLED as usize, 64).expect("create bounded"),
+            Bytes::create_unbounded(uname).expect("create unbounded"),
+        )
+    } else {
+        (
+            Bytes::open(bname).expect("open bounded"),
+            Bytes::open(uname).expect("open unbounded"),
+        )
+    };
+    for i in 0..SPILLED {
+        b.put(&message(base + i, 4096)).expect("spill");
+    }
+    for i in 0..GROWN {
+        u.put(&message(base + i, 900 << 10)).expect("grow");
+    }
+    (b, u)
+}
+
+/// Child: `fill`s the queues (`create` or `open`), says their ids and waits to be killed.
+fn fill_and_hold(arg: &str) {
+    let [bname, uname, mode, base] = fields(arg, ',');
+    let (b, u) = fill(bname, uname, mode == "create", base.parse().expect("base"));
+    say(&format!(
+        "ready {} {}",
+        queue_id(&b.handle()),
+        queue_id(&u.handle())
+    ));
+    let _keep = (b, u);
+    common::sleep_forever()
+}
+
+/// Child: creates and `fill`s the queues, says their ids, waits for a message on the queue `ctl`, then
+/// takes every message of both, in order, and exits (its drop is the queues' last).
+fn fill_wait_drain(arg: &str) {
+    let [bname, uname, ctl] = fields(arg, ',');
+    let (b, u) = fill(bname, uname, true, 0);
+    say(&format!(
+        "ready {} {}",
+        queue_id(&b.handle()),
+        queue_id(&u.handle())
+    ));
+    let ctl = Queue::<u32>::open(ctl).expect("open control queue");
+    assert_eq!(ctl.get_timeout(BOUND).expect("go"), 1);
+    for (q, n) in [(&b, SPILLED), (&u, GROWN)] {
+        for want in 0..n {
+            let m = q.get_timeout(BOUND).expect("get");
+            assert_eq!(check(&m), Ok(want), "out of order or torn");
+        }
+        assert!(q.is_empty());
+    }
+    say("drained");
+}
+
+/// The two ids of a "ready <id> <id>" line.
+fn ready_ids(line: &str) -> [u64; 2] {
+    let [tag, b, u] = fields(line, ' ');
+    assert_eq!(tag, "ready", "{line}");
+    [b, u].map(|s| s.parse().expect("id"))
+}
+
+/// Both queues (one with spilled messages, one grown to three segments) are used by two processes,
+/// one that created them and one that opened them by name; both are SIGKILLed, so no last user ever
+/// cleans up. `cleanup_stale` then removes every `mproc.q<id>-*` file of both (blocks and anchors),
+/// and reports them, and the queues' own regions (their creator is dead).
+fn all_users_killed() {
+    let (bname, uname) = (common::unique_name("jkb"), common::unique_name("jku"));
+    let mut maker = Kid::spawn(
+        "queue_unbounded_fill_and_hold",
+        &format!("{bname},{uname},create,0"),
+        BOUND,
+    );
+    let ids = ready_ids(&maker.next_line());
+    let mut opener = Kid::spawn(
+        "queue_unbounded_fill_and_hold",
+        &format!("{bname},{uname},open,100"),
+        BOUND,
+    );
+    assert_eq!(ready_ids(&opener.next_line()), ids);
+    maker.kill();
+    opener.kill();
+    let before: Vec<String> = ids.iter().flat_map(|&id| group_files(id)).collect();
+    // Spilled messages of both processes, at least two segments, and both anchors.
+    assert!(before.len() >= 2 * SPILLED as usize + 2 + 2, "{before:?}");
+    let _sweep = crate::region::sweep_lock();
+    let removed = mproc::cleanup_stale().expect("cleanup_stale");
+    for f in &before {
+        let user = f.strip_prefix("mproc.").expect("prefix");
+        assert!(
+            removed.iter().any(|r| r == user),
+            "{f} not reported: {removed:?}"
+        );
+    }
+    for id in ids {
+        assert_eq!(group_files(id), Vec::<String>::new(), "queue {id:#x}");
+    }
+    assert!(
+        removed.contains(&bname) && removed.contains(&uname),
+        "{removed:?}"
+    );
+    assert!(!shm_path(&bname).exists() && !shm_path(&uname).exists());
+}
+
+/// A child holds both queues (spilled messages, three segments); `cleanup_stale` in this process
+/// removes none of their blocks; then the child takes every message, whole and in order.
+fn alive_elsewhere() {
+    let (bname, uname, ctl) = (
+        common::unique_name("jab"),
+        common::unique_name("jau"),
+        common::unique_name("jactl"),
+    );
+    let go = Queue::<u32>::create(&ctl, 1, 16).expect("control queue");
+    let mut kid = Kid::spawn(
+        "queue_unbounded_fill_wait_drain",
+        &format!("{bname},{uname},{ctl}"),
+        BOUND,
+    );
+    let ids = ready_ids(&kid.next_line());
+    let mut before: Vec<String> = ids.iter().flat_map(|&id| group_files(id)).collect();
+    before.sort();
+    assert!(before.len() >= SPILLED as usize + 2 + 2, "{before:?}");
+    {
+        let _sweep = crate::region::sweep_lock();
+        let removed = mproc::cleanup_stale().expect("cleanup_stale");
+        let ours: Vec<&String> = removed
+            .iter()
+            .filter(|r| ids.iter().any(|id| r.starts_with(&format!("q{id:016x}-"))))
+            .collect();
+        assert!(ours.is_empty(), "blocks of a live queue removed: {ours:?}");
+    }
+    let mut after: Vec<String> = ids.iter().flat_map(|&id| group_files(id)).collect();
+    after.sort();
+    assert_eq!(after, before);
+    go.put(&1).expect("go");
+    kid.expect_line("drained");
+    kid.join_ok();
+    for id in ids {
+        assert_eq!(group_files(id), Vec::<String>::new(), "queue {id:#x}");
+    }
+}
+
+/// The anchor of a group whose users were all killed is replaced by garbage: a symlink (to one of the
+/// group's own blocks), a file with bytes in it, a file of another user (when the tests run as root).
+/// `cleanup_stale` leaves the garbage and the group's blocks alone, without failing. Once the garbage
+/// is gone, the group has no anchor: the janitor anchors it itself and removes it all.
+fn garbage_anchor() {
+    let mut kid = Kid::spawn(
+        "queue_unbounded_fill_and_hold",
+        &format!(
+            "{},{},create,0",
+            common::unique_name("jgb"),
+            common::unique_name("jgu")
+        ),
+        BOUND,
+    );
+    let [id, uid_q] = ready_ids(&kid.next_line());
+    kid.kill();
+    let _sweep = crate::region::sweep_lock();
+    let anchor = std::path::PathBuf::from(format!("/dev/shm/mproc.q{id:016x}-anchor"));
+    let blocks: Vec<String> = group_files(id)
+        .into_iter()
+        .filter(|n| !n.ends_with("-anchor"))
+        .collect();
+    assert_eq!(blocks.len(), SPILLED as usize, "{blocks:?}");
+    let block = std::path::PathBuf::from(format!("/dev/shm/{}", blocks[0]));
+    let root = mproc_is_root();
+    let kinds: &[&str] = if root {
+        &["symlink", "bytes", "other user"]
+    } else {
+        eprintln!("garbage_anchor: not root, the other-user anchor is not tried");
+        &["symlink", "bytes"]
+    };
+    for &kind in kinds {
+        std::fs::remove_file(&anchor).expect("remove the anchor");
+        match kind {
+            "symlink" => std::os::unix::fs::symlink(&block, &anchor).expect("symlink"),
+            "bytes" => std::fs::write(&anchor, b"not an anchor").expect("write"),
+            _ => {
+                std::fs::write(&anchor, b"").expect("write");
+                std::os::unix::fs::chown(&anchor, Some(65534), Some(65534)).expect("chown");
+            }
+        }
+        let removed = mproc::cleanup_stale().expect("cleanup_stale");
+        let prefix = format!("q{id:016x}-");
+        assert!(
+            !removed.iter().any(|r| r.starts_with(&prefix)),
+            "{kind}: {removed:?}"
+        );
+        assert!(
+            anchor.symlink_metadata().is_ok(),
+            "{kind}: the garbage went"
+        );
+        for b in &blocks {
+            assert!(
+                shm_path(b.strip_prefix("mproc.").expect("prefix")).exists(),
+                "{kind}: {b}"
+            );
+        }
+    }
+    // No anchor at all: orphaned by construction.
+    std::fs::remove_file(&anchor).expect("remove the garbage");
+    let removed = mproc::cleanup_stale().expect("cleanup_stale");
+    assert_eq!(group_files(id), Vec::<String>::new(), "{removed:?}");
+    assert_eq!(group_files(uid_q), Vec::<String>::new(), "{removed:?}");
+}
+
+/// Whether this process runs as root (only root can give a file to another user).
+fn mproc_is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
 }

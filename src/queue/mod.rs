@@ -720,10 +720,12 @@ impl<T, C: Codec<T>> Queue<T, C> {
         }
     }
 
-    /// The `/dev/shm` entries of this queue's blocks (spilled messages, segments).
+    /// The `/dev/shm` entries of this queue's blocks (spilled messages, segments), not its anchor.
     pub(crate) fn block_files(&self) -> Vec<String> {
         let prefix = format!("mproc.q{:016x}-", self.inner.region.id());
-        crate::sys::shm::list_named(&prefix)
+        let mut files = crate::sys::shm::list_named(&prefix);
+        files.retain(|n| !n.ends_with("-anchor"));
+        files
     }
 }
 

@@ -10,44 +10,45 @@
 //! whatever a peer writes in a slot, the name we open stays under this queue's prefix, and the block is
 //! then validated like any region (magic, version, type hash, size against the file) before any byte of
 //! it is used. Blocks are created persistent: the region's drop in their maker does not unlink them, and
-//! the janitor (`cleanup_stale`) leaves them alone while their maker is dead and the queue still needs
-//! them. They are unlinked by the consumer that takes them, and whatever a killed process left behind
-//! (a block made but never referenced, a block referenced but not yet unlinked) by the last user of the
-//! queue ([`Attachment::release`]).
+//! the janitor (`cleanup_stale`) does not judge them by their maker. They are unlinked by the consumer
+//! that takes them, and whatever a killed process left behind (a block made but never referenced, a
+//! block referenced but not yet unlinked) by the last user of the queue ([`Attachment::release`]), or,
+//! if every user was killed, by `cleanup_stale`.
 //!
 //! # The last user
-//! Every attachment to a queue holds a shared `flock` on its own open file description of the queue's
-//! segment (opened anew through `/proc/self/fd`). Dropping the last handle in a process closes it and
-//! then tries an exclusive lock on a fresh description: only when no other attachment anywhere holds the
-//! shared lock does it succeed, and then the blocks under the queue's prefix are removed. The kernel
-//! drops the locks of a killed process with its descriptors, so a SIGKILLed user never keeps the blocks
-//! alive, and never needs to. A forked child shares its parent's description (and lock): whichever of
-//! the two lets go first closes only its own descriptor, the lock stays held by the other, and the fresh
-//! description of the first sees it.
+//! A queue's blocks form a *group* with an *anchor*, `/dev/shm/mproc.q<queue id>-anchor` (the protocol
+//! is the region layer's, `region::janitor`, since the janitor applies it too). Every attachment to a
+//! queue holds a shared `flock` on its own open file description of the anchor, for its whole life;
+//! attaching makes the anchor if there is none, before the attachment can make any block, and checks
+//! after taking the lock that the name still refers to the file it locked. Dropping the last handle in
+//! a process closes that description and then tries an exclusive lock on a fresh one: only when no
+//! other attachment anywhere holds the shared lock does it succeed, and then the group's blocks are
+//! removed, the anchor last. The kernel drops the locks of a killed process with its descriptors, so a
+//! SIGKILLed user never keeps the blocks alive, and never needs to. A forked child shares its parent's
+//! description (and lock): whichever of the two lets go first closes only its own descriptor, the lock
+//! stays held by the other, and the fresh description of the first sees it.
 //!
-//! What is not covered: if *every* process attached to a queue is killed, nobody is left to remove its
-//! blocks, and they stay in `/dev/shm` as `mproc.q<id>-*` files (the janitor does not judge them, since a
-//! block's maker being dead says nothing about its queue). A process that attaches through a handle
-//! while the last other user is dropping the queue may find the queue's spilled messages gone: each
-//! such message then fails its `get` with [`Error::Corrupted`].
+//! If *every* process attached to a queue is killed, nobody is left to take the exclusive lock; the
+//! janitor (`cleanup_stale`) does, without waiting, for every group it finds, and removes the group's
+//! blocks and anchor when it succeeds: never while any process is attached. A process that attaches
+//! through a handle while the last other user (or the janitor) is removing the queue's group may find
+//! the queue's spilled messages gone: each such message then fails its `get` with [`Error::Corrupted`].
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::region::{layout_hash, Layout, Region, SHM_PREFIX};
-use crate::sys::{proc, shm};
+use crate::region::janitor::{group_prefix, GroupAnchor};
+use crate::region::{layout_hash, Layout, Region};
+use crate::sys::proc;
 
 /// Bytes of a spill reference at the start of a slot: magic, nonce, length (little-endian `u64`s).
 pub(crate) const REF_LEN: usize = 24;
 /// First word of a spill reference.
 const REF_MAGIC: u64 = u64::from_le_bytes(*b"MPQSPIL1");
-/// Folded into the type hash of spill blocks: bump it when their layout changes.
-const SPILL_REVISION: usize = 1;
-/// How long attaching waits for a concurrent last user's clean-up to finish (an exclusive lock held
-/// for a directory scan) before it reports an error: not a wait a peer can stretch without bound.
-const ATTACH_WAIT: Duration = Duration::from_secs(2);
+/// Folded into the type hash of spill blocks: bump it when their layout or their protocol changes.
+/// 2: attachments hold the group's anchor (a process of an older build, which locks the queue's own
+/// segment instead, would not keep this build's blocks alive, so the two must not share blocks).
+const SPILL_REVISION: usize = 2;
 
 /// Where a spilled message is: read from a ring slot, so untrusted until its block is opened and checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +95,7 @@ impl Blocks {
     }
 
     fn prefix(&self) -> String {
-        format!("q{:016x}-", self.queue_id)
+        group_prefix(self.queue_id)
     }
 
     /// The name of spilled message `nonce`.
@@ -192,61 +193,29 @@ impl Blocks {
         let bytes = unsafe { std::slice::from_raw_parts(block.as_ptr(), block.len()) };
         Ok(f(bytes))
     }
-
-    /// Removes every block of this queue (the last user's clean-up); returns how many.
-    pub(crate) fn reclaim_all(&self) -> usize {
-        let prefix = format!("{SHM_PREFIX}{}", self.prefix());
-        let mut n = 0;
-        for shm_name in shm::list_named(&prefix) {
-            if shm::unlink_named(&shm_name, &shm_name).is_ok() {
-                n += 1;
-            }
-        }
-        n
-    }
 }
 
-/// This attachment's shared lock on the queue's segment (see "The last user" in the module docs).
+/// This attachment's shared lock on the anchor of the queue's block group (see "The last user" in the
+/// module docs).
 #[derive(Debug)]
 pub(crate) struct Attachment {
-    lock: Option<File>,
-}
-
-/// A new open file description of the region's segment.
-fn reopen(region: &Region) -> Result<File> {
-    let path = format!("/proc/self/fd/{}", region.file().as_raw_fd());
-    File::open(&path).map_err(|e| Error::os("reopen queue segment", e))
+    anchor: Option<GroupAnchor>,
 }
 
 impl Attachment {
-    /// Takes the shared lock, waiting (bounded) while a last user's clean-up holds the exclusive one.
+    /// Takes the shared lock, making the anchor if there is none, and waiting (bounded) while a last
+    /// user's or the janitor's clean-up holds the exclusive one.
     pub(crate) fn attach(region: &Region) -> Result<Attachment> {
-        let file = reopen(region)?;
-        let deadline = Instant::now() + ATTACH_WAIT;
-        loop {
-            match file.try_lock_shared() {
-                Ok(()) => return Ok(Attachment { lock: Some(file) }),
-                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Timeout),
-                Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(Error::os("flock(queue segment)", e))
-                }
-            }
-        }
+        Ok(Attachment {
+            anchor: Some(GroupAnchor::hold(region.id())?),
+        })
     }
 
-    /// Lets go of the queue; if no other attachment anywhere remains, removes the queue's blocks.
-    pub(crate) fn release(&mut self, region: &Region, blocks: &Blocks) {
-        // Ours goes first: in a forked pair, the other's descriptor of the same description keeps the
-        // lock, and the exclusive attempt below then sees it.
-        drop(self.lock.take());
-        // Errors (no descriptor left, say) only mean we do not clean up: another user, or nobody.
-        let Ok(probe) = reopen(region) else { return };
-        if probe.try_lock().is_ok() {
-            blocks.reclaim_all();
+    /// Lets go of the queue; if no other attachment anywhere remains, removes the queue's blocks and
+    /// its anchor. (`region` stays mapped meanwhile; the group is found from `blocks` alone.)
+    pub(crate) fn release(&mut self, _region: &Region, blocks: &Blocks) {
+        if let Some(anchor) = self.anchor.take() {
+            anchor.release(blocks.queue_id);
         }
-        // Dropping `probe` releases the exclusive lock.
     }
 }

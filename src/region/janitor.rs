@@ -1,15 +1,52 @@
-//! The janitor: removes named regions whose creator it proved dead.
+//! The janitor: removes named regions whose creator it proved dead, and the block groups of queues
+//! nobody is attached to any more.
 //!
 //! The rule it applies, and what it means for processes still using a removed region, are in the docs of
 //! [`cleanup_stale`] (public, since a user decides when to call it).
+//!
+//! # Block groups and their anchor
+//! A queue keeps blocks outside its own region (spilled messages, segments of an unbounded queue: see
+//! the queue layer), named `q<id>-<letter><16 hex>` where `<id>` is the queue region's id in 16 lower-case
+//! hex digits. Their maker being dead says nothing about whether the queue still needs them, so they are
+//! judged by the group they belong to, through the group's *anchor* `q<id>-anchor`: an empty regular
+//! file of this user on which every attachment to the queue holds a shared `flock` ([`GroupAnchor`])
+//! for as long as it is attached. Whoever takes the exclusive lock (without waiting) has proved that
+//! nobody is attached; it then removes the group's blocks, and the anchor last, while it holds the lock.
+//! This is how the last user of a queue cleans up when it lets go, and how [`cleanup_stale`] cleans up
+//! after queues whose every user was killed.
+//!
+//! Why it is race-free:
+//! - an anchor is created unnamed, locked shared, and only then named (`O_TMPFILE`, then `link`): no
+//!   process ever finds an anchor of a live attachment unlocked;
+//! - an attacher opens the anchor by name, waits (bounded) for its shared lock, and then checks that
+//!   the name still refers to the file it locked: if a sweep removed it in between, the attacher starts
+//!   again with the current anchor (or makes one). So every attachment holds the lock on the anchor that
+//!   is named, and a sweep, which unlinks the anchor only while it holds it exclusively, never removes
+//!   one that an attachment holds;
+//! - a sweep likewise checks, once it holds the exclusive lock, that the name still refers to its file
+//!   (another sweep may have removed it, and a new attacher made a new one, in between);
+//! - blocks are made only by attached processes, so a group without an anchor has no attachment. A
+//!   sweep of such a group makes an anchor itself, locked exclusively before it is named; if an attacher
+//!   named one first, the sweep leaves the group alone.
+//!
+//! What a sweep cannot know: a process that holds a queue's region but is not yet attached to it (it
+//! is opening a handle whose other users have all let go or died). It finds the queue's blocks gone,
+//! and each spilled message then fails its `get` with [`Error::Corrupted`](crate::Error::Corrupted).
 
-use super::header::{Header, FLAG_PERSISTENT, FORMAT_VERSION, MAGIC};
+use std::fs::File;
+use std::time::{Duration, Instant};
+
+use super::header::{Header, HeaderSnapshot, FLAG_PERSISTENT, FORMAT_VERSION, MAGIC};
 use super::{creator_known_dead, Region, SHM_PREFIX};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::sys::{proc, shm};
 
+/// How long attaching waits for a sweep of the group (an exclusive lock held for a directory scan) to
+/// finish before it reports [`Error::Timeout`]: not a wait a peer can stretch without bound.
+const ANCHOR_WAIT: Duration = Duration::from_secs(2);
+
 /// Unlinks every non-persistent named region of this user whose creating process is proved gone, and
-/// returns their names.
+/// the blocks of queues nobody is attached to any more, and returns their names.
 ///
 /// A creator normally unlinks its region when its handle drops; a creator killed with SIGKILL cannot, and
 /// its region would stay in `/dev/shm` until reboot. Call this at start-up, or from a test suite, to reclaim
@@ -31,6 +68,20 @@ use crate::sys::{proc, shm};
 /// `/dev/shm` sees other pids than ours), a creator whose liveness `/proc` cannot tell.
 /// Nothing of ours needs age to be judged: named regions are created unnamed and linked under their name
 /// only once published, so no half-made region of ours ever carries a name.
+///
+/// # Blocks of queues
+///
+/// A queue's spilled messages and an unbounded queue's segments are named `q<queue id>-…` (ids are 16
+/// lower-case hex digits; such names are reserved for queues). They are removed, with the queue's
+/// anchor `q<queue id>-anchor`, when no process is attached to the queue any more: the exclusive
+/// `flock` on the anchor, tried without waiting, succeeds only then, since every attachment holds a
+/// shared one for its whole life (and the kernel drops those of a killed process). The queue's last
+/// user does the same when it lets go; the janitor covers queues whose every user was killed. A
+/// group's entries are removed only if they are published persistent regions of this user and
+/// format named like blocks; an anchor that is not an empty regular file of this user (a symlink, a
+/// file of another user, anything with bytes in it) keeps its whole group. A group with blocks and no
+/// anchor has no attachment (blocks are only made by attached processes): the janitor anchors it
+/// itself, exclusively locked, and removes it.
 ///
 /// # Names of regions still in use
 ///
@@ -62,26 +113,43 @@ pub fn cleanup_stale() -> Result<Vec<String>> {
             removed.push(user_name.to_owned());
         }
     }
+    let mut groups: Vec<u64> = shm::list_named(SHM_PREFIX)
+        .iter()
+        .filter_map(|n| group_of(n))
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    for id in groups {
+        removed.extend(reclaim_group(id));
+    }
     Ok(removed)
 }
 
-/// Judges one entry and removes it if it is proved stale; `Some(true)` if it was removed.
-pub(super) fn is_stale(shm_name: &str) -> Option<bool> {
+/// The header of the segment `shm_name` if it is a regular file of this user long enough to have one
+/// (the snapshot is all zero if it lacks our magic), with whether it is published, and a descriptor of
+/// the same file (to unlink the name only if it still refers to it).
+fn peek_ours(shm_name: &str) -> Option<(File, HeaderSnapshot, bool)> {
     // Regular files only: open_named never opens a FIFO or device for real.
     let file = shm::open_named(shm_name, shm_name).ok()?;
     let info = shm::file_info(&file).ok()?;
     if info.uid != proc::euid() {
-        return Some(false);
+        return None;
     }
     let inode_file = file.try_clone().ok()?;
-    // None: shorter than a header. A zero snapshot: not our magic. Neither is judged, so neither goes.
+    // None: shorter than a header. A zero snapshot: not our magic.
     let (h, ready) = Region::peek_header(file)?;
     let ours = h.magic == MAGIC
         && h.version == FORMAT_VERSION
         && h.header_size as usize == std::mem::size_of::<Header>();
-    if !ours {
+    ours.then_some((inode_file, h, ready))
+}
+
+/// Judges one entry and removes it if it is proved stale; `Some(true)` if it was removed.
+pub(super) fn is_stale(shm_name: &str) -> Option<bool> {
+    // Not ours (another user, too short for a header, not our magic or format): not judged, never goes.
+    let Some((inode_file, h, ready)) = peek_ours(shm_name) else {
         return Some(false);
-    }
+    };
     // A persistent region outlives its creator only once published: one whose creator died half-way
     // (made by an older build, which named regions before publishing them) would block its name forever.
     let keep = h.flags & FLAG_PERSISTENT != 0 && ready;
@@ -91,4 +159,175 @@ pub(super) fn is_stale(shm_name: &str) -> Option<bool> {
     // Remove it only if the name still refers to the file we judged.
     let user_name = &shm_name[SHM_PREFIX.len()..];
     Some(shm::unlink_named_if_same(shm_name, user_name, &inode_file).unwrap_or(false))
+}
+
+// ------------------------------------------------------------------------------------- block groups
+
+/// The prefix of the names of queue `id`'s blocks (without [`SHM_PREFIX`]): `q<id in 16 hex>-`.
+pub(crate) fn group_prefix(id: u64) -> String {
+    format!("q{id:016x}-")
+}
+
+/// The `/dev/shm` name of group `id`'s anchor.
+fn anchor_shm_name(id: u64) -> String {
+    format!("{SHM_PREFIX}{}anchor", group_prefix(id))
+}
+
+/// 16 lower-case hex digits (how [`group_prefix`] writes a number; an upper-case spelling would name
+/// another group than the one it parses to).
+fn hex16(s: &str) -> Option<u64> {
+    let ok = s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    ok.then(|| u64::from_str_radix(s, 16).ok()).flatten()
+}
+
+/// The group of a `/dev/shm` name: `Some(id)` for `mproc.q<id>-…`.
+fn group_of(shm_name: &str) -> Option<u64> {
+    let rest = shm_name.strip_prefix(SHM_PREFIX)?.strip_prefix('q')?;
+    let (hex, tail) = rest.split_at_checked(16)?;
+    tail.starts_with('-').then_some(())?;
+    hex16(hex)
+}
+
+/// Whether the part of a name after its group prefix names a block: one letter, 16 hex digits.
+fn is_block_tail(tail: &str) -> bool {
+    let mut chars = tail.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase()) && hex16(chars.as_str()).is_some()
+}
+
+/// Opens the anchor `shm_name`: a regular file (no symlink followed, no FIFO or device opened) of this
+/// user, and empty (an anchor never holds a byte). Anything else under the name is not ours to use.
+fn open_anchor(shm_name: &str) -> Result<File> {
+    let file = shm::open_named(shm_name, shm_name)?;
+    let info = shm::file_info(&file)?;
+    if info.uid != proc::euid() || info.size != 0 {
+        return Err(Error::Corrupted(format!(
+            "{shm_name} is not a queue anchor (owner {}, {} bytes)",
+            info.uid, info.size
+        )));
+    }
+    Ok(file)
+}
+
+/// Makes group `id`'s anchor, locked (shared, or `exclusive`) before it is named, so that nobody ever
+/// finds it unlocked. [`Error::AlreadyExists`] if somebody named one first.
+fn make_anchor(id: u64, exclusive: bool) -> Result<File> {
+    let name = anchor_shm_name(id);
+    let file = shm::create_unnamed_shm()?;
+    // A description nobody else has: the lock is free.
+    if !shm::try_flock(&file, exclusive)? {
+        return Err(Error::Corrupted(format!(
+            "a fresh anchor for {name} was locked by another process"
+        )));
+    }
+    shm::link_named(&file, &name, &name)?;
+    Ok(file)
+}
+
+/// One attachment's shared lock on its block group's anchor (see the module docs): while it is held,
+/// neither a queue's last user nor [`cleanup_stale`] removes the group's blocks.
+///
+/// Dropping it lets go without cleaning up; [`GroupAnchor::release`] lets go and cleans up if it was
+/// the last. A forked child shares the lock (same open file description) until both have let go.
+#[derive(Debug)]
+pub(crate) struct GroupAnchor {
+    file: File,
+}
+
+impl GroupAnchor {
+    /// Takes a shared lock on group `id`'s anchor, making the anchor if there is none; waits (at most
+    /// two seconds, then [`Error::Timeout`]) while a sweep of the group holds it exclusively.
+    ///
+    /// Once this returns, the group's blocks that exist stay until every holder has let go.
+    pub(crate) fn hold(id: u64) -> Result<GroupAnchor> {
+        let name = anchor_shm_name(id);
+        let deadline = Instant::now() + ANCHOR_WAIT;
+        loop {
+            let file = match open_anchor(&name) {
+                Ok(file) => file,
+                Err(Error::NotFound { .. }) => match make_anchor(id, false) {
+                    Ok(file) => return Ok(GroupAnchor { file }),
+                    // Somebody named one between our open and our link: use theirs.
+                    Err(Error::AlreadyExists { .. }) => {
+                        Self::pause(deadline)?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
+                Err(e) => return Err(e),
+            };
+            while !shm::try_flock(&file, false)? {
+                Self::pause(deadline)?;
+            }
+            // Locked: a sweep can no longer unlink this name; but one may have, before we locked.
+            if shm::names_file(&name, &file)? {
+                return Ok(GroupAnchor { file });
+            }
+            Self::pause(deadline)?;
+        }
+    }
+
+    /// A short sleep before the next attempt, or [`Error::Timeout`] once `deadline` has passed.
+    fn pause(deadline: Instant) -> Result<()> {
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        Ok(())
+    }
+
+    /// Lets go of group `id`; if no other holder anywhere remains, removes the group's blocks and its
+    /// anchor. Returns the names removed.
+    pub(crate) fn release(self, id: u64) -> Vec<String> {
+        // Ours goes first: in a forked pair the other's descriptor of the same description keeps the
+        // lock, and the exclusive attempt on a fresh description below then fails, as it must.
+        drop(self.file);
+        reclaim_group(id)
+    }
+}
+
+/// Removes group `id` (its blocks, then its anchor) if nobody holds its anchor; returns the names
+/// removed (without [`SHM_PREFIX`]). See the module docs for why this is race-free.
+fn reclaim_group(id: u64) -> Vec<String> {
+    let name = anchor_shm_name(id);
+    let anchor = match open_anchor(&name) {
+        Ok(file) => file,
+        // No anchor, so no attachment: hold one of our own while we sweep. If an attacher named one
+        // first, the group is theirs.
+        Err(Error::NotFound { .. }) => match make_anchor(id, true) {
+            Ok(file) => file,
+            Err(_) => return Vec::new(),
+        },
+        // A symlink, another user's file, a file with bytes: not an anchor of ours, not our group.
+        Err(_) => return Vec::new(),
+    };
+    // Errors count as "held": when in doubt, keep.
+    if !shm::try_flock(&anchor, true).unwrap_or(false) {
+        return Vec::new();
+    }
+    // Another sweep may have removed this anchor (and an attacher made a new one) before we locked.
+    if !shm::names_file(&name, &anchor).unwrap_or(false) {
+        return Vec::new();
+    }
+    let prefix = format!("{SHM_PREFIX}{}", group_prefix(id));
+    let mut removed = Vec::new();
+    for shm_name in shm::list_named(&prefix) {
+        if !is_block_tail(&shm_name[prefix.len()..]) {
+            continue;
+        }
+        // Blocks are persistent regions, named only once published; anything else is not one.
+        let Some((file, h, ready)) = peek_ours(&shm_name) else {
+            continue;
+        };
+        if h.flags & FLAG_PERSISTENT == 0 || !ready {
+            continue;
+        }
+        if shm::unlink_named_if_same(&shm_name, &shm_name, &file).unwrap_or(false) {
+            removed.push(shm_name[SHM_PREFIX.len()..].to_owned());
+        }
+    }
+    // The anchor last, still locked: an attacher waiting on it finds it gone and starts afresh.
+    if shm::unlink_named_if_same(&name, &name, &anchor).unwrap_or(false) {
+        removed.push(name[SHM_PREFIX.len()..].to_owned());
+    }
+    removed
 }

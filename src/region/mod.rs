@@ -66,7 +66,7 @@
 //! ```
 
 mod header;
-mod janitor;
+pub(crate) mod janitor;
 pub(crate) mod shared;
 
 use std::fs::File;
@@ -409,12 +409,6 @@ impl Region {
     /// The random id in the header: equal ids mean the same region.
     pub(crate) fn id(&self) -> u64 {
         self.header.region_id
-    }
-
-    /// The segment's descriptor. A queue re-opens it (`/proc/self/fd/<fd>`, a new open file
-    /// description) to hold a shared `flock` that tells the last user of the queue it is the last.
-    pub(crate) fn file(&self) -> &File {
-        &self.file
     }
 
     /// The pid of the process that created the region.

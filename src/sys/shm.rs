@@ -369,3 +369,34 @@ impl Mapping {
         self.map.len()
     }
 }
+
+/// Tries to take a `flock(2)` on `file`'s open file description, without waiting: shared, or
+/// `exclusive`. `Ok(false)` if another description holds a conflicting lock.
+///
+/// `flock` locks belong to the open file description, not the process: a forked child that inherited
+/// the descriptor holds the same lock, and the kernel drops it when the last descriptor of the
+/// description is closed, SIGKILL included (flock(2)). Taking a lock this description already holds
+/// converts it (shared to exclusive or back).
+pub(crate) fn try_flock(file: &File, exclusive: bool) -> Result<bool> {
+    let r = if exclusive {
+        file.try_lock()
+    } else {
+        file.try_lock_shared()
+    };
+    match r {
+        Ok(()) => Ok(true),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::os("flock", e)),
+    }
+}
+
+/// Whether `/dev/shm/<shm_name>` is, right now, the file `file` (same device and inode; the name itself
+/// is not followed if it is a symlink). A missing name is `Ok(false)`.
+pub(crate) fn names_file(shm_name: &str, file: &File) -> Result<bool> {
+    let ours = file.metadata().map_err(|e| Error::os("fstat", e))?;
+    match std::fs::symlink_metadata(shm_path(shm_name)) {
+        Ok(named) => Ok((named.dev(), named.ino()) == (ours.dev(), ours.ino())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::os("stat", e)),
+    }
+}
