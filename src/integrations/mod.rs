@@ -3,11 +3,11 @@
 //!
 //! | feature | module | built on | what it gives |
 //! |---|---|---|---|
-//! | `ndarray` | [`ndarray`] | `ndarray` | `SharedArray` as `ArrayView`s of any shape, shared n-d arrays, pool maps over axis chunks |
-//! | `image` | [`image`] | `image` | images decoded straight into shared memory as `ImageBuffer`s, processed in row bands |
-//! | `npy` | [`npy`] | `npyz` (+ `ndarray`) | `.npy` files mapped from disk, handed to workers with no copy; `.npy` output |
-//! | `async` | [`future`] | `futures-core` | `Future` for `AsyncResult` and process joins, `Stream` for `imap` |
-//! | `progress` | [`progress`] | `indicatif` | a progress bar for every call of a `Pool` (`PoolBuilder::progress_bar`) |
+//! | `ndarray` | `ndarray` | `ndarray` | `SharedArray` as `ArrayView`s of any shape, shared n-d arrays, pool maps over axis chunks |
+//! | `image` | `image` | `image` | images decoded straight into shared memory as `ImageBuffer`s, processed in row bands |
+//! | `npy` | `npy` | `npyz` (+ `ndarray`) | `.npy` files mapped from disk, handed to workers with no copy; `.npy` output |
+//! | `async` | `future` | `futures-core` | `Future` for `AsyncResult` and process joins, `Stream` for `imap` |
+//! | `progress` | `progress` | `indicatif` | a progress bar for every call of a `Pool` (`PoolBuilder::progress_bar`) |
 //!
 //! # Examples
 //! Turn a feature on in `Cargo.toml` (`mproc = { version = "0.1", features = ["ndarray"] }`), and a

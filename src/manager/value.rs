@@ -86,7 +86,7 @@ impl<T, C: Codec<T>> ManagedValue<T, C> {
     /// The current value.
     ///
     /// # Errors
-    /// [`Error::Decode`], [`Error::Corrupted`].
+    /// [`Error::Decode`](crate::Error::Decode), [`Error::Corrupted`](crate::Error::Corrupted).
     pub fn get(&self) -> Result<T> {
         let obj = self.obj;
         let b = self.heap.transact(|tx| tx.heap().blob(tx.get(obj)?))?;
@@ -96,7 +96,7 @@ impl<T, C: Codec<T>> ManagedValue<T, C> {
     /// Replaces the value.
     ///
     /// # Errors
-    /// [`Error::OutOfMemory`], [`Error::Encode`], [`Error::Corrupted`].
+    /// [`Error::OutOfMemory`](crate::Error::OutOfMemory), [`Error::Encode`](crate::Error::Encode), [`Error::Corrupted`](crate::Error::Corrupted).
     pub fn set(&self, v: &T) -> Result<()> {
         let bytes = C::with_bytes(v, <[u8]>::to_vec)?;
         let obj = self.obj;

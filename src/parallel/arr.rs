@@ -89,8 +89,8 @@ enum Repr<'a, T: Pod> {
     Shared(Arc<Leased<T>>),
 }
 
-/// An array argument for a [`Parallel`] task: small ones travel inline, large ones by handle. See
-/// [the module docs](self#large-arrays-travel-by-handle).
+/// An array argument for a [`Parallel`](crate::Parallel) task: small ones travel inline, large ones by handle. See
+/// [the module docs](crate::parallel#large-arrays-travel-by-handle).
 ///
 /// Made from a borrowed slice (`Arr::from(&v)`, no copy until it must travel) or an owned `Vec`; a
 /// task reads it as a `&[T]` through `Deref`. Cloning is cheap (no element is copied).

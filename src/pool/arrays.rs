@@ -53,7 +53,7 @@ impl Pool {
     /// ```
     ///
     /// # Errors
-    /// As [`map_chunks`](Pool::map_chunks); [`Error::Encode`] if `params` cannot be serialized.
+    /// As [`map_chunks`](Pool::map_chunks); [`Error::Encode`](crate::Error::Encode) if `params` cannot be serialized.
     ///
     /// # Panics
     /// As [`map_chunks`](Pool::map_chunks).
@@ -144,7 +144,7 @@ impl Pool {
     /// ```
     ///
     /// # Errors
-    /// As [`transform`](Pool::transform); [`Error::Encode`] if `params` cannot be serialized.
+    /// As [`transform`](Pool::transform); [`Error::Encode`](crate::Error::Encode) if `params` cannot be serialized.
     ///
     /// # Panics
     /// As [`transform`](Pool::transform).

@@ -64,7 +64,7 @@ impl PoolBuilder {
     }
 
     /// Run a task whose worker died once more on another worker before failing it with
-    /// [`Error::WorkerDied`]. Only for tasks that are safe to run twice.
+    /// [`Error::WorkerDied`](crate::Error::WorkerDied). Only for tasks that are safe to run twice.
     pub fn retry_on_worker_death(mut self, yes: bool) -> Self {
         self.retry = yes;
         self
@@ -144,7 +144,7 @@ impl PoolBuilder {
     /// Starts the workers.
     ///
     /// # Errors
-    /// [`Error::Os`] if shared memory or a worker process cannot be created.
+    /// [`Error::Os`](crate::Error::Os) if shared memory or a worker process cannot be created.
     ///
     /// # Panics
     /// If the initializer is not a function of the main executable.

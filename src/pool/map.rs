@@ -165,7 +165,7 @@ impl Pool {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Encode`] if an item cannot be serialized, [`Error::PoolClosed`].
+    /// [`Error::Encode`](crate::Error::Encode) if an item cannot be serialized, [`Error::PoolClosed`](crate::Error::PoolClosed).
     ///
     /// # Panics
     /// If `f` is not a function of the main executable.
@@ -201,8 +201,8 @@ impl Pool {
     /// ```
     ///
     /// # Errors
-    /// The error of the lowest-index item that failed ([`Error::TaskPanicked`], [`Error::WorkerDied`], a
-    /// decode error), after every item has finished; [`Error::PoolClosed`]. Use
+    /// The error of the lowest-index item that failed ([`Error::TaskPanicked`](crate::Error::TaskPanicked), [`Error::WorkerDied`](crate::Error::WorkerDied), a
+    /// decode error), after every item has finished; [`Error::PoolClosed`](crate::Error::PoolClosed). Use
     /// [`map_each`](Pool::map_each) to keep the results of the items that succeeded.
     ///
     /// # Panics
@@ -271,7 +271,7 @@ impl Pool {
     /// ```
     ///
     /// # Errors
-    /// Only for the call as a whole: [`Error::Encode`], [`Error::PoolClosed`].
+    /// Only for the call as a whole: [`Error::Encode`](crate::Error::Encode), [`Error::PoolClosed`](crate::Error::PoolClosed).
     ///
     /// # Panics
     /// If `f` is not a function of the main executable.
@@ -306,7 +306,7 @@ impl Pool {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Encode`], [`Error::PoolClosed`]; each item's own error comes from the iterator.
+    /// [`Error::Encode`](crate::Error::Encode), [`Error::PoolClosed`](crate::Error::PoolClosed); each item's own error comes from the iterator.
     ///
     /// # Panics
     /// If `f` is not a function of the main executable.
@@ -415,7 +415,7 @@ impl Pool {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Encode`], [`Error::PoolClosed`].
+    /// [`Error::Encode`](crate::Error::Encode), [`Error::PoolClosed`](crate::Error::PoolClosed).
     ///
     /// # Panics
     /// If `f` is not a function of the main executable.
@@ -444,7 +444,7 @@ impl Pool {
     /// ```
     ///
     /// # Errors
-    /// [`Error::TaskPanicked`], [`Error::WorkerDied`], [`Error::Encode`], [`Error::PoolClosed`].
+    /// [`Error::TaskPanicked`](crate::Error::TaskPanicked), [`Error::WorkerDied`](crate::Error::WorkerDied), [`Error::Encode`](crate::Error::Encode), [`Error::PoolClosed`](crate::Error::PoolClosed).
     ///
     /// # Panics
     /// If `f` is not a function of the main executable.

@@ -22,7 +22,7 @@
 //! anywhere else.
 //!
 //! # Arrays by offset
-//! [`map_chunks`](Pool::map_chunks) and [`transform`](Pool::transform) lend a [`SharedArray`] to the
+//! [`map_chunks`](Pool::map_chunks) and [`transform`](Pool::transform) lend a [`SharedArray`](crate::SharedArray) to the
 //! workers: a task carries (region, offset, range), never the elements, and each worker maps the array
 //! once and computes on it in place. The borrow checker keeps the parent off the array while they work:
 //! `map_chunks` takes `&SharedArray` (everyone reads), `transform` takes `&SharedArray` for the input and
