@@ -2,8 +2,8 @@
 //! the server process.
 //!
 //! Python's manager keeps shared objects in a server process and proxies every call over a socket. Here
-//! the objects live in one shared region: an allocator, an undo journal and a directory (layout and
-//! crash semantics in `src/manager/heap.rs`), and every operation is a short transaction under the heap's
+//! the objects live in one shared region: an allocator, an undo journal and a directory, and every
+//! operation is a short transaction under the heap's
 //! robust lock, run by the calling process itself. Any process of the same user that knows the name opens
 //! the manager and works on the same objects; a process killed in the middle of `Dict::insert` or
 //! `List::push` leaves every container as it was before that call, and the next caller rolls the half-done
@@ -63,6 +63,23 @@ fn heap_layout(size: Option<usize>) -> Layout {
 }
 
 /// A managed shared heap of named containers. See the [module docs](self).
+///
+/// # Examples
+/// ```
+/// fn count_words(counts: mproc::manager::Dict<String, u64>) {
+///     for w in "to be or not to be".split(' ') {
+///         counts.entry(w).and_modify(|n| *n += 1).or_insert(1).unwrap();
+///     }
+/// }
+///
+/// let m = mproc::Manager::new()?;
+/// let counts = m.dict::<String, u64>("counts")?;
+/// let mut child = mproc::Process::new(count_words, counts.clone())?; // a container is an argument
+/// child.start()?;
+/// child.join()?;
+/// assert_eq!(counts.get("be")?, Some(2));
+/// # Ok::<(), mproc::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Manager {
     heap: Arc<JournaledHeap>,
@@ -206,6 +223,18 @@ impl Manager {
     ///
     /// # Errors
     /// [`Error::Corrupted`] if the heap's size word is damaged.
+    ///
+    /// # Examples
+    /// ```
+    /// let m = mproc::Manager::new()?;
+    /// let before = m.size()?;
+    /// let blobs = m.list::<Vec<u8>>("blobs")?;
+    /// for _ in 0..8 {
+    ///     blobs.push(&vec![7u8; 512 << 10])?; // 4 MiB in all: more than the first 1 MiB
+    /// }
+    /// assert!(m.size()? > before);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn size(&self) -> Result<usize> {
         self.heap.size().map(|(now, _)| now as usize)
     }
@@ -214,6 +243,15 @@ impl Manager {
     ///
     /// # Errors
     /// [`Error::Corrupted`] if the heap's size words are damaged.
+    ///
+    /// # Examples
+    /// ```
+    /// let m = mproc::Manager::builder().initial_size(1 << 20).max_size(1 << 20).anonymous()?;
+    /// assert_eq!(m.max_size()?, 1 << 20);
+    /// let blobs = m.list::<Vec<u8>>("blobs")?;
+    /// assert!(matches!(blobs.push(&vec![0u8; 2 << 20]), Err(mproc::Error::OutOfMemory { .. })));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn max_size(&self) -> Result<usize> {
         self.heap
             .size()
@@ -225,6 +263,16 @@ impl Manager {
     /// # Errors
     /// [`Error::NotFound`], [`Error::TypeMismatch`] if the name holds something else, or another
     /// validation error.
+    ///
+    /// # Examples
+    /// ```
+    /// let name = format!("doc-manager-open-{}", std::process::id());
+    /// let made = mproc::Manager::create(&name, 1 << 20)?;
+    /// made.value("answer", &42u32)?;
+    /// let opened = mproc::Manager::open(&name)?; // what another process would do
+    /// assert_eq!(opened.value("answer", &0u32)?.get()?, 42);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn open(name: &str) -> Result<Manager> {
         Manager::wrap(Region::open_with(
             name,
@@ -234,6 +282,15 @@ impl Manager {
     }
 
     /// A handle another process can open with [`Manager::from_handle`].
+    ///
+    /// # Examples
+    /// ```
+    /// let m = mproc::Manager::new()?;
+    /// let again = mproc::Manager::from_handle(&m.handle())?;
+    /// m.namespace("cfg")?.set("verbose", &true)?;
+    /// assert_eq!(again.namespace("cfg")?.get::<bool>("verbose")?, Some(true));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn handle(&self) -> RegionHandle {
         self.heap.region().handle()
     }
@@ -242,6 +299,21 @@ impl Manager {
     ///
     /// # Errors
     /// [`Error::StaleHandle`] or a validation error.
+    ///
+    /// # Examples
+    /// ```
+    /// fn read_total(h: mproc::RegionHandle) -> u64 {
+    ///     let m = mproc::Manager::from_handle(&h).expect("the parent's manager");
+    ///     m.value("total", &0u64).expect("value").get().expect("get")
+    /// }
+    ///
+    /// let m = mproc::Manager::new()?;
+    /// m.value("total", &99u64)?;
+    /// let mut p = mproc::Process::new(read_total, m.handle())?;
+    /// p.start()?;
+    /// assert_eq!(p.join()?, 99);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn from_handle(handle: &RegionHandle) -> Result<Manager> {
         Manager::wrap(Region::open_handle_growable(handle, heap_layout(None))?)
     }
@@ -325,6 +397,17 @@ impl Manager {
     ///
     /// # Errors
     /// [`Error::TypeMismatch`] if `name` holds another kind of object; [`Error::OutOfMemory`].
+    ///
+    /// # Examples
+    /// ```
+    /// let m = mproc::Manager::new()?;
+    /// let ages = m.dict::<String, u32>("ages")?;
+    /// assert_eq!(ages.insert(&"ada".to_owned(), &36)?, None);
+    /// assert_eq!(ages.insert(&"ada".to_owned(), &37)?, Some(36)); // the value it replaced
+    /// assert_eq!(ages.get("ada")?, Some(37));
+    /// assert!(matches!(m.list::<u8>("ages"), Err(mproc::Error::TypeMismatch { .. })));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn dict<K, V>(&self, name: &str) -> Result<Dict<K, V>>
     where
         K: Serialize + DeserializeOwned,
@@ -337,6 +420,15 @@ impl Manager {
     ///
     /// # Errors
     /// As [`Manager::dict`].
+    ///
+    /// # Examples
+    /// ```
+    /// let m = mproc::Manager::new()?;
+    /// let hits = m.pod_dict::<u64, f32>("hits")?;
+    /// hits.insert(&7, &0.5)?;
+    /// assert_eq!(hits.get(&7)?, Some(0.5));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn pod_dict<K: Pod, V: Pod>(&self, name: &str) -> Result<Dict<K, V, Raw>> {
         self.dict_with::<K, V, Raw>(name)
     }
@@ -351,6 +443,16 @@ impl Manager {
     ///
     /// # Errors
     /// As [`Manager::dict`].
+    ///
+    /// # Examples
+    /// ```
+    /// let m = mproc::Manager::new()?;
+    /// let log = m.list::<String>("log")?;
+    /// log.push(&"started".to_owned())?;
+    /// log.push(&"done".to_owned())?;
+    /// assert_eq!(log.to_vec()?, ["started", "done"]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn list<T: Serialize + DeserializeOwned>(&self, name: &str) -> Result<List<T>> {
         self.list_with::<T, Serde>(name)
     }
@@ -359,6 +461,16 @@ impl Manager {
     ///
     /// # Errors
     /// As [`Manager::dict`].
+    ///
+    /// # Examples
+    /// ```
+    /// let m = mproc::Manager::new()?;
+    /// let xs = m.pod_list::<[f64; 2]>("points")?;
+    /// xs.push(&[1.0, 2.0])?;
+    /// assert_eq!(xs.get(0)?, Some([1.0, 2.0]));
+    /// assert_eq!(xs.len()?, 1);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn pod_list<T: Pod>(&self, name: &str) -> Result<List<T, Raw>> {
         self.list_with::<T, Raw>(name)
     }
@@ -373,6 +485,16 @@ impl Manager {
     ///
     /// # Errors
     /// As [`Manager::dict`]; [`Error::Encode`].
+    ///
+    /// # Examples
+    /// ```
+    /// let m = mproc::Manager::new()?;
+    /// let best = m.value("best", &(0u32, String::new()))?;
+    /// best.update(|(score, who)| if score < 9 { (9, "ada".into()) } else { (score, who) })?;
+    /// assert_eq!(best.get()?, (9, "ada".to_owned()));
+    /// assert_eq!(m.value("best", &(1u32, String::new()))?.get()?.0, 9); // `initial` only if new
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn value<T: Serialize + DeserializeOwned>(
         &self,
         name: &str,
@@ -390,6 +512,17 @@ impl Manager {
     ///
     /// # Errors
     /// As [`Manager::dict`].
+    ///
+    /// # Examples
+    /// ```
+    /// let m = mproc::Manager::new()?;
+    /// let ns = m.namespace("settings")?;
+    /// ns.set("threshold", &0.75f64)?;
+    /// ns.set("label", &"cats")?;
+    /// assert_eq!(ns.get::<f64>("threshold")?, Some(0.75));
+    /// assert_eq!(ns.get::<String>("label")?.as_deref(), Some("cats"));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn namespace(&self, name: &str) -> Result<Namespace> {
         let obj = self.object(
             name,
@@ -404,6 +537,17 @@ impl Manager {
     ///
     /// # Errors
     /// [`Error::Corrupted`].
+    ///
+    /// # Examples
+    /// ```
+    /// let m = mproc::Manager::new()?;
+    /// m.dict::<u8, u8>("a")?;
+    /// m.list::<u8>("b")?;
+    /// let mut names = m.names()?;
+    /// names.sort();
+    /// assert_eq!(names, ["a", "b"]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn names(&self) -> Result<Vec<String>> {
         self.heap.transact(|tx| {
             let mut out = Vec::new();

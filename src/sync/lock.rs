@@ -13,8 +13,7 @@ use crate::region::shared::{impl_shared_object, Shared};
 /// If a process (or thread) dies while holding it, the next `lock` returns [`OwnerDied`] carrying the
 /// guard — reported exactly once, like a poisoned [`std::sync::Mutex`] — and the lock is usable again.
 /// Waiters notice the death within about 50 ms: they sleep on the futex with a timeout and then check
-/// the holder's thread id and start time in `/proc` (the protocol is documented in
-/// `src/sync/raw_lock.rs`).
+/// the holder's thread id and start time in `/proc`.
 ///
 /// Uncontended `lock`/`unlock` is one compare-and-swap and one swap, with no system call.
 ///

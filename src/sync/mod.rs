@@ -20,6 +20,28 @@
 //! call overstep its deadline (internal locks included), or a call touch memory outside the region; but
 //! garbage that changes a counter (a semaphore's value, an event's flag, a barrier's count) changes the
 //! outcome of the calls that read it, as it would for any shared counter.
+//!
+//! # Examples
+//! A lock survives the death of its holder: the next caller is told, and carries on.
+//! ```
+//! use mproc::{Lock, Process};
+//!
+//! fn die_holding(lock: Lock) {
+//!     let _guard = lock.lock().expect("lock");
+//!     std::process::abort(); // killed with the lock held
+//! }
+//!
+//! let lock = Lock::new()?;
+//! let mut p = Process::new(die_holding, lock.clone())?;
+//! p.start()?;
+//! assert!(p.join().is_err());
+//! match lock.lock() {
+//!     Err(died) => drop(died.into_inner()), // reported once, with the guard
+//!     Ok(_) => panic!("the death must be reported"),
+//! }
+//! assert!(lock.lock().is_ok()); // and the lock is usable again
+//! # Ok::<(), mproc::Error>(())
+//! ```
 
 mod barrier;
 mod condition;
