@@ -16,6 +16,45 @@
 //!   is checked. A process writing garbage can make an operation fail with an error; it cannot make
 //!   another process read or write outside a region.
 //!
+//! # Getting started
+//! ```toml
+//! [dependencies]
+//! mproc = "0.1"
+//! serde = { version = "1", features = ["derive"] }    # your own argument and result types
+//! bytemuck = { version = "1", features = ["derive"] } # your own plain-data types in shared memory
+//! ```
+//! Arguments and results travel serialized (serde, postcard): derive `Serialize` and `Deserialize` on
+//! your types. Data that lives *in* shared memory ([`SharedArray<T>`](SharedArray), [`Value<T>`](Value),
+//! raw queues) must be `bytemuck::Pod`: no pointers, any bytes valid. A spawned function may take its
+//! argument borrowed (`fn greet(name: &str)`); a pool task takes it by value (`fn square(x: u64)`), and
+//! the forms that cannot work are compile errors that name the type and what to take instead.
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize, Debug, PartialEq)]
+//! struct Job {
+//!     id: u32,
+//!     path: String,
+//! }
+//!
+//! fn describe(job: &Job) -> String {
+//!     format!("job {} reads {}", job.id, job.path)
+//! }
+//!
+//! let mut p = mproc::Process::new(describe, &Job { id: 7, path: "in.png".into() })?;
+//! p.start()?;
+//! assert_eq!(p.join()?, "job 7 reads in.png");
+//! # Ok::<(), mproc::Error>(())
+//! ```
+//!
+//! The mistakes Python's multiprocessing tutorials warn about, and the answer here: state is not shared
+//! unless it lives in shared memory (use [`Value`], [`SharedArray`], a [`Manager`]); more workers than
+//! CPUs only adds switching ([`Pool::new`] starts one per CPU); a read-modify-write of shared state needs
+//! a lock ([`Value::lock`], `Dict::entry`); large data should not be copied to each task (a
+//! [`SharedArray`] travels by offset); and a failed task or child is an error value to handle
+//! ([`Error::TaskPanicked`], [`Error::WorkerDied`], [`Error::ProcessKilled`]), never a hang.
+//!
 //! # Which item for which job
 //! | job | item |
 //! |---|---|
