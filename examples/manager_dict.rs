@@ -5,14 +5,14 @@
 //! cargo run --release --example manager_dict
 //! ```
 //!
-//! The parent creates a named [`Manager`] (a shared heap in `/dev/shm/mproc.<name>`), starts three
-//! child processes with [`Process::new`], and hands each one the manager's *name* and a part of a
-//! built-in text. Each child opens the manager by name, counts the words of its part into the shared
-//! `Dict<String, u64>` with [`Dict::update`] (read, add, write back in one transaction: concurrent
-//! updates of the same word lose nothing), and pushes a summary line into the shared `List<String>`.
-//! The parent joins them, prints the top words, and checks every count against a sequential count of
-//! the whole text (it fails loudly if one differs). When the parent's `Manager` is dropped, the name is
-//! removed: nothing is left in `/dev/shm`.
+//! The parent makes a [`Manager`] (a shared heap that grows as it fills; no size to choose), starts
+//! three child processes with [`Process::new`], and hands each one the shared `Dict<String, u64>` and
+//! `List<String>` themselves, as arguments, with a part of a built-in text. Each child counts the words
+//! of its part into the dict with `Dict::entry` (`and_modify(+1).or_insert(1)` in one transaction:
+//! concurrent updates of the same word lose nothing) and pushes a summary line into the list; it
+//! returns an `mproc::Result`, whose error (if any) crosses back to the parent as it was. The parent
+//! joins them, prints the top words, and checks every count against a sequential count of the whole
+//! text (it fails loudly if one differs). Nothing is left in `/dev/shm` afterwards.
 //!
 //! # Two unrelated programs
 //! Processes need not be parent and child: any two programs of the same user that agree on a name share
@@ -34,6 +34,7 @@
 use std::collections::HashMap;
 use std::process::ExitCode;
 
+use mproc::manager::{Dict, List};
 use mproc::{Manager, Process};
 
 const TEXT: &str = "\
@@ -58,23 +59,19 @@ fn words(text: &str) -> impl Iterator<Item = String> + '_ {
 }
 
 /// A child: counts the words of its part into the shared dict and reports in the shared list.
-fn worker((manager, index, part): (String, usize, String)) -> Result<u64, String> {
-    let run = || -> mproc::Result<u64> {
-        let m = Manager::open(&manager)?;
-        let counts = m.dict::<String, u64>("counts")?;
-        let log = m.list::<String>("log")?;
-        let mut n = 0;
-        for w in words(&part) {
-            counts.update(&w, |c| c.unwrap_or(0) + 1)?;
-            n += 1;
-        }
-        log.push(&format!(
-            "worker {index} (pid {}) counted {n} words",
-            std::process::id()
-        ))?;
-        Ok(n)
-    };
-    run().map_err(|e| e.to_string())
+fn worker(
+    (counts, log, index, part): (Dict<String, u64>, List<String>, usize, String),
+) -> mproc::Result<u64> {
+    let mut n = 0;
+    for w in words(&part) {
+        counts.entry(&w).and_modify(|c| *c += 1).or_insert(1)?;
+        n += 1;
+    }
+    log.push(&format!(
+        "worker {index} (pid {}) counted {n} words",
+        std::process::id()
+    ))?;
+    Ok(n)
 }
 
 /// Splits `text` into `n` parts at word boundaries.
@@ -86,14 +83,13 @@ fn split(text: &str, n: usize) -> Vec<String> {
 }
 
 fn run() -> Result<(), String> {
-    let name = format!("manager-dict-example-{}", std::process::id());
-    let m = Manager::create(&name, 1 << 20).map_err(|e| format!("create manager: {e}"))?;
+    let m = Manager::new().map_err(|e| format!("create manager: {e}"))?;
     let counts = m.dict::<String, u64>("counts").map_err(|e| e.to_string())?;
     let log = m.list::<String>("log").map_err(|e| e.to_string())?;
 
     let mut children = Vec::new();
     for (i, part) in split(TEXT, WORKERS).into_iter().enumerate() {
-        let mut p = Process::new(worker, (name.clone(), i, part))
+        let mut p = Process::new(worker, (counts.clone(), log.clone(), i, part))
             .map_err(|e| format!("worker {i}: {e}"))?;
         p.start().map_err(|e| format!("start worker {i}: {e}"))?;
         children.push(p);
