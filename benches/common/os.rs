@@ -11,6 +11,19 @@ pub struct Child {
     reaped: bool,
 }
 
+/// Makes glibc's malloc keep what this process (and the children it forks afterwards) frees, as a pool's
+/// workers do by default (`PoolBuilder::retain_worker_memory`): no allocation gets an `mmap` of its own,
+/// and free memory is trimmed only past 2 GiB. A bench that compares the pool with pipes calls it first,
+/// so that its baseline's processes pay no more page faults for fresh buffers than the workers do.
+#[allow(dead_code)] // not every bench compares against its own processes
+pub fn retain_freed_memory() {
+    // SAFETY: mallopt(3) only sets malloc's tuning parameters, under malloc's own lock.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
 /// Runs `f` in a forked child that exits with `_exit` (0 if `f` returned, 1 if it panicked).
 ///
 /// The benches call this only while they are single-threaded (thread variants join their threads, pools

@@ -50,6 +50,8 @@ pub(crate) struct PoolConfig {
     pub(crate) max_body: u64,
     /// How workers are started, the first ones and their replacements: spawn or the fork server.
     pub(crate) start_method: StartMethod,
+    /// Whether workers keep the memory their tasks free (see `PoolBuilder::retain_worker_memory`).
+    pub(crate) retain_memory: bool,
 }
 
 struct TaskEntry {
@@ -128,6 +130,7 @@ impl Dispatcher {
             initializer: self.cfg.initializer,
             max_tasks: self.cfg.max_tasks,
             max_body: self.cfg.max_body,
+            retain_memory: self.cfg.retain_memory,
         };
         // The pool's key is the worker's spawn key: it reaches the worker over the spawn channel's
         // socket (or the fork server's request socket), never through a file or shared memory another

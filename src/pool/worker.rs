@@ -43,6 +43,8 @@ pub(crate) struct WorkerArgs {
     pub max_tasks: Option<u64>,
     /// The largest task body the worker reassembles; a larger one fails that task.
     pub max_body: u64,
+    /// Keep what tasks free for the next ones (`PoolBuilder::retain_worker_memory`).
+    pub retain_memory: bool,
 }
 
 thread_local! {
@@ -172,6 +174,9 @@ fn run_items<X>(
 /// after `max_tasks` tasks; the parent sees the exit and decides whether to start another.
 pub(crate) fn worker_main(args: WorkerArgs) {
     install_panic_hook();
+    if args.retain_memory {
+        crate::sys::process::retain_freed_memory();
+    }
     // A worker is always started with the pool's key (`Builder::spawn_key`); without one it was not
     // started by a pool and can authenticate nothing. Through the fork server the key comes with the
     // request, and `spawn_key()` would be the server's own: the requester's key comes first.

@@ -221,6 +221,26 @@ pub(crate) fn kill_and_reap(pid: u32) {
     let _ = waitpid(pid, true);
 }
 
+/// Makes the C allocator (glibc's malloc, which Rust's `System` allocator is) keep the memory this
+/// process frees, mapped and ready for its next allocation, instead of handing it back to the kernel:
+/// no allocation is served by its own `mmap` (glibc always does that for blocks above 32 MiB, and
+/// `munmap`s them when freed), and the top of the heap is trimmed only past 2 GiB of free memory.
+///
+/// For a pool worker, whose calls allocate the same large buffers again and again (a 64 MiB `Vec`
+/// decoded per call), this turns every call after the first from a first-touch page fault per 4 KiB
+/// (1–3.5 µs each on this crate's VMs: ~30 ms for 64 MiB) into reuse of pages already mapped. The
+/// price is that the process's resident size stays at its peak. Harmless with any other global
+/// allocator: these are glibc's parameters only.
+pub(crate) fn retain_freed_memory() {
+    // SAFETY: mallopt(3) only sets malloc's tuning parameters (under malloc's own lock); any values
+    // are valid and no memory is touched. M_MMAP_MAX 0: never mmap an allocation of its own;
+    // M_TRIM_THRESHOLD: return free heap top to the kernel only past 2 GiB.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
 /// Writes `bytes` to standard error with one `write(2)`, taking no lock (usable in a forked child and in
 /// a panic hook). Errors are ignored: there is nowhere left to report them.
 pub(crate) fn write_stderr_raw(bytes: &[u8]) {
