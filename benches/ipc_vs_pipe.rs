@@ -479,10 +479,6 @@ fn main() {
     // Fork the pipe servers first, while this process has one thread and no large allocation.
     let mut pipe = PipeServer::start(false);
     let mut pipe_kept = PipeServer::start(true);
-    // This process keeps what it frees too (after the forks, so (a)'s child has the allocator as it
-    // comes): otherwise dropping each size's arrays unmaps hundreds of MiB, and the kernel's freeing of
-    // them runs into the timed round trips below. The (a) columns reuse their buffers on this side.
-    os::retain_freed_memory();
     let pool = Pool::builder().workers(1).build().expect("start the pool");
     pool.apply(noop, 1).expect("warm the worker");
 
