@@ -60,6 +60,13 @@ pub trait Codec<T>: Send + Sync + 'static {
         1024
     }
 
+    /// Whether a queue of this codec spills a message too large for its slots to a block of its own
+    /// (every public codec does). The pool's internal frame codec says no: its writers cut every
+    /// message into frames that fit a slot, so its queues need no blocks, and so no anchor file in
+    /// `/dev/shm` that a killed pool would leave behind.
+    #[doc(hidden)]
+    const SPILLS: bool = true;
+
     /// Calls `f` with the encoded bytes of `value` (a codec may borrow them from `value` itself).
     ///
     /// # Errors

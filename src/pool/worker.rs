@@ -8,15 +8,35 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::wire::{self, ItemFailure, ItemResults, PayloadRef, KIND_RESULT, KIND_TASK};
-use crate::codec::RawSlice;
-use crate::error::Error;
+use crate::codec::{Codec, RawSlice};
+use crate::error::{Error, Result};
 use crate::heap::{BlockHandle, SharedArray};
 use crate::process::fnref::{AdapterKind, FnAddr, FnKey, FnRef, LocalFn};
 use crate::process::{bootstrap, forkserver};
 use crate::queue::Queue;
 
 /// A byte-frame ring, the transport of every pool message.
-pub(crate) type FrameQueue = Queue<Vec<u8>, RawSlice<u8>>;
+pub(crate) type FrameQueue = Queue<Vec<u8>, Frames>;
+
+/// The codec of the pool's rings: raw bytes, as [`RawSlice<u8>`], in queues that never spill. Every
+/// writer of a pool ring cuts its message into frames of at most the ring's inline size (`wire`), so
+/// a frame never needs a block of its own; such queues hold no anchor file in `/dev/shm`, and a pool
+/// whose processes are all killed (Ctrl-C on a program) leaves nothing behind.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Frames;
+
+impl Codec<Vec<u8>> for Frames {
+    const NAME: &'static str = "pool-frames";
+    const SPILLS: bool = false;
+
+    fn with_bytes<R>(value: &Vec<u8>, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        <RawSlice<u8> as Codec<Vec<u8>>>::with_bytes(value, f)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Vec<u8>> {
+        <RawSlice<u8> as Codec<Vec<u8>>>::decode(bytes)
+    }
+}
 
 /// The adapter kind of pool tasks: runs the user's function on a payload and encodes the per-item
 /// results. `Err` means the whole task could not run (its items all fail with the message).

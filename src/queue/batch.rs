@@ -161,6 +161,12 @@ impl<T, C: Codec<T>> Queue<T, C> {
         if bytes.len() < slot_size {
             return batch.write(bytes);
         }
+        if !C::SPILLS {
+            return Err(Error::MessageTooLarge {
+                size: bytes.len(),
+                max: slot_size - 1,
+            });
+        }
         let blocks = &self.inner.blocks;
         let r = blocks.spill(bytes)?;
         let mut slot = vec![0u8; slot_size];
@@ -302,7 +308,7 @@ impl<T, C: Codec<T>> Queue<T, C> {
             // A slot of exactly `slot_size` bytes is a spill reference; its block is taken once the
             // slot is released, as `get` does.
             let read = |b: &[u8]| {
-                if b.len() == slot_size {
+                if b.len() == slot_size && C::SPILLS {
                     Err(SpillRef::parse(b))
                 } else {
                     Ok(C::decode(b))

@@ -188,7 +188,12 @@ impl<T, C: Codec<T>> Queue<T, C> {
             }
             Engine::Bounded { ring, slot_size }
         };
-        let attachment = Attachment::attach(&region)?;
+        // A queue that never spills has no blocks, so no group to hold an anchor of.
+        let attachment = if C::SPILLS {
+            Attachment::attach(&region)?
+        } else {
+            Attachment::detached()
+        };
         Ok(Queue {
             inner: Arc::new(Inner {
                 engine,
@@ -442,8 +447,13 @@ impl<T, C: Codec<T>> Queue<T, C> {
                 // The fast path: one comparison more than the ring's own length check.
                 if bytes.len() < *slot_size {
                     ring.push(bytes, deadline)
-                } else {
+                } else if C::SPILLS {
                     self.spill_put(ring, *slot_size, bytes, deadline)
+                } else {
+                    Err(Error::MessageTooLarge {
+                        size: bytes.len(),
+                        max: *slot_size - 1,
+                    })
                 }
             })?,
             Engine::Unbounded(log) => C::with_bytes(value, |bytes| log.push(bytes, deadline))?,
@@ -537,7 +547,7 @@ impl<T, C: Codec<T>> Queue<T, C> {
                 // The closure may run more than once (ring.rs, `try_pop`): it only reads. The block
                 // a reference names is opened and removed after the slot is released.
                 match ring.pop(deadline, |b| {
-                    if b.len() == slot_size {
+                    if b.len() == slot_size && C::SPILLS {
                         Err(SpillRef::parse(b))
                     } else {
                         Ok(C::decode(b))

@@ -211,6 +211,11 @@ impl Attachment {
         })
     }
 
+    /// No attachment: for a queue that never spills (it has no blocks to guard).
+    pub(crate) fn detached() -> Attachment {
+        Attachment { anchor: None }
+    }
+
     /// Lets go of the queue; if no other attachment anywhere remains, removes the queue's blocks and
     /// its anchor. (`region` stays mapped meanwhile; the group is found from `blocks` alone.)
     pub(crate) fn release(&mut self, _region: &Region, blocks: &Blocks) {

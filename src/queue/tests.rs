@@ -818,3 +818,45 @@ fn batches_on_an_unbounded_queue_keep_order_and_counts() {
     q.close();
     assert!(matches!(q.get_many(&mut out, 4), Err(Error::Closed)));
 }
+
+/// A codec whose queues never spill, as the pool's frame codec.
+struct NoSpill;
+
+impl Codec<Vec<u8>> for NoSpill {
+    const NAME: &'static str = "test-no-spill";
+    const SPILLS: bool = false;
+
+    fn with_bytes<R>(value: &Vec<u8>, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        Ok(f(value))
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Vec<u8>> {
+        Ok(bytes.to_vec())
+    }
+}
+
+#[test]
+fn a_queue_that_never_spills_makes_no_file_and_refuses_what_does_not_fit() {
+    let group_files = |id: u64| crate::sys::shm::list_named(&format!("mproc.q{id:016x}-"));
+    // A queue that may spill holds an anchor for its blocks from the start...
+    let spilling: Queue<Vec<u8>> = Queue::with_max_message(4, 64).unwrap();
+    assert_eq!(group_files(spilling.inner.region.id()).len(), 1);
+    // ... one that never spills has no group at all, so a killed user leaves nothing behind.
+    let q: Queue<Vec<u8>, NoSpill> = Queue::with_max_message(4, 64).unwrap();
+    let id = q.inner.region.id();
+    let fits = vec![7u8; q.max_message_size()];
+    q.put(&fits).unwrap();
+    assert_eq!(q.get().unwrap(), fits);
+    let too_big = vec![7u8; q.max_message_size() + 1];
+    assert!(matches!(
+        q.put(&too_big),
+        Err(Error::MessageTooLarge { .. })
+    ));
+    assert!(matches!(
+        q.put_many([&fits, &too_big]),
+        Err(Error::MessageTooLarge { .. })
+    ));
+    let mut out = Vec::new();
+    assert_eq!(q.try_get_many(&mut out, 4).unwrap(), 1); // the one before the refused one
+    assert!(group_files(id).is_empty());
+}
