@@ -482,6 +482,54 @@ fn main() {
     let pool = Pool::builder().workers(1).build().expect("start the pool");
     pool.apply(noop, 1).expect("warm the worker");
 
+    // Round trip, in pieces: where the time of a small pool call goes. Timed first, before the large
+    // arrays: after them (hundreds of MiB allocated, kept or unmapped by this process, the worker and
+    // the pipe children) the round trips of this bench and even its in-process thread ping-pong ran
+    // 2-3 times slower in most quick runs, with every build tried.
+    println!(
+        "\nround trip of one pool call (calls timed one by one, {} calls; p10 / p50 / p90)",
+        cfg.rtt_calls
+    );
+    let small = SharedArray::from_slice(&[1.0f64; 512]).expect("SharedArray");
+    let n = cfg.rtt_calls;
+    let rows: Vec<(&'static str, (f64, f64, f64))> = vec![
+        (
+            "pool.apply(noop), back to back",
+            percentiles(n, None, || {
+                black_box(pool.apply(noop, 7).expect("apply"));
+            }),
+        ),
+        (
+            "pool.map_chunks(4 KiB, deliver), back to back",
+            percentiles(n, None, || {
+                black_box(pool_offset(&pool, Task::Deliver, &small));
+            }),
+        ),
+        (
+            "pool.apply(noop) after 2 ms idle",
+            percentiles(n / 10, Some(Duration::from_millis(2)), || {
+                black_box(pool.apply(noop, 7).expect("apply"));
+            }),
+        ),
+        (
+            "pipe, raw 8 bytes (two pipes, child asleep in read)",
+            percentiles(n, None, || {
+                black_box(pipe.raw(Task::Deliver, &[1.0]));
+            }),
+        ),
+        ("thread ping-pong, Mutex + Condvar", condvar_rtt(n)),
+    ];
+    let legs = legs(&pool, n);
+    for (name, (p10, p50, p90)) in rows.iter().chain(&legs) {
+        println!(
+            "  {:<56} {:>10} {:>10} {:>10}",
+            name,
+            fmt_time(*p10),
+            fmt_time(*p50),
+            fmt_time(*p90)
+        );
+    }
+
     println!(
         "mproc ipc_vs_pipe{}: f64 arrays to a warm worker (pool of 1 / forked pipe server), median time per call, min..max",
         if quick { " (quick)" } else { "" }
@@ -549,52 +597,7 @@ fn main() {
         }
     }
 
-    // The second pipe child is done: its memory, kept on purpose, goes before the round trips are timed.
     drop(pipe_kept);
-    // Round trip, in pieces: where the time of a small pool call goes.
-    println!(
-        "\nround trip of one pool call (calls timed one by one, {} calls; p10 / p50 / p90)",
-        cfg.rtt_calls
-    );
-    let small = SharedArray::from_slice(&[1.0f64; 512]).expect("SharedArray");
-    let n = cfg.rtt_calls;
-    let rows: Vec<(&'static str, (f64, f64, f64))> = vec![
-        (
-            "pool.apply(noop), back to back",
-            percentiles(n, None, || {
-                black_box(pool.apply(noop, 7).expect("apply"));
-            }),
-        ),
-        (
-            "pool.map_chunks(4 KiB, deliver), back to back",
-            percentiles(n, None, || {
-                black_box(pool_offset(&pool, Task::Deliver, &small));
-            }),
-        ),
-        (
-            "pool.apply(noop) after 2 ms idle",
-            percentiles(n / 10, Some(Duration::from_millis(2)), || {
-                black_box(pool.apply(noop, 7).expect("apply"));
-            }),
-        ),
-        (
-            "pipe, raw 8 bytes (two pipes, child asleep in read)",
-            percentiles(n, None, || {
-                black_box(pipe.raw(Task::Deliver, &[1.0]));
-            }),
-        ),
-        ("thread ping-pong, Mutex + Condvar", condvar_rtt(n)),
-    ];
-    let legs = legs(&pool, n);
-    for (name, (p10, p50, p90)) in rows.iter().chain(&legs) {
-        println!(
-            "  {:<56} {:>10} {:>10} {:>10}",
-            name,
-            fmt_time(*p10),
-            fmt_time(*p50),
-            fmt_time(*p90)
-        );
-    }
 
     // Two workers against one core in this process, on the same 64 MiB.
     let two = two_workers(if quick { 5 } else { 11 });
