@@ -106,9 +106,9 @@
 //! every message delivered exactly once, per-producer order kept) plus kill tests; it is not model-checked.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::sync::wait::{Backoff, StuckWatch, WaitWord, MAX_CHECK};
+use crate::sync::wait::{slice_until, Backoff, StuckWatch, WaitWord, MAX_CHECK};
 
 use crate::error::{Error, Result};
 use crate::region::{Region, ShmSafe};
@@ -290,17 +290,6 @@ enum Attempt {
     },
     /// Spent its help budget without an answer (only garbage indices do that); look at the clock.
     Busy,
-}
-
-/// The time to sleep next: `interval`, cut short by the deadline; `Err(Timeout)` once it has passed.
-fn slice_until(deadline: Option<Instant>, interval: Duration) -> Result<Duration> {
-    match deadline {
-        None => Ok(interval),
-        Some(d) => match d.checked_duration_since(Instant::now()) {
-            Some(left) if !left.is_zero() => Ok(left.min(interval)),
-            _ => Err(Error::Timeout),
-        },
-    }
 }
 
 pub(crate) enum Pop<R> {

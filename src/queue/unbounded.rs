@@ -36,13 +36,13 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::spill::Blocks;
 use crate::error::{Error, Result};
 use crate::region::{Region, ShmSafe};
 use crate::sync::raw_lock::{Acquired, LockFail, Nesting, RawLock, TRY_BOUND};
-use crate::sync::wait::{Backoff, WaitWord, MAX_CHECK};
+use crate::sync::wait::{slice_until, Backoff, WaitWord, MAX_CHECK};
 
 /// The smallest segment (payload after the head), and the largest a segment grows to by doubling
 /// (a single larger message gets a segment of its own size).
@@ -139,17 +139,6 @@ pub(crate) enum Took<R> {
     Got(R),
     Empty,
     Closed,
-}
-
-/// The time to sleep next: `interval`, cut short by the deadline; `Err(Timeout)` once it has passed.
-fn slice_until(deadline: Option<Instant>, interval: Duration) -> Result<Duration> {
-    match deadline {
-        None => Ok(interval),
-        Some(d) => match d.checked_duration_since(Instant::now()) {
-            Some(left) if !left.is_zero() => Ok(left.min(interval)),
-            _ => Err(Error::Timeout),
-        },
-    }
 }
 
 fn corrupted(what: String) -> Error {

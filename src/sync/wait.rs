@@ -28,6 +28,7 @@ use std::cell::Cell;
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::error::{Error, Result};
 use crate::sys::futex;
 
 /// The longest a waiter goes between checks for a dead holder or claimer (a waiter's sleep slices grow
@@ -358,6 +359,18 @@ impl Sleeper {
             // With no checks, a sleep times out only at the deadline, which the next call reports.
             _ => Slept::Woken,
         }
+    }
+}
+
+/// The time a queue waiter sleeps next on its `WaitWord`: `interval`, cut short by the deadline;
+/// `Err(Timeout)` once the deadline has passed, so a timed call never sleeps past it.
+pub(crate) fn slice_until(deadline: Option<Instant>, interval: Duration) -> Result<Duration> {
+    match deadline {
+        None => Ok(interval),
+        Some(d) => match d.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Ok(left.min(interval)),
+            _ => Err(Error::Timeout),
+        },
     }
 }
 
