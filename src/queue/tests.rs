@@ -860,3 +860,39 @@ fn a_queue_that_never_spills_makes_no_file_and_refuses_what_does_not_fit() {
     assert_eq!(q.try_get_many(&mut out, 4).unwrap(), 1); // the one before the refused one
     assert!(group_files(id).is_empty());
 }
+
+#[test]
+fn each_side_records_its_cpu_and_a_forged_one_only_changes_how_we_wait() {
+    let q: Queue<u64, Raw> = Queue::new(2).unwrap();
+    let unknown = crate::sys::proc::UNKNOWN_CPU;
+    assert_eq!(
+        q.ring().cursor_cpus_for_test(),
+        (unknown, unknown),
+        "nobody ran yet"
+    );
+    q.put(&1).unwrap();
+    assert_eq!(q.get().unwrap(), 1);
+    let (tail_cpu, head_cpu) = q.ring().cursor_cpus_for_test();
+    // The thread may have moved between the two calls; each is a CPU of this machine (or unknown).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    for cpu in [tail_cpu, head_cpu] {
+        assert!(cpu == unknown || cpu < cpus.max(1024), "recorded cpu {cpu}");
+    }
+    // Garbage, our own CPU (a peer beside us), or a CPU that does not exist: waits still keep their
+    // deadlines, and messages still go through.
+    for forged in [crate::sys::proc::current_cpu(), 0, unknown - 1, 0xdead_beef] {
+        q.ring().force_cursor_cpus_for_test(forged);
+        assert!(matches!(
+            q.get_timeout(Duration::from_millis(5)),
+            Err(Error::Timeout)
+        ));
+        q.put(&7).unwrap();
+        q.put(&8).unwrap();
+        assert!(matches!(
+            q.put_timeout(&9, Duration::from_millis(5)),
+            Err(Error::Timeout)
+        ));
+        assert_eq!(q.get().unwrap(), 7);
+        assert_eq!(q.get().unwrap(), 8);
+    }
+}

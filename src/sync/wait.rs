@@ -29,7 +29,7 @@ use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::sys::futex;
+use crate::sys::{futex, proc};
 
 /// The longest a waiter goes between checks for a dead holder or claimer (a waiter's sleep slices grow
 /// up to this). It bounds how long a death goes unnoticed; shorter would cost more `/proc` reads for
@@ -192,6 +192,8 @@ pub(crate) struct Backoff {
     slept: bool,
     /// Which budget this wait spends and teaches.
     class: SpinClass,
+    /// Whether the peer last ran on this CPU, once asked (see [`Backoff::snooze_beside`]).
+    beside: Option<bool>,
 }
 
 impl Backoff {
@@ -207,11 +209,32 @@ impl Backoff {
             start: None,
             slept: false,
             class,
+            beside: None,
         }
     }
 
     /// Waits a little; returns false once it is time to sleep instead (and from then on).
     pub(crate) fn snooze(&mut self) -> bool {
+        self.snooze_beside(|| proc::UNKNOWN_CPU)
+    }
+
+    /// Like [`Backoff::snooze`], for a waiter that can tell which CPU its peer last ran on: `peer_cpu`
+    /// gives that hint. It is called at most once per wait, once the quick snoozes are spent (a caller
+    /// should answer from a copy it refreshes now and then: reading a line the peer writes with every
+    /// message, on every wait, cost the 64 B ring round trip 230 → 400 ns here). The answer may be
+    /// stale, [`proc::UNKNOWN_CPU`] or garbage: it only picks between pausing and yielding, and the
+    /// time budget bounds both.
+    ///
+    /// # Why yield to a peer on our CPU
+    /// A spin waits for a peer running *elsewhere*; a peer on this CPU cannot run while we spin. On a
+    /// machine that puts both ends of a ring on one CPU (a container limited to one, a busy host, or a
+    /// scheduler that woke the peer where we run), every wait then spun its whole budget, the peer's
+    /// next wait did the same, and a pool round trip that takes 7 µs across CPUs took 100–200 µs
+    /// (measured here with `taskset -c 0`). So a waiter whose peer last ran on this CPU yields instead
+    /// of pausing: the peer gets the CPU at once, and the hand-off costs a context switch, with no
+    /// futex wake-up since neither side announced itself as a sleeper. It is the rule of the kernel's
+    /// own optimistic spinning, which spins only while the owner runs on another CPU.
+    pub(crate) fn snooze_beside(&mut self, peer_cpu: impl FnOnce() -> u32) -> bool {
         if self.quick < QUICK_SNOOZES {
             self.quick += 1;
             std::hint::spin_loop();
@@ -225,7 +248,15 @@ impl Backoff {
         let start = *self.start.get_or_insert(now);
         let spent = now - start;
         let budget = LEARNED.with(|l| l[self.class as usize].get().budget);
+        if self.beside.is_none() {
+            let peer = peer_cpu();
+            self.beside = Some(peer != proc::UNKNOWN_CPU && peer == proc::current_cpu());
+        }
         if spent < budget {
+            if self.beside == Some(true) {
+                std::thread::yield_now();
+                return true;
+            }
             // A few pauses between clock reads (a clock read is ~20 ns through the vDSO): the caller
             // re-checks its condition after each call, so a longer batch only adds latency.
             for _ in 0..4 {
@@ -645,6 +676,26 @@ mod tests {
             // counting a miss (see "Why streams track every wait").
             let expected = if class == SpinClass::Stream { 0 } else { 1 };
             assert_eq!(l.misses, expected, "{class:?}");
+        }
+    }
+
+    #[test]
+    fn a_peer_on_our_cpu_is_asked_for_once_and_the_wait_still_ends() {
+        for peer in [proc::current_cpu(), proc::UNKNOWN_CPU, 12_345] {
+            let asked = Cell::new(0u32);
+            let mut b = Backoff::new();
+            // Yields instead of pausing when the peer shares our CPU, within the same budget: ends.
+            while b.snooze_beside(|| {
+                asked.set(asked.get() + 1);
+                peer
+            }) {}
+            assert_eq!(asked.get(), 1, "peer cpu {peer}: asked once per wait");
+            assert!(!b.snooze_beside(|| unreachable!("a wait past its budget asks nothing")));
+        }
+        // A wait that ends within the quick snoozes never asks (no read of the peer's line).
+        let mut b = Backoff::new();
+        for _ in 0..QUICK_SNOOZES {
+            assert!(b.snooze_beside(|| unreachable!("asked during the quick snoozes")));
         }
     }
 

@@ -234,6 +234,20 @@ pub(crate) fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// The CPU the calling thread runs on right now, or [`UNKNOWN_CPU`] if the kernel will not say.
+///
+/// glibc answers from the thread's rseq area (a load, no system call) where the kernel supports rseq,
+/// and through the vDSO otherwise. The answer may be stale by the time it is used: callers use it as
+/// a hint only (see `queue::ring`, "Peers on one CPU").
+pub(crate) fn current_cpu() -> u32 {
+    // SAFETY: sched_getcpu has no preconditions; it returns -1 on failure, mapped to UNKNOWN_CPU.
+    let cpu = unsafe { libc::sched_getcpu() };
+    u32::try_from(cpu).unwrap_or(UNKNOWN_CPU)
+}
+
+/// What [`current_cpu`] returns when the CPU cannot be known; never equal to a real CPU's number.
+pub(crate) const UNKNOWN_CPU: u32 = u32::MAX;
+
 /// Milliseconds on CLOCK_MONOTONIC: one clock for every process on the machine, so a timestamp written
 /// into shared memory by one process means the same to another.
 pub(crate) fn monotonic_ms() -> u64 {
