@@ -10,9 +10,12 @@
 //!   block back, its pages already there. Like memcpy's, its timed call follows an untimed one (a loop's
 //!   steady state: for 1 MiB the destination is then in the cache for both).
 //! - **mmap copy, fresh**: what `from_slice` did before `Block::copy_in`, i.e. a `memcpy` through the
-//!   mapping of a new memfd, page fault by page fault (a new `Region` per sample), and
+//!   mapping of a new memfd, page fault by page fault (a new `Region` per sample),
 //! - **to_vec, fresh**: a copy into fresh *private* memory (`src.to_vec()`), for scale: what any copy to
-//!   new memory costs on this machine.
+//!   new memory costs on this machine, and
+//! - **fallocate only (floor)**: `fallocate(2)` of the same size into a new memfd: the kernel providing
+//!   fresh shared pages, with no copy at all. No fresh copy-in can beat it, so memcpy / floor
+//!   (`fresh_shm_floor_vs_memcpy_1GiB`) is the most `from_slice_vs_memcpy_*` can reach on a machine.
 //!
 //! Samples run round-robin so that a noisy period of the machine hits all variants alike.
 //! `MPROC_BENCH_QUICK=1` takes fewer samples. Ends with the `result:` lines of the bench contract.
@@ -69,10 +72,21 @@ fn mmap_copy_fresh(src: &[f64]) -> f64 {
     secs(|| unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().cast::<u8>(), r.as_ptr(), bytes) })
 }
 
+/// The kernel's floor for fresh shared memory: `fallocate(2)` of `bytes` into a new memfd allocates
+/// (and zeroes) the pages a fresh `from_slice` must have, and copies nothing. No copy into fresh shared
+/// memory can be faster, so `memcpy / this` is the best ratio a fresh `from_slice` could reach here.
+fn fallocate_fresh(bytes: usize) -> f64 {
+    let fd = os::memfd("mproc-bench-floor");
+    let s = secs(|| os::fallocate(&fd, bytes));
+    drop(fd);
+    s
+}
+
 struct Ratios {
     fresh: f64,
     reused: f64,
     fix: f64,
+    floor: f64,
 }
 
 fn run(bytes: usize, reps: usize) -> Ratios {
@@ -82,7 +96,7 @@ fn run(bytes: usize, reps: usize) -> Ratios {
     warm.copy_from_slice(&src);
     // Warm up the reused case: the heap's block exists from here on.
     from_slice_once(&src);
-    let mut variants = [0u8, 1, 2, 3, 4];
+    let mut variants = [0u8, 1, 2, 3, 4, 5];
     let stats = common::round_robin(reps, &mut variants, |i, _| match i {
         0 => {
             // Untimed pass first: the spawn of the previous sample forked this process (std's
@@ -99,6 +113,7 @@ fn run(bytes: usize, reps: usize) -> Ratios {
             from_slice_once(&src)
         }
         3 => mmap_copy_fresh(&src),
+        4 => fallocate_fresh(bytes),
         _ => {
             let mut v = Vec::new();
             let s = secs(|| v = black_box(&src).to_vec());
@@ -106,8 +121,8 @@ fn run(bytes: usize, reps: usize) -> Ratios {
             s
         }
     });
-    let [memcpy, fresh, reused, mmap, to_vec]: [Stats; 5] =
-        stats.try_into().expect("five variants");
+    let [memcpy, fresh, reused, mmap, floor, to_vec]: [Stats; 6] =
+        stats.try_into().expect("six variants");
     let size = if bytes >= 1 << 30 {
         format!("{} GiB", bytes >> 30)
     } else {
@@ -128,14 +143,18 @@ fn run(bytes: usize, reps: usize) -> Ratios {
     line("from_slice, reused", reused);
     line("mmap copy, fresh (before)", mmap);
     line("to_vec, fresh private", to_vec);
+    line("fallocate only (floor)", floor);
     println!(
-        "    from_slice fresh vs mmap copy fresh: {:.2}x faster",
-        mmap.median / fresh.median
+        "    from_slice fresh vs mmap copy fresh: {:.2}x faster; fresh from_slice takes {:.2}x the \
+         kernel's floor for fresh shared pages",
+        mmap.median / fresh.median,
+        fresh.median / floor.median
     );
     Ratios {
         fresh: memcpy.median / fresh.median,
         reused: memcpy.median / reused.median,
         fix: mmap.median / fresh.median,
+        floor: memcpy.median / floor.median,
     }
 }
 
@@ -154,4 +173,29 @@ fn main() {
     common::result("from_slice_vs_memcpy_1GiB", big.fresh, 2, "x");
     common::result("from_slice_reused_vs_memcpy_1GiB", big.reused, 2, "x");
     common::result("from_slice_fresh_vs_mmap_copy_1GiB", big.fix, 2, "x");
+    common::result("fresh_shm_floor_vs_memcpy_1GiB", big.floor, 2, "x");
+}
+
+/// The unsafe code of this bench: a memfd and `fallocate(2)`, for the kernel's floor.
+mod os {
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    /// A new, empty memfd.
+    pub fn memfd(name: &str) -> OwnedFd {
+        let name = std::ffi::CString::new(name).expect("no NUL in the name");
+        // SAFETY: `name` is a live NUL-terminated string; flags are valid.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+        // SAFETY: `fd` was just returned by memfd_create and is owned by nothing else.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+
+    /// Allocates `bytes` of pages in `fd` (mode 0: allocate and extend).
+    pub fn fallocate(fd: &OwnedFd, bytes: usize) {
+        use std::os::fd::AsRawFd;
+        let len = libc::off_t::try_from(bytes).expect("size fits off_t");
+        // SAFETY: `fd` is a live descriptor owned by the caller; fallocate reads no memory of ours.
+        let r = unsafe { libc::fallocate(fd.as_raw_fd(), 0, 0, len) };
+        assert_eq!(r, 0, "fallocate: {}", std::io::Error::last_os_error());
+    }
 }

@@ -30,8 +30,10 @@
 //! min..max. Every answer is checked against the in-process one. `MPROC_BENCH_QUICK=1` runs three
 //! sizes with fewer samples. A second part times the pool's round trip in pieces (see "round trip").
 //! A third part sums the 64 MiB array with a pool of *two* workers (`map_chunks`, one half each) against
-//! the same sum in this process, sampled in round-robin in the same run: the ceiling is what two cores'
-//! memory bandwidth gives over one (`pool2_sum_vs_local_64MiB`).
+//! the same sum in this process, sampled in round-robin in the same run (`pool2_sum_vs_local_64MiB`),
+//! and against its ceiling, the same two halves summed by two threads of this process
+//! (`threads2_sum_vs_local_64MiB`: what two cores' memory bandwidth gives over one on this machine;
+//! `pool2_sum_vs_threads2_64MiB`: how much of it the pool gets).
 //! The last lines are `result: NAME VALUE UNIT` (see DESIGN.md, "The benchmark contract").
 
 use std::fs::File;
@@ -661,12 +663,25 @@ fn main() {
         2,
         "x",
     );
+    common::result(
+        "threads2_sum_vs_local_64MiB",
+        two[0].median / two[2].median,
+        2,
+        "x",
+    );
+    common::result(
+        "pool2_sum_vs_threads2_64MiB",
+        two[2].median / two[1].median,
+        2,
+        "x",
+    );
     drop(pool);
     drop(pipe);
 }
 
-/// The 64 MiB sum in this process vs a pool of two workers, one half each (`map_chunks`), sampled in
-/// round-robin; prints both and returns their stats (in process first).
+/// The 64 MiB sum in this process vs a pool of two workers, one half each (`map_chunks`), and vs two
+/// threads of this process (the ceiling two cores' memory bandwidth allows), sampled in round-robin;
+/// prints them and returns their stats (in process, pool, threads).
 fn two_workers(samples: usize) -> Vec<Stats> {
     let pool2 = Pool::builder()
         .workers(2)
@@ -678,6 +693,13 @@ fn two_workers(samples: usize) -> Vec<Stats> {
     // Every element is a multiple of 1/4 and every partial sum stays far below 2^51: the halves add up
     // to exactly the whole sum, whatever the order.
     let expect = Task::Sum.run(&v);
+    // The ceiling: the same two halves summed by two threads of this process that are already
+    // running (a 2-thread rayon pool), i.e. what two cores' memory bandwidth gives on this machine.
+    let threads = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .expect("a 2-thread rayon pool");
+    let (lo, hi) = v.split_at(v.len().div_ceil(2));
     let mut cols: Vec<Column<'_>> = vec![
         (
             "(e) in process, one core",
@@ -687,9 +709,17 @@ fn two_workers(samples: usize) -> Vec<Stats> {
             "(g) pool of 2, map_chunks, one half each",
             Box::new(|| pool2_sum(&pool2, &shared)),
         ),
+        (
+            "(h) 2 threads in process, one half each",
+            Box::new(|| {
+                let (a, b) =
+                    threads.install(|| rayon::join(|| sum(black_box(lo)), || sum(black_box(hi))));
+                [a + b, 0.0]
+            }),
+        ),
     ];
     let stats = compare(samples, expect, &mut cols);
-    println!("\nsum of 64 MiB: two workers vs one core in process, {samples} samples");
+    println!("\nsum of 64 MiB: two workers, and two threads in process, vs one core in process, {samples} samples");
     for ((name, _), s) in cols.iter().zip(&stats) {
         println!(
             "  {:<44} {:>11} {:>23} {:>9.2} x",
