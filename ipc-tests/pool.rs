@@ -30,6 +30,7 @@ const INIT_COUNTER_VAR: &str = "MPROC_POOL_TEST_INIT_COUNTER";
 pub const ROLES: &[Role] = &[
     ("pool_initializer_and_drop", initializer_and_drop_role),
     ("pool_array_after_start", array_after_start_role),
+    ("pool_on_one_cpu", one_cpu_role),
 ];
 
 pub fn tests() -> Vec<Trial> {
@@ -87,6 +88,9 @@ pub fn tests() -> Vec<Trial> {
         ),
         t("array_created_after_workers_started_is_reachable", || {
             run_role("pool_array_after_start")
+        }),
+        t("a_pool_confined_to_one_cpu_finishes_its_work", || {
+            run_role("pool_on_one_cpu")
         }),
     ]);
     v
@@ -926,4 +930,63 @@ fn workers_reuse_freed_memory() {
         .build()
         .unwrap();
     releasing.apply(faults_of_a_second_big_vec, ()).unwrap();
+}
+
+/// The CPUs the calling thread may run on, from `/proc/self/status` (`Cpus_allowed_list`, e.g. "0-1,3").
+fn allowed_cpu_list(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_string())
+        .expect("Cpus_allowed_list")
+}
+
+/// Confines this (so far single-threaded) role process to one CPU, which its pool's workers inherit,
+/// then runs back-to-back round trips, a map and an array task: both ends of every ring share the CPU,
+/// so a waiter that spun for its peer would wait for a peer that cannot run (the rings' "Peers on one
+/// CPU" rule yields instead). Only completion is asserted, within the role's generous bound.
+fn one_cpu_role(_: &str) {
+    let cpu = {
+        // SAFETY: cpu_set_t is a plain bit array; all-zero is a valid (empty) set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a live cpu_set_t of the size passed; pid 0 = this thread.
+        let r =
+            unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+        assert_eq!(r, 0, "sched_getaffinity");
+        // SAFETY: CPU_ISSET reads a bit of `set`; every index below CPU_SETSIZE is inside it.
+        let first = (0..libc::CPU_SETSIZE as usize)
+            .find(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .expect("some CPU is allowed");
+        // SAFETY: as above; CPU_ZERO and CPU_SET write bits of `set`, `first` < CPU_SETSIZE.
+        unsafe {
+            libc::CPU_ZERO(&mut set);
+            libc::CPU_SET(first, &mut set);
+        }
+        // SAFETY: `set` is a live cpu_set_t of the size passed; pid 0 = this thread, the only one.
+        let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+        assert_eq!(r, 0, "sched_setaffinity");
+        first
+    };
+    let pool = pool();
+    for pid in pool.worker_pids() {
+        assert_eq!(
+            allowed_cpu_list(pid),
+            cpu.to_string(),
+            "worker {pid} is confined too"
+        );
+    }
+    for i in 0..2_000u64 {
+        assert_eq!(pool.apply(square_plus, i).expect("apply"), i * i + 1);
+    }
+    let items = input(5_000);
+    let expect: Vec<u64> = items.iter().map(|&x| square_plus(x)).collect();
+    assert_eq!(pool.map(square_plus, items).expect("map"), expect);
+    let array = SharedArray::from_slice(&vec![0.5f64; 1 << 16]).expect("array");
+    for _ in 0..200 {
+        let sums = pool
+            .map_chunks(&array, 1 << 15, sum_f64)
+            .expect("map_chunks");
+        assert_eq!(sums.iter().sum::<f64>(), (1 << 15) as f64);
+    }
 }
