@@ -7,6 +7,7 @@
 //! | throughput, 64 KiB messages | `Queue<[[u8; 4096]; 16], Raw>` and `Queue<Vec<u8>, RawSlice<u8>>`, 8 slots | pipe (default 64 KiB, and resized to 512 KiB), `UnixStream::pair()` |
 //! | round trip, 64 B | ping-pong over two `Queue<[u8; 64], Raw>` | ping-pong over two pipes |
 //! | floors | put + get in one process, 64 B and 64 KiB | write + read of a pipe in one process |
+//! | ceiling, 64 B | — | crossbeam's `ArrayQueue` (1024 slots) between two threads of this process on the same two CPUs, both spinning: what a ring of 64 B messages between these cores moves with no process boundary, no kill recovery and no sleeping (`queue_vs_threads_ring_64B`) |
 //!
 //! Every transport runs between two processes: the bench creates the channel, forks, and the child is the
 //! producer (or the echoer); the parent consumes and times. Parent and child are pinned to two different
@@ -284,6 +285,40 @@ fn throughput_once(ch: &mut dyn Channel, n: u64) -> f64 {
     (n - 1) as f64 / secs
 }
 
+/// The ceiling of a ring of 64 B messages between the two CPUs this bench uses: crossbeam's
+/// `ArrayQueue` (a bounded in-process queue, 1024 slots like ours) between two threads of this process,
+/// pinned as the producer and consumer processes are, both spinning. It has no claim records, no
+/// recovery from a killed peer and no sleeping: what cache-line transfers alone allow on this machine.
+/// Messages per second, first to last message, as in [`throughput_once`].
+fn threads_ring_once(n: u64) -> f64 {
+    let q = crossbeam_queue::ArrayQueue::<Small>::new(SMALL_SLOTS);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            os::pin_child();
+            let mut m: Small = [0; SMALL];
+            for i in 0..n {
+                stamp(&mut m, i);
+                while q.push(m).is_err() {
+                    std::hint::spin_loop();
+                }
+            }
+        });
+        let next = |i: u64| loop {
+            if let Some(m) = q.pop() {
+                assert_eq!(seq_of(&m), i, "message out of order or lost");
+                return;
+            }
+            std::hint::spin_loop();
+        };
+        next(0);
+        let t = Instant::now();
+        for i in 1..n {
+            next(i);
+        }
+        (n - 1) as f64 / t.elapsed().as_secs_f64()
+    })
+}
+
 /// Warms every channel up, then times them in round-robin; messages/s per channel.
 fn throughput(cfg: &Config, n: u64, chans: &mut [(&str, Box<dyn Channel>)]) -> Vec<Stats> {
     for (_, ch) in chans.iter_mut() {
@@ -473,6 +508,20 @@ fn main() {
         1,
     );
     drop(small);
+    threads_ring_once(cfg.small_msgs / 10 + 2);
+    let ring_ceiling = Stats::of(
+        (0..cfg.reps)
+            .map(|_| threads_ring_once(cfg.small_msgs))
+            .collect(),
+    );
+    println!(
+        "  ceiling: crossbeam ArrayQueue<[u8; 64]>, two threads on the same two CPUs, spinning: {:.3} M \
+         msgs/s ({:.3}..{:.3}); the queue moves {:.2} of it",
+        ring_ceiling.median / 1e6,
+        ring_ceiling.min / 1e6,
+        ring_ceiling.max / 1e6,
+        small_stats[0].median / ring_ceiling.median
+    );
 
     // ---- 64 B in batches ----
     let mut batched: Vec<(&str, Box<dyn Channel>)> = vec![
@@ -654,6 +703,18 @@ fn main() {
         "M/s",
     );
     common::result("pipe_msgs_per_s_64B", small_stats[1].median / 1e6, 2, "M/s");
+    common::result(
+        "threads_ring_msgs_per_s_64B",
+        ring_ceiling.median / 1e6,
+        2,
+        "M/s",
+    );
+    common::result(
+        "queue_vs_threads_ring_64B",
+        small_stats[0].median / ring_ceiling.median,
+        2,
+        "x",
+    );
     common::result(
         "queue_gb_per_s_64KiB",
         big_stats[0].median * BIG as f64 / 1e9,
