@@ -95,9 +95,12 @@
 //! Next to `tail` and `head`, in the line it writes anyway, each side records the CPU it last ran on
 //! (`Cursor::cpu`, stored only when it changes). A waiter whose peer last ran on its own CPU yields
 //! instead of spinning (`Backoff::snooze_beside`): the peer cannot run while we spin there. Without it,
-//! a pool round trip whose two ends the scheduler put on one CPU cost 100–200 µs instead of 7 µs. The
-//! word is a hint: a stale or forged value only picks between pausing and yielding, within the same
-//! time budget, and touches no slot.
+//! a pool round trip whose two ends the scheduler put on one CPU cost 100–200 µs; with it, 22–29 µs
+//! (7 µs across two CPUs). (A thread confined to one CPU by its affinity mask yields in every wait,
+//! `sync::wait`.) A thread that both puts and gets on one ring finds its own CPU recorded and yields
+//! for nothing: a slower spin, never a wrong answer. The word is a hint: a stale or forged value only
+//! picks between pausing and yielding, within the same time budget (give or take one yield), and
+//! touches no slot.
 //!
 //! # Garbage
 //! Capacity and slot size are read from shared memory once, at open, and checked against the region's
@@ -231,7 +234,8 @@ const HEADER: usize = std::mem::size_of::<RingHeader>();
 
 /// Records the calling thread's CPU in `cursor` for the other side's waiters ("Peers on one CPU").
 /// The line is the one the claim just wrote `pos` to, and the store is skipped while the CPU stays the
-/// same, so the fast path gains no cache-line transfer.
+/// same, so the fast path gains no cache-line transfer; it gains a `sched_getcpu`, a load from the
+/// thread's rseq area with glibc 2.35 or later (about 3 ns here), a vDSO call before that.
 #[inline]
 fn note_cpu(cursor: &Cursor) {
     let cpu = proc::current_cpu();
@@ -269,13 +273,14 @@ pub(crate) struct Ring {
     /// `proc::monotonic_ms()` of this process's last survey of the ring ([`Ring::heal`]); process-local,
     /// so that a peer cannot make us skip or repeat surveys.
     last_survey_ms: AtomicU64,
-    /// The peer CPUs last read from the `head` and `tail` lines, with how many more waits may use them
-    /// (`left << 32 | cpu`; 0: read on the next wait): see [`Ring::peer_cpu`]. Process-local.
+    /// The peer CPUs last read for a waiting producer (from `head`) and a waiting consumer (from
+    /// `tail`), indexed by [`Side`], with how many more waits may use them (`left << 32 | cpu`; 0: read
+    /// on the next wait): see [`Ring::peer_cpu`]. Process-local.
     cpu_seen: [AtomicU64; 2],
 }
 
 /// Waits that use a peer CPU read from the ring before it is read again ([`Ring::peer_cpu`]).
-const PEER_CPU_REFRESH: u32 = 64;
+pub(crate) const PEER_CPU_REFRESH: u32 = 64;
 
 /// How often one process may survey a ring whose hints look right but that a full/empty answer makes
 /// suspect (a survey reads every slot's state once): every 10 ms, plus 1 ms per 1000 slots so that
@@ -319,8 +324,8 @@ unsafe impl Sync for Ring {}
 /// Which end of the ring a waiter is at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
-    Producer,
-    Consumer,
+    Producer = 0,
+    Consumer = 1,
 }
 
 /// What one push attempt found.
@@ -479,8 +484,8 @@ impl Ring {
     fn peer_cpu(&self, side: Side) -> u32 {
         let h = self.header();
         let (cursor, seen) = match side {
-            Side::Producer => (&h.head.0, &self.cpu_seen[0]),
-            Side::Consumer => (&h.tail.0, &self.cpu_seen[1]),
+            Side::Producer => (&h.head.0, &self.cpu_seen[Side::Producer as usize]),
+            Side::Consumer => (&h.tail.0, &self.cpu_seen[Side::Consumer as usize]),
         };
         // Load and store, not an RMW: two threads of this process racing here at worst both refresh.
         let cached = seen.load(Ordering::Relaxed);
@@ -1639,15 +1644,26 @@ impl Ring {
         )
     }
 
-    /// Overwrites the CPUs recorded in the `tail` and `head` lines, as another process could, and
-    /// forgets this process's copies of them.
-    pub(crate) fn force_cursor_cpus_for_test(&self, cpu: u32) {
+    /// Overwrites the CPUs recorded in the `tail` and `head` lines, as another process could; with
+    /// `forget`, this process's copies of them too.
+    pub(crate) fn force_cursor_cpus_for_test(&self, tail: u32, head: u32, forget: bool) {
         let h = self.header();
-        h.tail.0.cpu.store(cpu, Ordering::Relaxed);
-        h.head.0.cpu.store(cpu, Ordering::Relaxed);
-        for seen in &self.cpu_seen {
-            seen.store(0, Ordering::Relaxed);
+        h.tail.0.cpu.store(tail, Ordering::Relaxed);
+        h.head.0.cpu.store(head, Ordering::Relaxed);
+        if forget {
+            for seen in &self.cpu_seen {
+                seen.store(0, Ordering::Relaxed);
+            }
         }
+    }
+
+    /// What a waiting consumer (`consumer`) or producer is told about its peer's CPU.
+    pub(crate) fn peer_cpu_for_test(&self, consumer: bool) -> u32 {
+        self.peer_cpu(if consumer {
+            Side::Consumer
+        } else {
+            Side::Producer
+        })
     }
 
     pub(crate) fn force_len_for_test(&self, s: u64, len: u32) {

@@ -862,7 +862,7 @@ fn a_queue_that_never_spills_makes_no_file_and_refuses_what_does_not_fit() {
 }
 
 #[test]
-fn each_side_records_its_cpu_and_a_forged_one_only_changes_how_we_wait() {
+fn each_side_records_its_cpu_for_the_other_sides_waiters() {
     let q: Queue<u64, Raw> = Queue::new(2).unwrap();
     let unknown = crate::sys::proc::UNKNOWN_CPU;
     assert_eq!(
@@ -870,18 +870,44 @@ fn each_side_records_its_cpu_and_a_forged_one_only_changes_how_we_wait() {
         (unknown, unknown),
         "nobody ran yet"
     );
-    q.put(&1).unwrap();
-    assert_eq!(q.get().unwrap(), 1);
-    let (tail_cpu, head_cpu) = q.ring().cursor_cpus_for_test();
-    // The thread may have moved between the two calls; each is a CPU of this machine (or unknown).
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    for cpu in [tail_cpu, head_cpu] {
-        assert!(cpu == unknown || cpu < cpus.max(1024), "recorded cpu {cpu}");
+    // A thread pinned to one CPU, so that "the CPU it ran on" is a known answer.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let cpu = crate::sys::proc::pin_current_thread_for_test();
+            q.put(&1).unwrap();
+            assert_eq!(
+                q.ring().cursor_cpus_for_test(),
+                (cpu, unknown),
+                "a put records tail's"
+            );
+            assert_eq!(q.get().unwrap(), 1);
+            assert_eq!(
+                q.ring().cursor_cpus_for_test(),
+                (cpu, cpu),
+                "a get records head's"
+            );
+        });
+    });
+    // A waiting consumer is told the producers' CPU (tail's line), a waiting producer the consumers'.
+    q.ring().force_cursor_cpus_for_test(7, 9, true);
+    assert_eq!(q.ring().peer_cpu_for_test(true), 7);
+    assert_eq!(q.ring().peer_cpu_for_test(false), 9);
+    // The answer is kept for PEER_CPU_REFRESH waits, then read again from the shared line.
+    q.ring().force_cursor_cpus_for_test(70, 90, false);
+    for _ in 0..ring::PEER_CPU_REFRESH {
+        assert_eq!(q.ring().peer_cpu_for_test(true), 7);
     }
-    // Garbage, our own CPU (a peer beside us), or a CPU that does not exist: waits still keep their
+    assert_eq!(q.ring().peer_cpu_for_test(true), 70);
+}
+
+#[test]
+fn a_forged_cpu_only_changes_how_we_wait() {
+    let q: Queue<u64, Raw> = Queue::new(2).unwrap();
+    let unknown = crate::sys::proc::UNKNOWN_CPU;
+    // Our own CPU (a peer beside us), garbage, or a CPU that does not exist: waits keep their
     // deadlines, and messages still go through.
     for forged in [crate::sys::proc::current_cpu(), 0, unknown - 1, 0xdead_beef] {
-        q.ring().force_cursor_cpus_for_test(forged);
+        q.ring().force_cursor_cpus_for_test(forged, forged, true);
         assert!(matches!(
             q.get_timeout(Duration::from_millis(5)),
             Err(Error::Timeout)

@@ -245,6 +245,38 @@ pub(crate) fn current_cpu() -> u32 {
     u32::try_from(cpu).unwrap_or(UNKNOWN_CPU)
 }
 
+/// Whether the calling thread may run on one CPU only (its affinity mask, as `taskset -c N` or a
+/// one-CPU cpuset leaves it); false if the kernel will not say.
+pub(crate) fn confined_to_one_cpu() -> bool {
+    // SAFETY: cpu_set_t is a plain bit array; all-zero is a valid (empty) set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a live cpu_set_t and the size passed is its size; pid 0 = the calling thread.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    // SAFETY: CPU_COUNT reads the bits of `set`, a live cpu_set_t.
+    r == 0 && unsafe { libc::CPU_COUNT(&set) } == 1
+}
+
+/// Confines the calling thread to the CPU it runs on now (for tests of the one-CPU rules); returns it.
+#[cfg(test)]
+pub(crate) fn pin_current_thread_for_test() -> u32 {
+    let cpu = current_cpu();
+    assert_ne!(cpu, UNKNOWN_CPU, "sched_getcpu");
+    // SAFETY: cpu_set_t is a plain bit array; all-zero is a valid (empty) set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET writes one bit of `set`; `cpu` is a CPU the kernel just ran us on, so it is below
+    // CPU_SETSIZE on any machine this crate supports (checked by the call below otherwise: EINVAL).
+    unsafe { libc::CPU_SET(cpu as usize, &mut set) };
+    // SAFETY: `set` is a live cpu_set_t of the size passed; pid 0 = the calling thread only.
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    assert_eq!(
+        r,
+        0,
+        "sched_setaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    cpu
+}
+
 /// What [`current_cpu`] returns when the CPU cannot be known; never equal to a real CPU's number.
 pub(crate) const UNKNOWN_CPU: u32 = u32::MAX;
 
@@ -435,6 +467,20 @@ mod tests {
         assert!(urandom_u64().is_some());
         let (x, y) = (at_random_u64(), at_random_u64());
         assert_ne!(x, y, "the counter separates calls");
+    }
+
+    #[test]
+    fn a_thread_pinned_to_one_cpu_is_confined_and_runs_there() {
+        let many = std::thread::available_parallelism().map_or(1, |n| n.get()) > 1;
+        // A thread of its own: affinity is per thread, and this one ends with the test.
+        std::thread::spawn(move || {
+            assert_eq!(confined_to_one_cpu(), !many, "before pinning");
+            let cpu = pin_current_thread_for_test();
+            assert!(confined_to_one_cpu());
+            assert_eq!(current_cpu(), cpu);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
