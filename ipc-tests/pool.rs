@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::Trial;
-use mproc::{Error, Event, Pool, SharedArray, Value};
+use mproc::{Error, Event, Pool, Process, Semaphore, SharedArray, Value};
 
 use crate::common::{self, children, live_children, Role};
 
@@ -943,10 +943,11 @@ fn allowed_cpu_list(pid: u32) -> String {
 }
 
 /// Confines this (so far single-threaded) role process to one CPU, which its pool's workers inherit,
-/// then runs back-to-back round trips, a map and an array task: both ends of every ring share the CPU,
-/// so a waiter that spun for its peer would wait for a peer that cannot run (the rings' "Peers on one
-/// CPU" rule yields instead). Only completion is asserted, within the role's generous bound.
-fn one_cpu_role(_: &str) {
+/// then runs back-to-back round trips, a map and array tasks, and semaphore hand-offs with a child
+/// process: both ends of every wait share the CPU, so a waiter that spun for its peer would wait for a
+/// peer that cannot run (waiters confined to one CPU yield instead). Only completion is asserted,
+/// within the role's generous bound.
+fn one_cpu_role(name: &str) {
     let cpu = {
         // SAFETY: cpu_set_t is a plain bit array; all-zero is a valid (empty) set.
         let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
@@ -989,4 +990,33 @@ fn one_cpu_role(_: &str) {
             .expect("map_chunks");
         assert_eq!(sums.iter().sum::<f64>(), (1 << 15) as f64);
     }
+    // Hand-offs between this process and a child on the same CPU: semaphore ping-pong, each side
+    // waiting for the other (the child inherits the mask).
+    let (ping, pong) = (format!("{name}-ping"), format!("{name}-pong"));
+    let ping_sem = Semaphore::create(&ping, 0).expect("ping");
+    let pong_sem = Semaphore::create(&pong, 0).expect("pong");
+    let mut child = Process::new(pong_on_one_cpu, (ping, pong)).expect("process");
+    child.start().expect("start");
+    for _ in 0..ONE_CPU_ROUNDS {
+        ping_sem.release().expect("release");
+        pong_sem
+            .acquire_timeout(BOUND)
+            .expect("the child answers")
+            .forget();
+    }
+    assert_eq!(child.join().expect("join"), ONE_CPU_ROUNDS);
+}
+
+/// Hand-offs in [`one_cpu_role`].
+const ONE_CPU_ROUNDS: u32 = 2_000;
+
+/// The other side of [`one_cpu_role`]'s ping-pong: answers every ping with a pong.
+fn pong_on_one_cpu((ping, pong): (String, String)) -> u32 {
+    let ping = Semaphore::open(&ping).expect("ping");
+    let pong = Semaphore::open(&pong).expect("pong");
+    for _ in 0..ONE_CPU_ROUNDS {
+        ping.acquire_timeout(BOUND).expect("a ping").forget();
+        pong.release().expect("release");
+    }
+    ONE_CPU_ROUNDS
 }
