@@ -459,6 +459,7 @@ impl Ring {
         (slot as *const SlotHead as *mut u8).wrapping_add(SLOT_HEAD)
     }
 
+    #[inline]
     fn next(&self, s: u64) -> u64 {
         let index = s & (self.one_lap - 1);
         if index + 1 < u64::from(self.geo.capacity) {
@@ -1178,6 +1179,7 @@ impl PushBatch<'_> {
     ///
     /// # Panics
     /// If no claimed slot is left (a bug of the caller).
+    #[inline]
     pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<bool> {
         assert!(self.left > 0, "PushBatch::write past the claimed slots");
         let ring = self.ring;
@@ -1246,6 +1248,7 @@ impl PopBatch<'_> {
     /// Reads the next claimed slot, passing its bytes to `f` while the slot is held, and frees it.
     /// `None` once the batch is used up; `Some(Ok(None))` for a tombstone or a revoked claim (nothing to
     /// deliver); `Some(Err(Corrupted))` for a damaged length (the slot is consumed either way).
+    #[inline]
     pub(crate) fn next<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Option<Result<Option<R>>> {
         if self.left == 0 {
             return None;
