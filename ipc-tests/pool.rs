@@ -945,7 +945,7 @@ fn allowed_cpu_list(pid: u32) -> String {
 /// Confines this (so far single-threaded) role process to one CPU, which its pool's workers inherit,
 /// then runs back-to-back round trips, a map and array tasks, and semaphore hand-offs with a child
 /// process: both ends of every wait share the CPU, so a waiter that spun for its peer would wait for a
-/// peer that cannot run (waiters confined to one CPU yield instead). Only completion is asserted,
+/// peer that cannot run (waiters confined to one CPU give it up instead). Only completion is asserted,
 /// within the role's generous bound.
 fn one_cpu_role(name: &str) {
     let cpu = {

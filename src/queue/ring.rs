@@ -93,14 +93,15 @@
 //!
 //! # Peers on one CPU
 //! Next to `tail` and `head`, in the line it writes anyway, each side records the CPU it last ran on
-//! (`Cursor::cpu`, stored only when it changes). A waiter whose peer last ran on its own CPU yields
-//! instead of spinning (`Backoff::snooze_beside`): the peer cannot run while we spin there. Without it,
-//! a pool round trip whose two ends the scheduler put on one CPU cost 100–200 µs; with it, 22–29 µs
-//! (7 µs across two CPUs). (A thread confined to one CPU by its affinity mask yields in every wait,
-//! `sync::wait`.) A thread that both puts and gets on one ring finds its own CPU recorded and yields
-//! for nothing: a slower spin, never a wrong answer. The word is a hint: a stale or forged value only
-//! picks between pausing and yielding, within the same time budget (give or take one yield), and
-//! touches no slot.
+//! (`Cursor::cpu`, stored only when it changes). A waiter whose peer last ran on its own CPU does not
+//! spin: it sleeps at once (`Backoff::snooze_beside`, "Stream waiters sleep, the others yield"), since
+//! the peer cannot run while we spin there. Without this, a pool round trip whose two ends the
+//! scheduler put on one CPU cost 100–200 µs; with it, 16–24 µs (7 µs across two CPUs). A thread
+//! confined to one CPU by its affinity mask yields in its waits instead of pausing (`sync::wait`). A thread
+//! that both puts and gets on one ring finds its own CPU recorded and sleeps early: a slower wait,
+//! never a wrong answer. The word is a hint: a stale or forged value only picks between spinning and
+//! sleeping early, which is a wait all the same (with its deadline and liveness checks), and touches
+//! no slot. The peer's CPU is read afresh after every sleep, so a wrong verdict costs one sleep.
 //!
 //! # Garbage
 //! Capacity and slot size are read from shared memory once, at open, and checked against the region's
@@ -182,7 +183,7 @@ struct Cursor {
     /// `tail` or `head`: a hint of where to look (see the module docs).
     pos: AtomicU64,
     /// The CPU of the thread that last moved `pos` ([`proc::current_cpu`]): a waiter on the other side
-    /// whose peer ran on its own CPU yields instead of spinning (see "Peers on one CPU").
+    /// whose peer ran on its own CPU does not spin (see "Peers on one CPU").
     cpu: AtomicU32,
 }
 
@@ -479,8 +480,8 @@ impl Ring {
     /// The CPU the other side last ran on, for a waiting `side`: a producer waits for consumers (who
     /// move `head`), a consumer for producers (`tail`). A hint from shared memory ("Peers on one CPU").
     ///
-    /// Read from the shared line on one wait in [`PEER_CPU_REFRESH`] per side and process, from
-    /// `cpu_seen` on the others: the other side writes that line with every message, and reading it on
+    /// Read from the shared line on one wait in [`PEER_CPU_REFRESH`] per side and process, and on the
+    /// first wait after a sleep ([`Ring::forget_peer_cpu`]); from `cpu_seen` on the others: the other side writes that line with every message, and reading it on
     /// every wait of a busy stream would pull it away from the writer each time.
     fn peer_cpu(&self, side: Side) -> u32 {
         let h = self.header();
@@ -501,6 +502,13 @@ impl Ring {
             Ordering::Relaxed,
         );
         cpu
+    }
+
+    /// Drops this process's copy of the peer's CPU for a waiting `side`, so that the next wait reads it
+    /// afresh: called before a sleep, whose futex call costs far more than one read of the line, and
+    /// after which the peer may well run somewhere else (a scheduler that packs tasks moves them).
+    fn forget_peer_cpu(&self, side: Side) {
+        self.cpu_seen[side as usize].store(0, Ordering::Relaxed);
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -639,11 +647,13 @@ impl Ring {
             let slice = slice_until(deadline, watch.interval)?;
             let Some((pos, st)) = blocked else {
                 // Out of help budget (garbage only): nap rather than spin until the deadline.
+                self.forget_peer_cpu(Side::Producer);
                 self.header().space.0.sleep(slice, || false);
                 continue;
             };
             let still_full =
                 || self.slot(pos).state.load(Ordering::SeqCst) == st && !self.is_closed();
+            self.forget_peer_cpu(Side::Producer);
             self.header().space.0.sleep(slice, || !still_full());
             if still_full() && watch.due(pos, st) {
                 self.free_if_reader_died(pos, st);
@@ -820,6 +830,7 @@ impl Ring {
                     && self.slot(pos).state.load(Ordering::SeqCst) == st
                     && !self.is_closed()
             };
+            self.forget_peer_cpu(Side::Consumer);
             h.items.0.sleep(slice, || !unchanged());
             if unchanged() && watch.due(pos, st) {
                 self.abandon_if_writer_died(pos, st);
@@ -1126,6 +1137,7 @@ impl Ring {
             let Ok(slice) = slice_until(deadline, MAX_CHECK) else {
                 return false;
             };
+            self.forget_peer_cpu(Side::Consumer);
             self.header()
                 .items
                 .0
@@ -1548,11 +1560,13 @@ impl Ring {
             }
             let slice = slice_until(deadline, watch.interval)?;
             let Some((pos, st)) = blocked else {
+                self.forget_peer_cpu(Side::Producer);
                 self.header().space.0.sleep(slice, || false);
                 continue;
             };
             let still_full =
                 || self.slot(pos).state.load(Ordering::SeqCst) == st && !self.is_closed();
+            self.forget_peer_cpu(Side::Producer);
             self.header().space.0.sleep(slice, || !still_full());
             if still_full() && watch.due(pos, st) {
                 self.free_if_reader_died(pos, st);
@@ -1604,6 +1618,7 @@ impl Ring {
                     && self.slot(pos).state.load(Ordering::SeqCst) == st
                     && !self.is_closed()
             };
+            self.forget_peer_cpu(Side::Consumer);
             h.items.0.sleep(slice, || !unchanged());
             if unchanged() && watch.due(pos, st) {
                 self.abandon_if_writer_died(pos, st);

@@ -117,6 +117,19 @@ impl Learned {
     }
 }
 
+/// Where a waiter's peer is, as far as it can tell ([`Backoff::snooze_beside`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Beside {
+    /// Running elsewhere, or unknown, and this thread may run anywhere: spin.
+    No,
+    /// Unknown or elsewhere, but this thread may run on one CPU only: a peer sharing its mask shares
+    /// its CPU, a peer pinned to another CPU does not. Yield: to the first a yield gives the CPU, for
+    /// the second it is a slower spin.
+    Confined,
+    /// The peer last ran on this very CPU.
+    Here,
+}
+
 /// Whether a peer that last ran on `peer` shares the CPU `here` we run on (both known and equal).
 fn shares_cpu(peer: u32, here: u32) -> bool {
     peer != proc::UNKNOWN_CPU && peer == here
@@ -131,8 +144,8 @@ thread_local! {
     static CONFINED: Cell<(bool, u32)> = const { Cell::new((false, 0)) };
 }
 
-/// Whether the calling thread may run on one CPU only: then no peer can run while it spins, whatever
-/// the peer, and every wait yields instead (see [`Backoff::snooze_beside`]). A system call, made on one
+/// Whether the calling thread may run on one CPU only: then a peer that shares its mask cannot run
+/// while it spins, and every wait yields instead (see [`Backoff::snooze_beside`]). A system call, made on one
 /// wait in [`AFFINITY_REFRESH`] per thread (a thread's mask rarely changes, and a stale answer only
 /// picks between pausing and yielding).
 fn confined_to_one_cpu() -> bool {
@@ -223,8 +236,8 @@ pub(crate) struct Backoff {
     slept: bool,
     /// Which budget this wait spends and teaches.
     class: SpinClass,
-    /// Whether the peer last ran on this CPU, once asked (see [`Backoff::snooze_beside`]).
-    beside: Option<bool>,
+    /// Where the peer is, once asked (see [`Backoff::snooze_beside`]).
+    beside: Option<Beside>,
 }
 
 impl Backoff {
@@ -253,17 +266,16 @@ impl Backoff {
     /// gives that hint. It is called at most once per wait, once the quick snoozes are spent (a caller
     /// should answer from a copy it refreshes now and then: reading a line the peer writes with every
     /// message, on every wait, cost the 64 B ring round trip 230 → 400 ns here). The answer may be
-    /// stale, [`proc::UNKNOWN_CPU`] or garbage: it only picks between pausing and yielding, and the
-    /// time budget bounds both.
+    /// stale, [`proc::UNKNOWN_CPU`] or garbage: it only picks between pausing, yielding and sleeping
+    /// early, and the time budget bounds all three.
     ///
-    /// # Why yield to a peer on our CPU
+    /// # Why not spin for a peer on our CPU
     /// A spin waits for a peer running *elsewhere*; a peer on this CPU cannot run while we spin. On a
     /// machine that puts both ends of a ring on one CPU (a container limited to one, a busy host, or a
     /// scheduler that woke the peer where we run), every wait then spun its whole budget, the peer's
     /// next wait did the same, and a pool round trip that takes 7 µs across CPUs took 100–200 µs
-    /// (measured here with `taskset -c 0`; 22–29 µs with this rule). So a waiter whose peer last ran on
-    /// this CPU yields instead of pausing: the peer gets the CPU at once, and the hand-off costs a
-    /// context switch, with no futex wake-up since neither side announced itself as a sleeper. It is
+    /// (measured here with `taskset -c 0`; 16–24 µs with this rule). So a waiter whose peer last ran on
+    /// this CPU gives the CPU up instead of pausing: it yields, or sleeps at once (see below). It is
     /// akin to the kernel's own optimistic spinning, which spins only while the owner is running on
     /// another CPU (the kernel can see that; we see where the peer ran last).
     ///
@@ -271,10 +283,24 @@ impl Backoff {
     /// CPU included: a thread whose peers later run elsewhere may spin longer than it needs for a few
     /// waits (up to [`SPIN_MAX`]), until the waits it catches bring the budget back down.
     ///
-    /// A thread that may run on one CPU only (`taskset -c N`, a one-CPU cpuset) yields in every wait,
-    /// of every class, whatever `peer_cpu` says ([`confined_to_one_cpu`]): there, hand-off round trips
-    /// between two processes (semaphore, event, barrier) took 10–25 µs, 2–5 times a POSIX `sem_t`'s,
-    /// and take 2–3.5 µs with the rule (measured here with `taskset -c 0`).
+    /// A thread that may run on one CPU only (`taskset -c N`, a one-CPU cpuset) yields in every wait of
+    /// every class, whatever `peer_cpu` says ([`confined_to_one_cpu`]): a peer confined with it shares
+    /// its CPU. It does not sleep early for it: processes pinned one to a CPU each (as this crate's
+    /// queue bench pins its two) are confined too, and there a stream waiter that slept at once turned
+    /// the 64 B round trip from 230 ns into 42 µs; a yield, with nothing else to run, is only a slower
+    /// spin.
+    ///
+    /// # Stream waiters sleep, the others yield
+    /// Beside a peer that last ran on its CPU, a hand-off or lock waiter yields for its budget, then
+    /// sleeps as usual; a [`SpinClass::Stream`] waiter (a ring's) sleeps at once. A hand-off's peer has a few stores to make
+    /// before it answers, and a yield gives it the CPU for just that: under `taskset -c 0`, semaphore,
+    /// event and barrier round trips between two processes took 10–25 µs spinning, 2–5 times a POSIX
+    /// `sem_t`'s, 3.5 / 3.4 / 2.1 µs yielding, and 5.7 / 4.8 / 15.6 µs sleeping at once. A ring's peer
+    /// has a task or a message to handle before it answers, and a waiter that yields takes the CPU back
+    /// before it is done, again and again: pool round trips on one CPU had a p50 of 17–70 µs and a p90
+    /// of 140 µs yielding, 16–20 µs and 20–21 µs sleeping at once, whose futex wake-up the peer then
+    /// pays. A wrong verdict (the peer has moved to another CPU) costs a stream waiter one sleep: the
+    /// ring reads the peer's CPU afresh after every sleep.
     pub(crate) fn snooze_beside(&mut self, peer_cpu: impl FnOnce() -> u32) -> bool {
         if self.quick < QUICK_SNOOZES {
             self.quick += 1;
@@ -289,12 +315,22 @@ impl Backoff {
         let start = *self.start.get_or_insert(now);
         let spent = now - start;
         let budget = LEARNED.with(|l| l[self.class as usize].get().budget);
-        if self.beside.is_none() {
-            self.beside =
-                Some(confined_to_one_cpu() || shares_cpu(peer_cpu(), proc::current_cpu()));
+        let beside = *self.beside.get_or_insert_with(|| {
+            if shares_cpu(peer_cpu(), proc::current_cpu()) {
+                Beside::Here
+            } else if confined_to_one_cpu() {
+                Beside::Confined
+            } else {
+                Beside::No
+            }
+        });
+        if beside == Beside::Here && self.class == SpinClass::Stream {
+            // See "Stream waiters sleep, the others yield".
+            self.slept = true;
+            return false;
         }
         if spent < budget {
-            if self.beside == Some(true) {
+            if beside != Beside::No {
                 std::thread::yield_now();
                 return true;
             }
@@ -752,7 +788,7 @@ mod tests {
     }
 
     #[test]
-    fn a_thread_confined_to_one_cpu_yields_whatever_its_peer() {
+    fn a_thread_confined_to_one_cpu_yields_and_sleeps_early_only_beside_its_peer() {
         std::thread::spawn(|| {
             let wait = |peer: u32| {
                 let mut b = Backoff::for_class(SpinClass::Handoff);
@@ -762,13 +798,26 @@ mod tests {
             // Another CPU number (or none): free to spin while the thread may run anywhere...
             let elsewhere = proc::current_cpu().wrapping_add(1);
             if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
-                assert_eq!(wait(elsewhere), Some(false));
+                assert_eq!(wait(elsewhere), Some(Beside::No));
             }
             // ...and never once it may run on one CPU only (seen at the next refresh of the mask).
-            proc::pin_current_thread_for_test();
+            let here = proc::pin_current_thread_for_test();
             CONFINED.with(|c| c.set((false, 0)));
-            assert_eq!(wait(elsewhere), Some(true));
-            assert_eq!(wait(proc::UNKNOWN_CPU), Some(true));
+            assert_eq!(wait(elsewhere), Some(Beside::Confined));
+            assert_eq!(wait(proc::UNKNOWN_CPU), Some(Beside::Confined));
+            assert_eq!(wait(here), Some(Beside::Here));
+            // A stream waiter confined with a peer elsewhere yields through its budget like a spin...
+            let stream_snoozes = |peer: u32| {
+                let mut b = Backoff::new();
+                let mut snoozes = 0u32;
+                while b.snooze_beside(|| peer) {
+                    snoozes += 1;
+                }
+                snoozes
+            };
+            assert!(stream_snoozes(elsewhere) > QUICK_SNOOZES);
+            // ...but one whose peer last ran on its CPU sleeps right after the quick snoozes.
+            assert_eq!(stream_snoozes(here), QUICK_SNOOZES);
         })
         .join()
         .unwrap();
