@@ -489,7 +489,8 @@ impl Ring {
             Side::Producer => (&h.head.0, &self.cpu_seen[Side::Producer as usize]),
             Side::Consumer => (&h.tail.0, &self.cpu_seen[Side::Consumer as usize]),
         };
-        // Load and store, not an RMW: two threads of this process racing here at worst both refresh.
+        // Load and store, not an RMW: two threads of this process racing here at worst both refresh,
+        // or one writes back a copy another just forgot; a hint then stale for up to 64 more waits.
         let cached = seen.load(Ordering::Relaxed);
         let left = (cached >> 32) as u32;
         if left > 0 {

@@ -898,6 +898,19 @@ fn each_side_records_its_cpu_for_the_other_sides_waiters() {
         assert_eq!(q.ring().peer_cpu_for_test(true), 7);
     }
     assert_eq!(q.ring().peer_cpu_for_test(true), 70);
+    // A wait that sleeps drops the copy: the next one reads the line again. (The generous deadline
+    // only makes sure the empty queue's `get` reaches its sleep before it times out.)
+    q.ring().force_cursor_cpus_for_test(71, 91, false);
+    assert_eq!(q.ring().peer_cpu_for_test(true), 70, "still the copy");
+    assert!(matches!(
+        q.get_timeout(Duration::from_millis(200)),
+        Err(Error::Timeout)
+    ));
+    assert_eq!(
+        q.ring().peer_cpu_for_test(true),
+        71,
+        "read afresh after the sleep"
+    );
 }
 
 #[test]

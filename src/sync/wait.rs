@@ -65,7 +65,8 @@ const QUICK_SNOOZES: u32 = 4;
 /// time). Keeping one budget per kind lets neither spoil the other.
 ///
 /// The classes also differ in one step of the spin: only a [`SpinClass::Stream`] waiter yields the CPU
-/// before it sleeps (see [`Backoff`], "Why no yield, except for streams").
+/// before it sleeps (see [`Backoff`], "Why no yield, except for streams"), unless the thread is confined
+/// to one CPU, where every class yields ([`Backoff::snooze_beside`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SpinClass {
     /// Waiting on a stream of messages: a queue ring's consumer for messages, its producer for space.
@@ -179,7 +180,8 @@ thread_local! {
 /// thread's budget, re-checking its condition after every call to [`Backoff::snooze`], then sleeps.
 ///
 /// # Why no yield, except for streams
-/// A hand-off or lock waiter goes from spinning straight to its futex sleep. On a machine with other
+/// A hand-off or lock waiter goes from spinning straight to its futex sleep (unless its thread is
+/// confined to one CPU: [`Backoff::snooze_beside`]). On a machine with other
 /// runnable work a `sched_yield` (under Linux's EEVDF scheduler) queues the waiter behind all of it,
 /// often for a whole time slice, while a futex sleeper that is woken gets back on a CPU first; on an
 /// idle machine a yield returns at once and is only a slower spin. Measured here under the load of
@@ -291,9 +293,11 @@ impl Backoff {
     /// spin.
     ///
     /// # Stream waiters sleep, the others yield
-    /// Beside a peer that last ran on its CPU, a hand-off or lock waiter yields for its budget, then
-    /// sleeps as usual; a [`SpinClass::Stream`] waiter (a ring's) sleeps at once. A hand-off's peer has a few stores to make
-    /// before it answers, and a yield gives it the CPU for just that: under `taskset -c 0`, semaphore,
+    /// Beside a peer that last ran on its CPU, a [`SpinClass::Stream`] waiter (a ring's) sleeps at once;
+    /// a waiter of another class would yield for its budget, then sleep as usual. (Hand-off and lock
+    /// waiters know no peer CPU today: they call [`Backoff::snooze`], so for them only confinement, which
+    /// yields, applies; the figures below for them are confined ones.) A hand-off's peer has a few
+    /// stores to make before it answers, and a yield gives it the CPU for just that: under `taskset -c 0`, semaphore,
     /// event and barrier round trips between two processes took 10–25 µs spinning, 2–5 times a POSIX
     /// `sem_t`'s, 3.5 / 3.4 / 2.1 µs yielding, and 5.7 / 4.8 / 15.6 µs sleeping at once. A ring's peer
     /// has a task or a message to handle before it answers, and a waiter that yields takes the CPU back
@@ -763,7 +767,7 @@ mod tests {
         for peer in [proc::current_cpu(), proc::UNKNOWN_CPU, 12_345] {
             let asked = Cell::new(0u32);
             let mut b = Backoff::new();
-            // Yields instead of pausing when the peer shares our CPU, within the same budget: ends.
+            // Pauses, yields or sleeps early, whichever the verdict, and ends within the budget.
             while b.snooze_beside(|| {
                 asked.set(asked.get() + 1);
                 peer
@@ -795,8 +799,9 @@ mod tests {
                 while b.snooze_beside(|| peer) {}
                 b.beside
             };
-            // Another CPU number (or none): free to spin while the thread may run anywhere...
-            let elsewhere = proc::current_cpu().wrapping_add(1);
+            // A CPU that is never ours (no machine has this many): free to spin while the thread may
+            // run anywhere...
+            let elsewhere = proc::UNKNOWN_CPU - 1;
             if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
                 assert_eq!(wait(elsewhere), Some(Beside::No));
             }
