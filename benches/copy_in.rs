@@ -41,13 +41,18 @@ fn gbps(bytes: usize, s: f64) -> f64 {
     bytes as f64 / s / 1e9
 }
 
-/// Copies `src` into a fresh shared array, checks both ends, drops it (the block goes back to the heap).
-fn from_slice_once(src: &[f64]) -> f64 {
+/// Copies `src` into a fresh shared array and checks both ends; returns the time and the array.
+fn from_slice_kept(src: &[f64]) -> (f64, SharedArray<f64>) {
     let mut keep = None;
     let s = secs(|| keep = Some(SharedArray::from_slice(black_box(src)).expect("from_slice")));
     let a = keep.expect("set above");
     assert_eq!((a.first(), a.last()), (src.first(), src.last()));
-    s
+    (s, a)
+}
+
+/// As [`from_slice_kept`], then drops the array (the block goes back to the heap).
+fn from_slice_once(src: &[f64]) -> f64 {
+    from_slice_kept(src).0
 }
 
 /// The first `from_slice` of a process: in a spawned child, whose heap has no arena yet. The child makes
@@ -57,10 +62,7 @@ fn from_slice_once(src: &[f64]) -> f64 {
 /// `from_slice`, whose pages it keeps, so that the floor does not hand it pages just freed. Returns both.
 fn fresh_in_child(n: usize) -> (f64, f64) {
     let src: Vec<f64> = (0..n).map(|i| i as f64).collect();
-    let mut keep = None;
-    let s = secs(|| keep = Some(SharedArray::from_slice(black_box(&src)).expect("from_slice")));
-    let a = keep.expect("set above");
-    assert_eq!((a.first(), a.last()), (src.first(), src.last()));
+    let (s, _kept) = from_slice_kept(&src);
     (s, fallocate_fresh(std::mem::size_of_val(src.as_slice())))
 }
 

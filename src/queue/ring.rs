@@ -485,10 +485,11 @@ impl Ring {
     /// every wait of a busy stream would pull it away from the writer each time.
     fn peer_cpu(&self, side: Side) -> u32 {
         let h = self.header();
-        let (cursor, seen) = match side {
-            Side::Producer => (&h.head.0, &self.cpu_seen[Side::Producer as usize]),
-            Side::Consumer => (&h.tail.0, &self.cpu_seen[Side::Consumer as usize]),
+        let cursor = match side {
+            Side::Producer => &h.head.0,
+            Side::Consumer => &h.tail.0,
         };
+        let seen = &self.cpu_seen[side as usize];
         // Load and store, not an RMW: two threads of this process racing here at worst both refresh,
         // or one writes back a copy another just forgot; a hint then stale for up to 64 more waits.
         let cached = seen.load(Ordering::Relaxed);
