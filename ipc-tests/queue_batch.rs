@@ -3,8 +3,9 @@
 //! messages claimed. The kills land exactly there, not by chance: the victim's codec stops (prints
 //! `stalled` and sleeps) while encoding or decoding one chosen message, which `put_many`/`get_many` do
 //! with the whole run already claimed. The survivors must carry on with a consistent queue: published
-//! messages are delivered once and in order, abandoned ones never, nothing twice, every call returns a
-//! typed result within [`BOUND`] (which proves "no hang", never a speed).
+//! messages are delivered once and in order, abandoned ones never (a `put_many` batch is published
+//! only once it is full, so the victim's messages of its last batch are all abandoned), nothing twice,
+//! every call returns a typed result within [`BOUND`] (which proves "no hang", never a speed).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -81,14 +82,16 @@ fn take(q: &Queue<Msg>, n: usize, what: &str) -> Vec<u64> {
     out.into_iter().map(|m| m.0).collect()
 }
 
-/// Child: `put_many` of ids `0..8`, stalling while encoding id 2: ids 0 and 1 are published, the slots
-/// claimed for ids 2..8 are not.
+/// Child: `put_many` of ids `0..8`, then of `8..16`, stalling while encoding id 10: the first batch is
+/// published, ids 8 and 9 of the second are copied into their claimed slots and not published (a batch
+/// publishes at its end), the slots claimed for ids 10..16 are not written.
 fn stalled_producer(arg: &str) {
     let [name] = fields(arg, ',');
     let q = Queue::<Msg>::open(name).expect("open queue");
-    STALL_AT.store(2, Ordering::Relaxed);
+    STALL_AT.store(10, Ordering::Relaxed);
     q.put_many(&msgs(0..8)).expect("put_many");
-    unreachable!("the encode of id 2 stalls");
+    q.put_many(&msgs(8..16)).expect("put_many");
+    unreachable!("the encode of id 10 stalls");
 }
 
 /// Child: `get_many` of up to 16 ids, stalling while decoding id 5: ids 0..5 are taken and their slots
@@ -119,15 +122,20 @@ fn fill_and_drain(q: &Queue<Msg>, base: u64) {
     assert!(q.is_empty());
 }
 
-/// The producer dies holding six claimed, unpublished slots after two published ones. A consumer gets
-/// the two, then (once it has found the claimer dead) skips the whole abandoned run; a new producer's
-/// messages follow, once each and in order; the ring is whole afterwards.
+/// The producer dies holding eight claimed, unpublished slots (two of them already written) after a
+/// published batch of eight. A consumer gets those eight, then (once it has found the claimer dead)
+/// skips the whole abandoned run, written messages included; a new producer's messages follow, once
+/// each and in order; the ring is whole afterwards.
 fn producer_killed_mid_put_many() {
     let name = common::unique_name("bprod");
     let q = Queue::<Msg>::create(&name, CAPACITY, 64).expect("create queue");
     let mut kid = Kid::spawn("queue_batch_stalled_producer", &name, BOUND);
     kid.expect_line("stalled");
-    assert_eq!(q.len(), 8, "the victim claimed its whole batch first");
+    assert_eq!(
+        q.len(),
+        16,
+        "the victim claimed its whole second batch first"
+    );
     kid.kill();
     let got = bounded("survivors after a producer killed mid put_many", BOUND, {
         let q = q.clone();
@@ -136,7 +144,7 @@ fn producer_killed_mid_put_many() {
                 let q = q.clone();
                 std::thread::spawn(move || q.put_many(&msgs(100..140)))
             };
-            let got = take(&q, 2 + 40, "consumer");
+            let got = take(&q, 8 + 40, "consumer");
             assert_eq!(
                 producer.join().expect("producer thread").expect("put_many"),
                 40
@@ -145,11 +153,11 @@ fn producer_killed_mid_put_many() {
             got
         }
     });
-    let mut want = vec![0, 1];
+    let mut want: Vec<u64> = (0..8).collect();
     want.extend(100..140);
     assert_eq!(
         got, want,
-        "published ids once and in order, abandoned ones never"
+        "published ids once and in order, abandoned ones (8 and 9 were written) never"
     );
     assert!(matches!(q.try_get(), Err(Error::Empty)));
 }

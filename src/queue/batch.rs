@@ -1,7 +1,8 @@
 //! Batch operations on a [`Queue`]: [`Queue::put_many`] and [`Queue::get_many`], with their timed and
 //! `try_` forms. A batch claims up to [`MAX_BATCH`] consecutive ring slots in one pass, publishes (or
 //! frees) each with a plain store instead of a second compare-and-swap, and wakes the other side once per
-//! batch rather than once per message. The protocol and why it keeps the ring's guarantees are in
+//! batch rather than once per message. A push batch publishes its messages together, once all are
+//! copied in. The protocol and why it keeps the ring's guarantees are in
 //! `ring.rs` ("Batches").
 //!
 //! A message too large for a slot is spilled to a block of its own inside a batch exactly as `put`
@@ -19,7 +20,9 @@ use crate::error::{Error, Result};
 impl<T, C: Codec<T>> Queue<T, C> {
     /// Appends every item, in order, waiting while the queue is full; returns how many were put (all of
     /// them). Items go in batches of up to 64: each batch claims as many consecutive free slots as there
-    /// are (up to the items left), copies the messages in, and wakes a sleeping consumer once.
+    /// are (up to the items left), copies the messages in, then publishes them together and wakes a
+    /// sleeping consumer once. A producer killed inside `put_many` therefore loses the whole batch it
+    /// was copying (none of it is delivered), and the batches before it are delivered whole.
     ///
     /// Messages of one `put_many` keep their order, but another producer's messages may come between two
     /// batches, as between two `put`s.

@@ -445,6 +445,27 @@ fn batch_keeps_order_across_laps_and_batch_sizes() {
 }
 
 #[test]
+fn a_push_batch_appears_to_consumers_at_its_end() {
+    let q: Queue<u32, Raw> = Queue::new(8).unwrap();
+    let mut batch = ring_of(&q).claim_push(3, None).unwrap();
+    assert_eq!(batch.remaining(), 3);
+    for v in [1u32, 2] {
+        assert!(batch.write(&v.to_le_bytes()).unwrap());
+    }
+    // Two messages are copied in, and nothing is published yet.
+    assert!(matches!(q.try_get(), Err(Error::Empty)));
+    // The drop publishes both, in order, and gives the unused third slot back.
+    drop(batch);
+    let mut out = Vec::new();
+    assert_eq!(q.try_get_many(&mut out, 8).unwrap(), 2);
+    assert_eq!(out, [1, 2]);
+    assert!(matches!(q.try_get(), Err(Error::Empty)));
+    // The ring goes on from the stamp after the batch.
+    q.put(&3).unwrap();
+    assert_eq!(q.get().unwrap(), 3);
+}
+
+#[test]
 fn batch_larger_than_the_ring_and_than_a_batch() {
     let q: Queue<u32, Raw> = Queue::new(100).unwrap();
     let items: Vec<u32> = (0..100).collect();
