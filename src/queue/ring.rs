@@ -128,7 +128,7 @@
 //! every message delivered exactly once, per-producer order kept) plus kill tests; it is not model-checked.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::sync::wait::{slice_until, Backoff, StuckWatch, WaitWord, MAX_CHECK};
 
@@ -657,19 +657,56 @@ impl Ring {
                 continue;
             }
             let slice = slice_until(deadline, watch.interval)?;
-            let Some((pos, st)) = blocked else {
-                // Out of help budget (garbage only): nap rather than spin until the deadline.
-                self.forget_peer_cpu(Side::Producer);
-                self.header().space.0.sleep(slice, || false);
-                continue;
-            };
-            let still_full =
-                || self.slot(pos).state.load(Ordering::SeqCst) == st && !self.is_closed();
-            self.forget_peer_cpu(Side::Producer);
-            self.header().space.0.sleep(slice, || !still_full());
-            if still_full() && watch.due(pos, st) {
-                self.free_if_reader_died(pos, st);
-            }
+            self.sleep_for_space(blocked, slice, &mut watch);
+        }
+    }
+
+    /// A producer's sleep once its spin is spent: until the slot it found full (`blocked`: its stamp
+    /// and the state it held) changes, the ring is closed, or `slice` ends; then, if that slot stayed
+    /// unchanged long enough, whether the consumer holding it died ([`Ring::free_if_reader_died`]).
+    /// With no slot (`None`: out of help budget, garbage only), a nap rather than a spin.
+    fn sleep_for_space(
+        &self,
+        blocked: Option<(u64, u64)>,
+        slice: Duration,
+        watch: &mut StuckWatch,
+    ) {
+        self.forget_peer_cpu(Side::Producer);
+        let space = &self.header().space.0;
+        let Some((pos, st)) = blocked else {
+            space.sleep(slice, || false);
+            return;
+        };
+        // A closed ring ends every producer's call at the top of its loop, so closing is a change.
+        let still_full = || self.slot(pos).state.load(Ordering::SeqCst) == st && !self.is_closed();
+        space.sleep(slice, || !still_full());
+        if still_full() && watch.due(pos, st) {
+            self.free_if_reader_died(pos, st);
+        }
+    }
+
+    /// A consumer's sleep once its spin is spent: until the slot at `head` changes, the ring is closed,
+    /// or `slice` ends; then, if that slot stayed unchanged long enough, whether the producer writing it
+    /// died ([`Ring::abandon_if_writer_died`]).
+    ///
+    /// A consumer behind a claimed slot goes on waiting after a close (the ring is not empty yet), so
+    /// only the close itself counts as a change: a check of "closed" in its place made every such
+    /// consumer spin without sleeping and never look at the claimer, which a producer killed before the
+    /// close then held for good.
+    fn sleep_for_items(&self, slice: Duration, watch: &mut StuckWatch) {
+        let h = self.header();
+        let pos = h.head.0.pos.load(Ordering::Relaxed);
+        let st = self.slot(pos).state.load(Ordering::Acquire);
+        let closed = self.is_closed();
+        let unchanged = || {
+            h.head.0.pos.load(Ordering::Relaxed) == pos
+                && self.slot(pos).state.load(Ordering::SeqCst) == st
+                && self.is_closed() == closed
+        };
+        self.forget_peer_cpu(Side::Consumer);
+        h.items.0.sleep(slice, || !unchanged());
+        if unchanged() && watch.due(pos, st) {
+            self.abandon_if_writer_died(pos, st);
         }
     }
 
@@ -834,19 +871,7 @@ impl Ring {
                 continue;
             }
             let slice = slice_until(deadline, watch.interval)?;
-            let h = self.header();
-            let pos = h.head.0.pos.load(Ordering::Relaxed);
-            let st = self.slot(pos).state.load(Ordering::Acquire);
-            let unchanged = || {
-                h.head.0.pos.load(Ordering::Relaxed) == pos
-                    && self.slot(pos).state.load(Ordering::SeqCst) == st
-                    && !self.is_closed()
-            };
-            self.forget_peer_cpu(Side::Consumer);
-            h.items.0.sleep(slice, || !unchanged());
-            if unchanged() && watch.due(pos, st) {
-                self.abandon_if_writer_died(pos, st);
-            }
+            self.sleep_for_items(slice, &mut watch);
         }
     }
 
@@ -1590,18 +1615,7 @@ impl Ring {
                 continue;
             }
             let slice = slice_until(deadline, watch.interval)?;
-            let Some((pos, st)) = blocked else {
-                self.forget_peer_cpu(Side::Producer);
-                self.header().space.0.sleep(slice, || false);
-                continue;
-            };
-            let still_full =
-                || self.slot(pos).state.load(Ordering::SeqCst) == st && !self.is_closed();
-            self.forget_peer_cpu(Side::Producer);
-            self.header().space.0.sleep(slice, || !still_full());
-            if still_full() && watch.due(pos, st) {
-                self.free_if_reader_died(pos, st);
-            }
+            self.sleep_for_space(blocked, slice, &mut watch);
         }
     }
 
@@ -1641,19 +1655,7 @@ impl Ring {
                 continue;
             }
             let slice = slice_until(deadline, watch.interval)?;
-            let h = self.header();
-            let pos = h.head.0.pos.load(Ordering::Relaxed);
-            let st = self.slot(pos).state.load(Ordering::Acquire);
-            let unchanged = || {
-                h.head.0.pos.load(Ordering::Relaxed) == pos
-                    && self.slot(pos).state.load(Ordering::SeqCst) == st
-                    && !self.is_closed()
-            };
-            self.forget_peer_cpu(Side::Consumer);
-            h.items.0.sleep(slice, || !unchanged());
-            if unchanged() && watch.due(pos, st) {
-                self.abandon_if_writer_died(pos, st);
-            }
+            self.sleep_for_items(slice, &mut watch);
         }
     }
 }

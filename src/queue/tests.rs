@@ -153,6 +153,31 @@ fn dead_producer_claim_becomes_a_tombstone() {
 }
 
 #[test]
+fn a_dead_claim_is_recovered_after_close_too() {
+    // A producer (impossible tid) claimed stamp 0 and died; a message went in after it; then the queue
+    // was closed. Consumers still wait behind the claim, sleep, find the claimer dead, and drain.
+    for batch in [false, true] {
+        let q: Queue<u32, Raw> = Queue::new(4).unwrap();
+        ring_of(&q).force_claim_for_test(0, 0x3fff_fffe, false);
+        q.put(&7).unwrap();
+        q.close();
+        let bound = Duration::from_secs(30);
+        if batch {
+            let mut out = Vec::new();
+            assert_eq!(q.get_many_timeout(&mut out, 4, bound).unwrap(), 1);
+            assert_eq!(out, [7]);
+            assert!(matches!(
+                q.get_many_timeout(&mut out, 4, bound),
+                Err(Error::Closed)
+            ));
+        } else {
+            assert_eq!(q.get_timeout(bound).unwrap(), 7);
+            assert!(matches!(q.get_timeout(bound), Err(Error::Closed)));
+        }
+    }
+}
+
+#[test]
 fn dead_consumer_claim_frees_the_slot() {
     let q: Queue<u32, Raw> = Queue::new(1).unwrap();
     q.put(&1).unwrap();
