@@ -3,8 +3,8 @@
 //! messages claimed. The kills land exactly there, not by chance: the victim's codec stops (prints
 //! `stalled` and sleeps) while encoding or decoding one chosen message, which `put_many`/`get_many` do
 //! with the whole run already claimed. The survivors must carry on with a consistent queue: published
-//! messages are delivered once and in order, abandoned ones never (a `put_many` batch is published
-//! only once it is full, so the victim's messages of its last batch are all abandoned), nothing twice,
+//! messages are delivered once and in order, abandoned ones never (a `put_many` batch is published at
+//! its end, so the victim's messages of its unfinished batch are all abandoned), nothing twice,
 //! every call returns a typed result within [`BOUND`] (which proves "no hang", never a speed).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::common::{self, bounded, fields, say, Kid, Role};
 use crate::queue::BOUND;
 
-/// Slots of the queues below: a batch of the victim's fills it.
+/// Slots of the queues below: the victim's batches fill it (the producer's two, the consumer's one).
 const CAPACITY: usize = 16;
 
 pub const ROLES: &[Role] = &[
@@ -137,7 +137,7 @@ fn producer_killed_mid_put_many() {
         "the victim claimed its whole second batch first"
     );
     kid.kill();
-    let got = bounded("survivors after a producer killed mid put_many", BOUND, {
+    bounded("survivors after a producer killed mid put_many", BOUND, {
         let q = q.clone();
         move || {
             let producer = {
@@ -149,16 +149,16 @@ fn producer_killed_mid_put_many() {
                 producer.join().expect("producer thread").expect("put_many"),
                 40
             );
+            // Checked before the ring is reused, so that a wrong delivery fails here, by name.
+            let mut want: Vec<u64> = (0..8).collect();
+            want.extend(100..140);
+            assert_eq!(
+                got, want,
+                "published ids once and in order, abandoned ones (8 and 9 were written) never"
+            );
             fill_and_drain(&q, 1000);
-            got
         }
     });
-    let mut want: Vec<u64> = (0..8).collect();
-    want.extend(100..140);
-    assert_eq!(
-        got, want,
-        "published ids once and in order, abandoned ones (8 and 9 were written) never"
-    );
     assert!(matches!(q.try_get(), Err(Error::Empty)));
 }
 

@@ -114,7 +114,7 @@
 //! | [`Semaphore`], [`BoundedSemaphore`] | permits held through guards come back to waiters within ~50 ms |
 //! | [`Barrier`] | the barrier breaks; waiters get [`Error::BrokenBarrier`] |
 //! | [`Event`] | holds nothing; nothing to recover |
-//! | [`Queue`] and friends | a half-written message is never seen; a message whose consumer dies inside `get` is lost, none is delivered twice |
+//! | [`Queue`] and friends | a half-written message is never seen; a message whose consumer dies inside `get` is lost, none is delivered twice; a producer killed inside `put_many` loses the batch (up to 64 messages) it had not published |
 //! | [`Pool`] | the dead worker's tasks fail with [`Error::WorkerDied`] (or run once more), the worker is replaced |
 //! | [`Manager`] containers | the dead process's half-done update is rolled back by the next caller |
 //! | [`Process`] | `join` reports the panic (message and location), the signal, or the exit code |

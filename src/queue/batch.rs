@@ -1,7 +1,7 @@
 //! Batch operations on a [`Queue`]: [`Queue::put_many`] and [`Queue::get_many`], with their timed and
 //! `try_` forms. A batch claims up to [`MAX_BATCH`] consecutive ring slots in one pass, publishes (or
 //! frees) each with a plain store instead of a second compare-and-swap, and wakes the other side once per
-//! batch rather than once per message. A push batch publishes its messages together, once all are
+//! batch rather than once per message. A push batch publishes its messages in order once all are
 //! copied in. The protocol and why it keeps the ring's guarantees are in
 //! `ring.rs` ("Batches").
 //!
@@ -20,9 +20,11 @@ use crate::error::{Error, Result};
 impl<T, C: Codec<T>> Queue<T, C> {
     /// Appends every item, in order, waiting while the queue is full; returns how many were put (all of
     /// them). Items go in batches of up to 64: each batch claims as many consecutive free slots as there
-    /// are (up to the items left), copies the messages in, then publishes them together and wakes a
-    /// sleeping consumer once. A producer killed inside `put_many` therefore loses the whole batch it
-    /// was copying (none of it is delivered), and the batches before it are delivered whole.
+    /// are (up to the items left), copies the messages in, then publishes them in order and wakes a
+    /// sleeping consumer once. A producer killed inside `put_many` while copying therefore loses the
+    /// batch it was copying (up to 64 messages; a message large enough to spill publishes those before
+    /// it first), and one killed while publishing loses the rest of its batch; earlier batches are
+    /// delivered whole.
     ///
     /// Messages of one `put_many` keep their order, but another producer's messages may come between two
     /// batches, as between two `put`s.
@@ -146,7 +148,8 @@ impl<T, C: Codec<T>> Queue<T, C> {
                     }
                     // The slot's claim was revoked (garbage only): the same item goes into the next one.
                     Ok(Ok(false)) => {}
-                    // Dropping `batch` tombstones its unused slots, publishes and wakes consumers.
+                    // Dropping `batch` publishes the filled slots, tombstones the unused ones and wakes
+                    // consumers.
                     Ok(Err(e)) | Err(e) => return (put, Err(e)),
                 }
             }
@@ -170,6 +173,9 @@ impl<T, C: Codec<T>> Queue<T, C> {
                 max: slot_size - 1,
             });
         }
+        // A spill (a block of its own, and a copy of a large message) takes far longer than what
+        // publishing a batch at its end saves: what is filled goes out first.
+        batch.publish_filled();
         let blocks = &self.inner.blocks;
         let r = blocks.spill(bytes)?;
         let mut slot = vec![0u8; slot_size];

@@ -5,7 +5,8 @@
 //!
 //! When a producer or consumer dies mid-message (the ring's algorithm and orderings are documented
 //! beside its code, for contributors): a consumer never sees a half-written message; a message whose
-//! consumer is killed inside `get` is lost (at most once); nothing is delivered twice.
+//! consumer is killed inside `get` is lost (at most once); nothing is delivered twice. A producer killed
+//! inside [`Queue::put_many`] loses the batch it had not published yet (up to 64 messages, see there).
 
 mod batch;
 mod joinable;

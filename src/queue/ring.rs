@@ -54,7 +54,8 @@
 //!   slot reads `{s', IDLE}`, CAS it to `{s', me}` (Acquire), stopping at the first slot that is not
 //!   free. Store `tail` = the stamp after the run, once. For each slot: copy the message in. Then, for
 //!   each filled slot in order, **store** `{s', me}` → `{s' + 1, IDLE}` (Release): a batch's messages
-//!   appear together, once all are copied. Unused claims (an encode error) are given back as
+//!   are published after all are copied (or, before a large message is spilled, those copied so
+//!   far). Unused claims (an encode error) are given back as
 //!   `{s' + 1, TOMBSTONE}`. Then one `fence(SeqCst)` and one notify for the whole batch.
 //! - **pop batch** at `head = s`: likewise, claiming `{s' + 1, IDLE | TOMBSTONE}` → `{s' + 1, me}`
 //!   (Acquire) while ready; `head` stored once; each slot read, then **stored** to `{s' + one_lap, IDLE}`
@@ -76,8 +77,10 @@
 //! away) the slot line next to the one the producer is writing, message after message: 64 B messages
 //! in batches of 64 between two processes moved 20–22 M msgs/s that way here, 24–25.6 M publishing at
 //! the end (builds run alternately). The cost is latency within a batch: its first message waits for
-//! the other 63 to be copied (about a microsecond). Pop batches free their slots one by one: freeing
-//! them at the end measured no faster.
+//! the others to be encoded and copied (about a microsecond for 63 small raw messages; as long as the
+//! codec takes for slow ones). A message spilled to a block of its own publishes what precedes it
+//! first: its block and copy take far longer than the line transfers saved. Pop batches free their
+//! slots one by one: freeing them at the end measured no faster.
 //!
 //! # Deaths
 //! Claimers are judged dead only while every process attached to the ring lives in our pid namespace
@@ -97,9 +100,10 @@
 //! - A batch claimer (`put_many`/`get_many`) dead with a run of stamps claimed: the waiter that recovers
 //!   the first slot of the run recovers the following slots claimed by the same dead tid too, each with
 //!   its own liveness check and CAS (tombstones for a producer's, freed slots for a consumer's). A
-//!   producer publishes a batch only at its end, so none of the messages of the batch it was filling
-//!   is delivered (a batch is at most [`MAX_BATCH`] messages, all lost as one); messages of a consumer's
-//!   run are lost, each at most once, as for a single `get`.
+//!   producer publishes a batch only at its end, so a producer killed while filling a batch delivers
+//!   none of it (at most [`MAX_BATCH`] messages; with spilled messages, those before the last spill
+//!   went out), and one killed while publishing delivers a prefix; messages of a consumer's run are
+//!   lost, each at most once, as for a single `get`.
 //!
 //! # Peers on one CPU
 //! Next to `tail` and `head`, in the line it writes anyway, each side records the CPU it last ran on
@@ -1203,17 +1207,20 @@ enum BatchAttempt {
 }
 
 /// Slots one producer claimed for a batch: consecutive stamps from `first`, each `{s, me}`. Every
-/// [`PushBatch::write`] fills the next one; dropping the batch publishes the filled ones, all at once
-/// and in order (see "Batches" in the module docs for why at once), tombstones those left unfilled (an
-/// encode error, a message too large, a panic in the codec), then makes the batch's stores visible to
-/// sleepers and wakes them, once.
+/// [`PushBatch::write`] fills the next one; the filled ones are published in order when the batch is
+/// dropped (see "Batches" in the module docs for why not one by one), or earlier by
+/// [`PushBatch::publish_filled`]. Dropping the batch also tombstones the slots left unfilled (an encode
+/// error, a message too large, a panic in the codec), then makes the batch's stores visible to sleepers
+/// and wakes them, once.
 pub(crate) struct PushBatch<'r> {
     ring: &'r Ring,
     me: u32,
-    /// The batch's first stamp.
+    /// The first stamp not published yet.
     first: u64,
     /// Slots from `first` that [`PushBatch::write`] has passed: filled, or found revoked.
     filled: u32,
+    /// Bit i: the i-th of those was found revoked, and is not ours to publish whatever it reads later.
+    revoked: u64,
     /// The next claimed slot to fill, and how many claimed slots are left from it.
     pos: u64,
     left: u32,
@@ -1253,6 +1260,8 @@ impl PushBatch<'_> {
         self.filled += 1;
         // A plain load, no lock: only garbage changes a live claimer's state (see `Ring::publish_batch_slot`).
         if slot.state.load(Ordering::Relaxed) != claimed {
+            // `filled` <= MAX_BATCH = 64: the bit fits.
+            self.revoked |= 1 << (self.filled - 1);
             return Ok(false);
         }
         slot.len.store(bytes.len() as u32, Ordering::Relaxed);
@@ -1263,19 +1272,40 @@ impl PushBatch<'_> {
     }
 }
 
-impl Drop for PushBatch<'_> {
-    fn drop(&mut self) {
+impl PushBatch<'_> {
+    /// Publishes the slots filled so far, in order (`{s, me}` → `{s + 1, IDLE}`), and wakes a sleeping
+    /// consumer: what the drop does, done early. [`Queue::put_many`](crate::Queue::put_many) calls it
+    /// before spilling a large message, whose block and copy take far longer than the line transfers
+    /// that publishing at the end saves. A slot found revoked while filling (garbage only) is left to
+    /// whoever holds it now, whatever it reads by then.
+    pub(crate) fn publish_filled(&mut self) {
+        if self.filled > 0 {
+            self.publish_filled_slots();
+            self.ring.end_batch(&self.ring.header().items.0);
+        }
+    }
+
+    /// [`PushBatch::publish_filled`] without the wake-up, which the caller owes.
+    fn publish_filled_slots(&mut self) {
         let ring = self.ring;
-        // {s, me} → {s + 1, IDLE}: published, in order. A slot found revoked while filling (garbage
-        // only) no longer reads `{s, me}` and is left to whoever holds it now.
         let mut pos = self.first;
-        for _ in 0..self.filled {
+        for i in 0..self.filled {
             let slot = ring.slot(pos);
-            if slot.state.load(Ordering::Relaxed) == state(pos as u32, self.me) {
+            if self.revoked & (1 << i) == 0
+                && slot.state.load(Ordering::Relaxed) == state(pos as u32, self.me)
+            {
                 ring.publish_batch_slot(slot, state((pos as u32).wrapping_add(1), IDLE));
             }
             pos = ring.next(pos);
         }
+        (self.first, self.filled, self.revoked) = (pos, 0, 0);
+    }
+}
+
+impl Drop for PushBatch<'_> {
+    fn drop(&mut self) {
+        let ring = self.ring;
+        self.publish_filled_slots();
         while self.left > 0 {
             // {s, me} → {s + 1, TOMBSTONE}: given back; consumers skip it. Not `{s, IDLE}`: every stamp
             // below the largest `tail` ever written must stay claimed (see the module docs), and `tail`
@@ -1598,6 +1628,7 @@ impl Ring {
                         me: me.tid,
                         first,
                         filled: 0,
+                        revoked: 0,
                         pos: first,
                         left: n,
                     })

@@ -491,6 +491,38 @@ fn a_push_batch_appears_to_consumers_at_its_end() {
 }
 
 #[test]
+fn publish_filled_sends_what_is_copied_and_never_a_revoked_slot() {
+    let q: Queue<u32, Raw> = Queue::new(8).unwrap();
+    let ring = ring_of(&q);
+    let me = crate::sys::proc::current().tid;
+    let mut batch = ring.claim_push(4, None).unwrap();
+    assert!(batch.write(&1u32.to_le_bytes()).unwrap());
+    // Garbage from another process revokes the next claim: the message goes into the slot after it.
+    ring.force_claim_for_test(1, 0x3fff_fffe, false);
+    assert!(!batch.write(&2u32.to_le_bytes()).unwrap());
+    assert!(batch.write(&2u32.to_le_bytes()).unwrap());
+    // More garbage writes our claim back into the revoked slot: it is still not ours to publish (it
+    // holds no message of ours).
+    ring.force_claim_for_test(1, me, false);
+    batch.publish_filled();
+    let mut out = Vec::new();
+    assert_eq!(
+        q.try_get_many(&mut out, 8).unwrap(),
+        1,
+        "out early, in order"
+    );
+    assert_eq!(out, [1]);
+    // Once the revoked slot names a dead claimer, consumers skip it, then the unused claim.
+    ring.force_claim_for_test(1, 0x3fff_fffe, false);
+    drop(batch);
+    let bound = Duration::from_secs(30);
+    assert_eq!(q.get_many_timeout(&mut out, 8, bound).unwrap(), 1);
+    assert_eq!(out, [1, 2]);
+    q.put(&3).unwrap();
+    assert_eq!(q.get_timeout(bound).unwrap(), 3);
+}
+
+#[test]
 fn batch_larger_than_the_ring_and_than_a_batch() {
     let q: Queue<u32, Raw> = Queue::new(100).unwrap();
     let items: Vec<u32> = (0..100).collect();
