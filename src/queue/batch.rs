@@ -2,7 +2,7 @@
 //! `try_` forms. A batch claims up to [`MAX_BATCH`] consecutive ring slots in one pass, publishes (or
 //! frees) each with a plain store instead of a second compare-and-swap, and wakes the other side once per
 //! batch rather than once per message. A push batch publishes its messages in order once all are
-//! copied in. The protocol and why it keeps the ring's guarantees are in
+//! copied in (or, before a message that spills, those copied so far). The protocol and why it keeps the ring's guarantees are in
 //! `ring.rs` ("Batches").
 //!
 //! A message too large for a slot is spilled to a block of its own inside a batch exactly as `put`
@@ -21,7 +21,8 @@ impl<T, C: Codec<T>> Queue<T, C> {
     /// Appends every item, in order, waiting while the queue is full; returns how many were put (all of
     /// them). Items go in batches of up to 64: each batch claims as many consecutive free slots as there
     /// are (up to the items left), copies the messages in, then publishes them in order and wakes a
-    /// sleeping consumer once. A producer killed inside `put_many` while copying therefore loses the
+    /// sleeping consumer once (a message large enough to spill to a block of its own publishes those
+    /// before it first). A producer killed inside `put_many` while copying therefore loses the
     /// batch it was copying (up to 64 messages; a message large enough to spill publishes those before
     /// it first), and one killed while publishing loses the rest of its batch; earlier batches are
     /// delivered whole.

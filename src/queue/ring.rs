@@ -56,7 +56,8 @@
 //!   each filled slot in order, **store** `{s', me}` → `{s' + 1, IDLE}` (Release): a batch's messages
 //!   are published after all are copied (or, before a large message is spilled, those copied so
 //!   far). Unused claims (an encode error) are given back as
-//!   `{s' + 1, TOMBSTONE}`. Then one `fence(SeqCst)` and one notify for the whole batch.
+//!   `{s' + 1, TOMBSTONE}`. Then one `fence(SeqCst)` and one notify for the whole batch (and one more
+//!   for what is published before each spilled message).
 //! - **pop batch** at `head = s`: likewise, claiming `{s' + 1, IDLE | TOMBSTONE}` → `{s' + 1, me}`
 //!   (Acquire) while ready; `head` stored once; each slot read, then **stored** to `{s' + one_lap, IDLE}`
 //!   (Release); one fence, one notify.
@@ -257,6 +258,12 @@ fn note_cpu(cursor: &Cursor) {
     if cursor.cpu.load(Ordering::Relaxed) != cpu {
         cursor.cpu.store(cpu, Ordering::Relaxed);
     }
+}
+
+/// Whether a caller's deadline has passed (a clock read; never with no deadline). Checked before every
+/// snooze: a `try_` call (deadline now) must answer at once, not after spinning its budget.
+fn deadline_passed(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
 }
 
 /// The geometry of a ring, fixed at creation.
@@ -657,6 +664,9 @@ impl Ring {
             if self.survey_due() && self.heal() {
                 continue;
             }
+            if deadline_passed(deadline) {
+                return Err(Error::Timeout);
+            }
             if backoff.snooze_beside(|| self.peer_cpu(Side::Producer)) {
                 continue;
             }
@@ -702,6 +712,15 @@ impl Ring {
         let pos = h.head.0.pos.load(Ordering::Relaxed);
         let st = self.slot(pos).state.load(Ordering::Acquire);
         let closed = self.is_closed();
+        // This snapshot, not the caller's attempt, is what the sleep compares against: what changed in
+        // between and would make the next attempt succeed (a message published, a close with no claim
+        // to wait behind) is a reason not to sleep at all, since its wake-up found no sleeper.
+        let ready =
+            dist(seq(st), pos.wrapping_add(1)) == 0 && (who(st) == IDLE || who(st) == TOMBSTONE);
+        let writing = dist(seq(st), pos) == 0 && who(st) != IDLE;
+        if ready || (closed && !writing) {
+            return;
+        }
         let unchanged = || {
             h.head.0.pos.load(Ordering::Relaxed) == pos
                 && self.slot(pos).state.load(Ordering::SeqCst) == st
@@ -870,6 +889,9 @@ impl Ring {
             // Empty by the hint's slot; the hint may be wrong in a way that slot cannot show.
             if self.survey_due() && self.heal() {
                 continue;
+            }
+            if deadline_passed(deadline) {
+                return Err(Error::Timeout);
             }
             if backoff.snooze_beside(|| self.peer_cpu(Side::Consumer)) {
                 continue;
@@ -1169,7 +1191,7 @@ impl Ring {
             if self.len() > 0 {
                 return true;
             }
-            if self.is_closed() {
+            if self.is_closed() || deadline_passed(deadline) {
                 return false;
             }
             if backoff.snooze_beside(|| self.peer_cpu(Side::Consumer)) {
@@ -1232,7 +1254,8 @@ impl PushBatch<'_> {
         self.left as usize
     }
 
-    /// Copies `bytes` into the next claimed slot, which the batch publishes when it is dropped.
+    /// Copies `bytes` into the next claimed slot, which the batch publishes when it is dropped (or at
+    /// [`PushBatch::publish_filled`]).
     /// `Ok(false)`: the slot's claim had been revoked (only garbage written by another process does
     /// that, see `Ring::publish_batch_slot`): nothing was written and the caller writes the same message
     /// into the next slot.
@@ -1639,7 +1662,7 @@ impl Ring {
             if self.survey_due() && self.heal() {
                 continue;
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if deadline_passed(deadline) {
                 return Err(Error::Timeout);
             }
             if backoff.snooze_beside(|| self.peer_cpu(Side::Producer)) {
@@ -1679,7 +1702,7 @@ impl Ring {
             if self.survey_due() && self.heal() {
                 continue;
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if deadline_passed(deadline) {
                 return Err(Error::Timeout);
             }
             if backoff.snooze_beside(|| self.peer_cpu(Side::Consumer)) {

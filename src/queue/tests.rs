@@ -512,14 +512,19 @@ fn publish_filled_sends_what_is_copied_and_never_a_revoked_slot() {
         "out early, in order"
     );
     assert_eq!(out, [1]);
-    // Once the revoked slot names a dead claimer, consumers skip it, then the unused claim.
+    // The last claimed slot, filled after that, goes out with the drop, and only then.
+    assert!(batch.write(&3u32.to_le_bytes()).unwrap());
+    assert_eq!(batch.remaining(), 0);
+    // Once the revoked slot names a dead claimer, consumers skip it.
     ring.force_claim_for_test(1, 0x3fff_fffe, false);
-    drop(batch);
     let bound = Duration::from_secs(30);
     assert_eq!(q.get_many_timeout(&mut out, 8, bound).unwrap(), 1);
-    assert_eq!(out, [1, 2]);
-    q.put(&3).unwrap();
-    assert_eq!(q.get_timeout(bound).unwrap(), 3);
+    assert_eq!(out, [1, 2], "3 is not published before the drop");
+    drop(batch);
+    assert_eq!(q.get_many_timeout(&mut out, 8, bound).unwrap(), 1);
+    assert_eq!(out, [1, 2, 3]);
+    q.put(&4).unwrap();
+    assert_eq!(q.get_timeout(bound).unwrap(), 4);
 }
 
 #[test]
