@@ -260,12 +260,6 @@ fn note_cpu(cursor: &Cursor) {
     }
 }
 
-/// Whether a caller's deadline has passed (a clock read; never with no deadline). Checked before every
-/// snooze: a `try_` call (deadline now) must answer at once, not after spinning its budget.
-fn deadline_passed(deadline: Option<Instant>) -> bool {
-    deadline.is_some_and(|d| Instant::now() >= d)
-}
-
 /// The geometry of a ring, fixed at creation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Geometry {
@@ -649,7 +643,7 @@ impl Ring {
             });
         }
         let me = proc::current();
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new().until(deadline);
         let mut watch = StuckWatch::new();
         loop {
             if self.is_closed() {
@@ -663,9 +657,6 @@ impl Ring {
             // Full by the hint's slot; the hint may be wrong in a way that slot cannot show.
             if self.survey_due() && self.heal() {
                 continue;
-            }
-            if deadline_passed(deadline) {
-                return Err(Error::Timeout);
             }
             if backoff.snooze_beside(|| self.peer_cpu(Side::Producer)) {
                 continue;
@@ -878,7 +869,7 @@ impl Ring {
         mut f: impl FnMut(&[u8]) -> R,
     ) -> Result<R> {
         let me = proc::current();
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new().until(deadline);
         let mut watch = StuckWatch::new();
         loop {
             match self.try_pop(me, &mut f)? {
@@ -889,9 +880,6 @@ impl Ring {
             // Empty by the hint's slot; the hint may be wrong in a way that slot cannot show.
             if self.survey_due() && self.heal() {
                 continue;
-            }
-            if deadline_passed(deadline) {
-                return Err(Error::Timeout);
             }
             if backoff.snooze_beside(|| self.peer_cpu(Side::Consumer)) {
                 continue;
@@ -1186,12 +1174,12 @@ impl Ring {
     /// Waits until a message is likely available (without taking it), the ring is closed, or
     /// `deadline` passes. Returns whether a message is there.
     pub(crate) fn wait_nonempty(&self, deadline: Option<Instant>) -> bool {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new().until(deadline);
         loop {
             if self.len() > 0 {
                 return true;
             }
-            if self.is_closed() || deadline_passed(deadline) {
+            if self.is_closed() {
                 return false;
             }
             if backoff.snooze_beside(|| self.peer_cpu(Side::Consumer)) {
@@ -1638,7 +1626,7 @@ impl Ring {
     ) -> Result<PushBatch<'_>> {
         let want = want.clamp(1, MAX_BATCH) as u32;
         let me = proc::current();
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new().until(deadline);
         let mut watch = StuckWatch::new();
         loop {
             if self.is_closed() {
@@ -1662,9 +1650,6 @@ impl Ring {
             if self.survey_due() && self.heal() {
                 continue;
             }
-            if deadline_passed(deadline) {
-                return Err(Error::Timeout);
-            }
             if backoff.snooze_beside(|| self.peer_cpu(Side::Producer)) {
                 continue;
             }
@@ -1683,7 +1668,7 @@ impl Ring {
     pub(crate) fn claim_pop(&self, want: usize, deadline: Option<Instant>) -> Result<PopBatch<'_>> {
         let want = want.clamp(1, MAX_BATCH) as u32;
         let me = proc::current();
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new().until(deadline);
         let mut watch = StuckWatch::new();
         loop {
             match self.try_claim_pop(me, want) {
@@ -1701,9 +1686,6 @@ impl Ring {
             }
             if self.survey_due() && self.heal() {
                 continue;
-            }
-            if deadline_passed(deadline) {
-                return Err(Error::Timeout);
             }
             if backoff.snooze_beside(|| self.peer_cpu(Side::Consumer)) {
                 continue;

@@ -426,7 +426,7 @@ impl Log {
         mut f: impl FnMut(&[u8]) -> R,
     ) -> Result<R> {
         let c = self.ctl();
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new().until(deadline);
         loop {
             let seen = c.puts.load(Ordering::SeqCst);
             match self.try_take(deadline, &mut f)? {
@@ -532,7 +532,7 @@ impl Log {
     /// Waits until a message is likely there, the queue is closed, or `deadline` passes.
     pub(crate) fn wait_nonempty(&self, deadline: Option<Instant>) -> bool {
         let c = self.ctl();
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new().until(deadline);
         loop {
             let seen = c.puts.load(Ordering::SeqCst);
             if self.len() > 0 {

@@ -284,7 +284,7 @@ impl RawLock {
         // Spin while the word names another thread that may hold it: a critical section usually ends
         // within the spin budget (see `wait::Backoff`). A word naming no possible thread or this very
         // thread is judged at once below: spinning cannot free it.
-        let mut backoff = Backoff::for_class(SpinClass::Lock);
+        let mut backoff = Backoff::for_class(SpinClass::Lock).until(deadline);
         loop {
             let v = self.word.load(Ordering::Relaxed);
             let tid = v & TID_MASK;

@@ -297,7 +297,7 @@ impl RawSemaphore {
         }
         // Spin phase (see `wait::Backoff`): a permit released within the budget is taken with no system
         // call on either side (the releaser sees no sleeper and skips its wake).
-        let mut backoff = Backoff::for_class(SpinClass::Handoff);
+        let mut backoff = Backoff::for_class(SpinClass::Handoff).until(deadline);
         while backoff.snooze() {
             if self.value.load(Ordering::Relaxed) != 0 && self.try_take(me, wait) {
                 return true;
