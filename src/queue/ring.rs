@@ -54,10 +54,9 @@
 //!   slot reads `{s', IDLE}`, CAS it to `{s', me}` (Acquire), stopping at the first slot that is not
 //!   free. Store `tail` = the stamp after the run, once. For each slot: copy the message in. Then, for
 //!   each filled slot in order, **store** `{s', me}` → `{s' + 1, IDLE}` (Release): a batch's messages
-//!   are published after all are copied (or, before a large message is spilled, those copied so
-//!   far). Unused claims (an encode error) are given back as
-//!   `{s' + 1, TOMBSTONE}`. Then one `fence(SeqCst)` and one notify for the whole batch (and one more
-//!   for what is published before each spilled message).
+//!   are published after all are copied (or, before a large message is spilled, those copied so far).
+//!   Unused claims (an encode error) are given back as `{s' + 1, TOMBSTONE}`. Then one `fence(SeqCst)`
+//!   and one notify for the whole batch (and one more for what is published before each spill).
 //! - **pop batch** at `head = s`: likewise, claiming `{s' + 1, IDLE | TOMBSTONE}` → `{s' + 1, me}`
 //!   (Acquire) while ready; `head` stored once; each slot read, then **stored** to `{s' + one_lap, IDLE}`
 //!   (Release); one fence, one notify.
