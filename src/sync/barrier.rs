@@ -182,7 +182,10 @@ impl Barrier {
     fn wait_until(&self, deadline: Option<Instant>) -> Result<u32> {
         let me = proc::current();
         let parties = self.parties();
-        let arrival = self.locked(deadline, |r| {
+        // The internal lock is held for a few stores (or a liveness check): waited for up to
+        // `TRY_BOUND` whatever the timeout, so that a tiny timeout does not break the barrier over it.
+        let lock_by = deadline.map(|d| d.max(Instant::now() + TRY_BOUND));
+        let arrival = self.locked(lock_by, |r| {
             if r.broken.load(Ordering::Relaxed) != 0 {
                 return Err(Error::BrokenBarrier);
             }

@@ -16,7 +16,8 @@
 //!
 //! # Garbage and deadlines
 //! Any bytes are a valid state. `try_acquire` waits at most [`TRY_BOUND`] and `acquire_timeout` at most
-//! its timeout, internal lock included; `release`, a guard's drop and `forget` wait at most
+//! its timeout, internal lock included (except that its first look waits for the internal lock up to
+//! [`TRY_BOUND`] too, as `try_acquire` does); `release`, a guard's drop and `forget` wait at most
 //! [`INTERNAL_BOUND`] for it. Garbage that changes a counter (`value`, a holder's count) changes the
 //! outcome — permits appear or vanish — as it would for any shared counter.
 //!
@@ -292,7 +293,15 @@ impl RawSemaphore {
     fn acquire_until(&self, deadline: Option<Instant>) -> bool {
         let me = proc::current();
         let wait = Wait::Until(deadline);
-        if self.try_take(me, wait) {
+        // The first attempt waits for the internal lock as `try_acquire` does: a peer holds it for a
+        // few stores, and a permit that is free must not be missed because of them, whatever the
+        // timeout (a zero one included).
+        let first = if deadline.is_some() {
+            Wait::Within(TRY_BOUND)
+        } else {
+            wait
+        };
+        if self.try_take(me, first) {
             return true;
         }
         // Spin phase (see `wait::Backoff`): a permit released within the budget is taken with no system
@@ -328,6 +337,11 @@ impl RawSemaphore {
         let now = proc::monotonic_ms();
         let last = self.last_scan_ms.load(Ordering::Relaxed);
         let due = now.saturating_sub(last) >= MAX_CHECK.as_millis() as u64 || last > now;
+        // Past the deadline the lock below would not be waited for, and the scan this caller claims
+        // would be skipped for everyone until the next interval.
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return;
+        }
         if due
             && self
                 .last_scan_ms

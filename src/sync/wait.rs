@@ -392,7 +392,13 @@ impl Drop for Backoff {
         let Some(start) = self.start.filter(|_| !self.expired) else {
             return; // never got past the quick snoozes, or ended by the deadline: nothing learned
         };
-        let needed = start.elapsed();
+        let now = Instant::now();
+        // A wait that slept and then met its deadline was never answered: nothing to learn either
+        // (after a sleep the spin reads no clock, so `expired` could not say so).
+        if self.deadline.is_some_and(|d| now >= d) {
+            return;
+        }
+        let needed = now - start;
         LEARNED.with(|l| {
             let l = &l[self.class as usize];
             l.set(l.get().after(self.class, needed, self.slept));
@@ -799,6 +805,20 @@ mod tests {
                 LEARNED.with(|l| l[class as usize].get()),
                 before,
                 "{class:?}"
+            );
+            // A wait that spent its spin, slept (here: as if it had), and then met its deadline was
+            // never answered: it teaches nothing either.
+            let deadline = Instant::now() + SPIN_MAX * 3;
+            let mut b = Backoff::for_class(class).until(Some(deadline));
+            while b.snooze() {}
+            while Instant::now() < deadline {
+                std::thread::sleep(SPIN_MAX);
+            }
+            drop(b);
+            assert_eq!(
+                LEARNED.with(|l| l[class as usize].get()),
+                before,
+                "{class:?}: slept past the deadline"
             );
         }
     }
