@@ -2,8 +2,8 @@
 //! `try_` forms. A batch claims up to [`MAX_BATCH`] consecutive ring slots in one pass, publishes (or
 //! frees) each with a plain store instead of a second compare-and-swap, and wakes the other side once per
 //! batch rather than once per message. A push batch publishes its messages in order once all are
-//! copied in (or, before a message that spills, those copied so far). The protocol and why it keeps the ring's guarantees are in
-//! `ring.rs` ("Batches").
+//! copied in (or, before a message that spills, those copied so far). The protocol and why it keeps the
+//! ring's guarantees are in `ring.rs` ("Batches").
 //!
 //! A message too large for a slot is spilled to a block of its own inside a batch exactly as `put`
 //! spills it, and a batch read takes such blocks as `get` does. An unbounded queue has no ring: its
@@ -22,10 +22,9 @@ impl<T, C: Codec<T>> Queue<T, C> {
     /// them). Items go in batches of up to 64: each batch claims as many consecutive free slots as there
     /// are (up to the items left), copies the messages in, then publishes them in order and wakes a
     /// sleeping consumer once (a message large enough to spill to a block of its own publishes those
-    /// before it first). A producer killed inside `put_many` while copying therefore loses the
-    /// batch it was copying (up to 64 messages; a message large enough to spill publishes those before
-    /// it first), and one killed while publishing loses the rest of its batch; earlier batches are
-    /// delivered whole.
+    /// before it first). A producer killed inside `put_many` while copying therefore loses what it
+    /// had not published of the batch it was copying (up to 64 messages), and one killed while
+    /// publishing loses the rest of its batch; earlier batches are delivered whole.
     ///
     /// Messages of one `put_many` keep their order, but another producer's messages may come between two
     /// batches, as between two `put`s.

@@ -168,6 +168,11 @@ fn state(seq: u32, who: u32) -> u64 {
 fn dist(a: u32, b: u64) -> i32 {
     a.wrapping_sub(b as u32) as i32
 }
+/// Whether slot state `st` holds stamp `s`'s message (or its tombstone), ready for a consumer to claim:
+/// `{ s + 1, IDLE | TOMBSTONE }`.
+fn ready_for(st: u64, s: u64) -> bool {
+    dist(seq(st), s.wrapping_add(1)) == 0 && (who(st) == IDLE || who(st) == TOMBSTONE)
+}
 
 /// A cache line of its own, so producers' and consumers' hot words do not share one.
 #[repr(C, align(64))]
@@ -705,10 +710,8 @@ impl Ring {
         // This snapshot, not the caller's attempt, is what the sleep compares against: what changed in
         // between and would make the next attempt succeed (a message published, a close with no claim
         // to wait behind) is a reason not to sleep at all, since its wake-up found no sleeper.
-        let ready =
-            dist(seq(st), pos.wrapping_add(1)) == 0 && (who(st) == IDLE || who(st) == TOMBSTONE);
         let writing = dist(seq(st), pos) == 0 && who(st) != IDLE;
-        if ready || (closed && !writing) {
+        if ready_for(st, pos) || (closed && !writing) {
             return;
         }
         let unchanged = || {
@@ -1535,9 +1538,6 @@ impl Ring {
     fn try_claim_pop(&self, me: Identity, want: u32) -> BatchAttempt {
         let h = self.header();
         let mut healed = false;
-        let ready = |st: u64, s: u64| {
-            dist(seq(st), s.wrapping_add(1)) == 0 && (who(st) == IDLE || who(st) == TOMBSTONE)
-        };
         for _ in 0..self.help_budget() {
             let pos = h.head.0.pos.load(Ordering::Relaxed);
             let slot = self.slot(pos);
@@ -1549,7 +1549,7 @@ impl Ring {
                 self.heal();
                 continue;
             }
-            if ready(st, pos) {
+            if ready_for(st, pos) {
                 if slot
                     .state
                     .compare_exchange_weak(
@@ -1568,7 +1568,7 @@ impl Ring {
                     let s = self.next(last);
                     let next_slot = self.slot(s);
                     let st = next_slot.state.load(Ordering::Relaxed);
-                    if !ready(st, s)
+                    if !ready_for(st, s)
                         || next_slot
                             .state
                             .compare_exchange(

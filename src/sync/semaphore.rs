@@ -338,11 +338,9 @@ impl RawSemaphore {
         let last = self.last_scan_ms.load(Ordering::Relaxed);
         let due = now.saturating_sub(last) >= MAX_CHECK.as_millis() as u64 || last > now;
         // Past the deadline the lock below would not be waited for, and the scan this caller claims
-        // would be skipped for everyone until the next interval.
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return;
-        }
+        // would be skipped for everyone until the next interval (the clock is read only when due).
         if due
+            && deadline.is_none_or(|d| Instant::now() < d)
             && self
                 .last_scan_ms
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
