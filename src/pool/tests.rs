@@ -127,3 +127,36 @@ fn large_arguments_travel_in_a_shared_block() {
     assert!(matches!(small, super::wire::Payload::Inline(_)));
     assert_eq!(pool.map(total_len, [&big, &big]).unwrap(), vec![want, want]);
 }
+
+/// A value that encodes shorter the second time it is serialized than the first: the payload
+/// encoder sizes its block with one pass and writes it with another.
+struct ShrinksOnSecondPass(std::cell::Cell<usize>);
+
+impl serde::Serialize for ShrinksOnSecondPass {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let pass = self.0.get();
+        self.0.set(pass + 1);
+        let len = if pass == 0 { 3 << 20 } else { 2 << 20 };
+        s.serialize_bytes(&vec![7u8; len])
+    }
+}
+
+/// Issue 12: a large payload's block is not zeroed before it is encoded into (the encoding writes
+/// it all), yet no stale byte of an earlier array reaches a worker, even from a `Serialize` impl
+/// that writes less than it counted.
+#[test]
+fn a_payload_block_holds_the_encoding_and_zeroes_only() {
+    // An earlier array of this process, full of 0xAA, back in the heap for the payload to reuse.
+    let mut old = crate::SharedArray::<u8>::zeroed(4 << 20).unwrap();
+    old.fill(0xAA);
+    drop(old);
+    let payload = super::wire::Payload::encode(&ShrinksOnSecondPass(0.into())).unwrap();
+    let super::wire::Payload::Shared(block) = payload else {
+        panic!("a 3 MiB payload is shared");
+    };
+    assert!(block.len() > 3 << 20);
+    let (head, tail) = block.split_at(block.len() - (1 << 20));
+    assert!(head[8..].iter().all(|&b| b == 7));
+    assert!(!tail.contains(&0xAA), "a stale byte of the earlier array");
+    assert!(tail.iter().all(|&b| b == 0));
+}

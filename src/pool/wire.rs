@@ -193,8 +193,14 @@ impl Payload {
                 .map(Payload::Inline)
                 .map_err(encode_err);
         }
-        let mut block = SharedArray::<u8>::zeroed(size)?;
-        postcard::to_slice(value, &mut block).map_err(encode_err)?;
+        // Not zeroed first: the encoding writes every byte of the block. Should a `Serialize` impl
+        // write fewer bytes the second time than it counted the first, the tail is zeroed, so that
+        // no stale bytes of an earlier array of ours reach the worker.
+        let mut block = SharedArray::<u8>::for_overwrite(size)?;
+        let written = postcard::to_slice(value, &mut block)
+            .map_err(encode_err)?
+            .len();
+        block[written..].fill(0);
         Ok(Payload::Shared(block))
     }
 
