@@ -16,7 +16,9 @@
 //! - **fallocate only**: `fallocate(2)` of the same size into a new memfd, timed in the child of each
 //!   fresh sample right after its `from_slice`: the kernel providing fresh shared pages, with no copy
 //!   at all. No fresh copy-in can beat it, so memcpy / floor (`fresh_shm_floor_vs_memcpy_1GiB`) is the
-//!   most `from_slice_vs_memcpy_*` can reach on a machine.
+//!   most `from_slice_vs_memcpy_*` can reach on a machine. A generous bound: `fallocate` on shared
+//!   memory does not even clear the pages (the kernel clears one at its first touch), so it leaves
+//!   out touching the new memory at all, which any copy-in must do.
 //!
 //! Samples run round-robin so that a noisy period of the machine hits all variants alike.
 //! `MPROC_BENCH_QUICK=1` takes fewer samples. Ends with the `result:` lines of the bench contract.
@@ -82,7 +84,8 @@ fn mmap_copy_fresh(src: &[f64]) -> f64 {
 }
 
 /// The kernel's floor for fresh shared memory: `fallocate(2)` of `bytes` into a new memfd allocates
-/// (and zeroes) the pages a fresh `from_slice` must have, and copies nothing. No copy into fresh shared
+/// the pages a fresh `from_slice` must have, and copies nothing; it does not even clear them (shmem
+/// clears a page at its first touch, and never one that a `pwrite` fills whole). No copy into fresh shared
 /// memory can be faster, so `memcpy / this` is the best ratio a fresh `from_slice` could reach here.
 ///
 /// Where fresh pages come from the hypervisor it is also what moves most between runs: this VM's kernel
