@@ -36,7 +36,12 @@
 //! ceiling (`threads2_sum_vs_local_64MiB`: what two cores' memory bandwidth gives over one on this
 //! machine; `pool2_sum_vs_threads2_64MiB`: how much of it the pool gets). All four read the same
 //! memory: two 64 MiB buffers of one process, summed in round-robin, ran up to 10 % apart here, an
-//! effect of where the VM put their pages that a comparison of two buffers would count as IPC.
+//! effect of where the VM put their pages that a comparison of two buffers would count as IPC. A
+//! fifth column sums the `Vec` the array was copied from, in this process, and
+//! `local_shared_vs_vec_sum_64MiB` prints how the two buffers compared in this run (above 1: the
+//! `SharedArray` summed faster), so a machine where shared memory is slower to read (say, ordinary
+//! memory on transparent huge pages and shared memory not) shows it. The table's (c) and (e) columns
+//! still print the pool and the `Vec` at the table's few samples; the result lines come from here.
 //! The last lines are `result: NAME VALUE UNIT` (see DESIGN.md, "The benchmark contract").
 
 use std::fs::File;
@@ -604,7 +609,7 @@ fn main() {
 
     drop(pipe_kept);
 
-    // One and two workers against one core in this process, on the same 64 MiB.
+    // One and two workers, and two threads, against one core in this process, on the same 64 MiB.
     let sums = sum_ways(&pool, if quick { 15 } else { 31 });
 
     let find = |bytes: usize, task: Task| {
@@ -673,6 +678,12 @@ fn main() {
         "x",
     );
     common::result(
+        "local_shared_vs_vec_sum_64MiB",
+        sums[4].median / sums[0].median,
+        2,
+        "x",
+    );
+    common::result(
         "pool2_sum_vs_threads2_64MiB",
         sums[3].median / sums[2].median,
         2,
@@ -685,7 +696,8 @@ fn main() {
 /// The sum of one 64 MiB `SharedArray` in this process vs the pool of one worker `pool1`, vs a pool of
 /// two workers, one half each (`map_chunks`), and vs two threads of this process (the ceiling two
 /// cores' memory bandwidth allows), all sampled in round-robin; prints them and returns their stats
-/// (in process, pool of one, pool of two, threads).
+/// (in process, pool of one, pool of two, threads, and in process over the `Vec` the array was
+/// copied from).
 fn sum_ways(pool1: &Pool, samples: usize) -> Vec<Stats> {
     let pool2 = Pool::builder()
         .workers(2)
@@ -697,7 +709,6 @@ fn sum_ways(pool1: &Pool, samples: usize) -> Vec<Stats> {
     // Every element is a multiple of 1/4 and every partial sum stays far below 2^51: the halves add up
     // to exactly the whole sum, whatever the order.
     let expect = Task::Sum.run(&v);
-    drop(v);
     // The ceiling: the same two halves summed by two threads of this process that are already
     // running (a 2-thread rayon pool), i.e. what two cores' memory bandwidth gives on this machine.
     let threads = rayon::ThreadPoolBuilder::new()
@@ -707,11 +718,11 @@ fn sum_ways(pool1: &Pool, samples: usize) -> Vec<Stats> {
     let (lo, hi) = shared.split_at(shared.len().div_ceil(2));
     let mut cols: Vec<Column<'_>> = vec![
         (
-            "(e) in process, one core",
+            "(e') in process, one core",
             Box::new(|| Task::Sum.run(black_box(&shared))),
         ),
         (
-            "(c) pool of 1, map_chunks, the whole array",
+            "(c') pool of 1, map_chunks, the whole array",
             Box::new(|| pool_offset(pool1, Task::Sum, &shared)),
         ),
         (
@@ -725,6 +736,10 @@ fn sum_ways(pool1: &Pool, samples: usize) -> Vec<Stats> {
                     threads.install(|| rayon::join(|| sum(black_box(lo)), || sum(black_box(hi))));
                 [a + b, 0.0]
             }),
+        ),
+        (
+            "(v) in process, one core, the Vec it was copied from",
+            Box::new(|| Task::Sum.run(black_box(&v))),
         ),
     ];
     let stats = compare(samples, expect, &mut cols);
@@ -770,7 +785,7 @@ fn sum_ways(pool1: &Pool, samples: usize) -> Vec<Stats> {
     }
     let [to_start, skew, run, back, overlap] = pieces.map(|v| Stats::of(v).median);
     println!(
-        "  (g) in pieces (medians): to the first start {}, start skew {}, slower half {} (half of (e): {}), \
+        "  (g) in pieces (medians): to the first start {}, start skew {}, slower half {} (half of (e'): {}), \
          end to caller {}; the halves overlapped {:.0}% of a half",
         fmt_time(to_start),
         fmt_time(skew),

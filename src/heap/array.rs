@@ -77,11 +77,18 @@ impl<T: Pod> SharedArray<T> {
         })
     }
 
-    /// `len` elements holding whatever their block held: zeroes where the memory is fresh, an earlier
-    /// array's values of this process where the heap reuses a block. For a caller that overwrites
-    /// every element before anyone reads the array, and so need not pay for zeroing first (a 64 MiB
-    /// `memset` of a reused block took 2–3.5 ms here). Sound for any `T: Pod`, which every bit pattern
-    /// is; not public, since what an earlier array held is nobody else's business.
+    /// `len` elements holding whatever their memory held: zeroes where it is fresh, and where the heap
+    /// reuses a block (in whole or in part), whatever was last written there — an earlier array's
+    /// elements, an earlier payload's encoding, or what workers wrote into a lent output range.
+    /// Sound for any `T: Pod`, which every bit pattern is. It saves zeroing memory that is about to
+    /// be overwritten (a 64 MiB `memset` of a reused block took 2–3.5 ms here).
+    ///
+    /// The rule for a caller: every element is written before the array is read or lent to anyone,
+    /// and on an error the array is dropped without being lent. The pool's payload encoder
+    /// (`pool::wire::encode_into`) is the one caller; its test shows a stale tail being zeroed.
+    ///
+    /// # Errors
+    /// As [`SharedArray::zeroed`].
     pub(crate) fn for_overwrite(len: usize) -> Result<Self> {
         Self::alloc(len)
     }

@@ -183,25 +183,17 @@ pub(crate) enum Payload {
 }
 
 impl Payload {
-    /// `value` in postcard: inline if small, else straight into a fresh shared block (one pass to size
-    /// the encoding, one to write it in place: no intermediate buffer the size of the argument).
+    /// `value` in postcard: inline if small, else straight into a shared block (one pass to size the
+    /// encoding, one to write it in place: no intermediate buffer the size of the argument; a reused
+    /// block is not zeroed first, see [`encode_into`]).
     pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Payload> {
-        let encode_err = |e: postcard::Error| Error::Encode(e.to_string());
         let size = postcard::experimental::serialized_size(value).map_err(encode_err)?;
         if size < SHARED_PAYLOAD_BYTES {
             return postcard::to_allocvec(value)
                 .map(Payload::Inline)
                 .map_err(encode_err);
         }
-        // Not zeroed first: the encoding writes every byte of the block. Should a `Serialize` impl
-        // write fewer bytes the second time than it counted the first, the tail is zeroed, so that
-        // no stale bytes of an earlier array of ours reach the worker.
-        let mut block = SharedArray::<u8>::for_overwrite(size)?;
-        let written = postcard::to_slice(value, &mut block)
-            .map_err(encode_err)?
-            .len();
-        block[written..].fill(0);
-        Ok(Payload::Shared(block))
+        encode_into(value, SharedArray::<u8>::for_overwrite(size)?).map(Payload::Shared)
     }
 
     /// The bytes that travel in the task ring for it.
@@ -211,6 +203,25 @@ impl Payload {
             Payload::Shared(_) => 0,
         }
     }
+}
+
+fn encode_err(e: postcard::Error) -> Error {
+    Error::Encode(e.to_string())
+}
+
+/// Encodes `value` over `block`, whatever it held, and zeroes what the encoding left of it: the block
+/// was sized by a first pass over `value` and is not zeroed first (`SharedArray::for_overwrite`), so a
+/// `Serialize` impl that writes fewer bytes the second time than it counted the first would otherwise
+/// hand the worker stale bytes of an earlier block. On an error the block is dropped, never lent.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    value: &T,
+    mut block: SharedArray<u8>,
+) -> Result<SharedArray<u8>> {
+    let written = postcard::to_slice(value, &mut block)
+        .map_err(encode_err)?
+        .len();
+    block[written..].fill(0);
+    Ok(block)
 }
 
 /// Where a received task's payload is.
