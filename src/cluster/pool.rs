@@ -393,11 +393,13 @@ impl<'c> ClusterPool<'c> {
                     let (func, adapter) = call.parts();
                     adapter(
                         func,
-                        world,
-                        &self.local,
-                        &args,
-                        &mut self.traffic,
-                        &mut self.store,
+                        &mut serve::Serving {
+                            world,
+                            pool: &self.local,
+                            args: &args,
+                            traffic: &mut self.traffic,
+                            store: &mut self.store,
+                        },
                     );
                 }
             }

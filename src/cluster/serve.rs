@@ -30,7 +30,7 @@ use crate::process::fnref::{AdapterKind, FnAddr, LocalFn};
 pub(super) struct ClusterKind;
 
 impl AdapterKind for ClusterKind {
-    type Adapter = fn(FnAddr, &SimpleCommunicator, &Pool, &[u8], &mut Traffic, &mut RankStore);
+    type Adapter = fn(FnAddr, &mut Serving<'_>);
     const DOMAIN: u64 = 0x6d70_636c_7573_7401; // "mpclust" 1
     const NAME: &'static str = "cluster call";
 }
@@ -252,26 +252,13 @@ where
     unsafe { LocalFn::<ClusterKind>::pair(f as usize, serve_map::<A, R>) }
 }
 
-fn serve_map<A, R>(
-    func: FnAddr,
-    world: &SimpleCommunicator,
-    pool: &Pool,
-    args: &[u8],
-    traffic: &mut Traffic,
-    store: &mut RankStore,
-) where
+fn serve_map<A, R>(func: FnAddr, s: &mut Serving<'_>)
+where
     A: Serialize + DeserializeOwned,
     R: Serialize + DeserializeOwned,
 {
     // SAFETY: paired only with a `fn(A) -> R` for these types (`map_op`).
     let f = unsafe { func.get::<fn(A) -> R>() };
-    let s = &mut Serving {
-        world,
-        pool,
-        args,
-        traffic,
-        store,
-    };
     serve_items::<A, R>(s, worker::map_fn(f));
 }
 
@@ -286,27 +273,14 @@ where
     unsafe { LocalFn::<ClusterKind>::pair(f as usize, serve_star::<A, B, R>) }
 }
 
-fn serve_star<A, B, R>(
-    func: FnAddr,
-    world: &SimpleCommunicator,
-    pool: &Pool,
-    args: &[u8],
-    traffic: &mut Traffic,
-    store: &mut RankStore,
-) where
+fn serve_star<A, B, R>(func: FnAddr, s: &mut Serving<'_>)
+where
     A: Serialize + DeserializeOwned,
     B: Serialize + DeserializeOwned,
     R: Serialize + DeserializeOwned,
 {
     // SAFETY: paired only with a `fn(A, B) -> R` for these types (`star_op`).
     let f = unsafe { func.get::<fn(A, B) -> R>() };
-    let s = &mut Serving {
-        world,
-        pool,
-        args,
-        traffic,
-        store,
-    };
     serve_items::<(A, B), R>(s, worker::star_fn(f));
 }
 
@@ -321,26 +295,13 @@ where
 }
 
 /// `imap_unordered`: every item's result goes to rank 0 as it finishes, then an end marker.
-fn serve_imap_unordered<A, R>(
-    func: FnAddr,
-    world: &SimpleCommunicator,
-    pool: &Pool,
-    args: &[u8],
-    traffic: &mut Traffic,
-    store: &mut RankStore,
-) where
+fn serve_imap_unordered<A, R>(func: FnAddr, s: &mut Serving<'_>)
+where
     A: Serialize + DeserializeOwned,
     R: Serialize + DeserializeOwned,
 {
     // SAFETY: paired only with a `fn(A) -> R` for these types (`imap_unordered_op`).
     let f = unsafe { func.get::<fn(A) -> R>() };
-    let s = &mut Serving {
-        world,
-        pool,
-        args,
-        traffic,
-        store,
-    };
     let results = items_share::<A>(s)
         .and_then(|(items, chunksize)| s.pool.imap_unordered(f, items, chunksize));
     let failure = match results {
@@ -419,23 +380,9 @@ where
     unsafe { LocalFn::<ClusterKind>::pair(f as usize, serve_chunks::<T, R>) }
 }
 
-fn serve_chunks<T: Pod, R: Serialize + DeserializeOwned>(
-    func: FnAddr,
-    world: &SimpleCommunicator,
-    pool: &Pool,
-    args: &[u8],
-    traffic: &mut Traffic,
-    store: &mut RankStore,
-) {
+fn serve_chunks<T: Pod, R: Serialize + DeserializeOwned>(func: FnAddr, s: &mut Serving<'_>) {
     // SAFETY: paired only with a `fn(&[T]) -> R` for these types (`chunks_op`).
     let f = unsafe { func.get::<fn(&[T]) -> R>() };
-    let s = &mut Serving {
-        world,
-        pool,
-        args,
-        traffic,
-        store,
-    };
     serve_chunks_with_task::<T, R>(s, worker::chunk_fn(f));
 }
 
@@ -449,26 +396,13 @@ where
     unsafe { LocalFn::<ClusterKind>::pair(f as usize, serve_chunks_with::<T, P, R>) }
 }
 
-fn serve_chunks_with<T: Pod, P, R>(
-    func: FnAddr,
-    world: &SimpleCommunicator,
-    pool: &Pool,
-    args: &[u8],
-    traffic: &mut Traffic,
-    store: &mut RankStore,
-) where
+fn serve_chunks_with<T: Pod, P, R>(func: FnAddr, s: &mut Serving<'_>)
+where
     P: Serialize + DeserializeOwned,
     R: Serialize + DeserializeOwned,
 {
     // SAFETY: paired only with a `fn(&P, &[T]) -> R` for these types (`chunks_with_op`).
     let f = unsafe { func.get::<fn(&P, &[T]) -> R>() };
-    let s = &mut Serving {
-        world,
-        pool,
-        args,
-        traffic,
-        store,
-    };
     serve_chunks_with_task::<T, R>(s, worker::chunk_with_fn(f));
 }
 
@@ -579,23 +513,9 @@ pub(super) fn transform_op<T: Pod, U: Pod>(f: fn(&[T], &mut [U], usize)) -> Loca
     unsafe { LocalFn::<ClusterKind>::pair(f as usize, serve_transform::<T, U>) }
 }
 
-fn serve_transform<T: Pod, U: Pod>(
-    func: FnAddr,
-    world: &SimpleCommunicator,
-    pool: &Pool,
-    args: &[u8],
-    traffic: &mut Traffic,
-    store: &mut RankStore,
-) {
+fn serve_transform<T: Pod, U: Pod>(func: FnAddr, s: &mut Serving<'_>) {
     // SAFETY: paired only with a `fn(&[T], &mut [U], usize)` for these types (`transform_op`).
     let f = unsafe { func.get::<fn(&[T], &mut [U], usize)>() };
-    let s = &mut Serving {
-        world,
-        pool,
-        args,
-        traffic,
-        store,
-    };
     serve_transform_with_task::<T, U>(s, worker::transform_fn(f));
 }
 
@@ -611,26 +531,13 @@ where
     unsafe { LocalFn::<ClusterKind>::pair(f as usize, serve_transform_with::<T, U, P>) }
 }
 
-fn serve_transform_with<T: Pod, U: Pod, P>(
-    func: FnAddr,
-    world: &SimpleCommunicator,
-    pool: &Pool,
-    args: &[u8],
-    traffic: &mut Traffic,
-    store: &mut RankStore,
-) where
+fn serve_transform_with<T: Pod, U: Pod, P>(func: FnAddr, s: &mut Serving<'_>)
+where
     P: Serialize + DeserializeOwned,
 {
     // SAFETY: paired only with a `fn(&P, &[T], &mut [U], usize)` for these types
     // (`transform_with_op`).
     let f = unsafe { func.get::<fn(&P, &[T], &mut [U], usize)>() };
-    let s = &mut Serving {
-        world,
-        pool,
-        args,
-        traffic,
-        store,
-    };
     serve_transform_with_task::<T, U>(s, worker::transform_with_fn(f));
 }
 
