@@ -10,15 +10,21 @@
 //!   block back, its pages already there. Like memcpy's, its timed call follows an untimed one (a loop's
 //!   steady state: for 1 MiB the destination is then in the cache for both).
 //! - **mmap copy, fresh**: what `from_slice` did before `Block::copy_in`, i.e. a `memcpy` through the
-//!   mapping of a new memfd, page fault by page fault (a new `Region` per sample),
+//!   mapping of a new memfd, page fault by page fault,
 //! - **to_vec, fresh**: a copy into fresh *private* memory (`src.to_vec()`), for scale: what any copy to
 //!   new memory costs on this machine, and
-//! - **fallocate only**: `fallocate(2)` of the same size into a new memfd, timed in the child of each
-//!   fresh sample right after its `from_slice`: the kernel providing fresh shared pages, with no copy
-//!   at all. No fresh copy-in can beat it, so memcpy / floor (`fresh_shm_floor_vs_memcpy_1GiB`) is the
-//!   most `from_slice_vs_memcpy_*` can reach on a machine. A generous bound: `fallocate` on shared
-//!   memory does not even clear the pages (the kernel clears one at its first touch), so it leaves
-//!   out touching the new memory at all, which any copy-in must do.
+//! - **fallocate only**: `fallocate(2)` of the same size into a new memfd: the kernel providing fresh
+//!   shared pages, with no copy at all. No fresh copy-in can beat it, so memcpy / floor
+//!   (`fresh_shm_floor_vs_memcpy_1GiB`) is the most `from_slice_vs_memcpy_*` can reach on a machine. A
+//!   generous bound: `fallocate` on shared memory does not even clear the pages (the kernel clears one
+//!   at its first touch), so it leaves out touching the new memory at all, which any copy-in must do.
+//!
+//! The four fresh timings of a sample share one child, so they are comparable with each other (the
+//! three copies in a rotating order, the floor last): where fresh pages come from moves these figures
+//! more than anything `from_slice` does (see [`fallocate_fresh`]). Until 2026-12-01 the mmap copy and
+//! `to_vec` ran in this process, on pages a child had just freed, while the child's `from_slice` came
+//! after its own source had taken those: `from_slice_fresh_vs_mmap_copy_1GiB` read 0.37x; in one child
+//! it read 1.43-3.06x in four quick runs the same day.
 //!
 //! Samples run round-robin so that a noisy period of the machine hits all variants alike.
 //! `MPROC_BENCH_QUICK=1` takes fewer samples. Ends with the `result:` lines of the bench contract.
@@ -57,30 +63,65 @@ fn from_slice_once(src: &[f64]) -> f64 {
     from_slice_kept(src).0
 }
 
-/// The first `from_slice` of a process: in a spawned child, whose heap has no arena yet. The child makes
+/// The three copies into fresh memory, each the first of its kind in a spawned child: `from_slice`
+/// (whose heap has no arena yet), a `memcpy` through a new shared mapping, and `to_vec`. The child makes
 /// its own source (untimed): a forked child would share this process's buffers copy-on-write, and every
-/// later write to them here would fault. Then, in the same child and so under the same conditions, the
-/// kernel's floor for the same amount of fresh shared memory (see [`fallocate_fresh`]); after the
-/// `from_slice`, whose pages it keeps, so that the floor does not hand it pages just freed. Returns both.
-fn fresh_in_child(n: usize) -> (f64, f64) {
+/// later write to them here would fault. All three run in one child, in an order rotated by `turn`, and
+/// each keeps its pages until the end: where fresh pages come from matters here more than how they are
+/// filled (see [`fallocate_fresh`]), so no copy may hand another the pages it just freed, and none may
+/// always come first. Then, in the same child and so under the same conditions, the kernel's floor
+/// for the same amount of fresh shared memory. Returns seconds for from_slice, mmap copy, to_vec and
+/// the floor.
+fn fresh_in_child((n, turn): (usize, usize)) -> [f64; 4] {
     let src: Vec<f64> = (0..n).map(|i| i as f64).collect();
-    let (s, _kept) = from_slice_kept(&src);
-    (s, fallocate_fresh(std::mem::size_of_val(src.as_slice())))
+    let mut secs_of = [0.0; 3];
+    let mut kept_array = None;
+    let mut kept_region = None;
+    let mut kept_vec = None;
+    for k in 0..3 {
+        let which = (k + turn) % 3;
+        secs_of[which] = match which {
+            0 => {
+                let (s, a) = from_slice_kept(&src);
+                kept_array = Some(a);
+                s
+            }
+            1 => {
+                let (s, r) = mmap_copy_fresh(&src);
+                kept_region = Some(r);
+                s
+            }
+            _ => {
+                let mut v = Vec::new();
+                let s = secs(|| v = black_box(&src).to_vec());
+                assert_eq!(v.last(), src.last());
+                kept_vec = Some(v);
+                s
+            }
+        };
+    }
+    let floor = fallocate_fresh(std::mem::size_of_val(src.as_slice()));
+    drop((kept_array, kept_region, kept_vec));
+    [secs_of[0], secs_of[1], secs_of[2], floor]
 }
 
-fn from_slice_fresh(n: usize) -> (f64, f64) {
-    let mut p = Process::new(fresh_in_child, n).expect("process");
+fn fresh_copies(n: usize, turn: usize) -> [f64; 4] {
+    let mut p = Process::new(fresh_in_child, (n, turn)).expect("process");
     p.start().expect("start");
-    p.join().expect("the child's from_slice")
+    p.join().expect("the child's fresh copies")
 }
 
-/// The old way: a `memcpy` through the mapping of a brand-new shared segment.
-fn mmap_copy_fresh(src: &[f64]) -> f64 {
+/// The old way: a `memcpy` through the mapping of a brand-new shared segment. Returns the time and
+/// the segment.
+fn mmap_copy_fresh(src: &[f64]) -> (f64, Region) {
     let bytes = std::mem::size_of_val(src);
     let r = Region::anonymous(bytes).expect("region");
     // SAFETY: the payload is `bytes` long, freshly created, referenced by nothing else; `src` is a
     // private buffer, so the ranges cannot overlap.
-    secs(|| unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().cast::<u8>(), r.as_ptr(), bytes) })
+    let s = secs(|| unsafe {
+        std::ptr::copy_nonoverlapping(src.as_ptr().cast::<u8>(), r.as_ptr(), bytes)
+    });
+    (s, r)
 }
 
 /// The kernel's floor for fresh shared memory: `fallocate(2)` of `bytes` into a new memfd allocates
@@ -113,8 +154,10 @@ fn run(bytes: usize, reps: usize) -> Ratios {
     warm.copy_from_slice(&src);
     // Warm up the reused case: the heap's block exists from here on.
     from_slice_once(&src);
-    let mut variants = [0u8, 1, 2, 3, 4];
-    let mut floors = Vec::with_capacity(reps);
+    let mut variants = [0u8, 1, 2];
+    // The fresh child's other three timings, beside its from_slice (the round-robin's variant 1).
+    let (mut mmaps, mut to_vecs, mut floors) = (vec![], vec![], vec![]);
+    let mut turn = 0;
     let stats = common::round_robin(reps, &mut variants, |i, _| match i {
         0 => {
             // Untimed pass first: the spawn of the previous sample forked this process (std's
@@ -124,27 +167,22 @@ fn run(bytes: usize, reps: usize) -> Ratios {
             secs(|| warm.copy_from_slice(black_box(&src)))
         }
         1 => {
-            let (fresh, floor) = from_slice_fresh(n);
+            let [fresh, mmap, to_vec, floor] = fresh_copies(n, turn);
+            turn += 1;
+            mmaps.push(mmap);
+            to_vecs.push(to_vec);
             floors.push(floor);
             fresh
         }
-        2 => {
+        _ => {
             // As for memcpy: the timed call follows an untimed one, both in the steady state of a
             // loop (destination pages mapped, and cached for the small size).
             from_slice_once(&src);
             from_slice_once(&src)
         }
-        3 => mmap_copy_fresh(&src),
-        _ => {
-            let mut v = Vec::new();
-            let s = secs(|| v = black_box(&src).to_vec());
-            assert_eq!(v.last(), src.last());
-            s
-        }
     });
-    let [memcpy, fresh, reused, mmap, to_vec]: [Stats; 5] =
-        stats.try_into().expect("five variants");
-    let floor = Stats::of(floors);
+    let [memcpy, fresh, reused]: [Stats; 3] = stats.try_into().expect("three variants");
+    let (mmap, to_vec, floor) = (Stats::of(mmaps), Stats::of(to_vecs), Stats::of(floors));
     let size = if bytes >= 1 << 30 {
         format!("{} GiB", bytes >> 30)
     } else {
@@ -165,7 +203,7 @@ fn run(bytes: usize, reps: usize) -> Ratios {
     line("from_slice, reused", reused);
     line("mmap copy, fresh (before)", mmap);
     line("to_vec, fresh private", to_vec);
-    line("fallocate only, in the child", floor);
+    line("fallocate only (floor)", floor);
     println!(
         "    from_slice fresh vs mmap copy fresh: {:.2}x faster; fresh from_slice takes {:.2}x the \
          kernel's floor for fresh shared pages",

@@ -396,10 +396,11 @@ impl Block {
     /// per page measured on this VM (0.3–1.4 GB/s), against ~0.35 µs to copy the page. So the part
     /// of the block that is fresh is written with `pwrite(2)` into the segment instead, which allocates
     /// each page inside the kernel and fills it with the data without zeroing it first and without a
-    /// fault: 2–4 times faster here. The part that may already have pages (a reused block) is copied
-    /// through the mapping, where `pwrite` would be the slower one (a page-cache lookup and lock per
-    /// page: ~0.4x memcpy). Pages written by `pwrite` are mapped on first access, a read fault mapping
-    /// 16 of them at once (fault-around). Tiny fresh tails are not worth a system call.
+    /// fault: 1.4–3 times faster here (`benches/copy_in.rs`). The part that may already have pages (a
+    /// reused block) is copied through the mapping, where `pwrite` would be the slower one (a
+    /// page-cache lookup and lock per page: ~0.4x memcpy). Pages written by `pwrite` are mapped on
+    /// first access, a read fault mapping 16 of them at once (fault-around). Tiny fresh tails are not
+    /// worth a system call.
     ///
     /// # Errors
     /// [`Error::Os`] if the kernel cannot allocate the pages (the segment's memory is exhausted).
