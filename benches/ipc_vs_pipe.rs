@@ -738,7 +738,7 @@ fn sum_ways(pool1: &Pool, samples: usize) -> Vec<Stats> {
             }),
         ),
         (
-            "(v) in process, one core, the Vec it was copied from",
+            "(v) in process, one core, the source Vec",
             Box::new(|| Task::Sum.run(black_box(&v))),
         ),
     ];
