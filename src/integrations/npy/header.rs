@@ -100,9 +100,20 @@ pub(super) fn read_npy_header<T: Element>(
             },
         ));
     }
+    // The prefix read may already hold more than the whole header (a v1 header of 0 or 1 bytes).
+    let have = got.min(data_offset);
     let mut header = vec![0u8; data_offset];
-    header[..got].copy_from_slice(&pre[..got]);
-    read_exact_at_most(&mut file, &mut header[got..]).map_err(|e| Error::os("read", e))?;
+    header[..have].copy_from_slice(&pre[..have]);
+    read_exact_at_most(&mut file, &mut header[have..]).map_err(|e| Error::os("read", e))?;
+    // npyz's parser of the dict (a PEG grammar) takes about three times longer per level of nested
+    // brackets: 12 levels in a 13-byte header took seconds (found by fuzzing). A plain dtype's header
+    // nests two (the dict, the shape), a structured one's four; anything deeper is refused unparsed.
+    let depth = nesting_depth(&header[prefix..]);
+    if depth > MAX_NESTING {
+        return Err(not_npy(format!(
+            "its header nests brackets {depth} deep (at most {MAX_NESTING})"
+        )));
+    }
     // npyz multiplies the shape's lengths unchecked (a panic in debug builds, a wrapped product in
     // release): a shape whose element count overflows is refused before it sees it.
     if let Some(shape) = shape_in(&header[prefix..]) {
@@ -166,6 +177,15 @@ pub(super) fn facts<T: Pod>(
         .iter()
         .try_fold(1usize, |acc, &n| acc.checked_mul(n))
         .ok_or_else(|| Error::Shape("the shape's size overflows".into()))?;
+    // ndarray refuses a shape whose nonzero lengths multiply past `isize::MAX` even when another
+    // length is 0 (no elements at all), so such a shape could not be viewed: refuse it here.
+    shape
+        .iter()
+        .try_fold(std::mem::size_of::<T>().max(1), |acc, &n| {
+            acc.checked_mul(n.max(1))
+        })
+        .filter(|&b| b <= isize::MAX as usize)
+        .ok_or_else(|| Error::Shape("the shape's size overflows".into()))?;
     let bytes = len
         .checked_mul(std::mem::size_of::<T>())
         .filter(|&b| b <= isize::MAX as usize)
@@ -212,6 +232,28 @@ fn shape_in(text: &[u8]) -> Option<Vec<u64>> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<u64>().ok())
         .collect()
+}
+
+/// The deepest nesting of brackets a header may have: `{'descr': [('f', '<f8', (2,))], …}`.
+const MAX_NESTING: usize = 4;
+
+/// The deepest nesting of `(`, `[` and `{` in a header's dict text, counting every byte, inside string
+/// literals too: a scan that skipped strings would have to agree with the parser on where each one
+/// ends, and a plain dtype's header has no bracket in a string. An unbalanced closer just lowers the
+/// count (never below zero); the parser judges the rest.
+fn nesting_depth(text: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for &b in text {
+        match b {
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Reads until `buf` is full or the file ends; returns how much was read.

@@ -15,12 +15,15 @@
 //! A file (or a chunk's handle, decoded from a task message) is untrusted, so opening one:
 //! - opens only regular files (a FIFO or device is refused without being opened for real);
 //! - reads a header of at most [`MAX_HEADER`] bytes (a v2/v3 header may claim 4 GiB), whatever it
-//!   claims, and lets `npyz` parse only those bytes;
+//!   claims, and lets `npyz` parse only those bytes, and only if its brackets nest at most four deep
+//!   (`npyz`'s parser takes about three times longer per level: twelve levels in a 13-byte header
+//!   took seconds);
 //! - refuses element types other than the one asked for ([`FileProblem::Dtype`]), big-endian data
 //!   ([`FileProblem::ByteOrder`]), the other memory order if one was required
-//!   ([`FileProblem::Order`]), a shape whose size overflows ([`FileProblem::ShapeOverflow`]), and a
-//!   file whose length is not exactly header + data ([`FileProblem::Length`]: truncated, or a header
-//!   that lies about the shape);
+//!   ([`FileProblem::Order`]), a shape whose size overflows ([`FileProblem::ShapeOverflow`]; also one
+//!   with a zero length whose other lengths multiply past `isize::MAX`, which ndarray cannot view),
+//!   and a file whose length is not exactly header + data ([`FileProblem::Length`]: truncated, or a
+//!   header that lies about the shape);
 //! - in a worker, checks the file is still the one the parent opened (device, inode, length,
 //!   modification time) and that the chunk's range lies inside it.
 //!

@@ -324,3 +324,67 @@ fn forged_ranges_are_refused() {
     let chunk: NpyChunk<f64> = postcard::from_bytes(&bytes).unwrap();
     assert!(chunk.try_view().is_err());
 }
+
+/// A version 1.0 `.npy` file: `dict` padded with spaces to a 64-byte boundary, then `data`.
+fn npy_v1(dict: &str, data: &[u8]) -> Vec<u8> {
+    let mut header = dict.to_string();
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&u16::try_from(header.len()).unwrap().to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+#[test]
+fn headers_found_by_fuzzing_are_typed_errors() {
+    // A v1 header of 0 or 1 bytes in a file longer than the 12 bytes first read (this panicked:
+    // the prefix read held more than the whole header).
+    for (len, tail) in [(0u8, &b"\0\0\0\0\0"[..]), (1, &b"{\0\0\0"[..])] {
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&[len, 0]);
+        bytes.extend_from_slice(tail);
+        let p = problem(MappedArray::<f64>::open_npy(&Temp::with(&bytes).0));
+        assert!(matches!(p, FileProblem::NotNpy(_)), "{p:?}");
+    }
+    // Deeply nested brackets: npyz's parser takes ~3x longer per level (days at 20). Refused unparsed,
+    // whether the brackets close or not.
+    for dict in [
+        format!("{}}}", "{".repeat(30)),
+        format!(
+            "{{'descr': '<f8', 'fortran_order': False, 'shape': (3, {}4{}), }}",
+            "[".repeat(25),
+            "]".repeat(25)
+        ),
+    ] {
+        let p = problem(MappedArray::<f64>::open_npy(
+            &Temp::with(&npy_v1(&dict, &[])).0,
+        ));
+        assert!(
+            matches!(&p, FileProblem::NotNpy(why) if why.contains("nests")),
+            "{p:?}"
+        );
+    }
+    // A structured dtype nests four levels: still parsed, and refused for its type.
+    let structured = "{'descr': [('a', '<f8', (2,))], 'fortran_order': False, 'shape': (1,), }";
+    let p = problem(MappedArray::<f64>::open_npy(
+        &Temp::with(&npy_v1(structured, &[0; 16])).0,
+    ));
+    assert!(matches!(p, FileProblem::Dtype { .. }), "{p:?}");
+    // A zero axis beside one of 2^63: no elements, but ndarray refuses such a shape, so `view` could
+    // not be built (this opened, then `view` panicked). Either order of the axes.
+    for shape in ["(0, 9223372036854775808)", "(9223372036854775808, 0)"] {
+        let dict = format!("{{'descr': '|u1', 'fortran_order': False, 'shape': {shape}, }}");
+        let p = problem(MappedArray::<u8>::open_npy(
+            &Temp::with(&npy_v1(&dict, &[])).0,
+        ));
+        assert!(matches!(p, FileProblem::ShapeOverflow { .. }), "{p:?}");
+    }
+    // The fixtures' own headers are untouched by these checks.
+    let ok = "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 0), }";
+    let a = MappedArray::<f64>::open_npy(&Temp::with(&npy_v1(ok, &[])).0).unwrap();
+    assert_eq!(a.view().shape(), &[2, 0]);
+}
