@@ -26,7 +26,8 @@
 //! [`open`] asks the file's decoder for its pixel type; if it is the `P` asked for, the decoder writes
 //! straight into the shared buffer (no intermediate `Vec`). Otherwise the image is decoded by the
 //! `image` crate and converted (one conversion, as `image::open(..).into_rgb8()` would do), then
-//! copied in. The `image` crate's default limits apply (512 MiB per allocation, among others).
+//! copied in. The `image` crate's default limits apply (512 MiB per allocation, among others), to the
+//! shared buffer too.
 //!
 //! # Functions
 //! The function given to [`map_bands`] runs in the workers, re-created there from its type: a `fn`
@@ -184,6 +185,12 @@ where
     let decoder = reader.into_decoder().map_err(|e| image_error(path, e))?;
     let (w, h) = decoder.dimensions();
     let n = subpixels::<P>(w, h)?;
+    // The `image` crate's limits guard the buffers it allocates, not this one: without the same check
+    // here, a file of a few dozen bytes claiming 40000 x 40000 pixels would have us make a shared
+    // array of 4.8 GB, and a well-compressed one would have the decoder fill it.
+    image::Limits::default()
+        .reserve_usize(n.saturating_mul(std::mem::size_of::<P::Subpixel>()))
+        .map_err(|e| image_error(path, e))?;
     let mut data = SharedArray::<P::Subpixel>::zeroed(n)?;
     if ExtendedColorType::from(decoder.color_type()) == P::COLOR_TYPE {
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut data);
@@ -456,6 +463,12 @@ mod tests {
         }
     }
 
+    /// Signature, IHDR (40000 x 40000, 8-bit RGB), an IDAT of one row's worth of zlib, IEND.
+    const HUGE_PNG: &[u8] =
+        b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR\0\0\x9c\x40\0\0\x9c\x40\x08\x02\0\0\0\
+        \xde\x6e\x99\x52\0\0\0\x0bIDAT\x78\x9c\x63\x60\x80\x01\0\0\x0a\0\x01\x7f\x80\x74\x5e\
+        \0\0\0\0IEND\xae\x42\x60\x82";
+
     #[test]
     fn jpeg_and_bad_files() {
         let t = Temp::new("jpg");
@@ -477,6 +490,20 @@ mod tests {
             open::<Rgb<u8>>("/nonexistent/mproc.png"),
             Err(Error::Os { .. })
         ));
+        // A PNG of 69 bytes whose header claims 40000 x 40000 RGB pixels (4.8 GB; found by fuzzing):
+        // refused by the `image` crate's memory limit before any buffer is made for it.
+        let huge = Temp::new("png");
+        std::fs::write(&huge.0, HUGE_PNG).unwrap();
+        let limit = ImageError::Limits(image::error::LimitError::from_kind(
+            image::error::LimitErrorKind::InsufficientMemory,
+        ));
+        match open::<Rgb<u8>>(&huge.0) {
+            Err(Error::BadFile {
+                problem: FileProblem::Image(why),
+                ..
+            }) => assert_eq!(why, limit.to_string()),
+            other => panic!("expected the memory limit, got {other:?}"),
+        }
         let empty = new_image::<Luma<u8>>(0, 5).unwrap();
         let pool = Pool::builder().workers(1).build().unwrap();
         fn copy(_: ImageView<'_, Luma<u8>>, _: BandMut<'_, Luma<u8>>, _: u32) {}
