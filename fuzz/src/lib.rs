@@ -1,0 +1,176 @@
+//! Helpers shared by the fuzz targets (see `README.md`).
+//!
+//! Nothing here reaches into `mproc`'s private items: every target goes through the crate's public API
+//! (or serde impls of public types), as a hostile peer's bytes would.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Once;
+
+use serde::Serialize;
+
+/// libfuzzer-sys installs a panic hook that aborts at once, before unwinding. `mproc` itself catches
+/// one panic on purpose (`npyz`'s header parser, in `integrations/npy/header.rs`), so that hook would
+/// report a documented, handled panic as a crash. This replaces it with one that only prints (the
+/// message, and a backtrace with `RUST_BACKTRACE=1`); [`run`] aborts when a panic escapes the call
+/// under test, which is the crash we are after.
+pub fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // libfuzzer-sys's own hook aborts: drop it rather than chain to it.
+        drop(panic::take_hook());
+        panic::set_hook(Box::new(move |info| {
+            eprintln!("==mproc-fuzz== panic (aborts only if it escapes the API call): {info}");
+            if std::env::var_os("RUST_BACKTRACE").is_some() {
+                eprintln!("{}", std::backtrace::Backtrace::force_capture());
+            }
+        }));
+    });
+}
+
+/// Runs `f`; a panic that escapes it aborts the process (a crash for libFuzzer), with `what` printed.
+pub fn run<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
+    install_panic_hook();
+    match panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => Some(r),
+        Err(_) => {
+            eprintln!("==mproc-fuzz== a panic escaped `{what}`: this is a bug (a typed error was promised)");
+            std::process::abort();
+        }
+    }
+}
+
+/// The serde shape of `mproc::RegionHandle` (`{ id: u64, source: Source }`, `Source` =
+/// `Named(String)` | `Fd { pid: u32, fd: i32 }`), so a target can make one from parts. A handle is
+/// public data that travels in messages; this is what a peer writing a message would do.
+#[derive(Serialize, Clone, Debug)]
+pub struct HandleMirror {
+    pub id: u64,
+    pub source: SourceMirror,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub enum SourceMirror {
+    Named(String),
+    Fd { pid: u32, fd: i32 },
+}
+
+impl HandleMirror {
+    pub fn named(id: u64, name: &str) -> HandleMirror {
+        HandleMirror {
+            id,
+            source: SourceMirror::Named(name.to_owned()),
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("a mirror serializes")
+    }
+
+    /// The real handle, through its public `Deserialize`.
+    pub fn handle(&self) -> mproc::RegionHandle {
+        postcard::from_bytes(&self.to_bytes()).expect("the mirror has the handle's shape")
+    }
+}
+
+/// Writes `/dev/shm/mproc.<name>` (mode 0600, replacing it), as a same-user peer can.
+pub fn write_shm(name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let path = format!("/dev/shm/mproc.{name}");
+    let _ = fs::remove_file(&path);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    f.write_all(bytes)
+}
+
+/// Removes every `/dev/shm/mproc.<prefix>*` entry.
+pub fn remove_shm_prefix(prefix: &str) {
+    let full = format!("mproc.{prefix}");
+    if let Ok(dir) = fs::read_dir("/dev/shm") {
+        for e in dir.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&full) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// The bytes of `/dev/shm/mproc.<name>`.
+pub fn read_shm(name: &str) -> Vec<u8> {
+    fs::read(format!("/dev/shm/mproc.{name}")).unwrap_or_else(|e| panic!("read {name}: {e}"))
+}
+
+/// Names (without `mproc.`) of the `/dev/shm` entries starting with `mproc.<prefix>`.
+pub fn list_shm(prefix: &str) -> Vec<String> {
+    let full = format!("mproc.{prefix}");
+    let mut v: Vec<String> = fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&full))
+                .map(|n| n["mproc.".len()..].to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The prefix of a queue's blocks (`q<id>-`), as `region::janitor::group_prefix` makes it.
+pub fn queue_group_prefix(id: u64) -> String {
+    format!("q{id:016x}-")
+}
+
+/// The region id a header holds (offset 32, little-endian).
+pub fn header_region_id(file: &[u8]) -> u64 {
+    file.get(32..40)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+        .unwrap_or(0)
+}
+
+/// Whether `tid` names a live thread/process in our pid namespace (`/proc/<tid>` exists).
+pub fn tid_alive(tid: u32) -> bool {
+    tid != 0 && std::path::Path::new(&format!("/proc/{tid}")).exists()
+}
+
+/// A little reader over fuzz bytes.
+pub struct Bytes<'a> {
+    pub data: &'a [u8],
+}
+
+impl<'a> Bytes<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        Bytes { data }
+    }
+    pub fn u8(&mut self) -> u8 {
+        match self.data.split_first() {
+            Some((&b, rest)) => {
+                self.data = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+    pub fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.u8(), self.u8()])
+    }
+    pub fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+    }
+    pub fn u64(&mut self) -> u64 {
+        u64::from(self.u32()) | u64::from(self.u32()) << 32
+    }
+    pub fn take(&mut self, n: usize) -> &'a [u8] {
+        let n = n.min(self.data.len());
+        let (a, b) = self.data.split_at(n);
+        self.data = b;
+        a
+    }
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+}
