@@ -356,7 +356,8 @@ enum Attempt {
         pos: u64,
         state: u64,
     },
-    /// Spent its help budget without an answer (only garbage indices do that); look at the clock.
+    /// Spent its help budget without an answer (only garbage indices do that), or the claim was
+    /// revoked before the publish (only a peer that took us for dead does that); look at the clock.
     Busy,
 }
 
@@ -562,80 +563,36 @@ impl Ring {
         (lap_of(tail).saturating_sub(lap_of(head)) as usize).min(self.geo.capacity as usize)
     }
 
-    /// One attempt to append `bytes`.
+    /// One attempt to append `bytes`: the claim is [`Ring::try_claim_push`]'s for one stamp (which
+    /// helps a lagging `tail` and heals a garbage one), then the copy and the publishing CAS.
     fn try_push(&self, bytes: &[u8], me: Identity) -> Attempt {
-        let h = self.header();
-        let mut healed = false;
-        for _ in 0..self.help_budget() {
-            let pos = h.tail.0.pos.load(Ordering::Relaxed);
-            let slot = self.slot(pos);
-            let st = slot.state.load(Ordering::Acquire);
-            let d = dist(seq(st), pos);
-            // An honest `tail` is at most a lap stale, and a slot in its way holds the previous lap
-            // (d = 1 - one_lap, or -one_lap while its producer still writes). Anything else is a
-            // garbage hint: re-derive it from the stamps, once per attempt.
-            let lap = self.one_lap as i32;
-            let honest = (0..=lap).contains(&d) || d == 1 - lap || d == -lap;
-            if !honest && !healed {
-                healed = true;
-                self.heal();
-                continue;
-            }
-            if d == 0 && who(st) == IDLE {
-                // {pos, IDLE} → {pos, me}: the slot is ours and says so.
-                let claimed = state(pos as u32, me.tid);
-                if slot
-                    .state
-                    .compare_exchange_weak(st, claimed, Ordering::Acquire, Ordering::Relaxed)
-                    .is_err()
-                {
-                    continue;
-                }
-                // `tail` is only a hint of where to look: the slot CAS above is the claim. A plain store
-                // (not a CAS, one locked instruction less per message) may move it back behind a helper
-                // that already moved it further; whoever then reads the stale value finds slots that are
-                // past it and helps it forward (`d > 0` below). It can never make a claim wrong.
-                h.tail.0.pos.store(self.next(pos), Ordering::Relaxed);
-                note_cpu(&h.tail.0);
-                slot.len.store(bytes.len() as u32, Ordering::Relaxed);
-                // SAFETY: we own the slot (claimed above); bytes.len() <= slot_size was checked by
-                // `push`, so the copy stays inside this slot's stride, inside the region.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), Self::data(slot), bytes.len())
-                };
-                // {pos, me} → {pos + 1, IDLE}: published. Release: the bytes above happen-before the
-                // consumer's Acquire CAS. A CAS, not a store: if a consumer took us for dead and
-                // tombstoned the slot, our claim is void and the message must go out again. It is also
-                // the SeqCst RMW that `notify` below pairs with a sleeper's re-check; a Release store
-                // would need an `mfence` for that, no cheaper than this `lock cmpxchg` (the batch path
-                // pays that fence once per batch instead: `Ring::end_batch`).
-                let published = state((pos as u32).wrapping_add(1), IDLE);
-                let ok = slot.state.compare_exchange(
-                    claimed,
-                    published,
-                    Ordering::SeqCst,
-                    Ordering::Relaxed,
-                );
-                h.items.0.notify();
-                if ok.is_ok() {
-                    return Attempt::Done;
-                }
-            } else if d >= 0 {
-                // {pos, tid}: claimed by a producer that has not moved `tail` yet (maybe dead); or the
-                // slot is already past `pos`: `tail` is stale. Help it on and retry (a garbage `tail`
-                // far behind is healed above instead of walked).
-                let _ = h.tail.0.pos.compare_exchange(
-                    pos,
-                    self.next(pos),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-            } else {
-                // Still holding the previous lap's message (or being read): full.
-                return Attempt::Blocked { pos, state: st };
-            }
+        let pos = match self.try_claim_push(me, 1) {
+            BatchAttempt::Claimed { first, .. } => first,
+            BatchAttempt::Blocked { pos, state } => return Attempt::Blocked { pos, state },
+            BatchAttempt::Closed | BatchAttempt::Busy => return Attempt::Busy,
+        };
+        let slot = self.slot(pos);
+        let claimed = state(pos as u32, me.tid);
+        slot.len.store(bytes.len() as u32, Ordering::Relaxed);
+        // SAFETY: we own the slot (claimed above: `{pos, me}`); bytes.len() <= slot_size was checked
+        // by `push`, so the copy stays inside this slot's stride, inside the region.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), Self::data(slot), bytes.len()) };
+        // {pos, me} → {pos + 1, IDLE}: published. Release: the bytes above happen-before the
+        // consumer's Acquire CAS. A CAS, not a store: if a consumer took us for dead and tombstoned the
+        // slot, our claim is void and the message must go out again (the caller's next attempt). It is
+        // also the SeqCst RMW that `notify` below pairs with a sleeper's re-check; a Release store would
+        // need an `mfence` for that, no cheaper than this `lock cmpxchg` (the batch path pays that fence
+        // once per batch instead: `Ring::end_batch`).
+        let published = state((pos as u32).wrapping_add(1), IDLE);
+        let ok =
+            slot.state
+                .compare_exchange(claimed, published, Ordering::SeqCst, Ordering::Relaxed);
+        self.header().items.0.notify();
+        if ok.is_ok() {
+            Attempt::Done
+        } else {
+            Attempt::Busy
         }
-        Attempt::Busy
     }
 
     /// Appends `bytes`, waiting for space until `deadline`.
@@ -781,83 +738,46 @@ impl Ring {
     /// than once if a claim is revoked under it (its result is then discarded), so it must not have side
     /// effects beyond producing `R`.
     fn try_pop<R>(&self, me: Identity, f: &mut impl FnMut(&[u8]) -> R) -> Result<Pop<R>> {
-        let h = self.header();
-        let mut healed = false;
+        // Each round takes one stamp; a tombstone or a revoked claim moves on to the next one. A ring
+        // of garbage cannot keep us here: the rounds are bounded like a claim's help.
         for _ in 0..self.help_budget() {
-            let pos = h.head.0.pos.load(Ordering::Relaxed);
+            let (pos, tomb) = match self.try_claim_pop(me, 1) {
+                BatchAttempt::Claimed { first, tombs, .. } => (first, tombs & 1 != 0),
+                // Empty, or a producer is writing the next message (the caller may check that it
+                // is alive), or out of help budget.
+                BatchAttempt::Blocked { .. } | BatchAttempt::Busy => return Ok(Pop::Empty),
+                BatchAttempt::Closed => return Ok(Pop::Closed),
+            };
             let slot = self.slot(pos);
-            let st = slot.state.load(Ordering::Acquire);
-            let d = dist(seq(st), pos.wrapping_add(1));
-            // An honest `head` is at most a lap stale (0 <= d <= one_lap), or sits on the next stamp to
-            // be produced (d = -1). Anything else is a garbage hint: re-derive it, once per attempt.
-            let honest = (0..=self.one_lap as i32).contains(&d) || d == -1;
-            if !honest && !healed {
-                healed = true;
-                self.heal();
-                continue;
-            }
-            if d == 0 && (who(st) == IDLE || who(st) == TOMBSTONE) {
-                // {pos + 1, IDLE | TOMBSTONE} → {pos + 1, me}: the message (or tombstone) is ours.
-                let claimed = state(seq(st), me.tid);
-                if slot
-                    .state
-                    .compare_exchange_weak(st, claimed, Ordering::Acquire, Ordering::Relaxed)
-                    .is_err()
-                {
-                    continue;
-                }
-                // A hint, like `tail` in `try_push`.
-                h.head.0.pos.store(self.next(pos), Ordering::Relaxed);
-                note_cpu(&h.head.0);
-                let len = slot.len.load(Ordering::Relaxed) as usize;
-                let result = if who(st) == TOMBSTONE {
-                    None
-                } else if len > self.geo.slot_size as usize {
-                    Some(Err(Error::Corrupted(format!(
-                        "message length {len} exceeds the slot size {}",
-                        self.geo.slot_size
-                    ))))
-                } else {
-                    // SAFETY: we own the slot; len <= slot_size keeps the range inside this slot's
-                    // stride, inside the region. Producers do not write a claimed slot.
-                    let bytes = unsafe { std::slice::from_raw_parts(Self::data(slot), len) };
-                    Some(Ok(f(bytes)))
-                };
-                // {pos + 1, me} → {pos + one_lap, IDLE}: free for the next lap. Release: our reads of
-                // the bytes happen-before the next producer's Acquire CAS and its writes. If a producer
-                // took us for dead and freed the slot, it may have overwritten what we read: discard it.
-                // SeqCst RMW for `notify`, as the publish in `try_push`.
-                let freed = state(pos.wrapping_add(self.one_lap) as u32, IDLE);
-                let released = slot.state.compare_exchange(
-                    claimed,
-                    freed,
-                    Ordering::SeqCst,
-                    Ordering::Relaxed,
-                );
-                h.space.0.notify();
-                match (released, result) {
-                    (Err(_), _) | (Ok(_), None) => continue, // revoked, or a tombstone: next message
-                    (Ok(_), Some(Ok(r))) => return Ok(Pop::Got(r)),
-                    (Ok(_), Some(Err(e))) => return Err(e),
-                }
-            } else if d >= 0 {
-                // {pos + 1, tid}: another consumer claimed it and has not moved `head`; or `head` is
-                // stale. Help it on.
-                let _ = h.head.0.pos.compare_exchange(
-                    pos,
-                    self.next(pos),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-            } else if who(st) != IDLE && dist(seq(st), pos) == 0 {
-                // {pos, tid}: a producer is writing it. Not ready; the caller may check it is alive.
-                return Ok(Pop::Empty);
+            let claimed = state((pos as u32).wrapping_add(1), me.tid);
+            let len = slot.len.load(Ordering::Relaxed) as usize;
+            let result = if tomb {
+                None
+            } else if len > self.geo.slot_size as usize {
+                Some(Err(Error::Corrupted(format!(
+                    "message length {len} exceeds the slot size {}",
+                    self.geo.slot_size
+                ))))
             } else {
-                return Ok(if self.is_closed() {
-                    Pop::Closed
-                } else {
-                    Pop::Empty
-                });
+                // SAFETY: we own the slot (claimed above: `{pos + 1, me}`); len <= slot_size keeps
+                // the range inside this slot's stride, inside the region. Producers do not write a
+                // claimed slot.
+                let bytes = unsafe { std::slice::from_raw_parts(Self::data(slot), len) };
+                Some(Ok(f(bytes)))
+            };
+            // {pos + 1, me} → {pos + one_lap, IDLE}: free for the next lap. Release: our reads of the
+            // bytes happen-before the next producer's Acquire CAS and its writes. If a producer took us
+            // for dead and freed the slot, it may have overwritten what we read: discard it. SeqCst RMW
+            // for `notify`, as the publish in `try_push`.
+            let freed = state(pos.wrapping_add(self.one_lap) as u32, IDLE);
+            let released =
+                slot.state
+                    .compare_exchange(claimed, freed, Ordering::SeqCst, Ordering::Relaxed);
+            self.header().space.0.notify();
+            match (released, result) {
+                (Err(_), _) | (Ok(_), None) => continue, // revoked, or a tombstone: next message
+                (Ok(_), Some(Ok(r))) => return Ok(Pop::Got(r)),
+                (Ok(_), Some(Err(e))) => return Err(e),
             }
         }
         Ok(Pop::Empty)
@@ -1448,10 +1368,10 @@ impl Ring {
         word.notify();
     }
 
-    /// One attempt to claim up to `want` (1..=[`MAX_BATCH`]) consecutive free stamps from `tail`.
+    /// One attempt to claim up to `want` (1..=[`MAX_BATCH`]) consecutive free stamps from `tail`: the
+    /// claim of [`Ring::try_push`] (`want` = 1) and of `put_many`.
     ///
-    /// The first claim is exactly [`Ring::try_push`]'s: help a lagging `tail`, heal a garbage one. Each
-    /// further stamp is claimed only if its slot is `{s, IDLE}` right now, with the same Acquire CAS
+    /// The first claim helps a lagging `tail` and heals a garbage one. Each further stamp is claimed only if its slot is `{s, IDLE}` right now, with the same Acquire CAS
     /// `{s, IDLE}` → `{s, me}`; the run stops at the first slot that is not (full, or another producer
     /// got there first), so a batch is whatever prefix was free. The claim of each slot is its own CAS
     /// (not one CAS on `tail` for k stamps, as in a ring whose index is the claim): here `tail` is only
@@ -1460,6 +1380,7 @@ impl Ring {
     /// little more than the write. `tail` is moved once per batch, by a plain store past the last stamp
     /// claimed: every stamp below it is claimed, which is all the module docs' argument needs; producers
     /// that read it stale meanwhile find claimed slots and help it on.
+    #[inline(always)]
     fn try_claim_push(&self, me: Identity, want: u32) -> BatchAttempt {
         let h = self.header();
         let mut healed = false;
@@ -1468,6 +1389,9 @@ impl Ring {
             let slot = self.slot(pos);
             let st = slot.state.load(Ordering::Acquire);
             let d = dist(seq(st), pos);
+            // An honest `tail` is at most a lap stale, and a slot in its way holds the previous lap
+            // (d = 1 - one_lap, or -one_lap while its producer still writes). Anything else is a
+            // garbage hint: re-derive it from the stamps, once per attempt.
             let lap = self.one_lap as i32;
             let honest = (0..=lap).contains(&d) || d == 1 - lap || d == -lap;
             if !honest && !healed {
@@ -1476,6 +1400,7 @@ impl Ring {
                 continue;
             }
             if d == 0 && who(st) == IDLE {
+                // {pos, IDLE} → {pos, me}: the slot is ours and says so.
                 if slot
                     .state
                     .compare_exchange_weak(
@@ -1510,6 +1435,11 @@ impl Ring {
                     n += 1;
                     last = s;
                 }
+                // `tail` is only a hint of where to look: the slot CASes above are the claim. A plain
+                // store (not a CAS, one locked instruction less per call) may move it back behind a
+                // helper that already moved it further; whoever then reads the stale value finds
+                // slots that are past it and helps it forward (`d > 0` below). It can never make a
+                // claim wrong.
                 h.tail.0.pos.store(self.next(last), Ordering::Relaxed);
                 note_cpu(&h.tail.0);
                 return BatchAttempt::Claimed {
@@ -1518,6 +1448,9 @@ impl Ring {
                     tombs: 0,
                 };
             } else if d >= 0 {
+                // {pos, tid}: claimed by a producer that has not moved `tail` yet (maybe dead); or the
+                // slot is already past `pos`: `tail` is stale. Help it on and retry (a garbage `tail`
+                // far behind is healed above instead of walked).
                 let _ = h.tail.0.pos.compare_exchange(
                     pos,
                     self.next(pos),
@@ -1525,6 +1458,7 @@ impl Ring {
                     Ordering::Relaxed,
                 );
             } else {
+                // Still holding the previous lap's message (or being read): full.
                 return BatchAttempt::Blocked { pos, state: st };
             }
         }
@@ -1532,9 +1466,11 @@ impl Ring {
     }
 
     /// One attempt to claim up to `want` (1..=[`MAX_BATCH`]) consecutive published messages (or
-    /// tombstones) from `head`: [`Ring::try_pop`]'s first claim, then `{s + 1, IDLE | TOMBSTONE}` →
+    /// tombstones) from `head`, for [`Ring::try_pop`] (`want` = 1) and `get_many`: the first claim
+    /// helps a lagging `head` and heals a garbage one, then `{s + 1, IDLE | TOMBSTONE}` →
     /// `{s + 1, me}` (Acquire: sees each message's bytes) for each following slot that is ready right
     /// now, stopping at the first that is not. `head` moves once, as `tail` in [`Ring::try_claim_push`].
+    #[inline(always)]
     fn try_claim_pop(&self, me: Identity, want: u32) -> BatchAttempt {
         let h = self.header();
         let mut healed = false;
@@ -1543,6 +1479,8 @@ impl Ring {
             let slot = self.slot(pos);
             let st = slot.state.load(Ordering::Acquire);
             let d = dist(seq(st), pos.wrapping_add(1));
+            // An honest `head` is at most a lap stale (0 <= d <= one_lap), or sits on the next stamp to
+            // be produced (d = -1). Anything else is a garbage hint: re-derive it, once per attempt.
             let honest = (0..=self.one_lap as i32).contains(&d) || d == -1;
             if !honest && !healed {
                 healed = true;
@@ -1550,6 +1488,7 @@ impl Ring {
                 continue;
             }
             if ready_for(st, pos) {
+                // {pos + 1, IDLE | TOMBSTONE} → {pos + 1, me}: the message (or tombstone) is ours.
                 if slot
                     .state
                     .compare_exchange_weak(
@@ -1585,6 +1524,7 @@ impl Ring {
                     n += 1;
                     last = s;
                 }
+                // A hint, like `tail` in `try_claim_push`.
                 h.head.0.pos.store(self.next(last), Ordering::Relaxed);
                 note_cpu(&h.head.0);
                 return BatchAttempt::Claimed {
@@ -1593,6 +1533,8 @@ impl Ring {
                     tombs,
                 };
             } else if d >= 0 {
+                // {pos + 1, tid}: another consumer claimed it and has not moved `head`; or `head` is
+                // stale. Help it on.
                 let _ = h.head.0.pos.compare_exchange(
                     pos,
                     self.next(pos),
