@@ -348,6 +348,16 @@ enum Side {
     Consumer = 1,
 }
 
+/// What one attempt may still spend on helping a lagging index ([`Ring::help_budget`] steps) and
+/// whether it has healed a garbage one yet (once per attempt). One `Help` serves every claim of an
+/// attempt: a single push claims again after a revoked publish, a single pop after a tombstone or a
+/// revoked claim, and a budget per claim would let a peer who writes garbage make one attempt walk the
+/// ring once per claim, quadratic in the capacity, instead of at most twice in all.
+struct Help {
+    steps: u32,
+    healed: bool,
+}
+
 /// What one push attempt found.
 enum Attempt {
     Done,
@@ -356,8 +366,8 @@ enum Attempt {
         pos: u64,
         state: u64,
     },
-    /// Spent its help budget without an answer (only garbage indices do that), or the claim was
-    /// revoked before the publish (only a peer that took us for dead does that); look at the clock.
+    /// Spent its help budget without an answer (only garbage indices, or claims revoked again and
+    /// again, do that); look at the clock.
     Busy,
 }
 
@@ -497,6 +507,14 @@ impl Ring {
         self.geo.capacity.saturating_mul(2).saturating_add(8)
     }
 
+    /// A fresh [`Help`] for one attempt.
+    fn help(&self) -> Help {
+        Help {
+            steps: self.help_budget(),
+            healed: false,
+        }
+    }
+
     /// The CPU the other side last ran on, for a waiting `side`: a producer waits for consumers (who
     /// move `head`), a consumer for producers (`tail`). A hint from shared memory ("Peers on one CPU").
     ///
@@ -564,34 +582,39 @@ impl Ring {
     }
 
     /// One attempt to append `bytes`: the claim is [`Ring::try_claim_push`]'s for one stamp (which
-    /// helps a lagging `tail` and heals a garbage one), then the copy and the publishing CAS.
+    /// helps a lagging `tail` and heals a garbage one), then the copy and the publishing CAS; a revoked
+    /// claim sends the message to the next stamp, out of the same help budget.
     fn try_push(&self, bytes: &[u8], me: Identity) -> Attempt {
-        let pos = match self.try_claim_push(me, 1) {
-            BatchAttempt::Claimed { first, .. } => first,
-            BatchAttempt::Blocked { pos, state } => return Attempt::Blocked { pos, state },
-            BatchAttempt::Closed | BatchAttempt::Busy => return Attempt::Busy,
-        };
-        let slot = self.slot(pos);
-        let claimed = state(pos as u32, me.tid);
-        slot.len.store(bytes.len() as u32, Ordering::Relaxed);
-        // SAFETY: we own the slot (claimed above: `{pos, me}`); bytes.len() <= slot_size was checked
-        // by `push`, so the copy stays inside this slot's stride, inside the region.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), Self::data(slot), bytes.len()) };
-        // {pos, me} → {pos + 1, IDLE}: published. Release: the bytes above happen-before the
-        // consumer's Acquire CAS. A CAS, not a store: if a consumer took us for dead and tombstoned the
-        // slot, our claim is void and the message must go out again (the caller's next attempt). It is
-        // also the SeqCst RMW that `notify` below pairs with a sleeper's re-check; a Release store would
-        // need an `mfence` for that, no cheaper than this `lock cmpxchg` (the batch path pays that fence
-        // once per batch instead: `Ring::end_batch`).
-        let published = state((pos as u32).wrapping_add(1), IDLE);
-        let ok =
-            slot.state
-                .compare_exchange(claimed, published, Ordering::SeqCst, Ordering::Relaxed);
-        self.header().items.0.notify();
-        if ok.is_ok() {
-            Attempt::Done
-        } else {
-            Attempt::Busy
+        let mut help = self.help();
+        loop {
+            let pos = match self.try_claim_push(me, 1, &mut help) {
+                BatchAttempt::Claimed { first, .. } => first,
+                BatchAttempt::Blocked { pos, state } => return Attempt::Blocked { pos, state },
+                BatchAttempt::Closed | BatchAttempt::Busy => return Attempt::Busy,
+            };
+            let slot = self.slot(pos);
+            let claimed = state(pos as u32, me.tid);
+            slot.len.store(bytes.len() as u32, Ordering::Relaxed);
+            // SAFETY: we own the slot (claimed above: `{pos, me}`); bytes.len() <= slot_size was
+            // checked by `push`, so the copy stays inside this slot's stride, inside the region.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), Self::data(slot), bytes.len()) };
+            // {pos, me} → {pos + 1, IDLE}: published. Release: the bytes above happen-before the
+            // consumer's Acquire CAS. A CAS, not a store: if a consumer took us for dead and tombstoned
+            // the slot, our claim is void and the message must go out again (the next round). It is
+            // also the SeqCst RMW that `notify` below pairs with a sleeper's re-check; a Release store
+            // would need an `mfence` for that, no cheaper than this `lock cmpxchg` (the batch path pays
+            // that fence once per batch instead: `Ring::end_batch`).
+            let published = state((pos as u32).wrapping_add(1), IDLE);
+            let ok = slot.state.compare_exchange(
+                claimed,
+                published,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            );
+            self.header().items.0.notify();
+            if ok.is_ok() {
+                return Attempt::Done;
+            }
         }
     }
 
@@ -739,9 +762,10 @@ impl Ring {
     /// effects beyond producing `R`.
     fn try_pop<R>(&self, me: Identity, f: &mut impl FnMut(&[u8]) -> R) -> Result<Pop<R>> {
         // Each round takes one stamp; a tombstone or a revoked claim moves on to the next one. A ring
-        // of garbage cannot keep us here: the rounds are bounded like a claim's help.
-        for _ in 0..self.help_budget() {
-            let (pos, tomb) = match self.try_claim_pop(me, 1) {
+        // of garbage cannot keep us here: every round spends at least one step of the one help budget.
+        let mut help = self.help();
+        loop {
+            let (pos, tomb) = match self.try_claim_pop(me, 1, &mut help) {
                 BatchAttempt::Claimed { first, tombs, .. } => (first, tombs & 1 != 0),
                 // Empty, or a producer is writing the next message (the caller may check that it
                 // is alive), or out of help budget.
@@ -780,7 +804,6 @@ impl Ring {
                 (Ok(_), Some(Err(e))) => return Err(e),
             }
         }
-        Ok(Pop::Empty)
     }
 
     /// Takes the next message, waiting until `deadline`; `f` sees its bytes in place (see
@@ -1371,7 +1394,9 @@ impl Ring {
     /// One attempt to claim up to `want` (1..=[`MAX_BATCH`]) consecutive free stamps from `tail`: the
     /// claim of [`Ring::try_push`] (`want` = 1) and of `put_many`.
     ///
-    /// The first claim helps a lagging `tail` and heals a garbage one. Each further stamp is claimed only if its slot is `{s, IDLE}` right now, with the same Acquire CAS
+    /// The first claim helps a lagging `tail` and heals a garbage one, spending `help` (shared by all
+    /// the claims of one attempt). Each further stamp is claimed only if its slot is `{s, IDLE}` right
+    /// now, with the same Acquire CAS
     /// `{s, IDLE}` → `{s, me}`; the run stops at the first slot that is not (full, or another producer
     /// got there first), so a batch is whatever prefix was free. The claim of each slot is its own CAS
     /// (not one CAS on `tail` for k stamps, as in a ring whose index is the claim): here `tail` is only
@@ -1381,10 +1406,10 @@ impl Ring {
     /// claimed: every stamp below it is claimed, which is all the module docs' argument needs; producers
     /// that read it stale meanwhile find claimed slots and help it on.
     #[inline(always)]
-    fn try_claim_push(&self, me: Identity, want: u32) -> BatchAttempt {
+    fn try_claim_push(&self, me: Identity, want: u32, help: &mut Help) -> BatchAttempt {
         let h = self.header();
-        let mut healed = false;
-        for _ in 0..self.help_budget() {
+        while help.steps > 0 {
+            help.steps -= 1;
             let pos = h.tail.0.pos.load(Ordering::Relaxed);
             let slot = self.slot(pos);
             let st = slot.state.load(Ordering::Acquire);
@@ -1394,8 +1419,8 @@ impl Ring {
             // garbage hint: re-derive it from the stamps, once per attempt.
             let lap = self.one_lap as i32;
             let honest = (0..=lap).contains(&d) || d == 1 - lap || d == -lap;
-            if !honest && !healed {
-                healed = true;
+            if !honest && !help.healed {
+                help.healed = true;
                 self.heal();
                 continue;
             }
@@ -1467,14 +1492,15 @@ impl Ring {
 
     /// One attempt to claim up to `want` (1..=[`MAX_BATCH`]) consecutive published messages (or
     /// tombstones) from `head`, for [`Ring::try_pop`] (`want` = 1) and `get_many`: the first claim
-    /// helps a lagging `head` and heals a garbage one, then `{s + 1, IDLE | TOMBSTONE}` →
+    /// helps a lagging `head` and heals a garbage one (spending `help`, as in
+    /// [`Ring::try_claim_push`]), then `{s + 1, IDLE | TOMBSTONE}` →
     /// `{s + 1, me}` (Acquire: sees each message's bytes) for each following slot that is ready right
     /// now, stopping at the first that is not. `head` moves once, as `tail` in [`Ring::try_claim_push`].
     #[inline(always)]
-    fn try_claim_pop(&self, me: Identity, want: u32) -> BatchAttempt {
+    fn try_claim_pop(&self, me: Identity, want: u32, help: &mut Help) -> BatchAttempt {
         let h = self.header();
-        let mut healed = false;
-        for _ in 0..self.help_budget() {
+        while help.steps > 0 {
+            help.steps -= 1;
             let pos = h.head.0.pos.load(Ordering::Relaxed);
             let slot = self.slot(pos);
             let st = slot.state.load(Ordering::Acquire);
@@ -1482,8 +1508,8 @@ impl Ring {
             // An honest `head` is at most a lap stale (0 <= d <= one_lap), or sits on the next stamp to
             // be produced (d = -1). Anything else is a garbage hint: re-derive it, once per attempt.
             let honest = (0..=self.one_lap as i32).contains(&d) || d == -1;
-            if !honest && !healed {
-                healed = true;
+            if !honest && !help.healed {
+                help.healed = true;
                 self.heal();
                 continue;
             }
@@ -1573,7 +1599,7 @@ impl Ring {
             if self.is_closed() {
                 return Err(Error::Closed);
             }
-            let blocked = match self.try_claim_push(me, want) {
+            let blocked = match self.try_claim_push(me, want, &mut self.help()) {
                 BatchAttempt::Claimed { first, n, .. } => {
                     return Ok(PushBatch {
                         ring: self,
@@ -1612,7 +1638,7 @@ impl Ring {
         let mut backoff = Backoff::new().until(deadline);
         let mut watch = StuckWatch::new();
         loop {
-            match self.try_claim_pop(me, want) {
+            match self.try_claim_pop(me, want, &mut self.help()) {
                 BatchAttempt::Claimed { first, n, tombs } => {
                     return Ok(PopBatch {
                         ring: self,
@@ -1696,5 +1722,54 @@ impl Ring {
 
     pub(crate) fn force_len_for_test(&self, s: u64, len: u32) {
         self.slot(s).len.store(len, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Raw;
+    use crate::queue::Queue;
+
+    /// A peer that writes garbage revokes each claim of a `try_pop` while its `f` runs and moves `head`
+    /// back to the start of the lap, so that each next claim walks over every slot taken so far (claim
+    /// `k` costs `k + 1` steps). All the claims of one attempt share one help budget, so the steps add
+    /// up to at most [`Ring::help_budget`] — about 63 claims at capacity 1024 — where a budget per claim
+    /// let one attempt make 1024 claims and walk half a million slots (quadratic in the capacity).
+    #[test]
+    fn one_pop_attempt_spends_one_help_budget_whatever_a_peer_writes() {
+        let q: Queue<u64, Raw> = Queue::new(1024).unwrap();
+        let ring = q.ring();
+        let lap = ring.one_lap;
+        for i in 0..u64::from(ring.geo.capacity) {
+            let s = lap + i;
+            ring.slot(s)
+                .state
+                .store(state((s as u32).wrapping_add(1), IDLE), Ordering::SeqCst);
+            ring.slot(s).len.store(8, Ordering::Relaxed);
+        }
+        ring.force_hint_for_test(false, lap);
+        ring.force_hint_for_test(true, lap + u64::from(ring.geo.capacity));
+        let mut claims = 0u64;
+        let r = ring.try_pop(proc::current(), &mut |_: &[u8]| {
+            // The claim of stamp `lap + claims` is revoked (its slot freed under us) and `head` sent back.
+            let s = lap + claims;
+            claims += 1;
+            ring.slot(s)
+                .state
+                .store(state(s.wrapping_add(lap) as u32, IDLE), Ordering::SeqCst);
+            ring.force_hint_for_test(false, lap);
+        });
+        assert!(matches!(r, Ok(Pop::Empty)), "{:?}", r.map(|_| ()));
+        let steps = claims * (claims + 1) / 2;
+        assert!(
+            claims > 1,
+            "the attempt claimed again after a revoked claim"
+        );
+        assert!(
+            steps <= u64::from(ring.help_budget()),
+            "{claims} claims walked {steps} slots, more than one help budget ({})",
+            ring.help_budget()
+        );
     }
 }
