@@ -18,6 +18,7 @@ mod pool;
 mod pool_faults;
 mod process;
 mod queue;
+mod queue_anchor;
 mod queue_batch;
 mod queue_faults;
 mod queue_unbounded;
@@ -75,6 +76,7 @@ fn main() {
     trials.extend(queue::tests());
     trials.extend(queue_faults::tests());
     trials.extend(queue_unbounded::tests());
+    trials.extend(queue_anchor::tests());
     trials.extend(queue_batch::tests());
     trials.extend(process::tests());
     trials.extend(pool::tests());

@@ -24,7 +24,7 @@ use crate::queue::BOUND;
 const REGION_HEADER: u64 = 128;
 
 /// Raw bytes: no serialization, so that even a debug build moves megabytes quickly.
-type Bytes = Queue<Vec<u8>, RawSlice<u8>>;
+pub(crate) type Bytes = Queue<Vec<u8>, RawSlice<u8>>;
 
 pub const ROLES: &[Role] = &[
     ("queue_unbounded_drain", drain),
@@ -73,14 +73,14 @@ pub fn tests() -> Vec<Trial> {
 // ------------------------------------------------------------------------------------------ helpers
 
 /// Message `id` of `len` bytes: the id in its first 8 bytes, every other byte a tag of the id.
-fn message(id: u64, len: usize) -> Vec<u8> {
+pub(crate) fn message(id: u64, len: usize) -> Vec<u8> {
     let mut m = vec![(id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8; len.max(8)];
     m[..8].copy_from_slice(&id.to_le_bytes());
     m
 }
 
 /// The id of an intact message, or what is wrong with it.
-fn check(m: &[u8]) -> Result<u64, String> {
+pub(crate) fn check(m: &[u8]) -> Result<u64, String> {
     let id = u64::from_le_bytes(m.get(..8).ok_or("short")?.try_into().expect("8"));
     let tag = (id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8;
     if m[8..].iter().any(|&b| b != tag) {
@@ -91,12 +91,12 @@ fn check(m: &[u8]) -> Result<u64, String> {
 
 /// `/dev/shm` entries of the blocks of the queue with handle `h` (spilled messages, segments). The
 /// queue's id is read from the handle's `Debug` form, the one public place it shows.
-fn block_files(h: &mproc::RegionHandle) -> Vec<String> {
+pub(crate) fn block_files(h: &mproc::RegionHandle) -> Vec<String> {
     group_files(queue_id(h))
 }
 
 /// The id of the queue with handle `h`, read from the handle's `Debug` form.
-fn queue_id(h: &mproc::RegionHandle) -> u64 {
+pub(crate) fn queue_id(h: &mproc::RegionHandle) -> u64 {
     let dbg = format!("{h:?}");
     dbg.split("id: ")
         .nth(1)
@@ -106,7 +106,7 @@ fn queue_id(h: &mproc::RegionHandle) -> u64 {
 }
 
 /// Every `/dev/shm` entry of queue `id`'s group: its blocks and its anchor (`mproc.q<id>-*`).
-fn group_files(id: u64) -> Vec<String> {
+pub(crate) fn group_files(id: u64) -> Vec<String> {
     let prefix = format!("mproc.q{id:016x}-");
     std::fs::read_dir("/dev/shm")
         .into_iter()

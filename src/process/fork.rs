@@ -5,6 +5,7 @@ use std::os::fd::AsRawFd;
 use super::bootstrap::{self, Failure};
 use super::Child;
 use crate::error::Result;
+use crate::region::janitor::ForkAnchors;
 use crate::sys::process::{self as psys, Fork};
 use crate::sys::shm;
 
@@ -17,12 +18,27 @@ pub(super) fn start(body: Body, die_with_parent: bool) -> Result<Child> {
     let parent = std::process::id();
     // Here, before the fork, never in the child (review H4): `set_hook` takes a process-wide lock.
     bootstrap::install_child_panic_hook();
-    // SAFETY: the child branch below runs only `watch_parent` (`sigaction`, `prctl(PR_SET_PDEATHSIG)`
-    // and `getppid`, none of which takes a lock), `run_child` (an atomic store, the user's closure, and
-    // a publish made of one allocation — glibc's malloc is fork-safe — and raw `ftruncate`/`pwrite`
-    // calls) and the panic hook installed above; the user's closure carries the documented fork
-    // caveats. Then it `_exit`s and never returns into the caller.
-    match unsafe { psys::fork()? } {
+    // The child's own locks on the queue anchors we hold, so that our letting go of a queue never
+    // leaves the child's copy of it unprotected (held across the fork: see `ForkAnchors`).
+    let anchors = ForkAnchors::before_fork();
+    // SAFETY: the child branch below runs only `anchors.in_child` (`dup3`, `close`, a `free`, and the
+    // unlock of a mutex this thread holds: an atomic swap, and a futex wake of nobody), `watch_parent`
+    // (`sigaction`, `prctl(PR_SET_PDEATHSIG)` and `getppid`, none of which takes a lock), `run_child`
+    // (an atomic store, the user's closure, and a publish made of one allocation — glibc's malloc is
+    // fork-safe — and raw `ftruncate`/`pwrite` calls) and the panic hook installed above; the user's
+    // closure carries the documented fork caveats. Then it `_exit`s and never returns into the caller.
+    let forked = unsafe { psys::fork() };
+    let forked = match forked {
+        Ok(Fork::Child) => {
+            anchors.in_child();
+            Fork::Child
+        }
+        other => {
+            anchors.in_parent();
+            other?
+        }
+    };
+    match forked {
         Fork::Child => {
             let fd = result.as_raw_fd();
             let code = bootstrap::run_child(fd, move || {
@@ -31,6 +47,8 @@ pub(super) fn start(body: Body, die_with_parent: bool) -> Result<Child> {
                 }
                 body()
             });
+            // `_exit` drops nothing: let go of the queues' anchors as their drops would have.
+            ForkAnchors::release_all_before_exit();
             psys::exit_immediately(code)
         }
         Fork::Parent(pid) => match psys::pidfd_open(pid) {

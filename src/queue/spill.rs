@@ -24,9 +24,11 @@
 //! a process closes that description and then tries an exclusive lock on a fresh one: only when no
 //! other attachment anywhere holds the shared lock does it succeed, and then the group's blocks are
 //! removed, the anchor last. The kernel drops the locks of a killed process with its descriptors, so a
-//! SIGKILLed user never keeps the blocks alive, and never needs to. A forked child shares its parent's
-//! description (and lock): whichever of the two lets go first closes only its own descriptor, the lock
-//! stays held by the other, and the fresh description of the first sees it.
+//! SIGKILLed user never keeps the blocks alive, and never needs to. Letting go unlocks the description
+//! before closing it: a child that another thread is spawning holds a copy of every descriptor until it
+//! execs, and must not keep the lock (and the blocks) alive past the last user. A child forked by this
+//! crate gets a description and lock of its own on every anchor its parent holds, before the fork, and
+//! lets go of them all when it ends (it `_exit`s without dropping its copies of the parent's handles).
 //!
 //! If *every* process attached to a queue is killed, nobody is left to take the exclusive lock; the
 //! janitor (`cleanup_stale`) does, without waiting, for every group it finds, and removes the group's

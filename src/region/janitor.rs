@@ -29,11 +29,21 @@
 //!   sweep of such a group makes an anchor itself, locked exclusively before it is named; if an attacher
 //!   named one first, the sweep leaves the group alone.
 //!
+//! Descriptors copied into children: a child another thread is spawning holds a copy of each of our
+//! descriptors, and so of each attachment's locked description, until it execs (close-on-exec). The
+//! last user therefore *unlocks* its description before closing it (`flock(LOCK_UN)` acts on the
+//! description, whatever copies exist), or its exclusive attempt would fail against its own lock and
+//! nobody would remove the group. A child forked by this crate, which goes on running with copies of
+//! its parent's handles, is given descriptions of its own, locked before the fork ([`ForkAnchors`]),
+//! and lets go of them all before it `_exit`s.
+//!
 //! What a sweep cannot know: a process that holds a queue's region but is not yet attached to it (it
 //! is opening a handle whose other users have all let go or died). It finds the queue's blocks gone,
 //! and each spilled message then fails its `get` with [`Error::Corrupted`](crate::Error::Corrupted).
 
 use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::header::{Header, HeaderSnapshot, FLAG_PERSISTENT, FORMAT_VERSION, MAGIC};
@@ -227,10 +237,85 @@ fn make_anchor(id: u64, exclusive: bool) -> Result<File> {
 /// neither a queue's last user nor [`cleanup_stale`] removes the group's blocks.
 ///
 /// Dropping it lets go without cleaning up; [`GroupAnchor::release`] lets go and cleans up if it was
-/// the last. A forked child shares the lock (same open file description) until both have let go.
+/// the last. A child forked by this crate gets a lock of its own on every anchor the parent holds
+/// ([`ForkAnchors`]); a child forked otherwise shares the parent's description, which the parent's
+/// `release` unlocks, so such a child must attach from a handle to count as a user.
 #[derive(Debug)]
 pub(crate) struct GroupAnchor {
     file: File,
+}
+
+/// The descriptors of this process's live [`GroupAnchor`]s, for [`ForkAnchors`]. An anchor is listed
+/// from just after its lock is taken until just before it is unlocked.
+static LIVE_ANCHORS: Mutex<Vec<(RawFd, u64)>> = Mutex::new(Vec::new());
+
+fn live_anchors() -> MutexGuard<'static, Vec<(RawFd, u64)>> {
+    // The list is a plain Vec of integers, consistent after any panic: poisoning says nothing about it.
+    LIVE_ANCHORS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Drop for GroupAnchor {
+    fn drop(&mut self) {
+        let fd = self.file.as_raw_fd();
+        live_anchors().retain(|&(live, _)| live != fd);
+    }
+}
+
+/// Locks of their own, for a child about to be forked, on every anchor this process holds: made before
+/// the fork (new descriptions of the same files, locked shared), installed in the child over the
+/// inherited descriptors ([`ForkAnchors::in_child`]), closed in the parent ([`ForkAnchors::in_parent`]).
+/// Without them the child would share each lock with the parent, and the parent's
+/// [`GroupAnchor::release`], which unlocks its description whatever copies of it exist, would leave a
+/// child still using the queue unprotected. Holds the list of live anchors across the fork, so none is
+/// added or released meanwhile (and the child's copy of the list is not left locked).
+pub(crate) struct ForkAnchors {
+    /// Held, never read: no anchor is listed or unlisted until the fork is done.
+    _live: MutexGuard<'static, Vec<(RawFd, u64)>>,
+    own: Vec<(RawFd, File)>,
+}
+
+impl ForkAnchors {
+    /// Prepares the child's locks (in the parent, before `fork`). An anchor whose new lock cannot be
+    /// made (out of descriptors) is left shared with the parent, as a child forked outside this crate
+    /// would have it.
+    pub(crate) fn before_fork() -> ForkAnchors {
+        let live = live_anchors();
+        let own = live
+            .iter()
+            .filter_map(|&(fd, _)| {
+                let file = shm::reopen_fd(fd).ok()?;
+                // Compatible with our own shared lock; refused only while a sweep holds the anchor
+                // exclusively, which it cannot while we hold it.
+                matches!(shm::try_flock(&file, false), Ok(true)).then_some((fd, file))
+            })
+            .collect();
+        ForkAnchors { _live: live, own }
+    }
+
+    /// In the child: each inherited anchor descriptor now refers to the child's own locked description.
+    /// Only `dup3` and `close` (async-signal-safe), and the unlock of the list (an atomic).
+    pub(crate) fn in_child(self) {
+        for (fd, file) in &self.own {
+            // On failure the descriptor keeps the parent's description: shared, as without this.
+            let _ = shm::dup_over(file, *fd);
+        }
+    }
+
+    /// In the parent: the new descriptions are the child's now (or, if the fork failed, nobody's).
+    pub(crate) fn in_parent(self) {}
+
+    /// In a forked child about to end (it `_exit`s, dropping nothing): lets go of every anchor it holds
+    /// as [`GroupAnchor::release`] would, removing the groups of which it was the last user. Its handles
+    /// of a queue include copies of the parent's, which it never drops, so without this a child that
+    /// outlived every other user would leave the queue's blocks to [`cleanup_stale`].
+    pub(crate) fn release_all_before_exit() {
+        let held = std::mem::take(&mut *live_anchors());
+        for (fd, id) in held {
+            // The descriptor is still open: its `GroupAnchor` is never dropped in this process.
+            let _ = shm::unlock_fd_flock(fd);
+            reclaim_group(id);
+        }
+    }
 }
 
 impl GroupAnchor {
@@ -245,7 +330,7 @@ impl GroupAnchor {
             let file = match open_anchor(&name) {
                 Ok(file) => file,
                 Err(Error::NotFound { .. }) => match make_anchor(id, false) {
-                    Ok(file) => return Ok(GroupAnchor { file }),
+                    Ok(file) => return Ok(Self::listed(file, id)),
                     // Somebody named one between our open and our link: use theirs.
                     Err(Error::AlreadyExists { .. }) => {
                         Self::pause(deadline)?;
@@ -260,10 +345,16 @@ impl GroupAnchor {
             }
             // Locked: a sweep can no longer unlink this name; but one may have, before we locked.
             if shm::names_file(&name, &file)? {
-                return Ok(GroupAnchor { file });
+                return Ok(Self::listed(file, id));
             }
             Self::pause(deadline)?;
         }
+    }
+
+    /// The anchor of a locked `file`, listed for [`ForkAnchors`].
+    fn listed(file: File, id: u64) -> GroupAnchor {
+        live_anchors().push((file.as_raw_fd(), id));
+        GroupAnchor { file }
     }
 
     /// A short sleep before the next attempt, or [`Error::Timeout`] once `deadline` has passed.
@@ -278,9 +369,15 @@ impl GroupAnchor {
     /// Lets go of group `id`; if no other holder anywhere remains, removes the group's blocks and its
     /// anchor. Returns the names removed.
     pub(crate) fn release(self, id: u64) -> Vec<String> {
-        // Ours goes first: in a forked pair the other's descriptor of the same description keeps the
-        // lock, and the exclusive attempt on a fresh description below then fails, as it must.
-        drop(self.file);
+        // Unlisted first, so that no fork from here on gives a child a lock on this anchor.
+        let fd = self.file.as_raw_fd();
+        live_anchors().retain(|&(live, _)| live != fd);
+        // Then unlocked, not only closed: a child that another thread of ours is spawning holds a copy
+        // of every descriptor until it execs, and a close would leave the lock to that copy; the
+        // exclusive attempt below would fail and nobody would remove the group. (Children forked by
+        // this crate hold locks of their own: `ForkAnchors`.) An error leaves the lock to the close.
+        let _ = shm::unlock_flock(&self.file);
+        drop(self);
         reclaim_group(id)
     }
 }

@@ -1,7 +1,7 @@
 //! Shared-memory objects (memfd and `/dev/shm`) and shared mappings of them.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 
@@ -399,4 +399,44 @@ pub(crate) fn names_file(shm_name: &str, file: &File) -> Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(Error::os("stat", e)),
     }
+}
+
+/// Lets go of the `flock` lock of `file`'s open file description, whatever other descriptors of that
+/// description exist: unlike closing `file`, which only unlocks once the last descriptor of the
+/// description is gone (a copy in a child that another thread is spawning counts, until that child
+/// execs).
+pub(crate) fn unlock_flock(file: &File) -> Result<()> {
+    file.unlock().map_err(|e| Error::os("flock(LOCK_UN)", e))
+}
+
+/// [`unlock_flock`] for a descriptor known by number only (one that a value this process will never
+/// drop still owns).
+pub(crate) fn unlock_fd_flock(fd: RawFd) -> Result<()> {
+    // SAFETY: flock takes an integer and a flag and touches no memory of ours; on a number that is not
+    // an open descriptor it fails with EBADF, which is returned.
+    if unsafe { libc::flock(fd, libc::LOCK_UN) } < 0 {
+        return Err(Error::os("flock(LOCK_UN)", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// A new open file description of the file `fd` refers to (through `/proc/self/fd`), read-only and
+/// close-on-exec: a `flock` taken on it is independent of the locks of `fd`'s description.
+pub(crate) fn reopen_fd(fd: RawFd) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(format!("/proc/self/fd/{fd}"))
+        .map_err(|e| Error::os("open(/proc/self/fd)", e))
+}
+
+/// Makes descriptor `fd` refer to `src`'s open file description (close-on-exec), closing what `fd`
+/// referred to: `dup3(2)`, which is async-signal-safe, so a forked child may call it.
+pub(crate) fn dup_over(src: &File, fd: RawFd) -> Result<()> {
+    // SAFETY: dup3 takes two integers and a flag; it touches no memory of ours. `src` is open for the
+    // duration of the call; whatever `fd` was, it is atomically replaced (the caller owns that number).
+    if unsafe { libc::dup3(src.as_raw_fd(), fd, libc::O_CLOEXEC) } < 0 {
+        return Err(Error::os("dup3", std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
