@@ -54,6 +54,7 @@ fn main() {
         process::ROLES,
         pool::ROLES,
         pool_faults::ROLES,
+        queue_anchor::ROLES,
         security_heap::ROLES,
         security_spawn::ROLES,
         ecosystem::ROLES,

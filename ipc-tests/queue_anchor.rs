@@ -8,6 +8,8 @@
 //!   one drop in twenty left the queue's anchor and blocks behind.)
 //! - A child forked with a queue holding a spilled message reads it whole after the parent has dropped
 //!   every handle of its own, and the child, the last user, removes the blocks when it ends.
+//! - A child forked outside this crate (`fork(2)` itself) that drops its copy of the parent's queue
+//!   leaves the parent's lock alone: the parent then reads its spilled message whole.
 //!
 //! Every wait is bounded by [`BOUND`], generously: the bound proves "no hang" and never measures speed.
 
@@ -17,20 +19,30 @@ use std::sync::Arc;
 use libtest_mimic::Trial;
 use mproc::{Event, Process};
 
-use crate::common::{self, bounded};
+use crate::common::{self, bounded, say, Kid, Role};
 use crate::queue::BOUND;
 use crate::queue_unbounded::{block_files, check, message, Bytes};
+
+pub const ROLES: &[Role] = &[
+    ("queue_anchor_spawning", drop_while_spawning),
+    ("queue_anchor_fork", forked_child_keeps_blocks),
+    ("queue_anchor_raw_fork", raw_fork),
+];
 
 pub fn tests() -> Vec<Trial> {
     let t = |name: &str, f: fn()| common::trial("queue_anchor", name, f);
     vec![
         t(
             "last_drop_removes_the_group_while_another_thread_spawns",
-            drop_while_spawning,
+            || in_own_process("queue_anchor_spawning"),
         ),
         t(
             "forked_child_keeps_the_blocks_after_the_parent_lets_go",
-            forked_child_keeps_blocks,
+            || in_own_process("queue_anchor_fork"),
+        ),
+        t(
+            "child_forked_outside_the_crate_leaves_the_parents_lock",
+            || in_own_process("queue_anchor_raw_fork"),
         ),
     ]
 }
@@ -38,7 +50,19 @@ pub fn tests() -> Vec<Trial> {
 /// A message larger than the 64-byte slots of the queues below: it goes to a block of its own.
 const SPILLED: usize = 100 * 1024;
 
-fn drop_while_spawning() {
+/// Runs `role` in a process of its own and waits for its "done". Each scenario needs a process whose
+/// only threads are its own: a child that another test of this process forks holds a lock on every
+/// queue anchor of this process while it lives (that is the fork's contract), which would keep the
+/// groups these tests watch in place for as long; and a raw `fork` is only safe in a single-threaded
+/// parent.
+fn in_own_process(role: &str) {
+    let mut kid = Kid::spawn(role, "", BOUND);
+    kid.expect_line("done");
+    kid.join_ok();
+}
+
+/// Role: 200 spilling queues dropped in turn while another thread spawns `true` without pause.
+fn drop_while_spawning(_: &str) {
     const QUEUES: usize = 200;
     let stop = Arc::new(AtomicBool::new(false));
     let spawner = {
@@ -78,9 +102,12 @@ fn drop_while_spawning() {
         left.len(),
         &left[..left.len().min(3)]
     );
+    say("done");
 }
 
-fn forked_child_keeps_blocks() {
+/// Role: a queue holding a spilled message, a `Process::fork` child with a clone of it, the parent's
+/// handles dropped before the child reads.
+fn forked_child_keeps_blocks(_: &str) {
     let q = Bytes::with_max_message(2, 64).expect("create");
     q.put(&message(7, SPILLED)).expect("put");
     let h = q.handle();
@@ -111,4 +138,31 @@ fn forked_child_keeps_blocks() {
         Vec::<String>::new(),
         "the child, the last user, left the group behind"
     );
+    say("done");
+}
+
+/// Role: a single-threaded process holds a queue with a spilled message, forks with `fork(2)`; the
+/// child drops its copy and `_exit`s; then the parent takes the message.
+fn raw_fork(_: &str) {
+    let q = Bytes::with_max_message(2, 64).expect("create");
+    q.put(&message(11, SPILLED)).expect("put");
+    // SAFETY: this process (a role of its own) has one thread, so the child may take any lock; it only drops its copy of
+    // the queue (closing its descriptors, as the drop does) and ends with `_exit`, never returning.
+    match unsafe { libc::fork() } {
+        0 => {
+            drop(q);
+            // SAFETY: `_exit` ends the child without running the parent's destructors twice.
+            unsafe { libc::_exit(0) }
+        }
+        pid if pid > 0 => {
+            let mut status = 0;
+            // SAFETY: waits for our own child; `status` outlives the call.
+            let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+            assert!(r == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        }
+        _ => panic!("fork: {}", std::io::Error::last_os_error()),
+    }
+    let m = q.get_timeout(BOUND).expect("the spilled message");
+    assert_eq!(check(&m), Ok(11));
+    say("done");
 }

@@ -20,9 +20,11 @@ pub(super) fn start(body: Body, die_with_parent: bool) -> Result<Child> {
     bootstrap::install_child_panic_hook();
     // The child's own locks on the queue anchors we hold, so that our letting go of a queue never
     // leaves the child's copy of it unprotected (held across the fork: see `ForkAnchors`).
-    let anchors = ForkAnchors::before_fork();
-    // SAFETY: the child branch below runs only `anchors.in_child` (`dup3`, `close`, a `free`, and the
-    // unlock of a mutex this thread holds: an atomic swap, and a futex wake of nobody), `watch_parent`
+    let anchors = ForkAnchors::before_fork()?;
+    // SAFETY: the child branch below runs only `anchors.in_child` (`dup3`, `getpid`, `close`, a `free`,
+    // and the unlock of a mutex this thread holds: an atomic swap, and a futex wake of nobody),
+    // `ForkAnchors::release_all_before_exit` after the closure (that mutex, free again; `flock`, and
+    // the sweep's directory listing and `unlink`s, with allocations), `watch_parent`
     // (`sigaction`, `prctl(PR_SET_PDEATHSIG)` and `getppid`, none of which takes a lock), `run_child`
     // (an atomic store, the user's closure, and a publish made of one allocation — glibc's malloc is
     // fork-safe — and raw `ftruncate`/`pwrite` calls) and the panic hook installed above; the user's
@@ -47,8 +49,9 @@ pub(super) fn start(body: Body, die_with_parent: bool) -> Result<Child> {
                 }
                 body()
             });
-            // `_exit` drops nothing: let go of the queues' anchors as their drops would have.
-            ForkAnchors::release_all_before_exit();
+            // `_exit` drops nothing: let go of the queues' anchors as their drops would have. A panic
+            // there must not unwind into the caller's frames, which belong to the parent's program.
+            let _ = std::panic::catch_unwind(ForkAnchors::release_all_before_exit);
             psys::exit_immediately(code)
         }
         Fork::Parent(pid) => match psys::pidfd_open(pid) {

@@ -129,6 +129,12 @@
 //!   that, a forked child's panic is still reported, with its message but without its location.
 //! - The child inherits every descriptor and mapping of the parent: its regions, its pools' rings and
 //!   the keys in their memory. A forked child is trusted like the parent itself.
+//! - The child is a user of every queue its parent held at the fork, used or not: it gets a lock of its
+//!   own on each queue's block group (one spare descriptor per queue that can spill, for the moment of
+//!   the fork; [`Process::start`] fails with [`Error::Os`] without it), so spilled
+//!   messages and segments stay while it lives, and when its closure returns it lets go of them all,
+//!   removing those it was the last user of. A child that ends otherwise (`std::process::exit`,
+//!   `panic = "abort"`, a signal) leaves that to [`cleanup_stale`](crate::cleanup_stale).
 
 mod arg;
 pub(crate) mod bootstrap;

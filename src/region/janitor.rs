@@ -238,26 +238,45 @@ fn make_anchor(id: u64, exclusive: bool) -> Result<File> {
 ///
 /// Dropping it lets go without cleaning up; [`GroupAnchor::release`] lets go and cleans up if it was
 /// the last. A child forked by this crate gets a lock of its own on every anchor the parent holds
-/// ([`ForkAnchors`]); a child forked otherwise shares the parent's description, which the parent's
-/// `release` unlocks, so such a child must attach from a handle to count as a user.
+/// ([`ForkAnchors`]). A child forked otherwise shares the parent's description: it never unlocks it
+/// (its `release` only closes its copy, as before), but the parent's `release` does, so such a child
+/// must attach from a handle to count as a user once its parent has let go.
 #[derive(Debug)]
 pub(crate) struct GroupAnchor {
     file: File,
 }
 
-/// The descriptors of this process's live [`GroupAnchor`]s, for [`ForkAnchors`]. An anchor is listed
-/// from just after its lock is taken until just before it is unlocked.
-static LIVE_ANCHORS: Mutex<Vec<(RawFd, u64)>> = Mutex::new(Vec::new());
+/// A live [`GroupAnchor`] of this process, for [`ForkAnchors`] and [`GroupAnchor::release`].
+#[derive(Clone, Copy)]
+struct LiveAnchor {
+    fd: RawFd,
+    /// The group's queue id.
+    id: u64,
+    /// The process that locked the description `fd` refers to. A child forked outside this crate
+    /// inherits the list with its parent's pid in it: the description is the parent's too, and the
+    /// child must not unlock it.
+    owner: u32,
+}
 
-fn live_anchors() -> MutexGuard<'static, Vec<(RawFd, u64)>> {
+/// This process's live anchors. An anchor is listed from just after its lock is taken until just
+/// before it is unlocked or closed.
+static LIVE_ANCHORS: Mutex<Vec<LiveAnchor>> = Mutex::new(Vec::new());
+
+fn live_anchors() -> MutexGuard<'static, Vec<LiveAnchor>> {
     // The list is a plain Vec of integers, consistent after any panic: poisoning says nothing about it.
     LIVE_ANCHORS.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Unlists the anchor `fd`; returns its entry.
+fn unlist(fd: RawFd) -> Option<LiveAnchor> {
+    let mut live = live_anchors();
+    let at = live.iter().position(|a| a.fd == fd)?;
+    Some(live.swap_remove(at))
+}
+
 impl Drop for GroupAnchor {
     fn drop(&mut self) {
-        let fd = self.file.as_raw_fd();
-        live_anchors().retain(|&(live, _)| live != fd);
+        unlist(self.file.as_raw_fd());
     }
 }
 
@@ -269,35 +288,48 @@ impl Drop for GroupAnchor {
 /// child still using the queue unprotected. Holds the list of live anchors across the fork, so none is
 /// added or released meanwhile (and the child's copy of the list is not left locked).
 pub(crate) struct ForkAnchors {
-    /// Held, never read: no anchor is listed or unlisted until the fork is done.
-    _live: MutexGuard<'static, Vec<(RawFd, u64)>>,
-    own: Vec<(RawFd, File)>,
+    live: MutexGuard<'static, Vec<LiveAnchor>>,
+    /// The child's description for each entry of `live`, in the same order.
+    own: Vec<File>,
 }
 
 impl ForkAnchors {
-    /// Prepares the child's locks (in the parent, before `fork`). An anchor whose new lock cannot be
-    /// made (out of descriptors) is left shared with the parent, as a child forked outside this crate
-    /// would have it.
-    pub(crate) fn before_fork() -> ForkAnchors {
+    /// Prepares the child's locks (in the parent, before `fork`): one more descriptor per live anchor
+    /// until the fork is done.
+    ///
+    /// # Errors
+    /// [`Error::Os`] if a description cannot be made (out of descriptors, no `/proc`): the fork must not
+    /// go ahead, since the child would share that lock with us and either side's letting go would
+    /// unlock it for the other.
+    pub(crate) fn before_fork() -> Result<ForkAnchors> {
         let live = live_anchors();
-        let own = live
-            .iter()
-            .filter_map(|&(fd, _)| {
-                let file = shm::reopen_fd(fd).ok()?;
-                // Compatible with our own shared lock; refused only while a sweep holds the anchor
-                // exclusively, which it cannot while we hold it.
-                matches!(shm::try_flock(&file, false), Ok(true)).then_some((fd, file))
-            })
-            .collect();
-        ForkAnchors { _live: live, own }
+        let mut own = Vec::with_capacity(live.len());
+        for a in live.iter() {
+            let file = shm::reopen_fd(a.fd)?;
+            // Compatible with our own shared lock; refused only while a sweep holds the anchor
+            // exclusively, which it cannot while we hold it.
+            if !shm::try_flock(&file, false)? {
+                return Err(Error::Corrupted(format!(
+                    "the anchor of queue {:016x} is locked exclusively while we hold it",
+                    a.id
+                )));
+            }
+            own.push(file);
+        }
+        Ok(ForkAnchors { live, own })
     }
 
-    /// In the child: each inherited anchor descriptor now refers to the child's own locked description.
-    /// Only `dup3` and `close` (async-signal-safe), and the unlock of the list (an atomic).
-    pub(crate) fn in_child(self) {
-        for (fd, file) in &self.own {
-            // On failure the descriptor keeps the parent's description: shared, as without this.
-            let _ = shm::dup_over(file, *fd);
+    /// In the child: each inherited anchor descriptor now refers to the child's own locked description,
+    /// and its entry names the child as the owner. Only `dup3`, `getpid`, `close`, a `free` and the unlock
+    /// of the list (async-signal-safe, or safe after glibc's `fork`).
+    pub(crate) fn in_child(mut self) {
+        let me = proc::pid();
+        for (a, file) in self.live.iter_mut().zip(&self.own) {
+            // On failure the descriptor keeps the parent's description and the entry its owner: the
+            // child then never unlocks it, as a child forked outside this crate would not.
+            if shm::dup_over(file, a.fd).is_ok() {
+                a.owner = me;
+            }
         }
     }
 
@@ -310,10 +342,13 @@ impl ForkAnchors {
     /// outlived every other user would leave the queue's blocks to [`cleanup_stale`].
     pub(crate) fn release_all_before_exit() {
         let held = std::mem::take(&mut *live_anchors());
-        for (fd, id) in held {
-            // The descriptor is still open: its `GroupAnchor` is never dropped in this process.
-            let _ = shm::unlock_fd_flock(fd);
-            reclaim_group(id);
+        let me = proc::pid();
+        for a in held {
+            if a.owner == me {
+                // Still open: its `GroupAnchor` is never dropped in this process.
+                let _ = shm::unlock_fd_flock(a.fd);
+            }
+            reclaim_group(a.id);
         }
     }
 }
@@ -353,7 +388,11 @@ impl GroupAnchor {
 
     /// The anchor of a locked `file`, listed for [`ForkAnchors`].
     fn listed(file: File, id: u64) -> GroupAnchor {
-        live_anchors().push((file.as_raw_fd(), id));
+        live_anchors().push(LiveAnchor {
+            fd: file.as_raw_fd(),
+            id,
+            owner: proc::pid(),
+        });
         GroupAnchor { file }
     }
 
@@ -370,13 +409,16 @@ impl GroupAnchor {
     /// anchor. Returns the names removed.
     pub(crate) fn release(self, id: u64) -> Vec<String> {
         // Unlisted first, so that no fork from here on gives a child a lock on this anchor.
-        let fd = self.file.as_raw_fd();
-        live_anchors().retain(|&(live, _)| live != fd);
+        let entry = unlist(self.file.as_raw_fd());
         // Then unlocked, not only closed: a child that another thread of ours is spawning holds a copy
         // of every descriptor until it execs, and a close would leave the lock to that copy; the
         // exclusive attempt below would fail and nobody would remove the group. (Children forked by
-        // this crate hold locks of their own: `ForkAnchors`.) An error leaves the lock to the close.
-        let _ = shm::unlock_flock(&self.file);
+        // this crate hold locks of their own: `ForkAnchors`.) Only a description this process locked:
+        // in a child forked outside this crate it is still the parent's lock. An error leaves the lock
+        // to the close.
+        if entry.is_some_and(|a| a.owner == proc::pid()) {
+            let _ = shm::unlock_flock(&self.file);
+        }
         drop(self);
         reclaim_group(id)
     }
