@@ -4,7 +4,10 @@
 //! decoded from a task message (`Deserialize`, which re-opens and re-validates the file), from the
 //! genuine serialized chunk with fuzz bytes XORed over it (a forged handle: range, facts, raw flag).
 //!
-//! Input: `[elem type][options][xor len][xor bytes...][file bytes...]`.
+//! Input: `[elem type][options][xor len][xor bytes...][file bytes...]`. The low 6 bits of `xor len` are
+//! the number of xor bytes; they are XORed over the start of the serialized chunk (its path and file
+//! identity), or, if bit 6 is set, over its end (the facts' tail, the raw flag, the range), which the
+//! start's 63 bytes never reach.
 #![no_main]
 
 use std::path::PathBuf;
@@ -22,7 +25,7 @@ fn path() -> &'static PathBuf {
     })
 }
 
-fn exercise<T: Element + std::fmt::Debug>(opts: u8, xor: &[u8]) {
+fn exercise<T: Element + std::fmt::Debug>(opts: u8, xor: &[u8], at_end: bool) {
     let p = path();
     let mut o = MappedArray::<T>::options();
     match opts & 3 {
@@ -31,6 +34,15 @@ fn exercise<T: Element + std::fmt::Debug>(opts: u8, xor: &[u8]) {
         _ => {}
     }
     let opened = run("MappedArray::open_npy", || o.open_npy(p));
+    let debug = std::env::var_os("MPROC_FUZZ_DEBUG").is_some();
+    if debug {
+        // What this input reaches (a check that the harness gets past the header).
+        match &opened {
+            Some(Ok(a)) => eprintln!("{}: open ok {:?}", T::descr(), a.shape()),
+            Some(Err(e)) => eprintln!("{}: open err {e}", T::descr()),
+            None => {}
+        }
+    }
     let Some(Ok(a)) = opened else { return };
     run("MappedArray accessors", || {
         let s = a.as_slice();
@@ -47,14 +59,30 @@ fn exercise<T: Element + std::fmt::Debug>(opts: u8, xor: &[u8]) {
     let chunks = run("MappedArray::chunks", || a.chunks(chunk)).unwrap();
     for c in chunks.iter().take(4) {
         let mut bytes = postcard::to_allocvec(c).expect("a chunk serializes");
+        let from = if at_end {
+            bytes.len().saturating_sub(xor.len())
+        } else {
+            0
+        };
         for (i, x) in xor.iter().enumerate() {
-            if let Some(b) = bytes.get_mut(i) {
+            if let Some(b) = bytes.get_mut(from + i) {
                 *b ^= x;
             }
         }
         let back = run("NpyChunk deserialize", || {
             postcard::from_bytes::<NpyChunk<T>>(&bytes)
         });
+        if debug {
+            let what = match &back {
+                Some(Ok(c)) => match c.try_as_slice() {
+                    Ok(s) => format!("attached, {} elements", s.len()),
+                    Err(e) => format!("decoded, not attached: {e}"),
+                },
+                Some(Err(e)) => format!("decode err {e}"),
+                None => String::new(),
+            };
+            eprintln!("  chunk: {what}");
+        }
         if let Some(Ok(c)) = back {
             run("NpyChunk accessors", || {
                 if let Ok(s) = c.try_as_slice() {
@@ -77,24 +105,25 @@ fuzz_target!(|data: &[u8]| {
     let mut b = Bytes::new(data);
     let ty = b.u8();
     let opts = b.u8();
-    let xn = usize::from(b.u8() & 0x3f);
-    let xor = b.take(xn);
+    let xb = b.u8();
+    let xor = b.take(usize::from(xb & 0x3f));
+    let at_end = xb & 0x40 != 0;
     let file = b.data;
     // A new inode each time: the worker-side cache of mapped files (chunk.rs) keys on it, and a
     // mapping of a previous input must never see this one's length.
     let _ = std::fs::remove_file(path());
     std::fs::write(path(), file).expect("write the fuzz file");
     match ty % 10 {
-        0 => exercise::<u8>(opts, xor),
-        1 => exercise::<i8>(opts, xor),
-        2 => exercise::<u16>(opts, xor),
-        3 => exercise::<i16>(opts, xor),
-        4 => exercise::<u32>(opts, xor),
-        5 => exercise::<i32>(opts, xor),
-        6 => exercise::<u64>(opts, xor),
-        7 => exercise::<i64>(opts, xor),
-        8 => exercise::<f32>(opts, xor),
-        _ => exercise::<f64>(opts, xor),
+        0 => exercise::<u8>(opts, xor, at_end),
+        1 => exercise::<i8>(opts, xor, at_end),
+        2 => exercise::<u16>(opts, xor, at_end),
+        3 => exercise::<i16>(opts, xor, at_end),
+        4 => exercise::<u32>(opts, xor, at_end),
+        5 => exercise::<i32>(opts, xor, at_end),
+        6 => exercise::<u64>(opts, xor, at_end),
+        7 => exercise::<i64>(opts, xor, at_end),
+        8 => exercise::<f32>(opts, xor, at_end),
+        _ => exercise::<f64>(opts, xor, at_end),
     }
     let _ = std::fs::remove_file(path());
 });

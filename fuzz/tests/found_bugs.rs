@@ -5,11 +5,47 @@
 //!
 //! The promise is the crate's: a hostile file or handle gives a typed `mproc::Error`, never a panic.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
 use mproc::integrations::npy::{MappedArray, NpyChunk};
 use serde::Serialize;
+
+/// Records, per thread, the largest single heap request (I2 checks what `image::open` allocates; tests
+/// run on threads of their own, so one test's allocations never count for another).
+struct Tracking;
+
+thread_local! {
+    static LARGEST_ALLOC: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note_alloc(size: usize) {
+    let _ = LARGEST_ALLOC.try_with(|c| c.set(c.get().max(size)));
+}
+
+// SAFETY: forwards every call to `System` unchanged; only records the requested sizes.
+unsafe impl GlobalAlloc for Tracking {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        note_alloc(l.size());
+        System.alloc(l)
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        note_alloc(l.size());
+        System.alloc_zeroed(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        System.dealloc(p, l)
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        note_alloc(new);
+        System.realloc(p, l, new)
+    }
+}
+
+#[global_allocator]
+static ALLOC: Tracking = Tracking;
 
 fn tmp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("mproc-known-bug-{name}-{}", std::process::id()))
@@ -163,6 +199,32 @@ fn h1_npy_nested_braces_parse_time() {
     );
 }
 
+/// A PNG chunk: length, type, data, CRC-32.
+fn chunk(t: &[u8], d: &[u8]) -> Vec<u8> {
+    let mut v = (d.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(t);
+    v.extend_from_slice(d);
+    let mut crc_in = t.to_vec();
+    crc_in.extend_from_slice(d);
+    v.extend_from_slice(&crc32(&crc_in).to_be_bytes());
+    v
+}
+
+fn crc32(b: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &x in b {
+        c ^= u32::from(x);
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
 /// I1: `integrations::image::open` of a 70-byte PNG whose header claims 40000×40000 RGB (4.8 GB)
 /// creates a 4.8 GB shared arena before the decoder fails on the missing data, and keeps it mapped
 /// (the heap keeps its arenas). The docs promise the `image` crate's default limits (512 MiB per
@@ -170,29 +232,6 @@ fn h1_npy_nested_braces_parse_time() {
 /// against `max_alloc` (only `ImageReader::decode` does). Expected: an error before any allocation.
 #[test]
 fn i1_image_open_huge_header_allocates() {
-    fn chunk(t: &[u8], d: &[u8]) -> Vec<u8> {
-        let mut v = (d.len() as u32).to_be_bytes().to_vec();
-        v.extend_from_slice(t);
-        v.extend_from_slice(d);
-        let mut crc_in = t.to_vec();
-        crc_in.extend_from_slice(d);
-        v.extend_from_slice(&crc32(&crc_in).to_be_bytes());
-        v
-    }
-    fn crc32(b: &[u8]) -> u32 {
-        let mut c = !0u32;
-        for &x in b {
-            c ^= u32::from(x);
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    0xedb8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-            }
-        }
-        !c
-    }
     let mut ihdr = 40000u32.to_be_bytes().to_vec();
     ihdr.extend_from_slice(&40000u32.to_be_bytes());
     ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
@@ -220,4 +259,76 @@ fn i1_image_open_huge_header_allocates() {
         "image::open of a {}-byte file made a {biggest}-byte shared mapping",
         png.len()
     );
+}
+
+/// I2: `integrations::image::open` of a 66-byte PNG whose header claims 16384×16384 RGBA with 16-bit
+/// channels, asked for as `Luma<u8>`. The shared buffer (256 MiB) passes the limit check that fixed
+/// I1, but the file's pixel type is not the one asked for, so `open` takes the conversion path:
+/// `DynamicImage::from_decoder` (image.rs) allocates the decoder's whole output, 2 GiB, as a `Vec`
+/// sized by the header. `ImageReader::decode` reserves that buffer against the limits first; `open`
+/// does not. Expected (docs: "the image crate's default limits apply (512 MiB per allocation)"): an
+/// error before any allocation above 512 MiB. An RGB JPEG of 16384×16384 asked for as `Luma<u8>`
+/// does the same with 768 MiB (and decodes "successfully" from 544 bytes, touching all of it).
+/// Reproducer of the fuzzer (a 41-byte PNG of 5892×65540 RGB as `Luma<u8>`: a 1.16 GB `Vec`):
+/// `repro/image_open-rgb-5892x65540-as-luma8-alloc.bin`.
+#[test]
+fn i2_image_open_conversion_path_allocates_past_the_limit() {
+    let mut ihdr = 16384u32.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&16384u32.to_be_bytes());
+    ihdr.extend_from_slice(&[16, 6, 0, 0, 0]); // 16-bit RGBA: 8 bytes a pixel
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(chunk(b"IHDR", &ihdr));
+    png.extend(chunk(b"IDAT", &[0x78, 0x9c, 0x63, 0, 0, 0, 1, 0, 1]));
+    png.extend(chunk(b"IEND", b""));
+    let path = tmp("i2.png");
+    std::fs::write(&path, &png).unwrap();
+    LARGEST_ALLOC.with(|c| c.set(0));
+    let r = mproc::integrations::image::open::<image::Luma<u8>>(&path).map(|i| i.dimensions());
+    let largest = LARGEST_ALLOC.with(|c| c.get());
+    std::fs::remove_file(&path).unwrap();
+    assert!(
+        largest <= 512 << 20,
+        "image::open of a {}-byte file made a {largest}-byte heap allocation (result: {r:?})",
+        png.len()
+    );
+}
+
+/// I3: `integrations::image::open` of a 1×1 indexed PNG whose `PLTE` chunk is 4 bytes long (not a
+/// whole number of RGB entries) panics: `png` 0.18.1 accepts the chunk, then slices 3 bytes out of
+/// the 1-byte remainder when it builds its palette table (`decoder/transform/palette.rs:74`, reached
+/// from `ImageDecoder::read_image` or `DynamicImage::from_decoder` in image.rs). Upstream:
+/// image-rs/image-png#694. Expected: a typed error (`BadFile`), as for any other malformed image.
+/// Reproducer of the fuzzer: `repro/image_open-plte-len-not-multiple-of-3.bin`.
+#[test]
+fn i3_image_open_short_palette_entry_panics() {
+    let mut ihdr = 1u32.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&1u32.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 3, 0, 0, 0]); // 8-bit indexed
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(chunk(b"IHDR", &ihdr));
+    png.extend(chunk(b"PLTE", &[10, 20, 30, 40]));
+    // One row: filter 0, index 0 (zlib of [0, 0]).
+    png.extend(chunk(
+        b"IDAT",
+        &[0x78, 0x9c, 0x63, 0x60, 0x00, 0x00, 0x00, 0x02, 0x00, 0x01],
+    ));
+    png.extend(chunk(b"IEND", b""));
+    let path = tmp("i3.png");
+    std::fs::write(&path, &png).unwrap();
+    for luma in [false, true] {
+        let r = catch_unwind(|| {
+            if luma {
+                // The conversion path (`DynamicImage::from_decoder`).
+                mproc::integrations::image::open::<image::Luma<u8>>(&path).map(|i| i.dimensions())
+            } else {
+                // The direct path (`read_image` into the shared buffer).
+                mproc::integrations::image::open::<image::Rgb<u8>>(&path).map(|i| i.dimensions())
+            }
+        });
+        if r.is_err() {
+            std::fs::remove_file(&path).unwrap();
+            panic!("image::open panicked on a PNG whose PLTE is 4 bytes long (luma: {luma})");
+        }
+    }
+    std::fs::remove_file(&path).unwrap();
 }

@@ -27,12 +27,19 @@
 //! straight into the shared buffer (no intermediate `Vec`). Otherwise the image is decoded by the
 //! `image` crate and converted (one conversion, as `image::open(..).into_rgb8()` would do), then
 //! copied in. The `image` crate's default limits apply (512 MiB per allocation, among others), to the
-//! shared buffer too.
+//! shared buffer and to the decoder's output before a conversion too.
+//!
+//! # Hostile files
+//! A malformed file is [`Error::BadFile`]. A PNG whose palette is not a whole number of entries is
+//! refused before decoding (it makes `png` 0.18.1 panic), and a panic of a decoder on some other file
+//! is turned into `BadFile` too (except under `panic = "abort"`, where nothing can be caught).
 //!
 //! # Functions
 //! The function given to [`map_bands`] runs in the workers, re-created there from its type: a `fn`
 //! item or a closure that captures nothing (see [`crate::integrations::ndarray`]).
 
+use std::io::{BufReader, Read};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use bytemuck::Pod;
@@ -78,6 +85,56 @@ pub type ImageView<'a, P> = ImageBuffer<P, &'a [<P as Pixel>::Subpixel]>;
 /// assert_eq!(pixels, [0, 0, 7, 0]);
 /// ```
 pub type BandMut<'a, P> = ImageBuffer<P, &'a mut [<P as Pixel>::Subpixel]>;
+
+/// [`Error::BadFile`] for `path`, saying `why`.
+fn bad_image(path: &Path, why: impl Into<String>) -> Error {
+    Error::BadFile {
+        path: path.display().to_string(),
+        problem: FileProblem::Image(why.into()),
+    }
+}
+
+/// Runs one call into a third-party decoder; a panic in it (a bug of the decoder, on a malformed file)
+/// becomes [`Error::BadFile`] instead of unwinding through the caller. The decoder and everything it
+/// wrote are dropped by the caller on that error. Under `panic = "abort"` nothing can be caught: the
+/// checks before decoding ([`check_png_chunks`]) are what keep the known cases from getting here.
+fn guarded<T>(path: &Path, decode: impl FnOnce() -> Result<T>) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(decode))
+        .unwrap_or_else(|_| Err(bad_image(path, "the image decoder panicked on this file")))
+}
+
+/// Refuses a PNG file with a `PLTE` chunk whose length is not a whole number of RGB entries, which
+/// the PNG specification forbids and which makes `png` 0.18.1 panic when it expands the palette
+/// (image-rs/image-png#694; found by fuzzing). Walks the chunk headers only, seeking over their data:
+/// at most one step per 12 bytes of file, however the lengths are forged. Anything that is not a
+/// well-formed chunk sequence is left to the decoder to refuse.
+fn check_png_chunks(path: &Path) -> Result<()> {
+    let file = std::fs::File::open(path).map_err(|e| Error::os("open image", e))?;
+    let mut r = BufReader::new(file);
+    let mut signature = [0u8; 8];
+    if r.read_exact(&mut signature).is_err() || signature != *b"\x89PNG\r\n\x1a\n" {
+        return Ok(());
+    }
+    let mut head = [0u8; 8];
+    while r.read_exact(&mut head).is_ok() {
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        match &head[4..] {
+            b"PLTE" if len % 3 != 0 => {
+                return Err(bad_image(
+                    path,
+                    format!("a PLTE chunk of {len} bytes, not a whole number of RGB entries"),
+                ))
+            }
+            b"IEND" => return Ok(()),
+            _ => {}
+        }
+        // The data and the CRC; a length past the end of the file ends the walk at the next read.
+        if r.seek_relative(i64::from(len) + 4).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
 
 fn image_error(path: &Path, e: ImageError) -> Error {
     match e {
@@ -182,6 +239,9 @@ where
         .map_err(|e| Error::os("open image", e))?
         .with_guessed_format()
         .map_err(|e| Error::os("read image", e))?;
+    if reader.format() == Some(image::ImageFormat::Png) {
+        check_png_chunks(path)?;
+    }
     let decoder = reader.into_decoder().map_err(|e| image_error(path, e))?;
     let (w, h) = decoder.dimensions();
     let n = subpixels::<P>(w, h)?;
@@ -205,11 +265,19 @@ where
                 )),
             ));
         }
-        decoder
-            .read_image(bytes)
-            .map_err(|e| image_error(path, e))?;
+        guarded(path, || {
+            decoder.read_image(bytes).map_err(|e| image_error(path, e))
+        })?;
     } else {
-        let decoded = DynamicImage::from_decoder(decoder).map_err(|e| image_error(path, e))?;
+        // The decoder's whole output is allocated as it is (then converted into the shared buffer):
+        // the same limit for it, as `ImageReader::decode` reserves it (a 41-byte PNG claiming
+        // 5892 x 65540 RGB, asked for as `Luma<u8>`, made a 1.16 GB `Vec`; found by fuzzing).
+        image::Limits::default()
+            .reserve(decoder.total_bytes())
+            .map_err(|e| image_error(path, e))?;
+        let decoded = guarded(path, || {
+            DynamicImage::from_decoder(decoder).map_err(|e| image_error(path, e))
+        })?;
         let converted = convert::<P>(decoded).ok_or_else(|| {
             image_error(
                 path,
@@ -511,5 +579,96 @@ mod tests {
             map_bands(&pool, &empty, 4, copy).unwrap().dimensions(),
             (0, 5)
         );
+    }
+
+    /// A PNG file of these chunks (each with its CRC), after the signature.
+    fn png_of(chunks: &[(&[u8; 4], &[u8])]) -> Vec<u8> {
+        fn crc32(bytes: &[u8]) -> u32 {
+            let mut c = !0u32;
+            for &b in bytes {
+                c ^= u32::from(b);
+                for _ in 0..8 {
+                    c = if c & 1 != 0 {
+                        0xedb8_8320 ^ (c >> 1)
+                    } else {
+                        c >> 1
+                    };
+                }
+            }
+            !c
+        }
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        for (kind, data) in chunks {
+            png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            let start = png.len();
+            png.extend_from_slice(&kind[..]);
+            png.extend_from_slice(data);
+            let crc = crc32(&png[start..]);
+            png.extend_from_slice(&crc.to_be_bytes());
+        }
+        png
+    }
+
+    fn ihdr(w: u32, h: u32, depth: u8, color: u8) -> Vec<u8> {
+        let mut v = w.to_be_bytes().to_vec();
+        v.extend_from_slice(&h.to_be_bytes());
+        v.extend_from_slice(&[depth, color, 0, 0, 0]);
+        v
+    }
+
+    /// Two files the fuzz targets found (`fuzz/README.md`, I2 and I3): typed errors, and no buffer
+    /// beyond the `image` crate's limit.
+    #[test]
+    fn hostile_pngs_found_by_fuzzing() {
+        // I3: a 1 x 1 indexed PNG whose PLTE is 4 bytes long made `png` 0.18.1 panic, on both paths.
+        let idat: &[u8] = &[0x78, 0x9c, 0x63, 0x60, 0x00, 0x00, 0x00, 0x02, 0x00, 0x01];
+        let short_palette = Temp::new("png");
+        let header = ihdr(1, 1, 8, 3);
+        std::fs::write(
+            &short_palette.0,
+            png_of(&[
+                (b"IHDR", &header),
+                (b"PLTE", &[10, 20, 30, 40]),
+                (b"IDAT", idat),
+                (b"IEND", &[]),
+            ]),
+        )
+        .unwrap();
+        for r in [
+            open::<Rgb<u8>>(&short_palette.0).map(|i| i.dimensions()),
+            open::<Luma<u8>>(&short_palette.0).map(|i| i.dimensions()),
+        ] {
+            match r {
+                Err(Error::BadFile {
+                    problem: FileProblem::Image(why),
+                    ..
+                }) => assert!(why.contains("PLTE chunk of 4 bytes"), "{why}"),
+                other => panic!("expected BadFile for the short palette, got {other:?}"),
+            }
+        }
+        // I2: 16384 x 16384 RGBA of 16 bits asked for as `Luma<u8>`: the shared buffer (256 MiB) is
+        // within the limit, but the decoder's output that the conversion starts from (2 GiB) is not.
+        let deep = Temp::new("png");
+        let header = ihdr(16384, 16384, 16, 6);
+        std::fs::write(
+            &deep.0,
+            png_of(&[(b"IHDR", &header), (b"IDAT", idat), (b"IEND", &[])]),
+        )
+        .unwrap();
+        let limit = ImageError::Limits(image::error::LimitError::from_kind(
+            image::error::LimitErrorKind::InsufficientMemory,
+        ));
+        match open::<Luma<u8>>(&deep.0) {
+            Err(Error::BadFile {
+                problem: FileProblem::Image(why),
+                ..
+            }) => assert_eq!(why, limit.to_string()),
+            other => panic!("expected the memory limit, got {other:?}"),
+        }
+        // A panic in a decoder is a typed error, when it can be caught.
+        match guarded(&deep.0, || -> Result<()> { panic!("a decoder bug") }) {
+            Err(Error::BadFile { .. }) => {}
+            other => panic!("expected BadFile, got {other:?}"),
+        }
     }
 }
