@@ -146,8 +146,9 @@ fn forked_child_keeps_blocks(_: &str) {
 fn raw_fork(_: &str) {
     let q = Bytes::with_max_message(2, 64).expect("create");
     q.put(&message(11, SPILLED)).expect("put");
-    // SAFETY: this process (a role of its own) has one thread, so the child may take any lock; it only drops its copy of
-    // the queue (closing its descriptors, as the drop does) and ends with `_exit`, never returning.
+    // SAFETY: this process (a role of its own) has one thread, so the child may take any lock; it
+    // only drops its copy of the queue (closing its descriptors, as the drop does) and ends with
+    // `_exit`, never returning.
     match unsafe { libc::fork() } {
         0 => {
             drop(q);

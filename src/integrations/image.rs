@@ -562,16 +562,7 @@ mod tests {
         // refused by the `image` crate's memory limit before any buffer is made for it.
         let huge = Temp::new("png");
         std::fs::write(&huge.0, HUGE_PNG).unwrap();
-        let limit = ImageError::Limits(image::error::LimitError::from_kind(
-            image::error::LimitErrorKind::InsufficientMemory,
-        ));
-        match open::<Rgb<u8>>(&huge.0) {
-            Err(Error::BadFile {
-                problem: FileProblem::Image(why),
-                ..
-            }) => assert_eq!(why, limit.to_string()),
-            other => panic!("expected the memory limit, got {other:?}"),
-        }
+        assert_memory_limit(open::<Rgb<u8>>(&huge.0).map(|i| i.dimensions()));
         let empty = new_image::<Luma<u8>>(0, 5).unwrap();
         let pool = Pool::builder().workers(1).build().unwrap();
         fn copy(_: ImageView<'_, Luma<u8>>, _: BandMut<'_, Luma<u8>>, _: u32) {}
@@ -579,6 +570,20 @@ mod tests {
             map_bands(&pool, &empty, 4, copy).unwrap().dimensions(),
             (0, 5)
         );
+    }
+
+    /// `r` is the `image` crate's refusal for want of memory (its default limits).
+    fn assert_memory_limit(r: Result<(u32, u32)>) {
+        let limit = ImageError::Limits(image::error::LimitError::from_kind(
+            image::error::LimitErrorKind::InsufficientMemory,
+        ));
+        match r {
+            Err(Error::BadFile {
+                problem: FileProblem::Image(why),
+                ..
+            }) => assert_eq!(why, limit.to_string()),
+            other => panic!("expected the memory limit, got {other:?}"),
+        }
     }
 
     /// A PNG file of these chunks (each with its CRC), after the signature.
@@ -655,16 +660,7 @@ mod tests {
             png_of(&[(b"IHDR", &header), (b"IDAT", idat), (b"IEND", &[])]),
         )
         .unwrap();
-        let limit = ImageError::Limits(image::error::LimitError::from_kind(
-            image::error::LimitErrorKind::InsufficientMemory,
-        ));
-        match open::<Luma<u8>>(&deep.0) {
-            Err(Error::BadFile {
-                problem: FileProblem::Image(why),
-                ..
-            }) => assert_eq!(why, limit.to_string()),
-            other => panic!("expected the memory limit, got {other:?}"),
-        }
+        assert_memory_limit(open::<Luma<u8>>(&deep.0).map(|i| i.dimensions()));
         // A panic in a decoder is a typed error, when it can be caught.
         match guarded(&deep.0, || -> Result<()> { panic!("a decoder bug") }) {
             Err(Error::BadFile { .. }) => {}
