@@ -5,7 +5,7 @@
 //! | throughput, 64 B messages | `Queue<[u8; 64], Raw>`, 1024 slots (64 KiB of payload) | pipe (default 64 KiB buffer), `UnixStream::pair()` |
 //! | throughput, 64 B messages in batches | the same queue through `put_many`/`get_many`, 64 messages a batch | pipe, one 64 B `write` per message (the same bytes) |
 //! | throughput, 64 KiB messages | `Queue<[[u8; 4096]; 16], Raw>` and `Queue<Vec<u8>, RawSlice<u8>>`, 8 slots | pipe (default 64 KiB, and resized to 512 KiB), `UnixStream::pair()` |
-//! | round trip, 64 B | ping-pong over two `Queue<[u8; 64], Raw>` | ping-pong over two pipes |
+//! | round trip, 64 B | ping-pong over two `Queue<[u8; 64], Raw>` | ping-pong over two pipes; the floor: one shared cache line each way, both sides spinning (`queue_rtt_vs_spin_rtt`) |
 //! | floors | put + get in one process, 64 B and 64 KiB | write + read of a pipe in one process |
 //! | ceiling, 64 B | — | crossbeam's `ArrayQueue` (1024 slots) between two threads of this process on the same two CPUs, both spinning: what a ring of 64 B messages between these cores moves with no process boundary, no kill recovery and no sleeping (`queue_vs_threads_ring_64B`) |
 //!
@@ -29,6 +29,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use mproc::codec::{Raw, RawSlice};
@@ -395,6 +396,42 @@ impl PingPong for PipePingPong {
     }
 }
 
+/// The floor of a round trip between the two CPUs this bench uses: two cache lines of a shared mapping,
+/// one per direction, each side spinning on the line the other writes. A round trip is two line
+/// transfers and nothing else: no slots, no claims, no copies, no sleeping, no recovery. The ratio of the
+/// queue's round trip to this one travels between machines better than either figure does, since both
+/// move with how far apart the host runs the two vCPUs.
+struct SpinPingPong {
+    lines: os::SharedLines,
+    /// The last token sent (parent) or echoed (child); the child's copy is the parent's at the fork, so
+    /// both agree on which token is new.
+    token: u64,
+}
+
+impl PingPong for SpinPingPong {
+    fn ping(&mut self, i: u64) -> u64 {
+        self.token += 1;
+        let [there, back] = self.lines.get();
+        there.store(self.token, Ordering::Release);
+        while back.load(Ordering::Acquire) != self.token {
+            std::hint::spin_loop();
+        }
+        i
+    }
+    fn pong(&mut self) {
+        let [there, back] = self.lines.get();
+        let token = loop {
+            let t = there.load(Ordering::Acquire);
+            if t != self.token {
+                break t;
+            }
+            std::hint::spin_loop();
+        };
+        self.token = token;
+        back.store(token, Ordering::Release);
+    }
+}
+
 /// (p50, p99, max) of `n` timed round trips in ns, after `warm` untimed ones.
 fn rtt_once(pp: &mut dyn PingPong, warm: usize, n: usize) -> (f64, f64, f64) {
     let child = os::fork(|| {
@@ -596,6 +633,14 @@ fn main() {
             }),
         ),
         (
+            "floor: one cache line each way, spinning",
+            cfg.rtt_queue,
+            Box::new(SpinPingPong {
+                lines: os::SharedLines::new(),
+                token: 0,
+            }),
+        ),
+        (
             "pipe x2 (sleeping in read)",
             cfg.rtt_pipe,
             Box::new(PipePingPong {
@@ -681,7 +726,14 @@ fn main() {
     common::result("queue_vs_pipe_64KiB", ratio(&big_stats, 1, 2), 2, "x");
     common::result("queue_rtt_p50_ns", rtt_stats[0][0].median, 0, "ns");
     common::result("queue_rtt_p99_ns", rtt_stats[0][1].median, 0, "ns");
-    common::result("pipe_rtt_p50_ns", rtt_stats[1][0].median, 0, "ns");
+    common::result("spin_rtt_p50_ns", rtt_stats[1][0].median, 0, "ns");
+    common::result(
+        "queue_rtt_vs_spin_rtt",
+        rtt_stats[0][0].median / rtt_stats[1][0].median,
+        2,
+        "x",
+    );
+    common::result("pipe_rtt_p50_ns", rtt_stats[2][0].median, 0, "ns");
     common::result(
         "queue_vs_unix_socket_64B",
         ratio(&small_stats, 0, 2),
@@ -744,7 +796,8 @@ fn main() {
 
 /// The unsafe code of this bench beyond `common::os` (fork, pipes), which it re-exports: CPU affinity.
 mod os {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::ptr::NonNull;
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
     pub use crate::common::os::{fork, pipe, set_pipe_size};
 
@@ -797,6 +850,52 @@ mod os {
         CHILD_PINNED.store(true, Ordering::Relaxed);
         pin(pair.0);
         Some(pair)
+    }
+
+    /// Two 128-byte-aligned atomic words in a page of shared anonymous memory, so a forked child
+    /// writes the same lines as its parent. 128 bytes apart: adjacent-line prefetch pairs 64 B lines.
+    pub struct SharedLines(NonNull<[Line; 2]>);
+
+    #[repr(C, align(128))]
+    pub struct Line(AtomicU64);
+
+    impl SharedLines {
+        pub fn new() -> SharedLines {
+            const LEN: usize = std::mem::size_of::<[Line; 2]>();
+            // SAFETY: a new anonymous mapping, no address hint, no fd: touches no existing memory.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    LEN,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(
+                p,
+                libc::MAP_FAILED,
+                "mmap: {}",
+                std::io::Error::last_os_error()
+            );
+            // Zero-filled pages are two `AtomicU64`s holding 0, suitably aligned (page-aligned).
+            SharedLines(NonNull::new(p.cast()).expect("mmap returned null"))
+        }
+
+        pub fn get(&self) -> [&AtomicU64; 2] {
+            // SAFETY: the mapping lives until `drop`, holds two initialised `Line`s (zero bytes are a
+            // valid `AtomicU64`), and is only ever accessed through atomics, by any process.
+            let lines = unsafe { self.0.as_ref() };
+            [&lines[0].0, &lines[1].0]
+        }
+    }
+
+    impl Drop for SharedLines {
+        fn drop(&mut self) {
+            // SAFETY: the mapping made in `new`, of that length; no reference from `get` outlives `self`.
+            unsafe { libc::munmap(self.0.as_ptr().cast(), std::mem::size_of::<[Line; 2]>()) };
+        }
     }
 
     /// Pins a forked child to the second CPU.
