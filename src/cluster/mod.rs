@@ -118,6 +118,16 @@ use crate::process::fnref::FnKey;
 /// The MPI job this process is one rank of. See the [module docs](self).
 ///
 /// Dropping it finalizes MPI (`MPI_Finalize`), which waits for every rank to get there.
+///
+/// # Examples
+/// ```no_run
+/// // Under `mpirun -n 4 target/release/my_program`: every rank runs this.
+/// let cluster = mproc::cluster::Cluster::init()?;
+/// println!("rank {} of {}", cluster.rank(), cluster.size());
+/// cluster.barrier(); // every rank gets here before any goes on
+/// drop(cluster); // MPI_Finalize
+/// # Ok::<(), mproc::Error>(())
+/// ```
 pub struct Cluster {
     world: SimpleCommunicator,
     rank: usize,

@@ -49,6 +49,20 @@ impl Manager {
 
     /// The [`Lock`] `name`, created if new.
     ///
+    /// # Examples
+    /// ```
+    /// let m = mproc::Manager::new()?;
+    /// let a = m.lock("files")?;
+    /// let b = m.lock("files")?; // the same lock, as another process would get it by name
+    /// let held = a.lock().unwrap();
+    /// assert!(b.try_lock().is_err());
+    /// drop(held);
+    /// assert!(b.try_lock().is_ok());
+    /// // A name holds one kind of object.
+    /// assert!(matches!(m.event("files"), Err(mproc::Error::TypeMismatch { .. })));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::TypeMismatch`] if `name` holds something else; [`Error::StaleHandle`] if its creator is gone.
     pub fn lock(&self, name: &str) -> Result<Lock> {
@@ -56,6 +70,17 @@ impl Manager {
     }
 
     /// The [`RLock`] `name`, created if new.
+    ///
+    /// # Examples
+    /// ```
+    /// let m = mproc::Manager::new()?;
+    /// let r = m.rlock("config")?;
+    /// let outer = r.lock().unwrap();
+    /// let same = m.rlock("config")?;
+    /// let inner = same.lock().unwrap(); // the same thread may take it again
+    /// drop((inner, outer));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     ///
     /// # Errors
     /// As [`Manager::lock`].
@@ -65,6 +90,22 @@ impl Manager {
 
     /// The [`Event`] `name`, created (cleared) if new.
     ///
+    /// # Examples
+    /// ```
+    /// fn announce(h: mproc::RegionHandle) {
+    ///     let m = mproc::Manager::from_handle(&h).expect("the parent's manager");
+    ///     m.event("ready").expect("event").set();
+    /// }
+    ///
+    /// let m = mproc::Manager::new()?;
+    /// let ready = m.event("ready")?;
+    /// let mut child = mproc::Process::new(announce, m.handle())?;
+    /// child.start()?;
+    /// ready.wait();
+    /// child.join()?;
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`Manager::lock`].
     pub fn event(&self, name: &str) -> Result<Event> {
@@ -73,6 +114,16 @@ impl Manager {
 
     /// The [`Semaphore`] `name`, created with `value` permits if new.
     ///
+    /// # Examples
+    /// ```
+    /// let m = mproc::Manager::new()?;
+    /// let slots = m.semaphore("gpu", 2)?;
+    /// let again = m.semaphore("gpu", 99)?; // exists: keeps its own count
+    /// let _one = slots.acquire();
+    /// assert_eq!(again.value(), 1);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`Manager::lock`].
     pub fn semaphore(&self, name: &str, value: u32) -> Result<Semaphore> {
@@ -80,6 +131,25 @@ impl Manager {
     }
 
     /// The [`Queue`] `name`, created with `capacity` messages of at most `max_message` bytes if new.
+    ///
+    /// # Examples
+    /// ```
+    /// use mproc::codec::Serde;
+    ///
+    /// fn produce(h: mproc::RegionHandle) {
+    ///     let m = mproc::Manager::from_handle(&h).expect("the parent's manager");
+    ///     let jobs = m.queue::<String, Serde>("jobs", 16, 256).expect("queue");
+    ///     jobs.put(&"resize a.png".to_string()).expect("put");
+    /// }
+    ///
+    /// let m = mproc::Manager::new()?;
+    /// let jobs = m.queue::<String, Serde>("jobs", 16, 256)?;
+    /// let mut child = mproc::Process::new(produce, m.handle())?;
+    /// child.start()?;
+    /// assert_eq!(jobs.get()?, "resize a.png");
+    /// child.join()?;
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     ///
     /// # Errors
     /// As [`Manager::lock`].
@@ -100,6 +170,16 @@ impl Manager {
     }
 
     /// The [`Array`] `name` of `len` zeroes, created if new (an existing one keeps its own length).
+    ///
+    /// # Examples
+    /// ```
+    /// let m = mproc::Manager::new()?;
+    /// let hist = m.array::<u64>("histogram", 4)?;
+    /// hist.set(2, 7);
+    /// let same = m.array::<u64>("histogram", 100)?; // exists: keeps its length of 4
+    /// assert_eq!(same.to_vec(), [0, 0, 7, 0]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     ///
     /// # Errors
     /// As [`Manager::lock`].

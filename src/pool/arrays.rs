@@ -17,6 +17,19 @@ impl Pool {
     /// per chunk, in order. The elements are read in place by the workers: only (region, offset, range)
     /// travels.
     ///
+    /// # Examples
+    /// ```
+    /// fn total(chunk: &[f64]) -> f64 {
+    ///     chunk.iter().sum()
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().workers(2).build()?;
+    /// let data = mproc::SharedArray::from_slice(&vec![0.5f64; 1000])?;
+    /// let parts = pool.map_chunks(&data, 300, total)?; // chunks of 300, 300, 300 and 100
+    /// assert_eq!(parts, [150.0, 150.0, 150.0, 50.0]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`map`](Pool::map), with chunk indices as task indices.
     ///
@@ -103,6 +116,25 @@ impl Pool {
     /// Fills `output` in parallel: each task calls `f(input, out_chunk, start)` where `out_chunk` is
     /// `output[start..start + chunk_len]` (the last may be shorter) and `input` is the whole input, so a
     /// task may read around its own range (a blur reading neighbouring rows). Nothing but handles travels.
+    ///
+    /// # Examples
+    /// ```
+    /// // A moving average over three neighbours, clamped at the ends.
+    /// fn smooth(input: &[f32], out: &mut [f32], start: usize) {
+    ///     for (k, o) in out.iter_mut().enumerate() {
+    ///         let i = start + k;
+    ///         let (lo, hi) = (i.saturating_sub(1), (i + 1).min(input.len() - 1));
+    ///         *o = input[lo..=hi].iter().sum::<f32>() / (hi - lo + 1) as f32;
+    ///     }
+    /// }
+    ///
+    /// let pool = mproc::Pool::builder().workers(2).build()?;
+    /// let signal = mproc::SharedArray::from_slice(&[0.0f32, 3.0, 0.0, 3.0, 0.0])?;
+    /// let mut smoothed = mproc::SharedArray::<f32>::zeroed(5)?;
+    /// pool.transform(&signal, &mut smoothed, 2, smooth)?;
+    /// assert_eq!(&smoothed[..], &[1.5, 1.0, 2.0, 1.0, 1.5]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     ///
     /// # Errors
     /// As [`map`](Pool::map), with chunk indices as task indices. Chunks whose task failed may be partly

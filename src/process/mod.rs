@@ -363,6 +363,20 @@ impl Builder {
     /// A process that will run `f(args)`, with the start method chosen. Not started yet. The argument may
     /// be borrowed as for [`Process::new`] (see [`ProcessArg`]), with every start method.
     ///
+    /// # Examples
+    /// ```
+    /// use mproc::{Process, StartMethod};
+    ///
+    /// fn shout(word: &str) -> String {
+    ///     word.to_uppercase()
+    /// }
+    ///
+    /// let mut p = Process::builder().start_method(StartMethod::Fork).target(shout, "hey")?;
+    /// p.start()?;
+    /// assert_eq!(p.join()?, "HEY");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Encode`] if `args` cannot be serialized.
     ///

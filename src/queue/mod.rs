@@ -375,7 +375,24 @@ impl<T, C: Codec<T>> Queue<T, C> {
     /// Re-attaches to a queue, bounded or unbounded, from its handle.
     ///
     /// # Examples
-    /// See [`Queue::handle`].
+    /// ```
+    /// use mproc::{codec::Serde, Queue, RegionHandle};
+    ///
+    /// fn report(h: RegionHandle) {
+    ///     let q = Queue::<u64, Serde>::from_handle(&h).expect("the parent's queue");
+    ///     q.put(&42).expect("put");
+    /// }
+    ///
+    /// let q = Queue::<u64, Serde>::new(4)?;
+    /// let mut child = mproc::Process::new(report, q.handle())?;
+    /// child.start()?;
+    /// assert_eq!(q.get()?, 42);
+    /// child.join()?;
+    /// // A handle of something else is refused, never misread.
+    /// let value = mproc::Value::new(0u64)?;
+    /// assert!(Queue::<u64, Serde>::from_handle(&value.handle()).is_err());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::StaleHandle`], or a validation error.
@@ -654,7 +671,13 @@ impl<T, C: Codec<T>> Queue<T, C> {
     /// Whether the queue was closed.
     ///
     /// # Examples
-    /// See [`Queue::close`].
+    /// ```
+    /// let q = mproc::Queue::<u8>::new(2)?;
+    /// assert!(!q.is_closed());
+    /// q.clone().close(); // any handle closes it for all
+    /// assert!(q.is_closed());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
     pub fn is_closed(&self) -> bool {
         match self.engine() {
             Engine::Bounded { ring, .. } => ring.is_closed(),
