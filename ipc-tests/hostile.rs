@@ -89,7 +89,7 @@ enum Kind {
 /// A field of a shared layout: offset in the payload and width in bytes.
 type Field = (&'static str, u64, usize);
 
-/// The fields of each kind's shared layout (`#[repr(C)]` structs in src/sync and src/queue/ring.rs).
+/// The fields of each kind's shared layout (`#[repr(C)]` structs in src/sync and src/queue/ring/mod.rs).
 fn layout(kind: Kind) -> Vec<Field> {
     let lock: [Field; 3] = [("lock.word", 0, 4), ("lock.ns", 4, 4), ("lock.owner", 8, 8)];
     let mut f: Vec<Field> = Vec::new();

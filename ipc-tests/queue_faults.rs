@@ -168,7 +168,7 @@ fn storm_producer(arg: &str) {
 
 /// Best effort, for the report only: whether a slot of the storm queue is claimed by thread `tid`, i.e.
 /// the kill landed between the claim and the publication of a message. Reads the layout documented in
-/// `src/queue/ring.rs` (384-byte ring header; each slot a 64-byte `SlotHead { state: u64, len: u32 }`
+/// `src/queue/ring/mod.rs` (384-byte ring header; each slot a 64-byte `SlotHead { state: u64, len: u32 }`
 /// then the bytes, in 64-byte strides; `who` is the low half of `state`). A slot holds one byte more
 /// than the largest inline message: a record of exactly the slot's size is a spill reference. Says
 /// false if the file does not fit that layout.
@@ -313,7 +313,7 @@ fn storm_consumer(name: &str) {
 /// Consumer processes are SIGKILLed at random moments, 100 times, while the parent puts ids `0, 1, 2, …`.
 /// A consumer prints each id it gets, in one `write`, right after `get` returns it.
 ///
-/// The guarantee tested (src/queue/ring.rs, "Deaths"): no id is received twice, and an id is missing only
+/// The guarantee tested (src/queue/ring/mod.rs, "Deaths"): no id is received twice, and an id is missing only
 /// if a killed consumer had claimed it. A killed consumer accounts for at most one missing id: the one it
 /// had claimed inside `get` (lost with it, delivery is at most once), or the one `get` had returned to it
 /// and it had not printed yet (delivered, but the test cannot know). So: duplicates = 0 and
@@ -513,7 +513,7 @@ fn index_victim(arg: &str) {
 /// one garbage word, as another process could write it — must not keep a `put_timeout` (`get_timeout`)
 /// of 5 ms busy for seconds: it must end, within a generous bound, with Ok or a typed error.
 ///
-/// Layout used (src/queue/ring.rs, `RingHeader`): after the 128-byte region header, the ring header is
+/// Layout used (src/queue/ring/mod.rs, `RingHeader`): after the 128-byte region header, the ring header is
 /// six 64-byte lines: config, `tail`, `head`, … So `tail` is at file offset 192 and `head` at 256. After
 /// one message in and out, a ring of 8 slots (`one_lap` 16) has slot 0 at `{ seq: 16, IDLE }` and slot
 /// `i > 0` at `{ seq: i, IDLE }`: every one of them far ahead of the corrupted index.
@@ -577,12 +577,12 @@ fn claim_victim(name: &str) {
 
 /// While a consumer process is inside `get` (decoding a 4 MiB message, slot claimed), its slot's state
 /// word is overwritten from outside with `{ pos + one_lap, IDLE }`: exactly what a producer writes when it
-/// takes the reader for dead, here written as one garbage word. The module docs of src/queue/ring.rs say
+/// takes the reader for dead, here written as one garbage word. The module docs of src/queue/ring/mod.rs say
 /// a revoked consumer "discards what it read and takes the next message"; anything typed would do. The
 /// consumer must not panic.
 ///
 /// Layout used: slot 0's state word is the first word after the 128-byte region header and the 384-byte
-/// ring header (src/queue/ring.rs); a ring of 2 slots has `one_lap` 4.
+/// ring header (src/queue/ring/mod.rs); a ring of 2 slots has `one_lap` 4.
 fn consumer_claim_revoked_mid_get() {
     const STATE0: u64 = REGION_HEADER + 384;
     const BIG: usize = 4 << 20;

@@ -295,7 +295,7 @@ fn barrier_foreign_namespace() {
     assert!(theirs.is_ok(), "{theirs:?}");
 }
 
-/// Ring offsets (src/queue/ring.rs): config line (ns at 12), tail at 64, slots after a 384-byte header.
+/// Ring offsets (src/queue/ring/mod.rs): config line (ns at 12), tail at 64, slots after a 384-byte header.
 const RING_NS: u64 = 12;
 const RING_TAIL: u64 = 64;
 const RING_SLOTS: u64 = 384;

@@ -1,4 +1,5 @@
-//! [`List<T>`], [`ManagedValue<T>`] and [`Namespace`] in a managed heap.
+//! [`List<T>`]: a list of values in a managed heap (the managed value and the namespace live in `value.rs` and
+//! `namespace.rs`).
 
 use std::marker::PhantomData;
 use std::sync::Arc;

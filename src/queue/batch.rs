@@ -3,7 +3,7 @@
 //! frees) each with a plain store instead of a second compare-and-swap, and wakes the other side once per
 //! batch rather than once per message. A push batch publishes its messages in order once all are
 //! copied in (or, before a message that spills, those copied so far). The protocol and why it keeps the
-//! ring's guarantees are in `ring.rs` ("Batches").
+//! ring's guarantees are in `ring/mod.rs` ("Batches").
 //!
 //! A message too large for a slot is spilled to a block of its own inside a batch exactly as `put`
 //! spills it, and a batch read takes such blocks as `get` does. An unbounded queue has no ring: its

@@ -562,7 +562,7 @@ impl<T, C: Codec<T>> Queue<T, C> {
         match self.engine() {
             Engine::Bounded { ring, slot_size } => {
                 let slot_size = *slot_size;
-                // The closure may run more than once (ring.rs, `try_pop`): it only reads. The block
+                // The closure may run more than once (ring/mod.rs, `try_pop`): it only reads. The block
                 // a reference names is opened and removed after the slot is released.
                 match ring.pop(deadline, |b| {
                     if b.len() == slot_size && C::SPILLS {

@@ -1,0 +1,837 @@
+//! `Ring`: a bounded multi-producer multi-consumer ring of variable-length messages in a region, that
+//! survives producers and consumers killed at any instruction.
+//!
+//! # Algorithm
+//! Dmitry Vyukov's bounded MPMC queue, with crossbeam's `{ lap, index }` stamps, changed in one way:
+//! a slot is **claimed with a compare-and-swap on the slot itself**, which records the claimer's thread
+//! id, *before* the shared `tail`/`head` index is moved. Anybody who then finds the index lagging behind a
+//! claimed slot moves it on ("helping"). The indices are only hints of where to look — the slot CAS is
+//! the claim — so the claimer moves its index with a plain store, which may briefly move it back behind a
+//! helper; a thread reading a stale index finds slots past it and helps it forward (every stamp below the
+//! largest index ever written was claimed, so no stale stamp can be claimed twice). So at every instant a
+//! slot that is in use names the thread using it, and a thread that dies mid-operation can be recognised
+//! and cleaned up after.
+//!
+//! Stamps: `one_lap` is the smallest power of two above `capacity`; a stamp is `lap + index`. After
+//! index `capacity - 1` the next stamp is `lap + one_lap`. Only the low 32 bits of a stamp are stored in
+//! a slot; comparisons use wrapping differences, valid because live stamps differ by at most `one_lap`
+//! (≤ 2^30).
+//!
+//! Slot `state` (64 bits) = `seq` (high 32) | `who` (low 32), where `who` is [`IDLE`], a claimer's tid,
+//! or [`TOMBSTONE`]. For the slot at index `i` and a stamp `s` with that index:
+//!
+//! | state                  | meaning                                                              |
+//! |------------------------|----------------------------------------------------------------------|
+//! | `{ s, IDLE }`          | empty, free for the producer of stamp `s`                            |
+//! | `{ s, tid }`           | a producer (tid) is writing the message of stamp `s`                 |
+//! | `{ s + 1, IDLE }`      | holds the message of stamp `s`, ready for the consumer of `s`        |
+//! | `{ s + 1, TOMBSTONE }` | stamp `s` was abandoned by a dead producer: consumers skip it        |
+//! | `{ s + 1, tid }`       | a consumer (tid) is reading the message of stamp `s`                 |
+//! | `{ s + one_lap, IDLE }`| consumed: free for the producer of the next lap                      |
+//!
+//! - **push** at `tail = s`: CAS `{s, IDLE}` → `{s, me}` (Acquire); store `tail` = next; copy the message
+//!   in; CAS `{s, me}` → `{s + 1, IDLE}` (Release: the bytes happen-before the consumer's Acquire).
+//! - **pop** at `head = s`: CAS `{s + 1, IDLE}` → `{s + 1, me}` (Acquire: sees the bytes); store `head` =
+//!   next; copy the message out; CAS `{s + 1, me}` → `{s + one_lap, IDLE}` (Release: our reads
+//!   happen-before the next producer overwrites).
+//!
+//! The final steps are CASes, not stores, so a claim revoked by a thread that took the claimer for dead
+//! can never be overwritten: a revoked producer pushes its message again under a new stamp; a revoked
+//! consumer discards what it read and takes the next message. A claimer is taken for dead only when its
+//! tid no longer exists (or is a zombie) — never merely because it is slow.
+//!
+//! Each of these costs two locked instructions per side, four per message through the ring, and none
+//! can go: the claim CAS is what makes a claim exclusive and names the claimer; the final CAS is at once
+//! the guard against a revoked claim and the SeqCst read-modify-write that [`WaitWord::notify`] needs
+//! to pair with a sleeper's re-check (a Release store would need a SeqCst fence for that, an `mfence`
+//! that costs at least as much as the `lock cmpxchg` it replaces). The index moves (`tail`/`head`) are
+//! plain stores, and the notify a plain load while nobody sleeps.
+//!
+//! # Batches
+//! `put_many`/`get_many` claim a run of up to [`MAX_BATCH`] consecutive stamps in one pass:
+//!
+//! - **push batch** at `tail = s`: the first claim as in push; then for `s' = s + 1, s + 2, …` while the
+//!   slot reads `{s', IDLE}`, CAS it to `{s', me}` (Acquire), stopping at the first slot that is not
+//!   free. Store `tail` = the stamp after the run, once. For each slot: copy the message in. Then, for
+//!   each filled slot in order, **store** `{s', me}` → `{s' + 1, IDLE}` (Release): a batch's messages
+//!   are published after all are copied (or, before a large message is spilled, those copied so far).
+//!   Unused claims (an encode error) are given back as `{s' + 1, TOMBSTONE}`. Then one `fence(SeqCst)`
+//!   and one notify for the whole batch (and one more for what is published before each spill).
+//! - **pop batch** at `head = s`: likewise, claiming `{s' + 1, IDLE | TOMBSTONE}` → `{s' + 1, me}`
+//!   (Acquire) while ready; `head` stored once; each slot read, then **stored** to `{s' + one_lap, IDLE}`
+//!   (Release); one fence, one notify.
+//!
+//! Each slot still moves through exactly the states of the table, one claimer at a time, and names its
+//! claimer while claimed; a run is only several single-slot claims by one thread. So the guarantees
+//! below hold slot by slot: a consumer never sees a half-written message (it claims only `{s' + 1, …}`,
+//! which the producer stores after the copy, with Release); nothing is delivered twice (each message's
+//! slot is claimed by one consumer CAS); a dead batch claimer's slots are recovered as a single
+//! claimer's are, the whole run at once (see "Deaths"). The batch saves, per message, the second locked
+//! instruction of each side (a Release store instead, argued at `Ring::publish_batch_slot`: only a dead
+//! thread's claim is ever revoked by an honest peer, and we are alive), the index store, and the wake-up
+//! (one per batch, made safe by one SeqCst fence, argued at `Ring::end_batch`). A claim of k stamps by
+//! one CAS on `tail` is not possible here: the index is a hint and the slot CAS is the claim.
+//!
+//! A push batch publishes at its end rather than slot by slot because a consumer that keeps up with
+//! the producer otherwise takes each message the moment it is published, claiming (and so pulling
+//! away) the slot line next to the one the producer is writing, message after message: 64 B messages
+//! in batches of 64 between two processes moved 20–22 M msgs/s that way here, 24–25.6 M publishing at
+//! the end (builds run alternately). The cost is latency within a batch: its first message waits for
+//! the others to be encoded and copied (about a microsecond for 63 small raw messages; as long as the
+//! codec takes for slow ones). A message spilled to a block of its own publishes what precedes it
+//! first: its block and copy take far longer than the line transfers saved. Pop batches free their
+//! slots one by one: freeing them at the end measured no faster.
+//!
+//! # Deaths
+//! Claimers are judged dead only while every process attached to the ring lives in our pid namespace
+//! (`Config::ns`, written at creation and marked mixed by any opener from elsewhere): a tid means
+//! nothing in another namespace. In a ring shared across namespaces a dead claimer's slot stays claimed;
+//! blocking calls wait and timed calls return [`Error::Timeout`].
+//!
+//! - A producer dead while holding `{s, tid}`: the consumer waiting at `head = s` checks the claimer's
+//!   liveness when its timed sleep expires and replaces the state with `{s + 1, TOMBSTONE}` (one CAS, so
+//!   only one waiter does it, and never while the producer lives). Consumers skip tombstones. The
+//!   half-written message is never seen.
+//! - A consumer dead while holding `{s + 1, tid}`: the producer waiting for that slot frees it with a CAS
+//!   to `{s + one_lap, IDLE}`. The message was handed out to the dead consumer and is lost: delivery is
+//!   **at most once** for a message whose consumer dies inside `get`; no message is delivered twice, and
+//!   no message that no consumer took is lost.
+//! - A claimer dead before moving `tail`/`head`: the next thread to find the claimed slot moves it.
+//! - A batch claimer (`put_many`/`get_many`) dead with a run of stamps claimed: the waiter that recovers
+//!   the first slot of the run recovers the following slots claimed by the same dead tid too, each with
+//!   its own liveness check and CAS (tombstones for a producer's, freed slots for a consumer's). A
+//!   producer publishes a batch only at its end, so a producer killed while filling a batch delivers
+//!   none of it (at most [`MAX_BATCH`] messages; with spilled messages, those before the last spill
+//!   went out), and one killed while publishing delivers a prefix; messages of a consumer's run are
+//!   lost, each at most once, as for a single `get`.
+//!
+//! # Peers on one CPU
+//! Next to `tail` and `head`, in the line it writes anyway, each side records the CPU it last ran on
+//! (`Cursor::cpu`, stored only when it changes). A waiter whose peer last ran on its own CPU does not
+//! spin: it sleeps at once (`Backoff::snooze_beside`, "Stream waiters sleep, the others yield"), since
+//! the peer cannot run while we spin there. Without this, a pool round trip whose two ends the
+//! scheduler put on one CPU cost 100–200 µs; with it, 16–24 µs (7 µs across two CPUs). A thread
+//! confined to one CPU by its affinity mask yields in its waits instead of pausing (`sync::wait`). A thread
+//! that both puts and gets on one ring finds its own CPU recorded and sleeps early: a slower wait,
+//! never a wrong answer. The word is a hint: a stale or forged value only picks between spinning and
+//! sleeping early, which is a wait all the same (with its deadline and liveness checks), and touches
+//! no slot. The peer's CPU is read afresh after every sleep, so a wrong verdict costs one sleep.
+//!
+//! # Garbage
+//! Capacity and slot size are read from shared memory once, at open, and checked against the region's
+//! real size; indices are always `stamp & (one_lap - 1)` checked against the capacity, and a message
+//! length is checked against the slot size before any copy. Garbage can make an operation fail with
+//! [`Error::Corrupted`] or make it wait; it cannot make us touch memory outside the region. Timed and
+//! `try_` calls keep their deadlines whatever the words say. A slot forged to name a live claimer makes
+//! blocking calls wait behind it (a live peer could do the same). Garbage `head`/`tail` hints heal
+//! ([`Ring::heal`]): they are re-derived from the slot stamps. Garbage in `unfinished` changes what
+//! `join` waits for, as it would for any shared counter.
+//!
+//! # Proof obligations
+//! This protocol is argued here and exercised by a stress test (many producer and consumer processes,
+//! every message delivered exactly once, per-producer order kept) plus kill tests; it is not model-checked.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::sync::wait::{slice_until, Backoff, StuckWatch, WaitWord, MAX_CHECK};
+
+use crate::error::{Error, Result};
+use crate::region::{Region, ShmSafe};
+use crate::sys::proc::{self, Identity};
+
+mod claim;
+mod recover;
+#[cfg(test)]
+mod tests;
+
+use claim::BatchAttempt;
+pub(crate) use claim::{PushBatch, MAX_BATCH};
+
+/// Folded into a queue's layout hash (in place of a size, which varies per queue): bump it whenever the
+/// meaning of a field of [`RingHeader`] or [`SlotHead`] changes, so that builds that disagree refuse to
+/// share a ring. 2: `Config::ns` (was padding). 3: `Cursor::cpu` (was padding).
+pub(crate) const LAYOUT_REVISION: usize = 3;
+
+/// `Config::ns` once processes of different pid namespaces attached.
+const MIXED_NS: u32 = u32::MAX;
+
+const IDLE: u32 = 0;
+const TOMBSTONE: u32 = 0x8000_0000;
+/// Largest capacity: stamps must stay well inside 32-bit wrapping comparisons.
+pub(crate) const MAX_CAPACITY: u32 = 1 << 28;
+/// Largest slot: a message is copied in one piece, and a region holds `capacity` slots.
+pub(crate) const MAX_SLOT_SIZE: u32 = 1 << 30;
+
+fn seq(state: u64) -> u32 {
+    (state >> 32) as u32
+}
+fn who(state: u64) -> u32 {
+    state as u32
+}
+fn state(seq: u32, who: u32) -> u64 {
+    (u64::from(seq) << 32) | u64::from(who)
+}
+/// `a - b` as a signed distance between 32-bit stamps.
+fn dist(a: u32, b: u64) -> i32 {
+    a.wrapping_sub(b as u32) as i32
+}
+/// Whether slot state `st` holds stamp `s`'s message (or its tombstone), ready for a consumer to claim:
+/// `{ s + 1, IDLE | TOMBSTONE }`.
+fn ready_for(st: u64, s: u64) -> bool {
+    dist(seq(st), s.wrapping_add(1)) == 0 && (who(st) == IDLE || who(st) == TOMBSTONE)
+}
+
+/// A cache line of its own, so producers' and consumers' hot words do not share one.
+#[repr(C, align(64))]
+#[derive(Debug, Default)]
+struct Line<T>(T);
+
+#[repr(C)]
+#[derive(Debug, Default)]
+struct Config {
+    capacity: AtomicU32,
+    slot_size: AtomicU32,
+    closed: AtomicU32,
+    /// The pid namespace of every process that attached: the creator's [`proc::pid_ns_tag`], or
+    /// [`MIXED_NS`] once a process of another (or an unknown) namespace attached. Claimers' tids are
+    /// judged only while it names our namespace (see "Deaths").
+    ns: AtomicU32,
+    /// Messages put and not yet marked done (JoinableQueue).
+    unfinished: AtomicU64,
+}
+
+const _: () = assert!(std::mem::size_of::<Config>() == 24);
+
+/// One side's index hint and the CPU that side last ran on, in the line that side writes anyway.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct Cursor {
+    /// `tail` or `head`: a hint of where to look (see the module docs).
+    pos: AtomicU64,
+    /// The CPU of the thread that last moved `pos` ([`proc::current_cpu`]): a waiter on the other side
+    /// whose peer ran on its own CPU does not spin (see "Peers on one CPU").
+    cpu: AtomicU32,
+}
+
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct RingHeader {
+    config: Line<Config>,
+    tail: Line<Cursor>,
+    head: Line<Cursor>,
+    /// Consumers sleep here, producers notify.
+    items: Line<WaitWord>,
+    /// Producers sleep here, consumers notify.
+    space: Line<WaitWord>,
+    /// `join` sleeps here, `task_done` notifies.
+    done: Line<WaitWord>,
+}
+
+// Six cache lines, each its own; a layout change is a compile error (the type hash covers the rest).
+const _: () = assert!(std::mem::size_of::<RingHeader>() == 6 * 64);
+const _: () = assert!(std::mem::align_of::<RingHeader>() == 64);
+
+// SAFETY: atomics only (with alignment padding); any bit pattern is a valid state.
+unsafe impl ShmSafe for RingHeader {}
+
+/// A slot's header: a whole cache line, so the message bytes after it start 64-byte aligned (a
+/// misaligned 64 KiB `memcpy` hit a 15x slow path in this machine's glibc) and a small message and its
+/// state do not straddle more lines than they must.
+#[repr(C, align(64))]
+#[derive(Debug)]
+struct SlotHead {
+    /// `{ seq, who }`: `seq` (high 32 bits) is the stamp this slot is at, `who` (low 32) is `IDLE`, the
+    /// tid of the thread that claimed it, or `TOMBSTONE`. For the slot's stamp `s` it moves only
+    /// `{s, IDLE}` → `{s, producer}` → `{s + 1, IDLE}` (or `{s + 1, TOMBSTONE}` if the producer died)
+    /// → `{s + 1, consumer}` → `{s + one_lap, IDLE}`, every step one CAS (see the module docs' table).
+    /// Claims are Acquire, releases Release; anything else read here is garbage and handled as such.
+    state: AtomicU64,
+    /// The message's length in bytes, written by the producer before its releasing CAS; checked against
+    /// the slot size before any copy.
+    len: AtomicU32,
+}
+
+const _: () = assert!(std::mem::size_of::<SlotHead>() == 64);
+
+// SAFETY: atomics only.
+unsafe impl ShmSafe for SlotHead {}
+
+const SLOT_HEAD: usize = std::mem::size_of::<SlotHead>();
+const HEADER: usize = std::mem::size_of::<RingHeader>();
+
+/// Records the calling thread's CPU in `cursor` for the other side's waiters ("Peers on one CPU").
+/// The line is the one the claim just wrote `pos` to, and the store is skipped while the CPU stays the
+/// same, so the fast path gains no cache-line transfer; it gains a `sched_getcpu`, a load from the
+/// thread's rseq area with glibc 2.35 or later (about 3 ns here), a vDSO call before that.
+#[inline]
+fn note_cpu(cursor: &Cursor) {
+    let cpu = proc::current_cpu();
+    if cursor.cpu.load(Ordering::Relaxed) != cpu {
+        cursor.cpu.store(cpu, Ordering::Relaxed);
+    }
+}
+
+/// The geometry of a ring, fixed at creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    pub capacity: u32,
+    pub slot_size: u32,
+}
+
+impl Geometry {
+    fn stride(self) -> usize {
+        (SLOT_HEAD + self.slot_size as usize).next_multiple_of(64)
+    }
+
+    /// Bytes of payload a ring of this geometry needs, or `None` on overflow.
+    pub(crate) fn payload_size(self) -> Option<usize> {
+        self.stride()
+            .checked_mul(self.capacity as usize)?
+            .checked_add(HEADER)
+    }
+}
+
+/// The ring protocol over a mapped region. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Ring {
+    base: *mut u8,
+    geo: Geometry,
+    one_lap: u64,
+    /// `proc::monotonic_ms()` of this process's last survey of the ring ([`Ring::heal`]); process-local,
+    /// so that a peer cannot make us skip or repeat surveys.
+    last_survey_ms: AtomicU64,
+    /// The peer CPUs last read for a waiting producer (from `head`) and a waiting consumer (from
+    /// `tail`), indexed by [`Side`], with how many more waits may use them (`left << 32 | cpu`; 0: read
+    /// on the next wait): see [`Ring::peer_cpu`]. Process-local.
+    cpu_seen: [AtomicU64; 2],
+}
+
+/// Waits that use a peer CPU read from the ring before it is read again ([`Ring::peer_cpu`]).
+pub(crate) const PEER_CPU_REFRESH: u32 = 64;
+
+// SAFETY: `base` points into a mapping kept alive by the owner of the Ring (the queue holds the Region
+// in an Arc next to it); all shared state behind it is atomics, and message bytes are only touched by
+// the thread that claimed their slot.
+unsafe impl Send for Ring {}
+// SAFETY: as above.
+unsafe impl Sync for Ring {}
+
+/// Which end of the ring a waiter is at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Producer = 0,
+    Consumer = 1,
+}
+
+/// What one attempt may still spend on helping a lagging index ([`Ring::help_budget`] steps) and
+/// whether it has healed a garbage one yet (once per attempt). One `Help` serves every claim of an
+/// attempt: a single push claims again after a revoked publish, a single pop after a tombstone or a
+/// revoked claim, and a budget per claim would let a peer who writes garbage make one attempt walk the
+/// ring once per claim, quadratic in the capacity, instead of at most twice in all.
+struct Help {
+    steps: u32,
+    healed: bool,
+}
+
+/// What one push attempt found.
+enum Attempt {
+    Done,
+    /// Full: the slot for stamp `pos` is still in `state`.
+    Blocked {
+        pos: u64,
+        state: u64,
+    },
+    /// Spent its help budget without an answer (only garbage indices, or claims revoked again and
+    /// again, do that); look at the clock.
+    Busy,
+}
+
+pub(crate) enum Pop<R> {
+    Got(R),
+    Empty,
+    Closed,
+}
+
+impl Ring {
+    /// Initialises a fresh, zeroed region as a ring (before it is published).
+    pub(crate) fn init(region: &Region, geo: Geometry) -> Result<()> {
+        let ring = Ring::attach_unchecked(region, geo)?;
+        let h = ring.header();
+        h.config.0.capacity.store(geo.capacity, Ordering::Relaxed);
+        h.config.0.slot_size.store(geo.slot_size, Ordering::Relaxed);
+        h.config.0.ns.store(proc::pid_ns_tag(), Ordering::Relaxed);
+        // Zero would name CPU 0: nobody has run yet.
+        h.tail.0.cpu.store(proc::UNKNOWN_CPU, Ordering::Relaxed);
+        h.head.0.cpu.store(proc::UNKNOWN_CPU, Ordering::Relaxed);
+        for i in 0..geo.capacity {
+            ring.slot(u64::from(i))
+                .state
+                .store(state(i, IDLE), Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Attaches to an initialised ring, reading its geometry once and checking it against the region.
+    pub(crate) fn attach(region: &Region) -> Result<Ring> {
+        let h: &RingHeader = region.payload_ref(0)?;
+        let geo = Geometry {
+            capacity: h.config.0.capacity.load(Ordering::Relaxed),
+            slot_size: h.config.0.slot_size.load(Ordering::Relaxed),
+        };
+        if geo.capacity == 0 || geo.capacity > MAX_CAPACITY || geo.slot_size > MAX_SLOT_SIZE {
+            return Err(Error::Corrupted(format!(
+                "queue geometry {geo:?} is out of range"
+            )));
+        }
+        if geo.payload_size() != Some(region.len()) {
+            return Err(Error::SizeMismatch {
+                expected: geo.payload_size().unwrap_or(usize::MAX) as u64,
+                found: region.len() as u64,
+            });
+        }
+        let ring = Ring::attach_unchecked(region, geo)?;
+        ring.announce_namespace();
+        Ok(ring)
+    }
+
+    /// Marks the ring [`MIXED_NS`] if we live in another pid namespace than the processes that attached
+    /// before us, before we claim any slot.
+    ///
+    /// Ordering: the Release fence makes this store visible to whoever reads, with Acquire, the value
+    /// of any atomic we write after it (every claim CAS): a waiter that sees one of our claims also sees
+    /// the mark, and so never judges our tid by its own `/proc`.
+    fn announce_namespace(&self) {
+        let ns = &self.header().config.0.ns;
+        let here = proc::pid_ns_tag();
+        let recorded = ns.load(Ordering::Relaxed);
+        if here == 0 || recorded != here {
+            ns.store(MIXED_NS, Ordering::Relaxed);
+        }
+        std::sync::atomic::fence(Ordering::Release);
+    }
+
+    fn attach_unchecked(region: &Region, geo: Geometry) -> Result<Ring> {
+        if geo.payload_size().is_none_or(|s| s > region.len()) {
+            return Err(Error::Truncated {
+                needed: geo.payload_size().unwrap_or(usize::MAX) as u64,
+                actual: region.len() as u64,
+            });
+        }
+        // The header is all atomics; payload_ref checks bounds and alignment once.
+        region.payload_ref::<RingHeader>(0)?;
+        let one_lap = u64::from(geo.capacity).next_power_of_two().max(2);
+        let one_lap = if one_lap == u64::from(geo.capacity) {
+            one_lap * 2
+        } else {
+            one_lap
+        };
+        Ok(Ring {
+            base: region.as_ptr(),
+            geo,
+            one_lap,
+            last_survey_ms: AtomicU64::new(0),
+            cpu_seen: [AtomicU64::new(0), AtomicU64::new(0)],
+        })
+    }
+
+    pub(crate) fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    fn header(&self) -> &RingHeader {
+        // SAFETY: `attach_unchecked` checked the region holds a RingHeader at offset 0 (bounds and
+        // alignment via payload_ref); the mapping outlives `self` (see the Send impl); all atomics.
+        unsafe { &*(self.base as *const RingHeader) }
+    }
+
+    /// The slot for stamp `s`. The index is masked, and reduced below `capacity` if it is not already
+    /// (only a garbage stamp from shared memory can need that), so it is always in bounds.
+    #[inline]
+    fn slot(&self, s: u64) -> &SlotHead {
+        let cap = u64::from(self.geo.capacity);
+        let mut index = s & (self.one_lap - 1);
+        if index >= cap {
+            index %= cap;
+        }
+        let off = HEADER + index as usize * self.geo.stride();
+        // SAFETY: index < capacity, so [off, off + stride) lies inside the payload (payload_size was
+        // checked against the region); off is a multiple of 64 from a 64-aligned base; SlotHead is atomics.
+        unsafe { &*(self.base.add(off) as *const SlotHead) }
+    }
+
+    /// The message bytes of `slot` (a reference obtained from [`Ring::slot`]).
+    #[inline]
+    fn data(slot: &SlotHead) -> *mut u8 {
+        (slot as *const SlotHead as *mut u8).wrapping_add(SLOT_HEAD)
+    }
+
+    #[inline]
+    fn next(&self, s: u64) -> u64 {
+        let index = s & (self.one_lap - 1);
+        if index + 1 < u64::from(self.geo.capacity) {
+            s.wrapping_add(1)
+        } else {
+            (s & !(self.one_lap - 1)).wrapping_add(self.one_lap)
+        }
+    }
+
+    /// How many slots one attempt may step over while helping a lagging index: two laps of honest
+    /// helping, after which the attempt gives up so its caller can look at the clock (a garbage index
+    /// written by another process could otherwise keep it helping for 2^31 steps).
+    fn help_budget(&self) -> u32 {
+        self.geo.capacity.saturating_mul(2).saturating_add(8)
+    }
+
+    /// A fresh [`Help`] for one attempt.
+    fn help(&self) -> Help {
+        Help {
+            steps: self.help_budget(),
+            healed: false,
+        }
+    }
+
+    /// The CPU the other side last ran on, for a waiting `side`: a producer waits for consumers (who
+    /// move `head`), a consumer for producers (`tail`). A hint from shared memory ("Peers on one CPU").
+    ///
+    /// Read from the shared line on one wait in [`PEER_CPU_REFRESH`] per side and process, and on the
+    /// first wait after a sleep ([`Ring::forget_peer_cpu`]); from `cpu_seen` on the others: the other side writes that line with every message, and reading it on
+    /// every wait of a busy stream would pull it away from the writer each time.
+    fn peer_cpu(&self, side: Side) -> u32 {
+        let h = self.header();
+        let cursor = match side {
+            Side::Producer => &h.head.0,
+            Side::Consumer => &h.tail.0,
+        };
+        let seen = &self.cpu_seen[side as usize];
+        // Load and store, not an RMW: two threads of this process racing here at worst both refresh,
+        // or one writes back a copy another just forgot; a hint then stale for up to 64 more waits.
+        let cached = seen.load(Ordering::Relaxed);
+        let left = (cached >> 32) as u32;
+        if left > 0 {
+            seen.store(cached - (1 << 32), Ordering::Relaxed);
+            return cached as u32;
+        }
+        let cpu = cursor.cpu.load(Ordering::Relaxed);
+        seen.store(
+            (u64::from(PEER_CPU_REFRESH) << 32) | u64::from(cpu),
+            Ordering::Relaxed,
+        );
+        cpu
+    }
+
+    /// Drops this process's copy of the peer's CPU for a waiting `side`, so that the next wait reads it
+    /// afresh: called before a sleep, whose futex call costs far more than one read of the line, and
+    /// after which the peer may well run somewhere else (a scheduler that packs tasks moves them).
+    fn forget_peer_cpu(&self, side: Side) {
+        self.cpu_seen[side as usize].store(0, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        // SeqCst: sleepers re-check this after announcing themselves (see `WaitWord::notify`).
+        self.header().config.0.closed.load(Ordering::SeqCst) != 0
+    }
+
+    pub(crate) fn close(&self) {
+        let h = self.header();
+        h.config.0.closed.store(1, Ordering::SeqCst);
+        // Wake everyone so blocked callers see the flag.
+        for w in [&h.items.0, &h.space.0, &h.done.0] {
+            w.wake_everyone();
+        }
+    }
+
+    /// Messages in the ring right now (approximate under concurrency).
+    pub(crate) fn len(&self) -> usize {
+        let h = self.header();
+        let (head, tail) = (
+            h.head.0.pos.load(Ordering::Relaxed),
+            h.tail.0.pos.load(Ordering::Relaxed),
+        );
+        let lap_of = |s: u64| {
+            (s / self.one_lap)
+                .wrapping_mul(u64::from(self.geo.capacity))
+                .wrapping_add(s & (self.one_lap - 1))
+        };
+        // Either index may lag or briefly run back (they are hints): clamp to 0..=capacity.
+        (lap_of(tail).saturating_sub(lap_of(head)) as usize).min(self.geo.capacity as usize)
+    }
+
+    /// One attempt to append `bytes`: the claim is [`Ring::try_claim_push`]'s for one stamp (which
+    /// helps a lagging `tail` and heals a garbage one), then the copy and the publishing CAS; a revoked
+    /// claim sends the message to the next stamp, out of the same help budget.
+    fn try_push(&self, bytes: &[u8], me: Identity) -> Attempt {
+        let mut help = self.help();
+        loop {
+            let pos = match self.try_claim_push(me, 1, &mut help) {
+                BatchAttempt::Claimed { first, .. } => first,
+                BatchAttempt::Blocked { pos, state } => return Attempt::Blocked { pos, state },
+                BatchAttempt::Closed | BatchAttempt::Busy => return Attempt::Busy,
+            };
+            let slot = self.slot(pos);
+            let claimed = state(pos as u32, me.tid);
+            slot.len.store(bytes.len() as u32, Ordering::Relaxed);
+            // SAFETY: we own the slot (claimed above: `{pos, me}`); bytes.len() <= slot_size was
+            // checked by `push`, so the copy stays inside this slot's stride, inside the region.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), Self::data(slot), bytes.len()) };
+            // {pos, me} → {pos + 1, IDLE}: published. Release: the bytes above happen-before the
+            // consumer's Acquire CAS. A CAS, not a store: if a consumer took us for dead and tombstoned
+            // the slot, our claim is void and the message must go out again (the next round). It is
+            // also the SeqCst RMW that `notify` below pairs with a sleeper's re-check; a Release store
+            // would need an `mfence` for that, no cheaper than this `lock cmpxchg` (the batch path pays
+            // that fence once per batch instead: `Ring::end_batch`).
+            let published = state((pos as u32).wrapping_add(1), IDLE);
+            let ok = slot.state.compare_exchange(
+                claimed,
+                published,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            );
+            self.header().items.0.notify();
+            if ok.is_ok() {
+                return Attempt::Done;
+            }
+        }
+    }
+
+    /// Appends `bytes`, waiting for space until `deadline`.
+    pub(crate) fn push(&self, bytes: &[u8], deadline: Option<Instant>) -> Result<()> {
+        if bytes.len() > self.geo.slot_size as usize {
+            return Err(Error::MessageTooLarge {
+                size: bytes.len(),
+                max: self.geo.slot_size as usize,
+            });
+        }
+        let me = proc::current();
+        let mut backoff = Backoff::new().until(deadline);
+        let mut watch = StuckWatch::new();
+        loop {
+            if self.is_closed() {
+                return Err(Error::Closed);
+            }
+            let blocked = match self.try_push(bytes, me) {
+                Attempt::Done => return Ok(()),
+                Attempt::Blocked { pos, state } => Some((pos, state)),
+                Attempt::Busy => None,
+            };
+            // Full by the hint's slot; the hint may be wrong in a way that slot cannot show.
+            if self.survey_due() && self.heal() {
+                continue;
+            }
+            if backoff.snooze_beside(|| self.peer_cpu(Side::Producer)) {
+                continue;
+            }
+            let slice = slice_until(deadline, watch.interval)?;
+            self.sleep_for_space(blocked, slice, &mut watch);
+        }
+    }
+
+    /// A producer's sleep once its spin is spent: until the slot it found full (`blocked`: its stamp
+    /// and the state it held) changes, the ring is closed, or `slice` ends; then, if that slot stayed
+    /// unchanged long enough, whether the consumer holding it died ([`Ring::free_if_reader_died`]).
+    /// With no slot (`None`: out of help budget, garbage only), a nap rather than a spin.
+    fn sleep_for_space(
+        &self,
+        blocked: Option<(u64, u64)>,
+        slice: Duration,
+        watch: &mut StuckWatch,
+    ) {
+        self.forget_peer_cpu(Side::Producer);
+        let space = &self.header().space.0;
+        let Some((pos, st)) = blocked else {
+            space.sleep(slice, || false);
+            return;
+        };
+        // A closed ring ends every producer's call at the top of its loop, so closing is a change.
+        let still_full = || self.slot(pos).state.load(Ordering::SeqCst) == st && !self.is_closed();
+        space.sleep(slice, || !still_full());
+        if still_full() && watch.due(pos, st) {
+            self.free_if_reader_died(pos, st);
+        }
+    }
+
+    /// A consumer's sleep once its spin is spent: until the slot at `head` changes, the ring is closed,
+    /// or `slice` ends; then, if that slot stayed unchanged long enough, whether the producer writing it
+    /// died ([`Ring::abandon_if_writer_died`]).
+    ///
+    /// A consumer behind a claimed slot goes on waiting after a close (the ring is not empty yet), so
+    /// only the close itself counts as a change: a check of "closed" in its place made every such
+    /// consumer spin without sleeping and never look at the claimer, which a producer killed before the
+    /// close then held for good.
+    fn sleep_for_items(&self, slice: Duration, watch: &mut StuckWatch) {
+        let h = self.header();
+        let pos = h.head.0.pos.load(Ordering::Relaxed);
+        let st = self.slot(pos).state.load(Ordering::Acquire);
+        let closed = self.is_closed();
+        // This snapshot, not the caller's attempt, is what the sleep compares against: what changed in
+        // between and would make the next attempt succeed (a message published, a close with no claim
+        // to wait behind) is a reason not to sleep at all, since its wake-up found no sleeper.
+        let writing = dist(seq(st), pos) == 0 && who(st) != IDLE;
+        if ready_for(st, pos) || (closed && !writing) {
+            return;
+        }
+        let unchanged = || {
+            h.head.0.pos.load(Ordering::Relaxed) == pos
+                && self.slot(pos).state.load(Ordering::SeqCst) == st
+                && self.is_closed() == closed
+        };
+        self.forget_peer_cpu(Side::Consumer);
+        h.items.0.sleep(slice, || !unchanged());
+        if unchanged() && watch.due(pos, st) {
+            self.abandon_if_writer_died(pos, st);
+        }
+    }
+
+    /// One attempt to take a message, passing its bytes to `f` while the slot is held. `f` may run more
+    /// than once if a claim is revoked under it (its result is then discarded), so it must not have side
+    /// effects beyond producing `R`.
+    fn try_pop<R>(&self, me: Identity, f: &mut impl FnMut(&[u8]) -> R) -> Result<Pop<R>> {
+        // Each round takes one stamp; a tombstone or a revoked claim moves on to the next one. A ring
+        // of garbage cannot keep us here: every round spends at least one step of the one help budget.
+        let mut help = self.help();
+        loop {
+            let (pos, tomb) = match self.try_claim_pop(me, 1, &mut help) {
+                BatchAttempt::Claimed { first, tombs, .. } => (first, tombs & 1 != 0),
+                // Empty, or a producer is writing the next message (the caller may check that it
+                // is alive), or out of help budget.
+                BatchAttempt::Blocked { .. } | BatchAttempt::Busy => return Ok(Pop::Empty),
+                BatchAttempt::Closed => return Ok(Pop::Closed),
+            };
+            let slot = self.slot(pos);
+            let claimed = state((pos as u32).wrapping_add(1), me.tid);
+            let len = slot.len.load(Ordering::Relaxed) as usize;
+            let result = if tomb {
+                None
+            } else if len > self.geo.slot_size as usize {
+                Some(Err(Error::Corrupted(format!(
+                    "message length {len} exceeds the slot size {}",
+                    self.geo.slot_size
+                ))))
+            } else {
+                // SAFETY: we own the slot (claimed above: `{pos + 1, me}`); len <= slot_size keeps
+                // the range inside this slot's stride, inside the region. Producers do not write a
+                // claimed slot.
+                let bytes = unsafe { std::slice::from_raw_parts(Self::data(slot), len) };
+                Some(Ok(f(bytes)))
+            };
+            // {pos + 1, me} → {pos + one_lap, IDLE}: free for the next lap. Release: our reads of the
+            // bytes happen-before the next producer's Acquire CAS and its writes. If a producer took us
+            // for dead and freed the slot, it may have overwritten what we read: discard it. SeqCst RMW
+            // for `notify`, as the publish in `try_push`.
+            let freed = state(pos.wrapping_add(self.one_lap) as u32, IDLE);
+            let released =
+                slot.state
+                    .compare_exchange(claimed, freed, Ordering::SeqCst, Ordering::Relaxed);
+            self.header().space.0.notify();
+            match (released, result) {
+                (Err(_), _) | (Ok(_), None) => continue, // revoked, or a tombstone: next message
+                (Ok(_), Some(Ok(r))) => return Ok(Pop::Got(r)),
+                (Ok(_), Some(Err(e))) => return Err(e),
+            }
+        }
+    }
+
+    /// Takes the next message, waiting until `deadline`; `f` sees its bytes in place (see
+    /// [`Ring::try_pop`] for why it is `FnMut`).
+    pub(crate) fn pop<R>(
+        &self,
+        deadline: Option<Instant>,
+        mut f: impl FnMut(&[u8]) -> R,
+    ) -> Result<R> {
+        let me = proc::current();
+        let mut backoff = Backoff::new().until(deadline);
+        let mut watch = StuckWatch::new();
+        loop {
+            match self.try_pop(me, &mut f)? {
+                Pop::Got(r) => return Ok(r),
+                Pop::Closed => return Err(Error::Closed),
+                Pop::Empty => {}
+            }
+            // Empty by the hint's slot; the hint may be wrong in a way that slot cannot show.
+            if self.survey_due() && self.heal() {
+                continue;
+            }
+            if backoff.snooze_beside(|| self.peer_cpu(Side::Consumer)) {
+                continue;
+            }
+            let slice = slice_until(deadline, watch.interval)?;
+            self.sleep_for_items(slice, &mut watch);
+        }
+    }
+
+    // ---- JoinableQueue accounting ----
+
+    pub(crate) fn add_unfinished(&self) {
+        self.header()
+            .config
+            .0
+            .unfinished
+            .fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Marks one message done. Returns false if none was outstanding.
+    pub(crate) fn task_done(&self) -> bool {
+        let u = &self.header().config.0.unfinished;
+        let mut cur = u.load(Ordering::Acquire);
+        loop {
+            if cur == 0 {
+                return false;
+            }
+            match u.compare_exchange_weak(cur, cur - 1, Ordering::SeqCst, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(v) => cur = v,
+            }
+        }
+        if cur == 1 {
+            self.header().done.0.notify();
+        }
+        true
+    }
+
+    pub(crate) fn unfinished(&self) -> u64 {
+        // SeqCst: `join` re-checks this after announcing itself (see `WaitWord::notify`).
+        self.header().config.0.unfinished.load(Ordering::SeqCst)
+    }
+
+    /// Waits until every message put has been marked done.
+    pub(crate) fn join(&self, deadline: Option<Instant>) -> Result<()> {
+        while self.unfinished() != 0 {
+            let slice = slice_until(deadline, MAX_CHECK)?;
+            self.header().done.0.sleep(slice, || self.unfinished() == 0);
+        }
+        Ok(())
+    }
+
+    /// Whether the slot at `head` holds a published message (or a tombstone): a SeqCst load of the word
+    /// producers publish with a SeqCst CAS, so it can serve as a sleeper's re-check.
+    fn head_published(&self) -> bool {
+        let pos = self.header().head.0.pos.load(Ordering::Relaxed);
+        let st = self.slot(pos).state.load(Ordering::SeqCst);
+        dist(seq(st), pos.wrapping_add(1)) == 0 && (who(st) == IDLE || who(st) == TOMBSTONE)
+    }
+
+    /// Waits until a message is likely available (without taking it), the ring is closed, or
+    /// `deadline` passes. Returns whether a message is there.
+    pub(crate) fn wait_nonempty(&self, deadline: Option<Instant>) -> bool {
+        let mut backoff = Backoff::new().until(deadline);
+        loop {
+            if self.len() > 0 {
+                return true;
+            }
+            if self.is_closed() {
+                return false;
+            }
+            if backoff.snooze_beside(|| self.peer_cpu(Side::Consumer)) {
+                continue;
+            }
+            let Ok(slice) = slice_until(deadline, MAX_CHECK) else {
+                return false;
+            };
+            self.forget_peer_cpu(Side::Consumer);
+            self.header()
+                .items
+                .0
+                .sleep(slice, || self.head_published() || self.is_closed());
+        }
+    }
+}
