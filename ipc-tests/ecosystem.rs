@@ -32,6 +32,10 @@ pub fn tests() -> Vec<Trial> {
             "stream_reports_the_killed_workers_items_and_the_rest",
             awaited::stream,
         ),
+        t(
+            "a_waker_that_polls_inline_may_submit_to_the_same_pool",
+            awaited::inline_waker,
+        ),
     ]);
     #[cfg(feature = "npy")]
     trials.extend([
@@ -80,7 +84,7 @@ fn assert_killed<T: std::fmt::Debug>(r: &mproc::Result<T>) {
 mod awaited {
     use std::future::Future;
     use std::pin::Pin;
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
     use std::task::{Context, Poll, Wake};
 
     use futures_core::Stream;
@@ -147,6 +151,51 @@ mod awaited {
                 .map_async(kill_self_at_3, 0..6u32, Some(2))
                 .expect("submit");
             assert_killed(&block_on(all));
+        });
+    }
+
+    /// An executor whose `wake` polls the task right there, on the waking thread (the `Waker`
+    /// contract allows it). The pool wakes from its own threads, after a result arrives; the task then
+    /// submits its next call to the same pool from inside that wake-up. Woken while the pool's
+    /// dispatcher lock was held, this deadlocked the pool for good.
+    pub fn inline_waker() {
+        type Task = Mutex<Option<Pin<Box<dyn Future<Output = ()> + Send>>>>;
+        struct PollsInline(Task);
+        impl Wake for PollsInline {
+            fn wake(self: Arc<Self>) {
+                let waker = self.clone().into();
+                let mut cx = Context::from_waker(&waker);
+                let mut task = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(f) = task.as_mut() {
+                    if f.as_mut().poll(&mut cx).is_ready() {
+                        *task = None;
+                    }
+                }
+            }
+        }
+        fn double(x: u64) -> u64 {
+            x * 2
+        }
+        common::bounded("a task submitting from its own wake-up", BOUND, || {
+            let pool = Arc::new(Pool::builder().workers(1).build().expect("pool"));
+            let (tx, rx) = std::sync::mpsc::channel();
+            let p = pool.clone();
+            let task = Arc::new(PollsInline(Mutex::new(Some(Box::pin(async move {
+                let mut x = 1;
+                for _ in 0..5 {
+                    x = p
+                        .apply_async(double, x)
+                        .expect("submit")
+                        .await
+                        .expect("result");
+                }
+                tx.send(x).expect("the test waits");
+            })))));
+            task.wake();
+            assert_eq!(rx.recv_timeout(BOUND).expect("five chained calls"), 32);
+            // The pool still answers callers of every kind.
+            assert_eq!(pool.apply(double, 21).expect("a blocking call"), 42);
+            assert_eq!(pool.worker_pids().len(), 1);
         });
     }
 

@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::results::{ChunkOutcome, Job};
+use super::results::{ChunkOutcome, Job, Wakeups};
 use super::wire::{self, ItemResults, Payload, KIND_RESULT, KIND_TASK};
 use super::worker::{worker_main, FrameQueue, WorkerArgs};
 use crate::error::{Error, Result};
@@ -95,6 +95,8 @@ pub(crate) struct Dispatcher {
     /// reaping a fork-server worker whose server died can wait until init has reaped it (see
     /// `process::forkserver`), and no caller should wait on that.
     pub(crate) dead: Vec<Process<()>>,
+    /// Awaiting tasks of jobs finished under the lock, for the engine to wake once it released it.
+    pub(crate) wake_later: Wakeups,
 }
 
 impl Dispatcher {
@@ -113,6 +115,7 @@ impl Dispatcher {
             finished: false,
             last_check: Instant::now(),
             dead: Vec::new(),
+            wake_later: Wakeups::default(),
         };
         for wi in 0..m.cfg.workers {
             let w = m.start_worker(wi)?;
@@ -318,9 +321,11 @@ impl Dispatcher {
             w.in_flight.retain(|&t| t != head.task);
         }
         if let Some(task) = self.tasks.remove(&head.task) {
-            task.spec
+            let owed = task
+                .spec
                 .job
                 .finish(task.spec.chunk, ChunkOutcome::Ran(outcome));
+            self.wake_later.absorb(owed);
         }
     }
 
@@ -369,7 +374,8 @@ impl Dispatcher {
                         self.pending.push_front(id);
                     } else if let Some(task) = self.tasks.remove(&id) {
                         let outcome = ChunkOutcome::WorkerDied { signal, exit_code };
-                        task.spec.job.finish(task.spec.chunk, outcome);
+                        let owed = task.spec.job.finish(task.spec.chunk, outcome);
+                        self.wake_later.absorb(owed);
                     }
                 }
             }
@@ -417,7 +423,8 @@ impl Dispatcher {
         }
         self.workers.clear();
         for (_, task) in self.tasks.drain() {
-            task.spec.job.finish(task.spec.chunk, ChunkOutcome::Closed);
+            let owed = task.spec.job.finish(task.spec.chunk, ChunkOutcome::Closed);
+            self.wake_later.absorb(owed);
         }
         self.pending.clear();
         self.closing = true;

@@ -29,6 +29,36 @@ use super::results::{Bell, ProgressCallback};
 use super::worker::FrameQueue;
 use crate::error::{Error, Result};
 
+/// The dispatcher, locked; on drop it releases the lock and then wakes the tasks that awaited jobs
+/// finished meanwhile (`Dispatcher::wake_later`). A waker may poll its task inline, and that task may
+/// submit to this pool on this thread: woken under the lock, it deadlocked the pool for good.
+struct LockedDispatcher<'a>(Option<MutexGuard<'a, Dispatcher>>);
+
+impl std::ops::Deref for LockedDispatcher<'_> {
+    type Target = Dispatcher;
+    fn deref(&self) -> &Dispatcher {
+        self.0.as_deref().expect("the guard is taken only in drop")
+    }
+}
+
+impl std::ops::DerefMut for LockedDispatcher<'_> {
+    fn deref_mut(&mut self) -> &mut Dispatcher {
+        self.0
+            .as_deref_mut()
+            .expect("the guard is taken only in drop")
+    }
+}
+
+impl Drop for LockedDispatcher<'_> {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.0.take() {
+            let owed = std::mem::take(&mut d.wake_later);
+            drop(d);
+            owed.wake_all();
+        }
+    }
+}
+
 /// See the [module docs](self).
 pub(crate) struct Engine {
     dispatcher: Mutex<Dispatcher>,
@@ -80,10 +110,12 @@ impl Engine {
         self.progress.clone()
     }
 
-    fn dispatcher(&self) -> MutexGuard<'_, Dispatcher> {
+    fn dispatcher(&self) -> LockedDispatcher<'_> {
         // A panic while holding it (a bug) leaves consistent-enough bookkeeping: tasks are only ever
         // moved between maps; keep serving rather than poisoning every later call.
-        self.dispatcher.lock().unwrap_or_else(|e| e.into_inner())
+        LockedDispatcher(Some(
+            self.dispatcher.lock().unwrap_or_else(|e| e.into_inner()),
+        ))
     }
 
     /// Takes tasks and puts what fits on the workers' rings at once.

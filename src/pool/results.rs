@@ -141,19 +141,49 @@ impl Job {
         }
     }
 
-    pub(crate) fn finish(&self, chunk: usize, outcome: ChunkOutcome) {
+    /// Records chunk `chunk`'s outcome and rings the bell. The tasks awaiting the job are not woken
+    /// here but returned: the caller holds the dispatcher's lock, and a waker may run its task inline,
+    /// which may call into the same pool (submit again) and so take that lock on this thread. The
+    /// engine wakes them once it has let go of the lock ([`Wakeups`]).
+    #[must_use = "the awaiting tasks must be woken once no pool lock is held"]
+    pub(crate) fn finish(&self, chunk: usize, outcome: ChunkOutcome) -> Wakeups {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot @ None) = s.chunks.get_mut(chunk) {
-            *slot = Some(outcome);
-            s.remaining -= 1;
-            // Wake awaiting tasks outside the lock: a waker may run its task inline and poll again.
+        let Some(slot @ None) = s.chunks.get_mut(chunk) else {
+            return Wakeups::default();
+        };
+        *slot = Some(outcome);
+        s.remaining -= 1;
+        let owed = Wakeups {
             #[cfg(feature = "async")]
-            let wakers = std::mem::take(&mut s.wakers);
-            drop(s);
-            self.bell.ring();
-            #[cfg(feature = "async")]
-            wakers.into_iter().for_each(std::task::Waker::wake);
-        }
+            wakers: std::mem::take(&mut s.wakers),
+        };
+        drop(s);
+        self.bell.ring();
+        owed
+    }
+}
+
+/// Tasks to wake (`Future`/`Stream` polls of finished jobs), collected while the dispatcher's lock is
+/// held and woken after it is released (see [`Job::finish`]). Empty without the `async` feature.
+#[derive(Debug, Default)]
+pub(crate) struct Wakeups {
+    #[cfg(feature = "async")]
+    wakers: Vec<std::task::Waker>,
+}
+
+impl Wakeups {
+    /// Adds `other`'s wakers to these.
+    pub(crate) fn absorb(&mut self, other: Wakeups) {
+        #[cfg(feature = "async")]
+        self.wakers.extend(other.wakers);
+        #[cfg(not(feature = "async"))]
+        let _ = other;
+    }
+
+    /// Wakes them all. Call with no pool lock held.
+    pub(crate) fn wake_all(self) {
+        #[cfg(feature = "async")]
+        self.wakers.into_iter().for_each(std::task::Waker::wake);
     }
 }
 
