@@ -9,9 +9,11 @@
 //! - [`join`] turns a started [`Process`] into a [`JoinFuture`].
 //!
 //! Works under any executor (tokio, async-std, smol, `futures::executor`): wakers are plain
-//! `std::task::Waker`s. **Dropping a future cancels nothing**: submitted pool tasks run to the end
-//! and their results are discarded; a process whose join future is dropped still runs, and is still
-//! reaped. To stop work, terminate the pool or kill the process.
+//! `std::task::Waker`s. **Dropping a pool future cancels nothing**: submitted pool tasks run to the
+//! end and their results are discarded; to stop them, terminate the pool. A dropped [`JoinFuture`]
+//! does to its process what dropping the [`Process`] would: a [daemon](crate::ProcessBuilder::daemon)
+//! is killed, any other child runs to its end; either way it is reaped.
+//! [`JoinFuture::kill`] and [`JoinFuture::terminate`] stop it while it is awaited.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,7 +23,7 @@ use std::task::{Context, Poll, Waker};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
-use crate::process::Process;
+use crate::process::{Process, Signaller};
 
 #[derive(Debug)]
 struct Slot<R> {
@@ -47,6 +49,10 @@ struct Slot<R> {
 pub struct JoinFuture<R> {
     slot: Arc<Mutex<Slot<R>>>,
     pid: Option<u32>,
+    /// The child's own pidfd (a duplicate): signals reach it or, once reaped, nobody.
+    signaller: Signaller,
+    /// Killed when the future is dropped, as its `Process` would have been.
+    daemon: bool,
 }
 
 impl<R> std::fmt::Debug for JoinFuture<R> {
@@ -61,7 +67,8 @@ impl<R> std::fmt::Debug for JoinFuture<R> {
 /// pidfd, so it learns of the exit at once) and wakes the awaiting task. One thread per joined
 /// process, never per poll.
 ///
-/// Dropping the future does not kill the child: the helper thread still joins (reaps) it.
+/// Dropping the future does to the child what dropping the `Process` would: a daemon is killed, any
+/// other child runs on; the helper thread reaps it and ends when it does.
 ///
 /// # Errors
 /// [`Error::ProcessState`] if the process was not started; [`Error::Os`] if the helper thread cannot be
@@ -97,9 +104,9 @@ where
     R: DeserializeOwned + Send + 'static,
 {
     let pid = process.pid();
-    if pid.is_none() {
+    let Some((signaller, daemon)) = process.signaller()? else {
         return Err(Error::ProcessState("the process was not started".into()));
-    }
+    };
     let slot = Arc::new(Mutex::new(Slot {
         result: None,
         waker: None,
@@ -120,7 +127,12 @@ where
             }
         })
         .map_err(|e| Error::os("spawn a process-join thread", e))?;
-    Ok(JoinFuture { slot, pid })
+    Ok(JoinFuture {
+        slot,
+        pid,
+        signaller,
+        daemon,
+    })
 }
 
 impl<R> JoinFuture<R> {
@@ -143,6 +155,75 @@ impl<R> JoinFuture<R> {
         // `join` refuses processes without a pid.
         self.pid.unwrap_or(0)
     }
+
+    /// Sends `SIGKILL` to the child, as [`Process::kill`]; the future then gives
+    /// [`Error::ProcessKilled`]. Nothing if the child has already ended: the signal goes through the
+    /// child's pidfd, so it can never reach a process that inherited the pid.
+    ///
+    /// # Errors
+    /// [`Error::Os`] if the kernel refuses the signal.
+    ///
+    /// # Examples
+    /// ```
+    /// fn forever(_: ()) {
+    ///     loop {
+    ///         std::thread::park();
+    ///     }
+    /// }
+    ///
+    /// let mut p = mproc::Process::new(forever, ())?;
+    /// p.start()?;
+    /// let done = mproc::integrations::future::join(p)?;
+    /// done.kill()?;
+    /// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// assert!(matches!(rt.block_on(done), Err(mproc::Error::ProcessKilled { signal: 9, .. })));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn kill(&self) -> Result<()> {
+        self.signaller.kill()
+    }
+
+    /// Sends `SIGTERM` to the child, as [`Process::terminate`]. Nothing if it has already ended.
+    ///
+    /// # Errors
+    /// [`Error::Os`] if the kernel refuses the signal.
+    ///
+    /// # Examples
+    /// ```
+    /// fn forever(_: ()) {
+    ///     loop {
+    ///         std::thread::park();
+    ///     }
+    /// }
+    ///
+    /// let mut p = mproc::Process::new(forever, ())?;
+    /// p.start()?;
+    /// let done = mproc::integrations::future::join(p)?;
+    /// done.terminate()?;
+    /// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// assert!(matches!(rt.block_on(done), Err(mproc::Error::ProcessKilled { signal: 15, .. })));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn terminate(&self) -> Result<()> {
+        self.signaller.terminate()
+    }
+}
+
+#[cfg(test)]
+impl<R> JoinFuture<R> {
+    /// A second signaller of the child, to reach it after the future is dropped.
+    fn signaller_for_test(&self) -> Signaller {
+        Signaller::duplicate_for_test(&self.signaller)
+    }
+}
+
+impl<R> Drop for JoinFuture<R> {
+    fn drop(&mut self) {
+        // As `Process`'s drop: a daemon is killed (nothing if it has ended), the helper thread reaps it.
+        if self.daemon {
+            let _ = self.signaller.kill();
+        }
+    }
 }
 
 impl<R> Future for JoinFuture<R> {
@@ -164,7 +245,7 @@ impl<R> Future for JoinFuture<R> {
 #[cfg(test)]
 mod tests {
     use std::task::Wake;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use futures_core::Stream;
 
@@ -261,6 +342,81 @@ mod tests {
         assert_eq!(block_on(join(p).unwrap()).unwrap(), 42);
         let unstarted = Process::new(add, (1, 1)).unwrap();
         assert!(matches!(join(unstarted), Err(Error::ProcessState(_))));
+    }
+
+    fn forever(_: ()) {
+        loop {
+            std::thread::park();
+        }
+    }
+
+    /// Whether `pid` names a process that has not been reaped (a zombie still counts).
+    fn exists(pid: u32) -> bool {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    /// A daemon whose join future is dropped is killed and reaped, as when its `Process` is dropped;
+    /// before, it ran on for good and the helper thread with it. A non-daemon runs on.
+    #[test]
+    fn a_dropped_join_future_kills_a_daemon_and_leaves_other_children_running() {
+        let bound = Instant::now() + Duration::from_secs(60);
+        let mut daemon = Process::builder().daemon(true).target(forever, ()).unwrap();
+        daemon.start().unwrap();
+        let fut = join(daemon).unwrap();
+        let pid = fut.pid();
+        drop(fut);
+        while exists(pid) {
+            assert!(
+                Instant::now() < bound,
+                "the daemon {pid} outlived its dropped join future"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+
+        let mut plain = Process::new(forever, ()).unwrap();
+        plain.start().unwrap();
+        let fut = join(plain).unwrap();
+        let pid = fut.pid();
+        let kill = fut.signaller_for_test();
+        drop(fut);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            exists(pid),
+            "a non-daemon was killed by dropping its join future"
+        );
+        kill.kill().unwrap(); // the helper thread reaps it and ends
+        while exists(pid) {
+            assert!(
+                Instant::now() < bound,
+                "{pid} was not reaped after its kill"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn an_awaited_process_is_killed_or_terminated_through_its_future() {
+        for (signal, stop) in [(9, true), (15, false)] {
+            let mut p = Process::new(forever, ()).unwrap();
+            p.start().unwrap();
+            let done = join(p).unwrap();
+            if stop {
+                done.kill().unwrap();
+            } else {
+                done.terminate().unwrap();
+            }
+            let r = block_on(done);
+            assert!(
+                matches!(r, Err(Error::ProcessKilled { signal: s, .. }) if s == signal),
+                "{r:?}"
+            );
+        }
+        // After the end, a signal reaches nobody and is no error.
+        let mut p = Process::new(add, (1, 2)).unwrap();
+        p.start().unwrap();
+        let mut done = join(p).unwrap();
+        assert_eq!(block_on(&mut done).unwrap(), 3);
+        done.kill().unwrap();
     }
 
     /// A future dropped before its result arrives cancels nothing and breaks nothing: the pool goes

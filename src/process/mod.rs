@@ -203,6 +203,30 @@ pub fn init() {
     bootstrap::child_main_if_spawned();
 }
 
+/// Signals one child through a pidfd of its own: once the child is reaped, a signal reaches nobody
+/// (`ESRCH`), never a process that inherited its pid.
+#[cfg(feature = "async")]
+#[derive(Debug)]
+pub(crate) struct Signaller(OwnedFd);
+
+#[cfg(feature = "async")]
+impl Signaller {
+    /// `SIGKILL`, as [`Process::kill`]; nothing if the child has ended.
+    pub(crate) fn kill(&self) -> Result<()> {
+        psys::send_signal(&self.0, psys::SIGKILL).map(drop)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn duplicate_for_test(&self) -> Signaller {
+        Signaller(self.0.try_clone().expect("dup a pidfd"))
+    }
+
+    /// `SIGTERM`, as [`Process::terminate`]; nothing if the child has ended.
+    pub(crate) fn terminate(&self) -> Result<()> {
+        psys::send_signal(&self.0, psys::SIGTERM).map(drop)
+    }
+}
+
 /// A started child: its pid, a pidfd naming it for its whole life, and the memfd of its task and result.
 #[derive(Debug)]
 struct Child {
@@ -750,6 +774,24 @@ impl<R> Process<R> {
         // Through the pidfd: after the child is reaped this fails with ESRCH instead of reaching a
         // process that inherited its pid.
         psys::send_signal(&child.pidfd, sig).map(drop)
+    }
+
+    /// What signals the child after this `Process` moved elsewhere (to the thread that joins it for
+    /// a [`JoinFuture`](crate::integrations::future::JoinFuture)), and whether dropping it unjoined
+    /// should kill the child (a daemon). `None` if the child was not started.
+    ///
+    /// # Errors
+    /// [`Error::Os`] if the pidfd cannot be duplicated (out of descriptors).
+    #[cfg(feature = "async")]
+    pub(crate) fn signaller(&self) -> Result<Option<(Signaller, bool)>> {
+        let Some(child) = &self.child else {
+            return Ok(None);
+        };
+        let pidfd = child
+            .pidfd
+            .try_clone()
+            .map_err(|e| Error::os("duplicate a pidfd", e))?;
+        Ok(Some((Signaller(pidfd), self.daemon)))
     }
 
     /// Reaps the child if it has terminated, and returns how it ended.
