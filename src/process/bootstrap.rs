@@ -38,7 +38,7 @@ use crate::sys::process::{self as psys, ExeId};
 
 /// The environment variable that marks a spawned child (see the module docs for its contract).
 pub(crate) const ENV_VAR: &str = "MPROC_SPAWN_CHILD";
-const TASK_MAGIC: [u8; 8] = *b"MPRCTSK2";
+pub(crate) const TASK_MAGIC: [u8; 8] = *b"MPRCTSK2";
 const OUT_MAGIC: [u8; 8] = *b"MPRCOUT1";
 
 /// The largest task file a child reads (the encoded argument of a spawned function).
@@ -324,8 +324,9 @@ pub(crate) fn child_main_if_spawned() {
     std::process::exit(code);
 }
 
-/// Checks everything the environment names (see the module docs) and reads the task. Writes nothing.
-fn accept(value: &str) -> Result<Accepted, String> {
+/// The four numbers of the environment value, `<parent pid>:<task fd>:<key fd>:<result fd>`: the pure
+/// parse, which touches no descriptor (`accept` checks what they name).
+pub(crate) fn parse_env_value(value: &str) -> Result<[i32; 4], String> {
     let nums: Vec<&str> = value.split(':').collect();
     let [pid, task_fd, key_fd, result_fd] = nums[..] else {
         return Err("malformed value".into());
@@ -334,8 +335,17 @@ fn accept(value: &str) -> Result<Accepted, String> {
         s.parse::<i32>()
             .map_err(|_| format!("malformed number {s:?}"))
     };
-    let (pid, task_fd, key_fd, result_fd) =
-        (num(pid)?, num(task_fd)?, num(key_fd)?, num(result_fd)?);
+    Ok([num(pid)?, num(task_fd)?, num(key_fd)?, num(result_fd)?])
+}
+
+/// The task in the bytes of a task file, if they are one complete task frame that decodes.
+pub(crate) fn decode_spawn_task(bytes: &[u8]) -> Option<SpawnTask> {
+    postcard::from_bytes(spawn_unframe(TASK_MAGIC, bytes)?).ok()
+}
+
+/// Checks everything the environment names (see the module docs) and reads the task. Writes nothing.
+fn accept(value: &str) -> Result<Accepted, String> {
+    let [pid, task_fd, key_fd, result_fd] = parse_env_value(value)?;
     let parent = channel::parent_pid();
     if pid <= 0 || pid as u32 != parent {
         return Err(format!(
@@ -344,9 +354,7 @@ fn accept(value: &str) -> Result<Accepted, String> {
     }
     let key = FnKey::from_bytes(channel::read_key(key_fd, parent)?);
     let bytes = channel::read_task(task_fd, MAX_TASK_BYTES)?;
-    let task: SpawnTask = spawn_unframe(TASK_MAGIC, &bytes)
-        .and_then(|b| postcard::from_bytes(b).ok())
-        .ok_or("the task does not decode")?;
+    let task = decode_spawn_task(&bytes).ok_or("the task does not decode")?;
     let func = task
         .func
         .resolve::<SpawnKind>(&key)

@@ -74,10 +74,10 @@ const ORPHAN_REAP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The largest answer the parent accepts on a status socket (an error message is cut to fit).
 const MAX_ANSWER: usize = 1024;
 
-const REQUEST_MAGIC: [u8; 8] = *b"MPRCFRQ2";
-const STARTED_MAGIC: [u8; 8] = *b"MPRCFST1";
-const REFUSED_MAGIC: [u8; 8] = *b"MPRCFNO1";
-const ENDED_MAGIC: [u8; 8] = *b"MPRCFEN1";
+pub(crate) const REQUEST_MAGIC: [u8; 8] = *b"MPRCFRQ2";
+pub(crate) const STARTED_MAGIC: [u8; 8] = *b"MPRCFST1";
+pub(crate) const REFUSED_MAGIC: [u8; 8] = *b"MPRCFNO1";
+pub(crate) const ENDED_MAGIC: [u8; 8] = *b"MPRCFEN1";
 
 /// What the spawned server is told: the number of its inherited request socket.
 #[derive(Debug, Serialize, Deserialize)]
@@ -87,14 +87,67 @@ struct ServerArgs {
 
 /// One request: start `func(args)`.
 #[derive(Debug, Serialize, Deserialize)]
-struct Request {
-    func: FnRef,
-    die_with_parent: bool,
+pub(crate) struct Request {
+    pub(crate) func: FnRef,
+    pub(crate) die_with_parent: bool,
     /// The postcard-encoded argument, or `None` if it is in the task memfd sent alongside.
-    args: Option<Vec<u8>>,
+    pub(crate) args: Option<Vec<u8>>,
     /// The key the child reads back with [`requester_key`] (a pool worker's: the pool's key). It
     /// travels only in this packet, on the socket only the parent and the server hold.
-    child_key: Option<FnKey>,
+    pub(crate) child_key: Option<FnKey>,
+}
+
+/// The packet of a request (the only place its bytes are written).
+pub(crate) fn encode_request(request: &Request) -> Result<Vec<u8>> {
+    let body = postcard::to_allocvec(request).map_err(|e| Error::Encode(e.to_string()))?;
+    Ok(bootstrap::spawn_frame(REQUEST_MAGIC, &body))
+}
+
+/// The request in a packet the server received, if it is one complete request frame that decodes.
+pub(crate) fn decode_request(bytes: &[u8]) -> Option<Request> {
+    postcard::from_bytes(bootstrap::spawn_unframe(REQUEST_MAGIC, bytes)?).ok()
+}
+
+/// The server's first answer on a status socket: the pid of the started child, or why it was not.
+pub(crate) fn decode_answer(bytes: &[u8]) -> Result<u32> {
+    if let Some(why) = bootstrap::spawn_unframe(REFUSED_MAGIC, bytes) {
+        return Err(Error::ForkServer(format!(
+            "the fork server could not start the process: {}",
+            String::from_utf8_lossy(why)
+        )));
+    }
+    bootstrap::spawn_unframe(STARTED_MAGIC, bytes)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_le_bytes)
+        .ok_or_else(|| {
+            Error::ForkServer("the fork server answered with a malformed message".into())
+        })
+}
+
+/// The server's report of how a child ended (the only place its bytes are written).
+pub(crate) fn encode_ended(status: WaitStatus) -> Vec<u8> {
+    let (kind, value) = match status {
+        WaitStatus::Exited(c) => (0u8, c),
+        WaitStatus::Signaled(s) => (1u8, s),
+    };
+    let mut body = [0u8; 5];
+    body[0] = kind;
+    body[1..].copy_from_slice(&value.to_le_bytes());
+    bootstrap::spawn_frame(ENDED_MAGIC, &body)
+}
+
+/// How a child ended, from the server's report.
+pub(crate) fn decode_ended(bytes: &[u8]) -> Result<WaitStatus> {
+    let malformed = || Error::ForkServer("the fork server sent a malformed status".into());
+    let body = bootstrap::spawn_unframe(ENDED_MAGIC, bytes)
+        .and_then(|b| <[u8; 5]>::try_from(b).ok())
+        .ok_or_else(malformed)?;
+    let value = i32::from_le_bytes([body[1], body[2], body[3], body[4]]);
+    match body[0] {
+        0 => Ok(WaitStatus::Exited(value)),
+        1 => Ok(WaitStatus::Signaled(value)),
+        _ => Err(malformed()),
+    }
 }
 
 /// The key the requester handed this child of the fork server, if any (see [`requester_key`]).
@@ -203,8 +256,7 @@ pub(super) fn start(
             args: task.is_none().then(|| args.to_vec()),
             child_key,
         };
-        let body = postcard::to_allocvec(&request).map_err(|e| Error::Encode(e.to_string()))?;
-        let packet = bootstrap::spawn_frame(REQUEST_MAGIC, &body);
+        let packet = encode_request(&request)?;
         let mut fds = vec![theirs.as_fd(), result.as_fd()];
         if let Some(t) = &task {
             fds.push(t.as_fd());
@@ -265,17 +317,8 @@ fn started(status: OwnedFd, result: File) -> Result<Child> {
             ))
         }
     };
-    let bytes = &buf[..n];
-    if let Some(why) = bootstrap::spawn_unframe(REFUSED_MAGIC, bytes) {
-        return Err(Error::ForkServer(format!(
-            "the fork server could not start the process: {}",
-            String::from_utf8_lossy(why)
-        )));
-    }
-    let pid = bootstrap::spawn_unframe(STARTED_MAGIC, bytes)
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map(u32::from_le_bytes);
-    let (Some(pid), Ok([pidfd])) = (pid, <[OwnedFd; 1]>::try_from(fds)) else {
+    let pid = decode_answer(&buf[..n])?;
+    let Ok([pidfd]) = <[OwnedFd; 1]>::try_from(fds) else {
         return Err(Error::ForkServer(
             "the fork server answered with a malformed message".into(),
         ));
@@ -314,17 +357,7 @@ impl Status {
             Received::Nothing => return Ok(None),
             Received::Closed => return orphan_status(pid, pidfd, block),
         };
-        let body = bootstrap::spawn_unframe(ENDED_MAGIC, &buf[..n])
-            .and_then(|b| <[u8; 5]>::try_from(b).ok())
-            .ok_or_else(|| Error::ForkServer("the fork server sent a malformed status".into()))?;
-        let value = i32::from_le_bytes([body[1], body[2], body[3], body[4]]);
-        match body[0] {
-            0 => Ok(Some(WaitStatus::Exited(value))),
-            1 => Ok(Some(WaitStatus::Signaled(value))),
-            _ => Err(Error::ForkServer(
-                "the fork server sent a malformed status".into(),
-            )),
-        }
+        decode_ended(&buf[..n]).map(Some)
     }
 }
 
@@ -467,16 +500,9 @@ fn report_end(l: Live) {
         // Cannot happen for our own terminated child; nothing to report.
         _ => return,
     };
-    let (kind, value) = match status {
-        WaitStatus::Exited(c) => (0u8, c),
-        WaitStatus::Signaled(s) => (1u8, s),
-    };
-    let mut body = [0u8; 5];
-    body[0] = kind;
-    body[1..].copy_from_slice(&value.to_le_bytes());
     if let Some(s) = &l.status {
         // The requester may be gone: then there is nobody to tell.
-        let _ = usock::send_with_fds(s.as_fd(), &bootstrap::spawn_frame(ENDED_MAGIC, &body), &[]);
+        let _ = usock::send_with_fds(s.as_fd(), &encode_ended(status), &[]);
     }
 }
 
@@ -503,9 +529,7 @@ fn handle(bytes: &[u8], fds: Vec<OwnedFd>, key: &FnKey, keep: &mut Keep<'_>) {
             &[],
         );
     };
-    let Some(request) = bootstrap::spawn_unframe(REQUEST_MAGIC, bytes)
-        .and_then(|b| postcard::from_bytes::<Request>(b).ok())
-    else {
+    let Some(request) = decode_request(bytes) else {
         return refuse("the request does not decode");
     };
     let func = match request.func.resolve::<SpawnKind>(key) {
