@@ -132,6 +132,9 @@
 pub mod cluster;
 pub mod codec;
 mod error;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzz_hooks;
 pub(crate) mod heap;
 pub mod integrations;
 pub mod manager;
