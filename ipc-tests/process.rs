@@ -16,6 +16,9 @@ pub const ROLES: &[Role] = &[
     ("process_borrowed_forkserver", |_| {
         borrowed_arguments(StartMethod::ForkServer)
     }),
+    ("process_broken_pipe_forkserver", |_| {
+        broken_pipe_is_an_error_not_a_signal(StartMethod::ForkServer)
+    }),
 ];
 
 const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::Fork];
@@ -62,7 +65,18 @@ pub fn tests() -> Vec<Trial> {
             "dropped_non_daemon_is_waited_for",
             dropped_non_daemon_is_waited_for,
         ));
+        t.push(trial(
+            "broken_pipe_is_an_error_not_a_signal",
+            broken_pipe_is_an_error_not_a_signal,
+        ));
     }
+    t.push(Trial::test(
+        "process::forkserver::broken_pipe_is_an_error_not_a_signal",
+        || {
+            common::run_role_ok("process_broken_pipe_forkserver", "", BOUND);
+            Ok(())
+        },
+    ));
     t.push(Trial::test("process::spawn::grandchild_spawns", || {
         grandchild_spawns();
         Ok(())
@@ -114,6 +128,39 @@ where
         .expect("target");
     p.start().expect("start");
     p
+}
+
+/// Writes to a pipe whose reader is gone: what the write returned, or that it returned.
+fn write_to_a_closed_pipe(_: ()) -> String {
+    use std::io::Write;
+    let (reader, mut writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    match writer.write_all(b"x") {
+        Ok(()) => "written".into(),
+        Err(e) => format!("{:?}", e.kind()),
+    }
+}
+
+/// A child (and a pool worker) whose task writes to a closed pipe gets `Err(BrokenPipe)`, as the same
+/// code gets in the parent: a spawned child's task runs before `main`, so it missed what Rust's
+/// runtime sets up there (SIGPIPE ignored) and died of SIGPIPE, and so did the fork server's children.
+fn broken_pipe_is_an_error_not_a_signal(m: StartMethod) {
+    assert_eq!(write_to_a_closed_pipe(()), "BrokenPipe", "in the parent");
+    let mut p = start(m, write_to_a_closed_pipe, ());
+    assert_eq!(p.join().expect("no signal"), "BrokenPipe", "{m:?} child");
+    if m == StartMethod::Fork {
+        return; // pools start workers by spawn or through the fork server only
+    }
+    let pool = mproc::Pool::builder()
+        .workers(1)
+        .start_method(m)
+        .build()
+        .expect("pool");
+    assert_eq!(
+        pool.apply(write_to_a_closed_pipe, ()).expect("the worker lives"),
+        "BrokenPipe",
+        "{m:?} pool worker"
+    );
 }
 
 fn returns_value(m: StartMethod) {

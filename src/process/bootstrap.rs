@@ -306,6 +306,8 @@ pub(crate) fn child_main_if_spawned() {
         }
     };
     install_child_panic_hook();
+    // What `main` would have had (SIGPIPE ignored, fds 0-2 open); the fork server's children inherit it.
+    channel::prepare_as_rust_main();
     let Accepted {
         mut task,
         func,

@@ -124,6 +124,28 @@ pub(crate) fn set_sigint_ignored(yes: bool) {
     unsafe { libc::signal(libc::SIGINT, action) };
 }
 
+/// Does what Rust's runtime does before `main`, for a child whose task runs before `main` (from the
+/// `.init_array` constructor, see `process::bootstrap`) and so never gets it: `SIGPIPE` ignored, so
+/// that a write to a closed pipe is an `Err(BrokenPipe)` as in any Rust program instead of death by
+/// signal; and descriptors 0–2 open (on `/dev/null` where closed), so that the first file the task
+/// opens never becomes its standard output. Programs the child starts with `std::process::Command`
+/// get `SIGPIPE`'s default back, as from any Rust program.
+pub(crate) fn prepare_as_rust_main() {
+    for fd in 0..=2 {
+        // SAFETY: F_GETFD only queries the descriptor's flags; it fails with EBADF for a closed number.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0 {
+            continue;
+        }
+        // `open` returns the lowest free number: this one, since the lower ones are open. Kept open
+        // for the process's life on purpose, as the runtime does. Best effort: with no descriptor
+        // left, the task runs with the number closed, as it would have before.
+        // SAFETY: the path is a NUL-terminated literal; the flags create nothing.
+        unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+    }
+    // SAFETY: setting SIG_IGN installs no handler code; signal(2) only changes the disposition.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
 /// Closes descriptor `fd` in a forked child that will never return into the code owning it.
 ///
 /// # Safety
