@@ -157,7 +157,8 @@ fn broken_pipe_is_an_error_not_a_signal(m: StartMethod) {
         .build()
         .expect("pool");
     assert_eq!(
-        pool.apply(write_to_a_closed_pipe, ()).expect("the worker lives"),
+        pool.apply(write_to_a_closed_pipe, ())
+            .expect("the worker lives"),
         "BrokenPipe",
         "{m:?} pool worker"
     );
