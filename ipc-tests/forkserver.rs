@@ -21,6 +21,7 @@ pub const ROLES: &[Role] = &[
     ("forkserver_killed", forkserver_killed),
     ("forkserver_no_leak", forkserver_no_leak),
     ("forkserver_requester", forkserver_requester),
+    ("forkserver_environment", forkserver_environment),
 ];
 
 /// How long a role may take before we call it a hang (proves "no hang", asserts no speed).
@@ -38,6 +39,10 @@ pub fn tests() -> Vec<Trial> {
         role("parent_with_four_threads", "forkserver_threads"),
         role("server_killed_midway_then_restarted", "forkserver_killed"),
         role("many_processes_no_leak", "forkserver_no_leak"),
+        role(
+            "children_get_the_parents_current_environment_and_directory",
+            "forkserver_environment",
+        ),
         Trial::test("forkserver::children_die_with_the_requester", || {
             children_die_with_the_requester();
             Ok(())
@@ -321,6 +326,12 @@ fn forkserver_killed(_: &str) {
         other => panic!("expected a fork server error or exit code 125, got {other:?}"),
     }
     common::eventually("the child died with its server", BOUND, || gone(child));
+    // The join saw the server's death, and let go of it: reaped now, not left a zombie until the
+    // next start.
+    assert!(
+        !std::path::Path::new(&format!("/proc/{server}")).exists(),
+        "the dead server {server} was not reaped"
+    );
     // Restarted on demand, with a new pid; the dead one is reaped.
     assert_eq!(start(|x: u32| x + 1, 41).join().unwrap(), 42);
     let again = server_pid();
@@ -349,6 +360,63 @@ fn forkserver_killed(_: &str) {
         );
     }
     assert!(results.iter().any(|r| r.is_ok()), "never restarted");
+}
+
+/// What a child sees of where it runs: its working directory, two variables, and how many result
+/// memfds it holds (its own only).
+type Surroundings = (
+    Result<std::path::PathBuf, String>,
+    Option<String>,
+    Option<String>,
+    usize,
+);
+
+fn surroundings(_: ()) -> Surroundings {
+    let results = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .filter(|l| l.to_string_lossy().contains("mproc-result"))
+        .count();
+    (
+        std::env::current_dir().map_err(|e| format!("{:?}", e.kind())),
+        std::env::var("MPROC_TEST_EARLY").ok(),
+        std::env::var("MPROC_TEST_LATE").ok(),
+        results,
+    )
+}
+
+/// Role: the server starts with one environment and directory; the parent then changes both. Its
+/// next child starts where the parent is and with what it has now, as a spawned child would; before,
+/// it got the server's (those of the server's start).
+fn forkserver_environment(_: &str) {
+    std::env::set_var("MPROC_TEST_EARLY", "before");
+    let (_, early, late, results) = start(surroundings, ()).join().unwrap();
+    assert_eq!((early.as_deref(), late), (Some("before"), None));
+    assert_eq!(results, 1, "a child holds its own result memfd only");
+    let dir = std::env::temp_dir().join(common::unique_name("forkserver-cwd"));
+    std::fs::create_dir(&dir).unwrap();
+    std::env::set_current_dir(&dir).unwrap();
+    std::env::remove_var("MPROC_TEST_EARLY");
+    std::env::set_var("MPROC_TEST_LATE", "after");
+    let (cwd, early, late, results) = start(surroundings, ()).join().unwrap();
+    assert_eq!(cwd, Ok(dir.canonicalize().unwrap()));
+    assert_eq!((early, late.as_deref()), (None, Some("after")));
+    assert_eq!(results, 1);
+    // A directory removed since: the child starts in it all the same, as a spawned child does.
+    let gone_dir = dir.join("removed");
+    std::fs::create_dir(&gone_dir).unwrap();
+    std::env::set_current_dir(&gone_dir).unwrap();
+    std::fs::remove_dir(&gone_dir).unwrap();
+    let mut spawned = Process::new(surroundings, ()).unwrap();
+    spawned.start().unwrap();
+    let spawned = spawned.join().unwrap();
+    assert!(
+        spawned.0.is_err(),
+        "a removed directory has no path: {spawned:?}"
+    );
+    assert_eq!(start(surroundings, ()).join().unwrap(), spawned);
+    std::env::set_current_dir(std::env::temp_dir()).unwrap();
+    std::fs::remove_dir(&dir).unwrap();
 }
 
 fn fd_count() -> usize {

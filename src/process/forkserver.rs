@@ -14,7 +14,11 @@
 //!   inherited key socket and is never written to a file or to shared memory), the argument (inline up to
 //!   [`INLINE_ARGS`] bytes, else in a sealed memfd, as the spawn task), optionally the child's own key
 //!   (a pool's key, which its workers authenticate their tasks with: see [`requester_key`]), and by
-//!   `SCM_RIGHTS` the child's empty result memfd and one end of a fresh *status* socketpair.
+//!   `SCM_RIGHTS` the child's empty result memfd, one end of a fresh *status* socketpair, an `O_PATH`
+//!   descriptor of the parent's working directory and a sealed memfd of its environment (made again only
+//!   when the environment changed): the child enters that directory and takes that environment before
+//!   its function runs, so it starts where a spawned child would. The server checks every variable
+//!   before it forks (a name with `=` or NUL, a value with NUL: refused).
 //! - **Status.** Each child has its own status socket: the server answers on it with the child's pid and
 //!   a pidfd (`SCM_RIGHTS`), and later with how the child ended, once it has reaped it. No
 //!   demultiplexing: threads starting and joining processes concurrently never read each other's
@@ -49,15 +53,18 @@
 //! reported as [`Error::ForkServer`]. A request the server died while handling fails with
 //! [`Error::ForkServer`] too (it is not retried: the child may have started).
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::bootstrap::{self, SpawnKind};
+use super::bootstrap::{self, Failure, SpawnKind};
 use super::fnref::{FnKey, FnRef, LocalFn};
 use super::{spawn, Child};
 use crate::error::{Error, Result};
@@ -70,9 +77,12 @@ const INLINE_ARGS: usize = 32 << 10;
 /// The largest request packet the server accepts.
 const MAX_REQUEST: usize = INLINE_ARGS + 4096;
 /// How long a blocking wait gives a new parent to reap an ended child whose server died.
-const ORPHAN_REAP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(super) const ORPHAN_REAP_WAIT: Duration = Duration::from_secs(5);
 /// The largest answer the parent accepts on a status socket (an error message is cut to fit).
 const MAX_ANSWER: usize = 1024;
+/// The largest environment a request may carry, encoded (Linux refuses an `exec` whose arguments and
+/// environment pass 2 MiB, so a spawned child could not have more).
+const MAX_ENVIRONMENT: u64 = 4 << 20;
 
 pub(crate) const REQUEST_MAGIC: [u8; 8] = *b"MPRCFRQ2";
 pub(crate) const STARTED_MAGIC: [u8; 8] = *b"MPRCFST1";
@@ -106,6 +116,73 @@ pub(crate) fn encode_request(request: &Request) -> Result<Vec<u8>> {
 /// The request in a packet the server received, if it is one complete request frame that decodes.
 pub(crate) fn decode_request(bytes: &[u8]) -> Option<Request> {
     postcard::from_bytes(bootstrap::spawn_unframe(REQUEST_MAGIC, bytes)?).ok()
+}
+
+/// Whether `name=value` can be a variable of a child's environment (what `std::env::set_var` accepts).
+fn settable(name: &[u8], value: &[u8]) -> bool {
+    !name.is_empty() && !name.contains(&b'=') && !name.contains(&0) && !value.contains(&0)
+}
+
+/// The environment a child of the server gets, encoded: every variable of `vars` it can be given.
+pub(crate) fn encode_environment(vars: impl Iterator<Item = (OsString, OsString)>) -> Vec<u8> {
+    let vars: Vec<(Vec<u8>, Vec<u8>)> = vars
+        .map(|(k, v)| (k.into_vec(), v.into_vec()))
+        .filter(|(k, v)| settable(k, v))
+        .collect();
+    postcard::to_allocvec(&vars).unwrap_or_default()
+}
+
+/// The variables of an encoded environment, each checked to be settable (`std::env::set_var` panics
+/// on a name with `=` or NUL, or a value with NUL).
+pub(crate) fn decode_environment(
+    bytes: &[u8],
+) -> std::result::Result<Vec<(OsString, OsString)>, String> {
+    let vars: Vec<(Vec<u8>, Vec<u8>)> =
+        postcard::from_bytes(bytes).map_err(|e| format!("the environment does not decode: {e}"))?;
+    if !vars.iter().all(|(k, v)| settable(k, v)) {
+        return Err("the environment has a malformed variable".into());
+    }
+    Ok(vars
+        .into_iter()
+        .map(|(k, v)| (OsString::from_vec(k), OsString::from_vec(v)))
+        .collect())
+}
+
+/// This process's environment now, in a sealed memfd for a request. Made again only when the
+/// environment changed since the last request: sealed, one memfd serves any number of them.
+fn environment_memfd() -> Result<Arc<File>> {
+    static LAST: Mutex<Option<(Vec<u8>, Arc<File>)>> = Mutex::new(None);
+    let bytes = encode_environment(std::env::vars_os());
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((b, f)) = last.as_ref() {
+        if *b == bytes {
+            return Ok(f.clone());
+        }
+    }
+    if bytes.len() as u64 > MAX_ENVIRONMENT {
+        return Err(Error::MessageTooLarge {
+            size: bytes.len(),
+            max: MAX_ENVIRONMENT as usize,
+        });
+    }
+    let file = shm::create_memfd("mproc-env")?;
+    file.write_all_at(&bytes, 0)
+        .map_err(|e| Error::os("write the environment", e))?;
+    channel::seal_contents(&file)?;
+    let file = Arc::new(file);
+    *last = Some((bytes, file.clone()));
+    Ok(file)
+}
+
+/// Makes `vars` this process's whole environment. Only in a child the server just forked, which has
+/// one thread: nothing reads the environment meanwhile.
+fn replace_environment(vars: Vec<(OsString, OsString)>) {
+    for (name, _) in std::env::vars_os() {
+        std::env::remove_var(name);
+    }
+    for (name, value) in vars {
+        std::env::set_var(name, value);
+    }
 }
 
 /// The server's first answer on a status socket: the pid of the started child, or why it was not.
@@ -214,6 +291,22 @@ impl Drop for Server {
 /// The server and the pid of the process it belongs to.
 static SERVER: Mutex<Option<(u32, Arc<Server>)>> = Mutex::new(None);
 
+/// Lets go of this process's server if it has died, so that its drop reaps it now (once no request
+/// still uses it) rather than at the next request. A server that dies while idle is noticed at the
+/// next request; one that dies with children running, when a parent waits for one of them.
+fn forget_dead_server() {
+    let me = crate::sys::proc::pid();
+    let mut slot = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    if slot
+        .as_ref()
+        .is_some_and(|(owner, s)| *owner == me && !s.is_alive())
+    {
+        let dead = slot.take();
+        drop(slot);
+        drop(dead);
+    }
+}
+
 /// This process's server, started (or restarted, if `replace` names the one found dead) on demand.
 fn server(replace: Option<&Arc<Server>>) -> Result<Arc<Server>> {
     let me = crate::sys::proc::pid();
@@ -246,6 +339,9 @@ pub(super) fn start(
     child_key: Option<FnKey>,
 ) -> Result<Child> {
     let (result, task) = prepare(args)?;
+    // Where the child starts and what environment it has: ours now, as a spawned child's would be.
+    let cwd = channel::open_current_dir()?;
+    let env = environment_memfd()?;
     let mut srv = server(None)?;
     let mut restarted = false;
     loop {
@@ -257,7 +353,7 @@ pub(super) fn start(
             child_key,
         };
         let packet = encode_request(&request)?;
-        let mut fds = vec![theirs.as_fd(), result.as_fd()];
+        let mut fds = vec![theirs.as_fd(), result.as_fd(), cwd.as_fd(), env.as_fd()];
         if let Some(t) = &task {
             fds.push(t.as_fd());
         }
@@ -310,11 +406,12 @@ fn started(status: OwnedFd, result: File) -> Result<Child> {
         Received::Packet(n, fds) => (n, fds),
         // Blocking receive: `Nothing` cannot happen; either way no answer will come.
         Received::Closed | Received::Nothing => {
+            forget_dead_server();
             return Err(Error::ForkServer(
                 "the fork server closed the request without starting the process (it died, or \
                  could not receive the request)"
                     .into(),
-            ))
+            ));
         }
     };
     let pid = decode_answer(&buf[..n])?;
@@ -350,12 +447,16 @@ impl Status {
         pid: u32,
         pidfd: &OwnedFd,
         block: bool,
+        patience: Duration,
     ) -> Result<Option<WaitStatus>> {
         let mut buf = [0u8; 32];
         let n = match usock::recv_with_fds(self.0.as_fd(), &mut buf, 0, block)? {
             Received::Packet(n, _) => n,
             Received::Nothing => return Ok(None),
-            Received::Closed => return orphan_status(pid, pidfd, block),
+            Received::Closed => {
+                forget_dead_server();
+                return orphan_status(pid, pidfd, block, patience);
+            }
         };
         decode_ended(&buf[..n]).map(Some)
     }
@@ -363,25 +464,28 @@ impl Status {
 
 /// How a child ended whose server died before reporting it. Still running (with `block` false): `None`.
 /// Ended: its new parent (init or a subreaper) reaps it, and since Linux 6.15 the kernel keeps the
-/// status for pidfd holders. A blocking wait gives the reaping [`ORPHAN_REAP_WAIT`] (some inits reap on a
-/// timer: this VM's took 1.4 s), a non-blocking one asks once; then the loss is reported.
-fn orphan_status(pid: u32, pidfd: &OwnedFd, block: bool) -> Result<Option<WaitStatus>> {
-    let timeout = (!block).then_some(std::time::Duration::ZERO);
+/// status for pidfd holders. A blocking wait gives the reaping `patience` (at most
+/// [`ORPHAN_REAP_WAIT`]: some inits reap on a timer, this VM's took 1.4 s), a non-blocking one asks
+/// once; then the loss is reported, or [`Error::Timeout`] if the caller's own timeout cut the wait
+/// short (a later join asks again).
+fn orphan_status(
+    pid: u32,
+    pidfd: &OwnedFd,
+    block: bool,
+    patience: Duration,
+) -> Result<Option<WaitStatus>> {
+    let timeout = (!block).then_some(Duration::ZERO);
     if !psys::wait_readable(pidfd, timeout)? {
         return Ok(None);
     }
-    let patience = if block {
-        ORPHAN_REAP_WAIT
-    } else {
-        std::time::Duration::ZERO
-    };
-    pidfd::exit_status(pidfd, patience)
-        .map(Some)
-        .ok_or_else(|| {
-            Error::ForkServer(format!(
-                "the fork server died before it reported how process {pid} ended"
-            ))
-        })
+    let patience = if block { patience } else { Duration::ZERO };
+    match pidfd::exit_status(pidfd, patience) {
+        Some(status) => Ok(Some(status)),
+        None if block && patience < ORPHAN_REAP_WAIT => Err(Error::Timeout),
+        None => Err(Error::ForkServer(format!(
+            "the fork server died before it reported how process {pid} ended"
+        ))),
+    }
 }
 
 // ----------------------------------------------------------------------------------------- the server
@@ -462,7 +566,7 @@ fn serve(args: ServerArgs) -> Result<()> {
                 sock: &sock,
                 live: &mut live,
             };
-            match usock::recv_with_fds(sock.as_fd(), &mut buf, 3, false) {
+            match usock::recv_with_fds(sock.as_fd(), &mut buf, 5, false) {
                 Ok(Received::Packet(n, fds)) => handle(&buf[..n], fds, &key, &mut keep),
                 Ok(Received::Nothing) => {}
                 Ok(Received::Closed) => accepting = false,
@@ -520,7 +624,7 @@ fn handle(bytes: &[u8], fds: Vec<OwnedFd>, key: &FnKey, keep: &mut Keep<'_>) {
         // No status socket to answer on: drop whatever came.
         return;
     };
-    let task = fds.next();
+    let (cwd, env, task) = (fds.next(), fds.next(), fds.next());
     let refuse = |why: &str| {
         let why = &why.as_bytes()[..why.len().min(MAX_ANSWER - 16)];
         let _ = usock::send_with_fds(
@@ -538,6 +642,14 @@ fn handle(bytes: &[u8], fds: Vec<OwnedFd>, key: &FnKey, keep: &mut Keep<'_>) {
     };
     let result = match channel::adopt_result_fd(result) {
         Ok(f) => f,
+        Err(why) => return refuse(&why),
+    };
+    let (Some(cwd), Some(env)) = (cwd, env) else {
+        return refuse("the working directory or the environment is missing");
+    };
+    let vars = match channel::read_sealed(env, MAX_ENVIRONMENT).and_then(|b| decode_environment(&b))
+    {
+        Ok(v) => v,
         Err(why) => return refuse(&why),
     };
     let args = match (request.args, task) {
@@ -562,6 +674,13 @@ fn handle(bytes: &[u8], fds: Vec<OwnedFd>, key: &FnKey, keep: &mut Keep<'_>) {
             // keep a dead server's request queue alive, and a requester would wait on it forever.
             unsafe { channel::close_in_forked_child(keep.sock.as_raw_fd()) };
             drop(status);
+            let own = bootstrap::result_fd();
+            if own >= 0 && own != result.as_raw_fd() {
+                // SAFETY: the server's own result memfd, owned by `child_main_if_spawned`'s frame in
+                // this copy of the server, which never returns there: it ends with
+                // `exit_immediately` below. Closed so that children do not carry it.
+                unsafe { channel::close_in_forked_child(own) };
+            }
             channel::set_sigint_ignored(false);
             if let Some(k) = request.child_key {
                 // A fresh copy of the server, where nobody set it: this always sets it.
@@ -569,6 +688,10 @@ fn handle(bytes: &[u8], fds: Vec<OwnedFd>, key: &FnKey, keep: &mut Keep<'_>) {
             }
             let fd = result.as_raw_fd();
             let code = bootstrap::run_child(fd, move || {
+                // Before any thread starts (`watch_parent` may start one): see `replace_environment`.
+                replace_environment(vars);
+                channel::enter_dir(cwd.as_fd()).map_err(Failure::Setup)?;
+                drop(cwd);
                 if request.die_with_parent {
                     bootstrap::watch_parent(server)?;
                 }
@@ -602,5 +725,62 @@ fn handle(bytes: &[u8], fds: Vec<OwnedFd>, key: &FnKey, keep: &mut Keep<'_>) {
             });
         }
         Err(e) => refuse(&e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .collect()
+    }
+
+    #[test]
+    fn an_environment_round_trips_without_what_no_child_could_be_given() {
+        let sent = encode_environment(
+            vars(&[
+                ("PATH", "/bin"),
+                ("EMPTY", ""),
+                ("A=B", "c"),
+                ("", "x"),
+                ("NUL", "a\0b"),
+                ("UTF8", "é=ü"),
+            ])
+            .into_iter(),
+        );
+        let got = decode_environment(&sent).unwrap();
+        assert_eq!(
+            got,
+            vars(&[("PATH", "/bin"), ("EMPTY", ""), ("UTF8", "é=ü")])
+        );
+    }
+
+    /// What a hostile request could carry: refused before anything is set (`set_var` would panic).
+    #[test]
+    fn a_malformed_environment_is_refused() {
+        let raw = |pairs: &[(&[u8], &[u8])]| {
+            let v: Vec<(Vec<u8>, Vec<u8>)> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .collect();
+            postcard::to_allocvec(&v).unwrap()
+        };
+        for bad in [
+            raw(&[(b"A=B", b"c")]),
+            raw(&[(b"", b"c")]),
+            raw(&[(b"A\0", b"c")]),
+            raw(&[(b"A", b"c\0")]),
+        ] {
+            assert!(decode_environment(&bad).is_err());
+        }
+        // Truncated, a count far past the bytes, or nothing at all.
+        let good = raw(&[(b"A", b"c")]);
+        assert!(decode_environment(&good[..good.len() - 1]).is_err());
+        assert!(decode_environment(&[0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
+        assert!(decode_environment(&[]).is_err());
     }
 }

@@ -109,7 +109,9 @@
 //! start; a child whose server died before reporting its end is reported from its pidfd where the
 //! kernel keeps the status (Linux 6.15+), else as [`Error::ForkServer`]. The
 //! server's children share the server's memory at the time of the fork, i.e. a fresh program's start-up
-//! state, not the parent's: like spawned children, they get only their arguments.
+//! state, not the parent's: like spawned children, they get only their arguments, and, like spawned
+//! children, the parent's environment and working directory as they are when the child is started
+//! (each request carries them; Python's fork server gives its children the server's instead).
 //!
 //! # Fork caveats
 //! - Only the thread that called [`Process::start`] exists in the child. A lock another thread held at
@@ -239,10 +241,12 @@ struct Child {
 
 impl Child {
     /// Reaps the child if it has ended (`block`: waits until it has) and says how it ended.
-    fn reap(&self, block: bool) -> Result<Option<WaitStatus>> {
+    /// `patience` bounds only the wait for a child of a dead fork server to be reaped by its new
+    /// parent (see `forkserver::Status::wait`).
+    fn reap(&self, block: bool, patience: Duration) -> Result<Option<WaitStatus>> {
         match &self.via_server {
             None => psys::waitpid(self.pid, block),
-            Some(status) => status.wait(self.pid, &self.pidfd, block),
+            Some(status) => status.wait(self.pid, &self.pidfd, block, patience),
         }
     }
 }
@@ -800,7 +804,7 @@ impl<R> Process<R> {
             return Some(s);
         }
         let child = self.child.as_ref()?;
-        let s = child.reap(false).ok()??;
+        let s = child.reap(false, Duration::ZERO).ok()??;
         self.status.set(Some(s));
         Some(s)
     }
@@ -877,12 +881,19 @@ impl<R: DeserializeOwned> Process<R> {
         let status = match self.status.get() {
             Some(s) => s,
             None => {
+                let start = std::time::Instant::now();
                 if !psys::wait_readable(&child.pidfd, timeout)? {
                     return Err(Error::Timeout);
                 }
-                // The pidfd is readable: the child has terminated, so this does not block.
+                // The pidfd is readable: the child has terminated, so this does not block, except
+                // for a child of a dead fork server, whose new parent may take a while to reap it:
+                // that wait stays inside the caller's timeout (then `Timeout`; join again later).
+                let patience = timeout.map_or(forkserver::ORPHAN_REAP_WAIT, |t| {
+                    t.saturating_sub(start.elapsed())
+                        .min(forkserver::ORPHAN_REAP_WAIT)
+                });
                 let s = child
-                    .reap(true)?
+                    .reap(true, patience)?
                     .ok_or(Error::ProcessState("lost the child".into()))?;
                 self.status.set(Some(s));
                 s
@@ -978,6 +989,6 @@ impl<R> Drop for Process<R> {
         if self.daemon {
             let _ = psys::send_signal(&child.pidfd, psys::SIGKILL);
         }
-        let _ = child.reap(true);
+        let _ = child.reap(true, forkserver::ORPHAN_REAP_WAIT);
     }
 }

@@ -14,7 +14,7 @@
 //! and `exec` (`pre_exec`), so programs that other threads of the parent start meanwhile never get them.
 
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -144,6 +144,41 @@ pub(crate) fn prepare_as_rust_main() {
     }
     // SAFETY: setting SIG_IGN installs no handler code; signal(2) only changes the disposition.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// A descriptor of the current working directory (`O_PATH`: it needs no permission on the directory
+/// itself, and names the directory even if it was renamed or removed), for a fork-server child to
+/// [`enter_dir`] so that it starts where its requester is now, as a spawned child does.
+pub(crate) fn open_current_dir() -> Result<OwnedFd> {
+    // SAFETY: the path is a NUL-terminated literal; the flags create nothing. The returned number is
+    // new and owned by nobody else.
+    let fd = unsafe {
+        libc::open(
+            c".".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(Error::os(
+            "open the working directory",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `fd` was just returned by open(2) and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Makes the directory `dir` names the working directory (`fchdir`). A descriptor of anything but a
+/// directory is refused by the kernel (`ENOTDIR`).
+pub(crate) fn enter_dir(dir: BorrowedFd<'_>) -> std::result::Result<(), ChannelError> {
+    // SAFETY: fchdir(2) takes a descriptor and touches no memory of ours.
+    if unsafe { libc::fchdir(dir.as_raw_fd()) } != 0 {
+        return Err(format!(
+            "fchdir to the requester's working directory: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 /// Closes descriptor `fd` in a forked child that will never return into the code owning it.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 
 /// The most descriptors one message carries in this crate.
-pub(crate) const MAX_FDS: usize = 4;
+pub(crate) const MAX_FDS: usize = 5;
 
 /// Room for the control message of [`MAX_FDS`] descriptors, aligned for `cmsghdr`.
 #[repr(C, align(8))]
