@@ -226,15 +226,15 @@ pub(crate) fn install_child_panic_hook() {
     });
 }
 
-/// Runs a child's function and returns the exit code; the outcome is published into `result_fd`.
-/// Shared by spawned and forked children. Takes no lock that the parent's other threads could have held
-/// at a fork: the hook was installed before the fork, and publishes with raw `write(2)` calls.
 /// The result descriptor [`run_child`] reports to in this process (-1 before it runs): in a child the
 /// fork server forked, still the *server's* until the child's own `run_child` replaces it.
 pub(crate) fn result_fd() -> RawFd {
     RESULT_FD.load(Ordering::Acquire)
 }
 
+/// Runs a child's function and returns the exit code; the outcome is published into `result_fd`.
+/// Shared by spawned and forked children. Takes no lock that the parent's other threads could have held
+/// at a fork: the hook was installed before the fork, and publishes with raw `write(2)` calls.
 pub(crate) fn run_child(result_fd: RawFd, body: impl FnOnce() -> Result<Vec<u8>, Failure>) -> i32 {
     RESULT_FD.store(result_fd, Ordering::Release);
     let outcome = match panic::catch_unwind(AssertUnwindSafe(body)) {
