@@ -419,6 +419,28 @@ mod tests {
         done.kill().unwrap();
     }
 
+    fn park_forever(_: u8) -> u8 {
+        loop {
+            std::thread::park();
+        }
+    }
+
+    /// A pool dropped (terminated) while one of its results is awaited: the await ends with
+    /// `PoolClosed`, it does not hang. Bounded, to prove "no hang" only.
+    #[test]
+    fn a_result_awaited_when_its_pool_is_dropped_is_pool_closed() {
+        let pool = Pool::builder().workers(1).build().unwrap();
+        let pending = pool.apply_async(park_forever, 1).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || tx.send(block_on(pending)));
+        drop(pool);
+        let r = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the await hangs after its pool was dropped");
+        assert!(matches!(r, Err(Error::PoolClosed)), "{r:?}");
+        waiter.join().unwrap().unwrap();
+    }
+
     /// A future dropped before its result arrives cancels nothing and breaks nothing: the pool goes
     /// on serving the next awaited call.
     #[test]
