@@ -1,7 +1,9 @@
 //! Helpers shared by the fuzz targets (see `README.md`).
 //!
-//! Nothing here reaches into `mproc`'s private items: every target goes through the crate's public API
-//! (or serde impls of public types), as a hostile peer's bytes would.
+//! Nothing here reaches into `mproc`'s private items: the first five targets go through the crate's
+//! public API (or serde impls of public types), as a hostile peer's bytes would; `pool_wire`,
+//! `spawn_handshake` and `cluster_wire` call the crate's `pub(crate)` wire decoders through
+//! `mproc::fuzz_hooks`, which exists only under `--cfg fuzzing` (`src/fuzz_hooks.rs`).
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -172,5 +174,107 @@ impl<'a> Bytes<'a> {
     }
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
+    }
+}
+
+/// A global allocator that forwards to `System` and, inside [`record`] only, records what is
+/// allocated: the largest single request, the largest request for byte buffers (alignment 1: a
+/// `Vec<u8>` or a `String`, what a decoder sizes by its input), and the net bytes allocated minus freed.
+/// A target installs it with `#[global_allocator] static A: mproc_fuzz::Recording = mproc_fuzz::Recording;`.
+/// Recording is process-wide (the targets are single-threaded).
+#[derive(Debug)]
+pub struct Recording;
+
+mod recording {
+    use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize};
+    pub static ON: AtomicBool = AtomicBool::new(false);
+    pub static LARGEST: AtomicUsize = AtomicUsize::new(0);
+    pub static LARGEST_BYTES: AtomicUsize = AtomicUsize::new(0);
+    pub static NET: AtomicIsize = AtomicIsize::new(0);
+}
+
+fn note(l: std::alloc::Layout, size: usize, freed: usize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    if !recording::ON.load(Relaxed) {
+        return;
+    }
+    recording::LARGEST.fetch_max(size, Relaxed);
+    if l.align() == 1 {
+        recording::LARGEST_BYTES.fetch_max(size, Relaxed);
+    }
+    recording::NET.fetch_add(size as isize - freed as isize, Relaxed);
+}
+
+// SAFETY: forwards every call to `System` unchanged; only records the requested sizes in atomics
+// (which do not allocate).
+unsafe impl std::alloc::GlobalAlloc for Recording {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        note(l, l.size(), 0);
+        // SAFETY: the caller's contract for `alloc`, passed on.
+        unsafe { std::alloc::System.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: std::alloc::Layout) -> *mut u8 {
+        note(l, l.size(), 0);
+        // SAFETY: the caller's contract for `alloc_zeroed`, passed on.
+        unsafe { std::alloc::System.alloc_zeroed(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        note(l, 0, l.size());
+        // SAFETY: the caller's contract for `dealloc`, passed on.
+        unsafe { std::alloc::System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
+        note(l, new, l.size());
+        // SAFETY: the caller's contract for `realloc`, passed on.
+        unsafe { std::alloc::System.realloc(p, l, new) }
+    }
+}
+
+/// What [`record`] saw while its closure ran.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Record {
+    /// The largest single allocation (or reallocation's new size), in bytes.
+    pub largest: usize,
+    /// The largest one with alignment 1 (byte buffers, strings).
+    pub largest_bytes: usize,
+    /// Bytes allocated minus bytes freed (what the closure left allocated, its result included).
+    pub net: isize,
+}
+
+/// Runs `f` (through [`run`]: a panic escaping it aborts) and records its allocations; needs
+/// [`Recording`] as the global allocator, else the record is all zeros.
+pub fn record<R>(what: &str, f: impl FnOnce() -> R) -> (R, Record) {
+    use std::sync::atomic::Ordering::Relaxed;
+    install_panic_hook();
+    recording::LARGEST.store(0, Relaxed);
+    recording::LARGEST_BYTES.store(0, Relaxed);
+    recording::NET.store(0, Relaxed);
+    recording::ON.store(true, Relaxed);
+    let r = panic::catch_unwind(AssertUnwindSafe(f));
+    recording::ON.store(false, Relaxed);
+    let rec = Record {
+        largest: recording::LARGEST.load(Relaxed),
+        largest_bytes: recording::LARGEST_BYTES.load(Relaxed),
+        net: recording::NET.load(Relaxed),
+    };
+    match r {
+        Ok(r) => (r, rec),
+        Err(_) => {
+            eprintln!("==mproc-fuzz== a panic escaped `{what}`: this is a bug (a typed error was promised)");
+            std::process::abort();
+        }
+    }
+}
+
+/// Aborts (a crash for libFuzzer) with `msg` unless `ok`: a broken property of a target.
+#[track_caller]
+pub fn check(ok: bool, msg: impl FnOnce() -> String) {
+    if !ok {
+        eprintln!(
+            "==mproc-fuzz== property broken at {}: {}",
+            std::panic::Location::caller(),
+            msg()
+        );
+        std::process::abort();
     }
 }
