@@ -1,7 +1,10 @@
 //! The bugs the fuzz targets found, as plain tests of the promised behaviour (no fuzzer, stable is
 //! enough). Each failed when it was written; all are fixed in the crate now (each fix has its own test
 //! there too), and these stay as regression tests of the reproducers. Run with
-//! `cargo test --manifest-path fuzz/Cargo.toml --test found_bugs`.
+//! `cargo test --manifest-path fuzz/Cargo.toml --test found_bugs`. The bugs found in the crate's
+//! internal wire formats (P*) are reached through `mproc::fuzz_hooks`, which exists only under
+//! `--cfg fuzzing`: `RUSTFLAGS="--cfg fuzzing" cargo +nightly test --manifest-path fuzz/Cargo.toml
+//! --test found_bugs` runs them too (without it they are listed as ignored).
 //!
 //! The promise is the crate's: a hostile file or handle gives a typed `mproc::Error`, never a panic.
 
@@ -332,3 +335,28 @@ fn i3_image_open_short_palette_entry_panics() {
     }
     std::fs::remove_file(&path).unwrap();
 }
+
+/// P1 (`pool_wire`, campaign of 2026-12-01): `pool::wire::Reassembly` let its buffer grow past its
+/// cap. A task's fragments of 336 and then 4 bytes under a cap of 512 made a 672-byte buffer: `Vec`
+/// doubles its capacity, so a body just under the pool's 256 MiB cap held 512 MiB in a worker or the
+/// parent, whoever wrote the frames. Reproducer `repro/pool_wire-reassembly-capacity-past-cap.bin`
+/// (mode 1 of the target: pushes and forgets under a cap of 512).
+#[cfg(fuzzing)]
+#[test]
+fn p1_pool_reassembly_grows_past_its_cap() {
+    use mproc::fuzz_hooks::pool::Reassembly;
+    let (a, b) = (vec![1u8; 336], vec![2u8; 4]);
+    let mut r = Reassembly::new(512);
+    LARGEST_ALLOC.with(|c| c.set(0));
+    assert_eq!(r.push(0, false, &a), None);
+    assert_eq!(r.push(0, false, &b), None);
+    let largest = LARGEST_ALLOC.with(|c| c.get());
+    assert!(largest <= 512, "a {largest}-byte buffer under a cap of 512");
+    let body = r.push(0, true, &[]).unwrap().unwrap();
+    assert_eq!((body.len(), body.capacity() <= 512), (340, true));
+}
+
+#[cfg(not(fuzzing))]
+#[test]
+#[ignore = "needs mproc::fuzz_hooks: RUSTFLAGS=\"--cfg fuzzing\" cargo +nightly test --test found_bugs"]
+fn p1_pool_reassembly_grows_past_its_cap() {}

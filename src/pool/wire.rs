@@ -145,6 +145,14 @@ impl Reassembly {
         if let Part::Growing(buf) = part {
             let fits = (buf.len() as u64).saturating_add(fragment.len() as u64) <= self.max;
             if fits {
+                // Grow as a `Vec` does (doubling), but never past the cap: capacity is memory held
+                // too, and doubling alone takes a body just under the cap to nearly twice the cap.
+                let need = buf.len() + fragment.len();
+                if need > buf.capacity() {
+                    let cap = usize::try_from(self.max).unwrap_or(usize::MAX);
+                    let target = buf.capacity().saturating_mul(2).max(need).min(cap);
+                    buf.reserve_exact(target - buf.len());
+                }
                 buf.extend_from_slice(fragment);
             } else {
                 *part = Part::Oversized;
@@ -324,6 +332,20 @@ mod tests {
         r.push(3, false, b"x");
         r.forget(3);
         assert!(r.parts.is_empty());
+    }
+
+    /// Found by the `pool_wire` fuzz target: the buffer doubled past the cap (a body of 336 bytes
+    /// under a cap of 512 grew to 672), so a body just under the default 256 MiB cap held 512 MiB.
+    #[test]
+    fn reassembly_capacity_stays_under_the_cap() {
+        let mut r = Reassembly::new(100);
+        assert_eq!(r.push(1, false, &[1; 60]), None);
+        assert_eq!(r.push(1, false, &[2; 30]), None);
+        assert!(matches!(r.parts.get(&1), Some(Part::Growing(b)) if b.capacity() <= 100));
+        assert_eq!(r.push(1, false, &[3; 10]), None);
+        let body = r.push(1, true, &[]).unwrap().unwrap();
+        assert_eq!(body.len(), 100);
+        assert!(body.capacity() <= 100, "capacity {}", body.capacity());
     }
 
     #[test]
