@@ -36,6 +36,14 @@ pub fn tests() -> Vec<Trial> {
             "a_waker_that_polls_inline_may_submit_to_the_same_pool",
             awaited::inline_waker,
         ),
+        t(
+            "a_waker_that_polls_inline_may_call_the_same_pool_and_block",
+            awaited::inline_waker_blocking,
+        ),
+        t(
+            "a_waker_that_polls_inline_may_drop_the_last_pool_handle",
+            awaited::inline_waker_drops_the_pool,
+        ),
     ]);
     #[cfg(feature = "npy")]
     trials.extend([
@@ -154,48 +162,115 @@ mod awaited {
         });
     }
 
+    type Task = Mutex<Option<Pin<Box<dyn Future<Output = ()> + Send>>>>;
+
     /// An executor whose `wake` polls the task right there, on the waking thread (the `Waker`
-    /// contract allows it). The pool wakes from its own threads, after a result arrives; the task then
-    /// submits its next call to the same pool from inside that wake-up. Woken while the pool's
-    /// dispatcher lock was held, this deadlocked the pool for good.
-    pub fn inline_waker() {
-        type Task = Mutex<Option<Pin<Box<dyn Future<Output = ()> + Send>>>>;
-        struct PollsInline(Task);
-        impl Wake for PollsInline {
-            fn wake(self: Arc<Self>) {
-                let waker = self.clone().into();
-                let mut cx = Context::from_waker(&waker);
-                let mut task = self.0.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(f) = task.as_mut() {
-                    if f.as_mut().poll(&mut cx).is_ready() {
-                        *task = None;
-                    }
+    /// contract allows it). The pool wakes from its own threads, after a result arrives.
+    struct PollsInline(Task);
+
+    impl Wake for PollsInline {
+        fn wake(self: Arc<Self>) {
+            let waker = self.clone().into();
+            let mut cx = Context::from_waker(&waker);
+            let mut task = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(f) = task.as_mut() {
+                if f.as_mut().poll(&mut cx).is_ready() {
+                    *task = None;
                 }
             }
         }
-        fn double(x: u64) -> u64 {
-            x * 2
-        }
+    }
+
+    fn double(x: u64) -> u64 {
+        x * 2
+    }
+
+    /// A task for [`polled_inline`]: given the pool and where to send its answer.
+    type MakeTask =
+        fn(Arc<Pool>, std::sync::mpsc::Sender<u64>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    /// Runs `task` under [`PollsInline`] and returns its answer: the task's calls after its first
+    /// `await` run inside the pool's own wake-ups.
+    fn polled_inline(task: MakeTask) -> u64 {
+        let pool = Arc::new(Pool::builder().workers(1).build().expect("pool"));
+        let workers = pool.worker_pids();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let inline = Arc::new(PollsInline(Mutex::new(Some(task(pool.clone(), tx)))));
+        // The task holds the other handle: the pool ends with the task, inside a wake-up.
+        drop(pool);
+        inline.wake();
+        let got = rx
+            .recv_timeout(BOUND)
+            .expect("an answer from the inline-polled task");
+        // Whichever thread let go of the pool last, its workers are stopped and reaped.
+        common::eventually("the pool's workers are reaped", BOUND, || {
+            workers
+                .iter()
+                .all(|w| !std::path::Path::new(&format!("/proc/{w}")).exists())
+        });
+        got
+    }
+
+    /// From inside the wake-up, the task submits again (five chained calls). Woken while the pool's
+    /// dispatcher lock was held, this deadlocked the pool for good.
+    pub fn inline_waker() {
         common::bounded("a task submitting from its own wake-up", BOUND, || {
-            let pool = Arc::new(Pool::builder().workers(1).build().expect("pool"));
-            let (tx, rx) = std::sync::mpsc::channel();
-            let p = pool.clone();
-            let task = Arc::new(PollsInline(Mutex::new(Some(Box::pin(async move {
-                let mut x = 1;
-                for _ in 0..5 {
-                    x = p
-                        .apply_async(double, x)
+            let got = polled_inline(|p, tx| {
+                Box::pin(async move {
+                    let mut x = 1;
+                    for _ in 0..5 {
+                        x = p
+                            .apply_async(double, x)
+                            .expect("submit")
+                            .await
+                            .expect("result");
+                    }
+                    tx.send(x).expect("the test waits");
+                    // The pool still answers blocking callers.
+                    assert_eq!(p.worker_pids().len(), 1);
+                })
+            });
+            assert_eq!(got, 32);
+        });
+    }
+
+    /// From inside the wake-up, the task makes a blocking call on the same pool. Woken while its
+    /// thread held the pool's reader role, the call waited for that role and hung.
+    pub fn inline_waker_blocking() {
+        common::bounded("a blocking call from a wake-up", BOUND, || {
+            let got = polled_inline(|p, tx| {
+                Box::pin(async move {
+                    let x = p
+                        .apply_async(double, 1)
                         .expect("submit")
                         .await
                         .expect("result");
-                }
-                tx.send(x).expect("the test waits");
-            })))));
-            task.wake();
-            assert_eq!(rx.recv_timeout(BOUND).expect("five chained calls"), 32);
-            // The pool still answers callers of every kind.
-            assert_eq!(pool.apply(double, 21).expect("a blocking call"), 42);
-            assert_eq!(pool.worker_pids().len(), 1);
+                    tx.send(p.apply(double, x).expect("a blocking call"))
+                        .expect("the test waits");
+                })
+            });
+            assert_eq!(got, 4);
+        });
+    }
+
+    /// The task holds the last handle of its pool and drops it inside a wake-up that may run on the
+    /// pool's own background thread, whose drop joined that thread from itself and panicked.
+    pub fn inline_waker_drops_the_pool() {
+        common::bounded("the pool dropped from a wake-up", BOUND, || {
+            for _ in 0..5 {
+                let got = polled_inline(|p, tx| {
+                    Box::pin(async move {
+                        let x = p
+                            .apply_async(double, 3)
+                            .expect("submit")
+                            .await
+                            .expect("result");
+                        drop(p);
+                        tx.send(x).expect("the test waits");
+                    })
+                });
+                assert_eq!(got, 6);
+            }
         });
     }
 

@@ -25,13 +25,16 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::dispatcher::{Dispatcher, PoolConfig, TaskSpec, LIVENESS_EVERY};
-use super::results::{Bell, ProgressCallback};
+use super::results::{Bell, ProgressCallback, Wakeups};
 use super::worker::FrameQueue;
 use crate::error::{Error, Result};
 
 /// The dispatcher, locked; on drop it releases the lock and then wakes the tasks that awaited jobs
 /// finished meanwhile (`Dispatcher::wake_later`). A waker may poll its task inline, and that task may
-/// submit to this pool on this thread: woken under the lock, it deadlocked the pool for good.
+/// call this pool on this thread: woken under the lock, a submit deadlocked the pool for good. A
+/// holder of the reader role takes the wake-ups out first ([`LockedDispatcher::take_wakeups`]) and
+/// wakes them once the role is released too: a blocking call made from the wake-up waits for a role
+/// its own thread held, and hung.
 struct LockedDispatcher<'a>(Option<MutexGuard<'a, Dispatcher>>);
 
 impl std::ops::Deref for LockedDispatcher<'_> {
@@ -46,6 +49,13 @@ impl std::ops::DerefMut for LockedDispatcher<'_> {
         self.0
             .as_deref_mut()
             .expect("the guard is taken only in drop")
+    }
+}
+
+impl LockedDispatcher<'_> {
+    /// The wake-ups owed so far, for a caller to wake once it holds no pool lock.
+    fn take_wakeups(&mut self) -> Wakeups {
+        std::mem::take(&mut self.wake_later)
     }
 }
 
@@ -138,17 +148,23 @@ impl Engine {
             self.bell.wait_after(seen, slice);
             return;
         };
-        match self.results.get_timeout(slice) {
+        // The dispatcher is locked after the wait, never across it: submitters must not wait on it.
+        let got = self.results.get_timeout(slice);
+        let mut d = self.dispatcher();
+        match got {
             Ok(frame) => {
-                let mut d = self.dispatcher();
                 d.on_frame(&frame);
                 d.tick(true);
             }
-            Err(Error::Timeout) => self.dispatcher().tick(true),
+            Err(Error::Timeout) => d.tick(true),
             // The result ring is broken (garbage written into it): nothing can come back.
-            Err(_) => self.dispatcher().terminate(),
+            Err(_) => d.terminate(),
         }
+        // Woken with no lock and no role held: see `LockedDispatcher`.
+        let owed = d.take_wakeups();
+        drop(d);
         drop(role);
+        owed.wake_all();
         // Let a waiter that could not read take the role now rather than at the end of its slice.
         self.bell.ring_if_waited();
     }
@@ -189,10 +205,12 @@ impl Engine {
                     return;
                 }
                 let dead = std::mem::take(&mut d.dead);
+                let owed = d.take_wakeups();
                 drop(d);
                 drop(role);
                 // Reaped here, with no lock held (see `Dispatcher::dead`).
                 drop(dead);
+                owed.wake_all();
                 if read {
                     // A caller that found the role taken sleeps on the bell: hand it over now, not at the
                     // end of its slice.

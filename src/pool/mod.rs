@@ -271,7 +271,11 @@ impl Pool {
         };
         self.engine.terminate();
         t.thread().unpark();
-        let _ = t.join();
+        // A pool dropped by a task its own background thread woke (an awaiting task polled inline
+        // that held the last `Pool`): that thread cannot join itself; it sees `stop` and ends.
+        if t.thread().id() != std::thread::current().id() {
+            let _ = t.join();
+        }
     }
 }
 

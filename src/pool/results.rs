@@ -180,10 +180,22 @@ impl Wakeups {
         let _ = other;
     }
 
-    /// Wakes them all. Call with no pool lock held.
+    /// Wakes them all. Call with no pool lock held. A waker that panics (an executor's bug) does not
+    /// cost the others their wake-up: all are woken, then the first panic goes on.
     pub(crate) fn wake_all(self) {
         #[cfg(feature = "async")]
-        self.wakers.into_iter().for_each(std::task::Waker::wake);
+        {
+            let mut first_panic = None;
+            for w in self.wakers {
+                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake()))
+                {
+                    first_panic.get_or_insert(p);
+                }
+            }
+            if let Some(p) = first_panic {
+                std::panic::resume_unwind(p);
+            }
+        }
     }
 }
 
