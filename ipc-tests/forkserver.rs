@@ -22,6 +22,8 @@ pub const ROLES: &[Role] = &[
     ("forkserver_no_leak", forkserver_no_leak),
     ("forkserver_requester", forkserver_requester),
     ("forkserver_environment", forkserver_environment),
+    ("forkserver_orphan_unreaped", forkserver_orphan_unreaped),
+    ("forkserver_odd_environment", forkserver_odd_environment),
 ];
 
 /// How long a role may take before we call it a hang (proves "no hang", asserts no speed).
@@ -42,6 +44,21 @@ pub fn tests() -> Vec<Trial> {
         role(
             "children_get_the_parents_current_environment_and_directory",
             "forkserver_environment",
+        ),
+        role(
+            "join_timeout_of_an_orphan_nobody_reaps_ends_in_an_error",
+            "forkserver_orphan_unreaped",
+        ),
+        Trial::test(
+            "forkserver::a_variable_named_with_an_equals_sign_breaks_no_child",
+            || {
+                common::run_role_with_env_ok(
+                    "forkserver_odd_environment",
+                    &[("=odd", "x"), ("MPROC_TEST_PLAIN", "y")],
+                    BOUND,
+                );
+                Ok(())
+            },
         ),
         Trial::test("forkserver::children_die_with_the_requester", || {
             children_die_with_the_requester();
@@ -417,6 +434,58 @@ fn forkserver_environment(_: &str) {
     assert_eq!(start(surroundings, ()).join().unwrap(), spawned);
     std::env::set_current_dir(std::env::temp_dir()).unwrap();
     std::fs::remove_dir(&dir).unwrap();
+}
+
+/// Role: a child outlives its dead server and is reparented to this process, a subreaper that never
+/// reaps it, so no exit status ever reaches its pidfd. Joins with short timeouts must end in an error
+/// once the orphan's reaping wait is spent; before, each started that wait afresh and answered
+/// `Timeout` forever.
+fn forkserver_orphan_unreaped(_: &str) {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) changes only this process's orphan handling.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(r, 0, "PR_SET_CHILD_SUBREAPER");
+    let mut p = Process::builder()
+        .start_method(StartMethod::ForkServer)
+        .die_with_parent(false)
+        .target(sleep_secs, 1)
+        .expect("target");
+    p.start().expect("start");
+    let server = server_pid();
+    // SAFETY: kill(2) on our own unreaped child (the server): its pid cannot have been reused.
+    assert_eq!(unsafe { libc::kill(server, libc::SIGKILL) }, 0);
+    let end = std::time::Instant::now() + BOUND;
+    loop {
+        match p.join_timeout(Duration::from_millis(200)) {
+            Err(Error::Timeout) => assert!(std::time::Instant::now() < end, "Timeout for good"),
+            Err(Error::ForkServer(m)) => {
+                assert!(m.contains("died"), "{m}");
+                break;
+            }
+            other => panic!("nobody reaps the orphan, so no status: {other:?}"),
+        }
+    }
+    // Reap what this process was given, so the role leaves nothing behind.
+    // SAFETY: waitpid(-1) reaps our own children (the orphan and the dead server); status unused.
+    while unsafe { libc::waitpid(-1, std::ptr::null_mut(), 0) } > 0 {}
+}
+
+/// Role, run with `=odd=x` in its environment (a name `unsetenv` refuses): fork-server children and
+/// pool workers run, with the rest of the environment. Before, each child panicked removing it.
+fn forkserver_odd_environment(_: &str) {
+    assert!(
+        std::env::vars_os().any(|(k, _)| k == "=odd"),
+        "the odd name reached the role"
+    );
+    let (cwd, ..) = start(surroundings, ()).join().expect("a child");
+    assert!(cwd.is_ok());
+    let plain = start(|_: ()| std::env::var("MPROC_TEST_PLAIN").ok(), ()).join();
+    assert_eq!(plain.expect("a child").as_deref(), Some("y"));
+    let pool = mproc::Pool::builder()
+        .workers(1)
+        .start_method(StartMethod::ForkServer)
+        .build()
+        .expect("pool");
+    assert_eq!(pool.apply(|x: u32| x + 1, 1).expect("a worker"), 2);
 }
 
 fn fd_count() -> usize {

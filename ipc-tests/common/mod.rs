@@ -57,6 +57,22 @@ pub fn spawn_role(role: &str, arg: &str) -> Child {
 
 /// Runs `role` with `arg` in a child process, which must exit 0 within `bound`.
 #[track_caller]
+/// As [`run_role_ok`], with `env` added to the role's environment (names std's `set_var` would
+/// refuse, like `=odd`, reach the role through `exec` all the same).
+pub fn run_role_with_env_ok(role: &str, env: &[(&str, &str)], bound: Duration) {
+    let mut child = Command::new(std::env::current_exe().expect("current_exe"))
+        .env(ROLE_VAR, role)
+        .env(ARG_VAR, "")
+        .env(RUN_VAR, run_tag())
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn test child");
+    let status = wait_bounded(&mut child, bound);
+    assert!(status.success(), "role {role} failed: {status}");
+}
+
 pub fn run_role_ok(role: &str, arg: &str, bound: Duration) {
     let mut child = spawn_role(role, arg);
     let status = wait_bounded(&mut child, bound);

@@ -18,7 +18,11 @@
 //!   descriptor of the parent's working directory and a sealed memfd of its environment (made again only
 //!   when the environment changed): the child enters that directory and takes that environment before
 //!   its function runs, so it starts where a spawned child would. The server checks every variable
-//!   before it forks (a name with `=` or NUL, a value with NUL: refused).
+//!   before it forks (a name with `=` or NUL, a value with NUL: refused), and the child installs the
+//!   whole environment at once (a new `environ`: no per-variable scan, nothing to unset). One
+//!   difference remains: a directory the parent may no longer search (it dropped the permission after
+//!   entering it) cannot be entered by the child, which then fails with a setup error where a spawned
+//!   child would inherit it.
 //! - **Status.** Each child has its own status socket: the server answers on it with the child's pid and
 //!   a pidfd (`SCM_RIGHTS`), and later with how the child ended, once it has reaped it. No
 //!   demultiplexing: threads starting and joining processes concurrently never read each other's
@@ -53,14 +57,14 @@
 //! reported as [`Error::ForkServer`]. A request the server died while handling fails with
 //! [`Error::ForkServer`] too (it is not retried: the child may have started).
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -68,9 +72,10 @@ use super::bootstrap::{self, Failure, SpawnKind};
 use super::fnref::{FnKey, FnRef, LocalFn};
 use super::{spawn, Child};
 use crate::error::{Error, Result};
+use crate::sys::pidfd::{self, ExitInfo};
 use crate::sys::process::{self as psys, Fork, WaitStatus};
 use crate::sys::unix_socket::{self as usock, Received};
-use crate::sys::{channel, pidfd, shm};
+use crate::sys::{channel, shm};
 
 /// Arguments up to this size travel in the request packet; larger ones in a sealed memfd.
 const INLINE_ARGS: usize = 32 << 10;
@@ -172,17 +177,6 @@ fn environment_memfd() -> Result<Arc<File>> {
     let file = Arc::new(file);
     *last = Some((bytes, file.clone()));
     Ok(file)
-}
-
-/// Makes `vars` this process's whole environment. Only in a child the server just forked, which has
-/// one thread: nothing reads the environment meanwhile.
-fn replace_environment(vars: Vec<(OsString, OsString)>) {
-    for (name, _) in std::env::vars_os() {
-        std::env::remove_var(name);
-    }
-    for (name, value) in vars {
-        std::env::set_var(name, value);
-    }
 }
 
 /// The server's first answer on a status socket: the pid of the started child, or why it was not.
@@ -429,13 +423,21 @@ fn started(status: OwnedFd, result: File) -> Result<Child> {
         pid,
         pidfd,
         result,
-        via_server: Some(Status(status)),
+        via_server: Some(Status {
+            sock: status,
+            orphan_seen: OnceLock::new(),
+        }),
     })
 }
 
 /// The parent's end of a child's status socket: how a child of the server ended.
 #[derive(Debug)]
-pub(super) struct Status(OwnedFd);
+pub(super) struct Status {
+    sock: OwnedFd,
+    /// When this child was first found ended with its server dead and no status at hand: the wait
+    /// for its new parent to reap it counts from here, across joins (see [`orphan_status`]).
+    orphan_seen: OnceLock<Instant>,
+}
 
 impl Status {
     /// How the child ended, once the server reported it (`block`: wait for the report).
@@ -450,12 +452,12 @@ impl Status {
         patience: Duration,
     ) -> Result<Option<WaitStatus>> {
         let mut buf = [0u8; 32];
-        let n = match usock::recv_with_fds(self.0.as_fd(), &mut buf, 0, block)? {
+        let n = match usock::recv_with_fds(self.sock.as_fd(), &mut buf, 0, block)? {
             Received::Packet(n, _) => n,
             Received::Nothing => return Ok(None),
             Received::Closed => {
                 forget_dead_server();
-                return orphan_status(pid, pidfd, block, patience);
+                return orphan_status(pid, pidfd, block, patience, &self.orphan_seen);
             }
         };
         decode_ended(&buf[..n]).map(Some)
@@ -464,27 +466,39 @@ impl Status {
 
 /// How a child ended whose server died before reporting it. Still running (with `block` false): `None`.
 /// Ended: its new parent (init or a subreaper) reaps it, and since Linux 6.15 the kernel keeps the
-/// status for pidfd holders. A blocking wait gives the reaping `patience` (at most
-/// [`ORPHAN_REAP_WAIT`]: some inits reap on a timer, this VM's took 1.4 s), a non-blocking one asks
-/// once; then the loss is reported, or [`Error::Timeout`] if the caller's own timeout cut the wait
-/// short (a later join asks again).
+/// status for pidfd holders. The reaping gets [`ORPHAN_REAP_WAIT`] (some inits reap on a timer: this
+/// VM's took 1.4 s), counted from when the ended child was first seen (`seen`), across joins; a wait
+/// cut short by the caller's `patience` is [`Error::Timeout`] (a later join asks again). Past that, or
+/// where the kernel keeps no status, the loss is reported as [`Error::ForkServer`].
 fn orphan_status(
     pid: u32,
     pidfd: &OwnedFd,
     block: bool,
     patience: Duration,
+    seen: &OnceLock<Instant>,
 ) -> Result<Option<WaitStatus>> {
     let timeout = (!block).then_some(Duration::ZERO);
     if !psys::wait_readable(pidfd, timeout)? {
         return Ok(None);
     }
-    let patience = if block { patience } else { Duration::ZERO };
-    match pidfd::exit_status(pidfd, patience) {
-        Some(status) => Ok(Some(status)),
-        None if block && patience < ORPHAN_REAP_WAIT => Err(Error::Timeout),
-        None => Err(Error::ForkServer(format!(
+    let first = *seen.get_or_init(Instant::now);
+    let left = ORPHAN_REAP_WAIT.saturating_sub(first.elapsed());
+    let wait = if block {
+        patience.min(left)
+    } else {
+        Duration::ZERO
+    };
+    let lost = || {
+        Error::ForkServer(format!(
             "the fork server died before it reported how process {pid} ended"
-        ))),
+        ))
+    };
+    match pidfd::exit_status(pidfd, wait) {
+        ExitInfo::Known(status) => Ok(Some(status)),
+        ExitInfo::Unavailable => Err(lost()),
+        ExitInfo::NotYet if first.elapsed() >= ORPHAN_REAP_WAIT => Err(lost()),
+        ExitInfo::NotYet if block => Err(Error::Timeout),
+        ExitInfo::NotYet => Ok(None),
     }
 }
 
@@ -647,14 +661,15 @@ fn handle(bytes: &[u8], fds: Vec<OwnedFd>, key: &FnKey, keep: &mut Keep<'_>) {
     let (Some(cwd), Some(env)) = (cwd, env) else {
         return refuse("the working directory or the environment is missing");
     };
-    let vars = match channel::read_sealed(env, MAX_ENVIRONMENT).and_then(|b| decode_environment(&b))
+    let vars = match channel::read_sealed(env, "environment", MAX_ENVIRONMENT)
+        .and_then(|b| decode_environment(&b))
     {
         Ok(v) => v,
         Err(why) => return refuse(&why),
     };
     let args = match (request.args, task) {
         (Some(a), None) => a,
-        (None, Some(t)) => match channel::read_sealed(t, bootstrap::MAX_TASK_BYTES) {
+        (None, Some(t)) => match channel::read_sealed(t, "task", bootstrap::MAX_TASK_BYTES) {
             Ok(a) => a,
             Err(why) => return refuse(&why),
         },
@@ -688,8 +703,18 @@ fn handle(bytes: &[u8], fds: Vec<OwnedFd>, key: &FnKey, keep: &mut Keep<'_>) {
             }
             let fd = result.as_raw_fd();
             let code = bootstrap::run_child(fd, move || {
-                // Before any thread starts (`watch_parent` may start one): see `replace_environment`.
-                replace_environment(vars);
+                let entries = vars
+                    .into_iter()
+                    .filter_map(|(name, value)| {
+                        let mut entry = name.into_vec();
+                        entry.push(b'=');
+                        entry.extend(value.into_vec());
+                        CString::new(entry).ok() // checked NUL-free by `decode_environment`
+                    })
+                    .collect();
+                // SAFETY: a child just forked from the single-threaded server, before any thread
+                // starts (`watch_parent` below may start one): nothing else touches the environment.
+                unsafe { channel::replace_environment(entries) };
                 channel::enter_dir(cwd.as_fd()).map_err(Failure::Setup)?;
                 drop(cwd);
                 if request.die_with_parent {

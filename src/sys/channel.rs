@@ -146,26 +146,32 @@ pub(crate) fn prepare_as_rust_main() {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 }
 
-/// A descriptor of the current working directory (`O_PATH`: it needs no permission on the directory
-/// itself, and names the directory even if it was renamed or removed), for a fork-server child to
-/// [`enter_dir`] so that it starts where its requester is now, as a spawned child does.
+/// A descriptor of the current working directory (`O_PATH`: it names the directory even if it was
+/// renamed or removed), for a fork-server child to [`enter_dir`] so that it starts where its
+/// requester is now, as a spawned child does. Opened through `/proc/self/cwd`, whose link the kernel
+/// follows with no permission on the directory itself (`"."` needs search permission on it, which a
+/// process may have given up after entering it); `"."` where `/proc` is not mounted.
 pub(crate) fn open_current_dir() -> Result<OwnedFd> {
-    // SAFETY: the path is a NUL-terminated literal; the flags create nothing. The returned number is
-    // new and owned by nobody else.
-    let fd = unsafe {
-        libc::open(
-            c".".as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(Error::os(
-            "open the working directory",
-            std::io::Error::last_os_error(),
-        ));
+    let mut last = None;
+    for path in [c"/proc/self/cwd", c"."] {
+        // SAFETY: the path is a NUL-terminated literal; the flags create nothing. The returned
+        // number is new and owned by nobody else.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: `fd` was just returned by open(2) and is owned by nothing else.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        last = Some(std::io::Error::last_os_error());
     }
-    // SAFETY: `fd` was just returned by open(2) and is owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Err(Error::os(
+        "open the working directory",
+        last.unwrap_or_else(std::io::Error::last_os_error),
+    ))
 }
 
 /// Makes the directory `dir` names the working directory (`fchdir`). A descriptor of anything but a
@@ -179,6 +185,34 @@ pub(crate) fn enter_dir(dir: BorrowedFd<'_>) -> std::result::Result<(), ChannelE
         ));
     }
     Ok(())
+}
+
+extern "C" {
+    /// The C library's environment (environ(7)): what `getenv`, `std::env` and `exec` read.
+    static mut environ: *mut *mut libc::c_char;
+}
+
+/// Makes `entries` (each `name=value`) the whole environment of this process at once: a new
+/// `environ` array, left to the process (it ends with it). One allocation, no scan: replacing
+/// variable by variable costs a scan of the environment per call (4000 variables took 48 ms), and
+/// `unsetenv` refuses names that the C library itself let into the environment (a name starting
+/// with `=`), which `std::env::remove_var` turns into a panic.
+///
+/// # Safety
+/// The calling process has a single thread: nothing reads or writes the environment meanwhile
+/// (`std::env`'s lock is not taken). A later `setenv` copies the array (glibc reallocates an
+/// `environ` it did not allocate), so the entries may stay leaked.
+pub(crate) unsafe fn replace_environment(entries: Vec<std::ffi::CString>) {
+    let mut array: Vec<*mut libc::c_char> = entries
+        .into_iter()
+        .map(std::ffi::CString::into_raw)
+        .collect();
+    array.push(std::ptr::null_mut());
+    let array = Box::leak(array.into_boxed_slice());
+    // SAFETY: single-threaded (the caller's contract), so no one reads `environ` while it changes;
+    // the new array is NUL-terminated entries ending in a null pointer, as environ(7) requires, and
+    // leaked, so it lives as long as the process.
+    unsafe { environ = array.as_mut_ptr() };
 }
 
 /// Closes descriptor `fd` in a forked child that will never return into the code owning it.
@@ -220,24 +254,28 @@ fn seals(file: &File) -> Option<u32> {
 /// The task the parent wrote: checked to be a memfd of our uid sealed against any change, at most `cap`
 /// bytes, and read whole. The descriptor is closed afterwards.
 pub(crate) fn read_task(fd: RawFd, cap: u64) -> std::result::Result<Vec<u8>, ChannelError> {
-    read_sealed(adopt(fd, "task")?, cap)
+    read_sealed(adopt(fd, "task")?, "task", cap)
 }
 
 /// As [`read_task`], for a descriptor already owned (the fork server's, received with `SCM_RIGHTS`).
-pub(crate) fn read_sealed(owned: OwnedFd, cap: u64) -> std::result::Result<Vec<u8>, ChannelError> {
+pub(crate) fn read_sealed(
+    owned: OwnedFd,
+    what: &str,
+    cap: u64,
+) -> std::result::Result<Vec<u8>, ChannelError> {
     let file = File::from(owned);
-    let m = file.metadata().map_err(|e| format!("fstat(task): {e}"))?;
+    let m = file.metadata().map_err(|e| format!("fstat({what}): {e}"))?;
     if !m.file_type().is_file() || m.uid() != crate::sys::proc::euid() {
-        return Err("the task descriptor is not a file of this user".into());
+        return Err(format!("the {what} descriptor is not a file of this user"));
     }
     let need = (libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) as u32;
     match seals(&file) {
         Some(s) if s & need == need => {}
-        _ => return Err("the task file is not a sealed memfd".into()),
+        _ => return Err(format!("the {what} file is not a sealed memfd")),
     }
     if m.len() > cap {
         return Err(format!(
-            "the task file has {} bytes, more than {cap}",
+            "the {what} file has {} bytes, more than {cap}",
             m.len()
         ));
     }
@@ -245,7 +283,7 @@ pub(crate) fn read_sealed(owned: OwnedFd, cap: u64) -> std::result::Result<Vec<u
     // read: the descriptor's file offset is whatever the parent left it at.
     let mut bytes = vec![0u8; m.len() as usize];
     file.read_exact_at(&mut bytes, 0)
-        .map_err(|e| format!("read(task): {e}"))?;
+        .map_err(|e| format!("read({what}): {e}"))?;
     Ok(bytes)
 }
 

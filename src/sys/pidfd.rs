@@ -40,10 +40,20 @@ const PIDFD_INFO_EXIT: u64 = 1 << 3;
 const PIDFD_GET_INFO: u64 =
     (3 << 30) | ((std::mem::size_of::<PidfdInfo>() as u64) << 16) | (0xFF << 8) | 11;
 
+/// What the kernel says of how the process of a pidfd ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExitInfo {
+    /// Ended and reaped: how.
+    Known(WaitStatus),
+    /// Still running, or ended and not reaped (yet) by its parent.
+    NotYet,
+    /// The kernel keeps no exit status for pidfds (before Linux 6.15): asking again cannot help.
+    Unavailable,
+}
+
 /// The wait status of the ended process of `pidfd`, once it has been reaped by its parent, waiting at
-/// most `patience` for the reaping. `None` if the kernel does not keep exit statuses for pidfds
-/// (before Linux 6.15), or the process was not reaped in time (a parent that does not reap).
-pub(crate) fn exit_status(pidfd: &OwnedFd, patience: Duration) -> Option<WaitStatus> {
+/// most `patience` for the reaping.
+pub(crate) fn exit_status(pidfd: &OwnedFd, patience: Duration) -> ExitInfo {
     let deadline = Instant::now() + patience;
     loop {
         let mut info = PidfdInfo {
@@ -63,7 +73,7 @@ pub(crate) fn exit_status(pidfd: &OwnedFd, patience: Duration) -> Option<WaitSta
         let errno = std::io::Error::last_os_error().raw_os_error();
         if r == 0 && info.mask & PIDFD_INFO_EXIT != 0 {
             let s = info.exit_code;
-            return Some(if libc::WIFSIGNALED(s) {
+            return ExitInfo::Known(if libc::WIFSIGNALED(s) {
                 WaitStatus::Signaled(libc::WTERMSIG(s))
             } else {
                 WaitStatus::Exited(libc::WEXITSTATUS(s))
@@ -71,8 +81,11 @@ pub(crate) fn exit_status(pidfd: &OwnedFd, patience: Duration) -> Option<WaitSta
         }
         // Running, or ended and not reaped yet (ESRCH without exit information): wait a little. Any
         // other failure means the kernel cannot tell.
-        if (r != 0 && errno != Some(libc::ESRCH)) || Instant::now() >= deadline {
-            return None;
+        if r != 0 && errno != Some(libc::ESRCH) {
+            return ExitInfo::Unavailable;
+        }
+        if Instant::now() >= deadline {
+            return ExitInfo::NotYet;
         }
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -91,12 +104,21 @@ mod tests {
         let pidfd = super::super::process::pidfd_open(child.id()).unwrap();
         assert_eq!(child.wait().unwrap().code(), Some(7));
         let got = exit_status(&pidfd, Duration::from_millis(100));
-        assert!(matches!(got, None | Some(WaitStatus::Exited(7))), "{got:?}");
+        assert!(
+            matches!(
+                got,
+                ExitInfo::Unavailable | ExitInfo::Known(WaitStatus::Exited(7))
+            ),
+            "{got:?}"
+        );
     }
 
     #[test]
     fn a_running_process_has_no_exit_status() {
         let me = super::super::process::pidfd_open(std::process::id()).unwrap();
-        assert_eq!(exit_status(&me, Duration::ZERO), None);
+        assert!(matches!(
+            exit_status(&me, Duration::ZERO),
+            ExitInfo::NotYet | ExitInfo::Unavailable
+        ));
     }
 }
