@@ -215,8 +215,8 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         max_frame,
     });
     // Only the parent writes this ring, one task at a time; a body past the cap is garbage, and that
-    // task fails rather than growing our memory.
-    let mut partial = wire::Reassembly::new(args.max_body);
+    // task fails rather than growing our memory, and so do bodies of task ids garbage invents.
+    let mut partial = wire::Reassembly::one_at_a_time(args.max_body);
     let mut done = 0u64;
     loop {
         let frame = match args.tasks.get() {
