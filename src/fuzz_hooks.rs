@@ -306,6 +306,29 @@ pub mod spawn {
     /// A fork server request, as plain data: function words, die-with-parent, inline args, child key.
     pub type RequestData = ((i64, i64, u64), bool, Option<Vec<u8>>, Option<[u8; 16]>);
 
+    /// `forkserver::decode_environment`, as bytes.
+    pub fn decode_environment(
+        bytes: &[u8],
+    ) -> std::result::Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+        use std::os::unix::ffi::OsStringExt;
+        forkserver::decode_environment(bytes).map(|vars| {
+            vars.into_iter()
+                .map(|(k, v)| (k.into_vec(), v.into_vec()))
+                .collect()
+        })
+    }
+
+    /// `forkserver::encode_environment`.
+    pub fn encode_environment(vars: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+        use std::os::unix::ffi::OsStringExt;
+        forkserver::encode_environment(vars.iter().map(|(k, v)| {
+            (
+                std::ffi::OsString::from_vec(k.clone()),
+                std::ffi::OsString::from_vec(v.clone()),
+            )
+        }))
+    }
+
     /// `forkserver::decode_request`.
     pub fn decode_request(bytes: &[u8]) -> Option<RequestData> {
         let r = forkserver::decode_request(bytes)?;

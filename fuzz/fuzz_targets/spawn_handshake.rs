@@ -4,7 +4,7 @@
 //! syscalls on descriptors the value names) and what the fork server's `handle` does after decoding a
 //! request (adopt descriptors, fork) are not run here: no descriptor is touched, no process forked.
 //!
-//! Input: `[mode][rest]`, mode % 7:
+//! Input: `[mode][rest]`, mode % 8:
 //! - 0 `parse_env_value` of the environment value (as `accept` gets it: UTF-8 or nothing); what it
 //!   parsed prints back to a value that parses the same.
 //! - 1 `spawn_unframe` and `announced_len` under every magic: they agree with each other, and
@@ -16,6 +16,9 @@
 //! - 5 the fork server's answers, `decode_answer` and `decode_ended`: typed errors
 //!   (`Error::ForkServer`); round trips through their encodings.
 //! - 6 `FnRef::resolve` of a spawn reference under a key, both from the input (nothing is called).
+//! - 7 the environment a fork-server request carries (`decode_environment`): every variable it
+//!   accepts is one `std::env::set_var` could set (it panics otherwise); round trip through
+//!   `encode_environment`.
 //!
 //! Every decode's largest allocation is checked against a cap derived from its input size (serde
 //! preallocates at most 1 MiB for an announced length; beyond that, what the input holds).
@@ -159,6 +162,22 @@ mod target {
         }
     }
 
+    fn environment(data: &[u8]) {
+        let (r, rec) = record("decode_environment", || s::decode_environment(data));
+        check_alloc("decode_environment", rec, data.len());
+        let Ok(vars) = r else { return };
+        for (k, v) in &vars {
+            check(
+                !k.is_empty() && !k.contains(&b'=') && !k.contains(&0) && !v.contains(&0),
+                || format!("an unsettable variable accepted: {k:?}={v:?}"),
+            );
+        }
+        let again = s::encode_environment(&vars);
+        check(s::decode_environment(&again).as_ref() == Ok(&vars), || {
+            "environment round trip".into()
+        });
+    }
+
     fn resolve(mut b: Bytes<'_>) {
         let f = (b.u64() as i64, b.u64() as i64, b.u64());
         let mut key = [0u8; 16];
@@ -170,14 +189,15 @@ mod target {
         let Some((&mode, rest)) = data.split_first() else {
             return;
         };
-        match mode % 7 {
+        match mode % 8 {
             0 => env_value(rest),
             1 => frames(rest),
             2 => outcome(rest),
             3 => task(rest),
             4 => request(rest),
             5 => answers(rest),
-            _ => resolve(Bytes::new(rest)),
+            6 => resolve(Bytes::new(rest)),
+            _ => environment(rest),
         }
     });
 }
