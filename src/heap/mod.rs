@@ -299,6 +299,8 @@ impl Block {
     /// and checks the range lies inside it. The block is a view: dropping it frees nothing.
     ///
     /// The handle is untrusted (it may come from any message a peer wrote), so:
+    /// - a handle naming a file in `/dev/shm` is refused: arenas are sealed memfds, whose size is fixed,
+    ///   and a named file could be truncated under the mapping (`SIGBUS`);
     /// - a handle into one of this process's own arenas is refused (review S5): this process hands out
     ///   `&mut` to its blocks, and a view aliasing one would let a forged message create a `&[T]` to
     ///   memory a live `&mut [T]` of this process changes. Blocks of this process never need a view:
@@ -314,6 +316,14 @@ impl Block {
     /// foreign arenas at once; the errors of opening a region by handle.
     pub(crate) fn from_handle(h: &BlockHandle) -> Result<Block> {
         let region_id = h.region.id();
+        if !h.region.is_anonymous() {
+            // Arenas are always anonymous sealed memfds. A named file with the arena layout could be
+            // truncated under our mapping by whoever forged the handle: SIGBUS at the next read.
+            return Err(Error::Corrupted(format!(
+                "a block handle names arena {region_id:#x} by a name in /dev/shm: arenas are \
+                 anonymous, and a named file could shrink under the mapping"
+            )));
+        }
         if Heap::is_own(region_id) {
             return Err(Error::Corrupted(format!(
                 "a block handle names arena {region_id:#x}, which this process owns: \
@@ -624,6 +634,23 @@ pub(crate) mod tests {
         let mut h = b.handle();
         h.offset += 4096;
         assert!(matches!(Block::from_handle(&h), Err(Error::Corrupted(_))));
+    }
+
+    /// A handle naming a file in `/dev/shm` with the arena layout (public: anyone of our uid can make
+    /// one) is refused before it is mapped: its maker could truncate it under the mapping, and the next
+    /// read of the view would die of `SIGBUS` (found by review).
+    #[test]
+    fn a_handle_to_a_named_file_is_refused() {
+        let name = format!("heap-named-{}", std::process::id());
+        let peer = Region::create_with(arena_layout(Some(1 << 20)), Some(&name), false, |_| Ok(()))
+            .unwrap();
+        let h = handle_in(&peer, 4096, 4096);
+        assert!(matches!(
+            Block::from_handle(&h),
+            Err(Error::Corrupted(m)) if m.contains("/dev/shm")
+        ));
+        drop(peer);
+        let _ = crate::region::Region::unlink(&name);
     }
 
     /// Review R5: foreign arenas stay mapped only within the cache's caps once unused, and a message

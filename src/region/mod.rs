@@ -204,6 +204,13 @@ impl RegionHandle {
     pub(crate) fn id(&self) -> u64 {
         self.id
     }
+
+    /// Whether the handle names an anonymous region (a sealed memfd of a process, whose size nobody
+    /// can change once it is validated), not a named file in `/dev/shm` (which anyone with access may
+    /// truncate under a mapping: `SIGBUS`).
+    pub(crate) fn is_anonymous(&self) -> bool {
+        matches!(self.source, Source::Fd { .. })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
