@@ -26,8 +26,8 @@ pub(super) struct CallCopies {
     pub(super) arrays: Vec<Lent>,
     /// Keeps alive the owned data the `seen` keys point into, so no address is reused during the call.
     pub(super) sources: Vec<Box<dyn Any>>,
-    /// (address, length, element type) of a source → its shared copy.
-    seen: HashMap<(usize, usize, TypeId), BlockHandle>,
+    /// (address, length, element type) of a source → its shared copy (an index into `arrays`).
+    seen: HashMap<(usize, usize, TypeId), usize>,
 }
 
 impl CallCopies {
@@ -254,18 +254,27 @@ impl<T: Pod> Serialize for Arr<'_, T> {
                 return None;
             }
             let key = (data.as_ptr() as usize, data.len(), TypeId::of::<T>());
-            if let Some(h) = ctx.shared.seen.get(&key) {
-                return Some(Ok(h.clone()));
+            let bytes: &[u8] = bytemuck::cast_slice(data);
+            if let Some(&i) = ctx.shared.seen.get(&key) {
+                let copy = &ctx.shared.arrays[i];
+                // Owned and shared sources are kept alive, so their address is theirs for the whole
+                // call. A borrow usually outlives the call too, but a `Serialize` that borrows a
+                // temporary frees it, and the next temporary may get its address: the same address
+                // then means the same array only if the bytes are the same (a compare costs less
+                // than the copy it saves).
+                if !matches!(self.repr, Repr::Borrowed(_)) || copy.bytes() == bytes {
+                    return Some(Ok(copy.handle()));
+                }
             }
-            Some(Lent::copy_of(bytemuck::cast_slice(data)).map(|copy| {
+            Some(Lent::copy_of(bytes).map(|copy| {
                 let h = copy.handle();
+                ctx.shared.seen.insert(key, ctx.shared.arrays.len());
                 ctx.shared.arrays.push(copy);
                 match &self.repr {
-                    Repr::Borrowed(_) => {} // the borrow outlives the call
+                    Repr::Borrowed(_) => {}
                     Repr::Owned(v) => ctx.shared.sources.push(Box::new(v.clone())),
                     Repr::Shared(a) => ctx.shared.sources.push(Box::new(a.clone())),
                 }
-                ctx.shared.seen.insert(key, h.clone());
                 h
             }))
         });

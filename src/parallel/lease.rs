@@ -79,6 +79,15 @@ impl Lent {
         h
     }
 
+    /// The copied bytes (after the count).
+    pub(super) fn bytes(&self) -> &[u8] {
+        // SAFETY: the block holds `HEADER` bytes of count then the copy (`copy_of`), inside a live
+        // mapping the returned slice cannot outlive (it borrows `self`, whose block keeps its region).
+        // Nobody writes those bytes after `copy_of`: views are read-only, and the count is a separate
+        // word before them.
+        unsafe { std::slice::from_raw_parts(self.block.ptr().add(HEADER), self.block.len - HEADER) }
+    }
+
     /// Whether no view of the copy is left anywhere (as far as the count tells).
     fn unused(&self) -> bool {
         // Acquire: pairs with the Release decrement of the last view, so every read through the views

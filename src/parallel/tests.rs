@@ -230,3 +230,47 @@ fn a_kept_view_never_sees_reused_memory() {
     drop(par);
     assert_eq!(lease::quarantined(id), 0, "freed once the workers are gone");
 }
+
+/// An argument whose `Serialize` makes a temporary array and sends it as an `Arr`: each temporary is
+/// freed before the next is made, which may get the same address and length.
+struct Scaled {
+    src: Vec<u64>,
+    k: u64,
+    got: Option<Arr<'static, u64>>,
+}
+
+impl serde::Serialize for Scaled {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let tmp: Vec<u64> = self.src.iter().map(|x| x * self.k).collect();
+        Arr::from(&tmp).serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Scaled {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Ok(Scaled {
+            src: Vec::new(),
+            k: 0,
+            got: Some(Arr::deserialize(d)?),
+        })
+    }
+}
+
+fn first_of(s: Scaled) -> u64 {
+    s.got.expect("decoded")[0]
+}
+
+/// Found by review: copies were shared by (address, length, type) alone, so a temporary at a freed
+/// temporary's address got the earlier one's copy, and its task read the wrong data without error.
+#[test]
+fn a_borrow_at_a_reused_address_gets_its_own_copy() {
+    let par = Parallel::new(2);
+    let items: Vec<Scaled> = (1..=4)
+        .map(|k| Scaled {
+            src: vec![1; 300_000], // 2.4 MB: by handle
+            k,
+            got: None,
+        })
+        .collect();
+    assert_eq!(par.map(first_of, items).unwrap(), [1, 2, 3, 4]);
+}
