@@ -51,14 +51,15 @@
 //! - **Nobody writes them while they are lent.** The parent made the copy from the caller's data before
 //!   sending its handle, keeps no reference to it, and hands out no `&mut`; a worker only gets `&[T]`
 //!   through [`Arr`]'s `Deref`.
-//! - **The parent reuses a copy only when no view of it is left.** Each copy starts with a lease count
-//!   (an atomic in the copy's block). A process that decodes a view increments it, and decrements it
-//!   when the view and all its clones are dropped. When the call ends (also when it returns early with
-//!   an error, or the progress callback panics: it first waits for what it started), a copy whose count
-//!   is zero is freed for reuse; one whose count is not stays *quarantined* — never written, never
-//!   reused — until its count is zero or the [`Parallel`] is dropped, which first kills and reaps its
-//!   workers. So a task that keeps its view past its call keeps reading that call's data, unchanged:
-//!   not memory reused by later calls.
+//! - **The parent reuses a copy only when no view of it is left.** Each copy starts with lease words
+//!   (atomics in the copy's block) that count each process's views under its pid. A process that
+//!   decodes a view counts it, and uncounts it when the view and all its clones are dropped. When the
+//!   call ends (also when it returns early with an error, or the progress callback panics: it first
+//!   waits for what it started), a copy with no view left in a live process is freed for reuse; any
+//!   other stays *quarantined* — never written, never reused — until its views are gone (a process
+//!   that died holding one holds it no more) or the [`Parallel`] is dropped, which first kills and
+//!   reaps its workers. So a task that keeps its view past its call keeps reading that call's data,
+//!   unchanged: not memory reused by later calls.
 //! - **Tasks normally cannot keep a view.** A task receives `Arr<'a, T>` for some lifetime `'a` of the
 //!   call, so a task `fn(Arr<'_, T>)` cannot store its argument (it cannot be put in a `static`). A
 //!   task declared as `fn(Arr<'static, T>)` *can*; Rust has no way to refuse that signature (lifetimes

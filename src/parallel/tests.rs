@@ -161,30 +161,62 @@ fn a_forged_view_of_an_own_array_is_refused() {
     assert_eq!(mine[0], 2);
 }
 
-/// The lease protocol on a copy that looks like another process's: attaching counts, dropping the last
-/// clone uncounts, and a handle with no room for a lease before it is refused.
+/// The lease protocol on a copy that looks like another process's: attaching counts in the word that
+/// names this process, dropping the last clone uncounts and frees the word, and a handle with no room
+/// for the lease words before it is refused.
 #[test]
 fn views_hold_a_lease_while_they_live() {
     use crate::heap::tests::{foreign_arena, handle_in};
     let r = foreign_arena(1 << 16);
     let h = handle_in(&r, lease::HEADER as u64, 64);
-    let count = || {
+    let first_word = || {
         // SAFETY: the first 8 bytes of a live, page-aligned 64 KiB region, touched only atomically.
         unsafe { std::sync::atomic::AtomicU64::from_ptr(r.as_ptr().cast::<u64>()) }
             .load(Ordering::Acquire)
     };
+    let me = u64::from(std::process::id()) << 32;
     let bytes = postcard::to_allocvec(&WireOut::Shared(h.clone())).unwrap();
     let a: Arr<'_, u64> = postcard::from_bytes(&bytes).unwrap();
     assert!(a.is_shared() && a.len() == 8);
     let b = a.clone();
     let c: Arr<'_, u64> = postcard::from_bytes(&bytes).unwrap();
-    assert_eq!(count(), 2);
+    assert_eq!(first_word(), me | 2);
     drop((a, c));
-    assert_eq!(count(), 1, "b still holds the first view");
+    assert_eq!(first_word(), me | 1, "b still holds the first view");
     drop(b);
-    assert_eq!(count(), 0);
+    assert_eq!(first_word(), 0, "the word is free again");
     let no_room = postcard::to_allocvec(&WireOut::Shared(handle_in(&r, 8, 64))).unwrap();
     assert!(postcard::from_bytes::<Arr<'_, u64>>(&no_room).is_err());
+}
+
+/// A worker that dies while it holds a view (an abort in the middle of its task).
+fn die_holding(a: Arr<'_, u64>) -> u64 {
+    if a[0] == 42 {
+        std::process::abort();
+    }
+    a.iter().sum()
+}
+
+/// Found by review: a worker that died holding a view never gave its lease back, and its copy stayed
+/// quarantined until the `Parallel` was dropped, once per death. Its lease word names a dead pid now,
+/// so the next call frees it.
+#[test]
+fn a_copy_lent_to_a_worker_that_died_is_freed_by_the_next_call() {
+    let par = Parallel::new(1);
+    let big: Vec<u64> = vec![42; 300_000]; // 2.4 MB: by handle
+    for _ in 0..3 {
+        assert!(matches!(
+            par.map(die_holding, [Arr::from(&big)]),
+            Err(Error::WorkerDied { .. })
+        ));
+    }
+    let fine: Vec<u64> = vec![1; 300_000];
+    assert_eq!(par.map(die_holding, [Arr::from(&fine)]).unwrap(), [300_000]);
+    assert_eq!(
+        lease::quarantined(par.id),
+        0,
+        "copies lent to dead workers are held"
+    );
 }
 
 static KEPT: Mutex<Option<Arr<'static, u64>>> = Mutex::new(None);
