@@ -7,8 +7,10 @@
 //! arena's validated size. Nothing in shared memory can steer the allocator.
 //!
 //! Memory facts that shape it (measured on this machine): first touch of shared memory costs ~2.3 µs
-//! per 4 KiB page warm and 8–10 µs cold, so freed blocks are reused and arenas are kept for the life of
-//! the process rather than unmapped. The heap knows which part of an arena was never handed out
+//! per 4 KiB page warm and 8–10 µs cold, so freed blocks are reused and arenas are kept rather than
+//! unmapped, with one exception: when an array fits no arena, the arenas with nothing allocated are
+//! let go before a new one is made (they could not hold it, and kept they would add up to the sum of
+//! every array size ever asked for). The heap knows which part of an arena was never handed out
 //! (`Arena::fresh_from`): that memory is zero without being written (`SharedArray::zeroed` skips it), and
 //! a copy into it goes through `pwrite` on the arena's memfd rather than through page faults
 //! (`Block::copy_in`). A process attaching to another's arena keeps a bounded number of
@@ -57,6 +59,8 @@ struct Arena {
     fresh_from: usize,
     /// The pid of the process that created the arena: the only one that allocates from it.
     creator: u32,
+    /// Bytes the free list covers when nothing is allocated.
+    size: usize,
 }
 
 fn too_large(len: usize) -> Error {
@@ -96,6 +100,11 @@ impl Arena {
         let fresh = self.fresh_from.clamp(at, end) - at;
         self.fresh_from = self.fresh_from.max(end);
         Some((at, fresh))
+    }
+
+    /// Whether no block of this arena is allocated.
+    fn is_unused(&self) -> bool {
+        self.free.len() == 1 && self.free.get(&0) == Some(&self.size)
     }
 
     /// Gives back a range `alloc` returned (so `offset + len` is inside the arena and cannot overflow).
@@ -166,6 +175,11 @@ impl Heap {
                 });
             }
         }
+        // No arena of ours can hold `len`: the unused ones never will hold anything this size, and
+        // keeping them would hold the sum of every size ever asked for (100, 200, 300 MiB arrays in
+        // turn held 600 MiB). Let go of them; a process still viewing one keeps its own mapping. The
+        // last arena stays while it is the only one, for the next array of its size.
+        arenas.retain(|a| a.creator != me || !a.is_unused());
         let size = len
             .checked_next_multiple_of(2 << 20)
             .filter(|&s| s <= isize::MAX as usize)
@@ -183,6 +197,7 @@ impl Heap {
             free: BTreeMap::from([(0, size)]),
             fresh_from: 0,
             creator: me,
+            size,
         };
         // A fresh arena of `size >= len` bytes, free from offset 0 (aligned to anything), always fits.
         let (offset, fresh) = arena
@@ -462,7 +477,9 @@ pub(crate) mod tests {
             free: BTreeMap::from([(0, 1 << 16)]),
             fresh_from: 0,
             creator: crate::sys::proc::pid(),
+            size: 1 << 16,
         };
+        assert!(a.is_unused());
         let x = a.alloc(100, 64).unwrap();
         let y = a.alloc(100, 64).unwrap();
         let z = a.alloc(100, 64).unwrap();
@@ -471,12 +488,14 @@ pub(crate) mod tests {
         assert_eq!(a.alloc(50, 64), Some(128), "the hole is reused");
         a.release(128, 50);
         a.release(x, 100);
+        assert!(!a.is_unused());
         a.release(z, 100);
         assert_eq!(
             a.free,
             BTreeMap::from([(0, 1 << 16)]),
             "everything coalesced back"
         );
+        assert!(a.is_unused());
         assert_eq!(a.alloc(1 << 17, 64), None);
     }
 
@@ -490,6 +509,7 @@ pub(crate) mod tests {
             free: BTreeMap::from([(0, 1 << 20)]),
             fresh_from: 0,
             creator: crate::sys::proc::pid(),
+            size: 1 << 20,
         };
         assert_eq!(a.alloc_tracked(100, 64), Some((0, 0)), "all fresh");
         assert_eq!(a.alloc_tracked(8192, 4096), Some((4096, 0)));
@@ -587,6 +607,7 @@ pub(crate) mod tests {
             free: BTreeMap::from([(10, (1 << 16) - 10)]),
             fresh_from: 0,
             creator: crate::sys::proc::pid(),
+            size: 1 << 16,
         };
         for len in [
             usize::MAX - 4095,
