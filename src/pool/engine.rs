@@ -201,9 +201,7 @@ impl Engine {
                 let read = role.is_ok();
                 let mut d = self.dispatcher();
                 d.tick(read);
-                if d.finished {
-                    return;
-                }
+                let finished = d.finished;
                 let dead = std::mem::take(&mut d.dead);
                 let owed = d.take_wakeups();
                 drop(d);
@@ -211,6 +209,9 @@ impl Engine {
                 // Reaped here, with no lock held (see `Dispatcher::dead`).
                 drop(dead);
                 owed.wake_all();
+                if finished {
+                    return;
+                }
                 if read {
                     // A caller that found the role taken sleeps on the bell: hand it over now, not at the
                     // end of its slice.
