@@ -44,6 +44,10 @@ pub fn tests() -> Vec<Trial> {
             "a_waker_that_polls_inline_may_drop_the_last_pool_handle",
             awaited::inline_waker_drops_the_pool,
         ),
+        t(
+            "a_waker_that_panics_does_not_stop_the_pool",
+            awaited::panicking_waker,
+        ),
     ]);
     #[cfg(feature = "npy")]
     trials.extend([
@@ -270,6 +274,35 @@ mod awaited {
                     })
                 });
                 assert_eq!(got, 6);
+            }
+        });
+    }
+
+    /// A waker that panics when the pool's background thread wakes it (an executor's bug). Before,
+    /// the panic ended that thread, and every later asynchronous result waited for it forever.
+    pub fn panicking_waker() {
+        struct Panics;
+        impl Wake for Panics {
+            fn wake(self: Arc<Self>) {
+                panic!("an executor's bug: this waker panics");
+            }
+        }
+        common::bounded("awaits after a waker panicked", BOUND, || {
+            fn double_slowly(x: u64) -> u64 {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                x * 2
+            }
+            let pool = Pool::builder().workers(1).build().expect("pool");
+            let mut first = pool.apply_async(double_slowly, 1).expect("submit");
+            let waker = Arc::new(Panics).into();
+            let mut cx = Context::from_waker(&waker);
+            // The task sleeps: this poll registers the panicking waker.
+            assert!(Pin::new(&mut first).poll(&mut cx).is_pending());
+            // Nobody blocks on the pool here: its background thread reads the result and wakes.
+            assert_eq!(block_on(first).expect("the first result"), 2);
+            for x in 2..5u64 {
+                let later = pool.apply_async(double, x).expect("submit");
+                assert_eq!(block_on(later).expect("a later result"), x * 2);
             }
         });
     }

@@ -208,7 +208,9 @@ impl Engine {
                 drop(role);
                 // Reaped here, with no lock held (see `Dispatcher::dead`).
                 drop(dead);
-                owed.wake_all();
+                // A waker that panics (an executor's bug; the panic hook has reported it) must not end
+                // this thread: every later death and asynchronous result depends on it.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| owed.wake_all()));
                 if finished {
                     return;
                 }
