@@ -178,6 +178,12 @@ pub enum Error {
     /// A [`Barrier`](crate::Barrier) was broken (by `abort`, a timeout, or a party that died).
     #[error("the barrier is broken")]
     BrokenBarrier,
+    /// A [`Manager`](crate::Manager) operation was called from inside a closure that another operation
+    /// of the same manager runs under its lock ([`Dict::update`](crate::Dict::update),
+    /// [`DictEntry`](crate::DictEntry)'s closures, [`ManagedValue::update`](crate::ManagedValue::update)):
+    /// it would break the transaction the closure runs in. Read what the closure needs before the call.
+    #[error("a manager operation was called from inside another operation's closure on the same manager")]
+    ManagerReentered,
 
     // ---- messaging ----
     /// A non-blocking put found the queue full (Python's `queue.Full`).

@@ -458,7 +458,9 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
 
     /// Reads, changes and writes back the value of `key` in one transaction: no other process sees or
     /// makes a change in between (a counter incremented this way from many processes loses nothing).
-    /// `f` gets the current value (`None` if absent) and returns the new one.
+    /// `f` gets the current value (`None` if absent) and returns the new one. `f` runs under the
+    /// manager's lock: a call of this manager from inside it fails with
+    /// [`Error::ManagerReentered`](crate::Error::ManagerReentered) (read what `f` needs before).
     ///
     /// # Errors
     /// As [`get`](Dict::get) and [`insert`](Dict::insert).
@@ -688,6 +690,8 @@ impl<'d, K, V, C: Codec<K> + Codec<V>> DictEntry<'d, K, V, C> {
     /// assert_eq!(d.entry("ada").or_insert_with(|| "Lovelace".into())?, "Lovelace");
     /// # Ok::<(), mproc::Error>(())
     /// ```
+    ///
+    /// `default` runs under the manager's lock, as [`Dict::update`]'s closure does.
     ///
     /// # Errors
     /// As [`or_insert`](DictEntry::or_insert).

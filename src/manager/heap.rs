@@ -105,6 +105,34 @@ pub(crate) fn at(base: u64, i: u64, size: u64) -> Result<u64> {
         })
 }
 
+thread_local! {
+    /// The region ids of the heaps this thread is inside a transaction of.
+    static IN_TRANSACTION: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// This thread's mark of being inside a transaction of one heap, removed when dropped (also when a
+/// closure panics through the transaction).
+struct InTransaction(u64);
+
+impl InTransaction {
+    fn enter(heap: u64) -> Result<InTransaction> {
+        IN_TRANSACTION.with(|t| {
+            let mut t = t.borrow_mut();
+            if t.contains(&heap) {
+                return Err(Error::ManagerReentered);
+            }
+            t.push(heap);
+            Ok(InTransaction(heap))
+        })
+    }
+}
+
+impl Drop for InTransaction {
+    fn drop(&mut self) {
+        IN_TRANSACTION.with(|t| t.borrow_mut().retain(|&h| h != self.0));
+    }
+}
+
 /// A view of a managed heap region: checked word access, the lock, and the mappings of its growth.
 #[derive(Debug)]
 pub(crate) struct JournaledHeap {
@@ -224,7 +252,13 @@ impl JournaledHeap {
 
     /// Runs `f` as one transaction under the heap's lock; commits if it returns `Ok`, rolls back if it
     /// returns `Err` (so a failed operation, e.g. out of memory half-way, changes nothing).
+    ///
+    /// # Errors
+    /// [`Error::ManagerReentered`] if this thread is already inside a transaction of this heap (a user
+    /// closure run by `Dict::update` and its relatives called the manager): the lock is this thread's,
+    /// and taking it over would let the two transactions interleave unjournaled and corrupt the heap.
     pub(crate) fn transact<R>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<R>) -> Result<R> {
+        let _inside = InTransaction::enter(self.region.id())?;
         // Whether the previous holder died (OwnerDied) or not, a non-empty journal means a transaction
         // that never finished — a death, or a panic that unwound through `f` — and is undone first.
         // The heap's lock is internal: taken and released inside this call, never held by the caller

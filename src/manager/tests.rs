@@ -468,3 +468,42 @@ fn a_grow_cut_short_is_rolled_back() {
     assert_eq!(l.to_vec().unwrap(), [1]);
     assert_eq!(big.get(0).unwrap().map(|b| b.len()), Some(end as usize));
 }
+
+/// Found by review: a closure run under the manager's lock (`update`) that called the manager took the
+/// lock over as garbage and released it on its way out, so two threads' updates interleaved and
+/// corrupted the heap for good. The inner call is now refused, and nothing is corrupted.
+#[test]
+fn a_manager_call_inside_an_update_closure_is_refused_and_corrupts_nothing() {
+    let m = mgr();
+    let d = m.pod_dict::<u32, u64>("counter").unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                for _ in 0..500 {
+                    d.update(&0, |v| {
+                        assert!(matches!(d.len(), Err(Error::ManagerReentered)));
+                        // Another handle of the same heap is the same manager.
+                        let again = Manager::from_handle(&m.handle()).unwrap();
+                        assert!(matches!(again.names(), Err(Error::ManagerReentered)));
+                        v.unwrap_or(0) + 1
+                    })
+                    .unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(d.get(&0).unwrap(), Some(1000));
+    assert_eq!(d.items().unwrap(), vec![(0, 1000)]);
+    // Another manager's calls inside the closure are fine.
+    let other = mgr();
+    let o = other.pod_dict::<u32, u64>("o").unwrap();
+    d.update(&0, |v| {
+        o.insert(&1, &2).unwrap();
+        v.unwrap_or(0) + 1
+    })
+    .unwrap();
+    assert_eq!(
+        (d.get(&0).unwrap(), o.get(&1).unwrap()),
+        (Some(1001), Some(2))
+    );
+}

@@ -108,7 +108,8 @@ impl<T, C: Codec<T>> ManagedValue<T, C> {
         })
     }
 
-    /// Reads, changes and writes back the value in one transaction.
+    /// Reads, changes and writes back the value in one transaction. `f` runs under the manager's lock,
+    /// as [`Dict::update`](crate::Dict::update)'s closure does.
     ///
     /// # Errors
     /// As [`get`](ManagedValue::get) and [`set`](ManagedValue::set).
