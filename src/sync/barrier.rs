@@ -23,15 +23,20 @@ pub(crate) struct RawBarrier {
     /// Bumped each time the barrier trips or breaks; the futex word waiters sleep on.
     generation: AtomicU32,
     broken: AtomicU32,
+    /// How each of the last 64 rounds ended: bit `g % 64` is set if the round that ended by moving
+    /// `generation` from `g` broke, clear if it tripped. Written before the move (Release), read by a
+    /// waiter of round `g` once it sees the move: its own round's outcome, not the barrier's state when
+    /// it wakes (a `reset` since, or a later round broken by a faster party, changed that).
+    outcomes: AtomicU64,
     /// `Identity::pack()` of each party that arrived in this generation, in arrival order.
     arrived: [AtomicU64; MAX_PARTIES as usize],
     /// `proc::pid_ns_tag()` of each party in `arrived`: its death is judged only from that namespace.
     arrived_ns: [AtomicU32; MAX_PARTIES as usize],
 }
 
-// The layout hash covers the size: adding the parties' namespaces (S6) changed it, so builds before and
-// after that change refuse each other's barriers.
-const _: () = assert!(std::mem::size_of::<RawBarrier>() == 3104);
+// The layout hash covers the size: adding the parties' namespaces (S6), then the rounds' outcomes, changed
+// it, so builds before and after each change refuse each other's barriers.
+const _: () = assert!(std::mem::size_of::<RawBarrier>() == 3112);
 
 // SAFETY: atomics only; every bit pattern is a valid state (counts are clamped to MAX_PARTIES before
 // indexing).
@@ -193,6 +198,8 @@ impl Barrier {
             let generation = r.generation.load(Ordering::Relaxed);
             if index + 1 == parties {
                 r.count.store(0, Ordering::Relaxed);
+                r.outcomes
+                    .fetch_and(!(1 << (generation % 64)), Ordering::Relaxed);
                 r.generation
                     .store(generation.wrapping_add(1), Ordering::Release);
                 futex::wake_all(&r.generation);
@@ -221,7 +228,7 @@ impl Barrier {
             let tripped = || raw.generation.load(Ordering::SeqCst) != generation;
             match waiter.wait_until(tripped, &raw.generation, generation, None) {
                 Wake::Ready => {
-                    return if self.broken() {
+                    return if raw.round_broke(generation) {
                         Err(Error::BrokenBarrier)
                     } else {
                         Ok(index)
@@ -263,8 +270,23 @@ impl RawBarrier {
     fn break_now(&self) {
         self.broken.store(1, Ordering::Release);
         self.count.store(0, Ordering::Relaxed);
+        let generation = self.generation.load(Ordering::Relaxed);
+        self.outcomes
+            .fetch_or(1 << (generation % 64), Ordering::Relaxed);
         self.generation.fetch_add(1, Ordering::Release);
         futex::wake_all(&self.generation);
+    }
+
+    /// Whether the round that waited on `generation` ended broken (the caller saw `generation` move).
+    /// Known for the last 64 rounds; a waiter that slept through more (other processes than the
+    /// barrier's parties completed 64 rounds meanwhile) gets the barrier's state now.
+    fn round_broke(&self, generation: u32) -> bool {
+        // Acquire: pairs with the Release move of `generation`, after which this bit was written.
+        let now = self.generation.load(Ordering::Acquire);
+        if now.wrapping_sub(generation) > 64 {
+            return self.broken.load(Ordering::Acquire) != 0;
+        }
+        self.outcomes.load(Ordering::Acquire) & (1 << (generation % 64)) != 0
     }
 }
 
@@ -296,6 +318,57 @@ mod tests {
         assert!(matches!(b.wait(), Err(Error::BrokenBarrier)));
         b.reset();
         assert!(!b.broken());
+    }
+
+    /// Waits (bounded, to prove no hang) until `n` parties wait on `b`.
+    fn until_waiting(b: &Barrier, n: u32) {
+        let end = Instant::now() + Duration::from_secs(60);
+        while b.n_waiting() < n {
+            assert!(Instant::now() < end, "parties never arrived");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Found by review: `reset` broke the round and cleared `broken` at once, so the woken waiters read
+    /// "not broken" and returned `Ok` with only two of three parties arrived.
+    #[test]
+    fn reset_fails_the_parties_of_the_round_it_forgets() {
+        let b = Barrier::new(3).unwrap();
+        for _ in 0..5 {
+            let got: Vec<_> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..2).map(|_| s.spawn(|| b.wait())).collect();
+                until_waiting(&b, 2);
+                b.reset();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert!(
+                got.iter().all(|r| matches!(r, Err(Error::BrokenBarrier))),
+                "{got:?}"
+            );
+            assert!(!b.broken());
+        }
+    }
+
+    /// Found by review: a party of a round that tripped read the barrier's state when it woke, which
+    /// a faster party had already broken in the next round: it got `BrokenBarrier` for a round that
+    /// succeeded.
+    #[test]
+    fn a_tripped_round_succeeds_whatever_the_next_round_does() {
+        for _ in 0..5 {
+            let b = Barrier::new(2).unwrap();
+            let slow = std::thread::scope(|s| {
+                let h = s.spawn(|| b.wait());
+                until_waiting(&b, 1);
+                assert!(b.wait().is_ok(), "trips the round");
+                // The next round times out at once, which breaks the barrier.
+                assert!(matches!(
+                    b.wait_timeout(Duration::ZERO),
+                    Err(Error::BrokenBarrier)
+                ));
+                h.join().unwrap()
+            });
+            assert!(slow.is_ok(), "{slow:?}");
+        }
     }
 
     #[test]
