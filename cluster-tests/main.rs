@@ -13,6 +13,11 @@
 //! - `rank-death`: every rank but 0 dies (SIGABRT) while rank 0 waits for it in a call; the launcher
 //!   must end the job (the script checks it does, with a non-zero status and a message, and in bounded
 //!   time).
+//! - `rank-panic`: every rank but 0 panics (unwinding) while rank 0 waits for it in a call; and
+//!   `rank0-panic`: rank 0's code panics between two calls. Either way the job must end with an error
+//!   in bounded time: before, the unwinding rank waited in `MPI_Finalize` for ranks waiting for it.
+//! - `foreign-array`: a `DistributedArray` of one pool used with another must stop the job (rank 0
+//!   panics, naming the mistake); before, the serving ranks computed over the other pool's part.
 
 use std::process::ExitCode;
 
@@ -170,7 +175,8 @@ fn map_family(pool: &mut ClusterPool<'_>, size: usize, tag: &str, r: &mut Report
 
     let data: Vec<u64> = (0..100_003u64).map(|i| i * 3 + 1).collect();
     let array = SharedArray::from_slice(&data).expect("shared memory");
-    for chunk_len in [997usize, 100_003, 1 << 20, 33_335] {
+    // usize::MAX / 4: a chunk longer than the array, whose byte size overflowed on rank 0 (debug).
+    for chunk_len in [997usize, 100_003, 1 << 20, 33_335, usize::MAX / 4] {
         let want: Vec<u64> = data.chunks(chunk_len).map(chunk_sum).collect();
         let got = pool
             .map_chunks(&array, chunk_len, chunk_sum)
@@ -531,6 +537,48 @@ fn main() -> ExitCode {
             let got = pool.run(|pool| pool.map(square, 0..1000u64));
             // Unreachable when the launcher does its job: it ends the job once a rank died.
             println!("FAILED: rank 0 went on after a rank died: {got:?}");
+            ExitCode::FAILURE
+        }
+        "rank-panic" | "rank0-panic" => {
+            let cluster = Cluster::init().expect("MPI starts");
+            let mut pool = ClusterPool::builder()
+                .workers(1)
+                .build(&cluster)
+                .expect("pools start");
+            if mode == "rank-panic" && cluster.rank() != 0 {
+                panic!("rank {}: a panic in the user's code", cluster.rank());
+            }
+            let first = pool.run(|pool| pool.map(square, 0..10u64));
+            if mode == "rank0-panic" && cluster.rank() == 0 {
+                panic!("rank 0: a panic between two calls");
+            }
+            let second = pool.run(|pool| pool.map(square, 0..10u64));
+            // Unreachable when the job ends as it must.
+            println!(
+                "FAILED: rank {} went on after a panic: {first:?} {second:?}",
+                cluster.rank()
+            );
+            ExitCode::FAILURE
+        }
+        "foreign-array" => {
+            let cluster = Cluster::init().expect("MPI starts");
+            let mut first = ClusterPool::builder()
+                .workers(1)
+                .build(&cluster)
+                .expect("pools start");
+            let mut second = ClusterPool::builder()
+                .workers(1)
+                .build(&cluster)
+                .expect("pools start");
+            let ones = first
+                .distribute(SharedArray::from_slice(&[1u64; 10]).expect("memory"))
+                .expect("distribute");
+            let _thousands = second
+                .distribute(SharedArray::from_slice(&[1000u64; 10]).expect("memory"))
+                .expect("distribute");
+            // The second pool's array has the same id: before, the serving ranks summed it.
+            let got = second.run(|pool| pool.map_chunks_distributed(&ones, 5, chunk_sum));
+            println!("FAILED: an array of another pool was used: {got:?}");
             ExitCode::FAILURE
         }
         "suite" => {

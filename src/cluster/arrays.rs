@@ -152,7 +152,9 @@ impl ClusterPool<'_> {
                 let part = array
                     .range(elems[r].clone())
                     .expect("a share is inside the array");
-                let unit = chunk_len * std::mem::size_of::<T>();
+                // Saturating, as the receiving rank computes it (`serve.rs`): both must cut the same
+                // pieces, and a chunk longer than the array is legal (it overflowed in debug builds).
+                let unit = chunk_len.saturating_mul(std::mem::size_of::<T>());
                 self.traffic
                     .send_array(world, r, bytemuck::cast_slice(part), unit);
             }

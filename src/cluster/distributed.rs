@@ -96,7 +96,7 @@ impl ClusterPool<'_> {
     /// as task indices; [`Error::RankFailed`](crate::Error::RankFailed) if a rank's program dropped its part.
     ///
     /// # Panics
-    /// If `chunk_len` is 0; as [`map`](Self::map).
+    /// If `chunk_len` is 0, or `array` was distributed by another pool; as [`map`](Self::map).
     #[track_caller]
     pub fn map_chunks_distributed<T: Pod, R>(
         &mut self,
@@ -173,6 +173,19 @@ impl ClusterPool<'_> {
         task: LocalFn<TaskKind>,
     ) -> Result<Vec<R>> {
         assert!(chunk_len > 0, "chunk_len must be at least 1");
+        // Ids count per pool: an array of another pool has an id this pool may use for its own part,
+        // and the serving ranks would compute over that part (found by review: wrong results, no
+        // error). This rank's record must be this very part.
+        let ours = self
+            .store
+            .parts
+            .get(&array.id)
+            .is_some_and(|k| k.handle == array.part.block_handle());
+        assert!(
+            ours,
+            "mproc: this DistributedArray was distributed by another ClusterPool: use it with the pool \
+             that made it"
+        );
         let mut first = 0;
         let chunks: Vec<Range<usize>> = array
             .lens

@@ -117,7 +117,12 @@ use crate::process::fnref::FnKey;
 
 /// The MPI job this process is one rank of. See the [module docs](self).
 ///
-/// Dropping it finalizes MPI (`MPI_Finalize`), which waits for every rank to get there.
+/// Dropping it finalizes MPI (`MPI_Finalize`), which waits for every rank to get there. Dropped while
+/// a panic unwinds (a rank whose code panicked, in a call or between calls), it aborts the whole job
+/// instead (`MPI_Abort`), with a message naming the rank: the other ranks wait for this one, and
+/// finalizing would hang them all. A rank that returns from `main` early, without a panic, while
+/// the others still call it, is waited for by `MPI_Finalize` all the same: end such a rank with an
+/// error (a panic) rather than a return.
 ///
 /// # Examples
 /// ```no_run
@@ -140,6 +145,21 @@ pub struct Cluster {
     _funneled: PhantomData<*const ()>,
     /// Last, so that MPI is finalized after the communicators above are freed.
     _universe: Universe,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Unwinding from a panic: `MPI_Finalize` would wait for every rank, and the others wait for
+        // this one (in a call, or for its next command), so the job would hang for good. End it.
+        if std::thread::panicking() {
+            eprintln!(
+                "mproc cluster: rank {} panicked; aborting the MPI job (finalizing would wait for \
+                 ranks that wait for this one)",
+                self.rank
+            );
+            self.world.abort(70);
+        }
+    }
 }
 
 impl std::fmt::Debug for Cluster {
