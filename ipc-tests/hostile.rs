@@ -130,12 +130,13 @@ fn layout(kind: Kind) -> Vec<Field> {
                 ("count", 20, 4),
                 ("generation", 24, 4),
                 ("broken", 28, 4),
-                ("arrived[0]", 32, 8),
-                ("arrived[255]", 32 + 255 * 8, 8),
-                ("arrived_ns[0]", 2080, 4),
+                ("outcomes", 32, 8),
+                ("arrived[0]", 40, 8),
+                ("arrived[255]", 40 + 255 * 8, 8),
+                ("arrived_ns[0]", 2088, 4),
             ]);
         }
-        Kind::Event => f.extend([("flag", 0, 4), ("sleepers", 4, 4)]),
+        Kind::Event => f.extend([("flag", 0, 4), ("sleepers", 4, 4), ("sets", 8, 4)]),
         Kind::Queue => f.extend([
             ("capacity", 0, 4),
             ("slot_size", 4, 4),
