@@ -184,6 +184,15 @@ pub enum Error {
     /// it would break the transaction the closure runs in. Read what the closure needs before the call.
     #[error("a manager operation was called from inside another operation's closure on the same manager")]
     ManagerReentered,
+    /// One [`Manager`](crate::Manager) operation would change more words that existed before it than
+    /// its undo journal holds (`limit`): about a thousand values added in one call
+    /// ([`List::extend`](crate::List::extend)) once the heap reuses freed memory. Nothing was changed;
+    /// split the operation.
+    #[error("a manager operation too large for one transaction (more than {limit} journaled words): split it")]
+    ManagerTransactionTooLarge {
+        /// The undo journal's capacity, in words.
+        limit: u64,
+    },
 
     // ---- messaging ----
     /// A non-blocking put found the queue full (Python's `queue.Full`).

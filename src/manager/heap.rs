@@ -399,7 +399,13 @@ impl<'a> Tx<'a> {
         }
         let n = self.heap.get(JLEN)?;
         if n >= JOURNAL_CAP {
-            return Err(Error::Corrupted("the heap's undo journal is full".into()));
+            // An honest operation too large for one transaction (rolled back by `transact`), or a
+            // garbage length (above the cap): either way nothing is changed.
+            return Err(if n == JOURNAL_CAP {
+                Error::ManagerTransactionTooLarge { limit: JOURNAL_CAP }
+            } else {
+                Error::Corrupted("the heap's undo journal is full".into())
+            });
         }
         let entry = JOURNAL + n * 16;
         self.heap.word(entry)?.store(off, Ordering::Relaxed);

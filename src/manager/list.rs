@@ -150,7 +150,9 @@ impl<T, C: Codec<T>> List<T, C> {
     /// Appends every value, all in one transaction (all or nothing).
     ///
     /// # Errors
-    /// As [`push`](List::push).
+    /// As [`push`](List::push); [`Error::ManagerTransactionTooLarge`] (the list is unchanged) for about
+    /// a thousand values or more once the heap reuses freed memory (each reused block is one entry of
+    /// the transaction's undo journal): extend in parts.
     pub fn extend<'a>(&self, values: impl IntoIterator<Item = &'a T>) -> Result<()>
     where
         T: 'a,

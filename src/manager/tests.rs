@@ -507,3 +507,27 @@ fn a_manager_call_inside_an_update_closure_is_refused_and_corrupts_nothing() {
         (Some(1001), Some(2))
     );
 }
+
+/// Found by review: an extend of two thousand values after as many pops (so every block is reused,
+/// one journal entry each) failed as `Corrupted`, on a healthy heap. It is a typed error that says to
+/// split the call, nothing is changed, and extending in parts works.
+#[test]
+fn an_extend_too_large_for_one_transaction_is_a_typed_error_and_changes_nothing() {
+    let m = mgr();
+    let l = m.pod_list::<u64>("l").unwrap();
+    let v: Vec<u64> = (0..2000).collect();
+    l.extend(&v).unwrap();
+    for _ in 0..2000 {
+        l.pop().unwrap();
+    }
+    assert!(matches!(
+        l.extend(&v),
+        Err(Error::ManagerTransactionTooLarge { limit: 1024 })
+    ));
+    assert_eq!(l.len().unwrap(), 0, "all or nothing");
+    for part in v.chunks(500) {
+        l.extend(part).unwrap();
+    }
+    assert_eq!(l.len().unwrap(), 2000);
+    assert_eq!(l.get(1999).unwrap(), Some(1999));
+}
