@@ -68,6 +68,7 @@ pub fn tests() -> Vec<Trial> {
             large_task_behind_busy_worker,
         ),
         t("map_chunks_1e8_f64_exact_sum", map_chunks_1e8),
+        t("empty_arrays_are_lent_like_any_other", empty_arrays),
         t("panic_reports_item_message_and_line", panic_reports),
         t("twenty_thousand_tiny_tasks", tiny_tasks),
         t("one_gib_array_tasks", one_gib_array),
@@ -260,6 +261,30 @@ fn every_method_equals_sequential(n: usize) {
         pool.transform(&input, &mut out, len, blur3).unwrap();
         assert_eq!(&out[..], &expected[..], "transform chunk_len {len}");
     }
+}
+
+/// Writes the input's length into every output element: a task that only reads its input's shape.
+fn input_len_into(input: &[f64], out: &mut [u32], _start: usize) {
+    out.fill(input.len() as u32);
+}
+
+/// An empty array is an array: lent as a task's input it reads as an empty slice, and an empty output
+/// needs no task. (Until 2026-12-01 an empty array of elements wider than a byte was refused by every
+/// worker as `Corrupted`: its block was one byte long, not a whole number of elements.)
+fn empty_arrays() {
+    let pool = pool();
+    let empty = SharedArray::<f64>::zeroed(0).unwrap();
+    let mut out = SharedArray::from_slice(&[7u32; 5]).unwrap();
+    pool.transform(&empty, &mut out, 2, input_len_into).unwrap();
+    assert_eq!(&out[..], &[0; 5]);
+    let mut none = SharedArray::<u32>::zeroed(0).unwrap();
+    let input = SharedArray::from_slice(&[1.0f64; 3]).unwrap();
+    pool.transform(&input, &mut none, 2, input_len_into)
+        .unwrap();
+    assert_eq!(
+        pool.map_chunks(&empty, 4, sum_f64).unwrap(),
+        Vec::<f64>::new()
+    );
 }
 
 /// A byte vector reversed and tagged with its length: a result as large as the item.

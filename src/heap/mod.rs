@@ -158,20 +158,22 @@ impl Heap {
             return Err(too_large(len));
         }
         let align = if len >= PAGE { PAGE } else { SMALL_ALIGN };
-        let len = len.max(1);
+        // An empty block still takes one byte of its arena (so that it has an offset of its own), but
+        // its `len` stays 0: a view of it must read as an empty array of any element type.
+        let held = held_len(len);
         let me = crate::sys::proc::pid();
         let heap = Heap::global();
         let mut arenas = heap.arenas.lock().unwrap_or_else(|e| e.into_inner());
         // Only arenas this process created: a child made by `fork` inherits its parent's list, and
         // allocating from those copies would hand out ranges the parent hands out too.
         for arena in arenas.iter_mut().filter(|a| a.creator == me) {
-            if let Some((offset, fresh)) = arena.alloc_tracked(len, align) {
+            if let Some((offset, fresh)) = arena.alloc_tracked(held, align) {
                 return Ok(Block {
                     region: arena.region.clone(),
                     offset,
                     len,
                     owned: true,
-                    fresh,
+                    fresh: fresh.min(len),
                 });
             }
         }
@@ -180,7 +182,7 @@ impl Heap {
         // turn held 600 MiB). Let go of them; a process still viewing one keeps its own mapping. The
         // last arena stays while it is the only one, for the next array of its size.
         arenas.retain(|a| a.creator != me || !a.is_unused());
-        let size = len
+        let size = held
             .checked_next_multiple_of(2 << 20)
             .filter(|&s| s <= isize::MAX as usize)
             .ok_or_else(|| too_large(len))?
@@ -201,7 +203,7 @@ impl Heap {
         };
         // A fresh arena of `size >= len` bytes, free from offset 0 (aligned to anything), always fits.
         let (offset, fresh) = arena
-            .alloc_tracked(len, align)
+            .alloc_tracked(held, align)
             .ok_or_else(|| too_large(len))?;
         arenas.push(arena);
         Ok(Block {
@@ -209,7 +211,7 @@ impl Heap {
             offset,
             len,
             owned: true,
-            fresh,
+            fresh: fresh.min(len),
         })
     }
 
@@ -238,9 +240,15 @@ impl Heap {
             .iter_mut()
             .find(|a| Arc::ptr_eq(&a.region, &block.region))
         {
-            a.release(block.offset, block.len);
+            a.release(block.offset, held_len(block.len));
         }
     }
+}
+
+/// The bytes of its arena a block of `len` bytes holds: at least one, so that every block has an
+/// offset no other block has.
+fn held_len(len: usize) -> usize {
+    len.max(1)
 }
 
 impl Drop for Block {
