@@ -28,6 +28,7 @@ pub const ROLES: &[Role] = &[
     ("manager_linger", linger),
     ("manager_visible", visible),
     ("manager_by_handle", by_handle),
+    ("manager_object_holder", object_holder),
 ];
 
 pub fn tests() -> Vec<Trial> {
@@ -38,6 +39,10 @@ pub fn tests() -> Vec<Trial> {
         t("dropped_creator_handle_unlinks_the_name", drop_unlinks),
         t("dict_and_list_shared_by_name", shared_by_name),
         t("anonymous_manager_passed_as_handle", anonymous_by_handle),
+        t(
+            "named_objects_outlive_their_creator_until_every_holder_is_gone",
+            named_objects_outlive_their_creator,
+        ),
     ]
 }
 
@@ -244,4 +249,70 @@ fn anonymous_by_handle() {
     kid.join_ok();
     assert_eq!(p.get(&8).unwrap(), Some(64));
     assert_eq!(m.pod_list::<u32>("seen").unwrap().to_vec().unwrap(), [pid]);
+}
+
+// ------------------------------------------------------------------- 5. named objects and their holders
+
+/// Child: attaches to (or makes) the queue `jobs` of the manager `name`, then by `mode`: `make` puts a
+/// message and waits to be killed; `take` prints the message it gets; `empty` prints `empty` if the
+/// queue holds nothing.
+fn object_holder(arg: &str) {
+    let (name, mode) = arg.split_once(' ').expect("name mode");
+    let m = Manager::open(name).unwrap_or_else(|e| die(&format!("open: {e:?}")));
+    let q = m
+        .queue::<String, mproc::codec::Serde>("jobs", 4, 64)
+        .unwrap_or_else(|e| die(&format!("queue: {e:?}")));
+    match mode {
+        "make" => {
+            q.put(&"from the maker".to_owned())
+                .unwrap_or_else(|e| die(&format!("put: {e:?}")));
+            say("ready");
+            sleep_forever()
+        }
+        "take" => match q.get_timeout(BOUND) {
+            Ok(msg) => say(&msg),
+            Err(e) => die(&format!("get: {e:?}")),
+        },
+        "empty" => match q.try_get() {
+            Err(Error::Empty) => say("empty"),
+            other => die(&format!("a new queue should be empty: {other:?}")),
+        },
+        _ => die("unknown mode"),
+    }
+}
+
+/// A named queue stays reachable after its creator is SIGKILLed, through a process that attached to it
+/// by name; once every such process is gone, the name gets a new queue instead of failing for good
+/// (until 2026-12-01 it was `StaleHandle` forever once the creator was gone).
+fn named_objects_outlive_their_creator() {
+    let name = common::unique_name("mgr-holders");
+    let m = Manager::create(&name, 256 << 10).expect("create");
+    let mut maker = Kid::spawn("manager_object_holder", &format!("{name} make"), BOUND);
+    maker.expect_line("ready");
+    // This process attaches through the maker, and is listed as a holder.
+    let ours = Manager::open(&name).expect("open");
+    let q = ours
+        .queue::<String, mproc::codec::Serde>("jobs", 4, 64)
+        .expect("attach while the maker lives");
+    maker.kill_and_wait();
+
+    let mut taker = Kid::spawn("manager_object_holder", &format!("{name} take"), BOUND);
+    taker.expect_line("from the maker");
+    taker.join_ok();
+    q.put(&"left behind".to_owned()).unwrap();
+
+    // Every process that got the queue by name is gone or let go of it: the old queue is unreachable,
+    // and asking for the name makes a new, empty one.
+    drop((q, ours));
+    let mut remaker = Kid::spawn("manager_object_holder", &format!("{name} empty"), BOUND);
+    remaker.expect_line("empty");
+    remaker.join_ok();
+
+    // A manager hands out the object it holds: the same lock twice, the same queue.
+    let a = m.lock("l").unwrap();
+    let b = m.lock("l").unwrap();
+    let held = a.lock().unwrap();
+    assert!(b.try_lock().is_err());
+    drop(held);
+    assert!(m.names().unwrap().contains(&"jobs".to_owned()));
 }

@@ -18,6 +18,14 @@
 //! arguments, like every shared object: they travel as the manager's handle plus their name, and the
 //! child re-opens both, validated.
 //!
+//! Named locks, events, semaphores, queues and arrays ([`Manager::lock`], [`Manager::queue`], …) live in
+//! regions of their own, which another process opens through a process holding one. The directory lists
+//! the processes that got the object by name (its creator, then each that attached, up to 16), so a
+//! process asking for the name later attaches through any of them still alive: the object outlives its
+//! creator. Once every listed process is gone (exited, or dropped its `Manager`), nobody can reach the
+//! old object, and the next request for the name makes a new one. A process that received the object
+//! some other way (as a task's argument) is not listed, and keeps the old one.
+//!
 //! ```
 //! let m = mproc::Manager::new()?;
 //! let counts = m.dict::<String, u64>("counts")?;
@@ -57,7 +65,9 @@ fn heap_layout(size: Option<usize>) -> Layout {
     Layout {
         type_name: "mproc::Manager",
         // Version 2: the heap grows (limit word, growable memfd); a version-1 manager is refused.
-        hash: layout_hash("mproc::Manager", 2, 8),
+        // Version 3: a directory entry of an object in a region of its own lists its holders (see
+        // `objects.rs`), where version 2 stored one handle.
+        hash: layout_hash("mproc::Manager", 3, 8),
         size,
     }
 }
@@ -83,10 +93,13 @@ fn heap_layout(size: Option<usize>) -> Layout {
 #[derive(Clone)]
 pub struct Manager {
     heap: Arc<JournaledHeap>,
-    /// Objects this process registered in the directory (see `objects.rs`): their regions stay
-    /// reachable by handle while this manager lives.
-    keep: Arc<std::sync::Mutex<Vec<Box<dyn std::any::Any + Send>>>>,
+    /// Objects this process registered in the directory or attached through it, by name and type (see
+    /// `objects.rs`): their regions stay reachable through this process while this manager lives.
+    keep: Arc<std::sync::Mutex<KeptObjects>>,
 }
+
+/// The objects a [`Manager`] keeps alive, by (name, type name).
+type KeptObjects = std::collections::HashMap<(String, &'static str), Box<dyn std::any::Any + Send>>;
 
 impl std::fmt::Debug for Manager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -321,12 +334,7 @@ impl Manager {
     /// The object `name` of `kind`, which must exist: [`Error::NotFound`] if it does not,
     /// [`Error::TypeMismatch`] if it is of another kind. What a container's handle re-opens.
     fn existing(&self, name: &str, kind: &'static str) -> Result<u64> {
-        if name.is_empty() || name.len() > DIR_NAME_MAX {
-            return Err(Error::InvalidName {
-                name: name.chars().take(DIR_NAME_MAX).collect(),
-                reason: "names are 1 to 40 bytes".into(),
-            });
-        }
+        check_name(name)?;
         self.heap.transact(|tx| match find_entry(tx, name, kind)? {
             Found::Object(obj) => Ok(obj),
             Found::Free(_) => Err(Error::NotFound {
@@ -343,36 +351,10 @@ impl Manager {
         words: u64,
         init: impl FnOnce(&mut Tx<'_>, u64) -> Result<()>,
     ) -> Result<u64> {
-        if name.is_empty() || name.len() > DIR_NAME_MAX {
-            return Err(Error::InvalidName {
-                name: name.to_owned(),
-                reason: "names are 1 to 40 bytes".into(),
-            });
-        }
-        let want = kind_hash(kind);
-        self.heap.transact(|tx| {
-            let free = match find_entry(tx, name, kind)? {
-                Found::Object(obj) => return Ok(obj),
-                Found::Free(free) => free,
-            };
-            let e = free.ok_or(Error::OutOfMemory {
-                requested: 1,
-                available: 0,
-            })?;
-            let obj = tx.alloc(words * 8)?;
-            init(tx, obj)?;
-            let mut name_words = [0u64; DIR_NAME_MAX / 8];
-            for (i, b) in name.bytes().enumerate() {
-                name_words[i / 8] |= u64::from(b) << ((i % 8) * 8);
-            }
-            for (i, w) in name_words.iter().enumerate() {
-                tx.set(e + 24 + i as u64 * 8, *w)?;
-            }
-            tx.set(e + 16, name.len() as u64)?;
-            tx.set(e + 8, obj)?;
-            // The kind hash last: it is what makes the entry count.
-            tx.set(e, want)?;
-            Ok(obj)
+        check_name(name)?;
+        self.heap.transact(|tx| match find_entry(tx, name, kind)? {
+            Found::Object(obj) => Ok(obj),
+            Found::Free(free) => insert_entry(tx, free, name, kind, words, init),
         })
     }
 
@@ -384,13 +366,37 @@ impl Manager {
         })
     }
 
-    /// Registers `bytes` under `name` unless the name exists; returns what is stored under it.
-    fn register_blob(&self, name: &str, kind: &'static str, bytes: &[u8]) -> Result<Vec<u8>> {
-        let obj = self.object(name, kind, 1, |tx, obj| {
-            let blob = tx.alloc_blob(bytes)?;
-            tx.init(obj, blob)
-        })?;
-        self.heap.transact(|tx| tx.heap().blob(tx.get(obj)?))
+    /// Stores `bytes` under `name` if the entry still holds `expected` (`None`: the name is new), in one
+    /// transaction; returns whether it did. The replaced blob is freed.
+    fn swap_blob(
+        &self,
+        name: &str,
+        kind: &'static str,
+        expected: Option<&[u8]>,
+        bytes: &[u8],
+    ) -> Result<bool> {
+        check_name(name)?;
+        self.heap
+            .transact(|tx| match (find_entry(tx, name, kind)?, expected) {
+                (Found::Object(obj), Some(expected)) => {
+                    let old = tx.get(obj)?;
+                    if tx.heap().blob(old)? != expected {
+                        return Ok(false);
+                    }
+                    let blob = tx.alloc_blob(bytes)?;
+                    tx.set(obj, blob)?;
+                    tx.free(old)?;
+                    Ok(true)
+                }
+                (Found::Free(free), None) => {
+                    insert_entry(tx, free, name, kind, 1, |tx, obj| {
+                        let blob = tx.alloc_blob(bytes)?;
+                        tx.init(obj, blob)
+                    })?;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            })
     }
 
     /// The dict `name` (created empty if new). Keys and values through serde.
@@ -562,6 +568,48 @@ impl Manager {
             Ok(out)
         })
     }
+}
+
+/// Checks that `name` fits a directory entry.
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > DIR_NAME_MAX {
+        return Err(Error::InvalidName {
+            // A name may be huge: the error keeps its start.
+            name: name.chars().take(DIR_NAME_MAX).collect(),
+            reason: "names are 1 to 40 bytes".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Makes a `words`-word object of `kind`, initialised by `init`, and enters it as `name` in the free
+/// directory entry `free`; returns its offset.
+fn insert_entry(
+    tx: &mut Tx<'_>,
+    free: Option<u64>,
+    name: &str,
+    kind: &'static str,
+    words: u64,
+    init: impl FnOnce(&mut Tx<'_>, u64) -> Result<()>,
+) -> Result<u64> {
+    let e = free.ok_or(Error::OutOfMemory {
+        requested: 1,
+        available: 0,
+    })?;
+    let obj = tx.alloc(words * 8)?;
+    init(tx, obj)?;
+    let mut name_words = [0u64; DIR_NAME_MAX / 8];
+    for (i, b) in name.bytes().enumerate() {
+        name_words[i / 8] |= u64::from(b) << ((i % 8) * 8);
+    }
+    for (i, w) in name_words.iter().enumerate() {
+        tx.set(e + 24 + i as u64 * 8, *w)?;
+    }
+    tx.set(e + 16, name.len() as u64)?;
+    tx.set(e + 8, obj)?;
+    // The kind hash last: it is what makes the entry count.
+    tx.set(e, kind_hash(kind))?;
+    Ok(obj)
 }
 
 /// The directory's tag for a kind of object (never 0, which marks a free entry).

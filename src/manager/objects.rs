@@ -1,50 +1,100 @@
 //! Synchronization objects, queues and arrays registered in a manager's directory by name.
 //!
-//! The directory entry holds the object's serialized handle; the object itself lives in its own
-//! anonymous region, created by the first process that asks for the name. That process's [`Manager`]
-//! keeps it alive, so other processes can attach to it through the directory as long as the creating
-//! process holds its manager (afterwards, processes that already attached keep using it; new ones get
-//! [`Error::StaleHandle`]).
+//! Each object lives in an anonymous region of its own, which another process opens through a process
+//! holding it (`/proc/<pid>/fd/<n>`). The directory entry therefore lists **holders**: the serialized
+//! handle of the process that made the object, then of every process that attached to it through the
+//! directory (up to [`HOLDERS_MAX`]), each kept reachable while that process's [`Manager`] lives. A
+//! newcomer attaches through the first holder still alive, and adds itself. So the object outlives its
+//! creator as long as any process that got it by name lives; once every listed holder is gone, nobody can
+//! reach the old object any more, and the next request for the name makes a new one (an object received
+//! otherwise, say as a task's argument, does not count: such a process keeps the old one).
+//!
+//! The entry is changed by compare-and-swap (in one heap transaction: the blob must still be the one
+//! read), so two processes replacing a dead entry at once agree on one new object, and a process that
+//! attached to an old object while another replaced it attaches again.
 
 use std::any::Any;
+use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use super::Manager;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::queue::Queue;
+use crate::region::shared::ByHandle;
+use crate::region::RegionHandle;
 use crate::sync::{Array, Event, Lock, RLock, Semaphore};
 
+/// How many processes an entry lists as able to hand its object out. A process that finds the list
+/// full of live holders attaches without being listed.
+pub(super) const HOLDERS_MAX: usize = 16;
+
+/// How long [`Manager::shared`] keeps re-reading an entry that other processes change under it (each
+/// change is another process's attach or replacement, so honest peers settle it in a few rounds).
+const SETTLE_BUDGET: Duration = Duration::from_secs(10);
+
 impl Manager {
-    /// The object `name` of kind `T`: attached from the directory, or made by `make` and registered.
+    /// The object `name` of kind `T`: attached through a live holder listed in the directory, or made
+    /// by `make` and registered when the name is new or every holder is gone.
     fn shared<T>(&self, name: &str, make: impl FnOnce() -> Result<T>) -> Result<T>
     where
-        T: Serialize + DeserializeOwned + Clone + Send + 'static,
+        T: ByHandle + Clone + Send + 'static,
     {
         let kind = std::any::type_name::<T>();
-        if let Some(bytes) = self.lookup_blob(name, kind)? {
-            return decode(&bytes);
+        if let Some(kept) = self.kept::<T>(name) {
+            return Ok(kept);
         }
-        let ours = make()?;
-        let bytes = postcard::to_allocvec(&ours).map_err(|e| Error::Encode(e.to_string()))?;
-        let stored = self.register_blob(name, kind, &bytes)?;
-        if stored == bytes {
-            self.keep_alive(Box::new(ours.clone()));
-            Ok(ours)
-        } else {
-            // Another process registered the name first: use its object, drop ours.
-            decode(&stored)
+        let mut make = Some(make);
+        let start = Instant::now();
+        while start.elapsed() < SETTLE_BUDGET {
+            let stored = self.lookup_blob(name, kind)?;
+            let holders = match &stored {
+                Some(bytes) => decode_holders(bytes)?,
+                None => Vec::new(),
+            };
+            let (object, mut list) = match attach_first_live::<T>(&holders)? {
+                Some((object, live)) => (object, holders[live..].to_vec()),
+                None => {
+                    let make = make.take().ok_or_else(|| {
+                        Error::StaleHandle(format!(
+                            "every holder of {name:?} was gone again while it was being replaced"
+                        ))
+                    })?;
+                    (make()?, Vec::new())
+                }
+            };
+            let ours = object.by_handle();
+            if !list.contains(&ours) && list.len() < HOLDERS_MAX {
+                list.push(ours);
+            }
+            let blob = postcard::to_allocvec(&list).map_err(|e| Error::Encode(e.to_string()))?;
+            if stored.as_deref() == Some(&blob[..])
+                || self.swap_blob(name, kind, stored.as_deref(), &blob)?
+            {
+                self.keep_alive(name, object.clone());
+                return Ok(object);
+            }
+            // Another process changed the entry since we read it: read it again.
         }
+        Err(Error::Timeout)
     }
 
-    fn keep_alive(&self, object: Box<dyn Any + Send>) {
+    /// The object `name` of kind `T` this manager already holds, if any.
+    fn kept<T: Clone + 'static>(&self, name: &str) -> Option<T> {
+        let keep = self.keep.lock().unwrap_or_else(|e| e.into_inner());
+        keep.get(&(name.to_owned(), std::any::type_name::<T>()))
+            .and_then(|o| o.downcast_ref::<T>())
+            .cloned()
+    }
+
+    /// Keeps `object` (and so its region, reachable through this process) while this manager lives.
+    fn keep_alive<T: Any + Send>(&self, name: &str, object: T) {
+        let kind = std::any::type_name::<T>();
         self.keep
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(object);
+            .insert((name.to_owned(), kind), Box::new(object));
     }
 
     /// The [`Lock`] `name`, created if new.
@@ -64,7 +114,10 @@ impl Manager {
     /// ```
     ///
     /// # Errors
-    /// [`Error::TypeMismatch`] if `name` holds something else; [`Error::StaleHandle`] if its creator is gone.
+    /// [`Error::TypeMismatch`] if `name` holds something else; the errors of creating the object, or of
+    /// attaching to it through a live holder. The object outlives its creator while any process that
+    /// got it by name (and still holds its manager) lives; once all of them are gone the name gets a new
+    /// object (see the [module docs](crate::manager)).
     pub fn lock(&self, name: &str) -> Result<Lock> {
         self.shared(name, Lock::new)
     }
@@ -188,15 +241,37 @@ impl Manager {
     }
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    postcard::from_bytes(bytes).map_err(|e| match e {
-        // Deserializing re-attaches the region; its own errors come through serde as text.
-        postcard::Error::SerdeDeCustom => {
-            Error::StaleHandle("the object's region could not be opened".into())
+/// The holders an entry lists (a handle of the object in each), checked against [`HOLDERS_MAX`].
+pub(super) fn decode_holders(bytes: &[u8]) -> Result<Vec<RegionHandle>> {
+    let holders: Vec<RegionHandle> = postcard::from_bytes(bytes).map_err(|e| Error::Decode {
+        ty: "the holders of a manager object".into(),
+        reason: e.to_string(),
+    })?;
+    if holders.len() > HOLDERS_MAX {
+        return Err(Error::Corrupted(format!(
+            "a manager object lists {} holders, more than {HOLDERS_MAX}",
+            holders.len()
+        )));
+    }
+    Ok(holders)
+}
+
+/// The object, attached through the first holder still alive, and that holder's index; `None` if every
+/// holder is gone (or there are none).
+///
+/// A holder that exited leaves a descriptor number that names nothing, or (reused) another file or
+/// another region: every such failure means "not through this holder". Only running out of descriptors
+/// or memory ourselves says nothing about the holder, and is returned rather than taken as its death
+/// (which would replace a live object).
+fn attach_first_live<T: ByHandle>(holders: &[RegionHandle]) -> Result<Option<(T, usize)>> {
+    for (i, h) in holders.iter().enumerate() {
+        match T::attach_handle(h) {
+            Ok(object) => return Ok(Some((object, i))),
+            Err(Error::Os { op, source }) if crate::sys::shm::is_out_of_resources(&source) => {
+                return Err(Error::Os { op, source })
+            }
+            Err(_) => continue,
         }
-        e => Error::Decode {
-            ty: std::any::type_name::<T>().into(),
-            reason: e.to_string(),
-        },
-    })
+    }
+    Ok(None)
 }

@@ -531,3 +531,86 @@ fn an_extend_too_large_for_one_transaction_is_a_typed_error_and_changes_nothing(
     assert_eq!(l.len().unwrap(), 2000);
     assert_eq!(l.get(1999).unwrap(), Some(1999));
 }
+
+/// Writes `holders` as the directory entry of the lock `name` (what another process, or garbage, left).
+fn list_lock_holders(m: &Manager, name: &str, holders: &[RegionHandle]) {
+    let kind = std::any::type_name::<crate::sync::Lock>();
+    let blob = postcard::to_allocvec(holders).unwrap();
+    assert!(m.swap_blob(name, kind, None, &blob).unwrap());
+}
+
+fn lock_holders(m: &Manager, name: &str) -> Vec<RegionHandle> {
+    let kind = std::any::type_name::<crate::sync::Lock>();
+    objects::decode_holders(&m.lookup_blob(name, kind).unwrap().unwrap()).unwrap()
+}
+
+#[test]
+fn a_named_object_is_attached_through_its_first_live_holder() {
+    let m = mgr();
+    let live = crate::sync::Lock::new().unwrap();
+    let gone = crate::sync::Lock::new().unwrap().handle(); // its only holder dropped it at once
+    list_lock_holders(&m, "l", &[gone.clone(), live.handle()]);
+    let got = m.lock("l").unwrap();
+    let held = live.lock().unwrap();
+    assert!(
+        got.try_lock().is_err(),
+        "the live holder's lock, not a new one"
+    );
+    drop(held);
+    let holders = lock_holders(&m, "l");
+    assert_eq!(
+        holders,
+        [live.handle(), got.handle()],
+        "the gone holder is dropped, we are added"
+    );
+}
+
+#[test]
+fn a_named_object_whose_holders_are_all_gone_is_made_anew() {
+    let m = mgr();
+    let gone = [
+        crate::sync::Lock::new().unwrap().handle(),
+        crate::sync::Lock::new().unwrap().handle(),
+    ];
+    list_lock_holders(&m, "l", &gone);
+    let new = m.lock("l").unwrap();
+    assert_eq!(lock_holders(&m, "l"), [new.handle()]);
+    // Another manager of the same heap (another process's view) attaches to it, not to a third lock.
+    let other = Manager::from_handle(&m.handle()).unwrap();
+    let same = other.lock("l").unwrap();
+    let held = new.lock().unwrap();
+    assert!(same.try_lock().is_err());
+    drop(held);
+}
+
+#[test]
+fn a_full_holder_list_still_hands_the_object_out() {
+    let m = mgr();
+    let live = crate::sync::Lock::new().unwrap();
+    let full = vec![live.handle(); objects::HOLDERS_MAX];
+    list_lock_holders(&m, "l", &full);
+    let got = m.lock("l").unwrap();
+    let held = got.lock().unwrap();
+    assert!(live.try_lock().is_err());
+    drop(held);
+    assert_eq!(
+        lock_holders(&m, "l"),
+        full,
+        "no room: attached without being listed"
+    );
+}
+
+#[test]
+fn garbage_holder_lists_are_typed_errors() {
+    let m = mgr();
+    let kind = std::any::type_name::<crate::sync::Lock>();
+    assert!(m.swap_blob("g", kind, None, &[0xff; 9]).unwrap());
+    assert!(
+        matches!(m.lock("g"), Err(Error::Decode { .. })),
+        "{:?}",
+        m.lock("g")
+    );
+    let live = crate::sync::Lock::new().unwrap();
+    list_lock_holders(&m, "many", &vec![live.handle(); objects::HOLDERS_MAX + 1]);
+    assert!(matches!(m.lock("many"), Err(Error::Corrupted(_))));
+}

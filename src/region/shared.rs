@@ -177,11 +177,30 @@ macro_rules! impl_shared_object {
 }
 pub(crate) use impl_shared_object;
 
+/// A shared object that is, to other processes, its [`RegionHandle`] (implemented by
+/// [`serde_as_handle!`]): what code that stores handles itself (the manager's directory) uses, to keep
+/// the typed error of a failed attach that serde would turn into text.
+pub(crate) trait ByHandle: Sized {
+    /// This process's handle of the object.
+    fn by_handle(&self) -> RegionHandle;
+    /// Attaches to the object `handle` names, validated.
+    fn attach_handle(handle: &RegionHandle) -> crate::Result<Self>;
+}
+
 /// Implements serde for a shared object as its [`RegionHandle`]: serializing writes the handle,
-/// deserializing re-attaches (and re-validates) the region. The type needs `handle()` and
-/// `from_handle(&RegionHandle)`. Generic parameters go in the brackets: `serde_as_handle!([T: Pod] Value<T>)`.
+/// deserializing re-attaches (and re-validates) the region; and [`ByHandle`]. The type needs `handle()`
+/// and `from_handle(&RegionHandle)`. Generic parameters go in the brackets: `serde_as_handle!([T: Pod] Value<T>)`.
 macro_rules! serde_as_handle {
     ([$($gen:tt)*] $ty:ty) => {
+        impl<$($gen)*> $crate::region::shared::ByHandle for $ty {
+            fn by_handle(&self) -> $crate::RegionHandle {
+                self.handle()
+            }
+            fn attach_handle(handle: &$crate::RegionHandle) -> $crate::Result<Self> {
+                <$ty>::from_handle(handle)
+            }
+        }
+
         impl<$($gen)*> serde::Serialize for $ty {
             fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
                 self.handle().serialize(s)

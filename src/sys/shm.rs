@@ -243,6 +243,15 @@ pub(crate) fn list_named(prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether `e` says this process ran out of a resource (descriptors, memory) rather than that what it
+/// opened or mapped was wrong: the one kind of failure that says nothing about the file.
+pub(crate) fn is_out_of_resources(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM)
+    )
+}
+
 /// Re-opens a file held by another process of the same user through `/proc/<pid>/fd/<fd>`, only if it
 /// is a regular file (see [`open_regular`]).
 ///
