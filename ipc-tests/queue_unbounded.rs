@@ -42,6 +42,10 @@ pub fn tests() -> Vec<Trial> {
             hundred_mib,
         ),
         t(
+            "consumers_taking_turns_keep_no_finished_segment_mapped",
+            consumers_taking_turns,
+        ),
+        t(
             "eight_mib_message_through_a_bounded_queue",
             eight_mib_bounded,
         ),
@@ -145,12 +149,69 @@ fn hundred_mib() {
     });
     assert_eq!(q.len(), N as usize);
     assert!(!block_files(&h).is_empty());
+    let segments = segment_inodes(queue_id(&h));
     let mut kid = Kid::spawn("queue_unbounded_drain", &format!("{name},{N}"), BOUND);
     kid.expect_line(&format!("drained {N}"));
     kid.join_ok();
     assert!(q.is_empty());
+    // The idle producer let go of the segments it was done with: it keeps at most the one that was
+    // the head at its last put (until 2026-12-01 it mapped all seven until its next new segment, 63 MiB
+    // the consumer had finished with and the system could not have back).
+    assert!(
+        mapped_unlinked(&segments) <= 1,
+        "{}",
+        mapped_unlinked(&segments)
+    );
     drop(q);
     assert_eq!(block_files(&h), Vec::<String>::new());
+}
+
+/// The inodes of queue `id`'s segment files now in `/dev/shm`.
+fn segment_inodes(id: u64) -> std::collections::BTreeSet<u64> {
+    use std::os::unix::fs::MetadataExt;
+    group_files(id)
+        .iter()
+        .filter(|n| n.contains("-g"))
+        .filter_map(|n| std::fs::metadata(format!("/dev/shm/{n}")).ok())
+        .map(|m| m.ino())
+        .collect()
+}
+
+/// How many of the files `inodes` this process still maps although they were unlinked: memory the
+/// system cannot have back while the mapping lives. Read through `/proc/self/map_files`.
+fn mapped_unlinked(inodes: &std::collections::BTreeSet<u64>) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
+    let mut seen = std::collections::BTreeSet::new();
+    for line in maps.lines().filter(|l| l.contains("/dev/shm/")) {
+        let range = line.split_whitespace().next().expect("an address range");
+        let md = std::fs::metadata(format!("/proc/self/map_files/{range}"))
+            .expect("stat /proc/self/map_files (needs CAP_SYS_ADMIN: the tests run as root)");
+        if md.nlink() == 0 && inodes.contains(&md.ino()) {
+            seen.insert(md.ino());
+        }
+    }
+    seen.len()
+}
+
+/// Two consumers taking turns: each segment is finished by one of them; the other must not keep its
+/// mapping of it (until 2026-12-01 a consumer never let go of a segment another one finished, so what
+/// two consumers pinned grew with everything that went through the queue).
+fn consumers_taking_turns() {
+    const N: u64 = 100;
+    let a = Bytes::unbounded().expect("create");
+    let b = Bytes::from_handle(&a.handle()).expect("a second attachment");
+    for id in 0..N {
+        a.put(&message(id, 1 << 20)).expect("put");
+    }
+    let segments = segment_inodes(queue_id(&a.handle()));
+    assert!(segments.len() >= 7, "{segments:?}");
+    for id in 0..N {
+        let c = if id % 2 == 0 { &a } else { &b };
+        assert_eq!(check(&c.get_timeout(BOUND).expect("get")), Ok(id));
+    }
+    assert!(a.is_empty());
+    assert_eq!(mapped_unlinked(&segments), 0);
 }
 
 // --------------------------------------------------------------------- 2. 8 MiB through a bounded queue

@@ -113,7 +113,8 @@ fn record_size(len: usize) -> Option<usize> {
 pub(crate) struct Log {
     ctl: *const LogControl,
     blocks: Blocks,
-    /// Segments this process has mapped, by number; pruned below `head_seg`.
+    /// Segments this process has mapped, by number: after each put or take only the head and tail
+    /// segments stay (a mapping of any other would pin memory the queue has finished with).
     segs: Mutex<BTreeMap<u64, Region>>,
 }
 
@@ -204,6 +205,20 @@ impl Log {
         f(region, region.payload_ref::<SegHead>(0)?)
     }
 
+    /// Keeps only the mappings of the head and tail segments (lock held): any other segment is either
+    /// finished (and soon unlinked: a mapping would pin its memory) or reopened when reached.
+    fn trim(&self) {
+        let c = self.ctl();
+        let (h, t) = (
+            c.head_seg.load(Ordering::Relaxed),
+            c.tail_seg.load(Ordering::Relaxed),
+        );
+        self.segs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|&k, _| k == h || k == t);
+    }
+
     /// `used` of a segment, checked against its real size.
     fn used(region: &Region, head: &SegHead) -> Result<usize> {
         let used = head.used.load(Ordering::Acquire);
@@ -245,7 +260,9 @@ impl Log {
             if c.closed.load(Ordering::Relaxed) != 0 {
                 return Err(Error::Closed);
             }
-            self.append(bytes, rec)?;
+            let appended = self.append(bytes, rec);
+            self.trim();
+            appended?;
             c.len.fetch_add(1, Ordering::Relaxed);
             // SeqCst RMW, then notify (WaitWord's contract).
             c.puts.fetch_add(1, Ordering::SeqCst);
@@ -328,11 +345,10 @@ impl Log {
             c.head_seg.store(n, Ordering::Relaxed);
         }
         c.tail_seg.store(n, Ordering::Relaxed);
-        let mut segs = self.segs.lock().unwrap_or_else(|p| p.into_inner());
-        segs.insert(n, region);
-        // Segments before the head are finished: let go of our mappings of them.
-        let head = c.head_seg.load(Ordering::Relaxed);
-        segs.retain(|&k, _| k >= head);
+        self.segs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(n, region);
         Ok(())
     }
 
@@ -344,8 +360,15 @@ impl Log {
         deadline: Option<Instant>,
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<Took<R>> {
-        let c = self.ctl();
         let held = self.lock(deadline.map(|d| d.max(Instant::now() + TRY_BOUND)))?;
+        let r = self.take_locked(f);
+        self.trim();
+        drop(held);
+        r
+    }
+
+    fn take_locked<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<Took<R>> {
+        let c = self.ctl();
         let mut f = Some(f);
         for _ in 0..STEP_BUDGET {
             let head = c.head_seg.load(Ordering::Relaxed);
@@ -395,7 +418,6 @@ impl Log {
                     let _ = c
                         .len
                         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(1));
-                    drop(held);
                     return Ok(Took::Got(r));
                 }
                 Err(0) => break,
