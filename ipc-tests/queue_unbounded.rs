@@ -56,6 +56,10 @@ pub fn tests() -> Vec<Trial> {
             garbage_spill_ref,
         ),
         t(
+            "sparse_messages_claiming_a_tebibyte_are_typed_errors",
+            sparse_forgeries,
+        ),
+        t(
             "garbage_unbounded_control_is_a_typed_error",
             garbage_control,
         ),
@@ -367,6 +371,15 @@ fn rw(name: &str) -> std::fs::File {
         .expect("open the segment's file")
 }
 
+/// The `/dev/shm` entry `entry` (a full file name), open for writing.
+fn rw_entry(entry: &str) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/dev/shm/{entry}"))
+        .expect("open the block's file")
+}
+
 /// Bytes written over a spill reference in a slot (as another process could) make `get` fail with a
 /// typed error, at once; the queue goes on.
 ///
@@ -395,6 +408,60 @@ fn garbage_spill_ref() {
         drop(q);
         assert_eq!(block_files(&h), Vec::<String>::new(), "{what}");
     }
+}
+
+/// A peer makes a queued message's file a sparse 1 TiB one (truncated larger, costing it nothing) and
+/// every size word claim all of it: a spilled message's block (header size, and the reference in the
+/// slot), or an unbounded queue's segment (header size, `used`, the record's length). `get` fails with
+/// a typed error instead of sizing its copy by those words (until 2026-12-01: "memory allocation of
+/// 1099511627776 bytes failed", and the consumer aborted; found by review).
+fn sparse_forgeries() {
+    const SLOT0_DATA: u64 = REGION_HEADER + 384 + 64; // as in `garbage_spill_ref`
+    const HDR_PAYLOAD_SIZE: u64 = 24; // the region header's payload size word
+    const HUGE: u64 = 1 << 40;
+    let name = common::unique_name("sparsespill");
+    let q = Bytes::create(&name, 2, 64).expect("create");
+    q.put(&message(1, 4096)).expect("put a spilled message");
+    let block = group_files(queue_id(&q.handle()))
+        .into_iter()
+        .find(|n| n.contains("-s"))
+        .expect("the spilled message's block");
+    let f = rw_entry(&block);
+    f.set_len(REGION_HEADER + HUGE).expect("ftruncate");
+    f.write_all_at(&HUGE.to_le_bytes(), HDR_PAYLOAD_SIZE)
+        .expect("size word");
+    rw(&name)
+        .write_all_at(&HUGE.to_le_bytes(), SLOT0_DATA + 16)
+        .expect("reference length");
+    let q = bounded("get of a sparse spilled message", BOUND, move || {
+        let r = q.get_timeout(Duration::from_secs(5));
+        assert!(matches!(r, Err(Error::Corrupted(_))), "{r:?}");
+        q
+    });
+    drop(q);
+
+    let name = common::unique_name("sparseseg");
+    let q = Bytes::create_unbounded(&name).expect("create");
+    q.put(&message(1, 100)).expect("put");
+    let seg = group_files(queue_id(&q.handle()))
+        .into_iter()
+        .find(|n| n.ends_with("-g0000000000000001"))
+        .expect("segment 1");
+    let f = rw_entry(&seg);
+    let payload = HUGE + 64 + 8;
+    f.set_len(REGION_HEADER + payload).expect("ftruncate");
+    f.write_all_at(&payload.to_le_bytes(), HDR_PAYLOAD_SIZE)
+        .expect("size word");
+    f.write_all_at(&(HUGE + 8).to_le_bytes(), REGION_HEADER + 8)
+        .expect("used");
+    f.write_all_at(&HUGE.to_le_bytes(), REGION_HEADER + 64)
+        .expect("record length");
+    let q = bounded("get of a sparse segment's record", BOUND, move || {
+        let r = q.get_timeout(Duration::from_secs(5));
+        assert!(matches!(r, Err(Error::Corrupted(_))), "{r:?}");
+        q
+    });
+    drop(q);
 }
 
 /// Bytes written over the unbounded queue's control (its read offset, its head segment) and over a

@@ -284,7 +284,14 @@ impl<T: Pod + Send + Sync> Codec<Vec<T>> for RawSlice<T> {
                 ),
             });
         }
-        let mut v = vec![T::zeroed(); bytes.len() / size];
+        // The length comes from another process: an allocation it cannot get is an error, not an abort.
+        let n = bytes.len() / size;
+        let mut v = Vec::new();
+        v.try_reserve_exact(n).map_err(|_| Error::OutOfMemory {
+            requested: bytes.len() as u64,
+            available: 0,
+        })?;
+        v.resize(n, T::zeroed());
         bytemuck::cast_slice_mut::<T, u8>(&mut v).copy_from_slice(bytes);
         Ok(v)
     }

@@ -187,6 +187,13 @@ impl Blocks {
                 r.len
             )));
         }
+        if !block.holds_memory_for(block.len())? {
+            self.unlink(&name);
+            return Err(Error::Corrupted(format!(
+                "spilled message {name} of {} bytes is a sparse file: not what a producer writes",
+                block.len()
+            )));
+        }
         self.unlink(&name);
         // SAFETY: the payload of `block` is `block.len()` mapped bytes (validated against the file's
         // size when it was opened), alive while `block` is. Its name is gone, so no honest process

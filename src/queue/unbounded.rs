@@ -48,6 +48,8 @@ use crate::sync::wait::{slice_until, Backoff, WaitWord, MAX_CHECK};
 /// (a single larger message gets a segment of its own size).
 const SEG_MIN: usize = 1 << 20;
 const SEG_MAX: usize = 64 << 20;
+/// Records above this size are checked to be memory the segment holds before they are copied out.
+const SPARSE_CHECK_MIN: usize = 64 << 10;
 /// Where records start in a segment: a cache line after the head.
 const SEG_DATA: usize = 64;
 /// How many segments one operation may step over (exhausted ones, or while repairing): a garbage
@@ -406,6 +408,15 @@ impl Log {
                     )));
                 }
                 let len = len as usize;
+                // A large record must be memory the segment really holds: a peer can truncate a
+                // segment file huge for free and write a length claiming it all (a small one costs a
+                // syscall per message for nothing: its copy is small whatever its bytes).
+                if len > SPARSE_CHECK_MIN && !region.holds_memory_for(at + 8 + len)? {
+                    c.head_off.store(used as u64, Ordering::Relaxed);
+                    return Err(corrupted(format!(
+                        "a record of {len} bytes in a segment with holes: not what a producer writes"
+                    )));
+                }
                 // SAFETY: [at + 8, at + 8 + len) lies inside the committed records (len <= room).
                 let bytes = unsafe { std::slice::from_raw_parts(region.as_ptr().add(at + 8), len) };
                 let r = (f.take().expect("called once"))(bytes);

@@ -334,6 +334,8 @@ pub(crate) fn size_is_sealed(seals: u32) -> bool {
 pub(crate) struct FileInfo {
     pub is_file: bool,
     pub size: u64,
+    /// Bytes of memory the file really holds (`st_blocks`): less than `size` where it has holes.
+    pub allocated: u64,
     pub uid: u32,
     pub mode: u32,
 }
@@ -343,6 +345,7 @@ pub(crate) fn file_info(file: &File) -> Result<FileInfo> {
     Ok(FileInfo {
         is_file: m.file_type().is_file(),
         size: m.len(),
+        allocated: m.blocks().saturating_mul(512),
         uid: m.uid(),
         mode: m.mode() & 0o7777,
     })
