@@ -167,7 +167,7 @@ impl JournaledHeap {
         HeapRef {
             base: region.as_ptr(),
             len: region.len() as u64,
-            _region: std::marker::PhantomData,
+            region,
         }
     }
 
@@ -189,7 +189,7 @@ impl JournaledHeap {
         HeapRef {
             base: self.base.load(Ordering::Acquire),
             len: self.len.load(Ordering::Acquire),
-            _region: std::marker::PhantomData,
+            region: &self.region,
         }
     }
 
@@ -309,8 +309,8 @@ impl Drop for Unlock<'_> {
 pub(crate) struct HeapRef<'a> {
     base: *mut u8,
     len: u64,
-    /// Ties the view to the region it points into.
-    _region: std::marker::PhantomData<&'a Region>,
+    /// The region it points into (whose file says which bytes are memory, see `read_bytes`).
+    region: &'a Region,
 }
 
 impl<'a> HeapRef<'a> {
@@ -341,9 +341,26 @@ impl<'a> HeapRef<'a> {
     }
 
     /// Copies `n` bytes out of the heap.
+    ///
+    /// A large copy must be of memory the heap's file holds: a peer can grow a named heap's file
+    /// sparse, for free, and write a blob length claiming it (an honest heap wrote every byte of a
+    /// blob). And the allocation is asked for, not assumed: its failure is an error, not an abort.
     pub(crate) fn read_bytes(&self, off: u64, n: usize) -> Result<Vec<u8>> {
+        /// Copies up to this size are not worth a system call: small whatever the bytes say.
+        const SPARSE_CHECK_MIN: usize = 64 << 10;
         self.check_range(off, n)?;
-        let mut v = vec![0u8; n];
+        // `off + n <= len`, the mapped payload (checked just above), so `off` fits a usize.
+        if n > SPARSE_CHECK_MIN && !self.region.holds_memory(off as usize, n)? {
+            return Err(Error::Corrupted(format!(
+                "{n} bytes at heap offset {off:#x} are holes of a sparse file, not a blob"
+            )));
+        }
+        let mut v = Vec::new();
+        v.try_reserve_exact(n).map_err(|_| Error::OutOfMemory {
+            requested: n as u64,
+            available: 0,
+        })?;
+        v.resize(n, 0);
         // SAFETY: the range is inside the mapping (checked); `v` is a distinct local buffer of n bytes.
         unsafe { std::ptr::copy_nonoverlapping(self.base.add(off as usize), v.as_mut_ptr(), n) };
         Ok(v)
@@ -718,5 +735,28 @@ impl HeapRef<'_> {
             base,
             usize::try_from(bytes).map_err(|_| Error::Corrupted("array size".into()))?,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A blob's bytes are copied out only if they are memory: the holes of a sparse file (what a peer
+    /// gets for free by growing a named heap's file) are refused, not copied as zeroes into an
+    /// allocation their length sized.
+    #[test]
+    fn large_reads_of_holes_are_refused() {
+        let region = Region::anonymous(4 << 20).unwrap(); // a fresh memfd: holes all through
+        let heap = JournaledHeap::view(&region);
+        let big = 1 << 20;
+        assert!(matches!(
+            heap.read_bytes(1 << 20, big),
+            Err(Error::Corrupted(_))
+        ));
+        region.write_payload_at(1 << 20, &vec![7u8; big]).unwrap();
+        assert_eq!(heap.read_bytes(1 << 20, big).unwrap(), vec![7u8; big]);
+        // Small reads are not checked: zeroes of a hole, at a small cost.
+        assert_eq!(heap.read_bytes(3 << 20, 100).unwrap(), vec![0u8; 100]);
     }
 }

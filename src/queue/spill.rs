@@ -187,7 +187,7 @@ impl Blocks {
                 r.len
             )));
         }
-        if !block.holds_memory_for(block.len())? {
+        if !block.holds_memory(0, block.len())? {
             self.unlink(&name);
             return Err(Error::Corrupted(format!(
                 "spilled message {name} of {} bytes is a sparse file: not what a producer writes",

@@ -411,7 +411,7 @@ impl Log {
                 // A large record must be memory the segment really holds: a peer can truncate a
                 // segment file huge for free and write a length claiming it all (a small one costs a
                 // syscall per message for nothing: its copy is small whatever its bytes).
-                if len > SPARSE_CHECK_MIN && !region.holds_memory_for(at + 8 + len)? {
+                if len > SPARSE_CHECK_MIN && !region.holds_memory(at + 8, len)? {
                     c.head_off.store(used as u64, Ordering::Relaxed);
                     return Err(corrupted(format!(
                         "a record of {len} bytes in a segment with holes: not what a producer writes"

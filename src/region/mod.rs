@@ -388,17 +388,17 @@ impl Region {
         self.header.payload_size as usize
     }
 
-    /// Whether the first `payload_len` bytes of the payload are memory the file really holds, not holes
-    /// of a sparse file. A peer can make a named file of any size for free by truncating it larger, and
-    /// a length word claiming all of it; a reader that copies a message must not size its allocation by
-    /// such bytes (they read as zeroes for as long as one cares to copy them). The creator of an honest
-    /// region writes every byte it publishes, so this holds for those.
+    /// Whether payload bytes `[offset, offset + len)` are memory the file really holds, not holes of
+    /// a sparse file. A peer can make a named file of any size for free by truncating it larger, and
+    /// write a length word claiming all of it; a reader that copies a message must not size its
+    /// allocation by such bytes (they read as zeroes for as long as one cares to copy them). Every
+    /// byte an honest writer publishes was written, so its ranges pass.
     ///
     /// # Errors
-    /// [`Error::Os`] if `fstat` fails.
-    pub(crate) fn holds_memory_for(&self, payload_len: usize) -> Result<bool> {
-        let info = shm::file_info(&self.file)?;
-        Ok(info.allocated >= (PAYLOAD_OFFSET as u64).saturating_add(payload_len as u64))
+    /// [`Error::Os`] if the file cannot be asked.
+    pub(crate) fn holds_memory(&self, offset: usize, len: usize) -> Result<bool> {
+        let start = (PAYLOAD_OFFSET as u64).saturating_add(offset as u64);
+        shm::is_all_data(&self.file, start, len as u64)
     }
 
     /// Whether the payload is empty.

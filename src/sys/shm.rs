@@ -97,6 +97,33 @@ pub(crate) fn allocate(file: &File, offset: u64, len: u64) -> Result<()> {
     }
 }
 
+/// Whether `[offset, offset + len)` of `file` is data all through: no hole (a range of a sparse file
+/// that holds no memory and reads as zeroes), and not past the end. `lseek(SEEK_HOLE)`, which tmpfs
+/// answers exactly; a page swapped out counts as data.
+///
+/// # Errors
+/// [`Error::Os`] if `lseek` fails for another reason than the offset lying past the end.
+pub(crate) fn is_all_data(file: &File, offset: u64, len: u64) -> Result<bool> {
+    if len == 0 {
+        return Ok(true);
+    }
+    let (Ok(off), Some(end)) = (libc::off_t::try_from(offset), offset.checked_add(len)) else {
+        return Ok(false);
+    };
+    // SAFETY: lseek only reads the file's extent map and moves the offset of a description we own;
+    // nothing here reads or writes through that offset (every access is positional or mapped).
+    let hole = unsafe { libc::lseek(file.as_raw_fd(), off, libc::SEEK_HOLE) };
+    if hole < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            // lseek(2): ENXIO when the offset is at or past the end of the file.
+            Some(libc::ENXIO) => Ok(false),
+            _ => Err(Error::os("lseek(SEEK_HOLE)", e)),
+        };
+    }
+    Ok(hole as u64 >= end)
+}
+
 /// Half the machine's physical memory: the size tmpfs gives `/dev/shm` by default (tmpfs(5)), used as
 /// the default limit of a growing shared heap, so that a runaway writer gets an error instead of
 /// waking the OOM killer (a memfd, unlike `/dev/shm`, has no size limit of its own). 1 GiB if
@@ -334,8 +361,6 @@ pub(crate) fn size_is_sealed(seals: u32) -> bool {
 pub(crate) struct FileInfo {
     pub is_file: bool,
     pub size: u64,
-    /// Bytes of memory the file really holds (`st_blocks`): less than `size` where it has holes.
-    pub allocated: u64,
     pub uid: u32,
     pub mode: u32,
 }
@@ -345,7 +370,6 @@ pub(crate) fn file_info(file: &File) -> Result<FileInfo> {
     Ok(FileInfo {
         is_file: m.file_type().is_file(),
         size: m.len(),
-        allocated: m.blocks().saturating_mul(512),
         uid: m.uid(),
         mode: m.mode() & 0o7777,
     })
