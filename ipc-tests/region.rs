@@ -28,6 +28,10 @@ pub const ROLES: &[Role] = &[
     ("region_create_and_linger", create_and_linger),
     ("region_create_and_vanish", create_and_vanish),
     ("region_anon_handle", anon_handle),
+    (
+        "region_create_then_end_main_thread",
+        create_then_end_main_thread,
+    ),
 ];
 
 pub fn tests() -> Vec<Trial> {
@@ -62,6 +66,10 @@ pub fn tests() -> Vec<Trial> {
         ),
         t("invalid_names_are_refused", invalid_names_are_refused),
         t("janitor_removes_only_stale", janitor_removes_only_stale),
+        t(
+            "janitor_keeps_the_region_of_a_process_whose_main_thread_ended",
+            janitor_keeps_zombie_leaders_region,
+        ),
         t(
             "handle_of_exited_process_is_stale",
             handle_of_exited_process_is_stale,
@@ -629,8 +637,47 @@ fn create_and_vanish(arg: &str) {
     std::process::exit(0);
 }
 
-/// This is the only test of the suite that sweeps: another sweep running in parallel could take the
-/// stale regions first and the "removed" list would miss them.
+/// Child role: creates the region `name`, hands it to a thread that keeps it (and says `ready`), and
+/// ends its main thread alone: the process lives on, its leader a zombie in `/proc`.
+fn create_then_end_main_thread(name: &str) {
+    let r = Region::create(name, 64, false).expect("create");
+    let keeper = std::thread::spawn(move || {
+        let _r = r;
+        say("ready");
+        std::thread::sleep(BOUND);
+    });
+    std::mem::forget(keeper);
+    // SAFETY: exit(2) ends only the calling thread (what pthread_exit does, without unwinding): no
+    // destructor of this thread's frames runs, none of them owns anything another thread uses.
+    unsafe { libc::syscall(libc::SYS_exit, 0) };
+    unreachable!("exit(2) returned");
+}
+
+/// A process whose main thread ended while another thread still uses its region reads as a zombie
+/// (`Z`) in `/proc/<pid>/stat`; the janitor must not take it for dead (until 2026-12-01 it removed
+/// the live process's region; found by review).
+fn janitor_keeps_zombie_leaders_region() {
+    let _sweep = sweep_lock();
+    let name = common::unique_name("jan-zleader");
+    let mut kid = Kid::spawn("region_create_then_end_main_thread", &name, BOUND);
+    kid.expect_line("ready");
+    let pid = kid.pid() as i32;
+    common::eventually("the leader is a zombie", BOUND, || {
+        common::stat(pid).is_some_and(|(state, _)| state == 'Z')
+    });
+    let removed = mproc::cleanup_stale().unwrap();
+    assert!(!removed.contains(&name), "{removed:?}");
+    assert!(shm_path(&name).exists());
+    kid.kill_and_wait();
+    let removed = mproc::cleanup_stale().unwrap();
+    assert!(
+        removed.contains(&name),
+        "once the process is dead: {removed:?}"
+    );
+}
+
+/// Tests that sweep hold `sweep_lock`: another sweep running in parallel could take the stale regions
+/// first and the "removed" list would miss them.
 fn janitor_removes_only_stale() {
     let _sweep = sweep_lock();
     let [killed, exited, persistent, own] =

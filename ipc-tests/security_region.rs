@@ -1,6 +1,7 @@
-//! Regressions for the region findings of the 2026-11-30 security review (S4, R5, R6, S6): forged
-//! anonymous-region handles, handles whose decoding used to stall or open devices, and janitor sweeps
-//! that used to remove what they could not judge.
+//! Regressions for the region findings of the 2026-11-30 security review (S4, R5, R6, S6) and of the
+//! 2026-12-01 region review (R7): forged anonymous-region handles, handles whose decoding used to stall
+//! or open devices, janitor sweeps that used to remove what they could not judge, and opens a lease
+//! used to stall.
 //!
 //! Each test fails on the code the review read (4351a93) and passes since; its doc comment names the
 //! finding. The forging helpers and header offsets are those of `region.rs`. Sweeps take `region.rs`'s
@@ -25,7 +26,10 @@ use crate::region::{
     VERSION,
 };
 
-pub const ROLES: &[Role] = &[("secregion_unsealed_lock", unsealed_lock)];
+pub const ROLES: &[Role] = &[
+    ("secregion_unsealed_lock", unsealed_lock),
+    ("secregion_lease_squatter", lease_squatter),
+];
 
 pub fn tests() -> Vec<Trial> {
     let t = |name: &str, f: fn()| common::trial("security_region", name, f);
@@ -50,7 +54,51 @@ pub fn tests() -> Vec<Trial> {
             "s6_creator_of_another_pid_namespace_is_never_judged_dead",
             s6_creator_of_another_pid_namespace_is_never_judged_dead,
         ),
+        t(
+            "r7_a_leased_file_stalls_neither_open_nor_the_janitor",
+            r7_a_leased_file_stalls_neither_open_nor_the_janitor,
+        ),
     ]
+}
+
+/// Child role: plants `/dev/shm/mproc.<name>` (0600, a page of garbage), holds a read lease on it and
+/// ignores the signal that asks it to give the lease up, as a squatter would.
+fn lease_squatter(name: &str) {
+    let path = shm_path(name);
+    std::fs::write(&path, [0x5au8; 4096]).expect("plant the file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let file = File::open(&path).expect("open read-only");
+    // SAFETY: setting SIGIO's disposition to "ignore" affects only this process, which has no
+    // handler of its own for it.
+    unsafe { libc::signal(libc::SIGIO, libc::SIG_IGN) };
+    // SAFETY: F_SETLEASE takes an int argument and only records a lease on the description we own.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) };
+    assert_eq!(r, 0, "F_SETLEASE: {}", std::io::Error::last_os_error());
+    say("ready");
+    std::thread::sleep(BOUND);
+}
+
+/// R7 (review of 2026-12-01): a process of the same user holding a read lease on a file under our
+/// prefix made every open of it for writing wait for the lease to break (`lease-break-time`, 45 s):
+/// `Region::open` of that name and every `cleanup_stale` (which peeks at each file) stalled. Opens
+/// are non-blocking now: the lease makes them fail at once, with a typed error.
+fn r7_a_leased_file_stalls_neither_open_nor_the_janitor() {
+    const NO_STALL: Duration = Duration::from_secs(30);
+    let name = common::unique_name("r7-lease");
+    let mut squatter = Kid::spawn("secregion_lease_squatter", &name, BOUND);
+    squatter.expect_line("ready");
+    let opened = common::bounded("Region::open of a leased file", NO_STALL, {
+        let name = name.clone();
+        move || Region::open(&name).map(drop)
+    });
+    assert!(opened.is_err(), "a page of garbage opened as a region");
+    let _sweep = sweep_lock();
+    let swept = common::bounded("cleanup_stale beside a leased file", NO_STALL, || {
+        mproc::cleanup_stale()
+    });
+    assert!(!swept.unwrap().contains(&name));
+    squatter.kill_and_wait();
+    std::fs::remove_file(shm_path(&name)).expect("remove the planted file");
 }
 
 /// A pid no process can have (above PID_MAX_LIMIT, proc(5)).

@@ -76,6 +76,28 @@ pub(crate) struct HeaderSnapshot {
     pub creator_pidns: u32,
 }
 
+impl HeaderSnapshot {
+    /// The fields of a header read as plain bytes (by `pread`, from a file that may not be mapped),
+    /// and its `ready` word.
+    pub(crate) fn from_bytes(b: &[u8; 64]) -> (HeaderSnapshot, u32) {
+        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let u64_at = |o: usize| (u64::from(u32_at(o + 4)) << 32) | u64::from(u32_at(o));
+        let snapshot = HeaderSnapshot {
+            magic: u64_at(0).to_le_bytes(),
+            version: u32_at(8),
+            header_size: u32_at(12),
+            type_hash: u64_at(16),
+            payload_size: u64_at(24),
+            region_id: u64_at(32),
+            creator_pid: u32_at(40),
+            flags: u32_at(44),
+            creator_start: u64_at(48),
+            creator_pidns: u32_at(60),
+        };
+        (snapshot, u32_at(56))
+    }
+}
+
 impl Header {
     pub(crate) fn snapshot(&self) -> HeaderSnapshot {
         // Relaxed is enough: the caller already synchronised with the creator through `ready` (Acquire).
@@ -145,5 +167,41 @@ mod tests {
         assert_eq!(a, layout_hash("u64", 8, 8));
         assert_ne!(a, layout_hash("i64", 8, 8));
         assert_ne!(a, layout_hash("u64", 16, 8));
+    }
+
+    #[test]
+    fn header_bytes_read_back_as_written() {
+        let h = Header {
+            magic: AtomicU64::new(0),
+            version: AtomicU32::new(0),
+            header_size: AtomicU32::new(0),
+            type_hash: AtomicU64::new(0),
+            payload_size: AtomicU64::new(0),
+            region_id: AtomicU64::new(0),
+            creator_pid: AtomicU32::new(0),
+            flags: AtomicU32::new(0),
+            creator_start: AtomicU64::new(0),
+            ready: AtomicU32::new(READY),
+            creator_pidns: AtomicU32::new(0),
+        };
+        let written = HeaderSnapshot {
+            magic: MAGIC,
+            version: 0x0102_0304,
+            header_size: 64,
+            type_hash: 0x1112_1314_1516_1718,
+            payload_size: 0x2122_2324_2526_2728,
+            region_id: 0x3132_3334_3536_3738,
+            creator_pid: 0x4142_4344,
+            flags: 0x4546_4748,
+            creator_start: 0x5152_5354_5556_5758,
+            creator_pidns: 0x6162_6364,
+        };
+        h.write(&written);
+        // SAFETY: `Header` is 64 bytes of atomics, with no padding (asserted above) and no other thread
+        // writing it: its bytes are initialised and may be read as plain bytes.
+        let bytes: [u8; 64] = unsafe { std::mem::transmute_copy(&h) };
+        let (read, ready) = HeaderSnapshot::from_bytes(&bytes);
+        assert_eq!(format!("{read:?}"), format!("{written:?}"));
+        assert_eq!(ready, READY);
     }
 }

@@ -783,24 +783,18 @@ impl Region {
     /// while the magic is not yet written) and whether it was published; `None` if the segment is shorter
     /// than a header.
     fn peek_header(file: File) -> Option<(HeaderSnapshot, bool)> {
-        let info = shm::file_info(&file).ok()?;
-        if info.size < PAYLOAD_OFFSET as u64 {
+        // Read, not mapped: the janitor peeks at every file under our prefix, and one that shrinks
+        // between the size check and the read is a short read here, where a mapping would be SIGBUS.
+        if shm::file_info(&file).ok()?.size < PAYLOAD_OFFSET as u64 {
             return None;
         }
-        let map = shm::Mapping::new(&file, PAYLOAD_OFFSET, false).ok()?;
-        let region = Region {
-            map,
-            file,
-            header: zero_snapshot(),
-            naming: Naming::Anonymous,
-        };
-        let h = region.raw_header();
-        // Magic (Acquire) before anything else: once it is there, the creator's identity is too.
-        if h.magic_acquire() != MAGIC {
+        let mut bytes = [0u8; 64];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, 0).ok()?;
+        let (snapshot, ready) = HeaderSnapshot::from_bytes(&bytes);
+        if snapshot.magic != MAGIC {
             return Some((zero_snapshot(), false));
         }
-        let ready = h.ready.load(Ordering::Acquire) == READY;
-        Some((h.snapshot(), ready))
+        Some((snapshot, ready == READY))
     }
 
     /// Whether the region outlives its creator's handle (see [`Region::create`]).

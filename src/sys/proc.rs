@@ -94,6 +94,7 @@ pub(crate) fn start_time(pid: u32) -> Option<u64> {
 struct Stat {
     state: u8,
     start: u64,
+    threads: u64,
 }
 
 fn stat_of(tid: u32) -> Option<Stat> {
@@ -133,9 +134,14 @@ fn parse_stat(text: &str) -> Option<Stat> {
     let rest = &text[text.rfind(')')? + 1..];
     let mut fields = rest.split_ascii_whitespace();
     let state = *fields.next()?.as_bytes().first()?;
-    // `rest` starts at field 3 (state); starttime is field 22, i.e. 19 further on.
-    let start = fields.nth(18)?.parse().ok()?;
-    Some(Stat { state, start })
+    // `rest` starts at field 3 (state); num_threads is field 20, starttime field 22.
+    let threads = fields.nth(16)?.parse().ok()?;
+    let start = fields.nth(1)?.parse().ok()?;
+    Some(Stat {
+        state,
+        start,
+        threads,
+    })
 }
 
 /// Whether the thread `id` still runs. A zombie, a missing /proc entry or a different start time (the tid
@@ -180,7 +186,9 @@ pub(crate) fn process_alive(pid: u32, start: u64) -> bool {
     match probe(pid) {
         Probe::Gone => false,
         Probe::Unknown => true,
-        Probe::Found(s) if s.state == b'Z' || s.state == b'X' => false,
+        // A zombie thread-group leader whose other threads still run (its main thread exited alone)
+        // is a live process; a dead process reads as a zombie with one thread until it is reaped.
+        Probe::Found(s) if (s.state == b'Z' || s.state == b'X') && s.threads <= 1 => false,
         Probe::Found(s) => start == 0 || s.start == start,
     }
 }
@@ -194,7 +202,28 @@ pub(crate) fn process_alive(pid: u32, start: u64) -> bool {
 pub(crate) fn pid_namespace() -> u64 {
     use std::os::unix::fs::MetadataExt;
     static NS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *NS.get_or_init(|| std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino()))
+    *NS.get_or_init(|| {
+        // /proc must number processes as our namespace does (`NSpid` has exactly one entry: our pid).
+        // A /proc of another namespace (`unshare -p` without a new mount, a container given the host's)
+        // would judge our pids by unrelated processes: then nothing is judged at all (0, unknown).
+        let ours = std::fs::read_to_string("/proc/self/status")
+            .is_ok_and(|status| proc_numbers_as_we_do(&status, pid()));
+        if !ours {
+            return 0;
+        }
+        std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino())
+    })
+}
+
+/// Whether the `/proc` that gave `status` (this process's `/proc/self/status`) numbers processes as our
+/// pid namespace does: its `NSpid:` line (our pid in each namespace from that `/proc`'s down to ours)
+/// has exactly one entry, `pid`. No such line (a kernel before 4.1) is "cannot tell": false.
+fn proc_numbers_as_we_do(status: &str, pid: u32) -> bool {
+    let Some(line) = status.lines().find_map(|l| l.strip_prefix("NSpid:")) else {
+        return false;
+    };
+    let mut pids = line.split_whitespace();
+    pids.next() == Some(&pid.to_string()) && pids.next().is_none()
 }
 
 /// Whether a holder recorded with pid namespace `ns` can be judged from this process's `/proc`: only if
@@ -404,7 +433,27 @@ mod tests {
         let s = "1234 (a b) c)) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 987654 20 21";
         let st = parse_stat(s).unwrap();
         assert_eq!(st.state, b'S');
+        assert_eq!(st.threads, 17);
         assert_eq!(st.start, 987654);
+    }
+
+    #[test]
+    fn only_a_proc_of_our_own_namespace_numbers_as_we_do() {
+        let status = |nspid: &str| format!("Name:\tx\nPid:\t7\nNSpid:{nspid}\nPPid:\t1\n");
+        assert!(proc_numbers_as_we_do(&status("\t7"), 7));
+        // A /proc of an ancestor namespace: our pid there, then ours.
+        assert!(!proc_numbers_as_we_do(&status("\t25252\t7"), 7));
+        assert!(!proc_numbers_as_we_do(&status("\t8"), 7));
+        assert!(!proc_numbers_as_we_do(&status(""), 7));
+        assert!(
+            !proc_numbers_as_we_do("Name:\tx\nPid:\t7\n", 7),
+            "a kernel without NSpid"
+        );
+        let real = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert!(
+            proc_numbers_as_we_do(&real, pid()),
+            "the test runs with its own /proc"
+        );
     }
 
     #[test]

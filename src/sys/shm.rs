@@ -229,6 +229,15 @@ pub(crate) fn open_named(shm_name: &str, user_name: &str) -> Result<File> {
             std::io::Error::from_raw_os_error(libc::ELOOP),
         ));
     }
+    // Another user's file is never opened for real: its owner could hold a lease on it, and an open
+    // for writing would wait for the lease to break (45 s by default).
+    if kind.uid() != crate::sys::proc::euid() {
+        return Err(Error::NotPrivate {
+            name: user_name.to_owned(),
+            owner_uid: kind.uid(),
+            mode: kind.mode() & 0o7777,
+        });
+    }
     open_regular(path, &format!("shared region {user_name:?}"))
 }
 
@@ -295,7 +304,69 @@ pub(crate) fn open_proc_fd(pid: u32, fd: i32) -> Result<File> {
             }
             _ => Error::os("open(/proc/<pid>/fd/<fd>)", e),
         })?;
+    // Only a memfd (the kernel's internal shm mount) or a /dev/shm file, judged by
+    // statx(AT_STATX_DONT_SYNC), which never sends a request to the file's filesystem: opening a FUSE
+    // file for real asks its server, which may never answer.
+    let what = format!("anonymous region of process {pid}");
+    let (dev, uid, mode) = stat_no_sync(&path)?;
+    if mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(Error::os(
+            "open shared region",
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("descriptor {fd} of process {pid} is not a regular file"),
+            ),
+        ));
+    }
+    if uid != crate::sys::proc::euid() || mode & 0o077 != 0 {
+        return Err(Error::NotPrivate {
+            name: what,
+            owner_uid: uid,
+            mode: mode & 0o7777,
+        });
+    }
+    let shm_dev = std::fs::metadata(SHM_DIR)
+        .map(|m| (libc::major(m.dev()), libc::minor(m.dev())))
+        .ok();
+    if dev != memfd_device()? && Some(dev) != shm_dev {
+        // Neither a memfd nor a /dev/shm file (a disk or FUSE file, say): not one of ours.
+        return Err(Error::NotSealed {
+            name: what,
+            seals: None,
+        });
+    }
     open_regular(path, &format!("descriptor {fd} of process {pid}"))
+}
+
+/// (device, uid, mode) of `f` by statx(AT_STATX_DONT_SYNC): never a request to a FUSE server.
+fn stat_no_sync(f: &File) -> Result<((u32, u32), u32, u32)> {
+    // SAFETY: `statx` is a plain C struct of integers, for which all-zero bytes are a valid value.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    let flags = libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC;
+    let mask = libc::STATX_TYPE | libc::STATX_MODE | libc::STATX_UID;
+    // SAFETY: statx writes at most one struct statx into `st`, a live local; the path is a valid,
+    // empty C string, which AT_EMPTY_PATH makes name `f` itself, a descriptor we hold for the call.
+    let r = unsafe { libc::statx(f.as_raw_fd(), c"".as_ptr(), flags, mask, &mut st) };
+    if r < 0 {
+        return Err(Error::last_os("statx"));
+    }
+    Ok((
+        (st.stx_dev_major, st.stx_dev_minor),
+        st.stx_uid,
+        u32::from(st.stx_mode),
+    ))
+}
+
+/// The device every memfd lives on (the kernel's internal shm mount), learnt once from a memfd of our
+/// own that is closed again.
+fn memfd_device() -> Result<(u32, u32)> {
+    static DEVICE: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    if let Some(&d) = DEVICE.get() {
+        return Ok(d);
+    }
+    let probe = create_memfd("mproc-probe")?;
+    let (dev, _, _) = stat_no_sync(&probe)?;
+    Ok(*DEVICE.get_or_init(|| dev))
 }
 
 /// Upgrades an `O_PATH` descriptor to a read-write one if, and only if, it names a regular file.
@@ -318,7 +389,7 @@ fn open_regular(path: File, what: &str) -> Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
         .open(format!("/proc/self/fd/{}", path.as_raw_fd()))
         .map_err(|e| Error::os("open(/proc/self/fd/<fd>)", e))?;
     let after = file.metadata().map_err(|e| Error::os("fstat", e))?;
