@@ -228,16 +228,23 @@ fn forged_task_frame(rng: &mut u64) -> Vec<u8> {
     frame
 }
 
-fn random_key(rng: &mut u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&next_random(rng).to_le_bytes());
-    k[8..].copy_from_slice(&next_random(rng).to_le_bytes());
-    k
+/// The key socket's packet of a forged channel: the zero key, and the MAC of `frame` under it, made as
+/// `FnKey::content_mac(Content::SpawnTask, ..)` makes it: SipHash-1-3 of the domain `b"mprocTSK"` and
+/// the frame. Under the zero key that is what std's `DefaultHasher` computes, so the test needs no copy
+/// of the crate's code. The task's MAC then verifies, and the checks after it are reached.
+fn key_packet_for(frame: &[u8]) -> [u8; 24] {
+    use std::hash::Hasher;
+    let mut mac = std::collections::hash_map::DefaultHasher::new();
+    mac.write(b"mprocTSK");
+    mac.write(frame);
+    let mut packet = [0u8; 24];
+    packet[16..].copy_from_slice(&mac.finish().to_le_bytes());
+    packet
 }
 
 /// A spawn channel as a real parent builds one (sealed task memfd, key socketpair made by this process
-/// with one 16-byte packet queued, empty result memfd), holding a forged task: every check but the
-/// MAC passes. Tests swap one part for a wrong one.
+/// with one packet queued: a key and the task's MAC under it, empty result memfd), holding a forged
+/// task: every check but the function reference's MAC passes. Tests swap one part for a wrong one.
 struct Channel {
     task: File,
     task_frame: Vec<u8>,
@@ -257,7 +264,9 @@ impl Channel {
             libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
         );
         let (key_ours, key_theirs) = UnixDatagram::pair().expect("socketpair");
-        key_ours.send(&random_key(rng)).expect("queue the key");
+        key_ours
+            .send(&key_packet_for(&task_frame))
+            .expect("queue the key");
         Channel {
             task,
             task_frame,
@@ -450,6 +459,35 @@ fn real_parent_wrong_descriptors() {
                 ch.fds()
             },
             "did not hold a key",
+        ),
+        (
+            "key socket holding a key without the task's MAC (16 bytes)",
+            |ch, _| {
+                let (ours, theirs) = UnixDatagram::pair().expect("socketpair");
+                ours.send(&[0; 16]).expect("queue");
+                ch.key_ours = ours;
+                ch.key_theirs = theirs;
+                ch.fds()
+            },
+            "did not hold a key",
+        ),
+        (
+            "task rewritten after the parent made its MAC (before it was sealed)",
+            |ch, _| {
+                let mut frame = ch.task_frame.clone();
+                let last = frame.len() - 1;
+                frame[last] ^= 1; // the argument's last byte
+                let rewritten = memfd("security-spawn-task");
+                rewritten.write_all_at(&frame, 0).expect("write the task");
+                add_seals(
+                    &rewritten,
+                    libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+                );
+                ch.task = rewritten;
+                ch.task_frame = frame;
+                ch.fds()
+            },
+            "MAC does not verify",
         ),
         (
             "key socket holding a 32-byte packet",

@@ -304,7 +304,13 @@ pub mod spawn {
     }
 
     /// A fork server request, as plain data: function words, die-with-parent, inline args, child key.
-    pub type RequestData = ((i64, i64, u64), bool, Option<Vec<u8>>, Option<[u8; 16]>);
+    pub type RequestData = (
+        (i64, i64, u64),
+        bool,
+        Option<Vec<u8>>,
+        Option<[u8; 16]>,
+        (u64, Option<u64>),
+    );
 
     /// `forkserver::decode_environment`, as bytes.
     pub fn decode_environment(
@@ -337,6 +343,7 @@ pub mod spawn {
             r.die_with_parent,
             r.args,
             r.child_key.map(FnKey::to_bytes),
+            (r.env_mac, r.args_mac),
         ))
     }
 
@@ -351,6 +358,8 @@ pub mod spawn {
             die_with_parent: r.1,
             args: r.2.clone(),
             child_key: r.3.map(FnKey::from_bytes),
+            env_mac: r.4 .0,
+            args_mac: r.4 .1,
         })
         .expect("a request encodes")
     }
@@ -406,9 +415,12 @@ pub mod spawn {
             ),
             (
                 "request",
-                encode_request(&(words, true, Some(args.clone()), Some([9; 16]))),
+                encode_request(&(words, true, Some(args.clone()), Some([9; 16]), (7, None))),
             ),
-            ("request", encode_request(&(words, false, None, None))),
+            (
+                "request",
+                encode_request(&(words, false, None, None, (7, Some(8)))),
+            ),
             ("answer", spawn_frame(STARTED_MAGIC, &4243u32.to_le_bytes())),
             (
                 "answer",

@@ -10,8 +10,9 @@
 //! - present otherwise: it is removed, and the child accepts a task only if *all* of these hold, else it
 //!   prints one line to stderr and exits with code 126, having written to no file:
 //!   the pid is `getppid()`; the key descriptor is a socket whose peer (`SO_PEERCRED`) is that parent
-//!   with our uid and holds a 16-byte key; the task descriptor is a memfd of our uid sealed against
-//!   writes, shrinking and growing, of at most [`MAX_TASK_BYTES`]; the task decodes; its function
+//!   with our uid and holds a 16-byte key and the task's MAC under it; the task descriptor is a memfd of
+//!   our uid sealed against writes, shrinking and growing, of at most [`MAX_TASK_BYTES`], whose bytes
+//!   verify under that MAC (the memfd was writable by others until sealed); the task decodes; its function
 //!   reference verifies under the key (see [`fnref`](super::fnref)); the result descriptor is an empty
 //!   unsealed memfd of our uid. Only then is anything written, and only to the result memfd.
 //!
@@ -32,7 +33,7 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize};
 
 use super::arg::ProcessArg;
-use super::fnref::{AdapterKind, FnAddr, FnKey, FnRef, LocalFn};
+use super::fnref::{AdapterKind, Content, FnAddr, FnKey, FnRef, LocalFn};
 use crate::sys::channel;
 use crate::sys::process::{self as psys, ExeId};
 
@@ -360,8 +361,12 @@ fn accept(value: &str) -> Result<Accepted, String> {
             "it names process {pid}, but this process's parent is {parent}"
         ));
     }
-    let key = FnKey::from_bytes(channel::read_key(key_fd, parent)?);
+    let packet = channel::read_key(key_fd, parent)?;
+    let key = FnKey::from_bytes(packet.key);
     let bytes = channel::read_task(task_fd, MAX_TASK_BYTES)?;
+    if key.content_mac(Content::SpawnTask, &bytes) != packet.task_mac {
+        return Err("the task is not the one the parent wrote (its MAC does not verify)".into());
+    }
     let task = decode_spawn_task(&bytes).ok_or("the task does not decode")?;
     let func = task
         .func

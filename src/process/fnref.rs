@@ -272,7 +272,15 @@ impl FnKey {
     }
 
     fn mac(&self, domain: u64, a: i64, b: i64) -> u64 {
-        siphash13(self.0, &[domain, a as u64, b as u64])
+        siphash13(self.0, &[domain, a as u64, b as u64], &[])
+    }
+
+    /// The MAC of the bytes of a memfd a child is handed (`what` they are): sent beside them over a
+    /// socket nobody else can open, so the receiver uses only the exact bytes the parent wrote. A memfd
+    /// can be re-opened through `/proc/<pid>/fd` and written by any process of our uid until it is
+    /// sealed, and sealing comes after writing.
+    pub(crate) fn content_mac(&self, what: Content, bytes: &[u8]) -> u64 {
+        siphash13(self.0, &[what.domain()], bytes)
     }
 
     fn verify(&self, domain: u64, a: i64, b: i64, mac: u64) -> bool {
@@ -282,8 +290,31 @@ impl FnKey {
     }
 }
 
-/// SipHash-1-3 of `words` (as little-endian 8-byte blocks) under a 128-bit key.
-fn siphash13(key: [u64; 2], words: &[u64]) -> u64 {
+/// What the bytes a [`FnKey::content_mac`] covers are: each kind has a domain of its own, apart from
+/// each other's and from every function reference's, so bytes made for one use never verify as another.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Content {
+    /// A spawned child's whole task frame.
+    SpawnTask,
+    /// The argument of a fork-server request, when it is too large to travel inline.
+    ServerArgs,
+    /// The environment a fork-server child installs.
+    ServerEnvironment,
+}
+
+impl Content {
+    fn domain(self) -> u64 {
+        u64::from_le_bytes(match self {
+            Content::SpawnTask => *b"mprocTSK",
+            Content::ServerArgs => *b"mprocFSA",
+            Content::ServerEnvironment => *b"mprocFSE",
+        })
+    }
+}
+
+/// SipHash-1-3, under a 128-bit key, of the message `words` (as little-endian 8-byte blocks) followed
+/// by `bytes`.
+fn siphash13(key: [u64; 2], words: &[u64], bytes: &[u8]) -> u64 {
     let [k0, k1] = key;
     let mut v = [
         k0 ^ 0x736f_6d65_7073_6575,
@@ -303,14 +334,25 @@ fn siphash13(key: [u64; 2], words: &[u64]) -> u64 {
         v[1] = v[1].rotate_left(17) ^ v[2];
         v[2] = v[2].rotate_left(32);
     }
-    // The final block holds the message length in bytes in its top byte (SipHash's padding rule for a
-    // message that is a whole number of blocks).
-    let len_block = ((words.len() as u64 * 8) & 0xff) << 56;
-    for &m in words.iter().chain(std::iter::once(&len_block)) {
+    let mut compress = |m: u64| {
         v[3] ^= m;
         round(&mut v);
         v[0] ^= m;
+    };
+    for &m in words {
+        compress(m);
     }
+    let mut blocks = bytes.chunks_exact(8);
+    for b in &mut blocks {
+        compress(u64::from_le_bytes(b.try_into().expect("chunks of 8")));
+    }
+    // The final block: the last bytes (fewer than 8), and the message length in bytes in its top byte
+    // (SipHash's padding rule).
+    let mut last = [0u8; 8];
+    let tail = blocks.remainder();
+    last[..tail.len()].copy_from_slice(tail);
+    let len = (words.len() as u64 * 8).wrapping_add(bytes.len() as u64);
+    compress(u64::from_le_bytes(last) | ((len & 0xff) << 56));
     v[2] ^= 0xff;
     for _ in 0..3 {
         round(&mut v);
@@ -410,10 +452,47 @@ mod tests {
     #[test]
     fn siphash_depends_on_every_word_their_order_and_count() {
         let key = [0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908];
-        let a = siphash13(key, &[1, 2]);
-        assert_eq!(a, siphash13(key, &[1, 2]));
-        assert_ne!(a, siphash13(key, &[2, 1]));
-        assert_ne!(a, siphash13(key, &[1, 2, 0]));
-        assert_ne!(a, siphash13([key[0], key[1] ^ 1], &[1, 2]));
+        let a = siphash13(key, &[1, 2], &[]);
+        assert_eq!(a, siphash13(key, &[1, 2], &[]));
+        assert_ne!(a, siphash13(key, &[2, 1], &[]));
+        assert_ne!(a, siphash13(key, &[1, 2, 0], &[]));
+        assert_ne!(a, siphash13([key[0], key[1] ^ 1], &[1, 2], &[]));
+    }
+
+    #[test]
+    fn siphash_of_bytes_is_siphash_1_3() {
+        // Words are their little-endian bytes: the same message however it is split.
+        let key = [0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908];
+        let bytes: Vec<u8> = (0..21u8).collect();
+        let words = [
+            u64::from_le_bytes(bytes[..8].try_into().unwrap()),
+            u64::from_le_bytes(bytes[8..16].try_into().unwrap()),
+        ];
+        let whole = siphash13(key, &[], &bytes);
+        assert_eq!(whole, siphash13(key, &words, &bytes[16..]));
+        assert_eq!(whole, siphash13(key, &words[..1], &bytes[8..]));
+        // std's `DefaultHasher` is SipHash-1-3 under the zero key, and `write` hashes exactly the bytes
+        // given: a reference implementation for every length around a block boundary.
+        for n in 0..=bytes.len() {
+            let mut reference = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hasher::write(&mut reference, &bytes[..n]);
+            let reference = std::hash::Hasher::finish(&reference);
+            assert_eq!(siphash13([0, 0], &[], &bytes[..n]), reference, "{n} bytes");
+        }
+    }
+
+    #[test]
+    fn a_content_mac_covers_every_byte_and_what_they_are() {
+        let key = FnKey::random();
+        let frame = vec![7u8; 100];
+        let mac = key.content_mac(Content::SpawnTask, &frame);
+        for i in [0, 50, 99] {
+            let mut changed = frame.clone();
+            changed[i] ^= 1;
+            assert_ne!(key.content_mac(Content::SpawnTask, &changed), mac);
+        }
+        assert_ne!(key.content_mac(Content::SpawnTask, &frame[..99]), mac);
+        assert_ne!(key.content_mac(Content::ServerArgs, &frame), mac);
+        assert_ne!(FnKey::random().content_mac(Content::SpawnTask, &frame), mac);
     }
 }

@@ -69,7 +69,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::bootstrap::{self, Failure, SpawnKind};
-use super::fnref::{FnKey, FnRef, LocalFn};
+use super::fnref::{Content, FnKey, FnRef, LocalFn};
 use super::{spawn, Child};
 use crate::error::{Error, Result};
 use crate::sys::pidfd::{self, ExitInfo};
@@ -89,7 +89,7 @@ const MAX_ANSWER: usize = 1024;
 /// environment pass 2 MiB, so a spawned child could not have more).
 const MAX_ENVIRONMENT: u64 = 4 << 20;
 
-pub(crate) const REQUEST_MAGIC: [u8; 8] = *b"MPRCFRQ2";
+pub(crate) const REQUEST_MAGIC: [u8; 8] = *b"MPRCFRQ3";
 pub(crate) const STARTED_MAGIC: [u8; 8] = *b"MPRCFST1";
 pub(crate) const REFUSED_MAGIC: [u8; 8] = *b"MPRCFNO1";
 pub(crate) const ENDED_MAGIC: [u8; 8] = *b"MPRCFEN1";
@@ -110,6 +110,11 @@ pub(crate) struct Request {
     /// The key the child reads back with [`requester_key`] (a pool worker's: the pool's key). It
     /// travels only in this packet, on the socket only the parent and the server hold.
     pub(crate) child_key: Option<FnKey>,
+    /// The MACs, under the server's key, of the environment memfd and of the task memfd (if the
+    /// argument travels in one): until sealed, a memfd can be re-opened and rewritten by any process
+    /// of our uid, so the server uses their bytes only if they verify.
+    pub(crate) env_mac: u64,
+    pub(crate) args_mac: Option<u64>,
 }
 
 /// The packet of a request (the only place its bytes are written).
@@ -153,15 +158,21 @@ pub(crate) fn decode_environment(
         .collect())
 }
 
+/// This process's environment, encoded, in a sealed memfd made from those bytes.
+struct EnvironmentMemfd {
+    bytes: Vec<u8>,
+    file: File,
+}
+
 /// This process's environment now, in a sealed memfd for a request. Made again only when the
 /// environment changed since the last request: sealed, one memfd serves any number of them.
-fn environment_memfd() -> Result<Arc<File>> {
-    static LAST: Mutex<Option<(Vec<u8>, Arc<File>)>> = Mutex::new(None);
+fn environment_memfd() -> Result<Arc<EnvironmentMemfd>> {
+    static LAST: Mutex<Option<Arc<EnvironmentMemfd>>> = Mutex::new(None);
     let bytes = encode_environment(std::env::vars_os());
     let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((b, f)) = last.as_ref() {
-        if *b == bytes {
-            return Ok(f.clone());
+    if let Some(env) = last.as_ref() {
+        if env.bytes == bytes {
+            return Ok(env.clone());
         }
     }
     if bytes.len() as u64 > MAX_ENVIRONMENT {
@@ -174,9 +185,9 @@ fn environment_memfd() -> Result<Arc<File>> {
     file.write_all_at(&bytes, 0)
         .map_err(|e| Error::os("write the environment", e))?;
     channel::seal_contents(&file)?;
-    let file = Arc::new(file);
-    *last = Some((bytes, file.clone()));
-    Ok(file)
+    let env = Arc::new(EnvironmentMemfd { bytes, file });
+    *last = Some(env.clone());
+    Ok(env)
 }
 
 /// The server's first answer on a status socket: the pid of the started child, or why it was not.
@@ -345,9 +356,18 @@ pub(super) fn start(
             die_with_parent,
             args: task.is_none().then(|| args.to_vec()),
             child_key,
+            env_mac: srv.key.content_mac(Content::ServerEnvironment, &env.bytes),
+            args_mac: task
+                .is_some()
+                .then(|| srv.key.content_mac(Content::ServerArgs, args)),
         };
         let packet = encode_request(&request)?;
-        let mut fds = vec![theirs.as_fd(), result.as_fd(), cwd.as_fd(), env.as_fd()];
+        let mut fds = vec![
+            theirs.as_fd(),
+            result.as_fd(),
+            cwd.as_fd(),
+            env.file.as_fd(),
+        ];
         if let Some(t) = &task {
             fds.push(t.as_fd());
         }
@@ -661,19 +681,33 @@ fn handle(bytes: &[u8], fds: Vec<OwnedFd>, key: &FnKey, keep: &mut Keep<'_>) {
     let (Some(cwd), Some(env)) = (cwd, env) else {
         return refuse("the working directory or the environment is missing");
     };
+    let verified = |what: Content, bytes: Vec<u8>, mac: u64| {
+        if key.content_mac(what, &bytes) == mac {
+            Ok(bytes)
+        } else {
+            Err(format!(
+                "the {what:?} memfd is not what the requester wrote (its MAC does not verify)"
+            ))
+        }
+    };
     let vars = match channel::read_sealed(env, "environment", MAX_ENVIRONMENT)
+        .and_then(|b| verified(Content::ServerEnvironment, b, request.env_mac))
         .and_then(|b| decode_environment(&b))
     {
         Ok(v) => v,
         Err(why) => return refuse(&why),
     };
-    let args = match (request.args, task) {
-        (Some(a), None) => a,
-        (None, Some(t)) => match channel::read_sealed(t, "task", bootstrap::MAX_TASK_BYTES) {
-            Ok(a) => a,
-            Err(why) => return refuse(&why),
-        },
-        _ => return refuse("the argument is missing or sent twice"),
+    let args = match (request.args, task, request.args_mac) {
+        (Some(a), None, None) => a,
+        (None, Some(t), Some(mac)) => {
+            match channel::read_sealed(t, "task", bootstrap::MAX_TASK_BYTES)
+                .and_then(|b| verified(Content::ServerArgs, b, mac))
+            {
+                Ok(a) => a,
+                Err(why) => return refuse(&why),
+            }
+        }
+        _ => return refuse("the argument is missing, sent twice, or without its MAC"),
     };
     let server = std::process::id();
     // SAFETY: this server process is single-threaded (it runs nothing but this loop, started in a

@@ -931,6 +931,12 @@ fn read_outcome(file: &File) -> Result<Option<Outcome>> {
     if size < 16 + len {
         return Ok(None);
     }
+    // Another process of our uid can re-open the memfd and grow it sparse for free, with a header
+    // announcing all of it: the child writes every byte it reports, so a body with holes is garbage,
+    // and nothing is allocated for it.
+    if !crate::sys::shm::is_all_data(file, 16, len)? {
+        return Ok(None);
+    }
     let mut bytes = vec![0u8; 16 + len as usize];
     bytes[..16].copy_from_slice(&head);
     match file.read_exact_at(&mut bytes[16..], 16) {

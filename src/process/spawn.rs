@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use super::bootstrap::{self, SpawnKind, SpawnTask};
-use super::fnref::{FnKey, LocalFn};
+use super::fnref::{Content, FnKey, LocalFn};
 use super::Child;
 use crate::error::{Error, Result};
 use crate::sys::channel;
@@ -88,7 +88,12 @@ pub(super) fn start_inheriting(
         .map_err(|e| Error::os("write task", e))?;
     channel::seal_contents(&task_file)?;
     let (key_ours, key_theirs) = channel::key_socketpair()?;
-    channel::send_packet(&key_ours, &key.to_bytes())?;
+    // The key, and the MAC of the task under it: until `seal_contents` the memfd could be re-opened
+    // and rewritten by any process of our uid, so the child checks it runs exactly this frame.
+    channel::send_packet(
+        &key_ours,
+        &channel::key_packet(key.to_bytes(), key.content_mac(Content::SpawnTask, &frame)),
+    )?;
     let result: File = shm::create_memfd("mproc-result")?;
 
     let fds = [

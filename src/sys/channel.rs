@@ -2,11 +2,13 @@
 //! checks a child makes before it believes any of them.
 //!
 //! A spawned child inherits three descriptors, named in its environment (`process::bootstrap`):
-//! - the **task**: a memfd sealed against writes, shrinking and growing before the child exists, so what
-//!   the child reads is exactly what the parent wrote, whoever else can open it;
-//! - the **key socket**: one end of an `AF_UNIX` socketpair holding the 16-byte key that authenticates
-//!   the task's function reference. A socket cannot be re-opened through `/proc/<pid>/fd` (open(2) on
-//!   it fails with `ENXIO`), so no other process can read the key; taking the descriptor itself
+//! - the **task**: a memfd sealed against writes, shrinking and growing before the child exists. Sealing
+//!   comes after writing, and until then any process of our uid can re-open the memfd through
+//!   `/proc/<parent>/fd` and rewrite it: what the child may trust is the MAC beside the key;
+//! - the **key socket**: one end of an `AF_UNIX` socketpair holding one packet: the 16-byte key that
+//!   authenticates the task's function reference, and the 8-byte MAC of the whole task frame under it
+//!   ([`key_packet`]). A socket cannot be re-opened through `/proc/<pid>/fd` (open(2) on it fails with
+//!   `ENXIO`), so no other process can read the key or forge the MAC; taking the descriptor itself
 //!   (`pidfd_getfd`) needs ptrace rights over the child, which are enough to take the child over anyway;
 //! - the **result**: an empty memfd the child writes its outcome into.
 //!
@@ -289,7 +291,7 @@ pub(crate) fn read_sealed(
 
 /// The 16-byte key from the inherited key socket, whose other end must belong to `parent` and our uid
 /// (`SO_PEERCRED`: the credentials of whoever created the pair). The descriptor is closed afterwards.
-pub(crate) fn read_key(fd: RawFd, parent: u32) -> std::result::Result<[u8; 16], ChannelError> {
+pub(crate) fn read_key(fd: RawFd, parent: u32) -> std::result::Result<KeyPacket, ChannelError> {
     let sock = adopt(fd, "key")?;
     let file = File::from(sock);
     let m = file.metadata().map_err(|e| format!("fstat(key): {e}"))?;
@@ -301,10 +303,9 @@ pub(crate) fn read_key(fd: RawFd, parent: u32) -> std::result::Result<[u8; 16], 
     if !made_by_parent {
         return Err("the key socket was not made by this process's parent".into());
     }
-    let mut key = [0u8; 16];
-    // One packet of exactly 16 bytes, already queued before we were started: never wait for it. A
-    // longer packet is cut at 17 bytes and refused.
-    let mut buf = [0u8; 17];
+    // One packet of exactly KEY_PACKET bytes, already queued before we were started: never wait for
+    // it. A longer packet is cut one byte past that and refused.
+    let mut buf = [0u8; KEY_PACKET + 1];
     // SAFETY: recv writes at most `buf.len()` bytes into `buf`, a live local array.
     let n = unsafe {
         libc::recv(
@@ -314,11 +315,34 @@ pub(crate) fn read_key(fd: RawFd, parent: u32) -> std::result::Result<[u8; 16], 
             libc::MSG_DONTWAIT,
         )
     };
-    if n != 16 {
+    if n != KEY_PACKET as isize {
         return Err("the key socket did not hold a key".into());
     }
+    let mut key = [0u8; 16];
     key.copy_from_slice(&buf[..16]);
-    Ok(key)
+    let mut mac = [0u8; 8];
+    mac.copy_from_slice(&buf[16..KEY_PACKET]);
+    Ok(KeyPacket {
+        key,
+        task_mac: u64::from_le_bytes(mac),
+    })
+}
+
+/// The bytes of the key socket's packet.
+const KEY_PACKET: usize = 24;
+
+/// What the key socket holds: the key, and the MAC of the task frame under it.
+pub(crate) struct KeyPacket {
+    pub key: [u8; 16],
+    pub task_mac: u64,
+}
+
+/// The key socket's packet: `key`, then the task's MAC (little-endian).
+pub(crate) fn key_packet(key: [u8; 16], task_mac: u64) -> [u8; KEY_PACKET] {
+    let mut packet = [0u8; KEY_PACKET];
+    packet[..16].copy_from_slice(&key);
+    packet[16..].copy_from_slice(&task_mac.to_le_bytes());
+    packet
 }
 
 /// The result channel: an empty, unsealed memfd of our uid.
@@ -379,14 +403,28 @@ mod tests {
     #[test]
     fn the_key_comes_only_from_the_named_parent() {
         let (a, b) = key_socketpair().unwrap();
-        send_packet(&a, &[7; 16]).unwrap();
+        send_packet(&a, &key_packet([7; 16], 0x0102_0304_0506_0708)).unwrap();
         // The pair was made by this very process, so "parent" is our own pid here.
         let me = std::process::id();
         let b2 = b.try_clone().unwrap();
         assert!(read_key(leak(b2), me + 1).is_err());
-        assert_eq!(read_key(leak(b), me).unwrap(), [7; 16]);
+        let packet = read_key(leak(b), me).ok().unwrap();
+        assert_eq!(packet.key, [7; 16]);
+        assert_eq!(packet.task_mac, 0x0102_0304_0506_0708);
         let (_c, d) = key_socketpair().unwrap();
-        assert!(read_key(leak(d), me).unwrap_err().contains("did not hold"));
+        assert!(read_key(leak(d), me)
+            .err()
+            .unwrap()
+            .contains("did not hold"));
+        let (e, f) = key_socketpair().unwrap();
+        send_packet(&e, &[7; 16]).unwrap();
+        assert!(
+            read_key(leak(f), me)
+                .err()
+                .unwrap()
+                .contains("did not hold"),
+            "a key without the task's MAC"
+        );
     }
 
     #[test]
