@@ -19,6 +19,10 @@ pub const ROLES: &[Role] = &[
     ("process_broken_pipe_forkserver", |_| {
         broken_pipe_is_an_error_not_a_signal(StartMethod::ForkServer)
     }),
+    (
+        "process_spawn_without_standard_fds",
+        spawn_without_standard_fds,
+    ),
 ];
 
 const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::Fork];
@@ -74,6 +78,13 @@ pub fn tests() -> Vec<Trial> {
         "process::forkserver::broken_pipe_is_an_error_not_a_signal",
         || {
             common::run_role_ok("process_broken_pipe_forkserver", "", BOUND);
+            Ok(())
+        },
+    ));
+    t.push(Trial::test(
+        "process::spawn_from_a_parent_with_its_standard_descriptors_closed",
+        || {
+            common::run_role_ok("process_spawn_without_standard_fds", "", BOUND);
             Ok(())
         },
     ));
@@ -653,4 +664,38 @@ fn main() {
         2,
         "{stderr}"
     );
+}
+
+/// Role: closes its descriptors 0, 1 and 2, then starts a process of every method and a pool. The
+/// channel descriptors it makes next get those numbers; until 2026-12-01 a spawned child found its
+/// task descriptor overwritten by `/dev/null` and refused it (exit 126). Exit code 0 on success
+/// (nothing can be printed: stdout is closed).
+fn spawn_without_standard_fds(_: &str) {
+    for fd in 0..3 {
+        // SAFETY: closes a standard descriptor of this role's process, which never uses it again (it
+        // reports by its exit code only).
+        unsafe { libc::close(fd) };
+    }
+    for m in [
+        StartMethod::Spawn,
+        StartMethod::Fork,
+        StartMethod::ForkServer,
+    ] {
+        let mut p = Process::builder()
+            .start_method(m)
+            .target(double, 21)
+            .expect("target");
+        p.start().expect("start");
+        if p.join().ok() != Some(42) {
+            std::process::exit(10);
+        }
+    }
+    let pool = mproc::Pool::builder().workers(1).build().expect("pool");
+    if pool.apply(double, 21).ok() != Some(42) {
+        std::process::exit(11);
+    }
+}
+
+fn double(x: u32) -> u32 {
+    x * 2
 }

@@ -258,6 +258,7 @@ struct Server {
 impl Server {
     fn start() -> Result<Server> {
         let (ours, theirs) = channel::key_socketpair()?;
+        let theirs = channel::above_standard(theirs)?;
         let key = FnKey::random();
         let args = postcard::to_allocvec(&ServerArgs {
             sock: theirs.as_raw_fd(),

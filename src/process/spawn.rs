@@ -82,19 +82,24 @@ pub(super) fn start_inheriting(
             max: bootstrap::MAX_TASK_BYTES as usize,
         });
     }
-    let task_file: File = shm::create_memfd("mproc-task")?;
+    let task_file = File::from(channel::above_standard(
+        shm::create_memfd("mproc-task")?.into(),
+    )?);
     task_file
         .write_all_at(&frame, 0)
         .map_err(|e| Error::os("write task", e))?;
     channel::seal_contents(&task_file)?;
     let (key_ours, key_theirs) = channel::key_socketpair()?;
+    let key_theirs = channel::above_standard(key_theirs)?;
     // The key, and the MAC of the task under it: until `seal_contents` the memfd could be re-opened
     // and rewritten by any process of our uid, so the child checks it runs exactly this frame.
     channel::send_packet(
         &key_ours,
         &channel::key_packet(key.to_bytes(), key.content_mac(Content::SpawnTask, &frame)),
     )?;
-    let result: File = shm::create_memfd("mproc-result")?;
+    let result = File::from(channel::above_standard(
+        shm::create_memfd("mproc-result")?.into(),
+    )?);
 
     let fds = [
         task_file.as_raw_fd(),

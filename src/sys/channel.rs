@@ -81,8 +81,26 @@ pub(crate) fn key_socketpair() -> Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Sends one packet. Used before the child exists: a fresh socket's buffer always has room for 16 bytes,
-/// so this never blocks.
+/// `fd` itself, or, if it is 0, 1 or 2 (a parent started with its standard descriptors closed gets
+/// those numbers for its next files), a close-on-exec duplicate numbered 3 or above. A spawned child's
+/// 0-2 are set up by `Command` (to `/dev/null` or the parent's), over any channel descriptor that had
+/// one of those numbers, and the child refuses a channel there.
+pub(crate) fn above_standard(fd: OwnedFd) -> Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC takes an int (the lowest number acceptable) and returns a new descriptor
+    // of the same open file, or -1; `fd` stays open for the call.
+    let dup = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if dup < 0 {
+        return Err(Error::last_os("fcntl(F_DUPFD_CLOEXEC)"));
+    }
+    // SAFETY: fcntl returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(dup) })
+}
+
+/// Sends one packet. Used before the child exists: a fresh socket's buffer always has room for a key
+/// packet, so this never blocks.
 pub(crate) fn send_packet(sock: &OwnedFd, bytes: &[u8]) -> Result<()> {
     // SAFETY: the pointer and length describe a live byte slice; `sock` is an open socket.
     let n = unsafe {
