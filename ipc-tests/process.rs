@@ -49,6 +49,10 @@ pub fn tests() -> Vec<Trial> {
         t.push(trial("sigkill_reported", sigkill_reported));
         t.push(trial("exit_code_reported", exit_code_reported));
         t.push(trial(
+            "a_panic_the_task_handled_is_not_its_outcome",
+            a_panic_the_task_handled_is_not_its_outcome,
+        ));
+        t.push(trial(
             "no_deadlock_on_locks_held_by_other_threads",
             no_deadlock_on_locks_held_by_other_threads,
         ));
@@ -273,6 +277,37 @@ fn exit_code_reported(m: StartMethod) {
         Err(Error::ProcessExited { code: 3, .. })
     ));
     assert_eq!(p.exitcode(), Some(3));
+}
+
+/// A task whose helper thread panics, and which handles that (the join's `Err`) and returns a value,
+/// returned that value; one that catches its own panic and then exits with a code of its own exited
+/// with it. Until 2026-12-01 both were reported as `ProcessPanicked` (the panic hook published every
+/// panic of every thread as the task's outcome; found by review).
+fn a_panic_the_task_handled_is_not_its_outcome(m: StartMethod) {
+    let mut p = start(
+        m,
+        |x: u32| -> u32 {
+            let helper = std::thread::spawn(|| panic!("a helper's panic, handled"));
+            assert!(helper.join().is_err());
+            x + 1
+        },
+        41,
+    );
+    assert_eq!(p.join().ok(), Some(42));
+    let mut p = start(
+        m,
+        |code: i32| -> u32 {
+            let caught = std::panic::catch_unwind(|| panic!("caught by the task itself"));
+            assert!(caught.is_err());
+            std::process::exit(code)
+        },
+        3,
+    );
+    let r = p.join();
+    assert!(
+        matches!(r, Err(Error::ProcessExited { code: 3, .. })),
+        "{r:?}"
+    );
 }
 
 fn prints_and_returns(x: u32) -> u32 {

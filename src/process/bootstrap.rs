@@ -27,7 +27,7 @@
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
@@ -52,7 +52,7 @@ pub(crate) const EXIT_ORPHANED: i32 = 125;
 /// Exit code of a child that could not read (or refused) its task: there is nobody to tell.
 const EXIT_NO_TASK: i32 = 126;
 /// Exit code after a panic, as Rust's own runtime uses.
-const EXIT_PANIC: i32 = 101;
+pub(crate) const EXIT_PANIC: i32 = 101;
 
 /// What a spawned child is asked to do.
 #[derive(Debug, Serialize, Deserialize)]
@@ -171,6 +171,8 @@ pub(crate) fn decode_outcome(bytes: &[u8]) -> Option<Outcome> {
 static RESULT_FD: AtomicI32 = AtomicI32::new(-1);
 /// Whether the panic hook already published a panic (so the unwinding path does not overwrite it).
 static PANIC_PUBLISHED: AtomicBool = AtomicBool::new(false);
+/// The thread that runs the child's task (0 before [`run_child`]): only its panics are the task's.
+static TASK_TID: AtomicU32 = AtomicU32::new(0);
 
 fn publish(outcome: &Outcome) -> bool {
     let fd = RESULT_FD.load(Ordering::Acquire);
@@ -215,12 +217,21 @@ pub(crate) fn install_child_panic_hook() {
                 || "<unknown>".to_owned(),
                 |l| format!("{}:{}:{}", l.file(), l.line(), l.column()),
             );
+            // Another thread's panic is the task's outcome only if it ends the process (abort); with
+            // unwinding, the task may catch it (a joined thread's `Err`) and go on to return a value.
+            let tid = crate::sys::proc::tid();
+            let the_task_s = cfg!(panic = "abort") || TASK_TID.load(Ordering::Acquire) == tid;
             let text = format!(
-                "mproc: child process {} panicked at {location}:\n{message}\n",
-                std::process::id()
+                "mproc: child process {}{} panicked at {location}:\n{message}\n",
+                std::process::id(),
+                if the_task_s {
+                    String::new()
+                } else {
+                    format!(", thread {tid}")
+                }
             );
             psys::write_stderr_raw(text.as_bytes());
-            if publish(&Outcome::Panic { message, location }) {
+            if the_task_s && publish(&Outcome::Panic { message, location }) {
                 PANIC_PUBLISHED.store(true, Ordering::Release);
             }
         }));
@@ -238,6 +249,7 @@ pub(crate) fn result_fd() -> RawFd {
 /// at a fork: the hook was installed before the fork, and publishes with raw `write(2)` calls.
 pub(crate) fn run_child(result_fd: RawFd, body: impl FnOnce() -> Result<Vec<u8>, Failure>) -> i32 {
     RESULT_FD.store(result_fd, Ordering::Release);
+    TASK_TID.store(crate::sys::proc::tid(), Ordering::Release);
     let outcome = match panic::catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(value)) => Outcome::Value(value),
         Ok(Err(failure)) => Outcome::Failed(failure),

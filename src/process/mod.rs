@@ -953,7 +953,13 @@ fn outcome_to_result<R: DeserializeOwned>(
     who: (u32, &str),
 ) -> Result<R> {
     match (outcome, status) {
-        (Some(Outcome::Panic { message, location }), _) => {
+        // A panic report stands for how the child ended only if it ended as a panicking task does
+        // (exit code 101 after unwinding, or SIGABRT under `panic = "abort"`): a child that published
+        // a panic and then exited otherwise, or was killed, is reported by how it really ended.
+        (Some(Outcome::Panic { message, location }), s)
+            if s == WaitStatus::Exited(bootstrap::EXIT_PANIC)
+                || s == WaitStatus::Signaled(psys::SIGABRT) =>
+        {
             Err(Error::ProcessPanicked { message, location })
         }
         (Some(Outcome::Failed(f)), _) => Err(match f {

@@ -81,6 +81,12 @@ fn current_slow() -> Identity {
     id
 }
 
+/// The calling thread's id (gettid(2)).
+pub(crate) fn tid() -> u32 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    unsafe { libc::gettid() as u32 }
+}
+
 /// The calling process's pid.
 pub(crate) fn pid() -> u32 {
     std::process::id()

@@ -19,6 +19,8 @@ use crate::error::{Error, Result};
 pub(crate) const SIGKILL: i32 = libc::SIGKILL;
 /// `SIGTERM`, for [`send_signal`].
 pub(crate) const SIGTERM: i32 = libc::SIGTERM;
+/// `SIGABRT`: how a `panic = "abort"` program ends.
+pub(crate) const SIGABRT: i32 = libc::SIGABRT;
 
 /// How a reaped child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
