@@ -6,8 +6,12 @@
 //! messages are delivered once and in order, abandoned ones never (a `put_many` batch is published at
 //! its end, so the victim's messages of its unfinished batch are all abandoned), nothing twice,
 //! every call returns a typed result within [`BOUND`] (which proves "no hang", never a speed).
+//!
+//! A consumer killed while `get_many` takes a spilled (large) message, a long copy, is killed the same
+//! way, its decoder stalling on that message: it must lose that message only, never the small ones
+//! behind it (a reviewer's reproducer, made deterministic).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use libtest_mimic::Trial;
 use mproc::{Error, Queue};
@@ -22,6 +26,7 @@ const CAPACITY: usize = 16;
 pub const ROLES: &[Role] = &[
     ("queue_batch_stalled_producer", stalled_producer),
     ("queue_batch_stalled_consumer", stalled_consumer),
+    ("queue_batch_stalled_spill_consumer", stalled_spill_consumer),
 ];
 
 pub fn tests() -> Vec<Trial> {
@@ -32,6 +37,10 @@ pub fn tests() -> Vec<Trial> {
             producer_killed_mid_put_many,
         ),
         t("consumer_killed_mid_get_many", consumer_killed_mid_get_many),
+        t(
+            "consumer_killed_taking_a_spilled_message_loses_only_it",
+            consumer_killed_taking_a_spill,
+        ),
     ]
 }
 
@@ -194,4 +203,179 @@ fn consumer_killed_mid_get_many() {
         "ids 0..5 were taken by the victim, 5..16 lost with it; nothing twice"
     );
     assert!(matches!(q.try_get(), Err(Error::Empty)));
+}
+
+// ------------------------------------------------------- a consumer killed while taking a spilled message
+
+/// Slots (of [`SLOT_BYTES`] bytes) of the queue below: room for every message at once.
+const SPILL_CAPACITY: usize = 128;
+const SLOT_BYTES: usize = 64;
+/// The spilled message's padding: well past a slot, so it goes to a block of its own.
+const BIG: usize = 16 << 10;
+/// Small messages behind the spilled one: more than one batch's worth.
+const SMALL_AFTER: u64 = 64;
+
+/// In this process, decoding an [`Item`] prints `decoded <id>` (the victim's record of what it took).
+static REPORT: AtomicBool = AtomicBool::new(false);
+
+/// A message with an id and some padding, whose decoder stalls on the id in [`STALL_AT`] (after
+/// reading the id, before the padding: inside the copy of a spilled message, whose block `get_many`
+/// has opened and unlinked by then) and, in the victim, reports every id it decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Item {
+    id: u64,
+    pad: Vec<u8>,
+}
+
+impl Serialize for Item {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (self.id, &self.pad).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Item {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Item;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an id and its padding")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Item, A::Error> {
+                use serde::de::Error as _;
+                let id: u64 = a
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                stall_if_chosen(id);
+                let pad = a
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                if REPORT.load(Ordering::Relaxed) {
+                    say(&format!("decoded {id}"));
+                }
+                Ok(Item { id, pad })
+            }
+        }
+        d.deserialize_tuple(2, V)
+    }
+}
+
+fn item(id: u64, spilled: bool) -> Item {
+    let pad = if spilled { BIG } else { 8 };
+    Item {
+        id,
+        pad: vec![id as u8; pad],
+    }
+}
+
+/// Child: `get_many` of up to 64 messages, reporting each message it decoded and stalling in the copy
+/// of the spilled message `stall`.
+fn stalled_spill_consumer(arg: &str) {
+    let [name, stall] = fields(arg, ',');
+    let q = Queue::<Item>::open(name).expect("open queue");
+    STALL_AT.store(stall.parse().expect("an id"), Ordering::Relaxed);
+    REPORT.store(true, Ordering::Relaxed);
+    let mut out = Vec::new();
+    q.get_many(&mut out, 64).expect("get_many");
+    unreachable!("the decode of the spilled message stalls");
+}
+
+/// Small messages `0..before`, a spilled one (id `before`), then [`SMALL_AFTER`] small ones; a
+/// consumer's `get_many` of 64 stalls copying the spilled message and is killed there. The module docs
+/// of the queue promise it loses that message, besides what it had already taken: so every small
+/// message is either one the victim decoded or one a survivor gets, once, in order, and those behind
+/// the spilled one are all a survivor's (the victim's run ended at it); the victim holds
+/// no slot (the whole ring can be filled at once); the spilled message's block is gone (unlinked when
+/// it was opened). Before the fix the victim's run went on past the spilled message and stayed
+/// claimed during the copy, and its messages were freed with their slots: lost without being taken.
+/// No timing: the kill lands in the stalled decoder, after the victim said so.
+fn consumer_killed_taking_a_spill() {
+    // The spilled message first (a run of its own), and after a few small ones (the end of a run).
+    for before in [0, 8] {
+        let name = common::unique_name("bspill");
+        let q = Queue::<Item>::create(&name, SPILL_CAPACITY, SLOT_BYTES).expect("create queue");
+        let id = crate::queue_unbounded::queue_id(&q.handle());
+        let spill_blocks = || {
+            crate::queue_unbounded::group_files(id)
+                .into_iter()
+                .filter(|n| n.contains("-s"))
+                .count()
+        };
+        let last = before + SMALL_AFTER;
+        let items: Vec<Item> = (0..=last).map(|i| item(i, i == before)).collect();
+        assert_eq!(q.try_put_many(&items).expect("fill"), items.len());
+        assert_eq!(spill_blocks(), 1, "the large message is spilled");
+        let mut kid = Kid::spawn(
+            "queue_batch_stalled_spill_consumer",
+            &format!("{name},{before}"),
+            BOUND,
+        );
+        let mut taken_by_victim = Vec::new();
+        loop {
+            let line = kid.next_line();
+            if line == "stalled" {
+                break;
+            }
+            let got = line
+                .strip_prefix("decoded ")
+                .and_then(|n| n.parse::<u64>().ok());
+            taken_by_victim.push(got.unwrap_or_else(|| panic!("the victim said {line:?}")));
+        }
+        kid.kill();
+        let survivors = bounded(
+            "a survivor after a consumer killed taking a spill",
+            BOUND,
+            {
+                let q = q.clone();
+                move || {
+                    let mut out = Vec::new();
+                    loop {
+                        match q.try_get_many(&mut out, SPILL_CAPACITY) {
+                            Ok(_) => {}
+                            Err(Error::Empty) => break,
+                            Err(e) => panic!("get_many after {} messages: {e}", out.len()),
+                        }
+                    }
+                    out
+                }
+            },
+        );
+        let mut ids: Vec<u64> = survivors.iter().map(|m| m.id).collect();
+        assert!(
+            survivors.iter().all(|m| *m == item(m.id, false)),
+            "messages intact"
+        );
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order: {ids:?}");
+        ids.extend(&taken_by_victim);
+        ids.sort_unstable();
+        let small: Vec<u64> = (0..=last).filter(|&i| i != before).collect();
+        assert_eq!(
+            ids, small,
+            "with the spilled message {before} being copied, every small message is taken once, by \
+             the victim (before it: {taken_by_victim:?}) or by a survivor, none lost with the victim"
+        );
+        // And the victim took none of those behind the spilled message (its run ended there): they
+        // were still in the queue during the copy, and a survivor got them.
+        assert!(
+            taken_by_victim.iter().all(|&i| i < before),
+            "the victim took {taken_by_victim:?} before copying the spilled message {before}"
+        );
+        assert_eq!(spill_blocks(), 0, "the spilled message's block was removed");
+        // The victim holds no slot: the whole ring takes messages at once, and gives them back.
+        let refill: Vec<Item> = (1000..1000 + SPILL_CAPACITY as u64)
+            .map(|i| item(i, false))
+            .collect();
+        assert_eq!(q.try_put_many(&refill).expect("refill"), SPILL_CAPACITY);
+        let mut out = Vec::new();
+        assert_eq!(
+            q.try_get_many(&mut out, SPILL_CAPACITY).expect("drain"),
+            SPILL_CAPACITY
+        );
+        assert_eq!(out, refill);
+        // The suite's leak check knows only names with the run's tag; a queue's group is checked here:
+        // with its last handle dropped (the victim's went with it), nothing of it is left.
+        drop(q);
+        let left = crate::queue_unbounded::group_files(id);
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
 }

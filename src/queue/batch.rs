@@ -6,8 +6,11 @@
 //! ring's guarantees are in `ring/mod.rs` ("Batches").
 //!
 //! A message too large for a slot is spilled to a block of its own inside a batch exactly as `put`
-//! spills it, and a batch read takes such blocks as `get` does. An unbounded queue has no ring: its
-//! batch forms are loops of single operations with the same results (order, counts, errors).
+//! spills it. A batch read ends its run of slots at such a message's reference and takes the block
+//! (a long copy for a large message) only once the run is released, as `get` takes it once its slot
+//! is released: a consumer killed during that copy holds no slot, and no message behind the spilled
+//! one is taken with it. An unbounded queue has no ring: its batch forms are loops of single
+//! operations with the same results (order, counts, errors).
 
 use std::time::{Duration, Instant};
 
@@ -211,9 +214,27 @@ impl<T, C: Codec<T>> Queue<T, C> {
     /// Takes up to `max` messages into `out` (appended, in queue order): waits until at least one is
     /// there, then takes those that are there now, without waiting for more; returns how many it
     /// appended. Messages are claimed up to 64 consecutive slots at a time, and a producer waiting for
-    /// space is woken once per batch.
+    /// space is woken once per batch. A run of slots ends after a message spilled to a block of its
+    /// own (one of [`Queue::max_message_size`] bytes or more), whose block is read once the run's
+    /// slots are released.
     ///
     /// `max == 0` returns `Ok(0)` at once.
+    ///
+    /// # A consumer killed inside `get_many`
+    /// What it had already taken in the call dies with it, as a message `get` has returned would.
+    /// Besides that, a consumer killed (SIGKILL, a crash) inside `get_many` loses:
+    /// - while it reads a claimed run (inline messages are decoded in their slots, as `get` decodes
+    ///   them), the messages of that run it had not read yet, up to 63: the dead claimer's slots are
+    ///   freed for others by the recovery of dead claims, without their messages;
+    /// - while it takes a spilled message (opens its block, checks it, copies it out: hundreds of
+    ///   milliseconds for a message of hundreds of MiB), that message only. It holds no slot then, and
+    ///   the messages behind the spilled one are still in the queue for other consumers. If it was
+    ///   killed after the reference left the ring but before it opened the block, the block's file
+    ///   stays in `/dev/shm`, referenced by nobody, until the queue's last handle anywhere is dropped
+    ///   (that clean-up removes it; [`cleanup_stale`](crate::cleanup_stale) does if every user was
+    ///   killed). Once opened, the block's name is removed before its bytes are copied.
+    ///
+    /// Never is a message delivered twice.
     ///
     /// # Errors
     /// [`Error::Closed`] once the queue is closed and drained. [`Error::Decode`] if a message is not a
@@ -298,6 +319,12 @@ impl<T, C: Codec<T>> Queue<T, C> {
         let mut first_err: Option<Error> = None;
         // Slots taken so far, messages or not (tombstones, revoked claims, errors).
         let mut taken = 0;
+        // A run ends after a spill reference (a slot of exactly `slot_size` bytes), when there can be
+        // one; `slot_size` fits in a `u32` (it is the ring's).
+        let spill_len = C::SPILLS.then(|| u32::try_from(slot_size).unwrap_or(u32::MAX));
+        // The spill references of the current run, with the index in `out` where each message goes.
+        // Allocated at the first one only.
+        let mut spilled: Vec<(usize, Result<SpillRef>)> = Vec::new();
         while taken < max {
             let want = (max - taken).min(MAX_BATCH);
             // Wait for the first message only; once something was taken, take what is there now.
@@ -306,16 +333,19 @@ impl<T, C: Codec<T>> Queue<T, C> {
             } else {
                 Some(Instant::now())
             };
-            let mut batch = match ring.claim_pop(want, until) {
+            let mut batch = match ring.claim_pop(want, spill_len, until) {
                 Ok(b) => b,
                 Err(Error::Timeout | Error::Closed) if taken > 0 => break,
                 Err(e) => return Err(e),
             };
-            // A run shorter than asked for stopped at a slot that was not ready: nothing more is there
-            // now, and another attempt would only cost a failed claim and a clock read.
+            // A run shorter than asked for stopped at a slot that was not ready (nothing more is there
+            // now, and another attempt would only cost a failed claim and a clock read), or right
+            // after a spill reference (see below), with more maybe behind it.
             let short = batch.remaining() < want;
-            // A slot of exactly `slot_size` bytes is a spill reference; its block is taken once the
-            // slot is released, as `get` does.
+            let mut ended_at_spill = false;
+            // Inline messages are decoded while their slot is held, as `get` does. A slot of exactly
+            // `slot_size` bytes is a spill reference: only the reference is kept here (with its place
+            // in `out`), and its block is opened once every slot of the run is released.
             let read = |b: &[u8]| {
                 if b.len() == slot_size && C::SPILLS {
                     Err(SpillRef::parse(b))
@@ -324,28 +354,47 @@ impl<T, C: Codec<T>> Queue<T, C> {
                 }
             };
             while let Some(m) = batch.next(read) {
-                let m = m.map(|o| {
-                    o.map(|r| match r {
-                        Ok(value) => value,
-                        Err(spilled) => {
-                            spilled.and_then(|r| self.inner.blocks.take(r, C::decode)?)
-                        }
-                    })
-                });
+                ended_at_spill = false;
                 match m {
-                    Ok(Some(Ok(v))) => {
+                    Ok(Some(Ok(Ok(v)))) => {
                         out.push(v);
                         got += 1;
                         taken += 1;
                     }
+                    Ok(Some(Err(r))) => {
+                        spilled.push((out.len(), r));
+                        taken += 1;
+                        ended_at_spill = true;
+                    }
                     Ok(None) => {}
-                    Ok(Some(Err(e))) | Err(e) => {
+                    Ok(Some(Ok(Err(e)))) | Err(e) => {
                         taken += 1;
                         first_err.get_or_insert(e);
                     }
                 }
             }
-            if short && taken > 0 {
+            // Frees what is left of the run (nothing, unless the codec panicked) and wakes producers:
+            // no slot is claimed by us from here on.
+            drop(batch);
+            // The run ends after the first spill reference (`Ring::claim_pop`), so an honest queue
+            // gives at most one, the run's last, and it is appended; a peer's garbage may give more,
+            // each inserted at its place. Each is taken (opened, checked, unlinked, decoded) with no
+            // slot claimed, so a consumer killed meanwhile loses that message only, and the messages
+            // behind it stay in the ring for others.
+            let mut inserted = 0;
+            for (at, r) in spilled.drain(..) {
+                match r.and_then(|r| self.inner.blocks.take(r, C::decode)?) {
+                    Ok(v) => {
+                        out.insert(at + inserted, v);
+                        inserted += 1;
+                        got += 1;
+                    }
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            if short && taken > 0 && !ended_at_spill {
                 break;
             }
         }

@@ -7,6 +7,9 @@
 //! beside its code, for contributors): a consumer never sees a half-written message; a message whose
 //! consumer is killed inside `get` is lost (at most once); nothing is delivered twice. A producer killed
 //! inside [`Queue::put_many`] loses the batch it had not published yet (up to 64 messages, see there).
+//! A consumer killed inside [`Queue::get_many`] loses, besides what it had taken, the rest of the run
+//! of slots it was reading (up to 63 messages), or, if it was taking a spilled (large) message, that
+//! message alone (see there).
 
 mod batch;
 mod joinable;

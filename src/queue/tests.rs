@@ -881,6 +881,76 @@ fn batches_spill_large_messages_and_take_them_back() {
 }
 
 #[test]
+fn a_batch_run_ends_after_a_spilled_message() {
+    // The block of a spilled message is taken after the run is released (a long copy): the run must
+    // not hold, nor take, the messages behind it.
+    let q: Queue<Vec<u8>> = Queue::with_max_message(16, 32).unwrap();
+    let slot_size = q.max_message_size() + 1;
+    let items: Vec<Vec<u8>> = [3, 4, 5000, 6, 7000, 7000, 8]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| vec![i as u8; n])
+        .collect();
+    assert_eq!(q.put_many(&items).unwrap(), items.len());
+    let run = |q: &Queue<Vec<u8>>| {
+        let mut batch = q
+            .ring()
+            .claim_pop(64, Some(slot_size as u32), Some(Instant::now()))
+            .unwrap();
+        let mut lens = Vec::new();
+        while let Some(m) = batch.next(|b| b.len()) {
+            lens.push(m.unwrap().unwrap());
+        }
+        lens
+    };
+    // Runs (of encoded lengths: postcard puts a one-byte length first): two inline messages and a
+    // reference; one and a reference; a reference alone; the rest.
+    assert_eq!(run(&q), [4, 5, slot_size]);
+    assert_eq!(run(&q), [7, slot_size]);
+    assert_eq!(run(&q), [slot_size]);
+    assert_eq!(run(&q), [9]);
+    // The references taken above were never opened: their blocks wait for the last handle.
+    assert_eq!(q.block_files().len(), 3);
+    // `get_many` still takes everything there in one call, spilled messages in their places.
+    assert_eq!(q.put_many(&items).unwrap(), items.len());
+    let mut out = Vec::new();
+    assert_eq!(q.get_many(&mut out, 100).unwrap(), items.len());
+    assert_eq!(out, items);
+    assert_eq!(q.block_files().len(), 3);
+}
+
+#[test]
+fn a_spill_reference_taken_and_never_opened_loses_its_message_not_its_block() {
+    // What a consumer killed inside `get_many` between releasing its run and opening a spilled
+    // message's block leaves: the reference is out of the ring, the block is named, nobody else will
+    // take it (the message is lost, once), and the queue's last handle removes the file.
+    let q: Queue<Vec<u8>> = Queue::with_max_message(4, 32).unwrap();
+    q.put_many(&[vec![1; 4000], vec![2; 3]]).unwrap();
+    let names = q.block_files();
+    assert_eq!(names.len(), 1);
+    let other: Queue<Vec<u8>> = Queue::from_handle(&q.handle()).unwrap();
+    let r = q.ring().pop(None, SpillRef::parse).unwrap().unwrap();
+    assert_eq!(r.len, 4002, "postcard: two bytes of length, then the bytes");
+    drop(q);
+    let mut out = Vec::new();
+    assert_eq!(other.try_get_many(&mut out, 4).unwrap(), 1);
+    assert_eq!(out, [vec![2; 3]]);
+    assert!(matches!(other.try_get(), Err(Error::Empty)));
+    assert_eq!(
+        other.block_files(),
+        names,
+        "named until the last handle drops"
+    );
+    drop(other);
+    for n in names {
+        assert!(
+            !std::path::Path::new("/dev/shm").join(&n).exists(),
+            "{n} left behind"
+        );
+    }
+}
+
+#[test]
 fn batches_on_an_unbounded_queue_keep_order_and_counts() {
     let q: Queue<Vec<u8>> = Queue::unbounded().unwrap();
     let items: Vec<Vec<u8>> = (0..200u32)

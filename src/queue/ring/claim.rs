@@ -355,8 +355,19 @@ impl Ring {
     /// [`Ring::try_claim_push`]), then `{s + 1, IDLE | TOMBSTONE}` →
     /// `{s + 1, me}` (Acquire: sees each message's bytes) for each following slot that is ready right
     /// now, stopping at the first that is not. `head` moves once, as `tail` in [`Ring::try_claim_push`].
+    ///
+    /// With `end_len = Some(l)`, the run also ends *after* the first message of exactly `l` bytes (a
+    /// queue's spill reference): its caller takes that message's block, a long copy, once the run is
+    /// released, and the messages behind it must not stay claimed (or taken) meanwhile ("Batches" in
+    /// the module docs). The length is read after the slot's Acquire claim, so it is the producer's.
     #[inline(always)]
-    pub(super) fn try_claim_pop(&self, me: Identity, want: u32, help: &mut Help) -> BatchAttempt {
+    pub(super) fn try_claim_pop(
+        &self,
+        me: Identity,
+        want: u32,
+        end_len: Option<u32>,
+        help: &mut Help,
+    ) -> BatchAttempt {
         let h = self.header();
         while help.steps > 0 {
             help.steps -= 1;
@@ -387,8 +398,17 @@ impl Ring {
                     continue;
                 }
                 let mut tombs = u64::from(who(st) == TOMBSTONE);
+                // Whether the message in `slot`, claimed by us in state `st`, ends the run. A tombstone
+                // carries no message, whatever length its dead producer left.
+                let ends_run = |slot: &SlotHead, st: u64| {
+                    end_len.is_some_and(|l| {
+                        who(st) != TOMBSTONE && slot.len.load(Ordering::Relaxed) == l
+                    })
+                };
                 let (mut n, mut last) = (1u32, pos);
-                while n < want {
+                // `want > 1` first: the single `pop` (want = 1, inlined) reads no length here.
+                let mut more = want > 1 && !ends_run(slot, st);
+                while more && n < want {
                     let s = self.next(last);
                     let next_slot = self.slot(s);
                     let st = next_slot.state.load(Ordering::Relaxed);
@@ -408,6 +428,7 @@ impl Ring {
                     tombs |= u64::from(who(st) == TOMBSTONE) << n;
                     n += 1;
                     last = s;
+                    more = !ends_run(next_slot, st);
                 }
                 // A hint, like `tail` in `try_claim_push`.
                 h.head.0.pos.store(self.next(last), Ordering::Relaxed);
@@ -485,19 +506,25 @@ impl Ring {
     }
 
     /// Claims 1..=`want` consecutive messages (at most [`MAX_BATCH`]; tombstones count, and are skipped
-    /// by [`PopBatch::next`]), waiting for the first until `deadline`. Waiting, helping, healing and
+    /// by [`PopBatch::next`]), waiting for the first until `deadline`. The run ends after the first
+    /// message of `end_len` bytes, if any (see [`Ring::try_claim_pop`]). Waiting, helping, healing and
     /// dead-producer recovery are [`Ring::pop`]'s.
     ///
     /// # Errors
     /// [`Error::Closed`] once the ring is closed and empty; [`Error::Timeout`] as in
     /// [`Ring::claim_push`].
-    pub(crate) fn claim_pop(&self, want: usize, deadline: Option<Instant>) -> Result<PopBatch<'_>> {
+    pub(crate) fn claim_pop(
+        &self,
+        want: usize,
+        end_len: Option<u32>,
+        deadline: Option<Instant>,
+    ) -> Result<PopBatch<'_>> {
         let want = want.clamp(1, MAX_BATCH) as u32;
         let me = proc::current();
         let mut backoff = Backoff::new().until(deadline);
         let mut watch = StuckWatch::new();
         loop {
-            match self.try_claim_pop(me, want, &mut self.help()) {
+            match self.try_claim_pop(me, want, end_len, &mut self.help()) {
                 BatchAttempt::Claimed { first, n, tombs } => {
                     return Ok(PopBatch {
                         ring: self,

@@ -59,7 +59,10 @@
 //!   and one notify for the whole batch (and one more for what is published before each spill).
 //! - **pop batch** at `head = s`: likewise, claiming `{s' + 1, IDLE | TOMBSTONE}` → `{s' + 1, me}`
 //!   (Acquire) while ready; `head` stored once; each slot read, then **stored** to `{s' + one_lap, IDLE}`
-//!   (Release); one fence, one notify.
+//!   (Release); one fence, one notify. A queue's run also ends after a slot holding a spill reference
+//!   (a message of exactly the slot's size, read after its claim): the consumer takes that message's
+//!   block only once the run is released, and that copy can be long, so no slot behind it may be
+//!   claimed meanwhile (a consumer killed during the copy would take them with it).
 //!
 //! Each slot still moves through exactly the states of the table, one claimer at a time, and names its
 //! claimer while claimed; a run is only several single-slot claims by one thread. So the guarantees
@@ -690,7 +693,7 @@ impl Ring {
         // of garbage cannot keep us here: every round spends at least one step of the one help budget.
         let mut help = self.help();
         loop {
-            let (pos, tomb) = match self.try_claim_pop(me, 1, &mut help) {
+            let (pos, tomb) = match self.try_claim_pop(me, 1, None, &mut help) {
                 BatchAttempt::Claimed { first, tombs, .. } => (first, tombs & 1 != 0),
                 // Empty, or a producer is writing the next message (the caller may check that it
                 // is alive), or out of help budget.
