@@ -38,7 +38,8 @@
 //! The function given to [`map_bands`] runs in the workers, re-created there from its type: a `fn`
 //! item or a closure that captures nothing (see [`crate::integrations::ndarray`]).
 
-use std::io::{BufReader, Read};
+use std::fs::File;
+use std::io::{BufReader, Read, Seek};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
@@ -108,8 +109,7 @@ fn guarded<T>(path: &Path, decode: impl FnOnce() -> Result<T>) -> Result<T> {
 /// (image-rs/image-png#694; found by fuzzing). Walks the chunk headers only, seeking over their data:
 /// at most one step per 12 bytes of file, however the lengths are forged. Anything that is not a
 /// well-formed chunk sequence is left to the decoder to refuse.
-fn check_png_chunks(path: &Path) -> Result<()> {
-    let file = std::fs::File::open(path).map_err(|e| Error::os("open image", e))?;
+fn check_png_chunks(path: &Path, file: &File) -> Result<()> {
     let mut r = BufReader::new(file);
     let mut signature = [0u8; 8];
     if r.read_exact(&mut signature).is_err() || signature != *b"\x89PNG\r\n\x1a\n" {
@@ -235,13 +235,20 @@ where
     P::Subpixel: Pod,
 {
     let path = path.as_ref();
-    let reader = ImageReader::open(path)
-        .map_err(|e| Error::os("open image", e))?
+    // Opened once, and only if it is a regular file: a FIFO would block the open (or the decoder)
+    // forever, and a device would be read. The palette check and the decoder read this same file.
+    let (mut file, _) = crate::sys::filemap::open_regular(path, false)?;
+    check_png_chunks(path, &file)?;
+    file.rewind().map_err(|e| Error::os("read image", e))?;
+    let mut reader = ImageReader::new(BufReader::new(file));
+    // The extension first, as `ImageReader::open` does (some formats have no signature), then the
+    // signature wherever it is known.
+    if let Ok(format) = image::ImageFormat::from_path(path) {
+        reader.set_format(format);
+    }
+    let reader = reader
         .with_guessed_format()
         .map_err(|e| Error::os("read image", e))?;
-    if reader.format() == Some(image::ImageFormat::Png) {
-        check_png_chunks(path)?;
-    }
     let decoder = reader.into_decoder().map_err(|e| image_error(path, e))?;
     let (w, h) = decoder.dimensions();
     let n = subpixels::<P>(w, h)?;
@@ -456,6 +463,36 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_file(&self.0);
         }
+    }
+
+    /// A FIFO named like an image is refused without being opened: opening it for reading would wait
+    /// for a writer forever (until 2026-12-01, `open` hung; found by review).
+    #[test]
+    fn a_fifo_is_refused_not_waited_on() {
+        let fifo = Temp::new("png");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo.0)
+            .status()
+            .expect("run mkfifo");
+        assert!(made.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.0.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(open::<Rgb<u8>>(&path).map(drop));
+        });
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("open of a FIFO hangs");
+        assert!(
+            matches!(
+                r,
+                Err(Error::BadFile {
+                    problem: FileProblem::NotRegular,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
     }
 
     fn card(w: u32, h: u32) -> RgbImage {

@@ -519,6 +519,17 @@ impl<T: Pod, D: Dimension> SharedNdArray<T, D> {
     }
 }
 
+/// Checks that a view of `elems` elements covers an array of `len`: ndarray accepts a shape of fewer
+/// elements than the slice (a view of its start), which would silently leave the rest out.
+fn whole(elems: usize, len: usize) -> Result<()> {
+    if elems != len {
+        return Err(shape_err(format!(
+            "a shape of {elems} elements for an array of {len}"
+        )));
+    }
+    Ok(())
+}
+
 impl<T: Pod> SharedArray<T> {
     /// The elements as an n-d view of `shape` (use `shape.f()` for Fortran order), no copy.
     ///
@@ -535,6 +546,7 @@ impl<T: Pod> SharedArray<T> {
     /// let f = a.as_array((2, 3).f())?;
     /// assert_eq!(f[[1, 0]], 2);
     /// assert!(a.as_array((4, 4)).is_err());
+    /// assert!(a.as_array((2, 2)).is_err(), "a shape must cover every element");
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn as_array<D, Sh>(&self, shape: Sh) -> Result<ArrayView<'_, T, D>>
@@ -542,7 +554,9 @@ impl<T: Pod> SharedArray<T> {
         D: Dimension,
         Sh: Into<::ndarray::StrideShape<D>>,
     {
-        ArrayView::from_shape(shape, self).map_err(shape_err)
+        let view = ArrayView::from_shape(shape, self).map_err(shape_err)?;
+        whole(view.len(), self.len())?;
+        Ok(view)
     }
 
     /// The elements as a mutable n-d view of `shape`, no copy.
@@ -562,7 +576,10 @@ impl<T: Pod> SharedArray<T> {
         D: Dimension,
         Sh: Into<::ndarray::StrideShape<D>>,
     {
-        ArrayViewMut::from_shape(shape, self).map_err(shape_err)
+        let len = self.len();
+        let view = ArrayViewMut::from_shape(shape, self).map_err(shape_err)?;
+        whole(view.len(), len)?;
+        Ok(view)
     }
 
     /// A copy of `a`'s elements in logical (C) order; see [`SharedNdArray::from_ndarray`] to keep

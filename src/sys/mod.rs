@@ -13,7 +13,9 @@
 //! - [`proc`]: pids, thread ids, start times and liveness checks used to detect dead lock holders.
 
 pub(crate) mod channel;
-#[cfg(feature = "npy")]
+// The `image` feature opens user files through it too, but maps none.
+#[cfg(any(feature = "npy", feature = "image"))]
+#[cfg_attr(not(feature = "npy"), allow(dead_code))]
 pub(crate) mod filemap;
 pub(crate) mod futex;
 pub(crate) mod pidfd;
