@@ -14,6 +14,7 @@ mod locks;
 mod manager;
 mod manager_faults;
 mod manager_grow;
+mod pipe;
 mod pool;
 mod pool_faults;
 mod process;
@@ -48,6 +49,7 @@ fn main() {
         hostile::ROLES,
         sync_faults::ROLES,
         queue::ROLES,
+        pipe::ROLES,
         queue_faults::ROLES,
         queue_unbounded::ROLES,
         queue_batch::ROLES,
@@ -75,6 +77,7 @@ fn main() {
     trials.extend(hostile::tests());
     trials.extend(sync_faults::tests());
     trials.extend(queue::tests());
+    trials.extend(pipe::tests());
     trials.extend(queue_faults::tests());
     trials.extend(queue_unbounded::tests());
     trials.extend(queue_anchor::tests());

@@ -5,6 +5,7 @@ use std::os::fd::AsRawFd;
 use super::bootstrap::{self, Failure};
 use super::Child;
 use crate::error::Result;
+use crate::queue::ForkHolds;
 use crate::region::janitor::ForkAnchors;
 use crate::sys::process::{self as psys, Fork};
 use crate::sys::shm;
@@ -21,8 +22,14 @@ pub(super) fn start(body: Body, die_with_parent: bool) -> Result<Child> {
     // The child's own locks on the queue anchors we hold, so that our letting go of a queue never
     // leaves the child's copy of it unprotected (held across the fork: see `ForkAnchors`).
     let anchors = ForkAnchors::before_fork()?;
+    // Attachments of its own to every pipe end we hold, so that the child counts as a holder and our
+    // letting go does not close a pipe it still uses (see `queue::pipe`, "Who holds an end").
+    let holds = ForkHolds::before_fork();
     // SAFETY: the child branch below runs only `anchors.in_child` (`dup3`, `getpid`, `close`, a `free`,
     // and the unlock of a mutex this thread holds: an atomic swap, and a futex wake of nobody),
+    // `holds.in_child` (stores into this process's memory, `getpid`, and the unlock of another mutex
+    // this thread holds), `ForkHolds::release_all_before_exit` after the closure (that mutex, free
+    // again; the pipes' robust locks in shared memory, a `/proc` read, allocations),
     // `ForkAnchors::release_all_before_exit` after the closure (that mutex, free again; `flock`, and
     // the sweep's directory listing and `unlink`s, with allocations), `watch_parent`
     // (`sigaction`, `prctl(PR_SET_PDEATHSIG)` and `getppid`, none of which takes a lock), `run_child`
@@ -33,10 +40,15 @@ pub(super) fn start(body: Body, die_with_parent: bool) -> Result<Child> {
     let forked = match forked {
         Ok(Fork::Child) => {
             anchors.in_child();
+            holds.in_child();
             Fork::Child
         }
         other => {
             anchors.in_parent();
+            holds.in_parent(match &other {
+                Ok(Fork::Parent(pid)) => Some(*pid),
+                _ => None,
+            });
             other?
         }
     };
@@ -51,6 +63,7 @@ pub(super) fn start(body: Body, die_with_parent: bool) -> Result<Child> {
             });
             // `_exit` drops nothing: let go of the queues' anchors as their drops would have. A panic
             // there must not unwind into the caller's frames, which belong to the parent's program.
+            let _ = std::panic::catch_unwind(ForkHolds::release_all_before_exit);
             let _ = std::panic::catch_unwind(ForkAnchors::release_all_before_exit);
             psys::exit_immediately(code)
         }

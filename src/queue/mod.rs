@@ -26,6 +26,7 @@ use crate::codec::{Codec, Serde};
 use crate::error::{Error, Result};
 use crate::region::{layout_hash, Layout, Region, RegionHandle, DEFAULT_OPEN_TIMEOUT};
 pub use joinable::{JoinableQueue, SimpleQueue};
+pub(crate) use pipe::ForkHolds;
 pub use pipe::{Connection, Pipe};
 use ring::{Geometry, Ring, MAX_CAPACITY, MAX_SLOT_SIZE};
 use spill::{Attachment, Blocks, SpillRef, REF_LEN};
@@ -106,6 +107,21 @@ pub struct Queue<T, C: Codec<T> = Serde> {
     inner: Arc<Inner>,
     _t: PhantomData<fn(T) -> T>,
     _c: PhantomData<C>,
+}
+
+/// A queue's handle that can only close it, for any message type: what a pipe's clean-up keeps (see
+/// `pipe.rs`, "Who holds an end").
+#[derive(Clone)]
+pub(crate) struct Closer(Arc<Inner>);
+
+impl Closer {
+    /// [`Queue::close`].
+    pub(crate) fn close(&self) {
+        match &self.0.engine {
+            Engine::Bounded { ring, .. } => ring.close(),
+            Engine::Unbounded(log) => log.close(),
+        }
+    }
 }
 
 impl<T, C: Codec<T>> Clone for Queue<T, C> {
@@ -463,13 +479,24 @@ impl<T, C: Codec<T>> Queue<T, C> {
     }
 
     pub(crate) fn put_until(&self, value: &T, deadline: Option<Instant>) -> Result<()> {
+        self.put_watching(value, deadline, &mut || {})
+    }
+
+    /// [`Queue::put_until`], calling `watch` after every sleep of a bounded queue's wait (see
+    /// [`Ring::push_watching`]); an unbounded queue never waits for space, so never calls it.
+    pub(crate) fn put_watching(
+        &self,
+        value: &T,
+        deadline: Option<Instant>,
+        watch: &mut dyn FnMut(),
+    ) -> Result<()> {
         match self.engine() {
             Engine::Bounded { ring, slot_size } => C::with_bytes(value, |bytes| {
                 // The fast path: one comparison more than the ring's own length check.
                 if bytes.len() < *slot_size {
-                    ring.push(bytes, deadline)
+                    ring.push_watching(bytes, deadline, watch)
                 } else if C::SPILLS {
-                    self.spill_put(ring, *slot_size, bytes, deadline)
+                    self.spill_put(ring, *slot_size, bytes, deadline, watch)
                 } else {
                     Err(Error::MessageTooLarge {
                         size: bytes.len(),
@@ -489,6 +516,7 @@ impl<T, C: Codec<T>> Queue<T, C> {
         slot_size: usize,
         bytes: &[u8],
         deadline: Option<Instant>,
+        watch: &mut dyn FnMut(),
     ) -> Result<()> {
         if ring.is_closed() {
             return Err(Error::Closed);
@@ -497,7 +525,7 @@ impl<T, C: Codec<T>> Queue<T, C> {
         let r = blocks.spill(bytes)?;
         let mut slot = vec![0u8; slot_size];
         r.encode(&mut slot);
-        let pushed = ring.push(&slot, deadline);
+        let pushed = ring.push_watching(&slot, deadline, watch);
         if pushed.is_err() {
             // Not queued: nobody will take the block.
             blocks.unlink(&blocks.spill_name(r.nonce));
@@ -562,18 +590,34 @@ impl<T, C: Codec<T>> Queue<T, C> {
     }
 
     pub(crate) fn get_until(&self, deadline: Option<Instant>) -> Result<T> {
+        self.get_watching(deadline, &mut || {})
+    }
+
+    /// [`Queue::get_until`], calling `watch` after every sleep of a bounded queue's wait (see
+    /// [`Ring::pop_watching`]). An unbounded queue's wait does not call it: callers that rely on it
+    /// (a [`Connection`]) hold bounded queues only.
+    pub(crate) fn get_watching(
+        &self,
+        deadline: Option<Instant>,
+        watch: &mut dyn FnMut(),
+    ) -> Result<T> {
         match self.engine() {
             Engine::Bounded { ring, slot_size } => {
                 let slot_size = *slot_size;
                 // The closure may run more than once (ring/mod.rs, `try_pop`): it only reads. The block
                 // a reference names is opened and removed after the slot is released.
-                match ring.pop(deadline, |b| {
-                    if b.len() == slot_size && C::SPILLS {
-                        Err(SpillRef::parse(b))
-                    } else {
-                        Ok(C::decode(b))
-                    }
-                })? {
+                let popped = ring.pop_watching(
+                    deadline,
+                    |b| {
+                        if b.len() == slot_size && C::SPILLS {
+                            Err(SpillRef::parse(b))
+                        } else {
+                            Ok(C::decode(b))
+                        }
+                    },
+                    watch,
+                );
+                match popped? {
                     Ok(value) => value,
                     Err(r) => self.inner.blocks.take(r?, C::decode)?,
                 }
@@ -669,6 +713,11 @@ impl<T, C: Codec<T>> Queue<T, C> {
             Engine::Bounded { ring, .. } => ring.close(),
             Engine::Unbounded(log) => log.close(),
         }
+    }
+
+    /// A handle that can only close this queue.
+    pub(crate) fn closer(&self) -> Closer {
+        Closer(self.inner.clone())
     }
 
     /// Whether the queue was closed.

@@ -598,7 +598,20 @@ impl Ring {
     }
 
     /// Appends `bytes`, waiting for space until `deadline`.
+    #[cfg(test)]
     pub(crate) fn push(&self, bytes: &[u8], deadline: Option<Instant>) -> Result<()> {
+        self.push_watching(bytes, deadline, &mut || {})
+    }
+
+    /// [`Ring::push`], calling `watch` after every sleep of its wait (never on the fast path): the
+    /// place where a caller checks the liveness of whoever should make room, and closes the ring if
+    /// nobody will (the next round then returns [`Error::Closed`]). `watch` budgets itself in time.
+    pub(crate) fn push_watching(
+        &self,
+        bytes: &[u8],
+        deadline: Option<Instant>,
+        watch: &mut dyn FnMut(),
+    ) -> Result<()> {
         if bytes.len() > self.geo.slot_size as usize {
             return Err(Error::MessageTooLarge {
                 size: bytes.len(),
@@ -607,7 +620,7 @@ impl Ring {
         }
         let me = proc::current();
         let mut backoff = Backoff::new().until(deadline);
-        let mut watch = StuckWatch::new();
+        let mut stuck = StuckWatch::new();
         loop {
             if self.is_closed() {
                 return Err(Error::Closed);
@@ -624,8 +637,9 @@ impl Ring {
             if backoff.snooze_beside(|| self.peer_cpu(Side::Producer)) {
                 continue;
             }
-            let slice = slice_until(deadline, watch.interval)?;
-            self.sleep_for_space(blocked, slice, &mut watch);
+            let slice = slice_until(deadline, stuck.interval)?;
+            self.sleep_for_space(blocked, slice, &mut stuck);
+            watch();
         }
     }
 
@@ -736,14 +750,24 @@ impl Ring {
 
     /// Takes the next message, waiting until `deadline`; `f` sees its bytes in place (see
     /// [`Ring::try_pop`] for why it is `FnMut`).
-    pub(crate) fn pop<R>(
+    #[cfg(test)]
+    pub(crate) fn pop<R>(&self, deadline: Option<Instant>, f: impl FnMut(&[u8]) -> R) -> Result<R> {
+        self.pop_watching(deadline, f, &mut || {})
+    }
+
+    /// [`Ring::pop`], calling `watch` after every sleep of its wait (never on the fast path): the
+    /// place where a caller checks the liveness of whoever should produce, and closes the ring if
+    /// nobody will (the ring is then drained, and the call returns [`Error::Closed`]). `watch` budgets
+    /// itself in time.
+    pub(crate) fn pop_watching<R>(
         &self,
         deadline: Option<Instant>,
         mut f: impl FnMut(&[u8]) -> R,
+        watch: &mut dyn FnMut(),
     ) -> Result<R> {
         let me = proc::current();
         let mut backoff = Backoff::new().until(deadline);
-        let mut watch = StuckWatch::new();
+        let mut stuck = StuckWatch::new();
         loop {
             match self.try_pop(me, &mut f)? {
                 Pop::Got(r) => return Ok(r),
@@ -757,8 +781,9 @@ impl Ring {
             if backoff.snooze_beside(|| self.peer_cpu(Side::Consumer)) {
                 continue;
             }
-            let slice = slice_until(deadline, watch.interval)?;
-            self.sleep_for_items(slice, &mut watch);
+            let slice = slice_until(deadline, stuck.interval)?;
+            self.sleep_for_items(slice, &mut stuck);
+            watch();
         }
     }
 
