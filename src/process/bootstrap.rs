@@ -7,6 +7,8 @@
 //! - absent: return; `main` runs.
 //! - present in a process with `AT_SECURE` (setuid, setgid, file capabilities): ignored entirely, as if
 //!   absent; such a program must not let its caller's environment choose what it runs.
+//! - present, but its key descriptor is not a socket made by the process it names, of our uid (a stray
+//!   or forged value: no spawning parent made it): it is removed, and `main` runs as without mproc.
 //! - present otherwise: it is removed, and the child accepts a task only if *all* of these hold, else it
 //!   prints one line to stderr and exits with code 126, having written to no file:
 //!   the pid is `getppid()`; the key descriptor is a socket whose peer (`SO_PEERCRED`) is that parent
@@ -315,7 +317,13 @@ pub(crate) fn child_main_if_spawned() {
     // (from the constructor) the process has a single thread, so nothing reads the environment
     // concurrently; `init()` documents the same requirement.
     std::env::remove_var(ENV_VAR);
-    let accepted = match accept(value.to_str().unwrap_or("")) {
+    let value = value.to_str().unwrap_or("");
+    if !claims_this_process(value) {
+        // Not made for us by a spawning parent (a stray or forged variable): behave exactly as without
+        // mproc, `main` runs.
+        return;
+    }
+    let accepted = match accept(value) {
         Ok(a) => a,
         Err(why) => {
             psys::write_stderr_raw(
@@ -343,6 +351,21 @@ pub(crate) fn child_main_if_spawned() {
     });
     // `exit` (not `_exit`): this is a fresh process, and its stdout buffer deserves a flush.
     std::process::exit(code);
+}
+
+/// Whether the environment value was made for a spawned child at all: its key descriptor is a socket
+/// that the process it names made, of our uid. A spawning parent always hands one; a stray or forged
+/// value (another program's environment copied, garbage) names none, and then the program must run as
+/// if the variable were not there. A value that passes is then checked in full ([`accept`]), and a
+/// failure there is a refusal (exit 126): a real child must never fall through to `main`, even when its
+/// parent has died since (the socket's credentials still name it).
+fn claims_this_process(value: &str) -> bool {
+    match parse_env_value(value) {
+        Ok([pid, _, key_fd, _]) => {
+            u32::try_from(pid).is_ok_and(|pid| pid > 0 && channel::is_socket_of(key_fd, pid))
+        }
+        Err(_) => false,
+    }
 }
 
 /// The four numbers of the environment value, `<parent pid>:<task fd>:<key fd>:<result fd>`: the pure

@@ -266,6 +266,23 @@ fn adopt(fd: RawFd, what: &str) -> std::result::Result<OwnedFd, ChannelError> {
     Ok(owned)
 }
 
+/// Whether descriptor `fd` is a socket made by process `pid` of our uid (`SO_PEERCRED` of its peer,
+/// recorded when the pair was made, so it still names a parent that has died since). Only looks: the
+/// descriptor is not taken or closed, whatever it is (it may be the program's own).
+pub(crate) fn is_socket_of(fd: RawFd, pid: u32) -> bool {
+    // SAFETY: F_GETFD only queries the descriptor's flags; it fails with EBADF for a closed number.
+    if fd <= 2 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return false;
+    }
+    // SAFETY: `fd` is open (checked just above) and stays open for this call: this process is still
+    // before `main`, single-threaded, and nothing here closes it.
+    let sock = unsafe { BorrowedFd::borrow_raw(fd) };
+    // SO_PEERCRED fails (ENOTSOCK) on anything but a socket, and names no pid for a socket that is
+    // not a local one.
+    super::unix_socket::peer_cred(sock)
+        .is_ok_and(|(peer, uid)| peer == pid && uid == crate::sys::proc::euid())
+}
+
 /// The memfd's seals; `None` for a file that has none to report (not shmem) or an error.
 fn seals(file: &File) -> Option<u32> {
     super::shm::seals(file).ok().flatten()
