@@ -150,6 +150,12 @@ pub(crate) fn set_sigint_ignored(yes: bool) {
 /// signal; and descriptors 0–2 open (on `/dev/null` where closed), so that the first file the task
 /// opens never becomes its standard output. Programs the child starts with `std::process::Command`
 /// get `SIGPIPE`'s default back, as from any Rust program.
+///
+/// Not done: std's stack-overflow handler (a `SIGSEGV` handler on an alternate stack that prints
+/// "has overflowed its stack" before aborting), which is private to std. A task that overflows the
+/// stack in a spawned child (or in a thread it starts: std installs that handler only from its own
+/// runtime start) dies of `SIGSEGV` without that message, and its parent reports
+/// `ProcessKilled { signal: 11 }`.
 pub(crate) fn prepare_as_rust_main() {
     for fd in 0..=2 {
         // SAFETY: F_GETFD only queries the descriptor's flags; it fails with EBADF for a closed number.
