@@ -88,9 +88,10 @@ fn main() {
     trials.extend(security_heap::tests());
     trials.extend(security_spawn::tests());
     trials.extend(ecosystem::tests());
+    let before = common::shm_entries();
     let conclusion = libtest_mimic::run(&args, trials);
     // The suite-level invariants (DESIGN.md, invariant 6): nothing of ours left in /dev/shm, no zombie.
-    let leaks = common::leftovers();
+    let leaks = common::leftovers(&before);
     if !leaks.is_empty() {
         eprintln!("error: the suite left these behind: {leaks:?}");
         std::process::exit(101);

@@ -180,15 +180,39 @@ pub fn eventually(what: &str, bound: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// What this run left behind: `/dev/shm` entries with our tag, and zombie children.
-pub fn leftovers() -> Vec<String> {
-    let tag = run_tag();
-    let mut out: Vec<String> = std::fs::read_dir("/dev/shm")
+/// The `mproc.` entries of `/dev/shm` now.
+pub fn shm_entries() -> std::collections::BTreeSet<String> {
+    std::fs::read_dir("/dev/shm")
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("mproc."))
+        .collect()
+}
+
+/// What this run left behind: `/dev/shm` entries with our tag; entries without it (the blocks and
+/// anchors of queues, `mproc.q<id>-…`, are named by the queue, not the test) that were not there
+/// before the run (`before`) and are still there after a grace for clean-ups that finish in other
+/// processes; and zombie children.
+pub fn leftovers(before: &std::collections::BTreeSet<String>) -> Vec<String> {
+    let tag = run_tag();
+    let new_untagged = || -> Vec<String> {
+        shm_entries()
+            .into_iter()
+            .filter(|n| !n.contains(&tag) && !before.contains(n))
+            .collect()
+    };
+    let start = std::time::Instant::now();
+    let mut untagged = new_untagged();
+    while !untagged.is_empty() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+        untagged = new_untagged();
+    }
+    let mut out: Vec<String> = shm_entries()
+        .into_iter()
         .filter(|n| n.contains(&tag))
         .collect();
+    out.extend(untagged);
     out.extend(
         procfs::child_pids()
             .into_iter()
