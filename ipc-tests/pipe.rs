@@ -40,7 +40,52 @@ pub fn tests() -> Vec<Trial> {
             "fork_child_counts_as_a_holder",
             fork_child_counts_as_a_holder,
         ),
+        t(
+            "an_end_whose_holders_keep_dying_still_closes",
+            an_end_whose_holders_keep_dying_still_closes,
+        ),
     ]
+}
+
+/// Forks a child that holds `end` until it is killed; kills and reaps it.
+fn fork_holder_and_kill(end: &Connection<u64>) {
+    let held = end.clone();
+    let mut p = Process::builder().fork(move || -> u8 {
+        let _held = held;
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    p.start().expect("fork");
+    p.kill().expect("kill");
+    assert!(p.join_timeout(BOUND).is_err(), "killed");
+}
+
+/// More holders die over a pipe's life than its table has slots (32): their slots are reused, so when
+/// the last holder dies too, the other end still gets `Closed` (until 2026-12-01 dead holders' slots
+/// were never reused, attachments past the 32nd were counted where nobody could judge them, and `recv`
+/// waited forever; found by review).
+fn an_end_whose_holders_keep_dying_still_closes() {
+    let (mine, theirs) = Pipe::duplex::<u64>().expect("pipe");
+    for _ in 0..40 {
+        fork_holder_and_kill(&theirs);
+    }
+    let last = theirs.clone();
+    let mut p = Process::builder().fork(move || -> u8 {
+        let _held = last;
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    p.start().expect("fork");
+    drop(theirs);
+    p.kill().expect("kill");
+    assert!(p.join_timeout(BOUND).is_err(), "killed");
+    let r = mine.recv_timeout(BOUND);
+    assert!(
+        matches!(r, Err(Error::Closed)),
+        "every holder is dead: {r:?}"
+    );
 }
 
 /// Child: attaches to its end (after the parent already dropped its own copy of it), sends 1, 2, 3,

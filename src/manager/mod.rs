@@ -20,11 +20,13 @@
 //!
 //! Named locks, events, semaphores, queues and arrays ([`Manager::lock`], [`Manager::queue`], …) live in
 //! regions of their own, which another process opens through a process holding one. The directory lists
-//! the processes that got the object by name (its creator, then each that attached, up to 16), so a
+//! the processes that got the object by name (its creator, then each that attached, up to 64), so a
 //! process asking for the name later attaches through any of them still alive: the object outlives its
 //! creator. Once every listed process is gone (exited, or dropped its `Manager`), nobody can reach the
 //! old object, and the next request for the name makes a new one. A process that received the object
-//! some other way (as a task's argument) is not listed, and keeps the old one.
+//! some other way (as a task's argument) is not listed, and keeps the old one. With 64 live holders
+//! listed, a 65th process asking for the name gets [`Error::OutOfMemory`] rather than an object the
+//! directory could not vouch for.
 //!
 //! ```
 //! let m = mproc::Manager::new()?;

@@ -27,8 +27,9 @@ use crate::region::RegionHandle;
 use crate::sync::{Array, Event, Lock, RLock, Semaphore};
 
 /// How many processes an entry lists as able to hand its object out. A process that finds the list
-/// full of live holders attaches without being listed.
-pub(super) const HOLDERS_MAX: usize = 16;
+/// full of live holders gets an error rather than the object: unlisted, it could outlive every listed
+/// holder, and the name would then get a second object while it still used the first.
+pub(super) const HOLDERS_MAX: usize = 64;
 
 /// How long [`Manager::shared`] keeps re-reading an entry that other processes change under it (each
 /// change is another process's attach or replacement, so honest peers settle it in a few rounds).
@@ -65,7 +66,19 @@ impl Manager {
                 }
             };
             let ours = object.by_handle();
-            if !list.contains(&ours) && list.len() < HOLDERS_MAX {
+            if !list.contains(&ours) {
+                if list.len() >= HOLDERS_MAX {
+                    // Full: keep only the holders that can still hand the object out.
+                    list.retain(|h| holder_is_live::<T>(h));
+                }
+                if list.len() >= HOLDERS_MAX {
+                    // Attaching unlisted would let the name be replaced while we hold the old object
+                    // (once every listed holder is gone): two live objects under one name.
+                    return Err(Error::OutOfMemory {
+                        requested: 1,
+                        available: 0,
+                    });
+                }
                 list.push(ours);
             }
             let blob = postcard::to_allocvec(&list).map_err(|e| Error::Encode(e.to_string()))?;
@@ -114,8 +127,9 @@ impl Manager {
     /// ```
     ///
     /// # Errors
-    /// [`Error::TypeMismatch`] if `name` holds something else; the errors of creating the object, or of
-    /// attaching to it through a live holder. The object outlives its creator while any process that
+    /// [`Error::TypeMismatch`] if `name` holds something else; [`Error::OutOfMemory`] if 64 live
+    /// processes hold it by name already; the errors of creating the object, or of attaching to it
+    /// through a live holder. The object outlives its creator while any process that
     /// got it by name (and still holds its manager) lives; once all of them are gone the name gets a new
     /// object (see the [module docs](crate::manager)).
     pub fn lock(&self, name: &str) -> Result<Lock> {
@@ -265,6 +279,11 @@ pub(super) fn decode_holders(bytes: &[u8]) -> Result<Vec<RegionHandle>> {
 /// (which would replace a live object).
 fn attach_first_live<T: ByHandle>(holders: &[RegionHandle]) -> Result<Option<(T, usize)>> {
     for (i, h) in holders.iter().enumerate() {
+        if !h.is_anonymous() {
+            // Every object of a directory lives in an anonymous (sealed) region: a named file here was
+            // written by a forger, who could truncate it under our mapping (SIGBUS).
+            continue;
+        }
         match T::attach_handle(h) {
             Ok(object) => return Ok(Some((object, i))),
             Err(Error::Os { op, source }) if crate::sys::shm::is_out_of_resources(&source) => {
@@ -274,4 +293,17 @@ fn attach_first_live<T: ByHandle>(holders: &[RegionHandle]) -> Result<Option<(T,
         }
     }
     Ok(None)
+}
+
+/// Whether holder `h` can still hand its object out (tried: attached, then let go). Running out of
+/// descriptors or memory ourselves says nothing about it: counted as live.
+fn holder_is_live<T: ByHandle>(h: &RegionHandle) -> bool {
+    if !h.is_anonymous() {
+        return false;
+    }
+    match T::attach_handle(h) {
+        Ok(_) => true,
+        Err(Error::Os { source, .. }) => crate::sys::shm::is_out_of_resources(&source),
+        Err(_) => false,
+    }
 }

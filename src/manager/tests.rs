@@ -584,20 +584,42 @@ fn a_named_object_whose_holders_are_all_gone_is_made_anew() {
 }
 
 #[test]
-fn a_full_holder_list_still_hands_the_object_out() {
+fn a_full_holder_list_makes_room_from_the_dead_or_refuses() {
     let m = mgr();
     let live = crate::sync::Lock::new().unwrap();
-    let full = vec![live.handle(); objects::HOLDERS_MAX];
-    list_lock_holders(&m, "l", &full);
+    let gone = crate::sync::Lock::new().unwrap().handle();
+    // Dead holders after the first live one: pruned when the list is full, and we are listed.
+    let mut list = vec![live.handle()];
+    list.resize(objects::HOLDERS_MAX, gone);
+    list_lock_holders(&m, "l", &list);
     let got = m.lock("l").unwrap();
     let held = got.lock().unwrap();
-    assert!(live.try_lock().is_err());
+    assert!(live.try_lock().is_err(), "the live holder's lock");
     drop(held);
-    assert_eq!(
-        lock_holders(&m, "l"),
-        full,
-        "no room: attached without being listed"
+    assert_eq!(lock_holders(&m, "l"), [live.handle(), got.handle()]);
+    // A list full of live holders: an error, not an unlisted attachment (which could outlive every
+    // listed holder, and the name would then get a second, different lock; found by review).
+    let full = vec![live.handle(); objects::HOLDERS_MAX];
+    list_lock_holders(&m, "f", &full);
+    assert!(matches!(m.lock("f"), Err(Error::OutOfMemory { .. })));
+    assert_eq!(lock_holders(&m, "f"), full);
+}
+
+#[test]
+fn a_named_file_in_a_holder_list_is_never_mapped() {
+    let m = mgr();
+    let name = format!("mgr-forged-holder-{}", std::process::id());
+    let forged = crate::sync::Lock::create(&name).unwrap();
+    let live = crate::sync::Lock::new().unwrap();
+    // A peer's forgery: first a named lock it could truncate under our mapping, then the real one.
+    list_lock_holders(&m, "l", &[forged.handle(), live.handle()]);
+    let got = m.lock("l").unwrap();
+    let held = live.lock().unwrap();
+    assert!(
+        got.try_lock().is_err(),
+        "attached through the real holder, not the named file"
     );
+    drop(held);
 }
 
 #[test]
