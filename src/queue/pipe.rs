@@ -18,7 +18,11 @@
 //!   attaches from counts for [`Connection::ATTACH_GRACE`] after serialization, then no more: bytes that
 //!   are lost, or a child that died before attaching, keep the end alive for that long, not forever.
 //!   Decoding the same bytes again attaches without a token (it counts from then on, like any
-//!   attachment, but nothing kept the end alive for it).
+//!   attachment, but nothing kept the end alive for it). So a `Connection` in a [`Pool`](crate::Pool)
+//!   task's argument is kept alive for the first worker that runs the task, within the grace: a task
+//!   that waits in the pool longer, or a retry after its worker died
+//!   ([`retry_on_worker_death`](crate::PoolBuilder::retry_on_worker_death)), finds the end closed if
+//!   no other holder kept it (the sender should keep its own handle until the task is done).
 //! - **Fork.** [`Process::fork`](crate::process::Builder::fork) children get attachments of their
 //!   own for every end their parent holds, reserved before the fork and recorded with the child's pid
 //!   after it, and let go of them when they end. A child forked outside this crate is not counted: it
