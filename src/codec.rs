@@ -96,6 +96,18 @@ pub trait Codec<T>: Send + Sync + 'static {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     fn decode(bytes: &[u8]) -> Result<T>;
+
+    /// Decodes a value from `bytes` onto the end of `out`: what `Queue::get_many` calls for each
+    /// message. A codec may write the value in place instead of returning it (a 64-byte value passed
+    /// back by `decode` was copied more often than its bytes were read).
+    ///
+    /// # Errors
+    /// As [`Codec::decode`]; `out` is unchanged then.
+    #[doc(hidden)]
+    fn decode_push(bytes: &[u8], out: &mut Vec<T>) -> Result<()> {
+        out.push(Self::decode(bytes)?);
+        Ok(())
+    }
 }
 
 // Decoding untrusted bytes (review H5). postcard allocates no more than its input can justify: serde
@@ -249,6 +261,17 @@ impl<T: Pod> Codec<T> for Raw {
             });
         }
         Ok(bytemuck::pod_read_unaligned(bytes))
+    }
+
+    fn decode_push(bytes: &[u8], out: &mut Vec<T>) -> Result<()> {
+        if bytes.len() != std::mem::size_of::<T>() {
+            return <Self as Codec<T>>::decode(bytes).map(|_| ());
+        }
+        // In place: a zeroed element, then its bytes (both `Pod`, so any bytes are a value).
+        out.push(T::zeroed());
+        let last = out.last_mut().expect("an element was just pushed");
+        bytemuck::bytes_of_mut(last).copy_from_slice(bytes);
+        Ok(())
     }
 }
 

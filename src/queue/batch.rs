@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::ring::{PushBatch, MAX_BATCH};
+use super::ring::{PushBatch, Taken, MAX_BATCH};
 use super::spill::SpillRef;
 use super::{Engine, Queue};
 use crate::codec::Codec;
@@ -343,38 +343,63 @@ impl<T, C: Codec<T>> Queue<T, C> {
             // after a spill reference (see below), with more maybe behind it.
             let short = batch.remaining() < want;
             let mut ended_at_spill = false;
-            // Inline messages are decoded while their slot is held, as `get` does. A slot of exactly
-            // `slot_size` bytes is a spill reference: only the reference is kept here (with its place
-            // in `out`), and its block is opened once every slot of the run is released.
-            let read = |b: &[u8]| {
-                if b.len() == slot_size && C::SPILLS {
-                    Err(SpillRef::parse(b))
-                } else {
-                    Ok(C::decode(b))
-                }
-            };
-            while let Some(m) = batch.next(read) {
+            // Inline messages are decoded while their slot is held, as `get` does, straight into `out`.
+            // A slot of exactly `slot_size` bytes is a spill reference: only the reference is kept
+            // here (with its place in `out`), and its block is opened once every slot of the run is
+            // released. What a slot gave beyond a verdict goes through `spill` and `failure`, so that
+            // what `next` returns stays a byte: 64 B values, references and errors passed back through
+            // its nested results were copied more often than their bytes were read.
+            let (mut spill, mut failure) = (None, None);
+            loop {
+                let before = out.len();
+                let Some(m) = batch.next(|b| {
+                    if b.len() == slot_size && C::SPILLS {
+                        spill = Some(SpillRef::parse(b));
+                        return Slot::Spilled;
+                    }
+                    match C::decode_push(b, out) {
+                        Ok(()) => Slot::Pushed,
+                        Err(e) => {
+                            failure = Some(e);
+                            Slot::Failed
+                        }
+                    }
+                }) else {
+                    break;
+                };
                 ended_at_spill = false;
                 match m {
-                    Ok(Some(Ok(Ok(v)))) => {
-                        out.push(v);
+                    Taken::Message(Slot::Pushed) => {
                         got += 1;
                         taken += 1;
                     }
-                    Ok(Some(Err(r))) => {
-                        spilled.push((out.len(), r));
+                    Taken::Message(Slot::Spilled) => {
+                        if let Some(r) = spill.take() {
+                            spilled.push((out.len(), r));
+                        }
                         taken += 1;
                         ended_at_spill = true;
                     }
-                    Ok(None) => {}
-                    Ok(Some(Ok(Err(e)))) | Err(e) => {
+                    Taken::Message(Slot::Failed) => {
                         taken += 1;
-                        first_err.get_or_insert(e);
+                        if let Some(e) = failure.take() {
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                    // A tombstone; or a claim revoked while we read (garbage only), whose bytes,
+                    // decoded and pushed already, may be another producer's half-written message.
+                    Taken::Nothing => {
+                        out.truncate(before);
+                        (spill, failure) = (None, None);
+                    }
+                    Taken::BadLength(len) => {
+                        taken += 1;
+                        first_err.get_or_insert(ring.bad_length(len));
                     }
                 }
             }
-            // Frees what is left of the run (nothing, unless the codec panicked) and wakes producers:
-            // no slot is claimed by us from here on.
+            // Frees the run's slots (read or not: only a panic in the codec leaves some unread) and
+            // wakes producers: no slot is claimed by us from here on.
             drop(batch);
             // The run ends after the first spill reference (`Ring::claim_pop`), so an honest queue
             // gives at most one, the run's last, and it is appended; a peer's garbage may give more,
@@ -439,4 +464,15 @@ impl<T, C: Codec<T>> Queue<T, C> {
             None => Ok(got),
         }
     }
+}
+
+/// What `get_many` did with one claimed slot's bytes.
+#[derive(Clone, Copy)]
+enum Slot {
+    /// Decoded and pushed onto the caller's vector.
+    Pushed,
+    /// A spill reference (parsed or not), taken once the run is released.
+    Spilled,
+    /// Not decodable: consumed, and reported after the others are taken.
+    Failed,
 }

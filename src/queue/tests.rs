@@ -1,4 +1,4 @@
-use super::ring::Ring;
+use super::ring::{Ring, Taken};
 use super::spill::{SpillRef, REF_LEN};
 use super::*;
 use crate::codec::Raw;
@@ -899,7 +899,10 @@ fn a_batch_run_ends_after_a_spilled_message() {
             .unwrap();
         let mut lens = Vec::new();
         while let Some(m) = batch.next(|b| b.len()) {
-            lens.push(m.unwrap().unwrap());
+            match m {
+                Taken::Message(len) => lens.push(len),
+                Taken::Nothing | Taken::BadLength(_) => panic!("an honest run holds messages only"),
+            }
         }
         lens
     };
@@ -1217,4 +1220,50 @@ fn pipe_connection_refuses_queues_of_another_pipe() {
     w.end = 2;
     let forged = postcard::to_allocvec(&w).unwrap();
     assert!(postcard::from_bytes::<Connection<u64>>(&forged).is_err());
+}
+
+thread_local! {
+    /// The ring and stamp whose consumer claim [`RevokingCodec`] revokes while it decodes.
+    static REVOKE_WHILE_DECODING: std::cell::Cell<Option<(&'static Ring, u64)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// `Raw` for `u32`, except that its first `decode` after [`REVOKE_WHILE_DECODING`] is set hands the
+/// slot being read to another claimer first, as garbage from another process could.
+struct RevokingCodec;
+
+impl Codec<u32> for RevokingCodec {
+    const NAME: &'static str = "raw-revoking-test";
+
+    fn default_max_size() -> usize {
+        4
+    }
+
+    fn with_bytes<R>(value: &u32, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        <Raw as Codec<u32>>::with_bytes(value, f)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<u32> {
+        if let Some((ring, s)) = REVOKE_WHILE_DECODING.take() {
+            ring.force_claim_for_test(s, 0x3fff_fffe, true);
+        }
+        <Raw as Codec<u32>>::decode(bytes)
+    }
+}
+
+#[test]
+fn get_many_drops_a_message_whose_claim_was_revoked_while_it_was_decoded() {
+    // `get_many` decodes each message straight into the caller's vector; a claim revoked meanwhile
+    // means its bytes may be another producer's half-written message, so the value must come out again.
+    let q: &'static Queue<u32, RevokingCodec> = Box::leak(Box::new(Queue::new(8).unwrap()));
+    assert_eq!(q.put_many(&[10, 11, 12]).unwrap(), 3);
+    REVOKE_WHILE_DECODING.set(Some((ring_of(q), 1)));
+    let mut out = vec![7];
+    assert_eq!(q.try_get_many(&mut out, 8).unwrap(), 2);
+    assert_eq!(
+        out,
+        [7, 10, 12],
+        "the revoked message is not delivered, the others are"
+    );
+    assert!(REVOKE_WHILE_DECODING.take().is_none(), "the revoke ran");
 }

@@ -10,9 +10,11 @@
 //! - [`unix_socket`]: `AF_UNIX` packets carrying descriptors (`SCM_RIGHTS`) and `poll` over several
 //!   descriptors, for the fork server.
 //! - [`pidfd`]: the exit status of a process another process reaped (`PIDFD_GET_INFO`).
+//! - [`cpu`]: cache prefetch hints for the ring's claims.
 //! - [`proc`]: pids, thread ids, start times and liveness checks used to detect dead lock holders.
 
 pub(crate) mod channel;
+pub(crate) mod cpu;
 // The `image` feature opens user files through it too, but maps none.
 #[cfg(any(feature = "npy", feature = "image"))]
 #[cfg_attr(not(feature = "npy"), allow(dead_code))]

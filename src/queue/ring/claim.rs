@@ -156,11 +156,11 @@ impl PopBatch<'_> {
         self.left as usize
     }
 
-    /// Reads the next claimed slot, passing its bytes to `f` while the slot is held, and frees it.
-    /// `None` once the batch is used up; `Some(Ok(None))` for a tombstone or a revoked claim (nothing to
-    /// deliver); `Some(Err(Corrupted))` for a damaged length (the slot is consumed either way).
+    /// Reads the next claimed slot, passing its bytes to `f` while the slot is held; the batch frees
+    /// it when dropped. `None` once the batch is used up. The answer is small on purpose: this runs
+    /// once per message, and an [`Error`] inside it made every answer a copy of its size.
     #[inline]
-    pub(crate) fn next<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Option<Result<Option<R>>> {
+    pub(crate) fn next<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Option<Taken<R>> {
         if self.left == 0 {
             return None;
         }
@@ -174,25 +174,42 @@ impl PopBatch<'_> {
         self.left -= 1;
         let len = slot.len.load(Ordering::Relaxed) as usize;
         let result = if tomb {
-            Ok(None)
+            Taken::Nothing
         } else if len > ring.geo.slot_size as usize {
-            Err(Error::Corrupted(format!(
-                "message length {len} exceeds the slot size {}",
-                ring.geo.slot_size
-            )))
+            Taken::BadLength(len)
         } else {
             // SAFETY: we own the slot (claimed by `try_claim_pop`); len <= slot_size keeps the range
             // inside this slot's stride, inside the region. Producers do not write a claimed slot.
             let bytes = unsafe { std::slice::from_raw_parts(Ring::data(slot), len) };
-            Ok(Some(f(bytes)))
+            Taken::Message(f(bytes))
         };
         // A revoked claim (garbage only) may have let a producer overwrite what we read: discard it, and
         // leave the slot to whoever holds it now.
         if slot.state.load(Ordering::Relaxed) != claimed {
-            return Some(Ok(None));
+            return Some(Taken::Nothing);
         }
         ring.publish_batch_slot(slot, state(pos.wrapping_add(ring.one_lap) as u32, IDLE));
         Some(result)
+    }
+}
+
+/// What [`PopBatch::next`] found in a claimed slot.
+pub(crate) enum Taken<R> {
+    /// A message, and what the caller's function made of its bytes.
+    Message(R),
+    /// A tombstone, or a claim revoked while we read (garbage only): nothing to deliver.
+    Nothing,
+    /// A length larger than the slot (garbage): the slot is consumed, its bytes never read.
+    BadLength(usize),
+}
+
+impl Ring {
+    /// The error for a message length `len` found larger than the slot ([`Taken::BadLength`]).
+    pub(crate) fn bad_length(&self, len: usize) -> Error {
+        Error::Corrupted(format!(
+            "message length {len} exceeds the slot size {}",
+            self.geo.slot_size
+        ))
     }
 }
 
@@ -209,6 +226,44 @@ impl Drop for PopBatch<'_> {
             self.left -= 1;
         }
         ring.end_batch(&ring.header().space.0);
+    }
+}
+
+/// Prefetches the slots of a run [`PREFETCH_AHEAD`] ahead of its claims (see `sys::cpu` for why),
+/// never past the `want` slots the run may claim.
+struct Prefetcher<'r> {
+    ring: &'r Ring,
+    /// The last stamp prefetched, and how many more the run may claim beyond it.
+    at: u64,
+    left: u32,
+    fill: bool,
+}
+
+impl<'r> Prefetcher<'r> {
+    /// Starts after the run's first stamp `first` (claimed already), prefetching the next
+    /// [`PREFETCH_AHEAD`] of the `want - 1` slots the run may still claim.
+    #[inline(always)]
+    fn new(ring: &'r Ring, first: u64, want: u32, fill: bool) -> Self {
+        let mut p = Prefetcher {
+            ring,
+            at: first,
+            left: want.saturating_sub(1),
+            fill,
+        };
+        for _ in 0..PREFETCH_AHEAD {
+            p.step();
+        }
+        p
+    }
+
+    /// Prefetches the next slot of the run, if the run may reach it.
+    #[inline(always)]
+    fn step(&mut self) {
+        if self.left > 0 {
+            self.left -= 1;
+            self.at = self.ring.next(self.at);
+            self.ring.prefetch_slot(self.at, self.fill);
+        }
     }
 }
 
@@ -284,6 +339,7 @@ impl Ring {
                 continue;
             }
             if d == 0 && who(st) == IDLE {
+                self.prefetch_message(pos, true);
                 // {pos, IDLE} → {pos, me}: the slot is ours and says so.
                 if slot
                     .state
@@ -298,8 +354,10 @@ impl Ring {
                     continue;
                 }
                 let (mut n, mut last) = (1u32, pos);
+                let mut ahead = Prefetcher::new(self, pos, want, true);
                 while n < want {
                     let s = self.next(last);
+                    ahead.step();
                     let free = state(s as u32, IDLE);
                     let next_slot = self.slot(s);
                     // A plain load first: a slot that is not free is not worth a locked instruction.
@@ -384,6 +442,7 @@ impl Ring {
                 continue;
             }
             if ready_for(st, pos) {
+                self.prefetch_message(pos, false);
                 // {pos + 1, IDLE | TOMBSTONE} → {pos + 1, me}: the message (or tombstone) is ours.
                 if slot
                     .state
@@ -408,8 +467,10 @@ impl Ring {
                 let (mut n, mut last) = (1u32, pos);
                 // `want > 1` first: the single `pop` (want = 1, inlined) reads no length here.
                 let mut more = want > 1 && !ends_run(slot, st);
+                let mut ahead = Prefetcher::new(self, pos, if more { want } else { 1 }, false);
                 while more && n < want {
                     let s = self.next(last);
+                    ahead.step();
                     let next_slot = self.slot(s);
                     let st = next_slot.state.load(Ordering::Relaxed);
                     if !ready_for(st, s)

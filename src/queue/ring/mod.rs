@@ -83,7 +83,17 @@
 //! the others to be encoded and copied (about a microsecond for 63 small raw messages; as long as the
 //! codec takes for slow ones). A message spilled to a block of its own publishes what precedes it
 //! first: its block and copy take far longer than the line transfers saved. Pop batches free their
-//! slots one by one: freeing them at the end measured no faster.
+//! slots one by one: freeing them at the end measured no faster (nor did a 16-byte slot head, two
+//! lines per 64 B message instead of three, on 2026-12-01).
+//!
+//! A run's lines were last written by the other process, so each claim misses; and a locked
+//! instruction lets no later load start before it completes, so those misses were taken one after
+//! another. A run therefore prefetches its slots [`PREFETCH_AHEAD`] ahead of its claims (never past
+//! `want`), and every claim, single or batch, prefetches the line its message starts on just before
+//! its CAS, so that that line's transfer overlaps the head line's (`sys::cpu`). Measured on
+//! 2026-12-01 between two processes pinned to the two CPUs (interleaved builds, 12 runs each, medians):
+//! 64 B in batches of 64 moved 25 M msgs/s against 18 M before; a single-message round trip between
+//! CPUs that share no core was 1.06 µs against 1.20 µs.
 //!
 //! # Deaths
 //! Claimers are judged dead only while every process attached to the ring lives in our pid namespace
@@ -141,6 +151,7 @@ use crate::sync::wait::{slice_until, Backoff, StuckWatch, WaitWord, MAX_CHECK};
 
 use crate::error::{Error, Result};
 use crate::region::{Region, ShmSafe};
+use crate::sys::cpu;
 use crate::sys::proc::{self, Identity};
 
 mod claim;
@@ -149,7 +160,7 @@ mod recover;
 mod tests;
 
 use claim::BatchAttempt;
-pub(crate) use claim::{PushBatch, MAX_BATCH};
+pub(crate) use claim::{PushBatch, Taken, MAX_BATCH};
 
 /// Folded into a queue's layout hash (in place of a size, which varies per queue): bump it whenever the
 /// meaning of a field of [`RingHeader`] or [`SlotHead`] changes, so that builds that disagree refuse to
@@ -261,6 +272,9 @@ const _: () = assert!(std::mem::size_of::<SlotHead>() == 64);
 unsafe impl ShmSafe for SlotHead {}
 
 const SLOT_HEAD: usize = std::mem::size_of::<SlotHead>();
+/// How many slots ahead of the one it claims a batch prefetches (`sys::cpu`): enough misses in flight
+/// to overlap, few enough that the lines are still there when the claim reaches them.
+const PREFETCH_AHEAD: u32 = 8;
 const HEADER: usize = std::mem::size_of::<RingHeader>();
 
 /// Records the calling thread's CPU in `cursor` for the other side's waiters ("Peers on one CPU").
@@ -283,6 +297,7 @@ pub(crate) struct Geometry {
 }
 
 impl Geometry {
+    /// Bytes from one slot to the next: whole cache lines, so that slots share none.
     fn stride(self) -> usize {
         (SLOT_HEAD + self.slot_size as usize).next_multiple_of(64)
     }
@@ -301,6 +316,8 @@ pub(crate) struct Ring {
     base: *mut u8,
     geo: Geometry,
     one_lap: u64,
+    /// `geo.stride()`, computed once: every slot access needs it.
+    stride: usize,
     /// `proc::monotonic_ms()` of this process's last survey of the ring ([`Ring::heal`]); process-local,
     /// so that a peer cannot make us skip or repeat surveys.
     last_survey_ms: AtomicU64,
@@ -433,6 +450,7 @@ impl Ring {
             base: region.as_ptr(),
             geo,
             one_lap,
+            stride: geo.stride(),
             last_survey_ms: AtomicU64::new(0),
             cpu_seen: [AtomicU64::new(0), AtomicU64::new(0)],
         })
@@ -457,7 +475,7 @@ impl Ring {
         if index >= cap {
             index %= cap;
         }
-        let off = HEADER + index as usize * self.geo.stride();
+        let off = HEADER + index as usize * self.stride;
         // SAFETY: index < capacity, so [off, off + stride) lies inside the payload (payload_size was
         // checked against the region); off is a multiple of 64 from a 64-aligned base; SlotHead is atomics.
         unsafe { &*(self.base.add(off) as *const SlotHead) }
@@ -467,6 +485,28 @@ impl Ring {
     #[inline]
     fn data(slot: &SlotHead) -> *mut u8 {
         (slot as *const SlotHead as *mut u8).wrapping_add(SLOT_HEAD)
+    }
+
+    /// Prefetches the slot of stamp `s`: its head line for writing (a claim writes it), and the line
+    /// its message starts on ([`Ring::prefetch_message`]).
+    #[inline(always)]
+    fn prefetch_slot(&self, s: u64, fill: bool) {
+        cpu::prefetch_for_write(self.slot(s) as *const SlotHead as *const u8);
+        self.prefetch_message(s, fill);
+    }
+
+    /// Prefetches the first line of the message in the slot of stamp `s` (a longer message is copied by
+    /// `memcpy`, which streams): for writing when we are about to fill it (`fill`), for reading when
+    /// about to read it. Issued before the claim's compare-and-swap, this line's transfer overlaps the
+    /// head line's, where after it the two would be taken one after the other.
+    #[inline(always)]
+    fn prefetch_message(&self, s: u64, fill: bool) {
+        let data = Self::data(self.slot(s));
+        if fill {
+            cpu::prefetch_for_write(data);
+        } else {
+            cpu::prefetch_for_read(data);
+        }
     }
 
     #[inline]
