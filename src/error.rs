@@ -400,6 +400,10 @@ pub enum FileProblem {
     /// The file is not the one a handle named any more (replaced, or resized).
     #[error("it changed since it was opened: {0}")]
     Changed(String),
+    /// This process maps the file writable already, or a writable mapping was asked for while it
+    /// maps the file already: two mappings of one file, one of them writable, would alias a `&mut`.
+    #[error("this process maps it already, and one of the two mappings would be writable")]
+    MappedWritable,
     /// An image that cannot be decoded or encoded (the `image` crate's message).
     #[error("image: {0}")]
     Image(String),

@@ -17,6 +17,9 @@ use crate::sys::filemap::FileId;
 /// What a chunk is, as it travels to a worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct ChunkHandle {
+    /// Absolute (made so by `MappedArray::chunks`: a worker's working directory may differ), and
+    /// carried as the OS's bytes: a file name need not be UTF-8.
+    #[serde(with = "path_as_bytes")]
     pub(super) path: PathBuf,
     pub(super) id: FileId,
     pub(super) facts: Facts,
@@ -26,6 +29,53 @@ pub(super) struct ChunkHandle {
     /// Element range, in memory order.
     pub(super) start: usize,
     pub(super) end: usize,
+}
+
+/// A path as the bytes the OS knows it by. Decoding refuses what no open could take anyway (a NUL
+/// byte, more than `PATH_MAX` bytes), so a forged handle names at most an ordinary path.
+mod path_as_bytes {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::path::{Path, PathBuf};
+
+    use serde::de::Error as _;
+    use serde::{Deserializer, Serializer};
+
+    /// `PATH_MAX` on Linux, terminating NUL included.
+    const PATH_MAX: usize = 4096;
+
+    pub(super) fn serialize<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(path.as_os_str().as_bytes())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        let bytes = serde_bytes_vec(d)?;
+        if bytes.len() >= PATH_MAX || bytes.contains(&0) {
+            return Err(D::Error::custom(
+                "a chunk's path is longer than PATH_MAX or holds a NUL byte",
+            ));
+        }
+        Ok(PathBuf::from(OsString::from_vec(bytes)))
+    }
+
+    /// Bytes as `serialize_bytes` wrote them (postcard: a length, then the bytes; the length is
+    /// bounded by the message that holds them).
+    fn serde_bytes_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct Bytes;
+        impl<'de> serde::de::Visitor<'de> for Bytes {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a path's bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_bytes(Bytes)
+    }
 }
 
 /// A chunk of a [`MappedArray`](super::MappedArray), as a pool task receives it: the worker has mapped the file itself

@@ -39,9 +39,19 @@
 //! ([`MappedArray::chunks`] panics on it): workers could otherwise read elements this process is
 //! writing. Lend a read-only mapping; write results with [`write_npy`] or into a
 //! [`SharedArray`](crate::SharedArray).
+//!
+//! A writable mapping is also the only mapping of its file in this process: opening a file (by any
+//! path or hard link: files are told apart by device and inode) that this process maps writable, or
+//! opening writable a file it maps already, is [`FileProblem::MappedWritable`]. Its
+//! [`as_mut_slice`](MappedArray::as_mut_slice) is a `&mut [T]`, and a `&[T]` of the same bytes
+//! through a second mapping would break Rust's aliasing rules in safe code. Other processes writing
+//! the file are outside what this process can check, as for any `MAP_SHARED` file (or `np.memmap`):
+//! what they write shows in the mapping, elements of a `Pod` type accept any bytes, and the views
+//! never reach outside the file's length as it was at open.
 
 mod chunk;
 mod header;
+mod holds;
 #[cfg(test)]
 mod tests;
 
@@ -60,6 +70,7 @@ use crate::sys::filemap::{self, FileId, FileMap};
 use chunk::ChunkHandle;
 pub use chunk::NpyChunk;
 use header::{facts, read_npy_header, Facts};
+use holds::MappingHold;
 
 /// The longest header read (bytes after the 8-byte magic and version). numpy writes a few hundred
 /// bytes; its own reader refuses more than 10 000 unless told otherwise.
@@ -133,6 +144,9 @@ struct Mapped {
     /// The element type it was validated for (its numpy descriptor): a mapping validated for one
     /// type is never reused for another.
     descr: String,
+    /// Its entry among this process's mappings of the file: dropped after `map` (fields drop in
+    /// order), so the file is not taken for unmapped while it still is.
+    _hold: MappingHold,
 }
 
 impl Mapped {
@@ -145,6 +159,8 @@ impl Mapped {
         raw: Option<(NdLayout, usize)>,
     ) -> Result<Mapped> {
         let (file, id) = filemap::open_regular(path, writable)?;
+        let hold = MappingHold::take(id.dev, id.ino, writable)
+            .ok_or_else(|| bad(path, FileProblem::MappedWritable))?;
         let is_raw = raw.is_some();
         let facts = match raw {
             None => read_npy_header::<T>(path, &file, id.len, order)?,
@@ -173,6 +189,7 @@ impl Mapped {
             facts,
             raw: is_raw,
             descr: T::descr(),
+            _hold: hold,
         })
     }
 
@@ -642,8 +659,15 @@ impl<T: Element> MappedArray<T> {
 /// Fortran-contiguous array is written in its memory order with one `write` of its bytes; any other
 /// layout is first copied into C order.
 ///
+/// The file is written beside `path` under a temporary name and renamed over it (through a symbolic
+/// link, over the link's target), so `path` never names a half-written file, and a process that maps
+/// the old file (this one included: a [`MappedArray`] of it, a worker's chunk) keeps its old contents:
+/// truncating a mapped file in place would kill whoever touches the lost pages (`SIGBUS`). A file
+/// that existed keeps its permission bits, not its inode (hard links to it keep the old contents). Like
+/// `np.save`, nothing is synced to disk.
+///
 /// # Errors
-/// [`Error::Os`] if the file cannot be written.
+/// [`Error::Os`] if the file cannot be written (its temporary file is removed).
 ///
 /// # Examples
 /// ```
@@ -689,8 +713,53 @@ where
             .begin_nd()
             .map_err(io)?,
     );
-    let mut file = File::create(path.as_ref()).map_err(|e| Error::os("create", e))?;
-    file.write_all(&header).map_err(io)?;
-    file.write_all(bytemuck::cast_slice(data)).map_err(io)?;
-    Ok(())
+    let target = replaced_file(path.as_ref());
+    let (mut file, temp) = create_beside(&target)?;
+    let written = file
+        .write_all(&header)
+        .and_then(|()| file.write_all(bytemuck::cast_slice(data)))
+        .map_err(io)
+        .and_then(|()| {
+            if let Ok(old) = std::fs::metadata(&target) {
+                file.set_permissions(old.permissions())
+                    .map_err(|e| Error::os("fchmod", e))?;
+            }
+            std::fs::rename(&temp, &target).map_err(|e| Error::os("rename", e))
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
+}
+
+/// The file [`write_npy`] replaces for `path`: the target of a symbolic link (so the link stays one),
+/// else `path` itself.
+fn replaced_file(path: &Path) -> PathBuf {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+        }
+        _ => path.to_path_buf(),
+    }
+}
+
+/// A new file in `target`'s directory, named after it, that nobody else has opened (`O_EXCL`).
+fn create_beside(target: &Path) -> Result<(File, PathBuf)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = target.file_name().unwrap_or_default().to_string_lossy();
+    loop {
+        let mut temp = target.to_path_buf();
+        temp.set_file_name(format!(
+            ".{name}.{}.{}.mproc-tmp",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        match File::options().write(true).create_new(true).open(&temp) {
+            Ok(f) => return Ok((f, temp)),
+            // A leftover of a process that had our pid: take the next name.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::os("create", e)),
+        }
+    }
 }

@@ -204,7 +204,8 @@ fn written_files_read_back_and_writable_mappings_persist() {
     write_npy(&t.0, &a).unwrap();
     let m = MappedArray::<i16>::open_npy(&t.0).unwrap();
     assert_eq!((m.order(), m.view()), (Order::Fortran, a.view().into_dyn()));
-    // Neither C nor Fortran contiguous: written in C order.
+    drop(m); // a file is mapped writable only while nothing else in this process maps it
+             // Neither C nor Fortran contiguous: written in C order.
     let every_other = a.slice(::ndarray::s![..;2, ..]);
     let t2 = Temp::new("npy");
     write_npy(&t2.0, &every_other).unwrap();
@@ -233,6 +234,82 @@ fn written_files_read_back_and_writable_mappings_persist() {
         problem(MappedArray::<u32>::options().open_raw(&raw.0, &[3, 4], 2)),
         FileProblem::Length { .. }
     ));
+}
+
+#[test]
+fn a_writable_mapping_is_the_only_mapping_of_its_file() {
+    let t = Temp::new("npy");
+    write_npy(&t.0, &::ndarray::array![1u32, 2, 3]).unwrap();
+    let link = Temp::new("npy");
+    std::fs::hard_link(&t.0, &link.0).unwrap();
+    let writable = || MappedArray::<u32>::options().writable(true).open_npy(&t.0);
+    // A reader (through another name of the same inode) keeps writers out...
+    let r = MappedArray::<u32>::open_npy(&link.0).unwrap();
+    assert_eq!(problem(writable()), FileProblem::MappedWritable);
+    // ...and its chunks (which share its mapping) too, until the last is gone.
+    let chunks = r.chunks(1);
+    drop(r);
+    assert_eq!(problem(writable()), FileProblem::MappedWritable);
+    drop(chunks);
+    // A writer keeps everyone out, readers and writers, by any name.
+    let mut w = writable().unwrap();
+    assert_eq!(
+        problem(MappedArray::<u32>::open_npy(&link.0)),
+        FileProblem::MappedWritable
+    );
+    assert_eq!(problem(writable()), FileProblem::MappedWritable);
+    w.as_mut_slice()[0] = 7;
+    drop(w);
+    // Readers share.
+    let (a, b) = (
+        MappedArray::<u32>::open_npy(&t.0).unwrap(),
+        MappedArray::<u32>::open_npy(&link.0).unwrap(),
+    );
+    assert_eq!(
+        (a.as_slice(), b.as_slice()),
+        (&[7, 2, 3][..], &[7, 2, 3][..])
+    );
+}
+
+#[test]
+fn write_npy_replaces_a_mapped_file_without_touching_its_mapping() {
+    let dir = Temp::new("dir");
+    std::fs::create_dir(&dir.0).unwrap();
+    let path = dir.0.join("a.npy");
+    write_npy(&path, &::ndarray::array![1.0f64, 2.0, 3.0]).unwrap();
+    let old = MappedArray::<f64>::open_npy(&path).unwrap();
+    // The same size: written in place, the old mapping would show the new values (and a shorter
+    // file would have been truncated under it: SIGBUS).
+    write_npy(&path, &::ndarray::array![4.0f64, 5.0, 6.0]).unwrap();
+    assert_eq!(
+        old.as_slice(),
+        [1.0, 2.0, 3.0],
+        "the old mapping keeps the old file"
+    );
+    let new = MappedArray::<f64>::open_npy(&path).unwrap();
+    assert_eq!(new.as_slice(), [4.0, 5.0, 6.0]);
+    // A link stays a link, and its target is what is replaced; no temporary file is left.
+    let link = dir.0.join("link.npy");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    write_npy(&link, &::ndarray::array![7.0f64]).unwrap();
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        MappedArray::<f64>::open_npy(&path).unwrap().as_slice(),
+        [7.0]
+    );
+    let mut names: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a.npy", "link.npy"]);
+    drop((old, new));
+    std::fs::remove_file(&link).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_dir(&dir.0).unwrap();
 }
 
 fn chunk_col_sums(c: NpyChunk<f64>) -> (usize, Vec<f64>) {
@@ -387,4 +464,40 @@ fn headers_found_by_fuzzing_are_typed_errors() {
     let ok = "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 0), }";
     let a = MappedArray::<f64>::open_npy(&Temp::with(&npy_v1(ok, &[])).0).unwrap();
     assert_eq!(a.view().shape(), &[2, 0]);
+}
+
+#[test]
+fn a_file_whose_name_is_not_utf8_is_lent_to_workers() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = Temp::new("dir");
+    std::fs::create_dir(&dir.0).unwrap();
+    let path = dir.0.join(std::ffi::OsStr::from_bytes(b"caf\xe9.npy"));
+    write_npy(&path, &Array2::<f64>::ones((4, 2))).unwrap();
+    let a = MappedArray::<f64>::open_npy(&path).unwrap();
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let parts = pool.map(chunk_col_sums, a.chunks(3)).unwrap();
+    assert_eq!(parts, [(0, vec![3.0, 3.0]), (3, vec![1.0, 1.0])]);
+    drop(a);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_dir(&dir.0).unwrap();
+}
+
+#[test]
+fn chunk_handles_naming_impossible_paths_do_not_decode() {
+    use std::os::unix::ffi::OsStringExt;
+    let a = MappedArray::<f64>::open_npy(fixture("f8_c_3x4.npy")).unwrap();
+    let chunk = a.chunks(1).remove(0);
+    let decode = |path: Vec<u8>| {
+        let mut h = chunk.handle.clone();
+        h.path = std::ffi::OsString::from_vec(path).into();
+        let bytes = postcard::to_allocvec(&h).unwrap();
+        postcard::from_bytes::<NpyChunk<f64>>(&bytes).map(|c| c.as_slice().len())
+    };
+    // The honest handle, re-encoded, attaches; a NUL byte or a path past PATH_MAX does not decode.
+    assert_eq!(
+        decode(chunk.handle.path.clone().into_os_string().into_vec()).unwrap(),
+        4
+    );
+    assert!(decode(b"/tmp/a\0b.npy".to_vec()).is_err());
+    assert!(decode([b"/".as_slice(), &[b'a'; 5000]].concat()).is_err());
 }
