@@ -404,15 +404,22 @@ impl<T: Pod, D: Dimension> SharedNdArray<T, D> {
             .expect("the length was checked against the shape when the array was made")
     }
 
-    /// Index range of chunk-axis indices a task covers, in elements.
+    /// Index range of chunk-axis indices a task covers, in elements: `chunk` indices, capped to the
+    /// whole array (a huge `chunk` is one task, not an overflow). `None` only for an array without
+    /// elements, which has no chunks.
     fn chunk_elems(&self, chunk: usize) -> Option<usize> {
-        self.layout().inner()?.checked_mul(chunk)
+        let inner = self.layout().inner().filter(|&i| i > 0)?;
+        // The length is a whole number of `inner`s (checked when the array was made), so the
+        // product is at most the length.
+        let outer = self.data.len() / inner;
+        inner.checked_mul(chunk.min(outer)).filter(|&e| e > 0)
     }
 
     /// `f` on consecutive chunks of `chunk` indices along the outer axis in memory (rows of a C-order
     /// matrix, columns of a Fortran-order one; see the [module docs](self)), one result per chunk, in
     /// order. Each worker gets an `ArrayView` of its chunk, made over the shared memory in place:
-    /// only (region, offset, range) and the shape travel. An array without elements has no chunks.
+    /// only (region, offset, range) and the shape travel. A `chunk` past the axis's length
+    /// (`usize::MAX`, say) is one task over the whole array; an array without elements has no chunks.
     ///
     /// `f` must be a `fn` item or a closure that captures nothing (it is re-created in the worker
     /// from its type).
@@ -458,7 +465,7 @@ impl<T: Pod, D: Dimension> SharedNdArray<T, D> {
         }
         let elems = self
             .chunk_elems(chunk)
-            .ok_or_else(|| shape_err("chunk size overflows"))?;
+            .ok_or_else(|| shape_err("the shape's size overflows"))?;
         pool.map_chunks_with(&self.data, elems, &self.layout(), task)
     }
 
@@ -513,7 +520,7 @@ impl<T: Pod, D: Dimension> SharedNdArray<T, D> {
         }
         let elems = output
             .chunk_elems(chunk)
-            .ok_or_else(|| shape_err("chunk size overflows"))?;
+            .ok_or_else(|| shape_err("the shape's size overflows"))?;
         let layouts = (self.layout(), output.layout());
         pool.transform_with(&self.data, &mut output.data, elems, &layouts, task)
     }
@@ -728,6 +735,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A chunk past the outer axis's length (up to `usize::MAX`, whose size in elements overflows)
+    /// is one chunk of the whole array, in both orders and for both calls (it was a `Shape` error).
+    #[test]
+    fn huge_chunk_sizes_are_capped_to_the_whole_array() {
+        let pool = Pool::builder().workers(1).build().unwrap();
+        let a = sample((7, 13), false);
+        let c = SharedNdArray::from_ndarray(&a).unwrap();
+        let f = SharedNdArray::from_ndarray(&sample((7, 13), true)).unwrap();
+        assert_eq!(f.order(), Order::Fortran);
+        assert_eq!(c.chunk_elems(7), Some(91), "7 rows");
+        for chunk in [13, 14, usize::MAX / 2, usize::MAX] {
+            assert_eq!(c.chunk_elems(chunk), Some(91), "C, chunk {chunk}");
+            assert_eq!(f.chunk_elems(chunk), Some(91), "Fortran, chunk {chunk}");
+        }
+        assert_eq!(c.chunk_elems(2), Some(26));
+        assert_eq!(
+            c.map_axis_chunks(&pool, usize::MAX, col_sums).unwrap(),
+            [a.sum_axis(Axis(0)).to_vec()]
+        );
+        assert_eq!(
+            f.map_axis_chunks(&pool, usize::MAX, row_sums).unwrap(),
+            [a.sum_axis(Axis(1)).to_vec()]
+        );
+        let mut out = SharedNdArray::zeros((7, 13), Order::C).unwrap();
+        c.transform_axis_chunks(&pool, &mut out, usize::MAX, negate_and_index)
+            .unwrap();
+        let mut want = Array2::zeros((7, 13));
+        negate_and_index(a.view(), want.view_mut(), 0);
+        assert_eq!(out.view(), want.view());
     }
 
     fn negate_and_index(input: ArrayView2<'_, i64>, mut out: ArrayViewMut2<'_, i64>, first: usize) {

@@ -598,8 +598,9 @@ impl<T: Element> MappedArray<T> {
 
     /// The array cut into chunks of `chunk` indices along its outer axis in memory (rows of a C-order
     /// array, columns of a Fortran-order one), to hand to a pool's workers: `pool.map(f, a.chunks(n))`
-    /// with `f: fn(NpyChunk<T>) -> R`. Each worker maps the file and reads its chunk in place. An
-    /// array without elements has no chunks.
+    /// with `f: fn(NpyChunk<T>) -> R`. Each worker maps the file and reads its chunk in place. A
+    /// `chunk` past the axis's length (`usize::MAX`, say) is one chunk of the whole array; an array
+    /// without elements has no chunks.
     ///
     /// # Panics
     /// If `chunk` is 0, or the file was mapped writable (workers would read what this process
@@ -630,14 +631,23 @@ impl<T: Element> MappedArray<T> {
             "a writable mapping is not lent to workers: open the file read-only"
         );
         let facts = &self.mapped.facts;
-        let inner = facts.layout.inner().unwrap_or(0);
-        let Some(step) = inner.checked_mul(chunk).filter(|&s| s > 0) else {
+        // Elements per index of the chunked axis; none (or an overflow, refused at open unless
+        // another axis is empty) means no elements.
+        let Some(inner) = facts.layout.inner().filter(|&i| i > 0) else {
+            return Vec::new();
+        };
+        // A chunk past the axis's length is the whole array: `chunk * inner` may overflow, and
+        // `len` is a whole number of `inner`s, so the step is at most `len` and never overflows.
+        let Some(step) = inner
+            .checked_mul(chunk.min(facts.len / inner))
+            .filter(|&s| s > 0)
+        else {
             return Vec::new();
         };
         let path = std::path::absolute(&self.mapped.path).unwrap_or(self.mapped.path.clone());
         (0..facts.len.div_ceil(step))
             .map(|i| {
-                let start = i * step;
+                let start = i * step; // < len: `i < len / step` rounded up
                 NpyChunk {
                     handle: ChunkHandle {
                         path: path.clone(),
@@ -645,7 +655,7 @@ impl<T: Element> MappedArray<T> {
                         facts: facts.clone(),
                         raw: self.mapped.raw,
                         start,
-                        end: (start + step).min(facts.len),
+                        end: start + step.min(facts.len - start),
                     },
                     mapped: Ok(self.mapped.clone()),
                     _t: PhantomData,

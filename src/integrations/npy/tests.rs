@@ -501,3 +501,28 @@ fn chunk_handles_naming_impossible_paths_do_not_decode() {
     assert!(decode(b"/tmp/a\0b.npy".to_vec()).is_err());
     assert!(decode([b"/".as_slice(), &[b'a'; 5000]].concat()).is_err());
 }
+
+/// A chunk size past the array's outer length (up to `usize::MAX`, whose size in elements overflows)
+/// is one chunk of the whole array (it was no chunk at all when the product overflowed).
+#[test]
+fn huge_chunk_sizes_are_capped_to_the_whole_array() {
+    let a = MappedArray::<f64>::open_npy(fixture("f8_c_3x4.npy")).unwrap();
+    for chunk in [3, 4, 1 << 40, usize::MAX / 4 + 1, usize::MAX] {
+        let chunks = a.chunks(chunk);
+        assert_eq!(chunks.len(), 1, "chunk {chunk}");
+        let h = &chunks[0].handle;
+        assert_eq!((h.start, h.end), (0, 12), "chunk {chunk}");
+        assert_eq!(chunks[0].view().shape(), &[3, 4]);
+    }
+    let f = MappedArray::<f64>::open_npy(fixture("f8_fortran_3x4.npy")).unwrap();
+    let chunks = f.chunks(usize::MAX);
+    assert_eq!(chunks.len(), 1);
+    assert_eq!(chunks[0].view().shape(), &[3, 4]);
+    let t = Temp::new("npy");
+    write_npy(&t.0, &::ndarray::array![1u8, 2, 3]).unwrap();
+    let flat = MappedArray::<u8>::open_npy(&t.0).unwrap();
+    for chunk in [2, usize::MAX] {
+        let ends: Vec<_> = flat.chunks(chunk).iter().map(|c| c.handle.end).collect();
+        assert_eq!(ends, if chunk == 2 { vec![2, 3] } else { vec![3] });
+    }
+}
