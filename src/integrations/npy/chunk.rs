@@ -291,13 +291,36 @@ fn raw_of(h: &ChunkHandle) -> Option<(NdLayout, usize)> {
 /// same file reuse the mapping (and its page tables). Bounded, like the heap's foreign arenas.
 const CACHED_FILES: usize = 4;
 
+/// The cache: each entry is a reference to a mapping, cloned only under this lock, so an entry whose
+/// reference is the only one (`Arc::strong_count == 1`, read under the lock) is used by no chunk and
+/// cannot become used while the lock is held.
+fn cache() -> &'static Mutex<VecDeque<Arc<Mapped>>> {
+    static CACHE: OnceLock<Mutex<VecDeque<Arc<Mapped>>>> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(VecDeque::new()))
+}
+
+/// Lets go of the cached mappings of the file `(dev, ino)` that no chunk uses, so that this process
+/// may map it writable (a writable mapping must be its file's only one): a worker that was lent
+/// chunks of a file would otherwise refuse to open it writable for as long as it lives.
+pub(super) fn release_unused(dev: u64, ino: u64) {
+    let unused: VecDeque<Arc<Mapped>> = {
+        let mut c = cache().lock().unwrap_or_else(|e| e.into_inner());
+        let (unused, kept) = c
+            .drain(..)
+            .partition(|m| (m.id.dev, m.id.ino) == (dev, ino) && Arc::strong_count(m) == 1);
+        *c = kept;
+        unused
+    };
+    // Dropped outside the cache's lock: unmapping gives the mapping's hold back under its own lock.
+    drop(unused);
+}
+
 fn cached(
     h: &ChunkHandle,
     descr: &str,
     open: impl FnOnce() -> Result<Mapped>,
 ) -> Result<Arc<Mapped>> {
-    static CACHE: OnceLock<Mutex<VecDeque<Arc<Mapped>>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(|| Mutex::new(VecDeque::new()));
+    let cache = cache();
     let hit = {
         let c = cache.lock().unwrap_or_else(|e| e.into_inner());
         c.iter()

@@ -42,7 +42,9 @@
 //!
 //! A writable mapping is also the only mapping of its file in this process: opening a file (by any
 //! path or hard link: files are told apart by device and inode) that this process maps writable, or
-//! opening writable a file it maps already, is [`FileProblem::MappedWritable`]. Its
+//! opening writable a file it maps already, is [`FileProblem::MappedWritable`] (the mappings a pool
+//! worker caches for chunks it was lent count only while a chunk uses them: the others are let go of
+//! when the file is opened writable). Its
 //! [`as_mut_slice`](MappedArray::as_mut_slice) is a `&mut [T]`, and a `&[T]` of the same bytes
 //! through a second mapping would break Rust's aliasing rules in safe code. Other processes writing
 //! the file are outside what this process can check, as for any `MAP_SHARED` file (or `np.memmap`):
@@ -159,8 +161,17 @@ impl Mapped {
         raw: Option<(NdLayout, usize)>,
     ) -> Result<Mapped> {
         let (file, id) = filemap::open_regular(path, writable)?;
-        let hold = MappingHold::take(id.dev, id.ino, writable)
-            .ok_or_else(|| bad(path, FileProblem::MappedWritable))?;
+        let hold = match MappingHold::take(id.dev, id.ino, writable) {
+            Some(hold) => hold,
+            // Mappings a worker caches for chunks of the file it was lent, and that no chunk uses
+            // any more, must not keep a writer out for good: let them go and ask again.
+            None if writable => {
+                chunk::release_unused(id.dev, id.ino);
+                MappingHold::take(id.dev, id.ino, writable)
+                    .ok_or_else(|| bad(path, FileProblem::MappedWritable))?
+            }
+            None => return Err(bad(path, FileProblem::MappedWritable)),
+        };
         let is_raw = raw.is_some();
         let facts = match raw {
             None => read_npy_header::<T>(path, &file, id.len, order)?,

@@ -526,3 +526,32 @@ fn huge_chunk_sizes_are_capped_to_the_whole_array() {
         assert_eq!(ends, if chunk == 2 { vec![2, 3] } else { vec![3] });
     }
 }
+
+/// A worker keeps the mappings of files it was lent in its cache; a task that then opens one of those
+/// files writable must not be refused for good (`MappedWritable`) by mappings no chunk uses any more.
+#[test]
+fn opening_writable_releases_unused_cached_mappings() {
+    let t = Temp::new("npy");
+    write_npy(&t.0, &::ndarray::array![1u32, 2, 3]).unwrap();
+    let handle = MappedArray::<u32>::open_npy(&t.0)
+        .unwrap()
+        .chunks(3)
+        .remove(0)
+        .handle;
+    // As in a worker: attached through the cache, which keeps the mapping after the chunk is gone.
+    let attached = NpyChunk::<u32>::attach(handle).unwrap();
+    let writable = || MappedArray::<u32>::options().writable(true).open_npy(&t.0);
+    assert_eq!(
+        problem(writable()),
+        FileProblem::MappedWritable,
+        "a mapping in use still keeps writers out"
+    );
+    drop(attached);
+    let mut w = writable().expect("the cache let go of its unused mapping");
+    w.as_mut_slice()[0] = 9;
+    drop(w);
+    assert_eq!(
+        MappedArray::<u32>::open_npy(&t.0).unwrap().as_slice(),
+        [9, 2, 3]
+    );
+}
