@@ -59,6 +59,10 @@ pub fn tests() -> Vec<Trial> {
             "npy_worker_killed_mid_map_fails_that_chunk",
             npy::killed_worker,
         ),
+        t(
+            "npy_worker_does_not_serve_a_cached_mapping_of_a_changed_file",
+            npy::replaced_file,
+        ),
     ]);
     #[cfg(feature = "ndarray")]
     trials.push(t(
@@ -338,7 +342,7 @@ mod awaited {
 #[cfg(feature = "npy")]
 mod npy {
     use mproc::integrations::npy::{write_npy, MappedArray, NpyChunk};
-    use mproc::Pool;
+    use mproc::{Error, Pool};
     use ndarray::{Array2, Axis, Ix2, ShapeBuilder};
 
     use super::{assert_killed, die};
@@ -423,6 +427,29 @@ mod npy {
                 assert_eq!(r.as_ref().expect("a live worker's chunk"), &40.0);
             }
         }
+    }
+
+    /// A worker keeps the mapping of a file it was lent; when the path is then given to another file
+    /// (`write_npy` renames a new one over it), a chunk of the old array is refused as "changed" just
+    /// as it is by a worker that never mapped it, instead of being served from the cached mapping.
+    pub fn replaced_file() {
+        // One worker: the second map goes to the worker whose cache holds the first's mapping.
+        let pool = Pool::builder().workers(1).build().expect("pool");
+        let file = temp("npy-replaced");
+        write_npy(&file.0, &Array2::<f64>::ones((4, 2))).expect("write");
+        let old = MappedArray::<f64>::open_npy(&file.0).expect("map");
+        let parts = pool.map(sums, old.chunks(4)).expect("first map");
+        assert_eq!(parts, [(0, vec![4.0, 4.0])]);
+        // Same shape and length; another inode (the old one lives on under `old`'s mapping).
+        write_npy(&file.0, &Array2::<f64>::from_elem((4, 2), 2.0)).expect("rewrite");
+        let r = pool.map(sums, old.chunks(4));
+        assert!(
+            matches!(&r, Err(Error::TaskPanicked { message, .. }) if message.contains("changed")),
+            "a chunk of the replaced file was served: {r:?}"
+        );
+        let new = MappedArray::<f64>::open_npy(&file.0).expect("map the new file");
+        let parts = pool.map(sums, new.chunks(4)).expect("map of the new file");
+        assert_eq!(parts, [(0, vec![8.0, 8.0])]);
     }
 }
 

@@ -12,7 +12,7 @@ use super::header::Facts;
 use super::{bad, Element, Mapped};
 use crate::error::{Error, FileProblem, Result};
 use crate::integrations::ndarray::{NdLayout, Order};
-use crate::sys::filemap::FileId;
+use crate::sys::filemap::{self, FileId};
 
 /// What a chunk is, as it travels to a worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -288,7 +288,8 @@ fn raw_of(h: &ChunkHandle) -> Option<(NdLayout, usize)> {
 }
 
 /// Mappings a worker keeps for the files its chunks name, most recently used last: tasks over the
-/// same file reuse the mapping (and its page tables). Bounded, like the heap's foreign arenas.
+/// same file reuse the mapping (and its page tables) while the chunk's path still names the file that
+/// was mapped (checked on every hit). Bounded, like the heap's foreign arenas.
 const CACHED_FILES: usize = 4;
 
 /// The cache: each entry is a reference to a mapping, cloned only under this lock, so an entry whose
@@ -332,6 +333,20 @@ fn cached(
                     && m.descr == descr
             })
             .cloned()
+    };
+    // The hit is the file the path named when it was mapped; the path may name another file now
+    // (`write_npy` renames a new one over it), which a fresh open refuses as changed: so must a hit.
+    // Stat'ed outside the lock; a stale entry is dropped from the cache (and unmapped) here.
+    let hit = match hit {
+        Some(m) if filemap::id_at(&h.path).is_ok_and(|now| now == (m.id.dev, m.id.ino)) => Some(m),
+        Some(stale) => {
+            let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+            c.retain(|x| !Arc::ptr_eq(x, &stale));
+            drop(c);
+            drop(stale);
+            None
+        }
+        None => None,
     };
     let m = match hit {
         Some(m) => m,

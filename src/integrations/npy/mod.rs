@@ -25,7 +25,8 @@
 //!   and a file whose length is not exactly header + data ([`FileProblem::Length`]: truncated, or a
 //!   header that lies about the shape);
 //! - in a worker, checks the file is still the one the parent opened (device, inode, length,
-//!   modification time) and that the chunk's range lies inside it.
+//!   modification time) and that the chunk's range lies inside it; a mapping the worker kept from an
+//!   earlier chunk is reused only while the chunk's path still names the file it maps.
 //!
 //! # A file truncated under a mapping
 //! Files cannot be sealed: if another process truncates a mapped file, touching a page past its new

@@ -555,3 +555,28 @@ fn opening_writable_releases_unused_cached_mappings() {
         [9, 2, 3]
     );
 }
+
+/// A cache hit re-checks that the chunk's path still names the file that was mapped: a file replaced
+/// (by `write_npy`'s rename) is refused as it is without the cache, never served from the old mapping.
+#[test]
+fn a_cached_mapping_of_a_replaced_file_is_not_served() {
+    let t = Temp::new("npy");
+    write_npy(&t.0, &::ndarray::array![1.0f64, 2.0]).unwrap();
+    let a = MappedArray::<f64>::open_npy(&t.0).unwrap();
+    let handle = a.chunks(2).remove(0).handle;
+    let first = NpyChunk::<f64>::attach(handle.clone()).unwrap();
+    assert_eq!(first.slice::<f64>(0..2), [1.0, 2.0]);
+    drop(first);
+    write_npy(&t.0, &::ndarray::array![3.0f64, 4.0]).unwrap();
+    let again = NpyChunk::<f64>::attach(handle);
+    assert!(
+        matches!(
+            &again,
+            Err(Error::BadFile {
+                problem: FileProblem::Changed(_),
+                ..
+            })
+        ),
+        "{again:?}"
+    );
+}
