@@ -11,7 +11,10 @@ use crate::common::{self, Role};
 #[allow(unused_imports)]
 use crate::pool::BOUND;
 
-pub const ROLES: &[Role] = &[];
+pub const ROLES: &[Role] = &[
+    #[cfg(feature = "npy")]
+    ("ecosystem_npy_relative_path", npy::relative_path_role),
+];
 
 pub fn tests() -> Vec<Trial> {
     #[allow(unused_variables)]
@@ -62,6 +65,10 @@ pub fn tests() -> Vec<Trial> {
         t(
             "npy_worker_does_not_serve_a_cached_mapping_of_a_changed_file",
             npy::replaced_file,
+        ),
+        t(
+            "npy_relative_path_is_resolved_when_opened",
+            npy::relative_path,
         ),
     ]);
     #[cfg(feature = "ndarray")]
@@ -347,6 +354,7 @@ mod npy {
 
     use super::{assert_killed, die};
     use crate::common;
+    use crate::pool::BOUND;
 
     /// A file in the temporary directory, removed when dropped.
     struct Temp(std::path::PathBuf);
@@ -450,6 +458,32 @@ mod npy {
         let new = MappedArray::<f64>::open_npy(&file.0).expect("map the new file");
         let parts = pool.map(sums, new.chunks(4)).expect("map of the new file");
         assert_eq!(parts, [(0, vec![8.0, 8.0])]);
+    }
+
+    /// Runs [`relative_path_role`] in a process of its own: it changes its working directory.
+    pub fn relative_path() {
+        common::run_role_ok("ecosystem_npy_relative_path", "", BOUND);
+    }
+
+    /// Opens `a.npy` by a relative path, then changes directory to one holding another `a.npy` before
+    /// lending chunks: the chunks name the file that was opened (the path was made absolute at open).
+    pub fn relative_path_role(_: &str) {
+        let pool = Pool::builder().workers(1).build().expect("pool");
+        let base = std::env::temp_dir().join(common::unique_name("npy-rel"));
+        let (here, there) = (base.join("here"), base.join("there"));
+        for dir in [&here, &there] {
+            std::fs::create_dir_all(dir).expect("mkdir");
+        }
+        write_npy(here.join("a.npy"), &Array2::<f64>::ones((4, 2))).expect("write");
+        write_npy(there.join("a.npy"), &Array2::<f64>::from_elem((4, 2), 3.0)).expect("write");
+        std::env::set_current_dir(&here).expect("chdir");
+        let a = MappedArray::<f64>::open_npy("a.npy").expect("map");
+        std::env::set_current_dir(&there).expect("chdir");
+        let parts = pool.map(sums, a.chunks(2)).expect("map after chdir");
+        assert_eq!(parts, [(0, vec![2.0, 2.0]), (2, vec![2.0, 2.0])]);
+        drop(a);
+        std::env::set_current_dir("/").expect("chdir");
+        std::fs::remove_dir_all(&base).expect("clean up");
     }
 }
 

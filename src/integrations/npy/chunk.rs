@@ -17,8 +17,8 @@ use crate::sys::filemap::{self, FileId};
 /// What a chunk is, as it travels to a worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct ChunkHandle {
-    /// Absolute (made so by `MappedArray::chunks`: a worker's working directory may differ), and
-    /// carried as the OS's bytes: a file name need not be UTF-8.
+    /// Absolute (made so when the array was opened: a worker's working directory may differ; a
+    /// relative one does not decode), and carried as the OS's bytes: a file name need not be UTF-8.
     #[serde(with = "path_as_bytes")]
     pub(super) path: PathBuf,
     pub(super) id: FileId,
@@ -32,7 +32,9 @@ pub(super) struct ChunkHandle {
 }
 
 /// A path as the bytes the OS knows it by. Decoding refuses what no open could take anyway (a NUL
-/// byte, more than `PATH_MAX` bytes), so a forged handle names at most an ordinary path.
+/// byte, more than `PATH_MAX` bytes) and a relative path (which the decoding process would resolve
+/// against its own working directory: a file the parent never opened), so a forged handle names at
+/// most an ordinary absolute path.
 mod path_as_bytes {
     use std::ffi::OsString;
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -50,9 +52,9 @@ mod path_as_bytes {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
         let bytes = serde_bytes_vec(d)?;
-        if bytes.len() >= PATH_MAX || bytes.contains(&0) {
+        if bytes.first() != Some(&b'/') || bytes.len() >= PATH_MAX || bytes.contains(&0) {
             return Err(D::Error::custom(
-                "a chunk's path is longer than PATH_MAX or holds a NUL byte",
+                "a chunk's path is not absolute, is longer than PATH_MAX or holds a NUL byte",
             ));
         }
         Ok(PathBuf::from(OsString::from_vec(bytes)))

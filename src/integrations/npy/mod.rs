@@ -139,6 +139,7 @@ fn bad(path: &Path, problem: FileProblem) -> Error {
 struct Mapped {
     /// `None` for a file without data bytes (no mapping of length 0 exists).
     map: Option<FileMap>,
+    /// Absolute (made so at open, against the working directory of then).
     path: PathBuf,
     id: FileId,
     facts: Facts,
@@ -161,6 +162,9 @@ impl Mapped {
         order: Option<Order>,
         raw: Option<(NdLayout, usize)>,
     ) -> Result<Mapped> {
+        // Absolute now: the path a chunk carries must name this file in a worker (whose working
+        // directory may differ) and after this process changes its own.
+        let path = &std::path::absolute(path).map_err(|e| Error::os("getcwd", e))?;
         let (file, id) = filemap::open_regular(path, writable)?;
         let hold = match MappingHold::take(id.dev, id.ino, writable) {
             Some(hold) => hold,
@@ -324,7 +328,8 @@ impl<T: Element> MappedArrayOptions<T> {
         self
     }
 
-    /// Opens and maps a `.npy` file of `T`s.
+    /// Opens and maps a `.npy` file of `T`s. A relative `path` is made absolute against the current
+    /// directory now: that is the path its [chunks](MappedArray::chunks) name the file by.
     ///
     /// # Errors
     /// [`Error::BadFile`] for a file that is not a regular `.npy` file of `T`s of the right order and
@@ -349,7 +354,8 @@ impl<T: Element> MappedArrayOptions<T> {
     }
 
     /// Opens and maps a raw binary file: `shape` elements of `T` in this order (default C) from
-    /// byte `offset` to the end of the file.
+    /// byte `offset` to the end of the file. A relative `path` is made absolute now, as by
+    /// [`open_npy`](Self::open_npy).
     ///
     /// # Errors
     /// [`Error::BadFile`] unless the file is exactly `offset` + the data long and the data is aligned
@@ -656,13 +662,12 @@ impl<T: Element> MappedArray<T> {
         else {
             return Vec::new();
         };
-        let path = std::path::absolute(&self.mapped.path).unwrap_or(self.mapped.path.clone());
         (0..facts.len.div_ceil(step))
             .map(|i| {
                 let start = i * step; // < len: `i < len / step` rounded up
                 NpyChunk {
                     handle: ChunkHandle {
-                        path: path.clone(),
+                        path: self.mapped.path.clone(),
                         id: self.mapped.id,
                         facts: facts.clone(),
                         raw: self.mapped.raw,

@@ -499,6 +499,11 @@ fn chunk_handles_naming_impossible_paths_do_not_decode() {
         4
     );
     assert!(decode(b"/tmp/a\0b.npy".to_vec()).is_err());
+    // A relative path would be resolved against the decoding process's working directory: refused,
+    // even one that names the very file from here (lib tests run in the package root).
+    let relative = b"src/integrations/testdata/f8_c_3x4.npy";
+    assert!(decode(relative.to_vec()).is_err());
+    assert!(decode(Vec::new()).is_err());
     assert!(decode([b"/".as_slice(), &[b'a'; 5000]].concat()).is_err());
 }
 
@@ -579,4 +584,21 @@ fn a_cached_mapping_of_a_replaced_file_is_not_served() {
         ),
         "{again:?}"
     );
+}
+
+/// A chunk's path is made absolute when the array is opened, so it names the file that was opened
+/// (a worker's working directory, or this process's later one, may differ; the multi-process test is
+/// `ecosystem::npy_relative_path_is_resolved_when_opened`).
+#[test]
+fn a_relative_path_is_made_absolute_when_opened() {
+    let relative = Path::new("src/integrations/testdata/f8_c_3x4.npy");
+    let Ok(abs) = std::path::absolute(relative) else {
+        return;
+    };
+    if !abs.exists() {
+        return; // not run from the package root
+    }
+    let a = MappedArray::<f64>::open_npy(relative).unwrap();
+    assert_eq!(a.chunks(2)[0].handle.path, abs);
+    assert!(format!("{a:?}").contains(abs.to_str().unwrap()));
 }
