@@ -770,18 +770,29 @@ fn replaced_file(path: &Path) -> PathBuf {
     }
 }
 
+/// The most bytes of the target's file name a temporary file's name carries: with the dots, the pid
+/// (10 digits at most), a counter (20) and the suffix, it stays far below `NAME_MAX` (255 bytes), which
+/// the target's own name may come close to.
+const TEMP_STEM: usize = 64;
+
 /// A new file in `target`'s directory, named after it, that nobody else has opened (`O_EXCL`).
 fn create_beside(target: &Path) -> Result<(File, PathBuf)> {
+    use std::ffi::{OsStr, OsString};
+    use std::os::unix::ffi::OsStrExt;
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let name = target.file_name().unwrap_or_default().to_string_lossy();
+    let name = target.file_name().unwrap_or_default().as_bytes();
+    let stem = OsStr::from_bytes(&name[..name.len().min(TEMP_STEM)]);
     loop {
-        let mut temp = target.to_path_buf();
-        temp.set_file_name(format!(
-            ".{name}.{}.{}.mproc-tmp",
+        let mut temp_name = OsString::from(".");
+        temp_name.push(stem);
+        temp_name.push(format!(
+            ".{}.{}.mproc-tmp",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
+        let mut temp = target.to_path_buf();
+        temp.set_file_name(temp_name);
         match File::options().write(true).create_new(true).open(&temp) {
             Ok(f) => return Ok((f, temp)),
             // A leftover of a process that had our pid: take the next name.

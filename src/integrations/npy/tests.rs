@@ -602,3 +602,24 @@ fn a_relative_path_is_made_absolute_when_opened() {
     assert_eq!(a.chunks(2)[0].handle.path, abs);
     assert!(format!("{a:?}").contains(abs.to_str().unwrap()));
 }
+
+/// `write_npy`'s temporary file is named after the target, within `NAME_MAX` (255 bytes) even for a
+/// target whose own name is near it (it failed with `ENAMETOOLONG`).
+#[test]
+fn write_npy_replaces_a_file_whose_name_is_250_bytes_long() {
+    let dir = Temp::new("dir");
+    std::fs::create_dir(&dir.0).unwrap();
+    let name = format!("{}.npy", "n".repeat(246));
+    assert_eq!(name.len(), 250);
+    let path = dir.0.join(&name);
+    write_npy(&path, &::ndarray::array![1u8, 2]).unwrap();
+    write_npy(&path, &::ndarray::array![3u8]).unwrap();
+    assert_eq!(MappedArray::<u8>::open_npy(&path).unwrap().as_slice(), [3]);
+    let names: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, [name.as_str()], "no temporary file is left");
+    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_dir(&dir.0).unwrap();
+}
