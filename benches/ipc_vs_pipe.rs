@@ -12,7 +12,7 @@
 //! | (c) pool, by offset | `Pool::map_chunks` over a `SharedArray` filled beforehand, one chunk = the whole array |
 //! | (d) pool, from a `Vec` | `SharedArray::from_slice(&vec)` (one copy in) + the same `map_chunks`; the array is dropped each time, so its block is reused |
 //! | (e) in process | the same function called on the `Vec` in this process: no IPC at all, the floor |
-//! | (f) pool.map of a `Vec` | `Pool::map(f, [&vec])` with `f: fn(Vec<f64>) -> …`: the user's first try, serde and all; a large argument is encoded straight into a shared block the worker decodes in place |
+//! | (f) pool.map of a `Vec` | `Pool::map(f, [&vec])` with `f: fn(Vec<f64>) -> …`: the user's first try, with no change to their code; a large argument is encoded straight into a shared block the worker decodes in place, and a `Vec` of numbers travels as its bytes (one copy in, one out), not element by element |
 //! | (a') pipe + serde, kept memory | as (a), with a second forked child that keeps the memory it frees, as pool workers do: the baseline of (f) |
 //!
 //! The pipes are given 1 MiB buffers (`F_SETPIPE_SZ`, the unprivileged maximum) and both pipe columns
@@ -292,7 +292,7 @@ fn sum_vec(v: Vec<f64>) -> [f64; 2] {
     Task::Sum.run(&v)
 }
 
-/// (f): the whole `Vec` as one `map` item, serialized.
+/// (f): the whole `Vec` as one `map` item, encoded as the pool encodes it (its bytes).
 fn pool_map_vec(pool: &Pool, task: Task, v: &Vec<f64>) -> [f64; 2] {
     let f = match task {
         Task::Deliver => deliver_vec,
@@ -584,7 +584,7 @@ fn main() {
                     Box::new(|| task.run(black_box(&v))),
                 ),
                 (
-                    "(f) pool.map of the Vec (serde)",
+                    "(f) pool.map of the Vec",
                     Box::new(|| pool_map_vec(&pool, task, &v)),
                 ),
                 (

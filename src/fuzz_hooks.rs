@@ -135,7 +135,7 @@ pub mod pool {
             items
                 .into_iter()
                 .map(|i| match i {
-                    Ok(v) => Item::Value(v),
+                    Ok(v) => Item::Value(v.0),
                     Err(ItemFailure::Panicked { message, location }) => {
                         Item::Panicked(message, location)
                     }
@@ -190,7 +190,7 @@ pub mod pool {
             items
                 .into_iter()
                 .map(|i| match i {
-                    Item::Value(v) => Ok(v),
+                    Item::Value(v) => Ok(wire::ItemBytes(v)),
                     Item::Panicked(message, location) => {
                         Err(ItemFailure::Panicked { message, location })
                     }

@@ -21,6 +21,7 @@ pub(super) use super::wire::{
 };
 use crate::error::{Error, Result};
 use crate::heap::{BlockHandle, SharedArray};
+use crate::pool::item_wire::ArgsToWire;
 use crate::pool::wire::Payload;
 use crate::pool::worker::{self, ArrayPart, TaskKind};
 use crate::pool::{AsyncResult, Pool};
@@ -128,7 +129,12 @@ pub(super) fn submit_items<A: Serialize, R: DeserializeOwned>(
     let size = chunksize
         .unwrap_or_else(|| items.len().div_ceil(pool.workers() * 4))
         .max(1);
-    let payloads = items.chunks(size).map(encode).collect::<Result<Vec<_>>>()?;
+    // In the pool's own form of task arguments (a `Vec<f64>` item as its bytes), which its workers
+    // decode: not `encode`'s plain postcard.
+    let payloads = items
+        .chunks(size)
+        .map(|chunk| encode(&ArgsToWire::<A, A>::new(chunk)))
+        .collect::<Result<Vec<_>>>()?;
     let lens = items.chunks(size).map(<[A]>::len).collect();
     let job = pool.submit(task, payloads.into_iter().map(Payload::Inline).collect())?;
     Ok(AsyncResult::all_items(job, lens))

@@ -8,11 +8,11 @@
 //! ([`PoolArg`]).
 
 use std::borrow::Borrow;
-use std::marker::PhantomData;
 
 use serde::de::DeserializeOwned;
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
+use super::item_wire::ArgsToWire;
 use super::results::{AsyncResult, Imap, ImapUnordered};
 use super::wire::Payload;
 use super::worker::{self, TaskKind};
@@ -23,6 +23,12 @@ use crate::process::fnref::LocalFn;
 /// A type a pool task can take as its argument: an owned serde type (`Serialize + DeserializeOwned`),
 /// such as `u64`, `String`, `Vec<T>`, tuples, your `#[derive(Serialize, Deserialize)]` structs. Every
 /// such type is one; nothing else can be.
+///
+/// An argument that is a `Vec` of a primitive number type (`Vec<f64>`, `Vec<u8>`, `Vec<i32>`, … any of
+/// `u8`–`u128`, `i8`–`i128`, `usize`, `isize`, `f32`, `f64`) travels as the memory of its elements: one
+/// copy in, one allocation and one copy out, instead of serde's call per element (a 64 MiB `Vec<f64>`
+/// through [`map`](Pool::map) is several times faster than through a pipe with postcard; `cargo bench
+/// --bench ipc_vs_pipe`), with no change to your function.
 ///
 /// The items you pass may still be borrowed: `pool.map(f, &values)` serializes each item from your
 /// reference, and the worker receives its own copy. What must be owned is the *function's* parameter:
@@ -90,15 +96,6 @@ pub trait PoolArg: Serialize + DeserializeOwned {}
 
 impl<T: Serialize + DeserializeOwned> PoolArg for T {}
 
-/// A slice of items serialized as a sequence of `A` (postcard's `Vec<A>`), whatever borrows them.
-struct SeqOf<'a, A, B>(&'a [B], PhantomData<fn(&A)>);
-
-impl<A: Serialize, B: Borrow<A>> Serialize for SeqOf<'_, A, B> {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(Borrow::<A>::borrow))
-    }
-}
-
 impl Pool {
     /// Cuts `items` into chunks of `chunksize` (default: about four per worker) and encodes each as a
     /// task payload: `Vec<A>`, or `(P, Vec<A>)` when there are parameters.
@@ -120,7 +117,7 @@ impl Pool {
         let mut payloads = Vec::new();
         let mut lens = Vec::new();
         for chunk in items.chunks(size) {
-            let seq = SeqOf::<A, B>(chunk, PhantomData);
+            let seq = ArgsToWire::<A, B>::new(chunk);
             payloads.push(match params {
                 None => Payload::encode(&seq)?,
                 Some(p) => Payload::encode(&(p, seq))?,

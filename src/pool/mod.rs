@@ -49,6 +49,7 @@ mod arrays;
 mod builder;
 mod dispatcher;
 mod engine;
+pub(crate) mod item_wire;
 mod map;
 mod results;
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::engine::Engine;
+use super::item_wire::ValueFromWire;
 use super::wire::{ItemFailure, ItemResults};
 use crate::error::{Error, Result};
 
@@ -204,10 +205,12 @@ fn item<R: DeserializeOwned>(outcome: &ChunkOutcome, k: usize, first: usize) -> 
     let index = first + k;
     match outcome {
         ChunkOutcome::Ran(Ok(items)) => match items.get(k) {
-            Some(Ok(bytes)) => postcard::from_bytes(bytes).map_err(|e| Error::Decode {
-                ty: std::any::type_name::<R>().into(),
-                reason: e.to_string(),
-            }),
+            Some(Ok(bytes)) => postcard::from_bytes::<ValueFromWire<R>>(&bytes.0)
+                .map(|v| v.0)
+                .map_err(|e| Error::Decode {
+                    ty: std::any::type_name::<R>().into(),
+                    reason: e.to_string(),
+                }),
             Some(Err(ItemFailure::Panicked { message, location })) => Err(Error::TaskPanicked {
                 task: index,
                 message: message.clone(),

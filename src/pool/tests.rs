@@ -128,6 +128,47 @@ fn large_arguments_travel_in_a_shared_block() {
     assert_eq!(pool.map(total_len, [&big, &big]).unwrap(), vec![want, want]);
 }
 
+fn scaled(v: Vec<f32>) -> Vec<f32> {
+    v.iter().map(|x| x * 2.0).collect()
+}
+
+fn byte_sum(b: Vec<u8>) -> (u64, Vec<u8>) {
+    (b.iter().map(|&x| u64::from(x)).sum(), b[..3].to_vec())
+}
+
+fn weighted(w: Vec<i64>, name: String) -> (i64, String) {
+    (w.iter().sum(), name)
+}
+
+/// Issue 12: `Vec`s of numbers travel as their bytes (`item_wire`), as arguments and as results, in a
+/// block or inline, alone, in a result tuple, and as one argument of `starmap`: the worker gets
+/// exactly the vector that was sent, and the caller exactly the one returned.
+#[test]
+fn vectors_of_numbers_cross_the_pool_unchanged() {
+    let pool = Pool::builder().workers(2).build().unwrap();
+    let big: Vec<f32> = (0..(super::wire::SHARED_PAYLOAD_BYTES / 4 + 777))
+        .map(|i| i as f32 * 0.25 - 9.0)
+        .collect();
+    let small = vec![1.5f32, -2.0, f32::MAX, f32::MIN_POSITIVE];
+    let got = pool.map(scaled, [&big, &small, &Vec::new()]).unwrap();
+    assert_eq!(got, vec![scaled(big.clone()), scaled(small), Vec::new()]);
+
+    let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(
+        pool.apply(byte_sum, &bytes).unwrap(),
+        byte_sum(bytes.clone())
+    );
+
+    let pairs = vec![
+        (vec![1i64, -5, 7], "a".to_owned()),
+        (vec![], "b".to_owned()),
+    ];
+    assert_eq!(
+        pool.starmap(weighted, &pairs).unwrap(),
+        vec![(3, "a".to_owned()), (0, "b".to_owned())]
+    );
+}
+
 /// A value that encodes shorter the second time it is serialized than the first: the payload
 /// encoder sizes its block with one pass and writes it with another.
 struct ShrinksOnSecondPass(std::cell::Cell<usize>);

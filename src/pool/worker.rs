@@ -7,7 +7,8 @@ use bytemuck::Pod;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::wire::{self, ItemFailure, ItemResults, PayloadRef, KIND_RESULT, KIND_TASK};
+use super::item_wire::{ValueFromWire, ValueToWire};
+use super::wire::{self, ItemBytes, ItemFailure, ItemResults, PayloadRef, KIND_RESULT, KIND_TASK};
 use crate::codec::{Codec, RawSlice};
 use crate::error::{Error, Result};
 use crate::heap::{BlockHandle, SharedArray};
@@ -164,7 +165,7 @@ fn catch<R>(f: impl FnOnce() -> R) -> Result<R, ItemFailure> {
 /// Runs `one` on every item, recording each result where the abort-mode hook can find it.
 fn run_items<X>(
     items: Vec<X>,
-    mut one: impl FnMut(X) -> Result<Vec<u8>, ItemFailure>,
+    mut one: impl FnMut(X) -> Result<ItemBytes, ItemFailure>,
 ) -> ItemResults {
     let with_running = |f: &mut dyn FnMut(&mut Running)| {
         RUNNING.with(|r| {
@@ -306,9 +307,16 @@ fn init_adapter(func: FnAddr, _payload: &[u8]) -> Result<ItemResults, String> {
     Ok(Vec::new())
 }
 
-fn encode<R: Serialize>(r: &R) -> Result<Vec<u8>, ItemFailure> {
-    postcard::to_allocvec(r)
+/// A result in the form of [`item_wire`](super::item_wire) (a `Vec<f64>` as its bytes).
+fn encode<R: Serialize>(r: &R) -> Result<ItemBytes, ItemFailure> {
+    postcard::to_allocvec(&ValueToWire(r))
+        .map(ItemBytes)
         .map_err(|e| ItemFailure::Failed(format!("cannot encode the result: {e}")))
+}
+
+/// The arguments of a payload's items, each decoded in the form of [`item_wire`](super::item_wire).
+fn args<A>(items: Vec<ValueFromWire<A>>) -> Vec<A> {
+    items.into_iter().map(|a| a.0).collect()
 }
 
 fn decode_payload<P: DeserializeOwned>(payload: &[u8]) -> Result<P, String> {
@@ -333,7 +341,7 @@ fn map_adapter<A: DeserializeOwned, R: Serialize>(
 ) -> Result<ItemResults, String> {
     // SAFETY: paired only with a `fn(A) -> R` for these types (`map_fn`).
     let f = unsafe { func.get::<fn(A) -> R>() };
-    let items: Vec<A> = decode_payload(payload)?;
+    let items = args(decode_payload(payload)?);
     Ok(run_items(items, |a| {
         catch(move || f(a)).and_then(|r| encode(&r))
     }))
@@ -353,7 +361,8 @@ fn map_with_adapter<P: DeserializeOwned, A: DeserializeOwned, R: Serialize>(
 ) -> Result<ItemResults, String> {
     // SAFETY: paired only with a `fn(&P, A) -> R` for these types (`map_with_fn`).
     let f = unsafe { func.get::<fn(&P, A) -> R>() };
-    let (params, items): (P, Vec<A>) = decode_payload(payload)?;
+    let (params, items): (P, Vec<ValueFromWire<A>>) = decode_payload(payload)?;
+    let items = args(items);
     Ok(run_items(items, |a| {
         catch(|| f(&params, a)).and_then(|r| encode(&r))
     }))
@@ -373,7 +382,7 @@ fn star_adapter<A: DeserializeOwned, B: DeserializeOwned, R: Serialize>(
 ) -> Result<ItemResults, String> {
     // SAFETY: paired only with a `fn(A, B) -> R` for these types (`star_fn`).
     let f = unsafe { func.get::<fn(A, B) -> R>() };
-    let items: Vec<(A, B)> = decode_payload(payload)?;
+    let items: Vec<(A, B)> = args(decode_payload(payload)?);
     Ok(run_items(items, |(a, b)| {
         catch(move || f(a, b)).and_then(|r| encode(&r))
     }))
