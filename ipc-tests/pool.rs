@@ -73,6 +73,10 @@ pub fn tests() -> Vec<Trial> {
         t("twenty_thousand_tiny_tasks", tiny_tasks),
         t("one_gib_array_tasks", one_gib_array),
         t("max_tasks_per_child_replaces_workers", max_tasks_per_child),
+        t(
+            "max_tasks_per_child_loses_no_block_answer",
+            max_tasks_per_child_with_block_answers,
+        ),
         t("close_join_finishes_submitted_work", close_then_join),
         t("join_without_close_and_submit_after_close", closed_errors),
         t(
@@ -589,6 +593,31 @@ fn max_tasks_per_child() {
         out.iter().map(|&(v, _)| v).collect::<Vec<_>>(),
         (0..9).map(|x| x * 2).collect::<Vec<_>>()
     );
+}
+
+fn four_mib_of(x: u32) -> Vec<u8> {
+    vec![x as u8; 4 << 20]
+}
+
+/// Issue 12: a large answer is a block of the worker's heap that the parent attaches through the
+/// worker (`pool::answer`). A worker that leaves after its last task (`max_tasks_per_child`) waits until
+/// the parent has attached its answers, so no answer is lost to the planned exit.
+fn max_tasks_per_child_with_block_answers() {
+    let pool = Pool::builder()
+        .workers(1)
+        .max_tasks_per_child(1)
+        .build()
+        .unwrap();
+    for round in 0..3u32 {
+        let items: Vec<u32> = (0..8).map(|i| round * 8 + i).collect();
+        let out = pool.map_chunksize(four_mib_of, &items, 1).unwrap();
+        for (x, v) in items.iter().zip(&out) {
+            assert!(
+                v.len() == 4 << 20 && v.iter().all(|&b| b == *x as u8),
+                "item {x}"
+            );
+        }
+    }
 }
 
 fn sleep_then(x: u32) -> u32 {

@@ -58,6 +58,10 @@ pub fn tests() -> Vec<Trial> {
         ),
         t("retry_on_worker_death_runs_a_task_once_more", retry_once),
         t(
+            "worker_sigkilled_after_a_block_answer_delivers_or_fails_it_once",
+            block_answer_then_sigkill,
+        ),
+        t(
             "rlimit_as_out_of_memory_kills_only_the_worker",
             out_of_memory,
         ),
@@ -163,6 +167,45 @@ fn crash(how: Crash) -> ! {
         }
     }
     unreachable!("{how:?} did not end the worker")
+}
+
+/// Item 0 answers 4 MiB (a block of the worker's heap, `pool::answer`); item 1 kills its worker.
+fn answer_then_die((round, x): (u32, u32)) -> Vec<u8> {
+    if x == 1 {
+        crash(Crash::Kill);
+    }
+    vec![round as u8; 4 << 20]
+}
+
+/// Issue 12: a large answer travels as a block of the worker's heap, which the parent attaches through
+/// the worker; a worker SIGKILLed just after answering may be gone before the parent reads the answer.
+/// Item 0 then arrives whole, or, if its block could no longer be attached, fails with `WorkerDied`
+/// like a task that died with its worker; item 1, which killed it, fails with `WorkerDied` too, having
+/// run only once per worker it killed (no retries asked for); no call hangs and the pool goes on.
+fn block_answer_then_sigkill() {
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let (mut arrived, mut lost) = (0, 0);
+    for round in 0..12u32 {
+        let r = pool
+            .map_each(answer_then_die, [(round, 0u32), (round, 1)])
+            .unwrap();
+        match &r[0] {
+            Ok(v) => {
+                assert!(v.len() == 4 << 20 && v.iter().all(|&b| b == round as u8));
+                arrived += 1;
+            }
+            Err(_) => {
+                assert_died(&r[0], 0, libc::SIGKILL);
+                lost += 1;
+            }
+        }
+        assert_died(&r[1], 1, libc::SIGKILL);
+    }
+    eprintln!("block answers: {arrived} arrived, {lost} died with their worker");
+    assert_eq!(
+        pool.apply(answer_then_die, (3, 0)).unwrap(),
+        vec![3; 4 << 20]
+    );
 }
 
 fn crash_at_victim((how, x): (Crash, u32)) -> u32 {

@@ -129,13 +129,19 @@ pub mod pool {
     /// What the parent makes of a reassembled result body (`Dispatcher::on_frame`): `Err` when it does
     /// not decode.
     pub fn decode_result(bytes: &[u8]) -> std::result::Result<Outcome, String> {
-        let r: std::result::Result<ItemResults, String> =
-            postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
+        // A block answer attaches a block of another process through /proc: not from fuzz bytes.
+        if crate::pool::answer::names_a_block(bytes) {
+            return Err("a block answer".into());
+        }
+        let r = match crate::pool::answer::read(bytes, u64::MAX) {
+            crate::pool::answer::Read::Outcome(r) => r,
+            crate::pool::answer::Read::Unattached(why) => return Err(why),
+        };
         Ok(r.map(|items| {
             items
                 .into_iter()
                 .map(|i| match i {
-                    Ok(v) => Item::Value(v.0),
+                    Ok(v) => Item::Value(v.as_slice().to_vec()),
                     Err(ItemFailure::Panicked { message, location }) => {
                         Item::Panicked(message, location)
                     }
@@ -190,7 +196,7 @@ pub mod pool {
             items
                 .into_iter()
                 .map(|i| match i {
-                    Item::Value(v) => Ok(wire::ItemBytes(v)),
+                    Item::Value(v) => Ok(wire::ItemBytes::Owned(v)),
                     Item::Panicked(message, location) => {
                         Err(ItemFailure::Panicked { message, location })
                     }
@@ -198,7 +204,7 @@ pub mod pool {
                 })
                 .collect()
         });
-        postcard::to_allocvec(&r).expect("a result body encodes")
+        crate::pool::answer::inline(&r)
     }
 }
 

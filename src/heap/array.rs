@@ -202,6 +202,23 @@ impl<T: Pod> SharedArray<T> {
     }
 
     /// Whether this process owns (and will free) the array.
+    /// The block's first 8 bytes as an atomic word (`None` if the block is shorter), for a word both
+    /// processes of a lent block read and write (the pool's answer blocks: `pool::answer`). Made from
+    /// the raw pointer, so no slice reference covers it while others write it.
+    pub(crate) fn head_word(&self) -> Option<&std::sync::atomic::AtomicU64> {
+        let ptr = self.block.ptr();
+        // A foreign block's offset comes from its handle, which anybody could have forged: check.
+        if self.len.checked_mul(std::mem::size_of::<T>())? < 8 || !(ptr as usize).is_multiple_of(8)
+        {
+            return None;
+        }
+        // SAFETY: the block is at least 8 bytes inside a live mapping that `self` keeps (checked at
+        // allocation or in `view`, and the length above), and `ptr` is 8-aligned (checked), so the
+        // word is a valid, aligned `AtomicU64` (any 8 bytes are one). The reference borrows `self`,
+        // so the mapping outlives it.
+        Some(unsafe { &*ptr.cast::<std::sync::atomic::AtomicU64>() })
+    }
+
     #[cfg(test)]
     pub(crate) fn is_owner(&self) -> bool {
         self.block.is_owned()

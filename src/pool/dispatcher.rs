@@ -12,8 +12,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::answer;
 use super::results::{ChunkOutcome, Job, Wakeups};
-use super::wire::{self, ItemResults, Payload, KIND_RESULT, KIND_TASK};
+use super::wire::{self, Payload, KIND_RESULT, KIND_TASK};
 use super::worker::{worker_main, FrameQueue, WorkerArgs};
 use crate::error::{Error, Result};
 use crate::heap::SharedArray;
@@ -76,6 +77,10 @@ struct Worker {
 /// How long an announced exit is believed. The announcement is a frame on the shared result ring, which
 /// any writer of the ring could forge: a worker still alive this long after it was sent takes work again.
 const EXITING_BELIEVED: Duration = Duration::from_secs(1);
+
+/// How long a worker whose answer block could not be attached is given to be seen dead (see
+/// [`Dispatcher::worker_lives_on`]).
+const EXIT_SETTLES: Duration = Duration::from_millis(200);
 
 pub(crate) struct Dispatcher {
     cfg: PoolConfig,
@@ -311,12 +316,28 @@ impl Dispatcher {
         let Some(body) = self.partial.push(head.task, head.last, body) else {
             return;
         };
-        let outcome: std::result::Result<ItemResults, String> = body
-            .map_err(|e| format!("the worker's answer is {e}"))
-            .and_then(|bytes| {
-                postcard::from_bytes(&bytes)
-                    .unwrap_or_else(|e| Err(format!("the worker's answer did not decode: {e}")))
-            });
+        let outcome = match body {
+            Err(e) => Err(format!("the worker's answer is {e}")),
+            Ok(bytes) => match answer::read(&bytes, self.cfg.max_body) {
+                answer::Read::Outcome(outcome) => outcome,
+                // A block we cannot attach: its worker is gone, or lied (see `answer`, "Deaths").
+                answer::Read::Unattached(why) => {
+                    let wi = head.worker as usize;
+                    if self.worker_lives_on(wi) {
+                        Err(format!(
+                            "the worker's answer block could not be attached: {why}"
+                        ))
+                    } else {
+                        // The task ran, and its answer died with the worker: as a task that died with
+                        // its worker (not the next in its ring, which is then the one that started).
+                        self.workers[wi].in_flight.retain(|&t| t != head.task);
+                        let (signal, exit_code) = self.how_it_died(wi);
+                        self.died_with_its_worker(head.task, signal, exit_code);
+                        return;
+                    }
+                }
+            },
+        };
         for w in &mut self.workers {
             w.in_flight.retain(|&t| t != head.task);
         }
@@ -326,6 +347,47 @@ impl Dispatcher {
                 .job
                 .finish(task.spec.chunk, ChunkOutcome::Ran(outcome));
             self.wake_later.absorb(owed);
+        }
+    }
+
+    /// Whether worker `wi` is alive and stays so for a moment: a worker's descriptors close while it
+    /// exits, a little before it is seen dead, so an answer block that cannot be attached is believed
+    /// to come from a death only if the worker is dead within [`EXIT_SETTLES`]. Waited only then.
+    fn worker_lives_on(&self, wi: usize) -> bool {
+        let Some(w) = self.workers.get(wi) else {
+            return false;
+        };
+        let until = Instant::now() + EXIT_SETTLES;
+        while w.process.is_alive() {
+            if Instant::now() >= until {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    /// The signal or exit code of dead worker `wi`.
+    fn how_it_died(&self, wi: usize) -> (Option<i32>, Option<i32>) {
+        match self.workers.get(wi).and_then(|w| w.process.exitcode()) {
+            Some(c) if c < 0 => (Some(-c), None),
+            other => (None, other),
+        }
+    }
+
+    /// Task `id` started on a worker that died: it runs once more if it has a retry left, else it
+    /// fails with `WorkerDied`.
+    fn died_with_its_worker(&mut self, id: u64, signal: Option<i32>, exit_code: Option<i32>) {
+        self.partial.forget(id);
+        if let Some(task) = self.tasks.get_mut(&id) {
+            if task.retries_left > 0 {
+                task.retries_left -= 1;
+                self.pending.push_front(id);
+            } else if let Some(task) = self.tasks.remove(&id) {
+                let outcome = ChunkOutcome::WorkerDied { signal, exit_code };
+                let owed = task.spec.job.finish(task.spec.chunk, outcome);
+                self.wake_later.absorb(owed);
+            }
         }
     }
 
@@ -348,11 +410,7 @@ impl Dispatcher {
                 self.on_frame(&frame);
             }
             failed_any = true;
-            let code = self.workers[wi].process.exitcode();
-            let (signal, exit_code) = match code {
-                Some(c) if c < 0 => (Some(-c), None),
-                other => (None, other),
-            };
+            let (signal, exit_code) = self.how_it_died(wi);
             // A worker takes its tasks in order and answers each before taking the next, so of its
             // unanswered tasks only the oldest can have started: that one died with it. The others never
             // started; they go back to the front of the queue without using up a retry. A worker that
@@ -367,17 +425,7 @@ impl Dispatcher {
                 }
             }
             if let Some(&id) = lost.first().filter(|_| !announced) {
-                self.partial.forget(id);
-                if let Some(task) = self.tasks.get_mut(&id) {
-                    if task.retries_left > 0 {
-                        task.retries_left -= 1;
-                        self.pending.push_front(id);
-                    } else if let Some(task) = self.tasks.remove(&id) {
-                        let outcome = ChunkOutcome::WorkerDied { signal, exit_code };
-                        let owed = task.spec.job.finish(task.spec.chunk, outcome);
-                        self.wake_later.absorb(owed);
-                    }
-                }
+                self.died_with_its_worker(id, signal, exit_code);
             }
             match self.start_worker(wi) {
                 Ok(w) => {

@@ -45,6 +45,7 @@
 //! with [`Error::PoolClosed`]. Dropping a pool terminates it (as in Python), also after `close` if `join`
 //! was not called: it neither hangs nor leaves a worker behind.
 
+pub(crate) mod answer;
 mod arrays;
 mod builder;
 mod dispatcher;

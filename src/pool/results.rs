@@ -205,7 +205,7 @@ fn item<R: DeserializeOwned>(outcome: &ChunkOutcome, k: usize, first: usize) -> 
     let index = first + k;
     match outcome {
         ChunkOutcome::Ran(Ok(items)) => match items.get(k) {
-            Some(Ok(bytes)) => postcard::from_bytes::<ValueFromWire<R>>(&bytes.0)
+            Some(Ok(bytes)) => postcard::from_bytes::<ValueFromWire<R>>(bytes.as_slice())
                 .map(|v| v.0)
                 .map_err(|e| Error::Decode {
                     ty: std::any::type_name::<R>().into(),

@@ -169,6 +169,56 @@ fn vectors_of_numbers_cross_the_pool_unchanged() {
     );
 }
 
+fn eight_mib(n: u32) -> Vec<u8> {
+    vec![n as u8; 8 << 20]
+}
+
+/// The heap arenas (memfds of at least `ARENA_MIN` bytes) that process `pid` holds open.
+fn arenas_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy().contains("memfd:"))
+                && std::fs::metadata(fd.path())
+                    .is_ok_and(|m| m.len() >= crate::heap::ARENA_MIN as u64)
+        })
+        .count()
+}
+
+/// Issue 12: a large answer comes back in a block of the worker's heap (`answer`), which the parent
+/// releases once the caller has its value: a worker answering 8 MiB, 40 times, reuses its blocks
+/// rather than holding all 320 MiB of them (which would take five more 64 MiB arenas).
+#[test]
+fn answer_blocks_are_released_and_reused() {
+    let pool = Pool::builder().workers(1).build().unwrap();
+    assert_eq!(pool.apply(eight_mib, 1).unwrap(), eight_mib(1));
+    let pid = pool.worker_pids()[0];
+    let before = arenas_of(pid);
+    assert!(
+        before >= 1,
+        "the answer was not in a block of the worker's heap"
+    );
+    for n in 0..40u32 {
+        let got = pool.apply(eight_mib, n).unwrap();
+        assert!(got.len() == 8 << 20 && got.iter().all(|&b| b == n as u8));
+    }
+    // A job's answers are also released when they are dropped undecoded.
+    let pending: Vec<_> = (0..6)
+        .map(|n| pool.apply_async(eight_mib, n).unwrap())
+        .collect();
+    drop(pending);
+    for n in 0..10u32 {
+        assert_eq!(pool.apply(eight_mib, n).unwrap()[0], n as u8);
+    }
+    assert_eq!(pool.worker_pids(), vec![pid], "the worker was replaced");
+    assert!(
+        arenas_of(pid) <= before + 1,
+        "the worker holds {} arenas, {before} after its first answer",
+        arenas_of(pid)
+    );
+}
+
 /// A value that encodes shorter the second time it is serialized than the first: the payload
 /// encoder sizes its block with one pass and writes it with another.
 struct ShrinksOnSecondPass(std::cell::Cell<usize>);

@@ -17,10 +17,13 @@
 //! rings cannot make a worker call an arbitrary address, only a function this pool was asked to run.
 
 use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::item_wire::{ValueFromWire, ValueToWire};
+use super::answer::LentBlock;
+use super::item_wire::ValueFromWire;
 
 use crate::error::{Error, Result};
 use crate::heap::{BlockHandle, SharedArray};
@@ -303,21 +306,37 @@ pub(crate) enum ItemFailure {
 /// The result body of a task: per item, its encoded value or how it failed.
 pub(crate) type ItemResults = Vec<Result<ItemBytes, ItemFailure>>;
 
-/// One item's encoded result, inside [`ItemResults`]: serialized as bytes (a length and one copy), not
-/// as serde's sequence of `u8`s (a call per byte each way: 64 MiB of result took longer to frame than
+/// One item's encoded result, inside [`ItemResults`]. On the wire it is bytes (a length and one copy),
+/// not serde's sequence of `u8`s (a call per byte each way: 64 MiB of result took longer to frame than
 /// to compute).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ItemBytes(pub(crate) Vec<u8>);
+#[derive(Debug, Clone)]
+pub(crate) enum ItemBytes {
+    /// Bytes of its own: as the worker encodes them, or from an answer that came inline.
+    Owned(Vec<u8>),
+    /// Bytes `range` of a worker's answer block, mapped here until every item of it is gone
+    /// (`answer`): decoded in place, never copied into a buffer of their own.
+    Lent(Arc<LentBlock>, Range<usize>),
+}
+
+impl ItemBytes {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            ItemBytes::Owned(v) => v,
+            // The range was taken from these bytes when the answer was read.
+            ItemBytes::Lent(block, range) => block.bytes().get(range.clone()).unwrap_or_default(),
+        }
+    }
+}
 
 impl Serialize for ItemBytes {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        ValueToWire(&self.0).serialize(s)
+        s.serialize_bytes(self.as_slice())
     }
 }
 
 impl<'de> Deserialize<'de> for ItemBytes {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        ValueFromWire::<Vec<u8>>::deserialize(d).map(|v| ItemBytes(v.0))
+        ValueFromWire::<Vec<u8>>::deserialize(d).map(|v| ItemBytes::Owned(v.0))
     }
 }
 

@@ -7,6 +7,7 @@ use bytemuck::Pod;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::answer;
 use super::item_wire::{ValueFromWire, ValueToWire};
 use super::wire::{self, ItemBytes, ItemFailure, ItemResults, PayloadRef, KIND_RESULT, KIND_TASK};
 use crate::codec::{Codec, RawSlice};
@@ -134,9 +135,8 @@ fn report_before_abort(message: String, location: String) {
             "not run: the worker aborted on the panic of an earlier item of its task".into(),
         )));
     }
-    let Ok(encoded) = postcard::to_allocvec(&Ok::<ItemResults, String>(results)) else {
-        return;
-    };
+    // Inline: no shared block to allocate and keep in a process about to abort.
+    let encoded = answer::inline(&Ok(results));
     let _ = wire::fragments(
         run.task,
         KIND_RESULT,
@@ -219,6 +219,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
     // task fails rather than growing our memory, and so do bodies of task ids garbage invents.
     let mut partial = wire::Reassembly::one_at_a_time(args.max_body);
     let mut done = 0u64;
+    let mut lent = answer::LentAnswers::default();
     loop {
         let frame = match args.tasks.get() {
             Ok(f) => f,
@@ -244,11 +245,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         });
         let outcome = body.and_then(|body| run_task(&body, &key));
         RUNNING.with(|r| *r.borrow_mut() = None);
-        let encoded = match postcard::to_allocvec(&outcome) {
-            Ok(v) => v,
-            Err(e) => postcard::to_allocvec(&Err::<ItemResults, String>(e.to_string()))
-                .unwrap_or_default(),
-        };
+        let encoded = lent.answer(&outcome);
         if wire::fragments(
             head.task,
             KIND_RESULT,
@@ -263,6 +260,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         }
         done += 1;
         if args.max_tasks.is_some_and(|m| done >= m) {
+            lent.wait_attached();
             return;
         }
     }
@@ -310,7 +308,7 @@ fn init_adapter(func: FnAddr, _payload: &[u8]) -> Result<ItemResults, String> {
 /// A result in the form of [`item_wire`](super::item_wire) (a `Vec<f64>` as its bytes).
 fn encode<R: Serialize>(r: &R) -> Result<ItemBytes, ItemFailure> {
     postcard::to_allocvec(&ValueToWire(r))
-        .map(ItemBytes)
+        .map(ItemBytes::Owned)
         .map_err(|e| ItemFailure::Failed(format!("cannot encode the result: {e}")))
 }
 

@@ -1,0 +1,233 @@
+//! A worker's answer to a task (its outcome: every item's encoded result, or why the task could not
+//! run), as it crosses the result ring: inline, cut into frames, or, from [`SHARED_PAYLOAD_BYTES`] on,
+//! encoded straight into a block of the worker's own heap, of which only the handle travels.
+//!
+//! Large answers went through ring fragments before (issue 12): a 64 MiB `Vec<f64>` result was encoded,
+//! cut into frames, reassembled in a buffer of the parent, copied out per item and decoded, each buffer
+//! in fresh pages of the parent: 130–150 ms, six times what the same vector costs as an argument. A
+//! block answer is written once by the worker, and each item is decoded from the block, in place, when
+//! the caller asks for it ([`ItemBytes::Lent`]).
+//!
+//! # The block
+//! `release: AtomicU64 | the outcome in postcard`. The worker zeroes `release`, encodes the outcome
+//! after it, sends the handle and keeps the block ([`LentAnswers`]). The parent maps it (its arena stays
+//! mapped for the next answers, see `heap`) and keeps it while any item still refers to it; when the
+//! last reference goes ([`LentBlock`]'s `Drop`), it stores 1 into `release`. Before it allocates its
+//! next answer block, the worker frees every block whose `release` reads 1. A worker thus holds the
+//! blocks of the answers the parent still holds, and reuses the same memory when the parent keeps up.
+//!
+//! # Trust
+//! The handle in a result frame is untrusted like every byte of the ring. Attaching checks it
+//! (`SharedArray::view`: an anonymous arena of another process, the range inside its real size), the
+//! outcome's length is capped as reassembled answers are, and every item is a range checked to lie in
+//! the block. The worker can still write the block while the parent decodes it: the parent then
+//! decodes garbage into a decode error, as it would from garbage frames. A parent that stores
+//! `release` early only corrupts its own answers.
+//!
+//! # Deaths
+//! The parent attaches to a block through the worker (`/proc/<pid>/fd`), so a block whose worker is
+//! gone cannot be attached unless its arena is still mapped from an earlier answer. An answer the
+//! parent cannot attach, from a worker that is dead, counts as no answer: the task stays in flight and
+//! fails with `WorkerDied` (or runs again) as every task of a dead worker does. From a worker that lives
+//! on, it fails the task: a garbage handle never leaves a caller waiting.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::wire::{ItemBytes, ItemFailure, ItemResults, SHARED_PAYLOAD_BYTES};
+use crate::heap::{BlockHandle, SharedArray};
+
+/// What a task came to in the worker: its items' results, or why it could not run.
+pub(crate) type Outcome = Result<ItemResults, String>;
+
+const ANSWER_INLINE: u8 = 0;
+const ANSWER_SHARED: u8 = 1;
+/// Bytes before the outcome in a block: the `release` word.
+const RELEASE_WORD: usize = 8;
+/// `release` values: sent and not yet attached; attached (mapped by the parent, readable whatever
+/// becomes of the worker); released (the parent is done: the worker may free and reuse the block).
+const LENT: u64 = 0;
+const ATTACHED: u64 = 2;
+const RELEASED: u64 = 1;
+/// How long a worker about to leave on its own (`max_tasks_per_child`) waits for the parent to attach
+/// its last answers: the parent does so as soon as its dispatcher reads the frame, so this bounds only
+/// a parent that is gone or stuck.
+const ATTACH_BOUND: Duration = Duration::from_secs(10);
+
+/// `outcome` as an inline answer body: the tag, then the outcome in postcard.
+pub(crate) fn inline(outcome: &Outcome) -> Vec<u8> {
+    postcard::to_extend(outcome, vec![ANSWER_INLINE]).unwrap_or_else(|e| {
+        // Only a user `Serialize` can fail, and item results are encoded before this; keep the
+        // answer well-formed all the same.
+        postcard::to_extend(
+            &Err::<ItemResults, String>(e.to_string()),
+            vec![ANSWER_INLINE],
+        )
+        .unwrap_or_default()
+    })
+}
+
+/// The `release` word at the start of `block`, if it has one (a foreign block may be too short or
+/// misaligned: its handle came from the ring).
+fn release_word(block: &SharedArray<u8>) -> Option<&AtomicU64> {
+    block.head_word()
+}
+
+/// The answer blocks a worker lent the parent, until the parent releases them.
+#[derive(Debug, Default)]
+pub(crate) struct LentAnswers {
+    blocks: Vec<SharedArray<u8>>,
+}
+
+impl LentAnswers {
+    /// The answer body for `outcome`: inline when small, else the handle of a block of this process
+    /// that holds it (kept here until released). Frees the blocks the parent released first.
+    pub(crate) fn answer(&mut self, outcome: &Outcome) -> Vec<u8> {
+        self.blocks
+            .retain(|b| release_word(b).is_none_or(|w| w.load(Ordering::Acquire) != RELEASED));
+        let size = match postcard::experimental::serialized_size(outcome) {
+            Ok(size) if size >= SHARED_PAYLOAD_BYTES => size,
+            _ => return inline(outcome),
+        };
+        match self.in_block(outcome, size) {
+            Ok(body) => body,
+            // No shared memory for it (or it did not encode): the ring still carries it.
+            Err(_) => inline(outcome),
+        }
+    }
+
+    /// Waits (at most [`ATTACH_BOUND`]) until the parent has attached every block lent to it: a worker
+    /// leaving on its own calls this last, since a block still unattached when its process is gone
+    /// could no longer be (see "Deaths").
+    pub(crate) fn wait_attached(&self) {
+        let until = Instant::now() + ATTACH_BOUND;
+        let unattached = |b: &SharedArray<u8>| {
+            release_word(b).is_some_and(|w| w.load(Ordering::Acquire) == LENT)
+        };
+        while self.blocks.iter().any(unattached) && Instant::now() < until {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    fn in_block(&mut self, outcome: &Outcome, size: usize) -> crate::Result<Vec<u8>> {
+        let len = size
+            .checked_add(RELEASE_WORD)
+            .ok_or_else(|| crate::Error::Encode("an answer too large to address".into()))?;
+        let mut block = SharedArray::<u8>::for_overwrite(len)?;
+        release_word(&block)
+            .ok_or_else(|| crate::Error::Encode("an answer block without its word".into()))?
+            .store(LENT, Ordering::Relaxed);
+        let out = block
+            .range_mut(RELEASE_WORD..len)
+            .ok_or_else(|| crate::Error::Encode("an answer block shorter than asked".into()))?;
+        let written = postcard::to_slice(outcome, out)
+            .map_err(|e| crate::Error::Encode(e.to_string()))?
+            .len();
+        if written != size {
+            return Err(crate::Error::Encode(
+                "the answer encoded to another size than it was measured at".into(),
+            ));
+        }
+        let body = postcard::to_extend(&block.block_handle(), vec![ANSWER_SHARED])
+            .map_err(|e| crate::Error::Encode(e.to_string()))?;
+        self.blocks.push(block);
+        Ok(body)
+    }
+}
+
+/// A worker's answer block mapped in the parent, released to the worker when the last item that
+/// refers to it is dropped.
+#[derive(Debug)]
+pub(crate) struct LentBlock {
+    block: SharedArray<u8>,
+}
+
+impl LentBlock {
+    /// The outcome's bytes (all of the block after its word, which `read` checked is there).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.block
+            .range(RELEASE_WORD..self.block.len())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for LentBlock {
+    fn drop(&mut self) {
+        // Release: our reads of the block happen-before the worker's Acquire load and its reuse.
+        if let Some(word) = release_word(&self.block) {
+            word.store(RELEASED, Ordering::Release);
+        }
+    }
+}
+
+/// An answer body as the parent reads it.
+#[derive(Debug)]
+pub(crate) enum Read {
+    /// The outcome (or why the answer is not one: garbage decodes to an `Err`).
+    Outcome(Outcome),
+    /// A block answer whose block could not be attached: no answer if its worker is dead, a failed
+    /// task if it lives (see "Deaths").
+    Unattached(String),
+}
+
+/// Whether `body` is a block answer (whose reading attaches a block of another process).
+#[cfg(fuzzing)]
+pub(crate) fn names_a_block(body: &[u8]) -> bool {
+    body.first() == Some(&ANSWER_SHARED)
+}
+
+/// Reads an answer body; a block's outcome may be at most `max` bytes, as a reassembled one.
+pub(crate) fn read(body: &[u8], max: u64) -> Read {
+    let garbage = |what: String| Read::Outcome(Err(format!("the worker's answer {what}")));
+    match body.split_first() {
+        Some((&ANSWER_INLINE, rest)) => Read::Outcome(
+            postcard::from_bytes(rest)
+                .unwrap_or_else(|e| Err(format!("the worker's answer did not decode: {e}"))),
+        ),
+        Some((&ANSWER_SHARED, rest)) => {
+            let Ok(handle) = postcard::from_bytes::<BlockHandle>(rest) else {
+                return garbage("names no block".into());
+            };
+            if handle.len.saturating_sub(RELEASE_WORD as u64) > max {
+                return garbage(format!("is larger than {max} bytes"));
+            }
+            let block = match SharedArray::<u8>::view(&handle) {
+                Ok(b) => match release_word(&b) {
+                    Some(word) => {
+                        // Mapped here now: the worker may leave without taking the answer along.
+                        word.store(ATTACHED, Ordering::Release);
+                        b
+                    }
+                    None => {
+                        return garbage("is a block too short or misaligned to hold one".into())
+                    }
+                },
+                Err(e) => return Read::Unattached(e.to_string()),
+            };
+            Read::Outcome(lent_outcome(Arc::new(LentBlock { block })))
+        }
+        _ => garbage("has no known form".into()),
+    }
+}
+
+/// The outcome in `lent`, its items referring to their bytes in the block.
+fn lent_outcome(lent: Arc<LentBlock>) -> Outcome {
+    let bytes = lent.bytes();
+    let outcome: Result<Vec<Result<&[u8], ItemFailure>>, String> = postcard::from_bytes(bytes)
+        .unwrap_or_else(|e| Err(format!("the worker's answer did not decode: {e}")));
+    let base = bytes.as_ptr() as usize;
+    let items = outcome?;
+    Ok(items
+        .into_iter()
+        .map(|item| {
+            item.map(|b| {
+                // `b` was borrowed from `bytes`, so it starts inside it.
+                let start = b.as_ptr() as usize - base;
+                let range: Range<usize> = start..start + b.len();
+                ItemBytes::Lent(Arc::clone(&lent), range)
+            })
+        })
+        .collect())
+}
