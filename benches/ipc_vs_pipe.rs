@@ -4,6 +4,9 @@
 //! Arrays of 4 KiB, 1 MiB, 64 MiB and 256 MiB go to a worker that is already running and has already
 //! served a task, in two tasks: *deliver* (the worker answers the first and last elements: the cost is
 //! getting the data there) and *sum* (the worker answers the sum: the cost includes reading it all).
+//! The other direction is the last task of each size, *answer*: the worker returns a new `Vec<f64>` of
+//! that size (`make_answer`: filled with one value, which the pool's worker and the pipe child alike
+//! pay for on every call), and the cost is getting it back to the caller as a `Vec<f64>` of its own.
 //!
 //! | column | how the array gets to the worker |
 //! |---|---|
@@ -15,6 +18,11 @@
 //! | (f) pool.map of a `Vec` | `Pool::map(f, [&vec])` with `f: fn(Vec<f64>) -> …`: the user's first try, with no change to their code; a large argument is encoded straight into a shared block the worker decodes in place, and a `Vec` of numbers travels as its bytes (one copy in, one out), not element by element |
 //! | (a') pipe + serde, kept memory | as (a), with a second forked child that keeps the memory it frees, as pool workers do: the baseline of (f) |
 //!
+//! | answer column | how the `Vec<f64>` gets back from the worker |
+//! |---|---|
+//! | (r') pipe + serde, kept memory | the child of (a') makes the `Vec`, serializes it with postcard into its reused buffer and writes it, length first, to the answer pipe; this process reads it into its reused buffer and deserializes a new `Vec<f64>`: the baseline of (r), and the first column of the row (its speed-ups are against it) |
+//! | (r) pool.apply returning a Vec | `pool.apply(make_answer, n)`: the worker encodes the large answer (its bytes) straight into a block of its own heap, of which only the handle crosses the result ring; the caller decodes its `Vec` from the block in place |
+//!
 //! The pipes are given 1 MiB buffers (`F_SETPIPE_SZ`, the unprivileged maximum) and both pipe columns
 //! reuse their buffers on both sides, so the baseline pays no page faults for fresh buffers; only the
 //! `Vec<f64>` that deserialization must produce is new each time, as it is for any serde user. The
@@ -23,6 +31,9 @@
 //! decodes for (f) is made of pages already mapped. (a) is the ordinary way, with the allocator as it
 //! comes; (a') is the same pipe child with the workers' allocator setting, and is what (f) is compared
 //! with (`pool_map_vec_64MiB_vs_pipe_serde`): that ratio compares the transports, not the settings.
+//! (r') uses that child too, so `pool_answer_vec_64MiB_vs_pipe_serde` (time of (r') / time of (r)) is
+//! the same comparison in the answer's direction; `pool_answer_vec_64MiB_ms` is (r)'s time. Both columns
+//! check every answer's length, middle element and ends.
 //!
 //! Timing, for a noisy 2-vCPU VM: each column is warmed up (which also calibrates how many calls one
 //! sample batches: ~20 ms worth, at least one), then the columns are sampled in round-robin so that a
@@ -80,6 +91,24 @@ fn sum(a: &[f64]) -> f64 {
         }
     }
     acc.iter().sum::<f64>() + rest.iter().sum::<f64>()
+}
+
+/// The answer of the *answer* rows: `n` elements, all 1.5 but the last, which is `n` (so that a short or
+/// shifted answer shows). The same code in the pool's worker and the pipe child: a fill, no more.
+fn make_answer(n: usize) -> Vec<f64> {
+    let mut v = vec![1.5f64; n];
+    if let Some(last) = v.last_mut() {
+        *last = n as f64;
+    }
+    v
+}
+
+/// Checks an answer of `make_answer(n)` as received (length and middle element) and returns its ends,
+/// `[1.5, n]` when it is right.
+fn check_answer(v: &[f64], n: usize) -> [f64; 2] {
+    assert_eq!(v.len(), n, "an answer of the wrong length");
+    assert_eq!(v[n / 2], 1.5, "an answer with a wrong middle element");
+    deliver(v).into()
 }
 
 fn noop(x: u32) -> u32 {
@@ -144,14 +173,20 @@ impl Task {
 const MODE_QUIT: u8 = 0;
 const MODE_SERDE: u8 = 1;
 const MODE_RAW: u8 = 2;
+/// Asks for `make_answer(n)`, `n` in the header's length field; no payload. The child answers the
+/// postcard bytes' length (u64 LE), then the bytes.
+const MODE_ANSWER: u8 = 3;
 /// Request header: mode, task, 6 bytes of padding, the payload length (u64 LE).
 const HEAD: usize = 16;
 const PIPE_BUF: usize = 1 << 20;
 
-/// The child's loop: read a request, decode it, run the task, answer 16 bytes.
+/// The child's loop: read a request, decode it, run the task, answer 16 bytes (or, for `MODE_ANSWER`,
+/// a serialized `Vec<f64>`).
 fn serve(mut req: File, mut rep: File) {
     let mut bytes: Vec<u8> = Vec::new();
     let mut raw: Vec<f64> = Vec::new();
+    // The serialized answer of `MODE_ANSWER`, reused.
+    let mut out: Vec<u8> = Vec::new();
     loop {
         let mut h = [0u8; HEAD];
         if req.read_exact(&mut h).is_err() {
@@ -181,6 +216,16 @@ fn serve(mut req: File, mut rep: File) {
                     .expect("read a request");
                 task.run(&raw[..n])
             }
+            MODE_ANSWER => {
+                let v = make_answer(len);
+                out.clear();
+                out = postcard::to_extend(&v, std::mem::take(&mut out)).expect("serialize");
+                drop(v);
+                rep.write_all(&(out.len() as u64).to_le_bytes())
+                    .expect("write an answer's length");
+                rep.write_all(&out).expect("write an answer");
+                continue;
+            }
             _ => return,
         };
         rep.write_all(bytemuck::cast_slice(&answer))
@@ -194,6 +239,8 @@ struct PipeServer {
     child: Option<os::Child>,
     /// The serialized request, reused.
     buf: Vec<u8>,
+    /// The serialized answer of `answer_vec`, reused.
+    back: Vec<u8>,
 }
 
 impl PipeServer {
@@ -216,6 +263,7 @@ impl PipeServer {
             rep: rep_r,
             child: Some(child),
             buf: Vec::new(),
+            back: Vec::new(),
         }
     }
 
@@ -246,6 +294,26 @@ impl PipeServer {
         self.req.write_all(&buf).expect("write");
         self.buf = buf;
         self.answer()
+    }
+
+    /// (r'): asks the child for `make_answer(n)`, reads its postcard bytes into the reused buffer and
+    /// deserializes them into a new `Vec`.
+    fn answer_vec(&mut self, n: usize) -> Vec<f64> {
+        self.req
+            .write_all(&Self::header(MODE_ANSWER, Task::Deliver, n))
+            .expect("write");
+        let mut len = [0u8; 8];
+        self.rep
+            .read_exact(&mut len)
+            .expect("read the answer's length");
+        let len = u64::from_le_bytes(len) as usize;
+        if self.back.len() < len {
+            self.back.resize(len, 0);
+        }
+        self.rep
+            .read_exact(&mut self.back[..len])
+            .expect("read the answer");
+        postcard::from_bytes(&self.back[..len]).expect("deserialize the answer")
     }
 
     /// (b): the bytes of the slice as they are.
@@ -545,9 +613,14 @@ fn main() {
         if quick { " (quick)" } else { "" }
     );
     println!("speed-up = time of (a) / time of the column; (a) pipe + postcard serde is the ordinary way");
+    println!(
+        "answer rows: the worker returns a Vec<f64> of the size; speed-up = time of (r') pipe + serde / time of the column"
+    );
 
     // (size in bytes, task) → stats of (a), (b), (c), (d), (e), (f), (a').
     let mut table: Vec<(usize, Task, Vec<Stats>)> = Vec::new();
+    // (size in bytes) → stats of (r'), (r).
+    let mut answers: Vec<(usize, Vec<Stats>)> = Vec::new();
     for &bytes in &cfg.sizes {
         let n = bytes / 8;
         let v: Vec<f64> = (0..n).map(|i| (i % 1024) as f64 * 0.25).collect();
@@ -605,6 +678,31 @@ fn main() {
             }
             table.push((bytes, task, stats));
         }
+        // The other direction: a Vec<f64> of this size back from the worker.
+        let kept = &mut pipe_kept;
+        let mut cols: Vec<Column<'_>> = vec![
+            (
+                "(r') pipe + serde, kept memory",
+                Box::new(|| check_answer(&kept.answer_vec(n), n)),
+            ),
+            (
+                "(r) pool.apply returning a Vec",
+                Box::new(|| check_answer(&pool.apply(make_answer, n).expect("apply"), n)),
+            ),
+        ];
+        let stats = compare(samples, [1.5, n as f64], &mut cols);
+        for ((name, _), s) in cols.iter().zip(&stats) {
+            println!(
+                "  {:<8} {:<36} {:>11} {:>23} {:>9.1} x",
+                "answer",
+                name,
+                fmt_time(s.median),
+                format!("{}..{}", fmt_time(s.min), fmt_time(s.max)),
+                stats[0].median / s.median
+            );
+        }
+        drop(cols);
+        answers.push((bytes, stats));
     }
 
     drop(pipe_kept);
@@ -686,6 +784,18 @@ fn main() {
     common::result(
         "pool2_sum_vs_threads2_64MiB",
         sums[3].median / sums[2].median,
+        2,
+        "x",
+    );
+    let a64 = &answers
+        .iter()
+        .find(|(b, _)| *b == 64 << 20)
+        .expect("measured")
+        .1;
+    common::result("pool_answer_vec_64MiB_ms", a64[1].median * 1e3, 1, "ms");
+    common::result(
+        "pool_answer_vec_64MiB_vs_pipe_serde",
+        a64[0].median / a64[1].median,
         2,
         "x",
     );

@@ -133,7 +133,7 @@ pub mod pool {
         if crate::pool::answer::names_a_block(bytes) {
             return Err("a block answer".into());
         }
-        let r = match crate::pool::answer::read(bytes, u64::MAX) {
+        let r = match crate::pool::answer::read(bytes) {
             crate::pool::answer::Read::Outcome(r) => r,
             crate::pool::answer::Read::Unattached(why) => return Err(why),
         };

@@ -18,9 +18,9 @@
 //!
 //! # Trust
 //! The handle in a result frame is untrusted like every byte of the ring. Attaching checks it
-//! (`SharedArray::view`: an anonymous arena of another process, the range inside its real size), the
-//! outcome's length is capped as reassembled answers are, and every item is a range checked to lie in
-//! the block. The worker can still write the block while the parent decodes it: the parent then
+//! (`SharedArray::view`: an anonymous arena of another process, the range inside its real size), and
+//! every item is a range checked to lie in the block. Its size is not capped: the parent allocates
+//! nothing for it but the values the caller decodes, each from bytes that are there. The worker can still write the block while the parent decodes it: the parent then
 //! decodes garbage into a decode error, as it would from garbage frames. A parent that stores
 //! `release` early only corrupts its own answers.
 //!
@@ -178,8 +178,10 @@ pub(crate) fn names_a_block(body: &[u8]) -> bool {
     body.first() == Some(&ANSWER_SHARED)
 }
 
-/// Reads an answer body; a block's outcome may be at most `max` bytes, as a reassembled one.
-pub(crate) fn read(body: &[u8], max: u64) -> Read {
+/// Reads an answer body. A block answer has no size cap, as a block argument has none: the cap on
+/// reassembled bodies bounds the memory a ring's writer can make the reader allocate, and a block is
+/// the worker's memory, mapped, with every item read in place.
+pub(crate) fn read(body: &[u8]) -> Read {
     let garbage = |what: String| Read::Outcome(Err(format!("the worker's answer {what}")));
     match body.split_first() {
         Some((&ANSWER_INLINE, rest)) => Read::Outcome(
@@ -190,9 +192,6 @@ pub(crate) fn read(body: &[u8], max: u64) -> Read {
             let Ok(handle) = postcard::from_bytes::<BlockHandle>(rest) else {
                 return garbage("names no block".into());
             };
-            if handle.len.saturating_sub(RELEASE_WORD as u64) > max {
-                return garbage(format!("is larger than {max} bytes"));
-            }
             let block = match SharedArray::<u8>::view(&handle) {
                 Ok(b) => match release_word(&b) {
                     Some(word) => {

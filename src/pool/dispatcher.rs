@@ -318,7 +318,7 @@ impl Dispatcher {
         };
         let outcome = match body {
             Err(e) => Err(format!("the worker's answer is {e}")),
-            Ok(bytes) => match answer::read(&bytes, self.cfg.max_body) {
+            Ok(bytes) => match answer::read(&bytes) {
                 answer::Read::Outcome(outcome) => outcome,
                 // A block we cannot attach: its worker is gone, or lied (see `answer`, "Deaths").
                 answer::Read::Unattached(why) => {

@@ -76,10 +76,11 @@ use worker::TaskKind;
 const FRAME_SIZE: usize = 64 << 10;
 /// Frames the shared result ring holds.
 const RESULT_RING: usize = 64;
-/// The largest task (encoded items of one chunk) or result (encoded results of one chunk) a pool moves.
-/// Both ends reassemble fragments up to this and no further, so a garbage writer of a ring cannot grow
-/// their memory without bound; a larger message fails its task with a message saying so. Large arrays
-/// do not count against it: they travel by offset.
+/// The largest task (encoded items of one chunk) or result (encoded results of one chunk) a pool moves
+/// through its rings. Both ends reassemble fragments up to this and no further, so a garbage writer of a
+/// ring cannot grow their memory without bound; a larger message fails its task with a message saying
+/// so. Large arrays do not count against it (they travel by offset), nor do payloads and answers from
+/// 1 MiB on, which travel in shared blocks (`wire::Payload`, `answer`).
 pub(crate) const MAX_MESSAGE_BYTES: u64 = 256 << 20;
 
 /// A pool of worker processes. See the [module docs](self).

@@ -219,6 +219,22 @@ fn answer_blocks_are_released_and_reused() {
     );
 }
 
+fn bytes_of_len(n: usize) -> Vec<u8> {
+    let mut v = vec![5u8; n];
+    v[n - 1] = 9;
+    v
+}
+
+/// A block answer is not held to the ring's reassembly cap (`MAX_MESSAGE_BYTES`), as a block argument
+/// is not: a result past it arrives whole, where through ring frames it failed its task.
+#[test]
+fn an_answer_past_the_ring_limit_arrives_in_its_block() {
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let n = super::MAX_MESSAGE_BYTES as usize + (1 << 20);
+    let got = pool.apply(bytes_of_len, n).unwrap();
+    assert_eq!((got.len(), got[0], got[n - 1]), (n, 5, 9));
+}
+
 /// A value that encodes shorter the second time it is serialized than the first: the payload
 /// encoder sizes its block with one pass and writes it with another.
 struct ShrinksOnSecondPass(std::cell::Cell<usize>);
