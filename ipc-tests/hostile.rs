@@ -136,7 +136,7 @@ fn layout(kind: Kind) -> Vec<Field> {
                 ("arrived_ns[0]", 2088, 4),
             ]);
         }
-        Kind::Event => f.extend([("flag", 0, 4), ("sleepers", 4, 4), ("sets", 8, 4)]),
+        Kind::Event => f.extend([("state", 0, 4), ("sleepers", 4, 4)]),
         Kind::Queue => f.extend([
             ("capacity", 0, 4),
             ("slot_size", 4, 4),

@@ -35,6 +35,7 @@ pub const ROLES: &[Role] = &[
     ("locks_count_array", count_array),
     ("locks_event_wait", event_wait),
     ("locks_event_timeout", event_timeout),
+    ("locks_event_pong", event_pong),
     ("locks_by_handle", by_handle),
     ("locks_churn", churn),
 ];
@@ -72,6 +73,10 @@ pub fn tests() -> Vec<Trial> {
         t(
             "event_wait_timeout_when_never_set",
             event_wait_timeout_when_never_set,
+        ),
+        t(
+            "event_ping_pong_between_processes_loses_no_turn",
+            event_ping_pong,
         ),
         t(
             "objects_passed_as_serialized_handles",
@@ -417,6 +422,53 @@ fn event_wait_timeout_when_never_set() {
     let mut kid = Kid::spawn("locks_event_timeout", &name, BOUND);
     kid.expect_line("timed out");
     e.set();
+    kid.join_ok();
+}
+
+/// Round trips of the event ping-pong. A lost turn showed within a few thousand (about one in 5 000).
+const PING_PONGS: u64 = 50_000;
+
+/// Waits for `e` to be set by the other side, and checks that it was (see `event_ping_pong`).
+fn await_turn(e: &Event, side: &str, round: u64) {
+    assert!(e.wait_timeout(BOUND), "{side}: no turn in round {round}");
+    assert!(
+        e.is_set(),
+        "{side}: wait returned in round {round} with the flag clear: a set already answered ended it"
+    );
+    e.clear();
+}
+
+fn event_pong(names: &str) {
+    let (there, back) = names.split_once(',').expect("two names");
+    let (there, back) = (
+        Event::open(there).expect("open"),
+        Event::open(back).expect("open"),
+    );
+    for round in 0..PING_PONGS {
+        await_turn(&there, "child", round);
+        back.set();
+    }
+}
+
+/// Two processes hand a turn back and forth over two events (set, then wait + clear). Only the side
+/// that waits on an event clears it, so a wait must return with the flag set. Found by the sync bench:
+/// `set` stored the flag and then bumped a counter, and a waiter that had already answered the flag
+/// could start its next wait before the bump, which then ended that wait at once; a turn was lost and
+/// both sides waited for good.
+fn event_ping_pong() {
+    let there_name = common::unique_name("event-there");
+    let back_name = common::unique_name("event-back");
+    let there = Event::create(&there_name).expect("create event");
+    let back = Event::create(&back_name).expect("create event");
+    let mut kid = Kid::spawn(
+        "locks_event_pong",
+        &format!("{there_name},{back_name}"),
+        BOUND,
+    );
+    for round in 0..PING_PONGS {
+        there.set();
+        await_turn(&back, "parent", round);
+    }
     kid.join_ok();
 }
 

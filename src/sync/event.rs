@@ -12,20 +12,31 @@ use crate::sys::futex;
 #[repr(C)]
 #[derive(Debug, Default)]
 pub(crate) struct RawEvent {
-    /// 0 = clear, anything else = set.
-    flag: AtomicU32,
-    /// Threads that may be asleep on `sets`. `set` skips the wake syscall when this is 0. A waiter killed
-    /// while counted leaves it too high, which only costs `set` one needless wake.
+    /// The flag (bit 0, [`FLAG`]) and the count of `set`s (the bits above it), in one word: the futex
+    /// word. Every `set` moves it in one step, so a waiter that found the flag clear returns once the
+    /// word moved, even if a `clear` came right after (a `set(); clear()` pulse wakes every waiter, as
+    /// in Python, instead of being lost to a waiter that re-checks the flag).
+    ///
+    /// One word, not a flag and a counter beside it: `set` stored the flag, then bumped the counter,
+    /// and a waiter that saw the flag, cleared it and waited again could take the counter's value from
+    /// before that bump as its start. The bump then ended its new wait at once, a set it had already
+    /// answered: a ping-pong of two events lost a turn and both sides waited for good (found by the sync
+    /// bench's hand-off rows, within 200 000 round trips).
+    state: AtomicU32,
+    /// Threads that may be asleep on `state`. `set` skips the wake syscall when this is 0. A waiter
+    /// killed while counted leaves it too high, which only costs `set` one needless wake.
     sleepers: AtomicU32,
-    /// Bumped by every `set`: the futex word. A waiter returns once it moved, even if a `clear` came
-    /// right after (a `set(); clear()` pulse wakes every waiter, as in Python, instead of being lost to
-    /// a waiter that re-checks the flag).
-    sets: AtomicU32,
+    /// Never read or written: it only gives the layout a size no earlier build used (see below).
+    _unused: [AtomicU32; 2],
 }
 
-// The layout hash covers the size: `sets` (12 bytes, was 8) makes builds before and after it refuse
-// each other's events.
-const _: () = assert!(std::mem::size_of::<RawEvent>() == 12);
+/// Bit 0 of [`RawEvent::state`]: the flag is set.
+const FLAG: u32 = 1;
+
+// The layout hash covers the size, and builds that read these words otherwise must refuse each other's
+// events (a layout mismatch error, never a misread): 16 bytes, where 0.1.0 had 8 (a flag and
+// `sleepers`) and the builds after it 12 (a flag, `sleepers` and a count of sets).
+const _: () = assert!(std::mem::size_of::<RawEvent>() == 16);
 
 // SAFETY: atomics only; any bit pattern is a valid state.
 unsafe impl ShmSafe for RawEvent {}
@@ -72,24 +83,33 @@ impl Event {
 
     /// Whether the flag is set.
     pub fn is_set(&self) -> bool {
-        self.shared.flag.load(Ordering::Acquire) != 0
+        self.shared.state.load(Ordering::Acquire) & FLAG != 0
     }
 
     /// Sets the flag and wakes every waiter.
     pub fn set(&self) {
         let raw = &*self.shared;
-        // SeqCst store then SeqCst load, against the waiter's SeqCst increment then load (Dekker): either
-        // we see its sleeper count, or it sees our flag before sleeping. No lost wake-up.
-        raw.flag.store(1, Ordering::SeqCst);
-        raw.sets.fetch_add(1, Ordering::SeqCst);
+        // One SeqCst RMW that sets the flag and counts the set (bits above FLAG, wrapping), then a SeqCst
+        // load, against the waiter's SeqCst increment then load (Dekker): either we see its sleeper
+        // count, or it sees the moved word before sleeping. No lost wake-up.
+        let _ = raw
+            .state
+            .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |w| {
+                Some((w | FLAG).wrapping_add(2))
+            });
         if raw.sleepers.load(Ordering::SeqCst) != 0 {
-            futex::wake_all(&raw.sets);
+            futex::wake_all(&raw.state);
         }
     }
 
     /// Clears the flag.
     pub fn clear(&self) {
-        self.shared.flag.store(0, Ordering::Release);
+        // Only the flag bit: the count of sets is what sleeping waiters compare against. A clear event
+        // is left alone, with no locked instruction.
+        let state = &self.shared.state;
+        if state.load(Ordering::Relaxed) & FLAG != 0 {
+            state.fetch_and(!FLAG, Ordering::Release);
+        }
     }
 
     /// Blocks until the flag is set.
@@ -105,15 +125,15 @@ impl Event {
 
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
         let raw = &*self.shared;
-        let start = raw.sets.load(Ordering::SeqCst);
-        if raw.flag.load(Ordering::Acquire) != 0 {
+        let start = raw.state.load(Ordering::SeqCst);
+        if start & FLAG != 0 {
             return true;
         }
-        // Spin, then sleep on `sets` until the deadline, counted in `sleepers` (see `set`). A set since
-        // `start` is enough, whatever the flag says now.
-        let was_set =
-            || raw.sets.load(Ordering::SeqCst) != start || raw.flag.load(Ordering::SeqCst) != 0;
-        match Waiter::new(deadline).wait_until(was_set, &raw.sets, start, Some(&raw.sleepers)) {
+        // Spin, then sleep on `state` until the deadline, counted in `sleepers` (see `set`). With the
+        // flag clear at `start`, only a `set` moves the word (a `clear` of a clear flag writes nothing):
+        // a move is a set since `start`, whatever the flag says now.
+        let was_set = || raw.state.load(Ordering::SeqCst) != start;
+        match Waiter::new(deadline).wait_until(was_set, &raw.state, start, Some(&raw.sleepers)) {
             Wake::Ready => true,
             // The deadline (a waiter with no liveness checks never sees a slice end): the flag may
             // have been set on the way out.
