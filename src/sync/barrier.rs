@@ -234,10 +234,7 @@ impl Barrier {
                         Ok(index)
                     };
                 }
-                Wake::Deadline => {
-                    self.abort();
-                    return Err(Error::BrokenBarrier);
-                }
+                Wake::Deadline => return self.time_out(generation, index),
                 Wake::SliceEnded => {
                     let _ = self.locked(deadline, |r| {
                         if r.generation.load(Ordering::Relaxed) != generation {
@@ -261,6 +258,32 @@ impl Barrier {
                     });
                 }
             }
+        }
+    }
+}
+
+impl Barrier {
+    /// Ends the wait of the party that arrived `index`-th in round `generation`, whose deadline passed:
+    /// breaks that round (Python's rule: a timeout breaks the barrier), if it is still the current one.
+    ///
+    /// The round may have tripped between the waiter's last look and its clock read (found by review).
+    /// Breaking then hit the *next* round: this party got `BrokenBarrier` for a round that tripped,
+    /// while the others got `Ok` for it, and their next round failed. So the check and the break are
+    /// made together, under the internal lock (or without it if it stays held past [`TRY_BOUND`], as
+    /// [`Barrier::abort`] does: the deadline has passed), and a round that ended meanwhile is reported
+    /// as it ended.
+    fn time_out(&self, generation: u32, index: u32) -> Result<u32> {
+        let ended = self.locked_or_forced(TRY_BOUND, |r| {
+            if r.generation.load(Ordering::Relaxed) != generation {
+                return true;
+            }
+            r.break_now();
+            false
+        });
+        if ended && !self.shared.round_broke(generation) {
+            Ok(index)
+        } else {
+            Err(Error::BrokenBarrier)
         }
     }
 }
@@ -293,6 +316,32 @@ impl RawBarrier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by review: a waiter whose deadline passed just after its round tripped broke the next
+    /// round. Its time-out now reports the round it waited on, and leaves the next one alone.
+    #[test]
+    fn a_time_out_after_the_round_tripped_reports_the_trip_and_breaks_nothing() {
+        let b = Barrier::new(2).unwrap();
+        let generation = b.shared.generation.load(Ordering::SeqCst);
+        std::thread::scope(|s| {
+            let first = s.spawn(|| b.wait());
+            // Bounded, to prove no hang: until the first party is counted as arrived.
+            let end = Instant::now() + Duration::from_secs(60);
+            while b.n_waiting() == 0 {
+                assert!(Instant::now() < end, "the first party never arrived");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(b.wait().unwrap(), 1);
+            assert_eq!(first.join().unwrap().unwrap(), 0);
+        });
+        // The first party's wait, had its deadline passed right after the trip:
+        assert_eq!(b.time_out(generation, 0).unwrap(), 0);
+        assert!(!b.broken(), "the next round was broken");
+        // A time-out in the current round still breaks it.
+        let now = b.shared.generation.load(Ordering::SeqCst);
+        assert!(matches!(b.time_out(now, 0), Err(Error::BrokenBarrier)));
+        assert!(b.broken());
+    }
 
     #[test]
     fn trips_and_is_reusable() {
