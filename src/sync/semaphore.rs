@@ -25,7 +25,7 @@
 //! table are not tracked (they are not returned if their holder dies).
 
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::raw_lock::{Acquired, Nesting, RawLock, INTERNAL_BOUND, TRY_BOUND};
@@ -279,7 +279,17 @@ impl RawSemaphore {
     }
 
     fn wake_sleepers(&self, n: u32) {
-        if n > 0 && self.sleepers.load(Ordering::SeqCst) != 0 {
+        if n == 0 {
+            return;
+        }
+        // The Dekker pair with a sleeping acquirer (its SeqCst increment of `sleepers`, then its SeqCst
+        // load of `value`): `value` was stored Relaxed under the internal lock, and the unlock is a
+        // Release swap, neither of which orders that store before our load of `sleepers` in the
+        // language's memory model (x86's `xchg` happens to; the model does not promise it). This fence
+        // does: either we see the sleeper, or its load sees the new value. Found by review; without it
+        // a wake could be skipped, costing the sleeper a slice (`MAX_CHECK`).
+        fence(Ordering::SeqCst);
+        if self.sleepers.load(Ordering::SeqCst) != 0 {
             futex::wake(&self.value, n);
         }
     }
@@ -320,7 +330,8 @@ impl RawSemaphore {
             // only when, by chance, nobody released one for a whole slice.
             self.reclaim_if_due(deadline);
             // Counted in `sleepers`, re-checking `value` with SeqCst: the Dekker pair with `release`
-            // (SeqCst change under the lock, then SeqCst load of `sleepers` in `wake_sleepers`).
+            // (the change under the lock, a SeqCst fence, then the SeqCst load of `sleepers` in
+            // `wake_sleepers`).
             let ready = || self.value.load(Ordering::SeqCst) != 0;
             if sleeper.sleep(&self.value, 0, Some(&self.sleepers), ready) == Slept::Deadline {
                 return false;
