@@ -105,6 +105,7 @@ fn layout(kind: Kind) -> Vec<Field> {
                 ("value", 16, 4),
                 ("max", 20, 4),
                 ("sleepers", 24, 4),
+                ("releaser_cpu", 28, 4),
                 ("last_scan_ms", 32, 8),
                 ("journal.active", 40, 4),
                 ("journal.value", 44, 4),
@@ -134,9 +135,10 @@ fn layout(kind: Kind) -> Vec<Field> {
                 ("arrived[0]", 40, 8),
                 ("arrived[255]", 40 + 255 * 8, 8),
                 ("arrived_ns[0]", 2088, 4),
+                ("last_cpu", 3112, 4),
             ]);
         }
-        Kind::Event => f.extend([("state", 0, 4), ("sleepers", 4, 4)]),
+        Kind::Event => f.extend([("state", 0, 4), ("sleepers", 4, 4), ("setter_cpu", 8, 4)]),
         Kind::Queue => f.extend([
             ("capacity", 0, 4),
             ("slot_size", 4, 4),

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::raw_lock::{Acquired, Nesting, RawLock, INTERNAL_BOUND, TRY_BOUND};
-use super::wait::{Waiter, Wake, MAX_CHECK};
+use super::wait::{note_cpu, Waiter, Wake, MAX_CHECK};
 use crate::error::{Error, Result};
 use crate::region::shared::{impl_shared_object, Shared};
 use crate::region::ShmSafe;
@@ -32,11 +32,16 @@ pub(crate) struct RawBarrier {
     arrived: [AtomicU64; MAX_PARTIES as usize],
     /// `proc::pid_ns_tag()` of each party in `arrived`: its death is judged only from that namespace.
     arrived_ns: [AtomicU32; MAX_PARTIES as usize],
+    /// The CPU of the last party to arrive (in this round, or the one that tripped the last): a party
+    /// that then waits takes it as where its peer last ran, and yields instead of pausing when that is
+    /// its own CPU ([`note_cpu`]; a hint only).
+    last_cpu: AtomicU32,
+    _pad: AtomicU32,
 }
 
-// The layout hash covers the size: adding the parties' namespaces (S6), then the rounds' outcomes, changed
-// it, so builds before and after each change refuse each other's barriers.
-const _: () = assert!(std::mem::size_of::<RawBarrier>() == 3112);
+// The layout hash covers the size: adding the parties' namespaces (S6), then the rounds' outcomes, then
+// the last arrival's CPU changed it, so builds before and after each change refuse each other's barriers.
+const _: () = assert!(std::mem::size_of::<RawBarrier>() == 3120);
 
 // SAFETY: atomics only; every bit pattern is a valid state (counts are clamped to MAX_PARTIES before
 // indexing).
@@ -196,6 +201,8 @@ impl Barrier {
             }
             let index = r.count.load(Ordering::Relaxed).min(parties - 1);
             let generation = r.generation.load(Ordering::Relaxed);
+            let peer_cpu = r.last_cpu.load(Ordering::Relaxed);
+            note_cpu(&r.last_cpu);
             if index + 1 == parties {
                 r.count.store(0, Ordering::Relaxed);
                 r.outcomes
@@ -208,7 +215,7 @@ impl Barrier {
             r.arrived[index as usize].store(me.pack(), Ordering::Relaxed);
             r.arrived_ns[index as usize].store(proc::pid_ns_tag(), Ordering::Relaxed);
             r.count.store(index + 1, Ordering::Relaxed);
-            Ok((index, Some(generation)))
+            Ok((index, Some((generation, peer_cpu))))
         });
         let Some(arrival) = arrival else {
             // The internal lock stayed held until our deadline: time out as a waiter would (Python's
@@ -217,7 +224,7 @@ impl Barrier {
             return Err(Error::BrokenBarrier);
         };
         let arrival = arrival?;
-        let (index, Some(generation)) = arrival else {
+        let (index, Some((generation, peer_cpu))) = arrival else {
             return Ok(arrival.0);
         };
         let raw = &*self.shared;
@@ -226,7 +233,8 @@ impl Barrier {
         let mut waiter = Waiter::new(deadline).checking(Duration::from_millis(1), MAX_CHECK);
         loop {
             let tripped = || raw.generation.load(Ordering::SeqCst) != generation;
-            match waiter.wait_until(tripped, &raw.generation, generation, None) {
+            match waiter.wait_until_beside(tripped, &raw.generation, generation, None, || peer_cpu)
+            {
                 Wake::Ready => {
                     return if raw.round_broke(generation) {
                         Err(Error::BrokenBarrier)
@@ -316,6 +324,26 @@ impl RawBarrier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A party that waits takes the CPU of the last arrival as its peer's: every arrival, the tripping
+    /// one included, records its CPU.
+    #[test]
+    fn every_arrival_records_its_cpu() {
+        let b = Barrier::new(1).unwrap();
+        b.shared
+            .last_cpu
+            .store(proc::UNKNOWN_CPU, Ordering::Relaxed);
+        let cpu = std::thread::scope(|s| {
+            s.spawn(|| {
+                let cpu = proc::pin_current_thread_for_test();
+                assert_eq!(b.wait().unwrap(), 0);
+                cpu
+            })
+            .join()
+            .unwrap()
+        });
+        assert_eq!(b.shared.last_cpu.load(Ordering::Relaxed), cpu);
+    }
 
     /// Found by review: a waiter whose deadline passed just after its round tripped broke the next
     /// round. Its time-out now reports the round it waited on, and leaves the next one alone.

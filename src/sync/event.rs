@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::wait::{Waiter, Wake};
+use super::wait::{note_cpu, Waiter, Wake};
 use crate::error::Result;
 use crate::region::shared::{impl_shared_object, Shared};
 use crate::region::ShmSafe;
@@ -26,8 +26,12 @@ pub(crate) struct RawEvent {
     /// Threads that may be asleep on `state`. `set` skips the wake syscall when this is 0. A waiter
     /// killed while counted leaves it too high, which only costs `set` one needless wake.
     sleepers: AtomicU32,
-    /// Never read or written: it only gives the layout a size no earlier build used (see below).
-    _unused: [AtomicU32; 2],
+    /// The CPU the last `set` ran on: a waiter whose setter last ran on its own CPU yields instead of
+    /// pausing, since the setter cannot run while it spins there ([`note_cpu`]; a hint only).
+    setter_cpu: AtomicU32,
+    /// Never read or written: with `setter_cpu`, it gives the layout a size no earlier build used (see
+    /// below).
+    _unused: AtomicU32,
 }
 
 /// Bit 0 of [`RawEvent::state`]: the flag is set.
@@ -100,6 +104,7 @@ impl Event {
         if raw.sleepers.load(Ordering::SeqCst) != 0 {
             futex::wake_all(&raw.state);
         }
+        note_cpu(&raw.setter_cpu);
     }
 
     /// Clears the flag.
@@ -133,7 +138,10 @@ impl Event {
         // flag clear at `start`, only a `set` moves the word (a `clear` of a clear flag writes nothing):
         // a move is a set since `start`, whatever the flag says now.
         let was_set = || raw.state.load(Ordering::SeqCst) != start;
-        match Waiter::new(deadline).wait_until(was_set, &raw.state, start, Some(&raw.sleepers)) {
+        let mut waiter = Waiter::new(deadline);
+        let sleepers = Some(&raw.sleepers);
+        let setter_cpu = || raw.setter_cpu.load(Ordering::Relaxed);
+        match waiter.wait_until_beside(was_set, &raw.state, start, sleepers, setter_cpu) {
             Wake::Ready => true,
             // The deadline (a waiter with no liveness checks never sees a slice end): the flag may
             // have been set on the way out.
@@ -145,6 +153,26 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A waiter tells from `setter_cpu` whether the setter last ran on its own CPU (and then yields
+    /// instead of spinning for a peer that cannot run): every `set` records its CPU.
+    #[test]
+    fn a_set_records_the_setters_cpu() {
+        let e = Event::new().unwrap();
+        e.shared
+            .setter_cpu
+            .store(crate::sys::proc::UNKNOWN_CPU, Ordering::Relaxed);
+        let cpu = std::thread::scope(|s| {
+            s.spawn(|| {
+                let cpu = crate::sys::proc::pin_current_thread_for_test();
+                e.set();
+                cpu
+            })
+            .join()
+            .unwrap()
+        });
+        assert_eq!(e.shared.setter_cpu.load(Ordering::Relaxed), cpu);
+    }
 
     /// Found by review: a waiter asleep during `set(); clear()` was woken, found the flag clear and
     /// slept again (a `wait()` hung for good). Every waiter returns on a set, as in Python.

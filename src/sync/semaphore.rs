@@ -29,7 +29,7 @@ use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::raw_lock::{Acquired, Nesting, RawLock, INTERNAL_BOUND, TRY_BOUND};
-use super::wait::{Backoff, Sleeper, Slept, SpinClass, MAX_CHECK};
+use super::wait::{note_cpu, Backoff, Sleeper, Slept, SpinClass, MAX_CHECK};
 use crate::error::{Error, Result};
 use crate::region::shared::{impl_shared_object, Shared};
 use crate::region::ShmSafe;
@@ -79,7 +79,10 @@ pub(crate) struct RawSemaphore {
     max: AtomicU32,
     /// Threads that may sleep on `value`.
     sleepers: AtomicU32,
-    _pad: AtomicU32,
+    /// The CPU the last release ran on: an acquirer whose releaser last ran on its own CPU yields
+    /// instead of pausing ([`note_cpu`]; a hint only). Builds before it left this word 0 (padding), a
+    /// hint like any other, so the layout did not change.
+    releaser_cpu: AtomicU32,
     /// `sys::proc::monotonic_ms()` of the last scan for dead holders, by any waiter in any process.
     last_scan_ms: AtomicU64,
     journal: Journal,
@@ -317,7 +320,7 @@ impl RawSemaphore {
         // Spin phase (see `wait::Backoff`): a permit released within the budget is taken with no system
         // call on either side (the releaser sees no sleeper and skips its wake).
         let mut backoff = Backoff::for_class(SpinClass::Handoff).until(deadline);
-        while backoff.snooze() {
+        while backoff.snooze_beside(|| self.releaser_cpu.load(Ordering::Relaxed)) {
             if self.value.load(Ordering::Relaxed) != 0 && self.try_take(me, wait) {
                 return true;
             }
@@ -373,6 +376,7 @@ impl RawSemaphore {
         let ok = self.locked(wait, |s| s.apply(Update::Give { tracked }, me))?;
         if ok {
             self.wake_sleepers(1);
+            note_cpu(&self.releaser_cpu);
         }
         Some(ok)
     }
@@ -605,6 +609,31 @@ impl std::fmt::Debug for SemaphoreGuard<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An acquirer tells from `releaser_cpu` whether the releaser last ran on its own CPU: every
+    /// release records its CPU, a failed one (at the ceiling) does not.
+    #[test]
+    fn a_release_records_the_releasers_cpu() {
+        let s = BoundedSemaphore::new(1).unwrap();
+        let unknown = crate::sys::proc::UNKNOWN_CPU;
+        s.inner
+            .shared
+            .releaser_cpu
+            .store(unknown, Ordering::Relaxed);
+        let cpu = std::thread::scope(|t| {
+            t.spawn(|| {
+                let cpu = crate::sys::proc::pin_current_thread_for_test();
+                assert!(s.release().is_err(), "at the ceiling");
+                assert_eq!(s.inner.shared.releaser_cpu.load(Ordering::Relaxed), unknown);
+                s.acquire().forget();
+                s.release().unwrap();
+                cpu
+            })
+            .join()
+            .unwrap()
+        });
+        assert_eq!(s.inner.shared.releaser_cpu.load(Ordering::Relaxed), cpu);
+    }
 
     #[test]
     fn dead_thread_permits_come_back() {

@@ -277,16 +277,11 @@ const SLOT_HEAD: usize = std::mem::size_of::<SlotHead>();
 const PREFETCH_AHEAD: u32 = 8;
 const HEADER: usize = std::mem::size_of::<RingHeader>();
 
-/// Records the calling thread's CPU in `cursor` for the other side's waiters ("Peers on one CPU").
-/// The line is the one the claim just wrote `pos` to, and the store is skipped while the CPU stays the
-/// same, so the fast path gains no cache-line transfer; it gains a `sched_getcpu`, a load from the
-/// thread's rseq area with glibc 2.35 or later (about 3 ns here), a vDSO call before that.
+/// Records the calling thread's CPU in `cursor` for the other side's waiters ("Peers on one CPU"), in
+/// the line the claim just wrote `pos` to (see [`note_cpu`](crate::sync::wait::note_cpu)).
 #[inline]
 fn note_cpu(cursor: &Cursor) {
-    let cpu = proc::current_cpu();
-    if cursor.cpu.load(Ordering::Relaxed) != cpu {
-        cursor.cpu.store(cpu, Ordering::Relaxed);
-    }
+    crate::sync::wait::note_cpu(&cursor.cpu);
 }
 
 /// The geometry of a ring, fixed at creation.
