@@ -881,20 +881,21 @@ impl<R: DeserializeOwned> Process<R> {
         let status = match self.status.get() {
             Some(s) => s,
             None => {
-                let start = std::time::Instant::now();
-                if !psys::wait_readable(&child.pidfd, timeout)? {
-                    return Err(Error::Timeout);
-                }
-                // The pidfd is readable: the child has terminated, so this does not block, except
-                // for a child of a dead fork server, whose new parent may take a while to reap it:
-                // that wait stays inside the caller's timeout (then `Timeout`; join again later).
-                let patience = timeout.map_or(forkserver::ORPHAN_REAP_WAIT, |t| {
-                    t.saturating_sub(start.elapsed())
-                        .min(forkserver::ORPHAN_REAP_WAIT)
-                });
-                let s = child
-                    .reap(true, patience)?
-                    .ok_or(Error::ProcessState("lost the child".into()))?;
+                let s = match &child.via_server {
+                    // A child of the fork server: its end is reported on its status socket, which
+                    // `Status::join` waits on (not on the pidfd: see there), within `timeout`.
+                    Some(server) => server.join(child.pid, &child.pidfd, timeout)?,
+                    None => {
+                        if !psys::wait_readable(&child.pidfd, timeout)? {
+                            return Err(Error::Timeout);
+                        }
+                        // The pidfd is readable: our own child has terminated, so this does not
+                        // block.
+                        child
+                            .reap(true, Duration::ZERO)?
+                            .ok_or(Error::ProcessState("lost the child".into()))?
+                    }
+                };
                 self.status.set(Some(s));
                 s
             }
