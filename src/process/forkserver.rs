@@ -523,13 +523,13 @@ impl Status {
         if !psys::wait_readable(pidfd, left())? {
             return Err(Error::Timeout);
         }
-        // Only now: the socket reads end-of-file as soon as the dying server's files are closed, before
-        // its pidfd says it ended, and a server still "alive" then would not be let go of (nor reaped).
-        // The child's end comes after its parent's (it dies with it), as in `Status::wait`.
-        forget_dead_server();
-        // As in `Process::join_inner`: the reaping wait stays inside the caller's timeout.
+        // Only now the path for a dead server (`Status::wait` reads the end-of-file again, lets go of the
+        // server and asks the kernel): the socket reads end-of-file as soon as the dying server's files
+        // are closed, before its pidfd says it ended, and a server still "alive" then would not be let
+        // go of (nor reaped). The child's end comes after its parent's (it dies with it). The reaping
+        // wait stays inside the caller's timeout.
         let patience = left().map_or(ORPHAN_REAP_WAIT, |t| t.min(ORPHAN_REAP_WAIT));
-        orphan_status(pid, pidfd, true, patience, &self.orphan_seen)?
+        self.wait(pid, pidfd, true, patience)?
             .ok_or(Error::ProcessState("lost the child".into()))
     }
 }
