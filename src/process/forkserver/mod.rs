@@ -1,6 +1,6 @@
 //! The fork server start method ([`StartMethod::ForkServer`](super::StartMethod::ForkServer)), as in
 //! Python 3.14 (its Linux default): a single-threaded server process, started once per process by
-//! re-executing the program (the spawn start method, with [`server_main`] as the task), forks a child for
+//! re-executing the program (the spawn start method, with [`server_main`](server::server_main) as the task), forks a child for
 //! each new [`Process`](super::Process). A child starts at fork speed, and nothing is forked from a parent
 //! that may run many threads, hold locks or a huge heap: the server has one thread, no lock anyone else
 //! could hold, and a small heap.
@@ -57,10 +57,9 @@
 //! reported as [`Error::ForkServer`]. A request the server died while handling fails with
 //! [`Error::ForkServer`] too (it is not retried: the child may have started).
 
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::fs::File;
-use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -68,14 +67,16 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::bootstrap::{self, Failure, SpawnKind};
+use super::bootstrap::{self, SpawnKind};
 use super::fnref::{Content, FnKey, FnRef, LocalFn};
 use super::{spawn, Child};
 use crate::error::{Error, Result};
 use crate::sys::pidfd::{self, ExitInfo};
-use crate::sys::process::{self as psys, Fork, WaitStatus};
+use crate::sys::process::{self as psys, WaitStatus};
 use crate::sys::unix_socket::{self as usock, Received};
 use crate::sys::{channel, shm};
+
+mod server;
 
 /// Arguments up to this size travel in the request packet; larger ones in a sealed memfd.
 const INLINE_ARGS: usize = 32 << 10;
@@ -265,7 +266,7 @@ impl Server {
         })
         .map_err(|e| Error::Encode(e.to_string()))?;
         let proc = spawn::start_inheriting(
-            bootstrap::spawn_fn(server_main),
+            bootstrap::spawn_fn(server::server_main),
             key,
             &args,
             true,
@@ -314,7 +315,7 @@ fn forget_dead_server() {
 }
 
 /// This process's server, started (or restarted, if `replace` names the one found dead) on demand.
-fn server(replace: Option<&Arc<Server>>) -> Result<Arc<Server>> {
+fn current_server(replace: Option<&Arc<Server>>) -> Result<Arc<Server>> {
     let me = crate::sys::proc::pid();
     let mut slot = SERVER.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((owner, s)) = slot.as_ref() {
@@ -348,7 +349,7 @@ pub(super) fn start(
     // Where the child starts and what environment it has: ours now, as a spawned child's would be.
     let cwd = channel::open_current_dir()?;
     let env = environment_memfd()?;
-    let mut srv = server(None)?;
+    let mut srv = current_server(None)?;
     let mut restarted = false;
     loop {
         let (ours, theirs) = channel::key_socketpair()?;
@@ -377,7 +378,7 @@ pub(super) fn start(
             Err(Error::Closed) if !restarted => {
                 // The server is gone: start another one, once.
                 restarted = true;
-                srv = server(Some(&srv))?;
+                srv = current_server(Some(&srv))?;
                 continue;
             }
             Err(Error::Closed) => {
@@ -569,271 +570,6 @@ fn orphan_status(
         ExitInfo::NotYet if first.elapsed() >= ORPHAN_REAP_WAIT => Err(lost()),
         ExitInfo::NotYet if block => Err(Error::Timeout),
         ExitInfo::NotYet => Ok(None),
-    }
-}
-
-// ----------------------------------------------------------------------------------------- the server
-
-/// A child of the server, until it is reaped and its status sent.
-struct Live {
-    pid: u32,
-    pidfd: OwnedFd,
-    /// The server's end of the child's status socket; `None` once the requester has closed its end.
-    status: Option<OwnedFd>,
-    die_with_parent: bool,
-}
-
-/// The server's task, run in a spawned child: serve requests until the parent closes the request socket
-/// and every child has ended. Returns normally (exit code 0) then; dies with its parent before that.
-fn server_main(args: ServerArgs) {
-    // An interactive Ctrl-C goes to the whole process group: the server must outlive it as long as its
-    // parent does (Python's fork server does the same). Its children get the default back.
-    channel::set_sigint_ignored(true);
-    if let Err(why) = serve(args) {
-        psys::write_stderr_raw(format!("mproc: the fork server stops: {why}\n").as_bytes());
-    }
-}
-
-fn serve(args: ServerArgs) -> Result<()> {
-    let sock = usock::adopt_socket(args.sock)?;
-    let (peer, uid) = usock::peer_cred(sock.as_fd())?;
-    if peer != channel::parent_pid() || uid != crate::sys::proc::euid() {
-        return Err(Error::ForkServer(
-            "the request socket was not made by this process's parent".into(),
-        ));
-    }
-    let key = bootstrap::spawn_key()
-        .ok_or_else(|| Error::ForkServer("the fork server was not spawned".into()))?;
-    let mut accepting = true;
-    let mut live: Vec<Live> = Vec::new();
-    let mut buf = vec![0u8; MAX_REQUEST];
-    while accepting || !live.is_empty() {
-        // What to watch: requests (while accepting), each child's end (pidfd), each requester's end.
-        let mut watch: Vec<BorrowedFd<'_>> = Vec::with_capacity(1 + 2 * live.len());
-        if accepting {
-            watch.push(sock.as_fd());
-        }
-        for l in &live {
-            watch.push(l.pidfd.as_fd());
-            if let Some(s) = &l.status {
-                watch.push(s.as_fd());
-            }
-        }
-        let ready = usock::poll_readable(&watch, None)?;
-        drop(watch);
-        let mut at = 0;
-        let mut request_ready = false;
-        if accepting {
-            request_ready = ready[0];
-            at = 1;
-        }
-        let mut ended = Vec::new();
-        for (i, l) in live.iter_mut().enumerate() {
-            if ready[at] {
-                ended.push(i);
-            }
-            at += 1;
-            if l.status.is_some() {
-                if ready[at] {
-                    requester_gone(l);
-                }
-                at += 1;
-            }
-        }
-        // Reap and report, from the back so the indices stay valid.
-        for i in ended.into_iter().rev() {
-            let l = live.swap_remove(i);
-            report_end(l);
-        }
-        if request_ready {
-            let mut keep = Keep {
-                sock: &sock,
-                live: &mut live,
-            };
-            match usock::recv_with_fds(sock.as_fd(), &mut buf, 5, false) {
-                Ok(Received::Packet(n, fds)) => handle(&buf[..n], fds, &key, &mut keep),
-                Ok(Received::Nothing) => {}
-                Ok(Received::Closed) => accepting = false,
-                // A malformed message (too long, too many descriptors): the kernel or `recv_with_fds`
-                // closed what it carried; the requester sees end-of-file on its status socket.
-                Err(Error::Corrupted(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The requester closed its end of a child's status socket: nobody will ask how the child ended. A
-/// child that dies with its parent is killed (its requester crashed or dropped it); either way the socket
-/// is no longer watched.
-fn requester_gone(l: &mut Live) {
-    let Some(s) = &l.status else { return };
-    let mut b = [0u8; 1];
-    // Readable means hung up (end-of-file); a packet is a protocol violation: treated alike. Nothing
-    // queued after all (a spurious wake-up): keep watching.
-    if let Ok(Received::Nothing) = usock::recv_with_fds(s.as_fd(), &mut b, 0, false) {
-        return;
-    }
-    if l.die_with_parent {
-        let _ = psys::send_signal(&l.pidfd, psys::SIGKILL);
-    }
-    l.status = None;
-}
-
-/// Reaps a child whose pidfd became readable and sends its status to the requester.
-fn report_end(l: Live) {
-    let status = match psys::waitpid(l.pid, true) {
-        Ok(Some(s)) => s,
-        // Cannot happen for our own terminated child; nothing to report.
-        _ => return,
-    };
-    if let Some(s) = &l.status {
-        // The requester may be gone: then there is nobody to tell.
-        let _ = usock::send_with_fds(s.as_fd(), &encode_ended(status), &[]);
-    }
-}
-
-/// What a forked child must close: the server's request socket and everything it holds for other
-/// children (a status socket held open by a sibling would hide the server's death from a requester).
-struct Keep<'a> {
-    sock: &'a OwnedFd,
-    live: &'a mut Vec<Live>,
-}
-
-/// Handles one request: checks it, forks the child and answers on its status socket.
-fn handle(bytes: &[u8], fds: Vec<OwnedFd>, key: &FnKey, keep: &mut Keep<'_>) {
-    let mut fds = fds.into_iter();
-    let (Some(status), Some(result)) = (fds.next(), fds.next()) else {
-        // No status socket to answer on: drop whatever came.
-        return;
-    };
-    let (cwd, env, task) = (fds.next(), fds.next(), fds.next());
-    let refuse = |why: &str| {
-        let why = &why.as_bytes()[..why.len().min(MAX_ANSWER - 16)];
-        let _ = usock::send_with_fds(
-            status.as_fd(),
-            &bootstrap::spawn_frame(REFUSED_MAGIC, why),
-            &[],
-        );
-    };
-    let Some(request) = decode_request(bytes) else {
-        return refuse("the request does not decode");
-    };
-    let func = match request.func.resolve::<SpawnKind>(key) {
-        Ok(f) => f,
-        Err(e) => return refuse(&e.to_string()),
-    };
-    let result = match channel::adopt_result_fd(result) {
-        Ok(f) => f,
-        Err(why) => return refuse(&why),
-    };
-    let (Some(cwd), Some(env)) = (cwd, env) else {
-        return refuse("the working directory or the environment is missing");
-    };
-    let verified = |what: Content, bytes: Vec<u8>, mac: u64| {
-        if key.content_mac(what, &bytes) == mac {
-            Ok(bytes)
-        } else {
-            Err(format!(
-                "the {what:?} memfd is not what the requester wrote (its MAC does not verify)"
-            ))
-        }
-    };
-    let vars = match channel::read_sealed(env, "environment", MAX_ENVIRONMENT)
-        .and_then(|b| verified(Content::ServerEnvironment, b, request.env_mac))
-        .and_then(|b| decode_environment(&b))
-    {
-        Ok(v) => v,
-        Err(why) => return refuse(&why),
-    };
-    let args = match (request.args, task, request.args_mac) {
-        (Some(a), None, None) => a,
-        (None, Some(t), Some(mac)) => {
-            match channel::read_sealed(t, "task", bootstrap::MAX_TASK_BYTES)
-                .and_then(|b| verified(Content::ServerArgs, b, mac))
-            {
-                Ok(a) => a,
-                Err(why) => return refuse(&why),
-            }
-        }
-        _ => return refuse("the argument is missing, sent twice, or without its MAC"),
-    };
-    let server = std::process::id();
-    // SAFETY: this server process is single-threaded (it runs nothing but this loop, started in a
-    // fresh spawned process), so the child may run any code: no lock can be held by a vanished thread.
-    // The child never returns from this branch: it ends with `exit_immediately`.
-    match unsafe { psys::fork() } {
-        Ok(Fork::Child) => {
-            // Close what belongs to the server and to the other children (see `Keep`).
-            keep.live.clear();
-            // SAFETY: this child never returns into `serve`, which owns the request socket: it ends
-            // with `exit_immediately` below, so the `OwnedFd` is never used or dropped here again.
-            // Closing our copy is essential: an end of the request socket held open by a child would
-            // keep a dead server's request queue alive, and a requester would wait on it forever.
-            unsafe { channel::close_in_forked_child(keep.sock.as_raw_fd()) };
-            drop(status);
-            let own = bootstrap::result_fd();
-            if own >= 0 && own != result.as_raw_fd() {
-                // SAFETY: the server's own result memfd, owned by `child_main_if_spawned`'s frame in
-                // this copy of the server, which never returns there: it ends with
-                // `exit_immediately` below. Closed so that children do not carry it.
-                unsafe { channel::close_in_forked_child(own) };
-            }
-            channel::set_sigint_ignored(false);
-            if let Some(k) = request.child_key {
-                // A fresh copy of the server, where nobody set it: this always sets it.
-                let _ = REQUESTER_KEY.set(k);
-            }
-            let fd = result.as_raw_fd();
-            let code = bootstrap::run_child(fd, move || {
-                let entries = vars
-                    .into_iter()
-                    .filter_map(|(name, value)| {
-                        let mut entry = name.into_vec();
-                        entry.push(b'=');
-                        entry.extend(value.into_vec());
-                        CString::new(entry).ok() // checked NUL-free by `decode_environment`
-                    })
-                    .collect();
-                // SAFETY: a child just forked from the single-threaded server, before any thread
-                // starts (`watch_parent` below may start one): nothing else touches the environment.
-                unsafe { channel::replace_environment(entries) };
-                channel::enter_dir(cwd.as_fd()).map_err(Failure::Setup)?;
-                drop(cwd);
-                if request.die_with_parent {
-                    bootstrap::watch_parent(server)?;
-                }
-                let (f, adapter) = func.parts();
-                adapter(f, Vec::leak(args))
-            });
-            // A forked child of a single-threaded process may flush stdout (nobody else holds its lock);
-            // `_exit` then, as every forked child (no atexit handler runs twice).
-            let _ = std::io::stdout().flush();
-            psys::exit_immediately(code)
-        }
-        Ok(Fork::Parent(pid)) => {
-            drop(result);
-            let pidfd = match psys::pidfd_open(pid) {
-                Ok(p) => p,
-                Err(e) => {
-                    psys::kill_and_reap(pid);
-                    return refuse(&e.to_string());
-                }
-            };
-            let answer = bootstrap::spawn_frame(STARTED_MAGIC, &pid.to_le_bytes());
-            if usock::send_with_fds(status.as_fd(), &answer, &[pidfd.as_fd()]).is_err() {
-                // The requester is gone already: the child is nobody's business any more.
-                let _ = psys::send_signal(&pidfd, psys::SIGKILL);
-            }
-            keep.live.push(Live {
-                pid,
-                pidfd,
-                status: Some(status),
-                die_with_parent: request.die_with_parent,
-            });
-        }
-        Err(e) => refuse(&e.to_string()),
     }
 }
 
