@@ -310,6 +310,9 @@ impl RawLock {
         // that names no possible thread, or this very thread, is judged at once (no /proc read needed
         // for the first, and a self-held lock must not be slept on).
         let mut due = false;
+        // Whether an unlock's wake may have gone to us (our last sleep ended early) and we have not set
+        // `WAITERS` again since.
+        let mut woken = false;
         loop {
             let v = self.word.load(Ordering::Acquire);
             if v == 0 {
@@ -346,7 +349,7 @@ impl RawLock {
             // Checked on every pass, not only by the sleep: a word that keeps changing under our CAS
             // (garbage written continuously) must not keep us past the deadline.
             if sleeper.passed() {
-                return Err(LockFail::TimedOut);
+                return Err(self.time_out(woken));
             }
             if v & WAITERS == 0
                 && self
@@ -356,12 +359,27 @@ impl RawLock {
             {
                 continue;
             }
+            // The word carries `WAITERS` now: an unlock will wake a sleeper, nothing is owed.
+            woken = false;
             match sleeper.sleep(&self.word, v | WAITERS, None, || false) {
-                Slept::Woken => {}
+                Slept::Woken => woken = true,
                 Slept::SliceEnded => due = true,
                 Slept::Deadline => return Err(LockFail::TimedOut),
             }
         }
+    }
+
+    /// A waiter gives up at its deadline. If it was woken since it last looked, the wake was meant for
+    /// whoever sleeps behind it: an unlock clears `WAITERS` and wakes one sleeper, and if a spinner took
+    /// the lock before the woken waiter could (without `WAITERS`, which it sets only once it slept), the
+    /// remaining sleepers would wait for their slices to end. The wake is passed on; a sleeper that
+    /// finds the lock held sets `WAITERS` again and sleeps (a spurious wake costs it one look).
+    #[cold]
+    fn time_out(&self, woken: bool) -> LockFail {
+        if woken {
+            futex::wake(&self.word, 1);
+        }
+        LockFail::TimedOut
     }
 
     /// Judges the holder named by `word` (loaded with Acquire by the caller). Reads `owner` (Acquire)
@@ -482,6 +500,7 @@ impl RawLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
 
     #[test]
@@ -519,6 +538,38 @@ mod tests {
                 .unwrap()
         });
         assert_eq!(other, None);
+        // SAFETY: this thread holds it.
+        unsafe { l.unlock() };
+    }
+
+    /// A waiter timing out after a wake passes the wake on to a sleeper of the word; one that was not
+    /// woken since it set `WAITERS` owes nothing and its time-out wakes nobody.
+    #[test]
+    fn a_woken_waiter_that_times_out_passes_the_wake_on() {
+        let l = RawLock::default();
+        assert_eq!(l.try_lock(), Some(Acquired::Clean));
+        let held = l.word.load(Ordering::Relaxed);
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let sleeper = s.spawn(|| {
+                let outcome = futex::wait(&l.word, held, Some(Duration::from_secs(60)));
+                done.store(true, Ordering::SeqCst);
+                outcome
+            });
+            // Given time to fall asleep, a time-out that owes no wake must not end its sleep.
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(l.time_out(false), LockFail::TimedOut);
+            std::thread::sleep(Duration::from_millis(50));
+            let early = done.load(Ordering::SeqCst);
+            // Repeated, in case the sleeper was not asleep yet: a wake before its sleep is lost.
+            let bound = Instant::now() + Duration::from_secs(30);
+            while !done.load(Ordering::SeqCst) && Instant::now() < bound {
+                assert_eq!(l.time_out(true), LockFail::TimedOut);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(sleeper.join().unwrap(), futex::WaitOutcome::Woken);
+            assert!(!early, "a time-out that owed nothing woke the sleeper");
+        });
         // SAFETY: this thread holds it.
         unsafe { l.unlock() };
     }

@@ -337,6 +337,12 @@ impl RawSemaphore {
             // `wake_sleepers`).
             let ready = || self.value.load(Ordering::SeqCst) != 0;
             if sleeper.sleep(&self.value, 0, Some(&self.sleepers), ready) == Slept::Deadline {
+                // A release's wake may have gone to us after all, and our `try_take` past the deadline
+                // may have lost the internal lock to a peer: a free permit would then wait for another
+                // sleeper's slice to end. Pass the wake on (a spurious one costs that sleeper a look).
+                if self.value.load(Ordering::SeqCst) != 0 {
+                    self.wake_sleepers(1);
+                }
                 return false;
             }
             if self.try_take(me, wait) {
