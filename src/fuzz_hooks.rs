@@ -2,7 +2,7 @@
 //! passes to every crate it builds): never part of a normal build, never public API.
 //!
 //! Why it exists: the wire formats a worker, a spawned child or the fork server decode from bytes
-//! another process wrote (`pool/wire.rs`, `process/bootstrap.rs`, `process/forkserver.rs`,
+//! another process wrote (`pool/wire.rs`, `process/bootstrap.rs`, `process/forkserver/mod.rs`,
 //! `cluster/wire.rs`) are `pub(crate)`, so the fuzz targets cannot reach them through the public API.
 //! Each function here is a thin call of the crate's own decoder or encoder, with its result turned into
 //! plain public data; none decides anything itself. Nothing here touches a descriptor, a region or a
@@ -208,7 +208,7 @@ pub mod pool {
     }
 }
 
-/// `process/bootstrap.rs` and `process/forkserver.rs`: the spawn environment value, spawn frames, the
+/// `process/bootstrap.rs` and `process/forkserver/mod.rs`: the spawn environment value, spawn frames, the
 /// spawn task and outcome, the fork server's request and answers.
 pub mod spawn {
     use super::Result;

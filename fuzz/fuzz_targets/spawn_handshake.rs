@@ -1,4 +1,4 @@
-//! The spawn and fork-server handshakes (`src/process/bootstrap.rs`, `src/process/forkserver.rs`),
+//! The spawn and fork-server handshakes (`src/process/bootstrap.rs`, `src/process/forkserver/mod.rs`),
 //! through `mproc::fuzz_hooks::spawn`: the pure decoding steps only. What `accept` does with the
 //! numbers of `MPROC_SPAWN_CHILD` (read a key from a socket, a task from a memfd, adopt a result memfd:
 //! syscalls on descriptors the value names) and what the fork server's `handle` does after decoding a
