@@ -205,8 +205,9 @@ impl Barrier {
             note_cpu(&r.last_cpu);
             if index + 1 == parties {
                 r.count.store(0, Ordering::Relaxed);
+                // Release: see `round_broke` (the word reached `generation` before this rewrite).
                 r.outcomes
-                    .fetch_and(!(1 << (generation % 64)), Ordering::Relaxed);
+                    .fetch_and(!(1 << (generation % 64)), Ordering::Release);
                 r.generation
                     .store(generation.wrapping_add(1), Ordering::Release);
                 futex::wake_all(&r.generation);
@@ -302,28 +303,58 @@ impl RawBarrier {
         self.broken.store(1, Ordering::Release);
         self.count.store(0, Ordering::Relaxed);
         let generation = self.generation.load(Ordering::Relaxed);
+        // Release: see `round_broke`.
         self.outcomes
-            .fetch_or(1 << (generation % 64), Ordering::Relaxed);
+            .fetch_or(1 << (generation % 64), Ordering::Release);
         self.generation.fetch_add(1, Ordering::Release);
         futex::wake_all(&self.generation);
     }
 
-    /// Whether the round that waited on `generation` ended broken (the caller saw `generation` move).
-    /// Known for the last 64 rounds; a waiter that slept through more (other processes than the
-    /// barrier's parties completed 64 rounds meanwhile) gets the barrier's state now.
+    /// Whether the round that waited on `generation` ended broken (the caller saw `generation` move,
+    /// with an Acquire load: the round's bit, written before that move, is visible). Known for the last
+    /// 63 rounds; a waiter that slept through more (other processes than the barrier's parties
+    /// completed rounds meanwhile) gets the barrier's state now.
     fn round_broke(&self, generation: u32) -> bool {
-        // Acquire: pairs with the Release move of `generation`, after which this bit was written.
+        // The bit of round `g` is rewritten by round `g + 64`, while the word reads `g + 64`. So the
+        // bits are read first and the word after (the Acquire load orders them), as a seqlock's reader
+        // does: a rewritten bit was written with Release after the word reached `g + 64`, so a word
+        // read after it reads at least that, and the bit is not used. Reading the word first, as until
+        // 2026-12-02, let a round end between the two loads and rewrite the bit read.
+        let bits = self.outcomes.load(Ordering::Acquire);
         let now = self.generation.load(Ordering::Acquire);
-        if now.wrapping_sub(generation) > 64 {
+        if now.wrapping_sub(generation) >= 64 {
             return self.broken.load(Ordering::Acquire) != 0;
         }
-        self.outcomes.load(Ordering::Acquire) & (1 << (generation % 64)) != 0
+        bits & (1 << (generation % 64)) != 0
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A round's outcome is read from its bit while fewer than 64 rounds ended since; from 64 on, the
+    /// bit may already be the outcome of the round 64 later (or being rewritten): the barrier's state
+    /// now is reported instead.
+    #[test]
+    fn a_rounds_bit_is_trusted_for_63_rounds_only() {
+        let b = Barrier::new(2).unwrap();
+        let r = &*b.shared;
+        // Round 5 broke (its bit set), and the barrier is not broken now.
+        r.outcomes.store(1 << 5, Ordering::Relaxed);
+        r.broken.store(0, Ordering::Relaxed);
+        r.generation.store(5 + 63, Ordering::Relaxed);
+        assert!(r.round_broke(5));
+        r.generation.store(5 + 64, Ordering::Relaxed);
+        assert!(!r.round_broke(5), "round 69's bit may be read as round 5's");
+        r.broken.store(1, Ordering::Relaxed);
+        assert!(r.round_broke(5));
+        // Across the word's wrap.
+        r.outcomes.store(1 << (u32::MAX % 64), Ordering::Relaxed);
+        r.broken.store(0, Ordering::Relaxed);
+        r.generation.store(62, Ordering::Relaxed);
+        assert!(r.round_broke(u32::MAX));
+    }
 
     /// A party that waits takes the CPU of the last arrival as its peer's: every arrival, the tripping
     /// one included, records its CPU.
