@@ -1,6 +1,6 @@
 //! [`Barrier`]: processes wait until `parties` of them arrived, or until the barrier breaks.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::raw_lock::{Acquired, Nesting, RawLock, INTERNAL_BOUND, TRY_BOUND};
@@ -311,15 +311,20 @@ impl RawBarrier {
     }
 
     /// Whether the round that waited on `generation` ended broken (the caller saw `generation` move,
-    /// with an Acquire load: the round's bit, written before that move, is visible). Known for the last
-    /// 63 rounds; a waiter that slept through more (other processes than the barrier's parties
-    /// completed rounds meanwhile) gets the barrier's state now.
+    /// with a load of any ordering). Known for the last 63 rounds; a waiter that slept through more
+    /// (other processes than the barrier's parties completed rounds meanwhile) gets the barrier's
+    /// state now.
     fn round_broke(&self, generation: u32) -> bool {
-        // The bit of round `g` is rewritten by round `g + 64`, while the word reads `g + 64`. So the
-        // bits are read first and the word after (the Acquire load orders them), as a seqlock's reader
-        // does: a rewritten bit was written with Release after the word reached `g + 64`, so a word
-        // read after it reads at least that, and the bit is not used. Reading the word first, as until
-        // 2026-12-02, let a round end between the two loads and rewrite the bit read.
+        // The caller's load may be Relaxed (`Barrier::time_out` reads the word under the lock, or
+        // without it once forced): this fence makes it synchronize with the Release move it read, so
+        // the bit of round `g`, written before that move, is visible to the load of the bits below.
+        fence(Ordering::Acquire);
+        // The bit of round `g` is rewritten by round `g + 64`, whose writer read the word as `g + 64`
+        // before its Release RMW of the bits. So the bits are read first and the word after (the
+        // Acquire load orders them), as a seqlock's reader does: if the bits carry that rewrite, the
+        // writer's read of the word happens-before ours, which then reads `g + 64` or more, and the bit
+        // is not used. Reading the word first, as until 2026-12-02, let a round end between the two
+        // loads and rewrite the bit read.
         let bits = self.outcomes.load(Ordering::Acquire);
         let now = self.generation.load(Ordering::Acquire);
         if now.wrapping_sub(generation) >= 64 {

@@ -369,11 +369,12 @@ impl RawLock {
         }
     }
 
-    /// A waiter gives up at its deadline. If it was woken since it last looked, the wake was meant for
-    /// whoever sleeps behind it: an unlock clears `WAITERS` and wakes one sleeper, and if a spinner took
-    /// the lock before the woken waiter could (without `WAITERS`, which it sets only once it slept), the
-    /// remaining sleepers would wait for their slices to end. The wake is passed on; a sleeper that
-    /// finds the lock held sets `WAITERS` again and sleeps (a spurious wake costs it one look).
+    /// A waiter gives up at its deadline. If it was woken since it last set or saw `WAITERS` on the
+    /// word, the wake was meant for whoever sleeps behind it: an unlock clears `WAITERS` and wakes one
+    /// sleeper, and if a spinner took the lock before the woken waiter could (without `WAITERS`, which
+    /// it sets only once it slept), the remaining sleepers would wait for their slices to end. The wake
+    /// is passed on; a sleeper that finds the lock held sets `WAITERS` again and sleeps (a spurious
+    /// wake costs it one look).
     #[cold]
     fn time_out(&self, woken: bool) -> LockFail {
         if woken {
