@@ -354,17 +354,9 @@ impl Dispatcher {
     /// exits, a little before it is seen dead, so an answer block that cannot be attached is believed
     /// to come from a death only if the worker is dead within [`EXIT_SETTLES`]. Waited only then.
     fn worker_lives_on(&self, wi: usize) -> bool {
-        let Some(w) = self.workers.get(wi) else {
-            return false;
-        };
-        let until = Instant::now() + EXIT_SETTLES;
-        while w.process.is_alive() {
-            if Instant::now() >= until {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        false
+        self.workers
+            .get(wi)
+            .is_some_and(|w| w.process.alive_after(EXIT_SETTLES))
     }
 
     /// The signal or exit code of dead worker `wi`.

@@ -699,6 +699,19 @@ impl<R> Process<R> {
             || !psys::wait_readable(&child.pidfd, Some(Duration::ZERO)).unwrap_or(false)
     }
 
+    /// Whether the process is still alive after waiting up to `patience` for it to end: woken by its
+    /// pidfd the moment it terminates, not by polling. Nothing is reaped here (a later `is_alive`,
+    /// `exitcode` or join does that); not started: `false`.
+    pub(crate) fn alive_after(&self, patience: Duration) -> bool {
+        let Some(child) = &self.child else {
+            return false;
+        };
+        // A pidfd turns readable when its process has terminated, whoever its parent is. An error of
+        // the poll (none is expected on a pidfd we hold) leaves the verdict to `is_alive`.
+        let _ = psys::wait_readable(&child.pidfd, Some(patience));
+        self.is_alive()
+    }
+
     /// The exit code once the child has terminated: its code, or `-signum` if a signal killed it (as in
     /// Python). `None` while it runs or before it starts.
     ///
