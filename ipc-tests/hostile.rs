@@ -129,13 +129,12 @@ fn layout(kind: Kind) -> Vec<Field> {
             f.extend([
                 ("parties", 16, 4),
                 ("count", 20, 4),
-                ("generation", 24, 4),
-                ("broken", 28, 4),
-                ("outcomes", 32, 8),
-                ("arrived[0]", 40, 8),
-                ("arrived[255]", 40 + 255 * 8, 8),
-                ("arrived_ns[0]", 2088, 4),
-                ("last_cpu", 3112, 4),
+                ("round", 24, 4),
+                ("last_cpu", 28, 4),
+                ("arrived[0]", 32, 8),
+                ("arrived[255]", 32 + 255 * 8, 8),
+                ("arrived_ns[0]", 2080, 4),
+                ("arrived_ns[255]", 2080 + 255 * 4, 4),
             ]);
         }
         Kind::Event => f.extend([("state", 0, 4), ("sleepers", 4, 4), ("setter_cpu", 8, 4)]),

@@ -265,9 +265,9 @@ fn semaphore_foreign_namespace() {
     assert!(s.acquire_timeout(BOUND).is_some(), "control: reclaimed");
 }
 
-/// `RawBarrier` offsets (src/sync/barrier.rs): the parties' namespaces follow the rounds' outcomes (8 bytes
-/// at 32) and 256 identities.
-const BARRIER_ARRIVED_NS: u64 = 40 + 256 * 8;
+/// `RawBarrier` offsets (src/sync/barrier.rs): the parties' namespaces follow the round word and the last
+/// arrival's CPU (at 24 and 28) and 256 identities from 32.
+const BARRIER_ARRIVED_NS: u64 = 32 + 256 * 8;
 
 /// A party arrived and was killed. Recorded in another namespace, it is not judged dead: the barrier does
 /// not break, and trips when the others arrive.

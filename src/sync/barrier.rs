@@ -1,6 +1,6 @@
 //! [`Barrier`]: processes wait until `parties` of them arrived, or until the barrier breaks.
 
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::raw_lock::{Acquired, Nesting, RawLock, INTERNAL_BOUND, TRY_BOUND};
@@ -18,30 +18,93 @@ pub const MAX_PARTIES: u32 = 256;
 pub(crate) struct RawBarrier {
     lock: RawLock,
     parties: AtomicU32,
-    /// Parties that arrived in the current generation.
+    /// Parties that arrived in the current round.
     count: AtomicU32,
-    /// Bumped each time the barrier trips or breaks; the futex word waiters sleep on.
-    generation: AtomicU32,
-    broken: AtomicU32,
-    /// How each of the last 64 rounds ended: bit `g % 64` is set if the round that ended by moving
-    /// `generation` from `g` broke, clear if it tripped. Written before the move (Release), read by a
-    /// waiter of round `g` once it sees the move: its own round's outcome, not the barrier's state when
-    /// it wakes (a `reset` since, or a later round broken by a faster party, changed that).
-    outcomes: AtomicU64,
-    /// `Identity::pack()` of each party that arrived in this generation, in arrival order.
-    arrived: [AtomicU64; MAX_PARTIES as usize],
-    /// `proc::pid_ns_tag()` of each party in `arrived`: its death is judged only from that namespace.
-    arrived_ns: [AtomicU32; MAX_PARTIES as usize],
+    /// A [`RoundWord`]: the round, whether the barrier is broken, and how the last 8 rounds ended; the
+    /// futex word waiters sleep on. Every change is one compare-and-swap, so whoever ends a round (a
+    /// trip, a break) decides its outcome alone, even when a break runs without the internal lock.
+    round: AtomicU32,
     /// The CPU of the last party to arrive (in this round, or the one that tripped the last): a party
     /// that then waits takes it as where its peer last ran, and yields instead of pausing when that is
     /// its own CPU ([`note_cpu`]; a hint only).
     last_cpu: AtomicU32,
-    _pad: AtomicU32,
+    /// `Identity::pack()` of each party that arrived in this round, in arrival order.
+    arrived: [AtomicU64; MAX_PARTIES as usize],
+    /// `proc::pid_ns_tag()` of each party in `arrived`: its death is judged only from that namespace.
+    arrived_ns: [AtomicU32; MAX_PARTIES as usize],
 }
 
-// The layout hash covers the size: adding the parties' namespaces (S6), then the rounds' outcomes, then
-// the last arrival's CPU changed it, so builds before and after each change refuse each other's barriers.
-const _: () = assert!(std::mem::size_of::<RawBarrier>() == 3120);
+// The layout hash covers the size: adding the parties' namespaces (S6), the rounds' outcomes, the last
+// arrival's CPU, then folding the generation, the broken flag and the outcomes into one word (3120 →
+// 3104) changed it, so builds before and after each change refuse each other's barriers.
+const _: () = assert!(std::mem::size_of::<RawBarrier>() == 3104);
+
+/// The value of [`RawBarrier::round`]: bits 9..32 count rounds (wrapping), bit 8 says the barrier is
+/// broken, and bit `r % 8` of bits 0..8 says how round `r` ended (set: broken, clear: tripped), kept
+/// until round `r + 8` ends.
+///
+/// Until 2026-12-02 these were three words (the generation, the flag, 64 rounds' outcomes), written one
+/// after the other. A break that ran without the internal lock (its holder, alive, kept it past
+/// [`TRY_BOUND`]) then raced that holder's trip of the same round: the generation could move once for
+/// both, and the round's bit say "broken" while its tripper returned `Ok`. In one word, moved by
+/// compare-and-swap from the value each one read, exactly one of them ends the round, and the word
+/// that wakes a waiter carries its round's outcome: nothing to order between loads.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct RoundWord(u32);
+
+impl RoundWord {
+    /// How many rounds' outcomes the word keeps.
+    const HISTORY: u32 = 8;
+    const BROKEN: u32 = 1 << Self::HISTORY;
+    const ROUND_SHIFT: u32 = Self::HISTORY + 1;
+    const ROUND_MASK: u32 = u32::MAX >> Self::ROUND_SHIFT;
+
+    fn round(self) -> u32 {
+        self.0 >> Self::ROUND_SHIFT
+    }
+
+    fn broken(self) -> bool {
+        self.0 & Self::BROKEN != 0
+    }
+
+    fn outcome_bit(round: u32) -> u32 {
+        1 << (round % Self::HISTORY)
+    }
+
+    /// The word once this round ends: the next round, this one's outcome recorded, the barrier broken
+    /// if the round broke (a trip leaves the flag as it was: parties arrive only at an unbroken barrier).
+    fn ended(self, broke: bool) -> RoundWord {
+        let bit = Self::outcome_bit(self.round());
+        let low = if broke {
+            (self.0 | bit) | Self::BROKEN
+        } else {
+            self.0 & !bit
+        };
+        let next = self.round().wrapping_add(1) & Self::ROUND_MASK;
+        RoundWord((next << Self::ROUND_SHIFT) | (low & (Self::BROKEN | (Self::BROKEN - 1))))
+    }
+
+    /// The same round, the broken flag cleared.
+    fn mended(self) -> RoundWord {
+        RoundWord(self.0 & !Self::BROKEN)
+    }
+
+    /// How the round that `self` described ended, read from the later word `now` (`None`: it has not).
+    /// Known for 8 rounds; a waiter that slept through more (more threads than parties completed rounds
+    /// meanwhile) gets the barrier's state now. A word that changed without the round moving was changed
+    /// by a `reset` of a round with no party counted, or by garbage: the round is reported broken.
+    fn outcome_in(self, now: RoundWord) -> Option<bool> {
+        if now == self {
+            return None;
+        }
+        let behind = now.round().wrapping_sub(self.round()) & Self::ROUND_MASK;
+        Some(match behind {
+            0 => true,
+            1..=Self::HISTORY => now.0 & Self::outcome_bit(self.round()) != 0,
+            _ => now.broken(),
+        })
+    }
+}
 
 // SAFETY: atomics only; every bit pattern is a valid state (counts are clamped to MAX_PARTIES before
 // indexing).
@@ -50,7 +113,7 @@ unsafe impl ShmSafe for RawBarrier {}
 /// A barrier for `parties` processes or threads, like Python's `multiprocessing.Barrier`.
 ///
 /// `wait_timeout` returns by its deadline (plus a couple of milliseconds) whatever the shared memory
-/// says, and `abort` never blocks for long; garbage that changes the count or the generation changes
+/// says, and `abort` never blocks for long; garbage that changes the count or the round word changes
 /// the outcome of a round (an early trip, a spurious break), as it would for any shared counter.
 ///
 /// [`wait`](Barrier::wait) blocks until `parties` callers have arrived, then releases them all and
@@ -126,7 +189,7 @@ impl Barrier {
 
     /// Whether the barrier is broken.
     pub fn broken(&self) -> bool {
-        self.shared.broken.load(Ordering::Acquire) != 0
+        self.shared.word().broken()
     }
 
     /// Waits for the other parties; returns this caller's arrival index.
@@ -157,11 +220,17 @@ impl Barrier {
     /// Waits at most 2 s for the internal lock, then mends without it (see [`Barrier::abort`]).
     pub fn reset(&self) {
         self.locked_or_forced(INTERNAL_BOUND, |r| {
-            if r.count.load(Ordering::Relaxed) != 0 {
-                r.break_now();
-            }
+            // The parties counted in this round are forgotten: the round ends broken, and the barrier is
+            // mended in the same step, so that they read their round's outcome, not the flag.
+            let forget = r.count.load(Ordering::Relaxed) != 0;
+            r.update(|w| {
+                if forget {
+                    w.ended(true).mended()
+                } else {
+                    w.mended()
+                }
+            });
             r.count.store(0, Ordering::Relaxed);
-            r.broken.store(0, Ordering::Release);
         });
     }
 
@@ -196,27 +265,27 @@ impl Barrier {
         // `TRY_BOUND` whatever the timeout, so that a tiny timeout does not break the barrier over it.
         let lock_by = deadline.map(|d| d.max(Instant::now() + TRY_BOUND));
         let arrival = self.locked(lock_by, |r| {
-            if r.broken.load(Ordering::Relaxed) != 0 {
+            let word = r.word();
+            if word.broken() {
                 return Err(Error::BrokenBarrier);
             }
             let index = r.count.load(Ordering::Relaxed).min(parties - 1);
-            let generation = r.generation.load(Ordering::Relaxed);
             let peer_cpu = r.last_cpu.load(Ordering::Relaxed);
             note_cpu(&r.last_cpu);
             if index + 1 == parties {
                 r.count.store(0, Ordering::Relaxed);
-                // Release: see `round_broke` (the word reached `generation` before this rewrite).
-                r.outcomes
-                    .fetch_and(!(1 << (generation % 64)), Ordering::Release);
-                r.generation
-                    .store(generation.wrapping_add(1), Ordering::Release);
-                futex::wake_all(&r.generation);
-                return Ok((index, None));
+                return match r.end_round(word, false) {
+                    Ok(()) => Ok((index, None)),
+                    // A break made without the lock ended this round first (or garbage moved the word):
+                    // the round ended as that word says, for us as for the parties waiting in it.
+                    Err(now) if word.outcome_in(now) == Some(false) => Ok((index, None)),
+                    Err(_) => Err(Error::BrokenBarrier),
+                };
             }
             r.arrived[index as usize].store(me.pack(), Ordering::Relaxed);
             r.arrived_ns[index as usize].store(proc::pid_ns_tag(), Ordering::Relaxed);
             r.count.store(index + 1, Ordering::Relaxed);
-            Ok((index, Some((generation, peer_cpu))))
+            Ok((index, Some((word, peer_cpu))))
         });
         let Some(arrival) = arrival else {
             // The internal lock stayed held until our deadline: time out as a waiter would (Python's
@@ -225,28 +294,26 @@ impl Barrier {
             return Err(Error::BrokenBarrier);
         };
         let arrival = arrival?;
-        let (index, Some((generation, peer_cpu))) = arrival else {
+        let (index, Some((mine, peer_cpu))) = arrival else {
             return Ok(arrival.0);
         };
         let raw = &*self.shared;
-        // Spin, then sleep on the generation in slices growing from 1 ms to `MAX_CHECK`; each slice that
+        // Spin, then sleep on the round word in slices growing from 1 ms to `MAX_CHECK`; each slice that
         // runs out checks whether a party that arrived has died (see `wait::Waiter`).
         let mut waiter = Waiter::new(deadline).checking(Duration::from_millis(1), MAX_CHECK);
         loop {
-            let tripped = || raw.generation.load(Ordering::SeqCst) != generation;
-            match waiter.wait_until_beside(tripped, &raw.generation, generation, None, || peer_cpu)
-            {
+            let ended = || raw.round.load(Ordering::SeqCst) != mine.0;
+            match waiter.wait_until_beside(ended, &raw.round, mine.0, None, || peer_cpu) {
                 Wake::Ready => {
-                    return if raw.round_broke(generation) {
-                        Err(Error::BrokenBarrier)
-                    } else {
-                        Ok(index)
+                    return match mine.outcome_in(raw.word()) {
+                        Some(false) => Ok(index),
+                        _ => Err(Error::BrokenBarrier),
                     };
                 }
-                Wake::Deadline => return self.time_out(generation, index),
+                Wake::Deadline => return self.time_out(mine, index),
                 Wake::SliceEnded => {
                     let _ = self.locked(deadline, |r| {
-                        if r.generation.load(Ordering::Relaxed) != generation {
+                        if r.word() != mine {
                             return;
                         }
                         let n = r.count.load(Ordering::Relaxed).min(MAX_PARTIES) as usize;
@@ -262,7 +329,8 @@ impl Barrier {
                                     )
                                 });
                         if someone_died {
-                            r.break_now();
+                            // Whatever moved the word since we looked ended the round: nothing to do.
+                            let _ = r.end_round(mine, true);
                         }
                     });
                 }
@@ -272,93 +340,155 @@ impl Barrier {
 }
 
 impl Barrier {
-    /// Ends the wait of the party that arrived `index`-th in round `generation`, whose deadline passed:
-    /// breaks that round (Python's rule: a timeout breaks the barrier), if it is still the current one.
+    /// Ends the wait of the party that arrived `index`-th in the round `mine` describes, whose deadline
+    /// passed: breaks that round (Python's rule: a timeout breaks the barrier), if it is still the
+    /// current one, else reports it as it ended.
     ///
-    /// The round may have tripped between the waiter's last look and its clock read (found by review).
-    /// Breaking then hit the *next* round: this party got `BrokenBarrier` for a round that tripped,
-    /// while the others got `Ok` for it, and their next round failed. So the check and the break are
-    /// made together, under the internal lock (or without it if it stays held past [`TRY_BOUND`], as
-    /// [`Barrier::abort`] does: the deadline has passed), and a round that ended meanwhile is reported
-    /// as it ended.
-    fn time_out(&self, generation: u32, index: u32) -> Result<u32> {
-        let ended = self.locked_or_forced(TRY_BOUND, |r| {
-            if r.generation.load(Ordering::Relaxed) != generation {
-                return true;
-            }
-            r.break_now();
-            false
-        });
-        if ended && !self.shared.round_broke(generation) {
-            Ok(index)
-        } else {
-            Err(Error::BrokenBarrier)
+    /// The round may have tripped between the waiter's last look and its clock read (found by review):
+    /// breaking whatever round was current then failed the next one, this party got `BrokenBarrier` for
+    /// a round the others got `Ok` for. The break is a compare-and-swap from `mine`, so it ends this
+    /// round or nothing, under the internal lock or without it if that stays held past [`TRY_BOUND`] (as
+    /// [`Barrier::abort`] does: the deadline has passed).
+    fn time_out(&self, mine: RoundWord, index: u32) -> Result<u32> {
+        match self.locked_or_forced(TRY_BOUND, |r| r.end_round(mine, true)) {
+            Err(now) if mine.outcome_in(now) == Some(false) => Ok(index),
+            _ => Err(Error::BrokenBarrier),
         }
     }
 }
 
 impl RawBarrier {
-    /// Marks the barrier broken and releases everyone waiting in this generation. Caller holds the lock.
-    fn break_now(&self) {
-        self.broken.store(1, Ordering::Release);
-        self.count.store(0, Ordering::Relaxed);
-        let generation = self.generation.load(Ordering::Relaxed);
-        // Release: see `round_broke`.
-        self.outcomes
-            .fetch_or(1 << (generation % 64), Ordering::Release);
-        self.generation.fetch_add(1, Ordering::Release);
-        futex::wake_all(&self.generation);
+    /// The round word now. Acquire: pairs with the Release of the change that wrote it (the count and
+    /// arrival list of a new round are written under the lock, which orders them on its own).
+    fn word(&self) -> RoundWord {
+        RoundWord(self.round.load(Ordering::Acquire))
     }
 
-    /// Whether the round that waited on `generation` ended broken (the caller saw `generation` move,
-    /// with a load of any ordering). Known for the last 63 rounds; a waiter that slept through more
-    /// (other processes than the barrier's parties completed rounds meanwhile) gets the barrier's
-    /// state now.
-    fn round_broke(&self, generation: u32) -> bool {
-        // The caller's load may be Relaxed (`Barrier::time_out` reads the word under the lock, or
-        // without it once forced): this fence makes it synchronize with the Release move it read, so
-        // the bit of round `g`, written before that move, is visible to the load of the bits below.
-        fence(Ordering::Acquire);
-        // The bit of round `g` is rewritten by round `g + 64`, whose writer read the word as `g + 64`
-        // before its Release RMW of the bits. So the bits are read first and the word after (the
-        // Acquire load orders them), as a seqlock's reader does: if the bits carry that rewrite, the
-        // writer's read of the word happens-before ours, which then reads `g + 64` or more, and the bit
-        // is not used. Reading the word first, as until 2026-12-02, let a round end between the two
-        // loads and rewrite the bit read.
-        let bits = self.outcomes.load(Ordering::Acquire);
-        let now = self.generation.load(Ordering::Acquire);
-        if now.wrapping_sub(generation) >= 64 {
-            return self.broken.load(Ordering::Acquire) != 0;
+    /// Ends the round `seen` describes, tripped or broken, if the word still says `seen`; then the
+    /// round's waiters are woken. `Err(now)`: the word had changed (the round ended otherwise, or a
+    /// reset or garbage rewrote it), and nothing was done.
+    fn end_round(&self, seen: RoundWord, broke: bool) -> std::result::Result<(), RoundWord> {
+        // AcqRel: Release for the waiters and later arrivals that read this word (`word`), Acquire so a
+        // failure's word is read as `word` would.
+        self.round
+            .compare_exchange(
+                seen.0,
+                seen.ended(broke).0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .map_err(RoundWord)?;
+        if broke {
+            self.count.store(0, Ordering::Relaxed);
         }
-        bits & (1 << (generation % 64)) != 0
+        futex::wake_all(&self.round);
+        Ok(())
+    }
+
+    /// Applies `f` to the word by compare-and-swap, waking the waiters if `f` moved the round. Another
+    /// writer can only be a break without the lock (or garbage); a word that changes under every one of
+    /// [`UPDATE_TRIES`] attempts is left as it is.
+    fn update(&self, f: impl Fn(RoundWord) -> RoundWord) {
+        let mut seen = self.word();
+        for _ in 0..UPDATE_TRIES {
+            let next = f(seen);
+            if next == seen {
+                return;
+            }
+            match self
+                .round
+                .compare_exchange(seen.0, next.0, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    if next.round() != seen.round() {
+                        futex::wake_all(&self.round);
+                    }
+                    return;
+                }
+                Err(now) => seen = RoundWord(now),
+            }
+        }
+    }
+
+    /// Breaks the barrier: ends the current round broken (its waiters get `BrokenBarrier`) and sets the
+    /// flag for later arrivals. A round that ends meanwhile is not broken for it: the next one is.
+    fn break_now(&self) {
+        self.update(|w| w.ended(true));
+        self.count.store(0, Ordering::Relaxed);
     }
 }
+
+/// Compare-and-swap attempts of [`RawBarrier::update`]: its word is written by at most a few parties at
+/// once, each ending one round; more failures than this mean garbage rewrites it.
+const UPDATE_TRIES: u32 = 64;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A round's outcome is read from its bit while fewer than 64 rounds ended since; from 64 on, the
-    /// bit may already be the outcome of the round 64 later (or being rewritten): the barrier's state
-    /// now is reported instead.
+    /// A round's outcome is read from the word for 8 rounds; from 9 on, its bit may be the outcome of
+    /// round 8 later: the barrier's state then is reported instead. The round count wraps.
     #[test]
-    fn a_rounds_bit_is_trusted_for_63_rounds_only() {
+    fn a_rounds_outcome_is_read_from_the_word_for_8_rounds() {
+        // Round 1 (round 0 broke, the barrier mended since) trips.
+        let mine = RoundWord(0).ended(true).mended();
+        assert_eq!(mine.round(), 1);
+        assert_eq!(mine.outcome_in(mine), None);
+        let mut now = mine.ended(false);
+        assert!(!now.broken());
+        for behind in 1..=RoundWord::HISTORY {
+            assert_eq!(mine.outcome_in(now), Some(false), "{behind} rounds behind");
+            now = now.ended(true).mended();
+        }
+        // Round 9 broke and rewrote round 1's bit: the barrier's state now is all that is known.
+        assert_eq!(mine.outcome_in(now), Some(false), "mended now");
+        assert_eq!(mine.outcome_in(now.ended(true)), Some(true), "broken now");
+        // A break, and the word's wrap.
+        let last = RoundWord(RoundWord::ROUND_MASK << RoundWord::ROUND_SHIFT);
+        let next = last.ended(true);
+        assert_eq!((next.round(), next.broken()), (0, true));
+        assert_eq!(last.outcome_in(next), Some(true));
+        assert_eq!(last.outcome_in(last.ended(false)), Some(false));
+        // A word rewritten without the round moving (garbage, or a reset): broken.
+        assert_eq!(mine.outcome_in(RoundWord(mine.0 ^ 1)), Some(true));
+    }
+
+    /// Found by review: a break made without the internal lock (its holder, alive, kept it past
+    /// `TRY_BOUND`) raced that holder's trip of the same round; the round could end "broken" for its
+    /// waiters and `Ok` for its tripper, and the generation move once for both. Each now moves the word
+    /// from the value it read: one of them ends the round, and the other reads how from the word.
+    #[test]
+    fn a_forced_break_and_a_locked_trip_of_one_round_agree_on_how_it_ended() {
         let b = Barrier::new(2).unwrap();
         let r = &*b.shared;
-        // Round 5 broke (its bit set), and the barrier is not broken now.
-        r.outcomes.store(1 << 5, Ordering::Relaxed);
-        r.broken.store(0, Ordering::Relaxed);
-        r.generation.store(5 + 63, Ordering::Relaxed);
-        assert!(r.round_broke(5));
-        r.generation.store(5 + 64, Ordering::Relaxed);
-        assert!(!r.round_broke(5), "round 69's bit may be read as round 5's");
-        r.broken.store(1, Ordering::Relaxed);
-        assert!(r.round_broke(5));
-        // Across the word's wrap.
-        r.outcomes.store(1 << (u32::MAX % 64), Ordering::Relaxed);
-        r.broken.store(0, Ordering::Relaxed);
-        r.generation.store(62, Ordering::Relaxed);
-        assert!(r.round_broke(u32::MAX));
+        for break_first in [true, false] {
+            let seen = r.word();
+            // The tripper holds the internal lock; the break runs beside it, forced.
+            assert_eq!(r.lock.lock_until(None).unwrap(), Acquired::Clean);
+            let (first, second) = (break_first, !break_first);
+            r.end_round(seen, first).unwrap();
+            let now = r.end_round(seen, second).unwrap_err();
+            // SAFETY: taken above by this thread.
+            unsafe { r.lock.unlock() };
+            assert_eq!(seen.outcome_in(now), Some(break_first));
+            assert_eq!(now.round(), seen.round() + 1, "the round ended once");
+            assert_eq!(b.broken(), break_first);
+            b.reset();
+        }
+        // Through the public calls: a party waits, the tripper keeps the lock, `abort` breaks the
+        // round without it; the party and the tripper's view of the round agree.
+        let seen = r.word();
+        std::thread::scope(|s| {
+            let party = s.spawn(|| b.wait());
+            until_waiting(&b, 1);
+            assert_eq!(r.lock.lock_until(None).unwrap(), Acquired::Clean);
+            std::thread::scope(|s| s.spawn(|| b.abort()).join().unwrap());
+            let tripped = r.end_round(seen, false);
+            // SAFETY: taken above by this thread.
+            unsafe { r.lock.unlock() };
+            assert_eq!(seen.outcome_in(tripped.unwrap_err()), Some(true));
+            assert!(matches!(party.join().unwrap(), Err(Error::BrokenBarrier)));
+        });
     }
 
     /// A party that waits takes the CPU of the last arrival as its peer's: every arrival, the tripping
@@ -386,7 +516,7 @@ mod tests {
     #[test]
     fn a_time_out_after_the_round_tripped_reports_the_trip_and_breaks_nothing() {
         let b = Barrier::new(2).unwrap();
-        let generation = b.shared.generation.load(Ordering::SeqCst);
+        let mine = b.shared.word();
         std::thread::scope(|s| {
             let first = s.spawn(|| b.wait());
             // Bounded, to prove no hang: until the first party is counted as arrived.
@@ -399,10 +529,10 @@ mod tests {
             assert_eq!(first.join().unwrap().unwrap(), 0);
         });
         // The first party's wait, had its deadline passed right after the trip:
-        assert_eq!(b.time_out(generation, 0).unwrap(), 0);
+        assert_eq!(b.time_out(mine, 0).unwrap(), 0);
         assert!(!b.broken(), "the next round was broken");
         // A time-out in the current round still breaks it.
-        let now = b.shared.generation.load(Ordering::SeqCst);
+        let now = b.shared.word();
         assert!(matches!(b.time_out(now, 0), Err(Error::BrokenBarrier)));
         assert!(b.broken());
     }
