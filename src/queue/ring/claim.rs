@@ -533,37 +533,24 @@ impl Ring {
         deadline: Option<Instant>,
     ) -> Result<PushBatch<'_>> {
         let want = want.clamp(1, MAX_BATCH) as u32;
-        let me = proc::current();
-        let mut backoff = Backoff::new().until(deadline);
-        let mut watch = StuckWatch::new();
-        loop {
+        self.wait_for(Side::Producer, deadline, &mut || {}, |me| {
             if self.is_closed() {
                 return Err(Error::Closed);
             }
-            let blocked = match self.try_claim_push(me, want, &mut self.help()) {
-                BatchAttempt::Claimed { first, n, .. } => {
-                    return Ok(PushBatch {
-                        ring: self,
-                        me: me.tid,
-                        first,
-                        filled: 0,
-                        revoked: 0,
-                        pos: first,
-                        left: n,
-                    })
-                }
-                BatchAttempt::Blocked { pos, state } => Some((pos, state)),
-                BatchAttempt::Busy | BatchAttempt::Closed => None,
-            };
-            if self.survey_due() && self.heal() {
-                continue;
-            }
-            if backoff.snooze_beside(|| self.peer_cpu(Side::Producer)) {
-                continue;
-            }
-            let slice = slice_until(deadline, watch.interval)?;
-            self.sleep_for_space(blocked, slice, &mut watch);
-        }
+            Ok(match self.try_claim_push(me, want, &mut self.help()) {
+                BatchAttempt::Claimed { first, n, .. } => Turn::Done(PushBatch {
+                    ring: self,
+                    me: me.tid,
+                    first,
+                    filled: 0,
+                    revoked: 0,
+                    pos: first,
+                    left: n,
+                }),
+                BatchAttempt::Blocked { pos, state } => Turn::Wait(Some((pos, state))),
+                BatchAttempt::Busy | BatchAttempt::Closed => Turn::Wait(None),
+            })
+        })
     }
 
     /// Claims 1..=`want` consecutive messages (at most [`MAX_BATCH`]; tombstones count, and are skipped
@@ -581,31 +568,18 @@ impl Ring {
         deadline: Option<Instant>,
     ) -> Result<PopBatch<'_>> {
         let want = want.clamp(1, MAX_BATCH) as u32;
-        let me = proc::current();
-        let mut backoff = Backoff::new().until(deadline);
-        let mut watch = StuckWatch::new();
-        loop {
+        self.wait_for(Side::Consumer, deadline, &mut || {}, |me| {
             match self.try_claim_pop(me, want, end_len, &mut self.help()) {
-                BatchAttempt::Claimed { first, n, tombs } => {
-                    return Ok(PopBatch {
-                        ring: self,
-                        me: me.tid,
-                        pos: first,
-                        left: n,
-                        tombs,
-                    })
-                }
-                BatchAttempt::Closed => return Err(Error::Closed),
-                BatchAttempt::Blocked { .. } | BatchAttempt::Busy => {}
+                BatchAttempt::Claimed { first, n, tombs } => Ok(Turn::Done(PopBatch {
+                    ring: self,
+                    me: me.tid,
+                    pos: first,
+                    left: n,
+                    tombs,
+                })),
+                BatchAttempt::Closed => Err(Error::Closed),
+                BatchAttempt::Blocked { .. } | BatchAttempt::Busy => Ok(Turn::Wait(None)),
             }
-            if self.survey_due() && self.heal() {
-                continue;
-            }
-            if backoff.snooze_beside(|| self.peer_cpu(Side::Consumer)) {
-                continue;
-            }
-            let slice = slice_until(deadline, watch.interval)?;
-            self.sleep_for_items(slice, &mut watch);
-        }
+        })
     }
 }

@@ -362,6 +362,13 @@ enum Attempt {
     Busy,
 }
 
+/// What one attempt of [`Ring::wait_for`]'s caller found: done, or wait (a producer names the slot it
+/// found full, its stamp and the state it held, to sleep until that slot changes).
+enum Turn<T> {
+    Done(T),
+    Wait(Option<(u64, u64)>),
+}
+
 pub(crate) enum Pop<R> {
     Got(R),
     Empty,
@@ -653,27 +660,53 @@ impl Ring {
                 max: self.geo.slot_size as usize,
             });
         }
+        self.wait_for(Side::Producer, deadline, watch, |me| {
+            if self.is_closed() {
+                return Err(Error::Closed);
+            }
+            Ok(match self.try_push(bytes, me) {
+                Attempt::Done => Turn::Done(()),
+                Attempt::Blocked { pos, state } => Turn::Wait(Some((pos, state))),
+                Attempt::Busy => Turn::Wait(None),
+            })
+        })
+    }
+
+    /// The wait of every blocking ring call (`push`, `pop`, `claim_push`, `claim_pop`): `attempt` until
+    /// it is done or fails; between attempts, heal the indices if a survey is due, spin beside `side`'s
+    /// peer (yielding if it runs on this CPU), then sleep a slice on the side's word ([`Ring::sleep_for_space`],
+    /// [`Ring::sleep_for_items`], which also look for a dead peer holding the slot) and call `watch`.
+    ///
+    /// # Errors
+    /// What `attempt` returns; [`Error::Timeout`] once `deadline` passes (at once, without spinning, for
+    /// a deadline already past).
+    fn wait_for<T>(
+        &self,
+        side: Side,
+        deadline: Option<Instant>,
+        watch: &mut dyn FnMut(),
+        mut attempt: impl FnMut(Identity) -> Result<Turn<T>>,
+    ) -> Result<T> {
         let me = proc::current();
         let mut backoff = Backoff::new().until(deadline);
         let mut stuck = StuckWatch::new();
         loop {
-            if self.is_closed() {
-                return Err(Error::Closed);
-            }
-            let blocked = match self.try_push(bytes, me) {
-                Attempt::Done => return Ok(()),
-                Attempt::Blocked { pos, state } => Some((pos, state)),
-                Attempt::Busy => None,
+            let blocked = match attempt(me)? {
+                Turn::Done(t) => return Ok(t),
+                Turn::Wait(blocked) => blocked,
             };
-            // Full by the hint's slot; the hint may be wrong in a way that slot cannot show.
+            // Blocked by the hint's slot; the hint may be wrong in a way that slot cannot show.
             if self.survey_due() && self.heal() {
                 continue;
             }
-            if backoff.snooze_beside(|| self.peer_cpu(Side::Producer)) {
+            if backoff.snooze_beside(|| self.peer_cpu(side)) {
                 continue;
             }
             let slice = slice_until(deadline, stuck.interval)?;
-            self.sleep_for_space(blocked, slice, &mut stuck);
+            match side {
+                Side::Producer => self.sleep_for_space(blocked, slice, &mut stuck),
+                Side::Consumer => self.sleep_for_items(slice, &mut stuck),
+            }
             watch();
         }
     }
@@ -800,26 +833,13 @@ impl Ring {
         mut f: impl FnMut(&[u8]) -> R,
         watch: &mut dyn FnMut(),
     ) -> Result<R> {
-        let me = proc::current();
-        let mut backoff = Backoff::new().until(deadline);
-        let mut stuck = StuckWatch::new();
-        loop {
+        self.wait_for(Side::Consumer, deadline, watch, |me| {
             match self.try_pop(me, &mut f)? {
-                Pop::Got(r) => return Ok(r),
-                Pop::Closed => return Err(Error::Closed),
-                Pop::Empty => {}
+                Pop::Got(r) => Ok(Turn::Done(r)),
+                Pop::Closed => Err(Error::Closed),
+                Pop::Empty => Ok(Turn::Wait(None)),
             }
-            // Empty by the hint's slot; the hint may be wrong in a way that slot cannot show.
-            if self.survey_due() && self.heal() {
-                continue;
-            }
-            if backoff.snooze_beside(|| self.peer_cpu(Side::Consumer)) {
-                continue;
-            }
-            let slice = slice_until(deadline, stuck.interval)?;
-            self.sleep_for_items(slice, &mut stuck);
-            watch();
-        }
+        })
     }
 
     // ---- JoinableQueue accounting ----
