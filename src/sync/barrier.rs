@@ -18,7 +18,7 @@ pub const MAX_PARTIES: u32 = 256;
 pub(crate) struct RawBarrier {
     lock: RawLock,
     parties: AtomicU32,
-    /// Parties that arrived in the current round.
+    /// How many parties arrived in the current round: see [`RoundWord::arrived`].
     count: AtomicU32,
     /// A [`RoundWord`]: the round, whether the barrier is broken, and how the last 8 rounds ended; the
     /// futex word waiters sleep on. Every change is one compare-and-swap, so whoever ends a round (a
@@ -58,6 +58,8 @@ impl RoundWord {
     const BROKEN: u32 = 1 << Self::HISTORY;
     const ROUND_SHIFT: u32 = Self::HISTORY + 1;
     const ROUND_MASK: u32 = u32::MAX >> Self::ROUND_SHIFT;
+    /// The bits below the round: the flag and the outcomes here, the number arrived in a count.
+    const LOW_MASK: u32 = (1 << Self::ROUND_SHIFT) - 1;
 
     fn round(self) -> u32 {
         self.0 >> Self::ROUND_SHIFT
@@ -81,7 +83,26 @@ impl RoundWord {
             self.0 & !bit
         };
         let next = self.round().wrapping_add(1) & Self::ROUND_MASK;
-        RoundWord((next << Self::ROUND_SHIFT) | (low & (Self::BROKEN | (Self::BROKEN - 1))))
+        RoundWord((next << Self::ROUND_SHIFT) | (low & Self::LOW_MASK))
+    }
+
+    /// How many parties arrived in this round, from the value of [`RawBarrier::count`], which holds
+    /// that number in bits 0..9 and its round in bits 9..32 ([`RoundWord::with_arrived`]). A count of
+    /// another round is 0: so ending a round needs no store of the count, and a late store of one (by
+    /// an arrival that read the word before a break made without the internal lock ended its round;
+    /// by a break of the old code) cannot change a later round's, where it lost an arrival and left
+    /// the next party waiting for one that never came (found by review).
+    fn arrived(self, count: u32) -> u32 {
+        if count >> Self::ROUND_SHIFT == self.round() {
+            (count & Self::LOW_MASK).min(MAX_PARTIES)
+        } else {
+            0
+        }
+    }
+
+    /// The value of [`RawBarrier::count`] saying `n` (at most [`MAX_PARTIES`]) arrived in this round.
+    fn with_arrived(self, n: u32) -> u32 {
+        (self.round() << Self::ROUND_SHIFT) | n.min(MAX_PARTIES)
     }
 
     /// The same round, the broken flag cleared.
@@ -184,7 +205,8 @@ impl Barrier {
 
     /// The number of parties waiting now.
     pub fn n_waiting(&self) -> u32 {
-        self.shared.count.load(Ordering::Relaxed).min(MAX_PARTIES)
+        let r = &*self.shared;
+        r.word().arrived(r.count.load(Ordering::Relaxed))
     }
 
     /// Whether the barrier is broken.
@@ -222,15 +244,14 @@ impl Barrier {
         self.locked_or_forced(INTERNAL_BOUND, |r| {
             // The parties counted in this round are forgotten: the round ends broken, and the barrier is
             // mended in the same step, so that they read their round's outcome, not the flag.
-            let forget = r.count.load(Ordering::Relaxed) != 0;
+            let count = r.count.load(Ordering::Relaxed);
             r.update(|w| {
-                if forget {
+                if w.arrived(count) != 0 {
                     w.ended(true).mended()
                 } else {
                     w.mended()
                 }
             });
-            r.count.store(0, Ordering::Relaxed);
         });
     }
 
@@ -269,11 +290,12 @@ impl Barrier {
             if word.broken() {
                 return Err(Error::BrokenBarrier);
             }
-            let index = r.count.load(Ordering::Relaxed).min(parties - 1);
+            let index = word
+                .arrived(r.count.load(Ordering::Relaxed))
+                .min(parties - 1);
             let peer_cpu = r.last_cpu.load(Ordering::Relaxed);
             note_cpu(&r.last_cpu);
             if index + 1 == parties {
-                r.count.store(0, Ordering::Relaxed);
                 return match r.end_round(word, false) {
                     Ok(()) => Ok((index, None)),
                     // A break made without the lock ended this round first (or garbage moved the word):
@@ -284,7 +306,8 @@ impl Barrier {
             }
             r.arrived[index as usize].store(me.pack(), Ordering::Relaxed);
             r.arrived_ns[index as usize].store(proc::pid_ns_tag(), Ordering::Relaxed);
-            r.count.store(index + 1, Ordering::Relaxed);
+            r.count
+                .store(word.with_arrived(index + 1), Ordering::Relaxed);
             Ok((index, Some((word, peer_cpu))))
         });
         let Some(arrival) = arrival else {
@@ -316,7 +339,7 @@ impl Barrier {
                         if r.word() != mine {
                             return;
                         }
-                        let n = r.count.load(Ordering::Relaxed).min(MAX_PARTIES) as usize;
+                        let n = mine.arrived(r.count.load(Ordering::Relaxed)) as usize;
                         // A party recorded in another pid namespace cannot be judged here: alive (S6).
                         let someone_died =
                             r.arrived[..n]
@@ -378,9 +401,6 @@ impl RawBarrier {
                 Ordering::Acquire,
             )
             .map_err(RoundWord)?;
-        if broke {
-            self.count.store(0, Ordering::Relaxed);
-        }
         futex::wake_all(&self.round);
         Ok(())
     }
@@ -411,10 +431,13 @@ impl RawBarrier {
     }
 
     /// Breaks the barrier: ends the current round broken (its waiters get `BrokenBarrier`) and sets the
-    /// flag for later arrivals. A round that ends meanwhile is not broken for it: the next one is.
+    /// flag for later arrivals. A round that ends meanwhile is not broken for it: the next one is. A
+    /// broken barrier is left as it is: its round has no parties (none arrive at a broken barrier), and
+    /// moving it would only push the outcomes of earlier rounds out of the word, which their waiters,
+    /// woken but not yet running, may still have to read (found by review: eight `abort`s in a row
+    /// made a tripped round's party read the barrier's state instead).
     fn break_now(&self) {
-        self.update(|w| w.ended(true));
-        self.count.store(0, Ordering::Relaxed);
+        self.update(|w| if w.broken() { w } else { w.ended(true) });
     }
 }
 
@@ -489,6 +512,48 @@ mod tests {
             assert_eq!(seen.outcome_in(tripped.unwrap_err()), Some(true));
             assert!(matches!(party.join().unwrap(), Err(Error::BrokenBarrier)));
         });
+    }
+
+    /// Found by review: every `abort` moved the round, broken or not, so a few of them in a row pushed
+    /// a tripped round's outcome out of the word before its party, woken but not yet running, read it.
+    #[test]
+    fn aborting_a_broken_barrier_keeps_the_outcomes_of_earlier_rounds() {
+        let b = Barrier::new(2).unwrap();
+        let r = &*b.shared;
+        let mine = r.word();
+        r.end_round(mine, false).unwrap(); // tripped
+        assert!(matches!(
+            b.wait_timeout(Duration::ZERO),
+            Err(Error::BrokenBarrier)
+        ));
+        let broken = r.word();
+        for _ in 0..2 * RoundWord::HISTORY {
+            b.abort();
+        }
+        assert_eq!(r.word(), broken, "aborts of a broken barrier moved it");
+        assert_eq!(mine.outcome_in(r.word()), Some(false));
+    }
+
+    /// Found by review: a count stored late (by an arrival that read the round word before a break
+    /// made without the internal lock ended that round, here after a `reset` too) was taken as the
+    /// next round's: its first party tripped it alone, and the second waited for a partner that had
+    /// gone. A count now names its round.
+    #[test]
+    fn a_count_stored_for_an_ended_round_is_not_the_next_rounds() {
+        let b = Barrier::new(2).unwrap();
+        let r = &*b.shared;
+        let seen = r.word();
+        r.end_round(seen, true).unwrap(); // the forced break
+        b.reset();
+        r.count.store(seen.with_arrived(1), Ordering::Relaxed); // the late arrival's store
+        assert_eq!(b.n_waiting(), 0);
+        let got: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..2)
+                .map(|_| s.spawn(|| b.wait_timeout(Duration::from_secs(60))))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(got.iter().all(Result::is_ok), "{got:?}");
     }
 
     /// A party that waits takes the CPU of the last arrival as its peer's: every arrival, the tripping
@@ -625,7 +690,8 @@ mod tests {
                 assert_eq!(a, Acquired::Clean);
                 raw.arrived[0].store(proc::current().pack(), Ordering::Relaxed);
                 raw.arrived_ns[0].store(proc::pid_ns_tag(), Ordering::Relaxed);
-                raw.count.store(1, Ordering::Relaxed);
+                raw.count
+                    .store(raw.word().with_arrived(1), Ordering::Relaxed);
                 // SAFETY: this thread took the lock just above.
                 unsafe { raw.lock.unlock() };
             });
