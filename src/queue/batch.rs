@@ -453,8 +453,15 @@ impl<T, C: Codec<T>> Queue<T, C> {
                 }
                 Err(Error::Timeout | Error::Closed) if taken > 0 => break,
                 Err(e @ (Error::Timeout | Error::Closed)) => return Err(e),
+                // A message that did not decode was taken: go on with the next one.
+                Err(e @ Error::Decode { .. }) => {
+                    first_err.get_or_insert(e);
+                }
+                // Anything else may take nothing (garbage the queue cannot get past): stop, where
+                // going on retried it up to `max` times (found by review: `usize::MAX` never returned).
                 Err(e) => {
                     first_err.get_or_insert(e);
+                    break;
                 }
             }
             taken += 1;

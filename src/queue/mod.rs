@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use crate::codec::{Codec, Serde};
 use crate::error::{Error, Result};
 use crate::region::{layout_hash, Layout, Region, RegionHandle, DEFAULT_OPEN_TIMEOUT};
+use crate::sync::raw_lock::INTERNAL_BOUND;
 pub use joinable::{JoinableQueue, SimpleQueue};
 pub(crate) use pipe::ForkHolds;
 pub use pipe::{Connection, Pipe};
@@ -470,8 +471,13 @@ impl<T, C: Codec<T>> Queue<T, C> {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Full`], and as [`Queue::put`].
+    /// [`Error::Full`], and as [`Queue::put`]. An unbounded queue is never full: it waits for its
+    /// internal lock (held for one copy of a message by another put, or a take) at most 2 s, and
+    /// returns [`Error::Timeout`] if a hung process holds it longer.
     pub fn try_put(&self, value: &T) -> Result<()> {
+        if let Engine::Unbounded(_) = self.engine() {
+            return self.put_until(value, Some(Instant::now() + INTERNAL_BOUND));
+        }
         match self.put_until(value, Some(Instant::now())) {
             Err(Error::Timeout) => Err(Error::Full),
             r => r,

@@ -134,12 +134,20 @@ impl Blocks {
     /// published). A missing block is [`Error::Corrupted`] naming it: the reference to it was garbage,
     /// or the queue was reclaimed under a late attacher (module docs).
     pub(crate) fn open(&self, name: &str, layout: Layout) -> Result<Region> {
-        Region::open_with(name, layout, Duration::ZERO).map_err(|e| match e {
-            Error::NotFound { .. } => Error::Corrupted(format!(
+        self.open_if_exists(name, layout)?.ok_or_else(|| {
+            Error::Corrupted(format!(
                 "block {name} referenced by the queue does not exist"
-            )),
-            e => e,
+            ))
         })
+    }
+
+    /// As [`Blocks::open`], a missing block `None`: the unbounded queue repairs the loss of a segment.
+    pub(crate) fn open_if_exists(&self, name: &str, layout: Layout) -> Result<Option<Region>> {
+        match Region::open_with(name, layout, Duration::ZERO) {
+            Ok(region) => Ok(Some(region)),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Removes the name of a block (its mappings stay valid); a block already gone is fine.

@@ -403,23 +403,126 @@ fn unbounded_between_threads_and_reclaimed_on_drop() {
     }
 }
 
+/// Garbage in the control is a typed error for the call that meets it, and the queue goes on (found
+/// by review: each of these failed every later call): a read offset between records, or past the end,
+/// skips the rest of its segment (its messages are lost, and `len` says so); a head segment that does
+/// not exist drops the chain.
 #[test]
-fn unbounded_garbage_is_a_typed_error() {
+fn unbounded_garbage_is_a_typed_error_once() {
     let q: Queue<Vec<u8>> = Queue::unbounded().unwrap();
-    q.put(&vec![1; 100]).unwrap();
-    q.put(&vec![2; 100]).unwrap();
-    // A read offset that is not a record boundary, then one past the end.
     for off in [3, 1 << 40] {
+        q.put(&vec![1; 100]).unwrap();
+        q.put(&vec![2; 100]).unwrap();
         q.log().force_head_off_for_test(off);
         assert!(matches!(q.try_get(), Err(Error::Corrupted(_))), "{off}");
+        assert_eq!(q.len(), 0, "{off}");
+        assert!(matches!(q.try_get(), Err(Error::Empty)), "{off}");
+        q.put(&vec![3; 10]).unwrap();
+        assert_eq!(q.try_get().unwrap(), vec![3; 10]);
     }
     // A head segment that was never made.
-    q.log().force_head_off_for_test(0);
+    q.put(&vec![4; 10]).unwrap();
     q.log().force_head_seg_for_test(77);
     assert!(matches!(q.try_get(), Err(Error::Corrupted(_))));
-    q.log().force_head_seg_for_test(1);
-    assert_eq!(q.get().unwrap(), vec![1; 100]);
-    assert_eq!(q.get().unwrap(), vec![2; 100]);
+    assert!(matches!(q.try_get(), Err(Error::Empty)));
+    q.put(&vec![5; 10]).unwrap();
+    assert_eq!(q.get().unwrap(), vec![5; 10]);
+}
+
+/// Found by review: a process that attached while the last other user let go found the queue's
+/// segments removed by that user's sweep, and every later put and get failed on them. The first call
+/// now reports the loss and the queue starts again empty.
+#[test]
+fn unbounded_late_attacher_reports_the_lost_segments_once() {
+    let name = format!(
+        "unit-queue-late-{}-{:x}",
+        std::process::id(),
+        crate::sys::proc::random_u64()
+    );
+    let q: Queue<Vec<u8>> = Queue::create_unbounded(&name).unwrap();
+    q.put(&vec![1; 100]).unwrap();
+    q.put(&vec![2; 100]).unwrap();
+    let region = Region::open_with(
+        &name,
+        Queue::<Vec<u8>>::unbounded_layout(None),
+        DEFAULT_OPEN_TIMEOUT,
+    )
+    .unwrap();
+    drop(q); // the last attached user: its sweep removes the segments
+    let late = Queue::<Vec<u8>>::wrap(region, true).unwrap();
+    assert!(matches!(late.put(&vec![3; 10]), Err(Error::Corrupted(_))));
+    late.put(&vec![4; 10]).unwrap();
+    assert_eq!(late.try_get().unwrap(), vec![4; 10]);
+}
+
+/// Found by review: `get_many` on an unbounded queue went on after an error that took nothing, up to
+/// `max` times (with `usize::MAX`, for good). It now stops there; messages taken before are in `out`.
+#[test]
+fn unbounded_get_many_stops_at_garbage_it_cannot_pass() {
+    let q: Queue<Vec<u8>> = Queue::unbounded().unwrap();
+    q.put(&vec![1; 10]).unwrap();
+    q.put(&vec![2; 10]).unwrap();
+    q.log().force_seg_used_for_test(1, 3); // not a multiple of 8: every take fails on it
+    let (tx, rx) = std::sync::mpsc::channel();
+    let q2 = q.clone();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = tx.send(q2.get_many(&mut out, usize::MAX).map(|_| out.len()));
+    });
+    // Bounded, to prove no hang.
+    let got = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("get_many returned");
+    assert!(matches!(got, Err(Error::Corrupted(_))), "{got:?}");
+}
+
+std::thread_local! {
+    /// Run (once) by [`PutWhileDecoding::decode`].
+    static WHILE_DECODING: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        std::cell::RefCell::new(None);
+}
+
+/// `u64`s as their bytes; `decode` first runs the hook set in [`WHILE_DECODING`].
+struct PutWhileDecoding;
+
+impl Codec<u64> for PutWhileDecoding {
+    const NAME: &'static str = "test: runs a hook while decoding";
+
+    fn with_bytes<R>(value: &u64, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        Ok(f(&value.to_le_bytes()))
+    }
+
+    fn decode(bytes: &[u8]) -> Result<u64> {
+        if let Some(hook) = WHILE_DECODING.with(|h| h.borrow_mut().take()) {
+            hook();
+        }
+        let bytes = bytes.try_into().map_err(|_| Error::Decode {
+            ty: "u64".into(),
+            reason: format!("{} bytes", bytes.len()),
+        })?;
+        Ok(u64::from_le_bytes(bytes))
+    }
+}
+
+/// Found by review: an unbounded queue decoded each message under its lock, so every other put and
+/// get waited for the decode of a large one (a `try_put` failed with `Full`). A put made by another
+/// thread while the decode runs shows the lock is free by then: under it, the put failed (after
+/// waiting for the lock, which the decoding thread held until the put gave up).
+#[test]
+fn unbounded_decodes_without_its_lock() {
+    let q: Queue<u64, PutWhileDecoding> = Queue::unbounded().unwrap();
+    q.put(&1).unwrap();
+    let put = std::rc::Rc::new(std::cell::Cell::new(None));
+    let (q2, put2) = (q.clone(), put.clone());
+    WHILE_DECODING.with(|h| {
+        *h.borrow_mut() = Some(Box::new(move || {
+            let ok = std::thread::scope(|s| s.spawn(|| q2.try_put(&2).is_ok()).join().unwrap());
+            put2.set(Some(ok));
+        }))
+    });
+    assert_eq!(q.get().unwrap(), 1);
+    assert_eq!(put.get(), Some(true), "the put made while decoding failed");
+    assert_eq!(q.get().unwrap(), 2);
 }
 
 #[test]

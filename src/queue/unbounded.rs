@@ -13,29 +13,34 @@
 //! record does not fit, they make a new segment (twice the last one's size, at least the record) and
 //! link it: `last_seg` (the numbers handed out) first, then the block is made and named, then
 //! `tail.next`, then `tail_seg`. A record is written past `used` and committed by storing `used`
-//! (Release) after its bytes. Consumers read the record at `head_off` of segment `head_seg`, then move
-//! `head_off` past it; at the end of a segment that has a `next`, they move `head_seg` on and only then
-//! unlink the finished segment's name. So puts never wait for space, and a message of any size fits
-//! (in a segment sized for it).
+//! (Release) after its bytes. Consumers find the record at `head_off` of segment `head_seg`, move
+//! `head_off` past it, and decode it after releasing the lock (from their mapping of the segment, which
+//! they keep until then); at the end of a segment that has a `next`, they move `head_seg` on and only
+//! then unlink the finished segment's name. So puts never wait for space, a message of any size fits
+//! (in a segment sized for it), and the lock is held for one copy of a put message at most.
 //!
 //! # Deaths
 //! A producer killed before its `used` store leaves a record nobody sees (the next producer writes over
 //! it); after it, a committed message. One killed between naming a new segment and linking it leaves
 //! an orphan block; one killed between `tail.next` and `tail_seg` leaves `tail_seg` behind, which the
 //! next holder repairs by following `next`. A consumer killed before its `head_off` store took nothing:
-//! the message goes to the next consumer (it never reached the dead one's caller). A consumer killed
-//! after moving `head_seg` and before unlinking leaves an orphan block. Orphans are removed by the
+//! the message goes to the next consumer; one killed after it, while decoding, lost that message (at
+//! most once, as a bounded queue's consumer killed inside `get`). A consumer killed after moving
+//! `head_seg` and before unlinking leaves an orphan block. Orphans are removed by the
 //! queue's last user (`spill.rs`). The message count (`len`, for `len()` only) is recounted on repair.
 //!
 //! # Garbage
 //! Every word of the control and of a segment head is checked before use: segment numbers must move
 //! forward and stay within `last_seg`, offsets and lengths inside the segment's validated size, and a
 //! segment is opened only under this queue's prefix and validated as a region. Garbage makes an
-//! operation fail with [`Error::Corrupted`]; walks along the chain are bounded by a step budget.
+//! operation fail with [`Error::Corrupted`], and the queue gets past it where it can: a bad read offset
+//! or record skips the rest of its segment, a head or tail segment that does not exist (also what a
+//! process attaching while the last user's sweep ran finds) drops the chain, the queue starting again
+//! empty. Walks along the chain are bounded by a step budget.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::spill::Blocks;
@@ -116,8 +121,9 @@ pub(crate) struct Log {
     ctl: *const LogControl,
     blocks: Blocks,
     /// Segments this process has mapped, by number: after each put or take only the head and tail
-    /// segments stay (a mapping of any other would pin memory the queue has finished with).
-    segs: Mutex<BTreeMap<u64, Region>>,
+    /// segments stay (a mapping of any other would pin memory the queue has finished with). Shared with
+    /// a [`Record`] taken and not yet decoded.
+    segs: Mutex<BTreeMap<u64, Arc<Region>>>,
 }
 
 // SAFETY: `ctl` points into the queue's region, kept mapped by the owner of the Log (the queue's Inner
@@ -142,6 +148,27 @@ pub(crate) enum Took<R> {
     Got(R),
     Empty,
     Closed,
+}
+
+/// A message taken from a segment (the read offset moved past it) and not yet decoded: decoded after
+/// the lock is released, so a large message does not keep producers and other consumers waiting (found
+/// by review: `try_put` failed with `Full` while a 32 MiB message was decoded). Its bytes stay mapped
+/// while it lives, the segment's name unlinked or not.
+struct Record {
+    seg: Arc<Region>,
+    /// Offset of the message's bytes in the segment's payload, and their length: inside the payload.
+    at: usize,
+    len: usize,
+}
+
+impl Record {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `take_locked` made this record from a committed record of `seg`: [at, at + len) is
+        // inside its payload (checked against the segment's validated size there), the mapping lives as
+        // long as `self.seg`, and no producer writes below `used` nor any consumer past a read offset
+        // that moved beyond the record.
+        unsafe { std::slice::from_raw_parts(self.seg.as_ptr().add(self.at), self.len) }
+    }
 }
 
 fn corrupted(what: String) -> Error {
@@ -185,26 +212,63 @@ impl Log {
         }
     }
 
-    /// Runs `f` on segment `n`, opening (and validating) it first if this process has not yet.
-    fn with_seg<R>(&self, n: u64, f: impl FnOnce(&Region, &SegHead) -> Result<R>) -> Result<R> {
+    /// Segment `n`, opened (and validated) first if this process has not yet; `None` if it does not
+    /// exist.
+    fn seg(&self, n: u64) -> Result<Option<Arc<Region>>> {
         let mut segs = self.segs.lock().unwrap_or_else(|p| p.into_inner());
-        let region = match segs.entry(n) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                let name = self.blocks.segment_name(n);
-                let region = self
-                    .blocks
-                    .open(&name, Blocks::layout("mproc queue segment", None))?;
-                if region.len() < SEG_DATA {
-                    return Err(corrupted(format!(
-                        "segment {name} is {} bytes",
-                        region.len()
-                    )));
-                }
-                e.insert(region)
-            }
+        if let Some(region) = segs.get(&n) {
+            return Ok(Some(Arc::clone(region)));
+        }
+        let name = self.blocks.segment_name(n);
+        let layout = Blocks::layout("mproc queue segment", None);
+        let Some(region) = self.blocks.open_if_exists(&name, layout)? else {
+            return Ok(None);
         };
-        f(region, region.payload_ref::<SegHead>(0)?)
+        if region.len() < SEG_DATA {
+            return Err(corrupted(format!(
+                "segment {name} is {} bytes",
+                region.len()
+            )));
+        }
+        let region = Arc::new(region);
+        segs.insert(n, Arc::clone(&region));
+        Ok(Some(region))
+    }
+
+    /// Runs `f` on segment `n` (see [`Log::seg`]); a segment that does not exist is an error.
+    fn with_seg<R>(
+        &self,
+        n: u64,
+        f: impl FnOnce(&Arc<Region>, &SegHead) -> Result<R>,
+    ) -> Result<R> {
+        let region = self.seg(n)?.ok_or_else(|| {
+            corrupted(format!(
+                "segment {} referenced by the queue does not exist",
+                self.blocks.segment_name(n)
+            ))
+        })?;
+        f(&region, region.payload_ref::<SegHead>(0)?)
+    }
+
+    /// The chain's head or tail names segment `n`, which does not exist (lock held): the last user's
+    /// sweep removed the queue's segments while this process was attaching (see `spill.rs`), or
+    /// garbage named a segment never made. Nothing after a missing segment can be reached, so the
+    /// chain is dropped and the queue starts again empty; the error returned reports the loss, to this
+    /// caller only. Before (found by review), every later `put` and `get` failed on the missing
+    /// segment, for good. Segments of the dropped chain that still exist are orphans, removed by the
+    /// queue's last user. `last_seg` stays: a new segment never takes an orphan's name.
+    fn lose_chain(&self, n: u64) -> Error {
+        let c = self.ctl();
+        let lost = c.len.swap(0, Ordering::Relaxed);
+        c.head_seg.store(0, Ordering::Relaxed);
+        c.head_off.store(0, Ordering::Relaxed);
+        c.tail_seg.store(0, Ordering::Relaxed);
+        self.segs.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        corrupted(format!(
+            "segment {} does not exist (removed by the last user while this process attached, or \
+             garbage): the queue starts again empty, {lost} message(s) lost",
+            self.blocks.segment_name(n)
+        ))
     }
 
     /// Keeps only the mappings of the head and tail segments (lock held): any other segment is either
@@ -279,6 +343,9 @@ impl Log {
         let tail = c.tail_seg.load(Ordering::Relaxed);
         let mut grow_from = 0;
         if tail != 0 {
+            if self.seg(tail)?.is_none() {
+                return Err(self.lose_chain(tail));
+            }
             let done = self.with_seg(tail, |region, head| {
                 let used = Self::used(region, head)?;
                 let cap = region.len() - SEG_DATA;
@@ -350,7 +417,7 @@ impl Log {
         self.segs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(n, region);
+            .insert(n, Arc::new(region));
         Ok(())
     }
 
@@ -363,19 +430,37 @@ impl Log {
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<Took<R>> {
         let held = self.lock(deadline.map(|d| d.max(Instant::now() + TRY_BOUND)))?;
-        let r = self.take_locked(f);
+        let r = self.take_locked();
         self.trim();
         drop(held);
-        r
+        Ok(match r? {
+            Took::Got(record) => Took::Got(f(record.bytes())),
+            Took::Empty => Took::Empty,
+            Took::Closed => Took::Closed,
+        })
     }
 
-    fn take_locked<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<Took<R>> {
+    /// Moves the read offset to `off` of the head segment past garbage (lock held), and recounts `len`:
+    /// the messages skipped are lost, and a count still naming them would tell `wait_nonempty` the
+    /// queue holds messages it cannot give.
+    fn skip_to(&self, off: usize) {
         let c = self.ctl();
-        let mut f = Some(f);
+        c.head_off.store(off as u64, Ordering::Relaxed);
+        if let Some(n) = self.count() {
+            c.len.store(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes the next record (lock held), moving the read offset past it: see [`Record`].
+    fn take_locked(&self) -> Result<Took<Record>> {
+        let c = self.ctl();
         for _ in 0..STEP_BUDGET {
             let head = c.head_seg.load(Ordering::Relaxed);
             if head == 0 {
                 break;
+            }
+            if self.seg(head)?.is_none() {
+                return Err(self.lose_chain(head));
             }
             let off = c.head_off.load(Ordering::Relaxed);
             let step = self.with_seg(head, |region, sh| {
@@ -383,9 +468,12 @@ impl Log {
                 let off = match usize::try_from(off) {
                     Ok(o) if o <= used && o % 8 == 0 => o,
                     _ => {
+                        // Skip the rest of the segment, as for a bad length below: failing here
+                        // again at every call would stop the queue for good.
+                        self.skip_to(used);
                         return Err(corrupted(format!(
                             "the read offset {off} is outside the {used} bytes used"
-                        )))
+                        )));
                     }
                 };
                 if off == used {
@@ -402,7 +490,7 @@ impl Log {
                 let room = (used - off - 8) as u64;
                 if len > room {
                     // Skip the rest of the segment: the next `get` goes on past the garbage.
-                    c.head_off.store(used as u64, Ordering::Relaxed);
+                    self.skip_to(used);
                     return Err(corrupted(format!(
                         "a record of {len} bytes where {room} remain"
                     )));
@@ -412,17 +500,20 @@ impl Log {
                 // segment file huge for free and write a length claiming it all (a small one costs a
                 // syscall per message for nothing: its copy is small whatever its bytes).
                 if len > SPARSE_CHECK_MIN && !region.holds_memory(at + 8, len)? {
-                    c.head_off.store(used as u64, Ordering::Relaxed);
+                    self.skip_to(used);
                     return Err(corrupted(format!(
                         "a record of {len} bytes in a segment with holes: not what a producer writes"
                     )));
                 }
-                // SAFETY: [at + 8, at + 8 + len) lies inside the committed records (len <= room).
-                let bytes = unsafe { std::slice::from_raw_parts(region.as_ptr().add(at + 8), len) };
-                let r = (f.take().expect("called once"))(bytes);
+                // [at + 8, at + 8 + len) lies inside the committed records (len <= room).
+                let record = Record {
+                    seg: Arc::clone(region),
+                    at: at + 8,
+                    len,
+                };
                 let next_off = off + record_size(len).expect("len <= room: no overflow");
                 c.head_off.store(next_off as u64, Ordering::Relaxed);
-                Ok(Ok(r))
+                Ok(Ok(record))
             })?;
             match step {
                 Ok(r) => {
@@ -506,7 +597,11 @@ impl Log {
     fn count(&self) -> Option<u64> {
         let c = self.ctl();
         let mut seg = c.head_seg.load(Ordering::Relaxed);
-        let mut off = usize::try_from(c.head_off.load(Ordering::Relaxed)).ok()?;
+        // A multiple of 8, as every record starts at one: the reads below rely on it (found by review:
+        // an odd offset from garbage made this read up to 7 bytes past the segment's end).
+        let mut off = usize::try_from(c.head_off.load(Ordering::Relaxed))
+            .ok()
+            .filter(|o| o % 8 == 0)?;
         let mut n = 0u64;
         let mut budget = STEP_BUDGET * 64;
         while seg != 0 {
@@ -632,6 +727,15 @@ impl Log {
     /// Makes the lock look held by a dead thread (an impossible tid), as a killed holder leaves it.
     pub(crate) fn force_dead_holder_for_test(&self) {
         self.ctl().lock.force_word_for_test(0x3fff_fff0);
+    }
+
+    /// Overwrites `used` in the head of segment `n`.
+    pub(crate) fn force_seg_used_for_test(&self, n: u64, v: u64) {
+        self.with_seg(n, |_, head| {
+            head.used.store(v, Ordering::Relaxed);
+            Ok(())
+        })
+        .unwrap();
     }
 
     /// Overwrites `tail_seg` (a producer killed between linking and moving it).
