@@ -150,6 +150,15 @@ pub(crate) enum Took<R> {
     Closed,
 }
 
+/// What [`Log::take_locked`] found in the head segment.
+enum Step {
+    Got(Record),
+    /// Every record of the segment was taken; the number of the next segment (0: none yet).
+    Finished(u64),
+    /// The segment's `used` is garbage; the number of the next segment, and the error.
+    Garbage(u64, Error),
+}
+
 /// A message taken from a segment (the read offset moved past it) and not yet decoded: decoded after
 /// the lock is released, so a large message does not keep producers and other consumers waiting (found
 /// by review: `try_put` failed with `Full` while a 32 MiB message was decoded). Its bytes stay mapped
@@ -258,6 +267,15 @@ impl Log {
     /// segment, for good. Segments of the dropped chain that still exist are orphans, removed by the
     /// queue's last user. `last_seg` stays: a new segment never takes an orphan's name.
     fn lose_chain(&self, n: u64) -> Error {
+        self.drop_chain(format!(
+            "segment {} does not exist (removed by the last user while this process attached, or \
+             garbage)",
+            self.blocks.segment_name(n)
+        ))
+    }
+
+    /// Drops the chain (lock held; see [`Log::lose_chain`]), for the reason `why`.
+    fn drop_chain(&self, why: String) -> Error {
         let c = self.ctl();
         let lost = c.len.swap(0, Ordering::Relaxed);
         c.head_seg.store(0, Ordering::Relaxed);
@@ -265,9 +283,7 @@ impl Log {
         c.tail_seg.store(0, Ordering::Relaxed);
         self.segs.lock().unwrap_or_else(|p| p.into_inner()).clear();
         corrupted(format!(
-            "segment {} does not exist (removed by the last user while this process attached, or \
-             garbage): the queue starts again empty, {lost} message(s) lost",
-            self.blocks.segment_name(n)
+            "{why}: the queue starts again empty, {lost} message(s) lost"
         ))
     }
 
@@ -347,9 +363,13 @@ impl Log {
                 return Err(self.lose_chain(tail));
             }
             let done = self.with_seg(tail, |region, head| {
-                let used = Self::used(region, head)?;
                 let cap = region.len() - SEG_DATA;
                 grow_from = cap;
+                // A `used` that is garbage: nothing more goes in this segment; a new one is linked
+                // after it, and consumers move on to it ([`Log::take_locked`]).
+                let Ok(used) = Self::used(region, head) else {
+                    return Ok(false);
+                };
                 if rec > cap - used {
                     return Ok(false);
                 }
@@ -440,6 +460,18 @@ impl Log {
         })
     }
 
+    /// Moves the head of the chain from segment `head` to `next` and unlinks `head` (lock held).
+    fn move_head(&self, head: u64, next: u64) {
+        let c = self.ctl();
+        c.head_off.store(0, Ordering::Relaxed);
+        c.head_seg.store(next, Ordering::Relaxed);
+        self.segs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&head);
+        self.blocks.unlink(&self.blocks.segment_name(head));
+    }
+
     /// Moves the read offset to `off` of the head segment past garbage (lock held), and recounts `len`:
     /// the messages skipped are lost, and a count still naming them would tell `wait_nonempty` the
     /// queue holds messages it cannot give.
@@ -464,7 +496,10 @@ impl Log {
             }
             let off = c.head_off.load(Ordering::Relaxed);
             let step = self.with_seg(head, |region, sh| {
-                let used = Self::used(region, sh)?;
+                let used = match Self::used(region, sh) {
+                    Ok(used) => used,
+                    Err(e) => return Ok(Step::Garbage(sh.next.load(Ordering::Acquire), e)),
+                };
                 let off = match usize::try_from(off) {
                     Ok(o) if o <= used && o % 8 == 0 => o,
                     _ => {
@@ -477,7 +512,7 @@ impl Log {
                     }
                 };
                 if off == used {
-                    return Ok(Err(sh.next.load(Ordering::Acquire)));
+                    return Ok(Step::Finished(sh.next.load(Ordering::Acquire)));
                 }
                 let at = SEG_DATA + off;
                 let mut word = [0u8; 8];
@@ -513,26 +548,41 @@ impl Log {
                 };
                 let next_off = off + record_size(len).expect("len <= room: no overflow");
                 c.head_off.store(next_off as u64, Ordering::Relaxed);
-                Ok(Ok(record))
+                Ok(Step::Got(record))
             })?;
             match step {
-                Ok(r) => {
+                Step::Got(r) => {
                     let _ = c
                         .len
                         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(1));
                     return Ok(Took::Got(r));
                 }
-                Err(0) => break,
-                Err(next) => {
-                    // The head segment is finished and has a successor: move on, then unlink it.
-                    let next = self.check_next(next, head)?;
-                    c.head_off.store(0, Ordering::Relaxed);
-                    c.head_seg.store(next, Ordering::Relaxed);
-                    self.segs
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&head);
-                    self.blocks.unlink(&self.blocks.segment_name(head));
+                Step::Finished(0) => break,
+                Step::Finished(next) => match self.check_next(next, head) {
+                    // Finished, and it has a successor: move on, then unlink it.
+                    Ok(next) => self.move_head(head, next),
+                    // The tail's own `next` is garbage: it has no successor yet.
+                    Err(e) if head == c.tail_seg.load(Ordering::Relaxed) => {
+                        self.with_seg(head, |_, sh| {
+                            sh.next.store(0, Ordering::Relaxed);
+                            Ok(())
+                        })?;
+                        return Err(e);
+                    }
+                    Err(e) => return Err(self.drop_chain(e.to_string())),
+                },
+                // A `used` that is garbage: the rest of the segment is lost. Producers moved on to
+                // a segment linked after it (`append`), where the queue goes on; with none, the
+                // chain is dropped.
+                Step::Garbage(next, e) => {
+                    let Ok(next) = self.check_next(next, head) else {
+                        return Err(self.drop_chain(e.to_string()));
+                    };
+                    self.move_head(head, next);
+                    if let Some(n) = self.count() {
+                        c.len.store(n, Ordering::Relaxed);
+                    }
+                    return Err(e);
                 }
             }
         }
