@@ -1358,7 +1358,7 @@ fn pipe_connection_refuses_queues_of_another_pipe() {
 
 thread_local! {
     /// The ring and stamp whose consumer claim [`RevokingCodec`] revokes while it decodes.
-    static REVOKE_WHILE_DECODING: std::cell::Cell<Option<(&'static Ring, u64)>> =
+    static REVOKE_WHILE_DECODING: std::cell::Cell<Option<(Queue<u32, RevokingCodec>, u64)>> =
         const { std::cell::Cell::new(None) };
 }
 
@@ -1378,8 +1378,8 @@ impl Codec<u32> for RevokingCodec {
     }
 
     fn decode(bytes: &[u8]) -> Result<u32> {
-        if let Some((ring, s)) = REVOKE_WHILE_DECODING.take() {
-            ring.force_claim_for_test(s, 0x3fff_fffe, true);
+        if let Some((q, s)) = REVOKE_WHILE_DECODING.take() {
+            ring_of(&q).force_claim_for_test(s, 0x3fff_fffe, true);
         }
         <Raw as Codec<u32>>::decode(bytes)
     }
@@ -1389,9 +1389,9 @@ impl Codec<u32> for RevokingCodec {
 fn get_many_drops_a_message_whose_claim_was_revoked_while_it_was_decoded() {
     // `get_many` decodes each message straight into the caller's vector; a claim revoked meanwhile
     // means its bytes may be another producer's half-written message, so the value must come out again.
-    let q: &'static Queue<u32, RevokingCodec> = Box::leak(Box::new(Queue::new(8).unwrap()));
+    let q: Queue<u32, RevokingCodec> = Queue::new(8).unwrap();
     assert_eq!(q.put_many(&[10, 11, 12]).unwrap(), 3);
-    REVOKE_WHILE_DECODING.set(Some((ring_of(q), 1)));
+    REVOKE_WHILE_DECODING.set(Some((q.clone(), 1)));
     let mut out = vec![7];
     assert_eq!(q.try_get_many(&mut out, 8).unwrap(), 2);
     assert_eq!(
