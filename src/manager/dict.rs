@@ -138,16 +138,22 @@ fn find(
         .map(Ok)?
 }
 
-/// The first empty slot of `table` probing from `tag % cap`, within `cap` steps. Only this transaction
-/// fills a fresh table, and it puts at most `live` < cap / 2 entries in it, so an empty slot is always
-/// there; if another process wrote garbage into it meanwhile, the probe ends as `Corrupted` instead of
-/// spinning forever (review R4).
-fn free_slot(h: HeapRef<'_>, table: u64, cap: u64, tag: u64) -> Result<u64> {
+/// The first empty slot of `table` probing from `tag % cap`, within `cap` steps and what is left of
+/// `probes`, which the caller shares between every entry it places. Only this transaction fills a fresh
+/// table, and it puts at most `live` < cap / 2 entries in it, so an empty slot is always there; if
+/// another process wrote garbage into it meanwhile, the probe ends as `Corrupted` instead of spinning
+/// forever (review R4). The shared budget bounds a whole rebuild: entries whose tags are all equal
+/// (one write to a table can make them so) cost n²/2 probes placed one by one, hours under the heap's
+/// lock for a table of millions (found by review).
+fn free_slot(h: HeapRef<'_>, table: u64, cap: u64, tag: u64, probes: &mut u64) -> Result<u64> {
     if cap == 0 {
         return Err(Error::Corrupted("a dict table of capacity 0".into()));
     }
     let mut j = tag % cap;
     for _ in 0..cap {
+        *probes = probes.checked_sub(1).ok_or_else(|| {
+            Error::Corrupted("a dict table whose entries collide far more than hashes do".into())
+        })?;
         if h.get(at(table, j, 16)?)? == EMPTY {
             return Ok(j);
         }
@@ -157,6 +163,10 @@ fn free_slot(h: HeapRef<'_>, table: u64, cap: u64, tag: u64) -> Result<u64> {
         "a fresh dict table has no empty slot (written by another process)".into(),
     ))
 }
+
+/// Probes a rebuild may make per slot of its new table: linear probing in a table at most half full
+/// takes about 2.5 per entry on average; the rest is room for unlucky hashes.
+const REBUILD_PROBES_PER_SLOT: u64 = 64;
 
 /// The value bytes of the entry blob at `e`.
 fn value_of(h: HeapRef<'_>, e: u64) -> Result<Vec<u8>> {
@@ -409,13 +419,14 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
             .unwrap_or(u64::MAX)
             .max(8);
         let table = Self::fresh_table(tx, cap)?;
+        let mut probes = cap.saturating_mul(REBUILD_PROBES_PER_SLOT);
         for i in 0..old_cap {
             let tag = tx.get(at(old_table, i, 16)?)?;
             if tag == EMPTY || tag == REMOVED {
                 continue;
             }
             let e = tx.get(at(old_table, i, 16)? + 8)?;
-            let j = free_slot(tx.heap(), table, cap, tag)?;
+            let j = free_slot(tx.heap(), table, cap, tag, &mut probes)?;
             tx.init(at(table, j, 16)?, tag)?;
             tx.init(at(table, j, 16)? + 8, e)?;
         }
@@ -767,10 +778,38 @@ mod tests {
             for i in 0..cap {
                 tx.set(at(table, i, 16)?, 6)?;
             }
-            let found = free_slot(tx.heap(), table, cap, 6);
+            let found = free_slot(tx.heap(), table, cap, 6, &mut { u64::MAX });
             Err::<(), _>(found.err().unwrap_or(Error::Timeout))
         });
         assert!(matches!(r, Err(Error::Corrupted(_))), "{r:?}");
         assert_eq!(d.len().unwrap(), 0, "the scribble was rolled back");
+    }
+
+    /// Found by review: a rebuild placed the entries one by one by linear probing, so a table whose
+    /// tags were all made equal (one write each) cost n²/2 probes under the heap's lock: hours for a
+    /// table of millions. The whole rebuild now has a budget of probes, and ends as `Corrupted`.
+    #[test]
+    fn a_rebuild_of_colliding_tags_is_bounded() {
+        let m = crate::Manager::anonymous(4 << 20).unwrap();
+        let d = m.dict::<u32, u32>("d").unwrap();
+        let n = 700;
+        for i in 0..n {
+            d.insert(&i, &i).unwrap();
+        }
+        d.heap
+            .transact(|tx| {
+                let (table, cap) = (tx.get(d.obj + TABLE)?, tx.get(d.obj + CAP)?);
+                for i in 0..cap {
+                    if tx.get(at(table, i, 16)?)? > REMOVED {
+                        tx.set(at(table, i, 16)?, 6)?;
+                    }
+                }
+                // Enough tombstones to make the next insert rebuild.
+                tx.set(d.obj + TOMBS, cap)
+            })
+            .unwrap();
+        let r = d.insert(&n, &n);
+        assert!(matches!(r, Err(Error::Corrupted(_))), "{r:?}");
+        assert_eq!(d.len().unwrap(), n as usize, "undone");
     }
 }

@@ -18,7 +18,9 @@
 //! first appends (offset, old value) to the journal, bumps the journal length (Release), and only then
 //! stores the new value (Release). Memory that was free before the transaction (fresh blocks) is written
 //! directly: if the transaction is undone, its allocation is undone too and the bytes are garbage in a
-//! free block. Commit empties the journal. When a process dies holding the heap's lock, the next holder
+//! free block. A block freed by the transaction goes on its free list only at commit (journaled too),
+//! so the transaction cannot allocate it again and write it unjournaled while an undo would make it
+//! reachable again. Commit empties the journal. When a process dies holding the heap's lock, the next holder
 //! gets `OwnerDied` from the robust lock and replays the journal backwards: every operation either
 //! happened completely or not at all, and the free lists are consistent.
 //!
@@ -44,9 +46,10 @@
 //! Every other process learns of growth at the start of its next transaction, under the lock: if the end
 //! word passes what it has mapped, it checks the word against the file's real size (a larger word is
 //! [`Error::Corrupted`]: an honest grower extends the file first) and [`HEAP_LIMIT`], and maps the whole
-//! file again. Old mappings are kept until the heap is dropped, since references into them live as long as
-//! the transaction that made them: with doubling, all of a process's mappings add up to at most about
-//! twice the heap's size in address space (not memory: they share the same pages).
+//! file again. An older mapping is kept until the next transaction starts, since references into it live
+//! as long as the transaction that made them (and no longer: the closure's signature keeps them in), so
+//! a process holds at most two: a peer that bumps the end word a page at a time, the file grown sparse
+//! for nothing, cannot make it pile up a mapping per transaction (found by review).
 //! When the limit is reached, allocation fails with [`Error::OutOfMemory`] and the heap is unchanged.
 //!
 //! # Garbage
@@ -138,8 +141,8 @@ impl Drop for InTransaction {
 pub(crate) struct JournaledHeap {
     region: Region,
     /// Mappings of the whole file made each time this process found the heap larger than it had
-    /// mapped (see "Growth" in the module docs). Never unmapped before the heap is dropped: references
-    /// into them may live until the end of the transaction that made them.
+    /// mapped (see "Growth" in the module docs). All but the newest are unmapped when the next
+    /// transaction starts: references into them live until the end of the transaction that made them.
     grown: Mutex<Vec<shm::Mapping>>,
     /// Payload start and length of the largest mapping (the region's own at first). Changed only by a
     /// thread holding the heap's lock, and read only by one: the lock orders them between threads.
@@ -226,6 +229,14 @@ impl JournaledHeap {
         Ok(())
     }
 
+    /// Unmaps every grown mapping but the newest (lock held, before a transaction: no reference into
+    /// an older one is left, see [`JournaledHeap::grown`]).
+    fn unmap_older(&self) {
+        let mut grown = self.grown.lock().unwrap_or_else(|e| e.into_inner());
+        let older = grown.len().saturating_sub(1);
+        grown.drain(..older);
+    }
+
     /// Extends the file to hold `end` bytes of payload, allocating the new pages.
     fn extend_file(&self, end: u64) -> Result<()> {
         let file = self.region.file();
@@ -269,6 +280,7 @@ impl JournaledHeap {
             .lock_as(None, Nesting::NeverHeld)
             .expect("an untimed internal lock neither times out nor is held by its caller");
         let guard = Unlock(self.lock());
+        self.unmap_older();
         // Another process may have grown the heap since our last transaction: map what it added
         // before anything (the journal included) may point there.
         self.map_to(self.r().get(END)?)?;
@@ -276,6 +288,7 @@ impl JournaledHeap {
             heap: self.r(),
             owner: self,
             journaled: Vec::new(),
+            freed: Vec::new(),
         };
         if tx.get(JLEN)? != 0 {
             tx.roll_back()?;
@@ -287,7 +300,14 @@ impl JournaledHeap {
         }
         let r = f(&mut tx);
         match &r {
-            Ok(_) => tx.commit()?,
+            Ok(_) => {
+                if let Err(e) = tx.commit() {
+                    // The blocks freed could not go on their free lists (a full journal, garbage):
+                    // the operation is undone, not left half-committed for the next holder.
+                    tx.roll_back()?;
+                    return Err(e);
+                }
+            }
             Err(_) => tx.roll_back()?,
         }
         drop(guard);
@@ -396,6 +416,12 @@ pub(crate) struct Tx<'a> {
     /// Offsets journaled so far: a word needs its *first* old value only, so repeated changes (a
     /// free-list head during `clear`) take one journal entry, not one each.
     journaled: Vec<u64>,
+    /// Blocks freed by this transaction (payload offsets), put on their free lists at commit. Until
+    /// then they hold live data should the transaction be undone, so no `alloc` of the same
+    /// transaction may hand them out: it wrote the new contents unjournaled (`init`), and an undo made
+    /// the old block reachable again holding them (found by review: a list whose item array grew
+    /// reused the old array for the element's blob, and a failed `extend` left the list corrupted).
+    freed: Vec<u64>,
 }
 
 impl<'a> Tx<'a> {
@@ -459,13 +485,24 @@ impl<'a> Tx<'a> {
         Ok(())
     }
 
+    /// Puts the blocks this transaction freed on their free lists (journaled, so a death before the
+    /// journal is emptied undoes them with the rest), then empties the journal.
     pub(crate) fn commit(&mut self) -> Result<()> {
+        for p in std::mem::take(&mut self.freed) {
+            self.push_free(p, true)?;
+        }
+        self.end()
+    }
+
+    /// Ends the transaction: the journal is emptied.
+    fn end(&mut self) -> Result<()> {
         self.journaled.clear();
         self.heap.word(JLEN)?.store(0, Ordering::Release);
         Ok(())
     }
 
     fn roll_back(&mut self) -> Result<()> {
+        self.freed.clear();
         let n = self.heap.get(JLEN)?.min(JOURNAL_CAP);
         for i in (0..n).rev() {
             let entry = JOURNAL + i * 16;
@@ -476,7 +513,7 @@ impl<'a> Tx<'a> {
                 w.store(old, Ordering::Release);
             }
         }
-        self.commit()
+        self.end()
     }
 
     fn class_of(size: u64) -> Result<u32> {
@@ -580,15 +617,15 @@ impl<'a> Tx<'a> {
         Err(oom())
     }
 
-    /// Frees the block at payload offset `p`.
+    /// Frees the block at payload offset `p`, at commit (see [`Tx::freed`]); checked now.
     pub(crate) fn free(&mut self, p: u64) -> Result<()> {
-        self.push_free(p, true)
+        self.free_list_of(p)?;
+        self.freed.push(p);
+        Ok(())
     }
 
-    /// Pushes the block at payload offset `p` on its free list. The link goes into the block's first
-    /// payload word, which is live data until commit when the block is reachable: then (`journal_link`)
-    /// it is journaled, so undoing the transaction gives the block back its contents.
-    fn push_free(&mut self, p: u64, journal_link: bool) -> Result<()> {
+    /// The free-list head word for the block at payload offset `p`, from its class word, checked.
+    fn free_list_of(&self, p: u64) -> Result<u64> {
         let block = p.checked_sub(W).filter(|&b| b >= ARENA).ok_or_else(|| {
             Error::Corrupted(format!("freeing {p:#x}, which is not a heap block"))
         })?;
@@ -596,14 +633,21 @@ impl<'a> Tx<'a> {
         if !(u64::from(MIN_CLASS)..=u64::from(MAX_CLASS)).contains(&k) {
             return Err(Error::Corrupted(format!("block at {p:#x} has class {k}")));
         }
-        let head = FREE + (k - u64::from(MIN_CLASS)) * W;
+        Ok(FREE + (k - u64::from(MIN_CLASS)) * W)
+    }
+
+    /// Pushes the block at payload offset `p` on its free list now. The link goes into the block's
+    /// first payload word, which is live data until commit when the block is reachable: then
+    /// (`journal_link`) it is journaled, so undoing the transaction gives the block back its contents.
+    fn push_free(&mut self, p: u64, journal_link: bool) -> Result<()> {
+        let head = self.free_list_of(p)?;
         let old = self.get(head)?;
         if journal_link {
             self.set(p, old)?;
         } else {
             self.init(p, old)?;
         }
-        self.set(head, block)
+        self.set(head, p - W)
     }
 
     /// Hands a dict table, already unreachable from its dict, to the second half of a clear (see
@@ -758,5 +802,27 @@ mod tests {
         assert_eq!(heap.read_bytes(1 << 20, big).unwrap(), vec![7u8; big]);
         // Small reads are not checked: zeroes of a hole, at a small cost.
         assert_eq!(heap.read_bytes(3 << 20, 100).unwrap(), vec![0u8; 100]);
+    }
+
+    /// Found by review: every transaction that found the end word past what this process mapped
+    /// mapped the file anew and kept the old mapping, so a peer bumping the word a page at a time (the
+    /// file grown sparse, for nothing) piled up mappings until `mmap` failed. A process now keeps two.
+    #[test]
+    fn a_peer_bumping_the_end_word_piles_up_no_mappings() {
+        let layout = crate::manager::heap_layout(Some(1 << 20));
+        let region =
+            Region::create_growable(layout, None, false, |r| JournaledHeap::init(r, HEAP_LIMIT))
+                .unwrap();
+        let heap = JournaledHeap::new(region);
+        for _ in 0..20 {
+            let end = heap.r().get(END).unwrap() + PAGE;
+            let file = heap.region().file();
+            file.set_len(end + PAYLOAD_OFFSET as u64).unwrap();
+            heap.r().word(END).unwrap().store(end, Ordering::Relaxed);
+            heap.size().unwrap();
+        }
+        assert_eq!(heap.r().get(END).unwrap(), (1 << 20) + 20 * PAGE);
+        let mappings = heap.grown.lock().unwrap().len();
+        assert!(mappings <= 2, "{mappings} mappings");
     }
 }

@@ -117,6 +117,9 @@ impl<T, C: Codec<T>> List<T, C> {
     fn push_encoded(tx: &mut Tx<'_>, obj: u64, bytes: &[u8]) -> Result<()> {
         let (len, cap, mut items) = Self::shape(tx, obj)?;
         if len == cap {
+            // The array the capacity word describes must be in the heap before it sizes a new one:
+            // garbage there made an honest push grow the heap to twice it (found by review).
+            tx.heap().check_array(items, cap, 8)?;
             let new_cap = cap.saturating_mul(2).max(8);
             let fresh = tx.alloc(new_cap.checked_mul(8).ok_or(Error::OutOfMemory {
                 requested: u64::MAX,

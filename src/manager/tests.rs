@@ -636,3 +636,44 @@ fn garbage_holder_lists_are_typed_errors() {
     list_lock_holders(&m, "many", &vec![live.handle(); objects::HOLDERS_MAX + 1]);
     assert!(matches!(m.lock("many"), Err(Error::Corrupted(_))));
 }
+
+/// Found by review: a block freed by a transaction went on its free list at once, so a later
+/// allocation of the same transaction could take it and write it unjournaled; undoing the transaction
+/// made the old block reachable again, holding the new bytes. Here a push grows the list's item array
+/// (freeing the old one, of the same class as the first element's blob), then the second element
+/// does not fit: the list must be as it was.
+#[test]
+fn an_undone_transaction_leaves_the_blocks_it_freed_as_they_were() {
+    let m = Manager::builder()
+        .initial_size(1 << 20)
+        .max_size(1 << 20)
+        .anonymous()
+        .unwrap();
+    let l = m.list::<Vec<u8>>("l").unwrap();
+    for i in 0..8u8 {
+        l.push(&vec![i; 60]).unwrap();
+    }
+    let before = l.to_vec().unwrap();
+    let r = l.extend(&[vec![0xAB; 60], vec![0; 2 << 20]]);
+    assert!(matches!(r, Err(Error::OutOfMemory { .. })), "{r:?}");
+    assert_eq!(l.to_vec().unwrap(), before);
+}
+
+/// Found by review: a list's capacity word, garbage, sized the array an honest push grew to (the heap
+/// grew to hold twice it) before anything checked that the array it described was in the heap.
+#[test]
+fn a_garbage_capacity_does_not_size_a_push() {
+    let m = Manager::anonymous(1 << 20).unwrap();
+    let l = m.list::<u64>("l").unwrap();
+    l.push(&1).unwrap();
+    let obj = l.offset();
+    m.heap
+        .transact(|tx| {
+            tx.set(obj + 8, 1 << 23)?; // cap
+            tx.set(obj, 1 << 23) // len
+        })
+        .unwrap();
+    let (end_before, _) = m.heap.size().unwrap();
+    assert!(matches!(l.push(&2), Err(Error::Corrupted(_))));
+    assert_eq!(m.heap.size().unwrap().0, end_before, "the heap grew");
+}
