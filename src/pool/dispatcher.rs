@@ -61,6 +61,8 @@ struct TaskEntry {
 }
 
 struct Worker {
+    /// Its id in result frames (see `WorkerArgs::id`): new for every worker started.
+    id: u32,
     process: Process<()>,
     tasks: FrameQueue,
     in_flight: VecDeque<u64>,
@@ -72,6 +74,14 @@ struct Worker {
     /// When the worker announced it is about to exit (a panic under `panic = "abort"`, after answering
     /// its task): it takes no work meanwhile, and its unanswered tasks never started.
     exiting_since: Option<Instant>,
+}
+
+/// Lets go of the cached mappings of `worker`'s heap arenas: it answers no more (see
+/// [`crate::heap::forget_foreign_arenas_of`]).
+fn forget_arenas_of(worker: &Process<()>) {
+    if let Some(pid) = worker.pid() {
+        crate::heap::forget_foreign_arenas_of(pid);
+    }
 }
 
 /// How long an announced exit is believed. The announcement is a frame on the shared result ring, which
@@ -90,6 +100,9 @@ pub(crate) struct Dispatcher {
     pending: VecDeque<u64>,
     partial: wire::Reassembly,
     next_id: u64,
+    /// The id of the next worker started (wrapping: a frame would have to wait in the result ring
+    /// through 2^32 worker starts to be taken for another worker's).
+    next_worker_id: u32,
     /// No more submissions; once the work in flight is done the workers are stopped.
     pub(crate) closing: bool,
     /// The workers were stopped: nothing runs any more.
@@ -116,25 +129,28 @@ impl Dispatcher {
             pending: VecDeque::new(),
             partial: wire::Reassembly::new(max_body),
             next_id: 1,
+            next_worker_id: 0,
             closing: false,
             finished: false,
             last_check: Instant::now(),
             dead: Vec::new(),
             wake_later: Wakeups::default(),
         };
-        for wi in 0..m.cfg.workers {
-            let w = m.start_worker(wi)?;
+        for _ in 0..m.cfg.workers {
+            let w = m.start_worker()?;
             m.workers.push(w);
         }
         Ok(m)
     }
 
-    fn start_worker(&self, index: usize) -> Result<Worker> {
+    fn start_worker(&mut self) -> Result<Worker> {
+        let id = self.next_worker_id;
+        self.next_worker_id = id.wrapping_add(1);
         let tasks = FrameQueue::with_max_message(TASK_RING, self.cfg.frame_size)?;
         let args = WorkerArgs {
             tasks: tasks.clone(),
             results: self.results.clone(),
-            index: index as u32,
+            id,
             initializer: self.cfg.initializer,
             max_tasks: self.cfg.max_tasks,
             max_body: self.cfg.max_body,
@@ -152,6 +168,7 @@ impl Dispatcher {
             .target(worker_main, args)?;
         process.start()?;
         Ok(Worker {
+            id,
             process,
             tasks,
             in_flight: VecDeque::new(),
@@ -294,22 +311,23 @@ impl Dispatcher {
         let Ok((head, body)) = wire::parse(frame) else {
             return;
         };
+        // The worker that wrote it, by id: a frame of a worker that is gone (left in the ring when it
+        // died, read after its replacement took its place and its tasks) names none. Found by review:
+        // frames named a worker by its place in the pool, and a dead worker's fragment of a task retried
+        // on its replacement was joined to the replacement's answer, a wrong value returned as `Ok`.
+        let Some(wi) = self.workers.iter().position(|w| w.id == head.worker) else {
+            return;
+        };
         if head.kind == wire::KIND_EXITING {
-            if let Some(w) = self.workers.get_mut(head.worker as usize) {
-                w.exiting_since = Some(Instant::now());
-            }
+            self.workers[wi].exiting_since = Some(Instant::now());
             return;
         }
         if head.kind != KIND_RESULT {
             return; // a wake-up, or garbage
         }
-        // Only the worker that was given the task may answer it: a frame naming another worker, or a
-        // task that worker does not hold (garbage, or a task already failed when its worker was judged
-        // dead), is dropped.
-        let given = self
-            .workers
-            .get(head.worker as usize)
-            .is_some_and(|w| w.in_flight.contains(&head.task));
+        // Only the worker that was given the task may answer it: a task that worker does not hold
+        // (garbage, or a task already failed when its worker was judged dead) is dropped.
+        let given = self.workers[wi].in_flight.contains(&head.task);
         if !given || !self.tasks.contains_key(&head.task) {
             return;
         }
@@ -322,7 +340,6 @@ impl Dispatcher {
                 answer::Read::Outcome(outcome) => outcome,
                 // A block we cannot attach: its worker is gone, or lied (see `answer`, "Deaths").
                 answer::Read::Unattached(why) => {
-                    let wi = head.worker as usize;
                     if self.worker_lives_on(wi) {
                         Err(format!(
                             "the worker's answer block could not be attached: {why}"
@@ -419,9 +436,10 @@ impl Dispatcher {
             if let Some(&id) = lost.first().filter(|_| !announced) {
                 self.died_with_its_worker(id, signal, exit_code);
             }
-            match self.start_worker(wi) {
+            match self.start_worker() {
                 Ok(w) => {
                     let old = std::mem::replace(&mut self.workers[wi], w);
+                    forget_arenas_of(&old.process);
                     self.dead.push(old.process);
                 }
                 Err(_) => {
@@ -451,6 +469,9 @@ impl Dispatcher {
                 let _ = w.process.kill();
             }
         }
+        for w in &self.workers {
+            forget_arenas_of(&w.process);
+        }
         self.workers.clear(); // dropping a Process reaps (and if needed kills) it
         self.finished = true;
     }
@@ -460,6 +481,7 @@ impl Dispatcher {
         for w in &self.workers {
             w.tasks.close();
             let _ = w.process.kill();
+            forget_arenas_of(&w.process);
         }
         self.workers.clear();
         for (_, task) in self.tasks.drain() {

@@ -21,6 +21,11 @@ pub(crate) enum ChunkOutcome {
         exit_code: Option<i32>,
     },
     Closed,
+    /// Its items were decoded and handed out by an `imap` iterator or stream, which then let go of
+    /// what the worker sent: an answer block stays lent to the parent (the worker cannot reuse it)
+    /// for as long as its outcome is kept (found by review: a long `imap` of large results grew the
+    /// worker's heap by every result already consumed).
+    Yielded,
 }
 
 /// Rung whenever a job of the pool changes or the reader role is released: what a caller waits on
@@ -233,7 +238,27 @@ fn item<R: DeserializeOwned>(outcome: &ChunkOutcome, k: usize, first: usize) -> 
             exit_code: *exit_code,
         }),
         ChunkOutcome::Closed => Err(Error::PoolClosed),
+        ChunkOutcome::Yielded => Err(Error::Corrupted(format!(
+            "the result of task {index} was already handed out"
+        ))),
     }
+}
+
+/// Decodes the `len` items of finished chunk `c` (its first item is input item `first`), each with
+/// its index, and lets go of its outcome ([`ChunkOutcome::Yielded`]): for `imap`, which reads each
+/// chunk once.
+fn take_items<R: DeserializeOwned>(
+    s: &mut JobState,
+    c: usize,
+    len: usize,
+    first: usize,
+) -> Vec<(usize, Result<R>)> {
+    let outcome = s.chunks[c]
+        .replace(ChunkOutcome::Yielded)
+        .expect("a finished chunk");
+    (0..len)
+        .map(|k| (first + k, item(&outcome, k, first)))
+        .collect()
 }
 
 fn lock(job: &Job) -> MutexGuard<'_, JobState> {
@@ -488,10 +513,10 @@ impl<R: DeserializeOwned> Iterator for Imap<R> {
         while self.buffer.is_empty() {
             let c = self.next_chunk;
             let len = *self.lens.get(c)?;
-            let (s, _) = wait_for(&self.job, None, |s| s.chunks[c].is_some());
-            let outcome = s.chunks[c].as_ref().expect("waited for it");
-            self.buffer
-                .extend((0..len).map(|k| item(outcome, k, self.first)));
+            let (mut s, _) = wait_for(&self.job, None, |s| s.chunks[c].is_some());
+            let items = take_items(&mut s, c, len, self.first);
+            drop(s);
+            self.buffer.extend(items.into_iter().map(|(_, r)| r));
             self.first += len;
             self.next_chunk += 1;
         }
@@ -561,18 +586,18 @@ impl<R: DeserializeOwned> Iterator for ImapUnordered<R> {
                 return None;
             }
             let firsts = &self.firsts;
-            let (s, _) = wait_for(&self.job, None, |s| {
+            let (mut s, _) = wait_for(&self.job, None, |s| {
                 s.chunks
                     .iter()
                     .zip(firsts)
                     .any(|(c, f)| c.is_some() && f.is_some())
             });
-            for (c, outcome) in s.chunks.iter().enumerate() {
-                let (Some(outcome), Some(first)) = (outcome, self.firsts[c]) else {
+            for c in 0..s.chunks.len() {
+                let (true, Some(first)) = (s.chunks[c].is_some(), self.firsts[c]) else {
                     continue;
                 };
                 self.buffer
-                    .extend((0..self.lens[c]).map(|k| (first + k, item(outcome, k, first))));
+                    .extend(take_items(&mut s, c, self.lens[c], first));
                 self.firsts[c] = None;
             }
         }
@@ -610,7 +635,7 @@ mod awaitable {
     use futures_core::Stream;
     use serde::de::DeserializeOwned;
 
-    use super::{item, lock, AsyncResult, Imap, ImapUnordered, Job, JobState};
+    use super::{lock, take_items, AsyncResult, Imap, ImapUnordered, Job, JobState};
     use crate::error::Result;
 
     /// `Ready` with the state once `done` holds; otherwise registers `cx`'s waker (under the state's
@@ -720,15 +745,13 @@ mod awaitable {
                 let Some(&len) = this.lens.get(c) else {
                     return Poll::Ready(None);
                 };
-                let s = match poll_job(&this.job, cx, |s| s.chunks[c].is_some()) {
+                let mut s = match poll_job(&this.job, cx, |s| s.chunks[c].is_some()) {
                     Poll::Ready(s) => s,
                     Poll::Pending => return Poll::Pending,
                 };
-                let outcome = s.chunks[c].as_ref().expect("polled until it is there");
-                let first = this.first;
-                this.buffer
-                    .extend((0..len).map(|k| item(outcome, k, first)));
+                let items = take_items(&mut s, c, len, this.first);
                 drop(s);
+                this.buffer.extend(items.into_iter().map(|(_, r)| r));
                 this.first += len;
                 this.next_chunk += 1;
             }
@@ -788,7 +811,7 @@ mod awaitable {
                     return Poll::Ready(None);
                 }
                 let firsts = &this.firsts;
-                let s = match poll_job(&this.job, cx, |s| {
+                let mut s = match poll_job(&this.job, cx, |s| {
                     s.chunks
                         .iter()
                         .zip(firsts)
@@ -797,16 +820,49 @@ mod awaitable {
                     Poll::Ready(s) => s,
                     Poll::Pending => return Poll::Pending,
                 };
-                for (c, outcome) in s.chunks.iter().enumerate() {
-                    let (Some(outcome), Some(first)) = (outcome, this.firsts[c]) else {
+                for c in 0..s.chunks.len() {
+                    let (true, Some(first)) = (s.chunks[c].is_some(), this.firsts[c]) else {
                         continue;
                     };
                     this.buffer
-                        .extend((0..this.lens[c]).map(|k| (first + k, item(outcome, k, first))));
+                        .extend(take_items(&mut s, c, this.lens[c], first));
                     this.firsts[c] = None;
                 }
             }
             Poll::Ready(this.buffer.pop_front())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn twice(x: u32) -> Vec<u32> {
+        vec![x, x]
+    }
+
+    /// Found by review: `imap` kept the outcome of every chunk it had handed out, so each answer block
+    /// stayed lent (and the worker's heap grew) until the iterator was dropped. An outcome is let go
+    /// of once its items are decoded, unordered too.
+    #[test]
+    fn imap_lets_go_of_what_it_handed_out() {
+        let pool = crate::Pool::builder().workers(1).build().unwrap();
+        let mut it = pool.imap(twice, 0..3u32, Some(1)).unwrap();
+        assert_eq!(it.next().unwrap().unwrap(), vec![0, 0]);
+        assert!(matches!(
+            lock(&it.job).chunks[0],
+            Some(ChunkOutcome::Yielded)
+        ));
+        assert_eq!(it.map(Result::unwrap).collect::<Vec<_>>(), [[1, 1], [2, 2]]);
+        let it = pool.imap_unordered(twice, 0..3u32, Some(1)).unwrap();
+        let job = Arc::clone(&it.job);
+        let mut got: Vec<_> = it.map(|(i, r)| (i, r.unwrap())).collect();
+        got.sort();
+        assert_eq!(got, [(0, vec![0, 0]), (1, vec![1, 1]), (2, vec![2, 2])]);
+        assert!(lock(&job)
+            .chunks
+            .iter()
+            .all(|c| matches!(c, Some(ChunkOutcome::Yielded))));
     }
 }

@@ -219,6 +219,19 @@ fn answer_blocks_are_released_and_reused() {
     );
 }
 
+/// Found by review: the parent's cache of other processes' arenas kept a pool's worker arenas
+/// (descriptor and mapping) after the pool was dropped, for the life of the process. A worker's are
+/// let go of once it stops.
+#[test]
+fn a_dropped_pools_arenas_leave_the_cache() {
+    let pool = Pool::builder().workers(1).build().unwrap();
+    assert_eq!(pool.apply(eight_mib, 3).unwrap(), eight_mib(3));
+    let pid = pool.worker_pids()[0];
+    assert!(crate::heap::cached_foreign_owners().contains(&Some(pid)));
+    drop(pool);
+    assert!(!crate::heap::cached_foreign_owners().contains(&Some(pid)));
+}
+
 fn bytes_of_len(n: usize) -> Vec<u8> {
     let mut v = vec![5u8; n];
     v[n - 1] = 9;

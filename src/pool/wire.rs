@@ -7,9 +7,9 @@
 //! only the task id.
 //!
 //! Frame: `task id: u64 LE | kind: u8 | last: u8 | worker: u32 LE | 2 bytes reserved | body fragment`.
-//! `worker` is the index of the worker that wrote a result frame (0 in task frames); the parent accepts
-//! a result only from the worker it gave the task to, and reassembles at most a capped number of bytes
-//! per task.
+//! `worker` is the id of the worker that wrote a result frame (0 in task frames), new for each worker
+//! the pool starts; the parent accepts a result only from the worker it gave the task to (not from a
+//! dead one it replaced), and reassembles at most a capped number of bytes per task.
 //!
 //! A task body is a [`FnRef`](crate::process::fnref::FnRef) (function and adapter offsets and their MAC,
 //! 24 bytes) followed by the payload. The worker calls the function only if the MAC verifies under the

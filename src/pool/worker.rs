@@ -56,9 +56,10 @@ impl AdapterKind for TaskKind {
 pub(crate) struct WorkerArgs {
     pub tasks: FrameQueue,
     pub results: FrameQueue,
-    /// This worker's index in the pool, written into every result frame; the parent accepts a result
-    /// only from the worker it gave the task to.
-    pub index: u32,
+    /// This worker's id, written into every result frame: the parent accepts a result only from the
+    /// worker it gave the task to. Each worker the pool starts gets a new one (a replacement too), so
+    /// what a dead worker left in the result ring is never taken for its replacement's.
+    pub id: u32,
     /// The initializer, a `fn()` paired with [`init_adapter`], signed with the pool's key.
     pub initializer: Option<FnRef>,
     /// Exit after this many tasks (the parent starts a fresh worker).
@@ -89,7 +90,7 @@ struct Running {
 /// `panic = "abort"`: no unwinding will reach [`catch`], and the process aborts right after the hook.
 struct AbortReport {
     results: FrameQueue,
-    index: u32,
+    id: u32,
     max_frame: usize,
 }
 
@@ -140,7 +141,7 @@ fn report_before_abort(message: String, location: String) {
     let _ = wire::fragments(
         run.task,
         KIND_RESULT,
-        report.index,
+        report.id,
         &encoded,
         report.max_frame,
         |f| report.results.put(f),
@@ -149,7 +150,7 @@ fn report_before_abort(message: String, location: String) {
     // in its ring never started (they are requeued, not failed as if they had crashed it).
     let _ = report
         .results
-        .put(&wire::frame(0, wire::KIND_EXITING, true, report.index, &[]));
+        .put(&wire::frame(0, wire::KIND_EXITING, true, report.id, &[]));
 }
 
 /// Runs `f`, turning a panic into the failure the hook recorded.
@@ -212,7 +213,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
     let max_frame = args.results.max_message_size();
     let _ = ABORT_REPORT.set(AbortReport {
         results: args.results.clone(),
-        index: args.index,
+        id: args.id,
         max_frame,
     });
     // Only the parent writes this ring, one task at a time; a body past the cap is garbage, and that
@@ -246,14 +247,9 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         let outcome = body.and_then(|body| run_task(&body, &key));
         RUNNING.with(|r| *r.borrow_mut() = None);
         let encoded = lent.answer(&outcome);
-        if wire::fragments(
-            head.task,
-            KIND_RESULT,
-            args.index,
-            &encoded,
-            max_frame,
-            |f| args.results.put(f),
-        )
+        if wire::fragments(head.task, KIND_RESULT, args.id, &encoded, max_frame, |f| {
+            args.results.put(f)
+        })
         .is_err()
         {
             return;

@@ -211,6 +211,14 @@ impl RegionHandle {
     pub(crate) fn is_anonymous(&self) -> bool {
         matches!(self.source, Source::Fd { .. })
     }
+
+    /// The process whose descriptor an anonymous region's handle names (`None` for a named one).
+    pub(crate) fn owner_pid(&self) -> Option<u32> {
+        match self.source {
+            Source::Fd { pid, .. } => Some(pid),
+            Source::Named(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
