@@ -149,6 +149,10 @@ impl Condition {
 
     /// Releases the lock, sleeps until notified (or spuriously woken), and re-takes the lock.
     ///
+    /// # Panics
+    /// If `guard` was not taken through this handle or a clone of it (as `std::sync::Condvar` panics
+    /// when used with two mutexes); so do the other waits.
+    ///
     /// # Errors
     /// [`OwnerDied`] with the re-taken guard if a holder died while we slept.
     pub fn wait<'a>(&'a self, guard: ConditionGuard<'a>) -> LockResult<ConditionGuard<'a>> {
@@ -235,6 +239,14 @@ impl Condition {
     /// The caller re-takes the lock.
     fn release_and_sleep(&self, guard: ConditionGuard<'_>, deadline: Option<Instant>) -> bool {
         let raw = &*self.shared;
+        // As std's `Condvar`: a wait with the guard of another condition would release that one's lock
+        // and re-take this one's, which this thread may already hold: the re-take takes a word naming
+        // this thread for garbage (`Nesting::NeverHeld`), and two guards of one lock then exist in
+        // safe code (found by review).
+        assert!(
+            std::ptr::eq(guard.raw, raw),
+            "Condition::wait with the guard of another Condition (or of another handle to it)"
+        );
         // Read the sequence while still holding the lock: a notify after our unlock changes it, so the
         // futex wait below returns at once instead of missing it.
         let seq = raw.seq.load(Ordering::SeqCst);
@@ -262,5 +274,32 @@ impl Condition {
     /// Wakes every waiter.
     pub fn notify_all(&self) {
         self.notify(u32::MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by review: a wait took any condition's guard, released that condition's lock and
+    /// re-took its own, which this thread could already hold: two guards of one lock in safe code.
+    #[test]
+    #[should_panic(expected = "the guard of another Condition")]
+    fn a_wait_with_another_conditions_guard_panics() {
+        let (c1, c2) = (Condition::new().unwrap(), Condition::new().unwrap());
+        let _g1 = c1.lock().unwrap();
+        let g2 = c2.lock().unwrap();
+        let _ = c1.wait_timeout(g2, Duration::from_millis(1));
+    }
+
+    /// A clone is the same handle: its guard is this condition's.
+    #[test]
+    fn a_wait_with_a_clones_guard_is_fine() {
+        let c = Condition::new().unwrap();
+        let c2 = c.clone();
+        let g = c2.lock().unwrap();
+        let (g, timed_out) = c.wait_timeout(g, Duration::from_millis(1)).unwrap();
+        assert!(timed_out);
+        drop(g);
     }
 }

@@ -155,13 +155,19 @@ impl RawSemaphore {
     }
 
     /// Applies `update` for thread `me`; the caller holds the lock. Returns false if it cannot apply
-    /// (no free permit, or the ceiling would be passed).
+    /// (no free permit, or the ceiling would be passed: a guard's record is dropped even then).
     fn apply(&self, update: Update, me: Identity) -> bool {
         let value = self.value.load(Ordering::Relaxed);
+        let at_ceiling = value >= self.max.load(Ordering::Relaxed);
         let new_value = match update {
             Update::Take if value == 0 => return false,
             Update::Take => value - 1,
-            Update::Give { .. } if value >= self.max.load(Ordering::Relaxed) => return false,
+            Update::Give { tracked: false } if at_ceiling => return false,
+            // A guard's permit given back at the ceiling (a loose `release` already gave one back
+            // while the guard was out): the value stays, but the guard's record goes. Left in place,
+            // it was handed back once more when the thread died (found by review: two holders of a
+            // `BoundedSemaphore(1)`).
+            Update::Give { tracked: true } if at_ceiling => value,
             Update::Give { .. } => value + 1,
         };
         let track = matches!(update, Update::Take | Update::Give { tracked: true });
@@ -185,7 +191,7 @@ impl RawSemaphore {
                 h.ns.store(proc::pid_ns_tag(), Ordering::Relaxed);
             }
         });
-        true
+        new_value != value
     }
 
     /// Runs `change` (which may modify `value` and holder slot `slot`) with an undo record of both
@@ -615,6 +621,36 @@ impl std::fmt::Debug for SemaphoreGuard<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by review: a guard given back at the ceiling (a loose `release` had given a permit back
+    /// while the guard was out) left its holder record, and the permit was handed back once more when
+    /// its thread died: two holders of a `BoundedSemaphore(1)`.
+    #[test]
+    fn a_guard_given_back_at_the_ceiling_leaves_no_record() {
+        let s = BoundedSemaphore::new(1).unwrap();
+        std::thread::scope(|t| {
+            t.spawn(|| {
+                let g = s.acquire();
+                s.release().unwrap(); // allowed: the permit is out
+                drop(g); // at the ceiling
+            });
+        });
+        let recorded: u32 = (s.inner.shared.holders.iter())
+            .map(|h| h.count.load(Ordering::Relaxed))
+            .sum();
+        assert_eq!(recorded, 0, "a record of a permit nobody holds");
+        let held = s.acquire();
+        let second = std::thread::scope(|t| {
+            t.spawn(|| {
+                s.acquire_timeout(Duration::from_millis(300))
+                    .map(|g| g.forget())
+            })
+            .join()
+            .unwrap()
+        });
+        assert!(second.is_none(), "two holders of a BoundedSemaphore(1)");
+        drop(held);
+    }
 
     /// An acquirer tells from `releaser_cpu` whether the releaser last ran on its own CPU: every
     /// release records its CPU, a failed one (at the ceiling) does not.
