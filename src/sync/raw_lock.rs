@@ -24,10 +24,13 @@
 //!   - *recorded* (`owner` names the word's tid): the full identity decides — tid **and** start time,
 //!     so a recycled tid is never the old holder — and only in the holder's own pid namespace
 //!     ([`proc::holder_alive`]); a holder recorded in another namespace is taken for alive.
-//!   - *unrecorded* (`owner` is 0 or names another tid): the holder may be a live thread preempted
+//!   - *recorded by another* (`owner` names another tid: a taker between its two CASes, below): if
+//!     that taker is dead by its full identity, its take-over is finished by the waiter; else as
+//!     *unrecorded*.
+//!   - *unrecorded* (`owner` is 0): the holder may be a live thread preempted
 //!     between its CAS and its record. A tid that no namespace can contain is garbage and dead at once;
 //!     otherwise the waiter judges only after the pair (`word`, `owner`) stayed unchanged for
-//!     [`UNRECORDED_GRACE`], and then by existence of the tid in its own namespace (its own tid counts as
+//!     [`UNRECORDED_GRACE`] (counted per process, across calls), and then by existence of the tid in its own namespace (its own tid counts as
 //!     dead: it is waiting here, so it is not the holder). This recovers garbage and a holder that died
 //!     inside that two-instruction window. Its one blind spot: a live holder in *another* pid namespace
 //!     stopped in that window for the whole grace period can be taken for dead.
@@ -61,6 +64,7 @@
 //! across calls, it is garbage and taken over ([`Nesting::NeverHeld`]).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::wait::{Backoff, Sleeper, Slept, SpinClass, MAX_CHECK};
@@ -147,23 +151,31 @@ const _: () = assert!(std::mem::size_of::<RawLock>() == 16);
 // SAFETY: all fields are atomics of integers: any bit pattern is valid and all mutation is atomic.
 unsafe impl ShmSafe for RawLock {}
 
-/// Tracks how long an unrecorded holder has stayed exactly as first seen.
-struct Grace(Option<(u32, u64, Instant)>);
+/// How many locks [`grace_expired`] remembers at once (the oldest is forgotten first).
+const GRACE_ENTRIES: usize = 64;
 
-impl Grace {
-    /// Whether (`word`, `owner`) has been seen unchanged for [`UNRECORDED_GRACE`].
-    fn expired(&mut self, word: u32, owner: u64) -> bool {
-        let now = Instant::now();
-        match self.0 {
-            Some((w, o, since)) if (w, o) == (word, owner) => {
-                now.duration_since(since) >= UNRECORDED_GRACE
-            }
-            _ => {
-                self.0 = Some((word, owner, now));
-                false
-            }
+/// Whether lock `lock`'s (`word`, `owner`), judged unrecorded, has been seen unchanged by this process
+/// for [`UNRECORDED_GRACE`]. The first sighting is remembered per process, by the lock's address, so
+/// that short calls add up: until 2026-12-02 it lived in one call, and `try_lock`, a `lock_timeout`
+/// under the grace, or a semaphore's 2 ms internal lock never recovered a holder killed between its
+/// CAS and its record (found by review). Reached only on the slow path, after a sleep or a failed try.
+fn grace_expired(lock: &RawLock, word: u32, owner: u64) -> bool {
+    static SEEN: Mutex<Vec<(usize, u32, u64, Instant)>> = Mutex::new(Vec::new());
+    let key = lock as *const RawLock as usize;
+    let now = Instant::now();
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(e) = seen.iter_mut().find(|e| e.0 == key) {
+        if (e.1, e.2) == (word, owner) {
+            return now.duration_since(e.3) >= UNRECORDED_GRACE;
         }
+        *e = (key, word, owner, now);
+        return false;
     }
+    if seen.len() >= GRACE_ENTRIES {
+        seen.remove(0);
+    }
+    seen.push((key, word, owner, now));
+    false
 }
 
 impl RawLock {
@@ -198,7 +210,10 @@ impl RawLock {
         }
         let owner = match self.judge(v, me, nesting) {
             Verdict::Me => return Err(LockFail::WouldDeadlock),
-            Verdict::Alive | Verdict::Unrecorded { .. } => return Err(LockFail::TimedOut),
+            Verdict::Alive => return Err(LockFail::TimedOut),
+            Verdict::Unrecorded { owner } => self
+                .unrecorded_dead(v, owner, me)
+                .ok_or(LockFail::TimedOut)?,
             Verdict::Dead { owner } => owner,
         };
         self.take_over(v, owner, me).ok_or(LockFail::TimedOut)
@@ -305,7 +320,6 @@ impl RawLock {
             }
         }
         let mut sleeper = Sleeper::new(deadline).checking(MIN_CHECK_INTERVAL, MAX_CHECK);
-        let mut grace = Grace(None);
         // Judging costs a /proc read, so a live holder is judged only after a sleep timed out. A word
         // that names no possible thread, or this very thread, is judged at once (no /proc read needed
         // for the first, and a self-held lock must not be slept on).
@@ -333,9 +347,7 @@ impl RawLock {
                 let verdict = self.judge(v, me, nesting.unwrap_or(Nesting::MayHold));
                 let dead_owner = match verdict {
                     Verdict::Dead { owner } => Some(owner),
-                    Verdict::Unrecorded { owner } if grace.expired(v, owner) => (tid == me.tid
-                        || !proc::is_alive(Identity { tid, start: 0 }))
-                    .then_some(owner),
+                    Verdict::Unrecorded { owner } => self.unrecorded_dead(v, owner, me),
                     Verdict::Me if nesting.is_some() => return Err(LockFail::WouldDeadlock),
                     _ => None,
                 };
@@ -369,6 +381,16 @@ impl RawLock {
         }
     }
 
+    /// The record to take over from, if the holder of `word`, which no record names (`owner` is
+    /// another's or none), is dead: once the pair stayed unchanged for the grace ([`grace_expired`]),
+    /// its tid must not exist in our namespace (our own tid counts as dead: we are waiting here).
+    fn unrecorded_dead(&self, word: u32, owner: u64, me: Identity) -> Option<u64> {
+        let tid = word & TID_MASK;
+        (grace_expired(self, word, owner)
+            && (tid == me.tid || !proc::is_alive(Identity { tid, start: 0 })))
+        .then_some(owner)
+    }
+
     /// A waiter gives up at its deadline. If it was woken since it last set or saw `WAITERS` on the
     /// word, the wake was meant for whoever sleeps behind it: an unlock clears `WAITERS` and wakes one
     /// sleeper, and if a spinner took the lock before the woken waiter could (without `WAITERS`, which
@@ -394,8 +416,19 @@ impl RawLock {
             // Only garbage sets a word with no possible holder (a bare WAITERS or bit 30, a huge tid).
             return Verdict::Dead { owner };
         }
-        if owner == 0 || recorded.tid != tid {
+        if owner == 0 {
             return Verdict::Unrecorded { owner };
+        }
+        if recorded.tid != tid {
+            // Only a taker between its two CASes ([`RawLock::take_over`]) records itself before the
+            // word names it (or garbage). If that taker died there too, nobody finishes its take-over:
+            // take over from its record. Left to the grace, the word's tid alone decided, and a live
+            // thread that inherited it kept the lock held for good (found by review).
+            return if proc::holder_alive(recorded, ns) {
+                Verdict::Unrecorded { owner }
+            } else {
+                Verdict::Dead { owner }
+            };
         }
         if owner == me.pack() && ns == proc::pid_ns_tag() {
             return match nesting {
@@ -651,8 +684,55 @@ mod tests {
         // its record): no record, so only existence after the grace decides.
         let tid = std::thread::spawn(|| proc::current().tid).join().unwrap();
         l.word.store(tid, Ordering::Relaxed);
-        assert_eq!(l.try_lock(), None, "try_lock cannot wait out the grace");
+        assert_eq!(l.try_lock(), None, "the grace has not passed");
         assert_eq!(l.lock_until(None), Some(Acquired::OwnerDied(tid)));
+    }
+
+    /// Found by review: a taker killed between recording itself and moving the word left the word
+    /// naming the dead holder, whose tid a live thread may have inherited: the lock stayed held for
+    /// good. The dead taker's record now decides.
+    #[test]
+    fn a_taker_killed_mid_take_over_is_taken_over() {
+        let l = RawLock::default();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        // The word's tid: a live thread (the dead holder's tid, recycled).
+        let live = std::thread::spawn(move || {
+            tx.send(proc::current().tid).unwrap();
+            let _ = stop_rx.recv();
+        });
+        let live_tid = rx.recv().unwrap();
+        // The record: a taker that has exited.
+        let taker = std::thread::spawn(proc::current).join().unwrap();
+        l.force_for_test(live_tid, taker, proc::pid_ns_tag());
+        let got = l.lock_as(
+            Some(Instant::now() + Duration::from_secs(60)),
+            Nesting::MayHold,
+        );
+        assert!(matches!(got, Ok(Acquired::OwnerDied(_))), "{got:?}");
+        // SAFETY: taken just above.
+        unsafe { l.unlock() };
+        drop(stop_tx);
+        live.join().unwrap();
+    }
+
+    /// Found by review: the grace was counted within one call, so only a wait longer than it could
+    /// recover such a holder: `try_lock` never did. Calls now add up.
+    #[test]
+    fn short_calls_add_up_to_the_grace() {
+        let l = RawLock::default();
+        let tid = std::thread::spawn(|| proc::current().tid).join().unwrap();
+        l.word.store(tid, Ordering::Relaxed);
+        // Bounded, to prove no hang.
+        let end = Instant::now() + Duration::from_secs(60);
+        let got = loop {
+            if let Some(a) = l.try_lock() {
+                break a;
+            }
+            assert!(Instant::now() < end, "never recovered");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(got, Acquired::OwnerDied(tid));
     }
 
     #[test]
