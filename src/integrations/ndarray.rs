@@ -157,6 +157,19 @@ impl NdLayout {
 
 struct ShapeWithOrder<D>(D, Order);
 
+/// The number of elements of `dim`, if ndarray can view that many in that shape: the product of the
+/// non-zero axis lengths must fit an `isize` too. A zero axis makes the size 0 whatever the others are,
+/// and `SharedNdArray::view` then panicked on a shape `zeros` had accepted, `(0, usize::MAX)` (found by
+/// review).
+fn viewable_len<D: Dimension>(dim: &D) -> Option<usize> {
+    let len = dim.size_checked()?;
+    let nonzero = dim
+        .slice()
+        .iter()
+        .try_fold(1usize, |acc, &n| acc.checked_mul(n.max(1)))?;
+    (nonzero <= isize::MAX as usize).then_some(len)
+}
+
 /// Worker side of [`SharedNdArray::map_axis_chunks`].
 fn map_task<T, D, R, F>(layout: &NdLayout, chunk: &[T]) -> R
 where
@@ -244,8 +257,7 @@ impl<T: Pod, D: Dimension> SharedNdArray<T, D> {
     /// ```
     pub fn zeros(shape: impl IntoDimension<Dim = D>, order: Order) -> Result<Self> {
         let dim = shape.into_dimension();
-        let len = dim
-            .size_checked()
+        let len = viewable_len(&dim)
             .ok_or_else(|| shape_err(format!("shape {:?} overflows", dim.slice())))?;
         Ok(SharedNdArray {
             data: SharedArray::zeroed(len)?,
@@ -307,7 +319,7 @@ impl<T: Pod, D: Dimension> SharedNdArray<T, D> {
         order: Order,
     ) -> Result<Self> {
         let dim = shape.into_dimension();
-        if dim.size_checked() != Some(data.len()) {
+        if viewable_len(&dim) != Some(data.len()) {
             return Err(shape_err(format!(
                 "{} elements cannot have shape {:?}",
                 data.len(),
@@ -618,6 +630,20 @@ mod tests {
     use ::ndarray::{Array, Array2, ArrayView2, ArrayViewMut2, Axis, Ix2, Ix3, IxDyn};
 
     use super::*;
+
+    /// Found by review: a zero axis makes the size 0 whatever the others are, so `zeros` accepted
+    /// `(0, usize::MAX)`, and `view` panicked on it: ndarray also needs the other axes' product to fit
+    /// an `isize`.
+    #[test]
+    fn a_shape_ndarray_cannot_view_is_refused() {
+        let bad = SharedNdArray::<u8, _>::zeros((0, usize::MAX), Order::C);
+        assert!(matches!(bad, Err(Error::Shape { .. })), "{bad:?}");
+        let empty = SharedArray::<u8>::zeroed(0).unwrap();
+        let bad = SharedNdArray::from_shared(empty, (usize::MAX, 0), Order::Fortran);
+        assert!(matches!(bad, Err(Error::Shape { .. })), "{bad:?}");
+        let ok = SharedNdArray::<u8, _>::zeros((0, 5), Order::C).unwrap();
+        assert_eq!(ok.view().shape(), &[0, 5]);
+    }
 
     fn col_sums(rows: ArrayView2<'_, i64>) -> Vec<i64> {
         rows.sum_axis(Axis(0)).to_vec()

@@ -77,15 +77,15 @@ pub(crate) fn id(file: &File) -> Result<FileId> {
     Ok(id_of(&file.metadata().map_err(|e| Error::os("fstat", e))?))
 }
 
-/// The device and inode `path` names now, following symbolic links as an open does (stat(2), which
-/// opens nothing): what a mapping made by opening `path` earlier is compared with, to notice that the
-/// path was given to another file since (a rename over it, a removal and a new file).
+/// The identity of the file `path` names now (device, inode, length, modification time), following
+/// symbolic links as an open does (stat(2), which opens nothing): what a mapping made by opening
+/// `path` earlier is compared with, to notice that the path was given to another file since (a rename
+/// over it, a removal and a new file) or that the file was truncated or rewritten in place.
 ///
 /// # Errors
 /// As stat(2): the path names nothing any more, or a directory on it cannot be searched.
-pub(crate) fn id_at(path: &Path) -> std::io::Result<(u64, u64)> {
-    let m = std::fs::metadata(path)?;
-    Ok((m.dev(), m.ino()))
+pub(crate) fn id_at(path: &Path) -> std::io::Result<FileId> {
+    Ok(id_of(&std::fs::metadata(path)?))
 }
 
 /// A shared mapping of the first `len` bytes of a file, read-only or read-write. Unmapped on drop

@@ -336,11 +336,13 @@ fn cached(
             })
             .cloned()
     };
-    // The hit is the file the path named when it was mapped; the path may name another file now
-    // (`write_npy` renames a new one over it), which a fresh open refuses as changed: so must a hit.
+    // The hit is the file the path named when it was mapped, as it was then; the path may name
+    // another file now (`write_npy` renames a new one over it), or the file may have been truncated
+    // or rewritten in place, which a fresh open refuses as changed: so must a hit (found by review: a
+    // hit checked device and inode only, and a worker read a truncated file's mapping: SIGBUS).
     // Stat'ed outside the lock; a stale entry is dropped from the cache (and unmapped) here.
     let hit = match hit {
-        Some(m) if filemap::id_at(&h.path).is_ok_and(|now| now == (m.id.dev, m.id.ino)) => Some(m),
+        Some(m) if filemap::id_at(&h.path).is_ok_and(|now| now == m.id) => Some(m),
         Some(stale) => {
             let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
             c.retain(|x| !Arc::ptr_eq(x, &stale));

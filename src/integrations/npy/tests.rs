@@ -360,6 +360,25 @@ fn a_changed_file_fails_the_task() {
     );
 }
 
+/// Found by review: a worker's cached mapping of a file was checked by device and inode only, so a
+/// file truncated in place after the first chunk was mapped was read through that mapping: SIGBUS.
+#[test]
+fn a_file_changed_in_place_is_not_read_through_a_cached_mapping() {
+    let t = Temp::new("npy");
+    write_npy(&t.0, &Array2::<f64>::ones((4, 2))).unwrap();
+    let a = MappedArray::<f64>::open_npy(&t.0).unwrap();
+    let h = a.chunks(1).remove(0).handle;
+    assert!(NpyChunk::<f64>::attach(h.clone()).is_ok()); // now cached
+    drop(a);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&t.0)
+        .unwrap()
+        .set_len(64)
+        .unwrap();
+    assert!(NpyChunk::<f64>::attach(h).is_err());
+}
+
 #[test]
 fn forged_ranges_are_refused() {
     let a = MappedArray::<f64>::open_npy(fixture("f8_c_3x4.npy")).unwrap();
