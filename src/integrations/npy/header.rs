@@ -114,15 +114,22 @@ pub(super) fn read_npy_header<T: Element>(
             "its header nests brackets {depth} deep (at most {MAX_NESTING})"
         )));
     }
-    // npyz multiplies the shape's lengths unchecked (a panic in debug builds, a wrapped product in
-    // release): a shape whose element count overflows is refused before it sees it.
-    if let Some(shape) = shape_in(&header[prefix..]) {
-        if shape
-            .iter()
-            .try_fold(1u64, |a, &n| a.checked_mul(n))
-            .is_none()
-        {
-            return Err(bad(path, FileProblem::ShapeOverflow { shape }));
+    // npyz multiplies the shape's lengths unchecked, the element count and the strides (a panic in
+    // debug builds, a wrapped product in release): a shape whose lengths, zeros aside, multiply past
+    // a u64 is refused before it sees it. The scan must read the shape npyz will read, so it accepts
+    // only what numpy writes (found by review: a list, hex lengths, a second 'shape' key, or a zero
+    // axis beside huge ones got past the old scan, and npyz panicked).
+    match shape_in(&header[prefix..]) {
+        ShapeScan::Absent => {} // npyz reports the missing key
+        ShapeScan::Refused(why) => return Err(not_npy(why)),
+        ShapeScan::Found(shape) => {
+            if shape
+                .iter()
+                .try_fold(1u64, |a, &n| a.checked_mul(n.max(1)))
+                .is_none()
+            {
+                return Err(bad(path, FileProblem::ShapeOverflow { shape }));
+            }
         }
     }
     // npyz parses exactly these bytes: it can neither read further nor allocate more. A panic in it
@@ -218,20 +225,61 @@ pub(super) fn facts<T: Pod>(
     })
 }
 
-/// The lengths of the `'shape': (…)` entry of a header's dict text, if it can be found and every
-/// length is a number; `None` leaves the judgement to the parser.
-fn shape_in(text: &[u8]) -> Option<Vec<u64>> {
-    let text = std::str::from_utf8(text).ok()?;
-    let key = text.find("'shape'").or_else(|| text.find("\"shape\""))?;
-    let rest = &text[key + 7..];
-    let open = rest.find('(')?;
-    let close = rest[open..].find(')')? + open;
-    rest[open + 1..close]
+/// What [`shape_in`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum ShapeScan {
+    /// No `'shape'` key: left to the parser, which refuses the header.
+    Absent,
+    /// A shape not as numpy writes it: refused, since the parser might read it otherwise.
+    Refused(String),
+    Found(Vec<u64>),
+}
+
+/// The lengths of the `'shape': (…)` entry of a header's dict text, as numpy writes it: one
+/// `'shape'` (or `"shape"`) key followed by a colon, its value a tuple of decimal lengths.
+fn shape_in(text: &[u8]) -> ShapeScan {
+    let Ok(text) = std::str::from_utf8(text) else {
+        return ShapeScan::Refused("its header is not UTF-8".into());
+    };
+    // A key is followed by a colon; a field of a structured dtype named "shape" is not.
+    let mut values = ["'shape'", "\"shape\""].iter().flat_map(|key| {
+        text.match_indices(key).filter_map(|(at, key)| {
+            let rest = text[at + key.len()..].trim_start();
+            rest.strip_prefix(':').map(str::trim_start)
+        })
+    });
+    let Some(value) = values.next() else {
+        return ShapeScan::Absent;
+    };
+    if values.next().is_some() {
+        return ShapeScan::Refused("its header names the shape twice".into());
+    }
+    let refused = || ShapeScan::Refused("its shape is not a tuple of decimal lengths".into());
+    let Some((inside, _)) = value.strip_prefix('(').and_then(|v| v.split_once(')')) else {
+        return refused();
+    };
+    let lengths: Option<Vec<u64>> = inside
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<u64>().ok())
-        .collect()
+        .map(|s| {
+            s.bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| s.parse::<u64>().ok())
+                .flatten()
+        })
+        .collect();
+    match lengths {
+        Some(lengths) => ShapeScan::Found(lengths),
+        // Digits past a u64 are a length too large for any file.
+        None if inside
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b',' || b == b' ') =>
+        {
+            ShapeScan::Refused("a length of its shape does not fit 64 bits".into())
+        }
+        None => refused(),
+    }
 }
 
 /// The deepest nesting of brackets a header may have: `{'descr': [('f', '<f8', (2,))], …}`.

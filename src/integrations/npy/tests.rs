@@ -479,6 +479,34 @@ fn headers_found_by_fuzzing_are_typed_errors() {
         ));
         assert!(matches!(p, FileProblem::ShapeOverflow { .. }), "{p:?}");
     }
+    // Found by review: shapes the old scan misread, on which npyz's unchecked arithmetic panicked
+    // (caught, but a process built with `panic = "abort"` died): refused before it parses them.
+    for shape in [
+        "(0, 4294967296, 4294967296)",
+        "[4294967296, 4294967296]",
+        "(0x100000000, 0x100000000)",
+        "(1,), 'shape': (4294967296, 4294967296)",
+        "(99999999999999999999999,)",
+    ] {
+        let dict = format!("{{'descr': '|u1', 'fortran_order': False, 'shape': {shape}, }}");
+        let p = problem(MappedArray::<u8>::open_npy(
+            &Temp::with(&npy_v1(&dict, &[])).0,
+        ));
+        assert!(
+            match &p {
+                FileProblem::ShapeOverflow { .. } => true,
+                FileProblem::NotNpy(why) => !why.contains("could not be parsed"),
+                _ => false,
+            },
+            "{shape}: {p:?}"
+        );
+    }
+    // A structured dtype with a field named "shape" is not a second shape.
+    let field = "{'descr': [('shape', '<f8')], 'fortran_order': False, 'shape': (1,), }";
+    let p = problem(MappedArray::<f64>::open_npy(
+        &Temp::with(&npy_v1(field, &[0; 8])).0,
+    ));
+    assert!(matches!(p, FileProblem::Dtype { .. }), "{p:?}");
     // The fixtures' own headers are untouched by these checks.
     let ok = "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 0), }";
     let a = MappedArray::<f64>::open_npy(&Temp::with(&npy_v1(ok, &[])).0).unwrap();
