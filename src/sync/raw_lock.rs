@@ -339,6 +339,11 @@ impl RawLock {
                     self.record(me);
                     return Ok(Acquired::Clean);
                 }
+                // Taken in between: look again, unless the deadline passed (a word that garbage keeps
+                // flipping must not keep us here past it).
+                if sleeper.passed() {
+                    return Err(self.time_out(woken));
+                }
                 continue;
             }
             let tid = v & TID_MASK;
@@ -354,6 +359,9 @@ impl RawLock {
                 if let Some(owner) = dead_owner {
                     if let Some(a) = self.take_over(v, owner, me) {
                         return Ok(a);
+                    }
+                    if sleeper.passed() {
+                        return Err(self.time_out(woken));
                     }
                     continue;
                 }

@@ -138,13 +138,19 @@ impl<'a> RLockGuard<'a> {
 impl Drop for RLockGuard<'_> {
     #[inline]
     fn drop(&mut self) {
+        // A depth a peer lowered under us (garbage) made an inner guard release the lock already:
+        // this guard holds nothing now, and must not release (or count down) another thread's
+        // holding (found by review).
+        if !self.raw.lock.held_by_current_thread() {
+            return;
+        }
         let d = self.raw.depth.load(Ordering::Relaxed);
         if d > 1 {
             self.raw.depth.store(d - 1, Ordering::Relaxed);
         } else {
             self.raw.depth.store(0, Ordering::Relaxed);
-            // SAFETY: this guard's thread holds the lock (guards are created only after acquiring and
-            // are not Send) and this is the outermost level, so the lock is released exactly once.
+            // SAFETY: this thread holds the lock (checked above; guards are not Send) and this is
+            // the outermost level, so the lock is released exactly once.
             unsafe { self.raw.lock.unlock() }
         }
     }
@@ -153,5 +159,42 @@ impl Drop for RLockGuard<'_> {
 impl std::fmt::Debug for RLockGuard<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("RLockGuard")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by review: a depth lowered by a peer made an inner guard release the lock, and the outer
+    /// guard then released the lock of whichever thread took it next.
+    #[test]
+    fn a_lowered_depth_never_releases_another_threads_holding() {
+        let r = RLock::new().unwrap();
+        let outer = r.lock().unwrap();
+        let inner = r.lock().unwrap();
+        r.shared.depth.store(1, Ordering::Relaxed); // garbage: the depth says one level
+        drop(inner); // released, as the depth said
+        std::thread::scope(|s| {
+            let (took, dropped) = (
+                std::sync::mpsc::channel::<()>(),
+                std::sync::mpsc::channel::<()>(),
+            );
+            let (took_tx, took_rx) = took;
+            let (dropped_tx, dropped_rx) = dropped;
+            let r = &r;
+            let other = s.spawn(move || {
+                let g = r.lock().unwrap();
+                took_tx.send(()).unwrap();
+                dropped_rx.recv().unwrap();
+                let still = r.shared.lock.held_by_current_thread();
+                drop(g);
+                still
+            });
+            took_rx.recv().unwrap();
+            drop(outer); // must leave the other thread's holding alone
+            dropped_tx.send(()).unwrap();
+            assert!(other.join().unwrap(), "the outer guard released it");
+        });
     }
 }
