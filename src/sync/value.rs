@@ -8,7 +8,7 @@ use std::ops::{Deref, DerefMut};
 use bytemuck::Pod;
 
 use super::lock::guard_result;
-use super::raw_lock::RawLock;
+use super::raw_lock::{Acquired, LockFail, Nesting, RawLock};
 use crate::error::{Error, LockResult, Result};
 use crate::region::shared::Shared;
 use crate::region::{layout_hash, Layout, Region, RegionHandle, ShmSafe, DEFAULT_OPEN_TIMEOUT};
@@ -124,16 +124,17 @@ impl<T: Pod> Value<T> {
 
     /// Holds the value's lock.
     ///
+    /// # Panics
+    /// If this thread holds it already (a guard alive, then `lock`, `get` or `set`): the lock is
+    /// not reentrant, and waiting would never end.
+    ///
     /// # Errors
     /// [`OwnerDied`](crate::OwnerDied) with the guard if the previous holder died; the value is whatever
     /// it last wrote.
     #[inline]
     pub fn lock(&self) -> LockResult<ValueGuard<'_, T>> {
         let raw = &*self.shared;
-        let a = raw
-            .lock
-            .lock_until(None)
-            .expect("an untimed lock cannot time out");
+        let a = lock_or_panic(&raw.lock, "Value");
         guard_result(
             ValueGuard {
                 raw,
@@ -145,6 +146,9 @@ impl<T: Pod> Value<T> {
 
     /// Reads the value under the lock. A dead previous holder is not reported here (use
     /// [`lock`](Value::lock) for that): a `Pod` value is always a valid `T`.
+    ///
+    /// # Panics
+    /// As [`lock`](Value::lock), if this thread holds the lock.
     pub fn get(&self) -> T {
         *self.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -370,15 +374,14 @@ impl<T: Pod> Array<T> {
 
     /// Holds the array's lock and gives access to the elements.
     ///
+    /// # Panics
+    /// If this thread holds it already (a guard alive, then `lock`, `get`, `set` or `to_vec`).
+    ///
     /// # Errors
     /// [`OwnerDied`](crate::OwnerDied) with the guard if the previous holder died.
     #[inline]
     pub fn lock(&self) -> LockResult<ArrayGuard<'_, T>> {
-        let a = self
-            .shared
-            .lock
-            .lock_until(None)
-            .expect("an untimed lock cannot time out");
+        let a = lock_or_panic(&self.shared.lock, "Array");
         guard_result(
             ArrayGuard {
                 array: self,
@@ -474,3 +477,41 @@ macro_rules! pod_handle_impls {
 }
 pod_handle_impls!(Value, ValueGuard);
 pod_handle_impls!(Array, ArrayGuard);
+
+/// Takes `lock` with no deadline; panics (naming `what`) if this thread already holds it, where
+/// `std::sync::Mutex` may deadlock: Python's `Value` and `Array` take an `RLock`, so ported code
+/// that calls `get` or `set` while it holds the guard of `lock` would otherwise hang for good.
+#[track_caller]
+fn lock_or_panic(lock: &RawLock, what: &str) -> Acquired {
+    match lock.lock_as(None, Nesting::MayHold) {
+        Ok(a) => a,
+        Err(LockFail::WouldDeadlock) => panic!(
+            "{what}: this thread already holds its lock (get, set and lock while a guard of it is \
+             alive): use the guard"
+        ),
+        Err(LockFail::TimedOut) => unreachable!("an untimed lock does not time out"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by review: `get` while this thread held the guard waited for itself for good (Python's
+    /// `Value` takes an `RLock`, so ported code does this); it panics now.
+    #[test]
+    #[should_panic(expected = "already holds its lock")]
+    fn get_while_holding_the_guard_panics_instead_of_hanging() {
+        let v = Value::new(1u32).unwrap();
+        let _g = v.lock().unwrap();
+        let _ = v.get();
+    }
+
+    #[test]
+    #[should_panic(expected = "already holds its lock")]
+    fn array_set_while_holding_the_guard_panics_instead_of_hanging() {
+        let a = Array::<u8>::new(4).unwrap();
+        let _g = a.lock().unwrap();
+        a.set(0, 1);
+    }
+}
