@@ -57,7 +57,7 @@
 //! [`Error::Corrupted`].
 
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::region::{Region, PAYLOAD_OFFSET};
@@ -141,11 +141,14 @@ impl Drop for InTransaction {
 pub(crate) struct JournaledHeap {
     region: Region,
     /// Mappings of the whole file made each time this process found the heap larger than it had
-    /// mapped (see "Growth" in the module docs). All but the newest are unmapped when the next
-    /// transaction starts: references into them live until the end of the transaction that made them.
-    grown: Mutex<Vec<shm::Mapping>>,
-    /// Payload start and length of the largest mapping (the region's own at first). Changed only by a
-    /// thread holding the heap's lock, and read only by one: the lock orders them between threads.
+    /// mapped (see "Growth" in the module docs). All but the newest are let go of when the next
+    /// transaction starts; each transaction holds its own `Arc` of the mappings it reads through,
+    /// so none is unmapped under it, even if a peer that wrote the lock's word lets two transactions
+    /// of this process run at once (found by review: without the `Arc`s, that unmapped a mapping a
+    /// transaction was using: SIGSEGV).
+    grown: Mutex<Vec<Arc<shm::Mapping>>>,
+    /// Payload start and length of the largest mapping (the region's own at first). Changed only
+    /// under `grown`'s mutex, with the mapping they point into ([`JournaledHeap::current`]).
     base: AtomicPtr<u8>,
     len: AtomicU64,
 }
@@ -196,6 +199,13 @@ impl JournaledHeap {
         }
     }
 
+    /// The view of the largest mapping, and that mapping (`None`: the region's own, which lives as
+    /// long as `self`), for a transaction to keep while it reads through the view.
+    fn current(&self) -> (HeapRef<'_>, Option<Arc<shm::Mapping>>) {
+        let grown = self.grown.lock().unwrap_or_else(|e| e.into_inner());
+        (self.r(), grown.last().cloned())
+    }
+
     /// Makes sure this process maps the first `end` bytes of payload. `end` comes from shared memory:
     /// it must lie within [`HEAP_LIMIT`] and the file's real size (an honest grower extends the file
     /// before it publishes a larger end), else the heap is [`Error::Corrupted`]. Only with the lock held.
@@ -220,17 +230,15 @@ impl JournaledHeap {
         // against it; see the region docs for named files), so every page of this mapping is backed.
         let map = shm::Mapping::new(file, total, false)?;
         let base = map.as_ptr().wrapping_add(PAYLOAD_OFFSET);
-        self.grown
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(map);
+        let mut grown = self.grown.lock().unwrap_or_else(|e| e.into_inner());
+        grown.push(Arc::new(map));
         self.base.store(base, Ordering::Release);
         self.len.store(end, Ordering::Release);
         Ok(())
     }
 
-    /// Unmaps every grown mapping but the newest (lock held, before a transaction: no reference into
-    /// an older one is left, see [`JournaledHeap::grown`]).
+    /// Lets go of every grown mapping but the newest (before a transaction): each is unmapped once no
+    /// transaction holds it ([`JournaledHeap::grown`]).
     fn unmap_older(&self) {
         let mut grown = self.grown.lock().unwrap_or_else(|e| e.into_inner());
         let older = grown.len().saturating_sub(1);
@@ -284,9 +292,11 @@ impl JournaledHeap {
         // Another process may have grown the heap since our last transaction: map what it added
         // before anything (the journal included) may point there.
         self.map_to(self.r().get(END)?)?;
+        let (heap, mapping) = self.current();
         let mut tx = Tx {
-            heap: self.r(),
+            heap,
             owner: self,
+            mappings: mapping.into_iter().collect(),
             journaled: Vec::new(),
             freed: Vec::new(),
         };
@@ -342,8 +352,9 @@ impl<'a> HeapRef<'a> {
         }
         // SAFETY: [off, off + 8) lies inside the payload of a live mapping (checked above against its
         // length), off is 8-aligned and the payload starts 128 bytes into a page-aligned mapping; an
-        // AtomicU64 accepts any bits. The mapping outlives 'a: the JournaledHeap owns the Region and
-        // every later mapping, and unmaps none before it is dropped.
+        // AtomicU64 accepts any bits. The mapping outlives every use: a HeapRef is used only within
+        // the transaction it came from (`transact`'s closure cannot return one), and the transaction
+        // holds the mapping (`Tx::mappings`; the region's own lives as long as the JournaledHeap).
         Ok(unsafe { &*(self.base.add(off as usize) as *const AtomicU64) })
     }
 
@@ -413,6 +424,8 @@ pub(crate) struct Tx<'a> {
     heap: HeapRef<'a>,
     /// The heap this transaction runs on, to grow it.
     owner: &'a JournaledHeap,
+    /// The grown mappings `heap` pointed into since the transaction began: kept mapped until it ends.
+    mappings: Vec<Arc<shm::Mapping>>,
     /// Offsets journaled so far: a word needs its *first* old value only, so repeated changes (a
     /// free-list head during `clear`) take one journal entry, not one each.
     journaled: Vec<u64>,
@@ -606,7 +619,9 @@ impl<'a> Tx<'a> {
             match self.owner.extend_file(target) {
                 Ok(()) => {
                     self.owner.map_to(target)?;
-                    self.heap = self.owner.r();
+                    let (heap, mapping) = self.owner.current();
+                    self.heap = heap;
+                    self.mappings.extend(mapping);
                     return self.set(END, target);
                 }
                 // The system refused that much memory: try exactly what is needed, then give up.
@@ -802,6 +817,40 @@ mod tests {
         assert_eq!(heap.read_bytes(1 << 20, big).unwrap(), vec![7u8; big]);
         // Small reads are not checked: zeroes of a hole, at a small cost.
         assert_eq!(heap.read_bytes(3 << 20, 100).unwrap(), vec![0u8; 100]);
+    }
+
+    /// Found by review: with the lock's word cleared by a peer, two transactions of this process ran
+    /// at once, and one that started after the other grew the heap unmapped the mapping the first
+    /// was reading through: SIGSEGV. Each transaction keeps its mappings.
+    #[test]
+    fn a_transaction_keeps_its_mapping_when_the_lock_is_forged() {
+        let layout = crate::manager::heap_layout(Some(1 << 20));
+        let region =
+            Region::create_growable(layout, None, false, |r| JournaledHeap::init(r, HEAP_LIMIT))
+                .unwrap();
+        let heap = JournaledHeap::new(region);
+        // A first growth: transactions now read through a grown mapping.
+        heap.transact(|tx| tx.alloc(2 << 20).map(drop)).unwrap();
+        let (inside_tx, inside_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let h = &heap;
+        std::thread::scope(|s| {
+            let reader = s.spawn(move || {
+                h.transact(|tx| {
+                    inside_tx.send(()).unwrap();
+                    go_rx.recv().unwrap();
+                    tx.get(END)
+                })
+            });
+            inside_rx.recv().unwrap();
+            // The peer's write: the lock looks free while the reader is inside.
+            heap.lock().force_word_for_test(0);
+            heap.transact(|tx| tx.alloc(8 << 20).map(drop)).unwrap(); // grows: a new mapping
+            heap.lock().force_word_for_test(0);
+            heap.size().unwrap(); // starts a transaction: lets go of the older mappings
+            go_tx.send(()).unwrap();
+            assert!(reader.join().unwrap().is_ok());
+        });
     }
 
     /// Found by review: every transaction that found the end word past what this process mapped

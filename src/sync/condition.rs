@@ -59,6 +59,9 @@ impl_shared_object!(Condition, RawCondition, "mproc::Condition");
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ConditionGuard<'a> {
     raw: &'a RawCondition,
+    /// The id of the condition's region: what a wait checks the guard against (another handle to
+    /// the same condition, opened again in this process, maps it elsewhere).
+    region: u64,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -100,6 +103,7 @@ impl Condition {
     fn guard(&self) -> ConditionGuard<'_> {
         ConditionGuard {
             raw: &self.shared,
+            region: self.shared.region().id(),
             _not_send: PhantomData,
         }
     }
@@ -150,8 +154,8 @@ impl Condition {
     /// Releases the lock, sleeps until notified (or spuriously woken), and re-takes the lock.
     ///
     /// # Panics
-    /// If `guard` was not taken through this handle or a clone of it (as `std::sync::Condvar` panics
-    /// when used with two mutexes); so do the other waits.
+    /// If `guard` is another condition's (as `std::sync::Condvar` panics when used with two
+    /// mutexes); so do the other waits.
     ///
     /// # Errors
     /// [`OwnerDied`] with the re-taken guard if a holder died while we slept.
@@ -244,8 +248,8 @@ impl Condition {
         // this thread for garbage (`Nesting::NeverHeld`), and two guards of one lock then exist in
         // safe code (found by review).
         assert!(
-            std::ptr::eq(guard.raw, raw),
-            "Condition::wait with the guard of another Condition (or of another handle to it)"
+            guard.region == self.shared.region().id(),
+            "Condition::wait with the guard of another Condition"
         );
         // Read the sequence while still holding the lock: a notify after our unlock changes it, so the
         // futex wait below returns at once instead of missing it.
@@ -292,14 +296,20 @@ mod tests {
         let _ = c1.wait_timeout(g2, Duration::from_millis(1));
     }
 
-    /// A clone is the same handle: its guard is this condition's.
+    /// A clone, or the same condition opened again (another mapping), is the same condition.
     #[test]
-    fn a_wait_with_a_clones_guard_is_fine() {
-        let c = Condition::new().unwrap();
-        let c2 = c.clone();
-        let g = c2.lock().unwrap();
-        let (g, timed_out) = c.wait_timeout(g, Duration::from_millis(1)).unwrap();
-        assert!(timed_out);
-        drop(g);
+    fn a_wait_with_the_guard_of_another_handle_to_it_is_fine() {
+        let name = format!(
+            "unit-cond-{}-{:x}",
+            std::process::id(),
+            crate::sys::proc::random_u64()
+        );
+        let c = Condition::create(&name).unwrap();
+        for other in [c.clone(), Condition::open(&name).unwrap()] {
+            let g = other.lock().unwrap();
+            let (g, timed_out) = c.wait_timeout(g, Duration::from_millis(1)).unwrap();
+            assert!(timed_out);
+            drop(g);
+        }
     }
 }

@@ -24,16 +24,16 @@
 //!   - *recorded* (`owner` names the word's tid): the full identity decides — tid **and** start time,
 //!     so a recycled tid is never the old holder — and only in the holder's own pid namespace
 //!     ([`proc::holder_alive`]); a holder recorded in another namespace is taken for alive.
-//!   - *recorded by another* (`owner` names another tid: a taker between its two CASes, below): if
-//!     that taker is dead by its full identity, its take-over is finished by the waiter; else as
-//!     *unrecorded*.
-//!   - *unrecorded* (`owner` is 0): the holder may be a live thread preempted
-//!     between its CAS and its record. A tid that no namespace can contain is garbage and dead at once;
-//!     otherwise the waiter judges only after the pair (`word`, `owner`) stayed unchanged for
-//!     [`UNRECORDED_GRACE`] (counted per process, across calls), and then by existence of the tid in its own namespace (its own tid counts as
-//!     dead: it is waiting here, so it is not the holder). This recovers garbage and a holder that died
-//!     inside that two-instruction window. Its one blind spot: a live holder in *another* pid namespace
-//!     stopped in that window for the whole grace period can be taken for dead.
+//!   - *unrecorded* (`owner` is 0, or names another tid: a taker between its two CASes, below): the
+//!     holder may be a live thread preempted between its CAS and its record. A tid that no namespace
+//!     can contain is garbage and dead at once; otherwise the waiter judges only after the pair
+//!     (`word`, `owner`) stayed unchanged for [`UNRECORDED_GRACE`] (counted per process, across
+//!     calls), and then by existence of the tid in its own namespace (its own tid counts as dead: it
+//!     is waiting here, so it is not the holder), or by the death of the other thread the record
+//!     names (a taker killed mid-take-over, whose take-over nobody else finishes). This recovers
+//!     garbage and a holder that died inside that two-instruction window. Its one blind spot: a live
+//!     holder in *another* pid namespace stopped in that window for the whole grace period can be
+//!     taken for dead.
 //! - **take-over** ([`RawLock::take_over`]): re-read `word` and `owner`, require both unchanged since
 //!   the judgement (R3 of the 2026-11-30 review), then `CAS owner: observed → ours` — this serialises
 //!   rival takers, and fails if the holder unlocked (it clears `owner`) or a new holder recorded itself —
@@ -154,27 +154,51 @@ unsafe impl ShmSafe for RawLock {}
 /// How many locks [`grace_expired`] remembers at once (the oldest is forgotten first).
 const GRACE_ENTRIES: usize = 64;
 
+/// One lock's unrecorded holder as this process saw it: the lock's address, (`word`, `owner`), and
+/// when that pair was first and last seen.
+struct Sighting {
+    lock: usize,
+    pair: (u32, u64),
+    first: Instant,
+    last: Instant,
+}
+
 /// Whether lock `lock`'s (`word`, `owner`), judged unrecorded, has been seen unchanged by this process
-/// for [`UNRECORDED_GRACE`]. The first sighting is remembered per process, by the lock's address, so
-/// that short calls add up: until 2026-12-02 it lived in one call, and `try_lock`, a `lock_timeout`
-/// under the grace, or a semaphore's 2 ms internal lock never recovered a holder killed between its
-/// CAS and its record (found by review). Reached only on the slow path, after a sleep or a failed try.
+/// for [`UNRECORDED_GRACE`], looked at again at least every [`UNRECORDED_GRACE`] meanwhile. The
+/// sightings are remembered per process, by the lock's address, so that short calls add up: until
+/// 2026-12-02 they lived in one call, and `try_lock`, a `lock_timeout` under the grace, or a
+/// semaphore's 2 ms internal lock never recovered a holder killed between its CAS and its record
+/// (found by review). A gap longer than the grace starts over: the same pair seen twice far apart
+/// may be two holdings (every fresh holder shows `(tid, 0)` in its window). Reached only on the slow
+/// path, after a sleep or a failed try.
 fn grace_expired(lock: &RawLock, word: u32, owner: u64) -> bool {
-    static SEEN: Mutex<Vec<(usize, u32, u64, Instant)>> = Mutex::new(Vec::new());
+    static SEEN: Mutex<Vec<Sighting>> = Mutex::new(Vec::new());
     let key = lock as *const RawLock as usize;
     let now = Instant::now();
     let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(e) = seen.iter_mut().find(|e| e.0 == key) {
-        if (e.1, e.2) == (word, owner) {
-            return now.duration_since(e.3) >= UNRECORDED_GRACE;
+    if let Some(e) = seen.iter_mut().find(|e| e.lock == key) {
+        let continuous = now.duration_since(e.last) <= UNRECORDED_GRACE;
+        if e.pair == (word, owner) && continuous {
+            e.last = now;
+            return now.duration_since(e.first) >= UNRECORDED_GRACE;
         }
-        *e = (key, word, owner, now);
+        *e = Sighting {
+            lock: key,
+            pair: (word, owner),
+            first: now,
+            last: now,
+        };
         return false;
     }
     if seen.len() >= GRACE_ENTRIES {
         seen.remove(0);
     }
-    seen.push((key, word, owner, now));
+    seen.push(Sighting {
+        lock: key,
+        pair: (word, owner),
+        first: now,
+        last: now,
+    });
     false
 }
 
@@ -390,13 +414,25 @@ impl RawLock {
     }
 
     /// The record to take over from, if the holder of `word`, which no record names (`owner` is
-    /// another's or none), is dead: once the pair stayed unchanged for the grace ([`grace_expired`]),
-    /// its tid must not exist in our namespace (our own tid counts as dead: we are waiting here).
+    /// another's or none), is dead. Only once the pair stayed unchanged for the grace
+    /// ([`grace_expired`]); then the word's tid must not exist in our namespace (our own tid counts
+    /// as dead: we are waiting here), or the record must name another thread that is dead by its
+    /// full identity: a taker killed between its two CASes ([`RawLock::take_over`]), whose take-over
+    /// nobody else finishes. Left to the tid, a live thread that inherited the dead holder's tid kept
+    /// the lock held for good (found by review). Not without the grace: a record can also name a
+    /// dead taker that lost its race and died before giving the record back, while a fresh holder
+    /// sits between its CAS and its record (found by review of the first fix: two holders).
     fn unrecorded_dead(&self, word: u32, owner: u64, me: Identity) -> Option<u64> {
         let tid = word & TID_MASK;
-        (grace_expired(self, word, owner)
-            && (tid == me.tid || !proc::is_alive(Identity { tid, start: 0 })))
-        .then_some(owner)
+        if !grace_expired(self, word, owner) {
+            return None;
+        }
+        let recorded = Identity::unpack(owner);
+        let dead_taker = owner != 0
+            && recorded.tid != tid
+            && !proc::holder_alive(recorded, self.ns.load(Ordering::Relaxed));
+        (tid == me.tid || dead_taker || !proc::is_alive(Identity { tid, start: 0 }))
+            .then_some(owner)
     }
 
     /// A waiter gives up at its deadline. If it was woken since it last set or saw `WAITERS` on the
@@ -424,19 +460,10 @@ impl RawLock {
             // Only garbage sets a word with no possible holder (a bare WAITERS or bit 30, a huge tid).
             return Verdict::Dead { owner };
         }
-        if owner == 0 {
+        if owner == 0 || recorded.tid != tid {
+            // No record of the word's tid: a holder between its CAS and its record, or a taker between
+            // its two CASes (see `unrecorded_dead`), or garbage.
             return Verdict::Unrecorded { owner };
-        }
-        if recorded.tid != tid {
-            // Only a taker between its two CASes ([`RawLock::take_over`]) records itself before the
-            // word names it (or garbage). If that taker died there too, nobody finishes its take-over:
-            // take over from its record. Left to the grace, the word's tid alone decided, and a live
-            // thread that inherited it kept the lock held for good (found by review).
-            return if proc::holder_alive(recorded, ns) {
-                Verdict::Unrecorded { owner }
-            } else {
-                Verdict::Dead { owner }
-            };
         }
         if owner == me.pack() && ns == proc::pid_ns_tag() {
             return match nesting {
@@ -713,6 +740,9 @@ mod tests {
         // The record: a taker that has exited.
         let taker = std::thread::spawn(proc::current).join().unwrap();
         l.force_for_test(live_tid, taker, proc::pid_ns_tag());
+        // Not at once: the same state is a fresh holder between its CAS and its record, beside a
+        // record a dead taker left (found by review of the first fix).
+        assert_eq!(l.try_lock(), None);
         let got = l.lock_as(
             Some(Instant::now() + Duration::from_secs(60)),
             Nesting::MayHold,
@@ -722,6 +752,22 @@ mod tests {
         unsafe { l.unlock() };
         drop(stop_tx);
         live.join().unwrap();
+    }
+
+    /// Found by review: the grace counted from a pair's first sighting to any later one, so the same
+    /// pair seen twice far apart (two holdings, each in its window) counted as unchanged all along.
+    #[test]
+    fn sightings_far_apart_start_the_grace_over() {
+        let l = RawLock::default();
+        let tid = std::thread::spawn(|| proc::current().tid).join().unwrap();
+        l.word.store(tid, Ordering::Relaxed);
+        assert_eq!(l.try_lock(), None);
+        std::thread::sleep(UNRECORDED_GRACE + Duration::from_millis(100));
+        assert_eq!(
+            l.try_lock(),
+            None,
+            "a gap longer than the grace starts it over"
+        );
     }
 
     /// Found by review: the grace was counted within one call, so only a wait longer than it could
