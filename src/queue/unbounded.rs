@@ -221,8 +221,10 @@ impl Log {
         }
     }
 
-    /// Segment `n`, opened (and validated) first if this process has not yet; `None` if it does not
-    /// exist.
+    /// Segment `n`, opened (and validated) first if this process has not yet; `None` if there is no
+    /// such segment: nothing under its name, or a file that is not one (garbage under the name is as
+    /// lost as a missing segment, found by review: it stopped the queue for good). A system error
+    /// (out of descriptors, say) is an error: the segment may be fine.
     fn seg(&self, n: u64) -> Result<Option<Arc<Region>>> {
         let mut segs = self.segs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(region) = segs.get(&n) {
@@ -230,15 +232,11 @@ impl Log {
         }
         let name = self.blocks.segment_name(n);
         let layout = Blocks::layout("mproc queue segment", None);
-        let Some(region) = self.blocks.open_if_exists(&name, layout)? else {
-            return Ok(None);
+        let region = match self.blocks.open_if_exists(&name, layout) {
+            Ok(Some(region)) if region.len() >= SEG_DATA => region,
+            Err(e @ Error::Os { .. }) => return Err(e),
+            Ok(_) | Err(_) => return Ok(None),
         };
-        if region.len() < SEG_DATA {
-            return Err(corrupted(format!(
-                "segment {name} is {} bytes",
-                region.len()
-            )));
-        }
         let region = Arc::new(region);
         segs.insert(n, Arc::clone(&region));
         Ok(Some(region))
@@ -268,8 +266,8 @@ impl Log {
     /// queue's last user. `last_seg` stays: a new segment never takes an orphan's name.
     fn lose_chain(&self, n: u64) -> Error {
         self.drop_chain(format!(
-            "segment {} does not exist (removed by the last user while this process attached, or \
-             garbage)",
+            "segment {} does not exist, or is not a segment (removed by the last user while this \
+             process attached, or garbage)",
             self.blocks.segment_name(n)
         ))
     }
