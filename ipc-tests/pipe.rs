@@ -44,6 +44,10 @@ pub fn tests() -> Vec<Trial> {
             "an_end_whose_holders_keep_dying_still_closes",
             an_end_whose_holders_keep_dying_still_closes,
         ),
+        t(
+            "short_waits_notice_a_killed_peer",
+            short_waits_notice_a_killed_peer,
+        ),
     ]
 }
 
@@ -180,6 +184,36 @@ fn peer_killed_sleeping_recv_returns_closed() {
         matches!(r, Err(Error::Closed)),
         "recv after the peer died: {r:?}"
     );
+}
+
+/// Found by review: each `recv_timeout` first looked at the other end 5 ms into its wait, and `poll`
+/// never did, so a loop of short waits never noticed a SIGKILLed peer (about 1300 rounds of
+/// `Timeout` in 3 s). The looks now add up across calls: `poll` turns true (a closed pipe: `recv`
+/// would return at once) and `recv` returns `Closed`, each within [`BOUND`] of 1 ms calls.
+fn short_waits_notice_a_killed_peer() {
+    let (mine, theirs) = Pipe::duplex::<u64>().expect("pipe");
+    let mut kid = Kid::spawn(
+        "pipe_sender_then_sleep",
+        &format!("{},1", handle_to_hex(&theirs)),
+        BOUND,
+    );
+    drop(theirs);
+    kid.expect_line("sent");
+    kid.kill();
+    assert_eq!(mine.recv_timeout(BOUND).expect("the message sent"), 0);
+    let r = bounded("short polls after the peer was killed", BOUND, move || {
+        let end = Instant::now() + BOUND;
+        while !mine.poll(Duration::from_millis(1)) {
+            assert!(Instant::now() < end, "poll never turned true");
+        }
+        loop {
+            match mine.recv_timeout(Duration::from_millis(1)) {
+                Err(Error::Timeout) => assert!(Instant::now() < end, "recv never saw it"),
+                r => return r,
+            }
+        }
+    });
+    assert!(matches!(r, Err(Error::Closed)), "{r:?}");
 }
 
 /// A receiver that never reads is SIGKILLed while our `send` waits for space in the full buffer:

@@ -743,9 +743,11 @@ impl<T, C: Codec<T>> Queue<T, C> {
         }
     }
 
-    pub(crate) fn wait_nonempty(&self, deadline: Option<Instant>) -> bool {
+    /// Waits until a message can be taken, the queue is closed and empty, or `deadline` passes;
+    /// whether a message is there. `watch` as in [`Queue::get_watching`] (a bounded queue's only).
+    pub(crate) fn wait_nonempty(&self, deadline: Option<Instant>, watch: &mut dyn FnMut()) -> bool {
         match self.engine() {
-            Engine::Bounded { ring, .. } => ring.wait_nonempty(deadline),
+            Engine::Bounded { ring, .. } => ring.wait_nonempty(deadline, watch),
             Engine::Unbounded(log) => log.wait_nonempty(deadline),
         }
     }

@@ -59,7 +59,7 @@ use crate::codec::{Codec, Serde};
 use crate::error::{Error, Result};
 use crate::region::shared::Shared;
 use crate::region::{Layout, RegionHandle, ShmSafe};
-use crate::sync::raw_lock::{Nesting, RawLock, INTERNAL_BOUND};
+use crate::sync::raw_lock::{Nesting, RawLock, INTERNAL_BOUND, TRY_BOUND};
 use crate::sync::wait::MAX_CHECK;
 use crate::sys::proc;
 
@@ -345,9 +345,15 @@ impl Control {
         }
     }
 
-    /// Whether `end` is gone (module docs), judged now.
-    fn gone(&self, end: usize) -> bool {
-        self.lock().is_some_and(|_held| self.gone_locked(end))
+    /// Whether `end` is gone (module docs), judged now, if the lock can be had within `bound` (else
+    /// not judged: held).
+    fn gone(&self, end: usize, bound: Duration) -> bool {
+        self.lock
+            .lock_within(bound, Nesting::NeverHeld)
+            .is_ok_and(|_| {
+                let _held = Held(&self.lock);
+                self.gone_locked(end)
+            })
     }
 
     /// [`Control::gone`] with the lock held: every slot free, a dead holder or an expired token, nothing
@@ -444,6 +450,15 @@ struct Hold {
     id: u64,
     ctl: Shared<Control>,
     end: usize,
+    /// When the other end is next looked at, and the interval after that ([`PeerWatch`]): shared by
+    /// every call, so that short calls add up to the checks a long one makes.
+    watch: Mutex<WatchClock>,
+}
+
+/// See [`Hold::watch`]; `next` is `None` until a call first waits.
+struct WatchClock {
+    next: Option<Instant>,
+    interval: Duration,
 }
 
 impl Hold {
@@ -459,7 +474,15 @@ impl Hold {
             owner: proc::pid(),
             closers,
         });
-        Hold { id, ctl, end }
+        Hold {
+            id,
+            ctl,
+            end,
+            watch: Mutex::new(WatchClock {
+                next: None,
+                interval: FIRST_PEER_CHECK,
+            }),
+        }
     }
 }
 
@@ -626,29 +649,40 @@ struct Wire {
     token: u64,
 }
 
-/// Watches the other end while a call waits: called after each sleep of the queue's wait, it checks
-/// at growing intervals (budgeted in time) and closes the pipe once the other end is gone.
+/// Watches the other end while a call waits: called after each sleep of the queue's wait (and when a
+/// timed call runs out), it checks at growing intervals (budgeted in time, on the clock every call of
+/// this attachment shares) and closes the pipe once the other end is gone. Until 2026-12-02 each call
+/// had a clock of its own, which first checked 5 ms into the call: a loop of shorter calls (or of
+/// `poll`s, which did not watch) never noticed a dead peer (found by review).
 struct PeerWatch<'a, T, C: Codec<T>> {
     conn: &'a Connection<T, C>,
-    next: Option<Instant>,
-    interval: Duration,
+    /// The caller's deadline: the check does not wait past it for the pipe's lock.
+    deadline: Option<Instant>,
 }
 
 impl<T, C: Codec<T>> PeerWatch<'_, T, C> {
     fn check(&mut self) {
-        let now = Instant::now();
-        match self.next {
-            None => {
-                self.next = Some(now + FIRST_PEER_CHECK);
-                return;
-            }
-            Some(t) if now < t => return,
-            Some(_) => {}
-        }
-        self.interval = self.interval.saturating_mul(2).min(MAX_CHECK);
-        self.next = Some(now + self.interval);
         let hold = &self.conn.hold;
-        if hold.ctl.gone(hold.end ^ 1) {
+        let now = Instant::now();
+        {
+            let mut clock = hold.watch.lock().unwrap_or_else(PoisonError::into_inner);
+            match clock.next {
+                None => {
+                    clock.next = Some(now + FIRST_PEER_CHECK);
+                    return;
+                }
+                Some(t) if now < t => return,
+                Some(_) => {}
+            }
+            clock.interval = clock.interval.saturating_mul(2).min(MAX_CHECK);
+            clock.next = Some(now + clock.interval);
+        }
+        // The pipe's lock is held for a few stores; a holder that keeps it (stopped, hostile) must not
+        // keep the caller past its deadline (found by review: up to 2 s): this check is then skipped.
+        let left = self
+            .deadline
+            .map_or(TRY_BOUND, |d| d.saturating_duration_since(now));
+        if hold.ctl.gone(hold.end ^ 1, left.min(TRY_BOUND)) {
             self.conn.close();
         }
     }
@@ -740,11 +774,10 @@ impl<T, C: Codec<T>> Connection<T, C> {
     }
 
     /// Made on every call, so it touches nothing shared until the call waits.
-    fn watch(&self) -> PeerWatch<'_, T, C> {
+    fn watch(&self, deadline: Option<Instant>) -> PeerWatch<'_, T, C> {
         PeerWatch {
             conn: self,
-            next: None,
-            interval: FIRST_PEER_CHECK,
+            deadline,
         }
     }
 
@@ -756,7 +789,7 @@ impl<T, C: Codec<T>> Connection<T, C> {
     /// [`Error::Encode`].
     pub fn send(&self, value: &T) -> Result<()> {
         let tx = self.tx()?;
-        let mut watch = self.watch();
+        let mut watch = self.watch(None);
         tx.put_watching(value, None, &mut || watch.check())
     }
 
@@ -774,20 +807,45 @@ impl<T, C: Codec<T>> Connection<T, C> {
     /// # Errors
     /// [`Error::Timeout`], and as [`Connection::recv`].
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T> {
-        self.recv_until(Some(Instant::now() + timeout))
+        // A timeout past the clock's range is no timeout (`Duration::MAX` panicked, found by review).
+        self.recv_until(Instant::now().checked_add(timeout))
     }
 
     fn recv_until(&self, deadline: Option<Instant>) -> Result<T> {
         let rx = self.rx()?;
-        let mut watch = self.watch();
-        rx.get_watching(deadline, &mut || watch.check())
+        let mut watch = self.watch(deadline);
+        match rx.get_watching(deadline, &mut || watch.check()) {
+            // The call may have ended before any sleep (it spins first): the other end is looked at
+            // if a look is due, and if it is gone the call drains or reports `Closed` as it would have.
+            Err(Error::Timeout) => {
+                watch.check();
+                if rx.is_closed() {
+                    rx.get_watching(Some(Instant::now()), &mut || {})
+                } else {
+                    Err(Error::Timeout)
+                }
+            }
+            r => r,
+        }
     }
 
-    /// Whether a message can be received, waiting at most `timeout` for one.
+    /// Whether [`recv`](Connection::recv) would return at once, waiting at most `timeout`: a message
+    /// is there, or the connection is closed (then `recv` returns [`Error::Closed`], as Python's
+    /// `poll` is true before `recv` raises `EOFError`). It watches the other end as `recv` does.
+    ///
+    /// Until 2026-12-02 it was false on a closed connection, so a loop of `poll`s spun, and it did not
+    /// watch the other end (found by review).
     pub fn poll(&self, timeout: Duration) -> bool {
-        self.rx
-            .as_ref()
-            .is_some_and(|q| q.wait_nonempty(Some(Instant::now() + timeout)))
+        let Some(rx) = self.rx.as_ref() else {
+            return false;
+        };
+        let deadline = Instant::now().checked_add(timeout);
+        let mut watch = self.watch(deadline);
+        if rx.wait_nonempty(deadline, &mut || watch.check()) {
+            return true;
+        }
+        watch.check();
+        rx.is_closed()
     }
 
     /// Closes both directions for both ends.
@@ -846,7 +904,7 @@ impl<T, C: Codec<T>> Connection<T, C> {
 
     /// Whether the other end is gone, judged now.
     pub(crate) fn peer_gone_for_test(&self) -> bool {
-        self.hold.ctl.gone(self.hold.end ^ 1)
+        self.hold.ctl.gone(self.hold.end ^ 1, INTERNAL_BOUND)
     }
 
     /// Records the other end as held by (`pid`, `start`), as an attachment of that process would.
@@ -857,5 +915,45 @@ impl<T, C: Codec<T>> Connection<T, C> {
             .ctl
             .record(end, ATTACHED, u64::from(pid), start, proc::pid_ns_tag())
             .expect("a free slot");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by review: `poll` went by the ring's count, which a claim of a dead writer at the head
+    /// kept above zero: it said yes, and the `recv` after it waited. It now says what a `recv` would
+    /// take.
+    #[test]
+    fn poll_is_false_behind_a_dead_writers_claim() {
+        let (a, _b) = Pipe::duplex::<u64>().unwrap();
+        let ring = a.rx.as_ref().unwrap().ring();
+        ring.force_claim_for_test(0, 0x3fff_fffe, false); // a writer that cannot exist
+        assert!(!a.poll(Duration::ZERO));
+        assert!(!a.poll(Duration::from_millis(20)));
+    }
+
+    /// A closed pipe polls true (as Python's `poll` before `recv` raises `EOFError`): `recv` returns
+    /// at once, with `Closed`. Before, `poll` was false there and a loop of them spun.
+    #[test]
+    fn a_closed_pipe_polls_true_and_recv_says_closed() {
+        let (a, b) = Pipe::duplex::<u64>().unwrap();
+        b.send(&5).unwrap();
+        b.close();
+        assert!(a.poll(Duration::ZERO));
+        assert_eq!(a.recv().unwrap(), 5);
+        assert!(a.poll(Duration::ZERO));
+        assert!(matches!(a.recv(), Err(Error::Closed)));
+    }
+
+    /// Found by review: a timeout past the clock's range panicked ("overflow when adding duration to
+    /// instant"), even with a message waiting; it is no timeout.
+    #[test]
+    fn the_longest_timeouts_do_not_panic() {
+        let (a, b) = Pipe::duplex::<u64>().unwrap();
+        b.send(&1).unwrap();
+        assert!(a.poll(Duration::MAX));
+        assert_eq!(a.recv_timeout(Duration::MAX).unwrap(), 1);
     }
 }

@@ -1292,6 +1292,25 @@ fn pipe_copy_never_attached_holds_the_end_only_for_the_grace() {
     assert!(matches!(late.send(&1), Err(Error::Closed)));
 }
 
+/// Found by review: a loop of short `recv_timeout`s (each looked at the other end only 5 ms into its
+/// own wait) never noticed a gone peer. The looks add up across calls now.
+#[test]
+fn pipe_short_recvs_notice_a_gone_peer() {
+    let (a, b) = Pipe::duplex::<u64>().unwrap();
+    let _bytes = postcard::to_allocvec(&b).unwrap(); // a copy never attached: a token
+    drop(b);
+    a.age_peer_tokens_for_test();
+    // Bounded, to prove no hang.
+    let end = Instant::now() + LONG;
+    let r = loop {
+        match a.recv_timeout(Duration::from_millis(1)) {
+            Err(Error::Timeout) => assert!(Instant::now() < end, "never noticed"),
+            r => break r,
+        }
+    };
+    assert!(matches!(r, Err(Error::Closed)), "{r:?}");
+}
+
 #[test]
 fn pipe_dead_holders_do_not_hold_and_live_ones_do() {
     let pid = crate::sys::proc::pid();

@@ -885,36 +885,47 @@ impl Ring {
         Ok(())
     }
 
-    /// Whether the slot at `head` holds a published message (or a tombstone): a SeqCst load of the word
-    /// producers publish with a SeqCst CAS, so it can serve as a sleeper's re-check.
-    fn head_published(&self) -> bool {
-        let pos = self.header().head.0.pos.load(Ordering::Relaxed);
-        let st = self.slot(pos).state.load(Ordering::SeqCst);
-        dist(seq(st), pos.wrapping_add(1)) == 0 && (who(st) == IDLE || who(st) == TOMBSTONE)
+    /// Whether a published message waits at `head`, past the tombstones before it (at most
+    /// [`MAX_BATCH`] of them are looked at): what a `pop` would take now.
+    fn message_ready(&self) -> bool {
+        let mut pos = self.header().head.0.pos.load(Ordering::Relaxed);
+        for _ in 0..MAX_BATCH {
+            let st = self.slot(pos).state.load(Ordering::SeqCst);
+            if dist(seq(st), pos.wrapping_add(1)) != 0 {
+                return false;
+            }
+            match who(st) {
+                IDLE => return true,
+                TOMBSTONE => pos = self.next(pos),
+                _ => return false,
+            }
+        }
+        false
     }
 
-    /// Waits until a message is likely available (without taking it), the ring is closed, or
-    /// `deadline` passes. Returns whether a message is there.
-    pub(crate) fn wait_nonempty(&self, deadline: Option<Instant>) -> bool {
-        let mut backoff = Backoff::new().until(deadline);
-        loop {
-            if self.len() > 0 {
-                return true;
-            }
-            if self.is_closed() {
-                return false;
-            }
-            if backoff.snooze_beside(|| self.peer_cpu(Side::Consumer)) {
-                continue;
-            }
-            let Ok(slice) = slice_until(deadline, MAX_CHECK) else {
-                return false;
-            };
-            self.forget_peer_cpu(Side::Consumer);
-            self.header()
-                .items
-                .0
-                .sleep(slice, || self.head_published() || self.is_closed());
-        }
+    /// Whether a producer holds the slot at `head` (writing the next message, or dead while at it).
+    fn head_claimed(&self) -> bool {
+        let pos = self.header().head.0.pos.load(Ordering::Relaxed);
+        let st = self.slot(pos).state.load(Ordering::SeqCst);
+        dist(seq(st), pos) == 0 && who(st) != IDLE
+    }
+
+    /// Waits until a message is available (without taking it), the ring is closed and empty, or
+    /// `deadline` passes; returns whether a message is there. It waits as `pop` does ([`Ring::wait_for`]),
+    /// calling `watch` after every sleep: it heals lagging indices and recovers a slot whose writer
+    /// died, so a message is reported only when a `pop` would take it. Before (found by review), it
+    /// went by the indices' count, which a dead writer's claim kept above zero: a pipe's `poll` said
+    /// yes and the `recv` after it waited.
+    pub(crate) fn wait_nonempty(&self, deadline: Option<Instant>, watch: &mut dyn FnMut()) -> bool {
+        self.wait_for(Side::Consumer, deadline, watch, |_| {
+            Ok(if self.message_ready() {
+                Turn::Done(true)
+            } else if self.is_closed() && !self.head_claimed() {
+                Turn::Done(false)
+            } else {
+                Turn::Wait(None)
+            })
+        })
+        .unwrap_or(false)
     }
 }
