@@ -415,7 +415,7 @@ impl<T> AsyncResult<T> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        wait_for(&self.job, Some(Instant::now() + timeout), |s| {
+        wait_for(&self.job, crate::sync::wait::deadline_in(timeout), |s| {
             s.remaining == 0
         })
         .1
@@ -450,7 +450,7 @@ impl<T> AsyncResult<T> {
     /// [`Error::Timeout`] if it is not ready by then (the work goes on; ask again), otherwise as
     /// [`get`](AsyncResult::get).
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
-        let (s, done) = wait_for(&self.job, Some(Instant::now() + timeout), |s| {
+        let (s, done) = wait_for(&self.job, crate::sync::wait::deadline_in(timeout), |s| {
             s.remaining == 0
         });
         if !done {

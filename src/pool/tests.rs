@@ -285,3 +285,69 @@ fn a_payload_block_holds_the_encoding_and_zeroes_only_the_tail() {
     assert_eq!(block.len(), size);
     assert!(block[size - (1 << 20)..].iter().all(|&b| b == 0));
 }
+
+/// FNV-1a of `bytes`: how the key scan below recognizes the key's tail without holding it.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Child: counts the places in its own writable memory that hold the encoded key whose first 8 bytes
+/// are `head` and whose `rest` bytes after them hash to `hash` (it is not given the key itself).
+fn copies_of_key((head, rest, hash): (u64, usize, u64)) -> u32 {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let mem = std::fs::File::open("/proc/self/mem").unwrap();
+    let mut found = 0;
+    for line in maps.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(range), Some(perms)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if !perms.starts_with("rw") {
+            continue;
+        }
+        let (start, end) = range.split_once('-').unwrap();
+        let start = u64::from_str_radix(start, 16).unwrap();
+        let end = u64::from_str_radix(end, 16).unwrap();
+        let mut bytes = vec![0u8; (end - start) as usize];
+        if mem.read_exact_at(&mut bytes, start).is_err() {
+            continue; // a mapping that cannot be read (a guard page)
+        }
+        let head = head.to_ne_bytes();
+        for at in 0..bytes.len().saturating_sub(8 + rest) {
+            if bytes[at..at + 8] == head && fnv1a(&bytes[at + 8..at + 8 + rest]) == hash {
+                found += 1;
+            }
+        }
+    }
+    found
+}
+
+/// Found by review: the fork server read every request into one buffer it never cleared, and every
+/// child it forked got a copy: a pool worker's request carries the pool's key, and a later, shorter
+/// request left it in place for any later child to read (then sign tasks for that pool's workers).
+#[test]
+fn a_fork_server_child_finds_no_pools_key_in_its_memory() {
+    use crate::process::{Process, StartMethod};
+    let pool = Pool::builder()
+        .workers(1)
+        .start_method(StartMethod::ForkServer)
+        .build()
+        .unwrap();
+    assert_eq!(pool.apply(double, 4).unwrap(), 8);
+    let enc = postcard::to_allocvec(&pool.key).unwrap();
+    assert!(enc.len() > 8);
+    let arg = (
+        u64::from_ne_bytes(enc[..8].try_into().unwrap()),
+        enc.len() - 8,
+        fnv1a(&enc[8..]),
+    );
+    let mut spy = Process::builder()
+        .start_method(StartMethod::ForkServer)
+        .target(copies_of_key, arg)
+        .unwrap();
+    spy.start().unwrap();
+    assert_eq!(spy.join().unwrap(), 0, "copies of the pool's key");
+}

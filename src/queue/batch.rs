@@ -75,7 +75,7 @@ impl<T, C: Codec<T>> Queue<T, C> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn put_many_timeout(&self, items: &[T], timeout: Duration) -> Result<usize> {
-        match self.put_many_until(items.iter(), Some(Instant::now() + timeout)) {
+        match self.put_many_until(items.iter(), crate::sync::wait::deadline_in(timeout)) {
             (n, Err(Error::Timeout)) if n > 0 => Ok(n),
             (n, r) => r.map(|()| n),
         }
@@ -280,7 +280,7 @@ impl<T, C: Codec<T>> Queue<T, C> {
         max: usize,
         timeout: Duration,
     ) -> Result<usize> {
-        self.get_many_until(out, max, Some(Instant::now() + timeout))
+        self.get_many_until(out, max, crate::sync::wait::deadline_in(timeout))
     }
 
     /// As [`Queue::get_many`], taking only the messages that are there now.

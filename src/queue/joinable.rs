@@ -136,7 +136,7 @@ impl<T, C: Codec<T>> JoinableQueue<T, C> {
     /// # Errors
     /// As [`Queue::put_timeout`].
     pub fn put_timeout(&self, value: &T, timeout: Duration) -> Result<()> {
-        self.put_until(value, Some(Instant::now() + timeout))
+        self.put_until(value, crate::sync::wait::deadline_in(timeout))
     }
 
     fn put_until(&self, value: &T, deadline: Option<Instant>) -> Result<()> {
@@ -197,7 +197,8 @@ impl<T, C: Codec<T>> JoinableQueue<T, C> {
     /// # Errors
     /// [`Error::Timeout`].
     pub fn join_timeout(&self, timeout: Duration) -> Result<()> {
-        self.queue.join_until(Some(Instant::now() + timeout))
+        self.queue
+            .join_until(crate::sync::wait::deadline_in(timeout))
     }
 
     /// Closes the queue (see [`Queue::close`]).

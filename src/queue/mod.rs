@@ -457,7 +457,7 @@ impl<T, C: Codec<T>> Queue<T, C> {
     /// # Errors
     /// [`Error::Timeout`], and as [`Queue::put`].
     pub fn put_timeout(&self, value: &T, timeout: Duration) -> Result<()> {
-        self.put_until(value, Some(Instant::now() + timeout))
+        self.put_until(value, crate::sync::wait::deadline_in(timeout))
     }
 
     /// Appends a message only if there is space now (an unbounded queue always has space).
@@ -572,7 +572,7 @@ impl<T, C: Codec<T>> Queue<T, C> {
     /// # Errors
     /// [`Error::Timeout`], and as [`Queue::get`].
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
-        self.get_until(Some(Instant::now() + timeout))
+        self.get_until(crate::sync::wait::deadline_in(timeout))
     }
 
     /// Takes the next message if one is there now.

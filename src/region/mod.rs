@@ -601,7 +601,10 @@ impl Region {
     pub(crate) fn open_with(name: &str, layout: Layout, timeout: Duration) -> Result<Region> {
         validate_name(name)?;
         let shm_name = shm_name(name);
-        let deadline = Instant::now() + timeout;
+        // A timeout past the clock's range waits as long as a year does (`Duration::MAX` panicked).
+        let deadline = Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600));
         let file = shm::open_named(&shm_name, name)?;
         let info = check_private(&file, name)?;
         // The creator makes the file with O_EXCL and sizes it afterwards: a short file may be one that

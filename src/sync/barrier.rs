@@ -227,7 +227,7 @@ impl Barrier {
     /// # Errors
     /// [`Error::BrokenBarrier`] if the barrier is or becomes broken, including by this timeout.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<u32> {
-        self.wait_until(Some(Instant::now() + timeout))
+        self.wait_until(crate::sync::wait::deadline_in(timeout))
     }
 
     /// Breaks the barrier: every waiter (now and later) gets [`Error::BrokenBarrier`]. Never blocks

@@ -144,7 +144,7 @@ impl Condition {
         &self,
         timeout: Duration,
     ) -> Result<ConditionGuard<'_>, TryLockError<ConditionGuard<'_>>> {
-        let deadline = Some(Instant::now() + timeout);
+        let deadline = crate::sync::wait::deadline_in(timeout);
         match self.shared.lock.lock_as(deadline, Nesting::MayHold) {
             Err(_) => Err(TryLockError::WouldBlock),
             Ok(a) => Ok(guard_result(self.guard(), a)?),
@@ -181,9 +181,9 @@ impl Condition {
         guard: ConditionGuard<'a>,
         timeout: Duration,
     ) -> Result<(ConditionGuard<'a>, bool), TryLockError<(ConditionGuard<'a>, bool)>> {
-        let deadline = Instant::now() + timeout;
-        let timed_out = self.release_and_sleep(guard, Some(deadline));
-        let relock = Some(deadline + Self::RELOCK_GRACE);
+        let deadline = crate::sync::wait::deadline_in(timeout);
+        let timed_out = self.release_and_sleep(guard, deadline);
+        let relock = deadline.and_then(|d| d.checked_add(Self::RELOCK_GRACE));
         match self.shared.lock.lock_as(relock, Nesting::NeverHeld) {
             Err(_) => Err(TryLockError::WouldBlock),
             Ok(Acquired::Clean) => Ok((self.guard(), timed_out)),

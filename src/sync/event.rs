@@ -125,7 +125,7 @@ impl Event {
     /// Blocks until the flag is set or `timeout` passes; returns whether it was set while waiting (it
     /// may be clear again by the time this returns, after a `set(); clear()` pulse).
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.wait_until(Some(Instant::now() + timeout))
+        self.wait_until(crate::sync::wait::deadline_in(timeout))
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> bool {

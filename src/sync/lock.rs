@@ -1,7 +1,7 @@
 //! [`Lock`]: a robust mutual-exclusion lock shared between processes.
 
 use std::marker::PhantomData;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::raw_lock::{Acquired, Nesting, RawLock};
 use crate::error::{LockResult, OwnerDied, Result, TryLockError};
@@ -133,7 +133,7 @@ impl Lock {
     ) -> Result<LockGuard<'_>, TryLockError<LockGuard<'_>>> {
         match self
             .raw()
-            .lock_as(Some(Instant::now() + timeout), Nesting::MayHold)
+            .lock_as(crate::sync::wait::deadline_in(timeout), Nesting::MayHold)
         {
             Err(_) => Err(TryLockError::WouldBlock),
             Ok(a) => Ok(guard_result(LockGuard::new(self.raw()), a)?),

@@ -113,7 +113,7 @@ impl RLock {
         timeout: Duration,
     ) -> Result<RLockGuard<'_>, TryLockError<RLockGuard<'_>>> {
         let a = self
-            .acquire(Some(Some(Instant::now() + timeout)))
+            .acquire(Some(crate::sync::wait::deadline_in(timeout)))
             .ok_or(TryLockError::WouldBlock)?;
         Ok(guard_result(RLockGuard::new(&self.shared), a)?)
     }

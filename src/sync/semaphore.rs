@@ -462,7 +462,7 @@ impl Semaphore {
     /// waited for only until then).
     pub fn acquire_timeout(&self, timeout: Duration) -> Option<SemaphoreGuard<'_>> {
         self.shared
-            .acquire_until(Some(Instant::now() + timeout))
+            .acquire_until(crate::sync::wait::deadline_in(timeout))
             .then(|| SemaphoreGuard::new(&self.shared))
     }
 

@@ -61,3 +61,34 @@ fn opened_by_name() {
         Err(crate::Error::TypeMismatch { .. })
     ));
 }
+
+fn seven(_: ()) -> u32 {
+    7
+}
+
+/// Found by review: a timeout past the clock's range (`Duration::MAX`) panicked ("overflow when
+/// adding duration to instant") in every timed call, even one that had nothing to wait for; it is
+/// no deadline.
+#[test]
+fn the_longest_timeouts_do_not_panic() {
+    let max = std::time::Duration::MAX;
+    let lock = Lock::new().unwrap();
+    drop(lock.lock_timeout(max).unwrap());
+    let event = Event::new().unwrap();
+    event.set();
+    assert!(event.wait_timeout(max));
+    let sem = crate::Semaphore::new(1).unwrap();
+    assert!(sem.acquire_timeout(max).is_some());
+    assert_eq!(
+        crate::Barrier::new(1).unwrap().wait_timeout(max).unwrap(),
+        0
+    );
+    let q: crate::Queue<u8> = crate::Queue::new(1).unwrap();
+    q.put_timeout(&1, max).unwrap();
+    assert_eq!(q.get_timeout(max).unwrap(), 1);
+    let c = crate::Condition::new().unwrap();
+    drop(c.lock_timeout(max).unwrap());
+    let mut p = Process::builder().target(seven, ()).unwrap();
+    p.start().unwrap();
+    assert_eq!(p.join_timeout(max).unwrap(), 7);
+}

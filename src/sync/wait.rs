@@ -131,6 +131,13 @@ enum Beside {
     Here,
 }
 
+/// The deadline `timeout` from now, `None` (no deadline) past the clock's range: a user's
+/// `Duration::MAX` means "wait as long as it takes", where `Instant + Duration` panicked (found by
+/// review).
+pub(crate) fn deadline_in(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
 /// Records the calling thread's CPU in `word`, for waiters that tell from it whether their peer (this
 /// thread) last ran on their own CPU ([`Backoff::snooze_beside`]). Stored only when it changed, so a
 /// caller that writes the word's line anyway gains no cache-line transfer; it gains a `sched_getcpu`,

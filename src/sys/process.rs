@@ -134,7 +134,7 @@ pub(crate) fn exit_with_parent(parent: u32, code: i32) -> Result<()> {
 /// Waits until `fd` (a pidfd or pipe) is readable, for at most `timeout` (`None`: forever). Returns
 /// whether it became readable. A pidfd becomes readable when its process has terminated (pidfd_open(2)).
 pub(crate) fn wait_readable(fd: &OwnedFd, timeout: Option<Duration>) -> Result<bool> {
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t)); // past the range: none
     loop {
         let ms: libc::c_int = match deadline {
             None => -1,

@@ -193,7 +193,7 @@ pub(crate) fn poll_readable(
             revents: 0,
         })
         .collect();
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t)); // past the range: none
     loop {
         let ms: libc::c_int = match deadline {
             None => -1,

@@ -102,6 +102,12 @@ fn serve(args: ServerArgs) -> Result<()> {
                 Err(Error::Corrupted(_)) => {}
                 Err(e) => return Err(e),
             }
+            // Every child forked later gets a copy of this buffer: a request's bytes must not
+            // outlive it. A pool worker's request carries the pool's key, which a later, shorter
+            // request left in place for every later child to read (found by review: a same-uid
+            // child could then sign tasks for that pool's workers).
+            buf.fill(0);
+            std::hint::black_box(&buf);
         }
     }
     Ok(())
