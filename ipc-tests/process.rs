@@ -23,6 +23,10 @@ pub const ROLES: &[Role] = &[
         "process_spawn_without_standard_fds",
         spawn_without_standard_fds,
     ),
+    (
+        "process_start_with_sigchld_ignored",
+        start_with_sigchld_ignored,
+    ),
 ];
 
 const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::Fork];
@@ -89,6 +93,13 @@ pub fn tests() -> Vec<Trial> {
         "process::spawn_from_a_parent_with_its_standard_descriptors_closed",
         || {
             common::run_role_ok("process_spawn_without_standard_fds", "", BOUND);
+            Ok(())
+        },
+    ));
+    t.push(Trial::test(
+        "process::fork_and_spawn_refuse_to_start_while_sigchld_is_ignored",
+        || {
+            common::run_role_ok("process_start_with_sigchld_ignored", "", BOUND);
             Ok(())
         },
     ));
@@ -728,6 +739,24 @@ fn spawn_without_standard_fds(_: &str) {
     let pool = mproc::Pool::builder().workers(1).build().expect("pool");
     if pool.apply(double, 21).ok() != Some(42) {
         std::process::exit(11);
+    }
+}
+
+/// Role: ignores SIGCHLD (the kernel then reaps children unasked), then tries to start a child by
+/// fork and by spawn: both are refused (exit 0). Found by review: fork started one, whose end the
+/// kernel reaped, so `is_alive` said true for good and `join` failed with ECHILD.
+fn start_with_sigchld_ignored(_: &str) {
+    // SAFETY: sets a signal disposition in this role's own process, which starts no child that
+    // relies on it (the starts below are expected to be refused).
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    for m in [StartMethod::Fork, StartMethod::Spawn] {
+        let mut p = Process::builder()
+            .start_method(m)
+            .target(double, 21)
+            .expect("target");
+        if p.start().is_ok() {
+            std::process::exit(20);
+        }
     }
 }
 

@@ -15,6 +15,9 @@ pub(super) type Body = Box<dyn FnOnce() -> Result<Vec<u8>, Failure> + Send>;
 
 /// Forks; the child runs `body`, publishes its outcome into the memfd it shares with us and `_exit`s.
 pub(super) fn start(body: Body, die_with_parent: bool) -> Result<Child> {
+    // As for spawn (found by review: a forked child of a process that ignores SIGCHLD was reaped by
+    // the kernel, `is_alive` said true for good and `join` failed with ECHILD, its value lost).
+    crate::sys::channel::refuse_if_sigchld_ignored("fork")?;
     let result = shm::create_memfd("mproc-result")?;
     let parent = std::process::id();
     // Here, before the fork, never in the child (review H4): `set_hook` takes a process-wide lock.

@@ -616,7 +616,8 @@ impl<R> Process<R> {
     ///
     /// # Errors
     /// [`Error::ProcessState`] if it was already started; [`Error::Os`] if the system refuses to create
-    /// the process.
+    /// the process, or if this process ignores `SIGCHLD` (the kernel would reap the child unasked:
+    /// its end could not be reported) and the start method is fork or spawn.
     ///
     /// # Examples
     /// ```

@@ -59,15 +59,7 @@ pub(super) fn start_inheriting(
     // Keep the pre-main constructor in every program that can spawn: referring to the static makes the
     // linker include the object file that holds it (and its `.init_array` entry).
     std::hint::black_box(&bootstrap::CONSTRUCTOR);
-    if channel::sigchld_ignored() {
-        return Err(Error::os(
-            "spawn",
-            std::io::Error::other(
-                "SIGCHLD is ignored in this process, so the kernel would reap children behind our \
-                 back and their pids could be recycled; restore its default disposition to spawn",
-            ),
-        ));
-    }
+    channel::refuse_if_sigchld_ignored("spawn")?;
     let task = SpawnTask {
         exe: exe_id()?,
         func: func.sign(&key),

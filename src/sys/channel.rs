@@ -52,6 +52,22 @@ pub(crate) fn sigchld_ignored() -> bool {
     old.sa_sigaction == libc::SIG_IGN || old.sa_flags & libc::SA_NOCLDWAIT != 0
 }
 
+/// `Err` if SIGCHLD is ignored in this process ([`sigchld_ignored`]): the kernel would then reap
+/// our children behind our back (no status to report, and their pids free for reuse), so starting
+/// one by `method` is refused.
+pub(crate) fn refuse_if_sigchld_ignored(method: &'static str) -> Result<()> {
+    if sigchld_ignored() {
+        return Err(Error::os(
+            method,
+            std::io::Error::other(
+                "SIGCHLD is ignored in this process, so the kernel would reap children behind our \
+                 back and their pids could be recycled; restore its default disposition to start one",
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Seals a memfd's contents for good: no more writes, no size change, no seal change.
 pub(crate) fn seal_contents(file: &File) -> Result<()> {
     let seals = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
