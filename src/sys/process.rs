@@ -191,6 +191,43 @@ pub(crate) fn waitpid(pid: u32, block: bool) -> Result<Option<WaitStatus>> {
     }
 }
 
+/// Reaps the ended process of `pidfd` if it is a child of this process (`waitid(P_PIDFD, WNOHANG)`,
+/// Linux 5.4): a process this one did not fork becomes its child when its parent dies and this
+/// process is its subreaper (`PR_SET_CHILD_SUBREAPER`, or pid 1 in a container). `None`: not ended,
+/// or not ours to reap. Never another process: the pidfd names this one process, whatever its pid.
+pub(crate) fn reap_if_child(pidfd: &OwnedFd) -> Option<WaitStatus> {
+    loop {
+        // SAFETY: siginfo_t is plain data, for which all-zero bytes are a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a live siginfo_t for the kernel to fill; P_PIDFD takes the descriptor,
+        // which we hold, as the id (waitid(2)); WNOHANG: never blocks.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG,
+            )
+        };
+        if r == 0 {
+            // SAFETY: filled by a successful waitid: `si_pid` is 0 when nothing was reaped (WNOHANG),
+            // else `si_code` and `si_status` say how the process ended (waitid(2)).
+            let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
+            if pid == 0 {
+                return None;
+            }
+            return Some(if code == libc::CLD_EXITED {
+                WaitStatus::Exited(status)
+            } else {
+                WaitStatus::Signaled(status)
+            });
+        }
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return None; // ECHILD: not our child (or a kernel without P_PIDFD)
+        }
+    }
+}
+
 /// Sends `signal` to the process of `pidfd`. Returns `Ok(false)` if it has already terminated.
 pub(crate) fn send_signal(pidfd: &OwnedFd, signal: i32) -> Result<bool> {
     // SAFETY: pidfd_send_signal takes a pidfd, a signal number, a null siginfo (meaning: as kill(2)

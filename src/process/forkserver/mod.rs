@@ -552,6 +552,11 @@ fn orphan_status(
     if !psys::wait_readable(pidfd, timeout)? {
         return Ok(None);
     }
+    // Reparented to us (we are its subreaper: pid 1 in a container, say), nobody else will reap it:
+    // reap it ourselves (found by review: it stayed a zombie, and its value was reported lost).
+    if let Some(status) = psys::reap_if_child(pidfd) {
+        return Ok(Some(status));
+    }
     let first = *seen.get_or_init(Instant::now);
     let left = ORPHAN_REAP_WAIT.saturating_sub(first.elapsed());
     let wait = if block {
