@@ -743,12 +743,21 @@ impl<T, C: Codec<T>> Queue<T, C> {
         }
     }
 
-    /// Waits until a message can be taken, the queue is closed and empty, or `deadline` passes;
-    /// whether a message is there. `watch` as in [`Queue::get_watching`] (a bounded queue's only).
-    pub(crate) fn wait_nonempty(&self, deadline: Option<Instant>, watch: &mut dyn FnMut()) -> bool {
+    /// Waits until a message can be taken (`Some(true)`), the queue is closed and empty
+    /// (`Some(false)`), or `deadline` passes (`None`). `watch` as in [`Queue::get_watching`] (a
+    /// bounded queue's only).
+    pub(crate) fn wait_nonempty(
+        &self,
+        deadline: Option<Instant>,
+        watch: &mut dyn FnMut(),
+    ) -> Option<bool> {
         match self.engine() {
             Engine::Bounded { ring, .. } => ring.wait_nonempty(deadline, watch),
-            Engine::Unbounded(log) => log.wait_nonempty(deadline),
+            Engine::Unbounded(log) => match log.wait_nonempty(deadline) {
+                true => Some(true),
+                false if log.is_closed() => Some(false),
+                false => None,
+            },
         }
     }
 

@@ -450,15 +450,19 @@ struct Hold {
     id: u64,
     ctl: Shared<Control>,
     end: usize,
-    /// When the other end is next looked at, and the interval after that ([`PeerWatch`]): shared by
-    /// every call, so that short calls add up to the checks a long one makes.
-    watch: Mutex<WatchClock>,
+    /// When the other end is next looked at ([`PeerWatch`]): shared by every call, so that short
+    /// calls add up to the checks a long one makes.
+    watch: WatchClock,
 }
 
-/// See [`Hold::watch`]; `next` is `None` until a call first waits.
+/// See [`Hold::watch`]. Atomics, not a mutex: a forked child must not find it locked by a thread of
+/// its parent that does not exist in the child (found by review: its `recv_timeout` then hung).
 struct WatchClock {
-    next: Option<Instant>,
-    interval: Duration,
+    /// `proc::monotonic_ms` of the next look; 0 until a call first waits.
+    next_ms: AtomicU64,
+    /// The interval after the next look, in ms: from [`FIRST_PEER_CHECK`], doubling up to
+    /// [`MAX_CHECK`].
+    interval_ms: AtomicU64,
 }
 
 impl Hold {
@@ -478,10 +482,10 @@ impl Hold {
             id,
             ctl,
             end,
-            watch: Mutex::new(WatchClock {
-                next: None,
-                interval: FIRST_PEER_CHECK,
-            }),
+            watch: WatchClock {
+                next_ms: AtomicU64::new(0),
+                interval_ms: AtomicU64::new(FIRST_PEER_CHECK.as_millis() as u64),
+            },
         }
     }
 }
@@ -663,20 +667,39 @@ struct PeerWatch<'a, T, C: Codec<T>> {
 impl<T, C: Codec<T>> PeerWatch<'_, T, C> {
     fn check(&mut self) {
         let hold = &self.conn.hold;
-        let now = Instant::now();
-        {
-            let mut clock = hold.watch.lock().unwrap_or_else(PoisonError::into_inner);
-            match clock.next {
-                None => {
-                    clock.next = Some(now + FIRST_PEER_CHECK);
-                    return;
-                }
-                Some(t) if now < t => return,
-                Some(_) => {}
-            }
-            clock.interval = clock.interval.saturating_mul(2).min(MAX_CHECK);
-            clock.next = Some(now + clock.interval);
+        let clock = &hold.watch;
+        let now_ms = proc::monotonic_ms();
+        let next = clock.next_ms.load(Ordering::Relaxed);
+        if next == 0 {
+            let first = now_ms.saturating_add(FIRST_PEER_CHECK.as_millis() as u64);
+            let _ = clock
+                .next_ms
+                .compare_exchange(0, first, Ordering::Relaxed, Ordering::Relaxed);
+            return;
         }
+        if now_ms < next {
+            return;
+        }
+        let interval = clock
+            .interval_ms
+            .load(Ordering::Relaxed)
+            .saturating_mul(2)
+            .min(MAX_CHECK.as_millis() as u64);
+        // One caller looks per due time: the others (clones on other threads) go on waiting.
+        if clock
+            .next_ms
+            .compare_exchange(
+                next,
+                now_ms.saturating_add(interval),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            return;
+        }
+        clock.interval_ms.store(interval, Ordering::Relaxed);
+        let now = Instant::now();
         // The pipe's lock is held for a few stores; a holder that keeps it (stopped, hostile) must not
         // keep the caller past its deadline (found by review: up to 2 s): this check is then skipped.
         let left = self
@@ -841,11 +864,15 @@ impl<T, C: Codec<T>> Connection<T, C> {
         };
         let deadline = Instant::now().checked_add(timeout);
         let mut watch = self.watch(deadline);
-        if rx.wait_nonempty(deadline, &mut || watch.check()) {
-            return true;
+        match rx.wait_nonempty(deadline, &mut || watch.check()) {
+            Some(_) => true, // a message, or closed and empty: `recv` returns at once
+            None => {
+                // The time ran out, maybe before any look at the other end: one more (if due), and
+                // if that closed the pipe, whether `recv` would now return at once.
+                watch.check();
+                rx.is_closed() && rx.wait_nonempty(Some(Instant::now()), &mut || {}).is_some()
+            }
         }
-        watch.check();
-        rx.is_closed()
     }
 
     /// Closes both directions for both ends.
@@ -932,6 +959,35 @@ mod tests {
         ring.force_claim_for_test(0, 0x3fff_fffe, false); // a writer that cannot exist
         assert!(!a.poll(Duration::ZERO));
         assert!(!a.poll(Duration::from_millis(20)));
+    }
+
+    /// Found by review of the first fix: `poll` looked at the slot under `head` only, and a `head`
+    /// that lags (a consumer killed between its claim and its store of `head`) showed a slot already
+    /// taken: false, while `recv` (which helps `head` on) took the next message at once.
+    #[test]
+    fn poll_sees_past_a_lagging_head() {
+        let (a, b) = Pipe::duplex::<u64>().unwrap();
+        b.send(&1).unwrap();
+        b.send(&2).unwrap();
+        assert_eq!(a.recv().unwrap(), 1);
+        a.rx.as_ref().unwrap().ring().force_hint_for_test(false, 0); // back over the taken slot
+        assert!(a.poll(Duration::ZERO));
+        assert_eq!(a.recv_timeout(Duration::ZERO).unwrap(), 2);
+    }
+
+    /// A writer that died mid-write at the head: `poll` waits behind it as `recv` would, finds it dead,
+    /// and then sees the message sent after it (bounded, to prove no hang).
+    #[test]
+    fn poll_gets_past_a_dead_writer_to_the_next_message() {
+        let (a, b) = Pipe::duplex::<u64>().unwrap();
+        a.rx.as_ref()
+            .unwrap()
+            .ring()
+            .force_claim_for_test(0, 0x3fff_fffe, false);
+        b.send(&3).unwrap();
+        assert!(!a.poll(Duration::ZERO), "recv would wait behind the claim");
+        assert!(a.poll(Duration::from_secs(60)));
+        assert_eq!(a.recv_timeout(Duration::ZERO).unwrap(), 3);
     }
 
     /// A closed pipe polls true (as Python's `poll` before `recv` raises `EOFError`): `recv` returns

@@ -705,7 +705,7 @@ impl Ring {
             let slice = slice_until(deadline, stuck.interval)?;
             match side {
                 Side::Producer => self.sleep_for_space(blocked, slice, &mut stuck),
-                Side::Consumer => self.sleep_for_items(slice, &mut stuck),
+                Side::Consumer => self.sleep_for_items(blocked, slice, &mut stuck),
             }
             watch();
         }
@@ -743,23 +743,43 @@ impl Ring {
     /// only the close itself counts as a change: a check of "closed" in its place made every such
     /// consumer spin without sleeping and never look at the claimer, which a producer killed before the
     /// close then held for good.
-    fn sleep_for_items(&self, slice: Duration, watch: &mut StuckWatch) {
+    ///
+    /// `blocked`: the slot the caller's attempt stopped at and the state it read there, when that is
+    /// not the head's (`wait_nonempty` looks past tombstones and taken slots): the sleep then watches
+    /// that slot. Watching the head there found it "ready" (a tombstone) and never slept: a `poll`
+    /// spun for its whole timeout (found by review).
+    fn sleep_for_items(
+        &self,
+        blocked: Option<(u64, u64)>,
+        slice: Duration,
+        watch: &mut StuckWatch,
+    ) {
         let h = self.header();
-        let pos = h.head.0.pos.load(Ordering::Relaxed);
-        let st = self.slot(pos).state.load(Ordering::Acquire);
+        let head = h.head.0.pos.load(Ordering::Relaxed);
         let closed = self.is_closed();
-        // This snapshot, not the caller's attempt, is what the sleep compares against: what changed in
-        // between and would make the next attempt succeed (a message published, a close with no claim
-        // to wait behind) is a reason not to sleep at all, since its wake-up found no sleeper.
-        let writing = dist(seq(st), pos) == 0 && who(st) != IDLE;
-        if ready_for(st, pos) || (closed && !writing) {
-            return;
-        }
+        let (pos, st) = match blocked {
+            Some(b) => b,
+            None => {
+                let st = self.slot(head).state.load(Ordering::Acquire);
+                // This snapshot, not the caller's attempt, is what the sleep compares against: what
+                // changed in between and would make the next attempt succeed (a message published, a
+                // close with no claim to wait behind) is a reason not to sleep at all, since its
+                // wake-up found no sleeper.
+                let writing = dist(seq(st), head) == 0 && who(st) != IDLE;
+                if ready_for(st, head) || (closed && !writing) {
+                    return;
+                }
+                (head, st)
+            }
+        };
         let unchanged = || {
-            h.head.0.pos.load(Ordering::Relaxed) == pos
+            h.head.0.pos.load(Ordering::Relaxed) == head
                 && self.slot(pos).state.load(Ordering::SeqCst) == st
                 && self.is_closed() == closed
         };
+        if !unchanged() {
+            return;
+        }
         self.forget_peer_cpu(Side::Consumer);
         h.items.0.sleep(slice, || !unchanged());
         if unchanged() && watch.due(pos, st) {
@@ -885,47 +905,50 @@ impl Ring {
         Ok(())
     }
 
-    /// Whether a published message waits at `head`, past the tombstones before it (at most
-    /// [`MAX_BATCH`] of them are looked at): what a `pop` would take now.
-    fn message_ready(&self) -> bool {
+    /// What a `pop` would find now, without taking anything: `Ok` if a message (not a tombstone)
+    /// waits, walking from `head` past tombstones, slots another consumer claimed and slots already
+    /// taken (a `head` that lags, as `try_claim_pop` helps it on); else the first slot that is not
+    /// ready (empty, or a producer writing it) and its state; `None` once the walk's budget is spent
+    /// (garbage indices).
+    fn peek_ready(&self) -> std::result::Result<(), Option<(u64, u64)>> {
         let mut pos = self.header().head.0.pos.load(Ordering::Relaxed);
-        for _ in 0..MAX_BATCH {
+        for _ in 0..self.help_budget() {
             let st = self.slot(pos).state.load(Ordering::SeqCst);
-            if dist(seq(st), pos.wrapping_add(1)) != 0 {
-                return false;
+            let d = dist(seq(st), pos.wrapping_add(1));
+            if d == 0 && who(st) == IDLE {
+                return Ok(());
             }
-            match who(st) {
-                IDLE => return true,
-                TOMBSTONE => pos = self.next(pos),
-                _ => return false,
+            if !(0..=self.one_lap as i32).contains(&d) {
+                return Err(Some((pos, st)));
             }
+            pos = self.next(pos);
         }
-        false
-    }
-
-    /// Whether a producer holds the slot at `head` (writing the next message, or dead while at it).
-    fn head_claimed(&self) -> bool {
-        let pos = self.header().head.0.pos.load(Ordering::Relaxed);
-        let st = self.slot(pos).state.load(Ordering::SeqCst);
-        dist(seq(st), pos) == 0 && who(st) != IDLE
+        Err(None)
     }
 
     /// Waits until a message is available (without taking it), the ring is closed and empty, or
-    /// `deadline` passes; returns whether a message is there. It waits as `pop` does ([`Ring::wait_for`]),
-    /// calling `watch` after every sleep: it heals lagging indices and recovers a slot whose writer
-    /// died, so a message is reported only when a `pop` would take it. Before (found by review), it
-    /// went by the indices' count, which a dead writer's claim kept above zero: a pipe's `poll` said
-    /// yes and the `recv` after it waited.
-    pub(crate) fn wait_nonempty(&self, deadline: Option<Instant>, watch: &mut dyn FnMut()) -> bool {
+    /// `deadline` passes: `Some(true)`, `Some(false)`, `None`. It waits as `pop` does
+    /// ([`Ring::wait_for`]), calling `watch` after every sleep: it heals garbage indices and recovers
+    /// a slot whose writer died, so a message is reported only when a `pop` would take it. Before
+    /// (found by review), it went by the indices' count, which a dead writer's claim kept above zero
+    /// (a pipe's `poll` said yes and the `recv` after it waited), and which a lagging `head` kept right.
+    pub(crate) fn wait_nonempty(
+        &self,
+        deadline: Option<Instant>,
+        watch: &mut dyn FnMut(),
+    ) -> Option<bool> {
         self.wait_for(Side::Consumer, deadline, watch, |_| {
-            Ok(if self.message_ready() {
-                Turn::Done(true)
-            } else if self.is_closed() && !self.head_claimed() {
-                Turn::Done(false)
-            } else {
-                Turn::Wait(None)
+            Ok(match self.peek_ready() {
+                Ok(()) => Turn::Done(true),
+                // Closed, and nobody writing where the next message would be: none will come.
+                Err(Some((pos, st)))
+                    if self.is_closed() && !(dist(seq(st), pos) == 0 && who(st) != IDLE) =>
+                {
+                    Turn::Done(false)
+                }
+                Err(blocked) => Turn::Wait(blocked),
             })
         })
-        .unwrap_or(false)
+        .ok()
     }
 }
