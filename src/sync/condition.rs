@@ -168,7 +168,7 @@ impl Condition {
     /// Like [`wait`](Condition::wait) for at most `timeout`; the flag says whether the time ran out.
     ///
     /// Returns by the deadline plus [`RELOCK_GRACE`](Condition::RELOCK_GRACE) whatever the shared
-    /// memory says: re-taking the lock is part of the wait, and if another thread still holds it then
+    /// memory says (a timeout past the clock's range, `Duration::MAX`, is no deadline at all): re-taking the lock is part of the wait, and if another thread still holds it then
     /// (a long critical section, a hung or hostile peer, or garbage naming a live thread), the call
     /// gives up without the lock.
     ///
