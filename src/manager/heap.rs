@@ -819,16 +819,21 @@ mod tests {
         assert_eq!(heap.read_bytes(3 << 20, 100).unwrap(), vec![0u8; 100]);
     }
 
+    /// A heap of 1 MiB that may grow to the limit, in an anonymous region made as a manager makes it.
+    fn growable_heap() -> JournaledHeap {
+        let layout = crate::manager::heap_layout(Some(1 << 20));
+        let region =
+            Region::create_growable(layout, None, false, |r| JournaledHeap::init(r, HEAP_LIMIT))
+                .unwrap();
+        JournaledHeap::new(region)
+    }
+
     /// Found by review: with the lock's word cleared by a peer, two transactions of this process ran
     /// at once, and one that started after the other grew the heap unmapped the mapping the first
     /// was reading through: SIGSEGV. Each transaction keeps its mappings.
     #[test]
     fn a_transaction_keeps_its_mapping_when_the_lock_is_forged() {
-        let layout = crate::manager::heap_layout(Some(1 << 20));
-        let region =
-            Region::create_growable(layout, None, false, |r| JournaledHeap::init(r, HEAP_LIMIT))
-                .unwrap();
-        let heap = JournaledHeap::new(region);
+        let heap = growable_heap();
         // A first growth: transactions now read through a grown mapping.
         heap.transact(|tx| tx.alloc(2 << 20).map(drop)).unwrap();
         let (inside_tx, inside_rx) = std::sync::mpsc::channel();
@@ -858,11 +863,7 @@ mod tests {
     /// file grown sparse, for nothing) piled up mappings until `mmap` failed. A process now keeps two.
     #[test]
     fn a_peer_bumping_the_end_word_piles_up_no_mappings() {
-        let layout = crate::manager::heap_layout(Some(1 << 20));
-        let region =
-            Region::create_growable(layout, None, false, |r| JournaledHeap::init(r, HEAP_LIMIT))
-                .unwrap();
-        let heap = JournaledHeap::new(region);
+        let heap = growable_heap();
         for _ in 0..20 {
             let end = heap.r().get(END).unwrap() + PAGE;
             let file = heap.region().file();

@@ -311,7 +311,13 @@ fn copies_of_key((head, rest, hash): (u64, usize, u64)) -> u32 {
         let (start, end) = range.split_once('-').unwrap();
         let start = u64::from_str_radix(start, 16).unwrap();
         let end = u64::from_str_radix(end, 16).unwrap();
-        let mut bytes = vec![0u8; (end - start) as usize];
+        // A fork-server child's writable mappings are small; a huge one (reserved, not touched)
+        // holds nothing the server wrote, and would cost its size to read.
+        let len = end.saturating_sub(start);
+        if len > 256 << 20 {
+            continue;
+        }
+        let mut bytes = vec![0u8; len as usize];
         if mem.read_exact_at(&mut bytes, start).is_err() {
             continue; // a mapping that cannot be read (a guard page)
         }
