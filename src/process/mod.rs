@@ -701,8 +701,8 @@ impl<R> Process<R> {
     }
 
     /// Whether the process is still alive after waiting up to `patience` for it to end: woken by its
-    /// pidfd the moment it terminates, not by polling. Nothing is reaped here (a later `is_alive`,
-    /// `exitcode` or join does that); not started: `false`.
+    /// pidfd the moment it terminates, not by polling. The verdict is [`Process::is_alive`]'s, which
+    /// reaps an ended child of ours (its status is kept for `exitcode` and join); not started: `false`.
     pub(crate) fn alive_after(&self, patience: Duration) -> bool {
         let Some(child) = &self.child else {
             return false;
