@@ -434,11 +434,7 @@ fn unbounded_garbage_is_a_typed_error_once() {
 /// now reports the loss and the queue starts again empty.
 #[test]
 fn unbounded_late_attacher_reports_the_lost_segments_once() {
-    let name = format!(
-        "unit-queue-late-{}-{:x}",
-        std::process::id(),
-        crate::sys::proc::random_u64()
-    );
+    let name = crate::region::tests::unique("queue-late");
     let q: Queue<Vec<u8>> = Queue::create_unbounded(&name).unwrap();
     q.put(&vec![1; 100]).unwrap();
     q.put(&vec![2; 100]).unwrap();
@@ -477,11 +473,7 @@ fn unbounded_garbage_used_is_reported_once() {
 #[test]
 fn unbounded_get_many_returns_at_a_garbage_segment_and_the_queue_goes_on() {
     use std::os::unix::fs::FileExt;
-    let name = format!(
-        "unit-queue-stuck-{}-{:x}",
-        std::process::id(),
-        crate::sys::proc::random_u64()
-    );
+    let name = crate::region::tests::unique("queue-stuck");
     let q: Queue<Vec<u8>> = Queue::create_unbounded(&name).unwrap();
     q.put(&vec![1; 10]).unwrap();
     let [segment] = &q.block_files()[..] else {

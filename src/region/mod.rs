@@ -965,4 +965,4 @@ fn validate(s: &HeaderSnapshot, layout: &Layout, segment_size: u64) -> Result<()
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,7 +1,8 @@
 use super::*;
 use std::fs::File;
 
-fn unique(tag: &str) -> String {
+/// A region name no other test (nor another run) uses: `unit-<tag>-<pid>-<random>`.
+pub(crate) fn unique(tag: &str) -> String {
     format!("unit-{tag}-{}-{:x}", proc::pid(), proc::random_u64())
 }
 

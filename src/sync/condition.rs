@@ -299,11 +299,7 @@ mod tests {
     /// A clone, or the same condition opened again (another mapping), is the same condition.
     #[test]
     fn a_wait_with_the_guard_of_another_handle_to_it_is_fine() {
-        let name = format!(
-            "unit-cond-{}-{:x}",
-            std::process::id(),
-            crate::sys::proc::random_u64()
-        );
+        let name = crate::region::tests::unique("cond");
         let c = Condition::create(&name).unwrap();
         for other in [c.clone(), Condition::open(&name).unwrap()] {
             let g = other.lock().unwrap();

@@ -47,11 +47,7 @@ fn passed_to_a_spawned_process_as_an_argument() {
 
 #[test]
 fn opened_by_name() {
-    let name = format!(
-        "unit-sync-{}-{:x}",
-        std::process::id(),
-        crate::sys::proc::random_u64()
-    );
+    let name = crate::region::tests::unique("sync");
     let created = Value::create(&name, 5u32).unwrap();
     let opened = Value::<u32>::open(&name).unwrap();
     opened.set(6);
