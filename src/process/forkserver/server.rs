@@ -93,20 +93,29 @@ fn serve(args: ServerArgs) -> Result<()> {
                 sock: &sock,
                 live: &mut live,
             };
-            match usock::recv_with_fds(sock.as_fd(), &mut buf, 5, false) {
-                Ok(Received::Packet(n, fds)) => handle(&buf[..n], fds, &key, &mut keep),
-                Ok(Received::Nothing) => {}
-                Ok(Received::Closed) => accepting = false,
+            // How much of the buffer the kernel may have written: a packet's length, or all of it
+            // for a message refused as too long.
+            let written = match usock::recv_with_fds(sock.as_fd(), &mut buf, 5, false) {
+                Ok(Received::Packet(n, fds)) => {
+                    handle(&buf[..n], fds, &key, &mut keep);
+                    n
+                }
+                Ok(Received::Nothing) => 0,
+                Ok(Received::Closed) => {
+                    accepting = false;
+                    0
+                }
                 // A malformed message (too long, too many descriptors): the kernel or `recv_with_fds`
                 // closed what it carried; the requester sees end-of-file on its status socket.
-                Err(Error::Corrupted(_)) => {}
+                Err(Error::Corrupted(_)) => buf.len(),
                 Err(e) => return Err(e),
-            }
+            };
             // Every child forked later gets a copy of this buffer: a request's bytes must not
             // outlive it. A pool worker's request carries the pool's key, which a later, shorter
             // request left in place for every later child to read (found by review: a same-uid
             // child could then sign tasks for that pool's workers).
-            buf.fill(0);
+            let end = written.min(buf.len());
+            buf[..end].fill(0);
             std::hint::black_box(&buf);
         }
     }
