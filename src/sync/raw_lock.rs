@@ -176,29 +176,25 @@ fn grace_expired(lock: &RawLock, word: u32, owner: u64) -> bool {
     let key = lock as *const RawLock as usize;
     let now = Instant::now();
     let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    let fresh = Sighting {
+        lock: key,
+        pair: (word, owner),
+        first: now,
+        last: now,
+    };
     if let Some(e) = seen.iter_mut().find(|e| e.lock == key) {
         let continuous = now.duration_since(e.last) <= UNRECORDED_GRACE;
-        if e.pair == (word, owner) && continuous {
+        if e.pair == fresh.pair && continuous {
             e.last = now;
             return now.duration_since(e.first) >= UNRECORDED_GRACE;
         }
-        *e = Sighting {
-            lock: key,
-            pair: (word, owner),
-            first: now,
-            last: now,
-        };
+        *e = fresh;
         return false;
     }
     if seen.len() >= GRACE_ENTRIES {
         seen.remove(0);
     }
-    seen.push(Sighting {
-        lock: key,
-        pair: (word, owner),
-        first: now,
-        last: now,
-    });
+    seen.push(fresh);
     false
 }
 
