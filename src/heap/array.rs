@@ -351,6 +351,96 @@ mod tests {
         assert!(z.iter().all(|&x| x == 0));
     }
 
+    /// Review (heap/fork): a `SharedArray` moved into a `fork` closure is dropped by the parent right
+    /// after the fork (`process::fork::start` drops its copy of the closure), so the parent's heap
+    /// hands the same block to its next array while the child still writes the old one: two processes
+    /// each hold what safe code promises is the only `&mut` to those elements.
+    #[test]
+    fn an_array_moved_into_a_forked_child_is_not_reused_while_the_child_lives() {
+        let _serial = crate::heap::tests::SERIAL
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut a = SharedArray::<u64>::zeroed(4096).unwrap();
+        let (id, off) = (a.block.region_id(), a.block.offset);
+        let mut p = crate::Process::builder().fork(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            a.fill(0xdead);
+            0u8
+        });
+        p.start().unwrap();
+        // The parent's own new array, never shared with anyone.
+        let b = SharedArray::<u64>::zeroed(4096).unwrap();
+        let same = (b.block.region_id(), b.block.offset) == (id, off);
+        p.join().unwrap();
+        assert!(
+            !same && b.iter().all(|&x| x == 0),
+            "the parent's new array (same block: {same}) was written by the forked child"
+        );
+    }
+
+    /// Review (heap/own-arena check): `Block::from_handle` decides "own arena" by the id in the handle,
+    /// which must equal the id in the arena's header; but the header is shared memory that any process
+    /// of our uid can open (through `/proc/<pid>/fd`) and rewrite. A peer that rewrites our arena's id
+    /// and sends a handle with the new id gets this process to build a view aliasing its own array
+    /// (a `&[T]` to memory a live `&mut [T]` of this process mutates).
+    #[test]
+    fn a_rewritten_header_id_does_not_make_an_own_arena_foreign() {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        enum Src {
+            Named(String),
+            Fd { pid: u32, fd: i32 },
+        }
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Rh {
+            id: u64,
+            source: Src,
+        }
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Bh {
+            region: Rh,
+            offset: u64,
+            len: u64,
+        }
+        // An array that fills an arena of its own (64 MiB, never touched), so that rewriting its
+        // header disturbs no other test's arrays.
+        let mut held = Vec::new();
+        let mine = loop {
+            let a = SharedArray::<u8>::zeroed(crate::heap::ARENA_MIN).unwrap();
+            if a.block.offset == 0 && a.block.region.len() == a.len() {
+                break a;
+            }
+            held.push(a);
+        };
+        let h = mine.block_handle();
+        let mut m: Bh = postcard::from_bytes(&postcard::to_allocvec(&h).unwrap()).unwrap();
+        let old_id = m.region.id;
+        let new_id = old_id ^ 0x5a5a_5a5a;
+        m.region.id = new_id;
+        assert!(matches!(m.region.source, Src::Fd { .. }));
+        // What the peer does to our arena's header (region_id is at offset 32 of the mapping).
+        let header = mine
+            .block
+            .region
+            .as_ptr()
+            .wrapping_sub(crate::region::PAYLOAD_OFFSET);
+        // SAFETY: the header's region_id word, 8-aligned, inside our live mapping, atomic.
+        let id_word =
+            unsafe { std::sync::atomic::AtomicU64::from_ptr(header.add(32).cast::<u64>()) };
+        id_word.store(new_id, std::sync::atomic::Ordering::Relaxed);
+        let forged: BlockHandle =
+            postcard::from_bytes(&postcard::to_allocvec(&m).unwrap()).unwrap();
+        let view = SharedArray::<u8>::view(&forged);
+        id_word.store(old_id, std::sync::atomic::Ordering::Relaxed);
+        let aliases = view
+            .as_ref()
+            .is_ok_and(|v| v.block.offset == mine.block.offset);
+        assert!(
+            view.is_err(),
+            "a view of this process's own arena was built from a forged handle (aliases our \
+             array: {aliases})"
+        );
+    }
+
     #[test]
     fn empty_arrays_work() {
         let a = SharedArray::<f64>::from_slice(&[]).unwrap();

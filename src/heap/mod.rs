@@ -161,6 +161,7 @@ impl Heap {
         // An empty block still takes one byte of its arena (so that it has an offset of its own), but
         // its `len` stays 0: a view of it must read as an empty array of any element type.
         let held = held_len(len);
+        release_deferred();
         let me = crate::sys::proc::pid();
         let heap = Heap::global();
         let mut arenas = heap.arenas.lock().unwrap_or_else(|e| e.into_inner());
@@ -233,6 +234,17 @@ impl Heap {
             .any(|a| a.creator == me && a.region.id() == region_id)
     }
 
+    /// Whether `region` maps the file of an arena this process created, whatever id its header
+    /// claims now (the header is shared memory a peer can rewrite; found by review).
+    fn owns_file_of(region: &Region) -> bool {
+        let me = crate::sys::proc::pid();
+        let heap = Heap::global();
+        let arenas = heap.arenas.lock().unwrap_or_else(|e| e.into_inner());
+        arenas
+            .iter()
+            .any(|a| a.creator == me && a.region.same_file(region))
+    }
+
     fn release(block: &Block) {
         let heap = Heap::global();
         let mut arenas = heap.arenas.lock().unwrap_or_else(|e| e.into_inner());
@@ -251,9 +263,73 @@ fn held_len(len: usize) -> usize {
     len.max(1)
 }
 
+thread_local! {
+    /// Set while the parent of a fresh `fork` child drops its copy of the child's closure: the blocks
+    /// dropped then were moved into the child, which still uses them (found by review).
+    static HANDED_TO: std::cell::Cell<Option<crate::sys::proc::Identity>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// A block a forked child took: the child, the arena, the offset and held length of the block.
+type Deferred = (crate::sys::proc::Identity, Arc<Region>, usize, usize);
+
+/// Blocks a forked child took with its closure: returned to the heap once that child is gone.
+static DEFERRED: Mutex<Vec<Deferred>> = Mutex::new(Vec::new());
+
+/// Runs `drop_closure` (the parent's copy of the closure that child `pid` runs after a fork) so that
+/// every block it frees stays allocated until that child has exited: the child's copy of each
+/// `SharedArray` in the closure names the same shared memory, and reusing it for another array of
+/// this process would give two processes a `&mut` to the same elements.
+pub(crate) fn dropping_closure_of_child(pid: u32, drop_closure: impl FnOnce()) {
+    let id = crate::sys::proc::Identity {
+        tid: pid,
+        start: crate::sys::proc::start_time(pid).map_or(0, |s| s as u32),
+    };
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            HANDED_TO.with(|h| h.set(None));
+        }
+    }
+    HANDED_TO.with(|h| h.set(Some(id)));
+    let _reset = Reset;
+    drop_closure();
+}
+
+/// Returns the deferred blocks of children that are gone.
+fn release_deferred() {
+    let done: Vec<_> = {
+        let mut d = DEFERRED.lock().unwrap_or_else(|e| e.into_inner());
+        if d.is_empty() {
+            return;
+        }
+        let (gone, alive): (Vec<_>, Vec<_>) = std::mem::take(&mut *d)
+            .into_iter()
+            .partition(|(child, ..)| !crate::sys::proc::is_alive(*child));
+        *d = alive;
+        gone
+    };
+    let heap = Heap::global();
+    let mut arenas = heap.arenas.lock().unwrap_or_else(|e| e.into_inner());
+    for (_, region, offset, len) in done {
+        if let Some(a) = arenas.iter_mut().find(|a| Arc::ptr_eq(&a.region, &region)) {
+            a.release(offset, len);
+        }
+    }
+}
+
 impl Drop for Block {
     fn drop(&mut self) {
         if self.owned {
+            if let Some(child) = HANDED_TO.with(std::cell::Cell::get) {
+                DEFERRED.lock().unwrap_or_else(|e| e.into_inner()).push((
+                    child,
+                    self.region.clone(),
+                    self.offset,
+                    held_len(self.len),
+                ));
+                return;
+            }
             Heap::release(self);
         }
     }
@@ -403,6 +479,15 @@ impl Block {
                     arena_layout(None),
                     false,
                 )?);
+                // The id check above trusts the id in the arena's header, which any process of our
+                // user can rewrite: an own arena whose header now claims another id would pass it.
+                // The file itself cannot lie.
+                if Heap::owns_file_of(&r) {
+                    return Err(Error::Corrupted(format!(
+                        "a block handle names arena {region_id:#x}, which is the file of an arena \
+                         this process owns (its header id was rewritten)"
+                    )));
+                }
                 register(&r);
                 r
             }

@@ -70,19 +70,25 @@ pub(super) fn start(body: Body, die_with_parent: bool) -> Result<Child> {
             let _ = std::panic::catch_unwind(ForkAnchors::release_all_before_exit);
             psys::exit_immediately(code)
         }
-        Fork::Parent(pid) => match psys::pidfd_open(pid) {
-            Ok(pidfd) => Ok(Child {
-                pid,
-                pidfd,
-                result,
-                via_server: None,
-            }),
-            Err(e) => {
-                // Cannot happen for an unreaped child short of running out of descriptors; do not leave
-                // it behind in that case either.
-                psys::kill_and_reap(pid);
-                Err(e)
+        Fork::Parent(pid) => {
+            // The child runs the closure with everything it captured; our copy goes now, but shared
+            // arrays it held stay allocated until the child is gone (found by review: the next array
+            // made here reused the block the child was still writing).
+            crate::heap::dropping_closure_of_child(pid, move || drop(body));
+            match psys::pidfd_open(pid) {
+                Ok(pidfd) => Ok(Child {
+                    pid,
+                    pidfd,
+                    result,
+                    via_server: None,
+                }),
+                Err(e) => {
+                    // Cannot happen for an unreaped child short of running out of descriptors; do not leave
+                    // it behind in that case either.
+                    psys::kill_and_reap(pid);
+                    Err(e)
+                }
             }
-        },
+        }
     }
 }

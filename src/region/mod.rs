@@ -439,6 +439,17 @@ impl Region {
         self.header.region_id
     }
 
+    /// Whether `self` and `other` map the same file (device and inode), whatever their headers say:
+    /// a header is shared memory that any process of the user can rewrite, the inode is not.
+    pub(crate) fn same_file(&self, other: &Region) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self.file.metadata(), other.file.metadata()) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            // Cannot tell: say "same", so that the caller refuses rather than aliases.
+            _ => true,
+        }
+    }
+
     /// The pid of the process that created the region.
     ///
     /// # Examples
