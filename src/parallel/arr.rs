@@ -26,8 +26,9 @@ pub(super) struct CallCopies {
     pub(super) arrays: Vec<Lent>,
     /// Keeps alive the owned data the `seen` keys point into, so no address is reused during the call.
     pub(super) sources: Vec<Box<dyn Any>>,
-    /// (address, length, element type) of a source → its shared copy (an index into `arrays`).
-    seen: HashMap<(usize, usize, TypeId), usize>,
+    /// (address, length, element type) of a source → its shared copy (an index into `arrays`), and
+    /// whether that source is kept alive in `sources` (then its address is its own for the call).
+    seen: HashMap<(usize, usize, TypeId), (usize, bool)>,
 }
 
 impl CallCopies {
@@ -255,20 +256,24 @@ impl<T: Pod> Serialize for Arr<'_, T> {
             }
             let key = (data.as_ptr() as usize, data.len(), TypeId::of::<T>());
             let bytes: &[u8] = bytemuck::cast_slice(data);
-            if let Some(&i) = ctx.shared.seen.get(&key) {
+            if let Some(&(i, kept)) = ctx.shared.seen.get(&key) {
                 let copy = &ctx.shared.arrays[i];
-                // Owned and shared sources are kept alive, so their address is theirs for the whole
-                // call. A borrow usually outlives the call too, but a `Serialize` that borrows a
-                // temporary frees it, and the next temporary may get its address: the same address
+                // A source kept alive (owned, shared) owns its address for the whole call, so an
+                // array at that address is that source. A borrow usually outlives the call too, but a
+                // `Serialize` that borrows a temporary frees it, and the next allocation — another
+                // temporary, or the `Arc` of an owned array — may get its address: the same address
                 // then means the same array only if the bytes are the same (a compare costs less
-                // than the copy it saves).
-                if !matches!(self.repr, Repr::Borrowed(_)) || copy.bytes() == bytes {
+                // than the copy it saves). What matters is how the *first* source was held, not how
+                // this one is (found by review: an owned array at a freed borrow's address got the
+                // borrow's copy).
+                if kept || copy.bytes() == bytes {
                     return Some(Ok(copy.handle()));
                 }
             }
             Some(Lent::copy_of(bytes).map(|copy| {
                 let h = copy.handle();
-                ctx.shared.seen.insert(key, ctx.shared.arrays.len());
+                let kept = !matches!(self.repr, Repr::Borrowed(_));
+                ctx.shared.seen.insert(key, (ctx.shared.arrays.len(), kept));
                 ctx.shared.arrays.push(copy);
                 match &self.repr {
                     Repr::Borrowed(_) => {}

@@ -306,3 +306,37 @@ fn a_borrow_at_a_reused_address_gets_its_own_copy() {
         .collect();
     assert_eq!(par.map(first_of, items).unwrap(), [1, 2, 3, 4]);
 }
+
+/// Review (parallel/dedupe): a copy made for a *borrowed* slice is shared with a later *owned* array
+/// of the same address, length and type without comparing bytes (`Arr::serialize` skips the compare
+/// whenever the array being sent is owned). The borrowed source is not kept alive, so its memory can
+/// be freed and reused by the owned array's allocation during the same call: the owned array's task
+/// then reads the borrowed temporary's data, without any error.
+#[test]
+fn an_owned_array_at_a_freed_borrows_address_gets_its_own_copy() {
+    let mut shared = CallCopies::default();
+    let n = 64; // 512 bytes: shared above max_nbytes = 100
+    let (h1, h2, p1, p2) = with_context(100, &mut shared, || {
+        let later = vec![2u64; n]; // the owned array's data, made before
+        let tmp = vec![1u64; n + 2]; // a temporary; its [2..] is where an `Arc<[u64; n]>`'s data sits
+        let a1 = Arr::from(&tmp[2..]);
+        let p1 = a1.as_ptr() as usize;
+        let h1 = postcard::to_allocvec(&a1).unwrap();
+        drop(a1);
+        drop(tmp);
+        let a2 = Arr::from(later); // `Vec -> Arc<[T]>`: a new allocation of tmp's size
+        let p2 = a2.as_ptr() as usize;
+        let h2 = postcard::to_allocvec(&a2).unwrap();
+        (h1, h2, p1, p2)
+    });
+    let w1: WireIn<u64> = postcard::from_bytes(&h1).unwrap();
+    let w2: WireIn<u64> = postcard::from_bytes(&h2).unwrap();
+    let (WireIn::Shared(c1), WireIn::Shared(c2)) = (w1, w2) else {
+        panic!("both by handle")
+    };
+    assert!(
+        c1 != c2,
+        "the owned array [2; {n}] got the copy of the freed borrow [1; {n}] (same address: {})",
+        p1 == p2
+    );
+}
