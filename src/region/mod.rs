@@ -555,8 +555,15 @@ impl Region {
                 shm::create_unnamed_shm()?
             }
         };
-        file.set_len(total as u64)
-            .map_err(|e| Error::os("ftruncate", e))?;
+        if name.is_some() {
+            // A /dev/shm file is limited by its tmpfs: allocate every page now, so that a full
+            // /dev/shm is `OutOfMemory` here rather than a SIGBUS at the first touch of a page, in
+            // this process or in any opener (review 2026-12). A memfd has no such limit.
+            shm::allocate(&file, 0, total as u64)?;
+        } else {
+            file.set_len(total as u64)
+                .map_err(|e| Error::os("ftruncate", e))?;
+        }
         if name.is_none() {
             if growable {
                 shm::seal_shrink(&file)?;

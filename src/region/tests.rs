@@ -228,3 +228,277 @@ fn named_region_appears_published() {
     ));
     assert_eq!(Region::open(&name).unwrap().id(), r.id());
 }
+
+// ------------------------------------------------------------------------------------- review 2026-12
+
+/// Forks a child that runs `f` (bounded by `alarm`) and `_exit`s with what it returns; the child never
+/// returns into the test harness.
+fn fork_child(f: impl FnOnce() -> i32) -> libc::pid_t {
+    // SAFETY: the child only runs `f` and `_exit`s; glibc's fork resets malloc's locks in the child.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: alarm and _exit have no preconditions.
+        unsafe { libc::alarm(30) };
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(101);
+        unsafe { libc::_exit(code) };
+    }
+    pid
+}
+
+/// The wait status of our child `pid`.
+fn wait_child(pid: libc::pid_t) -> i32 {
+    let mut status = 0;
+    // SAFETY: waits for our own child; `status` is a live local.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    status
+}
+
+/// Exit code of a child that could not set up its namespace (not root, no namespaces): the test is
+/// then skipped.
+const SKIP: i32 = 77;
+
+fn skipped(status: i32) -> bool {
+    let skip = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == SKIP;
+    if skip {
+        eprintln!("skipped: the namespace could not be set up (needs root)");
+    }
+    skip
+}
+
+/// A named region is a sparse `/dev/shm` file (`ftruncate`): its pages are allocated at first touch,
+/// and on a full tmpfs (any user can fill `/dev/shm`, it is world-writable) that first touch is a
+/// SIGBUS in the creator or in any opener, not an error. The manager allocates its growth with
+/// `fallocate` for exactly this reason (`shm::allocate`); a plain named region does not.
+/// Demonstrated on a private 64 KiB tmpfs mounted over `/dev/shm` in a child's own mount namespace.
+#[test]
+fn named_region_on_a_full_dev_shm_is_an_error_not_sigbus() {
+    let status = wait_child(fork_child(|| {
+        // SAFETY: unshare and mount take valid C strings and flags; they change only this child.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return SKIP;
+            }
+            let (none, root) = (c"none", c"/");
+            let flags = libc::MS_REC | libc::MS_PRIVATE;
+            if libc::mount(
+                none.as_ptr(),
+                root.as_ptr(),
+                std::ptr::null(),
+                flags,
+                std::ptr::null(),
+            ) != 0
+            {
+                return SKIP;
+            }
+            let (tmpfs, at, opts) = (c"tmpfs", c"/dev/shm", c"size=64k,mode=1777");
+            if libc::mount(
+                tmpfs.as_ptr(),
+                at.as_ptr(),
+                tmpfs.as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            ) != 0
+            {
+                return SKIP;
+            }
+        }
+        match Region::create("review-full", 1 << 20, false) {
+            // What it should be: the space is refused at creation.
+            Err(Error::OutOfMemory { .. }) => 0,
+            Err(e) => {
+                eprintln!("unexpected error {e:?}");
+                2
+            }
+            Ok(r) => {
+                // Created: then every page must be usable (current code dies here).
+                for off in (0..r.len()).step_by(4096) {
+                    // SAFETY: in bounds of the payload; nobody else maps this region.
+                    unsafe { r.as_ptr().add(off).write_volatile(1) };
+                }
+                0
+            }
+        }
+    }));
+    if skipped(status) {
+        return;
+    }
+    assert!(
+        !libc::WIFSIGNALED(status),
+        "the creator died of signal {} (7 = SIGBUS) touching the region it created",
+        libc::WTERMSIG(status)
+    );
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "status {status:#x}"
+    );
+}
+
+/// `proc::pid_namespace` (and `pid_ns_tag`) are cached for the life of the process, and the cache is
+/// inherited across `fork`. A child forked into a new pid namespace (after `unshare(CLONE_NEWPID)` or
+/// `setns`) therefore records its *new* namespace's pid under its parent's namespace inode: a checker
+/// in the parent namespace judges that pid by its own `/proc` (an unrelated, here absent, process),
+/// and the janitor unlinks the region of a creator that is alive. Computed afresh in the child, the
+/// namespace is 0 ("unknown": its `/proc` belongs to the parent namespace, `NSpid` has two entries),
+/// which is never judged.
+#[test]
+fn janitor_spares_a_live_creator_forked_into_a_new_pid_namespace() {
+    // Any process that used a lock or a region has its namespace cached.
+    assert_ne!(own_pid_namespace(), 0);
+    let name = unique("pidns");
+    // A pid that nothing in our namespace uses: the creator gets it in its own namespace.
+    let free = (1000..30000u32)
+        .rev()
+        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        .unwrap();
+    let (mut ready, mut hold) = ([0i32; 2], [0i32; 2]);
+    // SAFETY: pipe writes two descriptors into each live array.
+    unsafe {
+        assert_eq!(libc::pipe(ready.as_mut_ptr()), 0);
+        assert_eq!(libc::pipe(hold.as_mut_ptr()), 0);
+    }
+    let created = name.clone();
+    // SAFETY (whole child tree): plain system calls on descriptors and memory of these children.
+    let outer = fork_child(move || unsafe {
+        libc::close(hold[1]);
+        libc::close(ready[0]);
+        if libc::unshare(libc::CLONE_NEWPID) != 0 {
+            return SKIP;
+        }
+        // The first child is the new namespace's init; it makes the next pid there `free`.
+        let init = libc::fork();
+        if init == 0 {
+            let ok =
+                std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", free - 1)).is_ok();
+            let creator = if ok { libc::fork() } else { -1 };
+            if creator == 0 {
+                let code = match Region::create(&created, 8, false) {
+                    Ok(r) => {
+                        let pid = crate::sys::proc::pid().to_ne_bytes();
+                        libc::write(ready[1], pid.as_ptr().cast(), 4);
+                        // Alive until the test closes `hold`.
+                        let mut b = 0u8;
+                        libc::read(hold[0], (&mut b as *mut u8).cast(), 1);
+                        std::mem::forget(r); // the test unlinks the name
+                        0
+                    }
+                    Err(_) => 3,
+                };
+                libc::_exit(code);
+            }
+            if creator < 0 {
+                libc::_exit(SKIP);
+            }
+            let mut st = 0;
+            libc::waitpid(creator, &mut st, 0);
+            libc::_exit(if libc::WIFEXITED(st) {
+                libc::WEXITSTATUS(st)
+            } else {
+                4
+            });
+        }
+        let mut st = 0;
+        libc::waitpid(init, &mut st, 0);
+        if libc::WIFEXITED(st) {
+            libc::WEXITSTATUS(st)
+        } else {
+            5
+        }
+    });
+    // SAFETY: closing our copies of the children's ends, reading 4 bytes into a live local.
+    let mut pid = [0u8; 4];
+    let got = unsafe {
+        libc::close(ready[1]);
+        libc::close(hold[0]);
+        libc::read(ready[0], pid.as_mut_ptr().cast(), 4)
+    };
+    let verdict = if got == 4 {
+        // The creator runs (it waits on `hold`) as pid `free` of its namespace.
+        assert_eq!(u32::from_ne_bytes(pid), free);
+        let verdict = janitor::is_stale(&shm_name(&name));
+        let still_named = Region::open(&name).is_ok();
+        Some((verdict, still_named))
+    } else {
+        None
+    };
+    // SAFETY: closing our own descriptors lets the creator end.
+    unsafe {
+        libc::close(hold[1]);
+        libc::close(ready[0]);
+    }
+    let status = wait_child(outer);
+    let _ = Region::unlink(&name);
+    if skipped(status) {
+        return;
+    }
+    let (verdict, still_named) = verdict.expect("the creator reported");
+    assert_eq!(status, 0, "status {status:#x}");
+    assert_eq!(
+        verdict,
+        Some(false),
+        "the janitor judged a live creator dead (and unlinked its region: still named = {still_named})"
+    );
+    assert!(still_named);
+}
+
+/// R7 (review of 2026-12-01) was fixed for `/dev/shm` segments (`shm::open_regular` opens with
+/// `O_NONBLOCK`), not for its twin `filemap::open_regular`, which opens user files (`.npy` chunks,
+/// whose paths arrive in deserialized `ChunkHandle`s): the owner of a file holding a read lease on
+/// it makes every open of it for writing wait for the lease to break, `lease-break-time` (45 s).
+#[cfg(any(feature = "npy", feature = "image"))]
+#[test]
+fn filemap_open_does_not_wait_for_a_lease() {
+    let path = std::env::temp_dir().join(format!("{}.npy", unique("lease")));
+    std::fs::write(&path, b"data").unwrap();
+    let (mut ready, mut hold) = ([0i32; 2], [0i32; 2]);
+    // SAFETY: pipe writes two descriptors into each live array.
+    unsafe {
+        assert_eq!(libc::pipe(ready.as_mut_ptr()), 0);
+        assert_eq!(libc::pipe(hold.as_mut_ptr()), 0);
+    }
+    let leased = path.clone();
+    // SAFETY (whole child): system calls on this child's own descriptors and signal disposition.
+    let holder = fork_child(move || unsafe {
+        libc::close(hold[1]);
+        let f = File::open(&leased).unwrap();
+        libc::signal(libc::SIGIO, libc::SIG_IGN);
+        let r = libc::fcntl(f.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK);
+        libc::write(
+            ready[1],
+            if r == 0 { b"l" } else { b"s" }.as_ptr().cast(),
+            1,
+        );
+        let mut b = 0u8;
+        libc::read(hold[0], (&mut b as *mut u8).cast(), 1);
+        0
+    });
+    let mut b = 0u8;
+    // SAFETY: reads one byte into a live local; closes our copies of the child's ends.
+    unsafe {
+        libc::close(ready[1]);
+        libc::close(hold[0]);
+        assert_eq!(libc::read(ready[0], (&mut b as *mut u8).cast(), 1), 1);
+    }
+    let started = Instant::now();
+    let opened = if b == b'l' {
+        Some(crate::sys::filemap::open_regular(&path, true).map(|_| ()))
+    } else {
+        None
+    };
+    let waited = started.elapsed();
+    // SAFETY: closing our own descriptors lets the holder end.
+    unsafe {
+        libc::close(hold[1]);
+        libc::close(ready[0]);
+    }
+    wait_child(holder);
+    let _ = std::fs::remove_file(&path);
+    let Some(opened) = opened else {
+        eprintln!("skipped: no lease on {}", path.display());
+        return;
+    };
+    assert!(
+        waited < Duration::from_secs(5),
+        "opening a leased file for writing waited {waited:?} ({opened:?})"
+    );
+}

@@ -59,7 +59,9 @@ pub(crate) fn open_regular(path: &Path, writable: bool) -> Result<(File, FileId)
     let file = OpenOptions::new()
         .read(true)
         .write(writable)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY)
+        // O_NONBLOCK: a lease on the file makes the open fail with EWOULDBLOCK at once instead of
+        // waiting up to lease-break-time (45 s) for it to break (as `shm::open_regular`, review R7).
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
         .open(format!("/proc/self/fd/{}", handle.as_raw_fd()))
         .map_err(|e| Error::os("open(/proc/self/fd/<fd>)", e))?;
     let after = file.metadata().map_err(|e| Error::os("fstat", e))?;

@@ -47,7 +47,24 @@ extern "C" fn reset_after_fork() {
     // In the child of fork(2) only the forking thread exists, and it has a new tid: forget the old one.
     // Only touches a thread-local Cell: async-signal-safe in practice (no allocation, no lock).
     let _ = THREAD_ID.try_with(|c| c.set(Identity { tid: 0, start: 0 }));
+    // The child may live in another pid namespace than its parent (unshare/setns(CLONE_NEWPID) before
+    // the fork): its namespace is found afresh (review 2026-12). Two atomic stores.
+    NS.store(NS_UNKNOWN_YET, std::sync::atomic::Ordering::Relaxed);
+    NS_TAG.store(NS_UNKNOWN_YET, std::sync::atomic::Ordering::Relaxed);
 }
+
+fn register_atfork() {
+    ATFORK.call_once(|| {
+        // SAFETY: registering a fork handler has no preconditions; the handler is a plain extern "C" fn
+        // with static lifetime.
+        unsafe { libc::pthread_atfork(None, None, Some(reset_after_fork)) };
+    });
+}
+
+/// Sentinel of [`NS`] and [`NS_TAG`]: not computed in this process yet.
+const NS_UNKNOWN_YET: u64 = u64::MAX;
+static NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(NS_UNKNOWN_YET);
+static NS_TAG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(NS_UNKNOWN_YET);
 
 /// This thread's identity, cached per thread (two syscalls and a /proc read on first use only).
 ///
@@ -68,11 +85,7 @@ pub(crate) fn current() -> Identity {
 
 #[cold]
 fn current_slow() -> Identity {
-    ATFORK.call_once(|| {
-        // SAFETY: registering a fork handler has no preconditions; the handler is a plain extern "C" fn
-        // with static lifetime.
-        unsafe { libc::pthread_atfork(None, None, Some(reset_after_fork)) };
-    });
+    register_atfork();
     // SAFETY: gettid has no preconditions and cannot fail.
     let tid = unsafe { libc::gettid() } as u32;
     let start = stat_of(tid).map(|s| s.start as u32).unwrap_or(0);
@@ -207,8 +220,12 @@ pub(crate) fn process_alive(pid: u32, start: u64) -> bool {
 /// recorded 0 as "unknown", never as a match that licenses a liveness judgement.
 pub(crate) fn pid_namespace() -> u64 {
     use std::os::unix::fs::MetadataExt;
-    static NS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *NS.get_or_init(|| {
+    let known = NS.load(std::sync::atomic::Ordering::Relaxed);
+    if known != NS_UNKNOWN_YET {
+        return known;
+    }
+    register_atfork();
+    let ns = (|| {
         // /proc must number processes as our namespace does (`NSpid` has exactly one entry: our pid).
         // A /proc of another namespace (`unshare -p` without a new mount, a container given the host's)
         // would judge our pids by unrelated processes: then nothing is judged at all (0, unknown).
@@ -218,7 +235,9 @@ pub(crate) fn pid_namespace() -> u64 {
             return 0;
         }
         std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino())
-    })
+    })();
+    NS.store(ns, std::sync::atomic::Ordering::Relaxed);
+    ns
 }
 
 /// Whether the `/proc` that gave `status` (this process's `/proc/self/status`) numbers processes as our
@@ -248,13 +267,12 @@ pub(crate) fn same_pid_namespace(ns: u64) -> bool {
 pub(crate) fn pid_ns_tag() -> u32 {
     // On every lock's fast path: one Relaxed load once known. A process's own pid namespace never
     // changes (unshare/setns with CLONE_NEWPID affect only children created afterwards).
-    static TAG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
-    let t = TAG.load(std::sync::atomic::Ordering::Relaxed);
-    if t != u64::MAX {
+    let t = NS_TAG.load(std::sync::atomic::Ordering::Relaxed);
+    if t != NS_UNKNOWN_YET {
         return t as u32;
     }
     let t = u32::try_from(pid_namespace()).unwrap_or(0);
-    TAG.store(u64::from(t), std::sync::atomic::Ordering::Relaxed);
+    NS_TAG.store(u64::from(t), std::sync::atomic::Ordering::Relaxed);
     t
 }
 
