@@ -27,6 +27,7 @@ pub const ROLES: &[Role] = &[
     ("queue_batch_stalled_producer", stalled_producer),
     ("queue_batch_stalled_consumer", stalled_consumer),
     ("queue_batch_stalled_spill_consumer", stalled_spill_consumer),
+    ("queue_joinable_blocked_producer", joinable_blocked_producer),
 ];
 
 pub fn tests() -> Vec<Trial> {
@@ -40,6 +41,10 @@ pub fn tests() -> Vec<Trial> {
         t(
             "consumer_killed_taking_a_spilled_message_loses_only_it",
             consumer_killed_taking_a_spill,
+        ),
+        t(
+            "joinable_producer_killed_while_blocked_does_not_hang_join",
+            joinable_producer_killed_while_blocked,
         ),
     ]
 }
@@ -378,4 +383,42 @@ fn consumer_killed_taking_a_spill() {
         let left = crate::queue_unbounded::group_files(id);
         assert!(left.is_empty(), "left behind: {left:?}");
     }
+}
+
+// ---- review (rev-queue): JoinableQueue's count and a producer killed inside `put` ----
+
+/// Child: a `JoinableQueue::put` into the full queue `name`, which blocks (the queue is full).
+fn joinable_blocked_producer(arg: &str) {
+    let [name] = fields(arg, ',');
+    let q = mproc::JoinableQueue::from_queue(Queue::<u64>::open(name).expect("open queue"));
+    say("putting");
+    q.put(&2).expect("put");
+    unreachable!("the queue stays full until the parent kills us");
+}
+
+/// A producer SIGKILLed while its `JoinableQueue::put` waits for space (an unbounded wait, the normal
+/// state of a producer ahead of its consumers) never put its message, yet `put` counted it before
+/// waiting: the count stays one above the messages that exist, and `join` without a timeout never
+/// returns, though every message put was taken and marked done. (Python counts only once the queue
+/// had room: its `put` acquires the bounded semaphore before `_unfinished_tasks.release()`.)
+fn joinable_producer_killed_while_blocked() {
+    let name = common::unique_name("jprod");
+    let q = mproc::JoinableQueue::from_queue(Queue::<u64>::create(&name, 1, 64).expect("create"));
+    q.put(&1).expect("fill the one slot");
+    let mut kid = Kid::spawn("queue_joinable_blocked_producer", &name, BOUND);
+    kid.expect_line("putting");
+    // The child is now inside `put`, waiting for space (before the fix it has already counted its
+    // message: `unfinished` reads 2 here).
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    kid.assert_running();
+    kid.kill();
+    assert_eq!(q.get().expect("get"), 1);
+    q.task_done().expect("task_done");
+    assert!(q.queue().try_get().is_err(), "nothing else was ever put");
+    let r = q.join_timeout(std::time::Duration::from_secs(2));
+    assert!(
+        r.is_ok(),
+        "join: {r:?} with every message put taken and done (unfinished = {}): a plain join() hangs forever",
+        q.unfinished()
+    );
 }

@@ -140,13 +140,10 @@ impl<T, C: Codec<T>> JoinableQueue<T, C> {
     }
 
     fn put_until(&self, value: &T, deadline: Option<Instant>) -> Result<()> {
-        // Count before publishing, so `join` can never see zero while the message is in the queue.
-        self.queue.add_unfinished();
-        let r = self.queue.put_until(value, deadline);
-        if r.is_err() {
-            self.queue.task_done();
-        }
-        r
+        // Counted once the message has its slot and before it is published, so `join` can never see
+        // zero while the message is in the queue, and a producer killed while it waits for space
+        // leaves no count behind (counting before that wait made `join` hang for good).
+        self.queue.put_counted(value, deadline)
     }
 
     /// Takes the next message.

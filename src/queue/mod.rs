@@ -489,20 +489,45 @@ impl<T, C: Codec<T>> Queue<T, C> {
     }
 
     /// [`Queue::put_until`], calling `watch` after every sleep of a bounded queue's wait (see
-    /// [`Ring::push_watching`]); an unbounded queue never waits for space, so never calls it.
+    /// [`Ring::push_counting`]); an unbounded queue never waits for space, so never calls it.
     pub(crate) fn put_watching(
         &self,
         value: &T,
         deadline: Option<Instant>,
         watch: &mut dyn FnMut(),
     ) -> Result<()> {
+        self.put_counting(value, deadline, watch, false)
+    }
+
+    /// A JoinableQueue's put: counts the message as unfinished once it has its place in the queue
+    /// (before anybody can take it); an error leaves the count as it was.
+    pub(crate) fn put_counted(&self, value: &T, deadline: Option<Instant>) -> Result<()> {
+        if let Engine::Unbounded(_) = self.engine() {
+            // Never waits for space: counted first, as before.
+            self.add_unfinished();
+            let r = self.put_until(value, deadline);
+            if r.is_err() {
+                self.task_done();
+            }
+            return r;
+        }
+        self.put_counting(value, deadline, &mut || {}, true)
+    }
+
+    fn put_counting(
+        &self,
+        value: &T,
+        deadline: Option<Instant>,
+        watch: &mut dyn FnMut(),
+        count: bool,
+    ) -> Result<()> {
         match self.engine() {
             Engine::Bounded { ring, slot_size } => C::with_bytes(value, |bytes| {
                 // The fast path: one comparison more than the ring's own length check.
                 if bytes.len() < *slot_size {
-                    ring.push_watching(bytes, deadline, watch)
+                    ring.push_counting(bytes, deadline, watch, count)
                 } else if C::SPILLS {
-                    self.spill_put(ring, *slot_size, bytes, deadline, watch)
+                    self.spill_put(ring, *slot_size, bytes, deadline, watch, count)
                 } else {
                     Err(Error::MessageTooLarge {
                         size: bytes.len(),
@@ -523,6 +548,7 @@ impl<T, C: Codec<T>> Queue<T, C> {
         bytes: &[u8],
         deadline: Option<Instant>,
         watch: &mut dyn FnMut(),
+        count: bool,
     ) -> Result<()> {
         if ring.is_closed() {
             return Err(Error::Closed);
@@ -531,7 +557,7 @@ impl<T, C: Codec<T>> Queue<T, C> {
         let r = blocks.spill(bytes)?;
         let mut slot = vec![0u8; slot_size];
         r.encode(&mut slot);
-        let pushed = ring.push_watching(&slot, deadline, watch);
+        let pushed = ring.push_counting(&slot, deadline, watch, count);
         if pushed.is_err() {
             // Not queued: nobody will take the block.
             blocks.unlink(&blocks.spill_name(r.nonce));

@@ -184,7 +184,16 @@ impl Blocks {
     /// once), and passes its bytes to `f`.
     pub(crate) fn take<R>(&self, r: SpillRef, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
         let name = self.spill_name(r.nonce);
-        let block = self.open(&name, Self::layout("mproc queue spill block", None))?;
+        // The message left the ring with its reference: whatever fails from here, nobody else will
+        // take the block, so its name goes on every path (an open that failed for want of descriptors
+        // or memory left it in /dev/shm until the queue's last user let go; found by review).
+        let block = match self.open(&name, Self::layout("mproc queue spill block", None)) {
+            Ok(b) => b,
+            Err(e) => {
+                self.unlink(&name);
+                return Err(e);
+            }
+        };
         // The block's size was checked against the file on open; the reference must agree with it, so
         // nothing is ever sized by the reference's word alone.
         if block.len() as u64 != r.len {
@@ -195,7 +204,7 @@ impl Blocks {
                 r.len
             )));
         }
-        if !block.holds_memory(0, block.len())? {
+        if !block.holds_memory(0, block.len()).inspect_err(|_| self.unlink(&name))? {
             self.unlink(&name);
             return Err(Error::Corrupted(format!(
                 "spilled message {name} of {} bytes is a sparse file: not what a producer writes",

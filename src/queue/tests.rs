@@ -1417,3 +1417,63 @@ fn get_many_drops_a_message_whose_claim_was_revoked_while_it_was_decoded() {
     );
     assert!(REVOKE_WHILE_DECODING.take().is_none(), "the revoke ran");
 }
+
+// ---- review (rev-queue): a panic in the codec while a slot is held ----
+
+/// A `u32` whose decoder panics on 666 (a user's `Deserialize`/`Codec` that asserts, say). A caller that
+/// catches the panic (`catch_unwind`, a tokio task, a server's per-request guard) keeps its thread alive.
+#[derive(Debug)]
+struct PanickyCodec;
+
+impl Codec<u32> for PanickyCodec {
+    const NAME: &'static str = "review-panicky";
+
+    fn default_max_size() -> usize {
+        4
+    }
+
+    fn with_bytes<R>(value: &u32, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        <Raw as Codec<u32>>::with_bytes(value, f)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<u32> {
+        let v = <Raw as Codec<u32>>::decode(bytes)?;
+        assert_ne!(v, 666, "the codec refuses 666 by panicking");
+        Ok(v)
+    }
+}
+
+/// A panic in the decoder while `get` holds the slot leaves the slot claimed by this (live) thread for
+/// good: no producer can ever reuse it, so the queue loses one slot of capacity per such panic, and a
+/// queue of capacity 1 is wedged. `PopBatch`'s docs promise the batch path frees what it claimed on a
+/// codec panic; neither path frees the slot being decoded.
+#[test]
+fn a_panic_in_decode_during_get_does_not_wedge_the_slot() {
+    let q: Queue<u32, PanickyCodec> = Queue::new(2).unwrap();
+    q.put(&666).unwrap();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| q.get()));
+    assert!(caught.is_err(), "the codec panicked");
+    // Two free slots' worth of room again: the message was taken.
+    q.put_timeout(&1, Duration::from_secs(1)).unwrap();
+    let r = q.put_timeout(&2, Duration::from_secs(1));
+    assert!(
+        r.is_ok(),
+        "the slot of the panicked get is still claimed: {r:?}"
+    );
+}
+
+#[test]
+fn a_panic_in_decode_during_get_many_does_not_wedge_the_slot() {
+    let q: Queue<u32, PanickyCodec> = Queue::new(4).unwrap();
+    q.put_many(&[1, 666, 3]).unwrap();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        q.get_many(&mut Vec::new(), 4)
+    }));
+    assert!(caught.is_err(), "the codec panicked");
+    // All three were claimed by the batch and are gone; the ring should hold four again.
+    let r = q.put_many_timeout(&[10, 11, 12, 13], Duration::from_secs(1));
+    assert!(
+        matches!(r, Ok(4)),
+        "a slot of the panicked get_many is still claimed: {r:?}"
+    );
+}

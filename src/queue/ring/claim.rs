@@ -170,8 +170,6 @@ impl PopBatch<'_> {
         let claimed = state((pos as u32).wrapping_add(1), self.me);
         let tomb = self.tombs & 1 != 0;
         self.tombs >>= 1;
-        self.pos = ring.next(pos);
-        self.left -= 1;
         let len = slot.len.load(Ordering::Relaxed) as usize;
         let result = if tomb {
             Taken::Nothing
@@ -183,6 +181,9 @@ impl PopBatch<'_> {
             let bytes = unsafe { std::slice::from_raw_parts(Ring::data(slot), len) };
             Taken::Message(f(bytes))
         };
+        // Moved on only now: if `f` panicked, the drop frees this slot too (it starts at `pos`).
+        self.pos = ring.next(pos);
+        self.left -= 1;
         // A revoked claim (garbage only) may have let a producer overwrite what we read: discard it, and
         // leave the slot to whoever holds it now.
         if slot.state.load(Ordering::Relaxed) != claimed {

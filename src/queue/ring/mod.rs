@@ -605,7 +605,7 @@ impl Ring {
     /// One attempt to append `bytes`: the claim is [`Ring::try_claim_push`]'s for one stamp (which
     /// helps a lagging `tail` and heals a garbage one), then the copy and the publishing CAS; a revoked
     /// claim sends the message to the next stamp, out of the same help budget.
-    fn try_push(&self, bytes: &[u8], me: Identity) -> Attempt {
+    fn try_push(&self, bytes: &[u8], me: Identity, count: bool) -> Attempt {
         let mut help = self.help();
         loop {
             let pos = match self.try_claim_push(me, 1, &mut help) {
@@ -613,6 +613,12 @@ impl Ring {
                 BatchAttempt::Blocked { pos, state } => return Attempt::Blocked { pos, state },
                 BatchAttempt::Closed | BatchAttempt::Busy => return Attempt::Busy,
             };
+            // JoinableQueue: counted once the message has a slot, before it is published (so `join`
+            // never sees zero while it is in the ring), never while waiting for space (a producer
+            // killed in that wait put nothing, and must leave no count behind).
+            if count {
+                self.add_unfinished();
+            }
             let slot = self.slot(pos);
             let claimed = state(pos as u32, me.tid);
             slot.len.store(bytes.len() as u32, Ordering::Relaxed);
@@ -636,23 +642,31 @@ impl Ring {
             if ok.is_ok() {
                 return Attempt::Done;
             }
+            if count {
+                // Revoked (garbage only): this claim's message is not delivered.
+                self.task_done();
+            }
         }
     }
 
     /// Appends `bytes`, waiting for space until `deadline`.
     #[cfg(test)]
     pub(crate) fn push(&self, bytes: &[u8], deadline: Option<Instant>) -> Result<()> {
-        self.push_watching(bytes, deadline, &mut || {})
+        self.push_counting(bytes, deadline, &mut || {}, false)
     }
 
     /// [`Ring::push`], calling `watch` after every sleep of its wait (never on the fast path): the
     /// place where a caller checks the liveness of whoever should make room, and closes the ring if
     /// nobody will (the next round then returns [`Error::Closed`]). `watch` budgets itself in time.
-    pub(crate) fn push_watching(
+    ///
+    /// With `count`, also adds one to the JoinableQueue count once the message has its slot (see
+    /// `try_push`): an error leaves the count as it was.
+    pub(crate) fn push_counting(
         &self,
         bytes: &[u8],
         deadline: Option<Instant>,
         watch: &mut dyn FnMut(),
+        count: bool,
     ) -> Result<()> {
         if bytes.len() > self.geo.slot_size as usize {
             return Err(Error::MessageTooLarge {
@@ -664,7 +678,7 @@ impl Ring {
             if self.is_closed() {
                 return Err(Error::Closed);
             }
-            Ok(match self.try_push(bytes, me) {
+            Ok(match self.try_push(bytes, me, count) {
                 Attempt::Done => Turn::Done(()),
                 Attempt::Blocked { pos, state } => Turn::Wait(Some((pos, state))),
                 Attempt::Busy => Turn::Wait(None),
@@ -804,6 +818,22 @@ impl Ring {
             };
             let slot = self.slot(pos);
             let claimed = state((pos as u32).wrapping_add(1), me.tid);
+            let freed = state(pos.wrapping_add(self.one_lap) as u32, IDLE);
+            // If `f` panics (a codec's), the slot must not stay claimed by this thread, which lives
+            // on: nobody would ever free it. The message is lost, as with a consumer that dies.
+            struct FreeOnUnwind<'a>(&'a Ring, &'a SlotHead, u64, u64);
+            impl Drop for FreeOnUnwind<'_> {
+                fn drop(&mut self) {
+                    let _ = self.1.state.compare_exchange(
+                        self.2,
+                        self.3,
+                        Ordering::SeqCst,
+                        Ordering::Relaxed,
+                    );
+                    self.0.header().space.0.notify();
+                }
+            }
+            let guard = FreeOnUnwind(self, slot, claimed, freed);
             let len = slot.len.load(Ordering::Relaxed) as usize;
             let result = if tomb {
                 None
@@ -823,7 +853,7 @@ impl Ring {
             // bytes happen-before the next producer's Acquire CAS and its writes. If a producer took us
             // for dead and freed the slot, it may have overwritten what we read: discard it. SeqCst RMW
             // for `notify`, as the publish in `try_push`.
-            let freed = state(pos.wrapping_add(self.one_lap) as u32, IDLE);
+            std::mem::forget(guard);
             let released =
                 slot.state
                     .compare_exchange(claimed, freed, Ordering::SeqCst, Ordering::Relaxed);
