@@ -27,7 +27,9 @@ use crate::process::{Process, Signaller};
 
 #[derive(Debug)]
 struct Slot<R> {
-    result: Option<Result<R>>,
+    /// What the helper's `Process::join` gave, or its panic (resumed in the awaiting task, as the
+    /// blocking `join` would have panicked in its caller).
+    result: Option<std::thread::Result<Result<R>>>,
     waker: Option<Waker>,
 }
 
@@ -115,7 +117,9 @@ where
     std::thread::Builder::new()
         .name("mproc-join".into())
         .spawn(move || {
-            let result = process.join();
+            // A panic in `join` (the result's `Deserialize`, say) must still fill the slot and wake
+            // the task: otherwise the future is pending forever (found by review).
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| process.join()));
             let waker = {
                 let mut s = theirs.lock().unwrap_or_else(|e| e.into_inner());
                 s.result = Some(result);
@@ -232,7 +236,11 @@ impl<R> Future for JoinFuture<R> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
         let mut s = self.slot.lock().unwrap_or_else(|e| e.into_inner());
         match s.result.take() {
-            Some(r) => Poll::Ready(r),
+            Some(Ok(r)) => Poll::Ready(r),
+            Some(Err(panic)) => {
+                drop(s);
+                std::panic::resume_unwind(panic)
+            }
             None => {
                 // Registered under the lock the helper stores the result under: no lost wake-up.
                 s.waker = Some(cx.waker().clone());
@@ -439,6 +447,47 @@ mod tests {
             .expect("the await hangs after its pool was dropped");
         assert!(matches!(r, Err(Error::PoolClosed)), "{r:?}");
         waiter.join().unwrap().unwrap();
+    }
+
+    /// A result type whose `Deserialize` panics on 7 (say, a `NonZero`-like check with an `unwrap`).
+    #[derive(Debug)]
+    struct Picky(u32);
+
+    impl serde::Serialize for Picky {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            s.serialize_u32(self.0)
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for Picky {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            let v = <u32 as serde::Deserialize>::deserialize(d)?;
+            assert!(v != 7, "Picky refuses 7");
+            Ok(Picky(v))
+        }
+    }
+
+    fn seven(_: ()) -> Picky {
+        Picky(7)
+    }
+
+    /// Review: a panic in the helper thread's `Process::join` (here the result's `Deserialize`)
+    /// ends the thread without filling the slot or waking the waker: the future is pending forever,
+    /// where the blocking `join` would have panicked in its caller.
+    #[test]
+    fn a_join_that_panics_does_not_leave_the_future_pending_forever() {
+        let mut p = Process::new(seven, ()).unwrap();
+        p.start().unwrap();
+        let fut = join(p).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| block_on(fut)));
+            let _ = tx.send(r.is_err());
+        });
+        let panicked = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the join future hangs after its helper thread panicked");
+        assert!(panicked, "the helper's panic reaches the awaiting task");
     }
 
     /// A future dropped before its result arrives cancels nothing and breaks nothing: the pool goes

@@ -275,12 +275,15 @@ fn wait_for<'a>(
 ) -> (MutexGuard<'a, JobState>, bool) {
     loop {
         let seen = job.bell.count();
-        job.report_progress();
         let s = lock(job);
-        if done(&s) {
-            return (s, true);
-        }
+        let finished = done(&s);
         drop(s);
+        // After the check: a task that finished between a report and the check is reported too
+        // (found by review: the last one was not, and the bar stayed short of the end).
+        job.report_progress();
+        if finished {
+            return (lock(job), true);
+        }
         let slice = match deadline {
             None => super::dispatcher::LIVENESS_EVERY,
             Some(d) => match d.checked_duration_since(Instant::now()) {
@@ -645,8 +648,19 @@ mod awaitable {
         cx: &mut Context<'_>,
         done: impl Fn(&JobState) -> bool,
     ) -> Poll<std::sync::MutexGuard<'a, JobState>> {
+        // Progress is reported from the polling thread, as `wait_for` does from a blocking waiter
+        // (found by review: an awaited call reported nothing). After the check, outside the lock.
+        let s = lock(job);
+        let finished = done(&s);
+        drop(s);
+        job.report_progress();
         let mut s = lock(job);
-        if done(&s) {
+        if finished || done(&s) {
+            if !finished {
+                drop(s);
+                job.report_progress();
+                s = lock(job);
+            }
             return Poll::Ready(s);
         }
         if !s.wakers.iter().any(|w| w.will_wake(cx.waker())) {
