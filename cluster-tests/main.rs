@@ -491,9 +491,89 @@ fn suite(cluster: &Cluster) -> Result<bool, Error> {
     }
     drop(pool);
 
+    // A remote rank's failed transform must not copy an earlier call's output into rank 0's array.
+    if !review(cluster)? {
+        report.failed.push("review probes".into());
+    }
+
     if cluster.rank() == 0 {
         println!(
             "cluster tests: {} passed, {} failed on {size} ranks",
+            report.passed,
+            report.failed.len()
+        );
+    }
+    Ok(report.failed.is_empty())
+}
+
+// ---- a failed remote transform share and an empty transform input ----
+
+fn fill_777(_input: &[u64], out: &mut [u64], _start: usize) {
+    out.fill(777);
+}
+
+/// Panics on the output chunk that starts at `start == 0` of the last rank's block, before writing.
+fn panic_before_write(input: &[u64], out: &mut [u64], start: usize) {
+    if input.first() == Some(&4242) && start == 0 {
+        panic!("no write at rank {}", my_rank());
+    }
+    out.fill(1);
+}
+
+fn zero_input(_input: &[u64], out: &mut [u64], _start: usize) {
+    out.fill(5);
+}
+
+fn review(cluster: &Cluster) -> Result<bool, Error> {
+    let size = cluster.size();
+    let mut report = Report {
+        failed: Vec::new(),
+        passed: 0,
+    };
+    let mut pool = ClusterPool::builder()
+        .workers(1)
+        .share_node_memory(false)
+        .build(cluster)?;
+    pool.run(|pool| {
+        // 1. A transform whose task fails on a remote rank must not write another call's data into
+        //    the failed chunk of rank 0's output.
+        let n = 3000usize;
+        let input = SharedArray::from_slice(&vec![1u64; n]).expect("memory");
+        let mut first = SharedArray::<u64>::zeroed(n).expect("memory");
+        let _ = pool.transform(&input, &mut first, 100, fill_777);
+        let mut marked = vec![1u64; n];
+        // The first element of the last rank's block (its input block starts at its first row).
+        let last_start = n - n / size; // equal workers: the last rank's block of whole chunks
+        marked[last_start - last_start % 100] = 4242;
+        let marked = SharedArray::from_slice(&marked).expect("memory");
+        let mut second = SharedArray::<u64>::zeroed(n).expect("memory");
+        let got = pool.transform(&marked, &mut second, 100, panic_before_write);
+        report.check(
+            "review: transform_failed_chunk_keeps_old_output",
+            match got {
+                // One rank: no share travels, nothing to check.
+                Err(Error::TaskPanicked { .. }) if size == 1 => Ok(()),
+                Err(Error::TaskPanicked { .. }) => {
+                    let stale = second.iter().filter(|&&v| v == 777).count();
+                    eq(stale, 0)
+                }
+                other => Err(format!("{other:?}")),
+            },
+        );
+        // 2. A transform with an empty input (k = 0).
+        let empty = SharedArray::<u64>::zeroed(0).expect("memory");
+        let mut out = SharedArray::<u64>::zeroed(1000).expect("memory");
+        let got = pool.transform(&empty, &mut out, 10, zero_input);
+        report.check(
+            "review: transform_empty_input",
+            got.map_err(|e| e.to_string())
+                .and_then(|()| eq(out.iter().all(|&v| v == 5), true)),
+        );
+    });
+    drop(pool);
+    if cluster.rank() == 0 {
+        println!(
+            "review: {} passed, {} failed",
             report.passed,
             report.failed.len()
         );
@@ -580,6 +660,17 @@ fn main() -> ExitCode {
             let got = second.run(|pool| pool.map_chunks_distributed(&ones, 5, chunk_sum));
             println!("FAILED: an array of another pool was used: {got:?}");
             ExitCode::FAILURE
+        }
+        "review" => {
+            let cluster = Cluster::init().expect("MPI starts");
+            match review(&cluster) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    println!("FAILED: rank {}: {e}", cluster.rank());
+                    ExitCode::FAILURE
+                }
+            }
         }
         "suite" => {
             let cluster = match Cluster::init() {

@@ -199,7 +199,7 @@ impl ClusterPool<'_> {
     ///
     /// # Errors
     /// As [`map`](Self::map), with chunk indices as task indices. Chunks whose task failed may be partly
-    /// written.
+    /// written; on a rank of another node, a failed share is not written at all.
     ///
     /// # Panics
     /// If `chunk_len` is 0 or `input.len()` is not a whole multiple of a non-empty `output.len()`; as

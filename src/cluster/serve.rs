@@ -593,7 +593,10 @@ fn serve_transform_with_task<T: Pod, U: Pod>(s: &mut Serving<'_>, task: LocalFn<
             .map(drop)
             .map_err(RemoteFailure::from),
     };
-    let data_follows = sent_output && output.is_ok();
+    // Only a share whose every task ran and succeeded goes back: the outbox is reused across calls,
+    // so the chunks of a failed task (or all of them, if the input never arrived) still hold an
+    // earlier call's output, which must not land in rank 0's array.
+    let data_follows = sent_output && output.is_ok() && outcome.is_ok();
     s.reply(&TransformReply {
         outcome,
         data_follows,
