@@ -241,6 +241,7 @@ fn fork_child(f: impl FnOnce() -> i32) -> libc::pid_t {
         // SAFETY: alarm and _exit have no preconditions.
         unsafe { libc::alarm(30) };
         let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(101);
+        // SAFETY: _exit has no preconditions; this forked child never returns into the harness.
         unsafe { libc::_exit(code) };
     }
     pid
@@ -358,7 +359,7 @@ fn janitor_spares_a_live_creator_forked_into_a_new_pid_namespace() {
         assert_eq!(libc::pipe(hold.as_mut_ptr()), 0);
     }
     let created = name.clone();
-    // SAFETY (whole child tree): plain system calls on descriptors and memory of these children.
+    // SAFETY: (the whole child tree) plain system calls on descriptors and memory of these children.
     let outer = fork_child(move || unsafe {
         libc::close(hold[1]);
         libc::close(ready[0]);
@@ -405,8 +406,8 @@ fn janitor_spares_a_live_creator_forked_into_a_new_pid_namespace() {
             5
         }
     });
-    // SAFETY: closing our copies of the children's ends, reading 4 bytes into a live local.
     let mut pid = [0u8; 4];
+    // SAFETY: closing our copies of the children's ends, reading 4 bytes into a live local.
     let got = unsafe {
         libc::close(ready[1]);
         libc::close(hold[0]);
@@ -457,7 +458,7 @@ fn filemap_open_does_not_wait_for_a_lease() {
         assert_eq!(libc::pipe(hold.as_mut_ptr()), 0);
     }
     let leased = path.clone();
-    // SAFETY (whole child): system calls on this child's own descriptors and signal disposition.
+    // SAFETY: (the whole child) system calls on this child's own descriptors and signal disposition.
     let holder = fork_child(move || unsafe {
         libc::close(hold[1]);
         let f = File::open(&leased).unwrap();
