@@ -49,9 +49,9 @@ use image::{
     PixelWithColorType,
 };
 
-use super::conjure;
 use crate::error::{Error, FileProblem, Result};
 use crate::heap::SharedArray;
+use crate::pool::via::{transform_via_fn, TransformVia};
 use crate::pool::Pool;
 
 /// An image whose pixels live in shared memory.
@@ -352,40 +352,44 @@ where
     img.save(path).map_err(|e| image_error(path, e))
 }
 
-/// The task `map_bands` hands the pool: the dimensions travel as its parameters.
-type BandTask<P, Q> =
-    fn(&(u32, u32), &[<P as Pixel>::Subpixel], &mut [<Q as Pixel>::Subpixel], usize);
+/// The worker side of [`map_bands`]: the task's slices as images, (width, height) its parameters.
+struct Bands<P, Q>(std::marker::PhantomData<(P, Q)>);
 
-/// Worker side of [`map_bands`]: (width, height) travel as the parameters.
-fn band_task<P, Q, F>(
-    &(w, h): &(u32, u32),
-    input: &[P::Subpixel],
-    out: &mut [Q::Subpixel],
-    start: usize,
-) where
+// SAFETY: `User` is a function-pointer type.
+unsafe impl<P, Q> TransformVia<P::Subpixel, Q::Subpixel, (u32, u32)> for Bands<P, Q>
+where
     P: Pixel,
     Q: Pixel,
     P::Subpixel: Pod,
     Q::Subpixel: Pod,
-    F: Fn(ImageView<'_, P>, BandMut<'_, Q>, u32) + Copy,
 {
-    // The parameters come from a shared ring: anything that does not fit fails the task (as a
-    // panic, reported as `TaskPanicked`), never a view outside the buffers.
-    let row = (w as usize)
-        .saturating_mul(usize::from(Q::CHANNEL_COUNT))
-        .max(1);
-    let rows = u32::try_from(out.len() / row).expect("a band's height fits in u32");
-    let first = u32::try_from(start / row).expect("a row index fits in u32");
-    let input = ImageBuffer::from_raw(w, h, input).expect("the input fits its dimensions");
-    let band = ImageBuffer::from_raw(w, rows, out).expect("the band is whole rows");
-    conjure::<F>()(input, band, first)
+    type User = fn(ImageView<'_, P>, BandMut<'_, Q>, u32);
+
+    fn call(
+        f: Self::User,
+        &(w, h): &(u32, u32),
+        input: &[P::Subpixel],
+        out: &mut [Q::Subpixel],
+        start: usize,
+    ) {
+        // The parameters come from a shared ring: anything that does not fit fails the task (as a
+        // panic, reported as `TaskPanicked`), never a view outside the buffers.
+        let row = (w as usize)
+            .saturating_mul(usize::from(Q::CHANNEL_COUNT))
+            .max(1);
+        let rows = u32::try_from(out.len() / row).expect("a band's height fits in u32");
+        let first = u32::try_from(start / row).expect("a row index fits in u32");
+        let input = ImageBuffer::from_raw(w, h, input).expect("the input fits its dimensions");
+        let band = ImageBuffer::from_raw(w, rows, out).expect("the band is whole rows");
+        f(input, band, first)
+    }
 }
 
 /// `f` over bands of `band_rows` output rows, on the pool: each task calls
 /// `f(input, band, first_row)` with a view of the whole input (a filter may read the rows around
 /// its band) and a mutable view of its band of a new image of the same dimensions, both in shared
-/// memory in place. Only handles and the dimensions travel. `f` must be a `fn` item or a closure
-/// that captures nothing.
+/// memory in place. Only handles and the dimensions travel. `f` is a function pointer: a `fn` item
+/// or a closure that captures nothing (a worker cannot have what a closure captured here).
 ///
 /// # Errors
 /// As [`Pool::transform`]; as [`new_image`] for the output; [`Error::Shape`] if a band's size
@@ -412,28 +416,42 @@ fn band_task<P, Q, F>(
 /// assert_eq!(inverted.get_pixel(7, 8), &Luma([255 - 56]));
 /// # Ok::<(), mproc::Error>(())
 /// ```
+///
+/// A closure that captures anything is refused at compile time, even a zero-sized capture (a worker
+/// would have to make up the captured value, which may prove something only this process knows):
+/// ```compile_fail,E0308
+/// # use image::Luma;
+/// # use mproc::integrations::image::{map_bands, new_image, BandMut, ImageView};
+/// #[derive(Clone, Copy)]
+/// struct Token; // say, a proof that a global was set up in this process
+/// let token = Token;
+/// let pool = mproc::Pool::builder().workers(1).build()?;
+/// let img = new_image::<Luma<u8>>(2, 2)?;
+/// map_bands(&pool, &img, 1, move |_: ImageView<Luma<u8>>, _: BandMut<Luma<u8>>, _: u32| {
+///     let _ = token;
+/// })?;
+/// # Ok::<(), mproc::Error>(())
+/// ```
 #[track_caller]
-pub fn map_bands<P, Q, F>(
+pub fn map_bands<P, Q>(
     pool: &Pool,
     input: &SharedImage<P>,
     band_rows: u32,
-    f: F,
+    f: fn(ImageView<'_, P>, BandMut<'_, Q>, u32),
 ) -> Result<SharedImage<Q>>
 where
     P: Pixel,
     Q: Pixel,
     P::Subpixel: Pod,
     Q::Subpixel: Pod,
-    F: Fn(ImageView<'_, P>, BandMut<'_, Q>, u32) + Copy + Send + 'static,
 {
     assert!(band_rows > 0, "band_rows must be at least 1");
-    let _ = f; // the type is the function: the workers re-create it
-    let task: BandTask<P, Q> = band_task::<P, Q, F>;
+    let task = transform_via_fn::<P::Subpixel, Q::Subpixel, (u32, u32), Bands<P, Q>>(f);
     let (w, h) = input.dimensions();
     let mut out = SharedArray::<Q::Subpixel>::zeroed(subpixels::<Q>(w, h)?)?;
     if !out.is_empty() {
         let chunk = subpixels::<Q>(w, band_rows)?;
-        pool.transform_with(input.as_raw(), &mut out, chunk, &(w, h), task)?;
+        pool.transform_tasks(input.as_raw(), &mut out, chunk, &(w, h), task)?;
     }
     Ok(ImageBuffer::from_raw(w, h, out).expect("sized for these dimensions"))
 }

@@ -33,25 +33,3 @@ pub mod ndarray;
 pub mod npy;
 #[cfg(feature = "progress")]
 pub mod progress;
-
-/// The value of a zero-sized `Copy` type: how a worker gets the function it was sent, from the
-/// function's type alone (the type is the function: a `fn` item or a non-capturing closure).
-///
-/// Capturing closures are refused at compile time (they are not zero-sized), so nothing the caller
-/// captured is ever conjured here.
-#[cfg(any(feature = "ndarray", feature = "image"))]
-pub(crate) fn conjure<F: Copy>() -> F {
-    const {
-        assert!(
-            std::mem::size_of::<F>() == 0,
-            "a function handed to workers must be a `fn` item or a closure that captures nothing \
-             (it captures data)"
-        )
-    };
-    // SAFETY: `F` is zero-sized (checked at compile time), so a value of it has no bytes to be
-    // invalid: the value is its type. `F` is inhabited, since the caller handed us one (every API
-    // that reaches this takes an `F` by value), and `Copy`, so it has no destructor and making one
-    // more is exactly what copying the caller's would do. The types this is used for are `Fn` items
-    // and closures, which carry no safety invariant beyond their (empty) captures.
-    unsafe { std::mem::zeroed::<F>() }
-}

@@ -24,9 +24,9 @@ use bytemuck::Pod;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::conjure;
 use crate::error::{Error, Result};
 use crate::heap::SharedArray;
+use crate::pool::via::{chunk_via_fn, transform_via_fn, ChunkVia, TransformVia};
 use crate::pool::Pool;
 
 /// The memory order of an n-d array's elements.
@@ -170,45 +170,50 @@ fn viewable_len<D: Dimension>(dim: &D) -> Option<usize> {
     (nonzero <= isize::MAX as usize).then_some(len)
 }
 
-/// Worker side of [`SharedNdArray::map_axis_chunks`].
-fn map_task<T, D, R, F>(layout: &NdLayout, chunk: &[T]) -> R
-where
-    T: Pod,
-    D: Dimension,
-    F: Fn(ArrayView<'_, T, D>) -> R + Copy,
-{
-    // A task's layout comes from a shared ring: a forged one fails this task (as a panic, reported
-    // to the caller as `TaskPanicked`), it never makes a view outside `chunk`.
-    let view = layout
-        .view::<T, D>(chunk)
-        .unwrap_or_else(|e| panic!("chunk does not fit its layout: {e}"));
-    conjure::<F>()(view)
+/// The worker side of [`SharedNdArray::map_axis_chunks`]: the chunk as an `ArrayView` of the
+/// layout the task carries.
+struct AxisChunks<T, D, R>(std::marker::PhantomData<(T, D, R)>);
+
+// SAFETY: `User` is a function-pointer type.
+unsafe impl<T: Pod, D: Dimension, R> ChunkVia<T, NdLayout, R> for AxisChunks<T, D, R> {
+    type User = fn(ArrayView<'_, T, D>) -> R;
+
+    fn call(f: Self::User, layout: &NdLayout, chunk: &[T]) -> R {
+        // A task's layout comes from a shared ring: a forged one fails this task (as a panic,
+        // reported to the caller as `TaskPanicked`), it never makes a view outside `chunk`.
+        let view = layout
+            .view::<T, D>(chunk)
+            .unwrap_or_else(|e| panic!("chunk does not fit its layout: {e}"));
+        f(view)
+    }
 }
 
-/// The task `transform_axis_chunks` hands the pool: input and output layouts travel as parameters.
-type TransformTask<T, U> = fn(&(NdLayout, NdLayout), &[T], &mut [U], usize);
+/// The worker side of [`SharedNdArray::transform_axis_chunks`]: input and output layouts travel as
+/// the task's parameters.
+struct AxisTransform<T, U, D>(std::marker::PhantomData<(T, U, D)>);
 
-/// Worker side of [`SharedNdArray::transform_axis_chunks`].
-fn transform_task<T, U, D, F>(
-    layouts: &(NdLayout, NdLayout),
-    input: &[T],
-    out: &mut [U],
-    start: usize,
-) where
-    T: Pod,
-    U: Pod,
-    D: Dimension,
-    F: Fn(ArrayView<'_, T, D>, ArrayViewMut<'_, U, D>, usize) + Copy,
+// SAFETY: `User` is a function-pointer type.
+unsafe impl<T: Pod, U: Pod, D: Dimension> TransformVia<T, U, (NdLayout, NdLayout)>
+    for AxisTransform<T, U, D>
 {
-    let (inl, outl) = layouts;
-    let input = inl
-        .view::<T, D>(input)
-        .unwrap_or_else(|e| panic!("input does not fit its layout: {e}"));
-    let inner = outl.inner().filter(|&i| i > 0).unwrap_or(1);
-    let out = outl
-        .view_mut::<U, D>(out)
-        .unwrap_or_else(|e| panic!("output chunk does not fit its layout: {e}"));
-    conjure::<F>()(input, out, start / inner)
+    type User = fn(ArrayView<'_, T, D>, ArrayViewMut<'_, U, D>, usize);
+
+    fn call(
+        f: Self::User,
+        (inl, outl): &(NdLayout, NdLayout),
+        input: &[T],
+        out: &mut [U],
+        start: usize,
+    ) {
+        let input = inl
+            .view::<T, D>(input)
+            .unwrap_or_else(|e| panic!("input does not fit its layout: {e}"));
+        let inner = outl.inner().filter(|&i| i > 0).unwrap_or(1);
+        let out = outl
+            .view_mut::<U, D>(out)
+            .unwrap_or_else(|e| panic!("output chunk does not fit its layout: {e}"));
+        f(input, out, start / inner)
+    }
 }
 
 /// An n-dimensional array in shared memory: a [`SharedArray`] with a shape and a memory order.
@@ -433,8 +438,8 @@ impl<T: Pod, D: Dimension> SharedNdArray<T, D> {
     /// only (region, offset, range) and the shape travel. A `chunk` past the axis's length
     /// (`usize::MAX`, say) is one task over the whole array; an array without elements has no chunks.
     ///
-    /// `f` must be a `fn` item or a closure that captures nothing (it is re-created in the worker
-    /// from its type).
+    /// `f` is a function pointer: a `fn` item or a closure that captures nothing (a worker cannot
+    /// have what a closure captured here).
     ///
     /// # Errors
     /// As [`Pool::map_chunks`].
@@ -464,21 +469,24 @@ impl<T: Pod, D: Dimension> SharedNdArray<T, D> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     #[track_caller]
-    pub fn map_axis_chunks<R, F>(&self, pool: &Pool, chunk: usize, f: F) -> Result<Vec<R>>
+    pub fn map_axis_chunks<R>(
+        &self,
+        pool: &Pool,
+        chunk: usize,
+        f: fn(ArrayView<'_, T, D>) -> R,
+    ) -> Result<Vec<R>>
     where
         R: Serialize + DeserializeOwned,
-        F: Fn(ArrayView<'_, T, D>) -> R + Copy + Send + 'static,
     {
         assert!(chunk > 0, "chunk must be at least 1");
-        let _ = f; // the type is the function: the workers re-create it (see `conjure`)
-        let task: fn(&NdLayout, &[T]) -> R = map_task::<T, D, R, F>;
+        let task = chunk_via_fn::<T, NdLayout, R, AxisChunks<T, D, R>>(f);
         if self.data.is_empty() {
             return Ok(Vec::new());
         }
         let elems = self
             .chunk_elems(chunk)
             .ok_or_else(|| shape_err("the shape's size overflows"))?;
-        pool.map_chunks_with(&self.data, elems, &self.layout(), task)
+        pool.chunk_tasks(&self.data, elems, &self.layout(), task)
     }
 
     /// Fills `output` in parallel, chunk by chunk along its outer axis in memory:
@@ -513,20 +521,15 @@ impl<T: Pod, D: Dimension> SharedNdArray<T, D> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     #[track_caller]
-    pub fn transform_axis_chunks<U, F>(
+    pub fn transform_axis_chunks<U: Pod>(
         &self,
         pool: &Pool,
         output: &mut SharedNdArray<U, D>,
         chunk: usize,
-        f: F,
-    ) -> Result<()>
-    where
-        U: Pod,
-        F: Fn(ArrayView<'_, T, D>, ArrayViewMut<'_, U, D>, usize) + Copy + Send + 'static,
-    {
+        f: fn(ArrayView<'_, T, D>, ArrayViewMut<'_, U, D>, usize),
+    ) -> Result<()> {
         assert!(chunk > 0, "chunk must be at least 1");
-        let _ = f; // the type is the function (see `map_axis_chunks`)
-        let task: TransformTask<T, U> = transform_task::<T, U, D, F>;
+        let task = transform_via_fn::<T, U, (NdLayout, NdLayout), AxisTransform<T, U, D>>(f);
         if output.data.is_empty() {
             return Ok(());
         }
@@ -534,7 +537,7 @@ impl<T: Pod, D: Dimension> SharedNdArray<T, D> {
             .chunk_elems(chunk)
             .ok_or_else(|| shape_err("the shape's size overflows"))?;
         let layouts = (self.layout(), output.layout());
-        pool.transform_with(&self.data, &mut output.data, elems, &layouts, task)
+        pool.transform_tasks(&self.data, &mut output.data, elems, &layouts, task)
     }
 }
 

@@ -88,7 +88,7 @@ impl Pool {
 
     /// One task per chunk of `array`, each carrying its part and `extra`; waits for all of them.
     #[track_caller]
-    fn chunk_tasks<T: Pod, X: Serialize, R: DeserializeOwned>(
+    pub(crate) fn chunk_tasks<T: Pod, X: Serialize, R: DeserializeOwned>(
         &self,
         array: &SharedArray<T>,
         chunk_len: usize,
@@ -200,7 +200,7 @@ impl Pool {
 
     /// One task per output chunk, each carrying the whole input, its output part and `extra`.
     #[track_caller]
-    fn transform_tasks<T: Pod, U: Pod, X: Serialize>(
+    pub(crate) fn transform_tasks<T: Pod, U: Pod, X: Serialize>(
         &self,
         input: &SharedArray<T>,
         output: &mut SharedArray<U>,

@@ -455,6 +455,14 @@ fn chunk_with_adapter<T: Pod, P: DeserializeOwned, R: Serialize>(
 ) -> Result<ItemResults, String> {
     // SAFETY: paired only with a `fn(&P, &[T]) -> R` for these types (`chunk_with_fn`).
     let f = unsafe { func.get::<fn(&P, &[T]) -> R>() };
+    run_chunk_with(payload, f)
+}
+
+/// A `map_chunks_with` task: `f(params, chunk)` on the lent chunk its payload names.
+pub(super) fn run_chunk_with<T: Pod, P: DeserializeOwned, R: Serialize>(
+    payload: &[u8],
+    f: impl Fn(&P, &[T]) -> R,
+) -> Result<ItemResults, String> {
     let (part, params): (ArrayPart, P) = decode_payload(payload)?;
     let (a, range) = view::<T>(&part)?;
     let items = a.range(range).ok_or("the lent range left the array")?;
@@ -501,6 +509,15 @@ fn transform_with_adapter<T: Pod, U: Pod, P: DeserializeOwned>(
     // SAFETY: paired only with a `fn(&P, &[T], &mut [U], usize)` for these types
     // (`transform_with_fn`).
     let f = unsafe { func.get::<fn(&P, &[T], &mut [U], usize)>() };
+    run_transform_with(payload, f)
+}
+
+/// A `transform_with` task: `f(params, input, out, start)` on the lent input and output part its
+/// payload names.
+pub(super) fn run_transform_with<T: Pod, U: Pod, P: DeserializeOwned>(
+    payload: &[u8],
+    f: impl Fn(&P, &[T], &mut [U], usize),
+) -> Result<ItemResults, String> {
     let (input, output, params): (ArrayPart, ArrayPart, P) = decode_payload(payload)?;
     let ((inp, in_range), (mut out, out_range)) = (view::<T>(&input)?, view::<U>(&output)?);
     let start = out_range.start;

@@ -204,7 +204,10 @@ impl Blocks {
                 r.len
             )));
         }
-        if !block.holds_memory(0, block.len()).inspect_err(|_| self.unlink(&name))? {
+        if !block
+            .holds_memory(0, block.len())
+            .inspect_err(|_| self.unlink(&name))?
+        {
             self.unlink(&name);
             return Err(Error::Corrupted(format!(
                 "spilled message {name} of {} bytes is a sparse file: not what a producer writes",
