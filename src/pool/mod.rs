@@ -55,6 +55,7 @@ mod map;
 mod results;
 #[cfg(test)]
 mod tests;
+#[cfg(any(feature = "ndarray", feature = "image"))]
 pub(crate) mod via;
 pub(crate) mod wire;
 pub(crate) mod worker;

@@ -12,12 +12,16 @@
 
 use bytemuck::Pod;
 use serde::de::DeserializeOwned;
+#[cfg(feature = "ndarray")]
 use serde::Serialize;
 
 use super::wire::ItemResults;
-use super::worker::{run_chunk_with, run_transform_with, TaskKind};
+#[cfg(feature = "ndarray")]
+use super::worker::run_chunk_with;
+use super::worker::{run_transform_with, TaskKind};
 use crate::process::fnref::{FnAddr, LocalFn};
 
+#[cfg(feature = "ndarray")]
 /// How a `map_chunks_with` task calls a user's function of type [`User`](ChunkVia::User) on its
 /// chunk.
 ///
@@ -56,6 +60,7 @@ unsafe fn fn_addr<F: Copy>(f: F) -> usize {
     unsafe { std::mem::transmute_copy::<F, usize>(&f) }
 }
 
+#[cfg(feature = "ndarray")]
 /// The task function of a `map_chunks_with` call that runs `user` through `W`.
 pub(crate) fn chunk_via_fn<T, P, R, W>(user: W::User) -> LocalFn<TaskKind>
 where
@@ -69,6 +74,7 @@ where
     unsafe { LocalFn::<TaskKind>::pair(fn_addr(user), chunk_via_adapter::<T, P, R, W>) }
 }
 
+#[cfg(feature = "ndarray")]
 fn chunk_via_adapter<T, P, R, W>(func: FnAddr, payload: &[u8]) -> Result<ItemResults, String>
 where
     T: Pod,
