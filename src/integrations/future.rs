@@ -251,7 +251,7 @@ impl<R> Future for JoinFuture<R> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::task::Wake;
     use std::time::{Duration, Instant};
 

@@ -124,26 +124,7 @@ mod tests {
     #[cfg(feature = "async")]
     #[test]
     fn an_awaited_call_moves_the_bar() {
-        use std::future::Future;
-        use std::sync::Arc;
-        use std::task::{Context, Poll, Wake};
-        fn block_on<F: Future>(f: F) -> F::Output {
-            struct Unpark(std::thread::Thread);
-            impl Wake for Unpark {
-                fn wake(self: Arc<Self>) {
-                    self.0.unpark();
-                }
-            }
-            let waker = Arc::new(Unpark(std::thread::current())).into();
-            let mut cx = Context::from_waker(&waker);
-            let mut f = std::pin::pin!(f);
-            loop {
-                if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-                    return v;
-                }
-                std::thread::park();
-            }
-        }
+        use crate::integrations::future::tests::block_on;
         let bar = ProgressBar::hidden();
         let pool = PoolBuilder::default()
             .workers(2)
