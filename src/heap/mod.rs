@@ -28,6 +28,7 @@ mod array;
 mod grid;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use crate::error::{Error, Result};
@@ -276,6 +277,11 @@ type Deferred = (crate::sys::proc::Identity, Arc<Region>, usize, usize);
 /// Blocks a forked child took with its closure: returned to the heap once that child is gone.
 static DEFERRED: Mutex<Vec<Deferred>> = Mutex::new(Vec::new());
 
+/// Whether `DEFERRED` holds anything: written only under its lock, read without it by every
+/// `Heap::alloc`, so that an allocation in a process that never forked with a block costs a load,
+/// not a mutex. A stale `false` only postpones a release to the next allocation.
+static DEFERRED_PENDING: AtomicBool = AtomicBool::new(false);
+
 /// Runs `drop_closure` (the parent's copy of the closure that child `pid` runs after a fork) so that
 /// every block it frees stays allocated until that child has exited: the child's copy of each
 /// `SharedArray` in the closure names the same shared memory, and reusing it for another array of
@@ -298,6 +304,9 @@ pub(crate) fn dropping_closure_of_child(pid: u32, drop_closure: impl FnOnce()) {
 
 /// Returns the deferred blocks of children that are gone.
 fn release_deferred() {
+    if !DEFERRED_PENDING.load(Ordering::Relaxed) {
+        return;
+    }
     let done: Vec<_> = {
         let mut d = DEFERRED.lock().unwrap_or_else(|e| e.into_inner());
         if d.is_empty() {
@@ -306,6 +315,7 @@ fn release_deferred() {
         let (gone, alive): (Vec<_>, Vec<_>) = std::mem::take(&mut *d)
             .into_iter()
             .partition(|(child, ..)| !crate::sys::proc::is_alive(*child));
+        DEFERRED_PENDING.store(!alive.is_empty(), Ordering::Relaxed);
         *d = alive;
         gone
     };
@@ -322,12 +332,9 @@ impl Drop for Block {
     fn drop(&mut self) {
         if self.owned {
             if let Some(child) = HANDED_TO.with(std::cell::Cell::get) {
-                DEFERRED.lock().unwrap_or_else(|e| e.into_inner()).push((
-                    child,
-                    self.region.clone(),
-                    self.offset,
-                    held_len(self.len),
-                ));
+                let mut d = DEFERRED.lock().unwrap_or_else(|e| e.into_inner());
+                d.push((child, self.region.clone(), self.offset, held_len(self.len)));
+                DEFERRED_PENDING.store(true, Ordering::Relaxed);
                 return;
             }
             Heap::release(self);
