@@ -297,6 +297,18 @@ impl<T: Pod + Send + Sync> Codec<Vec<T>> for RawSlice<T> {
     }
 
     fn decode(bytes: &[u8]) -> Result<Vec<T>> {
+        // A zero-sized element has no bytes: its vector encodes as nothing (the length is not carried),
+        // so nothing else decodes. Without this check a peer's non-empty message would reach the copy
+        // below into a vector of zero bytes, which panics.
+        if std::mem::size_of::<T>() == 0 && !bytes.is_empty() {
+            return Err(Error::Decode {
+                ty: std::any::type_name::<Vec<T>>().into(),
+                reason: format!(
+                    "{} bytes for elements of zero bytes (their vectors encode as nothing)",
+                    bytes.len()
+                ),
+            });
+        }
         let size = std::mem::size_of::<T>().max(1);
         if !bytes.len().is_multiple_of(size) {
             return Err(Error::Decode {
@@ -344,5 +356,17 @@ mod tests {
         let s = RawSlice::<u16>::with_bytes(&vec![1u16, 2, 3], |b| b.to_vec()).unwrap();
         assert_eq!(RawSlice::<u16>::decode(&s).unwrap(), vec![1, 2, 3]);
         assert!(RawSlice::<u16>::decode(&s[..5]).is_err());
+    }
+
+    #[test]
+    fn raw_slice_of_zero_sized_elements_refuses_bytes_instead_of_panicking() {
+        // `()` and `[u8; 0]` are `Pod`: a `Queue<Vec<()>, RawSlice<()>>` is a valid type, and what a
+        // peer wrote into its slot must come back as an error, whatever it is.
+        let e = RawSlice::<()>::decode(&[1, 2, 3]).unwrap_err();
+        assert!(matches!(e, Error::Decode { .. }), "{e}");
+        assert!(RawSlice::<[u8; 0]>::decode(&[0]).is_err());
+        let bytes = RawSlice::<()>::with_bytes(&vec![(); 3], |b| b.to_vec()).unwrap();
+        assert!(bytes.is_empty());
+        assert_eq!(RawSlice::<()>::decode(&bytes).unwrap(), Vec::<()>::new());
     }
 }

@@ -117,8 +117,11 @@ fn no_live_views(w: &[AtomicU64; HEADER / 8]) -> bool {
         && w.iter().take(HOLDERS).all(|word| {
             let v = word.load(Ordering::Acquire);
             let (pid, views) = ((v >> 32) as u32, v as u32);
-            views == 0
-                || !crate::sys::proc::is_alive(crate::sys::proc::Identity { tid: pid, start: 0 })
+            // A process, not a thread: `process_alive` counts a process whose main thread exited
+            // while its other threads (which may hold views) run as alive; the thread check
+            // (`proc::is_alive`) would take its zombie leader for a dead process and reuse the block
+            // under their views.
+            views == 0 || !crate::sys::proc::process_alive(pid, 0)
         })
 }
 
@@ -234,5 +237,70 @@ impl<T: Pod> Drop for Leased<T> {
             // Every read through this view (and, through `Arc`, through its clones) happens before.
             give_lease(w, self.slot);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A forked child whose main thread has exited while another of its threads still runs (as after
+    /// `pthread_exit` in `main`): its leader is a zombie, the process is alive. Killed and reaped by
+    /// the caller.
+    fn child_with_exited_main_thread() -> u32 {
+        extern "C" fn linger(_: *mut libc::c_void) -> *mut libc::c_void {
+            let ts = libc::timespec {
+                tv_sec: 30,
+                tv_nsec: 0,
+            };
+            // SAFETY: nanosleep reads a live timespec and may write nothing (null remainder).
+            unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+            crate::sys::process::exit_immediately(0)
+        }
+        // SAFETY: the child only calls pthread_create (glibc's fork leaves it usable), then ends its
+        // own thread; it never returns into the test harness and takes none of its locks.
+        match unsafe { crate::sys::process::fork() }.unwrap() {
+            crate::sys::process::Fork::Child => {
+                let mut t: libc::pthread_t = 0;
+                // SAFETY: `t` is a live local for the id; default attributes; `linger` never returns
+                // into Rust code that assumes anything of this process.
+                if unsafe {
+                    libc::pthread_create(&mut t, std::ptr::null(), linger, std::ptr::null_mut())
+                } != 0
+                {
+                    crate::sys::process::exit_immediately(1);
+                }
+                // SAFETY: SYS_exit ends the calling thread only (not the group, unlike `_exit`); it
+                // never returns.
+                unsafe { libc::syscall(libc::SYS_exit, 0) };
+                unreachable!("SYS_exit returned")
+            }
+            crate::sys::process::Fork::Parent(pid) => pid,
+        }
+    }
+
+    #[test]
+    fn views_of_a_process_whose_main_thread_exited_are_alive() {
+        let pid = child_with_exited_main_thread();
+        // Wait (bounded) for its leader to become a zombie.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let leader_gone = loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].trim_start().chars().next());
+            if state == Some('Z') || std::time::Instant::now() >= deadline {
+                break state == Some('Z');
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        let w: [AtomicU64; HEADER / 8] = std::array::from_fn(|_| AtomicU64::new(0));
+        w[0].store(holder(pid, 1), Ordering::Relaxed);
+        let live = !no_live_views(&w);
+        crate::sys::process::kill_and_reap(pid);
+        assert!(leader_gone, "the child's main thread did not exit");
+        assert!(live, "a live process's view was counted as gone");
+        // Once it is reaped, its view is gone.
+        assert!(no_live_views(&w));
     }
 }

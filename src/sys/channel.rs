@@ -338,6 +338,16 @@ pub(crate) fn read_sealed(
             m.len()
         ));
     }
+    // Until it was sealed, any process of our uid could re-open the memfd (module docs) and grow it
+    // sparse for free up to `cap`: the MAC would refuse it, but only after this process had allocated
+    // and read all of it. Whoever really made it wrote every byte (`write_all_at`), so a hole means a
+    // file nobody wrote, refused before anything is allocated for it (as `process` does for a grown
+    // result memfd).
+    match super::shm::is_all_data(&file, 0, m.len()) {
+        Ok(true) => {}
+        Ok(false) => return Err(format!("the {what} file has holes: nobody wrote all of it")),
+        Err(e) => return Err(format!("lseek({what}): {e}")),
+    }
     // The size is sealed (and capped above), so `m.len()` is exactly what there is to read. Positional
     // read: the descriptor's file offset is whatever the parent left it at.
     let mut bytes = vec![0u8; m.len() as usize];
@@ -448,6 +458,22 @@ mod tests {
             b"hello"
         );
         assert!(read_task(leak(f), 4).unwrap_err().contains("more than"));
+    }
+
+    #[test]
+    fn a_sparse_task_is_refused_before_anything_is_allocated_for_it() {
+        // What a process of our uid can do to the task memfd before it is sealed: grow it, for free.
+        let mut f = memfd();
+        f.write_all(b"hello").unwrap();
+        f.set_len(64 << 20).unwrap();
+        seal_contents(&f).unwrap();
+        let why = read_task(leak(f), 1 << 30).unwrap_err();
+        assert!(why.contains("holes"), "{why}");
+        // A task written in full, zeroes included, is data all through.
+        let mut f = memfd();
+        f.write_all(&[0; 10_000]).unwrap();
+        seal_contents(&f).unwrap();
+        assert_eq!(read_task(leak(f), 1 << 30).unwrap(), [0; 10_000]);
     }
 
     #[test]
