@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::wait::{note_cpu, Waiter, Wake};
+use super::wait::{note_cpu, Waiter, Wake, MAX_CHECK};
 use crate::error::Result;
 use crate::region::shared::{impl_shared_object, Shared};
 use crate::region::ShmSafe;
@@ -46,7 +46,9 @@ const _: () = assert!(std::mem::size_of::<RawEvent>() == 16);
 unsafe impl ShmSafe for RawEvent {}
 
 /// A flag shared between processes, like Python's `multiprocessing.Event`: `set` wakes every waiter
-/// (a waiter asleep during `set(); clear()` wakes too), `clear` resets it. An event holds nothing, so a process dying around it leaves nothing to recover.
+/// (a waiter asleep during `set(); clear()` wakes too), `clear` resets it. An event holds nothing, so a
+/// process dying around it leaves nothing to recover: a setter killed between setting the flag and
+/// waking the waiters delays them by about 50 ms.
 ///
 /// # Examples
 /// ```
@@ -138,14 +140,22 @@ impl Event {
         // flag clear at `start`, only a `set` moves the word (a `clear` of a clear flag writes nothing):
         // a move is a set since `start`, whatever the flag says now.
         let was_set = || raw.state.load(Ordering::SeqCst) != start;
-        let mut waiter = Waiter::new(deadline);
+        // In slices of `MAX_CHECK`, each ended by a look at the word: a setter killed between its move
+        // of the word and its `FUTEX_WAKE` (or any writer of the region that sets the flag without
+        // a wake) would otherwise leave a waiter asleep for good on a set event. Until 2026-12-03 a
+        // waiter slept in one piece until its deadline, and `wait()` never returned (found by
+        // review). An idle waiter pays one wake-up per slice.
+        let mut waiter = Waiter::new(deadline).checking(MAX_CHECK, MAX_CHECK);
         let sleepers = Some(&raw.sleepers);
         let setter_cpu = || raw.setter_cpu.load(Ordering::Relaxed);
-        match waiter.wait_until_beside(was_set, &raw.state, start, sleepers, setter_cpu) {
-            Wake::Ready => true,
-            // The deadline (a waiter with no liveness checks never sees a slice end): the flag may
-            // have been set on the way out.
-            Wake::SliceEnded | Wake::Deadline => was_set(),
+        loop {
+            match waiter.wait_until_beside(&was_set, &raw.state, start, sleepers, setter_cpu) {
+                Wake::Ready => return true,
+                // Nothing to check but the word, which the wait looks at first when called again.
+                Wake::SliceEnded => {}
+                // The flag may have been set on the way out.
+                Wake::Deadline => return was_set(),
+            }
         }
     }
 }
@@ -172,6 +182,41 @@ mod tests {
             .unwrap()
         });
         assert_eq!(e.shared.setter_cpu.load(Ordering::Relaxed), cpu);
+    }
+
+    /// Found by review: a setter killed between moving the word and its `FUTEX_WAKE` (or one that
+    /// never wakes: any writer of the region can set the flag) left a `wait()` asleep for good on an
+    /// event that was set: its futex sleep had no end. Waiters now look again every `MAX_CHECK`.
+    #[test]
+    fn a_set_whose_wake_never_came_still_ends_the_wait() {
+        let e = Event::new().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let e = e.clone();
+            std::thread::spawn(move || {
+                e.wait();
+                let _ = tx.send(());
+            })
+        };
+        // Bounded, to prove no hang: until the waiter is counted as asleep.
+        let end = Instant::now() + Duration::from_secs(60);
+        while e.shared.sleepers.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < end, "the waiter never slept");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // What `set` does before its wake, and no wake: the setter was killed there.
+        let raw = &*e.shared;
+        let _ = raw
+            .state
+            .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |w| {
+                Some((w | FLAG).wrapping_add(2))
+            });
+        assert!(e.is_set());
+        let woke = rx.recv_timeout(Duration::from_secs(30));
+        // Release a waiter of the old code, so the thread does not outlive the test.
+        e.set();
+        waiter.join().unwrap();
+        assert!(woke.is_ok(), "a waiter slept on through a set event");
     }
 
     /// Found by review: a waiter asleep during `set(); clear()` was woken, found the flag clear and

@@ -109,7 +109,11 @@ enum Wait {
 /// What one update under the lock does to `value` and to the caller's holder slot.
 enum Update {
     Take,
-    Give { tracked: bool },
+    /// `tracked`: the permit is a guard's that the caller's holder slot records (see
+    /// [`SemaphoreGuard`]); a loose `release`, and a guard taken while the table was full, are not.
+    Give {
+        tracked: bool,
+    },
 }
 
 impl RawSemaphore {
@@ -154,15 +158,17 @@ impl RawSemaphore {
         j.active.store(0, Ordering::Relaxed);
     }
 
-    /// Applies `update` for thread `me`; the caller holds the lock. Returns false if it cannot apply
-    /// (no free permit, or the ceiling would be passed: a guard's record is dropped even then).
-    fn apply(&self, update: Update, me: Identity) -> bool {
+    /// Applies `update` for thread `me`; the caller holds the lock. `None` if it cannot apply (no free
+    /// permit, or the ceiling would be passed: a guard's record is dropped even then); else whether a
+    /// holder slot records the change (a permit taken while all [`HOLDER_SLOTS`] hold other threads'
+    /// is not tracked).
+    fn apply(&self, update: Update, me: Identity) -> Option<bool> {
         let value = self.value.load(Ordering::Relaxed);
         let at_ceiling = value >= self.max.load(Ordering::Relaxed);
         let new_value = match update {
-            Update::Take if value == 0 => return false,
+            Update::Take if value == 0 => return None,
             Update::Take => value - 1,
-            Update::Give { tracked: false } if at_ceiling => return false,
+            Update::Give { tracked: false } if at_ceiling => return None,
             // A guard's permit given back at the ceiling (a loose `release` already gave one back
             // while the guard was out): the value stays, but the guard's record goes. Left in place,
             // it was handed back once more when the thread died (found by review: two holders of a
@@ -191,7 +197,7 @@ impl RawSemaphore {
                 h.ns.store(proc::pid_ns_tag(), Ordering::Relaxed);
             }
         });
-        new_value != value
+        (new_value != value).then_some(slot != NO_SLOT)
     }
 
     /// Runs `change` (which may modify `value` and holder slot `slot`) with an undo record of both
@@ -303,13 +309,14 @@ impl RawSemaphore {
         }
     }
 
-    /// One attempt to take a permit; the internal lock is waited for until `deadline` at most.
-    fn try_take(&self, me: Identity, wait: Wait) -> bool {
-        self.locked(wait, |s| s.apply(Update::Take, me))
-            .unwrap_or(false)
+    /// One attempt to take a permit; the internal lock is waited for until `deadline` at most. `None`
+    /// if not taken, else whether the permit is tracked (see [`RawSemaphore::apply`]).
+    fn try_take(&self, me: Identity, wait: Wait) -> Option<bool> {
+        self.locked(wait, |s| s.apply(Update::Take, me)).flatten()
     }
 
-    fn acquire_until(&self, deadline: Option<Instant>) -> bool {
+    /// Takes a permit by `deadline`; `None` if it passed, else whether the permit is tracked.
+    fn acquire_until(&self, deadline: Option<Instant>) -> Option<bool> {
         let me = proc::current();
         let wait = Wait::Until(deadline);
         // The first attempt waits for the internal lock as `try_acquire` does: a peer holds it for a
@@ -320,15 +327,17 @@ impl RawSemaphore {
         } else {
             wait
         };
-        if self.try_take(me, first) {
-            return true;
+        if let Some(tracked) = self.try_take(me, first) {
+            return Some(tracked);
         }
         // Spin phase (see `wait::Backoff`): a permit released within the budget is taken with no system
         // call on either side (the releaser sees no sleeper and skips its wake).
         let mut backoff = Backoff::for_class(SpinClass::Handoff).until(deadline);
         while backoff.snooze_beside(|| self.releaser_cpu.load(Ordering::Relaxed)) {
-            if self.value.load(Ordering::Relaxed) != 0 && self.try_take(me, wait) {
-                return true;
+            if self.value.load(Ordering::Relaxed) != 0 {
+                if let Some(tracked) = self.try_take(me, wait) {
+                    return Some(tracked);
+                }
             }
         }
         // Sleep phase, in slices of `MAX_CHECK`: the check for dead holders is on a clock of its own.
@@ -349,10 +358,10 @@ impl RawSemaphore {
                 if self.value.load(Ordering::SeqCst) != 0 {
                     self.wake_sleepers(1);
                 }
-                return false;
+                return None;
             }
-            if self.try_take(me, wait) {
-                return true;
+            if let Some(tracked) = self.try_take(me, wait) {
+                return Some(tracked);
             }
         }
     }
@@ -385,7 +394,7 @@ impl RawSemaphore {
     fn give(&self, tracked: bool) -> Option<bool> {
         let me = proc::current();
         let wait = Wait::Within(INTERNAL_BOUND);
-        let ok = self.locked(wait, |s| s.apply(Update::Give { tracked }, me))?;
+        let ok = self.locked(wait, |s| s.apply(Update::Give { tracked }, me).is_some())?;
         if ok {
             self.wake_sleepers(1);
             note_cpu(&self.releaser_cpu);
@@ -445,9 +454,9 @@ impl Semaphore {
 
     /// Blocks until a permit is free and takes it.
     pub fn acquire(&self) -> SemaphoreGuard<'_> {
-        let ok = self.shared.acquire_until(None);
-        debug_assert!(ok, "an untimed acquire cannot time out");
-        SemaphoreGuard::new(&self.shared)
+        let tracked = self.shared.acquire_until(None);
+        debug_assert!(tracked.is_some(), "an untimed acquire cannot time out");
+        SemaphoreGuard::new(&self.shared, tracked.unwrap_or(false))
     }
 
     /// Takes a permit if one is free now. Never waits (beyond a couple of milliseconds for the
@@ -455,7 +464,7 @@ impl Semaphore {
     pub fn try_acquire(&self) -> Option<SemaphoreGuard<'_>> {
         self.shared
             .try_take(proc::current(), Wait::Within(TRY_BOUND))
-            .then(|| SemaphoreGuard::new(&self.shared))
+            .map(|tracked| SemaphoreGuard::new(&self.shared, tracked))
     }
 
     /// Waits at most `timeout` for a permit, whatever the shared memory says (the internal lock too is
@@ -463,7 +472,7 @@ impl Semaphore {
     pub fn acquire_timeout(&self, timeout: Duration) -> Option<SemaphoreGuard<'_>> {
         self.shared
             .acquire_until(crate::sync::wait::deadline_in(timeout))
-            .then(|| SemaphoreGuard::new(&self.shared))
+            .map(|tracked| SemaphoreGuard::new(&self.shared, tracked))
     }
 
     /// Adds one permit (Python's `release()`), e.g. one taken elsewhere and [`forgotten`](SemaphoreGuard::forget).
@@ -573,13 +582,20 @@ crate::region::shared::serde_as_handle!([] BoundedSemaphore);
 #[must_use = "the permit is given back as soon as the guard is dropped"]
 pub struct SemaphoreGuard<'a> {
     raw: &'a RawSemaphore,
+    /// Whether this thread's holder slot counts the permit: not if all [`HOLDER_SLOTS`] held other
+    /// threads' when it was taken. Such a permit is given back (or forgotten) without touching the
+    /// slot, which may since record permits this thread took later: until 2026-12-03 it went through
+    /// that slot, and one of them was then held with no record, lost for good if the thread died
+    /// (found by review).
+    tracked: bool,
     _not_send: PhantomData<*const ()>,
 }
 
 impl<'a> SemaphoreGuard<'a> {
-    fn new(raw: &'a RawSemaphore) -> Self {
+    fn new(raw: &'a RawSemaphore, tracked: bool) -> Self {
         SemaphoreGuard {
             raw,
+            tracked,
             _not_send: PhantomData,
         }
     }
@@ -587,6 +603,11 @@ impl<'a> SemaphoreGuard<'a> {
     /// Keeps the permit taken but stops tracking it: it is no longer given back on drop nor on this
     /// thread's death. Give it back with [`Semaphore::release`], from any process.
     pub fn forget(self) {
+        if !self.tracked {
+            // No record to drop.
+            std::mem::forget(self);
+            return;
+        }
         let me = proc::current();
         // Bounded like a release (see `Semaphore::release`): on timeout the permit stays tracked.
         self.raw.locked(Wait::Within(INTERNAL_BOUND), |s| {
@@ -608,7 +629,8 @@ impl Drop for SemaphoreGuard<'_> {
         // Cannot fail for a permit we hold: value < max while it is out (unless garbage was written, in
         // which case the permit is dropped rather than pushed past the ceiling), nor take longer than
         // `INTERNAL_BOUND` (a peer keeping the internal lock that long loses us this permit).
-        self.raw.give(true);
+        // An untracked permit at the ceiling is dropped just the same (`apply`).
+        self.raw.give(self.tracked);
     }
 }
 
@@ -675,6 +697,56 @@ mod tests {
             .unwrap()
         });
         assert_eq!(s.inner.shared.releaser_cpu.load(Ordering::Relaxed), cpu);
+    }
+
+    /// Found by review: a guard taken while the holder table was full (its permit untracked) gave
+    /// its permit back, or was forgotten, through whatever slot recorded its thread: that of a permit
+    /// the thread took later, tracked. That permit was then held with no record, and lost for good
+    /// when its thread died.
+    #[test]
+    fn an_untracked_guard_leaves_the_threads_tracked_permits_alone() {
+        let s = Semaphore::new(3).unwrap();
+        let raw = &*s.shared;
+        // A live thread, parked, as the holder of every slot: the table is full.
+        let (park_tx, park_rx) = std::sync::mpsc::channel::<()>();
+        let (id_tx, id_rx) = std::sync::mpsc::channel();
+        let parked = std::thread::spawn(move || {
+            id_tx.send(proc::current()).unwrap();
+            let _ = park_rx.recv();
+        });
+        let other = id_rx.recv().unwrap();
+        for h in &raw.holders {
+            h.owner.store(other.pack(), Ordering::Relaxed);
+            h.count.store(1, Ordering::Relaxed);
+            h.ns.store(proc::pid_ns_tag(), Ordering::Relaxed);
+        }
+        std::thread::scope(|t| {
+            t.spawn(|| {
+                let untracked = s.acquire(); // the table is full
+                                             // One of the holders gives its (recorded) permit back: a slot is free again.
+                raw.holders[0].owner.store(0, Ordering::Relaxed);
+                raw.holders[0].count.store(0, Ordering::Relaxed);
+                let tracked = s.acquire(); // recorded in slot 0
+                untracked.forget();
+                let untracked = s.acquire(); // the table is full again
+                drop(untracked);
+                // This thread dies holding `tracked`: its record must say so.
+                std::mem::forget(tracked);
+            });
+        });
+        assert_eq!(
+            s.value(),
+            1,
+            "one permit forgotten, one held by a dead thread"
+        );
+        let mine = s.acquire_timeout(Duration::from_secs(10));
+        assert!(mine.is_some());
+        // The dead thread's permit comes back; the forgotten one does not.
+        let back = s.acquire_timeout(Duration::from_secs(10));
+        assert!(back.is_some(), "the dead thread's tracked permit was lost");
+        drop((mine, back));
+        drop(park_tx);
+        parked.join().unwrap();
     }
 
     #[test]

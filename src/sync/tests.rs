@@ -88,3 +88,109 @@ fn the_longest_timeouts_do_not_panic() {
     p.start().unwrap();
     assert_eq!(p.join_timeout(max).unwrap(), 7);
 }
+
+/// Interrupts the calling thread with a signal (whose handler does nothing) every `period`, until
+/// dropped: a thread of a program that takes periodic signals (a profiler's, a timer's, a stream of
+/// `SIGCHLD`s). A kernel timer aimed at this thread (`SIGEV_THREAD_ID`), so the signals keep coming
+/// whatever the scheduler does with the test's other threads.
+pub(crate) struct Interrupter {
+    timer: libc::timer_t,
+}
+
+/// The signal [`Interrupter`] sends: a real-time one the crate does not use (it uses `SIGRTMIN + 3`).
+fn interrupt_signal() -> i32 {
+    libc::SIGRTMIN() + 6
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+impl Interrupter {
+    pub(crate) fn every(period: std::time::Duration) -> Interrupter {
+        let sig = interrupt_signal();
+        // SAFETY: a zeroed sigaction is valid (empty mask, no flags); the handler is an
+        // `extern "C" fn(c_int)` that does nothing (async-signal-safe). SA_RESTART as a careful
+        // program would set it: a timed futex wait returns EINTR all the same.
+        let r = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigaction(sig, &sa, std::ptr::null_mut())
+        };
+        assert_eq!(r, 0, "sigaction: {}", std::io::Error::last_os_error());
+        // SAFETY: a zeroed sigevent is valid; we fill in the fields SIGEV_THREAD_ID reads.
+        let mut ev: libc::sigevent = unsafe { std::mem::zeroed() };
+        ev.sigev_notify = libc::SIGEV_THREAD_ID;
+        ev.sigev_signo = sig;
+        ev.sigev_notify_thread_id = crate::sys::proc::tid() as libc::c_int;
+        let mut timer: libc::timer_t = std::ptr::null_mut();
+        // SAFETY: `ev` and `timer` are live locals; the timer targets this thread of this process.
+        let r = unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut timer) };
+        assert_eq!(r, 0, "timer_create: {}", std::io::Error::last_os_error());
+        let ts = libc::timespec {
+            tv_sec: period.as_secs() as libc::time_t,
+            tv_nsec: period.subsec_nanos() as libc::c_long,
+        };
+        let spec = libc::itimerspec {
+            it_interval: ts,
+            it_value: ts,
+        };
+        // SAFETY: `timer` was just created; `spec` is a live local.
+        let r = unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) };
+        assert_eq!(r, 0, "timer_settime: {}", std::io::Error::last_os_error());
+        Interrupter { timer }
+    }
+}
+
+impl Drop for Interrupter {
+    fn drop(&mut self) {
+        // SAFETY: the timer was created by `every` and is deleted once. A signal already pending
+        // stays harmless: its handler does nothing.
+        unsafe { libc::timer_delete(self.timer) };
+    }
+}
+
+/// Found by review: a waiter judged a lock's holder only when a whole sleep slice passed without an
+/// early return, and a signal ends a timed futex sleep early (EINTR, whatever SA_RESTART says). A
+/// thread that took signals more often than its slice (a profiler's, a timer's, `SIGCHLD`s) seldom or
+/// never judged: a holder that died kept it waiting until its deadline, or for good. Slices are
+/// measured by the clock now (see `wait::Sleeper`).
+#[test]
+fn a_waiter_taking_signals_still_recovers_a_dead_holders_lock() {
+    use crate::sync::raw_lock::{Acquired, Nesting, RawLock};
+    use std::time::{Duration, Instant};
+    let l = RawLock::default();
+    let (took_tx, took_rx) = std::sync::mpsc::channel();
+    let (die_tx, die_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        // The holder: alive for a while, so the waiter's slices grow to their longest, then it exits
+        // holding the lock.
+        let l = &l;
+        s.spawn(move || {
+            assert_eq!(l.try_lock(), Some(Acquired::Clean));
+            took_tx.send(()).unwrap();
+            let _ = die_rx.recv();
+        });
+        took_rx.recv().unwrap();
+        let waiter = s.spawn(move || {
+            let _signals = Interrupter::every(Duration::from_micros(100));
+            // A far deadline: a wait whose last slice, cut short by the deadline, ends with no signal
+            // in it recovers then, which would pass for a recovery if nothing measured it.
+            let start = Instant::now();
+            let got = l.lock_as(Some(start + Duration::from_secs(60)), Nesting::MayHold);
+            if got.is_ok() {
+                // SAFETY: taken just above by this thread.
+                unsafe { l.unlock() };
+            }
+            (got, start.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        drop(die_tx);
+        let (got, took) = waiter.join().unwrap();
+        // Generous, to prove no hang: recovery takes about `MAX_CHECK` after the death.
+        assert!(
+            took < Duration::from_secs(30),
+            "recovered only after {took:?}"
+        );
+        assert!(matches!(got, Ok(Acquired::OwnerDied(_))), "{got:?}");
+    });
+}

@@ -440,8 +440,9 @@ pub(crate) enum Slept {
     /// Woken, or the word no longer held the expected value, or the condition held once we were
     /// registered, or a signal: look again.
     Woken,
-    /// The slice ran out with no wake: the time to check whether the peer waited for is alive. The next
-    /// slice is twice as long (up to the maximum).
+    /// The slice's time has passed on the clock, however many early wake-ups came in between: the time
+    /// to check whether the peer waited for is alive. The next slice is twice as long (up to the
+    /// maximum).
     SliceEnded,
     /// The deadline had passed before sleeping: give up.
     Deadline,
@@ -455,8 +456,16 @@ pub(crate) enum Slept {
 /// ([`Slept::SliceEnded`]) is a waiter's cue to check the liveness of what it waits for (a lock holder,
 /// the parties of a barrier, a semaphore's holders); the interval then doubles, from its first value up
 /// to its maximum: a death is noticed within about the maximum, while a waiter behind a live holder
-/// makes a `/proc` read only every so often. A waiter with nothing to check (an event, a condition)
-/// sleeps until its deadline in one slice.
+/// makes a `/proc` read only every so often. A waiter with nothing to check (a condition) sleeps until
+/// its deadline in one slice; an event's waiter looks at its word after every slice.
+///
+/// A slice is measured by the clock, from the first sleep in it, not by one futex sleep timing out: a
+/// sleep that ends early (a signal, which ends a timed futex sleep with `EINTR` whatever `SA_RESTART`
+/// says; a wake meant for another waiter; a word that moved) goes back to sleep for what is left of
+/// the slice. Until 2026-12-03 every sleep started a new slice, so a thread that took signals more
+/// often than its interval (a profiler's, a timer's, a stream of `SIGCHLD`s) never saw one end and
+/// never checked: a dead lock holder or barrier party kept it waiting until its deadline, or for good
+/// (found by review). The queues' [`StuckWatch`] is measured by the clock for the same reason.
 #[derive(Debug)]
 pub(crate) struct Sleeper {
     deadline: Option<Instant>,
@@ -464,6 +473,8 @@ pub(crate) struct Sleeper {
     interval: Option<Duration>,
     /// The longest slice the interval grows to.
     max: Duration,
+    /// When the current slice began (`None`: it begins with the next sleep).
+    slice_start: Option<Instant>,
 }
 
 impl Sleeper {
@@ -474,6 +485,7 @@ impl Sleeper {
             deadline,
             interval: None,
             max: Duration::ZERO,
+            slice_start: None,
         }
     }
 
@@ -505,15 +517,24 @@ impl Sleeper {
         sleepers: Option<&AtomicU32>,
         ready: impl FnOnce() -> bool,
     ) -> Slept {
-        let slice = match self.deadline {
-            None => self.interval,
-            Some(d) => {
-                let now = Instant::now();
-                if now >= d {
-                    return Slept::Deadline;
-                }
-                let left = d - now;
-                Some(self.interval.map_or(left, |i| i.min(left)))
+        // One clock read per sleep: this is the slow path, next to a system call.
+        let now = Instant::now();
+        let to_deadline = match self.deadline {
+            None => None,
+            Some(d) if now >= d => return Slept::Deadline,
+            Some(d) => Some(d - now),
+        };
+        let slice = match self.interval {
+            None => to_deadline,
+            Some(i) => {
+                let start = *self.slice_start.get_or_insert(now);
+                // What is left of the slice on the clock; none: it ended during the early wake-ups
+                // and the work between the sleeps, and the check is due now, with no sleep at all.
+                let left = match i.checked_sub(now.saturating_duration_since(start)) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => return self.end_slice(i),
+                };
+                Some(to_deadline.map_or(left, |d| d.min(left)))
             }
         };
         if let Some(s) = sleepers {
@@ -528,13 +549,20 @@ impl Sleeper {
             s.fetch_sub(1, Ordering::SeqCst);
         }
         match (outcome, self.interval) {
-            (futex::WaitOutcome::TimedOut, Some(i)) => {
-                self.interval = Some((i * 2).min(self.max));
-                Slept::SliceEnded
-            }
-            // With no checks, a sleep times out only at the deadline, which the next call reports.
+            (futex::WaitOutcome::TimedOut, Some(i)) => self.end_slice(i),
+            // Woken early: the slice goes on (see the type's docs), and the next call ends it on the
+            // clock. With no checks, a sleep times out only at the deadline, which the next call
+            // reports.
             _ => Slept::Woken,
         }
+    }
+
+    /// Ends the current slice of `interval`: the next one, twice as long up to the maximum, begins
+    /// with the next sleep.
+    fn end_slice(&mut self, interval: Duration) -> Slept {
+        self.interval = Some(interval.saturating_mul(2).min(self.max));
+        self.slice_start = None;
+        Slept::SliceEnded
     }
 }
 
@@ -963,6 +991,30 @@ mod tests {
         for want in [ms(2), ms(4), ms(4)] {
             // A spurious wake-up may end a slice early: sleep until one runs out.
             while s.sleep(&w, 0, None, || false) != Slept::SliceEnded {}
+            assert_eq!(s.interval, Some(want));
+        }
+    }
+
+    /// Found by review: every sleep that ended early started a new slice, so a waiter woken early
+    /// more often than its interval (here: a word that never holds the expected value, the fastest
+    /// early return there is; in the field, signals) never saw a slice end, and never checked the
+    /// liveness of what it waited for. Slices are measured by the clock now.
+    #[test]
+    fn sleeper_woken_early_again_and_again_still_ends_its_slices() {
+        let w = AtomicU32::new(1);
+        let ms = Duration::from_millis;
+        let mut s =
+            Sleeper::new(Some(Instant::now() + Duration::from_secs(10))).checking(ms(1), ms(2));
+        for want in [ms(2), ms(2)] {
+            let start = Instant::now();
+            loop {
+                match s.sleep(&w, 0, None, || false) {
+                    Slept::Woken => {}
+                    Slept::SliceEnded => break,
+                    Slept::Deadline => panic!("no slice ended within 10 s"),
+                }
+            }
+            assert!(start.elapsed() >= ms(1), "a slice ended early");
             assert_eq!(s.interval, Some(want));
         }
     }
