@@ -140,9 +140,10 @@ impl<T, C: Codec<T>> JoinableQueue<T, C> {
     }
 
     fn put_until(&self, value: &T, deadline: Option<Instant>) -> Result<()> {
-        // Counted once the message has its slot and before it is published, so `join` can never see
-        // zero while the message is in the queue, and a producer killed while it waits for space
-        // leaves no count behind (counting before that wait made `join` hang for good).
+        // Counted by a mark the message carries into the queue (its ring slot's, or its log
+        // record's), so `join` can never see zero while the message is in the queue, and a producer
+        // killed before its message went in leaves no count behind: counting before the wait for
+        // space, and then (found by review) before the publish, made `join` hang for good.
         self.queue.put_counted(value, deadline)
     }
 

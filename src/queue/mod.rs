@@ -38,7 +38,8 @@ use unbounded::Log;
 const SPILL_FORMAT: usize = 1;
 /// Folded into an unbounded queue's layout hash: bump it when `unbounded::LogControl` or the segment
 /// format changes.
-const UNBOUNDED_FORMAT: usize = 1;
+/// 2: `LogControl::queued_counted`, and the COUNTED bit of a record's length word.
+const UNBOUNDED_FORMAT: usize = 2;
 
 /// The two engines behind a [`Queue`].
 enum Engine {
@@ -499,18 +500,10 @@ impl<T, C: Codec<T>> Queue<T, C> {
         self.put_counting(value, deadline, watch, false)
     }
 
-    /// A JoinableQueue's put: counts the message as unfinished once it has its place in the queue
-    /// (before anybody can take it); an error leaves the count as it was.
+    /// A JoinableQueue's put: the message counts as unfinished from the moment it is in the queue
+    /// (a mark in its slot or record: `ring` and `unbounded`, "JoinableQueue accounting"); an error,
+    /// or a producer killed before the message went in, leaves the count as it was.
     pub(crate) fn put_counted(&self, value: &T, deadline: Option<Instant>) -> Result<()> {
-        if let Engine::Unbounded(_) = self.engine() {
-            // Never waits for space: counted first, as before.
-            self.add_unfinished();
-            let r = self.put_until(value, deadline);
-            if r.is_err() {
-                self.task_done();
-            }
-            return r;
-        }
         self.put_counting(value, deadline, &mut || {}, true)
     }
 
@@ -535,7 +528,9 @@ impl<T, C: Codec<T>> Queue<T, C> {
                     })
                 }
             })?,
-            Engine::Unbounded(log) => C::with_bytes(value, |bytes| log.push(bytes, deadline))?,
+            Engine::Unbounded(log) => {
+                C::with_bytes(value, |bytes| log.push(bytes, deadline, count))?
+            }
         }
     }
 
@@ -788,13 +783,6 @@ impl<T, C: Codec<T>> Queue<T, C> {
     }
 
     // ---- JoinableQueue accounting, on either engine ----
-
-    pub(crate) fn add_unfinished(&self) {
-        match self.engine() {
-            Engine::Bounded { ring, .. } => ring.add_unfinished(),
-            Engine::Unbounded(log) => log.add_unfinished(),
-        }
-    }
 
     pub(crate) fn task_done(&self) -> bool {
         match self.engine() {

@@ -1003,6 +1003,33 @@ mod tests {
         assert!(matches!(a.recv(), Err(Error::Closed)));
     }
 
+    /// Found by review: a writer killed mid-send (its slot claimed, never published) at the head of a
+    /// pipe whose other end then closed. A `recv_timeout(ZERO)` loop never slept in the ring, so it
+    /// never looked at the claimer: `Timeout` for ever, where `recv` should drain and say `Closed`.
+    #[test]
+    fn a_polling_recv_gets_past_a_dead_writer_to_closed() {
+        let (a, b) = Pipe::duplex::<u64>().unwrap();
+        a.rx.as_ref()
+            .unwrap()
+            .ring()
+            .force_claim_for_test(0, 0x3fff_fffe, false);
+        b.send(&3).unwrap();
+        b.close();
+        let mut got = Vec::new();
+        let end = Instant::now() + Duration::from_secs(20);
+        let last = loop {
+            match a.recv_timeout(Duration::ZERO) {
+                Ok(v) => got.push(v),
+                Err(Error::Timeout) if Instant::now() < end => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                r => break r,
+            }
+        };
+        assert_eq!(got, [3]);
+        assert!(matches!(last, Err(Error::Closed)), "{last:?}");
+    }
+
     /// Found by review: a timeout past the clock's range panicked ("overflow when adding duration to
     /// instant"), even with a message waiting; it is no timeout.
     #[test]

@@ -578,6 +578,81 @@ fn joinable_unbounded() {
     assert!(q.task_done().is_err());
 }
 
+/// Found by review: a producer killed inside `JoinableQueue::put` after its message was counted and
+/// before it was published left a count that nothing ever took away: the slot is tombstoned (the
+/// message is never delivered, so never marked done) and `join` waited for good.
+#[test]
+fn join_returns_after_a_producer_killed_between_counting_and_publishing() {
+    let q: JoinableQueue<u32, Raw> = JoinableQueue::new(4).unwrap();
+    let q2 = q.clone();
+    // A thread that stops right before its publish and exits: its tid is then dead, as a killed
+    // producer's is.
+    std::thread::spawn(move || {
+        super::ring::tests::vanish_before_publish_for_test();
+        q2.put(&1).unwrap();
+    })
+    .join()
+    .unwrap();
+    q.put(&2).unwrap();
+    // The consumer gets past the dead claim and takes the message put after it.
+    assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), 2);
+    q.task_done().unwrap();
+    let r = q.join_timeout(Duration::from_secs(10));
+    assert!(
+        r.is_ok(),
+        "join waits for the dead producer's message: {r:?}"
+    );
+    assert_eq!(q.unfinished(), 0);
+    assert!(q.task_done().is_err());
+}
+
+/// The unbounded engine's side of `join_returns_after_a_producer_killed_between_counting_and_publishing`:
+/// its `put` counted first and appended after (under the log's lock), so a producer killed in
+/// between (waiting for a lock another process held, say) left a count that nothing took away.
+#[test]
+fn unbounded_join_returns_after_a_producer_killed_between_counting_and_appending() {
+    let q = JoinableQueue::from_queue(Queue::<u32, Raw>::unbounded().unwrap());
+    let q2 = q.clone();
+    std::thread::spawn(move || {
+        super::unbounded::Log::vanish_before_commit_for_test();
+        q2.put(&1).unwrap();
+    })
+    .join()
+    .unwrap();
+    q.put(&2).unwrap();
+    assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), 2);
+    q.task_done().unwrap();
+    let r = q.join_timeout(Duration::from_secs(5));
+    assert!(r.is_ok(), "join waits for a message never appended: {r:?}");
+    assert_eq!(q.unfinished(), 0);
+}
+
+/// The count of a JoinableQueue message lives in its slot until it is taken (the fix of
+/// `join_returns_after_a_producer_killed_between_counting_and_publishing`): what Python allows still
+/// holds, a `task_done` before the matching `get`, and a batch `get_many` takes counts as `get` does.
+#[test]
+fn joinable_counts_follow_the_messages() {
+    let q: JoinableQueue<u32, Raw> = JoinableQueue::new(4).unwrap();
+    q.put(&1).unwrap();
+    q.put(&2).unwrap();
+    assert_eq!(q.unfinished(), 2);
+    q.task_done().unwrap(); // before any get: allowed, as in Python
+    assert_eq!(q.unfinished(), 1);
+    let mut out = Vec::new();
+    assert_eq!(q.queue().get_many(&mut out, 4).unwrap(), 2);
+    assert_eq!(q.unfinished(), 1);
+    q.task_done().unwrap();
+    q.join_timeout(Duration::from_secs(5)).unwrap();
+    assert!(q.task_done().is_err());
+    // An uncounted put through the plain queue counts for nothing, in a slot a counted one used.
+    for _ in 0..4 {
+        q.queue().put(&3).unwrap();
+        q.get().unwrap();
+    }
+    assert_eq!(q.unfinished(), 0);
+    assert!(q.task_done().is_err());
+}
+
 // ---- batches: put_many / get_many (issue 12) ----
 
 #[test]
@@ -1476,4 +1551,66 @@ fn a_panic_in_decode_during_get_many_does_not_wedge_the_slot() {
         matches!(r, Ok(4)),
         "a slot of the panicked get_many is still claimed: {r:?}"
     );
+}
+
+/// Calls `f` in a loop, with a short pause between calls (as a polling caller would), until it
+/// returns `Some` or `bound` passes.
+fn poll_until<R>(bound: Duration, mut f: impl FnMut() -> Option<R>) -> Option<R> {
+    let end = Instant::now() + bound;
+    while Instant::now() < end {
+        if let Some(r) = f() {
+            return Some(r);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    None
+}
+
+/// Found by review: a producer killed between its claim and its publish leaves the head slot claimed,
+/// and only a wait that *slept* looked at the claimer. A caller that polls with `try_get` (or
+/// `get_timeout(0)`) never sleeps in the ring, so the dead claim was never recovered and every call
+/// returned `Empty`, for ever, with a message waiting behind it.
+#[test]
+fn polling_gets_recover_a_dead_producers_claim() {
+    let q: Queue<u32, Raw> = Queue::new(4).unwrap();
+    ring_of(&q).force_claim_for_test(0, 0x3fff_fffe, false); // a producer that cannot exist
+    q.put(&7).unwrap();
+    let got = poll_until(Duration::from_secs(20), || match q.try_get() {
+        Err(Error::Empty) => None,
+        r => Some(r),
+    });
+    assert_eq!(
+        got.map(|r| r.unwrap()),
+        Some(7),
+        "try_get never got past the claim"
+    );
+    // And with a zero timeout, and after a close: the drain reaches `Closed`.
+    let q: Queue<u32, Raw> = Queue::new(4).unwrap();
+    ring_of(&q).force_claim_for_test(0, 0x3fff_fffe, false);
+    q.close();
+    let got = poll_until(Duration::from_secs(20), || {
+        match q.get_timeout(Duration::ZERO) {
+            Err(Error::Timeout) => None,
+            r => Some(r),
+        }
+    });
+    assert!(matches!(got, Some(Err(Error::Closed))), "{got:?}");
+}
+
+/// The producer's side of [`polling_gets_recover_a_dead_producers_claim`]: a consumer killed holding
+/// the only slot of a full queue; `try_put` in a loop must get the slot back.
+#[test]
+fn polling_puts_recover_a_dead_consumers_claim() {
+    let q: Queue<u32, Raw> = Queue::new(1).unwrap();
+    q.put(&1).unwrap();
+    ring_of(&q).force_claim_for_test(0, 0x3fff_fffe, true);
+    let put = poll_until(Duration::from_secs(20), || match q.try_put(&2) {
+        Err(Error::Full) => None,
+        r => Some(r),
+    });
+    assert!(
+        matches!(put, Some(Ok(()))),
+        "try_put never got past the claim: {put:?}"
+    );
+    assert_eq!(q.try_get().unwrap(), 2);
 }

@@ -29,6 +29,18 @@
 //! `head_seg` and before unlinking leaves an orphan block. Orphans are removed by the
 //! queue's last user (`spill.rs`). The message count (`len`, for `len()` only) is recounted on repair.
 //!
+//! # JoinableQueue accounting
+//! A JoinableQueue's message counts as unfinished from its `put` to its `task_done`. In the chain, its
+//! count is the [`COUNTED`] bit of its record's length word, written with the record and so committed
+//! with it by the store of `used`, and summed in `queued_counted` under the lock (recounted from the
+//! records on repair, so a holder killed between the two leaves it right). A consumer that takes a
+//! counted record (under the lock, after moving `head_off` past it) adds one to `unfinished`, then
+//! takes one from `queued_counted`; `task_done` takes one from `unfinished`; `join` waits for
+//! `queued_counted` (read first) plus `unfinished` to be 0. Before (found by review), the producer
+//! added to `unfinished` before it appended: one killed in between (waiting for the lock, say) left a
+//! count for a message that never went in, and `join` waited for good. `unfinished` may go below zero
+//! (two's complement): a `task_done` before the matching `get`, as Python allows.
+//!
 //! # Garbage
 //! Every word of the control and of a segment head is checked before use: segment numbers must move
 //! forward and stay within `last_seg`, offsets and lengths inside the segment's validated size, and a
@@ -53,6 +65,10 @@ use crate::sync::wait::{slice_until, Backoff, WaitWord, MAX_CHECK};
 /// (a single larger message gets a segment of its own size).
 const SEG_MIN: usize = 1 << 20;
 const SEG_MAX: usize = 64 << 20;
+/// The top bit of a record's length word: a JoinableQueue message, counted as unfinished while in the
+/// chain (see "JoinableQueue accounting" in the module docs).
+const COUNTED: u64 = 1 << 63;
+
 /// Records above this size are checked to be memory the segment holds before they are copied out.
 const SPARSE_CHECK_MIN: usize = 64 << 10;
 /// Where records start in a segment: a cache line after the head.
@@ -81,15 +97,19 @@ pub(crate) struct LogControl {
     len: AtomicU64,
     /// Messages ever put: sleepers wait for it to change (SeqCst RMW, see `WaitWord::notify`).
     puts: AtomicU64,
-    /// Messages put and not yet marked done (JoinableQueue).
+    /// JoinableQueue: messages taken and not yet marked done, as a signed count (see "JoinableQueue
+    /// accounting"). Read without the lock.
     unfinished: AtomicU64,
+    /// JoinableQueue: counted messages in the chain (records with [`COUNTED`]); written under the lock,
+    /// recounted on repair, read without the lock by `join`.
+    queued_counted: AtomicU64,
     /// Consumers sleep here, producers notify.
     items: WaitWord,
     /// `join` sleeps here, `task_done` notifies.
     done: WaitWord,
 }
 
-const _: () = assert!(std::mem::size_of::<LogControl>() == 96);
+const _: () = assert!(std::mem::size_of::<LogControl>() == 104);
 const _: () = assert!(std::mem::align_of::<LogControl>() == 8);
 
 // SAFETY: atomics only (RawLock and WaitWord are atomics too); any bit pattern is a valid state.
@@ -276,6 +296,8 @@ impl Log {
     fn drop_chain(&self, why: String) -> Error {
         let c = self.ctl();
         let lost = c.len.swap(0, Ordering::Relaxed);
+        // Lost messages are never delivered, so never marked done: their counts go with them.
+        c.queued_counted.store(0, Ordering::SeqCst);
         c.head_seg.store(0, Ordering::Relaxed);
         c.head_off.store(0, Ordering::Relaxed);
         c.tail_seg.store(0, Ordering::Relaxed);
@@ -327,7 +349,9 @@ impl Log {
 
     /// Appends `bytes`; waits only for the lock (at most until `deadline`, stretched to a short
     /// bound so that `try_put` does not fail on a lock held for a moment).
-    pub(crate) fn push(&self, bytes: &[u8], deadline: Option<Instant>) -> Result<()> {
+    /// With `count`, the message is a JoinableQueue's: counted as unfinished once committed (module
+    /// docs, "JoinableQueue accounting").
+    pub(crate) fn push(&self, bytes: &[u8], deadline: Option<Instant>, count: bool) -> Result<()> {
         let c = self.ctl();
         if c.closed.load(Ordering::SeqCst) != 0 {
             return Err(Error::Closed);
@@ -335,15 +359,24 @@ impl Log {
         let rec = record_size(bytes.len()).ok_or(Error::SizeOverflow {
             what: "an unbounded queue's record".into(),
         })?;
+        #[cfg(test)]
+        if VANISH.with(|v| v.replace(false)) {
+            return Ok(());
+        }
         {
             let _held = self.lock(deadline.map(|d| d.max(Instant::now() + TRY_BOUND)))?;
             if c.closed.load(Ordering::Relaxed) != 0 {
                 return Err(Error::Closed);
             }
-            let appended = self.append(bytes, rec);
+            let mark = if count { COUNTED } else { 0 };
+            let appended = self.append(bytes, rec, mark);
             self.trim();
             appended?;
             c.len.fetch_add(1, Ordering::Relaxed);
+            if count {
+                // SeqCst: `join` reads it without the lock.
+                c.queued_counted.fetch_add(1, Ordering::SeqCst);
+            }
             // SeqCst RMW, then notify (WaitWord's contract).
             c.puts.fetch_add(1, Ordering::SeqCst);
         }
@@ -351,8 +384,8 @@ impl Log {
         Ok(())
     }
 
-    /// Writes one record at the tail (lock held).
-    fn append(&self, bytes: &[u8], rec: usize) -> Result<()> {
+    /// Writes one record at the tail (lock held), its length word or-ed with `mark` ([`COUNTED`] or 0).
+    fn append(&self, bytes: &[u8], rec: usize, mark: u64) -> Result<()> {
         let c = self.ctl();
         let tail = c.tail_seg.load(Ordering::Relaxed);
         let mut grow_from = 0;
@@ -372,7 +405,7 @@ impl Log {
                     return Ok(false);
                 }
                 let at = SEG_DATA + used;
-                let len = (bytes.len() as u64).to_le_bytes();
+                let len = (bytes.len() as u64 | mark).to_le_bytes();
                 // SAFETY: [at, at + rec) lies inside the payload (used + rec <= cap, checked above);
                 // the lock is held and the bytes are past `used`, so no consumer reads them and no
                 // producer writes them; `bytes` is our own memory, not overlapping the mapping.
@@ -411,7 +444,7 @@ impl Log {
             Blocks::layout("mproc queue segment", Some(size)),
             |r| {
                 let mut rec_head = [0u8; 8];
-                rec_head.copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+                rec_head.copy_from_slice(&(bytes.len() as u64 | mark).to_le_bytes());
                 // pwrite: the kernel fills fresh pages without a fault per page.
                 r.write_payload_at(SEG_DATA, &rec_head)?;
                 r.write_payload_at(SEG_DATA + 8, bytes)?;
@@ -476,9 +509,7 @@ impl Log {
     fn skip_to(&self, off: usize) {
         let c = self.ctl();
         c.head_off.store(off as u64, Ordering::Relaxed);
-        if let Some(n) = self.count() {
-            c.len.store(n, Ordering::Relaxed);
-        }
+        self.recount();
     }
 
     /// Takes the next record (lock held), moving the read offset past it: see [`Record`].
@@ -519,7 +550,8 @@ impl Log {
                 unsafe {
                     std::ptr::copy_nonoverlapping(region.as_ptr().add(at), word.as_mut_ptr(), 8)
                 };
-                let len = u64::from_le_bytes(word);
+                let word = u64::from_le_bytes(word);
+                let (len, counted) = (word & !COUNTED, word & COUNTED != 0);
                 let room = (used - off - 8) as u64;
                 if len > room {
                     // Skip the rest of the segment: the next `get` goes on past the garbage.
@@ -546,6 +578,16 @@ impl Log {
                 };
                 let next_off = off + record_size(len).expect("len <= room: no overflow");
                 c.head_off.store(next_off as u64, Ordering::Relaxed);
+                if counted {
+                    // Its count moves to `unfinished` (first, so `join` never misses it) and
+                    // leaves the chain's (module docs, "JoinableQueue accounting").
+                    c.unfinished.fetch_add(1, Ordering::SeqCst);
+                    let _ = c.queued_counted.fetch_update(
+                        Ordering::SeqCst,
+                        Ordering::Relaxed,
+                        |n| n.checked_sub(1),
+                    );
+                }
                 Ok(Step::Got(record))
             })?;
             match step {
@@ -577,9 +619,7 @@ impl Log {
                         return Err(self.drop_chain(e.to_string()));
                     };
                     self.move_head(head, next);
-                    if let Some(n) = self.count() {
-                        c.len.store(n, Ordering::Relaxed);
-                    }
+                    self.recount();
                     return Err(e);
                 }
             }
@@ -636,13 +676,21 @@ impl Log {
             }
         }
         c.tail_seg.store(tail, Ordering::Relaxed);
-        if let Some(n) = self.count() {
+        self.recount();
+    }
+
+    /// Recounts `len` and `queued_counted` from the records (lock held), if the chain can be walked.
+    fn recount(&self) {
+        let c = self.ctl();
+        if let Some((n, counted)) = self.count() {
             c.len.store(n, Ordering::Relaxed);
+            c.queued_counted.store(counted, Ordering::SeqCst);
         }
     }
 
-    /// Counts the messages from the head to the end of the chain (`None` on garbage or a budget spent).
-    fn count(&self) -> Option<u64> {
+    /// Counts the messages from the head to the end of the chain, and the counted ones among them
+    /// (`None` on garbage or a budget spent).
+    fn count(&self) -> Option<(u64, u64)> {
         let c = self.ctl();
         let mut seg = c.head_seg.load(Ordering::Relaxed);
         // A multiple of 8, as every record starts at one: the reads below rely on it (found by review:
@@ -650,7 +698,7 @@ impl Log {
         let mut off = usize::try_from(c.head_off.load(Ordering::Relaxed))
             .ok()
             .filter(|o| o % 8 == 0)?;
-        let mut n = 0u64;
+        let (mut n, mut counted) = (0u64, 0u64);
         let mut budget = STEP_BUDGET * 64;
         while seg != 0 {
             let next = self
@@ -668,8 +716,9 @@ impl Log {
                                 8,
                             )
                         };
-                        let len = usize::try_from(u64::from_le_bytes(word))
-                            .map_err(|_| Error::Timeout)?;
+                        let word = u64::from_le_bytes(word);
+                        counted += u64::from(word & COUNTED != 0);
+                        let len = usize::try_from(word & !COUNTED).map_err(|_| Error::Timeout)?;
                         off = record_size(len)
                             .and_then(|r| off.checked_add(r))
                             .filter(|&e| e <= used)
@@ -685,7 +734,7 @@ impl Log {
             seg = self.check_next(next, seg).ok()?;
             off = 0;
         }
-        Some(n)
+        Some((n, counted))
     }
 
     // ---- state ----
@@ -731,37 +780,72 @@ impl Log {
 
     // ---- JoinableQueue accounting ----
 
-    pub(crate) fn add_unfinished(&self) {
-        self.ctl().unfinished.fetch_add(1, Ordering::SeqCst);
+    /// `queued_counted` (read first: see the module docs) plus `unfinished` as the signed count it is,
+    /// at least 0.
+    fn total_unfinished(&self) -> i64 {
+        let c = self.ctl();
+        let queued = c.queued_counted.load(Ordering::SeqCst) as i64;
+        let taken = c.unfinished.load(Ordering::SeqCst) as i64;
+        taken.saturating_add(queued.max(0)).max(0)
     }
 
+    /// Marks one message done. Returns false if none was outstanding.
     pub(crate) fn task_done(&self) -> bool {
-        let u = &self.ctl().unfinished;
-        match u.fetch_update(Ordering::SeqCst, Ordering::Acquire, |v| v.checked_sub(1)) {
-            Ok(1) => {
-                self.ctl().done.notify();
-                true
+        let c = self.ctl();
+        let u = &c.unfinished;
+        let mut cur = u.load(Ordering::Acquire);
+        loop {
+            // Nothing taken and not done: a `task_done` for a message still in the chain, else one
+            // too many.
+            let queued = c.queued_counted.load(Ordering::SeqCst) as i64;
+            if cur as i64 <= 0 && (cur as i64).saturating_add(queued.max(0)) <= 0 {
+                return false;
             }
-            Ok(_) => true,
-            Err(_) => false,
+            match u.compare_exchange_weak(
+                cur,
+                cur.wrapping_sub(1),
+                Ordering::SeqCst,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(v) => cur = v,
+            }
         }
+        if cur as i64 <= 1 {
+            c.done.notify();
+        }
+        true
     }
 
     pub(crate) fn unfinished(&self) -> u64 {
-        self.ctl().unfinished.load(Ordering::SeqCst)
+        self.total_unfinished() as u64
     }
 
     pub(crate) fn join(&self, deadline: Option<Instant>) -> Result<()> {
-        while self.unfinished() != 0 {
+        while self.total_unfinished() != 0 {
             let slice = slice_until(deadline, MAX_CHECK)?;
-            self.ctl().done.sleep(slice, || self.unfinished() == 0);
+            self.ctl()
+                .done
+                .sleep(slice, || self.total_unfinished() == 0);
         }
         Ok(())
     }
 }
 
 #[cfg(test)]
+thread_local! {
+    /// Set by [`Log::vanish_before_commit_for_test`].
+    static VANISH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[cfg(test)]
 impl Log {
+    /// Makes the next `push` of the calling thread return before it takes the lock, as if done: a
+    /// thread that then exits leaves what a producer killed there leaves (waiting for the lock, say).
+    pub(crate) fn vanish_before_commit_for_test() {
+        VANISH.with(|v| v.set(true));
+    }
+
     /// Overwrites the control's `head_off` (as garbage from another process would).
     pub(crate) fn force_head_off_for_test(&self, v: u64) {
         self.ctl().head_off.store(v, Ordering::Relaxed);

@@ -169,8 +169,8 @@ impl PopBatch<'_> {
         let slot = ring.slot(pos);
         let claimed = state((pos as u32).wrapping_add(1), self.me);
         let tomb = self.tombs & 1 != 0;
-        self.tombs >>= 1;
-        let len = slot.len.load(Ordering::Relaxed) as usize;
+        let word = slot.len.load(Ordering::Relaxed);
+        let len = len_of(word);
         let result = if tomb {
             Taken::Nothing
         } else if len > ring.geo.slot_size as usize {
@@ -181,12 +181,23 @@ impl PopBatch<'_> {
             let bytes = unsafe { std::slice::from_raw_parts(Ring::data(slot), len) };
             Taken::Message(f(bytes))
         };
-        // Moved on only now: if `f` panicked, the drop frees this slot too (it starts at `pos`).
+        // Moved on only now: if `f` panicked, the drop frees this slot too (it starts at `pos`, with
+        // this slot's tombstone bit), and moves its count.
         self.pos = ring.next(pos);
         self.left -= 1;
+        self.tombs >>= 1;
+        // A counted message's count moves to `unfinished` while we still hold its slot (see
+        // "JoinableQueue accounting" in `Ring`).
+        let counted = !tomb && word & COUNTED != 0;
+        if counted {
+            ring.take_count();
+        }
         // A revoked claim (garbage only) may have let a producer overwrite what we read: discard it, and
         // leave the slot to whoever holds it now.
         if slot.state.load(Ordering::Relaxed) != claimed {
+            if counted {
+                ring.give_back_count();
+            }
             return Some(Taken::Nothing);
         }
         ring.publish_batch_slot(slot, state(pos.wrapping_add(ring.one_lap) as u32, IDLE));
@@ -221,8 +232,15 @@ impl Drop for PopBatch<'_> {
             let pos = self.pos;
             let slot = ring.slot(pos);
             if slot.state.load(Ordering::Relaxed) == state((pos as u32).wrapping_add(1), self.me) {
+                // A counted message lost with the batch (a codec's panic) keeps its count, as one
+                // taken by `next` would: the caller took it and never marked it done.
+                let tomb = self.tombs & 1 != 0;
+                if !tomb && slot.len.load(Ordering::Relaxed) & COUNTED != 0 {
+                    ring.take_count();
+                }
                 ring.publish_batch_slot(slot, state(pos.wrapping_add(ring.one_lap) as u32, IDLE));
             }
+            self.tombs >>= 1;
             self.pos = ring.next(pos);
             self.left -= 1;
         }
@@ -462,7 +480,8 @@ impl Ring {
                 // carries no message, whatever length its dead producer left.
                 let ends_run = |slot: &SlotHead, st: u64| {
                     end_len.is_some_and(|l| {
-                        who(st) != TOMBSTONE && slot.len.load(Ordering::Relaxed) == l
+                        who(st) != TOMBSTONE
+                            && len_of(slot.len.load(Ordering::Relaxed)) == l as usize
                     })
                 };
                 let (mut n, mut last) = (1u32, pos);

@@ -117,6 +117,12 @@
 //!   none of it (at most [`MAX_BATCH`] messages; with spilled messages, those before the last spill
 //!   went out), and one killed while publishing delivers a prefix; messages of a consumer's run are
 //!   lost, each at most once, as for a single `get`.
+//! - The same checks run, too, when a timed or `try_` call is about to return [`Error::Timeout`] behind
+//!   a claim that already blocked an earlier such call of this process (`Ring::recover_before_timeout`):
+//!   a caller that polls never sleeps long enough for the check above, and would otherwise wait behind
+//!   a dead claimer for ever.
+//! - A JoinableQueue producer's count is a mark in its claimed slot, so a producer dead before its
+//!   publish leaves no count with its tombstone ("JoinableQueue accounting" at `Ring::take_count`).
 //!
 //! # Peers on one CPU
 //! Next to `tail` and `head`, in the line it writes anyway, each side records the CPU it last ran on
@@ -157,15 +163,17 @@ use crate::sys::proc::{self, Identity};
 mod claim;
 mod recover;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use claim::BatchAttempt;
 pub(crate) use claim::{PushBatch, Taken, MAX_BATCH};
+use recover::Phase;
 
 /// Folded into a queue's layout hash (in place of a size, which varies per queue): bump it whenever the
 /// meaning of a field of [`RingHeader`] or [`SlotHead`] changes, so that builds that disagree refuse to
-/// share a ring. 2: `Config::ns` (was padding). 3: `Cursor::cpu` (was padding).
-pub(crate) const LAYOUT_REVISION: usize = 3;
+/// share a ring. 2: `Config::ns` (was padding). 3: `Cursor::cpu` (was padding). 4: the
+/// [`COUNTED`] bit of `SlotHead::len`, and `Config::unfinished` counting taken messages only.
+pub(crate) const LAYOUT_REVISION: usize = 4;
 
 /// `Config::ns` once processes of different pid namespaces attached.
 const MIXED_NS: u32 = u32::MAX;
@@ -176,6 +184,16 @@ const TOMBSTONE: u32 = 0x8000_0000;
 pub(crate) const MAX_CAPACITY: u32 = 1 << 28;
 /// Largest slot: a message is copied in one piece, and a region holds `capacity` slots.
 pub(crate) const MAX_SLOT_SIZE: u32 = 1 << 30;
+/// The top bit of a slot's `len`: its message was put by a JoinableQueue and counts as unfinished
+/// until a consumer takes it (see "JoinableQueue accounting"). Above every length a slot can hold.
+const COUNTED: u32 = 1 << 31;
+const _: () = assert!(MAX_SLOT_SIZE < COUNTED);
+
+/// A slot's `len` word without its [`COUNTED`] mark: the message's length (still to be checked
+/// against the slot size).
+fn len_of(word: u32) -> usize {
+    (word & !COUNTED) as usize
+}
 
 fn seq(state: u64) -> u32 {
     (state >> 32) as u32
@@ -211,7 +229,8 @@ struct Config {
     /// [`MIXED_NS`] once a process of another (or an unknown) namespace attached. Claimers' tids are
     /// judged only while it names our namespace (see "Deaths").
     ns: AtomicU32,
-    /// Messages put and not yet marked done (JoinableQueue).
+    /// JoinableQueue: messages taken from the ring and not yet marked done, as a signed count (see
+    /// "JoinableQueue accounting" in `Ring`); messages still in the ring count by their slot's mark.
     unfinished: AtomicU64,
 }
 
@@ -320,7 +339,18 @@ pub(crate) struct Ring {
     /// `tail`), indexed by [`Side`], with how many more waits may use them (`left << 32 | cpu`; 0: read
     /// on the next wait): see [`Ring::peer_cpu`]. Process-local.
     cpu_seen: [AtomicU64; 2],
+    /// Per [`Side`]: `proc::monotonic_ms()` of this process's last look, at a timed-out call's end, at
+    /// the claim that blocked it ([`Ring::recover_before_timeout`]), and the slot state it saw then.
+    /// Process-local, as `last_survey_ms`.
+    timeout_check_ms: [AtomicU64; 2],
+    timeout_check_seen: [AtomicU64; 2],
 }
+
+/// How long (ms) a claim must have blocked timed-out calls, from one to a later one, before such a call
+/// checks its claimer ([`Ring::recover_before_timeout`]): 2, so that at least one whole millisecond
+/// passed whatever the clock's rounding. Also the least time between two such checks per process and
+/// side, so that a loop of `try_` calls behind a live claimer costs one `/proc` read per 2 ms at most.
+const TIMEOUT_CHECK_MS: u64 = 2;
 
 /// Waits that use a peer CPU read from the ring before it is read again ([`Ring::peer_cpu`]).
 pub(crate) const PEER_CPU_REFRESH: u32 = 64;
@@ -455,6 +485,8 @@ impl Ring {
             stride: geo.stride(),
             last_survey_ms: AtomicU64::new(0),
             cpu_seen: [AtomicU64::new(0), AtomicU64::new(0)],
+            timeout_check_ms: [AtomicU64::new(0), AtomicU64::new(0)],
+            timeout_check_seen: [AtomicU64::new(0), AtomicU64::new(0)],
         })
     }
 
@@ -613,18 +645,20 @@ impl Ring {
                 BatchAttempt::Blocked { pos, state } => return Attempt::Blocked { pos, state },
                 BatchAttempt::Closed | BatchAttempt::Busy => return Attempt::Busy,
             };
-            // JoinableQueue: counted once the message has a slot, before it is published (so `join`
-            // never sees zero while it is in the ring), never while waiting for space (a producer
-            // killed in that wait put nothing, and must leave no count behind).
-            if count {
-                self.add_unfinished();
-            }
             let slot = self.slot(pos);
             let claimed = state(pos as u32, me.tid);
-            slot.len.store(bytes.len() as u32, Ordering::Relaxed);
+            // JoinableQueue: the count is the COUNTED mark of the slot, stored with the length (no
+            // extra instruction), so it lives and dies with the claim: a producer killed before its
+            // publish leaves a tombstone and no count (see "JoinableQueue accounting").
+            let mark = if count { COUNTED } else { 0 };
+            slot.len.store(bytes.len() as u32 | mark, Ordering::Relaxed);
             // SAFETY: we own the slot (claimed above: `{pos, me}`); bytes.len() <= slot_size was
             // checked by `push`, so the copy stays inside this slot's stride, inside the region.
             unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), Self::data(slot), bytes.len()) };
+            #[cfg(test)]
+            if tests::vanishing() {
+                return Attempt::Done;
+            }
             // {pos, me} → {pos + 1, IDLE}: published. Release: the bytes above happen-before the
             // consumer's Acquire CAS. A CAS, not a store: if a consumer took us for dead and tombstoned
             // the slot, our claim is void and the message must go out again (the next round). It is
@@ -641,10 +675,6 @@ impl Ring {
             self.header().items.0.notify();
             if ok.is_ok() {
                 return Attempt::Done;
-            }
-            if count {
-                // Revoked (garbage only): this claim's message is not delivered.
-                self.task_done();
             }
         }
     }
@@ -716,12 +746,71 @@ impl Ring {
             if backoff.snooze_beside(|| self.peer_cpu(side)) {
                 continue;
             }
-            let slice = slice_until(deadline, stuck.interval)?;
+            let slice = match slice_until(deadline, stuck.interval) {
+                Ok(slice) => slice,
+                // Recovered: one more attempt (a check is due at most once per TIMEOUT_CHECK_MS, so
+                // this cannot loop).
+                Err(_) if self.recover_before_timeout(side, blocked) => continue,
+                Err(e) => return Err(e),
+            };
             match side {
                 Side::Producer => self.sleep_for_space(blocked, slice, &mut stuck),
                 Side::Consumer => self.sleep_for_items(blocked, slice, &mut stuck),
             }
             watch();
+        }
+    }
+
+    /// A timed call that is about to return [`Error::Timeout`] behind a claimed slot (a consumer
+    /// behind a producer's `{s, tid}` at `head`, or at `blocked`; a producer behind a consumer's
+    /// `{s + 1 - one_lap, tid}` at `blocked`): if this process saw the very same claim block a timed-out
+    /// call at least [`TIMEOUT_CHECK_MS`] before, check whether its claimer died, and recover the slot
+    /// if so ([`Ring::abandon_if_writer_died`], [`Ring::free_if_reader_died`]). Returns whether it
+    /// recovered anything (the caller then tries once more).
+    ///
+    /// Why (found by review): the only other place a claimer is checked is after a sleep of
+    /// [`Ring::wait_for`] ([`StuckWatch`], whose first check comes [`MIN_CHECK`](crate::sync::wait::MIN_CHECK)
+    /// into one call). A caller that polls with `try_get`/`try_put` or timeouts shorter than that never
+    /// sleeps long enough, so a claim left by a process killed mid-`put` (or mid-`get`) was never
+    /// recovered: `Empty`/`Full` (or a pipe's `Timeout`, never `Closed`) for ever, with messages
+    /// waiting behind it. The check is remembered across calls here, process-local, since each call
+    /// starts a fresh `StuckWatch`.
+    ///
+    /// Cost: nothing unless a claim blocks the call (an empty or full ring reads no clock); then a
+    /// clock read, and a `/proc` look at most once per [`TIMEOUT_CHECK_MS`] per process and side.
+    /// Never on a fast path: only a call that is about to time out gets here.
+    fn recover_before_timeout(&self, side: Side, blocked: Option<(u64, u64)>) -> bool {
+        let (pos, st) = match (side, blocked) {
+            (_, Some(b)) => b,
+            (Side::Consumer, None) => {
+                let head = self.header().head.0.pos.load(Ordering::Relaxed);
+                (head, self.slot(head).state.load(Ordering::Acquire))
+            }
+            (Side::Producer, None) => return false,
+        };
+        let writing = dist(seq(st), pos) == 0;
+        // Only a claim can be recovered: a writer's for a consumer, a reader's for a producer.
+        if who(st) == IDLE || who(st) == TOMBSTONE || writing != (side == Side::Consumer) {
+            return false;
+        }
+        let i = side as usize;
+        let now = proc::monotonic_ms();
+        let last = self.timeout_check_ms[i].load(Ordering::Relaxed);
+        if now.saturating_sub(last) < TIMEOUT_CHECK_MS
+            || self.timeout_check_ms[i]
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        // The state names the stamp and the claimer: unchanged since the last look means this claim
+        // has blocked us for at least TIMEOUT_CHECK_MS.
+        if self.timeout_check_seen[i].swap(st, Ordering::Relaxed) != st {
+            return false;
+        }
+        match side {
+            Side::Consumer => self.abandon_if_writer_died(pos, st),
+            Side::Producer => self.free_if_reader_died(pos, st),
         }
     }
 
@@ -819,11 +908,18 @@ impl Ring {
             let slot = self.slot(pos);
             let claimed = state((pos as u32).wrapping_add(1), me.tid);
             let freed = state(pos.wrapping_add(self.one_lap) as u32, IDLE);
+            let word = slot.len.load(Ordering::Relaxed);
+            let len = len_of(word);
+            let counted = !tomb && word & COUNTED != 0;
             // If `f` panics (a codec's), the slot must not stay claimed by this thread, which lives
-            // on: nobody would ever free it. The message is lost, as with a consumer that dies.
-            struct FreeOnUnwind<'a>(&'a Ring, &'a SlotHead, u64, u64);
+            // on: nobody would ever free it. The message is lost, as with a consumer that dies; a
+            // counted one keeps its count, as if taken and never marked done.
+            struct FreeOnUnwind<'a>(&'a Ring, &'a SlotHead, u64, u64, bool);
             impl Drop for FreeOnUnwind<'_> {
                 fn drop(&mut self) {
+                    if self.4 {
+                        self.0.take_count();
+                    }
                     let _ = self.1.state.compare_exchange(
                         self.2,
                         self.3,
@@ -833,8 +929,7 @@ impl Ring {
                     self.0.header().space.0.notify();
                 }
             }
-            let guard = FreeOnUnwind(self, slot, claimed, freed);
-            let len = slot.len.load(Ordering::Relaxed) as usize;
+            let guard = FreeOnUnwind(self, slot, claimed, freed, counted);
             let result = if tomb {
                 None
             } else if len > self.geo.slot_size as usize {
@@ -854,10 +949,19 @@ impl Ring {
             // for dead and freed the slot, it may have overwritten what we read: discard it. SeqCst RMW
             // for `notify`, as the publish in `try_push`.
             std::mem::forget(guard);
+            // A counted message's count moves from the slot to `unfinished` while we still hold the
+            // slot (see "JoinableQueue accounting").
+            if counted {
+                self.take_count();
+            }
             let released =
                 slot.state
                     .compare_exchange(claimed, freed, Ordering::SeqCst, Ordering::Relaxed);
             self.header().space.0.notify();
+            if released.is_err() && counted {
+                // Revoked (garbage only): the message is not ours, nor is its count.
+                self.give_back_count();
+            }
             match (released, result) {
                 (Err(_), _) | (Ok(_), None) => continue, // revoked, or a tombstone: next message
                 (Ok(_), Some(Ok(r))) => return Ok(Pop::Got(r)),
@@ -893,8 +997,33 @@ impl Ring {
     }
 
     // ---- JoinableQueue accounting ----
+    //
+    // A JoinableQueue's message counts as unfinished from its `put` to its `task_done`. Until a
+    // consumer takes it, its count is the COUNTED mark in its slot's `len`, written by the producer
+    // with the length, after its claim and before its publish; a consumer that takes a marked message
+    // adds one to `Config::unfinished` while it still holds the slot, before it frees it; `task_done`
+    // takes one away. So `join`'s total is `unfinished` plus the marked messages in the ring (being
+    // written, published, or being taken; not tombstones, not free slots).
+    //
+    // Why (found by review): the producer used to add to `unfinished` itself, after its claim and
+    // before its publish; one killed in between left a count whose message was tombstoned, never
+    // delivered, never marked done, and `join` waited for good. A mark in the slot dies with the
+    // claim: a tombstone carries no count. It also costs the producer nothing (the length is stored
+    // anyway) where the shared counter cost it a locked instruction; the consumer of a marked message
+    // pays that one instead, and an unmarked message costs nobody anything.
+    //
+    // Why the total is right: the scan reads every slot, then `unfinished` (SeqCst). A message put
+    // before `join` began is either still marked in its slot when the scan reads it, or was taken
+    // before: its consumer's add to `unfinished` precedes its free of the slot, which precedes the
+    // scan's read of it, which precedes the read of `unfinished`. A consumer killed between its claim
+    // and its add takes the count with it (the message is lost, at most once); one killed after it
+    // leaves the count, as one killed between `get` and `task_done` does.
+    //
+    // `unfinished` may go below zero (two's complement in the u64): a `task_done` for a message still
+    // in the ring, which Python allows, is taken from it before the message's consumer adds to it.
 
-    pub(crate) fn add_unfinished(&self) {
+    /// A consumer took a marked message: its count moves from the slot to `unfinished`.
+    fn take_count(&self) {
         self.header()
             .config
             .0
@@ -902,35 +1031,85 @@ impl Ring {
             .fetch_add(1, Ordering::SeqCst);
     }
 
+    /// Undoes [`Ring::take_count`] for a claim found revoked (garbage only).
+    fn give_back_count(&self) {
+        self.header()
+            .config
+            .0
+            .unfinished
+            .fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Marked messages in the ring now: in slots being written (a live producer's `put`), published,
+    /// or being taken. O(capacity): `join`, `unfinished` and an unusual `task_done` only.
+    fn counted_in_slots(&self) -> u64 {
+        let mut n = 0u64;
+        for i in 0..self.geo.capacity {
+            let slot = self.slot(u64::from(i));
+            // SeqCst, then the mark: a published state's Release (or a consumer's claim continuing
+            // its release sequence) makes the producer's mark visible.
+            let st = slot.state.load(Ordering::SeqCst);
+            let holds = match self.phase(i, st) {
+                Some((_, Phase::Writing | Phase::Reading)) => true,
+                Some((_, Phase::Ready)) => who(st) != TOMBSTONE,
+                Some((_, Phase::Free)) | None => false,
+            };
+            if !holds {
+                continue;
+            }
+            if slot.len.load(Ordering::Relaxed) & COUNTED != 0 {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// `unfinished` read as the signed count it is, plus the marked messages in the ring, at least 0.
+    fn total_unfinished(&self) -> i64 {
+        let n = self.counted_in_slots();
+        let taken = self.header().config.0.unfinished.load(Ordering::SeqCst) as i64;
+        taken.saturating_add(n as i64).max(0)
+    }
+
     /// Marks one message done. Returns false if none was outstanding.
     pub(crate) fn task_done(&self) -> bool {
         let u = &self.header().config.0.unfinished;
         let mut cur = u.load(Ordering::Acquire);
         loop {
-            if cur == 0 {
+            // Nothing taken and not done: a `task_done` for a message still in the ring (the scan
+            // is this unusual call's cost), else one too many.
+            if cur as i64 <= 0 && (cur as i64).saturating_add(self.counted_in_slots() as i64) <= 0 {
                 return false;
             }
-            match u.compare_exchange_weak(cur, cur - 1, Ordering::SeqCst, Ordering::Acquire) {
+            match u.compare_exchange_weak(
+                cur,
+                cur.wrapping_sub(1),
+                Ordering::SeqCst,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => break,
                 Err(v) => cur = v,
             }
         }
-        if cur == 1 {
+        if cur as i64 <= 1 {
             self.header().done.0.notify();
         }
         true
     }
 
     pub(crate) fn unfinished(&self) -> u64 {
-        // SeqCst: `join` re-checks this after announcing itself (see `WaitWord::notify`).
-        self.header().config.0.unfinished.load(Ordering::SeqCst)
+        self.total_unfinished() as u64
     }
 
     /// Waits until every message put has been marked done.
     pub(crate) fn join(&self, deadline: Option<Instant>) -> Result<()> {
-        while self.unfinished() != 0 {
+        while self.total_unfinished() != 0 {
             let slice = slice_until(deadline, MAX_CHECK)?;
-            self.header().done.0.sleep(slice, || self.unfinished() == 0);
+            // `total_unfinished` is SeqCst-read last, after the slots: the re-check `notify` needs.
+            self.header()
+                .done
+                .0
+                .sleep(slice, || self.total_unfinished() == 0);
         }
         Ok(())
     }

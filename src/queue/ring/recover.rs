@@ -13,7 +13,7 @@ const SURVEY_INTERVAL_MS: u64 = 10;
 
 /// What a slot's state says about the stamp it belongs to (see the state table in the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+pub(super) enum Phase {
     /// `{ s, IDLE }`: free for the producer of `s`.
     Free,
     /// `{ s, tid }`: a producer is writing `s`.
@@ -42,8 +42,8 @@ impl Ring {
     /// A consumer died holding the slot the producer of stamp `pos` needs: free it for `pos`, and the
     /// slots after it that the same dead consumer claimed in the same batch (`get_many`), each with the
     /// same checks as in [`Ring::abandon_if_writer_died`]. The messages in them were handed to the dead
-    /// consumer and are lost: at most once, never twice.
-    pub(super) fn free_if_reader_died(&self, pos: u64, st: u64) {
+    /// consumer and are lost: at most once, never twice. Returns whether it freed any.
+    pub(super) fn free_if_reader_died(&self, pos: u64, st: u64) -> bool {
         let reader = who(st);
         let (mut pos, mut st) = (pos, st);
         let mut freed_any = false;
@@ -72,6 +72,7 @@ impl Ring {
         if freed_any {
             self.header().space.0.notify();
         }
+        freed_any
     }
 
     /// Whether the thread that claimed a slot still exists. Existence only (no start-time check): a
@@ -99,8 +100,8 @@ impl Ring {
     /// Liveness is asked again for every slot of the run: a dead claimer's tid may be recycled by a
     /// live thread that claims a later stamp; that thread is judged alive and the walk stops there.
     /// Each step is one CAS from the exact state read, so no claim made since is ever tombstoned (a
-    /// stamp's state never returns to an earlier value).
-    pub(super) fn abandon_if_writer_died(&self, pos: u64, st: u64) {
+    /// stamp's state never returns to an earlier value). Returns whether it tombstoned any.
+    pub(super) fn abandon_if_writer_died(&self, pos: u64, st: u64) -> bool {
         let writer = who(st);
         let (mut pos, mut st) = (pos, st);
         let mut abandoned = false;
@@ -128,7 +129,11 @@ impl Ring {
         }
         if abandoned {
             self.header().items.0.notify();
+            // A JoinableQueue count may have died with the claim (a tombstone carries none): a
+            // `join` waiting for it looks again.
+            self.header().done.0.notify();
         }
+        abandoned
     }
 
     // ---- healing the hints ----
@@ -147,7 +152,7 @@ impl Ring {
 
     /// The stamp and phase slot `i`'s state `st` belongs to, or `None` if its sequence number does not
     /// fit the slot's index (garbage).
-    fn phase(&self, i: u32, st: u64) -> Option<(u32, Phase)> {
+    pub(super) fn phase(&self, i: u32, st: u64) -> Option<(u32, Phase)> {
         let q = seq(st);
         let index = q & (self.one_lap as u32 - 1);
         let w = who(st);

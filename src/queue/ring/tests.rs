@@ -2,6 +2,24 @@
 
 use super::*;
 
+thread_local! {
+    /// Set by [`vanish_before_publish_for_test`]: the next single `push` of this thread stops right
+    /// before its publishing CAS, as a producer killed there would.
+    static VANISH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes the next single `push` of the calling thread stop just before it publishes (its message
+/// copied, its slot claimed, its JoinableQueue count made) and return as if done: a thread that then
+/// exits leaves exactly what a producer killed at that instruction leaves.
+pub(crate) fn vanish_before_publish_for_test() {
+    VANISH.with(|v| v.set(true));
+}
+
+/// Whether this `push` is the one to stop before publishing (and clears the request).
+pub(super) fn vanishing() -> bool {
+    VANISH.with(|v| v.replace(false))
+}
+
 impl Ring {
     /// Makes stamp `s` look claimed by `tid`: by a producer (before publish) or a consumer (after).
     pub(crate) fn force_claim_for_test(&self, s: u64, tid: u32, consumer: bool) {
