@@ -38,6 +38,11 @@ pub const ROLES: &[Role] = &[
         "pool_faults_forkserver_server_killed",
         forkserver_server_killed,
     ),
+    (
+        "pool_faults_no_replacement_can_start",
+        no_replacement_can_start_role,
+    ),
+    ("pool_faults_failing_initializer", failing_initializer_role),
 ];
 
 pub fn tests() -> Vec<Trial> {
@@ -75,6 +80,20 @@ pub fn tests() -> Vec<Trial> {
             || {
                 let name = common::unique_name("pool-fs-kill");
                 common::run_role_ok("pool_faults_forkserver_worker_killed", &name, BOUND * 2);
+            },
+        ),
+        t(
+            "a_task_with_no_worker_that_can_start_fails_never_hangs",
+            || {
+                let name = common::unique_name("pool-no-start");
+                common::run_role_ok("pool_faults_no_replacement_can_start", &name, BOUND * 2);
+            },
+        ),
+        t(
+            "workers_whose_initializer_fails_are_not_restarted_forever",
+            || {
+                let name = common::unique_name("pool-bad-init");
+                common::run_role_ok("pool_faults_failing_initializer", &name, BOUND * 2);
             },
         ),
         t("forkserver_killed_fails_or_restarts_never_hangs", || {
@@ -718,4 +737,104 @@ fn forkserver_server_killed(name: &str) {
     common::eventually("the server has no child left", BOUND, || {
         children_of(last).is_empty()
     });
+}
+
+// --------------------------------------------------------------------- a replacement that cannot start
+
+/// The soft limit on open descriptors, set to `n`.
+fn set_nofile(n: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) writes one `rlimit` into the struct we pass.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    lim.rlim_cur = n.min(lim.rlim_max);
+    // SAFETY: setrlimit(2) reads one `rlimit` from the struct we pass.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+}
+
+/// Role: the only worker is SIGKILLed while this process can open no descriptor, so no replacement
+/// can start (its rings and its spawn need descriptors). A task submitted then must not wait for a
+/// worker that may never come: it fails within the bound. Once descriptors can be opened again, a
+/// replacement starts and the pool serves again.
+fn no_replacement_can_start_role(_: &str) {
+    let pool = Pool::builder().workers(1).build().unwrap();
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+    let worker = pool.worker_pids()[0];
+    // The lowest free descriptor number: with the soft limit there, no new descriptor can be opened.
+    // SAFETY: dup(2) of stdin returns a new descriptor (or -1); we close it at once.
+    let lowest = unsafe { libc::dup(0) };
+    assert!(lowest > 0);
+    // SAFETY: closes the descriptor dup just returned, which nothing else owns.
+    unsafe { libc::close(lowest) };
+    set_nofile(lowest as u64);
+    // SAFETY: kill(2) of our own child worker (not reaped, so the pid is still its); no memory involved.
+    assert_eq!(unsafe { libc::kill(worker as i32, libc::SIGKILL) }, 0);
+    // The death is noticed and the replacement fails: no live worker is listed.
+    common::eventually("the dead worker is no longer listed", BOUND, || {
+        pool.worker_pids().is_empty()
+    });
+    let pending = pool.apply_async(square, 4).unwrap();
+    assert!(
+        pending.wait_timeout(BOUND),
+        "a task waited {BOUND:?} for a worker that cannot start"
+    );
+    let r = pending.get();
+    assert!(
+        matches!(r, Err(Error::Os { .. })),
+        "fails with the error the start met: {r:?}"
+    );
+    set_nofile(4096);
+    common::eventually("a replacement starts once it can", BOUND, || {
+        pool.worker_pids().len() == 1
+    });
+    assert_eq!(pool.apply(square, 5).unwrap(), 25);
+}
+
+// ------------------------------------------------------------------------- an initializer that fails
+
+/// The environment variable naming the counter of initializer runs (set by the role).
+const BAD_INIT_COUNTER_VAR: &str = "MPROC_POOL_FAULTS_BAD_INIT_COUNTER";
+
+/// An initializer that counts its run, then fails its worker (it exits before serving any task).
+fn count_and_fail() {
+    let name = std::env::var(BAD_INIT_COUNTER_VAR).expect("the role names the counter");
+    let runs = Value::<u32>::open(&name).expect("open the counter in the worker");
+    *runs.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    std::process::exit(7);
+}
+
+/// Role: a pool whose initializer fails in every worker. Its calls fail (never hang), its close and
+/// join end, and it does not start a new worker on every liveness check forever: over [`IDLE`], an
+/// idle pool starts only a few.
+/// The bound is far above what the restart delays allow (2 workers x (3 at once + 7 doublings to 1 s +
+/// 1 a second)), and far below the ~150 a second that restarting at every check reached here.
+fn failing_initializer_role(name: &str) {
+    const IDLE: Duration = Duration::from_secs(3);
+    let runs = Value::<u32>::create(name, 0).unwrap();
+    std::env::set_var(BAD_INIT_COUNTER_VAR, name);
+    let mut pool = Pool::builder()
+        .workers(2)
+        .initializer(count_and_fail)
+        .build()
+        .unwrap();
+    let results = pool.map_each(square, 0..40u32).unwrap();
+    assert!(results.iter().all(Result::is_err), "{results:?}");
+    let before = *runs.lock().unwrap();
+    std::thread::sleep(IDLE);
+    let started = *runs.lock().unwrap() - before;
+    eprintln!("an idle pool whose initializer fails started {started} workers in {IDLE:?}");
+    assert!(
+        started <= 40,
+        "{started} workers started (and failed) in {IDLE:?} of an idle pool"
+    );
+    // Still no hang: a call fails with how the workers ended.
+    let r = pool.apply_async(square, 3).unwrap();
+    assert!(r.wait_timeout(BOUND), "a call hung");
+    assert!(r.get().is_err());
+    // Nor does closing: no worker is waited for that is not there.
+    pool.close();
+    pool.join().unwrap();
+    assert!(pool.worker_pids().is_empty());
 }

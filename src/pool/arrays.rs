@@ -232,6 +232,50 @@ impl Pool {
     }
 }
 
+/// The element ranges of the chunks of `chunk` elements (the last may be shorter) of an array of
+/// `len`. `chunk` is the caller's: the end of the last chunk may lie past `usize::MAX` (found by
+/// review: `(i + 1) * chunk` overflowed, a panic in a debug build, for a zero-sized element type whose
+/// arrays may be `usize::MAX` long), so it is clamped to `len` without being computed.
 fn ranges(len: usize, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
-    (0..len.div_ceil(chunk)).map(move |i| (i * chunk, ((i + 1) * chunk).min(len)))
+    // `i < len.div_ceil(chunk)`, so `i * chunk < len`: the start never overflows.
+    (0..len.div_ceil(chunk)).map(move |i| {
+        let start = i * chunk;
+        (start, start.saturating_add(chunk).min(len))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ranges;
+
+    /// The chunks cover `0..len` in order, each `chunk` long but the last, for lengths and chunk sizes
+    /// up to `usize::MAX` (an array of a zero-sized type can be that long).
+    #[test]
+    fn ranges_cover_the_array_without_overflow() {
+        let huge = usize::MAX;
+        let cases = [
+            (0, 1),
+            (10, 3),
+            (10, 10),
+            (10, huge),
+            (huge, huge),
+            (huge, huge / 2 + 1),
+            (huge, huge / 3 + 1),
+        ];
+        for (len, chunk) in cases {
+            let got: Vec<_> = ranges(len, chunk).collect();
+            assert_eq!(got.len(), len.div_ceil(chunk), "{len}/{chunk}");
+            let mut next = 0;
+            for (k, &(start, end)) in got.iter().enumerate() {
+                assert_eq!(start, next, "{len}/{chunk}: chunk {k}");
+                assert!(start < end && end <= len, "{len}/{chunk}: chunk {k}");
+                assert!(
+                    end - start == chunk || end == len,
+                    "{len}/{chunk}: chunk {k}"
+                );
+                next = end;
+            }
+            assert_eq!(next, len, "{len}/{chunk}");
+        }
+    }
 }

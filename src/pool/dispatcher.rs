@@ -69,11 +69,51 @@ struct Worker {
     /// A task whose frames are partly in the ring: its id and how many body bytes were sent.
     sending: Option<(u64, usize)>,
     dispatched: u64,
-    /// False for a dead worker that could not be replaced yet: it takes no work.
+    /// False for a dead worker not replaced yet (its replacement could not start, or waits for its
+    /// `restart_delay`): it takes no work.
     usable: bool,
     /// When the worker announced it is about to exit (a panic under `panic = "abort"`, after answering
     /// its task): it takes no work meanwhile, and its unanswered tasks never started.
     exiting_since: Option<Instant>,
+    /// How many workers in a row died in this place without ever being given a task (an initializer
+    /// that fails in an idle pool), this one included once it is dead.
+    idle_deaths: u32,
+    /// Set once it was seen dead and its tasks were judged: when a replacement may start.
+    replace_at: Option<Instant>,
+    /// Since when its replacements fail to start (it is dead).
+    start_failing_since: Option<Instant>,
+    /// When it was first seen dead.
+    dead_since: Option<Instant>,
+}
+
+/// How long the tasks of a dead worker may wait to be judged while the result ring still holds a slot
+/// that another producer claimed (a frame of the dead worker may be behind it). A live producer holds
+/// one for microseconds, or as long as it is preempted; a dead one's is recovered within milliseconds
+/// (see `engine::CLAIMED_PATIENCE`).
+const DRAIN_PATIENCE: Duration = Duration::from_secs(5);
+
+/// How long replacements may fail to start, with no worker left, before the work not yet handed out
+/// fails rather than wait for one.
+const START_GRACE: Duration = Duration::from_secs(1);
+
+/// Workers in a row that may die in one place without being given a task and still be replaced at once.
+const IDLE_DEATHS_TOLERATED: u32 = 3;
+/// The longest a replacement waits (see [`restart_delay`]).
+const RESTART_DELAY_MAX: Duration = Duration::from_secs(1);
+
+/// How long to wait, while no work is pending, before replacing a worker that died after `idle_deaths`
+/// workers in a row died in its place without being given a task. None for the first few; then from
+/// [`LIVENESS_EVERY`], doubling, up to [`RESTART_DELAY_MAX`]. Found by review: a pool whose initializer
+/// fails started a new process at every liveness check, forever, also with no work at all (about 150
+/// a second with 2 workers). Work that waits is never delayed: each death then fails (or retries) one
+/// of its tasks, so the restarts end with the work.
+fn restart_delay(idle_deaths: u32) -> Duration {
+    let Some(doublings) = idle_deaths.checked_sub(IDLE_DEATHS_TOLERATED) else {
+        return Duration::ZERO;
+    };
+    LIVENESS_EVERY
+        .checked_mul(1u32.checked_shl(doublings).unwrap_or(u32::MAX))
+        .map_or(RESTART_DELAY_MAX, |d| d.min(RESTART_DELAY_MAX))
 }
 
 /// Lets go of the cached mappings of `worker`'s heap arenas: it answers no more (see
@@ -176,6 +216,10 @@ impl Dispatcher {
             dispatched: 0,
             usable: true,
             exiting_since: None,
+            idle_deaths: 0,
+            replace_at: None,
+            start_failing_since: None,
+            dead_since: None,
         })
     }
 
@@ -414,39 +458,50 @@ impl Dispatcher {
                 }
                 continue;
             }
-            // Everything the dead worker finished is in the result ring: count it first.
-            while let Ok(frame) = self.results.try_get() {
-                self.on_frame(&frame);
-            }
-            failed_any = true;
-            let (signal, exit_code) = self.how_it_died(wi);
-            // A worker takes its tasks in order and answers each before taking the next, so of its
-            // unanswered tasks only the oldest can have started: that one died with it. The others never
-            // started; they go back to the front of the queue without using up a retry. A worker that
-            // announced its exit had answered its last task: none of the rest started.
-            let lost: Vec<u64> = self.workers[wi].in_flight.drain(..).collect();
-            let announced = self.workers[wi].exiting_since.is_some();
-            let started = if announced { 0 } else { 1 };
-            for &id in lost.iter().skip(started).rev() {
-                self.partial.forget(id);
-                if self.tasks.contains_key(&id) {
-                    self.pending.push_front(id);
+            if self.workers[wi].replace_at.is_none() {
+                // Seen dead, not judged yet: it takes no more work from now on.
+                let w = &mut self.workers[wi];
+                w.sending = None;
+                w.usable = false;
+                let since = *w.dead_since.get_or_insert_with(Instant::now);
+                // Everything the dead worker finished is in the result ring: count it first. A frame it
+                // published may wait behind a slot another producer still holds (found by review: its
+                // answered task was failed as if it had died with it, or run again); judged once the
+                // ring is drained, or after `DRAIN_PATIENCE` whatever the ring says.
+                let _ = self.drain_results();
+                if !self.results.is_empty() && since.elapsed() < DRAIN_PATIENCE {
+                    continue;
                 }
+                self.judge_death(wi);
+                failed_any = true;
             }
-            if let Some(&id) = lost.first().filter(|_| !announced) {
-                self.died_with_its_worker(id, signal, exit_code);
+            let waiting = self.workers[wi]
+                .replace_at
+                .is_some_and(|t| t > Instant::now());
+            if waiting && self.pending.is_empty() {
+                continue; // not replaced yet: see `restart_delay`
             }
             match self.start_worker() {
-                Ok(w) => {
+                Ok(mut w) => {
+                    w.idle_deaths = self.workers[wi].idle_deaths;
                     let old = std::mem::replace(&mut self.workers[wi], w);
                     forget_arenas_of(&old.process);
                     self.dead.push(old.process);
                 }
-                Err(_) => {
-                    // Cannot start a replacement (out of processes or memory): keep the dead one in place
-                    // and try again at the next check; its ring takes no new work meanwhile.
-                    self.workers[wi].sending = None;
-                    self.workers[wi].usable = false;
+                Err(e) => {
+                    // Cannot start a replacement (out of processes, descriptors or memory): keep the dead
+                    // one in place and try again at the next check; its ring takes no new work meanwhile.
+                    // With no usable worker left, what is pending would wait for a worker that may never
+                    // start (found by review: a call hung for good once descriptors ran out). Once starts
+                    // have failed for `START_GRACE` (a passing shortage gets its chance), it fails with
+                    // the reason; work submitted later is judged again at the next check, after one more
+                    // start was tried.
+                    let since = *self.workers[wi]
+                        .start_failing_since
+                        .get_or_insert_with(Instant::now);
+                    if since.elapsed() >= START_GRACE && !self.workers.iter().any(|w| w.usable) {
+                        self.fail_pending(&e);
+                    }
                 }
             }
         }
@@ -455,6 +510,49 @@ impl Dispatcher {
             let _ = self
                 .results
                 .try_put(&wire::frame(0, wire::KIND_WAKE, true, 0, &[]));
+        }
+    }
+
+    /// Dead worker `wi`, whose published frames were taken: fails (or requeues) exactly its tasks and
+    /// says when it may be replaced.
+    fn judge_death(&mut self, wi: usize) {
+        let (signal, exit_code) = self.how_it_died(wi);
+        // A worker takes its tasks in order and answers each before taking the next, so of its
+        // unanswered tasks only the oldest can have started: that one died with it. The others never
+        // started; they go back to the front of the queue without using up a retry. A worker that
+        // announced its exit had answered its last task: none of the rest started.
+        let lost: Vec<u64> = self.workers[wi].in_flight.drain(..).collect();
+        let announced = self.workers[wi].exiting_since.is_some();
+        let started = if announced { 0 } else { 1 };
+        for &id in lost.iter().skip(started).rev() {
+            self.partial.forget(id);
+            if self.tasks.contains_key(&id) {
+                self.pending.push_front(id);
+            }
+        }
+        if let Some(&id) = lost.first().filter(|_| !announced) {
+            self.died_with_its_worker(id, signal, exit_code);
+        }
+        let w = &mut self.workers[wi];
+        w.idle_deaths = if w.dispatched == 0 {
+            w.idle_deaths.saturating_add(1)
+        } else {
+            0
+        };
+        w.replace_at = Some(Instant::now() + restart_delay(w.idle_deaths));
+    }
+
+    /// Fails every task not yet given to a worker with `why`, the error a worker's start met (see
+    /// [`ChunkOutcome::NoWorker`]).
+    fn fail_pending(&mut self, why: &Error) {
+        // An `Error` is not `Clone`, but crosses processes as bytes: every task gets its own copy.
+        let encoded = postcard::to_allocvec(why).unwrap_or_default();
+        for id in std::mem::take(&mut self.pending) {
+            if let Some(task) = self.tasks.remove(&id) {
+                let outcome = ChunkOutcome::NoWorker(encoded.clone());
+                let owed = task.spec.job.finish(task.spec.chunk, outcome);
+                self.wake_later.absorb(owed);
+            }
         }
     }
 

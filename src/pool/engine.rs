@@ -29,6 +29,15 @@ use super::results::{Bell, ProgressCallback, Wakeups};
 use super::worker::FrameQueue;
 use crate::error::{Error, Result};
 
+/// How long the background thread waits for a frame when the result ring is not empty yet has nothing
+/// to take: its next slot is claimed by a producer that has not published it, in the middle of its put
+/// or killed there. Only a blocking get runs the ring's recovery of a dead producer's slot (after about
+/// half a millisecond unchanged, `sync::wait::MIN_CHECK`); a `try_get` never does. Found by review: with
+/// only the background thread reading (async results, `ready()` polled), a worker SIGKILLed in the
+/// middle of a put stalled the result ring for good, and every later answer with it. A live producer
+/// publishes within microseconds.
+const CLAIMED_PATIENCE: Duration = Duration::from_millis(5);
+
 /// The dispatcher, locked; on drop it releases the lock and then wakes the tasks that awaited jobs
 /// finished meanwhile (`Dispatcher::wake_later`). A waker may poll its task inline, and that task may
 /// call this pool on this thread: woken under the lock, a submit deadlocked the pool for good. A
@@ -199,7 +208,16 @@ impl Engine {
             {
                 let role = self.reader.try_lock();
                 let read = role.is_ok();
+                // Outside the dispatcher's lock, as `serve` waits: see `CLAIMED_PATIENCE`.
+                let got = (read && !self.results.is_empty())
+                    .then(|| self.results.get_timeout(CLAIMED_PATIENCE));
                 let mut d = self.dispatcher();
+                match got {
+                    Some(Ok(frame)) => d.on_frame(&frame),
+                    None | Some(Err(Error::Timeout)) => {}
+                    // The result ring is broken (garbage written into it): nothing can come back.
+                    Some(Err(_)) => d.terminate(),
+                }
                 d.tick(read);
                 let finished = d.finished;
                 let dead = std::mem::take(&mut d.dead);

@@ -37,6 +37,13 @@
 //!   with [`Error::WorkerDied`] — or run once more elsewhere, if the pool was built with
 //!   [`PoolBuilder::retry_on_worker_death`] — a replacement worker starts, and the pool goes on. The
 //!   manager notices a death within about 10 ms; no call ever waits on a dead worker.
+//! - A replacement that cannot start (out of processes, descriptors or memory) is tried again at every
+//!   check; once starts have failed for a second with no worker left at all, the work not yet handed
+//!   out fails with the error that start met, rather than wait for a worker that may never come.
+//! - Workers that die without ever being given a task, more than a few in a row in one place (an
+//!   initializer that fails), are replaced after a delay that doubles up to a second while no work
+//!   waits, not at every check; work that waits gets a worker at once (each death then fails, or
+//!   retries, one of its tasks).
 //! - Python's `Pool` hangs forever in that case, and `concurrent.futures` breaks the whole pool.
 //!
 //! # Lifecycle

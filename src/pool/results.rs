@@ -21,6 +21,9 @@ pub(crate) enum ChunkOutcome {
         exit_code: Option<i32>,
     },
     Closed,
+    /// Never given to a worker: none was left, and a new one could not be started. The error that
+    /// start met, in postcard (an [`Error`] is not `Clone`, but it crosses processes as bytes).
+    NoWorker(Vec<u8>),
     /// Its items were decoded and handed out by an `imap` iterator or stream, which then let go of
     /// what the worker sent: an answer block stays lent to the parent (the worker cannot reuse it)
     /// for as long as its outcome is kept (found by review: a long `imap` of large results grew the
@@ -238,6 +241,9 @@ fn item<R: DeserializeOwned>(outcome: &ChunkOutcome, k: usize, first: usize) -> 
             exit_code: *exit_code,
         }),
         ChunkOutcome::Closed => Err(Error::PoolClosed),
+        ChunkOutcome::NoWorker(why) => Err(postcard::from_bytes(why).unwrap_or_else(|_| {
+            Error::ProcessState("no pool worker is alive and none could be started".into())
+        })),
         ChunkOutcome::Yielded => Err(Error::Corrupted(format!(
             "the result of task {index} was already handed out"
         ))),

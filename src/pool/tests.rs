@@ -357,3 +357,139 @@ fn a_fork_server_child_finds_no_pools_key_in_its_memory() {
     spy.start().unwrap();
     assert_eq!(spy.join().unwrap(), 0, "copies of the pool's key");
 }
+
+/// A fresh directory for the files by which a test and its tasks signal each other.
+struct Signals(std::path::PathBuf);
+
+impl Signals {
+    fn new(what: &str) -> Signals {
+        let dir = std::env::temp_dir().join(format!("mproc-{what}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Signals(dir)
+    }
+
+    fn dir(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for Signals {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Waits (at most a generous bound) until file `name` exists in `dir`.
+fn wait_for_file(dir: &str, name: &str) {
+    let path = std::path::Path::new(dir).join(name);
+    let deadline = std::time::Instant::now() + BOUND;
+    while !path.exists() {
+        assert!(std::time::Instant::now() < deadline, "{name} never came");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// How long anything may take before we call it a hang.
+const BOUND: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// In a worker: claims a slot of the shared result ring, says so in `dir`, and dies holding it
+/// (SIGKILL: a worker killed in the middle of a put).
+fn claim_and_die(dir: String) -> u32 {
+    let ring = super::worker::result_ring_for_tests().expect("runs in a worker");
+    let batch = ring.ring().claim_push(1, None).expect("claim a slot");
+    std::fs::write(std::path::Path::new(&dir).join("claimed"), b"").unwrap();
+    std::mem::forget(batch);
+    // SAFETY: raising SIGKILL ends this process; no memory is involved.
+    unsafe { libc::raise(libc::SIGKILL) };
+    unreachable!("SIGKILL ends the worker")
+}
+
+/// Answers once the other worker holds its claim, so that the answer lies behind it in the ring.
+fn after_the_claim(dir: String) -> u32 {
+    wait_for_file(&dir, "claimed");
+    7
+}
+
+/// Found by review: the result ring was only ever read with `try_get` when no caller blocked on a
+/// result (async results, `ready()` polled), and a `try_get` never recovers the slot of a producer
+/// that died in the middle of a put. Worker 0 dies holding a claimed slot; worker 1's answer, behind
+/// it, never arrived. Nothing here blocks on a result: only the pool's background thread reads.
+#[test]
+fn a_worker_killed_in_a_put_does_not_stall_results_nobody_blocks_on() {
+    let signals = Signals::new("claim-die");
+    let pool = Pool::builder().workers(2).build().unwrap();
+    let dies = pool.apply_async(claim_and_die, signals.dir()).unwrap();
+    let answers = pool.apply_async(after_the_claim, signals.dir()).unwrap();
+    let deadline = std::time::Instant::now() + BOUND;
+    while !(answers.ready() && dies.ready()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the answer behind the dead worker's slot never came"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(matches!(
+        dies.get(),
+        Err(crate::Error::WorkerDied {
+            signal: Some(libc::SIGKILL),
+            ..
+        })
+    ));
+    assert_eq!(answers.get().unwrap(), 7);
+}
+
+/// The items of [`an_answer_behind_another_producers_claim_still_counts`] (one per chunk; worker 0
+/// runs items 0 and 2, worker 1 items 1 and 3).
+fn behind_a_claim((what, dir): (u8, String)) -> u8 {
+    match what {
+        // A producer stalled in the middle of a put (preempted, say): a claimed slot, held until told.
+        0 => {
+            let ring = super::worker::result_ring_for_tests().expect("runs in a worker");
+            let batch = ring.ring().claim_push(1, None).expect("claim a slot");
+            std::fs::write(std::path::Path::new(&dir).join("held"), b"").unwrap();
+            wait_for_file(&dir, "release");
+            drop(batch); // published as a tombstone: no message
+            0
+        }
+        // Answered behind that slot...
+        1 => {
+            wait_for_file(&dir, "held");
+            1
+        }
+        2 => 2,
+        // ...by a worker that then dies.
+        _ => {
+            // SAFETY: raising SIGKILL ends this process; no memory is involved.
+            unsafe { libc::raise(libc::SIGKILL) };
+            unreachable!("SIGKILL ends the worker")
+        }
+    }
+}
+
+/// Found by review: a dead worker's tasks were judged as soon as a `try_get` found nothing to take,
+/// though a frame it published before dying could wait behind a slot another producer held. Item 1
+/// was answered; its worker then died running item 3. Item 1 failed as if it had died with its
+/// worker (and item 3, taken for one that never started, ran again on the replacement).
+#[test]
+fn an_answer_behind_another_producers_claim_still_counts() {
+    let signals = Signals::new("claim-held");
+    let pool = Pool::builder().workers(2).build().unwrap();
+    let pids = pool.worker_pids();
+    let items: Vec<(u8, String)> = (0..4).map(|i| (i, signals.dir())).collect();
+    let all = pool.map_async(behind_a_claim, &items, Some(1)).unwrap();
+    wait_for_file(&signals.dir(), "held");
+    let deadline = std::time::Instant::now() + BOUND;
+    while pool.worker_pids().contains(&pids[1]) {
+        assert!(std::time::Instant::now() < deadline, "worker 1 never died");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    std::fs::write(signals.0.join("release"), b"").unwrap();
+    match all.get() {
+        Err(crate::Error::WorkerDied {
+            task: 3,
+            signal: Some(libc::SIGKILL),
+            ..
+        }) => {}
+        other => panic!("only item 3 died with its worker: {other:?}"),
+    }
+}

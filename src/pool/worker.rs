@@ -96,6 +96,13 @@ struct AbortReport {
 
 static ABORT_REPORT: std::sync::OnceLock<AbortReport> = std::sync::OnceLock::new();
 
+/// The shared result ring, in a worker (for tests whose task writes it itself: a producer that dies,
+/// or stalls, with a slot of it claimed).
+#[cfg(test)]
+pub(super) fn result_ring_for_tests() -> Option<FrameQueue> {
+    ABORT_REPORT.get().map(|r| r.results.clone())
+}
+
 fn install_panic_hook() {
     // Replaces the spawn bootstrap's hook: a task's panic is reported with its task, not as the process's
     // outcome, and caught panics must not print (the caller gets the message).
