@@ -27,6 +27,11 @@ pub const ROLES: &[Role] = &[
         "process_start_with_sigchld_ignored",
         start_with_sigchld_ignored,
     ),
+    ("process_spawn_after_touching_exe", spawn_after_touching_exe),
+    (
+        "process_parent_with_signals_blocked",
+        parent_with_signals_blocked,
+    ),
 ];
 
 const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::Fork];
@@ -100,6 +105,20 @@ pub fn tests() -> Vec<Trial> {
         "process::fork_and_spawn_refuse_to_start_while_sigchld_is_ignored",
         || {
             common::run_role_ok("process_start_with_sigchld_ignored", "", BOUND);
+            Ok(())
+        },
+    ));
+    t.push(Trial::test(
+        "process::spawn::still_works_after_the_executable_file_was_touched",
+        || {
+            spawn_from_a_touched_copy();
+            Ok(())
+        },
+    ));
+    t.push(Trial::test(
+        "process::fork::dies_with_a_parent_that_blocks_every_signal",
+        || {
+            dies_with_a_parent_that_blocks_every_signal();
             Ok(())
         },
     ));
@@ -762,4 +781,97 @@ fn start_with_sigchld_ignored(_: &str) {
 
 fn double(x: u32) -> u32 {
     x * 2
+}
+
+/// Runs [`spawn_after_touching_exe`] in a private copy of this test binary, whose times it may
+/// change without disturbing the tests that run from the original.
+fn spawn_from_a_touched_copy() {
+    let dir = std::env::temp_dir().join(format!("mproc-touched-exe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let copy = dir.join("ipc-copy");
+    std::fs::copy(std::env::current_exe().expect("current_exe"), &copy).expect("copy the binary");
+    let mut child = std::process::Command::new(&copy)
+        .env("MPROC_TEST_ROLE", "process_spawn_after_touching_exe")
+        .env("MPROC_TEST_RUN", common::run_tag())
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("run the copy");
+    let status = common::wait_bounded(&mut child, BOUND);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(status.success(), "role failed: {status}");
+}
+
+/// Role (in a copy of the test binary): spawns, changes the modification time of its own executable
+/// file (as `touch`, `cp -p` onto it or a backup tool restoring times do), and spawns again. Found by
+/// review: the parent kept the mtime it saw at its first spawn, every child compared it with the
+/// file's new one and refused with `ExecutableMismatch`, for the rest of the parent's life, though
+/// the child runs the very same file (its parent's `/proc/self/exe`).
+fn spawn_after_touching_exe(_: &str) {
+    let run = |x: u32| {
+        let mut p = Process::new(double, x).expect("target");
+        p.start().expect("start");
+        p.join()
+    };
+    assert_eq!(run(1).expect("before the touch"), 2);
+    let exe = std::env::current_exe().expect("current_exe");
+    let when = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    std::fs::File::open(&exe)
+        .expect("open the executable")
+        .set_modified(when)
+        .expect("set its mtime");
+    assert_eq!(run(2).expect("after the touch"), 4);
+}
+
+/// Role: blocks every signal (as a program does that takes them with `sigwait` or a `signalfd`),
+/// then forks a long sleeper that dies with its parent and waits to be killed. The child prints its
+/// pid once its function runs, i.e. once its death with the parent is armed.
+fn parent_with_signals_blocked(_: &str) {
+    // SAFETY: `set` is a local sigset_t filled by sigfillset before pthread_sigmask reads it; this
+    // role's process only forks a child and waits to be killed.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    let mut p = start(StartMethod::Fork, announce_and_sleep, 600);
+    let _ = p.join();
+    unreachable!("the test kills this process first");
+}
+
+/// Prints this process's pid, then sleeps `s` seconds.
+fn announce_and_sleep(s: u64) -> u64 {
+    println!("{}", std::process::id());
+    std::thread::sleep(Duration::from_secs(s));
+    s
+}
+
+/// A forked child inherits the signal mask of the thread that forked it. Found by review: with every
+/// signal blocked there, the death-with-parent signal stayed pending in the child, which went on
+/// running after its parent was killed.
+fn dies_with_a_parent_that_blocks_every_signal() {
+    let mut parent = Kid::spawn("process_parent_with_signals_blocked", "", BOUND);
+    let child: i32 = parent
+        .next_line()
+        .trim()
+        .parse()
+        .expect("the child prints its pid");
+    let start = std::fs::read_to_string(format!("/proc/{child}/stat")).expect("the child runs");
+    parent.kill_and_wait();
+    let gone = || match std::fs::read_to_string(format!("/proc/{child}/stat")) {
+        Err(_) => true,
+        Ok(s) => stat_state(&s) == Some('Z') || stat_start(&s) != stat_start(&start),
+    };
+    // Generous: proves it, asserts no speed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !gone() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if !gone() {
+        // Leave no process behind: the orphan would sleep for ten minutes. Same start time: the pid
+        // still names our orphan.
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid names the orphan (checked by
+        // its start time just above).
+        unsafe { libc::kill(child, libc::SIGKILL) };
+        panic!("the forked child {child} outlived its killed parent");
+    }
 }

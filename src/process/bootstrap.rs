@@ -411,7 +411,7 @@ fn accept(value: &str) -> Result<Accepted, String> {
     // Set once, before any user code of this process runs.
     let _ = SPAWN_KEY.set(key);
     let here = psys::current_exe_id().map_err(|e| e.to_string())?;
-    if here != task.exe {
+    if !same_executable(&here, &task.exe) {
         // Authentic, but another file (cannot happen when we exec'd our parent's /proc/self/exe): say so
         // through the result channel, which is now known to be our parent's.
         RESULT_FD.store(result.as_raw_fd(), Ordering::Release);
@@ -422,6 +422,18 @@ fn accept(value: &str) -> Result<Accepted, String> {
         std::process::exit(1);
     }
     Ok(Accepted { task, func, result })
+}
+
+/// Whether `here` (this child's executable) is the file `parent` (its parent's, when it first spawned)
+/// names: same device, inode and size. The times are not compared: `touch`, `cp -p` onto the file or
+/// a backup tool restoring times change them while the program runs, and the parent caches its
+/// identity at its first spawn, so comparing them failed every later spawn of the process with
+/// `ExecutableMismatch` (found by review) though the child runs the very file its parent runs. Device
+/// and inode are that file for as long as the parent runs it (a running executable's inode cannot be
+/// freed and reused), and its bytes cannot change meanwhile: writing to or truncating a file that is
+/// being executed fails with `ETXTBSY`.
+fn same_executable(here: &ExeId, parent: &ExeId) -> bool {
+    here.dev == parent.dev && here.ino == parent.ino && here.size == parent.size
 }
 
 /// The pre-main constructor: the dynamic loader calls every function pointer in `.init_array` before
@@ -506,6 +518,34 @@ mod tests {
             adapter(f, &[0xff; 9]), // a `'static` array: nothing to keep alive
             Err(Failure::ArgDecode(..))
         ));
+    }
+
+    #[test]
+    fn an_executable_is_the_same_file_whatever_its_times() {
+        let id = psys::current_exe_id().unwrap();
+        let touched = ExeId {
+            mtime: id.mtime - 1000,
+            mtime_nsec: (id.mtime_nsec + 1) % 1_000_000_000,
+            ..id
+        };
+        assert!(same_executable(&touched, &id));
+        let other_files = [
+            ExeId {
+                ino: id.ino + 1,
+                ..id
+            },
+            ExeId {
+                dev: id.dev + 1,
+                ..id
+            },
+            ExeId {
+                size: id.size + 1,
+                ..id
+            },
+        ];
+        for other in other_files {
+            assert!(!same_executable(&other, &id), "{other:?}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::os::fd::AsRawFd;
 
 use super::bootstrap::{self, Failure};
+use super::forkserver::ForkLocks;
 use super::Child;
 use crate::error::Result;
 use crate::queue::ForkHolds;
@@ -28,8 +29,12 @@ pub(super) fn start(body: Body, die_with_parent: bool) -> Result<Child> {
     // Attachments of its own to every pipe end we hold, so that the child counts as a holder and our
     // letting go does not close a pipe it still uses (see `queue::pipe`, "Who holds an end").
     let holds = ForkHolds::before_fork();
-    // SAFETY: the child branch below runs only `anchors.in_child` (`dup3`, `getpid`, `close`, a `free`,
-    // and the unlock of a mutex this thread holds: an atomic swap, and a futex wake of nobody),
+    // The fork server's locks, so that the child finds them free (see `ForkLocks`).
+    let server_locks = ForkLocks::before_fork();
+    // SAFETY: the child branch below runs only `server_locks.after_fork` (the unlock of two mutexes
+    // this thread holds: an atomic swap each, and a futex wake of nobody), `anchors.in_child`
+    // (`dup3`, `getpid`, `close`, a `free`, and the unlock of a mutex this thread holds: an atomic
+    // swap, and a futex wake of nobody),
     // `holds.in_child` (stores into this process's memory, `getpid`, and the unlock of another mutex
     // this thread holds), `ForkHolds::release_all_before_exit` after the closure (that mutex, free
     // again; the pipes' robust locks in shared memory, a `/proc` read, allocations),
@@ -42,11 +47,13 @@ pub(super) fn start(body: Body, die_with_parent: bool) -> Result<Child> {
     let forked = unsafe { psys::fork() };
     let forked = match forked {
         Ok(Fork::Child) => {
+            server_locks.after_fork();
             anchors.in_child();
             holds.in_child();
             Fork::Child
         }
         other => {
+            server_locks.after_fork();
             anchors.in_parent();
             holds.in_parent(match &other {
                 Ok(Fork::Parent(pid)) => Some(*pid),

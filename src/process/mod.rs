@@ -45,7 +45,8 @@
 //! that knows its types and authenticated with a key that only parent and child hold: the child never jumps anywhere but the start of a function its parent handed to
 //! [`Process::new`]. The argument travels serialized (postcard) and the result comes back the same way.
 //! The child execs the parent's own `/proc/self/exe`, so it runs the very same file even if the program
-//! was rebuilt meanwhile; it checks that anyway (device, inode, size, mtime) and reports
+//! was rebuilt meanwhile; it checks that anyway (device, inode and size: not the times, which
+//! `touch` changes on the very same file) and reports
 //! [`Error::ExecutableMismatch`] rather than calling anything. A capturing closure is rejected at compile
 //! time (see [`Process::new`]); a function that lives in a dynamic library rather than in the executable
 //! (or mproc itself linked into a `cdylib`) is rejected with a panic when the process is created.
@@ -116,9 +117,14 @@
 //! # Fork caveats
 //! - Only the thread that called [`Process::start`] exists in the child. A lock another thread held at
 //!   the moment of the fork (stdout, a `Mutex`, an allocator other than glibc's, a logger) stays locked in
-//!   the child forever: a closure that takes it hangs. The crate's own child code takes no such lock.
+//!   the child forever: a closure that takes it hangs. The crate's own child code takes no such lock,
+//!   and the fork server's locks are held by [`Process::start`] across the fork, so a child that
+//!   starts processes through the fork server finds them free.
 //! - The child exits with `_exit`: no destructors, no `atexit` handlers, and stdout is not flushed (it is
-//!   line-buffered, so only an unfinished line is lost).
+//!   line-buffered, so only an unfinished line is lost). The child starts with a copy of this
+//!   process's stdout buffer: an unfinished line printed before [`Process::start`] is printed again
+//!   by the child's next line. `start` does not flush it for you, since that would wait for whichever
+//!   thread holds stdout; flush it yourself first if you print partial lines.
 //! - Fork copies the parent's page tables: forking a parent with 1 GiB of touched heap costs 28–35 ms
 //!   here, plus about 200 ms of copy-on-write faults in the parent afterwards. Spawn pays part of this
 //!   too today: handing the child its descriptors takes a `pre_exec` hook, with which the standard

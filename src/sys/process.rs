@@ -122,6 +122,25 @@ pub(crate) fn exit_with_parent(parent: u32, code: i32) -> Result<()> {
     if r != 0 {
         return Err(Error::last_os("sigaction"));
     }
+    // A blocked signal stays pending and its handler never runs. A forked child inherits the signal
+    // mask of the thread that forked it, and a program that blocks every signal in every thread (to
+    // take them with `sigwait` or a `signalfd`, a classic pattern) left its forked children running
+    // after its death (found by review). Only this signal is unblocked, in this thread, which is the
+    // child's only one at this point (threads it starts later inherit the mask).
+    // SAFETY: `set` is a local sigset_t, initialised by sigemptyset before sigaddset and
+    // pthread_sigmask read it; a null old-set pointer is allowed (pthread_sigmask(3)).
+    let r = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut())
+    };
+    if r != 0 {
+        return Err(Error::os(
+            "pthread_sigmask",
+            std::io::Error::from_raw_os_error(r),
+        ));
+    }
     // SAFETY: PR_SET_PDEATHSIG takes a signal number as its only argument (prctl(2)).
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) } != 0 {
         return Err(Error::last_os("prctl(PR_SET_PDEATHSIG)"));

@@ -62,7 +62,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -165,12 +165,14 @@ struct EnvironmentMemfd {
     file: File,
 }
 
+/// The environment memfd of the last request (see [`environment_memfd`]).
+static LAST_ENVIRONMENT: Mutex<Option<Arc<EnvironmentMemfd>>> = Mutex::new(None);
+
 /// This process's environment now, in a sealed memfd for a request. Made again only when the
 /// environment changed since the last request: sealed, one memfd serves any number of them.
 fn environment_memfd() -> Result<Arc<EnvironmentMemfd>> {
-    static LAST: Mutex<Option<Arc<EnvironmentMemfd>>> = Mutex::new(None);
     let bytes = encode_environment(std::env::vars_os());
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let mut last = LAST_ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(env) = last.as_ref() {
         if env.bytes == bytes {
             return Ok(env.clone());
@@ -297,6 +299,41 @@ impl Drop for Server {
 
 /// The server and the pid of the process it belongs to.
 static SERVER: Mutex<Option<(u32, Arc<Server>)>> = Mutex::new(None);
+
+/// The fork server's locks, held by the thread that forks a child ([`StartMethod::Fork`]) across the
+/// `fork`, and let go of on both sides after it.
+///
+/// A forked child may start processes through the fork server (it starts a server of its own, see
+/// the module docs), and that takes these locks. Another thread of the parent can hold them at the
+/// moment of the fork: [`SERVER`] for the whole re-exec of a (re)started server, a millisecond or
+/// more. The child then inherited a lock whose holder does not exist there, and its first fork-server
+/// start waited for it forever (found by review: about one forked child in seven hung while another
+/// thread restarted the server). Holding both here makes the fork wait for that thread instead, and
+/// the child gets them unlocked.
+///
+/// [`StartMethod::Fork`]: super::StartMethod::Fork
+pub(crate) struct ForkLocks {
+    _server: MutexGuard<'static, Option<(u32, Arc<Server>)>>,
+    _environment: MutexGuard<'static, Option<Arc<EnvironmentMemfd>>>,
+}
+
+impl ForkLocks {
+    /// Takes the locks, in the order the rest of this module never inverts (it never holds both).
+    pub(crate) fn before_fork() -> ForkLocks {
+        let server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+        let environment = LAST_ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
+        ForkLocks {
+            _server: server,
+            _environment: environment,
+        }
+    }
+
+    /// Lets go of the locks, in the parent or in the child. In the child this is an atomic swap of
+    /// each lock word and at most a futex wake of nobody: no allocation, no other lock.
+    pub(crate) fn after_fork(self) {
+        drop(self);
+    }
+}
 
 /// Lets go of this process's server if it has died, so that its drop reaps it now (once no request
 /// still uses it) rather than at the next request. A server that dies while idle is noticed at the
@@ -607,6 +644,42 @@ mod tests {
             got,
             vars(&[("PATH", "/bin"), ("EMPTY", ""), ("UTF8", "é=ü")])
         );
+    }
+
+    /// A forked child that starts a process through the fork server, forked while another thread
+    /// holds the fork server's locks (as it does for the whole restart of a dead server). Until the
+    /// fix the child inherited them held by a thread it does not have, and hung for good.
+    #[test]
+    fn a_forked_child_can_use_the_fork_server_whatever_another_thread_holds() {
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+            let environment = LAST_ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
+            held_tx.send(()).expect("the test waits");
+            // The fork below starts meanwhile. A pass does not depend on this time: with the fix the
+            // fork waits for this thread, and without it a fork after the release would not show
+            // the bug but would pass too.
+            std::thread::sleep(Duration::from_millis(500));
+            drop(environment);
+            drop(server);
+        });
+        held_rx.recv().expect("the holder took the locks");
+        let mut p = crate::Process::builder().daemon(true).fork(|| {
+            let mut q = crate::Process::builder()
+                .start_method(crate::StartMethod::ForkServer)
+                .target(|x: u32| x + 1, 41)
+                .expect("target");
+            q.start().expect("start");
+            q.join().expect("join")
+        });
+        p.start().expect("fork");
+        // Generous: only a hang may take this long.
+        let got = p.join_timeout(Duration::from_secs(120));
+        holder.join().expect("holder");
+        if got.is_err() {
+            let _ = p.kill();
+        }
+        assert_eq!(got.expect("the forked child hung on a lock"), 42);
     }
 
     /// What a hostile request could carry: refused before anything is set (`set_var` would panic).
