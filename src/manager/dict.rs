@@ -138,18 +138,16 @@ fn find(
         .map(Ok)?
 }
 
-/// The first empty slot of `table` probing from `tag % cap`, within `cap` steps and what is left of
+/// The first empty slot of `table` probing from `start % cap`, within `cap` steps and what is left of
 /// `probes`, which the caller shares between every entry it places. Only this transaction fills a fresh
 /// table, and it puts at most `live` < cap / 2 entries in it, so an empty slot is always there; if
 /// another process wrote garbage into it meanwhile, the probe ends as `Corrupted` instead of spinning
-/// forever (review R4). The shared budget bounds a whole rebuild: entries whose tags are all equal
-/// (one write to a table can make them so) cost n²/2 probes placed one by one, hours under the heap's
-/// lock for a table of millions (found by review).
-fn free_slot(h: HeapRef<'_>, table: u64, cap: u64, tag: u64, probes: &mut u64) -> Result<u64> {
+/// forever (review R4). The shared budget bounds a whole rebuild, should the table change under it.
+fn free_slot(h: HeapRef<'_>, table: u64, cap: u64, start: u64, probes: &mut u64) -> Result<u64> {
     if cap == 0 {
         return Err(Error::Corrupted("a dict table of capacity 0".into()));
     }
-    let mut j = tag % cap;
+    let mut j = start % cap;
     for _ in 0..cap {
         *probes = probes.checked_sub(1).ok_or_else(|| {
             Error::Corrupted("a dict table whose entries collide far more than hashes do".into())
@@ -164,8 +162,8 @@ fn free_slot(h: HeapRef<'_>, table: u64, cap: u64, tag: u64, probes: &mut u64) -
     ))
 }
 
-/// Probes a rebuild may make per slot of its new table: linear probing in a table at most half full
-/// takes about 2.5 per entry on average; the rest is room for unlucky hashes.
+/// Probes a rebuild may make per slot of its new table: placed in the order of their homes, entries
+/// take about two each whatever their hashes; the rest is room to spare.
 const REBUILD_PROBES_PER_SLOT: u64 = 64;
 
 /// The value bytes of the entry blob at `e`.
@@ -186,17 +184,20 @@ fn value_of(h: HeapRef<'_>, e: u64) -> Result<Vec<u8>> {
 }
 
 /// Calls `f` with the value bytes of the entry blob at `e`, in place. Layout: blob length, key length,
-/// key, value; both lengths are checked against each other and the heap.
+/// key, value; the blob is checked as every blob read out of the heap is ([`HeapRef::with_blob`]), and
+/// the key length against it.
 fn with_value<R>(h: HeapRef<'_>, e: u64, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
-    let (blob_len, klen) = (h.get(e)?, h.get(e + 8)?);
-    let vlen = blob_len.checked_sub(8).and_then(|r| r.checked_sub(klen));
-    let start = klen.checked_add(e + 16);
-    match (vlen.and_then(|v| usize::try_from(v).ok()), start) {
-        (Some(n), Some(off)) => h.with_bytes(off, n, f),
-        _ => Err(Error::Corrupted(format!(
-            "dict entry at {e:#x} is malformed"
-        ))),
-    }
+    h.with_blob(e, |blob| {
+        let klen = blob
+            .get(..8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+        let start = klen
+            .and_then(|k| usize::try_from(k).ok())
+            .and_then(|k| k.checked_add(8))
+            .filter(|&s| s <= blob.len());
+        start.map(|s| f(&blob[s..]))
+    })?
+    .ok_or_else(|| Error::Corrupted(format!("dict entry at {e:#x} is malformed")))
 }
 
 fn entry_bytes(key: &[u8], value: &[u8]) -> Vec<u8> {
@@ -403,15 +404,29 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
     /// tombstones. The live entries are counted here rather than trusted from `len`, so a damaged `len`
     /// cannot make the new table too small (a probe that never finds an empty slot). Only the header words
     /// are journaled; the old table is freed.
+    ///
+    /// The entries are placed in the order of their home slots, each probe starting where the last one
+    /// ended if its home is already covered: about two probes per entry whatever the hashes. Placed in
+    /// table order, entries sharing a home cost n²/2 probes; keys a user picked to share the low bits of
+    /// their hash (as easy as trying a few hundred keys per bit) made an honest dict of a few hundred
+    /// entries fail every insert with `Corrupted` once that exceeded the probe budget (found by review).
     fn rebuild(tx: &mut Tx<'_>, obj: u64) -> Result<()> {
         let (old_cap, old_table) = (tx.get(obj + CAP)?, tx.get(obj + TABLE)?);
-        let mut live = 0u64;
+        tx.heap().check_array(old_table, old_cap, 16)?;
+        // (tag, old slot) of every live entry: at most one per 16 bytes of old table, which the loop
+        // reads from the heap, so this is bounded by the heap's size; asked for, not assumed.
+        let mut order: Vec<(u64, u64)> = Vec::new();
         for i in 0..old_cap {
             let tag = tx.get(at(old_table, i, 16)?)?;
             if tag != EMPTY && tag != REMOVED {
-                live += 1;
+                order.try_reserve(1).map_err(|_| Error::OutOfMemory {
+                    requested: (order.len() as u64).saturating_mul(16),
+                    available: 0,
+                })?;
+                order.push((tag, i));
             }
         }
+        let live = order.len() as u64;
         let cap = live
             .saturating_add(1)
             .saturating_mul(2)
@@ -419,16 +434,25 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
             .unwrap_or(u64::MAX)
             .max(8);
         let table = Self::fresh_table(tx, cap)?;
+        for entry in &mut order {
+            entry.0 %= cap;
+        }
+        order.sort_unstable();
         let mut probes = cap.saturating_mul(REBUILD_PROBES_PER_SLOT);
-        for i in 0..old_cap {
-            let tag = tx.get(at(old_table, i, 16)?)?;
-            if tag == EMPTY || tag == REMOVED {
-                continue;
-            }
+        // One past the last slot filled, counting from the home of the first entry and going on past
+        // `cap` once a run wraps round to slot 0. Entries come in the order of their homes, so every
+        // slot from an entry's home up to `next` is filled: its probe may start at `next`.
+        let mut next = 0u64;
+        for (home, i) in order {
             let e = tx.get(at(old_table, i, 16)? + 8)?;
-            let j = free_slot(tx.heap(), table, cap, tag, &mut probes)?;
+            let tag = tx.get(at(old_table, i, 16)?)?;
+            let start = home.max(next);
+            let j = free_slot(tx.heap(), table, cap, start, &mut probes)?;
             tx.init(at(table, j, 16)?, tag)?;
             tx.init(at(table, j, 16)? + 8, e)?;
+            // The probe went from `start % cap` to `j`, possibly round past the end.
+            let steps = (j + cap - start % cap) % cap;
+            next = start.saturating_add(steps).saturating_add(1);
         }
         tx.set(obj + LEN, live)?;
         tx.set(obj + TABLE, table)?;
@@ -787,7 +811,8 @@ mod tests {
 
     /// Found by review: a rebuild placed the entries one by one by linear probing, so a table whose
     /// tags were all made equal (one write each) cost n²/2 probes under the heap's lock: hours for a
-    /// table of millions. The whole rebuild now has a budget of probes, and ends as `Corrupted`.
+    /// table of millions. The entries are now placed in the order of their homes, about two probes
+    /// each: the rebuild finishes, and the dict counts every entry.
     #[test]
     fn a_rebuild_of_colliding_tags_is_bounded() {
         let m = crate::Manager::anonymous(4 << 20).unwrap();
@@ -808,8 +833,29 @@ mod tests {
                 tx.set(d.obj + TOMBS, cap)
             })
             .unwrap();
-        let r = d.insert(&n, &n);
-        assert!(matches!(r, Err(Error::Corrupted(_))), "{r:?}");
-        assert_eq!(d.len().unwrap(), n as usize, "undone");
+        assert_eq!(d.insert(&n, &n).unwrap(), None);
+        assert_eq!(d.len().unwrap(), n as usize + 1);
+        assert_eq!(d.get(&n).unwrap(), Some(n));
+    }
+
+    /// Found by review: keys whose hashes share their low bits (a few hundred tries per key find
+    /// them, so any program storing keys its users choose can be sent them) all have one home slot.
+    /// The rebuild placing them cost n²/2 probes, past its budget at a few hundred keys: every insert
+    /// of an honest dict failed with `Corrupted`, for good.
+    #[test]
+    fn keys_sharing_a_home_slot_do_not_break_a_dict() {
+        let m = crate::Manager::anonymous(4 << 20).unwrap();
+        let d = m.pod_dict::<u64, u64>("d").unwrap();
+        // One home in every table up to 1024 slots, which 600 entries need.
+        let home = |k: u64| tag_of(&k.to_ne_bytes()) % 1024;
+        let keys: Vec<u64> = (0u64..).filter(|&k| home(k) == home(0)).take(600).collect();
+        for (n, k) in keys.iter().enumerate() {
+            let r = d.insert(k, &(n as u64));
+            assert!(r.is_ok(), "insert {n}: {r:?}");
+        }
+        for (n, k) in keys.iter().enumerate() {
+            assert_eq!(d.get(k).unwrap(), Some(n as u64));
+        }
+        assert_eq!(d.len().unwrap(), keys.len());
     }
 }

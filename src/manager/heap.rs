@@ -377,15 +377,7 @@ impl<'a> HeapRef<'a> {
     /// sparse, for free, and write a blob length claiming it (an honest heap wrote every byte of a
     /// blob). And the allocation is asked for, not assumed: its failure is an error, not an abort.
     pub(crate) fn read_bytes(&self, off: u64, n: usize) -> Result<Vec<u8>> {
-        /// Copies up to this size are not worth a system call: small whatever the bytes say.
-        const SPARSE_CHECK_MIN: usize = 64 << 10;
-        self.check_range(off, n)?;
-        // `off + n <= len`, the mapped payload (checked just above), so `off` fits a usize.
-        if n > SPARSE_CHECK_MIN && !self.region.holds_memory(off as usize, n)? {
-            return Err(Error::Corrupted(format!(
-                "{n} bytes at heap offset {off:#x} are holes of a sparse file, not a blob"
-            )));
-        }
+        self.check_memory(off, n)?;
         let mut v = Vec::new();
         v.try_reserve_exact(n).map_err(|_| Error::OutOfMemory {
             requested: n as u64,
@@ -395,6 +387,21 @@ impl<'a> HeapRef<'a> {
         // SAFETY: the range is inside the mapping (checked); `v` is a distinct local buffer of n bytes.
         unsafe { std::ptr::copy_nonoverlapping(self.base.add(off as usize), v.as_mut_ptr(), n) };
         Ok(v)
+    }
+
+    /// Checks that the `n` bytes at `off` are inside the heap and, if many, memory its file holds
+    /// rather than holes (see [`read_bytes`](Self::read_bytes)): what may be decoded or copied out.
+    fn check_memory(&self, off: u64, n: usize) -> Result<()> {
+        /// Copies up to this size are not worth a system call: small whatever the bytes say.
+        const SPARSE_CHECK_MIN: usize = 64 << 10;
+        self.check_range(off, n)?;
+        // `off + n <= len`, the mapped payload (checked just above), so `off` fits a usize.
+        if n > SPARSE_CHECK_MIN && !self.region.holds_memory(off as usize, n)? {
+            return Err(Error::Corrupted(format!(
+                "{n} bytes at heap offset {off:#x} are holes of a sparse file, not a blob"
+            )));
+        }
+        Ok(())
     }
 
     /// Whether the `n` bytes at `off` equal `bytes` (without copying them out).
@@ -684,6 +691,7 @@ impl<'a> Tx<'a> {
     pub(crate) fn free_detached_table(&mut self) -> Result<()> {
         let (table, cap) = (self.get(PENDING_TABLE)?, self.get(PENDING_CAP)?);
         let freed = (|| -> Result<()> {
+            self.heap.check_array(table, cap, 16)?;
             for i in 0..cap {
                 let tag = self.get(at(table, i, 16)?)?;
                 if tag > 1 {
@@ -777,6 +785,18 @@ impl HeapRef<'_> {
         self.read_bytes(p + W, n)
     }
 
+    /// Calls `f` with the bytes of the blob made by [`Tx::alloc_blob`] at `p`, in place (no copy),
+    /// checked as [`blob`](Self::blob) checks them: inside its block, and memory the file holds. A
+    /// decoder reading them may allocate as much as they say (a string's length), so they must be
+    /// bytes some process wrote, not holes a peer got for free (found by review: `Dict::get` decoded
+    /// a value checked against the mapping only).
+    pub(crate) fn with_blob<R>(&self, p: u64, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        let (n, _) = self.blob_len(p)?;
+        // `blob_len` checked the block lies in the heap, so `p + W` does not overflow.
+        self.check_memory(p + W, n)?;
+        self.with_bytes(p + W, n, f)
+    }
+
     /// As [`blob`](Self::blob), charging the blob's block to `budget` first.
     pub(crate) fn blob_within(&self, p: u64, budget: &mut CopyBudget) -> Result<Vec<u8>> {
         let (n, size) = self.blob_len(p)?;
@@ -784,13 +804,17 @@ impl HeapRef<'_> {
         self.read_bytes(p + W, n)
     }
 
-    /// Checks that an array of `n` elements of `size` bytes at `base` lies inside the heap, so a loop
-    /// over it is bounded by the heap's real size, not by a length word.
+    /// Checks that an array of `n` elements of `size` bytes at `base` lies inside the heap and is
+    /// memory its file holds, so a loop over it is bounded by the heap's real size, not by a length
+    /// word. Inside the mapping is not enough: a peer grows the file sparse for free, and reading a
+    /// hole of a shared mapping allocates its page, so a loop over holes would make this process
+    /// allocate as much as the peer's words say (found by review). Every array an honest heap loops
+    /// over was written whole (a fresh dict table word by word, a full list's items one by one).
     pub(crate) fn check_array(&self, base: u64, n: u64, size: u64) -> Result<()> {
         let bytes = n.checked_mul(size).ok_or_else(|| {
             Error::Corrupted(format!("an array of {n} elements is larger than any heap"))
         })?;
-        self.check_range(
+        self.check_memory(
             base,
             usize::try_from(bytes).map_err(|_| Error::Corrupted("array size".into()))?,
         )

@@ -677,3 +677,107 @@ fn a_garbage_capacity_does_not_size_a_push() {
     assert!(matches!(l.push(&2), Err(Error::Corrupted(_))));
     assert_eq!(m.heap.size().unwrap().0, end_before, "the heap grew");
 }
+
+/// Found by review: `Dict::get` (and `entry`) decode the value where the heap holds it, and that
+/// range was checked against the mapping only, not against the entry's block nor for holes, as every
+/// copy out of the heap is. A peer grows the heap's file sparse (for free: no page is allocated),
+/// moves the end word there and points an entry at a blob claiming a string as long as the holes:
+/// `get` built that string, an allocation sized by the peer's words (here 32 MiB; with the file grown
+/// to the 1 TiB limit, an abort or the OOM killer).
+#[test]
+fn get_refuses_a_value_over_holes() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const END_WORD: usize = 32;
+    let m = Manager::anonymous(1 << 20).unwrap();
+    let d = m.dict::<String, String>("d").unwrap();
+    d.insert(&"k".to_string(), &"v".to_string()).unwrap();
+    // The peer grows the file by 128 MiB, sparse, and says so in the end word.
+    let end = m.heap.size().unwrap().0 + (128 << 20);
+    let file = m.heap.region().file();
+    file.set_len(end + crate::region::PAYLOAD_OFFSET as u64)
+        .unwrap();
+    m.heap
+        .region()
+        .payload_ref::<AtomicU64>(END_WORD)
+        .unwrap()
+        .store(end, Ordering::Release);
+    let obj = d.offset();
+    let len = 1u64 << 25;
+    m.heap
+        .transact(|tx| {
+            // A block of 64 MiB (class 26) in the holes; its blob: length, key length, the key
+            // "k" and a string of `len` bytes (postcard: LEB128 length, then the bytes: holes).
+            let block = 64 << 20;
+            let p = block + 8;
+            tx.set(block, 26)?;
+            tx.set(p, 8 + 2 + 4 + len)?;
+            tx.set(p + 8, 2)?;
+            tx.set(
+                p + 16,
+                u64::from_le_bytes([1, b'k', 0x80, 0x80, 0x80, 0x10, 0, 0]),
+            )?;
+            let (cap, table) = (tx.get(obj + 8)?, tx.get(obj + 16)?);
+            for i in 0..cap {
+                if tx.get(heap::at(table, i, 16)?)? > 1 {
+                    tx.set(heap::at(table, i, 16)? + 8, p)?;
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    let r = d.get("k");
+    assert!(
+        matches!(r, Err(Error::Corrupted(_))),
+        "{:?}",
+        r.map(|v| v.map(|s| s.len()))
+    );
+    let r = d.entry("k").or_default();
+    assert!(
+        matches!(r, Err(Error::Corrupted(_))),
+        "{:?}",
+        r.map(|s| s.len())
+    );
+}
+
+/// Found by review: the loops over a dict's table (`items`, the rebuild of an insert, the freeing
+/// of a cleared table) were bounded by the mapping, which a peer makes as large as it likes for
+/// free by growing the heap's file sparse. Reading a hole of a shared mapping allocates its page,
+/// so a forged table over the holes made this process fault in (and be charged for) as much memory
+/// as the forged words said: here 64 MiB, up to the 1 TiB limit. A table must be memory first.
+#[test]
+fn a_table_over_holes_is_not_faulted_in() {
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const END_WORD: usize = 32;
+    let m = Manager::anonymous(1 << 20).unwrap();
+    let d = m.pod_dict::<u64, u64>("d").unwrap();
+    d.insert(&1, &1).unwrap();
+    let old_end = m.heap.size().unwrap().0;
+    let holes = 64u64 << 20;
+    let file = m.heap.region().file();
+    file.set_len(old_end + holes + crate::region::PAYLOAD_OFFSET as u64)
+        .unwrap();
+    m.heap
+        .region()
+        .payload_ref::<AtomicU64>(END_WORD)
+        .unwrap()
+        .store(old_end + holes, Ordering::Release);
+    let obj = d.offset();
+    m.heap
+        .transact(|tx| {
+            // len, cap, table, tombstones: a table of the holes, and a count that asks for a rebuild.
+            tx.set(obj, 1)?;
+            tx.set(obj + 8, holes / 16)?;
+            tx.set(obj + 16, old_end)?;
+            tx.set(obj + 24, holes / 16)
+        })
+        .unwrap();
+    let allocated = || file.metadata().unwrap().blocks() * 512;
+    let before = allocated();
+    let r = d.items();
+    assert!(matches!(r, Err(Error::Corrupted(_))), "{r:?}");
+    let r = d.insert(&2, &2);
+    assert!(matches!(r, Err(Error::Corrupted(_))), "{r:?}");
+    let grew = allocated() - before;
+    assert!(grew < 8 << 20, "{} MiB faulted in", grew >> 20);
+}
