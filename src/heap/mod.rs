@@ -409,6 +409,40 @@ fn register(region: &Arc<Region>) {
     m.insert(region.id(), Arc::downgrade(region));
 }
 
+/// The heap's process-local locks, held by the thread that forks a child across the `fork` (a part of
+/// `process::forklocks::ForkLocks`, which says in what order everything is taken), and let go of on
+/// both sides after it: a forked child that makes or attaches an array takes them, and one held by
+/// another thread of the parent at the fork would stay locked in the child for good.
+///
+/// Taken in the order of the fields. The only nesting among them is `arenas` then `mapped` (a new
+/// arena is registered with the arenas held); `DEFERRED` and `foreign` are never held while another
+/// lock is taken, and nothing is taken while they are held.
+pub(crate) struct ForkHeapLocks {
+    _deferred: std::sync::MutexGuard<'static, Vec<Deferred>>,
+    _arenas: std::sync::MutexGuard<'static, Vec<Arena>>,
+    _mapped: std::sync::MutexGuard<'static, HashMap<u64, Weak<Region>>>,
+    _foreign: std::sync::MutexGuard<'static, VecDeque<CachedArena>>,
+}
+
+impl ForkHeapLocks {
+    /// Takes them (which also finishes making the lazily made ones: a child never finds one half-made).
+    pub(crate) fn before_fork() -> ForkHeapLocks {
+        let deferred = DEFERRED.lock().unwrap_or_else(|e| e.into_inner());
+        let arenas = Heap::global()
+            .arenas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mapped = mapped().lock().unwrap_or_else(|e| e.into_inner());
+        let foreign = foreign().lock().unwrap_or_else(|e| e.into_inner());
+        ForkHeapLocks {
+            _deferred: deferred,
+            _arenas: arenas,
+            _mapped: mapped,
+            _foreign: foreign,
+        }
+    }
+}
+
 /// Where a block lives, as it travels between processes.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct BlockHandle {
@@ -674,6 +708,67 @@ pub(crate) mod tests {
         // SAFETY: as above.
         let got = unsafe { std::slice::from_raw_parts(b.ptr(), 1 << 20) };
         assert!(got == &src[..]);
+    }
+
+    /// What a forked child does with the heap in the tests below: makes an array (a new arena of its
+    /// own, registered as mapped), sums it, and looks at the cache of foreign arenas.
+    fn child_uses_the_heap() -> u64 {
+        let a = SharedArray::from_slice(&[20u64, 22]).expect("an array in the child");
+        forget_foreign_arenas_of(0);
+        a.iter().sum()
+    }
+
+    /// A forked child makes a shared array while another thread of its parent holds the list of
+    /// arenas (as every allocation and free does for a moment). Until the fix the child inherited the
+    /// lock held by a thread it does not have, and its first allocation hung for good.
+    #[test]
+    fn a_forked_child_allocates_whatever_another_thread_holds_the_arenas() {
+        let got = crate::process::forklocks::tests::fork_while_held(
+            || {
+                Heap::global()
+                    .arenas
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+            },
+            child_uses_the_heap,
+        );
+        assert_eq!(got, Ok(42));
+    }
+
+    /// As above, with the map of mapped arenas (taken by every new arena and every attach).
+    #[test]
+    fn a_forked_child_allocates_whatever_another_thread_holds_the_mapped_arenas() {
+        let got = crate::process::forklocks::tests::fork_while_held(
+            || mapped().lock().unwrap_or_else(|e| e.into_inner()),
+            child_uses_the_heap,
+        );
+        assert_eq!(got, Ok(42));
+    }
+
+    /// As above, with the cache of foreign arenas (taken by every attach to another's block).
+    #[test]
+    fn a_forked_child_allocates_whatever_another_thread_holds_the_foreign_arenas() {
+        let got = crate::process::forklocks::tests::fork_while_held(
+            || foreign().lock().unwrap_or_else(|e| e.into_inner()),
+            child_uses_the_heap,
+        );
+        assert_eq!(got, Ok(42));
+    }
+
+    /// As above, with the blocks deferred for forked children (taken by an allocation while some are
+    /// pending, and by a parent dropping its copy of a child's closure).
+    #[test]
+    fn a_forked_child_allocates_whatever_another_thread_holds_the_deferred_blocks() {
+        let got = crate::process::forklocks::tests::fork_while_held(
+            || {
+                let d = DEFERRED.lock().unwrap_or_else(|e| e.into_inner());
+                // As while a parent thread records a block: the child's allocation looks at the list.
+                DEFERRED_PENDING.store(true, Ordering::Relaxed);
+                d
+            },
+            child_uses_the_heap,
+        );
+        assert_eq!(got, Ok(42));
     }
 
     /// Tests that check *where* a block lands must not race other tests allocating from the same heap.

@@ -27,7 +27,7 @@
 //! make this process read or write outside a block.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use bytemuck::Pod;
 
@@ -177,6 +177,21 @@ impl Lent {
 /// Copies whose lease was still held when their call ended, with the id of the `Parallel` that lent them.
 static QUARANTINE: Mutex<Vec<(u64, Lent)>> = Mutex::new(Vec::new());
 
+/// The quarantine's lock, held by the thread that forks a child across the `fork` (see
+/// `process::forklocks::ForkLocks`): a forked child that runs a `Parallel` call takes it. Held, it
+/// may drop copies, whose blocks go back to the heap: it comes before the heap's locks.
+pub(crate) struct ForkQuarantine {
+    _quarantine: MutexGuard<'static, Vec<(u64, Lent)>>,
+}
+
+impl ForkQuarantine {
+    pub(crate) fn before_fork() -> ForkQuarantine {
+        ForkQuarantine {
+            _quarantine: QUARANTINE.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+}
+
 /// Ends the lending of the copies of one call of `Parallel` number `owner`: the unused are freed, the
 /// others quarantined. Also frees the quarantined copies whose views have all gone since.
 pub(super) fn give_back(owner: u64, lent: Vec<Lent>) {
@@ -243,6 +258,22 @@ impl<T: Pod> Drop for Leased<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A forked child ends a `Parallel` call's lending while another thread of its parent holds the
+    /// quarantine (as every call's end does). Until the fix the child inherited the lock held by a
+    /// thread it does not have, and hung for good.
+    #[test]
+    fn a_forked_child_gives_back_copies_whatever_another_thread_holds_the_quarantine() {
+        let got = crate::process::forklocks::tests::fork_while_held(
+            || QUARANTINE.lock().unwrap_or_else(|e| e.into_inner()),
+            || {
+                give_back(u64::MAX, Vec::new());
+                release_all(u64::MAX);
+                42
+            },
+        );
+        assert_eq!(got, Ok(42));
+    }
 
     /// A forked child whose main thread has exited while another of its threads still runs (as after
     /// `pthread_exit` in `main`): its leader is a zombie, the process is alive. Killed and reaped by

@@ -107,8 +107,10 @@ use crate::pool::{ImapUnordered, Pool, PoolArg};
 
 mod arr;
 mod lease;
+
 pub use arr::Arr;
 use arr::{with_context, CallCopies};
+pub(crate) use lease::ForkQuarantine;
 
 /// The default of [`Parallel::max_nbytes`]: 1 MiB, as in joblib.
 ///

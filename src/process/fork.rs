@@ -3,7 +3,7 @@
 use std::os::fd::AsRawFd;
 
 use super::bootstrap::{self, Failure};
-use super::forkserver::ForkLocks;
+use super::forklocks::ForkLocks;
 use super::Child;
 use crate::error::Result;
 use crate::queue::ForkHolds;
@@ -23,39 +23,33 @@ pub(super) fn start(body: Body, die_with_parent: bool) -> Result<Child> {
     let parent = std::process::id();
     // Here, before the fork, never in the child (review H4): `set_hook` takes a process-wide lock.
     bootstrap::install_child_panic_hook();
-    // The child's own locks on the queue anchors we hold, so that our letting go of a queue never
-    // leaves the child's copy of it unprotected (held across the fork: see `ForkAnchors`).
-    let anchors = ForkAnchors::before_fork()?;
-    // Attachments of its own to every pipe end we hold, so that the child counts as a holder and our
-    // letting go does not close a pipe it still uses (see `queue::pipe`, "Who holds an end").
-    let holds = ForkHolds::before_fork();
-    // The fork server's locks, so that the child finds them free (see `ForkLocks`).
-    let server_locks = ForkLocks::before_fork();
-    // SAFETY: the child branch below runs only `server_locks.after_fork` (the unlock of two mutexes
-    // this thread holds: an atomic swap each, and a futex wake of nobody), `anchors.in_child`
-    // (`dup3`, `getpid`, `close`, a `free`, and the unlock of a mutex this thread holds: an atomic
-    // swap, and a futex wake of nobody),
-    // `holds.in_child` (stores into this process's memory, `getpid`, and the unlock of another mutex
-    // this thread holds), `ForkHolds::release_all_before_exit` after the closure (that mutex, free
+    // Every lock of the crate a forked child may take, so that the child finds them free, with
+    // what the child needs to own of our queues and pipes: its own locks on the queue anchors we hold
+    // (so that our letting go of a queue never leaves the child's copy of it unprotected) and its own
+    // attachments to every pipe end we hold (so that the child counts as a holder and our letting go
+    // does not close a pipe it still uses). See `ForkLocks` for the order and why it cannot deadlock.
+    let locks = ForkLocks::before_fork()?;
+    // SAFETY: the child branch below runs only `locks.in_child` (the unlock of the mutexes this
+    // thread holds: an atomic swap each, and a futex wake of nobody; stores into this process's
+    // memory and `getpid` for the pipes' attachments; `dup3`, `getpid`, `close` and a `free` for the
+    // anchors), `ForkHolds::release_all_before_exit` after the closure (the list of attachments, free
     // again; the pipes' robust locks in shared memory, a `/proc` read, allocations),
-    // `ForkAnchors::release_all_before_exit` after the closure (that mutex, free again; `flock`, and
-    // the sweep's directory listing and `unlink`s, with allocations), `watch_parent`
+    // `ForkAnchors::release_all_before_exit` after the closure (the list of anchors, free again;
+    // `flock`, and the sweep's directory listing and `unlink`s, with allocations), `watch_parent`
     // (`sigaction`, `prctl(PR_SET_PDEATHSIG)` and `getppid`, none of which takes a lock), `run_child`
     // (an atomic store, the user's closure, and a publish made of one allocation — glibc's malloc is
-    // fork-safe — and raw `ftruncate`/`pwrite` calls) and the panic hook installed above; the user's
-    // closure carries the documented fork caveats. Then it `_exit`s and never returns into the caller.
+    // fork-safe — and raw `ftruncate`/`pwrite` calls) and the panic hook installed above. Every
+    // crate-global lock the user's closure can take was held by this thread across the fork and is
+    // free in the child (`ForkLocks`); the locks inside objects other threads use, and those beyond
+    // the crate, carry the documented fork caveats. Then it `_exit`s and never returns into the caller.
     let forked = unsafe { psys::fork() };
     let forked = match forked {
         Ok(Fork::Child) => {
-            server_locks.after_fork();
-            anchors.in_child();
-            holds.in_child();
+            locks.in_child();
             Fork::Child
         }
         other => {
-            server_locks.after_fork();
-            anchors.in_parent();
-            holds.in_parent(match &other {
+            locks.in_parent(match &other {
                 Ok(Fork::Parent(pid)) => Some(*pid),
                 _ => None,
             });

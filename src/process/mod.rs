@@ -118,8 +118,11 @@
 //! - Only the thread that called [`Process::start`] exists in the child. A lock another thread held at
 //!   the moment of the fork (stdout, a `Mutex`, an allocator other than glibc's, a logger) stays locked in
 //!   the child forever: a closure that takes it hangs. The crate's own child code takes no such lock,
-//!   and the fork server's locks are held by [`Process::start`] across the fork, so a child that
-//!   starts processes through the fork server finds them free.
+//!   and every crate-global lock a child may take (the shared heap's, the fork server's, the lists of
+//!   queue and pipe attachments, the `.npy` caches, …) is held by [`Process::start`] across the fork,
+//!   so a child that makes arrays, queues or processes finds them free. Locks inside an object (a
+//!   [`Pool`](crate::Pool)'s, an unbounded [`Queue`](crate::Queue)'s) are not: a child should not
+//!   use an object that another thread of the parent may be using at the fork.
 //! - The child exits with `_exit`: no destructors, no `atexit` handlers, and stdout is not flushed (it is
 //!   line-buffered, so only an unfinished line is lost). The child starts with a copy of this
 //!   process's stdout buffer: an unfinished line printed before [`Process::start`] is printed again
@@ -148,6 +151,7 @@ mod arg;
 pub(crate) mod bootstrap;
 pub(crate) mod fnref;
 mod fork;
+pub(crate) mod forklocks;
 pub(crate) mod forkserver;
 mod spawn;
 

@@ -949,6 +949,18 @@ impl<T, C: Codec<T>> Connection<T, C> {
 mod tests {
     use super::*;
 
+    /// A forked child makes a pipe while another thread of its parent holds the list of attachments
+    /// (as every attach and drop of an end does). Held across the fork since `ForkHolds`: a guard.
+    #[test]
+    fn a_forked_child_makes_a_pipe_whatever_another_thread_holds_the_attachments() {
+        let got = crate::process::forklocks::tests::fork_while_held(live, || {
+            let (a, b) = Pipe::duplex::<u64>().expect("a pipe in the child");
+            a.send(&42).expect("send");
+            b.recv().expect("recv")
+        });
+        assert_eq!(got, Ok(42));
+    }
+
     /// Found by review: `poll` went by the ring's count, which a claim of a dead writer at the head
     /// kept above zero: it said yes, and the `recv` after it waited. It now says what a `recv` would
     /// take.

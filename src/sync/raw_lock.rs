@@ -64,7 +64,7 @@
 //! across calls, it is garbage and taken over ([`Nesting::NeverHeld`]).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::wait::{Backoff, Sleeper, Slept, SpinClass, MAX_CHECK};
@@ -163,6 +163,24 @@ struct Sighting {
     last: Instant,
 }
 
+/// The sightings of [`grace_expired`].
+static SEEN: Mutex<Vec<Sighting>> = Mutex::new(Vec::new());
+
+/// The sightings' lock, held by the thread that forks a child across the `fork` (see
+/// `process::forklocks::ForkLocks`): a forked child waiting on any lock of this crate may take it.
+/// Nothing is taken while it is held, so it comes last.
+pub(crate) struct ForkSightings {
+    _seen: MutexGuard<'static, Vec<Sighting>>,
+}
+
+impl ForkSightings {
+    pub(crate) fn before_fork() -> ForkSightings {
+        ForkSightings {
+            _seen: SEEN.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+}
+
 /// Whether lock `lock`'s (`word`, `owner`), judged unrecorded, has been seen unchanged by this process
 /// for [`UNRECORDED_GRACE`], looked at again at least every [`UNRECORDED_GRACE`] meanwhile. The
 /// sightings are remembered per process, by the lock's address, so that short calls add up: until
@@ -172,7 +190,6 @@ struct Sighting {
 /// may be two holdings (every fresh holder shows `(tid, 0)` in its window). Reached only on the slow
 /// path, after a sleep or a failed try.
 fn grace_expired(lock: &RawLock, word: u32, owner: u64) -> bool {
-    static SEEN: Mutex<Vec<Sighting>> = Mutex::new(Vec::new());
     let key = lock as *const RawLock as usize;
     let now = Instant::now();
     let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
@@ -567,6 +584,26 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
+
+    /// A forked child judges a lock's unrecorded holder (as any wait on a lock of the crate may)
+    /// while another thread of its parent holds the sightings. Until the fix the child inherited the
+    /// lock held by a thread it does not have, and hung for good.
+    #[test]
+    fn a_forked_child_judges_a_holder_whatever_another_thread_holds_the_sightings() {
+        let got = crate::process::forklocks::tests::fork_while_held(
+            || SEEN.lock().unwrap_or_else(|e| e.into_inner()),
+            || {
+                let lock = RawLock::default();
+                // A first sighting: not expired.
+                if grace_expired(&lock, 1, 0) {
+                    0
+                } else {
+                    42
+                }
+            },
+        );
+        assert_eq!(got, Ok(42));
+    }
 
     #[test]
     fn lock_unlock_and_contention_between_threads() {

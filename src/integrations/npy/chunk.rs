@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use ::ndarray::{ArrayViewD, IxDyn};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -300,6 +300,19 @@ const CACHED_FILES: usize = 4;
 fn cache() -> &'static Mutex<VecDeque<Arc<Mapped>>> {
     static CACHE: OnceLock<Mutex<VecDeque<Arc<Mapped>>>> = OnceLock::new();
     CACHE.get_or_init(|| Mutex::new(VecDeque::new()))
+}
+
+/// The cache's lock, held across a fork (see [`ForkNpyLocks`](super::ForkNpyLocks)).
+pub(super) struct ForkCache {
+    _cache: MutexGuard<'static, VecDeque<Arc<Mapped>>>,
+}
+
+impl ForkCache {
+    pub(super) fn before_fork() -> ForkCache {
+        ForkCache {
+            _cache: cache().lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
 }
 
 /// Lets go of the cached mappings of the file `(dev, ino)` that no chunk uses, so that this process

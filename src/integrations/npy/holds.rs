@@ -4,7 +4,7 @@
 //! hard link, another path to the file) would break Rust's aliasing rules in safe code.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 /// The mappings of one file (by device and inode) live in this process.
 #[derive(Debug, Default)]
@@ -16,6 +16,19 @@ struct Holds {
 fn table() -> &'static Mutex<HashMap<(u64, u64), Holds>> {
     static TABLE: OnceLock<Mutex<HashMap<(u64, u64), Holds>>> = OnceLock::new();
     TABLE.get_or_init(Mutex::default)
+}
+
+/// The table's lock, held across a fork (see [`ForkNpyLocks`](super::ForkNpyLocks)).
+pub(super) struct ForkTable {
+    _table: MutexGuard<'static, HashMap<(u64, u64), Holds>>,
+}
+
+impl ForkTable {
+    pub(super) fn before_fork() -> ForkTable {
+        ForkTable {
+            _table: table().lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
 }
 
 /// A live mapping's place in the table, given back when it is dropped (with the mapping it guards).

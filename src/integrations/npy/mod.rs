@@ -75,6 +75,26 @@ pub use chunk::NpyChunk;
 use header::{facts, read_npy_header, Facts};
 use holds::MappingHold;
 
+/// The `.npy` integration's process-local locks, held by the thread that forks a child across the
+/// `fork` (see `process::forklocks::ForkLocks`): a forked child that maps a file or attaches a chunk
+/// takes them. The cache's before the table's: dropping a cached mapping under the cache's lock
+/// gives its hold back under the table's; nothing is taken while the table's is held.
+pub(crate) struct ForkNpyLocks {
+    _cache: chunk::ForkCache,
+    _table: holds::ForkTable,
+}
+
+impl ForkNpyLocks {
+    pub(crate) fn before_fork() -> ForkNpyLocks {
+        let cache = chunk::ForkCache::before_fork();
+        let table = holds::ForkTable::before_fork();
+        ForkNpyLocks {
+            _cache: cache,
+            _table: table,
+        }
+    }
+}
+
 /// The longest header read (bytes after the 8-byte magic and version). numpy writes a few hundred
 /// bytes; its own reader refuses more than 10 000 unless told otherwise.
 ///

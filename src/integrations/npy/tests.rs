@@ -670,3 +670,28 @@ fn write_npy_replaces_a_file_whose_name_is_250_bytes_long() {
     std::fs::remove_file(&path).unwrap();
     std::fs::remove_dir(&dir.0).unwrap();
 }
+
+/// A forked child looks at the chunk cache while another thread of its parent holds it (as every
+/// chunk attach does). Until the fix the child inherited the lock held by a thread it does not have,
+/// and hung for good.
+#[test]
+fn a_forked_child_uses_the_chunk_cache_whatever_another_thread_holds() {
+    let got =
+        crate::process::forklocks::tests::fork_while_held(chunk::ForkCache::before_fork, || {
+            chunk::release_unused(0, 0);
+            42
+        });
+    assert_eq!(got, Ok(42));
+}
+
+/// As above, with the table of mapped files (taken by every mapping made and dropped).
+#[test]
+fn a_forked_child_maps_whatever_another_thread_holds_the_table_of_mappings() {
+    let got =
+        crate::process::forklocks::tests::fork_while_held(holds::ForkTable::before_fork, || {
+            let hold = holds::MappingHold::take(0, 0, false).expect("nothing maps file (0, 0)");
+            drop(hold);
+            42
+        });
+    assert_eq!(got, Ok(42));
+}

@@ -301,7 +301,8 @@ impl Drop for Server {
 static SERVER: Mutex<Option<(u32, Arc<Server>)>> = Mutex::new(None);
 
 /// The fork server's locks, held by the thread that forks a child ([`StartMethod::Fork`]) across the
-/// `fork`, and let go of on both sides after it.
+/// `fork`, and let go of on both sides after it (a part of [`ForkLocks`], which says in what order
+/// everything is taken).
 ///
 /// A forked child may start processes through the fork server (it starts a server of its own, see
 /// the module docs), and that takes these locks. Another thread of the parent can hold them at the
@@ -312,26 +313,23 @@ static SERVER: Mutex<Option<(u32, Arc<Server>)>> = Mutex::new(None);
 /// the child gets them unlocked.
 ///
 /// [`StartMethod::Fork`]: super::StartMethod::Fork
-pub(crate) struct ForkLocks {
+/// [`ForkLocks`]: super::forklocks::ForkLocks
+pub(crate) struct ServerForkLocks {
     _server: MutexGuard<'static, Option<(u32, Arc<Server>)>>,
     _environment: MutexGuard<'static, Option<Arc<EnvironmentMemfd>>>,
 }
 
-impl ForkLocks {
+impl ServerForkLocks {
     /// Takes the locks, in the order the rest of this module never inverts (it never holds both).
-    pub(crate) fn before_fork() -> ForkLocks {
+    /// Held, [`SERVER`] may (re)start a server, by a spawn, which takes no lock of this crate, and
+    /// drop one, which kills and reaps it; [`LAST_ENVIRONMENT`] only makes a memfd.
+    pub(crate) fn before_fork() -> ServerForkLocks {
         let server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
         let environment = LAST_ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
-        ForkLocks {
+        ServerForkLocks {
             _server: server,
             _environment: environment,
         }
-    }
-
-    /// Lets go of the locks, in the parent or in the child. In the child this is an atomic swap of
-    /// each lock word and at most a futex wake of nobody: no allocation, no other lock.
-    pub(crate) fn after_fork(self) {
-        drop(self);
     }
 }
 
