@@ -47,7 +47,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::header::{Header, HeaderSnapshot, FLAG_PERSISTENT, FORMAT_VERSION, MAGIC};
-use super::{creator_known_dead, Region, SHM_PREFIX};
+use super::{aside_name, creator_known_dead, Region, ASIDE_PREFIX, SHM_PREFIX};
 use crate::error::{Error, Result};
 use crate::sys::{proc, shm};
 
@@ -78,6 +78,10 @@ const ANCHOR_WAIT: Duration = Duration::from_secs(2);
 /// `/dev/shm` sees other pids than ours), a creator whose liveness `/proc` cannot tell.
 /// Nothing of ours needs age to be judged: named regions are created unnamed and linked under their name
 /// only once published, so no half-made region of ours ever carries a name.
+///
+/// Names `mproc..aside-…` are where a process moves a name it is removing, for an instant (so that it
+/// removes only the file it judged, even if the name was re-created meanwhile): such a name is removed
+/// once the process recorded in it is proved gone, as for a creator.
 ///
 /// # Blocks of queues
 ///
@@ -119,6 +123,13 @@ pub fn cleanup_stale() -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for shm_name in shm::list_named(SHM_PREFIX) {
         let user_name = &shm_name[SHM_PREFIX.len()..];
+        // Judged by the process that moved it there, not by its header (module `shm`).
+        if user_name.starts_with(ASIDE_PREFIX) {
+            if reclaim_aside(&shm_name) {
+                removed.push(user_name.to_owned());
+            }
+            continue;
+        }
         if is_stale(&shm_name).unwrap_or(false) {
             removed.push(user_name.to_owned());
         }
@@ -168,7 +179,45 @@ pub(super) fn is_stale(shm_name: &str) -> Option<bool> {
     }
     // Remove it only if the name still refers to the file we judged.
     let user_name = &shm_name[SHM_PREFIX.len()..];
-    Some(shm::unlink_named_if_same(shm_name, user_name, &inode_file).unwrap_or(false))
+    Some(
+        shm::unlink_named_if_same(shm_name, user_name, &inode_file, &aside_name()).unwrap_or(false),
+    )
+}
+
+/// Removes `shm_name`, a name that a process moved a file to in order to remove it
+/// ([`aside_name`], [`shm::unlink_named_if_same`]), if that process is proved gone: killed between
+/// the move and the unlink, it left the file there, where nobody opens it by name any more. While
+/// its maker lives (or cannot be judged) it is left alone: the maker is about to remove it, or to
+/// move it back. Only a regular file of this user; `true` if it was removed.
+pub(super) fn reclaim_aside(shm_name: &str) -> bool {
+    let Some(rest) = shm_name
+        .strip_prefix(SHM_PREFIX)
+        .and_then(|n| n.strip_prefix(ASIDE_PREFIX))
+    else {
+        return false;
+    };
+    // `<pid namespace, hex>-<pid>-<start time>-<nonce>`; anything else is not an aside name of ours.
+    let mut fields = rest.split('-');
+    let (Some(ns), Some(pid), Some(start), Some(_nonce), None) = (
+        fields.next().and_then(|f| u32::from_str_radix(f, 16).ok()),
+        fields.next().and_then(|f| f.parse::<u32>().ok()),
+        fields.next().and_then(|f| f.parse::<u64>().ok()),
+        fields.next(),
+        fields.next(),
+    ) else {
+        return false;
+    };
+    if !creator_known_dead(pid, start, ns) {
+        return false;
+    }
+    // Regular files of this user only (no symlink followed, nothing of another user touched).
+    let Ok(file) = shm::open_named(shm_name, shm_name) else {
+        return false;
+    };
+    if !shm::file_info(&file).is_ok_and(|i| i.uid == proc::euid()) {
+        return false;
+    }
+    shm::unlink_named_if_same(shm_name, shm_name, &file, &aside_name()).unwrap_or(false)
 }
 
 // ------------------------------------------------------------------------------------- block groups
@@ -460,12 +509,12 @@ fn reclaim_group(id: u64) -> Vec<String> {
         if h.flags & FLAG_PERSISTENT == 0 || !ready {
             continue;
         }
-        if shm::unlink_named_if_same(&shm_name, &shm_name, &file).unwrap_or(false) {
+        if shm::unlink_named_if_same(&shm_name, &shm_name, &file, &aside_name()).unwrap_or(false) {
             removed.push(shm_name[SHM_PREFIX.len()..].to_owned());
         }
     }
     // The anchor last, still locked: an attacher waiting on it finds it gone and starts afresh.
-    if shm::unlink_named_if_same(&name, &name, &anchor).unwrap_or(false) {
+    if shm::unlink_named_if_same(&name, &name, &anchor, &aside_name()).unwrap_or(false) {
         removed.push(name[SHM_PREFIX.len()..].to_owned());
     }
     removed

@@ -85,6 +85,9 @@ pub use janitor::cleanup_stale;
 
 /// Prefix of every `/dev/shm` entry this crate creates.
 pub(crate) const SHM_PREFIX: &str = "mproc.";
+/// Prefix (after [`SHM_PREFIX`]) of the names a process moves a name to just before it removes it
+/// ([`aside_name`]). A user's name never starts with a dot, so no region is ever named like this.
+pub(crate) const ASIDE_PREFIX: &str = ".aside-";
 /// How long an opener by name waits for a named region's creator to publish it.
 ///
 /// Opening from a [`RegionHandle`] never waits: a handle names a region that is already published.
@@ -273,6 +276,19 @@ fn validate_name(name: &str) -> Result<()> {
 
 fn shm_name(name: &str) -> String {
     format!("{SHM_PREFIX}{name}")
+}
+
+/// A fresh `/dev/shm` name for [`shm::unlink_named_if_same`] to move a name to before removing it:
+/// `mproc..aside-<pid namespace, hex>-<pid>-<start time>-<nonce>`, naming its maker so that the
+/// janitor can remove one left by a maker killed half-way (`janitor::reclaim_aside`).
+pub(crate) fn aside_name() -> String {
+    let me = proc::pid();
+    format!(
+        "{SHM_PREFIX}{ASIDE_PREFIX}{:x}-{me}-{}-{:016x}",
+        own_pid_namespace(),
+        proc::start_time(me).unwrap_or(0),
+        proc::random_u64()
+    )
 }
 
 impl Region {
@@ -850,7 +866,7 @@ impl Drop for Region {
                 // Only if the name still refers to our segment: after an explicit unlink somebody may
                 // have created a new region under the same name. Errors are ignored: another process (or
                 // the janitor) may have unlinked it already, and the mapping stays valid either way.
-                let _ = shm::unlink_named_if_same(shm_name, name, &self.file);
+                let _ = shm::unlink_named_if_same(shm_name, name, &self.file, &aside_name());
             }
         }
         // The mapping and the descriptor are released by their own drops.

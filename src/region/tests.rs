@@ -503,3 +503,394 @@ fn filemap_open_does_not_wait_for_a_lease() {
         "opening a leased file for writing waited {waited:?} ({opened:?})"
     );
 }
+
+/// `/proc/<pid>/stat`'s start time is shifted by the *reader's* time namespace boottime offset
+/// (`timens_add_boottime_ns` in `do_task_stat`). A creator in a time namespace of its own (same pid
+/// namespace: `unshare --time --fork`, a container runtime that virtualises clocks, a CRIU restore)
+/// records its start time as its namespace shows it; the janitor in the initial time namespace read
+/// another number for the same live process, took the creator for a recycled pid, and unlinked the
+/// region of a creator that was alive.
+#[test]
+fn janitor_spares_a_live_creator_in_another_time_namespace() {
+    let name = unique("timens");
+    let (mut ready, mut hold) = ([0i32; 2], [0i32; 2]);
+    // SAFETY: pipe writes two descriptors into each live array.
+    unsafe {
+        assert_eq!(libc::pipe(ready.as_mut_ptr()), 0);
+        assert_eq!(libc::pipe(hold.as_mut_ptr()), 0);
+    }
+    let created = name.clone();
+    // SAFETY: (the whole child tree) plain system calls on descriptors and memory of these children.
+    let outer = fork_child(move || unsafe {
+        libc::close(hold[1]);
+        libc::close(ready[0]);
+        // The new time namespace is the one of the children forked from here on; its offsets can be
+        // set only before any process lives in it.
+        if libc::unshare(libc::CLONE_NEWTIME) != 0 {
+            return SKIP;
+        }
+        if std::fs::write("/proc/self/timens_offsets", "boottime 1000 0\n").is_err() {
+            return SKIP;
+        }
+        let creator = libc::fork();
+        if creator == 0 {
+            let code = match Region::create(&created, 8, false) {
+                Ok(r) => {
+                    let pid = crate::sys::proc::pid().to_ne_bytes();
+                    libc::write(ready[1], pid.as_ptr().cast(), 4);
+                    // Alive until the test closes `hold`.
+                    let mut b = 0u8;
+                    libc::read(hold[0], (&mut b as *mut u8).cast(), 1);
+                    std::mem::forget(r); // the test unlinks the name
+                    0
+                }
+                Err(_) => 3,
+            };
+            libc::_exit(code);
+        }
+        if creator < 0 {
+            return SKIP;
+        }
+        let mut st = 0;
+        libc::waitpid(creator, &mut st, 0);
+        if libc::WIFEXITED(st) {
+            libc::WEXITSTATUS(st)
+        } else {
+            4
+        }
+    });
+    let mut pid = [0u8; 4];
+    // SAFETY: closing our copies of the children's ends, reading 4 bytes into a live local.
+    let got = unsafe {
+        libc::close(ready[1]);
+        libc::close(hold[0]);
+        libc::read(ready[0], pid.as_mut_ptr().cast(), 4)
+    };
+    let verdict = (got == 4).then(|| {
+        // The creator runs (it waits on `hold`): our /proc shows it.
+        assert!(proc::start_time(u32::from_ne_bytes(pid)).is_some());
+        let verdict = janitor::is_stale(&shm_name(&name));
+        (verdict, Region::open(&name).is_ok())
+    });
+    // SAFETY: closing our own descriptors lets the creator end.
+    unsafe {
+        libc::close(hold[1]);
+        libc::close(ready[0]);
+    }
+    let status = wait_child(outer);
+    let _ = Region::unlink(&name);
+    if skipped(status) {
+        return;
+    }
+    let (verdict, still_named) = verdict.expect("the creator reported");
+    assert_eq!(status, 0, "status {status:#x}");
+    assert_eq!(
+        verdict,
+        Some(false),
+        "the janitor judged a live creator dead (and unlinked its region: still named = {still_named})"
+    );
+    assert!(still_named);
+}
+
+/// Drops this (forked, root) child to uid and gid `id`, with no supplementary groups. Like any change
+/// of credentials, it makes the process non-dumpable (`commit_creds`): what a daemon that starts as
+/// root and then runs as its own user looks like.
+fn become_user(id: u32) -> bool {
+    // SAFETY: plain credential system calls on this child only; a null list with size 0 is valid.
+    unsafe {
+        libc::setgroups(0, std::ptr::null()) == 0 && libc::setgid(id) == 0 && libc::setuid(id) == 0
+    }
+}
+
+/// A `/proc` mounted `hidepid=invisible` (hardened hosts; systemd's `ProtectProc=invisible`) hides
+/// every process the reader may not ptrace, which includes non-dumpable processes of the *same* user
+/// (a daemon that dropped privileges) and processes of the same user with other groups: `/proc/<pid>`
+/// is simply absent (ENOENT), exactly as for a process that is gone. The janitor took that absence for
+/// proof of death and unlinked the region of a creator that was alive. A pid that `kill(pid, 0)` still
+/// finds is not gone, whatever `/proc` shows.
+#[test]
+fn janitor_spares_a_live_creator_hidden_by_hidepid() {
+    const NOBODY: u32 = 65534;
+    let name = unique("hidepid");
+    let path = std::path::Path::new(shm::SHM_DIR).join(shm_name(&name));
+    let (mut ready, mut hold) = ([0i32; 2], [0i32; 2]);
+    // SAFETY: pipe writes two descriptors into each live array.
+    unsafe {
+        assert_eq!(libc::pipe(ready.as_mut_ptr()), 0);
+        assert_eq!(libc::pipe(hold.as_mut_ptr()), 0);
+    }
+    let created = name.clone();
+    // SAFETY: (the whole child) plain system calls on this child's own descriptors and memory.
+    let creator = fork_child(move || unsafe {
+        libc::close(hold[1]);
+        libc::close(ready[0]);
+        if !become_user(NOBODY) {
+            return SKIP;
+        }
+        match Region::create(&created, 8, false) {
+            Ok(r) => {
+                libc::write(ready[1], b"r".as_ptr().cast(), 1);
+                // Alive until the test closes `hold`.
+                let mut b = 0u8;
+                libc::read(hold[0], (&mut b as *mut u8).cast(), 1);
+                std::mem::forget(r); // the test unlinks the name
+                0
+            }
+            Err(_) => 3,
+        }
+    });
+    let mut b = 0u8;
+    // SAFETY: closing our copies of the child's ends, reading 1 byte into a live local.
+    let got = unsafe {
+        libc::close(ready[1]);
+        libc::close(hold[0]);
+        libc::read(ready[0], (&mut b as *mut u8).cast(), 1)
+    };
+    let janitor = (got == 1).then(|| {
+        let judged = shm_name(&name);
+        // SAFETY: (the whole child) mount and credential calls that change only this child.
+        fork_child(move || unsafe {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return SKIP;
+            }
+            let (none, root) = (c"none", c"/");
+            let private = libc::MS_REC | libc::MS_PRIVATE;
+            let null = std::ptr::null();
+            if libc::mount(none.as_ptr(), root.as_ptr(), null, private, null.cast()) != 0 {
+                return SKIP;
+            }
+            let (procfs, at, opts) = (c"proc", c"/proc", c"hidepid=invisible");
+            let (src, fs) = (procfs.as_ptr(), procfs.as_ptr());
+            if libc::mount(src, at.as_ptr(), fs, 0, opts.as_ptr().cast()) != 0
+                || !become_user(NOBODY)
+            {
+                return SKIP;
+            }
+            match janitor::is_stale(&judged) {
+                Some(false) => 0,
+                Some(true) => 1,
+                None => 2,
+            }
+        })
+    });
+    let status = janitor.map(wait_child);
+    let still_named = path.exists();
+    // SAFETY: closing our own descriptors lets the creator end.
+    unsafe {
+        libc::close(hold[1]);
+        libc::close(ready[0]);
+    }
+    let creator_status = wait_child(creator);
+    let _ = std::fs::remove_file(&path);
+    if skipped(creator_status) {
+        return;
+    }
+    let status = status.expect("the creator reported");
+    if skipped(status) {
+        return;
+    }
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the janitor judged a live creator dead (status {status:#x}, still named = {still_named})"
+    );
+    assert!(still_named);
+}
+
+/// Stops the calling thread (only: no `SECCOMP_FILTER_FLAG_TSYNC`) at each of its `unlink`, `unlinkat`,
+/// `rename`, `renameat` and `renameat2` calls until the returned listener answers (seccomp user
+/// notification): a deterministic window between a check and the name operation that follows it.
+#[cfg(target_arch = "x86_64")]
+fn stop_at_name_changes() -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jeq = |k: i64, jt: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf: 0,
+        k: k as u32,
+    };
+    let trapped = [
+        libc::SYS_unlink,
+        libc::SYS_unlinkat,
+        libc::SYS_rename,
+        libc::SYS_renameat,
+        libc::SYS_renameat2,
+    ];
+    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let mut prog = vec![
+        stmt(load, 4), // seccomp_data.arch
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 1,
+            jf: 0,
+            k: AUDIT_ARCH_X86_64,
+        },
+        stmt(libc::BPF_RET, libc::SECCOMP_RET_ALLOW),
+        stmt(load, 0), // seccomp_data.nr
+    ];
+    for (i, nr) in trapped.iter().enumerate() {
+        // Jump over the remaining tests and the ALLOW to the USER_NOTIF return.
+        prog.push(jeq(*nr, (trapped.len() - i) as u8));
+    }
+    prog.push(stmt(libc::BPF_RET, libc::SECCOMP_RET_ALLOW));
+    prog.push(stmt(libc::BPF_RET, libc::SECCOMP_RET_USER_NOTIF));
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points to `prog`, live for the call; the kernel copies the filter. The filter
+    // applies to this thread only, which the caller dedicates to the code under test.
+    let fd = unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    assert!(fd >= 0, "seccomp: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh listener descriptor that nothing else owns.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// Serves the notifications of `listener` until `done` says the stopped thread finished: the first
+/// one runs `first` while the thread is stopped; every one then lets the call proceed as made.
+#[cfg(target_arch = "x86_64")]
+fn serve_name_changes(
+    listener: &std::os::fd::OwnedFd,
+    done: impl Fn() -> bool,
+    mut first: impl FnMut(),
+) -> usize {
+    let mut served = 0;
+    while !done() {
+        let mut pfd = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: polls one live pollfd; the timeout only paces the check of `done`.
+        if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 || pfd.revents & libc::POLLIN == 0 {
+            continue;
+        }
+        // SAFETY: seccomp_notif is plain integers; the kernel wants it zeroed before RECV.
+        let mut notif: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+        // SAFETY: RECV writes one seccomp_notif into the live local.
+        if unsafe {
+            libc::ioctl(
+                listener.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_RECV,
+                &mut notif,
+            )
+        } != 0
+        {
+            continue;
+        }
+        if served == 0 {
+            first();
+        }
+        served += 1;
+        let mut resp = libc::seccomp_notif_resp {
+            id: notif.id,
+            val: 0,
+            error: 0,
+            flags: libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32,
+        };
+        // SAFETY: SEND reads one seccomp_notif_resp from the live local.
+        unsafe {
+            libc::ioctl(
+                listener.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_SEND,
+                &mut resp,
+            )
+        };
+    }
+    served
+}
+
+/// The janitor checks that a name still refers to the segment it judged, then unlinks the name: two
+/// steps. If, in between, another unlinker (a second janitor, an explicit `Region::unlink`) removes
+/// the name and a live process creates a new region under it, the janitor's unlink removed the *new*
+/// region's name: the live creator's region was no longer reachable by name, and a later `create`
+/// made a second, separate region. Here the janitor is stopped (seccomp user notification) at its
+/// first name-changing system call, and the name is replaced meanwhile.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn janitor_spares_a_name_recreated_between_its_check_and_its_unlink() {
+    let name = unique("toctou");
+    let shm = shm_name(&name);
+    // Stale: published, its creator a pid nothing uses, in our own namespace.
+    let stale = Region::create(&name, 8, false).unwrap();
+    stale
+        .raw_header()
+        .creator_pid
+        .store(0x7fff_fff0, Ordering::Relaxed);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let janitor = std::thread::spawn(move || {
+        tx.send(stop_at_name_changes()).unwrap();
+        janitor::is_stale(&shm)
+    });
+    let listener = rx.recv().unwrap();
+    let mut replacement = None;
+    let served = serve_name_changes(
+        &listener,
+        || janitor.is_finished(),
+        || {
+            // Another unlinker removes the stale name, and a live creator (us) takes the name.
+            Region::unlink(&name).unwrap();
+            replacement = Some(Region::create(&name, 8, false).unwrap());
+        },
+    );
+    let verdict = janitor.join().unwrap();
+    let replacement = replacement.expect("the janitor changed a name");
+    assert!(served >= 1);
+    let now = Region::open(&name).map(|r| r.id());
+    drop(stale);
+    assert_eq!(
+        now.as_ref().ok(),
+        Some(&replacement.id()),
+        "the janitor (verdict {verdict:?}) removed the name of a live creator's region: {now:?}"
+    );
+}
+
+/// A process killed between moving a name aside and unlinking it (`shm::unlink_named_if_same`) leaves
+/// the aside name: the janitor removes it once that process is proved gone, never while it lives.
+#[test]
+fn janitor_removes_an_aside_name_only_once_its_maker_is_gone() {
+    let ns = own_pid_namespace();
+    let me = proc::pid();
+    let nonce = proc::random_u64();
+    let live = format!(
+        "{SHM_PREFIX}{ASIDE_PREFIX}{ns:x}-{me}-{}-{nonce:016x}",
+        proc::start_time(me).unwrap()
+    );
+    let ghost = format!(
+        "{SHM_PREFIX}{ASIDE_PREFIX}{ns:x}-{}-0-{nonce:016x}",
+        0x7fff_fff0u32
+    );
+    let foreign_ns = format!(
+        "{SHM_PREFIX}{ASIDE_PREFIX}{:x}-{}-0-{nonce:016x}",
+        ns ^ 1,
+        0x7fff_fff0u32
+    );
+    for name in [&live, &ghost, &foreign_ns] {
+        let f = shm::create_unnamed_shm().unwrap();
+        shm::link_named(&f, name, name).unwrap();
+    }
+    let present = |n: &str| std::path::Path::new(shm::SHM_DIR).join(n).exists();
+    assert!(!janitor::reclaim_aside(&live));
+    assert!(!janitor::reclaim_aside(&foreign_ns));
+    assert!(janitor::reclaim_aside(&ghost));
+    let (live_kept, foreign_kept, ghost_kept) =
+        (present(&live), present(&foreign_ns), present(&ghost));
+    for name in [&live, &foreign_ns, &ghost] {
+        let _ = shm::unlink_named(name, name);
+    }
+    assert!(live_kept && foreign_kept && !ghost_kept);
+}

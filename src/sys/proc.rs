@@ -51,6 +51,8 @@ extern "C" fn reset_after_fork() {
     // the fork): its namespace is found afresh (review 2026-12). Two atomic stores.
     NS.store(NS_UNKNOWN_YET, std::sync::atomic::Ordering::Relaxed);
     NS_TAG.store(NS_UNKNOWN_YET, std::sync::atomic::Ordering::Relaxed);
+    // Likewise its time namespace (a child forked after `unshare(CLONE_NEWTIME)`).
+    BOOT_OFFSET.store(OFFSET_UNKNOWN_YET, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn register_atfork() {
@@ -136,15 +138,103 @@ enum Probe {
 fn probe(tid: u32) -> Probe {
     // /proc/<tid> resolves thread ids too, not only thread-group leaders (proc(5), "/proc/tid").
     match std::fs::read_to_string(format!("/proc/{tid}/stat")) {
-        Ok(text) => parse_stat(&text).map_or(Probe::Unknown, Probe::Found),
+        Ok(text) => match parse_stat(&text) {
+            // The start time as the initial time namespace shows it (see `boot_offset_ticks`); one
+            // that does not fit (an old task read from a namespace with a negative offset) cannot be
+            // told apart from another: unknown, so never judged dead.
+            Some(s) => match s
+                .start
+                .checked_add_signed(boot_offset_ticks().wrapping_neg())
+            {
+                Some(start) => Probe::Found(Stat { start, ..s }),
+                None => Probe::Unknown,
+            },
+            None => Probe::Unknown,
+        },
         Err(e)
             if e.kind() == std::io::ErrorKind::NotFound
                 || e.raw_os_error() == Some(libc::ESRCH) =>
         {
-            Probe::Gone
+            // A `/proc` mounted `hidepid=invisible` shows no directory at all for a process we may not
+            // ptrace: one of another user, but also a non-dumpable one of ours (a daemon that dropped
+            // privileges) or one of ours with other groups. Absent from such a `/proc` is not gone:
+            // only a pid the kernel no longer knows is.
+            if pid_exists(tid) {
+                Probe::Unknown
+            } else {
+                Probe::Gone
+            }
         }
         Err(_) => Probe::Unknown,
     }
+}
+
+/// Whether the kernel knows a process `pid` (`kill(pid, 0)` succeeds, or fails with `EPERM`: it exists
+/// but we may not signal it). Unlike `/proc`, not subject to `hidepid`. A thread id that is not a
+/// process's may read as absent on recent kernels, which is what `/proc` said already.
+fn pid_exists(pid: u32) -> bool {
+    // 0 and negative numbers name process groups (or every process) to kill(2): never asked.
+    let Some(pid) = libc::pid_t::try_from(pid).ok().filter(|&p| p > 0) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 sends nothing (kill(2): only existence and permission are checked);
+    // `pid` is positive, so it names one process, never a group.
+    if unsafe { libc::kill(pid, 0) } == 0 {
+        return true;
+    }
+    std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Sentinel of [`BOOT_OFFSET`]: not read in this process yet (no real offset is this far off).
+const OFFSET_UNKNOWN_YET: i64 = i64::MIN;
+static BOOT_OFFSET: std::sync::atomic::AtomicI64 =
+    std::sync::atomic::AtomicI64::new(OFFSET_UNKNOWN_YET);
+
+/// The boottime offset of this process's time namespace, in clock ticks (0 in the initial one, or
+/// without time namespaces), read once from `/proc/self/timens_offsets`.
+///
+/// Why: the start time in `/proc/<pid>/stat` is shifted by the boottime offset of the *reader's* time
+/// namespace (`timens_add_boottime_ns` in the kernel's `do_task_stat`), so the same live process
+/// reads as two start times from two time namespaces of one pid namespace (`unshare --time`, a
+/// container that virtualises its clocks). A creator or holder recorded from one and checked from the
+/// other would pass for a recycled pid: the janitor would unlink a live creator's region. Every start
+/// time this module hands out or compares has this offset taken off, so it is the initial namespace's
+/// number wherever it was read. Exact for offsets in whole ticks (`unshare --boottime` takes seconds).
+///
+/// Cached like [`pid_namespace`] and reset in a forked child (`reset_after_fork`): a child forked
+/// after `unshare(CLONE_NEWTIME)` lives in the new namespace.
+fn boot_offset_ticks() -> i64 {
+    let known = BOOT_OFFSET.load(std::sync::atomic::Ordering::Relaxed);
+    if known != OFFSET_UNKNOWN_YET {
+        return known;
+    }
+    register_atfork();
+    // SAFETY: sysconf only reads system configuration; it has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let offset = std::fs::read_to_string("/proc/self/timens_offsets")
+        .ok()
+        .and_then(|text| parse_boot_offset(&text, hz))
+        // No such file: a kernel without time namespaces, where every reader sees the same number.
+        .unwrap_or(0);
+    BOOT_OFFSET.store(offset, std::sync::atomic::Ordering::Relaxed);
+    offset
+}
+
+/// The `boottime` line of a `timens_offsets` file (`boottime <seconds> <nanoseconds>`), in ticks of
+/// `hz` per second (rounded down, as the kernel converts nanoseconds to ticks); `None` if absent or
+/// unparsable.
+fn parse_boot_offset(text: &str, hz: i64) -> Option<i64> {
+    if hz <= 0 || 1_000_000_000 % hz != 0 {
+        return None;
+    }
+    let mut fields = text
+        .lines()
+        .find_map(|l| l.strip_prefix("boottime"))?
+        .split_whitespace();
+    let secs: i64 = fields.next()?.parse().ok()?;
+    let nanos: i64 = fields.next()?.parse().ok()?;
+    let total = secs.checked_mul(1_000_000_000)?.checked_add(nanos)?;
+    Some(total.div_euclid(1_000_000_000 / hz))
 }
 
 /// Parses the fields we need from `/proc/<pid>/stat`. The command name (field 2) may contain spaces and
@@ -478,6 +568,19 @@ mod tests {
             proc_numbers_as_we_do(&real, pid()),
             "the test runs with its own /proc"
         );
+    }
+
+    #[test]
+    fn boot_offsets_parse_to_ticks() {
+        let text = "monotonic           0         0\nboottime         1000         0\n";
+        assert_eq!(parse_boot_offset(text, 100), Some(100_000));
+        assert_eq!(
+            parse_boot_offset("boottime -2 500000000\n", 100),
+            Some(-150)
+        );
+        assert_eq!(parse_boot_offset("monotonic 5 0\n", 100), None);
+        assert_eq!(parse_boot_offset("boottime x 0\n", 100), None);
+        assert_eq!(parse_boot_offset("boottime 1 0\n", 0), None);
     }
 
     #[test]

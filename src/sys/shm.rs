@@ -251,22 +251,85 @@ pub(crate) fn unlink_named(shm_name: &str, user_name: &str) -> Result<()> {
     })
 }
 
-/// Removes `/dev/shm/<shm_name>` only if it is still the file `file` (same device and inode). The check
-/// and the unlink are two steps; a name replaced between them is the one case this cannot catch, and it
-/// needs a process that unlinks and re-creates the name within microseconds.
-pub(crate) fn unlink_named_if_same(shm_name: &str, user_name: &str, file: &File) -> Result<bool> {
+/// Removes `/dev/shm/<shm_name>` only if it is still the file `file` (same device and inode);
+/// `Ok(false)` if the name refers to another file.
+///
+/// Linux has no "unlink this name if it is this file", and a check followed by an unlink removes
+/// whatever the name refers to by the time of the unlink: a name removed and re-created in between
+/// (a second janitor or an explicit unlink, then a live creator) lost its new file. So the name is
+/// first *moved*, atomically, to `aside` (a fresh name of this process's own, made by the caller; the
+/// move never replaces an entry): the file moved is judged there, where nobody else looks, and unlinked
+/// only if it is `file`; another file is moved back. If the name was taken once more while that file
+/// was aside (a third process created it), the file cannot get its name back and is unlinked: it had
+/// lost its name to the newcomer either way. A process killed between the move and the unlink leaves
+/// `aside` behind, for the janitor to remove once that process is gone.
+pub(crate) fn unlink_named_if_same(
+    shm_name: &str,
+    user_name: &str,
+    file: &File,
+    aside: &str,
+) -> Result<bool> {
     use std::os::unix::fs::MetadataExt as _;
     let ours = file.metadata().map_err(|e| Error::os("fstat", e))?;
-    let named = std::fs::symlink_metadata(shm_path(shm_name)).map_err(|e| match e.kind() {
+    let same = |m: &std::fs::Metadata| (m.dev(), m.ino()) == (ours.dev(), ours.ino());
+    let not_found = |e: std::io::Error, op: &'static str| match e.kind() {
         std::io::ErrorKind::NotFound => Error::NotFound {
             name: user_name.to_owned(),
         },
-        _ => Error::os("stat", e),
-    })?;
-    if (named.dev(), named.ino()) != (ours.dev(), ours.ino()) {
+        _ => Error::os(op, e),
+    };
+    // A name that refers to another file already is never moved, not even for a moment.
+    let named = std::fs::symlink_metadata(shm_path(shm_name)).map_err(|e| not_found(e, "stat"))?;
+    if !same(&named) {
         return Ok(false);
     }
-    unlink_named(shm_name, user_name).map(|()| true)
+    match rename_noreplace(shm_name, aside) {
+        Ok(()) => {}
+        // A `/dev/shm` whose filesystem lacks RENAME_NOREPLACE (tmpfs has it): check, then unlink.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            return unlink_named(shm_name, user_name).map(|()| true)
+        }
+        Err(e) => return Err(not_found(e, "renameat2(/dev/shm)")),
+    }
+    match std::fs::symlink_metadata(shm_path(aside)) {
+        Ok(moved) if same(&moved) => {
+            unlink_named(aside, user_name)?;
+            Ok(true)
+        }
+        // Somebody else's file (or one we cannot even stat): its name goes back where it was.
+        _ => {
+            if rename_noreplace(aside, shm_name).is_err() {
+                let _ = unlink_named(aside, user_name);
+            }
+            Ok(false)
+        }
+    }
+}
+
+/// Renames `/dev/shm/<from>` to `/dev/shm/<to>` (`renameat2(RENAME_NOREPLACE)`, which tmpfs
+/// supports): atomic, and failing with `EEXIST` rather than replacing an entry named `to`.
+fn rename_noreplace(from: &str, to: &str) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |name: &str| {
+        std::ffi::CString::new(shm_path(name).as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the call; renameat2 only reads
+    // them.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Names of the entries of `/dev/shm` that start with `prefix`.
