@@ -267,12 +267,13 @@ fn held_len(len: usize) -> usize {
 thread_local! {
     /// Set while the parent of a fresh `fork` child drops its copy of the child's closure: the blocks
     /// dropped then were moved into the child, which still uses them (found by review).
-    static HANDED_TO: std::cell::Cell<Option<crate::sys::proc::Identity>> =
+    static HANDED_TO: std::cell::Cell<Option<(u32, u64)>> =
         const { std::cell::Cell::new(None) };
 }
 
-/// A block a forked child took: the child, the arena, the offset and held length of the block.
-type Deferred = (crate::sys::proc::Identity, Arc<Region>, usize, usize);
+/// A block a forked child took: the child's pid and start time (0 if unknown), the arena, the offset
+/// and held length of the block.
+type Deferred = (u32, u64, Arc<Region>, usize, usize);
 
 /// Blocks a forked child took with its closure: returned to the heap once that child is gone.
 static DEFERRED: Mutex<Vec<Deferred>> = Mutex::new(Vec::new());
@@ -287,10 +288,7 @@ static DEFERRED_PENDING: AtomicBool = AtomicBool::new(false);
 /// `SharedArray` in the closure names the same shared memory, and reusing it for another array of
 /// this process would give two processes a `&mut` to the same elements.
 pub(crate) fn dropping_closure_of_child(pid: u32, drop_closure: impl FnOnce()) {
-    let id = crate::sys::proc::Identity {
-        tid: pid,
-        start: crate::sys::proc::start_time(pid).map_or(0, |s| s as u32),
-    };
+    let id = (pid, crate::sys::proc::start_time(pid).unwrap_or(0));
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
@@ -312,16 +310,19 @@ fn release_deferred() {
         if d.is_empty() {
             return;
         }
+        // A process, not its main thread (found by review): a child whose main thread exited while
+        // another of its threads still uses a captured array is alive (`process_alive`), where the
+        // thread check (`is_alive`) took its zombie leader for a dead child and reused the block.
         let (gone, alive): (Vec<_>, Vec<_>) = std::mem::take(&mut *d)
             .into_iter()
-            .partition(|(child, ..)| !crate::sys::proc::is_alive(*child));
+            .partition(|&(pid, start, ..)| !crate::sys::proc::process_alive(pid, start));
         DEFERRED_PENDING.store(!alive.is_empty(), Ordering::Relaxed);
         *d = alive;
         gone
     };
     let heap = Heap::global();
     let mut arenas = heap.arenas.lock().unwrap_or_else(|e| e.into_inner());
-    for (_, region, offset, len) in done {
+    for (_, _, region, offset, len) in done {
         if let Some(a) = arenas.iter_mut().find(|a| Arc::ptr_eq(&a.region, &region)) {
             a.release(offset, len);
         }
@@ -331,9 +332,15 @@ fn release_deferred() {
 impl Drop for Block {
     fn drop(&mut self) {
         if self.owned {
-            if let Some(child) = HANDED_TO.with(std::cell::Cell::get) {
+            if let Some((pid, start)) = HANDED_TO.with(std::cell::Cell::get) {
                 let mut d = DEFERRED.lock().unwrap_or_else(|e| e.into_inner());
-                d.push((child, self.region.clone(), self.offset, held_len(self.len)));
+                d.push((
+                    pid,
+                    start,
+                    self.region.clone(),
+                    self.offset,
+                    held_len(self.len),
+                ));
                 DEFERRED_PENDING.store(true, Ordering::Relaxed);
                 return;
             }

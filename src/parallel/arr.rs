@@ -121,6 +121,17 @@ impl<T: Pod> Arr<'_, T> {
     }
 }
 
+#[cfg(test)]
+impl<T: Pod> Arr<'_, T> {
+    /// How many views of this array's shared copy its lease words count (`None` unless by handle).
+    pub(super) fn views_counted(&self) -> Option<u64> {
+        match &self.repr {
+            Repr::Shared(l) => Some(l.views_counted()),
+            _ => None,
+        }
+    }
+}
+
 impl<'a, T: Pod> From<&'a [T]> for Arr<'a, T> {
     fn from(s: &'a [T]) -> Self {
         let () = Self::NOT_ZST;

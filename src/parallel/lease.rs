@@ -5,7 +5,7 @@
 //! | offset            | what                                                                     |
 //! |-------------------|--------------------------------------------------------------------------|
 //! | 0                 | [`HOLDERS`] lease words, `AtomicU64`s: `pid << 32 \| views` of one process |
-//! | 56                | the overflow count: views of processes that found no word free            |
+//! | 4088              | the overflow count: views of processes that found no word free            |
 //! | [`HEADER`]        | the elements (the handle that travels names only these)                   |
 //!
 //! A process that decodes a view takes a lease before handing the view to a task: it counts the view
@@ -18,7 +18,11 @@
 //! a process that has died are gone too: a worker killed while it held one (SIGKILL, the OOM killer, an
 //! abort) never gives its lease back, and its word names a pid that no longer exists. Without the pid,
 //! each such death kept its copies until the `Parallel` was dropped. A pid reused since counts as alive:
-//! the copy is kept, never freed early.
+//! the copy is kept, never freed early. The overflow count names nobody, so a view counted there that
+//! dies with its process is never given back: hence a page of holder words (511), not a cache line
+//! (7 words: a pool of 8 or more workers reading one array overflowed it, and each crash among them
+//! then kept the copy until the `Parallel` was dropped; found by review). Only more than 511 processes
+//! holding views of one copy at once overflow it now.
 //!
 //! The count lives in memory other processes can write. A peer that lies about it can make this process
 //! keep a block (a leak of memory this process chose to lend, bounded by what it lent) or reuse one early;
@@ -34,9 +38,11 @@ use bytemuck::Pod;
 use crate::error::{Error, Result};
 use crate::heap::{Block, BlockHandle, Heap, SharedArray};
 
-/// Bytes before the elements: the lease words, a cache line, so the elements keep the block's 64-byte
-/// alignment.
-pub(super) const HEADER: usize = 64;
+/// Bytes before the elements: the lease words, a page, so that every worker of any likely pool has a
+/// holder word of its own (see the module docs), and the elements keep the block's alignment (a page:
+/// a copy is at least `HEADER` bytes, and such blocks are page-aligned). A page per copy is little
+/// beside the arrays that are copied (above 1 MiB by default).
+pub(super) const HEADER: usize = 4096;
 /// Lease words that name a holder process; the last word of the header is the overflow count.
 const HOLDERS: usize = HEADER / 8 - 1;
 
@@ -243,6 +249,21 @@ impl<T: Pod> Leased<T> {
 
     pub(super) fn elements(&self) -> &[T] {
         &self.view
+    }
+}
+
+#[cfg(test)]
+impl<T: Pod> Leased<T> {
+    /// How many views the lease words count: every holder word's, and the overflow count.
+    pub(super) fn views_counted(&self) -> u64 {
+        words(&self.lease).map_or(0, |w| {
+            let holders: u64 = w
+                .iter()
+                .take(HOLDERS)
+                .map(|word| u64::from(word.load(Ordering::Relaxed) as u32))
+                .sum();
+            holders + w[HOLDERS].load(Ordering::Relaxed)
+        })
     }
 }
 

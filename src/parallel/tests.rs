@@ -219,6 +219,41 @@ fn a_copy_lent_to_a_worker_that_died_is_freed_by_the_next_call() {
     );
 }
 
+/// Holds its view until `n` views of its copy are counted (every task of the call holds one), then
+/// dies holding it. Bounded: after a minute it dies anyway.
+fn die_when_all_hold((a, n): (Arr<'_, u64>, u64)) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while a.views_counted().unwrap_or(0) < n && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    std::process::abort();
+}
+
+/// Found by review: the lease header had words for 7 holder processes; the views of further
+/// processes went to an anonymous overflow count, which a process that dies never decrements and
+/// which names nobody whose death could be seen. With more than 7 workers reading one array (one
+/// `Arr` passed to every task, the usual case) a crashed worker left its call's copy quarantined
+/// until the `Parallel` was dropped, once per crash.
+#[test]
+fn a_copy_viewed_by_many_workers_that_died_is_freed() {
+    const N: usize = 9;
+    let par = Parallel::new(N).batch_size(1);
+    let big: Vec<u64> = vec![1; 300_000]; // 2.4 MB: by handle, one copy for every task
+    let each = par
+        .run_each((0..N).map(|_| delayed(die_when_all_hold, (Arr::from(&big), N as u64))))
+        .unwrap();
+    assert!(
+        each.iter()
+            .all(|r| matches!(r, Err(Error::WorkerDied { .. }))),
+        "{each:?}"
+    );
+    assert_eq!(
+        lease::quarantined(par.id),
+        0,
+        "the copy read by {N} workers, all dead, is held"
+    );
+}
+
 static KEPT: Mutex<Option<Arr<'static, u64>>> = Mutex::new(None);
 
 /// A task that keeps its view past its call: what review S5 (gap 3) calls a footgun.
