@@ -99,11 +99,11 @@ impl ForkLocks {
         })
     }
 
-    /// In the child: lets go of every lock, installing its own pipe attachments and anchors before it
-    /// lets go of their lists. Only what [`ForkHolds::in_child`] and [`ForkAnchors::in_child`] do, and
-    /// the unlock of each mutex this thread holds (an atomic swap, and at most a futex wake of nobody):
-    /// no other lock.
-    pub(crate) fn in_child(self) {
+    /// Lets go of every lock after `pipe::LIVE`, in the reverse order of taking them, and returns the
+    /// two lists (`LIVE_ANCHORS`, `LIVE`) still held, for their own side of the fork: the parent's
+    /// part of [`ForkHolds`] takes each pipe's robust lock, whose slow path takes `SEEN`, which this
+    /// thread must no longer hold then (`std` mutexes are not re-entrant).
+    fn release_all_but_the_lists(self) -> (ForkHolds, ForkAnchors) {
         let ForkLocks {
             sightings,
             #[cfg(feature = "npy")]
@@ -114,12 +114,19 @@ impl ForkLocks {
             holds,
             anchors,
         } = self;
-        // The locks after `LIVE` first, in the reverse order: nothing below takes them, but see
-        // `in_parent`.
         drop(sightings);
         #[cfg(feature = "npy")]
         drop(npy);
         drop((heap, quarantine, server));
+        (holds, anchors)
+    }
+
+    /// In the child: lets go of every lock, installing its own pipe attachments and anchors before it
+    /// lets go of their lists. Only what [`ForkHolds::in_child`] and [`ForkAnchors::in_child`] do, and
+    /// the unlock of each mutex this thread holds (an atomic swap, and at most a futex wake of nobody):
+    /// no other lock.
+    pub(crate) fn in_child(self) {
+        let (holds, anchors) = self.release_all_but_the_lists();
         holds.in_child();
         anchors.in_child();
     }
@@ -127,22 +134,7 @@ impl ForkLocks {
     /// In the parent: the child's anchors and attachments name child `pid` or, if the fork failed
     /// (`None`), nobody; every lock is let go of, the lists of those last.
     pub(crate) fn in_parent(self, child: Option<u32>) {
-        let ForkLocks {
-            sightings,
-            #[cfg(feature = "npy")]
-            npy,
-            heap,
-            quarantine,
-            server,
-            holds,
-            anchors,
-        } = self;
-        // The locks after `LIVE` first, in the reverse order: `holds.in_parent` takes each pipe's
-        // robust lock, whose slow path takes `SEEN`, which this thread must no longer hold.
-        drop(sightings);
-        #[cfg(feature = "npy")]
-        drop(npy);
-        drop((heap, quarantine, server));
+        let (holds, anchors) = self.release_all_but_the_lists();
         holds.in_parent(child);
         anchors.in_parent();
     }

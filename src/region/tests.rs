@@ -267,6 +267,52 @@ fn skipped(status: i32) -> bool {
     skip
 }
 
+/// What a forked creator runs in the janitor tests: creates region `name`, reports its pid on
+/// `ready_w`, and lives (holding the region) until the test closes the other end of `hold_r`
+/// ([`let_the_creator_end`]). Returns the child's exit status: 0, or 3 if the region could not be made.
+///
+/// # Safety
+/// In a forked child only, with `ready_w` and `hold_r` its own open descriptors.
+unsafe fn live_creator(name: &str, ready_w: i32, hold_r: i32) -> i32 {
+    match Region::create(name, 8, false) {
+        Ok(r) => {
+            let pid = crate::sys::proc::pid().to_ne_bytes();
+            // SAFETY: 4 bytes of a live local, to a descriptor of ours (the caller's contract).
+            unsafe { libc::write(ready_w, pid.as_ptr().cast(), 4) };
+            let mut b = 0u8;
+            // SAFETY: 1 byte into a live local, from a descriptor of ours: returns once the test
+            // closes the write end.
+            unsafe { libc::read(hold_r, (&mut b as *mut u8).cast(), 1) };
+            std::mem::forget(r); // the test unlinks the name
+            0
+        }
+        Err(_) => 3,
+    }
+}
+
+/// In the test, after forking a [`live_creator`]: closes our copies of the children's ends and reads
+/// the creator's pid (as its pid namespace numbers it); `None` if no creator reported.
+fn creator_pid(ready: [i32; 2], hold: [i32; 2]) -> Option<u32> {
+    let mut pid = [0u8; 4];
+    // SAFETY: closing our copies of the children's ends (ours, open), reading 4 bytes into a live
+    // local.
+    let got = unsafe {
+        libc::close(ready[1]);
+        libc::close(hold[0]);
+        libc::read(ready[0], pid.as_mut_ptr().cast(), 4)
+    };
+    (got == 4).then(|| u32::from_ne_bytes(pid))
+}
+
+/// Lets a [`live_creator`] end: closes the test's remaining ends of the two pipes.
+fn let_the_creator_end(ready: [i32; 2], hold: [i32; 2]) {
+    // SAFETY: closing our own open descriptors, once.
+    unsafe {
+        libc::close(hold[1]);
+        libc::close(ready[0]);
+    }
+}
+
 /// A named region is a sparse `/dev/shm` file (`ftruncate`): its pages are allocated at first touch,
 /// and on a full tmpfs (any user can fill `/dev/shm`, it is world-writable) that first touch is a
 /// SIGBUS in the creator or in any opener, not an error. The manager allocates its growth with
@@ -373,19 +419,7 @@ fn janitor_spares_a_live_creator_forked_into_a_new_pid_namespace() {
                 std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", free - 1)).is_ok();
             let creator = if ok { libc::fork() } else { -1 };
             if creator == 0 {
-                let code = match Region::create(&created, 8, false) {
-                    Ok(r) => {
-                        let pid = crate::sys::proc::pid().to_ne_bytes();
-                        libc::write(ready[1], pid.as_ptr().cast(), 4);
-                        // Alive until the test closes `hold`.
-                        let mut b = 0u8;
-                        libc::read(hold[0], (&mut b as *mut u8).cast(), 1);
-                        std::mem::forget(r); // the test unlinks the name
-                        0
-                    }
-                    Err(_) => 3,
-                };
-                libc::_exit(code);
+                libc::_exit(live_creator(&created, ready[1], hold[0]));
             }
             if creator < 0 {
                 libc::_exit(SKIP);
@@ -406,27 +440,17 @@ fn janitor_spares_a_live_creator_forked_into_a_new_pid_namespace() {
             5
         }
     });
-    let mut pid = [0u8; 4];
-    // SAFETY: closing our copies of the children's ends, reading 4 bytes into a live local.
-    let got = unsafe {
-        libc::close(ready[1]);
-        libc::close(hold[0]);
-        libc::read(ready[0], pid.as_mut_ptr().cast(), 4)
-    };
-    let verdict = if got == 4 {
+    let pid = creator_pid(ready, hold);
+    let verdict = if let Some(pid) = pid {
         // The creator runs (it waits on `hold`) as pid `free` of its namespace.
-        assert_eq!(u32::from_ne_bytes(pid), free);
+        assert_eq!(pid, free);
         let verdict = janitor::is_stale(&shm_name(&name));
         let still_named = Region::open(&name).is_ok();
         Some((verdict, still_named))
     } else {
         None
     };
-    // SAFETY: closing our own descriptors lets the creator end.
-    unsafe {
-        libc::close(hold[1]);
-        libc::close(ready[0]);
-    }
+    let_the_creator_end(ready, hold);
     let status = wait_child(outer);
     let _ = Region::unlink(&name);
     if skipped(status) {
@@ -534,19 +558,7 @@ fn janitor_spares_a_live_creator_in_another_time_namespace() {
         }
         let creator = libc::fork();
         if creator == 0 {
-            let code = match Region::create(&created, 8, false) {
-                Ok(r) => {
-                    let pid = crate::sys::proc::pid().to_ne_bytes();
-                    libc::write(ready[1], pid.as_ptr().cast(), 4);
-                    // Alive until the test closes `hold`.
-                    let mut b = 0u8;
-                    libc::read(hold[0], (&mut b as *mut u8).cast(), 1);
-                    std::mem::forget(r); // the test unlinks the name
-                    0
-                }
-                Err(_) => 3,
-            };
-            libc::_exit(code);
+            libc::_exit(live_creator(&created, ready[1], hold[0]));
         }
         if creator < 0 {
             return SKIP;
@@ -559,24 +571,14 @@ fn janitor_spares_a_live_creator_in_another_time_namespace() {
             4
         }
     });
-    let mut pid = [0u8; 4];
-    // SAFETY: closing our copies of the children's ends, reading 4 bytes into a live local.
-    let got = unsafe {
-        libc::close(ready[1]);
-        libc::close(hold[0]);
-        libc::read(ready[0], pid.as_mut_ptr().cast(), 4)
-    };
-    let verdict = (got == 4).then(|| {
+    let pid = creator_pid(ready, hold);
+    let verdict = pid.map(|pid| {
         // The creator runs (it waits on `hold`): our /proc shows it.
-        assert!(proc::start_time(u32::from_ne_bytes(pid)).is_some());
+        assert!(proc::start_time(pid).is_some());
         let verdict = janitor::is_stale(&shm_name(&name));
         (verdict, Region::open(&name).is_ok())
     });
-    // SAFETY: closing our own descriptors lets the creator end.
-    unsafe {
-        libc::close(hold[1]);
-        libc::close(ready[0]);
-    }
+    let_the_creator_end(ready, hold);
     let status = wait_child(outer);
     let _ = Region::unlink(&name);
     if skipped(status) {
@@ -627,26 +629,9 @@ fn janitor_spares_a_live_creator_hidden_by_hidepid() {
         if !become_user(NOBODY) {
             return SKIP;
         }
-        match Region::create(&created, 8, false) {
-            Ok(r) => {
-                libc::write(ready[1], b"r".as_ptr().cast(), 1);
-                // Alive until the test closes `hold`.
-                let mut b = 0u8;
-                libc::read(hold[0], (&mut b as *mut u8).cast(), 1);
-                std::mem::forget(r); // the test unlinks the name
-                0
-            }
-            Err(_) => 3,
-        }
+        live_creator(&created, ready[1], hold[0])
     });
-    let mut b = 0u8;
-    // SAFETY: closing our copies of the child's ends, reading 1 byte into a live local.
-    let got = unsafe {
-        libc::close(ready[1]);
-        libc::close(hold[0]);
-        libc::read(ready[0], (&mut b as *mut u8).cast(), 1)
-    };
-    let janitor = (got == 1).then(|| {
+    let janitor = creator_pid(ready, hold).map(|_| {
         let judged = shm_name(&name);
         // SAFETY: (the whole child) mount and credential calls that change only this child.
         fork_child(move || unsafe {
@@ -675,11 +660,7 @@ fn janitor_spares_a_live_creator_hidden_by_hidepid() {
     });
     let status = janitor.map(wait_child);
     let still_named = path.exists();
-    // SAFETY: closing our own descriptors lets the creator end.
-    unsafe {
-        libc::close(hold[1]);
-        libc::close(ready[0]);
-    }
+    let_the_creator_end(ready, hold);
     let creator_status = wait_child(creator);
     let _ = std::fs::remove_file(&path);
     if skipped(creator_status) {
