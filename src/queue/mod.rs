@@ -38,8 +38,33 @@ use unbounded::Log;
 const SPILL_FORMAT: usize = 1;
 /// Folded into an unbounded queue's layout hash: bump it when `unbounded::LogControl` or the segment
 /// format changes.
-/// 2: `LogControl::queued_counted`, and the COUNTED bit of a record's length word.
-const UNBOUNDED_FORMAT: usize = 2;
+/// 2: `LogControl::queued_counted`, and the COUNTED bit of a record's length word. 3: `unfinished`
+/// is a [`tally`] word.
+const UNBOUNDED_FORMAT: usize = 3;
+
+/// A JoinableQueue's `unfinished` word (ring and unbounded engines alike): its low 32 bits are the
+/// signed count of messages taken and not yet marked done; every update also adds one to the word's
+/// high half, so the word never comes back to a value it held (within 2^31 updates). A reader that
+/// reads it before and after summing the counts still in the queue (slot marks, `queued_counted`)
+/// and finds it unchanged knows that no message was taken or marked done in between: the sum is the
+/// count at one moment. Found by review: without that check, a worker's follow-up `put` into a slot
+/// `join`'s scan had passed, and then its `task_done` of the message it came from, summed to 0 while
+/// the follow-up was unfinished (and `task_done` said "too many" when a `get` moved the only count
+/// from the queue to this word between its two reads).
+pub(crate) mod tally {
+    /// A consumer took a counted message: one more update, one more taken.
+    pub(crate) const TAKE: u64 = (1 << 32) + 1;
+    /// A `task_done` (or a take undone): one more update, one fewer taken.
+    pub(crate) const DONE: u64 = (1 << 32) - 1;
+
+    /// The signed count of taken, not done messages in an `unfinished` word.
+    pub(crate) fn count(word: u64) -> i64 {
+        i64::from(word as u32 as i32)
+    }
+
+    /// How many times a reader re-reads before it settles for a count that may be stale.
+    pub(crate) const TRIES: u32 = 8;
+}
 
 /// The two engines behind a [`Queue`].
 enum Engine {

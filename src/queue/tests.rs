@@ -1614,3 +1614,244 @@ fn polling_puts_recover_a_dead_consumers_claim() {
     );
     assert_eq!(q.try_get().unwrap(), 2);
 }
+
+/// A worker that takes task k, puts task k + 1 (a follow-up it found), and only then marks task k
+/// done: at every moment from the first `put` until the chain ends, at least one task is put and not
+/// done, so `join` must not return before the chain ends (Python's count never reaches 0). Attack on
+/// the slot-mark accounting: `join`'s scan of the slots is not one snapshot, so a follow-up put into a
+/// slot the scan already passed, and the `task_done` of the task it came from before the scan read
+/// `unfinished`, summed to 0.
+fn join_waits_for_a_chain_of_follow_ups(q: JoinableQueue<u64, Raw>, bound: Duration) {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let finished = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let end = Instant::now() + bound;
+    let mut early = 0u32;
+    let mut rounds = 0u32;
+    while Instant::now() < end && early == 0 {
+        finished.store(false, Ordering::SeqCst);
+        stop.store(false, Ordering::SeqCst);
+        q.put(&0).unwrap();
+        let (q2, fin, st) = (q.clone(), finished.clone(), stop.clone());
+        let worker = std::thread::spawn(move || loop {
+            let k = q2.get().unwrap();
+            if st.load(Ordering::SeqCst) || k >= 200_000 {
+                fin.store(true, Ordering::SeqCst);
+                q2.task_done().unwrap();
+                return;
+            }
+            q2.put(&(k + 1)).unwrap();
+            q2.task_done().unwrap();
+        });
+        for _ in 0..20 {
+            q.join_timeout(Duration::from_secs(60)).unwrap();
+            if !finished.load(Ordering::SeqCst) {
+                early += 1;
+            }
+            if finished.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        worker.join().unwrap();
+        q.join_timeout(Duration::from_secs(60)).unwrap();
+        rounds += 1;
+    }
+    assert_eq!(
+        early, 0,
+        "join returned {early} times while a task was unfinished ({rounds} rounds)"
+    );
+}
+
+#[test]
+fn join_waits_for_follow_up_tasks_ring() {
+    join_waits_for_a_chain_of_follow_ups(
+        JoinableQueue::new(1 << 14).unwrap(),
+        Duration::from_secs(5),
+    );
+}
+
+#[test]
+fn join_waits_for_follow_up_tasks_small_ring() {
+    join_waits_for_a_chain_of_follow_ups(JoinableQueue::new(4).unwrap(), Duration::from_secs(5));
+}
+
+#[test]
+fn join_waits_for_follow_up_tasks_unbounded() {
+    join_waits_for_a_chain_of_follow_ups(
+        JoinableQueue::from_queue(Queue::<u64, Raw>::unbounded().unwrap()),
+        Duration::from_secs(5),
+    );
+}
+
+/// `task_done` for the one message put, racing with its `get` in another thread: exactly one
+/// message is put and not done, so `task_done` must succeed, whatever the interleaving. Attack:
+/// `task_done` reads `unfinished` (0) before its scan, the consumer moves the count from the slot to
+/// `unfinished` and frees the slot, and the scan then finds no mark: 0 + 0, "too many".
+#[test]
+fn task_done_racing_the_get_of_the_only_message() {
+    let q: JoinableQueue<u64, Raw> = JoinableQueue::new(1 << 12).unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut wrong = 0u32;
+    let mut n = 0u32;
+    while Instant::now() < end && wrong == 0 {
+        q.put(&1).unwrap();
+        let q2 = q.clone();
+        let t = std::thread::spawn(move || q2.get().unwrap());
+        if q.task_done().is_err() {
+            wrong += 1;
+        }
+        t.join().unwrap();
+        n += 1;
+        if wrong == 0 {
+            q.join_timeout(Duration::from_secs(10)).unwrap();
+        }
+    }
+    assert_eq!(
+        wrong, 0,
+        "task_done said 'too many' with one message outstanding ({n} rounds)"
+    );
+}
+
+/// Workers take batches (`get_many`, or `get`), put each task's children (a tree of known size), then
+/// mark the task done: once `join` returns, every task of the tree must have been marked done. (The
+/// ring holds the whole tree: workers that also put would deadlock on a full one.)
+fn join_after_a_tree_of_tasks(make: impl Fn() -> JoinableQueue<u64, Raw>, bound: Duration) {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    const FAN: u64 = 3;
+    const DEPTH: u64 = 6; // tasks per root: (3^7 - 1) / 2 = 1093
+    let per_root = (FAN.pow(DEPTH as u32 + 1) - 1) / (FAN - 1);
+    let end = Instant::now() + bound;
+    let mut rounds = 0;
+    while Instant::now() < end {
+        let q = make();
+        let done = Arc::new(AtomicU64::new(0));
+        let quit = Arc::new(AtomicBool::new(false));
+        let workers: Vec<_> = (0..3)
+            .map(|w| {
+                let (q, done, quit) = (q.clone(), done.clone(), quit.clone());
+                std::thread::spawn(move || {
+                    let mut out = Vec::new();
+                    while !quit.load(Ordering::SeqCst) {
+                        out.clear();
+                        if w == 0 {
+                            match q.get_timeout(Duration::from_millis(5)) {
+                                Ok(v) => out.push(v),
+                                Err(Error::Timeout) => continue,
+                                Err(e) => panic!("{e:?}"),
+                            }
+                        } else {
+                            match q
+                                .queue()
+                                .get_many_timeout(&mut out, 4, Duration::from_millis(5))
+                            {
+                                Ok(_) => {}
+                                Err(Error::Timeout) => continue,
+                                Err(e) => panic!("{e:?}"),
+                            }
+                        }
+                        for &v in &out {
+                            if v < DEPTH {
+                                for _ in 0..FAN {
+                                    q.put(&(v + 1)).unwrap();
+                                }
+                            }
+                            done.fetch_add(1, Ordering::SeqCst);
+                            q.task_done().unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..2 {
+            q.put(&0).unwrap();
+        }
+        q.join_timeout(Duration::from_secs(60)).unwrap();
+        let d = done.load(Ordering::SeqCst);
+        quit.store(true, Ordering::SeqCst);
+        for w in workers {
+            w.join().unwrap();
+        }
+        assert_eq!(
+            d,
+            2 * per_root,
+            "join returned with tasks unfinished (round {rounds})"
+        );
+        assert_eq!(q.unfinished(), 0);
+        assert!(q.task_done().is_err());
+        rounds += 1;
+    }
+}
+
+#[test]
+fn join_after_a_tree_of_tasks_big_ring() {
+    join_after_a_tree_of_tasks(|| JoinableQueue::new(4096).unwrap(), Duration::from_secs(4));
+}
+
+#[test]
+fn join_after_a_tree_of_tasks_unbounded() {
+    join_after_a_tree_of_tasks(
+        || JoinableQueue::from_queue(Queue::<u64, Raw>::unbounded().unwrap()),
+        Duration::from_secs(4),
+    );
+}
+
+/// A live thread (parked until the returned sender is dropped) and its tid.
+fn live_tid() -> (
+    std::sync::mpsc::Sender<()>,
+    std::thread::JoinHandle<()>,
+    u32,
+) {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (ttx, trx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        ttx.send(crate::sys::proc::tid()).unwrap();
+        let _ = rx.recv();
+    });
+    (tx, h, trx.recv().unwrap())
+}
+
+/// `recover_before_timeout` must never take a live (slow) producer's claim: polling `try_get` and
+/// `get_timeout(0)` for well past its 2 ms checks, the message behind the claim stays behind it.
+#[test]
+fn polling_gets_leave_a_live_producers_claim_alone() {
+    let (tx, h, tid) = live_tid();
+    let q: Queue<u32, Raw> = Queue::new(4).unwrap();
+    ring_of(&q).force_claim_for_test(0, tid, false);
+    q.put(&7).unwrap();
+    for i in 0..100 {
+        let r = if i % 2 == 0 {
+            q.try_get()
+        } else {
+            q.get_timeout(Duration::ZERO)
+        };
+        assert!(
+            matches!(r, Err(Error::Empty | Error::Timeout)),
+            "a live claim was taken: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(tx);
+    h.join().unwrap();
+}
+
+/// The producer's side: a live consumer's claim of the only slot is never freed by polling `try_put`.
+#[test]
+fn polling_puts_leave_a_live_consumers_claim_alone() {
+    let (tx, h, tid) = live_tid();
+    let q: Queue<u32, Raw> = Queue::new(1).unwrap();
+    q.put(&1).unwrap();
+    ring_of(&q).force_claim_for_test(0, tid, true);
+    for _ in 0..100 {
+        let r = q.try_put(&2);
+        assert!(
+            matches!(r, Err(Error::Full)),
+            "a live claim was freed: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(tx);
+    h.join().unwrap();
+}

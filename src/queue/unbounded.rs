@@ -36,7 +36,8 @@
 //! records on repair, so a holder killed between the two leaves it right). A consumer that takes a
 //! counted record (under the lock, after moving `head_off` past it) adds one to `unfinished`, then
 //! takes one from `queued_counted`; `task_done` takes one from `unfinished`; `join` waits for
-//! `queued_counted` (read first) plus `unfinished` to be 0. Before (found by review), the producer
+//! `queued_counted` plus `unfinished` to be 0, with `unfinished` (a `tally` word) read before and after
+//! `queued_counted` and unchanged: the sum of one moment. Before (found by review), the producer
 //! added to `unfinished` before it appended: one killed in between (waiting for the lock, say) left a
 //! count for a message that never went in, and `join` waited for good. `unfinished` may go below zero
 //! (two's complement): a `task_done` before the matching `get`, as Python allows.
@@ -56,6 +57,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::spill::Blocks;
+use super::tally;
 use crate::error::{Error, Result};
 use crate::region::{Region, ShmSafe};
 use crate::sync::raw_lock::{Acquired, LockFail, Nesting, RawLock, TRY_BOUND};
@@ -98,7 +100,7 @@ pub(crate) struct LogControl {
     /// Messages ever put: sleepers wait for it to change (SeqCst RMW, see `WaitWord::notify`).
     puts: AtomicU64,
     /// JoinableQueue: messages taken and not yet marked done, as a signed count (see "JoinableQueue
-    /// accounting"). Read without the lock.
+    /// accounting"), in a [`tally`] word. Read without the lock.
     unfinished: AtomicU64,
     /// JoinableQueue: counted messages in the chain (records with [`COUNTED`]); written under the lock,
     /// recounted on repair, read without the lock by `join`.
@@ -581,7 +583,7 @@ impl Log {
                 if counted {
                     // Its count moves to `unfinished` (first, so `join` never misses it) and
                     // leaves the chain's (module docs, "JoinableQueue accounting").
-                    c.unfinished.fetch_add(1, Ordering::SeqCst);
+                    c.unfinished.fetch_add(tally::TAKE, Ordering::SeqCst);
                     let _ = c.queued_counted.fetch_update(
                         Ordering::SeqCst,
                         Ordering::Relaxed,
@@ -780,53 +782,78 @@ impl Log {
 
     // ---- JoinableQueue accounting ----
 
-    /// `queued_counted` (read first: see the module docs) plus `unfinished` as the signed count it is,
-    /// at least 0.
-    fn total_unfinished(&self) -> i64 {
+    /// `queued_counted` plus `unfinished` as the signed count it is, at least 0, at one moment:
+    /// `unfinished` read before and after `queued_counted`, unchanged (module `tally`; found by review:
+    /// a worker's follow-up `put` between the two reads, then its `task_done` of the message it came
+    /// from, summed to 0 while the follow-up was unfinished). `None` if it changed every time.
+    fn total_unfinished(&self) -> Option<i64> {
         let c = self.ctl();
-        let queued = c.queued_counted.load(Ordering::SeqCst) as i64;
-        let taken = c.unfinished.load(Ordering::SeqCst) as i64;
-        taken.saturating_add(queued.max(0)).max(0)
+        for _ in 0..tally::TRIES {
+            let before = c.unfinished.load(Ordering::SeqCst);
+            let queued = c.queued_counted.load(Ordering::SeqCst) as i64;
+            let after = c.unfinished.load(Ordering::SeqCst);
+            if before == after {
+                return Some(tally::count(after).saturating_add(queued.max(0)).max(0));
+            }
+            std::hint::spin_loop();
+        }
+        None
     }
 
     /// Marks one message done. Returns false if none was outstanding.
     pub(crate) fn task_done(&self) -> bool {
         let c = self.ctl();
         let u = &c.unfinished;
-        let mut cur = u.load(Ordering::Acquire);
+        let mut cur = u.load(Ordering::SeqCst);
         loop {
             // Nothing taken and not done: a `task_done` for a message still in the chain, else one
-            // too many.
-            let queued = c.queued_counted.load(Ordering::SeqCst) as i64;
-            if cur as i64 <= 0 && (cur as i64).saturating_add(queued.max(0)) <= 0 {
-                return false;
+            // too many; judged with `unfinished` unchanged around the read of `queued_counted` (a
+            // `get` moving the only count between them would otherwise hide it from both).
+            if tally::count(cur) <= 0 {
+                let queued = c.queued_counted.load(Ordering::SeqCst) as i64;
+                let now = u.load(Ordering::SeqCst);
+                if now != cur {
+                    cur = now;
+                    continue;
+                }
+                if tally::count(cur).saturating_add(queued.max(0)) <= 0 {
+                    return false;
+                }
             }
-            match u.compare_exchange_weak(
+            match u.compare_exchange(
                 cur,
-                cur.wrapping_sub(1),
+                cur.wrapping_add(tally::DONE),
                 Ordering::SeqCst,
-                Ordering::Acquire,
+                Ordering::SeqCst,
             ) {
                 Ok(_) => break,
                 Err(v) => cur = v,
             }
         }
-        if cur as i64 <= 1 {
+        if tally::count(cur) <= 1 {
             c.done.notify();
         }
         true
     }
 
     pub(crate) fn unfinished(&self) -> u64 {
-        self.total_unfinished() as u64
+        match self.total_unfinished() {
+            Some(n) => n as u64,
+            None => {
+                let c = self.ctl();
+                let queued = c.queued_counted.load(Ordering::SeqCst) as i64;
+                let taken = tally::count(c.unfinished.load(Ordering::SeqCst));
+                taken.saturating_add(queued.max(0)).max(0) as u64
+            }
+        }
     }
 
     pub(crate) fn join(&self, deadline: Option<Instant>) -> Result<()> {
-        while self.total_unfinished() != 0 {
+        while self.total_unfinished() != Some(0) {
             let slice = slice_until(deadline, MAX_CHECK)?;
             self.ctl()
                 .done
-                .sleep(slice, || self.total_unfinished() == 0);
+                .sleep(slice, || self.total_unfinished() == Some(0));
         }
         Ok(())
     }

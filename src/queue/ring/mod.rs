@@ -155,6 +155,7 @@ use std::time::{Duration, Instant};
 
 use crate::sync::wait::{slice_until, Backoff, StuckWatch, WaitWord, MAX_CHECK};
 
+use super::tally;
 use crate::error::{Error, Result};
 use crate::region::{Region, ShmSafe};
 use crate::sys::cpu;
@@ -172,8 +173,9 @@ use recover::Phase;
 /// Folded into a queue's layout hash (in place of a size, which varies per queue): bump it whenever the
 /// meaning of a field of [`RingHeader`] or [`SlotHead`] changes, so that builds that disagree refuse to
 /// share a ring. 2: `Config::ns` (was padding). 3: `Cursor::cpu` (was padding). 4: the
-/// [`COUNTED`] bit of `SlotHead::len`, and `Config::unfinished` counting taken messages only.
-pub(crate) const LAYOUT_REVISION: usize = 4;
+/// [`COUNTED`] bit of `SlotHead::len`, and `Config::unfinished` counting taken messages only. 5:
+/// `Config::unfinished` is a [`tally`](super::tally) word.
+pub(crate) const LAYOUT_REVISION: usize = 5;
 
 /// `Config::ns` once processes of different pid namespaces attached.
 const MIXED_NS: u32 = u32::MAX;
@@ -230,7 +232,8 @@ struct Config {
     /// judged only while it names our namespace (see "Deaths").
     ns: AtomicU32,
     /// JoinableQueue: messages taken from the ring and not yet marked done, as a signed count (see
-    /// "JoinableQueue accounting" in `Ring`); messages still in the ring count by their slot's mark.
+    /// "JoinableQueue accounting" in `Ring`) in a [`tally`](super::tally) word; messages still in the
+    /// ring count by their slot's mark.
     unfinished: AtomicU64,
 }
 
@@ -1019,8 +1022,14 @@ impl Ring {
     // and its add takes the count with it (the message is lost, at most once); one killed after it
     // leaves the count, as one killed between `get` and `task_done` does.
     //
-    // `unfinished` may go below zero (two's complement in the u64): a `task_done` for a message still
+    // `unfinished` may go below zero (two's complement): a `task_done` for a message still
     // in the ring, which Python allows, is taken from it before the message's consumer adds to it.
+    //
+    // The scan is not one snapshot, though: a worker's follow-up put into a slot the scan already
+    // passed, then its `task_done` of the message it came from, both before the read of `unfinished`,
+    // summed to 0 with the follow-up unfinished (found by review). So `unfinished` is a `tally` word,
+    // read before and after the scan: unchanged, nothing was taken or marked done meanwhile, and every
+    // message in the ring when the scan began was still marked in its slot when the scan read it.
 
     /// A consumer took a marked message: its count moves from the slot to `unfinished`.
     fn take_count(&self) {
@@ -1028,7 +1037,7 @@ impl Ring {
             .config
             .0
             .unfinished
-            .fetch_add(1, Ordering::SeqCst);
+            .fetch_add(tally::TAKE, Ordering::SeqCst);
     }
 
     /// Undoes [`Ring::take_count`] for a claim found revoked (garbage only).
@@ -1037,7 +1046,7 @@ impl Ring {
             .config
             .0
             .unfinished
-            .fetch_sub(1, Ordering::SeqCst);
+            .fetch_add(tally::DONE, Ordering::SeqCst);
     }
 
     /// Marked messages in the ring now: in slots being written (a live producer's `put`), published,
@@ -1064,52 +1073,82 @@ impl Ring {
         n
     }
 
-    /// `unfinished` read as the signed count it is, plus the marked messages in the ring, at least 0.
-    fn total_unfinished(&self) -> i64 {
-        let n = self.counted_in_slots();
-        let taken = self.header().config.0.unfinished.load(Ordering::SeqCst) as i64;
-        taken.saturating_add(n as i64).max(0)
+    /// `unfinished` read as the signed count it is, plus the marked messages in the ring, at least 0,
+    /// at one moment: `None` if `unfinished` changed during every one of a few scans (messages taken
+    /// or marked done meanwhile), since a scan that is not one snapshot can miss a message put into a
+    /// slot it passed while the message it came from was marked done (module `tally`).
+    fn total_unfinished(&self) -> Option<i64> {
+        let u = &self.header().config.0.unfinished;
+        for _ in 0..tally::TRIES {
+            let before = u.load(Ordering::SeqCst);
+            let n = self.counted_in_slots();
+            // SeqCst, last: the re-check `notify` needs.
+            let after = u.load(Ordering::SeqCst);
+            if before == after {
+                return Some(tally::count(after).saturating_add(n as i64).max(0));
+            }
+            std::hint::spin_loop();
+        }
+        None
     }
 
     /// Marks one message done. Returns false if none was outstanding.
     pub(crate) fn task_done(&self) -> bool {
         let u = &self.header().config.0.unfinished;
-        let mut cur = u.load(Ordering::Acquire);
+        let mut cur = u.load(Ordering::SeqCst);
         loop {
             // Nothing taken and not done: a `task_done` for a message still in the ring (the scan
-            // is this unusual call's cost), else one too many.
-            if cur as i64 <= 0 && (cur as i64).saturating_add(self.counted_in_slots() as i64) <= 0 {
-                return false;
+            // is this unusual call's cost), else one too many; judged on a scan during which
+            // `unfinished` did not change (a `get` moving the only count out of the ring between a
+            // read of `unfinished` and the scan would otherwise hide it from both).
+            if tally::count(cur) <= 0 {
+                let n = self.counted_in_slots();
+                let now = u.load(Ordering::SeqCst);
+                if now != cur {
+                    cur = now;
+                    continue;
+                }
+                if tally::count(cur).saturating_add(n as i64) <= 0 {
+                    return false;
+                }
             }
-            match u.compare_exchange_weak(
+            match u.compare_exchange(
                 cur,
-                cur.wrapping_sub(1),
+                cur.wrapping_add(tally::DONE),
                 Ordering::SeqCst,
-                Ordering::Acquire,
+                Ordering::SeqCst,
             ) {
                 Ok(_) => break,
                 Err(v) => cur = v,
             }
         }
-        if cur as i64 <= 1 {
+        if tally::count(cur) <= 1 {
             self.header().done.0.notify();
         }
         true
     }
 
     pub(crate) fn unfinished(&self) -> u64 {
-        self.total_unfinished() as u64
+        match self.total_unfinished() {
+            Some(n) => n as u64,
+            // Busy: a count of some moment during the scan, give or take what moved meanwhile.
+            None => {
+                let n = self.counted_in_slots() as i64;
+                let taken = tally::count(self.header().config.0.unfinished.load(Ordering::SeqCst));
+                taken.saturating_add(n).max(0) as u64
+            }
+        }
     }
 
     /// Waits until every message put has been marked done.
     pub(crate) fn join(&self, deadline: Option<Instant>) -> Result<()> {
-        while self.total_unfinished() != 0 {
+        while self.total_unfinished() != Some(0) {
             let slice = slice_until(deadline, MAX_CHECK)?;
             // `total_unfinished` is SeqCst-read last, after the slots: the re-check `notify` needs.
             self.header()
                 .done
                 .0
-                .sleep(slice, || self.total_unfinished() == 0);
+                .sleep(slice, || self.total_unfinished() == Some(0));
         }
         Ok(())
     }
