@@ -64,6 +64,37 @@ pub(crate) mod tally {
 
     /// How many times a reader re-reads before it settles for a count that may be stale.
     pub(crate) const TRIES: u32 = 8;
+
+    /// `task_done` of both engines: marks one message done in `unfinished`. `queued()` counts the
+    /// counted messages still in the queue (slot marks, `queued_counted`); it is read only when
+    /// nothing taken is outstanding, and trusted only with `unfinished` unchanged around it (a `get`
+    /// moving the only count out of the queue between the two reads would hide it from both).
+    /// `None`: nothing was outstanding (one `task_done` too many); else whether the count reached
+    /// zero, when `join`'s sleepers must be woken.
+    pub(crate) fn mark_done(
+        unfinished: &std::sync::atomic::AtomicU64,
+        queued: impl Fn() -> i64,
+    ) -> Option<bool> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut cur = unfinished.load(SeqCst);
+        loop {
+            if count(cur) <= 0 {
+                let queued = queued();
+                let now = unfinished.load(SeqCst);
+                if now != cur {
+                    cur = now;
+                    continue;
+                }
+                if count(cur).saturating_add(queued.max(0)) <= 0 {
+                    return None;
+                }
+            }
+            match unfinished.compare_exchange(cur, cur.wrapping_add(DONE), SeqCst, SeqCst) {
+                Ok(_) => return Some(count(cur) <= 1),
+                Err(v) => cur = v,
+            }
+        }
+    }
 }
 
 /// The two engines behind a [`Queue`].

@@ -803,37 +803,16 @@ impl Log {
     /// Marks one message done. Returns false if none was outstanding.
     pub(crate) fn task_done(&self) -> bool {
         let c = self.ctl();
-        let u = &c.unfinished;
-        let mut cur = u.load(Ordering::SeqCst);
-        loop {
-            // Nothing taken and not done: a `task_done` for a message still in the chain, else one
-            // too many; judged with `unfinished` unchanged around the read of `queued_counted` (a
-            // `get` moving the only count between them would otherwise hide it from both).
-            if tally::count(cur) <= 0 {
-                let queued = c.queued_counted.load(Ordering::SeqCst) as i64;
-                let now = u.load(Ordering::SeqCst);
-                if now != cur {
-                    cur = now;
-                    continue;
+        let queued = || c.queued_counted.load(Ordering::SeqCst) as i64;
+        match tally::mark_done(&c.unfinished, queued) {
+            None => false,
+            Some(wake) => {
+                if wake {
+                    c.done.notify();
                 }
-                if tally::count(cur).saturating_add(queued.max(0)) <= 0 {
-                    return false;
-                }
-            }
-            match u.compare_exchange(
-                cur,
-                cur.wrapping_add(tally::DONE),
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => break,
-                Err(v) => cur = v,
+                true
             }
         }
-        if tally::count(cur) <= 1 {
-            c.done.notify();
-        }
-        true
     }
 
     pub(crate) fn unfinished(&self) -> u64 {

@@ -1094,38 +1094,18 @@ impl Ring {
 
     /// Marks one message done. Returns false if none was outstanding.
     pub(crate) fn task_done(&self) -> bool {
-        let u = &self.header().config.0.unfinished;
-        let mut cur = u.load(Ordering::SeqCst);
-        loop {
-            // Nothing taken and not done: a `task_done` for a message still in the ring (the scan
-            // is this unusual call's cost), else one too many; judged on a scan during which
-            // `unfinished` did not change (a `get` moving the only count out of the ring between a
-            // read of `unfinished` and the scan would otherwise hide it from both).
-            if tally::count(cur) <= 0 {
-                let n = self.counted_in_slots();
-                let now = u.load(Ordering::SeqCst);
-                if now != cur {
-                    cur = now;
-                    continue;
+        // The scan of the slots is the cost of an unusual call only: a `task_done` with nothing
+        // taken outstanding.
+        let queued = || self.counted_in_slots() as i64;
+        match tally::mark_done(&self.header().config.0.unfinished, queued) {
+            None => false,
+            Some(wake) => {
+                if wake {
+                    self.header().done.0.notify();
                 }
-                if tally::count(cur).saturating_add(n as i64) <= 0 {
-                    return false;
-                }
-            }
-            match u.compare_exchange(
-                cur,
-                cur.wrapping_add(tally::DONE),
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => break,
-                Err(v) => cur = v,
+                true
             }
         }
-        if tally::count(cur) <= 1 {
-            self.header().done.0.notify();
-        }
-        true
     }
 
     pub(crate) fn unfinished(&self) -> u64 {
