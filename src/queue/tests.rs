@@ -606,6 +606,67 @@ fn join_returns_after_a_producer_killed_between_counting_and_publishing() {
     assert!(q.task_done().is_err());
 }
 
+/// Found by review: the same dead producer, with no consumer ever running. Only a consumer waiting
+/// behind the claim used to recover it, so `join` alone counted the dead claim's mark for good.
+#[test]
+fn join_alone_returns_after_a_producer_killed_before_publishing() {
+    let q: JoinableQueue<u32, Raw> = JoinableQueue::new(4).unwrap();
+    let q2 = q.clone();
+    std::thread::spawn(move || {
+        super::ring::tests::vanish_before_publish_for_test();
+        q2.put(&1).unwrap();
+    })
+    .join()
+    .unwrap();
+    let r = q.join_timeout(Duration::from_secs(10));
+    assert!(r.is_ok(), "join waits for a message never published: {r:?}");
+    assert_eq!(q.unfinished(), 0);
+    // The queue carries on.
+    q.put(&2).unwrap();
+    assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), 2);
+    q.task_done().unwrap();
+    q.join_timeout(Duration::from_secs(10)).unwrap();
+}
+
+/// Found by review: a consumer killed after claiming a counted message and before taking its count
+/// left the slot claimed and marked; only a producer needing that slot freed it, so `join` with no
+/// producer left counted the lost message for good. The message is lost (at most once); its count
+/// goes with it.
+#[test]
+fn join_returns_after_a_consumer_killed_before_taking_the_count() {
+    let q: JoinableQueue<u32, Raw> = JoinableQueue::new(4).unwrap();
+    q.put(&1).unwrap();
+    ring_of(q.queue()).force_claim_for_test(0, 0x3fff_fffe, true);
+    let r = q.join_timeout(Duration::from_secs(10));
+    assert!(r.is_ok(), "join waits for a dead consumer's claim: {r:?}");
+    assert_eq!(q.unfinished(), 0);
+    q.put(&2).unwrap();
+    assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), 2);
+}
+
+/// A live producer's or consumer's claim is never taken by `join`: it times out, and the message
+/// behind the live claim is still counted.
+#[test]
+fn join_leaves_live_claims_alone() {
+    for consumer in [false, true] {
+        let (tx, h, tid) = live_tid();
+        let q: JoinableQueue<u32, Raw> = JoinableQueue::new(4).unwrap();
+        if consumer {
+            q.put(&1).unwrap();
+            ring_of(q.queue()).force_claim_for_test(0, tid, true);
+        } else {
+            // Stamp 0 claimed by a live producer that wrote a counted message and has not published.
+            ring_of(q.queue()).force_claim_for_test(0, tid, false);
+            ring_of(q.queue()).force_mark_for_test(0);
+        }
+        let r = q.join_timeout(Duration::from_millis(300));
+        assert!(matches!(r, Err(Error::Timeout)), "{consumer}: {r:?}");
+        assert_eq!(q.unfinished(), 1, "{consumer}");
+        drop(tx);
+        h.join().unwrap();
+    }
+}
+
 /// The unbounded engine's side of `join_returns_after_a_producer_killed_between_counting_and_publishing`:
 /// its `put` counted first and appended after (under the log's lock), so a producer killed in
 /// between (waiting for a lock another process held, say) left a count that nothing took away.

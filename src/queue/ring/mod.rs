@@ -1122,13 +1122,21 @@ impl Ring {
 
     /// Waits until every message put has been marked done.
     pub(crate) fn join(&self, deadline: Option<Instant>) -> Result<()> {
+        let mut slept = false;
         while self.total_unfinished() != Some(0) {
+            // A slice ended with work still counted: a dead claim may hold a mark nobody else will
+            // recover (`recover_counted_claims`). Not before the first sleep: a `join` that returns
+            // at once costs no `/proc` look.
+            if slept && self.recover_counted_claims() {
+                continue;
+            }
             let slice = slice_until(deadline, MAX_CHECK)?;
             // `total_unfinished` is SeqCst-read last, after the slots: the re-check `notify` needs.
             self.header()
                 .done
                 .0
                 .sleep(slice, || self.total_unfinished() == Some(0));
+            slept = true;
         }
         Ok(())
     }

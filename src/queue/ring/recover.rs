@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{dist, seq, state, who, Ring, IDLE, MAX_BATCH, TOMBSTONE};
+use super::{dist, seq, state, who, Ring, COUNTED, IDLE, MAX_BATCH, TOMBSTONE};
 use crate::sys::proc::{self, Identity};
 
 /// How often one process may survey a ring whose hints look right but that a full/empty answer makes
@@ -134,6 +134,39 @@ impl Ring {
             self.header().done.0.notify();
         }
         abandoned
+    }
+
+    /// Recovers every claim of a marked (JoinableQueue-counted) message whose claimer died: a dead
+    /// producer's is tombstoned ([`Ring::abandon_if_writer_died`]), a dead consumer's slot freed
+    /// ([`Ring::free_if_reader_died`]); either way the mark dies with the claim. Returns whether it
+    /// recovered any. O(capacity), plus a `/proc` look per claimed marked slot: `join` calls it once
+    /// per [`MAX_CHECK`](crate::sync::wait::MAX_CHECK) slice that ended with work still counted.
+    ///
+    /// Why (found by review): only a peer blocked behind a claim recovered it (a consumer behind a
+    /// writer's, a producer behind a reader's). With no consumer left (or no producer), a `join` summed
+    /// the dead claim's mark for good: a producer killed between its claim and its publish, or a
+    /// consumer killed between its claim and its take of the count, hung `join` with nobody to blame.
+    pub(super) fn recover_counted_claims(&self) -> bool {
+        let mut recovered = false;
+        for i in 0..self.geo.capacity {
+            let slot = self.slot(u64::from(i));
+            let st = slot.state.load(Ordering::SeqCst);
+            let Some((stamp, phase)) = self.phase(i, st) else {
+                continue;
+            };
+            if matches!(phase, Phase::Free | Phase::Ready)
+                || slot.len.load(Ordering::Relaxed) & COUNTED == 0
+            {
+                continue;
+            }
+            let pos = u64::from(stamp);
+            recovered |= match phase {
+                Phase::Writing => self.abandon_if_writer_died(pos, st),
+                // The reader's claim is freed for the producer of the next lap, as that producer would.
+                _ => self.free_if_reader_died(pos.wrapping_add(self.one_lap), st),
+            };
+        }
+        recovered
     }
 
     // ---- healing the hints ----

@@ -79,6 +79,11 @@ impl Ring {
     pub(crate) fn force_len_for_test(&self, s: u64, len: u32) {
         self.slot(s).len.store(len, Ordering::Relaxed);
     }
+
+    /// Marks stamp `s`'s slot as holding a JoinableQueue count, as a producer's `put` does.
+    pub(crate) fn force_mark_for_test(&self, s: u64) {
+        self.slot(s).len.fetch_or(COUNTED, Ordering::Relaxed);
+    }
 }
 
 mod unit {
