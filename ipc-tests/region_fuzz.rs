@@ -247,10 +247,10 @@ fn fuzz_headers(_: &str) {
     };
     let strategy = (header_strategy(bytes, lock), 0u64..4400, any::<bool>());
     let result = runner(0x6d70_726f_6331).run(&strategy, |(h, len, same_id)| {
-        // By name. A header still "initialising" (ready 0) is waited for while its creator lives, and a
-        // short file while it may grow (10 s each, see short_named_file_is_truncated): name a dead creator
-        // (in our pid namespace, or it is waited for as well) and keep the file at least a header long.
-        // Persistent, so the janitor leaves it alone.
+        // By name. A header still "initialising" (ready 0) is waited for while its creator lives (10 s):
+        // name a dead creator (in our pid namespace, or it is waited for as well). Short files by name
+        // are `short_named_file_is_truncated`'s; here the file is at least a header long. Persistent, so
+        // the janitor leaves it alone.
         let mut named = h.set32(FLAGS, h.u32(FLAGS) | FLAG_PERSISTENT);
         if named.u32(READY_WORD) == 0 {
             named = named

@@ -88,7 +88,9 @@ pub enum Error {
         /// The file's seals (`F_GET_SEALS`), or `None` if its filesystem has no seals at all.
         seals: Option<u32>,
     },
-    /// A name that cannot be used for a shared segment.
+    /// A name that cannot be used for a shared segment: empty, longer than 200 bytes, starting with a
+    /// dot, with a byte other than ASCII letters, digits, `.`, `_` and `-`, or of the form
+    /// `q<16 lower-case hex digits>-…`, reserved for the blocks of queues.
     #[error("invalid region name {name:?}: {reason}")]
     InvalidName {
         /// The name given.

@@ -36,8 +36,6 @@
 //! through a handle while the last other user (or the janitor) is removing the queue's group may find
 //! the queue's spilled messages gone: each such message then fails its `get` with [`Error::Corrupted`].
 
-use std::time::Duration;
-
 use crate::error::{Error, Result};
 use crate::region::janitor::{group_prefix, GroupAnchor};
 use crate::region::{layout_hash, Layout, Region};
@@ -127,7 +125,7 @@ impl Blocks {
         layout: Layout,
         init: impl FnOnce(&Region) -> Result<()>,
     ) -> Result<Region> {
-        Region::create_with(layout, Some(name), true, init)
+        Region::create_block(layout, name, init)
     }
 
     /// Opens the block `name`, validated against `layout`; never waits (a block is named only once
@@ -143,7 +141,7 @@ impl Blocks {
 
     /// As [`Blocks::open`], a missing block `None`: the unbounded queue repairs the loss of a segment.
     pub(crate) fn open_if_exists(&self, name: &str, layout: Layout) -> Result<Option<Region>> {
-        match Region::open_with(name, layout, Duration::ZERO) {
+        match Region::open_block(name, layout) {
             Ok(region) => Ok(Some(region)),
             Err(Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
@@ -154,7 +152,7 @@ impl Blocks {
     pub(crate) fn unlink(&self, name: &str) {
         // Errors ignored: NotFound means somebody (the last user's sweep) removed it already; any
         // other failure leaves a name that the last user's sweep removes.
-        let _ = Region::unlink(name);
+        let _ = Region::unlink_block(name);
     }
 
     /// Creates a spill block holding `bytes` under a fresh random name; returns its reference.

@@ -247,6 +247,12 @@ fn group_of(shm_name: &str) -> Option<u64> {
     hex16(hex)
 }
 
+/// Whether a user's name (without [`SHM_PREFIX`]) has the form reserved for the blocks of queues,
+/// `q<16 hex digits>-…` (a group's anchor included).
+pub(crate) fn is_group_name(name: &str) -> bool {
+    group_of(&format!("{SHM_PREFIX}{name}")).is_some()
+}
+
 /// Whether the part of a name after its group prefix names a block: one letter, 16 hex digits.
 fn is_block_tail(tail: &str) -> bool {
     let mut chars = tail.chars();

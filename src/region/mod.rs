@@ -249,7 +249,37 @@ pub struct Region {
     naming: Naming,
 }
 
+/// A check of a region's name: [`validate_name`] for users' names, [`validate_block_name`] for blocks'.
+type NameCheck = fn(&str) -> Result<()>;
+
 fn validate_name(name: &str) -> Result<()> {
+    validate_syntax(name)?;
+    // Found by review: the janitor and a queue's last user remove `q<id>-…` entries as the blocks of
+    // queue `id` once nobody is attached to it, so a user's region of such a name could be swept
+    // under its user (documented as reserved, and now refused).
+    if janitor::is_group_name(name) {
+        return Err(Error::InvalidName {
+            name: name.to_owned(),
+            reason: "names of the form q<16 hex digits>-… are reserved for queues' blocks".into(),
+        });
+    }
+    Ok(())
+}
+
+/// As [`validate_name`], for the name of a queue's block (made by `queue::spill::Blocks`): the
+/// reserved form is the point.
+fn validate_block_name(name: &str) -> Result<()> {
+    validate_syntax(name)?;
+    if !janitor::is_group_name(name) {
+        return Err(Error::InvalidName {
+            name: name.to_owned(),
+            reason: "not the name of a queue's block".into(),
+        });
+    }
+    Ok(())
+}
+
+fn validate_syntax(name: &str) -> Result<()> {
     let bad = |reason: &'static str| {
         Err(Error::InvalidName {
             name: name.to_owned(),
@@ -376,6 +406,12 @@ impl Region {
     /// ```
     pub fn unlink(name: &str) -> Result<()> {
         validate_name(name)?;
+        shm::unlink_named(&shm_name(name), name)
+    }
+
+    /// As [`Region::unlink`], for a queue's block (`queue::spill::Blocks`).
+    pub(crate) fn unlink_block(name: &str) -> Result<()> {
+        validate_block_name(name)?;
         shm::unlink_named(&shm_name(name), name)
     }
 
@@ -530,7 +566,29 @@ impl Region {
         persistent: bool,
         init: impl FnOnce(&Region) -> Result<()>,
     ) -> Result<Region> {
-        Region::create_sealed(layout, name, persistent, false, init)
+        Region::create_sealed(
+            layout,
+            name.map(|n| (n, validate_name as NameCheck)),
+            persistent,
+            false,
+            init,
+        )
+    }
+
+    /// As [`Region::create_with`], persistent, for a queue's block (`queue::spill::Blocks`): its name
+    /// is of the form reserved for blocks, which every other creation refuses.
+    pub(crate) fn create_block(
+        layout: Layout,
+        name: &str,
+        init: impl FnOnce(&Region) -> Result<()>,
+    ) -> Result<Region> {
+        Region::create_sealed(
+            layout,
+            Some((name, validate_block_name as NameCheck)),
+            true,
+            false,
+            init,
+        )
     }
 
     /// As [`Region::create_with`], but an anonymous region's memfd is sealed against shrinking only, so
@@ -542,12 +600,18 @@ impl Region {
         persistent: bool,
         init: impl FnOnce(&Region) -> Result<()>,
     ) -> Result<Region> {
-        Region::create_sealed(layout, name, persistent, true, init)
+        Region::create_sealed(
+            layout,
+            name.map(|n| (n, validate_name as NameCheck)),
+            persistent,
+            true,
+            init,
+        )
     }
 
     fn create_sealed(
         layout: Layout,
-        name: Option<&str>,
+        named: Option<(&str, NameCheck)>,
         persistent: bool,
         growable: bool,
         init: impl FnOnce(&Region) -> Result<()>,
@@ -564,10 +628,11 @@ impl Region {
         // A named region is made unnamed and given its name only once published (below), so no
         // process, the janitor included, ever sees a named region half-made, and a failure part-way
         // leaves no name behind.
-        let file = match name {
+        let name = named.map(|(n, _)| n);
+        let file = match named {
             None => shm::create_memfd("mproc")?,
-            Some(name) => {
-                validate_name(name)?;
+            Some((name, check)) => {
+                check(name)?;
                 shm::create_unnamed_shm()?
             }
         };
@@ -634,25 +699,32 @@ impl Region {
     /// Opens the named region `name`, waiting up to `timeout` for its creator to publish it.
     pub(crate) fn open_with(name: &str, layout: Layout, timeout: Duration) -> Result<Region> {
         validate_name(name)?;
+        Region::open_checked(name, layout, timeout)
+    }
+
+    /// As [`Region::open_with`] without waiting, for a queue's block (`queue::spill::Blocks`).
+    pub(crate) fn open_block(name: &str, layout: Layout) -> Result<Region> {
+        validate_block_name(name)?;
+        Region::open_checked(name, layout, Duration::ZERO)
+    }
+
+    /// [`Region::open_with`] once `name` has passed the check its caller owes it.
+    fn open_checked(name: &str, layout: Layout, timeout: Duration) -> Result<Region> {
         let shm_name = shm_name(name);
         // A timeout past the clock's range waits as long as a year does (`Duration::MAX` panicked).
         let deadline = Instant::now()
             .checked_add(timeout)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600));
         let file = shm::open_named(&shm_name, name)?;
-        let info = check_private(&file, name)?;
-        // The creator makes the file with O_EXCL and sizes it afterwards: a short file may be one that
-        // is still being made. Wait for it to grow (or for the deadline) before calling it truncated.
-        let mut size = info.size;
-        while size < PAYLOAD_OFFSET as u64 {
-            if Instant::now() >= deadline {
-                return Err(Error::Truncated {
-                    needed: PAYLOAD_OFFSET as u64,
-                    actual: size,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(1));
-            size = shm::file_info(&file)?.size;
+        let size = check_private(&file, name)?.size;
+        // A named file is linked only once made and sized (`create_sealed`: O_TMPFILE, then link), so a
+        // short one is never one still being made: refused at once. Before (found by review), the
+        // opener waited the whole timeout (10 s) for it to grow, a relic of O_EXCL creation.
+        if size < PAYLOAD_OFFSET as u64 {
+            return Err(Error::Truncated {
+                needed: PAYLOAD_OFFSET as u64,
+                actual: size,
+            });
         }
         let map = map_segment(&file, size, false)?;
         let naming = Naming::Named {

@@ -54,6 +54,54 @@ fn bad_names_are_refused() {
     }
 }
 
+/// Found by review: `q<16 hex>-…` names are the blocks of queues, which the janitor (and a queue's
+/// last user) removes once nobody is attached to the queue: a user's persistent region of such a
+/// name was swept under its user. Every public way to a name refuses them; blocks still work.
+#[test]
+fn names_reserved_for_queue_blocks_are_refused() {
+    let reserved = [
+        "q0123456789abcdef-s0123456789abcdef",
+        "q0123456789abcdef-anchor",
+        "q0123456789abcdef-",
+    ];
+    for n in reserved {
+        let refused = |r: Result<Region>| matches!(r, Err(Error::InvalidName { .. }));
+        assert!(refused(Region::create(n, 8, true)), "{n}");
+        assert!(refused(Region::open(n)), "{n}");
+        assert!(
+            matches!(Region::unlink(n), Err(Error::InvalidName { .. })),
+            "{n}"
+        );
+        assert!(
+            matches!(
+                crate::Queue::<u32>::create(n, 4, 64),
+                Err(Error::InvalidName { .. })
+            ),
+            "{n}"
+        );
+    }
+    // Near misses are users' names as before.
+    let pid = std::process::id();
+    for n in [
+        "q0123456789abcdef",
+        "q0123456789ABCDEF-",
+        "q0123456789abcde-",
+    ] {
+        let name = format!("{n}{pid}");
+        let r = Region::create(&name, 8, false);
+        assert!(r.is_ok(), "{name}: {r:?}");
+    }
+    // A bounded queue's spilled message and an unbounded queue's segments are such blocks.
+    let q: crate::Queue<Vec<u8>> = crate::Queue::with_max_message(2, 64).unwrap();
+    q.put(&vec![7u8; 4096]).unwrap();
+    assert_eq!(q.get().unwrap(), vec![7u8; 4096]);
+    let u: crate::Queue<u32> = crate::Queue::unbounded().unwrap();
+    for i in 0..10_000 {
+        u.put(&i).unwrap();
+    }
+    assert_eq!(u.get().unwrap(), 0);
+}
+
 #[test]
 fn wrong_type_and_size_are_named() {
     let name = unique("typed");
