@@ -168,10 +168,20 @@ impl<T: Serialize + DeserializeOwned> Codec<T> for Serde {
     }
 
     fn decode(bytes: &[u8]) -> Result<T> {
-        postcard::from_bytes(bytes).map_err(|e| Error::Decode {
+        let error = |reason: String| Error::Decode {
             ty: std::any::type_name::<T>().into(),
-            reason: e.to_string(),
-        })
+            reason,
+        };
+        // The whole message must be the value: bytes left over mean a message of another type or a
+        // forged one (found by review: they were ignored, where `Raw` refuses a wrong length).
+        match postcard::take_from_bytes(bytes) {
+            Ok((value, [])) => Ok(value),
+            Ok((_, rest)) => Err(error(format!(
+                "{} bytes left over after the value",
+                rest.len()
+            ))),
+            Err(e) => Err(error(e.to_string())),
+        }
     }
 }
 
@@ -346,6 +356,21 @@ mod tests {
         );
         let e = <Serde as Codec<(u32, String, Vec<f64>)>>::decode(&[0xff; 3]).unwrap_err();
         assert!(matches!(e, Error::Decode { .. }), "{e}");
+    }
+
+    /// Found by review: bytes after the value were ignored (a `u8` decoded from a `u64`'s message).
+    #[test]
+    fn serde_refuses_bytes_left_over() {
+        let bytes = Serde::with_bytes(&(7u32, 9u32), |b| b.to_vec()).unwrap();
+        let e = <Serde as Codec<u32>>::decode(&bytes).unwrap_err();
+        assert!(matches!(e, Error::Decode { .. }), "{e}");
+        let mut out = Vec::new();
+        assert!(<Serde as Codec<u32>>::decode_push(&bytes, &mut out).is_err());
+        assert!(out.is_empty());
+        assert_eq!(
+            <Serde as Codec<(u32, u32)>>::decode(&bytes).unwrap(),
+            (7, 9)
+        );
     }
 
     #[test]
