@@ -262,10 +262,14 @@ impl<T: Element> NpyChunk<T> {
         })?;
         let inner = h.facts.layout.inner().filter(|&i| i > 0);
         let whole = |x: usize| inner.is_some_and(|i| x.is_multiple_of(i));
+        // A 0-d array has no axis to cut: its one chunk is its one element, and any other range
+        // (an empty one is whole slices of 1) has no view (found by review: `try_view` panicked).
+        let cuttable = h.facts.layout.axis().is_some();
         if !(h.start <= h.end
             && h.end <= mapped.facts.len
             && whole(h.start)
-            && whole(h.end - h.start))
+            && whole(h.end - h.start)
+            && (cuttable || h.end - h.start == mapped.facts.len))
         {
             return Err(Error::Corrupted(format!(
                 "chunk {}..{} is not whole slices of a {}-element array",

@@ -17,7 +17,7 @@
 //! - reads a header of at most [`MAX_HEADER`] bytes (a v2/v3 header may claim 4 GiB), whatever it
 //!   claims, and lets `npyz` parse only those bytes, and only if its brackets nest at most four deep
 //!   (`npyz`'s parser takes about three times longer per level: twelve levels in a 13-byte header
-//!   took seconds);
+//!   took seconds) and it holds no backslash (an escape could spell a key the checks do not see);
 //! - refuses element types other than the one asked for ([`FileProblem::Dtype`]), big-endian data
 //!   ([`FileProblem::ByteOrder`]), the other memory order if one was required
 //!   ([`FileProblem::Order`]), a shape whose size overflows ([`FileProblem::ShapeOverflow`]; also one
@@ -714,7 +714,9 @@ impl<T: Element> MappedArray<T> {
 /// `np.save`, nothing is synced to disk.
 ///
 /// # Errors
-/// [`Error::Os`] if the file cannot be written (its temporary file is removed).
+/// [`Error::BadFile`] with [`FileProblem::NotRegular`] if `path` names something other than a
+/// regular file (a directory, a FIFO, a device), which is left as it is; [`Error::Os`] if the file
+/// cannot be written (its temporary file is removed).
 ///
 /// # Examples
 /// ```
@@ -761,6 +763,12 @@ where
             .map_err(io)?,
     );
     let target = replaced_file(path.as_ref());
+    // Only a regular file is replaced: the rename would put a regular file in the place of a FIFO or
+    // a device (run as root, `write_npy("/dev/null", ..)` replaced the system's `/dev/null`; found
+    // by review), and writing into one instead could block (a FIFO without a reader).
+    if std::fs::metadata(&target).is_ok_and(|m| !m.is_file()) {
+        return Err(bad(path.as_ref(), FileProblem::NotRegular));
+    }
     let (mut file, temp) = create_beside(&target)?;
     let written = file
         .write_all(&header)

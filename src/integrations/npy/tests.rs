@@ -312,6 +312,49 @@ fn write_npy_replaces_a_mapped_file_without_touching_its_mapping() {
     std::fs::remove_dir(&dir.0).unwrap();
 }
 
+/// Found by review: `write_npy` renamed its file over whatever the path named, so a FIFO (or, as
+/// root, `/dev/null` or the `/dev/stdout` link) was replaced by a regular file. Only a regular file
+/// (or a new name) is replaced; anything else is refused and left as it was.
+#[test]
+fn write_npy_replaces_only_regular_files() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = Temp::new("dir");
+    std::fs::create_dir(&dir.0).unwrap();
+    let fifo = dir.0.join("fifo.npy");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+    let link = dir.0.join("link.npy");
+    std::os::unix::fs::symlink(&fifo, &link).unwrap();
+    for path in [&fifo, &link] {
+        let r = write_npy(path, &::ndarray::array![1u8, 2]);
+        assert!(
+            matches!(
+                r,
+                Err(Error::BadFile {
+                    problem: FileProblem::NotRegular,
+                    ..
+                })
+            ),
+            "{}: {r:?}",
+            path.display()
+        );
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    }
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let mut names: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["fifo.npy", "link.npy"], "no temporary file is left");
+    std::fs::remove_file(&link).unwrap();
+    std::fs::remove_file(&fifo).unwrap();
+    std::fs::remove_dir(&dir.0).unwrap();
+}
+
 fn chunk_col_sums(c: NpyChunk<f64>) -> (usize, Vec<f64>) {
     let v = c.view().into_dimensionality::<::ndarray::Ix2>().unwrap();
     (c.first(), v.sum_axis(Axis(0)).to_vec())
@@ -400,6 +443,21 @@ fn forged_ranges_are_refused() {
             "{start}..{end}"
         );
     }
+    // A 0-d array has one chunk, its one element: an empty range is not a view of it (this attached,
+    // then `try_view` panicked where it returns an error).
+    let scalar = MappedArray::<f32>::open_npy(fixture("f4_scalar.npy")).unwrap();
+    let whole = scalar.chunks(1).remove(0).handle;
+    assert_eq!((whole.start, whole.end), (0, 1));
+    let empty = ChunkHandle {
+        start: 0,
+        end: 0,
+        ..whole.clone()
+    };
+    assert!(matches!(
+        NpyChunk::<f32>::attach(empty),
+        Err(Error::Corrupted(_))
+    ));
+    assert!(NpyChunk::<f32>::attach(whole).is_ok());
     // A mapping validated for f64 is never reused for another element type.
     assert!(matches!(
         NpyChunk::<f32>::attach(good.clone()),
@@ -498,6 +556,28 @@ fn headers_found_by_fuzzing_are_typed_errors() {
                 FileProblem::NotNpy(why) => !why.contains("could not be parsed"),
                 _ => false,
             },
+            "{shape}: {p:?}"
+        );
+    }
+    // A key is a Python string literal: npyz decodes its escapes, so `'\x73hape'` is `'shape'` to it
+    // (alone, or after a harmless `'shape'`, where the last one counts). Such a spelling got past the
+    // scan, and npyz's unchecked product of the lengths panicked again. (A triple-quoted key, which
+    // the parser does not take for one, is refused too.)
+    for shape in [
+        r"'\x73hape': (4294967296, 4294967296)",
+        r"'sh\u0061pe': (4294967296, 4294967296)",
+        r"'''shape''': (4294967296, 4294967296)",
+        r#""""shape""": (4294967296, 4294967296)"#,
+        r"'shape': (1,), 'sha\160e': (4294967296, 4294967296)",
+        r"'sha\
+pe': (4294967296, 4294967296)",
+    ] {
+        let dict = format!("{{'descr': '|u1', 'fortran_order': False, {shape}, }}");
+        let p = problem(MappedArray::<u8>::open_npy(
+            &Temp::with(&npy_v1(&dict, &[])).0,
+        ));
+        assert!(
+            matches!(&p, FileProblem::NotNpy(why) if !why.contains("could not be parsed")),
             "{shape}: {p:?}"
         );
     }
