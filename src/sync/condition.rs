@@ -256,13 +256,21 @@ impl Condition {
         let seq = raw.seq.load(Ordering::SeqCst);
         drop(guard);
         // Spin, then sleep on the sequence counted in `sleepers` (see `notify`): a notify that comes
-        // within the spin budget costs the notifier no system call. Nothing to check for liveness.
+        // within the spin budget costs the notifier no system call.
         let notified = || raw.seq.load(Ordering::SeqCst) != seq;
-        match Waiter::new(deadline).wait_until(notified, &raw.seq, seq, Some(&raw.sleepers)) {
-            Wake::Ready => false,
-            // The deadline (no liveness checks here, so never a slice end): timed out unless a notify
-            // came on the way out.
-            Wake::SliceEnded | Wake::Deadline => raw.seq.load(Ordering::SeqCst) == seq,
+        // In slices of `MAX_CHECK`, each ended by a look at the sequence: a notifier killed between its
+        // bump and its `FUTEX_WAKE` (or any writer of the region that bumps without a wake) left a
+        // `wait()` asleep until some later notify, maybe never (found by review, as for `Event`). An
+        // idle waiter pays one wake-up per slice.
+        let mut waiter = Waiter::new(deadline).checking(MAX_CHECK, MAX_CHECK);
+        loop {
+            match waiter.wait_until(notified, &raw.seq, seq, Some(&raw.sleepers)) {
+                Wake::Ready => return false,
+                // Nothing to check but the sequence, which the wait looks at first when called again.
+                Wake::SliceEnded => {}
+                // Timed out, unless a notify came on the way out.
+                Wake::Deadline => return raw.seq.load(Ordering::SeqCst) == seq,
+            }
         }
     }
 
@@ -294,6 +302,36 @@ mod tests {
         let _g1 = c1.lock().unwrap();
         let g2 = c2.lock().unwrap();
         let _ = c1.wait_timeout(g2, Duration::from_millis(1));
+    }
+
+    /// Found by review: a notifier killed between its bump of the sequence and its `FUTEX_WAKE` left a
+    /// bare `wait()` asleep until a later notify (maybe never). Waiters now look every `MAX_CHECK`.
+    #[test]
+    fn a_notify_whose_wake_never_came_still_ends_the_wait() {
+        let c = Condition::new().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let g = c.lock().unwrap();
+                let g = c.wait(g).unwrap();
+                drop(g);
+                let _ = tx.send(());
+            })
+        };
+        // Bounded, to prove no hang: until the waiter is counted as asleep.
+        let end = Instant::now() + Duration::from_secs(60);
+        while c.shared.sleepers.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < end, "the waiter never slept");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // What `notify` does before its wake, and no wake: the notifier was killed there.
+        c.shared.seq.fetch_add(1, Ordering::SeqCst);
+        let woke = rx.recv_timeout(Duration::from_secs(30));
+        // Release a waiter of the old code, so the thread does not outlive the test.
+        c.notify_all();
+        waiter.join().unwrap();
+        assert!(woke.is_ok(), "a waiter slept on through a notify");
     }
 
     /// A clone, or the same condition opened again (another mapping), is the same condition.
