@@ -168,20 +168,25 @@ impl<T: Serialize + DeserializeOwned> Codec<T> for Serde {
     }
 
     fn decode(bytes: &[u8]) -> Result<T> {
-        let error = |reason: String| Error::Decode {
-            ty: std::any::type_name::<T>().into(),
-            reason,
-        };
-        // The whole message must be the value: bytes left over mean a message of another type or a
-        // forged one (found by review: they were ignored, where `Raw` refuses a wrong length).
-        match postcard::take_from_bytes(bytes) {
-            Ok((value, [])) => Ok(value),
-            Ok((_, rest)) => Err(error(format!(
-                "{} bytes left over after the value",
-                rest.len()
-            ))),
-            Err(e) => Err(error(e.to_string())),
-        }
+        postcard_whole(bytes)
+    }
+}
+
+/// Decodes `bytes`, all of them, as one postcard `T`. The whole message must be the value: bytes left
+/// over mean a message of another type or a forged one (found by review: `postcard::from_bytes`
+/// ignored them, where `Raw` refuses a wrong length).
+pub(crate) fn postcard_whole<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let error = |reason: String| Error::Decode {
+        ty: std::any::type_name::<T>().into(),
+        reason,
+    };
+    match postcard::take_from_bytes(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(error(format!(
+            "{} bytes left over after the value",
+            rest.len()
+        ))),
+        Err(e) => Err(error(e.to_string())),
     }
 }
 

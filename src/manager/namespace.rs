@@ -53,7 +53,7 @@ impl Namespace {
     /// [`Error::Encode`], [`Error::OutOfMemory`], [`Error::Corrupted`].
     pub fn set<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
         let bytes = postcard::to_allocvec(value).map_err(|e| Error::Encode(e.to_string()))?;
-        self.fields.insert(&name.to_owned(), &bytes).map(drop)
+        self.fields.set(&name.to_owned(), &bytes)
     }
 
     /// Field `name` as a `T`, if set.
@@ -63,12 +63,7 @@ impl Namespace {
     pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
         self.fields
             .get(&name.to_owned())?
-            .map(|b| {
-                postcard::from_bytes(&b).map_err(|e| Error::Decode {
-                    ty: std::any::type_name::<T>().into(),
-                    reason: e.to_string(),
-                })
-            })
+            .map(|b| crate::codec::postcard_whole(&b))
             .transpose()
     }
 
@@ -77,7 +72,7 @@ impl Namespace {
     /// # Errors
     /// [`Error::Corrupted`].
     pub fn remove(&self, name: &str) -> Result<bool> {
-        Ok(self.fields.remove(&name.to_owned())?.is_some())
+        self.fields.discard(name)
     }
 
     /// The names of the fields set.

@@ -781,3 +781,27 @@ fn a_table_over_holes_is_not_faulted_in() {
     let grew = allocated() - before;
     assert!(grew < 8 << 20, "{} MiB faulted in", grew >> 20);
 }
+
+/// Found by review: `Namespace::set` and `remove` read the value they replaced or removed, as the
+/// dict's `Vec<u8>`, after committing; a field holding bytes that do not decode so (another process's
+/// garbage, or a dict of another type under the namespace) made them report an error for a change
+/// that had happened. `Dict::clear` likewise returned the error of its second transaction.
+#[test]
+fn namespace_changes_report_errors_only_when_nothing_changed() {
+    let m = Manager::anonymous(1 << 20).unwrap();
+    let ns = m.namespace("ns").unwrap();
+    // A u32 of 300 stored where the namespace keeps a Vec<u8>: varint 300 claims 300 bytes it lacks.
+    let garbage = ns.fields().retyped_for_test::<u32>();
+    garbage.insert(&"a".to_owned(), &300).unwrap();
+    garbage.insert(&"b".to_owned(), &300).unwrap();
+    assert!(ns.get::<u32>("a").is_err());
+    ns.set("a", &5u32).unwrap();
+    assert_eq!(ns.get::<u32>("a").unwrap(), Some(5));
+    assert!(ns.remove("b").unwrap());
+    assert!(!ns.remove("b").unwrap());
+    assert_eq!(ns.names().unwrap(), ["a"]);
+    // A field of another type: `get` refuses bytes left over, as every decode does.
+    ns.set("c", &(1u32, 2u32)).unwrap();
+    assert!(ns.get::<u32>("c").is_err());
+    assert_eq!(ns.get::<(u32, u32)>("c").unwrap(), Some((1, 2)));
+}
