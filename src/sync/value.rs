@@ -8,7 +8,7 @@ use std::ops::{Deref, DerefMut};
 use bytemuck::Pod;
 
 use super::lock::guard_result;
-use super::raw_lock::{Acquired, LockFail, Nesting, RawLock};
+use super::raw_lock::{Acquired, Nesting, RawLock};
 use crate::error::{Error, LockResult, Result};
 use crate::region::shared::Shared;
 use crate::region::{layout_hash, Layout, Region, RegionHandle, ShmSafe, DEFAULT_OPEN_TIMEOUT};
@@ -134,10 +134,12 @@ impl<T: Pod> Value<T> {
     #[inline]
     pub fn lock(&self) -> LockResult<ValueGuard<'_, T>> {
         let raw = &*self.shared;
-        let a = lock_or_panic(&raw.lock, "Value");
+        let region = self.shared.region().id();
+        let a = lock_or_panic(&raw.lock, region, "Value");
         guard_result(
             ValueGuard {
                 raw,
+                region,
                 _not_send: PhantomData,
             },
             a,
@@ -163,6 +165,8 @@ impl<T: Pod> Value<T> {
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ValueGuard<'a, T: Pod> {
     raw: &'a RawValue<T>,
+    /// The value's region, listed in [`HELD`] while the guard lives.
+    region: u64,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -186,6 +190,7 @@ impl<T: Pod> DerefMut for ValueGuard<'_, T> {
 impl<T: Pod> Drop for ValueGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
+        held_by_this_thread(self.region, false);
         // SAFETY: the guard exists only while its (non-Send) thread holds the lock; dropped once.
         unsafe { self.raw.lock.unlock() }
     }
@@ -381,7 +386,7 @@ impl<T: Pod> Array<T> {
     /// [`OwnerDied`](crate::OwnerDied) with the guard if the previous holder died.
     #[inline]
     pub fn lock(&self) -> LockResult<ArrayGuard<'_, T>> {
-        let a = lock_or_panic(&self.shared.lock, "Array");
+        let a = lock_or_panic(&self.shared.lock, self.shared.region().id(), "Array");
         guard_result(
             ArrayGuard {
                 array: self,
@@ -451,6 +456,7 @@ impl<T: Pod> DerefMut for ArrayGuard<'_, T> {
 impl<T: Pod> Drop for ArrayGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
+        held_by_this_thread(self.array.shared.region().id(), false);
         // SAFETY: the guard exists only while its (non-Send) thread holds the lock; dropped once.
         unsafe { self.array.shared.lock.unlock() }
     }
@@ -481,16 +487,46 @@ pod_handle_impls!(Array, ArrayGuard);
 /// Takes `lock` with no deadline; panics (naming `what`) if this thread already holds it, where
 /// `std::sync::Mutex` may deadlock: Python's `Value` and `Array` take an `RLock`, so ported code
 /// that calls `get` or `set` while it holds the guard of `lock` would otherwise hang for good.
+///
+/// Whether this thread holds the lock is told by [`HELD`], not by the lock's word: a word naming this
+/// thread that no guard of this thread accounts for is garbage, taken over like a dead holder's (found
+/// by review: any process that could write the region could forge this thread's identity into the
+/// word and make every `get` of ours panic).
 #[track_caller]
-fn lock_or_panic(lock: &RawLock, what: &str) -> Acquired {
-    match lock.lock_as(None, Nesting::MayHold) {
-        Ok(a) => a,
-        Err(LockFail::WouldDeadlock) => panic!(
+fn lock_or_panic(lock: &RawLock, region: u64, what: &str) -> Acquired {
+    if HELD.with(|h| h.borrow().contains(&region)) {
+        panic!(
             "{what}: this thread already holds its lock (get, set and lock while a guard of it is \
              alive): use the guard"
-        ),
-        Err(LockFail::TimedOut) => unreachable!("an untimed lock does not time out"),
+        );
     }
+    let a = loop {
+        // Untimed and NeverHeld: fails neither way; the loop only spells that out without a panic.
+        if let Ok(a) = lock.lock_as(None, Nesting::NeverHeld) {
+            break a;
+        }
+    };
+    held_by_this_thread(region, true);
+    a
+}
+
+thread_local! {
+    /// The regions of the `Value`s and `Array`s whose lock this thread holds through a guard (guards
+    /// are not `Send`, so each is dropped on the thread that listed it). By region id, not address:
+    /// one object mapped twice (opened again by name) is one lock.
+    static HELD: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Lists (`true`) or unlists the region of a guard of this thread.
+fn held_by_this_thread(region: u64, held: bool) {
+    HELD.with(|h| {
+        let mut h = h.borrow_mut();
+        if held {
+            h.push(region);
+        } else if let Some(i) = h.iter().rposition(|&r| r == region) {
+            h.swap_remove(i);
+        }
+    });
 }
 
 #[cfg(test)]
@@ -505,6 +541,33 @@ mod tests {
         let v = Value::new(1u32).unwrap();
         let _g = v.lock().unwrap();
         let _ = v.get();
+    }
+
+    /// Found by review: a word naming this thread (any writer of the region can forge it) made `get`
+    /// and `lock` panic as if this thread held the lock. No guard of ours accounts for it: garbage,
+    /// taken over. The same object opened twice is still one lock.
+    #[test]
+    fn a_forged_word_naming_this_thread_is_taken_over() {
+        let me = crate::sys::proc::current();
+        let ns = crate::sys::proc::pid_ns_tag();
+        let v = Value::new(7u32).unwrap();
+        v.shared.lock.force_for_test(me.tid, me, ns);
+        assert!(v.lock().is_err(), "a take-over is reported as OwnerDied");
+        assert_eq!(v.get(), 7);
+        let a = Array::<u8>::new(4).unwrap();
+        a.shared.lock.force_for_test(me.tid, me, ns);
+        a.set(1, 9);
+        assert_eq!(a.get(1), Some(9));
+    }
+
+    #[test]
+    #[should_panic(expected = "already holds its lock")]
+    fn get_through_another_mapping_while_holding_the_guard_panics() {
+        let name = crate::region::tests::unique("val2");
+        let v = Value::create(&name, 1u32).unwrap();
+        let w = Value::<u32>::open(&name).unwrap();
+        let _g = v.lock().unwrap();
+        let _ = w.get();
     }
 
     #[test]
