@@ -151,8 +151,8 @@ const _: () = assert!(std::mem::size_of::<RawLock>() == 16);
 // SAFETY: all fields are atomics of integers: any bit pattern is valid and all mutation is atomic.
 unsafe impl ShmSafe for RawLock {}
 
-/// How many locks [`grace_expired`] remembers at once (the oldest is forgotten first).
-const GRACE_ENTRIES: usize = 64;
+/// How many locks [`grace_expired`] remembers at once (stale sightings go first, then the least recently seen).
+const GRACE_ENTRIES: usize = 4096;
 
 /// One lock's unrecorded holder as this process saw it: the lock's address, (`word`, `owner`), and
 /// when that pair was first and last seen.
@@ -208,8 +208,17 @@ fn grace_expired(lock: &RawLock, word: u32, owner: u64) -> bool {
         *e = fresh;
         return false;
     }
+    // Room for a new lock: first forget sightings too old to count (a gap longer than the grace starts
+    // over anyway), then, past the cap, the one seen least recently. Before (found by review), the
+    // oldest *entry* went at 64: a process watching more than 64 such locks in turn evicted each before
+    // it came round again, and none was ever recovered.
     if seen.len() >= GRACE_ENTRIES {
-        seen.remove(0);
+        seen.retain(|e| now.duration_since(e.last) <= UNRECORDED_GRACE);
+    }
+    if seen.len() >= GRACE_ENTRIES {
+        if let Some(i) = (0..seen.len()).min_by_key(|&i| seen[i].last) {
+            seen.swap_remove(i);
+        }
     }
     seen.push(fresh);
     false
@@ -820,6 +829,31 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         };
         assert_eq!(got, Acquired::OwnerDied(tid));
+    }
+
+    /// Found by review: the sightings kept 64 locks and evicted the oldest entry, so a process looking
+    /// at more locks than that in turn, each held by an unrecorded dead holder, never recovered any.
+    #[test]
+    fn many_locks_watched_in_turn_are_all_recovered() {
+        let tid = std::thread::spawn(|| proc::current().tid).join().unwrap();
+        let locks: Vec<RawLock> = (0..100).map(|_| RawLock::default()).collect();
+        for l in &locks {
+            l.word.store(tid, Ordering::Relaxed);
+        }
+        let mut left: Vec<&RawLock> = locks.iter().collect();
+        // Bounded, to prove no hang (the grace is 200 ms).
+        let end = Instant::now() + Duration::from_secs(30);
+        while !left.is_empty() {
+            left.retain(|l| match l.try_lock() {
+                Some(a) => {
+                    assert_eq!(a, Acquired::OwnerDied(tid));
+                    false
+                }
+                None => true,
+            });
+            assert!(Instant::now() < end, "{} never recovered", left.len());
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]
