@@ -32,6 +32,7 @@ pub const ROLES: &[Role] = &[
         "region_create_then_end_main_thread",
         create_then_end_main_thread,
     ),
+    ("region_create_under_umask", create_under_umask),
 ];
 
 pub fn tests() -> Vec<Trial> {
@@ -42,6 +43,10 @@ pub fn tests() -> Vec<Trial> {
             named_open_from_other_process,
         ),
         t("wrong_type_is_type_mismatch", wrong_type_is_type_mismatch),
+        t(
+            "named_region_is_owner_read_write_whatever_the_umask",
+            named_region_is_owner_read_write_whatever_the_umask,
+        ),
         t("wrong_size_is_size_mismatch", wrong_size_is_size_mismatch),
         t(
             "forged_headers_are_typed_errors",
@@ -886,4 +891,29 @@ fn janitor_spares_a_header_being_written() {
 pub(crate) fn sweep_lock() -> std::sync::MutexGuard<'static, ()> {
     static SWEEP: std::sync::Mutex<()> = std::sync::Mutex::new(());
     SWEEP.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Found by review: a named region's file got mode 0600 less the creator's umask, so under a umask
+/// such as 0277 it was 0400 and no other process of the user could open it for writing (root
+/// aside). The mode is set explicitly now. In a child: the umask is the whole process's.
+fn named_region_is_owner_read_write_whatever_the_umask() {
+    let name = common::unique_name("umask");
+    common::run_role_ok("region_create_under_umask", &name, Duration::from_secs(60));
+}
+
+/// Child role: under umask 0277, creates a named region and a named queue (both persistent, so that
+/// the files outlive nothing: they are removed here) and checks their files' modes.
+fn create_under_umask(name: &str) {
+    // SAFETY: umask only sets the process's file-mode mask; this child runs nothing else meanwhile.
+    unsafe { libc::umask(0o277) };
+    let region = Region::create(name, 64, true).unwrap();
+    let mode = std::fs::metadata(shm_path(name)).unwrap().mode() & 0o7777;
+    Region::unlink(name).unwrap();
+    drop(region);
+    assert_eq!(mode, 0o600, "region file mode {mode:o}");
+    let q = format!("{name}-q");
+    let queue: mproc::Queue<u32> = mproc::Queue::create(&q, 4, 64).unwrap();
+    let mode = std::fs::metadata(shm_path(&q)).unwrap().mode() & 0o7777;
+    drop(queue);
+    assert_eq!(mode, 0o600, "queue file mode {mode:o}");
 }

@@ -154,14 +154,20 @@ fn shm_path(shm_name: &str) -> PathBuf {
 /// file the janitor could not judge. tmpfs supports `O_TMPFILE` since Linux 3.11 (open(2)); the crate
 /// already needs later kernels (pidfd_open, 5.3).
 pub(crate) fn create_unnamed_shm() -> Result<File> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .mode(0o600)
         // Without O_EXCL: open(2) says an O_TMPFILE file opened with O_EXCL can never be linked.
         .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
         .open(SHM_DIR)
-        .map_err(|e| Error::os("open(/dev/shm, O_TMPFILE)", e))
+        .map_err(|e| Error::os("open(/dev/shm, O_TMPFILE)", e))?;
+    // The mode given to open(2) is less the umask: under a umask such as 0277 the file was 0400, and
+    // no other process of the user could open the region for writing (found by review). Set it.
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::os("fchmod", e))?;
+    Ok(file)
 }
 
 /// Gives the unnamed file made by [`create_unnamed_shm`] the name `/dev/shm/<shm_name>`, failing with
