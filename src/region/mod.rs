@@ -36,6 +36,11 @@
 //! must meet; anonymous regions have no name at all. Every region carries a random 64-bit id in its
 //! header, and a handle opens only the region with that id.
 //!
+//! A name is 1 to 200 bytes of ASCII letters, digits, `.`, `_` and `-`, not starting with a dot.
+//! Names of the form `q<16 lower-case hex digits>-…` are reserved: they are the blocks of queues
+//! (spilled messages, segments, anchors), which the janitor removes once nobody is attached to the
+//! queue, so every public constructor refuses them with [`Error::InvalidName`].
+//!
 //! # Decoding handles from untrusted bytes
 //!
 //! A handle can come from any peer (a queue message, a manager entry), so opening one costs bounded
