@@ -178,6 +178,12 @@ pub(crate) fn names_a_block(body: &[u8]) -> bool {
     body.first() == Some(&ANSWER_SHARED)
 }
 
+/// The body of a block answer naming `handle` (for tests that forge one).
+#[cfg(test)]
+pub(crate) fn block_body(handle: &BlockHandle) -> Vec<u8> {
+    postcard::to_extend(handle, vec![ANSWER_SHARED]).expect("a handle encodes")
+}
+
 /// Reads an answer body. A block answer has no size cap, as a block argument has none: the cap on
 /// reassembled bodies bounds the memory a ring's writer can make the reader allocate, and a block is
 /// the worker's memory, mapped, with every item read in place.

@@ -128,6 +128,10 @@ fn forget_arenas_of(worker: &Process<()>) {
 /// any writer of the ring could forge: a worker still alive this long after it was sent takes work again.
 const EXITING_BELIEVED: Duration = Duration::from_secs(1);
 
+/// How long the workers of a closed pool, all together, are given to exit on their own before they
+/// are killed (see [`Dispatcher::shut_down`]).
+pub(crate) const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(10);
+
 /// How long a worker whose answer block could not be attached is given to be seen dead (see
 /// [`Dispatcher::worker_lives_on`]).
 const EXIT_SETTLES: Duration = Duration::from_millis(200);
@@ -147,6 +151,9 @@ pub(crate) struct Dispatcher {
     pub(crate) closing: bool,
     /// The workers were stopped: nothing runs any more.
     pub(crate) finished: bool,
+    /// Set once the workers of a closed pool were told to stop (see [`Dispatcher::shut_down`]): when
+    /// those still running are killed. Workers that exit meanwhile are not replaced.
+    stopping_by: Option<Instant>,
     /// When the workers' liveness was last checked.
     last_check: Instant,
     /// Dead workers already replaced, for the background thread to reap outside the engine's lock:
@@ -172,6 +179,7 @@ impl Dispatcher {
             next_worker_id: 0,
             closing: false,
             finished: false,
+            stopping_by: None,
             last_check: Instant::now(),
             dead: Vec::new(),
             wake_later: Wakeups::default(),
@@ -391,7 +399,13 @@ impl Dispatcher {
                     } else {
                         // The task ran, and its answer died with the worker: as a task that died with
                         // its worker (not the next in its ring, which is then the one that started).
-                        self.workers[wi].in_flight.retain(|&t| t != head.task);
+                        // The worker is dead: it takes no more work from now on, as once a liveness
+                        // check finds it so (found by review: the retry given just below went into
+                        // its ring before that check, and failed with it without running again).
+                        let w = &mut self.workers[wi];
+                        w.usable = false;
+                        w.sending = None;
+                        w.in_flight.retain(|&t| t != head.task);
                         let (signal, exit_code) = self.how_it_died(wi);
                         self.died_with_its_worker(head.task, signal, exit_code);
                         return;
@@ -447,6 +461,9 @@ impl Dispatcher {
     /// Notices dead workers; fails (or requeues) their tasks and replaces them. Only with the reader
     /// role: it first takes what a dead worker published before dying.
     fn check_workers(&mut self) {
+        if self.stopping_by.is_some() {
+            return; // the workers are exiting: see `shut_down`
+        }
         let mut failed_any = false;
         for wi in 0..self.workers.len() {
             if self.workers[wi].process.is_alive() {
@@ -556,18 +573,35 @@ impl Dispatcher {
         }
     }
 
+    /// Stops the workers of a closed pool whose work is done, without waiting: the first call closes
+    /// their rings, and each call (every tick) ends the pool once they have all exited, killing those
+    /// still running at [`SHUTDOWN_PATIENCE`]. Found by review: it waited for each worker in turn, up
+    /// to 10 s each, under the engine's lock, so N stuck workers (stopped, or busy in a slow
+    /// initializer) held `join` for N x 10 s, `terminate` (and dropping the pool) as long instead of
+    /// killing them now, and a caller whose reading of the last answer began the shutdown as long
+    /// before it got that answer.
     fn shut_down(&mut self) {
-        for w in &self.workers {
-            w.tasks.close();
+        let now = Instant::now();
+        let by = match self.stopping_by {
+            Some(by) => by,
+            None => {
+                for w in &self.workers {
+                    w.tasks.close();
+                }
+                let by = now + SHUTDOWN_PATIENCE;
+                self.stopping_by = Some(by);
+                by
+            }
+        };
+        if now < by && self.workers.iter().any(|w| w.process.is_alive()) {
+            return;
         }
-        for w in &mut self.workers {
-            // A worker that does not notice the closed ring within a generous bound is killed: shutting
-            // down must not hang on it.
-            if w.process.join_timeout(Duration::from_secs(10)).is_err() && w.process.is_alive() {
+        for w in &self.workers {
+            // A worker that did not notice its closed ring in time is killed: shutting down must not
+            // hang on it.
+            if w.process.is_alive() {
                 let _ = w.process.kill();
             }
-        }
-        for w in &self.workers {
             forget_arenas_of(&w.process);
         }
         self.workers.clear(); // dropping a Process reaps (and if needed kills) it

@@ -202,7 +202,13 @@ impl Engine {
     fn background(&self) {
         loop {
             if self.stop.load(Ordering::Acquire) {
-                self.dispatcher().terminate();
+                let mut d = self.dispatcher();
+                d.terminate();
+                // The dead workers a reader replaced since the last tick: let go of their descriptors
+                // now (with no lock held, as below), not when the pool is dropped.
+                let dead = std::mem::take(&mut d.dead);
+                drop(d);
+                drop(dead);
                 return;
             }
             {

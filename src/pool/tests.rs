@@ -493,3 +493,122 @@ fn an_answer_behind_another_producers_claim_still_counts() {
         other => panic!("only item 3 died with its worker: {other:?}"),
     }
 }
+
+/// A pool of `n` workers that have served once and are then stopped (SIGSTOP): they never notice
+/// that their rings were closed. Their pids.
+fn pool_of_stuck_workers(n: usize) -> (Pool, Vec<u32>) {
+    let pool = Pool::builder().workers(n).build().unwrap();
+    let items: Vec<u32> = (0..n as u32).collect();
+    assert_eq!(pool.map(double, &items).unwrap().len(), n);
+    let pids = pool.worker_pids();
+    assert_eq!(pids.len(), n);
+    for &pid in &pids {
+        // SAFETY: kill(2) of our own child worker, not reaped yet; no memory involved.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+    }
+    (pool, pids)
+}
+
+/// Found by review: shutting a closed pool down gave each worker that did not notice its closed ring
+/// (stopped, or stuck before it reads its ring) up to 10 s of its own, one after the other, so three
+/// stuck workers held `join` (and a pool dropped after `close`) for 30 s. They share one deadline now.
+#[test]
+fn stuck_workers_share_one_shutdown_deadline() {
+    const WORKERS: usize = 3;
+    let (mut pool, pids) = pool_of_stuck_workers(WORKERS);
+    let start = std::time::Instant::now();
+    pool.close();
+    pool.join().unwrap();
+    let took = start.elapsed();
+    let patience = super::dispatcher::SHUTDOWN_PATIENCE;
+    // One deadline for all, plus a generous margin; one each would be `WORKERS` times the patience.
+    assert!(
+        took < patience * 2,
+        "joining {WORKERS} stuck workers took {took:?} (patience {patience:?})"
+    );
+    assert!(pool.worker_pids().is_empty());
+    assert!(
+        children().iter().all(|p| !pids.contains(p)),
+        "the stuck workers were killed and reaped"
+    );
+}
+
+/// Found by review: the shutdown of a closed pool waited for its workers under the engine's lock, so
+/// `terminate` (and dropping the pool) during it waited as long (10 s per stuck worker) before it could
+/// kill them. It kills them now.
+#[test]
+fn terminate_during_the_shutdown_of_stuck_workers_kills_them_now() {
+    let (mut pool, pids) = pool_of_stuck_workers(2);
+    pool.close();
+    // Let the background thread begin the shutdown (it ticks every 10 ms): on a slow machine it may
+    // not have, and then `terminate` is quick whatever the code; it never makes this test fail.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let start = std::time::Instant::now();
+    pool.terminate();
+    let took = start.elapsed();
+    let patience = super::dispatcher::SHUTDOWN_PATIENCE;
+    assert!(
+        took < patience / 2,
+        "terminate took {took:?} (the shutdown's patience is {patience:?})"
+    );
+    assert!(pool.worker_pids().is_empty());
+    assert!(
+        children().iter().all(|p| !pids.contains(p)),
+        "the stuck workers were killed and reaped"
+    );
+}
+
+/// In a worker: records its run in `dir`, answers its own task with a block answer that cannot be
+/// attached (a real block of this worker, with a range past its arena), and dies before anything else.
+fn unattachable_answer_then_die(dir: String) -> u32 {
+    let runs = std::fs::read_dir(&dir).unwrap().count();
+    std::fs::write(std::path::Path::new(&dir).join(format!("run-{runs}")), b"").unwrap();
+    let (task, worker, ring) = super::worker::running_task_for_tests().expect("runs in a task");
+    let block = crate::SharedArray::<u8>::for_overwrite(64).unwrap();
+    let mut handle = block.block_handle();
+    handle.offset = u64::MAX / 2;
+    let body = super::answer::block_body(&handle);
+    super::wire::fragments(
+        task,
+        super::wire::KIND_RESULT,
+        worker,
+        &body,
+        ring.max_message_size(),
+        |f| ring.put(f),
+    )
+    .unwrap();
+    // SAFETY: raising SIGKILL ends this process; no memory is involved.
+    unsafe { libc::raise(libc::SIGKILL) };
+    unreachable!("SIGKILL ends the worker")
+}
+
+/// Found by review: an answer whose block could not be attached, from a worker found dead meanwhile,
+/// gave its task its retry at once, while the dead worker still took work (it was not judged dead yet):
+/// the retry went into the dead worker's ring and was failed with it, `WorkerDied` after one run
+/// though the pool was built to run a task once more. Whether the death was judged before the next
+/// dispatch depended on the liveness clock, so several rounds.
+#[test]
+fn a_retry_after_an_unattachable_answer_of_a_dead_worker_runs_again() {
+    let pool = Pool::builder()
+        .workers(1)
+        .retry_on_worker_death(true)
+        .build()
+        .unwrap();
+    for round in 0..8 {
+        let signals = Signals::new(&format!("unattached-{round}"));
+        let r = pool
+            .apply_async(unattachable_answer_then_die, signals.dir())
+            .unwrap();
+        assert!(r.wait_timeout(BOUND), "round {round} hung");
+        assert!(
+            matches!(r.get(), Err(crate::Error::WorkerDied { .. })),
+            "{:?}",
+            r.get()
+        );
+        let runs = std::fs::read_dir(signals.dir()).unwrap().count();
+        assert_eq!(
+            runs, 2,
+            "round {round}: the task ran {runs} times, not twice"
+        );
+    }
+}

@@ -103,6 +103,14 @@ pub(super) fn result_ring_for_tests() -> Option<FrameQueue> {
     ABORT_REPORT.get().map(|r| r.results.clone())
 }
 
+/// In a worker, inside a task: the task's id, this worker's id and the shared result ring (for tests
+/// whose task writes its own answer).
+#[cfg(test)]
+pub(super) fn running_task_for_tests() -> Option<(u64, u32, FrameQueue)> {
+    let task = RUNNING.with(|r| r.borrow().as_ref().map(|run| run.task))?;
+    ABORT_REPORT.get().map(|r| (task, r.id, r.results.clone()))
+}
+
 fn install_panic_hook() {
     // Replaces the spawn bootstrap's hook: a task's panic is reported with its task, not as the process's
     // outcome, and caught panics must not print (the caller gets the message).
