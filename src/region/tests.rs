@@ -642,6 +642,57 @@ fn janitor_spares_a_live_creator_in_another_time_namespace() {
     assert!(still_named);
 }
 
+/// `/proc/self/timens_offsets` shows the offsets of the time namespace of the process's *children*
+/// (`timens_for_children_get` in `proc_timens_show_offsets`), which differs from its own after
+/// `unshare(CLONE_NEWTIME)`: the caller stays in its namespace, only the children it forks from then
+/// on enter the new one. A process that had unshared a time namespace for its children, then made a
+/// region, took the children's boottime offset off its own start time: its header recorded a start
+/// time no other process reads, and the janitor unlinked the region of a live creator (as this
+/// process would judge every live holder dead).
+#[test]
+fn janitor_spares_a_live_creator_that_unshared_a_time_namespace_for_its_children() {
+    let name = unique("timens-children");
+    let (mut ready, mut hold) = ([0i32; 2], [0i32; 2]);
+    // SAFETY: pipe writes two descriptors into each live array.
+    unsafe {
+        assert_eq!(libc::pipe(ready.as_mut_ptr()), 0);
+        assert_eq!(libc::pipe(hold.as_mut_ptr()), 0);
+    }
+    let created = name.clone();
+    // SAFETY: (the whole child) plain system calls on descriptors and memory of this child.
+    let creator = fork_child(move || unsafe {
+        libc::close(hold[1]);
+        libc::close(ready[0]);
+        // This child stays in the initial time namespace; the new one is its future children's.
+        if libc::unshare(libc::CLONE_NEWTIME) != 0 {
+            return SKIP;
+        }
+        if std::fs::write("/proc/self/timens_offsets", "boottime 1000 0\n").is_err() {
+            return SKIP;
+        }
+        live_creator(&created, ready[1], hold[0])
+    });
+    let verdict = creator_pid(ready, hold).map(|pid| {
+        assert!(proc::start_time(pid).is_some());
+        let verdict = janitor::is_stale(&shm_name(&name));
+        (verdict, Region::open(&name).is_ok())
+    });
+    let_the_creator_end(ready, hold);
+    let status = wait_child(creator);
+    let _ = Region::unlink(&name);
+    if skipped(status) {
+        return;
+    }
+    let (verdict, still_named) = verdict.expect("the creator reported");
+    assert_eq!(status, 0, "status {status:#x}");
+    assert_eq!(
+        verdict,
+        Some(false),
+        "the janitor judged a live creator dead (and unlinked its region: still named = {still_named})"
+    );
+    assert!(still_named);
+}
+
 /// Drops this (forked, root) child to uid and gid `id`, with no supplementary groups. Like any change
 /// of credentials, it makes the process non-dumpable (`commit_creds`): what a daemon that starts as
 /// root and then runs as its own user looks like.

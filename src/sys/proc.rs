@@ -90,7 +90,7 @@ fn current_slow() -> Identity {
     register_atfork();
     // SAFETY: gettid has no preconditions and cannot fail.
     let tid = unsafe { libc::gettid() } as u32;
-    let start = stat_of(tid).map(|s| s.start as u32).unwrap_or(0);
+    let start = stat_of(tid).and_then(|s| s.start).map_or(0, |s| s as u32);
     let id = Identity { tid, start };
     THREAD_ID.with(|c| c.set(id));
     id
@@ -109,12 +109,13 @@ pub(crate) fn pid() -> u32 {
 
 /// A process's start time in clock ticks since boot, if it exists.
 pub(crate) fn start_time(pid: u32) -> Option<u64> {
-    stat_of(pid).map(|s| s.start)
+    stat_of(pid).and_then(|s| s.start)
 }
 
 struct Stat {
     state: u8,
-    start: u64,
+    /// As the initial time namespace shows it; `None` if that cannot be told (see [`probe`]).
+    start: Option<u64>,
     threads: u64,
 }
 
@@ -139,16 +140,16 @@ fn probe(tid: u32) -> Probe {
     // /proc/<tid> resolves thread ids too, not only thread-group leaders (proc(5), "/proc/tid").
     match std::fs::read_to_string(format!("/proc/{tid}/stat")) {
         Ok(text) => match parse_stat(&text) {
-            // The start time as the initial time namespace shows it (see `boot_offset_ticks`); one
-            // that does not fit (an old task read from a namespace with a negative offset) cannot be
-            // told apart from another: unknown, so never judged dead.
-            Some(s) => match s
-                .start
-                .checked_add_signed(boot_offset_ticks().wrapping_neg())
-            {
-                Some(start) => Probe::Found(Stat { start, ..s }),
-                None => Probe::Unknown,
-            },
+            // The start time as the initial time namespace shows it (see `boot_offset_ticks`). One
+            // that does not fit (an old task read from a namespace with a negative offset), or read
+            // while our own offset cannot be told, cannot be told apart from another: unknown, so
+            // never the proof of a reused pid; the state still says whether the task is a zombie.
+            Some(s) => Probe::Found(Stat {
+                start: s.start.and_then(|raw| {
+                    boot_offset_ticks().and_then(|o| raw.checked_add_signed(o.wrapping_neg()))
+                }),
+                ..s
+            }),
             None => Probe::Unknown,
         },
         Err(e)
@@ -187,11 +188,13 @@ fn pid_exists(pid: u32) -> bool {
 
 /// Sentinel of [`BOOT_OFFSET`]: not read in this process yet (no real offset is this far off).
 const OFFSET_UNKNOWN_YET: i64 = i64::MIN;
+/// Sentinel of [`BOOT_OFFSET`]: this process's own offset cannot be read (see [`boot_offset_ticks`]).
+const OFFSET_CANNOT_TELL: i64 = i64::MIN + 1;
 static BOOT_OFFSET: std::sync::atomic::AtomicI64 =
     std::sync::atomic::AtomicI64::new(OFFSET_UNKNOWN_YET);
 
 /// The boottime offset of this process's time namespace, in clock ticks (0 in the initial one, or
-/// without time namespaces), read once from `/proc/self/timens_offsets`.
+/// without time namespaces), read once from `/proc/self/timens_offsets`; `None` if it cannot be told.
 ///
 /// Why: the start time in `/proc/<pid>/stat` is shifted by the boottime offset of the *reader's* time
 /// namespace (`timens_add_boottime_ns` in the kernel's `do_task_stat`), so the same live process
@@ -201,23 +204,51 @@ static BOOT_OFFSET: std::sync::atomic::AtomicI64 =
 /// time this module hands out or compares has this offset taken off, so it is the initial namespace's
 /// number wherever it was read. Exact for offsets in whole ticks (`unshare --boottime` takes seconds).
 ///
+/// `timens_offsets` shows the offsets of the namespace of the process's *children*
+/// (`timens_for_children_get` in the kernel's `proc_timens_show_offsets`), which is its own except
+/// after `unshare(CLONE_NEWTIME)`: the caller stays where it was, and only the children it forks from
+/// then on enter the new namespace. Our own offset is not written anywhere then, and taking the
+/// children's off made this process's start times, and every one it read, another process's numbers
+/// (found by review: the janitor unlinked the live region of a process that had unshared a time
+/// namespace for its children). So `/proc/self/ns/time` and `/proc/self/ns/time_for_children` must
+/// name one namespace; otherwise start times are not judged at all (`None`).
+///
 /// Cached like [`pid_namespace`] and reset in a forked child (`reset_after_fork`): a child forked
 /// after `unshare(CLONE_NEWTIME)` lives in the new namespace.
-fn boot_offset_ticks() -> i64 {
+fn boot_offset_ticks() -> Option<i64> {
     let known = BOOT_OFFSET.load(std::sync::atomic::Ordering::Relaxed);
     if known != OFFSET_UNKNOWN_YET {
-        return known;
+        return (known != OFFSET_CANNOT_TELL).then_some(known);
     }
     register_atfork();
     // SAFETY: sysconf only reads system configuration; it has no memory-safety preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let offset = std::fs::read_to_string("/proc/self/timens_offsets")
-        .ok()
-        .and_then(|text| parse_boot_offset(&text, hz))
-        // No such file: a kernel without time namespaces, where every reader sees the same number.
-        .unwrap_or(0);
+    let offset = if own_offsets_shown() {
+        std::fs::read_to_string("/proc/self/timens_offsets")
+            .ok()
+            .and_then(|text| parse_boot_offset(&text, hz))
+            // No such file: a kernel without time namespaces, where every reader sees the same number.
+            .unwrap_or(0)
+    } else {
+        OFFSET_CANNOT_TELL
+    };
     BOOT_OFFSET.store(offset, std::sync::atomic::Ordering::Relaxed);
-    offset
+    (offset != OFFSET_CANNOT_TELL).then_some(offset)
+}
+
+/// Whether `/proc/self/timens_offsets` shows this process's own time namespace: it shows its
+/// children's, which is another one after `unshare(CLONE_NEWTIME)` (see [`boot_offset_ticks`]).
+/// True where the two links cannot be read (a kernel without time namespaces has neither).
+fn own_offsets_shown() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ns = |link: &str| std::fs::metadata(link).ok().map(|m| (m.dev(), m.ino()));
+    match (
+        ns("/proc/self/ns/time"),
+        ns("/proc/self/ns/time_for_children"),
+    ) {
+        (Some(own), Some(children)) => own == children,
+        _ => true,
+    }
 }
 
 /// The `boottime` line of a `timens_offsets` file (`boottime <seconds> <nanoseconds>`), in ticks of
@@ -248,7 +279,7 @@ fn parse_stat(text: &str) -> Option<Stat> {
     let start = fields.nth(1)?.parse().ok()?;
     Some(Stat {
         state,
-        start,
+        start: Some(start),
         threads,
     })
 }
@@ -265,7 +296,8 @@ pub(crate) fn is_alive(id: Identity) -> bool {
         Probe::Gone => false,
         Probe::Unknown => true,
         Probe::Found(s) if s.state == b'Z' || s.state == b'X' => false,
-        Probe::Found(s) => id.start == 0 || s.start as u32 == id.start,
+        // A start time we cannot read in the initial namespace's terms: cannot tell a reused tid.
+        Probe::Found(s) => id.start == 0 || s.start.is_none_or(|st| st as u32 == id.start),
     }
 }
 
@@ -298,7 +330,7 @@ pub(crate) fn process_alive(pid: u32, start: u64) -> bool {
         // A zombie thread-group leader whose other threads still run (its main thread exited alone)
         // is a live process; a dead process reads as a zombie with one thread until it is reaped.
         Probe::Found(s) if (s.state == b'Z' || s.state == b'X') && s.threads <= 1 => false,
-        Probe::Found(s) => start == 0 || s.start == start,
+        Probe::Found(s) => start == 0 || s.start.is_none_or(|st| st == start),
     }
 }
 
@@ -548,7 +580,7 @@ mod tests {
         let st = parse_stat(s).unwrap();
         assert_eq!(st.state, b'S');
         assert_eq!(st.threads, 17);
-        assert_eq!(st.start, 987654);
+        assert_eq!(st.start, Some(987654));
     }
 
     #[test]
