@@ -37,18 +37,14 @@
 //! the queue's spilled messages gone: each such message then fails its `get` with [`Error::Corrupted`].
 
 use crate::error::{Error, Result};
-use crate::region::janitor::{group_prefix, GroupAnchor};
-use crate::region::{layout_hash, Layout, Region};
+use crate::region::janitor::{block_type_hash, group_prefix, GroupAnchor, BLOCK_TYPES};
+use crate::region::{Layout, Region};
 use crate::sys::proc;
 
 /// Bytes of a spill reference at the start of a slot: magic, nonce, length (little-endian `u64`s).
 pub(crate) const REF_LEN: usize = 24;
 /// First word of a spill reference.
 const REF_MAGIC: u64 = u64::from_le_bytes(*b"MPQSPIL1");
-/// Folded into the type hash of spill blocks: bump it when their layout or their protocol changes.
-/// 2: attachments hold the group's anchor (a process of an older build, which locks the queue's own
-/// segment instead, would not keep this build's blocks alive, so the two must not share blocks).
-const SPILL_REVISION: usize = 2;
 
 /// Where a spilled message is: read from a ring slot, so untrusted until its block is opened and checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,11 +104,13 @@ impl Blocks {
         format!("{}g{n:016x}", self.prefix())
     }
 
-    /// The layout of a block of `what` (`"spill"` or `"segment"`).
+    /// The layout of a block of `what` (one of the janitor's [`BLOCK_TYPES`], the only types its
+    /// sweeps remove).
     pub(crate) fn layout(what: &'static str, size: Option<usize>) -> Layout {
+        debug_assert!(BLOCK_TYPES.contains(&what), "{what} is not a block type");
         Layout {
             type_name: what,
-            hash: layout_hash(what, SPILL_REVISION, 64),
+            hash: block_type_hash(what),
             size,
         }
     }

@@ -46,7 +46,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::header::{Header, HeaderSnapshot, FLAG_PERSISTENT, FORMAT_VERSION, MAGIC};
+use super::header::{layout_hash, Header, HeaderSnapshot, FLAG_PERSISTENT, FORMAT_VERSION, MAGIC};
 use super::{aside_name, creator_known_dead, Region, ASIDE_PREFIX, SHM_PREFIX};
 use crate::error::{Error, Result};
 use crate::sys::{proc, shm};
@@ -54,6 +54,20 @@ use crate::sys::{proc, shm};
 /// How long attaching waits for a sweep of the group (an exclusive lock held for a directory scan) to
 /// finish before it reports [`Error::Timeout`]: not a wait a peer can stretch without bound.
 const ANCHOR_WAIT: Duration = Duration::from_secs(2);
+
+/// The type names of a queue's blocks (spilled messages, segments of an unbounded queue): the only
+/// regions a sweep removes from a group.
+pub(crate) const BLOCK_TYPES: [&str; 2] = ["mproc queue spill block", "mproc queue segment"];
+
+/// Folded into the type hash of blocks: bump it when their layout or their protocol changes.
+/// 2: attachments hold the group's anchor (a process of an older build, which locks the queue's own
+/// segment instead, would not keep this build's blocks alive, so the two must not share blocks).
+const BLOCK_REVISION: usize = 2;
+
+/// The type hash of a block of type `what` (one of [`BLOCK_TYPES`]).
+pub(crate) fn block_type_hash(what: &str) -> u64 {
+    layout_hash(what, BLOCK_REVISION, 64)
+}
 
 /// Unlinks every non-persistent named region of this user whose creating process is proved gone, and
 /// the blocks of queues nobody is attached to any more, and returns their names.
@@ -508,11 +522,16 @@ fn reclaim_group(id: u64) -> Vec<String> {
         if !is_block_tail(&shm_name[prefix.len()..]) {
             continue;
         }
-        // Blocks are persistent regions, named only once published; anything else is not one.
+        // Blocks are persistent regions of a block's type, named only once published; anything
+        // else is not one: a user's persistent region may bear a name like a block's (found by
+        // review: `cleanup_stale` removed one, which it promises never to do).
         let Some((file, h, ready)) = peek_ours(&shm_name) else {
             continue;
         };
-        if h.flags & FLAG_PERSISTENT == 0 || !ready {
+        let a_block = BLOCK_TYPES
+            .iter()
+            .any(|&what| h.type_hash == block_type_hash(what));
+        if h.flags & FLAG_PERSISTENT == 0 || !ready || !a_block {
             continue;
         }
         if shm::unlink_named_if_same(&shm_name, &shm_name, &file, &aside_name()).unwrap_or(false) {
@@ -543,5 +562,24 @@ mod tests {
             removed.len() as u64 + 41
         });
         assert_eq!(got, Ok(42));
+    }
+
+    /// A persistent region whose name only looks like a queue's block is not a block: the janitor,
+    /// which never removes a published persistent region otherwise, removed it with the "group"
+    /// (there is no anchor, so nobody is attached). Users' constructors refuse such names now
+    /// (`validate_name`); a region of another type under one (another build's, another program's)
+    /// is still not the janitor's to remove.
+    #[test]
+    fn janitor_spares_a_persistent_region_named_like_a_block() {
+        let id = proc::random_u64();
+        let name = format!("{}a{:016x}", group_prefix(id), proc::random_u64());
+        let bytes = super::super::Layout::bytes(Some(8));
+        let r = Region::create_block(bytes, &name, |_| Ok(())).expect("a persistent region");
+        let removed = reclaim_group(id);
+        let still = Region::open_block(&name, super::super::Layout::bytes(None)).is_ok();
+        let _ = Region::unlink_block(&name);
+        drop(r);
+        assert!(!removed.contains(&name), "removed {removed:?}");
+        assert!(still, "the user's region lost its name");
     }
 }
