@@ -491,6 +491,51 @@ mod tests {
         );
     }
 
+    /// Review (fork re-entrancy): the parent's copy of a forked child's closure is dropped with its
+    /// blocks deferred until that child is gone (`heap::dropping_closure_of_child`). A captured value
+    /// whose drop forks a child of its own (user code runs in those drops) ended the deferral for
+    /// everything dropped after it: the nested call cleared the mark instead of restoring the outer
+    /// one, and the next array of the parent reused the block the first child still held.
+    #[test]
+    fn a_fork_inside_the_drop_of_a_captured_value_keeps_the_deferral() {
+        let _serial = crate::heap::tests::SERIAL
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        struct ForksOnDrop;
+        impl Drop for ForksOnDrop {
+            fn drop(&mut self) {
+                let mut p = crate::Process::builder().fork(|| 1u8);
+                p.start().expect("the nested fork");
+                let _ = p.join();
+            }
+        }
+        let a = SharedArray::<u64>::zeroed(4096).unwrap();
+        let (id, off) = (a.block.region_id(), a.block.offset);
+        // A tuple drops its fields in order: the nested fork first, then the array.
+        let captured = (ForksOnDrop, a);
+        let (go_tx, go_rx) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut p = crate::Process::builder().fork::<_, u64>(move || {
+            let (_, a) = &captured;
+            let mut b = [0u8; 1];
+            let _ = std::io::Read::read(&mut &go_rx, &mut b);
+            a.iter().sum()
+        });
+        p.start().unwrap();
+        // The parent's own new array, never shared with anyone.
+        let mut b = SharedArray::<u64>::zeroed(4096).unwrap();
+        let same = (b.block.region_id(), b.block.offset) == (id, off);
+        b.fill(7);
+        // A byte, not an end of file: the child holds a copy of `go_tx` too.
+        std::io::Write::write_all(&mut &go_tx, b"g").unwrap();
+        let got = p.join_timeout(std::time::Duration::from_secs(20));
+        let _ = p.kill();
+        assert!(
+            !same && got.as_ref().is_ok_and(|&s| s == 0),
+            "the parent's new array took the block of the child's (same block: {same}; the \
+             child summed {got:?})"
+        );
+    }
+
     /// A forked child sees an array its parent made after the fork, in an arena the child inherited
     /// (sent to it as a handle, as through a queue): the arena was its parent's, never the child's to
     /// allocate from, so the child's own-arena refusal must not take it for one of its own (a review

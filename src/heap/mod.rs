@@ -289,14 +289,17 @@ static DEFERRED_PENDING: AtomicBool = AtomicBool::new(false);
 /// this process would give two processes a `&mut` to the same elements.
 pub(crate) fn dropping_closure_of_child(pid: u32, drop_closure: impl FnOnce()) {
     let id = (pid, crate::sys::proc::start_time(pid).unwrap_or(0));
-    struct Reset;
+    // Restores the mark it replaced, not `None`: the drops of a closure run user code, which may fork
+    // a child of its own (a nested call here), and what the outer closure drops after that must still
+    // wait for the outer child (found by review: the nested call ended the outer deferral, and the
+    // next array reused a block the first child still held).
+    struct Reset(Option<(u32, u64)>);
     impl Drop for Reset {
         fn drop(&mut self) {
-            HANDED_TO.with(|h| h.set(None));
+            HANDED_TO.with(|h| h.set(self.0));
         }
     }
-    HANDED_TO.with(|h| h.set(Some(id)));
-    let _reset = Reset;
+    let _reset = Reset(HANDED_TO.with(|h| h.replace(Some(id))));
     drop_closure();
 }
 
