@@ -594,12 +594,14 @@ fn all_users_killed() {
         BOUND,
     );
     assert_eq!(ready_ids(&opener.next_line()), ids);
+    // Held from before the kills: another test's sweep between them and ours would take (and report)
+    // these groups itself, once nobody is attached (it did, now and then, under `-- stale`).
+    let _sweep = crate::region::sweep_lock();
     maker.kill();
     opener.kill();
     let before: Vec<String> = ids.iter().flat_map(|&id| group_files(id)).collect();
     // Spilled messages of both processes, at least two segments, and both anchors.
     assert!(before.len() >= 2 * SPILLED as usize + 2 + 2, "{before:?}");
-    let _sweep = crate::region::sweep_lock();
     let removed = mproc::cleanup_stale().expect("cleanup_stale");
     for f in &before {
         let user = f.strip_prefix("mproc.").expect("prefix");
