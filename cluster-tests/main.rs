@@ -91,6 +91,10 @@ fn die_once((x, victim, marker): (u64, u64, String)) -> u64 {
     x + 1
 }
 
+fn byte_len(v: Vec<u8>) -> usize {
+    v.len()
+}
+
 /// An item's index and its result, as `imap_unordered` yields them.
 type Indexed = (usize, Result<u64, Error>);
 
@@ -487,6 +491,26 @@ fn suite(cluster: &Cluster) -> Result<bool, Error> {
             "a worker killed with retry on: its task runs again",
             got.map_err(|e| e.to_string())
                 .and_then(|v| eq((v, died), ((1..=120).collect(), true))),
+        );
+    }
+    drop(pool);
+
+    // A chunk of items larger than a pool ring's reassembly cap (256 MiB): the local pool hands such a
+    // task to its worker in a shared block, and so must a rank. Before, every rank sent its tasks inline
+    // in the ring, and the call failed with `MessageTooLarge` where `Pool::map` succeeded.
+    let mut pool = ClusterPool::builder().workers(1).build(cluster)?;
+    if let Some(got) = pool.run(|pool| {
+        let n = (256 << 20) + 4096;
+        // One item per rank (equal workers): the large one is rank 0's, which runs it as every rank runs
+        // its share (`serve::submit_items`); it does not travel over MPI, whose share encoding of
+        // 256 MiB of single bytes takes half a minute in a debug build.
+        let lens = |r: usize| if r == 0 { n } else { r };
+        pool.map(byte_len, (0..size).map(|r| vec![r as u8; lens(r)]))
+            .map(|v| v == (0..size).map(lens).collect::<Vec<_>>())
+    }) {
+        report.check(
+            "an item above a ring's message cap runs in a rank's share",
+            got.map_err(|e| e.to_string()).and_then(|ok| eq(ok, true)),
         );
     }
     drop(pool);

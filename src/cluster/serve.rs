@@ -22,7 +22,7 @@ pub(super) use super::wire::{
 use crate::error::{Error, Result};
 use crate::heap::{BlockHandle, SharedArray};
 use crate::pool::item_wire::ArgsToWire;
-use crate::pool::wire::Payload;
+use crate::pool::wire::{Payload, SHARED_PAYLOAD_BYTES};
 use crate::pool::worker::{self, ArrayPart, TaskKind};
 use crate::pool::{AsyncResult, Pool};
 use crate::process::fnref::{AdapterKind, FnAddr, LocalFn};
@@ -130,14 +130,28 @@ pub(super) fn submit_items<A: Serialize, R: DeserializeOwned>(
         .unwrap_or_else(|| items.len().div_ceil(pool.workers() * 4))
         .max(1);
     // In the pool's own form of task arguments (a `Vec<f64>` item as its bytes), which its workers
-    // decode: not `encode`'s plain postcard.
+    // decode: not `encode`'s plain postcard. And placed as the pool places them (`Payload::encode`):
+    // inline in the task ring while small, in a shared block from 1 MiB on. Always inline, a chunk
+    // above the ring's reassembly cap (256 MiB) failed with `MessageTooLarge`, where `Pool::map` of
+    // the same items succeeds.
     let payloads = items
         .chunks(size)
-        .map(|chunk| encode(&ArgsToWire::<A, A>::new(chunk)))
+        .map(|chunk| Payload::encode(&ArgsToWire::<A, A>::new(chunk)))
         .collect::<Result<Vec<_>>>()?;
     let lens = items.chunks(size).map(<[A]>::len).collect();
-    let job = pool.submit(task, payloads.into_iter().map(Payload::Inline).collect())?;
+    let job = pool.submit(task, payloads)?;
     Ok(AsyncResult::all_items(job, lens))
+}
+
+/// A task's payload put together from parts encoded apart (a chunk's part, then the call's encoded
+/// parameters), placed as `Payload::encode` places a value: inline in the task ring while small, in a
+/// shared block from 1 MiB on. Always inline, parameters above the ring's reassembly cap (256 MiB)
+/// failed the call with `MessageTooLarge`, where the local pool's `map_chunks_with` succeeds.
+fn payload(bytes: Vec<u8>) -> Result<Payload> {
+    if bytes.len() < SHARED_PAYLOAD_BYTES {
+        return Ok(Payload::Inline(bytes));
+    }
+    SharedArray::from_slice(&bytes).map(Payload::Shared)
 }
 
 /// Submits one `map_chunks` task for each of `chunks` (chunk indices) of the `elems` elements `block`
@@ -162,11 +176,11 @@ pub(super) fn submit_chunks<R: DeserializeOwned>(
             // A tuple encodes as its fields one after the other: (part, params) is these bytes.
             let mut p = encode(&part)?;
             p.extend_from_slice(&args.params);
-            Ok(p)
+            payload(p)
         })
         .collect::<Result<Vec<_>>>()?;
     let lens = vec![1; payloads.len()];
-    let job = pool.submit(task, payloads.into_iter().map(Payload::Inline).collect())?;
+    let job = pool.submit(task, payloads)?;
     Ok(AsyncResult::all_items(job, lens))
 }
 
@@ -192,11 +206,11 @@ pub(super) fn submit_transform(
             };
             let mut p = encode(&(&whole, &part))?;
             p.extend_from_slice(&args.params);
-            Ok(p)
+            payload(p)
         })
         .collect::<Result<Vec<_>>>()?;
     let lens = vec![1; payloads.len()];
-    let job = pool.submit(task, payloads.into_iter().map(Payload::Inline).collect())?;
+    let job = pool.submit(task, payloads)?;
     Ok(AsyncResult::all_items(job, lens))
 }
 
@@ -633,6 +647,53 @@ mod tests {
                 }
             }
         }
+    }
+
+    // `&P` with `P = String`: a task's parameters are a reference to their decoded type.
+    #[allow(clippy::ptr_arg)]
+    fn params_len(p: &String, chunk: &[u64]) -> u64 {
+        p.len() as u64 + chunk.len() as u64
+    }
+
+    #[allow(clippy::ptr_arg)]
+    fn params_fill(p: &String, _input: &[u64], out: &mut [u64], _start: usize) {
+        out.fill(p.len() as u64);
+    }
+
+    fn byte_len(v: Vec<u8>) -> usize {
+        v.len()
+    }
+
+    /// Every rank runs its share with these helpers: an item, or the call's parameters, above the pool
+    /// ring's reassembly cap (256 MiB) reaches the worker in a shared block, as with the local pool.
+    /// Before, every task went inline and failed with `MessageTooLarge`.
+    #[test]
+    fn a_share_above_the_rings_message_cap_runs() {
+        let pool = Pool::builder().workers(1).build().unwrap();
+        let n = (crate::pool::MAX_MESSAGE_BYTES as usize) + 4096;
+        let items = vec![vec![7u8; n], vec![1u8; 3]];
+        let got = submit_items::<Vec<u8>, usize>(&pool, worker::map_fn(byte_len), &items, Some(1))
+            .and_then(|p| p.get());
+        assert_eq!(got.unwrap(), vec![n, 3]);
+        drop(items);
+
+        // A `String` encodes in one piece: the parameters as rank 0 sends them.
+        let args = ArrayArgs {
+            chunk_len: 2,
+            params: encode(&"p".repeat(n)).unwrap(),
+        };
+        let input = SharedArray::from_slice(&[0u64; 3]).unwrap();
+        let task = worker::chunk_with_fn(params_len);
+        let got = submit_chunks::<u64>(&pool, task, &lend(&input, 0..3), 3, 0..2, &args)
+            .and_then(|p| p.get());
+        assert_eq!(got.unwrap(), vec![n as u64 + 2, n as u64 + 1]);
+        let output = SharedArray::<u64>::zeroed(3).unwrap();
+        let task = worker::transform_with_fn(params_fill);
+        let (ih, oh) = (lend(&input, 0..3), lend(&output, 0..3));
+        submit_transform(&pool, task, (&ih, 3), (&oh, 3), &args)
+            .and_then(|p| p.get())
+            .unwrap();
+        assert_eq!(output.to_vec(), vec![n as u64; 3]);
     }
 
     #[test]
