@@ -76,6 +76,10 @@
 //!   `mpirun noticed that process rank 1 with PID … on node … exited on signal 9 (Killed)`); every other
 //!   rank is killed with it, so nothing hangs waiting for it, and the job's exit status is non-zero.
 //!   Re-run it; results written by earlier calls survive only where the program saved them.
+//!   This relies on the launcher's default: a launcher told to keep the job running when a rank dies
+//!   (`mpirun --enable-recovery`, `srun --no-kill`) leaves rank 0 waiting for the dead rank's answer
+//!   for good, since MPI without fault tolerance gives no way to notice it. Do not use those options
+//!   with mproc's cluster.
 //! - **Ranks disagree about the protocol** (a bug; cannot happen between ranks running the same
 //!   executable): the rank that notices prints why and calls `MPI_Abort`, which ends the job the same way.
 //! - **Below a rank, mproc's guarantees hold**: a task's panic is [`Error::TaskPanicked`], a worker's
