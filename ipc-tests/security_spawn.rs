@@ -48,7 +48,12 @@ const MAIN_RAN: &str = "security_spawn: main ran";
 const PRECIOUS: &[u8] =
     b"precious data: a forged MPROC_SPAWN_CHILD must not truncate or overwrite this\n";
 
-pub const ROLES: &[Role] = &[(MAIN_ROLE, main_role)];
+pub const ROLES: &[Role] = &[(MAIN_ROLE, main_role), (SPAWNER_ROLE, setuid_spawner_role)];
+
+/// A program that spawns one process and says what it got (see [`setuid_program_cannot_spawn`]).
+const SPAWNER_ROLE: &str = "security_spawn_spawner";
+/// What that role prints.
+const SPAWNER: &str = "security_spawn: spawner";
 
 pub fn tests() -> Vec<Trial> {
     let t = |name: &str, f: fn()| common::trial("security_spawn", name, f);
@@ -77,6 +82,18 @@ pub fn tests() -> Vec<Trial> {
             "a_parent_of_another_uid_is_not_obeyed",
             parent_of_another_uid_is_refused,
         ),
+        t(
+            "a_parent_of_another_gid_is_not_obeyed",
+            parent_of_another_gid_is_refused,
+        ),
+        t(
+            "a_setuid_program_cannot_spawn_and_says_so",
+            setuid_program_cannot_spawn,
+        ),
+        t(
+            "a_program_with_file_capabilities_cannot_spawn_and_says_so",
+            file_capabilities_program_cannot_spawn,
+        ),
         t("process_and_pool_still_work", process_and_pool_still_work),
     ]
 }
@@ -90,6 +107,24 @@ fn main_role(_: &str) {
         "absent"
     };
     say(&format!("{MAIN_RAN} at_secure={} var={var}", at_secure()));
+}
+
+/// Spawns `square(3)` and prints what came back. In a process whose `main` runs with
+/// `MPROC_SPAWN_CHILD` set it spawns nothing: that is a child that ignored its task (`AT_SECURE`) and
+/// ran `main` instead, which would spawn again, and so on without end.
+fn setuid_spawner_role(_: &str) {
+    if std::env::var_os(SPAWN_VAR).is_some() {
+        say(&format!("{SPAWNER}: main ran in a spawned child"));
+        return;
+    }
+    let got = Process::new(square, 3).and_then(|mut p| {
+        p.start()?;
+        p.join()
+    });
+    match got {
+        Ok(v) => say(&format!("{SPAWNER}: value {v}")),
+        Err(e) => say(&format!("{SPAWNER}: error {e}")),
+    }
 }
 
 fn at_secure() -> libc::c_ulong {
@@ -729,6 +764,31 @@ fn parent_of_another_uid_is_refused() {
     assert_main_ran(&out, case);
 }
 
+/// As [`parent_of_another_uid_is_refused`], with the group changed and the user kept: the child runs
+/// as uid 0 (like this process) but gid 65534. The pair's creator had another gid, so the variable is
+/// not this process's: `main` runs, nothing is written. Found by review: only the uid was compared,
+/// so a program exec'd through a setgid wrapper that kept the environment and descriptors accepted
+/// the channel of the process that ran the wrapper, which chose the key and so the offsets called
+/// with the wrapper's group (here the channel's MAC is forged and the child refused it with 126
+/// instead of running `main`).
+///
+/// Needs root and `setpriv`; without them it says so on stderr and checks nothing.
+fn parent_of_another_gid_is_refused() {
+    if let Err(why) = setuid_feasible() {
+        eprintln!("security_spawn::a_parent_of_another_gid_is_not_obeyed: skipped: {why}");
+        return;
+    }
+    let mut rng = common::seed();
+    let ch = Channel::forged(&mut rng);
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--regid=65534", "--clear-groups"])
+        .arg(std::env::current_exe().expect("current_exe"));
+    let out = run_child(cmd, &value(ch.fds()), &ch.fds());
+    let case = "a gid 0 parent's channel in a gid 65534 child of the same uid";
+    ch.assert_untouched(case);
+    assert_main_ran(&out, case);
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -795,6 +855,82 @@ fn at_secure_runs_main() {
     // The copy must be gone before the suite ends: a setuid-root copy of a test binary is a hazard.
     drop(dir);
     assert!(!victim.exists(), "the setuid copy was not removed");
+}
+
+/// A setuid-root copy of this binary run as uid 65534 spawns: its child, exec'd from the same setuid
+/// file, is `AT_SECURE` too and ignores the channel (as it must: see `at_secure_runs_main`), so it
+/// runs `main` instead of the task. Found by review: `start` succeeded, and the child's `main`, being
+/// this program's, spawned again, each generation waiting for the next: a chain of processes without
+/// end (the role here stops it at the first generation), and no task ever ran. Now `start` says at once
+/// that the spawn start method cannot work there, and nothing is started.
+///
+/// Needs root and `setpriv`; without them it says so on stderr and checks nothing.
+fn setuid_program_cannot_spawn() {
+    if let Err(why) = setuid_feasible() {
+        eprintln!("security_spawn::a_setuid_program_cannot_spawn_and_says_so: skipped: {why}");
+        return;
+    }
+    let dir = TempDir::new("setuid-spawner");
+    let spawner = dir.copy_of_this_binary("spawner", 0o4755);
+    assert_spawner_refuses(&spawner, "a setuid-root copy run as uid 65534");
+    drop(dir);
+    assert!(!spawner.exists(), "the setuid copy was not removed");
+}
+
+/// As [`setuid_program_cannot_spawn`], for a copy with file capabilities (`setcap`), run as uid
+/// 65534: its child gains them again at the exec, so it is `AT_SECURE` as well.
+///
+/// Needs root, `setpriv` and `setcap`; without them it says so on stderr and checks nothing.
+fn file_capabilities_program_cannot_spawn() {
+    let name = "security_spawn::a_program_with_file_capabilities_cannot_spawn_and_says_so";
+    if let Err(why) = setuid_feasible() {
+        eprintln!("{name}: skipped: {why}");
+        return;
+    }
+    let dir = TempDir::new("setcap-spawner");
+    let spawner = dir.copy_of_this_binary("spawner", 0o755);
+    match Command::new("setcap")
+        .arg("cap_net_bind_service+ep")
+        .arg(&spawner)
+        .output()
+    {
+        Ok(out) if out.status.success() => {}
+        other => {
+            eprintln!("{name}: skipped: setcap failed: {other:?}");
+            return;
+        }
+    }
+    assert_spawner_refuses(&spawner, "a copy with file capabilities run as uid 65534");
+}
+
+/// Runs `spawner` as uid 65534 in the role [`SPAWNER_ROLE`] and asserts that its spawn was refused
+/// with an error naming `AT_SECURE`, and that no child ran `main` in its place.
+fn assert_spawner_refuses(spawner: &Path, case: &str) {
+    let mut cmd = as_nobody(spawner);
+    cmd.env("MPROC_TEST_ROLE", SPAWNER_ROLE)
+        .env("MPROC_TEST_RUN", common::run_tag())
+        .env_remove(SPAWN_VAR)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = common::bounded("a privileged spawner", BOUND, move || {
+        cmd.output().expect("run the privileged copy")
+    });
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{case}: ended with {}; stdout {stdout:?}, stderr {stderr:?}",
+        out.status
+    );
+    assert!(
+        !stdout.contains("main ran in a spawned child"),
+        "{case}: the spawned child ran main instead of its task: stdout {stdout:?}"
+    );
+    let line = stdout.lines().next().unwrap_or_default();
+    assert!(
+        line.starts_with(&format!("{SPAWNER}: error")) && line.contains("AT_SECURE"),
+        "{case}: spawn should refuse, naming AT_SECURE: stdout {stdout:?}, stderr {stderr:?}"
+    );
 }
 
 fn square(x: u64) -> u64 {

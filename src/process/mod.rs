@@ -71,6 +71,10 @@
 //! handed down by inheritance (a sealed memfd of our uid for the task, capped at 1 GiB; an `AF_UNIX`
 //! socket made by that parent for the key; an empty memfd of ours for the result), and a variable that
 //! fails any check makes the process print why and exit with code 126 having written to no file.
+//! So a program whose re-executed child would be `AT_SECURE` (one running setuid or setgid, or whose
+//! file is set-user-ID or set-group-ID to another user or group, or carries capabilities) cannot
+//! spawn: such a child would run `main` again instead of its task. [`Process::start`] (and a pool,
+//! and the fork server, which spawn) refuses with [`Error::Os`] there; [`StartMethod::Fork`] works.
 //!
 //! # Children die with their parent
 //! Unless [`Builder::die_with_parent`] is set to `false`, a child exits (code 125) as soon as its parent

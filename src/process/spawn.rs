@@ -60,6 +60,7 @@ pub(super) fn start_inheriting(
     // linker include the object file that holds it (and its `.init_array` entry).
     std::hint::black_box(&bootstrap::CONSTRUCTOR);
     channel::refuse_if_sigchld_ignored("spawn")?;
+    channel::refuse_if_exec_is_secure("spawn")?;
     let task = SpawnTask {
         exe: exe_id()?,
         func: func.sign(&key),

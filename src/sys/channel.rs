@@ -68,6 +68,88 @@ pub(crate) fn refuse_if_sigchld_ignored(method: &'static str) -> Result<()> {
     Ok(())
 }
 
+/// `Err` if a child that this process starts by executing its own file (`/proc/self/exe`) would run
+/// with `AT_SECURE`: such a child ignores `MPROC_SPAWN_CHILD` (it must: `process::bootstrap`'s
+/// environment contract) and runs `main` instead of its task, and that `main`, being this program's,
+/// would spawn again, each generation waiting for the next, without end (found by review).
+///
+/// The kernel marks an exec secure when it leaves the effective ids unlike the real ones
+/// (`cap_bprm_creds_from_file`): for certain when ours already differ (a setuid or setgid program
+/// that kept its privileges), and when the file is set-user-ID to another user than ours or
+/// set-group-ID to another group, or carries capabilities (and we are not root), unless all of these
+/// are ignored (a `nosuid` mount, `no_new_privs`). Not told apart here: LSM transitions, whose child
+/// ignores its task as well.
+pub(crate) fn refuse_if_exec_is_secure(method: &'static str) -> Result<()> {
+    let (mut ruid, mut euid, mut suid) = (0, 0, 0);
+    let (mut rgid, mut egid, mut sgid) = (0, 0, 0);
+    // SAFETY: getresuid/getresgid write three ids into the live locals they are given.
+    let ok = unsafe {
+        libc::getresuid(&mut ruid, &mut euid, &mut suid) == 0
+            && libc::getresgid(&mut rgid, &mut egid, &mut sgid) == 0
+    };
+    if !ok {
+        return Err(Error::last_os("getresuid"));
+    }
+    let mut secure = ruid != euid || rgid != egid;
+    if !secure {
+        let exe = std::fs::metadata("/proc/self/exe")
+            .map_err(|e| Error::os("stat(/proc/self/exe)", e))?;
+        let mode = exe.mode();
+        let setuid = mode & libc::S_ISUID != 0 && exe.uid() != ruid;
+        // Set-group-ID without group execute is the mandatory-locking mark, not a set-id program.
+        let setgid = mode & libc::S_ISGID != 0 && mode & libc::S_IXGRP != 0 && exe.gid() != rgid;
+        // File capabilities raise a process that is not root (the kernel skips the test for root).
+        let root = ruid == 0 && euid == 0;
+        secure = (setuid || setgid || (!root && has_file_capabilities())) && set_id_honoured();
+    }
+    if secure {
+        return Err(Error::os(
+            method,
+            std::io::Error::other(
+                "this program runs with privileges its caller does not have, or its file is \
+                 set-user-ID, set-group-ID or has capabilities: a re-executed child would run with \
+                 AT_SECURE, which ignores the spawn channel and runs main instead of the task \
+                 (StartMethod::Fork does not re-execute)",
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether our own file carries capabilities (`security.capability`, set by setcap(8)).
+fn has_file_capabilities() -> bool {
+    // SAFETY: both strings are NUL-terminated literals; with a null buffer of size 0 getxattr(2) only
+    // returns the attribute's size (or -1, ENODATA when there is none) and writes nothing.
+    let n = unsafe {
+        libc::getxattr(
+            c"/proc/self/exe".as_ptr(),
+            c"security.capability".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    n > 0
+}
+
+/// Whether an `exec` of our own file would honour its set-id bits and capabilities: not under
+/// `no_new_privs`, and not from a `nosuid` mount. Where that cannot be told, yes (refusing to spawn
+/// is the safe answer).
+fn set_id_honoured() -> bool {
+    // SAFETY: PR_GET_NO_NEW_PRIVS takes no argument beyond the option and returns 0 or 1 (or -1).
+    if unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) } == 1 {
+        return false;
+    }
+    let mut vfs = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: the path is a NUL-terminated literal; statvfs writes one `statvfs` into `vfs`, a live
+    // local (zeroed is a valid bit pattern for it).
+    if unsafe { libc::statvfs(c"/proc/self/exe".as_ptr(), vfs.as_mut_ptr()) } != 0 {
+        return true;
+    }
+    // SAFETY: statvfs succeeded and filled `vfs`.
+    let vfs = unsafe { vfs.assume_init() };
+    vfs.f_flag & libc::ST_NOSUID == 0
+}
+
 /// Seals a memfd's contents for good: no more writes, no size change, no seal change.
 pub(crate) fn seal_contents(file: &File) -> Result<()> {
     let seals = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
@@ -288,9 +370,22 @@ fn adopt(fd: RawFd, what: &str) -> std::result::Result<OwnedFd, ChannelError> {
     Ok(owned)
 }
 
-/// Whether descriptor `fd` is a socket made by process `pid` of our uid (`SO_PEERCRED` of its peer,
-/// recorded when the pair was made, so it still names a parent that has died since). Only looks: the
-/// descriptor is not taken or closed, whatever it is (it may be the program's own).
+/// Whether the socket `sock`'s peer end was made by process `pid` with our effective uid *and* gid
+/// (`SO_PEERCRED`: the creator's credentials when it made the pair, so it still names a parent that
+/// has died since). A spawned child runs with exactly its parent's credentials (it execs
+/// `/proc/self/exe`, and a set-id executable sets `AT_SECURE`, which ignores the channel). Other
+/// credentials mean something changed them between the socket's maker and us, a set-id wrapper that
+/// kept the environment and the descriptors, say: the maker chose the key, so it would choose what
+/// we run with privileges it does not have. Comparing the uid alone let a setgid wrapper through
+/// (found by review).
+pub(crate) fn made_by(sock: BorrowedFd<'_>, pid: u32) -> bool {
+    super::unix_socket::peer_cred(sock).is_ok_and(|(peer, uid, gid)| {
+        peer == pid && uid == crate::sys::proc::euid() && gid == crate::sys::proc::egid()
+    })
+}
+
+/// Whether descriptor `fd` is a socket made by process `pid` with our credentials ([`made_by`]).
+/// Only looks: the descriptor is not taken or closed, whatever it is (it may be the program's own).
 pub(crate) fn is_socket_of(fd: RawFd, pid: u32) -> bool {
     // SAFETY: F_GETFD only queries the descriptor's flags; it fails with EBADF for a closed number.
     if fd <= 2 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
@@ -301,8 +396,7 @@ pub(crate) fn is_socket_of(fd: RawFd, pid: u32) -> bool {
     let sock = unsafe { BorrowedFd::borrow_raw(fd) };
     // SO_PEERCRED fails (ENOTSOCK) on anything but a socket, and names no pid for a socket that is
     // not a local one.
-    super::unix_socket::peer_cred(sock)
-        .is_ok_and(|(peer, uid)| peer == pid && uid == crate::sys::proc::euid())
+    made_by(sock, pid)
 }
 
 /// The memfd's seals; `None` for a file that has none to report (not shmem) or an error.
@@ -356,8 +450,8 @@ pub(crate) fn read_sealed(
     Ok(bytes)
 }
 
-/// The 16-byte key from the inherited key socket, whose other end must belong to `parent` and our uid
-/// (`SO_PEERCRED`: the credentials of whoever created the pair). The descriptor is closed afterwards.
+/// The 16-byte key from the inherited key socket, whose other end must have been made by `parent`
+/// with our credentials ([`made_by`]). The descriptor is closed afterwards.
 pub(crate) fn read_key(fd: RawFd, parent: u32) -> std::result::Result<KeyPacket, ChannelError> {
     let sock = adopt(fd, "key")?;
     let file = File::from(sock);
@@ -365,9 +459,7 @@ pub(crate) fn read_key(fd: RawFd, parent: u32) -> std::result::Result<KeyPacket,
     if !m.file_type().is_socket() {
         return Err("the key descriptor is not a socket".into());
     }
-    let made_by_parent = super::unix_socket::peer_cred(file.as_fd())
-        .is_ok_and(|(pid, uid)| pid == parent && uid == crate::sys::proc::euid());
-    if !made_by_parent {
+    if !made_by(file.as_fd(), parent) {
         return Err("the key socket was not made by this process's parent".into());
     }
     // One packet of exactly KEY_PACKET bytes, already queued before we were started: never wait for
@@ -508,6 +600,52 @@ mod tests {
                 .contains("did not hold"),
             "a key without the task's MAC"
         );
+    }
+
+    /// A socketpair made by this process while its group was another (a thread's own credentials:
+    /// the raw syscall, unlike glibc's `setresgid`, changes only the calling thread's).
+    fn socketpair_as_group(gid: libc::gid_t) -> (OwnedFd, OwnedFd) {
+        std::thread::spawn(move || {
+            // SAFETY: setresgid(2) takes three ids and touches no memory; made as a raw syscall it
+            // changes the credentials of this thread only, which ends right after.
+            let r = unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) };
+            assert_eq!(r, 0, "setresgid: {}", std::io::Error::last_os_error());
+            key_socketpair().unwrap()
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// The socket's creator must have had our uid *and* our gid. Found by review: only the uid was
+    /// compared, so a program exec'd through a setgid wrapper (or run with its group changed by
+    /// `setpriv`/`sg`) by a parent that kept its environment and descriptors took a task from that
+    /// parent, whose key it chose: any signed offsets, run with the group the parent did not have.
+    /// Needs root (to change a thread's group); without it this checks nothing.
+    #[test]
+    fn a_key_socket_made_with_another_group_is_not_the_parents() {
+        if crate::sys::proc::euid() != 0 {
+            eprintln!("a_key_socket_made_with_another_group_is_not_the_parents: skipped, not root");
+            return;
+        }
+        // SAFETY: getegid has no preconditions and cannot fail.
+        let other = if unsafe { libc::getegid() } == 65534 {
+            65533
+        } else {
+            65534
+        };
+        let (a, b) = socketpair_as_group(other);
+        send_packet(&a, &key_packet([7; 16], 1)).unwrap();
+        let me = std::process::id();
+        assert!(!is_socket_of(b.as_raw_fd(), me), "claimed as a channel");
+        assert!(read_key(leak(b), me)
+            .err()
+            .expect("the key was read")
+            .contains("not made by"));
+        // The same pair made with our own group is the parent's.
+        let (a, b) = key_socketpair().unwrap();
+        send_packet(&a, &key_packet([7; 16], 1)).unwrap();
+        assert!(is_socket_of(b.as_raw_fd(), me));
+        assert!(read_key(leak(b), me).is_ok());
     }
 
     #[test]

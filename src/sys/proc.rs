@@ -409,6 +409,12 @@ pub(crate) fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// The effective gid of this process.
+pub(crate) fn egid() -> u32 {
+    // SAFETY: getegid has no preconditions and cannot fail.
+    unsafe { libc::getegid() }
+}
+
 /// The CPU the calling thread runs on right now, or [`UNKNOWN_CPU`] if the kernel will not say.
 ///
 /// glibc answers from the thread's rseq area (a load, no system call) where the kernel supports rseq,

@@ -221,8 +221,9 @@ pub(crate) fn poll_readable(
     }
 }
 
-/// The pid and uid of the process that created the peer end of a socketpair (`SO_PEERCRED`).
-pub(crate) fn peer_cred(sock: BorrowedFd<'_>) -> Result<(u32, u32)> {
+/// The pid, effective uid and effective gid of the process that created the peer end of a
+/// socketpair, as they were when it did (`SO_PEERCRED`).
+pub(crate) fn peer_cred(sock: BorrowedFd<'_>) -> Result<(u32, u32, u32)> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
@@ -242,7 +243,7 @@ pub(crate) fn peer_cred(sock: BorrowedFd<'_>) -> Result<(u32, u32)> {
     if r != 0 {
         return Err(Error::last_os("getsockopt(SO_PEERCRED)"));
     }
-    Ok((cred.pid as u32, cred.uid))
+    Ok((cred.pid as u32, cred.uid, cred.gid))
 }
 
 /// Takes ownership of an inherited descriptor whose number a trusted message named (the fork server's

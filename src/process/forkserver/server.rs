@@ -39,8 +39,7 @@ pub(super) fn server_main(args: ServerArgs) {
 
 fn serve(args: ServerArgs) -> Result<()> {
     let sock = usock::adopt_socket(args.sock)?;
-    let (peer, uid) = usock::peer_cred(sock.as_fd())?;
-    if peer != channel::parent_pid() || uid != crate::sys::proc::euid() {
+    if !channel::made_by(sock.as_fd(), channel::parent_pid()) {
         return Err(Error::ForkServer(
             "the request socket was not made by this process's parent".into(),
         ));
