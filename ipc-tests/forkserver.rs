@@ -24,6 +24,7 @@ pub const ROLES: &[Role] = &[
     ("forkserver_environment", forkserver_environment),
     ("forkserver_orphan_unreaped", forkserver_orphan_unreaped),
     ("forkserver_odd_environment", forkserver_odd_environment),
+    ("forkserver_stopped", forkserver_stopped),
 ];
 
 /// How long a role may take before we call it a hang (proves "no hang", asserts no speed).
@@ -40,6 +41,10 @@ pub fn tests() -> Vec<Trial> {
         role("reports_values_panics_signals_exits", "forkserver_reports"),
         role("parent_with_four_threads", "forkserver_threads"),
         role("server_killed_midway_then_restarted", "forkserver_killed"),
+        role(
+            "a_stopped_server_is_an_error_not_a_hang",
+            "forkserver_stopped",
+        ),
         role("many_processes_no_leak", "forkserver_no_leak"),
         role(
             "children_get_the_parents_current_environment_and_directory",
@@ -550,4 +555,30 @@ fn children_die_with_the_requester() {
     parent.kill_and_wait();
     common::eventually("the server exits with its parent", BOUND, || gone(server));
     common::eventually("the child exits with its requester", BOUND, || gone(child));
+}
+
+/// Role: found by review: a server that is alive but stopped (or stuck) never closes its sockets, and
+/// a start waited for its answer for good (a pool's dispatcher with it, under its lock). The start is
+/// a typed error after its bound; the server, continued, serves again, and the request it took late
+/// leaves no child behind (its requester's status socket is closed: the server kills that child).
+fn forkserver_stopped(_: &str) {
+    assert_eq!(start(|x: u32| x + 1, 1).join().unwrap(), 2);
+    let server = server_pid();
+    // SAFETY: kill(2) on our own unreaped child (the server): its pid cannot have been reused.
+    assert_eq!(unsafe { libc::kill(server, libc::SIGSTOP) }, 0);
+    let r = Process::builder()
+        .start_method(StartMethod::ForkServer)
+        .target(|x: u32| x + 1, 2)
+        .and_then(|mut p| p.start());
+    match r {
+        Err(Error::ForkServer(m)) => assert!(m.contains("stopped or stuck"), "{m}"),
+        other => panic!("expected a fork server error, got {other:?}"),
+    }
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(server, libc::SIGCONT) }, 0);
+    assert_eq!(start(|x: u32| x + 1, 41).join().unwrap(), 42);
+    assert_eq!(server_pid(), server, "the server was replaced");
+    common::eventually("the late request's child is gone", BOUND, || {
+        children_of(server).is_empty()
+    });
 }

@@ -39,6 +39,18 @@ pub(crate) fn send_with_fds(
     bytes: &[u8],
     fds: &[BorrowedFd<'_>],
 ) -> Result<()> {
+    send_with_fds_until(sock, bytes, fds, None)
+}
+
+/// As [`send_with_fds`], waiting for room in the peer's queue only until `deadline` (then
+/// [`Error::Timeout`], nothing sent): packets a peer does not read (it is stopped, or stuck) stay
+/// charged to our send buffer, and once that is full a blocking send would wait for it for good.
+pub(crate) fn send_with_fds_until(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+    deadline: Option<Instant>,
+) -> Result<()> {
     assert!(fds.len() <= MAX_FDS, "at most {MAX_FDS} descriptors");
     let mut iov = libc::iovec {
         iov_base: bytes.as_ptr() as *mut libc::c_void,
@@ -69,9 +81,14 @@ pub(crate) fn send_with_fds(
         }
     }
     loop {
+        let flags = if deadline.is_some() {
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT
+        } else {
+            libc::MSG_NOSIGNAL
+        };
         // SAFETY: `msg` describes live buffers (`bytes` through `iov`, `cbuf`) for the whole call; the
         // descriptors named are open (borrowed). MSG_NOSIGNAL turns a closed peer into EPIPE.
-        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, flags) };
         if n >= 0 {
             // A SOCK_SEQPACKET send is all or nothing (unix(7)).
             return Ok(());
@@ -82,7 +99,39 @@ pub(crate) fn send_with_fds(
             Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN) => {
                 return Err(Error::Closed)
             }
+            Some(libc::EAGAIN) => match deadline {
+                Some(d) if Instant::now() < d => wait_writable(sock, d)?,
+                _ => return Err(Error::Timeout),
+            },
             _ => return Err(Error::os("sendmsg", e)),
+        }
+    }
+}
+
+/// Waits until `sock` can take a packet, or `deadline` passes (then [`Error::Timeout`]).
+fn wait_writable(sock: BorrowedFd<'_>, deadline: Instant) -> Result<()> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::Timeout);
+        }
+        // Rounded up, so that a wait never ends early and spins with a zero timeout.
+        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
+        let mut pfd = libc::pollfd {
+            fd: sock.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is one valid pollfd on this stack frame, and the count passed is 1.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r > 0 {
+            return Ok(());
+        }
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(Error::os("poll", e));
+            }
         }
     }
 }

@@ -84,6 +84,14 @@ const INLINE_ARGS: usize = 32 << 10;
 const MAX_REQUEST: usize = INLINE_ARGS + 4096;
 /// How long a blocking wait gives a new parent to reap an ended child whose server died.
 pub(super) const ORPHAN_REAP_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a start waits for the server to take its request and answer it (a fork and a message:
+/// milliseconds, even on a loaded machine). Past it the start is [`Error::ForkServer`]: a server that
+/// is alive but stopped (`SIGSTOP`) or stuck never closes its sockets, and without a bound the start
+/// (and a pool's dispatcher, which starts workers under its lock) waited for it for good (found by
+/// review). The server is not replaced: killing it would kill its running children (they die with
+/// it); a request it takes later finds the status socket closed and its child is killed.
+const SERVER_ANSWER_WAIT: Duration = Duration::from_secs(20);
 /// The largest answer the parent accepts on a status socket (an error message is cut to fit).
 const MAX_ANSWER: usize = 1024;
 /// The largest environment a request may carry, encoded (Linux refuses an `exec` whose arguments and
@@ -386,6 +394,7 @@ pub(super) fn start(
     let env = environment_memfd()?;
     let mut srv = current_server(None)?;
     let mut restarted = false;
+    let deadline = Instant::now() + SERVER_ANSWER_WAIT;
     loop {
         let (ours, theirs) = channel::key_socketpair()?;
         let request = Request {
@@ -408,8 +417,9 @@ pub(super) fn start(
         if let Some(t) = &task {
             fds.push(t.as_fd());
         }
-        match usock::send_with_fds(srv.sock.as_fd(), &packet, &fds) {
+        match usock::send_with_fds_until(srv.sock.as_fd(), &packet, &fds, Some(deadline)) {
             Ok(()) => {}
+            Err(Error::Timeout) => return Err(unresponsive("took no request")),
             Err(Error::Closed) if !restarted => {
                 // The server is gone: start another one, once.
                 restarted = true;
@@ -427,8 +437,16 @@ pub(super) fn start(
         // The server has its copy (or the request is queued for it); ours must go, so that the server's
         // death is an end-of-file on `ours`.
         drop(theirs);
-        return started(ours, result);
+        return started(ours, result, deadline);
     }
+}
+
+/// The error of a start whose server is alive and has not done its part by [`SERVER_ANSWER_WAIT`].
+fn unresponsive(what: &str) -> Error {
+    Error::ForkServer(format!(
+        "the fork server {what} within {} s: it is alive but stopped or stuck",
+        SERVER_ANSWER_WAIT.as_secs()
+    ))
 }
 
 /// The result memfd, and the task memfd if the argument is too large to travel inline.
@@ -451,7 +469,13 @@ fn prepare(args: &[u8]) -> Result<(File, Option<File>)> {
 }
 
 /// Waits for the server's answer to a request on the child's status socket `status`.
-fn started(status: OwnedFd, result: File) -> Result<Child> {
+fn started(status: OwnedFd, result: File, deadline: Instant) -> Result<Child> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    // Readable once the answer came, or the server died (end of file): the receive below then
+    // returns at once.
+    if !psys::wait_readable(&status, Some(left))? {
+        return Err(unresponsive("did not answer"));
+    }
     let mut buf = [0u8; MAX_ANSWER];
     let (n, fds) = match usock::recv_with_fds(status.as_fd(), &mut buf, 1, true)? {
         Received::Packet(n, fds) => (n, fds),
