@@ -245,6 +245,14 @@ impl Cluster {
         world.all_gather_into(&mine[..], &mut flat[..]);
         let all: Vec<[u64; 2]> = flat.chunks_exact(2).map(|w| [w[0], w[1]]).collect();
         own?;
+        // A rank that could not read its own file sent zeros: name it, not the first rank that
+        // differs from it (found by review: rank 0's failure was blamed on rank 1).
+        if let Some(r) = all.iter().position(|w| *w == [0; 2]) {
+            return Err(Error::RankExecutableMismatch {
+                rank: r,
+                detail: format!("rank {r} could not read its own executable"),
+            });
+        }
         if let Some(r) = all.iter().position(|w| *w != all[0]) {
             return Err(Error::RankExecutableMismatch {
                 rank: r,
