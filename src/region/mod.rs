@@ -252,6 +252,8 @@ pub struct Region {
     file: File,
     header: HeaderSnapshot,
     naming: Naming,
+    /// See [`Region::file_key`].
+    file_key: (u64, u64),
 }
 
 /// A check of a region's name: [`validate_name`] for users' names, [`validate_block_name`] for blocks'.
@@ -496,6 +498,14 @@ impl Region {
         self.header.region_id
     }
 
+    /// The device and inode of the file the region maps, read once when it was made or opened: who the
+    /// region is, whatever its header says. Unlike [`Region::id`] (shared memory, which any writer of
+    /// the file can rewrite between two opens), no peer can give one file two keys, nor two files one.
+    /// `sync` tells locks apart by it (`Value`, `Array`, `Condition`).
+    pub(crate) fn file_key(&self) -> (u64, u64) {
+        self.file_key
+    }
+
     /// Whether `self` and `other` map the same file (device and inode), whatever their headers say:
     /// a header is shared memory that any process of the user can rewrite, the inode is not.
     pub(crate) fn same_file(&self, other: &Region) -> bool {
@@ -658,6 +668,7 @@ impl Region {
             }
         }
         let map = shm::Mapping::new(&file, total, false)?;
+        let file_key = shm::file_key(&file)?;
         let me = proc::pid();
         let header = HeaderSnapshot {
             magic: MAGIC,
@@ -684,6 +695,7 @@ impl Region {
             file,
             header,
             naming,
+            file_key,
         };
         let h = region.raw_header();
         h.write(&header);
@@ -806,11 +818,13 @@ impl Region {
         deadline: Instant,
         what: &str,
     ) -> Result<Region> {
+        let file_key = shm::file_key(&file)?;
         let mut region = Region {
             map,
             file,
             header: zero_snapshot(),
             naming,
+            file_key,
         };
         let h = region.raw_header();
         loop {

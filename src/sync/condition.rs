@@ -59,9 +59,11 @@ impl_shared_object!(Condition, RawCondition, "mproc::Condition");
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ConditionGuard<'a> {
     raw: &'a RawCondition,
-    /// The id of the condition's region: what a wait checks the guard against (another handle to
-    /// the same condition, opened again in this process, maps it elsewhere).
-    region: u64,
+    /// The condition's region ([`Region::file_key`](crate::region::Region::file_key)): what a wait
+    /// checks the guard against (another handle to the same condition, opened again in this process,
+    /// maps it elsewhere). Not the header's id, which any writer of the file can rewrite: a guard of
+    /// another condition forged to bear this one's id passed the check (found by review).
+    region: (u64, u64),
     _not_send: PhantomData<*const ()>,
 }
 
@@ -103,7 +105,7 @@ impl Condition {
     fn guard(&self) -> ConditionGuard<'_> {
         ConditionGuard {
             raw: &self.shared,
-            region: self.shared.region().id(),
+            region: self.shared.region().file_key(),
             _not_send: PhantomData,
         }
     }
@@ -248,7 +250,7 @@ impl Condition {
         // this thread for garbage (`Nesting::NeverHeld`), and two guards of one lock then exist in
         // safe code (found by review).
         assert!(
-            guard.region == self.shared.region().id(),
+            guard.region == self.shared.region().file_key(),
             "Condition::wait with the guard of another Condition"
         );
         // Read the sequence while still holding the lock: a notify after our unlock changes it, so the
@@ -299,6 +301,30 @@ mod tests {
     #[should_panic(expected = "the guard of another Condition")]
     fn a_wait_with_another_conditions_guard_panics() {
         let (c1, c2) = (Condition::new().unwrap(), Condition::new().unwrap());
+        let _g1 = c1.lock().unwrap();
+        let g2 = c2.lock().unwrap();
+        let _ = c1.wait_timeout(g2, Duration::from_millis(1));
+    }
+
+    /// As above, with the other condition's header rewritten (by any writer of its file) to bear this
+    /// one's region id: the check must not trust the id. Found by review: it passed, and the wait
+    /// took over the lock this thread held through `_g1`.
+    #[test]
+    #[should_panic(expected = "the guard of another Condition")]
+    fn a_wait_with_the_guard_of_a_condition_forged_to_bear_our_id_panics() {
+        use std::os::unix::fs::FileExt;
+        let c1 = Condition::new().unwrap();
+        let name = crate::region::tests::unique("cond-forged");
+        let _creator = Condition::create(&name).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/dev/shm/{}{name}", crate::region::SHM_PREFIX))
+            .unwrap()
+            // The header's `region_id` (region/header.rs).
+            .write_all_at(&c1.shared.region().id().to_le_bytes(), 32)
+            .unwrap();
+        let c2 = Condition::open(&name).unwrap();
+        assert_eq!(c2.shared.region().id(), c1.shared.region().id());
         let _g1 = c1.lock().unwrap();
         let g2 = c2.lock().unwrap();
         let _ = c1.wait_timeout(g2, Duration::from_millis(1));

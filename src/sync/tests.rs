@@ -1,6 +1,6 @@
 //! The three ways a sync object reaches another process, end to end.
 
-use crate::{Event, Lock, Process, Value};
+use crate::{Array, Event, Lock, Process, Value};
 
 const ROUNDS: u64 = 2000;
 
@@ -28,6 +28,63 @@ fn inherited_across_fork() {
     add_under_lock(&lock, &value);
     child.join().unwrap();
     assert_eq!(value.get(), 2 * ROUNDS);
+}
+
+/// A child forked while its parent's thread holds guards of a `Value` and an `Array` does not hold
+/// them: it waits for the parent to let go, as it did before `Value`/`Array` told "held by me" from a
+/// per-thread list of guards. Found by review: the child inherited the forking thread's list, and its
+/// `get` panicked ("already holds its lock") while the parent held the lock.
+#[test]
+fn a_fork_child_of_a_guard_holder_waits_for_the_release() {
+    let (v, a) = (Value::new(1u64).unwrap(), Array::<u8>::new(2).unwrap());
+    let (v2, a2) = (v.clone(), a.clone());
+    let mut gv = v.lock().unwrap();
+    let mut ga = a.lock().unwrap();
+    let mut child = Process::builder().fork(move || (v2.get(), a2.get(0)));
+    child.start().unwrap();
+    // The child cannot read before these are released: it sees the values written under the guards.
+    *gv = 5;
+    ga[0] = 7;
+    drop((gv, ga));
+    assert_eq!(child.join().unwrap(), (5, Some(7)));
+}
+
+/// A thread-local whose drop writes a `Value` (a per-thread tally flushed at thread exit) still
+/// works when the thread-locals of `Value`'s own bookkeeping are gone: thread-locals are destroyed in
+/// the reverse order of their first use, so a `Value` first locked after the tally was made has its
+/// list of held guards destroyed before the tally's drop runs. Found by review: `get` panicked there
+/// ("cannot access a Thread Local Storage value during or after destruction"), and a panic in a
+/// thread-local's destructor aborts the process. Run in a forked child, which the abort would kill.
+#[test]
+fn a_value_set_from_a_thread_local_destructor_works() {
+    struct Tally(Value<u64>);
+    impl Drop for Tally {
+        fn drop(&mut self) {
+            self.0.set(self.0.get() + 1);
+            *self.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        }
+    }
+    thread_local! {
+        static TALLY: std::cell::RefCell<Option<Tally>> = const { std::cell::RefCell::new(None) };
+    }
+    let v = Value::new(0u64).unwrap();
+    let v2 = v.clone();
+    let mut child = Process::builder().fork(move || {
+        std::thread::spawn(move || {
+            // The tally first, then the value's first lock in this thread.
+            TALLY.with(|t| *t.borrow_mut() = Some(Tally(v2.clone())));
+            v2.set(v2.get() + 1);
+        })
+        .join()
+        .is_ok()
+    });
+    child.start().unwrap();
+    let got = child.join();
+    assert!(
+        matches!(got, Ok(true)),
+        "the child did not end well: {got:?}"
+    );
+    assert_eq!(v.get(), 3);
 }
 
 #[test]

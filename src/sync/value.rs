@@ -8,7 +8,7 @@ use std::ops::{Deref, DerefMut};
 use bytemuck::Pod;
 
 use super::lock::guard_result;
-use super::raw_lock::{Acquired, Nesting, RawLock};
+use super::raw_lock::{Acquired, LockFail, Nesting, RawLock};
 use crate::error::{Error, LockResult, Result};
 use crate::region::shared::Shared;
 use crate::region::{layout_hash, Layout, Region, RegionHandle, ShmSafe, DEFAULT_OPEN_TIMEOUT};
@@ -134,7 +134,7 @@ impl<T: Pod> Value<T> {
     #[inline]
     pub fn lock(&self) -> LockResult<ValueGuard<'_, T>> {
         let raw = &*self.shared;
-        let region = self.shared.region().id();
+        let region = self.shared.region().file_key();
         let a = lock_or_panic(&raw.lock, region, "Value");
         guard_result(
             ValueGuard {
@@ -165,8 +165,8 @@ impl<T: Pod> Value<T> {
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ValueGuard<'a, T: Pod> {
     raw: &'a RawValue<T>,
-    /// The value's region, listed in [`HELD`] while the guard lives.
-    region: u64,
+    /// The value's region ([`Region::file_key`]), listed in [`HELD`] while the guard lives.
+    region: (u64, u64),
     _not_send: PhantomData<*const ()>,
 }
 
@@ -386,7 +386,7 @@ impl<T: Pod> Array<T> {
     /// [`OwnerDied`](crate::OwnerDied) with the guard if the previous holder died.
     #[inline]
     pub fn lock(&self) -> LockResult<ArrayGuard<'_, T>> {
-        let a = lock_or_panic(&self.shared.lock, self.shared.region().id(), "Array");
+        let a = lock_or_panic(&self.shared.lock, self.shared.region().file_key(), "Array");
         guard_result(
             ArrayGuard {
                 array: self,
@@ -456,7 +456,7 @@ impl<T: Pod> DerefMut for ArrayGuard<'_, T> {
 impl<T: Pod> Drop for ArrayGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
-        held_by_this_thread(self.array.shared.region().id(), false);
+        held_by_this_thread(self.array.shared.region().file_key(), false);
         // SAFETY: the guard exists only while its (non-Send) thread holds the lock; dropped once.
         unsafe { self.array.shared.lock.unlock() }
     }
@@ -491,36 +491,80 @@ pod_handle_impls!(Array, ArrayGuard);
 /// Whether this thread holds the lock is told by [`HELD`], not by the lock's word: a word naming this
 /// thread that no guard of this thread accounts for is garbage, taken over like a dead holder's (found
 /// by review: any process that could write the region could forge this thread's identity into the
-/// word and make every `get` of ours panic).
+/// word and make every `get` of ours panic). Only while this thread's thread-locals are being
+/// destroyed (a `get` in the drop of a thread-local), when [`HELD`] may be gone, is the word the
+/// judge, as it was before the list.
 #[track_caller]
-fn lock_or_panic(lock: &RawLock, region: u64, what: &str) -> Acquired {
-    if HELD.with(|h| h.borrow().contains(&region)) {
-        panic!(
-            "{what}: this thread already holds its lock (get, set and lock while a guard of it is \
-             alive): use the guard"
-        );
-    }
+fn lock_or_panic(lock: &RawLock, region: (u64, u64), what: &str) -> Acquired {
+    let held = with_held(|h| h.contains(&region));
+    let nesting = match held {
+        Some(true) => already_held(what),
+        Some(false) => Nesting::NeverHeld,
+        None => Nesting::MayHold,
+    };
     let a = loop {
-        // Untimed and NeverHeld: fails neither way; the loop only spells that out without a panic.
-        if let Ok(a) = lock.lock_as(None, Nesting::NeverHeld) {
-            break a;
+        // Untimed: never `TimedOut`; the loop only spells that out without a panic.
+        match lock.lock_as(None, nesting) {
+            Ok(a) => break a,
+            Err(LockFail::WouldDeadlock) => already_held(what),
+            Err(LockFail::TimedOut) => {}
         }
     };
     held_by_this_thread(region, true);
     a
 }
 
-thread_local! {
-    /// The regions of the `Value`s and `Array`s whose lock this thread holds through a guard (guards
-    /// are not `Send`, so each is dropped on the thread that listed it). By region id, not address:
-    /// one object mapped twice (opened again by name) is one lock.
-    static HELD: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+#[track_caller]
+fn already_held(what: &str) -> ! {
+    panic!(
+        "{what}: this thread already holds its lock (get, set and lock while a guard of it is \
+         alive): use the guard"
+    )
 }
 
-/// Lists (`true`) or unlists the region of a guard of this thread.
-fn held_by_this_thread(region: u64, held: bool) {
-    HELD.with(|h| {
+/// The regions of the `Value`s and `Array`s whose lock a thread holds through a guard, and the thread
+/// they are listed for (see [`with_held`]).
+struct Held {
+    tid: u32,
+    regions: Vec<(u64, u64)>,
+}
+
+thread_local! {
+    /// This thread's [`Held`] (guards are not `Send`, so each is dropped on the thread that listed it).
+    /// By the region's file ([`Region::file_key`]), not address: one object mapped twice (opened
+    /// again by name) is one lock. Not by the header's id either: any writer of the file can rewrite
+    /// it between two opens, and the second mapping's guard then took over the lock this thread held
+    /// through the first, two `&mut` to one value (found by review).
+    static HELD: std::cell::RefCell<Held> = const {
+        std::cell::RefCell::new(Held { tid: 0, regions: Vec::new() })
+    };
+}
+
+/// Calls `f` with the regions this thread holds guards of. A child of `fork(2)` inherits the list of
+/// the thread that forked, whose guards it never holds: the locks name the parent's thread, and they
+/// are released when the parent drops its guards. So the list counts only for the thread it was made
+/// by (`proc::current` is reset in a forked child); found by review: a forked child's `get` panicked
+/// with "already holds its lock" while its parent held a guard, where it used to wait for it.
+///
+/// `None` once this thread's [`HELD`] was destroyed (thread-locals are destroyed in the reverse order
+/// of their first use, so the drop of one made before this thread's first guard runs after it; found
+/// by review: `HELD.with` panicked there, and a panic in a thread-local's drop aborts the process).
+fn with_held<R>(f: impl FnOnce(&mut Vec<(u64, u64)>) -> R) -> Option<R> {
+    let me = crate::sys::proc::current().tid;
+    HELD.try_with(|h| {
         let mut h = h.borrow_mut();
+        if h.tid != me {
+            h.tid = me;
+            h.regions.clear();
+        }
+        f(&mut h.regions)
+    })
+    .ok()
+}
+
+/// Lists (`true`) or unlists the region of a guard of this thread (nothing once [`HELD`] is gone).
+fn held_by_this_thread(region: (u64, u64), held: bool) {
+    let _ = with_held(|h| {
         if held {
             h.push(region);
         } else if let Some(i) = h.iter().rposition(|&r| r == region) {
@@ -568,6 +612,33 @@ mod tests {
         let w = Value::<u32>::open(&name).unwrap();
         let _g = v.lock().unwrap();
         let _ = w.get();
+    }
+
+    /// The same value mapped twice under two region ids (any writer of the file can rewrite the id in
+    /// its header between two opens) is still one lock: a `lock` through the second mapping while a
+    /// guard of the first lives must not take the lock over from this very thread. Found by review:
+    /// `HELD` knew the lock by the header's id, so the second `lock` took the word naming this thread
+    /// for garbage and handed out a second guard, two `&mut` to one value in safe code.
+    #[test]
+    #[should_panic(expected = "already holds its lock")]
+    fn one_value_opened_under_two_ids_is_one_lock() {
+        use std::os::unix::fs::FileExt;
+        let name = crate::region::tests::unique("val3");
+        let v = Value::create(&name, 1u32).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/dev/shm/{}{name}", crate::region::SHM_PREFIX))
+            .unwrap();
+        // The header's `region_id` (region/header.rs), rewritten as a peer could.
+        let forged = v.shared.region().id() ^ 1;
+        file.write_all_at(&forged.to_le_bytes(), 32).unwrap();
+        let w = Value::<u32>::open(&name).unwrap();
+        assert_ne!(w.shared.region().id(), v.shared.region().id());
+        let mut g = v.lock().unwrap();
+        // Before the fix: a second guard of the lock this thread holds.
+        let h = w.lock();
+        *g = 2;
+        drop(h);
     }
 
     #[test]

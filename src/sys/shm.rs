@@ -515,6 +515,12 @@ pub(crate) fn file_info(file: &File) -> Result<FileInfo> {
     })
 }
 
+/// The device and inode of `file`: which file it is, as no content of it can say.
+pub(crate) fn file_key(file: &File) -> Result<(u64, u64)> {
+    let m = file.metadata().map_err(|e| Error::os("fstat", e))?;
+    Ok((m.dev(), m.ino()))
+}
+
 /// A shared read-write mapping of a whole segment. Unmapped on drop.
 #[derive(Debug)]
 pub(crate) struct Mapping {
