@@ -235,7 +235,8 @@ impl Pool {
     }
 
     /// Waits for the submitted work to finish and the workers to exit. Call [`close`](Pool::close) (or
-    /// [`terminate`](Pool::terminate)) first.
+    /// [`terminate`](Pool::terminate)) first. Workers that have not exited 10 s after the work is done
+    /// (stopped, or stuck) are killed then, all at once: a `join` never waits longer for them.
     ///
     /// # Errors
     /// [`Error::ProcessState`] if the pool is still open.
