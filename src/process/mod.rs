@@ -1000,12 +1000,8 @@ fn outcome_to_result<R: DeserializeOwned>(
             Failure::ExeMismatch(what) => Error::ExecutableMismatch(what),
             Failure::Setup(what) => Error::os("child process setup", std::io::Error::other(what)),
         }),
-        (Some(Outcome::Value(v)), WaitStatus::Exited(0)) => {
-            postcard::from_bytes(&v).map_err(|e| Error::Decode {
-                ty: std::any::type_name::<R>().into(),
-                reason: e.to_string(),
-            })
-        }
+        // All of it, as `Serde` decodes: a remainder means the child wrote something else.
+        (Some(Outcome::Value(v)), WaitStatus::Exited(0)) => crate::codec::postcard_whole(&v),
         (_, WaitStatus::Signaled(signal)) => Err(Error::ProcessKilled {
             signal,
             pid: who.0,
