@@ -25,6 +25,7 @@ pub const ROLES: &[Role] = &[
     ("forkserver_orphan_unreaped", forkserver_orphan_unreaped),
     ("forkserver_odd_environment", forkserver_odd_environment),
     ("forkserver_stopped", forkserver_stopped),
+    ("forkserver_stopped_together", forkserver_stopped_together),
 ];
 
 /// How long a role may take before we call it a hang (proves "no hang", asserts no speed).
@@ -44,6 +45,10 @@ pub fn tests() -> Vec<Trial> {
         role(
             "a_stopped_server_is_an_error_not_a_hang",
             "forkserver_stopped",
+        ),
+        role(
+            "a_start_stopped_with_its_server_succeeds_once_both_continue",
+            "forkserver_stopped_together",
         ),
         role("many_processes_no_leak", "forkserver_no_leak"),
         role(
@@ -581,4 +586,37 @@ fn forkserver_stopped(_: &str) {
     common::eventually("the late request's child is gone", BOUND, || {
         children_of(server).is_empty()
     });
+}
+
+/// Role: a start in flight when its process and the server are both stopped (job control's Ctrl-Z, a
+/// batch scheduler's suspend, a cgroup freezer) for longer than the start's bound succeeds once both
+/// are continued. Found by review: the bound counted the time this process was stopped as the
+/// server's, so the start failed ("stopped or stuck") as soon as this process ran again, before the
+/// server, continued with it, had its turn. Here the server is stopped first (so the request waits
+/// for it), this process 1 s later for 22 s (past the 20 s bound), and the server continued 0.5 s
+/// after this process: it was unresponsive for 0.5 s of this process's time.
+fn forkserver_stopped_together(_: &str) {
+    assert_eq!(start(|x: u32| x + 1, 1).join().unwrap(), 2);
+    let server = server_pid();
+    // SAFETY: kill(2) on our own unreaped child (the server): its pid cannot have been reused.
+    assert_eq!(unsafe { libc::kill(server, libc::SIGSTOP) }, 0);
+    let me = std::process::id();
+    let mut stopper = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "sleep 1; kill -STOP {me}; sleep 22; kill -CONT {me}; sleep 0.5; kill -CONT {server}"
+        ))
+        .spawn()
+        .expect("run sh");
+    let r = Process::builder()
+        .start_method(StartMethod::ForkServer)
+        .target(|x: u32| x + 1, 2)
+        .and_then(|mut p| {
+            p.start()?;
+            p.join()
+        });
+    // Whatever the start did, the server runs again once the stopper is done.
+    let done = stopper.wait().expect("wait for sh");
+    assert!(done.success(), "the stopper failed: {done}");
+    assert_eq!(r.unwrap(), 3);
 }

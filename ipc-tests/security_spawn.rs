@@ -94,6 +94,10 @@ pub fn tests() -> Vec<Trial> {
             "a_program_with_file_capabilities_cannot_spawn_and_says_so",
             file_capabilities_program_cannot_spawn,
         ),
+        t(
+            "a_program_with_file_capabilities_cannot_spawn_under_no_new_privs",
+            file_capabilities_program_cannot_spawn_under_no_new_privs,
+        ),
         t("process_and_pool_still_work", process_and_pool_still_work),
     ]
 }
@@ -872,7 +876,7 @@ fn setuid_program_cannot_spawn() {
     }
     let dir = TempDir::new("setuid-spawner");
     let spawner = dir.copy_of_this_binary("spawner", 0o4755);
-    assert_spawner_refuses(&spawner, "a setuid-root copy run as uid 65534");
+    assert_spawner_refuses(as_nobody(&spawner), "a setuid-root copy run as uid 65534");
     drop(dir);
     assert!(!spawner.exists(), "the setuid copy was not removed");
 }
@@ -882,7 +886,28 @@ fn setuid_program_cannot_spawn() {
 ///
 /// Needs root, `setpriv` and `setcap`; without them it says so on stderr and checks nothing.
 fn file_capabilities_program_cannot_spawn() {
-    let name = "security_spawn::a_program_with_file_capabilities_cannot_spawn_and_says_so";
+    file_capabilities_spawner_refuses(
+        "security_spawn::a_program_with_file_capabilities_cannot_spawn_and_says_so",
+        false,
+    );
+}
+
+/// As [`file_capabilities_program_cannot_spawn`], run under `no_new_privs`. That keeps the exec from
+/// granting the file's capabilities, but not from being `AT_SECURE` (the kernel still marks an exec
+/// of a capability-bearing file by a non-root process secure), so the child still ignores its task.
+/// Found by review: `no_new_privs` was taken to cancel file capabilities like set-id bits, `start`
+/// succeeded, and the child ran `main` instead of its task.
+fn file_capabilities_program_cannot_spawn_under_no_new_privs() {
+    file_capabilities_spawner_refuses(
+        "security_spawn::a_program_with_file_capabilities_cannot_spawn_under_no_new_privs",
+        true,
+    );
+}
+
+/// A copy of this binary with file capabilities (`setcap`) run as uid 65534 (under `no_new_privs`
+/// if `nnp`) must refuse to spawn. Needs root, `setpriv` and `setcap`; without them it says so on
+/// stderr and checks nothing.
+fn file_capabilities_spawner_refuses(name: &str, nnp: bool) {
     if let Err(why) = setuid_feasible() {
         eprintln!("{name}: skipped: {why}");
         return;
@@ -900,13 +925,18 @@ fn file_capabilities_program_cannot_spawn() {
             return;
         }
     }
-    assert_spawner_refuses(&spawner, "a copy with file capabilities run as uid 65534");
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+    if nnp {
+        cmd.arg("--no-new-privs");
+    }
+    cmd.arg(&spawner);
+    assert_spawner_refuses(cmd, "a copy with file capabilities run as uid 65534");
 }
 
-/// Runs `spawner` as uid 65534 in the role [`SPAWNER_ROLE`] and asserts that its spawn was refused
-/// with an error naming `AT_SECURE`, and that no child ran `main` in its place.
-fn assert_spawner_refuses(spawner: &Path, case: &str) {
-    let mut cmd = as_nobody(spawner);
+/// Runs `cmd` (a copy of this binary, as uid 65534) in the role [`SPAWNER_ROLE`] and asserts that
+/// its spawn was refused with an error naming `AT_SECURE`, and that no child ran `main` in its place.
+fn assert_spawner_refuses(mut cmd: Command, case: &str) {
     cmd.env("MPROC_TEST_ROLE", SPAWNER_ROLE)
         .env("MPROC_TEST_RUN", common::run_tag())
         .env_remove(SPAWN_VAR)

@@ -76,9 +76,10 @@ pub(crate) fn refuse_if_sigchld_ignored(method: &'static str) -> Result<()> {
 /// The kernel marks an exec secure when it leaves the effective ids unlike the real ones
 /// (`cap_bprm_creds_from_file`): for certain when ours already differ (a setuid or setgid program
 /// that kept its privileges), and when the file is set-user-ID to another user than ours or
-/// set-group-ID to another group, or carries capabilities (and we are not root), unless all of these
-/// are ignored (a `nosuid` mount, `no_new_privs`). Not told apart here: LSM transitions, whose child
-/// ignores its task as well.
+/// set-group-ID to another group, or carries capabilities (and we are not root), unless these are
+/// ignored: all of them on a `nosuid` mount, the set-id bits only under `no_new_privs` (which keeps
+/// the capabilities from being granted, not the exec from being secure). Not told apart here: LSM
+/// transitions, whose child ignores its task as well.
 pub(crate) fn refuse_if_exec_is_secure(method: &'static str) -> Result<()> {
     let (mut ruid, mut euid, mut suid) = (0, 0, 0);
     let (mut rgid, mut egid, mut sgid) = (0, 0, 0);
@@ -100,7 +101,11 @@ pub(crate) fn refuse_if_exec_is_secure(method: &'static str) -> Result<()> {
         let setgid = mode & libc::S_ISGID != 0 && mode & libc::S_IXGRP != 0 && exe.gid() != rgid;
         // File capabilities raise a process that is not root (the kernel skips the test for root).
         let root = ruid == 0 && euid == 0;
-        secure = (setuid || setgid || (!root && has_file_capabilities())) && set_id_honoured();
+        // Under no_new_privs the kernel ignores the set-id bits, but an exec of a capability-bearing
+        // file by a process that is not root is still secure (found by review: taking no_new_privs to
+        // cancel both let such a program spawn a child that ran `main`).
+        let set_id = (setuid || setgid) && !no_new_privs();
+        secure = (set_id || (!root && has_file_capabilities())) && !nosuid_exe();
     }
     if secure {
         return Err(Error::os(
@@ -131,23 +136,25 @@ fn has_file_capabilities() -> bool {
     n > 0
 }
 
-/// Whether an `exec` of our own file would honour its set-id bits and capabilities: not under
-/// `no_new_privs`, and not from a `nosuid` mount. Where that cannot be told, yes (refusing to spawn
-/// is the safe answer).
-fn set_id_honoured() -> bool {
+/// Whether this process runs under `no_new_privs` (an exec then ignores set-id bits). Where that
+/// cannot be told, no (refusing to spawn is the safe answer).
+fn no_new_privs() -> bool {
     // SAFETY: PR_GET_NO_NEW_PRIVS takes no argument beyond the option and returns 0 or 1 (or -1).
-    if unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) } == 1 {
-        return false;
-    }
+    unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1 }
+}
+
+/// Whether our own file is on a `nosuid` mount, where an `exec` ignores both its set-id bits and
+/// its capabilities. Where that cannot be told, no (refusing to spawn is the safe answer).
+fn nosuid_exe() -> bool {
     let mut vfs = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
     // SAFETY: the path is a NUL-terminated literal; statvfs writes one `statvfs` into `vfs`, a live
     // local (zeroed is a valid bit pattern for it).
     if unsafe { libc::statvfs(c"/proc/self/exe".as_ptr(), vfs.as_mut_ptr()) } != 0 {
-        return true;
+        return false;
     }
     // SAFETY: statvfs succeeded and filled `vfs`.
     let vfs = unsafe { vfs.assume_init() };
-    vfs.f_flag & libc::ST_NOSUID == 0
+    vfs.f_flag & libc::ST_NOSUID != 0
 }
 
 /// Seals a memfd's contents for good: no more writes, no size change, no seal change.

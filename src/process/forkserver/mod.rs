@@ -92,6 +92,9 @@ pub(super) const ORPHAN_REAP_WAIT: Duration = Duration::from_secs(5);
 /// review). The server is not replaced: killing it would kill its running children (they die with
 /// it); a request it takes later finds the status socket closed and its child is killed.
 const SERVER_ANSWER_WAIT: Duration = Duration::from_secs(20);
+/// The longest single wait within [`SERVER_ANSWER_WAIT`]: a wait that ends later than it should
+/// was not this process's to count (see [`patiently`]), and a slice bounds what is counted wrongly.
+const ANSWER_WAIT_SLICE: Duration = Duration::from_secs(1);
 /// The largest answer the parent accepts on a status socket (an error message is cut to fit).
 const MAX_ANSWER: usize = 1024;
 /// The largest environment a request may carry, encoded (Linux refuses an `exec` whose arguments and
@@ -394,7 +397,7 @@ pub(super) fn start(
     let env = environment_memfd()?;
     let mut srv = current_server(None)?;
     let mut restarted = false;
-    let deadline = Instant::now() + SERVER_ANSWER_WAIT;
+    let mut deadline = Instant::now() + SERVER_ANSWER_WAIT;
     loop {
         let (ours, theirs) = channel::key_socketpair()?;
         let request = Request {
@@ -417,9 +420,16 @@ pub(super) fn start(
         if let Some(t) = &task {
             fds.push(t.as_fd());
         }
-        match usock::send_with_fds_until(srv.sock.as_fd(), &packet, &fds, Some(deadline)) {
-            Ok(()) => {}
-            Err(Error::Timeout) => return Err(unresponsive("took no request")),
+        let sent = patiently(&mut deadline, |until| {
+            match usock::send_with_fds_until(srv.sock.as_fd(), &packet, &fds, Some(until)) {
+                Ok(()) => Ok(Some(())),
+                Err(Error::Timeout) => Ok(None),
+                Err(e) => Err(e),
+            }
+        });
+        match sent {
+            Ok(Some(())) => {}
+            Ok(None) => return Err(unresponsive("took no request")),
             Err(Error::Closed) if !restarted => {
                 // The server is gone: start another one, once.
                 restarted = true;
@@ -438,6 +448,32 @@ pub(super) fn start(
         // death is an end-of-file on `ours`.
         drop(theirs);
         return started(ours, result, deadline);
+    }
+}
+
+/// Runs `attempt` with the end of one slice of waiting at a time until it gives `Some`, or until
+/// `deadline` passes (`None`), counting against `deadline` only the time this process was running.
+/// A slice that took longer than asked for means we were not running meanwhile: stopped by job
+/// control (Ctrl-Z, a batch scheduler's suspend) or frozen (a cgroup freezer) together with the
+/// server, which could not answer either. Counting that time made every start in flight at such a
+/// stop longer than the bound fail as soon as the process was continued, before the server, continued
+/// with it, had its turn (found by review).
+fn patiently<T>(
+    deadline: &mut Instant,
+    mut attempt: impl FnMut(Instant) -> Result<Option<T>>,
+) -> Result<Option<T>> {
+    loop {
+        let start = Instant::now();
+        let left = deadline.saturating_duration_since(start);
+        if left.is_zero() {
+            return Ok(None);
+        }
+        let slice = left.min(ANSWER_WAIT_SLICE);
+        if let Some(v) = attempt(start + slice)? {
+            return Ok(Some(v));
+        }
+        let away = start.elapsed().saturating_sub(slice);
+        *deadline = deadline.checked_add(away).unwrap_or(*deadline);
     }
 }
 
@@ -469,11 +505,14 @@ fn prepare(args: &[u8]) -> Result<(File, Option<File>)> {
 }
 
 /// Waits for the server's answer to a request on the child's status socket `status`.
-fn started(status: OwnedFd, result: File, deadline: Instant) -> Result<Child> {
-    let left = deadline.saturating_duration_since(Instant::now());
+fn started(status: OwnedFd, result: File, mut deadline: Instant) -> Result<Child> {
     // Readable once the answer came, or the server died (end of file): the receive below then
     // returns at once.
-    if !psys::wait_readable(&status, Some(left))? {
+    let answered = patiently(&mut deadline, |until| {
+        let left = until.saturating_duration_since(Instant::now());
+        Ok(psys::wait_readable(&status, Some(left))?.then_some(()))
+    })?;
+    if answered.is_none() {
         return Err(unresponsive("did not answer"));
     }
     let mut buf = [0u8; MAX_ANSWER];
