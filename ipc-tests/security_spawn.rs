@@ -728,8 +728,15 @@ impl TempDir {
     /// A copy of this test binary in the directory, with `mode` (0o4755: setuid to us, root).
     fn copy_of_this_binary(&self, name: &str, mode: u32) -> PathBuf {
         let path = self.0.join(name);
-        std::fs::copy(std::env::current_exe().expect("current_exe"), &path)
-            .expect("copy the binary");
+        // Copied by `cp`, not by this process: a descriptor of ours open for writing the copy would
+        // be inherited, until its exec, by every child another test's thread forks meanwhile, and an
+        // exec of the copy in that window fails with ETXTBSY ("Text file busy", seen in CI).
+        let copied = Command::new("cp")
+            .arg(std::env::current_exe().expect("current_exe"))
+            .arg(&path)
+            .status()
+            .expect("run cp");
+        assert!(copied.success(), "cp of the binary failed: {copied}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
         path
     }
