@@ -789,7 +789,14 @@ fn spawn_from_a_touched_copy() {
     let dir = std::env::temp_dir().join(format!("mproc-touched-exe-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let copy = dir.join("ipc-copy");
-    std::fs::copy(std::env::current_exe().expect("current_exe"), &copy).expect("copy the binary");
+    // By `cp`: a descriptor of ours open for writing the copy would be inherited by children other
+    // tests' threads fork meanwhile, and running the copy could then fail with ETXTBSY.
+    let copied = std::process::Command::new("cp")
+        .arg(std::env::current_exe().expect("current_exe"))
+        .arg(&copy)
+        .status()
+        .expect("run cp");
+    assert!(copied.success(), "cp of the binary failed: {copied}");
     let mut child = std::process::Command::new(&copy)
         .env("MPROC_TEST_ROLE", "process_spawn_after_touching_exe")
         .env("MPROC_TEST_RUN", common::run_tag())
