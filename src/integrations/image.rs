@@ -35,8 +35,8 @@
 //! is turned into `BadFile` too (except under `panic = "abort"`, where nothing can be caught).
 //!
 //! # Functions
-//! The function given to [`map_bands`] runs in the workers, re-created there from its type: a `fn`
-//! item or a closure that captures nothing (see [`crate::integrations::ndarray`]).
+//! The function given to [`map_bands`] runs in the workers, where it travels as a signed function
+//! pointer: a `fn` item or a closure that captures nothing (see [`crate::integrations::ndarray`]).
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};

@@ -10,9 +10,10 @@
 //! `start..end` of a Fortran-order one.
 //!
 //! # Functions
-//! Workers are other processes, so the function handed to [`SharedNdArray::map_axis_chunks`] must be
-//! re-creatable there from its type alone: a `fn` item or a closure that captures nothing. A
-//! capturing closure fails to compile (a post-monomorphization error: "captures data"); see the
+//! Workers are other processes, so the function handed to [`SharedNdArray::map_axis_chunks`] is a
+//! function pointer, which travels to them signed as a pool task's does: a `fn` item or a closure that
+//! captures nothing. A capturing closure does not coerce to one and fails to compile (a type mismatch:
+//! "closures can only be coerced to `fn` types if they do not capture any variables"); see the
 //! examples. Per-call parameters travel inside the data (or use [`Pool::map_chunks_with`]).
 //!
 //! # `Grid`

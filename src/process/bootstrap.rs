@@ -22,7 +22,7 @@
 //!
 //! ## Wire format
 //! The task memfd holds one frame: `b"MPRCTSK2"`, the body length as a little-endian `u64`, then the
-//! [`Task`] in postcard. The child writes one frame `b"MPRCOUT1"`, length, [`Outcome`] into the result
+//! [`SpawnTask`] in postcard. The child writes one frame `b"MPRCOUT1"`, length, [`Outcome`] into the result
 //! memfd. A child that dies half-way through writing leaves a short frame, which the parent rejects on its
 //! length, then reports how the child ended instead. A memfd never blocks a writer, so a result of any
 //! size cannot deadlock parent and child the way a full pipe can; the parent reads at most

@@ -11,6 +11,7 @@
 //!   descriptors, for the fork server.
 //! - [`pidfd`]: the exit status of a process another process reaped (`PIDFD_GET_INFO`).
 //! - [`cpu`]: cache prefetch hints for the ring's claims.
+//! - `filemap` (features `npy`, `image`): user files, opened with care and mapped `MAP_SHARED`.
 //! - [`proc`]: pids, thread ids, start times and liveness checks used to detect dead lock holders.
 
 pub(crate) mod channel;
