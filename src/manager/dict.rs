@@ -331,10 +331,7 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
     /// [`Error::OutOfMemory`] (the dict is unchanged then), [`Error::Encode`], [`Error::Corrupted`];
     /// [`Error::Decode`] if the replaced value is not a `V` (it is replaced all the same).
     pub fn insert(&self, key: &K, value: &V) -> Result<Option<V>> {
-        let k = Self::key_bytes(key)?;
-        let v = <C as Codec<V>>::with_bytes(value, <[u8]>::to_vec)?;
-        let obj = self.obj;
-        let (_, old) = self.heap.transact(|tx| Self::put(tx, obj, &k, &v, true))?;
+        let old = self.encode_and_put(key, value, true)?;
         old.map(|b| <C as Codec<V>>::decode(&b)).transpose()
     }
 
@@ -342,12 +339,19 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
     /// changed (`Namespace::set`; found by review: a replaced value of another type made `set` report
     /// a `Decode` error after it had committed).
     pub(crate) fn set(&self, key: &K, value: &V) -> Result<()> {
+        self.encode_and_put(key, value, false).map(drop)
+    }
+
+    /// Encodes `key` and `value` and sets the entry in one transaction; with `keep_old`, the bytes of
+    /// the value it replaced.
+    fn encode_and_put(&self, key: &K, value: &V, keep_old: bool) -> Result<Option<Vec<u8>>> {
         let k = Self::key_bytes(key)?;
         let v = <C as Codec<V>>::with_bytes(value, <[u8]>::to_vec)?;
         let obj = self.obj;
-        self.heap
-            .transact(|tx| Self::put(tx, obj, &k, &v, false))
-            .map(drop)
+        let (_, old) = self
+            .heap
+            .transact(|tx| Self::put(tx, obj, &k, &v, keep_old))?;
+        Ok(old)
     }
 
     /// Sets the entry of `k` to `v`. Returns whether the key was present, and (with `keep_old`) the

@@ -6,7 +6,7 @@
 //! was reaped fails with `ESRCH` instead of hitting whoever got the pid next.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -153,6 +153,16 @@ pub(crate) fn exit_with_parent(parent: u32, code: i32) -> Result<()> {
 /// Waits until `fd` (a pidfd or pipe) is readable, for at most `timeout` (`None`: forever). Returns
 /// whether it became readable. A pidfd becomes readable when its process has terminated (pidfd_open(2)).
 pub(crate) fn wait_readable(fd: &OwnedFd, timeout: Option<Duration>) -> Result<bool> {
+    wait_polled(fd.as_fd(), libc::POLLIN, timeout)
+}
+
+/// Waits until `fd` reports one of `events` (`poll(2)`: `POLLIN`, `POLLOUT`), for at most `timeout`
+/// (`None`: forever). Returns whether it did.
+pub(crate) fn wait_polled(
+    fd: BorrowedFd<'_>,
+    events: libc::c_short,
+    timeout: Option<Duration>,
+) -> Result<bool> {
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t)); // past the range: none
     loop {
         let ms: libc::c_int = match deadline {
@@ -165,7 +175,7 @@ pub(crate) fn wait_readable(fd: &OwnedFd, timeout: Option<Duration>) -> Result<b
         };
         let mut pfd = libc::pollfd {
             fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
+            events,
             revents: 0,
         };
         // SAFETY: `pfd` is one valid pollfd on this stack frame, and we pass a count of 1.

@@ -99,39 +99,16 @@ pub(crate) fn send_with_fds_until(
             Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN) => {
                 return Err(Error::Closed)
             }
-            Some(libc::EAGAIN) => match deadline {
-                Some(d) if Instant::now() < d => wait_writable(sock, d)?,
-                _ => return Err(Error::Timeout),
-            },
-            _ => return Err(Error::os("sendmsg", e)),
-        }
-    }
-}
-
-/// Waits until `sock` can take a packet, or `deadline` passes (then [`Error::Timeout`]).
-fn wait_writable(sock: BorrowedFd<'_>, deadline: Instant) -> Result<()> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(Error::Timeout);
-        }
-        // Rounded up, so that a wait never ends early and spins with a zero timeout.
-        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
-        let mut pfd = libc::pollfd {
-            fd: sock.as_raw_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        };
-        // SAFETY: `pfd` is one valid pollfd on this stack frame, and the count passed is 1.
-        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if r > 0 {
-            return Ok(());
-        }
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(Error::os("poll", e));
+            // Room in our send buffer, or the deadline: `poll` says which.
+            Some(libc::EAGAIN) => {
+                let left = deadline.map_or(Duration::ZERO, |d| {
+                    d.saturating_duration_since(Instant::now())
+                });
+                if !super::process::wait_polled(sock, libc::POLLOUT, Some(left))? {
+                    return Err(Error::Timeout);
+                }
             }
+            _ => return Err(Error::os("sendmsg", e)),
         }
     }
 }
