@@ -327,11 +327,14 @@ fn convert<P: PixelWithColorType>(img: DynamicImage) -> Option<DynamicImage> {
     })
 }
 
-/// Encodes `img` into `path`, the format chosen by its extension (`image`'s `save`).
+/// Encodes `img` into `path`, the format chosen by its extension (as `image`'s `save`). A regular
+/// file (or the one a symbolic link names) is overwritten in place; a new name is created.
 ///
 /// # Errors
-/// [`Error::BadFile`] with [`FileProblem::Image`] if it cannot be encoded in that format;
-/// [`Error::Os`] if it cannot be written.
+/// [`Error::BadFile`] with [`FileProblem::Image`] if it cannot be encoded in that format, with
+/// [`FileProblem::NotRegular`] if `path` names something other than a regular file (a FIFO, a
+/// device, a directory), which is left as it is, not opened for writing; [`Error::Os`] if it cannot
+/// be written.
 ///
 /// # Examples
 /// ```
@@ -348,8 +351,44 @@ where
     P::Subpixel: Pod,
     [P::Subpixel]: image::EncodableLayout,
 {
+    use std::io::Write;
     let path = path.as_ref();
-    img.save(path).map_err(|e| image_error(path, e))
+    let format = image::ImageFormat::from_path(path).map_err(|e| image_error(path, e))?;
+    let mut out = std::io::BufWriter::new(create_regular(path)?);
+    img.write_to(&mut out, format).map_err(|e| match e {
+        ImageError::IoError(e) => Error::os("write image", e),
+        other => image_error(path, other),
+    })?;
+    // Flushed here, not by the drop, which would lose an error (a full disk, say).
+    out.flush().map_err(|e| Error::os("write image", e))
+}
+
+/// `path` opened for writing and emptied if it names a regular file, else created: never opened for
+/// writing if it is anything else (found by review: `File::create` waited for a reader forever on a
+/// FIFO, and wrote into a device). The existing file is opened only after `fstat` shows it regular
+/// (`open_regular`), and a new one with `O_EXCL`, so a FIFO put in its place meanwhile is not opened
+/// either; a name that keeps changing between the two is given up on after a few rounds.
+fn create_regular(path: &Path) -> Result<File> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match File::options().write(true).create_new(true).open(path) {
+            Ok(file) => return Ok(file),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::os("create image", e)),
+        }
+        match crate::sys::filemap::open_regular(path, true) {
+            Ok((file, _)) => {
+                file.set_len(0)
+                    .map_err(|e| Error::os("truncate image", e))?;
+                return Ok(file);
+            }
+            // Removed since the `create_new` (or a link to nothing): create it on the next round.
+            Err(Error::Os { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound && tries < 3 => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The worker side of [`map_bands`]: the task's slices as images, (width, height) its parameters.
@@ -511,6 +550,70 @@ mod tests {
             ),
             "{r:?}"
         );
+    }
+
+    /// Review: `save` opened its path with `File::create`, which waits for a reader forever on a
+    /// FIFO and writes into a device (here `/dev/null`, through a link named like an image). Both are
+    /// refused without being opened for writing, and left as they were (as `npy::write_npy` does).
+    /// Bounded, to prove "no hang" only.
+    #[test]
+    fn save_refuses_a_fifo_or_a_device_without_waiting() {
+        use std::os::unix::fs::FileTypeExt;
+        let fifo = Temp::new("png");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo.0)
+            .status()
+            .expect("run mkfifo");
+        assert!(made.success());
+        let device = Temp::new("png");
+        std::os::unix::fs::symlink("/dev/null", &device.0).unwrap();
+        for target in [&fifo.0, &device.0] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let path = target.clone();
+            std::thread::spawn(move || {
+                let img = new_image::<Luma<u8>>(2, 2).unwrap();
+                let _ = tx.send(save(&img, &path));
+            });
+            let r = rx
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("save to {} hangs", target.display()));
+            assert!(
+                matches!(
+                    r,
+                    Err(Error::BadFile {
+                        problem: FileProblem::NotRegular,
+                        ..
+                    })
+                ),
+                "{}: {r:?}",
+                target.display()
+            );
+        }
+        assert!(std::fs::metadata(&fifo.0).unwrap().file_type().is_fifo());
+        assert!(std::fs::symlink_metadata(&device.0)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(std::fs::metadata(&device.0)
+            .unwrap()
+            .file_type()
+            .is_char_device());
+    }
+
+    /// `save` creates a new file and replaces the contents of an existing one, through a link too.
+    #[test]
+    fn save_creates_or_overwrites_a_regular_file() {
+        let t = Temp::new("png");
+        let link = Temp::new("png");
+        std::os::unix::fs::symlink(&t.0, &link.0).unwrap();
+        save(&from_image(&card(9, 5)).unwrap(), &t.0).unwrap();
+        assert_eq!(image::open(&t.0).unwrap().width(), 9);
+        save(&from_image(&card(3, 2)).unwrap(), &link.0).unwrap();
+        assert_eq!(image::open(&t.0).unwrap().width(), 3);
+        assert!(std::fs::symlink_metadata(&link.0)
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 
     fn card(w: u32, h: u32) -> RgbImage {
