@@ -28,7 +28,7 @@ use std::marker::PhantomData;
 
 use bytemuck::Pod;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -141,8 +141,13 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// The capacity a thread's encoding buffer keeps from one message to the next. A larger encoding (a
+/// message that spills to a block of its own) gets a buffer of its size for that message only: kept,
+/// one 1 GiB value held 1 GiB of the thread's memory for the thread's life (found by review).
+const SCRATCH_KEEP: usize = 1 << 20;
+
 /// Calls `f` with the postcard encoding of `value`, in a buffer reused per thread: a steady stream of
-/// messages allocates nothing.
+/// messages up to [`SCRATCH_KEEP`] allocates nothing.
 fn postcard_with_bytes<T: Serialize + ?Sized, R>(
     value: &T,
     f: impl FnOnce(&[u8]) -> R,
@@ -153,8 +158,13 @@ fn postcard_with_bytes<T: Serialize + ?Sized, R>(
             .map_err(|_| Error::Encode("re-entrant encode".into()))?;
         buf.clear();
         let taken = std::mem::take(&mut *buf);
-        let out = postcard::to_extend(value, taken).map_err(|e| Error::Encode(e.to_string()))?;
+        let mut out =
+            postcard::to_extend(value, taken).map_err(|e| Error::Encode(e.to_string()))?;
         let r = f(&out);
+        if out.capacity() > SCRATCH_KEEP {
+            out.clear();
+            out.shrink_to(SCRATCH_KEEP);
+        }
         *buf = out;
         Ok(r)
     })
@@ -174,19 +184,23 @@ impl<T: Serialize + DeserializeOwned> Codec<T> for Serde {
 
 /// Decodes `bytes`, all of them, as one postcard `T`. The whole message must be the value: bytes left
 /// over mean a message of another type or a forged one (found by review: `postcard::from_bytes`
-/// ignored them, where `Raw` refuses a wrong length).
-pub(crate) fn postcard_whole<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    let error = |reason: String| Error::Decode {
+/// ignored them, where `Raw` refuses a wrong length). `T` may borrow from `bytes` (`&str`, `&[u8]`).
+pub(crate) fn postcard_whole<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T> {
+    postcard_exact(bytes).map_err(|reason| Error::Decode {
         ty: std::any::type_name::<T>().into(),
         reason,
-    };
+    })
+}
+
+/// [`postcard_whole`] for a caller that reports the failure in its own form: the value, or why the
+/// bytes are not exactly one.
+pub(crate) fn postcard_exact<'de, T: Deserialize<'de>>(
+    bytes: &'de [u8],
+) -> std::result::Result<T, String> {
     match postcard::take_from_bytes(bytes) {
         Ok((value, [])) => Ok(value),
-        Ok((_, rest)) => Err(error(format!(
-            "{} bytes left over after the value",
-            rest.len()
-        ))),
-        Err(e) => Err(error(e.to_string())),
+        Ok((_, rest)) => Err(format!("{} bytes left over after the value", rest.len())),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -375,6 +389,24 @@ mod tests {
         assert_eq!(
             <Serde as Codec<(u32, u32)>>::decode(&bytes).unwrap(),
             (7, 9)
+        );
+    }
+
+    /// Found by review: the encoding buffer of a thread kept the capacity of its largest message for
+    /// the thread's life.
+    #[test]
+    fn the_encoding_buffer_gives_back_what_a_large_message_took() {
+        let kept = || SCRATCH.with(|cell| cell.borrow().capacity());
+        let big = vec![7u8; 8 * SCRATCH_KEEP];
+        let len = Serde::with_bytes(&big, |b| b.len()).unwrap();
+        assert!(len > big.len());
+        assert!(kept() <= SCRATCH_KEEP, "{} bytes kept", kept());
+        // A small message still reuses the buffer it left.
+        Serde::with_bytes(&(1u32, "x".to_owned()), |b| assert_eq!(b.len(), 3)).unwrap();
+        assert!(
+            kept() > 0 && kept() <= SCRATCH_KEEP,
+            "{} bytes kept",
+            kept()
         );
     }
 

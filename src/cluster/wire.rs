@@ -151,10 +151,7 @@ pub(super) fn encode<X: Serialize + ?Sized>(x: &X) -> Result<Vec<u8>> {
 }
 
 pub(super) fn decode<X: DeserializeOwned>(bytes: &[u8]) -> Result<X> {
-    postcard::from_bytes(bytes).map_err(|e| Error::Decode {
-        ty: std::any::type_name::<X>().into(),
-        reason: e.to_string(),
-    })
+    crate::codec::postcard_whole(bytes)
 }
 
 /// Contiguous shares of `total` in proportion to `weights` (the ranks' worker counts).
@@ -175,4 +172,23 @@ pub(super) fn split(total: usize, weights: &[usize]) -> Vec<Range<usize>> {
 /// The consecutive chunks of `chunk` elements of `0..len` (the last may be shorter).
 pub(super) fn chunk_ranges(len: usize, chunk: usize) -> impl Iterator<Item = Range<usize>> {
     (0..len.div_ceil(chunk)).map(move |i| i * chunk..((i + 1) * chunk).min(len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by review: bytes after a rank's message were ignored.
+    #[test]
+    fn a_message_with_bytes_left_over_is_a_decode_error() {
+        let args = ArrayArgs {
+            chunk_len: 4,
+            params: vec![1, 2],
+        };
+        let mut bytes = encode(&args).unwrap();
+        assert_eq!(decode::<ArrayArgs>(&bytes).unwrap().params, [1, 2]);
+        bytes.push(0);
+        let e = decode::<ArrayArgs>(&bytes).unwrap_err();
+        assert!(matches!(e, Error::Decode { .. }), "{e}");
+    }
 }

@@ -257,10 +257,11 @@ impl Manager {
 
 /// The holders an entry lists (a handle of the object in each), checked against [`HOLDERS_MAX`].
 pub(super) fn decode_holders(bytes: &[u8]) -> Result<Vec<RegionHandle>> {
-    let holders: Vec<RegionHandle> = postcard::from_bytes(bytes).map_err(|e| Error::Decode {
-        ty: "the holders of a manager object".into(),
-        reason: e.to_string(),
-    })?;
+    let holders: Vec<RegionHandle> =
+        crate::codec::postcard_exact(bytes).map_err(|reason| Error::Decode {
+            ty: "the holders of a manager object".into(),
+            reason,
+        })?;
     if holders.len() > HOLDERS_MAX {
         return Err(Error::Corrupted(format!(
             "a manager object lists {} holders, more than {HOLDERS_MAX}",

@@ -805,3 +805,20 @@ fn namespace_changes_report_errors_only_when_nothing_changed() {
     assert!(ns.get::<u32>("c").is_err());
     assert_eq!(ns.get::<(u32, u32)>("c").unwrap(), Some((1, 2)));
 }
+
+/// Found by review: the holders of a named object decoded with bytes left over after the list (what
+/// another process, or garbage, wrote), where every other message must be its value whole.
+#[test]
+fn holders_with_bytes_left_over_are_a_decode_error() {
+    let m = mgr();
+    let live = crate::sync::Lock::new().unwrap();
+    let mut blob = postcard::to_allocvec(&vec![live.handle()]).unwrap();
+    blob.push(0);
+    let kind = std::any::type_name::<crate::sync::Lock>();
+    assert!(m.swap_blob("l", kind, None, &blob).unwrap());
+    let e = m.lock("l").unwrap_err();
+    assert!(matches!(e, Error::Decode { .. }), "{e}");
+    // The same list, whole, attaches.
+    blob.pop();
+    assert!(objects::decode_holders(&blob).is_ok());
+}

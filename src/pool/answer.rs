@@ -191,11 +191,11 @@ pub(crate) fn read(body: &[u8]) -> Read {
     let garbage = |what: String| Read::Outcome(Err(format!("the worker's answer {what}")));
     match body.split_first() {
         Some((&ANSWER_INLINE, rest)) => Read::Outcome(
-            postcard::from_bytes(rest)
+            crate::codec::postcard_exact(rest)
                 .unwrap_or_else(|e| Err(format!("the worker's answer did not decode: {e}"))),
         ),
         Some((&ANSWER_SHARED, rest)) => {
-            let Ok(handle) = postcard::from_bytes::<BlockHandle>(rest) else {
+            let Ok(handle) = crate::codec::postcard_exact::<BlockHandle>(rest) else {
                 return garbage("names no block".into());
             };
             let block = match SharedArray::<u8>::view(&handle) {
@@ -220,8 +220,10 @@ pub(crate) fn read(body: &[u8]) -> Read {
 /// The outcome in `lent`, its items referring to their bytes in the block.
 fn lent_outcome(lent: Arc<LentBlock>) -> Outcome {
     let bytes = lent.bytes();
-    let outcome: Result<Vec<Result<&[u8], ItemFailure>>, String> = postcard::from_bytes(bytes)
-        .unwrap_or_else(|e| Err(format!("the worker's answer did not decode: {e}")));
+    // The block is exactly the word and the outcome (`LentAnswers::in_block` checks the size written).
+    let outcome: Result<Vec<Result<&[u8], ItemFailure>>, String> =
+        crate::codec::postcard_exact(bytes)
+            .unwrap_or_else(|e| Err(format!("the worker's answer did not decode: {e}")));
     let base = bytes.as_ptr() as usize;
     let items = outcome?;
     Ok(items
@@ -235,4 +237,53 @@ fn lent_outcome(lent: Arc<LentBlock>) -> Outcome {
             })
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome() -> Outcome {
+        Ok(vec![Ok(ItemBytes::Owned(vec![1, 2, 3]))])
+    }
+
+    fn refused(body: &[u8]) -> String {
+        match read(body) {
+            Read::Outcome(Err(why)) => why,
+            Read::Outcome(Ok(items)) => panic!("read {} items", items.len()),
+            Read::Unattached(why) => panic!("unattached: {why}"),
+        }
+    }
+
+    /// Found by review: bytes after an answer's outcome, or after its block's handle, were ignored.
+    #[test]
+    fn answers_with_bytes_left_over_are_garbage() {
+        let mut body = inline(&outcome());
+        assert!(matches!(read(&body), Read::Outcome(Ok(items)) if items.len() == 1));
+        body.push(0);
+        let why = refused(&body);
+        assert!(why.contains("left over"), "{why}");
+
+        // A block answer: the handle (a block of this process, which only another can attach: its
+        // handle decoded, then)...
+        let mut lent = LentAnswers::default();
+        let big = Ok(vec![Ok(ItemBytes::Owned(vec![5; SHARED_PAYLOAD_BYTES]))]);
+        let mut body = lent.answer(&big);
+        assert_eq!(body.first(), Some(&ANSWER_SHARED));
+        assert!(matches!(read(&body), Read::Unattached(_)));
+        body.push(0);
+        assert!(refused(&body).contains("names no block"));
+
+        // ... and the outcome in the block, of exactly its size there.
+        let size = postcard::experimental::serialized_size(&outcome()).unwrap();
+        let read_block = |extra: usize| {
+            let mut block =
+                SharedArray::<u8>::from_slice(&vec![0; RELEASE_WORD + size + extra]).unwrap();
+            postcard::to_slice(&outcome(), &mut block[RELEASE_WORD..]).unwrap();
+            lent_outcome(Arc::new(LentBlock { block }))
+        };
+        assert!(matches!(read_block(0), Ok(items) if items.len() == 1));
+        let why = read_block(1).unwrap_err();
+        assert!(why.contains("left over"), "{why}");
+    }
 }

@@ -156,9 +156,9 @@ pub(crate) struct Dispatcher {
     stopping_by: Option<Instant>,
     /// When the workers' liveness was last checked.
     last_check: Instant,
-    /// Dead workers already replaced, for the background thread to reap outside the engine's lock:
-    /// reaping a fork-server worker whose server died can wait until init has reaped it (see
-    /// `process::forkserver`), and no caller should wait on that.
+    /// Dead workers already replaced (and, once the pool is finished, every worker), for the background
+    /// thread to reap outside the engine's lock: reaping a fork-server worker whose server died can
+    /// wait until init has reaped it (see `process::forkserver`), and no caller should wait on that.
     pub(crate) dead: Vec<Process<()>>,
     /// Awaiting tasks of jobs finished under the lock, for the engine to wake once it released it.
     pub(crate) wake_later: Wakeups,
@@ -604,7 +604,8 @@ impl Dispatcher {
             }
             forget_arenas_of(&w.process);
         }
-        self.workers.clear(); // dropping a Process reaps (and if needed kills) it
+        // Reaped by the engine once it let go of the lock, as the dead are (see `dead`).
+        self.dead.extend(self.workers.drain(..).map(|w| w.process));
         self.finished = true;
     }
 
@@ -615,7 +616,9 @@ impl Dispatcher {
             let _ = w.process.kill();
             forget_arenas_of(&w.process);
         }
-        self.workers.clear();
+        // Killed, and reaped by the engine once it let go of the lock (see `dead`): a worker of a dead
+        // fork server takes as long as its new parent to reap it, for each worker in turn.
+        self.dead.extend(self.workers.drain(..).map(|w| w.process));
         for (_, task) in self.tasks.drain() {
             let owed = task.spec.job.finish(task.spec.chunk, ChunkOutcome::Closed);
             self.wake_later.absorb(owed);

@@ -213,11 +213,11 @@ fn item<R: DeserializeOwned>(outcome: &ChunkOutcome, k: usize, first: usize) -> 
     let index = first + k;
     match outcome {
         ChunkOutcome::Ran(Ok(items)) => match items.get(k) {
-            Some(Ok(bytes)) => postcard::from_bytes::<ValueFromWire<R>>(bytes.as_slice())
+            Some(Ok(bytes)) => crate::codec::postcard_exact::<ValueFromWire<R>>(bytes.as_slice())
                 .map(|v| v.0)
-                .map_err(|e| Error::Decode {
+                .map_err(|reason| Error::Decode {
                     ty: std::any::type_name::<R>().into(),
-                    reason: e.to_string(),
+                    reason,
                 }),
             Some(Err(ItemFailure::Panicked { message, location })) => Err(Error::TaskPanicked {
                 task: index,
@@ -241,9 +241,11 @@ fn item<R: DeserializeOwned>(outcome: &ChunkOutcome, k: usize, first: usize) -> 
             exit_code: *exit_code,
         }),
         ChunkOutcome::Closed => Err(Error::PoolClosed),
-        ChunkOutcome::NoWorker(why) => Err(postcard::from_bytes(why).unwrap_or_else(|_| {
-            Error::ProcessState("no pool worker is alive and none could be started".into())
-        })),
+        ChunkOutcome::NoWorker(why) => {
+            Err(crate::codec::postcard_exact(why).unwrap_or_else(|_| {
+                Error::ProcessState("no pool worker is alive and none could be started".into())
+            }))
+        }
         ChunkOutcome::Yielded => Err(Error::Corrupted(format!(
             "the result of task {index} was already handed out"
         ))),

@@ -612,3 +612,86 @@ fn a_retry_after_an_unattachable_answer_of_a_dead_worker_runs_again() {
         );
     }
 }
+
+/// In a worker: answers its own task with the result `x` followed by one byte more, and dies before
+/// anything else (its real answer never comes).
+fn answer_with_a_byte_over_then_die(x: u32) -> u32 {
+    let (task, worker, ring) = super::worker::running_task_for_tests().expect("runs in a task");
+    let mut item = postcard::to_allocvec(&super::item_wire::ValueToWire(&x)).unwrap();
+    item.push(0);
+    let body = super::answer::inline(&Ok(vec![Ok(super::wire::ItemBytes::Owned(item))]));
+    super::wire::fragments(
+        task,
+        super::wire::KIND_RESULT,
+        worker,
+        &body,
+        ring.max_message_size(),
+        |f| ring.put(f),
+    )
+    .unwrap();
+    // SAFETY: raising SIGKILL ends this process; no memory is involved.
+    unsafe { libc::raise(libc::SIGKILL) };
+    unreachable!("SIGKILL ends the worker")
+}
+
+/// Found by review: a worker's result with bytes left over after the value decoded as the value.
+#[test]
+fn a_result_with_bytes_left_over_is_a_decode_error() {
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let e = pool.apply(answer_with_a_byte_over_then_die, 7).unwrap_err();
+    assert!(matches!(e, crate::Error::Decode { .. }), "{e}");
+}
+
+/// A dispatcher of `workers` spawned workers, without the engine around it.
+fn bare_dispatcher(workers: usize) -> super::dispatcher::Dispatcher {
+    let cfg = super::dispatcher::PoolConfig {
+        workers,
+        key: crate::process::fnref::FnKey::random(),
+        initializer: None,
+        max_tasks: None,
+        retries: 0,
+        frame_size: super::FRAME_SIZE,
+        max_body: super::MAX_MESSAGE_BYTES,
+        start_method: crate::process::StartMethod::Spawn,
+        retain_memory: true,
+    };
+    let results =
+        super::worker::FrameQueue::with_max_message(super::RESULT_RING, super::FRAME_SIZE).unwrap();
+    super::dispatcher::Dispatcher::new(cfg, results).unwrap()
+}
+
+/// Whether `pid` is still a process of ours not reaped (running, or a zombie).
+fn unreaped(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Found by review: terminating a pool, and ending a closed one, reaped its workers inside the
+/// dispatcher, under the engine's lock, where every caller of the pool waits: a worker of a dead fork
+/// server is reaped only when its new parent has reaped it (seconds on some inits), each in turn. They
+/// go to `dead`, which the engine drops once it let go of the lock.
+#[test]
+fn a_finished_dispatcher_leaves_its_workers_to_be_reaped_outside_the_lock() {
+    let mut d = bare_dispatcher(2);
+    let pids = d.worker_pids();
+    assert_eq!(pids.len(), 2);
+    d.terminate();
+    assert!(d.finished);
+    assert_eq!(d.dead.len(), 2);
+    assert!(pids.iter().all(|&p| unreaped(p)), "reaped under the lock");
+    drop(std::mem::take(&mut d.dead));
+    assert!(!pids.iter().any(|&p| unreaped(p)), "killed and reaped");
+
+    // Closed with nothing to do: the workers see their rings closed and exit.
+    let mut d = bare_dispatcher(2);
+    let pids = d.worker_pids();
+    d.closing = true;
+    let start = std::time::Instant::now();
+    while !d.finished && start.elapsed() < BOUND {
+        d.tick(false);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(d.finished, "the closed dispatcher did not finish");
+    assert_eq!(d.dead.len(), 2);
+    drop(std::mem::take(&mut d.dead));
+    assert!(!pids.iter().any(|&p| unreaped(p)));
+}

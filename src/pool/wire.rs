@@ -285,7 +285,7 @@ pub(crate) fn decode_task(body: &[u8]) -> Option<(FnRef, PayloadRef<'_>)> {
     match kind {
         PAYLOAD_INLINE => Some((f, PayloadRef::Inline(rest))),
         PAYLOAD_SHARED => {
-            let h: BlockHandle = postcard::from_bytes(rest).ok()?;
+            let h: BlockHandle = crate::codec::postcard_exact(rest).ok()?;
             Some((f, PayloadRef::Shared(h)))
         }
         _ => None,
@@ -423,5 +423,20 @@ mod tests {
         assert!(decode_task(&[0; 24]).is_none());
         assert!(decode_task(&[[0; 24].as_slice(), &[7]].concat()).is_none());
         assert!(decode_task(&[[0; 24].as_slice(), &[PAYLOAD_SHARED, 0xff]].concat()).is_none());
+    }
+
+    /// Found by review: bytes after a lent payload's handle were ignored.
+    #[test]
+    fn a_block_handle_with_bytes_left_over_is_garbage() {
+        let block = SharedArray::<u8>::from_slice(&[1, 2, 3]).unwrap();
+        let mut body = [0; 24].to_vec();
+        body.push(PAYLOAD_SHARED);
+        let mut body = postcard::to_extend(&block.block_handle(), body).unwrap();
+        assert!(matches!(
+            decode_task(&body),
+            Some((_, PayloadRef::Shared(h))) if h == block.block_handle()
+        ));
+        body.push(0);
+        assert!(decode_task(&body).is_none());
     }
 }

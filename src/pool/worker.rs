@@ -328,6 +328,9 @@ fn args<A>(items: Vec<ValueFromWire<A>>) -> Vec<A> {
     items.into_iter().map(|a| a.0).collect()
 }
 
+/// Not held to the whole payload, as every other message is (`codec::postcard_whole`): a payload lent
+/// in a block may end in zeros after its value, where a `Serialize` impl wrote less than it measured
+/// (`wire::encode_into`). The bytes are the parent's, whose function reference the worker checked.
 fn decode_payload<P: DeserializeOwned>(payload: &[u8]) -> Result<P, String> {
     postcard::from_bytes(payload).map_err(|e| {
         format!(

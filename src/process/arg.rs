@@ -34,7 +34,9 @@ mod sealed {
         /// Decodes the argument from bytes that stay allocated until this process exits: whatever the
         /// result borrows, from these bytes or from a value leaked here, outlives every use the
         /// function can make of it, including one stashed in a `static` or handed to a thread.
-        fn decode_kept(bytes: &'static [u8]) -> Result<Self, postcard::Error>;
+        /// All of `bytes` must be the argument: bytes left over are an error (why, as text), as they
+        /// are for every message the crate decodes.
+        fn decode_kept(bytes: &'static [u8]) -> Result<Self, String>;
     }
 }
 
@@ -110,18 +112,20 @@ use sealed::Decode;
 pub trait ProcessArg<M>: Serialize + sealed::Decode<M> {}
 
 impl<T: Serialize + Deserialize<'static>> sealed::Decode<kind::Value> for T {
-    fn decode_kept(bytes: &'static [u8]) -> Result<T, postcard::Error> {
-        postcard::from_bytes(bytes)
+    fn decode_kept(bytes: &'static [u8]) -> Result<T, String> {
+        crate::codec::postcard_exact(bytes)
     }
 }
 
 impl<T: Serialize + Deserialize<'static>> ProcessArg<kind::Value> for T {}
 
 impl<'a, T: Serialize + DeserializeOwned> sealed::Decode<kind::Ref> for &'a T {
-    fn decode_kept(bytes: &'static [u8]) -> Result<&'a T, postcard::Error> {
+    fn decode_kept(bytes: &'static [u8]) -> Result<&'a T, String> {
         // Leaked, not dropped: the function may keep the reference (a `fn(&'static T)` can), and the
         // child exits after this one call, so nothing accumulates.
-        Ok(Box::leak(Box::new(postcard::from_bytes::<T>(bytes)?)))
+        Ok(Box::leak(Box::new(crate::codec::postcard_exact::<T>(
+            bytes,
+        )?)))
     }
 }
 
@@ -147,6 +151,35 @@ mod tests {
             kept(std::borrow::Cow::Borrowed("cow")),
             std::borrow::Cow::<str>::Borrowed("cow")
         );
+    }
+
+    fn double(x: u64) -> u64 {
+        x * 2
+    }
+
+    /// `a`'s encoding and one byte more, kept as argument bytes are.
+    fn with_a_byte_over<A: Serialize + ?Sized>(a: &A) -> &'static [u8] {
+        let mut bytes = postcard::to_allocvec(a).unwrap();
+        bytes.push(0);
+        Vec::leak(bytes)
+    }
+
+    /// Found by review: bytes after the argument were ignored, where every other message the crate
+    /// decodes must be its value whole.
+    #[test]
+    fn bytes_left_over_after_the_argument_are_refused() {
+        let e = <u64 as Decode<kind::Value>>::decode_kept(with_a_byte_over(&42u64)).unwrap_err();
+        assert!(e.contains("1 bytes left over"), "{e}");
+        assert!(<&str as Decode<kind::Value>>::decode_kept(with_a_byte_over("Bob")).is_err());
+        let v = vec![1.5f64];
+        assert!(<&Vec<f64> as Decode<kind::Ref>>::decode_kept(with_a_byte_over(&v)).is_err());
+        // Through a spawn target's adapter: the failure the parent reports as `Error::Decode`.
+        let (f, adapter) = super::super::bootstrap::spawn_fn(double).parts();
+        assert!(matches!(
+            adapter(f, with_a_byte_over(&21u64)),
+            Err(super::super::bootstrap::Failure::ArgDecode(..))
+        ));
+        assert!(adapter(f, Vec::leak(postcard::to_allocvec(&21u64).unwrap())).is_ok());
     }
 
     #[test]
