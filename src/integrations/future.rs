@@ -490,6 +490,42 @@ pub(crate) mod tests {
         assert!(panicked, "the helper's panic reaches the awaiting task");
     }
 
+    /// Review: each poll with a waker that would not wake the ones already registered added it to
+    /// the job's list, kept until a task of the job finished: a future re-polled with new wakers (moved
+    /// between tasks, a `select!` loop) held every one of them, memory growing with the polls. A future
+    /// keeps only its latest waker. Shown by counting the wakers still alive after each poll.
+    #[test]
+    fn a_pending_future_keeps_only_its_latest_waker() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Counted(Arc<AtomicUsize>);
+        impl Wake for Counted {
+            fn wake(self: Arc<Self>) {}
+        }
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let pool = Pool::builder().workers(1).build().unwrap();
+        let mut pending = pool.apply_async(park_forever, 1).unwrap();
+        let live = Arc::new(AtomicUsize::new(0));
+        for _ in 0..1000 {
+            live.fetch_add(1, Ordering::Relaxed);
+            let waker = Arc::new(Counted(live.clone())).into();
+            let polled = Pin::new(&mut pending).poll(&mut Context::from_waker(&waker));
+            assert!(polled.is_pending());
+            drop(waker);
+            assert!(
+                live.load(Ordering::Relaxed) <= 1,
+                "{} wakers kept by one pending future",
+                live.load(Ordering::Relaxed)
+            );
+        }
+        drop(pool); // fails the task (`PoolClosed`) and lets go of its waker
+        drop(pending);
+        assert_eq!(live.load(Ordering::Relaxed), 0);
+    }
+
     /// A future dropped before its result arrives cancels nothing and breaks nothing: the pool goes
     /// on serving the next awaited call.
     #[test]

@@ -108,11 +108,12 @@ pub(crate) struct Job {
 pub(crate) struct JobState {
     pub(crate) chunks: Vec<Option<ChunkOutcome>>,
     pub(crate) remaining: usize,
-    /// Tasks awaiting this job (`Future`/`Stream` polls), woken by [`Job::finish`]. Registered under
-    /// the same lock `finish` records an outcome under, so a wake-up is never lost between a poll's
-    /// check and its registration.
+    /// The task awaiting this job (the last `Future`/`Stream` poll), woken by [`Job::finish`].
+    /// Registered under the same lock `finish` records an outcome under, so a wake-up is never lost
+    /// between a poll's check and its registration. One, not a list: a job has a single future or
+    /// stream, polled through `&mut`, and only its latest waker needs the wake-up.
     #[cfg(feature = "async")]
-    pub(crate) wakers: Vec<std::task::Waker>,
+    pub(crate) waker: Option<std::task::Waker>,
 }
 
 impl Job {
@@ -122,7 +123,7 @@ impl Job {
                 chunks: vec![None; chunks],
                 remaining: chunks,
                 #[cfg(feature = "async")]
-                wakers: Vec::new(),
+                waker: None,
             }),
             bell: engine.bell(),
             engine: Arc::downgrade(engine),
@@ -164,7 +165,7 @@ impl Job {
         s.remaining -= 1;
         let owed = Wakeups {
             #[cfg(feature = "async")]
-            wakers: std::mem::take(&mut s.wakers),
+            wakers: s.waker.take().into_iter().collect(),
         };
         drop(s);
         self.bell.ring();
@@ -671,8 +672,12 @@ mod awaitable {
             }
             return Poll::Ready(s);
         }
-        if !s.wakers.iter().any(|w| w.will_wake(cx.waker())) {
-            s.wakers.push(cx.waker().clone());
+        // The latest waker replaces the last, as `AtomicWaker` does (found by review: each poll with
+        // a new waker, a future moved between tasks or re-polled by `select!`, was added to a list
+        // kept until a task of the job finished, memory growing with the polls).
+        match &s.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => s.waker = Some(cx.waker().clone()),
         }
         Poll::Pending
     }
