@@ -79,6 +79,11 @@ impl PoolBuilder {
     /// between results, so it should be quick; a call nobody waits for reports nothing. Like `Parallel`'s
     /// [`on_progress`](crate::Parallel::on_progress).
     ///
+    /// Within a call `done` only grows, and `f` is never run by two threads at once for one call:
+    /// when several threads wait for the same call, one reports at a time, and a thread that finds
+    /// another reporting leaves the newer count to it (so that thread's wait may end before the count
+    /// it saw is reported).
+    ///
     /// # Examples
     /// ```
     /// use std::sync::atomic::{AtomicUsize, Ordering};

@@ -2,7 +2,8 @@
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -98,10 +99,14 @@ pub(crate) struct Job {
     bell: Arc<Bell>,
     /// The engine that produces the outcomes: a waiter helps drive it (reads results) while it waits.
     engine: Weak<Engine>,
-    /// The pool's progress callback, and the `done` count it was last called with (`usize::MAX`:
-    /// never).
+    /// The pool's progress callback, and `1 +` the `done` count it was last called with (0: never).
     progress: Option<ProgressCallback>,
-    reported: std::sync::atomic::AtomicUsize,
+    reported: AtomicUsize,
+    /// Held by the thread calling the callback: one report at a time, so no report overtakes a newer
+    /// one ([`Job::report_progress`]).
+    reporting: Mutex<()>,
+    /// Set by a thread that found another reporting: the reporter counts again before it leaves.
+    report_wanted: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -128,26 +133,56 @@ impl Job {
             bell: engine.bell(),
             engine: Arc::downgrade(engine),
             progress: engine.progress(),
-            reported: std::sync::atomic::AtomicUsize::new(usize::MAX),
+            reported: AtomicUsize::new(0),
+            reporting: Mutex::new(()),
+            report_wanted: AtomicBool::new(false),
         })
     }
 
-    /// Calls the progress callback, outside any lock, if the number of finished tasks changed since
-    /// it was last called (and once at the start, with what is done so far).
+    /// Calls the progress callback, outside the job's state lock, if more tasks are finished than
+    /// when it was last called (and once at the start, with what is done so far).
+    ///
+    /// One thread reports at a time, and only a count above the last: found by review, two threads
+    /// waiting for one call each counted and then called the callback, so the smaller count could
+    /// arrive last and move a progress bar back. A thread that finds another reporting does not wait
+    /// for it (the callback may itself wait on this job, on the reporting thread): it asks it to count
+    /// again ([`Job::report_wanted`]) and leaves. Either the reporter sees the request after its
+    /// callback, or it had already let go of its turn and this thread takes it on its second try.
     fn report_progress(&self) {
         let Some(cb) = &self.progress else {
             return;
         };
-        let (done, total) = {
-            let s = lock(self);
-            (s.chunks.len() - s.remaining, s.chunks.len())
-        };
-        if self
-            .reported
-            .swap(done, std::sync::atomic::Ordering::Relaxed)
-            != done
-        {
-            (cb.0)(done, total);
+        loop {
+            let turn = match self.reporting.try_lock() {
+                Ok(turn) => turn,
+                Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(TryLockError::WouldBlock) => {
+                    self.report_wanted.store(true, Ordering::SeqCst);
+                    // Pairs with the reporter's fence: it sees the request, or this try succeeds.
+                    fence(Ordering::SeqCst);
+                    match self.reporting.try_lock() {
+                        Ok(turn) => turn,
+                        Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                        Err(TryLockError::WouldBlock) => return,
+                    }
+                }
+            };
+            self.report_wanted.store(false, Ordering::SeqCst);
+            let (done, total) = {
+                let s = lock(self);
+                (s.chunks.len() - s.remaining, s.chunks.len())
+            };
+            // Counted under the turn, after every earlier report: never below the last one.
+            let last = self.reported.load(Ordering::Relaxed);
+            if last == 0 || done >= last {
+                self.reported.store(done + 1, Ordering::Relaxed);
+                (cb.0)(done, total);
+            }
+            drop(turn);
+            fence(Ordering::SeqCst);
+            if !self.report_wanted.load(Ordering::SeqCst) {
+                return;
+            }
         }
     }
 
@@ -891,5 +926,47 @@ mod tests {
             .chunks
             .iter()
             .all(|c| matches!(c, Some(ChunkOutcome::Yielded))));
+    }
+
+    /// Found by review: two threads waiting for one call each counted the finished tasks and then
+    /// called the progress callback, both at once, so a smaller count could arrive after a larger
+    /// one (a progress bar moved back). Here a second thread reports while the first is inside the
+    /// callback: it must not call it alongside; the first reports the newer count once it is back.
+    #[test]
+    fn progress_is_reported_by_one_thread_at_a_time_and_never_backwards() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::OnceLock;
+        let job_cell: Arc<OnceLock<Arc<Job>>> = Arc::new(OnceLock::new());
+        let calls: Arc<Mutex<Vec<(usize, bool)>>> = Arc::default();
+        let inside = Arc::new(AtomicBool::new(false));
+        let (cell, seen, busy) = (job_cell.clone(), calls.clone(), inside.clone());
+        let pool = crate::Pool::builder()
+            .workers(1)
+            .on_progress(move |done, _| {
+                let alongside = busy.swap(true, Ordering::SeqCst);
+                seen.lock().unwrap().push((done, alongside));
+                if done == 0 {
+                    let job = Arc::clone(cell.get().unwrap());
+                    let _ = job.finish(0, ChunkOutcome::Closed);
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    std::thread::spawn(move || {
+                        job.report_progress();
+                        let _ = tx.send(());
+                    });
+                    rx.recv_timeout(Duration::from_secs(30))
+                        .expect("the second report waits for the first (a hang)");
+                }
+                busy.store(alongside, Ordering::SeqCst);
+            })
+            .build()
+            .unwrap();
+        let job = Job::new(2, &pool.engine);
+        job_cell.set(Arc::clone(&job)).unwrap();
+        job.report_progress();
+        assert_eq!(*calls.lock().unwrap(), [(0, false), (1, false)]);
+        // Counts only grow within a call: a report of what was already reported calls nothing.
+        job.report_progress();
+        assert_eq!(calls.lock().unwrap().len(), 2);
+        let _ = job.finish(1, ChunkOutcome::Closed);
     }
 }
