@@ -562,18 +562,26 @@ fn children_die_with_the_requester() {
     common::eventually("the child exits with its requester", BOUND, || gone(child));
 }
 
+/// Writes the file `path`: the side effect a task given up on must never have.
+fn touch(path: String) {
+    std::fs::write(path, b"ran").expect("write the marker");
+}
+
 /// Role: found by review: a server that is alive but stopped (or stuck) never closes its sockets, and
 /// a start waited for its answer for good (a pool's dispatcher with it, under its lock). The start is
 /// a typed error after its bound; the server, continued, serves again, and the request it took late
-/// leaves no child behind (its requester's status socket is closed: the server kills that child).
+/// runs none of the task and leaves no child behind: its requester's status socket is closed, so the
+/// server drops it without forking (found by review: it forked the child first and killed it only
+/// once its answer failed, so part of the task could run).
 fn forkserver_stopped(_: &str) {
     assert_eq!(start(|x: u32| x + 1, 1).join().unwrap(), 2);
     let server = server_pid();
+    let marker = std::env::temp_dir().join(common::unique_name("forkserver-given-up"));
     // SAFETY: kill(2) on our own unreaped child (the server): its pid cannot have been reused.
     assert_eq!(unsafe { libc::kill(server, libc::SIGSTOP) }, 0);
     let r = Process::builder()
         .start_method(StartMethod::ForkServer)
-        .target(|x: u32| x + 1, 2)
+        .target(touch, marker.to_str().expect("a UTF-8 temp dir").to_owned())
         .and_then(|mut p| p.start());
     match r {
         Err(Error::ForkServer(m)) => assert!(m.contains("stopped or stuck"), "{m}"),
@@ -581,11 +589,14 @@ fn forkserver_stopped(_: &str) {
     }
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(server, libc::SIGCONT) }, 0);
+    // The server takes requests in order: this one is served after the late one was.
     assert_eq!(start(|x: u32| x + 1, 41).join().unwrap(), 42);
     assert_eq!(server_pid(), server, "the server was replaced");
     common::eventually("the late request's child is gone", BOUND, || {
         children_of(server).is_empty()
     });
+    let ran = std::fs::remove_file(&marker).is_ok();
+    assert!(!ran, "the task of a start given up on ran");
 }
 
 /// Role: a start in flight when its process and the server are both stopped (job control's Ctrl-Z, a

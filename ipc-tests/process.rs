@@ -32,6 +32,7 @@ pub const ROLES: &[Role] = &[
         "process_parent_with_signals_blocked",
         parent_with_signals_blocked,
     ),
+    ("process_fork_after_partial_line", fork_after_partial_line),
 ];
 
 const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::Fork];
@@ -126,6 +127,13 @@ pub fn tests() -> Vec<Trial> {
         grandchild_spawns();
         Ok(())
     }));
+    t.push(Trial::test(
+        "process::fork::a_partial_line_printed_before_the_fork_is_printed_once",
+        || {
+            a_partial_line_is_printed_once();
+            Ok(())
+        },
+    ));
     t.push(Trial::test("process::fork::closure_captures", || {
         fork_closure_captures();
         Ok(())
@@ -529,6 +537,27 @@ fn fork_closure_captures() {
     assert_eq!(p.start_method(), StartMethod::Fork);
     p.start().unwrap();
     assert_eq!(p.join().unwrap(), 5050);
+}
+
+/// Role: prints a line's start without its newline (it stays in stdout's buffer), forks a child that
+/// prints a line of its own and exits, then ends the line.
+fn fork_after_partial_line(_: &str) {
+    print!("partial");
+    let mut p = Process::builder().fork(|| println!("child"));
+    p.start().expect("start");
+    p.join().expect("join");
+    println!();
+}
+
+/// Found by review: a forked child started with a copy of the parent's stdout buffer, and its own
+/// first line flushed the parent's unfinished one a second time. Python flushes before it forks;
+/// so does `start` now.
+fn a_partial_line_is_printed_once() {
+    let mut kid = Kid::spawn("process_fork_after_partial_line", "", BOUND);
+    let out = kid.rest().join("\n");
+    kid.join_ok();
+    assert_eq!(out.matches("partial").count(), 1, "{out:?}");
+    assert_eq!(out.matches("child").count(), 1, "{out:?}");
 }
 
 fn state_errors() {

@@ -1,5 +1,6 @@
 //! Starting a child with `fork(2)` (Linux, opt-in).
 
+use std::io::Write;
 use std::os::fd::AsRawFd;
 
 use super::bootstrap::{self, Failure};
@@ -23,6 +24,15 @@ pub(super) fn start(body: Body, die_with_parent: bool) -> Result<Child> {
     let parent = std::process::id();
     // Here, before the fork, never in the child (review H4): `set_hook` takes a process-wide lock.
     bootstrap::install_child_panic_hook();
+    // The child starts with a copy of our stdout buffer: an unfinished line we had printed was printed
+    // again by the child's first line (found by review). Flushed, as Python flushes before it forks,
+    // but only by a thread that runs alone: stdout's lock is then free or ours (it is reentrant).
+    // Another thread may hold it while it waits for this one, e.g. to join the child we start, and a
+    // flush would wait for it for good (`no_deadlock_on_locks_held_by_other_threads` in the ipc
+    // tests). stderr is unbuffered.
+    if crate::sys::proc::single_threaded() {
+        let _ = std::io::stdout().flush();
+    }
     // Every lock of the crate a forked child may take, so that the child finds them free, with
     // what the child needs to own of our queues and pipes: its own locks on the queue anchors we hold
     // (so that our letting go of a queue never leaves the child's copy of it unprotected) and its own

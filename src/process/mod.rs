@@ -129,9 +129,11 @@
 //!   use an object that another thread of the parent may be using at the fork.
 //! - The child exits with `_exit`: no destructors, no `atexit` handlers, and stdout is not flushed (it is
 //!   line-buffered, so only an unfinished line is lost). The child starts with a copy of this
-//!   process's stdout buffer: an unfinished line printed before [`Process::start`] is printed again
-//!   by the child's next line. `start` does not flush it for you, since that would wait for whichever
-//!   thread holds stdout; flush it yourself first if you print partial lines.
+//!   process's stdout buffer: an unfinished line printed before [`Process::start`] would be printed
+//!   again by the child's next line. In a process that runs one thread, `start` flushes stdout before
+//!   it forks, as Python does. With more threads it does not, since that would wait for whichever
+//!   thread holds stdout, maybe for good (one that holds it while it waits for this one); flush it
+//!   yourself first if you print partial lines there.
 //! - Fork copies the parent's page tables: forking a parent with 1 GiB of touched heap costs 28–35 ms
 //!   here, plus about 200 ms of copy-on-write faults in the parent afterwards. Spawn pays part of this
 //!   too today: handing the child its descriptors takes a `pre_exec` hook, with which the standard

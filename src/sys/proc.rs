@@ -90,6 +90,12 @@ fn current_slow() -> Identity {
     register_atfork();
     // SAFETY: gettid has no preconditions and cannot fail.
     let tid = unsafe { libc::gettid() } as u32;
+    // A failed read (descriptors exhausted, no /proc) gives start 0, "never recorded" to `is_alive`,
+    // and that is cached too: not retried later. A thread's identity must not change while anything
+    // records it: `RawLock` tells its own holding from a dead one's by the whole identity (`judge`,
+    // `held_by_current_thread`), so a thread that locked an `RLock` as (tid, 0) and then read its
+    // start would not know its own holding, and would wait on it, judged alive, for good (checked
+    // by review). What a 0 costs is only pid-reuse detection for this thread's holdings.
     let start = stat_of(tid).and_then(|s| s.start).map_or(0, |s| s as u32);
     let id = Identity { tid, start };
     THREAD_ID.with(|c| c.set(id));
@@ -105,6 +111,13 @@ pub(crate) fn tid() -> u32 {
 /// The calling process's pid.
 pub(crate) fn pid() -> u32 {
     std::process::id()
+}
+
+/// Whether this process runs the calling thread alone (`num_threads` of its `/proc` stat is 1); false
+/// if that cannot be told. Then no other thread runs to be holding a lock (short of a guard leaked by
+/// a thread that exited), and none can start before this thread starts it.
+pub(crate) fn single_threaded() -> bool {
+    stat_of(pid()).is_some_and(|s| s.threads == 1)
 }
 
 /// A process's start time in clock ticks since boot, if it exists.
@@ -638,6 +651,12 @@ mod tests {
         }));
         assert!(!is_alive(Identity { tid: 0, start: 0 }));
         assert!(process_alive(pid(), start_time(pid()).unwrap()));
+    }
+
+    #[test]
+    fn a_test_harness_is_not_single_threaded() {
+        // The harness's main thread waits for this test's thread: two at least.
+        assert!(!single_threaded());
     }
 
     #[test]

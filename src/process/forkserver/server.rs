@@ -126,16 +126,25 @@ fn serve(args: ServerArgs) -> Result<()> {
 /// is no longer watched.
 fn requester_gone(l: &mut Live) {
     let Some(s) = &l.status else { return };
-    let mut b = [0u8; 1];
-    // Readable means hung up (end-of-file); a packet is a protocol violation: treated alike. Nothing
-    // queued after all (a spurious wake-up): keep watching.
-    if let Ok(Received::Nothing) = usock::recv_with_fds(s.as_fd(), &mut b, 0, false) {
+    // Nothing queued after all (a spurious wake-up): keep watching.
+    if requester_waits(s) {
         return;
     }
     if l.die_with_parent {
         let _ = psys::send_signal(&l.pidfd, psys::SIGKILL);
     }
     l.status = None;
+}
+
+/// Whether the requester still holds its end of the status socket `s`, without waiting: it never
+/// writes there, so a non-blocking receive finds nothing queued while it does. End-of-file (it closed
+/// its end) and a packet (a protocol violation) both mean nobody waits for an answer.
+fn requester_waits(s: &OwnedFd) -> bool {
+    let mut b = [0u8; 1];
+    matches!(
+        usock::recv_with_fds(s.as_fd(), &mut b, 0, false),
+        Ok(Received::Nothing)
+    )
 }
 
 /// Reaps a child whose pidfd became readable and sends its status to the requester.
@@ -216,6 +225,15 @@ fn handle(bytes: &[u8], fds: Vec<OwnedFd>, key: &FnKey, keep: &mut Keep<'_>) {
         }
         _ => return refuse("the argument is missing, sent twice, or without its MAC"),
     };
+    // A request can wait in the queue longer than its requester waits for the answer (a server
+    // stopped or stuck past `SERVER_ANSWER_WAIT`): a requester that gave up has closed its status
+    // socket, and nobody will ever join this child. Found by review: the server forked it all the
+    // same and killed it only once the answer below failed, so part of the user's task could run
+    // meanwhile. Checked last before the fork, at the cost of one syscall; a requester that gives up
+    // from here on still has its child killed by the failed answer.
+    if !requester_waits(&status) {
+        return;
+    }
     let server = std::process::id();
     // SAFETY: this server process is single-threaded (it runs nothing but this loop, started in a
     // fresh spawned process), so the child may run any code: no lock can be held by a vanished thread.
@@ -291,5 +309,56 @@ fn handle(bytes: &[u8], fds: Vec<OwnedFd>, key: &FnKey, keep: &mut Keep<'_>) {
             });
         }
         Err(e) => refuse(&e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{environment_memfd, prepare, Request};
+    use super::*;
+
+    /// A request whose requester closed its status socket (it gave up waiting) while the request sat
+    /// in the queue: dropped without a fork. Until the fix the server forked the child, which could
+    /// run part of the task before the failed answer had it killed.
+    #[test]
+    fn a_request_its_requester_gave_up_on_forks_no_child() {
+        let key = FnKey::random();
+        let args = postcard::to_allocvec(&41u32).expect("encode");
+        let (result, task) = prepare(&args).expect("result memfd");
+        assert!(task.is_none(), "a small argument travels inline");
+        let env = environment_memfd().expect("environment memfd");
+        let request = Request {
+            func: bootstrap::spawn_fn(|x: u32| x + 1).sign(&key),
+            die_with_parent: true,
+            args: Some(args),
+            child_key: None,
+            env_mac: key.content_mac(Content::ServerEnvironment, &env.bytes),
+            args_mac: None,
+        };
+        let packet = super::super::encode_request(&request).expect("encode the request");
+        let (requester, status) = channel::key_socketpair().expect("status socketpair");
+        drop(requester); // The requester gave up: its end is closed.
+        let fds: Vec<OwnedFd> = vec![
+            status,
+            OwnedFd::from(result),
+            channel::open_current_dir().expect("cwd"),
+            OwnedFd::from(env.file.try_clone().expect("dup the environment memfd")),
+        ];
+        let (sock, _other) = channel::key_socketpair().expect("request socketpair");
+        let mut live = Vec::new();
+        handle(
+            &packet,
+            fds,
+            &key,
+            &mut Keep {
+                sock: &sock,
+                live: &mut live,
+            },
+        );
+        let forked: Vec<u32> = live.iter().map(|l| l.pid).collect();
+        for l in live {
+            psys::kill_and_reap(l.pid);
+        }
+        assert!(forked.is_empty(), "forked {forked:?} for nobody");
     }
 }
