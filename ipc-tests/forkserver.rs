@@ -26,6 +26,10 @@ pub const ROLES: &[Role] = &[
     ("forkserver_odd_environment", forkserver_odd_environment),
     ("forkserver_stopped", forkserver_stopped),
     ("forkserver_stopped_together", forkserver_stopped_together),
+    (
+        "forkserver_stopped_child_ended",
+        forkserver_stopped_child_ended,
+    ),
 ];
 
 /// How long a role may take before we call it a hang (proves "no hang", asserts no speed).
@@ -49,6 +53,10 @@ pub fn tests() -> Vec<Trial> {
         role(
             "a_start_stopped_with_its_server_succeeds_once_both_continue",
             "forkserver_stopped_together",
+        ),
+        role(
+            "a_stopped_server_hangs_no_join_or_drop_of_an_ended_child",
+            "forkserver_stopped_child_ended",
         ),
         role("many_processes_no_leak", "forkserver_no_leak"),
         role(
@@ -630,4 +638,62 @@ fn forkserver_stopped_together(_: &str) {
     let done = stopper.wait().expect("wait for sh");
     assert!(done.success(), "the stopper failed: {done}");
     assert_eq!(r.unwrap(), 3);
+}
+
+/// Role: found by review: a join (or the drop of a `Process`, which a pool's background thread does
+/// for its dead workers) of a child whose server is alive but stopped waited for the server's report
+/// for good, although the child had ended. Now, once the child's pidfd says it ended, the report is
+/// waited for within the same bound as a start's answer: a typed error, and a drop that returns. The
+/// child ends here by a kill while the server is stopped; continued, the server reaps both children,
+/// and a second join of the first reports how it really ended.
+fn forkserver_stopped_child_ended(_: &str) {
+    assert_eq!(start(|x: u32| x + 1, 1).join().unwrap(), 2);
+    let server = server_pid();
+    let mut joined = start(sleep_secs, 3600);
+    let dropped = start_daemon(sleep_secs, 3600);
+    // SAFETY: kill(2) on our own unreaped child (the server): its pid cannot have been reused.
+    assert_eq!(unsafe { libc::kill(server, libc::SIGSTOP) }, 0);
+    joined.kill().expect("kill through the pidfd");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx2 = tx.clone();
+    // Concurrently: each waits out the bound (20 s of running time) once.
+    let dropper = std::thread::spawn(move || {
+        drop(dropped);
+        tx2.send(None).expect("the test waits");
+    });
+    let joiner = std::thread::spawn(move || {
+        let r = joined.join();
+        tx.send(Some(r.map(drop))).expect("the test waits");
+        joined
+    });
+    let mut outcomes = Vec::new();
+    for _ in 0..2 {
+        // Generous: only a hang takes this long.
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(o) => outcomes.push(o),
+            Err(_) => {
+                // SAFETY: as above; let the server go so that the role's process can end.
+                unsafe { libc::kill(server, libc::SIGCONT) };
+                panic!("a join or drop hung on a stopped server (got {outcomes:?})");
+            }
+        }
+    }
+    dropper.join().expect("dropper");
+    let mut joined = joiner.join().expect("joiner");
+    match outcomes.into_iter().flatten().next() {
+        Some(Err(Error::ForkServer(m))) => assert!(m.contains("stopped or stuck"), "{m}"),
+        other => panic!("expected a fork server error, got {other:?}"),
+    }
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(server, libc::SIGCONT) }, 0);
+    // The report comes once the server runs: the join was not spent.
+    match joined.join() {
+        Err(Error::ProcessKilled { signal, .. }) => assert_eq!(signal, libc::SIGKILL),
+        other => panic!("expected the child killed, got {other:?}"),
+    }
+    assert_eq!(start(|x: u32| x + 1, 41).join().unwrap(), 42);
+    assert_eq!(server_pid(), server, "the server was replaced");
+    common::eventually("the server reaped every child", BOUND, || {
+        children_of(server).is_empty()
+    });
 }

@@ -165,8 +165,10 @@ pub(crate) fn encode_spawn_task(task: &SpawnTask) -> Vec<u8> {
 pub(crate) const OUTCOME_MAGIC: [u8; 8] = OUT_MAGIC;
 
 /// Reads a child's outcome from the bytes of its result file; `None` if it left no complete report.
+/// The body must be exactly one outcome: the child writes nothing else, so bytes left over mean
+/// someone else wrote the frame (`postcard::from_bytes` ignored them).
 pub(crate) fn decode_outcome(bytes: &[u8]) -> Option<Outcome> {
-    postcard::from_bytes(spawn_unframe(OUT_MAGIC, bytes)?).ok()
+    crate::codec::postcard_exact(spawn_unframe(OUT_MAGIC, bytes)?).ok()
 }
 
 // ------------------------------------------------------------------------------------------- the child
@@ -384,9 +386,10 @@ pub(crate) fn parse_env_value(value: &str) -> Result<[i32; 4], String> {
     Ok([num(pid)?, num(task_fd)?, num(key_fd)?, num(result_fd)?])
 }
 
-/// The task in the bytes of a task file, if they are one complete task frame that decodes.
+/// The task in the bytes of a task file, if they are one complete task frame whose body is exactly
+/// one task (nothing left over).
 pub(crate) fn decode_spawn_task(bytes: &[u8]) -> Option<SpawnTask> {
-    postcard::from_bytes(spawn_unframe(TASK_MAGIC, bytes)?).ok()
+    crate::codec::postcard_exact(spawn_unframe(TASK_MAGIC, bytes)?).ok()
 }
 
 /// Checks everything the environment names (see the module docs) and reads the task. Writes nothing.
@@ -511,6 +514,34 @@ mod tests {
         let head: [u8; 16] = f[..16].try_into().unwrap();
         assert_eq!(announced_len(OUT_MAGIC, &head), Some(3));
         assert_eq!(announced_len(TASK_MAGIC, &head), None);
+    }
+
+    /// A frame whose body is a valid encoding plus one byte: refused, as a message with a remainder
+    /// is everywhere else (found by review: `postcard::from_bytes` ignored the remainder).
+    #[test]
+    fn an_outcome_or_task_with_a_byte_left_over_is_refused() {
+        let with_extra = |magic, body: Vec<u8>| {
+            let good = spawn_frame(magic, &body);
+            let mut longer = body;
+            longer.push(0);
+            (good, spawn_frame(magic, &longer))
+        };
+        let outcome = postcard::to_allocvec(&Outcome::Value(vec![1, 2, 3])).unwrap();
+        let (good, bad) = with_extra(OUT_MAGIC, outcome);
+        assert!(matches!(decode_outcome(&good), Some(Outcome::Value(v)) if v == [1, 2, 3]));
+        assert!(decode_outcome(&bad).is_none());
+
+        let task = SpawnTask {
+            exe: crate::sys::process::current_exe_id().unwrap(),
+            func: spawn_fn(double).sign(&FnKey::random()),
+            args: vec![7],
+            parent_pid: 1,
+            die_with_parent: true,
+        };
+        let task = postcard::to_allocvec(&task).unwrap();
+        let (good, bad) = with_extra(TASK_MAGIC, task);
+        assert!(decode_spawn_task(&good).is_some_and(|t| t.args == [7]));
+        assert!(decode_spawn_task(&bad).is_none());
     }
 
     #[test]

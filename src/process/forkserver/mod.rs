@@ -135,9 +135,10 @@ pub(crate) fn encode_request(request: &Request) -> Result<Vec<u8>> {
     Ok(bootstrap::spawn_frame(REQUEST_MAGIC, &body))
 }
 
-/// The request in a packet the server received, if it is one complete request frame that decodes.
+/// The request in a packet the server received, if it is one complete request frame whose body is
+/// exactly one request (nothing left over).
 pub(crate) fn decode_request(bytes: &[u8]) -> Option<Request> {
-    postcard::from_bytes(bootstrap::spawn_unframe(REQUEST_MAGIC, bytes)?).ok()
+    crate::codec::postcard_exact(bootstrap::spawn_unframe(REQUEST_MAGIC, bytes)?).ok()
 }
 
 /// Whether `name=value` can be a variable of a child's environment (what `std::env::set_var` accepts).
@@ -159,8 +160,9 @@ pub(crate) fn encode_environment(vars: impl Iterator<Item = (OsString, OsString)
 pub(crate) fn decode_environment(
     bytes: &[u8],
 ) -> std::result::Result<Vec<(OsString, OsString)>, String> {
-    let vars: Vec<(Vec<u8>, Vec<u8>)> =
-        postcard::from_bytes(bytes).map_err(|e| format!("the environment does not decode: {e}"))?;
+    // Exactly one value: the memfd holds the encoding and nothing else.
+    let vars: Vec<(Vec<u8>, Vec<u8>)> = crate::codec::postcard_exact(bytes)
+        .map_err(|e| format!("the environment does not decode: {e}"))?;
     if !vars.iter().all(|(k, v)| settable(k, v)) {
         return Err("the environment has a malformed variable".into());
     }
@@ -563,7 +565,8 @@ impl Status {
     /// How the child ended, once the server reported it (`block`: wait for the report).
     ///
     /// # Errors
-    /// [`Error::ForkServer`] if the server died before reporting.
+    /// [`Error::ForkServer`] if the server died before reporting, or (`block`) did not report an
+    /// ended child in time (see [`Status::wait_report`]).
     pub(super) fn wait(
         &self,
         pid: u32,
@@ -572,15 +575,69 @@ impl Status {
         patience: Duration,
     ) -> Result<Option<WaitStatus>> {
         let mut buf = [0u8; 32];
-        let n = match usock::recv_with_fds(self.sock.as_fd(), &mut buf, 0, block)? {
-            Received::Packet(n, _) => n,
-            Received::Nothing => return Ok(None),
-            Received::Closed => {
-                forget_dead_server();
-                return orphan_status(pid, pidfd, block, patience, &self.orphan_seen);
+        let n = loop {
+            // Blocking: wait for the report without a receive that could wait for good (see
+            // `wait_report`); the receive below then finds it at once.
+            if block {
+                self.wait_report(pid, pidfd, None)?;
+            }
+            match usock::recv_with_fds(self.sock.as_fd(), &mut buf, 0, false)? {
+                Received::Packet(n, _) => break n,
+                // Readable but nothing queued (a spurious wake-up): wait again.
+                Received::Nothing if block => continue,
+                Received::Nothing => return Ok(None),
+                Received::Closed => {
+                    forget_dead_server();
+                    return orphan_status(pid, pidfd, block, patience, &self.orphan_seen);
+                }
             }
         };
         decode_ended(&buf[..n]).map(Some)
+    }
+
+    /// Waits until the status socket is readable (the server's report is there, or the server died:
+    /// end-of-file), for at most `timeout` (`None`: as long as the child runs); `false` on timeout.
+    ///
+    /// A running child is waited for as long as it runs (a long task). Once its pidfd says it ended,
+    /// the server owes its report within milliseconds (a reap and a message): past
+    /// [`SERVER_ANSWER_WAIT`] of this process's running time (see [`patiently`]) the server is alive
+    /// but stopped (`SIGSTOP`) or stuck, and the wait is [`Error::ForkServer`]. Found by review:
+    /// without that bound a join, and the drop of a `Process` (a pool's background thread drops its
+    /// dead workers), waited for a stopped server for good, although the child had ended.
+    ///
+    /// The socket alone is waited on, in slices of [`ANSWER_WAIT_SLICE`] between which the pidfd is
+    /// checked, never both at once: the pidfd turns readable before the server has reaped the child
+    /// and written its report, and waking on it cost the happy path one more sleep and wake-up (see
+    /// [`Status::join`]). A report in time ends the first slice at once.
+    ///
+    /// # Errors
+    /// [`Error::ForkServer`] as above.
+    fn wait_report(&self, pid: u32, pidfd: &OwnedFd, timeout: Option<Duration>) -> Result<bool> {
+        // Past the range of `Instant`: no end.
+        let end = timeout.and_then(|t| Instant::now().checked_add(t));
+        // Waits on the socket until `until` (or the caller's end, if sooner): `Some(readable)` once
+        // it is readable or the caller's time is up, `None` when only `until` passed.
+        let slice = |until: Instant| -> Result<Option<bool>> {
+            let until = end.map_or(until, |e| e.min(until));
+            let left = until.saturating_duration_since(Instant::now());
+            if psys::wait_readable(&self.sock, Some(left))? {
+                return Ok(Some(true));
+            }
+            Ok(end.is_some_and(|e| Instant::now() >= e).then_some(false))
+        };
+        // While the child runs.
+        loop {
+            if let Some(ready) = slice(Instant::now() + ANSWER_WAIT_SLICE)? {
+                return Ok(ready);
+            }
+            if psys::wait_readable(pidfd, Some(Duration::ZERO))? {
+                break;
+            }
+        }
+        // The child ended: its report is due.
+        let mut deadline = Instant::now() + SERVER_ANSWER_WAIT;
+        patiently(&mut deadline, slice)?
+            .ok_or_else(|| unresponsive(&format!("did not report how process {pid} ended")))
     }
 
     /// How the child ended, waiting at most `timeout` (`None`: as long as it runs) for the server's
@@ -596,7 +653,8 @@ impl Status {
     ///
     /// # Errors
     /// [`Error::Timeout`] as above; [`Error::ForkServer`] if the server died before reporting and the
-    /// kernel cannot tell how the child ended.
+    /// kernel cannot tell how the child ended, or if it is alive but did not report the child's end
+    /// in time (see [`Status::wait_report`]; the child's status is not lost: join again).
     pub(super) fn join(
         &self,
         pid: u32,
@@ -606,7 +664,7 @@ impl Status {
         let start = Instant::now();
         let left = || timeout.map(|t| t.saturating_sub(start.elapsed()));
         loop {
-            if !psys::wait_readable(&self.sock, left())? {
+            if !self.wait_report(pid, pidfd, left())? {
                 return Err(Error::Timeout);
             }
             let mut buf = [0u8; 32];
@@ -766,5 +824,33 @@ mod tests {
         assert!(decode_environment(&good[..good.len() - 1]).is_err());
         assert!(decode_environment(&[0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
         assert!(decode_environment(&[]).is_err());
+        // A valid encoding with one byte left over (found by review: accepted).
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(decode_environment(&good).is_ok());
+        assert!(decode_environment(&longer).is_err());
+    }
+
+    /// A request frame whose body is a valid request plus one byte: refused (found by review:
+    /// `postcard::from_bytes` ignored the remainder).
+    #[test]
+    fn a_request_with_a_byte_left_over_is_refused() {
+        let key = FnKey::random();
+        let request = Request {
+            func: bootstrap::spawn_fn(|x: u32| x + 1).sign(&key),
+            die_with_parent: true,
+            args: Some(vec![41]),
+            child_key: None,
+            env_mac: 1,
+            args_mac: None,
+        };
+        let good = encode_request(&request).unwrap();
+        let mut body = bootstrap::spawn_unframe(REQUEST_MAGIC, &good)
+            .unwrap()
+            .to_vec();
+        body.push(0);
+        let bad = bootstrap::spawn_frame(REQUEST_MAGIC, &body);
+        assert!(decode_request(&good).is_some_and(|r| r.args == Some(vec![41])));
+        assert!(decode_request(&bad).is_none());
     }
 }
