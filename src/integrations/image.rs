@@ -328,7 +328,9 @@ fn convert<P: PixelWithColorType>(img: DynamicImage) -> Option<DynamicImage> {
 }
 
 /// Encodes `img` into `path`, the format chosen by its extension (as `image`'s `save`). A regular
-/// file (or the one a symbolic link names) is overwritten in place; a new name is created.
+/// file (or the one a symbolic link names) is overwritten in place; a new name is created. A
+/// symbolic link to nothing is an error ([`Error::Os`], not found): the file it names is not created,
+/// so a link planted in a shared directory cannot make `save` create a file elsewhere.
 ///
 /// # Errors
 /// [`Error::BadFile`] with [`FileProblem::Image`] if it cannot be encoded in that format, with
@@ -377,8 +379,9 @@ fn create_regular(path: &Path) -> Result<File> {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(Error::os("create image", e)),
         }
-        match crate::sys::filemap::open_regular(path, true) {
-            Ok((file, _)) => {
+        // Write only, as `File::create`: a file we may write but not read is still ours to replace.
+        match crate::sys::filemap::open_regular_write_only(path) {
+            Ok(file) => {
                 file.set_len(0)
                     .map_err(|e| Error::os("truncate image", e))?;
                 return Ok(file);
@@ -614,6 +617,32 @@ mod tests {
             .unwrap()
             .file_type()
             .is_symlink());
+    }
+
+    /// Found by review: `save` opened an existing file for reading and writing (`open_regular`), so a
+    /// file its caller may write but not read (mode `0o222`, a drop box) was refused with `EACCES`,
+    /// where `File::create` (write only), which `save` used before, overwrote it. Shown from a thread
+    /// whose file-system identity is `nobody` when the test runs as root (`setfsuid` is per thread
+    /// and takes the thread's `CAP_DAC_OVERRIDE` with it), so that the mode bits apply.
+    #[test]
+    fn save_overwrites_a_file_it_may_write_but_not_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = Temp::new("png");
+        std::fs::write(&t.0, b"old").unwrap();
+        std::fs::set_permissions(&t.0, std::fs::Permissions::from_mode(0o222)).unwrap();
+        let path = t.0.clone();
+        let saved = std::thread::spawn(move || {
+            // SAFETY: `setfsuid` changes only this thread's file-system uid (the thread ends right
+            // after); it touches no memory. As a non-root user it fails and changes nothing, and the
+            // owner's own `-w-` bits apply.
+            unsafe { libc::setfsuid(65534) };
+            save(&from_image(&card(4, 3)).unwrap(), &path)
+        })
+        .join()
+        .unwrap();
+        assert!(saved.is_ok(), "{saved:?}");
+        std::fs::set_permissions(&t.0, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(image::open(&t.0).unwrap().width(), 4);
     }
 
     fn card(w: u32, h: u32) -> RgbImage {

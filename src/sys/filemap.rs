@@ -47,6 +47,17 @@ fn bad(path: &Path, problem: FileProblem) -> Error {
 /// `fstat` on that descriptor decides, and only then is the very same inode opened for real through
 /// `/proc/self/fd/N`; device and inode are compared anyway.
 pub(crate) fn open_regular(path: &Path, writable: bool) -> Result<(File, FileId)> {
+    open_regular_as(path, true, writable)
+}
+
+/// [`open_regular`] for writing only: what a file that is only written (`image::save`) needs, and all
+/// that a file its caller may write but not read (mode `0o222`) allows. Found by review: opened for
+/// reading too, such a file was refused with `EACCES`, where `File::create` overwrote it.
+pub(crate) fn open_regular_write_only(path: &Path) -> Result<File> {
+    open_regular_as(path, false, true).map(|(file, _)| file)
+}
+
+fn open_regular_as(path: &Path, read: bool, write: bool) -> Result<(File, FileId)> {
     let handle = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
@@ -57,8 +68,8 @@ pub(crate) fn open_regular(path: &Path, writable: bool) -> Result<(File, FileId)
         return Err(bad(path, FileProblem::NotRegular));
     }
     let file = OpenOptions::new()
-        .read(true)
-        .write(writable)
+        .read(read)
+        .write(write)
         // O_NONBLOCK: a lease on the file makes the open fail with EWOULDBLOCK at once instead of
         // waiting up to lease-break-time (45 s) for it to break (as `shm::open_regular`, review R7).
         .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)

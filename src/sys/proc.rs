@@ -116,8 +116,16 @@ pub(crate) fn pid() -> u32 {
 /// Whether this process runs the calling thread alone (`num_threads` of its `/proc` stat is 1); false
 /// if that cannot be told. Then no other thread runs to be holding a lock (short of a guard leaked by
 /// a thread that exited), and none can start before this thread starts it.
+///
+/// Read from `/proc/self`, which is this process in whichever pid namespace `/proc` numbers: found by
+/// review, `/proc/<getpid()>` under a `/proc` of another namespace (`unshare -p` without a new mount,
+/// a container given its host's) is an unrelated process, and one of one thread there let `fork`
+/// flush stdout in a process of many, where another thread may hold it for good (see `pid_namespace`).
 pub(crate) fn single_threaded() -> bool {
-    stat_of(pid()).is_some_and(|s| s.threads == 1)
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|text| parse_stat(&text))
+        .is_some_and(|s| s.threads == 1)
 }
 
 /// A process's start time in clock ticks since boot, if it exists.
@@ -657,6 +665,36 @@ mod tests {
     fn a_test_harness_is_not_single_threaded() {
         // The harness's main thread waits for this test's thread: two at least.
         assert!(!single_threaded());
+    }
+
+    /// Found by review: `single_threaded` read `/proc/<getpid()>/stat`, which under a `/proc` of
+    /// another pid namespace is an unrelated process. Here this test binary runs the test above as
+    /// pid 1 of a new namespace whose `/proc` is its parent namespace's, where pid 1 is the
+    /// single-threaded `unshare` that waits for it. Skipped where namespaces cannot be made (no
+    /// `unshare`, no privilege for it): only the test binary's own failure (101) fails this.
+    #[test]
+    fn a_proc_of_another_pid_namespace_does_not_make_a_process_single_threaded() {
+        let Ok(exe) = std::env::current_exe() else {
+            return;
+        };
+        let out = std::process::Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "sh", "-c"])
+            .arg(r#"exec unshare --pid --fork "$0" --exact sys::proc::tests::a_test_harness_is_not_single_threaded"#)
+            .arg(exe)
+            .output();
+        let Ok(out) = out else {
+            eprintln!("skipped: no unshare");
+            return;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        match out.status.code() {
+            Some(0) => assert!(text.contains("1 passed"), "{text}"),
+            Some(101) => panic!(
+                "single_threaded() in a process of two threads: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            _ => eprintln!("skipped: {}", String::from_utf8_lossy(&out.stderr)),
+        }
     }
 
     #[test]
