@@ -378,6 +378,43 @@ mod tests {
         );
     }
 
+    /// Found by review: only the arrays the parent's copy of a fork closure dropped were kept for the
+    /// child. An array shared with the child through an `Arc` went back to the heap when the parent
+    /// dropped its own `Arc` later (the child's clone lives in the child's memory, so the parent's
+    /// count reached zero), and the parent's next array took its block: the child summed the parent's
+    /// sevens through what safe code promised was an unchanging `&[u64]` of ones.
+    #[test]
+    fn an_array_a_forked_child_holds_through_an_arc_is_not_reused_while_the_child_lives() {
+        let _serial = crate::heap::tests::SERIAL
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let a = std::sync::Arc::new(SharedArray::<u64>::from_slice(&[1; 4096]).unwrap());
+        let (id, off) = (a.block.region_id(), a.block.offset);
+        let kept = a.clone();
+        let (go_tx, go_rx) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut p = crate::Process::builder().fork::<_, u64>(move || {
+            let mut b = [0u8; 1];
+            let _ = std::io::Read::read(&mut &go_rx, &mut b);
+            kept.iter().sum()
+        });
+        p.start().unwrap();
+        // The parent's last `Arc`: the child still holds its clone.
+        drop(a);
+        // The parent's own new array, never shared with anyone.
+        let mut b = SharedArray::<u64>::zeroed(4096).unwrap();
+        let same = (b.block.region_id(), b.block.offset) == (id, off);
+        b.fill(7);
+        // A byte, not an end of file: the child holds a copy of `go_tx` too.
+        std::io::Write::write_all(&mut &go_tx, b"g").unwrap();
+        let got = p.join_timeout(std::time::Duration::from_secs(20));
+        let _ = p.kill();
+        assert!(
+            !same && got.as_ref().is_ok_and(|&s| s == 4096),
+            "the parent's new array took the block of the child's (same block: {same}; the \
+             child summed {got:?})"
+        );
+    }
+
     /// Review (heap/own-arena check): `Block::from_handle` decides "own arena" by the id in the handle,
     /// which must equal the id in the arena's header; but the header is shared memory that any process
     /// of our uid can open (through `/proc/<pid>/fd`) and rewrite. A peer that rewrites our arena's id

@@ -28,7 +28,7 @@ mod array;
 mod grid;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use crate::error::{Error, Result};
@@ -108,6 +108,23 @@ impl Arena {
         self.free.len() == 1 && self.free.get(&0) == Some(&self.size)
     }
 
+    /// Gives the memory of an arena with nothing allocated back to the system, as it is let go.
+    /// Dropping our mapping and descriptor does not: every process that read a block of the arena
+    /// keeps it mapped in its cache of foreign arenas (`cache_foreign`: up to 16 arenas, 64 GiB), and
+    /// a mapped memfd keeps its pages; a pool worker that was lent 100, 200 and 300 MiB arrays in turn
+    /// held all 600 MiB after the parent had let go of the first two arenas (found by review). Nothing
+    /// reads an unused arena: no block of it is allocated, so none is lent (a quarantined copy and a
+    /// block a forked child took stay allocated until they are done). Only the payload: the header
+    /// stays whole for those mappings. Best effort: on an error the pages stay until the last mapping
+    /// goes, as they did before.
+    fn discard(&self) {
+        let _ = crate::sys::shm::punch_hole(
+            self.region.file(),
+            crate::region::PAYLOAD_OFFSET as u64,
+            self.size as u64,
+        );
+    }
+
     /// Gives back a range `alloc` returned (so `offset + len` is inside the arena and cannot overflow).
     fn release(&mut self, mut offset: usize, mut len: usize) {
         if let Some((&prev, &plen)) = self.free.range(..offset).next_back() {
@@ -139,6 +156,8 @@ pub(crate) struct Block {
     /// Bytes from here to `len` were fresh when the block was allocated (see `Arena::fresh_from`):
     /// zero, and not yet backed by pages. `len` for views and reused memory.
     fresh: usize,
+    /// Which allocation of this process it was (see `NEXT_SEQ`); `u64::MAX` for views.
+    seq: u64,
 }
 
 impl Heap {
@@ -176,6 +195,7 @@ impl Heap {
                     len,
                     owned: true,
                     fresh: fresh.min(len),
+                    seq: NEXT_SEQ.fetch_add(1, Ordering::Relaxed),
                 });
             }
         }
@@ -183,7 +203,13 @@ impl Heap {
         // keeping them would hold the sum of every size ever asked for (100, 200, 300 MiB arrays in
         // turn held 600 MiB). Let go of them; a process still viewing one keeps its own mapping. The
         // last arena stays while it is the only one, for the next array of its size.
-        arenas.retain(|a| a.creator != me || !a.is_unused());
+        arenas.retain(|a| {
+            let keep = a.creator != me || !a.is_unused();
+            if !keep {
+                a.discard();
+            }
+            keep
+        });
         let size = held
             .checked_next_multiple_of(2 << 20)
             .filter(|&s| s <= isize::MAX as usize)
@@ -214,6 +240,7 @@ impl Heap {
             len,
             owned: true,
             fresh: fresh.min(len),
+            seq: NEXT_SEQ.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -264,18 +291,33 @@ fn held_len(len: usize) -> usize {
     len.max(1)
 }
 
-thread_local! {
-    /// Set while the parent of a fresh `fork` child drops its copy of the child's closure: the blocks
-    /// dropped then were moved into the child, which still uses them (found by review).
-    static HANDED_TO: std::cell::Cell<Option<(u32, u64)>> =
-        const { std::cell::Cell::new(None) };
+/// How many blocks this process has allocated: a block's `seq` is the count before it, so a block
+/// whose `seq` is below the count read right after a `fork` existed at that fork. Taken under the
+/// arenas' lock, which `fork` holds (`ForkHeapLocks`): no allocation straddles a fork.
+static NEXT_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A child this process forked (not spawned), while it may live: its pid, its start time (0 if
+/// unknown), and `NEXT_SEQ` just after the fork.
+struct Forked {
+    pid: u32,
+    start: u64,
+    seq: u64,
 }
 
-/// A block a forked child took: the child's pid and start time (0 if unknown), the arena, the offset
-/// and held length of the block.
-type Deferred = (u32, u64, Arc<Region>, usize, usize);
+/// The forked children that may still live. Each has a copy of every `SharedArray` of this process
+/// that existed at its fork, naming the same shared memory: the block of one must not go back to the
+/// heap (and become another array's, which this process then writes) while such a child can read it.
+static FORKED: Mutex<Vec<Forked>> = Mutex::new(Vec::new());
 
-/// Blocks a forked child took with its closure: returned to the heap once that child is gone.
+/// Whether `FORKED` holds anything: written only under its lock, read without it by every drop of
+/// an owned block, so that in a process that never forked a drop costs a load, not a mutex.
+static FORKED_PENDING: AtomicBool = AtomicBool::new(false);
+
+/// A block some forked children may still read: those children (pid, start time), the arena, the
+/// offset and held length of the block.
+type Deferred = (Vec<(u32, u64)>, Arc<Region>, usize, usize);
+
+/// Blocks forked children may still read: returned to the heap once those children are gone.
 static DEFERRED: Mutex<Vec<Deferred>> = Mutex::new(Vec::new());
 
 /// Whether `DEFERRED` holds anything: written only under its lock, read without it by every
@@ -283,27 +325,57 @@ static DEFERRED: Mutex<Vec<Deferred>> = Mutex::new(Vec::new());
 /// not a mutex. A stale `false` only postpones a release to the next allocation.
 static DEFERRED_PENDING: AtomicBool = AtomicBool::new(false);
 
-/// Runs `drop_closure` (the parent's copy of the closure that child `pid` runs after a fork) so that
-/// every block it frees stays allocated until that child has exited: the child's copy of each
-/// `SharedArray` in the closure names the same shared memory, and reusing it for another array of
-/// this process would give two processes a `&mut` to the same elements.
+/// Records that child `pid` was just forked, then runs `drop_closure` (the parent's copy of the
+/// closure that the child runs). From then until the child has exited, no block that existed at the
+/// fork goes back to the heap: the child's copy of each `SharedArray` names the same shared memory,
+/// and reusing it for another array of this process would have the child read (or write) the
+/// elements this process writes. That holds for the arrays moved into the closure, dropped right
+/// here, and for every other way the child can reach one: found by review, an array shared with the
+/// child through an `Arc` went back to the heap when the parent dropped its own `Arc` (the child's
+/// clone lives in the child's memory, so the parent's count reached zero), and the parent's next
+/// array took its block while the child still summed it. A fork nested in the drops of the closure
+/// (user code) records its own child and ends nothing of this one's.
 pub(crate) fn dropping_closure_of_child(pid: u32, drop_closure: impl FnOnce()) {
-    let id = (pid, crate::sys::proc::start_time(pid).unwrap_or(0));
-    // Restores the mark it replaced, not `None`: the drops of a closure run user code, which may fork
-    // a child of its own (a nested call here), and what the outer closure drops after that must still
-    // wait for the outer child (found by review: the nested call ended the outer deferral, and the
-    // next array reused a block the first child still held).
-    struct Reset(Option<(u32, u64)>);
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            HANDED_TO.with(|h| h.set(self.0));
-        }
+    let start = crate::sys::proc::start_time(pid).unwrap_or(0);
+    {
+        let mut forked = FORKED.lock().unwrap_or_else(|e| e.into_inner());
+        // The children gone since go now, so the list holds no more than the live ones (a fork
+        // costs far more than these /proc reads).
+        forked.retain(|c| crate::sys::proc::process_alive(c.pid, c.start));
+        forked.push(Forked {
+            pid,
+            start,
+            seq: NEXT_SEQ.load(Ordering::Relaxed),
+        });
+        FORKED_PENDING.store(true, Ordering::Relaxed);
     }
-    let _reset = Reset(HANDED_TO.with(|h| h.replace(Some(id))));
     drop_closure();
 }
 
-/// Returns the deferred blocks of children that are gone.
+/// The live forked children that were forked after the block numbered `seq` was allocated (each
+/// has a copy of it). Forgets the children that are gone, judged as processes, not by their main
+/// thread (found by review: a child whose main thread exited while another of its threads still
+/// used a captured array was taken for gone by the thread check, its zombie leader, and the block
+/// was reused).
+fn children_holding(seq: u64) -> Vec<(u32, u64)> {
+    if !FORKED_PENDING.load(Ordering::Relaxed) {
+        return Vec::new();
+    }
+    let mut forked = FORKED.lock().unwrap_or_else(|e| e.into_inner());
+    // A block made after every fork: no child has it, and no /proc read is needed to say so.
+    if forked.iter().all(|c| c.seq <= seq) {
+        return Vec::new();
+    }
+    forked.retain(|c| crate::sys::proc::process_alive(c.pid, c.start));
+    FORKED_PENDING.store(!forked.is_empty(), Ordering::Relaxed);
+    forked
+        .iter()
+        .filter(|c| c.seq > seq)
+        .map(|c| (c.pid, c.start))
+        .collect()
+}
+
+/// Returns the deferred blocks whose children are all gone.
 fn release_deferred() {
     if !DEFERRED_PENDING.load(Ordering::Relaxed) {
         return;
@@ -313,19 +385,21 @@ fn release_deferred() {
         if d.is_empty() {
             return;
         }
-        // A process, not its main thread (found by review): a child whose main thread exited while
-        // another of its threads still uses a captured array is alive (`process_alive`), where the
-        // thread check (`is_alive`) took its zombie leader for a dead child and reused the block.
-        let (gone, alive): (Vec<_>, Vec<_>) = std::mem::take(&mut *d)
-            .into_iter()
-            .partition(|&(pid, start, ..)| !crate::sys::proc::process_alive(pid, start));
+        let (gone, alive): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut *d)
+                .into_iter()
+                .partition(|(children, ..)| {
+                    children
+                        .iter()
+                        .all(|&(pid, start)| !crate::sys::proc::process_alive(pid, start))
+                });
         DEFERRED_PENDING.store(!alive.is_empty(), Ordering::Relaxed);
         *d = alive;
         gone
     };
     let heap = Heap::global();
     let mut arenas = heap.arenas.lock().unwrap_or_else(|e| e.into_inner());
-    for (_, _, region, offset, len) in done {
+    for (_, region, offset, len) in done {
         if let Some(a) = arenas.iter_mut().find(|a| Arc::ptr_eq(&a.region, &region)) {
             a.release(offset, len);
         }
@@ -335,11 +409,11 @@ fn release_deferred() {
 impl Drop for Block {
     fn drop(&mut self) {
         if self.owned {
-            if let Some((pid, start)) = HANDED_TO.with(std::cell::Cell::get) {
+            let children = children_holding(self.seq);
+            if !children.is_empty() {
                 let mut d = DEFERRED.lock().unwrap_or_else(|e| e.into_inner());
                 d.push((
-                    pid,
-                    start,
+                    children,
                     self.region.clone(),
                     self.offset,
                     held_len(self.len),
@@ -425,9 +499,10 @@ fn register(region: &Arc<Region>) {
 /// another thread of the parent at the fork would stay locked in the child for good.
 ///
 /// Taken in the order of the fields. The only nesting among them is `arenas` then `mapped` (a new
-/// arena is registered with the arenas held); `DEFERRED` and `foreign` are never held while another
-/// lock is taken, and nothing is taken while they are held.
+/// arena is registered with the arenas held); `FORKED`, `DEFERRED` and `foreign` are never held while
+/// another lock is taken, and nothing is taken while they are held.
 pub(crate) struct ForkHeapLocks {
+    _forked: std::sync::MutexGuard<'static, Vec<Forked>>,
     _deferred: std::sync::MutexGuard<'static, Vec<Deferred>>,
     _arenas: std::sync::MutexGuard<'static, Vec<Arena>>,
     _mapped: std::sync::MutexGuard<'static, HashMap<u64, Weak<Region>>>,
@@ -437,6 +512,7 @@ pub(crate) struct ForkHeapLocks {
 impl ForkHeapLocks {
     /// Takes them (which also finishes making the lazily made ones: a child never finds one half-made).
     pub(crate) fn before_fork() -> ForkHeapLocks {
+        let forked = FORKED.lock().unwrap_or_else(|e| e.into_inner());
         let deferred = DEFERRED.lock().unwrap_or_else(|e| e.into_inner());
         let arenas = Heap::global()
             .arenas
@@ -445,6 +521,7 @@ impl ForkHeapLocks {
         let mapped = mapped().lock().unwrap_or_else(|e| e.into_inner());
         let foreign = foreign().lock().unwrap_or_else(|e| e.into_inner());
         ForkHeapLocks {
+            _forked: forked,
             _deferred: deferred,
             _arenas: arenas,
             _mapped: mapped,
@@ -565,6 +642,7 @@ impl Block {
             len,
             owned: false,
             fresh: len,
+            seq: u64::MAX,
         })
     }
 
@@ -775,6 +853,21 @@ pub(crate) mod tests {
                 // As while a parent thread records a block: the child's allocation looks at the list.
                 DEFERRED_PENDING.store(true, Ordering::Relaxed);
                 d
+            },
+            child_uses_the_heap,
+        );
+        assert_eq!(got, Ok(42));
+    }
+
+    /// As above, with the list of forked children (taken by a drop of a block while some may live).
+    #[test]
+    fn a_forked_child_frees_whatever_another_thread_holds_the_forked_children() {
+        let got = crate::process::forklocks::tests::fork_while_held(
+            || {
+                let f = FORKED.lock().unwrap_or_else(|e| e.into_inner());
+                // As while a parent thread records a child: the child's drop of its array looks.
+                FORKED_PENDING.store(true, Ordering::Relaxed);
+                f
             },
             child_uses_the_heap,
         );
