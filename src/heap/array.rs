@@ -529,7 +529,7 @@ mod tests {
     }
 
     /// Review (fork re-entrancy): the parent's copy of a forked child's closure is dropped with its
-    /// blocks deferred until that child is gone (`heap::dropping_closure_of_child`). A captured value
+    /// blocks deferred until that child is gone (`heap::record_forked`). A captured value
     /// whose drop forks a child of its own (user code runs in those drops) ended the deferral for
     /// everything dropped after it: the nested call cleared the mark instead of restoring the outer
     /// one, and the next array of the parent reused the block the first child still held.

@@ -325,31 +325,32 @@ static DEFERRED: Mutex<Vec<Deferred>> = Mutex::new(Vec::new());
 /// not a mutex. A stale `false` only postpones a release to the next allocation.
 static DEFERRED_PENDING: AtomicBool = AtomicBool::new(false);
 
-/// Records that child `pid` was just forked, then runs `drop_closure` (the parent's copy of the
-/// closure that the child runs). From then until the child has exited, no block that existed at the
+/// Records in `forked` (the list, held by the forking thread across the fork: `ForkHeapLocks`) that
+/// child `pid` was just forked. From then until the child has exited, no block that existed at the
 /// fork goes back to the heap: the child's copy of each `SharedArray` names the same shared memory,
 /// and reusing it for another array of this process would have the child read (or write) the
-/// elements this process writes. That holds for the arrays moved into the closure, dropped right
-/// here, and for every other way the child can reach one: found by review, an array shared with the
-/// child through an `Arc` went back to the heap when the parent dropped its own `Arc` (the child's
-/// clone lives in the child's memory, so the parent's count reached zero), and the parent's next
-/// array took its block while the child still summed it. A fork nested in the drops of the closure
-/// (user code) records its own child and ends nothing of this one's.
-pub(crate) fn dropping_closure_of_child(pid: u32, drop_closure: impl FnOnce()) {
+/// elements this process writes. That holds for the arrays moved into the closure, which the parent
+/// drops right after, and for every other way the child can reach one: found by review, an array
+/// shared with the child through an `Arc` went back to the heap when the parent dropped its own `Arc`
+/// (the child's clone lives in the child's memory, so the parent's count reached zero), and the
+/// parent's next array took its block while the child still summed it.
+///
+/// Recorded before the list is let go of after the fork, not later (found by review: the child was
+/// recorded only once the fork locks were all let go of and the pipes' reservations settled, and
+/// another thread of the parent that dropped such an array in between found no child to wait for
+/// and gave its block back).
+fn record_forked(forked: &mut Vec<Forked>, pid: u32) {
     let start = crate::sys::proc::start_time(pid).unwrap_or(0);
-    {
-        let mut forked = FORKED.lock().unwrap_or_else(|e| e.into_inner());
-        // The children gone since go now, so the list holds no more than the live ones (a fork
-        // costs far more than these /proc reads).
-        forked.retain(|c| crate::sys::proc::process_alive(c.pid, c.start));
-        forked.push(Forked {
-            pid,
-            start,
-            seq: NEXT_SEQ.load(Ordering::Relaxed),
-        });
-        FORKED_PENDING.store(true, Ordering::Relaxed);
-    }
-    drop_closure();
+    // The children gone since go now, so the list holds no more than the live ones (a fork costs
+    // far more than these /proc reads).
+    forked.retain(|c| crate::sys::proc::process_alive(c.pid, c.start));
+    forked.push(Forked {
+        pid,
+        start,
+        // No allocation straddles the fork: the arenas' lock is held too.
+        seq: NEXT_SEQ.load(Ordering::Relaxed),
+    });
+    FORKED_PENDING.store(true, Ordering::Relaxed);
 }
 
 /// The live forked children that were forked after the block numbered `seq` was allocated (each
@@ -499,8 +500,9 @@ fn register(region: &Arc<Region>) {
 /// another thread of the parent at the fork would stay locked in the child for good.
 ///
 /// Taken in the order of the fields. The only nesting among them is `arenas` then `mapped` (a new
-/// arena is registered with the arenas held); `FORKED`, `DEFERRED` and `foreign` are never held while
-/// another lock is taken, and nothing is taken while they are held.
+/// arena is registered with the arenas held); `FORKED` (but for the forking thread's `/proc` reads as
+/// it records a child), `DEFERRED` and `foreign` are never held while another lock is taken, and
+/// nothing is taken while they are held.
 pub(crate) struct ForkHeapLocks {
     _forked: std::sync::MutexGuard<'static, Vec<Forked>>,
     _deferred: std::sync::MutexGuard<'static, Vec<Deferred>>,
@@ -527,6 +529,12 @@ impl ForkHeapLocks {
             _mapped: mapped,
             _foreign: foreign,
         }
+    }
+
+    /// In the parent, after a fork that made child `pid`, with every lock still held: records the
+    /// child (see `record_forked`), so that no drop by another thread can miss it.
+    pub(crate) fn in_parent(&mut self, pid: u32) {
+        record_forked(&mut self._forked, pid);
     }
 }
 
@@ -874,6 +882,42 @@ pub(crate) mod tests {
         assert_eq!(got, Ok(42));
     }
 
+    /// Found by review: the parent recorded a forked child only after `ForkLocks::in_parent` had let
+    /// go of every fork lock and settled the pipes' reservations (each a robust lock in shared memory,
+    /// taken within a bound). A block that existed at the fork, dropped by another thread in between
+    /// (its last `Arc` taken out of a global the child reads, say), found no child to wait for and
+    /// went back to the heap while the child still read it. The window is made deterministic here by
+    /// standing in for the fork: the locks are taken and let go of as around a real one, a live
+    /// process (`sleep`) plays the child, and the drop comes right after `in_parent`, before anything
+    /// else of the fork's own could record the child.
+    #[test]
+    fn a_block_dropped_right_after_a_fork_waits_for_the_child() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let b = Heap::alloc(10_000).unwrap();
+        let (region, off) = (b.region.clone(), b.offset);
+        let mut child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("a process to play the forked child");
+        let locks = crate::process::forklocks::ForkLocks::before_fork().unwrap();
+        locks.in_parent(Some(child.id()));
+        // Another thread of the parent, now: the child has its copy of the block.
+        drop(b);
+        let deferred = DEFERRED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|(_, r, o, _)| Arc::ptr_eq(r, &region) && *o == off);
+        let _ = child.kill();
+        let _ = child.wait();
+        // The stand-in is gone (reaped): its block goes back with the next allocation.
+        drop(Heap::alloc(1).unwrap());
+        assert!(
+            deferred,
+            "a block the child held went back to the heap before the child was recorded"
+        );
+    }
+
     /// Tests that check *where* a block lands must not race other tests allocating from the same heap.
     pub(crate) static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -883,8 +927,15 @@ pub(crate) mod tests {
         let b = Heap::alloc(10_000).unwrap();
         let (id, off) = (b.region_id(), b.offset);
         drop(b);
+        // Unless a child forked by a test running beside this one (after `b` was made) still lives:
+        // then the block rightly waits for it (found flaky once blocks waited for forked children).
+        let waits = DEFERRED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|(_, r, o, _)| r.id() == id && *o == off);
         let c = Heap::alloc(10_000).unwrap();
-        assert_eq!((c.region_id(), c.offset), (id, off));
+        assert!(waits || (c.region_id(), c.offset) == (id, off));
     }
 
     /// An arena made here but not by the heap, registered as mapped: to `Block::from_handle` it is

@@ -84,8 +84,10 @@ pub(super) fn start(body: Body, die_with_parent: bool) -> Result<Child> {
         Fork::Parent(pid) => {
             // The child runs the closure with everything it captured; our copy goes now, but shared
             // arrays it held stay allocated until the child is gone (found by review: the next array
-            // made here reused the block the child was still writing).
-            crate::heap::dropping_closure_of_child(pid, move || drop(body));
+            // made here reused the block the child was still writing): `locks.in_parent` recorded
+            // the child in the heap before it let go of the heap's locks. A fork nested in the drops
+            // of the closure (user code) records its own child and ends nothing of this one's.
+            drop(body);
             match psys::pidfd_open(pid) {
                 Ok(pidfd) => Ok(Child {
                     pid,

@@ -31,8 +31,9 @@ use crate::sync::raw_lock::ForkSightings;
 ///    or reap a server and make a memfd: no lock of this crate);
 /// 5. `parallel::lease::QUARANTINE` ([`ForkQuarantine`]; held, it drops copies whose blocks go back
 ///    to the heap: 7., or 6. while a parent drops its copy of a forked child's closure);
-/// 6. the heap's `DEFERRED`, 7. its list of arenas, 8. its map of mapped arenas, 9. its cache of
-///    foreign arenas ([`ForkHeapLocks`]; held, 7. makes and registers an arena: 8.);
+/// 6. the heap's `FORKED` (its forked children), then `DEFERRED`, 7. its list of arenas, 8. its map
+///    of mapped arenas, 9. its cache of foreign arenas ([`ForkHeapLocks`]; held, 7. makes and
+///    registers an arena: 8.);
 /// 10. with feature `npy`, the chunk cache, then the table of mapped files (`ForkNpyLocks`; held,
 ///     the cache drops a mapping, which gives its place in the table back);
 /// 11. `sync::raw_lock::SEEN` ([`ForkSightings`]; held, nothing is taken).
@@ -131,9 +132,14 @@ impl ForkLocks {
         anchors.in_child();
     }
 
-    /// In the parent: the child's anchors and attachments name child `pid` or, if the fork failed
-    /// (`None`), nobody; every lock is let go of, the lists of those last.
-    pub(crate) fn in_parent(self, child: Option<u32>) {
+    /// In the parent: the heap records child `pid` while its locks are held, and the child's anchors
+    /// and attachments name it or, if the fork failed (`None`), nobody; every lock is let go of, the
+    /// lists of those last.
+    pub(crate) fn in_parent(mut self, child: Option<u32>) {
+        // Before anything is let go of: a drop by another thread must find the child recorded.
+        if let Some(pid) = child {
+            self.heap.in_parent(pid);
+        }
         let (holds, anchors) = self.release_all_but_the_lists();
         holds.in_parent(child);
         anchors.in_parent();
