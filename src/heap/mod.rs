@@ -59,10 +59,17 @@ struct Arena {
     /// zeroing per 4 KiB, and they are known to be zero. Only grows.
     fresh_from: usize,
     /// The pid of the process that created the arena: the only one that allocates from it.
+    /// [`INHERITED`] in a child made by our `fork` (see [`ForkHeapLocks::in_child`]).
     creator: u32,
     /// Bytes the free list covers when nothing is allocated.
     size: usize,
 }
+
+/// The `creator` of every arena a child made by `fork` inherited: no process has pid 0. Found by
+/// review: a pid alone named the creator, so a descendant that got, by pid reuse, the pid of an
+/// ancestor that had died would take the ancestor's arenas, inherited down the forks, for its own,
+/// allocating (and, for one it found unused, punching) ranges its parent's arrays still use.
+const INHERITED: u32 = 0;
 
 fn too_large(len: usize) -> Error {
     Error::OutOfMemory {
@@ -536,6 +543,15 @@ impl ForkHeapLocks {
     pub(crate) fn in_parent(&mut self, pid: u32) {
         record_forked(&mut self._forked, pid);
     }
+
+    /// In the child, with every lock still held: every arena it inherited is its parent's, never its
+    /// own, whatever pid it or a descendant gets ([`INHERITED`]). Plain writes into memory the held
+    /// lock guards: nothing is allocated or locked in a child that may have inherited others' locks.
+    pub(crate) fn in_child(&mut self) {
+        for arena in self._arenas.iter_mut() {
+            arena.creator = INHERITED;
+        }
+    }
 }
 
 /// Where a block lives, as it travels between processes.
@@ -865,6 +881,32 @@ pub(crate) mod tests {
             child_uses_the_heap,
         );
         assert_eq!(got, Ok(42));
+    }
+
+    /// Found by review: a forked child knew its parent's arenas from its own by pid alone, so a
+    /// descendant that got a dead ancestor's pid back would allocate from the ancestor's arenas under
+    /// its parent's arrays. Pid reuse cannot be staged here; what the fix guarantees can: in a child
+    /// of our `fork`, no inherited arena names any process as its creator, the parent included.
+    #[test]
+    fn a_forked_child_takes_no_inherited_arena_for_anyones() {
+        let kept = crate::SharedArray::<u8>::from_slice(&[1; 64]).unwrap();
+        let parent = crate::sys::proc::pid();
+        let mut p = crate::Process::builder().fork::<_, u64>(move || {
+            let arenas = Heap::global()
+                .arenas
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let inherited = arenas.iter().filter(|a| a.creator == INHERITED).count();
+            let parents = arenas.iter().filter(|a| a.creator == parent).count();
+            (inherited as u64) << 32 | parents as u64
+        });
+        p.start().unwrap();
+        let got = p.join_timeout(std::time::Duration::from_secs(60));
+        let _ = p.kill();
+        drop(kept);
+        let got = got.unwrap();
+        assert!(got >> 32 >= 1, "no arena inherited");
+        assert_eq!(got & 0xffff_ffff, 0, "arenas still named the parent");
     }
 
     /// As above, with the list of forked children (taken by a drop of a block while some may live).

@@ -125,8 +125,10 @@ impl ForkLocks {
     /// In the child: lets go of every lock, installing its own pipe attachments and anchors before it
     /// lets go of their lists. Only what [`ForkHolds::in_child`] and [`ForkAnchors::in_child`] do, and
     /// the unlock of each mutex this thread holds (an atomic swap, and at most a futex wake of nobody):
-    /// no other lock.
-    pub(crate) fn in_child(self) {
+    /// no other lock. The heap marks the arenas the child inherited as its parent's first
+    /// ([`ForkHeapLocks::in_child`]).
+    pub(crate) fn in_child(mut self) {
+        self.heap.in_child();
         let (holds, anchors) = self.release_all_but_the_lists();
         holds.in_child();
         anchors.in_child();
