@@ -704,26 +704,44 @@ impl Block {
     /// # Panics
     /// If `src` is longer than the block.
     pub(crate) fn copy_in(&mut self, src: &[u8]) -> Result<()> {
+        self.copy_in_at(0, src)
+    }
+
+    /// [`Block::copy_in`] to the bytes from `at` on (`at + src.len() <= len`): a block that starts
+    /// with a header of its own (a `Parallel` copy's lease words) gets its payload at the same speed.
+    ///
+    /// # Errors
+    /// As [`Block::copy_in`].
+    ///
+    /// # Panics
+    /// If `src` does not fit in the block from `at`.
+    pub(crate) fn copy_in_at(&mut self, at: usize, src: &[u8]) -> Result<()> {
         /// Below this, a fresh tail is copied through the mapping: a few faults cost less than a call.
         const PWRITE_MIN: usize = 64 << 10;
         /// `pwrite` holds the segment's inode lock: write in pieces so other threads copying into the
         /// same arena are not held up for a whole gigabyte.
         const PWRITE_PIECE: usize = 16 << 20;
-        assert!(src.len() <= self.len, "copy_in past the end of a block");
-        let warm = if src.len() - self.fresh.min(src.len()) >= PWRITE_MIN {
-            self.fresh
+        assert!(
+            at.checked_add(src.len()).is_some_and(|end| end <= self.len),
+            "copy_in past the end of a block"
+        );
+        // The destination's bytes below `fresh` may have pages; the rest has none yet.
+        let maybe_paged = self.fresh.saturating_sub(at).min(src.len());
+        let warm = if src.len() - maybe_paged >= PWRITE_MIN {
+            maybe_paged
         } else {
             src.len()
         };
-        // SAFETY: `warm <= src.len() <= self.len`, and the block's `len` bytes from `ptr()` lie inside
-        // the live mapping (checked at allocation); `&mut self` means this process has no other
-        // reference into the block, and `src` (a shared borrow) cannot overlap it.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr(), warm) };
-        let mut at = warm;
+        // SAFETY: `at + warm <= at + src.len() <= self.len` (asserted), and the block's `len` bytes
+        // from `ptr()` lie inside the live mapping (checked at allocation); `&mut self` means this
+        // process has no other reference into the block, and `src` (a shared borrow) cannot overlap it.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr().add(at), warm) };
+        let mut done = warm;
         for piece in src[warm..].chunks(PWRITE_PIECE) {
-            // `offset + at` is inside the block, hence inside the arena: no overflow.
-            self.region.write_payload_at(self.offset + at, piece)?;
-            at += piece.len();
+            // `offset + at + done` is inside the block, hence inside the arena: no overflow.
+            self.region
+                .write_payload_at(self.offset + at + done, piece)?;
+            done += piece.len();
         }
         Ok(())
     }
@@ -820,6 +838,20 @@ pub(crate) mod tests {
         // SAFETY: as above.
         let got = unsafe { std::slice::from_raw_parts(b.ptr(), 1 << 20) };
         assert!(got == &src[..]);
+        drop(b);
+        // From an offset, as a `Parallel` copy after its header: the bytes before it are untouched,
+        // whether the destination is reused (the block just dropped), fresh, or both.
+        for (len, at) in [(1usize << 20, 64usize), (3 << 20, 4096 + 8), (100, 7)] {
+            let mut b = Heap::alloc(at + len).unwrap();
+            // SAFETY: as above.
+            unsafe { std::ptr::write_bytes(b.ptr(), 0x5a, at) };
+            let src = pattern(len, 11);
+            b.copy_in_at(at, &src).unwrap();
+            // SAFETY: as above.
+            let got = unsafe { std::slice::from_raw_parts(b.ptr(), at + len) };
+            assert!(got[..at].iter().all(|&x| x == 0x5a), "at {at}");
+            assert!(got[at..] == src[..], "len {len} at {at}");
+        }
     }
 
     /// What a forked child does with the heap in the tests below: makes an array (a new arena of its

@@ -143,17 +143,14 @@ impl Lent {
             requested: u64::MAX,
             available: isize::MAX as u64,
         })?;
-        let block = Heap::alloc(total)?;
+        let mut block = Heap::alloc(total)?;
         for w in words(&block)? {
             w.store(0, Ordering::Relaxed);
         }
-        // SAFETY: the block is `HEADER + bytes.len()` bytes of a live mapping that this process just
-        // allocated, so no other reference to it exists here, and no other process knows of it until its
-        // handle is sent (after this copy; the queue that carries it orders the two). `bytes` is a
-        // distinct local slice. `HEADER + len` cannot overflow (checked above).
-        unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), block.ptr().add(HEADER), bytes.len())
-        };
+        // No other process knows of the block until its handle is sent (after this copy; the queue
+        // that carries it orders the two). At memory speed into fresh memory too (`copy_in`: found
+        // by review, a copy through the mapping paid a page fault per 4 KiB of a new arena).
+        block.copy_in_at(HEADER, bytes)?;
         Ok(Lent { block })
     }
 
