@@ -134,6 +134,12 @@
 //!   it forks, as Python does. With more threads it does not, since that would wait for whichever
 //!   thread holds stdout, maybe for good (one that holds it while it waits for this one); flush it
 //!   yourself first if you print partial lines there.
+//! - A [`SharedArray`](crate::SharedArray) that exists at the fork is not copied: the child's copy
+//!   names the same shared memory. So that the parent never reuses memory the child may still read,
+//!   the block of such an array, once the parent drops it, stays allocated until every child forked
+//!   after the array was made has exited. A parent that forks a long-lived child and then drops large
+//!   arrays it had before the fork holds their memory until that child ends; arrays made after the
+//!   fork are not affected.
 //! - Fork copies the parent's page tables: forking a parent with 1 GiB of touched heap costs 28–35 ms
 //!   here, plus about 200 ms of copy-on-write faults in the parent afterwards. Spawn pays part of this
 //!   too today: handing the child its descriptors takes a `pre_exec` hook, with which the standard
