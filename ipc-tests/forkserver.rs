@@ -30,6 +30,10 @@ pub const ROLES: &[Role] = &[
         "forkserver_stopped_child_ended",
         forkserver_stopped_child_ended,
     ),
+    (
+        "forkserver_stopped_drops_in_turn",
+        forkserver_stopped_drops_in_turn,
+    ),
 ];
 
 /// How long a role may take before we call it a hang (proves "no hang", asserts no speed).
@@ -57,6 +61,10 @@ pub fn tests() -> Vec<Trial> {
         role(
             "a_stopped_server_hangs_no_join_or_drop_of_an_ended_child",
             "forkserver_stopped_child_ended",
+        ),
+        role(
+            "drops_of_ended_children_of_a_stopped_server_wait_out_its_bound_once",
+            "forkserver_stopped_drops_in_turn",
         ),
         role("many_processes_no_leak", "forkserver_no_leak"),
         role(
@@ -686,11 +694,46 @@ fn forkserver_stopped_child_ended(_: &str) {
     }
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(server, libc::SIGCONT) }, 0);
+    // A start's answer tells that the server runs again (the waits above marked it unresponsive, and
+    // a wait for a marked server's report gives up after one slice).
+    assert_eq!(start(|x: u32| x + 1, 41).join().unwrap(), 42);
     // The report comes once the server runs: the join was not spent.
     match joined.join() {
         Err(Error::ProcessKilled { signal, .. }) => assert_eq!(signal, libc::SIGKILL),
         other => panic!("expected the child killed, got {other:?}"),
     }
+    assert_eq!(server_pid(), server, "the server was replaced");
+    common::eventually("the server reaped every child", BOUND, || {
+        children_of(server).is_empty()
+    });
+}
+
+/// Role: found by review: a pool torn down while its server is stopped drops its dead workers one
+/// after another, and each drop waited the whole bound (20 s of running time) for its report: three
+/// took a minute, bounded but like a hang. Now the first drop finds the server unresponsive and the
+/// next ones give up after one short slice. Continued, the server serves again (a start's answer
+/// clears the mark) and reaps every child.
+fn forkserver_stopped_drops_in_turn(_: &str) {
+    assert_eq!(start(|x: u32| x + 1, 1).join().unwrap(), 2);
+    let server = server_pid();
+    let mut ended: Vec<_> = (0..3).map(|_| start_daemon(sleep_secs, 3600)).collect();
+    // SAFETY: kill(2) on our own unreaped child (the server): its pid cannot have been reused.
+    assert_eq!(unsafe { libc::kill(server, libc::SIGSTOP) }, 0);
+    for p in &mut ended {
+        p.kill().expect("kill through the pidfd");
+    }
+    let began = std::time::Instant::now();
+    for p in ended {
+        drop(p);
+    }
+    let took = began.elapsed();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(server, libc::SIGCONT) }, 0);
+    // One bound (20 s) and two short slices; generous: three bounds would be 60 s.
+    assert!(
+        took < Duration::from_secs(45),
+        "three drops waited {took:?}: each waited out the bound"
+    );
     assert_eq!(start(|x: u32| x + 1, 41).join().unwrap(), 42);
     assert_eq!(server_pid(), server, "the server was replaced");
     common::eventually("the server reaped every child", BOUND, || {

@@ -62,6 +62,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -269,6 +270,28 @@ struct Server {
     sock: OwnedFd,
     /// The key its requests are signed with (its spawn key).
     key: FnKey,
+    /// Which of this process's servers it is (see [`SERVER_IDS`]): never 0, never reused.
+    id: u64,
+}
+
+/// The last id given to a [`Server`]; 0 stands for none in [`UNRESPONSIVE_SERVER`].
+static SERVER_IDS: AtomicU64 = AtomicU64::new(0);
+
+/// The id of the server last found unresponsive by a wait for an ended child's report (0: none).
+///
+/// A pool torn down while its server is stopped drops its dead workers one after another, and each
+/// drop waited the whole [`SERVER_ANSWER_WAIT`] for its report: N workers took N × 20 s, bounded but
+/// like a hang (found by review). Once one wait has hit the bound, later waits for ended children of
+/// the same server give up after one [`ANSWER_WAIT_SLICE`] unless the report comes. Any report or
+/// start answer from that server clears the mark; a replaced server has a new id, so the mark never
+/// outlives the server it was about. Starts keep their own bound, unmarked: a start is what a caller
+/// does to use the server again (not a step of a teardown), and one right after the server is
+/// continued, before any report cleared the mark, must not fail because of it.
+static UNRESPONSIVE_SERVER: AtomicU64 = AtomicU64::new(0);
+
+/// Forgets that server `id` was found unresponsive: it answered.
+fn server_answered(id: u64) {
+    let _ = UNRESPONSIVE_SERVER.compare_exchange(id, 0, Ordering::Relaxed, Ordering::Relaxed);
 }
 
 impl Server {
@@ -293,6 +316,8 @@ impl Server {
             proc,
             sock: ours,
             key,
+            // 2^64 servers are never started: no wrap, no reuse.
+            id: SERVER_IDS.fetch_add(1, Ordering::Relaxed) + 1,
         })
     }
 
@@ -431,7 +456,7 @@ pub(super) fn start(
         });
         match sent {
             Ok(Some(())) => {}
-            Ok(None) => return Err(unresponsive("took no request")),
+            Ok(None) => return Err(unresponsive("took no request", SERVER_ANSWER_WAIT)),
             Err(Error::Closed) if !restarted => {
                 // The server is gone: start another one, once.
                 restarted = true;
@@ -449,7 +474,7 @@ pub(super) fn start(
         // The server has its copy (or the request is queued for it); ours must go, so that the server's
         // death is an end-of-file on `ours`.
         drop(theirs);
-        return started(ours, result, deadline);
+        return started(ours, result, srv.id, deadline);
     }
 }
 
@@ -479,11 +504,11 @@ fn patiently<T>(
     }
 }
 
-/// The error of a start whose server is alive and has not done its part by [`SERVER_ANSWER_WAIT`].
-fn unresponsive(what: &str) -> Error {
+/// The error of a wait whose server is alive and has not done its part by `wait` (of running time).
+fn unresponsive(what: &str, wait: Duration) -> Error {
     Error::ForkServer(format!(
         "the fork server {what} within {} s: it is alive but stopped or stuck",
-        SERVER_ANSWER_WAIT.as_secs()
+        wait.as_secs()
     ))
 }
 
@@ -507,7 +532,7 @@ fn prepare(args: &[u8]) -> Result<(File, Option<File>)> {
 }
 
 /// Waits for the server's answer to a request on the child's status socket `status`.
-fn started(status: OwnedFd, result: File, mut deadline: Instant) -> Result<Child> {
+fn started(status: OwnedFd, result: File, server: u64, mut deadline: Instant) -> Result<Child> {
     // Readable once the answer came, or the server died (end of file): the receive below then
     // returns at once.
     let answered = patiently(&mut deadline, |until| {
@@ -515,7 +540,7 @@ fn started(status: OwnedFd, result: File, mut deadline: Instant) -> Result<Child
         Ok(psys::wait_readable(&status, Some(left))?.then_some(()))
     })?;
     if answered.is_none() {
-        return Err(unresponsive("did not answer"));
+        return Err(unresponsive("did not answer", SERVER_ANSWER_WAIT));
     }
     let mut buf = [0u8; MAX_ANSWER];
     let (n, fds) = match usock::recv_with_fds(status.as_fd(), &mut buf, 1, true)? {
@@ -530,6 +555,8 @@ fn started(status: OwnedFd, result: File, mut deadline: Instant) -> Result<Child
             ));
         }
     };
+    // Refused or started, the server answered: it is not stopped (any more).
+    server_answered(server);
     let pid = decode_answer(&buf[..n])?;
     let Ok([pidfd]) = <[OwnedFd; 1]>::try_from(fds) else {
         return Err(Error::ForkServer(
@@ -548,6 +575,7 @@ fn started(status: OwnedFd, result: File, mut deadline: Instant) -> Result<Child
         via_server: Some(Status {
             sock: status,
             orphan_seen: OnceLock::new(),
+            server,
         }),
     })
 }
@@ -559,6 +587,8 @@ pub(super) struct Status {
     /// When this child was first found ended with its server dead and no status at hand: the wait
     /// for its new parent to reap it counts from here, across joins (see [`orphan_status`]).
     orphan_seen: OnceLock<Instant>,
+    /// The [`Server::id`] of the server that started the child.
+    server: u64,
 }
 
 impl Status {
@@ -582,7 +612,10 @@ impl Status {
                 self.wait_report(pid, pidfd, None)?;
             }
             match usock::recv_with_fds(self.sock.as_fd(), &mut buf, 0, false)? {
-                Received::Packet(n, _) => break n,
+                Received::Packet(n, _) => {
+                    server_answered(self.server);
+                    break n;
+                }
                 // Readable but nothing queued (a spurious wake-up): wait again.
                 Received::Nothing if block => continue,
                 Received::Nothing => return Ok(None),
@@ -603,7 +636,8 @@ impl Status {
     /// [`SERVER_ANSWER_WAIT`] of this process's running time (see [`patiently`]) the server is alive
     /// but stopped (`SIGSTOP`) or stuck, and the wait is [`Error::ForkServer`]. Found by review:
     /// without that bound a join, and the drop of a `Process` (a pool's background thread drops its
-    /// dead workers), waited for a stopped server for good, although the child had ended.
+    /// dead workers), waited for a stopped server for good, although the child had ended. A server
+    /// already found so is given one [`ANSWER_WAIT_SLICE`] only (see [`UNRESPONSIVE_SERVER`]).
     ///
     /// The socket alone is waited on, in slices of [`ANSWER_WAIT_SLICE`] between which the pidfd is
     /// checked, never both at once: the pidfd turns readable before the server has reaped the child
@@ -634,10 +668,20 @@ impl Status {
                 break;
             }
         }
-        // The child ended: its report is due.
-        let mut deadline = Instant::now() + SERVER_ANSWER_WAIT;
-        patiently(&mut deadline, slice)?
-            .ok_or_else(|| unresponsive(&format!("did not report how process {pid} ended")))
+        // The child ended: its report is due, within one slice if this server was already found
+        // unresponsive (see `UNRESPONSIVE_SERVER`).
+        let marked = UNRESPONSIVE_SERVER.load(Ordering::Relaxed) == self.server;
+        let wait = if marked {
+            ANSWER_WAIT_SLICE
+        } else {
+            SERVER_ANSWER_WAIT
+        };
+        let mut deadline = Instant::now() + wait;
+        let ready = patiently(&mut deadline, slice)?;
+        if ready.is_none() {
+            UNRESPONSIVE_SERVER.store(self.server, Ordering::Relaxed);
+        }
+        ready.ok_or_else(|| unresponsive(&format!("did not report how process {pid} ended"), wait))
     }
 
     /// How the child ended, waiting at most `timeout` (`None`: as long as it runs) for the server's
@@ -669,7 +713,10 @@ impl Status {
             }
             let mut buf = [0u8; 32];
             match usock::recv_with_fds(self.sock.as_fd(), &mut buf, 0, false)? {
-                Received::Packet(n, _) => return decode_ended(&buf[..n]),
+                Received::Packet(n, _) => {
+                    server_answered(self.server);
+                    return decode_ended(&buf[..n]);
+                }
                 // Readable but nothing queued (a spurious wake-up): wait again.
                 Received::Nothing => continue,
                 Received::Closed => break,
