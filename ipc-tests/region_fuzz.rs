@@ -40,10 +40,10 @@ pub fn tests() -> Vec<Trial> {
     let t = |name: &str, f: fn()| common::trial("region", name, f);
     vec![
         t("fuzz_forged_headers", || {
-            run_fuzz_child("region_fuzz_headers")
+            run_fuzz_child("region_fuzz_headers", "fz")
         }),
         t("fuzz_forged_handles", || {
-            run_fuzz_child("region_fuzz_handles")
+            run_fuzz_child("region_fuzz_handles", "fzh")
         }),
         t(
             "lock_survives_garbage_from_another_process",
@@ -55,11 +55,14 @@ pub fn tests() -> Vec<Trial> {
 // ------------------------------------------------------------------------------------ 1. fuzzing
 
 /// Runs a fuzzing role in a child, so that a SIGBUS (or any other fatal signal) shows as a failed exit
-/// status instead of taking the whole suite down.
-fn run_fuzz_child(role: &str) {
+/// status instead of taking the whole suite down. `what` is the word the role's region names carry
+/// (`common::unique_name(what)`).
+fn run_fuzz_child(role: &str, what: &str) {
     let st = Kid::spawn(role, "", BOUND).wait();
     // A crashed child cannot clean up: remove what it left, so the failure is reported once, here.
-    let prefix = format!("{}-fz", common::run_tag());
+    // Only its own names (`<tag>-<what>-<n>`): the two fuzzing children run at the same time, and a
+    // bare `<tag>-fz` would also remove the other child's live `<tag>-fzh-0` under its feet.
+    let prefix = format!("{}-{what}-", common::run_tag());
     for e in std::fs::read_dir("/dev/shm").unwrap().flatten() {
         if e.file_name().to_string_lossy().contains(&prefix) {
             let _ = std::fs::remove_file(e.path());
