@@ -6,9 +6,10 @@
 //! Segments are forged by writing `/dev/shm/mproc.<name>` with `std::fs`, following the header layout of
 //! `src/region/header.rs`. `janitor_removes_only_stale` sweeps `/dev/shm` while the other tests (of this
 //! file and of `region_fuzz.rs`) run, so every forged header that carries the real magic names this
-//! (live) process as its creator or is flagged persistent: the janitor must never be right to take one
-//! of them for a leftover. Forged segments opened by handle live outside the `mproc.` prefix, where the
-//! janitor never looks.
+//! (live) process as its creator or is flagged persistent and published: the janitor must never be
+//! right to take one of them for a leftover. The few that name a dead creator on purpose are forged
+//! under `sweep_lock`, which every sweep of the suite holds. Forged segments opened by handle live
+//! outside the `mproc.` prefix, where the janitor never looks.
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{Read, Write};
@@ -451,8 +452,9 @@ fn forged_headers_are_typed_errors() {
         assert!(matches!(e, Error::Corrupted(_)), "{garbage:#x}: {e:?}");
     }
     // Not yet published, and the creator is dead (no such pid; or our pid with another start time, as
-    // after pid reuse): NotReady at once rather than after the open timeout. Persistent, so the janitor
-    // leaves these dead creators' segments alone.
+    // after pid reuse): NotReady at once rather than after the open timeout. Such a segment is stale
+    // (persistent spares only a published one), so no sweep of the suite may run meanwhile.
+    let _sweep = sweep_lock();
     let unpublished = good.set32(READY_WORD, 0).set32(FLAGS, FLAG_PERSISTENT);
     let e = err(open(unpublished.set32(CREATOR_PID, NEVER_A_PID)));
     assert!(

@@ -58,6 +58,9 @@ pub fn tests() -> Vec<Trial> {
 /// status instead of taking the whole suite down. `what` is the word the role's region names carry
 /// (`common::unique_name(what)`).
 fn run_fuzz_child(role: &str, what: &str) {
+    // The headers child forges unpublished segments of dead creators, which a sweep may rightly
+    // remove (a persistent region is spared only once published): none runs meanwhile.
+    let _sweep = crate::region::sweep_lock();
     let st = Kid::spawn(role, "", BOUND).wait();
     // A crashed child cannot clean up: remove what it left, so the failure is reported once, here.
     // Only its own names (`<tag>-<what>-<n>`): the two fuzzing children run at the same time, and a
@@ -252,8 +255,9 @@ fn fuzz_headers(_: &str) {
     let result = runner(0x6d70_726f_6331).run(&strategy, |(h, len, same_id)| {
         // By name. A header still "initialising" (ready 0) is waited for while its creator lives (10 s):
         // name a dead creator (in our pid namespace, or it is waited for as well). Short files by name
-        // are `short_named_file_is_truncated`'s; here the file is at least a header long. Persistent, so
-        // the janitor leaves it alone.
+        // are `short_named_file_is_truncated`'s; here the file is at least a header long. Persistent,
+        // which keeps a published one from the janitor; an unpublished one of a dead creator is stale,
+        // so the parent holds off the suite's sweeps while this runs (`run_fuzz_child`).
         let mut named = h.set32(FLAGS, h.u32(FLAGS) | FLAG_PERSISTENT);
         if named.u32(READY_WORD) == 0 {
             named = named
