@@ -380,7 +380,7 @@ fn consumer_killed_taking_a_spill() {
         // The suite's leak check knows only names with the run's tag; a queue's group is checked here:
         // with its last handle dropped (the victim's went with it), nothing of it is left.
         drop(q);
-        let left = crate::queue_unbounded::group_files(id);
+        let left = crate::queue_unbounded::group_files_once_released(id);
         assert!(left.is_empty(), "left behind: {left:?}");
     }
 }

@@ -124,6 +124,26 @@ pub(crate) fn group_files(id: u64) -> Vec<String> {
         .collect()
 }
 
+/// What is left of queue `id`'s group once its last handle here is dropped: empty at once, unless a
+/// child that another test of the suite forked meanwhile holds the queue (a forked child holds every
+/// queue of its parent while it lives, and removes the group if it ends last). So it is polled for up
+/// to half of `BOUND`: a group nobody removes stays, and is returned.
+pub(crate) fn group_files_once_released(id: u64) -> Vec<String> {
+    let start = std::time::Instant::now();
+    loop {
+        let left = group_files(id);
+        if left.is_empty() || start.elapsed() > BOUND / 2 {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// [`group_files_once_released`] for the queue with handle `h`.
+pub(crate) fn block_files_once_released(h: &mproc::RegionHandle) -> Vec<String> {
+    group_files_once_released(queue_id(h))
+}
+
 // ------------------------------------------------------------------------- 1. 100 MiB, then a consumer
 
 /// Child: opens the queue `name` and takes `count` messages, checking each one's id is the next.
@@ -167,7 +187,7 @@ fn hundred_mib() {
         mapped_unlinked(&segments)
     );
     drop(q);
-    assert_eq!(block_files(&h), Vec::<String>::new());
+    assert_eq!(block_files_once_released(&h), Vec::<String>::new());
 }
 
 /// The inodes of queue `id`'s segment files now in `/dev/shm`.
@@ -245,7 +265,7 @@ fn eight_mib_bounded() {
     assert_eq!(check(&m), Ok(7));
     let h = q.handle();
     drop(q);
-    assert_eq!(block_files(&h), Vec::<String>::new());
+    assert_eq!(block_files_once_released(&h), Vec::<String>::new());
 }
 
 // ------------------------------------------------------------------- 3. producers killed mid-spill/grow
@@ -340,19 +360,7 @@ fn kill_storm(unbounded: bool) {
     assert!(got > 0, "seed {seed:#x}: nothing read");
     eprintln!("queue_unbounded::kill_storm(unbounded: {unbounded}): {got} messages read");
     drop(q);
-    // Gone at once, unless a child that another test forked meanwhile holds the queue (a forked child
-    // holds every queue of its parent while it lives, and removes the group if it ends last): so
-    // within the bound, not at once. A group nobody removes stays, and fails this.
-    let left = bounded("the blocks are removed", BOUND, move || {
-        let start = std::time::Instant::now();
-        loop {
-            let left = block_files(&h);
-            if left.is_empty() || start.elapsed() > BOUND / 2 {
-                return left;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    });
+    let left = block_files_once_released(&h);
     assert_eq!(
         left,
         Vec::<String>::new(),
@@ -406,7 +414,11 @@ fn garbage_spill_ref() {
             q
         });
         drop(q);
-        assert_eq!(block_files(&h), Vec::<String>::new(), "{what}");
+        assert_eq!(
+            block_files_once_released(&h),
+            Vec::<String>::new(),
+            "{what}"
+        );
     }
 }
 
@@ -500,7 +512,11 @@ fn garbage_control() {
             q
         });
         drop(q);
-        assert_eq!(block_files(&h), Vec::<String>::new(), "{what}");
+        assert_eq!(
+            block_files_once_released(&h),
+            Vec::<String>::new(),
+            "{what}"
+        );
     }
 }
 
