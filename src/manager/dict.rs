@@ -283,18 +283,32 @@ impl<K, V, C: Codec<K> + Codec<V>> Dict<K, V, C> {
     {
         let obj = self.obj;
         // The key is hashed and compared where the codec put it, and the value decoded where the heap
-        // holds it: a lookup copies nothing but the decoded value out.
-        <C as KeyCodec<Q>>::with_key_bytes(key, |k| {
+        // holds it: a lookup copies nothing but the decoded value out. A value that does not decode
+        // there is copied out and decoded again after the transaction: a container of this manager
+        // stored as the value decodes by looking its name up, a transaction of its own, which is
+        // refused under this one's lock (found by review: `get` of such a value always failed, where
+        // `items` returned it). Only a failed decode pays for the copy.
+        let found = <C as KeyCodec<Q>>::with_key_bytes(key, |k| {
             self.heap.transact(|tx| {
                 let h = tx.heap();
                 let (cap, table) = (h.get(obj + CAP)?, h.get(obj + TABLE)?);
                 match find(h, table, cap, k, tag_of(k))? {
-                    Ok(i) => with_value(h, h.get(at(table, i, 16)? + 8)?, <C as Codec<V>>::decode)?
-                        .map(Some),
+                    Ok(i) => {
+                        let e = h.get(at(table, i, 16)? + 8)?;
+                        match with_value(h, e, <C as Codec<V>>::decode)? {
+                            Ok(v) => Ok(Some(Ok(v))),
+                            Err(_) => value_of(h, e).map(|bytes| Some(Err(bytes))),
+                        }
+                    }
                     Err(_) => Ok(None),
                 }
             })
-        })?
+        })??;
+        match found {
+            Some(Ok(v)) => Ok(Some(v)),
+            Some(Err(bytes)) => <C as Codec<V>>::decode(&bytes).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Whether `key` (or a borrowed form of it, see [`get`](Dict::get)) is present.

@@ -47,6 +47,10 @@ impl Manager {
             return Ok(kept);
         }
         let mut make = Some(make);
+        // The object we made, kept while a round that failed to register it is retried: the process
+        // that registered first may be gone by the next read, and then ours is the one to register
+        // (found by review: it was dropped, and the call failed with `StaleHandle`).
+        let mut made: Option<T> = None;
         let start = Instant::now();
         while start.elapsed() < SETTLE_BUDGET {
             let stored = self.lookup_blob(name, kind)?;
@@ -54,15 +58,21 @@ impl Manager {
                 Some(bytes) => decode_holders(bytes)?,
                 None => Vec::new(),
             };
-            let (object, mut list) = match attach_first_live::<T>(&holders)? {
-                Some((object, live)) => (object, holders[live..].to_vec()),
+            let (object, mut list, ours_made) = match attach_first_live::<T>(&holders)? {
+                Some((object, live)) => (object, holders[live..].to_vec(), false),
                 None => {
-                    let make = make.take().ok_or_else(|| {
-                        Error::StaleHandle(format!(
-                            "every holder of {name:?} was gone again while it was being replaced"
-                        ))
-                    })?;
-                    (make()?, Vec::new())
+                    let object = match made.take() {
+                        Some(object) => object,
+                        None => {
+                            // Runs once: a round that fails to register what it made keeps it in
+                            // `made` (below), so this is never reached again.
+                            let make = make.take().ok_or_else(|| {
+                                Error::StaleHandle(format!("{name:?}: the object made was lost"))
+                            })?;
+                            make()?
+                        }
+                    };
+                    (object, Vec::new(), true)
                 }
             };
             let ours = object.by_handle();
@@ -88,7 +98,10 @@ impl Manager {
                 self.keep_alive(name, object.clone());
                 return Ok(object);
             }
-            // Another process changed the entry since we read it: read it again.
+            // Another process changed the entry since we read it: read it again, keeping what we made.
+            if ours_made {
+                made = Some(object);
+            }
         }
         Err(Error::Timeout)
     }
@@ -306,5 +319,37 @@ fn holder_is_live<T: ByHandle>(h: &RegionHandle) -> bool {
         Ok(_) => true,
         Err(Error::Os { source, .. }) => crate::sys::shm::is_out_of_resources(&source),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by review: two processes asking for a new name at once both make an object, and one
+    /// registers first. If that one is gone by the time the other reads the entry again (it exited, or
+    /// dropped its manager, at once), every holder is gone: the other had dropped the object it made
+    /// and failed with `StaleHandle`, where its own object, still unseen by anyone, was the answer.
+    #[test]
+    fn a_name_whose_new_holder_is_gone_at_once_gets_the_object_we_made() {
+        let m = Manager::anonymous(1 << 20).unwrap();
+        // Another process's view of the same heap, with objects of its own.
+        let other = Manager::from_handle(&m.handle()).unwrap();
+        let got = m.shared("l", move || {
+            // While we make ours, the other registers its own lock and goes away.
+            other.lock("l")?;
+            drop(other);
+            Lock::new()
+        });
+        let got = got.unwrap_or_else(|e| panic!("{e:?}"));
+        let kind = std::any::type_name::<Lock>();
+        let holders = decode_holders(&m.lookup_blob("l", kind).unwrap().unwrap()).unwrap();
+        assert_eq!(holders, [got.handle()]);
+        // A third view attaches to it, not to yet another lock.
+        let third = Manager::from_handle(&m.handle()).unwrap();
+        let same = third.lock("l").unwrap();
+        let held = got.lock().unwrap();
+        assert!(same.try_lock().is_err());
+        drop(held);
     }
 }

@@ -822,3 +822,26 @@ fn holders_with_bytes_left_over_are_a_decode_error() {
     blob.pop();
     assert!(objects::decode_holders(&blob).is_ok());
 }
+
+/// Found by review: a container stored as a value of a dict of the same manager (nested containers,
+/// as Python's managers allow) decodes by looking its name up, a transaction of its own. `Dict::get`
+/// decoded values in place, under the heap's lock, so that lookup was refused and `get` failed with a
+/// `Decode` error for every such value, while `items`, `List::get` and `ManagedValue::get` (which
+/// decode after their transaction) returned it.
+#[test]
+fn a_container_stored_in_a_dict_of_its_manager_is_read_back() {
+    let m = mgr();
+    let inner = m.dict::<String, u64>("inner").unwrap();
+    inner.insert(&"x".to_string(), &1).unwrap();
+    let outer = m.dict::<String, Dict<String, u64>>("outer").unwrap();
+    outer.insert(&"a".to_string(), &inner).unwrap();
+    let got = outer.get("a");
+    assert!(matches!(got, Ok(Some(_))), "{got:?}");
+    assert_eq!(got.unwrap().unwrap().get("x").unwrap(), Some(1));
+    assert_eq!(outer.get("b").unwrap().map(|d| d.name().to_owned()), None);
+    // A value that is not a `V` is still a `Decode` error.
+    let wrong = m.dict::<String, String>("wrong").unwrap();
+    wrong.insert(&"a".to_string(), &"x".repeat(3)).unwrap();
+    let r = wrong.retyped_for_test::<Dict<String, u64>>().get("a");
+    assert!(matches!(r, Err(Error::Decode { .. })), "{r:?}");
+}
