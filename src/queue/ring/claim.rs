@@ -341,6 +341,8 @@ impl Ring {
     #[inline(always)]
     pub(super) fn try_claim_push(&self, me: Identity, want: u32, help: &mut Help) -> BatchAttempt {
         let h = self.header();
+        #[cfg(test)]
+        tests::hook(tests::Point::BeforePushClaim);
         while help.steps > 0 {
             help.steps -= 1;
             let pos = h.tail.0.pos.load(Ordering::Relaxed);
@@ -359,13 +361,15 @@ impl Ring {
             }
             if d == 0 && who(st) == IDLE {
                 self.prefetch_message(pos, true);
-                // {pos, IDLE} → {pos, me}: the slot is ours and says so.
+                // {pos, IDLE} → {pos, me}: the slot is ours and says so. SeqCst (on x86 the same
+                // `lock cmpxchg` as Acquire): ordered before the caller's look at `closed` after it
+                // ([`Ring::claimed_after_close`]).
                 if slot
                     .state
                     .compare_exchange_weak(
                         st,
                         state(pos as u32, me.tid),
-                        Ordering::Acquire,
+                        Ordering::SeqCst,
                         Ordering::Relaxed,
                     )
                     .is_err()
@@ -531,9 +535,22 @@ impl Ring {
             } else if who(st) != IDLE && dist(seq(st), pos) == 0 {
                 // {pos, tid}: a producer is writing it.
                 return BatchAttempt::Blocked { pos, state: st };
-            } else if self.is_closed() {
-                return BatchAttempt::Closed;
             } else {
+                #[cfg(test)]
+                tests::hook(tests::Point::PopFoundEmpty);
+                if self.is_closed() {
+                    // Empty when `st` was read, closed now: but a message may have come in between,
+                    // put by a producer that checked the flag before the close. Closed and empty
+                    // only if the slot is unchanged, read again after the flag (found by review:
+                    // `Closed`, the end of the stream, with a message put before the close still in
+                    // the ring). SeqCst: with the producer's SeqCst claim and its own look at the flag
+                    // after it ([`Ring::claimed_after_close`]), either it sees the close and gives its
+                    // slot back, or this read sees its claim.
+                    if slot.state.load(Ordering::SeqCst) != st {
+                        continue;
+                    }
+                    return BatchAttempt::Closed;
+                }
                 return BatchAttempt::Blocked { pos, state: st };
             }
         }
@@ -558,15 +575,23 @@ impl Ring {
                 return Err(Error::Closed);
             }
             Ok(match self.try_claim_push(me, want, &mut self.help()) {
-                BatchAttempt::Claimed { first, n, .. } => Turn::Done(PushBatch {
-                    ring: self,
-                    me: me.tid,
-                    first,
-                    filled: 0,
-                    revoked: 0,
-                    pos: first,
-                    left: n,
-                }),
+                BatchAttempt::Claimed { first, n, .. } => {
+                    let batch = PushBatch {
+                        ring: self,
+                        me: me.tid,
+                        first,
+                        filled: 0,
+                        revoked: 0,
+                        pos: first,
+                        left: n,
+                    };
+                    if self.claimed_after_close() {
+                        // Dropped unfilled: every claimed slot is given back as a tombstone.
+                        drop(batch);
+                        return Err(Error::Closed);
+                    }
+                    Turn::Done(batch)
+                }
                 BatchAttempt::Blocked { pos, state } => Turn::Wait(Some((pos, state))),
                 BatchAttempt::Busy | BatchAttempt::Closed => Turn::Wait(None),
             })

@@ -29,8 +29,11 @@
 //! | `{ s + 1, tid }`       | a consumer (tid) is reading the message of stamp `s`                 |
 //! | `{ s + one_lap, IDLE }`| consumed: free for the producer of the next lap                      |
 //!
-//! - **push** at `tail = s`: CAS `{s, IDLE}` → `{s, me}` (Acquire); store `tail` = next; copy the message
-//!   in; CAS `{s, me}` → `{s + 1, IDLE}` (Release: the bytes happen-before the consumer's Acquire).
+//! - **push** at `tail = s`: CAS `{s, IDLE}` → `{s, me}` (SeqCst); store `tail` = next; if the ring
+//!   is closed now, CAS `{s, me}` → `{s + 1, TOMBSTONE}` and fail (`Ring::claimed_after_close`); copy
+//!   the message in; CAS `{s, me}` → `{s + 1, IDLE}` (Release: the bytes happen-before the consumer's
+//!   Acquire). A consumer that finds the slot empty and the ring closed reads the slot again before it
+//!   says `Closed`.
 //! - **pop** at `head = s`: CAS `{s + 1, IDLE}` → `{s + 1, me}` (Acquire: sees the bytes); store `head` =
 //!   next; copy the message out; CAS `{s + 1, me}` → `{s + one_lap, IDLE}` (Release: our reads
 //!   happen-before the next producer overwrites).
@@ -52,8 +55,9 @@
 //!
 //! - **push batch** at `tail = s`: the first claim as in push; then for `s' = s + 1, s + 2, …` while the
 //!   slot reads `{s', IDLE}`, CAS it to `{s', me}` (Acquire), stopping at the first slot that is not
-//!   free. Store `tail` = the stamp after the run, once. For each slot: copy the message in. Then, for
-//!   each filled slot in order, **store** `{s', me}` → `{s' + 1, IDLE}` (Release): a batch's messages
+//!   free. Store `tail` = the stamp after the run, once. If the ring is closed now, give the run back
+//!   (tombstones, as below) and fail, as a single push does. For each slot: copy the message in. Then,
+//!   for each filled slot in order, **store** `{s', me}` → `{s' + 1, IDLE}` (Release): a batch's messages
 //!   are published after all are copied (or, before a large message is spilled, those copied so far).
 //!   Unused claims (an encode error) are given back as `{s' + 1, TOMBSTONE}`. Then one `fence(SeqCst)`
 //!   and one notify for the whole batch (and one more for what is published before each spill).
@@ -393,6 +397,8 @@ enum Attempt {
     /// Spent its help budget without an answer (only garbage indices, or claims revoked again and
     /// again, do that); look at the clock.
     Busy,
+    /// Closed between the caller's look at the flag and the claim ([`Ring::claimed_after_close`]).
+    Closed,
 }
 
 /// What one attempt of [`Ring::wait_for`]'s caller found: done, or wait (a producer names the slot it
@@ -612,6 +618,19 @@ impl Ring {
         self.header().config.0.closed.load(Ordering::SeqCst) != 0
     }
 
+    /// Whether the ring was closed once a producer's claim is made: a look at the flag after the
+    /// claim (SeqCst, after the SeqCst claim CAS), on top of the caller's look before it. Found by
+    /// review: a close, and a consumer that then found the ring closed and empty (the end of the
+    /// stream), could come between the caller's look and the claim, and the put then succeeded, its
+    /// message in the ring after the end, which a pipe's receiver never reads. Now either the producer
+    /// sees the close here and gives its slot back (and fails with [`Error::Closed`]), or the
+    /// consumer, which reads the slot again after it saw the flag (`try_claim_pop`), sees the claim
+    /// and waits for the message.
+    #[inline]
+    pub(super) fn claimed_after_close(&self) -> bool {
+        self.is_closed()
+    }
+
     pub(crate) fn close(&self) {
         let h = self.header();
         h.config.0.closed.store(1, Ordering::SeqCst);
@@ -650,6 +669,18 @@ impl Ring {
             };
             let slot = self.slot(pos);
             let claimed = state(pos as u32, me.tid);
+            if self.claimed_after_close() {
+                // {pos, me} → {pos + 1, TOMBSTONE}: given back, as a batch gives back what it did
+                // not fill (consumers skip it; no count was marked yet).
+                let _ = slot.state.compare_exchange(
+                    claimed,
+                    state((pos as u32).wrapping_add(1), TOMBSTONE),
+                    Ordering::SeqCst,
+                    Ordering::Relaxed,
+                );
+                self.header().items.0.notify();
+                return Attempt::Closed;
+            }
             // JoinableQueue: the count is the COUNTED mark of the slot, stored with the length (no
             // extra instruction), so it lives and dies with the claim: a producer killed before its
             // publish leaves a tombstone and no count (see "JoinableQueue accounting").
@@ -713,6 +744,7 @@ impl Ring {
             }
             Ok(match self.try_push(bytes, me, count) {
                 Attempt::Done => Turn::Done(()),
+                Attempt::Closed => return Err(Error::Closed),
                 Attempt::Blocked { pos, state } => Turn::Wait(Some((pos, state))),
                 Attempt::Busy => Turn::Wait(None),
             })
@@ -1177,8 +1209,12 @@ impl Ring {
             Ok(match self.peek_ready() {
                 Ok(()) => Turn::Done(true),
                 // Closed, and nobody writing where the next message would be: none will come.
+                // The slot is read again after the flag, as `try_claim_pop` does: a message put
+                // before the close may have come in since.
                 Err(Some((pos, st)))
-                    if self.is_closed() && !(dist(seq(st), pos) == 0 && who(st) != IDLE) =>
+                    if self.is_closed()
+                        && !(dist(seq(st), pos) == 0 && who(st) != IDLE)
+                        && self.slot(pos).state.load(Ordering::SeqCst) == st =>
                 {
                     Turn::Done(false)
                 }

@@ -20,6 +20,46 @@ pub(super) fn vanishing() -> bool {
     VANISH.with(|v| v.replace(false))
 }
 
+/// A point in the middle of a ring operation where a test runs code of its own ([`run_at_for_test`]),
+/// as another process could run there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Point {
+    /// In `try_claim_push`, before its claim: the caller has checked `closed`.
+    BeforePushClaim,
+    /// In `try_claim_pop`, with the head's slot read empty, before `closed` is read.
+    PopFoundEmpty,
+}
+
+/// A test's code, and where it runs.
+type Hook = (Point, Box<dyn FnOnce()>);
+
+thread_local! {
+    /// Set by [`run_at_for_test`].
+    static HOOK: std::cell::RefCell<Option<Hook>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes the calling thread run `f` (once) the next time one of its ring operations reaches `point`.
+pub(crate) fn run_at_for_test(point: Point, f: impl FnOnce() + 'static) {
+    HOOK.with(|h| *h.borrow_mut() = Some((point, Box::new(f))));
+}
+
+/// Runs the hook set for `point`, if any (taken first: the hook may use the ring).
+pub(super) fn hook(point: Point) {
+    let f = HOOK.with(|h| {
+        let mut h = h.borrow_mut();
+        match h.take() {
+            Some((p, f)) if p == point => Some(f),
+            other => {
+                *h = other;
+                None
+            }
+        }
+    });
+    if let Some(f) = f {
+        f();
+    }
+}
+
 impl Ring {
     /// Makes stamp `s` look claimed by `tid`: by a producer (before publish) or a consumer (after).
     pub(crate) fn force_claim_for_test(&self, s: u64, tid: u32, consumer: bool) {
@@ -90,6 +130,54 @@ mod unit {
     use super::*;
     use crate::codec::Raw;
     use crate::queue::Queue;
+
+    /// Found by review: a `put` checked `closed`, a `close` and a consumer's `get` came before its
+    /// claim (the `get` found the ring closed and empty: the end of the stream), and the `put` then
+    /// claimed a slot, published and returned `Ok`: a message after the end, which a pipe's receiver
+    /// never reads. The put now looks at `closed` again after its claim, and fails.
+    #[test]
+    fn a_put_overtaken_by_a_close_and_the_end_of_the_stream_fails() {
+        for batch in [false, true] {
+            let q: Queue<u64, Raw> = Queue::new(4).unwrap();
+            let (q2, ended) = (q.clone(), std::rc::Rc::new(std::cell::Cell::new(None)));
+            let ended2 = ended.clone();
+            run_at_for_test(Point::BeforePushClaim, move || {
+                q2.close();
+                ended2.set(Some(matches!(q2.try_get(), Err(Error::Closed))));
+            });
+            let put = if batch {
+                q.put_many(&[1, 2]).map(|_| ())
+            } else {
+                q.put(&1)
+            };
+            assert_eq!(ended.get(), Some(true), "{batch}: the get saw the end");
+            assert!(matches!(put, Err(Error::Closed)), "{batch}: {put:?}");
+            assert!(matches!(q.try_get(), Err(Error::Closed)), "{batch}");
+        }
+    }
+
+    /// Found by review: a `get` read the head's slot empty, then a producer put a message and closed
+    /// the ring, and the `get` then read `closed`: it said `Closed` (the end of the stream) with the
+    /// message in the ring. It now reads the slot again after the flag.
+    #[test]
+    fn a_get_that_found_the_ring_empty_before_a_put_and_a_close_takes_the_message() {
+        for batch in [false, true] {
+            let q: Queue<u64, Raw> = Queue::new(4).unwrap();
+            let q2 = q.clone();
+            run_at_for_test(Point::PopFoundEmpty, move || {
+                q2.put(&7).unwrap();
+                q2.close();
+            });
+            let got = if batch {
+                let mut out = Vec::new();
+                q.try_get_many(&mut out, 4).map(|_| out)
+            } else {
+                q.try_get().map(|v| vec![v])
+            };
+            assert_eq!(got.ok(), Some(vec![7]), "{batch}");
+            assert!(matches!(q.try_get(), Err(Error::Closed)), "{batch}");
+        }
+    }
 
     /// A peer that writes garbage revokes each claim of a `try_pop` while its `f` runs and moves `head`
     /// back to the start of the lap, so that each next claim walks over every slot taken so far (claim
