@@ -62,8 +62,9 @@ pub trait Codec<T>: Send + Sync + 'static {
 
     /// Whether a queue of this codec spills a message too large for its slots to a block of its own
     /// (every public codec does). The pool's internal frame codec says no: its writers cut every
-    /// message into frames that fit a slot, so its queues need no blocks, and so no anchor file in
-    /// `/dev/shm` that a killed pool would leave behind.
+    /// message into frames that fit a slot, so its (bounded) queues need no blocks, and so no anchor
+    /// file in `/dev/shm` that a killed pool would leave behind. An unbounded queue keeps its messages
+    /// in blocks whatever its codec, so it holds an anchor regardless.
     #[doc(hidden)]
     const SPILLS: bool = true;
 

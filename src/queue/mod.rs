@@ -39,8 +39,8 @@ const SPILL_FORMAT: usize = 1;
 /// Folded into an unbounded queue's layout hash: bump it when `unbounded::LogControl` or the segment
 /// format changes.
 /// 2: `LogControl::queued_counted`, and the COUNTED bit of a record's length word. 3: `unfinished`
-/// is a [`tally`] word.
-const UNBOUNDED_FORMAT: usize = 3;
+/// is a [`tally`] word. 4: an odd `head_off` names the segment a consumer moved the head from.
+const UNBOUNDED_FORMAT: usize = 4;
 
 /// A JoinableQueue's `unfinished` word (ring and unbounded engines alike): its low 32 bits are the
 /// signed count of messages taken and not yet marked done; every update also adds one to the word's
@@ -266,8 +266,10 @@ impl<T, C: Codec<T>> Queue<T, C> {
             }
             Engine::Bounded { ring, slot_size }
         };
-        // A queue that never spills has no blocks, so no group to hold an anchor of.
-        let attachment = if C::SPILLS {
+        // A bounded queue that never spills has no blocks, so no group to hold an anchor of. An
+        // unbounded one keeps every message in blocks, its segments, whatever its codec (found by
+        // review: without an anchor, nobody removed them after its last user).
+        let attachment = if C::SPILLS || unbounded {
             Attachment::attach(&region)?
         } else {
             Attachment::detached()

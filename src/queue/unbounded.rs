@@ -20,27 +20,31 @@
 //! (in a segment sized for it), and the lock is held for one copy of a put message at most.
 //!
 //! # Deaths
-//! A producer killed before its `used` store leaves a record nobody sees (the next producer writes over
-//! it); after it, a committed message. One killed between naming a new segment and linking it leaves
-//! an orphan block; one killed between `tail.next` and `tail_seg` leaves `tail_seg` behind, which the
-//! next holder repairs by following `next`. A consumer killed before its `head_off` store took nothing:
-//! the message goes to the next consumer; one killed after it, while decoding, lost that message (at
-//! most once, as a bounded queue's consumer killed inside `get`). A consumer killed after moving
-//! `head_seg` and before unlinking leaves an orphan block. Orphans are removed by the
-//! queue's last user (`spill.rs`). The message count (`len`, for `len()` only) is recounted on repair.
+//! A producer killed before its `used` store leaves a record nobody sees (the next producer writes
+//! over it); after it, a committed message. One killed between naming a new segment and linking it
+//! leaves an orphan block; one killed between `tail.next` and `tail_seg` leaves `tail_seg` behind,
+//! which the next holder repairs by following `next`. A consumer killed before its `head_off` store
+//! took nothing: the message goes to the next consumer; one killed after it, while decoding, lost
+//! that message (at most once, as a bounded queue's consumer killed inside `get`). A consumer
+//! killed while moving the head onto the next segment leaves `head_off` naming the segment it moved
+//! from, and the next holder finishes the move ([`Log::move_head`]); killed after moving it and
+//! before unlinking, it leaves an orphan block. Orphans are removed by the queue's last user
+//! (`spill.rs`). The message count (`len`, for `len()` only) is recounted on repair.
 //!
 //! # JoinableQueue accounting
-//! A JoinableQueue's message counts as unfinished from its `put` to its `task_done`. In the chain, its
-//! count is the [`COUNTED`] bit of its record's length word, written with the record and so committed
-//! with it by the store of `used`, and summed in `queued_counted` under the lock (recounted from the
-//! records on repair, so a holder killed between the two leaves it right). A consumer that takes a
-//! counted record (under the lock, after moving `head_off` past it) adds one to `unfinished`, then
-//! takes one from `queued_counted`; `task_done` takes one from `unfinished`; `join` waits for
-//! `queued_counted` plus `unfinished` to be 0, with `unfinished` (a `tally` word) read before and after
-//! `queued_counted` and unchanged: the sum of one moment. Before (found by review), the producer
-//! added to `unfinished` before it appended: one killed in between (waiting for the lock, say) left a
-//! count for a message that never went in, and `join` waited for good. `unfinished` may go below zero
-//! (two's complement): a `task_done` before the matching `get`, as Python allows.
+//! A JoinableQueue's message counts as unfinished from its `put` to its `task_done`. In the chain,
+//! its count is the [`COUNTED`] bit of its record's length word, written with the record and so
+//! committed with it by the store of `used`, and summed in `queued_counted` under the lock, before
+//! the commit (recounted from the records on repair, so a holder killed between the two leaves it
+//! right once the lock is taken over; `join`, which reads without the lock, takes it over when a
+//! wait finds work still counted). A consumer that takes a counted record (under the lock, after
+//! moving `head_off` past it) adds one to `unfinished`, then takes one from `queued_counted`;
+//! `task_done` takes one from `unfinished`; `join` waits for `queued_counted` plus `unfinished` to
+//! be 0, with `unfinished` (a `tally` word) read before and after `queued_counted` and unchanged:
+//! the sum of one moment. Before (found by review), the producer added to `unfinished` before it
+//! appended: one killed in between (waiting for the lock, say) left a count for a message that
+//! never went in, and `join` waited for good. `unfinished` may go below zero (two's complement): a
+//! `task_done` before the matching `get`, as Python allows.
 //!
 //! # Garbage
 //! Every word of the control and of a segment head is checked before use: segment numbers must move
@@ -131,6 +135,14 @@ const _: () = assert!(std::mem::size_of::<SegHead>() == 16);
 
 // SAFETY: atomics only.
 unsafe impl ShmSafe for SegHead {}
+
+/// `head_off` while the head moves on from segment `from` ([`Log::move_head`]): odd, which no read
+/// offset is (records start at multiples of 8), and naming `from`, so that the repair after a consumer
+/// killed in the middle knows whether `head_seg` moved yet. (Only a garbage segment number, above
+/// 2^63, loses its top bit here; the repair then takes the offset for garbage.)
+fn moving_from(from: u64) -> u64 {
+    from.wrapping_shl(1) | 1
+}
 
 /// The bytes a record of a `len`-byte message takes, or `None` on overflow.
 fn record_size(len: usize) -> Option<usize> {
@@ -371,14 +383,29 @@ impl Log {
                 return Err(Error::Closed);
             }
             let mark = if count { COUNTED } else { 0 };
-            let appended = self.append(bytes, rec, mark);
-            self.trim();
-            appended?;
-            c.len.fetch_add(1, Ordering::Relaxed);
+            // Counted before the record is committed, not after (found by review: a producer killed
+            // between its commit and its count left the message in the chain and `join`, which
+            // takes no lock, summed 0 and returned). Killed before its commit, it leaves one too
+            // many, which the next holder's repair recounts, and `join` takes the lock over for
+            // that (`Log::join`). SeqCst: `join` reads it without the lock.
             if count {
-                // SeqCst: `join` reads it without the lock.
                 c.queued_counted.fetch_add(1, Ordering::SeqCst);
             }
+            let appended = self.append(bytes, rec, mark);
+            self.trim();
+            if let Err(e) = appended {
+                if count {
+                    // Not committed: the count goes (a lost chain may have zeroed it already).
+                    let _ =
+                        c.queued_counted
+                            .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |n| {
+                                n.checked_sub(1)
+                            });
+                    c.done.notify();
+                }
+                return Err(e);
+            }
+            c.len.fetch_add(1, Ordering::Relaxed);
             // SeqCst RMW, then notify (WaitWord's contract).
             c.puts.fetch_add(1, Ordering::SeqCst);
         }
@@ -416,8 +443,12 @@ impl Log {
                     std::ptr::copy_nonoverlapping(len.as_ptr(), dst, 8);
                     std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst.add(8), bytes.len());
                 }
+                #[cfg(test)]
+                die_at(Death::BeforeCommit);
                 // Release: the record happens-before any consumer's Acquire load of `used`.
                 head.used.store((used + rec) as u64, Ordering::Release);
+                #[cfg(test)]
+                die_at(Death::AfterCommit);
                 Ok(true)
             })?;
             if done {
@@ -494,10 +525,24 @@ impl Log {
     }
 
     /// Moves the head of the chain from segment `head` to `next` and unlinks `head` (lock held).
+    ///
+    /// Two words move, and a consumer killed between two stores must leave neither the read offset 0
+    /// in the finished segment (its messages were delivered again: found by review) nor the finished
+    /// segment's offset in the next one (its messages lost, or read from the middle of a record). So
+    /// the offset first says which segment the head is moving from ([`moving_from`]), and the repair
+    /// after such a death finishes the move ([`Log::finish_head_move`]). Release stores: each is
+    /// ordered after the one before it, for a process killed between them as for a reader.
     fn move_head(&self, head: u64, next: u64) {
         let c = self.ctl();
-        c.head_off.store(0, Ordering::Relaxed);
-        c.head_seg.store(next, Ordering::Relaxed);
+        c.head_off.store(moving_from(head), Ordering::Release);
+        #[cfg(test)]
+        die_at(Death::MovingHead(1));
+        c.head_seg.store(next, Ordering::Release);
+        #[cfg(test)]
+        die_at(Death::MovingHead(2));
+        c.head_off.store(0, Ordering::Release);
+        #[cfg(test)]
+        die_at(Death::MovingHead(3));
         self.segs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -660,9 +705,36 @@ impl Log {
 
     // ---- repair after a dead holder ----
 
-    /// Puts `tail_seg` on the last linked segment and recounts `len` (lock held, a holder died).
+    /// A consumer killed inside [`Log::move_head`] left the read offset saying which segment the head
+    /// was moving from (lock held, a holder died): if `head_seg` is still that segment, move it onto
+    /// its successor; either way, the read offset is the start of the new head segment. The finished
+    /// segment's name, if not removed yet, is an orphan (module docs, "Deaths"). An odd offset that
+    /// names another segment, or one with no valid successor, is garbage: left to `take_locked`.
+    fn finish_head_move(&self) {
+        let c = self.ctl();
+        let off = c.head_off.load(Ordering::Relaxed);
+        if off & 1 == 0 {
+            return;
+        }
+        let head = c.head_seg.load(Ordering::Relaxed);
+        if head != 0 && moving_from(head) == off {
+            let next = self.with_seg(head, |_, sh| Ok(sh.next.load(Ordering::Acquire)));
+            let Ok(next) = next.and_then(|n| self.check_next(n, head)) else {
+                return;
+            };
+            c.head_seg.store(next, Ordering::Release);
+        } else if self.check_next(head, off >> 1).is_err() {
+            // The head is not past the segment the offset names: not a move of ours.
+            return;
+        }
+        c.head_off.store(0, Ordering::Release);
+    }
+
+    /// Finishes a hand-over a dead consumer left half-done, puts `tail_seg` on the last linked segment
+    /// and recounts `len` (lock held, a holder died).
     fn repair(&self) {
         let c = self.ctl();
+        self.finish_head_move();
         let mut tail = c.tail_seg.load(Ordering::Relaxed);
         if tail == 0 {
             tail = c.head_seg.load(Ordering::Relaxed);
@@ -828,13 +900,42 @@ impl Log {
     }
 
     pub(crate) fn join(&self, deadline: Option<Instant>) -> Result<()> {
+        let mut slept = false;
         while self.total_unfinished() != Some(0) {
+            // A slice ended with work still counted: a producer killed between counting its message
+            // and committing it holds the lock, dead, and its count stays until a holder repairs
+            // it; with no other caller left, that is us. Not before the first sleep: a `join` that
+            // returns at once costs no lock.
+            if slept && self.repair_if_holder_died() {
+                continue;
+            }
             let slice = slice_until(deadline, MAX_CHECK)?;
             self.ctl()
                 .done
                 .sleep(slice, || self.total_unfinished() == Some(0));
+            slept = true;
         }
         Ok(())
+    }
+
+    /// Takes the lock without waiting, if it is free or its holder died, and lets go of it at once:
+    /// a dead holder's leftovers are repaired on the way, as by [`Log::lock`]. Returns whether there
+    /// was a dead holder.
+    fn repair_if_holder_died(&self) -> bool {
+        let lock = &self.ctl().lock;
+        match lock.try_lock_as(Nesting::NeverHeld) {
+            Ok(Acquired::OwnerDied(_)) => {
+                let _held = Held(lock);
+                self.repair();
+                self.trim();
+                true
+            }
+            Ok(Acquired::Clean) => {
+                drop(Held(lock));
+                false
+            }
+            Err(_) => false,
+        }
     }
 }
 
@@ -842,6 +943,28 @@ impl Log {
 thread_local! {
     /// Set by [`Log::vanish_before_commit_for_test`].
     static VANISH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set by [`Log::die_at_for_test`].
+    static DIE_AT: std::cell::Cell<Option<Death>> = const { std::cell::Cell::new(None) };
+}
+
+/// A point where a test's forked child ends at once, holding the lock, as a process killed there.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Death {
+    /// In `append`, with a record written and not committed (its `used` not stored).
+    BeforeCommit,
+    /// In `append`, right after the record's commit.
+    AfterCommit,
+    /// In `move_head`, after its `n`-th store.
+    MovingHead(u32),
+}
+
+/// Ends the process if the calling thread was told to die here ([`Log::die_at_for_test`]).
+#[cfg(test)]
+fn die_at(point: Death) {
+    if DIE_AT.with(|d| d.get()) == Some(point) {
+        crate::sys::process::exit_immediately(0);
+    }
 }
 
 #[cfg(test)]
@@ -850,6 +973,11 @@ impl Log {
     /// thread that then exits leaves what a producer killed there leaves (waiting for the lock, say).
     pub(crate) fn vanish_before_commit_for_test() {
         VANISH.with(|v| v.set(true));
+    }
+
+    /// Makes the calling thread's process end at once at `point` (a forked child of a test only).
+    pub(crate) fn die_at_for_test(point: Death) {
+        DIE_AT.with(|d| d.set(Some(point)));
     }
 
     /// Overwrites the control's `head_off` (as garbage from another process would).

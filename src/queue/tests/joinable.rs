@@ -332,3 +332,63 @@ fn join_after_a_tree_of_tasks_unbounded() {
         Duration::from_secs(4),
     );
 }
+
+/// Found by review: an unbounded JoinableQueue's producer killed right after committing its record
+/// and before adding it to `queued_counted` (a robust lock's holder dies; the next holder repairs the
+/// count, but `join` takes no lock): `join` summed 0 and returned with the message still in the
+/// queue, never taken nor marked done.
+#[test]
+fn unbounded_join_waits_for_a_message_whose_producer_died_after_committing_it() {
+    let q = JoinableQueue::from_queue(Queue::<u32, Raw>::unbounded().unwrap());
+    q.put(&1).unwrap(); // the segment exists: the next put appends to it
+    assert_eq!(q.get().unwrap(), 1);
+    q.task_done().unwrap();
+    let q2 = q.clone();
+    let mut child = crate::Process::builder().daemon(true).fork(move || {
+        super::unbounded::Log::die_at_for_test(super::unbounded::Death::AfterCommit);
+        let _ = q2.put(&7);
+        0
+    });
+    child.start().unwrap();
+    assert!(!matches!(
+        child.join_timeout(Duration::from_secs(60)),
+        Err(Error::Timeout)
+    ));
+    let r = q.join_timeout(Duration::from_millis(100));
+    assert!(
+        matches!(r, Err(Error::Timeout)),
+        "join returned with a counted message in the queue: {r:?}"
+    );
+    assert_eq!(q.unfinished(), 1);
+    assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), 7);
+    q.task_done().unwrap();
+    q.join_timeout(Duration::from_secs(10)).unwrap();
+}
+
+/// The same producer killed before its commit, once its count is taken: `join` (with no other
+/// caller to take the lock over and repair) must still get past it.
+#[test]
+fn unbounded_join_returns_after_a_producer_killed_before_committing() {
+    let q = JoinableQueue::from_queue(Queue::<u32, Raw>::unbounded().unwrap());
+    q.put(&1).unwrap();
+    assert_eq!(q.get().unwrap(), 1);
+    q.task_done().unwrap();
+    let q2 = q.clone();
+    let mut child = crate::Process::builder().daemon(true).fork(move || {
+        super::unbounded::Log::die_at_for_test(super::unbounded::Death::BeforeCommit);
+        let _ = q2.put(&7);
+        0
+    });
+    child.start().unwrap();
+    assert!(!matches!(
+        child.join_timeout(Duration::from_secs(60)),
+        Err(Error::Timeout)
+    ));
+    let r = q.join_timeout(Duration::from_secs(30));
+    assert!(r.is_ok(), "join waits for a message never committed: {r:?}");
+    assert!(matches!(q.queue().try_get(), Err(Error::Empty)));
+    q.put(&8).unwrap();
+    assert_eq!(q.get().unwrap(), 8);
+    q.task_done().unwrap();
+    q.join_timeout(Duration::from_secs(10)).unwrap();
+}

@@ -344,3 +344,65 @@ fn a_queue_that_never_spills_makes_no_file_and_refuses_what_does_not_fit() {
     assert_eq!(q.try_get_many(&mut out, 4).unwrap(), 1); // the one before the refused one
     assert!(group_files(id).is_empty());
 }
+
+/// Runs `child` in a forked child and waits for it (bounded, to prove no hang); what it returned, if
+/// it returned (a child that dies at a `Death` point does not).
+fn in_forked_child(child: impl FnOnce() -> u64 + Send + 'static) -> Option<u64> {
+    let mut p = crate::Process::builder().daemon(true).fork(child);
+    p.start().expect("fork");
+    let got = p.join_timeout(Duration::from_secs(60));
+    if matches!(got, Err(Error::Timeout)) {
+        let _ = p.kill();
+        panic!("the forked child hung");
+    }
+    got.ok()
+}
+
+/// Found by review: a consumer killed inside the hand-over from a finished segment to the next one
+/// (`Log::move_head`: between its store of the read offset, 0, and of the head segment) left the read
+/// offset at the start of the finished segment, whose name was not yet removed: the next consumer
+/// delivered every message of that segment again. Each intermediate step of the hand-over is a kill
+/// point here; every message must come out once.
+#[test]
+fn unbounded_consumer_killed_moving_to_the_next_segment_delivers_nothing_twice() {
+    for step in 1..=3 {
+        let q: Queue<Vec<u8>> = Queue::unbounded().unwrap();
+        q.put(&vec![1; 600_000]).unwrap();
+        q.put(&vec![2; 600_000]).unwrap(); // a second segment
+        q.put(&vec![3; 10]).unwrap();
+        assert_eq!(q.get().unwrap()[0], 1); // segment 1 is read; the head is still on it
+        let q2 = q.clone();
+        let in_child = in_forked_child(move || {
+            super::unbounded::Log::die_at_for_test(super::unbounded::Death::MovingHead(step));
+            q2.get().map_or(0, |m| u64::from(m[0]))
+        });
+        let mut got: Vec<u8> = in_child.map(|v| v as u8).into_iter().collect();
+        loop {
+            match q.try_get() {
+                Ok(m) => got.push(m[0]),
+                Err(Error::Empty) => break,
+                Err(e) => panic!("step {step}: {e}"),
+            }
+        }
+        got.sort_unstable();
+        assert_eq!(got, [2, 3], "step {step}: each message once");
+    }
+}
+
+/// Found by review: an unbounded queue keeps every message in blocks (its segments) whatever its
+/// codec, but one whose codec never spills held no anchor of its group, so nobody ever removed its
+/// segments: each stayed in `/dev/shm` after the last handle was dropped.
+#[test]
+fn an_unbounded_queue_of_a_codec_that_never_spills_leaves_no_segment_behind() {
+    let q: Queue<Vec<u8>, NoSpill> = Queue::unbounded().unwrap();
+    q.put(&vec![1; 10]).unwrap();
+    let files = q.block_files();
+    assert!(!files.is_empty(), "a segment holds the message");
+    drop(q);
+    for n in files {
+        let path = std::path::Path::new("/dev/shm").join(&n);
+        let left = path.exists();
+        let _ = std::fs::remove_file(&path);
+        assert!(!left, "{n} outlived the queue");
+    }
+}
