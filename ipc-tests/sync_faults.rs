@@ -58,6 +58,14 @@ pub fn tests() -> Vec<Trial> {
             "bounded_semaphore_killed_holder_wakes_blocked_acquirer",
             || killed_holder_permits_come_back(Kind::Bounded, true),
         ),
+        t(
+            "semaphore_killed_holder_permits_come_back_to_a_poller",
+            || killed_holder_permits_come_back_to_a_poller(Kind::Plain),
+        ),
+        t(
+            "bounded_semaphore_killed_holder_permits_come_back_to_a_poller",
+            || killed_holder_permits_come_back_to_a_poller(Kind::Bounded),
+        ),
         t("semaphore_forgotten_permit_is_not_reclaimed", || {
             forgotten_permit_is_not_reclaimed(Kind::Plain)
         }),
@@ -327,6 +335,39 @@ fn killed_holder_permits_come_back(kind: Kind, parent_waiting: bool) {
     assert_gone(&name);
 }
 
+/// A child holds both permits of a semaphore(2) through guards and is SIGKILLed; the parent polls with
+/// `try_acquire` (Python's `acquire(block=False)`) and gets both back, and no third one. Found by review:
+/// only an acquirer that went to sleep looked for dead holders, and a poller never got them back.
+fn killed_holder_permits_come_back_to_a_poller(kind: Kind) {
+    let name = common::unique_name("sem-poll");
+    let sem = AnySem::create(kind, &name, 2);
+    let mut kid = Kid::spawn(
+        "sync_faults_sem_hold",
+        &format!("{} {name} 2 0", kind.arg()),
+        BOUND,
+    );
+    kid.expect_line("held");
+    kid.kill();
+    let deadline = Instant::now() + BOUND;
+    let mut got = Vec::new();
+    while got.len() < 2 && Instant::now() < deadline {
+        match sem.try_acquire() {
+            Some(g) => got.push(g),
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    assert_eq!(
+        got.len(),
+        2,
+        "a poller did not get the dead holder's permits"
+    );
+    assert!(sem.try_acquire().is_none(), "a third permit appeared");
+    drop(got);
+    assert_eq!(sem.value(), 2);
+    drop(sem);
+    assert_gone(&name);
+}
+
 /// A child takes both permits of a semaphore(2), forgets one, and is SIGKILLed: the tracked permit comes
 /// back, the forgotten one does not (documented) until someone calls `release`.
 fn forgotten_permit_is_not_reclaimed(kind: Kind) {
@@ -409,9 +450,10 @@ fn kill_storm() {
 /// "within about 50 ms" to a waiter that finds no permit free): the churners must eventually hold two
 /// permits at once.
 ///
-/// Known weakness (reported, not fixed here): `acquire` reclaims only after a futex wait *times out*, and
-/// each give of the live permit wakes the waiter first, so recovery waits for a scheduling gap of at least
-/// 1 ms; it took from 16 ms to 9.6 s on the 2-vCPU test VM. This test bounds it by `BOUND` only.
+/// Until 2026-12-03 only an acquirer that went to sleep scanned for dead holders, and one whose spin
+/// kept catching the live permit never did: recovery waited for a scheduling gap, from 16 ms to 9.6 s
+/// on the 2-vCPU test VM. An acquirer that finds no permit free now scans at once (one scan per 50 ms
+/// among all of them). This test bounds it by `BOUND` only.
 fn reclaim_under_churn() {
     let sem_name = common::unique_name("churn-sem");
     let stop_name = common::unique_name("churn-stop");

@@ -6,7 +6,7 @@
 //! | primitive | how a dead participant is detected and what the survivors see |
 //! |---|---|
 //! | [`Lock`], [`RLock`], [`Value`], [`Array`] | holder tid + start time in the lock; a waiter's timed sleep checks it; the next acquirer gets [`OwnerDied`](crate::OwnerDied) once |
-//! | [`Semaphore`], [`BoundedSemaphore`] | permits taken through a guard are recorded per holder thread; a waiter that finds none free reclaims the permits of dead holders |
+//! | [`Semaphore`], [`BoundedSemaphore`] | permits taken through a guard are recorded per holder thread; a caller that finds none free (waiting or trying) reclaims the permits of dead holders |
 //! | [`Condition`] | its lock is a robust [`Lock`]; a waiter killed while waiting holds nothing |
 //! | [`Barrier`] | parties that arrived are recorded; if one dies before the barrier trips, the barrier breaks and waiters get [`Error::BrokenBarrier`](crate::Error::BrokenBarrier) |
 //! | [`Event`] | holds nothing; nothing to recover |

@@ -315,6 +315,25 @@ impl RawSemaphore {
         self.locked(wait, |s| s.apply(Update::Take, me)).flatten()
     }
 
+    /// [`RawSemaphore::try_take`] that, finding no permit free, gives back the permits of dead holders
+    /// if a scan is due ([`RawSemaphore::claim_scan`]) and tries again, in the same holding of the
+    /// internal lock (so `try_acquire` waits for it once, as documented). Until 2026-12-03 only a
+    /// waiter that went to sleep scanned: a caller polling with `try_acquire`, or with timeouts
+    /// shorter than the spin, never got back the permits of a holder that died (found by review).
+    fn take_or_reclaim(&self, me: Identity, wait: Wait) -> Option<bool> {
+        let (taken, back) = self.locked(wait, |s| match s.apply(Update::Take, me) {
+            Some(tracked) => (Some(tracked), 0),
+            None if s.claim_scan(|| true) => {
+                let back = s.reclaim_dead();
+                (s.apply(Update::Take, me), back)
+            }
+            None => (None, 0),
+        })?;
+        // We took one of those that came back, if any: wake sleepers for the rest.
+        self.wake_sleepers(back.saturating_sub(u32::from(taken.is_some())));
+        taken
+    }
+
     /// Takes a permit by `deadline`; `None` if it passed, else whether the permit is tracked.
     fn acquire_until(&self, deadline: Option<Instant>) -> Option<bool> {
         let me = proc::current();
@@ -327,7 +346,7 @@ impl RawSemaphore {
         } else {
             wait
         };
-        if let Some(tracked) = self.try_take(me, first) {
+        if let Some(tracked) = self.take_or_reclaim(me, first) {
             return Some(tracked);
         }
         // Spin phase (see `wait::Backoff`): a permit released within the budget is taken with no system
@@ -369,24 +388,29 @@ impl RawSemaphore {
     /// Scans for dead holders if nobody did in the last [`MAX_CHECK`]; at most one waiter (the
     /// CAS winner) scans per interval.
     fn reclaim_if_due(&self, deadline: Option<Instant>) {
-        let now = proc::monotonic_ms();
-        let last = self.last_scan_ms.load(Ordering::Relaxed);
-        let due = now.saturating_sub(last) >= MAX_CHECK.as_millis() as u64 || last > now;
         // Past the deadline the lock below would not be waited for, and the scan this caller claims
         // would be skipped for everyone until the next interval (the clock is read only when due).
-        if due
-            && deadline.is_none_or(|d| Instant::now() < d)
-            && self
-                .last_scan_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.claim_scan(|| deadline.is_none_or(|d| Instant::now() < d)) {
             let back = self
                 .locked(Wait::Until(deadline), |s| s.reclaim_dead())
                 .unwrap_or(0);
             // We may take one of them ourselves; wake others for the rest.
             self.wake_sleepers(back);
         }
+    }
+
+    /// Whether a scan for dead holders is due (nobody made one in the last [`MAX_CHECK`], on a clock
+    /// every process shares) and `also()` holds; if so, this caller has claimed it: at most one caller
+    /// (the CAS winner) scans per interval.
+    fn claim_scan(&self, also: impl FnOnce() -> bool) -> bool {
+        let now = proc::monotonic_ms();
+        let last = self.last_scan_ms.load(Ordering::Relaxed);
+        let due = now.saturating_sub(last) >= MAX_CHECK.as_millis() as u64 || last > now;
+        due && also()
+            && self
+                .last_scan_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Gives a permit back. `Some(false)` at the ceiling; `None` if the internal lock stayed held by a
@@ -460,10 +484,12 @@ impl Semaphore {
     }
 
     /// Takes a permit if one is free now. Never waits (beyond a couple of milliseconds for the
-    /// semaphore's internal lock, which a peer holds for a few stores at a time).
+    /// semaphore's internal lock, which a peer holds for a few stores at a time). Finding none free, it
+    /// gives back the permits of dead holders, as a waiter does (a scan of the holders' liveness, made
+    /// by one caller in 50 ms at most).
     pub fn try_acquire(&self) -> Option<SemaphoreGuard<'_>> {
         self.shared
-            .try_take(proc::current(), Wait::Within(TRY_BOUND))
+            .take_or_reclaim(proc::current(), Wait::Within(TRY_BOUND))
             .map(|tracked| SemaphoreGuard::new(&self.shared, tracked))
     }
 
@@ -759,6 +785,34 @@ mod tests {
         // The holder thread exited without giving it back; a waiter reclaims it.
         let g = s.acquire_timeout(Duration::from_secs(30));
         assert!(g.is_some());
+    }
+
+    /// Found by review: only a waiter that went to sleep looked for dead holders. A caller polling with
+    /// `try_acquire`, or with timeouts shorter than the spin, never got back the permit of a holder that
+    /// died: a semaphore whose holders all died stayed empty for it for good.
+    #[test]
+    fn a_poller_gets_a_dead_threads_permit_back() {
+        type Poll = fn(&Semaphore) -> Option<SemaphoreGuard<'_>>;
+        let polls: [Poll; 2] = [|s| s.try_acquire(), |s| s.acquire_timeout(Duration::ZERO)];
+        for poll in polls {
+            let s = Semaphore::new(1).unwrap();
+            std::thread::scope(|sc| {
+                sc.spawn(|| std::mem::forget(s.acquire()));
+            });
+            assert_eq!(s.value(), 0);
+            // Bounded, to prove no hang: a dead holder's permit comes back within about MAX_CHECK.
+            let end = Instant::now() + Duration::from_secs(10);
+            let got = loop {
+                if let Some(g) = poll(&s) {
+                    break Some(g);
+                }
+                if Instant::now() > end {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            assert!(got.is_some(), "a poller never got the dead thread's permit");
+        }
     }
 
     #[test]
