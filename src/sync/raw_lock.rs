@@ -575,6 +575,11 @@ impl RawLock {
 
 #[cfg(test)]
 impl RawLock {
+    /// The tid the word names as the holder (0: free).
+    pub(crate) fn holder_tid_for_test(&self) -> u32 {
+        self.word.load(Ordering::Relaxed) & TID_MASK
+    }
+
     /// Makes the lock look held by `word` (tests simulate dead holders with impossible tids).
     pub(crate) fn force_word_for_test(&self, word: u32) {
         self.word.store(word, Ordering::Relaxed);
