@@ -193,6 +193,60 @@ fn dead_consumer_claim_frees_the_slot() {
     assert_eq!(q.get().unwrap(), 2);
 }
 
+/// Runs `f` in a thread and returns its result, failing the test if it takes longer than a generous
+/// bound (proves "no hang", asserts no speed).
+fn within_bound<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("hung (or panicked)")
+}
+
+/// A producer that finds the ring full spins for room for a run of messages, watching a slot further
+/// on (`Ring::spin_for_room`): a consumer that then takes a single message and no more must still
+/// let it put, once the spin's time budget is spent, at the slot that one message freed.
+#[test]
+fn a_producer_on_a_full_ring_puts_when_a_single_slot_frees() {
+    let q: Queue<u32, Raw> = Queue::new(64).unwrap();
+    for i in 0..64 {
+        q.try_put(&i).unwrap();
+    }
+    let q2 = q.clone();
+    let producer = std::thread::spawn(move || q2.put(&64));
+    // Taken while the producer waits (or before it starts: then its put does not wait at all).
+    assert_eq!(q.get().unwrap(), 0);
+    within_bound(move || producer.join().unwrap()).unwrap();
+    for i in 1..=64 {
+        assert_eq!(q.try_get().unwrap(), i);
+    }
+}
+
+/// The slot a blocked producer waits for is held by a consumer that died, while other consumers took
+/// the messages after it, the slot `spin_for_room` watches included. The producer must still spend its
+/// spin, sleep, find the dead claimer and put; not go round its attempts without ever sleeping.
+#[test]
+fn a_producer_behind_a_dead_consumer_while_others_moved_on_puts() {
+    let q: Queue<u32, Raw> = Queue::new(64).unwrap();
+    for i in 0..64 {
+        q.try_put(&i).unwrap();
+    }
+    // A consumer claimed the message of stamp 0 and died before releasing the slot.
+    ring_of(&q).force_claim_for_test(0, 0x3fff_fffe, true);
+    for i in 1..40 {
+        assert_eq!(q.try_get().unwrap(), i);
+    }
+    // The next put goes to the dead consumer's slot: the ring fills in stamp order.
+    assert!(matches!(q.try_put(&7), Err(Error::Full)));
+    let q2 = q.clone();
+    within_bound(move || q2.put_timeout(&7, Duration::from_secs(30))).unwrap();
+    for i in 40..64 {
+        assert_eq!(q.try_get().unwrap(), i);
+    }
+    assert_eq!(q.try_get().unwrap(), 7);
+}
+
 #[test]
 fn corrupted_length_is_an_error_not_a_read() {
     let q: Queue<u32, Raw> = Queue::new(2).unwrap();
