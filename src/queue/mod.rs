@@ -39,8 +39,9 @@ const SPILL_FORMAT: usize = 1;
 /// Folded into an unbounded queue's layout hash: bump it when `unbounded::LogControl` or the segment
 /// format changes.
 /// 2: `LogControl::queued_counted`, and the COUNTED bit of a record's length word. 3: `unfinished`
-/// is a [`tally`] word. 4: an odd `head_off` names the segment a consumer moved the head from.
-const UNBOUNDED_FORMAT: usize = 4;
+/// is a [`tally`] word. 4: an odd `head_off` names the segment a consumer moved the head from. 5:
+/// `LogControl::in_flight`, and the `IN_FLIGHT` bit of `queued_counted`.
+const UNBOUNDED_FORMAT: usize = 5;
 
 /// A JoinableQueue's `unfinished` word (ring and unbounded engines alike): its low 32 bits are the
 /// signed count of messages taken and not yet marked done; every update also adds one to the word's

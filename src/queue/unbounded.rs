@@ -35,15 +35,16 @@
 //! A JoinableQueue's message counts as unfinished from its `put` to its `task_done`. In the chain,
 //! its count is the [`COUNTED`] bit of its record's length word, written with the record and so
 //! committed with it by the store of `used`, and summed in `queued_counted` under the lock, before
-//! the commit (recounted from the records on repair, so a holder killed between the two leaves it
-//! right once the lock is taken over; `join`, which reads without the lock, takes it over when a
-//! wait finds work still counted). A consumer that takes a counted record (under the lock, after
-//! moving `head_off` past it) adds one to `unfinished`, then takes one from `queued_counted`;
-//! `task_done` takes one from `unfinished`; `join` waits for `queued_counted` plus `unfinished` to
-//! be 0, with `unfinished` (a `tally` word) read before and after `queued_counted` and unchanged:
-//! the sum of one moment. Before (found by review), the producer added to `unfinished` before it
-//! appended: one killed in between (waiting for the lock, say) left a count for a message that
-//! never went in, and `join` waited for good. `unfinished` may go below zero (two's complement): a
+//! the commit, with one RMW that also sets [`IN_FLIGHT`], cleared after the commit: a holder
+//! killed between the two leaves the flag, and the repair of the next holder keeps the count or
+//! takes it back as the commit was made or not ([`Log::settle_in_flight`]; `join`, which reads
+//! without the lock, takes the lock over when a wait finds work still counted). A consumer that
+//! takes a counted record (under the lock, after moving `head_off` past it) adds one to
+//! `unfinished`, then takes one from `queued_counted`; `task_done` takes one from `unfinished`;
+//! `join` waits for `queued_counted` plus `unfinished` to be 0, with `unfinished` (a `tally` word)
+//! read before and after `queued_counted` and unchanged: the sum of one moment. Before (found by
+//! review), the producer added to `unfinished` before it appended: one killed in between (waiting
+//! for the lock, say) left a count for a message that never went in, and `join` waited for good. `unfinished` may go below zero (two's complement): a
 //! `task_done` before the matching `get`, as Python allows.
 //!
 //! # Garbage
@@ -107,15 +108,19 @@ pub(crate) struct LogControl {
     /// accounting"), in a [`tally`] word. Read without the lock.
     unfinished: AtomicU64,
     /// JoinableQueue: counted messages in the chain (records with [`COUNTED`]); written under the lock,
-    /// recounted on repair, read without the lock by `join`.
+    /// recounted on repair, read without the lock by `join`. [`IN_FLIGHT`] is set with the count of a
+    /// record about to be committed, and cleared once it is ([`Log::commit_counting`]).
     queued_counted: AtomicU64,
+    /// What the commit of the counted record in flight stores ([`InFlight`]): how the repair after
+    /// its producer's death tells whether it was committed. Written under the lock.
+    in_flight: AtomicU64,
     /// Consumers sleep here, producers notify.
     items: WaitWord,
     /// `join` sleeps here, `task_done` notifies.
     done: WaitWord,
 }
 
-const _: () = assert!(std::mem::size_of::<LogControl>() == 104);
+const _: () = assert!(std::mem::size_of::<LogControl>() == 112);
 const _: () = assert!(std::mem::align_of::<LogControl>() == 8);
 
 // SAFETY: atomics only (RawLock and WaitWord are atomics too); any bit pattern is a valid state.
@@ -142,6 +147,47 @@ unsafe impl ShmSafe for SegHead {}
 /// 2^63, loses its top bit here; the repair then takes the offset for garbage.)
 fn moving_from(from: u64) -> u64 {
     from.wrapping_shl(1) | 1
+}
+
+/// The bit of `queued_counted` that says a producer counted a record it has not committed yet.
+/// Found by review: counted first and committed after as two steps, a producer killed between them
+/// left a count for a message never put, which only a recount of the whole chain took back, and the
+/// recount gives up on a chain longer than its bound (a walk over garbage must end): `join` then
+/// waited for good. The count and this bit go in with one RMW, and the bit goes after the commit, so
+/// the repair after such a death knows a commit was pending and, from [`LogControl::in_flight`],
+/// whether it was made.
+const IN_FLIGHT: u64 = 1 << 63;
+
+/// The counted messages a `queued_counted` word says are in the chain: a record being committed
+/// counts (module docs, "JoinableQueue accounting").
+fn queued(word: u64) -> i64 {
+    (word & !IN_FLIGHT) as i64
+}
+
+/// The commit of a counted record in flight, as [`LogControl::in_flight`] records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InFlight {
+    /// Into the tail segment: its `used` becomes this (a multiple of 8: tagged by the low bit).
+    Used(u64),
+    /// As the first record of this new segment, linked after the tail (or made the head).
+    Linked(u64),
+}
+
+impl InFlight {
+    fn pack(self) -> u64 {
+        match self {
+            InFlight::Used(u) => u | 1,
+            InFlight::Linked(n) => n.wrapping_shl(1),
+        }
+    }
+
+    fn unpack(w: u64) -> InFlight {
+        if w & 1 != 0 {
+            InFlight::Used(w & !1)
+        } else {
+            InFlight::Linked(w >> 1)
+        }
+    }
 }
 
 /// The bytes a record of a `len`-byte message takes, or `None` on overflow.
@@ -383,28 +429,10 @@ impl Log {
                 return Err(Error::Closed);
             }
             let mark = if count { COUNTED } else { 0 };
-            // Counted before the record is committed, not after (found by review: a producer killed
-            // between its commit and its count left the message in the chain and `join`, which
-            // takes no lock, summed 0 and returned). Killed before its commit, it leaves one too
-            // many, which the next holder's repair recounts, and `join` takes the lock over for
-            // that (`Log::join`). SeqCst: `join` reads it without the lock.
-            if count {
-                c.queued_counted.fetch_add(1, Ordering::SeqCst);
-            }
+            // A counted record is counted in `queued_counted` at its commit ([`Log::commit_counting`]).
             let appended = self.append(bytes, rec, mark);
             self.trim();
-            if let Err(e) = appended {
-                if count {
-                    // Not committed: the count goes (a lost chain may have zeroed it already).
-                    let _ =
-                        c.queued_counted
-                            .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |n| {
-                                n.checked_sub(1)
-                            });
-                    c.done.notify();
-                }
-                return Err(e);
-            }
+            appended?;
             c.len.fetch_add(1, Ordering::Relaxed);
             // SeqCst RMW, then notify (WaitWord's contract).
             c.puts.fetch_add(1, Ordering::SeqCst);
@@ -443,12 +471,11 @@ impl Log {
                     std::ptr::copy_nonoverlapping(len.as_ptr(), dst, 8);
                     std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst.add(8), bytes.len());
                 }
-                #[cfg(test)]
-                die_at(Death::BeforeCommit);
-                // Release: the record happens-before any consumer's Acquire load of `used`.
-                head.used.store((used + rec) as u64, Ordering::Release);
-                #[cfg(test)]
-                die_at(Death::AfterCommit);
+                let now = (used + rec) as u64;
+                self.commit_counting(mark, InFlight::Used(now), || {
+                    // Release: the record happens-before any consumer's Acquire load of `used`.
+                    head.used.store(now, Ordering::Release);
+                });
                 Ok(true)
             })?;
             if done {
@@ -490,12 +517,16 @@ impl Log {
         // Link it: the old tail's `next` first, then `tail_seg` (a death between is repaired).
         if tail != 0 {
             self.with_seg(tail, |_, head| {
-                head.next.store(n, Ordering::Release);
+                self.commit_counting(mark, InFlight::Linked(n), || {
+                    head.next.store(n, Ordering::Release);
+                });
                 Ok(())
             })?;
         } else {
             c.head_off.store(0, Ordering::Relaxed);
-            c.head_seg.store(n, Ordering::Relaxed);
+            self.commit_counting(mark, InFlight::Linked(n), || {
+                c.head_seg.store(n, Ordering::Relaxed);
+            });
         }
         c.tail_seg.store(n, Ordering::Relaxed);
         self.segs
@@ -503,6 +534,30 @@ impl Log {
             .unwrap_or_else(|p| p.into_inner())
             .insert(n, Arc::new(region));
         Ok(())
+    }
+
+    /// Runs `commit`, the store that puts a record in the chain (lock held); for a counted record
+    /// (`mark` is [`COUNTED`]), counts it in `queued_counted` first, flagged [`IN_FLIGHT`] until the
+    /// commit is made, with `commit_is` saying what the commit stores ([`Log::settle_in_flight`]).
+    /// Counted before the commit, not after: `join`, which takes no lock, must never see a committed
+    /// record uncounted (found by review: a producer killed between its commit and its count left the
+    /// message in the chain, and `join` summed 0 and returned). SeqCst: `join` reads the count
+    /// without the lock.
+    fn commit_counting(&self, mark: u64, commit_is: InFlight, commit: impl FnOnce()) {
+        let c = self.ctl();
+        let counted = mark & COUNTED != 0;
+        if counted {
+            c.in_flight.store(commit_is.pack(), Ordering::Relaxed);
+            c.queued_counted.fetch_add(IN_FLIGHT | 1, Ordering::SeqCst);
+        }
+        #[cfg(test)]
+        die_at(Death::BeforeCommit);
+        commit();
+        #[cfg(test)]
+        die_at(Death::AfterCommit);
+        if counted {
+            c.queued_counted.fetch_and(!IN_FLIGHT, Ordering::SeqCst);
+        }
     }
 
     // ---- get ----
@@ -730,8 +785,38 @@ impl Log {
         c.head_off.store(0, Ordering::Release);
     }
 
-    /// Finishes a hand-over a dead consumer left half-done, puts `tail_seg` on the last linked segment
-    /// and recounts `len` (lock held, a holder died).
+    /// A producer killed inside [`Log::commit_counting`] left its record counted and flagged in flight
+    /// (lock held, a holder died, `tail_seg` repaired): the count stays if the commit was made, and
+    /// goes if not; the flag goes either way. Exact whatever the chain's length, which the recount
+    /// after it is not (it gives up on a long chain).
+    fn settle_in_flight(&self) {
+        let c = self.ctl();
+        // Acquire: the flag's RMW (a release) makes the dead producer's `in_flight` visible.
+        let word = c.queued_counted.load(Ordering::Acquire);
+        if word & IN_FLIGHT == 0 {
+            return;
+        }
+        let tail = c.tail_seg.load(Ordering::Relaxed);
+        let committed = match InFlight::unpack(c.in_flight.load(Ordering::Relaxed)) {
+            // Its `used` store made, or a later one (garbage only: no later producer came).
+            InFlight::Used(u) => self
+                .with_seg(tail, |_, h| Ok(h.used.load(Ordering::Acquire) >= u))
+                .unwrap_or(false),
+            // Linked: the repair's walk from the tail reached it.
+            InFlight::Linked(n) => tail == n,
+        };
+        let word = word & !IN_FLIGHT;
+        let word = if committed {
+            word
+        } else {
+            word.saturating_sub(1)
+        };
+        c.queued_counted.store(word, Ordering::SeqCst);
+    }
+
+    /// Finishes a hand-over a dead consumer left half-done, puts `tail_seg` on the last linked segment,
+    /// settles a counted record a dead producer left in flight, and recounts `len` (lock held, a
+    /// holder died).
     fn repair(&self) {
         let c = self.ctl();
         self.finish_head_move();
@@ -739,17 +824,19 @@ impl Log {
         if tail == 0 {
             tail = c.head_seg.load(Ordering::Relaxed);
         }
-        if tail == 0 {
-            return;
-        }
-        for _ in 0..STEP_BUDGET {
-            let next = self.with_seg(tail, |_, h| Ok(h.next.load(Ordering::Acquire)));
-            match next.map(|n| (n, self.check_next(n, tail))) {
-                Ok((n, Ok(_))) if n != 0 => tail = n,
-                _ => break,
+        // No chain yet: nothing to walk, but a first segment's producer may have died before
+        // making it the head, its record counted (`settle_in_flight`).
+        if tail != 0 {
+            for _ in 0..STEP_BUDGET {
+                let next = self.with_seg(tail, |_, h| Ok(h.next.load(Ordering::Acquire)));
+                match next.map(|n| (n, self.check_next(n, tail))) {
+                    Ok((n, Ok(_))) if n != 0 => tail = n,
+                    _ => break,
+                }
             }
+            c.tail_seg.store(tail, Ordering::Relaxed);
         }
-        c.tail_seg.store(tail, Ordering::Relaxed);
+        self.settle_in_flight();
         self.recount();
     }
 
@@ -862,7 +949,7 @@ impl Log {
         let c = self.ctl();
         for _ in 0..tally::TRIES {
             let before = c.unfinished.load(Ordering::SeqCst);
-            let queued = c.queued_counted.load(Ordering::SeqCst) as i64;
+            let queued = queued(c.queued_counted.load(Ordering::SeqCst));
             let after = c.unfinished.load(Ordering::SeqCst);
             if before == after {
                 return Some(tally::count(after).saturating_add(queued.max(0)).max(0));
@@ -875,7 +962,7 @@ impl Log {
     /// Marks one message done. Returns false if none was outstanding.
     pub(crate) fn task_done(&self) -> bool {
         let c = self.ctl();
-        let queued = || c.queued_counted.load(Ordering::SeqCst) as i64;
+        let queued = || queued(c.queued_counted.load(Ordering::SeqCst));
         match tally::mark_done(&c.unfinished, queued) {
             None => false,
             Some(wake) => {
@@ -892,7 +979,7 @@ impl Log {
             Some(n) => n as u64,
             None => {
                 let c = self.ctl();
-                let queued = c.queued_counted.load(Ordering::SeqCst) as i64;
+                let queued = queued(c.queued_counted.load(Ordering::SeqCst));
                 let taken = tally::count(c.unfinished.load(Ordering::SeqCst));
                 taken.saturating_add(queued.max(0)).max(0) as u64
             }
@@ -951,9 +1038,10 @@ thread_local! {
 #[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Death {
-    /// In `append`, with a record written and not committed (its `used` not stored).
+    /// In `append`, with a record written (and counted, if it counts) and not committed
+    /// ([`Log::commit_counting`]).
     BeforeCommit,
-    /// In `append`, right after the record's commit.
+    /// In `append`, right after the record's commit (its count still flagged in flight).
     AfterCommit,
     /// In `move_head`, after its `n`-th store.
     MovingHead(u32),

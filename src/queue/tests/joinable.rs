@@ -392,3 +392,75 @@ fn unbounded_join_returns_after_a_producer_killed_before_committing() {
     q.task_done().unwrap();
     q.join_timeout(Duration::from_secs(10)).unwrap();
 }
+
+/// The same producer killed before its commit, in a queue holding more records than the repair's
+/// recount walks (it gives up past 2^22, the bound on a walk over garbage): the count it took for
+/// a message that never went in must still go. It stayed (found by review), and `join` waited for
+/// good once every real message was marked done.
+#[test]
+fn unbounded_join_returns_after_a_producer_killed_before_committing_into_a_long_queue() {
+    let q = JoinableQueue::from_queue(Queue::<u8, Raw>::unbounded().unwrap());
+    let n = (1usize << 22) + 8;
+    for _ in 0..n {
+        q.put(&1).unwrap();
+    }
+    let q2 = q.clone();
+    let mut child = crate::Process::builder().daemon(true).fork(move || {
+        super::unbounded::Log::die_at_for_test(super::unbounded::Death::BeforeCommit);
+        let _ = q2.put(&7);
+        0
+    });
+    child.start().unwrap();
+    assert!(!matches!(
+        child.join_timeout(Duration::from_secs(60)),
+        Err(Error::Timeout)
+    ));
+    // The first `get` takes the dead producer's lock over, and repairs.
+    assert_eq!(q.get().unwrap(), 1);
+    assert_eq!(
+        q.unfinished() as usize,
+        n,
+        "a count for a message never put"
+    );
+    q.task_done().unwrap();
+    for _ in 1..n {
+        assert_eq!(q.get().unwrap(), 1);
+        q.task_done().unwrap();
+    }
+    assert!(matches!(q.queue().try_get(), Err(Error::Empty)));
+    let r = q.join_timeout(Duration::from_secs(10));
+    assert!(r.is_ok(), "join waits for a message never committed: {r:?}");
+}
+
+/// A producer killed inside the first put into an unbounded JoinableQueue (its record the first of
+/// a new segment, committed by making that segment the head), before or after that commit: the
+/// next holder's repair leaves the count of what is really in the queue.
+#[test]
+fn unbounded_producer_killed_around_committing_the_first_segment_leaves_the_right_count() {
+    use super::unbounded::{Death, Log};
+    for (death, queued) in [(Death::BeforeCommit, 0), (Death::AfterCommit, 1)] {
+        let q = JoinableQueue::from_queue(Queue::<u32, Raw>::unbounded().unwrap());
+        let q2 = q.clone();
+        let mut child = crate::Process::builder().daemon(true).fork(move || {
+            Log::die_at_for_test(death);
+            let _ = q2.put(&7);
+            0
+        });
+        child.start().unwrap();
+        assert!(!matches!(
+            child.join_timeout(Duration::from_secs(60)),
+            Err(Error::Timeout)
+        ));
+        // A `put` takes the dead producer's lock over, and repairs.
+        q.put(&8).unwrap();
+        assert_eq!(q.unfinished(), queued + 1, "{death:?}");
+        let mut got = Vec::new();
+        while let Ok(v) = q.queue().try_get() {
+            got.push(v);
+            q.task_done().unwrap();
+        }
+        let want: &[u32] = if queued == 1 { &[7, 8] } else { &[8] };
+        assert_eq!(got, want, "{death:?}");
+        q.join_timeout(Duration::from_secs(10)).unwrap();
+    }
+}
