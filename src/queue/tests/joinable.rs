@@ -333,6 +333,28 @@ fn join_after_a_tree_of_tasks_unbounded() {
     );
 }
 
+/// Puts `v` into `q` from a forked child that ends at `death`, inside the put, holding the queue's
+/// lock as a process killed there would; returns once the child has ended.
+fn put_dying_at<T: Copy + Send + 'static>(
+    q: &JoinableQueue<T, Raw>,
+    death: super::unbounded::Death,
+    v: T,
+) where
+    Raw: Codec<T>,
+{
+    let q2 = q.clone();
+    let mut child = crate::Process::builder().daemon(true).fork(move || {
+        super::unbounded::Log::die_at_for_test(death);
+        let _ = q2.put(&v);
+        0
+    });
+    child.start().unwrap();
+    assert!(!matches!(
+        child.join_timeout(Duration::from_secs(60)),
+        Err(Error::Timeout)
+    ));
+}
+
 /// Found by review: an unbounded JoinableQueue's producer killed right after committing its record
 /// and before adding it to `queued_counted` (a robust lock's holder dies; the next holder repairs the
 /// count, but `join` takes no lock): `join` summed 0 and returned with the message still in the
@@ -343,17 +365,7 @@ fn unbounded_join_waits_for_a_message_whose_producer_died_after_committing_it() 
     q.put(&1).unwrap(); // the segment exists: the next put appends to it
     assert_eq!(q.get().unwrap(), 1);
     q.task_done().unwrap();
-    let q2 = q.clone();
-    let mut child = crate::Process::builder().daemon(true).fork(move || {
-        super::unbounded::Log::die_at_for_test(super::unbounded::Death::AfterCommit);
-        let _ = q2.put(&7);
-        0
-    });
-    child.start().unwrap();
-    assert!(!matches!(
-        child.join_timeout(Duration::from_secs(60)),
-        Err(Error::Timeout)
-    ));
+    put_dying_at(&q, super::unbounded::Death::AfterCommit, 7);
     let r = q.join_timeout(Duration::from_millis(100));
     assert!(
         matches!(r, Err(Error::Timeout)),
@@ -373,17 +385,7 @@ fn unbounded_join_returns_after_a_producer_killed_before_committing() {
     q.put(&1).unwrap();
     assert_eq!(q.get().unwrap(), 1);
     q.task_done().unwrap();
-    let q2 = q.clone();
-    let mut child = crate::Process::builder().daemon(true).fork(move || {
-        super::unbounded::Log::die_at_for_test(super::unbounded::Death::BeforeCommit);
-        let _ = q2.put(&7);
-        0
-    });
-    child.start().unwrap();
-    assert!(!matches!(
-        child.join_timeout(Duration::from_secs(60)),
-        Err(Error::Timeout)
-    ));
+    put_dying_at(&q, super::unbounded::Death::BeforeCommit, 7);
     let r = q.join_timeout(Duration::from_secs(30));
     assert!(r.is_ok(), "join waits for a message never committed: {r:?}");
     assert!(matches!(q.queue().try_get(), Err(Error::Empty)));
@@ -404,17 +406,7 @@ fn unbounded_join_returns_after_a_producer_killed_before_committing_into_a_long_
     for _ in 0..n {
         q.put(&1).unwrap();
     }
-    let q2 = q.clone();
-    let mut child = crate::Process::builder().daemon(true).fork(move || {
-        super::unbounded::Log::die_at_for_test(super::unbounded::Death::BeforeCommit);
-        let _ = q2.put(&7);
-        0
-    });
-    child.start().unwrap();
-    assert!(!matches!(
-        child.join_timeout(Duration::from_secs(60)),
-        Err(Error::Timeout)
-    ));
+    put_dying_at(&q, super::unbounded::Death::BeforeCommit, 7);
     // The first `get` takes the dead producer's lock over, and repairs.
     assert_eq!(q.get().unwrap(), 1);
     assert_eq!(
@@ -437,20 +429,10 @@ fn unbounded_join_returns_after_a_producer_killed_before_committing_into_a_long_
 /// next holder's repair leaves the count of what is really in the queue.
 #[test]
 fn unbounded_producer_killed_around_committing_the_first_segment_leaves_the_right_count() {
-    use super::unbounded::{Death, Log};
+    use super::unbounded::Death;
     for (death, queued) in [(Death::BeforeCommit, 0), (Death::AfterCommit, 1)] {
         let q = JoinableQueue::from_queue(Queue::<u32, Raw>::unbounded().unwrap());
-        let q2 = q.clone();
-        let mut child = crate::Process::builder().daemon(true).fork(move || {
-            Log::die_at_for_test(death);
-            let _ = q2.put(&7);
-            0
-        });
-        child.start().unwrap();
-        assert!(!matches!(
-            child.join_timeout(Duration::from_secs(60)),
-            Err(Error::Timeout)
-        ));
+        put_dying_at(&q, death, 7);
         // A `put` takes the dead producer's lock over, and repairs.
         q.put(&8).unwrap();
         assert_eq!(q.unfinished(), queued + 1, "{death:?}");
