@@ -27,7 +27,8 @@
 //! straight into the shared buffer (no intermediate `Vec`). Otherwise the image is decoded by the
 //! `image` crate and converted (one conversion, as `image::open(..).into_rgb8()` would do), then
 //! copied in. The `image` crate's default limits apply (512 MiB per allocation, among others), to the
-//! shared buffer and to the decoder's output before a conversion too.
+//! shared buffer and to the decoder's output before a conversion too, and to a JPEG file's length
+//! (its decoder reads the whole file into memory first).
 //!
 //! # Hostile files
 //! A malformed file is [`Error::BadFile`]. A PNG whose palette is not a whole number of entries is
@@ -107,8 +108,9 @@ fn guarded<T>(path: &Path, decode: impl FnOnce() -> Result<T>) -> Result<T> {
 /// Refuses a PNG file with a `PLTE` chunk whose length is not a whole number of RGB entries, which
 /// the PNG specification forbids and which makes `png` 0.18.1 panic when it expands the palette
 /// (image-rs/image-png#694; found by fuzzing). Walks the chunk headers only, seeking over their data:
-/// at most one step per 12 bytes of file, however the lengths are forged. Anything that is not a
-/// well-formed chunk sequence is left to the decoder to refuse.
+/// at most one step per 12 bytes of file, however the lengths are forged, and none past the first
+/// chunk the decoder refuses for its type. Anything that is not a well-formed chunk sequence is left
+/// to the decoder to refuse.
 fn check_png_chunks(path: &Path, file: &File) -> Result<()> {
     let mut r = BufReader::new(file);
     let mut signature = [0u8; 8];
@@ -126,6 +128,12 @@ fn check_png_chunks(path: &Path, file: &File) -> Result<()> {
                 ))
             }
             b"IEND" => return Ok(()),
+            // A critical chunk the decoder does not know (the case of the type's first letter, bit
+            // 5, says which are critical) is where it refuses the file, so no palette past it is
+            // ever expanded: the walk ends there too. Found by review: it went on to the end of the
+            // file, and a PNG signature before a hole of a terabyte (a sparse file: zero-length
+            // chunks of type `\0\0\0\0`) was read 12 bytes at a time for hours.
+            t if t[0] & 0x20 == 0 && !matches!(t, b"IHDR" | b"PLTE" | b"IDAT") => return Ok(()),
             _ => {}
         }
         // The data and the CRC; a length past the end of the file ends the walk at the next read.
@@ -237,7 +245,7 @@ where
     let path = path.as_ref();
     // Opened once, and only if it is a regular file: a FIFO would block the open (or the decoder)
     // forever, and a device would be read. The palette check and the decoder read this same file.
-    let (mut file, _) = crate::sys::filemap::open_regular(path, false)?;
+    let (mut file, id) = crate::sys::filemap::open_regular(path, false)?;
     check_png_chunks(path, &file)?;
     file.rewind().map_err(|e| Error::os("read image", e))?;
     let mut reader = ImageReader::new(BufReader::new(file));
@@ -249,6 +257,14 @@ where
     let reader = reader
         .with_guessed_format()
         .map_err(|e| Error::os("read image", e))?;
+    // The JPEG decoder reads the whole file into a `Vec` before it looks at it: the same limit as for
+    // every buffer, on the file's length (found by review: a JPEG signature before a sparse hole of
+    // gigabytes was read into memory whole, however little of it the decoder would have used).
+    if reader.format() == Some(image::ImageFormat::Jpeg) {
+        image::Limits::default()
+            .reserve(id.len)
+            .map_err(|e| image_error(path, e))?;
+    }
     let decoder = reader.into_decoder().map_err(|e| image_error(path, e))?;
     let (w, h) = decoder.dimensions();
     let n = subpixels::<P>(w, h)?;
@@ -617,6 +633,50 @@ mod tests {
             .unwrap()
             .file_type()
             .is_symlink());
+    }
+
+    /// Found by review: the `image` crate's JPEG decoder reads the whole file into a `Vec` before it
+    /// reads its header, so a JPEG of any length was read into memory whole, past the 512 MiB the
+    /// module promises for every buffer (a sparse file of a few GiB, a JPEG signature before a hole,
+    /// took that much memory). Such a file is refused for the memory limit before it is read; here a
+    /// hole of 600 MiB (4 KiB on disk).
+    #[test]
+    fn a_jpeg_longer_than_the_memory_limit_is_refused_unread() {
+        let t = Temp::new("jpg");
+        std::fs::write(&t.0, b"\xff\xd8\xff\xe0").unwrap();
+        File::options()
+            .write(true)
+            .open(&t.0)
+            .unwrap()
+            .set_len(600 << 20)
+            .unwrap();
+        assert_memory_limit(open::<Rgb<u8>>(&t.0).map(|i| i.dimensions()));
+    }
+
+    /// Found by review: the palette check walked a PNG's chunks to the end of the file whatever they
+    /// were, where the decoder stops at the first chunk it cannot read. A PNG signature followed by
+    /// a hole (a sparse file of 1 TiB: 4 KiB on disk) reads as zero-length chunks of type `\0\0\0\0`,
+    /// so `open` read a terabyte of zeros, 12 bytes at a time (hours), before the decoder refused
+    /// the first one. The walk ends where the decoder's would. Bounded, to prove "no hang" only.
+    #[test]
+    fn a_png_signature_before_a_hole_is_refused_without_reading_the_hole() {
+        let t = Temp::new("png");
+        std::fs::write(&t.0, b"\x89PNG\r\n\x1a\n").unwrap();
+        File::options()
+            .write(true)
+            .open(&t.0)
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = t.0.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(open::<Rgb<u8>>(&path).map(drop));
+        });
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("open reads the whole hole");
+        assert!(matches!(r, Err(Error::BadFile { .. })), "{r:?}");
     }
 
     /// Found by review: `save` opened an existing file for reading and writing (`open_regular`), so a
