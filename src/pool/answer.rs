@@ -217,6 +217,28 @@ pub(crate) fn read(body: &[u8]) -> Read {
     }
 }
 
+/// `outcome` with every item's bytes copied into a buffer of its own: the answer block (if any) is
+/// released at once. For the answers of a worker that leaves on its own (`max_tasks_per_child`): an
+/// item lent from its block keeps the worker's arena mapped here for as long as the caller keeps the
+/// result, long after the worker is gone, one arena per worker the pool started. Found by review: past
+/// the heap's cap on arenas of other processes mapped at once (256, see `heap`), every further block
+/// answer failed to attach (an `Error::Corrupted` with no garbage written anywhere), and its worker
+/// waited 10 s ([`ATTACH_BOUND`]) for an attachment that never came. One copy of the answer costs less
+/// than the worker start it comes with.
+pub(crate) fn owned(outcome: Outcome) -> Outcome {
+    outcome.map(|items| {
+        items
+            .into_iter()
+            .map(|item| {
+                item.map(|bytes| match bytes {
+                    ItemBytes::Lent(..) => ItemBytes::Owned(bytes.as_slice().to_vec()),
+                    owned @ ItemBytes::Owned(_) => owned,
+                })
+            })
+            .collect()
+    })
+}
+
 /// The outcome in `lent`, its items referring to their bytes in the block.
 fn lent_outcome(lent: Arc<LentBlock>) -> Outcome {
     let bytes = lent.bytes();

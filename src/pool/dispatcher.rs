@@ -66,7 +66,8 @@ struct Worker {
     process: Process<()>,
     tasks: FrameQueue,
     in_flight: VecDeque<u64>,
-    /// A task whose frames are partly in the ring: its id and how many body bytes were sent.
+    /// A task whose frames are partly in the ring: its id and how many body bytes were sent. Kept
+    /// once the worker is dead, until its tasks are judged: a task not wholly sent never started.
     sending: Option<(u64, usize)>,
     dispatched: u64,
     /// False for a dead worker not replaced yet (its replacement could not start, or waits for its
@@ -304,6 +305,10 @@ impl Dispatcher {
     /// Gives worker `wi` pending tasks until it holds `depth` of them (or its ring is full).
     fn feed(&mut self, wi: usize, depth: usize) {
         loop {
+            // Nothing more for a dead worker, not even the rest of a task half-sent (see `sending`).
+            if !self.workers[wi].usable {
+                return;
+            }
             if self.workers[wi].sending.is_none() {
                 let w = &self.workers[wi];
                 let at_limit = self.cfg.max_tasks.is_some_and(|m| w.dispatched >= m);
@@ -389,6 +394,11 @@ impl Dispatcher {
         let outcome = match body {
             Err(e) => Err(format!("the worker's answer is {e}")),
             Ok(bytes) => match answer::read(&bytes) {
+                // A worker that leaves after `max_tasks` must not leave its arena mapped here behind
+                // the results it answered (see `answer::owned`).
+                answer::Read::Outcome(outcome) if self.cfg.max_tasks.is_some() => {
+                    answer::owned(outcome)
+                }
                 answer::Read::Outcome(outcome) => outcome,
                 // A block we cannot attach: its worker is gone, or lied (see `answer`, "Deaths").
                 answer::Read::Unattached(why) => {
@@ -404,7 +414,6 @@ impl Dispatcher {
                         // its ring before that check, and failed with it without running again).
                         let w = &mut self.workers[wi];
                         w.usable = false;
-                        w.sending = None;
                         w.in_flight.retain(|&t| t != head.task);
                         let (signal, exit_code) = self.how_it_died(wi);
                         self.died_with_its_worker(head.task, signal, exit_code);
@@ -478,7 +487,6 @@ impl Dispatcher {
             if self.workers[wi].replace_at.is_none() {
                 // Seen dead, not judged yet: it takes no more work from now on.
                 let w = &mut self.workers[wi];
-                w.sending = None;
                 w.usable = false;
                 let since = *w.dead_since.get_or_insert_with(Instant::now);
                 // Everything the dead worker finished is in the result ring: count it first. A frame it
@@ -540,14 +548,22 @@ impl Dispatcher {
         // announced its exit had answered its last task: none of the rest started.
         let lost: Vec<u64> = self.workers[wi].in_flight.drain(..).collect();
         let announced = self.workers[wi].exiting_since.is_some();
-        let started = if announced { 0 } else { 1 };
+        // Nor did a task whose last frames were never sent (found by review: it failed with
+        // `WorkerDied`, or used up its retry, though the worker never had the whole of it) -- if the
+        // worker had answered a task before, that is, got past its initializer: a worker that dies
+        // before answering anything fails (or retries) one task per death, so that the restarts of
+        // a failing initializer end with the work.
+        let half_sent = self.workers[wi].sending.take().map(|(id, _)| id);
+        let answered_any = self.workers[wi].dispatched > lost.len() as u64;
+        let never_had_it = answered_any && lost.first().is_some_and(|&id| Some(id) == half_sent);
+        let started = if announced || never_had_it { 0 } else { 1 };
         for &id in lost.iter().skip(started).rev() {
             self.partial.forget(id);
             if self.tasks.contains_key(&id) {
                 self.pending.push_front(id);
             }
         }
-        if let Some(&id) = lost.first().filter(|_| !announced) {
+        if let Some(&id) = lost.first().filter(|_| started == 1) {
             self.died_with_its_worker(id, signal, exit_code);
         }
         let w = &mut self.workers[wi];

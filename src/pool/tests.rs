@@ -644,9 +644,17 @@ fn a_result_with_bytes_left_over_is_a_decode_error() {
 
 /// A dispatcher of `workers` spawned workers, without the engine around it.
 fn bare_dispatcher(workers: usize) -> super::dispatcher::Dispatcher {
+    bare_dispatcher_with_key(workers, crate::process::fnref::FnKey::random())
+}
+
+/// As [`bare_dispatcher`], its workers running tasks signed with `key`.
+fn bare_dispatcher_with_key(
+    workers: usize,
+    key: crate::process::fnref::FnKey,
+) -> super::dispatcher::Dispatcher {
     let cfg = super::dispatcher::PoolConfig {
         workers,
-        key: crate::process::fnref::FnKey::random(),
+        key,
         initializer: None,
         max_tasks: None,
         retries: 0,
@@ -694,4 +702,117 @@ fn a_finished_dispatcher_leaves_its_workers_to_be_reaped_outside_the_lock() {
     assert_eq!(d.dead.len(), 2);
     drop(std::mem::take(&mut d.dead));
     assert!(!pids.iter().any(|&p| unreaped(p)));
+}
+
+/// A result just past the size from which a worker answers in a block of its heap.
+fn a_block_answer(x: u32) -> Vec<u8> {
+    vec![x as u8; super::wire::SHARED_PAYLOAD_BYTES + 64]
+}
+
+/// Found by review: a pool with `max_tasks_per_child` starts a worker every few tasks, and every answer
+/// kept in a block of a worker's heap kept that worker's arena mapped here for as long as the caller
+/// kept the result, the worker long gone. Past the heap's cap on arenas of other processes mapped at
+/// once (256), every further block answer failed to attach ("the worker's answer block could not be
+/// attached"), and its worker waited 10 s for an attachment that never came before it left.
+#[test]
+fn answers_of_workers_that_leave_on_their_own_keep_no_arena_of_theirs_mapped() {
+    let pool = Pool::builder()
+        .workers(2)
+        .max_tasks_per_child(1)
+        .build()
+        .unwrap();
+    // Each result kept (as an `AsyncResult` keeps its answer), each from a worker of its own.
+    let pending: Vec<_> = (0..300u32)
+        .map(|x| pool.apply_async(a_block_answer, x).unwrap())
+        .collect();
+    for (x, r) in pending.iter().enumerate() {
+        let v = r.get().unwrap_or_else(|e| panic!("answer {x}: {e}"));
+        assert!(
+            v.len() == super::wire::SHARED_PAYLOAD_BYTES + 64 && v.iter().all(|&b| b == x as u8)
+        );
+    }
+}
+
+fn byte_count(v: Vec<u8>) -> usize {
+    v.len()
+}
+
+/// Found by review: a task too large for its worker's ring at once (its frames are sent as the worker
+/// takes them) was judged to have started when the worker died before its last frame was sent, and
+/// failed with `WorkerDied` (or used up its retry) though the worker never had the whole of it. It
+/// runs on the replacement, as a task still waiting in a dead worker's ring does.
+#[test]
+fn a_task_not_wholly_sent_to_a_worker_that_died_runs_on_its_replacement() {
+    let key = crate::process::fnref::FnKey::random();
+    let mut d = bare_dispatcher_with_key(1, key);
+    let victim = d.worker_pids()[0];
+    // A pool only for the job's engine: its own workers take no part.
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let job = super::Job::new(1, &pool.engine);
+    // Inline (under the size that goes in a shared block), and more frames than a task ring holds.
+    let len = super::wire::SHARED_PAYLOAD_BYTES - 4096;
+    let items = [vec![7u8; len]];
+    let payload =
+        postcard::to_allocvec(&super::item_wire::ArgsToWire::<Vec<u8>, _>::new(&items)).unwrap();
+    let f = super::worker::map_fn(byte_count).sign(&key);
+    // First a task the worker answers: it is past its initializer (see `Dispatcher::judge_death`).
+    let first = super::Job::new(1, &pool.engine);
+    let small = postcard::to_allocvec(&super::item_wire::ArgsToWire::<Vec<u8>, _>::new(&[vec![
+        1u8,
+    ]]))
+    .unwrap();
+    let spec =
+        super::dispatcher::task_spec(first.clone(), 0, f, super::wire::Payload::Inline(small));
+    d.submit(vec![spec.unwrap()]);
+    let start = std::time::Instant::now();
+    while first.state.lock().unwrap().remaining > 0 && start.elapsed() < BOUND {
+        d.tick(true);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert!(matches!(
+        first.state.lock().unwrap().chunks[0],
+        Some(super::results::ChunkOutcome::Ran(Ok(_)))
+    ));
+    // Stopped, the worker takes no frame: the ring fills and the rest of the task waits to be sent
+    // (nothing ticks meanwhile) when it dies.
+    // SAFETY: kill has no memory preconditions; `victim` is a worker of this test.
+    assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGSTOP) }, 0);
+    let stopped = || {
+        std::fs::read_to_string(format!("/proc/{victim}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('T'))
+        })
+    };
+    let start = std::time::Instant::now();
+    while !stopped() && start.elapsed() < BOUND {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(stopped(), "the worker did not stop");
+    let spec =
+        super::dispatcher::task_spec(job.clone(), 0, f, super::wire::Payload::Inline(payload))
+            .unwrap();
+    d.submit(vec![spec]);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
+    let start = std::time::Instant::now();
+    while job.state.lock().unwrap().remaining > 0 && start.elapsed() < BOUND {
+        d.tick(true);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let outcome = job.state.lock().unwrap().chunks[0].take();
+    match outcome {
+        Some(super::results::ChunkOutcome::Ran(Ok(items))) => {
+            let n = postcard::from_bytes::<super::item_wire::ValueFromWire<usize>>(
+                items[0].as_ref().unwrap().as_slice(),
+            )
+            .unwrap()
+            .0;
+            assert_eq!(n, len);
+        }
+        other => panic!("the task never started, yet: {other:?}"),
+    }
+    assert!(!d.worker_pids().contains(&victim));
+    d.terminate();
+    drop(std::mem::take(&mut d.dead));
 }
