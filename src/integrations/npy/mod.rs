@@ -707,11 +707,12 @@ impl<T: Element> MappedArray<T> {
 /// layout is first copied into C order.
 ///
 /// The file is written beside `path` under a temporary name and renamed over it (through a symbolic
-/// link, over the link's target), so `path` never names a half-written file, and a process that maps
-/// the old file (this one included: a [`MappedArray`] of it, a worker's chunk) keeps its old contents:
-/// truncating a mapped file in place would kill whoever touches the lost pages (`SIGBUS`). A file
-/// that existed keeps its permission bits, not its inode (hard links to it keep the old contents). Like
-/// `np.save`, nothing is synced to disk.
+/// link to a file, over the link's target; a link to nothing is itself replaced by the new file), so
+/// `path` never names a half-written file, and a process that maps the old file (this one included:
+/// a [`MappedArray`] of it, a worker's chunk) keeps its old contents: truncating a mapped file in
+/// place would kill whoever touches the lost pages (`SIGBUS`). A file that existed keeps its
+/// permission bits, not its inode (hard links to it keep the old contents). Like `np.save`, nothing
+/// is synced to disk.
 ///
 /// # Errors
 /// [`Error::BadFile`] with [`FileProblem::NotRegular`] if `path` names something other than a
@@ -788,7 +789,7 @@ where
 }
 
 /// The file [`write_npy`] replaces for `path`: the target of a symbolic link (so the link stays one),
-/// else `path` itself.
+/// else `path` itself, a link to nothing included (its target cannot be resolved).
 fn replaced_file(path: &Path) -> PathBuf {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => {

@@ -307,6 +307,19 @@ fn write_npy_replaces_a_mapped_file_without_touching_its_mapping() {
     names.sort();
     assert_eq!(names, ["a.npy", "link.npy"]);
     drop((old, new));
+    // A link to nothing is itself replaced by the new file (documented); nothing is made where it
+    // pointed.
+    let dangling = dir.0.join("dangling.npy");
+    let nowhere = dir.0.join("nowhere.npy");
+    std::os::unix::fs::symlink(&nowhere, &dangling).unwrap();
+    write_npy(&dangling, &::ndarray::array![8.0f64]).unwrap();
+    assert!(std::fs::symlink_metadata(&dangling).unwrap().is_file());
+    assert!(!nowhere.exists());
+    assert_eq!(
+        MappedArray::<f64>::open_npy(&dangling).unwrap().as_slice(),
+        [8.0]
+    );
+    std::fs::remove_file(&dangling).unwrap();
     std::fs::remove_file(&link).unwrap();
     std::fs::remove_file(&path).unwrap();
     std::fs::remove_dir(&dir.0).unwrap();
