@@ -278,17 +278,24 @@ fn event_wait(arg: &str) {
 
 // ---------------------------------------------------------------------------------------- semaphore
 
+/// Spawns a child that takes `held` permits of the semaphore `name` (of `kind`) through guards,
+/// forgets `forgotten` of them, and says "held"; returns it once it has.
+fn kid_holding(kind: Kind, name: &str, held: u32, forgotten: u32) -> Kid {
+    let mut kid = Kid::spawn(
+        "sync_faults_sem_hold",
+        &format!("{} {name} {held} {forgotten}", kind.arg()),
+        BOUND,
+    );
+    kid.expect_line("held");
+    kid
+}
+
 /// A child holds both permits of a semaphore(2) through guards and is SIGKILLed; the parent gets both
 /// back (from a thread already blocked in `acquire` when `parent_waiting`), and no third one.
 fn killed_holder_permits_come_back(kind: Kind, parent_waiting: bool) {
     let name = common::unique_name("sem");
     let sem = AnySem::create(kind, &name, 2);
-    let mut kid = Kid::spawn(
-        "sync_faults_sem_hold",
-        &format!("{} {name} 2 0", kind.arg()),
-        BOUND,
-    );
-    kid.expect_line("held");
+    let mut kid = kid_holding(kind, &name, 2, 0);
     assert_eq!(sem.value(), 0);
     assert!(sem.try_acquire().is_none());
 
@@ -341,12 +348,7 @@ fn killed_holder_permits_come_back(kind: Kind, parent_waiting: bool) {
 fn killed_holder_permits_come_back_to_a_poller(kind: Kind) {
     let name = common::unique_name("sem-poll");
     let sem = AnySem::create(kind, &name, 2);
-    let mut kid = Kid::spawn(
-        "sync_faults_sem_hold",
-        &format!("{} {name} 2 0", kind.arg()),
-        BOUND,
-    );
-    kid.expect_line("held");
+    let mut kid = kid_holding(kind, &name, 2, 0);
     kid.kill();
     let deadline = Instant::now() + BOUND;
     let mut got = Vec::new();
@@ -373,12 +375,7 @@ fn killed_holder_permits_come_back_to_a_poller(kind: Kind) {
 fn forgotten_permit_is_not_reclaimed(kind: Kind) {
     let name = common::unique_name("sem-forget");
     let sem = AnySem::create(kind, &name, 2);
-    let mut kid = Kid::spawn(
-        "sync_faults_sem_hold",
-        &format!("{} {name} 2 1", kind.arg()),
-        BOUND,
-    );
-    kid.expect_line("held");
+    let mut kid = kid_holding(kind, &name, 2, 1);
     kid.kill();
 
     let a = sem

@@ -533,6 +533,19 @@ mod tests {
                     .join(format!("mproc-image-test-{}-{n}.{ext}", std::process::id())),
             )
         }
+
+        /// A sparse file: `head`, then a hole up to `len` bytes (a few KiB on disk).
+        fn sparse(ext: &str, head: &[u8], len: u64) -> Temp {
+            let t = Temp::new(ext);
+            std::fs::write(&t.0, head).unwrap();
+            File::options()
+                .write(true)
+                .open(&t.0)
+                .unwrap()
+                .set_len(len)
+                .unwrap();
+            t
+        }
     }
 
     impl Drop for Temp {
@@ -642,14 +655,7 @@ mod tests {
     /// hole of 600 MiB (4 KiB on disk).
     #[test]
     fn a_jpeg_longer_than_the_memory_limit_is_refused_unread() {
-        let t = Temp::new("jpg");
-        std::fs::write(&t.0, b"\xff\xd8\xff\xe0").unwrap();
-        File::options()
-            .write(true)
-            .open(&t.0)
-            .unwrap()
-            .set_len(600 << 20)
-            .unwrap();
+        let t = Temp::sparse("jpg", b"\xff\xd8\xff\xe0", 600 << 20);
         assert_memory_limit(open::<Rgb<u8>>(&t.0).map(|i| i.dimensions()));
     }
 
@@ -660,14 +666,7 @@ mod tests {
     /// the first one. The walk ends where the decoder's would. Bounded, to prove "no hang" only.
     #[test]
     fn a_png_signature_before_a_hole_is_refused_without_reading_the_hole() {
-        let t = Temp::new("png");
-        std::fs::write(&t.0, b"\x89PNG\r\n\x1a\n").unwrap();
-        File::options()
-            .write(true)
-            .open(&t.0)
-            .unwrap()
-            .set_len(1 << 40)
-            .unwrap();
+        let t = Temp::sparse("png", b"\x89PNG\r\n\x1a\n", 1 << 40);
         let (tx, rx) = std::sync::mpsc::channel();
         let path = t.0.clone();
         std::thread::spawn(move || {
