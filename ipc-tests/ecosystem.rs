@@ -210,7 +210,17 @@ mod awaited {
     /// `await` run inside the pool's own wake-ups.
     fn polled_inline(task: MakeTask) -> u64 {
         let pool = Arc::new(Pool::builder().workers(1).build().expect("pool"));
-        let workers = pool.worker_pids();
+        // Each worker by pid and start time: a pid reused by a new process once the worker is reaped
+        // must not look like the worker still there.
+        let workers: Vec<(u32, Option<u64>)> = pool
+            .worker_pids()
+            .into_iter()
+            .map(|w| (w, common::start_time(w as i32)))
+            .collect();
+        assert!(
+            workers.iter().all(|(_, start)| start.is_some()),
+            "live workers"
+        );
         let (tx, rx) = std::sync::mpsc::channel();
         let inline = Arc::new(PollsInline(Mutex::new(Some(task(pool.clone(), tx)))));
         // The task holds the other handle: the pool ends with the task, inside a wake-up.
@@ -223,7 +233,7 @@ mod awaited {
         common::eventually("the pool's workers are reaped", BOUND, || {
             workers
                 .iter()
-                .all(|w| !std::path::Path::new(&format!("/proc/{w}")).exists())
+                .all(|&(w, start)| common::start_time(w as i32) != start)
         });
         got
     }

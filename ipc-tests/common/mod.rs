@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use libtest_mimic::Trial;
 
 pub use kid::Kid;
-pub use procfs::{children, live_children, stat, stat_fields};
+pub use procfs::{children, live_children, start_time, stat, stat_fields};
 pub use random::{next_random, seed, Rng};
 pub use role::{fields, handle_from_hex, handle_to_hex, say, sleep_forever, wait_for_start};
 
@@ -195,7 +195,8 @@ pub fn shm_entries() -> std::collections::BTreeSet<String> {
 /// before the run (`before`) and are still there after a grace for clean-ups that finish in other
 /// processes; and zombie children.
 pub fn leftovers(before: &std::collections::BTreeSet<String>) -> Vec<String> {
-    let tag = run_tag();
+    // With its dash: `ipc123` alone would also match the names of a run `ipc1234` at the same time.
+    let tag = format!("{}-", run_tag());
     let new_untagged = || -> Vec<String> {
         shm_entries()
             .into_iter()

@@ -53,3 +53,10 @@ pub fn stat(pid: i32) -> Option<(char, i32)> {
     let ppid = f.get(1)?.parse().ok()?;
     Some((state, ppid))
 }
+
+/// The start time of `pid` (field 22 of `/proc/<pid>/stat`, in clock ticks since boot); `None` if
+/// there is no such process. With the pid, it names one process: a pid reused later has a later start.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_fields(&s).get(19)?.parse().ok()
+}

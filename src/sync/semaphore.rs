@@ -505,7 +505,7 @@ impl Semaphore {
     ///
     /// # Errors
     /// [`Error::ReleasedTooManyTimes`] if a [`BoundedSemaphore`] would exceed its initial value, or an
-    /// unbounded one would exceed `u32::MAX - 1` permits. [`Error::Timeout`] (the permit was not added)
+    /// unbounded one would exceed `u32::MAX` permits. [`Error::Timeout`] (the permit was not added)
     /// if another thread kept the semaphore's internal lock for 2 s: it is hung, or hostile, or garbage
     /// in the shared memory names a live thread as its holder.
     pub fn release(&self) -> Result<()> {
@@ -848,6 +848,17 @@ mod tests {
         g.forget();
         s.release().unwrap();
         assert!(s.release().is_err());
+    }
+
+    /// The limit `release`'s docs state: an unbounded semaphore holds up to `u32::MAX` permits, and
+    /// only the release past that fails (the docs said `u32::MAX - 1` until 2026-12-03).
+    #[test]
+    fn unbounded_release_stops_at_u32_max() {
+        let s = Semaphore::new(u32::MAX - 1).unwrap();
+        s.release().unwrap();
+        assert_eq!(s.value(), u32::MAX);
+        assert!(matches!(s.release(), Err(Error::ReleasedTooManyTimes(_))));
+        assert_eq!(s.value(), u32::MAX);
     }
 
     impl RawSemaphore {
