@@ -35,9 +35,10 @@ unsafe impl ShmSafe for RawCondition {}
 /// or use [`wait_while`](Condition::wait_while).
 ///
 /// Deaths: a process killed while waiting holds nothing. A process killed while holding the lock is
-/// reported to the next holder as [`OwnerDied`]. A notify consumed by a waiter that is killed right after
-/// waking is lost to the others; `wait_while` re-checks its predicate at least every 50 ms, so it
-/// recovers from that without a hang, while a bare `wait` would not.
+/// reported to the next holder as [`OwnerDied`]. A notify is not lost when the waiter it woke is killed
+/// right after waking: every waiter also looks at the notify count at least every 50 ms, and returns
+/// once it moved, so the others return within that. (This is also why a `notify(1)` may let more than
+/// one waiter return; as the paragraph above says, a waiter checks its condition in a loop anyway.)
 ///
 /// # Examples
 /// ```
@@ -331,7 +332,8 @@ mod tests {
     }
 
     /// Found by review: a notifier killed between its bump of the sequence and its `FUTEX_WAKE` left a
-    /// bare `wait()` asleep until a later notify (maybe never). Waiters now look every `MAX_CHECK`.
+    /// bare `wait()` asleep until a later notify (maybe never). Waiters now look every `MAX_CHECK`;
+    /// the same look returns the others when the waiter a notify woke is killed (the type's docs).
     #[test]
     fn a_notify_whose_wake_never_came_still_ends_the_wait() {
         let c = Condition::new().unwrap();
