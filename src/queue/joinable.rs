@@ -113,7 +113,11 @@ impl<T, C: Codec<T>> JoinableQueue<T, C> {
         JoinableQueue { queue }
     }
 
-    /// The underlying queue.
+    /// The underlying queue, for what this type does not wrap (`get_many`, `try_get`, `len`...).
+    ///
+    /// Its puts are not counted: [`join`](JoinableQueue::join) does not wait for a message put through
+    /// it, and a [`task_done`](JoinableQueue::task_done) for one spends the count of another task (or
+    /// fails when none is left). Put through [`put`](JoinableQueue::put) what `join` should wait for.
     pub fn queue(&self) -> &Queue<T, C> {
         &self.queue
     }
