@@ -149,26 +149,30 @@ const SCRATCH_KEEP: usize = 1 << 20;
 
 /// Calls `f` with the postcard encoding of `value`, in a buffer reused per thread: a steady stream of
 /// messages up to [`SCRATCH_KEEP`] allocates nothing.
+///
+/// The buffer is taken out of the thread's slot while `value` is encoded and `f` runs, not borrowed
+/// across them: an encoding inside `f` or inside a `Serialize` impl (a `put` while encoding) finds the
+/// slot empty and grows a buffer of its own, where a borrow held across `f` failed it with
+/// "re-entrant encode". And while the thread's locals are destroyed (a value encoded in the `Drop` of
+/// another thread-local, after the slot's own destructor ran), the slot is gone: `try_with` then gives
+/// a fresh buffer, where `with` panicked — and a panic in a thread-local's destructor aborts the
+/// process (both found by review).
 fn postcard_with_bytes<T: Serialize + ?Sized, R>(
     value: &T,
     f: impl FnOnce(&[u8]) -> R,
 ) -> Result<R> {
-    SCRATCH.with(|cell| {
-        let mut buf = cell
-            .try_borrow_mut()
-            .map_err(|_| Error::Encode("re-entrant encode".into()))?;
-        buf.clear();
-        let taken = std::mem::take(&mut *buf);
-        let mut out =
-            postcard::to_extend(value, taken).map_err(|e| Error::Encode(e.to_string()))?;
-        let r = f(&out);
-        if out.capacity() > SCRATCH_KEEP {
-            out.clear();
-            out.shrink_to(SCRATCH_KEEP);
-        }
-        *buf = out;
-        Ok(r)
-    })
+    let taken = SCRATCH
+        .try_with(std::cell::RefCell::take)
+        .unwrap_or_default();
+    let mut out = postcard::to_extend(value, taken).map_err(|e| Error::Encode(e.to_string()))?;
+    let r = f(&out);
+    out.clear();
+    if out.capacity() > SCRATCH_KEEP {
+        out.shrink_to(SCRATCH_KEEP);
+    }
+    // Gone already (the thread's locals are being destroyed): the buffer is simply freed.
+    let _ = SCRATCH.try_with(|cell| cell.replace(out));
+    Ok(r)
 }
 
 impl<T: Serialize + DeserializeOwned> Codec<T> for Serde {
@@ -409,6 +413,56 @@ mod tests {
             "{} bytes kept",
             kept()
         );
+    }
+
+    /// Found by review: a value encoded while the thread's locals are being destroyed (a `Drop` of a
+    /// user's thread-local that puts a last message, after the encoding buffer was destroyed) panicked
+    /// in `LocalKey::with`, and a panic in a thread-local's destructor aborts the process.
+    #[test]
+    fn a_value_encodes_while_the_threads_locals_are_destroyed() {
+        struct EncodesOnDrop(std::sync::mpsc::Sender<std::thread::Result<Result<Vec<u8>>>>);
+        impl Drop for EncodesOnDrop {
+            fn drop(&mut self) {
+                let r = std::panic::catch_unwind(|| {
+                    Serde::with_bytes(&(5u32, "bye".to_owned()), |b| b.to_vec())
+                });
+                let _ = self.0.send(r);
+            }
+        }
+        thread_local! {
+            static LAST: std::cell::RefCell<Option<EncodesOnDrop>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Registered first, so destroyed after the encoding buffer (destructors run in reverse).
+            LAST.with(|l| *l.borrow_mut() = Some(EncodesOnDrop(tx)));
+            Serde::with_bytes(&1u8, |_| ()).unwrap();
+        })
+        .join()
+        .unwrap();
+        let got = rx.recv().unwrap();
+        let bytes = got.expect("encoding panicked").unwrap();
+        assert_eq!(
+            <Serde as Codec<(u32, String)>>::decode(&bytes).unwrap(),
+            (5, "bye".to_owned())
+        );
+    }
+
+    /// Found by review: an encoding inside another's `f` (or inside a `Serialize` impl) failed with
+    /// "re-entrant encode": the thread's buffer stayed borrowed while `f` ran.
+    #[test]
+    fn an_encoding_inside_another_encodings_callback_succeeds() {
+        let (outer, inner) = Serde::with_bytes(&"outer".to_owned(), |o| {
+            let inner = Serde::with_bytes(&(7u64, 9u8), |i| i.to_vec()).unwrap();
+            (o.to_vec(), inner)
+        })
+        .unwrap();
+        assert_eq!(<Serde as Codec<String>>::decode(&outer).unwrap(), "outer");
+        assert_eq!(<Serde as Codec<(u64, u8)>>::decode(&inner).unwrap(), (7, 9));
+        // The thread's buffer is still reused afterwards.
+        Serde::with_bytes(&1u8, |_| ()).unwrap();
+        assert!(SCRATCH.with(|cell| cell.borrow().capacity()) > 0);
     }
 
     #[test]
