@@ -184,6 +184,7 @@ pub enum Error {
     /// of the same manager runs under its lock ([`Dict::update`](crate::Dict::update),
     /// [`DictEntry`](crate::DictEntry)'s closures, [`ManagedValue::update`](crate::ManagedValue::update)):
     /// it would break the transaction the closure runs in. Read what the closure needs before the call.
+    /// Also returned for an operation nested inside the closures of 32 managers' operations at once.
     #[error("a manager operation was called from inside another operation's closure on the same manager")]
     ManagerReentered,
     /// One [`Manager`](crate::Manager) operation would change more words that existed before it than

@@ -56,6 +56,7 @@ pub fn stat(pid: i32) -> Option<(char, i32)> {
 
 /// The start time of `pid` (field 22 of `/proc/<pid>/stat`, in clock ticks since boot); `None` if
 /// there is no such process. With the pid, it names one process: a pid reused later has a later start.
+#[cfg(feature = "async")]
 pub fn start_time(pid: i32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat_fields(&s).get(19)?.parse().ok()

@@ -108,31 +108,47 @@ pub(crate) fn at(base: u64, i: u64, size: u64) -> Result<u64> {
         })
 }
 
+/// How many heaps' transactions one thread can be inside at once (one transaction's closure calling
+/// another manager's, and so on): [`InTransaction::enter`] fails past it.
+const NESTED_HEAPS_MAX: usize = 32;
+
 thread_local! {
-    /// The region ids of the heaps this thread is inside a transaction of.
-    static IN_TRANSACTION: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The region ids of the heaps this thread is inside a transaction of, `None` in the free places.
+    ///
+    /// A fixed array of `Cell`s, not a `Vec`: a thread-local with no destructor is never destroyed, so
+    /// a manager operation from the `Drop` of a user's thread-local at thread exit still finds it.
+    /// With a `Vec`, destroyed first, `with` panicked there, and a panic in a thread-local's
+    /// destructor aborts the process (found by review, as for the codec's buffer).
+    static IN_TRANSACTION: [std::cell::Cell<Option<u64>>; NESTED_HEAPS_MAX] =
+        const { [const { std::cell::Cell::new(None) }; NESTED_HEAPS_MAX] };
 }
 
 /// This thread's mark of being inside a transaction of one heap, removed when dropped (also when a
 /// closure panics through the transaction).
-struct InTransaction(u64);
+struct InTransaction(usize);
 
 impl InTransaction {
+    /// # Errors
+    /// [`Error::ManagerReentered`] if this thread is inside a transaction of `heap` already, or of
+    /// [`NESTED_HEAPS_MAX`] heaps.
     fn enter(heap: u64) -> Result<InTransaction> {
-        IN_TRANSACTION.with(|t| {
-            let mut t = t.borrow_mut();
-            if t.contains(&heap) {
+        IN_TRANSACTION.with(|marks| {
+            if marks.iter().any(|m| m.get() == Some(heap)) {
                 return Err(Error::ManagerReentered);
             }
-            t.push(heap);
-            Ok(InTransaction(heap))
+            let free = marks
+                .iter()
+                .position(|m| m.get().is_none())
+                .ok_or(Error::ManagerReentered)?;
+            marks[free].set(Some(heap));
+            Ok(InTransaction(free))
         })
     }
 }
 
 impl Drop for InTransaction {
     fn drop(&mut self) {
-        IN_TRANSACTION.with(|t| t.borrow_mut().retain(|&h| h != self.0));
+        IN_TRANSACTION.with(|marks| marks[self.0].set(None));
     }
 }
 
@@ -276,6 +292,7 @@ impl JournaledHeap {
     /// [`Error::ManagerReentered`] if this thread is already inside a transaction of this heap (a user
     /// closure run by `Dict::update` and its relatives called the manager): the lock is this thread's,
     /// and taking it over would let the two transactions interleave unjournaled and corrupt the heap.
+    /// Also if it is inside transactions of [`NESTED_HEAPS_MAX`] heaps already.
     pub(crate) fn transact<R>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<R>) -> Result<R> {
         let _inside = InTransaction::enter(self.region.id())?;
         // Whether the previous holder died (OwnerDied) or not, a non-empty journal means a transaction

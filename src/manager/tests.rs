@@ -511,6 +511,94 @@ fn a_manager_call_inside_an_update_closure_is_refused_and_corrupts_nothing() {
 /// Found by review: an extend of two thousand values after as many pops (so every block is reused,
 /// one journal entry each) failed as `Corrupted`, on a healthy heap. It is a typed error that says to
 /// split the call, nothing is changed, and extending in parts works.
+/// Found by review: the thread's record of the transactions it is inside was a `Vec` in a
+/// thread-local, destroyed at thread exit before a user's thread-local registered earlier. A manager
+/// operation from that user's `Drop` (a per-thread tally flushed at exit) panicked in
+/// `LocalKey::with`, and a panic in a thread-local's destructor aborts the process. The thread exits
+/// here once with a call made first (the record exists, and is destroyed first), the tally's `Drop`
+/// adding to the manager; the add is then there.
+#[test]
+fn a_manager_call_from_a_thread_locals_drop_at_thread_exit_works() {
+    struct FlushOnExit(
+        Option<(
+            Manager,
+            std::sync::mpsc::Sender<std::thread::Result<Result<()>>>,
+        )>,
+    );
+    impl Drop for FlushOnExit {
+        fn drop(&mut self) {
+            if let Some((m, tx)) = self.0.take() {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    m.pod_dict::<u32, u64>("exits")?
+                        .update(&0, |v| v.unwrap_or(0) + 1)
+                }));
+                let _ = tx.send(r);
+            }
+        }
+    }
+    thread_local! {
+        static TALLY: std::cell::RefCell<FlushOnExit> =
+            const { std::cell::RefCell::new(FlushOnExit(None)) };
+    }
+    let m = mgr();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let theirs = m.clone();
+    std::thread::spawn(move || {
+        // Registered before the manager's own thread-locals, so destroyed after them.
+        TALLY.with(|t| t.borrow_mut().0 = Some((theirs.clone(), tx)));
+        theirs
+            .pod_dict::<u32, u64>("exits")
+            .unwrap()
+            .insert(&0, &10)
+            .unwrap();
+    })
+    .join()
+    .unwrap();
+    let flushed = rx.recv().unwrap();
+    flushed.expect("the manager call panicked").unwrap();
+    assert_eq!(
+        m.pod_dict::<u32, u64>("exits").unwrap().get(&0).unwrap(),
+        Some(11)
+    );
+}
+
+/// Transactions of many managers nested in one another's closures are fine up to the documented
+/// depth, and the next one is refused with a typed error, not a panic or a corrupted heap.
+#[test]
+fn nested_transactions_of_distinct_managers_stop_at_the_documented_depth() {
+    fn nest(dicts: &[crate::Dict<u32, u64, crate::codec::Raw>], depth: &mut usize) -> Result<()> {
+        let Some((d, rest)) = dicts.split_first() else {
+            return Ok(());
+        };
+        let mut inner = Ok(());
+        d.update(&0, |v| {
+            *depth += 1;
+            inner = nest(rest, depth);
+            v.unwrap_or(0) + 1
+        })?;
+        inner
+    }
+    let managers: Vec<Manager> = (0..33).map(|_| mgr()).collect();
+    let dicts: Vec<_> = managers
+        .iter()
+        .map(|m| m.pod_dict::<u32, u64>("d").unwrap())
+        .collect();
+    let mut depth = 0;
+    assert!(matches!(nest(&dicts[..32], &mut depth), Ok(())));
+    assert_eq!(depth, 32);
+    let mut depth = 0;
+    assert!(matches!(
+        nest(&dicts, &mut depth),
+        Err(Error::ManagerReentered)
+    ));
+    assert_eq!(depth, 32, "the 33rd transaction never started");
+    // The 32 that ran committed twice; the refused one changed nothing; no lock is left held.
+    for d in &dicts[..32] {
+        assert_eq!(d.get(&0).unwrap(), Some(2));
+    }
+    assert_eq!(dicts[32].get(&0).unwrap(), None);
+}
+
 #[test]
 fn an_extend_too_large_for_one_transaction_is_a_typed_error_and_changes_nothing() {
     let m = mgr();

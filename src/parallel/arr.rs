@@ -74,11 +74,16 @@ pub(super) fn with_context<T>(
             }
         }
     }
-    let ctx = Context {
-        max_nbytes,
-        shared: std::mem::take(shared),
+    // Gone already (the thread's locals are being destroyed: a call from the `Drop` of another
+    // thread-local at thread exit): `f` runs with no context, and every array travels inline.
+    let Ok(previous) = CONTEXT.try_with(|c| {
+        c.replace(Some(Context {
+            max_nbytes,
+            shared: std::mem::take(shared),
+        }))
+    }) else {
+        return f();
     };
-    let previous = CONTEXT.with(|c| c.replace(Some(ctx)));
     let _restore = Restore { shared, previous };
     f()
 }
@@ -259,7 +264,10 @@ impl<'de, T: Pod> Deserialize<'de> for PodVec<T> {
 impl<T: Pod> Serialize for Arr<'_, T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         let data: &[T] = self;
-        let shared = CONTEXT.with(|c| {
+        // `try_with`: an `Arr` serialized while the thread's locals are destroyed (in the `Drop` of
+        // another thread-local at thread exit) finds no context, and travels inline. `with` panicked
+        // there, and a panic in a thread-local's destructor aborts the process (found by review).
+        let shared = CONTEXT.try_with(|c| {
             let mut c = c.borrow_mut();
             let ctx = c.as_mut()?;
             if std::mem::size_of_val(data) <= ctx.max_nbytes {
@@ -294,7 +302,7 @@ impl<T: Pod> Serialize for Arr<'_, T> {
                 h
             }))
         });
-        match shared {
+        match shared.ok().flatten() {
             None => WireOut::Inline(Bytes(bytemuck::cast_slice(data))).serialize(s),
             Some(Ok(h)) => WireOut::Shared(h).serialize(s),
             Some(Err(e)) => Err(serde::ser::Error::custom(format!(

@@ -375,3 +375,40 @@ fn an_owned_array_at_a_freed_borrows_address_gets_its_own_copy() {
         p1 == p2
     );
 }
+
+/// Found by review: an `Arr` serialized while the thread's locals are being destroyed (in the `Drop` of
+/// a user's thread-local at thread exit, after the serialization context's own destructor ran)
+/// panicked in `LocalKey::with`, and a panic in a thread-local's destructor aborts the process. It now
+/// travels inline, as with no `Parallel` call around it.
+#[test]
+fn an_arr_serializes_while_the_threads_locals_are_destroyed() {
+    use crate::codec::{Codec, Serde};
+    type Sent = std::thread::Result<crate::Result<Vec<u8>>>;
+    struct SendsOnDrop(Option<std::sync::mpsc::Sender<Sent>>);
+    impl Drop for SendsOnDrop {
+        fn drop(&mut self) {
+            if let Some(tx) = self.0.take() {
+                let r = std::panic::catch_unwind(|| {
+                    Serde::with_bytes(&Arr::from(vec![7u64; 3]), |b| b.to_vec())
+                });
+                let _ = tx.send(r);
+            }
+        }
+    }
+    thread_local! {
+        static LAST: std::cell::RefCell<SendsOnDrop> =
+            const { std::cell::RefCell::new(SendsOnDrop(None)) };
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Registered before the context (first touched by the serialization below), so destroyed
+        // after it.
+        LAST.with(|l| l.borrow_mut().0 = Some(tx));
+        Serde::with_bytes(&Arr::from(vec![1u64; 3]), |_| ()).unwrap();
+    })
+    .join()
+    .unwrap();
+    let bytes = rx.recv().unwrap().expect("serializing panicked").unwrap();
+    let back: Arr<'static, u64> = <Serde as Codec<Arr<'static, u64>>>::decode(&bytes).unwrap();
+    assert_eq!((&*back, back.is_shared()), (&[7u64, 7, 7][..], false));
+}
