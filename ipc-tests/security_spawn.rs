@@ -17,6 +17,7 @@ use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
@@ -87,6 +88,10 @@ pub fn tests() -> Vec<Trial> {
             parent_of_another_gid_is_refused,
         ),
         t(
+            "a_parent_of_other_supplementary_groups_is_not_obeyed",
+            parent_of_other_groups_is_refused,
+        ),
+        t(
             "a_setuid_program_cannot_spawn_and_says_so",
             setuid_program_cannot_spawn,
         ),
@@ -97,6 +102,10 @@ pub fn tests() -> Vec<Trial> {
         t(
             "a_program_with_file_capabilities_cannot_spawn_under_no_new_privs",
             file_capabilities_program_cannot_spawn_under_no_new_privs,
+        ),
+        t(
+            "a_program_started_through_the_loader_cannot_spawn_and_says_so",
+            program_started_through_the_loader_cannot_spawn,
         ),
         t("process_and_pool_still_work", process_and_pool_still_work),
     ]
@@ -800,6 +809,42 @@ fn parent_of_another_gid_is_refused() {
     assert_main_ran(&out, case);
 }
 
+/// As [`parent_of_another_gid_is_refused`], with uid and gid kept and a supplementary group added:
+/// the child runs as uid 0 and gid 0 (like this process) with the groups 0 and 65534. The pair's
+/// creator had other groups, so the variable is not this process's: `main` runs, nothing is written.
+/// Found by review: only uid and gid were compared, so a program exec'd through a wrapper that grants
+/// a group and keeps the environment and descriptors (here `setpriv --groups`) accepted the channel
+/// of the process that ran the wrapper, whose key chose the offsets called with that group (here the
+/// channel's MAC is forged and the child refused it with 126 instead of running `main`).
+///
+/// Needs root and `setpriv`; without them it says so on stderr and checks nothing.
+fn parent_of_other_groups_is_refused() {
+    if let Err(why) = setuid_feasible() {
+        eprintln!(
+            "security_spawn::a_parent_of_other_supplementary_groups_is_not_obeyed: skipped: {why}"
+        );
+        return;
+    }
+    let mut rng = common::seed();
+    let ch = Channel::forged(&mut rng);
+    // Groups unlike ours whatever ours are: ours plus one we do not have.
+    // SAFETY: with a size of 0, getgroups only returns the number of groups and writes nothing.
+    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    let mut ours = vec![0 as libc::gid_t; usize::try_from(n).expect("getgroups")];
+    // SAFETY: getgroups writes at most `n` gids into `ours`, a live vector of `n` of them.
+    let got = unsafe { libc::getgroups(n, ours.as_mut_ptr()) };
+    ours.truncate(usize::try_from(got).expect("getgroups"));
+    let extra = if ours.contains(&65534) { 65533 } else { 65534 };
+    let groups: Vec<String> = ours.iter().chain([&extra]).map(|g| g.to_string()).collect();
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--groups={}", groups.join(",")))
+        .arg(std::env::current_exe().expect("current_exe"));
+    let out = run_child(cmd, &value(ch.fds()), &ch.fds());
+    let case = "a parent's channel in a child of the same uid and gid with one more group";
+    ch.assert_untouched(case);
+    assert_main_ran(&out, case);
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -941,9 +986,54 @@ fn file_capabilities_spawner_refuses(name: &str, nnp: bool) {
     assert_spawner_refuses(cmd, "a copy with file capabilities run as uid 65534");
 }
 
+/// The dynamic loader this process was started by (`AT_BASE`), as a path; `None` without one.
+fn dynamic_loader() -> Option<PathBuf> {
+    // SAFETY: getauxval has no preconditions; it returns 0 for an entry the kernel did not supply.
+    let base = unsafe { libc::getauxval(libc::AT_BASE) } as usize;
+    if base == 0 {
+        return None;
+    }
+    let mut info = std::mem::MaybeUninit::<libc::Dl_info>::zeroed();
+    // SAFETY: dladdr only looks the address up (it is not dereferenced) and fills `info`, a live
+    // local; zeroed is a valid bit pattern for it.
+    if unsafe { libc::dladdr(base as *const libc::c_void, info.as_mut_ptr()) } == 0 {
+        return None;
+    }
+    // SAFETY: dladdr succeeded and filled `info`.
+    let name = unsafe { info.assume_init() }.dli_fname;
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: dli_fname is a NUL-terminated string of the loader's, alive for the process.
+    let path = unsafe { std::ffi::CStr::from_ptr(name) };
+    Some(PathBuf::from(std::ffi::OsStr::from_bytes(path.to_bytes()))).filter(|p| p.is_file())
+}
+
+/// This binary run through its dynamic loader explicitly (`ld.so PROGRAM`, as on systems where a
+/// program's interpreter is not at the path it names, or in a packaging wrapper) spawns: the kernel
+/// exec'd the loader, so `/proc/self/exe` names the loader, not the program. Found by review: `start`
+/// succeeded and the child exec'd the loader alone, which printed "missing program name" and exited,
+/// so every `Process` failed with `ProcessExited { code: 1 }` and every pool with `WorkerDied`,
+/// saying nothing of why. Now `start` says at once that spawning cannot work there, and starts
+/// nothing. Skipped (with a word on stderr) where this binary has no dynamic loader.
+fn program_started_through_the_loader_cannot_spawn() {
+    let Some(loader) = dynamic_loader() else {
+        eprintln!("security_spawn::a_program_started_through_the_loader_cannot_spawn: skipped");
+        return;
+    };
+    let mut cmd = Command::new(loader);
+    cmd.arg(std::env::current_exe().expect("current_exe"));
+    assert_spawner_refuses_naming(cmd, "this binary run through ld.so", "dynamic loader");
+}
+
 /// Runs `cmd` (a copy of this binary, as uid 65534) in the role [`SPAWNER_ROLE`] and asserts that
 /// its spawn was refused with an error naming `AT_SECURE`, and that no child ran `main` in its place.
-fn assert_spawner_refuses(mut cmd: Command, case: &str) {
+fn assert_spawner_refuses(cmd: Command, case: &str) {
+    assert_spawner_refuses_naming(cmd, case, "AT_SECURE");
+}
+
+/// As [`assert_spawner_refuses`], for an error that names `why`.
+fn assert_spawner_refuses_naming(mut cmd: Command, case: &str, why: &str) {
     cmd.env("MPROC_TEST_ROLE", SPAWNER_ROLE)
         .env("MPROC_TEST_RUN", common::run_tag())
         .env_remove(SPAWN_VAR)
@@ -965,8 +1055,8 @@ fn assert_spawner_refuses(mut cmd: Command, case: &str) {
     );
     let line = stdout.lines().next().unwrap_or_default();
     assert!(
-        line.starts_with(&format!("{SPAWNER}: error")) && line.contains("AT_SECURE"),
-        "{case}: spawn should refuse, naming AT_SECURE: stdout {stdout:?}, stderr {stderr:?}"
+        line.starts_with(&format!("{SPAWNER}: error")) && line.contains(why),
+        "{case}: spawn should refuse, naming {why}: stdout {stdout:?}, stderr {stderr:?}"
     );
 }
 

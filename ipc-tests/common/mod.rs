@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use libtest_mimic::Trial;
 
 pub use kid::Kid;
-pub use procfs::{children, live_children, stat, stat_fields};
 #[cfg(feature = "async")]
 pub use procfs::start_time;
+pub use procfs::{children, live_children, stat, stat_fields};
 pub use random::{next_random, seed, Rng};
 pub use role::{fields, handle_from_hex, handle_to_hex, say, sleep_forever, wait_for_start};
 

@@ -7,13 +7,14 @@
 //! - absent: return; `main` runs.
 //! - present in a process with `AT_SECURE` (setuid, setgid, file capabilities): ignored entirely, as if
 //!   absent; such a program must not let its caller's environment choose what it runs.
-//! - present, but its key descriptor is not a socket made by the process it names with our uid and gid
-//!   (a stray or forged value, or credentials changed on the way, by a setgid wrapper say: no spawning
-//!   parent made it for us): it is removed, and `main` runs as without mproc.
+//! - present, but its key descriptor is not a socket made by the process it names with our uid, gid
+//!   and supplementary groups (a stray or forged value, or credentials changed on the way, by a
+//!   setgid wrapper or one that grants a group, say: no spawning parent made it for us): it is
+//!   removed, and `main` runs as without mproc.
 //! - present otherwise: it is removed, and the child accepts a task only if *all* of these hold, else it
 //!   prints one line to stderr and exits with code 126, having written to no file:
 //!   the pid is `getppid()`; the key descriptor is a socket whose peer (`SO_PEERCRED`) is that parent
-//!   with our uid and gid and holds a 16-byte key and the task's MAC under it; the task descriptor is
+//!   with our uid, gid and groups and holds a 16-byte key and the task's MAC under it; the task descriptor is
 //!   a memfd of our uid sealed against writes, shrinking and growing, of at most [`MAX_TASK_BYTES`],
 //!   whose bytes verify under that MAC (the memfd was writable by others until sealed); the task
 //!   decodes; its function reference verifies under the key (see [`fnref`](super::fnref)); the result
@@ -358,7 +359,7 @@ pub(crate) fn child_main_if_spawned() {
 }
 
 /// Whether the environment value was made for a spawned child at all: its key descriptor is a socket
-/// that the process it names made, with our uid and gid (`channel::made_by`). A spawning parent always hands one; a stray or forged
+/// that the process it names made, with our uid, gid and groups (`channel::made_by`). A spawning parent always hands one; a stray or forged
 /// value (another program's environment copied, garbage) names none, and then the program must run as
 /// if the variable were not there. A value that passes is then checked in full ([`accept`]), and a
 /// failure there is a refusal (exit 126): a real child must never fall through to `main`, even when its

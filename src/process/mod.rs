@@ -75,6 +75,8 @@
 //! file is set-user-ID or set-group-ID to another user or group, or carries capabilities) cannot
 //! spawn: such a child would run `main` again instead of its task. [`Process::start`] (and a pool,
 //! and the fork server, which spawn) refuses with [`Error::Os`] there; [`StartMethod::Fork`] works.
+//! It refuses as well in a program started through its dynamic loader (`ld.so PROGRAM`), whose
+//! `/proc/self/exe` is the loader.
 //!
 //! # Children die with their parent
 //! Unless [`Builder::die_with_parent`] is set to `false`, a child exits (code 125) as soon as its parent

@@ -61,6 +61,7 @@ pub(super) fn start_inheriting(
     std::hint::black_box(&bootstrap::CONSTRUCTOR);
     channel::refuse_if_sigchld_ignored("spawn")?;
     channel::refuse_if_exec_is_secure("spawn")?;
+    channel::refuse_if_started_by_loader("spawn")?;
     let task = SpawnTask {
         exe: exe_id()?,
         func: func.sign(&key),

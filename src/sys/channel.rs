@@ -121,6 +121,49 @@ pub(crate) fn refuse_if_exec_is_secure(method: &'static str) -> Result<()> {
     Ok(())
 }
 
+/// `Err` if this program was started by running its dynamic loader explicitly (`ld.so PROGRAM`):
+/// the kernel then exec'd the loader, so `/proc/self/exe`, which a spawned child executes, names the
+/// loader, and the child would run the loader with no program (it prints "missing program name" and
+/// exits). Found by review: every spawn then failed with the child's exit code, saying nothing of why.
+///
+/// Told apart without reading any file: the kernel passes `AT_BASE` (where it loaded the program's
+/// interpreter) only when the program it exec'd names one (`PT_INTERP`); the loader rewrites
+/// `AT_PHDR` to the program it loaded itself, whose headers do name one. So an interpreter named by
+/// the program with no `AT_BASE` is a loader the kernel ran as the program. A static program names
+/// none and passes.
+pub(crate) fn refuse_if_started_by_loader(method: &'static str) -> Result<()> {
+    // SAFETY: getauxval has no preconditions; it returns 0 for an entry the kernel did not supply.
+    let (base, phdr, phnum) = unsafe {
+        (
+            libc::getauxval(libc::AT_BASE),
+            libc::getauxval(libc::AT_PHDR) as usize,
+            libc::getauxval(libc::AT_PHNUM) as usize,
+        )
+    };
+    if base != 0 || phdr == 0 {
+        return Ok(());
+    }
+    #[cfg(target_pointer_width = "64")]
+    type Phdr = libc::Elf64_Phdr;
+    #[cfg(target_pointer_width = "32")]
+    type Phdr = libc::Elf32_Phdr;
+    // SAFETY: `AT_PHDR` is the address of the main program's `AT_PHNUM` program headers, mapped (in
+    // its first segment) for the life of the process and never written after loading; the ELF
+    // format aligns them for `Phdr`.
+    let headers = unsafe { std::slice::from_raw_parts(phdr as *const Phdr, phnum) };
+    if headers.iter().any(|h| h.p_type == libc::PT_INTERP) {
+        return Err(Error::os(
+            method,
+            std::io::Error::other(
+                "this program was started through its dynamic loader (`ld.so PROGRAM`): the \
+                 running executable is the loader, and a re-executed child would run the loader \
+                 without the program (StartMethod::Fork does not re-execute)",
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Whether our own file carries capabilities (`security.capability`, set by setcap(8)).
 fn has_file_capabilities() -> bool {
     // SAFETY: both strings are NUL-terminated literals; with a null buffer of size 0 getxattr(2) only
@@ -384,11 +427,37 @@ fn adopt(fd: RawFd, what: &str) -> std::result::Result<OwnedFd, ChannelError> {
 /// credentials mean something changed them between the socket's maker and us, a set-id wrapper that
 /// kept the environment and the descriptors, say: the maker chose the key, so it would choose what
 /// we run with privileges it does not have. Comparing the uid alone let a setgid wrapper through
-/// (found by review).
+/// (found by review), and so did comparing uid and gid alone a wrapper that adds a supplementary
+/// group (`setpriv --groups`, found by review): the creator's groups (`SO_PEERGROUPS`) must be ours
+/// as well, as a set. Where the kernel cannot report them (before 4.13) they are not compared:
+/// refusing there would make every real child run `main`, which spawns again, without end.
 pub(crate) fn made_by(sock: BorrowedFd<'_>, pid: u32) -> bool {
-    super::unix_socket::peer_cred(sock).is_ok_and(|(peer, uid, gid)| {
+    let same_ids = super::unix_socket::peer_cred(sock).is_ok_and(|(peer, uid, gid)| {
         peer == pid && uid == crate::sys::proc::euid() && gid == crate::sys::proc::egid()
-    })
+    });
+    // Our own groups unreadable (cannot happen before `main`): not compared either.
+    same_ids
+        && own_groups().is_none_or(|ours| {
+            // Room for exactly our count: a creator with more groups is an error (ERANGE), not ours.
+            match super::unix_socket::peer_groups(sock, ours.len()) {
+                Ok(Some(theirs)) => theirs == ours,
+                Ok(None) => true,
+                Err(_) => false,
+            }
+        })
+}
+
+/// This thread's supplementary groups, sorted (getgroups(2)); `None` if they cannot be read.
+fn own_groups() -> Option<Vec<u32>> {
+    // SAFETY: with a size of 0, getgroups only returns the number of groups and writes nothing.
+    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    let mut groups = vec![0 as libc::gid_t; usize::try_from(n).ok()?];
+    // SAFETY: getgroups writes at most `n` gids into `groups`, a live vector of `n` of them. Our
+    // groups cannot change meanwhile unless another thread changes them; then it fails with EINVAL.
+    let got = unsafe { libc::getgroups(n, groups.as_mut_ptr()) };
+    groups.truncate(usize::try_from(got).ok()?);
+    groups.sort_unstable();
+    Some(groups)
 }
 
 /// Whether descriptor `fd` is a socket made by process `pid` with our credentials ([`made_by`]).
@@ -653,6 +722,74 @@ mod tests {
         send_packet(&a, &key_packet([7; 16], 1)).unwrap();
         assert!(is_socket_of(b.as_raw_fd(), me));
         assert!(read_key(leak(b), me).is_ok());
+    }
+
+    /// A socketpair made by this process while its supplementary groups were `groups` (changed for
+    /// one thread only, as in [`socketpair_as_group`]).
+    fn socketpair_with_groups(groups: Vec<libc::gid_t>) -> (OwnedFd, OwnedFd) {
+        std::thread::spawn(move || {
+            // SAFETY: setgroups(2) reads `groups.len()` gids from a live vector and touches no other
+            // memory; made as a raw syscall it changes the credentials of this thread only, which ends
+            // right after.
+            let r = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+            assert_eq!(r, 0, "setgroups: {}", std::io::Error::last_os_error());
+            key_socketpair().unwrap()
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// The socket's creator must have had our supplementary groups too. Found by review: only the
+    /// uid and gid were compared, so a program exec'd through a wrapper that adds a group and keeps
+    /// the uid, the gid, the environment and the descriptors (`setpriv --groups`, a set-user-ID
+    /// helper that grants a group and drops back to its caller) took a task from the process that
+    /// ran the wrapper, whose key it chose: any signed offsets, run with a group that process did not
+    /// have. Needs root (to change a thread's groups); without it this checks nothing.
+    #[test]
+    fn a_key_socket_made_with_other_supplementary_groups_is_not_the_parents() {
+        if crate::sys::proc::euid() != 0 {
+            eprintln!(
+                "a_key_socket_made_with_other_supplementary_groups_is_not_the_parents: skipped"
+            );
+            return;
+        }
+        let me = std::process::id();
+        let ours = own_groups().expect("getgroups");
+        let mut more = ours.clone();
+        more.push(if ours.contains(&65534) { 65533 } else { 65534 });
+        let fewer = ours.iter().copied().skip(1).collect::<Vec<_>>();
+        for (groups, case) in [(more, "one group more"), (fewer, "one group fewer")] {
+            if groups == ours {
+                continue; // "fewer" than no group at all
+            }
+            let (a, b) = socketpair_with_groups(groups);
+            send_packet(&a, &key_packet([7; 16], 1)).unwrap();
+            assert!(
+                !is_socket_of(b.as_raw_fd(), me),
+                "{case}: claimed as a channel"
+            );
+            assert!(
+                read_key(leak(b), me)
+                    .err()
+                    .expect("the key was read")
+                    .contains("not made by"),
+                "{case}"
+            );
+        }
+        // The same groups in another order are the same set.
+        let mut reversed = ours.clone();
+        reversed.reverse();
+        let (a, b) = socketpair_with_groups(reversed);
+        send_packet(&a, &key_packet([7; 16], 1)).unwrap();
+        assert!(is_socket_of(b.as_raw_fd(), me));
+        assert!(read_key(leak(b), me).is_ok());
+    }
+
+    /// This test binary was exec'd by the kernel (its loader came with it): spawning is not refused.
+    /// The refusal itself is `security_spawn::a_program_started_through_the_loader_cannot_spawn_and_says_so`.
+    #[test]
+    fn a_program_the_kernel_exec_d_is_not_taken_for_one_started_by_its_loader() {
+        assert!(refuse_if_started_by_loader("spawn").is_ok());
     }
 
     #[test]

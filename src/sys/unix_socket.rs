@@ -272,6 +272,51 @@ pub(crate) fn peer_cred(sock: BorrowedFd<'_>) -> Result<(u32, u32, u32)> {
     Ok((cred.pid as u32, cred.uid, cred.gid))
 }
 
+/// `SO_PEERGROUPS` (Linux 4.13), which the `libc` crate does not export for every architecture.
+#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
+const SO_PEERGROUPS: libc::c_int = 0x3d;
+#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
+const SO_PEERGROUPS: libc::c_int = 59;
+
+/// The supplementary groups of the process that created the peer end of a socketpair, as they were
+/// when it did (`SO_PEERGROUPS`), sorted, if there are at most `max` of them; `Ok(None)` where the
+/// kernel cannot say (before 4.13). More than `max` is an error (`ERANGE`): the caller sizes the
+/// buffer by what it expects, never by what the peer has.
+pub(crate) fn peer_groups(sock: BorrowedFd<'_>, max: usize) -> Result<Option<Vec<u32>>> {
+    let mut groups = vec![0 as libc::gid_t; max];
+    let bytes = max
+        .checked_mul(std::mem::size_of::<libc::gid_t>())
+        .and_then(|b| libc::socklen_t::try_from(b).ok())
+        .ok_or_else(|| {
+            Error::os(
+                "SO_PEERGROUPS",
+                std::io::Error::from_raw_os_error(libc::EINVAL),
+            )
+        })?;
+    let mut len = bytes;
+    // SAFETY: SO_PEERGROUPS writes at most `len` bytes, all of `groups` (a live vector of `max` gids),
+    // and then the number of bytes it wrote (or needed) into `len`.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERGROUPS,
+            groups.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOPROTOOPT) {
+            return Ok(None);
+        }
+        return Err(Error::os("getsockopt(SO_PEERGROUPS)", e));
+    }
+    groups.truncate(len.min(bytes) as usize / std::mem::size_of::<libc::gid_t>());
+    groups.sort_unstable();
+    Ok(Some(groups))
+}
+
 /// Takes ownership of an inherited descriptor whose number a trusted message named (the fork server's
 /// request socket, named in its spawn task), if it is an open socket beyond the standard three.
 pub(crate) fn adopt_socket(fd: RawFd) -> Result<OwnedFd> {
