@@ -13,6 +13,7 @@ use crate::common::{self, stat_fields, Kid, Role};
 pub const ROLES: &[Role] = &[
     ("process_many_no_leak", process_many_no_leak),
     ("process_parent_of_sleeper", process_parent_of_sleeper),
+    ("process_launcher_exits_at_once", launcher_exits_at_once),
     ("process_borrowed_forkserver", |_| {
         borrowed_arguments(StartMethod::ForkServer)
     }),
@@ -79,6 +80,10 @@ pub fn tests() -> Vec<Trial> {
             run_role_ok("process_many_no_leak", m)
         }));
         t.push(trial("children_die_with_parent", children_die_with_parent));
+        t.push(trial(
+            "children_that_may_outlive_a_parent_exiting_at_once_run",
+            children_outlive_a_parent_exiting_at_once,
+        ));
         t.push(trial(
             "dropped_non_daemon_is_waited_for",
             dropped_non_daemon_is_waited_for,
@@ -484,6 +489,74 @@ fn process_parent_of_sleeper(arg: &str) {
     println!("{}", p.pid().unwrap());
     let _ = p.join();
     unreachable!("the test kills this process first");
+}
+
+/// How many children [`launcher_exits_at_once`] starts.
+const OUTLIVING: usize = 8;
+
+/// Writes "ran" into `path`.
+fn write_ran(path: String) {
+    std::fs::write(path, b"ran").expect("write");
+}
+
+/// Role: starts [`OUTLIVING`] children that may outlive it, each to write a file into the directory
+/// named by the argument (after the method); stops each (SIGSTOP) the moment its `start` returns and
+/// prints its pid; exits once all are started. The stop makes the race deterministic: a child that
+/// `start` did not wait for is stopped before it checks who its parent is, and checks only after the
+/// test lets it go on, with this process long gone.
+fn launcher_exits_at_once(arg: &str) {
+    let (m, dir) = arg.split_once(' ').expect("method and directory");
+    let m = method_of(m);
+    for i in 0..OUTLIVING {
+        let mut p = Process::builder()
+            .start_method(m)
+            .die_with_parent(false)
+            .target(write_ran, format!("{dir}/{i}"))
+            .expect("target");
+        p.start().expect("start");
+        let pid = p.pid().expect("started");
+        // SAFETY: kill(2) on our own unreaped child: its pid cannot have been reused.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+        println!("{pid}");
+        // Not dropped: a dropped `Process` waits for its child, and the point is not to.
+        std::mem::forget(p);
+    }
+    std::process::exit(0);
+}
+
+/// A launcher starts children that may outlive it and exits at once: every child runs its task.
+/// Found by review: a spawned child checks that the pid its task names is its parent's before it
+/// reads its key, and a parent gone by then (the child reparented) made it refuse its task (about
+/// one child in three, for a parent that exits right after `start`). `start` now waits for the child
+/// to be past that check.
+fn children_outlive_a_parent_exiting_at_once(m: StartMethod) {
+    let dir = std::env::temp_dir().join(common::unique_name("outlive"));
+    std::fs::create_dir(&dir).unwrap();
+    let mut launcher = Kid::spawn(
+        "process_launcher_exits_at_once",
+        &format!("{m:?} {}", dir.display()),
+        BOUND,
+    );
+    let pids: Vec<i32> = (0..OUTLIVING)
+        .map(|_| launcher.next_line().trim().parse().expect("a child's pid"))
+        .collect();
+    launcher.join_ok();
+    for pid in &pids {
+        // SAFETY: kill(2) with SIGCONT on a pid the launcher just printed; reparented to init (or
+        // a subreaper) when the launcher exited, and stopped, so it has not exited and its pid
+        // cannot have been reused.
+        assert_eq!(unsafe { libc::kill(*pid, libc::SIGCONT) }, 0);
+    }
+    let ran = || {
+        (0..OUTLIVING).all(|i| std::fs::read(dir.join(i.to_string())).is_ok_and(|b| b == b"ran"))
+    };
+    // Bounded generously: proves each child ran, asserts no speed. A refused child never writes.
+    common::eventually(
+        "every child that may outlive its parent ran",
+        Duration::from_secs(60),
+        ran,
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn children_die_with_parent(m: StartMethod) {

@@ -427,6 +427,8 @@ fn accept(value: &str) -> Result<Accepted, String> {
         ))));
         std::process::exit(1);
     }
+    // Every check passed: a parent that lets us outlive it may go now.
+    channel::send_ack(&packet);
     Ok(Accepted { task, func, result })
 }
 

@@ -367,6 +367,10 @@ impl Builder {
     /// Whether the child exits when this process dies (default `true`). See the
     /// [module docs](crate::process#children-die-with-their-parent).
     ///
+    /// With `false`, this process may exit right after [`start`](Process::start): for the spawn start
+    /// method `start` returns only once the child has checked that this process is its parent (about a
+    /// millisecond after its `exec` here; at most 10 s for a child held up before that check).
+    ///
     /// # Examples
     /// ```
     /// // A child that may outlive us (it still ends when its work is done):

@@ -15,6 +15,11 @@ use crate::sys::channel;
 use crate::sys::process::{self as psys, ExeId};
 use crate::sys::shm;
 
+/// How long `start` waits for a child that may outlive us to check that we are its parent
+/// (`channel::wait_for_ack`). A child reaches that check about a millisecond after its `exec` here;
+/// this bounds the wait for one held up before it (another library's constructor, say).
+const ACK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn exe_id() -> Result<ExeId> {
     // Stat once: the child compares against the file this process started from, and /proc/self/exe
     // keeps naming that inode even after the path is replaced.
@@ -114,10 +119,21 @@ pub(super) fn start_inheriting(
     .stdin(Stdio::null());
     channel::inherit_on_exec(&mut cmd, fds);
     let spawned = cmd.spawn();
-    // The child has its copies now (or never will): ours go, key first.
-    drop(key_ours);
-    drop(key_theirs);
-    drop(task_file);
+    // The child has its copies now (or never will): ours go, key first, but for a child that may
+    // outlive us, which must find us alive until it has checked that we are its parent: ours waits for
+    // its ack (`channel::wait_for_ack`), after its end is gone from this process.
+    if die_with_parent {
+        drop(key_ours);
+        drop(key_theirs);
+        drop(task_file);
+    } else {
+        drop(key_theirs);
+        drop(task_file);
+        if spawned.is_ok() {
+            channel::wait_for_ack(&key_ours, ACK_PATIENCE);
+        }
+        drop(key_ours);
+    }
     let mut child = spawned.map_err(|e| Error::os("spawn /proc/self/exe", e))?;
     let pid = child.id();
     match psys::pidfd_open(pid) {

@@ -560,16 +560,81 @@ pub(crate) fn read_key(fd: RawFd, parent: u32) -> std::result::Result<KeyPacket,
     Ok(KeyPacket {
         key,
         task_mac: u64::from_le_bytes(mac),
+        sock: file,
     })
+}
+
+/// Tells the parent that this child accepted its task, on the key socket `packet` came from: the ack
+/// a parent that lets its child outlive it waits for ([`wait_for_ack`]). Sent only once every check
+/// passed, so a child that refuses its task writes to none of its channel's descriptors. Best effort:
+/// a parent that does not wait has closed its end already (EPIPE, and no signal with MSG_NOSIGNAL).
+pub(crate) fn send_ack(packet: &KeyPacket) {
+    // SAFETY: the pointer and length describe a live one-byte array; `sock` is an open socket.
+    let _ = unsafe {
+        libc::send(
+            packet.sock.as_raw_fd(),
+            [ACK].as_ptr().cast(),
+            1,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
 }
 
 /// The bytes of the key socket's packet.
 const KEY_PACKET: usize = 24;
 
-/// What the key socket holds: the key, and the MAC of the task frame under it.
+/// The byte a spawned child sends back on its key socket once it accepted its task ([`send_ack`]).
+const ACK: u8 = 0xac;
+
+/// Waits until the child at the other end of `key_ours` has accepted its task (its ack, [`ACK`]), has
+/// closed its end (it died, or refused its task), or `patience` has passed; returns whether the ack
+/// came.
+///
+/// Why: a child checks that the pid its task names is its parent's (`getppid()`) before it reads its
+/// key. A parent that lets its child outlive it (`die_with_parent(false)`) and exits right after
+/// `start` could be gone by then: the child, reparented, refused its task (found by review: a
+/// launcher that starts a child and exits lost it about one time in three). Waiting for the ack,
+/// which comes after every check, closes that window; the patience bounds the wait for a child stuck before it (another library's
+/// constructor, say) or for an end some other process inherited and keeps open.
+pub(crate) fn wait_for_ack(key_ours: &OwnedFd, patience: std::time::Duration) -> bool {
+    let end = std::time::Instant::now() + patience;
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        let mut pfd = libc::pollfd {
+            fd: key_ours.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms =
+            libc::c_int::try_from(left.as_millis().saturating_add(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: poll reads and writes one `pollfd`, a live local, for an open descriptor.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        if r <= 0 {
+            return false; // patience spent (or poll failed: not worth more than a bounded wait)
+        }
+        let mut byte = 0u8;
+        // SAFETY: recv writes at most one byte into `byte`, a live local.
+        let n = unsafe {
+            libc::recv(
+                key_ours.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        return n == 1 && byte == ACK;
+    }
+}
+
+/// What the key socket holds: the key, and the MAC of the task frame under it; and the socket, for
+/// the ack ([`send_ack`]).
 pub(crate) struct KeyPacket {
     pub key: [u8; 16],
     pub task_mac: u64,
+    sock: File,
 }
 
 /// The key socket's packet: `key`, then the task's MAC (little-endian).
