@@ -18,8 +18,9 @@
 //!   a memfd of our uid sealed against writes, shrinking and growing, of at most [`MAX_TASK_BYTES`],
 //!   whose bytes verify under that MAC (the memfd was writable by others until sealed); the task
 //!   decodes; its function reference verifies under the key (see [`fnref`](super::fnref)); the result
-//!   descriptor is an empty unsealed memfd of our uid. Only then is anything written, and only to the
-//!   result memfd.
+//!   descriptor is an empty unsealed memfd of our uid. Only then is anything written: one byte back on
+//!   the key socket (the ack a parent of a child that may outlive it waits for,
+//!   `channel::wait_for_ack`), then the result memfd.
 //!
 //! ## Wire format
 //! The task memfd holds one frame: `b"MPRCTSK2"`, the body length as a little-endian `u64`, then the
