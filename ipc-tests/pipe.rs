@@ -19,6 +19,7 @@ pub const ROLES: &[Role] = &[
     ("pipe_sender_then_drop", sender_then_drop),
     ("pipe_sender_then_sleep", sender_then_sleep),
     ("pipe_idle_receiver", idle_receiver),
+    ("pipe_hand_over_both_ends", hand_over_both_ends),
 ];
 
 pub fn tests() -> Vec<Trial> {
@@ -47,6 +48,10 @@ pub fn tests() -> Vec<Trial> {
         t(
             "short_waits_notice_a_killed_peer",
             short_waits_notice_a_killed_peer,
+        ),
+        t(
+            "a_copy_in_flight_from_another_time_namespace_keeps_its_end",
+            a_copy_in_flight_from_another_time_namespace_keeps_its_end,
         ),
     ]
 }
@@ -120,6 +125,54 @@ fn idle_receiver(hex: &str) {
     say("attached");
     let _keep = c;
     common::sleep_forever();
+}
+
+/// Child: makes a pipe, prints both ends serialized (one line each), drops its handle of the second
+/// (its serialized copy now holds it alone), says "dropped", and waits to be killed, holding the first
+/// (which keeps the pipe's memory reachable for the parent to attach).
+fn hand_over_both_ends(_: &str) {
+    let (a, b) = Pipe::duplex::<u64>().expect("pipe");
+    say(&handle_to_hex(&a));
+    say(&handle_to_hex(&b));
+    drop(b);
+    say("dropped");
+    let _keep = a;
+    common::sleep_forever();
+}
+
+/// A process whose CLOCK_MONOTONIC is 100000 s ahead (a time namespace: `unshare --time`, a restored
+/// container) hands us both ends of a pipe as serialized copies, keeping only the first. We attach the
+/// first and wait on it: the other end is held by its copy in flight, so the wait times out, and once
+/// we attach that end too, what it sends arrives. Found by review: the copy's token carried the
+/// writer's clock, 100000 s "in the future" here: garbage, so the end was gone and the pipe `Closed`.
+/// Skipped where namespaces cannot be made (the wrapper then fails before the role starts).
+fn a_copy_in_flight_from_another_time_namespace_keeps_its_end() {
+    let wrapper = [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--time",
+        "--monotonic",
+        "100000",
+    ];
+    let mut kid = Kid::spawn_under(&wrapper, "pipe_hand_over_both_ends", "", BOUND);
+    let Ok(first) = kid.line_within(BOUND) else {
+        let st = kid.wait();
+        eprintln!("skipped: no time namespace ({st})");
+        return;
+    };
+    let second = kid.next_line();
+    kid.expect_line("dropped");
+    let a: Connection<u64> = handle_from_hex(&first).expect("attach the first end");
+    let r = a.recv_timeout(Duration::from_millis(200));
+    assert!(
+        matches!(r, Err(Error::Timeout)),
+        "the other end's copy is in flight: {r:?}"
+    );
+    let b: Connection<u64> = handle_from_hex(&second).expect("attach the second end");
+    b.send(&7).expect("send");
+    assert_eq!(a.recv_timeout(BOUND).expect("recv"), 7);
+    kid.kill();
 }
 
 /// The other end travels to a child as a serialized handle, and the parent drops its own copy right

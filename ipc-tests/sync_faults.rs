@@ -35,6 +35,7 @@ const STORM_CHILDREN: usize = 3;
 
 pub const ROLES: &[Role] = &[
     ("sync_faults_sem_hold", sem_hold),
+    ("sync_faults_sem_hold_odd_name", sem_hold_odd_name),
     ("sync_faults_sem_churn", sem_churn),
     ("sync_faults_cond_wait", cond_wait),
     ("sync_faults_cond_hold", cond_hold),
@@ -46,17 +47,21 @@ pub fn tests() -> Vec<Trial> {
     let t = |name: &str, f: fn()| common::trial("sync_faults", name, f);
     vec![
         t("semaphore_killed_holder_permits_come_back", || {
-            killed_holder_permits_come_back(Kind::Plain, false)
+            killed_holder_permits_come_back(Kind::Plain, false, false)
         }),
         t("semaphore_killed_holder_wakes_blocked_acquirer", || {
-            killed_holder_permits_come_back(Kind::Plain, true)
+            killed_holder_permits_come_back(Kind::Plain, true, false)
         }),
         t("bounded_semaphore_killed_holder_permits_come_back", || {
-            killed_holder_permits_come_back(Kind::Bounded, false)
+            killed_holder_permits_come_back(Kind::Bounded, false, false)
         }),
         t(
             "bounded_semaphore_killed_holder_wakes_blocked_acquirer",
-            || killed_holder_permits_come_back(Kind::Bounded, true),
+            || killed_holder_permits_come_back(Kind::Bounded, true, false),
+        ),
+        t(
+            "semaphore_killed_holder_named_in_no_utf8_wakes_blocked_acquirer",
+            || killed_holder_permits_come_back(Kind::Plain, true, true),
         ),
         t(
             "semaphore_killed_holder_permits_come_back_to_a_poller",
@@ -180,6 +185,15 @@ fn sem_hold(arg: &str) {
     sleep_forever();
 }
 
+/// As [`sem_hold`], in a thread whose name is not UTF-8 (as std leaves a thread named "traitement-café",
+/// cut to 15 bytes inside the "é"; `/proc` shows the raw bytes).
+fn sem_hold_odd_name(arg: &str) {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from a live C string.
+    let r = unsafe { libc::prctl(libc::PR_SET_NAME, c"sem-hold-\xff\xfe".as_ptr()) };
+    assert_eq!(r, 0, "prctl(PR_SET_NAME)");
+    sem_hold(arg);
+}
+
 /// `SEM STOP STATS`: says "ready", then takes and gives back a permit in a loop until `STOP` is set.
 /// Unless `STATS` is `-`, it is an `Array<u32>` of [holding now, most ever holding at once].
 fn sem_churn(arg: &str) {
@@ -281,8 +295,13 @@ fn event_wait(arg: &str) {
 /// Spawns a child that takes `held` permits of the semaphore `name` (of `kind`) through guards,
 /// forgets `forgotten` of them, and says "held"; returns it once it has.
 fn kid_holding(kind: Kind, name: &str, held: u32, forgotten: u32) -> Kid {
+    kid_holding_as("sync_faults_sem_hold", kind, name, held, forgotten)
+}
+
+/// [`kid_holding`] with the child role `role`.
+fn kid_holding_as(role: &str, kind: Kind, name: &str, held: u32, forgotten: u32) -> Kid {
     let mut kid = Kid::spawn(
-        "sync_faults_sem_hold",
+        role,
         &format!("{} {name} {held} {forgotten}", kind.arg()),
         BOUND,
     );
@@ -292,10 +311,18 @@ fn kid_holding(kind: Kind, name: &str, held: u32, forgotten: u32) -> Kid {
 
 /// A child holds both permits of a semaphore(2) through guards and is SIGKILLed; the parent gets both
 /// back (from a thread already blocked in `acquire` when `parent_waiting`), and no third one.
-fn killed_holder_permits_come_back(kind: Kind, parent_waiting: bool) {
+/// `odd_name`: the child's thread has a name that is not UTF-8 (found by review: its `/proc` stat did
+/// not read, so its zombie passed for a live holder, and a parent that waited before reaping it waited
+/// for good).
+fn killed_holder_permits_come_back(kind: Kind, parent_waiting: bool, odd_name: bool) {
     let name = common::unique_name("sem");
     let sem = AnySem::create(kind, &name, 2);
-    let mut kid = kid_holding(kind, &name, 2, 0);
+    let role = if odd_name {
+        "sync_faults_sem_hold_odd_name"
+    } else {
+        "sync_faults_sem_hold"
+    };
+    let mut kid = kid_holding_as(role, kind, &name, 2, 0);
     assert_eq!(sem.value(), 0);
     assert!(sem.try_acquire().is_none());
 

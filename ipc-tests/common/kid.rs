@@ -20,7 +20,12 @@ pub struct Kid {
 impl Kid {
     /// Starts the role `role` with `arg`; every wait on it is bounded by `bound`.
     pub fn spawn(role: &str, arg: &str, bound: Duration) -> Kid {
-        let mut child = super::spawn_role(role, arg);
+        Kid::spawn_under(&[], role, arg, bound)
+    }
+
+    /// As [`Kid::spawn`], through `wrapper` (see [`super::spawn_role_under`]).
+    pub fn spawn_under(wrapper: &[&str], role: &str, arg: &str, bound: Duration) -> Kid {
+        let mut child = super::spawn_role_under(wrapper, role, arg);
         let out = child.stdout.take().expect("spawn_role pipes stdout");
         let (tx, lines) = mpsc::channel();
         // Ends at EOF, i.e. when the child exits or is killed.

@@ -47,8 +47,22 @@ pub fn run_role_if_child(tables: &[&[Role]]) {
 
 /// Starts this test binary again as the child program `role`, with `arg`.
 pub fn spawn_role(role: &str, arg: &str) -> Child {
-    Command::new(std::env::current_exe().expect("current_exe"))
-        .env(ROLE_VAR, role)
+    spawn_role_under(&[], role, arg)
+}
+
+/// As [`spawn_role`], through the program `wrapper` (its name and arguments, which end with this test
+/// binary's path: `unshare ... <exe>`, say); none if empty.
+pub fn spawn_role_under(wrapper: &[&str], role: &str, arg: &str) -> Child {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = match wrapper.split_first() {
+        None => Command::new(exe),
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(exe);
+            c
+        }
+    };
+    cmd.env(ROLE_VAR, role)
         .env(ARG_VAR, arg)
         .env(RUN_VAR, run_tag())
         .stdin(Stdio::null())

@@ -53,6 +53,7 @@ extern "C" fn reset_after_fork() {
     NS_TAG.store(NS_UNKNOWN_YET, std::sync::atomic::Ordering::Relaxed);
     // Likewise its time namespace (a child forked after `unshare(CLONE_NEWTIME)`).
     BOOT_OFFSET.store(OFFSET_UNKNOWN_YET, std::sync::atomic::Ordering::Relaxed);
+    MONOTONIC_OFFSET.store(OFFSET_UNKNOWN_YET, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn register_atfork() {
@@ -122,10 +123,30 @@ pub(crate) fn pid() -> u32 {
 /// a container given its host's) is an unrelated process, and one of one thread there let `fork`
 /// flush stdout in a process of many, where another thread may hold it for good (see `pid_namespace`).
 pub(crate) fn single_threaded() -> bool {
-    std::fs::read_to_string("/proc/self/stat")
+    read_proc("/proc/self/stat")
         .ok()
         .and_then(|text| parse_stat(&text))
         .is_some_and(|s| s.threads == 1)
+}
+
+/// Most of a `/proc` file we read: `stat` is under 1 KiB, `status` under 2 KiB; a larger one is not
+/// what we asked for, and reads as truncated (then unparsable, "cannot tell").
+const PROC_FILE_MAX: u64 = 64 * 1024;
+
+/// A `/proc` file as text, at most [`PROC_FILE_MAX`] bytes of it. Lossy: a task's name (`comm`, in
+/// `stat` and `status`) is whatever bytes it was given — `prctl(PR_SET_NAME)`, an executable's file
+/// name, a std thread's name cut to 15 bytes inside a character — and needs not be UTF-8. Read as a
+/// `String`, such a file failed to read at all (found by review): a live thread's start time was
+/// never known, a dead one's zombie passed for alive ("cannot tell"), and a process whose main
+/// thread had such a name judged no holder at all (its pid namespace unknown). The fields parsed are
+/// ASCII, and a replacement character is never the `)` that ends the name.
+fn read_proc(path: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(PROC_FILE_MAX)
+        .read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// A process's start time in clock ticks since boot, if it exists.
@@ -159,7 +180,7 @@ enum Probe {
 
 fn probe(tid: u32) -> Probe {
     // /proc/<tid> resolves thread ids too, not only thread-group leaders (proc(5), "/proc/tid").
-    match std::fs::read_to_string(format!("/proc/{tid}/stat")) {
+    match read_proc(&format!("/proc/{tid}/stat")) {
         Ok(text) => match parse_stat(&text) {
             // The start time as the initial time namespace shows it (see `boot_offset_ticks`). One
             // that does not fit (an old task read from a namespace with a negative offset), or read
@@ -245,7 +266,7 @@ fn boot_offset_ticks() -> Option<i64> {
     // SAFETY: sysconf only reads system configuration; it has no memory-safety preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let offset = if own_offsets_shown() {
-        std::fs::read_to_string("/proc/self/timens_offsets")
+        read_proc("/proc/self/timens_offsets")
             .ok()
             .and_then(|text| parse_boot_offset(&text, hz))
             // No such file: a kernel without time namespaces, where every reader sees the same number.
@@ -279,14 +300,48 @@ fn parse_boot_offset(text: &str, hz: i64) -> Option<i64> {
     if hz <= 0 || 1_000_000_000 % hz != 0 {
         return None;
     }
+    Some(parse_offset_ns(text, "boottime")?.div_euclid(1_000_000_000 / hz))
+}
+
+/// The line `clock` (`boottime`, `monotonic`) of a `timens_offsets` file (`<clock> <seconds>
+/// <nanoseconds>`), in nanoseconds; `None` if absent or unparsable.
+fn parse_offset_ns(text: &str, clock: &str) -> Option<i64> {
     let mut fields = text
         .lines()
-        .find_map(|l| l.strip_prefix("boottime"))?
+        .find_map(|l| l.strip_prefix(clock))?
         .split_whitespace();
     let secs: i64 = fields.next()?.parse().ok()?;
     let nanos: i64 = fields.next()?.parse().ok()?;
-    let total = secs.checked_mul(1_000_000_000)?.checked_add(nanos)?;
-    Some(total.div_euclid(1_000_000_000 / hz))
+    secs.checked_mul(1_000_000_000)?.checked_add(nanos)
+}
+
+/// Sentinel of [`MONOTONIC_OFFSET`]: not read in this process yet (no real offset is this far off).
+static MONOTONIC_OFFSET: std::sync::atomic::AtomicI64 =
+    std::sync::atomic::AtomicI64::new(OFFSET_UNKNOWN_YET);
+
+/// The monotonic offset of this process's time namespace in nanoseconds (0 in the initial one, or
+/// without time namespaces), read once from `/proc/self/timens_offsets`, as [`boot_offset_ticks`]
+/// reads the boottime one and for the same reason: CLOCK_MONOTONIC, like the start times of `/proc`,
+/// reads differently from two time namespaces. Where our own offset cannot be told (we unshared a
+/// time namespace for our children only, or the file does not parse), 0: the clock as we read it,
+/// which is the initial namespace's unless we are in a namespace whose offsets we cannot see.
+/// Reset in a forked child (`reset_after_fork`).
+fn monotonic_offset_ns() -> i64 {
+    let known = MONOTONIC_OFFSET.load(std::sync::atomic::Ordering::Relaxed);
+    if known != OFFSET_UNKNOWN_YET {
+        return known;
+    }
+    register_atfork();
+    let offset = if own_offsets_shown() {
+        read_proc("/proc/self/timens_offsets")
+            .ok()
+            .and_then(|text| parse_offset_ns(&text, "monotonic"))
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    MONOTONIC_OFFSET.store(offset, std::sync::atomic::Ordering::Relaxed);
+    offset
 }
 
 /// Parses the fields we need from `/proc/<pid>/stat`. The command name (field 2) may contain spaces and
@@ -372,7 +427,7 @@ pub(crate) fn pid_namespace() -> u64 {
         // /proc must number processes as our namespace does (`NSpid` has exactly one entry: our pid).
         // A /proc of another namespace (`unshare -p` without a new mount, a container given the host's)
         // would judge our pids by unrelated processes: then nothing is judged at all (0, unknown).
-        let ours = std::fs::read_to_string("/proc/self/status")
+        let ours = read_proc("/proc/self/status")
             .is_ok_and(|status| proc_numbers_as_we_do(&status, pid()));
         if !ours {
             return 0;
@@ -482,8 +537,11 @@ pub(crate) fn pin_current_thread_for_test() -> u32 {
 /// What [`current_cpu`] returns when the CPU cannot be known; never equal to a real CPU's number.
 pub(crate) const UNKNOWN_CPU: u32 = u32::MAX;
 
-/// Milliseconds on CLOCK_MONOTONIC: one clock for every process on the machine, so a timestamp written
-/// into shared memory by one process means the same to another.
+/// Milliseconds on CLOCK_MONOTONIC as the initial time namespace reads it: one clock for every process
+/// on the machine, so a timestamp written into shared memory by one process means the same to another.
+/// A time namespace shifts CLOCK_MONOTONIC by its offset; that offset is taken off (found by review:
+/// a pipe's token written 100000 s "ahead" by a process of such a namespace was garbage to its peer,
+/// a false `Closed`). See [`monotonic_offset_ns`].
 pub(crate) fn monotonic_ms() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -491,7 +549,12 @@ pub(crate) fn monotonic_ms() -> u64 {
     };
     // SAFETY: clock_gettime writes one timespec into `ts`, a live local; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1000) + ts.tv_nsec as u64 / 1_000_000
+    // i128: no overflow whatever the kernel and the offset say. The clock as our namespace reads it is
+    // the initial one's plus the offset, so the difference is the initial one's, never below 0
+    // (saturated anyway).
+    let ns = i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+        - i128::from(monotonic_offset_ns());
+    u64::try_from(ns / 1_000_000).unwrap_or(0)
 }
 
 /// 64 random bits from the kernel's CSPRNG; never blocks for long and never spins.
@@ -640,6 +703,95 @@ mod tests {
         assert_eq!(parse_boot_offset("monotonic 5 0\n", 100), None);
         assert_eq!(parse_boot_offset("boottime x 0\n", 100), None);
         assert_eq!(parse_boot_offset("boottime 1 0\n", 0), None);
+        let both = "monotonic      100000         5\nboottime            0         0\n";
+        assert_eq!(
+            parse_offset_ns(both, "monotonic"),
+            Some(100_000_000_000_005)
+        );
+        assert_eq!(parse_offset_ns(both, "boottime"), Some(0));
+        assert_eq!(
+            parse_offset_ns("monotonic 9223372037 0\n", "monotonic"),
+            None
+        );
+    }
+
+    /// Found by review: `/proc/<tid>/stat` shows a task's name (comm) as raw bytes, and a name need not
+    /// be UTF-8: std truncates a thread's name to 15 bytes, here inside the "é" of "traitement-café"
+    /// (likewise `prctl(PR_SET_NAME)`, or an executable whose file name is cut so). The file was read
+    /// as a `String`, which failed: the thread's start time was never known (pid-reuse detection off
+    /// for all it holds), and a live thread was judged by "cannot tell" only.
+    #[test]
+    fn a_thread_whose_name_is_not_utf8_has_an_identity() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::Builder::new()
+            .name("traitement-café".into())
+            .spawn(move || {
+                tx.send(current()).unwrap();
+                let _ = done_rx.recv();
+            })
+            .unwrap();
+        let id = rx.recv().unwrap();
+        let comm = std::fs::read(format!("/proc/self/task/{}/comm", id.tid)).unwrap();
+        assert!(std::str::from_utf8(&comm).is_err(), "{comm:?}");
+        assert_ne!(id.start, 0, "the start time of a thread named {comm:?}");
+        assert!(is_alive(id));
+        assert!(!is_alive(Identity {
+            tid: id.tid,
+            start: id.start.wrapping_add(1)
+        }));
+        drop(done_tx);
+        t.join().unwrap();
+    }
+
+    /// Found by review: a dead process whose name is not UTF-8 (its executable's file name here), a
+    /// zombie until its parent reaps it, was taken for alive ("cannot tell": the stat file did not read
+    /// as a `String`), and its start time was unknown. A parent waiting for what its killed child held
+    /// waited as long as it did not reap it: for good if it waits before reaping.
+    #[test]
+    fn a_dead_process_whose_name_is_not_utf8_is_dead() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = std::env::temp_dir().join(format!("mproc-sysproc-{}", pid()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join(std::ffi::OsStr::from_bytes(b"sleep-\xff\xfe"));
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("/bin/sleep", &link).unwrap();
+        let mut child = std::process::Command::new(&link)
+            .arg("1000")
+            .spawn()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let cpid = child.id();
+        // `Command::spawn` returns once the exec succeeded: the process has the link's name now.
+        let start = start_time(cpid);
+        let alive_before = start.is_some_and(|s| process_alive(cpid, s));
+        child.kill().unwrap();
+        // Wait (boundedly) for the zombie: the state letter after the last ')'.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let stat = std::fs::read(format!("/proc/{cpid}/stat")).unwrap_or_default();
+            let state = stat
+                .iter()
+                .rposition(|&b| b == b')')
+                .and_then(|i| stat.get(i + 2));
+            if state == Some(&b'Z') || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let dead_tid = !is_alive(Identity {
+            tid: cpid,
+            start: start.unwrap_or(0) as u32,
+        });
+        let dead_process = !process_alive(cpid, start.unwrap_or(0));
+        child.wait().unwrap();
+        assert!(
+            start.is_some(),
+            "start time of a process named sleep-\\xff\\xfe"
+        );
+        assert!(alive_before);
+        assert!(dead_tid, "a zombie judged alive as a thread");
+        assert!(dead_process, "a zombie judged alive as a process");
     }
 
     #[test]
@@ -659,6 +811,41 @@ mod tests {
         }));
         assert!(!is_alive(Identity { tid: 0, start: 0 }));
         assert!(process_alive(pid(), start_time(pid()).unwrap()));
+    }
+
+    /// Garbage read from shared memory is judged at once, never taken for a live holder unless it
+    /// names one: no tid (0), one above any namespace's pid_max, a start time that is not ours.
+    #[test]
+    fn garbage_identities_are_judged() {
+        let me = current();
+        let tag = pid_ns_tag();
+        for tid in [0, PID_MAX_LIMIT + 1, u32::MAX] {
+            for start in [0, 1, u32::MAX] {
+                assert!(!is_alive(Identity { tid, start }), "{tid} {start}");
+                assert!(!holder_alive(Identity { tid, start }, tag), "{tid} {start}");
+            }
+        }
+        assert!(
+            is_alive(Identity {
+                tid: me.tid,
+                start: 0
+            }),
+            "start unknown"
+        );
+        let not_mine = if me.start == u32::MAX { 1 } else { u32::MAX };
+        assert!(!holder_alive(
+            Identity {
+                tid: me.tid,
+                start: not_mine
+            },
+            tag
+        ));
+        let start = start_time(pid()).unwrap();
+        assert!(process_alive(pid(), 0));
+        assert!(!process_alive(pid(), u64::MAX), "{start}");
+        assert!(!process_alive(0, start));
+        assert!(!process_alive(u32::MAX, 0));
+        assert!(!process_alive(PID_MAX_LIMIT + 1, 0));
     }
 
     #[test]
@@ -697,6 +884,63 @@ mod tests {
         }
     }
 
+    /// The child's side of the test below: run only by it (the variable carries the parent's clock).
+    #[test]
+    fn monotonic_ms_is_the_parents_clock_when_asked() {
+        let Ok(parent) = std::env::var("MPROC_TEST_PARENT_MONOTONIC_MS") else {
+            return;
+        };
+        let parent: u64 = parent.parse().unwrap();
+        let mine = monotonic_ms();
+        // The parent read its clock before starting us: ours is later, by far less than ten minutes.
+        assert!(
+            mine >= parent && mine - parent < 600_000,
+            "parent {parent} ms, child {mine} ms"
+        );
+    }
+
+    /// Found by review: `monotonic_ms` is written into shared memory (a pipe's tokens and lease, a
+    /// semaphore's last scan) as "one clock for every process on the machine", but CLOCK_MONOTONIC
+    /// is shifted by the reader's time namespace (`unshare --time --monotonic`, a restored
+    /// container): a token written by a process 100000 s ahead was garbage to its peer ("from the
+    /// future") and one written 100000 s behind expired at once, a false `Closed` either way. Here
+    /// this test binary runs the test above in a time namespace whose monotonic clock is 100000 s
+    /// ahead. Skipped where namespaces cannot be made; only the test binary's failure (101) fails.
+    #[test]
+    fn monotonic_ms_is_one_clock_across_time_namespaces() {
+        let Ok(exe) = std::env::current_exe() else {
+            return;
+        };
+        let out = std::process::Command::new("unshare")
+            .args([
+                "--user",
+                "--map-root-user",
+                "--time",
+                "--monotonic",
+                "100000",
+            ])
+            .arg(exe)
+            .args([
+                "--exact",
+                "sys::proc::tests::monotonic_ms_is_the_parents_clock_when_asked",
+            ])
+            .env("MPROC_TEST_PARENT_MONOTONIC_MS", monotonic_ms().to_string())
+            .output();
+        let Ok(out) = out else {
+            eprintln!("skipped: no unshare");
+            return;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        match out.status.code() {
+            Some(0) => assert!(text.contains("1 passed"), "{text}"),
+            Some(101) => panic!(
+                "monotonic_ms() in another time namespace: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            _ => eprintln!("skipped: {}", String::from_utf8_lossy(&out.stderr)),
+        }
+    }
+
     #[test]
     fn pid_namespace_is_known_and_stable() {
         let ns = pid_namespace();
@@ -705,6 +949,39 @@ mod tests {
         assert!(same_pid_namespace(ns));
         assert!(!same_pid_namespace(ns ^ 1));
         assert!(!same_pid_namespace(0));
+    }
+
+    /// Found by review: a process whose main thread's name is not UTF-8 (here the test binary run
+    /// through a link so named: the kernel names a process after its executable's file name) read
+    /// `/proc/self/status` as a `String`, failed, and took its pid namespace for unknown: it then
+    /// judged no holder dead, and recorded its own holdings so that no one judged them either.
+    #[test]
+    fn a_process_whose_name_is_not_utf8_knows_its_pid_namespace() {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe().unwrap();
+        let dir = std::env::temp_dir().join(format!("mproc-sysproc-ns-{}", pid()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join(std::ffi::OsStr::from_bytes(b"mproc-test-\xff\xfe"));
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&exe, &link).unwrap();
+        // argv[0] in UTF-8 (the test harness wants it so): the name comes from the file name.
+        let out = std::process::Command::new(&link)
+            .arg0("mproc-test")
+            .args([
+                "--exact",
+                "sys::proc::tests::pid_namespace_is_known_and_stable",
+            ])
+            .output();
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = out.unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
     }
 
     #[test]
