@@ -46,7 +46,8 @@
 //! A handle can come from any peer (a queue message, a manager entry), so opening one costs bounded
 //! time and resources: it never waits for a region to be published (see `HANDLE_OPEN_WAIT`), opens only
 //! regular files (an `O_PATH` open and `fstat` come first, so a device or FIFO is never opened for real),
-//! and maps the file without touching it (unless the caller asked for `MAP_POPULATE`).
+//! and maps, without touching it (unless the caller asked for `MAP_POPULATE`), only the header and the
+//! payload the header declares, never the rest of a file whose size its maker chose.
 //!
 //! # Pid namespaces
 //!
@@ -334,7 +335,8 @@ impl Region {
     /// Creates an anonymous region of `size` zeroed bytes.
     ///
     /// # Errors
-    /// [`Error::Os`] if the kernel refuses the memfd or the mapping.
+    /// [`Error::SizeOverflow`] if `size` plus the header exceeds `isize::MAX` bytes; [`Error::Os`] if
+    /// the kernel refuses the memfd or the mapping.
     ///
     /// # Examples
     /// ```
@@ -352,7 +354,8 @@ impl Region {
     /// [module docs](self).
     ///
     /// # Errors
-    /// [`Error::AlreadyExists`], [`Error::InvalidName`], or [`Error::Os`].
+    /// [`Error::AlreadyExists`], [`Error::InvalidName`], [`Error::SizeOverflow`] (as for
+    /// [`Region::anonymous`]), [`Error::OutOfMemory`] if `/dev/shm` cannot hold it, or [`Error::Os`].
     ///
     /// # Examples
     /// ```
@@ -634,11 +637,15 @@ impl Region {
         let payload_size = layout
             .size
             .expect("creating a region needs its payload size");
+        // No mapping (nor file) can be larger than `isize::MAX` bytes. A size past it is the caller's
+        // argument overflowing, not a mismatch with anything: it was reported as `SizeMismatch`
+        // "expected 18446744073709551615 bytes, found 18446744073709551615" (found by review), or as
+        // whatever the kernel said of the file or the mapping.
         let total = PAYLOAD_OFFSET
             .checked_add(payload_size)
-            .ok_or(Error::SizeMismatch {
-                expected: usize::MAX as u64,
-                found: payload_size as u64,
+            .filter(|&t| isize::try_from(t).is_ok())
+            .ok_or(Error::SizeOverflow {
+                what: "the region (its header and payload)".into(),
             })?;
         // A named region is made unnamed and given its name only once published (below), so no
         // process, the janitor included, ever sees a named region half-made, and a failure part-way
@@ -743,13 +750,17 @@ impl Region {
                 actual: size,
             });
         }
-        let map = map_segment(&file, size, false)?;
         let naming = Naming::Named {
             name: name.to_owned(),
             shm_name,
             unlink_by: None,
         };
-        Region::finish_open(map, file, naming, layout, deadline, name)
+        let opening = Opening {
+            size,
+            deadline,
+            populate: false,
+        };
+        Region::finish_open(file, opening, naming, layout, name)
     }
 
     /// Opens the region a handle refers to and checks it is the very region the handle was made from.
@@ -759,7 +770,7 @@ impl Region {
 
     /// As [`Region::open_handle`], for a region made by [`Region::create_growable`]: an anonymous
     /// region's memfd must be sealed against shrinking (and against seal changes), not against growing.
-    /// The mapping covers the file as it is now; the owner maps what it grows by itself.
+    /// The mapping covers the payload the header declares; the owner maps what it grows by itself.
     pub(crate) fn open_handle_growable(handle: &RegionHandle, layout: Layout) -> Result<Region> {
         Region::open_handle_sealed(handle, layout, false, true)
     }
@@ -796,9 +807,12 @@ impl Region {
                 // Sealed against shrinking and growing: this size is final, and no process can truncate
                 // the file under our mapping (which would turn our reads into SIGBUS).
                 let size = shm::file_info(&file)?.size;
-                let map = map_segment(&file, size, populate)?;
-                let deadline = Instant::now() + HANDLE_OPEN_WAIT;
-                Region::finish_open(map, file, Naming::Anonymous, layout, deadline, &what)?
+                let opening = Opening {
+                    size,
+                    deadline: Instant::now() + HANDLE_OPEN_WAIT,
+                    populate,
+                };
+                Region::finish_open(file, opening, Naming::Anonymous, layout, &what)?
             }
         };
         if region.header.region_id != handle.id {
@@ -810,14 +824,34 @@ impl Region {
         Ok(region)
     }
 
+    /// Maps the segment `file` (of `opening.size` bytes), waits for it to be published, and validates
+    /// its header.
+    ///
+    /// The mapping is the header's payload, never the whole file: the file's size is whatever its
+    /// maker chose (a sparse memfd or `/dev/shm` file of any size costs nothing), and mapping it all
+    /// let every handle a peer forged around a small object's header take tens of TiB of our address
+    /// space, until our own allocations failed (found by review). So the header is mapped alone (with
+    /// the payload when the layout fixes its size), and the payload the validated header declares is
+    /// mapped once it is checked against the file.
     fn finish_open(
-        map: shm::Mapping,
         file: File,
+        opening: Opening,
         naming: Naming,
         layout: Layout,
-        deadline: Instant,
         what: &str,
     ) -> Result<Region> {
+        let Opening {
+            size,
+            deadline,
+            populate,
+        } = opening;
+        let first = layout
+            .size
+            .map_or(PAYLOAD_OFFSET as u64, |n| {
+                (PAYLOAD_OFFSET as u64).saturating_add(n as u64)
+            })
+            .min(size);
+        let map = map_segment(&file, first, populate && layout.size.is_some())?;
         let file_key = shm::file_key(&file)?;
         let mut region = Region {
             map,
@@ -863,7 +897,13 @@ impl Region {
         }
         let s = h.snapshot();
         region.header = s;
-        validate(&s, &layout, region.map.len() as u64)?;
+        validate(&s, &layout, size)?;
+        // Validated: PAYLOAD_OFFSET + payload_size <= size, so this cannot overflow and every page of
+        // the mapping is backed.
+        let declared = PAYLOAD_OFFSET as u64 + s.payload_size;
+        if region.map.len() as u64 != declared {
+            region.map = map_segment(&region.file, declared, populate)?;
+        }
         Ok(region)
     }
 
@@ -979,8 +1019,17 @@ fn zero_snapshot() -> HeaderSnapshot {
     }
 }
 
-/// Maps a whole segment of `size` bytes after checking it can hold a header (a shorter one would fault
-/// when the header is read).
+/// What [`Region::finish_open`] needs to know about a segment it opens: its file's size (read once,
+/// before anything is mapped), how long to wait for it to be published, and whether to pre-fault the
+/// payload's mapping (`MAP_POPULATE`).
+struct Opening {
+    size: u64,
+    deadline: Instant,
+    populate: bool,
+}
+
+/// Maps the first `size` bytes of a segment, which the caller checked the file holds, after checking
+/// they can hold a header (a shorter mapping would fault when the header is read).
 fn map_segment(file: &File, size: u64, populate: bool) -> Result<shm::Mapping> {
     if size < PAYLOAD_OFFSET as u64 {
         return Err(Error::Truncated {

@@ -974,3 +974,60 @@ fn janitor_removes_an_aside_name_only_once_its_maker_is_gone() {
     }
     assert!(live_kept && foreign_kept && !ghost_kept);
 }
+
+/// A peer can make a file of any size for free (a sparse memfd, sealed; a sparse named file), with
+/// the genuine header of a small object at its start. Opening it mapped the whole *file*, not the
+/// payload its header declares: every handle decoded (a `Lock` in a message, a manager entry) could
+/// take tens of TiB of our address space, and a few such objects kept alive leave none for our own
+/// allocations (a failed allocation aborts the process). The mapping is the header's payload now.
+#[test]
+fn open_maps_the_declared_payload_not_the_whole_file() {
+    use std::os::unix::fs::FileExt;
+    const HUGE: u64 = 1 << 44; // 16 TiB of holes: free to make, free to map
+    let r = Region::anonymous(64).unwrap();
+    // SAFETY: the mapping is PAYLOAD_OFFSET + 64 bytes and lives as long as `r`.
+    let segment = unsafe { std::slice::from_raw_parts(r.map.as_ptr(), PAYLOAD_OFFSET + 64) };
+    let want = PAYLOAD_OFFSET + 64;
+
+    // Anonymous: a size-sealed memfd, as every handle's must be.
+    let f = shm::create_memfd("unit-huge").unwrap();
+    f.write_all_at(segment, 0).unwrap();
+    f.set_len(HUGE).unwrap();
+    shm::seal_size(&f).unwrap();
+    let h = RegionHandle {
+        id: r.id(),
+        source: Source::Fd {
+            pid: proc::pid(),
+            fd: f.as_raw_fd(),
+        },
+    };
+    for layout in [Layout::bytes(None), Layout::bytes(Some(64))] {
+        let o = Region::open_handle(&h, layout).unwrap();
+        assert_eq!((o.len(), o.map.len()), (64, want), "{layout:?}");
+    }
+
+    // Named: a region whose file a peer grew (sparse) after it was made.
+    let name = unique("huge");
+    let n = Region::create(&name, 64, false).unwrap();
+    n.file.set_len(HUGE).unwrap();
+    for layout in [Layout::bytes(None), Layout::bytes(Some(64))] {
+        let o = Region::open_with(&name, layout, Duration::ZERO).unwrap();
+        assert_eq!((o.len(), o.map.len()), (64, want), "{layout:?}");
+    }
+}
+
+/// A size no region can have (its header and payload past `isize::MAX` bytes, or past `usize::MAX`)
+/// is the caller's size overflowing: `SizeOverflow`, anonymous or named, and no name is left. It was
+/// `SizeMismatch { expected: u64::MAX, found: u64::MAX }` (or, just below, whatever the kernel said
+/// of the memfd, the file or the mapping).
+#[test]
+fn a_region_too_large_for_the_address_space_is_size_overflow() {
+    for size in [usize::MAX, usize::MAX - PAYLOAD_OFFSET, isize::MAX as usize] {
+        let e = Region::anonymous(size).unwrap_err();
+        assert!(matches!(e, Error::SizeOverflow { .. }), "{size}: {e:?}");
+        let name = unique("overflow");
+        let e = Region::create(&name, size, false).unwrap_err();
+        assert!(matches!(e, Error::SizeOverflow { .. }), "{size}: {e:?}");
+        assert!(matches!(Region::open(&name), Err(Error::NotFound { .. })));
+    }
+}
