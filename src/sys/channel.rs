@@ -610,7 +610,12 @@ pub(crate) fn wait_for_ack(key_ours: &OwnedFd, patience: std::time::Duration) ->
         // SAFETY: poll reads and writes one `pollfd`, a live local, for an open descriptor.
         let r = unsafe { libc::poll(&mut pfd, 1, ms) };
         if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-            continue;
+            // Retried only while patience is left: each `poll` waits at least a millisecond, so
+            // signals more frequent than that (an interval timer) would otherwise retry forever.
+            if std::time::Instant::now() < end {
+                continue;
+            }
+            return false;
         }
         if r <= 0 {
             return false; // patience spent (or poll failed: not worth more than a bounded wait)
@@ -848,6 +853,67 @@ mod tests {
         send_packet(&a, &key_packet([7; 16], 1)).unwrap();
         assert!(is_socket_of(b.as_raw_fd(), me));
         assert!(read_key(leak(b), me).is_ok());
+    }
+
+    /// The wait for a child's ack ends once its patience is spent, even for a thread that signals
+    /// interrupt all the time (a profiler's interval timer, say; here every 100 µs). Found by review:
+    /// an interrupted `poll` was retried with at least a millisecond to wait, deadline passed or not,
+    /// so signals more frequent than that kept `start` waiting for as long as they came.
+    #[test]
+    fn the_wait_for_an_ack_ends_under_a_stream_of_signals() {
+        extern "C" fn nothing(_: libc::c_int) {}
+        // SAFETY: a zeroed sigaction is valid; the handler does nothing (async-signal-safe), and no
+        // SA_RESTART, so that a blocked call returns EINTR. SIGURG is ignored by default and sent
+        // by nobody else in this test binary.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = nothing as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            assert_eq!(libc::sigaction(libc::SIGURG, &sa, std::ptr::null_mut()), 0);
+        }
+        // A timer that signals this thread every 100 µs, from the kernel: no other thread needs to
+        // be scheduled for the signals to keep coming.
+        // SAFETY: a zeroed sigevent is valid.
+        let mut ev: libc::sigevent = unsafe { std::mem::zeroed() };
+        ev.sigev_notify = libc::SIGEV_THREAD_ID;
+        ev.sigev_signo = libc::SIGURG;
+        // SAFETY: gettid has no preconditions.
+        ev.sigev_notify_thread_id = unsafe { libc::gettid() };
+        let mut timer: libc::timer_t = std::ptr::null_mut();
+        // SAFETY: timer_create reads `ev` and writes the new timer's id into `timer`, both live.
+        let made = unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut timer) };
+        assert_eq!(made, 0);
+        let every = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 100_000,
+        };
+        let spec = libc::itimerspec {
+            it_interval: every,
+            it_value: every,
+        };
+        // The timer stops after 20 s at the latest, deleted by another thread if this one is stuck.
+        let timer_id = timer as usize;
+        let (done, stopped) = std::sync::mpsc::channel::<()>();
+        let stopper = std::thread::spawn(move || {
+            let _ = stopped.recv_timeout(std::time::Duration::from_secs(20));
+            // SAFETY: deletes the timer made above, once, here only.
+            unsafe { libc::timer_delete(timer_id as libc::timer_t) };
+        });
+        // SAFETY: arms the live timer with `spec`, a live local; the old value is not wanted.
+        let armed = unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) };
+        assert_eq!(armed, 0);
+        // The child's end stays open: no ack and no end-of-file, only the patience ends the wait.
+        let (ours, _theirs) = key_socketpair().unwrap();
+        let began = std::time::Instant::now();
+        let acked = wait_for_ack(&ours, std::time::Duration::from_millis(20));
+        let took = began.elapsed();
+        drop(done);
+        stopper.join().unwrap();
+        assert!(!acked);
+        // Generous: proves the wait ended while the signals still came, asserts no speed.
+        assert!(
+            took < std::time::Duration::from_secs(10),
+            "waited {took:?} for a patience of 20 ms"
+        );
     }
 
     /// This test binary was exec'd by the kernel (its loader came with it): spawning is not refused.
