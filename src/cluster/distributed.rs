@@ -69,7 +69,7 @@ impl ClusterPool<'_> {
         }
         let part = std::rc::Rc::new(part);
         let alive: std::rc::Rc<dyn std::any::Any> = part.clone();
-        self.store.parts.insert(
+        self.store.keep_part(
             id,
             serve::KeptPart {
                 handle: part.block_handle(),

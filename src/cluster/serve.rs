@@ -60,6 +60,17 @@ pub(super) struct RankStore {
     pub parts: std::collections::HashMap<u64, KeptPart>,
 }
 
+impl RankStore {
+    /// Records this rank's part `id`, and forgets the parts this rank's program dropped: their ids can
+    /// never be called again (a call on one fails as "dropped" whether its record is there or not), and
+    /// kept, one record per `distribute` stayed for the life of the pool (found by review: a long job
+    /// distributing over and over grew the map without end).
+    pub fn keep_part(&mut self, id: u64, part: KeptPart) {
+        self.parts.retain(|_, k| k.alive.strong_count() > 0);
+        self.parts.insert(id, part);
+    }
+}
+
 /// This rank's part of a distributed array.
 pub(super) struct KeptPart {
     pub handle: BlockHandle,
@@ -694,6 +705,35 @@ mod tests {
             .and_then(|p| p.get())
             .unwrap();
         assert_eq!(output.to_vec(), vec![n as u64; 3]);
+    }
+
+    /// Found by review: every `distribute` left a record here for the life of the pool, dropped or
+    /// not. A record now goes with the next `distribute` once its part is dropped.
+    #[test]
+    fn the_store_forgets_dropped_parts() {
+        let mut store = RankStore::default();
+        let mut live = Vec::new();
+        for id in 0..100u64 {
+            let part = std::rc::Rc::new(SharedArray::from_slice(&[id; 4]).unwrap());
+            let alive: std::rc::Rc<dyn std::any::Any> = part.clone();
+            store.keep_part(
+                id,
+                KeptPart {
+                    handle: part.block_handle(),
+                    bytes: 32,
+                    alive: std::rc::Rc::downgrade(&alive),
+                },
+            );
+            // Every tenth part is kept alive by the program; the others are dropped at once.
+            if id % 10 == 0 {
+                live.push((id, alive));
+            }
+        }
+        // The last one's record is there until the next `distribute`, dropped or not.
+        assert_eq!(store.parts.len(), live.len() + 1);
+        for (id, _) in &live {
+            assert!(store.parts[id].alive.upgrade().is_some());
+        }
     }
 
     #[test]
