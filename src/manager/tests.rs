@@ -508,9 +508,6 @@ fn a_manager_call_inside_an_update_closure_is_refused_and_corrupts_nothing() {
     );
 }
 
-/// Found by review: an extend of two thousand values after as many pops (so every block is reused,
-/// one journal entry each) failed as `Corrupted`, on a healthy heap. It is a typed error that says to
-/// split the call, nothing is changed, and extending in parts works.
 /// Found by review: the thread's record of the transactions it is inside was a `Vec` in a
 /// thread-local, destroyed at thread exit before a user's thread-local registered earlier. A manager
 /// operation from that user's `Drop` (a per-thread tally flushed at exit) panicked in
@@ -599,6 +596,9 @@ fn nested_transactions_of_distinct_managers_stop_at_the_documented_depth() {
     assert_eq!(dicts[32].get(&0).unwrap(), None);
 }
 
+/// Found by review: an extend of two thousand values after as many pops (so every block is reused,
+/// one journal entry each) failed as `Corrupted`, on a healthy heap. It is a typed error that says to
+/// split the call, nothing is changed, and extending in parts works.
 #[test]
 fn an_extend_too_large_for_one_transaction_is_a_typed_error_and_changes_nothing() {
     let m = mgr();
