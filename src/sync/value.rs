@@ -253,9 +253,14 @@ impl<T: Pod> Array<T> {
             Some(n) => Some(
                 n.checked_mul(std::mem::size_of::<T>())
                     .and_then(|b| b.checked_add(ARRAY_DATA))
-                    .ok_or(Error::SizeMismatch {
-                        expected: usize::MAX as u64,
-                        found: n as u64,
+                    // An overflow is the caller's length, not a mismatch with anything (it said
+                    // "expected 18446744073709551615, found <len>" until 2026-12-03).
+                    .ok_or_else(|| Error::SizeOverflow {
+                        what: format!(
+                            "an array of {n} elements of {} bytes",
+                            std::mem::size_of::<T>()
+                        )
+                        .into(),
                     })?,
             ),
         };
@@ -321,7 +326,8 @@ impl<T: Pod> Array<T> {
     /// Creates an anonymous array of `len` zeroes.
     ///
     /// # Errors
-    /// [`Error::Os`] if shared memory cannot be created.
+    /// [`Error::SizeOverflow`] if `len` elements do not fit in the address space; [`Error::Os`] if
+    /// shared memory cannot be created.
     pub fn new(len: usize) -> Result<Self> {
         Self::create_in(None, len, None)
     }
@@ -337,7 +343,8 @@ impl<T: Pod> Array<T> {
     /// Creates an array of `len` zeroes under `name` (removed when this handle is dropped here).
     ///
     /// # Errors
-    /// [`Error::AlreadyExists`], [`Error::InvalidName`].
+    /// [`Error::AlreadyExists`], [`Error::InvalidName`], [`Error::SizeOverflow`] (as for
+    /// [`Array::new`]).
     pub fn create(name: &str, len: usize) -> Result<Self> {
         Self::create_in(Some(name), len, None)
     }
@@ -576,6 +583,20 @@ fn held_by_this_thread(region: (u64, u64), held: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A length whose bytes overflow is `SizeOverflow`, from `Array::new` and from the region under it
+    /// alike; it was a `SizeMismatch` "expected 18446744073709551615".
+    #[test]
+    fn an_array_too_large_for_the_address_space_is_size_overflow() {
+        assert!(matches!(
+            Array::<u64>::new(usize::MAX / 4),
+            Err(Error::SizeOverflow { .. })
+        ));
+        assert!(matches!(
+            Array::<u8>::new(usize::MAX / 2),
+            Err(Error::SizeOverflow { .. })
+        ));
+    }
 
     /// Found by review: `get` while this thread held the guard waited for itself for good (Python's
     /// `Value` takes an `RLock`, so ported code does this); it panics now.

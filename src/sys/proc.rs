@@ -417,25 +417,48 @@ pub(crate) fn process_alive(pid: u32, start: u64) -> bool {
 /// 0 if it cannot be read (no /proc): callers then cannot tell namespaces apart and must treat a
 /// recorded 0 as "unknown", never as a match that licenses a liveness judgement.
 pub(crate) fn pid_namespace() -> u64 {
-    use std::os::unix::fs::MetadataExt;
     let known = NS.load(std::sync::atomic::Ordering::Relaxed);
     if known != NS_UNKNOWN_YET {
         return known;
     }
     register_atfork();
-    let ns = (|| {
-        // /proc must number processes as our namespace does (`NSpid` has exactly one entry: our pid).
-        // A /proc of another namespace (`unshare -p` without a new mount, a container given the host's)
-        // would judge our pids by unrelated processes: then nothing is judged at all (0, unknown).
-        let ours = read_proc("/proc/self/status")
-            .is_ok_and(|status| proc_numbers_as_we_do(&status, pid()));
-        if !ours {
-            return 0;
+    match read_pid_namespace() {
+        Some(ns) => {
+            NS.store(ns, std::sync::atomic::Ordering::Relaxed);
+            ns
         }
-        std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino())
-    })();
-    NS.store(ns, std::sync::atomic::Ordering::Relaxed);
-    ns
+        // Unknown for now, and asked again next time.
+        None => 0,
+    }
+}
+
+/// [`pid_namespace`] read from `/proc`; `None` after a failure that may pass (out of descriptors or
+/// memory, a signal), which must not be cached: found by review, one `EMFILE` at the first call left
+/// the process unable to judge any holder dead, and its own holdings unjudgeable, for its whole life.
+fn read_pid_namespace() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let passing = |e: &std::io::Error| {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EINTR | libc::EAGAIN)
+        )
+    };
+    // /proc must number processes as our namespace does (`NSpid` has exactly one entry: our pid).
+    // A /proc of another namespace (`unshare -p` without a new mount, a container given the host's)
+    // would judge our pids by unrelated processes: then nothing is judged at all (0, unknown).
+    let ours = match read_proc("/proc/self/status") {
+        Ok(status) => proc_numbers_as_we_do(&status, pid()),
+        Err(e) if passing(&e) => return None,
+        Err(_) => false,
+    };
+    if !ours {
+        return Some(0);
+    }
+    match std::fs::metadata("/proc/self/ns/pid") {
+        Ok(m) => Some(m.ino()),
+        Err(e) if passing(&e) => None,
+        Err(_) => Some(0),
+    }
 }
 
 /// Whether the `/proc` that gave `status` (this process's `/proc/self/status`) numbers processes as our
@@ -470,7 +493,10 @@ pub(crate) fn pid_ns_tag() -> u32 {
         return t as u32;
     }
     let t = u32::try_from(pid_namespace()).unwrap_or(0);
-    NS_TAG.store(u64::from(t), std::sync::atomic::Ordering::Relaxed);
+    // Cached only once the namespace is (not after a failure that may pass: see `read_pid_namespace`).
+    if NS.load(std::sync::atomic::Ordering::Relaxed) != NS_UNKNOWN_YET {
+        NS_TAG.store(u64::from(t), std::sync::atomic::Ordering::Relaxed);
+    }
     t
 }
 
@@ -939,6 +965,67 @@ mod tests {
             ),
             _ => eprintln!("skipped: {}", String::from_utf8_lossy(&out.stderr)),
         }
+    }
+
+    /// The child's side of the test below: run only by it, with the parent's namespace in a variable.
+    #[test]
+    fn pid_namespace_is_read_again_after_running_out_of_descriptors_when_asked() {
+        let Ok(parent) = std::env::var("MPROC_TEST_PARENT_PID_NS") else {
+            return;
+        };
+        let parent: u64 = parent.parse().unwrap();
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit into `lim`, a live local.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        let none = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads one rlimit from a live local; a soft limit of 0 makes every open
+        // fail with EMFILE until it is restored below (this process runs this test alone).
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &none) }, 0);
+        let starved = pid_namespace();
+        let starved_tag = pid_ns_tag();
+        // SAFETY: as above, restoring the limit read first.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+        assert_eq!(
+            (starved, starved_tag),
+            (0, 0),
+            "out of descriptors: unknown"
+        );
+        assert_eq!(
+            pid_namespace(),
+            parent,
+            "read again once descriptors are back"
+        );
+        assert_eq!(u64::from(pid_ns_tag()), parent);
+    }
+
+    /// Found by review: a failure to read `/proc` at the first call (here `EMFILE`) was cached as
+    /// "unknown" for the life of the process, which then judged no dead holder and left its own
+    /// holdings unjudgeable. The child (this test binary, running the test above) runs out of
+    /// descriptors at its first call, then gets them back.
+    #[test]
+    fn pid_namespace_is_read_again_after_running_out_of_descriptors() {
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "sys::proc::tests::pid_namespace_is_read_again_after_running_out_of_descriptors_when_asked",
+                "--test-threads=1",
+            ])
+            .env("MPROC_TEST_PARENT_PID_NS", pid_namespace().to_string())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]
