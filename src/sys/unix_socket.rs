@@ -280,8 +280,9 @@ const SO_PEERGROUPS: libc::c_int = 59;
 
 /// The supplementary groups of the process that created the peer end of a socketpair, as they were
 /// when it did (`SO_PEERGROUPS`), sorted, if there are at most `max` of them; `Ok(None)` where the
-/// kernel cannot say (before 4.13). More than `max` is an error (`ERANGE`): the caller sizes the
-/// buffer by what it expects, never by what the peer has.
+/// kernel cannot say (before 4.13, or a sandbox's kernel that does not implement the option). More
+/// than `max` is an error (`ERANGE`): the caller sizes the buffer by what it expects, never by what
+/// the peer has.
 pub(crate) fn peer_groups(sock: BorrowedFd<'_>, max: usize) -> Result<Option<Vec<u32>>> {
     let mut groups = vec![0 as libc::gid_t; max];
     let bytes = max
@@ -307,7 +308,14 @@ pub(crate) fn peer_groups(sock: BorrowedFd<'_>, max: usize) -> Result<Option<Vec
     };
     if r != 0 {
         let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENOPROTOOPT) {
+        // A kernel that does not know the option (before 4.13), or a sandbox's kernel that answers
+        // for it with another errno (gVisor does not implement it): cannot tell. Refusing there made
+        // every real child run `main`, which spawns again, without end. Only ERANGE says something:
+        // the peer has more groups than `max`.
+        if matches!(
+            e.raw_os_error(),
+            Some(libc::ENOPROTOOPT | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
+        ) {
             return Ok(None);
         }
         return Err(Error::os("getsockopt(SO_PEERGROUPS)", e));
