@@ -201,6 +201,17 @@ impl<T: Pod> SharedArray<T> {
         })
     }
 
+    /// Whether every byte of the array is memory its arena holds, not a hole of a sparse file (see
+    /// `Region::holds_memory`). A reader that walks a whole foreign block must ask first: a read
+    /// fault on a hole of a memfd allocates a page here, so a peer's free sparse block would cost
+    /// this process its whole size.
+    ///
+    /// # Errors
+    /// [`Error::Os`] if the arena's file cannot be asked.
+    pub(crate) fn holds_memory(&self) -> Result<bool> {
+        self.block.holds_memory()
+    }
+
     /// Whether this process owns (and will free) the array.
     /// The block's first 8 bytes as an atomic word (`None` if the block is shorter), for a word both
     /// processes of a lent block read and write (the pool's answer blocks: `pool::answer`). Made from

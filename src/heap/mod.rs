@@ -21,8 +21,9 @@
 //! A [`BlockHandle`] read from a message is untrusted. Attaching to it checks the range against the
 //! arena's validated size with checked arithmetic, refuses arenas this process owns (so a forged handle
 //! can never make a view alias an array this process mutates), and bounds how many foreign arenas are
-//! mapped. Sizes asked of the allocator are checked too: every sum on the allocation path is checked
-//! and a request above `isize::MAX` bytes is an error, never a block larger than its arena.
+//! mapped and how many bytes of address space they take (their sizes are their senders' choice).
+//! Sizes asked of the allocator are checked too: every sum on the allocation path is checked and a
+//! request above `isize::MAX` bytes is an error, never a block larger than its arena.
 
 mod array;
 mod grid;
@@ -251,14 +252,6 @@ impl Heap {
         })
     }
 
-    /// How many arenas this process created.
-    fn own_count() -> usize {
-        let me = crate::sys::proc::pid();
-        let heap = Heap::global();
-        let arenas = heap.arenas.lock().unwrap_or_else(|e| e.into_inner());
-        arenas.iter().filter(|a| a.creator == me).count()
-    }
-
     /// Whether `region_id` names an arena this process created (and allocates from).
     fn is_own(region_id: u64) -> bool {
         let me = crate::sys::proc::pid();
@@ -267,17 +260,6 @@ impl Heap {
         arenas
             .iter()
             .any(|a| a.creator == me && a.region.id() == region_id)
-    }
-
-    /// Whether `region` maps the file of an arena this process created, whatever id its header
-    /// claims now (the header is shared memory a peer can rewrite; found by review).
-    fn owns_file_of(region: &Region) -> bool {
-        let me = crate::sys::proc::pid();
-        let heap = Heap::global();
-        let arenas = heap.arenas.lock().unwrap_or_else(|e| e.into_inner());
-        arenas
-            .iter()
-            .any(|a| a.creator == me && a.region.same_file(region))
     }
 
     fn release(block: &Block) {
@@ -448,6 +430,78 @@ const FOREIGN_CACHE_BYTES: usize = 64 << 30;
 /// descriptor and a mapping; a forged message naming thousands of distinct arenas fails instead.
 const FOREIGN_LIVE_ARENAS: usize = 256;
 
+/// How many bytes of arenas of other processes may be mapped at once (in use or cached): address
+/// space, nothing populated. An arena's size is its sender's choice, and a sparse memfd of any size
+/// costs nothing to make: without this bound (found by review), a message naming a handful of forged
+/// 16 TiB arenas took the whole address space (128 TiB on x86-64), and this process's own allocations
+/// then failed (an abort). A sixteenth of that leaves room for everything else, and is more than the
+/// memory of the machines the crate runs on, which honest arrays, written by their owners, live in.
+const FOREIGN_LIVE_BYTES: u64 = 8 << 40;
+
+/// Opens the arena of another process that `h` names, within [`FOREIGN_LIVE_ARENAS`] and
+/// [`FOREIGN_LIVE_BYTES`], and registers it as mapped.
+///
+/// The arenas' and the map's locks are held throughout (in their order), so that threads attaching
+/// at once cannot each pass the bounds, and the arena is checked not to be one of ours before any
+/// other thread can find it in the map. An open never waits (`region::HANDLE_OPEN_WAIT`).
+///
+/// # Errors
+/// [`Error::OutOfMemory`] if the arena's payload would take the bytes mapped past
+/// [`FOREIGN_LIVE_BYTES`] (nothing of it is mapped); [`Error::Corrupted`] past
+/// [`FOREIGN_LIVE_ARENAS`], or for the file of an own arena; the errors of opening a region by handle.
+fn open_foreign(h: &BlockHandle) -> Result<Arc<Region>> {
+    let me = crate::sys::proc::pid();
+    let arenas = Heap::global()
+        .arenas
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let mut m = mapped().lock().unwrap_or_else(|e| e.into_inner());
+    m.retain(|_, w| w.strong_count() > 0);
+    // The heap's arenas (ours, or inherited from the parent that forked us) are not foreign.
+    let (count, bytes) = m
+        .values()
+        .filter_map(Weak::upgrade)
+        .filter(|r| !arenas.iter().any(|a| Arc::ptr_eq(&a.region, r)))
+        .fold((0usize, 0u64), |(n, b), r| {
+            (n + 1, b.saturating_add(r.len() as u64))
+        });
+    if count >= FOREIGN_LIVE_ARENAS {
+        return Err(Error::Corrupted(format!(
+            "more than {FOREIGN_LIVE_ARENAS} arenas of other processes are mapped at once"
+        )));
+    }
+    let budget = FOREIGN_LIVE_BYTES.saturating_sub(bytes);
+    let r = Arc::new(Region::open_handle_within(
+        &h.region,
+        arena_layout(None),
+        budget,
+    )?);
+    // `from_handle`'s id check trusts the id in the arena's header, which any process of our user can
+    // rewrite: an own arena whose header now claims another id would pass it. The file itself cannot
+    // lie.
+    if arenas
+        .iter()
+        .any(|a| a.creator == me && a.region.same_file(&r))
+    {
+        return Err(Error::Corrupted(format!(
+            "a block handle names arena {:#x}, which is the file of an arena this process owns \
+             (its header id was rewritten)",
+            h.region.id()
+        )));
+    }
+    m.insert(r.id(), Arc::downgrade(&r));
+    Ok(r)
+}
+
+/// Drops the cached foreign arenas no block uses (see [`FOREIGN_LIVE_BYTES`]); whether there were any.
+fn drop_idle_foreign() -> bool {
+    let mut cache = foreign().lock().unwrap_or_else(|e| e.into_inner());
+    let before = cache.len();
+    // Only the cache holds such an arena: every block holds an `Arc` of its own.
+    cache.retain(|(r, _)| Arc::strong_count(r) > 1);
+    cache.len() < before
+}
+
 /// Arenas of other processes this process attached to, each with the pid of the process whose arena
 /// it is (as its handle said), most recently used last, kept mapped within [`FOREIGN_CACHE_ARENAS`]
 /// and [`FOREIGN_CACHE_BYTES`] (see `Block::from_handle`).
@@ -586,10 +640,13 @@ impl Block {
     ///   memory here. Pages are faulted in as the block is read.
     /// - at most [`FOREIGN_LIVE_ARENAS`] foreign arenas are mapped at once, and only a bounded few stay
     ///   mapped once no block uses them (review R5): a stream of distinct forged ids leaks nothing.
+    /// - at most [`FOREIGN_LIVE_BYTES`] bytes of foreign arenas are mapped at once: an arena's size is
+    ///   its sender's choice, and forged huge sparse ones would take our whole address space.
     ///
     /// # Errors
     /// [`Error::Corrupted`] for a range outside the arena, a handle into an own arena, or too many
-    /// foreign arenas at once; the errors of opening a region by handle.
+    /// foreign arenas at once; [`Error::OutOfMemory`] if the arena would take the bytes of foreign
+    /// arenas mapped past [`FOREIGN_LIVE_BYTES`]; the errors of opening a region by handle.
     pub(crate) fn from_handle(h: &BlockHandle) -> Result<Block> {
         let region_id = h.region.id();
         if !h.region.is_anonymous() {
@@ -613,36 +670,17 @@ impl Block {
             .and_then(Weak::upgrade);
         let region = match existing {
             Some(r) => r,
-            None => {
-                let live = mapped()
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .filter(|w| w.strong_count() > 0)
-                    .count();
-                if live >= FOREIGN_LIVE_ARENAS + Heap::own_count() {
-                    return Err(Error::Corrupted(format!(
-                        "more than {FOREIGN_LIVE_ARENAS} arenas of other processes are mapped \
-                         at once"
-                    )));
+            None => match open_foreign(h) {
+                // Arenas that are only cached (no block uses them) are let go of first: keeping them
+                // saves a re-map, not worth refusing a live array for. Not for an arena past the
+                // bound on its own, which nothing could make fit.
+                Err(Error::OutOfMemory { requested, .. })
+                    if requested <= FOREIGN_LIVE_BYTES && drop_idle_foreign() =>
+                {
+                    open_foreign(h)?
                 }
-                let r = Arc::new(Region::open_handle_with(
-                    &h.region,
-                    arena_layout(None),
-                    false,
-                )?);
-                // The id check above trusts the id in the arena's header, which any process of our
-                // user can rewrite: an own arena whose header now claims another id would pass it.
-                // The file itself cannot lie.
-                if Heap::owns_file_of(&r) {
-                    return Err(Error::Corrupted(format!(
-                        "a block handle names arena {region_id:#x}, which is the file of an arena \
-                         this process owns (its header id was rewritten)"
-                    )));
-                }
-                register(&r);
-                r
-            }
+                r => r?,
+            },
         };
         // A worker is handed blocks of the same few arenas task after task: keeping them mapped saves
         // re-mapping (and re-faulting) each time. Bounded, most recently used kept.
@@ -672,6 +710,11 @@ impl Block {
 
     pub(crate) fn region_id(&self) -> u64 {
         self.region.id()
+    }
+
+    /// Whether the block's bytes are all memory of its arena, no hole (see `SharedArray::holds_memory`).
+    pub(crate) fn holds_memory(&self) -> Result<bool> {
+        self.region.holds_memory_bounded(self.offset, self.len)
     }
 
     pub(crate) fn ptr(&self) -> *mut u8 {
@@ -1120,6 +1163,48 @@ pub(crate) mod tests {
         ));
         drop(peer);
         let _ = crate::region::Region::unlink(&name);
+    }
+
+    /// Found by review: an arena is opened from its handle with the payload its header declares, and
+    /// nothing bounded the *bytes* of foreign arenas mapped at once, only their number (256). A peer's
+    /// memfd of terabytes (sparse: free to make) with a valid arena header was mapped whole, and a
+    /// message naming a handful of them took our whole address space (128 TiB on x86-64) until our
+    /// own allocations failed and the process aborted. Past `FOREIGN_LIVE_BYTES`, an arena is now
+    /// refused with a typed error before its payload is mapped, and honest arrays keep working.
+    #[test]
+    fn foreign_arenas_are_bounded_in_bytes() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        const HUGE: usize = 5 << 40;
+        // Not registered here: each `from_handle` opens (maps) it anew, as another process's would be.
+        let forged: Vec<Region> = (0..2)
+            .map(|_| {
+                Region::create_with(arena_layout(Some(HUGE)), None, false, |_| Ok(())).unwrap()
+            })
+            .collect();
+        let first = Block::from_handle(&handle_in(&forged[0], 0, 8)).unwrap();
+        let second = Block::from_handle(&handle_in(&forged[1], 0, 8));
+        assert!(
+            matches!(second, Err(Error::OutOfMemory { .. })),
+            "two 5 TiB foreign arenas were mapped at once: {:?}",
+            second.as_ref().map(|b| b.region.len())
+        );
+        // Once no block uses the first (it only stays cached), the second fits.
+        drop(first);
+        let second = Block::from_handle(&handle_in(&forged[1], 0, 8)).unwrap();
+        assert_eq!(second.len, 8);
+        drop(second);
+        drop(forged);
+        // One arena past the bound alone is refused too, and small foreign arenas are not.
+        let alone =
+            Region::create_with(arena_layout(Some(9 << 40)), None, false, |_| Ok(())).unwrap();
+        assert!(matches!(
+            Block::from_handle(&handle_in(&alone, 0, 8)),
+            Err(Error::OutOfMemory { .. })
+        ));
+        drop(alone);
+        let small = foreign_arena(1 << 16);
+        assert!(Block::from_handle(&handle_in(&small, 0, 8)).is_ok());
+        drop_idle_foreign();
     }
 
     /// Review R5: foreign arenas stay mapped only within the cache's caps once unused, and a message

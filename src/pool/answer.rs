@@ -20,7 +20,9 @@
 //! The handle in a result frame is untrusted like every byte of the ring. Attaching checks it
 //! (`SharedArray::view`: an anonymous arena of another process, the range inside its real size), and
 //! every item is a range checked to lie in the block. Its size is not capped: the parent allocates
-//! nothing for it but the values the caller decodes, each from bytes that are there. The worker can still write the block while the parent decodes it: the parent then
+//! nothing for it but the values the caller decodes, each from bytes that are there, since a block
+//! with holes (a sparse file's pages nobody wrote, which a read through the mapping would allocate
+//! here) is refused before it is read. The worker can still write the block while the parent decodes it: the parent then
 //! decodes garbage into a decode error, as it would from garbage frames. A parent that stores
 //! `release` early only corrupts its own answers.
 //!
@@ -199,6 +201,12 @@ pub(crate) fn read(body: &[u8]) -> Read {
                 return garbage("names no block".into());
             };
             let block = match SharedArray::<u8>::view(&handle) {
+                // Decoding walks the whole block through the mapping, and a read fault on a hole
+                // allocates a page: a forger's free sparse block of terabytes would cost us that
+                // much (found by review). Every byte of an honest answer was written by its worker.
+                Ok(b) if !b.holds_memory().unwrap_or(false) => {
+                    return garbage("lies in a block with holes (bytes nobody wrote)".into())
+                }
                 Ok(b) => match release_word(&b) {
                     Some(word) => {
                         // Mapped here now: the worker may leave without taking the answer along.
@@ -275,6 +283,37 @@ mod tests {
             Read::Outcome(Ok(items)) => panic!("read {} items", items.len()),
             Read::Unattached(why) => panic!("unattached: {why}"),
         }
+    }
+
+    /// Found by review: a block answer is decoded in place, and every byte the decoder walks is read
+    /// through the mapping, where a read fault on a hole of a memfd allocates a page (shmem maps no
+    /// zero page). A forged answer of a dozen bytes at the start of a sparse block (an outcome of as
+    /// many empty items as the block has pairs of bytes, each item two zero bytes) was decoded: the
+    /// parent allocated the whole block in pages, and 32 bytes of items per two bytes of it. A forger
+    /// made a block of terabytes for free and the parent ran out of memory. The bytes of an honest
+    /// answer were all written by its worker: a block with holes is garbage, read no further.
+    #[test]
+    fn a_block_answer_with_holes_is_garbage() {
+        use crate::heap::tests::{foreign_arena, handle_in};
+        use std::os::unix::fs::MetadataExt;
+        const LEN: usize = 4 << 20;
+        let r = foreign_arena(LEN);
+        // The release word, `Ok`, the count of items (a varint of 3 bytes), then the items: holes.
+        let items = (LEN - RELEASE_WORD - 1 - 3) / 2;
+        let head = postcard::to_extend(&(items as u64), vec![0u8; RELEASE_WORD + 1]).unwrap();
+        assert_eq!(head.len(), RELEASE_WORD + 1 + 3);
+        r.write_payload_at(0, &head).unwrap();
+        let written = r.file().metadata().unwrap().blocks() * 512;
+        let len = head.len() + 2 * items;
+        let got = read(&block_body(&handle_in(&r, 0, len as u64)));
+        let now = r.file().metadata().unwrap().blocks() * 512;
+        let decoded = match &got {
+            Read::Outcome(Ok(items)) => Some(items.len()),
+            _ => None,
+        };
+        drop(got);
+        assert_eq!(decoded, None, "the holes were decoded as items");
+        assert_eq!(now, written, "reading the answer allocated its holes");
     }
 
     /// Found by review: bytes after an answer's outcome, or after its block's handle, were ignored.

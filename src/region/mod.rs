@@ -471,6 +471,21 @@ impl Region {
         shm::is_all_data(&self.file, start, len as u64)
     }
 
+    /// As [`holds_memory`](Self::holds_memory), at a cost bounded by `len`: first asked of the page
+    /// cache through our mapping (`mincore`, no page faulted in), and only for a range with pages
+    /// that are not in memory (holes, or pages swapped out) of the file's extents, whose answer costs
+    /// a walk from `offset` to the file's first hole after it, however far.
+    ///
+    /// # Errors
+    /// As [`holds_memory`](Self::holds_memory).
+    pub(crate) fn holds_memory_bounded(&self, offset: usize, len: usize) -> Result<bool> {
+        let in_map = PAYLOAD_OFFSET.checked_add(offset);
+        if in_map.is_some_and(|at| self.map.resident(at, len)) {
+            return Ok(true);
+        }
+        self.holds_memory(offset, len)
+    }
+
     /// Whether the payload is empty.
     ///
     /// # Examples
@@ -734,6 +749,16 @@ impl Region {
 
     /// [`Region::open_with`] once `name` has passed the check its caller owes it.
     fn open_checked(name: &str, layout: Layout, timeout: Duration) -> Result<Region> {
+        Region::open_checked_within(name, layout, timeout, u64::MAX)
+    }
+
+    /// [`Region::open_checked`], refusing a payload above `max_payload` bytes before mapping it.
+    fn open_checked_within(
+        name: &str,
+        layout: Layout,
+        timeout: Duration,
+        max_payload: u64,
+    ) -> Result<Region> {
         let shm_name = shm_name(name);
         // A timeout past the clock's range waits as long as a year does (`Duration::MAX` panicked).
         let deadline = Instant::now()
@@ -759,6 +784,7 @@ impl Region {
             size,
             deadline,
             populate: false,
+            max_payload,
         };
         Region::finish_open(file, opening, naming, layout, name)
     }
@@ -772,7 +798,7 @@ impl Region {
     /// region's memfd must be sealed against shrinking (and against seal changes), not against growing.
     /// The mapping covers the payload the header declares; the owner maps what it grows by itself.
     pub(crate) fn open_handle_growable(handle: &RegionHandle, layout: Layout) -> Result<Region> {
-        Region::open_handle_sealed(handle, layout, false, true)
+        Region::open_handle_sealed(handle, layout, false, true, u64::MAX)
     }
 
     /// The file behind the region (the manager's heap grows it and maps the new part itself).
@@ -787,7 +813,21 @@ impl Region {
         layout: Layout,
         populate: bool,
     ) -> Result<Region> {
-        Region::open_handle_sealed(handle, layout, populate, false)
+        Region::open_handle_sealed(handle, layout, populate, false, u64::MAX)
+    }
+
+    /// As [`Region::open_handle`], refusing a region whose header declares a payload above
+    /// `max_payload` bytes before that payload is mapped.
+    ///
+    /// # Errors
+    /// [`Error::OutOfMemory`] for a payload above `max_payload` (`available` is `max_payload`); the
+    /// errors of [`Region::open_handle`].
+    pub(crate) fn open_handle_within(
+        handle: &RegionHandle,
+        layout: Layout,
+        max_payload: u64,
+    ) -> Result<Region> {
+        Region::open_handle_sealed(handle, layout, false, false, max_payload)
     }
 
     fn open_handle_sealed(
@@ -795,9 +835,13 @@ impl Region {
         layout: Layout,
         populate: bool,
         growable: bool,
+        max_payload: u64,
     ) -> Result<Region> {
         let region = match &handle.source {
-            Source::Named(name) => Region::open_with(name, layout, HANDLE_OPEN_WAIT)?,
+            Source::Named(name) => {
+                validate_name(name)?;
+                Region::open_checked_within(name, layout, HANDLE_OPEN_WAIT, max_payload)?
+            }
             Source::Fd { pid, fd } => {
                 let what = format!("anonymous region of process {pid}");
                 // Regular files only: a device or FIFO is never opened for real (see open_proc_fd).
@@ -811,6 +855,7 @@ impl Region {
                     size,
                     deadline: Instant::now() + HANDLE_OPEN_WAIT,
                     populate,
+                    max_payload,
                 };
                 Region::finish_open(file, opening, Naming::Anonymous, layout, &what)?
             }
@@ -844,6 +889,7 @@ impl Region {
             size,
             deadline,
             populate,
+            max_payload,
         } = opening;
         let first = layout
             .size
@@ -898,6 +944,14 @@ impl Region {
         let s = h.snapshot();
         region.header = s;
         validate(&s, &layout, size)?;
+        // Refused before the payload is mapped: the caller bounds what a handle can take of our
+        // address space (the heap's foreign arenas, whose size is the sender's choice).
+        if s.payload_size > max_payload {
+            return Err(Error::OutOfMemory {
+                requested: s.payload_size,
+                available: max_payload,
+            });
+        }
         // Validated: PAYLOAD_OFFSET + payload_size <= size, so this cannot overflow and every page of
         // the mapping is backed.
         let declared = PAYLOAD_OFFSET as u64 + s.payload_size;
@@ -1021,11 +1075,12 @@ fn zero_snapshot() -> HeaderSnapshot {
 
 /// What [`Region::finish_open`] needs to know about a segment it opens: its file's size (read once,
 /// before anything is mapped), how long to wait for it to be published, and whether to pre-fault the
-/// payload's mapping (`MAP_POPULATE`).
+/// payload's mapping (`MAP_POPULATE`), and the largest payload the caller accepts to map.
 struct Opening {
     size: u64,
     deadline: Instant,
     populate: bool,
+    max_payload: u64,
 }
 
 /// Maps the first `size` bytes of a segment, which the caller checked the file holds, after checking

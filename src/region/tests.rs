@@ -1031,3 +1031,44 @@ fn a_region_too_large_for_the_address_space_is_size_overflow() {
         assert!(matches!(Region::open(&name), Err(Error::NotFound { .. })));
     }
 }
+
+/// `holds_memory_bounded` answers as `holds_memory` does (written pages are memory, holes are not,
+/// a range past the payload is not; both by the file's pages, the payload starting 128 bytes into
+/// the first), through the page cache when it can: a range of written pages is found resident by
+/// `mincore`, without the walk to the file's first hole.
+#[test]
+fn holds_memory_bounded_tells_written_pages_from_holes() {
+    let r = Region::anonymous(1 << 20).unwrap();
+    r.write_payload_at(0, &[7u8; 256 << 10]).unwrap();
+    let half = 512 << 10;
+    r.write_payload_at(half, &[9u8; 4096]).unwrap();
+    for (offset, len) in [
+        (0, 256 << 10),
+        (100, 5000),
+        (half, 4096),
+        (half + 10, 10),
+        (3, 0),
+    ] {
+        assert!(
+            r.holds_memory_bounded(offset, len).unwrap(),
+            "{offset}+{len}"
+        );
+        assert!(
+            r.map.resident(PAYLOAD_OFFSET + offset, len),
+            "{offset}+{len}: not found in the page cache"
+        );
+    }
+    for (offset, len) in [
+        (0, 300 << 10),
+        (256 << 10, 4096),
+        (half - 4096, 4096),
+        (half, 8192),
+        (1 << 20, 1),
+        (usize::MAX, 2),
+    ] {
+        assert!(
+            !r.holds_memory_bounded(offset, len).unwrap(),
+            "{offset}+{len}"
+        );
+    }
+}

@@ -585,6 +585,55 @@ impl Mapping {
     pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
+
+    /// Whether every page of bytes `[offset, offset + len)` of the mapping is in memory now, without
+    /// faulting any in: `mincore(2)`, which for a file mapping answers from the file's page cache,
+    /// whether or not this process touched the page. A hole of a sparse file is not in memory (a read
+    /// fault there would allocate it), nor is a page swapped out: `false` tells a caller to ask
+    /// [`is_all_data`]. `false` too for a range outside the mapping, or if the kernel refuses.
+    ///
+    /// One call per 16 MiB, whatever lies after the range: unlike `lseek(SEEK_HOLE)`, which walks the
+    /// file from the offset to its first hole, however far that is.
+    pub(crate) fn resident(&self, offset: usize, len: usize) -> bool {
+        const CHUNK: usize = 4096;
+        let page = page_size();
+        let base = self.map.as_mut_ptr() as usize;
+        let Some(end) = offset.checked_add(len).filter(|&e| e <= self.map.len()) else {
+            return false;
+        };
+        if len == 0 {
+            return true;
+        }
+        // The mapping starts on a page: rounding inside it stays inside it.
+        let mut at = offset - offset % page;
+        let mut vec = [0u8; CHUNK];
+        while at < end {
+            let n = (end - at).min(CHUNK * page);
+            let pages = n.div_ceil(page);
+            // SAFETY: `[base + at, base + at + n)` lies in our live mapping (page-rounded inside it:
+            // the mapping's pages cover its whole length); mincore only reads the page tables and the
+            // page cache, and writes one byte per page, `pages <= CHUNK`, into `vec`.
+            let r = unsafe {
+                libc::mincore(
+                    (base + at) as *mut libc::c_void,
+                    n,
+                    vec.as_mut_ptr().cast::<libc::c_uchar>(),
+                )
+            };
+            if r != 0 || vec[..pages].iter().any(|&b| b & 1 == 0) {
+                return false;
+            }
+            at += n;
+        }
+        true
+    }
+}
+
+/// The size of a page (4 KiB if sysconf(3) cannot tell).
+fn page_size() -> usize {
+    // SAFETY: sysconf only reads system configuration; it has no memory-safety preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(p).ok().filter(|&p| p > 0).unwrap_or(4096)
 }
 
 /// Tries to take a `flock(2)` on `file`'s open file description, without waiting: shared, or
