@@ -47,7 +47,9 @@
 //! time and resources: it never waits for a region to be published (see `HANDLE_OPEN_WAIT`), opens only
 //! regular files (an `O_PATH` open and `fstat` come first, so a device or FIFO is never opened for real),
 //! and maps, without touching it (unless the caller asked for `MAP_POPULATE`), only the header and the
-//! payload the header declares, never the rest of a file whose size its maker chose.
+//! payload the header declares, never the rest of a file whose size its maker chose. The payloads of
+//! all the regions a process opened (rather than made) take at most 32 TiB of its address space at
+//! once: an open past that is [`Error::OutOfMemory`], and nothing of it is mapped.
 //!
 //! # Pid namespaces
 //!
@@ -255,6 +257,35 @@ pub struct Region {
     naming: Naming,
     /// See [`Region::file_key`].
     file_key: (u64, u64),
+    /// The payload bytes this region counts in [`OPENED_BYTES`] (an open's; 0 for a region we made).
+    opened: u64,
+}
+
+/// The most payload bytes of regions opened (not created) by this process mapped at once: address
+/// space, nothing populated. A region's size is its maker's choice, and a sparse file of any size
+/// costs nothing to make: without this bound (found by review), a message naming a few forged
+/// handles to regions of 16 TiB (a `Vec<Array<u8>>`, queues) took the whole address space (128 TiB
+/// on x86-64), and this process's own allocations then failed (an abort). A quarter of it leaves room
+/// for everything else; honest regions this large would need a machine with that much memory.
+const OPENED_MAX: u64 = 32 << 40;
+
+/// Payload bytes of the regions this process opened and still maps (see [`OPENED_MAX`]).
+static OPENED_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts `bytes` more opened payload in [`OPENED_BYTES`], within [`OPENED_MAX`].
+///
+/// # Errors
+/// [`Error::OutOfMemory`] past it (nothing counted).
+fn count_opened(bytes: u64) -> Result<()> {
+    OPENED_BYTES
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+            now.checked_add(bytes).filter(|&n| n <= OPENED_MAX)
+        })
+        .map(drop)
+        .map_err(|now| Error::OutOfMemory {
+            requested: bytes,
+            available: OPENED_MAX.saturating_sub(now),
+        })
 }
 
 /// A check of a region's name: [`validate_name`] for users' names, [`validate_block_name`] for blocks'.
@@ -718,6 +749,7 @@ impl Region {
             header,
             naming,
             file_key,
+            opened: 0,
         };
         let h = region.raw_header();
         h.write(&header);
@@ -905,6 +937,7 @@ impl Region {
             header: zero_snapshot(),
             naming,
             file_key,
+            opened: 0,
         };
         let h = region.raw_header();
         loop {
@@ -952,6 +985,10 @@ impl Region {
                 available: max_payload,
             });
         }
+        // Counted before the payload is mapped (and uncounted when the region is dropped): the
+        // bound on what opens take of our address space, whoever made the region.
+        count_opened(s.payload_size)?;
+        region.opened = s.payload_size;
         // Validated: PAYLOAD_OFFSET + payload_size <= size, so this cannot overflow and every page of
         // the mapping is backed.
         let declared = PAYLOAD_OFFSET as u64 + s.payload_size;
@@ -1054,6 +1091,7 @@ impl Drop for Region {
                 let _ = shm::unlink_named_if_same(shm_name, name, &self.file, &aside_name());
             }
         }
+        OPENED_BYTES.fetch_sub(self.opened, Ordering::Relaxed);
         // The mapping and the descriptor are released by their own drops.
     }
 }

@@ -1072,3 +1072,30 @@ fn holds_memory_bounded_tells_written_pages_from_holes() {
         );
     }
 }
+
+/// Found by review: nothing bounded the bytes of the regions a process opens, whose sizes are their
+/// makers' choice (a sparse file of any size is free): a message naming a few forged handles to
+/// regions of terabytes (a `Vec<Array<u8>>`, queues) took the whole address space, and this process's
+/// own allocations then failed. Opens now count their payloads within `OPENED_MAX`: past it, an open
+/// is `OutOfMemory` before its payload is mapped, and a region dropped gives its bytes back.
+#[test]
+fn opened_regions_are_bounded_in_bytes() {
+    const BIG: usize = 17 << 40; // more than half of OPENED_MAX: two at once do not fit
+    let r = Region::anonymous(BIG).unwrap();
+    let h = r.handle();
+    let first = Region::open_handle(&h, Layout::bytes(None)).unwrap();
+    assert_eq!(first.len(), BIG);
+    match Region::open_handle(&h, Layout::bytes(None)) {
+        Err(Error::OutOfMemory { requested, .. }) => assert_eq!(requested, BIG as u64),
+        other => panic!(
+            "a second {BIG}-byte open was not refused: {:?}",
+            other.map(|o| o.len())
+        ),
+    }
+    drop(first);
+    let again = Region::open_handle(&h, Layout::bytes(None)).unwrap();
+    assert_eq!(again.len(), BIG);
+    // Small opens are not refused meanwhile.
+    let small = Region::anonymous(64).unwrap();
+    assert!(Region::open_handle(&small.handle(), Layout::bytes(None)).is_ok());
+}
