@@ -895,6 +895,12 @@ mod tests {
             .arg(r#"exec unshare --pid --fork "$0" --exact sys::proc::tests::a_test_harness_is_not_single_threaded"#)
             .arg(exe)
             .output();
+        judge_unshared(out, "single_threaded() in a process of two threads");
+    }
+
+    /// The verdict of a test of this binary run under `unshare` (`out`): passed, failed (exit 101,
+    /// with `what` failing), or skipped (no `unshare`, or namespaces that cannot be made here).
+    fn judge_unshared(out: std::io::Result<std::process::Output>, what: &str) {
         let Ok(out) = out else {
             eprintln!("skipped: no unshare");
             return;
@@ -902,10 +908,7 @@ mod tests {
         let text = String::from_utf8_lossy(&out.stdout);
         match out.status.code() {
             Some(0) => assert!(text.contains("1 passed"), "{text}"),
-            Some(101) => panic!(
-                "single_threaded() in a process of two threads: {text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            ),
+            Some(101) => panic!("{what}: {text}{}", String::from_utf8_lossy(&out.stderr)),
             _ => eprintln!("skipped: {}", String::from_utf8_lossy(&out.stderr)),
         }
     }
@@ -952,19 +955,7 @@ mod tests {
             ])
             .env("MPROC_TEST_PARENT_MONOTONIC_MS", monotonic_ms().to_string())
             .output();
-        let Ok(out) = out else {
-            eprintln!("skipped: no unshare");
-            return;
-        };
-        let text = String::from_utf8_lossy(&out.stdout);
-        match out.status.code() {
-            Some(0) => assert!(text.contains("1 passed"), "{text}"),
-            Some(101) => panic!(
-                "monotonic_ms() in another time namespace: {text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            _ => eprintln!("skipped: {}", String::from_utf8_lossy(&out.stderr)),
-        }
+        judge_unshared(out, "monotonic_ms() in another time namespace");
     }
 
     /// The child's side of the test below: run only by it, with the parent's namespace in a variable.
