@@ -212,7 +212,6 @@ impl<T: Pod> SharedArray<T> {
         self.block.holds_memory()
     }
 
-    /// Whether this process owns (and will free) the array.
     /// The block's first 8 bytes as an atomic word (`None` if the block is shorter), for a word both
     /// processes of a lent block read and write (the pool's answer blocks: `pool::answer`). Made from
     /// the raw pointer, so no slice reference covers it while others write it.
@@ -230,6 +229,7 @@ impl<T: Pod> SharedArray<T> {
         Some(unsafe { &*ptr.cast::<std::sync::atomic::AtomicU64>() })
     }
 
+    /// Whether this process owns (and will free) the array.
     #[cfg(test)]
     pub(crate) fn is_owner(&self) -> bool {
         self.block.is_owned()
