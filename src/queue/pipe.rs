@@ -48,7 +48,9 @@
 //!
 //! The table is guarded by a robust lock ([`RawLock`]): a process killed holding it is taken over, and
 //! what it left is consistent, since every slot is written with its kind stored last and freed with
-//! its kind stored first (a half-written slot is free, and belonged to the dead process).
+//! its kind stored first (a half-written slot is free, and belonged to the dead process). One slot is
+//! rewritten in place instead: a fork child's reservation, which its parent settles with the child's
+//! pid (`Control::settle`); half-settled, it still holds the end, and the child still frees it.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -271,8 +273,13 @@ impl Control {
                     let kind = s.kind.load(Ordering::Relaxed);
                     let who = s.who.load(Ordering::Relaxed);
                     let when = s.when.load(Ordering::Relaxed);
+                    // A reservation is ours by its nonce, or, once our parent began to settle it
+                    // (`settle` stores our pid, then our start time, then the kind) and was killed
+                    // before the kind, by our pid and start time: nobody else would ever free it.
                     let ours = (kind == ATTACHED && who == u64::from(pid) && when == start)
-                        || (kind == RESERVED && nonce != 0 && when == nonce);
+                        || (kind == RESERVED
+                            && nonce != 0
+                            && (when == nonce || (who == u64::from(pid) && when == start)));
                     if ours {
                         s.kind.store(FREE, Ordering::Release);
                     }
@@ -336,6 +343,9 @@ impl Control {
         }
         match child {
             Some(pid) => {
+                // Rewritten in place, kind last: a death in between leaves a reservation that still
+                // holds the end and that the child still frees (by its nonce, then by its pid and
+                // start time: see `detach`). This order is what `detach` relies on.
                 s.who.store(u64::from(pid), Ordering::Relaxed);
                 s.when.store(start, Ordering::Relaxed);
                 s.ns.store(proc::pid_ns_tag(), Ordering::Relaxed);
@@ -1050,5 +1060,32 @@ mod tests {
         b.send(&1).unwrap();
         assert!(a.poll(Duration::MAX));
         assert_eq!(a.recv_timeout(Duration::MAX).unwrap(), 1);
+    }
+
+    /// Found by review: a parent killed inside `settle` (it holds the pipe's lock and rewrites its
+    /// child's reservation in place: the child's pid, its start time, then the kind) left the slot
+    /// RESERVED but no longer naming the reservation's nonce. The child's own letting go (at its
+    /// exit) looked for the nonce, so nobody ever freed the slot, and the other end waited for good
+    /// after every holder was gone. Played here in one process: we are the parent that reserves and
+    /// is "killed" after two stores, then the child that lets go, then the holder that drops last.
+    #[test]
+    fn a_reservation_half_settled_by_a_killed_parent_is_freed_by_its_child() {
+        let (a, b) = Pipe::duplex::<u64>().unwrap();
+        let (ctl, end) = (b.hold.ctl.clone(), b.hold.end);
+        let place = ctl.reserve(end);
+        let Place::Slot { index, .. } = place else {
+            panic!("a free slot: {place:?}")
+        };
+        let (pid, start) = me();
+        let s = &ctl.end(end).slots[index];
+        s.who.store(u64::from(pid), Ordering::Relaxed);
+        s.when.store(start, Ordering::Relaxed);
+        ctl.detach(end, place);
+        drop(b);
+        assert!(a.peer_gone_for_test(), "every holder of the end let go");
+        assert!(matches!(
+            a.recv_timeout(Duration::from_secs(20)),
+            Err(Error::Closed)
+        ));
     }
 }
